@@ -1,0 +1,3 @@
+//! The OpenRisk HTTP API.
+
+pub mod cli;

@@ -1,0 +1,352 @@
+//! The migrations and the trigger machinery against a real Postgres.
+
+use openrisk_test_support::TestDatabase;
+use tokio_postgres::Client;
+use uuid::Uuid;
+
+/// The outbox rows written since `after`, as (table, op, tenant, sorted tags).
+async fn events_after(client: &Client, after: i64) -> Vec<(String, String, Uuid, Vec<String>)> {
+    client
+        .query("SELECT table_name, op, tenant_id, tags FROM cache_outbox WHERE id > $1 ORDER BY id", &[&after])
+        .await
+        .expect("read outbox")
+        .into_iter()
+        .map(|row| {
+            let mut tags: Vec<String> = row.get(3);
+            tags.sort();
+            tags.dedup();
+            (row.get(0), row.get(1), row.get(2), tags)
+        })
+        .collect()
+}
+
+async fn last_event_id(client: &Client) -> i64 {
+    client.query_one("SELECT coalesce(max(id), 0) FROM cache_outbox", &[]).await.unwrap().get(0)
+}
+
+async fn tenant(client: &Client, slug: &str) -> Uuid {
+    client.query_one("INSERT INTO tenants (slug, name) VALUES ($1, $1) RETURNING id", &[&slug]).await.unwrap().get(0)
+}
+
+async fn insert_id(client: &Client, sql: &str, params: &[&(dyn tokio_postgres::types::ToSql + Sync)]) -> Uuid {
+    client.query_one(sql, params).await.unwrap_or_else(|error| panic!("{sql}: {error}")).get(0)
+}
+
+fn tags(list: &[String]) -> Vec<String> {
+    let mut list = list.to_vec();
+    list.sort();
+    list
+}
+
+#[tokio::test]
+async fn migrations_apply_twice_cleanly() {
+    let db = TestDatabase::create().await;
+    let mut client = db.connect().await;
+    let applied = openrisk_migrations::migrate(&mut client).await.expect("second run succeeds");
+    assert!(applied.is_empty(), "nothing left to apply: {applied:?}");
+    let versions: i64 = client.query_one("SELECT count(*) FROM schema_migrations", &[]).await.unwrap().get(0);
+    assert_eq!(versions as usize, openrisk_migrations::MIGRATIONS.len());
+}
+
+#[tokio::test]
+async fn an_edited_migration_is_refused() {
+    let db = TestDatabase::create().await;
+    let mut client = db.connect().await;
+    client.execute("UPDATE schema_migrations SET checksum = 'edited' WHERE version = 1", &[]).await.unwrap();
+    let error = openrisk_migrations::migrate(&mut client).await.expect_err("must refuse");
+    assert!(error.to_string().contains("write a new migration"), "{error}");
+}
+
+#[tokio::test]
+async fn every_watched_table_and_change_emits_the_expected_tags() {
+    let db = TestDatabase::create().await;
+    let client = db.connect().await;
+    let t = tenant(&client, "acme").await;
+    let s = |text: &str| text.to_string();
+
+    let mark = last_event_id(&client).await;
+    let risk = insert_id(
+        &client,
+        "INSERT INTO risks (tenant_id, title, impact, probability) VALUES ($1, 'r', 2, 3) RETURNING id",
+        &[&t],
+    )
+    .await;
+    let other_risk = insert_id(
+        &client,
+        "INSERT INTO risks (tenant_id, title, impact, probability) VALUES ($1, 'o', 1, 1) RETURNING id",
+        &[&t],
+    )
+    .await;
+    let events = events_after(&client, mark).await;
+    assert_eq!(events.len(), 4, "two risks and two history rows: {events:?}");
+    assert_eq!(events[0], (s("risks"), s("INSERT"), t, tags(&[format!("risk:{risk}"), s("risks")])));
+    assert_eq!(events[1], (s("risk_history"), s("INSERT"), t, vec![s("risk_history")]));
+
+    // An UPDATE that changes nothing emits nothing; one that changes something emits the row's tags.
+    let mark = last_event_id(&client).await;
+    client.execute("UPDATE risks SET title = title WHERE id = $1", &[&risk]).await.unwrap();
+    assert!(events_after(&client, mark).await.is_empty(), "no-op update must be silent");
+    client.execute("UPDATE risks SET title = 'renamed' WHERE id = $1", &[&risk]).await.unwrap();
+    assert_eq!(
+        events_after(&client, mark).await,
+        vec![(s("risks"), s("UPDATE"), t, tags(&[format!("risk:{risk}"), s("risks")]))]
+    );
+
+    // Soft delete is an UPDATE that also records history.
+    let mark = last_event_id(&client).await;
+    client.execute("UPDATE risks SET deleted_at = now() WHERE id = $1", &[&other_risk]).await.unwrap();
+    let events = events_after(&client, mark).await;
+    assert_eq!(events[0], (s("risks"), s("UPDATE"), t, tags(&[format!("risk:{other_risk}"), s("risks")])));
+    assert_eq!(events[1].0, "risk_history");
+
+    // Mitigations and sub-actions invalidate their risk; a move invalidates both parents.
+    let mark = last_event_id(&client).await;
+    let mitigation = insert_id(
+        &client,
+        "INSERT INTO mitigations (tenant_id, risk_id, title) VALUES ($1, $2, 'm') RETURNING id",
+        &[&t, &risk],
+    )
+    .await;
+    let sub = insert_id(
+        &client,
+        "INSERT INTO mitigation_subactions (tenant_id, mitigation_id, title) VALUES ($1, $2, 's') RETURNING id",
+        &[&t, &mitigation],
+    )
+    .await;
+    let events = events_after(&client, mark).await;
+    assert_eq!(
+        events,
+        vec![
+            (
+                s("mitigations"),
+                s("INSERT"),
+                t,
+                tags(&[format!("risk:{risk}"), format!("mitigation:{mitigation}"), s("mitigations")])
+            ),
+            (
+                s("mitigation_subactions"),
+                s("INSERT"),
+                t,
+                tags(&[format!("mitigation:{mitigation}"), format!("risk:{risk}")])
+            ),
+        ]
+    );
+    let mark = last_event_id(&client).await;
+    client.execute("UPDATE mitigations SET risk_id = $1 WHERE id = $2", &[&other_risk, &mitigation]).await.unwrap();
+    assert_eq!(
+        events_after(&client, mark).await,
+        vec![(
+            s("mitigations"),
+            s("UPDATE"),
+            t,
+            tags(&[
+                format!("risk:{risk}"),
+                format!("risk:{other_risk}"),
+                format!("mitigation:{mitigation}"),
+                s("mitigations")
+            ])
+        )]
+    );
+    let mark = last_event_id(&client).await;
+    client.execute("UPDATE mitigation_subactions SET completed = true WHERE id = $1", &[&sub]).await.unwrap();
+    assert_eq!(
+        events_after(&client, mark).await,
+        vec![(
+            s("mitigation_subactions"),
+            s("UPDATE"),
+            t,
+            tags(&[format!("mitigation:{mitigation}"), format!("risk:{other_risk}")])
+        )]
+    );
+
+    // Linking an asset invalidates the risk and re-scores it (a second risks event).
+    let mark = last_event_id(&client).await;
+    let asset = insert_id(
+        &client,
+        "INSERT INTO assets (tenant_id, name, asset_type, criticality) VALUES ($1, 'db', 'server', 'CRITICAL') RETURNING id",
+        &[&t],
+    )
+    .await;
+    client
+        .execute("INSERT INTO risk_assets (tenant_id, risk_id, asset_id) VALUES ($1, $2, $3)", &[&t, &risk, &asset])
+        .await
+        .unwrap();
+    let events = events_after(&client, mark).await;
+    assert_eq!(events[0], (s("assets"), s("INSERT"), t, tags(&[format!("asset:{asset}"), s("assets")])));
+    assert_eq!(
+        events[1],
+        (s("risk_assets"), s("INSERT"), t, tags(&[format!("risk:{risk}"), format!("asset:{asset}")]))
+    );
+    assert_eq!(events[2], (s("risks"), s("UPDATE"), t, tags(&[format!("risk:{risk}"), s("risks")])));
+    let score: rust_decimal_free::Score = rust_decimal_free::score(&client, risk).await;
+    assert_eq!(score.0, "9.00", "2 × 3 × 1.5 (one CRITICAL asset)");
+
+    // Changing an asset's criticality re-scores every linked risk.
+    let mark = last_event_id(&client).await;
+    client.execute("UPDATE assets SET criticality = 'LOW' WHERE id = $1", &[&asset]).await.unwrap();
+    let events = events_after(&client, mark).await;
+    assert!(events.iter().any(|e| e.0 == "risks" && e.3.contains(&format!("risk:{risk}"))), "{events:?}");
+    assert_eq!(rust_decimal_free::score(&client, risk).await.0, "4.80");
+
+    // DELETE emits the OLD row's tags, including the cascade to children.
+    let mark = last_event_id(&client).await;
+    client.execute("DELETE FROM mitigations WHERE id = $1", &[&mitigation]).await.unwrap();
+    let events = events_after(&client, mark).await;
+    assert!(events.iter().any(|e| e.0 == "mitigations" && e.1 == "DELETE"), "{events:?}");
+    assert!(events.iter().any(|e| e.0 == "mitigation_subactions" && e.1 == "DELETE"), "{events:?}");
+
+    // TRUNCATE invalidates everything of every tenant that had rows.
+    let other_tenant = tenant(&client, "globex").await;
+    client
+        .execute("INSERT INTO assets (tenant_id, name, asset_type) VALUES ($1, 'x', 'laptop')", &[&other_tenant])
+        .await
+        .unwrap();
+    let mark = last_event_id(&client).await;
+    client.batch_execute("TRUNCATE risk_assets, assets").await.unwrap();
+    let mut truncated: Vec<(String, Uuid)> = events_after(&client, mark)
+        .await
+        .into_iter()
+        .filter(|e| e.1 == "TRUNCATE")
+        .inspect(|e| assert_eq!(e.3, vec![s("all")]))
+        .map(|e| (e.0, e.2))
+        .collect();
+    truncated.sort();
+    let mut expected = vec![(s("assets"), t), (s("assets"), other_tenant), (s("risk_assets"), t)];
+    expected.sort();
+    assert_eq!(truncated, expected);
+}
+
+#[tokio::test]
+async fn a_row_moved_to_another_tenant_invalidates_both() {
+    let db = TestDatabase::create().await;
+    let client = db.connect().await;
+    let (a, b) = (tenant(&client, "a").await, tenant(&client, "b").await);
+    let asset = insert_id(
+        &client,
+        "INSERT INTO assets (tenant_id, name, asset_type) VALUES ($1, 'x', 'laptop') RETURNING id",
+        &[&a],
+    )
+    .await;
+    let mark = last_event_id(&client).await;
+    client.execute("UPDATE assets SET tenant_id = $1 WHERE id = $2", &[&b, &asset]).await.unwrap();
+    let events = events_after(&client, mark).await;
+    let expected_tags = tags(&[format!("asset:{asset}"), "assets".into()]);
+    assert_eq!(
+        events,
+        vec![
+            ("assets".into(), "UPDATE".into(), a, expected_tags.clone()),
+            ("assets".into(), "UPDATE".into(), b, expected_tags)
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_new_table_is_watched_with_one_sql_call() {
+    let db = TestDatabase::create().await;
+    let client = db.connect().await;
+    let t = tenant(&client, "acme").await;
+    let risk = insert_id(
+        &client,
+        "INSERT INTO risks (tenant_id, title, impact, probability) VALUES ($1, 'r', 1, 1) RETURNING id",
+        &[&t],
+    )
+    .await;
+    client
+        .batch_execute(
+            "CREATE TABLE risk_comments (
+                 id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                 tenant_id uuid NOT NULL, risk_id uuid NOT NULL, body text NOT NULL,
+                 FOREIGN KEY (tenant_id, risk_id) REFERENCES risks (tenant_id, id));
+             SELECT cache_watch('risk_comments', 'r.tenant_id', $$ARRAY['risk:' || r.risk_id, 'risk_comments']$$);",
+        )
+        .await
+        .unwrap();
+    let mark = last_event_id(&client).await;
+    client
+        .execute("INSERT INTO risk_comments (tenant_id, risk_id, body) VALUES ($1, $2, 'hi')", &[&t, &risk])
+        .await
+        .unwrap();
+    assert_eq!(
+        events_after(&client, mark).await,
+        vec![("risk_comments".into(), "INSERT".into(), t, tags(&[format!("risk:{risk}"), "risk_comments".into()]))]
+    );
+    let watched: i64 = client
+        .query_one("SELECT count(*) FROM cache_watches WHERE table_name = 'risk_comments'::regclass", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(watched, 1);
+
+    // A tags expression that does not fit the table is refused at cache_watch time.
+    let error = client
+        .batch_execute("SELECT cache_watch('risk_comments', 'r.tenant_id', $$ARRAY['x:' || r.no_such_column]$$)")
+        .await
+        .expect_err("bad expression");
+    assert!(error.as_db_error().is_some_and(|e| e.message().contains("no_such_column")), "{error:?}");
+
+    // Unwatching removes the triggers.
+    client.batch_execute("SELECT cache_unwatch('risk_comments')").await.unwrap();
+    let mark = last_event_id(&client).await;
+    client
+        .execute("INSERT INTO risk_comments (tenant_id, risk_id, body) VALUES ($1, $2, 'quiet')", &[&t, &risk])
+        .await
+        .unwrap();
+    assert!(events_after(&client, mark).await.is_empty());
+}
+
+#[tokio::test]
+async fn constraint_violations_are_rejected() {
+    let db = TestDatabase::create().await;
+    let client = db.connect().await;
+    let (a, b) = (tenant(&client, "a").await, tenant(&client, "b").await);
+    let risk_of_a = insert_id(
+        &client,
+        "INSERT INTO risks (tenant_id, title, impact, probability) VALUES ($1, 'r', 1, 1) RETURNING id",
+        &[&a],
+    )
+    .await;
+    let rejected = [
+        ("impact out of range", "INSERT INTO risks (tenant_id, title, impact, probability) VALUES ($1, 'r', 6, 1)"),
+        ("empty title", "INSERT INTO risks (tenant_id, title, impact, probability) VALUES ($1, '', 1, 1)"),
+        (
+            "unknown status",
+            "INSERT INTO risks (tenant_id, title, impact, probability, status) VALUES ($1, 'r', 1, 1, 'OPEN')",
+        ),
+        (
+            "non-object custom fields",
+            "INSERT INTO risks (tenant_id, title, impact, probability, custom_fields) VALUES ($1, 'r', 1, 1, '[1]')",
+        ),
+        (
+            "unknown criticality",
+            "INSERT INTO assets (tenant_id, name, asset_type, criticality) VALUES ($1, 'a', 't', 'EXTREME')",
+        ),
+    ];
+    for (what, sql) in rejected {
+        assert!(client.execute(sql, &[&a]).await.is_err(), "{what} must be rejected");
+    }
+    let cross_tenant = client
+        .execute("INSERT INTO mitigations (tenant_id, risk_id, title) VALUES ($1, $2, 'm')", &[&b, &risk_of_a])
+        .await;
+    assert!(cross_tenant.is_err(), "a mitigation cannot point at another tenant's risk");
+    let progress = client
+        .execute(
+            "INSERT INTO mitigations (tenant_id, risk_id, title, progress) VALUES ($1, $2, 'm', 101)",
+            &[&a, &risk_of_a],
+        )
+        .await;
+    assert!(progress.is_err(), "progress above 100");
+    let count: i64 = client.query_one("SELECT count(*) FROM mitigations", &[]).await.unwrap().get(0);
+    assert_eq!(count, 0, "nothing partial was written");
+}
+
+/// Reads a score as text, so the test needs no decimal type.
+mod rust_decimal_free {
+    use tokio_postgres::Client;
+    use uuid::Uuid;
+
+    pub struct Score(pub String);
+
+    pub async fn score(client: &Client, risk: Uuid) -> Score {
+        Score(client.query_one("SELECT score::text FROM risks WHERE id = $1", &[&risk]).await.unwrap().get(0))
+    }
+}

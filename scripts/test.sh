@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Runs every test against the local PostgreSQL and Redis (each test gets its own database and
+# Redis namespace). Installs what it needs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/ensure-services.sh
+if ! cargo nextest --version >/dev/null 2>&1; then
+    cargo install --locked cargo-nextest
+fi
+cargo nextest run --workspace --profile "${NEXTEST_PROFILE:-default}" "$@"

@@ -1,0 +1,338 @@
+//! Layered configuration: built-in defaults < an optional TOML file < environment variables.
+//!
+//! The well-known variables `DATABASE_URL`, `REDIS_URL`, `API_ADDR`, `METRICS_ADDR` and
+//! `OPENRISK_PROFILE` are read as they are; every other setting can be given as
+//! `OPENRISK_<SECTION>__<FIELD>` (for example `OPENRISK_CACHE__TTL_SECS=600`).
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+/// Why the configuration could not be loaded; names the offending key and value.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid configuration: {0}")]
+    Invalid(#[from] Box<figment::Error>),
+    #[error("invalid configuration: {0}")]
+    Rule(String),
+}
+
+/// Deployment profile; picks the database pool defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Profile {
+    #[default]
+    Dev,
+    Staging,
+    Production,
+}
+
+/// Database pool sizes. Unset fields take the profile's default (the old system's sizes).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PoolOverrides {
+    pub max_connections: Option<u32>,
+    pub min_idle: Option<u32>,
+    pub max_lifetime_secs: Option<u64>,
+    pub idle_timeout_secs: Option<u64>,
+    pub acquire_timeout_ms: Option<u64>,
+}
+
+/// The pool settings actually used, after applying the profile and overrides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolSettings {
+    pub max_connections: u32,
+    pub min_idle: u32,
+    pub max_lifetime: Duration,
+    pub idle_timeout: Duration,
+    pub acquire_timeout: Duration,
+}
+
+impl Profile {
+    /// The old system's pool sizes for this profile.
+    pub fn pool_defaults(self) -> PoolSettings {
+        let (max_connections, min_idle, lifetime_mins, idle_mins) = match self {
+            Profile::Dev => (10, 2, 10, 2),
+            Profile::Staging => (50, 10, 30, 5),
+            Profile::Production => (100, 25, 60, 10),
+        };
+        PoolSettings {
+            max_connections,
+            min_idle,
+            max_lifetime: Duration::from_secs(lifetime_mins * 60),
+            idle_timeout: Duration::from_secs(idle_mins * 60),
+            acquire_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable, coloured when writing to a terminal.
+    #[default]
+    Pretty,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    /// `tracing` filter directives, e.g. `info,openrisk_api=debug`.
+    pub filter: String,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self { format: LogFormat::Pretty, filter: "info".into() }
+    }
+}
+
+/// How the API caches responses in Redis.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheSettings {
+    /// Serve reads from Redis at all (false: every read goes to Postgres).
+    pub enabled: bool,
+    /// Prefix of every Redis key, so several deployments or tests can share one Redis.
+    pub key_prefix: String,
+    /// Lifetime of a cached response; invalidation, not expiry, keeps it fresh.
+    pub ttl_secs: u64,
+    /// Random spread added to or taken from the TTL, in percent, so entries do not expire together.
+    pub ttl_jitter_percent: u8,
+    /// Upper bound for one Redis call from a request; past it the request reads Postgres.
+    pub redis_timeout_ms: u64,
+    /// Consecutive Redis failures that open the circuit breaker.
+    pub breaker_failure_threshold: u32,
+    /// How long an open breaker skips Redis before one request probes it again.
+    pub breaker_open_ms: u64,
+    /// How long a verified bearer token is trusted without asking Postgres (revocation delay).
+    pub token_cache_secs: u64,
+}
+
+impl Default for CacheSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            key_prefix: "or".into(),
+            ttl_secs: 3600,
+            ttl_jitter_percent: 10,
+            redis_timeout_ms: 250,
+            breaker_failure_threshold: 5,
+            breaker_open_ms: 2000,
+            token_cache_secs: 5,
+        }
+    }
+}
+
+/// How the invalidator learns of outbox rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum WakeMode {
+    /// LISTEN for wake-ups when idle, with the poll interval as a safety net.
+    #[default]
+    Listen,
+    /// Only poll (for PgBouncer in transaction mode, which breaks LISTEN).
+    Poll,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct InvalidatorSettings {
+    pub mode: WakeMode,
+    /// Outbox rows claimed per batch.
+    pub batch_size: u32,
+    /// Longest wait between two looks at the outbox when no wake-up arrives.
+    pub poll_interval_ms: u64,
+    /// How long a SIGTERM waits for the batch in hand before exiting.
+    pub shutdown_timeout_ms: u64,
+    /// Outbox age above which /readyz reports the replica as not caught up.
+    pub ready_max_lag_ms: u64,
+}
+
+impl Default for InvalidatorSettings {
+    fn default() -> Self {
+        Self {
+            mode: WakeMode::Listen,
+            batch_size: 500,
+            poll_interval_ms: 1000,
+            shutdown_timeout_ms: 10_000,
+            ready_max_lag_ms: 5_000,
+        }
+    }
+}
+
+/// Everything both processes can be configured with.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    pub database_url: String,
+    pub redis_url: String,
+    /// Where the API listens (HTTP API, docs, health and metrics).
+    pub api_addr: SocketAddr,
+    /// Where the invalidator serves /metrics, /healthz and /readyz.
+    pub metrics_addr: SocketAddr,
+    pub profile: Profile,
+    pub pool: PoolOverrides,
+    pub log: LogSettings,
+    pub cache: CacheSettings,
+    pub invalidator: InvalidatorSettings,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            database_url: "postgres://postgres@127.0.0.1:5432/openrisk".into(),
+            redis_url: "redis://127.0.0.1:6379".into(),
+            api_addr: "127.0.0.1:8080".parse().expect("valid default address"),
+            metrics_addr: "127.0.0.1:9464".parse().expect("valid default address"),
+            profile: Profile::Dev,
+            pool: PoolOverrides::default(),
+            log: LogSettings::default(),
+            cache: CacheSettings::default(),
+            invalidator: InvalidatorSettings::default(),
+        }
+    }
+}
+
+impl Settings {
+    /// Loads defaults, then `file` (when given; it must exist), then the environment.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::from_figment(Self::figment(file))
+    }
+
+    /// The provider stack behind [`Settings::load`], exposed so tests can add to it.
+    pub fn figment(file: Option<&Path>) -> Figment {
+        let mut figment = Figment::from(Serialized::defaults(Settings::default()));
+        if let Some(path) = file {
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        figment
+            .merge(Env::prefixed("OPENRISK_").split("__").ignore(&["profile", "config"]))
+            .merge(Env::raw().only(&["DATABASE_URL", "REDIS_URL", "API_ADDR", "METRICS_ADDR"]))
+            .merge(Env::raw().only(&["OPENRISK_PROFILE"]).map(|_| "profile".into()))
+    }
+
+    /// Extracts and validates settings from a provider stack.
+    pub fn from_figment(figment: Figment) -> Result<Self, ConfigError> {
+        let settings: Settings = figment.extract().map_err(Box::new)?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let rule = |ok: bool, message: &str| if ok { Ok(()) } else { Err(ConfigError::Rule(message.into())) };
+        rule(
+            self.database_url.starts_with("postgres://") || self.database_url.starts_with("postgresql://"),
+            "database_url must be a postgres:// URL",
+        )?;
+        rule(
+            self.redis_url.starts_with("redis://") || self.redis_url.starts_with("rediss://"),
+            "redis_url must be a redis:// or rediss:// URL",
+        )?;
+        rule(
+            !self.cache.key_prefix.is_empty()
+                && self.cache.key_prefix.len() <= 64
+                && !self.cache.key_prefix.contains(['{', '}', ' ']),
+            "cache.key_prefix must be 1-64 characters without braces or spaces",
+        )?;
+        rule(self.cache.ttl_secs >= 1, "cache.ttl_secs must be at least 1")?;
+        rule(self.cache.ttl_jitter_percent <= 50, "cache.ttl_jitter_percent must be at most 50")?;
+        rule(self.cache.redis_timeout_ms >= 1, "cache.redis_timeout_ms must be at least 1")?;
+        rule(self.cache.breaker_failure_threshold >= 1, "cache.breaker_failure_threshold must be at least 1")?;
+        rule(
+            (1..=100_000).contains(&self.invalidator.batch_size),
+            "invalidator.batch_size must be between 1 and 100000",
+        )?;
+        rule(self.invalidator.poll_interval_ms >= 1, "invalidator.poll_interval_ms must be at least 1")?;
+        let pool = self.pool_settings();
+        rule(pool.max_connections >= 1, "pool.max_connections must be at least 1")?;
+        rule(pool.min_idle <= pool.max_connections, "pool.min_idle must not exceed pool.max_connections")?;
+        Ok(())
+    }
+
+    /// The profile's pool defaults with any explicit overrides applied.
+    pub fn pool_settings(&self) -> PoolSettings {
+        let defaults = self.profile.pool_defaults();
+        let o = &self.pool;
+        PoolSettings {
+            max_connections: o.max_connections.unwrap_or(defaults.max_connections),
+            min_idle: o.min_idle.unwrap_or(defaults.min_idle),
+            max_lifetime: o.max_lifetime_secs.map(Duration::from_secs).unwrap_or(defaults.max_lifetime),
+            idle_timeout: o.idle_timeout_secs.map(Duration::from_secs).unwrap_or(defaults.idle_timeout),
+            acquire_timeout: o.acquire_timeout_ms.map(Duration::from_millis).unwrap_or(defaults.acquire_timeout),
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::result_large_err)] // figment::Jail closures must return figment::Error.
+mod tests {
+    use super::*;
+    use figment::Jail;
+
+    #[test]
+    fn layers_defaults_file_and_environment() {
+        Jail::expect_with(|jail| {
+            jail.create_file("openrisk.toml", "profile = \"staging\"\n[cache]\nttl_secs = 120\n")?;
+            jail.set_env("REDIS_URL", "redis://127.0.0.1:6390");
+            jail.set_env("OPENRISK_CACHE__TTL_SECS", "600");
+            jail.set_env("OPENRISK_POOL__MAX_CONNECTIONS", "12");
+            let settings = Settings::load(Some(Path::new("openrisk.toml"))).expect("loads");
+            assert_eq!(settings.redis_url, "redis://127.0.0.1:6390");
+            assert_eq!(settings.cache.ttl_secs, 600, "environment beats the file");
+            assert_eq!(settings.profile, Profile::Staging, "file beats the defaults");
+            let pool = settings.pool_settings();
+            assert_eq!(pool.max_connections, 12);
+            assert_eq!(pool.min_idle, 10, "staging default");
+            assert_eq!(pool.max_lifetime, Duration::from_secs(30 * 60));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn profile_comes_from_openrisk_profile() {
+        Jail::expect_with(|jail| {
+            jail.set_env("OPENRISK_PROFILE", "production");
+            let settings = Settings::load(None).expect("loads");
+            assert_eq!(settings.pool_settings(), Profile::Production.pool_defaults());
+            assert_eq!(settings.pool_settings().max_connections, 100);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn bad_values_are_named_in_the_error() {
+        Jail::expect_with(|jail| {
+            jail.set_env("API_ADDR", "not-an-address");
+            let error = Settings::load(None).expect_err("must fail").to_string();
+            assert!(error.to_lowercase().contains("api_addr"), "{error}");
+            Ok(())
+        });
+        Jail::expect_with(|jail| {
+            jail.set_env("OPENRISK_PROFILE", "huge");
+            let error = Settings::load(None).expect_err("must fail").to_string();
+            assert!(error.to_lowercase().contains("profile") && error.contains("staging"), "{error}");
+            Ok(())
+        });
+        Jail::expect_with(|jail| {
+            jail.set_env("OPENRISK_CACHE__TTL_JITTER_PERCENT", "90");
+            let error = Settings::load(None).expect_err("must fail").to_string();
+            assert!(error.contains("ttl_jitter_percent"), "{error}");
+            Ok(())
+        });
+        Jail::expect_with(|jail| {
+            jail.create_file("bad.toml", "[cache]\nttl_seconds = 5\n")?;
+            let error = Settings::load(Some(Path::new("bad.toml"))).expect_err("must fail").to_string();
+            assert!(error.contains("ttl_seconds"), "unknown keys are rejected: {error}");
+            Ok(())
+        });
+    }
+}

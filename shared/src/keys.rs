@@ -1,0 +1,176 @@
+//! The Redis key scheme. Every key of a tenant carries the `{<tenant uuid>}` hash tag, so all of
+//! a tenant's entries, tag versions and tag member sets live in one Redis Cluster slot and every
+//! script touches a single slot.
+//!
+//! ```text
+//! <prefix>:{<tenant>}:e:<schema>:<resource>:<params hash>   cached response (hash: b, e, t)
+//! <prefix>:{<tenant>}:v:<tag>                               tag version token (no TTL)
+//! <prefix>:{<tenant>}:m:<tag>                               set of entry keys built from <tag>
+//! ```
+
+use std::fmt;
+
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+/// Longest tag accepted (prefix, colon and identifier).
+pub const MAX_TAG_LEN: usize = 200;
+
+/// A validated invalidation tag such as `risks` or `risk:4f1c…`: a lowercase kind, optionally
+/// followed by `:` and an identifier of letters, digits, `_`, `.` or `-`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Tag(String);
+
+/// Why a string is not a tag.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TagError {
+    #[error("tag is empty")]
+    Empty,
+    #[error("tag is {0} bytes long (at most {MAX_TAG_LEN})")]
+    TooLong(usize),
+    #[error("tag {0:?} is not of the form kind[:id] (kind: a-z, 0-9, _; id: A-Z, a-z, 0-9, _, ., -)")]
+    Malformed(String),
+}
+
+impl Tag {
+    /// The tenant-wide tag: invalidating it drops every entry of the tenant.
+    pub const ALL: &'static str = "all";
+
+    pub fn parse(text: &str) -> Result<Self, TagError> {
+        if text.is_empty() {
+            return Err(TagError::Empty);
+        }
+        if text.len() > MAX_TAG_LEN {
+            return Err(TagError::TooLong(text.len()));
+        }
+        let (kind, id) = match text.split_once(':') {
+            Some((kind, id)) => (kind, Some(id)),
+            None => (text, None),
+        };
+        let kind_ok = kind.as_bytes().first().is_some_and(u8::is_ascii_lowercase)
+            && kind.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        let id_ok = id.is_none_or(|id| {
+            !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+        });
+        if kind_ok && id_ok { Ok(Tag(text.to_owned())) } else { Err(TagError::Malformed(text.to_owned())) }
+    }
+
+    /// A collection tag such as `risks`, or a row tag such as `risk:<id>`.
+    pub fn new(kind: &str, id: Option<&dyn fmt::Display>) -> Result<Self, TagError> {
+        match id {
+            Some(id) => Self::parse(&format!("{kind}:{id}")),
+            None => Self::parse(kind),
+        }
+    }
+
+    pub fn all() -> Self {
+        Tag(Self::ALL.to_owned())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Tag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Builds every Redis key from a deployment-wide prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Keyspace {
+    prefix: String,
+}
+
+impl Keyspace {
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Self { prefix: prefix.into() }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// `<prefix>:{<tenant>}:`, the start of every key of the tenant; the scripts append
+    /// `v:<tag>` or `m:<tag>` to it.
+    pub fn tenant_base(&self, tenant: Uuid) -> String {
+        format!("{}:{{{}}}:", self.prefix, tenant)
+    }
+
+    pub fn version_key(&self, tenant: Uuid, tag: &Tag) -> String {
+        format!("{}v:{}", self.tenant_base(tenant), tag)
+    }
+
+    pub fn members_key(&self, tenant: Uuid, tag: &Tag) -> String {
+        format!("{}m:{}", self.tenant_base(tenant), tag)
+    }
+
+    /// Key of a cached response. `schema` changes whenever a response shape changes, so a deploy
+    /// never serves an old shape. `params` is every query parameter that can change the answer;
+    /// their order does not matter and absent parameters must simply be left out.
+    pub fn entry_key(&self, tenant: Uuid, schema: u32, resource: &str, params: &[(&str, String)]) -> String {
+        let mut sorted: Vec<&(&str, String)> = params.iter().collect();
+        sorted.sort_by(|a, b| a.0.cmp(b.0).then_with(|| a.1.cmp(&b.1)));
+        let mut hasher = Sha256::new();
+        for (name, value) in sorted {
+            // Length-prefixed so that no two different parameter lists hash the same input.
+            hasher.update((name.len() as u64).to_le_bytes());
+            hasher.update(name.as_bytes());
+            hasher.update((value.len() as u64).to_le_bytes());
+            hasher.update(value.as_bytes());
+        }
+        let digest = hex::encode(&hasher.finalize()[..16]);
+        format!("{}e:{}:{}:{}", self.tenant_base(tenant), schema, resource, digest)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tags_follow_the_grammar() {
+        for good in ["all", "risks", "risk:0b0e8f7e-1234-4c3b-9a1e-000000000001", "risk_history", "asset:x.y_z-1"] {
+            assert_eq!(Tag::parse(good).expect(good).as_str(), good);
+        }
+        assert_eq!(Tag::parse(""), Err(TagError::Empty));
+        for bad in ["Risk", "risk:", ":x", "risk:a b", "risk:a:b", "1risk", "risk\n", "risk:{x}", "r*"] {
+            assert!(matches!(Tag::parse(bad), Err(TagError::Malformed(_))), "{bad:?} must be rejected");
+        }
+        assert!(matches!(Tag::parse(&"a".repeat(MAX_TAG_LEN + 1)), Err(TagError::TooLong(_))));
+    }
+
+    #[test]
+    fn every_key_of_a_tenant_shares_its_hash_slot() {
+        let keyspace = Keyspace::new("or");
+        let tenant = Uuid::new_v4();
+        let tag = Tag::parse("risks").unwrap();
+        let slot = format!("{{{tenant}}}");
+        for key in [
+            keyspace.version_key(tenant, &tag),
+            keyspace.members_key(tenant, &tag),
+            keyspace.entry_key(tenant, 1, "risks", &[("page", "1".into())]),
+        ] {
+            assert!(key.starts_with(&format!("or:{slot}:")), "{key}");
+            assert_eq!(key.matches('{').count(), 1, "exactly one hash tag in {key}");
+        }
+    }
+
+    #[test]
+    fn entry_keys_depend_on_everything_that_changes_the_answer() {
+        let keyspace = Keyspace::new("or");
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        let params = |page: &str| vec![("page", page.to_owned()), ("status", "ACTIVE".to_owned())];
+        let base = keyspace.entry_key(a, 1, "risks", &params("1"));
+        assert_ne!(base, keyspace.entry_key(b, 1, "risks", &params("1")), "tenant");
+        assert_ne!(base, keyspace.entry_key(a, 2, "risks", &params("1")), "schema version");
+        assert_ne!(base, keyspace.entry_key(a, 1, "assets", &params("1")), "resource");
+        assert_ne!(base, keyspace.entry_key(a, 1, "risks", &params("2")), "parameter value");
+        let reordered = vec![("status", "ACTIVE".to_owned()), ("page", "1".to_owned())];
+        assert_eq!(base, keyspace.entry_key(a, 1, "risks", &reordered), "parameter order does not matter");
+        let shifted = vec![("page", "1status".to_owned()), ("", "ACTIVE".to_owned())];
+        assert_ne!(base, keyspace.entry_key(a, 1, "risks", &shifted), "no ambiguity between parameters");
+    }
+}

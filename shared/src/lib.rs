@@ -1,0 +1,14 @@
+//! What the OpenRisk API and the invalidator must agree on, defined once: configuration, the
+//! Redis key and tag scheme, the cache consistency protocol (its Lua scripts), the invalidation
+//! event read from the outbox, and telemetry set-up.
+
+pub mod config;
+pub mod db;
+pub mod event;
+pub mod keys;
+pub mod metrics;
+pub mod protocol;
+pub mod telemetry;
+
+pub use config::{ConfigError, Settings};
+pub use keys::{Keyspace, Tag, TagError};

@@ -1,0 +1,185 @@
+//! Test harness against real servers, no mocks.
+//!
+//! * [`TestDatabase`]: a fresh database per test, cloned from a template that holds every
+//!   migration (built once per migration fingerprint, shared by all test processes).
+//! * [`RedisNamespace`]: a key prefix of its own per test on the shared Redis, removed on drop.
+//! * [`PrivateRedis`] and [`PrivatePostgres`]: servers on free ports for tests that kill,
+//!   restart or flush them, so the shared servers are never touched.
+//!
+//! The shared servers default to 127.0.0.1:5432 and 127.0.0.1:6379; `TEST_DATABASE_URL` (an
+//! admin URL) and `TEST_REDIS_URL` point elsewhere.
+
+mod private;
+
+pub use private::{PrivatePostgres, PrivateRedis};
+
+use std::time::Duration;
+
+use tokio_postgres::Client;
+use uuid::Uuid;
+
+/// Advisory lock serialising template creation across concurrently starting test processes.
+const TEMPLATE_LOCK_KEY: i64 = 7_273_730_004;
+
+/// URL of a database on the shared server with rights to create databases.
+pub fn admin_database_url() -> String {
+    std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// URL of the shared Redis used by tests.
+pub fn redis_url() -> String {
+    std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// Replaces the database name at the end of a postgres URL.
+pub fn with_database(url: &str, database: &str) -> String {
+    let (base, query) = url.split_once('?').map_or((url, None), |(base, query)| (base, Some(query)));
+    let stem = base.rsplit_once('/').map_or(base, |(stem, _)| stem);
+    match query {
+        Some(query) => format!("{stem}/{database}?{query}"),
+        None => format!("{stem}/{database}"),
+    }
+}
+
+/// A database of its own for one test, dropped (forcibly) when this value is dropped.
+#[derive(Debug)]
+pub struct TestDatabase {
+    pub name: String,
+    pub url: String,
+    admin_url: String,
+}
+
+impl TestDatabase {
+    /// Creates `openrisk_test_<uuid>` from the migrated template on the shared server.
+    pub async fn create() -> Self {
+        Self::create_on(&admin_database_url()).await
+    }
+
+    /// Creates a migrated database on the server behind `admin_url` (a private one, say).
+    pub async fn create_on(admin_url: &str) -> Self {
+        let admin = openrisk_shared::db::connect(admin_url, "openrisk-tests").await.expect("connect to postgres");
+        let template = ensure_template(&admin, admin_url).await;
+        let name = format!("openrisk_test_{}", Uuid::new_v4().simple());
+        let mut attempts = 0;
+        loop {
+            match admin.batch_execute(&format!("CREATE DATABASE {name} TEMPLATE {template}")).await {
+                Ok(()) => break,
+                // Another process may still hold a connection to the template for a moment.
+                Err(error) if attempts < 50 && error.to_string().contains("being accessed by other users") => {
+                    attempts += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(error) => panic!("create test database {name}: {error}"),
+            }
+        }
+        Self { url: with_database(admin_url, &name), name, admin_url: admin_url.to_owned() }
+    }
+
+    /// A new connection to this database.
+    pub async fn connect(&self) -> Client {
+        openrisk_shared::db::connect(&self.url, "openrisk-tests").await.expect("connect to test database")
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let (admin_url, name) = (self.admin_url.clone(), self.name.clone());
+        // Drop runs inside or outside a runtime; a thread of its own works in both.
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+            runtime.block_on(async {
+                let admin = openrisk_shared::db::connect(&admin_url, "openrisk-tests").await.ok()?;
+                admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await.ok()
+            })
+        })
+        .join();
+        if !matches!(dropped, Ok(Some(()))) {
+            eprintln!("warning: could not drop test database {}", self.name);
+        }
+    }
+}
+
+/// Returns the name of the migrated template for the current migrations, building it if needed.
+async fn ensure_template(admin: &Client, admin_url: &str) -> String {
+    let template = format!("openrisk_template_{}", openrisk_migrations::fingerprint());
+    admin.execute("SELECT pg_advisory_lock($1)", &[&TEMPLATE_LOCK_KEY]).await.expect("template lock");
+    let ready = admin
+        .query_opt("SELECT 1 FROM pg_database WHERE datname = $1 AND datistemplate", &[&template])
+        .await
+        .expect("look up template");
+    if ready.is_none() {
+        for statement in
+            [format!("DROP DATABASE IF EXISTS {template} WITH (FORCE)"), format!("CREATE DATABASE {template}")]
+        {
+            admin.batch_execute(&statement).await.expect("create template database");
+        }
+        {
+            let mut client = openrisk_shared::db::connect(&with_database(admin_url, &template), "openrisk-tests")
+                .await
+                .expect("connect to template");
+            openrisk_migrations::migrate(&mut client).await.expect("migrate template");
+        }
+        // Disconnect every session (ours included) before the template is copied.
+        admin
+            .batch_execute(&format!(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{template}';
+                 ALTER DATABASE {template} IS_TEMPLATE true"
+            ))
+            .await
+            .expect("mark template");
+    }
+    admin.execute("SELECT pg_advisory_unlock($1)", &[&TEMPLATE_LOCK_KEY]).await.expect("template unlock");
+    template
+}
+
+/// A key prefix of its own on a Redis server; every key under it is removed on drop.
+#[derive(Debug)]
+pub struct RedisNamespace {
+    pub prefix: String,
+    pub url: String,
+}
+
+impl RedisNamespace {
+    pub fn new() -> Self {
+        Self::on(&redis_url())
+    }
+
+    pub fn on(url: &str) -> Self {
+        Self { prefix: format!("test-{}", Uuid::new_v4().simple()), url: url.to_owned() }
+    }
+
+    /// Every key currently under this prefix (tests only: it scans).
+    pub fn keys(&self) -> Vec<String> {
+        let client = redis::Client::open(self.url.as_str()).expect("redis url");
+        let Ok(mut conn) = client.get_connection_with_timeout(Duration::from_secs(2)) else { return Vec::new() };
+        let keys: redis::RedisResult<redis::Iter<String>> = redis::cmd("SCAN")
+            .cursor_arg(0)
+            .arg("MATCH")
+            .arg(format!("{}:*", self.prefix))
+            .arg("COUNT")
+            .arg(1000)
+            .clone()
+            .iter(&mut conn);
+        keys.map(|iter| iter.filter_map(Result::ok).collect()).unwrap_or_default()
+    }
+}
+
+impl Default for RedisNamespace {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for RedisNamespace {
+    fn drop(&mut self) {
+        let keys = self.keys();
+        if keys.is_empty() {
+            return;
+        }
+        if let Ok(mut conn) = redis::Client::open(self.url.as_str()).and_then(|client| client.get_connection()) {
+            for chunk in keys.chunks(500) {
+                let _: redis::RedisResult<i64> = redis::cmd("UNLINK").arg(chunk).query(&mut conn);
+            }
+        }
+    }
+}
