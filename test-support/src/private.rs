@@ -80,7 +80,7 @@ impl Drop for PrivateRedis {
     }
 }
 
-/// A PostgreSQL cluster of its own (fsync off) on a free port; stopped and deleted on drop.
+/// A PostgreSQL cluster of its own (fsync off, commits still survive a server crash) on a free port; stopped and deleted on drop.
 #[derive(Debug)]
 pub struct PrivatePostgres {
     pub port: u16,
@@ -121,7 +121,7 @@ impl PrivatePostgres {
             .arg("-D")
             .arg(self.dir.path().join("data"))
             .args(["-p", &self.port.to_string(), "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"])
-            .args(["-c", "synchronous_commit=off", "-c", "full_page_writes=off", "-c", "max_connections=200"])
+            .args(["-c", "full_page_writes=off", "-c", "max_connections=200"])
             .arg("-k")
             .arg(self.dir.path())
             .stdout(Stdio::null())
@@ -160,13 +160,18 @@ fn is_root() -> bool {
     Command::new("id").arg("-u").output().is_ok_and(|out| out.stdout.starts_with(b"0\n"))
 }
 
-fn as_postgres_user(command: Command) -> Command {
-    if !is_root() {
-        return command;
+/// As root, runs `command` as the `postgres` user (PostgreSQL refuses to run as root). The uid
+/// is switched in the child itself, so signals reach the server directly.
+fn as_postgres_user(mut command: Command) -> Command {
+    use std::os::unix::process::CommandExt;
+    if is_root() {
+        let id = |flag: &str| -> u32 {
+            let out = Command::new("id").args([flag, "postgres"]).output().expect("id postgres");
+            String::from_utf8_lossy(&out.stdout).trim().parse().expect("numeric id of the postgres user")
+        };
+        command.uid(id("-u")).gid(id("-g"));
     }
-    let mut wrapped = Command::new("runuser");
-    wrapped.args(["-u", "postgres", "--"]).arg(command.get_program()).args(command.get_args());
-    wrapped
+    command
 }
 
 fn postgres_bin_dir() -> PathBuf {

@@ -1,0 +1,84 @@
+//! The replica's own HTTP endpoints (`METRICS_ADDR`): /metrics, /healthz, /readyz, and the
+//! sampler that keeps the backlog gauges and the "caught up" flag current.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use poem::http::StatusCode;
+use poem::web::Data;
+use poem::{EndpointExt, IntoResponse, Response, Route, get, handler};
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Metrics;
+use crate::outbox;
+use crate::worker::Status;
+
+/// How often the backlog gauges are refreshed.
+const SAMPLE_EVERY: Duration = Duration::from_secs(1);
+
+#[handler]
+fn metrics_endpoint(Data(metrics): Data<&Metrics>) -> Response {
+    Response::builder()
+        .content_type(openrisk_shared::metrics::CONTENT_TYPE)
+        .body(openrisk_shared::metrics::render(&metrics.registry))
+}
+
+#[handler]
+fn healthz() -> &'static str {
+    "ok"
+}
+
+/// Ready when connected to Postgres and Redis and the outbox is caught up.
+#[handler]
+fn readyz(Data(status): Data<&Arc<Status>>) -> Response {
+    let body = serde_json::json!({
+        "postgres": status.postgres_connected.load(Ordering::Relaxed),
+        "redis": status.redis_connected.load(Ordering::Relaxed),
+        "caught_up": status.caught_up.load(Ordering::Relaxed),
+    });
+    let code = if status.ready() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    poem::web::Json(body).with_status(code).into_response()
+}
+
+/// The routes served on `METRICS_ADDR`.
+pub fn routes(metrics: Metrics, status: Arc<Status>) -> impl poem::Endpoint {
+    Route::new()
+        .at("/metrics", get(metrics_endpoint))
+        .at("/healthz", get(healthz))
+        .at("/readyz", get(readyz))
+        .data(metrics)
+        .data(status)
+}
+
+/// Samples the outbox backlog every second until shutdown (its own connection, reconnecting).
+pub async fn sample_backlog(
+    database_url: String,
+    ready_max_lag: Duration,
+    metrics: Metrics,
+    status: Arc<Status>,
+    shutdown: CancellationToken,
+) {
+    let mut client = None;
+    loop {
+        if client.as_ref().is_none_or(tokio_postgres::Client::is_closed) {
+            client = openrisk_shared::db::connect(&database_url, "openrisk-invalidator-sampler").await.ok();
+        }
+        let sample = match &client {
+            Some(client) => outbox::backlog(client).await.ok(),
+            None => None,
+        };
+        match sample {
+            Some((rows, oldest_age)) => {
+                metrics.outbox_backlog.set(rows);
+                metrics.oldest_event_age_seconds.set(oldest_age);
+                status.caught_up.store(oldest_age < ready_max_lag.as_secs_f64(), Ordering::Relaxed);
+            }
+            None => status.caught_up.store(false, Ordering::Relaxed),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(SAMPLE_EVERY) => {}
+            () = shutdown.cancelled() => return,
+        }
+    }
+}

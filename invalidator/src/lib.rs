@@ -1,0 +1,87 @@
+//! The OpenRisk cache invalidator: turns committed Postgres changes (rows in `cache_outbox`,
+//! written by the `cache_watch` triggers) into exact Redis invalidations. Any number of replicas
+//! share the outbox; each event is acknowledged only after Redis confirmed it.
+
+pub mod cli;
+pub mod health;
+pub mod listener;
+pub mod metrics;
+pub mod outbox;
+pub mod worker;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openrisk_shared::Settings;
+use poem::listener::{Acceptor, Listener as _, TcpListener};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub use metrics::Metrics;
+pub use worker::{Status, Worker};
+
+/// A running replica: the worker, the backlog sampler and the HTTP endpoints.
+pub struct Running {
+    pub metrics_addr: SocketAddr,
+    pub metrics: Metrics,
+    pub status: Arc<Status>,
+    shutdown: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+}
+
+/// Starts a replica; `settings.metrics_addr` may use port 0 (tests).
+pub async fn start(settings: Settings) -> Result<Running, StartError> {
+    let settings = Arc::new(settings);
+    let metrics = Metrics::new();
+    let status = Arc::new(Status::default());
+    let shutdown = CancellationToken::new();
+
+    let addr = settings.metrics_addr;
+    let acceptor = TcpListener::bind(addr).into_acceptor().await.map_err(|source| StartError::Bind { addr, source })?;
+    let metrics_addr = acceptor.local_addr().first().and_then(|local| local.as_socket_addr().copied()).unwrap_or(addr);
+    let server = poem::Server::new_with_acceptor(acceptor);
+    let endpoints = health::routes(metrics.clone(), status.clone());
+    let server_shutdown = shutdown.clone();
+    let server_task = tokio::spawn(async move {
+        let stopped = server_shutdown.cancelled_owned();
+        if let Err(error) = server.run_with_graceful_shutdown(endpoints, stopped, Some(Duration::from_secs(1))).await {
+            tracing::error!(%error, "metrics server failed");
+        }
+    });
+    let sampler_task = tokio::spawn(health::sample_backlog(
+        settings.database_url.clone(),
+        Duration::from_millis(settings.invalidator.ready_max_lag_ms),
+        metrics.clone(),
+        status.clone(),
+        shutdown.clone(),
+    ));
+    let worker = Worker::new(settings.clone(), metrics.clone(), status.clone());
+    let worker_shutdown = shutdown.clone();
+    let worker_task = tokio::spawn(async move { worker.run(worker_shutdown).await });
+    tracing::info!(%metrics_addr, mode = ?settings.invalidator.mode, "invalidator started");
+    Ok(Running { metrics_addr, metrics, status, shutdown, tasks: vec![worker_task, sampler_task, server_task] })
+}
+
+impl Running {
+    /// Asks every task to stop and waits up to `timeout` for them (the worker finishes or
+    /// releases its batch). Returns false when the timeout cut the wait short.
+    pub async fn shutdown(self, timeout: Duration) -> bool {
+        self.shutdown.cancel();
+        let all = futures::future::join_all(self.tasks);
+        tokio::time::timeout(timeout, all).await.is_ok()
+    }
+
+    /// Aborts every task at once, as a crash would (connections close, claimed rows are released).
+    pub fn abort(self) {
+        for task in self.tasks {
+            task.abort();
+        }
+    }
+}

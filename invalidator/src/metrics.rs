@@ -1,0 +1,108 @@
+//! The invalidator's Prometheus metrics.
+
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+
+/// Every metric one replica exports; names follow Prometheus conventions.
+#[derive(Clone)]
+pub struct Metrics {
+    pub registry: Registry,
+    pub events_processed: IntCounter,
+    pub keys_deleted: IntCounter,
+    pub tags_invalidated: IntCounter,
+    pub batches: IntCounter,
+    pub batch_size: Histogram,
+    pub errors: IntCounterVec,
+    pub poison_events: IntCounter,
+    pub reconnects: IntCounterVec,
+    pub listener_connected: IntGauge,
+    pub parked: IntGauge,
+    pub outbox_backlog: IntGauge,
+    pub oldest_event_age_seconds: prometheus::Gauge,
+    pub lag_seconds: Histogram,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str| {
+            let metric = IntCounter::new(name, help).expect("valid metric");
+            registry.register(Box::new(metric.clone())).expect("unique metric");
+            metric
+        };
+        let counter_vec = |name: &str, help: &str, label: &str| {
+            let metric = IntCounterVec::new(Opts::new(name, help), &[label]).expect("valid metric");
+            registry.register(Box::new(metric.clone())).expect("unique metric");
+            metric
+        };
+        let gauge = |name: &str, help: &str| {
+            let metric = IntGauge::new(name, help).expect("valid metric");
+            registry.register(Box::new(metric.clone())).expect("unique metric");
+            metric
+        };
+        let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
+            let metric = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets)).expect("valid metric");
+            registry.register(Box::new(metric.clone())).expect("unique metric");
+            metric
+        };
+        let oldest_event_age_seconds = prometheus::Gauge::new(
+            "openrisk_invalidator_oldest_event_age_seconds",
+            "Age of the oldest event still in the outbox (0 when empty).",
+        )
+        .expect("valid metric");
+        registry.register(Box::new(oldest_event_age_seconds.clone())).expect("unique metric");
+        let errors =
+            counter_vec("openrisk_invalidator_errors_total", "Failed batches, by the system that failed.", "kind");
+        let reconnects =
+            counter_vec("openrisk_invalidator_reconnects_total", "Connections re-established, by target.", "target");
+        for (vec, label) in
+            [(&errors, "postgres"), (&errors, "redis"), (&reconnects, "postgres"), (&reconnects, "redis")]
+        {
+            vec.with_label_values(&[label]);
+        }
+        Self {
+            events_processed: counter(
+                "openrisk_invalidator_events_processed_total",
+                "Outbox events applied to Redis and acknowledged.",
+            ),
+            keys_deleted: counter("openrisk_invalidator_keys_deleted_total", "Cached entries unlinked from Redis."),
+            tags_invalidated: counter(
+                "openrisk_invalidator_tags_invalidated_total",
+                "Distinct tags invalidated (after collapsing duplicates within a batch).",
+            ),
+            batches: counter("openrisk_invalidator_batches_total", "Non-empty batches applied."),
+            batch_size: histogram(
+                "openrisk_invalidator_batch_size",
+                "Events per applied batch.",
+                vec![1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 5000.0],
+            ),
+            errors,
+            poison_events: counter(
+                "openrisk_invalidator_poison_events_total",
+                "Outbox events that could not be applied and were moved to the dead-letter table.",
+            ),
+            reconnects,
+            listener_connected: gauge(
+                "openrisk_invalidator_listener_connected",
+                "1 while the LISTEN connection for wake-ups is up (always 0 in poll mode).",
+            ),
+            parked: gauge(
+                "openrisk_invalidator_parked",
+                "1 while this replica is parked: idle, holding the park lock, so writers notify.",
+            ),
+            outbox_backlog: gauge("openrisk_invalidator_outbox_backlog", "Events waiting in the outbox."),
+            oldest_event_age_seconds,
+            lag_seconds: histogram(
+                "openrisk_invalidator_lag_seconds",
+                "Invalidation lag: from the row change in Postgres to Redis confirming the deletion.",
+                vec![0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0],
+            ),
+            registry,
+        }
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,155 @@
+//! Shared set-up for the invalidator's tests: a database and Redis namespace of their own,
+//! cached entries registered through the real protocol, and polling helpers.
+
+#![allow(dead_code)] // Each test binary uses a different part of this module.
+
+use std::time::{Duration, Instant};
+
+use openrisk_invalidator::Running;
+use openrisk_shared::Settings;
+use openrisk_shared::config::WakeMode;
+use openrisk_shared::keys::{Keyspace, Tag};
+use openrisk_shared::protocol::{self, Fill, Lookup};
+use openrisk_test_support::{RedisNamespace, TestDatabase};
+use redis::aio::MultiplexedConnection;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_postgres::Client;
+use uuid::Uuid;
+
+pub struct Harness {
+    pub db: TestDatabase,
+    pub namespace: RedisNamespace,
+    pub sql: Client,
+    pub redis: MultiplexedConnection,
+    pub keyspace: Keyspace,
+}
+
+impl Harness {
+    pub async fn new() -> Self {
+        Self::with(TestDatabase::create().await, RedisNamespace::new()).await
+    }
+
+    pub async fn with(db: TestDatabase, namespace: RedisNamespace) -> Self {
+        let sql = db.connect().await;
+        let redis = connect_redis(&namespace.url).await;
+        let keyspace = Keyspace::new(namespace.prefix.clone());
+        Self { db, namespace, sql, redis, keyspace }
+    }
+
+    /// Settings for a replica of this harness: poll mode off, short poll interval.
+    pub fn settings(&self) -> Settings {
+        let mut settings = Settings {
+            database_url: self.db.url.clone(),
+            redis_url: self.namespace.url.clone(),
+            metrics_addr: "127.0.0.1:0".parse().unwrap(),
+            ..Settings::default()
+        };
+        settings.cache.key_prefix = self.namespace.prefix.clone();
+        settings.invalidator.poll_interval_ms = 100;
+        settings.invalidator.mode = WakeMode::Listen;
+        settings
+    }
+
+    pub async fn start(&self, settings: Settings) -> Running {
+        openrisk_invalidator::start(settings).await.expect("start invalidator")
+    }
+
+    /// Caches an entry named `name`, built from `tags` (plus `all`); returns its key. A fill
+    /// rejected because an invalidation landed in between is simply retried, as a reader would.
+    pub async fn cache(&mut self, tenant: Uuid, name: &str, tags: &[String]) -> String {
+        let key = self.keyspace.entry_key(tenant, 1, name, &[]);
+        let tags = with_all(tags);
+        for _ in 0..50 {
+            let Lookup::Miss { snapshot } =
+                protocol::lookup(&mut self.redis, &self.keyspace, tenant, &key, &tags).await.unwrap()
+            else {
+                return key;
+            };
+            let entry =
+                Fill { entry_key: &key, body: name.as_bytes(), etag: "e", ttl_secs: 600, members_ttl_secs: 700 };
+            if protocol::fill(&mut self.redis, &self.keyspace, tenant, &snapshot, entry).await.unwrap() {
+                return key;
+            }
+        }
+        panic!("could not cache {name}: every fill was rejected");
+    }
+
+    /// Whether the entry is still served (a hit) for these tags.
+    pub async fn is_cached(&mut self, tenant: Uuid, key: &str, tags: &[String]) -> bool {
+        let tags = with_all(tags);
+        matches!(
+            protocol::lookup(&mut self.redis, &self.keyspace, tenant, key, &tags).await.unwrap(),
+            Lookup::Hit { .. }
+        )
+    }
+
+    pub async fn outbox_len(&self) -> i64 {
+        self.sql.query_one("SELECT count(*) FROM cache_outbox", &[]).await.unwrap().get(0)
+    }
+
+    pub async fn tenant(&self, slug: &str) -> Uuid {
+        self.sql
+            .query_one("INSERT INTO tenants (slug, name) VALUES ($1, $1) RETURNING id", &[&slug])
+            .await
+            .unwrap()
+            .get(0)
+    }
+
+    pub async fn id(&self, sql: &str, params: &[&(dyn tokio_postgres::types::ToSql + Sync)]) -> Uuid {
+        self.sql.query_one(sql, params).await.unwrap_or_else(|error| panic!("{sql}: {error:?}")).get(0)
+    }
+
+    pub async fn risk(&self, tenant: Uuid, title: &str) -> Uuid {
+        self.id(
+            "INSERT INTO risks (tenant_id, title, impact, probability) VALUES ($1, $2, 3, 3) RETURNING id",
+            &[&tenant, &title],
+        )
+        .await
+    }
+
+    /// Waits until the outbox is empty (everything applied and acknowledged).
+    pub async fn drained(&self, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let left = self.outbox_len().await;
+            if left == 0 {
+                return;
+            }
+            assert!(Instant::now() < deadline, "outbox still holds {left} events after {within:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+pub fn with_all(tags: &[String]) -> Vec<Tag> {
+    std::iter::once(Tag::all()).chain(tags.iter().map(|tag| Tag::parse(tag).unwrap())).collect()
+}
+
+pub async fn connect_redis(url: &str) -> MultiplexedConnection {
+    redis::Client::open(url).unwrap().get_multiplexed_async_connection().await.unwrap()
+}
+
+/// Polls `condition` every 20 ms until it holds; panics with `what` after `within`.
+pub async fn eventually<F, Fut>(what: &str, within: Duration, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    while !condition().await {
+        assert!(Instant::now() < deadline, "{what} did not happen within {within:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A plain HTTP/1.1 GET against the replica's endpoints: (status, body).
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let status = response.split(' ').nth(1).and_then(|code| code.parse().ok()).unwrap_or(0);
+    let body = response.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default();
+    (status, body)
+}

@@ -1,0 +1,193 @@
+//! The invalidator under faults and competition: replicas racing for one outbox, a killed
+//! LISTEN connection, Postgres and Redis restarts, a replica SIGKILLed mid-batch. After each,
+//! every event is applied exactly where it matters and the outbox drains.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{Harness, connect_redis, eventually};
+use openrisk_shared::config::WakeMode;
+use openrisk_test_support::{PrivatePostgres, PrivateRedis, RedisNamespace, TestDatabase};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// Fills the outbox with `count` events of one tenant, each invalidating its own risk tag.
+async fn flood_outbox(h: &Harness, tenant: uuid::Uuid, count: i32) {
+    h.sql
+        .execute(
+            "INSERT INTO cache_outbox (tenant_id, table_name, op, tags)
+             SELECT $1, 'risks', 'UPDATE', ARRAY['risk:' || g, 'risks'] FROM generate_series(1, $2) g",
+            &[&tenant, &count],
+        )
+        .await
+        .unwrap();
+}
+
+async fn replicas_share_the_outbox(replicas: usize) {
+    let mut h = Harness::new().await;
+    let tenant = h.tenant("a").await;
+    let sample: Vec<String> = (1..=20_000).step_by(997).map(|i| format!("risk:{i}")).collect();
+    let mut keys = Vec::new();
+    for tag in &sample {
+        keys.push((h.cache(tenant, tag, std::slice::from_ref(tag)).await, tag.clone()));
+    }
+    flood_outbox(&h, tenant, 20_000).await;
+    let events = h.outbox_len().await as u64;
+    let mut settings = h.settings();
+    settings.invalidator.mode = WakeMode::Poll;
+    settings.invalidator.poll_interval_ms = 20;
+    settings.invalidator.batch_size = 200;
+    let mut running = Vec::new();
+    for _ in 0..replicas {
+        running.push(h.start(settings.clone()).await);
+    }
+    h.drained(WAIT).await;
+    let processed: Vec<u64> = running.iter().map(|r| r.metrics.events_processed.get()).collect();
+    assert_eq!(processed.iter().sum::<u64>(), events, "each event processed exactly once: {processed:?}");
+    assert!(processed.iter().filter(|&&n| n > 0).count() >= 2, "replicas shared the work: {processed:?}");
+    for (key, tag) in &keys {
+        assert!(!h.is_cached(tenant, key, std::slice::from_ref(tag)).await, "{tag} invalidated");
+    }
+    for replica in running {
+        assert!(replica.shutdown(WAIT).await);
+    }
+}
+
+#[tokio::test]
+async fn two_replicas_drain_a_large_outbox_without_loss_or_duplicates() {
+    replicas_share_the_outbox(2).await;
+}
+
+#[tokio::test]
+async fn four_replicas_drain_a_large_outbox_without_loss_or_duplicates() {
+    replicas_share_the_outbox(4).await;
+}
+
+#[tokio::test]
+async fn a_killed_listener_connection_is_replaced_and_nothing_is_lost() {
+    let mut h = Harness::new().await;
+    let mut settings = h.settings();
+    settings.invalidator.poll_interval_ms = 120_000;
+    let running = h.start(settings).await;
+    let listener = running.metrics.listener_connected.clone();
+    let parked = running.metrics.parked.clone();
+    eventually("replica parks", WAIT, || {
+        let parked = parked.clone();
+        async move { parked.get() == 1 }
+    })
+    .await;
+    h.sql
+        .execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+             WHERE application_name IN ('openrisk-invalidator-listener', 'openrisk-invalidator') AND datname = current_database()",
+            &[],
+        )
+        .await
+        .unwrap();
+    let tenant = h.tenant("a").await;
+    let key = h.cache(tenant, "list", &["risks".into()]).await;
+    h.risk(tenant, "after the kill").await;
+    // The replica notices the dead connection, reconnects, catches up from the outbox.
+    h.drained(WAIT).await;
+    assert!(!h.is_cached(tenant, &key, &["risks".into()]).await);
+    eventually("listener back", WAIT, || {
+        let listener = listener.clone();
+        async move { listener.get() == 1 }
+    })
+    .await;
+    assert!(running.metrics.reconnects.with_label_values(&["postgres"]).get() >= 1);
+    assert!(running.shutdown(WAIT).await);
+}
+
+#[tokio::test]
+async fn a_postgres_restart_loses_nothing() {
+    let mut postgres = PrivatePostgres::start();
+    let db = TestDatabase::create_on(&postgres.admin_url()).await;
+    let mut h = Harness::with(db, RedisNamespace::new()).await;
+    let running = h.start(h.settings()).await;
+    let tenant = h.tenant("a").await;
+    let key = h.cache(tenant, "list", &["risks".into()]).await;
+    h.drained(WAIT).await;
+
+    postgres.restart();
+    h.sql = h.db.connect().await;
+    h.risk(tenant, "after the restart").await;
+    h.drained(WAIT).await;
+    assert!(!h.is_cached(tenant, &key, &["risks".into()]).await);
+    assert!(running.metrics.reconnects.with_label_values(&["postgres"]).get() >= 1);
+    assert!(running.shutdown(WAIT).await);
+}
+
+#[tokio::test]
+async fn events_wait_out_a_redis_outage_and_apply_after_it() {
+    let mut redis = PrivateRedis::start();
+    let mut h = Harness::with(TestDatabase::create().await, RedisNamespace::on(&redis.url())).await;
+    let running = h.start(h.settings()).await;
+    let tenant = h.tenant("a").await;
+    h.drained(WAIT).await;
+
+    redis.kill();
+    h.risk(tenant, "written while Redis is down").await;
+    let errors = running.metrics.errors.clone();
+    eventually("a failed batch", WAIT, || {
+        let errors = errors.clone();
+        async move { errors.with_label_values(&["redis"]).get() >= 1 }
+    })
+    .await;
+    assert!(h.outbox_len().await > 0, "events are kept while Redis is down");
+
+    redis.restart();
+    h.redis = connect_redis(&redis.url()).await;
+    h.drained(WAIT).await;
+    assert!(running.metrics.reconnects.with_label_values(&["redis"]).get() >= 1);
+    assert!(running.shutdown(WAIT).await);
+}
+
+#[tokio::test]
+async fn a_replica_killed_mid_batch_leaves_its_events_to_another() {
+    let redis = PrivateRedis::start();
+    let mut h = Harness::with(TestDatabase::create().await, RedisNamespace::on(&redis.url())).await;
+    let tenant = h.tenant("a").await;
+    let key = h.cache(tenant, "list", &["risks".into()]).await;
+    flood_outbox(&h, tenant, 1_000).await;
+    let events = h.outbox_len().await as u64;
+
+    // Writes to Redis are paused, so replica A claims a batch and hangs applying it.
+    let _: () = redis::cmd("CLIENT").arg("PAUSE").arg(60_000).arg("WRITE").query_async(&mut h.redis).await.unwrap();
+    let mut replica_a = Command::new(env!("CARGO_BIN_EXE_openrisk-invalidator"))
+        .arg("run")
+        .env("DATABASE_URL", &h.db.url)
+        .env("REDIS_URL", redis.url())
+        .env("METRICS_ADDR", "127.0.0.1:0")
+        .env("OPENRISK_CACHE__KEY_PREFIX", &h.namespace.prefix)
+        .env("OPENRISK_INVALIDATOR__MODE", "poll")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start replica A");
+    let sql = &h.sql;
+    eventually("replica A holds a claimed batch", WAIT, || async move {
+        let holding: i64 = sql
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'openrisk-invalidator'
+                 AND datname = current_database() AND state = 'idle in transaction'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        holding == 1
+    })
+    .await;
+    replica_a.kill().expect("SIGKILL replica A");
+    replica_a.wait().unwrap();
+    let _: () = redis::cmd("CLIENT").arg("UNPAUSE").query_async(&mut h.redis).await.unwrap();
+
+    let running = h.start(h.settings()).await;
+    h.drained(WAIT).await;
+    assert_eq!(running.metrics.events_processed.get(), events, "replica B applied every event A had claimed");
+    assert!(!h.is_cached(tenant, &key, &["risks".into()]).await);
+    assert!(running.shutdown(WAIT).await);
+}

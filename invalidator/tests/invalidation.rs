@@ -1,0 +1,260 @@
+//! What the invalidator deletes: exactly the keys each change affects, in every tenant-safe way,
+//! woken by NOTIFY when parked and by polling otherwise.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Harness, eventually, http_get};
+use openrisk_shared::config::WakeMode;
+use uuid::Uuid;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// Cached responses of one tenant, named after what they show, with the tags they depend on.
+struct Cached {
+    tenant: Uuid,
+    entries: Vec<(&'static str, Vec<String>, String)>,
+}
+
+impl Cached {
+    async fn fill(h: &mut Harness, tenant: Uuid, specs: &[(&'static str, Vec<String>)]) -> Self {
+        let mut entries = Vec::new();
+        for (name, tags) in specs {
+            let key = h.cache(tenant, name, tags).await;
+            entries.push((*name, tags.clone(), key));
+        }
+        Self { tenant, entries }
+    }
+
+    async fn still_cached(&self, h: &mut Harness) -> Vec<&'static str> {
+        let mut names = Vec::new();
+        for (name, tags, key) in &self.entries {
+            if h.is_cached(self.tenant, key, tags).await {
+                names.push(*name);
+            }
+        }
+        names
+    }
+}
+
+#[tokio::test]
+async fn every_watched_table_and_change_removes_exactly_the_affected_keys() {
+    let mut h = Harness::new().await;
+    let running = h.start(h.settings()).await;
+    let (a, b) = (h.tenant("a").await, h.tenant("b").await);
+    let (r1, r2) = (h.risk(a, "r1").await, h.risk(a, "r2").await);
+    let asset = h
+        .id("INSERT INTO assets (tenant_id, name, asset_type, criticality) VALUES ($1, 'db', 'server', 'HIGH') RETURNING id", &[&a])
+        .await;
+    h.sql
+        .execute("INSERT INTO risk_assets (tenant_id, risk_id, asset_id) VALUES ($1, $2, $3)", &[&a, &r1, &asset])
+        .await
+        .unwrap();
+    let m =
+        h.id("INSERT INTO mitigations (tenant_id, risk_id, title) VALUES ($1, $2, 'm') RETURNING id", &[&a, &r1]).await;
+    let sub = h
+        .id(
+            "INSERT INTO mitigation_subactions (tenant_id, mitigation_id, title) VALUES ($1, $2, 's') RETURNING id",
+            &[&a, &m],
+        )
+        .await;
+    h.drained(WAIT).await;
+
+    let specs = |r1: Uuid, r2: Uuid, asset: Uuid, m: Uuid| {
+        vec![
+            ("detail r1", vec![format!("risk:{r1}"), format!("asset:{asset}")]),
+            ("detail r2", vec![format!("risk:{r2}")]),
+            ("risk list", vec!["risks".to_string()]),
+            ("stats", vec!["risks".to_string(), "mitigations".to_string()]),
+            ("trends", vec!["risk_history".to_string()]),
+            ("asset list", vec!["assets".to_string()]),
+            ("asset", vec![format!("asset:{asset}")]),
+            ("mitigation", vec![format!("mitigation:{m}")]),
+        ]
+    };
+    let steps: Vec<(&str, String, Vec<&str>)> = vec![
+        (
+            "sub-action toggled",
+            format!("UPDATE mitigation_subactions SET completed = true WHERE id = '{sub}'"),
+            vec!["detail r1", "mitigation"],
+        ),
+        (
+            "asset renamed",
+            format!("UPDATE assets SET name = 'db2' WHERE id = '{asset}'"),
+            vec!["detail r1", "asset list", "asset"],
+        ),
+        (
+            "risk retitled",
+            format!("UPDATE risks SET title = 'new' WHERE id = '{r2}'"),
+            vec!["detail r2", "risk list", "stats"],
+        ),
+        (
+            "risk rescored",
+            format!("UPDATE risks SET impact = 5 WHERE id = '{r2}'"),
+            vec!["detail r2", "risk list", "stats", "trends"],
+        ),
+        (
+            "risk soft-deleted",
+            format!("UPDATE risks SET deleted_at = now() WHERE id = '{r2}'"),
+            vec!["detail r2", "risk list", "stats", "trends"],
+        ),
+        (
+            "mitigation moved",
+            format!("UPDATE mitigations SET risk_id = '{r2}' WHERE id = '{m}'"),
+            vec!["detail r1", "detail r2", "stats", "mitigation"],
+        ),
+        ("no-op update", format!("UPDATE risks SET title = title WHERE id = '{r1}'"), vec![]),
+        (
+            "asset unlinked",
+            format!("DELETE FROM risk_assets WHERE risk_id = '{r1}'"),
+            vec!["detail r1", "risk list", "stats", "asset", "trends"],
+        ),
+        (
+            "history truncated",
+            "TRUNCATE risk_history".to_string(),
+            vec!["detail r1", "detail r2", "risk list", "stats", "trends", "asset list", "asset", "mitigation"],
+        ),
+    ];
+    for (step, sql, expected_removed) in steps {
+        let mine = Cached::fill(&mut h, a, &specs(r1, r2, asset, m)).await;
+        let theirs = Cached::fill(&mut h, b, &specs(r1, r2, asset, m)).await;
+        h.sql.batch_execute(&sql).await.unwrap_or_else(|error| panic!("{step}: {error}"));
+        h.drained(WAIT).await;
+        let kept = mine.still_cached(&mut h).await;
+        let removed: Vec<&str> = mine.entries.iter().map(|e| e.0).filter(|name| !kept.contains(name)).collect();
+        let mut expected = expected_removed.clone();
+        expected.sort();
+        let mut removed_sorted = removed.clone();
+        removed_sorted.sort();
+        assert_eq!(removed_sorted, expected, "{step}: removed entries");
+        assert_eq!(theirs.still_cached(&mut h).await.len(), theirs.entries.len(), "{step}: other tenant untouched");
+    }
+
+    let (status, body) = http_get(running.metrics_addr, "/metrics").await;
+    assert_eq!(status, 200);
+    assert!(body.contains("openrisk_invalidator_events_processed_total"), "{body}");
+    assert!(running.shutdown(WAIT).await, "clean shutdown");
+}
+
+#[tokio::test]
+async fn a_parked_invalidator_is_woken_by_notify_not_by_polling() {
+    let mut h = Harness::new().await;
+    let mut settings = h.settings();
+    settings.invalidator.poll_interval_ms = 120_000;
+    let running = h.start(settings).await;
+    let parked = running.metrics.parked.clone();
+    eventually("replica parks", WAIT, || {
+        let parked = parked.clone();
+        async move { parked.get() == 1 }
+    })
+    .await;
+    let tenant = h.tenant("a").await;
+    let key = h.cache(tenant, "list", &["risks".into()]).await;
+    h.risk(tenant, "wakes it").await;
+    h.drained(WAIT).await;
+    assert!(!h.is_cached(tenant, &key, &["risks".into()]).await);
+    assert!(running.shutdown(WAIT).await);
+}
+
+#[tokio::test]
+async fn writers_notify_only_while_an_invalidator_is_parked() {
+    let h = Harness::new().await;
+    let tenant = h.tenant("a").await;
+    let notifications = |listener: &mut tokio::sync::mpsc::UnboundedReceiver<()>| {
+        let mut count = 0;
+        while listener.try_recv().is_ok() {
+            count += 1;
+        }
+        count
+    };
+    let (client, mut connection) =
+        openrisk_shared::db::config(&h.db.url, "test-listener").unwrap().connect(tokio_postgres::NoTls).await.unwrap();
+    let (sender, mut received) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        use futures::StreamExt;
+        let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(Ok(message)) = messages.next().await {
+            if let tokio_postgres::AsyncMessage::Notification(_) = message {
+                let _ = sender.send(());
+            }
+        }
+    });
+    client.batch_execute("LISTEN openrisk_cache_wakeup").await.unwrap();
+
+    // Nobody parked: writes stay silent.
+    for i in 0..5 {
+        h.risk(tenant, &format!("quiet {i}")).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(notifications(&mut received), 0, "no notify while nobody is parked");
+
+    // Someone parked (the park lock held exclusively): a write notifies.
+    client.batch_execute("SELECT pg_advisory_lock(cache_park_lock_key())").await.unwrap();
+    h.risk(tenant, "loud").await;
+    eventually("a notification", WAIT, || {
+        let got = notifications(&mut received) > 0;
+        async move { got }
+    })
+    .await;
+    client.batch_execute("SELECT pg_advisory_unlock(cache_park_lock_key())").await.unwrap();
+}
+
+#[tokio::test]
+async fn poll_mode_needs_no_listen() {
+    let mut h = Harness::new().await;
+    let mut settings = h.settings();
+    settings.invalidator.mode = WakeMode::Poll;
+    let running = h.start(settings).await;
+    let tenant = h.tenant("a").await;
+    let key = h.cache(tenant, "list", &["risks".into()]).await;
+    h.risk(tenant, "polled").await;
+    h.drained(WAIT).await;
+    assert!(!h.is_cached(tenant, &key, &["risks".into()]).await);
+    assert_eq!(running.metrics.listener_connected.get(), 0);
+    let (status, _) = http_get(running.metrics_addr, "/healthz").await;
+    assert_eq!(status, 200);
+    let ready_addr = running.metrics_addr;
+    eventually(
+        "ready (connected and caught up)",
+        WAIT,
+        || async move { http_get(ready_addr, "/readyz").await.0 == 200 },
+    )
+    .await;
+    assert!(running.shutdown(WAIT).await);
+}
+
+#[tokio::test]
+async fn poison_events_are_dead_lettered_and_never_block_the_queue() {
+    let mut h = Harness::new().await;
+    let tenant = h.tenant("a").await;
+    let key = h.cache(tenant, "list", &["risks".into()]).await;
+    h.sql
+        .execute(
+            "INSERT INTO cache_outbox (tenant_id, table_name, op, tags) VALUES
+                 ($1, 'risks', 'UPDATE', ARRAY['not a tag']),
+                 ($1, 'no_such_table', 'UPDATE', ARRAY['risks']),
+                 ($1, 'risks', 'UPDATE', (SELECT array_agg('risk:' || g) FROM generate_series(1, 5000) g)),
+                 ($1, 'risks', 'MERGE', ARRAY['risks']),
+                 ($1, 'risks', 'UPDATE', '{}'),
+                 ($1, 'risks', 'UPDATE', ARRAY['risks'])",
+            &[&tenant],
+        )
+        .await
+        .unwrap();
+    let running = h.start(h.settings()).await;
+    h.drained(WAIT).await;
+    let dead: Vec<String> = h
+        .sql
+        .query("SELECT reason FROM cache_outbox_dead_letter ORDER BY id", &[])
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(dead.len(), 5, "{dead:?}");
+    assert!(dead[0].contains("not a tag") && dead[1].contains("no_such_table") && dead[2].contains("5000"), "{dead:?}");
+    assert_eq!(running.metrics.poison_events.get(), 5);
+    assert!(!h.is_cached(tenant, &key, &["risks".into()]).await, "the valid event behind them was applied");
+    assert!(running.shutdown(WAIT).await);
+}
