@@ -1,10 +1,17 @@
 //! The `openrisk-api` command line: thin wrappers over the library.
 
+use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 use openrisk_shared::{Settings, telemetry};
+use sea_orm::{DatabaseConnection, FromQueryResult};
+use uuid::Uuid;
+
+use crate::app::{AppOptions, Application};
+use crate::auth::{Role, create_token, revoke_token};
+use crate::db::stmt;
 
 #[derive(Debug, Parser)]
 #[command(name = "openrisk-api", version, about = "OpenRisk HTTP API with a Redis read-through cache")]
@@ -18,16 +25,113 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Serve the HTTP API on API_ADDR until SIGTERM or Ctrl-C.
+    Serve,
     /// Apply pending database migrations (idempotent).
     Migrate,
+    /// Print the OpenAPI document (JSON) on stdout.
+    Openapi,
+    /// Manage API tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// Generate demo data: new tenants with risks, mitigations, sub-actions, assets and links.
+    Seed {
+        /// How many new tenants to create.
+        #[arg(long, default_value_t = 1)]
+        tenants: u32,
+        /// Risks per tenant.
+        #[arg(long, default_value_t = 200)]
+        risks: u32,
+        /// Also create (or reuse) the `demo` tenant and print an analyst token for it.
+        #[arg(long)]
+        demo: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a token and print it (once; only its hash is stored).
+    Create {
+        /// Tenant slug or id.
+        #[arg(long)]
+        tenant: String,
+        #[arg(long, value_enum)]
+        role: RoleArg,
+        /// A label for the token.
+        #[arg(long, default_value = "")]
+        name: String,
+    },
+    /// Revoke a token by id (effective within `cache.token_cache_secs`).
+    Revoke {
+        /// Token id.
+        id: Uuid,
+    },
+}
+
+/// Role of a new token.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum RoleArg {
+    Viewer,
+    Analyst,
+    Admin,
+}
+
+impl From<RoleArg> for Role {
+    fn from(role: RoleArg) -> Self {
+        match role {
+            RoleArg::Viewer => Role::Viewer,
+            RoleArg::Analyst => Role::Analyst,
+            RoleArg::Admin => Role::Admin,
+        }
+    }
 }
 
 /// Runs one command to completion.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Command::Openapi = cli.command {
+        // A closed pipe (`| head`) is not an error worth a panic.
+        let _ = writeln!(std::io::stdout(), "{}", crate::app::openapi_json());
+        return Ok(());
+    }
     let settings = Settings::load(cli.config.as_deref())?;
     telemetry::init(&settings.log);
     match cli.command {
+        Command::Serve => serve(settings).await,
         Command::Migrate => migrate(&settings).await,
+        Command::Openapi => unreachable!("handled before loading settings"),
+        Command::Token { command } => token(&settings, command).await,
+        Command::Seed { tenants, risks, demo } => seed(&settings, tenants, risks, demo).await,
+    }
+}
+
+async fn serve(settings: Settings) -> anyhow::Result<()> {
+    let app = Application::spawn(settings, AppOptions::default()).await?;
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    app.shutdown().await.context("server stopped with an error")
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
     }
 }
 
@@ -40,6 +144,56 @@ async fn migrate(settings: &Settings) -> anyhow::Result<()> {
         println!("database is up to date");
     } else {
         println!("applied migrations {applied:?}");
+    }
+    Ok(())
+}
+
+async fn connect(settings: &Settings) -> anyhow::Result<DatabaseConnection> {
+    let mut pool = settings.pool_settings();
+    pool.max_connections = pool.max_connections.min(2);
+    pool.min_idle = 0;
+    crate::db::connect(&settings.database_url, pool).await.context("connect to Postgres (DATABASE_URL)")
+}
+
+async fn token(settings: &Settings, command: TokenCommand) -> anyhow::Result<()> {
+    let db = connect(settings).await?;
+    match command {
+        TokenCommand::Create { tenant, role, name } => {
+            #[derive(FromQueryResult)]
+            struct TenantRow {
+                id: Uuid,
+            }
+            let found = TenantRow::find_by_statement(stmt(
+                "SELECT id FROM tenants WHERE slug = $1 OR id::text = $1",
+                [tenant.clone().into()],
+            ))
+            .one(&db)
+            .await?
+            .with_context(|| format!("no tenant with slug or id {tenant:?}"))?;
+            let (id, token) = create_token(&db, found.id, role.into(), &name).await?;
+            eprintln!("token id: {id}");
+            println!("{token}");
+        }
+        TokenCommand::Revoke { id } => match revoke_token(&db, id, None).await? {
+            Some(_) => println!("revoked {id}"),
+            None => anyhow::bail!("no live token with id {id}"),
+        },
+    }
+    Ok(())
+}
+
+async fn seed(settings: &Settings, tenants: u32, risks: u32, demo: bool) -> anyhow::Result<()> {
+    let db = connect(settings).await?;
+    let started = std::time::Instant::now();
+    let report = crate::seed::seed(&db, tenants, risks, demo).await.context("seed demo data")?;
+    println!(
+        "seeded {} tenant(s) with {risks} risks each in {:.1}s",
+        report.tenants.len(),
+        started.elapsed().as_secs_f64()
+    );
+    if let Some((tenant, token)) = report.demo {
+        println!("demo tenant: {tenant}");
+        println!("token: {token}");
     }
     Ok(())
 }

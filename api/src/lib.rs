@@ -1,3 +1,15 @@
-//! The OpenRisk HTTP API.
+//! The OpenRisk HTTP API: cache-first reads from Redis (kept exact by write-triggered
+//! invalidation), writes to Postgres, bearer-token tenancy, Prometheus metrics.
 
+pub mod app;
+pub mod auth;
+pub mod cache;
 pub mod cli;
+pub mod db;
+pub mod error;
+pub mod metrics;
+pub mod model;
+pub mod routes;
+pub mod seed;
+
+pub use app::{AppOptions, AppState, Application};

@@ -94,7 +94,10 @@ impl Metrics {
             lag_seconds: histogram(
                 "openrisk_invalidator_lag_seconds",
                 "Invalidation lag: from the row change in Postgres to Redis confirming the deletion.",
-                vec![0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0],
+                vec![
+                    0.00025, 0.0005, 0.001, 0.0015, 0.002, 0.003, 0.004, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05,
+                    0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+                ],
             ),
             registry,
         }

@@ -1,5 +1,5 @@
 //! The outbox consumer: claims a batch with `FOR UPDATE SKIP LOCKED` so replicas never share an
-//! event, and acknowledges (deletes) it in the same transaction once Redis has confirmed.
+//! event, and acknowledges it (commits its deletion) only once Redis has confirmed.
 
 use std::time::Duration;
 
@@ -7,27 +7,31 @@ use chrono::{DateTime, Utc};
 use openrisk_shared::event::{InvalidationEvent, OutboxRow, PoisonReason};
 use tokio_postgres::{Client, Transaction};
 
-/// Claims the oldest unclaimed events; the row locks last until the transaction ends, and a
-/// replica that dies mid-batch releases them with its connection.
+/// Claims the oldest unclaimed events by deleting them inside the caller's transaction: the
+/// deletion commits only after Redis confirmed (the acknowledgement), a rollback or a replica
+/// that dies mid-batch restores them, and `SKIP LOCKED` keeps replicas off each other's rows.
+/// One pass over each row (no separate lock-then-delete) keeps the cost per event low.
 const CLAIM: &str = "
-    SELECT o.id, o.tenant_id, o.table_name, o.op, o.tags, o.created_at,
-           EXISTS (SELECT 1 FROM cache_watches w WHERE w.table_name::text = o.table_name) AS watched,
-           extract(epoch FROM clock_timestamp() - o.created_at)::float8 AS age_seconds
-    FROM cache_outbox o
-    ORDER BY o.id
-    LIMIT $1
-    FOR UPDATE OF o SKIP LOCKED";
+    WITH claimed AS (
+        DELETE FROM cache_outbox
+        WHERE id IN (SELECT id FROM cache_outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)
+        RETURNING id, tenant_id, table_name, op, tags, txid, created_at)
+    SELECT c.id, c.tenant_id, c.table_name, c.op, c.tags, c.txid::text AS txid, c.created_at,
+           EXISTS (SELECT 1 FROM cache_watches w WHERE w.table_name::text = c.table_name) AS watched,
+           extract(epoch FROM clock_timestamp() - c.created_at)::float8 AS age_seconds
+    FROM claimed c
+    ORDER BY c.id";
 
 const DEAD_LETTER: &str = "
     INSERT INTO cache_outbox_dead_letter (id, tenant_id, table_name, op, tags, txid, created_at, reason)
-    SELECT id, tenant_id, table_name, op, tags, txid, created_at, $2 FROM cache_outbox WHERE id = $1
+    VALUES ($1, $2, $3, $4, $5, $6::text::xid8, $7, $8)
     ON CONFLICT (id) DO NOTHING";
 
 /// A claimed batch, split into applicable events and poison rows.
 #[derive(Debug, Default)]
 pub struct Batch {
     pub events: Vec<ClaimedEvent>,
-    pub poison: Vec<(i64, PoisonReason)>,
+    pub poison: Vec<PoisonRow>,
 }
 
 impl Batch {
@@ -38,10 +42,6 @@ impl Batch {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
-
-    pub fn ids(&self) -> Vec<i64> {
-        self.events.iter().map(|claimed| claimed.event.id).chain(self.poison.iter().map(|(id, _)| *id)).collect()
-    }
 }
 
 /// An event with how old it was, by the database's clock, when it was claimed.
@@ -51,7 +51,15 @@ pub struct ClaimedEvent {
     pub age_at_claim: Duration,
 }
 
-/// Claims up to `limit` events inside `transaction`.
+/// A claimed row that cannot be applied, kept whole for the dead-letter table.
+#[derive(Debug)]
+pub struct PoisonRow {
+    pub row: OutboxRow,
+    pub txid: String,
+    pub reason: PoisonReason,
+}
+
+/// Claims up to `limit` events inside `transaction` (they stay claimed until it ends).
 pub async fn claim(transaction: &Transaction<'_>, limit: u32) -> Result<Batch, tokio_postgres::Error> {
     let rows = transaction.query(CLAIM, &[&i64::from(limit)]).await?;
     let mut batch = Batch::default();
@@ -65,24 +73,37 @@ pub async fn claim(transaction: &Transaction<'_>, limit: u32) -> Result<Batch, t
             created_at: row.get::<_, DateTime<Utc>>("created_at"),
             table_watched: row.get("watched"),
         };
-        let id = outbox_row.id;
         let age_seconds: f64 = row.get("age_seconds");
-        match InvalidationEvent::try_from(outbox_row) {
+        match InvalidationEvent::try_from(outbox_row.clone()) {
             Ok(event) => {
                 batch.events.push(ClaimedEvent { event, age_at_claim: Duration::from_secs_f64(age_seconds.max(0.0)) })
             }
-            Err(reason) => batch.poison.push((id, reason)),
+            Err(reason) => batch.poison.push(PoisonRow { row: outbox_row, txid: row.get("txid"), reason }),
         }
     }
     Ok(batch)
 }
 
-/// Moves poison rows to the dead-letter table and deletes every claimed row.
-pub async fn acknowledge(transaction: &Transaction<'_>, batch: &Batch) -> Result<(), tokio_postgres::Error> {
-    for (id, reason) in &batch.poison {
-        transaction.execute(DEAD_LETTER, &[id, &reason.to_string()]).await?;
+/// Moves the batch's poison rows to the dead-letter table (the claim already deleted them).
+pub async fn dead_letter(transaction: &Transaction<'_>, batch: &Batch) -> Result<(), tokio_postgres::Error> {
+    for poison in &batch.poison {
+        let row = &poison.row;
+        transaction
+            .execute(
+                DEAD_LETTER,
+                &[
+                    &row.id,
+                    &row.tenant_id,
+                    &row.table_name,
+                    &row.op,
+                    &row.tags,
+                    &poison.txid,
+                    &row.created_at,
+                    &poison.reason.to_string(),
+                ],
+            )
+            .await?;
     }
-    transaction.execute("DELETE FROM cache_outbox WHERE id = ANY($1)", &[&batch.ids()]).await?;
     Ok(())
 }
 

@@ -199,13 +199,13 @@ impl Worker {
             return Ok(0);
         }
         let claimed_at = Instant::now();
-        // On a Redis error the transaction is dropped, rolled back, and the rows are released.
+        // On a Redis error the transaction is dropped and rolled back: the rows come back.
         let (tags, unlinked) = self.apply(redis, &batch.events).await?;
         let confirmed_after = claimed_at.elapsed();
-        for (id, reason) in &batch.poison {
-            tracing::warn!(event_id = id, %reason, "poison event moved to cache_outbox_dead_letter");
+        for poison in &batch.poison {
+            tracing::warn!(event_id = poison.row.id, reason = %poison.reason, "poison event moved to cache_outbox_dead_letter");
         }
-        outbox::acknowledge(&transaction, &batch).await?;
+        outbox::dead_letter(&transaction, &batch).await?;
         transaction.commit().await?;
         self.record(&batch, tags, unlinked, confirmed_after);
         Ok(batch.len())

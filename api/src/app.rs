@@ -1,0 +1,240 @@
+//! Assembles the service: shared state, the poem route tree (API, docs, spec, health, metrics)
+//! and a server that can be spawned on any address (port 0 in tests) and shut down gracefully.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use openrisk_shared::Settings;
+use poem::endpoint::BoxEndpoint;
+use poem::listener::TcpAcceptor;
+use poem::middleware::{NormalizePath, TrailingSlash};
+use poem::{Endpoint, EndpointExt, IntoResponse, Request, Response, Route, Server};
+use poem_openapi::OpenApiService;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::auth::TokenVerifier;
+use crate::cache::{BeforeFillHook, Cache};
+use crate::db::Db;
+use crate::error::{ApiError, problem_from_poem_error};
+use crate::metrics::Metrics;
+use crate::routes::{AssetsApi, HealthApi, MitigationsApi, RisksApi, StatsApi, TokensApi};
+
+/// Largest request body accepted; larger ones get 413.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// How long a shutdown waits for in-flight requests.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Why the service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot connect to Postgres: {0}")]
+    Database(#[from] sea_orm::DbErr),
+    #[error("invalid Redis configuration: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: SocketAddr, source: std::io::Error },
+}
+
+/// Everything a request handler needs, shared by all requests.
+#[derive(Debug)]
+pub struct AppState {
+    pub settings: Settings,
+    pub db: Db,
+    pub cache: Arc<Cache>,
+    pub tokens: TokenVerifier,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Start-up options that are not configuration (used by tests).
+#[derive(Clone, Default)]
+pub struct AppOptions {
+    /// Runs on every cache miss between the database read and the fill.
+    pub before_fill: Option<BeforeFillHook>,
+}
+
+impl AppState {
+    /// Connects the database pool and prepares the cache (Redis is connected lazily).
+    pub async fn new(settings: Settings, options: AppOptions) -> Result<Arc<Self>, StartError> {
+        let metrics = Arc::new(Metrics::new());
+        let conn = crate::db::connect(&settings.database_url, settings.pool_settings()).await?;
+        let cache = Cache::new(&settings.redis_url, settings.cache.clone(), metrics.clone(), options.before_fill)?;
+        let tokens =
+            TokenVerifier::new(conn.clone(), Duration::from_secs(settings.cache.token_cache_secs), metrics.clone());
+        let state = Arc::new(AppState {
+            db: Db::new(conn, metrics.clone()),
+            cache: Arc::new(cache),
+            tokens,
+            metrics,
+            settings,
+        });
+        state.metrics.set_eviction_policy_ok(false);
+        if state.cache.enabled() {
+            tokio::spawn(check_eviction_policy(state.cache.clone()));
+        }
+        Ok(state)
+    }
+
+    /// Renders the metrics, sampling the pool first.
+    pub fn render_metrics(&self) -> String {
+        self.db.sample_pool(self.settings.pool_settings().max_connections);
+        openrisk_shared::metrics::render(&self.metrics.registry)
+    }
+}
+
+/// Checks the Redis eviction policy at start-up, retrying while Redis is unreachable.
+async fn check_eviction_policy(cache: Arc<Cache>) {
+    while !cache.check_eviction_policy().await {
+        tokio::time::sleep(Duration::from_secs(10)).await;
+    }
+}
+
+/// The OpenAPI service (every documented operation), without state: the spec is generated from it.
+pub fn api_service() -> OpenApiService<(RisksApi, MitigationsApi, AssetsApi, StatsApi, TokensApi, HealthApi), ()> {
+    OpenApiService::new(
+        (RisksApi, MitigationsApi, AssetsApi, StatsApi, TokensApi, HealthApi),
+        "OpenRisk API",
+        env!("CARGO_PKG_VERSION"),
+    )
+    .description(
+        "The OpenRisk risk register. Reads are served from a Redis cache that write-triggered \
+         invalidation keeps exact; responses carry `ETag` and `Cache-Status` (RFC 9211) headers. \
+         Errors are `application/problem+json` (RFC 9457). Authenticate with `Authorization: Bearer <token>`.",
+    )
+}
+
+/// The OpenAPI document as pretty-printed JSON (what `openrisk-api openapi` prints).
+pub fn openapi_json() -> String {
+    api_service().spec()
+}
+
+/// The complete route tree with middleware.
+pub fn routes(state: Arc<AppState>) -> BoxEndpoint<'static, Response> {
+    let service = api_service();
+    let docs = service.swagger_ui();
+    let spec = service.spec_endpoint();
+    let metrics = state.metrics.clone();
+    Route::new()
+        .nest("/docs", docs)
+        .at("/openapi.json", spec)
+        .nest("/", service)
+        .with(NormalizePath::new(TrailingSlash::Trim))
+        .around(limit_body)
+        .catch_all_error(|error: poem::Error| async move {
+            // Keep the matched route template for the request metrics.
+            let pattern = error.data::<poem::PathPattern>().cloned();
+            let mut response = problem_from_poem_error(error);
+            if let Some(pattern) = pattern {
+                response.set_data(pattern);
+            }
+            response
+        })
+        .data(state)
+        .around(move |endpoint, request| {
+            let metrics = metrics.clone();
+            async move { Ok(record_request(&metrics, endpoint, request).await) }
+        })
+        .map_to_response()
+        .boxed()
+}
+
+/// Rejects bodies over [`MAX_BODY_BYTES`] with 413, whether or not they announce their length.
+async fn limit_body<E: Endpoint>(endpoint: Arc<E>, mut request: Request) -> poem::Result<Response> {
+    let announced =
+        request.header(poem::http::header::CONTENT_LENGTH).and_then(|value| value.parse::<usize>().ok()).unwrap_or(0);
+    if announced > MAX_BODY_BYTES {
+        return Err(too_large());
+    }
+    let body = request.take_body().into_bytes_limit(MAX_BODY_BYTES).await.map_err(|_| too_large())?;
+    request.set_body(body);
+    endpoint.call(request).await.map(IntoResponse::into_response)
+}
+
+fn too_large() -> poem::Error {
+    ApiError::PayloadTooLarge(poem_openapi::payload::Json(crate::error::Problem::new(
+        poem::http::StatusCode::PAYLOAD_TOO_LARGE,
+        format!("the request body exceeds {MAX_BODY_BYTES} bytes"),
+    )))
+    .into()
+}
+
+/// Counts and times one request under its route template.
+async fn record_request<E: Endpoint>(metrics: &Metrics, endpoint: Arc<E>, request: Request) -> Response {
+    let method = request.method().to_string();
+    let started = Instant::now();
+    let response = match endpoint.call(request).await {
+        Ok(response) => response.into_response(),
+        Err(error) => problem_from_poem_error(error),
+    };
+    let route = response
+        .data::<poem::PathPattern>()
+        .map(|pattern| route_template(&pattern.0))
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let (status, elapsed) = (response.status().as_u16(), started.elapsed());
+    metrics.observe_http(&route, &method, status, elapsed);
+    let elapsed_ms = elapsed.as_secs_f64() * 1000.0;
+    if status >= 500 {
+        tracing::warn!(%route, %method, status, elapsed_ms, "request failed");
+    } else {
+        tracing::debug!(%route, %method, status, elapsed_ms, "request");
+    }
+    response
+}
+
+/// `/api/v1/risks/:id` → `/api/v1/risks/{id}` (the OpenAPI spelling).
+fn route_template(pattern: &str) -> String {
+    pattern
+        .split('/')
+        .map(|segment| match segment.strip_prefix(':') {
+            Some(name) => format!("{{{name}}}"),
+            None => segment.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// A running server.
+pub struct Application {
+    /// Where it listens (the real port when bound to port 0).
+    pub addr: SocketAddr,
+    pub state: Arc<AppState>,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+impl Application {
+    /// Builds the state, binds `settings.api_addr` and serves in a background task.
+    pub async fn spawn(settings: Settings, options: AppOptions) -> Result<Self, StartError> {
+        let addr = settings.api_addr;
+        let state = AppState::new(settings, options).await?;
+        let listener =
+            tokio::net::TcpListener::bind(addr).await.map_err(|source| StartError::Listen { addr, source })?;
+        let addr = listener.local_addr().map_err(|source| StartError::Listen { addr, source })?;
+        let acceptor = TcpAcceptor::from_tokio(listener).map_err(|source| StartError::Listen { addr, source })?;
+        let (shutdown, stopped) = oneshot::channel();
+        let server = Server::new_with_acceptor(acceptor).run_with_graceful_shutdown(
+            routes(state.clone()),
+            async move {
+                let _ = stopped.await;
+            },
+            Some(SHUTDOWN_GRACE),
+        );
+        tracing::info!(%addr, "openrisk-api listening");
+        Ok(Self { addr, state, shutdown: Some(shutdown), task: tokio::spawn(server) })
+    }
+
+    /// Base URL, e.g. `http://127.0.0.1:38211`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops accepting connections and waits for in-flight requests (up to a grace period).
+    pub async fn shutdown(mut self) -> std::io::Result<()> {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        (&mut self.task).await.unwrap_or_else(|error| Err(std::io::Error::other(error)))
+    }
+}

@@ -1,0 +1,204 @@
+//! Bearer-token authentication and roles.
+//!
+//! A token is `ort_` followed by 64 hex digits; Postgres stores only its SHA-256. Verifications
+//! (including failures) are cached in-process for `cache.token_cache_secs`, so a cached GET costs
+//! no database query for authentication and a revoked token stops working within that time.
+//! `last_used_at` is written only when the cache refreshes an entry, never per request.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use moka::future::Cache as MokaCache;
+use poem::Request;
+use poem_openapi::auth::Bearer;
+use poem_openapi::{Enum, SecurityScheme};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbErr, FromQueryResult};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use crate::app::AppState;
+use crate::db::stmt;
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+
+/// What a token may do. Each role includes the ones before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Enum)]
+#[oai(rename_all = "lowercase")]
+pub enum Role {
+    /// Reads everything of its tenant.
+    Viewer,
+    /// Also creates, changes and deletes risks, mitigations and assets.
+    Analyst,
+    /// Also manages the tenant's API tokens.
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Analyst => "analyst",
+            Role::Admin => "admin",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "viewer" => Some(Role::Viewer),
+            "analyst" => Some(Role::Analyst),
+            "admin" => Some(Role::Admin),
+            _ => None,
+        }
+    }
+}
+
+/// The verified identity behind a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Principal {
+    pub token_id: Uuid,
+    pub tenant_id: Uuid,
+    pub role: Role,
+}
+
+impl Principal {
+    /// Fails with 403 unless the token's role includes `role`.
+    pub fn require(&self, role: Role) -> Result<(), ApiError> {
+        if self.role >= role {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden(format!(
+                "this needs the {} role; the token has {}",
+                role.as_str(),
+                self.role.as_str()
+            )))
+        }
+    }
+}
+
+/// `Authorization: Bearer <token>`, as created by `openrisk-api token create`.
+#[derive(SecurityScheme)]
+#[oai(ty = "bearer", bearer_format = "ort_<64 hex digits>", checker = "check_bearer")]
+pub struct BearerAuth(pub Principal);
+
+async fn check_bearer(req: &Request, bearer: Bearer) -> poem::Result<Principal> {
+    let state = req.data::<Arc<AppState>>().ok_or_else(ApiError::internal)?;
+    Ok(state.tokens.verify(&bearer.token).await?)
+}
+
+/// A new token secret and its hash.
+pub fn generate_token() -> (String, [u8; 32]) {
+    let secret: [u8; 32] = rand::random();
+    let token = format!("ort_{}", hex::encode(secret));
+    let hash = hash_token(&token);
+    (token, hash)
+}
+
+pub fn hash_token(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+#[derive(Debug, FromQueryResult)]
+struct TokenRow {
+    id: Uuid,
+    tenant_id: Uuid,
+    role: String,
+}
+
+/// Verifies bearer tokens against Postgres through a short-lived in-process cache.
+#[derive(Debug, Clone)]
+pub struct TokenVerifier {
+    db: DatabaseConnection,
+    cache: MokaCache<[u8; 32], Option<Principal>>,
+    metrics: Arc<Metrics>,
+}
+
+impl TokenVerifier {
+    pub fn new(db: DatabaseConnection, ttl: Duration, metrics: Arc<Metrics>) -> Self {
+        let cache = MokaCache::builder().max_capacity(100_000).time_to_live(ttl).build();
+        Self { db, cache, metrics }
+    }
+
+    /// The principal behind `token`, or 401.
+    pub async fn verify(&self, token: &str) -> Result<Principal, ApiError> {
+        if token.len() > 256 {
+            return Err(ApiError::unauthorized("the bearer token is not valid"));
+        }
+        let hash = hash_token(token);
+        let mut loaded = false;
+        let entry = self
+            .cache
+            .try_get_with(hash, async {
+                loaded = true;
+                self.load(&hash).await
+            })
+            .await
+            .map_err(|error: Arc<DbErr>| {
+                tracing::warn!(%error, "cannot verify a bearer token");
+                ApiError::unavailable("the token cannot be verified right now; retry later")
+            })?;
+        self.metrics.auth_cache(!loaded);
+        entry.ok_or_else(|| ApiError::unauthorized("the bearer token is unknown or revoked"))
+    }
+
+    /// Looks the token up and stamps `last_used_at` in the same statement.
+    async fn load(&self, hash: &[u8; 32]) -> Result<Option<Principal>, DbErr> {
+        let row = TokenRow::find_by_statement(stmt(
+            "UPDATE api_tokens SET last_used_at = now() WHERE token_hash = $1 AND revoked_at IS NULL \
+             RETURNING id, tenant_id, role",
+            [hash.to_vec().into()],
+        ))
+        .one(&self.db)
+        .await?;
+        Ok(row.and_then(|row| {
+            Some(Principal { token_id: row.id, tenant_id: row.tenant_id, role: Role::parse(&row.role)? })
+        }))
+    }
+
+    /// Forgets a token in this process at once (after revoking it here).
+    pub async fn forget(&self, hash: &[u8]) {
+        if let Ok(hash) = <[u8; 32]>::try_from(hash) {
+            self.cache.invalidate(&hash).await;
+        }
+    }
+}
+
+/// Creates a token for `tenant` and returns its id and secret (shown once).
+pub async fn create_token(
+    db: &impl ConnectionTrait,
+    tenant: Uuid,
+    role: Role,
+    name: &str,
+) -> Result<(Uuid, String), DbErr> {
+    use sea_orm::{ActiveModelTrait, Set};
+
+    use crate::db::entities::api_tokens;
+
+    let (token, hash) = generate_token();
+    let model = api_tokens::ActiveModel {
+        id: Set(Uuid::new_v4()),
+        tenant_id: Set(tenant),
+        name: Set(name.to_owned()),
+        token_hash: Set(hash.to_vec()),
+        role: Set(role.as_str().to_owned()),
+        ..Default::default()
+    }
+    .insert(db)
+    .await?;
+    Ok((model.id, token))
+}
+
+/// Revokes a token (of `tenant` when given). Returns its hash when a live token was revoked.
+pub async fn revoke_token(db: &impl ConnectionTrait, id: Uuid, tenant: Option<Uuid>) -> Result<Option<Vec<u8>>, DbErr> {
+    #[derive(FromQueryResult)]
+    struct Revoked {
+        token_hash: Vec<u8>,
+    }
+    let revoked = Revoked::find_by_statement(stmt(
+        "UPDATE api_tokens SET revoked_at = now() \
+         WHERE id = $1 AND ($2::uuid IS NULL OR tenant_id = $2) AND revoked_at IS NULL RETURNING token_hash",
+        [id.into(), tenant.into()],
+    ))
+    .one(db)
+    .await?;
+    Ok(revoked.map(|row| row.token_hash))
+}

@@ -1,0 +1,117 @@
+//! Postgres access through sea-orm's pool: connection set-up, timed queries and write
+//! transactions that report which cache tags they invalidated.
+
+pub mod assets;
+pub mod entities;
+pub mod risks;
+pub mod stats;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use openrisk_shared::Tag;
+use openrisk_shared::config::PoolSettings;
+use sea_orm::{
+    ConnectOptions, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, FromQueryResult,
+    Statement, TransactionTrait, Value,
+};
+use uuid::Uuid;
+
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+
+/// Opens the pool with the configured sizes and timeouts.
+pub async fn connect(url: &str, pool: PoolSettings) -> Result<DatabaseConnection, DbErr> {
+    let mut options = ConnectOptions::new(url.to_owned());
+    options
+        .max_connections(pool.max_connections)
+        .min_connections(pool.min_idle)
+        .max_lifetime(pool.max_lifetime)
+        .idle_timeout(pool.idle_timeout)
+        .acquire_timeout(pool.acquire_timeout)
+        .connect_timeout(pool.acquire_timeout)
+        .set_application_name("openrisk-api")
+        .sqlx_logging(false);
+    sea_orm::Database::connect(options).await
+}
+
+/// Builds a Postgres statement with `$n` placeholders.
+pub fn stmt(sql: &str, values: impl IntoIterator<Item = Value>) -> Statement {
+    Statement::from_sql_and_values(DbBackend::Postgres, sql, values)
+}
+
+/// Cache tags a committed transaction invalidated, grouped per tenant, as its triggers wrote them
+/// to the outbox.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Invalidations(pub Vec<(Uuid, Vec<Tag>)>);
+
+#[derive(Debug, FromQueryResult)]
+struct OutboxRow {
+    tenant_id: Uuid,
+    tags: Vec<String>,
+}
+
+/// The pool plus the metrics every query reports to.
+#[derive(Debug, Clone)]
+pub struct Db {
+    pub conn: DatabaseConnection,
+    metrics: Arc<Metrics>,
+}
+
+impl Db {
+    pub fn new(conn: DatabaseConnection, metrics: Arc<Metrics>) -> Self {
+        Self { conn, metrics }
+    }
+
+    /// Runs `query` and records its latency under `name`.
+    pub async fn timed<T>(&self, name: &str, query: impl Future<Output = T>) -> T {
+        let started = Instant::now();
+        let result = query.await;
+        self.metrics.observe_db(name, started);
+        result
+    }
+
+    pub async fn begin(&self) -> Result<DatabaseTransaction, ApiError> {
+        Ok(self.conn.begin().await?)
+    }
+
+    /// Commits `txn` after reading the outbox rows its own triggers wrote (same transaction id),
+    /// so the caller can invalidate those tags right away (read-your-writes). The rows stay in
+    /// the outbox for the invalidator, which remains the source of truth.
+    pub async fn commit(&self, txn: DatabaseTransaction) -> Result<Invalidations, ApiError> {
+        let started = Instant::now();
+        let rows = OutboxRow::find_by_statement(stmt(
+            "SELECT tenant_id, tags FROM cache_outbox WHERE txid = pg_current_xact_id()",
+            [],
+        ))
+        .all(&txn)
+        .await?;
+        txn.commit().await?;
+        self.metrics.observe_db("commit", started);
+        let mut grouped: Vec<(Uuid, Vec<Tag>)> = Vec::new();
+        for row in rows {
+            let tags = row.tags.iter().filter_map(|tag| Tag::parse(tag).ok());
+            match grouped.iter_mut().find(|(tenant, _)| *tenant == row.tenant_id) {
+                Some((_, known)) => known.extend(tags),
+                None => grouped.push((row.tenant_id, tags.collect())),
+            }
+        }
+        for (_, tags) in &mut grouped {
+            tags.sort();
+            tags.dedup();
+        }
+        Ok(Invalidations(grouped))
+    }
+
+    /// Checks the database answers (for /readyz).
+    pub async fn ping(&self) -> Result<(), DbErr> {
+        self.conn.execute_unprepared("SELECT 1").await.map(|_| ())
+    }
+
+    /// Samples the pool for the `openrisk_db_pool_*` gauges.
+    pub fn sample_pool(&self, max_connections: u32) {
+        let pool = self.conn.get_postgres_connection_pool();
+        let (size, idle) = (pool.size(), u32::try_from(pool.num_idle()).unwrap_or(u32::MAX));
+        self.metrics.set_pool(idle, size.saturating_sub(idle), max_connections);
+    }
+}

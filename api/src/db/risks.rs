@@ -1,0 +1,265 @@
+//! Queries on risks, their mitigations, sub-actions and asset links. Every query is scoped to
+//! one tenant; a row of another tenant is indistinguishable from a missing one.
+
+use sea_orm::sea_query::Expr;
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DbErr, EntityTrait, FromQueryResult, QueryFilter, QueryOrder, QuerySelect, Value,
+};
+use uuid::Uuid;
+
+use super::entities::{assets, mitigations, risks, subactions};
+use super::stmt;
+use crate::model::{RiskSortField, SortDirection};
+
+/// Normalised filters of the risk list (also the cache key's parameters).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RiskFilter {
+    /// Lowercased search text, matched case-insensitively in title and description.
+    pub q: Option<String>,
+    pub status: Option<String>,
+    pub severity: Option<String>,
+    pub min_score: Option<f64>,
+    pub max_score: Option<f64>,
+    pub tag: Option<String>,
+    pub owner: Option<String>,
+    pub sort_by: RiskSortField,
+    pub sort_dir: SortDirection,
+    pub page: u32,
+    pub limit: u32,
+}
+
+#[derive(Debug, FromQueryResult)]
+struct Total {
+    total: i64,
+}
+
+/// Escapes LIKE wildcards so the search text matches literally.
+fn like_pattern(text: &str) -> String {
+    let escaped = text.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
+    format!("%{escaped}%")
+}
+
+/// One page of live risks matching `filter`, and how many match in all.
+pub async fn list(
+    db: &impl ConnectionTrait,
+    tenant: Uuid,
+    filter: &RiskFilter,
+) -> Result<(Vec<risks::Model>, i64), DbErr> {
+    let mut values: Vec<Value> = vec![tenant.into()];
+    let mut clauses = vec!["tenant_id = $1".to_owned(), "deleted_at IS NULL".to_owned()];
+    let mut add = |clause: &str, value: Value| {
+        values.push(value);
+        clauses.push(clause.replace('?', &format!("${}", values.len())));
+    };
+    if let Some(q) = &filter.q {
+        add("(title || ' ' || description) ILIKE ?", like_pattern(q).into());
+    }
+    if let Some(status) = &filter.status {
+        add("status = ?", status.clone().into());
+    }
+    if let Some(severity) = &filter.severity {
+        add("severity = ?", severity.clone().into());
+    }
+    if let Some(min) = filter.min_score {
+        add("score >= ?::numeric", min.into());
+    }
+    if let Some(max) = filter.max_score {
+        add("score <= ?::numeric", max.into());
+    }
+    if let Some(tag) = &filter.tag {
+        add("tags @> ARRAY[?::text]", tag.clone().into());
+    }
+    if let Some(owner) = &filter.owner {
+        add("owner = ?", owner.clone().into());
+    }
+    let predicate = clauses.join(" AND ");
+    let total = Total::find_by_statement(stmt(
+        &format!("SELECT count(*) AS total FROM risks WHERE {predicate}"),
+        values.clone(),
+    ))
+    .one(db)
+    .await?
+    .map_or(0, |row| row.total);
+    let column = match filter.sort_by {
+        RiskSortField::Score => "score",
+        RiskSortField::CreatedAt => "created_at",
+        RiskSortField::UpdatedAt => "updated_at",
+        RiskSortField::Title => "title",
+    };
+    let direction = match filter.sort_dir {
+        SortDirection::Asc => "ASC",
+        SortDirection::Desc => "DESC",
+    };
+    let offset = u64::from(filter.page - 1) * u64::from(filter.limit);
+    let sql = format!(
+        "SELECT * FROM risks WHERE {predicate} ORDER BY {column} {direction}, id {direction} LIMIT {} OFFSET {offset}",
+        filter.limit
+    );
+    let items = risks::Entity::find().from_raw_sql(stmt(&sql, values)).all(db).await?;
+    Ok((items, total))
+}
+
+/// A live (not soft-deleted) risk of the tenant.
+pub async fn find_live(db: &impl ConnectionTrait, tenant: Uuid, id: Uuid) -> Result<Option<risks::Model>, DbErr> {
+    risks::Entity::find_by_id(id)
+        .filter(risks::Column::TenantId.eq(tenant))
+        .filter(risks::Column::DeletedAt.is_null())
+        .one(db)
+        .await
+}
+
+/// Like [`find_live`], locking the row against concurrent changes until the transaction ends.
+pub async fn lock_live(db: &impl ConnectionTrait, tenant: Uuid, id: Uuid) -> Result<Option<risks::Model>, DbErr> {
+    risks::Entity::find_by_id(id)
+        .filter(risks::Column::TenantId.eq(tenant))
+        .filter(risks::Column::DeletedAt.is_null())
+        .lock_exclusive()
+        .one(db)
+        .await
+}
+
+/// Mitigations of a risk with their sub-actions, oldest first.
+pub async fn mitigations_of(
+    db: &impl ConnectionTrait,
+    tenant: Uuid,
+    risk: Uuid,
+) -> Result<Vec<(mitigations::Model, Vec<subactions::Model>)>, DbErr> {
+    let rows = mitigations::Entity::find()
+        .filter(mitigations::Column::TenantId.eq(tenant))
+        .filter(mitigations::Column::RiskId.eq(risk))
+        .order_by_asc(mitigations::Column::CreatedAt)
+        .order_by_asc(mitigations::Column::Id)
+        .all(db)
+        .await?;
+    let ids: Vec<Uuid> = rows.iter().map(|row| row.id).collect();
+    let mut subs = subactions_of(db, tenant, &ids).await?;
+    Ok(rows
+        .into_iter()
+        .map(|row| {
+            let own = subs.extract_if(.., |sub| sub.mitigation_id == row.id).collect();
+            (row, own)
+        })
+        .collect())
+}
+
+/// Sub-actions of the given mitigations, oldest first.
+pub async fn subactions_of(
+    db: &impl ConnectionTrait,
+    tenant: Uuid,
+    mitigations: &[Uuid],
+) -> Result<Vec<subactions::Model>, DbErr> {
+    if mitigations.is_empty() {
+        return Ok(Vec::new());
+    }
+    subactions::Entity::find()
+        .filter(subactions::Column::TenantId.eq(tenant))
+        .filter(subactions::Column::MitigationId.is_in(mitigations.iter().copied()))
+        .order_by_asc(subactions::Column::CreatedAt)
+        .order_by_asc(subactions::Column::Id)
+        .all(db)
+        .await
+}
+
+/// Assets linked to a risk, by name.
+pub async fn assets_of(db: &impl ConnectionTrait, tenant: Uuid, risk: Uuid) -> Result<Vec<assets::Model>, DbErr> {
+    assets::Entity::find()
+        .from_raw_sql(stmt(
+            "SELECT a.* FROM assets a JOIN risk_assets ra ON ra.tenant_id = a.tenant_id AND ra.asset_id = a.id \
+             WHERE ra.tenant_id = $1 AND ra.risk_id = $2 ORDER BY a.name, a.id",
+            [tenant.into(), risk.into()],
+        ))
+        .all(db)
+        .await
+}
+
+/// Soft-deletes a live risk; false when there is none.
+pub async fn soft_delete(db: &impl ConnectionTrait, tenant: Uuid, id: Uuid) -> Result<bool, DbErr> {
+    let result = risks::Entity::update_many()
+        .col_expr(risks::Column::DeletedAt, Expr::cust("now()"))
+        .col_expr(risks::Column::UpdatedAt, Expr::cust("now()"))
+        .filter(risks::Column::Id.eq(id))
+        .filter(risks::Column::TenantId.eq(tenant))
+        .filter(risks::Column::DeletedAt.is_null())
+        .exec(db)
+        .await?;
+    Ok(result.rows_affected == 1)
+}
+
+/// A mitigation of a live risk.
+pub async fn find_mitigation(
+    db: &impl ConnectionTrait,
+    tenant: Uuid,
+    risk: Uuid,
+    id: Uuid,
+) -> Result<Option<mitigations::Model>, DbErr> {
+    if find_live(db, tenant, risk).await?.is_none() {
+        return Ok(None);
+    }
+    mitigations::Entity::find_by_id(id)
+        .filter(mitigations::Column::TenantId.eq(tenant))
+        .filter(mitigations::Column::RiskId.eq(risk))
+        .one(db)
+        .await
+}
+
+/// A sub-action of a mitigation of a live risk, locked until the transaction ends (so
+/// concurrent toggles serialise).
+pub async fn find_subaction(
+    db: &impl ConnectionTrait,
+    tenant: Uuid,
+    risk: Uuid,
+    mitigation: Uuid,
+    id: Uuid,
+) -> Result<Option<subactions::Model>, DbErr> {
+    if find_mitigation(db, tenant, risk, mitigation).await?.is_none() {
+        return Ok(None);
+    }
+    subactions::Entity::find_by_id(id)
+        .filter(subactions::Column::TenantId.eq(tenant))
+        .filter(subactions::Column::MitigationId.eq(mitigation))
+        .lock_exclusive()
+        .one(db)
+        .await
+}
+
+/// Links a live risk and an asset of the tenant (idempotent). False when either is missing.
+pub async fn link_asset(db: &impl ConnectionTrait, tenant: Uuid, risk: Uuid, asset: Uuid) -> Result<bool, DbErr> {
+    let linked = db
+        .execute_raw(stmt(
+            "INSERT INTO risk_assets (tenant_id, risk_id, asset_id) \
+             SELECT r.tenant_id, r.id, a.id FROM risks r JOIN assets a ON a.tenant_id = r.tenant_id \
+             WHERE r.tenant_id = $1 AND r.id = $2 AND r.deleted_at IS NULL AND a.id = $3 \
+             ON CONFLICT DO NOTHING",
+            [tenant.into(), risk.into(), asset.into()],
+        ))
+        .await?;
+    if linked.rows_affected() == 1 {
+        return Ok(true);
+    }
+    // Nothing inserted: either it was already linked or a side is missing.
+    #[derive(FromQueryResult)]
+    struct Exists {
+        present: bool,
+    }
+    let exists = Exists::find_by_statement(stmt(
+        "SELECT EXISTS (SELECT 1 FROM risk_assets ra JOIN risks r ON r.tenant_id = ra.tenant_id AND r.id = ra.risk_id \
+         WHERE ra.tenant_id = $1 AND ra.risk_id = $2 AND ra.asset_id = $3 AND r.deleted_at IS NULL) AS present",
+        [tenant.into(), risk.into(), asset.into()],
+    ))
+    .one(db)
+    .await?;
+    Ok(exists.is_some_and(|row| row.present))
+}
+
+/// Removes the link between a live risk and an asset; false when there was none.
+pub async fn unlink_asset(db: &impl ConnectionTrait, tenant: Uuid, risk: Uuid, asset: Uuid) -> Result<bool, DbErr> {
+    let result = db
+        .execute_raw(stmt(
+            "DELETE FROM risk_assets ra USING risks r \
+             WHERE ra.tenant_id = $1 AND ra.risk_id = $2 AND ra.asset_id = $3 \
+               AND r.tenant_id = ra.tenant_id AND r.id = ra.risk_id AND r.deleted_at IS NULL",
+            [tenant.into(), risk.into(), asset.into()],
+        ))
+        .await?;
+    Ok(result.rows_affected() > 0)
+}

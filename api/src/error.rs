@@ -1,0 +1,186 @@
+//! Every error the API returns, as RFC 9457 `application/problem+json` documents.
+//!
+//! Handlers return [`ApiError`]; anything poem or poem-openapi rejects before a handler runs
+//! (malformed JSON, wrong types, unknown fields, bad parameters, unknown routes, oversized bodies)
+//! is turned into the same shape by [`problem_from_poem_error`].
+
+use poem::Response;
+use poem::http::StatusCode;
+use poem_openapi::payload::Json;
+use poem_openapi::{ApiResponse, Object};
+use sea_orm::DbErr;
+
+/// Media type of every error body.
+pub const PROBLEM_CONTENT_TYPE: &str = "application/problem+json";
+
+/// An RFC 9457 problem document.
+#[derive(Debug, Clone, Object)]
+#[oai(example)]
+pub struct Problem {
+    /// A URI naming the kind of problem; resolves to nothing, but is stable for clients to match on.
+    #[oai(rename = "type")]
+    pub kind: String,
+    /// Short, human-readable summary of the kind of problem.
+    pub title: String,
+    /// The HTTP status code of this response.
+    pub status: u16,
+    /// What went wrong with this particular request.
+    pub detail: String,
+}
+
+impl poem_openapi::types::Example for Problem {
+    fn example() -> Self {
+        Problem::new(StatusCode::NOT_FOUND, "risk 0b0e8f7e-1234-4c3b-9a1e-000000000001 does not exist")
+    }
+}
+
+impl Problem {
+    /// A problem whose type and title are derived from the status.
+    pub fn new(status: StatusCode, detail: impl Into<String>) -> Self {
+        let title = status.canonical_reason().unwrap_or("Error").to_owned();
+        let slug = title.to_lowercase().replace(' ', "-");
+        Problem {
+            kind: format!("https://openrisk.dev/problems/{slug}"),
+            title,
+            status: status.as_u16(),
+            detail: detail.into(),
+        }
+    }
+}
+
+/// A request the API refused or could not serve.
+#[derive(Debug, Clone, ApiResponse, thiserror::Error)]
+pub enum ApiError {
+    /// The request is malformed: bad JSON, a wrong type, an unknown field or an out-of-range value.
+    #[oai(status = 400, content_type = "application/problem+json")]
+    #[error("bad request: {}", .0.detail)]
+    BadRequest(Json<Problem>),
+    /// The bearer token is missing, unknown or revoked.
+    #[oai(status = 401, content_type = "application/problem+json")]
+    #[error("unauthorized: {}", .0.detail)]
+    Unauthorized(Json<Problem>, #[oai(header = "WWW-Authenticate")] String),
+    /// The token's role may not do this.
+    #[oai(status = 403, content_type = "application/problem+json")]
+    #[error("forbidden: {}", .0.detail)]
+    Forbidden(Json<Problem>),
+    /// No such resource in the token's tenant.
+    #[oai(status = 404, content_type = "application/problem+json")]
+    #[error("not found: {}", .0.detail)]
+    NotFound(Json<Problem>),
+    /// The request conflicts with existing data (a duplicate external id, say).
+    #[oai(status = 409, content_type = "application/problem+json")]
+    #[error("conflict: {}", .0.detail)]
+    Conflict(Json<Problem>),
+    /// The request body is larger than the API accepts.
+    #[oai(status = 413, content_type = "application/problem+json")]
+    #[error("payload too large: {}", .0.detail)]
+    PayloadTooLarge(Json<Problem>),
+    /// The request is well-formed but violates a rule of the data model.
+    #[oai(status = 422, content_type = "application/problem+json")]
+    #[error("unprocessable: {}", .0.detail)]
+    Unprocessable(Json<Problem>),
+    /// An unexpected failure on the server side; the detail names no internals.
+    #[oai(status = 500, content_type = "application/problem+json")]
+    #[error("internal error: {}", .0.detail)]
+    Internal(Json<Problem>),
+    /// The database is unreachable or overloaded; retry later.
+    #[oai(status = 503, content_type = "application/problem+json")]
+    #[error("unavailable: {}", .0.detail)]
+    Unavailable(Json<Problem>),
+}
+
+impl ApiError {
+    pub fn unauthorized(detail: impl Into<String>) -> Self {
+        Self::Unauthorized(Json(Problem::new(StatusCode::UNAUTHORIZED, detail)), "Bearer".into())
+    }
+
+    pub fn forbidden(detail: impl Into<String>) -> Self {
+        Self::Forbidden(Json(Problem::new(StatusCode::FORBIDDEN, detail)))
+    }
+
+    pub fn not_found(what: &str, id: impl std::fmt::Display) -> Self {
+        Self::NotFound(Json(Problem::new(StatusCode::NOT_FOUND, format!("{what} {id} does not exist"))))
+    }
+
+    pub fn conflict(detail: impl Into<String>) -> Self {
+        Self::Conflict(Json(Problem::new(StatusCode::CONFLICT, detail)))
+    }
+
+    pub fn unprocessable(detail: impl Into<String>) -> Self {
+        Self::Unprocessable(Json(Problem::new(StatusCode::UNPROCESSABLE_ENTITY, detail)))
+    }
+
+    pub fn internal() -> Self {
+        Self::Internal(Json(Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "the server failed to handle the request")))
+    }
+
+    pub fn unavailable(detail: impl Into<String>) -> Self {
+        Self::Unavailable(Json(Problem::new(StatusCode::SERVICE_UNAVAILABLE, detail)))
+    }
+}
+
+impl From<DbErr> for ApiError {
+    /// Constraint violations are the client's fault (4xx); everything else is logged and hidden.
+    fn from(error: DbErr) -> Self {
+        if let Some(code) = sqlstate(&error) {
+            match code.as_str() {
+                "23505" => return ApiError::conflict("a resource with the same unique key already exists"),
+                "23503" => return ApiError::unprocessable("a referenced resource does not exist"),
+                "23514" | "23502" | "22001" | "22003" | "22P02" | "22007" | "22008" => {
+                    return ApiError::unprocessable(format!("the data violates a rule of the model ({code})"));
+                }
+                _ => {}
+            }
+        }
+        match &error {
+            DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => {
+                tracing::warn!(%error, "database unavailable");
+                ApiError::unavailable("the database is unavailable")
+            }
+            _ => {
+                tracing::error!(%error, "database error");
+                ApiError::internal()
+            }
+        }
+    }
+}
+
+/// The SQLSTATE of a database error, when Postgres reported one.
+fn sqlstate(error: &DbErr) -> Option<String> {
+    use sea_orm::RuntimeErr;
+    match error {
+        DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) => match e.as_ref() {
+            sea_orm::sqlx::Error::Database(db) => db.code().map(|code| code.into_owned()),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// Turns any error poem or poem-openapi raised before (or instead of) a handler into problem+json.
+/// Errors that already carry a response (an [`ApiError`]) pass through unchanged.
+pub fn problem_from_poem_error(error: poem::Error) -> Response {
+    if error.is_from_response() {
+        return error.into_response();
+    }
+    let status = error.status();
+    let status = if status.is_success() { StatusCode::INTERNAL_SERVER_ERROR } else { status };
+    let detail = if status.is_server_error() {
+        tracing::error!(%error, "unhandled error");
+        "the server failed to handle the request".to_owned()
+    } else {
+        error.to_string()
+    };
+    problem_response(&Problem::new(status, detail))
+}
+
+/// A problem document as a complete response.
+pub fn problem_response(problem: &Problem) -> Response {
+    use poem_openapi::types::ToJSON;
+    let status = StatusCode::from_u16(problem.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut response = Response::builder().status(status).content_type(PROBLEM_CONTENT_TYPE);
+    if status == StatusCode::UNAUTHORIZED {
+        response = response.header("WWW-Authenticate", "Bearer");
+    }
+    response.body(problem.to_json_string())
+}

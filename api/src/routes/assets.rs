@@ -1,0 +1,292 @@
+//! `/api/v1/assets` and the links between risks and assets.
+
+use std::sync::Arc;
+
+use poem::web::Data;
+use poem_openapi::param::{Header, Path, Query};
+use poem_openapi::payload::Json;
+use poem_openapi::{ApiResponse, OpenApi};
+use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, IntoActiveModel, QueryFilter, QuerySelect, Set};
+use uuid::Uuid;
+
+use super::{
+    ApiTags, Cached, NoContent, Updated, body_of, cached, commit_and_invalidate, default_limit, default_page,
+    normalise_search, tag,
+};
+use crate::app::AppState;
+use crate::auth::{BearerAuth, Role};
+use crate::cache::{CacheableRead, Loaded};
+use crate::db::assets::AssetFilter;
+use crate::db::entities::assets;
+use crate::error::ApiError;
+use crate::model::{Asset, AssetCreate, AssetPage, AssetPatch, Criticality, enum_text};
+
+/// Asset operations.
+pub struct AssetsApi;
+
+/// A created asset.
+#[derive(ApiResponse)]
+enum AssetCreated {
+    /// The asset was created.
+    #[oai(status = 201)]
+    Created(Json<Asset>, #[oai(header = "Location")] String),
+}
+
+impl AssetFilter {
+    /// The parameters that identify this list in the cache key.
+    fn params(&self) -> Vec<(&'static str, String)> {
+        let mut params = vec![("page", self.page.to_string()), ("limit", self.limit.to_string())];
+        let optional =
+            [("q", self.q.clone()), ("criticality", self.criticality.clone()), ("asset_type", self.asset_type.clone())];
+        params.extend(optional.into_iter().filter_map(|(name, value)| Some((name, value?))));
+        params
+    }
+}
+
+#[OpenApi(prefix_path = "/api/v1", tag = "ApiTags::Assets")]
+impl AssetsApi {
+    /// List assets
+    ///
+    /// Assets of the caller's tenant by name, paged. Served from the cache until any asset changes.
+    #[oai(path = "/assets", method = "get", operation_id = "listAssets")]
+    #[allow(clippy::too_many_arguments)]
+    async fn list(
+        &self,
+        state: Data<&Arc<AppState>>,
+        auth: BearerAuth,
+        /// Text searched case-insensitively in the name.
+        #[oai(validator(max_length = 200))]
+        q: Query<Option<String>>,
+        /// Only assets of this criticality.
+        criticality: Query<Option<Criticality>>,
+        /// Only assets of this type (exact match).
+        #[oai(validator(min_length = 1, max_length = 64))]
+        asset_type: Query<Option<String>>,
+        /// Page number, from 1.
+        #[oai(default = "default_page", validator(minimum(value = "1"), maximum(value = "100000")))]
+        page: Query<u32>,
+        /// Page size, 1–200.
+        #[oai(default = "default_limit", validator(minimum(value = "1"), maximum(value = "200")))]
+        limit: Query<u32>,
+        /// Entity tag of a copy the client holds; a match answers 304.
+        #[oai(name = "If-None-Match")]
+        if_none_match: Header<Option<String>>,
+    ) -> Result<Cached<AssetPage>, ApiError> {
+        let tenant = auth.0.tenant_id;
+        let filter = AssetFilter {
+            q: normalise_search(q.0),
+            criticality: criticality.0.as_ref().map(enum_text),
+            asset_type: asset_type.0,
+            page: page.0,
+            limit: limit.0,
+        };
+        let read = CacheableRead {
+            route: "/api/v1/assets",
+            tenant,
+            resource: "assets",
+            params: filter.params(),
+            tags: vec![tag("assets", None)],
+        };
+        cached(&state, read, if_none_match.0.as_deref(), move |state| {
+            let filter = filter.clone();
+            async move {
+                let (rows, total) =
+                    state.db.timed("asset_list", crate::db::assets::list(&state.db.conn, tenant, &filter)).await?;
+                let page = AssetPage {
+                    items: rows.into_iter().map(Asset::from).collect(),
+                    total,
+                    page: filter.page,
+                    limit: filter.limit,
+                };
+                Ok(Loaded::new(body_of(&page)))
+            }
+        })
+        .await
+    }
+
+    /// Get an asset
+    #[oai(path = "/assets/:id", method = "get", operation_id = "getAsset")]
+    async fn get(
+        &self,
+        state: Data<&Arc<AppState>>,
+        auth: BearerAuth,
+        /// Asset id.
+        id: Path<Uuid>,
+        /// Entity tag of a copy the client holds; a match answers 304.
+        #[oai(name = "If-None-Match")]
+        if_none_match: Header<Option<String>>,
+    ) -> Result<Cached<Asset>, ApiError> {
+        let (tenant, id) = (auth.0.tenant_id, id.0);
+        let read = CacheableRead {
+            route: "/api/v1/assets/{id}",
+            tenant,
+            resource: "asset",
+            params: vec![("id", id.to_string())],
+            tags: vec![tag("asset", Some(id))],
+        };
+        cached(&state, read, if_none_match.0.as_deref(), move |state| async move {
+            let row = state
+                .db
+                .timed("asset_get", crate::db::assets::find(&state.db.conn, tenant, id))
+                .await?
+                .ok_or_else(|| ApiError::not_found("asset", id))?;
+            Ok(Loaded::new(body_of(&Asset::from(row))))
+        })
+        .await
+    }
+
+    /// Create an asset
+    #[oai(path = "/assets", method = "post", operation_id = "createAsset")]
+    async fn create(
+        &self,
+        state: Data<&Arc<AppState>>,
+        auth: BearerAuth,
+        body: Json<AssetCreate>,
+    ) -> Result<AssetCreated, ApiError> {
+        auth.0.require(Role::Analyst)?;
+        let body = body.0;
+        let txn = state.db.begin().await?;
+        let row = assets::ActiveModel {
+            id: Set(Uuid::new_v4()),
+            tenant_id: Set(auth.0.tenant_id),
+            name: Set(body.name),
+            asset_type: Set(body.asset_type),
+            criticality: Set(enum_text(&body.criticality.unwrap_or(Criticality::Medium))),
+            owner: Set(body.owner),
+            ..Default::default()
+        };
+        let row = state.db.timed("asset_insert", row.insert(&txn)).await?;
+        commit_and_invalidate(&state, txn).await?;
+        let location = format!("/api/v1/assets/{}", row.id);
+        Ok(AssetCreated::Created(Json(Asset::from(row)), location))
+    }
+
+    /// Change an asset
+    ///
+    /// Only the fields present change. A new criticality re-scores every linked risk.
+    #[oai(path = "/assets/:id", method = "patch", operation_id = "updateAsset")]
+    async fn update(
+        &self,
+        state: Data<&Arc<AppState>>,
+        auth: BearerAuth,
+        /// Asset id.
+        id: Path<Uuid>,
+        body: Json<AssetPatch>,
+    ) -> Result<Updated<Asset>, ApiError> {
+        auth.0.require(Role::Analyst)?;
+        let (tenant, id, patch) = (auth.0.tenant_id, id.0, body.0);
+        let txn = state.db.begin().await?;
+        let current = state
+            .db
+            .timed(
+                "asset_lock",
+                assets::Entity::find_by_id(id).filter(assets::Column::TenantId.eq(tenant)).lock_exclusive().one(&txn),
+            )
+            .await?
+            .ok_or_else(|| ApiError::not_found("asset", id))?;
+        let mut row = current.into_active_model();
+        if let Some(name) = patch.name {
+            row.name = Set(name);
+        }
+        if let Some(asset_type) = patch.asset_type {
+            row.asset_type = Set(asset_type);
+        }
+        if let Some(criticality) = patch.criticality {
+            row.criticality = Set(enum_text(&criticality));
+        }
+        if let Some(owner) = patch.owner {
+            row.owner = Set(owner);
+        }
+        row.updated_at = Set(chrono::Utc::now().into());
+        let row = state.db.timed("asset_update", row.update(&txn)).await?;
+        commit_and_invalidate(&state, txn).await?;
+        Ok(Updated::Ok(Json(Asset::from(row))))
+    }
+
+    /// Delete an asset
+    ///
+    /// Unlinks it from every risk (which are re-scored) and deletes it.
+    #[oai(path = "/assets/:id", method = "delete", operation_id = "deleteAsset")]
+    async fn delete(
+        &self,
+        state: Data<&Arc<AppState>>,
+        auth: BearerAuth,
+        /// Asset id.
+        id: Path<Uuid>,
+    ) -> Result<NoContent, ApiError> {
+        auth.0.require(Role::Analyst)?;
+        let (tenant, id) = (auth.0.tenant_id, id.0);
+        let txn = state.db.begin().await?;
+        let deleted = state
+            .db
+            .timed(
+                "asset_delete",
+                assets::Entity::delete_many()
+                    .filter(assets::Column::Id.eq(id))
+                    .filter(assets::Column::TenantId.eq(tenant))
+                    .exec(&txn),
+            )
+            .await?;
+        if deleted.rows_affected == 0 {
+            return Err(ApiError::not_found("asset", id));
+        }
+        commit_and_invalidate(&state, txn).await?;
+        Ok(NoContent::Done)
+    }
+
+    /// Link a risk and an asset
+    ///
+    /// Idempotent. The risk is re-scored with the asset's criticality.
+    #[oai(path = "/risks/:risk_id/assets/:asset_id", method = "put", operation_id = "linkAsset")]
+    async fn link(
+        &self,
+        state: Data<&Arc<AppState>>,
+        auth: BearerAuth,
+        /// Risk id.
+        risk_id: Path<Uuid>,
+        /// Asset id.
+        asset_id: Path<Uuid>,
+    ) -> Result<NoContent, ApiError> {
+        auth.0.require(Role::Analyst)?;
+        let txn = state.db.begin().await?;
+        let linked = state
+            .db
+            .timed("asset_link", crate::db::risks::link_asset(&txn, auth.0.tenant_id, risk_id.0, asset_id.0))
+            .await?;
+        if !linked {
+            return Err(ApiError::NotFound(Json(crate::error::Problem::new(
+                poem::http::StatusCode::NOT_FOUND,
+                format!("risk {} or asset {} does not exist", risk_id.0, asset_id.0),
+            ))));
+        }
+        commit_and_invalidate(&state, txn).await?;
+        Ok(NoContent::Done)
+    }
+
+    /// Unlink a risk and an asset
+    #[oai(path = "/risks/:risk_id/assets/:asset_id", method = "delete", operation_id = "unlinkAsset")]
+    async fn unlink(
+        &self,
+        state: Data<&Arc<AppState>>,
+        auth: BearerAuth,
+        /// Risk id.
+        risk_id: Path<Uuid>,
+        /// Asset id.
+        asset_id: Path<Uuid>,
+    ) -> Result<NoContent, ApiError> {
+        auth.0.require(Role::Analyst)?;
+        let txn = state.db.begin().await?;
+        let unlinked = state
+            .db
+            .timed("asset_unlink", crate::db::risks::unlink_asset(&txn, auth.0.tenant_id, risk_id.0, asset_id.0))
+            .await?;
+        if !unlinked {
+            return Err(ApiError::NotFound(Json(crate::error::Problem::new(
+                poem::http::StatusCode::NOT_FOUND,
+                format!("risk {} is not linked to asset {}", risk_id.0, asset_id.0),
+            ))));
+        }
+        commit_and_invalidate(&state, txn).await?;
+        Ok(NoContent::Done)
+    }
+}

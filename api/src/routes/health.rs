@@ -1,0 +1,130 @@
+//! `/healthz`, `/readyz` and `/metrics`, outside the versioned API.
+
+use std::sync::Arc;
+
+use poem::web::Data;
+use poem_openapi::payload::{Json, PlainText};
+use poem_openapi::{ApiResponse, Enum, Object, OpenApi};
+
+use super::ApiTags;
+use crate::app::AppState;
+
+/// Operational endpoints.
+pub struct HealthApi;
+
+/// Overall readiness.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+#[oai(rename_all = "lowercase")]
+pub enum ReadyStatus {
+    /// Postgres and Redis answer.
+    Ready,
+    /// Postgres answers, Redis does not (or the breaker is open): reads are served from Postgres
+    /// uncached.
+    Degraded,
+    /// Postgres does not answer.
+    Unavailable,
+}
+
+/// State of one dependency.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+#[oai(rename_all = "lowercase")]
+pub enum DependencyState {
+    Up,
+    Down,
+    /// Not used (the cache is disabled).
+    Disabled,
+}
+
+/// What /readyz found.
+#[derive(Debug, Clone, Object)]
+pub struct Readiness {
+    pub status: ReadyStatus,
+    pub postgres: DependencyState,
+    pub redis: DependencyState,
+    /// Whether the circuit breaker currently keeps requests away from Redis.
+    pub cache_breaker_open: bool,
+}
+
+/// Liveness.
+#[derive(Debug, Clone, Object)]
+pub struct Liveness {
+    /// Always `ok`.
+    pub status: String,
+}
+
+/// Liveness answer.
+#[derive(ApiResponse)]
+enum AliveResponse {
+    /// The process is running.
+    #[oai(status = 200)]
+    Alive(Json<Liveness>),
+}
+
+/// Metrics answer.
+#[derive(ApiResponse)]
+enum MetricsResponse {
+    /// Prometheus text exposition format.
+    #[oai(status = 200)]
+    Metrics(PlainText<String>),
+}
+
+/// Readiness answer.
+#[derive(ApiResponse)]
+enum ReadyResponse {
+    /// Ready to serve (possibly degraded: without the cache).
+    #[oai(status = 200)]
+    Ready(Json<Readiness>),
+    /// Not ready: Postgres does not answer.
+    #[oai(status = 503)]
+    NotReady(Json<Readiness>),
+}
+
+#[OpenApi(tag = "ApiTags::Operations")]
+impl HealthApi {
+    /// Liveness
+    ///
+    /// Answers while the process runs; checks nothing else.
+    #[oai(path = "/healthz", method = "get", operation_id = "healthz")]
+    async fn healthz(&self) -> AliveResponse {
+        AliveResponse::Alive(Json(Liveness { status: "ok".into() }))
+    }
+
+    /// Readiness
+    ///
+    /// 200 when Postgres answers (`degraded` when Redis does not: reads then bypass the cache),
+    /// 503 when Postgres does not.
+    #[oai(path = "/readyz", method = "get", operation_id = "readyz")]
+    async fn readyz(&self, state: Data<&Arc<AppState>>) -> ReadyResponse {
+        let timeout = state.settings.pool_settings().acquire_timeout;
+        let postgres = matches!(tokio::time::timeout(timeout, state.db.ping()).await, Ok(Ok(())));
+        let redis = if !state.cache.enabled() {
+            DependencyState::Disabled
+        } else if state.cache.ping().await {
+            DependencyState::Up
+        } else {
+            DependencyState::Down
+        };
+        let breaker_open = state.cache.breaker_open();
+        let status = match (postgres, redis) {
+            (false, _) => ReadyStatus::Unavailable,
+            (true, DependencyState::Down) => ReadyStatus::Degraded,
+            (true, _) if breaker_open => ReadyStatus::Degraded,
+            (true, _) => ReadyStatus::Ready,
+        };
+        let readiness = Readiness {
+            status,
+            postgres: if postgres { DependencyState::Up } else { DependencyState::Down },
+            redis,
+            cache_breaker_open: breaker_open,
+        };
+        if postgres { ReadyResponse::Ready(Json(readiness)) } else { ReadyResponse::NotReady(Json(readiness)) }
+    }
+
+    /// Prometheus metrics
+    ///
+    /// Every metric of this process in the Prometheus text format.
+    #[oai(path = "/metrics", method = "get", operation_id = "metrics")]
+    async fn metrics(&self, state: Data<&Arc<AppState>>) -> MetricsResponse {
+        MetricsResponse::Metrics(PlainText(state.render_metrics()))
+    }
+}

@@ -1,0 +1,362 @@
+//! `/api/v1/risks/{risk_id}/mitigations`: mitigations of a risk and their sub-actions.
+
+use std::sync::Arc;
+
+use poem::web::Data;
+use poem_openapi::param::{Header, Path};
+use poem_openapi::payload::Json;
+use poem_openapi::types::MaybeUndefined;
+use poem_openapi::{ApiResponse, OpenApi};
+use sea_orm::{ActiveModelTrait, EntityTrait, IntoActiveModel, Set};
+use uuid::Uuid;
+
+use super::{ApiTags, Cached, NoContent, Updated, body_of, cached, commit_and_invalidate, tag};
+use crate::app::AppState;
+use crate::auth::{BearerAuth, Role};
+use crate::cache::{CacheableRead, Loaded};
+use crate::db::entities::{mitigations, subactions};
+use crate::error::ApiError;
+use crate::model::{
+    Mitigation, MitigationCreate, MitigationPatch, MitigationStatus, SubAction, SubActionCreate, SubActionPatch,
+    enum_text,
+};
+
+/// Mitigation and sub-action operations.
+pub struct MitigationsApi;
+
+/// A created mitigation.
+#[derive(ApiResponse)]
+enum MitigationCreated {
+    /// The mitigation was created.
+    #[oai(status = 201)]
+    Created(Json<Mitigation>, #[oai(header = "Location")] String),
+}
+
+/// A created sub-action.
+#[derive(ApiResponse)]
+enum SubActionCreated {
+    /// The sub-action was created.
+    #[oai(status = 201)]
+    Created(Json<SubAction>),
+}
+
+/// A mitigation with its sub-actions, as seen through the transaction or pool `db`.
+async fn mitigation_view(
+    state: &AppState,
+    db: &impl sea_orm::ConnectionTrait,
+    tenant: Uuid,
+    row: mitigations::Model,
+) -> Result<Mitigation, ApiError> {
+    let subs = state.db.timed("subaction_list", crate::db::risks::subactions_of(db, tenant, &[row.id])).await?;
+    Ok(Mitigation::from_rows(row, subs))
+}
+
+#[OpenApi(prefix_path = "/api/v1", tag = "ApiTags::Mitigations")]
+impl MitigationsApi {
+    /// Get a mitigation
+    ///
+    /// A mitigation of a live risk, with its sub-actions. Served from the cache until the
+    /// mitigation, one of its sub-actions or the risk changes.
+    #[oai(path = "/risks/:risk_id/mitigations/:id", method = "get", operation_id = "getMitigation")]
+    async fn get(
+        &self,
+        state: Data<&Arc<AppState>>,
+        auth: BearerAuth,
+        /// Risk id.
+        risk_id: Path<Uuid>,
+        /// Mitigation id.
+        id: Path<Uuid>,
+        /// Entity tag of a copy the client holds; a match answers 304.
+        #[oai(name = "If-None-Match")]
+        if_none_match: Header<Option<String>>,
+    ) -> Result<Cached<Mitigation>, ApiError> {
+        let (tenant, risk, id) = (auth.0.tenant_id, risk_id.0, id.0);
+        let read = CacheableRead {
+            route: "/api/v1/risks/{risk_id}/mitigations/{id}",
+            tenant,
+            resource: "mitigation",
+            params: vec![("risk_id", risk.to_string()), ("id", id.to_string())],
+            tags: vec![tag("mitigation", Some(id)), tag("risk", Some(risk))],
+        };
+        cached(&state, read, if_none_match.0.as_deref(), move |state| async move {
+            let conn = &state.db.conn;
+            let row = state
+                .db
+                .timed("mitigation_get", crate::db::risks::find_mitigation(conn, tenant, risk, id))
+                .await?
+                .ok_or_else(|| ApiError::not_found("mitigation", id))?;
+            Ok(Loaded::new(body_of(&mitigation_view(&state, conn, tenant, row).await?)))
+        })
+        .await
+    }
+
+    /// Create a mitigation
+    #[oai(path = "/risks/:risk_id/mitigations", method = "post", operation_id = "createMitigation")]
+    async fn create(
+        &self,
+        state: Data<&Arc<AppState>>,
+        auth: BearerAuth,
+        /// Risk id.
+        risk_id: Path<Uuid>,
+        body: Json<MitigationCreate>,
+    ) -> Result<MitigationCreated, ApiError> {
+        auth.0.require(Role::Analyst)?;
+        let (tenant, risk, body) = (auth.0.tenant_id, risk_id.0, body.0);
+        let txn = state.db.begin().await?;
+        if state.db.timed("risk_lock", crate::db::risks::lock_live(&txn, tenant, risk)).await?.is_none() {
+            return Err(ApiError::not_found("risk", risk));
+        }
+        let row = mitigations::ActiveModel {
+            id: Set(Uuid::new_v4()),
+            tenant_id: Set(tenant),
+            risk_id: Set(risk),
+            title: Set(body.title),
+            assignee: Set(body.assignee),
+            status: Set(enum_text(&body.status.unwrap_or(MitigationStatus::Planned))),
+            progress: Set(body.progress),
+            due_date: Set(body.due_date),
+            cost: Set(body.cost.unwrap_or(1)),
+            mitigation_time_days: Set(body.mitigation_time_days),
+            ..Default::default()
+        };
+        let row = state.db.timed("mitigation_insert", row.insert(&txn)).await?;
+        commit_and_invalidate(&state, txn).await?;
+        let location = format!("/api/v1/risks/{risk}/mitigations/{}", row.id);
+        Ok(MitigationCreated::Created(Json(Mitigation::from_rows(row, Vec::new())), location))
+    }
+
+    /// Change a mitigation
+    ///
+    /// Only the fields present change.
+    #[oai(path = "/risks/:risk_id/mitigations/:id", method = "patch", operation_id = "updateMitigation")]
+    async fn update(
+        &self,
+        state: Data<&Arc<AppState>>,
+        auth: BearerAuth,
+        /// Risk id.
+        risk_id: Path<Uuid>,
+        /// Mitigation id.
+        id: Path<Uuid>,
+        body: Json<MitigationPatch>,
+    ) -> Result<Updated<Mitigation>, ApiError> {
+        auth.0.require(Role::Analyst)?;
+        let (tenant, risk, id, patch) = (auth.0.tenant_id, risk_id.0, id.0, body.0);
+        let txn = state.db.begin().await?;
+        let current = state
+            .db
+            .timed("mitigation_get", crate::db::risks::find_mitigation(&txn, tenant, risk, id))
+            .await?
+            .ok_or_else(|| ApiError::not_found("mitigation", id))?;
+        let mut row = current.into_active_model();
+        if let Some(title) = patch.title {
+            row.title = Set(title);
+        }
+        if let Some(assignee) = patch.assignee {
+            row.assignee = Set(assignee);
+        }
+        if let Some(status) = patch.status {
+            row.status = Set(enum_text(&status));
+        }
+        if let Some(progress) = patch.progress {
+            row.progress = Set(progress);
+        }
+        match patch.due_date {
+            MaybeUndefined::Value(date) => row.due_date = Set(Some(date)),
+            MaybeUndefined::Null => row.due_date = Set(None),
+            MaybeUndefined::Undefined => {}
+        }
+        if let Some(cost) = patch.cost {
+            row.cost = Set(cost);
+        }
+        if let Some(days) = patch.mitigation_time_days {
+            row.mitigation_time_days = Set(days);
+        }
+        row.updated_at = Set(chrono::Utc::now().into());
+        let row = state.db.timed("mitigation_update", row.update(&txn)).await?;
+        let view = mitigation_view(&state, &txn, tenant, row).await?;
+        commit_and_invalidate(&state, txn).await?;
+        Ok(Updated::Ok(Json(view)))
+    }
+
+    /// Delete a mitigation
+    ///
+    /// Deletes the mitigation and its sub-actions.
+    #[oai(path = "/risks/:risk_id/mitigations/:id", method = "delete", operation_id = "deleteMitigation")]
+    async fn delete(
+        &self,
+        state: Data<&Arc<AppState>>,
+        auth: BearerAuth,
+        /// Risk id.
+        risk_id: Path<Uuid>,
+        /// Mitigation id.
+        id: Path<Uuid>,
+    ) -> Result<NoContent, ApiError> {
+        auth.0.require(Role::Analyst)?;
+        let (tenant, risk, id) = (auth.0.tenant_id, risk_id.0, id.0);
+        let txn = state.db.begin().await?;
+        let row = state
+            .db
+            .timed("mitigation_get", crate::db::risks::find_mitigation(&txn, tenant, risk, id))
+            .await?
+            .ok_or_else(|| ApiError::not_found("mitigation", id))?;
+        state.db.timed("mitigation_delete", mitigations::Entity::delete_by_id(row.id).exec(&txn)).await?;
+        commit_and_invalidate(&state, txn).await?;
+        Ok(NoContent::Done)
+    }
+
+    /// Add a sub-action
+    #[oai(
+        path = "/risks/:risk_id/mitigations/:mitigation_id/subactions",
+        method = "post",
+        operation_id = "createSubAction"
+    )]
+    async fn create_subaction(
+        &self,
+        state: Data<&Arc<AppState>>,
+        auth: BearerAuth,
+        /// Risk id.
+        risk_id: Path<Uuid>,
+        /// Mitigation id.
+        mitigation_id: Path<Uuid>,
+        body: Json<SubActionCreate>,
+    ) -> Result<SubActionCreated, ApiError> {
+        auth.0.require(Role::Analyst)?;
+        let (tenant, risk, mitigation) = (auth.0.tenant_id, risk_id.0, mitigation_id.0);
+        let txn = state.db.begin().await?;
+        if state
+            .db
+            .timed("mitigation_get", crate::db::risks::find_mitigation(&txn, tenant, risk, mitigation))
+            .await?
+            .is_none()
+        {
+            return Err(ApiError::not_found("mitigation", mitigation));
+        }
+        let row = subactions::ActiveModel {
+            id: Set(Uuid::new_v4()),
+            tenant_id: Set(tenant),
+            mitigation_id: Set(mitigation),
+            title: Set(body.0.title),
+            completed: Set(body.0.completed),
+            ..Default::default()
+        };
+        let row = state.db.timed("subaction_insert", row.insert(&txn)).await?;
+        commit_and_invalidate(&state, txn).await?;
+        Ok(SubActionCreated::Created(Json(SubAction::from(row))))
+    }
+
+    /// Change a sub-action
+    #[oai(
+        path = "/risks/:risk_id/mitigations/:mitigation_id/subactions/:id",
+        method = "patch",
+        operation_id = "updateSubAction"
+    )]
+    async fn update_subaction(
+        &self,
+        state: Data<&Arc<AppState>>,
+        auth: BearerAuth,
+        /// Risk id.
+        risk_id: Path<Uuid>,
+        /// Mitigation id.
+        mitigation_id: Path<Uuid>,
+        /// Sub-action id.
+        id: Path<Uuid>,
+        body: Json<SubActionPatch>,
+    ) -> Result<Updated<SubAction>, ApiError> {
+        auth.0.require(Role::Analyst)?;
+        let patch = body.0;
+        let row = change_subaction(&state, &auth, risk_id.0, mitigation_id.0, id.0, |current| SubActionPatch {
+            title: patch.title.clone(),
+            completed: patch.completed.or(Some(current.completed)),
+        })
+        .await?;
+        Ok(Updated::Ok(Json(row)))
+    }
+
+    /// Toggle a sub-action
+    ///
+    /// Flips `completed`.
+    #[oai(
+        path = "/risks/:risk_id/mitigations/:mitigation_id/subactions/:id/toggle",
+        method = "post",
+        operation_id = "toggleSubAction"
+    )]
+    async fn toggle_subaction(
+        &self,
+        state: Data<&Arc<AppState>>,
+        auth: BearerAuth,
+        /// Risk id.
+        risk_id: Path<Uuid>,
+        /// Mitigation id.
+        mitigation_id: Path<Uuid>,
+        /// Sub-action id.
+        id: Path<Uuid>,
+    ) -> Result<Updated<SubAction>, ApiError> {
+        auth.0.require(Role::Analyst)?;
+        let row = change_subaction(&state, &auth, risk_id.0, mitigation_id.0, id.0, |current| SubActionPatch {
+            title: None,
+            completed: Some(!current.completed),
+        })
+        .await?;
+        Ok(Updated::Ok(Json(row)))
+    }
+
+    /// Delete a sub-action
+    #[oai(
+        path = "/risks/:risk_id/mitigations/:mitigation_id/subactions/:id",
+        method = "delete",
+        operation_id = "deleteSubAction"
+    )]
+    async fn delete_subaction(
+        &self,
+        state: Data<&Arc<AppState>>,
+        auth: BearerAuth,
+        /// Risk id.
+        risk_id: Path<Uuid>,
+        /// Mitigation id.
+        mitigation_id: Path<Uuid>,
+        /// Sub-action id.
+        id: Path<Uuid>,
+    ) -> Result<NoContent, ApiError> {
+        auth.0.require(Role::Analyst)?;
+        let (tenant, id) = (auth.0.tenant_id, id.0);
+        let txn = state.db.begin().await?;
+        let row = state
+            .db
+            .timed("subaction_get", crate::db::risks::find_subaction(&txn, tenant, risk_id.0, mitigation_id.0, id))
+            .await?
+            .ok_or_else(|| ApiError::not_found("sub-action", id))?;
+        state.db.timed("subaction_delete", subactions::Entity::delete_by_id(row.id).exec(&txn)).await?;
+        commit_and_invalidate(&state, txn).await?;
+        Ok(NoContent::Done)
+    }
+}
+
+/// Applies the patch computed from the current row to a sub-action, in one transaction.
+async fn change_subaction(
+    state: &AppState,
+    auth: &BearerAuth,
+    risk: Uuid,
+    mitigation: Uuid,
+    id: Uuid,
+    patch: impl FnOnce(&subactions::Model) -> SubActionPatch,
+) -> Result<SubAction, ApiError> {
+    let tenant = auth.0.tenant_id;
+    let txn = state.db.begin().await?;
+    let current = state
+        .db
+        .timed("subaction_get", crate::db::risks::find_subaction(&txn, tenant, risk, mitigation, id))
+        .await?
+        .ok_or_else(|| ApiError::not_found("sub-action", id))?;
+    let patch = patch(&current);
+    let mut row = current.into_active_model();
+    if let Some(title) = patch.title {
+        row.title = Set(title);
+    }
+    if let Some(completed) = patch.completed {
+        row.completed = Set(completed);
+    }
+    row.updated_at = Set(chrono::Utc::now().into());
+    let row = state.db.timed("subaction_update", row.update(&txn)).await?;
+    commit_and_invalidate(state, txn).await?;
+    Ok(SubAction::from(row))
+}

@@ -1,0 +1,195 @@
+//! The HTTP operations, grouped by resource, and the response types they share.
+
+mod assets;
+mod health;
+mod mitigations;
+mod risks;
+mod stats;
+mod tokens;
+
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use poem::Response;
+use poem::http::StatusCode;
+use poem_openapi::registry::{MetaHeader, MetaMediaType, MetaResponse, MetaResponses, Registry};
+use poem_openapi::types::{ToJSON, Type};
+use poem_openapi::{ApiResponse, Tags};
+
+pub use assets::AssetsApi;
+pub use health::HealthApi;
+pub use mitigations::MitigationsApi;
+pub use risks::RisksApi;
+pub use stats::StatsApi;
+pub use tokens::TokensApi;
+
+use crate::app::AppState;
+use crate::cache::{CacheableRead, Loaded, Served, if_none_match_matches};
+use crate::error::ApiError;
+
+/// Groups of operations in the documentation.
+#[derive(Tags)]
+pub enum ApiTags {
+    /// Risks, their filters and their embedded mitigations and assets.
+    Risks,
+    /// Mitigations of a risk and their sub-actions.
+    Mitigations,
+    /// Assets and their links to risks.
+    Assets,
+    /// Aggregates over the tenant's risks.
+    Stats,
+    /// The tenant's API tokens (admin only).
+    Tokens,
+    /// Liveness, readiness and metrics.
+    Operations,
+}
+
+/// A cacheable JSON response. The body is sent exactly as stored in Redis (or as serialised once
+/// on a miss); the spec describes it as `T`.
+pub struct Cached<T> {
+    served: Served,
+    not_modified: bool,
+    _shape: PhantomData<fn() -> T>,
+}
+
+impl<T> Cached<T> {
+    fn new(served: Served, if_none_match: Option<&str>) -> Self {
+        let not_modified = if_none_match.is_some_and(|header| if_none_match_matches(header, &served.etag));
+        Self { served, not_modified, _shape: PhantomData }
+    }
+}
+
+impl<T: Send> poem::IntoResponse for Cached<T> {
+    fn into_response(self) -> Response {
+        let builder = Response::builder()
+            .header(poem::http::header::ETAG, self.served.etag)
+            .header("Cache-Status", self.served.cache_status);
+        if self.not_modified {
+            builder.status(StatusCode::NOT_MODIFIED).finish()
+        } else {
+            builder.content_type("application/json; charset=utf-8").body(self.served.body)
+        }
+    }
+}
+
+fn cache_headers() -> Vec<MetaHeader> {
+    let header = |name: &str, description: &str| MetaHeader {
+        name: name.to_owned(),
+        description: Some(description.to_owned()),
+        required: true,
+        deprecated: false,
+        schema: String::schema_ref(),
+    };
+    vec![
+        header("ETag", "Strong entity tag of the body; send it back in `If-None-Match` to get 304."),
+        header(
+            "Cache-Status",
+            "How the cache answered (RFC 9211): `openrisk; hit`; `openrisk; fwd=miss; stored` (read from \
+             Postgres and cached); `openrisk; fwd=miss; collapsed` (shared an identical in-flight read); \
+             `openrisk; fwd=miss; detail=fill-rejected` (not cached: the data changed while it was read); \
+             `openrisk; fwd=bypass; detail=disabled|breaker-open|redis-error` (Redis skipped or failing).",
+        ),
+    ]
+}
+
+impl<T: Type + ToJSON> ApiResponse for Cached<T> {
+    fn meta() -> MetaResponses {
+        MetaResponses {
+            responses: vec![
+                MetaResponse {
+                    description: "The resource.",
+                    status: Some(200),
+                    status_range: None,
+                    content: vec![MetaMediaType {
+                        content_type: "application/json; charset=utf-8",
+                        schema: T::schema_ref(),
+                    }],
+                    headers: cache_headers(),
+                },
+                MetaResponse {
+                    description: "Not modified since the entity tag given in `If-None-Match`.",
+                    status: Some(304),
+                    status_range: None,
+                    content: Vec::new(),
+                    headers: cache_headers(),
+                },
+            ],
+        }
+    }
+
+    fn register(registry: &mut Registry) {
+        T::register(registry);
+    }
+}
+
+/// Status 204 with no body.
+#[derive(ApiResponse)]
+pub enum NoContent {
+    /// Done.
+    #[oai(status = 204)]
+    Done,
+}
+
+/// Serves `read` through the cache, reading with `load` on a miss.
+pub async fn cached<T, F, Fut>(
+    state: &Arc<AppState>,
+    read: CacheableRead,
+    if_none_match: Option<&str>,
+    load: F,
+) -> Result<Cached<T>, ApiError>
+where
+    F: Fn(Arc<AppState>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Loaded, ApiError>> + Send + 'static,
+{
+    let state_for_load = Arc::clone(state);
+    let loader: crate::cache::Loader =
+        Arc::new(move || -> BoxFuture<'static, Result<Loaded, ApiError>> { load(Arc::clone(&state_for_load)).boxed() });
+    let served = state.cache.read_through(read, loader).await?;
+    Ok(Cached::new(served, if_none_match))
+}
+
+/// Serialises a response body once, for the cache and the client alike.
+pub fn body_of<T: ToJSON>(value: &T) -> Vec<u8> {
+    value.to_json_string().into_bytes()
+}
+
+/// Default page size of lists.
+fn default_limit() -> u32 {
+    20
+}
+
+/// Default page number.
+fn default_page() -> u32 {
+    1
+}
+
+/// Normalises a free-text filter: trimmed, lowercased, absent when empty.
+fn normalise_search(text: Option<String>) -> Option<String> {
+    text.map(|text| text.trim().to_lowercase()).filter(|text| !text.is_empty())
+}
+
+/// Commits a write and invalidates what its triggers reported, so the writer's next read sees it.
+async fn commit_and_invalidate(state: &AppState, txn: sea_orm::DatabaseTransaction) -> Result<(), ApiError> {
+    let invalidations = state.db.commit(txn).await?;
+    state.cache.invalidate(&invalidations).await;
+    Ok(())
+}
+
+/// A tag such as `risks` or `risk:<id>`; the inputs are known-good kinds and UUIDs.
+fn tag(kind: &str, id: Option<uuid::Uuid>) -> openrisk_shared::Tag {
+    let text = match id {
+        Some(id) => format!("{kind}:{id}"),
+        None => kind.to_owned(),
+    };
+    openrisk_shared::Tag::parse(&text).expect("tag kinds and UUIDs always form valid tags")
+}
+
+/// Status 200 with the changed resource.
+#[derive(ApiResponse)]
+pub enum Updated<T: ToJSON> {
+    /// The resource as stored after the change.
+    #[oai(status = 200)]
+    Ok(poem_openapi::payload::Json<T>),
+}

@@ -1,0 +1,330 @@
+//! `/api/v1/risks`: the risk list with its filters, the risk detail, and risk writes.
+
+use std::sync::Arc;
+
+use poem::web::Data;
+use poem_openapi::param::{Header, Path, Query};
+use poem_openapi::payload::Json;
+use poem_openapi::{ApiResponse, OpenApi};
+use sea_orm::{ActiveModelTrait, IntoActiveModel, Set};
+use uuid::Uuid;
+
+use super::{
+    ApiTags, Cached, NoContent, Updated, body_of, cached, commit_and_invalidate, default_limit, default_page,
+    normalise_search, tag,
+};
+use crate::app::AppState;
+use crate::auth::{BearerAuth, Role};
+use crate::cache::{CacheableRead, Loaded};
+use crate::db::entities::risks;
+use crate::db::risks::RiskFilter;
+use crate::error::ApiError;
+use crate::model::{
+    Asset, Mitigation, Risk, RiskCreate, RiskDetail, RiskPage, RiskPatch, RiskSortField, RiskStatus, Severity,
+    SortDirection, enum_text,
+};
+
+/// Risk operations.
+pub struct RisksApi;
+
+/// A created risk.
+#[derive(ApiResponse)]
+enum RiskCreated {
+    /// The risk was created.
+    #[oai(status = 201)]
+    Created(Json<Risk>, #[oai(header = "Location")] String),
+}
+
+fn default_sort_by() -> RiskSortField {
+    RiskSortField::CreatedAt
+}
+
+fn default_sort_dir() -> SortDirection {
+    SortDirection::Desc
+}
+
+impl RiskFilter {
+    /// The parameters that identify this list in the cache key.
+    fn params(&self) -> Vec<(&'static str, String)> {
+        let mut params = vec![
+            ("sort_by", enum_text(&self.sort_by)),
+            ("sort_dir", enum_text(&self.sort_dir)),
+            ("page", self.page.to_string()),
+            ("limit", self.limit.to_string()),
+        ];
+        let optional = [
+            ("q", self.q.clone()),
+            ("status", self.status.clone()),
+            ("severity", self.severity.clone()),
+            ("min_score", self.min_score.map(|score| score.to_string())),
+            ("max_score", self.max_score.map(|score| score.to_string())),
+            ("tag", self.tag.clone()),
+            ("owner", self.owner.clone()),
+        ];
+        params.extend(optional.into_iter().filter_map(|(name, value)| Some((name, value?))));
+        params
+    }
+}
+
+/// Reads a live risk with its mitigations, sub-actions and assets; also returns the tags of the
+/// assets it found, which the cache must watch too.
+pub(super) async fn load_detail(state: &AppState, tenant: Uuid, id: Uuid) -> Result<Loaded, ApiError> {
+    let conn = &state.db.conn;
+    let risk = state
+        .db
+        .timed("risk_get", crate::db::risks::find_live(conn, tenant, id))
+        .await?
+        .ok_or_else(|| ApiError::not_found("risk", id))?;
+    let mitigations = state.db.timed("risk_mitigations", crate::db::risks::mitigations_of(conn, tenant, id)).await?;
+    let assets = state.db.timed("risk_assets", crate::db::risks::assets_of(conn, tenant, id)).await?;
+    let discovered = assets.iter().map(|asset| tag("asset", Some(asset.id))).collect();
+    let detail = RiskDetail {
+        risk: Risk::from(risk),
+        mitigations: mitigations.into_iter().map(|(row, subs)| Mitigation::from_rows(row, subs)).collect(),
+        assets: assets.into_iter().map(Asset::from).collect(),
+    };
+    Ok(Loaded { body: body_of(&detail), discovered })
+}
+
+#[OpenApi(prefix_path = "/api/v1", tag = "ApiTags::Risks")]
+impl RisksApi {
+    /// List risks
+    ///
+    /// Live risks of the caller's tenant, filtered, sorted and paged. Served from the cache until
+    /// any risk of the tenant changes.
+    #[oai(path = "/risks", method = "get", operation_id = "listRisks")]
+    #[allow(clippy::too_many_arguments)]
+    async fn list(
+        &self,
+        state: Data<&Arc<AppState>>,
+        auth: BearerAuth,
+        /// Text searched case-insensitively in title and description.
+        #[oai(validator(max_length = 200))]
+        q: Query<Option<String>>,
+        /// Only risks with this status.
+        status: Query<Option<RiskStatus>>,
+        /// Only risks in this severity band.
+        severity: Query<Option<Severity>>,
+        /// Only risks scoring at least this much.
+        #[oai(validator(minimum(value = "0"), maximum(value = "1000")))]
+        min_score: Query<Option<f64>>,
+        /// Only risks scoring at most this much.
+        #[oai(validator(minimum(value = "0"), maximum(value = "1000")))]
+        max_score: Query<Option<f64>>,
+        /// Only risks carrying this tag (exact match).
+        #[oai(validator(min_length = 1, max_length = 64))]
+        tag: Query<Option<String>>,
+        /// Only risks of this owner (exact match).
+        #[oai(validator(min_length = 1, max_length = 255))]
+        owner: Query<Option<String>>,
+        /// Sort field.
+        #[oai(default = "default_sort_by")]
+        sort_by: Query<RiskSortField>,
+        /// Sort direction.
+        #[oai(default = "default_sort_dir")]
+        sort_dir: Query<SortDirection>,
+        /// Page number, from 1.
+        #[oai(default = "default_page", validator(minimum(value = "1"), maximum(value = "100000")))]
+        page: Query<u32>,
+        /// Page size, 1–200.
+        #[oai(default = "default_limit", validator(minimum(value = "1"), maximum(value = "200")))]
+        limit: Query<u32>,
+        /// Entity tag of a copy the client holds; a match answers 304.
+        #[oai(name = "If-None-Match")]
+        if_none_match: Header<Option<String>>,
+    ) -> Result<Cached<RiskPage>, ApiError> {
+        let tenant = auth.0.tenant_id;
+        let filter = RiskFilter {
+            q: normalise_search(q.0),
+            status: status.0.as_ref().map(enum_text),
+            severity: severity.0.as_ref().map(enum_text),
+            min_score: min_score.0,
+            max_score: max_score.0,
+            tag: tag.0,
+            owner: owner.0,
+            sort_by: sort_by.0,
+            sort_dir: sort_dir.0,
+            page: page.0,
+            limit: limit.0,
+        };
+        let read = CacheableRead {
+            route: "/api/v1/risks",
+            tenant,
+            resource: "risks",
+            params: filter.params(),
+            tags: vec![super::tag("risks", None)],
+        };
+        cached(&state, read, if_none_match.0.as_deref(), move |state| {
+            let filter = filter.clone();
+            async move {
+                let (rows, total) =
+                    state.db.timed("risk_list", crate::db::risks::list(&state.db.conn, tenant, &filter)).await?;
+                let page = RiskPage {
+                    items: rows.into_iter().map(Risk::from).collect(),
+                    total,
+                    page: filter.page,
+                    limit: filter.limit,
+                };
+                Ok(Loaded::new(body_of(&page)))
+            }
+        })
+        .await
+    }
+
+    /// Get a risk
+    ///
+    /// A live risk with its mitigations (and their sub-actions) and linked assets. Served from
+    /// the cache until the risk, one of its mitigations or sub-actions, or a linked asset changes.
+    #[oai(path = "/risks/:id", method = "get", operation_id = "getRisk")]
+    async fn get(
+        &self,
+        state: Data<&Arc<AppState>>,
+        auth: BearerAuth,
+        /// Risk id.
+        id: Path<Uuid>,
+        /// Entity tag of a copy the client holds; a match answers 304.
+        #[oai(name = "If-None-Match")]
+        if_none_match: Header<Option<String>>,
+    ) -> Result<Cached<RiskDetail>, ApiError> {
+        let (tenant, id) = (auth.0.tenant_id, id.0);
+        let read = CacheableRead {
+            route: "/api/v1/risks/{id}",
+            tenant,
+            resource: "risk",
+            params: vec![("id", id.to_string())],
+            tags: vec![tag("risk", Some(id))],
+        };
+        cached(
+            &state,
+            read,
+            if_none_match.0.as_deref(),
+            move |state| async move { load_detail(&state, tenant, id).await },
+        )
+        .await
+    }
+
+    /// Create a risk
+    ///
+    /// The score and severity are computed from impact, probability and (later) linked assets.
+    #[oai(path = "/risks", method = "post", operation_id = "createRisk")]
+    async fn create(
+        &self,
+        state: Data<&Arc<AppState>>,
+        auth: BearerAuth,
+        body: Json<RiskCreate>,
+    ) -> Result<RiskCreated, ApiError> {
+        auth.0.require(Role::Analyst)?;
+        let body = body.0;
+        let txn = state.db.begin().await?;
+        let row = state
+            .db
+            .timed(
+                "risk_insert",
+                risks::ActiveModel {
+                    id: Set(Uuid::new_v4()),
+                    tenant_id: Set(auth.0.tenant_id),
+                    title: Set(body.title),
+                    description: Set(body.description),
+                    impact: Set(body.impact),
+                    probability: Set(body.probability),
+                    status: Set(enum_text(&body.status.unwrap_or(RiskStatus::Draft))),
+                    tags: Set(body.tags.into_iter().map(|tag| tag.0).collect()),
+                    owner: Set(body.owner),
+                    source: Set(enum_text(&body.source.unwrap_or(crate::model::RiskSource::Manual))),
+                    external_id: Set(body.external_id),
+                    custom_fields: Set(serde_json::Value::Object(body.custom_fields.into_iter().collect())),
+                    frameworks: Set(body.frameworks.into_iter().map(|tag| tag.0).collect()),
+                    ..Default::default()
+                }
+                .insert(&txn),
+            )
+            .await?;
+        commit_and_invalidate(&state, txn).await?;
+        let location = format!("/api/v1/risks/{}", row.id);
+        Ok(RiskCreated::Created(Json(Risk::from(row)), location))
+    }
+
+    /// Change a risk
+    ///
+    /// Only the fields present change. Returns the risk as stored (with its new score).
+    #[oai(path = "/risks/:id", method = "patch", operation_id = "updateRisk")]
+    async fn update(
+        &self,
+        state: Data<&Arc<AppState>>,
+        auth: BearerAuth,
+        /// Risk id.
+        id: Path<Uuid>,
+        body: Json<RiskPatch>,
+    ) -> Result<Updated<Risk>, ApiError> {
+        auth.0.require(Role::Analyst)?;
+        let (tenant, id, patch) = (auth.0.tenant_id, id.0, body.0);
+        let txn = state.db.begin().await?;
+        let current = state
+            .db
+            .timed("risk_lock", crate::db::risks::lock_live(&txn, tenant, id))
+            .await?
+            .ok_or_else(|| ApiError::not_found("risk", id))?;
+        let mut row = current.into_active_model();
+        if let Some(title) = patch.title {
+            row.title = Set(title);
+        }
+        if let Some(description) = patch.description {
+            row.description = Set(description);
+        }
+        if let Some(impact) = patch.impact {
+            row.impact = Set(impact);
+        }
+        if let Some(probability) = patch.probability {
+            row.probability = Set(probability);
+        }
+        if let Some(status) = patch.status {
+            row.status = Set(enum_text(&status));
+        }
+        if let Some(tags) = patch.tags {
+            row.tags = Set(tags.into_iter().map(|tag| tag.0).collect());
+        }
+        if let Some(owner) = patch.owner {
+            row.owner = Set(owner);
+        }
+        if let Some(source) = patch.source {
+            row.source = Set(enum_text(&source));
+        }
+        match patch.external_id {
+            poem_openapi::types::MaybeUndefined::Value(external_id) => row.external_id = Set(Some(external_id)),
+            poem_openapi::types::MaybeUndefined::Null => row.external_id = Set(None),
+            poem_openapi::types::MaybeUndefined::Undefined => {}
+        }
+        if let Some(fields) = patch.custom_fields {
+            row.custom_fields = Set(serde_json::Value::Object(fields.into_iter().collect()));
+        }
+        if let Some(frameworks) = patch.frameworks {
+            row.frameworks = Set(frameworks.into_iter().map(|tag| tag.0).collect());
+        }
+        row.updated_at = Set(chrono::Utc::now().into());
+        let row = state.db.timed("risk_update", row.update(&txn)).await?;
+        commit_and_invalidate(&state, txn).await?;
+        Ok(Updated::Ok(Json(Risk::from(row))))
+    }
+
+    /// Delete a risk
+    ///
+    /// Soft delete: the risk disappears from every read but stays in the history.
+    #[oai(path = "/risks/:id", method = "delete", operation_id = "deleteRisk")]
+    async fn delete(
+        &self,
+        state: Data<&Arc<AppState>>,
+        auth: BearerAuth,
+        /// Risk id.
+        id: Path<Uuid>,
+    ) -> Result<NoContent, ApiError> {
+        auth.0.require(Role::Analyst)?;
+        let txn = state.db.begin().await?;
+        let deleted =
+            state.db.timed("risk_delete", crate::db::risks::soft_delete(&txn, auth.0.tenant_id, id.0)).await?;
+        if !deleted {
+            return Err(ApiError::not_found("risk", id.0));
+        }
+        commit_and_invalidate(&state, txn).await?;
+        Ok(NoContent::Done)
+    }
+}

@@ -1,0 +1,144 @@
+//! `/api/v1/stats`: aggregates over the tenant's risks, mitigations and history.
+
+use std::sync::Arc;
+
+use poem::web::Data;
+use poem_openapi::OpenApi;
+use poem_openapi::param::{Header, Query};
+
+use super::{ApiTags, Cached, body_of, cached, tag};
+use crate::app::AppState;
+use crate::auth::BearerAuth;
+use crate::cache::{CacheableRead, Loaded};
+use crate::error::ApiError;
+use crate::model::{MitigationStatusCounts, RiskMatrix, SeverityCounts, Stats, StatusCounts, TrendPoint, Trends};
+
+/// Aggregate operations.
+pub struct StatsApi;
+
+fn default_days() -> u32 {
+    30
+}
+
+#[OpenApi(prefix_path = "/api/v1", tag = "ApiTags::Stats")]
+impl StatsApi {
+    /// Totals
+    ///
+    /// Live risks by status and severity, their mean score, and mitigations by status. Served
+    /// from the cache until a risk or mitigation of the tenant changes.
+    #[oai(path = "/stats", method = "get", operation_id = "getStats")]
+    async fn stats(
+        &self,
+        state: Data<&Arc<AppState>>,
+        auth: BearerAuth,
+        /// Entity tag of a copy the client holds; a match answers 304.
+        #[oai(name = "If-None-Match")]
+        if_none_match: Header<Option<String>>,
+    ) -> Result<Cached<Stats>, ApiError> {
+        let tenant = auth.0.tenant_id;
+        let read = CacheableRead {
+            route: "/api/v1/stats",
+            tenant,
+            resource: "stats",
+            params: Vec::new(),
+            tags: vec![tag("risks", None), tag("mitigations", None)],
+        };
+        cached(&state, read, if_none_match.0.as_deref(), move |state| async move {
+            let row = state.db.timed("stats", crate::db::stats::stats(&state.db.conn, tenant)).await?;
+            let stats = Stats {
+                total_risks: row.total,
+                by_status: StatusCounts {
+                    draft: row.draft,
+                    active: row.active,
+                    mitigated: row.mitigated,
+                    accepted: row.accepted,
+                },
+                by_severity: SeverityCounts {
+                    low: row.low,
+                    medium: row.medium,
+                    high: row.high,
+                    critical: row.critical,
+                },
+                average_score: row.average_score,
+                mitigations_by_status: MitigationStatusCounts {
+                    planned: row.planned,
+                    in_progress: row.in_progress,
+                    done: row.done,
+                },
+            };
+            Ok(Loaded::new(body_of(&stats)))
+        })
+        .await
+    }
+
+    /// Risk matrix
+    ///
+    /// Live risks counted by impact × probability. Served from the cache until a risk changes.
+    #[oai(path = "/stats/risk-matrix", method = "get", operation_id = "getRiskMatrix")]
+    async fn risk_matrix(
+        &self,
+        state: Data<&Arc<AppState>>,
+        auth: BearerAuth,
+        /// Entity tag of a copy the client holds; a match answers 304.
+        #[oai(name = "If-None-Match")]
+        if_none_match: Header<Option<String>>,
+    ) -> Result<Cached<RiskMatrix>, ApiError> {
+        let tenant = auth.0.tenant_id;
+        let read = CacheableRead {
+            route: "/api/v1/stats/risk-matrix",
+            tenant,
+            resource: "risk_matrix",
+            params: Vec::new(),
+            tags: vec![tag("risks", None)],
+        };
+        cached(&state, read, if_none_match.0.as_deref(), move |state| async move {
+            let counts = state.db.timed("risk_matrix", crate::db::stats::risk_matrix(&state.db.conn, tenant)).await?;
+            let total = counts.iter().flatten().sum();
+            Ok(Loaded::new(body_of(&RiskMatrix { counts, total })))
+        })
+        .await
+    }
+
+    /// Trends
+    ///
+    /// Daily mean score and counts of creations, changes and deletions from the score history,
+    /// for the last `days` days (UTC). Served from the cache until the history grows or the day
+    /// changes.
+    #[oai(path = "/stats/trends", method = "get", operation_id = "getTrends")]
+    async fn trends(
+        &self,
+        state: Data<&Arc<AppState>>,
+        auth: BearerAuth,
+        /// Number of days, 1–365, ending today.
+        #[oai(default = "default_days", validator(minimum(value = "1"), maximum(value = "365")))]
+        days: Query<u32>,
+        /// Entity tag of a copy the client holds; a match answers 304.
+        #[oai(name = "If-None-Match")]
+        if_none_match: Header<Option<String>>,
+    ) -> Result<Cached<Trends>, ApiError> {
+        let (tenant, days) = (auth.0.tenant_id, days.0);
+        let today = chrono::Utc::now().date_naive();
+        let read = CacheableRead {
+            route: "/api/v1/stats/trends",
+            tenant,
+            resource: "trends",
+            params: vec![("days", days.to_string()), ("today", today.to_string())],
+            tags: vec![tag("risk_history", None)],
+        };
+        cached(&state, read, if_none_match.0.as_deref(), move |state| async move {
+            let rows = state.db.timed("trends", crate::db::stats::trends(&state.db.conn, tenant, today, days)).await?;
+            let points = rows
+                .into_iter()
+                .map(|row| TrendPoint {
+                    day: row.day,
+                    average_score: row.average_score,
+                    created: row.created,
+                    updated: row.updated,
+                    deleted: row.deleted,
+                })
+                .collect();
+            Ok(Loaded::new(body_of(&Trends { days, points })))
+        })
+        .await
+    }
+}

@@ -1,0 +1,94 @@
+//! `/api/v1/tokens`: the tenant's API tokens, for admins.
+
+use std::sync::Arc;
+
+use poem::web::Data;
+use poem_openapi::param::Path;
+use poem_openapi::payload::Json;
+use poem_openapi::{ApiResponse, OpenApi};
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder};
+use uuid::Uuid;
+
+use super::{ApiTags, NoContent};
+use crate::app::AppState;
+use crate::auth::{BearerAuth, Role, create_token, revoke_token};
+use crate::db::entities::api_tokens;
+use crate::error::ApiError;
+use crate::model::{TokenCreate, TokenCreated, TokenInfo};
+
+/// Token management.
+pub struct TokensApi;
+
+/// The tenant's tokens.
+#[derive(ApiResponse)]
+enum TokenList {
+    /// Every token of the tenant, newest first, without secrets.
+    #[oai(status = 200)]
+    Ok(Json<Vec<TokenInfo>>),
+}
+
+/// A created token.
+#[derive(ApiResponse)]
+enum TokenIssued {
+    /// The token was created; its secret is in the body and nowhere else.
+    #[oai(status = 201)]
+    Created(Json<TokenCreated>),
+}
+
+#[OpenApi(prefix_path = "/api/v1", tag = "ApiTags::Tokens")]
+impl TokensApi {
+    /// List tokens
+    ///
+    /// Every token of the caller's tenant, revoked ones included, newest first. Not cached.
+    #[oai(path = "/tokens", method = "get", operation_id = "listTokens")]
+    async fn list(&self, state: Data<&Arc<AppState>>, auth: BearerAuth) -> Result<TokenList, ApiError> {
+        auth.0.require(Role::Admin)?;
+        let rows = state
+            .db
+            .timed(
+                "token_list",
+                api_tokens::Entity::find()
+                    .filter(api_tokens::Column::TenantId.eq(auth.0.tenant_id))
+                    .order_by_desc(api_tokens::Column::CreatedAt)
+                    .all(&state.db.conn),
+            )
+            .await?;
+        Ok(TokenList::Ok(Json(rows.into_iter().map(TokenInfo::from).collect())))
+    }
+
+    /// Create a token
+    #[oai(path = "/tokens", method = "post", operation_id = "createToken")]
+    async fn create(
+        &self,
+        state: Data<&Arc<AppState>>,
+        auth: BearerAuth,
+        body: Json<TokenCreate>,
+    ) -> Result<TokenIssued, ApiError> {
+        auth.0.require(Role::Admin)?;
+        let body = body.0;
+        let (id, token) = state
+            .db
+            .timed("token_insert", create_token(&state.db.conn, auth.0.tenant_id, body.role, &body.name))
+            .await?;
+        Ok(TokenIssued::Created(Json(TokenCreated { id, token, role: body.role, name: body.name })))
+    }
+
+    /// Revoke a token
+    ///
+    /// Takes effect at once in this process and within the token-cache period everywhere.
+    #[oai(path = "/tokens/:id", method = "delete", operation_id = "revokeToken")]
+    async fn revoke(
+        &self,
+        state: Data<&Arc<AppState>>,
+        auth: BearerAuth,
+        /// Token id.
+        id: Path<Uuid>,
+    ) -> Result<NoContent, ApiError> {
+        auth.0.require(Role::Admin)?;
+        let revoked =
+            state.db.timed("token_revoke", revoke_token(&state.db.conn, id.0, Some(auth.0.tenant_id))).await?;
+        let hash = revoked.ok_or_else(|| ApiError::not_found("token", id.0))?;
+        state.tokens.forget(&hash).await;
+        Ok(NoContent::Done)
+    }
+}

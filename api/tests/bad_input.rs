@@ -1,0 +1,205 @@
+//! Bad input gets a clear 4xx problem+json, never a 500 and never a partial write.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{assert_problem, spawn_app, spawn_app_with};
+use openrisk_api::AppOptions;
+use openrisk_test_support::RedisNamespace;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+#[tokio::test]
+async fn malformed_mistyped_unknown_and_out_of_range_bodies_are_400() {
+    let app = spawn_app().await;
+    let token = &app.a.analyst;
+    let risk = app.create_risk(token, "Existing").await;
+    let path = format!("/api/v1/risks/{}", risk["id"].as_str().unwrap());
+    let risks_before = app.count("SELECT count(*) FROM risks").await;
+
+    let raw = |method: Method, path: &str, body: &'static str| {
+        app.request(method, path, token).header("content-type", "application/json").body(body).send()
+    };
+    for body in ["{", "not json", "", "[]", "null"] {
+        assert_problem(raw(Method::POST, "/api/v1/risks", body).await.unwrap(), StatusCode::BAD_REQUEST).await;
+    }
+    let invalid = [
+        json!({"title": "x", "impact": "high", "probability": 2}),
+        json!({"title": "x", "impact": 3}),
+        json!({"title": "x", "impact": 6, "probability": 2}),
+        json!({"title": "x", "impact": 0, "probability": 2}),
+        json!({"title": "", "impact": 3, "probability": 2}),
+        json!({"title": "x".repeat(256), "impact": 3, "probability": 2}),
+        json!({"title": "x", "impact": 3, "probability": 2, "unknown": true}),
+        json!({"title": "x", "impact": 3, "probability": 2, "status": "OPEN"}),
+        json!({"title": "x", "impact": 3, "probability": 2, "tags": ["a", "a"]}),
+        json!({"title": "x", "impact": 3, "probability": 2, "tags": (0..51).map(|i| i.to_string()).collect::<Vec<_>>()}),
+        json!({"title": "x", "impact": 3, "probability": 2, "custom_fields": [1, 2]}),
+        json!({"title": "x", "impact": 3, "probability": 2, "score": 99}),
+    ];
+    for body in invalid {
+        let response = app.send_json(Method::POST, "/api/v1/risks", token, body.clone()).await;
+        assert_problem(response, StatusCode::BAD_REQUEST).await;
+    }
+    let no_type = app.request(Method::POST, "/api/v1/risks", token).body("{\"title\":\"x\"}").send().await.unwrap();
+    assert!(no_type.status().is_client_error());
+
+    // A PATCH with one good and one bad field changes nothing.
+    for body in [
+        json!({"title": "Changed", "impact": 9}),
+        json!({"title": "Changed", "bogus": 1}),
+        json!({"title": "Changed", "status": 5}),
+    ] {
+        assert_problem(app.send_json(Method::PATCH, &path, token, body).await, StatusCode::BAD_REQUEST).await;
+    }
+    assert_eq!(app.get(&path, token).await.json::<Value>().await.unwrap()["title"], "Existing");
+
+    for body in [
+        json!({"title": "m", "progress": 101}),
+        json!({"title": "m", "cost": 4}),
+        json!({"title": "m", "due_date": "tomorrow"}),
+    ] {
+        let response = app.send_json(Method::POST, &format!("{path}/mitigations"), token, body).await;
+        assert_problem(response, StatusCode::BAD_REQUEST).await;
+    }
+    assert_problem(
+        app.send_json(
+            Method::POST,
+            "/api/v1/assets",
+            token,
+            json!({"name": "a", "asset_type": "x", "criticality": "HUGE"}),
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
+    assert_eq!(app.count("SELECT count(*) FROM risks").await, risks_before, "no partial write");
+    assert_eq!(app.count("SELECT count(*) FROM mitigations").await, 0);
+    assert_eq!(app.count("SELECT count(*) FROM assets").await, 0);
+}
+
+#[tokio::test]
+async fn bad_parameters_unknown_ids_and_conflicts_are_clear_4xx() {
+    let app = spawn_app().await;
+    let token = &app.a.analyst;
+    for query in [
+        "limit=0",
+        "limit=201",
+        "limit=100000000",
+        "page=0",
+        "page=-1",
+        "limit=ten",
+        "status=OPEN",
+        "sort_by=owner",
+        "min_score=-1",
+    ] {
+        assert_problem(app.get(&format!("/api/v1/risks?{query}"), token).await, StatusCode::BAD_REQUEST).await;
+    }
+    assert_problem(app.get("/api/v1/risks/not-a-uuid", token).await, StatusCode::BAD_REQUEST).await;
+    let unknown = uuid::Uuid::new_v4();
+    let body = assert_problem(app.get(&format!("/api/v1/risks/{unknown}"), token).await, StatusCode::NOT_FOUND).await;
+    assert!(body["detail"].as_str().unwrap().contains(&unknown.to_string()));
+    assert_problem(
+        app.send_json(Method::PATCH, &format!("/api/v1/risks/{unknown}"), token, json!({})).await,
+        StatusCode::NOT_FOUND,
+    )
+    .await;
+    assert_problem(app.get(&format!("/api/v1/assets/{unknown}"), token).await, StatusCode::NOT_FOUND).await;
+    assert_problem(
+        app.request(Method::DELETE, &format!("/api/v1/assets/{unknown}"), token).send().await.unwrap(),
+        StatusCode::NOT_FOUND,
+    )
+    .await;
+
+    // A duplicate external id (unique per tenant and source) is a conflict, and writes nothing.
+    let body = json!({"title": "x", "impact": 1, "probability": 1, "external_id": "EXT-7"});
+    assert_eq!(app.send_json(Method::POST, "/api/v1/risks", token, body.clone()).await.status(), StatusCode::CREATED);
+    assert_problem(app.send_json(Method::POST, "/api/v1/risks", token, body).await, StatusCode::CONFLICT).await;
+    assert_eq!(app.count("SELECT count(*) FROM risks").await, 1);
+    assert_eq!(
+        app.count("SELECT count(*) FROM cache_outbox WHERE table_name = 'risks'").await,
+        1,
+        "the failed insert left no event"
+    );
+}
+
+#[tokio::test]
+async fn huge_bodies_are_413() {
+    let app = spawn_app().await;
+    let huge = json!({"title": "x", "impact": 1, "probability": 1, "description": "d".repeat(200_000)});
+    assert_problem(
+        app.send_json(Method::POST, "/api/v1/risks", &app.a.analyst, huge).await,
+        StatusCode::PAYLOAD_TOO_LARGE,
+    )
+    .await;
+    // Without a Content-Length (chunked), the limit still holds.
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = (0..100).map(|_| Ok(vec![b' '; 4096])).collect();
+    let streamed = app
+        .request(Method::POST, "/api/v1/risks", &app.a.analyst)
+        .header("content-type", "application/json")
+        .body(reqwest::Body::wrap_stream(futures::stream::iter(chunks)))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(streamed, StatusCode::PAYLOAD_TOO_LARGE).await;
+    assert_eq!(app.count("SELECT count(*) FROM risks").await, 0);
+}
+
+#[tokio::test]
+async fn missing_bad_and_revoked_tokens_are_401_and_weak_roles_403() {
+    let app =
+        spawn_app_with(RedisNamespace::new(), |settings| settings.cache.token_cache_secs = 1, AppOptions::default())
+            .await;
+    let no_token = app.client.get(format!("{}/api/v1/risks", app.url)).send().await.unwrap();
+    let body = assert_problem(no_token, StatusCode::UNAUTHORIZED).await;
+    assert!(!body["detail"].as_str().unwrap().is_empty());
+    for token in ["nope", "ort_0000000000000000000000000000000000000000000000000000000000000000", &"x".repeat(5000)] {
+        assert_problem(app.get("/api/v1/risks", token).await, StatusCode::UNAUTHORIZED).await;
+    }
+    let basic =
+        app.client.get(format!("{}/api/v1/risks", app.url)).basic_auth("user", Some("pw")).send().await.unwrap();
+    assert_problem(basic, StatusCode::UNAUTHORIZED).await;
+
+    // Roles: viewers read, analysts write, admins manage tokens.
+    let create = json!({"title": "x", "impact": 1, "probability": 1});
+    assert_problem(
+        app.send_json(Method::POST, "/api/v1/risks", &app.a.viewer, create.clone()).await,
+        StatusCode::FORBIDDEN,
+    )
+    .await;
+    assert_problem(app.get("/api/v1/tokens", &app.a.analyst).await, StatusCode::FORBIDDEN).await;
+    assert_eq!(app.count("SELECT count(*) FROM risks").await, 0);
+    assert_eq!(app.send_json(Method::POST, "/api/v1/risks", &app.a.admin, create).await.status(), StatusCode::CREATED);
+
+    // Revoked outside the API (as `openrisk-api token revoke` does): refused within the cache TTL.
+    assert_eq!(app.get("/api/v1/risks", &app.a.viewer).await.status(), StatusCode::OK);
+    let hash = openrisk_api::auth::hash_token(&app.a.viewer).to_vec();
+    app.db
+        .connect()
+        .await
+        .execute("UPDATE api_tokens SET revoked_at = now() WHERE token_hash = $1", &[&hash])
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let status = app.get("/api/v1/risks", &app.a.viewer).await.status();
+        if status == StatusCode::UNAUTHORIZED {
+            break;
+        }
+        assert_eq!(status, StatusCode::OK);
+        assert!(tokio::time::Instant::now() < deadline, "the revoked token still works");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn token_verification_is_cached_and_stamps_last_used_only_on_refresh() {
+    let app = spawn_app().await;
+    for _ in 0..5 {
+        assert_eq!(app.get("/api/v1/risks", &app.a.viewer).await.status(), StatusCode::OK);
+    }
+    assert_eq!(app.metric("openrisk_auth_token_cache_total{result=\"miss\"}").await, 1.0);
+    assert_eq!(app.metric("openrisk_auth_token_cache_total{result=\"hit\"}").await, 4.0);
+    assert_eq!(app.count("SELECT count(*) FROM api_tokens WHERE last_used_at IS NOT NULL").await, 1);
+}

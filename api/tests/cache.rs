@@ -1,0 +1,288 @@
+//! The read-through cache: hits, misses, 304, read-your-writes, invalidation by plain SQL, the
+//! stale-fill race (made deterministic with the fill hook) and single-flight.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{FillGate, cache_status, spawn_app, spawn_app_with};
+use openrisk_api::AppOptions;
+use openrisk_test_support::RedisNamespace;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+#[tokio::test]
+async fn a_get_misses_then_hits_with_the_same_bytes_and_answers_304_to_its_etag() {
+    let app = spawn_app().await;
+    let risk = app.create_risk(&app.a.analyst, "Cached").await;
+    let path = format!("/api/v1/risks/{}", risk["id"].as_str().unwrap());
+
+    let first = app.get(&path, &app.a.viewer).await;
+    assert_eq!(first.status(), StatusCode::OK);
+    assert_eq!(cache_status(&first), "openrisk; fwd=miss; stored");
+    let etag = first.headers()["etag"].to_str().unwrap().to_owned();
+    let first_body = first.bytes().await.unwrap();
+
+    let second = app.get(&path, &app.a.viewer).await;
+    assert_eq!(cache_status(&second), "openrisk; hit");
+    assert_eq!(second.headers()["etag"].to_str().unwrap(), etag);
+    assert_eq!(second.headers()["content-type"].to_str().unwrap(), "application/json; charset=utf-8");
+    assert_eq!(second.bytes().await.unwrap(), first_body, "a hit returns the stored bytes");
+
+    let not_modified =
+        app.request(Method::GET, &path, &app.a.viewer).header("If-None-Match", &etag).send().await.unwrap();
+    assert_eq!(not_modified.status(), StatusCode::NOT_MODIFIED);
+    assert_eq!(not_modified.headers()["etag"].to_str().unwrap(), etag);
+    assert!(not_modified.bytes().await.unwrap().is_empty());
+    let other =
+        app.request(Method::GET, &path, &app.a.viewer).header("If-None-Match", "\"other\"").send().await.unwrap();
+    assert_eq!(other.status(), StatusCode::OK);
+
+    assert_eq!(app.metric("openrisk_cache_requests_total{result=\"hit\",route=\"/api/v1/risks/{id}\"}").await, 3.0);
+    assert_eq!(app.metric("openrisk_cache_requests_total{result=\"miss\",route=\"/api/v1/risks/{id}\"}").await, 1.0);
+}
+
+#[tokio::test]
+async fn normalised_parameters_share_one_entry() {
+    let app = spawn_app().await;
+    app.create_risk(&app.a.analyst, "One").await;
+    let first = app.get("/api/v1/risks", &app.a.viewer).await;
+    assert!(cache_status(&first).contains("stored"));
+    for same in
+        ["/api/v1/risks?page=1", "/api/v1/risks?limit=20&page=1&sort_by=created_at&sort_dir=desc", "/api/v1/risks/"]
+    {
+        assert_eq!(cache_status(&app.get(same, &app.a.viewer).await), "openrisk; hit", "{same}");
+    }
+    assert_eq!(cache_status(&app.get("/api/v1/risks?q=ONE", &app.a.viewer).await), "openrisk; fwd=miss; stored");
+    assert_eq!(
+        cache_status(&app.get("/api/v1/risks?q=one", &app.a.viewer).await),
+        "openrisk; hit",
+        "search is case-insensitive"
+    );
+    assert!(cache_status(&app.get("/api/v1/risks?page=2", &app.a.viewer).await).contains("fwd=miss"));
+}
+
+#[tokio::test]
+async fn every_cached_get_reads_its_own_writes() {
+    let app = spawn_app().await;
+    let token = &app.a.analyst;
+    let risk = app.create_risk(token, "Before").await;
+    let id = risk["id"].as_str().unwrap();
+    let path = format!("/api/v1/risks/{id}");
+    let asset = app.create_asset(token, "Server", "LOW").await;
+    let asset_path = format!("/api/v1/assets/{}", asset["id"].as_str().unwrap());
+    let mitigation: Value = app
+        .send_json(Method::POST, &format!("{path}/mitigations"), token, json!({"title": "M"}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let mitigation_path = format!("{path}/mitigations/{}", mitigation["id"].as_str().unwrap());
+    let reads = [
+        path.clone(),
+        "/api/v1/risks".to_owned(),
+        "/api/v1/stats".to_owned(),
+        "/api/v1/stats/risk-matrix".to_owned(),
+        "/api/v1/stats/trends".to_owned(),
+        "/api/v1/assets".to_owned(),
+        asset_path.clone(),
+        mitigation_path.clone(),
+    ];
+    let warm = || async {
+        for read in &reads {
+            app.get(read, token).await;
+            assert_eq!(cache_status(&app.get(read, token).await), "openrisk; hit", "{read} is cached");
+        }
+    };
+
+    warm().await;
+    app.send_json(Method::PATCH, &path, token, json!({"title": "After", "probability": 1})).await;
+    let detail: Value = app.get(&path, token).await.json().await.unwrap();
+    assert_eq!(detail["title"], "After");
+    let list: Value = app.get("/api/v1/risks", token).await.json().await.unwrap();
+    assert_eq!(list["items"][0]["title"], "After");
+    let matrix: Value = app.get("/api/v1/stats/risk-matrix", token).await.json().await.unwrap();
+    assert_eq!(matrix["counts"][2][0], 1);
+    let trends: Value = app.get("/api/v1/stats/trends", token).await.json().await.unwrap();
+    let updated: i64 =
+        trends["points"].as_array().unwrap().iter().map(|point| point["updated"].as_i64().unwrap()).sum();
+    assert_eq!(updated, 1);
+
+    warm().await;
+    app.send_json(Method::PATCH, &mitigation_path, token, json!({"status": "DONE"})).await;
+    let stats: Value = app.get("/api/v1/stats", token).await.json().await.unwrap();
+    assert_eq!(stats["mitigations_by_status"]["DONE"], 1);
+    assert_eq!(app.get(&mitigation_path, token).await.json::<Value>().await.unwrap()["status"], "DONE");
+    assert_eq!(app.get(&path, token).await.json::<Value>().await.unwrap()["mitigations"][0]["status"], "DONE");
+
+    warm().await;
+    app.send_json(Method::PATCH, &asset_path, token, json!({"name": "Renamed"})).await;
+    assert_eq!(app.get(&asset_path, token).await.json::<Value>().await.unwrap()["name"], "Renamed");
+    assert_eq!(app.get("/api/v1/assets", token).await.json::<Value>().await.unwrap()["items"][0]["name"], "Renamed");
+}
+
+#[tokio::test]
+async fn a_risk_detail_is_invalidated_by_changes_to_its_linked_assets_made_by_plain_sql() {
+    let app = spawn_app().await;
+    let token = &app.a.analyst;
+    let risk = app.create_risk(token, "Linked").await;
+    let asset = app.create_asset(token, "Database", "MEDIUM").await;
+    let (risk_id, asset_id) = (risk["id"].as_str().unwrap(), asset["id"].as_str().unwrap());
+    let path = format!("/api/v1/risks/{risk_id}");
+    app.request(Method::PUT, &format!("{path}/assets/{asset_id}"), token).send().await.unwrap();
+    app.get(&path, token).await;
+    assert_eq!(cache_status(&app.get(&path, token).await), "openrisk; hit");
+
+    // Another program renames the asset; only the invalidator (here: drain_outbox) tells Redis.
+    app.sql(&format!("UPDATE assets SET name = 'Renamed by SQL' WHERE id = '{asset_id}'")).await;
+    app.drain_outbox().await;
+    let detail = app.get(&path, token).await;
+    assert!(cache_status(&detail).contains("fwd=miss"), "asset:<id> was registered for the detail");
+    let detail: Value = detail.json().await.unwrap();
+    assert_eq!(detail["assets"][0]["name"], "Renamed by SQL");
+
+    // A sub-action changed by SQL reaches the detail too (through risk:<id>).
+    let mitigation: Value = app
+        .send_json(Method::POST, &format!("{path}/mitigations"), token, json!({"title": "M"}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let mitigation_id = mitigation["id"].as_str().unwrap();
+    app.sql(&format!(
+        "INSERT INTO mitigation_subactions (tenant_id, mitigation_id, title) VALUES ('{}', '{mitigation_id}', 'From SQL')",
+        app.a.id
+    ))
+    .await;
+    app.get(&path, token).await;
+    app.drain_outbox().await;
+    let detail: Value = app.get(&path, token).await.json().await.unwrap();
+    assert_eq!(detail["mitigations"][0]["subactions"][0]["title"], "From SQL");
+}
+
+#[tokio::test]
+async fn the_stale_fill_race_never_stores_the_old_value() {
+    let gate = FillGate::default();
+    let app = spawn_app_with(RedisNamespace::new(), |_| {}, AppOptions { before_fill: Some(gate.hook()) }).await;
+    let risk = app.create_risk(&app.a.analyst, "Old title").await;
+    let id = risk["id"].as_str().unwrap().to_owned();
+    let path = format!("/api/v1/risks/{id}");
+
+    for write_through_api in [false, true] {
+        // Start from an empty entry (the previous round stored one).
+        app.sql(&format!("UPDATE risks SET description = 'round {write_through_api}' WHERE id = '{id}'")).await;
+        app.drain_outbox().await;
+        // 1. A reader misses and reads the old row, then is held before its fill.
+        gate.arm("/api/v1/risks/{id}");
+        let reader = {
+            let (client, url, token) = (app.client.clone(), format!("{}{path}", app.url), app.a.viewer.clone());
+            tokio::spawn(async move { client.get(url).bearer_auth(token).send().await.unwrap() })
+        };
+        gate.reached().await;
+        // 2. A write commits and is invalidated (by the API itself, or by the invalidator).
+        let new_title = format!("New title {write_through_api}");
+        if write_through_api {
+            let response = app.send_json(Method::PATCH, &path, &app.a.analyst, json!({"title": new_title})).await;
+            assert_eq!(response.status(), StatusCode::OK);
+        } else {
+            app.sql(&format!("UPDATE risks SET title = '{new_title}' WHERE id = '{id}'")).await;
+            app.drain_outbox().await;
+        }
+        // 3. The reader fills: refused. It still answers with what it read (its request began
+        //    before the write), but nothing stale is stored.
+        gate.release();
+        let held = reader.await.unwrap();
+        assert_eq!(cache_status(&held), "openrisk; fwd=miss; detail=fill-rejected");
+        assert_ne!(held.json::<Value>().await.unwrap()["title"], new_title);
+        // 4. Every later read sees the new value.
+        let after = app.get(&path, &app.a.viewer).await;
+        assert!(cache_status(&after).contains("fwd=miss"), "the old value was not stored");
+        assert_eq!(after.json::<Value>().await.unwrap()["title"], new_title);
+        assert_eq!(app.get(&path, &app.a.viewer).await.json::<Value>().await.unwrap()["title"], new_title);
+    }
+    assert_eq!(app.metric("openrisk_cache_fills_total{outcome=\"rejected\",route=\"/api/v1/risks/{id}\"}").await, 2.0);
+}
+
+#[tokio::test]
+async fn a_link_made_while_reading_the_detail_is_discovered_and_protects_the_fill() {
+    let gate = FillGate::default();
+    let app = spawn_app_with(RedisNamespace::new(), |_| {}, AppOptions { before_fill: Some(gate.hook()) }).await;
+    let token = &app.a.analyst;
+    let risk = app.create_risk(token, "Risk").await;
+    let asset = app.create_asset(token, "Asset", "HIGH").await;
+    let (risk_id, asset_id) = (risk["id"].as_str().unwrap(), asset["id"].as_str().unwrap());
+    let path = format!("/api/v1/risks/{risk_id}");
+    app.request(Method::PUT, &format!("{path}/assets/{asset_id}"), token).send().await.unwrap();
+
+    // The detail read discovers asset:<id>; an asset change between read and fill rejects it.
+    gate.arm("/api/v1/risks/{id}");
+    let reader = {
+        let (client, url, token) = (app.client.clone(), format!("{}{path}", app.url), app.a.viewer.clone());
+        tokio::spawn(async move { client.get(url).bearer_auth(token).send().await.unwrap() })
+    };
+    gate.reached().await;
+    app.sql(&format!("UPDATE assets SET name = 'Changed' WHERE id = '{asset_id}'")).await;
+    app.drain_outbox().await;
+    gate.release();
+    assert_eq!(cache_status(&reader.await.unwrap()), "openrisk; fwd=miss; detail=fill-rejected");
+    let detail: Value = app.get(&path, token).await.json().await.unwrap();
+    assert_eq!(detail["assets"][0]["name"], "Changed");
+}
+
+#[tokio::test]
+async fn concurrent_misses_on_one_key_do_one_database_read() {
+    const READERS: usize = 8;
+    let gate = FillGate::default();
+    let app = spawn_app_with(RedisNamespace::new(), |_| {}, AppOptions { before_fill: Some(gate.hook()) }).await;
+    app.create_risk(&app.a.analyst, "Popular").await;
+    let reads_before = app.metric("openrisk_db_query_duration_seconds_count{query=\"risk_list\"}").await;
+
+    gate.arm("/api/v1/risks");
+    let spawn_reader = || {
+        let (client, url, token) = (app.client.clone(), format!("{}/api/v1/risks", app.url), app.a.viewer.clone());
+        tokio::spawn(async move {
+            let response = client.get(url).bearer_auth(token).send().await.unwrap();
+            (cache_status(&response), response.text().await.unwrap())
+        })
+    };
+    let mut readers = vec![spawn_reader()];
+    gate.reached().await;
+    readers.extend((1..READERS).map(|_| spawn_reader()));
+    let waits = "openrisk_cache_singleflight_waits_total{route=\"/api/v1/risks\"}";
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while app.metric(waits).await < (READERS - 1) as f64 {
+        assert!(tokio::time::Instant::now() < deadline, "the other readers never joined the flight");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    gate.release();
+
+    let mut statuses = Vec::new();
+    let mut bodies = Vec::new();
+    for reader in readers {
+        let (status, body) = reader.await.unwrap();
+        statuses.push(status);
+        bodies.push(body);
+    }
+    assert!(bodies.windows(2).all(|pair| pair[0] == pair[1]), "everyone got the same answer");
+    assert_eq!(statuses.iter().filter(|status| status.as_str() == "openrisk; fwd=miss; stored").count(), 1);
+    assert_eq!(statuses.iter().filter(|status| status.contains("collapsed")).count(), READERS - 1);
+    let reads = app.metric("openrisk_db_query_duration_seconds_count{query=\"risk_list\"}").await - reads_before;
+    assert_eq!(reads, 1.0, "one database read for {READERS} concurrent misses");
+    assert_eq!(app.metric(waits).await, (READERS - 1) as f64);
+}
+
+#[tokio::test]
+async fn with_the_cache_disabled_everything_is_served_from_postgres() {
+    let app =
+        spawn_app_with(RedisNamespace::new(), |settings| settings.cache.enabled = false, AppOptions::default()).await;
+    let risk = app.create_risk(&app.a.analyst, "Uncached").await;
+    let path = format!("/api/v1/risks/{}", risk["id"].as_str().unwrap());
+    for _ in 0..2 {
+        let response = app.get(&path, &app.a.viewer).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(cache_status(&response), "openrisk; fwd=bypass; detail=disabled");
+    }
+    assert!(app.redis.keys().is_empty(), "nothing was written to Redis");
+    let ready: Value = app.client.get(format!("{}/readyz", app.url)).send().await.unwrap().json().await.unwrap();
+    assert_eq!((ready["status"].as_str(), ready["redis"].as_str()), (Some("ready"), Some("disabled")));
+}

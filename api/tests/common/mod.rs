@@ -1,0 +1,234 @@
+//! `spawn_app()`: the API in-process on 127.0.0.1:0 against its own database and Redis
+//! namespace, with two tenants and tokens of every role.
+
+#![allow(dead_code)] // Each test binary uses a different part of the harness.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use futures::FutureExt;
+use openrisk_api::auth::{Role, create_token};
+use openrisk_api::cache::BeforeFillHook;
+use openrisk_api::{AppOptions, Application};
+use openrisk_shared::protocol;
+use openrisk_shared::{Keyspace, Settings, Tag};
+use openrisk_test_support::{RedisNamespace, TestDatabase};
+use reqwest::{Method, RequestBuilder, Response, StatusCode};
+use serde_json::{Value, json};
+use tokio::sync::{Notify, Semaphore};
+use uuid::Uuid;
+
+/// One tenant and a token per role.
+#[derive(Debug, Clone)]
+pub struct Tenant {
+    pub id: Uuid,
+    pub viewer: String,
+    pub analyst: String,
+    pub admin: String,
+}
+
+pub struct TestApp {
+    pub app: Application,
+    pub url: String,
+    pub client: reqwest::Client,
+    pub db: TestDatabase,
+    pub redis: RedisNamespace,
+    pub a: Tenant,
+    pub b: Tenant,
+}
+
+/// Settings for a test: its own database and Redis prefix, port 0, short timeouts.
+pub fn test_settings(db: &TestDatabase, redis: &RedisNamespace) -> Settings {
+    let mut settings = Settings {
+        database_url: db.url.clone(),
+        redis_url: redis.url.clone(),
+        api_addr: "127.0.0.1:0".parse().unwrap(),
+        ..Settings::default()
+    };
+    settings.cache.key_prefix = redis.prefix.clone();
+    settings.pool.max_connections = Some(10);
+    settings.pool.min_idle = Some(0);
+    settings
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(RedisNamespace::new(), |_| {}, AppOptions::default()).await
+}
+
+/// Spawns the app on `redis`, letting the test adjust settings and options.
+pub async fn spawn_app_with(
+    redis: RedisNamespace,
+    configure: impl FnOnce(&mut Settings),
+    options: AppOptions,
+) -> TestApp {
+    openrisk_shared::telemetry::init(&Default::default());
+    let db = TestDatabase::create().await;
+    let mut settings = test_settings(&db, &redis);
+    configure(&mut settings);
+    let app = Application::spawn(settings, options).await.expect("app starts");
+    let a = create_tenant(&app, "tenant-a").await;
+    let b = create_tenant(&app, "tenant-b").await;
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
+    TestApp { url: app.url(), app, client, db, redis, a, b }
+}
+
+async fn create_tenant(app: &Application, slug: &str) -> Tenant {
+    let conn = &app.state.db.conn;
+    let client = openrisk_shared::db::connect(&app.state.settings.database_url, "tests").await.unwrap();
+    let row =
+        client.query_one("INSERT INTO tenants (slug, name) VALUES ($1, $1) RETURNING id", &[&slug]).await.unwrap();
+    let id: Uuid = row.get(0);
+    let token = |role| async move { create_token(conn, id, role, "test").await.unwrap().1 };
+    Tenant {
+        id,
+        viewer: token(Role::Viewer).await,
+        analyst: token(Role::Analyst).await,
+        admin: token(Role::Admin).await,
+    }
+}
+
+impl TestApp {
+    pub fn request(&self, method: Method, path: &str, token: &str) -> RequestBuilder {
+        self.client.request(method, format!("{}{path}", self.url)).bearer_auth(token)
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> Response {
+        self.request(Method::GET, path, token).send().await.unwrap()
+    }
+
+    pub async fn send_json(&self, method: Method, path: &str, token: &str, body: Value) -> Response {
+        self.request(method, path, token).json(&body).send().await.unwrap()
+    }
+
+    /// Creates a risk as tenant A's analyst (or `token`) and returns its JSON.
+    pub async fn create_risk(&self, token: &str, title: &str) -> Value {
+        let response = self
+            .send_json(Method::POST, "/api/v1/risks", token, json!({"title": title, "impact": 3, "probability": 4}))
+            .await;
+        assert_eq!(response.status(), StatusCode::CREATED);
+        response.json().await.unwrap()
+    }
+
+    pub async fn create_asset(&self, token: &str, name: &str, criticality: &str) -> Value {
+        let response = self
+            .send_json(
+                Method::POST,
+                "/api/v1/assets",
+                token,
+                json!({"name": name, "asset_type": "server", "criticality": criticality}),
+            )
+            .await;
+        assert_eq!(response.status(), StatusCode::CREATED);
+        response.json().await.unwrap()
+    }
+
+    /// Runs SQL on the test database, as another program would.
+    pub async fn sql(&self, sql: &str) {
+        self.db.connect().await.batch_execute(sql).await.unwrap();
+    }
+
+    pub async fn count(&self, sql: &str) -> i64 {
+        self.db.connect().await.query_one(sql, &[]).await.unwrap().get(0)
+    }
+
+    /// Does what the invalidator does: applies and deletes every outbox row.
+    pub async fn drain_outbox(&self) {
+        let client = self.db.connect().await;
+        let rows = client.query("DELETE FROM cache_outbox RETURNING tenant_id, tags", &[]).await.unwrap();
+        let redis = redis::Client::open(self.redis.url.as_str()).unwrap();
+        let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
+        let keyspace = Keyspace::new(self.redis.prefix.clone());
+        for row in rows {
+            let tenant: Uuid = row.get(0);
+            let tags: Vec<String> = row.get(1);
+            let tags: Vec<Tag> = tags.iter().map(|tag| Tag::parse(tag).unwrap()).collect();
+            protocol::invalidate(&mut conn, &keyspace, tenant, &tags).await.unwrap();
+        }
+    }
+
+    /// The Prometheus text of the app.
+    pub async fn metrics(&self) -> String {
+        self.client.get(format!("{}/metrics", self.url)).send().await.unwrap().text().await.unwrap()
+    }
+
+    /// The value of one metric sample (0 when absent), e.g. `openrisk_cache_fills_total{outcome="stored",route="/api/v1/risks"}`.
+    pub async fn metric(&self, sample: &str) -> f64 {
+        metric_value(&self.metrics().await, sample)
+    }
+}
+
+pub fn metric_value(text: &str, sample: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(sample).and_then(|rest| rest.strip_prefix(' ')))
+        .map_or(0.0, |value| value.trim().parse().unwrap())
+}
+
+pub fn cache_status(response: &Response) -> String {
+    response.headers().get("cache-status").map(|value| value.to_str().unwrap().to_owned()).unwrap_or_default()
+}
+
+/// Asserts a problem+json error with `status` and returns its body.
+pub async fn assert_problem(response: Response, status: StatusCode) -> Value {
+    assert_eq!(response.status(), status, "unexpected status");
+    let content_type = response.headers().get("content-type").unwrap().to_str().unwrap().to_owned();
+    assert!(content_type.starts_with("application/problem+json"), "content type {content_type}");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["status"], status.as_u16(), "{body}");
+    for field in ["type", "title", "detail"] {
+        assert!(body[field].is_string(), "problem without {field}: {body}");
+    }
+    body
+}
+
+/// A fill hook that, once armed, holds the next miss on `route` between its database read and
+/// its fill until released.
+#[derive(Clone)]
+pub struct FillGate {
+    armed: Arc<AtomicBool>,
+    reached: Arc<Notify>,
+    release: Arc<Semaphore>,
+    route: Arc<std::sync::Mutex<String>>,
+}
+
+impl Default for FillGate {
+    fn default() -> Self {
+        Self {
+            armed: Arc::default(),
+            reached: Arc::default(),
+            release: Arc::new(Semaphore::new(0)),
+            route: Arc::default(),
+        }
+    }
+}
+
+impl FillGate {
+    pub fn hook(&self) -> BeforeFillHook {
+        let gate = self.clone();
+        Arc::new(move |route, _key| {
+            let gate = gate.clone();
+            async move {
+                let matches = *gate.route.lock().unwrap() == route;
+                if matches && gate.armed.swap(false, Ordering::SeqCst) {
+                    gate.reached.notify_one();
+                    gate.release.acquire().await.unwrap().forget();
+                }
+            }
+            .boxed()
+        })
+    }
+
+    pub fn arm(&self, route: &str) {
+        *self.route.lock().unwrap() = route.to_owned();
+        self.armed.store(true, Ordering::SeqCst);
+    }
+
+    /// Waits until an armed miss is held at the gate.
+    pub async fn reached(&self) {
+        tokio::time::timeout(Duration::from_secs(20), self.reached.notified()).await.expect("reader reached the fill");
+    }
+
+    pub fn release(&self) {
+        self.release.add_permits(1);
+    }
+}

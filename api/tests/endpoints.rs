@@ -1,0 +1,294 @@
+//! Every endpoint's happy path, through HTTP against real Postgres and Redis.
+
+mod common;
+
+use common::{assert_problem, cache_status, spawn_app};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+#[tokio::test]
+async fn risks_can_be_created_listed_filtered_changed_and_deleted() {
+    let app = spawn_app().await;
+    let token = &app.a.analyst;
+    let created = app
+        .send_json(
+            Method::POST,
+            "/api/v1/risks",
+            token,
+            json!({"title": "Phishing of finance staff", "description": "Wire fraud", "impact": 4, "probability": 5,
+                   "status": "ACTIVE", "tags": ["phishing", "finance"], "owner": "alice", "external_id": "EXT-1",
+                   "custom_fields": {"unit": "corporate"}, "frameworks": ["ISO27001"]}),
+        )
+        .await;
+    assert_eq!(created.status(), StatusCode::CREATED);
+    let location = created.headers()["location"].to_str().unwrap().to_owned();
+    let risk: Value = created.json().await.unwrap();
+    assert_eq!(location, format!("/api/v1/risks/{}", risk["id"].as_str().unwrap()));
+    assert_eq!(risk["score"], 20.0);
+    assert_eq!(risk["severity"], "CRITICAL");
+    assert_eq!(risk["custom_fields"]["unit"], "corporate");
+    app.create_risk(token, "Unpatched VPN appliance").await;
+
+    let list: Value = app.get("/api/v1/risks", &app.a.viewer).await.json().await.unwrap();
+    assert_eq!(list["total"], 2);
+    assert_eq!((list["page"].as_u64(), list["limit"].as_u64()), (Some(1), Some(20)));
+
+    for (query, expected) in [
+        ("q=WIRE", 1),
+        ("status=ACTIVE", 1),
+        ("severity=HIGH", 1),
+        ("min_score=15", 1),
+        ("max_score=15", 1),
+        ("tag=finance", 1),
+        ("owner=alice", 1),
+        ("owner=nobody", 0),
+        ("limit=1&page=2", 2),
+    ] {
+        let page: Value = app.get(&format!("/api/v1/risks?{query}"), &app.a.viewer).await.json().await.unwrap();
+        assert_eq!(page["total"], expected, "{query}: {page}");
+    }
+    let page: Value =
+        app.get("/api/v1/risks?limit=1&page=2&sort_by=title&sort_dir=asc", &app.a.viewer).await.json().await.unwrap();
+    assert_eq!(page["items"].as_array().unwrap().len(), 1);
+    assert_eq!(page["items"][0]["title"], "Unpatched VPN appliance");
+
+    let id = risk["id"].as_str().unwrap();
+    let patched = app
+        .send_json(Method::PATCH, &format!("/api/v1/risks/{id}"), token, json!({"impact": 1, "external_id": null}))
+        .await;
+    assert_eq!(patched.status(), StatusCode::OK);
+    let patched: Value = patched.json().await.unwrap();
+    assert_eq!((patched["score"].as_f64(), patched["severity"].as_str()), (Some(5.0), Some("LOW")));
+    assert_eq!(patched["external_id"], Value::Null);
+    assert_eq!(patched["title"], "Phishing of finance staff", "absent fields stay");
+
+    let deleted = app.request(Method::DELETE, &format!("/api/v1/risks/{id}"), token).send().await.unwrap();
+    assert_eq!(deleted.status(), StatusCode::NO_CONTENT);
+    assert_problem(app.get(&format!("/api/v1/risks/{id}"), token).await, StatusCode::NOT_FOUND).await;
+    let again = app.request(Method::DELETE, &format!("/api/v1/risks/{id}"), token).send().await.unwrap();
+    assert_problem(again, StatusCode::NOT_FOUND).await;
+    let list: Value = app.get("/api/v1/risks", token).await.json().await.unwrap();
+    assert_eq!(list["total"], 1, "soft-deleted risks leave the list");
+    assert_eq!(
+        app.count("SELECT count(*) FROM risks WHERE deleted_at IS NOT NULL").await,
+        1,
+        "soft delete keeps the row"
+    );
+}
+
+#[tokio::test]
+async fn the_risk_detail_embeds_mitigations_sub_actions_and_assets() {
+    let app = spawn_app().await;
+    let token = &app.a.analyst;
+    let risk = app.create_risk(token, "Ransomware").await;
+    let id = risk["id"].as_str().unwrap();
+    let base = format!("/api/v1/risks/{id}");
+
+    let mitigation = app
+        .send_json(
+            Method::POST,
+            &format!("{base}/mitigations"),
+            token,
+            json!({"title": "Offline backups", "assignee": "bob", "due_date": "2027-01-31", "cost": 2}),
+        )
+        .await;
+    assert_eq!(mitigation.status(), StatusCode::CREATED);
+    let mitigation: Value = mitigation.json().await.unwrap();
+    assert_eq!(mitigation["status"], "PLANNED");
+    let mitigation_path = format!("{base}/mitigations/{}", mitigation["id"].as_str().unwrap());
+
+    let sub = app
+        .send_json(Method::POST, &format!("{mitigation_path}/subactions"), token, json!({"title": "Buy tapes"}))
+        .await;
+    assert_eq!(sub.status(), StatusCode::CREATED);
+    let sub: Value = sub.json().await.unwrap();
+    assert_eq!(sub["completed"], false);
+    let sub_path = format!("{mitigation_path}/subactions/{}", sub["id"].as_str().unwrap());
+    let toggled: Value =
+        app.request(Method::POST, &format!("{sub_path}/toggle"), token).send().await.unwrap().json().await.unwrap();
+    assert_eq!(toggled["completed"], true);
+    let renamed: Value =
+        app.send_json(Method::PATCH, &sub_path, token, json!({"title": "Buy LTO tapes"})).await.json().await.unwrap();
+    assert_eq!((renamed["title"].as_str(), renamed["completed"].as_bool()), (Some("Buy LTO tapes"), Some(true)));
+
+    let patched =
+        app.send_json(Method::PATCH, &mitigation_path, token, json!({"status": "IN_PROGRESS", "progress": 40})).await;
+    assert_eq!(patched.status(), StatusCode::OK);
+    let fetched = app.get(&mitigation_path, &app.a.viewer).await;
+    assert_eq!(fetched.status(), StatusCode::OK);
+    let fetched: Value = fetched.json().await.unwrap();
+    assert_eq!((fetched["status"].as_str(), fetched["progress"].as_i64()), (Some("IN_PROGRESS"), Some(40)));
+    assert_eq!(fetched["subactions"][0]["title"], "Buy LTO tapes");
+
+    let asset = app.create_asset(token, "File server", "CRITICAL").await;
+    let link = format!("{base}/assets/{}", asset["id"].as_str().unwrap());
+    assert_eq!(app.request(Method::PUT, &link, token).send().await.unwrap().status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        app.request(Method::PUT, &link, token).send().await.unwrap().status(),
+        StatusCode::NO_CONTENT,
+        "idempotent"
+    );
+
+    let detail: Value = app.get(&base, &app.a.viewer).await.json().await.unwrap();
+    assert_eq!(detail["title"], "Ransomware");
+    assert_eq!(detail["score"], 18.0, "3 × 4 × 1.5 for a CRITICAL asset");
+    assert_eq!(detail["assets"][0]["name"], "File server");
+    assert_eq!(detail["mitigations"][0]["subactions"][0]["completed"], true);
+
+    let unlinked = app.request(Method::DELETE, &link, token).send().await.unwrap();
+    assert_eq!(unlinked.status(), StatusCode::NO_CONTENT);
+    assert_problem(app.request(Method::DELETE, &link, token).send().await.unwrap(), StatusCode::NOT_FOUND).await;
+    let detail: Value = app.get(&base, token).await.json().await.unwrap();
+    assert_eq!((detail["score"].as_f64(), detail["assets"].as_array().unwrap().len()), (Some(12.0), 0));
+
+    assert_eq!(app.request(Method::DELETE, &sub_path, token).send().await.unwrap().status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        app.request(Method::DELETE, &mitigation_path, token).send().await.unwrap().status(),
+        StatusCode::NO_CONTENT
+    );
+    assert_problem(app.get(&mitigation_path, token).await, StatusCode::NOT_FOUND).await;
+    let detail: Value = app.get(&base, token).await.json().await.unwrap();
+    assert!(detail["mitigations"].as_array().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn assets_can_be_listed_changed_and_deleted_and_rescore_their_risks() {
+    let app = spawn_app().await;
+    let token = &app.a.analyst;
+    let asset = app.create_asset(token, "Mail server", "LOW").await;
+    app.create_asset(token, "CRM", "HIGH").await;
+    let path = format!("/api/v1/assets/{}", asset["id"].as_str().unwrap());
+    let risk = app.create_risk(token, "Spam relay").await;
+    let risk_path = format!("/api/v1/risks/{}", risk["id"].as_str().unwrap());
+    app.request(Method::PUT, &format!("{risk_path}/assets/{}", asset["id"].as_str().unwrap()), token)
+        .send()
+        .await
+        .unwrap();
+
+    let list: Value = app.get("/api/v1/assets", &app.a.viewer).await.json().await.unwrap();
+    assert_eq!(list["total"], 2);
+    assert_eq!(list["items"][0]["name"], "CRM", "by name");
+    let filtered: Value = app.get("/api/v1/assets?criticality=LOW&q=MAIL", &app.a.viewer).await.json().await.unwrap();
+    assert_eq!(filtered["total"], 1);
+
+    let got: Value = app.get(&path, &app.a.viewer).await.json().await.unwrap();
+    assert_eq!(got["criticality"], "LOW");
+    assert_eq!(app.get(&risk_path, token).await.json::<Value>().await.unwrap()["score"], 9.6);
+    let patched = app.send_json(Method::PATCH, &path, token, json!({"criticality": "CRITICAL", "owner": "ops"})).await;
+    assert_eq!(patched.status(), StatusCode::OK);
+    assert_eq!(app.get(&path, token).await.json::<Value>().await.unwrap()["owner"], "ops");
+    assert_eq!(app.get(&risk_path, token).await.json::<Value>().await.unwrap()["score"], 18.0, "re-scored");
+
+    assert_eq!(app.request(Method::DELETE, &path, token).send().await.unwrap().status(), StatusCode::NO_CONTENT);
+    assert_problem(app.get(&path, token).await, StatusCode::NOT_FOUND).await;
+    assert_eq!(
+        app.get(&risk_path, token).await.json::<Value>().await.unwrap()["score"],
+        12.0,
+        "unlinked by the delete"
+    );
+}
+
+#[tokio::test]
+async fn stats_matrix_and_trends_aggregate_live_risks() {
+    let app = spawn_app().await;
+    let token = &app.a.analyst;
+    let first = app.create_risk(token, "One").await;
+    app.create_risk(token, "Two").await;
+    let deleted = app.create_risk(token, "Gone").await;
+    app.request(Method::DELETE, &format!("/api/v1/risks/{}", deleted["id"].as_str().unwrap()), token)
+        .send()
+        .await
+        .unwrap();
+    app.send_json(
+        Method::POST,
+        &format!("/api/v1/risks/{}/mitigations", first["id"].as_str().unwrap()),
+        token,
+        json!({"title": "Fix"}),
+    )
+    .await;
+
+    let stats: Value = app.get("/api/v1/stats", &app.a.viewer).await.json().await.unwrap();
+    assert_eq!(stats["total_risks"], 2);
+    assert_eq!(stats["by_status"]["DRAFT"], 2);
+    assert_eq!(stats["by_severity"]["HIGH"], 2);
+    assert_eq!(stats["average_score"], 12.0);
+    assert_eq!(stats["mitigations_by_status"]["PLANNED"], 1);
+
+    let matrix: Value = app.get("/api/v1/stats/risk-matrix", &app.a.viewer).await.json().await.unwrap();
+    assert_eq!(matrix["total"], 2);
+    assert_eq!(matrix["counts"][2][3], 2, "impact 3, probability 4");
+
+    let trends: Value = app.get("/api/v1/stats/trends?days=7", &app.a.viewer).await.json().await.unwrap();
+    let points = trends["points"].as_array().unwrap();
+    assert_eq!(points.len(), 7);
+    let total = |field: &str| points.iter().map(|point| point[field].as_i64().unwrap()).sum::<i64>();
+    assert_eq!((total("created"), total("deleted")), (3, 1));
+    assert_eq!(points[0]["average_score"], Value::Null);
+    let default: Value = app.get("/api/v1/stats/trends", &app.a.viewer).await.json().await.unwrap();
+    assert_eq!(default["points"].as_array().unwrap().len(), 30);
+    assert_problem(app.get("/api/v1/stats/trends?days=0", token).await, StatusCode::BAD_REQUEST).await;
+    assert_problem(app.get("/api/v1/stats/trends?days=366", token).await, StatusCode::BAD_REQUEST).await;
+}
+
+#[tokio::test]
+async fn admins_manage_their_tenants_tokens() {
+    let app = spawn_app().await;
+    let created =
+        app.send_json(Method::POST, "/api/v1/tokens", &app.a.admin, json!({"name": "ci", "role": "viewer"})).await;
+    assert_eq!(created.status(), StatusCode::CREATED);
+    let created: Value = created.json().await.unwrap();
+    let token = created["token"].as_str().unwrap();
+    assert_eq!(app.get("/api/v1/risks", token).await.status(), StatusCode::OK);
+
+    let list: Value = app.get("/api/v1/tokens", &app.a.admin).await.json().await.unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 4, "three from the harness and the new one");
+    assert!(
+        list.as_array().unwrap().iter().all(|token| token.get("token").is_none() && token.get("token_hash").is_none())
+    );
+
+    let other_tenant =
+        app.request(Method::DELETE, &format!("/api/v1/tokens/{}", created["id"].as_str().unwrap()), &app.b.admin);
+    assert_problem(other_tenant.send().await.unwrap(), StatusCode::NOT_FOUND).await;
+    let revoked =
+        app.request(Method::DELETE, &format!("/api/v1/tokens/{}", created["id"].as_str().unwrap()), &app.a.admin);
+    assert_eq!(revoked.send().await.unwrap().status(), StatusCode::NO_CONTENT);
+    assert_problem(app.get("/api/v1/risks", token).await, StatusCode::UNAUTHORIZED).await;
+    assert_eq!(app.count("SELECT count(*) FROM api_tokens WHERE length(token_hash) = 32").await, 7);
+}
+
+#[tokio::test]
+async fn health_readiness_metrics_and_docs_are_served() {
+    let app = spawn_app().await;
+    let get = |path: &str| app.client.get(format!("{}{path}", app.url)).send();
+    assert_eq!(get("/healthz").await.unwrap().json::<Value>().await.unwrap()["status"], "ok");
+    let ready: Value = get("/readyz").await.unwrap().json().await.unwrap();
+    assert_eq!((ready["status"].as_str(), ready["redis"].as_str()), (Some("ready"), Some("up")));
+    assert_eq!(get("/docs").await.unwrap().status(), StatusCode::OK);
+    let spec: Value = get("/openapi.json").await.unwrap().json().await.unwrap();
+    assert!(spec["paths"]["/api/v1/risks/{id}"].is_object());
+
+    let list = app.get("/api/v1/risks", &app.a.viewer).await;
+    assert!(cache_status(&list).contains("fwd=miss"));
+    let metrics = app.metrics().await;
+    for name in [
+        "openrisk_http_requests_total{method=\"GET\",route=\"/api/v1/risks\",status=\"200\"}",
+        "openrisk_http_request_duration_seconds_count{method=\"GET\",route=\"/api/v1/risks\",status=\"200\"}",
+        "openrisk_cache_requests_total{result=\"miss\",route=\"/api/v1/risks\"}",
+        "openrisk_cache_fills_total{outcome=\"stored\",route=\"/api/v1/risks\"}",
+        "openrisk_redis_command_duration_seconds_count{operation=\"lookup\"}",
+        "openrisk_db_query_duration_seconds_count{query=\"risk_list\"}",
+        "openrisk_auth_token_cache_total{result=\"miss\"}",
+        "openrisk_db_pool_max_connections",
+    ] {
+        assert!(common::metric_value(&metrics, name) >= 1.0, "{name} missing in\n{metrics}");
+    }
+    for name in [
+        "openrisk_cache_degraded 0",
+        "openrisk_db_pool_connections{state=\"idle\"}",
+        "openrisk_cache_eviction_policy_ok",
+    ] {
+        assert!(metrics.contains(name), "{name} missing");
+    }
+    let unknown = app.client.get(format!("{}/nope", app.url)).send().await.unwrap();
+    assert_problem(unknown, StatusCode::NOT_FOUND).await;
+}

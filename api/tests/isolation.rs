@@ -1,0 +1,130 @@
+//! Tenant isolation: tenant B can never read or change tenant A's data, through the cache or
+//! around it, even knowing A's ids.
+
+mod common;
+
+use common::{assert_problem, cache_status, spawn_app};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+#[tokio::test]
+async fn another_tenant_sees_none_of_it_through_the_cache_or_around_it() {
+    let app = spawn_app().await;
+    let (a, b) = (&app.a.analyst, &app.b.analyst);
+    let risk = app.create_risk(a, "A's secret risk").await;
+    let risk_id = risk["id"].as_str().unwrap();
+    let asset = app.create_asset(a, "A's server", "HIGH").await;
+    let asset_id = asset["id"].as_str().unwrap();
+    let mitigation: Value = app
+        .send_json(Method::POST, &format!("/api/v1/risks/{risk_id}/mitigations"), a, json!({"title": "A's plan"}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let mitigation_id = mitigation["id"].as_str().unwrap();
+    let sub: Value = app
+        .send_json(
+            Method::POST,
+            &format!("/api/v1/risks/{risk_id}/mitigations/{mitigation_id}/subactions"),
+            a,
+            json!({"title": "A's step"}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let sub_path =
+        format!("/api/v1/risks/{risk_id}/mitigations/{mitigation_id}/subactions/{}", sub["id"].as_str().unwrap());
+    let risk_path = format!("/api/v1/risks/{risk_id}");
+    let asset_path = format!("/api/v1/assets/{asset_id}");
+    let mitigation_path = format!("{risk_path}/mitigations/{mitigation_id}");
+
+    // A warms the cache with everything.
+    for path in [&risk_path, &asset_path, &mitigation_path] {
+        app.get(path, a).await;
+        assert_eq!(cache_status(&app.get(path, a).await), "openrisk; hit", "{path}");
+    }
+    for path in
+        ["/api/v1/risks", "/api/v1/assets", "/api/v1/stats", "/api/v1/stats/risk-matrix", "/api/v1/stats/trends"]
+    {
+        app.get(path, a).await;
+    }
+
+    // B, knowing every id, reads nothing of A's: not from Redis, not from Postgres.
+    for path in [&risk_path, &asset_path, &mitigation_path] {
+        for _ in 0..2 {
+            assert_problem(app.get(path, b).await, StatusCode::NOT_FOUND).await;
+        }
+    }
+    let list: Value = app.get("/api/v1/risks", b).await.json().await.unwrap();
+    assert_eq!(list["total"], 0);
+    let assets: Value = app.get("/api/v1/assets", b).await.json().await.unwrap();
+    assert_eq!(assets["total"], 0);
+    let stats: Value = app.get("/api/v1/stats", b).await.json().await.unwrap();
+    assert_eq!((stats["total_risks"].as_i64(), stats["mitigations_by_status"]["PLANNED"].as_i64()), (Some(0), Some(0)));
+    let matrix: Value = app.get("/api/v1/stats/risk-matrix", b).await.json().await.unwrap();
+    assert_eq!(matrix["total"], 0);
+    let trends: Value = app.get("/api/v1/stats/trends", b).await.json().await.unwrap();
+    assert!(trends["points"].as_array().unwrap().iter().all(|point| point["created"] == 0));
+
+    // B changes nothing of A's.
+    let b_risk = app.create_risk(b, "B's risk").await;
+    let b_asset = app.create_asset(b, "B's server", "LOW").await;
+    let attempts = [
+        app.send_json(Method::PATCH, &risk_path, b, json!({"title": "owned"})).await,
+        app.request(Method::DELETE, &risk_path, b).send().await.unwrap(),
+        app.send_json(Method::PATCH, &asset_path, b, json!({"name": "owned"})).await,
+        app.request(Method::DELETE, &asset_path, b).send().await.unwrap(),
+        app.send_json(Method::POST, &format!("{risk_path}/mitigations"), b, json!({"title": "owned"})).await,
+        app.send_json(Method::PATCH, &mitigation_path, b, json!({"title": "owned"})).await,
+        app.request(Method::DELETE, &mitigation_path, b).send().await.unwrap(),
+        app.send_json(Method::POST, &format!("{mitigation_path}/subactions"), b, json!({"title": "owned"})).await,
+        app.send_json(Method::PATCH, &sub_path, b, json!({"title": "owned"})).await,
+        app.request(Method::POST, &format!("{sub_path}/toggle"), b).send().await.unwrap(),
+        app.request(Method::DELETE, &sub_path, b).send().await.unwrap(),
+        // Links across tenants, both ways.
+        app.request(Method::PUT, &format!("{risk_path}/assets/{}", b_asset["id"].as_str().unwrap()), b)
+            .send()
+            .await
+            .unwrap(),
+        app.request(Method::PUT, &format!("/api/v1/risks/{}/assets/{asset_id}", b_risk["id"].as_str().unwrap()), b)
+            .send()
+            .await
+            .unwrap(),
+    ];
+    for response in attempts {
+        assert_problem(response, StatusCode::NOT_FOUND).await;
+    }
+    assert_eq!(app.count("SELECT count(*) FROM risk_assets").await, 0);
+
+    // A's data is untouched, and A's cached entries survived B's attempts.
+    let detail = app.get(&risk_path, a).await;
+    assert_eq!(cache_status(&detail), "openrisk; hit");
+    let detail: Value = detail.json().await.unwrap();
+    assert_eq!(detail["title"], "A's secret risk");
+    assert_eq!(detail["mitigations"][0]["subactions"][0]["title"], "A's step");
+    assert_eq!(app.get(&asset_path, a).await.json::<Value>().await.unwrap()["name"], "A's server");
+
+    // Every Redis key is inside one tenant's hash slot.
+    let keys = app.redis.keys();
+    assert!(!keys.is_empty());
+    for key in keys {
+        let a_slot = key.contains(&format!("{{{}}}", app.a.id));
+        let b_slot = key.contains(&format!("{{{}}}", app.b.id));
+        assert!(a_slot ^ b_slot, "{key} belongs to exactly one tenant");
+    }
+}
+
+#[tokio::test]
+async fn the_same_query_of_two_tenants_uses_two_entries() {
+    let app = spawn_app().await;
+    app.create_risk(&app.a.analyst, "Only in A").await;
+    let a_list = app.get("/api/v1/risks", &app.a.viewer).await;
+    assert!(cache_status(&a_list).contains("stored"));
+    let b_list = app.get("/api/v1/risks", &app.b.viewer).await;
+    assert!(cache_status(&b_list).contains("fwd=miss"), "B does not hit A's entry");
+    assert_eq!(b_list.json::<Value>().await.unwrap()["total"], 0);
+    // A write of B leaves A's entry alone.
+    app.create_risk(&app.b.analyst, "Only in B").await;
+    assert_eq!(cache_status(&app.get("/api/v1/risks", &app.a.viewer).await), "openrisk; hit");
+}

@@ -1,0 +1,101 @@
+//! Redis down and back: reads fall back to Postgres uncached, writes succeed, nothing hangs,
+//! readiness says degraded, and caching resumes by itself.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{cache_status, spawn_app_with};
+use openrisk_api::AppOptions;
+use openrisk_test_support::{PrivateRedis, RedisNamespace};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+/// Far above the 250 ms Redis timeout; only catches hangs.
+const HANG_BOUND: Duration = Duration::from_secs(5);
+
+#[tokio::test]
+async fn the_api_serves_from_postgres_while_redis_is_down_and_caches_again_when_it_is_back() {
+    let mut redis = PrivateRedis::start();
+    let app = spawn_app_with(
+        RedisNamespace::on(&redis.url()),
+        |settings| {
+            settings.cache.breaker_failure_threshold = 2;
+            settings.cache.breaker_open_ms = 300;
+        },
+        AppOptions::default(),
+    )
+    .await;
+    let token = &app.a.analyst;
+    let risk = app.create_risk(token, "Before the outage").await;
+    let path = format!("/api/v1/risks/{}", risk["id"].as_str().unwrap());
+    app.get(&path, token).await;
+    assert_eq!(cache_status(&app.get(&path, token).await), "openrisk; hit");
+
+    redis.kill();
+    for round in 0..6 {
+        let started = Instant::now();
+        let response = app.get(&path, token).await;
+        assert!(started.elapsed() < HANG_BOUND, "read {round} took {:?}", started.elapsed());
+        assert_eq!(response.status(), StatusCode::OK);
+        assert!(cache_status(&response).contains("fwd=bypass"), "{}", cache_status(&response));
+    }
+    let started = Instant::now();
+    let written = app.send_json(Method::PATCH, &path, token, json!({"title": "During the outage"})).await;
+    assert!(started.elapsed() < HANG_BOUND);
+    assert_eq!(written.status(), StatusCode::OK, "writes succeed without Redis");
+    assert_eq!(app.get(&path, token).await.json::<Value>().await.unwrap()["title"], "During the outage");
+    let list = app.get("/api/v1/risks", token).await;
+    assert_eq!(list.status(), StatusCode::OK);
+
+    let ready = app.client.get(format!("{}/readyz", app.url)).send().await.unwrap();
+    assert_eq!(ready.status(), StatusCode::OK, "a dead Redis does not make the API unready");
+    let ready: Value = ready.json().await.unwrap();
+    assert_eq!((ready["status"].as_str(), ready["redis"].as_str()), (Some("degraded"), Some("down")));
+    let metrics = app.metrics().await;
+    assert!(metrics.contains("openrisk_cache_degraded 1"));
+    assert!(
+        common::metric_value(&metrics, "openrisk_cache_requests_total{result=\"error\",route=\"/api/v1/risks/{id}\"}")
+            >= 1.0
+    );
+    assert!(
+        common::metric_value(&metrics, "openrisk_cache_requests_total{result=\"bypass\",route=\"/api/v1/risks/{id}\"}")
+            >= 1.0
+    );
+
+    // Back (empty, as after a crash): caching resumes without a restart of the API.
+    redis.restart();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let started = Instant::now();
+        let response = app.get(&path, token).await;
+        assert!(started.elapsed() < HANG_BOUND);
+        assert_eq!(response.status(), StatusCode::OK);
+        if cache_status(&response) == "openrisk; fwd=miss; stored" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "caching never resumed: {}", cache_status(&response));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let hit = app.get(&path, token).await;
+    assert_eq!(cache_status(&hit), "openrisk; hit");
+    assert_eq!(hit.json::<Value>().await.unwrap()["title"], "During the outage");
+    let ready: Value = app.client.get(format!("{}/readyz", app.url)).send().await.unwrap().json().await.unwrap();
+    assert_eq!(ready["status"], "ready");
+    assert!(app.metrics().await.contains("openrisk_cache_degraded 0"));
+}
+
+#[tokio::test]
+async fn the_api_starts_and_serves_while_redis_was_never_up() {
+    let mut redis = PrivateRedis::start();
+    let url = redis.url();
+    redis.kill();
+    let app = spawn_app_with(RedisNamespace::on(&url), |_| {}, AppOptions::default()).await;
+    let risk = app.create_risk(&app.a.analyst, "No Redis").await;
+    let started = Instant::now();
+    let response = app.get(&format!("/api/v1/risks/{}", risk["id"].as_str().unwrap()), &app.a.viewer).await;
+    assert!(started.elapsed() < HANG_BOUND);
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(cache_status(&response).contains("fwd=bypass"));
+    assert!(app.metrics().await.contains("openrisk_cache_eviction_policy_ok 0"), "unknown policy is not ok");
+}
