@@ -18,8 +18,9 @@ if [ "$(psql "$admin_url" -Atc "SELECT 1 FROM pg_database WHERE datname = '$data
 fi
 
 cargo build --release --bin openrisk-api --bin openrisk-invalidator
-api=target/release/openrisk-api
-invalidator=target/release/openrisk-invalidator
+bin="${CARGO_TARGET_DIR:-target}/release"
+api="$bin/openrisk-api"
+invalidator="$bin/openrisk-invalidator"
 
 "$api" migrate
 "$api" seed --tenants 2 --risks 200 --demo
