@@ -1,0 +1,209 @@
+#!/usr/bin/env bash
+# One-command HTTP benchmark of the cache, loopback only, bounded to a few minutes.
+#
+#   load_tests/bench.sh                       # 20 tenants × 5000 risks, 8 s phases (~4 min)
+#   TENANTS=1 RISKS=50 PHASE_SECS=1 load_tests/bench.sh   # seconds
+#
+# It builds (release), starts a private Redis on a free port and creates a private database on
+# the local PostgreSQL (dropped at the end), migrates and seeds it, creates one analyst token per
+# tenant, then starts: the API with the cache on, a second API with the cache off
+# (OPENRISK_CACHE__ENABLED=false), the invalidator, and the ceiling (a minimal poem server
+# answering from one Redis GET). `openrisk-bench` then measures everything side by side and
+# writes results.json, summary.md and latency.svg into $OUT (load_tests/out, gitignored).
+#
+# Knobs (environment): TENANTS RISKS PHASE_SECS ROUNDS CONNECTIONS RATE HOT FRESH_RISKS
+# FRESH_BACKGROUND_RATE BACKGROUND_WRITES PROFILE (release|dev) OUT WRK (1/0: also measure with wrk if installed)
+# PERF (1: perf profile of the cached API's hit path into $OUT/perf-hit-*.txt) COPY_PLOT (1: copy the plot to
+# load_tests/latency.svg) ALLOC_AB (1: also a cached API with jemalloc preloaded) PG_ADMIN_URL (default postgres://postgres@127.0.0.1:5432/postgres).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repo=$(pwd)
+
+TENANTS=${TENANTS:-20}
+RISKS=${RISKS:-5000}
+PHASE_SECS=${PHASE_SECS:-8}
+ROUNDS=${ROUNDS:-2}
+CONNECTIONS=${CONNECTIONS:-64}
+RATE=${RATE:-2000}
+HOT=${HOT:-1000}
+FRESH_RISKS=${FRESH_RISKS:-4}
+FRESH_BACKGROUND_RATE=${FRESH_BACKGROUND_RATE:-$((RATE / 4))}
+BACKGROUND_WRITES=${BACKGROUND_WRITES:-100}
+PROFILE=${PROFILE:-release}
+OUT=${OUT:-$repo/load_tests/out}
+WRK=${WRK:-1}
+PERF=${PERF:-0}
+COPY_PLOT=${COPY_PLOT:-1}
+# A third API instance (cache on) with jemalloc preloaded, measured at saturation against the
+# first: what a different allocator would buy without changing the code.
+JEMALLOC=${JEMALLOC:-/usr/lib/x86_64-linux-gnu/libjemalloc.so.2}
+ALLOC_AB=${ALLOC_AB:-1}
+PG_ADMIN_URL=${PG_ADMIN_URL:-postgres://postgres@127.0.0.1:5432/postgres}
+
+log() { printf '[bench %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
+
+mkdir -p "$OUT/logs"
+OUT=$(cd "$OUT" && pwd)
+rm -f "$OUT/perf-hit.data" "$OUT/perf-hit-dso.txt" "$OUT/perf-hit-symbols.txt"
+
+# ---- build -------------------------------------------------------------------------------
+log "building ($PROFILE)"
+cargo build --quiet --profile "$PROFILE" \
+    --bin openrisk-api --bin openrisk-invalidator --bin ceiling --bin openrisk-bench
+target_dir=${CARGO_TARGET_DIR:-$repo/target}
+case "$PROFILE" in
+    dev) bin="$target_dir/debug" ;;
+    *) bin="$target_dir/$PROFILE" ;;
+esac
+
+# ---- cleanup of exactly what this script started ---------------------------------------------
+pids=()
+db=""
+cleanup() {
+    local status=$?
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+    if [ -n "$db" ]; then
+        psql "$PG_ADMIN_URL" -qXc "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" >/dev/null 2>&1 || true
+    fi
+    exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# ---- free loopback ports -----------------------------------------------------------------------
+taken=" "
+free_port() {
+    local port
+    for port in $(seq "$1" $(($1 + 500))); do
+        case "$taken" in *" $port "*) continue ;; esac
+        if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+            taken="$taken$port "
+            echo "$port"
+            return
+        fi
+    done
+    echo "no free port from $1" >&2
+    return 1
+}
+redis_port=$(free_port 16400)
+cached_port=$(free_port 18080)
+uncached_port=$(free_port 18180)
+ceiling_port=$(free_port 18280)
+alt_port=$(free_port 18480)
+invalidator_port=$(free_port 18380)
+
+wait_http() {
+    local url=$1 what=$2
+    for _ in $(seq 200); do
+        if curl -fsS -o /dev/null "$url" 2>/dev/null; then return 0; fi
+        sleep 0.1
+    done
+    log "$what did not answer $url; its log:"
+    tail -20 "$OUT/logs/$what.log" >&2 || true
+    return 1
+}
+
+# ---- private Redis -------------------------------------------------------------------------------
+log "redis on 127.0.0.1:$redis_port (private, volatile-lru)"
+redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no \
+    --maxmemory 1gb --maxmemory-policy volatile-lru --dir "$OUT" >"$OUT/logs/redis.log" 2>&1 &
+redis_pid=$!
+pids+=("$redis_pid")
+for _ in $(seq 100); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break; sleep 0.05; done
+export REDIS_URL="redis://127.0.0.1:$redis_port"
+
+# ---- private database ------------------------------------------------------------------------
+db="openrisk_bench_$$"
+log "database $db: migrate, seed $TENANTS tenants × $RISKS risks"
+psql "$PG_ADMIN_URL" -qXc "CREATE DATABASE \"$db\"" >/dev/null
+db_url="${PG_ADMIN_URL%/*}/$db"
+export DATABASE_URL="$db_url"
+export OPENRISK_LOG__FILTER=${OPENRISK_LOG__FILTER:-warn}
+export OPENRISK_CACHE__KEY_PREFIX=bench
+"$bin/openrisk-api" migrate >"$OUT/logs/migrate.log" 2>&1
+seed_started=$(date +%s%N)
+"$bin/openrisk-api" seed --tenants "$TENANTS" --risks "$RISKS" >"$OUT/logs/seed.log" 2>&1
+seed_secs=$(awk -v a="$seed_started" -v b="$(date +%s%N)" 'BEGIN { printf "%.1f", (b - a) / 1e9 }')
+log "seeded in ${seed_secs}s: $(tail -1 "$OUT/logs/seed.log")"
+: >"$OUT/tokens.txt"
+for tenant in $(psql "$db_url" -AtXc "SELECT id FROM tenants ORDER BY slug"); do
+    token=$("$bin/openrisk-api" token create --tenant "$tenant" --role analyst --name bench 2>/dev/null)
+    echo "$tenant $token" >>"$OUT/tokens.txt"
+done
+counts=$(psql "$db_url" -AtXc "SELECT (SELECT count(*) FROM risks) || ' risks, ' || (SELECT count(*) FROM mitigations) || ' mitigations, ' || (SELECT count(*) FROM mitigation_subactions) || ' sub-actions, ' || (SELECT count(*) FROM assets) || ' assets, ' || (SELECT count(*) FROM risk_assets) || ' risk-asset links'")
+log "data set: $counts"
+
+# ---- the processes under test ------------------------------------------------------------------
+log "invalidator (metrics 127.0.0.1:$invalidator_port)"
+METRICS_ADDR="127.0.0.1:$invalidator_port" "$bin/openrisk-invalidator" run >"$OUT/logs/invalidator.log" 2>&1 &
+invalidator_pid=$!
+pids+=("$invalidator_pid")
+log "API with the cache on 127.0.0.1:$cached_port, without on 127.0.0.1:$uncached_port"
+DATABASE_URL="$db_url?application_name=api-cached" API_ADDR="127.0.0.1:$cached_port" \
+    "$bin/openrisk-api" serve >"$OUT/logs/api-cached.log" 2>&1 &
+api_pid=$!
+pids+=("$api_pid")
+DATABASE_URL="$db_url?application_name=api-uncached" API_ADDR="127.0.0.1:$uncached_port" OPENRISK_CACHE__ENABLED=false \
+    "$bin/openrisk-api" serve >"$OUT/logs/api-uncached.log" 2>&1 &
+uncached_pid=$!
+pids+=("$uncached_pid")
+alt_flags=()
+if [ "$ALLOC_AB" = 1 ] && [ -f "$JEMALLOC" ]; then
+    DATABASE_URL="$db_url" API_ADDR="127.0.0.1:$alt_port" LD_PRELOAD="$JEMALLOC" \
+        "$bin/openrisk-api" serve >"$OUT/logs/api-jemalloc.log" 2>&1 &
+    alt_pid=$!
+    pids+=("$alt_pid")
+    wait_http "http://127.0.0.1:$alt_port/healthz" api-jemalloc
+    alt_flags=(--cached-alt "127.0.0.1:$alt_port" --cached-alt-label "jemalloc preloaded" --cached-alt-pid "$alt_pid")
+fi
+"$bin/ceiling" --addr "127.0.0.1:$ceiling_port" --redis-url "$REDIS_URL" --key bench:ceiling \
+    --key-prefix "$OPENRISK_CACHE__KEY_PREFIX" >"$OUT/logs/ceiling.log" 2>&1 &
+ceiling_pid=$!
+pids+=("$ceiling_pid")
+wait_http "http://127.0.0.1:$cached_port/healthz" api-cached
+wait_http "http://127.0.0.1:$uncached_port/healthz" api-uncached
+wait_http "http://127.0.0.1:$invalidator_port/metrics" invalidator
+for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$ceiling_port") 2>/dev/null && break; sleep 0.05; done
+
+# ---- machine and build facts ---------------------------------------------------------------------
+{
+    echo "date: $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
+    echo "commit: $(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo unknown)$(git -C "$repo" diff --quiet HEAD 2>/dev/null || echo ' (with uncommitted changes)')"
+    echo "nproc: $(nproc)"
+    echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
+    echo "memory: $(free -h | awk '/^Mem:/ {print $2 " total, " $7 " available"}')"
+    echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
+    echo "profile: $PROFILE; data set: $counts; seeded in ${seed_secs}s"
+    echo "knobs: TENANTS=$TENANTS RISKS=$RISKS PHASE_SECS=$PHASE_SECS ROUNDS=$ROUNDS CONNECTIONS=$CONNECTIONS RATE=$RATE HOT=$HOT"
+    echo "postgres: $(psql "$db_url" -AtXc 'SHOW server_version'); redis: $(redis-server --version | awk '{print $3}')"
+} >"$OUT/machine.txt"
+cat "$OUT/machine.txt" >&2
+
+# ---- measure ----------------------------------------------------------------------------------------
+flags=()
+if [ "$WRK" = 1 ]; then flags+=(--wrk); fi
+if [ "$PERF" = 1 ] && command -v perf >/dev/null; then flags+=(--perf); fi
+status=0
+"$bin/openrisk-bench" \
+    --cached "127.0.0.1:$cached_port" --uncached "127.0.0.1:$uncached_port" \
+    --ceiling "127.0.0.1:$ceiling_port" --invalidator-metrics "127.0.0.1:$invalidator_port" \
+    --database-url "$db_url" --redis-url "$REDIS_URL" --ceiling-key bench:ceiling \
+    --tokens "$OUT/tokens.txt" \
+    --api-pid "$api_pid" --uncached-pid "$uncached_pid" --invalidator-pid "$invalidator_pid" \
+    --redis-pid "$redis_pid" --ceiling-pid "$ceiling_pid" \
+    --phase-secs "$PHASE_SECS" --rounds "$ROUNDS" --connections "$CONNECTIONS" --rate "$RATE" \
+    --hot "$HOT" --fresh-risks "$FRESH_RISKS" --background-writes "$BACKGROUND_WRITES" --fresh-background-rate "$FRESH_BACKGROUND_RATE" \
+    "${flags[@]}" "${alt_flags[@]}" --out "$OUT" 2>&1 | tee "$OUT/bench.log" || status=$?
+echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)" >>"$OUT/machine.txt"
+
+if [ -f "$OUT/perf-hit.data" ]; then
+    squeeze() { grep -v '^#' | grep -v '^$' | sed -E 's/ {2,}/ /g; s/ - - *$//' | cut -c1-160; }
+    perf report -i "$OUT/perf-hit.data" --stdio --no-children --sort dso 2>/dev/null | squeeze | head -15 >"$OUT/perf-hit-dso.txt" || true
+    perf report -i "$OUT/perf-hit.data" --stdio --no-children -g none --sort symbol 2>/dev/null | squeeze | head -80 >"$OUT/perf-hit-symbols.txt" || true
+    log "perf profile of the cached API's hit path: $OUT/perf-hit-dso.txt, $OUT/perf-hit-symbols.txt"
+fi
+if [ "$COPY_PLOT" = 1 ] && [ -f "$OUT/latency.svg" ]; then
+    cp "$OUT/latency.svg" "$repo/load_tests/latency.svg"
+fi
+exit "$status"

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Smoke run of the HTTP benchmark at tiny scale (1 tenant × 50 risks, 1 s phases, debug build),
+# so that bench.sh and openrisk-bench cannot rot. About 30 s after the build; needs only the
+# local PostgreSQL and redis-server (it starts a private Redis and drops its own database).
+# Checks correctness only (every request answered, hits served, freshness observed, no read
+# older than the staleness window, files written), never timings. Ends with `N passed, M failed`.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+out=$(mktemp -d "${TMPDIR:-/tmp}/openrisk-smoke.XXXXXX")
+trap 'rm -rf "$out"' EXIT
+
+TENANTS=1 RISKS=50 PHASE_SECS=1 ROUNDS=1 CONNECTIONS=4 RATE=200 HOT=50 FRESH_RISKS=2 \
+    BACKGROUND_WRITES=20 PROFILE=${PROFILE:-dev} WRK=0 PERF=0 COPY_PLOT=0 ALLOC_AB=0 OUT="$out" \
+    load_tests/bench.sh >"$out/run.log" 2>&1
+status=$?
+
+passed=0
+failed=0
+line=$(grep -E '^[0-9]+ passed, [0-9]+ failed$' "$out/run.log" | tail -1)
+if [ -n "$line" ]; then
+    passed=$(echo "$line" | cut -d' ' -f1)
+    failed=$(echo "$line" | cut -d' ' -f3)
+fi
+grep -E '^(PASS|FAIL) ' "$out/run.log" || true
+expect() {
+    if eval "$2"; then
+        echo "PASS $1"
+        passed=$((passed + 1))
+    else
+        echo "FAIL $1"
+        failed=$((failed + 1))
+    fi
+}
+expect "bench.sh exited 0" '[ "$status" -eq 0 ]'
+expect "the benchmark ran its checks" '[ -n "$line" ]'
+expect "results.json was written" 'grep -q "\"freshness\"" "$out/results.json" 2>/dev/null'
+expect "latency.svg was written" 'grep -q "<polyline" "$out/latency.svg" 2>/dev/null'
+expect "machine facts were recorded" 'grep -q "^commit:" "$out/machine.txt" 2>/dev/null'
+if [ "$failed" -ne 0 ] || [ "$status" -ne 0 ]; then
+    echo "--- last lines of the run ---"
+    tail -40 "$out/run.log"
+fi
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]

@@ -1,0 +1,370 @@
+//! A small HTTP/1.1 load generator on hyper's connection API: one task per keep-alive connection,
+//! one request in flight per connection (like wrk and oha).
+//!
+//! * [`closed_loop`] sends the next request as soon as the previous answer arrived: it measures
+//!   saturation throughput. Its latencies are service times, not what users would see at a rate.
+//! * [`open_loop`] offers a fixed rate: connection `i` of `c` has its own schedule, one request
+//!   every `c / rate` seconds, offset by `i / rate` (wrk2's model). When an answer arrives after
+//!   the next request was due, that request is sent at once and its latency counts **from when it
+//!   was due** (the coordinated-omission correction), so a stalled server cannot hide its stall by
+//!   slowing the generator down. When the generator is on time, latency counts from the actual
+//!   send, so the 1 ms resolution of tokio's timer does not inflate the numbers.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use http_body_util::{BodyExt, Full};
+use hyper::Method;
+use hyper::client::conn::http1;
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST};
+use hyper_util::rt::TokioIo;
+use rand::SeedableRng;
+use rand::rngs::SmallRng;
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+
+use super::zipf::Sampler;
+
+/// One request to send: method, path with query, `Authorization` value and JSON body.
+#[derive(Debug, Clone)]
+pub struct Req {
+    pub method: Method,
+    pub path: String,
+    pub auth: Option<Arc<str>>,
+    pub body: Option<Bytes>,
+}
+
+impl Req {
+    pub fn get(path: impl Into<String>, auth: Option<Arc<str>>) -> Self {
+        Self { method: Method::GET, path: path.into(), auth, body: None }
+    }
+}
+
+/// An answer: status, the `Cache-Status` header and the body.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: u16,
+    pub cache_status: Option<String>,
+    pub body: Bytes,
+}
+
+/// One keep-alive HTTP/1.1 connection.
+pub struct Conn {
+    addr: SocketAddr,
+    host: String,
+    sender: http1::SendRequest<Full<Bytes>>,
+}
+
+impl Conn {
+    pub async fn open(addr: SocketAddr) -> anyhow::Result<Self> {
+        let stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        let (sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        Ok(Self { addr, host: addr.to_string(), sender })
+    }
+
+    /// Sends `req` and reads the whole answer.
+    pub async fn send(&mut self, req: &Req) -> anyhow::Result<Answer> {
+        self.sender.ready().await?;
+        let mut builder = hyper::Request::builder().method(req.method.clone()).uri(&req.path).header(HOST, &self.host);
+        if let Some(auth) = &req.auth {
+            builder = builder.header(AUTHORIZATION, &**auth);
+        }
+        if req.body.is_some() {
+            builder = builder.header(CONTENT_TYPE, "application/json");
+        }
+        let request = builder.body(Full::new(req.body.clone().unwrap_or_default()))?;
+        let response = self.sender.send_request(request).await?;
+        let status = response.status().as_u16();
+        let cache_status =
+            response.headers().get("cache-status").and_then(|value| value.to_str().ok()).map(str::to_owned);
+        let body = response.into_body().collect().await?.to_bytes();
+        Ok(Answer { status, cache_status, body })
+    }
+
+    /// Sends `req`, reconnecting once if the connection broke.
+    pub async fn send_retrying(&mut self, req: &Req) -> anyhow::Result<Answer> {
+        match self.send(req).await {
+            Ok(answer) => Ok(answer),
+            Err(_) => {
+                *self = Conn::open(self.addr).await?;
+                self.send(req).await
+            }
+        }
+    }
+}
+
+/// Requests to draw from, and how. Remembers which requests were ever sent, so a run can tell
+/// first-time requests (compulsory cache misses) from repeats.
+pub struct Workload {
+    pub name: String,
+    pub reqs: Vec<Req>,
+    pub sampler: Sampler,
+    seen: Vec<AtomicBool>,
+}
+
+impl Workload {
+    pub fn new(name: impl Into<String>, reqs: Vec<Req>, sampler: Sampler) -> Arc<Self> {
+        assert!(!reqs.is_empty(), "a workload needs requests");
+        let seen = reqs.iter().map(|_| AtomicBool::new(false)).collect();
+        Arc::new(Self { name: name.into(), reqs, sampler, seen })
+    }
+
+    /// Marks requests as already sent (e.g. by a warm-up outside this workload).
+    pub fn mark_seen(&self, indexes: impl IntoIterator<Item = usize>) {
+        for index in indexes {
+            if let Some(flag) = self.seen.get(index) {
+                flag.store(true, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// A request, and whether this is the first time any run of this workload sends it.
+    fn pick(&self, rng: &mut SmallRng) -> (&Req, bool) {
+        let index = self.sampler.sample(rng).min(self.reqs.len() - 1);
+        (&self.reqs[index], !self.seen[index].swap(true, Ordering::Relaxed))
+    }
+}
+
+/// Latencies are recorded in microseconds, 1 µs to 60 s, 3 significant digits.
+pub fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
+}
+
+/// What one load run measured.
+#[derive(Debug, Clone)]
+pub struct RunResult {
+    pub name: String,
+    /// `closed` (saturation) or `open` (fixed rate).
+    pub mode: &'static str,
+    pub connections: usize,
+    pub offered_rate: Option<f64>,
+    pub elapsed: Duration,
+    /// Answers with status 2xx or 304.
+    pub ok: u64,
+    pub non_2xx: u64,
+    /// Transport errors (connect, reset, timeout).
+    pub errors: u64,
+    /// Requests sent for the first time by any run of the workload.
+    pub first_time: u64,
+    /// Latency as users see it (corrected for coordinated omission in `open` mode), µs.
+    pub latency: Histogram<u64>,
+    /// Time from the actual send to the answer, µs.
+    pub service: Histogram<u64>,
+}
+
+impl RunResult {
+    pub fn throughput(&self) -> f64 {
+        self.ok as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    /// Percentile `p` (0–100) of the user-visible latency, in milliseconds.
+    pub fn ms(&self, p: f64) -> f64 {
+        self.latency.value_at_percentile(p) as f64 / 1000.0
+    }
+
+    pub fn summary(&self) -> Value {
+        let hist = |h: &Histogram<u64>| {
+            json!({
+                "mean_ms": h.mean() / 1000.0,
+                "p50_ms": h.value_at_percentile(50.0) as f64 / 1000.0,
+                "p90_ms": h.value_at_percentile(90.0) as f64 / 1000.0,
+                "p95_ms": h.value_at_percentile(95.0) as f64 / 1000.0,
+                "p99_ms": h.value_at_percentile(99.0) as f64 / 1000.0,
+                "p999_ms": h.value_at_percentile(99.9) as f64 / 1000.0,
+                "max_ms": h.max() as f64 / 1000.0,
+            })
+        };
+        json!({
+            "name": self.name,
+            "mode": self.mode,
+            "connections": self.connections,
+            "offered_rate": self.offered_rate,
+            "elapsed_s": self.elapsed.as_secs_f64(),
+            "ok": self.ok,
+            "non_2xx": self.non_2xx,
+            "errors": self.errors,
+            "first_time_requests": self.first_time,
+            "throughput_rps": self.throughput(),
+            "latency": hist(&self.latency),
+            "service_time": hist(&self.service),
+        })
+    }
+
+    fn merge(name: &str, mode: &'static str, offered_rate: Option<f64>, elapsed: Duration, parts: Vec<Part>) -> Self {
+        let mut result = RunResult {
+            name: name.to_owned(),
+            mode,
+            connections: parts.len(),
+            offered_rate,
+            elapsed,
+            ok: 0,
+            non_2xx: 0,
+            errors: 0,
+            first_time: 0,
+            latency: new_histogram(),
+            service: new_histogram(),
+        };
+        for part in parts {
+            result.first_time += part.first_time;
+            result.ok += part.ok;
+            result.non_2xx += part.non_2xx;
+            result.errors += part.errors;
+            result.latency.add(&part.latency).expect("same bounds");
+            result.service.add(&part.service).expect("same bounds");
+        }
+        result
+    }
+}
+
+struct Part {
+    first_time: u64,
+    ok: u64,
+    non_2xx: u64,
+    errors: u64,
+    latency: Histogram<u64>,
+    service: Histogram<u64>,
+}
+
+impl Part {
+    fn new() -> Self {
+        Self { first_time: 0, ok: 0, non_2xx: 0, errors: 0, latency: new_histogram(), service: new_histogram() }
+    }
+
+    fn record(&mut self, outcome: &anyhow::Result<Answer>, from: Instant, sent: Instant, done: Instant) {
+        match outcome {
+            Ok(answer) if (200..300).contains(&answer.status) || answer.status == 304 => {
+                self.ok += 1;
+                self.latency.saturating_record(micros(done - from));
+                self.service.saturating_record(micros(done - sent));
+            }
+            Ok(_) => self.non_2xx += 1,
+            Err(_) => self.errors += 1,
+        }
+    }
+}
+
+fn micros(duration: Duration) -> u64 {
+    u64::try_from(duration.as_micros()).unwrap_or(u64::MAX).max(1)
+}
+
+/// Saturation: `connections` connections, each sending its next request as soon as it can.
+pub async fn closed_loop(
+    addr: SocketAddr,
+    workload: Arc<Workload>,
+    connections: usize,
+    duration: Duration,
+) -> anyhow::Result<RunResult> {
+    let mut conns = Vec::with_capacity(connections);
+    for _ in 0..connections {
+        conns.push(Conn::open(addr).await?);
+    }
+    let started = Instant::now();
+    let deadline = started + duration;
+    let tasks: Vec<_> = conns
+        .into_iter()
+        .enumerate()
+        .map(|(index, mut conn)| {
+            let workload = Arc::clone(&workload);
+            tokio::spawn(async move {
+                let mut rng = SmallRng::seed_from_u64(index as u64 * 7919 + 1);
+                let mut part = Part::new();
+                while Instant::now() < deadline {
+                    let (req, first) = workload.pick(&mut rng);
+                    part.first_time += u64::from(first);
+                    let sent = Instant::now();
+                    let outcome = conn.send_retrying(req).await;
+                    part.record(&outcome, sent, sent, Instant::now());
+                }
+                part
+            })
+        })
+        .collect();
+    let parts = futures::future::try_join_all(tasks).await?;
+    Ok(RunResult::merge(&workload.name, "closed", None, started.elapsed(), parts))
+}
+
+/// Fixed offered rate over `connections` connections, corrected for coordinated omission.
+pub async fn open_loop(
+    addr: SocketAddr,
+    workload: Arc<Workload>,
+    connections: usize,
+    rate: f64,
+    duration: Duration,
+) -> anyhow::Result<RunResult> {
+    let mut conns = Vec::with_capacity(connections);
+    for _ in 0..connections {
+        conns.push(Conn::open(addr).await?);
+    }
+    let started = Instant::now();
+    let deadline = started + duration;
+    let interval = Duration::from_secs_f64(connections as f64 / rate);
+    let tasks: Vec<_> = conns
+        .into_iter()
+        .enumerate()
+        .map(|(index, mut conn)| {
+            let workload = Arc::clone(&workload);
+            tokio::spawn(async move {
+                let mut rng = SmallRng::seed_from_u64(index as u64 * 104_729 + 3);
+                let mut part = Part::new();
+                let mut due = started + Duration::from_secs_f64(index as f64 / rate);
+                let mut previous_done = started;
+                while due < deadline {
+                    if Instant::now() < due {
+                        tokio::time::sleep_until(due.into()).await;
+                    }
+                    let sent = Instant::now();
+                    // Behind schedule because the previous answer came late: count from when
+                    // this request was due. On time: count from the send.
+                    let from = if previous_done > due { due } else { sent };
+                    let (req, first) = workload.pick(&mut rng);
+                    part.first_time += u64::from(first);
+                    let outcome = conn.send_retrying(req).await;
+                    let done = Instant::now();
+                    part.record(&outcome, from, sent, done);
+                    previous_done = done;
+                    due += interval;
+                }
+                part
+            })
+        })
+        .collect();
+    let parts = futures::future::try_join_all(tasks).await?;
+    let elapsed = started.elapsed().max(duration);
+    Ok(RunResult::merge(&workload.name, "open", Some(rate), elapsed, parts))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn both_loops_count_every_answer_of_a_local_server() {
+        let app = poem::Route::new().at("/x", poem::endpoint::make_sync(|_| "hello"));
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        let server = tokio::spawn(poem::Server::new(poem::listener::TcpListener::bind(addr)).run(app));
+        for _ in 0..100 {
+            if TcpStream::connect(addr).await.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let workload = Workload::new("x", vec![Req::get("/x", None), Req::get("/missing", None)], Sampler::Uniform(2));
+        let closed = closed_loop(addr, Arc::clone(&workload), 2, Duration::from_millis(200)).await.unwrap();
+        assert!(closed.ok > 0 && closed.non_2xx > 0 && closed.errors == 0);
+        assert_eq!(closed.latency.len(), closed.ok);
+        let open = open_loop(addr, workload, 2, 200.0, Duration::from_millis(300)).await.unwrap();
+        // 200/s for 0.3 s over two connections: 60 requests are due, each is sent once.
+        assert_eq!(open.ok + open.non_2xx + open.errors, 60);
+        server.abort();
+    }
+}

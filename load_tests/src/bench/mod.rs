@@ -1,0 +1,9 @@
+//! The HTTP benchmark (`openrisk-bench`): a load generator with a closed-loop (saturation) and an
+//! open-loop (fixed offered rate, coordinated-omission corrected) mode, key distributions,
+//! `/proc` and Prometheus sampling, and an SVG plot of the results.
+
+pub mod http;
+pub mod plot;
+pub mod procfs;
+pub mod prom;
+pub mod zipf;
