@@ -31,7 +31,7 @@ use crate::metrics::{CacheResult, FillOutcome, Metrics};
 
 /// Version of every response shape; bump it whenever a cached response changes shape, so a
 /// deploy never serves entries written by the previous version.
-pub const RESPONSE_SCHEMA_VERSION: u32 = 1;
+pub const RESPONSE_SCHEMA_VERSION: u32 = 2;
 
 /// Most times a read is repeated because it discovered dependencies its snapshot lacked.
 const MAX_DISCOVERY_ROUNDS: usize = 3;

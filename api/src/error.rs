@@ -75,6 +75,11 @@ pub enum ApiError {
     #[oai(status = 413, content_type = "application/problem+json")]
     #[error("payload too large: {}", .0.detail)]
     PayloadTooLarge(Json<Problem>),
+    /// A body sent without a JSON content type (answered before any handler runs, by
+    /// `problem_from_poem_error`; listed here so the spec documents it).
+    #[oai(status = 415, content_type = "application/problem+json")]
+    #[error("unsupported media type: {}", .0.detail)]
+    UnsupportedMediaType(Json<Problem>),
     /// The request is well-formed but violates a rule of the data model.
     #[oai(status = 422, content_type = "application/problem+json")]
     #[error("unprocessable: {}", .0.detail)]
@@ -128,6 +133,10 @@ impl From<DbErr> for ApiError {
                 "23503" => return ApiError::unprocessable("a referenced resource does not exist"),
                 "23514" | "23502" | "22001" | "22003" | "22P02" | "22007" | "22008" => {
                     return ApiError::unprocessable(format!("the data violates a rule of the model ({code})"));
+                }
+                // Text Postgres cannot store: a NUL character (U+0000), in a string or in JSON.
+                "22021" | "22P05" => {
+                    return ApiError::unprocessable("text must not contain the NUL character (U+0000)");
                 }
                 _ => {}
             }

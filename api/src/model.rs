@@ -93,7 +93,7 @@ fn stored<T: poem_openapi::types::ParseFromJSON>(text: &str) -> T {
 
 /// A risk as listed (without what it embeds).
 #[derive(Debug, Clone, Object)]
-#[oai(example)]
+#[oai(example, skip_serializing_if_is_none)]
 pub struct Risk {
     pub id: Uuid,
     /// Short name of the risk.
@@ -270,6 +270,7 @@ pub struct RiskPatch {
 
 /// A mitigation with its sub-actions.
 #[derive(Debug, Clone, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct Mitigation {
     pub id: Uuid,
     pub risk_id: Uuid,
@@ -503,6 +504,7 @@ pub struct RiskMatrix {
 
 /// One day of score history.
 #[derive(Debug, Clone, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct TrendPoint {
     pub day: NaiveDate,
     /// Mean score recorded that day (creations and changes); null on days without any.
@@ -521,6 +523,7 @@ pub struct Trends {
 
 /// An API token, without its secret.
 #[derive(Debug, Clone, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct TokenInfo {
     pub id: Uuid,
     pub name: String,

@@ -203,3 +203,39 @@ async fn token_verification_is_cached_and_stamps_last_used_only_on_refresh() {
     assert_eq!(app.metric("openrisk_auth_token_cache_total{result=\"hit\"}").await, 4.0);
     assert_eq!(app.count("SELECT count(*) FROM api_tokens WHERE last_used_at IS NOT NULL").await, 1);
 }
+
+#[tokio::test]
+async fn text_with_a_nul_character_is_refused_not_a_server_error() {
+    let app = spawn_app().await;
+    let token = &app.a.analyst;
+    let before = app.count("SELECT count(*) FROM risks").await;
+    let bodies = [
+        json!({"title": "a\u{0}b", "impact": 1, "probability": 1}),
+        json!({"title": "ok", "impact": 1, "probability": 1, "owner": "a\u{0}b"}),
+        json!({"title": "ok", "impact": 1, "probability": 1, "custom_fields": {"k": "a\u{0}b"}}),
+        json!({"title": "ok", "impact": 1, "probability": 1, "tags": ["a\u{0}b"]}),
+    ];
+    for body in bodies {
+        let response = app.send_json(Method::POST, "/api/v1/risks", token, body.clone()).await;
+        assert!(response.status().is_client_error(), "{body}: {}", response.status());
+        assert_problem(response, StatusCode::UNPROCESSABLE_ENTITY).await;
+    }
+    for path in ["/api/v1/risks?q=a%00b", "/api/v1/assets?q=a%00b", "/api/v1/risks?owner=a%00b"] {
+        let response = app.get(path, token).await;
+        assert!(response.status().is_client_error(), "{path}: {}", response.status());
+    }
+    assert_eq!(app.count("SELECT count(*) FROM risks").await, before, "nothing was written");
+}
+
+#[tokio::test]
+async fn custom_field_numbers_that_could_not_be_read_back_are_refused() {
+    let app = spawn_app().await;
+    let token = &app.a.analyst;
+    let risk = app.create_risk(token, "fields").await;
+    let path = format!("/api/v1/risks/{}", risk["id"].as_str().unwrap());
+    let body = json!({"custom_fields": {"k": [1.7976931348623155e308]}});
+    assert_problem(app.send_json(Method::PATCH, &path, token, body).await, StatusCode::UNPROCESSABLE_ENTITY).await;
+    let fine = json!({"custom_fields": {"k": [1.5e12, -3, {"nested": 2.5}]}});
+    assert_eq!(app.send_json(Method::PATCH, &path, token, fine).await.status(), StatusCode::OK);
+    assert_eq!(app.get(&path, token).await.status(), StatusCode::OK);
+}

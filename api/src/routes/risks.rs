@@ -232,7 +232,7 @@ impl RisksApi {
                     owner: Set(body.owner),
                     source: Set(enum_text(&body.source.unwrap_or(crate::model::RiskSource::Manual))),
                     external_id: Set(body.external_id),
-                    custom_fields: Set(serde_json::Value::Object(body.custom_fields.into_iter().collect())),
+                    custom_fields: Set(custom_fields(body.custom_fields)?),
                     frameworks: Set(body.frameworks.into_iter().map(|tag| tag.0).collect()),
                     ..Default::default()
                 }
@@ -295,7 +295,7 @@ impl RisksApi {
             poem_openapi::types::MaybeUndefined::Undefined => {}
         }
         if let Some(fields) = patch.custom_fields {
-            row.custom_fields = Set(serde_json::Value::Object(fields.into_iter().collect()));
+            row.custom_fields = Set(custom_fields(fields)?);
         }
         if let Some(frameworks) = patch.frameworks {
             row.frameworks = Set(frameworks.into_iter().map(|tag| tag.0).collect());
@@ -326,5 +326,29 @@ impl RisksApi {
         }
         commit_and_invalidate(&state, txn).await?;
         Ok(NoContent::Done)
+    }
+}
+
+/// Largest magnitude accepted for a number in `custom_fields`: Postgres keeps numbers exactly,
+/// and one near the edge of `f64` would not read back.
+const CUSTOM_FIELD_NUMBER_LIMIT: f64 = 1e300;
+
+/// The custom fields as stored, or 422 when a number could not be read back.
+fn custom_fields(fields: std::collections::BTreeMap<String, serde_json::Value>) -> Result<serde_json::Value, ApiError> {
+    fn numbers_in_range(value: &serde_json::Value) -> bool {
+        match value {
+            serde_json::Value::Number(number) => number.as_f64().is_some_and(|n| n.abs() <= CUSTOM_FIELD_NUMBER_LIMIT),
+            serde_json::Value::Array(items) => items.iter().all(numbers_in_range),
+            serde_json::Value::Object(fields) => fields.values().all(numbers_in_range),
+            _ => true,
+        }
+    }
+    let value = serde_json::Value::Object(fields.into_iter().collect());
+    if numbers_in_range(&value) {
+        Ok(value)
+    } else {
+        Err(ApiError::unprocessable(format!(
+            "custom_fields numbers must lie between -{CUSTOM_FIELD_NUMBER_LIMIT:e} and {CUSTOM_FIELD_NUMBER_LIMIT:e}"
+        )))
     }
 }

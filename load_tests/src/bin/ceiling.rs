@@ -45,7 +45,7 @@ struct Args {
     #[arg(long, default_value = "or")]
     key_prefix: String,
     /// The API's response schema version (`RESPONSE_SCHEMA_VERSION`), part of its entry keys.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = openrisk_api::cache::RESPONSE_SCHEMA_VERSION)]
     schema_version: u32,
 }
 

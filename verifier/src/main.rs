@@ -1,0 +1,406 @@
+//! `openrisk-verifier`: proves that after every fault, once the outbox is drained, every cached
+//! entry equals the database. It drives the real `openrisk-api` and `openrisk-invalidator`
+//! binaries (from the same target directory as itself) against a private Postgres and Redis.
+//!
+//! ```text
+//! openrisk-verifier --smoke                 # ≈1 minute, every fault once (CI)
+//! openrisk-verifier [--seed N]              # a few minutes, every fault three times
+//! openrisk-verifier --soak --duration 1h    # plus RSS / connection / lag sampling, growth fails
+//! ```
+//! The fault schedule derives from `--seed`; the seed is printed so a failing run can be replayed.
+//! The last line is `N passed, M failed` (checks).
+
+mod check;
+mod faults;
+mod poison;
+mod procs;
+mod soak;
+mod urls;
+mod workload;
+mod world;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+
+use crate::faults::Fault;
+use crate::world::World;
+
+#[derive(Debug, Clone, Parser)]
+#[command(name = "openrisk-verifier", about = "Chaos and soak verifier of the OpenRisk cache")]
+pub struct Config {
+    /// Seed of the fault schedule and the workload (random when absent; always printed).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Short run for CI: small data, every fault once.
+    #[arg(long, conflicts_with = "soak")]
+    pub smoke: bool,
+    /// Long run sampling RSS, Postgres connections and invalidation lag; fails on growth.
+    #[arg(long)]
+    pub soak: bool,
+    /// Soak duration, e.g. 10m or 1h.
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Soak: seconds between samples.
+    #[arg(long, default_value_t = 10)]
+    pub sample_every: u64,
+    /// Soak: seconds between faults.
+    #[arg(long, default_value_t = 60)]
+    pub fault_every: u64,
+    /// Rounds of the whole fault list (default run).
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+    /// Seeded tenants.
+    #[arg(long)]
+    pub tenants: Option<u32>,
+    /// Risks per seeded tenant.
+    #[arg(long)]
+    pub risks: Option<u32>,
+    /// Concurrent readers.
+    #[arg(long, default_value_t = 6)]
+    pub readers: usize,
+    /// Directory holding openrisk-api and openrisk-invalidator (default: next to this binary).
+    #[arg(long)]
+    pub bin_dir: Option<PathBuf>,
+    /// Where process logs go (default: target/verifier/<seed>).
+    #[arg(long)]
+    pub log_dir: Option<PathBuf>,
+    #[arg(skip)]
+    pub resolved_seed: u64,
+}
+
+impl Config {
+    pub fn seed(&self) -> u64 {
+        self.resolved_seed
+    }
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
+    let value: u64 = number.parse().map_err(|_| format!("bad duration {text:?}"))?;
+    let secs = match unit {
+        "" | "s" => value,
+        "m" => value * 60,
+        "h" => value * 3600,
+        _ => return Err(format!("bad duration unit in {text:?} (s, m or h)")),
+    };
+    Ok(Duration::from_secs(secs))
+}
+
+/// Tally of named checks.
+#[derive(Default)]
+pub struct Tally {
+    passed: usize,
+    failed: Vec<String>,
+}
+
+impl Tally {
+    pub fn record(&mut self, name: &str, failures: &[String]) {
+        if failures.is_empty() {
+            self.passed += 1;
+            println!("  ok   {name}");
+        } else {
+            println!("  FAIL {name}");
+            for failure in failures.iter().take(10) {
+                println!("       {}", failure.replace('\n', "\n       "));
+            }
+            if failures.len() > 10 {
+                println!("       … and {} more", failures.len() - 10);
+            }
+            self.failed.push(name.to_owned());
+        }
+    }
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+async fn run_check(world: &World, tally: &mut Tally, label: &str, url_limit: Option<usize>) {
+    let _gate = world.gate.write().await;
+    let outcome = check::check(world, label, url_limit).await;
+    println!(
+        "  [{label}] drained in {}, {} entries in Redis ({} live, {} dead), {} URLs compared",
+        outcome.drained_after.map_or("—".into(), |d| format!("{:.2}s", d.as_secs_f64())),
+        outcome.entries,
+        outcome.live,
+        outcome.dead,
+        outcome.urls
+    );
+    for (name, failures) in &outcome.checks {
+        tally.record(name, failures);
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let mut cfg = Config::parse();
+    cfg.resolved_seed = cfg.seed.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64 % 1_000_000_000)
+    });
+    let code = match run(cfg).await {
+        Ok(true) => 0,
+        Ok(false) => 1,
+        Err(error) => {
+            eprintln!("verifier error: {error:#}");
+            println!("0 passed, 1 failed");
+            2
+        }
+    };
+    std::process::exit(code);
+}
+
+async fn run(mut cfg: Config) -> anyhow::Result<bool> {
+    let seed = cfg.seed();
+    let mode = if cfg.smoke {
+        "smoke"
+    } else if cfg.soak {
+        "soak"
+    } else {
+        "full"
+    };
+    println!("openrisk-verifier: mode {mode}, seed {seed} (replay with --seed {seed})");
+    let exe_dir = std::env::current_exe()?.parent().map(PathBuf::from).unwrap_or_default();
+    if cfg.bin_dir.is_none() {
+        cfg.bin_dir = Some(exe_dir.clone());
+    }
+    if cfg.log_dir.is_none() {
+        let target = exe_dir.parent().map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+        cfg.log_dir = Some(target.join("verifier").join(format!("{mode}-{seed}")));
+    }
+    let tenants = cfg.tenants.unwrap_or(if cfg.smoke { 3 } else { 5 });
+    let risks = cfg.risks.unwrap_or(if cfg.smoke { 30 } else { 100 });
+    let world_cfg = world::WorldConfig {
+        seed,
+        tenants,
+        risks,
+        bin_dir: cfg.bin_dir.clone().unwrap_or_default(),
+        log_dir: cfg.log_dir.clone().unwrap_or_default(),
+    };
+    println!("  logs: {}", world_cfg.log_dir.display());
+    let started = Instant::now();
+    let world = World::start(world_cfg).await?;
+    println!(
+        "  started private Postgres, Redis, api (cache on), api-ref (cache off), 2 invalidators; {tenants} tenants × {risks} risks in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    let mut tally = Tally::default();
+    let mut tasks = workload::spawn_all(&world, cfg.readers);
+    let result = drive(&world, &cfg, &mut tally).await;
+    world.stopping.store(true, Ordering::Relaxed);
+    for task in tasks.drain(..) {
+        let _ = task.await;
+    }
+    if let Err(error) = &result {
+        tally.record("verifier ran to the end", &[format!("{error:#}")]);
+    } else {
+        world.set_phase("final");
+        run_check(&world, &mut tally, "final (workload stopped)", None).await;
+    }
+    report(&world, &mut tally, started).await;
+    for proc in &world.invalidators {
+        let mut proc = proc.lock().await;
+        if let Some(status) = proc.exited() {
+            tally.record(&format!("{} still running", proc.spec.name), &[format!("exited: {status}")]);
+        }
+    }
+    world.shutdown().await;
+    println!("{} passed, {} failed", tally.passed, tally.failed.len());
+    Ok(tally.failed.is_empty())
+}
+
+async fn drive(world: &Arc<World>, cfg: &Config, tally: &mut Tally) -> anyhow::Result<()> {
+    let seed = cfg.seed();
+    let mut rng = StdRng::seed_from_u64(seed);
+    let (before, after, url_limit) = if cfg.smoke { (1000, 1000, Some(400)) } else { (5000, 3000, Some(1500)) };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    world.set_phase("baseline");
+    run_check(world, tally, "baseline", url_limit).await;
+    {
+        let _gate = world.gate.write().await;
+        let failures = check::canary(world).await;
+        tally.record("self-test: the check reports a write that bypassed the triggers", &failures);
+    }
+    run_check(world, tally, "after the self-test repair", url_limit).await;
+
+    if cfg.soak {
+        return soak::run(world, cfg, tally, &mut rng).await;
+    }
+    let rounds = if cfg.smoke { 1 } else { cfg.rounds };
+    let mut schedule = Vec::new();
+    for _ in 0..rounds {
+        let mut round = faults::ALL.to_vec();
+        round.shuffle(&mut rng);
+        schedule.extend(round);
+    }
+    println!("  schedule: {}", schedule.iter().map(|f| f.name()).collect::<Vec<_>>().join(", "));
+    for (index, fault) in schedule.iter().enumerate() {
+        inject_and_check(world, tally, &mut rng, *fault, index, before, after, url_limit).await?;
+    }
+    poison_phase(world, tally, if cfg.smoke { 2000 } else { 5000 }).await?;
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+pub async fn inject_and_check(
+    world: &World,
+    tally: &mut Tally,
+    rng: &mut StdRng,
+    fault: Fault,
+    index: usize,
+    before_ms: u64,
+    after_ms: u64,
+    url_limit: Option<usize>,
+) -> anyhow::Result<()> {
+    world.set_phase("steady");
+    tokio::time::sleep(Duration::from_millis(before_ms)).await;
+    world.set_phase(fault.name());
+    let at = Instant::now();
+    let done = faults::inject(world, fault, rng).await;
+    let label = format!("#{} {}", index + 1, fault.name());
+    match done {
+        Ok(what) => println!("  [{label}] {what} ({:.1}s)", at.elapsed().as_secs_f64()),
+        Err(error) => {
+            tally.record(&format!("{label}: fault injected"), &[format!("{error:#}")]);
+            return Ok(());
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(after_ms)).await;
+    world.set_phase("recovery");
+    run_check(world, tally, &label, url_limit).await;
+    Ok(())
+}
+
+async fn poison_phase(world: &World, tally: &mut Tally, scale: usize) -> anyhow::Result<()> {
+    world.set_phase("poison");
+    let _gate = world.gate.write().await;
+    check::wait_drained(world, Duration::from_secs(60)).await.map_err(anyhow::Error::msg)?;
+    let started = Instant::now();
+    let outcome = poison::run(world, scale).await?;
+    println!(
+        "  [poison] {} malformed rows among {} valid ones (outbox ids {}..={}) handled in {:.1}s",
+        outcome.poison_rows,
+        outcome.valid_rows,
+        outcome.id_range.0,
+        outcome.id_range.1,
+        started.elapsed().as_secs_f64()
+    );
+    *world.poison_ids.lock().unwrap() = Some(outcome.id_range);
+    for (name, failures) in &outcome.checks {
+        tally.record(name, failures);
+    }
+    Ok(())
+}
+
+async fn report(world: &World, tally: &mut Tally, started: Instant) {
+    let stats = &world.stats;
+    let reads = stats.reads.load(Ordering::Relaxed);
+    let hits = stats.hits.load(Ordering::Relaxed);
+    println!("summary (seed {}, {:.0}s):", world.cfg.seed, started.elapsed().as_secs_f64());
+    println!(
+        "  reads {reads} (hit rate {:.1} %), API writes {}, SQL writes {} ({} refused by constraints or outages)",
+        if reads > 0 { hits as f64 * 100.0 / reads as f64 } else { 0.0 },
+        stats.api_writes.load(Ordering::Relaxed),
+        stats.sql_writes.load(Ordering::Relaxed),
+        stats.sql_write_failures.load(Ordering::Relaxed)
+    );
+    let mut samples: Vec<(f64, String)> = stats.staleness.lock().unwrap().clone();
+    samples.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let all: Vec<f64> = samples.iter().map(|s| s.0).collect();
+    let steady: Vec<f64> =
+        samples.iter().filter(|s| s.1 == "steady" || s.1 == "baseline" || s.1 == "warm-up").map(|s| s.0).collect();
+    println!(
+        "  staleness window (SQL commit → first fresh read through the cached API), {} probes: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; outside faults ({}): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; {} probes timed out (30 s)",
+        all.len(),
+        percentile(&all, 0.5) * 1e3,
+        percentile(&all, 0.99) * 1e3,
+        all.last().copied().unwrap_or(0.0) * 1e3,
+        steady.len(),
+        percentile(&steady, 0.5) * 1e3,
+        percentile(&steady, 0.99) * 1e3,
+        steady.last().copied().unwrap_or(0.0) * 1e3,
+        stats.probe_timeouts.load(Ordering::Relaxed)
+    );
+    if let Some((fault, worst)) = samples.last().map(|s| (s.1.clone(), s.0)) {
+        println!("  worst window {:.2}s during {fault}", worst);
+    }
+    if let Ok(sql) = world.sql().await {
+        let (from, to) = world.poison_ids.lock().unwrap().unwrap_or((0, -1));
+        if let Ok(row) = sql
+            .query_one(
+                "SELECT count(*), coalesce(percentile_cont(0.5) WITHIN GROUP (ORDER BY lag), 0),
+                        coalesce(percentile_cont(0.99) WITHIN GROUP (ORDER BY lag), 0), coalesce(max(lag), 0)
+                 FROM (SELECT extract(epoch FROM acked_at - created_at)::float8 AS lag FROM verifier_outbox_log
+                       WHERE acked_at IS NOT NULL AND id NOT BETWEEN $1 AND $2) AS l",
+                &[&from, &to],
+            )
+            .await
+        {
+            println!(
+                "  invalidation lag (outbox row created → acknowledged), {} events: p50 {:.1} ms, p99 {:.1} ms, max {:.2} s",
+                row.get::<_, i64>(0),
+                row.get::<_, f64>(1) * 1e3,
+                row.get::<_, f64>(2) * 1e3,
+                row.get::<_, f64>(3)
+            );
+        }
+        if let Ok(row) = sql.query_one("SELECT count(*) FROM cache_outbox_dead_letter", &[]).await {
+            println!("  dead letters: {}", row.get::<_, i64>(0));
+        }
+    }
+    let errors = stats.errors.lock().unwrap().clone();
+    let (during_pg, outside): (Vec<_>, Vec<_>) = errors.iter().partition(|e| world.in_pg_window(e.at));
+    println!(
+        "  API errors (5xx or no answer): {} in all, {} while Postgres was down (restart + {}s grace), {} outside",
+        errors.len(),
+        during_pg.len(),
+        faults::PG_GRACE.as_secs(),
+        outside.len()
+    );
+    let outside: Vec<String> = outside
+        .iter()
+        .map(|e| format!("+{:.1}s {}", e.at.duration_since(world.started).as_secs_f64(), e.what))
+        .collect();
+    tally.record("no API errors outside the windows where Postgres was down", &outside);
+    let probes = stats.isolation_probes.load(Ordering::Relaxed);
+    let violations = stats.isolation_violations.load(Ordering::Relaxed);
+    let isolation: Vec<String> = if violations > 0 {
+        vec![format!("{violations} of {probes} cross-tenant reads answered 2xx")]
+    } else {
+        Vec::new()
+    };
+    tally.record(&format!("tenant isolation ({probes} cross-tenant reads, all refused)"), &isolation);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert!(parse_duration("1d").is_err());
+        assert!(parse_duration("m").is_err());
+    }
+
+    #[test]
+    fn percentiles_pick_from_sorted_samples() {
+        assert_eq!(percentile(&[], 0.99), 0.0);
+        let samples: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&samples, 0.5), 51.0);
+        assert_eq!(percentile(&samples, 0.99), 99.0);
+    }
+}

@@ -1,0 +1,157 @@
+//! The real binaries as child processes: spawned from the build's target directory with their
+//! output in the run's log directory, signalled by pid (SIGKILL, SIGSTOP, SIGCONT, SIGTERM).
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use tokio::process::{Child, Command};
+
+/// What to start: the binary, its arguments and environment.
+#[derive(Debug, Clone)]
+pub struct Spec {
+    /// Label used in logs and reports, e.g. `api`, `api-ref`, `invalidator-1`.
+    pub name: String,
+    pub binary: PathBuf,
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    /// The HTTP address whose `/healthz` answers once the process is up.
+    pub health_addr: String,
+}
+
+/// One running process and how to start it again.
+#[derive(Debug)]
+pub struct Proc {
+    pub spec: Spec,
+    child: Option<Child>,
+    pub pid: u32,
+    pub starts: u32,
+    log_dir: PathBuf,
+}
+
+impl Proc {
+    pub async fn start(spec: Spec, log_dir: &Path) -> anyhow::Result<Self> {
+        let mut proc = Proc { spec, child: None, pid: 0, starts: 0, log_dir: log_dir.to_owned() };
+        proc.launch().await?;
+        Ok(proc)
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.log_dir.join(format!("{}.log", self.spec.name))
+    }
+
+    async fn launch(&mut self) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path())?;
+        let mut command = Command::new(&self.spec.binary);
+        command.args(&self.spec.args);
+        for (key, _) in std::env::vars() {
+            if key.starts_with("OPENRISK_")
+                || matches!(key.as_str(), "DATABASE_URL" | "REDIS_URL" | "API_ADDR" | "METRICS_ADDR")
+            {
+                command.env_remove(key);
+            }
+        }
+        command.envs(self.spec.env.iter().map(|(key, value)| (key, value)));
+        command.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log).kill_on_drop(true);
+        let child = command.spawn().with_context(|| format!("spawn {}", self.spec.binary.display()))?;
+        self.pid = child.id().unwrap_or(0);
+        self.child = Some(child);
+        self.starts += 1;
+        wait_healthy(&self.spec.health_addr, Duration::from_secs(60))
+            .await
+            .with_context(|| format!("{} did not become healthy (log: {})", self.spec.name, self.log_path().display()))
+    }
+
+    pub fn signal(&self, signal: i32) {
+        if self.pid != 0 {
+            // SAFETY: kill(2) with a pid we spawned and still own (not yet reaped).
+            unsafe {
+                libc::kill(self.pid as i32, signal);
+            }
+        }
+    }
+
+    /// SIGKILL and reap.
+    pub async fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            self.signal(libc::SIGCONT);
+            self.signal(libc::SIGKILL);
+            let _ = child.wait().await;
+        }
+    }
+
+    /// SIGTERM, then SIGKILL after `grace`.
+    pub async fn stop(&mut self, grace: Duration) {
+        if let Some(mut child) = self.child.take() {
+            self.signal(libc::SIGCONT);
+            self.signal(libc::SIGTERM);
+            if tokio::time::timeout(grace, child.wait()).await.is_err() {
+                self.signal(libc::SIGKILL);
+                let _ = child.wait().await;
+            }
+        }
+    }
+
+    /// Starts the process again with the same specification.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill().await;
+        self.launch().await
+    }
+
+    /// Whether the process has exited on its own.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.as_mut().and_then(|child| child.try_wait().ok().flatten())
+    }
+
+    /// Resident set size in kB, from /proc.
+    pub fn rss_kb(&self) -> Option<u64> {
+        rss_kb(self.pid)
+    }
+}
+
+pub fn rss_kb(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Polls `http://addr/healthz` until it answers 200.
+pub async fn wait_healthy(addr: &str, within: Duration) -> anyhow::Result<()> {
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(1)).build()?;
+    let deadline = Instant::now() + within;
+    loop {
+        if let Ok(response) = client.get(format!("http://{addr}/healthz")).send().await
+            && response.status().is_success()
+        {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("http://{addr}/healthz did not answer within {within:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Runs a binary to completion and returns its stdout (fails on a non-zero exit).
+pub async fn run_to_end(binary: &Path, args: &[&str], env: &[(String, String)]) -> anyhow::Result<String> {
+    let mut command = Command::new(binary);
+    command.args(args);
+    for (key, _) in std::env::vars() {
+        if key.starts_with("OPENRISK_") || key == "DATABASE_URL" || key == "REDIS_URL" {
+            command.env_remove(key);
+        }
+    }
+    command.envs(env.iter().map(|(key, value)| (key, value)));
+    let output = command.output().await.with_context(|| format!("run {}", binary.display()))?;
+    if !output.status.success() {
+        bail!(
+            "{} {:?} failed ({}): {}",
+            binary.display(),
+            args,
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}

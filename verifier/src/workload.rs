@@ -1,0 +1,436 @@
+//! Concurrent readers through the cached API, writers through the API and through plain SQL
+//! (every watched table; moves between parents, deletes, soft deletes, TRUNCATE), a staleness
+//! probe, and the catalog refresher. Every task stops when `World::stopping` is set.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::seq::IndexedRandom;
+use rand::{Rng, SeedableRng};
+use serde_json::json;
+use tokio::task::JoinHandle;
+use tokio_postgres::Client;
+use uuid::Uuid;
+
+use crate::urls::{random_read, risk_detail};
+use crate::world::World;
+
+pub fn spawn_all(world: &Arc<World>, readers: usize) -> Vec<JoinHandle<()>> {
+    let seed = world.cfg.seed;
+    let mut tasks = Vec::new();
+    for index in 0..readers {
+        tasks.push(tokio::spawn(reader(world.clone(), StdRng::seed_from_u64(seed ^ (0x1000 + index as u64)))));
+    }
+    tasks.push(tokio::spawn(api_writer(world.clone(), StdRng::seed_from_u64(seed ^ 0x2000))));
+    tasks.push(tokio::spawn(api_writer(world.clone(), StdRng::seed_from_u64(seed ^ 0x2001))));
+    tasks.push(tokio::spawn(sql_writer(world.clone(), StdRng::seed_from_u64(seed ^ 0x3000))));
+    tasks.push(tokio::spawn(sql_writer(world.clone(), StdRng::seed_from_u64(seed ^ 0x3001))));
+    tasks.push(tokio::spawn(probe(world.clone())));
+    tasks.push(tokio::spawn(refresher(world.clone())));
+    tasks
+}
+
+fn classify(world: &World, what: &str, result: &reqwest::Result<(u16, Vec<u8>, String)>) {
+    match result {
+        Ok((status, body, _)) if *status >= 500 => {
+            world.stats.error(format!("{what}: {status} {}", String::from_utf8_lossy(&body[..body.len().min(200)])))
+        }
+        Ok(_) => {}
+        Err(error) => world.stats.error(format!("{what}: {error}")),
+    }
+}
+
+async fn reader(world: Arc<World>, mut rng: StdRng) {
+    while !world.stopping() {
+        let tenant = world.tenants.choose(&mut rng).expect("tenants").id;
+        let catalog = world.catalog();
+        if rng.random_ratio(1, 25) {
+            isolation_probe(&world, tenant, &catalog, &mut rng).await;
+            continue;
+        }
+        let read = random_read(&world.keyspace, tenant, &catalog, &mut rng);
+        world.known.lock().unwrap().entry(read.key.clone()).or_insert_with(|| read.clone());
+        let result = world.get(&world.api_base, tenant, &read.path).await;
+        world.stats.reads.fetch_add(1, Ordering::Relaxed);
+        if let Ok((_, _, cache_status)) = &result
+            && cache_status.contains("hit")
+        {
+            world.stats.hits.fetch_add(1, Ordering::Relaxed);
+        }
+        classify(&world, &format!("GET {}", read.path), &result);
+        if rng.random_ratio(1, 4) {
+            tokio::time::sleep(Duration::from_millis(rng.random_range(1..10))).await;
+        }
+    }
+}
+
+/// Asks for another tenant's risk with this tenant's token: must be 404, from cache or not.
+async fn isolation_probe(world: &World, tenant: Uuid, catalog: &crate::world::Catalog, rng: &mut StdRng) {
+    let Some(other) = world.tenants.iter().filter(|t| t.id != tenant).collect::<Vec<_>>().choose(rng).map(|t| t.id)
+    else {
+        return;
+    };
+    let Some(risk) = catalog.tenant(other).and_then(|d| d.risks.choose(rng)).copied() else { return };
+    let result = world.get(&world.api_base, tenant, &format!("/api/v1/risks/{risk}")).await;
+    world.stats.isolation_probes.fetch_add(1, Ordering::Relaxed);
+    if let Ok((status, _, _)) = &result
+        && (200..300).contains(status)
+    {
+        world.stats.isolation_violations.fetch_add(1, Ordering::Relaxed);
+        world.stats.error(format!("ISOLATION: tenant {tenant} read risk {risk} of tenant {other}"));
+    }
+    classify(world, "GET (isolation probe)", &result);
+}
+
+async fn send(world: &World, method: reqwest::Method, tenant: Uuid, path: &str, body: Option<serde_json::Value>) {
+    let mut request =
+        world.http.request(method.clone(), format!("{}{path}", world.api_base)).bearer_auth(world.token_of(tenant));
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let result = match request.send().await {
+        Ok(response) => {
+            let status = response.status().as_u16();
+            let body = response.bytes().await.map(|b| b.to_vec()).unwrap_or_default();
+            Ok((status, body, String::new()))
+        }
+        Err(error) => Err(error),
+    };
+    world.stats.api_writes.fetch_add(1, Ordering::Relaxed);
+    classify(world, &format!("{method} {path}"), &result);
+}
+
+async fn api_writer(world: Arc<World>, mut rng: StdRng) {
+    let criticalities = ["LOW", "MEDIUM", "HIGH", "CRITICAL"];
+    let statuses = ["DRAFT", "ACTIVE", "MITIGATED", "ACCEPTED"];
+    while !world.stopping() {
+        let guard = world.gate.read().await;
+        let tenant = world.tenants.choose(&mut rng).expect("tenants").id;
+        let catalog = world.catalog();
+        let Some(data) = catalog.tenant(tenant) else {
+            drop(guard);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let n = rng.random_range(0..14);
+        let risk = data.risks.choose(&mut rng).copied();
+        let mitigation = data.mitigations.choose(&mut rng).copied();
+        let subaction = data.subactions.choose(&mut rng).copied();
+        let asset = data.assets.choose(&mut rng).copied();
+        use reqwest::Method as M;
+        match (n, risk, mitigation, subaction, asset) {
+            (0..=2, Some(risk), ..) => {
+                let body = json!({"impact": rng.random_range(1..=5), "probability": rng.random_range(1..=5),
+                    "status": statuses.choose(&mut rng).unwrap(), "title": format!("API title {}", rng.random::<u32>())});
+                send(&world, M::PATCH, tenant, &format!("/api/v1/risks/{risk}"), Some(body)).await;
+            }
+            (3, ..) => {
+                let body = json!({"title": format!("Verifier risk {}", rng.random::<u32>()), "impact": rng.random_range(1..=5),
+                    "probability": rng.random_range(1..=5), "tags": ["verifier", "audit"], "owner": "alice@example.com"});
+                send(&world, M::POST, tenant, "/api/v1/risks", Some(body)).await;
+            }
+            (4, Some(risk), ..) if data.risks.len() > 5 => {
+                send(&world, M::DELETE, tenant, &format!("/api/v1/risks/{risk}"), None).await;
+            }
+            (5, Some(risk), ..) => {
+                let body = json!({"title": format!("Mitigation {}", rng.random::<u32>()), "progress": rng.random_range(0..=100)});
+                send(&world, M::POST, tenant, &format!("/api/v1/risks/{risk}/mitigations"), Some(body)).await;
+            }
+            (6, _, Some((risk, id)), ..) => {
+                let status = *["PLANNED", "IN_PROGRESS", "DONE"].choose(&mut rng).unwrap();
+                let body = json!({"progress": rng.random_range(0..=100), "status": status});
+                send(&world, M::PATCH, tenant, &format!("/api/v1/risks/{risk}/mitigations/{id}"), Some(body)).await;
+            }
+            (7, _, Some((risk, id)), ..) if rng.random_ratio(1, 2) => {
+                send(&world, M::DELETE, tenant, &format!("/api/v1/risks/{risk}/mitigations/{id}"), None).await;
+            }
+            (8, _, Some((risk, id)), ..) => {
+                let body = json!({"title": format!("Step {}", rng.random::<u16>())});
+                send(&world, M::POST, tenant, &format!("/api/v1/risks/{risk}/mitigations/{id}/subactions"), Some(body))
+                    .await;
+            }
+            (9, _, _, Some((risk, m, id)), _) => {
+                let path = format!("/api/v1/risks/{risk}/mitigations/{m}/subactions/{id}");
+                if rng.random_ratio(1, 3) {
+                    send(&world, M::DELETE, tenant, &path, None).await;
+                } else {
+                    send(&world, M::POST, tenant, &format!("{path}/toggle"), None).await;
+                }
+            }
+            (10, .., Some(asset)) => {
+                let body = json!({"criticality": criticalities.choose(&mut rng).unwrap()});
+                send(&world, M::PATCH, tenant, &format!("/api/v1/assets/{asset}"), Some(body)).await;
+            }
+            (11, ..) => {
+                let body = json!({"name": format!("Verifier asset {}", rng.random::<u32>()), "asset_type": "server",
+                    "criticality": criticalities.choose(&mut rng).unwrap()});
+                send(&world, M::POST, tenant, "/api/v1/assets", Some(body)).await;
+            }
+            (12, Some(risk), .., Some(asset)) => {
+                let method = if rng.random_ratio(1, 2) { M::PUT } else { M::DELETE };
+                send(&world, method, tenant, &format!("/api/v1/risks/{risk}/assets/{asset}"), None).await;
+            }
+            (13, .., Some(asset)) if data.assets.len() > 4 && rng.random_ratio(1, 3) => {
+                send(&world, M::DELETE, tenant, &format!("/api/v1/assets/{asset}"), None).await;
+            }
+            _ => {}
+        }
+        drop(guard);
+        tokio::time::sleep(Duration::from_millis(rng.random_range(5..40))).await;
+    }
+}
+
+/// One plain-SQL write (another program writing the database directly).
+async fn sql_write(client: &Client, world: &World, rng: &mut StdRng) -> Result<(), tokio_postgres::Error> {
+    let tenant = world.tenants.choose(rng).expect("tenants").id;
+    let catalog = world.catalog();
+    let Some(data) = catalog.tenant(tenant) else { return Ok(()) };
+    let risk = data.risks.choose(rng).copied();
+    let other_risk = data.risks.choose(rng).copied();
+    let mitigation = data.mitigations.choose(rng).copied();
+    let other_mitigation = data.mitigations.choose(rng).copied();
+    let subaction = data.subactions.choose(rng).copied();
+    let asset = data.assets.choose(rng).copied();
+    let link = data.links.choose(rng).copied();
+    let deleted = data.deleted_risks.choose(rng).copied();
+    match rng.random_range(0..20) {
+        0..=2 => {
+            if let Some(risk) = risk {
+                let (impact, probability) = (rng.random_range(1..=5i16), rng.random_range(1..=5i16));
+                client
+                    .execute(
+                        "UPDATE risks SET impact = $2, probability = $3, updated_at = now() WHERE id = $1",
+                        &[&risk, &impact, &probability],
+                    )
+                    .await?;
+            }
+        }
+        3 => {
+            // Soft delete through SQL.
+            if let Some(risk) = risk.filter(|_| data.risks.len() > 5) {
+                client.execute("UPDATE risks SET deleted_at = now() WHERE id = $1", &[&risk]).await?;
+            }
+        }
+        4 => {
+            if let Some(risk) = deleted {
+                client.execute("UPDATE risks SET deleted_at = NULL WHERE id = $1", &[&risk]).await?;
+            }
+        }
+        5 => {
+            // Hard delete: cascades to mitigations, sub-actions, links and history.
+            if let Some(risk) = risk.filter(|_| data.risks.len() > 5 && rng.random_ratio(1, 2)) {
+                client.execute("DELETE FROM risks WHERE id = $1", &[&risk]).await?;
+            }
+        }
+        6 => {
+            // Move a mitigation (and its sub-actions) to another risk.
+            if let (Some((_, id)), Some(target)) = (mitigation, other_risk) {
+                client
+                    .execute("UPDATE mitigations SET risk_id = $2, updated_at = now() WHERE id = $1", &[&id, &target])
+                    .await?;
+            }
+        }
+        7 => {
+            // Move a sub-action to another mitigation.
+            if let (Some((_, _, id)), Some((_, target))) = (subaction, other_mitigation) {
+                client
+                    .execute("UPDATE mitigation_subactions SET mitigation_id = $2 WHERE id = $1", &[&id, &target])
+                    .await?;
+            }
+        }
+        8 => {
+            // Move a risk-asset link to another risk.
+            if let (Some((from, asset)), Some(target)) = (link, other_risk) {
+                client
+                    .execute(
+                        "UPDATE risk_assets SET risk_id = $3 WHERE tenant_id = $1 AND risk_id = $2 AND asset_id = $4
+                         AND NOT EXISTS (SELECT 1 FROM risk_assets WHERE tenant_id = $1 AND risk_id = $3 AND asset_id = $4)",
+                        &[&tenant, &from, &target, &asset],
+                    )
+                    .await?;
+            }
+        }
+        9 => {
+            if let Some(asset) = asset {
+                let criticality = *["LOW", "MEDIUM", "HIGH", "CRITICAL"].choose(rng).unwrap();
+                client.execute("UPDATE assets SET criticality = $2 WHERE id = $1", &[&asset, &criticality]).await?;
+            }
+        }
+        10 => {
+            if let (Some(risk), Some(asset)) = (risk, asset) {
+                client
+                    .execute(
+                        "INSERT INTO risk_assets (tenant_id, risk_id, asset_id) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+                        &[&tenant, &risk, &asset],
+                    )
+                    .await?;
+            }
+        }
+        11 => {
+            if let Some((risk, asset)) = link {
+                client
+                    .execute(
+                        "DELETE FROM risk_assets WHERE tenant_id = $1 AND risk_id = $2 AND asset_id = $3",
+                        &[&tenant, &risk, &asset],
+                    )
+                    .await?;
+            }
+        }
+        12 => {
+            if let Some((_, _, id)) = subaction {
+                client
+                    .execute(
+                        "UPDATE mitigation_subactions SET completed = NOT completed, updated_at = now() WHERE id = $1",
+                        &[&id],
+                    )
+                    .await?;
+            }
+        }
+        13 => {
+            if let Some((_, id)) = mitigation.filter(|_| rng.random_ratio(1, 2)) {
+                client.execute("DELETE FROM mitigations WHERE id = $1", &[&id]).await?;
+            }
+        }
+        14 => {
+            if let Some(risk) = risk {
+                client
+                    .execute(
+                        "INSERT INTO mitigations (tenant_id, risk_id, title) VALUES ($1, $2, 'SQL mitigation')",
+                        &[&tenant, &risk],
+                    )
+                    .await?;
+            }
+        }
+        15 => {
+            if let Some(risk) = risk {
+                client
+                    .execute(
+                        "INSERT INTO risk_history (tenant_id, risk_id, score, impact, probability, status, change_type)
+                         SELECT tenant_id, id, score, impact, probability, status, 'UPDATED' FROM risks WHERE id = $1",
+                        &[&risk],
+                    )
+                    .await?;
+            }
+        }
+        16 => {
+            client
+                .execute(
+                    "DELETE FROM risk_history WHERE id = (SELECT min(id) FROM risk_history WHERE tenant_id = $1)",
+                    &[&tenant],
+                )
+                .await?;
+        }
+        17 => {
+            client
+                .execute("UPDATE tenants SET name = 'Tenant ' || (random() * 1000)::int WHERE id = $1", &[&tenant])
+                .await?;
+        }
+        18 => {
+            // A multi-row statement: many events in one transaction.
+            client
+                .execute(
+                    "UPDATE risks SET probability = 1 + (probability % 5) WHERE tenant_id = $1 AND deleted_at IS NULL
+                     AND id IN (SELECT id FROM risks WHERE tenant_id = $1 ORDER BY random() LIMIT 10)",
+                    &[&tenant],
+                )
+                .await?;
+        }
+        _ => {
+            // TRUNCATE (rare): every tenant that had rows gets `all`.
+            if rng.random_ratio(1, 8) {
+                let table = *["risk_history", "mitigation_subactions", "risk_assets"].choose(rng).unwrap();
+                client.batch_execute(&format!("SET lock_timeout = '2s'; TRUNCATE {table}")).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn sql_writer(world: Arc<World>, mut rng: StdRng) {
+    let mut client: Option<Client> = None;
+    while !world.stopping() {
+        if client.as_ref().is_none_or(Client::is_closed) {
+            client = world.sql().await.ok();
+            if client.is_none() {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        }
+        let guard = world.gate.read().await;
+        let result = sql_write(client.as_ref().expect("connected"), &world, &mut rng).await;
+        drop(guard);
+        world.stats.sql_writes.fetch_add(1, Ordering::Relaxed);
+        if result.is_err() {
+            // Constraint races (a row deleted meanwhile) and Postgres restarts: expected.
+            world.stats.sql_write_failures.fetch_add(1, Ordering::Relaxed);
+        }
+        tokio::time::sleep(Duration::from_millis(rng.random_range(5..40))).await;
+    }
+}
+
+/// Measures the staleness window of plain-SQL writes: commit a new title of one risk, then read
+/// it through the cached API until the new title shows.
+async fn probe(world: Arc<World>) {
+    let tenant = world.tenants[0].id;
+    let mut client: Option<Client> = None;
+    let mut risk: Option<Uuid> = None;
+    let mut round = 0u64;
+    while !world.stopping() {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        if client.as_ref().is_none_or(Client::is_closed) {
+            client = world.sql().await.ok();
+            continue;
+        }
+        let sql = client.as_ref().expect("connected");
+        if risk.is_none() {
+            risk = sql
+                .query_one(
+                    "INSERT INTO risks (tenant_id, title, impact, probability) VALUES ($1, 'probe', 1, 1) RETURNING id",
+                    &[&tenant],
+                )
+                .await
+                .ok()
+                .map(|row| row.get(0));
+            continue;
+        }
+        let risk_id = risk.expect("probe risk");
+        let read = risk_detail(&world.keyspace, tenant, risk_id);
+        world.known.lock().unwrap().entry(read.key.clone()).or_insert_with(|| read.clone());
+        // Make sure it is cached, so the window is the cache's and not a miss.
+        let _ = world.get(&world.api_base, tenant, &read.path).await;
+        let guard = world.gate.read().await;
+        round += 1;
+        let title = format!("probe {round}");
+        if sql.execute("UPDATE risks SET title = $2 WHERE id = $1", &[&risk_id, &title]).await.is_err() {
+            continue;
+        }
+        let committed = Instant::now();
+        let needle = format!("\"title\":\"{title}\"");
+        let phase = world.phase();
+        let mut fresh = false;
+        while committed.elapsed() < Duration::from_secs(30) && !world.stopping() {
+            if let Ok((200, body, _)) = world.get(&world.api_base, tenant, &read.path).await
+                && String::from_utf8_lossy(&body).contains(&needle)
+            {
+                fresh = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        drop(guard);
+        if fresh {
+            world.stats.staleness.lock().unwrap().push((committed.elapsed().as_secs_f64(), phase));
+        } else if !world.stopping() {
+            world.stats.probe_timeouts.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+async fn refresher(world: Arc<World>) {
+    while !world.stopping() {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let _ = world.refresh_catalog().await;
+    }
+}

@@ -1,0 +1,393 @@
+//! The system under test: a private Postgres and Redis, the API twice (cache on, and cache off as
+//! the reference), two invalidator replicas, seeded tenants with tokens, and what the workload
+//! has learned (ids, requested URLs, errors, staleness samples).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use openrisk_shared::Keyspace;
+use openrisk_test_support::{PrivatePostgres, PrivateRedis, with_database};
+use tokio_postgres::{Client, NoTls};
+use uuid::Uuid;
+
+use crate::procs::{Proc, Spec, run_to_end};
+use crate::urls::ReadUrl;
+
+/// Invalidator poll interval used in every run (pauses are made longer than this).
+pub const POLL_INTERVAL_MS: u64 = 500;
+/// Outbox rows per invalidator batch: small, so a SIGKILL lands mid-batch.
+pub const BATCH_SIZE: u32 = 50;
+
+/// What the verifier's command line decided about the system under test.
+#[derive(Debug, Clone)]
+pub struct WorldConfig {
+    pub seed: u64,
+    pub tenants: u32,
+    pub risks: u32,
+    pub bin_dir: PathBuf,
+    pub log_dir: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct Tenant {
+    pub id: Uuid,
+    pub slug: String,
+    pub token: String,
+}
+
+/// Ids of one tenant, as last read from the database.
+#[derive(Debug, Default, Clone)]
+pub struct TenantData {
+    pub risks: Vec<Uuid>,
+    pub deleted_risks: Vec<Uuid>,
+    /// (risk, mitigation)
+    pub mitigations: Vec<(Uuid, Uuid)>,
+    /// (risk, mitigation, sub-action)
+    pub subactions: Vec<(Uuid, Uuid, Uuid)>,
+    pub assets: Vec<Uuid>,
+    /// (risk, asset)
+    pub links: Vec<(Uuid, Uuid)>,
+}
+
+#[derive(Debug, Default)]
+pub struct Catalog {
+    by_tenant: HashMap<Uuid, TenantData>,
+}
+
+impl Catalog {
+    pub fn tenant(&self, id: Uuid) -> Option<&TenantData> {
+        self.by_tenant.get(&id)
+    }
+
+    pub async fn load(client: &Client) -> Result<Self, tokio_postgres::Error> {
+        let mut by_tenant: HashMap<Uuid, TenantData> = HashMap::new();
+        // The staleness probe's risks ("probe …") are left out so no writer touches them.
+        for row in client
+            .query("SELECT tenant_id, id, deleted_at IS NOT NULL FROM risks WHERE title NOT LIKE 'probe%'", &[])
+            .await?
+        {
+            let data = by_tenant.entry(row.get(0)).or_default();
+            if row.get::<_, bool>(2) { data.deleted_risks.push(row.get(1)) } else { data.risks.push(row.get(1)) }
+        }
+        for row in client.query("SELECT tenant_id, risk_id, id FROM mitigations", &[]).await? {
+            by_tenant.entry(row.get(0)).or_default().mitigations.push((row.get(1), row.get(2)));
+        }
+        for row in client
+            .query(
+                "SELECT s.tenant_id, m.risk_id, s.mitigation_id, s.id FROM mitigation_subactions s
+                 JOIN mitigations m ON m.tenant_id = s.tenant_id AND m.id = s.mitigation_id",
+                &[],
+            )
+            .await?
+        {
+            by_tenant.entry(row.get(0)).or_default().subactions.push((row.get(1), row.get(2), row.get(3)));
+        }
+        for row in client.query("SELECT tenant_id, id FROM assets", &[]).await? {
+            by_tenant.entry(row.get(0)).or_default().assets.push(row.get(1));
+        }
+        for row in client.query("SELECT tenant_id, risk_id, asset_id FROM risk_assets", &[]).await? {
+            by_tenant.entry(row.get(0)).or_default().links.push((row.get(1), row.get(2)));
+        }
+        for data in by_tenant.values_mut() {
+            data.risks.sort();
+            data.deleted_risks.sort();
+            data.mitigations.sort();
+            data.subactions.sort();
+            data.assets.sort();
+            data.links.sort();
+        }
+        Ok(Self { by_tenant })
+    }
+}
+
+/// One API error (5xx or no answer), kept to classify it against the Postgres-down windows.
+#[derive(Debug, Clone)]
+pub struct ApiErrorRecord {
+    pub at: Instant,
+    pub what: String,
+}
+
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub reads: AtomicU64,
+    pub hits: AtomicU64,
+    pub api_writes: AtomicU64,
+    pub sql_writes: AtomicU64,
+    pub sql_write_failures: AtomicU64,
+    pub isolation_probes: AtomicU64,
+    pub isolation_violations: AtomicU64,
+    pub errors: Mutex<Vec<ApiErrorRecord>>,
+    /// (seconds from commit to the first fresh read, fault phase)
+    pub staleness: Mutex<Vec<(f64, String)>>,
+    pub probe_timeouts: AtomicU64,
+}
+
+impl Stats {
+    pub fn error(&self, what: String) {
+        self.errors.lock().unwrap().push(ApiErrorRecord { at: Instant::now(), what });
+    }
+}
+
+pub struct World {
+    pub cfg: WorldConfig,
+    pub log_dir: PathBuf,
+    pub pg: Arc<Mutex<PrivatePostgres>>,
+    pub redis_server: Arc<Mutex<PrivateRedis>>,
+    pub admin_url: String,
+    pub db_url: String,
+    pub redis_url: String,
+    pub prefix: String,
+    pub keyspace: Keyspace,
+    pub api: tokio::sync::Mutex<Proc>,
+    pub api_ref: tokio::sync::Mutex<Proc>,
+    pub api_base: String,
+    pub ref_base: String,
+    pub invalidators: Vec<tokio::sync::Mutex<Proc>>,
+    pub tenants: Vec<Tenant>,
+    pub http: reqwest::Client,
+    pub catalog: std::sync::RwLock<Arc<Catalog>>,
+    /// Every URL requested, by entry key.
+    pub known: Mutex<HashMap<String, ReadUrl>>,
+    /// Writers hold it shared per write; the checker takes it exclusively to freeze the data.
+    pub gate: tokio::sync::RwLock<()>,
+    pub stats: Stats,
+    /// Intervals in which Postgres was down (stop .. back up + grace).
+    pub pg_windows: Mutex<Vec<(Instant, Option<Instant>)>>,
+    pub phase: Mutex<String>,
+    /// Outbox ids of the injected poison phase (left out of the lag statistics).
+    pub poison_ids: Mutex<Option<(i64, i64)>>,
+    pub stopping: AtomicBool,
+    pub started: Instant,
+}
+
+impl World {
+    pub fn phase(&self) -> String {
+        self.phase.lock().unwrap().clone()
+    }
+
+    pub fn set_phase(&self, phase: &str) {
+        *self.phase.lock().unwrap() = phase.to_owned();
+    }
+
+    pub fn catalog(&self) -> Arc<Catalog> {
+        self.catalog.read().unwrap().clone()
+    }
+
+    pub async fn sql(&self) -> anyhow::Result<Client> {
+        connect(&self.db_url, "openrisk-verifier").await
+    }
+
+    pub async fn refresh_catalog(&self) -> anyhow::Result<()> {
+        let client = self.sql().await?;
+        let catalog = Catalog::load(&client).await?;
+        *self.catalog.write().unwrap() = Arc::new(catalog);
+        Ok(())
+    }
+
+    pub async fn redis(&self) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
+        let client = redis::Client::open(self.redis_url.as_str())?;
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(Duration::from_secs(10)));
+        client.get_multiplexed_async_connection_with_config(&config).await
+    }
+
+    pub fn token_of(&self, tenant: Uuid) -> &str {
+        &self.tenants.iter().find(|t| t.id == tenant).expect("known tenant").token
+    }
+
+    /// GET `path` from `base` as `tenant`: (status, body, Cache-Status).
+    pub async fn get(&self, base: &str, tenant: Uuid, path: &str) -> reqwest::Result<(u16, Vec<u8>, String)> {
+        let response = self.http.get(format!("{base}{path}")).bearer_auth(self.token_of(tenant)).send().await?;
+        let status = response.status().as_u16();
+        let cache_status =
+            response.headers().get("cache-status").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+        let body = response.bytes().await?.to_vec();
+        Ok((status, body, cache_status))
+    }
+
+    pub fn in_pg_window(&self, at: Instant) -> bool {
+        self.pg_windows.lock().unwrap().iter().any(|(from, to)| at >= *from && to.is_none_or(|to| at <= to))
+    }
+}
+
+/// A port nothing listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("bind port 0")
+}
+
+pub async fn connect(url: &str, application: &str) -> anyhow::Result<Client> {
+    let mut config: tokio_postgres::Config = url.parse()?;
+    config.application_name(application).connect_timeout(Duration::from_secs(3));
+    let (client, connection) = config.connect(NoTls).await?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(client)
+}
+
+fn bin(cfg: &WorldConfig, name: &str) -> anyhow::Result<PathBuf> {
+    let path = cfg.bin_dir.join(name);
+    if !path.exists() {
+        bail!("{} not found: build it first (cargo build -p {name})", path.display());
+    }
+    Ok(path)
+}
+
+/// Audit trail of the outbox in the private database: every row inserted and when it was
+/// acknowledged, so a failure can print a tenant's event history and the lag is measured.
+const AUDIT_SQL: &str = "
+CREATE TABLE verifier_outbox_log (
+    id bigint PRIMARY KEY, tenant_id uuid, table_name text, op text, tags text[],
+    created_at timestamptz, acked_at timestamptz);
+CREATE FUNCTION verifier_outbox_log_insert() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO verifier_outbox_log (id, tenant_id, table_name, op, tags, created_at)
+    VALUES (NEW.id, NEW.tenant_id, NEW.table_name, NEW.op, NEW.tags, NEW.created_at);
+    RETURN NULL;
+END $$;
+CREATE FUNCTION verifier_outbox_log_delete() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE verifier_outbox_log SET acked_at = clock_timestamp() WHERE id = OLD.id;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER verifier_log_insert AFTER INSERT ON cache_outbox FOR EACH ROW EXECUTE FUNCTION verifier_outbox_log_insert();
+CREATE TRIGGER verifier_log_delete AFTER DELETE ON cache_outbox FOR EACH ROW EXECUTE FUNCTION verifier_outbox_log_delete();
+";
+
+impl World {
+    pub async fn start(cfg: WorldConfig) -> anyhow::Result<Arc<World>> {
+        let log_dir = cfg.log_dir.clone();
+        std::fs::create_dir_all(&log_dir)?;
+        let api_bin = bin(&cfg, "openrisk-api")?;
+        let inv_bin = bin(&cfg, "openrisk-invalidator")?;
+
+        let (pg, redis_server) =
+            tokio::task::spawn_blocking(|| (PrivatePostgres::start(), PrivateRedis::start())).await?;
+        let admin_url = pg.admin_url();
+        let redis_url = redis_server.url();
+        configure_redis(&redis_url).await?;
+        let admin = connect(&admin_url, "openrisk-verifier").await?;
+        admin.batch_execute("CREATE DATABASE openrisk").await?;
+        let db_url = with_database(&admin_url, "openrisk");
+        let prefix = format!("vf{}", cfg.seed % 100_000);
+        let base_env = vec![
+            ("DATABASE_URL".to_owned(), db_url.clone()),
+            ("REDIS_URL".to_owned(), redis_url.clone()),
+            ("OPENRISK_CACHE__KEY_PREFIX".to_owned(), prefix.clone()),
+            ("OPENRISK_LOG__FILTER".to_owned(), "info".to_owned()),
+        ];
+        run_to_end(&api_bin, &["migrate"], &base_env).await.context("openrisk-api migrate")?;
+        connect(&db_url, "openrisk-verifier").await?.batch_execute(AUDIT_SQL).await.context("audit trail")?;
+        let tenants_arg = cfg.tenants.to_string();
+        let risks_arg = cfg.risks.to_string();
+        run_to_end(&api_bin, &["seed", "--tenants", &tenants_arg, "--risks", &risks_arg], &base_env)
+            .await
+            .context("openrisk-api seed")?;
+        let sql = connect(&db_url, "openrisk-verifier").await?;
+        let mut tenants = Vec::new();
+        for row in sql.query("SELECT id, slug FROM tenants ORDER BY slug", &[]).await? {
+            let slug: String = row.get(1);
+            let out =
+                run_to_end(&api_bin, &["token", "create", "--tenant", &slug, "--role", "analyst"], &base_env).await?;
+            let token = out.lines().last().unwrap_or_default().trim().to_owned();
+            tenants.push(Tenant { id: row.get(0), slug, token });
+        }
+        // Every risk gets searchable, taggable text the list filters hit.
+        sql.batch_execute(
+            "UPDATE risks SET tags = tags || ARRAY['verifier'] WHERE id IN (SELECT id FROM risks ORDER BY id LIMIT 5)",
+        )
+        .await?;
+
+        let api_port = free_port();
+        let ref_port = free_port();
+        let api_spec = |name: &str, port: u16, enabled: bool| Spec {
+            name: name.to_owned(),
+            binary: api_bin.clone(),
+            args: vec!["serve".into()],
+            env: base_env
+                .iter()
+                .cloned()
+                .chain([
+                    ("API_ADDR".to_owned(), format!("127.0.0.1:{port}")),
+                    ("OPENRISK_CACHE__ENABLED".to_owned(), enabled.to_string()),
+                ])
+                .collect(),
+            health_addr: format!("127.0.0.1:{port}"),
+        };
+        let api = Proc::start(api_spec("api", api_port, true), &log_dir).await?;
+        let api_ref = Proc::start(api_spec("api-ref", ref_port, false), &log_dir).await?;
+        let mut invalidators = Vec::new();
+        for index in 1..=2 {
+            let port = free_port();
+            let spec = Spec {
+                name: format!("invalidator-{index}"),
+                binary: inv_bin.clone(),
+                args: vec!["run".into(), "--mode".into(), "listen".into()],
+                env: base_env
+                    .iter()
+                    .cloned()
+                    .chain([
+                        ("METRICS_ADDR".to_owned(), format!("127.0.0.1:{port}")),
+                        ("OPENRISK_INVALIDATOR__POLL_INTERVAL_MS".to_owned(), POLL_INTERVAL_MS.to_string()),
+                        ("OPENRISK_INVALIDATOR__BATCH_SIZE".to_owned(), BATCH_SIZE.to_string()),
+                    ])
+                    .collect(),
+                health_addr: format!("127.0.0.1:{port}"),
+            };
+            invalidators.push(tokio::sync::Mutex::new(Proc::start(spec, &log_dir).await?));
+        }
+        let catalog = Catalog::load(&sql).await?;
+        let world = World {
+            keyspace: Keyspace::new(prefix.clone()),
+            cfg,
+            log_dir,
+            pg: Arc::new(Mutex::new(pg)),
+            redis_server: Arc::new(Mutex::new(redis_server)),
+            admin_url,
+            db_url,
+            redis_url,
+            prefix,
+            api: tokio::sync::Mutex::new(api),
+            api_ref: tokio::sync::Mutex::new(api_ref),
+            api_base: format!("http://127.0.0.1:{api_port}"),
+            ref_base: format!("http://127.0.0.1:{ref_port}"),
+            invalidators,
+            tenants,
+            http: reqwest::Client::builder().timeout(Duration::from_secs(15)).pool_max_idle_per_host(32).build()?,
+            catalog: std::sync::RwLock::new(Arc::new(catalog)),
+            known: Mutex::new(HashMap::new()),
+            gate: tokio::sync::RwLock::new(()),
+            stats: Stats::default(),
+            pg_windows: Mutex::new(Vec::new()),
+            phase: Mutex::new("warm-up".into()),
+            poison_ids: Mutex::new(None),
+            stopping: AtomicBool::new(false),
+            started: Instant::now(),
+        };
+        Ok(Arc::new(world))
+    }
+
+    pub fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::Relaxed)
+    }
+
+    pub async fn shutdown(&self) {
+        for proc in [&self.api, &self.api_ref].into_iter().chain(self.invalidators.iter()) {
+            proc.lock().await.stop(Duration::from_secs(5)).await;
+        }
+    }
+}
+
+/// The eviction policy the protocol requires (versions carry no TTL and are never evicted).
+pub async fn configure_redis(url: &str) -> anyhow::Result<()> {
+    let client = redis::Client::open(url)?;
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    let _: () =
+        redis::cmd("CONFIG").arg("SET").arg("maxmemory-policy").arg("volatile-lru").query_async(&mut conn).await?;
+    Ok(())
+}
