@@ -2,11 +2,13 @@
 # What the cache triggers cost a writer: pgbench single-row UPDATEs against an identical table
 # with and without cache_watch, side by side in one run, alternating so machine noise hits both.
 #
-#   load_tests/trigger_cost.sh                  # 16 clients, 2 rounds of 15 s per variant
-#   CLIENTS=4 SECONDS_PER_RUN=10 ROUNDS=3 load_tests/trigger_cost.sh
+#   load_tests/trigger_cost.sh                  # 16 clients, 3 rounds of 15 s per variant
+#   CLIENTS=4 SECONDS_PER_RUN=10 ROUNDS=5 load_tests/trigger_cost.sh
 #
 # Variants:
 #   plain            no trigger
+#   floor            a hand-written plpgsql trigger doing nothing but one INSERT of (tenant, tags)
+#                    into a two-column table: what any row trigger writing an outbox costs here
 #   watched          cache_watch trigger, outbox insert, nobody parked (no NOTIFY), outbox undrained
 #   watched+drained  as watched, while an invalidator replica drains the outbox (--mode poll)
 #   watched+listen   as watched, drained by a replica in the default listen mode (parks when idle)
@@ -18,7 +20,7 @@ cd "$(dirname "$0")/.."
 
 CLIENTS="${CLIENTS:-16}"
 SECONDS_PER_RUN="${SECONDS_PER_RUN:-15}"
-ROUNDS="${ROUNDS:-2}"
+ROUNDS="${ROUNDS:-3}"
 ROWS="${ROWS:-10000}"
 ADMIN_URL="${ADMIN_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
 DB="openrisk_bench_triggers"
@@ -37,10 +39,20 @@ CREATE TABLE bench_plain (id int PRIMARY KEY, tenant_id uuid NOT NULL, value big
 CREATE TABLE bench_watched (id int PRIMARY KEY, tenant_id uuid NOT NULL, value bigint NOT NULL);
 INSERT INTO bench_plain SELECT g, '00000000-0000-0000-0000-000000000001', 0 FROM generate_series(1, $ROWS) g;
 INSERT INTO bench_watched SELECT * FROM bench_plain;
+CREATE TABLE bench_floor (LIKE bench_plain INCLUDING ALL);
+INSERT INTO bench_floor SELECT * FROM bench_plain;
+CREATE TABLE bench_floor_outbox (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, tenant_id uuid NOT NULL, tags text[] NOT NULL);
+CREATE FUNCTION bench_floor_capture() RETURNS trigger LANGUAGE plpgsql AS \$\$
+BEGIN
+    INSERT INTO bench_floor_outbox (tenant_id, tags) VALUES (NEW.tenant_id, ARRAY['bench:' || NEW.id, 'bench']);
+    RETURN NULL;
+END
+\$\$;
+CREATE TRIGGER bench_floor_capture AFTER UPDATE ON bench_floor FOR EACH ROW EXECUTE FUNCTION bench_floor_capture();
 SELECT cache_watch('bench_watched', 'r.tenant_id', \$\$ARRAY['bench:' || r.id, 'bench']\$\$);
 VACUUM ANALYZE;
 SQL
-for table in plain watched; do
+for table in plain floor watched; do
     cat >"$work/$table.sql" <<SQL
 \set id random(1, $ROWS)
 UPDATE bench_$table SET value = value + 1 WHERE id = :id;
@@ -53,9 +65,11 @@ run() { # run NAME TABLE -> prints TPS
 }
 
 declare -A total
-for variant in plain watched watched+drained watched+listen watched+parked; do total[$variant]=0; done
+for variant in plain floor watched watched+drained watched+listen watched+parked; do total[$variant]=0; done
 for round in $(seq 1 "$ROUNDS"); do
     total[plain]=$(echo "${total[plain]} + $(run plain plain)" | bc)
+    total[floor]=$(echo "${total[floor]} + $(run floor floor)" | bc)
+    psql "$DB_URL" -qc "TRUNCATE bench_floor_outbox"
     psql "$DB_URL" -qc "TRUNCATE cache_outbox"
     total[watched]=$(echo "${total[watched]} + $(run watched watched)" | bc)
     psql "$DB_URL" -qc "TRUNCATE cache_outbox"
@@ -82,7 +96,7 @@ done
 
 echo "| variant ($CLIENTS clients, ${ROUNDS} × ${SECONDS_PER_RUN} s) | TPS | % of plain |"
 echo "|---|---|---|"
-for variant in plain watched watched+drained watched+listen watched+parked; do
+for variant in plain floor watched watched+drained watched+listen watched+parked; do
     tps=$(echo "scale=0; ${total[$variant]} / $ROUNDS" | bc)
     pct=$(echo "scale=1; 100 * ${total[$variant]} / ${total[plain]}" | bc)
     echo "| $variant | $tps | $pct % |"

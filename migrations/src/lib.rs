@@ -27,6 +27,7 @@ pub const MIGRATIONS: &[Migration] = &[
     Migration { version: 2, name: "cache_outbox", sql: include_str!("../sql/0002_cache_outbox.sql") },
     Migration { version: 3, name: "watch_openrisk", sql: include_str!("../sql/0003_watch_openrisk.sql") },
     Migration { version: 4, name: "risk_assets_by_risk", sql: include_str!("../sql/0004_risk_assets_by_risk.sql") },
+    Migration { version: 5, name: "lean_capture_triggers", sql: include_str!("../sql/0005_lean_capture_triggers.sql") },
 ];
 
 /// Advisory lock held while migrating, so two runners never apply the same file.

@@ -294,6 +294,59 @@ async fn a_new_table_is_watched_with_one_sql_call() {
     assert!(events_after(&client, mark).await.is_empty());
 }
 
+/// The generator's edge cases: rows with no tenant, rows with no tags, bulk statements, and a
+/// watched table that must be unwatched before it can be dropped.
+#[tokio::test]
+async fn watched_rows_without_tenant_or_tags_and_bulk_statements() {
+    let db = TestDatabase::create().await;
+    let client = db.connect().await;
+    let t = tenant(&client, "acme").await;
+    client
+        .batch_execute(
+            "CREATE TABLE notes (id int PRIMARY KEY, tenant_id uuid, topic text);
+             SELECT cache_watch('notes', 'r.tenant_id', $$ARRAY['note:' || r.topic]$$);",
+        )
+        .await
+        .unwrap();
+
+    // A NULL tenant is refused with a message naming the table, for every kind of change.
+    let no_tenant = |error: tokio_postgres::Error| {
+        let message = error.as_db_error().map(|e| e.message().to_string()).unwrap_or_default();
+        assert!(message.contains("notes row maps to no tenant"), "{error:?}");
+    };
+    no_tenant(client.execute("INSERT INTO notes VALUES (1, NULL, 'a')", &[]).await.expect_err("insert"));
+    client.execute("INSERT INTO notes VALUES (1, $1, 'a'), (2, $1, 'b')", &[&t]).await.unwrap();
+    no_tenant(client.execute("UPDATE notes SET tenant_id = NULL WHERE id = 1", &[]).await.expect_err("update"));
+
+    // A row whose tags are all NULL invalidates nothing, and says so by writing no event.
+    let mark = last_event_id(&client).await;
+    client.execute("INSERT INTO notes VALUES (3, $1, NULL)", &[&t]).await.unwrap();
+    client.execute("UPDATE notes SET id = 4 WHERE id = 3", &[]).await.unwrap();
+    assert!(events_after(&client, mark).await.is_empty());
+
+    // One statement over many rows emits one event per changed row, old and new tags together.
+    let mark = last_event_id(&client).await;
+    client.execute("UPDATE notes SET topic = CASE id WHEN 1 THEN 'c' ELSE topic END", &[]).await.unwrap();
+    let events = events_after(&client, mark).await;
+    assert_eq!(events, vec![("notes".into(), "UPDATE".into(), t, tags(&["note:a".into(), "note:c".into()]))]);
+    let mark = last_event_id(&client).await;
+    client.execute("DELETE FROM notes", &[]).await.unwrap();
+    let mut deleted: Vec<Vec<String>> = events_after(&client, mark).await.into_iter().map(|event| event.3).collect();
+    deleted.sort();
+    assert_eq!(deleted, vec![vec!["note:b".to_string()], vec!["note:c".to_string()]]);
+
+    // The generated functions take the table's row type, so it cannot be dropped while watched.
+    let error = client.batch_execute("DROP TABLE notes").await.expect_err("still watched");
+    assert!(error.as_db_error().is_some_and(|e| e.message().contains("depend")), "{error:?}");
+    client.batch_execute("SELECT cache_unwatch('notes'); DROP TABLE notes").await.unwrap();
+    let leftovers: i64 = client
+        .query_one("SELECT count(*) FROM pg_proc WHERE proname LIKE 'cache\\_%\\_notes'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(leftovers, 0, "cache_unwatch drops the generated functions");
+}
+
 #[tokio::test]
 async fn constraint_violations_are_rejected() {
     let db = TestDatabase::create().await;
