@@ -28,6 +28,11 @@ pub const MIGRATIONS: &[Migration] = &[
     Migration { version: 3, name: "watch_openrisk", sql: include_str!("../sql/0003_watch_openrisk.sql") },
     Migration { version: 4, name: "risk_assets_by_risk", sql: include_str!("../sql/0004_risk_assets_by_risk.sql") },
     Migration { version: 5, name: "lean_capture_triggers", sql: include_str!("../sql/0005_lean_capture_triggers.sql") },
+    Migration {
+        version: 6,
+        name: "outbox_without_txid_index",
+        sql: include_str!("../sql/0006_outbox_without_txid_index.sql"),
+    },
 ];
 
 /// Advisory lock held while migrating, so two runners never apply the same file.

@@ -71,17 +71,24 @@ impl Db {
         result
     }
 
+    /// Begins a write transaction and notes where its outbox rows will start (for [`Db::commit`]).
     pub async fn begin(&self) -> Result<DatabaseTransaction, ApiError> {
-        Ok(self.conn.begin().await?)
+        let txn = self.conn.begin().await?;
+        txn.execute_unprepared("SELECT set_config('openrisk.outbox_position', cache_outbox_position()::text, true)")
+            .await?;
+        Ok(txn)
     }
 
-    /// Commits `txn` after reading the outbox rows its own triggers wrote (same transaction id),
+    /// Commits `txn` after reading the outbox rows its own triggers wrote (same transaction id,
+    /// ids past the position noted by [`Db::begin`]: a short primary-key range, no txid index),
     /// so the caller can invalidate those tags right away (read-your-writes). The rows stay in
     /// the outbox for the invalidator, which remains the source of truth.
     pub async fn commit(&self, txn: DatabaseTransaction) -> Result<Invalidations, ApiError> {
         let started = Instant::now();
         let rows = OutboxRow::find_by_statement(stmt(
-            "SELECT tenant_id, tags FROM cache_outbox WHERE txid = pg_current_xact_id()",
+            "SELECT tenant_id, tags FROM cache_outbox
+             WHERE id > coalesce(nullif(current_setting('openrisk.outbox_position', true), '')::bigint, 0)
+               AND txid = pg_current_xact_id()",
             [],
         ))
         .all(&txn)
