@@ -251,8 +251,9 @@ pub async fn check(world: &World, label: &str, url_limit: Option<usize>) -> Chec
 
 /// Proves the check can fail: a write that bypasses the triggers (`session_replication_role =
 /// replica`, so no outbox row) leaves a cached risk detail stale, and the entry check must name
-/// that entry and nothing that cannot contain the risk (a cached list may also hold it). An ordinary write then repairs it. Returns the failures of this self-test.
-/// The caller must hold the writers' gate exclusively.
+/// that entry and nothing that cannot contain the risk (a cached list may also hold it). An
+/// ordinary write then repairs it. Returns the failures of this self-test. The caller must hold
+/// the writers' gate exclusively.
 pub async fn canary(world: &World) -> Vec<String> {
     let tenant = world.tenants[0].id;
     // Writers are held: the catalog read now is exact.
