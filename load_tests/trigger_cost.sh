@@ -69,8 +69,7 @@ for variant in plain floor watched watched+drained watched+listen watched+parked
 for round in $(seq 1 "$ROUNDS"); do
     total[plain]=$(echo "${total[plain]} + $(run plain plain)" | bc)
     total[floor]=$(echo "${total[floor]} + $(run floor floor)" | bc)
-    psql "$DB_URL" -qc "TRUNCATE bench_floor_outbox"
-    psql "$DB_URL" -qc "TRUNCATE cache_outbox"
+    psql "$DB_URL" -qc "TRUNCATE bench_floor_outbox, cache_outbox"
     total[watched]=$(echo "${total[watched]} + $(run watched watched)" | bc)
     psql "$DB_URL" -qc "TRUNCATE cache_outbox"
     for mode in poll listen; do
