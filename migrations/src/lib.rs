@@ -33,6 +33,7 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "outbox_without_txid_index",
         sql: include_str!("../sql/0006_outbox_without_txid_index.sql"),
     },
+    Migration { version: 7, name: "watch_name_collisions", sql: include_str!("../sql/0007_watch_name_collisions.sql") },
 ];
 
 /// Advisory lock held while migrating, so two runners never apply the same file.

@@ -347,6 +347,58 @@ async fn watched_rows_without_tenant_or_tags_and_bulk_statements() {
     assert_eq!(leftovers, 0, "cache_unwatch drops the generated functions");
 }
 
+/// Generated function names leave out the schema and are cut at 63 bytes; a second table that
+/// would get the first one's trigger function is refused, and the first keeps its own events.
+#[tokio::test]
+async fn tables_whose_generated_names_would_collide_are_refused() {
+    let db = TestDatabase::create().await;
+    let client = db.connect().await;
+    let t = tenant(&client, "acme").await;
+    let long = "a_long_table_name_whose_trigger_function_name_is_cut";
+    client
+        .batch_execute(&format!(
+            "CREATE SCHEMA audit;
+             CREATE TABLE notes (id int PRIMARY KEY, tenant_id uuid NOT NULL, topic text);
+             CREATE TABLE audit.notes (id int PRIMARY KEY, tenant_id uuid NOT NULL, who text);
+             CREATE TABLE {long}_one (id int PRIMARY KEY, tenant_id uuid NOT NULL);
+             CREATE TABLE {long}_two (id int PRIMARY KEY, tenant_id uuid NOT NULL);
+             SELECT cache_watch('notes', 'r.tenant_id', $$ARRAY['note:' || r.topic]$$);
+             SELECT cache_watch('{long}_one', 'r.tenant_id', $$ARRAY['one:' || r.id]$$);"
+        ))
+        .await
+        .unwrap();
+    // Watching a table again under a new mapping is not a collision.
+    client.batch_execute("SELECT cache_watch('notes', 'r.tenant_id', $$ARRAY['note:' || r.topic]$$)").await.unwrap();
+
+    for (table, holder) in [("audit.notes", "notes".to_string()), (&format!("{long}_two"), format!("{long}_one"))] {
+        let error = client
+            .batch_execute(&format!("SELECT cache_watch('{table}', 'r.tenant_id', $$ARRAY['x']$$)"))
+            .await
+            .expect_err("colliding names");
+        let error = error.as_db_error().expect("a database error");
+        assert_eq!(error.code(), &tokio_postgres::error::SqlState::DUPLICATE_FUNCTION);
+        assert!(error.message().contains(&format!("with the watched table {holder}")), "{error:?}");
+    }
+
+    let mark = last_event_id(&client).await;
+    client
+        .batch_execute(&format!(
+            "INSERT INTO notes VALUES (1, '{t}', 'kept');
+             INSERT INTO audit.notes VALUES (1, '{t}', 'unwatched');
+             INSERT INTO {long}_one VALUES (7, '{t}');
+             INSERT INTO {long}_two VALUES (8, '{t}');"
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        events_after(&client, mark).await,
+        vec![
+            ("notes".into(), "INSERT".into(), t, tags(&["note:kept".into()])),
+            (format!("{long}_one"), "INSERT".into(), t, tags(&["one:7".into()])),
+        ]
+    );
+}
+
 #[tokio::test]
 async fn constraint_violations_are_rejected() {
     let db = TestDatabase::create().await;
