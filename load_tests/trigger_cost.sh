@@ -27,7 +27,7 @@ SECONDS_PER_RUN="${SECONDS_PER_RUN:-15}"
 ROUNDS="${ROUNDS:-3}"
 ROWS="${ROWS:-10000}"
 ADMIN_URL="${ADMIN_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
-DB="openrisk_bench_triggers"
+DB="$TRIGGER_BENCH_DB"
 DB_URL="${ADMIN_URL%/*}/$DB"
 UNWATCHED_URL="${DB_URL}_unwatched"
 work="$(mktemp -d)"
@@ -96,4 +96,4 @@ for workload in "${risk_workloads[@]}"; do
     pct=$(echo "scale=1; 100 * ${total[$workload]} / ${total[$workload+unwatched]}" | bc)
     echo "| $workload | $unwatched | $watched | $pct % |"
 done
-psql "$ADMIN_URL" -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" -c "DROP DATABASE IF EXISTS ${DB}_unwatched WITH (FORCE)"
+trigger_drop "$ADMIN_URL" "$DB"

@@ -19,7 +19,7 @@ FEW="${FEW:-100}"
 MANY="${MANY:-600}"
 ROWS="${ROWS:-10000}"
 PG_BIN="${PG_BIN:-$(pg_config --bindir)}"
-DB="openrisk_bench_triggers"
+DB="$TRIGGER_BENCH_DB"
 work="$(mktemp -d)"
 data="$work/data"
 trap '[ -f "$data/postmaster.pid" ] && as_postgres "$PG_BIN/pg_ctl" -D "$data" stop -m immediate >/dev/null; rm -rf "$work"' EXIT

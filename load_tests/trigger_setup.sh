@@ -11,13 +11,21 @@
 #                               outbox row; impact: re-scored, a history row, two outbox rows)
 # Expects the release openrisk-api in ${CARGO_TARGET_DIR:-target}/release (for `migrate`).
 
+# shellcheck disable=SC2034 # read by the scripts that source this file
+TRIGGER_BENCH_DB="openrisk_bench_triggers"
 TRIGGER_BENCH_TENANT="00000000-0000-0000-0000-000000000001"
+
+# trigger_drop ADMIN_URL DB: drops DB and DB_unwatched where they exist.
+trigger_drop() {
+    PGOPTIONS="-c client_min_messages=warning" psql "$1" -qc "DROP DATABASE IF EXISTS $2 WITH (FORCE)" \
+        -c "DROP DATABASE IF EXISTS ${2}_unwatched WITH (FORCE)"
+}
 
 trigger_setup() {
     local admin_url="$1" db="$2" rows="$3" work="$4"
     local db_url="${admin_url%/*}/$db" tenant="$TRIGGER_BENCH_TENANT"
-    PGOPTIONS="-c client_min_messages=warning" psql "$admin_url" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" \
-        -c "DROP DATABASE IF EXISTS ${db}_unwatched WITH (FORCE)" -c "CREATE DATABASE $db"
+    trigger_drop "$admin_url" "$db"
+    psql "$admin_url" -qc "CREATE DATABASE $db"
     DATABASE_URL="$db_url" "${CARGO_TARGET_DIR:-target}"/release/openrisk-api migrate >/dev/null
     PGOPTIONS="-c client_min_messages=warning" psql "$db_url" -q -v ON_ERROR_STOP=1 >/dev/null <<SQL
 INSERT INTO tenants (id, slug, name) VALUES ('$tenant', 'bench', 'bench');
