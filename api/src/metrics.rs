@@ -116,7 +116,7 @@ impl Metrics {
             .expect("valid gauge"),
             redis_duration: histogram(
                 "openrisk_redis_command_duration_seconds",
-                "Latency of the cache protocol's Redis calls, by operation (lookup, fill, snapshot, invalidate).",
+                "Latency of the cache protocol's Redis calls, by operation (lookup, create_versions, fill, invalidate).",
                 &["operation"],
             ),
             db_duration: histogram(

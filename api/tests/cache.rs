@@ -3,6 +3,7 @@
 
 mod common;
 
+use openrisk_shared::CacheStatus;
 use std::time::Duration;
 
 use common::{FillGate, cache_status, spawn_app, spawn_app_with};
@@ -19,12 +20,12 @@ async fn a_get_misses_then_hits_with_the_same_bytes_and_answers_304_to_its_etag(
 
     let first = app.get(&path, &app.a.viewer).await;
     assert_eq!(first.status(), StatusCode::OK);
-    assert_eq!(cache_status(&first), "openrisk; fwd=miss; stored");
+    assert_eq!(cache_status(&first), CacheStatus::Stored);
     let etag = first.headers()["etag"].to_str().unwrap().to_owned();
     let first_body = first.bytes().await.unwrap();
 
     let second = app.get(&path, &app.a.viewer).await;
-    assert_eq!(cache_status(&second), "openrisk; hit");
+    assert_eq!(cache_status(&second), CacheStatus::Hit);
     assert_eq!(second.headers()["etag"].to_str().unwrap(), etag);
     assert_eq!(second.headers()["content-type"].to_str().unwrap(), "application/json; charset=utf-8");
     assert_eq!(second.bytes().await.unwrap(), first_body, "a hit returns the stored bytes");
@@ -47,19 +48,19 @@ async fn normalised_parameters_share_one_entry() {
     let app = spawn_app().await;
     app.create_risk(&app.a.analyst, "One").await;
     let first = app.get("/api/v1/risks", &app.a.viewer).await;
-    assert!(cache_status(&first).contains("stored"));
+    assert!(cache_status(&first) == CacheStatus::Stored);
     for same in
         ["/api/v1/risks?page=1", "/api/v1/risks?limit=20&page=1&sort_by=created_at&sort_dir=desc", "/api/v1/risks/"]
     {
-        assert_eq!(cache_status(&app.get(same, &app.a.viewer).await), "openrisk; hit", "{same}");
+        assert_eq!(cache_status(&app.get(same, &app.a.viewer).await), CacheStatus::Hit, "{same}");
     }
-    assert_eq!(cache_status(&app.get("/api/v1/risks?q=ONE", &app.a.viewer).await), "openrisk; fwd=miss; stored");
+    assert_eq!(cache_status(&app.get("/api/v1/risks?q=ONE", &app.a.viewer).await), CacheStatus::Stored);
     assert_eq!(
         cache_status(&app.get("/api/v1/risks?q=one", &app.a.viewer).await),
-        "openrisk; hit",
+        CacheStatus::Hit,
         "search is case-insensitive"
     );
-    assert!(cache_status(&app.get("/api/v1/risks?page=2", &app.a.viewer).await).contains("fwd=miss"));
+    assert!(cache_status(&app.get("/api/v1/risks?page=2", &app.a.viewer).await).is_miss());
 }
 
 #[tokio::test]
@@ -91,7 +92,7 @@ async fn every_cached_get_reads_its_own_writes() {
     let warm = || async {
         for read in &reads {
             app.get(read, token).await;
-            assert_eq!(cache_status(&app.get(read, token).await), "openrisk; hit", "{read} is cached");
+            assert_eq!(cache_status(&app.get(read, token).await), CacheStatus::Hit, "{read} is cached");
         }
     };
 
@@ -131,13 +132,13 @@ async fn a_risk_detail_is_invalidated_by_changes_to_its_linked_assets_made_by_pl
     let path = format!("/api/v1/risks/{risk_id}");
     app.request(Method::PUT, &format!("{path}/assets/{asset_id}"), token).send().await.unwrap();
     app.get(&path, token).await;
-    assert_eq!(cache_status(&app.get(&path, token).await), "openrisk; hit");
+    assert_eq!(cache_status(&app.get(&path, token).await), CacheStatus::Hit);
 
     // Another program renames the asset; only the invalidator (here: drain_outbox) tells Redis.
     app.sql(&format!("UPDATE assets SET name = 'Renamed by SQL' WHERE id = '{asset_id}'")).await;
     app.drain_outbox().await;
     let detail = app.get(&path, token).await;
-    assert!(cache_status(&detail).contains("fwd=miss"), "asset:<id> was registered for the detail");
+    assert!(cache_status(&detail).is_miss(), "a change to a linked asset invalidates risk:<id>");
     let detail: Value = detail.json().await.unwrap();
     assert_eq!(detail["assets"][0]["name"], "Renamed by SQL");
 
@@ -192,11 +193,11 @@ async fn the_stale_fill_race_never_stores_the_old_value() {
         //    before the write), but nothing stale is stored.
         gate.release();
         let held = reader.await.unwrap();
-        assert_eq!(cache_status(&held), "openrisk; fwd=miss; detail=fill-rejected");
+        assert_eq!(cache_status(&held), CacheStatus::FillRejected);
         assert_ne!(held.json::<Value>().await.unwrap()["title"], new_title);
         // 4. Every later read sees the new value.
         let after = app.get(&path, &app.a.viewer).await;
-        assert!(cache_status(&after).contains("fwd=miss"), "the old value was not stored");
+        assert!(cache_status(&after).is_miss(), "the old value was not stored");
         assert_eq!(after.json::<Value>().await.unwrap()["title"], new_title);
         assert_eq!(app.get(&path, &app.a.viewer).await.json::<Value>().await.unwrap()["title"], new_title);
     }
@@ -204,7 +205,7 @@ async fn the_stale_fill_race_never_stores_the_old_value() {
 }
 
 #[tokio::test]
-async fn a_link_made_while_reading_the_detail_is_discovered_and_protects_the_fill() {
+async fn a_linked_asset_changed_while_the_detail_is_read_rejects_its_fill() {
     let gate = FillGate::default();
     let app = spawn_app_with(RedisNamespace::new(), |_| {}, AppOptions { before_fill: Some(gate.hook()) }).await;
     let token = &app.a.analyst;
@@ -214,7 +215,8 @@ async fn a_link_made_while_reading_the_detail_is_discovered_and_protects_the_fil
     let path = format!("/api/v1/risks/{risk_id}");
     app.request(Method::PUT, &format!("{path}/assets/{asset_id}"), token).send().await.unwrap();
 
-    // The detail read discovers asset:<id>; an asset change between read and fill rejects it.
+    // The asset's change invalidates risk:<id> (the triggers map it to every linked risk), so
+    // the change landing between the detail's read and its fill rejects the fill.
     gate.arm("/api/v1/risks/{id}");
     let reader = {
         let (client, url, token) = (app.client.clone(), format!("{}{path}", app.url), app.a.viewer.clone());
@@ -224,7 +226,7 @@ async fn a_link_made_while_reading_the_detail_is_discovered_and_protects_the_fil
     app.sql(&format!("UPDATE assets SET name = 'Changed' WHERE id = '{asset_id}'")).await;
     app.drain_outbox().await;
     gate.release();
-    assert_eq!(cache_status(&reader.await.unwrap()), "openrisk; fwd=miss; detail=fill-rejected");
+    assert_eq!(cache_status(&reader.await.unwrap()), CacheStatus::FillRejected);
     let detail: Value = app.get(&path, token).await.json().await.unwrap();
     assert_eq!(detail["assets"][0]["name"], "Changed");
 }
@@ -264,8 +266,8 @@ async fn concurrent_misses_on_one_key_do_one_database_read() {
         bodies.push(body);
     }
     assert!(bodies.windows(2).all(|pair| pair[0] == pair[1]), "everyone got the same answer");
-    assert_eq!(statuses.iter().filter(|status| status.as_str() == "openrisk; fwd=miss; stored").count(), 1);
-    assert_eq!(statuses.iter().filter(|status| status.contains("collapsed")).count(), READERS - 1);
+    assert_eq!(statuses.iter().filter(|status| **status == CacheStatus::Stored).count(), 1);
+    assert_eq!(statuses.iter().filter(|status| **status == CacheStatus::Collapsed).count(), READERS - 1);
     let reads = app.metric("openrisk_db_query_duration_seconds_count{query=\"risk_list\"}").await - reads_before;
     assert_eq!(reads, 1.0, "one database read for {READERS} concurrent misses");
     assert_eq!(app.metric(waits).await, (READERS - 1) as f64);
@@ -280,9 +282,49 @@ async fn with_the_cache_disabled_everything_is_served_from_postgres() {
     for _ in 0..2 {
         let response = app.get(&path, &app.a.viewer).await;
         assert_eq!(response.status(), StatusCode::OK);
-        assert_eq!(cache_status(&response), "openrisk; fwd=bypass; detail=disabled");
+        assert_eq!(cache_status(&response), CacheStatus::Disabled);
     }
     assert!(app.redis.keys().is_empty(), "nothing was written to Redis");
     let ready: Value = app.client.get(format!("{}/readyz", app.url)).send().await.unwrap().json().await.unwrap();
     assert_eq!((ready["status"].as_str(), ready["redis"].as_str()), (Some("ready"), Some("disabled")));
+}
+
+#[tokio::test]
+async fn reads_of_ids_that_do_not_exist_answer_404_and_leave_no_redis_keys() {
+    let app = spawn_app().await;
+    let risk = app.create_risk(&app.a.analyst, "Exists").await;
+    let risk_id = risk["id"].as_str().unwrap();
+    let before = app.redis.keys();
+    for _ in 0..100 {
+        let invented = uuid::Uuid::new_v4();
+        for path in [
+            format!("/api/v1/risks/{invented}"),
+            format!("/api/v1/assets/{invented}"),
+            format!("/api/v1/risks/{risk_id}/mitigations/{invented}"),
+            format!("/api/v1/risks/{invented}/mitigations/{invented}"),
+        ] {
+            assert_eq!(app.get(&path, &app.a.viewer).await.status(), StatusCode::NOT_FOUND, "{path}");
+        }
+    }
+    assert_eq!(app.redis.keys(), before, "404s created no Redis state");
+}
+
+#[tokio::test]
+async fn a_detail_miss_reads_the_database_once_when_its_versions_exist() {
+    let app = spawn_app().await;
+    let risk = app.create_risk(&app.a.analyst, "Read once").await;
+    let path = format!("/api/v1/risks/{}", risk["id"].as_str().unwrap());
+    let reads = || app.metric("openrisk_db_query_duration_seconds_count{query=\"risk_get\"}");
+    let start = reads().await;
+    assert_eq!(cache_status(&app.get(&path, &app.a.viewer).await), CacheStatus::Stored);
+    assert_eq!(reads().await - start, 2.0, "the first read proves the row exists, the second is filled");
+
+    // A write replaces the versions instead of deleting them: the next miss reads once.
+    app.sql(&format!("UPDATE risks SET title = 'Changed' WHERE id = '{}'", risk["id"].as_str().unwrap())).await;
+    app.drain_outbox().await;
+    let start = reads().await;
+    let after = app.get(&path, &app.a.viewer).await;
+    assert_eq!(cache_status(&after), CacheStatus::Stored);
+    assert_eq!(reads().await - start, 1.0);
+    assert_eq!(after.json::<Value>().await.unwrap()["title"], "Changed");
 }

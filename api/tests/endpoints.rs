@@ -268,7 +268,7 @@ async fn health_readiness_metrics_and_docs_are_served() {
     assert!(spec["paths"]["/api/v1/risks/{id}"].is_object());
 
     let list = app.get("/api/v1/risks", &app.a.viewer).await;
-    assert!(cache_status(&list).contains("fwd=miss"));
+    assert!(cache_status(&list).is_miss());
     let metrics = app.metrics().await;
     for name in [
         "openrisk_http_requests_total{method=\"GET\",route=\"/api/v1/risks\",status=\"200\"}",

@@ -4,6 +4,7 @@
 mod common;
 
 use common::{assert_problem, cache_status, spawn_app};
+use openrisk_shared::CacheStatus;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -42,7 +43,7 @@ async fn another_tenant_sees_none_of_it_through_the_cache_or_around_it() {
     // A warms the cache with everything.
     for path in [&risk_path, &asset_path, &mitigation_path] {
         app.get(path, a).await;
-        assert_eq!(cache_status(&app.get(path, a).await), "openrisk; hit", "{path}");
+        assert_eq!(cache_status(&app.get(path, a).await), CacheStatus::Hit, "{path}");
     }
     for path in
         ["/api/v1/risks", "/api/v1/assets", "/api/v1/stats", "/api/v1/stats/risk-matrix", "/api/v1/stats/trends"]
@@ -99,7 +100,7 @@ async fn another_tenant_sees_none_of_it_through_the_cache_or_around_it() {
 
     // A's data is untouched, and A's cached entries survived B's attempts.
     let detail = app.get(&risk_path, a).await;
-    assert_eq!(cache_status(&detail), "openrisk; hit");
+    assert_eq!(cache_status(&detail), CacheStatus::Hit);
     let detail: Value = detail.json().await.unwrap();
     assert_eq!(detail["title"], "A's secret risk");
     assert_eq!(detail["mitigations"][0]["subactions"][0]["title"], "A's step");
@@ -120,11 +121,11 @@ async fn the_same_query_of_two_tenants_uses_two_entries() {
     let app = spawn_app().await;
     app.create_risk(&app.a.analyst, "Only in A").await;
     let a_list = app.get("/api/v1/risks", &app.a.viewer).await;
-    assert!(cache_status(&a_list).contains("stored"));
+    assert!(cache_status(&a_list) == CacheStatus::Stored);
     let b_list = app.get("/api/v1/risks", &app.b.viewer).await;
-    assert!(cache_status(&b_list).contains("fwd=miss"), "B does not hit A's entry");
+    assert!(cache_status(&b_list).is_miss(), "B does not hit A's entry");
     assert_eq!(b_list.json::<Value>().await.unwrap()["total"], 0);
     // A write of B leaves A's entry alone.
     app.create_risk(&app.b.analyst, "Only in B").await;
-    assert_eq!(cache_status(&app.get("/api/v1/risks", &app.a.viewer).await), "openrisk; hit");
+    assert_eq!(cache_status(&app.get("/api/v1/risks", &app.a.viewer).await), CacheStatus::Hit);
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use backon::{BackoffBuilder, ExponentialBuilder};
 use openrisk_shared::config::{Settings, WakeMode};
 use openrisk_shared::keys::{Keyspace, Tag};
-use openrisk_shared::protocol;
+use openrisk_shared::protocol::{self, Reclaimable};
 use redis::AsyncConnectionConfig;
 use redis::aio::MultiplexedConnection;
 use tokio_postgres::Client;
@@ -200,38 +200,53 @@ impl Worker {
         }
         let claimed_at = Instant::now();
         // On a Redis error the transaction is dropped and rolled back: the rows come back.
-        let (tags, unlinked) = self.apply(redis, &batch.events).await?;
+        let (tags, reclaimable) = self.apply(redis, &batch.events).await?;
         let confirmed_after = claimed_at.elapsed();
         for poison in &batch.poison {
             tracing::warn!(event_id = poison.row.id, reason = %poison.reason, "poison event moved to cache_outbox_dead_letter");
         }
         outbox::dead_letter(&transaction, &batch).await?;
         transaction.commit().await?;
-        self.record(&batch, tags, unlinked, confirmed_after);
+        self.record(&batch, tags, confirmed_after);
+        self.reclaim_in_background(redis, reclaimable);
         Ok(batch.len())
     }
 
-    fn record(&self, batch: &Batch, tags: u64, unlinked: u64, confirmed_after: Duration) {
+    /// Unlinks the entries of the member sets a batch moved aside, off the batch path: they can
+    /// no longer be read, so this is only memory and must not delay the next batch.
+    fn reclaim_in_background(&self, redis: &MultiplexedConnection, reclaimable: Reclaimable) {
+        if reclaimable.is_empty() {
+            return;
+        }
+        let (mut redis, metrics) = (redis.clone(), self.metrics.clone());
+        tokio::spawn(async move {
+            match protocol::reclaim(&mut redis, &reclaimable).await {
+                Ok(unlinked) => metrics.keys_deleted.inc_by(unlinked),
+                Err(error) => tracing::warn!(%error, "reclaiming invalidated entries stopped; the rest expires"),
+            }
+        });
+    }
+
+    fn record(&self, batch: &Batch, tags: u64, confirmed_after: Duration) {
         let metrics = &self.metrics;
         metrics.batches.inc();
         metrics.batch_size.observe(batch.len() as f64);
         metrics.events_processed.inc_by(batch.events.len() as u64);
         metrics.poison_events.inc_by(batch.poison.len() as u64);
         metrics.tags_invalidated.inc_by(tags);
-        metrics.keys_deleted.inc_by(unlinked);
         for claimed in &batch.events {
             metrics.lag_seconds.observe((claimed.age_at_claim + confirmed_after).as_secs_f64());
         }
-        tracing::debug!(events = batch.len(), tags, unlinked, "batch applied");
+        tracing::debug!(events = batch.len(), tags, "batch applied");
     }
 
     /// Invalidates every tag of the batch, collapsed per tenant, concurrently over the
-    /// multiplexed connection. Returns (distinct tags, entries unlinked).
+    /// multiplexed connection. Returns the distinct tags and the member sets to reclaim.
     async fn apply(
         &self,
         redis: &mut MultiplexedConnection,
         events: &[ClaimedEvent],
-    ) -> redis::RedisResult<(u64, u64)> {
+    ) -> redis::RedisResult<(u64, Reclaimable)> {
         let mut by_tenant: HashMap<Uuid, BTreeSet<Tag>> = HashMap::new();
         for claimed in events {
             by_tenant.entry(claimed.event.tenant_id).or_default().extend(claimed.event.tags.iter().cloned());
@@ -248,8 +263,11 @@ impl Worker {
                 })
                 .collect::<Vec<_>>()
         });
-        let unlinked: u64 = futures::future::try_join_all(calls).await?.into_iter().sum();
-        Ok((distinct as u64, unlinked))
+        let mut reclaimable = Reclaimable::default();
+        for moved in futures::future::try_join_all(calls).await? {
+            reclaimable.extend(moved);
+        }
+        Ok((distinct as u64, reclaimable))
     }
 
     /// The outbox is empty: park (if this replica leads) and wait for a wake-up, the poll

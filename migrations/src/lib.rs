@@ -34,6 +34,11 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../sql/0006_outbox_without_txid_index.sql"),
     },
     Migration { version: 7, name: "watch_name_collisions", sql: include_str!("../sql/0007_watch_name_collisions.sql") },
+    Migration {
+        version: 8,
+        name: "assets_invalidate_linked_risks",
+        sql: include_str!("../sql/0008_assets_invalidate_linked_risks.sql"),
+    },
 ];
 
 /// Advisory lock held while migrating, so two runners never apply the same file.

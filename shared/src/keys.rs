@@ -3,15 +3,24 @@
 //! script touches a single slot.
 //!
 //! ```text
-//! <prefix>:{<tenant>}:e:<schema>:<resource>:<params hash>   cached response (hash: b, e, t)
-//! <prefix>:{<tenant>}:v:<tag>                               tag version token (no TTL)
+//! <prefix>:{<tenant>}:e2:<schema>:<resource>:<params hash>  cached response (versions, etag, body)
+//! <prefix>:{<tenant>}:v:<tag>                               tag version token
 //! <prefix>:{<tenant>}:m:<tag>                               set of entry keys built from <tag>
+//! <prefix>:{<tenant>}:g:<token>:<tag>                       a member set invalidation moved aside
 //! ```
+//!
+//! Every key has a TTL. The `e2` names the entry format of the protocol in
+//! [`crate::protocol`]: entries of another format (`e:` was the first) are never read, while
+//! versions and member sets keep their names across formats, so a fleet running both during a
+//! rolling upgrade still invalidates each other's entries.
 
 use std::fmt;
 
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
+
+/// The entry format of [`crate::protocol`], part of every entry key: bump it with the format.
+pub const ENTRY_FORMAT: u32 = 2;
 
 /// Longest tag accepted (prefix, colon and identifier).
 pub const MAX_TAG_LEN: usize = 200;
@@ -67,6 +76,17 @@ impl Tag {
         Tag(Self::ALL.to_owned())
     }
 
+    /// Whether the tag names one row (`kind:id`) rather than a collection: a row tag may carry
+    /// an id a client made up, so its version is created only once a read showed the row exists.
+    pub fn names_a_row(&self) -> bool {
+        self.0.contains(':')
+    }
+
+    /// Whether this is the tenant-wide tag, which has no member set (it covers every entry).
+    pub fn is_tenant_wide(&self) -> bool {
+        self.0 == Self::ALL
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -93,8 +113,7 @@ impl Keyspace {
         &self.prefix
     }
 
-    /// `<prefix>:{<tenant>}:`, the start of every key of the tenant; the scripts append
-    /// `v:<tag>` or `m:<tag>` to it.
+    /// `<prefix>:{<tenant>}:`, the start of every key of the tenant.
     pub fn tenant_base(&self, tenant: Uuid) -> String {
         format!("{}:{{{}}}:", self.prefix, tenant)
     }
@@ -105,6 +124,17 @@ impl Keyspace {
 
     pub fn members_key(&self, tenant: Uuid, tag: &Tag) -> String {
         format!("{}m:{}", self.tenant_base(tenant), tag)
+    }
+
+    /// Where an invalidation moves `tag`'s member set, under the invalidation's own `token`.
+    pub fn reclaim_key(&self, tenant: Uuid, tag: &Tag, token: &str) -> String {
+        format!("{}g:{}:{}", self.tenant_base(tenant), token, tag)
+    }
+
+    /// A `SCAN MATCH` pattern for every cached entry of every tenant (for checks, never the
+    /// request path).
+    pub fn entry_pattern(&self) -> String {
+        format!("{}:{{*}}:e{ENTRY_FORMAT}:*", self.prefix)
     }
 
     /// Key of a cached response. `schema` changes whenever a response shape changes, so a deploy
@@ -122,7 +152,7 @@ impl Keyspace {
             hasher.update(value.as_bytes());
         }
         let digest = hex::encode(&hasher.finalize()[..16]);
-        format!("{}e:{}:{}:{}", self.tenant_base(tenant), schema, resource, digest)
+        format!("{}e{ENTRY_FORMAT}:{}:{}:{}", self.tenant_base(tenant), schema, resource, digest)
     }
 }
 
@@ -151,6 +181,7 @@ mod tests {
         for key in [
             keyspace.version_key(tenant, &tag),
             keyspace.members_key(tenant, &tag),
+            keyspace.reclaim_key(tenant, &tag, "0123abcd"),
             keyspace.entry_key(tenant, 1, "risks", &[("page", "1".into())]),
         ] {
             assert!(key.starts_with(&format!("or:{slot}:")), "{key}");

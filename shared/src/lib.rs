@@ -1,7 +1,8 @@
 //! What the OpenRisk API and the invalidator must agree on, defined once: configuration, the
 //! Redis key and tag scheme, the cache consistency protocol (its Lua scripts), the invalidation
-//! event read from the outbox, and telemetry set-up.
+//! event read from the outbox, the `Cache-Status` values, and telemetry set-up.
 
+pub mod cache_status;
 pub mod config;
 pub mod db;
 pub mod event;
@@ -10,5 +11,6 @@ pub mod metrics;
 pub mod protocol;
 pub mod telemetry;
 
+pub use cache_status::CacheStatus;
 pub use config::{ConfigError, Settings};
 pub use keys::{Keyspace, Tag, TagError};

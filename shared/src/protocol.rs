@@ -1,167 +1,144 @@
-//! The cache consistency protocol: how the API reads and fills entries and how invalidation
-//! removes them, as three Lua scripts that each run atomically inside Redis. The argument for
-//! why no stale entry survives an invalidation is in `docs/consistency.md`; in short:
+//! The cache consistency protocol: how the API looks entries up and fills them, and how
+//! invalidation makes them unreadable. The argument for why no stale entry is ever served is in
+//! `docs/consistency.md`; in short:
 //!
-//! * every tag has a *version*: a random token stored at `v:<tag>`, created on first use;
-//! * a reader records the versions of the tags its response depends on **before** it reads
-//!   Postgres ([`lookup`] does this on a miss, in the same round trip as the lookup);
-//! * the fill ([`fill`]) stores the entry only if every recorded version is still current, and
-//!   stores the versions with it;
-//! * invalidation ([`invalidate`]) deletes the versions of the tags (and eagerly unlinks the
-//!   entries registered under them), so a fill that read the database before the write cannot
-//!   land after it, and a hit re-checks the versions so an entry whose tag was invalidated (or
-//!   whose version vanished in a flush, restart or eviction) is never served.
+//! * every tag has a *version*: a random token at `v:<tag>`, written only when a reader has read
+//!   a row that exists ([`create_missing_versions`]) and replaced by every invalidation;
+//! * an entry stores, in front of its body, the versions of every tag it was built from;
+//! * a hit is **one `MGET`** of the entry and the current versions of its tags ([`lookup`]): the
+//!   entry is served only if every stored version is present and equal to the current one. One
+//!   command reads all of them at one instant, so no Lua runs and nothing is written on a hit;
+//! * on a miss the same reply is the reader's *snapshot*, taken before it reads Postgres; the
+//!   fill ([`fill`]) stores the entry only if every version still equals the snapshot;
+//! * invalidation ([`invalidate`]) replaces each tag's version with a fresh random token, which
+//!   at once makes every entry built under the old one unreadable, however many there are. The
+//!   entries themselves are only memory by then: the same call moves the tag's member set aside
+//!   and [`reclaim`] unlinks its entries later, a bounded chunk per command.
 //!
-//! Versions are random, never counters, so a version lost in `FLUSHALL` or a restart is never
-//! recreated with the value an older reader holds.
+//! A version that is absent matches nothing: a hit needs every version present, and a fill
+//! needs every version equal to a token the reader saw. So a version lost to `FLUSHALL`, a
+//! restart, eviction (under any policy) or expiry acts as an invalidation of its tag, and tokens
+//! are random so a lost version is never recreated with a value an older reader holds.
+//!
+//! Every key a command or script touches is passed as a key (none is built inside Lua) and all
+//! of them carry the tenant's `{tenant}` hash tag, so every call touches one Redis Cluster slot.
 
 use std::sync::LazyLock;
 
+use bytes::Bytes;
 use redis::Script;
 use redis::aio::ConnectionLike;
 use uuid::Uuid;
 
 use crate::keys::{Keyspace, Tag};
 
+/// Members unlinked per Redis command by [`reclaim`]: bounds the time one command holds Redis,
+/// whatever the number of entries cached under a tag.
+pub const RECLAIM_CHUNK: usize = 256;
+
+/// A current entry: the stored response bytes and their entity tag.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// The response body, shared with the Redis reply it came in (no copy).
+    pub body: Bytes,
+    pub etag: String,
+}
+
 /// What a lookup found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Lookup {
-    /// A current entry: the stored response bytes and their entity tag.
-    Hit { body: Vec<u8>, etag: String },
-    /// No current entry; the versions of the requested tags, to hand to [`fill`].
-    Miss { snapshot: Snapshot },
+    Hit(Entry),
+    /// No current entry; the versions read in the same command, to hand to [`fill`].
+    Miss(Snapshot),
 }
 
-/// Tag versions recorded before a database read.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// The versions of a read's tags as one lookup saw them, before the read went to Postgres.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Snapshot {
-    versions: Vec<(Tag, String)>,
+    tags: Vec<Tag>,
+    /// Parallel to `tags`; `None` where the tag had no version.
+    tokens: Vec<Option<String>>,
 }
 
 impl Snapshot {
-    pub fn tags(&self) -> impl Iterator<Item = &Tag> {
-        self.versions.iter().map(|(tag, _)| tag)
+    /// Whether every tag had a version. Only a complete snapshot can protect a fill: a data read
+    /// made while a tag had none must be repeated after [`create_missing_versions`].
+    pub fn is_complete(&self) -> bool {
+        self.tokens.iter().all(Option::is_some)
     }
 
-    pub fn covers(&self, tag: &Tag) -> bool {
-        self.versions.iter().any(|(known, _)| known == tag)
+    pub fn tags(&self) -> &[Tag] {
+        &self.tags
     }
 
-    fn extend(&mut self, tags: &[Tag], tokens: Vec<String>) {
-        self.versions.extend(tags.iter().cloned().zip(tokens));
+    /// Whether only collection tags (never a row tag) lack a version: their versions may be
+    /// created before the database read, since no client-invented id is involved.
+    pub fn lacks_only_collection_versions(&self) -> bool {
+        self.tags.iter().zip(&self.tokens).all(|(tag, token)| token.is_some() || !tag.names_a_row())
     }
 }
 
-/// Returns the entry if it is current; otherwise records (creating when absent) the versions of
-/// `tags`. Stale entries found on the way are unlinked.
-static LOOKUP: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
-local entry = redis.call('HMGET', KEYS[1], 'b', 'e', 't')
-local base = ARGV[1]
-if entry[1] then
-  local current = true
-  for tag, token in string.gmatch(entry[3], '([^ =]+)=([^ ]+)') do
-    if redis.call('GET', base .. 'v:' .. tag) ~= token then
-      current = false
-      break
-    end
-  end
-  if current then
-    return {'hit', entry[1], entry[2]}
-  end
-  redis.call('UNLINK', KEYS[1])
-end
-local out = {'miss'}
-for i = 3, #ARGV do
-  local key = base .. 'v:' .. ARGV[i]
-  local version = redis.call('GET', key)
-  if not version then
-    redis.call('SET', key, ARGV[2])
-    version = ARGV[2]
-  end
-  out[#out + 1] = version
-end
-return out
-"#,
-    )
-});
+/// The stored form of an entry: a header line of `tag=version` pairs, a line with the entity
+/// tag, then the body bytes as served.
+fn encode_entry(snapshot: &Snapshot, etag: &str, body: &[u8]) -> Vec<u8> {
+    let mut stored = Vec::with_capacity(body.len() + 64 * snapshot.tags.len() + etag.len() + 2);
+    for (position, (tag, token)) in snapshot.tags.iter().zip(&snapshot.tokens).enumerate() {
+        if position > 0 {
+            stored.push(b' ');
+        }
+        stored.extend_from_slice(tag.as_str().as_bytes());
+        stored.push(b'=');
+        stored.extend_from_slice(token.as_deref().unwrap_or_default().as_bytes());
+    }
+    stored.push(b'\n');
+    stored.extend_from_slice(etag.as_bytes());
+    stored.push(b'\n');
+    stored.extend_from_slice(body);
+    stored
+}
 
-/// Records (creating when absent) the versions of more tags, for a response whose dependencies
-/// were only known after reading (a risk's linked assets).
-static SNAPSHOT: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
-local out = {}
-for i = 3, #ARGV do
-  local key = ARGV[1] .. 'v:' .. ARGV[i]
-  local version = redis.call('GET', key)
-  if not version then
-    redis.call('SET', key, ARGV[2])
-    version = ARGV[2]
-  end
-  out[#out + 1] = version
-end
-return out
-"#,
-    )
-});
+/// A stored entry split into its parts; the body shares the stored bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredEntry {
+    /// The `(tag, version)` pairs it was filled under, in stored order.
+    pub versions: Vec<(String, String)>,
+    pub etag: String,
+    pub body: Bytes,
+}
 
-/// Stores an entry only if every recorded version is still current, and registers it in the
-/// member set of each tag (except the tenant-wide one) for eager deletion.
-static FILL: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
-local base = ARGV[1]
-local versions = {}
-for i = 6, #ARGV, 2 do
-  if redis.call('GET', base .. 'v:' .. ARGV[i]) ~= ARGV[i + 1] then
-    return 0
-  end
-  versions[#versions + 1] = ARGV[i] .. '=' .. ARGV[i + 1]
-end
-redis.call('HSET', KEYS[1], 'b', ARGV[2], 'e', ARGV[3], 't', table.concat(versions, ' '))
-redis.call('EXPIRE', KEYS[1], ARGV[4])
-local members_ttl = tonumber(ARGV[5])
-for i = 6, #ARGV, 2 do
-  if ARGV[i] ~= 'all' then
-    local members = base .. 'm:' .. ARGV[i]
-    redis.call('SADD', members, KEYS[1])
-    if redis.call('TTL', members) < members_ttl then
-      redis.call('EXPIRE', members, members_ttl)
-    end
-  end
-end
-return 1
-"#,
-    )
-});
+impl StoredEntry {
+    /// Splits stored bytes; `None` when they are not an entry of this format.
+    pub fn decode(stored: Bytes) -> Option<Self> {
+        let header_end = stored.iter().position(|&b| b == b'\n')?;
+        let etag_end = header_end + 1 + stored[header_end + 1..].iter().position(|&b| b == b'\n')?;
+        let header = std::str::from_utf8(&stored[..header_end]).ok()?;
+        let etag = std::str::from_utf8(&stored[header_end + 1..etag_end]).ok()?.to_owned();
+        let versions = header
+            .split(' ')
+            .map(|pair| pair.split_once('=').map(|(tag, token)| (tag.to_owned(), token.to_owned())))
+            .collect::<Option<Vec<_>>>()?;
+        Some(Self { versions, etag, body: stored.slice(etag_end + 1..) })
+    }
 
-/// Invalidates tags of one tenant: unlinks the entries registered under each, then the member
-/// set and the version. Returns how many entries were unlinked.
-static INVALIDATE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
-local base = ARGV[1]
-local unlinked = 0
-for i = 2, #ARGV do
-  local members_key = base .. 'm:' .. ARGV[i]
-  local members = redis.call('SMEMBERS', members_key)
-  for first = 1, #members, 256 do
-    unlinked = unlinked + redis.call('UNLINK', unpack(members, first, math.min(first + 255, #members)))
-  end
-  redis.call('UNLINK', members_key, base .. 'v:' .. ARGV[i])
-end
-return unlinked
-"#,
-    )
-});
+    /// Whether the entry was filled under exactly `tags` at exactly the `current` versions,
+    /// none absent: the hit condition.
+    fn is_current(&self, tags: &[Tag], current: &[Option<String>]) -> bool {
+        self.versions.len() == tags.len()
+            && self.versions.iter().zip(tags.iter().zip(current)).all(|((stored_tag, stored), (tag, now))| {
+                stored_tag == tag.as_str() && now.as_deref() == Some(stored.as_str())
+            })
+    }
+}
 
 fn fresh_token() -> String {
     Uuid::new_v4().simple().to_string()
 }
 
-/// Looks up `entry_key`; on a miss, records the versions of `tags` in the same round trip.
+/// Looks `entry_key` up with the versions of `tags`, in one `MGET`: a hit when the entry was
+/// filled under exactly those versions, otherwise the snapshot for a fill.
+///
+/// Invariant: a hit returns an entry whose every tag version was current at the instant the
+/// `MGET` ran, so no invalidation that finished before the lookup began can be bypassed.
 pub async fn lookup<C: ConnectionLike>(
     conn: &mut C,
     keyspace: &Keyspace,
@@ -169,44 +146,100 @@ pub async fn lookup<C: ConnectionLike>(
     entry_key: &str,
     tags: &[Tag],
 ) -> redis::RedisResult<Lookup> {
-    let mut call = LOOKUP.key(entry_key);
-    call.arg(keyspace.tenant_base(tenant)).arg(fresh_token());
+    let mut command = redis::cmd("MGET");
+    command.arg(entry_key);
     for tag in tags {
-        call.arg(tag.as_str());
+        command.arg(keyspace.version_key(tenant, tag));
     }
-    let mut reply: Vec<Vec<u8>> = call.invoke_async(conn).await?;
-    if reply.first().map(Vec::as_slice) == Some(b"hit") && reply.len() == 3 {
-        let etag = String::from_utf8_lossy(&reply[2]).into_owned();
-        let body = reply.swap_remove(1);
-        return Ok(Lookup::Hit { body, etag });
+    let mut reply: Vec<Option<Vec<u8>>> = command.query_async(conn).await?;
+    if reply.len() != tags.len() + 1 {
+        return Err(redis::RedisError::from((
+            redis::ErrorKind::UnexpectedReturnType,
+            "MGET reply of the wrong length",
+        )));
     }
-    let tokens = reply.into_iter().skip(1).map(|token| String::from_utf8_lossy(&token).into_owned()).collect();
-    let mut snapshot = Snapshot::default();
-    snapshot.extend(tags, tokens);
-    Ok(Lookup::Miss { snapshot })
+    let stored = reply.remove(0);
+    let tokens: Vec<Option<String>> =
+        reply.into_iter().map(|token| token.and_then(|token| String::from_utf8(token).ok())).collect();
+    if let Some(entry) = stored.and_then(|stored| StoredEntry::decode(Bytes::from(stored)))
+        && entry.is_current(tags, &tokens)
+    {
+        return Ok(Lookup::Hit(Entry { body: entry.body, etag: entry.etag }));
+    }
+    Ok(Lookup::Miss(Snapshot { tags: tags.to_vec(), tokens }))
 }
 
-/// Adds the versions of `tags` not yet in `snapshot`. Call it before re-reading the database.
-pub async fn extend_snapshot<C: ConnectionLike>(
+/// Creates the versions `snapshot` lacks (keeping any another reader or an invalidation wrote
+/// in the meantime) and returns the completed snapshot; read the database after it. When a row
+/// tag lacks its version, call it only after a database read showed the row exists (so no
+/// client-invented id ever creates a key), and read the database again before filling.
+///
+/// Invariant: every token in the result was current at or after this call, so an invalidation
+/// that comes after the caller's next database read began changes at least one of them.
+pub async fn create_missing_versions<C: ConnectionLike>(
     conn: &mut C,
     keyspace: &Keyspace,
     tenant: Uuid,
-    snapshot: &mut Snapshot,
-    tags: &[Tag],
-) -> redis::RedisResult<()> {
-    let missing: Vec<Tag> = tags.iter().filter(|tag| !snapshot.covers(tag)).cloned().collect();
+    snapshot: &Snapshot,
+    ttl_secs: u64,
+) -> redis::RedisResult<Snapshot> {
+    let missing: Vec<usize> = (0..snapshot.tags.len()).filter(|&i| snapshot.tokens[i].is_none()).collect();
+    let mut completed = snapshot.clone();
     if missing.is_empty() {
-        return Ok(());
+        return Ok(completed);
     }
-    let mut call = SNAPSHOT.prepare_invoke();
-    call.arg(keyspace.tenant_base(tenant)).arg(fresh_token());
-    for tag in &missing {
-        call.arg(tag.as_str());
+    let mut pipe = redis::pipe();
+    let proposed: Vec<String> = missing.iter().map(|_| fresh_token()).collect();
+    for (&i, token) in missing.iter().zip(&proposed) {
+        // SET … NX GET: creates the version unless one exists, and answers the one that did.
+        pipe.cmd("SET")
+            .arg(keyspace.version_key(tenant, &snapshot.tags[i]))
+            .arg(token)
+            .arg("NX")
+            .arg("GET")
+            .arg("EX")
+            .arg(ttl_secs.max(1));
     }
-    let tokens: Vec<String> = call.invoke_async(conn).await?;
-    snapshot.extend(&missing, tokens);
-    Ok(())
+    let existing: Vec<Option<String>> = pipe.query_async(conn).await?;
+    for ((&i, token), existing) in missing.iter().zip(proposed).zip(existing) {
+        completed.tokens[i] = Some(existing.unwrap_or(token));
+    }
+    Ok(completed)
 }
+
+/// Stores an entry (header with the snapshot's versions, then the body) only if every version
+/// is still the snapshot's, extends the versions' lifetime to cover the entry, and registers the
+/// entry in the member set of each tag (except the tenant-wide one) for [`reclaim`].
+///
+/// KEYS: entry, then the N versions, then the member sets. ARGV: N, stored bytes, entry TTL,
+/// dependency TTL (versions and member sets), then the N snapshot tokens.
+///
+/// Invariant: an entry is stored only under versions that were current when it was stored, and
+/// those were current before its data was read (the snapshot), so no invalidation separates the
+/// read from the store.
+static FILL: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local versions = tonumber(ARGV[1])
+for i = 1, versions do
+  if redis.call('GET', KEYS[1 + i]) ~= ARGV[4 + i] then
+    return 0
+  end
+end
+redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
+local keep = tonumber(ARGV[4])
+for i = 2, #KEYS do
+  if i > versions + 1 then
+    redis.call('SADD', KEYS[i], KEYS[1])
+  end
+  if redis.call('TTL', KEYS[i]) < keep then
+    redis.call('EXPIRE', KEYS[i], keep)
+  end
+end
+return 1
+"#,
+    )
+});
 
 /// A response ready to be cached.
 #[derive(Debug, Clone, Copy)]
@@ -215,12 +248,13 @@ pub struct Fill<'a> {
     pub body: &'a [u8],
     pub etag: &'a str,
     pub ttl_secs: u64,
-    /// Lifetime of the tag member sets; must outlast the longest entry TTL.
-    pub members_ttl_secs: u64,
+    /// Lifetime of the tag versions and member sets: at least the longest entry TTL, so a live
+    /// entry's versions outlive it.
+    pub dependencies_ttl_secs: u64,
 }
 
-/// Stores the entry if no tag in `snapshot` was invalidated since it was taken.
-/// Returns false when the fill was rejected because the data may be stale.
+/// Stores the entry if no tag in `snapshot` was invalidated since it was taken. Returns false
+/// when the fill was refused because the data may be stale (or the snapshot was incomplete).
 pub async fn fill<C: ConnectionLike>(
     conn: &mut C,
     keyspace: &Keyspace,
@@ -228,55 +262,133 @@ pub async fn fill<C: ConnectionLike>(
     snapshot: &Snapshot,
     entry: Fill<'_>,
 ) -> redis::RedisResult<bool> {
+    if !snapshot.is_complete() {
+        return Ok(false);
+    }
     let mut call = FILL.key(entry.entry_key);
-    call.arg(keyspace.tenant_base(tenant))
-        .arg(entry.body)
-        .arg(entry.etag)
+    for tag in &snapshot.tags {
+        call.key(keyspace.version_key(tenant, tag));
+    }
+    for tag in snapshot.tags.iter().filter(|tag| !tag.is_tenant_wide()) {
+        call.key(keyspace.members_key(tenant, tag));
+    }
+    call.arg(snapshot.tags.len())
+        .arg(encode_entry(snapshot, entry.etag, entry.body))
         .arg(entry.ttl_secs.max(1))
-        .arg(entry.members_ttl_secs.max(entry.ttl_secs));
-    for (tag, token) in &snapshot.versions {
-        call.arg(tag.as_str()).arg(token.as_str());
+        .arg(entry.dependencies_ttl_secs.max(entry.ttl_secs).max(1));
+    for token in &snapshot.tokens {
+        call.arg(token.as_deref().unwrap_or_default());
     }
     let stored: i64 = call.invoke_async(conn).await?;
     Ok(stored == 1)
 }
 
-/// Invalidates `tags` of `tenant`. Idempotent: running it twice, or for a tag nothing was ever
-/// cached under, is harmless. Returns how many cached entries were unlinked.
+/// Replaces the version of each tag that has one with a fresh token (keeping its lifetime) and
+/// renames the tag's member set to a reclaim key of its own. Returns the reclaim keys that
+/// received a member set.
+///
+/// KEYS: per tag, its version, its member set and its reclaim key. ARGV: the fresh token.
+///
+/// Invariant: once this returns, no entry filled under a previous version of any of the tags can
+/// be hit or filled (the hit and the fill both compare versions). A version that was absent
+/// stays absent, which already matches nothing. Entries filled afterwards register in a new
+/// member set, so reclaiming the renamed one never drops them.
+static INVALIDATE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local moved = {}
+for i = 1, #KEYS, 3 do
+  redis.call('SET', KEYS[i], ARGV[1], 'XX', 'KEEPTTL')
+  if redis.call('EXISTS', KEYS[i + 1]) == 1 then
+    redis.call('RENAME', KEYS[i + 1], KEYS[i + 2])
+    moved[#moved + 1] = KEYS[i + 2]
+  end
+end
+return moved
+"#,
+    )
+});
+
+/// Member sets moved aside by [`invalidate`], whose entries [`reclaim`] unlinks.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reclaimable {
+    keys: Vec<String>,
+}
+
+impl Reclaimable {
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    pub fn extend(&mut self, other: Reclaimable) {
+        self.keys.extend(other.keys);
+    }
+}
+
+/// Invalidates `tags` of `tenant` (one script, O(tags)): after it returns no entry built under
+/// their previous versions is served. Idempotent; a tag nothing was cached under costs one
+/// `SET … XX`. The caller reclaims the returned member sets once it has acknowledged the event.
 pub async fn invalidate<C: ConnectionLike>(
     conn: &mut C,
     keyspace: &Keyspace,
     tenant: Uuid,
     tags: &[Tag],
-) -> redis::RedisResult<u64> {
+) -> redis::RedisResult<Reclaimable> {
     if tags.is_empty() {
-        return Ok(0);
+        return Ok(Reclaimable::default());
     }
+    let token = fresh_token();
     let mut call = INVALIDATE.prepare_invoke();
-    call.arg(keyspace.tenant_base(tenant));
     for tag in tags {
-        call.arg(tag.as_str());
+        call.key(keyspace.version_key(tenant, tag))
+            .key(keyspace.members_key(tenant, tag))
+            .key(keyspace.reclaim_key(tenant, tag, &token));
     }
-    call.invoke_async(conn).await
+    call.arg(&token);
+    let keys: Vec<String> = call.invoke_async(conn).await?;
+    Ok(Reclaimable { keys })
+}
+
+/// Unlinks the entries of reclaimed member sets, at most [`RECLAIM_CHUNK`] per command, until
+/// the sets are gone. Purely memory: the entries can no longer be hit. Returns how many entries
+/// it unlinked. Interrupted, the rest expires with the sets' TTL.
+pub async fn reclaim<C: ConnectionLike>(conn: &mut C, reclaimable: &Reclaimable) -> redis::RedisResult<u64> {
+    let mut unlinked = 0;
+    for key in &reclaimable.keys {
+        loop {
+            let members: Vec<String> = redis::cmd("SPOP").arg(key).arg(RECLAIM_CHUNK).query_async(conn).await?;
+            if members.is_empty() {
+                break;
+            }
+            let removed: u64 = redis::cmd("UNLINK").arg(&members).query_async(conn).await?;
+            unlinked += removed;
+            if members.len() < RECLAIM_CHUNK {
+                break;
+            }
+        }
+    }
+    Ok(unlinked)
 }
 
 /// What is wrong with a Redis `maxmemory-policy` for this protocol, if anything.
 ///
-/// Entries and member sets carry a TTL and versions do not, so a `volatile-*` policy evicts only
-/// entries and member sets. Evicting a version stays safe (it invalidates its tag) but empties
-/// the cache under it, and `noeviction` makes new fills fail once Redis is full.
+/// Evicting any key is safe (a lost version acts as an invalidation, a lost entry is a miss, a
+/// lost member set only leaves dead entries to expire), but what gets evicted decides the hit
+/// rate: an LRU or LFU policy keeps the versions every hit reads, while `*-random` and
+/// `volatile-ttl` evict them as readily as cold entries, and `noeviction` with a `maxmemory`
+/// makes fills fail once Redis is full.
 pub fn eviction_policy_problem(policy: &str, maxmemory: u64) -> Option<String> {
     match policy {
-        "volatile-lru" | "volatile-lfu" | "volatile-ttl" | "volatile-random" => None,
+        "volatile-lru" | "volatile-lfu" | "allkeys-lru" | "allkeys-lfu" => None,
         "noeviction" if maxmemory == 0 => None,
         "noeviction" => Some(
             "maxmemory-policy is noeviction with a maxmemory: once Redis is full no response can be \
-             cached; use volatile-lru"
+             cached; use allkeys-lru or volatile-lru"
                 .into(),
         ),
         other => Some(format!(
-            "maxmemory-policy is {other}: Redis may evict tag versions, which invalidates every entry \
-             under them; use volatile-lru so only entries and member sets are evicted"
+            "maxmemory-policy is {other}: it evicts the tag versions every hit reads as readily as cold \
+             entries, which is safe but empties the cache under them; use allkeys-lru or volatile-lru"
         )),
     }
 }
@@ -302,8 +414,55 @@ mod tests {
     #[test]
     fn eviction_policies_are_judged() {
         assert_eq!(eviction_policy_problem("volatile-lru", 1 << 30), None);
+        assert_eq!(eviction_policy_problem("allkeys-lfu", 1 << 30), None);
         assert_eq!(eviction_policy_problem("noeviction", 0), None);
         assert!(eviction_policy_problem("noeviction", 1 << 30).is_some());
-        assert!(eviction_policy_problem("allkeys-lru", 1 << 30).unwrap().contains("allkeys-lru"));
+        assert!(eviction_policy_problem("allkeys-random", 1 << 30).unwrap().contains("allkeys-random"));
+    }
+
+    fn snapshot(pairs: &[(&str, Option<&str>)]) -> Snapshot {
+        Snapshot {
+            tags: pairs.iter().map(|(tag, _)| Tag::parse(tag).unwrap()).collect(),
+            tokens: pairs.iter().map(|(_, token)| token.map(str::to_owned)).collect(),
+        }
+    }
+
+    #[test]
+    fn a_stored_entry_decodes_to_its_versions_etag_and_body() {
+        let taken = snapshot(&[("all", Some("a1")), ("risk:7", Some("b2"))]);
+        let stored = Bytes::from(encode_entry(&taken, "\"e\"", b"{\"x\":\n1}"));
+        let entry = StoredEntry::decode(stored).unwrap();
+        assert_eq!(entry.versions, vec![("all".into(), "a1".into()), ("risk:7".into(), "b2".into())]);
+        assert_eq!(entry.etag, "\"e\"");
+        assert_eq!(&entry.body[..], b"{\"x\":\n1}", "newlines in the body survive");
+        assert!(entry.is_current(&taken.tags, &taken.tokens));
+    }
+
+    #[test]
+    fn an_entry_is_current_only_under_the_same_tags_and_present_equal_versions() {
+        let taken = snapshot(&[("all", Some("a1")), ("risk:7", Some("b2"))]);
+        let entry = StoredEntry::decode(Bytes::from(encode_entry(&taken, "e", b"x"))).unwrap();
+        let tags = taken.tags.clone();
+        let now = |a: Option<&str>, b: Option<&str>| vec![a.map(str::to_owned), b.map(str::to_owned)];
+        assert!(!entry.is_current(&tags, &now(Some("a1"), Some("b3"))), "a replaced version");
+        assert!(!entry.is_current(&tags, &now(Some("a1"), None)), "an absent version");
+        assert!(!entry.is_current(&tags[..1], &now(Some("a1"), None)[..1]), "fewer tags than stored");
+        let other = vec![Tag::parse("all").unwrap(), Tag::parse("risk:8").unwrap()];
+        assert!(!entry.is_current(&other, &now(Some("a1"), Some("b2"))), "another tag with the same version");
+    }
+
+    #[test]
+    fn bytes_that_are_not_an_entry_do_not_decode() {
+        for junk in [&b""[..], b"no newline", b"one\nline", b"bad pair\netag\nbody"] {
+            assert_eq!(StoredEntry::decode(Bytes::copy_from_slice(junk)), None, "{junk:?}");
+        }
+    }
+
+    #[test]
+    fn an_incomplete_snapshot_is_recognised() {
+        assert!(snapshot(&[("all", Some("a")), ("risks", Some("b"))]).is_complete());
+        let lacks_collection = snapshot(&[("all", None), ("risks", None), ("risk:1", Some("c"))]);
+        assert!(!lacks_collection.is_complete() && lacks_collection.lacks_only_collection_versions());
+        assert!(!snapshot(&[("all", Some("a")), ("risk:1", None)]).lacks_only_collection_versions());
     }
 }

@@ -1,9 +1,9 @@
-//! The consistency protocol's scripts against a real Redis, including the stale-fill race
-//! (reader misses, reads the old row, the write is invalidated, the reader fills) made
-//! deterministic by running the steps in that order.
+//! The consistency protocol against a real Redis, including the stale-fill race (reader misses,
+//! reads the old row, the write is invalidated, the reader fills) made deterministic by running
+//! the steps in that order.
 
 use openrisk_shared::keys::{Keyspace, Tag};
-use openrisk_shared::protocol::{self, Fill, Lookup, Snapshot};
+use openrisk_shared::protocol::{self, Entry, Fill, Lookup, Reclaimable, Snapshot};
 use openrisk_test_support::{PrivateRedis, RedisNamespace};
 use redis::aio::MultiplexedConnection;
 use uuid::Uuid;
@@ -35,25 +35,43 @@ impl Fixture {
         protocol::lookup(&mut self.conn, &self.keyspace, self.tenant, key, tags).await.unwrap()
     }
 
+    /// A miss whose snapshot is completed, as the API does after its first read found the rows.
     async fn miss(&mut self, key: &str, tags: &[Tag]) -> Snapshot {
         match self.lookup(key, tags).await {
-            Lookup::Miss { snapshot } => snapshot,
+            Lookup::Miss(snapshot) => self.complete(&snapshot).await,
             hit => panic!("expected a miss, got {hit:?}"),
         }
     }
 
+    async fn complete(&mut self, snapshot: &Snapshot) -> Snapshot {
+        protocol::create_missing_versions(&mut self.conn, &self.keyspace, self.tenant, snapshot, 120).await.unwrap()
+    }
+
     async fn fill(&mut self, key: &str, snapshot: &Snapshot, body: &str) -> bool {
-        let entry = Fill { entry_key: key, body: body.as_bytes(), etag: "e1", ttl_secs: 60, members_ttl_secs: 120 };
+        let entry =
+            Fill { entry_key: key, body: body.as_bytes(), etag: "e1", ttl_secs: 60, dependencies_ttl_secs: 120 };
         protocol::fill(&mut self.conn, &self.keyspace, self.tenant, snapshot, entry).await.unwrap()
     }
 
-    async fn invalidate(&mut self, tags: &[Tag]) -> u64 {
+    async fn invalidate(&mut self, tags: &[Tag]) -> Reclaimable {
         protocol::invalidate(&mut self.conn, &self.keyspace, self.tenant, tags).await.unwrap()
+    }
+
+    async fn reclaim(&mut self, reclaimable: &Reclaimable) -> u64 {
+        protocol::reclaim(&mut self.conn, reclaimable).await.unwrap()
+    }
+
+    async fn is_hit(&mut self, key: &str, tags: &[Tag]) -> bool {
+        matches!(self.lookup(key, tags).await, Lookup::Hit(_))
     }
 }
 
 fn tags(list: &[&str]) -> Vec<Tag> {
     list.iter().map(|tag| Tag::parse(tag).unwrap()).collect()
+}
+
+fn hit(body: &str) -> Lookup {
+    Lookup::Hit(Entry { body: bytes::Bytes::copy_from_slice(body.as_bytes()), etag: "e1".into() })
 }
 
 #[tokio::test]
@@ -63,13 +81,15 @@ async fn a_fill_is_served_until_its_tag_is_invalidated() {
     let deps = tags(&["all", "risk:1"]);
     let snapshot = f.miss(&key, &deps).await;
     assert!(f.fill(&key, &snapshot, "v1").await);
-    assert_eq!(f.lookup(&key, &deps).await, Lookup::Hit { body: b"v1".to_vec(), etag: "e1".into() });
+    assert_eq!(f.lookup(&key, &deps).await, hit("v1"));
 
-    // Another tag leaves it alone; its own tag removes it eagerly.
-    assert_eq!(f.invalidate(&tags(&["risk:2"])).await, 0);
-    assert!(matches!(f.lookup(&key, &deps).await, Lookup::Hit { .. }));
-    assert_eq!(f.invalidate(&tags(&["risk:1"])).await, 1);
-    assert!(matches!(f.lookup(&key, &deps).await, Lookup::Miss { .. }));
+    // Another tag leaves it alone; its own tag makes it unreadable at once, and reclaiming
+    // then unlinks it.
+    f.invalidate(&tags(&["risk:2"])).await;
+    assert!(f.is_hit(&key, &deps).await);
+    let moved = f.invalidate(&tags(&["risk:1"])).await;
+    assert!(!f.is_hit(&key, &deps).await);
+    assert_eq!(f.reclaim(&moved).await, 1);
     assert!(!f.namespace.keys().contains(&key), "the entry was unlinked");
 }
 
@@ -84,11 +104,55 @@ async fn the_stale_fill_race_cannot_store_the_old_value() {
     f.invalidate(&tags(&["risk:1"])).await;
     // 4. the reader tries to store the old row: refused.
     assert!(!f.fill(&key, &snapshot, "old").await, "a fill that straddles an invalidation is rejected");
-    assert!(matches!(f.lookup(&key, &deps).await, Lookup::Miss { .. }));
-    // The next reader reads the new row and may store it.
-    let fresh = f.miss(&key, &deps).await;
+    assert!(!f.is_hit(&key, &deps).await);
+    // The next reader reads the new row and may store it, without creating anything: the
+    // invalidation left a version in place.
+    let Lookup::Miss(fresh) = f.lookup(&key, &deps).await else { panic!("expected a miss") };
+    assert!(fresh.is_complete());
     assert!(f.fill(&key, &fresh, "new").await);
-    assert!(matches!(f.lookup(&key, &deps).await, Lookup::Hit { body, .. } if body == b"new"));
+    assert_eq!(f.lookup(&key, &deps).await, hit("new"));
+}
+
+#[tokio::test]
+async fn a_lookup_writes_nothing_so_invented_ids_leave_no_keys() {
+    let mut f = Fixture::new().await;
+    for _ in 0..50 {
+        let id = Uuid::new_v4();
+        let key = f.keyspace.entry_key(f.tenant, 1, "risk", &[("id", id.to_string())]);
+        let found = f.lookup(&key, &tags(&["all", &format!("risk:{id}")])).await;
+        assert!(matches!(found, Lookup::Miss(snapshot) if !snapshot.is_complete()));
+    }
+    assert_eq!(f.namespace.keys(), Vec::<String>::new(), "a miss on an unknown id creates no state");
+}
+
+#[tokio::test]
+async fn a_snapshot_that_lacked_a_version_never_protects_a_fill() {
+    let mut f = Fixture::new().await;
+    let key = f.key("risk");
+    let deps = tags(&["all", "risk:1"]);
+    let Lookup::Miss(partial) = f.lookup(&key, &deps).await else { panic!("expected a miss") };
+    // An invalidation now finds no version to replace, so nothing records it; the fill of a
+    // read made under the partial snapshot must therefore be refused by construction.
+    f.invalidate(&deps).await;
+    assert!(!f.fill(&key, &partial, "read before the versions existed").await);
+    assert!(f.namespace.keys().is_empty(), "the refused fill wrote nothing");
+    // Completed (after which the API reads again), it fills.
+    let completed = f.complete(&partial).await;
+    assert!(f.fill(&key, &completed, "read after").await);
+    assert_eq!(f.lookup(&key, &deps).await, hit("read after"));
+}
+
+#[tokio::test]
+async fn completing_a_snapshot_keeps_versions_other_readers_created() {
+    let mut f = Fixture::new().await;
+    let key = f.key("risk");
+    let deps = tags(&["all", "risk:1"]);
+    let Lookup::Miss(first) = f.lookup(&key, &deps).await else { panic!("expected a miss") };
+    let Lookup::Miss(second) = f.lookup(&key, &deps).await else { panic!("expected a miss") };
+    let first = f.complete(&first).await;
+    let second = f.complete(&second).await;
+    assert_eq!(first, second, "the second reader adopts the versions the first created");
+    assert!(f.fill(&key, &first, "x").await);
 }
 
 #[tokio::test]
@@ -101,7 +165,7 @@ async fn the_tenant_wide_tag_invalidates_every_entry() {
     }
     f.invalidate(&tags(&["all"])).await;
     for key in [&a, &b] {
-        assert!(matches!(f.lookup(key, &tags(&["all", "risks"])).await, Lookup::Miss { .. }));
+        assert!(!f.is_hit(key, &tags(&["all", "risks"])).await);
     }
 }
 
@@ -115,10 +179,23 @@ async fn an_entry_whose_member_set_was_lost_is_still_never_served_stale() {
     // Simulate eviction of the member set: invalidation can no longer find the entry...
     let members = f.keyspace.members_key(f.tenant, &deps[1]);
     let _: i64 = redis::cmd("DEL").arg(&members).query_async(&mut f.conn).await.unwrap();
-    assert_eq!(f.invalidate(&tags(&["risk:1"])).await, 0);
-    // ...but the hit re-checks versions and refuses (and drops) the entry.
-    assert!(matches!(f.lookup(&key, &deps).await, Lookup::Miss { .. }));
-    assert!(!f.namespace.keys().contains(&key));
+    let moved = f.invalidate(&tags(&["risk:1"])).await;
+    assert_eq!(f.reclaim(&moved).await, 0);
+    // ...but the hit compares versions and refuses the entry.
+    assert!(!f.is_hit(&key, &deps).await);
+}
+
+#[tokio::test]
+async fn an_evicted_or_expired_version_acts_as_an_invalidation() {
+    let mut f = Fixture::new().await;
+    let key = f.key("risk");
+    let deps = tags(&["all", "risk:1"]);
+    let snapshot = f.miss(&key, &deps).await;
+    assert!(f.fill(&key, &snapshot, "v1").await);
+    let version = f.keyspace.version_key(f.tenant, &deps[1]);
+    let _: i64 = redis::cmd("DEL").arg(&version).query_async(&mut f.conn).await.unwrap();
+    assert!(!f.is_hit(&key, &deps).await, "an absent version matches no entry");
+    assert!(!f.fill(&key, &snapshot, "old").await, "nor any snapshot");
 }
 
 #[tokio::test]
@@ -144,16 +221,43 @@ async fn a_fill_straddling_a_redis_restart_or_flush_is_rejected() {
 }
 
 #[tokio::test]
-async fn tags_discovered_after_the_first_read_join_the_snapshot() {
+async fn invalidating_a_tag_with_thousands_of_entries_makes_all_unreadable_in_one_call() {
+    let mut f = Fixture::new().await;
+    let deps = tags(&["all", "risks"]);
+    let keys: Vec<String> =
+        (0..2000).map(|page| f.keyspace.entry_key(f.tenant, 1, "risks", &[("page", page.to_string())])).collect();
+    let snapshot = f.miss(&keys[0], &deps).await;
+    for key in &keys {
+        assert!(f.fill(key, &snapshot, "page").await);
+    }
+    let moved = f.invalidate(&tags(&["risks"])).await;
+    // Before any entry is unlinked, none of them can be hit any more.
+    for key in keys.iter().step_by(97) {
+        assert!(f.namespace.keys().contains(key), "not yet reclaimed");
+        assert!(!f.is_hit(key, &deps).await);
+    }
+    // Entries filled after the invalidation register in a new member set and survive reclaim.
+    let later = f.keyspace.entry_key(f.tenant, 1, "risks", &[("page", "2000".into())]);
+    let Lookup::Miss(fresh) = f.lookup(&later, &deps).await else { panic!("expected a miss") };
+    assert!(f.fill(&later, &fresh, "new page").await);
+    assert_eq!(f.reclaim(&moved).await, 2000, "every old entry is unlinked");
+    assert_eq!(f.lookup(&later, &deps).await, hit("new page"));
+}
+
+#[tokio::test]
+async fn every_key_the_protocol_writes_expires() {
     let mut f = Fixture::new().await;
     let key = f.key("risk");
-    let mut snapshot = f.miss(&key, &tags(&["all", "risk:1"])).await;
-    protocol::extend_snapshot(&mut f.conn, &f.keyspace, f.tenant, &mut snapshot, &tags(&["asset:9", "risk:1"]))
-        .await
-        .unwrap();
-    assert_eq!(snapshot.tags().count(), 3, "risk:1 is not recorded twice");
-    f.invalidate(&tags(&["asset:9"])).await;
-    assert!(!f.fill(&key, &snapshot, "old").await, "the discovered tag protects the fill too");
+    let deps = tags(&["all", "risk:1", "risks"]);
+    let snapshot = f.miss(&key, &deps).await;
+    assert!(f.fill(&key, &snapshot, "v1").await);
+    f.invalidate(&tags(&["risk:1"])).await;
+    let keys = f.namespace.keys();
+    assert!(keys.len() >= 5, "entry, three versions, member sets: {keys:?}");
+    for key in keys {
+        let ttl: i64 = redis::cmd("TTL").arg(&key).query_async(&mut f.conn).await.unwrap();
+        assert!(ttl > 0, "{key} has no TTL ({ttl})");
+    }
 }
 
 #[tokio::test]
@@ -166,8 +270,8 @@ async fn tenants_never_share_keys() {
     let other_key = f.keyspace.entry_key(other, 1, "risks", &[]);
     assert_ne!(key, other_key);
     let seen = protocol::lookup(&mut f.conn, &f.keyspace, other, &other_key, &tags(&["all", "risks"])).await.unwrap();
-    assert!(matches!(seen, Lookup::Miss { .. }));
+    assert!(matches!(seen, Lookup::Miss(_)));
     // Invalidating the other tenant's tag leaves this tenant's entry in place.
     protocol::invalidate(&mut f.conn, &f.keyspace, other, &tags(&["risks"])).await.unwrap();
-    assert!(matches!(f.lookup(&key, &tags(&["all", "risks"])).await, Lookup::Hit { .. }));
+    assert!(f.is_hit(&key, &tags(&["all", "risks"])).await);
 }

@@ -6,6 +6,8 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use openrisk_shared::Tag;
+use openrisk_shared::protocol::StoredEntry;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -69,7 +71,7 @@ fn tenant_of(key: &str) -> Option<Uuid> {
 
 async fn scan_entries(world: &World) -> anyhow::Result<Vec<Entry>> {
     let mut conn = world.redis().await?;
-    let pattern = format!("{}:{{*}}:e:*", world.prefix);
+    let pattern = world.keyspace.entry_pattern();
     let keys: Vec<String> = {
         let mut iter = conn.clone();
         let stream: redis::AsyncIter<String> = redis::AsyncCommands::scan_match(&mut iter, &pattern).await?;
@@ -77,25 +79,21 @@ async fn scan_entries(world: &World) -> anyhow::Result<Vec<Entry>> {
     };
     let mut entries = Vec::new();
     for key in keys {
-        let (body, versions): (Option<Vec<u8>>, Option<String>) =
-            redis::cmd("HMGET").arg(&key).arg("b").arg("t").query_async(&mut conn).await?;
-        let (Some(body), Some(versions)) = (body, versions) else { continue };
+        let stored: Option<Vec<u8>> = redis::cmd("GET").arg(&key).query_async(&mut conn).await?;
+        let Some(stored) = stored.and_then(|stored| StoredEntry::decode(stored.into())) else { continue };
         let Some(tenant) = tenant_of(&key) else { continue };
-        let versions = versions
-            .split(' ')
-            .filter_map(|pair| pair.split_once('=').map(|(tag, token)| (tag.to_owned(), token.to_owned())))
-            .collect();
-        entries.push(Entry { key, tenant, body, versions });
+        entries.push(Entry { key, tenant, body: stored.body.to_vec(), versions: stored.versions });
     }
     Ok(entries)
 }
 
-/// Whether a lookup would serve `entry` (every stored version still current), exactly as the
-/// protocol's lookup script decides.
+/// Whether a lookup would serve `entry` (every stored version present and current), exactly as
+/// the protocol's lookup decides.
 async fn is_live(world: &World, conn: &mut redis::aio::MultiplexedConnection, entry: &Entry) -> anyhow::Result<bool> {
-    let base = world.keyspace.tenant_base(entry.tenant);
     for (tag, token) in &entry.versions {
-        let current: Option<String> = redis::cmd("GET").arg(format!("{base}v:{tag}")).query_async(conn).await?;
+        let Ok(tag) = Tag::parse(tag) else { return Ok(false) };
+        let key = world.keyspace.version_key(entry.tenant, &tag);
+        let current: Option<String> = redis::cmd("GET").arg(key).query_async(conn).await?;
         if current.as_deref() != Some(token.as_str()) {
             return Ok(false);
         }

@@ -1,13 +1,15 @@
-//! Model-based property test of the Lua fill/lookup/invalidate protocol against a real (private)
-//! Redis: random interleavings of several readers (lookup → read the "database" → fill), writes,
-//! invalidations, FLUSHALL and evictions. The cache must never return a value older than the
-//! last invalidated version of any tag the value depends on, and once every write is
-//! invalidated, every hit equals the database.
+//! Model-based property test of the cache protocol (MGET lookup, version creation, Lua fill,
+//! invalidation, reclaim) against a real (private) Redis: random interleavings of several
+//! readers (lookup → read the "database" → create missing versions and read again → fill),
+//! writes, invalidations, reclaims, FLUSHALL and evictions of any key. The cache must never
+//! return a value older than the last invalidated version of any tag the value depends on, and
+//! once every write is invalidated, every hit equals the database. A reader that skips the
+//! second read (fills what it read before its versions existed) is caught.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use openrisk_shared::keys::{Keyspace, Tag};
-use openrisk_shared::protocol::{self, Fill, Lookup, Snapshot};
+use openrisk_shared::protocol::{self, Fill, Lookup, Reclaimable, Snapshot};
 use openrisk_test_support::PrivateRedis;
 use proptest::prelude::*;
 use proptest::test_runner::TestRunner;
@@ -32,11 +34,12 @@ enum Op {
     Write(usize),
     /// The invalidator applies tag t.
     Invalidate(usize),
+    /// The member sets moved aside by earlier invalidations are reclaimed.
+    Reclaim,
     Flush,
-    /// volatile-lru evicts a member set or an entry.
+    /// Eviction (any policy) or expiry of a member set, an entry or a version.
     EvictMembers(usize),
     EvictEntry(usize),
-    /// An `allkeys-*` policy evicts a version (documented as safe: it acts as an invalidation).
     EvictVersion(usize),
 }
 
@@ -45,6 +48,7 @@ fn op() -> impl Strategy<Value = Op> {
         6 => (0..READERS, 0..KEYS.len()).prop_map(|(r, k)| Op::Step(r, k)),
         2 => (0..TAGS.len()).prop_map(Op::Write),
         2 => (0..TAGS.len()).prop_map(Op::Invalidate),
+        1 => Just(Op::Reclaim),
         1 => Just(Op::Flush),
         1 => (1..TAGS.len()).prop_map(Op::EvictMembers),
         1 => (0..KEYS.len()).prop_map(Op::EvictEntry),
@@ -55,8 +59,35 @@ fn op() -> impl Strategy<Value = Op> {
 #[derive(Debug, Clone)]
 enum Reader {
     Idle,
-    LookedUp { key: usize, snapshot: Snapshot },
-    Read { key: usize, snapshot: Snapshot, values: Vec<u64> },
+    LookedUp {
+        key: usize,
+        snapshot: Snapshot,
+    },
+    /// Read the database under a snapshot that lacked versions: must create them and read again.
+    ReadTooEarly {
+        key: usize,
+        snapshot: Snapshot,
+        values: Vec<u64>,
+    },
+    /// Created the missing versions; the next step reads the database again.
+    Completed {
+        key: usize,
+        snapshot: Snapshot,
+        early: Vec<u64>,
+    },
+    Read {
+        key: usize,
+        snapshot: Snapshot,
+        values: Vec<u64>,
+    },
+}
+
+/// How the reader behaves: as the API does, or deliberately broken to show the test can fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Variant {
+    Correct,
+    /// Fills the values it read before its versions existed, skipping the second read.
+    FillsTheFirstRead,
 }
 
 fn tags_of(key: usize) -> Vec<Tag> {
@@ -80,9 +111,15 @@ struct Model {
     /// `written` as of the last invalidation of each tag.
     invalidated: [u64; TAGS.len()],
     readers: Vec<Reader>,
+    reclaimable: Reclaimable,
+    variant: Variant,
 }
 
 impl Model {
+    fn read_database(&self, key: usize) -> Vec<u64> {
+        KEYS[key].1.iter().map(|&t| self.written[t]).collect()
+    }
+
     fn entry_key(&self, key: usize) -> String {
         self.keyspace.entry_key(self.tenant, 1, KEYS[key].0, &[])
     }
@@ -92,9 +129,9 @@ impl Model {
         let found =
             protocol::lookup(&mut self.conn, &self.keyspace, self.tenant, &entry_key, &tags_of(key)).await.unwrap();
         match found {
-            Lookup::Hit { body, .. } => {
+            Lookup::Hit(entry) => {
                 HITS.fetch_add(1, Ordering::Relaxed);
-                let values = decode(&body);
+                let values = decode(&entry.body);
                 for (position, &tag) in KEYS[key].1.iter().enumerate() {
                     prop_assert!(
                         values[position] >= self.invalidated[tag],
@@ -107,7 +144,7 @@ impl Model {
                 }
                 Ok(None)
             }
-            Lookup::Miss { snapshot } => Ok(Some(snapshot)),
+            Lookup::Miss(snapshot) => Ok(Some(snapshot)),
         }
     }
 
@@ -121,14 +158,37 @@ impl Model {
                     }
                 }
                 Reader::LookedUp { key, snapshot } => {
-                    let values = KEYS[key].1.iter().map(|&t| self.written[t]).collect();
+                    let values = self.read_database(key);
+                    self.readers[r] = if snapshot.is_complete() {
+                        Reader::Read { key, snapshot, values }
+                    } else {
+                        Reader::ReadTooEarly { key, snapshot, values }
+                    };
+                }
+                Reader::ReadTooEarly { key, snapshot, values } => {
+                    let snapshot =
+                        protocol::create_missing_versions(&mut self.conn, &self.keyspace, self.tenant, &snapshot, 700)
+                            .await
+                            .unwrap();
+                    self.readers[r] = Reader::Completed { key, snapshot, early: values };
+                }
+                Reader::Completed { key, snapshot, early } => {
+                    let values = match self.variant {
+                        Variant::Correct => self.read_database(key),
+                        Variant::FillsTheFirstRead => early,
+                    };
                     self.readers[r] = Reader::Read { key, snapshot, values };
                 }
                 Reader::Read { key, snapshot, values } => {
                     let entry_key = self.entry_key(key);
                     let body = encode(&values);
-                    let fill =
-                        Fill { entry_key: &entry_key, body: &body, etag: "e", ttl_secs: 600, members_ttl_secs: 700 };
+                    let fill = Fill {
+                        entry_key: &entry_key,
+                        body: &body,
+                        etag: "e",
+                        ttl_secs: 600,
+                        dependencies_ttl_secs: 700,
+                    };
                     if !protocol::fill(&mut self.conn, &self.keyspace, self.tenant, &snapshot, fill).await.unwrap() {
                         REFUSED.fetch_add(1, Ordering::Relaxed);
                     }
@@ -136,10 +196,16 @@ impl Model {
             },
             Op::Write(t) => self.written[t] += 1,
             Op::Invalidate(t) => {
-                protocol::invalidate(&mut self.conn, &self.keyspace, self.tenant, &[Tag::parse(TAGS[t]).unwrap()])
-                    .await
-                    .unwrap();
+                let moved =
+                    protocol::invalidate(&mut self.conn, &self.keyspace, self.tenant, &[Tag::parse(TAGS[t]).unwrap()])
+                        .await
+                        .unwrap();
+                self.reclaimable.extend(moved);
                 self.invalidated[t] = self.written[t];
+            }
+            Op::Reclaim => {
+                let reclaimable = std::mem::take(&mut self.reclaimable);
+                protocol::reclaim(&mut self.conn, &reclaimable).await.unwrap();
             }
             Op::Flush => {
                 let _: () = redis::cmd("FLUSHALL").query_async(&mut self.conn).await.unwrap();
@@ -160,7 +226,7 @@ impl Model {
     }
 }
 
-async fn run_case(url: &str, ops: Vec<Op>) -> Result<(), TestCaseError> {
+async fn run_case(url: &str, ops: Vec<Op>, variant: Variant) -> Result<(), TestCaseError> {
     let client = redis::Client::open(url).unwrap();
     let conn = client.get_multiplexed_async_connection().await.unwrap();
     let mut model = Model {
@@ -170,13 +236,15 @@ async fn run_case(url: &str, ops: Vec<Op>) -> Result<(), TestCaseError> {
         written: [0; TAGS.len()],
         invalidated: [0; TAGS.len()],
         readers: vec![Reader::Idle; READERS],
+        reclaimable: Reclaimable::default(),
+        variant,
     };
     for op in &ops {
         model.apply(op).await?;
     }
     // Let every reader finish, then invalidate every tag: no lasting staleness.
     for r in 0..READERS {
-        for _ in 0..2 {
+        for _ in 0..4 {
             model.apply(&Op::Step(r, 0)).await?;
         }
     }
@@ -185,11 +253,11 @@ async fn run_case(url: &str, ops: Vec<Op>) -> Result<(), TestCaseError> {
     }
     for (k, (name, tags)) in KEYS.iter().enumerate() {
         let entry_key = model.entry_key(k);
-        if let Lookup::Hit { body, .. } =
+        if let Lookup::Hit(entry) =
             protocol::lookup(&mut model.conn, &model.keyspace, model.tenant, &entry_key, &tags_of(k)).await.unwrap()
         {
             let current: Vec<u64> = tags.iter().map(|&t| model.written[t]).collect();
-            prop_assert_eq!(decode(&body), current, "{} after every write was invalidated", name);
+            prop_assert_eq!(decode(&entry.body), current, "{} after every write was invalidated", name);
         }
     }
     Ok(())
@@ -202,7 +270,8 @@ fn the_cache_never_serves_a_value_older_than_the_last_invalidation() {
     let url = server.url();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let mut runner = TestRunner::new(ProptestConfig::with_cases(400));
-    let result = runner.run(&prop::collection::vec(op(), 1..80), |ops| runtime.block_on(run_case(&url, ops)));
+    let result =
+        runner.run(&prop::collection::vec(op(), 1..80), |ops| runtime.block_on(run_case(&url, ops, Variant::Correct)));
     if let Err(failure) = result {
         panic!("{failure}");
     }
@@ -210,19 +279,57 @@ fn the_cache_never_serves_a_value_older_than_the_last_invalidation() {
     assert!(hits > 100 && refused > 50, "the interleavings reached too few hits ({hits}) or refused fills ({refused})");
 }
 
-/// The property test is only meaningful if its interleavings include the classic race (miss,
-/// read old, write + invalidate, fill); here it is as a fixed sequence.
-#[test]
-fn the_classic_race_is_among_the_interleavings() {
-    let server = PrivateRedis::start();
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let ops = vec![
-        Op::Step(0, 0),    // reader 0 misses key risk1
-        Op::Step(0, 0),    // and reads the database (risk:1 = 0)
+/// The classic race (miss, read old, write + invalidate, fill), as a fixed sequence the property
+/// test's interleavings include.
+fn classic_race() -> Vec<Op> {
+    vec![
+        Op::Step(0, 0),    // reader 0 misses key risk1 (no versions yet)
+        Op::Step(0, 0),    // reads the database too early (risk:1 = 0)
+        Op::Step(0, 0),    // creates the versions
+        Op::Step(0, 0),    // reads again (risk:1 = 0)
         Op::Write(1),      // a write to risk:1 commits
         Op::Invalidate(1), // and is invalidated
         Op::Step(0, 0),    // the reader fills with the old value: must be refused
         Op::Step(1, 0),    // another reader must not hit the old value
-    ];
-    runtime.block_on(run_case(&server.url(), ops)).unwrap();
+    ]
+}
+
+/// The same race with the write landing before the versions exist: the invalidation finds no
+/// version to replace, so only the second read keeps the old value out.
+fn race_before_the_versions_exist() -> Vec<Op> {
+    vec![
+        Op::Step(0, 0),    // reader 0 misses key risk1 (no versions yet)
+        Op::Step(0, 0),    // reads the database (risk:1 = 0)
+        Op::Write(1),      // a write to risk:1 commits
+        Op::Invalidate(1), // and is invalidated: nothing to replace
+        Op::Step(0, 0),    // the reader creates the versions
+        Op::Step(0, 0),    // reads again (correct) or keeps its first read (broken)
+        Op::Step(0, 0),    // fills
+        Op::Step(1, 0),    // another reader must not hit the old value
+    ]
+}
+
+#[test]
+fn the_classic_races_are_among_the_interleavings_and_hold() {
+    let server = PrivateRedis::start();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    for ops in [classic_race(), race_before_the_versions_exist()] {
+        runtime.block_on(run_case(&server.url(), ops, Variant::Correct)).unwrap();
+    }
+}
+
+/// The test can fail: a reader that fills what it read before its versions existed serves an
+/// invalidated value, and both the fixed sequence and the random search find it.
+#[test]
+fn a_reader_that_skips_the_second_read_is_caught() {
+    let server = PrivateRedis::start();
+    let url = server.url();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let fixed = runtime.block_on(run_case(&url, race_before_the_versions_exist(), Variant::FillsTheFirstRead));
+    assert!(fixed.is_err(), "the broken reader must be caught on the fixed sequence");
+    let mut runner = TestRunner::new(ProptestConfig { failure_persistence: None, ..ProptestConfig::with_cases(400) });
+    let found = runner.run(&prop::collection::vec(op(), 1..80), |ops| {
+        runtime.block_on(run_case(&url, ops, Variant::FillsTheFirstRead))
+    });
+    assert!(found.is_err(), "the random interleavings must find the broken reader too");
 }

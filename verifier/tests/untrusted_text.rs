@@ -154,7 +154,7 @@ proptest! {
         prop_assert_eq!(key_a == keyspace.entry_key(b, 1, "risks", &borrowed), a == b);
         prop_assert_ne!(&key_a, &keyspace.entry_key(a, 2, "risks", &borrowed));
         prop_assert_ne!(&key_a, &keyspace.entry_key(a, 1, "assets", &borrowed));
-        let expected_start = format!("or:{{{a}}}:e:1:risks:");
+        let expected_start = format!("or:{{{a}}}:e{}:1:risks:", openrisk_shared::keys::ENTRY_FORMAT);
         prop_assert!(key_a.starts_with(&expected_start), "{} does not start with {}", key_a, expected_start);
         prop_assert_eq!(key_a.matches('{').count(), 1);
     }

@@ -15,7 +15,7 @@ use super::{
 };
 use crate::app::AppState;
 use crate::auth::{BearerAuth, Role};
-use crate::cache::{CacheableRead, Loaded};
+use crate::cache::CacheableRead;
 use crate::db::assets::AssetFilter;
 use crate::db::entities::assets;
 use crate::error::ApiError;
@@ -98,7 +98,7 @@ impl AssetsApi {
                     page: filter.page,
                     limit: filter.limit,
                 };
-                Ok(Loaded::new(body_of(&page)))
+                Ok(body_of(&page))
             }
         })
         .await
@@ -130,7 +130,7 @@ impl AssetsApi {
                 .timed("asset_get", crate::db::assets::find(&state.db.conn, tenant, id))
                 .await?
                 .ok_or_else(|| ApiError::not_found("asset", id))?;
-            Ok(Loaded::new(body_of(&Asset::from(row))))
+            Ok(body_of(&Asset::from(row)))
         })
         .await
     }

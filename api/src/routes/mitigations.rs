@@ -13,7 +13,7 @@ use uuid::Uuid;
 use super::{ApiTags, Cached, NoContent, Updated, body_of, cached, commit_and_invalidate, tag};
 use crate::app::AppState;
 use crate::auth::{BearerAuth, Role};
-use crate::cache::{CacheableRead, Loaded};
+use crate::cache::CacheableRead;
 use crate::db::entities::{mitigations, subactions};
 use crate::error::ApiError;
 use crate::model::{
@@ -85,7 +85,7 @@ impl MitigationsApi {
                 .timed("mitigation_get", crate::db::risks::find_mitigation(conn, tenant, risk, id))
                 .await?
                 .ok_or_else(|| ApiError::not_found("mitigation", id))?;
-            Ok(Loaded::new(body_of(&mitigation_view(&state, conn, tenant, row).await?)))
+            Ok(body_of(&mitigation_view(&state, conn, tenant, row).await?))
         })
         .await
     }

@@ -26,7 +26,7 @@ pub use stats::StatsApi;
 pub use tokens::TokensApi;
 
 use crate::app::AppState;
-use crate::cache::{CacheableRead, Loaded, Served, if_none_match_matches};
+use crate::cache::{CacheableRead, Served, if_none_match_matches};
 use crate::error::ApiError;
 
 /// Groups of operations in the documentation.
@@ -65,7 +65,7 @@ impl<T: Send> poem::IntoResponse for Cached<T> {
     fn into_response(self) -> Response {
         let builder = Response::builder()
             .header(poem::http::header::ETAG, self.served.etag)
-            .header("Cache-Status", self.served.cache_status);
+            .header("Cache-Status", poem::http::HeaderValue::from_static(self.served.cache_status.header_value()));
         if self.not_modified {
             builder.status(StatusCode::NOT_MODIFIED).finish()
         } else {
@@ -86,10 +86,7 @@ fn cache_headers() -> Vec<MetaHeader> {
         header("ETag", "Strong entity tag of the body; send it back in `If-None-Match` to get 304."),
         header(
             "Cache-Status",
-            "How the cache answered (RFC 9211): `openrisk; hit`; `openrisk; fwd=miss; stored` (read from \
-             Postgres and cached); `openrisk; fwd=miss; collapsed` (shared an identical in-flight read); \
-             `openrisk; fwd=miss; detail=fill-rejected` (not cached: the data changed while it was read); \
-             `openrisk; fwd=bypass; detail=disabled|breaker-open|redis-error` (Redis skipped or failing).",
+            &format!("How the cache answered (RFC 9211). {}", openrisk_shared::CacheStatus::documentation()),
         ),
     ]
 }
@@ -141,11 +138,12 @@ pub async fn cached<T, F, Fut>(
 ) -> Result<Cached<T>, ApiError>
 where
     F: Fn(Arc<AppState>) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Result<Loaded, ApiError>> + Send + 'static,
+    Fut: Future<Output = Result<Vec<u8>, ApiError>> + Send + 'static,
 {
     let state_for_load = Arc::clone(state);
-    let loader: crate::cache::Loader =
-        Arc::new(move || -> BoxFuture<'static, Result<Loaded, ApiError>> { load(Arc::clone(&state_for_load)).boxed() });
+    let loader: crate::cache::Loader = Arc::new(move || -> BoxFuture<'static, Result<Vec<u8>, ApiError>> {
+        load(Arc::clone(&state_for_load)).boxed()
+    });
     let served = state.cache.read_through(read, loader).await?;
     Ok(Cached::new(served, if_none_match))
 }

@@ -15,7 +15,7 @@ use super::{
 };
 use crate::app::AppState;
 use crate::auth::{BearerAuth, Role};
-use crate::cache::{CacheableRead, Loaded};
+use crate::cache::CacheableRead;
 use crate::db::entities::risks;
 use crate::db::risks::RiskFilter;
 use crate::error::ApiError;
@@ -66,9 +66,9 @@ impl RiskFilter {
     }
 }
 
-/// Reads a live risk with its mitigations, sub-actions and assets; also returns the tags of the
-/// assets it found, which the cache must watch too.
-pub(super) async fn load_detail(state: &AppState, tenant: Uuid, id: Uuid) -> Result<Loaded, ApiError> {
+/// Reads a live risk with its mitigations, sub-actions and assets (all of which invalidate
+/// `risk:<id>`, see the triggers in `migrations/`).
+pub(super) async fn load_detail(state: &AppState, tenant: Uuid, id: Uuid) -> Result<Vec<u8>, ApiError> {
     let conn = &state.db.conn;
     let risk = state
         .db
@@ -77,13 +77,12 @@ pub(super) async fn load_detail(state: &AppState, tenant: Uuid, id: Uuid) -> Res
         .ok_or_else(|| ApiError::not_found("risk", id))?;
     let mitigations = state.db.timed("risk_mitigations", crate::db::risks::mitigations_of(conn, tenant, id)).await?;
     let assets = state.db.timed("risk_assets", crate::db::risks::assets_of(conn, tenant, id)).await?;
-    let discovered = assets.iter().map(|asset| tag("asset", Some(asset.id))).collect();
     let detail = RiskDetail {
         risk: Risk::from(risk),
         mitigations: mitigations.into_iter().map(|(row, subs)| Mitigation::from_rows(row, subs)).collect(),
         assets: assets.into_iter().map(Asset::from).collect(),
     };
-    Ok(Loaded { body: body_of(&detail), discovered })
+    Ok(body_of(&detail))
 }
 
 #[OpenApi(prefix_path = "/api/v1", tag = "ApiTags::Risks")]
@@ -165,7 +164,7 @@ impl RisksApi {
                     page: filter.page,
                     limit: filter.limit,
                 };
-                Ok(Loaded::new(body_of(&page)))
+                Ok(body_of(&page))
             }
         })
         .await

@@ -9,7 +9,7 @@ use poem_openapi::param::{Header, Query};
 use super::{ApiTags, Cached, body_of, cached, tag};
 use crate::app::AppState;
 use crate::auth::BearerAuth;
-use crate::cache::{CacheableRead, Loaded};
+use crate::cache::CacheableRead;
 use crate::error::ApiError;
 use crate::model::{MitigationStatusCounts, RiskMatrix, SeverityCounts, Stats, StatusCounts, TrendPoint, Trends};
 
@@ -66,7 +66,7 @@ impl StatsApi {
                     done: row.done,
                 },
             };
-            Ok(Loaded::new(body_of(&stats)))
+            Ok(body_of(&stats))
         })
         .await
     }
@@ -94,7 +94,7 @@ impl StatsApi {
         cached(&state, read, if_none_match.0.as_deref(), move |state| async move {
             let counts = state.db.timed("risk_matrix", crate::db::stats::risk_matrix(&state.db.conn, tenant)).await?;
             let total = counts.iter().flatten().sum();
-            Ok(Loaded::new(body_of(&RiskMatrix { counts, total })))
+            Ok(body_of(&RiskMatrix { counts, total }))
         })
         .await
     }
@@ -137,7 +137,7 @@ impl StatsApi {
                     deleted: row.deleted,
                 })
                 .collect();
-            Ok(Loaded::new(body_of(&Trends { days, points })))
+            Ok(body_of(&Trends { days, points }))
         })
         .await
     }

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)] // Each test binary uses a different part of the harness.
 
+use openrisk_shared::CacheStatus;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -164,8 +165,10 @@ pub fn metric_value(text: &str, sample: &str) -> f64 {
         .map_or(0.0, |value| value.trim().parse().unwrap())
 }
 
-pub fn cache_status(response: &Response) -> String {
-    response.headers().get("cache-status").map(|value| value.to_str().unwrap().to_owned()).unwrap_or_default()
+/// The response's `Cache-Status`, which every cacheable GET carries with one of the known values.
+pub fn cache_status(response: &Response) -> CacheStatus {
+    let value = response.headers().get("cache-status").map(|value| value.to_str().unwrap()).unwrap_or_default();
+    CacheStatus::parse(value).unwrap_or_else(|| panic!("unknown Cache-Status {value:?}"))
 }
 
 /// Asserts a problem+json error with `status` and returns its body.

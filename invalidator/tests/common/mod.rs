@@ -60,13 +60,16 @@ impl Harness {
         let key = self.keyspace.entry_key(tenant, 1, name, &[]);
         let tags = with_all(tags);
         for _ in 0..50 {
-            let Lookup::Miss { snapshot } =
+            let Lookup::Miss(snapshot) =
                 protocol::lookup(&mut self.redis, &self.keyspace, tenant, &key, &tags).await.unwrap()
             else {
                 return key;
             };
+            let snapshot = protocol::create_missing_versions(&mut self.redis, &self.keyspace, tenant, &snapshot, 700)
+                .await
+                .unwrap();
             let entry =
-                Fill { entry_key: &key, body: name.as_bytes(), etag: "e", ttl_secs: 600, members_ttl_secs: 700 };
+                Fill { entry_key: &key, body: name.as_bytes(), etag: "e", ttl_secs: 600, dependencies_ttl_secs: 700 };
             if protocol::fill(&mut self.redis, &self.keyspace, tenant, &snapshot, entry).await.unwrap() {
                 return key;
             }
@@ -77,10 +80,7 @@ impl Harness {
     /// Whether the entry is still served (a hit) for these tags.
     pub async fn is_cached(&mut self, tenant: Uuid, key: &str, tags: &[String]) -> bool {
         let tags = with_all(tags);
-        matches!(
-            protocol::lookup(&mut self.redis, &self.keyspace, tenant, key, &tags).await.unwrap(),
-            Lookup::Hit { .. }
-        )
+        matches!(protocol::lookup(&mut self.redis, &self.keyspace, tenant, key, &tags).await.unwrap(), Lookup::Hit(_))
     }
 
     pub async fn outbox_len(&self) -> i64 {

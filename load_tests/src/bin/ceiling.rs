@@ -3,16 +3,13 @@
 //! redis crate and runtime as the API), with the stored bytes as a JSON body. No authentication,
 //! no Lua, no version checks: what the API adds on top of this is what the cache costs.
 //!
-//! A second route, `GET /lookup/{tenant}/{risk}`, answers a risk detail the API cached through
-//! the real consistency protocol (`openrisk_shared::protocol::lookup`, the version-checking Lua
-//! script) and nothing else, so the benchmark can split the API's cost into "the protocol's
-//! Redis round trip" and "everything the API adds" (auth, routing, metrics, headers).
+//! A second route, `GET /ceiling/list`, serves the body stored at `<key>:list` the same way, so a
+//! cached list has a ceiling with its own body size.
 //!
-//! A third, `GET /multi/{tenant}/{risk}`, is a sketch of a cheaper hit check, for comparison
-//! only: one `MULTI; HMGET entry b e t; MGET v:all v:risk:<id>; EXEC` round trip without Lua,
-//! comparing the versions client-side. It checks only the tags known before reading (not a
-//! detail's asset tags), so it is not a correct protocol as it stands; it measures what such a
-//! round trip costs.
+//! A third, `GET /lookup/{tenant}/{risk}`, answers a risk detail the API cached through the real
+//! consistency protocol (`openrisk_shared::protocol::lookup`, the version-checking `MGET`) and
+//! nothing else, so the benchmark can split the API's cost into "the protocol's Redis round trip"
+//! and "everything the API adds" (auth, routing, metrics, headers).
 //!
 //! ```sh
 //! ceiling --addr 127.0.0.1:18090 --redis-url redis://127.0.0.1:6379 --key bench:ceiling --key-prefix bench
@@ -32,13 +29,14 @@ use redis::aio::MultiplexedConnection;
 use uuid::Uuid;
 
 #[derive(Debug, Parser)]
-#[command(about = "Minimal poem server answering GET /ceiling from one Redis GET")]
+#[command(about = "Minimal poem server answering GET /ceiling (and /ceiling/list) from one Redis GET")]
 struct Args {
     #[arg(long, env = "CEILING_ADDR", default_value = "127.0.0.1:18090")]
     addr: SocketAddr,
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     redis_url: String,
-    /// Redis key holding the body to serve (the benchmark stores a real risk detail there).
+    /// Redis key holding the body to serve (the benchmark stores a real risk detail there, and
+    /// a real list page at `<key>:list`).
     #[arg(long, default_value = "bench:ceiling")]
     key: String,
     /// The API's cache key prefix (`cache.key_prefix`), for `/lookup`.
@@ -52,18 +50,29 @@ struct Args {
 struct State {
     redis: MultiplexedConnection,
     key: String,
+    list_key: String,
     keyspace: Keyspace,
     schema_version: u32,
 }
 
-#[handler]
-async fn ceiling(state: Data<&Arc<State>>) -> Response {
-    let mut redis = state.redis.clone();
-    match redis.get::<_, Option<Vec<u8>>>(&state.key).await {
+/// Serves the bytes at `key` from one Redis `GET`.
+async fn serve(redis: &MultiplexedConnection, key: &str) -> Response {
+    let mut redis = redis.clone();
+    match redis.get::<_, Option<Vec<u8>>>(key).await {
         Ok(Some(body)) => Response::builder().content_type("application/json; charset=utf-8").body(body),
         Ok(None) => Response::builder().status(StatusCode::NOT_FOUND).finish(),
         Err(_) => Response::builder().status(StatusCode::SERVICE_UNAVAILABLE).finish(),
     }
+}
+
+#[handler]
+async fn ceiling(state: Data<&Arc<State>>) -> Response {
+    serve(&state.redis, &state.key).await
+}
+
+#[handler]
+async fn ceiling_list(state: Data<&Arc<State>>) -> Response {
+    serve(&state.redis, &state.list_key).await
 }
 
 #[handler]
@@ -73,50 +82,12 @@ async fn lookup(state: Data<&Arc<State>>, Path((tenant, risk)): Path<(Uuid, Uuid
     let Ok(tag) = Tag::new("risk", Some(&risk)) else {
         return Response::builder().status(StatusCode::BAD_REQUEST).finish();
     };
-    match protocol::lookup(&mut redis, &state.keyspace, tenant, &key, &[tag, Tag::all()]).await {
-        Ok(Lookup::Hit { body, etag }) => {
-            Response::builder().content_type("application/json; charset=utf-8").header("ETag", etag).body(body)
-        }
-        Ok(Lookup::Miss { .. }) => Response::builder().status(StatusCode::NOT_FOUND).finish(),
-        Err(_) => Response::builder().status(StatusCode::SERVICE_UNAVAILABLE).finish(),
-    }
-}
-
-/// Body, entity tag and stored tag versions of a cached entry (`HMGET key b e t`).
-type EntryFields = (Option<Vec<u8>>, Option<String>, Option<String>);
-
-#[handler]
-async fn multi(state: Data<&Arc<State>>, Path((tenant, risk)): Path<(Uuid, Uuid)>) -> Response {
-    let mut redis = state.redis.clone();
-    let key = state.keyspace.entry_key(tenant, state.schema_version, "risk", &[("id", risk.to_string())]);
-    let (Ok(risk_tag), all) = (Tag::new("risk", Some(&risk)), Tag::all()) else {
-        return Response::builder().status(StatusCode::BAD_REQUEST).finish();
-    };
-    let tags = [all, risk_tag];
-    let reply: redis::RedisResult<(EntryFields, Vec<Option<String>>)> = redis::pipe()
-        .atomic()
-        .cmd("HMGET")
-        .arg(&key)
-        .arg("b")
-        .arg("e")
-        .arg("t")
-        .cmd("MGET")
-        .arg(tags.iter().map(|tag| state.keyspace.version_key(tenant, tag)).collect::<Vec<_>>())
-        .query_async(&mut redis)
-        .await;
-    match reply {
-        Ok(((Some(body), Some(etag), Some(stored)), versions)) => {
-            let current = tags.iter().zip(&versions).all(|(tag, version)| {
-                let wanted = format!("{}={}", tag.as_str(), version.as_deref().unwrap_or(""));
-                stored.split(' ').any(|pair| pair == wanted)
-            });
-            if current {
-                Response::builder().content_type("application/json; charset=utf-8").header("ETag", etag).body(body)
-            } else {
-                Response::builder().status(StatusCode::NOT_FOUND).finish()
-            }
-        }
-        Ok(_) => Response::builder().status(StatusCode::NOT_FOUND).finish(),
+    match protocol::lookup(&mut redis, &state.keyspace, tenant, &key, &[Tag::all(), tag]).await {
+        Ok(Lookup::Hit(entry)) => Response::builder()
+            .content_type("application/json; charset=utf-8")
+            .header("ETag", entry.etag)
+            .body(entry.body),
+        Ok(Lookup::Miss(_)) => Response::builder().status(StatusCode::NOT_FOUND).finish(),
         Err(_) => Response::builder().status(StatusCode::SERVICE_UNAVAILABLE).finish(),
     }
 }
@@ -128,14 +99,15 @@ async fn main() -> anyhow::Result<()> {
     let redis = client.get_multiplexed_async_connection().await?;
     let state = Arc::new(State {
         redis,
+        list_key: format!("{}:list", args.key),
         key: args.key,
         keyspace: Keyspace::new(args.key_prefix),
         schema_version: args.schema_version,
     });
     let app = Route::new()
         .at("/ceiling", get(ceiling))
+        .at("/ceiling/list", get(ceiling_list))
         .at("/lookup/:tenant/:risk", get(lookup))
-        .at("/multi/:tenant/:risk", get(multi))
         .data(state);
     Server::new(poem::listener::TcpListener::bind(args.addr))
         .run_with_graceful_shutdown(

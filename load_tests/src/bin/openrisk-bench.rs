@@ -263,7 +263,7 @@ async fn main() -> anyhow::Result<()> {
     results.insert("body_bytes".into(), json!({"detail": hit.body.len(), "list": list_hit.body.len()}));
 
     let ceiling = Workload::new("ceiling", vec![ceiling_req], Sampler::Uniform(1));
-    // The ceiling plus the real protocol lookup (the version-checking script) on the same hot risks.
+    // The ceiling plus the real protocol lookup (the version-checking MGET) on the same hot risks.
     let lookups: Vec<Req> = hot.iter().map(|r| Req::get(format!("/lookup/{}/{}", r.tenant, r.id), None)).collect();
     let lookup_answer = Conn::open(args.ceiling).await?.send(&lookups[0]).await?;
     checks.check(
@@ -272,15 +272,6 @@ async fn main() -> anyhow::Result<()> {
         format!("status {}, {} bytes", lookup_answer.status, lookup_answer.body.len()),
     );
     let ceiling_lookup = Workload::new("ceiling + protocol lookup", lookups.clone(), Sampler::Uniform(lookups.len()));
-    let multis: Vec<Req> = hot.iter().map(|r| Req::get(format!("/multi/{}/{}", r.tenant, r.id), None)).collect();
-    let multi_answer = Conn::open(args.ceiling).await?.send(&multis[0]).await?;
-    checks.check(
-        "the ceiling's MULTI sketch finds the API's cached entry",
-        multi_answer.status == 200 && multi_answer.body == hit.body,
-        format!("status {}, {} bytes", multi_answer.status, multi_answer.body.len()),
-    );
-    let ceiling_multi =
-        Workload::new("ceiling + MULTI/HMGET/MGET check (sketch)", multis.clone(), Sampler::Uniform(multis.len()));
     let cached_detail =
         Workload::new("cached GET /risks/{id}", hot_details.clone(), Sampler::Uniform(hot_details.len()));
     let uncached_detail =
@@ -292,7 +283,6 @@ async fn main() -> anyhow::Result<()> {
     let mut saturation_targets = vec![
         (args.ceiling, &ceiling),
         (args.ceiling, &ceiling_lookup),
-        (args.ceiling, &ceiling_multi),
         (args.cached, &cached_detail),
         (args.uncached, &uncached_detail),
         (args.cached, &cached_list),
@@ -387,7 +377,6 @@ async fn main() -> anyhow::Result<()> {
     let ratios = json!({
         "cached_detail_over_ceiling": rps("cached GET /risks/{id}") / rps("ceiling"),
         "ceiling_lookup_over_ceiling": rps("ceiling + protocol lookup") / rps("ceiling"),
-        "ceiling_multi_sketch_over_ceiling": rps("ceiling + MULTI/HMGET/MGET check (sketch)") / rps("ceiling"),
         "cached_detail_over_ceiling_lookup": rps("cached GET /risks/{id}") / rps("ceiling + protocol lookup"),
         "cached_detail_over_uncached": rps("cached GET /risks/{id}") / rps("uncached GET /risks/{id}"),
         "cached_list_over_ceiling": rps("cached GET /risks?…") / rps("ceiling"),

@@ -1,0 +1,276 @@
+//! The read-through cache in front of Postgres, built only on `openrisk_shared::protocol` and
+//! `openrisk_shared::keys` (the invalidator uses the same scheme).
+//!
+//! * A GET looks its entry up in one `MGET`; a hit sends the stored bytes untouched
+//!   ([`read_through`]).
+//! * A miss reads Postgres and fills through the protocol's version check, so a fill that read
+//!   the database before a write was invalidated is refused.
+//! * Concurrent misses on one key in this process share one database read ([`single_flight`]).
+//! * Every Redis call is bounded by `cache.redis_timeout_ms`; failures open a circuit breaker
+//!   ([`breaker`]) and reads go to Postgres uncached until a probe succeeds.
+
+mod breaker;
+mod read_through;
+mod single_flight;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use openrisk_shared::config::CacheSettings;
+use openrisk_shared::protocol::{self, Reclaimable};
+use openrisk_shared::{CacheStatus, Keyspace, Tag};
+use rand::Rng;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use self::breaker::Breaker;
+use self::read_through::MissResult;
+use self::single_flight::SingleFlight;
+use crate::db::Invalidations;
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+
+/// Version of every response shape; bump it whenever a cached response changes shape, so a
+/// deploy never serves entries written by the previous version. (The protocol's entry format is
+/// versioned separately, in the key scheme.)
+pub const RESPONSE_SCHEMA_VERSION: u32 = 2;
+
+/// Extra lifetime of tag versions and member sets beyond the longest entry TTL.
+const DEPENDENCIES_TTL_MARGIN_SECS: u64 = 60;
+
+/// Called on the miss path between the database read and the fill, with the route and the
+/// entry key. Tests use it to hold a reader there while a write commits (the stale-fill race).
+pub type BeforeFillHook = Arc<dyn Fn(&'static str, &str) -> BoxFuture<'static, ()> + Send + Sync>;
+
+/// A database read producing a serialised response body.
+pub type Loader = Arc<dyn Fn() -> BoxFuture<'static, Result<Vec<u8>, ApiError>> + Send + Sync>;
+
+/// A response body ready to send, with its entity tag and how the cache answered.
+#[derive(Debug, Clone)]
+pub struct Served {
+    pub body: Bytes,
+    pub etag: String,
+    pub cache_status: CacheStatus,
+}
+
+/// A cacheable read: what the entry key and the tags are built from.
+#[derive(Debug, Clone)]
+pub struct CacheableRead {
+    /// Route template, for metrics.
+    pub route: &'static str,
+    pub tenant: Uuid,
+    /// Resource name in the entry key.
+    pub resource: &'static str,
+    /// Every parameter that changes the answer, normalised (defaults filled in).
+    pub params: Vec<(&'static str, String)>,
+    /// Every tag the response depends on; `all` is added automatically.
+    pub tags: Vec<Tag>,
+}
+
+/// Strong entity tag of a body.
+pub fn etag_of(body: &[u8]) -> String {
+    format!("\"{}\"", hex::encode(&Sha256::digest(body)[..16]))
+}
+
+/// Whether an `If-None-Match` header value matches `etag` (weak comparison, RFC 9110 §13.1.2).
+pub fn if_none_match_matches(header: &str, etag: &str) -> bool {
+    let bare = |tag: &str| tag.trim().trim_start_matches("W/").to_owned();
+    header.trim() == "*" || header.split(',').any(|candidate| bare(candidate) == bare(etag))
+}
+
+/// Why a Redis call did not produce a result.
+#[derive(Debug, thiserror::Error)]
+enum RedisFault {
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("redis call timed out")]
+    Timeout,
+}
+
+/// The cache: Redis connection, key scheme, breaker, single-flight table and metrics.
+pub struct Cache {
+    settings: CacheSettings,
+    keyspace: Keyspace,
+    /// None when the cache is disabled.
+    redis: Option<ConnectionManager>,
+    timeout: Duration,
+    breaker: Breaker,
+    flights: SingleFlight<MissResult>,
+    metrics: Arc<Metrics>,
+    before_fill: Option<BeforeFillHook>,
+}
+
+impl std::fmt::Debug for Cache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cache").field("enabled", &self.redis.is_some()).field("keyspace", &self.keyspace).finish()
+    }
+}
+
+impl Cache {
+    /// Prepares the cache; connects to Redis lazily (the API starts while Redis is down).
+    pub fn new(
+        redis_url: &str,
+        settings: CacheSettings,
+        metrics: Arc<Metrics>,
+        before_fill: Option<BeforeFillHook>,
+    ) -> Result<Self, redis::RedisError> {
+        let timeout = Duration::from_millis(settings.redis_timeout_ms);
+        let redis = if settings.enabled {
+            let client = redis::Client::open(redis_url)?;
+            let config = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(timeout))
+                .set_response_timeout(Some(timeout))
+                .set_number_of_retries(1)
+                .set_max_delay(Duration::from_millis(settings.breaker_open_ms.max(100)));
+            Some(ConnectionManager::new_lazy_with_config(client, config)?)
+        } else {
+            None
+        };
+        let breaker = Breaker::new(
+            settings.breaker_failure_threshold,
+            Duration::from_millis(settings.breaker_open_ms),
+            timeout * 4,
+        );
+        Ok(Self {
+            keyspace: Keyspace::new(settings.key_prefix.clone()),
+            settings,
+            redis,
+            timeout,
+            breaker,
+            flights: SingleFlight::new(),
+            metrics,
+            before_fill,
+        })
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.redis.is_some()
+    }
+
+    /// Whether reads currently skip Redis because the breaker is open.
+    pub fn breaker_open(&self) -> bool {
+        !self.breaker.is_closed()
+    }
+
+    /// Runs one Redis call under the timeout, feeding the breaker, the degraded gauge and the
+    /// latency histogram.
+    async fn call<T>(
+        &self,
+        operation: &'static str,
+        call: impl Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, RedisFault> {
+        let started = Instant::now();
+        let result = match tokio::time::timeout(self.timeout, call).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(error)) => Err(RedisFault::Redis(error)),
+            Err(_) => Err(RedisFault::Timeout),
+        };
+        self.metrics.observe_redis(operation, started);
+        match &result {
+            Ok(_) => {
+                self.breaker.success();
+                self.metrics.set_degraded(false);
+            }
+            Err(error) => {
+                self.breaker.failure();
+                self.metrics.set_degraded(true);
+                tracing::warn!(operation, %error, "redis call failed; serving from Postgres");
+            }
+        }
+        result
+    }
+
+    fn connection(&self) -> Option<ConnectionManager> {
+        self.redis.clone()
+    }
+
+    /// Lifetime of tag versions and member sets: longer than any entry's.
+    fn dependencies_ttl_secs(&self) -> u64 {
+        let longest =
+            self.settings.ttl_secs + self.settings.ttl_secs * u64::from(self.settings.ttl_jitter_percent) / 100;
+        longest + DEPENDENCIES_TTL_MARGIN_SECS
+    }
+
+    /// The configured TTL, moved by up to ±`ttl_jitter_percent` so entries do not expire together.
+    fn jittered_ttl(&self) -> u64 {
+        let spread = self.settings.ttl_secs * u64::from(self.settings.ttl_jitter_percent) / 100;
+        if spread == 0 {
+            return self.settings.ttl_secs;
+        }
+        let low = self.settings.ttl_secs - spread.min(self.settings.ttl_secs - 1);
+        rand::rng().random_range(low..=self.settings.ttl_secs + spread)
+    }
+
+    /// Invalidates what a committed write changed, so the writer reads its own write at once;
+    /// the entries' memory is reclaimed in the background. Best effort: when Redis is
+    /// unavailable the invalidator applies the same outbox rows.
+    pub async fn invalidate(self: &Arc<Self>, invalidations: &Invalidations) {
+        self.flights.write_committed();
+        let Some(mut conn) = self.connection() else { return };
+        if invalidations.0.is_empty() || !self.breaker.allow() {
+            return;
+        }
+        let mut reclaimable = Reclaimable::default();
+        for (tenant, tags) in &invalidations.0 {
+            let call = protocol::invalidate(&mut conn, &self.keyspace, *tenant, tags);
+            match self.call("invalidate", call).await {
+                Ok(moved) => reclaimable.extend(moved),
+                Err(_) => return,
+            }
+        }
+        if !reclaimable.is_empty() {
+            tokio::spawn(async move {
+                if let Err(error) = protocol::reclaim(&mut conn, &reclaimable).await {
+                    tracing::debug!(%error, "reclaiming invalidated entries stopped; the rest expires");
+                }
+            });
+        }
+    }
+
+    /// Pings Redis within the timeout (for /readyz); does not touch the breaker.
+    pub async fn ping(&self) -> bool {
+        let Some(mut conn) = self.connection() else { return false };
+        let command = redis::cmd("PING");
+        let ping = command.query_async::<String>(&mut conn);
+        matches!(tokio::time::timeout(self.timeout, ping).await, Ok(Ok(_)))
+    }
+
+    /// Checks Redis' eviction policy and exports the verdict; false when it could not be read.
+    pub async fn check_eviction_policy(&self) -> bool {
+        let Some(mut conn) = self.connection() else { return false };
+        let verdict = tokio::time::timeout(self.timeout * 4, protocol::check_eviction_policy(&mut conn)).await;
+        match verdict {
+            Ok(Ok(problem)) => {
+                self.metrics.set_eviction_policy_ok(problem.is_none());
+                true
+            }
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "could not read redis eviction policy");
+                self.metrics.set_eviction_policy_ok(false);
+                false
+            }
+            Err(_) => {
+                tracing::warn!("timed out reading redis eviction policy");
+                self.metrics.set_eviction_policy_ok(false);
+                false
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn if_none_match_compares_weakly() {
+        let etag = "\"abc\"";
+        assert!(if_none_match_matches("\"abc\"", etag));
+        assert!(if_none_match_matches("W/\"abc\", \"x\"", etag));
+        assert!(if_none_match_matches("*", etag));
+        assert!(!if_none_match_matches("\"abd\"", etag));
+    }
+}

@@ -1,0 +1,142 @@
+//! The read path: one `MGET` on a hit; on a miss, a database read (once per key in this
+//! process) and a fill through the protocol's version check.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use openrisk_shared::protocol::{self, Fill, Lookup, Snapshot};
+use openrisk_shared::{CacheStatus, Tag};
+use uuid::Uuid;
+
+use super::single_flight::Role;
+use super::{Cache, CacheableRead, Loader, Served, etag_of};
+use crate::error::ApiError;
+use crate::metrics::{CacheResult, FillOutcome};
+
+/// The result of one miss: the body and how the fill went, shared with collapsed waiters.
+#[derive(Debug, Clone)]
+pub(super) struct MissResult {
+    body: Bytes,
+    etag: String,
+    cache_status: CacheStatus,
+}
+
+impl MissResult {
+    fn new(body: Vec<u8>, cache_status: CacheStatus) -> Self {
+        let etag = etag_of(&body);
+        Self { body: Bytes::from(body), etag, cache_status }
+    }
+}
+
+impl Cache {
+    /// Serves `read` from Redis when current, otherwise through `load` (once per key and write
+    /// epoch in this process), filling the cache when the protocol allows.
+    pub async fn read_through(self: &Arc<Self>, read: CacheableRead, load: Loader) -> Result<Served, ApiError> {
+        let route = read.route;
+        let mut tags = read.tags;
+        tags.push(Tag::all());
+        tags.sort();
+        tags.dedup();
+        let Some(mut conn) = self.connection() else {
+            self.metrics.cache_request(route, CacheResult::Bypass);
+            return uncached(load, CacheStatus::Disabled).await;
+        };
+        if !self.breaker.allow() {
+            self.metrics.cache_request(route, CacheResult::Bypass);
+            return uncached(load, CacheStatus::BreakerOpen).await;
+        }
+        let key = self.keyspace.entry_key(read.tenant, super::RESPONSE_SCHEMA_VERSION, read.resource, &read.params);
+        let lookup = self.call("lookup", protocol::lookup(&mut conn, &self.keyspace, read.tenant, &key, &tags)).await;
+        match lookup {
+            Err(_) => {
+                self.metrics.cache_request(route, CacheResult::Error);
+                uncached(load, CacheStatus::LookupFailed).await
+            }
+            Ok(Lookup::Hit(entry)) => {
+                self.metrics.cache_request(route, CacheResult::Hit);
+                Ok(Served { body: entry.body, etag: entry.etag, cache_status: CacheStatus::Hit })
+            }
+            Ok(Lookup::Miss(snapshot)) => {
+                self.metrics.cache_request(route, CacheResult::Miss);
+                let cache = Arc::clone(self);
+                let tenant = read.tenant;
+                let flight_key = key.clone();
+                let miss = async move { cache.miss(route, tenant, &key, snapshot, load).await };
+                let (role, result) = self.flights.join(flight_key, miss);
+                if role == Role::Follower {
+                    self.metrics.singleflight_wait(route);
+                }
+                let result = result.await?;
+                let cache_status = match role {
+                    Role::Leader => result.cache_status,
+                    Role::Follower => CacheStatus::Collapsed,
+                };
+                Ok(Served { body: result.body, etag: result.etag, cache_status })
+            }
+        }
+    }
+
+    /// The miss path: read, then fill through the protocol. A snapshot that lacks versions
+    /// cannot protect a read made before they exist: collection versions are created before the
+    /// read; a missing row version only once a first read showed the row exists, after which
+    /// the database is read again under it.
+    async fn miss(
+        &self,
+        route: &'static str,
+        tenant: Uuid,
+        key: &str,
+        snapshot: Snapshot,
+        load: Loader,
+    ) -> Result<MissResult, ApiError> {
+        let mut conn = self.connection().ok_or_else(ApiError::internal)?;
+        let ttl = self.dependencies_ttl_secs();
+        let (snapshot, body) = if snapshot.is_complete() {
+            (snapshot, load().await?)
+        } else if snapshot.lacks_only_collection_versions() {
+            let created = protocol::create_missing_versions(&mut conn, &self.keyspace, tenant, &snapshot, ttl);
+            match self.call("create_versions", created).await {
+                Ok(completed) => (completed, load().await?),
+                Err(_) => return self.unfilled(route, load().await?),
+            }
+        } else {
+            let first = load().await?;
+            let created = protocol::create_missing_versions(&mut conn, &self.keyspace, tenant, &snapshot, ttl);
+            match self.call("create_versions", created).await {
+                Ok(completed) => (completed, load().await?),
+                Err(_) => return self.unfilled(route, first),
+            }
+        };
+        if let Some(hook) = &self.before_fill {
+            hook(route, key).await;
+        }
+        let etag = etag_of(&body);
+        let fill = Fill {
+            entry_key: key,
+            body: &body,
+            etag: &etag,
+            ttl_secs: self.jittered_ttl(),
+            dependencies_ttl_secs: self.dependencies_ttl_secs(),
+        };
+        let filled = self.call("fill", protocol::fill(&mut conn, &self.keyspace, tenant, &snapshot, fill)).await;
+        let (outcome, cache_status) = match filled {
+            Ok(true) => (FillOutcome::Stored, CacheStatus::Stored),
+            Ok(false) => (FillOutcome::Rejected, CacheStatus::FillRejected),
+            Err(_) => (FillOutcome::Error, CacheStatus::FillFailed),
+        };
+        self.metrics.cache_fill(route, outcome);
+        Ok(MissResult { body: Bytes::from(body), etag, cache_status })
+    }
+
+    /// A miss answered without filling, because Redis failed while preparing the fill.
+    fn unfilled(&self, route: &'static str, body: Vec<u8>) -> Result<MissResult, ApiError> {
+        self.metrics.cache_fill(route, FillOutcome::Error);
+        Ok(MissResult::new(body, CacheStatus::FillFailed))
+    }
+}
+
+/// Reads from Postgres without touching Redis.
+async fn uncached(load: Loader, cache_status: CacheStatus) -> Result<Served, ApiError> {
+    let body = load().await?;
+    let etag = etag_of(&body);
+    Ok(Served { body: Bytes::from(body), etag, cache_status })
+}
