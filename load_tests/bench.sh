@@ -11,7 +11,7 @@
 # answering from one Redis GET). `openrisk-bench` then measures everything side by side and
 # writes results.json, summary.md and latency.svg into $OUT (load_tests/out, gitignored).
 #
-# Knobs (environment): TENANTS RISKS PHASE_SECS ROUNDS CONNECTIONS RATE HOT FRESH_RISKS
+# Knobs (environment): TENANTS RISKS PHASE_SECS ROUNDS CONNECTIONS RATE HOT FRESH_RISKS VARIANTS
 # FRESH_BACKGROUND_RATE BACKGROUND_WRITES PROFILE (release|dev) OUT WRK (1/0: also measure with wrk if installed)
 # PERF (1: perf profile of the cached API's hit path into $OUT/perf-hit-*.txt) COPY_PLOT (1: copy the plot to
 # load_tests/latency.svg) ALLOC_AB (1: also a cached API with jemalloc preloaded) PG_ADMIN_URL (default postgres://postgres@127.0.0.1:5432/postgres).
@@ -27,6 +27,7 @@ CONNECTIONS=${CONNECTIONS:-64}
 RATE=${RATE:-2000}
 HOT=${HOT:-1000}
 FRESH_RISKS=${FRESH_RISKS:-4}
+VARIANTS=${VARIANTS:-20000}
 FRESH_BACKGROUND_RATE=${FRESH_BACKGROUND_RATE:-$((RATE / 4))}
 BACKGROUND_WRITES=${BACKGROUND_WRITES:-100}
 PROFILE=${PROFILE:-release}
@@ -193,7 +194,7 @@ status=0
     --api-pid "$api_pid" --uncached-pid "$uncached_pid" --invalidator-pid "$invalidator_pid" \
     --redis-pid "$redis_pid" --ceiling-pid "$ceiling_pid" \
     --phase-secs "$PHASE_SECS" --rounds "$ROUNDS" --connections "$CONNECTIONS" --rate "$RATE" \
-    --hot "$HOT" --fresh-risks "$FRESH_RISKS" --background-writes "$BACKGROUND_WRITES" --fresh-background-rate "$FRESH_BACKGROUND_RATE" \
+    --hot "$HOT" --fresh-risks "$FRESH_RISKS" --variants "$VARIANTS" --key-prefix "$OPENRISK_CACHE__KEY_PREFIX" --background-writes "$BACKGROUND_WRITES" --fresh-background-rate "$FRESH_BACKGROUND_RATE" \
     "${flags[@]}" "${alt_flags[@]}" --out "$OUT" 2>&1 | tee "$OUT/bench.log" || status=$?
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)" >>"$OUT/machine.txt"
 

@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 out=$(mktemp -d "${TMPDIR:-/tmp}/openrisk-smoke.XXXXXX")
 trap 'rm -rf "$out"' EXIT
 
-TENANTS=1 RISKS=50 PHASE_SECS=1 ROUNDS=1 CONNECTIONS=4 RATE=200 HOT=50 FRESH_RISKS=2 \
+TENANTS=1 RISKS=50 PHASE_SECS=1 ROUNDS=1 CONNECTIONS=4 RATE=200 HOT=50 FRESH_RISKS=2 VARIANTS=300 \
     BACKGROUND_WRITES=20 PROFILE=${PROFILE:-dev} WRK=0 PERF=0 COPY_PLOT=0 ALLOC_AB=0 OUT="$out" \
     load_tests/bench.sh >"$out/run.log" 2>&1
 status=$?

@@ -22,6 +22,7 @@ use hyper::Method;
 use hyper::client::conn::http1;
 use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST};
 use hyper_util::rt::TokioIo;
+use openrisk_shared::CacheStatus;
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
 use serde_json::{Value, json};
@@ -44,11 +45,11 @@ impl Req {
     }
 }
 
-/// An answer: status, the `Cache-Status` header and the body.
+/// An answer: status, the `Cache-Status` header (when it holds a known value) and the body.
 #[derive(Debug, Clone)]
 pub struct Answer {
     pub status: u16,
-    pub cache_status: Option<String>,
+    pub cache_status: Option<CacheStatus>,
     pub body: Bytes,
 }
 
@@ -84,7 +85,7 @@ impl Conn {
         let response = self.sender.send_request(request).await?;
         let status = response.status().as_u16();
         let cache_status =
-            response.headers().get("cache-status").and_then(|value| value.to_str().ok()).map(str::to_owned);
+            response.headers().get("cache-status").and_then(|value| value.to_str().ok()).and_then(CacheStatus::parse);
         let body = response.into_body().collect().await?.to_bytes();
         Ok(Answer { status, cache_status, body })
     }
@@ -262,9 +263,19 @@ pub async fn closed_loop(
     connections: usize,
     duration: Duration,
 ) -> anyhow::Result<RunResult> {
+    closed_loop_across(&[addr], workload, connections, duration).await
+}
+
+/// Saturation spread over several servers: connection `i` goes to `addrs[i % addrs.len()]`.
+pub async fn closed_loop_across(
+    addrs: &[SocketAddr],
+    workload: Arc<Workload>,
+    connections: usize,
+    duration: Duration,
+) -> anyhow::Result<RunResult> {
     let mut conns = Vec::with_capacity(connections);
-    for _ in 0..connections {
-        conns.push(Conn::open(addr).await?);
+    for index in 0..connections {
+        conns.push(Conn::open(addrs[index % addrs.len()]).await?);
     }
     let started = Instant::now();
     let deadline = started + duration;

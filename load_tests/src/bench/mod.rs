@@ -6,4 +6,5 @@ pub mod http;
 pub mod plot;
 pub mod procfs;
 pub mod prom;
+pub mod redis_cost;
 pub mod zipf;

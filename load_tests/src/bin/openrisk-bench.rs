@@ -25,11 +25,12 @@ use anyhow::{Context, bail};
 use bytes::Bytes;
 use clap::Parser;
 use hyper::Method;
-use openrisk_load_tests::bench::http::{Conn, Req, RunResult, Workload, closed_loop, open_loop};
+use openrisk_load_tests::bench::http::{Conn, Req, RunResult, Workload, closed_loop_across, open_loop};
 use openrisk_load_tests::bench::plot::{self, PERCENTILES, Panel, Series};
 use openrisk_load_tests::bench::procfs::{self, ProcSample};
-use openrisk_load_tests::bench::prom;
 use openrisk_load_tests::bench::zipf::{Sampler, zipf_weights};
+use openrisk_load_tests::bench::{prom, redis_cost};
+use openrisk_shared::CacheStatus;
 use rand::rngs::SmallRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -103,6 +104,12 @@ struct Args {
     /// Zipf exponent of the dashboard mix over all risks.
     #[arg(long, default_value_t = 1.0)]
     zipf_s: f64,
+    /// List variants (pages) one tenant caches before one write invalidates them all.
+    #[arg(long, default_value_t = 20_000)]
+    variants: u32,
+    /// The API's cache key prefix (`cache.key_prefix`).
+    #[arg(long, default_value = "bench")]
+    key_prefix: String,
     /// Risks whose title the freshness phase keeps changing.
     #[arg(long, default_value_t = 4)]
     fresh_risks: usize,
@@ -232,16 +239,14 @@ async fn main() -> anyhow::Result<()> {
     let hit = probe.send(&hot_details[0]).await?;
     checks.check(
         "a warmed risk detail is a cache hit",
-        hit.status == 200 && hit.cache_status.as_deref().is_some_and(|s| s.contains("hit")),
+        hit.status == 200 && hit.cache_status == Some(CacheStatus::Hit),
         format!("Cache-Status {:?}", hit.cache_status),
     );
     let list_hit = probe.send(&lists[0]).await?;
     let bypass = Conn::open(args.uncached).await?.send(&hot_details[0]).await?;
     checks.check(
         "the uncached API bypasses the cache and answers the same body",
-        bypass.status == 200
-            && bypass.cache_status.as_deref().is_some_and(|s| s.contains("bypass"))
-            && bypass.body == hit.body,
+        bypass.status == 200 && bypass.cache_status.is_some_and(CacheStatus::is_bypass) && bypass.body == hit.body,
         format!("Cache-Status {:?}, {} vs {} bytes", bypass.cache_status, bypass.body.len(), hit.body.len()),
     );
     // The ceiling serves a real detail body.
@@ -261,6 +266,17 @@ async fn main() -> anyhow::Result<()> {
         ),
     );
     results.insert("body_bytes".into(), json!({"detail": hit.body.len(), "list": list_hit.body.len()}));
+    // And a real list page, so the cached list has a ceiling with its own body size.
+    let ceiling_list_key = format!("{}:list", args.ceiling_key);
+    redis::cmd("SET").arg(&ceiling_list_key).arg(list_hit.body.as_ref()).exec_async(&mut redis).await?;
+    let ceiling_list_req = Req::get("/ceiling/list", None);
+    let ceiling_list_answer = Conn::open(args.ceiling).await?.send(&ceiling_list_req).await?;
+    checks.check(
+        "the ceiling serves a list page's body",
+        ceiling_list_answer.status == 200 && ceiling_list_answer.body == list_hit.body,
+        format!("{} bytes", ceiling_list_answer.body.len()),
+    );
+    let ceiling_list = Workload::new("ceiling (list body)", vec![ceiling_list_req], Sampler::Uniform(1));
 
     let ceiling = Workload::new("ceiling", vec![ceiling_req], Sampler::Uniform(1));
     // The ceiling plus the real protocol lookup (the version-checking MGET) on the same hot risks.
@@ -280,18 +296,22 @@ async fn main() -> anyhow::Result<()> {
     let uncached_list = Workload::new("uncached GET /risks?…", lists.clone(), Sampler::Uniform(lists.len()));
     let alt_name = format!("cached GET /risks/{{id}} ({})", args.cached_alt_label);
     let cached_alt = Workload::new(alt_name.clone(), hot_details.clone(), Sampler::Uniform(hot_details.len()));
+    let two_apis_name = "cached GET /risks/{id}, two API processes";
+    let cached_two = Workload::new(two_apis_name, hot_details.clone(), Sampler::Uniform(hot_details.len()));
     let mut saturation_targets = vec![
-        (args.ceiling, &ceiling),
-        (args.ceiling, &ceiling_lookup),
-        (args.cached, &cached_detail),
-        (args.uncached, &uncached_detail),
-        (args.cached, &cached_list),
-        (args.uncached, &uncached_list),
+        (vec![args.ceiling], &ceiling),
+        (vec![args.ceiling], &ceiling_lookup),
+        (vec![args.cached], &cached_detail),
+        (vec![args.uncached], &uncached_detail),
+        (vec![args.ceiling], &ceiling_list),
+        (vec![args.cached], &cached_list),
+        (vec![args.uncached], &uncached_list),
     ];
     if let Some(addr) = args.cached_alt {
         let failed = touch_all(addr, &hot_details, 8).await?;
         checks.check(&format!("{alt_name} answers every hot risk"), failed == 0, format!("{failed} failed"));
-        saturation_targets.insert(4, (addr, &cached_alt));
+        saturation_targets.insert(4, (vec![addr], &cached_alt));
+        saturation_targets.insert(5, (vec![args.cached, addr], &cached_two));
     }
     let targets = [
         (args.ceiling, &ceiling),
@@ -333,9 +353,10 @@ async fn main() -> anyhow::Result<()> {
     };
     // Per target: CPU ticks per process, requests answered, machine busy and total ticks.
     let mut cpu: BTreeMap<String, (Vec<u64>, u64, u64, u64)> = BTreeMap::new();
-    redis::cmd("CONFIG").arg("RESETSTAT").exec_async(&mut redis).await?;
+    // Per target: what its requests cost inside Redis, summed over every command they sent.
+    let mut redis_cost: BTreeMap<String, redis_cost::CommandStats> = BTreeMap::new();
     for round in 0..args.rounds {
-        for (addr, workload) in &saturation_targets {
+        for (addrs, workload) in &saturation_targets {
             let profile = (args.perf && round == 0 && workload.name == "cached GET /risks/{id}").then(|| {
                 tokio::process::Command::new("perf")
                     .args(["record", "-F", "999", "-p", &args.api_pid.to_string(), "-o"])
@@ -346,9 +367,11 @@ async fn main() -> anyhow::Result<()> {
                     .spawn()
                     .ok()
             });
+            redis_cost::reset(&mut redis).await?;
             let (cpu_before, machine_before) = (cpu_now(), procfs::machine_ticks());
-            let result = closed_loop(*addr, Arc::clone(workload), args.connections, phase).await?;
+            let result = closed_loop_across(addrs, Arc::clone(workload), args.connections, phase).await?;
             let (cpu_after, machine_after) = (cpu_now(), procfs::machine_ticks());
+            redis_cost.entry(result.name.clone()).or_default().add(&redis_cost::read(&mut redis).await?);
             if let Some(Some(mut child)) = profile {
                 let _ = child.wait().await;
             }
@@ -380,26 +403,25 @@ async fn main() -> anyhow::Result<()> {
         "cached_detail_over_ceiling_lookup": rps("cached GET /risks/{id}") / rps("ceiling + protocol lookup"),
         "cached_detail_over_uncached": rps("cached GET /risks/{id}") / rps("uncached GET /risks/{id}"),
         "cached_list_over_ceiling": rps("cached GET /risks?…") / rps("ceiling"),
+        "cached_list_over_ceiling_list": rps("cached GET /risks?…") / rps("ceiling (list body)"),
+        "two_apis_over_one": saturation.contains_key(two_apis_name).then(|| rps(two_apis_name) / rps("cached GET /risks/{id}")),
         "cached_list_over_uncached": rps("cached GET /risks?…") / rps("uncached GET /risks?…"),
         "alternative_over_cached_detail": saturation.contains_key(&alt_name).then(|| rps(&alt_name) / rps("cached GET /risks/{id}")),
     });
     println!("  ratios: {ratios}");
-    // What each Redis command cost inside Redis during saturation: the ceiling's GET against the
-    // API's scripts (EVALSHA: lookup, and fills and invalidations).
-    let info: String = redis::cmd("INFO").arg("commandstats").query_async(&mut redis).await?;
-    let commandstats: serde_json::Map<String, Value> = info
-        .lines()
-        .filter_map(|line| {
-            let (name, rest) = line.strip_prefix("cmdstat_")?.split_once(':')?;
-            let fields: serde_json::Map<String, Value> = rest
-                .split(',')
-                .filter_map(|kv| kv.split_once('='))
-                .filter_map(|(k, v)| Some((k.to_owned(), json!(v.parse::<f64>().ok()?))))
-                .collect();
-            Some((name.to_owned(), Value::Object(fields)))
+    // What each target's requests cost inside Redis, and what that makes one Redis core's
+    // ceiling in answered requests per second.
+    let commandstats: serde_json::Map<String, Value> = redis_cost
+        .iter()
+        .map(|(name, stats)| {
+            let answered = saturation[name].iter().map(|run| run.ok).sum::<u64>();
+            let mut cost = stats.to_json(answered);
+            let per_request = stats.usec_per_request(answered);
+            cost["requests_per_redis_core_second"] = json!((per_request > 0.0).then(|| 1e6 / per_request));
+            println!("  redis µs per request, {name}: {per_request:.3}");
+            (name.clone(), cost)
         })
         .collect();
-    println!("  redis commandstats: {}", Value::Object(commandstats.clone()));
     let cpu_per_request: serde_json::Map<String, Value> = cpu
         .iter()
         .map(|(name, (ticks, ok, busy, total))| {
@@ -655,6 +677,8 @@ async fn main() -> anyhow::Result<()> {
         ],
     );
     std::fs::write(args.out.join("latency.svg"), svg)?;
+    let variants = many_variants(&args, &tenants[0], &risks, &pg, &mut redis, &mut checks).await?;
+    results.insert("many_variants".into(), variants);
     let passed = checks.0.iter().filter(|c| c.1).count();
     let failed = checks.0.len() - passed;
     results.insert(
@@ -676,6 +700,72 @@ async fn main() -> anyhow::Result<()> {
         std::process::exit(1);
     }
     Ok(())
+}
+
+/// One viewer caches `--variants` pages of one list, then one SQL write invalidates them all:
+/// how long the longest single Redis command took (every tenant waits for it), what the whole
+/// invalidation and its reclaiming cost inside Redis, and that no page is served stale.
+async fn many_variants(
+    args: &Args,
+    (tenant, auth): &(Uuid, Arc<str>),
+    risks: &[RiskRef],
+    pg: &tokio_postgres::Client,
+    redis: &mut redis::aio::MultiplexedConnection,
+    checks: &mut Checks,
+) -> anyhow::Result<Value> {
+    let Some(risk) = risks.iter().find(|risk| risk.tenant == *tenant) else { bail!("tenant {tenant} has no risk") };
+    println!("== many variants: {} pages of one list, then one SQL write", args.variants);
+    let pages: Vec<Req> = (1..=args.variants)
+        .map(|page| Req::get(format!("/api/v1/risks?page={page}"), Some(Arc::clone(auth))))
+        .collect();
+    let started = Instant::now();
+    let failed = touch_all(args.cached, &pages, 16).await?;
+    let fill_secs = started.elapsed().as_secs_f64();
+    let members_key = openrisk_shared::Keyspace::new(args.key_prefix.clone())
+        .members_key(*tenant, &openrisk_shared::Tag::parse("risks")?);
+    let members: u64 = redis::cmd("SCARD").arg(&members_key).query_async(redis).await?;
+    let keys_before: u64 = redis::cmd("DBSIZE").query_async(redis).await?;
+    redis_cost::record_every_command(redis).await?;
+    redis_cost::reset(redis).await?;
+    pg.execute("UPDATE risks SET description = md5(random()::text) WHERE id = $1", &[&risk.id]).await?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut keys_after = keys_before;
+    while Instant::now() < deadline {
+        let pending: i64 = pg.query_one("SELECT count(*) FROM cache_outbox", &[]).await?.get(0);
+        keys_after = redis::cmd("DBSIZE").query_async(redis).await?;
+        if pending == 0 && keys_before.saturating_sub(keys_after) >= members {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let spent = redis_cost::read(redis).await?;
+    let (longest_us, longest_command, logged) = redis_cost::longest_command(redis).await?;
+    let first_page = Conn::open(args.cached).await?.send(&pages[0]).await?;
+    checks.check(
+        "every list variant was cached",
+        failed == 0 && members >= u64::from(args.variants),
+        format!("{failed} failed, {members} entries under the collection tag"),
+    );
+    checks.check(
+        "one write made every variant unreadable and reclaimed them",
+        first_page.cache_status.is_some_and(CacheStatus::is_miss) && keys_before.saturating_sub(keys_after) >= members,
+        format!("keys {keys_before} → {keys_after}, first page {:?}", first_page.cache_status),
+    );
+    println!(
+        "  {members} variants cached in {fill_secs:.1} s; longest Redis command during the invalidation \
+         {longest_us} µs ({longest_command}); Redis time for the whole write {:.0} µs over {logged} commands",
+        spent.usec_per_request(1)
+    );
+    Ok(json!({
+        "variants": members,
+        "fill_seconds": fill_secs,
+        "longest_command_us": longest_us,
+        "longest_command": longest_command,
+        "commands_logged": logged,
+        "redis": spent.to_json(1),
+        "keys_before": keys_before,
+        "keys_after": keys_after,
+    }))
 }
 
 fn read_tokens(path: &PathBuf) -> anyhow::Result<HashMap<Uuid, Arc<str>>> {
@@ -943,12 +1033,12 @@ struct Read {
     how: &'static str,
 }
 
-fn how(cache_status: Option<&str>) -> &'static str {
+fn how(cache_status: Option<CacheStatus>) -> &'static str {
     match cache_status {
-        Some(s) if s.contains("hit") => "hit",
-        Some(s) if s.contains("collapsed") => "collapsed",
-        Some(s) if s.contains("miss") => "miss",
-        Some(s) if s.contains("bypass") => "bypass",
+        Some(CacheStatus::Hit) => "hit",
+        Some(CacheStatus::Collapsed) => "collapsed",
+        Some(status) if status.is_miss() => "miss",
+        Some(status) if status.is_bypass() => "bypass",
         _ => "other",
     }
 }
@@ -1015,7 +1105,7 @@ async fn freshness(
                                 sent,
                                 done: Instant::now(),
                                 seq: seq_of(&answer.body),
-                                how: how(answer.cache_status.as_deref()),
+                                how: how(answer.cache_status),
                             }),
                             _ => errors += 1,
                         }
