@@ -193,8 +193,10 @@ pub struct RiskDetail {
 }
 
 /// A new risk.
+// `skip_serializing_if_is_none`: the example leaves out the optional fields it does not set
+// instead of showing them as `null`, which their schemas do not allow.
 #[derive(Debug, Clone, Object)]
-#[oai(deny_unknown_fields, example)]
+#[oai(deny_unknown_fields, example, skip_serializing_if_is_none)]
 pub struct RiskCreate {
     #[oai(validator(min_length = 1, max_length = 255))]
     pub title: String,
