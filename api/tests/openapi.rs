@@ -107,3 +107,19 @@ fn component_examples_fit_their_schemas() {
         }
     }
 }
+
+#[test]
+fn fields_that_accept_null_say_so() {
+    let spec: serde_json::Value = serde_json::from_str(&openrisk_api::app::openapi_json()).unwrap();
+    let mut nullable = Vec::new();
+    for (name, schema) in spec["components"]["schemas"].as_object().unwrap() {
+        for (field, property) in schema["properties"].as_object().into_iter().flatten() {
+            let documents_null = property["description"].as_str().is_some_and(|text| text.contains("`null`"));
+            assert_eq!(property["nullable"] == true, documents_null, "{name}.{field}: {property}");
+            if documents_null {
+                nullable.push(format!("{name}.{field}"));
+            }
+        }
+    }
+    assert_eq!(nullable, ["MitigationPatch.due_date", "RiskPatch.external_id"]);
+}
