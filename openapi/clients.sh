@@ -36,7 +36,7 @@ if ! command -v java >/dev/null 2>&1; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openjdk-17-jre-headless >/dev/null
 fi
-# ruff: openapi-python-client formats what it generates with it.
+# The pinned tools first on PATH (openapi-python-client also finds ruff there, to format its output).
 export PATH="$venv/bin:$npm_dir/node_modules/.bin:$PATH"
 # The scenarios import openapi/scenarios/scenario.py: keep the tree free of __pycache__.
 export PYTHONDONTWRITEBYTECODE=1
