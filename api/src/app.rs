@@ -6,11 +6,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use openrisk_shared::Settings;
-use poem::endpoint::BoxEndpoint;
+use poem::endpoint::{BoxEndpoint, make_sync};
 use poem::listener::TcpAcceptor;
 use poem::middleware::{NormalizePath, TrailingSlash};
+use poem::web::Html;
 use poem::{Endpoint, EndpointExt, IntoResponse, Request, Response, Route, Server};
-use poem_openapi::OpenApiService;
+use poem_openapi::{LicenseObject, OpenApiService, ServerObject};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -103,22 +104,31 @@ pub fn api_service() -> OpenApiService<(RisksApi, MitigationsApi, AssetsApi, Sta
          invalidation keeps exact; responses carry `ETag` and `Cache-Status` (RFC 9211) headers. \
          Errors are `application/problem+json` (RFC 9457). Authenticate with `Authorization: Bearer <token>`.",
     )
+    // Relative: the document describes whichever origin serves it (and clients are given a base URL).
+    .server(ServerObject::new("/").description("The origin that serves this document"))
+    .license(LicenseObject::new(env!("CARGO_PKG_LICENSE")))
 }
 
-/// The OpenAPI document as pretty-printed JSON (what `openrisk-api openapi` prints).
+/// The published OpenAPI document as pretty-printed JSON: what `openrisk-api openapi` prints,
+/// `/openapi.json` serves and `/docs` shows (see [`crate::spec`]).
 pub fn openapi_json() -> String {
-    api_service().spec()
+    crate::spec::publish(&api_service().spec())
 }
 
 /// The complete route tree with middleware.
 pub fn routes(state: Arc<AppState>) -> BoxEndpoint<'static, Response> {
     let service = api_service();
-    let docs = service.swagger_ui();
-    let spec = service.spec_endpoint();
+    let derived = service.spec();
+    let document = crate::spec::publish(&derived);
+    // poem-openapi's Swagger UI page embeds the derived document verbatim; show the published one.
+    let docs = service.swagger_ui_html().replacen(&derived, &document, 1);
     let metrics = state.metrics.clone();
     Route::new()
-        .nest("/docs", docs)
-        .at("/openapi.json", spec)
+        .at("/docs", make_sync(move |_| Html(docs.clone())))
+        .at(
+            "/openapi.json",
+            make_sync(move |_| Response::builder().content_type("application/json").body(document.clone())),
+        )
         .nest("/", service)
         .with(NormalizePath::new(TrailingSlash::Trim))
         .around(limit_body)

@@ -11,5 +11,6 @@ pub mod metrics;
 pub mod model;
 pub mod routes;
 pub mod seed;
+pub mod spec;
 
 pub use app::{AppOptions, AppState, Application};

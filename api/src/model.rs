@@ -193,8 +193,10 @@ pub struct RiskDetail {
 }
 
 /// A new risk.
+// `skip_serializing_if_is_none`: the example leaves out the optional fields it does not set
+// instead of showing them as `null`, which their schemas do not allow.
 #[derive(Debug, Clone, Object)]
-#[oai(deny_unknown_fields, example)]
+#[oai(deny_unknown_fields, example, skip_serializing_if_is_none)]
 pub struct RiskCreate {
     #[oai(validator(min_length = 1, max_length = 255))]
     pub title: String,
@@ -261,7 +263,7 @@ pub struct RiskPatch {
     pub owner: Option<String>,
     pub source: Option<RiskSource>,
     /// `null` removes the external id.
-    #[oai(validator(min_length = 1, max_length = 255))]
+    #[oai(nullable, validator(min_length = 1, max_length = 255))]
     pub external_id: MaybeUndefined<String>,
     pub custom_fields: Option<BTreeMap<String, serde_json::Value>>,
     #[oai(validator(max_items = 50, unique_items))]
@@ -341,6 +343,7 @@ pub struct MitigationPatch {
     #[oai(validator(minimum(value = "0"), maximum(value = "100")))]
     pub progress: Option<i16>,
     /// `null` removes the due date.
+    #[oai(nullable)]
     pub due_date: MaybeUndefined<NaiveDate>,
     #[oai(validator(minimum(value = "1"), maximum(value = "3")))]
     pub cost: Option<i16>,
@@ -507,7 +510,7 @@ pub struct RiskMatrix {
 #[oai(skip_serializing_if_is_none)]
 pub struct TrendPoint {
     pub day: NaiveDate,
-    /// Mean score recorded that day (creations and changes); null on days without any.
+    /// Mean score recorded that day (creations and changes); absent on days without any.
     pub average_score: Option<f64>,
     pub created: i64,
     pub updated: i64,

@@ -35,3 +35,91 @@ fn every_operation_is_described_and_errors_are_problem_json() {
         }
     }
 }
+
+/// Every object in `value`, depth first, with its JSON pointer.
+fn objects<'a>(
+    pointer: String,
+    value: &'a serde_json::Value,
+    found: &mut Vec<(String, &'a serde_json::Map<String, serde_json::Value>)>,
+) {
+    match value {
+        serde_json::Value::Object(map) => {
+            found.push((pointer.clone(), map));
+            for (key, child) in map {
+                objects(format!("{pointer}/{}", key.replace('~', "~0").replace('/', "~1")), child, found);
+            }
+        }
+        serde_json::Value::Array(items) => {
+            for (index, child) in items.iter().enumerate() {
+                objects(format!("{pointer}/{index}"), child, found);
+            }
+        }
+        _ => {}
+    }
+}
+
+#[test]
+fn all_of_only_annotates_a_reference_so_generators_keep_every_schema() {
+    let spec: serde_json::Value = serde_json::from_str(&openrisk_api::app::openapi_json()).unwrap();
+    let mut found = Vec::new();
+    objects(String::new(), &spec, &mut found);
+    let wrappers: Vec<_> = found.iter().filter(|(_, object)| object.contains_key("allOf")).collect();
+    assert!(!wrappers.is_empty(), "the document annotates enum references (sort_by's default, say)");
+    for (pointer, object) in wrappers {
+        let members = object["allOf"].as_array().unwrap();
+        let bare_reference =
+            |member: &serde_json::Value| member.as_object().is_some_and(|m| m.len() == 1 && m.contains_key("$ref"));
+        assert!(members.len() == 1 && bare_reference(&members[0]), "{pointer}: {members:?}");
+    }
+}
+
+#[test]
+fn every_operation_states_its_security() {
+    let spec: serde_json::Value = serde_json::from_str(&openrisk_api::app::openapi_json()).unwrap();
+    for (path, operations) in spec["paths"].as_object().unwrap() {
+        for (method, operation) in operations.as_object().unwrap() {
+            let security = operation["security"].as_array();
+            assert!(security.is_some(), "{method} {path} has no security requirement (use [] for public operations)");
+            let public = security.is_some_and(|requirements| requirements.is_empty());
+            assert_eq!(public, !path.starts_with("/api"), "{method} {path}: only operations outside /api are public");
+        }
+    }
+}
+
+#[test]
+fn component_examples_fit_their_schemas() {
+    let spec: serde_json::Value = serde_json::from_str(&openrisk_api::app::openapi_json()).unwrap();
+    let schemas = spec["components"]["schemas"].as_object().unwrap();
+    let with_examples: Vec<_> = schemas.iter().filter(|(_, schema)| schema["example"].is_object()).collect();
+    assert!(with_examples.len() >= 3, "Risk, RiskCreate and Problem carry examples");
+    for (name, schema) in with_examples {
+        let example = schema["example"].as_object().unwrap();
+        let properties = schema["properties"].as_object().unwrap();
+        for (field, value) in example {
+            let property = properties.get(field).unwrap_or_else(|| panic!("{name}.example.{field} is undeclared"));
+            assert!(
+                !value.is_null() || property["nullable"] == true,
+                "{name}.example.{field} is null but the schema does not allow null"
+            );
+        }
+        for required in schema["required"].as_array().into_iter().flatten() {
+            assert!(example.contains_key(required.as_str().unwrap()), "{name}.example lacks {required}");
+        }
+    }
+}
+
+#[test]
+fn fields_that_accept_null_say_so() {
+    let spec: serde_json::Value = serde_json::from_str(&openrisk_api::app::openapi_json()).unwrap();
+    let mut nullable = Vec::new();
+    for (name, schema) in spec["components"]["schemas"].as_object().unwrap() {
+        for (field, property) in schema["properties"].as_object().into_iter().flatten() {
+            let documents_null = property["description"].as_str().is_some_and(|text| text.contains("`null`"));
+            assert_eq!(property["nullable"] == true, documents_null, "{name}.{field}: {property}");
+            if documents_null {
+                nullable.push(format!("{name}.{field}"));
+            }
+        }
+    }
+    assert_eq!(nullable, ["MitigationPatch.due_date", "RiskPatch.external_id"]);
+}

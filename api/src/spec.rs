@@ -1,0 +1,169 @@
+//! The OpenAPI document as published (`openrisk-api openapi`, `/openapi.json`, `/docs`): what
+//! poem-openapi derives, plus two adjustments its attributes cannot express. Without them client
+//! generators drop operations and models, and linters report errors; `docs/clients.md` names the
+//! generators and `openapi/clients.sh` checks them against the result.
+
+use indexmap::IndexMap;
+use serde::{Deserialize, Serialize};
+
+/// A JSON value whose objects keep their key order. `serde_json::Value` sorts keys (the crate's
+/// `preserve_order` feature is off in this workspace), which would reorder every path, property
+/// and field of the document.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+enum Json {
+    Object(IndexMap<String, Json>),
+    Array(Vec<Json>),
+    Scalar(serde_json::Value),
+}
+
+impl Json {
+    fn as_object(&self) -> Option<&IndexMap<String, Json>> {
+        match self {
+            Json::Object(map) => Some(map),
+            _ => None,
+        }
+    }
+}
+
+/// The published document, pretty-printed, from the one poem-openapi derived
+/// (`OpenApiService::spec`).
+pub fn publish(derived: &str) -> String {
+    let mut document: Json = serde_json::from_str(derived).expect("poem-openapi emits valid JSON");
+    unwrap_annotated_references(&mut document);
+    mark_public_operations(&mut document);
+    serde_json::to_string_pretty(&document).expect("a JSON tree always serialises")
+}
+
+/// poem-openapi gives a referenced schema a description or a default (a field's doc comment, a
+/// parameter's `default`) by wrapping the reference as
+/// `{"description": D, "allOf": [{"$ref": R}, {"description": D}]}`. Generators that merge the
+/// members of `allOf` as objects refuse that when `R` is an enum (openapi-python-client: "Cannot take
+/// allOf a non-object") and then drop the schema and every operation that uses it. The second
+/// member only repeats what the wrapper already says, so it goes: `{"description": D, "allOf":
+/// [{"$ref": R}]}` is the usual OpenAPI 3.0 way to annotate a reference (3.0 ignores keywords
+/// beside a bare `$ref`), and every generator reads it as `R`. An `allOf` whose members add
+/// anything stays as it is.
+fn unwrap_annotated_references(value: &mut Json) {
+    match value {
+        Json::Object(map) => {
+            let redundant = match map.get("allOf") {
+                Some(Json::Array(members)) => only_repeats_its_wrapper(map, members),
+                _ => false,
+            };
+            if redundant && let Some(Json::Array(members)) = map.get_mut("allOf") {
+                members.truncate(1);
+            }
+            map.values_mut().for_each(unwrap_annotated_references);
+        }
+        Json::Array(items) => items.iter_mut().for_each(unwrap_annotated_references),
+        Json::Scalar(_) => {}
+    }
+}
+
+/// Whether `members` is a bare reference followed by keywords that `wrapper` carries already.
+fn only_repeats_its_wrapper(wrapper: &IndexMap<String, Json>, members: &[Json]) -> bool {
+    let [reference, annotations] = members else {
+        return false;
+    };
+    let bare_reference = reference.as_object().is_some_and(|fields| fields.len() == 1 && fields.contains_key("$ref"));
+    let repeated = annotations.as_object().is_some_and(|fields| {
+        !fields.contains_key("$ref") && fields.iter().all(|(keyword, value)| wrapper.get(keyword) == Some(value))
+    });
+    bare_reference && repeated
+}
+
+/// The HTTP methods an OpenAPI path item can hold operations under.
+const OPERATION_METHODS: [&str; 8] = ["get", "put", "post", "delete", "options", "head", "patch", "trace"];
+
+/// Operations that take no token (liveness, readiness, metrics) come out of poem-openapi without a
+/// `security` field, which linters report as an operation whose security was forgotten. An empty
+/// list says what is meant: no authentication.
+fn mark_public_operations(document: &mut Json) {
+    let Json::Object(root) = document else { return };
+    let Some(Json::Object(paths)) = root.get_mut("paths") else { return };
+    for path_item in paths.values_mut() {
+        let Json::Object(operations) = path_item else { continue };
+        for (method, operation) in operations.iter_mut() {
+            if OPERATION_METHODS.contains(&method.as_str())
+                && let Json::Object(operation) = operation
+            {
+                operation.entry("security".to_owned()).or_insert_with(|| Json::Array(Vec::new()));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{Value, json};
+
+    use super::publish;
+
+    fn published(derived: Value) -> Value {
+        serde_json::from_str(&publish(&derived.to_string())).unwrap()
+    }
+
+    #[test]
+    fn an_annotated_reference_keeps_its_annotations_and_only_the_reference_in_all_of() {
+        let property = json!({
+            "description": "Defaults to DRAFT.",
+            "allOf": [{"$ref": "#/components/schemas/RiskStatus"}, {"description": "Defaults to DRAFT."}],
+        });
+        let parameter = json!({
+            "default": "desc",
+            "allOf": [{"$ref": "#/components/schemas/SortDirection"}, {"default": "desc"}],
+        });
+        let document = published(
+            json!({"components": {"schemas": {"RiskCreate": {"properties": {"status": property}}}},
+                                         "paths": {"/r": {"get": {"security": [], "parameters": [{"schema": parameter}]}}}}),
+        );
+        assert_eq!(
+            document["components"]["schemas"]["RiskCreate"]["properties"]["status"],
+            json!({"description": "Defaults to DRAFT.", "allOf": [{"$ref": "#/components/schemas/RiskStatus"}]})
+        );
+        assert_eq!(
+            document["paths"]["/r"]["get"]["parameters"][0]["schema"],
+            json!({"default": "desc", "allOf": [{"$ref": "#/components/schemas/SortDirection"}]})
+        );
+    }
+
+    #[test]
+    fn an_all_of_that_adds_anything_stays_whole() {
+        let compositions = [
+            // The second member says more than the wrapper.
+            json!({"description": "D", "allOf": [{"$ref": "#/a"}, {"description": "D", "minLength": 1}]}),
+            // The second member says something else than the wrapper.
+            json!({"description": "D", "allOf": [{"$ref": "#/a"}, {"description": "E"}]}),
+            // Two references.
+            json!({"allOf": [{"$ref": "#/a"}, {"$ref": "#/b"}]}),
+            // The first member is not a bare reference.
+            json!({"description": "D", "allOf": [{"$ref": "#/a", "nullable": true}, {"description": "D"}]}),
+        ];
+        for schema in compositions {
+            let document = published(json!({"components": {"schemas": {"S": schema.clone()}}}));
+            assert_eq!(document["components"]["schemas"]["S"], schema);
+        }
+    }
+
+    #[test]
+    fn operations_without_security_are_marked_public_and_the_others_keep_theirs() {
+        let bearer = json!([{"BearerAuth": []}]);
+        let document = published(json!({"paths": {
+            "/healthz": {"get": {"summary": "Liveness"}},
+            "/risks": {"get": {"security": bearer.clone()}, "post": {}, "parameters": [{"name": "x"}]},
+        }}));
+        assert_eq!(document["paths"]["/healthz"]["get"], json!({"summary": "Liveness", "security": []}));
+        assert_eq!(document["paths"]["/risks"]["get"]["security"], bearer);
+        assert_eq!(document["paths"]["/risks"]["post"]["security"], json!([]));
+        assert_eq!(document["paths"]["/risks"]["parameters"], json!([{"name": "x"}]), "not an operation");
+    }
+
+    #[test]
+    fn keys_and_numbers_come_out_as_poem_openapi_wrote_them() {
+        let derived = "{\n  \"openapi\": \"3.0.0\",\n  \"paths\": {\n    \"/z\": {\n      \"get\": {\n        \
+                       \"security\": [],\n        \"x\": {\n          \"maximum\": 5.0,\n          \"minimum\": 1,\n          \
+                       \"default\": null\n        }\n      }\n    },\n    \"/a\": {}\n  }\n}";
+        assert_eq!(publish(derived), derived);
+    }
+}

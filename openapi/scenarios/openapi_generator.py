@@ -1,0 +1,124 @@
+"""The client scenario with the client openapi-generator's `python` generator makes (package
+`openrisk_ogen`). Its methods raise `ApiException` for any status outside 2xx, 304 included; the
+exception carries the status, the headers and, for problem+json errors, the parsed `Problem`.
+`ApiResponse.headers` is a plain dict keyed by the names as sent (lowercase from this server)."""
+
+import datetime
+
+import openrisk_ogen as og
+from openrisk_ogen.exceptions import NotFoundException
+from scenario import BASE_URL, HIGH_CRITICALITY_FACTOR, TOKEN, expect, step, tag_for
+
+api_client = og.ApiClient(og.Configuration(host=BASE_URL, access_token=TOKEN))
+risks_api = og.RisksApi(api_client)
+mitigations_api = og.MitigationsApi(api_client)
+assets_api = og.AssetsApi(api_client)
+stats_api = og.StatsApi(api_client)
+tag = tag_for("openapi-generator")
+
+
+def failure_of(call) -> og.ApiException:
+    """The `ApiException` that `call()` raises (a failed step when it returns)."""
+    try:
+        call()
+    except og.ApiException as error:
+        return error
+    raise AssertionError("expected an ApiException")
+
+
+with step("create three risks"):
+    risks: dict[str, og.Risk] = {}
+    for name, impact, probability in (("Alpha", 2, 3), ("Bravo", 3, 3), ("Charlie", 4, 2)):
+        body = og.RiskCreate(
+            title=f"{name} {tag}",
+            impact=impact,
+            probability=probability,
+            status=og.RiskStatus.ACTIVE,
+            tags=[tag],
+            external_id=f"{tag}-{name}",
+        )
+        response = risks_api.create_risk_with_http_info(body)
+        expect(response.status_code == 201, f"status {response.status_code}")
+        expect(response.headers["location"] == f"/api/v1/risks/{response.data.id}", "Location")
+        risks[name] = response.data
+    alpha = risks["Alpha"]
+
+with step("list with filters and paging"):
+
+    def page_titles(page: int, **filters) -> list[str]:
+        response = risks_api.list_risks_with_http_info(
+            tag=tag, status=og.RiskStatus.ACTIVE, limit=2, page=page, **filters
+        )
+        expect(isinstance(response.data, og.RiskPage), f"parsed as {type(response.data)}")
+        expect((response.data.page, response.data.limit) == (page, 2), "page and limit echoed")
+        expect(response.headers["cache-status"].startswith("openrisk;"), "Cache-Status")
+        return [risk.title.split()[0] for risk in response.data.items]
+
+    by_title = {"sort_by": og.RiskSortField.TITLE, "sort_dir": og.SortDirection.ASC}
+    expect(page_titles(1, **by_title) == ["Alpha", "Bravo"], "page 1 by title")
+    expect(page_titles(2, **by_title) == ["Charlie"], "page 2 by title")
+    expect(page_titles(1, min_score=8.5) == ["Bravo"], "min_score 8.5 keeps the 9")
+
+with step("get, then 304 with If-None-Match"):
+    first = risks_api.get_risk_with_http_info(alpha.id)
+    expect(isinstance(first.data, og.RiskDetail), f"parsed as {type(first.data)}")
+    etag = first.headers["etag"]
+    not_modified = failure_of(lambda: risks_api.get_risk(alpha.id, if_none_match=etag))
+    expect(not_modified.status == 304, f"status {not_modified.status}")
+    expect(not_modified.headers["etag"] == etag, "the same ETag")
+
+with step("patch (and clear the external id with null)"):
+    changed = risks_api.update_risk(alpha.id, og.RiskPatch(impact=4, external_id=None))
+    expect(changed.impact == 4 and changed.score == 12.0, f"score {changed.score}")
+    expect(changed.external_id is None, f"external_id {changed.external_id!r}")
+
+with step("a mitigation and a sub-action"):
+    created = mitigations_api.create_mitigation_with_http_info(
+        alpha.id,
+        og.MitigationCreate(title="Offline backups", status=og.MitigationStatus.IN_PROGRESS, due_date="2027-03-31"),
+    )
+    expect(created.status_code == 201, f"status {created.status_code}")
+    mitigation = created.data
+    added = mitigations_api.create_sub_action(alpha.id, mitigation.id, og.SubActionCreate(title="Buy tapes"))
+    expect(added.completed is False, "a new sub-action is open")
+    subaction = mitigations_api.toggle_sub_action(alpha.id, mitigation.id, added.id)
+    expect(subaction.completed is True, "toggled to completed")
+
+with step("an asset linked to the risk"):
+    asset = assets_api.create_asset(
+        og.AssetCreate(name=f"File server {tag}", asset_type="server", criticality=og.Criticality.HIGH)
+    )
+    linked = assets_api.link_asset_with_http_info(alpha.id, asset.id)
+    expect(linked.status_code == 204, f"status {linked.status_code}")
+    detail = risks_api.get_risk_with_http_info(alpha.id, if_none_match=etag)
+    expect(detail.status_code == 200, f"the old ETag must not match any more: {detail.status_code}")
+    expect([embedded.id for embedded in detail.data.assets] == [asset.id], "the asset is embedded")
+    expect(detail.data.score == 12.0 * HIGH_CRITICALITY_FACTOR, f"re-scored: {detail.data.score}")
+    embedded = [(m.id, [(s.id, s.completed) for s in m.subactions]) for m in detail.data.mitigations]
+    expect(embedded == [(mitigation.id, [(subaction.id, True)])], f"mitigations {embedded}")
+
+with step("the three stats routes"):
+    stats = stats_api.get_stats()
+    by_status = stats.by_status
+    counted = by_status.draft + by_status.active + by_status.mitigated + by_status.accepted
+    expect(stats.total_risks >= 3 and counted == stats.total_risks, f"stats {stats.to_dict()}")
+    matrix = stats_api.get_risk_matrix()
+    expect([len(row) for row in matrix.counts] == [5] * 5, "a 5 × 5 matrix")
+    expect(sum(map(sum, matrix.counts)) == matrix.total == stats.total_risks, "matrix total")
+    expect(matrix.counts[4 - 1][3 - 1] >= 1, "Alpha counts at impact 4, probability 3")
+    trends = stats_api.get_trends(days=7)
+    expect(trends.days == 7 and len(trends.points) == 7, f"{len(trends.points)} points")
+    today = trends.points[-1]
+    expect(today.day == datetime.datetime.now(datetime.UTC).date().isoformat(), f"last day {today.day}")
+    expect(today.created >= 3, f"{today.created} created today")
+
+with step("delete, then a problem+json 404 read as a Problem"):
+    charlie = risks["Charlie"]
+    deleted = risks_api.delete_risk_with_http_info(charlie.id)
+    expect(deleted.status_code == 204, f"status {deleted.status_code}")
+    gone = failure_of(lambda: risks_api.get_risk(charlie.id))
+    expect(isinstance(gone, NotFoundException), f"raised {type(gone)}")
+    expect(gone.headers["content-type"].startswith("application/problem+json"), gone.headers["content-type"])
+    problem = gone.data
+    expect(isinstance(problem, og.Problem), f"parsed as {type(problem)}")
+    expect(problem.status == 404 and str(charlie.id) in problem.detail, f"problem {problem.to_dict()}")
