@@ -124,6 +124,10 @@ impl TokenVerifier {
             return Err(ApiError::unauthorized("the bearer token is not valid"));
         }
         let hash = hash_token(token);
+        if let Some(entry) = self.cache.get(&hash).await {
+            self.metrics.auth_cache(true);
+            return entry.ok_or_else(|| ApiError::unauthorized("the bearer token is unknown or revoked"));
+        }
         let mut loaded = false;
         let entry = self
             .cache

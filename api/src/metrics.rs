@@ -1,13 +1,52 @@
 //! The API's Prometheus metrics, on a registry of its own. The names are a contract with the
 //! monitoring stack (dashboards and alerts): change them only together.
 
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use openrisk_shared::metrics::latency_buckets;
-use prometheus::{Gauge, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{
+    Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
+
+/// Metric handles resolved once per label set, so a request pays one map lookup instead of
+/// hashing every label value through the metric family on each update.
+#[derive(Debug)]
+struct Resolved<K, V>(Arc<RwLock<HashMap<K, V>>>);
+
+impl<K, V> Clone for Resolved<K, V> {
+    fn clone(&self) -> Self {
+        Self(Arc::clone(&self.0))
+    }
+}
+
+impl<K: Hash + Eq, V: Clone> Resolved<K, V> {
+    fn new() -> Self {
+        Self(Arc::default())
+    }
+
+    /// The handles for `key`, resolving them with `resolve` the first time.
+    fn get<Q>(&self, key: &Q, resolve: impl FnOnce() -> (K, V)) -> V
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        if let Some(found) = self.0.read().unwrap_or_else(|poisoned| poisoned.into_inner()).get(key) {
+            return found.clone();
+        }
+        let (key, value) = resolve();
+        self.0.write().unwrap_or_else(|poisoned| poisoned.into_inner()).entry(key).or_insert(value).clone()
+    }
+}
+
+/// The request counter and duration histogram of one route, method and status.
+type HttpHandles = (IntCounter, Histogram);
 
 /// How a cached GET was answered, for `openrisk_cache_requests_total{result}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
 pub enum CacheResult {
     /// Served from Redis.
     Hit,
@@ -65,6 +104,12 @@ pub struct Metrics {
     db_pool_connections: IntGaugeVec,
     db_pool_max: IntGauge,
     auth_token_cache: IntCounterVec,
+    auth_hits: IntCounter,
+    auth_misses: IntCounter,
+    /// By route template, then method, then status.
+    http_by_route: Resolved<String, Resolved<String, Resolved<u16, HttpHandles>>>,
+    cache_requests_by_route: Resolved<&'static str, [IntCounter; 4]>,
+    redis_by_operation: Resolved<&'static str, Histogram>,
 }
 
 fn histogram(name: &str, help: &str, labels: &[&str]) -> HistogramVec {
@@ -77,7 +122,18 @@ fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
 
 impl Metrics {
     pub fn new() -> Self {
+        let auth_token_cache = counter(
+            "openrisk_auth_token_cache_total",
+            "Bearer token verifications answered from the in-process cache (hit) or Postgres (miss).",
+            &["result"],
+        );
         let metrics = Metrics {
+            auth_hits: auth_token_cache.with_label_values(&["hit"]),
+            auth_misses: auth_token_cache.with_label_values(&["miss"]),
+            auth_token_cache,
+            http_by_route: Resolved::new(),
+            cache_requests_by_route: Resolved::new(),
+            redis_by_operation: Resolved::new(),
             registry: Registry::new(),
             http_requests: counter(
                 "openrisk_http_requests_total",
@@ -134,11 +190,6 @@ impl Metrics {
                 "Configured size limit of the database pool.",
             )
             .expect("valid gauge"),
-            auth_token_cache: counter(
-                "openrisk_auth_token_cache_total",
-                "Bearer token verifications answered from the in-process cache (hit) or Postgres (miss).",
-                &["result"],
-            ),
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(metrics.http_requests.clone()),
@@ -161,14 +212,24 @@ impl Metrics {
     }
 
     pub fn observe_http(&self, route: &str, method: &str, status: u16, elapsed: Duration) {
-        let status = status.to_string();
-        let labels = [route, method, status.as_str()];
-        self.http_requests.with_label_values(&labels).inc();
-        self.http_duration.with_label_values(&labels).observe(elapsed.as_secs_f64());
+        let by_method = self.http_by_route.get(route, || (route.to_owned(), Resolved::new()));
+        let by_status = by_method.get(method, || (method.to_owned(), Resolved::new()));
+        let (requests, duration) = by_status.get(&status, || {
+            let status_text = status.to_string();
+            let labels = [route, method, status_text.as_str()];
+            (status, (self.http_requests.with_label_values(&labels), self.http_duration.with_label_values(&labels)))
+        });
+        requests.inc();
+        duration.observe(elapsed.as_secs_f64());
     }
 
-    pub fn cache_request(&self, route: &str, result: CacheResult) {
-        self.cache_requests.with_label_values(&[route, result.label()]).inc();
+    pub fn cache_request(&self, route: &'static str, result: CacheResult) {
+        let counters = self.cache_requests_by_route.get(route, || {
+            let counter = |result: CacheResult| self.cache_requests.with_label_values(&[route, result.label()]);
+            let all = [CacheResult::Hit, CacheResult::Miss, CacheResult::Bypass, CacheResult::Error];
+            (route, all.map(counter))
+        });
+        counters[result as usize].inc();
     }
 
     pub fn cache_fill(&self, route: &str, outcome: FillOutcome) {
@@ -187,8 +248,10 @@ impl Metrics {
         self.eviction_policy_ok.set(if ok { 1.0 } else { 0.0 });
     }
 
-    pub fn observe_redis(&self, operation: &str, started: Instant) {
-        self.redis_duration.with_label_values(&[operation]).observe(started.elapsed().as_secs_f64());
+    pub fn observe_redis(&self, operation: &'static str, started: Instant) {
+        let histogram =
+            self.redis_by_operation.get(operation, || (operation, self.redis_duration.with_label_values(&[operation])));
+        histogram.observe(started.elapsed().as_secs_f64());
     }
 
     pub fn observe_db(&self, query: &str, started: Instant) {
@@ -202,7 +265,7 @@ impl Metrics {
     }
 
     pub fn auth_cache(&self, hit: bool) {
-        self.auth_token_cache.with_label_values(&[if hit { "hit" } else { "miss" }]).inc();
+        if hit { &self.auth_hits } else { &self.auth_misses }.inc();
     }
 }
 

@@ -349,23 +349,28 @@ pub async fn invalidate<C: ConnectionLike>(
     Ok(Reclaimable { keys })
 }
 
-/// Unlinks the entries of reclaimed member sets, at most [`RECLAIM_CHUNK`] per command, until
-/// the sets are gone. Purely memory: the entries can no longer be hit. Returns how many entries
-/// it unlinked. Interrupted, the rest expires with the sets' TTL.
+/// Unlinks the entries of reclaimed member sets, walking each with `SSCAN` and unlinking at most
+/// [`RECLAIM_CHUNK`] entries per command, then the set itself. Purely memory: the entries can no
+/// longer be hit. Returns how many entries it unlinked. Interrupted, the rest expires with the
+/// sets' TTL. (Nothing adds to a reclaim key, so the scan sees every member; `SPOP` with a count
+/// was measured slower per member on large sets.)
 pub async fn reclaim<C: ConnectionLike>(conn: &mut C, reclaimable: &Reclaimable) -> redis::RedisResult<u64> {
     let mut unlinked = 0;
     for key in &reclaimable.keys {
+        let mut cursor: u64 = 0;
         loop {
-            let members: Vec<String> = redis::cmd("SPOP").arg(key).arg(RECLAIM_CHUNK).query_async(conn).await?;
-            if members.is_empty() {
+            let (next, members): (u64, Vec<String>) =
+                redis::cmd("SSCAN").arg(key).arg(cursor).arg("COUNT").arg(RECLAIM_CHUNK).query_async(conn).await?;
+            for chunk in members.chunks(RECLAIM_CHUNK) {
+                let removed: u64 = redis::cmd("UNLINK").arg(chunk).query_async(conn).await?;
+                unlinked += removed;
+            }
+            if next == 0 {
                 break;
             }
-            let removed: u64 = redis::cmd("UNLINK").arg(&members).query_async(conn).await?;
-            unlinked += removed;
-            if members.len() < RECLAIM_CHUNK {
-                break;
-            }
+            cursor = next;
         }
+        let _: u64 = redis::cmd("UNLINK").arg(key).query_async(conn).await?;
     }
     Ok(unlinked)
 }
