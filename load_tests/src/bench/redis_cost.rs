@@ -61,8 +61,10 @@ impl CommandStats {
     }
 }
 
+/// Commands the benchmark itself sends (Redis 7 names subcommands `config|resetstat`).
 fn is_bookkeeping(name: &str) -> bool {
-    matches!(name, "info" | "config" | "slowlog" | "ping" | "client" | "hello" | "select")
+    let command = name.split('|').next().unwrap_or(name);
+    matches!(command, "info" | "config" | "slowlog" | "ping" | "client" | "hello" | "select" | "dbsize")
 }
 
 /// Zeroes the command statistics.
@@ -118,12 +120,13 @@ mod tests {
     #[test]
     fn commandstats_are_parsed_and_summed_without_the_benchmarks_own_commands() {
         let info = "# Commandstats\r\ncmdstat_mget:calls=10,usec=30,usec_per_call=3.00,rejected_calls=0,failed_calls=0\r\n\
-                    cmdstat_info:calls=2,usec=500,usec_per_call=250.00\r\ncmdstat_get:calls=5,usec=5,usec_per_call=1.00\r\n";
+                    cmdstat_info:calls=2,usec=500,usec_per_call=250.00\r\ncmdstat_config|resetstat:calls=1,usec=40,usec_per_call=40.00\r\ncmdstat_get:calls=5,usec=5,usec_per_call=1.00\r\n";
         let mut stats = CommandStats::parse(info);
         assert_eq!(stats.usec_per_request(10), 3.5);
         stats.add(&CommandStats::parse(info));
         assert_eq!(stats.usec_per_request(20), 3.5);
         assert_eq!(stats.to_json(20)["commands"]["mget"]["calls"], 20);
         assert!(stats.to_json(20)["commands"].get("info").is_none());
+        assert!(stats.to_json(20)["commands"].get("config|resetstat").is_none());
     }
 }
