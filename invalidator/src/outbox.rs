@@ -42,6 +42,27 @@ impl Batch {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// The batch's distinct tenants, sorted and comma-separated (the first ten, then how many
+    /// more), for its log lines.
+    pub fn tenants(&self) -> String {
+        const SHOWN: usize = 10;
+        let tenants: std::collections::BTreeSet<uuid::Uuid> = (self.events.iter().map(|e| e.event.tenant_id))
+            .chain(self.poison.iter().map(|p| p.row.tenant_id))
+            .collect();
+        let mut text = tenants.iter().take(SHOWN).map(ToString::to_string).collect::<Vec<_>>().join(",");
+        if tenants.len() > SHOWN {
+            text.push_str(&format!(" (+{} more)", tenants.len() - SHOWN));
+        }
+        text
+    }
+
+    /// The largest invalidation lag in the batch once Redis confirmed it `confirmed_after` the
+    /// claim (what `openrisk_invalidator_lag_seconds` observes), in milliseconds.
+    pub fn max_lag_ms(&self, confirmed_after: Duration) -> f64 {
+        let oldest = self.events.iter().map(|claimed| claimed.age_at_claim).max().unwrap_or_default();
+        (oldest + confirmed_after).as_secs_f64() * 1000.0
+    }
 }
 
 /// An event with how old it was, by the database's clock, when it was claimed.
