@@ -1,8 +1,10 @@
 //! Assembles the service: shared state, the poem route tree (API, docs, spec, health, metrics)
 //! and a server that can be spawned on any address (port 0 in tests) and shut down gracefully.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use openrisk_shared::Settings;
@@ -14,6 +16,8 @@ use poem::{Endpoint, EndpointExt, IntoResponse, Request, Response, Route, Server
 use poem_openapi::{LicenseObject, OpenApiService, ServerObject};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use tracing::field::Empty;
+use uuid::Uuid;
 
 use crate::auth::TokenVerifier;
 use crate::cache::{BeforeFillHook, Cache};
@@ -24,6 +28,10 @@ use crate::routes::{AssetsApi, HealthApi, MitigationsApi, RisksApi, StatsApi, To
 
 /// Largest request body accepted; larger ones get 413.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// The request id header: taken from the client when it sends a usable one (1 to 128 visible
+/// ASCII characters), a new UUID v4 otherwise, and returned on every response.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
 /// How long a shutdown waits for in-flight requests.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -144,7 +152,10 @@ pub fn routes(state: Arc<AppState>) -> BoxEndpoint<'static, Response> {
         .data(state)
         .around(move |endpoint, request| {
             let metrics = metrics.clone();
-            async move { Ok(record_request(&metrics, endpoint, request).await) }
+            async move {
+                let id = request_id(&request);
+                Ok(record_request(&metrics, endpoint, request, id).await)
+            }
         })
         .map_to_response()
         .boxed()
@@ -170,11 +181,53 @@ fn too_large() -> poem::Error {
     .into()
 }
 
-/// Counts and times one request under its route template.
-async fn record_request<E: Endpoint>(metrics: &Metrics, endpoint: Arc<E>, request: Request) -> Response {
+/// The client's `x-request-id` when usable, a new UUID v4 otherwise.
+fn request_id(request: &Request) -> String {
+    request
+        .header(REQUEST_ID_HEADER)
+        .filter(|id| (1..=128).contains(&id.len()) && id.bytes().all(|byte| byte.is_ascii_graphic()))
+        .map_or_else(|| Uuid::new_v4().to_string(), str::to_owned)
+}
+
+/// Set once the request span's route has been recorded (see [`record_route_and_tenant`]).
+#[derive(Clone, Default)]
+struct RouteRecorded(Arc<AtomicBool>);
+
+/// Fills the `route` and `tenant` fields of the current request span. Called by the bearer
+/// checker, the first code that runs once the router has matched the route, so every line an
+/// authenticated request logs carries both; `tenant` is `None` until the token is verified.
+pub(crate) fn record_route_and_tenant(request: &Request, tenant: Option<Uuid>) {
+    let span = tracing::Span::current();
+    if let Some(recorded) = request.data::<RouteRecorded>()
+        && !recorded.0.swap(true, Ordering::Relaxed)
+        && let Some(pattern) = request.data::<poem::PathPattern>()
+    {
+        span.record("route", route_template(&pattern.0));
+    }
+    if let Some(tenant) = tenant {
+        span.record("tenant", tracing::field::display(tenant));
+    }
+}
+
+/// Counts and times one request under its route template, inside the `request` span that every
+/// log line of the request carries (request id, method, route template, tenant). Returns the
+/// request id in `x-request-id`.
+#[tracing::instrument(
+    name = "request",
+    skip_all,
+    fields(request_id = %request_id, method = %request.method(), route = Empty, tenant = Empty)
+)]
+async fn record_request<E: Endpoint>(
+    metrics: &Metrics,
+    endpoint: Arc<E>,
+    mut request: Request,
+    request_id: String,
+) -> Response {
     let method = request.method().to_string();
+    let recorded = RouteRecorded::default();
+    request.set_data(recorded.clone());
     let started = Instant::now();
-    let response = match endpoint.call(request).await {
+    let mut response = match endpoint.call(request).await {
         Ok(response) => response.into_response(),
         Err(error) => problem_from_poem_error(error),
     };
@@ -182,27 +235,67 @@ async fn record_request<E: Endpoint>(metrics: &Metrics, endpoint: Arc<E>, reques
         .data::<poem::PathPattern>()
         .map(|pattern| route_template(&pattern.0))
         .unwrap_or_else(|| "unmatched".to_owned());
+    if !recorded.0.load(Ordering::Relaxed) {
+        tracing::Span::current().record("route", route.as_str());
+    }
+    if let Ok(value) = poem::http::HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert(REQUEST_ID_HEADER, value);
+    }
     let (status, elapsed) = (response.status().as_u16(), started.elapsed());
     metrics.observe_http(&route, &method, status, elapsed);
     let elapsed_ms = elapsed.as_secs_f64() * 1000.0;
     if status >= 500 {
-        tracing::warn!(%route, %method, status, elapsed_ms, "request failed");
+        tracing::warn!(status, elapsed_ms, "request failed");
+    } else if matches!(route.as_str(), "/healthz" | "/readyz" | "/metrics") {
+        tracing::debug!(status, elapsed_ms, "request");
     } else {
-        tracing::debug!(%route, %method, status, elapsed_ms, "request");
+        tracing::info!(status, elapsed_ms, "request");
     }
     response
 }
 
-/// `/api/v1/risks/:id` → `/api/v1/risks/{id}` (the OpenAPI spelling).
+/// `/api/v1/risks/:id` → `/api/v1/risks/{id}` (the OpenAPI spelling). poem-openapi registers
+/// its operations' path parameters as `:param0`, `:param1`, … (in path order), so those are
+/// given back their documented names from the spec: the HTTP metrics and logs then name a route
+/// exactly as the spec and the cache metrics do.
 fn route_template(pattern: &str) -> String {
-    pattern
+    let template = pattern
         .split('/')
         .map(|segment| match segment.strip_prefix(':') {
             Some(name) => format!("{{{name}}}"),
             None => segment.to_owned(),
         })
         .collect::<Vec<_>>()
-        .join("/")
+        .join("/");
+    documented_paths().get(&template).cloned().unwrap_or(template)
+}
+
+/// Every documented path (`/api/v1/risks/{id}`), keyed by how it is registered
+/// (`/api/v1/risks/{param0}`).
+fn documented_paths() -> &'static HashMap<String, String> {
+    static PATHS: OnceLock<HashMap<String, String>> = OnceLock::new();
+    PATHS.get_or_init(|| {
+        let spec: serde_json::Value = serde_json::from_str(&openapi_json()).unwrap_or_default();
+        let paths = spec["paths"].as_object().into_iter().flat_map(|paths| paths.keys());
+        paths
+            .map(|path| {
+                let mut index = 0;
+                let registered = path
+                    .split('/')
+                    .map(|segment| {
+                        if segment.starts_with('{') && segment.ends_with('}') {
+                            index += 1;
+                            format!("{{param{}}}", index - 1)
+                        } else {
+                            segment.to_owned()
+                        }
+                    })
+                    .collect::<Vec<_>>()
+                    .join("/");
+                (registered, path.clone())
+            })
+            .collect()
+    })
 }
 
 /// A running server.

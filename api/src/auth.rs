@@ -81,8 +81,11 @@ impl Principal {
 pub struct BearerAuth(pub Principal);
 
 async fn check_bearer(req: &Request, bearer: Bearer) -> poem::Result<Principal> {
+    crate::app::record_route_and_tenant(req, None);
     let state = req.data::<Arc<AppState>>().ok_or_else(ApiError::internal)?;
-    Ok(state.tokens.verify(&bearer.token).await?)
+    let principal = state.tokens.verify(&bearer.token).await?;
+    crate::app::record_route_and_tenant(req, Some(principal.tenant_id));
+    Ok(principal)
 }
 
 /// A new token secret and its hash.

@@ -296,3 +296,44 @@ async fn health_readiness_metrics_and_docs_are_served() {
     let unknown = app.client.get(format!("{}/nope", app.url)).send().await.unwrap();
     assert_problem(unknown, StatusCode::NOT_FOUND).await;
 }
+
+#[tokio::test]
+async fn every_response_carries_the_clients_request_id_or_a_new_one() {
+    let app = spawn_app().await;
+    let get = |path: &str, id: Option<&str>| {
+        let mut request = app.request(Method::GET, path, &app.a.viewer);
+        if let Some(id) = id {
+            request = request.header("x-request-id", id);
+        }
+        request.send()
+    };
+    let request_id = |response: &reqwest::Response| {
+        response.headers().get("x-request-id").map(|value| value.to_str().unwrap().to_owned())
+    };
+
+    // The client's id comes back, on API routes, errors and operational endpoints alike.
+    for path in ["/api/v1/risks", "/api/v1/risks/00000000-0000-0000-0000-000000000000", "/healthz", "/nope"] {
+        let response = get(path, Some("client-chosen.id_42")).await.unwrap();
+        assert_eq!(request_id(&response).as_deref(), Some("client-chosen.id_42"), "{path}");
+    }
+    // Without one, or with one that is empty, too long or not plain visible ASCII, the API makes a
+    // UUID v4, a different one per request.
+    let mut generated = std::collections::HashSet::new();
+    for id in [None, Some(""), Some("has space"), Some(&*"x".repeat(129))] {
+        let response = get("/api/v1/risks", id).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let returned = request_id(&response).expect("x-request-id on the response");
+        let parsed = uuid::Uuid::parse_str(&returned).unwrap_or_else(|_| panic!("{returned:?} is not a UUID"));
+        assert_eq!(parsed.get_version_num(), 4);
+        assert!(generated.insert(returned), "ids repeat");
+    }
+    let unauthenticated = app.client.get(format!("{}/api/v1/risks", app.url)).send().await.unwrap();
+    assert_eq!(unauthenticated.status(), StatusCode::UNAUTHORIZED);
+    assert!(request_id(&unauthenticated).is_some());
+
+    // Routes are named as the spec names them (poem-openapi registers `:param0`).
+    let metrics = app.metrics().await;
+    let detail = "openrisk_http_requests_total{method=\"GET\",route=\"/api/v1/risks/{id}\",status=\"404\"}";
+    assert_eq!(common::metric_value(&metrics, detail), 1.0, "{metrics}");
+    assert!(!metrics.contains("param0"), "{metrics}");
+}

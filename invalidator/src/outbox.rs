@@ -11,11 +11,20 @@ use tokio_postgres::{Client, Transaction};
 /// deletion commits only after Redis confirmed (the acknowledgement), a rollback or a replica
 /// that dies mid-batch restores them, and `SKIP LOCKED` keeps replicas off each other's rows.
 /// One pass over each row (no separate lock-then-delete) keeps the cost per event low.
+///
+/// The ids are picked once, in a materialised CTE. As `id IN (SELECT … LIMIT $1 FOR UPDATE SKIP
+/// LOCKED)` the planner may choose a nested-loop semi-join that re-runs the subquery for every
+/// outbox row, each run skipping the rows already deleted: the statement then claims the whole
+/// outbox in one batch (ignoring the limit) in quadratic time. It did on an outbox whose
+/// statistics still said "empty" when an outage had filled it (deployment/live.sh: 6000 rows
+/// took a minute).
 const CLAIM: &str = "
-    WITH claimed AS (
-        DELETE FROM cache_outbox
-        WHERE id IN (SELECT id FROM cache_outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)
-        RETURNING id, tenant_id, table_name, op, tags, txid, created_at)
+    WITH picked AS MATERIALIZED (
+        SELECT id FROM cache_outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED),
+    claimed AS (
+        DELETE FROM cache_outbox o USING picked p
+        WHERE o.id = p.id
+        RETURNING o.id, o.tenant_id, o.table_name, o.op, o.tags, o.txid, o.created_at)
     SELECT c.id, c.tenant_id, c.table_name, c.op, c.tags, c.txid::text AS txid, c.created_at,
            EXISTS (SELECT 1 FROM cache_watches w WHERE w.table_name::text = c.table_name) AS watched,
            extract(epoch FROM clock_timestamp() - c.created_at)::float8 AS age_seconds
@@ -41,6 +50,27 @@ impl Batch {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// The batch's distinct tenants, sorted and comma-separated (the first ten, then how many
+    /// more), for its log lines.
+    pub fn tenants(&self) -> String {
+        const SHOWN: usize = 10;
+        let tenants: std::collections::BTreeSet<uuid::Uuid> = (self.events.iter().map(|e| e.event.tenant_id))
+            .chain(self.poison.iter().map(|p| p.row.tenant_id))
+            .collect();
+        let mut text = tenants.iter().take(SHOWN).map(ToString::to_string).collect::<Vec<_>>().join(",");
+        if tenants.len() > SHOWN {
+            text.push_str(&format!(" (+{} more)", tenants.len() - SHOWN));
+        }
+        text
+    }
+
+    /// The largest invalidation lag in the batch once Redis confirmed it `confirmed_after` the
+    /// claim (what `openrisk_invalidator_lag_seconds` observes), in milliseconds.
+    pub fn max_lag_ms(&self, confirmed_after: Duration) -> f64 {
+        let oldest = self.events.iter().map(|claimed| claimed.age_at_claim).max().unwrap_or_default();
+        (oldest + confirmed_after).as_secs_f64() * 1000.0
     }
 }
 

@@ -14,6 +14,7 @@ use redis::AsyncConnectionConfig;
 use redis::aio::MultiplexedConnection;
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
+use tracing::field::Empty;
 use uuid::Uuid;
 
 use crate::listener::Listener;
@@ -151,7 +152,7 @@ impl Worker {
     fn count_reconnect(&self, target: &str, was_up: &mut bool) {
         if *was_up {
             self.metrics.reconnects.with_label_values(&[target]).inc();
-            tracing::info!(target, "reconnected");
+            tracing::info!(connection = target, "reconnected");
         }
         *was_up = true;
     }
@@ -192,16 +193,20 @@ impl Worker {
 
     /// Claims one batch, applies it to Redis, then acknowledges it. Returns how many events it
     /// handled (0: the outbox had nothing unclaimed).
+    #[tracing::instrument(name = "batch", skip_all, fields(size = Empty, tenants = Empty, lag_ms = Empty))]
     async fn process_batch(&self, client: &mut Client, redis: &mut MultiplexedConnection) -> Result<usize, BatchError> {
         let transaction = client.transaction().await?;
         let batch = outbox::claim(&transaction, self.settings.invalidator.batch_size).await?;
         if batch.is_empty() {
             return Ok(0);
         }
+        let span = tracing::Span::current();
+        span.record("size", batch.len()).record("tenants", batch.tenants().as_str());
         let claimed_at = Instant::now();
         // On a Redis error the transaction is dropped and rolled back: the rows come back.
         let (tags, reclaimable) = self.apply(redis, &batch.events).await?;
         let confirmed_after = claimed_at.elapsed();
+        span.record("lag_ms", batch.max_lag_ms(confirmed_after));
         for poison in &batch.poison {
             tracing::warn!(event_id = poison.row.id, reason = %poison.reason, "poison event moved to cache_outbox_dead_letter");
         }

@@ -55,6 +55,34 @@ async fn replicas_share_the_outbox(replicas: usize) {
     }
 }
 
+/// A claim takes at most its limit, the oldest rows, whatever plan Postgres picks. With the plan
+/// that re-runs the picking subquery for every outbox row (Postgres chooses it while the outbox's
+/// statistics still say "empty"), a claim written as `id IN (SELECT … LIMIT n FOR UPDATE SKIP
+/// LOCKED)` took the whole outbox, in quadratic time.
+#[tokio::test]
+async fn a_claim_takes_at_most_its_limit_whatever_the_plan() {
+    let h = Harness::new().await;
+    let tenant = h.tenant("a").await;
+    flood_outbox(&h, tenant, 2_000).await;
+    let rows = h.outbox_len().await;
+    let oldest: i64 = h.sql.query_one("SELECT min(id) FROM cache_outbox", &[]).await.unwrap().get(0);
+    let mut client = openrisk_shared::db::connect(&h.db.url, "claim-test").await.unwrap();
+    let transaction = client.transaction().await.unwrap();
+    transaction
+        .batch_execute(
+            "SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off; SET LOCAL enable_hashagg = off;
+             SET LOCAL enable_sort = off; SET LOCAL enable_material = off",
+        )
+        .await
+        .unwrap();
+    let batch = openrisk_invalidator::outbox::claim(&transaction, 100).await.unwrap();
+    assert_eq!(batch.len(), 100);
+    let ids: Vec<i64> = batch.events.iter().map(|claimed| claimed.event.id).collect();
+    assert_eq!(ids, (oldest..oldest + 100).collect::<Vec<_>>());
+    transaction.rollback().await.unwrap();
+    assert_eq!(h.outbox_len().await, rows, "a rolled-back claim gives its rows back");
+}
+
 #[tokio::test]
 async fn two_replicas_drain_a_large_outbox_without_loss_or_duplicates() {
     replicas_share_the_outbox(2).await;
