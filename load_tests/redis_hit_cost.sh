@@ -32,24 +32,7 @@ printf 'all=%s risk:1=%s\n"etag"\n%s' "$token" "$token" "$body" | r -x SET "${ba
 r EXPIRE "${base}e2:2:risk:1" 3600 >/dev/null
 # The previous protocol: the entry as a hash, checked by its lookup script.
 r HSET "${base}e:2:risk:1" b "$body" e '"etag"' t "all=$token risk:1=$token" >/dev/null
-old_lookup=$(cat <<'LUA'
-local entry = redis.call('HMGET', KEYS[1], 'b', 'e', 't')
-local base = ARGV[1]
-if entry[1] then
-  local current = true
-  for tag, token in string.gmatch(entry[3], '([^ =]+)=([^ ]+)') do
-    if redis.call('GET', base .. 'v:' .. tag) ~= token then
-      current = false
-      break
-    end
-  end
-  if current then
-    return {'hit', entry[1], entry[2]}
-  end
-end
-return {'miss'}
-LUA
-)
+old_lookup=$(cat "$(dirname "$0")/../shared/tests/previous_protocol/lookup.lua")
 sha=$(r SCRIPT LOAD "$old_lookup")
 # Check that both protocols' commands really hit.
 [ "$(r EVALSHA "$sha" 1 "${base}e:2:risk:1" "$base" x all risk:1 | head -1)" = hit ] || { echo "old lookup misses" >&2; exit 1; }

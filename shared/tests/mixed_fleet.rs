@@ -2,8 +2,8 @@
 //! creates versions, an invalidation that deletes them) beside this one, on the same Redis. The
 //! two never read each other's entries (the entry format is part of the key), and each one's
 //! invalidation must still make the other's entries unreadable and refuse its in-flight fills,
-//! in both directions. The previous protocol's scripts are kept here, exactly as released, as
-//! the fixture that stands for the old processes.
+//! in both directions. The previous protocol's scripts are kept in `previous_protocol/`, exactly
+//! as released, as the fixture that stands for the old processes.
 
 use openrisk_shared::keys::{Keyspace, Tag};
 use openrisk_shared::protocol::{self, Fill, Lookup};
@@ -14,74 +14,13 @@ use uuid::Uuid;
 
 /// The previous lookup: returns the entry when every stored version is current, otherwise
 /// creates the missing versions and returns them.
-const OLD_LOOKUP: &str = r#"
-local entry = redis.call('HMGET', KEYS[1], 'b', 'e', 't')
-local base = ARGV[1]
-if entry[1] then
-  local current = true
-  for tag, token in string.gmatch(entry[3], '([^ =]+)=([^ ]+)') do
-    if redis.call('GET', base .. 'v:' .. tag) ~= token then
-      current = false
-      break
-    end
-  end
-  if current then
-    return {'hit', entry[1], entry[2]}
-  end
-  redis.call('UNLINK', KEYS[1])
-end
-local out = {'miss'}
-for i = 3, #ARGV do
-  local key = base .. 'v:' .. ARGV[i]
-  local version = redis.call('GET', key)
-  if not version then
-    redis.call('SET', key, ARGV[2])
-    version = ARGV[2]
-  end
-  out[#out + 1] = version
-end
-return out
-"#;
+const OLD_LOOKUP: &str = include_str!("previous_protocol/lookup.lua");
 
 /// The previous fill.
-const OLD_FILL: &str = r#"
-local base = ARGV[1]
-local versions = {}
-for i = 6, #ARGV, 2 do
-  if redis.call('GET', base .. 'v:' .. ARGV[i]) ~= ARGV[i + 1] then
-    return 0
-  end
-  versions[#versions + 1] = ARGV[i] .. '=' .. ARGV[i + 1]
-end
-redis.call('HSET', KEYS[1], 'b', ARGV[2], 'e', ARGV[3], 't', table.concat(versions, ' '))
-redis.call('EXPIRE', KEYS[1], ARGV[4])
-local members_ttl = tonumber(ARGV[5])
-for i = 6, #ARGV, 2 do
-  if ARGV[i] ~= 'all' then
-    local members = base .. 'm:' .. ARGV[i]
-    redis.call('SADD', members, KEYS[1])
-    if redis.call('TTL', members) < members_ttl then
-      redis.call('EXPIRE', members, members_ttl)
-    end
-  end
-end
-return 1
-"#;
+const OLD_FILL: &str = include_str!("previous_protocol/fill.lua");
 
 /// The previous invalidation.
-const OLD_INVALIDATE: &str = r#"
-local base = ARGV[1]
-local unlinked = 0
-for i = 2, #ARGV do
-  local members_key = base .. 'm:' .. ARGV[i]
-  local members = redis.call('SMEMBERS', members_key)
-  for first = 1, #members, 256 do
-    unlinked = unlinked + redis.call('UNLINK', unpack(members, first, math.min(first + 255, #members)))
-  end
-  redis.call('UNLINK', members_key, base .. 'v:' .. ARGV[i])
-end
-return unlinked
-"#;
+const OLD_INVALIDATE: &str = include_str!("previous_protocol/invalidate.lua");
 
 /// A process of the previous release.
 struct OldProcess {
