@@ -168,7 +168,7 @@ dashboard_promql() {
 }
 check "dashboard PromQL parses (promtool)" dashboard_promql
 check "metric_names.txt up to date" env PYTHON="$PY" deployment/list-metric-names.sh --check
-check "shellcheck" shellcheck deployment/check.sh deployment/list-metric-names.sh
+check "shellcheck" shellcheck deployment/check.sh deployment/list-metric-names.sh deployment/live.sh
 
 echo
 echo "$passed passed, $failed failed$([ "$skipped" -gt 0 ] && echo ", $skipped skipped")"
