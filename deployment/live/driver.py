@@ -679,7 +679,7 @@ class Stack:
     def api_env(self):
         return binary_env(DATABASE_URL=self.pg.url(), REDIS_URL=self.redis.url(),
                           API_ADDR=f"127.0.0.1:{self.api_port}", OPENRISK_LOG__FORMAT="json",
-                          OPENRISK_LOG__FILTER="info", OPENRISK_POOL__MAX_CONNECTIONS=10,
+                          OPENRISK_LOG__FILTER="info,openrisk_api::app=debug", OPENRISK_POOL__MAX_CONNECTIONS=10,
                           OPENRISK_POOL__MIN_IDLE=2)
 
     def inv_env(self, index, mode="listen"):
