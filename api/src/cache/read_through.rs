@@ -89,21 +89,22 @@ impl Cache {
         load: Loader,
     ) -> Result<MissResult, ApiError> {
         let mut conn = self.connection().ok_or_else(ApiError::internal)?;
-        let ttl = self.dependencies_ttl_secs();
         let (snapshot, body) = if snapshot.is_complete() {
             (snapshot, load().await?)
-        } else if snapshot.lacks_only_collection_versions() {
-            let created = protocol::create_missing_versions(&mut conn, &self.keyspace, tenant, &snapshot, ttl);
-            match self.call("create_versions", created).await {
-                Ok(completed) => (completed, load().await?),
-                Err(_) => return self.unfilled(route, load().await?),
-            }
         } else {
-            let first = load().await?;
+            // A row's version is created only once a read showed the row exists.
+            let first = if snapshot.lacks_only_collection_versions() { None } else { Some(load().await?) };
+            let ttl = self.dependencies_ttl_secs();
             let created = protocol::create_missing_versions(&mut conn, &self.keyspace, tenant, &snapshot, ttl);
             match self.call("create_versions", created).await {
                 Ok(completed) => (completed, load().await?),
-                Err(_) => return self.unfilled(route, first),
+                Err(_) => {
+                    let body = match first {
+                        Some(body) => body,
+                        None => load().await?,
+                    };
+                    return self.unfilled(route, body);
+                }
             }
         };
         if let Some(hook) = &self.before_fill {
