@@ -42,33 +42,15 @@ export PATH="$venv/bin:$npm_dir/node_modules/.bin:$PATH"
 export PYTHONDONTWRITEBYTECODE=1
 export REDOCLY_TELEMETRY=off REDOCLY_SUPPRESS_UPDATE_NOTICE=true NO_UPDATE_NOTIFIER=1
 
-target_dir="${CARGO_TARGET_DIR:-$PWD/target}"
-cargo build --quiet -p openrisk-api
-api="$target_dir/debug/openrisk-api"
-scripts/ensure-services.sh
+source scripts/test-api.sh
 
 report_dir="$target_dir/clients"
 generated="$report_dir/generated"
 rm -rf "$report_dir"
 mkdir -p "$generated"
-free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-admin_url="${TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
-db="openrisk_clients_$(date +%s)_$$"
 work="$(mktemp -d)"
-redis_port="$(free_port)"
-api_port="$(free_port)"
-redis_pid=""
-api_pid=""
-# stop PID: ends a process this script started (nothing when PID is empty) and reaps it.
-stop() {
-    [ -n "$1" ] || return 0
-    kill "$1" 2>/dev/null || true
-    wait "$1" 2>/dev/null || true
-}
 cleanup() {
-    stop "$api_pid"
-    stop "$redis_pid"
-    psql -q "$admin_url" -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true
+    stop_test_api
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -128,25 +110,8 @@ for generator in openapi-python-client openapi-generator openapi-typescript; do
 done
 check typecheck-typescript tsc --noEmit --project "$typescript"
 
-# The API, as verifier/schemathesis.sh starts it.
-redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no \
-    --maxmemory-policy volatile-lru >"$work/redis.log" 2>&1 &
-redis_pid=$!
-psql -q "$admin_url" -c "CREATE DATABASE $db"
-export DATABASE_URL="${admin_url%/*}/$db"
-export REDIS_URL="redis://127.0.0.1:$redis_port"
-export API_ADDR="127.0.0.1:$api_port"
-export OPENRISK_CACHE__KEY_PREFIX="clients"
-export OPENRISK_LOG__FILTER="warn"
-"$api" migrate >/dev/null
-"$api" seed --tenants 1 --risks 20 --demo >/dev/null
-token="$("$api" token create --tenant demo --role admin 2>/dev/null | tail -n1)"
-"$api" serve >"$report_dir/api.log" 2>&1 &
-api_pid=$!
-for _ in $(seq 1 100); do
-    curl -fs "http://$API_ADDR/healthz" >/dev/null 2>&1 && break
-    sleep 0.1
-done
+# The API, started as verifier/schemathesis.sh starts it.
+start_test_api clients "$report_dir/api.log"
 run_id="$(date +%s)-$$"
 export OPENRISK_BASE_URL="http://$API_ADDR" OPENRISK_TOKEN="$token" OPENRISK_RUN_ID="$run_id"
 
@@ -160,8 +125,7 @@ run_typescript() {
 }
 check scenario-openapi-typescript run_typescript
 
-stop "$api_pid"
-api_pid=""
+stop_test_api_server
 if grep -q "panicked" "$report_dir/api.log"; then
     echo "FAIL the API panicked:"
     grep -B2 -A10 "panicked" "$report_dir/api.log" | head -40 | sed 's/^/    /'

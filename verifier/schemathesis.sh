@@ -16,47 +16,17 @@ if ! "$venv/bin/schemathesis" --version >/dev/null 2>&1; then
     "$venv/bin/pip" install --quiet --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
 fi
 
-target_dir="${CARGO_TARGET_DIR:-$PWD/target}"
-cargo build --quiet -p openrisk-api
-api="$target_dir/debug/openrisk-api"
-scripts/ensure-services.sh
-
-free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-admin_url="${TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
-db="openrisk_schemathesis_$(date +%s)_$$"
+source scripts/test-api.sh
 work="$(mktemp -d)"
 report_dir="${CARGO_TARGET_DIR:-$PWD/target}/schemathesis"
 mkdir -p "$report_dir"
-redis_port="$(free_port)"
-api_port="$(free_port)"
-redis_pid=""
-api_pid=""
 cleanup() {
-    [ -n "$api_pid" ] && kill "$api_pid" 2>/dev/null && wait "$api_pid" 2>/dev/null || true
-    [ -n "$redis_pid" ] && kill "$redis_pid" 2>/dev/null && wait "$redis_pid" 2>/dev/null || true
-    psql -q "$admin_url" -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true
+    stop_test_api
     rm -rf "$work"
 }
 trap cleanup EXIT
 
-redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no \
-    --maxmemory-policy volatile-lru >"$work/redis.log" 2>&1 &
-redis_pid=$!
-psql -q "$admin_url" -c "CREATE DATABASE $db"
-export DATABASE_URL="${admin_url%/*}/$db"
-export REDIS_URL="redis://127.0.0.1:$redis_port"
-export API_ADDR="127.0.0.1:$api_port"
-export OPENRISK_CACHE__KEY_PREFIX="schemathesis"
-export OPENRISK_LOG__FILTER="warn"
-"$api" migrate >/dev/null
-"$api" seed --tenants 1 --risks 20 --demo >/dev/null
-token="$("$api" token create --tenant demo --role admin 2>/dev/null | tail -n1)"
-"$api" serve >"$work/api.log" 2>&1 &
-api_pid=$!
-for _ in $(seq 1 100); do
-    curl -fs "http://$API_ADDR/healthz" >/dev/null 2>&1 && break
-    sleep 0.1
-done
+start_test_api schemathesis "$work/api.log"
 
 spec="$PWD/openapi/openapi.json"
 if [ ! -f "$spec" ]; then
@@ -80,8 +50,7 @@ set +e
     "$@") >"$report_dir/schemathesis.log" 2>&1
 status=$?
 set -e
-kill "$api_pid" 2>/dev/null && wait "$api_pid" 2>/dev/null || true
-api_pid=""
+stop_test_api_server
 cp "$work/api.log" "$report_dir/api.log" 2>/dev/null || true
 grep -v '^\s*$' "$report_dir/schemathesis.log" | tail -n 60
 echo "full report: $report_dir/schemathesis.log (API log: $report_dir/api.log)"

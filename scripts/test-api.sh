@@ -1,0 +1,73 @@
+# shellcheck shell=bash
+# Sourced (not run) by scripts that test a running API (verifier/schemathesis.sh,
+# openapi/clients.sh). It builds `openrisk-api` (path in $api) and gives:
+#
+#   start_test_api NAME LOG   a private Redis and the API on free loopback ports, against a fresh
+#                             database on the local PostgreSQL, migrated and seeded with a demo
+#                             tenant; exports DATABASE_URL, REDIS_URL and API_ADDR, sets $token (an
+#                             admin token) and $test_api_pid; the API logs to LOG
+#   stop_test_api_server      stops the API (its log stays complete)
+#   stop_test_api             stops the API and Redis and drops the database (call it on EXIT)
+#
+# The caller runs from the repository root with `set -euo pipefail`.
+
+target_dir="${CARGO_TARGET_DIR:-$PWD/target}"
+cargo build --quiet -p openrisk-api
+api="$target_dir/debug/openrisk-api"
+scripts/ensure-services.sh
+
+test_api_admin_url="${TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
+test_api_db=""
+test_api_pid=""
+test_api_redis_pid=""
+
+test_api_free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# stop_test_api_process PID: ends a process started here (nothing when PID is empty) and reaps it.
+stop_test_api_process() {
+    [ -n "$1" ] || return 0
+    kill "$1" 2>/dev/null || true
+    wait "$1" 2>/dev/null || true
+}
+
+start_test_api() {
+    local name=$1 log=$2 redis_port api_port
+    redis_port="$(test_api_free_port)"
+    api_port="$(test_api_free_port)"
+    test_api_db="openrisk_${name}_$(date +%s)_$$"
+    redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no \
+        --maxmemory-policy volatile-lru >"$log.redis" 2>&1 &
+    test_api_redis_pid=$!
+    psql -q "$test_api_admin_url" -c "CREATE DATABASE $test_api_db"
+    export DATABASE_URL="${test_api_admin_url%/*}/$test_api_db"
+    export REDIS_URL="redis://127.0.0.1:$redis_port"
+    export API_ADDR="127.0.0.1:$api_port"
+    export OPENRISK_CACHE__KEY_PREFIX="$name"
+    export OPENRISK_LOG__FILTER="warn"
+    "$api" migrate >/dev/null
+    "$api" seed --tenants 1 --risks 20 --demo >/dev/null
+    # shellcheck disable=SC2034  # read by the sourcing script
+    token="$("$api" token create --tenant demo --role admin 2>/dev/null | tail -n1)"
+    "$api" serve >"$log" 2>&1 &
+    test_api_pid=$!
+    for _ in $(seq 1 100); do
+        curl -fs "http://$API_ADDR/healthz" >/dev/null 2>&1 && break
+        sleep 0.1
+    done
+}
+
+stop_test_api_server() {
+    stop_test_api_process "$test_api_pid"
+    test_api_pid=""
+}
+
+stop_test_api() {
+    stop_test_api_server
+    stop_test_api_process "$test_api_redis_pid"
+    test_api_redis_pid=""
+    if [ -n "$test_api_db" ]; then
+        psql -q "$test_api_admin_url" -c "DROP DATABASE IF EXISTS $test_api_db WITH (FORCE)" >/dev/null 2>&1 || true
+    fi
+}
