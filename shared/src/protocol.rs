@@ -31,6 +31,7 @@ use redis::aio::ConnectionLike;
 use uuid::Uuid;
 
 use crate::keys::{Keyspace, Tag};
+use crate::redis_connection::RedisConnection;
 
 /// Members unlinked per Redis command by [`reclaim`]: bounds the time one command holds Redis,
 /// whatever the number of entries cached under a tag.
@@ -293,9 +294,7 @@ pub async fn fill<C: ConnectionLike>(
 /// be hit or filled (the hit and the fill both compare versions). A version that was absent
 /// stays absent, which already matches nothing. Entries filled afterwards register in a new
 /// member set, so reclaiming the renamed one never drops them.
-static INVALIDATE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
+const INVALIDATE_SOURCE: &str = r#"
 local moved = {}
 for i = 1, #KEYS, 3 do
   redis.call('SET', KEYS[i], ARGV[1], 'XX', 'KEEPTTL')
@@ -305,9 +304,9 @@ for i = 1, #KEYS, 3 do
   end
 end
 return moved
-"#,
-    )
-});
+"#;
+
+static INVALIDATE: LazyLock<Script> = LazyLock::new(|| Script::new(INVALIDATE_SOURCE));
 
 /// Member sets moved aside by [`invalidate`], whose entries [`reclaim`] unlinks.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -325,6 +324,30 @@ impl Reclaimable {
     }
 }
 
+/// How many Redis replicas must hold an invalidation before it counts as done, and how long to
+/// wait for them (`WAIT`). Zero replicas: done once the master has applied it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplicaAck {
+    pub replicas: u32,
+    pub timeout: std::time::Duration,
+}
+
+impl ReplicaAck {
+    /// Done once the master has applied it (a single node, or best-effort callers).
+    pub const MASTER_ONLY: Self = Self { replicas: 0, timeout: std::time::Duration::ZERO };
+}
+
+/// Why an invalidation is not known to be done.
+#[derive(Debug, thiserror::Error)]
+pub enum InvalidateError {
+    #[error(transparent)]
+    Redis(#[from] redis::RedisError),
+    /// Applied on the master, but fewer replicas than required confirmed it in time: a failover
+    /// now could promote a replica that never saw it, so it must be applied again later.
+    #[error("invalidation reached {acked} of the {required} Redis replicas required within {timeout:?}")]
+    NotReplicated { acked: u32, required: u32, timeout: std::time::Duration },
+}
+
 /// Invalidates `tags` of `tenant` (one script, O(tags)): after it returns no entry built under
 /// their previous versions is served. Idempotent; a tag nothing was cached under costs one
 /// `SET … XX`. The caller reclaims the returned member sets once it has acknowledged the event.
@@ -337,16 +360,74 @@ pub async fn invalidate<C: ConnectionLike>(
     if tags.is_empty() {
         return Ok(Reclaimable::default());
     }
-    let token = fresh_token();
+    let (token, keys) = invalidation_keys(keyspace, tenant, tags);
     let mut call = INVALIDATE.prepare_invoke();
-    for tag in tags {
-        call.key(keyspace.version_key(tenant, tag))
-            .key(keyspace.members_key(tenant, tag))
-            .key(keyspace.reclaim_key(tenant, tag, &token));
+    for key in &keys {
+        call.key(key);
     }
     call.arg(&token);
     let keys: Vec<String> = call.invoke_async(conn).await?;
     Ok(Reclaimable { keys })
+}
+
+/// A fresh token and the KEYS of [`INVALIDATE`] for `tags`.
+fn invalidation_keys(keyspace: &Keyspace, tenant: Uuid, tags: &[Tag]) -> (String, Vec<String>) {
+    let token = fresh_token();
+    let keys = tags
+        .iter()
+        .flat_map(|tag| {
+            [
+                keyspace.version_key(tenant, tag),
+                keyspace.members_key(tenant, tag),
+                keyspace.reclaim_key(tenant, tag, &token),
+            ]
+        })
+        .collect();
+    (token, keys)
+}
+
+/// [`invalidate`], then `WAIT` until `ack.replicas` replicas of the tenant's master hold it. The
+/// script and the `WAIT` travel in one pipeline on one connection to that master (its first key
+/// routes it), so the `WAIT` covers exactly this script's writes even if a connection is
+/// replaced between calls.
+///
+/// Invariant: `Ok` means the invalidation survives the failover of its master to any replica
+/// that confirmed it (Redis promotes the replica with the most replicated data first).
+pub async fn invalidate_replicated<C: ConnectionLike>(
+    conn: &mut C,
+    keyspace: &Keyspace,
+    tenant: Uuid,
+    tags: &[Tag],
+    ack: ReplicaAck,
+) -> Result<Reclaimable, InvalidateError> {
+    if tags.is_empty() || ack.replicas == 0 {
+        return Ok(invalidate(conn, keyspace, tenant, tags).await?);
+    }
+    let (token, keys) = invalidation_keys(keyspace, tenant, tags);
+    // A script inside a pipeline is not loaded for us: try it by hash, and on NOSCRIPT send its
+    // source (which also loads it on that node for the next time).
+    let pipeline = |by_hash: bool| {
+        let mut pipe = redis::pipe();
+        let command = pipe.cmd(if by_hash { "EVALSHA" } else { "EVAL" });
+        command
+            .arg(if by_hash { INVALIDATE.get_hash() } else { INVALIDATE_SOURCE })
+            .arg(keys.len())
+            .arg(&keys)
+            .arg(&token);
+        pipe.cmd("WAIT").arg(ack.replicas).arg(u64::try_from(ack.timeout.as_millis()).unwrap_or(u64::MAX).max(1));
+        pipe
+    };
+    let reply: redis::RedisResult<(Vec<String>, u32)> = pipeline(true).query_async(conn).await;
+    let (moved, acked) = match reply {
+        Err(error) if error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+            pipeline(false).query_async(conn).await?
+        }
+        other => other?,
+    };
+    if acked < ack.replicas {
+        return Err(InvalidateError::NotReplicated { acked, required: ack.replicas, timeout: ack.timeout });
+    }
+    Ok(Reclaimable { keys: moved })
 }
 
 /// Unlinks the entries of reclaimed member sets, walking each with `SSCAN` and unlinking at most
@@ -398,18 +479,28 @@ pub fn eviction_policy_problem(policy: &str, maxmemory: u64) -> Option<String> {
     }
 }
 
-/// Reads the server's eviction settings and logs a loud warning when they do not suit the
-/// protocol. Returns the problem, if any, so callers can export it.
-pub async fn check_eviction_policy<C: ConnectionLike>(conn: &mut C) -> redis::RedisResult<Option<String>> {
-    let policy: Vec<String> = redis::cmd("CONFIG").arg("GET").arg("maxmemory-policy").query_async(conn).await?;
-    let maxmemory: Vec<String> = redis::cmd("CONFIG").arg("GET").arg("maxmemory").query_async(conn).await?;
-    let policy = policy.get(1).cloned().unwrap_or_default();
-    let maxmemory = maxmemory.get(1).and_then(|value| value.parse().ok()).unwrap_or(0);
-    let problem = eviction_policy_problem(&policy, maxmemory);
-    if let Some(problem) = &problem {
-        tracing::warn!(policy, maxmemory, "REDIS EVICTION POLICY: {problem}");
+/// Reads the eviction settings of the server (every master of a cluster) and logs a loud
+/// warning when they do not suit the protocol. Returns the first problem, if any, so callers
+/// can export it.
+pub async fn check_eviction_policy(conn: &mut RedisConnection) -> redis::RedisResult<Option<String>> {
+    let policies: Vec<(String, Vec<String>)> =
+        conn.on_every_master(redis::cmd("CONFIG").arg("GET").arg("maxmemory-policy")).await?;
+    let limits: Vec<(String, Vec<String>)> =
+        conn.on_every_master(redis::cmd("CONFIG").arg("GET").arg("maxmemory")).await?;
+    let mut first_problem = None;
+    for (node, policy) in policies {
+        let policy = policy.get(1).cloned().unwrap_or_default();
+        let maxmemory = limits
+            .iter()
+            .find(|(limit_node, _)| *limit_node == node)
+            .and_then(|(_, limit)| limit.get(1)?.parse().ok())
+            .unwrap_or(0);
+        if let Some(problem) = eviction_policy_problem(&policy, maxmemory) {
+            tracing::warn!(node, policy, maxmemory, "REDIS EVICTION POLICY: {problem}");
+            first_problem.get_or_insert(problem);
+        }
     }
-    Ok(problem)
+    Ok(first_problem)
 }
 
 #[cfg(test)]

@@ -4,14 +4,14 @@
 
 use openrisk_shared::keys::{Keyspace, Tag};
 use openrisk_shared::protocol::{self, Entry, Fill, Lookup, Reclaimable, Snapshot};
+use openrisk_shared::redis_connection::RedisConnection;
 use openrisk_test_support::{PrivateRedis, RedisNamespace};
-use redis::aio::MultiplexedConnection;
 use uuid::Uuid;
 
 struct Fixture {
     namespace: RedisNamespace,
     keyspace: Keyspace,
-    conn: MultiplexedConnection,
+    conn: RedisConnection,
     tenant: Uuid,
 }
 
@@ -21,8 +21,7 @@ impl Fixture {
     }
 
     async fn on(namespace: RedisNamespace) -> Self {
-        let client = redis::Client::open(namespace.url.as_str()).unwrap();
-        let conn = client.get_multiplexed_async_connection().await.unwrap();
+        let conn = namespace.connect().await;
         let keyspace = Keyspace::new(namespace.prefix.clone());
         Self { namespace, keyspace, conn, tenant: Uuid::new_v4() }
     }
@@ -214,8 +213,7 @@ async fn a_fill_straddling_a_redis_restart_or_flush_is_rejected() {
     // the versions with fresh random tokens, which the old snapshot cannot match.
     let snapshot = f.miss(&key, &deps).await;
     redis.restart();
-    let client = redis::Client::open(redis.url()).unwrap();
-    f.conn = client.get_multiplexed_async_connection().await.unwrap();
+    f.conn = RedisNamespace::on(&redis.url()).connect().await;
     let _ = f.miss(&key, &deps).await;
     assert!(!f.fill(&key, &snapshot, "old").await);
 }
