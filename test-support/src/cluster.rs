@@ -169,6 +169,23 @@ impl PrivateRedisCluster {
         }
     }
 
+    /// Freezes the node on `port` (SIGSTOP): it keeps its sockets but processes nothing.
+    pub fn pause(&self, port: u16) {
+        self.signal(port, "STOP");
+    }
+
+    /// Lets a paused node run again (SIGCONT).
+    pub fn resume(&self, port: u16) {
+        self.signal(port, "CONT");
+    }
+
+    fn signal(&self, port: u16, signal: &str) {
+        let node = self.nodes.iter().find(|node| node.port == port).and_then(|node| node.child.as_ref());
+        if let Some(child) = node {
+            let _ = Command::new("kill").arg(format!("-{signal}")).arg(child.id().to_string()).status();
+        }
+    }
+
     /// Starts the node on `port` again, empty but with its cluster identity, so it rejoins.
     pub fn restart(&mut self, port: u16) {
         let Some(index) = self.nodes.iter().position(|node| node.port == port) else { return };
