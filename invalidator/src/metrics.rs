@@ -55,7 +55,7 @@ impl Metrics {
         let reconnects =
             counter_vec("openrisk_invalidator_reconnects_total", "Connections re-established, by target.", "target");
         for (vec, label) in
-            [(&errors, "postgres"), (&errors, "redis"), (&reconnects, "postgres"), (&reconnects, "redis")]
+            [(&errors, "postgres"), (&errors, "redis"), (&errors, "redis_replication"), (&reconnects, "postgres"), (&reconnects, "redis")]
         {
             vec.with_label_values(&[label]);
         }
