@@ -3,7 +3,7 @@
 //! the steps in that order.
 
 use openrisk_shared::keys::{Keyspace, Tag};
-use openrisk_shared::protocol::{self, Entry, Fill, Lookup, Reclaimable, Snapshot};
+use openrisk_shared::protocol::{self, Entry, Fill, InvalidateError, Lookup, Reclaimable, ReplicaAck, Snapshot};
 use openrisk_shared::redis_connection::RedisConnection;
 use openrisk_test_support::{PrivateRedis, RedisNamespace};
 use uuid::Uuid;
@@ -272,4 +272,29 @@ async fn tenants_never_share_keys() {
     // Invalidating the other tenant's tag leaves this tenant's entry in place.
     protocol::invalidate(&mut f.conn, &f.keyspace, other, &tags(&["risks"])).await.unwrap();
     assert!(f.is_hit(&key, &tags(&["all", "risks"])).await);
+}
+
+#[tokio::test]
+async fn an_invalidation_that_no_replica_confirms_is_applied_but_reported_and_its_script_loads_where_missing() {
+    let redis = PrivateRedis::start();
+    let mut f = Fixture::on(RedisNamespace::on(&redis.url())).await;
+    let key = f.key("risk");
+    let deps = tags(&["all", "risk:1"]);
+    let snapshot = f.miss(&key, &deps).await;
+    assert!(f.fill(&key, &snapshot, "old").await);
+
+    // A node that never ran the script (a new master, a restarted one): the pipelined EVALSHA
+    // gets NOSCRIPT and the source is sent instead.
+    let _: () = redis::cmd("SCRIPT").arg("FLUSH").query_async(&mut f.conn).await.unwrap();
+    let ack = ReplicaAck { replicas: 1, timeout: std::time::Duration::from_millis(50) };
+    let outcome = protocol::invalidate_replicated(&mut f.conn, &f.keyspace, f.tenant, &deps[1..], ack).await;
+    assert!(
+        matches!(outcome, Err(InvalidateError::NotReplicated { acked: 0, required: 1, .. })),
+        "a node without replicas cannot confirm: {outcome:?}"
+    );
+    assert!(!f.is_hit(&key, &deps).await, "the master applied it all the same");
+
+    let outcome =
+        protocol::invalidate_replicated(&mut f.conn, &f.keyspace, f.tenant, &deps[1..], ReplicaAck::MASTER_ONLY).await;
+    assert!(outcome.is_ok(), "without a replica required it is done: {outcome:?}");
 }
