@@ -1,5 +1,6 @@
-//! Assembles the service: shared state, the poem route tree (API, docs, spec, health, metrics)
-//! and a server that can be spawned on any address (port 0 in tests) and shut down gracefully.
+//! Assembles the service: shared state, the poem route tree (API, docs, spec, health), the
+//! metrics endpoint on its own address, and servers that can be spawned on any address (port 0
+//! in tests) and shut down gracefully.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -368,23 +369,43 @@ fn allowed_methods(path: &str) -> Option<String> {
     })
 }
 
+/// The `/metrics` endpoint, served on `METRICS_ADDR` only: the API port carries the API, and
+/// the metrics (route names, tenant-independent counts) stay on an address operators choose.
+fn metrics_routes(state: Arc<AppState>) -> impl Endpoint {
+    let metrics = make_sync(move |_| {
+        Response::builder().content_type("text/plain; version=0.0.4; charset=utf-8").body(state.render_metrics())
+    });
+    Route::new().at("/metrics", poem::get(metrics))
+}
+
 /// A running server.
 pub struct Application {
     /// Where it listens (the real port when bound to port 0).
     pub addr: SocketAddr,
+    /// Where `/metrics` is served (the real port when bound to port 0).
+    pub metrics_addr: SocketAddr,
     pub state: Arc<AppState>,
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<std::io::Result<()>>,
+    metrics_task: JoinHandle<std::io::Result<()>>,
 }
 
 impl Application {
     /// Builds the state, binds `settings.api_addr` and serves in a background task.
     pub async fn spawn(settings: Settings, options: AppOptions) -> Result<Self, StartError> {
-        let (addr, http) = (settings.api_addr, settings.http.clone());
+        let (addr, metrics_addr, http) = (settings.api_addr, settings.metrics_addr, settings.http.clone());
         let state = AppState::new(settings, options).await?;
         let listener =
             tokio::net::TcpListener::bind(addr).await.map_err(|source| StartError::Listen { addr, source })?;
         let addr = listener.local_addr().map_err(|source| StartError::Listen { addr, source })?;
+        let metrics_listener = tokio::net::TcpListener::bind(metrics_addr)
+            .await
+            .map_err(|source| StartError::Listen { addr: metrics_addr, source })?;
+        let metrics_addr =
+            metrics_listener.local_addr().map_err(|source| StartError::Listen { addr: metrics_addr, source })?;
+        let metrics_acceptor = TcpAcceptor::from_tokio(metrics_listener)
+            .map_err(|source| StartError::Listen { addr: metrics_addr, source })?;
+        let metrics_server = Server::new_with_acceptor(metrics_acceptor).run(metrics_routes(state.clone()));
         let acceptor = TcpAcceptor::from_tokio(listener).map_err(|source| StartError::Listen { addr, source })?;
         let idle_timeout = Duration::from_millis(http.idle_timeout_ms);
         let acceptor = LimitedAcceptor::new(acceptor, http.max_connections, idle_timeout);
@@ -396,8 +417,15 @@ impl Application {
             },
             Some(SHUTDOWN_GRACE),
         );
-        tracing::info!(%addr, "openrisk-api listening");
-        Ok(Self { addr, state, shutdown: Some(shutdown), task: tokio::spawn(server) })
+        tracing::info!(%addr, %metrics_addr, "openrisk-api listening");
+        Ok(Self {
+            addr,
+            metrics_addr,
+            state,
+            shutdown: Some(shutdown),
+            task: tokio::spawn(server),
+            metrics_task: tokio::spawn(metrics_server),
+        })
     }
 
     /// Base URL, e.g. `http://127.0.0.1:38211`.
@@ -410,6 +438,9 @@ impl Application {
         if let Some(shutdown) = self.shutdown.take() {
             let _ = shutdown.send(());
         }
-        (&mut self.task).await.unwrap_or_else(|error| Err(std::io::Error::other(error)))
+        let served = (&mut self.task).await.unwrap_or_else(|error| Err(std::io::Error::other(error)));
+        // Scrapes are instant and idempotent: nothing in flight is worth waiting for.
+        self.metrics_task.abort();
+        served
     }
 }

@@ -493,3 +493,15 @@ async fn error_details_name_documented_parameters_and_types_not_internals() {
     }
     assert!(details[0].contains("`id`"), "{:?}", details[0]);
 }
+
+#[tokio::test]
+async fn metrics_are_served_on_their_own_address_and_not_on_the_api_port() {
+    let app = spawn_app().await;
+    assert_eq!(app.get("/api/v1/risks", &app.a.viewer).await.status(), StatusCode::OK);
+    let on_api_port = app.client.get(format!("{}/metrics", app.url)).send().await.unwrap();
+    assert_problem(on_api_port, StatusCode::NOT_FOUND).await;
+    assert_ne!(app.app.metrics_addr.port(), app.app.addr.port());
+    let metrics = app.client.get(format!("http://{}/metrics", app.app.metrics_addr)).send().await.unwrap();
+    assert_eq!(metrics.status(), StatusCode::OK);
+    assert!(metrics.text().await.unwrap().contains("openrisk_http_requests_total{"));
+}

@@ -200,9 +200,10 @@ impl Default for InvalidatorSettings {
 pub struct Settings {
     pub database_url: String,
     pub redis_url: String,
-    /// Where the API listens (HTTP API, docs, health and metrics).
+    /// Where the API listens (HTTP API, docs, health).
     pub api_addr: SocketAddr,
-    /// Where the invalidator serves /metrics, /healthz and /readyz.
+    /// Where each process serves /metrics (the invalidator also /healthz and /readyz): give the
+    /// API and an invalidator on one host different ones.
     pub metrics_addr: SocketAddr,
     pub profile: Profile,
     pub pool: PoolOverrides,

@@ -42,7 +42,7 @@ pub enum ApiTags {
     Stats,
     /// The tenant's API tokens (admin only).
     Tokens,
-    /// Liveness, readiness and metrics.
+    /// Liveness and readiness.
     Operations,
 }
 

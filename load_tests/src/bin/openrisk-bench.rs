@@ -61,6 +61,9 @@ struct Args {
     /// The invalidator's metrics address.
     #[arg(long)]
     invalidator_metrics: SocketAddr,
+    /// `METRICS_ADDR` of the API with the cache on (its /metrics).
+    #[arg(long)]
+    cached_metrics: SocketAddr,
     #[arg(long, env = "DATABASE_URL")]
     database_url: String,
     #[arg(long, env = "REDIS_URL")]
@@ -483,14 +486,14 @@ async fn main() -> anyhow::Result<()> {
         phase,
         phase * 2
     );
-    let metrics_before = scrape(args.cached).await?;
+    let metrics_before = scrape(args.cached_metrics).await?;
     let cold = open_loop(args.cached, Arc::clone(&mix), args.connections, args.rate, phase).await?;
     checks.run(&cold);
-    let metrics_warm = scrape(args.cached).await?;
+    let metrics_warm = scrape(args.cached_metrics).await?;
     let sampler = Sampler2::start(&args);
     let mut steady = open_loop(args.cached, Arc::clone(&mix), args.connections, args.rate, phase * 2).await?;
     let (resources, connections) = sampler.stop().await;
-    let metrics_after = scrape(args.cached).await?;
+    let metrics_after = scrape(args.cached_metrics).await?;
     checks.run(&steady);
     print_fixed(&steady);
     let internals = json!({
