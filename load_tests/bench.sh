@@ -93,6 +93,10 @@ uncached_port=$(free_port 18180)
 ceiling_port=$(free_port 18280)
 alt_port=$(free_port 18480)
 invalidator_port=$(free_port 18380)
+# The APIs' /metrics (METRICS_ADDR); only the cached one's is read.
+cached_metrics_port=$(free_port 18580)
+uncached_metrics_port=$(free_port 18680)
+alt_metrics_port=$(free_port 18780)
 
 wait_http() {
     local url=$1 what=$2
@@ -142,16 +146,18 @@ invalidator_pid=$!
 pids+=("$invalidator_pid")
 log "API with the cache on 127.0.0.1:$cached_port, without on 127.0.0.1:$uncached_port"
 DATABASE_URL="$db_url?application_name=api-cached" API_ADDR="127.0.0.1:$cached_port" \
+    METRICS_ADDR="127.0.0.1:$cached_metrics_port" \
     "$bin/openrisk-api" serve >"$OUT/logs/api-cached.log" 2>&1 &
 api_pid=$!
 pids+=("$api_pid")
 DATABASE_URL="$db_url?application_name=api-uncached" API_ADDR="127.0.0.1:$uncached_port" OPENRISK_CACHE__ENABLED=false \
+    METRICS_ADDR="127.0.0.1:$uncached_metrics_port" \
     "$bin/openrisk-api" serve >"$OUT/logs/api-uncached.log" 2>&1 &
 uncached_pid=$!
 pids+=("$uncached_pid")
 alt_flags=()
 if [ "$ALLOC_AB" = 1 ] && [ -f "$JEMALLOC" ]; then
-    DATABASE_URL="$db_url" API_ADDR="127.0.0.1:$alt_port" LD_PRELOAD="$JEMALLOC" \
+    DATABASE_URL="$db_url" API_ADDR="127.0.0.1:$alt_port" LD_PRELOAD="$JEMALLOC" METRICS_ADDR="127.0.0.1:$alt_metrics_port" \
         "$bin/openrisk-api" serve >"$OUT/logs/api-jemalloc.log" 2>&1 &
     alt_pid=$!
     pids+=("$alt_pid")
@@ -189,6 +195,7 @@ status=0
 "$bin/openrisk-bench" \
     --cached "127.0.0.1:$cached_port" --uncached "127.0.0.1:$uncached_port" \
     --ceiling "127.0.0.1:$ceiling_port" --invalidator-metrics "127.0.0.1:$invalidator_port" \
+    --cached-metrics "127.0.0.1:$cached_metrics_port" \
     --database-url "$db_url" --redis-url "$REDIS_URL" --ceiling-key bench:ceiling \
     --tokens "$OUT/tokens.txt" \
     --api-pid "$api_pid" --uncached-pid "$uncached_pid" --invalidator-pid "$invalidator_pid" \

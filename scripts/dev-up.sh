@@ -8,7 +8,9 @@ scripts/ensure-services.sh
 export DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/openrisk}"
 export REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6379}"
 export API_ADDR="${API_ADDR:-127.0.0.1:8080}"
+# The invalidator's and the API's /metrics: one address each.
 export METRICS_ADDR="${METRICS_ADDR:-127.0.0.1:9464}"
+API_METRICS_ADDR="${API_METRICS_ADDR:-127.0.0.1:9465}"
 
 database="${DATABASE_URL##*/}"
 database="${database%%\?*}"
@@ -27,8 +29,8 @@ invalidator="$bin/openrisk-invalidator"
 
 "$invalidator" run &
 invalidator_pid=$!
-"$api" serve &
+METRICS_ADDR="$API_METRICS_ADDR" "$api" serve &
 api_pid=$!
 trap 'kill $api_pid $invalidator_pid 2>/dev/null; wait' INT TERM EXIT
-echo "API on http://$API_ADDR (docs: http://$API_ADDR/docs), invalidator metrics on http://$METRICS_ADDR/metrics"
+echo "API on http://$API_ADDR (docs: http://$API_ADDR/docs, metrics: http://$API_METRICS_ADDR/metrics), invalidator metrics on http://$METRICS_ADDR/metrics"
 wait -n "$api_pid" "$invalidator_pid"

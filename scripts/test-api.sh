@@ -4,7 +4,8 @@
 #
 #   start_test_api NAME LOG   a private Redis and the API on free loopback ports, against a fresh
 #                             database on the local PostgreSQL, migrated and seeded with a demo
-#                             tenant; exports DATABASE_URL, REDIS_URL and API_ADDR, sets $token (an
+#                             tenant; exports DATABASE_URL, REDIS_URL, API_ADDR and METRICS_ADDR
+#                             (the API's /metrics, on a free port too), sets $token (an
 #                             admin token) and $test_api_pid; the API logs to LOG
 #   stop_test_api_server      stops the API (its log stays complete)
 #   stop_test_api             stops the API and Redis and drops the database (call it on EXIT)
@@ -44,6 +45,7 @@ start_test_api() {
     export DATABASE_URL="${test_api_admin_url%/*}/$test_api_db"
     export REDIS_URL="redis://127.0.0.1:$redis_port"
     export API_ADDR="127.0.0.1:$api_port"
+    export METRICS_ADDR="127.0.0.1:$(test_api_free_port)"
     export OPENRISK_CACHE__KEY_PREFIX="$name"
     export OPENRISK_LOG__FILTER="warn"
     "$api" migrate >/dev/null

@@ -1,5 +1,6 @@
-//! Assembles the service: shared state, the poem route tree (API, docs, spec, health, metrics)
-//! and a server that can be spawned on any address (port 0 in tests) and shut down gracefully.
+//! Assembles the service: shared state, the poem route tree (API, docs, spec, health), the
+//! metrics endpoint on its own address, and servers that can be spawned on any address (port 0
+//! in tests) and shut down gracefully.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -23,10 +24,12 @@ use uuid::Uuid;
 
 use crate::auth::TokenVerifier;
 use crate::cache::{BeforeFillHook, Cache};
+use crate::connection_limits::LimitedAcceptor;
 use crate::db::Db;
 use crate::error::{ApiError, problem_from_poem_error};
 use crate::metrics::Metrics;
 use crate::routes::{AssetsApi, HealthApi, MitigationsApi, RisksApi, StatsApi, TokensApi};
+use crate::variant_budget::VariantBudget;
 
 /// Largest request body accepted; larger ones get 413.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -66,6 +69,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// The Redis Cluster's health as last polled (nothing on a single node).
     pub cluster: ClusterWatch,
+    /// How many list entries each tenant may still store per route.
+    pub variant_budget: VariantBudget,
 }
 
 /// Start-up options that are not configuration (used by tests).
@@ -88,7 +93,10 @@ impl AppState {
         }
         let tokens =
             TokenVerifier::new(conn.clone(), Duration::from_secs(settings.cache.token_cache_secs), metrics.clone());
+        let longest_ttl = settings.cache.ttl_secs * (100 + u64::from(settings.cache.ttl_jitter_percent)) / 100;
+        let variant_budget = VariantBudget::new(settings.cache.max_entries_per_route, Duration::from_secs(longest_ttl));
         let state = Arc::new(AppState {
+            variant_budget,
             db: Db::new(conn, metrics.clone()),
             cache: Arc::new(cache),
             tokens,
@@ -148,6 +156,7 @@ pub fn routes(state: Arc<AppState>) -> BoxEndpoint<'static, Response> {
     // poem-openapi's Swagger UI page embeds the derived document verbatim; show the published one.
     let docs = service.swagger_ui_html().replacen(&derived, &document, 1);
     let metrics = state.metrics.clone();
+    let request_timeout = Duration::from_millis(state.settings.http.request_timeout_ms);
     Route::new()
         .at("/docs", make_sync(move |_| Html(docs.clone())))
         .at(
@@ -155,12 +164,19 @@ pub fn routes(state: Arc<AppState>) -> BoxEndpoint<'static, Response> {
             make_sync(move |_| Response::builder().content_type("application/json").body(document.clone())),
         )
         .nest("/", service)
+        .around(crate::hygiene::head_as_get)
         .with(NormalizePath::new(TrailingSlash::Trim))
         .around(limit_body)
+        .around(move |endpoint, request| crate::connection_limits::within(endpoint, request, request_timeout))
         .catch_all_error(|error: poem::Error| async move {
             // Keep the matched route template for the request metrics.
             let pattern = error.data::<poem::PathPattern>().cloned();
-            let mut response = problem_from_poem_error(error);
+            let template = pattern.as_ref().map(|pattern| route_template(&pattern.0)).unwrap_or_default();
+            let parameters: Vec<&str> = template
+                .split('/')
+                .filter_map(|segment| segment.strip_prefix('{').and_then(|name| name.strip_suffix('}')))
+                .collect();
+            let mut response = problem_from_poem_error(error, &parameters);
             if let Some(pattern) = pattern {
                 response.set_data(pattern);
             }
@@ -171,7 +187,12 @@ pub fn routes(state: Arc<AppState>) -> BoxEndpoint<'static, Response> {
             let metrics = metrics.clone();
             async move {
                 let id = request_id(&request);
-                Ok(record_request(&metrics, endpoint, request, id).await)
+                let path = request.uri().path().to_owned();
+                let response = record_request(&metrics, endpoint, request, id).await;
+                let allowed = (response.status() == poem::http::StatusCode::METHOD_NOT_ALLOWED)
+                    .then(|| allowed_methods(&path))
+                    .flatten();
+                Ok(crate::hygiene::finish(&path, response, allowed))
             }
         })
         .map_to_response()
@@ -186,6 +207,11 @@ async fn limit_body<E: Endpoint>(endpoint: Arc<E>, mut request: Request) -> poem
         return Err(too_large());
     }
     let body = request.take_body().into_bytes_limit(MAX_BODY_BYTES).await.map_err(|_| too_large())?;
+    let json = request.content_type().is_some_and(|content_type| content_type.contains("json"));
+    if json && let Some(detail) = crate::hygiene::repeated_key(&body) {
+        let problem = crate::error::Problem::new(poem::http::StatusCode::BAD_REQUEST, detail);
+        return Err(ApiError::BadRequest(poem_openapi::payload::Json(problem)).into());
+    }
     request.set_body(body);
     endpoint.call(request).await.map(IntoResponse::into_response)
 }
@@ -240,13 +266,13 @@ async fn record_request<E: Endpoint>(
     mut request: Request,
     request_id: String,
 ) -> Response {
-    let method = request.method().to_string();
+    let method = method_label(request.method());
     let recorded = RouteRecorded::default();
     request.set_data(recorded.clone());
     let started = Instant::now();
     let mut response = match endpoint.call(request).await {
         Ok(response) => response.into_response(),
-        Err(error) => problem_from_poem_error(error),
+        Err(error) => problem_from_poem_error(error, &[]),
     };
     let route = response
         .data::<poem::PathPattern>()
@@ -259,7 +285,7 @@ async fn record_request<E: Endpoint>(
         response.headers_mut().insert(REQUEST_ID_HEADER, value);
     }
     let (status, elapsed) = (response.status().as_u16(), started.elapsed());
-    metrics.observe_http(&route, &method, status, elapsed);
+    metrics.observe_http(&route, method, status, elapsed);
     let elapsed_ms = elapsed.as_secs_f64() * 1000.0;
     // One line per request is an access log: at debug level (`RUST_LOG=openrisk_api=debug`),
     // because at the default level it would cost every cache hit a formatted write to stdout,
@@ -270,6 +296,23 @@ async fn record_request<E: Endpoint>(
         tracing::debug!(status, elapsed_ms, "request");
     }
     response
+}
+
+/// The method as a metric label: one of the methods HTTP defines, `other` for any invented one,
+/// so a client cannot add label values (series) by sending methods of its own.
+fn method_label(method: &poem::http::Method) -> &'static str {
+    match method.as_str() {
+        "GET" => "GET",
+        "HEAD" => "HEAD",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "PATCH" => "PATCH",
+        "DELETE" => "DELETE",
+        "OPTIONS" => "OPTIONS",
+        "TRACE" => "TRACE",
+        "CONNECT" => "CONNECT",
+        _ => "other",
+    }
 }
 
 /// `/api/v1/risks/:id` → `/api/v1/risks/{id}` (the OpenAPI spelling). poem-openapi registers
@@ -316,24 +359,73 @@ fn documented_paths() -> &'static HashMap<String, String> {
     })
 }
 
+/// The methods the spec documents for `path` (`GET, HEAD, PATCH`), for `Allow` on 405.
+fn allowed_methods(path: &str) -> Option<String> {
+    static METHODS: OnceLock<Vec<(Vec<String>, String)>> = OnceLock::new();
+    let methods = METHODS.get_or_init(|| {
+        let spec: serde_json::Value = serde_json::from_str(&openapi_json()).unwrap_or_default();
+        let paths = spec["paths"].as_object().cloned().unwrap_or_default();
+        paths
+            .into_iter()
+            .map(|(template, operations)| {
+                let mut names: Vec<String> =
+                    operations.as_object().into_iter().flat_map(|ops| ops.keys()).map(|m| m.to_uppercase()).collect();
+                if names.iter().any(|name| name == "GET") {
+                    names.push("HEAD".to_owned());
+                }
+                names.sort();
+                (template.split('/').map(str::to_owned).collect(), names.join(", "))
+            })
+            .collect()
+    });
+    let segments: Vec<&str> = path.trim_end_matches('/').split('/').collect();
+    methods.iter().find_map(|(template, allowed)| {
+        let matches = template.len() == segments.len()
+            && template.iter().zip(&segments).all(|(expected, actual)| expected.starts_with('{') || expected == actual);
+        matches.then(|| allowed.clone())
+    })
+}
+
+/// The `/metrics` endpoint, served on `METRICS_ADDR` only: the API port carries the API, and
+/// the metrics (route names, tenant-independent counts) stay on an address operators choose.
+fn metrics_routes(state: Arc<AppState>) -> impl Endpoint {
+    let metrics = make_sync(move |_| {
+        Response::builder().content_type("text/plain; version=0.0.4; charset=utf-8").body(state.render_metrics())
+    });
+    Route::new().at("/metrics", poem::get(metrics))
+}
+
 /// A running server.
 pub struct Application {
     /// Where it listens (the real port when bound to port 0).
     pub addr: SocketAddr,
+    /// Where `/metrics` is served (the real port when bound to port 0).
+    pub metrics_addr: SocketAddr,
     pub state: Arc<AppState>,
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<std::io::Result<()>>,
+    metrics_task: JoinHandle<std::io::Result<()>>,
 }
 
 impl Application {
     /// Builds the state, binds `settings.api_addr` and serves in a background task.
     pub async fn spawn(settings: Settings, options: AppOptions) -> Result<Self, StartError> {
-        let addr = settings.api_addr;
+        let (addr, metrics_addr, http) = (settings.api_addr, settings.metrics_addr, settings.http.clone());
         let state = AppState::new(settings, options).await?;
         let listener =
             tokio::net::TcpListener::bind(addr).await.map_err(|source| StartError::Listen { addr, source })?;
         let addr = listener.local_addr().map_err(|source| StartError::Listen { addr, source })?;
+        let metrics_listener = tokio::net::TcpListener::bind(metrics_addr)
+            .await
+            .map_err(|source| StartError::Listen { addr: metrics_addr, source })?;
+        let metrics_addr =
+            metrics_listener.local_addr().map_err(|source| StartError::Listen { addr: metrics_addr, source })?;
+        let metrics_acceptor = TcpAcceptor::from_tokio(metrics_listener)
+            .map_err(|source| StartError::Listen { addr: metrics_addr, source })?;
+        let metrics_server = Server::new_with_acceptor(metrics_acceptor).run(metrics_routes(state.clone()));
         let acceptor = TcpAcceptor::from_tokio(listener).map_err(|source| StartError::Listen { addr, source })?;
+        let idle_timeout = Duration::from_millis(http.idle_timeout_ms);
+        let acceptor = LimitedAcceptor::new(acceptor, http.max_connections, idle_timeout);
         let (shutdown, stopped) = oneshot::channel();
         let server = Server::new_with_acceptor(acceptor).run_with_graceful_shutdown(
             routes(state.clone()),
@@ -342,8 +434,15 @@ impl Application {
             },
             Some(SHUTDOWN_GRACE),
         );
-        tracing::info!(%addr, "openrisk-api listening");
-        Ok(Self { addr, state, shutdown: Some(shutdown), task: tokio::spawn(server) })
+        tracing::info!(%addr, %metrics_addr, "openrisk-api listening");
+        Ok(Self {
+            addr,
+            metrics_addr,
+            state,
+            shutdown: Some(shutdown),
+            task: tokio::spawn(server),
+            metrics_task: tokio::spawn(metrics_server),
+        })
     }
 
     /// Base URL, e.g. `http://127.0.0.1:38211`.
@@ -356,6 +455,9 @@ impl Application {
         if let Some(shutdown) = self.shutdown.take() {
             let _ = shutdown.send(());
         }
-        (&mut self.task).await.unwrap_or_else(|error| Err(std::io::Error::other(error)))
+        let served = (&mut self.task).await.unwrap_or_else(|error| Err(std::io::Error::other(error)));
+        // Scrapes are instant and idempotent: nothing in flight is worth waiting for.
+        self.metrics_task.abort();
+        served
     }
 }

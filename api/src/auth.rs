@@ -3,7 +3,8 @@
 //! A token is `ort_` followed by 64 hex digits; Postgres stores only its SHA-256. Verifications
 //! (including failures) are cached in-process for `cache.token_cache_secs`, so a cached GET costs
 //! no database query for authentication and a revoked token stops working within that time.
-//! `last_used_at` is written only when the cache refreshes an entry, never per request.
+//! A string that is not shaped like a token is refused before any I/O. `last_used_at` is
+//! stamped in the background when the cache refreshes an entry, never on the request path.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -91,9 +92,20 @@ async fn check_bearer(req: &Request, bearer: Bearer) -> poem::Result<Principal> 
 /// A new token secret and its hash.
 pub fn generate_token() -> (String, [u8; 32]) {
     let secret: [u8; 32] = rand::random();
-    let token = format!("ort_{}", hex::encode(secret));
+    let token = format!("{TOKEN_PREFIX}{}", hex::encode(secret));
     let hash = hash_token(&token);
     (token, hash)
+}
+
+/// The prefix every token starts with.
+const TOKEN_PREFIX: &str = "ort_";
+
+/// Whether `token` has the shape [`generate_token`] gives every token (`ort_` and 64 lowercase
+/// hex digits); anything else cannot be a token and is refused without a database query.
+pub fn is_well_formed_token(token: &str) -> bool {
+    token.strip_prefix(TOKEN_PREFIX).is_some_and(|secret| {
+        secret.len() == 64 && secret.bytes().all(|byte| byte.is_ascii_digit() || (b'a'..=b'f').contains(&byte))
+    })
 }
 
 pub fn hash_token(token: &str) -> [u8; 32] {
@@ -123,8 +135,8 @@ impl TokenVerifier {
 
     /// The principal behind `token`, or 401.
     pub async fn verify(&self, token: &str) -> Result<Principal, ApiError> {
-        if token.len() > 256 {
-            return Err(ApiError::unauthorized("the bearer token is not valid"));
+        if !is_well_formed_token(token) {
+            return Err(ApiError::unauthorized("the bearer token is not valid: tokens are `ort_` and 64 hex digits"));
         }
         let hash = hash_token(token);
         if let Some(entry) = self.cache.get(&hash).await {
@@ -147,15 +159,24 @@ impl TokenVerifier {
         entry.ok_or_else(|| ApiError::unauthorized("the bearer token is unknown or revoked"))
     }
 
-    /// Looks the token up and stamps `last_used_at` in the same statement.
+    /// Looks the token up (one read) and stamps `last_used_at` in the background, so the
+    /// request waits for no write.
     async fn load(&self, hash: &[u8; 32]) -> Result<Option<Principal>, DbErr> {
         let row = TokenRow::find_by_statement(stmt(
-            "UPDATE api_tokens SET last_used_at = now() WHERE token_hash = $1 AND revoked_at IS NULL \
-             RETURNING id, tenant_id, role",
+            "SELECT id, tenant_id, role FROM api_tokens WHERE token_hash = $1 AND revoked_at IS NULL",
             [hash.to_vec().into()],
         ))
         .one(&self.db)
         .await?;
+        if let Some(row) = &row {
+            let (db, id) = (self.db.clone(), row.id);
+            tokio::spawn(async move {
+                let stamp = stmt("UPDATE api_tokens SET last_used_at = now() WHERE id = $1", [id.into()]);
+                if let Err(error) = db.execute_raw(stamp).await {
+                    tracing::debug!(%error, "could not stamp a token's last use");
+                }
+            });
+        }
         Ok(row.and_then(|row| {
             Some(Principal { token_id: row.id, tenant_id: row.tenant_id, role: Role::parse(&row.role)? })
         }))

@@ -71,6 +71,11 @@ pub enum ApiError {
     #[oai(status = 409, content_type = "application/problem+json")]
     #[error("conflict: {}", .0.detail)]
     Conflict(Json<Problem>),
+    /// `If-Match` names no current representation: the resource changed since the client read
+    /// it. `ETag` carries the current entity tag; read the resource again before retrying.
+    #[oai(status = 412, content_type = "application/problem+json")]
+    #[error("precondition failed: {}", .0.detail)]
+    PreconditionFailed(Json<Problem>, #[oai(header = "ETag")] String),
     /// The request body is larger than the API accepts.
     #[oai(status = 413, content_type = "application/problem+json")]
     #[error("payload too large: {}", .0.detail)]
@@ -109,6 +114,12 @@ impl ApiError {
 
     pub fn conflict(detail: impl Into<String>) -> Self {
         Self::Conflict(Json(Problem::new(StatusCode::CONFLICT, detail)))
+    }
+
+    /// 412 with the resource's current entity tag.
+    pub fn precondition_failed(current_etag: String) -> Self {
+        let detail = "the resource changed since the entity tag in If-Match was read; read it again and retry";
+        Self::PreconditionFailed(Json(Problem::new(StatusCode::PRECONDITION_FAILED, detail)), current_etag)
     }
 
     pub fn unprocessable(detail: impl Into<String>) -> Self {
@@ -168,7 +179,9 @@ fn sqlstate(error: &DbErr) -> Option<String> {
 
 /// Turns any error poem or poem-openapi raised before (or instead of) a handler into problem+json.
 /// Errors that already carry a response (an [`ApiError`]) pass through unchanged.
-pub fn problem_from_poem_error(error: poem::Error) -> Response {
+/// `path_parameters` are the documented names of the matched route's path parameters, in path
+/// order: poem-openapi calls them `param0`, `param1`, … in its messages.
+pub fn problem_from_poem_error(error: poem::Error, path_parameters: &[&str]) -> Response {
     if error.is_from_response() {
         return error.into_response();
     }
@@ -178,9 +191,38 @@ pub fn problem_from_poem_error(error: poem::Error) -> Response {
         tracing::error!(%error, "unhandled error");
         "the server failed to handle the request".to_owned()
     } else {
-        error.to_string()
+        documented_names(&error.to_string(), path_parameters)
     };
     problem_response(&Problem::new(status, detail))
+}
+
+/// An error message with poem-openapi's internal names replaced by the documented ones: path
+/// parameters (`param0`) and quoted type names (`"integer_int16"`, `"optional_number_double"`,
+/// `"string_uuid"` become `"integer"`, `"number"`, `"uuid"`).
+fn documented_names(message: &str, path_parameters: &[&str]) -> String {
+    let mut message = message.to_owned();
+    for (index, name) in path_parameters.iter().enumerate() {
+        message = message.replace(&format!("`param{index}`"), &format!("`{name}`"));
+    }
+    // Quoted text sits at the odd positions between the quote marks.
+    let parts: Vec<&str> = message.split('"').collect();
+    let renamed: Vec<String> = parts
+        .iter()
+        .enumerate()
+        .map(|(position, part)| if position % 2 == 1 { documented_type(part) } else { (*part).to_owned() })
+        .collect();
+    renamed.join("\"")
+}
+
+/// The spec's name of a poem-openapi type name; any other text unchanged.
+fn documented_type(name: &str) -> String {
+    let bare = name.strip_prefix("optional_").unwrap_or(name);
+    match bare.split_once('_') {
+        Some(("integer" | "number", _)) => bare.split('_').next().unwrap_or(bare).to_owned(),
+        Some(("string", format)) if !format.is_empty() && !format.contains(' ') => format.to_owned(),
+        _ if bare != name && !bare.contains(' ') => bare.to_owned(),
+        _ => name.to_owned(),
+    }
 }
 
 /// A problem document as a complete response.
@@ -192,4 +234,21 @@ pub fn problem_response(problem: &Problem) -> Response {
         response = response.header("WWW-Authenticate", "Bearer");
     }
     response.body(problem.to_json_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::documented_names;
+
+    #[test]
+    fn messages_name_documented_parameters_and_types() {
+        let message = "failed to parse path `param1`: failed to parse \"string_uuid\": bad";
+        assert_eq!(
+            documented_names(message, &["risk_id", "id"]),
+            "failed to parse path `id`: failed to parse \"uuid\": bad"
+        );
+        let message = "failed to parse \"number\": x (occurred while parsing \"optional_number_double\")";
+        assert_eq!(documented_names(message, &[]), "failed to parse \"number\": x (occurred while parsing \"number\")");
+        assert_eq!(documented_names("\"integer_int16\" and \"a b_c\"", &[]), "\"integer\" and \"a b_c\"");
+    }
 }

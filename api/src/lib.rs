@@ -5,12 +5,15 @@ pub mod app;
 pub mod auth;
 pub mod cache;
 pub mod cli;
+pub mod connection_limits;
 pub mod db;
 pub mod error;
+pub mod hygiene;
 pub mod metrics;
 pub mod model;
 pub mod routes;
 pub mod seed;
 pub mod spec;
+pub mod variant_budget;
 
 pub use app::{AppOptions, AppState, Application};

@@ -198,7 +198,7 @@ pub struct RiskDetail {
 #[derive(Debug, Clone, Object)]
 #[oai(deny_unknown_fields, example, skip_serializing_if_is_none)]
 pub struct RiskCreate {
-    #[oai(validator(min_length = 1, max_length = 255))]
+    #[oai(validator(min_length = 1, max_length = 255, pattern = "\\S"))]
     pub title: String,
     #[oai(default, validator(max_length = 10000))]
     pub description: String,
@@ -248,7 +248,7 @@ pub struct Tag(#[oai(validator(min_length = 1, max_length = 64))] pub String);
 #[derive(Debug, Clone, Object)]
 #[oai(deny_unknown_fields)]
 pub struct RiskPatch {
-    #[oai(validator(min_length = 1, max_length = 255))]
+    #[oai(validator(min_length = 1, max_length = 255, pattern = "\\S"))]
     pub title: Option<String>,
     #[oai(validator(max_length = 10000))]
     pub description: Option<String>,
@@ -315,7 +315,7 @@ impl Mitigation {
 #[derive(Debug, Clone, Object)]
 #[oai(deny_unknown_fields)]
 pub struct MitigationCreate {
-    #[oai(validator(min_length = 1, max_length = 255))]
+    #[oai(validator(min_length = 1, max_length = 255, pattern = "\\S"))]
     pub title: String,
     #[oai(default, validator(max_length = 255))]
     pub assignee: String,
@@ -323,6 +323,7 @@ pub struct MitigationCreate {
     pub status: Option<MitigationStatus>,
     #[oai(default, validator(minimum(value = "0"), maximum(value = "100")))]
     pub progress: i16,
+    /// A date from 0001-01-01 to 9999-12-31.
     pub due_date: Option<NaiveDate>,
     /// Defaults to 1.
     #[oai(validator(minimum(value = "1"), maximum(value = "3")))]
@@ -335,14 +336,14 @@ pub struct MitigationCreate {
 #[derive(Debug, Clone, Object)]
 #[oai(deny_unknown_fields)]
 pub struct MitigationPatch {
-    #[oai(validator(min_length = 1, max_length = 255))]
+    #[oai(validator(min_length = 1, max_length = 255, pattern = "\\S"))]
     pub title: Option<String>,
     #[oai(validator(max_length = 255))]
     pub assignee: Option<String>,
     pub status: Option<MitigationStatus>,
     #[oai(validator(minimum(value = "0"), maximum(value = "100")))]
     pub progress: Option<i16>,
-    /// `null` removes the due date.
+    /// A date from 0001-01-01 to 9999-12-31; `null` removes the due date.
     #[oai(nullable)]
     pub due_date: MaybeUndefined<NaiveDate>,
     #[oai(validator(minimum(value = "1"), maximum(value = "3")))]
@@ -379,7 +380,7 @@ impl From<subactions::Model> for SubAction {
 #[derive(Debug, Clone, Object)]
 #[oai(deny_unknown_fields)]
 pub struct SubActionCreate {
-    #[oai(validator(min_length = 1, max_length = 255))]
+    #[oai(validator(min_length = 1, max_length = 255, pattern = "\\S"))]
     pub title: String,
     #[oai(default)]
     pub completed: bool,
@@ -389,7 +390,7 @@ pub struct SubActionCreate {
 #[derive(Debug, Clone, Object)]
 #[oai(deny_unknown_fields)]
 pub struct SubActionPatch {
-    #[oai(validator(min_length = 1, max_length = 255))]
+    #[oai(validator(min_length = 1, max_length = 255, pattern = "\\S"))]
     pub title: Option<String>,
     pub completed: Option<bool>,
 }
@@ -434,7 +435,7 @@ pub struct AssetPage {
 #[derive(Debug, Clone, Object)]
 #[oai(deny_unknown_fields)]
 pub struct AssetCreate {
-    #[oai(validator(min_length = 1, max_length = 255))]
+    #[oai(validator(min_length = 1, max_length = 255, pattern = "\\S"))]
     pub name: String,
     #[oai(validator(min_length = 1, max_length = 64))]
     pub asset_type: String,
@@ -448,7 +449,7 @@ pub struct AssetCreate {
 #[derive(Debug, Clone, Object)]
 #[oai(deny_unknown_fields)]
 pub struct AssetPatch {
-    #[oai(validator(min_length = 1, max_length = 255))]
+    #[oai(validator(min_length = 1, max_length = 255, pattern = "\\S"))]
     pub name: Option<String>,
     #[oai(validator(min_length = 1, max_length = 64))]
     pub asset_type: Option<String>,

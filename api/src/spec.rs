@@ -9,12 +9,76 @@ use serde::{Deserialize, Serialize};
 /// A JSON value whose objects keep their key order. `serde_json::Value` sorts keys (the crate's
 /// `preserve_order` feature is off in this workspace), which would reorder every path, property
 /// and field of the document.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
 enum Json {
     Object(IndexMap<String, Json>),
     Array(Vec<Json>),
     Scalar(serde_json::Value),
+}
+
+/// The key under which serde_json hands a number to a visitor when it keeps numbers exactly
+/// (its `arbitrary_precision` feature, on in this workspace): a one-entry map to the number's text.
+const EXACT_NUMBER_KEY: &str = "$serde_json::private::Number";
+
+impl<'de> Deserialize<'de> for Json {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(JsonVisitor)
+    }
+}
+
+struct JsonVisitor;
+
+impl<'de> serde::de::Visitor<'de> for JsonVisitor {
+    type Value = Json;
+
+    fn expecting(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, value: bool) -> Result<Json, E> {
+        Ok(Json::Scalar(value.into()))
+    }
+
+    fn visit_i64<E>(self, value: i64) -> Result<Json, E> {
+        Ok(Json::Scalar(value.into()))
+    }
+
+    fn visit_u64<E>(self, value: u64) -> Result<Json, E> {
+        Ok(Json::Scalar(value.into()))
+    }
+
+    fn visit_f64<E>(self, value: f64) -> Result<Json, E> {
+        Ok(Json::Scalar(value.into()))
+    }
+
+    fn visit_str<E>(self, value: &str) -> Result<Json, E> {
+        Ok(Json::Scalar(value.into()))
+    }
+
+    fn visit_unit<E>(self) -> Result<Json, E> {
+        Ok(Json::Scalar(serde_json::Value::Null))
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut items: A) -> Result<Json, A::Error> {
+        let mut array = Vec::new();
+        while let Some(item) = items.next_element()? {
+            array.push(item);
+        }
+        Ok(Json::Array(array))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut fields: A) -> Result<Json, A::Error> {
+        let mut object = IndexMap::new();
+        while let Some(key) = fields.next_key::<String>()? {
+            if object.is_empty() && key == EXACT_NUMBER_KEY {
+                let text: String = fields.next_value()?;
+                return text.parse().map(Json::Scalar).map_err(serde::de::Error::custom);
+            }
+            object.insert(key, fields.next_value()?);
+        }
+        Ok(Json::Object(object))
+    }
 }
 
 impl Json {

@@ -39,6 +39,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "assets_invalidate_linked_risks",
         sql: include_str!("../sql/0008_assets_invalidate_linked_risks.sql"),
     },
+    Migration {
+        version: 9,
+        name: "external_id_unique_among_live_risks",
+        sql: include_str!("../sql/0009_external_id_unique_among_live_risks.sql"),
+    },
 ];
 
 /// Advisory lock held while migrating, so two runners never apply the same file.

@@ -22,11 +22,16 @@ pub enum CacheStatus {
     BreakerOpen,
     /// Redis failed or timed out on the lookup; read from Postgres.
     LookupFailed,
+    /// Redis skipped: a read the API never caches (a free-text search or a far page), so no
+    /// client can fill Redis with variants of its own making.
+    Uncacheable,
+    /// Redis skipped: the tenant stored its budget of entries for this route within one TTL.
+    OverBudget,
 }
 
 impl CacheStatus {
     /// Every value, in the order the spec lists them.
-    pub const ALL: [CacheStatus; 8] = [
+    pub const ALL: [CacheStatus; 10] = [
         CacheStatus::Hit,
         CacheStatus::Stored,
         CacheStatus::Collapsed,
@@ -35,6 +40,8 @@ impl CacheStatus {
         CacheStatus::Disabled,
         CacheStatus::BreakerOpen,
         CacheStatus::LookupFailed,
+        CacheStatus::Uncacheable,
+        CacheStatus::OverBudget,
     ];
 
     /// The header value.
@@ -48,6 +55,8 @@ impl CacheStatus {
             CacheStatus::Disabled => "openrisk; fwd=bypass; detail=disabled",
             CacheStatus::BreakerOpen => "openrisk; fwd=bypass; detail=breaker-open",
             CacheStatus::LookupFailed => "openrisk; fwd=bypass; detail=redis-error",
+            CacheStatus::Uncacheable => "openrisk; fwd=bypass; detail=uncacheable",
+            CacheStatus::OverBudget => "openrisk; fwd=bypass; detail=entry-budget",
         }
     }
 
@@ -62,6 +71,12 @@ impl CacheStatus {
             CacheStatus::Disabled => "the cache is turned off",
             CacheStatus::BreakerOpen => "Redis is being skipped after repeated failures",
             CacheStatus::LookupFailed => "Redis failed or timed out; read from Postgres",
+            CacheStatus::Uncacheable => {
+                "never cached: a free-text search (`q`) or a page past the ones the cache keeps"
+            }
+            CacheStatus::OverBudget => {
+                "not cached: the tenant has stored as many variants of this list as one TTL allows"
+            }
         }
     }
 
@@ -85,7 +100,14 @@ impl CacheStatus {
 
     /// Whether Redis was skipped or failed before a lookup could answer.
     pub fn is_bypass(self) -> bool {
-        matches!(self, CacheStatus::Disabled | CacheStatus::BreakerOpen | CacheStatus::LookupFailed)
+        matches!(
+            self,
+            CacheStatus::Disabled
+                | CacheStatus::BreakerOpen
+                | CacheStatus::LookupFailed
+                | CacheStatus::Uncacheable
+                | CacheStatus::OverBudget
+        )
     }
 
     /// One Markdown sentence per value, for the spec's header description.

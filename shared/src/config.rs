@@ -118,6 +118,9 @@ pub struct CacheSettings {
     pub breaker_open_ms: u64,
     /// How long a verified bearer token is trusted without asking Postgres (revocation delay).
     pub token_cache_secs: u64,
+    /// List entries one tenant may store per route and API process within one TTL; past it the
+    /// tenant's lists of that route are read from Postgres until the TTL has passed.
+    pub max_entries_per_route: u32,
 }
 
 impl Default for CacheSettings {
@@ -131,7 +134,29 @@ impl Default for CacheSettings {
             breaker_failure_threshold: 5,
             breaker_open_ms: 2000,
             token_cache_secs: 5,
+            max_entries_per_route: 2000,
         }
+    }
+}
+
+/// Limits the API's HTTP server puts on every client, so slow or idle ones cannot hold
+/// connections open indefinitely.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpSettings {
+    /// A connection on which nothing arrives or leaves for this long is closed: an idle
+    /// keep-alive connection, or a request whose headers or body stall. Longer than
+    /// `request_timeout_ms`, so a slow answer gets its 503 rather than a closed connection.
+    pub idle_timeout_ms: u64,
+    /// Longest time one request may take from its headers to its response; past it, 503.
+    pub request_timeout_ms: u64,
+    /// Connections served at once; further clients wait in the listen backlog.
+    pub max_connections: u32,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Self { idle_timeout_ms: 30_000, request_timeout_ms: 20_000, max_connections: 4096 }
     }
 }
 
@@ -185,14 +210,16 @@ impl Default for InvalidatorSettings {
 pub struct Settings {
     pub database_url: String,
     pub redis_url: String,
-    /// Where the API listens (HTTP API, docs, health and metrics).
+    /// Where the API listens (HTTP API, docs, health).
     pub api_addr: SocketAddr,
-    /// Where the invalidator serves /metrics, /healthz and /readyz.
+    /// Where each process serves /metrics (the invalidator also /healthz and /readyz): give the
+    /// API and an invalidator on one host different ones.
     pub metrics_addr: SocketAddr,
     pub profile: Profile,
     pub pool: PoolOverrides,
     pub log: LogSettings,
     pub cache: CacheSettings,
+    pub http: HttpSettings,
     pub invalidator: InvalidatorSettings,
 }
 
@@ -207,6 +234,7 @@ impl Default for Settings {
             pool: PoolOverrides::default(),
             log: LogSettings::default(),
             cache: CacheSettings::default(),
+            http: HttpSettings::default(),
             invalidator: InvalidatorSettings::default(),
         }
     }
@@ -257,6 +285,12 @@ impl Settings {
         rule(self.cache.ttl_secs >= 1, "cache.ttl_secs must be at least 1")?;
         rule(self.cache.ttl_jitter_percent <= 50, "cache.ttl_jitter_percent must be at most 50")?;
         rule(self.cache.redis_timeout_ms >= 1, "cache.redis_timeout_ms must be at least 1")?;
+        rule(self.http.request_timeout_ms >= 1, "http.request_timeout_ms must be at least 1")?;
+        rule(
+            self.http.idle_timeout_ms > self.http.request_timeout_ms,
+            "http.idle_timeout_ms must be longer than http.request_timeout_ms",
+        )?;
+        rule(self.http.max_connections >= 1, "http.max_connections must be at least 1")?;
         rule(self.cache.breaker_failure_threshold >= 1, "cache.breaker_failure_threshold must be at least 1")?;
         rule(
             (1..=100_000).contains(&self.invalidator.batch_size),

@@ -167,6 +167,19 @@ impl RedisNamespace {
         self.target().connect(Timeouts::all(Duration::from_secs(5))).await.expect("connect to test redis")
     }
 
+    /// A blocking connection that routes keyed commands as the processes' client does (tests
+    /// only).
+    pub fn blocking_connection(&self) -> Box<dyn redis::ConnectionLike> {
+        match self.target() {
+            RedisTarget::Node(client) => Box::new(client.get_connection().expect("connect to test redis")),
+            RedisTarget::Cluster { seeds } => Box::new(
+                redis::cluster::ClusterClient::new(seeds)
+                    .and_then(|client| client.get_connection())
+                    .expect("connect to test redis cluster"),
+            ),
+        }
+    }
+
     /// `redis://` URLs of every node to scan: the one node, or every seed of a cluster.
     fn scan_urls(&self) -> Vec<String> {
         match self.target() {

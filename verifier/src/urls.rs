@@ -55,7 +55,8 @@ fn risk_list(keyspace: &Keyspace, tenant: Uuid, rng: &mut impl Rng) -> ReadUrl {
             query.push_str(&format!("&min_score={min}"));
         }
         3 => {
-            // The API lowercases and trims the search text before it keys the entry.
+            // The API never caches a search (no entry appears under this key); the read still
+            // checks that searches answer correctly under the faults.
             let q = *["phish", "vpn", "ransomware", "verifier"].choose(rng).unwrap();
             params.push(("q", q.into()));
             query.push_str(&format!("&q={}", q.to_uppercase()));

@@ -314,6 +314,8 @@ impl World {
                 .cloned()
                 .chain([
                     ("API_ADDR".to_owned(), format!("127.0.0.1:{port}")),
+                    // Its /metrics, which the verifier does not read; a port of its own.
+                    ("METRICS_ADDR".to_owned(), format!("127.0.0.1:{}", free_port())),
                     ("OPENRISK_CACHE__ENABLED".to_owned(), enabled.to_string()),
                 ])
                 .collect(),

@@ -18,14 +18,51 @@ pub struct RiskFilter {
     pub q: Option<String>,
     pub status: Option<String>,
     pub severity: Option<String>,
-    pub min_score: Option<f64>,
-    pub max_score: Option<f64>,
+    pub min_score: Option<ScoreBound>,
+    pub max_score: Option<ScoreBound>,
     pub tag: Option<String>,
     pub owner: Option<String>,
     pub sort_by: RiskSortField,
     pub sort_dir: SortDirection,
     pub page: u32,
     pub limit: u32,
+}
+
+/// A score filter as the query uses it: a value of the `numeric(6,2)` score column, so every
+/// bound a client may write that selects the same risks is one value (and one cache key).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScoreBound(rust_decimal::Decimal);
+
+impl ScoreBound {
+    /// Scores have two decimals: `score >= x` selects the same rows as `score >= ceil₂(x)`.
+    pub fn at_least(bound: f64) -> Self {
+        Self::rounded(bound, rust_decimal::RoundingStrategy::ToPositiveInfinity)
+    }
+
+    /// Scores have two decimals: `score <= x` selects the same rows as `score <= floor₂(x)`.
+    pub fn at_most(bound: f64) -> Self {
+        Self::rounded(bound, rust_decimal::RoundingStrategy::ToNegativeInfinity)
+    }
+
+    /// `bound` as Postgres reads a `float8` as `numeric` (15 significant digits), then on the
+    /// score grid. Zero of either sign is zero; a magnitude below 1e-10 rounds as 1e-10 does
+    /// (both lie between two grid points) and stays within `Decimal`'s range.
+    fn rounded(bound: f64, strategy: rust_decimal::RoundingStrategy) -> Self {
+        let bound = if bound != 0.0 && bound.abs() < 1e-10 { 1e-10f64.copysign(bound) } else { bound };
+        let read = rust_decimal::Decimal::from_scientific(&format!("{bound:.14e}")).unwrap_or_default();
+        let on_grid = read.round_dp_with_strategy(2, strategy).normalize();
+        Self(if on_grid.is_zero() { rust_decimal::Decimal::ZERO } else { on_grid })
+    }
+
+    pub fn value(self) -> rust_decimal::Decimal {
+        self.0
+    }
+}
+
+impl std::fmt::Display for ScoreBound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
 }
 
 #[derive(Debug, FromQueryResult)]
@@ -61,10 +98,10 @@ pub async fn list(
         add("severity = ?", severity.clone().into());
     }
     if let Some(min) = filter.min_score {
-        add("score >= ?::numeric", min.into());
+        add("score >= ?", min.value().into());
     }
     if let Some(max) = filter.max_score {
-        add("score <= ?::numeric", max.into());
+        add("score <= ?", max.value().into());
     }
     if let Some(tag) = &filter.tag {
         add("tags @> ARRAY[?::text]", tag.clone().into());
@@ -262,4 +299,56 @@ pub async fn unlink_asset(db: &impl ConnectionTrait, tenant: Uuid, risk: Uuid, a
         ))
         .await?;
     Ok(result.rows_affected() > 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+    use rust_decimal::Decimal;
+
+    use super::ScoreBound;
+
+    /// A bound as Postgres compared it before normalisation: `$1::float8::numeric`.
+    fn as_postgres_read(bound: f64) -> Decimal {
+        Decimal::from_scientific(&format!("{bound:.14e}")).unwrap()
+    }
+
+    proptest! {
+        /// Every score of the column's grid is selected by the normalised bound exactly when the
+        /// bound as sent selected it, so requests whose normalised bounds are equal (one cache
+        /// key) are requests with the same answer.
+        #[test]
+        fn normalised_score_bounds_select_the_same_scores(bound in 1e-9f64..1000.0, cents in 0i64..=100_000) {
+            let score = Decimal::new(cents, 2);
+            let read = as_postgres_read(bound);
+            prop_assert_eq!(score >= read, score >= ScoreBound::at_least(bound).value());
+            prop_assert_eq!(score <= read, score <= ScoreBound::at_most(bound).value());
+        }
+
+        /// Bounds between the same two grid points share one normalised value (and key text).
+        #[test]
+        fn bounds_between_two_grid_points_share_one_key(cents in 0i64..100_000, a in 0.0001f64..0.0099, b in 0.0001f64..0.0099) {
+            let base = cents as f64 / 100.0;
+            prop_assert_eq!(ScoreBound::at_least(base + a).to_string(), ScoreBound::at_least(base + b).to_string());
+            prop_assert_eq!(ScoreBound::at_most(base + a).to_string(), ScoreBound::at_most(base + b).to_string());
+        }
+    }
+
+    #[test]
+    fn zero_of_either_sign_and_tiny_bounds_normalise_to_grid_values() {
+        for (bound, at_least, at_most) in [
+            (0.0, "0", "0"),
+            (-0.0, "0", "0"),
+            (0.000000123, "0.01", "0"),
+            (5e-324, "0.01", "0"),
+            (4.0, "4", "4"),
+            (4.000000000001, "4.01", "4"),
+            (0.58, "0.58", "0.58"),
+            (12.5, "12.5", "12.5"),
+            (1000.0, "1000", "1000"),
+        ] {
+            assert_eq!(ScoreBound::at_least(bound).to_string(), at_least, "at_least({bound:e})");
+            assert_eq!(ScoreBound::at_most(bound).to_string(), at_most, "at_most({bound:e})");
+        }
+    }
 }

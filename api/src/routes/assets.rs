@@ -87,7 +87,8 @@ impl AssetsApi {
             params: filter.params(),
             tags: vec![tag("assets", None)],
         };
-        cached(&state, read, if_none_match.0.as_deref(), move |state| {
+        let caching = super::ListCaching::of(filter.q.as_deref(), filter.page);
+        super::cached_list(&state, read, caching, if_none_match.0.as_deref(), move |state| {
             let filter = filter.clone();
             async move {
                 let (rows, total) =
@@ -171,6 +172,10 @@ impl AssetsApi {
         auth: BearerAuth,
         /// Asset id.
         id: Path<Uuid>,
+        /// Entity tag from a GET of this resource: the change is made only if it is still current
+        /// (otherwise 412 with the current `ETag`).
+        #[oai(name = "If-Match")]
+        if_match: Header<Option<String>>,
         body: Json<AssetPatch>,
     ) -> Result<Updated<Asset>, ApiError> {
         auth.0.require(Role::Analyst)?;
@@ -184,6 +189,7 @@ impl AssetsApi {
             )
             .await?
             .ok_or_else(|| ApiError::not_found("asset", id))?;
+        super::require_if_match(if_match.0.as_deref(), || async { Ok(body_of(&Asset::from(current.clone()))) }).await?;
         let mut row = current.into_active_model();
         if let Some(name) = patch.name {
             row.name = Set(name);
@@ -213,10 +219,23 @@ impl AssetsApi {
         auth: BearerAuth,
         /// Asset id.
         id: Path<Uuid>,
+        /// Entity tag from a GET of this resource: the change is made only if it is still current
+        /// (otherwise 412 with the current `ETag`).
+        #[oai(name = "If-Match")]
+        if_match: Header<Option<String>>,
     ) -> Result<NoContent, ApiError> {
         auth.0.require(Role::Analyst)?;
         let (tenant, id) = (auth.0.tenant_id, id.0);
         let txn = state.db.begin().await?;
+        if if_match.0.is_some() {
+            let locked = assets::Entity::find_by_id(id).filter(assets::Column::TenantId.eq(tenant)).lock_exclusive();
+            let current = state
+                .db
+                .timed("asset_lock", locked.one(&txn))
+                .await?
+                .ok_or_else(|| ApiError::not_found("asset", id))?;
+            super::require_if_match(if_match.0.as_deref(), || async { Ok(body_of(&Asset::from(current))) }).await?;
+        }
         let deleted = state
             .db
             .timed(

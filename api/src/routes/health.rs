@@ -1,9 +1,9 @@
-//! `/healthz`, `/readyz` and `/metrics`, outside the versioned API.
+//! `/healthz` and `/readyz`, outside the versioned API (`/metrics` is served on `METRICS_ADDR`).
 
 use std::sync::Arc;
 
 use poem::web::Data;
-use poem_openapi::payload::{Json, PlainText};
+use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Enum, Object, OpenApi};
 
 use openrisk_shared::redis_cluster::ClusterHealth;
@@ -86,14 +86,6 @@ enum AliveResponse {
     Alive(Json<Liveness>),
 }
 
-/// Metrics answer.
-#[derive(ApiResponse)]
-enum MetricsResponse {
-    /// Prometheus text exposition format.
-    #[oai(status = 200)]
-    Metrics(PlainText<String>),
-}
-
 /// Readiness answer.
 #[derive(ApiResponse)]
 enum ReadyResponse {
@@ -147,13 +139,5 @@ impl HealthApi {
             redis_cluster,
         };
         if postgres { ReadyResponse::Ready(Json(readiness)) } else { ReadyResponse::NotReady(Json(readiness)) }
-    }
-
-    /// Prometheus metrics
-    ///
-    /// Every metric of this process in the Prometheus text format.
-    #[oai(path = "/metrics", method = "get", operation_id = "metrics")]
-    async fn metrics(&self, state: Data<&Arc<AppState>>) -> MetricsResponse {
-        MetricsResponse::Metrics(PlainText(state.render_metrics()))
     }
 }

@@ -7,7 +7,7 @@ use poem_openapi::param::{Header, Path};
 use poem_openapi::payload::Json;
 use poem_openapi::types::MaybeUndefined;
 use poem_openapi::{ApiResponse, OpenApi};
-use sea_orm::{ActiveModelTrait, EntityTrait, IntoActiveModel, Set};
+use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, IntoActiveModel, QueryFilter, QuerySelect, Set};
 use uuid::Uuid;
 
 use super::{ApiTags, Cached, NoContent, Updated, body_of, cached, commit_and_invalidate, tag};
@@ -49,6 +49,41 @@ async fn mitigation_view(
 ) -> Result<Mitigation, ApiError> {
     let subs = state.db.timed("subaction_list", crate::db::risks::subactions_of(db, tenant, &[row.id])).await?;
     Ok(Mitigation::from_rows(row, subs))
+}
+
+/// A due date as RFC 3339 writes dates (years 0001 to 9999), or 400: chrono and Postgres take
+/// years before Christ and past 9999 that no client could read back as a `date`.
+fn due_date(date: chrono::NaiveDate) -> Result<chrono::NaiveDate, ApiError> {
+    use chrono::Datelike;
+    if (1..=9999).contains(&date.year()) {
+        Ok(date)
+    } else {
+        let detail = format!("due_date {date} is outside 0001-01-01 to 9999-12-31");
+        Err(ApiError::BadRequest(Json(crate::error::Problem::new(poem::http::StatusCode::BAD_REQUEST, detail))))
+    }
+}
+
+/// Checks `If-Match` (when sent) against the mitigation as a GET serves it, with the row locked
+/// first so no other change of it comes between the check and the write; the row as locked.
+async fn require_mitigation_if_match(
+    state: &AppState,
+    txn: &sea_orm::DatabaseTransaction,
+    if_match: Option<&str>,
+    row: mitigations::Model,
+) -> Result<mitigations::Model, ApiError> {
+    if if_match.is_none() {
+        return Ok(row);
+    }
+    let (tenant, id) = (row.tenant_id, row.id);
+    let locked = mitigations::Entity::find_by_id(id).filter(mitigations::Column::TenantId.eq(tenant)).lock_exclusive();
+    let row = state
+        .db
+        .timed("mitigation_lock", locked.one(txn))
+        .await?
+        .ok_or_else(|| ApiError::not_found("mitigation", id))?;
+    let view = || async { Ok(body_of(&mitigation_view(state, txn, tenant, row.clone()).await?)) };
+    super::require_if_match(if_match, view).await?;
+    Ok(row)
 }
 
 #[OpenApi(prefix_path = "/api/v1", tag = "ApiTags::Mitigations")]
@@ -114,7 +149,7 @@ impl MitigationsApi {
             assignee: Set(body.assignee),
             status: Set(enum_text(&body.status.unwrap_or(MitigationStatus::Planned))),
             progress: Set(body.progress),
-            due_date: Set(body.due_date),
+            due_date: Set(body.due_date.map(due_date).transpose()?),
             cost: Set(body.cost.unwrap_or(1)),
             mitigation_time_days: Set(body.mitigation_time_days),
             ..Default::default()
@@ -137,6 +172,10 @@ impl MitigationsApi {
         risk_id: Path<Uuid>,
         /// Mitigation id.
         id: Path<Uuid>,
+        /// Entity tag from a GET of this resource: the change is made only if it is still current
+        /// (otherwise 412 with the current `ETag`).
+        #[oai(name = "If-Match")]
+        if_match: Header<Option<String>>,
         body: Json<MitigationPatch>,
     ) -> Result<Updated<Mitigation>, ApiError> {
         auth.0.require(Role::Analyst)?;
@@ -147,6 +186,7 @@ impl MitigationsApi {
             .timed("mitigation_get", crate::db::risks::find_mitigation(&txn, tenant, risk, id))
             .await?
             .ok_or_else(|| ApiError::not_found("mitigation", id))?;
+        let current = require_mitigation_if_match(&state, &txn, if_match.0.as_deref(), current).await?;
         let mut row = current.into_active_model();
         if let Some(title) = patch.title {
             row.title = Set(title);
@@ -161,7 +201,7 @@ impl MitigationsApi {
             row.progress = Set(progress);
         }
         match patch.due_date {
-            MaybeUndefined::Value(date) => row.due_date = Set(Some(date)),
+            MaybeUndefined::Value(date) => row.due_date = Set(Some(due_date(date)?)),
             MaybeUndefined::Null => row.due_date = Set(None),
             MaybeUndefined::Undefined => {}
         }
@@ -190,6 +230,10 @@ impl MitigationsApi {
         risk_id: Path<Uuid>,
         /// Mitigation id.
         id: Path<Uuid>,
+        /// Entity tag from a GET of this resource: the change is made only if it is still current
+        /// (otherwise 412 with the current `ETag`).
+        #[oai(name = "If-Match")]
+        if_match: Header<Option<String>>,
     ) -> Result<NoContent, ApiError> {
         auth.0.require(Role::Analyst)?;
         let (tenant, risk, id) = (auth.0.tenant_id, risk_id.0, id.0);
@@ -199,6 +243,7 @@ impl MitigationsApi {
             .timed("mitigation_get", crate::db::risks::find_mitigation(&txn, tenant, risk, id))
             .await?
             .ok_or_else(|| ApiError::not_found("mitigation", id))?;
+        let row = require_mitigation_if_match(&state, &txn, if_match.0.as_deref(), row).await?;
         state.db.timed("mitigation_delete", mitigations::Entity::delete_by_id(row.id).exec(&txn)).await?;
         commit_and_invalidate(&state, txn).await?;
         Ok(NoContent::Done)

@@ -42,7 +42,7 @@ pub enum ApiTags {
     Stats,
     /// The tenant's API tokens (admin only).
     Tokens,
-    /// Liveness, readiness and metrics.
+    /// Liveness and readiness.
     Operations,
 }
 
@@ -129,6 +129,62 @@ pub enum NoContent {
     Done,
 }
 
+/// Highest page number of a list the cache keeps; farther pages are read from Postgres each
+/// time, so paging far cannot fill Redis with entries nobody else asks for.
+pub const MAX_CACHED_PAGE: u32 = 10;
+
+/// Whether a list read may use the cache at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ListCaching {
+    /// Bounded variants: looked up, filled within the tenant's budget for the route.
+    Cached,
+    /// A free-text search or a far page: read from Postgres, never stored.
+    Never,
+}
+
+impl ListCaching {
+    /// `Never` for a free-text search or a page past [`MAX_CACHED_PAGE`]: those variants are as
+    /// many as a client cares to invent.
+    fn of(search: Option<&str>, page: u32) -> Self {
+        if search.is_some() || page > MAX_CACHED_PAGE { ListCaching::Never } else { ListCaching::Cached }
+    }
+}
+
+/// Serves a list read: through the cache within the tenant's entry budget for the route
+/// (see [`crate::variant_budget`]), from Postgres alone when `caching` or the budget says so.
+async fn cached_list<T, F, Fut>(
+    state: &Arc<AppState>,
+    read: CacheableRead,
+    caching: ListCaching,
+    if_none_match: Option<&str>,
+    load: F,
+) -> Result<Cached<T>, ApiError>
+where
+    F: Fn(Arc<AppState>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Vec<u8>, ApiError>> + Send + 'static,
+{
+    let refused = match caching {
+        ListCaching::Never => Some(openrisk_shared::CacheStatus::Uncacheable),
+        ListCaching::Cached if state.cache.enabled() && state.variant_budget.exhausted(read.tenant, read.route) => {
+            Some(openrisk_shared::CacheStatus::OverBudget)
+        }
+        ListCaching::Cached => None,
+    };
+    if let Some(cache_status) = refused {
+        state.metrics.cache_request(read.route, crate::metrics::CacheResult::Bypass);
+        let body = load(Arc::clone(state)).await?;
+        let etag = crate::cache::etag_of(&body);
+        let served = Served { body: body.into(), etag, cache_status };
+        return Ok(Cached::new(served, if_none_match));
+    }
+    let (tenant, route) = (read.tenant, read.route);
+    let answer = cached(state, read, if_none_match, load).await?;
+    if answer.served.cache_status == openrisk_shared::CacheStatus::Stored {
+        state.variant_budget.record_stored(tenant, route);
+    }
+    Ok(answer)
+}
+
 /// Serves `read` through the cache, reading with `load` on a miss.
 pub async fn cached<T, F, Fut>(
     state: &Arc<AppState>,
@@ -163,9 +219,10 @@ fn default_page() -> u32 {
     1
 }
 
-/// Normalises a free-text filter: trimmed, lowercased, absent when empty.
+/// Normalises a free-text filter: trimmed, absent when empty. Case is left alone: Postgres folds
+/// both the text and the column (`ILIKE`), so the two sides are folded by the same rules.
 fn normalise_search(text: Option<String>) -> Option<String> {
-    text.map(|text| text.trim().to_lowercase()).filter(|text| !text.is_empty())
+    text.map(|text| text.trim().to_owned()).filter(|text| !text.is_empty())
 }
 
 /// Commits a write and invalidates what its triggers reported, so the writer's next read sees it.
@@ -184,10 +241,44 @@ fn tag(kind: &str, id: Option<uuid::Uuid>) -> openrisk_shared::Tag {
     openrisk_shared::Tag::parse(&text).expect("tag kinds and UUIDs always form valid tags")
 }
 
+/// Whether an `If-Match` header value names `etag` (strong comparison, RFC 9110 §13.1.1): `*`
+/// matches any current representation, a weak tag never matches.
+fn if_match_matches(header: &str, etag: &str) -> bool {
+    header.trim() == "*" || header.split(',').any(|candidate| candidate.trim() == etag)
+}
+
+/// For a conditional write: fails with 412 and the current entity tag unless `if_match` is
+/// absent or names the representation a GET of the resource serves now. `current_body` reads
+/// that representation inside the write's transaction, after the row it changes is locked, so
+/// no other write of the row can come between the check and the change.
+async fn require_if_match<Fut>(if_match: Option<&str>, current_body: impl FnOnce() -> Fut) -> Result<(), ApiError>
+where
+    Fut: Future<Output = Result<Vec<u8>, ApiError>>,
+{
+    let Some(header) = if_match else { return Ok(()) };
+    let etag = crate::cache::etag_of(&current_body().await?);
+    if if_match_matches(header, &etag) { Ok(()) } else { Err(ApiError::precondition_failed(etag)) }
+}
+
 /// Status 200 with the changed resource.
 #[derive(ApiResponse)]
 pub enum Updated<T: ToJSON> {
     /// The resource as stored after the change.
     #[oai(status = 200)]
     Ok(poem_openapi::payload::Json<T>),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::if_match_matches;
+
+    #[test]
+    fn if_match_compares_strongly() {
+        let etag = "\"abc\"";
+        assert!(if_match_matches("\"abc\"", etag));
+        assert!(if_match_matches("\"x\", \"abc\"", etag));
+        assert!(if_match_matches(" * ", etag));
+        assert!(!if_match_matches("W/\"abc\"", etag), "a weak tag never matches");
+        assert!(!if_match_matches("\"abd\"", etag));
+    }
 }

@@ -17,7 +17,7 @@ use crate::app::AppState;
 use crate::auth::{BearerAuth, Role};
 use crate::cache::CacheableRead;
 use crate::db::entities::risks;
-use crate::db::risks::RiskFilter;
+use crate::db::risks::{RiskFilter, ScoreBound};
 use crate::error::ApiError;
 use crate::model::{
     Asset, Mitigation, Risk, RiskCreate, RiskDetail, RiskPage, RiskPatch, RiskSortField, RiskStatus, Severity,
@@ -67,9 +67,14 @@ impl RiskFilter {
 }
 
 /// Reads a live risk with its mitigations, sub-actions and assets (all of which invalidate
-/// `risk:<id>`, see the triggers in `migrations/`).
-pub(super) async fn load_detail(state: &AppState, tenant: Uuid, id: Uuid) -> Result<Vec<u8>, ApiError> {
-    let conn = &state.db.conn;
+/// `risk:<id>`, see the triggers in `migrations/`) through the pool or a transaction: the body
+/// a GET serves, whose entity tag `If-Match` compares.
+pub(super) async fn load_detail(
+    state: &AppState,
+    conn: &impl sea_orm::ConnectionTrait,
+    tenant: Uuid,
+    id: Uuid,
+) -> Result<Vec<u8>, ApiError> {
     let risk = state
         .db
         .timed("risk_get", crate::db::risks::find_live(conn, tenant, id))
@@ -137,8 +142,8 @@ impl RisksApi {
             q: normalise_search(q.0),
             status: status.0.as_ref().map(enum_text),
             severity: severity.0.as_ref().map(enum_text),
-            min_score: min_score.0,
-            max_score: max_score.0,
+            min_score: min_score.0.map(ScoreBound::at_least),
+            max_score: max_score.0.map(ScoreBound::at_most),
             tag: tag.0,
             owner: owner.0,
             sort_by: sort_by.0,
@@ -153,7 +158,8 @@ impl RisksApi {
             params: filter.params(),
             tags: vec![super::tag("risks", None)],
         };
-        cached(&state, read, if_none_match.0.as_deref(), move |state| {
+        let caching = super::ListCaching::of(filter.q.as_deref(), filter.page);
+        super::cached_list(&state, read, caching, if_none_match.0.as_deref(), move |state| {
             let filter = filter.clone();
             async move {
                 let (rows, total) =
@@ -193,12 +199,9 @@ impl RisksApi {
             params: vec![("id", id.to_string())],
             tags: vec![tag("risk", Some(id))],
         };
-        cached(
-            &state,
-            read,
-            if_none_match.0.as_deref(),
-            move |state| async move { load_detail(&state, tenant, id).await },
-        )
+        cached(&state, read, if_none_match.0.as_deref(), move |state| async move {
+            load_detail(&state, &state.db.conn, tenant, id).await
+        })
         .await
     }
 
@@ -253,6 +256,10 @@ impl RisksApi {
         auth: BearerAuth,
         /// Risk id.
         id: Path<Uuid>,
+        /// Entity tag from a GET of this resource: the change is made only if it is still current
+        /// (otherwise 412 with the current `ETag`).
+        #[oai(name = "If-Match")]
+        if_match: Header<Option<String>>,
         body: Json<RiskPatch>,
     ) -> Result<Updated<Risk>, ApiError> {
         auth.0.require(Role::Analyst)?;
@@ -263,6 +270,7 @@ impl RisksApi {
             .timed("risk_lock", crate::db::risks::lock_live(&txn, tenant, id))
             .await?
             .ok_or_else(|| ApiError::not_found("risk", id))?;
+        super::require_if_match(if_match.0.as_deref(), || load_detail(&state, &txn, tenant, id)).await?;
         let mut row = current.into_active_model();
         if let Some(title) = patch.title {
             row.title = Set(title);
@@ -315,9 +323,20 @@ impl RisksApi {
         auth: BearerAuth,
         /// Risk id.
         id: Path<Uuid>,
+        /// Entity tag from a GET of this resource: the change is made only if it is still current
+        /// (otherwise 412 with the current `ETag`).
+        #[oai(name = "If-Match")]
+        if_match: Header<Option<String>>,
     ) -> Result<NoContent, ApiError> {
         auth.0.require(Role::Analyst)?;
         let txn = state.db.begin().await?;
+        if if_match.0.is_some() {
+            let (tenant, id) = (auth.0.tenant_id, id.0);
+            if state.db.timed("risk_lock", crate::db::risks::lock_live(&txn, tenant, id)).await?.is_none() {
+                return Err(ApiError::not_found("risk", id));
+            }
+            super::require_if_match(if_match.0.as_deref(), || load_detail(&state, &txn, tenant, id)).await?;
+        }
         let deleted =
             state.db.timed("risk_delete", crate::db::risks::soft_delete(&txn, auth.0.tenant_id, id.0)).await?;
         if !deleted {

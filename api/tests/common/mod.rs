@@ -45,6 +45,7 @@ pub fn test_settings(db: &TestDatabase, redis: &RedisNamespace) -> Settings {
         database_url: db.url.clone(),
         redis_url: redis.url.clone(),
         api_addr: "127.0.0.1:0".parse().unwrap(),
+        metrics_addr: "127.0.0.1:0".parse().unwrap(),
         ..Settings::default()
     };
     settings.cache.key_prefix = redis.prefix.clone();
@@ -147,9 +148,10 @@ impl TestApp {
         }
     }
 
-    /// The Prometheus text of the app.
+    /// The Prometheus text of the app (from `METRICS_ADDR`).
     pub async fn metrics(&self) -> String {
-        self.client.get(format!("{}/metrics", self.url)).send().await.unwrap().text().await.unwrap()
+        let url = format!("http://{}/metrics", self.app.metrics_addr);
+        self.client.get(url).send().await.unwrap().text().await.unwrap()
     }
 
     /// The value of one metric sample (0 when absent), e.g. `openrisk_cache_fills_total{outcome="stored",route="/api/v1/risks"}`.

@@ -1,0 +1,112 @@
+//! What the HTTP server allows one client (`http.*` settings): at most `max_connections`
+//! connections served at once (the listener accepts the next only when one closes), a
+//! connection on which no byte moves for `idle_timeout_ms` is dropped (an idle keep-alive, or a
+//! request whose headers or body stall), and at most `request_timeout_ms` per request.
+
+use std::io::Result as IoResult;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use poem::listener::Acceptor;
+use poem::web::{LocalAddr, RemoteAddr};
+use poem::{Endpoint, IntoResponse, Request, Response};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::error::{ApiError, Problem};
+
+/// An acceptor that holds one permit per open connection and gives each an idle deadline.
+pub struct LimitedAcceptor<A> {
+    inner: A,
+    permits: Arc<Semaphore>,
+    idle_timeout: Duration,
+}
+
+impl<A> LimitedAcceptor<A> {
+    pub fn new(inner: A, max_connections: u32, idle_timeout: Duration) -> Self {
+        let permits = usize::try_from(max_connections).unwrap_or(usize::MAX).min(Semaphore::MAX_PERMITS);
+        Self { inner, permits: Arc::new(Semaphore::new(permits)), idle_timeout }
+    }
+}
+
+impl<A: Acceptor> Acceptor for LimitedAcceptor<A> {
+    type Io = Permitted<A::Io>;
+
+    fn local_addr(&self) -> Vec<LocalAddr> {
+        self.inner.local_addr()
+    }
+
+    async fn accept(&mut self) -> IoResult<(Self::Io, LocalAddr, RemoteAddr, poem::http::uri::Scheme)> {
+        let permit = Arc::clone(&self.permits).acquire_owned().await.map_err(std::io::Error::other)?;
+        let (io, local, remote, scheme) = self.inner.accept().await?;
+        let idle = Box::pin(tokio::time::sleep(self.idle_timeout));
+        Ok((Permitted { io, _permit: permit, idle, idle_timeout: self.idle_timeout }, local, remote, scheme))
+    }
+}
+
+/// A connection, the permit it gives back when it closes, and the deadline by which its next
+/// byte must arrive or leave.
+pub struct Permitted<Io> {
+    io: Io,
+    _permit: OwnedSemaphorePermit,
+    idle: Pin<Box<tokio::time::Sleep>>,
+    idle_timeout: Duration,
+}
+
+impl<Io> Permitted<Io> {
+    /// Moves the deadline on after progress; fails the call once it has passed without any.
+    fn watch<T>(&mut self, cx: &mut Context<'_>, poll: Poll<IoResult<T>>, progressed: bool) -> Poll<IoResult<T>> {
+        match poll {
+            Poll::Ready(result) => {
+                if progressed {
+                    self.idle.as_mut().reset(tokio::time::Instant::now() + self.idle_timeout);
+                }
+                Poll::Ready(result)
+            }
+            Poll::Pending if self.idle.as_mut().poll(cx).is_ready() => {
+                Poll::Ready(Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "connection idle too long")))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<Io: AsyncRead + Unpin> AsyncRead for Permitted<Io> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<IoResult<()>> {
+        let before = buf.filled().len();
+        let poll = Pin::new(&mut self.io).poll_read(cx, buf);
+        let progressed = buf.filled().len() > before;
+        self.watch(cx, poll, progressed)
+    }
+}
+
+impl<Io: AsyncWrite + Unpin> AsyncWrite for Permitted<Io> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<IoResult<usize>> {
+        let poll = Pin::new(&mut self.io).poll_write(cx, buf);
+        let progressed = matches!(poll, Poll::Ready(Ok(written)) if written > 0);
+        self.watch(cx, poll, progressed)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<IoResult<()>> {
+        let poll = Pin::new(&mut self.io).poll_flush(cx);
+        self.watch(cx, poll, false)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<IoResult<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// Answers 503 when `endpoint` takes longer than `limit` for one request.
+pub async fn within<E: Endpoint>(endpoint: Arc<E>, request: Request, limit: Duration) -> poem::Result<Response> {
+    match tokio::time::timeout(limit, endpoint.call(request)).await {
+        Ok(result) => result.map(IntoResponse::into_response),
+        Err(_) => {
+            let detail = format!("the request took longer than {} ms; retry later", limit.as_millis());
+            let problem = Problem::new(poem::http::StatusCode::SERVICE_UNAVAILABLE, detail);
+            Err(ApiError::Unavailable(poem_openapi::payload::Json(problem)).into())
+        }
+    }
+}

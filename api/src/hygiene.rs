@@ -1,0 +1,147 @@
+//! HTTP hygiene every response gets, whatever produced it: `Cache-Control` (private, so no
+//! shared cache keeps one tenant's answer for another), `X-Content-Type-Options`, a
+//! Content-Security-Policy on the documentation page, `Allow` on 405, `Content-Length` on HEAD
+//! ([`head_as_get`]);
+//! and the one rule every JSON body obeys before it is parsed: no key twice in an object.
+
+use std::collections::HashSet;
+use std::fmt;
+
+use poem::http::{HeaderValue, Method, StatusCode, header};
+use std::sync::Arc;
+
+use poem::{Body, Endpoint, IntoResponse, Request, Response};
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+
+/// `Cache-Control` of a response with an entity tag: any cache must revalidate it, and only
+/// the client's own cache may keep it.
+const REVALIDATE_PRIVATELY: &str = "private, no-cache";
+
+/// `Cache-Control` of every other API response (errors, writes): nothing keeps it.
+const NEVER_STORE: &str = "no-store";
+
+/// The Swagger UI page: its own inline script and styles, images inline, requests to this
+/// origin only (the spec), no framing.
+const DOCS_POLICY: &str = "default-src 'none'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; \
+                           img-src 'self' data:; connect-src 'self'; font-src 'self' data:; frame-ancestors 'none'; \
+                           base-uri 'none'; form-action 'none'";
+
+/// Adds the headers above. `allowed` gives the methods documented for the request's path (for
+/// `Allow` on 405).
+pub fn finish(path: &str, mut response: Response, allowed: Option<String>) -> Response {
+    let headers = response.headers_mut();
+    headers.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
+    if !headers.contains_key(header::CACHE_CONTROL) {
+        let policy = if headers.contains_key(header::ETAG) { REVALIDATE_PRIVATELY } else { NEVER_STORE };
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static(policy));
+    }
+    if path == "/docs" {
+        headers.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(DOCS_POLICY));
+    }
+    if response.status() == StatusCode::METHOD_NOT_ALLOWED
+        && let Some(value) = allowed.and_then(|allowed| HeaderValue::from_str(&allowed).ok())
+    {
+        response.headers_mut().insert(header::ALLOW, value);
+    }
+    response
+}
+
+/// Answers HEAD as the GET it stands for, with that GET's `Content-Length` and no body (poem
+/// itself would drop the body, and with it the length).
+pub async fn head_as_get<E: Endpoint>(endpoint: Arc<E>, mut request: Request) -> poem::Result<Response> {
+    if request.method() != Method::HEAD {
+        return endpoint.call(request).await.map(IntoResponse::into_response);
+    }
+    request.set_method(Method::GET);
+    let mut response = endpoint.call(request).await?.into_response();
+    let body = response.take_body().into_bytes().await.unwrap_or_default();
+    response.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    response.set_body(Body::empty());
+    Ok(response)
+}
+
+/// The name of a key some object of `body` holds twice, if any (`None` as well when `body` is
+/// not JSON at all: the parser that follows reports that).
+pub fn repeated_key(body: &[u8]) -> Option<String> {
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    match UniqueKeys.deserialize(&mut deserializer) {
+        Err(error) if error.is_data() => {
+            Some(error.to_string().split(" at line ").next().unwrap_or_default().to_owned())
+        }
+        _ => None,
+    }
+}
+
+/// Walks a JSON value, failing (as a data error naming the key) on the first repeated key.
+struct UniqueKeys;
+
+impl<'de> DeserializeSeed<'de> for UniqueKeys {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for UniqueKeys {
+    type Value = ();
+
+    fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut items: A) -> Result<(), A::Error> {
+        while items.next_element_seed(UniqueKeys)?.is_some() {}
+        Ok(())
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut fields: A) -> Result<(), A::Error> {
+        let mut seen = HashSet::new();
+        while let Some(key) = fields.next_key::<String>()? {
+            if seen.contains(&key) {
+                return Err(de::Error::custom(format!("the key {key:?} appears twice in one object")));
+            }
+            fields.next_value_seed(UniqueKeys)?;
+            seen.insert(key);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::repeated_key;
+
+    #[test]
+    fn a_key_repeated_in_any_object_is_found_and_distinct_keys_pass() {
+        assert!(repeated_key(br#"{"role":"viewer","role":"admin"}"#).unwrap().contains("\"role\""));
+        assert!(repeated_key(br#"{"a":[{"b":1,"b":2}]}"#).unwrap().contains("\"b\""));
+        assert!(repeated_key(br#"{"a":{"b":1},"b":{"a":1}}"#).is_none());
+        assert!(repeated_key(br#"{"\u0061":1,"a":2}"#).is_some(), "escapes name the same key");
+        assert!(repeated_key(b"not json").is_none(), "left to the parser");
+    }
+}

@@ -1,0 +1,507 @@
+//! What an abusive or careless client can make the API do: Redis memory, metric series and
+//! database work it can cause, connections it can hold, answers it can corrupt, and the HTTP
+//! details clients rely on (conditional writes, caching headers, `Allow`).
+
+mod common;
+
+use std::time::Duration;
+
+use common::{TestApp, assert_problem, cache_status, spawn_app, spawn_app_with};
+use openrisk_api::AppOptions;
+use openrisk_api::db::risks::ScoreBound;
+use openrisk_shared::CacheStatus;
+use openrisk_test_support::RedisNamespace;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// The cached entries of `resource` (`risks`, `risk`, …) under the test's prefix.
+fn entry_keys(app: &TestApp, resource: &str) -> Vec<String> {
+    let marker = format!(":{}:{resource}:", openrisk_api::cache::RESPONSE_SCHEMA_VERSION);
+    app.redis.keys().into_iter().filter(|key| key.contains(&marker)).collect()
+}
+
+fn redis_connection(app: &TestApp) -> Box<dyn redis::ConnectionLike> {
+    app.redis.blocking_connection()
+}
+
+/// Bytes Redis spends on every key under the test's prefix (`MEMORY USAGE`).
+fn redis_bytes(app: &TestApp) -> u64 {
+    let mut conn = redis_connection(app);
+    app.redis
+        .keys()
+        .iter()
+        .map(|key| redis::cmd("MEMORY").arg("USAGE").arg(key).query::<Option<u64>>(&mut *conn).unwrap().unwrap_or(0))
+        .sum()
+}
+
+#[tokio::test]
+async fn every_key_the_api_writes_expires_and_reads_of_invented_ids_write_none() {
+    let app = spawn_app().await;
+    let token = &app.a.analyst;
+    let risk = app.create_risk(token, "Expiring").await;
+    let id = risk["id"].as_str().unwrap();
+    for path in [format!("/api/v1/risks/{id}"), "/api/v1/risks".to_owned(), "/api/v1/stats".to_owned()] {
+        assert_eq!(app.get(&path, token).await.status(), StatusCode::OK);
+    }
+    let (keys, bytes) = (app.redis.keys().len(), redis_bytes(&app));
+    for _ in 0..200 {
+        let invented = uuid::Uuid::new_v4();
+        assert_eq!(app.get(&format!("/api/v1/risks/{invented}"), token).await.status(), StatusCode::NOT_FOUND);
+    }
+    assert_eq!((app.redis.keys().len(), redis_bytes(&app)), (keys, bytes), "404s cost Redis nothing");
+
+    let patched = app.send_json(Method::PATCH, &format!("/api/v1/risks/{id}"), token, json!({"title": "T"})).await;
+    assert_eq!(patched.status(), StatusCode::OK);
+    assert_eq!(app.get(&format!("/api/v1/risks/{id}"), token).await.status(), StatusCode::OK);
+    let mut conn = redis_connection(&app);
+    for key in app.redis.keys() {
+        let ttl: i64 = redis::cmd("TTL").arg(&key).query(&mut *conn).unwrap();
+        assert!(ttl > 0, "{key} never expires (TTL {ttl})");
+    }
+}
+
+#[tokio::test]
+async fn score_bounds_that_select_the_same_risks_share_one_cache_entry() {
+    let app = spawn_app().await;
+    let token = &app.a.viewer;
+    app.create_risk(&app.a.analyst, "Scored").await;
+    let groups: [(&str, &[&str]); 3] = [
+        ("min_score", &["0", "-0", "0.0", "0e0", "0.000"]),
+        ("min_score", &["0.000000123", "0.001", "0.0099999", "0.01"]),
+        ("max_score", &["12.509", "12.5", "12.50000001", "12.500"]),
+    ];
+    for (group, (name, values)) in groups.iter().enumerate() {
+        let mut etags = Vec::new();
+        for value in *values {
+            let response = app.get(&format!("/api/v1/risks?{name}={value}"), token).await;
+            assert_eq!(response.status(), StatusCode::OK, "{name}={value}");
+            etags.push(response.headers()["etag"].to_str().unwrap().to_owned());
+        }
+        etags.dedup();
+        assert_eq!(etags.len(), 1, "one answer for every spelling of {values:?}");
+        assert_eq!(entry_keys(&app, "risks").len(), group + 1, "one entry for every spelling of {values:?}");
+    }
+}
+
+#[tokio::test]
+async fn normalised_score_bounds_select_what_postgres_selected_for_the_bounds_sent() {
+    let app = spawn_app().await;
+    let client = app.db.connect().await;
+    let mut bounds = vec![0.0, -0.0, 5e-324, 1.23e-7, 0.001, 0.005, 0.01, 0.58, 0.29, 12.5, 12.505, 999.999, 1000.0];
+    let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+    for _ in 0..300 {
+        seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        bounds.push((seed >> 11) as f64 / (1u64 << 53) as f64 * 1000.0);
+    }
+    for bound in bounds {
+        let (at_least, at_most) = (ScoreBound::at_least(bound).to_string(), ScoreBound::at_most(bound).to_string());
+        let same: bool = client
+            .query_one(
+                "SELECT bool_and((s >= $1::float8::numeric) = (s >= $2::text::numeric) \
+                                AND (s <= $1::float8::numeric) = (s <= $3::text::numeric)) \
+                 FROM (SELECT (g / 100.0)::numeric(6, 2) AS s \
+                       FROM generate_series(greatest(0, floor($1::float8 * 100)::int - 3), \
+                                            floor($1::float8 * 100)::int + 3) g) grid",
+                &[&bound, &at_least, &at_most],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert!(same, "bound {bound:e}: normalised to >= {at_least} and <= {at_most} selects other scores");
+    }
+}
+
+#[tokio::test]
+async fn free_text_searches_and_far_pages_are_answered_but_never_stored() {
+    let app = spawn_app().await;
+    let token = &app.a.viewer;
+    app.create_risk(&app.a.analyst, "Searchable").await;
+    for path in [
+        "/api/v1/risks?q=search".to_owned(),
+        "/api/v1/assets?q=search".to_owned(),
+        format!("/api/v1/risks?page={}", openrisk_api::routes::MAX_CACHED_PAGE + 1),
+        "/api/v1/assets?page=5000".to_owned(),
+    ] {
+        for _ in 0..2 {
+            let response = app.get(&path, token).await;
+            assert_eq!(response.status(), StatusCode::OK, "{path}");
+            assert_eq!(cache_status(&response), CacheStatus::Uncacheable, "{path}");
+        }
+    }
+    assert!(entry_keys(&app, "risks").is_empty() && entry_keys(&app, "assets").is_empty());
+    let near = app.get(&format!("/api/v1/risks?page={}", openrisk_api::routes::MAX_CACHED_PAGE), token).await;
+    assert_eq!(cache_status(&near), CacheStatus::Stored);
+    assert_eq!(entry_keys(&app, "risks").len(), 1);
+}
+
+#[tokio::test]
+async fn a_tenant_past_its_entry_budget_stores_no_more_list_entries_while_others_still_do() {
+    let app = spawn_app_with(
+        RedisNamespace::new(),
+        |settings| settings.cache.max_entries_per_route = 5,
+        AppOptions::default(),
+    )
+    .await;
+    app.create_risk(&app.a.analyst, "Budgeted").await;
+    let mut statuses = Vec::new();
+    for limit in 1..=40 {
+        statuses.push(cache_status(&app.get(&format!("/api/v1/risks?limit={limit}"), &app.a.viewer).await));
+    }
+    assert_eq!(statuses.iter().filter(|status| **status == CacheStatus::Stored).count(), 5);
+    assert_eq!(statuses.iter().filter(|status| **status == CacheStatus::OverBudget).count(), 35);
+    assert_eq!(entry_keys(&app, "risks").len(), 5, "tenant A holds its budget of list entries and no more");
+    let bytes = redis_bytes(&app);
+    for limit in 41..=80 {
+        app.get(&format!("/api/v1/risks?limit={limit}"), &app.a.viewer).await;
+    }
+    assert_eq!(redis_bytes(&app), bytes, "more variants cost Redis nothing");
+    let other = app.get("/api/v1/risks?limit=7", &app.b.viewer).await;
+    assert_eq!(cache_status(&other), CacheStatus::Stored, "tenant B has a budget of its own");
+}
+
+/// Series of `openrisk_http_requests_total` in the metrics text.
+fn http_series(metrics: &str) -> usize {
+    metrics.lines().filter(|line| line.starts_with("openrisk_http_requests_total{")).count()
+}
+
+#[tokio::test]
+async fn invented_methods_and_unmatched_paths_add_no_metric_series() {
+    let app = spawn_app().await;
+    assert_eq!(app.get("/api/v1/risks", &app.a.viewer).await.status(), StatusCode::OK);
+    let before = http_series(&app.metrics().await);
+    for i in 0..50 {
+        let method = Method::from_bytes(format!("INVENTED{i}").as_bytes()).unwrap();
+        app.request(method.clone(), "/api/v1/risks", &app.a.viewer).send().await.unwrap();
+        app.request(method, &format!("/nowhere/{i}"), &app.a.viewer).send().await.unwrap();
+        app.get(&format!("/nowhere/{i}"), &app.a.viewer).await;
+    }
+    let added = http_series(&app.metrics().await) - before;
+    // At most: (other, /api/v1/risks, 405), (other, unmatched, 404), (GET, unmatched, 404) and
+    // (other, unmatched, 405).
+    assert!(added <= 4, "150 invented requests added {added} series");
+}
+
+#[tokio::test]
+async fn malformed_bearer_tokens_are_refused_before_any_database_query() {
+    let app = spawn_app().await;
+    let hex = "0123456789abcdef".repeat(4);
+    let mut junk: Vec<String> = (0..20).map(|i| format!("junk{i}")).collect();
+    junk.extend((0..10).map(|i| format!("ort_{}{i}", &hex[..63])).map(|token| token.to_uppercase()));
+    junk.extend((0..10).map(|i| format!("ort_{hex}{i}")));
+    junk.extend((0..10).map(|i| format!("xyz_{}{i}", &hex[..63])));
+    for token in &junk {
+        assert_problem(app.get("/api/v1/risks", token).await, StatusCode::UNAUTHORIZED).await;
+    }
+    let misses = "openrisk_auth_token_cache_total{result=\"miss\"}";
+    assert_eq!(app.metric(misses).await, 0.0, "no malformed token reached Postgres");
+    let unknown = format!("ort_{}", "f".repeat(64));
+    assert_problem(app.get("/api/v1/risks", &unknown).await, StatusCode::UNAUTHORIZED).await;
+    assert_eq!(app.metric(misses).await, 1.0, "a well-formed unknown token is looked up once");
+}
+
+#[tokio::test]
+async fn a_connection_that_never_finishes_its_headers_or_sits_idle_is_closed() {
+    let app = spawn_app_with(
+        RedisNamespace::new(),
+        |settings| {
+            settings.http.idle_timeout_ms = 300;
+            settings.http.request_timeout_ms = 200;
+        },
+        AppOptions::default(),
+    )
+    .await;
+    let mut stalled = tokio::net::TcpStream::connect(app.app.addr).await.unwrap();
+    stalled.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    let mut idle = tokio::net::TcpStream::connect(app.app.addr).await.unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    for (name, connection) in [("stalled headers", &mut stalled), ("idle keep-alive", &mut idle)] {
+        let mut received = Vec::new();
+        let closed = tokio::time::timeout(Duration::from_secs(30), connection.read_to_end(&mut received)).await;
+        assert!(closed.is_ok(), "the {name} connection is still open");
+    }
+}
+
+#[tokio::test]
+async fn connections_beyond_the_limit_wait_until_one_closes() {
+    let app =
+        spawn_app_with(RedisNamespace::new(), |settings| settings.http.max_connections = 1, AppOptions::default())
+            .await;
+    let holder = tokio::net::TcpStream::connect(app.app.addr).await.unwrap();
+    let mut waiting = tokio::net::TcpStream::connect(app.app.addr).await.unwrap();
+    waiting.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+    let mut first = [0u8; 1];
+    let early = tokio::time::timeout(Duration::from_millis(500), waiting.read(&mut first)).await;
+    assert!(early.is_err(), "a second connection was served while the first held the only slot");
+    drop(holder);
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), waiting.read_to_end(&mut answer)).await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200"), "served once the slot was free");
+}
+
+#[tokio::test]
+async fn a_request_over_the_time_limit_is_answered_503() {
+    let gate = common::FillGate::default();
+    let app = spawn_app_with(
+        RedisNamespace::new(),
+        |settings| settings.http.request_timeout_ms = 200,
+        AppOptions { before_fill: Some(gate.hook()) },
+    )
+    .await;
+    gate.arm("/api/v1/stats");
+    let held = app.get("/api/v1/stats", &app.a.viewer);
+    let (response, ()) = tokio::join!(held, gate.reached());
+    assert_problem(response, StatusCode::SERVICE_UNAVAILABLE).await;
+    gate.release();
+}
+
+#[tokio::test]
+async fn custom_field_numbers_round_trip_exactly_on_every_path() {
+    let app = spawn_app().await;
+    let token = &app.a.analyst;
+    let risk = app.create_risk(token, "Numbers").await;
+    let id = risk["id"].as_str().unwrap();
+    let path = format!("/api/v1/risks/{id}");
+    let text = r#"{"custom_fields":{"big":12345678901234567890123,"max":18446744073709551615,"neg":-9223372036854775808,"fine":0.1}}"#;
+    let response = app
+        .request(Method::PATCH, &path, token)
+        .header("content-type", "application/json")
+        .body(text)
+        .send()
+        .await
+        .unwrap();
+    let expected = ["12345678901234567890123", "18446744073709551615", "-9223372036854775808", "0.1"];
+    let stored = |body: &str| expected.iter().all(|number| body.contains(number));
+    let status = response.status();
+    let body = response.text().await.unwrap();
+    if status == StatusCode::UNPROCESSABLE_ENTITY {
+        // Refused whole: then nothing may have been stored.
+        assert_eq!(
+            app.count(&format!("SELECT count(*) FROM risks WHERE id = '{id}' AND custom_fields ? 'big'")).await,
+            0
+        );
+    } else {
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert!(stored(&body), "the write's answer rounded a number: {body}");
+        for read in ["uncached or stored", "cached"] {
+            let body = app.get(&path, token).await.text().await.unwrap();
+            assert!(stored(&body), "the {read} read rounded a number: {body}");
+        }
+    }
+    app.sql(&format!("UPDATE risks SET custom_fields = '{{\"sql\": 98765432109876543210987}}' WHERE id = '{id}'"))
+        .await;
+    app.drain_outbox().await;
+    let body = app.get(&path, token).await.text().await.unwrap();
+    assert!(body.contains("98765432109876543210987"), "a number written by SQL read back rounded: {body}");
+}
+
+#[tokio::test]
+async fn searches_find_titles_by_their_exact_non_ascii_text() {
+    let app = spawn_app().await;
+    let token = &app.a.analyst;
+    for title in ["ΚΑΛΟΣ ΣΤΑΘΜΟΣ", "İstanbul office", "Straße ÜBER alles"] {
+        app.create_risk(token, title).await;
+    }
+    app.create_asset(token, "ÜRÜN sunucusu", "HIGH").await;
+    for (query, title) in [
+        ("ΚΑΛΟΣ", "ΚΑΛΟΣ ΣΤΑΘΜΟΣ"),
+        ("ΣΤΑΘΜΟΣ", "ΚΑΛΟΣ ΣΤΑΘΜΟΣ"),
+        ("İstanbul", "İstanbul office"),
+        ("ÜBER", "Straße ÜBER alles"),
+        ("über", "Straße ÜBER alles"),
+    ] {
+        let page: Value = app.get(&format!("/api/v1/risks?q={query}"), token).await.json().await.unwrap();
+        let titles: Vec<&str> =
+            page["items"].as_array().unwrap().iter().map(|r| r["title"].as_str().unwrap()).collect();
+        assert_eq!(titles, [title], "q={query}");
+    }
+    let page: Value = app.get("/api/v1/assets?q=ÜRÜN", token).await.json().await.unwrap();
+    assert_eq!(page["total"], 1);
+}
+
+#[tokio::test]
+async fn a_deleted_risk_frees_its_external_id() {
+    let app = spawn_app().await;
+    let token = &app.a.analyst;
+    let body = json!({"title": "Imported", "impact": 2, "probability": 2, "source": "THEHIVE", "external_id": "EXT-1"});
+    let first = app.send_json(Method::POST, "/api/v1/risks", token, body.clone()).await;
+    assert_eq!(first.status(), StatusCode::CREATED);
+    let first: Value = first.json().await.unwrap();
+    assert_problem(app.send_json(Method::POST, "/api/v1/risks", token, body.clone()).await, StatusCode::CONFLICT).await;
+    let path = format!("/api/v1/risks/{}", first["id"].as_str().unwrap());
+    assert_eq!(app.request(Method::DELETE, &path, token).send().await.unwrap().status(), StatusCode::NO_CONTENT);
+    assert_eq!(app.send_json(Method::POST, "/api/v1/risks", token, body).await.status(), StatusCode::CREATED);
+}
+
+#[tokio::test]
+async fn json_bodies_with_a_repeated_key_are_refused() {
+    let app = spawn_app().await;
+    let risk = app.create_risk(&app.a.analyst, "Once").await;
+    let risk_path = format!("/api/v1/risks/{}", risk["id"].as_str().unwrap());
+    let tokens_before = app.count("SELECT count(*) FROM api_tokens").await;
+    for (method, path, token, body) in [
+        (Method::POST, "/api/v1/tokens", &app.a.admin, r#"{"name":"x","role":"viewer","role":"admin"}"#),
+        (Method::POST, "/api/v1/risks", &app.a.analyst, r#"{"title":"a","title":"b","impact":1,"probability":1}"#),
+        (Method::PATCH, risk_path.as_str(), &app.a.analyst, r#"{"custom_fields":{"k":1,"k":2}}"#),
+    ] {
+        let response = app
+            .request(method, path, token)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let problem = assert_problem(response, StatusCode::BAD_REQUEST).await;
+        assert!(problem["detail"].as_str().unwrap().contains("twice"), "{problem}");
+    }
+    assert_eq!(app.count("SELECT count(*) FROM api_tokens").await, tokens_before);
+    assert_eq!(app.count("SELECT count(*) FROM risks").await, 1);
+}
+
+/// The `ETag` a GET of `path` answers now.
+async fn etag_of(app: &TestApp, path: &str) -> String {
+    let response = app.get(path, &app.a.viewer).await;
+    assert_eq!(response.status(), StatusCode::OK, "{path}");
+    response.headers()["etag"].to_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn writes_with_a_stale_if_match_are_refused_412_with_the_current_tag() {
+    let app = spawn_app().await;
+    let token = &app.a.analyst;
+    let risk = app.create_risk(token, "Conditional").await;
+    let risk_path = format!("/api/v1/risks/{}", risk["id"].as_str().unwrap());
+    let mitigation = app
+        .send_json(Method::POST, &format!("{risk_path}/mitigations"), token, json!({"title": "M"}))
+        .await
+        .json::<Value>()
+        .await
+        .unwrap();
+    let mitigation_path = format!("{risk_path}/mitigations/{}", mitigation["id"].as_str().unwrap());
+    let asset = app.create_asset(token, "Conditional", "LOW").await;
+    let asset_path = format!("/api/v1/assets/{}", asset["id"].as_str().unwrap());
+
+    for (path, change) in [
+        (&mitigation_path, json!({"progress": 10})),
+        (&asset_path, json!({"owner": "o"})),
+        (&risk_path, json!({"impact": 5})),
+    ] {
+        let read = etag_of(&app, path).await;
+        let conditional = |tag: &str| app.request(Method::PATCH, path, token).header("if-match", tag).json(&change);
+        assert_eq!(conditional(&read).send().await.unwrap().status(), StatusCode::OK, "{path}");
+        let stale = conditional(&read).send().await.unwrap();
+        let current = stale.headers().get("etag").map(|tag| tag.to_str().unwrap().to_owned());
+        assert_problem(stale, StatusCode::PRECONDITION_FAILED).await;
+        assert_eq!(current, Some(etag_of(&app, path).await), "412 names the current tag of {path}");
+        let weak = format!("W/{}", etag_of(&app, path).await);
+        assert_eq!(conditional(&weak).send().await.unwrap().status(), StatusCode::PRECONDITION_FAILED);
+        assert_eq!(conditional("*").send().await.unwrap().status(), StatusCode::OK);
+
+        let delete = |tag: &str| app.request(Method::DELETE, path, token).header("if-match", tag.to_owned()).send();
+        assert_eq!(delete(&read).await.unwrap().status(), StatusCode::PRECONDITION_FAILED);
+        assert_eq!(app.get(path, token).await.status(), StatusCode::OK, "a refused delete deletes nothing");
+        assert_eq!(delete(&etag_of(&app, path).await).await.unwrap().status(), StatusCode::NO_CONTENT);
+    }
+}
+
+#[tokio::test]
+async fn responses_carry_cache_control_nosniff_and_the_http_details_clients_expect() {
+    let app = spawn_app().await;
+    let token = &app.a.viewer;
+    let list = app.get("/api/v1/risks", token).await;
+    assert_eq!(list.headers()["cache-control"], "private, no-cache");
+    assert_eq!(list.headers()["x-content-type-options"], "nosniff");
+    let length = list.bytes().await.unwrap().len();
+    let missing = app.get(&format!("/api/v1/risks/{}", uuid::Uuid::new_v4()), token).await;
+    assert_eq!(missing.headers()["cache-control"], "no-store");
+    assert_eq!(missing.headers()["x-content-type-options"], "nosniff");
+
+    let head = app.request(Method::HEAD, "/api/v1/risks", token).send().await.unwrap();
+    assert_eq!(head.status(), StatusCode::OK);
+    assert_eq!(head.headers().get("content-length").map(|v| v.to_str().unwrap().to_owned()), Some(length.to_string()));
+
+    let refused = app.request(Method::PUT, "/api/v1/risks", token).send().await.unwrap();
+    assert_eq!(refused.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(
+        refused.headers().get("allow").map(|v| v.to_str().unwrap().to_owned()).as_deref(),
+        Some("GET, HEAD, POST")
+    );
+    let refused =
+        app.request(Method::POST, &format!("/api/v1/risks/{}", uuid::Uuid::new_v4()), token).send().await.unwrap();
+    assert_eq!(refused.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(
+        refused.headers().get("allow").map(|v| v.to_str().unwrap().to_owned()).as_deref(),
+        Some("DELETE, GET, HEAD, PATCH")
+    );
+
+    let docs = app.client.get(format!("{}/docs", app.url)).send().await.unwrap();
+    let policy = docs.headers().get("content-security-policy").map(|v| v.to_str().unwrap().to_owned());
+    assert!(policy.is_some_and(|policy| policy.contains("default-src 'none'")), "/docs has a CSP");
+}
+
+#[tokio::test]
+async fn blank_titles_and_dates_outside_years_one_to_9999_are_refused() {
+    let app = spawn_app().await;
+    let token = &app.a.analyst;
+    for title in ["   ", "\t\n"] {
+        let body = json!({"title": title, "impact": 1, "probability": 1});
+        assert_problem(app.send_json(Method::POST, "/api/v1/risks", token, body).await, StatusCode::BAD_REQUEST).await;
+    }
+    let risk = app.create_risk(token, "Dated").await;
+    let mitigations = format!("/api/v1/risks/{}/mitigations", risk["id"].as_str().unwrap());
+    let refused =
+        app.send_json(Method::POST, &mitigations, token, json!({"title": "m", "due_date": "-0001-01-01"})).await;
+    assert_problem(refused, StatusCode::BAD_REQUEST).await;
+    let created =
+        app.send_json(Method::POST, &mitigations, token, json!({"title": "m", "due_date": "2030-01-01"})).await;
+    let created: Value = created.json().await.unwrap();
+    let path = format!("{mitigations}/{}", created["id"].as_str().unwrap());
+    let refused = app.send_json(Method::PATCH, &path, token, json!({"due_date": "-0001-12-31"})).await;
+    assert_problem(refused, StatusCode::BAD_REQUEST).await;
+    let refused = app.send_json(Method::PATCH, &path, token, json!({"title": " "})).await;
+    assert_problem(refused, StatusCode::BAD_REQUEST).await;
+    assert_eq!(app.count("SELECT count(*) FROM risks").await, 1);
+}
+
+#[tokio::test]
+async fn error_details_name_documented_parameters_and_types_not_internals() {
+    let app = spawn_app().await;
+    let token = &app.a.analyst;
+    let risk = app.create_risk(token, "Details").await;
+    let risk_path = format!("/api/v1/risks/{}", risk["id"].as_str().unwrap());
+    let mut details = Vec::new();
+    for response in [
+        app.get("/api/v1/risks/not-a-uuid", token).await,
+        app.get("/api/v1/risks?limit=abc", token).await,
+        app.get("/api/v1/risks?min_score=x", token).await,
+        app.send_json(Method::PATCH, &risk_path, token, json!({"impact": 100000})).await,
+        app.send_json(
+            Method::POST,
+            &format!("{risk_path}/mitigations"),
+            token,
+            json!({"title": "m", "progress": 70000}),
+        )
+        .await,
+    ] {
+        let problem = assert_problem(response, StatusCode::BAD_REQUEST).await;
+        details.push(problem["detail"].as_str().unwrap().to_owned());
+    }
+    for detail in &details {
+        for internal in ["param0", "param1", "integer_int", "number_double", "string_uuid"] {
+            assert!(!detail.contains(internal), "{detail:?} names {internal}");
+        }
+    }
+    assert!(details[0].contains("`id`"), "{:?}", details[0]);
+}
+
+#[tokio::test]
+async fn metrics_are_served_on_their_own_address_and_not_on_the_api_port() {
+    let app = spawn_app().await;
+    assert_eq!(app.get("/api/v1/risks", &app.a.viewer).await.status(), StatusCode::OK);
+    let on_api_port = app.client.get(format!("{}/metrics", app.url)).send().await.unwrap();
+    assert_problem(on_api_port, StatusCode::NOT_FOUND).await;
+    assert_ne!(app.app.metrics_addr.port(), app.app.addr.port());
+    let metrics = app.client.get(format!("http://{}/metrics", app.app.metrics_addr)).send().await.unwrap();
+    assert_eq!(metrics.status(), StatusCode::OK);
+    assert!(metrics.text().await.unwrap().contains("openrisk_http_requests_total{"));
+}
