@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use openrisk_shared::config::{Settings, WakeMode};
+use openrisk_shared::db::Lsn;
 use openrisk_shared::keys::{Keyspace, Tag};
 use openrisk_shared::protocol::{self, Reclaimable};
 use redis::AsyncConnectionConfig;
@@ -204,7 +205,7 @@ impl Worker {
         span.record("size", batch.len()).record("tenants", batch.tenants().as_str());
         let claimed_at = Instant::now();
         // On a Redis error the transaction is dropped and rolled back: the rows come back.
-        let (tags, reclaimable) = self.apply(redis, &batch.events).await?;
+        let (tags, reclaimable) = self.apply(redis, &batch.events, batch.replayed_by).await?;
         let confirmed_after = claimed_at.elapsed();
         span.record("lag_ms", batch.max_lag_ms(confirmed_after));
         for poison in &batch.poison {
@@ -246,11 +247,13 @@ impl Worker {
     }
 
     /// Invalidates every tag of the batch, collapsed per tenant, concurrently over the
-    /// multiplexed connection. Returns the distinct tags and the member sets to reclaim.
+    /// multiplexed connection, recording `replayed_by` as the replay floor the new versions need
+    /// on a read replica. Returns the distinct tags and the member sets to reclaim.
     async fn apply(
         &self,
         redis: &mut MultiplexedConnection,
         events: &[ClaimedEvent],
+        replayed_by: Lsn,
     ) -> redis::RedisResult<(u64, Reclaimable)> {
         let mut by_tenant: HashMap<Uuid, BTreeSet<Tag>> = HashMap::new();
         for claimed in events {
@@ -264,7 +267,9 @@ impl Worker {
                     let mut connection = redis.clone();
                     let chunk = chunk.to_vec();
                     let keyspace = &self.keyspace;
-                    async move { protocol::invalidate(&mut connection, keyspace, tenant, &chunk).await }
+                    async move {
+                        protocol::invalidate_replayed_by(&mut connection, keyspace, tenant, &chunk, replayed_by).await
+                    }
                 })
                 .collect::<Vec<_>>()
         });
