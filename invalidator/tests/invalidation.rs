@@ -275,12 +275,10 @@ async fn an_invalidation_records_a_replay_floor_past_the_write_it_applies() {
     else {
         panic!("nothing is filled under the probe key")
     };
-    let snapshot =
-        protocol::create_missing_versions(&mut h.redis, &h.keyspace, tenant, &partial, 700).await.unwrap();
+    let snapshot = protocol::create_missing_versions(&mut h.redis, &h.keyspace, tenant, &partial, 700).await.unwrap();
     let found = protocol::replay_floor(&mut h.redis, &h.keyspace, tenant, &snapshot).await.unwrap();
     protocol::stamp_replay_floor(&mut h.redis, &h.keyspace, tenant, &snapshot, &found, Lsn(0)).await.unwrap();
-    let before_write: String =
-        h.sql.query_one("SELECT pg_current_wal_insert_lsn()::text", &[]).await.unwrap().get(0);
+    let before_write: String = h.sql.query_one("SELECT pg_current_wal_insert_lsn()::text", &[]).await.unwrap().get(0);
     let before_write: Lsn = before_write.parse().unwrap();
 
     h.sql.execute("UPDATE risks SET title = 'changed' WHERE id = $1", &[&risk]).await.unwrap();

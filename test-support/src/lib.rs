@@ -5,13 +5,14 @@
 //! * [`RedisNamespace`]: a key prefix of its own per test on the shared Redis, removed on drop.
 //! * [`PrivateRedis`] and [`PrivatePostgres`]: servers on free ports for tests that kill,
 //!   restart or flush them, so the shared servers are never touched.
+//! * [`ReplicaPair`]: a private primary and a streaming replica, once per test binary and run.
 //!
 //! The shared servers default to 127.0.0.1:5432 and 127.0.0.1:6379; `TEST_DATABASE_URL` (an
 //! admin URL) and `TEST_REDIS_URL` point elsewhere.
 
 mod private;
 
-pub use private::{PrivatePostgres, PrivateRedis};
+pub use private::{PrivatePostgres, PrivateRedis, ReplicaPair};
 
 use std::time::Duration;
 

@@ -8,6 +8,7 @@ use poem_openapi::{ApiResponse, Enum, Object, OpenApi};
 
 use super::ApiTags;
 use crate::app::AppState;
+use crate::db::replicas::{ReplicaHealth, ReplicaState};
 
 /// Operational endpoints.
 pub struct HealthApi;
@@ -18,8 +19,8 @@ pub struct HealthApi;
 pub enum ReadyStatus {
     /// Postgres and Redis answer.
     Ready,
-    /// Postgres answers, Redis does not (or the breaker is open): reads are served from Postgres
-    /// uncached.
+    /// Postgres answers, but Redis does not (or the breaker is open: reads are served from
+    /// Postgres uncached) or a read replica is out of rotation (its reads go to the primary).
     Degraded,
     /// Postgres does not answer.
     Unavailable,
@@ -35,6 +36,32 @@ pub enum DependencyState {
     Disabled,
 }
 
+/// Whether a read replica takes reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+#[oai(rename_all = "snake_case")]
+pub enum ReplicaStatus {
+    /// Answering and within the lag limit.
+    InRotation,
+    /// Further behind the primary than `database.replica_max_lag_ms`.
+    Lagging,
+    /// Not answering.
+    Down,
+    /// No longer replaying the primary's WAL (promoted): it needs the operator.
+    NotInRecovery,
+}
+
+/// One read replica as the API last measured it (every `database.replica_check_interval_ms`).
+#[derive(Debug, Clone, Object)]
+pub struct ReplicaReadiness {
+    /// `host:port/database`.
+    pub name: String,
+    pub status: ReplicaStatus,
+    /// How long ago the primary passed the position the replica has replayed; absent when unknown.
+    pub lag_seconds: Option<f64>,
+    /// WAL bytes the replica has yet to replay; absent when unknown.
+    pub lag_bytes: Option<u64>,
+}
+
 /// What /readyz found.
 #[derive(Debug, Clone, Object)]
 pub struct Readiness {
@@ -43,6 +70,20 @@ pub struct Readiness {
     pub redis: DependencyState,
     /// Whether the circuit breaker currently keeps requests away from Redis.
     pub cache_breaker_open: bool,
+    /// The configured read replicas (empty without `DATABASE_REPLICA_URLS`).
+    pub replicas: Vec<ReplicaReadiness>,
+}
+
+impl From<ReplicaState> for ReplicaReadiness {
+    fn from(state: ReplicaState) -> Self {
+        let status = match state.health {
+            ReplicaHealth::InRotation => ReplicaStatus::InRotation,
+            ReplicaHealth::Lagging => ReplicaStatus::Lagging,
+            ReplicaHealth::Down => ReplicaStatus::Down,
+            ReplicaHealth::NotInRecovery => ReplicaStatus::NotInRecovery,
+        };
+        Self { name: state.name, status, lag_seconds: state.lag_seconds, lag_bytes: state.lag_bytes }
+    }
 }
 
 /// Liveness.
@@ -91,8 +132,9 @@ impl HealthApi {
 
     /// Readiness
     ///
-    /// 200 when Postgres answers (`degraded` when Redis does not: reads then bypass the cache),
-    /// 503 when Postgres does not.
+    /// 200 when Postgres answers (`degraded` when Redis does not, so reads bypass the cache, or
+    /// when a read replica is out of rotation, so its reads go to the primary), 503 when Postgres
+    /// does not.
     #[oai(path = "/readyz", method = "get", operation_id = "readyz")]
     async fn readyz(&self, state: Data<&Arc<AppState>>) -> ReadyResponse {
         let timeout = state.settings.pool_settings().acquire_timeout;
@@ -105,10 +147,12 @@ impl HealthApi {
             DependencyState::Down
         };
         let breaker_open = state.cache.breaker_open();
+        let replicas: Vec<ReplicaReadiness> = state.reads.replica_states().into_iter().map(Into::into).collect();
+        let replica_out = replicas.iter().any(|replica| replica.status != ReplicaStatus::InRotation);
         let status = match (postgres, redis) {
             (false, _) => ReadyStatus::Unavailable,
             (true, DependencyState::Down) => ReadyStatus::Degraded,
-            (true, _) if breaker_open => ReadyStatus::Degraded,
+            (true, _) if breaker_open || replica_out => ReadyStatus::Degraded,
             (true, _) => ReadyStatus::Ready,
         };
         let readiness = Readiness {
@@ -116,6 +160,7 @@ impl HealthApi {
             postgres: if postgres { DependencyState::Up } else { DependencyState::Down },
             redis,
             cache_breaker_open: breaker_open,
+            replicas,
         };
         if postgres { ReadyResponse::Ready(Json(readiness)) } else { ReadyResponse::NotReady(Json(readiness)) }
     }

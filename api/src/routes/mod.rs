@@ -27,6 +27,7 @@ pub use tokens::TokensApi;
 
 use crate::app::AppState;
 use crate::cache::{CacheableRead, Served, if_none_match_matches};
+use crate::db::replicas::Reader;
 use crate::error::ApiError;
 
 /// Groups of operations in the documentation.
@@ -129,7 +130,8 @@ pub enum NoContent {
     Done,
 }
 
-/// Serves `read` through the cache, reading with `load` on a miss.
+/// Serves `read` through the cache, reading with `load` on a miss (on the reader it is given:
+/// a replica or the primary).
 pub async fn cached<T, F, Fut>(
     state: &Arc<AppState>,
     read: CacheableRead,
@@ -137,14 +139,14 @@ pub async fn cached<T, F, Fut>(
     load: F,
 ) -> Result<Cached<T>, ApiError>
 where
-    F: Fn(Arc<AppState>) -> Fut + Send + Sync + 'static,
+    F: Fn(Arc<AppState>, Reader) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<Vec<u8>, ApiError>> + Send + 'static,
 {
     let state_for_load = Arc::clone(state);
-    let loader: crate::cache::Loader = Arc::new(move || -> BoxFuture<'static, Result<Vec<u8>, ApiError>> {
-        load(Arc::clone(&state_for_load)).boxed()
+    let loader: crate::cache::Loader = Arc::new(move |reader| -> BoxFuture<'static, Result<Vec<u8>, ApiError>> {
+        load(Arc::clone(&state_for_load), reader).boxed()
     });
-    let served = state.cache.read_through(read, loader).await?;
+    let served = state.cache.read_through(read, Arc::clone(&state.reads), loader).await?;
     Ok(Cached::new(served, if_none_match))
 }
 

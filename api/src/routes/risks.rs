@@ -17,6 +17,7 @@ use crate::app::AppState;
 use crate::auth::{BearerAuth, Role};
 use crate::cache::CacheableRead;
 use crate::db::entities::risks;
+use crate::db::replicas::Reader;
 use crate::db::risks::RiskFilter;
 use crate::error::ApiError;
 use crate::model::{
@@ -68,8 +69,13 @@ impl RiskFilter {
 
 /// Reads a live risk with its mitigations, sub-actions and assets (all of which invalidate
 /// `risk:<id>`, see the triggers in `migrations/`).
-pub(super) async fn load_detail(state: &AppState, tenant: Uuid, id: Uuid) -> Result<Vec<u8>, ApiError> {
-    let conn = &state.db.conn;
+pub(super) async fn load_detail(
+    state: &AppState,
+    reader: &Reader,
+    tenant: Uuid,
+    id: Uuid,
+) -> Result<Vec<u8>, ApiError> {
+    let conn = &reader.conn();
     let risk = state
         .db
         .timed("risk_get", crate::db::risks::find_live(conn, tenant, id))
@@ -153,11 +159,11 @@ impl RisksApi {
             params: filter.params(),
             tags: vec![super::tag("risks", None)],
         };
-        cached(&state, read, if_none_match.0.as_deref(), move |state| {
+        cached(&state, read, if_none_match.0.as_deref(), move |state, reader| {
             let filter = filter.clone();
             async move {
                 let (rows, total) =
-                    state.db.timed("risk_list", crate::db::risks::list(&state.db.conn, tenant, &filter)).await?;
+                    state.db.timed("risk_list", crate::db::risks::list(&reader.conn(), tenant, &filter)).await?;
                 let page = RiskPage {
                     items: rows.into_iter().map(Risk::from).collect(),
                     total,
@@ -193,12 +199,9 @@ impl RisksApi {
             params: vec![("id", id.to_string())],
             tags: vec![tag("risk", Some(id))],
         };
-        cached(
-            &state,
-            read,
-            if_none_match.0.as_deref(),
-            move |state| async move { load_detail(&state, tenant, id).await },
-        )
+        cached(&state, read, if_none_match.0.as_deref(), move |state, reader| async move {
+            load_detail(&state, &reader, tenant, id).await
+        })
         .await
     }
 
