@@ -219,7 +219,7 @@ async fn write_behind_paused_replay(options: AppOptions) -> Observed {
     for (url, old) in urls.iter().zip(&before) {
         let mut stale = false;
         for _ in 0..3 {
-            stale |= &app.read(url).await.1 == old;
+            stale |= app.read(url).await.1 == *old;
         }
         stale_reads.push((url.clone(), stale));
     }
@@ -227,7 +227,7 @@ async fn write_behind_paused_replay(options: AppOptions) -> Observed {
     let stored = app.stored_bodies().await;
     let mut stale_entries = Vec::new();
     for (url, old) in urls.iter().zip(&before) {
-        let stale_now = &app.read(url).await.1 == old;
+        let stale_now = app.read(url).await.1 == *old;
         stale_entries.push((url.clone(), stale_now || stored.contains(old)));
     }
     let behind_floor = app

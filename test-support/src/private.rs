@@ -297,6 +297,7 @@ impl ReplicaPair {
             .stderr(Stdio::null())
             .process_group(0)
             .spawn()
+            .map(reap_in_background)
             .expect("start the replica pair's watchdog");
     }
 
@@ -351,9 +352,16 @@ impl ReplicaPair {
             .stderr(Stdio::null())
             .process_group(0)
             .spawn()
+            .map(reap_in_background)
             .expect("start postgres");
         wait_until(&format!("private {server}"), Duration::from_secs(30), || self.answers(port));
     }
+}
+
+/// Waits for `child` on a thread of its own, so a server that exits while this process runs
+/// leaves no zombie; one that outlives this process is adopted by init.
+fn reap_in_background(mut child: Child) {
+    std::thread::spawn(move || child.wait());
 }
 
 /// The parent of this process (the nextest run that started this test).

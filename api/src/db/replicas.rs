@@ -114,7 +114,7 @@ fn replica_name(url: &str) -> String {
 }
 
 fn text(row: &QueryResult, column: &str) -> Result<Option<String>, DbErr> {
-    row.try_get::<Option<String>>("", column).map_err(Into::into)
+    row.try_get::<Option<String>>("", column)
 }
 
 impl ReadRouter {
