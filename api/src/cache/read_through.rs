@@ -101,7 +101,7 @@ impl Cache {
         let mut conn = self.connection().ok_or_else(ApiError::internal)?;
         let (snapshot, body) = if snapshot.is_complete() {
             let reader = self.reader_for(&mut conn, tenant, &snapshot, reads).await;
-            let body = read_with(&load, reader).await?;
+            let body = read_with(reads, &load, reader).await?;
             (snapshot, body)
         } else {
             // A row's version is created only once a read showed the row exists.
@@ -175,17 +175,25 @@ impl Cache {
     }
 }
 
-/// Runs `load` on `reader`, then ends the reader's transaction.
-async fn read_with(load: &Loader, reader: Reader) -> Result<Vec<u8>, ApiError> {
+/// Runs `load` on `reader`, then ends the reader's transaction. A replica that fails mid-read
+/// (restarted, or a query cancelled by a replay conflict) leaves the read to the primary.
+async fn read_with(reads: &ReadRouter, load: &Loader, reader: Reader) -> Result<Vec<u8>, ApiError> {
+    let from_replica = matches!(reader, Reader::Replica(_));
     let body = load(reader.clone()).await;
     reader.finish().await;
-    body
+    match body {
+        Err(ApiError::Internal(_) | ApiError::Unavailable(_)) if from_replica => {
+            tracing::warn!("a replica read failed; reading the primary");
+            load(reads.primary()).await
+        }
+        body => body,
+    }
 }
 
 /// Reads from Postgres without touching Redis: from a replica only if it has every write
 /// committed before the read began.
 async fn uncached(reads: &ReadRouter, load: Loader, cache_status: CacheStatus) -> Result<Served, ApiError> {
-    let body = read_with(&load, reads.bypass_reader().await).await?;
+    let body = read_with(reads, &load, reads.bypass_reader().await).await?;
     let etag = etag_of(&body);
     Ok(Served { body: Bytes::from(body), etag, cache_status })
 }
