@@ -310,6 +310,9 @@ async fn a_lagging_replica_leaves_rotation_and_returns_once_it_catches_up() {
         metrics.lines().any(|line| line.starts_with("openrisk_db_replica_in_rotation{") && line.ends_with(" 0")),
         "{metrics}"
     );
+    for series in ["openrisk_db_replica_lag_seconds{", "openrisk_db_replica_lag_bytes{"] {
+        assert!(metrics.lines().any(|line| line.starts_with(series)), "{series} missing:\n{metrics}");
+    }
     let primary_reads = app.app.metric("openrisk_db_reads_total{target=\"primary\"}").await;
     assert_eq!(app.read("/api/v1/risks").await.0, CacheStatus::Stored);
     assert!(app.app.metric("openrisk_db_reads_total{target=\"primary\"}").await > primary_reads, "read the primary");
