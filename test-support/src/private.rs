@@ -94,18 +94,7 @@ impl PrivatePostgres {
     pub fn start() -> Self {
         let bin = postgres_bin_dir();
         let dir = tempfile::Builder::new().prefix("openrisk-pg-").tempdir().expect("tempdir");
-        let data = dir.path().join("data");
-        if is_root() {
-            let _ = Command::new("chown").args(["-R", "postgres:postgres"]).arg(dir.path()).status();
-        }
-        let status = as_postgres_user(Command::new(bin.join("initdb")))
-            .args(["-A", "trust", "-U", "postgres", "--no-sync", "-D"])
-            .arg(&data)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .expect("run initdb");
-        assert!(status.success(), "initdb failed");
+        init_cluster(&bin, dir.path(), &dir.path().join("data"));
         let mut postgres = Self { port: free_port(), dir, bin, child: None };
         postgres.launch();
         postgres
@@ -129,13 +118,7 @@ impl PrivatePostgres {
             .spawn()
             .expect("start postgres");
         self.child = Some(child);
-        let port = self.port;
-        wait_until("private postgres", Duration::from_secs(30), || {
-            Command::new(self.bin.join("pg_isready"))
-                .args(["-q", "-h", "127.0.0.1", "-p", &port.to_string()])
-                .status()
-                .is_ok_and(|status| status.success())
-        });
+        wait_until("private postgres", Duration::from_secs(30), || answers(&self.bin, self.port));
     }
 
     /// Stops the server immediately (SIGQUIT: no shutdown checkpoint, crash recovery on start).
@@ -154,6 +137,30 @@ impl Drop for PrivatePostgres {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Runs `initdb` into `data` (trust authentication, user `postgres`), handing `dir` (which holds
+/// it) to the `postgres` user first when running as root.
+fn init_cluster(bin: &Path, dir: &Path, data: &Path) {
+    if is_root() {
+        let _ = Command::new("chown").args(["-R", "postgres:postgres"]).arg(dir).status();
+    }
+    let status = as_postgres_user(Command::new(bin.join("initdb")))
+        .args(["-A", "trust", "-U", "postgres", "--no-sync", "-D"])
+        .arg(data)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("run initdb");
+    assert!(status.success(), "initdb failed");
+}
+
+/// Whether a server accepts connections on the loopback `port`.
+fn answers(bin: &Path, port: u16) -> bool {
+    Command::new(bin.join("pg_isready"))
+        .args(["-q", "-h", "127.0.0.1", "-p", &port.to_string()])
+        .status()
+        .is_ok_and(|status| status.success())
 }
 
 fn is_root() -> bool {
@@ -252,18 +259,7 @@ impl ReplicaPair {
 
     /// Initialises the primary, copies it into the replica and leaves a watchdog behind.
     fn create(&self) {
-        if is_root() {
-            let _ = Command::new("chown").args(["-R", "postgres:postgres"]).arg(&self.dir).status();
-        }
-        let primary = self.data("primary");
-        let status = as_postgres_user(Command::new(self.bin.join("initdb")))
-            .args(["-A", "trust", "-U", "postgres", "--no-sync", "-D"])
-            .arg(&primary)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .expect("run initdb");
-        assert!(status.success(), "initdb failed");
+        init_cluster(&self.bin, &self.dir, &self.data("primary"));
         self.start_primary();
         let status = as_postgres_user(Command::new(self.bin.join("pg_basebackup")))
             .args(["-h", "127.0.0.1", "-p", &self.primary_port.to_string(), "-U", "postgres"])
@@ -282,7 +278,6 @@ impl ReplicaPair {
     /// Stops both servers and deletes the directory once the process that runs the tests (the
     /// nextest run, or this binary) has exited.
     fn leave_watchdog(&self) {
-        use std::os::unix::process::CommandExt;
         let watched = if std::env::var_os("NEXTEST_RUN_ID").is_some() { parent_pid() } else { std::process::id() };
         let dir = self.dir.display().to_string();
         let script = format!(
@@ -290,15 +285,7 @@ impl ReplicaPair {
              for server in primary replica; do kill -QUIT \"$(head -1 '{dir}'/$server/postmaster.pid)\" 2>/dev/null; done; \
              sleep 2; rm -rf '{dir}'"
         );
-        Command::new("sh")
-            .args(["-c", &script])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .process_group(0)
-            .spawn()
-            .map(reap_in_background)
-            .expect("start the replica pair's watchdog");
+        spawn_detached(Command::new("sh").args(["-c", &script]), "the replica pair's watchdog");
     }
 
     fn start_primary(&self) {
@@ -327,40 +314,39 @@ impl ReplicaPair {
     }
 
     fn answers(&self, port: u16) -> bool {
-        Command::new(self.bin.join("pg_isready"))
-            .args(["-q", "-h", "127.0.0.1", "-p", &port.to_string()])
-            .status()
-            .is_ok_and(|status| status.success())
+        answers(&self.bin, port)
     }
 
     fn launch(&self, server: &str, port: u16) {
-        use std::os::unix::process::CommandExt;
         if self.answers(port) {
             return;
         }
-        // In a process group of its own, so the end of the test process that started it (and
-        // whatever signals its group) leaves it running for the rest of the run.
-        as_postgres_user(Command::new(self.bin.join("postgres")))
+        let mut postgres = as_postgres_user(Command::new(self.bin.join("postgres")));
+        postgres
             .arg("-D")
             .arg(self.data(server))
             .args(["-p", &port.to_string(), "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"])
             .args(["-c", "full_page_writes=off", "-c", "max_connections=200", "-c", "wal_receiver_status_interval=1s"])
             .arg("-k")
-            .arg(&self.dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .process_group(0)
-            .spawn()
-            .map(reap_in_background)
-            .expect("start postgres");
+            .arg(&self.dir);
+        spawn_detached(&mut postgres, "postgres");
         wait_until(&format!("private {server}"), Duration::from_secs(30), || self.answers(port));
     }
 }
 
-/// Waits for `child` on a thread of its own, so a server that exits while this process runs
-/// leaves no zombie; one that outlives this process is adopted by init.
-fn reap_in_background(mut child: Child) {
+/// Starts `command` without a terminal, in a process group of its own, so the end of the test
+/// process that started it (and whatever signals that process's group) leaves it running. It is
+/// waited for on a thread of its own, so one that exits while this process runs leaves no zombie;
+/// one that outlives this process is adopted by init.
+fn spawn_detached(command: &mut Command, what: &str) {
+    use std::os::unix::process::CommandExt;
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .unwrap_or_else(|error| panic!("start {what}: {error}"));
     std::thread::spawn(move || child.wait());
 }
 
