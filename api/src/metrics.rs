@@ -177,7 +177,7 @@ impl Metrics {
             .expect("valid gauge"),
             redis_duration: histogram(
                 "openrisk_redis_command_duration_seconds",
-                "Latency of the cache protocol's Redis calls, by operation (lookup, create_versions, fill, invalidate).",
+                "Latency of the cache protocol's Redis calls, by operation (lookup, create_versions, replay_floor, stamp_floor, fill, invalidate).",
                 &["operation"],
             ),
             db_duration: histogram(
