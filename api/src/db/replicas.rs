@@ -18,7 +18,8 @@ use std::time::{Duration, Instant};
 use openrisk_shared::config::{DatabaseSettings, PoolSettings};
 use openrisk_shared::db::Lsn;
 use sea_orm::{
-    ConnectionTrait, DatabaseConnection, DatabaseExecutor, DatabaseTransaction, DbErr, QueryResult, TransactionTrait,
+    AccessMode, ConnectionTrait, DatabaseConnection, DatabaseExecutor, DatabaseTransaction, DbErr, IsolationLevel,
+    QueryResult, TransactionTrait,
 };
 
 use super::stmt;
@@ -212,7 +213,13 @@ impl ReadRouter {
     /// Begins a transaction on `replica` and keeps it if the replica has replayed up to `floor`.
     async fn open(&self, replica: &Replica, floor: Lsn) -> Option<Reader> {
         let opened = tokio::time::timeout(REPLICA_ANSWER_TIMEOUT, async {
-            let transaction = replica.conn.begin().await?;
+            // Read committed whatever the server's default: each of the read's queries then takes
+            // its snapshot after the replay check (under repeatable read the snapshot would be
+            // the check's own, which may predate the position it reports).
+            let transaction = replica
+                .conn
+                .begin_with_config(Some(IsolationLevel::ReadCommitted), Some(AccessMode::ReadOnly))
+                .await?;
             let row = transaction
                 .query_one_raw(stmt("SELECT pg_last_wal_replay_lsn()::text AS replayed", []))
                 .await?
