@@ -32,6 +32,10 @@ struct ReplicaApp {
 
 impl ReplicaApp {
     async fn start(max_lag_ms: u64, options: AppOptions) -> Self {
+        Self::start_with(max_lag_ms, options, |_| {}).await
+    }
+
+    async fn start_with(max_lag_ms: u64, options: AppOptions, configure: impl FnOnce(&mut Settings)) -> Self {
         let pair = ReplicaPair::shared();
         let db = TestDatabase::create_on(&pair.primary_admin_url()).await;
         // A test that failed while replay was paused must not leave it paused for the next.
@@ -46,6 +50,7 @@ impl ReplicaApp {
                 settings.database.replica_urls = vec![replica_url];
                 settings.database.replica_max_lag_ms = max_lag_ms;
                 settings.database.replica_check_interval_ms = 50;
+                configure(settings);
             },
             options,
         )
@@ -284,6 +289,29 @@ async fn a_write_through_the_api_is_read_back_while_replay_is_paused() {
     let (_, body) = app.read(&path).await;
     let detail: Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(detail["title"], "After", "the writer reads its own write although the replica lags");
+    app.resume_replay_and_catch_up().await;
+}
+
+#[tokio::test]
+async fn a_read_that_bypasses_the_cache_reads_the_replica_only_once_it_has_every_commit() {
+    let app = ReplicaApp::start_with(3_600_000, AppOptions::default(), |settings| settings.cache.enabled = false).await;
+    app.app.create_risk(&app.app.a.analyst, "Before").await;
+    app.resume_replay_and_catch_up().await;
+    // Caught up, bypassed reads go to the replica (once it has replayed whatever the primary
+    // wrote last, which a request may just have added to).
+    let replica_reads = app.app.metric("openrisk_db_reads_total{target=\"replica\"}").await;
+    let started = Instant::now();
+    while app.app.metric("openrisk_db_reads_total{target=\"replica\"}").await == replica_reads {
+        assert_eq!(app.read("/api/v1/risks").await.0, CacheStatus::Disabled);
+        assert!(started.elapsed() < WAIT, "no bypassed read went to the caught-up replica");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    app.pause_replay().await;
+
+    app.app.create_risk(&app.app.a.analyst, "Written while replay is paused").await;
+    let (_, body) = app.read("/api/v1/risks").await;
+    let page: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(page["total"], 2, "the bypassed read went to the primary: {page}");
     app.resume_replay_and_catch_up().await;
 }
 

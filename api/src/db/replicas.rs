@@ -216,10 +216,8 @@ impl ReadRouter {
             // Read committed whatever the server's default: each of the read's queries then takes
             // its snapshot after the replay check (under repeatable read the snapshot would be
             // the check's own, which may predate the position it reports).
-            let transaction = replica
-                .conn
-                .begin_with_config(Some(IsolationLevel::ReadCommitted), Some(AccessMode::ReadOnly))
-                .await?;
+            let transaction =
+                replica.conn.begin_with_config(Some(IsolationLevel::ReadCommitted), Some(AccessMode::ReadOnly)).await?;
             let row = transaction
                 .query_one_raw(stmt("SELECT pg_last_wal_replay_lsn()::text AS replayed", []))
                 .await?
