@@ -247,13 +247,13 @@ async fn drive(world: &Arc<World>, cfg: &Config, tally: &mut Tally) -> anyhow::R
     }
     let rounds = if cfg.smoke { 1 } else { cfg.rounds };
     let mut schedule = Vec::new();
-    let faults: &[Fault] = match (cfg.replica, cfg.smoke) {
-        (false, _) => &faults::ALL,
-        (true, true) => &faults::REPLICA_SMOKE,
-        (true, false) => &faults::REPLICA,
+    let faults: Vec<Fault> = match (cfg.replica, cfg.smoke) {
+        (false, _) => faults::ALL.to_vec(),
+        (true, true) => faults::REPLICA_SMOKE.to_vec(),
+        (true, false) => faults::replica_run(),
     };
     for _ in 0..rounds {
-        let mut round = faults.to_vec();
+        let mut round = faults.clone();
         round.shuffle(&mut rng);
         schedule.extend(round);
     }
