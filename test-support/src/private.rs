@@ -308,6 +308,11 @@ impl ReplicaPair {
         }
     }
 
+    /// The primary's postmaster (its backends are its children), for measuring its CPU time.
+    pub fn primary_pid(&self) -> Option<u32> {
+        self.postmaster_pid("primary")
+    }
+
     fn postmaster_pid(&self, server: &str) -> Option<u32> {
         let text = std::fs::read_to_string(self.data(server).join("postmaster.pid")).ok()?;
         text.lines().next()?.trim().parse().ok()
