@@ -114,7 +114,8 @@ fn replica_name(url: &str) -> String {
     rest.split('?').next().unwrap_or_default().to_owned()
 }
 
-fn text(row: &QueryResult, column: &str) -> Result<Option<String>, DbErr> {
+/// A text column of a row, `None` when SQL NULL.
+fn text_column(row: &QueryResult, column: &str) -> Result<Option<String>, DbErr> {
     row.try_get::<Option<String>>("", column)
 }
 
@@ -176,7 +177,7 @@ impl ReadRouter {
             .query_one_raw(stmt("SELECT pg_current_wal_insert_lsn()::text AS position", []))
             .await?
             .ok_or_else(|| DbErr::RecordNotFound("pg_current_wal_insert_lsn".into()))?;
-        text(&row, "position")?
+        text_column(&row, "position")?
             .and_then(|position| position.parse().ok())
             .ok_or_else(|| DbErr::Custom("pg_current_wal_insert_lsn is not a WAL position".into()))
     }
@@ -222,7 +223,10 @@ impl ReadRouter {
                 .query_one_raw(stmt("SELECT pg_last_wal_replay_lsn()::text AS replayed", []))
                 .await?
                 .ok_or_else(|| DbErr::RecordNotFound("pg_last_wal_replay_lsn".into()))?;
-            Ok::<_, DbErr>((transaction, text(&row, "replayed")?.and_then(|replayed| replayed.parse::<Lsn>().ok())))
+            Ok::<_, DbErr>((
+                transaction,
+                text_column(&row, "replayed")?.and_then(|replayed| replayed.parse::<Lsn>().ok()),
+            ))
         })
         .await;
         let name = || replica.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).name.clone();
@@ -294,8 +298,8 @@ impl ReadRouter {
             Ok(Ok(Some(row))) => row,
             _ => return ReplicaState { name, health: ReplicaHealth::Down, lag_seconds: None, lag_bytes: None },
         };
-        let in_recovery = text(&row, "in_recovery").ok().flatten().is_some_and(|value| value == "true");
-        let replayed = text(&row, "replayed").ok().flatten().and_then(|replayed| replayed.parse::<Lsn>().ok());
+        let in_recovery = text_column(&row, "in_recovery").ok().flatten().is_some_and(|value| value == "true");
+        let replayed = text_column(&row, "replayed").ok().flatten().and_then(|replayed| replayed.parse::<Lsn>().ok());
         let (Some(replayed), true) = (replayed, in_recovery) else {
             return ReplicaState { name, health: ReplicaHealth::NotInRecovery, lag_seconds: None, lag_bytes: None };
         };
