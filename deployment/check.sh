@@ -135,6 +135,8 @@ check "amtool check-config alertmanager.yml" amtool check-config deployment/aler
 # ------------------------------------------------------------------ compose and images
 echo "== compose"
 check "${COMPOSE[*]} config -q" "${COMPOSE[@]}" -f deployment/docker-compose.yml config -q
+check "${COMPOSE[*]} config -q with the Redis Cluster variant" \
+    "${COMPOSE[@]}" -f deployment/docker-compose.yml -f deployment/docker-compose.cluster.yml config -q
 check "compose: services, migrate gating, scalable invalidator, Redis policy, env keys" "$PY" deployment/validate.py compose
 check "Dockerfile: targets, non-root user, healthchecks, .dockerignore" "$PY" deployment/validate.py docker
 

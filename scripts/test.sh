@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test against the local PostgreSQL and Redis (each test gets its own database and
-# Redis namespace). Installs what it needs.
+# Redis namespace), then the API, invalidator and protocol suites again against a private Redis
+# Cluster. Installs what it needs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,3 +10,8 @@ if ! cargo nextest --version >/dev/null 2>&1; then
     cargo install --locked cargo-nextest
 fi
 cargo nextest run --workspace --profile "${NEXTEST_PROFILE:-default}" "$@"
+# The API, invalidator and protocol suites once more, on a private Redis Cluster (less the
+# tests that bring servers of their own, which gain nothing from a second run).
+scripts/with-redis-cluster.sh cargo nextest run --workspace --profile "${NEXTEST_PROFILE:-default}" \
+    -E '(package(openrisk-api) | package(openrisk-invalidator) | (package(openrisk-shared) & binary(protocol)))
+        & !binary(redis_failover) & !binary(redis_down) & !binary(openapi) & !binary(replicas)' "$@"

@@ -8,6 +8,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use openrisk_shared::Settings;
+use openrisk_shared::redis_cluster::ClusterWatch;
+use openrisk_shared::redis_connection::RedisUrlError;
 use poem::endpoint::{BoxEndpoint, make_sync};
 use poem::listener::TcpAcceptor;
 use poem::middleware::{NormalizePath, TrailingSlash};
@@ -34,6 +36,9 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// ASCII characters), a new UUID v4 otherwise, and returned on every response.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
+/// How often the Redis Cluster's health is polled.
+const CLUSTER_WATCH_INTERVAL: Duration = Duration::from_secs(2);
+
 /// How long a shutdown waits for in-flight requests.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
@@ -44,6 +49,10 @@ pub enum StartError {
     Database(#[from] sea_orm::DbErr),
     #[error("invalid Redis configuration: {0}")]
     Redis(#[from] redis::RedisError),
+    #[error(transparent)]
+    RedisUrl(#[from] RedisUrlError),
+    #[error("cannot register metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
     #[error("cannot listen on {addr}: {source}")]
     Listen { addr: SocketAddr, source: std::io::Error },
 }
@@ -59,6 +68,8 @@ pub struct AppState {
     pub cache: Arc<Cache>,
     pub tokens: TokenVerifier,
     pub metrics: Arc<Metrics>,
+    /// The Redis Cluster's health as last polled (nothing on a single node).
+    pub cluster: ClusterWatch,
 }
 
 /// Start-up options that are not configuration (used by tests).
@@ -84,7 +95,12 @@ impl AppState {
             metrics.clone(),
         )
         .await?;
-        let cache = Cache::new(&settings.redis_url, settings.cache.clone(), metrics.clone(), options.before_fill)?;
+        let cache =
+            Cache::new(&settings.redis_target()?, settings.cache.clone(), metrics.clone(), options.before_fill)?;
+        let cluster = ClusterWatch::new(&metrics.registry)?;
+        if let Some(connection) = cache.cluster_connection() {
+            tokio::spawn(cluster.clone().run(connection, CLUSTER_WATCH_INTERVAL));
+        }
         let tokens =
             TokenVerifier::new(conn.clone(), Duration::from_secs(settings.cache.token_cache_secs), metrics.clone());
         let state = Arc::new(AppState {
@@ -93,6 +109,7 @@ impl AppState {
             cache: Arc::new(cache),
             tokens,
             metrics,
+            cluster,
             settings,
         });
         state.metrics.set_eviction_policy_ok(false);

@@ -139,7 +139,7 @@ impl ReplicaApp {
     /// Unlinks every cached entry (as eviction would), keeping versions and floors.
     async fn evict_entries(&self) {
         let entries: Vec<String> = self.app.redis.keys().into_iter().filter(|key| key.contains(":e2:")).collect();
-        let mut redis = common_redis(&self.app.redis.url).await;
+        let mut redis = self.app.redis.connect().await;
         for key in entries {
             let _: i64 = redis::cmd("UNLINK").arg(&key).query_async(&mut redis).await.unwrap();
         }
@@ -147,7 +147,7 @@ impl ReplicaApp {
 
     /// The bodies of every entry stored in Redis now.
     async fn stored_bodies(&self) -> Vec<Bytes> {
-        let mut redis = common_redis(&self.app.redis.url).await;
+        let mut redis = self.app.redis.connect().await;
         let mut bodies = Vec::new();
         for key in self.app.redis.keys().into_iter().filter(|key| key.contains(":e2:")) {
             let stored: Option<Vec<u8>> = redis::cmd("GET").arg(&key).query_async(&mut redis).await.unwrap();
@@ -157,10 +157,6 @@ impl ReplicaApp {
         }
         bodies
     }
-}
-
-async fn common_redis(url: &str) -> redis::aio::MultiplexedConnection {
-    redis::Client::open(url).unwrap().get_multiplexed_async_connection().await.unwrap()
 }
 
 /// Connects to `url` on the replica once the replica answers and has replayed the database's

@@ -10,6 +10,8 @@ use poem::web::Data;
 use poem::{EndpointExt, IntoResponse, Response, Route, get, handler};
 use tokio_util::sync::CancellationToken;
 
+use openrisk_shared::redis_cluster::ClusterWatch;
+
 use crate::metrics::Metrics;
 use crate::outbox;
 use crate::worker::Status;
@@ -29,26 +31,29 @@ fn healthz() -> &'static str {
     "ok"
 }
 
-/// Ready when connected to Postgres and Redis and the outbox is caught up.
+/// Ready when connected to Postgres and Redis and the outbox is caught up; also shows the Redis
+/// Cluster's health when there is one.
 #[handler]
-fn readyz(Data(status): Data<&Arc<Status>>) -> Response {
+fn readyz(Data(status): Data<&Arc<Status>>, Data(cluster): Data<&ClusterWatch>) -> Response {
     let body = serde_json::json!({
         "postgres": status.postgres_connected.load(Ordering::Relaxed),
         "redis": status.redis_connected.load(Ordering::Relaxed),
         "caught_up": status.caught_up.load(Ordering::Relaxed),
+        "redis_cluster": cluster.latest(),
     });
     let code = if status.ready() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     poem::web::Json(body).with_status(code).into_response()
 }
 
 /// The routes served on `METRICS_ADDR`.
-pub fn routes(metrics: Metrics, status: Arc<Status>) -> impl poem::Endpoint {
+pub fn routes(metrics: Metrics, status: Arc<Status>, cluster: ClusterWatch) -> impl poem::Endpoint {
     Route::new()
         .at("/metrics", get(metrics_endpoint))
         .at("/healthz", get(healthz))
         .at("/readyz", get(readyz))
         .data(metrics)
         .data(status)
+        .data(cluster)
 }
 
 /// Samples the outbox backlog every second until shutdown (its own connection, reconnecting).

@@ -14,6 +14,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use openrisk_shared::Settings;
+use openrisk_shared::redis_cluster::ClusterWatch;
+use openrisk_shared::redis_connection::{RedisUrlError, Timeouts};
 use poem::listener::{Acceptor, Listener as _, TcpListener};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -34,7 +36,16 @@ pub struct Running {
 pub enum StartError {
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
+    #[error(transparent)]
+    RedisUrl(#[from] RedisUrlError),
+    #[error("invalid Redis configuration: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("cannot register metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
 }
+
+/// How often the Redis Cluster's health is polled.
+const CLUSTER_WATCH_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Starts a replica; `settings.metrics_addr` may use port 0 (tests).
 pub async fn start(settings: Settings) -> Result<Running, StartError> {
@@ -47,7 +58,8 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
     let acceptor = TcpListener::bind(addr).into_acceptor().await.map_err(|source| StartError::Bind { addr, source })?;
     let metrics_addr = acceptor.local_addr().first().and_then(|local| local.as_socket_addr().copied()).unwrap_or(addr);
     let server = poem::Server::new_with_acceptor(acceptor);
-    let endpoints = health::routes(metrics.clone(), status.clone());
+    let cluster = ClusterWatch::new(&metrics.registry)?;
+    let endpoints = health::routes(metrics.clone(), status.clone(), cluster.clone());
     let server_shutdown = shutdown.clone();
     let server_task = tokio::spawn(async move {
         let stopped = server_shutdown.cancelled_owned();
@@ -62,11 +74,26 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
         status.clone(),
         shutdown.clone(),
     ));
-    let worker = Worker::new(settings.clone(), metrics.clone(), status.clone());
+    let worker = Worker::new(settings.clone(), metrics.clone(), status.clone())?;
     let worker_shutdown = shutdown.clone();
     let worker_task = tokio::spawn(async move { worker.run(worker_shutdown).await });
+    let redis = settings.redis_target()?;
+    let watch_connection = redis.connect_lazily(Timeouts::all(CLUSTER_WATCH_INTERVAL), CLUSTER_WATCH_INTERVAL)?;
+    let watch_shutdown = shutdown.clone();
+    let watch_task = tokio::spawn(async move {
+        tokio::select! {
+            () = cluster.run(watch_connection, CLUSTER_WATCH_INTERVAL) => {}
+            () = watch_shutdown.cancelled() => {}
+        }
+    });
     tracing::info!(%metrics_addr, mode = ?settings.invalidator.mode, "invalidator started");
-    Ok(Running { metrics_addr, metrics, status, shutdown, tasks: vec![worker_task, sampler_task, server_task] })
+    Ok(Running {
+        metrics_addr,
+        metrics,
+        status,
+        shutdown,
+        tasks: vec![worker_task, sampler_task, server_task, watch_task],
+    })
 }
 
 impl Running {

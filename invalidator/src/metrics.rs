@@ -54,9 +54,13 @@ impl Metrics {
             counter_vec("openrisk_invalidator_errors_total", "Failed batches, by the system that failed.", "kind");
         let reconnects =
             counter_vec("openrisk_invalidator_reconnects_total", "Connections re-established, by target.", "target");
-        for (vec, label) in
-            [(&errors, "postgres"), (&errors, "redis"), (&reconnects, "postgres"), (&reconnects, "redis")]
-        {
+        for (vec, label) in [
+            (&errors, "postgres"),
+            (&errors, "redis"),
+            (&errors, "redis_replication"),
+            (&reconnects, "postgres"),
+            (&reconnects, "redis"),
+        ] {
             vec.with_label_values(&[label]);
         }
         Self {

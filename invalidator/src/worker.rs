@@ -10,13 +10,14 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use openrisk_shared::config::{Settings, WakeMode};
 use openrisk_shared::db::Lsn;
 use openrisk_shared::keys::{Keyspace, Tag};
-use openrisk_shared::protocol::{self, Reclaimable};
-use redis::AsyncConnectionConfig;
-use redis::aio::MultiplexedConnection;
+use openrisk_shared::protocol::{self, InvalidateError, Reclaimable, ReplicaAck};
+use openrisk_shared::redis_connection::{RedisConnection, RedisTarget, Timeouts};
 use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 use tracing::field::Empty;
 use uuid::Uuid;
+
+use openrisk_shared::redis_connection::RedisUrlError;
 
 use crate::listener::Listener;
 use crate::metrics::Metrics;
@@ -47,12 +48,26 @@ enum BatchError {
     Postgres(#[from] tokio_postgres::Error),
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
+    /// Applied, but not yet on enough Redis replicas to survive a failover: retried later.
+    #[error("{0}; the events stay in the outbox and are applied again")]
+    NotReplicated(String),
+}
+
+impl From<InvalidateError> for BatchError {
+    fn from(error: InvalidateError) -> Self {
+        match error {
+            InvalidateError::Redis(error) => Self::Redis(error),
+            not_replicated @ InvalidateError::NotReplicated { .. } => Self::NotReplicated(not_replicated.to_string()),
+        }
+    }
 }
 
 /// One invalidator replica.
 #[derive(Clone)]
 pub struct Worker {
     settings: Arc<Settings>,
+    redis: RedisTarget,
+    replica_ack: ReplicaAck,
     keyspace: Keyspace,
     metrics: Metrics,
     status: Arc<Status>,
@@ -78,16 +93,19 @@ async fn pause(delay: Duration, shutdown: &CancellationToken) -> bool {
 }
 
 impl Worker {
-    pub fn new(settings: Arc<Settings>, metrics: Metrics, status: Arc<Status>) -> Self {
+    /// A replica for `settings`, whose Redis URL was validated when they were loaded.
+    pub fn new(settings: Arc<Settings>, metrics: Metrics, status: Arc<Status>) -> Result<Self, RedisUrlError> {
         let keyspace = Keyspace::new(settings.cache.key_prefix.clone());
-        Self { settings, keyspace, metrics, status, listener_was_up: Arc::default() }
+        let redis = settings.redis_target()?;
+        let replica_ack = settings.replica_ack();
+        Ok(Self { settings, redis, replica_ack, keyspace, metrics, status, listener_was_up: Arc::default() })
     }
 
     /// Runs until `shutdown` is cancelled; a batch in hand is finished (or, if it cannot be,
     /// released by rolling back) before returning.
     pub async fn run(&self, shutdown: CancellationToken) {
         let mut outbox: Option<Client> = None;
-        let mut redis: Option<MultiplexedConnection> = None;
+        let mut redis: Option<RedisConnection> = None;
         let mut listener: Option<Listener> = None;
         let mut backoff = reconnect_backoff();
         let (mut postgres_was_up, mut redis_was_up) = (false, false);
@@ -158,12 +176,7 @@ impl Worker {
         *was_up = true;
     }
 
-    fn on_batch_error(
-        &self,
-        error: &BatchError,
-        outbox: &mut Option<Client>,
-        redis: &mut Option<MultiplexedConnection>,
-    ) {
+    fn on_batch_error(&self, error: &BatchError, outbox: &mut Option<Client>, redis: &mut Option<RedisConnection>) {
         tracing::warn!(%error, "batch failed; its events stay in the outbox");
         match error {
             BatchError::Postgres(_) => {
@@ -177,15 +190,17 @@ impl Worker {
                 self.status.redis_connected.store(false, Ordering::Relaxed);
                 *redis = None;
             }
+            BatchError::NotReplicated(_) => {
+                self.metrics.errors.with_label_values(&["redis_replication"]).inc();
+            }
         }
     }
 
-    async fn connect_redis(&self) -> redis::RedisResult<MultiplexedConnection> {
-        let client = redis::Client::open(self.settings.redis_url.as_str())?;
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(Some(Duration::from_secs(5)));
-        let mut connection = client.get_multiplexed_async_connection_with_config(&config).await?;
+    async fn connect_redis(&self) -> redis::RedisResult<RedisConnection> {
+        // A reply may include a WAIT for replicas, so it may take that much longer.
+        let response = Duration::from_secs(5) + self.replica_ack.timeout;
+        let timeouts = Timeouts { connect: Duration::from_secs(2), response, overall: response * 2 };
+        let mut connection = self.redis.connect(timeouts).await?;
         if let Err(error) = protocol::check_eviction_policy(&mut connection).await {
             tracing::warn!(%error, "could not read Redis eviction settings");
         }
@@ -195,7 +210,7 @@ impl Worker {
     /// Claims one batch, applies it to Redis, then acknowledges it. Returns how many events it
     /// handled (0: the outbox had nothing unclaimed).
     #[tracing::instrument(name = "batch", skip_all, fields(size = Empty, tenants = Empty, lag_ms = Empty))]
-    async fn process_batch(&self, client: &mut Client, redis: &mut MultiplexedConnection) -> Result<usize, BatchError> {
+    async fn process_batch(&self, client: &mut Client, redis: &mut RedisConnection) -> Result<usize, BatchError> {
         let transaction = client.transaction().await?;
         let batch = outbox::claim(&transaction, self.settings.invalidator.batch_size).await?;
         if batch.is_empty() {
@@ -220,7 +235,7 @@ impl Worker {
 
     /// Unlinks the entries of the member sets a batch moved aside, off the batch path: they can
     /// no longer be read, so this is only memory and must not delay the next batch.
-    fn reclaim_in_background(&self, redis: &MultiplexedConnection, reclaimable: Reclaimable) {
+    fn reclaim_in_background(&self, redis: &RedisConnection, reclaimable: Reclaimable) {
         if reclaimable.is_empty() {
             return;
         }
@@ -247,14 +262,15 @@ impl Worker {
     }
 
     /// Invalidates every tag of the batch, collapsed per tenant, concurrently over the
-    /// multiplexed connection, recording `replayed_by` as the replay floor the new versions need
-    /// on a read replica. Returns the distinct tags and the member sets to reclaim.
+    /// multiplexed connection, each call waiting for the configured Redis replicas and recording
+    /// `replayed_by` as the replay floor the new versions need on a read replica. Returns the
+    /// distinct tags and the member sets to reclaim.
     async fn apply(
         &self,
-        redis: &mut MultiplexedConnection,
+        redis: &mut RedisConnection,
         events: &[ClaimedEvent],
         replayed_by: Lsn,
-    ) -> redis::RedisResult<(u64, Reclaimable)> {
+    ) -> Result<(u64, Reclaimable), InvalidateError> {
         let mut by_tenant: HashMap<Uuid, BTreeSet<Tag>> = HashMap::new();
         for claimed in events {
             by_tenant.entry(claimed.event.tenant_id).or_default().extend(claimed.event.tags.iter().cloned());
@@ -267,8 +283,17 @@ impl Worker {
                     let mut connection = redis.clone();
                     let chunk = chunk.to_vec();
                     let keyspace = &self.keyspace;
+                    let ack = self.replica_ack;
                     async move {
-                        protocol::invalidate_replayed_by(&mut connection, keyspace, tenant, &chunk, replayed_by).await
+                        protocol::invalidate_replicated(
+                            &mut connection,
+                            keyspace,
+                            tenant,
+                            &chunk,
+                            ack,
+                            Some(replayed_by),
+                        )
+                        .await
                     }
                 })
                 .collect::<Vec<_>>()
@@ -286,7 +311,7 @@ impl Worker {
         &self,
         listener: &mut Option<Listener>,
         outbox: &mut Option<Client>,
-        redis: &mut Option<MultiplexedConnection>,
+        redis: &mut Option<RedisConnection>,
         shutdown: &CancellationToken,
     ) -> Result<(), BatchError> {
         let poll = Duration::from_millis(self.settings.invalidator.poll_interval_ms);
@@ -329,7 +354,7 @@ impl Worker {
         &self,
         wake: &mut Listener,
         outbox: &mut Option<Client>,
-        redis: &mut Option<MultiplexedConnection>,
+        redis: &mut Option<RedisConnection>,
         poll: Duration,
         shutdown: &CancellationToken,
     ) -> Result<(), BatchError> {

@@ -12,6 +12,9 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
+use crate::protocol::ReplicaAck;
+use crate::redis_connection::{RedisTarget, RedisUrlError};
+
 /// Why the configuration could not be loaded; names the offending key and value.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -155,6 +158,11 @@ pub struct InvalidatorSettings {
     pub shutdown_timeout_ms: u64,
     /// Outbox age above which /readyz reports the replica as not caught up.
     pub ready_max_lag_ms: u64,
+    /// Redis replicas that must confirm an invalidation (`WAIT`) before its outbox rows are
+    /// acknowledged; unset: 1 on a cluster, 0 on a single node.
+    pub redis_replicas_ack: Option<u32>,
+    /// How long one `WAIT` may take before the batch is left in the outbox for a retry.
+    pub redis_replicas_ack_timeout_ms: u64,
 }
 
 impl Default for InvalidatorSettings {
@@ -165,6 +173,8 @@ impl Default for InvalidatorSettings {
             poll_interval_ms: 1000,
             shutdown_timeout_ms: 10_000,
             ready_max_lag_ms: 5_000,
+            redis_replicas_ack: None,
+            redis_replicas_ack_timeout_ms: 500,
         }
     }
 }
@@ -273,6 +283,7 @@ impl Settings {
             self.database_url.starts_with("postgres://") || self.database_url.starts_with("postgresql://"),
             "database_url must be a postgres:// URL",
         )?;
+        RedisTarget::parse(&self.redis_url).map_err(|error| ConfigError::Rule(error.to_string()))?;
         rule(
             self.database
                 .replica_urls
@@ -283,8 +294,8 @@ impl Settings {
         rule(self.database.replica_max_lag_ms >= 1, "database.replica_max_lag_ms must be at least 1")?;
         rule(self.database.replica_check_interval_ms >= 1, "database.replica_check_interval_ms must be at least 1")?;
         rule(
-            self.redis_url.starts_with("redis://") || self.redis_url.starts_with("rediss://"),
-            "redis_url must be a redis:// or rediss:// URL",
+            self.invalidator.redis_replicas_ack_timeout_ms >= 1,
+            "invalidator.redis_replicas_ack_timeout_ms must be at least 1",
         )?;
         rule(
             !self.cache.key_prefix.is_empty()
@@ -305,6 +316,21 @@ impl Settings {
         rule(pool.max_connections >= 1, "pool.max_connections must be at least 1")?;
         rule(pool.min_idle <= pool.max_connections, "pool.min_idle must not exceed pool.max_connections")?;
         Ok(())
+    }
+
+    /// Where Redis is, from `redis_url` (validated when the settings were loaded).
+    pub fn redis_target(&self) -> Result<RedisTarget, RedisUrlError> {
+        RedisTarget::parse(&self.redis_url)
+    }
+
+    /// What the invalidator waits for before acknowledging: by default one replica on a
+    /// cluster (whose masters have replicas) and none on a single node.
+    pub fn replica_ack(&self) -> ReplicaAck {
+        let clustered = self.redis_target().is_ok_and(|target| target.is_cluster());
+        ReplicaAck {
+            replicas: self.invalidator.redis_replicas_ack.unwrap_or(u32::from(clustered)),
+            timeout: Duration::from_millis(self.invalidator.redis_replicas_ack_timeout_ms),
+        }
     }
 
     /// The profile's pool defaults with any explicit overrides applied.

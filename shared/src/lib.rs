@@ -9,6 +9,8 @@ pub mod event;
 pub mod keys;
 pub mod metrics;
 pub mod protocol;
+pub mod redis_cluster;
+pub mod redis_connection;
 pub mod telemetry;
 
 pub use cache_status::CacheStatus;

@@ -44,6 +44,7 @@ use uuid::Uuid;
 
 use crate::db::Lsn;
 use crate::keys::{Keyspace, Tag};
+use crate::redis_connection::RedisConnection;
 
 /// Members unlinked per Redis command by [`reclaim`]: bounds the time one command holds Redis,
 /// whatever the number of entries cached under a tag.
@@ -312,9 +313,7 @@ pub async fn fill<C: ConnectionLike>(
 /// the previous version's floor and at least the given position, so it covers every write whose
 /// invalidation finished before the new version was written: never lower than it must be,
 /// whatever order concurrent invalidations run in.
-static INVALIDATE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
+const INVALIDATE_SOURCE: &str = r#"
 local function later(a, b)
   local a_high, b_high = tonumber(string.sub(a, 1, 8), 16), tonumber(string.sub(b, 1, 8), 16)
   if a_high ~= b_high then
@@ -348,9 +347,9 @@ for i = 1, #KEYS, 4 do
   end
 end
 return moved
-"#,
-    )
-});
+"#;
+
+static INVALIDATE: LazyLock<Script> = LazyLock::new(|| Script::new(INVALIDATE_SOURCE));
 
 /// Member sets moved aside by [`invalidate`], whose entries [`reclaim`] unlinks.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -368,10 +367,34 @@ impl Reclaimable {
     }
 }
 
+/// How many Redis replicas must hold an invalidation before it counts as done, and how long to
+/// wait for them (`WAIT`). Zero replicas: done once the master has applied it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplicaAck {
+    pub replicas: u32,
+    pub timeout: std::time::Duration,
+}
+
+impl ReplicaAck {
+    /// Done once the master has applied it (a single node, or best-effort callers).
+    pub const MASTER_ONLY: Self = Self { replicas: 0, timeout: std::time::Duration::ZERO };
+}
+
+/// Why an invalidation is not known to be done.
+#[derive(Debug, thiserror::Error)]
+pub enum InvalidateError {
+    #[error(transparent)]
+    Redis(#[from] redis::RedisError),
+    /// Applied on the master, but fewer replicas than required confirmed it in time: a failover
+    /// now could promote a replica that never saw it, so it must be applied again later.
+    #[error("invalidation reached {acked} of the {required} Redis replicas required within {timeout:?}")]
+    NotReplicated { acked: u32, required: u32, timeout: std::time::Duration },
+}
+
 /// Invalidates `tags` of `tenant` (one script, O(tags)): after it returns no entry built under
 /// their previous versions is served. Idempotent; a tag nothing was cached under costs one
 /// `GET`. The caller reclaims the returned member sets once it has acknowledged the event.
-/// The new versions' replay floors are unknown (see [`invalidate_replayed_by`]).
+/// The new versions' replay floors are unknown (see [`invalidate_replicated`]).
 pub async fn invalidate<C: ConnectionLike>(
     conn: &mut C,
     keyspace: &Keyspace,
@@ -379,19 +402,6 @@ pub async fn invalidate<C: ConnectionLike>(
     tags: &[Tag],
 ) -> redis::RedisResult<Reclaimable> {
     invalidate_with_floor(conn, keyspace, tenant, tags, None).await
-}
-
-/// [`invalidate`] for writes whose commit records all end at or before `replayed_by` on the
-/// primary (the invalidator passes the primary's insert position read after it saw their outbox
-/// rows): the new versions keep a known replay floor where the previous ones had one.
-pub async fn invalidate_replayed_by<C: ConnectionLike>(
-    conn: &mut C,
-    keyspace: &Keyspace,
-    tenant: Uuid,
-    tags: &[Tag],
-    replayed_by: Lsn,
-) -> redis::RedisResult<Reclaimable> {
-    invalidate_with_floor(conn, keyspace, tenant, tags, Some(replayed_by)).await
 }
 
 async fn invalidate_with_floor<C: ConnectionLike>(
@@ -404,22 +414,86 @@ async fn invalidate_with_floor<C: ConnectionLike>(
     if tags.is_empty() {
         return Ok(Reclaimable::default());
     }
-    let token = fresh_token();
+    let (token, keys) = invalidation_keys(keyspace, tenant, tags);
     let mut call = INVALIDATE.prepare_invoke();
-    for tag in tags {
-        call.key(keyspace.version_key(tenant, tag))
-            .key(keyspace.members_key(tenant, tag))
-            .key(keyspace.reclaim_key(tenant, tag, &token))
-            .key(keyspace.replay_floor_key(tenant, tag));
+    for key in &keys {
+        call.key(key);
     }
     call.arg(&token).arg(replayed_by.map(floor_text).unwrap_or_default());
     let keys: Vec<String> = call.invoke_async(conn).await?;
     Ok(Reclaimable { keys })
 }
 
+/// A fresh token and the KEYS of [`INVALIDATE`] for `tags`.
+fn invalidation_keys(keyspace: &Keyspace, tenant: Uuid, tags: &[Tag]) -> (String, Vec<String>) {
+    let token = fresh_token();
+    let keys = tags
+        .iter()
+        .flat_map(|tag| {
+            [
+                keyspace.version_key(tenant, tag),
+                keyspace.members_key(tenant, tag),
+                keyspace.reclaim_key(tenant, tag, &token),
+                keyspace.replay_floor_key(tenant, tag),
+            ]
+        })
+        .collect();
+    (token, keys)
+}
+
 /// A WAL position as stored in a floor: 16 hex digits, so the scripts compare fixed-width text.
 fn floor_text(lsn: Lsn) -> String {
     format!("{:016x}", lsn.0)
+}
+
+/// [`invalidate`], then `WAIT` until `ack.replicas` replicas of the tenant's master hold it. The
+/// script and the `WAIT` travel in one pipeline on one connection to that master (its first key
+/// routes it), so the `WAIT` covers exactly this script's writes even if a connection is
+/// replaced between calls. `replayed_by`, when known, is a position at or past the end of the
+/// commit records of every write being invalidated (the invalidator passes the primary's insert
+/// position read after it saw their outbox rows): the new versions keep a known replay floor
+/// where the previous ones had one.
+///
+/// Invariant: `Ok` means the invalidation survives the failover of its master to any replica
+/// that confirmed it (Redis promotes the replica with the most replicated data first).
+pub async fn invalidate_replicated<C: ConnectionLike>(
+    conn: &mut C,
+    keyspace: &Keyspace,
+    tenant: Uuid,
+    tags: &[Tag],
+    ack: ReplicaAck,
+    replayed_by: Option<Lsn>,
+) -> Result<Reclaimable, InvalidateError> {
+    if tags.is_empty() || ack.replicas == 0 {
+        return Ok(invalidate_with_floor(conn, keyspace, tenant, tags, replayed_by).await?);
+    }
+    let (token, keys) = invalidation_keys(keyspace, tenant, tags);
+    let floor = replayed_by.map(floor_text).unwrap_or_default();
+    // A script inside a pipeline is not loaded for us: try it by hash, and on NOSCRIPT send its
+    // source (which also loads it on that node for the next time).
+    let pipeline = |by_hash: bool| {
+        let mut pipe = redis::pipe();
+        let command = pipe.cmd(if by_hash { "EVALSHA" } else { "EVAL" });
+        command
+            .arg(if by_hash { INVALIDATE.get_hash() } else { INVALIDATE_SOURCE })
+            .arg(keys.len())
+            .arg(&keys)
+            .arg(&token)
+            .arg(&floor);
+        pipe.cmd("WAIT").arg(ack.replicas).arg(u64::try_from(ack.timeout.as_millis()).unwrap_or(u64::MAX).max(1));
+        pipe
+    };
+    let reply: redis::RedisResult<(Vec<String>, u32)> = pipeline(true).query_async(conn).await;
+    let (moved, acked) = match reply {
+        Err(error) if error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+            pipeline(false).query_async(conn).await?
+        }
+        other => other?,
+    };
+    if acked < ack.replicas {
+        return Err(InvalidateError::NotReplicated { acked, required: ack.replicas, timeout: ack.timeout });
+    }
+    Ok(Reclaimable { keys: moved })
 }
 
 /// The replay floors of a complete snapshot's versions, as [`replay_floor`] found them.
@@ -588,18 +662,28 @@ pub fn eviction_policy_problem(policy: &str, maxmemory: u64) -> Option<String> {
     }
 }
 
-/// Reads the server's eviction settings and logs a loud warning when they do not suit the
-/// protocol. Returns the problem, if any, so callers can export it.
-pub async fn check_eviction_policy<C: ConnectionLike>(conn: &mut C) -> redis::RedisResult<Option<String>> {
-    let policy: Vec<String> = redis::cmd("CONFIG").arg("GET").arg("maxmemory-policy").query_async(conn).await?;
-    let maxmemory: Vec<String> = redis::cmd("CONFIG").arg("GET").arg("maxmemory").query_async(conn).await?;
-    let policy = policy.get(1).cloned().unwrap_or_default();
-    let maxmemory = maxmemory.get(1).and_then(|value| value.parse().ok()).unwrap_or(0);
-    let problem = eviction_policy_problem(&policy, maxmemory);
-    if let Some(problem) = &problem {
-        tracing::warn!(policy, maxmemory, "REDIS EVICTION POLICY: {problem}");
+/// Reads the eviction settings of the server (every master of a cluster) and logs a loud
+/// warning when they do not suit the protocol. Returns the first problem, if any, so callers
+/// can export it.
+pub async fn check_eviction_policy(conn: &mut RedisConnection) -> redis::RedisResult<Option<String>> {
+    let policies: Vec<(String, Vec<String>)> =
+        conn.on_every_master(redis::cmd("CONFIG").arg("GET").arg("maxmemory-policy")).await?;
+    let limits: Vec<(String, Vec<String>)> =
+        conn.on_every_master(redis::cmd("CONFIG").arg("GET").arg("maxmemory")).await?;
+    let mut first_problem = None;
+    for (node, policy) in policies {
+        let policy = policy.get(1).cloned().unwrap_or_default();
+        let maxmemory = limits
+            .iter()
+            .find(|(limit_node, _)| *limit_node == node)
+            .and_then(|(_, limit)| limit.get(1)?.parse().ok())
+            .unwrap_or(0);
+        if let Some(problem) = eviction_policy_problem(&policy, maxmemory) {
+            tracing::warn!(node, policy, maxmemory, "REDIS EVICTION POLICY: {problem}");
+            first_problem.get_or_insert(problem);
+        }
     }
-    Ok(problem)
+    Ok(first_problem)
 }
 
 #[cfg(test)]

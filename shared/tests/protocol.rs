@@ -4,15 +4,15 @@
 
 use openrisk_shared::db::Lsn;
 use openrisk_shared::keys::{Keyspace, Tag};
-use openrisk_shared::protocol::{self, Entry, Fill, Lookup, Reclaimable, Snapshot};
+use openrisk_shared::protocol::{self, Entry, Fill, InvalidateError, Lookup, Reclaimable, ReplicaAck, Snapshot};
+use openrisk_shared::redis_connection::RedisConnection;
 use openrisk_test_support::{PrivateRedis, RedisNamespace};
-use redis::aio::MultiplexedConnection;
 use uuid::Uuid;
 
 struct Fixture {
     namespace: RedisNamespace,
     keyspace: Keyspace,
-    conn: MultiplexedConnection,
+    conn: RedisConnection,
     tenant: Uuid,
 }
 
@@ -22,8 +22,7 @@ impl Fixture {
     }
 
     async fn on(namespace: RedisNamespace) -> Self {
-        let client = redis::Client::open(namespace.url.as_str()).unwrap();
-        let conn = client.get_multiplexed_async_connection().await.unwrap();
+        let conn = namespace.connect().await;
         let keyspace = Keyspace::new(namespace.prefix.clone());
         Self { namespace, keyspace, conn, tenant: Uuid::new_v4() }
     }
@@ -59,7 +58,10 @@ impl Fixture {
     }
 
     async fn invalidate_replayed_by(&mut self, tags: &[Tag], lsn: u64) {
-        protocol::invalidate_replayed_by(&mut self.conn, &self.keyspace, self.tenant, tags, Lsn(lsn)).await.unwrap();
+        let ack = ReplicaAck::MASTER_ONLY;
+        protocol::invalidate_replicated(&mut self.conn, &self.keyspace, self.tenant, tags, ack, Some(Lsn(lsn)))
+            .await
+            .unwrap();
     }
 
     /// The replay floor a miss under `deps` finds now (`None`: unknown).
@@ -241,8 +243,7 @@ async fn a_fill_straddling_a_redis_restart_or_flush_is_rejected() {
     // the versions with fresh random tokens, which the old snapshot cannot match.
     let snapshot = f.miss(&key, &deps).await;
     redis.restart();
-    let client = redis::Client::open(redis.url()).unwrap();
-    f.conn = client.get_multiplexed_async_connection().await.unwrap();
+    f.conn = RedisNamespace::on(&redis.url()).connect().await;
     let _ = f.miss(&key, &deps).await;
     assert!(!f.fill(&key, &snapshot, "old").await);
 }
@@ -380,4 +381,30 @@ async fn floors_expire_with_their_versions() {
             redis::cmd("PTTL").arg(f.keyspace.version_key(f.tenant, tag)).query_async(&mut f.conn).await.unwrap();
         assert!(ttl > 0 && ttl <= version_ttl + 1000, "{tag}: floor {ttl} ms, version {version_ttl} ms");
     }
+}
+
+#[tokio::test]
+async fn an_invalidation_that_no_replica_confirms_is_applied_but_reported_and_its_script_loads_where_missing() {
+    let redis = PrivateRedis::start();
+    let mut f = Fixture::on(RedisNamespace::on(&redis.url())).await;
+    let key = f.key("risk");
+    let deps = tags(&["all", "risk:1"]);
+    let snapshot = f.miss(&key, &deps).await;
+    assert!(f.fill(&key, &snapshot, "old").await);
+
+    // A node that never ran the script (a new master, a restarted one): the pipelined EVALSHA
+    // gets NOSCRIPT and the source is sent instead.
+    let _: () = redis::cmd("SCRIPT").arg("FLUSH").query_async(&mut f.conn).await.unwrap();
+    let ack = ReplicaAck { replicas: 1, timeout: std::time::Duration::from_millis(50) };
+    let outcome = protocol::invalidate_replicated(&mut f.conn, &f.keyspace, f.tenant, &deps[1..], ack, None).await;
+    assert!(
+        matches!(outcome, Err(InvalidateError::NotReplicated { acked: 0, required: 1, .. })),
+        "a node without replicas cannot confirm: {outcome:?}"
+    );
+    assert!(!f.is_hit(&key, &deps).await, "the master applied it all the same");
+
+    let outcome =
+        protocol::invalidate_replicated(&mut f.conn, &f.keyspace, f.tenant, &deps[1..], ReplicaAck::MASTER_ONLY, None)
+            .await;
+    assert!(outcome.is_ok(), "without a replica required it is done: {outcome:?}");
 }

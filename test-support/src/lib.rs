@@ -6,16 +6,21 @@
 //! * [`PrivateRedis`] and [`PrivatePostgres`]: servers on free ports for tests that kill,
 //!   restart or flush them, so the shared servers are never touched.
 //! * [`ReplicaPair`]: a private primary and a streaming replica, once per test binary and run.
+//! * [`PrivateRedisCluster`]: a Redis Cluster of its own; `scripts/test.sh` runs the API and
+//!   invalidator suites a second time against one (`TEST_REDIS_URL=redis-cluster://…`).
 //!
 //! The shared servers default to 127.0.0.1:5432 and 127.0.0.1:6379; `TEST_DATABASE_URL` (an
 //! admin URL) and `TEST_REDIS_URL` point elsewhere.
 
+mod cluster;
 mod private;
 
-pub use private::{PrivatePostgres, PrivateRedis, ReplicaPair};
+pub use cluster::{PrivateRedisCluster, command as node_command};
+pub use private::{PrivatePostgres, PrivateRedis, ReplicaPair, free_port};
 
 use std::time::Duration;
 
+use openrisk_shared::redis_connection::{RedisConnection, RedisTarget, Timeouts};
 use tokio_postgres::Client;
 use uuid::Uuid;
 
@@ -133,7 +138,7 @@ async fn ensure_template(admin: &Client, admin_url: &str) -> String {
     template
 }
 
-/// A key prefix of its own on a Redis server; every key under it is removed on drop.
+/// A key prefix of its own on a Redis server or cluster; every key under it is removed on drop.
 #[derive(Debug)]
 pub struct RedisNamespace {
     pub prefix: String,
@@ -149,19 +154,47 @@ impl RedisNamespace {
         Self { prefix: format!("test-{}", Uuid::new_v4().simple()), url: url.to_owned() }
     }
 
-    /// Every key currently under this prefix (tests only: it scans).
+    /// Whether the namespace lives on a Redis Cluster (`TEST_REDIS_URL=redis-cluster://…`).
+    pub fn is_cluster(&self) -> bool {
+        self.target().is_cluster()
+    }
+
+    fn target(&self) -> RedisTarget {
+        RedisTarget::parse(&self.url).expect("TEST_REDIS_URL is a redis URL")
+    }
+
+    /// A connection of the kind the processes use (single node or cluster).
+    pub async fn connect(&self) -> RedisConnection {
+        self.target().connect(Timeouts::all(Duration::from_secs(5))).await.expect("connect to test redis")
+    }
+
+    /// `redis://` URLs of every node to scan: the one node, or every seed of a cluster.
+    fn scan_urls(&self) -> Vec<String> {
+        match self.target() {
+            RedisTarget::Node(_) => vec![self.url.clone()],
+            RedisTarget::Cluster { seeds } => seeds,
+        }
+    }
+
+    /// Every key currently under this prefix (tests only: it scans every node).
     pub fn keys(&self) -> Vec<String> {
-        let client = redis::Client::open(self.url.as_str()).expect("redis url");
-        let Ok(mut conn) = client.get_connection_with_timeout(Duration::from_secs(2)) else { return Vec::new() };
-        let keys: redis::RedisResult<redis::Iter<String>> = redis::cmd("SCAN")
-            .cursor_arg(0)
-            .arg("MATCH")
-            .arg(format!("{}:*", self.prefix))
-            .arg("COUNT")
-            .arg(1000)
-            .clone()
-            .iter(&mut conn);
-        keys.map(|iter| iter.filter_map(Result::ok).collect()).unwrap_or_default()
+        let mut keys = std::collections::BTreeSet::new();
+        for url in self.scan_urls() {
+            let Ok(client) = redis::Client::open(url.as_str()) else { continue };
+            let Ok(mut conn) = client.get_connection_with_timeout(Duration::from_secs(2)) else { continue };
+            let found: redis::RedisResult<redis::Iter<String>> = redis::cmd("SCAN")
+                .cursor_arg(0)
+                .arg("MATCH")
+                .arg(format!("{}:*", self.prefix))
+                .arg("COUNT")
+                .arg(1000)
+                .clone()
+                .iter(&mut conn);
+            if let Ok(found) = found {
+                keys.extend(found.filter_map(Result::ok));
+            }
+        }
+        keys.into_iter().collect()
     }
 }
 
@@ -177,9 +210,23 @@ impl Drop for RedisNamespace {
         if keys.is_empty() {
             return;
         }
-        if let Ok(mut conn) = redis::Client::open(self.url.as_str()).and_then(|client| client.get_connection()) {
-            for chunk in keys.chunks(500) {
-                let _: redis::RedisResult<i64> = redis::cmd("UNLINK").arg(chunk).query(&mut conn);
+        match self.target() {
+            RedisTarget::Node(client) => {
+                if let Ok(mut conn) = client.get_connection() {
+                    for chunk in keys.chunks(500) {
+                        let _: redis::RedisResult<i64> = redis::cmd("UNLINK").arg(chunk).query(&mut conn);
+                    }
+                }
+            }
+            RedisTarget::Cluster { seeds } => {
+                // One key per command: the keys of a namespace span many slots.
+                if let Ok(mut conn) =
+                    redis::cluster::ClusterClient::new(seeds).and_then(|client| client.get_connection())
+                {
+                    for key in keys {
+                        let _: redis::RedisResult<i64> = redis::cmd("UNLINK").arg(key).query(&mut conn);
+                    }
+                }
             }
         }
     }

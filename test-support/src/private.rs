@@ -12,7 +12,7 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").expect("bind port 0").local_addr().expect("local addr").port()
 }
 
-fn wait_until(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) {
+pub(crate) fn wait_until(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !ready() {
         assert!(Instant::now() < deadline, "{what} did not become ready within {timeout:?}");
@@ -20,7 +20,7 @@ fn wait_until(what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) {
     }
 }
 
-fn kill(child: &mut Option<Child>, signal: &str) {
+pub(crate) fn kill(child: &mut Option<Child>, signal: &str) {
     if let Some(mut child) = child.take() {
         let _ = Command::new("kill").arg(format!("-{signal}")).arg(child.id().to_string()).status();
         let _ = child.wait();

@@ -20,9 +20,9 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use openrisk_shared::config::CacheSettings;
 use openrisk_shared::protocol::{self, Reclaimable};
+use openrisk_shared::redis_connection::{RedisConnection, RedisTarget, Timeouts};
 use openrisk_shared::{CacheStatus, Keyspace, Tag};
 use rand::Rng;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
@@ -96,7 +96,7 @@ pub struct Cache {
     settings: CacheSettings,
     keyspace: Keyspace,
     /// None when the cache is disabled.
-    redis: Option<ConnectionManager>,
+    redis: Option<RedisConnection>,
     timeout: Duration,
     breaker: Breaker,
     flights: SingleFlight<MissResult>,
@@ -113,20 +113,15 @@ impl std::fmt::Debug for Cache {
 impl Cache {
     /// Prepares the cache; connects to Redis lazily (the API starts while Redis is down).
     pub fn new(
-        redis_url: &str,
+        redis: &RedisTarget,
         settings: CacheSettings,
         metrics: Arc<Metrics>,
         before_fill: Option<BeforeFillHook>,
     ) -> Result<Self, redis::RedisError> {
         let timeout = Duration::from_millis(settings.redis_timeout_ms);
         let redis = if settings.enabled {
-            let client = redis::Client::open(redis_url)?;
-            let config = ConnectionManagerConfig::new()
-                .set_connection_timeout(Some(timeout))
-                .set_response_timeout(Some(timeout))
-                .set_number_of_retries(1)
-                .set_max_delay(Duration::from_millis(settings.breaker_open_ms.max(100)));
-            Some(ConnectionManager::new_lazy_with_config(client, config)?)
+            let max_reconnect_delay = Duration::from_millis(settings.breaker_open_ms.max(100));
+            Some(redis.connect_lazily(Timeouts::all(timeout), max_reconnect_delay)?)
         } else {
             None
         };
@@ -184,8 +179,14 @@ impl Cache {
         result
     }
 
-    fn connection(&self) -> Option<ConnectionManager> {
+    fn connection(&self) -> Option<RedisConnection> {
         self.redis.clone()
+    }
+
+    /// The connection the cluster watch polls with; `None` when the cache is disabled or Redis
+    /// is a single node.
+    pub fn cluster_connection(&self) -> Option<RedisConnection> {
+        self.redis.clone().filter(RedisConnection::is_cluster)
     }
 
     /// Lifetime of tag versions and member sets: longer than any entry's.
@@ -231,11 +232,12 @@ impl Cache {
         }
     }
 
-    /// Pings Redis within the timeout (for /readyz); does not touch the breaker.
+    /// Pings Redis (every master of a cluster) within the timeout, for /readyz; does not
+    /// touch the breaker.
     pub async fn ping(&self) -> bool {
         let Some(mut conn) = self.connection() else { return false };
         let command = redis::cmd("PING");
-        let ping = command.query_async::<String>(&mut conn);
+        let ping = conn.on_every_master::<String>(&command);
         matches!(tokio::time::timeout(self.timeout, ping).await, Ok(Ok(_)))
     }
 

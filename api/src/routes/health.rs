@@ -6,6 +6,8 @@ use poem::web::Data;
 use poem_openapi::payload::{Json, PlainText};
 use poem_openapi::{ApiResponse, Enum, Object, OpenApi};
 
+use openrisk_shared::redis_cluster::ClusterHealth;
+
 use super::ApiTags;
 use crate::app::AppState;
 use crate::db::replicas::{ReplicaHealth, ReplicaState};
@@ -72,6 +74,8 @@ pub struct Readiness {
     pub cache_breaker_open: bool,
     /// The configured read replicas (empty without `DATABASE_REPLICA_URLS`).
     pub replicas: Vec<ReplicaReadiness>,
+    /// The Redis Cluster as last polled; absent on a single Redis node.
+    pub redis_cluster: Option<RedisClusterState>,
 }
 
 impl From<ReplicaState> for ReplicaReadiness {
@@ -83,6 +87,28 @@ impl From<ReplicaState> for ReplicaReadiness {
             ReplicaHealth::NotInRecovery => ReplicaStatus::NotInRecovery,
         };
         Self { name: state.name, status, lag_seconds: state.lag_seconds, lag_bytes: state.lag_bytes }
+    }
+}
+
+/// A Redis Cluster's health as this process last saw it (polled every 2 s).
+#[derive(Debug, Clone, Object)]
+pub struct RedisClusterState {
+    /// Nodes known to every master.
+    pub known_nodes: u32,
+    /// Slots (of 16384) served by a healthy master.
+    pub slots_ok: u32,
+    /// Whether every master reports `cluster_state:ok`.
+    pub state_ok: bool,
+    /// Masters seen replaced by one of their replicas since this process started.
+    pub failovers_seen: u64,
+    /// Slots seen moving to another master (resharding) since this process started.
+    pub slots_moved_seen: u64,
+}
+
+impl From<ClusterHealth> for RedisClusterState {
+    fn from(health: ClusterHealth) -> Self {
+        let ClusterHealth { known_nodes, slots_ok, state_ok, failovers_seen, slots_moved_seen } = health;
+        Self { known_nodes, slots_ok, state_ok, failovers_seen, slots_moved_seen }
     }
 }
 
@@ -132,9 +158,9 @@ impl HealthApi {
 
     /// Readiness
     ///
-    /// 200 when Postgres answers (`degraded` when Redis does not, so reads bypass the cache, or
-    /// when a read replica is out of rotation, so its reads go to the primary), 503 when Postgres
-    /// does not.
+    /// 200 when Postgres answers (`degraded` when Redis does not, or a Redis Cluster reports a
+    /// failed state: reads then bypass the cache where they must; or when a read replica is out
+    /// of rotation, so its reads go to the primary), 503 when Postgres does not.
     #[oai(path = "/readyz", method = "get", operation_id = "readyz")]
     async fn readyz(&self, state: Data<&Arc<AppState>>) -> ReadyResponse {
         let timeout = state.settings.pool_settings().acquire_timeout;
@@ -149,10 +175,12 @@ impl HealthApi {
         let breaker_open = state.cache.breaker_open();
         let replicas: Vec<ReplicaReadiness> = state.reads.replica_states().into_iter().map(Into::into).collect();
         let replica_out = replicas.iter().any(|replica| replica.status != ReplicaStatus::InRotation);
+        let redis_cluster = state.cluster.latest().map(RedisClusterState::from);
+        let cluster_degraded = redis_cluster.as_ref().is_some_and(|cluster| !cluster.state_ok);
         let status = match (postgres, redis) {
             (false, _) => ReadyStatus::Unavailable,
             (true, DependencyState::Down) => ReadyStatus::Degraded,
-            (true, _) if breaker_open || replica_out => ReadyStatus::Degraded,
+            (true, _) if breaker_open || cluster_degraded || replica_out => ReadyStatus::Degraded,
             (true, _) => ReadyStatus::Ready,
         };
         let readiness = Readiness {
@@ -160,6 +188,7 @@ impl HealthApi {
             postgres: if postgres { DependencyState::Up } else { DependencyState::Down },
             redis,
             cache_breaker_open: breaker_open,
+            redis_cluster,
             replicas,
         };
         if postgres { ReadyResponse::Ready(Json(readiness)) } else { ReadyResponse::NotReady(Json(readiness)) }

@@ -146,8 +146,7 @@ impl TestApp {
     pub async fn drain_outbox(&self) {
         let client = self.db.connect().await;
         let rows = client.query("DELETE FROM cache_outbox RETURNING tenant_id, tags", &[]).await.unwrap();
-        let redis = redis::Client::open(self.redis.url.as_str()).unwrap();
-        let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
+        let mut conn = self.redis.connect().await;
         let keyspace = Keyspace::new(self.redis.prefix.clone());
         for row in rows {
             let tenant: Uuid = row.get(0);

@@ -10,8 +10,8 @@ use openrisk_shared::Settings;
 use openrisk_shared::config::WakeMode;
 use openrisk_shared::keys::{Keyspace, Tag};
 use openrisk_shared::protocol::{self, Fill, Lookup};
+use openrisk_shared::redis_connection::{RedisConnection, RedisTarget, Timeouts};
 use openrisk_test_support::{RedisNamespace, TestDatabase};
-use redis::aio::MultiplexedConnection;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_postgres::Client;
 use uuid::Uuid;
@@ -20,7 +20,7 @@ pub struct Harness {
     pub db: TestDatabase,
     pub namespace: RedisNamespace,
     pub sql: Client,
-    pub redis: MultiplexedConnection,
+    pub redis: RedisConnection,
     pub keyspace: Keyspace,
 }
 
@@ -125,8 +125,9 @@ pub fn with_all(tags: &[String]) -> Vec<Tag> {
     std::iter::once(Tag::all()).chain(tags.iter().map(|tag| Tag::parse(tag).unwrap())).collect()
 }
 
-pub async fn connect_redis(url: &str) -> MultiplexedConnection {
-    redis::Client::open(url).unwrap().get_multiplexed_async_connection().await.unwrap()
+/// A connection of the kind the invalidator uses (single node or cluster).
+pub async fn connect_redis(url: &str) -> RedisConnection {
+    RedisTarget::parse(url).unwrap().connect(Timeouts::all(Duration::from_secs(5))).await.unwrap()
 }
 
 /// Polls `condition` every 20 ms until it holds; panics with `what` after `within`.

@@ -1,0 +1,74 @@
+//! A Redis Cluster master dies under the API: reads and writes keep answering (bypassing the
+//! cache within the Redis timeout) while the cluster promotes the replica, `/readyz` reports the
+//! failover, caching resumes by itself, and the write's outbox row makes the read fresh. A
+//! private cluster of its own.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{cache_status, spawn_app_with};
+use openrisk_api::AppOptions;
+use openrisk_shared::{CacheStatus, Keyspace, Tag};
+use openrisk_test_support::{PrivateRedisCluster, RedisNamespace};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+/// Far above the 250 ms Redis timeout; only catches hangs.
+const HANG_BOUND: Duration = Duration::from_secs(5);
+
+#[tokio::test]
+async fn the_api_keeps_answering_while_a_cluster_master_fails_over_and_caches_again_after() {
+    let mut cluster = PrivateRedisCluster::start();
+    let app = spawn_app_with(
+        RedisNamespace::on(&cluster.url()),
+        |settings| {
+            settings.cache.breaker_failure_threshold = 2;
+            settings.cache.breaker_open_ms = 300;
+        },
+        AppOptions::default(),
+    )
+    .await;
+    let token = &app.a.analyst;
+    let risk = app.create_risk(token, "Before the failover").await;
+    let path = format!("/api/v1/risks/{}", risk["id"].as_str().unwrap());
+    app.get(&path, token).await;
+    assert_eq!(cache_status(&app.get(&path, token).await), CacheStatus::Hit);
+
+    let tenant_key = Keyspace::new(app.redis.prefix.clone()).version_key(app.a.id, &Tag::all());
+    cluster.kill(cluster.master_of(&tenant_key));
+    let written = app.send_json(Method::PATCH, &path, token, json!({"title": "During the failover"})).await;
+    assert_eq!(written.status(), StatusCode::OK, "writes succeed while the master is gone");
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let started = Instant::now();
+        let response = app.get(&path, token).await;
+        assert!(started.elapsed() < HANG_BOUND, "a read took {:?}", started.elapsed());
+        assert_eq!(response.status(), StatusCode::OK);
+        let status = cache_status(&response);
+        let ready: Value = app.client.get(format!("{}/readyz", app.url)).send().await.unwrap().json().await.unwrap();
+        let recovered = ready["redis_cluster"]["failovers_seen"].as_u64() >= Some(1)
+            && ready["redis_cluster"]["state_ok"] == true
+            && status == CacheStatus::Hit;
+        if recovered {
+            assert_eq!(ready["status"], "ready", "{ready}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the cluster did not recover: {status}, {ready}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // The API's own invalidation may have died with the master; the write's outbox row, applied
+    // as the invalidator would, makes the read fresh.
+    app.drain_outbox().await;
+    let fresh = app.get(&path, token).await;
+    assert_eq!(cache_status(&fresh), CacheStatus::Stored);
+    assert_eq!(fresh.json::<Value>().await.unwrap()["title"], "During the failover");
+    let hit = app.get(&path, token).await;
+    assert_eq!(cache_status(&hit), CacheStatus::Hit);
+    assert_eq!(hit.json::<Value>().await.unwrap()["title"], "During the failover");
+    let metrics = app.metrics().await;
+    assert!(common::metric_value(&metrics, "openrisk_redis_cluster_failovers_total") >= 1.0, "{metrics}");
+    assert_eq!(common::metric_value(&metrics, "openrisk_redis_cluster_slots_ok"), 16_384.0);
+}

@@ -1,0 +1,283 @@
+//! What a process can see of a Redis Cluster's health, polled in the background: how many nodes
+//! it knows, whether every slot is served, and the failovers and slot migrations that happened
+//! between two looks. Both processes export it as metrics and in `/readyz`.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use prometheus::{IntCounter, IntGauge, Registry};
+use redis::Value;
+use serde::Serialize;
+
+use crate::redis_connection::RedisConnection;
+
+/// Slots of a Redis Cluster.
+pub const SLOTS: u32 = 16_384;
+
+/// One look at the cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterView {
+    /// Nodes the least-informed master knows (`cluster_known_nodes`).
+    pub known_nodes: u32,
+    /// Slots served by a healthy master, as the least-informed master sees it.
+    pub slots_ok: u32,
+    /// Whether every master reports `cluster_state:ok`.
+    pub state_ok: bool,
+    /// Per slot range: its master's node id and the ids of that master's replicas.
+    ranges: Vec<SlotRange>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct SlotRange {
+    first: u16,
+    last: u16,
+    master: String,
+    replicas: Vec<String>,
+}
+
+/// What changed between two views.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ClusterChanges {
+    /// Masters replaced by one of their own replicas (a failover, forced or manual).
+    pub failovers: u64,
+    /// Slots that moved to a master that was not a replica of their previous one (resharding).
+    pub slots_moved: u64,
+}
+
+impl ClusterView {
+    /// Reads the cluster's view of itself; `None` when the connection is to a single node.
+    pub async fn read(connection: &mut RedisConnection) -> redis::RedisResult<Option<Self>> {
+        if !connection.is_cluster() {
+            return Ok(None);
+        }
+        let infos: Vec<(String, String)> =
+            connection.on_every_master(&redis::cmd("CLUSTER").arg("INFO").clone()).await?;
+        let field = |info: &str, name: &str| {
+            info.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(':')).map(str::trim).map(str::to_owned)
+        };
+        let number =
+            |info: &str, name: &str| field(info, name).and_then(|value| value.parse::<u32>().ok()).unwrap_or(0);
+        let known_nodes = infos.iter().map(|(_, info)| number(info, "cluster_known_nodes")).min().unwrap_or(0);
+        let slots_ok = infos.iter().map(|(_, info)| number(info, "cluster_slots_ok")).min().unwrap_or(0);
+        let state_ok =
+            !infos.is_empty() && infos.iter().all(|(_, info)| field(info, "cluster_state").as_deref() == Some("ok"));
+        let slots: Vec<(String, Value)> =
+            connection.on_every_master(&redis::cmd("CLUSTER").arg("SLOTS").clone()).await?;
+        let ranges = slots.into_iter().next().map(|(_, reply)| parse_slots(reply)).unwrap_or_default();
+        Ok(Some(Self { known_nodes, slots_ok, state_ok, ranges }))
+    }
+
+    fn owner_of(&self, slot: u16) -> Option<&SlotRange> {
+        self.ranges.iter().find(|range| (range.first..=range.last).contains(&slot))
+    }
+
+    /// The failovers and slot moves that lead from `before` to `self`.
+    pub fn changes_since(&self, before: &ClusterView) -> ClusterChanges {
+        let mut changes = ClusterChanges::default();
+        let mut promoted: BTreeMap<&str, &str> = BTreeMap::new();
+        for range in &self.ranges {
+            for slot in range.first..=range.last {
+                let Some(previous) = before.owner_of(slot) else { continue };
+                if previous.master == range.master {
+                    continue;
+                }
+                if previous.replicas.contains(&range.master) {
+                    promoted.insert(previous.master.as_str(), range.master.as_str());
+                } else {
+                    changes.slots_moved += 1;
+                }
+            }
+        }
+        changes.failovers = promoted.len() as u64;
+        changes
+    }
+}
+
+/// `CLUSTER SLOTS`: `[first, last, [ip, port, id, …], [replica ip, port, id, …]…]` per range.
+fn parse_slots(reply: Value) -> Vec<SlotRange> {
+    let Value::Array(ranges) = reply else { return Vec::new() };
+    let node_id = |node: &Value| match node {
+        Value::Array(fields) => match fields.get(2) {
+            Some(Value::BulkString(id)) => Some(String::from_utf8_lossy(id).into_owned()),
+            Some(Value::SimpleString(id)) => Some(id.clone()),
+            _ => None,
+        },
+        _ => None,
+    };
+    ranges
+        .into_iter()
+        .filter_map(|range| {
+            let Value::Array(parts) = range else { return None };
+            let slot = |value: &Value| match value {
+                Value::Int(slot) => u16::try_from(*slot).ok(),
+                _ => None,
+            };
+            let first = slot(parts.first()?)?;
+            let last = slot(parts.get(1)?)?;
+            let master = node_id(parts.get(2)?)?;
+            let replicas = parts.iter().skip(3).filter_map(node_id).collect();
+            Some(SlotRange { first, last, master, replicas })
+        })
+        .collect()
+}
+
+/// The latest view, as `/readyz` reports it.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct ClusterHealth {
+    pub known_nodes: u32,
+    pub slots_ok: u32,
+    pub state_ok: bool,
+    pub failovers_seen: u64,
+    pub slots_moved_seen: u64,
+}
+
+/// Polls the cluster, keeps the latest [`ClusterHealth`] and exports it as metrics.
+#[derive(Clone)]
+pub struct ClusterWatch {
+    latest: Arc<Mutex<Option<ClusterHealth>>>,
+    known_nodes: IntGauge,
+    slots_ok: IntGauge,
+    state_ok: IntGauge,
+    failovers: IntCounter,
+    slots_moved: IntCounter,
+}
+
+impl std::fmt::Debug for ClusterWatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterWatch").field("latest", &self.latest()).finish()
+    }
+}
+
+impl ClusterWatch {
+    /// Registers `openrisk_redis_cluster_*` metrics in `registry`.
+    pub fn new(registry: &Registry) -> prometheus::Result<Self> {
+        let watch = Self {
+            latest: Arc::default(),
+            known_nodes: IntGauge::new(
+                "openrisk_redis_cluster_known_nodes",
+                "Redis Cluster nodes known to every master",
+            )?,
+            slots_ok: IntGauge::new(
+                "openrisk_redis_cluster_slots_ok",
+                "Redis Cluster slots served by a healthy master (of 16384)",
+            )?,
+            state_ok: IntGauge::new(
+                "openrisk_redis_cluster_state_ok",
+                "1 when every Redis Cluster master reports cluster_state:ok",
+            )?,
+            failovers: IntCounter::new(
+                "openrisk_redis_cluster_failovers_total",
+                "Redis Cluster masters seen replaced by their replica",
+            )?,
+            slots_moved: IntCounter::new(
+                "openrisk_redis_cluster_slots_moved_total",
+                "Redis Cluster slots seen moving to another master (resharding; clients follow MOVED/ASK)",
+            )?,
+        };
+        registry.register(Box::new(watch.known_nodes.clone()))?;
+        registry.register(Box::new(watch.slots_ok.clone()))?;
+        registry.register(Box::new(watch.state_ok.clone()))?;
+        registry.register(Box::new(watch.failovers.clone()))?;
+        registry.register(Box::new(watch.slots_moved.clone()))?;
+        Ok(watch)
+    }
+
+    /// The latest health; `None` before the first successful look (or on a single node).
+    pub fn latest(&self) -> Option<ClusterHealth> {
+        self.latest.lock().ok().and_then(|latest| latest.clone())
+    }
+
+    /// Looks at the cluster every `every` for as long as the process runs; a failed look marks
+    /// the state as not ok and keeps the last topology to compare the next one with.
+    pub async fn run(self, mut connection: RedisConnection, every: Duration) {
+        if !connection.is_cluster() {
+            return;
+        }
+        let mut previous: Option<ClusterView> = None;
+        loop {
+            match tokio::time::timeout(every, ClusterView::read(&mut connection)).await {
+                Ok(Ok(Some(view))) => {
+                    let changes = previous.as_ref().map(|before| view.changes_since(before)).unwrap_or_default();
+                    if changes != ClusterChanges::default() {
+                        tracing::warn!(
+                            failovers = changes.failovers,
+                            slots_moved = changes.slots_moved,
+                            "redis cluster topology changed"
+                        );
+                    }
+                    self.record(&view, changes);
+                    previous = Some(view);
+                }
+                Ok(Ok(None)) => return,
+                Ok(Err(error)) => self.record_unreachable(&error.to_string()),
+                Err(_) => self.record_unreachable("timed out"),
+            }
+            tokio::time::sleep(every).await;
+        }
+    }
+
+    fn record(&self, view: &ClusterView, changes: ClusterChanges) {
+        self.known_nodes.set(i64::from(view.known_nodes));
+        self.slots_ok.set(i64::from(view.slots_ok));
+        self.state_ok.set(i64::from(view.state_ok));
+        self.failovers.inc_by(changes.failovers);
+        self.slots_moved.inc_by(changes.slots_moved);
+        if let Ok(mut latest) = self.latest.lock() {
+            *latest = Some(ClusterHealth {
+                known_nodes: view.known_nodes,
+                slots_ok: view.slots_ok,
+                state_ok: view.state_ok,
+                failovers_seen: self.failovers.get(),
+                slots_moved_seen: self.slots_moved.get(),
+            });
+        }
+    }
+
+    fn record_unreachable(&self, reason: &str) {
+        tracing::warn!(reason, "could not read the redis cluster's state");
+        self.state_ok.set(0);
+        if let Ok(mut latest) = self.latest.lock()
+            && let Some(health) = latest.as_mut()
+        {
+            health.state_ok = false;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(ranges: &[(u16, u16, &str, &[&str])]) -> ClusterView {
+        ClusterView {
+            known_nodes: 6,
+            slots_ok: SLOTS,
+            state_ok: true,
+            ranges: ranges
+                .iter()
+                .map(|(first, last, master, replicas)| SlotRange {
+                    first: *first,
+                    last: *last,
+                    master: (*master).to_owned(),
+                    replicas: replicas.iter().map(|id| (*id).to_owned()).collect(),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_replica_taking_over_its_masters_slots_is_one_failover() {
+        let before = view(&[(0, 8191, "a", &["a1"]), (8192, 16383, "b", &["b1"])]);
+        let after = view(&[(0, 8191, "a1", &[]), (8192, 16383, "b", &["b1"])]);
+        assert_eq!(after.changes_since(&before), ClusterChanges { failovers: 1, slots_moved: 0 });
+    }
+
+    #[test]
+    fn slots_taken_over_by_another_master_are_counted_as_moved() {
+        let before = view(&[(0, 8191, "a", &["a1"]), (8192, 16383, "b", &["b1"])]);
+        let after = view(&[(0, 8181, "a", &["a1"]), (8182, 16383, "b", &["b1"])]);
+        assert_eq!(after.changes_since(&before), ClusterChanges { failovers: 0, slots_moved: 10 });
+        assert_eq!(before.changes_since(&before), ClusterChanges::default());
+    }
+}

@@ -1,0 +1,253 @@
+//! One way for every process to reach Redis, a single node or a Redis Cluster, chosen by the
+//! URL alone, behind one connection type so the protocol has one code path for both.
+//!
+//! * `redis://host:port[/db]` and `rediss://…` reach one node (through a
+//!   [`ConnectionManager`], which reconnects by itself);
+//! * `redis-cluster://host:port[,host:port…]` and `rediss-cluster://…` (TLS) list seed nodes of a
+//!   Redis Cluster, reached through the `redis` crate's async cluster client, which follows
+//!   `MOVED`/`ASK` redirections and learns a new topology after a failover.
+//!
+//! Every command of the protocol carries its keys, all in one tenant's slot, so the cluster
+//! client routes it by its first key. The few keyless commands (a health `PING`, `CONFIG GET`,
+//! `WAIT`, `CLUSTER INFO`) go through [`RedisConnection::on_every_master`] or are pipelined
+//! behind a keyed command, never to a node picked at random.
+
+use std::time::Duration;
+
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::{ClusterClient, ClusterClientBuilder, ClusterConfig};
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo};
+use redis::{Cmd, FromRedisValue, Pipeline, RedisFuture, RedisResult, Value};
+
+/// Why a Redis URL cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum RedisUrlError {
+    #[error("redis URL {0:?} must start with redis://, rediss://, redis-cluster:// or rediss-cluster://")]
+    Scheme(String),
+    #[error("redis-cluster URL {0:?} lists no seed node (redis-cluster://host:port[,host:port...])")]
+    NoSeeds(String),
+    #[error("redis URL {url:?}: {source}")]
+    Invalid {
+        url: String,
+        #[source]
+        source: redis::RedisError,
+    },
+}
+
+/// Where Redis is: one node or the seed nodes of a cluster.
+#[derive(Clone)]
+pub enum RedisTarget {
+    Node(Box<redis::Client>),
+    Cluster {
+        /// The seed nodes as `redis://host:port` (or `rediss://`) URLs.
+        seeds: Vec<String>,
+    },
+}
+
+impl std::fmt::Debug for RedisTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Node(client) => write!(f, "Node({})", client.get_connection_info().addr()),
+            Self::Cluster { seeds } => write!(f, "Cluster({} seeds)", seeds.len()),
+        }
+    }
+}
+
+/// Bounds on every connection attempt and every reply.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// Longest wait for a connection to be established (the cluster client can otherwise hang).
+    pub connect: Duration,
+    /// Longest wait for one reply from one node.
+    pub response: Duration,
+    /// Longest wait for a whole request, redirections and retries included (cluster only; the
+    /// client would otherwise use `response` for the whole request).
+    pub overall: Duration,
+}
+
+impl Timeouts {
+    /// The same bound for everything: a request that cannot finish in `limit` fails.
+    pub fn all(limit: Duration) -> Self {
+        Self { connect: limit, response: limit, overall: limit }
+    }
+}
+
+impl RedisTarget {
+    /// Reads a `redis://`, `rediss://`, `redis-cluster://` or `rediss-cluster://` URL.
+    pub fn parse(url: &str) -> Result<Self, RedisUrlError> {
+        let invalid = |source| RedisUrlError::Invalid { url: url.to_owned(), source };
+        let cluster_scheme =
+            ["redis-cluster://", "rediss-cluster://"].into_iter().find(|scheme| url.starts_with(scheme));
+        if let Some(scheme) = cluster_scheme {
+            let node_scheme = if scheme.starts_with("rediss") { "rediss://" } else { "redis://" };
+            let rest = &url[scheme.len()..];
+            // Credentials, if any, are written once before the first host and apply to all.
+            let (credentials, hosts) = match rest.rsplit_once('@') {
+                Some((credentials, hosts)) => (format!("{credentials}@"), hosts),
+                None => (String::new(), rest),
+            };
+            let hosts = hosts.trim_end_matches('/');
+            let seeds: Vec<String> = hosts
+                .split(',')
+                .map(str::trim)
+                .filter(|host| !host.is_empty())
+                .map(|host| format!("{node_scheme}{credentials}{host}"))
+                .collect();
+            if seeds.is_empty() {
+                return Err(RedisUrlError::NoSeeds(url.to_owned()));
+            }
+            ClusterClient::new(seeds.clone()).map_err(invalid)?;
+            return Ok(Self::Cluster { seeds });
+        }
+        if !url.starts_with("redis://") && !url.starts_with("rediss://") {
+            return Err(RedisUrlError::Scheme(url.to_owned()));
+        }
+        redis::Client::open(url).map(|client| Self::Node(Box::new(client))).map_err(invalid)
+    }
+
+    pub fn is_cluster(&self) -> bool {
+        matches!(self, Self::Cluster { .. })
+    }
+
+    fn cluster_client(seeds: &[String], timeouts: Timeouts) -> RedisResult<ClusterClient> {
+        ClusterClientBuilder::new(seeds.to_vec())
+            .connection_timeout(timeouts.connect)
+            .response_timeout(timeouts.response)
+            .overall_response_timeout(Some(timeouts.overall))
+            .retries(3)
+            .build()
+    }
+
+    fn cluster_config(timeouts: Timeouts) -> ClusterConfig {
+        // Both must be set: a config without a response timeout removes the client's.
+        ClusterConfig::new().set_connection_timeout(timeouts.connect).set_response_timeout(timeouts.response)
+    }
+
+    /// A connection that is established on first use, so a process starts while Redis is
+    /// down; requests fail (within the timeouts) until it is reachable.
+    pub fn connect_lazily(&self, timeouts: Timeouts, max_reconnect_delay: Duration) -> RedisResult<RedisConnection> {
+        match self {
+            Self::Node(client) => {
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(timeouts.connect))
+                    .set_response_timeout(Some(timeouts.response))
+                    .set_number_of_retries(1)
+                    .set_max_delay(max_reconnect_delay);
+                ConnectionManager::new_lazy_with_config((**client).clone(), config).map(RedisConnection::Node)
+            }
+            Self::Cluster { seeds } => {
+                let client = Self::cluster_client(seeds, timeouts)?;
+                Ok(RedisConnection::Cluster(
+                    client.get_pending_async_connection_with_config(Self::cluster_config(timeouts)),
+                ))
+            }
+        }
+    }
+
+    /// A connection established now, or an error within `timeouts.connect` (plus one reply for
+    /// the cluster's topology).
+    pub async fn connect(&self, timeouts: Timeouts) -> RedisResult<RedisConnection> {
+        let bound = timeouts.connect + timeouts.response;
+        let connecting = async {
+            match self {
+                Self::Node(client) => {
+                    let config = ConnectionManagerConfig::new()
+                        .set_connection_timeout(Some(timeouts.connect))
+                        .set_response_timeout(Some(timeouts.response))
+                        .set_number_of_retries(1);
+                    ConnectionManager::new_with_config((**client).clone(), config).await.map(RedisConnection::Node)
+                }
+                Self::Cluster { seeds } => {
+                    let client = Self::cluster_client(seeds, timeouts)?;
+                    client
+                        .get_async_connection_with_config(Self::cluster_config(timeouts))
+                        .await
+                        .map(RedisConnection::Cluster)
+                }
+            }
+        };
+        match tokio::time::timeout(bound, connecting).await {
+            Ok(result) => result,
+            Err(_) => Err(redis::RedisError::from((
+                redis::ErrorKind::Io,
+                "connecting to redis timed out",
+                format!("no connection within {bound:?}"),
+            ))),
+        }
+    }
+}
+
+/// A connection to a single node or to a cluster; cheap to clone (clones share the
+/// underlying connections). Implements [`ConnectionLike`], so every protocol function takes it.
+#[derive(Clone)]
+pub enum RedisConnection {
+    Node(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for RedisConnection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Self::Node(connection) => connection.req_packed_command(cmd),
+            Self::Cluster(connection) => connection.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Node(connection) => connection.req_packed_commands(cmd, offset, count),
+            Self::Cluster(connection) => connection.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Node(connection) => connection.get_db(),
+            Self::Cluster(connection) => connection.get_db(),
+        }
+    }
+}
+
+impl RedisConnection {
+    pub fn is_cluster(&self) -> bool {
+        matches!(self, Self::Cluster(_))
+    }
+
+    /// Runs a keyless command on every master (the one node when not clustered) and returns
+    /// each node's reply, labelled with its address.
+    pub async fn on_every_master<T: FromRedisValue>(&mut self, cmd: &Cmd) -> RedisResult<Vec<(String, T)>> {
+        match self {
+            Self::Node(connection) => {
+                let reply: T = cmd.query_async(connection).await?;
+                Ok(vec![("node".to_owned(), reply)])
+            }
+            Self::Cluster(connection) => {
+                let routing = RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None));
+                let reply = connection.route_command(cmd.clone(), routing).await?;
+                let Value::Map(per_node) = reply else {
+                    return Err(redis::RedisError::from((
+                        redis::ErrorKind::UnexpectedReturnType,
+                        "a command sent to every master did not answer per node",
+                    )));
+                };
+                per_node
+                    .into_iter()
+                    .map(|(node, reply)| {
+                        let node = String::from_redis_value(node)?;
+                        let reply = match reply {
+                            Value::ServerError(error) => return Err(error.into()),
+                            reply => T::from_redis_value(reply)?,
+                        };
+                        Ok((node, reply))
+                    })
+                    .collect()
+            }
+        }
+    }
+}

@@ -1,0 +1,220 @@
+//! A private Redis Cluster on free loopback ports: `redis-server` nodes with
+//! `cluster-enabled yes` (no persistence, little memory), joined by `redis-cli --cluster create`.
+//! Tests that fail over, kill or reshard it start their own; the rest share one per test run.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use tempfile::TempDir;
+
+use crate::private::{free_port, kill, wait_until};
+
+/// Offset of a node's cluster bus port from its client port (fixed by Redis).
+const BUS_PORT_OFFSET: u16 = 10_000;
+
+/// A free client port whose cluster bus port is free and valid too.
+fn free_node_port() -> u16 {
+    loop {
+        let port = free_port();
+        if let Some(bus) = port.checked_add(BUS_PORT_OFFSET)
+            && std::net::TcpListener::bind(("127.0.0.1", bus)).is_ok()
+        {
+            return port;
+        }
+    }
+}
+
+/// One node of a [`PrivateRedisCluster`].
+#[derive(Debug)]
+pub struct ClusterNode {
+    pub port: u16,
+    child: Option<Child>,
+}
+
+/// A Redis Cluster of its own: `masters` masters with `replicas` replicas each; every node is
+/// killed and its files removed on drop.
+#[derive(Debug)]
+pub struct PrivateRedisCluster {
+    pub nodes: Vec<ClusterNode>,
+    dir: TempDir,
+}
+
+impl PrivateRedisCluster {
+    /// Three masters with one replica each, ready (every slot served, every replica synced).
+    pub fn start() -> Self {
+        Self::start_with(3, 1)
+    }
+
+    pub fn start_with(masters: usize, replicas: usize) -> Self {
+        let dir = tempfile::Builder::new().prefix("openrisk-redis-cluster-").tempdir().expect("tempdir");
+        let mut cluster = Self { nodes: Vec::new(), dir };
+        for _ in 0..masters * (1 + replicas) {
+            let mut node = ClusterNode { port: free_node_port(), child: None };
+            cluster.launch(&mut node);
+            cluster.nodes.push(node);
+        }
+        let addresses: Vec<String> = cluster.nodes.iter().map(|node| format!("127.0.0.1:{}", node.port)).collect();
+        let created = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(&addresses)
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("run redis-cli --cluster create");
+        assert!(created.success(), "redis-cli --cluster create failed");
+        cluster.wait_until_healthy(masters * replicas);
+        cluster
+    }
+
+    /// `redis-cluster://` URL listing every node as a seed.
+    pub fn url(&self) -> String {
+        let hosts: Vec<String> = self.nodes.iter().map(|node| format!("127.0.0.1:{}", node.port)).collect();
+        format!("redis-cluster://{}", hosts.join(","))
+    }
+
+    /// `redis://` URL of one node, to send it commands of its own (`CLUSTER FAILOVER`, …).
+    pub fn node_url(&self, port: u16) -> String {
+        format!("redis://127.0.0.1:{port}")
+    }
+
+    fn launch(&self, node: &mut ClusterNode) {
+        let _ = std::fs::remove_file(self.dir.path().join(format!("nodes-{}.conf", node.port)));
+        node.child = Some(self.spawn_node(node.port));
+    }
+
+    /// Starts `redis-server` on `port` with its cluster config file in this cluster's
+    /// directory (an existing file keeps the node's identity) and waits for it to answer.
+    fn spawn_node(&self, port: u16) -> Child {
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "1000", "--maxmemory", "64mb"])
+            .args(["--maxmemory-policy", "volatile-lru", "--cluster-replica-validity-factor", "0"])
+            .arg("--cluster-config-file")
+            .arg(self.dir.path().join(format!("nodes-{port}.conf")))
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start redis-server (is it installed?)");
+        let url = self.node_url(port);
+        wait_until("cluster node", Duration::from_secs(10), || command(&url, &["PING"]).is_some());
+        child
+    }
+
+    /// Waits until every node sees `cluster_state:ok` and `replicas` replicas are linked.
+    pub fn wait_until_healthy(&self, replicas: usize) {
+        wait_until("redis cluster", Duration::from_secs(60), || {
+            let all_ok = self.nodes.iter().filter(|node| node.child.is_some()).all(|node| {
+                command(&self.node_url(node.port), &["CLUSTER", "INFO"])
+                    .is_some_and(|info| info.contains("cluster_state:ok"))
+            });
+            let linked = self
+                .nodes
+                .iter()
+                .filter(|node| node.child.is_some())
+                .filter(|node| {
+                    command(&self.node_url(node.port), &["INFO", "replication"])
+                        .is_some_and(|info| info.contains("role:slave") && info.contains("master_link_status:up"))
+                })
+                .count();
+            all_ok && linked >= replicas
+        });
+    }
+
+    /// Ports of the current masters, as the node at `self.nodes[0]` or any live node sees them.
+    pub fn master_ports(&self) -> Vec<u16> {
+        self.nodes
+            .iter()
+            .filter(|node| node.child.is_some())
+            .filter(|node| {
+                command(&self.node_url(node.port), &["INFO", "replication"])
+                    .is_some_and(|info| info.contains("role:master"))
+            })
+            .map(|node| node.port)
+            .collect()
+    }
+
+    /// Port of the master serving `key`'s slot: the one that answers a `GET` of it instead of
+    /// redirecting.
+    pub fn master_of(&self, key: &str) -> u16 {
+        let owns = |port: u16| {
+            redis::Client::open(self.node_url(port))
+                .and_then(|client| client.get_connection_with_timeout(Duration::from_secs(1)))
+                .and_then(|mut conn| redis::cmd("GET").arg(key).query::<Option<Vec<u8>>>(&mut conn))
+                .is_ok()
+        };
+        self.master_ports().into_iter().find(|&port| owns(port)).unwrap_or_else(|| panic!("no master serves {key}"))
+    }
+
+    /// Ports of the replicas of the master on `master`.
+    pub fn replicas_of(&self, master: u16) -> Vec<u16> {
+        self.nodes
+            .iter()
+            .filter(|node| node.child.is_some())
+            .filter(|node| {
+                command(&self.node_url(node.port), &["INFO", "replication"])
+                    .is_some_and(|info| info.contains("role:slave") && info.contains(&format!("master_port:{master}")))
+            })
+            .map(|node| node.port)
+            .collect()
+    }
+
+    /// Kills the node on `port` (SIGKILL: its data is gone) and leaves it down.
+    pub fn kill(&mut self, port: u16) {
+        if let Some(node) = self.nodes.iter_mut().find(|node| node.port == port) {
+            kill(&mut node.child, "KILL");
+        }
+    }
+
+    /// Freezes the node on `port` (SIGSTOP): it keeps its sockets but processes nothing.
+    pub fn pause(&self, port: u16) {
+        self.signal(port, "STOP");
+    }
+
+    /// Lets a paused node run again (SIGCONT).
+    pub fn resume(&self, port: u16) {
+        self.signal(port, "CONT");
+    }
+
+    fn signal(&self, port: u16, signal: &str) {
+        let node = self.nodes.iter().find(|node| node.port == port).and_then(|node| node.child.as_ref());
+        if let Some(child) = node {
+            let _ = Command::new("kill").arg(format!("-{signal}")).arg(child.id().to_string()).status();
+        }
+    }
+
+    /// Starts the node on `port` again, empty but with its cluster identity, so it rejoins.
+    pub fn restart(&mut self, port: u16) {
+        let Some(index) = self.nodes.iter().position(|node| node.port == port) else { return };
+        kill(&mut self.nodes[index].child, "KILL");
+        let child = self.spawn_node(port);
+        self.nodes[index].child = Some(child);
+    }
+}
+
+impl Drop for PrivateRedisCluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            kill(&mut node.child, "KILL");
+        }
+    }
+}
+
+/// Runs one command on one node, `None` when it does not answer.
+pub fn command(url: &str, args: &[&str]) -> Option<String> {
+    let client = redis::Client::open(url).ok()?;
+    let mut conn = client.get_connection_with_timeout(Duration::from_millis(500)).ok()?;
+    let mut cmd = redis::cmd(args[0]);
+    for arg in &args[1..] {
+        cmd.arg(*arg);
+    }
+    match cmd.query::<redis::Value>(&mut conn).ok()? {
+        redis::Value::BulkString(bytes) => Some(String::from_utf8_lossy(&bytes).into_owned()),
+        redis::Value::SimpleString(text) | redis::Value::VerbatimString { text, .. } => Some(text),
+        redis::Value::Okay => Some("OK".into()),
+        other => Some(format!("{other:?}")),
+    }
+}
