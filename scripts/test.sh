@@ -14,4 +14,4 @@ cargo nextest run --workspace --profile "${NEXTEST_PROFILE:-default}" "$@"
 # tests that bring servers of their own, which gain nothing from a second run).
 scripts/with-redis-cluster.sh cargo nextest run --workspace --profile "${NEXTEST_PROFILE:-default}" \
     -E '(package(openrisk-api) | package(openrisk-invalidator) | (package(openrisk-shared) & binary(protocol)))
-        & !binary(redis_failover) & !binary(redis_down) & !binary(openapi)' "$@"
+        & !binary(redis_failover) & !binary(redis_down) & !binary(openapi) & !binary(replicas)' "$@"

@@ -26,6 +26,7 @@ use crate::auth::TokenVerifier;
 use crate::cache::{BeforeFillHook, Cache};
 use crate::connection_limits::LimitedAcceptor;
 use crate::db::Db;
+use crate::db::replicas::ReadRouter;
 use crate::error::{ApiError, problem_from_poem_error};
 use crate::metrics::Metrics;
 use crate::routes::{AssetsApi, HealthApi, MitigationsApi, RisksApi, StatsApi, TokensApi};
@@ -64,6 +65,9 @@ pub enum StartError {
 pub struct AppState {
     pub settings: Settings,
     pub db: Db,
+    /// Where cache misses and bypassed reads go: a replica that has replayed far enough, or the
+    /// primary.
+    pub reads: Arc<ReadRouter>,
     pub cache: Arc<Cache>,
     pub tokens: TokenVerifier,
     pub metrics: Arc<Metrics>,
@@ -78,6 +82,9 @@ pub struct AppState {
 pub struct AppOptions {
     /// Runs on every cache miss between the database read and the fill.
     pub before_fill: Option<BeforeFillHook>,
+    /// Lets a replica answer reads whatever it has replayed: the variant without the guard,
+    /// for the test that shows stale fills happen without it.
+    pub unguarded_replica_reads: bool,
 }
 
 impl AppState {
@@ -85,6 +92,14 @@ impl AppState {
     pub async fn new(settings: Settings, options: AppOptions) -> Result<Arc<Self>, StartError> {
         let metrics = Arc::new(Metrics::new());
         let conn = crate::db::connect(&settings.database_url, settings.pool_settings()).await?;
+        let reads = ReadRouter::start(
+            conn.clone(),
+            &settings.database,
+            settings.pool_settings(),
+            !options.unguarded_replica_reads,
+            metrics.clone(),
+        )
+        .await?;
         let cache =
             Cache::new(&settings.redis_target()?, settings.cache.clone(), metrics.clone(), options.before_fill)?;
         let cluster = ClusterWatch::new(&metrics.registry)?;
@@ -98,6 +113,7 @@ impl AppState {
         let state = Arc::new(AppState {
             variant_budget,
             db: Db::new(conn, metrics.clone()),
+            reads,
             cache: Arc::new(cache),
             tokens,
             metrics,

@@ -103,6 +103,11 @@ pub struct Metrics {
     db_duration: HistogramVec,
     db_pool_connections: IntGaugeVec,
     db_pool_max: IntGauge,
+    db_reads: IntCounterVec,
+    replica_in_rotation: IntGaugeVec,
+    replica_lag_seconds: prometheus::GaugeVec,
+    replica_lag_bytes: IntGaugeVec,
+    replica_behind: IntCounterVec,
     auth_token_cache: IntCounterVec,
     auth_hits: IntCounter,
     auth_misses: IntCounter,
@@ -172,7 +177,7 @@ impl Metrics {
             .expect("valid gauge"),
             redis_duration: histogram(
                 "openrisk_redis_command_duration_seconds",
-                "Latency of the cache protocol's Redis calls, by operation (lookup, create_versions, fill, invalidate).",
+                "Latency of the cache protocol's Redis calls, by operation (lookup, create_versions, replay_floor, stamp_floor, fill, invalidate).",
                 &["operation"],
             ),
             db_duration: histogram(
@@ -190,6 +195,38 @@ impl Metrics {
                 "Configured size limit of the database pool.",
             )
             .expect("valid gauge"),
+            db_reads: counter(
+                "openrisk_db_reads_total",
+                "Cache misses and bypassed reads by where they were read (replica, primary).",
+                &["target"],
+            ),
+            replica_in_rotation: IntGaugeVec::new(
+                Opts::new(
+                    "openrisk_db_replica_in_rotation",
+                    "1 while a read replica takes reads; 0 while it lags past the limit, is down or is not in recovery.",
+                ),
+                &["replica"],
+            )
+            .expect("valid gauge"),
+            replica_lag_seconds: prometheus::GaugeVec::new(
+                Opts::new(
+                    "openrisk_db_replica_lag_seconds",
+                    "How long ago the primary passed the WAL position a read replica has replayed (0: caught up).",
+                ),
+                &["replica"],
+            )
+            .expect("valid gauge"),
+            replica_lag_bytes: IntGaugeVec::new(
+                Opts::new("openrisk_db_replica_lag_bytes", "WAL bytes a read replica has yet to replay."),
+                &["replica"],
+            )
+            .expect("valid gauge"),
+            replica_behind: counter(
+                "openrisk_db_replica_behind_floor_total",
+                "Reads a replica could not take because it had not replayed the last invalidation of their tags \
+                 (read from the primary instead, so the fill holds current rows).",
+                &["replica"],
+            ),
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
             Box::new(metrics.http_requests.clone()),
@@ -203,6 +240,11 @@ impl Metrics {
             Box::new(metrics.db_duration.clone()),
             Box::new(metrics.db_pool_connections.clone()),
             Box::new(metrics.db_pool_max.clone()),
+            Box::new(metrics.db_reads.clone()),
+            Box::new(metrics.replica_in_rotation.clone()),
+            Box::new(metrics.replica_lag_seconds.clone()),
+            Box::new(metrics.replica_lag_bytes.clone()),
+            Box::new(metrics.replica_behind.clone()),
             Box::new(metrics.auth_token_cache.clone()),
         ];
         for collector in collectors {
@@ -262,6 +304,30 @@ impl Metrics {
         self.db_pool_connections.with_label_values(&["idle"]).set(i64::from(idle));
         self.db_pool_connections.with_label_values(&["in_use"]).set(i64::from(in_use));
         self.db_pool_max.set(i64::from(max));
+    }
+
+    /// Counts a cache miss or bypassed read by where it was read: `replica` or `primary`.
+    pub fn db_read(&self, target: &'static str) {
+        self.db_reads.with_label_values(&[target]).inc();
+    }
+
+    /// Publishes what the replica monitor measured; an unknown lag removes the lag samples.
+    pub fn set_replica(&self, replica: &str, in_rotation: bool, lag_seconds: Option<f64>, lag_bytes: Option<u64>) {
+        self.replica_in_rotation.with_label_values(&[replica]).set(i64::from(in_rotation));
+        match lag_seconds {
+            Some(lag) => self.replica_lag_seconds.with_label_values(&[replica]).set(lag),
+            None => drop(self.replica_lag_seconds.remove_label_values(&[replica])),
+        }
+        match lag_bytes {
+            Some(lag) => {
+                self.replica_lag_bytes.with_label_values(&[replica]).set(i64::try_from(lag).unwrap_or(i64::MAX))
+            }
+            None => drop(self.replica_lag_bytes.remove_label_values(&[replica])),
+        }
+    }
+
+    pub fn replica_behind(&self, replica: &str) {
+        self.replica_behind.with_label_values(&[replica]).inc();
     }
 
     pub fn auth_cache(&self, hit: bool) {

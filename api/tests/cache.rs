@@ -164,7 +164,12 @@ async fn a_risk_detail_is_invalidated_by_changes_to_its_linked_assets_made_by_pl
 #[tokio::test]
 async fn the_stale_fill_race_never_stores_the_old_value() {
     let gate = FillGate::default();
-    let app = spawn_app_with(RedisNamespace::new(), |_| {}, AppOptions { before_fill: Some(gate.hook()) }).await;
+    let app = spawn_app_with(
+        RedisNamespace::new(),
+        |_| {},
+        AppOptions { before_fill: Some(gate.hook()), ..AppOptions::default() },
+    )
+    .await;
     let risk = app.create_risk(&app.a.analyst, "Old title").await;
     let id = risk["id"].as_str().unwrap().to_owned();
     let path = format!("/api/v1/risks/{id}");
@@ -207,7 +212,12 @@ async fn the_stale_fill_race_never_stores_the_old_value() {
 #[tokio::test]
 async fn a_linked_asset_changed_while_the_detail_is_read_rejects_its_fill() {
     let gate = FillGate::default();
-    let app = spawn_app_with(RedisNamespace::new(), |_| {}, AppOptions { before_fill: Some(gate.hook()) }).await;
+    let app = spawn_app_with(
+        RedisNamespace::new(),
+        |_| {},
+        AppOptions { before_fill: Some(gate.hook()), ..AppOptions::default() },
+    )
+    .await;
     let token = &app.a.analyst;
     let risk = app.create_risk(token, "Risk").await;
     let asset = app.create_asset(token, "Asset", "HIGH").await;
@@ -235,7 +245,12 @@ async fn a_linked_asset_changed_while_the_detail_is_read_rejects_its_fill() {
 async fn concurrent_misses_on_one_key_do_one_database_read() {
     const READERS: usize = 8;
     let gate = FillGate::default();
-    let app = spawn_app_with(RedisNamespace::new(), |_| {}, AppOptions { before_fill: Some(gate.hook()) }).await;
+    let app = spawn_app_with(
+        RedisNamespace::new(),
+        |_| {},
+        AppOptions { before_fill: Some(gate.hook()), ..AppOptions::default() },
+    )
+    .await;
     app.create_risk(&app.a.analyst, "Popular").await;
     let reads_before = app.metric("openrisk_db_query_duration_seconds_count{query=\"risk_list\"}").await;
 

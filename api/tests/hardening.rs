@@ -245,7 +245,7 @@ async fn a_request_over_the_time_limit_is_answered_503() {
     let app = spawn_app_with(
         RedisNamespace::new(),
         |settings| settings.http.request_timeout_ms = 200,
-        AppOptions { before_fill: Some(gate.hook()) },
+        AppOptions { before_fill: Some(gate.hook()), ..AppOptions::default() },
     )
     .await;
     gate.arm("/api/v1/stats");

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use openrisk_shared::db::Lsn;
 use openrisk_shared::event::{InvalidationEvent, OutboxRow, PoisonReason};
 use tokio_postgres::{Client, Transaction};
 
@@ -18,6 +19,11 @@ use tokio_postgres::{Client, Transaction};
 /// outbox in one batch (ignoring the limit) in quadratic time. It did on an outbox whose
 /// statistics still said "empty" when an outage had filled it (deployment/live.sh: 6000 rows
 /// took a minute).
+///
+/// `wal_position` is the primary's WAL insert position read by this statement, whose snapshot
+/// already sees the claimed rows: their writes' commit records end before it (a trigger's own
+/// position would not do, as it precedes its transaction's commit record). Read replicas use
+/// it as the replay floor of the versions this batch writes (see `openrisk_shared::protocol`).
 const CLAIM: &str = "
     WITH picked AS MATERIALIZED (
         SELECT id FROM cache_outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED),
@@ -27,7 +33,8 @@ const CLAIM: &str = "
         RETURNING o.id, o.tenant_id, o.table_name, o.op, o.tags, o.txid, o.created_at)
     SELECT c.id, c.tenant_id, c.table_name, c.op, c.tags, c.txid::text AS txid, c.created_at,
            EXISTS (SELECT 1 FROM cache_watches w WHERE w.table_name::text = c.table_name) AS watched,
-           extract(epoch FROM clock_timestamp() - c.created_at)::float8 AS age_seconds
+           extract(epoch FROM clock_timestamp() - c.created_at)::float8 AS age_seconds,
+           pg_current_wal_insert_lsn()::text AS wal_position
     FROM claimed c
     ORDER BY c.id";
 
@@ -41,6 +48,9 @@ const DEAD_LETTER: &str = "
 pub struct Batch {
     pub events: Vec<ClaimedEvent>,
     pub poison: Vec<PoisonRow>,
+    /// Where the primary's WAL ended once the claim saw the rows: every claimed write is
+    /// replayed by a replica that has replayed this far.
+    pub replayed_by: Lsn,
 }
 
 impl Batch {
@@ -104,6 +114,9 @@ pub async fn claim(transaction: &Transaction<'_>, limit: u32) -> Result<Batch, t
             table_watched: row.get("watched"),
         };
         let age_seconds: f64 = row.get("age_seconds");
+        if let Ok(position) = row.get::<_, String>("wal_position").parse::<Lsn>() {
+            batch.replayed_by = batch.replayed_by.max(position);
+        }
         match InvalidationEvent::try_from(outbox_row.clone()) {
             Ok(event) => {
                 batch.events.push(ClaimedEvent { event, age_at_claim: Duration::from_secs_f64(age_seconds.max(0.0)) })

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use openrisk_shared::config::{Settings, WakeMode};
+use openrisk_shared::db::Lsn;
 use openrisk_shared::keys::{Keyspace, Tag};
 use openrisk_shared::protocol::{self, InvalidateError, Reclaimable, ReplicaAck};
 use openrisk_shared::redis_connection::{RedisConnection, RedisTarget, Timeouts};
@@ -219,7 +220,7 @@ impl Worker {
         span.record("size", batch.len()).record("tenants", batch.tenants().as_str());
         let claimed_at = Instant::now();
         // On a Redis error the transaction is dropped and rolled back: the rows come back.
-        let (tags, reclaimable) = self.apply(redis, &batch.events).await?;
+        let (tags, reclaimable) = self.apply(redis, &batch.events, batch.replayed_by).await?;
         let confirmed_after = claimed_at.elapsed();
         span.record("lag_ms", batch.max_lag_ms(confirmed_after));
         for poison in &batch.poison {
@@ -261,12 +262,14 @@ impl Worker {
     }
 
     /// Invalidates every tag of the batch, collapsed per tenant, concurrently over the
-    /// multiplexed connection, each call waiting for the configured Redis replicas. Returns the
+    /// multiplexed connection, each call waiting for the configured Redis replicas and recording
+    /// `replayed_by` as the replay floor the new versions need on a read replica. Returns the
     /// distinct tags and the member sets to reclaim.
     async fn apply(
         &self,
         redis: &mut RedisConnection,
         events: &[ClaimedEvent],
+        replayed_by: Lsn,
     ) -> Result<(u64, Reclaimable), InvalidateError> {
         let mut by_tenant: HashMap<Uuid, BTreeSet<Tag>> = HashMap::new();
         for claimed in events {
@@ -281,7 +284,17 @@ impl Worker {
                     let chunk = chunk.to_vec();
                     let keyspace = &self.keyspace;
                     let ack = self.replica_ack;
-                    async move { protocol::invalidate_replicated(&mut connection, keyspace, tenant, &chunk, ack).await }
+                    async move {
+                        protocol::invalidate_replicated(
+                            &mut connection,
+                            keyspace,
+                            tenant,
+                            &chunk,
+                            ack,
+                            Some(replayed_by),
+                        )
+                        .await
+                    }
                 })
                 .collect::<Vec<_>>()
         });

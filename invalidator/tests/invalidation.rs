@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use common::{Harness, eventually, http_get};
 use openrisk_shared::config::WakeMode;
+use openrisk_shared::db::Lsn;
+use openrisk_shared::protocol::{self, Lookup};
 use uuid::Uuid;
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -257,4 +259,36 @@ async fn poison_events_are_dead_lettered_and_never_block_the_queue() {
     assert_eq!(running.metrics.poison_events.get(), 5);
     assert!(!h.is_cached(tenant, &key, &["risks".into()]).await, "the valid event behind them was applied");
     assert!(running.shutdown(WAIT).await);
+}
+
+#[tokio::test]
+async fn an_invalidation_records_a_replay_floor_past_the_write_it_applies() {
+    let mut h = Harness::new().await;
+    let tenant = h.tenant("a").await;
+    let risk = h.risk(tenant, "r").await;
+    let deps = common::with_all(&[format!("risk:{risk}")]);
+    let probe = h.keyspace.entry_key(tenant, 1, "probe", &[]);
+    let _running = h.start(h.settings()).await;
+    h.drained(WAIT).await;
+    // A reader's snapshot, whose versions get the primary's position as their floor.
+    let Lookup::Miss(partial) = protocol::lookup(&mut h.redis, &h.keyspace, tenant, &probe, &deps).await.unwrap()
+    else {
+        panic!("nothing is filled under the probe key")
+    };
+    let snapshot = protocol::create_missing_versions(&mut h.redis, &h.keyspace, tenant, &partial, 700).await.unwrap();
+    let found = protocol::replay_floor(&mut h.redis, &h.keyspace, tenant, &snapshot).await.unwrap();
+    protocol::stamp_replay_floor(&mut h.redis, &h.keyspace, tenant, &snapshot, &found, Lsn(0)).await.unwrap();
+    let before_write: String = h.sql.query_one("SELECT pg_current_wal_insert_lsn()::text", &[]).await.unwrap().get(0);
+    let before_write: Lsn = before_write.parse().unwrap();
+
+    h.sql.execute("UPDATE risks SET title = 'changed' WHERE id = $1", &[&risk]).await.unwrap();
+    h.drained(WAIT).await;
+
+    let Lookup::Miss(after) = protocol::lookup(&mut h.redis, &h.keyspace, tenant, &probe, &deps).await.unwrap() else {
+        panic!("nothing is filled under the probe key")
+    };
+    assert_ne!(after, snapshot, "the update was invalidated");
+    let floor = protocol::replay_floor(&mut h.redis, &h.keyspace, tenant, &after).await.unwrap().required();
+    let floor = floor.expect("the invalidator kept the floor known");
+    assert!(floor > before_write, "floor {floor} must lie past the write, which began after {before_write}");
 }

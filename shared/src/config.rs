@@ -1,7 +1,7 @@
 //! Layered configuration: built-in defaults < an optional TOML file < environment variables.
 //!
-//! The well-known variables `DATABASE_URL`, `REDIS_URL`, `API_ADDR`, `METRICS_ADDR` and
-//! `OPENRISK_PROFILE` are read as they are; every other setting can be given as
+//! The well-known variables `DATABASE_URL`, `DATABASE_REPLICA_URLS`, `REDIS_URL`, `API_ADDR`,
+//! `METRICS_ADDR` and `OPENRISK_PROFILE` are read as they are; every other setting can be given as
 //! `OPENRISK_<SECTION>__<FIELD>` (for example `OPENRISK_CACHE__TTL_SECS=600`).
 
 use std::net::SocketAddr;
@@ -204,11 +204,49 @@ impl Default for InvalidatorSettings {
     }
 }
 
+/// Streaming read replicas of the primary at `database_url`, which the API reads cache misses
+/// and bypassed reads from (never writes, nor anything inside a write transaction).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseSettings {
+    /// Replica URLs; `DATABASE_REPLICA_URLS` gives them comma-separated. Empty: every read goes
+    /// to the primary.
+    #[serde(deserialize_with = "list_or_comma_separated")]
+    pub replica_urls: Vec<String>,
+    /// Replay lag past which a replica is taken out of rotation until it catches up.
+    pub replica_max_lag_ms: u64,
+    /// How often the API measures each replica's lag (and whether it answers at all).
+    pub replica_check_interval_ms: u64,
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        Self { replica_urls: Vec::new(), replica_max_lag_ms: 1000, replica_check_interval_ms: 250 }
+    }
+}
+
+/// A list given either as a list (TOML) or as one comma-separated string (an environment
+/// variable); blank items are dropped.
+fn list_or_comma_separated<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum ListOrText {
+        List(Vec<String>),
+        Text(String),
+    }
+    let items = match ListOrText::deserialize(deserializer)? {
+        ListOrText::List(items) => items,
+        ListOrText::Text(text) => text.split(',').map(str::to_owned).collect(),
+    };
+    Ok(items.into_iter().map(|item| item.trim().to_owned()).filter(|item| !item.is_empty()).collect())
+}
+
 /// Everything both processes can be configured with.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Settings {
     pub database_url: String,
+    pub database: DatabaseSettings,
     pub redis_url: String,
     /// Where the API listens (HTTP API, docs, health).
     pub api_addr: SocketAddr,
@@ -227,6 +265,7 @@ impl Default for Settings {
     fn default() -> Self {
         Self {
             database_url: "postgres://postgres@127.0.0.1:5432/openrisk".into(),
+            database: DatabaseSettings::default(),
             redis_url: "redis://127.0.0.1:6379".into(),
             api_addr: "127.0.0.1:8080".parse().expect("valid default address"),
             metrics_addr: "127.0.0.1:9464".parse().expect("valid default address"),
@@ -256,6 +295,7 @@ impl Settings {
             .merge(Env::prefixed("OPENRISK_").split("__").ignore(&["profile", "config"]))
             .merge(Env::raw().only(&["DATABASE_URL", "REDIS_URL", "API_ADDR", "METRICS_ADDR"]))
             .merge(Env::raw().only(&["OPENRISK_PROFILE"]).map(|_| "profile".into()))
+            .merge(Env::raw().only(&["DATABASE_REPLICA_URLS"]).map(|_| "database.replica_urls".into()))
     }
 
     /// Extracts and validates settings from a provider stack.
@@ -272,6 +312,15 @@ impl Settings {
             "database_url must be a postgres:// URL",
         )?;
         RedisTarget::parse(&self.redis_url).map_err(|error| ConfigError::Rule(error.to_string()))?;
+        rule(
+            self.database
+                .replica_urls
+                .iter()
+                .all(|url| url.starts_with("postgres://") || url.starts_with("postgresql://")),
+            "database.replica_urls must all be postgres:// URLs",
+        )?;
+        rule(self.database.replica_max_lag_ms >= 1, "database.replica_max_lag_ms must be at least 1")?;
+        rule(self.database.replica_check_interval_ms >= 1, "database.replica_check_interval_ms must be at least 1")?;
         rule(
             self.invalidator.redis_replicas_ack_timeout_ms >= 1,
             "invalidator.redis_replicas_ack_timeout_ms must be at least 1",
@@ -366,6 +415,32 @@ mod tests {
             assert_eq!(settings.pool_settings().max_connections, 100);
             Ok(())
         });
+    }
+
+    #[test]
+    fn replicas_come_comma_separated_from_the_environment_or_as_a_list_from_the_file() {
+        Jail::expect_with(|jail| {
+            jail.set_env("DATABASE_REPLICA_URLS", "postgres://r1:5432/openrisk, postgres://r2:5432/openrisk,");
+            jail.set_env("OPENRISK_DATABASE__REPLICA_MAX_LAG_MS", "250");
+            let settings = Settings::load(None).expect("loads");
+            assert_eq!(settings.database.replica_urls, ["postgres://r1:5432/openrisk", "postgres://r2:5432/openrisk"]);
+            assert_eq!(settings.database.replica_max_lag_ms, 250);
+            Ok(())
+        });
+        Jail::expect_with(|jail| {
+            jail.create_file("openrisk.toml", "[database]\nreplica_urls = [\"postgres://r1/openrisk\"]\n")?;
+            let settings = Settings::load(Some(Path::new("openrisk.toml"))).expect("loads");
+            assert_eq!(settings.database.replica_urls, ["postgres://r1/openrisk"]);
+            assert_eq!(settings.database.replica_max_lag_ms, 1000, "the default");
+            Ok(())
+        });
+        Jail::expect_with(|jail| {
+            jail.set_env("DATABASE_REPLICA_URLS", "mysql://r1");
+            let error = Settings::load(None).expect_err("must fail").to_string();
+            assert!(error.contains("replica_urls"), "{error}");
+            Ok(())
+        });
+        assert!(Settings::default().database.replica_urls.is_empty(), "without the variable nothing changes");
     }
 
     #[test]

@@ -30,3 +30,60 @@ pub fn config(url: &str, application_name: &str) -> Result<tokio_postgres::Confi
         .tcp_user_timeout(Duration::from_secs(10));
     Ok(config)
 }
+
+/// A position in a Postgres server's write-ahead log (`pg_lsn`): what a replica has replayed,
+/// or where the primary was when an invalidation was recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Lsn(pub u64);
+
+/// Text that is not a `pg_lsn` (`<hex>/<hex>`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a WAL position of the form <hex>/<hex>")]
+pub struct LsnError(String);
+
+impl std::str::FromStr for Lsn {
+    type Err = LsnError;
+
+    /// Parses Postgres' spelling, e.g. `16/B374D848`.
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let invalid = || LsnError(text.to_owned());
+        let (high, low) = text.split_once('/').ok_or_else(invalid)?;
+        let part = |hex: &str| {
+            (!hex.is_empty() && hex.len() <= 8).then(|| u32::from_str_radix(hex, 16).ok()).flatten().ok_or_else(invalid)
+        };
+        Ok(Lsn((u64::from(part(high)?) << 32) | u64::from(part(low)?)))
+    }
+}
+
+impl std::fmt::Display for Lsn {
+    /// Postgres' spelling, so it can be given back as `'…'::pg_lsn`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:X}/{:X}", self.0 >> 32, self.0 & 0xFFFF_FFFF)
+    }
+}
+
+impl Lsn {
+    /// Bytes of WAL from `earlier` to `self` (zero when `earlier` is not earlier).
+    pub fn bytes_after(self, earlier: Lsn) -> u64 {
+        self.0.saturating_sub(earlier.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wal_positions_round_trip_through_postgres_spelling() {
+        let lsn: Lsn = "16/B374D848".parse().unwrap();
+        assert_eq!(lsn, Lsn(0x16_B374_D848));
+        assert_eq!(lsn.to_string(), "16/B374D848");
+        assert_eq!("0/0".parse::<Lsn>().unwrap(), Lsn(0));
+        assert!("0/0".parse::<Lsn>().unwrap() < lsn);
+        for bad in ["", "16", "/1", "1/", "x/1", "1/123456789", "1/2/3"] {
+            assert!(bad.parse::<Lsn>().is_err(), "{bad:?}");
+        }
+        assert_eq!(lsn.bytes_after(Lsn(0x16_0000_0000)), 0xB374_D848);
+        assert_eq!(Lsn(1).bytes_after(lsn), 0);
+    }
+}

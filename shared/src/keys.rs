@@ -7,6 +7,7 @@
 //! <prefix>:{<tenant>}:v:<tag>                               tag version token
 //! <prefix>:{<tenant>}:m:<tag>                               set of entry keys built from <tag>
 //! <prefix>:{<tenant>}:g:<token>:<tag>                       a member set invalidation moved aside
+//! <prefix>:{<tenant>}:r:<tag>                               replay floor: <version token>@<WAL position>
 //! ```
 //!
 //! Every key has a TTL. The `e2` names the entry format of the protocol in
@@ -131,6 +132,12 @@ impl Keyspace {
         format!("{}g:{}:{}", self.tenant_base(tenant), token, tag)
     }
 
+    /// Where `tag`'s replay floor is kept: the WAL position a replica must have replayed before
+    /// its rows may be served under the tag's current version (see [`crate::protocol`]).
+    pub fn replay_floor_key(&self, tenant: Uuid, tag: &Tag) -> String {
+        format!("{}r:{}", self.tenant_base(tenant), tag)
+    }
+
     /// A `SCAN MATCH` pattern for every cached entry of every tenant (for checks, never the
     /// request path).
     pub fn entry_pattern(&self) -> String {
@@ -187,6 +194,7 @@ mod tests {
                     keyspace.version_key(tenant, &tag),
                     keyspace.members_key(tenant, &tag),
                     keyspace.reclaim_key(tenant, &tag, &id.simple().to_string()),
+                    keyspace.replay_floor_key(tenant, &tag),
                     keyspace.entry_key(tenant, 1, "risks", &[("q", "{other}".into()), ("page", "1".into())]),
                 ] {
                     assert_eq!(redis::cluster_routing::Slot::for_key(&key), slot, "{key}");

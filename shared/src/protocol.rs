@@ -15,6 +15,18 @@
 //!   entries themselves are only memory by then: the same call moves the tag's member set aside
 //!   and [`reclaim`] unlinks its entries later, a bounded chunk per command.
 //!
+//! With Postgres read replicas, a miss may read rows from a replica that has not replayed a
+//! write whose invalidation already ran; filled, those rows would be stale until expiry. So each
+//! version may carry a *replay floor* at `r:<tag>`, `<version token>@<WAL position>`: a position
+//! at or past the end of the commit record of every write whose invalidation of the tag finished
+//! before that version was written. A miss reads the floors of its snapshot's versions
+//! ([`replay_floor`]) and may read a replica only once the replica has replayed past the
+//! highest of them; a version without a floor of its own (none recorded, lost, or written for
+//! an older token) has an unknown floor, and the reader uses the primary's current position
+//! instead and records it ([`stamp_replay_floor`]). A floor names its version's token, so a
+//! lost version or floor, or a version replaced by a process that knows nothing of floors,
+//! only ever makes a floor unknown, never too low.
+//!
 //! A version that is absent matches nothing: a hit needs every version present, and a fill
 //! needs every version equal to a token the reader saw. So a version lost to `FLUSHALL`, a
 //! restart, eviction (under any policy) or expiry acts as an invalidation of its tag, and tokens
@@ -30,6 +42,7 @@ use redis::Script;
 use redis::aio::ConnectionLike;
 use uuid::Uuid;
 
+use crate::db::Lsn;
 use crate::keys::{Keyspace, Tag};
 use crate::redis_connection::RedisConnection;
 
@@ -286,18 +299,48 @@ pub async fn fill<C: ConnectionLike>(
 
 /// Replaces the version of each tag that has one with a fresh token (keeping its lifetime) and
 /// renames the tag's member set to a reclaim key of its own. Returns the reclaim keys that
-/// received a member set.
+/// received a member set. When given a WAL position and the replaced version had a floor of its
+/// own, the new version gets the later of the two as its floor (same lifetime as the version);
+/// otherwise the new version's floor is unknown.
 ///
-/// KEYS: per tag, its version, its member set and its reclaim key. ARGV: the fresh token.
+/// KEYS: per tag, its version, its member set, its reclaim key and its replay floor. ARGV: the
+/// fresh token, then the WAL position as 16 hex digits (empty when unknown).
 ///
 /// Invariant: once this returns, no entry filled under a previous version of any of the tags can
 /// be hit or filled (the hit and the fill both compare versions). A version that was absent
 /// stays absent, which already matches nothing. Entries filled afterwards register in a new
-/// member set, so reclaiming the renamed one never drops them.
+/// member set, so reclaiming the renamed one never drops them. A floor written here is at least
+/// the previous version's floor and at least the given position, so it covers every write whose
+/// invalidation finished before the new version was written: never lower than it must be,
+/// whatever order concurrent invalidations run in.
 const INVALIDATE_SOURCE: &str = r#"
+local function later(a, b)
+  local a_high, b_high = tonumber(string.sub(a, 1, 8), 16), tonumber(string.sub(b, 1, 8), 16)
+  if a_high ~= b_high then
+    return a_high > b_high
+  end
+  return tonumber(string.sub(a, 9), 16) > tonumber(string.sub(b, 9), 16)
+end
 local moved = {}
-for i = 1, #KEYS, 3 do
-  redis.call('SET', KEYS[i], ARGV[1], 'XX', 'KEEPTTL')
+for i = 1, #KEYS, 4 do
+  local previous = redis.call('GET', KEYS[i])
+  if previous then
+    redis.call('SET', KEYS[i], ARGV[1], 'KEEPTTL')
+    local floor = redis.call('GET', KEYS[i + 3])
+    local prefix = previous .. '@'
+    if ARGV[2] ~= '' and floor and string.sub(floor, 1, #prefix) == prefix then
+      local position = string.sub(floor, #prefix + 1)
+      if later(ARGV[2], position) then
+        position = ARGV[2]
+      end
+      local ttl = redis.call('PTTL', KEYS[i])
+      if ttl > 0 then
+        redis.call('SET', KEYS[i + 3], ARGV[1] .. '@' .. position, 'PX', ttl)
+      else
+        redis.call('SET', KEYS[i + 3], ARGV[1] .. '@' .. position)
+      end
+    end
+  end
   if redis.call('EXISTS', KEYS[i + 1]) == 1 then
     redis.call('RENAME', KEYS[i + 1], KEYS[i + 2])
     moved[#moved + 1] = KEYS[i + 2]
@@ -350,12 +393,23 @@ pub enum InvalidateError {
 
 /// Invalidates `tags` of `tenant` (one script, O(tags)): after it returns no entry built under
 /// their previous versions is served. Idempotent; a tag nothing was cached under costs one
-/// `SET … XX`. The caller reclaims the returned member sets once it has acknowledged the event.
+/// `GET`. The caller reclaims the returned member sets once it has acknowledged the event.
+/// The new versions' replay floors are unknown (see [`invalidate_replicated`]).
 pub async fn invalidate<C: ConnectionLike>(
     conn: &mut C,
     keyspace: &Keyspace,
     tenant: Uuid,
     tags: &[Tag],
+) -> redis::RedisResult<Reclaimable> {
+    invalidate_with_floor(conn, keyspace, tenant, tags, None).await
+}
+
+async fn invalidate_with_floor<C: ConnectionLike>(
+    conn: &mut C,
+    keyspace: &Keyspace,
+    tenant: Uuid,
+    tags: &[Tag],
+    replayed_by: Option<Lsn>,
 ) -> redis::RedisResult<Reclaimable> {
     if tags.is_empty() {
         return Ok(Reclaimable::default());
@@ -365,7 +419,7 @@ pub async fn invalidate<C: ConnectionLike>(
     for key in &keys {
         call.key(key);
     }
-    call.arg(&token);
+    call.arg(&token).arg(replayed_by.map(floor_text).unwrap_or_default());
     let keys: Vec<String> = call.invoke_async(conn).await?;
     Ok(Reclaimable { keys })
 }
@@ -380,16 +434,25 @@ fn invalidation_keys(keyspace: &Keyspace, tenant: Uuid, tags: &[Tag]) -> (String
                 keyspace.version_key(tenant, tag),
                 keyspace.members_key(tenant, tag),
                 keyspace.reclaim_key(tenant, tag, &token),
+                keyspace.replay_floor_key(tenant, tag),
             ]
         })
         .collect();
     (token, keys)
 }
 
+/// A WAL position as stored in a floor: 16 hex digits, so the scripts compare fixed-width text.
+fn floor_text(lsn: Lsn) -> String {
+    format!("{:016x}", lsn.0)
+}
+
 /// [`invalidate`], then `WAIT` until `ack.replicas` replicas of the tenant's master hold it. The
 /// script and the `WAIT` travel in one pipeline on one connection to that master (its first key
 /// routes it), so the `WAIT` covers exactly this script's writes even if a connection is
-/// replaced between calls.
+/// replaced between calls. `replayed_by`, when known, is a position at or past the end of the
+/// commit records of every write being invalidated (the invalidator passes the primary's insert
+/// position read after it saw their outbox rows): the new versions keep a known replay floor
+/// where the previous ones had one.
 ///
 /// Invariant: `Ok` means the invalidation survives the failover of its master to any replica
 /// that confirmed it (Redis promotes the replica with the most replicated data first).
@@ -399,11 +462,13 @@ pub async fn invalidate_replicated<C: ConnectionLike>(
     tenant: Uuid,
     tags: &[Tag],
     ack: ReplicaAck,
+    replayed_by: Option<Lsn>,
 ) -> Result<Reclaimable, InvalidateError> {
     if tags.is_empty() || ack.replicas == 0 {
-        return Ok(invalidate(conn, keyspace, tenant, tags).await?);
+        return Ok(invalidate_with_floor(conn, keyspace, tenant, tags, replayed_by).await?);
     }
     let (token, keys) = invalidation_keys(keyspace, tenant, tags);
+    let floor = replayed_by.map(floor_text).unwrap_or_default();
     // A script inside a pipeline is not loaded for us: try it by hash, and on NOSCRIPT send its
     // source (which also loads it on that node for the next time).
     let pipeline = |by_hash: bool| {
@@ -413,7 +478,8 @@ pub async fn invalidate_replicated<C: ConnectionLike>(
             .arg(if by_hash { INVALIDATE.get_hash() } else { INVALIDATE_SOURCE })
             .arg(keys.len())
             .arg(&keys)
-            .arg(&token);
+            .arg(&token)
+            .arg(&floor);
         pipe.cmd("WAIT").arg(ack.replicas).arg(u64::try_from(ack.timeout.as_millis()).unwrap_or(u64::MAX).max(1));
         pipe
     };
@@ -428,6 +494,123 @@ pub async fn invalidate_replicated<C: ConnectionLike>(
         return Err(InvalidateError::NotReplicated { acked, required: ack.replicas, timeout: ack.timeout });
     }
     Ok(Reclaimable { keys: moved })
+}
+
+/// The replay floors of a complete snapshot's versions, as [`replay_floor`] found them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplayFloor {
+    /// The highest floor among the versions that have one.
+    highest: Option<Lsn>,
+    /// Positions in the snapshot of the versions whose floor is unknown.
+    unknown: Vec<usize>,
+}
+
+impl ReplayFloor {
+    /// Where a replica must have replayed to before its rows may be served under the snapshot;
+    /// `None` when a floor is unknown (then the primary's current position is the floor).
+    pub fn required(&self) -> Option<Lsn> {
+        if self.unknown.is_empty() { Some(self.highest.unwrap_or_default()) } else { None }
+    }
+
+    /// With the unknown floors taken to be `primary_position`, as [`stamp_replay_floor`]
+    /// records them.
+    pub fn with_unknown_at(&self, primary_position: Lsn) -> Lsn {
+        self.highest.unwrap_or_default().max(primary_position)
+    }
+}
+
+/// Reads the replay floors of `snapshot`'s versions in one `MGET`. A floor counts only when it
+/// names the snapshot's token, since it covers only writes invalidated before that version.
+///
+/// Invariant: a known floor is at or past the end of every write whose invalidation of its tag
+/// finished before the snapshot was taken (any later one would have replaced the version).
+pub async fn replay_floor<C: ConnectionLike>(
+    conn: &mut C,
+    keyspace: &Keyspace,
+    tenant: Uuid,
+    snapshot: &Snapshot,
+) -> redis::RedisResult<ReplayFloor> {
+    let mut command = redis::cmd("MGET");
+    for tag in &snapshot.tags {
+        command.arg(keyspace.replay_floor_key(tenant, tag));
+    }
+    let floors: Vec<Option<String>> = command.query_async(conn).await?;
+    let mut found = ReplayFloor { highest: None, unknown: Vec::new() };
+    for (position, token) in snapshot.tokens.iter().enumerate() {
+        let floor = floors.get(position).cloned().flatten();
+        let known = token.as_deref().zip(floor.as_deref()).and_then(|(token, floor)| {
+            let position = floor.strip_prefix(token)?.strip_prefix('@')?;
+            (position.len() == 16).then(|| u64::from_str_radix(position, 16).ok()).flatten().map(Lsn)
+        });
+        match known {
+            Some(lsn) => found.highest = found.highest.max(Some(lsn)),
+            None => found.unknown.push(position),
+        }
+    }
+    Ok(found)
+}
+
+/// Gives the snapshot's versions whose floor is unknown the floor `primary_position`, each only
+/// if it is still the snapshot's version and still has no floor of its own.
+///
+/// KEYS: per version, the version and its replay floor. ARGV: the position as 16 hex digits,
+/// then per version the snapshot's token.
+///
+/// Invariant: `primary_position` was read from the primary after the snapshot was taken, so it
+/// is past the end of every write whose invalidation finished before the version was written;
+/// a version replaced since is left alone (its floor stays unknown).
+static STAMP_FLOOR: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+for i = 1, #KEYS, 2 do
+  local token = ARGV[1 + (i + 1) / 2]
+  if redis.call('GET', KEYS[i]) == token then
+    local floor = redis.call('GET', KEYS[i + 1])
+    local prefix = token .. '@'
+    if not floor or string.sub(floor, 1, #prefix) ~= prefix then
+      local ttl = redis.call('PTTL', KEYS[i])
+      if ttl > 0 then
+        redis.call('SET', KEYS[i + 1], prefix .. ARGV[1], 'PX', ttl)
+      else
+        redis.call('SET', KEYS[i + 1], prefix .. ARGV[1])
+      end
+    end
+  end
+end
+return 1
+"#,
+    )
+});
+
+/// Records `primary_position` (the primary's insert position, read after the snapshot was
+/// taken) as the floor of the snapshot's versions whose floor `found` did not know, so later
+/// misses under the same versions need not ask the primary.
+pub async fn stamp_replay_floor<C: ConnectionLike>(
+    conn: &mut C,
+    keyspace: &Keyspace,
+    tenant: Uuid,
+    snapshot: &Snapshot,
+    found: &ReplayFloor,
+    primary_position: Lsn,
+) -> redis::RedisResult<()> {
+    let unknown: Vec<(&Tag, &str)> = found
+        .unknown
+        .iter()
+        .filter_map(|&i| Some((snapshot.tags.get(i)?, snapshot.tokens.get(i)?.as_deref()?)))
+        .collect();
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    let mut call = STAMP_FLOOR.prepare_invoke();
+    for (tag, _) in &unknown {
+        call.key(keyspace.version_key(tenant, tag)).key(keyspace.replay_floor_key(tenant, tag));
+    }
+    call.arg(floor_text(primary_position));
+    for (_, token) in &unknown {
+        call.arg(*token);
+    }
+    let _: i64 = call.invoke_async(conn).await?;
+    Ok(())
 }
 
 /// Unlinks the entries of reclaimed member sets, walking each with `SSCAN` and unlinking at most

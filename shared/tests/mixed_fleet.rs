@@ -177,3 +177,22 @@ async fn the_two_formats_never_read_each_others_entries() {
     // Versions the old lookup would create already exist: both processes share them.
     assert!(matches!(fleet.new_lookup(&key, &deps).await, Lookup::Hit(_)), "sharing the versions keeps hits");
 }
+
+#[tokio::test]
+async fn an_old_invalidator_leaves_the_new_versions_replay_floor_unknown() {
+    let mut fleet = Fleet::new().await;
+    let deps = tags(&["all", "risk:1"]);
+    let key = fleet.new_key();
+    let snapshot = fleet.new_miss(&key, &deps).await;
+    let found = protocol::replay_floor(&mut fleet.conn, &fleet.keyspace, fleet.tenant, &snapshot).await.unwrap();
+    let primary = openrisk_shared::db::Lsn(0x500);
+    protocol::stamp_replay_floor(&mut fleet.conn, &fleet.keyspace, fleet.tenant, &snapshot, &found, primary)
+        .await
+        .unwrap();
+
+    fleet.old.invalidate(&mut fleet.conn, &["risk:1"]).await;
+
+    let after = fleet.new_miss(&key, &deps).await;
+    let found = protocol::replay_floor(&mut fleet.conn, &fleet.keyspace, fleet.tenant, &after).await.unwrap();
+    assert_eq!(found.required(), None, "a version the old process wrote has no floor, so misses ask the primary");
+}

@@ -2,6 +2,7 @@
 //! reads the old row, the write is invalidated, the reader fills) made deterministic by running
 //! the steps in that order.
 
+use openrisk_shared::db::Lsn;
 use openrisk_shared::keys::{Keyspace, Tag};
 use openrisk_shared::protocol::{self, Entry, Fill, InvalidateError, Lookup, Reclaimable, ReplicaAck, Snapshot};
 use openrisk_shared::redis_connection::RedisConnection;
@@ -54,6 +55,35 @@ impl Fixture {
 
     async fn invalidate(&mut self, tags: &[Tag]) -> Reclaimable {
         protocol::invalidate(&mut self.conn, &self.keyspace, self.tenant, tags).await.unwrap()
+    }
+
+    async fn invalidate_replayed_by(&mut self, tags: &[Tag], lsn: u64) {
+        let ack = ReplicaAck::MASTER_ONLY;
+        protocol::invalidate_replicated(&mut self.conn, &self.keyspace, self.tenant, tags, ack, Some(Lsn(lsn)))
+            .await
+            .unwrap();
+    }
+
+    /// The replay floor a miss under `deps` finds now (`None`: unknown).
+    async fn floor(&mut self, deps: &[Tag]) -> Option<Lsn> {
+        let key = self.key("floor-probe");
+        let snapshot = self.miss(&key, deps).await;
+        protocol::replay_floor(&mut self.conn, &self.keyspace, self.tenant, &snapshot).await.unwrap().required()
+    }
+
+    /// Takes a snapshot under `deps` and records `lsn` for its unknown floors, as a miss does
+    /// after asking the primary.
+    async fn stamp(&mut self, deps: &[Tag], lsn: u64) {
+        let key = self.key("floor-probe");
+        let snapshot = self.miss(&key, deps).await;
+        self.stamp_snapshot(&snapshot, lsn).await;
+    }
+
+    async fn stamp_snapshot(&mut self, snapshot: &Snapshot, lsn: u64) {
+        let found = protocol::replay_floor(&mut self.conn, &self.keyspace, self.tenant, snapshot).await.unwrap();
+        protocol::stamp_replay_floor(&mut self.conn, &self.keyspace, self.tenant, snapshot, &found, Lsn(lsn))
+            .await
+            .unwrap();
     }
 
     async fn reclaim(&mut self, reclaimable: &Reclaimable) -> u64 {
@@ -275,6 +305,85 @@ async fn tenants_never_share_keys() {
 }
 
 #[tokio::test]
+async fn a_replay_floor_is_unknown_until_a_reader_records_the_primary_position() {
+    let mut f = Fixture::new().await;
+    let deps = tags(&["all", "risk:1"]);
+    assert_eq!(f.floor(&deps).await, None, "fresh versions have no floor");
+    f.stamp(&deps, 0x500).await;
+    assert_eq!(f.floor(&deps).await, Some(Lsn(0x500)));
+    f.stamp(&deps, 0x900).await;
+    assert_eq!(f.floor(&deps).await, Some(Lsn(0x500)), "a known floor is kept, not raised by readers");
+}
+
+#[tokio::test]
+async fn an_invalidation_raises_a_known_floor_and_never_lowers_it() {
+    let mut f = Fixture::new().await;
+    let deps = tags(&["all", "risk:1"]);
+    f.stamp(&deps, 0x1_0000_0500).await;
+    f.invalidate_replayed_by(&tags(&["risk:1"]), 0x1_0000_0700).await;
+    assert_eq!(f.floor(&deps).await, Some(Lsn(0x1_0000_0700)));
+    // An invalidation that read its position earlier but ran later (another invalidator).
+    f.invalidate_replayed_by(&tags(&["risk:1"]), 0x0_ffff_ffff).await;
+    assert_eq!(f.floor(&deps).await, Some(Lsn(0x1_0000_0700)), "the floor stays at the later position");
+    f.invalidate_replayed_by(&tags(&["risk:1"]), 0x2_0000_0000).await;
+    assert_eq!(f.floor(&deps).await, Some(Lsn(0x2_0000_0000)), "compared as 64-bit positions");
+}
+
+#[tokio::test]
+async fn an_invalidation_without_a_position_or_of_a_version_without_a_floor_leaves_it_unknown() {
+    let mut f = Fixture::new().await;
+    let deps = tags(&["all", "risk:1"]);
+    f.stamp(&deps, 0x500).await;
+    f.invalidate(&tags(&["risk:1"])).await;
+    assert_eq!(f.floor(&deps).await, None, "the API's own invalidation records no position");
+    // The invalidator's position alone may be older than a write another invalidation already
+    // covered, so a version without a floor does not get one from it.
+    f.invalidate_replayed_by(&tags(&["risk:1"]), 0x900).await;
+    assert_eq!(f.floor(&deps).await, None);
+}
+
+#[tokio::test]
+async fn a_lost_floor_or_version_makes_the_floor_unknown_never_lower() {
+    let mut f = Fixture::new().await;
+    let deps = tags(&["all", "risk:1"]);
+    f.stamp(&deps, 0x500).await;
+    f.invalidate_replayed_by(&tags(&["risk:1"]), 0x700).await;
+    let floor_key = f.keyspace.replay_floor_key(f.tenant, &deps[1]);
+    let _: i64 = redis::cmd("DEL").arg(&floor_key).query_async(&mut f.conn).await.unwrap();
+    assert_eq!(f.floor(&deps).await, None, "a lost floor");
+    f.stamp(&deps, 0x900).await;
+    let version_key = f.keyspace.version_key(f.tenant, &deps[1]);
+    let _: i64 = redis::cmd("DEL").arg(&version_key).query_async(&mut f.conn).await.unwrap();
+    assert_eq!(f.floor(&deps).await, None, "the floor of a lost version names a token no version has");
+}
+
+#[tokio::test]
+async fn a_reader_cannot_record_a_floor_for_a_version_replaced_since_its_snapshot() {
+    let mut f = Fixture::new().await;
+    let deps = tags(&["all", "risk:1"]);
+    let key = f.key("risk");
+    let snapshot = f.miss(&key, &deps).await;
+    f.invalidate(&tags(&["risk:1"])).await;
+    f.stamp_snapshot(&snapshot, 0x100).await;
+    assert_eq!(f.floor(&deps).await, None, "the stamp named the replaced version");
+}
+
+#[tokio::test]
+async fn floors_expire_with_their_versions() {
+    let mut f = Fixture::new().await;
+    let deps = tags(&["all", "risk:1"]);
+    f.stamp(&deps, 0x500).await;
+    f.invalidate_replayed_by(&tags(&["risk:1"]), 0x700).await;
+    for tag in &deps {
+        let ttl: i64 =
+            redis::cmd("PTTL").arg(f.keyspace.replay_floor_key(f.tenant, tag)).query_async(&mut f.conn).await.unwrap();
+        let version_ttl: i64 =
+            redis::cmd("PTTL").arg(f.keyspace.version_key(f.tenant, tag)).query_async(&mut f.conn).await.unwrap();
+        assert!(ttl > 0 && ttl <= version_ttl + 1000, "{tag}: floor {ttl} ms, version {version_ttl} ms");
+    }
+}
+
+#[tokio::test]
 async fn an_invalidation_that_no_replica_confirms_is_applied_but_reported_and_its_script_loads_where_missing() {
     let redis = PrivateRedis::start();
     let mut f = Fixture::on(RedisNamespace::on(&redis.url())).await;
@@ -287,7 +396,7 @@ async fn an_invalidation_that_no_replica_confirms_is_applied_but_reported_and_it
     // gets NOSCRIPT and the source is sent instead.
     let _: () = redis::cmd("SCRIPT").arg("FLUSH").query_async(&mut f.conn).await.unwrap();
     let ack = ReplicaAck { replicas: 1, timeout: std::time::Duration::from_millis(50) };
-    let outcome = protocol::invalidate_replicated(&mut f.conn, &f.keyspace, f.tenant, &deps[1..], ack).await;
+    let outcome = protocol::invalidate_replicated(&mut f.conn, &f.keyspace, f.tenant, &deps[1..], ack, None).await;
     assert!(
         matches!(outcome, Err(InvalidateError::NotReplicated { acked: 0, required: 1, .. })),
         "a node without replicas cannot confirm: {outcome:?}"
@@ -295,6 +404,7 @@ async fn an_invalidation_that_no_replica_confirms_is_applied_but_reported_and_it
     assert!(!f.is_hit(&key, &deps).await, "the master applied it all the same");
 
     let outcome =
-        protocol::invalidate_replicated(&mut f.conn, &f.keyspace, f.tenant, &deps[1..], ReplicaAck::MASTER_ONLY).await;
+        protocol::invalidate_replicated(&mut f.conn, &f.keyspace, f.tenant, &deps[1..], ReplicaAck::MASTER_ONLY, None)
+            .await;
     assert!(outcome.is_ok(), "without a replica required it is done: {outcome:?}");
 }

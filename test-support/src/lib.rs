@@ -5,6 +5,7 @@
 //! * [`RedisNamespace`]: a key prefix of its own per test on the shared Redis, removed on drop.
 //! * [`PrivateRedis`] and [`PrivatePostgres`]: servers on free ports for tests that kill,
 //!   restart or flush them, so the shared servers are never touched.
+//! * [`ReplicaPair`]: a private primary and a streaming replica, once per test binary and run.
 //! * [`PrivateRedisCluster`]: a Redis Cluster of its own; `scripts/test.sh` runs the API and
 //!   invalidator suites a second time against one (`TEST_REDIS_URL=redis-cluster://…`).
 //!
@@ -15,7 +16,7 @@ mod cluster;
 mod private;
 
 pub use cluster::{PrivateRedisCluster, command as node_command};
-pub use private::{PrivatePostgres, PrivateRedis, free_port};
+pub use private::{PrivatePostgres, PrivateRedis, ReplicaPair, free_port};
 
 use std::time::Duration;
 

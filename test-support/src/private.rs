@@ -94,18 +94,7 @@ impl PrivatePostgres {
     pub fn start() -> Self {
         let bin = postgres_bin_dir();
         let dir = tempfile::Builder::new().prefix("openrisk-pg-").tempdir().expect("tempdir");
-        let data = dir.path().join("data");
-        if is_root() {
-            let _ = Command::new("chown").args(["-R", "postgres:postgres"]).arg(dir.path()).status();
-        }
-        let status = as_postgres_user(Command::new(bin.join("initdb")))
-            .args(["-A", "trust", "-U", "postgres", "--no-sync", "-D"])
-            .arg(&data)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .expect("run initdb");
-        assert!(status.success(), "initdb failed");
+        init_cluster(&bin, dir.path(), &dir.path().join("data"));
         let mut postgres = Self { port: free_port(), dir, bin, child: None };
         postgres.launch();
         postgres
@@ -129,13 +118,7 @@ impl PrivatePostgres {
             .spawn()
             .expect("start postgres");
         self.child = Some(child);
-        let port = self.port;
-        wait_until("private postgres", Duration::from_secs(30), || {
-            Command::new(self.bin.join("pg_isready"))
-                .args(["-q", "-h", "127.0.0.1", "-p", &port.to_string()])
-                .status()
-                .is_ok_and(|status| status.success())
-        });
+        wait_until("private postgres", Duration::from_secs(30), || answers(&self.bin, self.port));
     }
 
     /// Stops the server immediately (SIGQUIT: no shutdown checkpoint, crash recovery on start).
@@ -154,6 +137,30 @@ impl Drop for PrivatePostgres {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Runs `initdb` into `data` (trust authentication, user `postgres`), handing `dir` (which holds
+/// it) to the `postgres` user first when running as root.
+fn init_cluster(bin: &Path, dir: &Path, data: &Path) {
+    if is_root() {
+        let _ = Command::new("chown").args(["-R", "postgres:postgres"]).arg(dir).status();
+    }
+    let status = as_postgres_user(Command::new(bin.join("initdb")))
+        .args(["-A", "trust", "-U", "postgres", "--no-sync", "-D"])
+        .arg(data)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("run initdb");
+    assert!(status.success(), "initdb failed");
+}
+
+/// Whether a server accepts connections on the loopback `port`.
+fn answers(bin: &Path, port: u16) -> bool {
+    Command::new(bin.join("pg_isready"))
+        .args(["-q", "-h", "127.0.0.1", "-p", &port.to_string()])
+        .status()
+        .is_ok_and(|status| status.success())
 }
 
 fn is_root() -> bool {
@@ -184,4 +191,174 @@ fn postgres_bin_dir() -> PathBuf {
         .unwrap_or_default();
     versions.sort();
     versions.pop().expect("PostgreSQL binaries under /usr/lib/postgresql or PG_BIN_DIR")
+}
+
+/// A private primary and a streaming replica of it (`pg_basebackup -R`), shared by every test of
+/// one test binary in one run: the first test process starts them, later ones (nextest runs
+/// each test in a process of its own) find them through a state directory named after the binary
+/// and the run, and a watchdog stops both and deletes their data once the run is over. Replay
+/// pauses and restarts affect every user, so the tests of such a binary must run one at a time
+/// (see the `replica-pair` test group in `.config/nextest.toml`).
+#[derive(Debug)]
+pub struct ReplicaPair {
+    pub primary_port: u16,
+    pub replica_port: u16,
+    dir: PathBuf,
+    bin: PathBuf,
+}
+
+impl ReplicaPair {
+    /// The pair of this test binary and run, started by whichever test asks first.
+    pub fn shared() -> &'static ReplicaPair {
+        static PAIR: std::sync::OnceLock<ReplicaPair> = std::sync::OnceLock::new();
+        PAIR.get_or_init(Self::find_or_start)
+    }
+
+    /// Admin URL of the primary (database `postgres`).
+    pub fn primary_admin_url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.primary_port)
+    }
+
+    /// URL of `database` on the replica.
+    pub fn replica_url(&self, database: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{database}", self.replica_port)
+    }
+
+    fn find_or_start() -> Self {
+        let exe = std::env::current_exe().expect("test binary path");
+        let binary = exe.file_stem().map(|stem| stem.to_string_lossy().into_owned()).unwrap_or_default();
+        // Under nextest every test process of one run shares NEXTEST_RUN_ID; otherwise the one
+        // process runs every test.
+        let run = std::env::var("NEXTEST_RUN_ID").unwrap_or_else(|_| std::process::id().to_string());
+        let dir = std::env::temp_dir().join(format!("openrisk-replica-pair-{binary}-{run}"));
+        std::fs::create_dir_all(&dir).expect("replica pair directory");
+        let lock = std::fs::File::create(dir.join("lock")).expect("replica pair lock file");
+        lock.lock().expect("lock the replica pair");
+        let bin = postgres_bin_dir();
+        let ports = std::fs::read_to_string(dir.join("ports")).ok().and_then(|text| {
+            let (primary, replica) = text.trim().split_once(' ')?;
+            Some((primary.parse().ok()?, replica.parse().ok()?))
+        });
+        let pair = match ports {
+            Some((primary_port, replica_port)) => Self { primary_port, replica_port, dir, bin },
+            None => {
+                let pair = Self { primary_port: free_port(), replica_port: free_port(), dir, bin };
+                pair.create();
+                pair
+            }
+        };
+        pair.start_primary();
+        pair.start_replica();
+        drop(lock);
+        pair
+    }
+
+    fn data(&self, server: &str) -> PathBuf {
+        self.dir.join(server)
+    }
+
+    /// Initialises the primary, copies it into the replica and leaves a watchdog behind.
+    fn create(&self) {
+        init_cluster(&self.bin, &self.dir, &self.data("primary"));
+        self.start_primary();
+        let status = as_postgres_user(Command::new(self.bin.join("pg_basebackup")))
+            .args(["-h", "127.0.0.1", "-p", &self.primary_port.to_string(), "-U", "postgres"])
+            .args(["-R", "-X", "stream", "--no-sync", "-c", "fast", "-D"])
+            .arg(self.data("replica"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("run pg_basebackup");
+        assert!(status.success(), "pg_basebackup failed");
+        std::fs::write(self.dir.join("ports"), format!("{} {}", self.primary_port, self.replica_port))
+            .expect("record the pair's ports");
+        self.leave_watchdog();
+    }
+
+    /// Stops both servers and deletes the directory once the process that runs the tests (the
+    /// nextest run, or this binary) has exited.
+    fn leave_watchdog(&self) {
+        let watched = if std::env::var_os("NEXTEST_RUN_ID").is_some() { parent_pid() } else { std::process::id() };
+        let dir = self.dir.display().to_string();
+        let script = format!(
+            "while kill -0 {watched} 2>/dev/null; do sleep 1; done; \
+             for server in primary replica; do kill -QUIT \"$(head -1 '{dir}'/$server/postmaster.pid)\" 2>/dev/null; done; \
+             sleep 2; rm -rf '{dir}'"
+        );
+        spawn_detached(Command::new("sh").args(["-c", &script]), "the replica pair's watchdog");
+    }
+
+    fn start_primary(&self) {
+        self.launch("primary", self.primary_port);
+    }
+
+    /// Starts the replica unless it runs; waits until it accepts connections.
+    pub fn start_replica(&self) {
+        self.launch("replica", self.replica_port);
+    }
+
+    /// Stops the replica abruptly (SIGQUIT) and waits until it is gone.
+    pub fn stop_replica(&self) {
+        if let Some(pid) = self.postmaster_pid("replica") {
+            let _ = Command::new("kill").args(["-QUIT", &pid.to_string()]).status();
+            wait_until("replica stop", Duration::from_secs(30), || !self.answers(self.replica_port));
+            wait_until("replica exit", Duration::from_secs(30), || {
+                !Path::new(&format!("/proc/{pid}")).exists() || self.postmaster_pid("replica").is_none()
+            });
+        }
+    }
+
+    /// The primary's postmaster (its backends are its children), for measuring its CPU time.
+    pub fn primary_pid(&self) -> Option<u32> {
+        self.postmaster_pid("primary")
+    }
+
+    fn postmaster_pid(&self, server: &str) -> Option<u32> {
+        let text = std::fs::read_to_string(self.data(server).join("postmaster.pid")).ok()?;
+        text.lines().next()?.trim().parse().ok()
+    }
+
+    fn answers(&self, port: u16) -> bool {
+        answers(&self.bin, port)
+    }
+
+    fn launch(&self, server: &str, port: u16) {
+        if self.answers(port) {
+            return;
+        }
+        let mut postgres = as_postgres_user(Command::new(self.bin.join("postgres")));
+        postgres
+            .arg("-D")
+            .arg(self.data(server))
+            .args(["-p", &port.to_string(), "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"])
+            .args(["-c", "full_page_writes=off", "-c", "max_connections=200", "-c", "wal_receiver_status_interval=1s"])
+            .arg("-k")
+            .arg(&self.dir);
+        spawn_detached(&mut postgres, "postgres");
+        wait_until(&format!("private {server}"), Duration::from_secs(30), || self.answers(port));
+    }
+}
+
+/// Starts `command` without a terminal, in a process group of its own, so the end of the test
+/// process that started it (and whatever signals that process's group) leaves it running. It is
+/// waited for on a thread of its own, so one that exits while this process runs leaves no zombie;
+/// one that outlives this process is adopted by init.
+fn spawn_detached(command: &mut Command, what: &str) {
+    use std::os::unix::process::CommandExt;
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .unwrap_or_else(|error| panic!("start {what}: {error}"));
+    std::thread::spawn(move || child.wait());
+}
+
+/// The parent of this process (the nextest run that started this test).
+fn parent_pid() -> u32 {
+    let stat = std::fs::read_to_string("/proc/self/stat").expect("read /proc/self/stat");
+    // Fields after the parenthesised command name: state, then the parent's pid.
+    let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    after_name.split_whitespace().nth(1).and_then(|pid| pid.parse().ok()).expect("parent pid in /proc/self/stat")
 }

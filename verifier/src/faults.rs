@@ -7,6 +7,8 @@ use anyhow::Context;
 use rand::Rng;
 use rand::rngs::StdRng;
 
+use openrisk_test_support::ReplicaPair;
+
 use crate::world::{POLL_INTERVAL_MS, World, configure_redis};
 
 /// After Postgres is back, API errors within this grace still count as "Postgres was down"
@@ -31,8 +33,14 @@ pub enum Fault {
     SlowRedis,
     /// `maxmemory` just above the current use with `volatile-lru`: entries get evicted.
     RedisMaxmemory,
+    /// Replica mode: replay paused on the read replica for 3 s under load, with a `FLUSHALL`
+    /// half-way (versions and replay floors lost while the replica lags), then resumed.
+    PauseReplay,
+    /// Replica mode: the read replica crashes (SIGQUIT), stays down up to 2 s, and restarts.
+    RestartReadReplica,
 }
 
+/// The faults of a run against a single Postgres.
 pub const ALL: [Fault; 8] = [
     Fault::KillListener,
     Fault::RestartPostgres,
@@ -43,6 +51,16 @@ pub const ALL: [Fault; 8] = [
     Fault::SlowRedis,
     Fault::RedisMaxmemory,
 ];
+
+/// The faults of a replica run (`--replica`): those of a single Postgres except its restart (the
+/// primary of a replica pair is not restarted), and the replica's own.
+pub fn replica_run() -> Vec<Fault> {
+    let single = ALL.into_iter().filter(|fault| *fault != Fault::RestartPostgres);
+    single.chain([Fault::PauseReplay, Fault::RestartReadReplica]).collect()
+}
+
+/// A replica smoke run: the two replica faults and a flush.
+pub const REPLICA_SMOKE: [Fault; 3] = [Fault::PauseReplay, Fault::RestartReadReplica, Fault::FlushRedis];
 
 impl Fault {
     pub fn name(self) -> &'static str {
@@ -55,6 +73,8 @@ impl Fault {
             Fault::PauseReplica => "sigstop-replica",
             Fault::SlowRedis => "slow-redis",
             Fault::RedisMaxmemory => "redis-maxmemory",
+            Fault::PauseReplay => "pause-replica-replay",
+            Fault::RestartReadReplica => "restart-read-replica",
         }
     }
 }
@@ -62,6 +82,7 @@ impl Fault {
 /// Injects `fault`; returns what was done, for the report.
 pub async fn inject(world: &World, fault: Fault, rng: &mut StdRng) -> anyhow::Result<String> {
     match fault {
+        Fault::PauseReplay | Fault::RestartReadReplica => replica_fault(world, fault, rng).await,
         Fault::KillListener => {
             let sql = world.sql().await?;
             let mut killed = 0i64;
@@ -85,7 +106,7 @@ pub async fn inject(world: &World, fault: Fault, rng: &mut StdRng) -> anyhow::Re
             let started = Instant::now();
             let down_for = Duration::from_millis(rng.random_range(0..2000));
             world.pg_windows.lock().unwrap().push((started, None));
-            let pg = world.pg.clone();
+            let pg = world.pg.clone().context("no restartable Postgres in a replica run")?;
             tokio::task::spawn_blocking(move || {
                 let mut pg = pg.lock().unwrap();
                 pg.stop();
@@ -199,6 +220,43 @@ pub async fn inject(world: &World, fault: Fault, rng: &mut StdRng) -> anyhow::Re
             let _: () = redis::cmd("CONFIG").arg("SET").arg("maxmemory").arg(0).query_async(&mut conn).await?;
             Ok(format!("maxmemory {limit} bytes (used {used}) with volatile-lru for 4s: {evicted} keys evicted"))
         }
+    }
+}
+
+/// The replica pair of a replica run.
+fn replica_pair(world: &World) -> anyhow::Result<&'static ReplicaPair> {
+    world.replica.context("the fault needs a replica run (--replica)")
+}
+
+async fn replica_fault(world: &World, fault: Fault, rng: &mut StdRng) -> anyhow::Result<String> {
+    let pair = replica_pair(world)?;
+    match fault {
+        Fault::PauseReplay => {
+            let replica = crate::world::connect(&pair.replica_url("openrisk"), "openrisk-verifier").await?;
+            replica.batch_execute("SELECT pg_wal_replay_pause()").await?;
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            let mut conn = world.redis().await?;
+            let _: () = redis::cmd("FLUSHALL").query_async(&mut conn).await?;
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            let lag: String = replica
+                .query_one("SELECT coalesce(pg_last_wal_receive_lsn() - pg_last_wal_replay_lsn(), 0)::text", &[])
+                .await?
+                .get(0);
+            replica.batch_execute("SELECT pg_wal_replay_resume()").await?;
+            Ok(format!("replica replay paused 3s with FLUSHALL half-way; {lag} WAL bytes behind when resumed"))
+        }
+        Fault::RestartReadReplica => {
+            let down_for = Duration::from_millis(rng.random_range(0..2000));
+            let started = Instant::now();
+            tokio::task::spawn_blocking(move || {
+                pair.stop_replica();
+                std::thread::sleep(down_for);
+                pair.start_replica();
+            })
+            .await?;
+            Ok(format!("read replica down for {:.2}s, restarted", started.elapsed().as_secs_f64()))
+        }
+        other => anyhow::bail!("{} is not a replica fault", other.name()),
     }
 }
 

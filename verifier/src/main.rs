@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! openrisk-verifier --smoke                 # ≈1 minute, every fault once (CI)
+//! openrisk-verifier --smoke --replica       # misses read from a streaming replica, its faults
 //! openrisk-verifier [--seed N]              # a few minutes, every fault three times
 //! openrisk-verifier --soak --duration 1h    # plus RSS / connection / lag sampling, growth fails
 //! ```
@@ -65,6 +66,11 @@ pub struct Config {
     /// Concurrent readers.
     #[arg(long, default_value_t = 6)]
     pub readers: usize,
+    /// Give the cached API a streaming read replica of the private primary (`pg_basebackup -R`)
+    /// for its misses, and inject the replica faults (replay paused with a Redis flush, replica
+    /// restarted) instead of restarting Postgres.
+    #[arg(long)]
+    pub replica: bool,
     /// Directory holding openrisk-api and openrisk-invalidator (default: next to this binary).
     #[arg(long)]
     pub bin_dir: Option<PathBuf>,
@@ -163,12 +169,12 @@ async fn main() {
 
 async fn run(mut cfg: Config) -> anyhow::Result<bool> {
     let seed = cfg.seed();
-    let mode = if cfg.smoke {
-        "smoke"
-    } else if cfg.soak {
-        "soak"
-    } else {
-        "full"
+    let mode = match (cfg.smoke, cfg.soak, cfg.replica) {
+        (true, _, false) => "smoke",
+        (true, _, true) => "smoke-replica",
+        (_, true, _) => "soak",
+        (_, _, false) => "full",
+        (_, _, true) => "full-replica",
     };
     println!("openrisk-verifier: mode {mode}, seed {seed} (replay with --seed {seed})");
     let exe_dir = std::env::current_exe()?.parent().map(PathBuf::from).unwrap_or_default();
@@ -187,12 +193,14 @@ async fn run(mut cfg: Config) -> anyhow::Result<bool> {
         risks,
         bin_dir: cfg.bin_dir.clone().unwrap_or_default(),
         log_dir: cfg.log_dir.clone().unwrap_or_default(),
+        replica: cfg.replica,
     };
     println!("  logs: {}", world_cfg.log_dir.display());
     let started = Instant::now();
     let world = World::start(world_cfg).await?;
     println!(
-        "  started private Postgres, Redis, api (cache on), api-ref (cache off), 2 invalidators; {tenants} tenants × {risks} risks in {:.1}s",
+        "  started private {}, Redis, api (cache on), api-ref (cache off), 2 invalidators; {tenants} tenants × {risks} risks in {:.1}s",
+        if cfg.replica { "Postgres primary and streaming replica (api reads misses from it)" } else { "Postgres" },
         started.elapsed().as_secs_f64()
     );
     let mut tally = Tally::default();
@@ -239,8 +247,13 @@ async fn drive(world: &Arc<World>, cfg: &Config, tally: &mut Tally) -> anyhow::R
     }
     let rounds = if cfg.smoke { 1 } else { cfg.rounds };
     let mut schedule = Vec::new();
+    let faults: Vec<Fault> = match (cfg.replica, cfg.smoke) {
+        (false, _) => faults::ALL.to_vec(),
+        (true, true) => faults::REPLICA_SMOKE.to_vec(),
+        (true, false) => faults::replica_run(),
+    };
     for _ in 0..rounds {
-        let mut round = faults::ALL.to_vec();
+        let mut round = faults.clone();
         round.shuffle(&mut rng);
         schedule.extend(round);
     }
@@ -373,6 +386,9 @@ async fn report(world: &World, tally: &mut Tally, started: Instant) {
         .map(|e| format!("+{:.1}s {}", e.at.duration_since(world.started).as_secs_f64(), e.what))
         .collect();
     tally.record("no API errors outside the windows where Postgres was down", &outside);
+    if world.replica.is_some() {
+        replica_report(world, tally).await;
+    }
     let probes = stats.isolation_probes.load(Ordering::Relaxed);
     let violations = stats.isolation_violations.load(Ordering::Relaxed);
     let isolation: Vec<String> = if violations > 0 {
@@ -381,6 +397,33 @@ async fn report(world: &World, tally: &mut Tally, started: Instant) {
         Vec::new()
     };
     tally.record(&format!("tenant isolation ({probes} cross-tenant reads, all refused)"), &isolation);
+}
+
+/// Where the cached API read its misses, from its metrics: a replica run must have used the
+/// replica.
+async fn replica_report(world: &World, tally: &mut Tally) {
+    let metrics = match world.http.get(format!("{}/metrics", world.api_base)).send().await {
+        Ok(response) => response.text().await.unwrap_or_default(),
+        Err(error) => {
+            tally.record("the cached API read misses from the replica", &[format!("no metrics: {error}")]);
+            return;
+        }
+    };
+    let sum = |prefix: &str| -> f64 {
+        metrics
+            .lines()
+            .filter(|line| line.starts_with(prefix))
+            .filter_map(|line| line.rsplit_once(' ')?.1.parse::<f64>().ok())
+            .sum()
+    };
+    let replica = sum("openrisk_db_reads_total{target=\"replica\"}");
+    let primary = sum("openrisk_db_reads_total{target=\"primary\"}");
+    let behind = sum("openrisk_db_replica_behind_floor_total{");
+    println!(
+        "  misses and bypassed reads: {replica} from the replica, {primary} from the primary ({behind} because the replica was behind their replay floor)"
+    );
+    let unused = if replica > 0.0 { Vec::new() } else { vec!["no read went to the replica".to_owned()] };
+    tally.record("the cached API read misses from the replica", &unused);
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use openrisk_shared::Keyspace;
-use openrisk_test_support::{PrivatePostgres, PrivateRedis, with_database};
+use openrisk_test_support::{PrivatePostgres, PrivateRedis, ReplicaPair, with_database};
 use tokio_postgres::{Client, NoTls};
 use uuid::Uuid;
 
@@ -30,6 +30,8 @@ pub struct WorldConfig {
     pub risks: u32,
     pub bin_dir: PathBuf,
     pub log_dir: PathBuf,
+    /// Run the primary with a streaming replica that the cached API reads its misses from.
+    pub replica: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -135,7 +137,10 @@ impl Stats {
 pub struct World {
     pub cfg: WorldConfig,
     pub log_dir: PathBuf,
-    pub pg: Arc<Mutex<PrivatePostgres>>,
+    /// The single Postgres of a run without a replica (the restart fault's target).
+    pub pg: Option<Arc<Mutex<PrivatePostgres>>>,
+    /// The primary and read replica of a replica run.
+    pub replica: Option<&'static ReplicaPair>,
     pub redis_server: Arc<Mutex<PrivateRedis>>,
     pub admin_url: String,
     pub db_url: String,
@@ -266,9 +271,20 @@ impl World {
         let api_bin = bin(&cfg, "openrisk-api")?;
         let inv_bin = bin(&cfg, "openrisk-invalidator")?;
 
-        let (pg, redis_server) =
-            tokio::task::spawn_blocking(|| (PrivatePostgres::start(), PrivateRedis::start())).await?;
-        let admin_url = pg.admin_url();
+        let with_replica = cfg.replica;
+        let (pg, replica, redis_server) = tokio::task::spawn_blocking(move || {
+            if with_replica {
+                (None, Some(ReplicaPair::shared()), PrivateRedis::start())
+            } else {
+                (Some(PrivatePostgres::start()), None, PrivateRedis::start())
+            }
+        })
+        .await?;
+        let admin_url = match (&pg, replica) {
+            (Some(pg), _) => pg.admin_url(),
+            (None, Some(pair)) => pair.primary_admin_url(),
+            (None, None) => bail!("neither a Postgres nor a replica pair started"),
+        };
         let redis_url = redis_server.url();
         configure_redis(&redis_url).await?;
         let admin = connect(&admin_url, "openrisk-verifier").await?;
@@ -318,6 +334,12 @@ impl World {
                     ("METRICS_ADDR".to_owned(), format!("127.0.0.1:{}", free_port())),
                     ("OPENRISK_CACHE__ENABLED".to_owned(), enabled.to_string()),
                 ])
+                // Only the API under test reads the replica; the reference reads the primary.
+                .chain(
+                    replica
+                        .filter(|_| enabled)
+                        .map(|pair| ("DATABASE_REPLICA_URLS".to_owned(), pair.replica_url("openrisk"))),
+                )
                 .collect(),
             health_addr: format!("127.0.0.1:{port}"),
         };
@@ -348,7 +370,8 @@ impl World {
             keyspace: Keyspace::new(prefix.clone()),
             cfg,
             log_dir,
-            pg: Arc::new(Mutex::new(pg)),
+            pg: pg.map(|pg| Arc::new(Mutex::new(pg))),
+            replica,
             redis_server: Arc::new(Mutex::new(redis_server)),
             admin_url,
             db_url,

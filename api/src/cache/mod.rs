@@ -28,8 +28,10 @@ use uuid::Uuid;
 
 use self::breaker::Breaker;
 use self::read_through::MissResult;
+pub(crate) use self::read_through::uncached as read_uncached;
 use self::single_flight::SingleFlight;
 use crate::db::Invalidations;
+use crate::db::replicas::Reader;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 
@@ -45,8 +47,8 @@ const DEPENDENCIES_TTL_MARGIN_SECS: u64 = 60;
 /// entry key. Tests use it to hold a reader there while a write commits (the stale-fill race).
 pub type BeforeFillHook = Arc<dyn Fn(&'static str, &str) -> BoxFuture<'static, ()> + Send + Sync>;
 
-/// A database read producing a serialised response body.
-pub type Loader = Arc<dyn Fn() -> BoxFuture<'static, Result<Vec<u8>, ApiError>> + Send + Sync>;
+/// A database read producing a serialised response body, run on the reader it is given.
+pub type Loader = Arc<dyn Fn(Reader) -> BoxFuture<'static, Result<Vec<u8>, ApiError>> + Send + Sync>;
 
 /// A response body ready to send, with its entity tag and how the cache answered.
 #[derive(Debug, Clone)]

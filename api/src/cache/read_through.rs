@@ -1,15 +1,18 @@
 //! The read path: one `MGET` on a hit; on a miss, a database read (once per key in this
-//! process) and a fill through the protocol's version check.
+//! process) and a fill through the protocol's version check. With read replicas, the miss reads
+//! a replica only once it has replayed the replay floor of the snapshot's versions.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
 use openrisk_shared::protocol::{self, Fill, Lookup, Snapshot};
 use openrisk_shared::{CacheStatus, Tag};
+use redis::aio::ConnectionLike;
 use uuid::Uuid;
 
 use super::single_flight::Role;
 use super::{Cache, CacheableRead, Loader, Served, etag_of};
+use crate::db::replicas::{ReadRouter, Reader};
 use crate::error::ApiError;
 use crate::metrics::{CacheResult, FillOutcome};
 
@@ -31,7 +34,12 @@ impl MissResult {
 impl Cache {
     /// Serves `read` from Redis when current, otherwise through `load` (once per key and write
     /// epoch in this process), filling the cache when the protocol allows.
-    pub async fn read_through(self: &Arc<Self>, read: CacheableRead, load: Loader) -> Result<Served, ApiError> {
+    pub async fn read_through(
+        self: &Arc<Self>,
+        read: CacheableRead,
+        reads: Arc<ReadRouter>,
+        load: Loader,
+    ) -> Result<Served, ApiError> {
         let route = read.route;
         let mut tags = read.tags;
         tags.push(Tag::all());
@@ -39,18 +47,18 @@ impl Cache {
         tags.dedup();
         let Some(mut conn) = self.connection() else {
             self.metrics.cache_request(route, CacheResult::Bypass);
-            return uncached(load, CacheStatus::Disabled).await;
+            return uncached(&reads, load, CacheStatus::Disabled).await;
         };
         if !self.breaker.allow() {
             self.metrics.cache_request(route, CacheResult::Bypass);
-            return uncached(load, CacheStatus::BreakerOpen).await;
+            return uncached(&reads, load, CacheStatus::BreakerOpen).await;
         }
         let key = self.keyspace.entry_key(read.tenant, super::RESPONSE_SCHEMA_VERSION, read.resource, &read.params);
         let lookup = self.call("lookup", protocol::lookup(&mut conn, &self.keyspace, read.tenant, &key, &tags)).await;
         match lookup {
             Err(_) => {
                 self.metrics.cache_request(route, CacheResult::Error);
-                uncached(load, CacheStatus::LookupFailed).await
+                uncached(&reads, load, CacheStatus::LookupFailed).await
             }
             Ok(Lookup::Hit(entry)) => {
                 self.metrics.cache_request(route, CacheResult::Hit);
@@ -61,7 +69,7 @@ impl Cache {
                 let cache = Arc::clone(self);
                 let tenant = read.tenant;
                 let flight_key = key.clone();
-                let miss = async move { cache.miss(route, tenant, &key, snapshot, load).await };
+                let miss = async move { cache.miss(route, tenant, &key, snapshot, &reads, load).await };
                 let (role, result) = self.flights.join(flight_key, miss);
                 if role == Role::Follower {
                     self.metrics.singleflight_wait(route);
@@ -79,29 +87,34 @@ impl Cache {
     /// The miss path: read, then fill through the protocol. A snapshot that lacks versions
     /// cannot protect a read made before they exist: collection versions are created before the
     /// read; a missing row version only once a first read showed the row exists, after which
-    /// the database is read again under it.
+    /// the database is read again under it. Both reads of an incomplete snapshot go to the
+    /// primary (the new versions have no replay floor yet).
     async fn miss(
         &self,
         route: &'static str,
         tenant: Uuid,
         key: &str,
         snapshot: Snapshot,
+        reads: &ReadRouter,
         load: Loader,
     ) -> Result<MissResult, ApiError> {
         let mut conn = self.connection().ok_or_else(ApiError::internal)?;
         let (snapshot, body) = if snapshot.is_complete() {
-            (snapshot, load().await?)
+            let reader = self.reader_for(&mut conn, tenant, &snapshot, reads).await;
+            let body = read_with(reads, &load, reader).await?;
+            (snapshot, body)
         } else {
             // A row's version is created only once a read showed the row exists.
-            let first = if snapshot.lacks_only_collection_versions() { None } else { Some(load().await?) };
+            let first =
+                if snapshot.lacks_only_collection_versions() { None } else { Some(load(reads.primary()).await?) };
             let ttl = self.dependencies_ttl_secs();
             let created = protocol::create_missing_versions(&mut conn, &self.keyspace, tenant, &snapshot, ttl);
             match self.call("create_versions", created).await {
-                Ok(completed) => (completed, load().await?),
+                Ok(completed) => (completed, load(reads.primary()).await?),
                 Err(_) => {
                     let body = match first {
                         Some(body) => body,
-                        None => load().await?,
+                        None => load(reads.primary()).await?,
                     };
                     return self.unfilled(route, body);
                 }
@@ -128,6 +141,33 @@ impl Cache {
         Ok(MissResult { body: Bytes::from(body), etag, cache_status })
     }
 
+    /// Where a miss under the complete `snapshot` reads: a replica that has replayed the
+    /// snapshot's replay floor, else the primary. An unknown floor is taken to be the primary's
+    /// current position, and recorded for the next miss under the same versions.
+    async fn reader_for<C: ConnectionLike>(
+        &self,
+        conn: &mut C,
+        tenant: Uuid,
+        snapshot: &Snapshot,
+        reads: &ReadRouter,
+    ) -> Reader {
+        if !reads.has_replicas() {
+            return reads.primary();
+        }
+        let Ok(found) = self.call("replay_floor", protocol::replay_floor(conn, &self.keyspace, tenant, snapshot)).await
+        else {
+            return reads.bypass_reader().await;
+        };
+        if let Some(floor) = found.required() {
+            return reads.reader_at(floor).await;
+        }
+        let Ok(position) = reads.primary_position().await else { return reads.primary() };
+        let stamp = protocol::stamp_replay_floor(conn, &self.keyspace, tenant, snapshot, &found, position);
+        // Best effort: unrecorded, the next miss asks the primary again.
+        let _ = self.call("stamp_floor", stamp).await;
+        reads.reader_at(found.with_unknown_at(position)).await
+    }
+
     /// A miss answered without filling, because Redis failed while preparing the fill.
     fn unfilled(&self, route: &'static str, body: Vec<u8>) -> Result<MissResult, ApiError> {
         self.metrics.cache_fill(route, FillOutcome::Error);
@@ -135,9 +175,25 @@ impl Cache {
     }
 }
 
-/// Reads from Postgres without touching Redis.
-async fn uncached(load: Loader, cache_status: CacheStatus) -> Result<Served, ApiError> {
-    let body = load().await?;
+/// Runs `load` on `reader`, then ends the reader's transaction. A replica that fails mid-read
+/// (restarted, or a query cancelled by a replay conflict) leaves the read to the primary.
+async fn read_with(reads: &ReadRouter, load: &Loader, reader: Reader) -> Result<Vec<u8>, ApiError> {
+    let from_replica = matches!(reader, Reader::Replica(_));
+    let body = load(reader.clone()).await;
+    reader.finish().await;
+    match body {
+        Err(ApiError::Internal(_) | ApiError::Unavailable(_)) if from_replica => {
+            tracing::warn!("a replica read failed; reading the primary");
+            load(reads.primary()).await
+        }
+        body => body,
+    }
+}
+
+/// Reads from Postgres without touching Redis: from a replica only if it has every write
+/// committed before the read began.
+pub(crate) async fn uncached(reads: &ReadRouter, load: Loader, cache_status: CacheStatus) -> Result<Served, ApiError> {
+    let body = read_with(reads, &load, reads.bypass_reader().await).await?;
     let etag = etag_of(&body);
     Ok(Served { body: Bytes::from(body), etag, cache_status })
 }

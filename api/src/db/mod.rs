@@ -3,6 +3,7 @@
 
 pub mod assets;
 pub mod entities;
+pub mod replicas;
 pub mod risks;
 pub mod stats;
 
@@ -22,6 +23,17 @@ use crate::metrics::Metrics;
 
 /// Opens the pool with the configured sizes and timeouts.
 pub async fn connect(url: &str, pool: PoolSettings) -> Result<DatabaseConnection, DbErr> {
+    sea_orm::Database::connect(options(url, pool)).await
+}
+
+/// Prepares a pool that connects on first use (a replica may be down when the API starts).
+pub async fn connect_lazy(url: &str, pool: PoolSettings) -> Result<DatabaseConnection, DbErr> {
+    let mut options = options(url, pool);
+    options.connect_lazy(true);
+    sea_orm::Database::connect(options).await
+}
+
+fn options(url: &str, pool: PoolSettings) -> ConnectOptions {
     let mut options = ConnectOptions::new(url.to_owned());
     options
         .max_connections(pool.max_connections)
@@ -32,7 +44,7 @@ pub async fn connect(url: &str, pool: PoolSettings) -> Result<DatabaseConnection
         .connect_timeout(pool.acquire_timeout)
         .set_application_name("openrisk-api")
         .sqlx_logging(false);
-    sea_orm::Database::connect(options).await
+    options
 }
 
 /// Builds a Postgres statement with `$n` placeholders.

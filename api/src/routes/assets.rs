@@ -88,11 +88,11 @@ impl AssetsApi {
             tags: vec![tag("assets", None)],
         };
         let caching = super::ListCaching::of(filter.q.as_deref(), filter.page);
-        super::cached_list(&state, read, caching, if_none_match.0.as_deref(), move |state| {
+        super::cached_list(&state, read, caching, if_none_match.0.as_deref(), move |state, reader| {
             let filter = filter.clone();
             async move {
                 let (rows, total) =
-                    state.db.timed("asset_list", crate::db::assets::list(&state.db.conn, tenant, &filter)).await?;
+                    state.db.timed("asset_list", crate::db::assets::list(&reader.conn(), tenant, &filter)).await?;
                 let page = AssetPage {
                     items: rows.into_iter().map(Asset::from).collect(),
                     total,
@@ -125,10 +125,10 @@ impl AssetsApi {
             params: vec![("id", id.to_string())],
             tags: vec![tag("asset", Some(id))],
         };
-        cached(&state, read, if_none_match.0.as_deref(), move |state| async move {
+        cached(&state, read, if_none_match.0.as_deref(), move |state, reader| async move {
             let row = state
                 .db
-                .timed("asset_get", crate::db::assets::find(&state.db.conn, tenant, id))
+                .timed("asset_get", crate::db::assets::find(&reader.conn(), tenant, id))
                 .await?
                 .ok_or_else(|| ApiError::not_found("asset", id))?;
             Ok(body_of(&Asset::from(row)))

@@ -10,6 +10,7 @@ use openrisk_shared::redis_cluster::ClusterHealth;
 
 use super::ApiTags;
 use crate::app::AppState;
+use crate::db::replicas::{ReplicaHealth, ReplicaState};
 
 /// Operational endpoints.
 pub struct HealthApi;
@@ -20,8 +21,8 @@ pub struct HealthApi;
 pub enum ReadyStatus {
     /// Postgres and Redis answer.
     Ready,
-    /// Postgres answers, Redis does not (or the breaker is open): reads are served from Postgres
-    /// uncached.
+    /// Postgres answers, but Redis does not (or the breaker is open: reads are served from
+    /// Postgres uncached) or a read replica is out of rotation (its reads go to the primary).
     Degraded,
     /// Postgres does not answer.
     Unavailable,
@@ -37,6 +38,32 @@ pub enum DependencyState {
     Disabled,
 }
 
+/// Whether a read replica takes reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+#[oai(rename_all = "snake_case")]
+pub enum ReplicaStatus {
+    /// Answering and within the lag limit.
+    InRotation,
+    /// Further behind the primary than `database.replica_max_lag_ms`.
+    Lagging,
+    /// Not answering.
+    Down,
+    /// No longer replaying the primary's WAL (promoted): it needs the operator.
+    NotInRecovery,
+}
+
+/// One read replica as the API last measured it (every `database.replica_check_interval_ms`).
+#[derive(Debug, Clone, Object)]
+pub struct ReplicaReadiness {
+    /// `host:port/database`.
+    pub name: String,
+    pub status: ReplicaStatus,
+    /// How long ago the primary passed the position the replica has replayed; absent when unknown.
+    pub lag_seconds: Option<f64>,
+    /// WAL bytes the replica has yet to replay; absent when unknown.
+    pub lag_bytes: Option<u64>,
+}
+
 /// What /readyz found.
 #[derive(Debug, Clone, Object)]
 pub struct Readiness {
@@ -45,8 +72,22 @@ pub struct Readiness {
     pub redis: DependencyState,
     /// Whether the circuit breaker currently keeps requests away from Redis.
     pub cache_breaker_open: bool,
+    /// The configured read replicas (empty without `DATABASE_REPLICA_URLS`).
+    pub replicas: Vec<ReplicaReadiness>,
     /// The Redis Cluster as last polled; absent on a single Redis node.
     pub redis_cluster: Option<RedisClusterState>,
+}
+
+impl From<ReplicaState> for ReplicaReadiness {
+    fn from(state: ReplicaState) -> Self {
+        let status = match state.health {
+            ReplicaHealth::InRotation => ReplicaStatus::InRotation,
+            ReplicaHealth::Lagging => ReplicaStatus::Lagging,
+            ReplicaHealth::Down => ReplicaStatus::Down,
+            ReplicaHealth::NotInRecovery => ReplicaStatus::NotInRecovery,
+        };
+        Self { name: state.name, status, lag_seconds: state.lag_seconds, lag_bytes: state.lag_bytes }
+    }
 }
 
 /// A Redis Cluster's health as this process last saw it (polled every 2 s).
@@ -110,7 +151,8 @@ impl HealthApi {
     /// Readiness
     ///
     /// 200 when Postgres answers (`degraded` when Redis does not, or a Redis Cluster reports a
-    /// failed state: reads then bypass the cache where they must), 503 when Postgres does not.
+    /// failed state: reads then bypass the cache where they must; or when a read replica is out
+    /// of rotation, so its reads go to the primary), 503 when Postgres does not.
     #[oai(path = "/readyz", method = "get", operation_id = "readyz")]
     async fn readyz(&self, state: Data<&Arc<AppState>>) -> ReadyResponse {
         let timeout = state.settings.pool_settings().acquire_timeout;
@@ -123,12 +165,14 @@ impl HealthApi {
             DependencyState::Down
         };
         let breaker_open = state.cache.breaker_open();
+        let replicas: Vec<ReplicaReadiness> = state.reads.replica_states().into_iter().map(Into::into).collect();
+        let replica_out = replicas.iter().any(|replica| replica.status != ReplicaStatus::InRotation);
         let redis_cluster = state.cluster.latest().map(RedisClusterState::from);
         let cluster_degraded = redis_cluster.as_ref().is_some_and(|cluster| !cluster.state_ok);
         let status = match (postgres, redis) {
             (false, _) => ReadyStatus::Unavailable,
             (true, DependencyState::Down) => ReadyStatus::Degraded,
-            (true, _) if breaker_open || cluster_degraded => ReadyStatus::Degraded,
+            (true, _) if breaker_open || cluster_degraded || replica_out => ReadyStatus::Degraded,
             (true, _) => ReadyStatus::Ready,
         };
         let readiness = Readiness {
@@ -137,6 +181,7 @@ impl HealthApi {
             redis,
             cache_breaker_open: breaker_open,
             redis_cluster,
+            replicas,
         };
         if postgres { ReadyResponse::Ready(Json(readiness)) } else { ReadyResponse::NotReady(Json(readiness)) }
     }

@@ -113,8 +113,8 @@ impl MitigationsApi {
             params: vec![("risk_id", risk.to_string()), ("id", id.to_string())],
             tags: vec![tag("mitigation", Some(id)), tag("risk", Some(risk))],
         };
-        cached(&state, read, if_none_match.0.as_deref(), move |state| async move {
-            let conn = &state.db.conn;
+        cached(&state, read, if_none_match.0.as_deref(), move |state, reader| async move {
+            let conn = &reader.conn();
             let row = state
                 .db
                 .timed("mitigation_get", crate::db::risks::find_mitigation(conn, tenant, risk, id))

@@ -27,6 +27,7 @@ pub use tokens::TokensApi;
 
 use crate::app::AppState;
 use crate::cache::{CacheableRead, Served, if_none_match_matches};
+use crate::db::replicas::Reader;
 use crate::error::ApiError;
 
 /// Groups of operations in the documentation.
@@ -160,7 +161,7 @@ async fn cached_list<T, F, Fut>(
     load: F,
 ) -> Result<Cached<T>, ApiError>
 where
-    F: Fn(Arc<AppState>) -> Fut + Send + Sync + 'static,
+    F: Fn(Arc<AppState>, Reader) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<Vec<u8>, ApiError>> + Send + 'static,
 {
     let refused = match caching {
@@ -172,9 +173,7 @@ where
     };
     if let Some(cache_status) = refused {
         state.metrics.cache_request(read.route, crate::metrics::CacheResult::Bypass);
-        let body = load(Arc::clone(state)).await?;
-        let etag = crate::cache::etag_of(&body);
-        let served = Served { body: body.into(), etag, cache_status };
+        let served = crate::cache::read_uncached(&state.reads, loader_of(state, load), cache_status).await?;
         return Ok(Cached::new(served, if_none_match));
     }
     let (tenant, route) = (read.tenant, read.route);
@@ -185,7 +184,8 @@ where
     Ok(answer)
 }
 
-/// Serves `read` through the cache, reading with `load` on a miss.
+/// Serves `read` through the cache, reading with `load` on a miss (on the reader it is given:
+/// a replica or the primary).
 pub async fn cached<T, F, Fut>(
     state: &Arc<AppState>,
     read: CacheableRead,
@@ -193,15 +193,23 @@ pub async fn cached<T, F, Fut>(
     load: F,
 ) -> Result<Cached<T>, ApiError>
 where
-    F: Fn(Arc<AppState>) -> Fut + Send + Sync + 'static,
+    F: Fn(Arc<AppState>, Reader) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<Vec<u8>, ApiError>> + Send + 'static,
 {
-    let state_for_load = Arc::clone(state);
-    let loader: crate::cache::Loader = Arc::new(move || -> BoxFuture<'static, Result<Vec<u8>, ApiError>> {
-        load(Arc::clone(&state_for_load)).boxed()
-    });
-    let served = state.cache.read_through(read, loader).await?;
+    let served = state.cache.read_through(read, Arc::clone(&state.reads), loader_of(state, load)).await?;
     Ok(Cached::new(served, if_none_match))
+}
+
+/// A route's database read as the cache calls it: on the reader the cache chose.
+fn loader_of<F, Fut>(state: &Arc<AppState>, load: F) -> crate::cache::Loader
+where
+    F: Fn(Arc<AppState>, Reader) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Vec<u8>, ApiError>> + Send + 'static,
+{
+    let state = Arc::clone(state);
+    Arc::new(move |reader| -> BoxFuture<'static, Result<Vec<u8>, ApiError>> {
+        load(Arc::clone(&state), reader).boxed()
+    })
 }
 
 /// Serialises a response body once, for the cache and the client alike.

@@ -159,11 +159,11 @@ impl RisksApi {
             tags: vec![super::tag("risks", None)],
         };
         let caching = super::ListCaching::of(filter.q.as_deref(), filter.page);
-        super::cached_list(&state, read, caching, if_none_match.0.as_deref(), move |state| {
+        super::cached_list(&state, read, caching, if_none_match.0.as_deref(), move |state, reader| {
             let filter = filter.clone();
             async move {
                 let (rows, total) =
-                    state.db.timed("risk_list", crate::db::risks::list(&state.db.conn, tenant, &filter)).await?;
+                    state.db.timed("risk_list", crate::db::risks::list(&reader.conn(), tenant, &filter)).await?;
                 let page = RiskPage {
                     items: rows.into_iter().map(Risk::from).collect(),
                     total,
@@ -199,8 +199,8 @@ impl RisksApi {
             params: vec![("id", id.to_string())],
             tags: vec![tag("risk", Some(id))],
         };
-        cached(&state, read, if_none_match.0.as_deref(), move |state| async move {
-            load_detail(&state, &state.db.conn, tenant, id).await
+        cached(&state, read, if_none_match.0.as_deref(), move |state, reader| async move {
+            load_detail(&state, &reader.conn(), tenant, id).await
         })
         .await
     }

@@ -43,8 +43,8 @@ impl StatsApi {
             params: Vec::new(),
             tags: vec![tag("risks", None), tag("mitigations", None)],
         };
-        cached(&state, read, if_none_match.0.as_deref(), move |state| async move {
-            let row = state.db.timed("stats", crate::db::stats::stats(&state.db.conn, tenant)).await?;
+        cached(&state, read, if_none_match.0.as_deref(), move |state, reader| async move {
+            let row = state.db.timed("stats", crate::db::stats::stats(&reader.conn(), tenant)).await?;
             let stats = Stats {
                 total_risks: row.total,
                 by_status: StatusCounts {
@@ -91,8 +91,8 @@ impl StatsApi {
             params: Vec::new(),
             tags: vec![tag("risks", None)],
         };
-        cached(&state, read, if_none_match.0.as_deref(), move |state| async move {
-            let counts = state.db.timed("risk_matrix", crate::db::stats::risk_matrix(&state.db.conn, tenant)).await?;
+        cached(&state, read, if_none_match.0.as_deref(), move |state, reader| async move {
+            let counts = state.db.timed("risk_matrix", crate::db::stats::risk_matrix(&reader.conn(), tenant)).await?;
             let total = counts.iter().flatten().sum();
             Ok(body_of(&RiskMatrix { counts, total }))
         })
@@ -125,8 +125,8 @@ impl StatsApi {
             params: vec![("days", days.to_string()), ("today", today.to_string())],
             tags: vec![tag("risk_history", None)],
         };
-        cached(&state, read, if_none_match.0.as_deref(), move |state| async move {
-            let rows = state.db.timed("trends", crate::db::stats::trends(&state.db.conn, tenant, today, days)).await?;
+        cached(&state, read, if_none_match.0.as_deref(), move |state, reader| async move {
+            let rows = state.db.timed("trends", crate::db::stats::trends(&reader.conn(), tenant, today, days)).await?;
             let points = rows
                 .into_iter()
                 .map(|row| TrendPoint {

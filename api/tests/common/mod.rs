@@ -64,8 +64,17 @@ pub async fn spawn_app_with(
     configure: impl FnOnce(&mut Settings),
     options: AppOptions,
 ) -> TestApp {
+    spawn_app_on(TestDatabase::create().await, redis, configure, options).await
+}
+
+/// Spawns the app on the database `db` (on a private server, say) and `redis`.
+pub async fn spawn_app_on(
+    db: TestDatabase,
+    redis: RedisNamespace,
+    configure: impl FnOnce(&mut Settings),
+    options: AppOptions,
+) -> TestApp {
     openrisk_shared::telemetry::init(&Default::default());
-    let db = TestDatabase::create().await;
     let mut settings = test_settings(&db, &redis);
     configure(&mut settings);
     let app = Application::spawn(settings, options).await.expect("app starts");
