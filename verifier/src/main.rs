@@ -6,6 +6,7 @@
 //! openrisk-verifier --smoke                 # ≈1 minute, every fault once (CI)
 //! openrisk-verifier [--seed N]              # a few minutes, every fault three times
 //! openrisk-verifier --soak --duration 1h    # plus RSS / connection / lag sampling, growth fails
+//! openrisk-verifier --smoke --redis cluster # on a Redis Cluster (3 masters, 3 replicas), its faults
 //! ```
 //! The fault schedule derives from `--seed`; the seed is printed so a failing run can be replayed.
 //! The last line is `N passed, M failed` (checks).
@@ -30,7 +31,7 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 
 use crate::faults::Fault;
-use crate::world::World;
+use crate::world::{Topology, World};
 
 #[derive(Debug, Clone, Parser)]
 #[command(name = "openrisk-verifier", about = "Chaos and soak verifier of the OpenRisk cache")]
@@ -62,6 +63,10 @@ pub struct Config {
     /// Risks per seeded tenant.
     #[arg(long)]
     pub risks: Option<u32>,
+    /// Which Redis the processes use: one node, or a Redis Cluster of 3 masters and 3 replicas
+    /// (with the cluster's own faults).
+    #[arg(long, value_enum, default_value = "node")]
+    pub redis: Topology,
     /// Concurrent readers.
     #[arg(long, default_value_t = 6)]
     pub readers: usize,
@@ -170,7 +175,11 @@ async fn run(mut cfg: Config) -> anyhow::Result<bool> {
     } else {
         "full"
     };
-    println!("openrisk-verifier: mode {mode}, seed {seed} (replay with --seed {seed})");
+    let redis = match cfg.redis {
+        Topology::Node => "",
+        Topology::Cluster => " --redis cluster",
+    };
+    println!("openrisk-verifier: mode {mode}{redis}, seed {seed} (replay with --seed {seed}{redis})");
     let exe_dir = std::env::current_exe()?.parent().map(PathBuf::from).unwrap_or_default();
     if cfg.bin_dir.is_none() {
         cfg.bin_dir = Some(exe_dir.clone());
@@ -183,6 +192,7 @@ async fn run(mut cfg: Config) -> anyhow::Result<bool> {
     let risks = cfg.risks.unwrap_or(if cfg.smoke { 30 } else { 100 });
     let world_cfg = world::WorldConfig {
         seed,
+        topology: cfg.redis,
         tenants,
         risks,
         bin_dir: cfg.bin_dir.clone().unwrap_or_default(),
@@ -192,7 +202,11 @@ async fn run(mut cfg: Config) -> anyhow::Result<bool> {
     let started = Instant::now();
     let world = World::start(world_cfg).await?;
     println!(
-        "  started private Postgres, Redis, api (cache on), api-ref (cache off), 2 invalidators; {tenants} tenants × {risks} risks in {:.1}s",
+        "  started private Postgres, {}, api (cache on), api-ref (cache off), 2 invalidators; {tenants} tenants × {risks} risks in {:.1}s",
+        match cfg.redis {
+            Topology::Node => "Redis (one node)",
+            Topology::Cluster => "Redis Cluster (3 masters, 3 replicas)",
+        },
         started.elapsed().as_secs_f64()
     );
     let mut tally = Tally::default();
@@ -240,7 +254,7 @@ async fn drive(world: &Arc<World>, cfg: &Config, tally: &mut Tally) -> anyhow::R
     let rounds = if cfg.smoke { 1 } else { cfg.rounds };
     let mut schedule = Vec::new();
     for _ in 0..rounds {
-        let mut round = faults::ALL.to_vec();
+        let mut round = faults::of(cfg.redis).to_vec();
         round.shuffle(&mut rng);
         schedule.extend(round);
     }
