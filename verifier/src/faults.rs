@@ -252,7 +252,7 @@ pub async fn inject(world: &World, fault: Fault, rng: &mut StdRng) -> anyhow::Re
                 wait_for(Duration::from_secs(30), "the replica to take over", || {
                     is_master(replica) && !is_master(master)
                 })?;
-                cluster.wait_until_healthy(3);
+                cluster.wait_until_healthy(CLUSTER_REPLICAS);
                 Ok(format!(
                     "CLUSTER FAILOVER on {replica}: master of tenant {tenant}'s slot was {master}, now {replica}"
                 ))
@@ -272,14 +272,15 @@ pub async fn inject(world: &World, fault: Fault, rng: &mut StdRng) -> anyhow::Re
                     replicas.iter().any(|&replica| is_master(replica))
                 })?;
                 let promoted = started.elapsed();
-                cluster.wait_until_healthy(replicas.len() - 1);
+                cluster.wait_until_healthy(CLUSTER_REPLICAS - 1);
                 std::thread::sleep(down_for);
                 cluster.restart(master);
-                cluster.wait_until_healthy(3);
-                let rejoined = if is_master(master) { "as a master (!)" } else { "as a replica" };
+                // Every replica linked again: the restarted node is one of them.
+                cluster.wait_until_healthy(CLUSTER_REPLICAS);
                 Ok(format!(
-                    "SIGKILL master {master} (tenant {tenant}'s slot): replica promoted after {:.1}s; restarted empty, rejoined {rejoined}",
-                    promoted.as_secs_f64()
+                    "SIGKILL master {master} (tenant {tenant}'s slot): replica promoted after {:.1}s; restarted empty {:.1}s later, rejoined as a replica",
+                    promoted.as_secs_f64(),
+                    down_for.as_secs_f64()
                 ))
             })
             .await
@@ -300,7 +301,7 @@ pub async fn inject(world: &World, fault: Fault, rng: &mut StdRng) -> anyhow::Re
                 cluster.kill(replica);
                 std::thread::sleep(down_for);
                 cluster.restart(replica);
-                cluster.wait_until_healthy(3);
+                cluster.wait_until_healthy(CLUSTER_REPLICAS);
                 Ok(format!(
                     "replica {replica} SIGKILLed, down {:.2}s, restarted empty and resynchronised",
                     down_for.as_secs_f64()
@@ -310,6 +311,9 @@ pub async fn inject(world: &World, fault: Fault, rng: &mut StdRng) -> anyhow::Re
         }
     }
 }
+
+/// Replicas of the private cluster (`PrivateRedisCluster::start`: one per master, 3 masters).
+const CLUSTER_REPLICAS: usize = 3;
 
 /// Keys moved per `MIGRATE`: few, so readers and writers meet the slot half migrated.
 const MIGRATE_BATCH: usize = 5;
@@ -347,7 +351,7 @@ fn migrate_slot(cluster: &mut PrivateRedisCluster, tenant: Uuid, key: &str, pick
     {
         node::<()>(port, &["CLUSTER", "SETSLOT", &slot, "NODE", &target_id])?;
     }
-    cluster.wait_until_healthy(3);
+    cluster.wait_until_healthy(CLUSTER_REPLICAS);
     Ok(format!(
         "slot {slot} of tenant {tenant} migrated from {source} to {target}: {moved} keys in {:.1}s",
         started.elapsed().as_secs_f64()

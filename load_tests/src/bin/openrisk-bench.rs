@@ -214,14 +214,7 @@ async fn main() -> anyhow::Result<()> {
     // The data set: every live risk of every tenant we hold a token for.
     let tokens = read_tokens(&args.tokens)?;
     let pg = connect_pg(&args.database_url, "openrisk-bench").await?;
-    let rows = pg.query("SELECT tenant_id, id FROM risks WHERE deleted_at IS NULL ORDER BY tenant_id, id", &[]).await?;
-    let mut risks: Vec<RiskRef> = rows
-        .iter()
-        .filter_map(|row| {
-            let tenant: Uuid = row.get(0);
-            tokens.get(&tenant).map(|auth| RiskRef { tenant, id: row.get(1), auth: Arc::clone(auth) })
-        })
-        .collect();
+    let mut risks = live_risks(&pg, &tokens).await?;
     if risks.is_empty() {
         bail!("no risks of the tenants in {}", args.tokens.display());
     }
@@ -747,14 +740,7 @@ async fn node_beside_cluster(
     };
     let tokens = read_tokens(tokens)?;
     let pg = connect_pg(database_url, "openrisk-bench").await?;
-    let rows = pg.query("SELECT tenant_id, id FROM risks WHERE deleted_at IS NULL ORDER BY tenant_id, id", &[]).await?;
-    let mut risks: Vec<RiskRef> = rows
-        .iter()
-        .filter_map(|row| {
-            let tenant: Uuid = row.get(0);
-            tokens.get(&tenant).map(|auth| RiskRef { tenant, id: row.get(1), auth: Arc::clone(auth) })
-        })
-        .collect();
+    let mut risks = live_risks(&pg, &tokens).await?;
     risks.shuffle(&mut SmallRng::seed_from_u64(42));
     let hot: Vec<Req> = risks.iter().take(node_detail.reqs.len()).map(detail).collect();
     anyhow::ensure!(!hot.is_empty(), "no risks of the tenants in the cluster's tokens file");
@@ -913,6 +899,18 @@ async fn many_variants(
         "keys_before": keys_before,
         "keys_after": keys_after,
     }))
+}
+
+/// Every live risk of every tenant in `tokens`, in id order, with its tenant's token.
+async fn live_risks(pg: &tokio_postgres::Client, tokens: &HashMap<Uuid, Arc<str>>) -> anyhow::Result<Vec<RiskRef>> {
+    let rows = pg.query("SELECT tenant_id, id FROM risks WHERE deleted_at IS NULL ORDER BY tenant_id, id", &[]).await?;
+    Ok(rows
+        .iter()
+        .filter_map(|row| {
+            let tenant: Uuid = row.get(0);
+            tokens.get(&tenant).map(|auth| RiskRef { tenant, id: row.get(1), auth: Arc::clone(auth) })
+        })
+        .collect())
 }
 
 fn read_tokens(path: &PathBuf) -> anyhow::Result<HashMap<Uuid, Arc<str>>> {
