@@ -609,6 +609,7 @@ async fn main() -> anyhow::Result<()> {
             "read_latency_ms": window(&freshness.read_ms),
             "stale_reads_inside_window": freshness.stale_inside_window,
             "stale_reads_by_cause": freshness.stale_by_cause,
+            "older_reads_by_cause": freshness.older_by_cause,
             "reads_older_than_window": freshness.older_than_window,
             "never_seen": freshness.never_seen,
             "background_reads": freshness.background.summary(),
@@ -646,6 +647,9 @@ async fn main() -> anyhow::Result<()> {
         pct(&freshness.read_ms, 100.0)
     );
     println!("  stale reads inside windows by cause: {:?}", freshness.stale_by_cause);
+    if !freshness.older_by_cause.is_empty() {
+        println!("  reads older than the window by cause: {:?}", freshness.older_by_cause);
+    }
     println!("  invalidator: {events} events, lag p50 {:?} ms p99 {:?} ms", lag_ms(0.5), lag_ms(0.99));
 
     // Plot and files.
@@ -1156,6 +1160,9 @@ struct Freshness {
     stale_inside_window: u64,
     /// Stale reads inside the window by write path and by how the cache answered them.
     stale_by_cause: BTreeMap<String, u64>,
+    /// Reads older than the window by write path, how the first fresh answer was served, and how
+    /// the older read was.
+    older_by_cause: BTreeMap<String, u64>,
     older_than_window: u64,
     background: RunResult,
     background_writes: u64,
@@ -1360,6 +1367,7 @@ async fn freshness(
         read_errors,
         stale_inside_window: 0,
         stale_by_cause: BTreeMap::new(),
+        older_by_cause: BTreeMap::new(),
         older_than_window: 0,
         background,
         background_writes,
@@ -1373,11 +1381,13 @@ async fn freshness(
                 out.writes_sql += 1;
             }
             // The first answer carrying this write (or a later one).
-            let Some(first) = reads.iter().filter(|r| r.seq.is_some_and(|s| s >= write.seq)).map(|r| r.done).min()
+            let Some(first_read) =
+                reads.iter().filter(|r| r.seq.is_some_and(|s| s >= write.seq)).min_by_key(|r| r.done)
             else {
                 out.never_seen += 1;
                 continue;
             };
+            let first = first_read.done;
             let window = first.saturating_duration_since(write.acked).as_secs_f64() * 1000.0;
             if write.api {
                 out.windows_api.push(window);
@@ -1389,6 +1399,9 @@ async fn freshness(
                 lower = lower.max((read.sent - write.acked).as_secs_f64() * 1000.0);
                 if read.sent >= first {
                     out.older_than_window += 1;
+                    let path = if write.api { "api" } else { "sql" };
+                    let cause = format!("{path} write, first fresh answer {}, then {}", first_read.how, read.how);
+                    *out.older_by_cause.entry(cause).or_default() += 1;
                 } else {
                     out.stale_inside_window += 1;
                     let path = if write.api { "api" } else { "sql" };
