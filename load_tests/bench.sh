@@ -11,8 +11,15 @@
 # answering from one Redis GET). `openrisk-bench` then measures everything side by side and
 # writes results.json, summary.md and latency.svg into $OUT (load_tests/out, gitignored).
 #
+# With CLUSTER=1 (the default) it also starts a private Redis Cluster (3 masters, 3 replicas,
+# `openrisk-test-cluster`), a second database seeded alike for a cached API and an invalidator
+# on the cluster (REDIS_REPLICAS_ACK 1, the cluster default), and a third, small database for an
+# invalidator on the same cluster with REDIS_REPLICAS_ACK=0; openrisk-bench then measures cached
+# GET throughput and invalidation lag on the cluster beside the single node, and the cost of the
+# WAIT. The seed and token commands run with the cluster's redis-cluster:// URL there.
+#
 # Knobs (environment): TENANTS RISKS PHASE_SECS ROUNDS CONNECTIONS RATE HOT FRESH_RISKS VARIANTS
-# FRESH_BACKGROUND_RATE BACKGROUND_WRITES PROFILE (release|dev) OUT WRK (1/0: also measure with wrk if installed)
+# FRESH_BACKGROUND_RATE BACKGROUND_WRITES CLUSTER (1/0) LAG_WRITES (writes/s of each lag phase) PROFILE (release|dev) OUT WRK (1/0: also measure with wrk if installed)
 # PERF (1: perf profile of the cached API's hit path into $OUT/perf-hit-*.txt) COPY_PLOT (1: copy the plot to
 # load_tests/latency.svg) ALLOC_AB (1: also a cached API with jemalloc preloaded) PG_ADMIN_URL (default postgres://postgres@127.0.0.1:5432/postgres).
 set -euo pipefail
@@ -40,6 +47,8 @@ COPY_PLOT=${COPY_PLOT:-1}
 JEMALLOC=${JEMALLOC:-/usr/lib/x86_64-linux-gnu/libjemalloc.so.2}
 ALLOC_AB=${ALLOC_AB:-1}
 PG_ADMIN_URL=${PG_ADMIN_URL:-postgres://postgres@127.0.0.1:5432/postgres}
+CLUSTER=${CLUSTER:-1}
+LAG_WRITES=${LAG_WRITES:-50}
 
 log() { printf '[bench %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 
@@ -50,7 +59,7 @@ rm -f "$OUT/perf-hit.data" "$OUT/perf-hit-dso.txt" "$OUT/perf-hit-symbols.txt"
 # ---- build -------------------------------------------------------------------------------
 log "building ($PROFILE)"
 cargo build --quiet --profile "$PROFILE" \
-    --bin openrisk-api --bin openrisk-invalidator --bin ceiling --bin openrisk-bench
+    --bin openrisk-api --bin openrisk-invalidator --bin ceiling --bin openrisk-bench --bin openrisk-test-cluster
 target_dir=${CARGO_TARGET_DIR:-$repo/target}
 case "$PROFILE" in
     dev) bin="$target_dir/debug" ;;
@@ -59,14 +68,20 @@ esac
 
 # ---- cleanup of exactly what this script started ---------------------------------------------
 pids=()
-db=""
+dbs=()
+cluster_pid=""
 cleanup() {
     local status=$?
     for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
     for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-    if [ -n "$db" ]; then
-        psql "$PG_ADMIN_URL" -qXc "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" >/dev/null 2>&1 || true
+    if [ -n "$cluster_pid" ]; then
+        # The cluster stops its nodes when its standard input closes.
+        if [ -n "${CLUSTER[1]:-}" ]; then exec {CLUSTER[1]}>&-; fi
+        wait "$cluster_pid" 2>/dev/null || true
     fi
+    for one in "${dbs[@]}"; do
+        psql "$PG_ADMIN_URL" -qXc "DROP DATABASE IF EXISTS \"$one\" WITH (FORCE)" >/dev/null 2>&1 || true
+    done
     exit "$status"
 }
 trap cleanup EXIT
@@ -97,6 +112,10 @@ invalidator_port=$(free_port 18380)
 cached_metrics_port=$(free_port 18580)
 uncached_metrics_port=$(free_port 18680)
 alt_metrics_port=$(free_port 18780)
+cluster_api_port=$(free_port 18880)
+cluster_invalidator_port=$(free_port 18980)
+ack0_invalidator_port=$(free_port 19080)
+cluster_api_metrics_port=$(free_port 19180)
 
 wait_http() {
     local url=$1 what=$2
@@ -122,6 +141,7 @@ export REDIS_URL="redis://127.0.0.1:$redis_port"
 db="openrisk_bench_$$"
 log "database $db: migrate, seed $TENANTS tenants × $RISKS risks"
 psql "$PG_ADMIN_URL" -qXc "CREATE DATABASE \"$db\"" >/dev/null
+dbs+=("$db")
 db_url="${PG_ADMIN_URL%/*}/$db"
 export DATABASE_URL="$db_url"
 export OPENRISK_LOG__FILTER=${OPENRISK_LOG__FILTER:-warn}
@@ -138,6 +158,58 @@ for tenant in $(psql "$db_url" -AtXc "SELECT id FROM tenants ORDER BY slug"); do
 done
 counts=$(psql "$db_url" -AtXc "SELECT (SELECT count(*) FROM risks) || ' risks, ' || (SELECT count(*) FROM mitigations) || ' mitigations, ' || (SELECT count(*) FROM mitigation_subactions) || ' sub-actions, ' || (SELECT count(*) FROM assets) || ' assets, ' || (SELECT count(*) FROM risk_assets) || ' risk-asset links'")
 log "data set: $counts"
+
+# ---- the Redis Cluster side --------------------------------------------------------------------
+cluster_flags=()
+if [ "$CLUSTER" = 1 ]; then
+    coproc CLUSTER { exec "$bin/openrisk-test-cluster"; }
+    cluster_pid=$CLUSTER_PID
+    if ! read -r -t 120 cluster_url <&"${CLUSTER[0]}"; then
+        log "the private Redis Cluster did not start"
+        exit 1
+    fi
+    log "redis cluster $cluster_url (private, 3 masters + 3 replicas)"
+    cluster_db="${db}_cluster"
+    ack0_db="${db}_ack0"
+    psql "$PG_ADMIN_URL" -qXc "CREATE DATABASE \"$cluster_db\"" >/dev/null
+    dbs+=("$cluster_db")
+    psql "$PG_ADMIN_URL" -qXc "CREATE DATABASE \"$ack0_db\"" >/dev/null
+    dbs+=("$ack0_db")
+    cluster_db_url="${PG_ADMIN_URL%/*}/$cluster_db"
+    ack0_db_url="${PG_ADMIN_URL%/*}/$ack0_db"
+    log "database $cluster_db (cluster side): migrate, seed $TENANTS tenants × $RISKS risks; $ack0_db: 1 × 20"
+    REDIS_URL="$cluster_url" DATABASE_URL="$cluster_db_url" "$bin/openrisk-api" migrate >"$OUT/logs/migrate-cluster.log" 2>&1
+    REDIS_URL="$cluster_url" DATABASE_URL="$cluster_db_url" \
+        "$bin/openrisk-api" seed --tenants "$TENANTS" --risks "$RISKS" >"$OUT/logs/seed-cluster.log" 2>&1
+    REDIS_URL="$cluster_url" DATABASE_URL="$ack0_db_url" "$bin/openrisk-api" migrate >"$OUT/logs/migrate-ack0.log" 2>&1
+    REDIS_URL="$cluster_url" DATABASE_URL="$ack0_db_url" \
+        "$bin/openrisk-api" seed --tenants 1 --risks 20 >"$OUT/logs/seed-ack0.log" 2>&1
+    : >"$OUT/tokens-cluster.txt"
+    for tenant in $(psql "$cluster_db_url" -AtXc "SELECT id FROM tenants ORDER BY slug"); do
+        token=$(REDIS_URL="$cluster_url" DATABASE_URL="$cluster_db_url" \
+            "$bin/openrisk-api" token create --tenant "$tenant" --role analyst --name bench 2>/dev/null)
+        echo "$tenant $token" >>"$OUT/tokens-cluster.txt"
+    done
+    log "invalidators on the cluster: REDIS_REPLICAS_ACK 1 (metrics :$cluster_invalidator_port), 0 (:$ack0_invalidator_port)"
+    REDIS_URL="$cluster_url" DATABASE_URL="$cluster_db_url" METRICS_ADDR="127.0.0.1:$cluster_invalidator_port" \
+        "$bin/openrisk-invalidator" run >"$OUT/logs/invalidator-cluster.log" 2>&1 &
+    pids+=("$!")
+    REDIS_URL="$cluster_url" DATABASE_URL="$ack0_db_url" METRICS_ADDR="127.0.0.1:$ack0_invalidator_port" \
+        OPENRISK_INVALIDATOR__REDIS_REPLICAS_ACK=0 OPENRISK_CACHE__KEY_PREFIX=benchack0 \
+        "$bin/openrisk-invalidator" run >"$OUT/logs/invalidator-cluster-ack0.log" 2>&1 &
+    pids+=("$!")
+    log "API with the cache on the cluster on 127.0.0.1:$cluster_api_port"
+    REDIS_URL="$cluster_url" DATABASE_URL="$cluster_db_url?application_name=api-cluster" \
+        API_ADDR="127.0.0.1:$cluster_api_port" METRICS_ADDR="127.0.0.1:$cluster_api_metrics_port" "$bin/openrisk-api" serve >"$OUT/logs/api-cluster.log" 2>&1 &
+    pids+=("$!")
+    wait_http "http://127.0.0.1:$cluster_api_port/healthz" api-cluster
+    wait_http "http://127.0.0.1:$cluster_invalidator_port/metrics" invalidator-cluster
+    wait_http "http://127.0.0.1:$ack0_invalidator_port/metrics" invalidator-cluster-ack0
+    cluster_flags=(--cluster-cached "127.0.0.1:$cluster_api_port" --cluster-database-url "$cluster_db_url"
+        --cluster-tokens "$OUT/tokens-cluster.txt" --cluster-invalidator-metrics "127.0.0.1:$cluster_invalidator_port"
+        --cluster-ack0-database-url "$ack0_db_url" --cluster-ack0-invalidator-metrics "127.0.0.1:$ack0_invalidator_port"
+        --lag-writes "$LAG_WRITES")
+fi
 
 # ---- the processes under test ------------------------------------------------------------------
 log "invalidator (metrics 127.0.0.1:$invalidator_port)"
@@ -184,6 +256,7 @@ for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$ceiling_port") 2>/dev/null
     echo "profile: $PROFILE; data set: $counts; seeded in ${seed_secs}s"
     echo "knobs: TENANTS=$TENANTS RISKS=$RISKS PHASE_SECS=$PHASE_SECS ROUNDS=$ROUNDS CONNECTIONS=$CONNECTIONS RATE=$RATE HOT=$HOT"
     echo "postgres: $(psql "$db_url" -AtXc 'SHOW server_version'); redis: $(redis-server --version | awk '{print $3}')"
+    if [ "$CLUSTER" = 1 ]; then echo "redis cluster: 3 masters + 3 replicas on loopback, same machine; LAG_WRITES=$LAG_WRITES"; fi
 } >"$OUT/machine.txt"
 cat "$OUT/machine.txt" >&2
 
@@ -202,7 +275,7 @@ status=0
     --redis-pid "$redis_pid" --ceiling-pid "$ceiling_pid" \
     --phase-secs "$PHASE_SECS" --rounds "$ROUNDS" --connections "$CONNECTIONS" --rate "$RATE" \
     --hot "$HOT" --fresh-risks "$FRESH_RISKS" --variants "$VARIANTS" --key-prefix "$OPENRISK_CACHE__KEY_PREFIX" --background-writes "$BACKGROUND_WRITES" --fresh-background-rate "$FRESH_BACKGROUND_RATE" \
-    "${flags[@]}" "${alt_flags[@]}" --out "$OUT" 2>&1 | tee "$OUT/bench.log" || status=$?
+    "${flags[@]}" "${alt_flags[@]}" "${cluster_flags[@]}" --out "$OUT" 2>&1 | tee "$OUT/bench.log" || status=$?
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)" >>"$OUT/machine.txt"
 
 if [ -f "$OUT/perf-hit.data" ]; then

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Smoke run of the HTTP benchmark at tiny scale (1 tenant × 50 risks, 1 s phases, debug build),
-# so that bench.sh and openrisk-bench cannot rot. About 30 s after the build; needs only the
-# local PostgreSQL and redis-server (it starts a private Redis and drops its own database).
+# so that bench.sh and openrisk-bench cannot rot. About 50 s after the build; needs only the
+# local PostgreSQL and redis-server (it starts a private Redis and a private Redis Cluster, and
+# drops its own databases). CLUSTER=0 leaves the cluster side out.
 # Checks correctness only (every request answered, hits served, freshness observed, no read
 # older than the staleness window, files written), never timings. Ends with `N passed, M failed`.
 set -uo pipefail
@@ -11,7 +12,7 @@ out=$(mktemp -d "${TMPDIR:-/tmp}/openrisk-smoke.XXXXXX")
 trap 'rm -rf "$out"' EXIT
 
 TENANTS=1 RISKS=50 PHASE_SECS=1 ROUNDS=1 CONNECTIONS=4 RATE=200 HOT=50 FRESH_RISKS=2 VARIANTS=300 \
-    BACKGROUND_WRITES=20 PROFILE=${PROFILE:-dev} WRK=0 PERF=0 COPY_PLOT=0 ALLOC_AB=0 OUT="$out" \
+    BACKGROUND_WRITES=20 CLUSTER=${CLUSTER:-1} PROFILE=${PROFILE:-dev} WRK=0 PERF=0 COPY_PLOT=0 ALLOC_AB=0 OUT="$out" \
     load_tests/bench.sh >"$out/run.log" 2>&1
 status=$?
 
@@ -36,6 +37,9 @@ expect "bench.sh exited 0" '[ "$status" -eq 0 ]'
 expect "the benchmark ran its checks" '[ -n "$line" ]'
 expect "results.json was written" 'grep -q "\"freshness\"" "$out/results.json" 2>/dev/null'
 expect "latency.svg was written" 'grep -q "<polyline" "$out/latency.svg" 2>/dev/null'
+if [ "${CLUSTER:-1}" = 1 ]; then
+    expect "the cluster was measured beside the node" 'grep -q "\"cluster_over_node_cached_detail_rps\": [0-9]" "$out/results.json" 2>/dev/null'
+fi
 expect "machine facts were recorded" 'grep -q "^commit:" "$out/machine.txt" 2>/dev/null'
 if [ "$failed" -ne 0 ] || [ "$status" -ne 0 ]; then
     echo "--- last lines of the run ---"

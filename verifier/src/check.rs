@@ -1,6 +1,6 @@
 //! The consistency check: with writers held, wait until the outbox is drained, then compare
-//! every live cached entry (SCAN of the private Redis; the verifier may scan, the product never
-//! does) and every URL requested so far against the cache-off reference API.
+//! every live cached entry (SCAN of the private Redis, every master of a cluster; the verifier
+//! may scan, the product never does) and every URL requested so far against the cache-off reference API.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use openrisk_shared::Tag;
 use openrisk_shared::protocol::StoredEntry;
+use openrisk_shared::redis_connection::RedisConnection;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -72,11 +73,11 @@ fn tenant_of(key: &str) -> Option<Uuid> {
 async fn scan_entries(world: &World) -> anyhow::Result<Vec<Entry>> {
     let mut conn = world.redis().await?;
     let pattern = world.keyspace.entry_pattern();
-    let keys: Vec<String> = {
-        let mut iter = conn.clone();
-        let stream: redis::AsyncIter<String> = redis::AsyncCommands::scan_match(&mut iter, &pattern).await?;
-        stream.filter_map(|key| async move { key.ok() }).collect().await
-    };
+    let mut keys = std::collections::BTreeSet::new();
+    for mut master in world.redis_masters().await? {
+        let stream: redis::AsyncIter<String> = redis::AsyncCommands::scan_match(&mut master, &pattern).await?;
+        keys.extend(stream.filter_map(|key| async move { key.ok() }).collect::<Vec<_>>().await);
+    }
     let mut entries = Vec::new();
     for key in keys {
         let stored: Option<Vec<u8>> = redis::cmd("GET").arg(&key).query_async(&mut conn).await?;
@@ -89,7 +90,7 @@ async fn scan_entries(world: &World) -> anyhow::Result<Vec<Entry>> {
 
 /// Whether a lookup would serve `entry` (every stored version present and current), exactly as
 /// the protocol's lookup decides.
-async fn is_live(world: &World, conn: &mut redis::aio::MultiplexedConnection, entry: &Entry) -> anyhow::Result<bool> {
+async fn is_live(world: &World, conn: &mut RedisConnection, entry: &Entry) -> anyhow::Result<bool> {
     for (tag, token) in &entry.versions {
         let Ok(tag) = Tag::parse(tag) else { return Ok(false) };
         let key = world.keyspace.version_key(entry.tenant, &tag);
@@ -162,7 +163,7 @@ pub async fn check(world: &World, label: &str, url_limit: Option<usize>) -> Chec
 
     // Every entry in Redis.
     let mut entry_failures = Vec::new();
-    match (scan_entries(world).await, world.redis().await.map_err(anyhow::Error::from)) {
+    match (scan_entries(world).await, world.redis().await) {
         (Ok(entries), Ok(mut conn)) => {
             // Readers keep running and record a URL before requesting it, so a copy taken after
             // the scan maps every entry the scan found.

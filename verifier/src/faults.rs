@@ -1,15 +1,17 @@
 //! The faults, each injected into the private servers or the spawned processes while the
-//! workload runs.
+//! workload runs: [`NODE`] against a single Redis node, [`CLUSTER`] against a Redis Cluster.
 
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
-use rand::Rng;
+use anyhow::{Context, bail};
+use openrisk_shared::redis_connection::RedisConnection;
+use openrisk_test_support::{PrivateRedisCluster, ReplicaPair};
 use rand::rngs::StdRng;
+use rand::seq::IndexedRandom;
+use rand::{Rng, SeedableRng};
+use uuid::Uuid;
 
-use openrisk_test_support::ReplicaPair;
-
-use crate::world::{POLL_INTERVAL_MS, World, configure_redis};
+use crate::world::{POLL_INTERVAL_MS, RedisServers, Topology, World, configure_redis};
 
 /// After Postgres is back, API errors within this grace still count as "Postgres was down"
 /// (pools notice dead connections on their next use).
@@ -23,9 +25,10 @@ pub enum Fault {
     RestartPostgres,
     /// Redis is SIGKILLed, stays down up to 2.5 s (the API serves from Postgres), restarts empty.
     RestartRedis,
-    /// `FLUSHALL` while readers fill.
+    /// `FLUSHALL` (on every master) while readers fill.
     FlushRedis,
-    /// A burst of writes, then SIGKILL of one replica while the other runs; restarted after.
+    /// A burst of writes (Redis writes paused on every master), then SIGKILL of one invalidator
+    /// replica while the other runs; restarted after.
     KillReplicaMidBatch,
     /// SIGSTOP one replica for longer than the poll interval, then SIGCONT.
     PauseReplica,
@@ -33,6 +36,16 @@ pub enum Fault {
     SlowRedis,
     /// `maxmemory` just above the current use with `volatile-lru`: entries get evicted.
     RedisMaxmemory,
+    /// Cluster: `CLUSTER FAILOVER` sent to the replica of the master serving a tenant's slot.
+    ClusterFailover,
+    /// Cluster: the master serving a tenant's slot is SIGKILLed, its replica is promoted, then
+    /// the killed node restarts empty and rejoins as a replica.
+    KillMaster,
+    /// Cluster: a tenant's slot is migrated to another master, a few keys at a time
+    /// (`CLUSTER SETSLOT … IMPORTING/MIGRATING`, `MIGRATE`), while readers and writers run.
+    MigrateSlot,
+    /// Cluster: a Redis replica is SIGKILLed and restarted empty (it resynchronises).
+    RestartRedisReplica,
     /// Replica mode: replay paused on the read replica for 3 s under load, with a `FLUSHALL`
     /// half-way (versions and replay floors lost while the replica lags), then resumed.
     PauseReplay,
@@ -40,8 +53,8 @@ pub enum Fault {
     RestartReadReplica,
 }
 
-/// The faults of a run against a single Postgres.
-pub const ALL: [Fault; 8] = [
+/// The faults of a single Redis node.
+pub const NODE: [Fault; 8] = [
     Fault::KillListener,
     Fault::RestartPostgres,
     Fault::RestartRedis,
@@ -52,15 +65,43 @@ pub const ALL: [Fault; 8] = [
     Fault::RedisMaxmemory,
 ];
 
-/// The faults of a replica run (`--replica`): those of a single Postgres except its restart (the
-/// primary of a replica pair is not restarted), and the replica's own.
+/// The faults of a Redis Cluster, plus `FLUSHALL` and the invalidator killed mid-batch (both on
+/// every master).
+pub const CLUSTER: [Fault; 6] = [
+    Fault::FlushRedis,
+    Fault::KillReplicaMidBatch,
+    Fault::ClusterFailover,
+    Fault::KillMaster,
+    Fault::MigrateSlot,
+    Fault::RestartRedisReplica,
+];
+
+/// The faults of a replica run (`--replica`, single Redis node): those of a single node except
+/// the Postgres restart (the primary of a replica pair is not restarted), and the replica's own.
 pub fn replica_run() -> Vec<Fault> {
-    let single = ALL.into_iter().filter(|fault| *fault != Fault::RestartPostgres);
+    let single = NODE.into_iter().filter(|fault| *fault != Fault::RestartPostgres);
     single.chain([Fault::PauseReplay, Fault::RestartReadReplica]).collect()
 }
 
 /// A replica smoke run: the two replica faults and a flush.
 pub const REPLICA_SMOKE: [Fault; 3] = [Fault::PauseReplay, Fault::RestartReadReplica, Fault::FlushRedis];
+
+/// The faults of one round of a run: the topology's, or a replica run's.
+pub fn round(topology: Topology, replica: bool, smoke: bool) -> Vec<Fault> {
+    match (replica, smoke) {
+        (false, _) => of(topology).to_vec(),
+        (true, true) => REPLICA_SMOKE.to_vec(),
+        (true, false) => replica_run(),
+    }
+}
+
+/// Every fault the topology can be put through.
+pub fn of(topology: Topology) -> &'static [Fault] {
+    match topology {
+        Topology::Node => &NODE,
+        Topology::Cluster => &CLUSTER,
+    }
+}
 
 impl Fault {
     pub fn name(self) -> &'static str {
@@ -73,6 +114,10 @@ impl Fault {
             Fault::PauseReplica => "sigstop-replica",
             Fault::SlowRedis => "slow-redis",
             Fault::RedisMaxmemory => "redis-maxmemory",
+            Fault::ClusterFailover => "cluster-failover",
+            Fault::KillMaster => "sigkill-redis-master",
+            Fault::MigrateSlot => "migrate-tenant-slot",
+            Fault::RestartRedisReplica => "restart-redis-replica-empty",
             Fault::PauseReplay => "pause-replica-replay",
             Fault::RestartReadReplica => "restart-read-replica",
         }
@@ -121,14 +166,14 @@ pub async fn inject(world: &World, fault: Fault, rng: &mut StdRng) -> anyhow::Re
             Ok(format!("postgres down for {:.2}s", (up - started).as_secs_f64()))
         }
         Fault::RestartRedis => {
-            let redis = world.redis_server.clone();
             let started = Instant::now();
             let down_for = Duration::from_millis(rng.random_range(0..2500));
-            tokio::task::spawn_blocking(move || {
-                let mut redis = redis.lock().unwrap();
+            on_servers(world, move |servers| {
+                let RedisServers::Node(redis) = servers else { bail!("restart-redis needs a single node") };
                 redis.kill();
                 std::thread::sleep(down_for);
                 redis.restart();
+                Ok(())
             })
             .await?;
             configure_redis(&world.redis_url).await?;
@@ -136,7 +181,7 @@ pub async fn inject(world: &World, fault: Fault, rng: &mut StdRng) -> anyhow::Re
         }
         Fault::FlushRedis => {
             let mut conn = world.redis().await?;
-            let _: () = redis::cmd("FLUSHALL").query_async(&mut conn).await?;
+            let _: Vec<(String, ())> = conn.on_every_master(&redis::cmd("FLUSHALL")).await?;
             Ok("FLUSHALL".into())
         }
         Fault::KillReplicaMidBatch => {
@@ -147,7 +192,8 @@ pub async fn inject(world: &World, fault: Fault, rng: &mut StdRng) -> anyhow::Re
             // Pause Redis writes so every replica that claims a batch is stuck applying it,
             // then commit a burst and SIGKILL the chosen replica once it holds claimed rows.
             let mut conn = world.redis().await?;
-            let _: () = redis::cmd("CLIENT").arg("PAUSE").arg(1500).arg("WRITE").query_async(&mut conn).await?;
+            let _: Vec<(String, ())> =
+                conn.on_every_master(redis::cmd("CLIENT").arg("PAUSE").arg(1500).arg("WRITE")).await?;
             let paused = Instant::now();
             let burst = sql
                 .execute(
@@ -201,7 +247,8 @@ pub async fn inject(world: &World, fault: Fault, rng: &mut StdRng) -> anyhow::Re
             let mode = if rng.random_ratio(1, 2) { "WRITE" } else { "ALL" };
             let millis = 2000u64;
             let mut conn = world.redis().await?;
-            let _: () = redis::cmd("CLIENT").arg("PAUSE").arg(millis).arg(mode).query_async(&mut conn).await?;
+            let _: Vec<(String, ())> =
+                conn.on_every_master(redis::cmd("CLIENT").arg("PAUSE").arg(millis).arg(mode)).await?;
             tokio::time::sleep(Duration::from_millis(millis + 500)).await;
             Ok(format!("CLIENT PAUSE {millis} {mode}"))
         }
@@ -220,6 +267,75 @@ pub async fn inject(world: &World, fault: Fault, rng: &mut StdRng) -> anyhow::Re
             let _: () = redis::cmd("CONFIG").arg("SET").arg("maxmemory").arg(0).query_async(&mut conn).await?;
             Ok(format!("maxmemory {limit} bytes (used {used}) with volatile-lru for 4s: {evicted} keys evicted"))
         }
+        Fault::ClusterFailover => {
+            let tenant = world.tenants.choose(rng).context("no tenant")?.id;
+            let key = world.keyspace.tenant_base(tenant);
+            let pick: u64 = rng.random();
+            on_cluster(world, move |cluster| {
+                let master = cluster.master_of(&key);
+                let replica =
+                    *cluster.replicas_of(master).choose(&mut StdRng::seed_from_u64(pick)).context("no replica")?;
+                node::<()>(replica, &["CLUSTER", "FAILOVER"])?;
+                wait_for(Duration::from_secs(30), "the replica to take over", || {
+                    is_master(replica) && !is_master(master)
+                })?;
+                cluster.wait_until_healthy(CLUSTER_REPLICAS);
+                Ok(format!(
+                    "CLUSTER FAILOVER on {replica}: master of tenant {tenant}'s slot was {master}, now {replica}"
+                ))
+            })
+            .await
+        }
+        Fault::KillMaster => {
+            let tenant = world.tenants.choose(rng).context("no tenant")?.id;
+            let key = world.keyspace.tenant_base(tenant);
+            let down_for = Duration::from_millis(rng.random_range(0..1500));
+            on_cluster(world, move |cluster| {
+                let master = cluster.master_of(&key);
+                let replicas = cluster.replicas_of(master);
+                let started = Instant::now();
+                cluster.kill(master);
+                wait_for(Duration::from_secs(30), "a replica to be promoted", || {
+                    replicas.iter().any(|&replica| is_master(replica))
+                })?;
+                let promoted = started.elapsed();
+                cluster.wait_until_healthy(CLUSTER_REPLICAS - 1);
+                std::thread::sleep(down_for);
+                cluster.restart(master);
+                // Every replica linked again: the restarted node is one of them.
+                cluster.wait_until_healthy(CLUSTER_REPLICAS);
+                Ok(format!(
+                    "SIGKILL master {master} (tenant {tenant}'s slot): replica promoted after {:.1}s; restarted empty {:.1}s later, rejoined as a replica",
+                    promoted.as_secs_f64(),
+                    down_for.as_secs_f64()
+                ))
+            })
+            .await
+        }
+        Fault::MigrateSlot => {
+            let tenant = world.tenants.choose(rng).context("no tenant")?.id;
+            let key = world.keyspace.tenant_base(tenant);
+            let pick: u64 = rng.random();
+            on_cluster(world, move |cluster| migrate_slot(cluster, tenant, &key, pick)).await
+        }
+        Fault::RestartRedisReplica => {
+            let pick: u64 = rng.random();
+            let down_for = Duration::from_millis(rng.random_range(0..1500));
+            on_cluster(world, move |cluster| {
+                let replicas: Vec<u16> =
+                    cluster.master_ports().into_iter().flat_map(|master| cluster.replicas_of(master)).collect();
+                let replica = *replicas.choose(&mut StdRng::seed_from_u64(pick)).context("no replica")?;
+                cluster.kill(replica);
+                std::thread::sleep(down_for);
+                cluster.restart(replica);
+                cluster.wait_until_healthy(CLUSTER_REPLICAS);
+                Ok(format!(
+                    "replica {replica} SIGKILLed, down {:.2}s, restarted empty and resynchronised",
+                    down_for.as_secs_f64()
+                ))
+            })
+            .await
+        }
     }
 }
 
@@ -236,7 +352,7 @@ async fn replica_fault(world: &World, fault: Fault, rng: &mut StdRng) -> anyhow:
             replica.batch_execute("SELECT pg_wal_replay_pause()").await?;
             tokio::time::sleep(Duration::from_millis(1500)).await;
             let mut conn = world.redis().await?;
-            let _: () = redis::cmd("FLUSHALL").query_async(&mut conn).await?;
+            let _: Vec<(String, ())> = conn.on_every_master(&redis::cmd("FLUSHALL")).await?;
             tokio::time::sleep(Duration::from_millis(1500)).await;
             let lag: String = replica
                 .query_one("SELECT coalesce(pg_last_wal_receive_lsn() - pg_last_wal_replay_lsn(), 0)::text", &[])
@@ -260,7 +376,107 @@ async fn replica_fault(world: &World, fault: Fault, rng: &mut StdRng) -> anyhow:
     }
 }
 
-async fn info_field(conn: &mut redis::aio::MultiplexedConnection, section: &str, field: &str) -> anyhow::Result<u64> {
+/// Replicas of the private cluster (`PrivateRedisCluster::start`: one per master, 3 masters).
+const CLUSTER_REPLICAS: usize = 3;
+
+/// Keys moved per `MIGRATE`: few, so readers and writers meet the slot half migrated.
+const MIGRATE_BATCH: usize = 5;
+
+/// Moves the slot of `tenant` (whose keys hash by `key`'s tag) from its master to another one, a
+/// few keys at a time, then hands the slot over on every master.
+fn migrate_slot(cluster: &mut PrivateRedisCluster, tenant: Uuid, key: &str, pick: u64) -> anyhow::Result<String> {
+    let source = cluster.master_of(key);
+    let slot: i64 = node(source, &["CLUSTER", "KEYSLOT", key])?;
+    let masters = cluster.master_ports();
+    let others: Vec<u16> = masters.iter().copied().filter(|&port| port != source).collect();
+    let target = *others.choose(&mut StdRng::seed_from_u64(pick)).context("no other master")?;
+    let source_id: String = node(source, &["CLUSTER", "MYID"])?;
+    let target_id: String = node(target, &["CLUSTER", "MYID"])?;
+    let slot = slot.to_string();
+    node::<()>(target, &["CLUSTER", "SETSLOT", &slot, "IMPORTING", &source_id])?;
+    node::<()>(source, &["CLUSTER", "SETSLOT", &slot, "MIGRATING", &target_id])?;
+    let started = Instant::now();
+    let mut moved = 0;
+    loop {
+        let keys: Vec<String> = node(source, &["CLUSTER", "GETKEYSINSLOT", &slot, &MIGRATE_BATCH.to_string()])?;
+        if keys.is_empty() {
+            break;
+        }
+        let port = target.to_string();
+        let mut args = vec!["MIGRATE", "127.0.0.1", &port, "", "0", "5000", "KEYS"];
+        args.extend(keys.iter().map(String::as_str));
+        let _: String = node(source, &args)?;
+        moved += keys.len();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The target first, then the source, then the rest (the order Redis' documentation gives).
+    for port in
+        std::iter::once(target).chain(std::iter::once(source)).chain(others.into_iter().filter(|&p| p != target))
+    {
+        node::<()>(port, &["CLUSTER", "SETSLOT", &slot, "NODE", &target_id])?;
+    }
+    cluster.wait_until_healthy(CLUSTER_REPLICAS);
+    Ok(format!(
+        "slot {slot} of tenant {tenant} migrated from {source} to {target}: {moved} keys in {:.1}s",
+        started.elapsed().as_secs_f64()
+    ))
+}
+
+/// Runs `fault` on the private Redis servers off the async runtime (they are driven by
+/// blocking commands). A panic (a server that did not come back in time) becomes an error.
+async fn on_servers<T: Send + 'static>(
+    world: &World,
+    fault: impl FnOnce(&mut RedisServers) -> anyhow::Result<T> + Send + 'static,
+) -> anyhow::Result<T> {
+    let servers = world.redis_servers.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut servers = servers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        fault(&mut servers)
+    })
+    .await
+    .context("the fault panicked")?
+}
+
+async fn on_cluster<T: Send + 'static>(
+    world: &World,
+    fault: impl FnOnce(&mut PrivateRedisCluster) -> anyhow::Result<T> + Send + 'static,
+) -> anyhow::Result<T> {
+    on_servers(world, |servers| match servers {
+        RedisServers::Cluster(cluster) => fault(cluster),
+        RedisServers::Node(_) => bail!("a cluster fault needs --redis cluster"),
+    })
+    .await
+}
+
+/// One command to the cluster node on `port` itself (not routed).
+fn node<T: redis::FromRedisValue>(port: u16, args: &[&str]) -> anyhow::Result<T> {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}"))?;
+    let mut conn = client.get_connection_with_timeout(Duration::from_secs(2))?;
+    conn.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut cmd = redis::cmd(args[0]);
+    for arg in &args[1..] {
+        cmd.arg(*arg);
+    }
+    cmd.query(&mut conn).with_context(|| format!("{} on node {port}", args.join(" ")))
+}
+
+fn is_master(port: u16) -> bool {
+    node::<String>(port, &["INFO", "replication"])
+        .is_ok_and(|info| info.lines().any(|line| line.trim() == "role:master"))
+}
+
+fn wait_for(within: Duration, what: &str, mut done: impl FnMut() -> bool) -> anyhow::Result<()> {
+    let deadline = Instant::now() + within;
+    while !done() {
+        if Instant::now() > deadline {
+            bail!("waited {within:?} for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+async fn info_field(conn: &mut RedisConnection, section: &str, field: &str) -> anyhow::Result<u64> {
     let info: String = redis::cmd("INFO").arg(section).query_async(conn).await?;
     info.lines()
         .find_map(|line| line.strip_prefix(&format!("{field}:")))

@@ -4,9 +4,10 @@
 //!
 //! ```text
 //! openrisk-verifier --smoke                 # ≈1 minute, every fault once (CI)
-//! openrisk-verifier --smoke --replica       # misses read from a streaming replica, its faults
 //! openrisk-verifier [--seed N]              # a few minutes, every fault three times
 //! openrisk-verifier --soak --duration 1h    # plus RSS / connection / lag sampling, growth fails
+//! openrisk-verifier --smoke --redis cluster # on a Redis Cluster (3 masters, 3 replicas), its faults
+//! openrisk-verifier --smoke --replica       # misses read from a streaming replica, its faults
 //! ```
 //! The fault schedule derives from `--seed`; the seed is printed so a failing run can be replayed.
 //! The last line is `N passed, M failed` (checks).
@@ -31,7 +32,7 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 
 use crate::faults::Fault;
-use crate::world::World;
+use crate::world::{Topology, World};
 
 #[derive(Debug, Clone, Parser)]
 #[command(name = "openrisk-verifier", about = "Chaos and soak verifier of the OpenRisk cache")]
@@ -63,13 +64,17 @@ pub struct Config {
     /// Risks per seeded tenant.
     #[arg(long)]
     pub risks: Option<u32>,
+    /// Which Redis the processes use: one node, or a Redis Cluster of 3 masters and 3 replicas
+    /// (with the cluster's own faults).
+    #[arg(long, value_enum, default_value = "node")]
+    pub redis: Topology,
     /// Concurrent readers.
     #[arg(long, default_value_t = 6)]
     pub readers: usize,
     /// Give the cached API a streaming read replica of the private primary (`pg_basebackup -R`)
     /// for its misses, and inject the replica faults (replay paused with a Redis flush, replica
-    /// restarted) instead of restarting Postgres.
-    #[arg(long)]
+    /// restarted) instead of restarting Postgres. With a single Redis node only.
+    #[arg(long, conflicts_with = "redis")]
     pub replica: bool,
     /// Directory holding openrisk-api and openrisk-invalidator (default: next to this binary).
     #[arg(long)]
@@ -176,7 +181,11 @@ async fn run(mut cfg: Config) -> anyhow::Result<bool> {
         (_, _, false) => "full",
         (_, _, true) => "full-replica",
     };
-    println!("openrisk-verifier: mode {mode}, seed {seed} (replay with --seed {seed})");
+    let redis = match cfg.redis {
+        Topology::Node => "",
+        Topology::Cluster => " --redis cluster",
+    };
+    println!("openrisk-verifier: mode {mode}{redis}, seed {seed} (replay with --seed {seed}{redis})");
     let exe_dir = std::env::current_exe()?.parent().map(PathBuf::from).unwrap_or_default();
     if cfg.bin_dir.is_none() {
         cfg.bin_dir = Some(exe_dir.clone());
@@ -189,6 +198,7 @@ async fn run(mut cfg: Config) -> anyhow::Result<bool> {
     let risks = cfg.risks.unwrap_or(if cfg.smoke { 30 } else { 100 });
     let world_cfg = world::WorldConfig {
         seed,
+        topology: cfg.redis,
         tenants,
         risks,
         bin_dir: cfg.bin_dir.clone().unwrap_or_default(),
@@ -199,8 +209,12 @@ async fn run(mut cfg: Config) -> anyhow::Result<bool> {
     let started = Instant::now();
     let world = World::start(world_cfg).await?;
     println!(
-        "  started private {}, Redis, api (cache on), api-ref (cache off), 2 invalidators; {tenants} tenants × {risks} risks in {:.1}s",
+        "  started private {}, {}, api (cache on), api-ref (cache off), 2 invalidators; {tenants} tenants × {risks} risks in {:.1}s",
         if cfg.replica { "Postgres primary and streaming replica (api reads misses from it)" } else { "Postgres" },
+        match cfg.redis {
+            Topology::Node => "Redis (one node)",
+            Topology::Cluster => "Redis Cluster (3 masters, 3 replicas)",
+        },
         started.elapsed().as_secs_f64()
     );
     let mut tally = Tally::default();
@@ -247,13 +261,8 @@ async fn drive(world: &Arc<World>, cfg: &Config, tally: &mut Tally) -> anyhow::R
     }
     let rounds = if cfg.smoke { 1 } else { cfg.rounds };
     let mut schedule = Vec::new();
-    let faults: Vec<Fault> = match (cfg.replica, cfg.smoke) {
-        (false, _) => faults::ALL.to_vec(),
-        (true, true) => faults::REPLICA_SMOKE.to_vec(),
-        (true, false) => faults::replica_run(),
-    };
     for _ in 0..rounds {
-        let mut round = faults.clone();
+        let mut round = faults::round(cfg.redis, cfg.replica, cfg.smoke);
         round.shuffle(&mut rng);
         schedule.extend(round);
     }
@@ -402,7 +411,7 @@ async fn report(world: &World, tally: &mut Tally, started: Instant) {
 /// Where the cached API read its misses, from its metrics: a replica run must have used the
 /// replica.
 async fn replica_report(world: &World, tally: &mut Tally) {
-    let metrics = match world.http.get(format!("{}/metrics", world.api_base)).send().await {
+    let metrics = match world.http.get(format!("{}/metrics", world.api_metrics_base)).send().await {
         Ok(response) => response.text().await.unwrap_or_default(),
         Err(error) => {
             tally.record("the cached API read misses from the replica", &[format!("no metrics: {error}")]);

@@ -1,6 +1,7 @@
-//! The system under test: a private Postgres and Redis, the API twice (cache on, and cache off as
-//! the reference), two invalidator replicas, seeded tenants with tokens, and what the workload
-//! has learned (ids, requested URLs, errors, staleness samples).
+//! The system under test: a private Postgres and Redis (one node, or a Redis Cluster of 3 masters
+//! and 3 replicas), the API twice (cache on, and cache off as the reference), two invalidator
+//! replicas, seeded tenants with tokens, and what the workload has learned (ids, requested URLs,
+//! errors, staleness samples).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -10,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use openrisk_shared::Keyspace;
-use openrisk_test_support::{PrivatePostgres, PrivateRedis, ReplicaPair, with_database};
+use openrisk_shared::redis_connection::{RedisConnection, RedisTarget, Timeouts};
+use openrisk_test_support::{PrivatePostgres, PrivateRedis, PrivateRedisCluster, ReplicaPair, with_database};
 use tokio_postgres::{Client, NoTls};
 use uuid::Uuid;
 
@@ -22,10 +24,42 @@ pub const POLL_INTERVAL_MS: u64 = 500;
 /// Outbox rows per invalidator batch: small, so a SIGKILL lands mid-batch.
 pub const BATCH_SIZE: u32 = 50;
 
+/// Which Redis the processes under test use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Topology {
+    /// One `redis-server`, no replica (`redis://`).
+    Node,
+    /// A Redis Cluster: 3 masters with a replica each (`redis-cluster://`).
+    Cluster,
+}
+
+/// The private Redis servers, as started for the chosen [`Topology`].
+pub enum RedisServers {
+    Node(PrivateRedis),
+    Cluster(PrivateRedisCluster),
+}
+
+impl RedisServers {
+    fn start(topology: Topology) -> Self {
+        match topology {
+            Topology::Node => Self::Node(PrivateRedis::start()),
+            Topology::Cluster => Self::Cluster(PrivateRedisCluster::start()),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        match self {
+            Self::Node(redis) => redis.url(),
+            Self::Cluster(cluster) => cluster.url(),
+        }
+    }
+}
+
 /// What the verifier's command line decided about the system under test.
 #[derive(Debug, Clone)]
 pub struct WorldConfig {
     pub seed: u64,
+    pub topology: Topology,
     pub tenants: u32,
     pub risks: u32,
     pub bin_dir: PathBuf,
@@ -141,7 +175,7 @@ pub struct World {
     pub pg: Option<Arc<Mutex<PrivatePostgres>>>,
     /// The primary and read replica of a replica run.
     pub replica: Option<&'static ReplicaPair>,
-    pub redis_server: Arc<Mutex<PrivateRedis>>,
+    pub redis_servers: Arc<Mutex<RedisServers>>,
     pub admin_url: String,
     pub db_url: String,
     pub redis_url: String,
@@ -150,6 +184,8 @@ pub struct World {
     pub api: tokio::sync::Mutex<Proc>,
     pub api_ref: tokio::sync::Mutex<Proc>,
     pub api_base: String,
+    /// The cached API's `/metrics` (its `METRICS_ADDR`).
+    pub api_metrics_base: String,
     pub ref_base: String,
     pub invalidators: Vec<tokio::sync::Mutex<Proc>>,
     pub tenants: Vec<Tenant>,
@@ -193,12 +229,41 @@ impl World {
         Ok(())
     }
 
-    pub async fn redis(&self) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
-        let client = redis::Client::open(self.redis_url.as_str())?;
+    /// A connection of the kind the processes use: to the node, or to the cluster (keyed
+    /// commands are routed by their key; keyless ones go through `on_every_master`).
+    pub async fn redis(&self) -> anyhow::Result<RedisConnection> {
+        let timeouts = Timeouts {
+            connect: Duration::from_secs(2),
+            response: Duration::from_secs(10),
+            overall: Duration::from_secs(15),
+        };
+        Ok(RedisTarget::parse(&self.redis_url)?.connect(timeouts).await?)
+    }
+
+    /// A connection to every node that serves keys now: the one node, or every master of the
+    /// cluster (what a scan of every key must visit).
+    pub async fn redis_masters(&self) -> anyhow::Result<Vec<redis::aio::MultiplexedConnection>> {
+        let urls = match RedisTarget::parse(&self.redis_url)? {
+            RedisTarget::Node(_) => vec![self.redis_url.clone()],
+            RedisTarget::Cluster { seeds } => seeds,
+        };
         let config = redis::AsyncConnectionConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(2)))
             .set_response_timeout(Some(Duration::from_secs(10)));
-        client.get_multiplexed_async_connection_with_config(&config).await
+        let mut masters = Vec::new();
+        for url in urls {
+            let node = redis::Client::open(url.as_str())?;
+            // A cluster node that is down right now serves no key.
+            let Ok(mut conn) = node.get_multiplexed_async_connection_with_config(&config).await else { continue };
+            let info: String = redis::cmd("INFO").arg("replication").query_async(&mut conn).await?;
+            if info.lines().any(|line| line.trim() == "role:master") {
+                masters.push(conn);
+            }
+        }
+        if masters.is_empty() {
+            bail!("no Redis node answers as a master");
+        }
+        Ok(masters)
     }
 
     pub fn token_of(&self, tenant: Uuid) -> &str {
@@ -271,12 +336,12 @@ impl World {
         let api_bin = bin(&cfg, "openrisk-api")?;
         let inv_bin = bin(&cfg, "openrisk-invalidator")?;
 
-        let with_replica = cfg.replica;
-        let (pg, replica, redis_server) = tokio::task::spawn_blocking(move || {
+        let (topology, with_replica) = (cfg.topology, cfg.replica);
+        let (pg, replica, redis_servers) = tokio::task::spawn_blocking(move || {
             if with_replica {
-                (None, Some(ReplicaPair::shared()), PrivateRedis::start())
+                (None, Some(ReplicaPair::shared()), RedisServers::start(topology))
             } else {
-                (Some(PrivatePostgres::start()), None, PrivateRedis::start())
+                (Some(PrivatePostgres::start()), None, RedisServers::start(topology))
             }
         })
         .await?;
@@ -285,7 +350,7 @@ impl World {
             (None, Some(pair)) => pair.primary_admin_url(),
             (None, None) => bail!("neither a Postgres nor a replica pair started"),
         };
-        let redis_url = redis_server.url();
+        let redis_url = redis_servers.url();
         configure_redis(&redis_url).await?;
         let admin = connect(&admin_url, "openrisk-verifier").await?;
         admin.batch_execute("CREATE DATABASE openrisk").await?;
@@ -321,7 +386,8 @@ impl World {
 
         let api_port = free_port();
         let ref_port = free_port();
-        let api_spec = |name: &str, port: u16, enabled: bool| Spec {
+        let api_metrics_port = free_port();
+        let api_spec = |name: &str, port: u16, metrics_port: u16, enabled: bool| Spec {
             name: name.to_owned(),
             binary: api_bin.clone(),
             args: vec!["serve".into()],
@@ -330,8 +396,7 @@ impl World {
                 .cloned()
                 .chain([
                     ("API_ADDR".to_owned(), format!("127.0.0.1:{port}")),
-                    // Its /metrics, which the verifier does not read; a port of its own.
-                    ("METRICS_ADDR".to_owned(), format!("127.0.0.1:{}", free_port())),
+                    ("METRICS_ADDR".to_owned(), format!("127.0.0.1:{metrics_port}")),
                     ("OPENRISK_CACHE__ENABLED".to_owned(), enabled.to_string()),
                 ])
                 // Only the API under test reads the replica; the reference reads the primary.
@@ -343,8 +408,8 @@ impl World {
                 .collect(),
             health_addr: format!("127.0.0.1:{port}"),
         };
-        let api = Proc::start(api_spec("api", api_port, true), &log_dir).await?;
-        let api_ref = Proc::start(api_spec("api-ref", ref_port, false), &log_dir).await?;
+        let api = Proc::start(api_spec("api", api_port, api_metrics_port, true), &log_dir).await?;
+        let api_ref = Proc::start(api_spec("api-ref", ref_port, free_port(), false), &log_dir).await?;
         let mut invalidators = Vec::new();
         for index in 1..=2 {
             let port = free_port();
@@ -372,7 +437,7 @@ impl World {
             log_dir,
             pg: pg.map(|pg| Arc::new(Mutex::new(pg))),
             replica,
-            redis_server: Arc::new(Mutex::new(redis_server)),
+            redis_servers: Arc::new(Mutex::new(redis_servers)),
             admin_url,
             db_url,
             redis_url,
@@ -380,6 +445,7 @@ impl World {
             api: tokio::sync::Mutex::new(api),
             api_ref: tokio::sync::Mutex::new(api_ref),
             api_base: format!("http://127.0.0.1:{api_port}"),
+            api_metrics_base: format!("http://127.0.0.1:{api_metrics_port}"),
             ref_base: format!("http://127.0.0.1:{ref_port}"),
             invalidators,
             tenants,
@@ -408,11 +474,11 @@ impl World {
     }
 }
 
-/// The eviction policy the protocol requires (versions carry no TTL and are never evicted).
+/// The eviction policy the protocol requires (versions carry no TTL and are never evicted), on
+/// the node or every master of the cluster.
 pub async fn configure_redis(url: &str) -> anyhow::Result<()> {
-    let client = redis::Client::open(url)?;
-    let mut conn = client.get_multiplexed_async_connection().await?;
-    let _: () =
-        redis::cmd("CONFIG").arg("SET").arg("maxmemory-policy").arg("volatile-lru").query_async(&mut conn).await?;
+    let mut conn = RedisTarget::parse(url)?.connect(Timeouts::all(Duration::from_secs(5))).await?;
+    let _: Vec<(String, ())> =
+        conn.on_every_master(redis::cmd("CONFIG").arg("SET").arg("maxmemory-policy").arg("volatile-lru")).await?;
     Ok(())
 }

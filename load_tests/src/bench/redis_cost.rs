@@ -1,11 +1,13 @@
 //! What requests cost inside Redis: `INFO commandstats` reset before a workload and read after
 //! it, so each workload's Redis time per answered request is its own, summed over every command
 //! it sent. And the longest single command while a tag with many entries is invalidated
-//! (`SLOWLOG`), the bound on how long one write can hold Redis for every tenant.
+//! (`SLOWLOG`), the bound on how long one write can hold Redis for every tenant. On a Redis
+//! Cluster every figure is taken on every master and summed (the longest command: the longest
+//! on any master).
 
 use std::collections::BTreeMap;
 
-use redis::aio::MultiplexedConnection;
+use openrisk_shared::redis_connection::RedisConnection;
 use serde_json::{Value, json};
 
 /// Calls and microseconds per Redis command, accumulated over runs.
@@ -67,29 +69,47 @@ fn is_bookkeeping(name: &str) -> bool {
     matches!(command, "info" | "config" | "slowlog" | "ping" | "client" | "hello" | "select" | "dbsize")
 }
 
+/// Runs a keyless command on the node or every master, ignoring the replies.
+async fn everywhere(redis: &mut RedisConnection, cmd: &redis::Cmd) -> redis::RedisResult<()> {
+    let _: Vec<(String, redis::Value)> = redis.on_every_master(cmd).await?;
+    Ok(())
+}
+
 /// Zeroes the command statistics.
-pub async fn reset(redis: &mut MultiplexedConnection) -> redis::RedisResult<()> {
-    redis::cmd("CONFIG").arg("RESETSTAT").exec_async(redis).await
+pub async fn reset(redis: &mut RedisConnection) -> redis::RedisResult<()> {
+    everywhere(redis, redis::cmd("CONFIG").arg("RESETSTAT")).await
 }
 
 /// The command statistics since the last [`reset`].
-pub async fn read(redis: &mut MultiplexedConnection) -> redis::RedisResult<CommandStats> {
-    let info: String = redis::cmd("INFO").arg("commandstats").query_async(redis).await?;
-    Ok(CommandStats::parse(&info))
+pub async fn read(redis: &mut RedisConnection) -> redis::RedisResult<CommandStats> {
+    let infos: Vec<(String, String)> = redis.on_every_master(redis::cmd("INFO").arg("commandstats")).await?;
+    let mut stats = CommandStats::default();
+    for (_, info) in infos {
+        stats.add(&CommandStats::parse(&info));
+    }
+    Ok(stats)
+}
+
+/// Keys stored (`DBSIZE`, summed over the masters).
+pub async fn keys(redis: &mut RedisConnection) -> redis::RedisResult<u64> {
+    let sizes: Vec<(String, u64)> = redis.on_every_master(&redis::cmd("DBSIZE")).await?;
+    Ok(sizes.into_iter().map(|(_, size)| size).sum())
 }
 
 /// Logs every command from now on in the slow log, emptied.
-pub async fn record_every_command(redis: &mut MultiplexedConnection) -> redis::RedisResult<()> {
-    redis::cmd("CONFIG").arg("SET").arg("slowlog-log-slower-than").arg(0).exec_async(redis).await?;
-    redis::cmd("CONFIG").arg("SET").arg("slowlog-max-len").arg(100_000).exec_async(redis).await?;
-    redis::cmd("SLOWLOG").arg("RESET").exec_async(redis).await
+pub async fn record_every_command(redis: &mut RedisConnection) -> redis::RedisResult<()> {
+    everywhere(redis, redis::cmd("CONFIG").arg("SET").arg("slowlog-log-slower-than").arg(0)).await?;
+    everywhere(redis, redis::cmd("CONFIG").arg("SET").arg("slowlog-max-len").arg(100_000)).await?;
+    everywhere(redis, redis::cmd("SLOWLOG").arg("RESET")).await
 }
 
 /// The longest command in the slow log (µs and its name), and the number of entries, then
 /// restores the default threshold.
-pub async fn longest_command(redis: &mut MultiplexedConnection) -> redis::RedisResult<(u64, String, usize)> {
-    let entries: Vec<redis::Value> = redis::cmd("SLOWLOG").arg("GET").arg(100_000).query_async(redis).await?;
-    redis::cmd("CONFIG").arg("SET").arg("slowlog-log-slower-than").arg(10_000).exec_async(redis).await?;
+pub async fn longest_command(redis: &mut RedisConnection) -> redis::RedisResult<(u64, String, usize)> {
+    let logs: Vec<(String, Vec<redis::Value>)> =
+        redis.on_every_master(redis::cmd("SLOWLOG").arg("GET").arg(100_000)).await?;
+    everywhere(redis, redis::cmd("CONFIG").arg("SET").arg("slowlog-log-slower-than").arg(10_000)).await?;
+    let entries: Vec<redis::Value> = logs.into_iter().flat_map(|(_, entries)| entries).collect();
     let count = entries.len();
     let longest = entries
         .into_iter()

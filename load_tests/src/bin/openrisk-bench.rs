@@ -9,7 +9,10 @@
 //! 4. the dashboard mix (Zipf over every risk, a few lists, stats) at the fixed rate: hit ratio
 //!    from the API's own counters, CPU and RSS from `/proc`, Postgres connections;
 //! 5. freshness: writers change titles through SQL and through the API while readers poll; how
-//!    long after the commit the API first answers the new title, and reads older than that.
+//!    long after the commit the API first answers the new title, and reads older than that;
+//! 6. with `--cluster-cached`: the same cached risk detail on a Redis Cluster beside the single
+//!    node (interleaved saturation rounds), and invalidation lag on each, the cluster's with and
+//!    without `WAIT` for a replica (see `bench::topology`).
 //!
 //! Writes `results.json`, `summary.md` and `latency.svg` into `--out`, prints the checks (no
 //! timing assertions, only correctness) and exits non-zero when one failed.
@@ -25,12 +28,14 @@ use anyhow::{Context, bail};
 use bytes::Bytes;
 use clap::Parser;
 use hyper::Method;
-use openrisk_load_tests::bench::http::{Conn, Req, RunResult, Workload, closed_loop_across, open_loop};
+use openrisk_load_tests::bench::http::{Conn, Req, RunResult, Workload, closed_loop, closed_loop_across, open_loop};
 use openrisk_load_tests::bench::plot::{self, PERCENTILES, Panel, Series};
 use openrisk_load_tests::bench::procfs::{self, ProcSample};
+use openrisk_load_tests::bench::topology::{Lag, LagTarget, measure_lag};
 use openrisk_load_tests::bench::zipf::{Sampler, zipf_weights};
 use openrisk_load_tests::bench::{prom, redis_cost};
 use openrisk_shared::CacheStatus;
+use openrisk_shared::redis_connection::{RedisConnection, RedisTarget, Timeouts};
 use rand::rngs::SmallRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -128,6 +133,26 @@ struct Args {
     /// Background SQL updates per second on other risks during the freshness phase.
     #[arg(long, default_value_t = 100.0)]
     background_writes: f64,
+    /// A cached API on a Redis Cluster, on its own database (`--cluster-database-url`, tokens in
+    /// `--cluster-tokens`), measured beside `--cached`.
+    #[arg(long, requires_all = ["cluster_database_url", "cluster_tokens", "cluster_invalidator_metrics"])]
+    cluster_cached: Option<SocketAddr>,
+    #[arg(long)]
+    cluster_database_url: Option<String>,
+    #[arg(long)]
+    cluster_tokens: Option<PathBuf>,
+    /// The invalidator draining `--cluster-database-url` into the cluster (it waits for a
+    /// replica: `REDIS_REPLICAS_ACK` 1).
+    #[arg(long)]
+    cluster_invalidator_metrics: Option<SocketAddr>,
+    /// A database drained into the same cluster by an invalidator with `REDIS_REPLICAS_ACK=0`.
+    #[arg(long, requires = "cluster_ack0_invalidator_metrics")]
+    cluster_ack0_database_url: Option<String>,
+    #[arg(long)]
+    cluster_ack0_invalidator_metrics: Option<SocketAddr>,
+    /// SQL writes per second of each invalidation lag phase.
+    #[arg(long, default_value_t = 50.0)]
+    lag_writes: f64,
     /// Also measure saturation with wrk (if installed), as an independent generator.
     #[arg(long)]
     wrk: bool,
@@ -193,14 +218,7 @@ async fn main() -> anyhow::Result<()> {
     // The data set: every live risk of every tenant we hold a token for.
     let tokens = read_tokens(&args.tokens)?;
     let pg = connect_pg(&args.database_url, "openrisk-bench").await?;
-    let rows = pg.query("SELECT tenant_id, id FROM risks WHERE deleted_at IS NULL ORDER BY tenant_id, id", &[]).await?;
-    let mut risks: Vec<RiskRef> = rows
-        .iter()
-        .filter_map(|row| {
-            let tenant: Uuid = row.get(0);
-            tokens.get(&tenant).map(|auth| RiskRef { tenant, id: row.get(1), auth: Arc::clone(auth) })
-        })
-        .collect();
+    let mut risks = live_risks(&pg, &tokens).await?;
     if risks.is_empty() {
         bail!("no risks of the tenants in {}", args.tokens.display());
     }
@@ -254,8 +272,7 @@ async fn main() -> anyhow::Result<()> {
         format!("Cache-Status {:?}, {} vs {} bytes", bypass.cache_status, bypass.body.len(), hit.body.len()),
     );
     // The ceiling serves a real detail body.
-    let redis = redis::Client::open(args.redis_url.as_str())?;
-    let mut redis = redis.get_multiplexed_async_connection().await?;
+    let mut redis = RedisTarget::parse(&args.redis_url)?.connect(Timeouts::all(Duration::from_secs(10))).await?;
     redis::cmd("SET").arg(&args.ceiling_key).arg(hit.body.as_ref()).exec_async(&mut redis).await?;
     let ceiling_req = Req::get("/ceiling", None);
     let ceiling_answer = Conn::open(args.ceiling).await?.send(&ceiling_req).await?;
@@ -596,6 +613,7 @@ async fn main() -> anyhow::Result<()> {
             "read_latency_ms": window(&freshness.read_ms),
             "stale_reads_inside_window": freshness.stale_inside_window,
             "stale_reads_by_cause": freshness.stale_by_cause,
+            "older_reads_by_cause": freshness.older_by_cause,
             "reads_older_than_window": freshness.older_than_window,
             "never_seen": freshness.never_seen,
             "background_reads": freshness.background.summary(),
@@ -633,6 +651,9 @@ async fn main() -> anyhow::Result<()> {
         pct(&freshness.read_ms, 100.0)
     );
     println!("  stale reads inside windows by cause: {:?}", freshness.stale_by_cause);
+    if !freshness.older_by_cause.is_empty() {
+        println!("  reads older than the window by cause: {:?}", freshness.older_by_cause);
+    }
     println!("  invalidator: {events} events, lag p50 {:?} ms p99 {:?} ms", lag_ms(0.5), lag_ms(0.99));
 
     // Plot and files.
@@ -683,6 +704,10 @@ async fn main() -> anyhow::Result<()> {
     std::fs::write(args.out.join("latency.svg"), svg)?;
     let variants = many_variants(&args, &tenants[0], &risks, &pg, &mut redis, &mut checks).await?;
     results.insert("many_variants".into(), variants);
+    if let Some(cluster) = args.cluster_cached {
+        let topology = node_beside_cluster(&args, cluster, &cached_detail, &mut checks).await?;
+        results.insert("topology".into(), topology);
+    }
     let passed = checks.0.iter().filter(|c| c.1).count();
     let failed = checks.0.len() - passed;
     results.insert(
@@ -706,6 +731,118 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The same cached risk detail through an API on the single node and one on the cluster, in
+/// interleaved saturation rounds; then invalidation lag of the node's invalidator, the cluster's
+/// (waiting for a replica) and, with `--cluster-ack0-database-url`, the cluster's without.
+async fn node_beside_cluster(
+    args: &Args,
+    cluster: SocketAddr,
+    node_detail: &Arc<Workload>,
+    checks: &mut Checks,
+) -> anyhow::Result<Value> {
+    let phase = Duration::from_secs_f64(args.phase_secs);
+    let (Some(database_url), Some(tokens), Some(metrics)) =
+        (&args.cluster_database_url, &args.cluster_tokens, args.cluster_invalidator_metrics)
+    else {
+        bail!("--cluster-cached needs --cluster-database-url, --cluster-tokens and --cluster-invalidator-metrics");
+    };
+    let tokens = read_tokens(tokens)?;
+    let pg = connect_pg(database_url, "openrisk-bench").await?;
+    let mut risks = live_risks(&pg, &tokens).await?;
+    risks.shuffle(&mut SmallRng::seed_from_u64(42));
+    let hot: Vec<Req> = risks.iter().take(node_detail.reqs.len()).map(detail).collect();
+    anyhow::ensure!(!hot.is_empty(), "no risks of the tenants in the cluster's tokens file");
+    println!("== node beside cluster: {} hot risks on each, {} round(s) of {phase:?}", hot.len(), args.rounds);
+    let failed = touch_all(cluster, &hot, 16).await?;
+    let answer = Conn::open(cluster).await?.send(&hot[0]).await?;
+    checks.check(
+        "the cluster's API answers every hot risk and serves them from the cache",
+        failed == 0 && answer.status == 200 && answer.cache_status == Some(CacheStatus::Hit),
+        format!("{failed} of {} failed; Cache-Status {:?}", hot.len(), answer.cache_status),
+    );
+    let cluster_detail =
+        Workload::new("cached GET /risks/{id} on the cluster", hot.clone(), Sampler::Uniform(hot.len()));
+    let (mut node_rps, mut cluster_rps) = (Vec::new(), Vec::new());
+    for round in 0..args.rounds {
+        for (addr, workload, into) in
+            [(args.cached, node_detail, &mut node_rps), (cluster, &cluster_detail, &mut cluster_rps)]
+        {
+            let result = closed_loop(addr, Arc::clone(workload), args.connections, phase).await?;
+            println!(
+                "  round {round} {:<40} {:>9.0} req/s  p50 {:.2} ms  p99 {:.2} ms",
+                result.name,
+                result.throughput(),
+                result.ms(50.0),
+                result.ms(99.0)
+            );
+            checks.run(&result);
+            into.push(result.throughput());
+        }
+    }
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+
+    let mut targets = Vec::new();
+    let node_pg = connect_pg(&args.database_url, "openrisk-bench-lag").await?;
+    targets.push(LagTarget {
+        name: "node".into(),
+        risks: lag_risks(&node_pg).await?,
+        pg: node_pg,
+        metrics: args.invalidator_metrics,
+    });
+    targets.push(LagTarget { name: "cluster, WAIT 1".into(), risks: lag_risks(&pg).await?, pg, metrics });
+    if let (Some(url), Some(metrics)) = (&args.cluster_ack0_database_url, args.cluster_ack0_invalidator_metrics) {
+        let pg = connect_pg(url, "openrisk-bench-lag").await?;
+        targets.push(LagTarget { name: "cluster, no WAIT".into(), risks: lag_risks(&pg).await?, pg, metrics });
+    }
+    let interval = Duration::from_secs_f64(1.0 / args.lag_writes.max(0.1));
+    println!("== invalidation lag: {} writes/s for {phase:?} per target and round", args.lag_writes);
+    let mut lags: Vec<Lag> = vec![Lag::default(); targets.len()];
+    for _ in 0..args.rounds {
+        for (target, lag) in targets.iter().zip(&mut lags) {
+            measure_lag(target, phase, interval, lag).await?;
+        }
+    }
+    let mut lag_json = serde_json::Map::new();
+    for (target, lag) in targets.iter().zip(&lags) {
+        println!(
+            "  {:<18} {} writes, {} events: lag p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms",
+            target.name,
+            lag.writes,
+            lag.events,
+            lag.ms(0.5).unwrap_or(f64::NAN),
+            lag.ms(0.9).unwrap_or(f64::NAN),
+            lag.ms(0.99).unwrap_or(f64::NAN)
+        );
+        checks.check(
+            &format!("invalidation lag ({}): every write was invalidated and the outbox drained", target.name),
+            lag.writes > 0 && lag.events >= lag.writes as f64 && lag.undrained == 0,
+            format!("{} writes, {} events, {} rounds not drained", lag.writes, lag.events, lag.undrained),
+        );
+        lag_json.insert(target.name.clone(), lag.to_json());
+    }
+    let ratio = |a: Option<f64>, b: Option<f64>| a.zip(b).map(|(a, b)| a / b);
+    let ratios = json!({
+        "cluster_over_node_cached_detail_rps": mean(&cluster_rps) / mean(&node_rps),
+        "cluster_over_node_lag_p50": ratio(lags[1].ms(0.5), lags[0].ms(0.5)),
+        "cluster_over_node_lag_p99": ratio(lags[1].ms(0.99), lags[0].ms(0.99)),
+        "wait_over_no_wait_lag_p50": lags.get(2).and_then(|no_wait| ratio(lags[1].ms(0.5), no_wait.ms(0.5))),
+        "wait_over_no_wait_lag_p99": lags.get(2).and_then(|no_wait| ratio(lags[1].ms(0.99), no_wait.ms(0.99))),
+    });
+    println!("  ratios: {ratios}");
+    Ok(json!({
+        "cached_detail_rps": {"node": node_rps, "cluster": cluster_rps, "node_mean": mean(&node_rps), "cluster_mean": mean(&cluster_rps)},
+        "invalidation_lag": lag_json,
+        "lag_writes_per_second": args.lag_writes,
+        "ratios": ratios,
+    }))
+}
+
+/// A few live risks of a database for the lag phase to write to.
+async fn lag_risks(pg: &tokio_postgres::Client) -> anyhow::Result<Vec<Uuid>> {
+    let rows = pg.query("SELECT id FROM risks WHERE deleted_at IS NULL ORDER BY id LIMIT 8", &[]).await?;
+    Ok(rows.iter().map(|row| row.get(0)).collect())
+}
+
 /// One viewer caches `--variants` pages of one list, then one SQL write invalidates them all:
 /// how long the longest single Redis command took (every tenant waits for it), what the whole
 /// invalidation and its reclaiming cost inside Redis, and that no page is served stale.
@@ -714,7 +851,7 @@ async fn many_variants(
     (tenant, auth): &(Uuid, Arc<str>),
     risks: &[RiskRef],
     pg: &tokio_postgres::Client,
-    redis: &mut redis::aio::MultiplexedConnection,
+    redis: &mut RedisConnection,
     checks: &mut Checks,
 ) -> anyhow::Result<Value> {
     let Some(risk) = risks.iter().find(|risk| risk.tenant == *tenant) else { bail!("tenant {tenant} has no risk") };
@@ -733,7 +870,7 @@ async fn many_variants(
     let members_key = openrisk_shared::Keyspace::new(args.key_prefix.clone())
         .members_key(*tenant, &openrisk_shared::Tag::parse("risks")?);
     let members: u64 = redis::cmd("SCARD").arg(&members_key).query_async(redis).await?;
-    let keys_before: u64 = redis::cmd("DBSIZE").query_async(redis).await?;
+    let keys_before = redis_cost::keys(redis).await?;
     redis_cost::record_every_command(redis).await?;
     redis_cost::reset(redis).await?;
     pg.execute("UPDATE risks SET description = md5(random()::text) WHERE id = $1", &[&risk.id]).await?;
@@ -741,7 +878,7 @@ async fn many_variants(
     let mut keys_after = keys_before;
     while Instant::now() < deadline {
         let pending: i64 = pg.query_one("SELECT count(*) FROM cache_outbox", &[]).await?.get(0);
-        keys_after = redis::cmd("DBSIZE").query_async(redis).await?;
+        keys_after = redis_cost::keys(redis).await?;
         if pending == 0 && keys_before.saturating_sub(keys_after) >= members {
             break;
         }
@@ -775,6 +912,18 @@ async fn many_variants(
         "keys_before": keys_before,
         "keys_after": keys_after,
     }))
+}
+
+/// Every live risk of every tenant in `tokens`, in id order, with its tenant's token.
+async fn live_risks(pg: &tokio_postgres::Client, tokens: &HashMap<Uuid, Arc<str>>) -> anyhow::Result<Vec<RiskRef>> {
+    let rows = pg.query("SELECT tenant_id, id FROM risks WHERE deleted_at IS NULL ORDER BY tenant_id, id", &[]).await?;
+    Ok(rows
+        .iter()
+        .filter_map(|row| {
+            let tenant: Uuid = row.get(0);
+            tokens.get(&tenant).map(|auth| RiskRef { tenant, id: row.get(1), auth: Arc::clone(auth) })
+        })
+        .collect())
 }
 
 fn read_tokens(path: &PathBuf) -> anyhow::Result<HashMap<Uuid, Arc<str>>> {
@@ -1020,6 +1169,9 @@ struct Freshness {
     stale_inside_window: u64,
     /// Stale reads inside the window by write path and by how the cache answered them.
     stale_by_cause: BTreeMap<String, u64>,
+    /// Reads older than the window by write path, how the first fresh answer was served, and how
+    /// the older read was.
+    older_by_cause: BTreeMap<String, u64>,
     older_than_window: u64,
     background: RunResult,
     background_writes: u64,
@@ -1224,6 +1376,7 @@ async fn freshness(
         read_errors,
         stale_inside_window: 0,
         stale_by_cause: BTreeMap::new(),
+        older_by_cause: BTreeMap::new(),
         older_than_window: 0,
         background,
         background_writes,
@@ -1237,11 +1390,13 @@ async fn freshness(
                 out.writes_sql += 1;
             }
             // The first answer carrying this write (or a later one).
-            let Some(first) = reads.iter().filter(|r| r.seq.is_some_and(|s| s >= write.seq)).map(|r| r.done).min()
+            let Some(first_read) =
+                reads.iter().filter(|r| r.seq.is_some_and(|s| s >= write.seq)).min_by_key(|r| r.done)
             else {
                 out.never_seen += 1;
                 continue;
             };
+            let first = first_read.done;
             let window = first.saturating_duration_since(write.acked).as_secs_f64() * 1000.0;
             if write.api {
                 out.windows_api.push(window);
@@ -1253,6 +1408,9 @@ async fn freshness(
                 lower = lower.max((read.sent - write.acked).as_secs_f64() * 1000.0);
                 if read.sent >= first {
                     out.older_than_window += 1;
+                    let path = if write.api { "api" } else { "sql" };
+                    let cause = format!("{path} write, first fresh answer {}, then {}", first_read.how, read.how);
+                    *out.older_by_cause.entry(cause).or_default() += 1;
                 } else {
                     out.stale_inside_window += 1;
                     let path = if write.api { "api" } else { "sql" };
@@ -1395,6 +1553,32 @@ fn summary_markdown(results: &Value) -> String {
         "resources: `{}`\n\npostgres connections: `{}`\n",
         mix["resources"], mix["postgres_connections"]
     ));
+    let topology = &results["topology"];
+    if topology.is_object() {
+        let rps = &topology["cached_detail_rps"];
+        md.push_str(&format!(
+            "\n### Single node beside a Redis Cluster\n\ncached GET /risks/{{id}}: node {} req/s, cluster {} req/s\n\n| invalidation lag | p50 ms | p90 ms | p99 ms | writes |\n|---|---|---|---|---|\n",
+            f(&rps["node_mean"]),
+            f(&rps["cluster_mean"])
+        ));
+        if let Some(map) = topology["invalidation_lag"].as_object() {
+            for (name, lag) in map {
+                md.push_str(&format!(
+                    "| {name} | {} | {} | {} | {} |\n",
+                    f(&lag["p50_ms"]),
+                    f(&lag["p90_ms"]),
+                    f(&lag["p99_ms"]),
+                    lag["writes"]
+                ));
+            }
+        }
+        md.push_str("\n| ratio | value |\n|---|---|\n");
+        if let Some(map) = topology["ratios"].as_object() {
+            for (name, value) in map {
+                md.push_str(&format!("| {name} | {} |\n", f(value)));
+            }
+        }
+    }
     let fresh = &results["freshness"];
     md.push_str(&format!(
         "\n### Freshness\n\nSQL writes: window p50 {} ms, p99 {} ms, max {} ms ({} writes)\n\nAPI writes: window p50 {} ms, p99 {} ms, max {} ms ({} writes)\n\nlower bounds (last stale read sent): SQL p50 {} p99 {} max {} ms; API p50 {} p99 {} max {} ms\n\nreads {}, stale inside the window {}, older than the window {}\n\ninvalidator lag: `{}`\n",
