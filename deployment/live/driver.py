@@ -1123,10 +1123,10 @@ class Faults:
 
     def eviction_policy(self):
         stack = self.stack
-        fault = "Redis maxmemory-policy allkeys-lru, API restarted"
+        fault = "Redis maxmemory-policy allkeys-random, API restarted"
         log(f"fault: {fault}")
         since = now()
-        stack.redis.cli("CONFIG", "SET", "maxmemory-policy", "allkeys-lru")
+        stack.redis.cli("CONFIG", "SET", "maxmemory-policy", "allkeys-random")
         stack.api.stop()
         stack.start_api()
         rows = self.await_firing(fault, ["OpenRiskRedisEvictionPolicyWrong"], since, 30)
