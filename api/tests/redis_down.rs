@@ -6,32 +6,17 @@ mod common;
 use openrisk_shared::CacheStatus;
 use std::time::{Duration, Instant};
 
-use common::{cache_status, spawn_app_with};
+use common::{HANG_BOUND, cache_status, spawn_app_with, spawn_app_with_cached_risk};
 use openrisk_api::AppOptions;
 use openrisk_test_support::{PrivateRedis, RedisNamespace};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-/// Far above the 250 ms Redis timeout; only catches hangs.
-const HANG_BOUND: Duration = Duration::from_secs(5);
-
 #[tokio::test]
 async fn the_api_serves_from_postgres_while_redis_is_down_and_caches_again_when_it_is_back() {
     let mut redis = PrivateRedis::start();
-    let app = spawn_app_with(
-        RedisNamespace::on(&redis.url()),
-        |settings| {
-            settings.cache.breaker_failure_threshold = 2;
-            settings.cache.breaker_open_ms = 300;
-        },
-        AppOptions::default(),
-    )
-    .await;
+    let (app, path) = spawn_app_with_cached_risk(RedisNamespace::on(&redis.url()), "Before the outage").await;
     let token = &app.a.analyst;
-    let risk = app.create_risk(token, "Before the outage").await;
-    let path = format!("/api/v1/risks/{}", risk["id"].as_str().unwrap());
-    app.get(&path, token).await;
-    assert_eq!(cache_status(&app.get(&path, token).await), CacheStatus::Hit);
 
     redis.kill();
     for round in 0..6 {

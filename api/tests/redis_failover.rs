@@ -7,33 +7,17 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{cache_status, spawn_app_with};
-use openrisk_api::AppOptions;
+use common::{HANG_BOUND, cache_status, spawn_app_with_cached_risk};
 use openrisk_shared::{CacheStatus, Keyspace, Tag};
 use openrisk_test_support::{PrivateRedisCluster, RedisNamespace};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-/// Far above the 250 ms Redis timeout; only catches hangs.
-const HANG_BOUND: Duration = Duration::from_secs(5);
-
 #[tokio::test]
 async fn the_api_keeps_answering_while_a_cluster_master_fails_over_and_caches_again_after() {
     let mut cluster = PrivateRedisCluster::start();
-    let app = spawn_app_with(
-        RedisNamespace::on(&cluster.url()),
-        |settings| {
-            settings.cache.breaker_failure_threshold = 2;
-            settings.cache.breaker_open_ms = 300;
-        },
-        AppOptions::default(),
-    )
-    .await;
+    let (app, path) = spawn_app_with_cached_risk(RedisNamespace::on(&cluster.url()), "Before the failover").await;
     let token = &app.a.analyst;
-    let risk = app.create_risk(token, "Before the failover").await;
-    let path = format!("/api/v1/risks/{}", risk["id"].as_str().unwrap());
-    app.get(&path, token).await;
-    assert_eq!(cache_status(&app.get(&path, token).await), CacheStatus::Hit);
 
     let tenant_key = Keyspace::new(app.redis.prefix.clone()).version_key(app.a.id, &Tag::all());
     cluster.kill(cluster.master_of(&tenant_key));

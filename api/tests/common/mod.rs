@@ -58,6 +58,30 @@ pub async fn spawn_app() -> TestApp {
     spawn_app_with(RedisNamespace::new(), |_| {}, AppOptions::default()).await
 }
 
+/// Far above the 250 ms Redis timeout: a request slower than this hung on a Redis outage.
+pub const HANG_BOUND: Duration = Duration::from_secs(5);
+
+/// Spawns the app on `redis` (a server the test will take down) with a breaker that opens after
+/// two failures and probes again after 300 ms, and caches one risk's detail for tenant A's
+/// analyst. Returns the app and the detail's path.
+pub async fn spawn_app_with_cached_risk(redis: RedisNamespace, title: &str) -> (TestApp, String) {
+    let app = spawn_app_with(
+        redis,
+        |settings| {
+            settings.cache.breaker_failure_threshold = 2;
+            settings.cache.breaker_open_ms = 300;
+        },
+        AppOptions::default(),
+    )
+    .await;
+    let token = app.a.analyst.clone();
+    let risk = app.create_risk(&token, title).await;
+    let path = format!("/api/v1/risks/{}", risk["id"].as_str().unwrap());
+    app.get(&path, &token).await;
+    assert_eq!(cache_status(&app.get(&path, &token).await), CacheStatus::Hit);
+    (app, path)
+}
+
 /// Spawns the app on `redis`, letting the test adjust settings and options.
 pub async fn spawn_app_with(
     redis: RedisNamespace,
