@@ -75,6 +75,7 @@ pub struct Readiness {
     /// The configured read replicas (empty without `DATABASE_REPLICA_URLS`).
     pub replicas: Vec<ReplicaReadiness>,
     /// The Redis Cluster as last polled; absent on a single Redis node.
+    #[oai(skip_serializing_if_is_none)]
     pub redis_cluster: Option<RedisClusterState>,
 }
 
