@@ -55,6 +55,7 @@ impl Instance {
             database_url: db.url.clone(),
             redis_url: redis.url.clone(),
             api_addr: "127.0.0.1:0".parse()?,
+            metrics_addr: "127.0.0.1:0".parse()?,
             ..Settings::default()
         };
         settings.cache.key_prefix = redis.prefix.clone();
