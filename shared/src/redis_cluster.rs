@@ -12,9 +12,6 @@ use serde::Serialize;
 
 use crate::redis_connection::RedisConnection;
 
-/// Slots of a Redis Cluster.
-pub const SLOTS: u32 = 16_384;
-
 /// One look at the cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClusterView {
@@ -252,7 +249,7 @@ mod tests {
     fn view(ranges: &[(u16, u16, &str, &[&str])]) -> ClusterView {
         ClusterView {
             known_nodes: 6,
-            slots_ok: SLOTS,
+            slots_ok: 16_384,
             state_ok: true,
             ranges: ranges
                 .iter()

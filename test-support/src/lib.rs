@@ -154,11 +154,6 @@ impl RedisNamespace {
         Self { prefix: format!("test-{}", Uuid::new_v4().simple()), url: url.to_owned() }
     }
 
-    /// Whether the namespace lives on a Redis Cluster (`TEST_REDIS_URL=redis-cluster://…`).
-    pub fn is_cluster(&self) -> bool {
-        self.target().is_cluster()
-    }
-
     fn target(&self) -> RedisTarget {
         RedisTarget::parse(&self.url).expect("TEST_REDIS_URL is a redis URL")
     }
