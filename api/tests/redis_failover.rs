@@ -24,7 +24,8 @@ async fn the_api_keeps_answering_while_a_cluster_master_fails_over_and_caches_ag
     let written = app.send_json(Method::PATCH, &path, token, json!({"title": "During the failover"})).await;
     assert_eq!(written.status(), StatusCode::OK, "writes succeed while the master is gone");
 
-    let deadline = Instant::now() + Duration::from_secs(60);
+    // Generous: on a loaded machine the election and the client's topology refresh take longer.
+    let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let started = Instant::now();
         let response = app.get(&path, token).await;
