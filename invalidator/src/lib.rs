@@ -77,23 +77,20 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
     let worker = Worker::new(settings.clone(), metrics.clone(), status.clone())?;
     let worker_shutdown = shutdown.clone();
     let worker_task = tokio::spawn(async move { worker.run(worker_shutdown).await });
+    let mut tasks = vec![worker_task, sampler_task, server_task];
     let redis = settings.redis_target()?;
-    let watch_connection = redis.connect_lazily(Timeouts::all(CLUSTER_WATCH_INTERVAL), CLUSTER_WATCH_INTERVAL)?;
-    let watch_shutdown = shutdown.clone();
-    let watch_task = tokio::spawn(async move {
-        tokio::select! {
-            () = cluster.run(watch_connection, CLUSTER_WATCH_INTERVAL) => {}
-            () = watch_shutdown.cancelled() => {}
-        }
-    });
+    if redis.is_cluster() {
+        let watch_connection = redis.connect_lazily(Timeouts::all(CLUSTER_WATCH_INTERVAL), CLUSTER_WATCH_INTERVAL)?;
+        let watch_shutdown = shutdown.clone();
+        tasks.push(tokio::spawn(async move {
+            tokio::select! {
+                () = cluster.run(watch_connection, CLUSTER_WATCH_INTERVAL) => {}
+                () = watch_shutdown.cancelled() => {}
+            }
+        }));
+    }
     tracing::info!(%metrics_addr, mode = ?settings.invalidator.mode, "invalidator started");
-    Ok(Running {
-        metrics_addr,
-        metrics,
-        status,
-        shutdown,
-        tasks: vec![worker_task, sampler_task, server_task, watch_task],
-    })
+    Ok(Running { metrics_addr, metrics, status, shutdown, tasks })
 }
 
 impl Running {

@@ -666,18 +666,12 @@ pub fn eviction_policy_problem(policy: &str, maxmemory: u64) -> Option<String> {
 /// warning when they do not suit the protocol. Returns the first problem, if any, so callers
 /// can export it.
 pub async fn check_eviction_policy(conn: &mut RedisConnection) -> redis::RedisResult<Option<String>> {
-    let policies: Vec<(String, Vec<String>)> =
-        conn.on_every_master(redis::cmd("CONFIG").arg("GET").arg("maxmemory-policy")).await?;
-    let limits: Vec<(String, Vec<String>)> =
-        conn.on_every_master(redis::cmd("CONFIG").arg("GET").arg("maxmemory")).await?;
+    let settings: Vec<(String, std::collections::HashMap<String, String>)> =
+        conn.on_every_master(redis::cmd("CONFIG").arg("GET").arg("maxmemory-policy").arg("maxmemory")).await?;
     let mut first_problem = None;
-    for (node, policy) in policies {
-        let policy = policy.get(1).cloned().unwrap_or_default();
-        let maxmemory = limits
-            .iter()
-            .find(|(limit_node, _)| *limit_node == node)
-            .and_then(|(_, limit)| limit.get(1)?.parse().ok())
-            .unwrap_or(0);
+    for (node, settings) in settings {
+        let policy = settings.get("maxmemory-policy").cloned().unwrap_or_default();
+        let maxmemory = settings.get("maxmemory").and_then(|limit| limit.parse().ok()).unwrap_or(0);
         if let Some(problem) = eviction_policy_problem(&policy, maxmemory) {
             tracing::warn!(node, policy, maxmemory, "REDIS EVICTION POLICY: {problem}");
             first_problem.get_or_insert(problem);

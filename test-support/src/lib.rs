@@ -166,14 +166,14 @@ impl RedisNamespace {
     /// A blocking connection that routes keyed commands as the processes' client does (tests
     /// only).
     pub fn blocking_connection(&self) -> Box<dyn redis::ConnectionLike> {
-        match self.target() {
-            RedisTarget::Node(client) => Box::new(client.get_connection().expect("connect to test redis")),
-            RedisTarget::Cluster { seeds } => Box::new(
-                redis::cluster::ClusterClient::new(seeds)
-                    .and_then(|client| client.get_connection())
-                    .expect("connect to test redis cluster"),
-            ),
-        }
+        self.try_blocking_connection().expect("connect to test redis")
+    }
+
+    fn try_blocking_connection(&self) -> redis::RedisResult<Box<dyn redis::ConnectionLike>> {
+        Ok(match self.target() {
+            RedisTarget::Node(client) => Box::new(client.get_connection()?),
+            RedisTarget::Cluster { seeds } => Box::new(redis::cluster::ClusterClient::new(seeds)?.get_connection()?),
+        })
     }
 
     /// `redis://` URLs of every node to scan: the one node, or every seed of a cluster.
@@ -218,23 +218,11 @@ impl Drop for RedisNamespace {
         if keys.is_empty() {
             return;
         }
-        match self.target() {
-            RedisTarget::Node(client) => {
-                if let Ok(mut conn) = client.get_connection() {
-                    for chunk in keys.chunks(500) {
-                        let _: redis::RedisResult<i64> = redis::cmd("UNLINK").arg(chunk).query(&mut conn);
-                    }
-                }
-            }
-            RedisTarget::Cluster { seeds } => {
-                // One key per command: the keys of a namespace span many slots.
-                if let Ok(mut conn) =
-                    redis::cluster::ClusterClient::new(seeds).and_then(|client| client.get_connection())
-                {
-                    for key in keys {
-                        let _: redis::RedisResult<i64> = redis::cmd("UNLINK").arg(key).query(&mut conn);
-                    }
-                }
+        // One key per command on a cluster: the keys of a namespace span many slots.
+        let per_command = if self.target().is_cluster() { 1 } else { 500 };
+        if let Ok(mut conn) = self.try_blocking_connection() {
+            for chunk in keys.chunks(per_command) {
+                let _: redis::RedisResult<i64> = redis::cmd("UNLINK").arg(chunk).query(&mut *conn);
             }
         }
     }
