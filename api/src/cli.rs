@@ -136,9 +136,10 @@ async fn shutdown_signal() {
 }
 
 async fn migrate(settings: &Settings) -> anyhow::Result<()> {
-    let mut client = openrisk_shared::db::connect(&settings.database_url, "openrisk-migrate")
-        .await
-        .with_context(|| "connect to Postgres (DATABASE_URL)")?;
+    let mut client =
+        openrisk_shared::db::connect(&settings.database_url, "openrisk-migrate", &settings.database.link())
+            .await
+            .with_context(|| "connect to Postgres (DATABASE_URL)")?;
     let applied = openrisk_migrations::migrate(&mut client).await?;
     if applied.is_empty() {
         println!("database is up to date");

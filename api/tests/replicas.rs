@@ -164,7 +164,7 @@ impl ReplicaApp {
 async fn connect_when_replicated(url: &str) -> Client {
     let started = Instant::now();
     loop {
-        if let Ok(client) = openrisk_shared::db::connect(url, "openrisk-tests").await {
+        if let Ok(client) = openrisk_shared::db::connect(url, "openrisk-tests", &Default::default()).await {
             return client;
         }
         assert!(started.elapsed() < WAIT, "the replica never got the test database");

@@ -10,6 +10,7 @@ use poem::web::Data;
 use poem::{EndpointExt, IntoResponse, Response, Route, get, handler};
 use tokio_util::sync::CancellationToken;
 
+use openrisk_shared::config::PostgresLink;
 use openrisk_shared::redis_cluster::ClusterWatch;
 
 use crate::metrics::Metrics;
@@ -59,6 +60,7 @@ pub fn routes(metrics: Metrics, status: Arc<Status>, cluster: ClusterWatch) -> i
 /// Samples the outbox backlog every second until shutdown (its own connection, reconnecting).
 pub async fn sample_backlog(
     database_url: String,
+    link: PostgresLink,
     ready_max_lag: Duration,
     metrics: Metrics,
     status: Arc<Status>,
@@ -67,7 +69,7 @@ pub async fn sample_backlog(
     let mut client = None;
     loop {
         if client.as_ref().is_none_or(tokio_postgres::Client::is_closed) {
-            client = openrisk_shared::db::connect(&database_url, "openrisk-invalidator-sampler").await.ok();
+            client = openrisk_shared::db::connect(&database_url, "openrisk-invalidator-sampler", &link).await.ok();
         }
         let sample = match &client {
             Some(client) => outbox::backlog(client).await.ok(),

@@ -69,6 +69,7 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
     });
     let sampler_task = tokio::spawn(health::sample_backlog(
         settings.database_url.clone(),
+        settings.database.link(),
         Duration::from_millis(settings.invalidator.ready_max_lag_ms),
         metrics.clone(),
         status.clone(),

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use futures::StreamExt;
+use openrisk_shared::config::PostgresLink;
 use tokio::sync::mpsc;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{AsyncMessage, Client, NoTls};
@@ -23,8 +24,12 @@ pub struct Listener {
 impl Listener {
     /// Connects, LISTENs on the channel the migrations define, and bounds how long parking may
     /// wait for in-flight writers (`park_wait`).
-    pub async fn connect(database_url: &str, park_wait: Duration) -> Result<Self, tokio_postgres::Error> {
-        let config = openrisk_shared::db::config(database_url, "openrisk-invalidator-listener")?;
+    pub async fn connect(
+        database_url: &str,
+        link: &PostgresLink,
+        park_wait: Duration,
+    ) -> Result<Self, tokio_postgres::Error> {
+        let config = openrisk_shared::db::config(database_url, "openrisk-invalidator-listener", link)?;
         let (client, mut connection) = config.connect(NoTls).await?;
         // Capacity 1: wake-ups coalesce; a closed channel means the connection is gone.
         let (sender, wakeups) = mpsc::channel(1);

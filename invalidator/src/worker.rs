@@ -112,7 +112,13 @@ impl Worker {
         while !shutdown.is_cancelled() {
             if outbox.as_ref().is_none_or(Client::is_closed) {
                 self.status.postgres_connected.store(false, Ordering::Relaxed);
-                match openrisk_shared::db::connect(&self.settings.database_url, "openrisk-invalidator").await {
+                match openrisk_shared::db::connect(
+                    &self.settings.database_url,
+                    "openrisk-invalidator",
+                    &self.settings.database.link(),
+                )
+                .await
+                {
                     Ok(client) => {
                         outbox = Some(client);
                         self.status.postgres_connected.store(true, Ordering::Relaxed);
@@ -325,7 +331,7 @@ impl Worker {
             self.metrics.parked.set(0);
         }
         if listener.is_none() {
-            match Listener::connect(&self.settings.database_url, poll).await {
+            match Listener::connect(&self.settings.database_url, &self.settings.database.link(), poll).await {
                 Ok(connected) => {
                     if self.listener_was_up.swap(true, Ordering::Relaxed) {
                         self.metrics.reconnects.with_label_values(&["postgres"]).inc();

@@ -66,7 +66,7 @@ async fn a_claim_takes_at_most_its_limit_whatever_the_plan() {
     flood_outbox(&h, tenant, 2_000).await;
     let rows = h.outbox_len().await;
     let oldest: i64 = h.sql.query_one("SELECT min(id) FROM cache_outbox", &[]).await.unwrap().get(0);
-    let mut client = openrisk_shared::db::connect(&h.db.url, "claim-test").await.unwrap();
+    let mut client = openrisk_shared::db::connect(&h.db.url, "claim-test", &Default::default()).await.unwrap();
     let transaction = client.transaction().await.unwrap();
     transaction
         .batch_execute(

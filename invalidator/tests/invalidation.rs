@@ -170,8 +170,11 @@ async fn writers_notify_only_while_an_invalidator_is_parked() {
         }
         count
     };
-    let (client, mut connection) =
-        openrisk_shared::db::config(&h.db.url, "test-listener").unwrap().connect(tokio_postgres::NoTls).await.unwrap();
+    let (client, mut connection) = openrisk_shared::db::config(&h.db.url, "test-listener", &Default::default())
+        .unwrap()
+        .connect(tokio_postgres::NoTls)
+        .await
+        .unwrap();
     let (sender, mut received) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         use futures::StreamExt;

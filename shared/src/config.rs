@@ -53,6 +53,8 @@ pub struct PoolSettings {
     pub max_lifetime: Duration,
     pub idle_timeout: Duration,
     pub acquire_timeout: Duration,
+    /// How each pooled connection is opened and notices a silent server.
+    pub link: PostgresLink,
 }
 
 impl Profile {
@@ -69,6 +71,7 @@ impl Profile {
             max_lifetime: Duration::from_secs(lifetime_mins * 60),
             idle_timeout: Duration::from_secs(idle_mins * 60),
             acquire_timeout: Duration::from_secs(5),
+            link: PostgresLink::default(),
         }
     }
 }
@@ -217,11 +220,96 @@ pub struct DatabaseSettings {
     pub replica_max_lag_ms: u64,
     /// How often the API measures each replica's lag (and whether it answers at all).
     pub replica_check_interval_ms: u64,
+    /// Longest wait for a new connection (TCP and start-up) to the primary or a replica.
+    pub connect_timeout_ms: u64,
+    /// Send TCP keepalive probes on idle Postgres connections (client and server side).
+    pub keepalives: bool,
+    /// Idle time before the first keepalive probe, in seconds.
+    pub keepalive_idle_secs: u32,
+    /// Time between unanswered keepalive probes, in seconds.
+    pub keepalive_interval_secs: u32,
+    /// Unanswered probes after which the connection is dropped: an idle peer is given up
+    /// `keepalive_idle_secs + keepalive_interval_secs * keepalive_retries` after it went silent.
+    pub keepalive_retries: u32,
+    /// How long sent data may stay unacknowledged before the connection is dropped (a query or
+    /// COMMIT sent into a silent network), in milliseconds; 0 leaves the kernel's default.
+    pub tcp_user_timeout_ms: u32,
 }
 
 impl Default for DatabaseSettings {
     fn default() -> Self {
-        Self { replica_urls: Vec::new(), replica_max_lag_ms: 1000, replica_check_interval_ms: 250 }
+        Self {
+            replica_urls: Vec::new(),
+            replica_max_lag_ms: 1000,
+            replica_check_interval_ms: 250,
+            connect_timeout_ms: 5000,
+            keepalives: true,
+            keepalive_idle_secs: 3,
+            keepalive_interval_secs: 1,
+            keepalive_retries: 3,
+            tcp_user_timeout_ms: 6000,
+        }
+    }
+}
+
+impl DatabaseSettings {
+    /// The settings every Postgres connection is opened with.
+    pub fn link(&self) -> PostgresLink {
+        PostgresLink {
+            connect_timeout: Duration::from_millis(self.connect_timeout_ms),
+            keepalives: self.keepalives,
+            keepalive_idle_secs: self.keepalive_idle_secs,
+            keepalive_interval_secs: self.keepalive_interval_secs,
+            keepalive_retries: self.keepalive_retries,
+            tcp_user_timeout_ms: self.tcp_user_timeout_ms,
+        }
+    }
+}
+
+/// How a Postgres connection is opened and how it notices a peer that went silent (packets
+/// dropped, no reset or close) on both ends: the client's socket, and the server's side of the
+/// session (sent as start-up options, so no server configuration is needed). Without them a
+/// silent partition leaves a connection waiting for as long as the kernel retransmits (about 15
+/// minutes), and the server keeps an invalidator's claimed outbox rows locked for as long.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PostgresLink {
+    pub connect_timeout: Duration,
+    pub keepalives: bool,
+    pub keepalive_idle_secs: u32,
+    pub keepalive_interval_secs: u32,
+    pub keepalive_retries: u32,
+    /// 0: the kernel's default.
+    pub tcp_user_timeout_ms: u32,
+}
+
+impl Default for PostgresLink {
+    fn default() -> Self {
+        DatabaseSettings::default().link()
+    }
+}
+
+impl PostgresLink {
+    /// Longest time a silent peer goes unnoticed, whether the connection was idle (keepalives)
+    /// or waiting for an acknowledgement (`tcp_user_timeout_ms`); `None` when either is off.
+    pub fn detection_bound(&self) -> Option<Duration> {
+        let idle = u64::from(self.keepalive_idle_secs)
+            + u64::from(self.keepalive_interval_secs) * u64::from(self.keepalive_retries);
+        (self.keepalives && self.tcp_user_timeout_ms > 0)
+            .then(|| Duration::from_secs(idle).max(Duration::from_millis(self.tcp_user_timeout_ms.into())))
+    }
+
+    /// The server-side half, as `(parameter, value)` start-up options for the session.
+    pub fn server_options(&self) -> Vec<(&'static str, String)> {
+        let mut options = Vec::new();
+        if self.keepalives {
+            options.push(("tcp_keepalives_idle", self.keepalive_idle_secs.to_string()));
+            options.push(("tcp_keepalives_interval", self.keepalive_interval_secs.to_string()));
+            options.push(("tcp_keepalives_count", self.keepalive_retries.to_string()));
+        }
+        if self.tcp_user_timeout_ms > 0 {
+            options.push(("tcp_user_timeout", self.tcp_user_timeout_ms.to_string()));
+        }
+        options
     }
 }
 
@@ -321,6 +409,15 @@ impl Settings {
         )?;
         rule(self.database.replica_max_lag_ms >= 1, "database.replica_max_lag_ms must be at least 1")?;
         rule(self.database.replica_check_interval_ms >= 1, "database.replica_check_interval_ms must be at least 1")?;
+        rule(self.database.connect_timeout_ms >= 1, "database.connect_timeout_ms must be at least 1")?;
+        let database = &self.database;
+        rule(
+            !database.keepalives
+                || (database.keepalive_idle_secs >= 1
+                    && database.keepalive_interval_secs >= 1
+                    && database.keepalive_retries >= 1),
+            "database.keepalive_idle_secs, keepalive_interval_secs and keepalive_retries must be at least 1",
+        )?;
         rule(
             self.invalidator.redis_replicas_ack_timeout_ms >= 1,
             "invalidator.redis_replicas_ack_timeout_ms must be at least 1",
@@ -377,6 +474,7 @@ impl Settings {
             max_lifetime: o.max_lifetime_secs.map(Duration::from_secs).unwrap_or(defaults.max_lifetime),
             idle_timeout: o.idle_timeout_secs.map(Duration::from_secs).unwrap_or(defaults.idle_timeout),
             acquire_timeout: o.acquire_timeout_ms.map(Duration::from_millis).unwrap_or(defaults.acquire_timeout),
+            link: self.database.link(),
         }
     }
 }

@@ -4,11 +4,13 @@ use std::time::Duration;
 
 use tokio_postgres::{Client, NoTls};
 
-/// Connects with short TCP keepalives so a dead peer is noticed within seconds, and drives the
-/// connection on a background task (which drops notifications; the invalidator's listener
-/// drives its own connection to receive them).
-pub async fn connect(url: &str, application_name: &str) -> Result<Client, tokio_postgres::Error> {
-    let (client, connection) = config(url, application_name)?.connect(NoTls).await?;
+use crate::config::PostgresLink;
+
+/// Connects with the settings of `link` (so a silent peer is noticed within seconds, on both
+/// ends), and drives the connection on a background task (which drops notifications; the
+/// invalidator's listener drives its own connection to receive them).
+pub async fn connect(url: &str, application_name: &str, link: &PostgresLink) -> Result<Client, tokio_postgres::Error> {
+    let (client, connection) = config(url, application_name, link)?.connect(NoTls).await?;
     tokio::spawn(async move {
         if let Err(error) = connection.await {
             tracing::debug!(%error, "postgres connection closed");
@@ -17,17 +19,30 @@ pub async fn connect(url: &str, application_name: &str) -> Result<Client, tokio_
     Ok(client)
 }
 
-/// Parses `url` and applies the keepalive and connect-timeout settings every connection uses.
-pub fn config(url: &str, application_name: &str) -> Result<tokio_postgres::Config, tokio_postgres::Error> {
+/// Parses `url` and applies `link`: connect timeout, the client's keepalives and TCP user
+/// timeout, and the same for the server's side of the session as start-up options (appended
+/// to any the URL gives).
+pub fn config(
+    url: &str,
+    application_name: &str,
+    link: &PostgresLink,
+) -> Result<tokio_postgres::Config, tokio_postgres::Error> {
     let mut config: tokio_postgres::Config = url.parse()?;
-    config
-        .application_name(application_name)
-        .connect_timeout(Duration::from_secs(5))
-        .keepalives(true)
-        .keepalives_idle(Duration::from_secs(5))
-        .keepalives_interval(Duration::from_secs(2))
-        .keepalives_retries(3)
-        .tcp_user_timeout(Duration::from_secs(10));
+    config.application_name(application_name).connect_timeout(link.connect_timeout).keepalives(link.keepalives);
+    if link.keepalives {
+        config
+            .keepalives_idle(Duration::from_secs(link.keepalive_idle_secs.into()))
+            .keepalives_interval(Duration::from_secs(link.keepalive_interval_secs.into()))
+            .keepalives_retries(link.keepalive_retries);
+    }
+    if link.tcp_user_timeout_ms > 0 {
+        config.tcp_user_timeout(Duration::from_millis(link.tcp_user_timeout_ms.into()));
+    }
+    let server_side = link.server_options().into_iter().map(|(name, value)| format!("-c {name}={value}"));
+    let options: Vec<String> = config.get_options().map(str::to_owned).into_iter().chain(server_side).collect();
+    if !options.is_empty() {
+        config.options(options.join(" "));
+    }
     Ok(config)
 }
 

@@ -63,7 +63,9 @@ impl TestDatabase {
 
     /// Creates a migrated database on the server behind `admin_url` (a private one, say).
     pub async fn create_on(admin_url: &str) -> Self {
-        let admin = openrisk_shared::db::connect(admin_url, "openrisk-tests").await.expect("connect to postgres");
+        let admin = openrisk_shared::db::connect(admin_url, "openrisk-tests", &Default::default())
+            .await
+            .expect("connect to postgres");
         let template = ensure_template(&admin, admin_url).await;
         let name = format!("openrisk_test_{}", Uuid::new_v4().simple());
         let mut attempts = 0;
@@ -83,7 +85,9 @@ impl TestDatabase {
 
     /// A new connection to this database.
     pub async fn connect(&self) -> Client {
-        openrisk_shared::db::connect(&self.url, "openrisk-tests").await.expect("connect to test database")
+        openrisk_shared::db::connect(&self.url, "openrisk-tests", &Default::default())
+            .await
+            .expect("connect to test database")
     }
 }
 
@@ -94,7 +98,8 @@ impl Drop for TestDatabase {
         let dropped = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
             runtime.block_on(async {
-                let admin = openrisk_shared::db::connect(&admin_url, "openrisk-tests").await.ok()?;
+                let admin =
+                    openrisk_shared::db::connect(&admin_url, "openrisk-tests", &Default::default()).await.ok()?;
                 admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await.ok()
             })
         })
@@ -120,9 +125,13 @@ async fn ensure_template(admin: &Client, admin_url: &str) -> String {
             admin.batch_execute(&statement).await.expect("create template database");
         }
         {
-            let mut client = openrisk_shared::db::connect(&with_database(admin_url, &template), "openrisk-tests")
-                .await
-                .expect("connect to template");
+            let mut client = openrisk_shared::db::connect(
+                &with_database(admin_url, &template),
+                "openrisk-tests",
+                &Default::default(),
+            )
+            .await
+            .expect("connect to template");
             openrisk_migrations::migrate(&mut client).await.expect("migrate template");
         }
         // Disconnect every session (ours included) before the template is copied.

@@ -41,9 +41,13 @@ fn options(url: &str, pool: PoolSettings) -> ConnectOptions {
         .max_lifetime(pool.max_lifetime)
         .idle_timeout(pool.idle_timeout)
         .acquire_timeout(pool.acquire_timeout)
-        .connect_timeout(pool.acquire_timeout)
+        .connect_timeout(pool.link.connect_timeout)
         .set_application_name("openrisk-api")
         .sqlx_logging(false);
+    // sqlx sets no client-side keepalive; the server's side of each session still drops a
+    // client that went silent, and `http.request_timeout_ms` bounds what a request waits.
+    let server_side = pool.link.server_options();
+    options.map_sqlx_postgres_opts(move |connect| connect.options(server_side.clone()));
     options
 }
 

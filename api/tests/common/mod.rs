@@ -110,7 +110,8 @@ pub async fn spawn_app_on(
 
 async fn create_tenant(app: &Application, slug: &str) -> Tenant {
     let conn = &app.state.db.conn;
-    let client = openrisk_shared::db::connect(&app.state.settings.database_url, "tests").await.unwrap();
+    let client =
+        openrisk_shared::db::connect(&app.state.settings.database_url, "tests", &Default::default()).await.unwrap();
     let row =
         client.query_one("INSERT INTO tenants (slug, name) VALUES ($1, $1) RETURNING id", &[&slug]).await.unwrap();
     let id: Uuid = row.get(0);
