@@ -6,6 +6,9 @@
 //! * [`PrivateRedis`] and [`PrivatePostgres`]: servers on free ports for tests that kill,
 //!   restart or flush them, so the shared servers are never touched.
 //! * [`ReplicaPair`]: a private primary and a streaming replica, once per test binary and run.
+//! * [`NetworkLink`]: a network namespace of the test's own behind a veth pair, so a private
+//!   server inside it can be cut off silently (packets dropped), made lossy, and healed;
+//!   [`LatencyRelay`] adds latency in front of one.
 //! * [`PrivateRedisCluster`]: a Redis Cluster of its own; `scripts/test.sh` runs the API and
 //!   invalidator suites a second time against one (`TEST_REDIS_URL=redis-cluster://…`).
 //!
@@ -13,9 +16,11 @@
 //! admin URL) and `TEST_REDIS_URL` point elsewhere.
 
 mod cluster;
+mod network;
 mod private;
 
 pub use cluster::{PrivateRedisCluster, command as node_command};
+pub use network::{LatencyRelay, NetworkLink};
 pub use private::{PrivatePostgres, PrivateRedis, ReplicaPair, free_port};
 
 use std::time::Duration;

@@ -1,11 +1,13 @@
 //! Private Postgres and Redis servers on free ports, for tests that kill, restart or flush them.
 
-use std::net::TcpListener;
+use std::net::{Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
+
+use crate::network::NetworkLink;
 
 /// A port nothing listens on right now.
 pub fn free_port() -> u16 {
@@ -31,23 +33,52 @@ pub(crate) fn kill(child: &mut Option<Child>, signal: &str) {
 #[derive(Debug)]
 pub struct PrivateRedis {
     pub port: u16,
+    /// The address it listens on: loopback, or a server address of a [`NetworkLink`].
+    pub host: Ipv4Addr,
+    namespace: Option<String>,
     child: Option<Child>,
 }
 
 impl PrivateRedis {
     pub fn start() -> Self {
-        let mut redis = Self { port: free_port(), child: None };
+        let mut redis = Self { port: free_port(), host: Ipv4Addr::LOCALHOST, namespace: None, child: None };
+        redis.launch();
+        redis
+    }
+
+    /// Starts one inside `link`'s namespace, on its first server address, so that the link's
+    /// faults stand between it and every client.
+    pub fn start_behind(link: &NetworkLink) -> Self {
+        let namespace = Some(link.namespace().to_owned());
+        let mut redis = Self { port: free_port(), host: link.server_address(0), namespace, child: None };
         redis.launch();
         redis
     }
 
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        format!("redis://{}:{}", self.host, self.port)
+    }
+
+    /// Where it listens.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        (self.host, self.port).into()
     }
 
     fn launch(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        let mut command = in_namespace(self.namespace.as_deref(), "redis-server");
+        let child = command
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                &self.host.to_string(),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            // Clients behind a link are not on loopback; the link exists only for this test.
+            .args(["--protected-mode", "no"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -84,6 +115,9 @@ impl Drop for PrivateRedis {
 #[derive(Debug)]
 pub struct PrivatePostgres {
     pub port: u16,
+    /// Every address it listens on: loopback, or the server addresses of a [`NetworkLink`].
+    pub hosts: Vec<Ipv4Addr>,
+    namespace: Option<String>,
     dir: TempDir,
     bin: PathBuf,
     child: Option<Child>,
@@ -92,24 +126,40 @@ pub struct PrivatePostgres {
 impl PrivatePostgres {
     /// Runs `initdb` and starts the server. As root, the server runs as the `postgres` user.
     pub fn start() -> Self {
+        Self::start_on(vec![Ipv4Addr::LOCALHOST], None)
+    }
+
+    /// Starts one inside `link`'s namespace, listening on every server address of the link, so
+    /// a fault on one address cuts off only the clients that use it.
+    pub fn start_behind(link: &NetworkLink) -> Self {
+        Self::start_on(link.server_addresses(), Some(link.namespace().to_owned()))
+    }
+
+    fn start_on(hosts: Vec<Ipv4Addr>, namespace: Option<String>) -> Self {
         let bin = postgres_bin_dir();
         let dir = tempfile::Builder::new().prefix("openrisk-pg-").tempdir().expect("tempdir");
         init_cluster(&bin, dir.path(), &dir.path().join("data"));
-        let mut postgres = Self { port: free_port(), dir, bin, child: None };
+        let mut postgres = Self { port: free_port(), hosts, namespace, dir, bin, child: None };
         postgres.launch();
         postgres
     }
 
-    /// Admin URL (database `postgres`).
+    /// Admin URL (database `postgres`) on the first address.
     pub fn admin_url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+        self.admin_url_via(self.hosts[0])
+    }
+
+    /// Admin URL (database `postgres`) through `host`, one of [`PrivatePostgres::hosts`].
+    pub fn admin_url_via(&self, host: Ipv4Addr) -> String {
+        format!("postgres://postgres@{host}:{}/postgres", self.port)
     }
 
     fn launch(&mut self) {
-        let child = as_postgres_user(Command::new(self.bin.join("postgres")))
+        let listen = self.hosts.iter().map(ToString::to_string).collect::<Vec<_>>().join(",");
+        let child = postgres_command(&self.bin, self.namespace.as_deref())
             .arg("-D")
             .arg(self.dir.path().join("data"))
-            .args(["-p", &self.port.to_string(), "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"])
+            .args(["-p", &self.port.to_string(), "-c", &format!("listen_addresses={listen}"), "-c", "fsync=off"])
             .args(["-c", "full_page_writes=off", "-c", "max_connections=200"])
             .arg("-k")
             .arg(self.dir.path())
@@ -118,7 +168,7 @@ impl PrivatePostgres {
             .spawn()
             .expect("start postgres");
         self.child = Some(child);
-        wait_until("private postgres", Duration::from_secs(30), || answers(&self.bin, self.port));
+        wait_until("private postgres", Duration::from_secs(30), || answers(&self.bin, self.hosts[0], self.port));
     }
 
     /// Stops the server immediately (SIGQUIT: no shutdown checkpoint, crash recovery on start).
@@ -155,16 +205,43 @@ fn init_cluster(bin: &Path, dir: &Path, data: &Path) {
     assert!(status.success(), "initdb failed");
 }
 
-/// Whether a server accepts connections on the loopback `port`.
-fn answers(bin: &Path, port: u16) -> bool {
+/// Whether a server accepts connections on `host`:`port`.
+fn answers(bin: &Path, host: Ipv4Addr, port: u16) -> bool {
     Command::new(bin.join("pg_isready"))
-        .args(["-q", "-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(["-q", "-h", &host.to_string(), "-p", &port.to_string()])
         .status()
         .is_ok_and(|status| status.success())
 }
 
 fn is_root() -> bool {
     Command::new("id").arg("-u").output().is_ok_and(|out| out.stdout.starts_with(b"0\n"))
+}
+
+/// `program`, inside `namespace` when one is given (`ip netns exec`, which execs it).
+fn in_namespace(namespace: Option<&str>, program: &str) -> Command {
+    match namespace {
+        Some(namespace) => {
+            let mut command = Command::new("ip");
+            command.args(["netns", "exec", namespace, program]);
+            command
+        }
+        None => Command::new(program),
+    }
+}
+
+/// The `postgres` server binary, as the `postgres` user when running as root, inside
+/// `namespace` when one is given (entering it needs root, so `setpriv` drops to the user after).
+fn postgres_command(bin: &Path, namespace: Option<&str>) -> Command {
+    let server = bin.join("postgres");
+    match namespace {
+        // Namespaces need root (see NetworkLink).
+        Some(_) => {
+            let mut command = in_namespace(namespace, "setpriv");
+            command.args(["--reuid=postgres", "--regid=postgres", "--init-groups"]).arg(server);
+            command
+        }
+        None => as_postgres_user(Command::new(server)),
+    }
 }
 
 /// As root, runs `command` as the `postgres` user (PostgreSQL refuses to run as root). The uid
@@ -319,7 +396,7 @@ impl ReplicaPair {
     }
 
     fn answers(&self, port: u16) -> bool {
-        answers(&self.bin, port)
+        answers(&self.bin, Ipv4Addr::LOCALHOST, port)
     }
 
     fn launch(&self, server: &str, port: u16) {
