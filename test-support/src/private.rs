@@ -132,13 +132,21 @@ impl PrivatePostgres {
     /// Starts one inside `link`'s namespace, listening on every server address of the link, so
     /// a fault on one address cuts off only the clients that use it.
     pub fn start_behind(link: &NetworkLink) -> Self {
-        Self::start_on(link.server_addresses(), Some(link.namespace().to_owned()))
+        Self::start_on(link.server_addresses(), Some((link.namespace().to_owned(), link.host_address())))
     }
 
-    fn start_on(hosts: Vec<Ipv4Addr>, namespace: Option<String>) -> Self {
+    /// Starts one listening on `hosts`; inside a namespace, trusting its one client address.
+    fn start_on(hosts: Vec<Ipv4Addr>, namespace: Option<(String, Ipv4Addr)>) -> Self {
         let bin = postgres_bin_dir();
         let dir = tempfile::Builder::new().prefix("openrisk-pg-").tempdir().expect("tempdir");
         init_cluster(&bin, dir.path(), &dir.path().join("data"));
+        let namespace = namespace.map(|(namespace, client)| {
+            let hba = dir.path().join("data").join("pg_hba.conf");
+            let mut rules = std::fs::read_to_string(&hba).expect("read pg_hba.conf");
+            rules.push_str(&format!("host all all {client}/32 trust\n"));
+            std::fs::write(&hba, rules).expect("trust the link's client address");
+            namespace
+        });
         let mut postgres = Self { port: free_port(), hosts, namespace, dir, bin, child: None };
         postgres.launch();
         postgres

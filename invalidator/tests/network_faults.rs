@@ -1,0 +1,160 @@
+//! Faults that look like a network between the invalidator and a private Postgres inside a
+//! network namespace of the test's own: packets dropped silently (no reset, no close) on one
+//! replica's connections while it holds a claimed batch, and on a LISTEN connection alone. The
+//! dead-peer settings (`[database]` keepalives and TCP user timeout, on both ends) bound how
+//! long either goes unnoticed; after each fault the outbox drains and nothing stays cached.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use common::{Harness, eventually, http_get};
+use openrisk_shared::config::{DatabaseSettings, WakeMode};
+use openrisk_test_support::{LatencyRelay, NetworkLink, PrivatePostgres, RedisNamespace, TestDatabase, with_database};
+
+const WAIT: Duration = Duration::from_secs(60);
+/// Added to the stated bounds for scheduling on a loaded two-core machine.
+const SLACK: Duration = Duration::from_secs(5);
+
+/// How long a silent peer goes unnoticed with the default `[database]` settings.
+fn detection_bound() -> Duration {
+    DatabaseSettings::default().link().detection_bound().expect("keepalives and TCP user timeout are on by default")
+}
+
+/// A harness whose database lives on a private Postgres behind `link`, reached through the
+/// link's server address `via`.
+async fn harness_behind(postgres: &PrivatePostgres, via: u8, link: &NetworkLink) -> Harness {
+    let db = TestDatabase::create_on(&postgres.admin_url_via(link.server_address(via))).await;
+    Harness::with(db, RedisNamespace::new()).await
+}
+
+/// Sessions of `application` on the harness's database, as `(client port, state)`.
+async fn sessions(h: &Harness, application: &str) -> Vec<(i32, String)> {
+    let rows = h
+        .sql
+        .query(
+            "SELECT client_port, coalesce(state, '') FROM pg_stat_activity
+             WHERE application_name = $1 AND datname = current_database()",
+            &[&application],
+        )
+        .await
+        .unwrap();
+    rows.iter().map(|row| (row.get(0), row.get(1))).collect()
+}
+
+#[tokio::test]
+async fn a_replica_cut_off_from_postgres_mid_batch_never_acknowledges_and_another_takes_its_events_within_the_bound() {
+    let link = NetworkLink::create(2);
+    let postgres = PrivatePostgres::start_behind(&link);
+    let mut h = harness_behind(&postgres, 1, &link).await;
+    let tenant = h.tenant("a").await;
+    let key = h.cache(tenant, "list", &["risks".into()]).await;
+
+    // Replica A reaches Postgres through the first address and Redis through a slow relay, so
+    // each of its batches spends seconds between the claim and the acknowledgement.
+    let relay = LatencyRelay::start(redis_addr(&h.namespace.url), Duration::from_millis(300));
+    let mut cut_off = h.settings();
+    cut_off.database_url = with_database(&postgres.admin_url_via(link.server_address(0)), &h.db.name);
+    cut_off.redis_url = format!("redis://{}", relay.addr);
+    let replica_a = h.start(cut_off).await;
+    let a = &replica_a;
+    eventually("replica A is connected", WAIT, || async move {
+        a.status.postgres_connected.load(Ordering::Relaxed) && a.status.redis_connected.load(Ordering::Relaxed)
+    })
+    .await;
+
+    h.risk(tenant, "claimed by A, then cut off").await;
+    let harness = &h;
+    eventually("replica A holds the batch", WAIT, || async move {
+        sessions(harness, "openrisk-invalidator").await.iter().any(|(_, state)| state == "idle in transaction")
+    })
+    .await;
+    let claimed = h.outbox_len().await;
+    assert!(claimed > 0);
+    link.blackhole_address(link.server_address(0));
+    let cut_at = Instant::now();
+
+    let b = h.start(h.settings()).await;
+    h.drained(WAIT).await;
+    let taken_over_after = cut_at.elapsed();
+    eprintln!("replica B had A's {claimed} claimed events {taken_over_after:?} after the cut");
+    assert!(
+        taken_over_after < detection_bound() + SLACK,
+        "the server released A's claim after {taken_over_after:?}, past {:?} + slack",
+        detection_bound()
+    );
+    assert_eq!(b.metrics.events_processed.get(), claimed as u64, "B applied every event A had claimed");
+    assert!(!h.is_cached(tenant, &key, &["risks".into()]).await);
+
+    eventually("A's /readyz reports Postgres lost", WAIT, || async move {
+        let (status, body) = http_get(a.metrics_addr, "/readyz").await;
+        status == 503 && body.contains("\"postgres\":false")
+    })
+    .await;
+    assert_eq!(a.metrics.events_processed.get(), 0, "A acknowledged nothing it could not commit");
+
+    link.heal();
+    eventually("A is ready again", WAIT, || async move { http_get(a.metrics_addr, "/readyz").await.0 == 200 }).await;
+    let key = h.cache(tenant, "list", &["risks".into()]).await;
+    h.risk(tenant, "after the partition").await;
+    h.drained(WAIT).await;
+    assert!(!h.is_cached(tenant, &key, &["risks".into()]).await, "no stale entry after recovery");
+    assert!(replica_a.shutdown(WAIT).await && b.shutdown(WAIT).await);
+}
+
+#[tokio::test]
+async fn a_half_open_listen_connection_is_replaced_and_the_poll_bounds_the_window_meanwhile() {
+    let link = NetworkLink::create(1);
+    let postgres = PrivatePostgres::start_behind(&link);
+    let mut h = harness_behind(&postgres, 0, &link).await;
+    let tenant = h.tenant("a").await;
+    let mut settings = h.settings();
+    settings.invalidator.mode = WakeMode::Listen;
+    settings.invalidator.poll_interval_ms = 3000;
+    let poll = Duration::from_millis(settings.invalidator.poll_interval_ms);
+    let running = h.start(settings).await;
+    let parked = running.metrics.parked.clone();
+    eventually("replica parks", WAIT, || {
+        let parked = parked.clone();
+        async move { parked.get() == 1 }
+    })
+    .await;
+    let listeners = sessions(&h, "openrisk-invalidator-listener").await;
+    let [(dead_port, _)] = listeners[..] else { panic!("one LISTEN connection: {listeners:?}") };
+
+    // Notifications, and the replica's own statements on that connection, now vanish.
+    link.blackhole_connection(u16::try_from(dead_port).unwrap());
+    let key = h.cache(tenant, "list", &["risks".into()]).await;
+    h.risk(tenant, "notified into the void").await;
+    let written_at = Instant::now();
+    h.drained(WAIT).await;
+    let window = written_at.elapsed();
+    eprintln!("applied {window:?} after the commit with its notification lost (poll {poll:?})");
+    assert!(
+        window < poll + detection_bound() + SLACK,
+        "the poll and the dead-peer settings bound the window: {window:?}"
+    );
+    assert!(!h.is_cached(tenant, &key, &["risks".into()]).await);
+
+    let (harness, metrics) = (&h, &running.metrics);
+    eventually("a new LISTEN connection replaces the half-open one", WAIT, || async move {
+        let listeners = sessions(harness, "openrisk-invalidator-listener").await;
+        listeners.iter().any(|(port, _)| *port != dead_port) && metrics.listener_connected.get() == 1
+    })
+    .await;
+    assert!(running.metrics.reconnects.with_label_values(&["postgres"]).get() >= 1);
+
+    let key = h.cache(tenant, "list", &["risks".into()]).await;
+    h.risk(tenant, "after the replacement").await;
+    h.drained(WAIT).await;
+    assert!(!h.is_cached(tenant, &key, &["risks".into()]).await, "no stale entry after recovery");
+    link.heal();
+    assert!(running.shutdown(WAIT).await);
+}
+
+/// The socket address of a `redis://host:port` URL.
+fn redis_addr(url: &str) -> std::net::SocketAddr {
+    let authority = url.trim_start_matches("redis://").trim_end_matches('/');
+    std::net::ToSocketAddrs::to_socket_addrs(authority).unwrap().next().unwrap()
+}
