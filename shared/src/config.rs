@@ -542,6 +542,35 @@ mod tests {
     }
 
     #[test]
+    fn postgres_dead_peer_settings_come_from_the_environment_and_bound_how_long_a_silent_peer_lasts() {
+        let defaults = PostgresLink::default();
+        assert_eq!(defaults.detection_bound(), Some(Duration::from_secs(6)), "3 s + 3 x 1 s, and 6 s unacknowledged");
+        Jail::expect_with(|jail| {
+            jail.set_env("OPENRISK_DATABASE__KEEPALIVE_IDLE_SECS", "10");
+            jail.set_env("OPENRISK_DATABASE__TCP_USER_TIMEOUT_MS", "20000");
+            let link = Settings::load(None).expect("loads").pool_settings().link;
+            assert_eq!(link.detection_bound(), Some(Duration::from_secs(20)));
+            let options = link.server_options();
+            assert!(options.contains(&("tcp_keepalives_idle", "10".into())), "{options:?}");
+            assert!(options.contains(&("tcp_user_timeout", "20000".into())), "{options:?}");
+            Ok(())
+        });
+        Jail::expect_with(|jail| {
+            jail.set_env("OPENRISK_DATABASE__KEEPALIVES", "false");
+            let link = Settings::load(None).expect("loads").database.link();
+            assert_eq!(link.detection_bound(), None, "nothing bounds an idle silent peer");
+            assert_eq!(link.server_options(), [("tcp_user_timeout", "6000".to_owned())]);
+            Ok(())
+        });
+        Jail::expect_with(|jail| {
+            jail.set_env("OPENRISK_DATABASE__KEEPALIVE_RETRIES", "0");
+            let error = Settings::load(None).expect_err("must fail").to_string();
+            assert!(error.contains("keepalive_retries"), "{error}");
+            Ok(())
+        });
+    }
+
+    #[test]
     fn bad_values_are_named_in_the_error() {
         Jail::expect_with(|jail| {
             jail.set_env("API_ADDR", "not-an-address");
