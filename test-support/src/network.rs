@@ -200,13 +200,14 @@ fn quiet(command: &mut Command) -> bool {
     command.stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|status| status.success())
 }
 
-/// A TCP relay that holds every chunk of data for `one_way` before passing it on, in each
+/// A TCP relay that holds every chunk of data for a set delay before passing it on, in each
 /// direction, so clients of `upstream` see that much more latency per crossing (twice that per
 /// round trip). The kernel here has no `netem`; packet loss comes from [`NetworkLink::lose`] on
 /// the link behind the relay. Runs on a thread of its own; stops on drop.
 #[derive(Debug)]
 pub struct LatencyRelay {
     pub addr: std::net::SocketAddr,
+    one_way_micros: std::sync::Arc<std::sync::atomic::AtomicU64>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
@@ -217,13 +218,15 @@ impl LatencyRelay {
         listener.set_nonblocking(true).expect("non-blocking relay socket");
         let addr = listener.local_addr().expect("relay address");
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let one_way_micros = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(micros(one_way)));
+        let delay = one_way_micros.clone();
         std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("relay runtime");
             runtime.block_on(async move {
                 let listener = tokio::net::TcpListener::from_std(listener).expect("relay listener");
                 let accepting = async {
                     while let Ok((client, _)) = listener.accept().await {
-                        tokio::spawn(relay(client, upstream, one_way));
+                        tokio::spawn(relay(client, upstream, delay.clone()));
                     }
                 };
                 tokio::select! {
@@ -232,8 +235,17 @@ impl LatencyRelay {
                 }
             });
         });
-        Self { addr, stop: Some(stop) }
+        Self { addr, one_way_micros, stop: Some(stop) }
     }
+
+    /// Changes the delay for data read from now on (data in flight keeps its own).
+    pub fn set_one_way(&self, one_way: std::time::Duration) {
+        self.one_way_micros.store(micros(one_way), Ordering::Relaxed);
+    }
+}
+
+fn micros(duration: std::time::Duration) -> u64 {
+    u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)
 }
 
 impl Drop for LatencyRelay {
@@ -244,27 +256,35 @@ impl Drop for LatencyRelay {
     }
 }
 
-/// Connects `client` to `upstream` with `one_way` added in each direction.
-async fn relay(client: tokio::net::TcpStream, upstream: std::net::SocketAddr, one_way: std::time::Duration) {
+/// Connects `client` to `upstream` with the current delay added in each direction.
+async fn relay(
+    client: tokio::net::TcpStream,
+    upstream: std::net::SocketAddr,
+    one_way: std::sync::Arc<std::sync::atomic::AtomicU64>,
+) {
     let Ok(server) = tokio::net::TcpStream::connect(upstream).await else { return };
     let _ = (client.set_nodelay(true), server.set_nodelay(true));
     let (client_read, client_write) = client.into_split();
     let (server_read, server_write) = server.into_split();
-    tokio::join!(delayed_copy(client_read, server_write, one_way), delayed_copy(server_read, client_write, one_way));
+    tokio::join!(
+        delayed_copy(client_read, server_write, one_way.clone()),
+        delayed_copy(server_read, client_write, one_way)
+    );
 }
 
-/// Copies `from` to `to` in order, each chunk written `delay` after it was read.
+/// Copies `from` to `to` in order, each chunk written the current delay after it was read.
 async fn delayed_copy(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
-    delay: std::time::Duration,
+    delay: std::sync::Arc<std::sync::atomic::AtomicU64>,
 ) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let (chunks, mut due) = tokio::sync::mpsc::unbounded_channel::<(tokio::time::Instant, Vec<u8>)>();
     let reading = async move {
         let mut buffer = vec![0; 64 * 1024];
         while let Ok(read @ 1..) = from.read(&mut buffer).await {
-            if chunks.send((tokio::time::Instant::now() + delay, buffer[..read].to_vec())).is_err() {
+            let due = tokio::time::Instant::now() + std::time::Duration::from_micros(delay.load(Ordering::Relaxed));
+            if chunks.send((due, buffer[..read].to_vec())).is_err() {
                 break;
             }
         }

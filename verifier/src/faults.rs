@@ -51,7 +51,22 @@ pub enum Fault {
     PauseReplay,
     /// Replica mode: the read replica crashes (SIGQUIT), stays down up to 2 s, and restarts.
     RestartReadReplica,
+    /// Network: every packet to and from Redis dropped silently for 10 s (2 s in a smoke run).
+    RedisBlackhole,
+    /// Network: invalidator-2's address to Postgres cut while it holds a claimed batch.
+    PostgresPartitionOneInvalidator,
+    /// Network: one LISTEN connection's packets dropped (notifications silently lost).
+    HalfOpenListen,
+    /// Network: 200 ms more per round trip and 5 % packet loss on the Redis link.
+    SlowLossyRedisLink,
 }
+
+/// The network faults (`--network`), added to a single node's.
+pub const NETWORK: [Fault; 4] =
+    [Fault::RedisBlackhole, Fault::PostgresPartitionOneInvalidator, Fault::HalfOpenListen, Fault::SlowLossyRedisLink];
+
+/// The network fault of a smoke run: the short Redis blackhole.
+pub const NETWORK_SMOKE: [Fault; 1] = [Fault::RedisBlackhole];
 
 /// The faults of a single Redis node.
 pub const NODE: [Fault; 8] = [
@@ -86,13 +101,18 @@ pub fn replica_run() -> Vec<Fault> {
 /// A replica smoke run: the two replica faults and a flush.
 pub const REPLICA_SMOKE: [Fault; 3] = [Fault::PauseReplay, Fault::RestartReadReplica, Fault::FlushRedis];
 
-/// The faults of one round of a run: the topology's, or a replica run's.
-pub fn round(topology: Topology, replica: bool, smoke: bool) -> Vec<Fault> {
-    match (replica, smoke) {
+/// The faults of one round of a run: the topology's, or a replica run's, plus the network
+/// faults when the servers sit behind links.
+pub fn round(topology: Topology, replica: bool, smoke: bool, network: bool) -> Vec<Fault> {
+    let mut faults = match (replica, smoke) {
         (false, _) => of(topology).to_vec(),
         (true, true) => REPLICA_SMOKE.to_vec(),
         (true, false) => replica_run(),
+    };
+    if network {
+        faults.extend(if smoke { &NETWORK_SMOKE[..] } else { &NETWORK[..] });
     }
+    faults
 }
 
 /// Every fault the topology can be put through.
@@ -120,6 +140,10 @@ impl Fault {
             Fault::RestartRedisReplica => "restart-redis-replica-empty",
             Fault::PauseReplay => "pause-replica-replay",
             Fault::RestartReadReplica => "restart-read-replica",
+            Fault::RedisBlackhole => "redis-blackhole",
+            Fault::PostgresPartitionOneInvalidator => "postgres-partition-one-invalidator",
+            Fault::HalfOpenListen => "half-open-listen",
+            Fault::SlowLossyRedisLink => "slow-lossy-redis-link",
         }
     }
 }
@@ -128,6 +152,10 @@ impl Fault {
 pub async fn inject(world: &World, fault: Fault, rng: &mut StdRng) -> anyhow::Result<String> {
     match fault {
         Fault::PauseReplay | Fault::RestartReadReplica => replica_fault(world, fault, rng).await,
+        Fault::RedisBlackhole
+        | Fault::PostgresPartitionOneInvalidator
+        | Fault::HalfOpenListen
+        | Fault::SlowLossyRedisLink => crate::network::inject(world, fault).await,
         Fault::KillListener => {
             let sql = world.sql().await?;
             let mut killed = 0i64;

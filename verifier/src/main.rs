@@ -14,6 +14,7 @@
 
 mod check;
 mod faults;
+mod network;
 mod poison;
 mod procs;
 mod soak;
@@ -76,6 +77,12 @@ pub struct Config {
     /// restarted) instead of restarting Postgres. With a single Redis node only.
     #[arg(long, conflicts_with = "redis")]
     pub replica: bool,
+    /// Put the private Postgres and Redis inside network namespaces of the verifier's own,
+    /// behind veth links, and add the network faults (redis-blackhole,
+    /// postgres-partition-one-invalidator, half-open-listen, slow-lossy-redis-link; the first
+    /// only in a smoke run). Needs root, iproute2 and nftables; a single Redis node only.
+    #[arg(long, conflicts_with_all = ["redis", "replica"])]
+    pub network: bool,
     /// Directory holding openrisk-api and openrisk-invalidator (default: next to this binary).
     #[arg(long)]
     pub bin_dir: Option<PathBuf>,
@@ -181,9 +188,10 @@ async fn run(mut cfg: Config) -> anyhow::Result<bool> {
         (_, _, false) => "full",
         (_, _, true) => "full-replica",
     };
-    let redis = match cfg.redis {
-        Topology::Node => "",
-        Topology::Cluster => " --redis cluster",
+    let redis = match (cfg.redis, cfg.network) {
+        (Topology::Cluster, _) => " --redis cluster",
+        (Topology::Node, true) => " --network",
+        (Topology::Node, false) => "",
     };
     println!("openrisk-verifier: mode {mode}{redis}, seed {seed} (replay with --seed {seed}{redis})");
     let exe_dir = std::env::current_exe()?.parent().map(PathBuf::from).unwrap_or_default();
@@ -204,6 +212,8 @@ async fn run(mut cfg: Config) -> anyhow::Result<bool> {
         bin_dir: cfg.bin_dir.clone().unwrap_or_default(),
         log_dir: cfg.log_dir.clone().unwrap_or_default(),
         replica: cfg.replica,
+        network: cfg.network,
+        smoke: cfg.smoke,
     };
     println!("  logs: {}", world_cfg.log_dir.display());
     let started = Instant::now();
@@ -262,7 +272,7 @@ async fn drive(world: &Arc<World>, cfg: &Config, tally: &mut Tally) -> anyhow::R
     let rounds = if cfg.smoke { 1 } else { cfg.rounds };
     let mut schedule = Vec::new();
     for _ in 0..rounds {
-        let mut round = faults::round(cfg.redis, cfg.replica, cfg.smoke);
+        let mut round = faults::round(cfg.redis, cfg.replica, cfg.smoke, cfg.network);
         round.shuffle(&mut rng);
         schedule.extend(round);
     }

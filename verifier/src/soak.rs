@@ -144,7 +144,7 @@ pub async fn run(world: &World, cfg: &Config, tally: &mut Tally, rng: &mut StdRn
         }
         if now >= next_fault && now + Duration::from_secs(15) < deadline {
             if schedule.is_empty() {
-                schedule = faults::round(cfg.redis, cfg.replica, false);
+                schedule = faults::round(cfg.redis, cfg.replica, false, cfg.network);
                 schedule.shuffle(rng);
             }
             let fault = schedule.pop().expect("non-empty schedule");

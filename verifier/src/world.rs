@@ -16,6 +16,7 @@ use openrisk_test_support::{PrivatePostgres, PrivateRedis, PrivateRedisCluster, 
 use tokio_postgres::{Client, NoTls};
 use uuid::Uuid;
 
+use crate::network::Network;
 use crate::procs::{Proc, Spec, run_to_end};
 use crate::urls::ReadUrl;
 
@@ -66,6 +67,10 @@ pub struct WorldConfig {
     pub log_dir: PathBuf,
     /// Run the primary with a streaming replica that the cached API reads its misses from.
     pub replica: bool,
+    /// Put Postgres and Redis behind network links of their own (the network faults).
+    pub network: bool,
+    /// A short CI run (the network faults are shorter too).
+    pub smoke: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -175,6 +180,8 @@ pub struct World {
     pub pg: Option<Arc<Mutex<PrivatePostgres>>>,
     /// The primary and read replica of a replica run.
     pub replica: Option<&'static ReplicaPair>,
+    /// The links Postgres and Redis sit behind in a `--network` run.
+    pub network: Option<Network>,
     pub redis_servers: Arc<Mutex<RedisServers>>,
     pub admin_url: String,
     pub db_url: String,
@@ -336,12 +343,15 @@ impl World {
         let api_bin = bin(&cfg, "openrisk-api")?;
         let inv_bin = bin(&cfg, "openrisk-invalidator")?;
 
-        let (topology, with_replica) = (cfg.topology, cfg.replica);
-        let (pg, replica, redis_servers) = tokio::task::spawn_blocking(move || {
+        let (topology, with_replica, network, smoke) = (cfg.topology, cfg.replica, cfg.network, cfg.smoke);
+        let (pg, replica, redis_servers, network) = tokio::task::spawn_blocking(move || {
             if with_replica {
-                (None, Some(ReplicaPair::shared()), RedisServers::start(topology))
+                (None, Some(ReplicaPair::shared()), RedisServers::start(topology), None)
+            } else if network {
+                let (network, postgres, redis) = Network::start(smoke);
+                (Some(postgres), None, RedisServers::Node(redis), Some(network))
             } else {
-                (Some(PrivatePostgres::start()), None, RedisServers::start(topology))
+                (Some(PrivatePostgres::start()), None, RedisServers::start(topology), None)
             }
         })
         .await?;
@@ -350,7 +360,7 @@ impl World {
             (None, Some(pair)) => pair.primary_admin_url(),
             (None, None) => bail!("neither a Postgres nor a replica pair started"),
         };
-        let redis_url = redis_servers.url();
+        let redis_url = network.as_ref().map_or_else(|| redis_servers.url(), Network::redis_url);
         configure_redis(&redis_url).await?;
         let admin = connect(&admin_url, "openrisk-verifier").await?;
         admin.batch_execute("CREATE DATABASE openrisk").await?;
@@ -425,6 +435,9 @@ impl World {
                         ("OPENRISK_INVALIDATOR__POLL_INTERVAL_MS".to_owned(), POLL_INTERVAL_MS.to_string()),
                         ("OPENRISK_INVALIDATOR__BATCH_SIZE".to_owned(), BATCH_SIZE.to_string()),
                     ])
+                    .chain(network.as_ref().zip(pg.as_ref()).map(|(network, postgres)| {
+                        ("DATABASE_URL".to_owned(), network.database_url(postgres, index, "openrisk"))
+                    }))
                     .collect(),
                 health_addr: format!("127.0.0.1:{port}"),
             };
@@ -437,6 +450,7 @@ impl World {
             log_dir,
             pg: pg.map(|pg| Arc::new(Mutex::new(pg))),
             replica,
+            network,
             redis_servers: Arc::new(Mutex::new(redis_servers)),
             admin_url,
             db_url,
