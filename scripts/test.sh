@@ -6,10 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/ensure-services.sh
-# The network-fault tests build test hosts of their own (ip netns, veth, nftables).
-if ! command -v ip >/dev/null 2>&1 || ! command -v nft >/dev/null 2>&1; then
-    apt-get update -qq && apt-get install -y -qq iproute2 nftables >/dev/null
-fi
+scripts/ensure-netns-tools.sh
 if ! cargo nextest --version >/dev/null 2>&1; then
     cargo install --locked cargo-nextest
 fi

@@ -234,6 +234,10 @@ pub struct DatabaseSettings {
     /// How long sent data may stay unacknowledged before the connection is dropped (a query or
     /// COMMIT sent into a silent network), in milliseconds; 0 leaves the kernel's default.
     pub tcp_user_timeout_ms: u32,
+    /// Ask the server to apply the same keepalives and TCP user timeout to its side of each
+    /// session (start-up options). Turn off behind PgBouncer, which refuses unknown start-up
+    /// options: set them in postgresql.conf and PgBouncer's own settings instead.
+    pub server_side_keepalives: bool,
 }
 
 impl Default for DatabaseSettings {
@@ -248,6 +252,7 @@ impl Default for DatabaseSettings {
             keepalive_interval_secs: 1,
             keepalive_retries: 3,
             tcp_user_timeout_ms: 6000,
+            server_side_keepalives: true,
         }
     }
 }
@@ -262,6 +267,7 @@ impl DatabaseSettings {
             keepalive_interval_secs: self.keepalive_interval_secs,
             keepalive_retries: self.keepalive_retries,
             tcp_user_timeout_ms: self.tcp_user_timeout_ms,
+            server_side: self.server_side_keepalives,
         }
     }
 }
@@ -280,6 +286,8 @@ pub struct PostgresLink {
     pub keepalive_retries: u32,
     /// 0: the kernel's default.
     pub tcp_user_timeout_ms: u32,
+    /// Whether the server is asked for the same on its side of the session.
+    pub server_side: bool,
 }
 
 impl Default for PostgresLink {
@@ -298,9 +306,13 @@ impl PostgresLink {
             .then(|| Duration::from_secs(idle).max(Duration::from_millis(self.tcp_user_timeout_ms.into())))
     }
 
-    /// The server-side half, as `(parameter, value)` start-up options for the session.
+    /// The server-side half, as `(parameter, value)` start-up options for the session (none
+    /// when the server is not to be asked).
     pub fn server_options(&self) -> Vec<(&'static str, String)> {
         let mut options = Vec::new();
+        if !self.server_side {
+            return options;
+        }
         if self.keepalives {
             options.push(("tcp_keepalives_idle", self.keepalive_idle_secs.to_string()));
             options.push(("tcp_keepalives_interval", self.keepalive_interval_secs.to_string()));
@@ -560,6 +572,13 @@ mod tests {
             let link = Settings::load(None).expect("loads").database.link();
             assert_eq!(link.detection_bound(), None, "nothing bounds an idle silent peer");
             assert_eq!(link.server_options(), [("tcp_user_timeout", "6000".to_owned())]);
+            Ok(())
+        });
+        Jail::expect_with(|jail| {
+            jail.set_env("OPENRISK_DATABASE__SERVER_SIDE_KEEPALIVES", "false");
+            let link = Settings::load(None).expect("loads").database.link();
+            assert!(link.server_options().is_empty(), "nothing PgBouncer would refuse");
+            assert_eq!(link.detection_bound(), Some(Duration::from_secs(6)), "the client's side still holds");
             Ok(())
         });
         Jail::expect_with(|jail| {

@@ -204,8 +204,8 @@ async fn probe_reads(world: &World, during: Duration) -> String {
     format!(
         "{} reads, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms, {failed} not 200",
         latencies.len(),
-        at(50.0),
-        at(99.0),
+        at(0.5),
+        at(0.99),
         latencies.last().copied().unwrap_or_default()
     )
 }
