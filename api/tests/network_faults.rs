@@ -76,7 +76,7 @@ fn p99_and_max(samples: &mut [Duration]) -> (Duration, Duration) {
 }
 
 #[tokio::test]
-async fn a_redis_link_that_drops_every_packet_delays_no_read_past_the_redis_timeout_and_ends_with_no_stale_entry() {
+async fn a_redis_link_that_drops_every_packet_hangs_no_read_opens_the_breaker_and_ends_with_no_stale_entry() {
     let link = NetworkLink::create(1);
     let redis = PrivateRedis::start_behind(&link);
     let app = spawn_app_with(RedisNamespace::on(&redis.url()), |_| {}, AppOptions::default()).await;
@@ -104,12 +104,14 @@ async fn a_redis_link_that_drops_every_packet_delays_no_read_past_the_redis_time
             }
         }
     }
+    // Reported, not asserted (no wall-clock assertions): the slowest read is the Redis timeout
+    // plus its Postgres query.
     let (p99, max) = p99_and_max(&mut latencies);
+    let redis_timeout = Duration::from_millis(app.app.state.settings.cache.redis_timeout_ms);
     eprintln!(
-        "reads during the blackhole: {} (p99 {p99:?}, max {max:?}), {bypassed} bypassed the cache",
+        "reads during the blackhole: {} (p99 {p99:?}, max {max:?}, Redis timeout {redis_timeout:?}), {bypassed} bypassed the cache",
         latencies.len()
     );
-    let redis_timeout = Duration::from_millis(app.app.state.settings.cache.redis_timeout_ms);
     assert!(bypassed > 0, "reads went to Postgres while Redis was silent");
     let metrics = app.metrics().await;
     assert!(metrics.contains("openrisk_cache_degraded 1"), "the breaker opened");

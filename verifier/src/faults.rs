@@ -216,34 +216,8 @@ pub async fn inject(world: &World, fault: Fault, rng: &mut StdRng) -> anyhow::Re
             let index = rng.random_range(0..world.invalidators.len());
             let sql = world.sql().await?;
             let mut replica = world.invalidators[index].lock().await;
-            let ports = tcp_ports_of(replica.pid);
-            // Pause Redis writes so every replica that claims a batch is stuck applying it,
-            // then commit a burst and SIGKILL the chosen replica once it holds claimed rows.
-            let mut conn = world.redis().await?;
-            let _: Vec<(String, ())> =
-                conn.on_every_master(redis::cmd("CLIENT").arg("PAUSE").arg(1500).arg("WRITE")).await?;
-            let paused = Instant::now();
-            let burst = sql
-                .execute(
-                    "UPDATE risks SET updated_at = now() WHERE deleted_at IS NULL AND title NOT LIKE 'probe%'",
-                    &[],
-                )
-                .await?;
-            let mut claimed = 0i64;
-            while claimed == 0 && paused.elapsed() < Duration::from_millis(1300) {
-                claimed = sql
-                    .query_one(
-                        "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
-                         WHERE a.application_name = 'openrisk-invalidator' AND a.client_port = ANY($1)
-                           AND l.relation = 'cache_outbox'::regclass AND l.granted",
-                        &[&ports],
-                    )
-                    .await?
-                    .get(0);
-                if claimed == 0 {
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-            }
+            // SIGKILL the chosen replica once it holds claimed rows.
+            let (burst, claimed) = burst_until_claimed(world, &sql, &tcp_ports_of(replica.pid)).await?;
             let backlog: i64 = sql.query_one("SELECT count(*) FROM cache_outbox", &[]).await?.get(0);
             replica.kill().await;
             let killed_at = Instant::now();
@@ -254,7 +228,7 @@ pub async fn inject(world: &World, fault: Fault, rng: &mut StdRng) -> anyhow::Re
             Ok(format!(
                 "burst of {burst} row changes under CLIENT PAUSE WRITE; SIGKILL {} {} ({backlog} events in the outbox); {left} left {:.1}s later; restarted",
                 replica.spec.name,
-                if claimed > 0 {
+                if claimed {
                     "while it held a claimed batch (mid-batch)"
                 } else {
                     "(it had claimed nothing: not mid-batch)"
@@ -365,6 +339,38 @@ pub async fn inject(world: &World, fault: Fault, rng: &mut StdRng) -> anyhow::Re
             .await
         }
     }
+}
+
+/// Pauses Redis writes (so every replica that claims a batch is stuck applying it), commits a
+/// burst of row changes, and waits up to 1.3 s for the replica whose client ports are `ports` to
+/// hold claimed outbox rows. Returns the rows changed and whether it claimed any.
+pub async fn burst_until_claimed(
+    world: &World,
+    sql: &tokio_postgres::Client,
+    ports: &[i32],
+) -> anyhow::Result<(u64, bool)> {
+    let mut conn = world.redis().await?;
+    let _: Vec<(String, ())> = conn.on_every_master(redis::cmd("CLIENT").arg("PAUSE").arg(1500).arg("WRITE")).await?;
+    let paused = Instant::now();
+    let burst = sql
+        .execute("UPDATE risks SET updated_at = now() WHERE deleted_at IS NULL AND title NOT LIKE 'probe%'", &[])
+        .await?;
+    while paused.elapsed() < Duration::from_millis(1300) {
+        let claimed: i64 = sql
+            .query_one(
+                "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+                 WHERE a.application_name = 'openrisk-invalidator' AND a.client_port = ANY($1)
+                   AND l.relation = 'cache_outbox'::regclass AND l.granted",
+                &[&ports],
+            )
+            .await?
+            .get(0);
+        if claimed > 0 {
+            return Ok((burst, true));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Ok((burst, false))
 }
 
 /// The replica pair of a replica run.

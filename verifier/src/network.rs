@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use openrisk_test_support::{LatencyRelay, NetworkLink, PrivatePostgres, PrivateRedis, with_database};
 
-use crate::faults::{Fault, tcp_ports_of};
+use crate::faults::{Fault, burst_until_claimed, tcp_ports_of};
 use crate::world::World;
 
 /// Longest wait for a fault's effect (a session ended, a connection replaced, a drained outbox).
@@ -80,24 +80,7 @@ async fn postgres_partition_one_invalidator(world: &World, network: &Network) ->
     let replica = world.invalidators[1].lock().await;
     let ports = tcp_ports_of(replica.pid);
     let sql = world.sql().await?;
-    // Redis writes paused: whichever replica claims the burst is stuck applying it.
-    let mut conn = world.redis().await?;
-    let _: Vec<(String, ())> = conn.on_every_master(redis::cmd("CLIENT").arg("PAUSE").arg(1500).arg("WRITE")).await?;
-    let paused = Instant::now();
-    sql.execute("UPDATE risks SET updated_at = now() WHERE deleted_at IS NULL AND title NOT LIKE 'probe%'", &[])
-        .await?;
-    let mut claimed = 0i64;
-    while claimed == 0 && paused.elapsed() < Duration::from_millis(1300) {
-        claimed = sql
-            .query_one(
-                "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
-                 WHERE a.application_name = 'openrisk-invalidator' AND a.client_port = ANY($1)
-                   AND l.relation = 'cache_outbox'::regclass AND l.granted",
-                &[&ports],
-            )
-            .await?
-            .get(0);
-    }
+    let (_, claimed) = burst_until_claimed(world, &sql, &ports).await?;
     let last_event: i64 = sql.query_one("SELECT coalesce(max(id), 0) FROM cache_outbox", &[]).await?.get(0);
     network.postgres.blackhole_address(network.postgres.server_address(1));
     let cut_at = Instant::now();
@@ -120,7 +103,7 @@ async fn postgres_partition_one_invalidator(world: &World, network: &Network) ->
     Ok(format!(
         "{} cut off from Postgres {}; the server ended its sessions {}, its /readyz answered 503 {}; every event committed before the cut applied {}",
         replica.spec.name,
-        if claimed > 0 { "while it held a claimed batch" } else { "(it had claimed nothing: not mid-batch)" },
+        if claimed { "while it held a claimed batch" } else { "(it had claimed nothing: not mid-batch)" },
         after(released),
         after(unready),
         after(caught_up),
