@@ -4,9 +4,10 @@
 //! installs them).
 //!
 //! Addresses are link-local and exist only on the pair: the host end is `169.254.<subnet>.1`, the
-//! servers inside answer on `169.254.<subnet>.10` and up. A subnet is taken by creating the
-//! namespace `openrisk-link-<subnet>` (atomic, so parallel test processes never share one); a
-//! namespace left behind by a test process that died is reclaimed.
+//! servers inside answer on `169.254.<subnet>.10` and up. A process takes a subnet by recording
+//! its pid in `openrisk-link-<subnet>.owner` under the temporary directory, one claim at a time
+//! under a lock file, so parallel test processes never share one; whatever a process that died
+//! left behind (its namespace, the servers in it, its veth pair) is removed by the next claim.
 
 use std::net::Ipv4Addr;
 use std::process::{Command, Stdio};
@@ -36,49 +37,33 @@ impl NetworkLink {
         static LINKS: AtomicU32 = AtomicU32::new(0);
         let seed = std::process::id().wrapping_mul(31).wrapping_add(LINKS.fetch_add(1, Ordering::Relaxed) * 7);
         let span = u32::from(*SUBNETS.end() - *SUBNETS.start()) + 1;
+        // Claims are made one at a time, across processes, under a lock file.
+        let lock = std::fs::File::create(std::env::temp_dir().join("openrisk-links.lock")).expect("links lock file");
+        lock.lock().expect("lock the links");
         for attempt in 0..span {
             let subnet = *SUBNETS.start() + ((seed + attempt) % span) as u8;
-            if subnet == METADATA_SUBNET {
+            if subnet == METADATA_SUBNET || owner_alive(subnet) {
                 continue;
             }
-            if let Some(link) = Self::claim(subnet, servers) {
-                link.set_up();
-                return link;
-            }
+            let link = Self {
+                subnet,
+                namespace: format!("openrisk-link-{subnet}"),
+                host_interface: format!("orlink{subnet}h"),
+                inner_interface: format!("orlink{subnet}n"),
+                servers,
+            };
+            // Whatever a dead owner left behind goes first.
+            link.remove();
+            std::fs::write(owner_file(subnet), std::process::id().to_string()).expect("record the link's owner");
+            run("ip", &["netns", "add", &link.namespace]);
+            drop(lock);
+            link.set_up();
+            return link;
         }
         panic!("no free 169.254.x.0/24 subnet for a test link");
     }
 
-    /// Takes `subnet` by creating its namespace, reclaiming one whose owner process is gone.
-    fn claim(subnet: u8, servers: u8) -> Option<Self> {
-        let namespace = format!("openrisk-link-{subnet}");
-        let link = Self {
-            subnet,
-            host_interface: format!("orlink{subnet}h"),
-            inner_interface: format!("orlink{subnet}n"),
-            namespace,
-            servers,
-        };
-        if !quiet(Command::new("ip").args(["netns", "add", &link.namespace])) {
-            let owner = std::fs::read_to_string(link.owner_file()).ok().and_then(|pid| pid.trim().parse::<u32>().ok());
-            if owner.is_some_and(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists()) {
-                return None;
-            }
-            link.remove();
-            if !quiet(Command::new("ip").args(["netns", "add", &link.namespace])) {
-                return None;
-            }
-        }
-        std::fs::write(link.owner_file(), std::process::id().to_string()).expect("record the link's owner");
-        Some(link)
-    }
-
-    fn owner_file(&self) -> std::path::PathBuf {
-        std::env::temp_dir().join(format!("{}.owner", self.namespace))
-    }
-
     fn set_up(&self) {
-        let _ = quiet(Command::new("ip").args(["link", "del", &self.host_interface]));
         let host = format!("{}/24", self.host_address());
         run("ip", &["link", "add", &self.host_interface, "type", "veth", "peer", "name", &self.inner_interface]);
         run("ip", &["link", "set", &self.inner_interface, "netns", &self.namespace]);
@@ -180,7 +165,7 @@ impl NetworkLink {
         }
         let _ = quiet(Command::new("ip").args(["netns", "del", &self.namespace]));
         let _ = quiet(Command::new("ip").args(["link", "del", &self.host_interface]));
-        let _ = std::fs::remove_file(self.owner_file());
+        let _ = std::fs::remove_file(owner_file(self.subnet));
     }
 }
 
@@ -188,6 +173,17 @@ impl Drop for NetworkLink {
     fn drop(&mut self) {
         self.remove();
     }
+}
+
+/// Where the process that holds `subnet` records its pid.
+fn owner_file(subnet: u8) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("openrisk-link-{subnet}.owner"))
+}
+
+/// Whether a live process holds `subnet`.
+fn owner_alive(subnet: u8) -> bool {
+    let owner = std::fs::read_to_string(owner_file(subnet)).ok().and_then(|pid| pid.trim().parse::<u32>().ok());
+    owner.is_some_and(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists())
 }
 
 fn run(program: &str, args: &[&str]) {
