@@ -8,6 +8,7 @@
 #
 #   load_tests/hit_instructions.sh              # 2000 requests per route after 300 warm-up
 #   REQUESTS=5000 load_tests/hit_instructions.sh
+#   API_BASELINE=/tmp/openrisk-api-before load_tests/hit_instructions.sh   # and another API binary
 #
 # Each server's counters are zeroed after the warm-up (callgrind_control -z) and read after the
 # measured requests (callgrind_control -e Ir); instructions per request = that total / REQUESTS. One client
@@ -60,7 +61,7 @@ tenant=$(psql "$DATABASE_URL" -AtXc "SELECT id FROM tenants LIMIT 1")
 risk=$(psql "$DATABASE_URL" -AtXc "SELECT r.id FROM risks r JOIN risk_assets a ON a.risk_id = r.id LIMIT 1")
 token=$("$bin/openrisk-api" token create --tenant "$tenant" --role analyst --name hit 2>/dev/null)
 detail="/api/v1/risks/$risk"
-list="/api/v1/risks?limit=20"
+list="/api/v1/risks?sort_by=score&sort_dir=desc&page=1&limit=20"
 
 # measure PORT PATH COUNT [TOKEN]: COUNT keep-alive GETs on one connection, every answer 200.
 measure() {
@@ -92,20 +93,28 @@ instructions() {
 }
 
 # A server of each kind under callgrind; each answers once it is up (slowly, under valgrind).
-API_ADDR="127.0.0.1:$api_port" METRICS_ADDR="127.0.0.1:$metrics_port" \
-    valgrind --tool=callgrind --callgrind-out-file="$OUT/callgrind.out.api.%p" "$bin/openrisk-api" serve >"$OUT/api.log" 2>&1 &
-api_pid=$!
-pids+=("$api_pid")
+# start_api NAME BINARY PORT METRICS_PORT: an API under callgrind; sets api_pid.
+start_api() {
+    API_ADDR="127.0.0.1:$3" METRICS_ADDR="127.0.0.1:$4" \
+        valgrind --tool=callgrind --callgrind-out-file="$OUT/callgrind.out.$1.%p" "$2" serve >"$OUT/$1.log" 2>&1 &
+    api_pid=$!
+    pids+=("$api_pid")
+    for _ in $(seq 600); do curl -fsS -o /dev/null "http://127.0.0.1:$3/healthz" 2>/dev/null && return; sleep 0.1; done
+    echo "$1 did not start" >&2
+    return 1
+}
+if [ -n "${API_BASELINE:-}" ]; then
+    baseline_port=$(free_port)
+    start_api baseline "$API_BASELINE" "$baseline_port" "$(free_port)"
+    baseline_pid=$api_pid
+fi
+start_api api "$bin/openrisk-api" "$api_port" "$metrics_port"
 valgrind --tool=callgrind --callgrind-out-file="$OUT/callgrind.out.ceiling.%p" \
     "$bin/ceiling" --addr "127.0.0.1:$ceiling_port" --redis-url "$REDIS_URL" --key hit:ceiling \
     --key-prefix hit >"$OUT/ceiling.log" 2>&1 &
 ceiling_pid=$!
 pids+=("$ceiling_pid")
-for _ in $(seq 600); do
-    curl -fsS -o /dev/null "http://127.0.0.1:$api_port/healthz" 2>/dev/null &&
-        (exec 3<>"/dev/tcp/127.0.0.1/$ceiling_port") 2>/dev/null && break
-    sleep 0.1
-done
+for _ in $(seq 600); do (exec 3<>"/dev/tcp/127.0.0.1/$ceiling_port") 2>/dev/null && break; sleep 0.1; done
 curl -fsS -H "Authorization: Bearer $token" "http://127.0.0.1:$api_port$detail" -o "$OUT/detail.json"
 curl -fsS -H "Authorization: Bearer $token" "http://127.0.0.1:$api_port$list" -o "$OUT/list.json"
 redis-cli -p "$redis_port" -x SET hit:ceiling <"$OUT/detail.json" >/dev/null
@@ -117,8 +126,13 @@ instructions ceiling "$ceiling_pid" "$ceiling_port" /ceiling
 instructions detail "$api_pid" "$api_port" "$detail" "$token"
 instructions ceiling-list "$ceiling_pid" "$ceiling_port" /ceiling/list
 instructions list "$api_pid" "$api_port" "$list" "$token"
+if [ -n "${API_BASELINE:-}" ]; then
+    instructions baseline-detail "$baseline_pid" "$baseline_port" "$detail" "$token"
+    instructions baseline-list "$baseline_pid" "$baseline_port" "$list" "$token"
+fi
 awk '{ n[$1] = $2 } END {
     printf "detail ÷ ceiling %.2f, list ÷ ceiling-list %.2f (instructions per request)\n", n["detail"] / n["ceiling"], n["list"] / n["ceiling-list"]
+    if (n["baseline-detail"] > 0) printf "this API ÷ baseline: detail %.2f, list %.2f\n", n["detail"] / n["baseline-detail"], n["list"] / n["baseline-list"]
 }' "$OUT/summary.txt" | tee -a "$OUT/summary.txt"
-for pid in "$api_pid" "$ceiling_pid"; do callgrind_control --dump "$pid" >/dev/null; done
+for pid in "$api_pid" "$ceiling_pid" ${baseline_pid:-}; do callgrind_control --dump "$pid" >/dev/null; done
 log "callgrind profiles in $OUT (callgrind_annotate FILE | head -60)"

@@ -28,6 +28,10 @@ pub async fn answer_hits_first<E: Endpoint>(endpoint: Arc<E>, mut request: Reque
         return endpoint.call(request).await.map(IntoResponse::into_response);
     };
     let read = plain.read(verified.principal.tenant_id);
+    // A tenant over its list budget reads lists around the cache: the handler decides that.
+    if plain.is_list() && state.variant_budget.exhausted(read.tenant, read.route) {
+        return endpoint.call(request).await.map(IntoResponse::into_response);
+    }
     let span = tracing::Span::current();
     span.record("route", read.route);
     span.record("tenant", tracing::field::display(read.tenant));

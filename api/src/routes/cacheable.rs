@@ -52,6 +52,11 @@ impl PlainRead {
         }
     }
 
+    /// Whether this is a list read, which the tenant's entry budget limits.
+    pub fn is_list(&self) -> bool {
+        matches!(self, Self::RiskList(_))
+    }
+
     /// What the route's handler reads for `tenant`.
     pub fn read(&self, tenant: Uuid) -> CacheableRead {
         match *self {
