@@ -12,6 +12,7 @@ use tokio_postgres::Client;
 
 use uuid::Uuid;
 
+use crate::check::wait_drained;
 use crate::faults::PG_GRACE;
 use crate::procs::Proc;
 use crate::urls::{ReadUrl, risk_detail};
@@ -30,8 +31,8 @@ pub enum PrimaryStop {
     /// `pg_ctl stop -m fast`: the replica receives every record before the primary exits.
     Clean,
     /// The replica's WAL stream cut (replication refused by the primary, its sender terminated),
-    /// 1.5 s of commits (one of them served by the cache before the crash), then SIGQUIT: commits
-    /// the cache holds are lost with the old primary.
+    /// 1.5 s of commits, a marker's new title committed and served by the cache, then SIGQUIT:
+    /// commits the cache holds are lost with the old primary.
     CrashAhead,
 }
 
@@ -112,11 +113,12 @@ async fn fail_over(world: &World, pair: &'static ReplicaPair, stop: PrimaryStop)
     ))
 }
 
-/// Cuts the replica's WAL stream, commits a new title of a marker risk (no writer touches risks
-/// named `probe…`) that the cached API then serves, lets the workload commit on the primary alone,
-/// and crashes the primary. The cache then holds the marker's lost title (and whatever else it
-/// filled from lost commits): only the flush keeps it from outliving the promotion. Returns how
-/// many WAL bytes the replica never received, and the marker's URL.
+/// Cuts the replica's WAL stream, lets the workload commit on the primary alone, then holds the
+/// writers, commits a new title of a marker risk (no writer touches risks named `probe…`) that the
+/// cached API then serves, and crashes the primary. The cache then holds the marker's lost title
+/// (and whatever else it filled from lost commits): only the flush keeps it from outliving the
+/// promotion. Returns how many WAL bytes the replica never received, and the marker (which keeps
+/// the writers held).
 async fn crash_ahead_of_the_replica<'w>(
     world: &'w World,
     pair: &'static ReplicaPair,
@@ -136,13 +138,15 @@ async fn crash_ahead_of_the_replica<'w>(
     primary.batch_execute("SELECT pg_reload_conf()").await?;
     tokio::time::sleep(Duration::from_millis(200)).await;
     primary.batch_execute("SELECT pg_terminate_backend(pid) FROM pg_stat_replication").await?;
-    let cut = Instant::now();
-    primary.execute("UPDATE risks SET title = 'probe failover, lost' WHERE id = $1", &[&marker]).await?;
-    let served = served_until(world, tenant, &read.path, "probe failover, lost").await;
-    tokio::time::sleep(Duration::from_millis(1500).saturating_sub(cut.elapsed())).await;
-    // From here until the marker is compared, no writer may touch the new primary (a write of the
-    // marker's tenant would invalidate the entry holding the lost title).
+    // The workload commits on the primary alone (all of it lost with the crash).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Writers held from here until the marker is compared, and every event drained, so nothing
+    // invalidates the entry that will hold the marker's lost title.
     let writers_held = world.gate.write().await;
+    wait_drained(world, Duration::from_secs(10)).await.map_err(anyhow::Error::msg)?;
+    primary.execute("UPDATE risks SET title = 'probe failover, lost' WHERE id = $1", &[&marker]).await?;
+    wait_drained(world, Duration::from_secs(10)).await.map_err(anyhow::Error::msg)?;
+    let served = served_until(world, tenant, &read.path, "probe failover, lost").await;
     let end: String = primary.query_one("SELECT pg_current_wal_lsn()::text", &[]).await?.get(0);
     world.primary_crashes.lock().unwrap().push(Instant::now());
     tokio::task::spawn_blocking(move || pair.crash_primary()).await?;
