@@ -313,15 +313,23 @@ impl ReplicaPair {
 
     /// Copies `from` into `into`'s (absent) data directory as a streaming replica of it.
     fn base_backup(&self, from: Server, into: Server) {
-        let status = as_postgres_user(Command::new(self.bin.join("pg_basebackup")))
-            .args(["-h", "127.0.0.1", "-p", &from.port.to_string(), "-U", "postgres"])
-            .args(["-R", "-X", "stream", "--no-sync", "-c", "fast", "-D"])
-            .arg(self.data(into))
+        let port = from.port.to_string();
+        let args = ["-h", "127.0.0.1", "-p", &port, "-U", "postgres", "-R", "-X", "stream", "--no-sync", "-c", "fast"];
+        self.run_on_data("pg_basebackup", &args, into);
+    }
+
+    /// Runs one of the server tools as the postgres user with `args`, then `-D` and `server`'s
+    /// data directory; panics when it fails.
+    fn run_on_data(&self, tool: &str, args: &[&str], server: Server) {
+        let status = as_postgres_user(Command::new(self.bin.join(tool)))
+            .args(args)
+            .arg("-D")
+            .arg(self.data(server))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status()
-            .expect("run pg_basebackup");
-        assert!(status.success(), "pg_basebackup failed");
+            .unwrap_or_else(|error| panic!("run {tool}: {error}"));
+        assert!(status.success(), "{tool} {} failed", args.join(" "));
     }
 
     /// Writes the roles where the other test processes of the run find them.
@@ -370,14 +378,7 @@ impl ReplicaPair {
     /// `pg_controldata`: a replica that has replayed past it holds every commit of the primary.
     pub fn stop_primary(&self) -> String {
         let primary = self.roles().primary;
-        let status = as_postgres_user(Command::new(self.bin.join("pg_ctl")))
-            .args(["stop", "-m", "fast", "-w", "-t", "60", "-D"])
-            .arg(self.data(primary))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .expect("run pg_ctl stop");
-        assert!(status.success(), "pg_ctl stop -m fast failed");
+        self.run_on_data("pg_ctl", &["stop", "-m", "fast", "-w", "-t", "60"], primary);
         let control = as_postgres_user(Command::new(self.bin.join("pg_controldata")))
             .arg("-D")
             .arg(self.data(primary))
@@ -416,14 +417,7 @@ impl ReplicaPair {
     /// pair's primary; the stopped old primary becomes the replica to rebuild.
     pub fn promote_replica(&self) {
         let mut roles = self.roles.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let status = as_postgres_user(Command::new(self.bin.join("pg_ctl")))
-            .args(["promote", "-w", "-t", "60", "-D"])
-            .arg(self.data(roles.replica))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .expect("run pg_ctl promote");
-        assert!(status.success(), "pg_ctl promote failed");
+        self.run_on_data("pg_ctl", &["promote", "-w", "-t", "60"], roles.replica);
         *roles = Roles { primary: roles.replica, replica: roles.primary };
         self.record(*roles);
     }
