@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use openrisk_test_support::{ReplicaPair, with_database};
 use tokio_postgres::Client;
-
 use uuid::Uuid;
 
 use crate::check::wait_drained;
