@@ -8,10 +8,11 @@
 #
 # Installs what it lacks (Debian's prometheus, prometheus-alertmanager, prometheus-redis-exporter,
 # prometheus-postgres-exporter and python3-yaml; their services are kept from starting), builds the
-# API and the invalidator, then runs deployment/live/driver.py: private PostgreSQL and Redis, the
-# API, two invalidators, both exporters, Alertmanager and Prometheus on free loopback ports, with
-# the project's own configuration (see driver.py for what is rewritten). Ends with
-# "N passed, M failed" and exits non-zero on failure; every process it started is stopped on exit.
+# API and the invalidator, then runs deployment/live/driver.py: private PostgreSQL (with a
+# streaming replica the API reads from) and Redis, the API, two invalidators, both exporters,
+# Alertmanager and Prometheus on free loopback ports, with the project's own configuration (see
+# driver.py for what is rewritten). Ends with "N passed, M failed" and exits non-zero on failure;
+# every process it started is stopped on exit.
 # Logs: $CARGO_TARGET_DIR/live/logs (or target/live/logs).
 set -euo pipefail
 cd "$(dirname "$0")/.."

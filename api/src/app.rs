@@ -2,6 +2,7 @@
 //! metrics endpoint on its own address, and servers that can be spawned on any address (port 0
 //! in tests) and shut down gracefully.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -28,6 +29,7 @@ use crate::connection_limits::LimitedAcceptor;
 use crate::db::Db;
 use crate::db::replicas::ReadRouter;
 use crate::error::{ApiError, problem_from_poem_error};
+use crate::hit_path::AnsweredRoute;
 use crate::metrics::Metrics;
 use crate::routes::{AssetsApi, HealthApi, MitigationsApi, RisksApi, StatsApi, TokensApi};
 use crate::variant_budget::VariantBudget;
@@ -198,6 +200,7 @@ pub fn routes(state: Arc<AppState>) -> BoxEndpoint<'static, Response> {
             }
             response
         })
+        .around(crate::hit_path::answer_hits_first)
         .data(state)
         .around(move |endpoint, request| {
             let metrics = metrics.clone();
@@ -290,12 +293,13 @@ async fn record_request<E: Endpoint>(
         Ok(response) => response.into_response(),
         Err(error) => problem_from_poem_error(error, &[]),
     };
-    let route = response
-        .data::<poem::PathPattern>()
-        .map(|pattern| route_template(&pattern.0))
-        .unwrap_or_else(|| "unmatched".to_owned());
+    let route = match (response.data::<AnsweredRoute>(), response.data::<poem::PathPattern>()) {
+        (Some(answered), _) => Cow::Borrowed(answered.0),
+        (None, Some(pattern)) => Cow::Owned(route_template(&pattern.0)),
+        (None, None) => Cow::Borrowed("unmatched"),
+    };
     if !recorded.0.load(Ordering::Relaxed) {
-        tracing::Span::current().record("route", route.as_str());
+        tracing::Span::current().record("route", &*route);
     }
     if let Ok(value) = poem::http::HeaderValue::from_str(&request_id) {
         response.headers_mut().insert(REQUEST_ID_HEADER, value);

@@ -8,6 +8,7 @@ pub mod cli;
 pub mod connection_limits;
 pub mod db;
 pub mod error;
+pub mod hit_path;
 pub mod hygiene;
 pub mod metrics;
 pub mod model;

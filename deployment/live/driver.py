@@ -2,16 +2,16 @@
 """The live monitoring test; run it through deployment/live.sh, which installs the servers and
 builds the binaries first.
 
-Starts, on free loopback ports and in a scratch directory: a private PostgreSQL and Redis, the
-API, two invalidator replicas, Debian's Redis and Postgres exporters, an Alertmanager with the
-project's alertmanager.yml (receivers pointed at a webhook served here, notification timings
-shortened) and a Prometheus with the project's prometheus.yml (targets and intervals rewritten),
-recording rules and alert rules (only the `for:` durations replaced, from deployment/live/for.yml).
-Then it drives reads and writes through the API and through SQL, checks through Prometheus's HTTP
-API that every recording rule and every Grafana panel query has data that agrees with what it
-did, injects faults, and watches each expected alert fire in Prometheus, reach the webhook through
-Alertmanager and resolve after recovery. It prints a table of the timings and ends with
-"N passed, M failed".
+Starts, on free loopback ports and in a scratch directory: a private PostgreSQL with a streaming
+replica (the API reads misses from it) and Redis, the API, two invalidator replicas, Debian's Redis
+and Postgres exporters, an Alertmanager with the project's alertmanager.yml (receivers pointed at a
+webhook served here, notification timings shortened) and a Prometheus with the project's
+prometheus.yml (targets and intervals rewritten), recording rules and alert rules (only the `for:`
+durations replaced, from deployment/live/for.yml). Then it drives reads and writes through the API
+and through SQL, checks through Prometheus's HTTP API that every recording rule and every Grafana
+panel query has data that agrees with what it did, injects faults, and watches each expected alert
+fire in Prometheus, reach the webhook through Alertmanager and resolve after recovery. It prints a
+table of the timings and ends with "N passed, M failed".
 
 Environment: LIVE_SUBSET=ci|full (default full), LIVE_BIN_DIR (the binaries; default
 $CARGO_TARGET_DIR/debug), LIVE_REPORT_DIR (logs; default $CARGO_TARGET_DIR/live), PG_BIN_DIR,
@@ -207,24 +207,34 @@ def pg_bin_dir():
 
 
 class Postgres:
-    def __init__(self, work):
+    """A private server: a primary of its own (initdb), or with `replica_of` a streaming replica
+    of that primary (`pg_basebackup -R` on first start; hot standby answers reads)."""
+
+    def __init__(self, work, name="postgres", replica_of=None):
         self.bin = pg_bin_dir()
-        self.dir = os.path.join(work, "pg")
+        self.dir = os.path.join(work, name)
+        self.data = os.path.join(self.dir, "data")
         self.port = free_port()
+        self.replica_of = replica_of
         os.makedirs(self.dir)
         user = None
         if os.geteuid() == 0:
             shutil.chown(self.dir, "postgres", "postgres")
             user = "postgres"
-        kwargs = {"user": user} if user else {}
-        subprocess.run([os.path.join(self.bin, "initdb"), "-A", "trust", "-U", "postgres", "--no-sync",
-                        "-D", os.path.join(self.dir, "data")], check=True, capture_output=True, **kwargs)
-        self.proc = Proc("postgres", [os.path.join(self.bin, "postgres"), "-D", os.path.join(self.dir, "data"),
-                                      "-p", str(self.port), "-k", self.dir, "-c", "listen_addresses=127.0.0.1",
-                                      "-c", "fsync=off", "-c", "full_page_writes=off", "-c", "max_connections=200"],
+        self.run_as = {"user": user} if user else {}
+        if replica_of is None:
+            subprocess.run([os.path.join(self.bin, "initdb"), "-A", "trust", "-U", "postgres", "--no-sync",
+                            "-D", self.data], check=True, capture_output=True, **self.run_as)
+        self.proc = Proc(name, [os.path.join(self.bin, "postgres"), "-D", self.data,
+                                "-p", str(self.port), "-k", self.dir, "-c", "listen_addresses=127.0.0.1",
+                                "-c", "fsync=off", "-c", "full_page_writes=off", "-c", "max_connections=200"],
                          user=user)
 
     def start(self):
+        if self.replica_of is not None and not os.path.exists(self.data):
+            subprocess.run([os.path.join(self.bin, "pg_basebackup"), "-h", "127.0.0.1", "-p",
+                            str(self.replica_of.port), "-U", "postgres", "-R", "-X", "stream", "--no-sync",
+                            "-c", "fast", "-D", self.data], check=True, capture_output=True, **self.run_as)
         self.proc.start()
         argv = [os.path.join(self.bin, "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(self.port)]
         if not wait_until("postgres", lambda: subprocess.run(argv).returncode == 0, 30):
@@ -667,6 +677,7 @@ class Stack:
     def __init__(self, work):
         self.work = work
         self.pg = Postgres(work)
+        self.replica = Postgres(work, "postgres-replica", replica_of=self.pg)
         self.redis = Redis(work)
         self.api_port = free_port()
         self.api_metrics_port = free_port()
@@ -679,6 +690,7 @@ class Stack:
 
     def api_env(self):
         return binary_env(DATABASE_URL=self.pg.url(), REDIS_URL=self.redis.url(),
+                          DATABASE_REPLICA_URLS=self.replica.url(),
                           API_ADDR=f"127.0.0.1:{self.api_port}", METRICS_ADDR=f"127.0.0.1:{self.api_metrics_port}",
                           OPENRISK_LOG__FORMAT="json",
                           OPENRISK_LOG__FILTER="info,openrisk_api::app=debug", OPENRISK_POOL__MAX_CONNECTIONS=10,
@@ -709,6 +721,7 @@ class Stack:
     def start(self):
         log(f"work directory {self.work}, logs in {LOGS}")
         self.pg.start()
+        self.replica.start()
         self.pg.sql("CREATE DATABASE openrisk", database="postgres")
         self.redis.start()
         self.run_api("migrate")
@@ -957,6 +970,14 @@ def check_values(stack):
     actual = int(pg.value("SELECT count(*) FROM pg_stat_activity WHERE datname = 'openrisk'"))
     R.check("panel 'PostgreSQL connections' backends within 3 of pg_stat_activity",
             backends is not None and abs(backends - actual) <= 3, f"prometheus {backends}, psql {actual}")
+    in_rotation = prom.scalar("min(openrisk_db_replica_in_rotation)")
+    R.check("panel 'Read replicas in rotation' shows the streaming replica in rotation", in_rotation == 1,
+            str(in_rotation))
+    lag = prom.scalar("max(openrisk_db_replica_lag_seconds)")
+    R.check("panel 'Read replica lag' is under the 1 s rotation limit", lag is not None and 0 <= lag < 1, str(lag))
+    by_target = {m["target"]: v for m, v in prom.query("sum by (target) (openrisk_db_reads_total)")}
+    R.check("panel 'Database reads by target' counts reads from the replica and from the primary",
+            by_target.get("replica", 0) > 0 and by_target.get("primary", 0) > 0, str(by_target))
     firing = sorted({a["labels"]["alertname"] for a in prom.alerts()})
     R.check("no alert pending or firing before the faults", not firing, ", ".join(firing))
     stack.workload.resume()
@@ -1180,6 +1201,30 @@ class Faults:
         stack.start_invalidator(1)
         self.await_resolved(rows, recovered, 30)
 
+    def read_replica_stopped(self):
+        stack = self.stack
+        fault = "read replica stopped (fast shutdown), reads continuing"
+        log(f"fault: {fault}")
+        since = now()
+        stack.replica.proc.stop(signal.SIGINT)
+        rows = self.await_firing(fault, ["OpenRiskReadReplicaOutOfRotation"], since, 30)
+        try:
+            status, body = http_get(f"http://127.0.0.1:{stack.api_port}/readyz")
+            ready = json.loads(body)
+        except (OSError, ValueError) as error:
+            status, ready = None, str(error)
+        R.check(f"{fault}: /readyz stays 200, degraded, with the replica down",
+                status == 200 and ready.get("status") == "degraded"
+                and [r.get("status") for r in ready.get("replicas", [])] == ["down"], f"{status} {ready}")
+        before = stack.prom.scalar('sum(openrisk_db_reads_total{target="primary"})') or 0
+        stack.workload.read_round()
+        stack.prom.wait_scraped()
+        after = stack.prom.scalar('sum(openrisk_db_reads_total{target="primary"})') or 0
+        R.check(f"{fault}: misses are read from the primary meanwhile", after > before, f"{before} -> {after}")
+        recovered = now()
+        stack.replica.start()
+        self.await_resolved(rows, recovered, 30)
+
     def listener(self):
         stack = self.stack
         fault = "invalidator replica 2 without LISTEN (restarted in poll mode, labelled listen)"
@@ -1358,9 +1403,10 @@ class Faults:
 PLANS = {
     # (name, method); order matters: see the comments in deployment/README.md.
     "ci": ["poison_row", "replica_killed", "all_replicas_stopped", "api_killed", "listener",
-           "postgres_connections", "redis_stopped"],
+           "postgres_connections", "read_replica_stopped", "redis_stopped"],
     "full": ["poison_row", "api_killed", "eviction_policy", "redis_memory", "postgres_connections", "replica_killed",
-             "listener", "all_replicas_stopped", "database_lock", "hit_ratio", "redis_stopped"],
+             "listener", "all_replicas_stopped", "read_replica_stopped", "database_lock", "hit_ratio",
+             "redis_stopped"],
 }
 
 

@@ -7,7 +7,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prometheus::{IntCounter, IntGauge, Registry};
-use redis::Value;
 use serde::Serialize;
 
 use crate::redis_connection::RedisConnection;
@@ -59,9 +58,11 @@ impl ClusterView {
         let slots_ok = infos.iter().map(|(_, info)| number(info, "cluster_slots_ok")).min().unwrap_or(0);
         let state_ok =
             !infos.is_empty() && infos.iter().all(|(_, info)| field(info, "cluster_state").as_deref() == Some("ok"));
-        let slots: Vec<(String, Value)> =
-            connection.on_every_master(&redis::cmd("CLUSTER").arg("SLOTS").clone()).await?;
-        let ranges = slots.into_iter().next().map(|(_, reply)| parse_slots(reply)).unwrap_or_default();
+        // CLUSTER NODES, not CLUSTER SLOTS: the latter leaves out replicas whose replication
+        // offset the answering node has not heard yet (as after a start), and a failover would
+        // then look like slots moving to a stranger.
+        let nodes: Vec<(String, String)> = connection.on_every_master(redis::cmd("CLUSTER").arg("NODES")).await?;
+        let ranges = nodes.into_iter().next().map(|(_, reply)| parse_nodes(&reply)).unwrap_or_default();
         Ok(Some(Self { known_nodes, slots_ok, state_ok, ranges }))
     }
 
@@ -91,32 +92,25 @@ impl ClusterView {
     }
 }
 
-/// `CLUSTER SLOTS`: `[first, last, [ip, port, id, …], [replica ip, port, id, …]…]` per range.
-fn parse_slots(reply: Value) -> Vec<SlotRange> {
-    let Value::Array(ranges) = reply else { return Vec::new() };
-    let node_id = |node: &Value| match node {
-        Value::Array(fields) => match fields.get(2) {
-            Some(Value::BulkString(id)) => Some(String::from_utf8_lossy(id).into_owned()),
-            Some(Value::SimpleString(id)) => Some(id.clone()),
-            _ => None,
-        },
-        _ => None,
+/// `CLUSTER NODES`: a line per node, `<id> <address> <flags> <master id or -> <ping> <pong>
+/// <epoch> <link> <slots…>`, where a master's slots are `first-last` or a single slot (and
+/// `[slot->-id]`/`[slot-<-id]` for a migration in progress, which do not change the owner).
+fn parse_nodes(reply: &str) -> Vec<SlotRange> {
+    let lines: Vec<Vec<&str>> = reply.lines().map(|line| line.split_whitespace().collect()).collect();
+    let replicas_of = |master: &str| -> Vec<String> {
+        lines.iter().filter(|fields| fields.get(3) == Some(&master)).map(|fields| fields[0].to_owned()).collect()
     };
+    let mut ranges = Vec::new();
+    for fields in lines.iter().filter(|fields| fields.len() > 8) {
+        let master = fields[0];
+        for slots in fields[8..].iter().filter(|slots| !slots.starts_with('[')) {
+            let (first, last) = slots.split_once('-').unwrap_or((slots, slots));
+            if let (Ok(first), Ok(last)) = (first.parse(), last.parse()) {
+                ranges.push(SlotRange { first, last, master: master.to_owned(), replicas: replicas_of(master) });
+            }
+        }
+    }
     ranges
-        .into_iter()
-        .filter_map(|range| {
-            let Value::Array(parts) = range else { return None };
-            let slot = |value: &Value| match value {
-                Value::Int(slot) => u16::try_from(*slot).ok(),
-                _ => None,
-            };
-            let first = slot(parts.first()?)?;
-            let last = slot(parts.get(1)?)?;
-            let master = node_id(parts.get(2)?)?;
-            let replicas = parts.iter().skip(3).filter_map(node_id).collect();
-            Some(SlotRange { first, last, master, replicas })
-        })
-        .collect()
 }
 
 /// The latest view, as `/readyz` reports it.
@@ -268,6 +262,28 @@ mod tests {
         let before = view(&[(0, 8191, "a", &["a1"]), (8192, 16383, "b", &["b1"])]);
         let after = view(&[(0, 8191, "a1", &[]), (8192, 16383, "b", &["b1"])]);
         assert_eq!(after.changes_since(&before), ClusterChanges { failovers: 1, slots_moved: 0 });
+    }
+
+    #[test]
+    fn cluster_nodes_gives_every_master_its_ranges_and_replicas_whatever_their_offsets() {
+        let reply = "\
+a 127.0.0.1:7000@17000 myself,master - 0 0 1 connected 0-5460 [5461->-b]
+b 127.0.0.1:7001@17001 master - 0 0 2 connected 5461-10922 16000
+a1 127.0.0.1:7003@17003 slave a 0 0 1 connected
+b1 127.0.0.1:7004@17004 slave,fail b 0 0 2 disconnected
+c 127.0.0.1:7002@17002 master,fail - 0 0 3 disconnected
+";
+        let ranges = parse_nodes(reply);
+        let owners: Vec<(u16, u16, &str, Vec<&str>)> = ranges
+            .iter()
+            .map(|range| {
+                (range.first, range.last, range.master.as_str(), range.replicas.iter().map(String::as_str).collect())
+            })
+            .collect();
+        assert_eq!(
+            owners,
+            vec![(0, 5460, "a", vec!["a1"]), (5461, 10922, "b", vec!["b1"]), (16000, 16000, "b", vec!["b1"])]
+        );
     }
 
     #[test]

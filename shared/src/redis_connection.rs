@@ -17,7 +17,7 @@ use std::time::Duration;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::{ClusterClient, ClusterClientBuilder, ClusterConfig};
 use redis::cluster_async::ClusterConnection;
-use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo};
+use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::{Cmd, FromRedisValue, Pipeline, RedisFuture, RedisResult, Value};
 
 /// Why a Redis URL cannot be used.
@@ -221,6 +221,12 @@ impl RedisConnection {
 
     /// Runs a keyless command on every master (the one node when not clustered) and returns
     /// each node's reply, labelled with its address.
+    ///
+    /// On a cluster the masters are the ones the cluster reports now (`CLUSTER SLOTS` from any
+    /// node the client is connected to), not the ones in the client's slot map: the client
+    /// refreshes that map only when a node redirects it, and after a failover keyed commands
+    /// reach the promoted replica without a redirection, so its map can keep a dead master and
+    /// miss the new one for as long as the process runs.
     pub async fn on_every_master<T: FromRedisValue>(&mut self, cmd: &Cmd) -> RedisResult<Vec<(String, T)>> {
         match self {
             Self::Node(connection) => {
@@ -228,26 +234,48 @@ impl RedisConnection {
                 Ok(vec![("node".to_owned(), reply)])
             }
             Self::Cluster(connection) => {
-                let routing = RoutingInfo::MultiNode((MultipleNodeRoutingInfo::AllMasters, None));
-                let reply = connection.route_command(cmd.clone(), routing).await?;
-                let Value::Map(per_node) = reply else {
-                    return Err(redis::RedisError::from((
-                        redis::ErrorKind::UnexpectedReturnType,
-                        "a command sent to every master did not answer per node",
-                    )));
-                };
-                per_node
-                    .into_iter()
-                    .map(|(node, reply)| {
-                        let node = String::from_redis_value(node)?;
-                        let reply = match reply {
-                            Value::ServerError(error) => return Err(error.into()),
-                            reply => T::from_redis_value(reply)?,
-                        };
-                        Ok((node, reply))
-                    })
-                    .collect()
+                let slots = connection
+                    .route_command(
+                        redis::cmd("CLUSTER").arg("SLOTS").clone(),
+                        RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random),
+                    )
+                    .await?;
+                let mut replies = Vec::new();
+                for (host, port) in master_addresses(slots)? {
+                    let routing =
+                        RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress { host: host.clone(), port });
+                    let reply = match connection.route_command(cmd.clone(), routing).await? {
+                        Value::ServerError(error) => return Err(error.into()),
+                        reply => T::from_redis_value(reply)?,
+                    };
+                    replies.push((format!("{host}:{port}"), reply));
+                }
+                Ok(replies)
             }
         }
     }
+}
+
+/// The address of every master in a `CLUSTER SLOTS` reply (`[first, last, [ip, port, id, …],
+/// replicas…]` per slot range), each once.
+fn master_addresses(reply: Value) -> RedisResult<Vec<(String, u16)>> {
+    let unexpected =
+        || redis::RedisError::from((redis::ErrorKind::UnexpectedReturnType, "CLUSTER SLOTS did not list its masters"));
+    let Value::Array(ranges) = reply else { return Err(unexpected()) };
+    let mut masters: Vec<(String, u16)> = Vec::new();
+    for range in ranges {
+        let Value::Array(parts) = range else { return Err(unexpected()) };
+        let Some(Value::Array(master)) = parts.get(2) else { return Err(unexpected()) };
+        let host = match master.first() {
+            Some(Value::BulkString(host)) => String::from_utf8_lossy(host).into_owned(),
+            Some(Value::SimpleString(host)) => host.clone(),
+            _ => return Err(unexpected()),
+        };
+        let Some(Value::Int(port)) = master.get(1) else { return Err(unexpected()) };
+        let port = u16::try_from(*port).map_err(|_| unexpected())?;
+        if !masters.contains(&(host.clone(), port)) {
+            masters.push((host, port));
+        }
+    }
+    Ok(masters)
 }

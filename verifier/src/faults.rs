@@ -11,6 +11,7 @@ use rand::seq::IndexedRandom;
 use rand::{Rng, SeedableRng};
 use uuid::Uuid;
 
+use crate::promotion::{self, PrimaryStop};
 use crate::world::{POLL_INTERVAL_MS, RedisServers, Topology, World, configure_redis};
 
 /// After Postgres is back, API errors within this grace still count as "Postgres was down"
@@ -51,6 +52,12 @@ pub enum Fault {
     PauseReplay,
     /// Replica mode: the read replica crashes (SIGQUIT), stays down up to 2 s, and restarts.
     RestartReadReplica,
+    /// Replica mode: the primary stopped cleanly, the replica promoted, every process re-pointed
+    /// at it, the old primary rebuilt as the new replica (see `promotion.rs`).
+    PromoteReplica,
+    /// Replica mode: the same after the primary crashed with commits the replica never received
+    /// (the cache is flushed, as the procedure requires after a crash).
+    PromoteReplicaAfterCrash,
     /// Network: every packet to and from Redis dropped silently for 10 s (2 s in a smoke run).
     RedisBlackhole,
     /// Network: invalidator-2's address to Postgres cut while it holds a claimed batch.
@@ -95,11 +102,13 @@ pub const CLUSTER: [Fault; 6] = [
 /// the Postgres restart (the primary of a replica pair is not restarted), and the replica's own.
 pub fn replica_run() -> Vec<Fault> {
     let single = NODE.into_iter().filter(|fault| *fault != Fault::RestartPostgres);
-    single.chain([Fault::PauseReplay, Fault::RestartReadReplica]).collect()
+    let own = [Fault::PauseReplay, Fault::RestartReadReplica, Fault::PromoteReplica, Fault::PromoteReplicaAfterCrash];
+    single.chain(own).collect()
 }
 
-/// A replica smoke run: the two replica faults and a flush.
-pub const REPLICA_SMOKE: [Fault; 3] = [Fault::PauseReplay, Fault::RestartReadReplica, Fault::FlushRedis];
+/// A replica smoke run: every replica fault once (two of them flush Redis).
+pub const REPLICA_SMOKE: [Fault; 4] =
+    [Fault::PauseReplay, Fault::RestartReadReplica, Fault::PromoteReplica, Fault::PromoteReplicaAfterCrash];
 
 /// The faults of one round of a run: the topology's, or a replica run's, plus the network
 /// faults when the servers sit behind links.
@@ -140,6 +149,8 @@ impl Fault {
             Fault::RestartRedisReplica => "restart-redis-replica-empty",
             Fault::PauseReplay => "pause-replica-replay",
             Fault::RestartReadReplica => "restart-read-replica",
+            Fault::PromoteReplica => "promote-replica",
+            Fault::PromoteReplicaAfterCrash => "promote-replica-after-crash",
             Fault::RedisBlackhole => "redis-blackhole",
             Fault::PostgresPartitionOneInvalidator => "postgres-partition-one-invalidator",
             Fault::HalfOpenListen => "half-open-listen",
@@ -152,6 +163,8 @@ impl Fault {
 pub async fn inject(world: &World, fault: Fault, rng: &mut StdRng) -> anyhow::Result<String> {
     match fault {
         Fault::PauseReplay | Fault::RestartReadReplica => replica_fault(world, fault, rng).await,
+        Fault::PromoteReplica => promotion::promote_replica(world, PrimaryStop::Clean).await,
+        Fault::PromoteReplicaAfterCrash => promotion::promote_replica(world, PrimaryStop::CrashAhead).await,
         Fault::RedisBlackhole
         | Fault::PostgresPartitionOneInvalidator
         | Fault::HalfOpenListen

@@ -17,6 +17,7 @@ mod faults;
 mod network;
 mod poison;
 mod procs;
+mod promotion;
 mod soak;
 mod urls;
 mod workload;
@@ -74,7 +75,8 @@ pub struct Config {
     pub readers: usize,
     /// Give the cached API a streaming read replica of the private primary (`pg_basebackup -R`)
     /// for its misses, and inject the replica faults (replay paused with a Redis flush, replica
-    /// restarted) instead of restarting Postgres. With a single Redis node only.
+    /// restarted, replica promoted while the primary is stopped) instead of restarting Postgres.
+    /// With a single Redis node only.
     #[arg(long, conflicts_with = "redis")]
     pub replica: bool,
     /// Put the private Postgres and Redis inside network namespaces of the verifier's own,
@@ -418,30 +420,21 @@ async fn report(world: &World, tally: &mut Tally, started: Instant) {
     tally.record(&format!("tenant isolation ({probes} cross-tenant reads, all refused)"), &isolation);
 }
 
-/// Where the cached API read its misses, from its metrics: a replica run must have used the
-/// replica.
+/// Where the cached API read its misses, from its metrics (over every process of the run): a
+/// replica run must have used the replica.
 async fn replica_report(world: &World, tally: &mut Tally) {
-    let metrics = match world.http.get(format!("{}/metrics", world.api_metrics_base)).send().await {
-        Ok(response) => response.text().await.unwrap_or_default(),
+    let routing = match world.read_routing().await {
+        Ok(routing) => routing,
         Err(error) => {
             tally.record("the cached API read misses from the replica", &[format!("no metrics: {error}")]);
             return;
         }
     };
-    let sum = |prefix: &str| -> f64 {
-        metrics
-            .lines()
-            .filter(|line| line.starts_with(prefix))
-            .filter_map(|line| line.rsplit_once(' ')?.1.parse::<f64>().ok())
-            .sum()
-    };
-    let replica = sum("openrisk_db_reads_total{target=\"replica\"}");
-    let primary = sum("openrisk_db_reads_total{target=\"primary\"}");
-    let behind = sum("openrisk_db_replica_behind_floor_total{");
     println!(
-        "  misses and bypassed reads: {replica} from the replica, {primary} from the primary ({behind} because the replica was behind their replay floor)"
+        "  misses and bypassed reads: {} from the replica, {} from the primary ({} because the replica was behind their replay floor)",
+        routing.replica, routing.primary, routing.behind_floor
     );
-    let unused = if replica > 0.0 { Vec::new() } else { vec!["no read went to the replica".to_owned()] };
+    let unused = if routing.replica > 0.0 { Vec::new() } else { vec!["no read went to the replica".to_owned()] };
     tally.record("the cached API read misses from the replica", &unused);
 }
 

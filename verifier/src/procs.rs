@@ -99,6 +99,20 @@ impl Proc {
         self.launch().await
     }
 
+    /// Stops the process (SIGTERM, then SIGKILL after `grace`) and starts it again with its
+    /// environment changed: `Some` sets a variable, `None` removes it. How an operator re-points
+    /// a process at other servers.
+    pub async fn reconfigure(&mut self, changes: &[(&str, Option<String>)], grace: Duration) -> anyhow::Result<()> {
+        self.stop(grace).await;
+        for (key, value) in changes {
+            self.spec.env.retain(|(name, _)| name != key);
+            if let Some(value) = value {
+                self.spec.env.push(((*key).to_owned(), value.clone()));
+            }
+        }
+        self.launch().await
+    }
+
     /// Whether the process has exited on its own.
     pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
         self.child.as_mut().and_then(|child| child.try_wait().ok().flatten())

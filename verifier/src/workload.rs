@@ -410,7 +410,9 @@ async fn probe(world: Arc<World>) {
         let needle = format!("\"title\":\"{title}\"");
         let phase = world.phase();
         let mut fresh = false;
-        while committed.elapsed() < Duration::from_secs(30) && !world.stopping() {
+        // A primary crash may take the commit with it: then no read will ever show it.
+        let lost = || world.primary_crashed_since(committed);
+        while committed.elapsed() < Duration::from_secs(30) && !world.stopping() && !lost() {
             if let Ok((200, body, _)) = world.get(&world.api_base, tenant, &read.path).await
                 && String::from_utf8_lossy(&body).contains(&needle)
             {
@@ -422,7 +424,7 @@ async fn probe(world: Arc<World>) {
         drop(guard);
         if fresh {
             world.stats.staleness.lock().unwrap().push((committed.elapsed().as_secs_f64(), phase));
-        } else if !world.stopping() {
+        } else if !world.stopping() && !lost() {
             world.stats.probe_timeouts.fetch_add(1, Ordering::Relaxed);
         }
     }

@@ -183,8 +183,8 @@ pub struct World {
     /// The links Postgres and Redis sit behind in a `--network` run.
     pub network: Option<Network>,
     pub redis_servers: Arc<Mutex<RedisServers>>,
-    pub admin_url: String,
-    pub db_url: String,
+    /// The application database on the current primary (changed by a promotion).
+    db_url: std::sync::RwLock<String>,
     pub redis_url: String,
     pub prefix: String,
     pub keyspace: Keyspace,
@@ -210,6 +210,44 @@ pub struct World {
     pub poison_ids: Mutex<Option<(i64, i64)>>,
     pub stopping: AtomicBool,
     pub started: Instant,
+    /// When a primary crashed with commits its replica had not received (they are lost).
+    pub primary_crashes: Mutex<Vec<Instant>>,
+    /// Read routing counted by cached API processes that a promotion replaced.
+    pub earlier_read_routing: Mutex<ReadRouting>,
+}
+
+/// Where the cached API sent the reads it took to Postgres, from its metrics.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct ReadRouting {
+    pub replica: f64,
+    pub primary: f64,
+    /// Reads sent to the primary because the replica had not replayed their floor.
+    pub behind_floor: f64,
+}
+
+impl ReadRouting {
+    pub fn parse(metrics: &str) -> Self {
+        let sum = |prefix: &str| -> f64 {
+            metrics
+                .lines()
+                .filter(|line| line.starts_with(prefix))
+                .filter_map(|line| line.rsplit_once(' ')?.1.parse::<f64>().ok())
+                .sum()
+        };
+        Self {
+            replica: sum("openrisk_db_reads_total{target=\"replica\"}"),
+            primary: sum("openrisk_db_reads_total{target=\"primary\"}"),
+            behind_floor: sum("openrisk_db_replica_behind_floor_total{"),
+        }
+    }
+
+    fn plus(self, other: Self) -> Self {
+        Self {
+            replica: self.replica + other.replica,
+            primary: self.primary + other.primary,
+            behind_floor: self.behind_floor + other.behind_floor,
+        }
+    }
 }
 
 impl World {
@@ -226,7 +264,16 @@ impl World {
     }
 
     pub async fn sql(&self) -> anyhow::Result<Client> {
-        connect(&self.db_url, "openrisk-verifier").await
+        connect(&self.db_url(), "openrisk-verifier").await
+    }
+
+    pub fn db_url(&self) -> String {
+        self.db_url.read().unwrap().clone()
+    }
+
+    /// Points the verifier's own connections (writers, probe, checks) at a new primary.
+    pub fn set_db_url(&self, url: String) {
+        *self.db_url.write().unwrap() = url;
     }
 
     pub async fn refresh_catalog(&self) -> anyhow::Result<()> {
@@ -285,6 +332,28 @@ impl World {
             response.headers().get("cache-status").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
         let body = response.bytes().await?.to_vec();
         Ok((status, body, cache_status))
+    }
+
+    /// The cached API's read routing over the whole run: its process's counters plus those of
+    /// the processes it replaced.
+    pub async fn read_routing(&self) -> anyhow::Result<ReadRouting> {
+        let metrics = self.http.get(format!("{}/metrics", self.api_metrics_base)).send().await?.text().await?;
+        Ok(ReadRouting::parse(&metrics).plus(*self.earlier_read_routing.lock().unwrap()))
+    }
+
+    /// Keeps the cached API's counters before it restarts (the new process starts from zero).
+    pub async fn keep_read_routing(&self) {
+        if let Ok(metrics) = self.http.get(format!("{}/metrics", self.api_metrics_base)).send().await
+            && let Ok(text) = metrics.text().await
+        {
+            let mut earlier = self.earlier_read_routing.lock().unwrap();
+            *earlier = earlier.plus(ReadRouting::parse(&text));
+        }
+    }
+
+    /// Whether a primary crashed after `at`, so a commit made then may be lost.
+    pub fn primary_crashed_since(&self, at: Instant) -> bool {
+        self.primary_crashes.lock().unwrap().iter().any(|crash| *crash >= at)
     }
 
     pub fn in_pg_window(&self, at: Instant) -> bool {
@@ -452,8 +521,7 @@ impl World {
             replica,
             network,
             redis_servers: Arc::new(Mutex::new(redis_servers)),
-            admin_url,
-            db_url,
+            db_url: std::sync::RwLock::new(db_url),
             redis_url,
             prefix,
             api: tokio::sync::Mutex::new(api),
@@ -473,6 +541,8 @@ impl World {
             poison_ids: Mutex::new(None),
             stopping: AtomicBool::new(false),
             started: Instant::now(),
+            primary_crashes: Mutex::new(Vec::new()),
+            earlier_read_routing: Mutex::new(ReadRouting::default()),
         };
         Ok(Arc::new(world))
     }

@@ -29,6 +29,7 @@ use uuid::Uuid;
 use self::breaker::Breaker;
 use self::read_through::MissResult;
 pub(crate) use self::read_through::uncached as read_uncached;
+pub use self::read_through::{Lookup, PriorLookup};
 use self::single_flight::SingleFlight;
 use crate::db::Invalidations;
 use crate::db::replicas::Reader;

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use openrisk_shared::protocol::{self, Fill, Lookup, Snapshot};
+use openrisk_shared::protocol::{self, Fill, Snapshot};
 use openrisk_shared::{CacheStatus, Tag};
 use redis::aio::ConnectionLike;
 use uuid::Uuid;
@@ -31,7 +31,87 @@ impl MissResult {
     }
 }
 
+/// What one lookup found for a cacheable read.
+#[derive(Debug)]
+pub enum Lookup {
+    /// Current in Redis: the stored bytes.
+    Hit(Served),
+    /// Not current: the versions seen, to read the database under.
+    Miss(Snapshot),
+    /// Redis was skipped or failed; the read goes to Postgres with this `Cache-Status`.
+    Skipped(CacheStatus),
+}
+
+/// A lookup already made for this request (by the hit path, [`crate::hit_path`]), which the
+/// handler's [`Cache::read_through`] takes instead of asking Redis a second time. It lives for
+/// the one request's future, as a task-local value.
+#[derive(Debug)]
+pub struct PriorLookup {
+    key: String,
+    lookup: Lookup,
+}
+
+tokio::task_local! {
+    static PRIOR_LOOKUP: std::cell::RefCell<Option<PriorLookup>>;
+}
+
+impl PriorLookup {
+    /// Runs `request` with this lookup available to the read of `key` inside it.
+    pub async fn scope<F: Future>(key: String, lookup: Lookup, request: F) -> F::Output {
+        PRIOR_LOOKUP.scope(std::cell::RefCell::new(Some(Self { key, lookup })), request).await
+    }
+
+    /// The lookup made for `key` in this request, once.
+    fn take(key: &str) -> Option<Lookup> {
+        PRIOR_LOOKUP
+            .try_with(|prior| {
+                let mut prior = prior.borrow_mut();
+                if prior.as_ref().is_some_and(|prior| prior.key == key) { prior.take() } else { None }
+            })
+            .ok()
+            .flatten()
+            .map(|prior| prior.lookup)
+    }
+}
+
 impl Cache {
+    /// The entry key and the complete tag list (with `all`) of `read`.
+    pub fn key_and_tags(&self, read: &CacheableRead) -> (String, Vec<Tag>) {
+        let mut tags = read.tags.clone();
+        tags.push(Tag::all());
+        tags.sort();
+        tags.dedup();
+        let key = self.keyspace.entry_key(read.tenant, super::RESPONSE_SCHEMA_VERSION, read.resource, &read.params);
+        (key, tags)
+    }
+
+    /// Looks `key` up in one `MGET` (unless the cache is off or its breaker open), counting the
+    /// answer in the cache metrics of `route`.
+    pub async fn lookup(&self, route: &'static str, tenant: Uuid, key: &str, tags: &[Tag]) -> Lookup {
+        let Some(mut conn) = self.connection() else {
+            self.metrics.cache_request(route, CacheResult::Bypass);
+            return Lookup::Skipped(CacheStatus::Disabled);
+        };
+        if !self.breaker.allow() {
+            self.metrics.cache_request(route, CacheResult::Bypass);
+            return Lookup::Skipped(CacheStatus::BreakerOpen);
+        }
+        match self.call("lookup", protocol::lookup(&mut conn, &self.keyspace, tenant, key, tags)).await {
+            Err(_) => {
+                self.metrics.cache_request(route, CacheResult::Error);
+                Lookup::Skipped(CacheStatus::LookupFailed)
+            }
+            Ok(protocol::Lookup::Hit(entry)) => {
+                self.metrics.cache_request(route, CacheResult::Hit);
+                Lookup::Hit(Served { body: entry.body, etag: entry.etag, cache_status: CacheStatus::Hit })
+            }
+            Ok(protocol::Lookup::Miss(snapshot)) => {
+                self.metrics.cache_request(route, CacheResult::Miss);
+                Lookup::Miss(snapshot)
+            }
+        }
+    }
+
     /// Serves `read` from Redis when current, otherwise through `load` (once per key and write
     /// epoch in this process), filling the cache when the protocol allows.
     pub async fn read_through(
@@ -41,31 +121,15 @@ impl Cache {
         load: Loader,
     ) -> Result<Served, ApiError> {
         let route = read.route;
-        let mut tags = read.tags;
-        tags.push(Tag::all());
-        tags.sort();
-        tags.dedup();
-        let Some(mut conn) = self.connection() else {
-            self.metrics.cache_request(route, CacheResult::Bypass);
-            return uncached(&reads, load, CacheStatus::Disabled).await;
+        let (key, tags) = self.key_and_tags(&read);
+        let lookup = match PriorLookup::take(&key) {
+            Some(prior) => prior,
+            None => self.lookup(route, read.tenant, &key, &tags).await,
         };
-        if !self.breaker.allow() {
-            self.metrics.cache_request(route, CacheResult::Bypass);
-            return uncached(&reads, load, CacheStatus::BreakerOpen).await;
-        }
-        let key = self.keyspace.entry_key(read.tenant, super::RESPONSE_SCHEMA_VERSION, read.resource, &read.params);
-        let lookup = self.call("lookup", protocol::lookup(&mut conn, &self.keyspace, read.tenant, &key, &tags)).await;
         match lookup {
-            Err(_) => {
-                self.metrics.cache_request(route, CacheResult::Error);
-                uncached(&reads, load, CacheStatus::LookupFailed).await
-            }
-            Ok(Lookup::Hit(entry)) => {
-                self.metrics.cache_request(route, CacheResult::Hit);
-                Ok(Served { body: entry.body, etag: entry.etag, cache_status: CacheStatus::Hit })
-            }
-            Ok(Lookup::Miss(snapshot)) => {
-                self.metrics.cache_request(route, CacheResult::Miss);
+            Lookup::Skipped(cache_status) => uncached(&reads, load, cache_status).await,
+            Lookup::Hit(served) => Ok(served),
+            Lookup::Miss(snapshot) => {
                 let cache = Arc::clone(self);
                 let tenant = read.tenant;
                 let flight_key = key.clone();

@@ -118,13 +118,7 @@ impl AssetsApi {
         if_none_match: Header<Option<String>>,
     ) -> Result<Cached<Asset>, ApiError> {
         let (tenant, id) = (auth.0.tenant_id, id.0);
-        let read = CacheableRead {
-            route: "/api/v1/assets/{id}",
-            tenant,
-            resource: "asset",
-            params: vec![("id", id.to_string())],
-            tags: vec![tag("asset", Some(id))],
-        };
+        let read = super::cacheable::asset_detail(tenant, id);
         cached(&state, read, if_none_match.0.as_deref(), move |state, reader| async move {
             let row = state
                 .db

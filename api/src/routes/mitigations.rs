@@ -10,10 +10,9 @@ use poem_openapi::{ApiResponse, OpenApi};
 use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, IntoActiveModel, QueryFilter, QuerySelect, Set};
 use uuid::Uuid;
 
-use super::{ApiTags, Cached, NoContent, Updated, body_of, cached, commit_and_invalidate, tag};
+use super::{ApiTags, Cached, NoContent, Updated, body_of, cached, commit_and_invalidate};
 use crate::app::AppState;
 use crate::auth::{BearerAuth, Role};
-use crate::cache::CacheableRead;
 use crate::db::entities::{mitigations, subactions};
 use crate::error::ApiError;
 use crate::model::{
@@ -106,13 +105,7 @@ impl MitigationsApi {
         if_none_match: Header<Option<String>>,
     ) -> Result<Cached<Mitigation>, ApiError> {
         let (tenant, risk, id) = (auth.0.tenant_id, risk_id.0, id.0);
-        let read = CacheableRead {
-            route: "/api/v1/risks/{risk_id}/mitigations/{id}",
-            tenant,
-            resource: "mitigation",
-            params: vec![("risk_id", risk.to_string()), ("id", id.to_string())],
-            tags: vec![tag("mitigation", Some(id)), tag("risk", Some(risk))],
-        };
+        let read = super::cacheable::mitigation(tenant, risk, id);
         cached(&state, read, if_none_match.0.as_deref(), move |state, reader| async move {
             let conn = &reader.conn();
             let row = state

@@ -1,6 +1,7 @@
 //! The HTTP operations, grouped by resource, and the response types they share.
 
 mod assets;
+pub mod cacheable;
 mod health;
 mod mitigations;
 mod risks;
@@ -56,7 +57,7 @@ pub struct Cached<T> {
 }
 
 impl<T> Cached<T> {
-    fn new(served: Served, if_none_match: Option<&str>) -> Self {
+    pub(crate) fn new(served: Served, if_none_match: Option<&str>) -> Self {
         let not_modified = if_none_match.is_some_and(|header| if_none_match_matches(header, &served.etag));
         Self { served, not_modified, _shape: PhantomData }
     }

@@ -9,15 +9,12 @@ use poem_openapi::{ApiResponse, OpenApi};
 use sea_orm::{ActiveModelTrait, IntoActiveModel, Set};
 use uuid::Uuid;
 
-use super::{
-    ApiTags, Cached, NoContent, Updated, body_of, cached, commit_and_invalidate, default_limit, default_page,
-    normalise_search, tag,
-};
+use super::cacheable::{DEFAULT_SORT_BY, DEFAULT_SORT_DIR, RiskListQuery};
+use super::{ApiTags, Cached, NoContent, Updated, body_of, cached, commit_and_invalidate, default_limit, default_page};
 use crate::app::AppState;
 use crate::auth::{BearerAuth, Role};
-use crate::cache::CacheableRead;
 use crate::db::entities::risks;
-use crate::db::risks::{RiskFilter, ScoreBound};
+use crate::db::risks::RiskFilter;
 use crate::error::ApiError;
 use crate::model::{
     Asset, Mitigation, Risk, RiskCreate, RiskDetail, RiskPage, RiskPatch, RiskSortField, RiskStatus, Severity,
@@ -36,16 +33,16 @@ enum RiskCreated {
 }
 
 fn default_sort_by() -> RiskSortField {
-    RiskSortField::CreatedAt
+    DEFAULT_SORT_BY
 }
 
 fn default_sort_dir() -> SortDirection {
-    SortDirection::Desc
+    DEFAULT_SORT_DIR
 }
 
 impl RiskFilter {
     /// The parameters that identify this list in the cache key.
-    fn params(&self) -> Vec<(&'static str, String)> {
+    pub(super) fn params(&self) -> Vec<(&'static str, String)> {
         let mut params = vec![
             ("sort_by", enum_text(&self.sort_by)),
             ("sort_dir", enum_text(&self.sort_dir)),
@@ -138,26 +135,21 @@ impl RisksApi {
         if_none_match: Header<Option<String>>,
     ) -> Result<Cached<RiskPage>, ApiError> {
         let tenant = auth.0.tenant_id;
-        let filter = RiskFilter {
-            q: normalise_search(q.0),
-            status: status.0.as_ref().map(enum_text),
-            severity: severity.0.as_ref().map(enum_text),
-            min_score: min_score.0.map(ScoreBound::at_least),
-            max_score: max_score.0.map(ScoreBound::at_most),
+        let filter = RiskListQuery {
+            q: q.0,
+            status: status.0,
+            severity: severity.0,
+            min_score: min_score.0,
+            max_score: max_score.0,
             tag: tag.0,
             owner: owner.0,
-            sort_by: sort_by.0,
-            sort_dir: sort_dir.0,
-            page: page.0,
-            limit: limit.0,
-        };
-        let read = CacheableRead {
-            route: "/api/v1/risks",
-            tenant,
-            resource: "risks",
-            params: filter.params(),
-            tags: vec![super::tag("risks", None)],
-        };
+            sort_by: Some(sort_by.0),
+            sort_dir: Some(sort_dir.0),
+            page: Some(page.0),
+            limit: Some(limit.0),
+        }
+        .into_filter();
+        let read = super::cacheable::risk_list(tenant, &filter);
         let caching = super::ListCaching::of(filter.q.as_deref(), filter.page);
         super::cached_list(&state, read, caching, if_none_match.0.as_deref(), move |state, reader| {
             let filter = filter.clone();
@@ -192,13 +184,7 @@ impl RisksApi {
         if_none_match: Header<Option<String>>,
     ) -> Result<Cached<RiskDetail>, ApiError> {
         let (tenant, id) = (auth.0.tenant_id, id.0);
-        let read = CacheableRead {
-            route: "/api/v1/risks/{id}",
-            tenant,
-            resource: "risk",
-            params: vec![("id", id.to_string())],
-            tags: vec![tag("risk", Some(id))],
-        };
+        let read = super::cacheable::risk_detail(tenant, id);
         cached(&state, read, if_none_match.0.as_deref(), move |state, reader| async move {
             load_detail(&state, &reader.conn(), tenant, id).await
         })

@@ -36,13 +36,7 @@ impl StatsApi {
         if_none_match: Header<Option<String>>,
     ) -> Result<Cached<Stats>, ApiError> {
         let tenant = auth.0.tenant_id;
-        let read = CacheableRead {
-            route: "/api/v1/stats",
-            tenant,
-            resource: "stats",
-            params: Vec::new(),
-            tags: vec![tag("risks", None), tag("mitigations", None)],
-        };
+        let read = super::cacheable::stats(tenant);
         cached(&state, read, if_none_match.0.as_deref(), move |state, reader| async move {
             let row = state.db.timed("stats", crate::db::stats::stats(&reader.conn(), tenant)).await?;
             let stats = Stats {
@@ -84,13 +78,7 @@ impl StatsApi {
         if_none_match: Header<Option<String>>,
     ) -> Result<Cached<RiskMatrix>, ApiError> {
         let tenant = auth.0.tenant_id;
-        let read = CacheableRead {
-            route: "/api/v1/stats/risk-matrix",
-            tenant,
-            resource: "risk_matrix",
-            params: Vec::new(),
-            tags: vec![tag("risks", None)],
-        };
+        let read = super::cacheable::risk_matrix(tenant);
         cached(&state, read, if_none_match.0.as_deref(), move |state, reader| async move {
             let counts = state.db.timed("risk_matrix", crate::db::stats::risk_matrix(&reader.conn(), tenant)).await?;
             let total = counts.iter().flatten().sum();

@@ -1,0 +1,269 @@
+//! The cacheable reads each route makes, built in one place for the route's handler and for the
+//! hit path ([`crate::hit_path`]), which answers hits before the router: both must name the same
+//! entry key and tags for the same request, or a hit would serve another request's answer.
+
+use poem_openapi::types::ParseFromParameter;
+use uuid::Uuid;
+
+use super::{MAX_CACHED_PAGE, tag};
+use crate::cache::CacheableRead;
+use crate::db::risks::{RiskFilter, ScoreBound};
+use crate::model::{RiskSortField, RiskStatus, Severity, SortDirection, enum_text};
+
+/// A cacheable GET in its plainest form: a path the router would send to one of the handlers
+/// below, with parameters (if any) that are certainly valid and read here exactly as the
+/// handler reads them.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PlainRead {
+    RiskList(RiskFilter),
+    RiskDetail { id: Uuid },
+    Mitigation { risk: Uuid, id: Uuid },
+    AssetDetail { id: Uuid },
+    Stats,
+    RiskMatrix,
+}
+
+impl PlainRead {
+    /// The read `path` and `query` stand for; `None` for anything else (the router decides it).
+    pub fn of(path: &str, query: Option<&str>) -> Option<Self> {
+        match query {
+            None => Self::of_path(path),
+            Some(query) if path == "/api/v1/risks" => plain_risk_filter(query).map(Self::RiskList),
+            Some(_) => None,
+        }
+    }
+
+    fn of_path(path: &str) -> Option<Self> {
+        if path == "/api/v1/risks" {
+            return plain_risk_filter("").map(Self::RiskList);
+        }
+        let rest = path.strip_prefix("/api/v1/")?;
+        let segments: Vec<&str> = rest.split('/').collect();
+        let id = |segment: &str| segment.parse::<Uuid>().ok().filter(|id| id.hyphenated().to_string() == segment);
+        match segments.as_slice() {
+            ["risks", risk] => Some(Self::RiskDetail { id: id(risk)? }),
+            ["risks", risk, "mitigations", mitigation] => {
+                Some(Self::Mitigation { risk: id(risk)?, id: id(mitigation)? })
+            }
+            ["assets", asset] => Some(Self::AssetDetail { id: id(asset)? }),
+            ["stats"] => Some(Self::Stats),
+            ["stats", "risk-matrix"] => Some(Self::RiskMatrix),
+            _ => None,
+        }
+    }
+
+    /// Whether this is a list read, which the tenant's entry budget limits.
+    pub fn is_list(&self) -> bool {
+        matches!(self, Self::RiskList(_))
+    }
+
+    /// What the route's handler reads for `tenant`.
+    pub fn read(&self, tenant: Uuid) -> CacheableRead {
+        match *self {
+            Self::RiskList(ref filter) => risk_list(tenant, filter),
+            Self::RiskDetail { id } => risk_detail(tenant, id),
+            Self::Mitigation { risk, id } => mitigation(tenant, risk, id),
+            Self::AssetDetail { id } => asset_detail(tenant, id),
+            Self::Stats => stats(tenant),
+            Self::RiskMatrix => risk_matrix(tenant),
+        }
+    }
+}
+
+/// The risk list's order when the query names none.
+pub const DEFAULT_SORT_BY: RiskSortField = RiskSortField::CreatedAt;
+pub const DEFAULT_SORT_DIR: SortDirection = SortDirection::Desc;
+
+/// The filter of a risk list query, built from the typed parameters the way the handler and the
+/// hit path both build it.
+#[derive(Debug, Default)]
+pub struct RiskListQuery {
+    pub q: Option<String>,
+    pub status: Option<RiskStatus>,
+    pub severity: Option<Severity>,
+    pub min_score: Option<f64>,
+    pub max_score: Option<f64>,
+    pub tag: Option<String>,
+    pub owner: Option<String>,
+    pub sort_by: Option<RiskSortField>,
+    pub sort_dir: Option<SortDirection>,
+    pub page: Option<u32>,
+    pub limit: Option<u32>,
+}
+
+impl RiskListQuery {
+    /// The filter, defaults filled in (`created_at`, `desc`, page 1, 20 a page).
+    pub fn into_filter(self) -> RiskFilter {
+        RiskFilter {
+            q: super::normalise_search(self.q),
+            status: self.status.as_ref().map(enum_text),
+            severity: self.severity.as_ref().map(enum_text),
+            min_score: self.min_score.map(ScoreBound::at_least),
+            max_score: self.max_score.map(ScoreBound::at_most),
+            tag: self.tag,
+            owner: self.owner,
+            sort_by: self.sort_by.unwrap_or(DEFAULT_SORT_BY),
+            sort_dir: self.sort_dir.unwrap_or(DEFAULT_SORT_DIR),
+            page: self.page.unwrap_or_else(super::default_page),
+            limit: self.limit.unwrap_or_else(super::default_limit),
+        }
+    }
+}
+
+/// The filter of a risk list query the hit path can read exactly and the cache keeps: every
+/// parameter known, given once, in plain characters (no percent-encoding or `+`) and valid, no
+/// free-text search and no page past [`MAX_CACHED_PAGE`]. `None` for anything else.
+fn plain_risk_filter(query: &str) -> Option<RiskFilter> {
+    fn parsed<T: ParseFromParameter>(value: &str) -> Option<T> {
+        T::parse_from_parameter(value).ok()
+    }
+    fn within(value: f64) -> Option<f64> {
+        (value.is_finite() && (0.0..=1000.0).contains(&value)).then_some(value)
+    }
+    fn text(value: &str, longest: usize) -> Option<String> {
+        (!value.is_empty() && value.len() <= longest).then(|| value.to_owned())
+    }
+    let mut parts = RiskListQuery::default();
+    let mut seen: Vec<&str> = Vec::new();
+    for pair in query.split('&').filter(|_| !query.is_empty()) {
+        let (name, value) = pair.split_once('=')?;
+        if seen.contains(&name) || value.contains(['%', '+']) || name.contains(['%', '+']) {
+            return None;
+        }
+        seen.push(name);
+        match name {
+            "status" => parts.status = Some(parsed(value)?),
+            "severity" => parts.severity = Some(parsed(value)?),
+            "min_score" => parts.min_score = Some(within(parsed(value)?)?),
+            "max_score" => parts.max_score = Some(within(parsed(value)?)?),
+            "tag" => parts.tag = Some(text(value, 64)?),
+            "owner" => parts.owner = Some(text(value, 255)?),
+            "sort_by" => parts.sort_by = Some(parsed(value)?),
+            "sort_dir" => parts.sort_dir = Some(parsed(value)?),
+            "page" => parts.page = Some(parsed::<u32>(value).filter(|page| (1..=MAX_CACHED_PAGE).contains(page))?),
+            "limit" => parts.limit = Some(parsed::<u32>(value).filter(|limit| (1..=200).contains(limit))?),
+            _ => return None,
+        }
+    }
+    Some(parts.into_filter())
+}
+
+/// `GET /api/v1/risks`: a page of the filtered list; any risk change invalidates `risks`.
+pub fn risk_list(tenant: Uuid, filter: &RiskFilter) -> CacheableRead {
+    CacheableRead {
+        route: "/api/v1/risks",
+        tenant,
+        resource: "risks",
+        params: filter.params(),
+        tags: vec![tag("risks", None)],
+    }
+}
+
+/// `GET /api/v1/risks/{id}`: the risk with its mitigations, sub-actions and assets, all of
+/// which invalidate `risk:<id>` (see the triggers in `migrations/`).
+pub fn risk_detail(tenant: Uuid, id: Uuid) -> CacheableRead {
+    CacheableRead {
+        route: "/api/v1/risks/{id}",
+        tenant,
+        resource: "risk",
+        params: vec![("id", id.to_string())],
+        tags: vec![tag("risk", Some(id))],
+    }
+}
+
+/// `GET /api/v1/risks/{risk_id}/mitigations/{id}`.
+pub fn mitigation(tenant: Uuid, risk: Uuid, id: Uuid) -> CacheableRead {
+    CacheableRead {
+        route: "/api/v1/risks/{risk_id}/mitigations/{id}",
+        tenant,
+        resource: "mitigation",
+        params: vec![("risk_id", risk.to_string()), ("id", id.to_string())],
+        tags: vec![tag("mitigation", Some(id)), tag("risk", Some(risk))],
+    }
+}
+
+/// `GET /api/v1/assets/{id}`.
+pub fn asset_detail(tenant: Uuid, id: Uuid) -> CacheableRead {
+    CacheableRead {
+        route: "/api/v1/assets/{id}",
+        tenant,
+        resource: "asset",
+        params: vec![("id", id.to_string())],
+        tags: vec![tag("asset", Some(id))],
+    }
+}
+
+/// `GET /api/v1/stats`.
+pub fn stats(tenant: Uuid) -> CacheableRead {
+    CacheableRead {
+        route: "/api/v1/stats",
+        tenant,
+        resource: "stats",
+        params: Vec::new(),
+        tags: vec![tag("risks", None), tag("mitigations", None)],
+    }
+}
+
+/// `GET /api/v1/stats/risk-matrix`.
+pub fn risk_matrix(tenant: Uuid) -> CacheableRead {
+    CacheableRead {
+        route: "/api/v1/stats/risk-matrix",
+        tenant,
+        resource: "risk_matrix",
+        params: Vec::new(),
+        tags: vec![tag("risks", None)],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_canonical_paths_of_cacheable_reads_are_plain() {
+        let id = Uuid::new_v4();
+        assert_eq!(PlainRead::of(&format!("/api/v1/risks/{id}"), None), Some(PlainRead::RiskDetail { id }));
+        assert_eq!(PlainRead::of("/api/v1/stats/risk-matrix", None), Some(PlainRead::RiskMatrix));
+        for other in [
+            format!("/api/v1/risks/{id}/"),
+            format!("/api/v1/risks/{}", id.simple()),
+            format!("/api/v1/risks/{}", id.hyphenated().to_string().to_uppercase()),
+            format!("/api/v1//risks/{id}"),
+            "/api/v1/stats/trends".to_owned(),
+            format!("/api/v1/risks/{id}/mitigations"),
+        ] {
+            assert_eq!(PlainRead::of(&other, None), None, "{other}");
+        }
+        assert_eq!(PlainRead::of(&format!("/api/v1/risks/{id}"), Some("x=1")), None, "only lists take a query");
+    }
+
+    #[test]
+    fn a_risk_list_query_is_plain_only_when_every_parameter_is_known_once_and_valid() {
+        let list = |query: &str| match PlainRead::of("/api/v1/risks", Some(query)) {
+            Some(PlainRead::RiskList(filter)) => Some(filter),
+            _ => None,
+        };
+        let filter = list("status=ACTIVE&sort_by=score&page=2&limit=50&min_score=7.123").unwrap();
+        assert_eq!((filter.status.as_deref(), filter.page, filter.limit), (Some("ACTIVE"), 2, 50));
+        assert_eq!(filter.min_score, Some(ScoreBound::at_least(7.123)));
+        assert_eq!(list("").unwrap(), RiskListQuery::default().into_filter());
+        for refused in [
+            "q=fire",
+            "page=11",
+            "page=0",
+            "limit=201",
+            "status=active",
+            "status=ACTIVE&status=DRAFT",
+            "tag=a%20b",
+            "owner=a+b",
+            "tag=",
+            "min_score=NaN",
+            "max_score=1001",
+            "colour=red",
+            "page",
+            "page=1&&limit=2",
+        ] {
+            assert_eq!(list(refused), None, "{refused}");
+        }
+    }
+}
