@@ -7,7 +7,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{Harness, connect_redis, eventually};
+use common::{Harness, connect_redis, eventually, wait_until_parked};
 use openrisk_shared::config::WakeMode;
 use openrisk_test_support::{PrivatePostgres, PrivateRedis, RedisNamespace, TestDatabase};
 
@@ -100,12 +100,7 @@ async fn a_killed_listener_connection_is_replaced_and_nothing_is_lost() {
     settings.invalidator.poll_interval_ms = 120_000;
     let running = h.start(settings).await;
     let listener = running.metrics.listener_connected.clone();
-    let parked = running.metrics.parked.clone();
-    eventually("replica parks", WAIT, || {
-        let parked = parked.clone();
-        async move { parked.get() == 1 }
-    })
-    .await;
+    wait_until_parked(&running, WAIT).await;
     h.sql
         .execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity

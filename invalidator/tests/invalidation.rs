@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Harness, eventually, http_get};
+use common::{Harness, eventually, http_get, wait_until_parked};
 use openrisk_shared::config::WakeMode;
 use openrisk_shared::db::Lsn;
 use openrisk_shared::protocol::{self, Lookup};
@@ -145,12 +145,7 @@ async fn a_parked_invalidator_is_woken_by_notify_not_by_polling() {
     let mut settings = h.settings();
     settings.invalidator.poll_interval_ms = 120_000;
     let running = h.start(settings).await;
-    let parked = running.metrics.parked.clone();
-    eventually("replica parks", WAIT, || {
-        let parked = parked.clone();
-        async move { parked.get() == 1 }
-    })
-    .await;
+    wait_until_parked(&running, WAIT).await;
     let tenant = h.tenant("a").await;
     let key = h.cache(tenant, "list", &["risks".into()]).await;
     h.risk(tenant, "wakes it").await;

@@ -9,7 +9,7 @@ mod common;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use common::{Harness, eventually, http_get};
+use common::{Harness, eventually, http_get, wait_until_parked};
 use openrisk_shared::config::{DatabaseSettings, WakeMode};
 use openrisk_test_support::{LatencyRelay, NetworkLink, PrivatePostgres, RedisNamespace, TestDatabase, with_database};
 
@@ -114,12 +114,7 @@ async fn a_half_open_listen_connection_is_replaced_and_the_poll_bounds_the_windo
     settings.invalidator.poll_interval_ms = 3000;
     let poll = Duration::from_millis(settings.invalidator.poll_interval_ms);
     let running = h.start(settings).await;
-    let parked = running.metrics.parked.clone();
-    eventually("replica parks", WAIT, || {
-        let parked = parked.clone();
-        async move { parked.get() == 1 }
-    })
-    .await;
+    wait_until_parked(&running, WAIT).await;
     let listeners = sessions(&h, "openrisk-invalidator-listener").await;
     let [(dead_port, _)] = listeners[..] else { panic!("one LISTEN connection: {listeners:?}") };
 

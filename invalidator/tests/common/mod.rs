@@ -143,6 +143,16 @@ where
     }
 }
 
+/// Waits until `running` has parked (it leads and sleeps until a notification or the poll).
+pub async fn wait_until_parked(running: &Running, within: Duration) {
+    let parked = running.metrics.parked.clone();
+    eventually("replica parks", within, || {
+        let parked = parked.clone();
+        async move { parked.get() == 1 }
+    })
+    .await;
+}
+
 /// A plain HTTP/1.1 GET against the replica's endpoints: (status, body).
 pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
     let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
