@@ -87,7 +87,8 @@ instructions() {
     callgrind_control -z "$pid" >/dev/null
     measure "$port" "$path" "$REQUESTS" "$@"
     local total
-    total=$(callgrind_control -e Ir "$pid" | awk '/Ir:/ { gsub(",", "", $NF); print $NF; exit }')
+    # "Totals: Ir" then one "Th <n> <count>" line per thread: their sum.
+    total=$(callgrind_control -e Ir "$pid" | awk '$1 == "Th" { gsub(",", "", $3); sum += $3 } END { print sum + 0 }')
     awk -v total="$total" -v n="$REQUESTS" -v name="$name" \
         'BEGIN { printf "%-16s %10.0f instructions per request\n", name, total / n }' | tee -a "$OUT/summary.txt"
 }
