@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use openrisk_shared::Tag;
 use poem::web::Data;
 use poem_openapi::param::{Header, Path, Query};
 use poem_openapi::payload::Json;
@@ -11,7 +12,7 @@ use uuid::Uuid;
 
 use super::{
     ApiTags, Cached, NoContent, Updated, body_of, cached, commit_and_invalidate, default_limit, default_page,
-    normalise_search, tag,
+    normalise_search,
 };
 use crate::app::AppState;
 use crate::auth::{BearerAuth, Role};
@@ -85,7 +86,7 @@ impl AssetsApi {
             tenant,
             resource: "assets",
             params: filter.params(),
-            tags: vec![tag("assets", None)],
+            tags: vec![Tag::assets()],
         };
         let caching = super::ListCaching::of(filter.q.as_deref(), filter.page);
         super::cached_list(&state, read, caching, if_none_match.0.as_deref(), move |state, reader| {
@@ -123,7 +124,7 @@ impl AssetsApi {
             tenant,
             resource: "asset",
             params: vec![("id", id.to_string())],
-            tags: vec![tag("asset", Some(id))],
+            tags: vec![Tag::asset(id)],
         };
         cached(&state, read, if_none_match.0.as_deref(), move |state, reader| async move {
             let row = state

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use openrisk_shared::Tag;
 use poem::web::Data;
 use poem_openapi::param::{Header, Path};
 use poem_openapi::payload::Json;
@@ -10,7 +11,7 @@ use poem_openapi::{ApiResponse, OpenApi};
 use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, IntoActiveModel, QueryFilter, QuerySelect, Set};
 use uuid::Uuid;
 
-use super::{ApiTags, Cached, NoContent, Updated, body_of, cached, commit_and_invalidate, tag};
+use super::{ApiTags, Cached, NoContent, Updated, body_of, cached, commit_and_invalidate};
 use crate::app::AppState;
 use crate::auth::{BearerAuth, Role};
 use crate::cache::CacheableRead;
@@ -111,7 +112,7 @@ impl MitigationsApi {
             tenant,
             resource: "mitigation",
             params: vec![("risk_id", risk.to_string()), ("id", id.to_string())],
-            tags: vec![tag("mitigation", Some(id)), tag("risk", Some(risk))],
+            tags: vec![Tag::mitigation(id), Tag::risk(risk)],
         };
         cached(&state, read, if_none_match.0.as_deref(), move |state, reader| async move {
             let conn = &reader.conn();

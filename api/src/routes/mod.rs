@@ -240,15 +240,6 @@ async fn commit_and_invalidate(state: &AppState, txn: sea_orm::DatabaseTransacti
     Ok(())
 }
 
-/// A tag such as `risks` or `risk:<id>`; the inputs are known-good kinds and UUIDs.
-fn tag(kind: &str, id: Option<uuid::Uuid>) -> openrisk_shared::Tag {
-    let text = match id {
-        Some(id) => format!("{kind}:{id}"),
-        None => kind.to_owned(),
-    };
-    openrisk_shared::Tag::parse(&text).expect("tag kinds and UUIDs always form valid tags")
-}
-
 /// Whether an `If-Match` header value names `etag` (strong comparison, RFC 9110 §13.1.1): `*`
 /// matches any current representation, a weak tag never matches.
 fn if_match_matches(header: &str, etag: &str) -> bool {

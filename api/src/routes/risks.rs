@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use openrisk_shared::Tag;
 use poem::web::Data;
 use poem_openapi::param::{Header, Path, Query};
 use poem_openapi::payload::Json;
@@ -11,7 +12,7 @@ use uuid::Uuid;
 
 use super::{
     ApiTags, Cached, NoContent, Updated, body_of, cached, commit_and_invalidate, default_limit, default_page,
-    normalise_search, tag,
+    normalise_search,
 };
 use crate::app::AppState;
 use crate::auth::{BearerAuth, Role};
@@ -156,7 +157,7 @@ impl RisksApi {
             tenant,
             resource: "risks",
             params: filter.params(),
-            tags: vec![super::tag("risks", None)],
+            tags: vec![Tag::risks()],
         };
         let caching = super::ListCaching::of(filter.q.as_deref(), filter.page);
         super::cached_list(&state, read, caching, if_none_match.0.as_deref(), move |state, reader| {
@@ -197,7 +198,7 @@ impl RisksApi {
             tenant,
             resource: "risk",
             params: vec![("id", id.to_string())],
-            tags: vec![tag("risk", Some(id))],
+            tags: vec![Tag::risk(id)],
         };
         cached(&state, read, if_none_match.0.as_deref(), move |state, reader| async move {
             load_detail(&state, &reader.conn(), tenant, id).await
