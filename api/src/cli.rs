@@ -44,7 +44,8 @@ pub enum Command {
         /// Risks per tenant.
         #[arg(long, default_value_t = 200)]
         risks: u32,
-        /// Also create (or reuse) the `demo` tenant and print an analyst token for it.
+        /// Also create the `demo` tenant and print an analyst token for it; once it exists, a run
+        /// creates nothing and prints a fresh token for it.
         #[arg(long)]
         demo: bool,
     },
