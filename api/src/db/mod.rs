@@ -6,6 +6,7 @@ pub mod entities;
 pub mod replicas;
 pub mod risks;
 pub mod stats;
+pub mod writes;
 
 use std::sync::Arc;
 use std::time::Instant;
