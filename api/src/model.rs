@@ -85,10 +85,23 @@ pub fn enum_text<T: poem_openapi::types::ToJSON>(value: &T) -> String {
     }
 }
 
-/// Parses a stored enum value; the database's CHECK constraints keep it valid.
-fn stored<T: poem_openapi::types::ParseFromJSON>(text: &str) -> T {
+/// A value in an enum column that this build does not know (a newer migration or another
+/// program wrote it). The read fails with a 500 and a log line naming both; nothing panics.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("column {column} holds {value:?}, which is none of the values this build knows")]
+pub struct UnknownStoredValue {
+    pub column: &'static str,
+    pub value: String,
+}
+
+/// Parses the text of an enum column, the inverse of [`enum_text`]: the one way enums stored
+/// as text are read back.
+pub fn stored<T: poem_openapi::types::ParseFromJSON>(
+    column: &'static str,
+    text: &str,
+) -> Result<T, UnknownStoredValue> {
     T::parse_from_json(Some(serde_json::Value::String(text.to_owned())))
-        .unwrap_or_else(|_| panic!("database holds an unknown enum value {text:?}"))
+        .map_err(|_| UnknownStoredValue { column, value: text.to_owned() })
 }
 
 /// A risk as listed (without what it embeds).
@@ -121,30 +134,32 @@ pub struct Risk {
     pub updated_at: DateTime<Utc>,
 }
 
-impl From<risks::Model> for Risk {
-    fn from(row: risks::Model) -> Self {
+impl TryFrom<risks::Model> for Risk {
+    type Error = UnknownStoredValue;
+
+    fn try_from(row: risks::Model) -> Result<Self, UnknownStoredValue> {
         let custom_fields = match row.custom_fields {
             serde_json::Value::Object(map) => map.into_iter().collect(),
             _ => BTreeMap::new(),
         };
-        Risk {
+        Ok(Risk {
             id: row.id,
             title: row.title,
             description: row.description,
             impact: row.impact,
             probability: row.probability,
             score: row.score.to_f64().unwrap_or_default(),
-            severity: stored(&row.severity),
-            status: stored(&row.status),
+            severity: stored("risks.severity", &row.severity)?,
+            status: stored("risks.status", &row.status)?,
             tags: row.tags,
             owner: row.owner,
-            source: stored(&row.source),
+            source: stored("risks.source", &row.source)?,
             external_id: row.external_id,
             custom_fields,
             frameworks: row.frameworks,
             created_at: row.created_at.to_utc(),
             updated_at: row.updated_at.to_utc(),
-        }
+        })
     }
 }
 
@@ -293,13 +308,13 @@ pub struct Mitigation {
 }
 
 impl Mitigation {
-    pub fn from_rows(row: mitigations::Model, subactions: Vec<subactions::Model>) -> Self {
-        Mitigation {
+    pub fn from_rows(row: mitigations::Model, subactions: Vec<subactions::Model>) -> Result<Self, UnknownStoredValue> {
+        Ok(Mitigation {
             id: row.id,
             risk_id: row.risk_id,
             title: row.title,
             assignee: row.assignee,
-            status: stored(&row.status),
+            status: stored("mitigations.status", &row.status)?,
             progress: row.progress,
             due_date: row.due_date,
             cost: row.cost,
@@ -307,7 +322,7 @@ impl Mitigation {
             subactions: subactions.into_iter().map(SubAction::from).collect(),
             created_at: row.created_at.to_utc(),
             updated_at: row.updated_at.to_utc(),
-        }
+        })
     }
 }
 
@@ -408,17 +423,19 @@ pub struct Asset {
     pub updated_at: DateTime<Utc>,
 }
 
-impl From<assets::Model> for Asset {
-    fn from(row: assets::Model) -> Self {
-        Asset {
+impl TryFrom<assets::Model> for Asset {
+    type Error = UnknownStoredValue;
+
+    fn try_from(row: assets::Model) -> Result<Self, UnknownStoredValue> {
+        Ok(Asset {
             id: row.id,
             name: row.name,
             asset_type: row.asset_type,
-            criticality: stored(&row.criticality),
+            criticality: stored("assets.criticality", &row.criticality)?,
             owner: row.owner,
             created_at: row.created_at.to_utc(),
             updated_at: row.updated_at.to_utc(),
-        }
+        })
     }
 }
 
@@ -538,16 +555,18 @@ pub struct TokenInfo {
     pub revoked_at: Option<DateTime<Utc>>,
 }
 
-impl From<api_tokens::Model> for TokenInfo {
-    fn from(row: api_tokens::Model) -> Self {
-        TokenInfo {
+impl TryFrom<api_tokens::Model> for TokenInfo {
+    type Error = UnknownStoredValue;
+
+    fn try_from(row: api_tokens::Model) -> Result<Self, UnknownStoredValue> {
+        Ok(TokenInfo {
             id: row.id,
             name: row.name,
-            role: Role::parse(&row.role).unwrap_or(Role::Viewer),
+            role: stored("api_tokens.role", &row.role)?,
             created_at: row.created_at.to_utc(),
             last_used_at: row.last_used_at.map(|at| at.to_utc()),
             revoked_at: row.revoked_at.map(|at| at.to_utc()),
-        }
+        })
     }
 }
 
@@ -568,4 +587,19 @@ pub struct TokenCreated {
     pub token: String,
     pub role: Role,
     pub name: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unknown_stored_enum_value_is_an_error_naming_the_column_and_the_value() {
+        assert_eq!(stored::<RiskStatus>("risks.status", "ACTIVE"), Ok(RiskStatus::Active));
+        let error = stored::<RiskStatus>("risks.status", "ARCHIVED").unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "column risks.status holds \"ARCHIVED\", which is none of the values this build knows"
+        );
+    }
 }

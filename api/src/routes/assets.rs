@@ -93,7 +93,7 @@ impl AssetsApi {
                 let (rows, total) =
                     state.db.timed("asset_list", crate::db::assets::list(&reader.conn(), tenant, &filter)).await?;
                 let page = AssetPage {
-                    items: rows.into_iter().map(Asset::from).collect(),
+                    items: rows.into_iter().map(Asset::try_from).collect::<Result<_, _>>()?,
                     total,
                     page: filter.page,
                     limit: filter.limit,
@@ -130,7 +130,7 @@ impl AssetsApi {
                 .timed("asset_get", crate::db::assets::find(&reader.conn(), tenant, id))
                 .await?
                 .ok_or_else(|| ApiError::not_found("asset", id))?;
-            Ok(body_of(&Asset::from(row)))
+            Ok(body_of(&Asset::try_from(row)?))
         })
         .await
     }
@@ -148,7 +148,7 @@ impl AssetsApi {
         let row = state.db.timed("asset_insert", writes::insert_asset(&write.txn, auth.0.tenant_id, body)).await?;
         write.commit(&state).await?;
         let location = format!("/api/v1/assets/{}", row.id);
-        Ok(AssetCreated::Created(Json(Asset::from(row)), location))
+        Ok(AssetCreated::Created(Json(Asset::try_from(row)?), location))
     }
 
     /// Change an asset
@@ -174,10 +174,11 @@ impl AssetsApi {
             .timed("asset_lock", writes::lock_asset(&write.txn, tenant, id))
             .await?
             .ok_or_else(|| ApiError::not_found("asset", id))?;
-        super::require_if_match(if_match.0.as_deref(), || async { Ok(body_of(&Asset::from(current.clone()))) }).await?;
+        super::require_if_match(if_match.0.as_deref(), || async { Ok(body_of(&Asset::try_from(current.clone())?)) })
+            .await?;
         let row = state.db.timed("asset_update", writes::update_asset(&write.txn, current, patch)).await?;
         write.commit(&state).await?;
-        Ok(Updated::Ok(Json(Asset::from(row))))
+        Ok(Updated::Ok(Json(Asset::try_from(row)?)))
     }
 
     /// Delete an asset
@@ -203,7 +204,8 @@ impl AssetsApi {
                 .timed("asset_lock", writes::lock_asset(&write.txn, tenant, id))
                 .await?
                 .ok_or_else(|| ApiError::not_found("asset", id))?;
-            super::require_if_match(if_match.0.as_deref(), || async { Ok(body_of(&Asset::from(current))) }).await?;
+            super::require_if_match(if_match.0.as_deref(), || async { Ok(body_of(&Asset::try_from(current)?)) })
+                .await?;
         }
         let deleted = state.db.timed("asset_delete", writes::delete_asset(&write.txn, tenant, id)).await?;
         if !deleted {

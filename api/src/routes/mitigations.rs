@@ -46,7 +46,7 @@ async fn mitigation_view(
     row: mitigations::Model,
 ) -> Result<Mitigation, ApiError> {
     let subs = state.db.timed("subaction_list", crate::db::risks::subactions_of(db, tenant, &[row.id])).await?;
-    Ok(Mitigation::from_rows(row, subs))
+    Ok(Mitigation::from_rows(row, subs)?)
 }
 
 /// 400 unless a due date is one RFC 3339 writes (years 0001 to 9999): chrono and Postgres take
@@ -144,7 +144,7 @@ impl MitigationsApi {
             state.db.timed("mitigation_insert", writes::insert_mitigation(&write.txn, tenant, risk, body)).await?;
         write.commit(&state).await?;
         let location = format!("/api/v1/risks/{risk}/mitigations/{}", row.id);
-        Ok(MitigationCreated::Created(Json(Mitigation::from_rows(row, Vec::new())), location))
+        Ok(MitigationCreated::Created(Json(Mitigation::from_rows(row, Vec::new())?), location))
     }
 
     /// Change a mitigation

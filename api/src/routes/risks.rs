@@ -82,9 +82,12 @@ pub(super) async fn load_detail(
     let mitigations = state.db.timed("risk_mitigations", crate::db::risks::mitigations_of(conn, tenant, id)).await?;
     let assets = state.db.timed("risk_assets", crate::db::risks::assets_of(conn, tenant, id)).await?;
     let detail = RiskDetail {
-        risk: Risk::from(risk),
-        mitigations: mitigations.into_iter().map(|(row, subs)| Mitigation::from_rows(row, subs)).collect(),
-        assets: assets.into_iter().map(Asset::from).collect(),
+        risk: Risk::try_from(risk)?,
+        mitigations: mitigations
+            .into_iter()
+            .map(|(row, subs)| Mitigation::from_rows(row, subs))
+            .collect::<Result<_, _>>()?,
+        assets: assets.into_iter().map(Asset::try_from).collect::<Result<_, _>>()?,
     };
     Ok(body_of(&detail))
 }
@@ -164,7 +167,7 @@ impl RisksApi {
                 let (rows, total) =
                     state.db.timed("risk_list", crate::db::risks::list(&reader.conn(), tenant, &filter)).await?;
                 let page = RiskPage {
-                    items: rows.into_iter().map(Risk::from).collect(),
+                    items: rows.into_iter().map(Risk::try_from).collect::<Result<_, _>>()?,
                     total,
                     page: filter.page,
                     limit: filter.limit,
@@ -220,7 +223,7 @@ impl RisksApi {
         let row = state.db.timed("risk_insert", writes::insert_risk(&write.txn, auth.0.tenant_id, body)).await?;
         write.commit(&state).await?;
         let location = format!("/api/v1/risks/{}", row.id);
-        Ok(RiskCreated::Created(Json(Risk::from(row)), location))
+        Ok(RiskCreated::Created(Json(Risk::try_from(row)?), location))
     }
 
     /// Change a risk
@@ -252,7 +255,7 @@ impl RisksApi {
         }
         let row = state.db.timed("risk_update", writes::update_risk(&write.txn, current, patch)).await?;
         write.commit(&state).await?;
-        Ok(Updated::Ok(Json(Risk::from(row))))
+        Ok(Updated::Ok(Json(Risk::try_from(row)?)))
     }
 
     /// Delete a risk

@@ -95,32 +95,21 @@ pub async fn run(
             "resources": fresh_resources,
             "postgres_connections": fresh_connections,
     });
+    let spread =
+        |h: &Histogram<u64>| format!("p50 {:.2} p99 {:.2} max {:.2} ms", pct(h, 50.0), pct(h, 99.0), pct(h, 100.0));
     println!(
-        "  window after commit: SQL p50 {:.2} p99 {:.2} max {:.2} ms; API p50 {:.2} p99 {:.2} max {:.2} ms; {} stale reads inside windows, {} older than the window",
-        pct(&freshness.windows_sql, 50.0),
-        pct(&freshness.windows_sql, 99.0),
-        pct(&freshness.windows_sql, 100.0),
-        pct(&freshness.windows_api, 50.0),
-        pct(&freshness.windows_api, 99.0),
-        pct(&freshness.windows_api, 100.0),
+        "  window after commit: SQL {}; API {}; {} stale reads inside windows, {} older than the window",
+        spread(&freshness.windows_sql),
+        spread(&freshness.windows_api),
         freshness.stale_inside_window,
         freshness.older_than_window
     );
     println!(
-        "  lower bounds (last stale read sent after commit): SQL p50 {:.2} p99 {:.2} max {:.2} ms; API p50 {:.2} p99 {:.2} max {:.2} ms",
-        pct(&freshness.lower_sql, 50.0),
-        pct(&freshness.lower_sql, 99.0),
-        pct(&freshness.lower_sql, 100.0),
-        pct(&freshness.lower_api, 50.0),
-        pct(&freshness.lower_api, 99.0),
-        pct(&freshness.lower_api, 100.0)
+        "  lower bounds (last stale read sent after commit): SQL {}; API {}",
+        spread(&freshness.lower_sql),
+        spread(&freshness.lower_api)
     );
-    println!(
-        "  polling reads: p50 {:.2} p99 {:.2} max {:.2} ms",
-        pct(&freshness.read_ms, 50.0),
-        pct(&freshness.read_ms, 99.0),
-        pct(&freshness.read_ms, 100.0)
-    );
+    println!("  polling reads: {}", spread(&freshness.read_ms));
     println!("  stale reads inside windows by cause: {:?}", freshness.stale_by_cause);
     if !freshness.older_by_cause.is_empty() {
         println!("  reads older than the window by cause: {:?}", freshness.older_by_cause);
