@@ -224,7 +224,7 @@ pub struct RiskCreate {
     /// Defaults to DRAFT.
     pub status: Option<RiskStatus>,
     #[oai(default, validator(max_items = 50, unique_items))]
-    pub tags: Vec<Tag>,
+    pub tags: Vec<Label>,
     #[oai(default, validator(max_length = 255))]
     pub owner: String,
     /// Defaults to MANUAL.
@@ -234,7 +234,7 @@ pub struct RiskCreate {
     #[oai(default)]
     pub custom_fields: BTreeMap<String, serde_json::Value>,
     #[oai(default, validator(max_items = 50, unique_items))]
-    pub frameworks: Vec<Tag>,
+    pub frameworks: Vec<Label>,
 }
 
 impl Example for RiskCreate {
@@ -245,19 +245,20 @@ impl Example for RiskCreate {
             impact: 5,
             probability: 3,
             status: Some(RiskStatus::Active),
-            tags: vec![Tag("ransomware".into())],
+            tags: vec![Label("ransomware".into())],
             owner: "ciso@example.com".into(),
             source: None,
             external_id: None,
             custom_fields: BTreeMap::new(),
-            frameworks: vec![Tag("ISO27001".into())],
+            frameworks: vec![Label("ISO27001".into())],
         }
     }
 }
 
+// Not an invalidation tag (those are `openrisk_shared::Tag`); the doc line below is the spec's.
 /// A label on a risk or a framework name: 1–64 characters.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, poem_openapi::NewType)]
-pub struct Tag(#[oai(validator(min_length = 1, max_length = 64))] pub String);
+pub struct Label(#[oai(validator(min_length = 1, max_length = 64))] pub String);
 
 /// Changes to a risk; absent fields stay as they are.
 #[derive(Debug, Clone, Object)]
@@ -273,7 +274,7 @@ pub struct RiskPatch {
     pub probability: Option<i16>,
     pub status: Option<RiskStatus>,
     #[oai(validator(max_items = 50, unique_items))]
-    pub tags: Option<Vec<Tag>>,
+    pub tags: Option<Vec<Label>>,
     #[oai(validator(max_length = 255))]
     pub owner: Option<String>,
     pub source: Option<RiskSource>,
@@ -282,7 +283,7 @@ pub struct RiskPatch {
     pub external_id: MaybeUndefined<String>,
     pub custom_fields: Option<BTreeMap<String, serde_json::Value>>,
     #[oai(validator(max_items = 50, unique_items))]
-    pub frameworks: Option<Vec<Tag>>,
+    pub frameworks: Option<Vec<Label>>,
 }
 
 /// A mitigation with its sub-actions.

@@ -38,8 +38,8 @@ fn custom_fields_value(fields: std::collections::BTreeMap<String, serde_json::Va
     serde_json::Value::Object(fields.into_iter().collect())
 }
 
-fn labels(tags: Vec<crate::model::Tag>) -> Vec<String> {
-    tags.into_iter().map(|tag| tag.0).collect()
+fn labels(labels: Vec<crate::model::Label>) -> Vec<String> {
+    labels.into_iter().map(|label| label.0).collect()
 }
 
 fn now() -> chrono::DateTime<chrono::FixedOffset> {
