@@ -24,9 +24,6 @@ use openrisk_shared::redis_connection::{RedisConnection, RedisTarget, Timeouts};
 use tokio_postgres::Client;
 use uuid::Uuid;
 
-/// Advisory lock serialising template creation across concurrently starting test processes.
-const TEMPLATE_LOCK_KEY: i64 = 7_273_730_004;
-
 /// URL of a database on the shared server with rights to create databases.
 pub fn admin_database_url() -> String {
     std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
@@ -108,7 +105,10 @@ impl Drop for TestDatabase {
 /// Returns the name of the migrated template for the current migrations, building it if needed.
 async fn ensure_template(admin: &Client, admin_url: &str) -> String {
     let template = format!("openrisk_template_{}", openrisk_migrations::fingerprint());
-    admin.execute("SELECT pg_advisory_lock($1)", &[&TEMPLATE_LOCK_KEY]).await.expect("template lock");
+    admin
+        .execute("SELECT pg_advisory_lock($1)", &[&openrisk_shared::advisory_locks::TEMPLATE])
+        .await
+        .expect("template lock");
     let ready = admin
         .query_opt("SELECT 1 FROM pg_database WHERE datname = $1 AND datistemplate", &[&template])
         .await
@@ -134,7 +134,10 @@ async fn ensure_template(admin: &Client, admin_url: &str) -> String {
             .await
             .expect("mark template");
     }
-    admin.execute("SELECT pg_advisory_unlock($1)", &[&TEMPLATE_LOCK_KEY]).await.expect("template unlock");
+    admin
+        .execute("SELECT pg_advisory_unlock($1)", &[&openrisk_shared::advisory_locks::TEMPLATE])
+        .await
+        .expect("template unlock");
     template
 }
 
