@@ -8,19 +8,12 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use common::{TestApp, cache_status, spawn_app};
-use openrisk_shared::Settings;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 /// Starts an invalidator replica on the app's database and Redis namespace.
 async fn start_invalidator(app: &TestApp) -> openrisk_invalidator::Running {
-    let mut settings = Settings {
-        database_url: app.db.url.clone(),
-        redis_url: app.redis.url.clone(),
-        metrics_addr: "127.0.0.1:0".parse().unwrap(),
-        ..Settings::default()
-    };
-    settings.cache.key_prefix = app.redis.prefix.clone();
+    let mut settings = openrisk_test_support::settings_for(&app.db, &app.redis);
     settings.invalidator.poll_interval_ms = 100;
     openrisk_invalidator::start(settings).await.expect("invalidator starts")
 }

@@ -20,6 +20,7 @@ pub use private::{PrivatePostgres, PrivateRedis, ReplicaPair, free_port};
 
 use std::time::Duration;
 
+use openrisk_shared::Settings;
 use openrisk_shared::redis_connection::{RedisConnection, RedisTarget, Timeouts};
 use tokio_postgres::Client;
 use uuid::Uuid;
@@ -42,6 +43,20 @@ pub fn with_database(url: &str, database: &str) -> String {
         Some(query) => format!("{stem}/{database}?{query}"),
         None => format!("{stem}/{database}"),
     }
+}
+
+/// Settings for a process under test: the database of `db`, the Redis server and key prefix of
+/// `redis`, ports the OS picks for the API and the metrics; the defaults for everything else.
+pub fn settings_for(db: &TestDatabase, redis: &RedisNamespace) -> Settings {
+    let mut settings = Settings {
+        database_url: db.url.clone(),
+        redis_url: redis.url.clone(),
+        api_addr: "127.0.0.1:0".parse().expect("a socket address"),
+        metrics_addr: "127.0.0.1:0".parse().expect("a socket address"),
+        ..Settings::default()
+    };
+    settings.cache.key_prefix = redis.prefix.clone();
+    settings
 }
 
 /// A database of its own for one test, dropped (forcibly) when this value is dropped.
