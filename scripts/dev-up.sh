@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Brings the whole system up locally: services, database, migrations, demo data (a demo tenant
-# and a printed token), then the API and the invalidator in release mode. Ctrl-C stops both.
+# and a printed token; a second run reuses them and prints a fresh token), then the API and the
+# invalidator in release mode. Ctrl-C stops both.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

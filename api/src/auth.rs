@@ -23,7 +23,7 @@ use crate::error::ApiError;
 use crate::metrics::Metrics;
 
 /// What a token may do. Each role includes the ones before it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Enum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Enum, clap::ValueEnum)]
 #[oai(rename_all = "lowercase")]
 pub enum Role {
     /// Reads everything of its tenant.

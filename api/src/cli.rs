@@ -4,7 +4,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 use openrisk_shared::{Settings, telemetry};
 use sea_orm::{DatabaseConnection, FromQueryResult};
 use uuid::Uuid;
@@ -44,7 +44,8 @@ pub enum Command {
         /// Risks per tenant.
         #[arg(long, default_value_t = 200)]
         risks: u32,
-        /// Also create (or reuse) the `demo` tenant and print an analyst token for it.
+        /// Also create the `demo` tenant and print an analyst token for it; once it exists, a run
+        /// creates nothing and prints a fresh token for it.
         #[arg(long)]
         demo: bool,
     },
@@ -58,7 +59,7 @@ pub enum TokenCommand {
         #[arg(long)]
         tenant: String,
         #[arg(long, value_enum)]
-        role: RoleArg,
+        role: Role,
         /// A label for the token.
         #[arg(long, default_value = "")]
         name: String,
@@ -68,24 +69,6 @@ pub enum TokenCommand {
         /// Token id.
         id: Uuid,
     },
-}
-
-/// Role of a new token.
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum RoleArg {
-    Viewer,
-    Analyst,
-    Admin,
-}
-
-impl From<RoleArg> for Role {
-    fn from(role: RoleArg) -> Self {
-        match role {
-            RoleArg::Viewer => Role::Viewer,
-            RoleArg::Analyst => Role::Analyst,
-            RoleArg::Admin => Role::Admin,
-        }
-    }
 }
 
 /// Runs one command to completion.
@@ -171,7 +154,7 @@ async fn token(settings: &Settings, command: TokenCommand) -> anyhow::Result<()>
             .one(&db)
             .await?
             .with_context(|| format!("no tenant with slug or id {tenant:?}"))?;
-            let (id, token) = create_token(&db, found.id, role.into(), &name).await?;
+            let (id, token) = create_token(&db, found.id, role, &name).await?;
             eprintln!("token id: {id}");
             println!("{token}");
         }

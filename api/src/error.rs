@@ -135,6 +135,15 @@ impl ApiError {
     }
 }
 
+impl From<crate::model::UnknownStoredValue> for ApiError {
+    /// The database holds what this build cannot represent: logged with the value, hidden from
+    /// the client like any other server fault.
+    fn from(error: crate::model::UnknownStoredValue) -> Self {
+        tracing::error!(%error, "unreadable row");
+        ApiError::internal()
+    }
+}
+
 impl From<DbErr> for ApiError {
     /// Constraint violations are the client's fault (4xx); everything else is logged and hidden.
     fn from(error: DbErr) -> Self {

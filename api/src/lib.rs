@@ -15,6 +15,7 @@ pub mod model;
 pub mod routes;
 pub mod seed;
 pub mod spec;
+pub mod stored_enum;
 pub mod variant_budget;
 
 pub use app::{AppOptions, AppState, Application};

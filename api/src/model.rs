@@ -11,6 +11,8 @@ use uuid::Uuid;
 use crate::auth::Role;
 use crate::db::entities::{api_tokens, assets, mitigations, risks, subactions};
 
+pub use crate::stored_enum::{UnknownStoredValue, enum_text, stored};
+
 /// Where a risk is in its life cycle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
 #[oai(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -77,20 +79,6 @@ pub enum SortDirection {
     Desc,
 }
 
-/// Text of an enum value as stored in Postgres (its JSON form).
-pub fn enum_text<T: poem_openapi::types::ToJSON>(value: &T) -> String {
-    match value.to_json() {
-        Some(serde_json::Value::String(text)) => text,
-        other => other.map(|value| value.to_string()).unwrap_or_default(),
-    }
-}
-
-/// Parses a stored enum value; the database's CHECK constraints keep it valid.
-fn stored<T: poem_openapi::types::ParseFromJSON>(text: &str) -> T {
-    T::parse_from_json(Some(serde_json::Value::String(text.to_owned())))
-        .unwrap_or_else(|_| panic!("database holds an unknown enum value {text:?}"))
-}
-
 /// A risk as listed (without what it embeds).
 #[derive(Debug, Clone, Object)]
 #[oai(example, skip_serializing_if_is_none)]
@@ -121,30 +109,32 @@ pub struct Risk {
     pub updated_at: DateTime<Utc>,
 }
 
-impl From<risks::Model> for Risk {
-    fn from(row: risks::Model) -> Self {
+impl TryFrom<risks::Model> for Risk {
+    type Error = UnknownStoredValue;
+
+    fn try_from(row: risks::Model) -> Result<Self, UnknownStoredValue> {
         let custom_fields = match row.custom_fields {
             serde_json::Value::Object(map) => map.into_iter().collect(),
             _ => BTreeMap::new(),
         };
-        Risk {
+        Ok(Risk {
             id: row.id,
             title: row.title,
             description: row.description,
             impact: row.impact,
             probability: row.probability,
             score: row.score.to_f64().unwrap_or_default(),
-            severity: stored(&row.severity),
-            status: stored(&row.status),
+            severity: stored("risks.severity", &row.severity)?,
+            status: stored("risks.status", &row.status)?,
             tags: row.tags,
             owner: row.owner,
-            source: stored(&row.source),
+            source: stored("risks.source", &row.source)?,
             external_id: row.external_id,
             custom_fields,
             frameworks: row.frameworks,
             created_at: row.created_at.to_utc(),
             updated_at: row.updated_at.to_utc(),
-        }
+        })
     }
 }
 
@@ -209,7 +199,7 @@ pub struct RiskCreate {
     /// Defaults to DRAFT.
     pub status: Option<RiskStatus>,
     #[oai(default, validator(max_items = 50, unique_items))]
-    pub tags: Vec<Tag>,
+    pub tags: Vec<Label>,
     #[oai(default, validator(max_length = 255))]
     pub owner: String,
     /// Defaults to MANUAL.
@@ -219,7 +209,7 @@ pub struct RiskCreate {
     #[oai(default)]
     pub custom_fields: BTreeMap<String, serde_json::Value>,
     #[oai(default, validator(max_items = 50, unique_items))]
-    pub frameworks: Vec<Tag>,
+    pub frameworks: Vec<Label>,
 }
 
 impl Example for RiskCreate {
@@ -230,19 +220,20 @@ impl Example for RiskCreate {
             impact: 5,
             probability: 3,
             status: Some(RiskStatus::Active),
-            tags: vec![Tag("ransomware".into())],
+            tags: vec![Label("ransomware".into())],
             owner: "ciso@example.com".into(),
             source: None,
             external_id: None,
             custom_fields: BTreeMap::new(),
-            frameworks: vec![Tag("ISO27001".into())],
+            frameworks: vec![Label("ISO27001".into())],
         }
     }
 }
 
+// Not an invalidation tag (those are `openrisk_shared::Tag`); the doc line below is the spec's.
 /// A label on a risk or a framework name: 1–64 characters.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, poem_openapi::NewType)]
-pub struct Tag(#[oai(validator(min_length = 1, max_length = 64))] pub String);
+pub struct Label(#[oai(validator(min_length = 1, max_length = 64))] pub String);
 
 /// Changes to a risk; absent fields stay as they are.
 #[derive(Debug, Clone, Object)]
@@ -258,7 +249,7 @@ pub struct RiskPatch {
     pub probability: Option<i16>,
     pub status: Option<RiskStatus>,
     #[oai(validator(max_items = 50, unique_items))]
-    pub tags: Option<Vec<Tag>>,
+    pub tags: Option<Vec<Label>>,
     #[oai(validator(max_length = 255))]
     pub owner: Option<String>,
     pub source: Option<RiskSource>,
@@ -267,7 +258,7 @@ pub struct RiskPatch {
     pub external_id: MaybeUndefined<String>,
     pub custom_fields: Option<BTreeMap<String, serde_json::Value>>,
     #[oai(validator(max_items = 50, unique_items))]
-    pub frameworks: Option<Vec<Tag>>,
+    pub frameworks: Option<Vec<Label>>,
 }
 
 /// A mitigation with its sub-actions.
@@ -293,13 +284,13 @@ pub struct Mitigation {
 }
 
 impl Mitigation {
-    pub fn from_rows(row: mitigations::Model, subactions: Vec<subactions::Model>) -> Self {
-        Mitigation {
+    pub fn from_rows(row: mitigations::Model, subactions: Vec<subactions::Model>) -> Result<Self, UnknownStoredValue> {
+        Ok(Mitigation {
             id: row.id,
             risk_id: row.risk_id,
             title: row.title,
             assignee: row.assignee,
-            status: stored(&row.status),
+            status: stored("mitigations.status", &row.status)?,
             progress: row.progress,
             due_date: row.due_date,
             cost: row.cost,
@@ -307,7 +298,7 @@ impl Mitigation {
             subactions: subactions.into_iter().map(SubAction::from).collect(),
             created_at: row.created_at.to_utc(),
             updated_at: row.updated_at.to_utc(),
-        }
+        })
     }
 }
 
@@ -408,17 +399,19 @@ pub struct Asset {
     pub updated_at: DateTime<Utc>,
 }
 
-impl From<assets::Model> for Asset {
-    fn from(row: assets::Model) -> Self {
-        Asset {
+impl TryFrom<assets::Model> for Asset {
+    type Error = UnknownStoredValue;
+
+    fn try_from(row: assets::Model) -> Result<Self, UnknownStoredValue> {
+        Ok(Asset {
             id: row.id,
             name: row.name,
             asset_type: row.asset_type,
-            criticality: stored(&row.criticality),
+            criticality: stored("assets.criticality", &row.criticality)?,
             owner: row.owner,
             created_at: row.created_at.to_utc(),
             updated_at: row.updated_at.to_utc(),
-        }
+        })
     }
 }
 
@@ -538,16 +531,18 @@ pub struct TokenInfo {
     pub revoked_at: Option<DateTime<Utc>>,
 }
 
-impl From<api_tokens::Model> for TokenInfo {
-    fn from(row: api_tokens::Model) -> Self {
-        TokenInfo {
+impl TryFrom<api_tokens::Model> for TokenInfo {
+    type Error = UnknownStoredValue;
+
+    fn try_from(row: api_tokens::Model) -> Result<Self, UnknownStoredValue> {
+        Ok(TokenInfo {
             id: row.id,
             name: row.name,
-            role: Role::parse(&row.role).unwrap_or(Role::Viewer),
+            role: stored("api_tokens.role", &row.role)?,
             created_at: row.created_at.to_utc(),
             last_used_at: row.last_used_at.map(|at| at.to_utc()),
             revoked_at: row.revoked_at.map(|at| at.to_utc()),
-        }
+        })
     }
 }
 

@@ -30,25 +30,27 @@ struct IdRow {
 }
 
 /// Creates `tenants` new tenants with `risks` risks each (plus assets, mitigations, sub-actions,
-/// links and history); with `demo`, also the `demo` tenant (seeded only when new) and a token.
+/// links and history). With `demo`, also the `demo` tenant and an analyst token for it, and
+/// idempotently: once the demo tenant exists, a run creates no tenant and no data, only a fresh
+/// token for it (so `scripts/dev-up.sh` can run again on the same database).
 pub async fn seed(db: &DatabaseConnection, tenants: u32, risks: u32, demo: bool) -> Result<SeedReport, DbErr> {
-    let run = &Uuid::new_v4().simple().to_string()[..8];
+    let existing_demo = if demo { demo_tenant(db).await? } else { None };
     let mut created = Vec::new();
-    for index in 1..=tenants {
-        let slug = format!("seed-{run}-{index}");
-        let txn = db.begin().await?;
-        let tenant = create_tenant(&txn, &slug, &format!("Seed tenant {index} ({run})")).await?;
-        seed_tenant(&txn, tenant, risks).await?;
-        txn.commit().await?;
-        created.push(tenant);
+    if existing_demo.is_none() {
+        let run = &Uuid::new_v4().simple().to_string()[..8];
+        for index in 1..=tenants {
+            let slug = format!("seed-{run}-{index}");
+            let txn = db.begin().await?;
+            let tenant = create_tenant(&txn, &slug, &format!("Seed tenant {index} ({run})")).await?;
+            seed_tenant(&txn, tenant, risks).await?;
+            txn.commit().await?;
+            created.push(tenant);
+        }
     }
     let demo = if demo {
         let txn = db.begin().await?;
-        let existing = IdRow::find_by_statement(stmt("SELECT id FROM tenants WHERE slug = $1", [DEMO_SLUG.into()]))
-            .one(&txn)
-            .await?;
-        let tenant = match existing {
-            Some(row) => row.id,
+        let tenant = match existing_demo {
+            Some(tenant) => tenant,
             None => {
                 let tenant = create_tenant(&txn, DEMO_SLUG, "Demo tenant").await?;
                 seed_tenant(&txn, tenant, risks).await?;
@@ -62,6 +64,13 @@ pub async fn seed(db: &DatabaseConnection, tenants: u32, risks: u32, demo: bool)
         None
     };
     Ok(SeedReport { tenants: created, demo })
+}
+
+/// The demo tenant's id, if it exists.
+async fn demo_tenant(db: &impl ConnectionTrait) -> Result<Option<Uuid>, DbErr> {
+    let row =
+        IdRow::find_by_statement(stmt("SELECT id FROM tenants WHERE slug = $1", [DEMO_SLUG.into()])).one(db).await?;
+    Ok(row.map(|row| row.id))
 }
 
 async fn create_tenant(db: &impl ConnectionTrait, slug: &str, name: &str) -> Result<Uuid, DbErr> {

@@ -343,3 +343,97 @@ async fn a_detail_miss_reads_the_database_once_when_its_versions_exist() {
     assert_eq!(reads().await - start, 1.0);
     assert_eq!(after.json::<Value>().await.unwrap()["title"], "Changed");
 }
+
+/// The tag kinds a generated `cache_tags_<table>` function can emit: its string literals, each
+/// a whole collection tag (`risks`) or the prefix of a row tag (`risk:`).
+fn kinds_in_trigger_source(source: &str) -> Vec<(String, bool)> {
+    source
+        .split('\'')
+        .skip(1)
+        .step_by(2)
+        .map(|literal| match literal.strip_suffix(':') {
+            Some(kind) => (kind.to_owned(), true),
+            None => (literal.to_owned(), false),
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn every_tag_kind_the_triggers_emit_is_one_the_api_registers_and_the_invalidator_accepts() {
+    use openrisk_shared::Tag;
+    use openrisk_shared::event::{InvalidationEvent, OutboxRow};
+    use std::collections::BTreeSet;
+
+    let app = spawn_app().await;
+    let db = app.db.connect().await;
+    let functions =
+        db.query(r"SELECT proname::text, prosrc FROM pg_proc WHERE proname LIKE 'cache\_tags\_%'", &[]).await.unwrap();
+    assert!(functions.len() >= 7, "every watched table has a generated tags function");
+    let mut emitted = BTreeSet::new();
+    for function in &functions {
+        let (name, source): (String, String) = (function.get(0), function.get(1));
+        for (kind, names_a_row) in kinds_in_trigger_source(&source) {
+            assert!(Tag::KINDS.contains(&kind.as_str()), "{name} emits the tag kind {kind:?}, which Tag::KINDS lacks");
+            let example = if names_a_row { format!("{kind}:{}", uuid::Uuid::new_v4()) } else { kind.clone() };
+            assert_eq!(Tag::parse(&example).map(|tag| tag.names_a_row()), Ok(names_a_row), "{name}: {example}");
+            emitted.insert(kind);
+        }
+    }
+    let vocabulary: BTreeSet<String> = Tag::KINDS.iter().map(|kind| kind.to_string()).collect();
+    assert_eq!(emitted, vocabulary, "Tag::KINDS names exactly the kinds the triggers emit");
+
+    // A tenant with one of everything, then every cacheable read of it.
+    let token = &app.a.analyst;
+    let risk = app.create_risk(token, "Tagged").await;
+    let risk_path = format!("/api/v1/risks/{}", risk["id"].as_str().unwrap());
+    let mitigation: Value = app
+        .send_json(Method::POST, &format!("{risk_path}/mitigations"), token, json!({"title": "M"}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let asset = app.create_asset(token, "db", "HIGH").await;
+    let asset_path = format!("/api/v1/assets/{}", asset["id"].as_str().unwrap());
+    let link = app.request(Method::PUT, &format!("{risk_path}{}", &asset_path["/api/v1".len()..]), token);
+    assert!(link.send().await.unwrap().status().is_success());
+    for path in [
+        "/api/v1/risks".to_owned(),
+        risk_path.clone(),
+        format!("{risk_path}/mitigations/{}", mitigation["id"].as_str().unwrap()),
+        "/api/v1/assets".to_owned(),
+        asset_path,
+        "/api/v1/stats".to_owned(),
+        "/api/v1/stats/risk-matrix".to_owned(),
+        "/api/v1/stats/trends".to_owned(),
+    ] {
+        assert_eq!(app.get(&path, &app.a.viewer).await.status(), StatusCode::OK, "{path}");
+    }
+    let version_marker = format!("{{{}}}:v:", app.a.id);
+    let registered: BTreeSet<String> = app
+        .redis
+        .keys()
+        .iter()
+        .filter_map(|key| Some(Tag::parse(key.split_once(&version_marker)?.1).unwrap().kind().to_owned()))
+        .collect();
+    assert_eq!(registered, emitted, "the API's reads register every kind the triggers emit, and no other");
+
+    // The invalidator accepts every event the writes above left in the outbox.
+    let rows = db
+        .query("SELECT id, tenant_id, table_name::text, op, tags, created_at FROM cache_outbox ORDER BY id", &[])
+        .await
+        .unwrap();
+    assert!(!rows.is_empty());
+    for row in rows {
+        let outbox_row = OutboxRow {
+            id: row.get(0),
+            tenant_id: row.get(1),
+            table_name: row.get(2),
+            op: row.get(3),
+            tags: row.get(4),
+            created_at: row.get(5),
+            table_watched: true,
+        };
+        let event = InvalidationEvent::try_from(outbox_row.clone());
+        assert!(event.is_ok(), "the invalidator refuses {outbox_row:?}: {event:?}");
+    }
+}

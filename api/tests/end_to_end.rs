@@ -8,19 +8,12 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use common::{TestApp, cache_status, spawn_app};
-use openrisk_shared::Settings;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 /// Starts an invalidator replica on the app's database and Redis namespace.
 async fn start_invalidator(app: &TestApp) -> openrisk_invalidator::Running {
-    let mut settings = Settings {
-        database_url: app.db.url.clone(),
-        redis_url: app.redis.url.clone(),
-        metrics_addr: "127.0.0.1:0".parse().unwrap(),
-        ..Settings::default()
-    };
-    settings.cache.key_prefix = app.redis.prefix.clone();
+    let mut settings = openrisk_test_support::settings_for(&app.db, &app.redis);
     settings.invalidator.poll_interval_ms = 100;
     openrisk_invalidator::start(settings).await.expect("invalidator starts")
 }
@@ -82,7 +75,10 @@ async fn a_plain_sql_write_reaches_cached_responses_through_the_invalidator() {
     })
     .await;
     read_until(&app, &paths[1], &token, |body| body["items"][0]["title"] == "after").await;
-    read_until(&app, &paths[2], &token, |body| body.to_string().contains("18")).await;
+    read_until(&app, &paths[2], &token, |body| {
+        body["total_risks"] == 1 && body["average_score"].as_f64() == Some(18.0)
+    })
+    .await;
     assert!(invalidator.metrics.events_processed.get() > 0);
     assert!(invalidator.shutdown(Duration::from_secs(10)).await);
 }

@@ -505,3 +505,30 @@ async fn metrics_are_served_on_their_own_address_and_not_on_the_api_port() {
     assert_eq!(metrics.status(), StatusCode::OK);
     assert!(metrics.text().await.unwrap().contains("openrisk_http_requests_total{"));
 }
+
+#[tokio::test]
+async fn a_stored_enum_value_this_build_does_not_know_fails_the_read_with_500_and_the_process_serves_on() {
+    let app = spawn_app().await;
+    let token = &app.a.analyst;
+    let odd = app.create_risk(token, "Written by a newer build").await;
+    let fine = app.create_risk(token, "Ordinary").await;
+    let (odd_path, fine_path) = (
+        format!("/api/v1/risks/{}", odd["id"].as_str().unwrap()),
+        format!("/api/v1/risks/{}", fine["id"].as_str().unwrap()),
+    );
+    // What a newer migration could allow: a status this build has no variant for.
+    app.sql(&format!(
+        "DO $$ DECLARE name text; BEGIN
+           FOR name IN SELECT conname FROM pg_constraint WHERE conrelid = 'risks'::regclass AND contype = 'c'
+                         AND pg_get_constraintdef(oid) LIKE '%status%' LOOP
+             EXECUTE format('ALTER TABLE risks DROP CONSTRAINT %I', name);
+           END LOOP;
+         END $$;
+         UPDATE risks SET status = 'ARCHIVED' WHERE id = '{}';",
+        odd["id"].as_str().unwrap()
+    ))
+    .await;
+    assert_problem(app.get(&odd_path, token).await, StatusCode::INTERNAL_SERVER_ERROR).await;
+    assert_problem(app.get("/api/v1/risks", token).await, StatusCode::INTERNAL_SERVER_ERROR).await;
+    assert_eq!(app.get(&fine_path, token).await.status(), StatusCode::OK, "the process is still up");
+}

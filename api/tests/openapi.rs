@@ -1,15 +1,19 @@
-//! The committed OpenAPI document must match the code.
+//! The committed OpenAPI document must match the code (a mismatch prints the unified diff).
 
 #[test]
 fn the_committed_openapi_document_matches_the_code() {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../openapi/openapi.json");
     let committed = std::fs::read_to_string(&path).unwrap_or_default();
     let generated = openrisk_api::app::openapi_json();
-    assert!(
-        committed.trim_end() == generated.trim_end(),
-        "openapi/openapi.json is out of date with the code; regenerate it with\n\n    \
-         cargo run -p openrisk-api -- openapi > openapi/openapi.json\n"
-    );
+    let (committed, generated) = (format!("{}\n", committed.trim_end()), format!("{}\n", generated.trim_end()));
+    if committed != generated {
+        let diff = similar::TextDiff::from_lines(&committed, &generated);
+        panic!(
+            "openapi/openapi.json is out of date with the code; regenerate it with\n\n    \
+             cargo run -p openrisk-api -- openapi > openapi/openapi.json\n\n{}",
+            diff.unified_diff().context_radius(3).header("openapi/openapi.json (committed)", "generated from the code")
+        );
+    }
 }
 
 #[test]

@@ -61,13 +61,7 @@ impl ReplicaApp {
     }
 
     async fn start_invalidator(&mut self) {
-        let mut settings = Settings {
-            database_url: self.app.db.url.clone(),
-            redis_url: self.app.redis.url.clone(),
-            metrics_addr: "127.0.0.1:0".parse().unwrap(),
-            ..Settings::default()
-        };
-        settings.cache.key_prefix = self.app.redis.prefix.clone();
+        let mut settings = openrisk_test_support::settings_for(&self.app.db, &self.app.redis);
         settings.invalidator.poll_interval_ms = 50;
         self.invalidator = Some(openrisk_invalidator::start(settings).await.expect("invalidator starts"));
     }

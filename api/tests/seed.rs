@@ -7,7 +7,7 @@ use reqwest::StatusCode;
 use serde_json::Value;
 
 #[tokio::test]
-async fn seeded_data_is_consistent_and_the_demo_token_works() {
+async fn seeded_data_is_consistent_the_demo_token_works_and_a_second_run_reuses_the_demo_tenant() {
     let app = spawn_app().await;
     let conn = &app.app.state.db.conn;
     let report = openrisk_api::seed::seed(conn, 2, 120, true).await.unwrap();
@@ -47,8 +47,16 @@ async fn seeded_data_is_consistent_and_the_demo_token_works() {
         trends["points"].as_array().unwrap().iter().filter(|point| point["created"].as_i64() > Some(0)).count();
     assert!(days_with_data > 30, "creations are spread over time");
 
-    // Reusing the demo tenant adds no data, only a token.
-    let again = openrisk_api::seed::seed(conn, 0, 120, true).await.unwrap();
-    assert_eq!(again.demo.as_ref().map(|(id, _)| *id), Some(demo));
+    // A second run, as `scripts/dev-up.sh` makes it: no new tenant, no new data, a working
+    // token for the same demo tenant.
+    let tenants_before = app.count("SELECT count(*) FROM tenants").await;
+    let again = openrisk_api::seed::seed(conn, 2, 120, true).await.unwrap();
+    assert!(again.tenants.is_empty(), "{:?}", again.tenants);
+    let (again_demo, again_token) = again.demo.expect("demo tenant");
+    assert_eq!(again_demo, demo);
+    assert_eq!(app.count("SELECT count(*) FROM tenants").await, tenants_before);
     assert_eq!(app.count(&format!("SELECT count(*) FROM risks WHERE tenant_id = '{demo}'")).await, 120);
+    let list = app.get("/api/v1/risks?limit=1", &again_token).await;
+    assert_eq!(list.status(), StatusCode::OK);
+    assert_eq!(list.json::<Value>().await.unwrap()["total"], 120);
 }

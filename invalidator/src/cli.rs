@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 use openrisk_shared::config::WakeMode;
 use openrisk_shared::{Settings, telemetry};
 
@@ -27,16 +27,8 @@ pub enum Command {
     Run {
         /// How to learn of new events (overrides `invalidator.mode`).
         #[arg(long, value_enum)]
-        mode: Option<Mode>,
+        mode: Option<WakeMode>,
     },
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum Mode {
-    /// LISTEN for wake-ups when idle, polling as a safety net (needs a direct or session-mode connection).
-    Listen,
-    /// Poll only (for PgBouncer in transaction mode).
-    Poll,
 }
 
 /// Runs one command to completion.
@@ -46,10 +38,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run { mode } => {
             if let Some(mode) = mode {
-                settings.invalidator.mode = match mode {
-                    Mode::Listen => WakeMode::Listen,
-                    Mode::Poll => WakeMode::Poll,
-                };
+                settings.invalidator.mode = mode;
             }
             let timeout = Duration::from_millis(settings.invalidator.shutdown_timeout_ms);
             let running = crate::start(settings).await?;

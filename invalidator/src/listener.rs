@@ -4,14 +4,11 @@
 use std::time::Duration;
 
 use futures::StreamExt;
+use openrisk_shared::advisory_locks;
 use openrisk_shared::config::PostgresLink;
 use tokio::sync::mpsc;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{AsyncMessage, Client, NoTls};
-
-/// Held (session level) by the one replica that parks; the others only listen. Whoever holds
-/// it is the "park leader"; a replica that dies releases it with its connection.
-const PARK_LEADER_LOCK_KEY: i64 = 7_273_730_002;
 
 /// A LISTEN connection of its own (it must be a direct or session-mode connection: PgBouncer in
 /// transaction mode drops LISTEN).
@@ -64,7 +61,7 @@ impl Listener {
     pub async fn try_lead(&mut self) -> Result<bool, tokio_postgres::Error> {
         if !self.leader {
             self.leader =
-                self.client.query_one("SELECT pg_try_advisory_lock($1)", &[&PARK_LEADER_LOCK_KEY]).await?.get(0);
+                self.client.query_one("SELECT pg_try_advisory_lock($1)", &[&advisory_locks::PARK_LEADER]).await?.get(0);
         }
         Ok(self.leader)
     }

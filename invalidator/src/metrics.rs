@@ -2,6 +2,10 @@
 
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
+/// The `target` of `openrisk_invalidator_reconnects_total` for the LISTEN connection (the
+/// outbox's own connection counts under `postgres`).
+pub const RECONNECT_LISTENER: &str = "postgres_listener";
+
 /// Every metric one replica exports; names follow Prometheus conventions.
 #[derive(Clone)]
 pub struct Metrics {
@@ -52,13 +56,17 @@ impl Metrics {
         registry.register(Box::new(oldest_event_age_seconds.clone())).expect("unique metric");
         let errors =
             counter_vec("openrisk_invalidator_errors_total", "Failed batches, by the system that failed.", "kind");
-        let reconnects =
-            counter_vec("openrisk_invalidator_reconnects_total", "Connections re-established, by target.", "target");
+        let reconnects = counter_vec(
+            "openrisk_invalidator_reconnects_total",
+            "Connections re-established, by target: the outbox's Postgres connection, the LISTEN connection, Redis.",
+            "target",
+        );
         for (vec, label) in [
             (&errors, "postgres"),
             (&errors, "redis"),
             (&errors, "redis_replication"),
             (&reconnects, "postgres"),
+            (&reconnects, RECONNECT_LISTENER),
             (&reconnects, "redis"),
         ] {
             vec.with_label_values(&[label]);

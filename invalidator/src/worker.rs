@@ -20,7 +20,7 @@ use uuid::Uuid;
 use openrisk_shared::redis_connection::RedisUrlError;
 
 use crate::listener::Listener;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RECONNECT_LISTENER};
 use crate::outbox::{self, Batch, ClaimedEvent};
 
 /// Tags sent to Redis in one script call.
@@ -334,7 +334,7 @@ impl Worker {
             match Listener::connect(&self.settings.database_url, &self.settings.database.link(), poll).await {
                 Ok(connected) => {
                     if self.listener_was_up.swap(true, Ordering::Relaxed) {
-                        self.metrics.reconnects.with_label_values(&["postgres"]).inc();
+                        self.metrics.reconnects.with_label_values(&[RECONNECT_LISTENER]).inc();
                     }
                     *listener = Some(connected);
                     self.metrics.listener_connected.set(1);

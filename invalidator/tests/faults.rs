@@ -121,6 +121,8 @@ async fn a_killed_listener_connection_is_replaced_and_nothing_is_lost() {
     })
     .await;
     assert!(running.metrics.reconnects.with_label_values(&["postgres"]).get() >= 1);
+    let listener_target = openrisk_invalidator::metrics::RECONNECT_LISTENER;
+    assert!(running.metrics.reconnects.with_label_values(&[listener_target]).get() >= 1);
     assert!(running.shutdown(WAIT).await);
 }
 

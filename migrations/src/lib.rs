@@ -46,9 +46,6 @@ pub const MIGRATIONS: &[Migration] = &[
     },
 ];
 
-/// Advisory lock held while migrating, so two runners never apply the same file.
-const MIGRATION_LOCK_KEY: i64 = 7_273_730_003;
-
 #[derive(Debug, thiserror::Error)]
 pub enum MigrateError {
     #[error("database error while migrating: {0}")]
@@ -73,9 +70,9 @@ pub fn fingerprint() -> String {
 
 /// Applies every migration not yet applied; returns the versions it applied.
 pub async fn migrate(client: &mut Client) -> Result<Vec<i64>, MigrateError> {
-    client.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK_KEY]).await?;
+    client.execute("SELECT pg_advisory_lock($1)", &[&openrisk_shared::advisory_locks::MIGRATION]).await?;
     let result = apply_pending(client).await;
-    client.execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK_KEY]).await?;
+    client.execute("SELECT pg_advisory_unlock($1)", &[&openrisk_shared::advisory_locks::MIGRATION]).await?;
     result
 }
 

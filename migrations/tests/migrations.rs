@@ -39,6 +39,14 @@ fn tags(list: &[String]) -> Vec<String> {
 }
 
 #[tokio::test]
+async fn the_park_lock_key_of_the_sql_is_the_one_the_rust_side_names() {
+    let db = TestDatabase::create().await;
+    let client = db.connect().await;
+    let key: i64 = client.query_one("SELECT cache_park_lock_key()", &[]).await.unwrap().get(0);
+    assert_eq!(key, openrisk_shared::advisory_locks::PARK);
+}
+
+#[tokio::test]
 async fn migrations_apply_twice_cleanly() {
     let db = TestDatabase::create().await;
     let mut client = db.connect().await;

@@ -163,8 +163,8 @@ impl Default for HttpSettings {
     }
 }
 
-/// How the invalidator learns of outbox rows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+/// How the invalidator learns of outbox rows (also its `--mode` on the command line).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum WakeMode {
     /// LISTEN for wake-ups when idle, with the poll interval as a safety net.

@@ -45,6 +45,33 @@ pub enum TagError {
 impl Tag {
     /// The tenant-wide tag: invalidating it drops every entry of the tenant.
     pub const ALL: &'static str = "all";
+    /// Every risk of the tenant: risk lists and statistics.
+    pub const RISKS: &'static str = "risks";
+    /// Every mitigation of the tenant: statistics over mitigations.
+    pub const MITIGATIONS: &'static str = "mitigations";
+    /// Every asset of the tenant: asset lists.
+    pub const ASSETS: &'static str = "assets";
+    /// The tenant's score history: trends.
+    pub const RISK_HISTORY: &'static str = "risk_history";
+    /// One risk and everything its detail embeds (`risk:<id>`).
+    pub const RISK: &'static str = "risk";
+    /// One mitigation and its sub-actions (`mitigation:<id>`).
+    pub const MITIGATION: &'static str = "mitigation";
+    /// One asset (`asset:<id>`).
+    pub const ASSET: &'static str = "asset";
+    /// Every kind of tag: the triggers in `migrations/` emit these and nothing else (a test
+    /// reads the generated trigger functions to hold them to it), and the API's reads register
+    /// them through the constructors below.
+    pub const KINDS: [&'static str; 8] = [
+        Self::ALL,
+        Self::RISKS,
+        Self::MITIGATIONS,
+        Self::ASSETS,
+        Self::RISK_HISTORY,
+        Self::RISK,
+        Self::MITIGATION,
+        Self::ASSET,
+    ];
 
     pub fn parse(text: &str) -> Result<Self, TagError> {
         if text.is_empty() {
@@ -65,16 +92,46 @@ impl Tag {
         if kind_ok && id_ok { Ok(Tag(text.to_owned())) } else { Err(TagError::Malformed(text.to_owned())) }
     }
 
-    /// A collection tag such as `risks`, or a row tag such as `risk:<id>`.
-    pub fn new(kind: &str, id: Option<&dyn fmt::Display>) -> Result<Self, TagError> {
-        match id {
-            Some(id) => Self::parse(&format!("{kind}:{id}")),
-            None => Self::parse(kind),
-        }
+    /// A row tag such as `risk:<id>`: a known kind and a UUID always form a valid tag.
+    fn of_row(kind: &'static str, id: Uuid) -> Self {
+        Tag(format!("{kind}:{id}"))
     }
 
     pub fn all() -> Self {
         Tag(Self::ALL.to_owned())
+    }
+
+    pub fn risks() -> Self {
+        Tag(Self::RISKS.to_owned())
+    }
+
+    pub fn mitigations() -> Self {
+        Tag(Self::MITIGATIONS.to_owned())
+    }
+
+    pub fn assets() -> Self {
+        Tag(Self::ASSETS.to_owned())
+    }
+
+    pub fn risk_history() -> Self {
+        Tag(Self::RISK_HISTORY.to_owned())
+    }
+
+    pub fn risk(id: Uuid) -> Self {
+        Self::of_row(Self::RISK, id)
+    }
+
+    pub fn mitigation(id: Uuid) -> Self {
+        Self::of_row(Self::MITIGATION, id)
+    }
+
+    pub fn asset(id: Uuid) -> Self {
+        Self::of_row(Self::ASSET, id)
+    }
+
+    /// The kind: the whole tag, or what comes before the `:` of a row tag.
+    pub fn kind(&self) -> &str {
+        self.0.split_once(':').map_or(self.0.as_str(), |(kind, _)| kind)
     }
 
     /// Whether the tag names one row (`kind:id`) rather than a collection: a row tag may carry
@@ -180,6 +237,26 @@ mod tests {
     }
 
     #[test]
+    fn every_constructed_tag_parses_and_names_its_kind() {
+        let id = Uuid::new_v4();
+        let built = [
+            Tag::all(),
+            Tag::risks(),
+            Tag::mitigations(),
+            Tag::assets(),
+            Tag::risk_history(),
+            Tag::risk(id),
+            Tag::mitigation(id),
+            Tag::asset(id),
+        ];
+        for (tag, kind) in built.iter().zip(Tag::KINDS) {
+            assert_eq!(Tag::parse(tag.as_str()).as_ref(), Ok(tag), "{tag}");
+            assert_eq!(tag.kind(), kind);
+            assert_eq!(tag.names_a_row(), tag.as_str() == format!("{kind}:{id}"), "{tag}");
+        }
+    }
+
+    #[test]
     fn every_key_of_a_tenant_shares_its_hash_slot() {
         // What makes CROSSSLOT impossible: every command and script of the protocol names keys
         // of one tenant only, and those all hash to the tenant's slot (a multi-key MGET across
@@ -189,7 +266,7 @@ mod tests {
             let tenant = Uuid::new_v4();
             let slot = redis::cluster_routing::Slot::for_key(format!("{{{tenant}}}"));
             let id = Uuid::new_v4();
-            for tag in [Tag::all(), Tag::parse("risks").unwrap(), Tag::new("risk", Some(&id)).unwrap()] {
+            for tag in [Tag::all(), Tag::risks(), Tag::risk(id)] {
                 for key in [
                     keyspace.version_key(tenant, &tag),
                     keyspace.members_key(tenant, &tag),

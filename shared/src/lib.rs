@@ -2,6 +2,7 @@
 //! Redis key and tag scheme, the cache consistency protocol (its Lua scripts), the invalidation
 //! event read from the outbox, the `Cache-Status` values, and telemetry set-up.
 
+pub mod advisory_locks;
 pub mod cache_status;
 pub mod config;
 pub mod db;

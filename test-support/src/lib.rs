@@ -25,12 +25,10 @@ pub use private::{PrivatePostgres, PrivateRedis, ReplicaPair, free_port};
 
 use std::time::Duration;
 
+use openrisk_shared::Settings;
 use openrisk_shared::redis_connection::{RedisConnection, RedisTarget, Timeouts};
 use tokio_postgres::Client;
 use uuid::Uuid;
-
-/// Advisory lock serialising template creation across concurrently starting test processes.
-const TEMPLATE_LOCK_KEY: i64 = 7_273_730_004;
 
 /// URL of a database on the shared server with rights to create databases.
 pub fn admin_database_url() -> String {
@@ -50,6 +48,20 @@ pub fn with_database(url: &str, database: &str) -> String {
         Some(query) => format!("{stem}/{database}?{query}"),
         None => format!("{stem}/{database}"),
     }
+}
+
+/// Settings for a process under test: the database of `db`, the Redis server and key prefix of
+/// `redis`, ports the OS picks for the API and the metrics; the defaults for everything else.
+pub fn settings_for(db: &TestDatabase, redis: &RedisNamespace) -> Settings {
+    let mut settings = Settings {
+        database_url: db.url.clone(),
+        redis_url: redis.url.clone(),
+        api_addr: "127.0.0.1:0".parse().expect("a socket address"),
+        metrics_addr: "127.0.0.1:0".parse().expect("a socket address"),
+        ..Settings::default()
+    };
+    settings.cache.key_prefix = redis.prefix.clone();
+    settings
 }
 
 /// A database of its own for one test, dropped (forcibly) when this value is dropped.
@@ -118,7 +130,10 @@ impl Drop for TestDatabase {
 /// Returns the name of the migrated template for the current migrations, building it if needed.
 async fn ensure_template(admin: &Client, admin_url: &str) -> String {
     let template = format!("openrisk_template_{}", openrisk_migrations::fingerprint());
-    admin.execute("SELECT pg_advisory_lock($1)", &[&TEMPLATE_LOCK_KEY]).await.expect("template lock");
+    admin
+        .execute("SELECT pg_advisory_lock($1)", &[&openrisk_shared::advisory_locks::TEMPLATE])
+        .await
+        .expect("template lock");
     let ready = admin
         .query_opt("SELECT 1 FROM pg_database WHERE datname = $1 AND datistemplate", &[&template])
         .await
@@ -148,7 +163,10 @@ async fn ensure_template(admin: &Client, admin_url: &str) -> String {
             .await
             .expect("mark template");
     }
-    admin.execute("SELECT pg_advisory_unlock($1)", &[&TEMPLATE_LOCK_KEY]).await.expect("template unlock");
+    admin
+        .execute("SELECT pg_advisory_unlock($1)", &[&openrisk_shared::advisory_locks::TEMPLATE])
+        .await
+        .expect("template unlock");
     template
 }
 

@@ -6,6 +6,7 @@ pub mod entities;
 pub mod replicas;
 pub mod risks;
 pub mod stats;
+pub mod writes;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -61,8 +62,10 @@ pub fn stmt(sql: &str, values: impl IntoIterator<Item = Value>) -> Statement {
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Invalidations(pub Vec<(Uuid, Vec<Tag>)>);
 
+/// The tenant and tags of an outbox row the committing transaction's own triggers wrote (the
+/// invalidator reads whole rows as `openrisk_shared::event::OutboxRow`).
 #[derive(Debug, FromQueryResult)]
-struct OutboxRow {
+struct OwnOutboxRow {
     tenant_id: Uuid,
     tags: Vec<String>,
 }
@@ -101,7 +104,7 @@ impl Db {
     /// the outbox for the invalidator, which remains the source of truth.
     pub async fn commit(&self, txn: DatabaseTransaction) -> Result<Invalidations, ApiError> {
         let started = Instant::now();
-        let rows = OutboxRow::find_by_statement(stmt(
+        let rows = OwnOutboxRow::find_by_statement(stmt(
             "SELECT tenant_id, tags FROM cache_outbox
              WHERE id > coalesce(nullif(current_setting('openrisk.outbox_position', true), '')::bigint, 0)
                AND txid = pg_current_xact_id()",

@@ -2,22 +2,21 @@
 
 use std::sync::Arc;
 
+use openrisk_shared::Tag;
 use poem::web::Data;
 use poem_openapi::param::{Header, Path, Query};
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, OpenApi};
-use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, IntoActiveModel, QueryFilter, QuerySelect, Set};
 use uuid::Uuid;
 
 use super::{
-    ApiTags, Cached, NoContent, Updated, body_of, cached, commit_and_invalidate, default_limit, default_page,
-    normalise_search, tag,
+    ApiTags, Cached, NoContent, Updated, Write, body_of, cached, default_limit, default_page, normalise_search,
 };
 use crate::app::AppState;
 use crate::auth::{BearerAuth, Role};
 use crate::cache::CacheableRead;
 use crate::db::assets::AssetFilter;
-use crate::db::entities::assets;
+use crate::db::writes;
 use crate::error::ApiError;
 use crate::model::{Asset, AssetCreate, AssetPage, AssetPatch, Criticality, enum_text};
 
@@ -85,7 +84,7 @@ impl AssetsApi {
             tenant,
             resource: "assets",
             params: filter.params(),
-            tags: vec![tag("assets", None)],
+            tags: vec![Tag::assets()],
         };
         let caching = super::ListCaching::of(filter.q.as_deref(), filter.page);
         super::cached_list(&state, read, caching, if_none_match.0.as_deref(), move |state, reader| {
@@ -94,7 +93,7 @@ impl AssetsApi {
                 let (rows, total) =
                     state.db.timed("asset_list", crate::db::assets::list(&reader.conn(), tenant, &filter)).await?;
                 let page = AssetPage {
-                    items: rows.into_iter().map(Asset::from).collect(),
+                    items: rows.into_iter().map(Asset::try_from).collect::<Result<_, _>>()?,
                     total,
                     page: filter.page,
                     limit: filter.limit,
@@ -125,7 +124,7 @@ impl AssetsApi {
                 .timed("asset_get", crate::db::assets::find(&reader.conn(), tenant, id))
                 .await?
                 .ok_or_else(|| ApiError::not_found("asset", id))?;
-            Ok(body_of(&Asset::from(row)))
+            Ok(body_of(&Asset::try_from(row)?))
         })
         .await
     }
@@ -138,22 +137,12 @@ impl AssetsApi {
         auth: BearerAuth,
         body: Json<AssetCreate>,
     ) -> Result<AssetCreated, ApiError> {
-        auth.0.require(Role::Analyst)?;
         let body = body.0;
-        let txn = state.db.begin().await?;
-        let row = assets::ActiveModel {
-            id: Set(Uuid::new_v4()),
-            tenant_id: Set(auth.0.tenant_id),
-            name: Set(body.name),
-            asset_type: Set(body.asset_type),
-            criticality: Set(enum_text(&body.criticality.unwrap_or(Criticality::Medium))),
-            owner: Set(body.owner),
-            ..Default::default()
-        };
-        let row = state.db.timed("asset_insert", row.insert(&txn)).await?;
-        commit_and_invalidate(&state, txn).await?;
+        let write = Write::begin(&state, &auth, Role::Analyst).await?;
+        let row = state.db.timed("asset_insert", writes::insert_asset(&write.txn, auth.0.tenant_id, body)).await?;
+        write.commit(&state).await?;
         let location = format!("/api/v1/assets/{}", row.id);
-        Ok(AssetCreated::Created(Json(Asset::from(row)), location))
+        Ok(AssetCreated::Created(Json(Asset::try_from(row)?), location))
     }
 
     /// Change an asset
@@ -172,35 +161,18 @@ impl AssetsApi {
         if_match: Header<Option<String>>,
         body: Json<AssetPatch>,
     ) -> Result<Updated<Asset>, ApiError> {
-        auth.0.require(Role::Analyst)?;
         let (tenant, id, patch) = (auth.0.tenant_id, id.0, body.0);
-        let txn = state.db.begin().await?;
+        let write = Write::begin(&state, &auth, Role::Analyst).await?;
         let current = state
             .db
-            .timed(
-                "asset_lock",
-                assets::Entity::find_by_id(id).filter(assets::Column::TenantId.eq(tenant)).lock_exclusive().one(&txn),
-            )
+            .timed("asset_lock", writes::lock_asset(&write.txn, tenant, id))
             .await?
             .ok_or_else(|| ApiError::not_found("asset", id))?;
-        super::require_if_match(if_match.0.as_deref(), || async { Ok(body_of(&Asset::from(current.clone()))) }).await?;
-        let mut row = current.into_active_model();
-        if let Some(name) = patch.name {
-            row.name = Set(name);
-        }
-        if let Some(asset_type) = patch.asset_type {
-            row.asset_type = Set(asset_type);
-        }
-        if let Some(criticality) = patch.criticality {
-            row.criticality = Set(enum_text(&criticality));
-        }
-        if let Some(owner) = patch.owner {
-            row.owner = Set(owner);
-        }
-        row.updated_at = Set(chrono::Utc::now().into());
-        let row = state.db.timed("asset_update", row.update(&txn)).await?;
-        commit_and_invalidate(&state, txn).await?;
-        Ok(Updated::Ok(Json(Asset::from(row))))
+        super::require_if_match(if_match.0.as_deref(), || async { Ok(body_of(&Asset::try_from(current.clone())?)) })
+            .await?;
+        let row = state.db.timed("asset_update", writes::update_asset(&write.txn, current, patch)).await?;
+        write.commit(&state).await?;
+        Ok(Updated::Ok(Json(Asset::try_from(row)?)))
     }
 
     /// Delete an asset
@@ -218,32 +190,22 @@ impl AssetsApi {
         #[oai(name = "If-Match")]
         if_match: Header<Option<String>>,
     ) -> Result<NoContent, ApiError> {
-        auth.0.require(Role::Analyst)?;
         let (tenant, id) = (auth.0.tenant_id, id.0);
-        let txn = state.db.begin().await?;
+        let write = Write::begin(&state, &auth, Role::Analyst).await?;
         if if_match.0.is_some() {
-            let locked = assets::Entity::find_by_id(id).filter(assets::Column::TenantId.eq(tenant)).lock_exclusive();
             let current = state
                 .db
-                .timed("asset_lock", locked.one(&txn))
+                .timed("asset_lock", writes::lock_asset(&write.txn, tenant, id))
                 .await?
                 .ok_or_else(|| ApiError::not_found("asset", id))?;
-            super::require_if_match(if_match.0.as_deref(), || async { Ok(body_of(&Asset::from(current))) }).await?;
+            super::require_if_match(if_match.0.as_deref(), || async { Ok(body_of(&Asset::try_from(current)?)) })
+                .await?;
         }
-        let deleted = state
-            .db
-            .timed(
-                "asset_delete",
-                assets::Entity::delete_many()
-                    .filter(assets::Column::Id.eq(id))
-                    .filter(assets::Column::TenantId.eq(tenant))
-                    .exec(&txn),
-            )
-            .await?;
-        if deleted.rows_affected == 0 {
+        let deleted = state.db.timed("asset_delete", writes::delete_asset(&write.txn, tenant, id)).await?;
+        if !deleted {
             return Err(ApiError::not_found("asset", id));
         }
-        commit_and_invalidate(&state, txn).await?;
+        write.commit(&state).await?;
         Ok(NoContent::Done)
     }
 
@@ -260,11 +222,10 @@ impl AssetsApi {
         /// Asset id.
         asset_id: Path<Uuid>,
     ) -> Result<NoContent, ApiError> {
-        auth.0.require(Role::Analyst)?;
-        let txn = state.db.begin().await?;
+        let write = Write::begin(&state, &auth, Role::Analyst).await?;
         let linked = state
             .db
-            .timed("asset_link", crate::db::risks::link_asset(&txn, auth.0.tenant_id, risk_id.0, asset_id.0))
+            .timed("asset_link", crate::db::risks::link_asset(&write.txn, auth.0.tenant_id, risk_id.0, asset_id.0))
             .await?;
         if !linked {
             return Err(ApiError::NotFound(Json(crate::error::Problem::new(
@@ -272,7 +233,7 @@ impl AssetsApi {
                 format!("risk {} or asset {} does not exist", risk_id.0, asset_id.0),
             ))));
         }
-        commit_and_invalidate(&state, txn).await?;
+        write.commit(&state).await?;
         Ok(NoContent::Done)
     }
 
@@ -287,11 +248,10 @@ impl AssetsApi {
         /// Asset id.
         asset_id: Path<Uuid>,
     ) -> Result<NoContent, ApiError> {
-        auth.0.require(Role::Analyst)?;
-        let txn = state.db.begin().await?;
+        let write = Write::begin(&state, &auth, Role::Analyst).await?;
         let unlinked = state
             .db
-            .timed("asset_unlink", crate::db::risks::unlink_asset(&txn, auth.0.tenant_id, risk_id.0, asset_id.0))
+            .timed("asset_unlink", crate::db::risks::unlink_asset(&write.txn, auth.0.tenant_id, risk_id.0, asset_id.0))
             .await?;
         if !unlinked {
             return Err(ApiError::NotFound(Json(crate::error::Problem::new(
@@ -299,7 +259,7 @@ impl AssetsApi {
                 format!("risk {} is not linked to asset {}", risk_id.0, asset_id.0),
             ))));
         }
-        commit_and_invalidate(&state, txn).await?;
+        write.commit(&state).await?;
         Ok(NoContent::Done)
     }
 }

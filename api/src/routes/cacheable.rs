@@ -5,7 +5,9 @@
 use poem_openapi::types::ParseFromParameter;
 use uuid::Uuid;
 
-use super::{MAX_CACHED_PAGE, tag};
+use openrisk_shared::Tag;
+
+use super::MAX_CACHED_PAGE;
 use crate::cache::CacheableRead;
 use crate::db::risks::{RiskFilter, ScoreBound};
 use crate::model::{RiskSortField, RiskStatus, Severity, SortDirection, enum_text};
@@ -155,7 +157,7 @@ pub fn risk_list(tenant: Uuid, filter: &RiskFilter) -> CacheableRead {
         tenant,
         resource: "risks",
         params: filter.params(),
-        tags: vec![tag("risks", None)],
+        tags: vec![Tag::risks()],
     }
 }
 
@@ -167,7 +169,7 @@ pub fn risk_detail(tenant: Uuid, id: Uuid) -> CacheableRead {
         tenant,
         resource: "risk",
         params: vec![("id", id.to_string())],
-        tags: vec![tag("risk", Some(id))],
+        tags: vec![Tag::risk(id)],
     }
 }
 
@@ -178,7 +180,7 @@ pub fn mitigation(tenant: Uuid, risk: Uuid, id: Uuid) -> CacheableRead {
         tenant,
         resource: "mitigation",
         params: vec![("risk_id", risk.to_string()), ("id", id.to_string())],
-        tags: vec![tag("mitigation", Some(id)), tag("risk", Some(risk))],
+        tags: vec![Tag::mitigation(id), Tag::risk(risk)],
     }
 }
 
@@ -189,7 +191,7 @@ pub fn asset_detail(tenant: Uuid, id: Uuid) -> CacheableRead {
         tenant,
         resource: "asset",
         params: vec![("id", id.to_string())],
-        tags: vec![tag("asset", Some(id))],
+        tags: vec![Tag::asset(id)],
     }
 }
 
@@ -200,7 +202,7 @@ pub fn stats(tenant: Uuid) -> CacheableRead {
         tenant,
         resource: "stats",
         params: Vec::new(),
-        tags: vec![tag("risks", None), tag("mitigations", None)],
+        tags: vec![Tag::risks(), Tag::mitigations()],
     }
 }
 
@@ -211,7 +213,7 @@ pub fn risk_matrix(tenant: Uuid) -> CacheableRead {
         tenant,
         resource: "risk_matrix",
         params: Vec::new(),
-        tags: vec![tag("risks", None)],
+        tags: vec![Tag::risks()],
     }
 }
 

@@ -7,18 +7,15 @@ use poem_openapi::param::{Header, Path};
 use poem_openapi::payload::Json;
 use poem_openapi::types::MaybeUndefined;
 use poem_openapi::{ApiResponse, OpenApi};
-use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, IntoActiveModel, QueryFilter, QuerySelect, Set};
 use uuid::Uuid;
 
-use super::{ApiTags, Cached, NoContent, Updated, body_of, cached, commit_and_invalidate};
+use super::{ApiTags, Cached, NoContent, Updated, Write, body_of, cached};
 use crate::app::AppState;
 use crate::auth::{BearerAuth, Role};
 use crate::db::entities::{mitigations, subactions};
+use crate::db::writes;
 use crate::error::ApiError;
-use crate::model::{
-    Mitigation, MitigationCreate, MitigationPatch, MitigationStatus, SubAction, SubActionCreate, SubActionPatch,
-    enum_text,
-};
+use crate::model::{Mitigation, MitigationCreate, MitigationPatch, SubAction, SubActionCreate, SubActionPatch};
 
 /// Mitigation and sub-action operations.
 pub struct MitigationsApi;
@@ -47,15 +44,15 @@ async fn mitigation_view(
     row: mitigations::Model,
 ) -> Result<Mitigation, ApiError> {
     let subs = state.db.timed("subaction_list", crate::db::risks::subactions_of(db, tenant, &[row.id])).await?;
-    Ok(Mitigation::from_rows(row, subs))
+    Ok(Mitigation::from_rows(row, subs)?)
 }
 
-/// A due date as RFC 3339 writes dates (years 0001 to 9999), or 400: chrono and Postgres take
+/// 400 unless a due date is one RFC 3339 writes (years 0001 to 9999): chrono and Postgres take
 /// years before Christ and past 9999 that no client could read back as a `date`.
-fn due_date(date: chrono::NaiveDate) -> Result<chrono::NaiveDate, ApiError> {
+fn check_due_date(date: chrono::NaiveDate) -> Result<(), ApiError> {
     use chrono::Datelike;
     if (1..=9999).contains(&date.year()) {
-        Ok(date)
+        Ok(())
     } else {
         let detail = format!("due_date {date} is outside 0001-01-01 to 9999-12-31");
         Err(ApiError::BadRequest(Json(crate::error::Problem::new(poem::http::StatusCode::BAD_REQUEST, detail))))
@@ -74,10 +71,9 @@ async fn require_mitigation_if_match(
         return Ok(row);
     }
     let (tenant, id) = (row.tenant_id, row.id);
-    let locked = mitigations::Entity::find_by_id(id).filter(mitigations::Column::TenantId.eq(tenant)).lock_exclusive();
     let row = state
         .db
-        .timed("mitigation_lock", locked.one(txn))
+        .timed("mitigation_lock", writes::lock_mitigation(txn, tenant, id))
         .await?
         .ok_or_else(|| ApiError::not_found("mitigation", id))?;
     let view = || async { Ok(body_of(&mitigation_view(state, txn, tenant, row.clone()).await?)) };
@@ -128,29 +124,19 @@ impl MitigationsApi {
         risk_id: Path<Uuid>,
         body: Json<MitigationCreate>,
     ) -> Result<MitigationCreated, ApiError> {
-        auth.0.require(Role::Analyst)?;
         let (tenant, risk, body) = (auth.0.tenant_id, risk_id.0, body.0);
-        let txn = state.db.begin().await?;
-        if state.db.timed("risk_lock", crate::db::risks::lock_live(&txn, tenant, risk)).await?.is_none() {
+        let write = Write::begin(&state, &auth, Role::Analyst).await?;
+        if state.db.timed("risk_lock", crate::db::risks::lock_live(&write.txn, tenant, risk)).await?.is_none() {
             return Err(ApiError::not_found("risk", risk));
         }
-        let row = mitigations::ActiveModel {
-            id: Set(Uuid::new_v4()),
-            tenant_id: Set(tenant),
-            risk_id: Set(risk),
-            title: Set(body.title),
-            assignee: Set(body.assignee),
-            status: Set(enum_text(&body.status.unwrap_or(MitigationStatus::Planned))),
-            progress: Set(body.progress),
-            due_date: Set(body.due_date.map(due_date).transpose()?),
-            cost: Set(body.cost.unwrap_or(1)),
-            mitigation_time_days: Set(body.mitigation_time_days),
-            ..Default::default()
-        };
-        let row = state.db.timed("mitigation_insert", row.insert(&txn)).await?;
-        commit_and_invalidate(&state, txn).await?;
+        if let Some(date) = body.due_date {
+            check_due_date(date)?;
+        }
+        let row =
+            state.db.timed("mitigation_insert", writes::insert_mitigation(&write.txn, tenant, risk, body)).await?;
+        write.commit(&state).await?;
         let location = format!("/api/v1/risks/{risk}/mitigations/{}", row.id);
-        Ok(MitigationCreated::Created(Json(Mitigation::from_rows(row, Vec::new())), location))
+        Ok(MitigationCreated::Created(Json(Mitigation::from_rows(row, Vec::new())?), location))
     }
 
     /// Change a mitigation
@@ -171,43 +157,20 @@ impl MitigationsApi {
         if_match: Header<Option<String>>,
         body: Json<MitigationPatch>,
     ) -> Result<Updated<Mitigation>, ApiError> {
-        auth.0.require(Role::Analyst)?;
         let (tenant, risk, id, patch) = (auth.0.tenant_id, risk_id.0, id.0, body.0);
-        let txn = state.db.begin().await?;
+        let write = Write::begin(&state, &auth, Role::Analyst).await?;
         let current = state
             .db
-            .timed("mitigation_get", crate::db::risks::find_mitigation(&txn, tenant, risk, id))
+            .timed("mitigation_get", crate::db::risks::find_mitigation(&write.txn, tenant, risk, id))
             .await?
             .ok_or_else(|| ApiError::not_found("mitigation", id))?;
-        let current = require_mitigation_if_match(&state, &txn, if_match.0.as_deref(), current).await?;
-        let mut row = current.into_active_model();
-        if let Some(title) = patch.title {
-            row.title = Set(title);
+        let current = require_mitigation_if_match(&state, &write.txn, if_match.0.as_deref(), current).await?;
+        if let MaybeUndefined::Value(date) = patch.due_date {
+            check_due_date(date)?;
         }
-        if let Some(assignee) = patch.assignee {
-            row.assignee = Set(assignee);
-        }
-        if let Some(status) = patch.status {
-            row.status = Set(enum_text(&status));
-        }
-        if let Some(progress) = patch.progress {
-            row.progress = Set(progress);
-        }
-        match patch.due_date {
-            MaybeUndefined::Value(date) => row.due_date = Set(Some(due_date(date)?)),
-            MaybeUndefined::Null => row.due_date = Set(None),
-            MaybeUndefined::Undefined => {}
-        }
-        if let Some(cost) = patch.cost {
-            row.cost = Set(cost);
-        }
-        if let Some(days) = patch.mitigation_time_days {
-            row.mitigation_time_days = Set(days);
-        }
-        row.updated_at = Set(chrono::Utc::now().into());
-        let row = state.db.timed("mitigation_update", row.update(&txn)).await?;
-        let view = mitigation_view(&state, &txn, tenant, row).await?;
-        commit_and_invalidate(&state, txn).await?;
+        let row = state.db.timed("mitigation_update", writes::update_mitigation(&write.txn, current, patch)).await?;
+        let view = mitigation_view(&state, &write.txn, tenant, row).await?;
+        write.commit(&state).await?;
         Ok(Updated::Ok(Json(view)))
     }
 
@@ -228,17 +191,16 @@ impl MitigationsApi {
         #[oai(name = "If-Match")]
         if_match: Header<Option<String>>,
     ) -> Result<NoContent, ApiError> {
-        auth.0.require(Role::Analyst)?;
         let (tenant, risk, id) = (auth.0.tenant_id, risk_id.0, id.0);
-        let txn = state.db.begin().await?;
+        let write = Write::begin(&state, &auth, Role::Analyst).await?;
         let row = state
             .db
-            .timed("mitigation_get", crate::db::risks::find_mitigation(&txn, tenant, risk, id))
+            .timed("mitigation_get", crate::db::risks::find_mitigation(&write.txn, tenant, risk, id))
             .await?
             .ok_or_else(|| ApiError::not_found("mitigation", id))?;
-        let row = require_mitigation_if_match(&state, &txn, if_match.0.as_deref(), row).await?;
-        state.db.timed("mitigation_delete", mitigations::Entity::delete_by_id(row.id).exec(&txn)).await?;
-        commit_and_invalidate(&state, txn).await?;
+        let row = require_mitigation_if_match(&state, &write.txn, if_match.0.as_deref(), row).await?;
+        state.db.timed("mitigation_delete", writes::delete_mitigation(&write.txn, row.id)).await?;
+        write.commit(&state).await?;
         Ok(NoContent::Done)
     }
 
@@ -258,27 +220,21 @@ impl MitigationsApi {
         mitigation_id: Path<Uuid>,
         body: Json<SubActionCreate>,
     ) -> Result<SubActionCreated, ApiError> {
-        auth.0.require(Role::Analyst)?;
         let (tenant, risk, mitigation) = (auth.0.tenant_id, risk_id.0, mitigation_id.0);
-        let txn = state.db.begin().await?;
+        let write = Write::begin(&state, &auth, Role::Analyst).await?;
         if state
             .db
-            .timed("mitigation_get", crate::db::risks::find_mitigation(&txn, tenant, risk, mitigation))
+            .timed("mitigation_get", crate::db::risks::find_mitigation(&write.txn, tenant, risk, mitigation))
             .await?
             .is_none()
         {
             return Err(ApiError::not_found("mitigation", mitigation));
         }
-        let row = subactions::ActiveModel {
-            id: Set(Uuid::new_v4()),
-            tenant_id: Set(tenant),
-            mitigation_id: Set(mitigation),
-            title: Set(body.0.title),
-            completed: Set(body.0.completed),
-            ..Default::default()
-        };
-        let row = state.db.timed("subaction_insert", row.insert(&txn)).await?;
-        commit_and_invalidate(&state, txn).await?;
+        let row = state
+            .db
+            .timed("subaction_insert", writes::insert_subaction(&write.txn, tenant, mitigation, body.0))
+            .await?;
+        write.commit(&state).await?;
         Ok(SubActionCreated::Created(Json(SubAction::from(row))))
     }
 
@@ -300,7 +256,6 @@ impl MitigationsApi {
         id: Path<Uuid>,
         body: Json<SubActionPatch>,
     ) -> Result<Updated<SubAction>, ApiError> {
-        auth.0.require(Role::Analyst)?;
         let patch = body.0;
         let row = change_subaction(&state, &auth, risk_id.0, mitigation_id.0, id.0, |current| SubActionPatch {
             title: patch.title.clone(),
@@ -329,7 +284,6 @@ impl MitigationsApi {
         /// Sub-action id.
         id: Path<Uuid>,
     ) -> Result<Updated<SubAction>, ApiError> {
-        auth.0.require(Role::Analyst)?;
         let row = change_subaction(&state, &auth, risk_id.0, mitigation_id.0, id.0, |current| SubActionPatch {
             title: None,
             completed: Some(!current.completed),
@@ -355,16 +309,18 @@ impl MitigationsApi {
         /// Sub-action id.
         id: Path<Uuid>,
     ) -> Result<NoContent, ApiError> {
-        auth.0.require(Role::Analyst)?;
         let (tenant, id) = (auth.0.tenant_id, id.0);
-        let txn = state.db.begin().await?;
+        let write = Write::begin(&state, &auth, Role::Analyst).await?;
         let row = state
             .db
-            .timed("subaction_get", crate::db::risks::find_subaction(&txn, tenant, risk_id.0, mitigation_id.0, id))
+            .timed(
+                "subaction_get",
+                crate::db::risks::find_subaction(&write.txn, tenant, risk_id.0, mitigation_id.0, id),
+            )
             .await?
             .ok_or_else(|| ApiError::not_found("sub-action", id))?;
-        state.db.timed("subaction_delete", subactions::Entity::delete_by_id(row.id).exec(&txn)).await?;
-        commit_and_invalidate(&state, txn).await?;
+        state.db.timed("subaction_delete", writes::delete_subaction(&write.txn, row.id)).await?;
+        write.commit(&state).await?;
         Ok(NoContent::Done)
     }
 }
@@ -379,22 +335,14 @@ async fn change_subaction(
     patch: impl FnOnce(&subactions::Model) -> SubActionPatch,
 ) -> Result<SubAction, ApiError> {
     let tenant = auth.0.tenant_id;
-    let txn = state.db.begin().await?;
+    let write = Write::begin(state, auth, Role::Analyst).await?;
     let current = state
         .db
-        .timed("subaction_get", crate::db::risks::find_subaction(&txn, tenant, risk, mitigation, id))
+        .timed("subaction_get", crate::db::risks::find_subaction(&write.txn, tenant, risk, mitigation, id))
         .await?
         .ok_or_else(|| ApiError::not_found("sub-action", id))?;
     let patch = patch(&current);
-    let mut row = current.into_active_model();
-    if let Some(title) = patch.title {
-        row.title = Set(title);
-    }
-    if let Some(completed) = patch.completed {
-        row.completed = Set(completed);
-    }
-    row.updated_at = Set(chrono::Utc::now().into());
-    let row = state.db.timed("subaction_update", row.update(&txn)).await?;
-    commit_and_invalidate(state, txn).await?;
+    let row = state.db.timed("subaction_update", writes::update_subaction(&write.txn, current, patch)).await?;
+    write.commit(state).await?;
     Ok(SubAction::from(row))
 }

@@ -27,6 +27,7 @@ pub use stats::StatsApi;
 pub use tokens::TokensApi;
 
 use crate::app::AppState;
+use crate::auth::{BearerAuth, Role};
 use crate::cache::{CacheableRead, Served, if_none_match_matches};
 use crate::db::replicas::Reader;
 use crate::error::ApiError;
@@ -234,20 +235,24 @@ fn normalise_search(text: Option<String>) -> Option<String> {
     text.map(|text| text.trim().to_owned()).filter(|text| !text.is_empty())
 }
 
-/// Commits a write and invalidates what its triggers reported, so the writer's next read sees it.
-async fn commit_and_invalidate(state: &AppState, txn: sea_orm::DatabaseTransaction) -> Result<(), ApiError> {
-    let invalidations = state.db.commit(txn).await?;
-    state.cache.invalidate(&invalidations).await;
-    Ok(())
+/// One write of the caller's tenant, in one transaction: [`Write::begin`] checks the caller's
+/// role before any I/O, and [`Write::commit`] invalidates what the transaction's triggers
+/// reported, so the writer's next read sees the change.
+struct Write {
+    txn: sea_orm::DatabaseTransaction,
 }
 
-/// A tag such as `risks` or `risk:<id>`; the inputs are known-good kinds and UUIDs.
-fn tag(kind: &str, id: Option<uuid::Uuid>) -> openrisk_shared::Tag {
-    let text = match id {
-        Some(id) => format!("{kind}:{id}"),
-        None => kind.to_owned(),
-    };
-    openrisk_shared::Tag::parse(&text).expect("tag kinds and UUIDs always form valid tags")
+impl Write {
+    async fn begin(state: &AppState, auth: &BearerAuth, role: Role) -> Result<Self, ApiError> {
+        auth.0.require(role)?;
+        Ok(Self { txn: state.db.begin().await? })
+    }
+
+    async fn commit(self, state: &AppState) -> Result<(), ApiError> {
+        let invalidations = state.db.commit(self.txn).await?;
+        state.cache.invalidate(&invalidations).await;
+        Ok(())
+    }
 }
 
 /// Whether an `If-Match` header value names `etag` (strong comparison, RFC 9110 §13.1.1): `*`

@@ -6,15 +6,14 @@ use poem::web::Data;
 use poem_openapi::param::{Header, Path, Query};
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, OpenApi};
-use sea_orm::{ActiveModelTrait, IntoActiveModel, Set};
 use uuid::Uuid;
 
 use super::cacheable::{DEFAULT_SORT_BY, DEFAULT_SORT_DIR, RiskListQuery};
-use super::{ApiTags, Cached, NoContent, Updated, body_of, cached, commit_and_invalidate, default_limit, default_page};
+use super::{ApiTags, Cached, NoContent, Updated, Write, body_of, cached, default_limit, default_page};
 use crate::app::AppState;
 use crate::auth::{BearerAuth, Role};
-use crate::db::entities::risks;
 use crate::db::risks::RiskFilter;
+use crate::db::writes;
 use crate::error::ApiError;
 use crate::model::{
     Asset, Mitigation, Risk, RiskCreate, RiskDetail, RiskPage, RiskPatch, RiskSortField, RiskStatus, Severity,
@@ -80,9 +79,12 @@ pub(super) async fn load_detail(
     let mitigations = state.db.timed("risk_mitigations", crate::db::risks::mitigations_of(conn, tenant, id)).await?;
     let assets = state.db.timed("risk_assets", crate::db::risks::assets_of(conn, tenant, id)).await?;
     let detail = RiskDetail {
-        risk: Risk::from(risk),
-        mitigations: mitigations.into_iter().map(|(row, subs)| Mitigation::from_rows(row, subs)).collect(),
-        assets: assets.into_iter().map(Asset::from).collect(),
+        risk: Risk::try_from(risk)?,
+        mitigations: mitigations
+            .into_iter()
+            .map(|(row, subs)| Mitigation::from_rows(row, subs))
+            .collect::<Result<_, _>>()?,
+        assets: assets.into_iter().map(Asset::try_from).collect::<Result<_, _>>()?,
     };
     Ok(body_of(&detail))
 }
@@ -157,7 +159,7 @@ impl RisksApi {
                 let (rows, total) =
                     state.db.timed("risk_list", crate::db::risks::list(&reader.conn(), tenant, &filter)).await?;
                 let page = RiskPage {
-                    items: rows.into_iter().map(Risk::from).collect(),
+                    items: rows.into_iter().map(Risk::try_from).collect::<Result<_, _>>()?,
                     total,
                     page: filter.page,
                     limit: filter.limit,
@@ -201,35 +203,13 @@ impl RisksApi {
         auth: BearerAuth,
         body: Json<RiskCreate>,
     ) -> Result<RiskCreated, ApiError> {
-        auth.0.require(Role::Analyst)?;
         let body = body.0;
-        let txn = state.db.begin().await?;
-        let row = state
-            .db
-            .timed(
-                "risk_insert",
-                risks::ActiveModel {
-                    id: Set(Uuid::new_v4()),
-                    tenant_id: Set(auth.0.tenant_id),
-                    title: Set(body.title),
-                    description: Set(body.description),
-                    impact: Set(body.impact),
-                    probability: Set(body.probability),
-                    status: Set(enum_text(&body.status.unwrap_or(RiskStatus::Draft))),
-                    tags: Set(body.tags.into_iter().map(|tag| tag.0).collect()),
-                    owner: Set(body.owner),
-                    source: Set(enum_text(&body.source.unwrap_or(crate::model::RiskSource::Manual))),
-                    external_id: Set(body.external_id),
-                    custom_fields: Set(custom_fields(body.custom_fields)?),
-                    frameworks: Set(body.frameworks.into_iter().map(|tag| tag.0).collect()),
-                    ..Default::default()
-                }
-                .insert(&txn),
-            )
-            .await?;
-        commit_and_invalidate(&state, txn).await?;
+        let write = Write::begin(&state, &auth, Role::Analyst).await?;
+        check_custom_fields(&body.custom_fields)?;
+        let row = state.db.timed("risk_insert", writes::insert_risk(&write.txn, auth.0.tenant_id, body)).await?;
+        write.commit(&state).await?;
         let location = format!("/api/v1/risks/{}", row.id);
-        Ok(RiskCreated::Created(Json(Risk::from(row)), location))
+        Ok(RiskCreated::Created(Json(Risk::try_from(row)?), location))
     }
 
     /// Change a risk
@@ -248,55 +228,20 @@ impl RisksApi {
         if_match: Header<Option<String>>,
         body: Json<RiskPatch>,
     ) -> Result<Updated<Risk>, ApiError> {
-        auth.0.require(Role::Analyst)?;
         let (tenant, id, patch) = (auth.0.tenant_id, id.0, body.0);
-        let txn = state.db.begin().await?;
+        let write = Write::begin(&state, &auth, Role::Analyst).await?;
         let current = state
             .db
-            .timed("risk_lock", crate::db::risks::lock_live(&txn, tenant, id))
+            .timed("risk_lock", crate::db::risks::lock_live(&write.txn, tenant, id))
             .await?
             .ok_or_else(|| ApiError::not_found("risk", id))?;
-        super::require_if_match(if_match.0.as_deref(), || load_detail(&state, &txn, tenant, id)).await?;
-        let mut row = current.into_active_model();
-        if let Some(title) = patch.title {
-            row.title = Set(title);
+        super::require_if_match(if_match.0.as_deref(), || load_detail(&state, &write.txn, tenant, id)).await?;
+        if let Some(fields) = &patch.custom_fields {
+            check_custom_fields(fields)?;
         }
-        if let Some(description) = patch.description {
-            row.description = Set(description);
-        }
-        if let Some(impact) = patch.impact {
-            row.impact = Set(impact);
-        }
-        if let Some(probability) = patch.probability {
-            row.probability = Set(probability);
-        }
-        if let Some(status) = patch.status {
-            row.status = Set(enum_text(&status));
-        }
-        if let Some(tags) = patch.tags {
-            row.tags = Set(tags.into_iter().map(|tag| tag.0).collect());
-        }
-        if let Some(owner) = patch.owner {
-            row.owner = Set(owner);
-        }
-        if let Some(source) = patch.source {
-            row.source = Set(enum_text(&source));
-        }
-        match patch.external_id {
-            poem_openapi::types::MaybeUndefined::Value(external_id) => row.external_id = Set(Some(external_id)),
-            poem_openapi::types::MaybeUndefined::Null => row.external_id = Set(None),
-            poem_openapi::types::MaybeUndefined::Undefined => {}
-        }
-        if let Some(fields) = patch.custom_fields {
-            row.custom_fields = Set(custom_fields(fields)?);
-        }
-        if let Some(frameworks) = patch.frameworks {
-            row.frameworks = Set(frameworks.into_iter().map(|tag| tag.0).collect());
-        }
-        row.updated_at = Set(chrono::Utc::now().into());
-        let row = state.db.timed("risk_update", row.update(&txn)).await?;
-        commit_and_invalidate(&state, txn).await?;
-        Ok(Updated::Ok(Json(Risk::from(row))))
+        let row = state.db.timed("risk_update", writes::update_risk(&write.txn, current, patch)).await?;
+        write.commit(&state).await?;
+        Ok(Updated::Ok(Json(Risk::try_from(row)?)))
     }
 
     /// Delete a risk
@@ -314,21 +259,20 @@ impl RisksApi {
         #[oai(name = "If-Match")]
         if_match: Header<Option<String>>,
     ) -> Result<NoContent, ApiError> {
-        auth.0.require(Role::Analyst)?;
-        let txn = state.db.begin().await?;
+        let write = Write::begin(&state, &auth, Role::Analyst).await?;
         if if_match.0.is_some() {
             let (tenant, id) = (auth.0.tenant_id, id.0);
-            if state.db.timed("risk_lock", crate::db::risks::lock_live(&txn, tenant, id)).await?.is_none() {
+            if state.db.timed("risk_lock", crate::db::risks::lock_live(&write.txn, tenant, id)).await?.is_none() {
                 return Err(ApiError::not_found("risk", id));
             }
-            super::require_if_match(if_match.0.as_deref(), || load_detail(&state, &txn, tenant, id)).await?;
+            super::require_if_match(if_match.0.as_deref(), || load_detail(&state, &write.txn, tenant, id)).await?;
         }
         let deleted =
-            state.db.timed("risk_delete", crate::db::risks::soft_delete(&txn, auth.0.tenant_id, id.0)).await?;
+            state.db.timed("risk_delete", crate::db::risks::soft_delete(&write.txn, auth.0.tenant_id, id.0)).await?;
         if !deleted {
             return Err(ApiError::not_found("risk", id.0));
         }
-        commit_and_invalidate(&state, txn).await?;
+        write.commit(&state).await?;
         Ok(NoContent::Done)
     }
 }
@@ -337,8 +281,8 @@ impl RisksApi {
 /// and one near the edge of `f64` would not read back.
 const CUSTOM_FIELD_NUMBER_LIMIT: f64 = 1e300;
 
-/// The custom fields as stored, or 422 when a number could not be read back.
-fn custom_fields(fields: std::collections::BTreeMap<String, serde_json::Value>) -> Result<serde_json::Value, ApiError> {
+/// 422 when a number in `custom_fields` could not be read back.
+fn check_custom_fields(fields: &std::collections::BTreeMap<String, serde_json::Value>) -> Result<(), ApiError> {
     fn numbers_in_range(value: &serde_json::Value) -> bool {
         match value {
             serde_json::Value::Number(number) => number.as_f64().is_some_and(|n| n.abs() <= CUSTOM_FIELD_NUMBER_LIMIT),
@@ -347,9 +291,8 @@ fn custom_fields(fields: std::collections::BTreeMap<String, serde_json::Value>) 
             _ => true,
         }
     }
-    let value = serde_json::Value::Object(fields.into_iter().collect());
-    if numbers_in_range(&value) {
-        Ok(value)
+    if fields.values().all(numbers_in_range) {
+        Ok(())
     } else {
         Err(ApiError::unprocessable(format!(
             "custom_fields numbers must lie between -{CUSTOM_FIELD_NUMBER_LIMIT:e} and {CUSTOM_FIELD_NUMBER_LIMIT:e}"

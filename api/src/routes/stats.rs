@@ -2,11 +2,12 @@
 
 use std::sync::Arc;
 
+use openrisk_shared::Tag;
 use poem::web::Data;
 use poem_openapi::OpenApi;
 use poem_openapi::param::{Header, Query};
 
-use super::{ApiTags, Cached, body_of, cached, tag};
+use super::{ApiTags, Cached, body_of, cached};
 use crate::app::AppState;
 use crate::auth::BearerAuth;
 use crate::cache::CacheableRead;
@@ -111,7 +112,7 @@ impl StatsApi {
             tenant,
             resource: "trends",
             params: vec![("days", days.to_string()), ("today", today.to_string())],
-            tags: vec![tag("risk_history", None)],
+            tags: vec![Tag::risk_history()],
         };
         cached(&state, read, if_none_match.0.as_deref(), move |state, reader| async move {
             let rows = state.db.timed("trends", crate::db::stats::trends(&reader.conn(), tenant, today, days)).await?;

@@ -53,7 +53,7 @@ impl TokensApi {
                     .all(&state.db.conn),
             )
             .await?;
-        Ok(TokenList::Ok(Json(rows.into_iter().map(TokenInfo::from).collect())))
+        Ok(TokenList::Ok(Json(rows.into_iter().map(TokenInfo::try_from).collect::<Result<_, _>>()?)))
     }
 
     /// Create a token

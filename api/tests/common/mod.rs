@@ -41,14 +41,7 @@ pub struct TestApp {
 
 /// Settings for a test: its own database and Redis prefix, port 0, short timeouts.
 pub fn test_settings(db: &TestDatabase, redis: &RedisNamespace) -> Settings {
-    let mut settings = Settings {
-        database_url: db.url.clone(),
-        redis_url: redis.url.clone(),
-        api_addr: "127.0.0.1:0".parse().unwrap(),
-        metrics_addr: "127.0.0.1:0".parse().unwrap(),
-        ..Settings::default()
-    };
-    settings.cache.key_prefix = redis.prefix.clone();
+    let mut settings = openrisk_test_support::settings_for(db, redis);
     settings.pool.max_connections = Some(10);
     settings.pool.min_idle = Some(0);
     settings

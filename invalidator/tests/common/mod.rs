@@ -38,13 +38,7 @@ impl Harness {
 
     /// Settings for a replica of this harness: poll mode off, short poll interval.
     pub fn settings(&self) -> Settings {
-        let mut settings = Settings {
-            database_url: self.db.url.clone(),
-            redis_url: self.namespace.url.clone(),
-            metrics_addr: "127.0.0.1:0".parse().unwrap(),
-            ..Settings::default()
-        };
-        settings.cache.key_prefix = self.namespace.prefix.clone();
+        let mut settings = openrisk_test_support::settings_for(&self.db, &self.namespace);
         settings.invalidator.poll_interval_ms = 100;
         settings.invalidator.mode = WakeMode::Listen;
         settings

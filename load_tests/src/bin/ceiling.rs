@@ -79,10 +79,7 @@ async fn ceiling_list(state: Data<&Arc<State>>) -> Response {
 async fn lookup(state: Data<&Arc<State>>, Path((tenant, risk)): Path<(Uuid, Uuid)>) -> Response {
     let mut redis = state.redis.clone();
     let key = state.keyspace.entry_key(tenant, state.schema_version, "risk", &[("id", risk.to_string())]);
-    let Ok(tag) = Tag::new("risk", Some(&risk)) else {
-        return Response::builder().status(StatusCode::BAD_REQUEST).finish();
-    };
-    match protocol::lookup(&mut redis, &state.keyspace, tenant, &key, &[Tag::all(), tag]).await {
+    match protocol::lookup(&mut redis, &state.keyspace, tenant, &key, &[Tag::all(), Tag::risk(risk)]).await {
         Ok(Lookup::Hit(entry)) => Response::builder()
             .content_type("application/json; charset=utf-8")
             .header("ETag", entry.etag)

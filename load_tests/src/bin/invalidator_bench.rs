@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use openrisk_load_tests::histogram_quantile;
-use openrisk_shared::Settings;
 use openrisk_shared::config::WakeMode;
 use openrisk_test_support::{RedisNamespace, TestDatabase};
 use tokio::time::MissedTickBehavior;
@@ -58,13 +57,7 @@ async fn main() -> anyhow::Result<()> {
     sql.batch_execute("TRUNCATE cache_outbox").await?;
     sql.batch_execute("VACUUM ANALYZE").await?;
     let settings = |mode: WakeMode| {
-        let mut settings = Settings {
-            database_url: db.url.clone(),
-            redis_url: namespace.url.clone(),
-            metrics_addr: "127.0.0.1:0".parse().expect("address"),
-            ..Settings::default()
-        };
-        settings.cache.key_prefix = namespace.prefix.clone();
+        let mut settings = openrisk_test_support::settings_for(&db, &namespace);
         settings.invalidator.mode = mode;
         settings.invalidator.poll_interval_ms = 1000;
         settings

@@ -21,7 +21,6 @@ use openrisk_api::{AppOptions, Application};
 use openrisk_load_tests::bench::http::{Req, Workload, closed_loop};
 use openrisk_load_tests::bench::procfs;
 use openrisk_load_tests::bench::zipf::Sampler;
-use openrisk_shared::Settings;
 use openrisk_test_support::{RedisNamespace, ReplicaPair, TestDatabase};
 use uuid::Uuid;
 
@@ -51,14 +50,7 @@ struct Instance {
 impl Instance {
     async fn start(label: &'static str, db: &TestDatabase, replica_url: Option<String>) -> anyhow::Result<Self> {
         let redis = RedisNamespace::new();
-        let mut settings = Settings {
-            database_url: db.url.clone(),
-            redis_url: redis.url.clone(),
-            api_addr: "127.0.0.1:0".parse()?,
-            metrics_addr: "127.0.0.1:0".parse()?,
-            ..Settings::default()
-        };
-        settings.cache.key_prefix = redis.prefix.clone();
+        let mut settings = openrisk_test_support::settings_for(db, &redis);
         settings.pool.max_connections = Some(32);
         settings.database.replica_urls = replica_url.into_iter().collect();
         let app = Application::spawn(settings, AppOptions::default()).await?;

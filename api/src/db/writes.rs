@@ -1,0 +1,220 @@
+//! The rows the write operations insert, change and delete, one function each. A create body
+//! becomes a row with its defaults; a PATCH body changes only the fields it carries and moves
+//! `updated_at`. Bodies arrive checked (the routes refuse what Postgres could not store), and
+//! every function runs inside the caller's write transaction.
+
+use poem_openapi::types::MaybeUndefined;
+use sea_orm::{ActiveModelTrait, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, IntoActiveModel, QueryFilter, Set};
+use sea_orm::{ActiveValue, QuerySelect};
+use uuid::Uuid;
+
+use super::entities::{assets, mitigations, risks, subactions};
+use crate::model::{
+    AssetCreate, AssetPatch, Criticality, MitigationCreate, MitigationPatch, MitigationStatus, RiskCreate, RiskPatch,
+    RiskSource, RiskStatus, SubActionCreate, SubActionPatch, enum_text,
+};
+
+/// `Set(value)` when the field is present, left unchanged otherwise.
+fn set_if_present<T: Into<sea_orm::Value>>(field: &mut ActiveValue<T>, value: Option<T>) {
+    if let Some(value) = value {
+        *field = Set(value);
+    }
+}
+
+/// A nullable field of a PATCH: a value sets it, `null` clears it, absence leaves it.
+fn set_nullable<T>(field: &mut ActiveValue<Option<T>>, value: MaybeUndefined<T>)
+where
+    Option<T>: Into<sea_orm::Value>,
+{
+    match value {
+        MaybeUndefined::Value(value) => *field = Set(Some(value)),
+        MaybeUndefined::Null => *field = Set(None),
+        MaybeUndefined::Undefined => {}
+    }
+}
+
+/// The custom fields as stored: a JSON object.
+fn custom_fields_value(fields: std::collections::BTreeMap<String, serde_json::Value>) -> serde_json::Value {
+    serde_json::Value::Object(fields.into_iter().collect())
+}
+
+fn labels(labels: Vec<crate::model::Label>) -> Vec<String> {
+    labels.into_iter().map(|label| label.0).collect()
+}
+
+fn now() -> chrono::DateTime<chrono::FixedOffset> {
+    chrono::Utc::now().into()
+}
+
+pub async fn insert_risk(db: &impl ConnectionTrait, tenant: Uuid, body: RiskCreate) -> Result<risks::Model, DbErr> {
+    risks::ActiveModel {
+        id: Set(Uuid::new_v4()),
+        tenant_id: Set(tenant),
+        title: Set(body.title),
+        description: Set(body.description),
+        impact: Set(body.impact),
+        probability: Set(body.probability),
+        status: Set(enum_text(&body.status.unwrap_or(RiskStatus::Draft))),
+        tags: Set(labels(body.tags)),
+        owner: Set(body.owner),
+        source: Set(enum_text(&body.source.unwrap_or(RiskSource::Manual))),
+        external_id: Set(body.external_id),
+        custom_fields: Set(custom_fields_value(body.custom_fields)),
+        frameworks: Set(labels(body.frameworks)),
+        ..Default::default()
+    }
+    .insert(db)
+    .await
+}
+
+pub async fn update_risk(
+    db: &impl ConnectionTrait,
+    current: risks::Model,
+    patch: RiskPatch,
+) -> Result<risks::Model, DbErr> {
+    let mut row = current.into_active_model();
+    set_if_present(&mut row.title, patch.title);
+    set_if_present(&mut row.description, patch.description);
+    set_if_present(&mut row.impact, patch.impact);
+    set_if_present(&mut row.probability, patch.probability);
+    set_if_present(&mut row.status, patch.status.as_ref().map(enum_text));
+    set_if_present(&mut row.tags, patch.tags.map(labels));
+    set_if_present(&mut row.owner, patch.owner);
+    set_if_present(&mut row.source, patch.source.as_ref().map(enum_text));
+    set_nullable(&mut row.external_id, patch.external_id);
+    set_if_present(&mut row.custom_fields, patch.custom_fields.map(custom_fields_value));
+    set_if_present(&mut row.frameworks, patch.frameworks.map(labels));
+    row.updated_at = Set(now());
+    row.update(db).await
+}
+
+pub async fn insert_asset(db: &impl ConnectionTrait, tenant: Uuid, body: AssetCreate) -> Result<assets::Model, DbErr> {
+    assets::ActiveModel {
+        id: Set(Uuid::new_v4()),
+        tenant_id: Set(tenant),
+        name: Set(body.name),
+        asset_type: Set(body.asset_type),
+        criticality: Set(enum_text(&body.criticality.unwrap_or(Criticality::Medium))),
+        owner: Set(body.owner),
+        ..Default::default()
+    }
+    .insert(db)
+    .await
+}
+
+/// The asset, locked until the transaction ends.
+pub async fn lock_asset(db: &impl ConnectionTrait, tenant: Uuid, id: Uuid) -> Result<Option<assets::Model>, DbErr> {
+    assets::Entity::find_by_id(id).filter(assets::Column::TenantId.eq(tenant)).lock_exclusive().one(db).await
+}
+
+pub async fn update_asset(
+    db: &impl ConnectionTrait,
+    current: assets::Model,
+    patch: AssetPatch,
+) -> Result<assets::Model, DbErr> {
+    let mut row = current.into_active_model();
+    set_if_present(&mut row.name, patch.name);
+    set_if_present(&mut row.asset_type, patch.asset_type);
+    set_if_present(&mut row.criticality, patch.criticality.as_ref().map(enum_text));
+    set_if_present(&mut row.owner, patch.owner);
+    row.updated_at = Set(now());
+    row.update(db).await
+}
+
+/// Deletes the asset (its links go with it); whether it existed.
+pub async fn delete_asset(db: &impl ConnectionTrait, tenant: Uuid, id: Uuid) -> Result<bool, DbErr> {
+    let deleted = assets::Entity::delete_many()
+        .filter(assets::Column::Id.eq(id))
+        .filter(assets::Column::TenantId.eq(tenant))
+        .exec(db)
+        .await?;
+    Ok(deleted.rows_affected > 0)
+}
+
+pub async fn insert_mitigation(
+    db: &impl ConnectionTrait,
+    tenant: Uuid,
+    risk: Uuid,
+    body: MitigationCreate,
+) -> Result<mitigations::Model, DbErr> {
+    mitigations::ActiveModel {
+        id: Set(Uuid::new_v4()),
+        tenant_id: Set(tenant),
+        risk_id: Set(risk),
+        title: Set(body.title),
+        assignee: Set(body.assignee),
+        status: Set(enum_text(&body.status.unwrap_or(MitigationStatus::Planned))),
+        progress: Set(body.progress),
+        due_date: Set(body.due_date),
+        cost: Set(body.cost.unwrap_or(1)),
+        mitigation_time_days: Set(body.mitigation_time_days),
+        ..Default::default()
+    }
+    .insert(db)
+    .await
+}
+
+pub async fn update_mitigation(
+    db: &impl ConnectionTrait,
+    current: mitigations::Model,
+    patch: MitigationPatch,
+) -> Result<mitigations::Model, DbErr> {
+    let mut row = current.into_active_model();
+    set_if_present(&mut row.title, patch.title);
+    set_if_present(&mut row.assignee, patch.assignee);
+    set_if_present(&mut row.status, patch.status.as_ref().map(enum_text));
+    set_if_present(&mut row.progress, patch.progress);
+    set_nullable(&mut row.due_date, patch.due_date);
+    set_if_present(&mut row.cost, patch.cost);
+    set_if_present(&mut row.mitigation_time_days, patch.mitigation_time_days);
+    row.updated_at = Set(now());
+    row.update(db).await
+}
+
+/// The mitigation, locked until the transaction ends.
+pub async fn lock_mitigation(
+    db: &impl ConnectionTrait,
+    tenant: Uuid,
+    id: Uuid,
+) -> Result<Option<mitigations::Model>, DbErr> {
+    mitigations::Entity::find_by_id(id).filter(mitigations::Column::TenantId.eq(tenant)).lock_exclusive().one(db).await
+}
+
+/// Deletes the mitigation (its sub-actions go with it).
+pub async fn delete_mitigation(db: &impl ConnectionTrait, id: Uuid) -> Result<(), DbErr> {
+    mitigations::Entity::delete_by_id(id).exec(db).await.map(drop)
+}
+
+pub async fn insert_subaction(
+    db: &impl ConnectionTrait,
+    tenant: Uuid,
+    mitigation: Uuid,
+    body: SubActionCreate,
+) -> Result<subactions::Model, DbErr> {
+    subactions::ActiveModel {
+        id: Set(Uuid::new_v4()),
+        tenant_id: Set(tenant),
+        mitigation_id: Set(mitigation),
+        title: Set(body.title),
+        completed: Set(body.completed),
+        ..Default::default()
+    }
+    .insert(db)
+    .await
+}
+
+pub async fn update_subaction(
+    db: &impl ConnectionTrait,
+    current: subactions::Model,
+    patch: SubActionPatch,
+) -> Result<subactions::Model, DbErr> {
+    let mut row = current.into_active_model();
+    set_if_present(&mut row.title, patch.title);
+    set_if_present(&mut row.completed, patch.completed);
+    row.updated_at = Set(now());
+    row.update(db).await
+}
+
+pub async fn delete_subaction(db: &impl ConnectionTrait, id: Uuid) -> Result<(), DbErr> {
+    subactions::Entity::delete_by_id(id).exec(db).await.map(drop)
+}

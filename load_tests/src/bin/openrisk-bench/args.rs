@@ -1,0 +1,124 @@
+//! The command line: the addresses and processes `bench.sh` started, and the size of each phase.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Parser;
+
+#[derive(Debug, Parser)]
+#[command(about = "HTTP benchmark of the OpenRisk cache (see load_tests/bench.sh)")]
+pub struct Args {
+    /// The API with the cache on.
+    #[arg(long)]
+    pub cached: SocketAddr,
+    /// The API with the cache off (`OPENRISK_CACHE__ENABLED=false`).
+    #[arg(long)]
+    pub uncached: SocketAddr,
+    /// A second cached API (same Redis keys) to A/B against the first, e.g. with another
+    /// allocator preloaded; measured at saturation only.
+    #[arg(long)]
+    pub cached_alt: Option<SocketAddr>,
+    /// Label of `--cached-alt`.
+    #[arg(long, default_value = "alternative")]
+    pub cached_alt_label: String,
+    #[arg(long, default_value_t = 0)]
+    pub cached_alt_pid: u32,
+    /// The ceiling server (`ceiling`).
+    #[arg(long)]
+    pub ceiling: SocketAddr,
+    /// The invalidator's metrics address.
+    #[arg(long)]
+    pub invalidator_metrics: SocketAddr,
+    /// `METRICS_ADDR` of the API with the cache on (its /metrics).
+    #[arg(long)]
+    pub cached_metrics: SocketAddr,
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: String,
+    #[arg(long, env = "REDIS_URL")]
+    pub redis_url: String,
+    /// Redis key the ceiling serves; filled here with a real risk detail.
+    #[arg(long, default_value = "bench:ceiling")]
+    pub ceiling_key: String,
+    /// File of `<tenant id> <token>` lines (analyst tokens).
+    #[arg(long)]
+    pub tokens: PathBuf,
+    #[arg(long)]
+    pub api_pid: u32,
+    #[arg(long)]
+    pub uncached_pid: u32,
+    #[arg(long)]
+    pub invalidator_pid: u32,
+    /// The Redis server's pid (for CPU per request); 0 to skip.
+    #[arg(long, default_value_t = 0)]
+    pub redis_pid: u32,
+    /// The ceiling's pid (for CPU per request); 0 to skip.
+    #[arg(long, default_value_t = 0)]
+    pub ceiling_pid: u32,
+    /// Record a perf profile of the cached API during the first cached-detail saturation run
+    /// (`perf-hit.data` in `--out`).
+    #[arg(long)]
+    pub perf: bool,
+    /// Seconds per measured phase.
+    #[arg(long, default_value_t = 8.0)]
+    pub phase_secs: f64,
+    /// Saturation rounds (each runs every target once, interleaved).
+    #[arg(long, default_value_t = 2)]
+    pub rounds: usize,
+    #[arg(long, default_value_t = 64)]
+    pub connections: usize,
+    /// Offered rate of the fixed-rate phases, requests per second.
+    #[arg(long, default_value_t = 2000.0)]
+    pub rate: f64,
+    /// Hot risks read by the throughput and fixed-rate phases (the most popular of the Zipf order).
+    #[arg(long, default_value_t = 1000)]
+    pub hot: usize,
+    /// Zipf exponent of the dashboard mix over all risks.
+    #[arg(long, default_value_t = 1.0)]
+    pub zipf_s: f64,
+    /// List variants (page and page size) one tenant requests before one write invalidates them
+    /// all; the API caches at most its entry budget of them.
+    #[arg(long, default_value_t = 20_000)]
+    pub variants: u32,
+    /// The API's cache key prefix (`cache.key_prefix`).
+    #[arg(long, default_value = "bench")]
+    pub key_prefix: String,
+    /// Risks whose title the freshness phase keeps changing.
+    #[arg(long, default_value_t = 4)]
+    pub fresh_risks: usize,
+    #[arg(long, default_value_t = 3)]
+    pub readers_per_risk: usize,
+    /// Pause between two writes to one risk, ms.
+    #[arg(long, default_value_t = 50)]
+    pub write_interval_ms: u64,
+    /// Offered rate of the dashboard mix running in the background of the freshness phase.
+    #[arg(long, default_value_t = 500.0)]
+    pub fresh_background_rate: f64,
+    /// Background SQL updates per second on other risks during the freshness phase.
+    #[arg(long, default_value_t = 100.0)]
+    pub background_writes: f64,
+    /// A cached API on a Redis Cluster, on its own database (`--cluster-database-url`, tokens in
+    /// `--cluster-tokens`), measured beside `--cached`.
+    #[arg(long, requires_all = ["cluster_database_url", "cluster_tokens", "cluster_invalidator_metrics"])]
+    pub cluster_cached: Option<SocketAddr>,
+    #[arg(long)]
+    pub cluster_database_url: Option<String>,
+    #[arg(long)]
+    pub cluster_tokens: Option<PathBuf>,
+    /// The invalidator draining `--cluster-database-url` into the cluster (it waits for a
+    /// replica: `REDIS_REPLICAS_ACK` 1).
+    #[arg(long)]
+    pub cluster_invalidator_metrics: Option<SocketAddr>,
+    /// A database drained into the same cluster by an invalidator with `REDIS_REPLICAS_ACK=0`.
+    #[arg(long, requires = "cluster_ack0_invalidator_metrics")]
+    pub cluster_ack0_database_url: Option<String>,
+    #[arg(long)]
+    pub cluster_ack0_invalidator_metrics: Option<SocketAddr>,
+    /// SQL writes per second of each invalidation lag phase.
+    #[arg(long, default_value_t = 50.0)]
+    pub lag_writes: f64,
+    /// Also measure saturation with wrk (if installed), as an independent generator.
+    #[arg(long)]
+    pub wrk: bool,
+    #[arg(long)]
+    pub out: PathBuf,
+}

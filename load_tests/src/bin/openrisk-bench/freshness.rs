@@ -1,0 +1,413 @@
+//! Freshness under writes: writers change risk titles through SQL and through the API while
+//! readers poll them through the cache; how long after the commit the API first answers the new
+//! title, and whether any read is older than that.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use hyper::Method;
+use openrisk_load_tests::bench::http::{Conn, Req, RunResult, Workload, open_loop};
+use openrisk_load_tests::bench::prom;
+use openrisk_load_tests::bench::zipf::{Sampler, zipf_weights};
+use openrisk_shared::CacheStatus;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::args::Args;
+use crate::dataset::{Checks, DataSet, RiskRef, detail, scrape};
+use crate::resources::ResourceSampler;
+
+/// Runs the phase with the dashboard `mix` in the background; returns what it saw and the
+/// section `freshness` of `results.json`.
+pub async fn run(
+    args: &Args,
+    data: &DataSet,
+    mix: Arc<Workload>,
+    checks: &mut Checks,
+) -> anyhow::Result<(Freshness, Value)> {
+    let phase = Duration::from_secs_f64(args.phase_secs);
+    println!(
+        "== freshness: {} risks, {} readers each, a write every {} ms per risk, {} background writes/s, mix at {}/s, {:?}",
+        args.fresh_risks,
+        args.readers_per_risk,
+        args.write_interval_ms,
+        args.background_writes,
+        args.fresh_background_rate,
+        phase * 2
+    );
+    let invalidator_before = scrape(args.invalidator_metrics).await.unwrap_or_default();
+    let sampler = ResourceSampler::start(args);
+    let freshness = measure(args, &data.pg, &data.risks, mix, phase * 2).await?;
+    let (fresh_resources, fresh_connections) = sampler.stop().await;
+    let invalidator_after = scrape(args.invalidator_metrics).await.unwrap_or_default();
+    let lag = prom::bucket_delta(
+        &prom::buckets(&invalidator_before, "openrisk_invalidator_lag_seconds"),
+        &prom::buckets(&invalidator_after, "openrisk_invalidator_lag_seconds"),
+    );
+    let lag_ms = |q| prom::quantile(&lag, q).map(|s| s * 1000.0);
+    let events = prom::sum(&invalidator_after, "openrisk_invalidator_events_processed_total", &[])
+        - prom::sum(&invalidator_before, "openrisk_invalidator_events_processed_total", &[]);
+    checks.run(&freshness.background);
+    checks.check(
+        "every write was committed and then seen by a reader",
+        freshness.writes_sql > 0
+            && freshness.writes_api > 0
+            && freshness.write_errors == 0
+            && freshness.never_seen == 0,
+        format!(
+            "{} SQL + {} API writes, {} errors, {} never seen",
+            freshness.writes_sql, freshness.writes_api, freshness.write_errors, freshness.never_seen
+        ),
+    );
+    checks.check(
+        "no read returned a value older than the staleness window",
+        freshness.older_than_window == 0 && freshness.read_errors == 0 && freshness.reads > 0,
+        format!(
+            "{} reads, {} older than the window, {} errors",
+            freshness.reads, freshness.older_than_window, freshness.read_errors
+        ),
+    );
+    let window = |v: &Histogram<u64>| json!({"count": v.len(), "p50_ms": pct(v, 50.0), "p99_ms": pct(v, 99.0), "max_ms": pct(v, 100.0)});
+    let report = json!({
+            "duration_s": (phase * 2).as_secs_f64(),
+            "window_sql": window(&freshness.windows_sql),
+            "window_api": window(&freshness.windows_api),
+            "window_sql_lower_bound": window(&freshness.lower_sql),
+            "window_api_lower_bound": window(&freshness.lower_api),
+            "reads": freshness.reads,
+            "read_latency_ms": window(&freshness.read_ms),
+            "stale_reads_inside_window": freshness.stale_inside_window,
+            "stale_reads_by_cause": freshness.stale_by_cause,
+            "older_reads_by_cause": freshness.older_by_cause,
+            "reads_older_than_window": freshness.older_than_window,
+            "never_seen": freshness.never_seen,
+            "background_reads": freshness.background.summary(),
+            "background_sql_writes": freshness.background_writes,
+            "invalidator_events": events,
+            "invalidator_lag_ms": {"p50": lag_ms(0.5), "p99": lag_ms(0.99), "max_at_most": lag.last().and_then(|(_, total)| lag.iter().find(|(_, c)| c >= total && *total > 0.0)).map(|(le, _)| le * 1000.0).filter(|v| v.is_finite())},
+            "resources": fresh_resources,
+            "postgres_connections": fresh_connections,
+    });
+    let spread =
+        |h: &Histogram<u64>| format!("p50 {:.2} p99 {:.2} max {:.2} ms", pct(h, 50.0), pct(h, 99.0), pct(h, 100.0));
+    println!(
+        "  window after commit: SQL {}; API {}; {} stale reads inside windows, {} older than the window",
+        spread(&freshness.windows_sql),
+        spread(&freshness.windows_api),
+        freshness.stale_inside_window,
+        freshness.older_than_window
+    );
+    println!(
+        "  lower bounds (last stale read sent after commit): SQL {}; API {}",
+        spread(&freshness.lower_sql),
+        spread(&freshness.lower_api)
+    );
+    println!("  polling reads: {}", spread(&freshness.read_ms));
+    println!("  stale reads inside windows by cause: {:?}", freshness.stale_by_cause);
+    if !freshness.older_by_cause.is_empty() {
+        println!("  reads older than the window by cause: {:?}", freshness.older_by_cause);
+    }
+    println!("  invalidator: {events} events, lag p50 {:?} ms p99 {:?} ms", lag_ms(0.5), lag_ms(0.99));
+    Ok((freshness, report))
+}
+
+/// An empty histogram of milliseconds, recorded in microseconds.
+fn ms_histogram() -> Histogram<u64> {
+    Histogram::new(3).expect("three significant digits is a valid precision")
+}
+
+fn record_ms(histogram: &mut Histogram<u64>, ms: f64) {
+    histogram.saturating_record((ms * 1000.0).round() as u64);
+}
+
+/// Percentile `p` (0–100) of a histogram of [`ms_histogram`], in milliseconds (0 when empty).
+pub fn pct(histogram: &Histogram<u64>, p: f64) -> f64 {
+    if histogram.is_empty() { 0.0 } else { histogram.value_at_percentile(p) as f64 / 1000.0 }
+}
+
+/// What the freshness phase saw.
+pub struct Freshness {
+    /// Latency of the polling reads, ms (the resolution of the window measurement).
+    pub read_ms: Histogram<u64>,
+    /// Per write: from the commit's acknowledgement to the first answer with the new value (an
+    /// upper bound of the staleness window, including one read's latency).
+    pub windows_sql: Histogram<u64>,
+    pub windows_api: Histogram<u64>,
+    /// Per write: from the acknowledgement to the send of the last read that still got the old
+    /// value (a lower bound; 0 when no read after the acknowledgement was stale).
+    pub lower_sql: Histogram<u64>,
+    pub lower_api: Histogram<u64>,
+    pub writes_sql: u64,
+    pub writes_api: u64,
+    pub write_errors: u64,
+    pub never_seen: u64,
+    pub reads: u64,
+    pub read_errors: u64,
+    pub stale_inside_window: u64,
+    /// Stale reads inside the window by write path and by how the cache answered them.
+    pub stale_by_cause: BTreeMap<String, u64>,
+    /// Reads older than the window by write path, how the first fresh answer was served, and how
+    /// the older read was.
+    pub older_by_cause: BTreeMap<String, u64>,
+    pub older_than_window: u64,
+    pub background: RunResult,
+    pub background_writes: u64,
+}
+
+/// A committed write: its sequence number, whether it went through the API, and when the commit
+/// was acknowledged to the writer.
+struct Write {
+    seq: u64,
+    api: bool,
+    acked: Instant,
+}
+
+/// A read: when it was sent and answered, and the sequence number in the title (if any).
+struct Read {
+    sent: Instant,
+    done: Instant,
+    seq: Option<u64>,
+    /// How the cache answered (`hit`, `collapsed`, `miss`, …), from `Cache-Status`.
+    how: &'static str,
+}
+
+fn how(cache_status: Option<CacheStatus>) -> &'static str {
+    match cache_status {
+        Some(CacheStatus::Hit) => "hit",
+        Some(CacheStatus::Collapsed) => "collapsed",
+        Some(status) if status.is_miss() => "miss",
+        Some(status) if status.is_bypass() => "bypass",
+        _ => "other",
+    }
+}
+
+const FRESH_PREFIX: &str = "bench fresh #";
+
+fn seq_of(body: &Bytes) -> Option<u64> {
+    let value: Value = serde_json::from_slice(body).ok()?;
+    value.get("title")?.as_str()?.strip_prefix(FRESH_PREFIX)?.parse().ok()
+}
+
+async fn measure(
+    args: &Args,
+    pg: &tokio_postgres::Client,
+    risks: &[RiskRef],
+    mix: Arc<Workload>,
+    duration: Duration,
+) -> anyhow::Result<Freshness> {
+    // One risk per tenant where possible, among the hot ones (they are cached).
+    let mut targets: Vec<RiskRef> = Vec::new();
+    for risk in risks {
+        if targets.len() < args.fresh_risks && !targets.iter().any(|t| t.tenant == risk.tenant) {
+            targets.push(risk.clone());
+        }
+    }
+    for risk in risks {
+        if targets.len() < args.fresh_risks && !targets.iter().any(|t| t.id == risk.id) {
+            targets.push(risk.clone());
+        }
+    }
+    // Start from a known title, seen through the cache.
+    for target in &targets {
+        pg.execute(
+            "UPDATE risks SET title = $1 WHERE tenant_id = $2 AND id = $3",
+            &[&format!("{FRESH_PREFIX}0"), &target.tenant, &target.id],
+        )
+        .await?;
+        let mut conn = Conn::open(args.cached).await?;
+        let started = Instant::now();
+        while seq_of(&conn.send_retrying(&detail(target)).await?.body) != Some(0) {
+            if started.elapsed() > Duration::from_secs(10) {
+                bail!("risk {} never showed its new title", target.id);
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    let stop_readers = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let deadline = started + duration;
+    // Readers.
+    let mut readers = Vec::new();
+    for (index, target) in targets.iter().enumerate() {
+        for _ in 0..args.readers_per_risk {
+            let (stop, req, addr) = (Arc::clone(&stop_readers), detail(target), args.cached);
+            readers.push((
+                index,
+                tokio::spawn(async move {
+                    let mut conn = Conn::open(addr).await?;
+                    let (mut reads, mut errors) = (Vec::new(), 0u64);
+                    while !stop.load(Ordering::Relaxed) {
+                        let sent = Instant::now();
+                        match conn.send_retrying(&req).await {
+                            Ok(answer) if answer.status == 200 => reads.push(Read {
+                                sent,
+                                done: Instant::now(),
+                                seq: seq_of(&answer.body),
+                                how: how(answer.cache_status),
+                            }),
+                            _ => errors += 1,
+                        }
+                    }
+                    anyhow::Ok((reads, errors))
+                }),
+            ));
+        }
+    }
+    // Writers: alternate SQL and API writes on each target.
+    let mut writers = Vec::new();
+    for target in targets.clone() {
+        let (url, addr, interval) =
+            (args.database_url.clone(), args.cached, Duration::from_millis(args.write_interval_ms));
+        writers.push(tokio::spawn(async move {
+            let pg = openrisk_shared::db::connect(&url, "openrisk-bench-writer", &Default::default()).await?;
+            let mut conn = Conn::open(addr).await?;
+            let mut rng = SmallRng::seed_from_u64(target.id.as_u128() as u64);
+            let (mut writes, mut errors, mut seq) = (Vec::new(), 0u64, 0u64);
+            while Instant::now() < deadline {
+                seq += 1;
+                let title = format!("{FRESH_PREFIX}{seq}");
+                let api = seq % 2 == 0;
+                let ok = if api {
+                    let req = Req {
+                        method: Method::PATCH,
+                        path: format!("/api/v1/risks/{}", target.id),
+                        auth: Some(Arc::clone(&target.auth)),
+                        body: Some(Bytes::from(json!({"title": title}).to_string())),
+                    };
+                    conn.send_retrying(&req).await.map(|a| a.status == 200).unwrap_or(false)
+                } else {
+                    pg.execute(
+                        "UPDATE risks SET title = $1 WHERE tenant_id = $2 AND id = $3",
+                        &[&title, &target.tenant, &target.id],
+                    )
+                    .await
+                    .map(|n| n == 1)
+                    .unwrap_or(false)
+                };
+                if ok {
+                    writes.push(Write { seq, api, acked: Instant::now() });
+                } else {
+                    errors += 1;
+                    seq -= 1;
+                }
+                let jitter = rng.random_range(0..=interval.as_millis() as u64 / 2);
+                tokio::time::sleep(interval + Duration::from_millis(jitter)).await;
+            }
+            anyhow::Ok((writes, errors))
+        }));
+    }
+    // Background: SQL writes on other risks, and the dashboard mix at half the rate.
+    let background_writer = {
+        let url = args.database_url.clone();
+        let ids: Vec<(Uuid, Uuid)> =
+            risks.iter().filter(|r| !targets.iter().any(|t| t.id == r.id)).map(|r| (r.tenant, r.id)).collect();
+        let rate = args.background_writes;
+        tokio::spawn(async move {
+            let pg = openrisk_shared::db::connect(&url, "openrisk-bench-background", &Default::default()).await?;
+            let mut rng = SmallRng::seed_from_u64(7);
+            let weights = Sampler::from_weights(&zipf_weights(ids.len().max(1), 1.0));
+            let (mut done, mut due) = (0u64, Instant::now());
+            while rate > 0.0 && !ids.is_empty() && Instant::now() < deadline {
+                let (tenant, id) = ids[weights.sample(&mut rng).min(ids.len() - 1)];
+                pg.execute("UPDATE risks SET description = 'Background benchmark write ' || $3::text WHERE tenant_id = $1 AND id = $2", &[&tenant, &id, &done.to_string()]).await?;
+                done += 1;
+                due += Duration::from_secs_f64(1.0 / rate);
+                tokio::time::sleep_until(due.into()).await;
+            }
+            anyhow::Ok(done)
+        })
+    };
+    let background = open_loop(args.cached, mix, args.connections, args.fresh_background_rate, duration).await?;
+    let mut all_writes: Vec<Vec<Write>> = Vec::new();
+    let mut write_errors = 0;
+    for writer in writers {
+        let (writes, errors) = writer.await??;
+        all_writes.push(writes);
+        write_errors += errors;
+    }
+    let background_writes = background_writer.await??;
+    // Let the readers see the last writes.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop_readers.store(true, Ordering::Relaxed);
+    let mut reads_by_target: Vec<Vec<Read>> = targets.iter().map(|_| Vec::new()).collect();
+    let mut read_errors = 0;
+    for (index, reader) in readers {
+        let (reads, errors) = reader.await??;
+        reads_by_target[index].extend(reads);
+        read_errors += errors;
+    }
+    let mut read_ms = ms_histogram();
+    for read in reads_by_target.iter().flatten() {
+        record_ms(&mut read_ms, (read.done - read.sent).as_secs_f64() * 1000.0);
+    }
+    let mut out = Freshness {
+        read_ms,
+        windows_sql: ms_histogram(),
+        windows_api: ms_histogram(),
+        lower_sql: ms_histogram(),
+        lower_api: ms_histogram(),
+        writes_sql: 0,
+        writes_api: 0,
+        write_errors,
+        never_seen: 0,
+        reads: reads_by_target.iter().map(|r| r.len() as u64).sum(),
+        read_errors,
+        stale_inside_window: 0,
+        stale_by_cause: BTreeMap::new(),
+        older_by_cause: BTreeMap::new(),
+        older_than_window: 0,
+        background,
+        background_writes,
+    };
+    for (writes, reads) in all_writes.iter().zip(&mut reads_by_target) {
+        reads.sort_by_key(|r| r.sent);
+        for write in writes {
+            if write.api {
+                out.writes_api += 1;
+            } else {
+                out.writes_sql += 1;
+            }
+            // The first answer carrying this write (or a later one).
+            let Some(first_read) =
+                reads.iter().filter(|r| r.seq.is_some_and(|s| s >= write.seq)).min_by_key(|r| r.done)
+            else {
+                out.never_seen += 1;
+                continue;
+            };
+            let first = first_read.done;
+            let window = first.saturating_duration_since(write.acked).as_secs_f64() * 1000.0;
+            if write.api {
+                record_ms(&mut out.windows_api, window);
+            } else {
+                record_ms(&mut out.windows_sql, window);
+            }
+            let mut lower = 0.0f64;
+            for read in reads.iter().filter(|r| r.sent >= write.acked && r.seq.is_none_or(|s| s < write.seq)) {
+                lower = lower.max((read.sent - write.acked).as_secs_f64() * 1000.0);
+                if read.sent >= first {
+                    out.older_than_window += 1;
+                    let path = if write.api { "api" } else { "sql" };
+                    let cause = format!("{path} write, first fresh answer {}, then {}", first_read.how, read.how);
+                    *out.older_by_cause.entry(cause).or_default() += 1;
+                } else {
+                    out.stale_inside_window += 1;
+                    let path = if write.api { "api" } else { "sql" };
+                    *out.stale_by_cause.entry(format!("{path} write, {}", read.how)).or_default() += 1;
+                }
+            }
+            if write.api {
+                record_ms(&mut out.lower_api, lower);
+            } else {
+                record_ms(&mut out.lower_sql, lower);
+            }
+        }
+    }
+    Ok(out)
+}

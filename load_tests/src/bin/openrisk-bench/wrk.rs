@@ -1,0 +1,62 @@
+//! Saturation measured by wrk, an independent generator, when it is installed.
+
+use openrisk_load_tests::bench::http::Req;
+use serde_json::{Value, json};
+
+use crate::args::Args;
+
+/// Saturation of ceiling, cached and uncached detail measured by wrk (an independent generator),
+/// with a Lua script drawing paths uniformly from the hot set.
+pub async fn run(args: &Args, hot: &[Req]) -> Value {
+    if std::process::Command::new("wrk").arg("--version").output().is_err() {
+        println!("  wrk not installed: skipped");
+        return json!({"skipped": "wrk not installed"});
+    }
+    let paths = args.out.join("wrk-paths.lua");
+    let mut lua = String::from("local paths = {\n");
+    for req in hot {
+        lua.push_str(&format!("  {{\"{}\", \"{}\"}},\n", req.path, req.auth.as_deref().unwrap_or("")));
+    }
+    lua.push_str(
+        "}\nmath.randomseed(os.time())\nrequest = function()\n  local p = paths[math.random(#paths)]\n  \
+         return wrk.format(\"GET\", p[1], {[\"Authorization\"] = p[2]})\nend\n",
+    );
+    if std::fs::write(&paths, lua).is_err() {
+        return json!({"skipped": "could not write the Lua script"});
+    }
+    let mut out = serde_json::Map::new();
+    let duration = format!("{}s", args.phase_secs.ceil() as u64);
+    let connections = args.connections.to_string();
+    for (name, addr, script) in [
+        ("ceiling", args.ceiling, None),
+        ("cached GET /risks/{id}", args.cached, Some(&paths)),
+        ("uncached GET /risks/{id}", args.uncached, Some(&paths)),
+    ] {
+        let url = match script {
+            Some(_) => format!("http://{addr}"),
+            None => format!("http://{addr}/ceiling"),
+        };
+        let mut command = tokio::process::Command::new("wrk");
+        command.args(["-t2", "-c", &connections, "-d", &duration, "--latency"]);
+        if let Some(script) = script {
+            command.arg("-s").arg(script);
+        }
+        let output = command.arg(&url).output().await;
+        let text = output.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+        let rps = text.lines().find_map(|l| l.strip_prefix("Requests/sec:")).and_then(|v| v.trim().parse::<f64>().ok());
+        let non_2xx = text
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("Non-2xx or 3xx responses:"))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        println!("  wrk {name:<28} {:>9.0} req/s, non-2xx {non_2xx}", rps.unwrap_or(0.0));
+        out.insert(name.into(), json!({"rps": rps, "non_2xx": non_2xx}));
+    }
+    let ratio = |a: &str, b: &str| Some(out.get(a)?.get("rps")?.as_f64()? / out.get(b)?.get("rps")?.as_f64()?);
+    let ratios = json!({
+        "cached_detail_over_ceiling": ratio("cached GET /risks/{id}", "ceiling"),
+        "cached_detail_over_uncached": ratio("cached GET /risks/{id}", "uncached GET /risks/{id}"),
+    });
+    out.insert("ratios".into(), ratios);
+    Value::Object(out)
+}

@@ -1,0 +1,233 @@
+//! Invalidation: replacing tag versions so entries built under them can no longer be served,
+//! optionally confirmed by Redis replicas, and reclaiming the memory of those entries later.
+
+use std::sync::LazyLock;
+
+use redis::Script;
+use redis::aio::ConnectionLike;
+use uuid::Uuid;
+
+use super::replay_floor::floor_text;
+use super::{RECLAIM_CHUNK, fresh_token};
+use crate::db::Lsn;
+use crate::keys::{Keyspace, Tag};
+
+/// Replaces the version of each tag that has one with a fresh token (keeping its lifetime) and
+/// renames the tag's member set to a reclaim key of its own. Returns the reclaim keys that
+/// received a member set. When given a WAL position and the replaced version had a floor of its
+/// own, the new version gets the later of the two as its floor (same lifetime as the version);
+/// otherwise the new version's floor is unknown.
+///
+/// KEYS: per tag, its version, its member set, its reclaim key and its replay floor. ARGV: the
+/// fresh token, then the WAL position as 16 hex digits (empty when unknown).
+///
+/// Invariant: once this returns, no entry filled under a previous version of any of the tags can
+/// be hit or filled (the hit and the fill both compare versions). A version that was absent
+/// stays absent, which already matches nothing. Entries filled afterwards register in a new
+/// member set, so reclaiming the renamed one never drops them. A floor written here is at least
+/// the previous version's floor and at least the given position, so it covers every write whose
+/// invalidation finished before the new version was written: never lower than it must be,
+/// whatever order concurrent invalidations run in.
+const INVALIDATE_SOURCE: &str = r#"
+local function later(a, b)
+  local a_high, b_high = tonumber(string.sub(a, 1, 8), 16), tonumber(string.sub(b, 1, 8), 16)
+  if a_high ~= b_high then
+    return a_high > b_high
+  end
+  return tonumber(string.sub(a, 9), 16) > tonumber(string.sub(b, 9), 16)
+end
+local moved = {}
+for i = 1, #KEYS, 4 do
+  local previous = redis.call('GET', KEYS[i])
+  if previous then
+    redis.call('SET', KEYS[i], ARGV[1], 'KEEPTTL')
+    local floor = redis.call('GET', KEYS[i + 3])
+    local prefix = previous .. '@'
+    if ARGV[2] ~= '' and floor and string.sub(floor, 1, #prefix) == prefix then
+      local position = string.sub(floor, #prefix + 1)
+      if later(ARGV[2], position) then
+        position = ARGV[2]
+      end
+      local ttl = redis.call('PTTL', KEYS[i])
+      if ttl > 0 then
+        redis.call('SET', KEYS[i + 3], ARGV[1] .. '@' .. position, 'PX', ttl)
+      else
+        redis.call('SET', KEYS[i + 3], ARGV[1] .. '@' .. position)
+      end
+    end
+  end
+  if redis.call('EXISTS', KEYS[i + 1]) == 1 then
+    redis.call('RENAME', KEYS[i + 1], KEYS[i + 2])
+    moved[#moved + 1] = KEYS[i + 2]
+  end
+end
+return moved
+"#;
+
+static INVALIDATE: LazyLock<Script> = LazyLock::new(|| Script::new(INVALIDATE_SOURCE));
+
+/// Member sets moved aside by [`invalidate`], whose entries [`reclaim`] unlinks.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reclaimable {
+    keys: Vec<String>,
+}
+
+impl Reclaimable {
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    pub fn extend(&mut self, other: Reclaimable) {
+        self.keys.extend(other.keys);
+    }
+}
+
+/// How many Redis replicas must hold an invalidation before it counts as done, and how long to
+/// wait for them (`WAIT`). Zero replicas: done once the master has applied it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplicaAck {
+    pub replicas: u32,
+    pub timeout: std::time::Duration,
+}
+
+impl ReplicaAck {
+    /// Done once the master has applied it (a single node, or best-effort callers).
+    pub const MASTER_ONLY: Self = Self { replicas: 0, timeout: std::time::Duration::ZERO };
+}
+
+/// Why an invalidation is not known to be done.
+#[derive(Debug, thiserror::Error)]
+pub enum InvalidateError {
+    #[error(transparent)]
+    Redis(#[from] redis::RedisError),
+    /// Applied on the master, but fewer replicas than required confirmed it in time: a failover
+    /// now could promote a replica that never saw it, so it must be applied again later.
+    #[error("invalidation reached {acked} of the {required} Redis replicas required within {timeout:?}")]
+    NotReplicated { acked: u32, required: u32, timeout: std::time::Duration },
+}
+
+/// Invalidates `tags` of `tenant` (one script, O(tags)): after it returns no entry built under
+/// their previous versions is served. Idempotent; a tag nothing was cached under costs one
+/// `GET`. The caller reclaims the returned member sets once it has acknowledged the event.
+/// The new versions' replay floors are unknown (see [`invalidate_replicated`]).
+pub async fn invalidate<C: ConnectionLike>(
+    conn: &mut C,
+    keyspace: &Keyspace,
+    tenant: Uuid,
+    tags: &[Tag],
+) -> redis::RedisResult<Reclaimable> {
+    invalidate_with_floor(conn, keyspace, tenant, tags, None).await
+}
+
+async fn invalidate_with_floor<C: ConnectionLike>(
+    conn: &mut C,
+    keyspace: &Keyspace,
+    tenant: Uuid,
+    tags: &[Tag],
+    replayed_by: Option<Lsn>,
+) -> redis::RedisResult<Reclaimable> {
+    if tags.is_empty() {
+        return Ok(Reclaimable::default());
+    }
+    let (token, keys) = invalidation_keys(keyspace, tenant, tags);
+    let mut call = INVALIDATE.prepare_invoke();
+    for key in &keys {
+        call.key(key);
+    }
+    call.arg(&token).arg(replayed_by.map(floor_text).unwrap_or_default());
+    let keys: Vec<String> = call.invoke_async(conn).await?;
+    Ok(Reclaimable { keys })
+}
+
+/// A fresh token and the KEYS of [`INVALIDATE`] for `tags`.
+fn invalidation_keys(keyspace: &Keyspace, tenant: Uuid, tags: &[Tag]) -> (String, Vec<String>) {
+    let token = fresh_token();
+    let keys = tags
+        .iter()
+        .flat_map(|tag| {
+            [
+                keyspace.version_key(tenant, tag),
+                keyspace.members_key(tenant, tag),
+                keyspace.reclaim_key(tenant, tag, &token),
+                keyspace.replay_floor_key(tenant, tag),
+            ]
+        })
+        .collect();
+    (token, keys)
+}
+
+/// [`invalidate`], then `WAIT` until `ack.replicas` replicas of the tenant's master hold it. The
+/// script and the `WAIT` travel in one pipeline on one connection to that master (its first key
+/// routes it), so the `WAIT` covers exactly this script's writes even if a connection is
+/// replaced between calls. `replayed_by`, when known, is a position at or past the end of the
+/// commit records of every write being invalidated (the invalidator passes the primary's insert
+/// position read after it saw their outbox rows): the new versions keep a known replay floor
+/// where the previous ones had one.
+///
+/// Invariant: `Ok` means the invalidation survives the failover of its master to any replica
+/// that confirmed it (Redis promotes the replica with the most replicated data first).
+pub async fn invalidate_replicated<C: ConnectionLike>(
+    conn: &mut C,
+    keyspace: &Keyspace,
+    tenant: Uuid,
+    tags: &[Tag],
+    ack: ReplicaAck,
+    replayed_by: Option<Lsn>,
+) -> Result<Reclaimable, InvalidateError> {
+    if tags.is_empty() || ack.replicas == 0 {
+        return Ok(invalidate_with_floor(conn, keyspace, tenant, tags, replayed_by).await?);
+    }
+    let (token, keys) = invalidation_keys(keyspace, tenant, tags);
+    let floor = replayed_by.map(floor_text).unwrap_or_default();
+    // A script inside a pipeline is not loaded for us: try it by hash, and on NOSCRIPT send its
+    // source (which also loads it on that node for the next time).
+    let pipeline = |by_hash: bool| {
+        let mut pipe = redis::pipe();
+        let command = pipe.cmd(if by_hash { "EVALSHA" } else { "EVAL" });
+        command
+            .arg(if by_hash { INVALIDATE.get_hash() } else { INVALIDATE_SOURCE })
+            .arg(keys.len())
+            .arg(&keys)
+            .arg(&token)
+            .arg(&floor);
+        pipe.cmd("WAIT").arg(ack.replicas).arg(u64::try_from(ack.timeout.as_millis()).unwrap_or(u64::MAX).max(1));
+        pipe
+    };
+    let reply: redis::RedisResult<(Vec<String>, u32)> = pipeline(true).query_async(conn).await;
+    let (moved, acked) = match reply {
+        Err(error) if error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+            pipeline(false).query_async(conn).await?
+        }
+        other => other?,
+    };
+    if acked < ack.replicas {
+        return Err(InvalidateError::NotReplicated { acked, required: ack.replicas, timeout: ack.timeout });
+    }
+    Ok(Reclaimable { keys: moved })
+}
+
+/// Unlinks the entries of reclaimed member sets, walking each with `SSCAN` and unlinking at most
+/// [`RECLAIM_CHUNK`] entries per command, then the set itself. Purely memory: the entries can no
+/// longer be hit. Returns how many entries it unlinked. Interrupted, the rest expires with the
+/// sets' TTL. (Nothing adds to a reclaim key, so the scan sees every member; `SPOP` with a count
+/// was measured slower per member on large sets.)
+pub async fn reclaim<C: ConnectionLike>(conn: &mut C, reclaimable: &Reclaimable) -> redis::RedisResult<u64> {
+    let mut unlinked = 0;
+    for key in &reclaimable.keys {
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, members): (u64, Vec<String>) =
+                redis::cmd("SSCAN").arg(key).arg(cursor).arg("COUNT").arg(RECLAIM_CHUNK).query_async(conn).await?;
+            for chunk in members.chunks(RECLAIM_CHUNK) {
+                let removed: u64 = redis::cmd("UNLINK").arg(chunk).query_async(conn).await?;
+                unlinked += removed;
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        let _: u64 = redis::cmd("UNLINK").arg(key).query_async(conn).await?;
+    }
+    Ok(unlinked)
+}
