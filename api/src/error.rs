@@ -158,10 +158,20 @@ impl From<DbErr> for ApiError {
                 "22021" | "22P05" => {
                     return ApiError::unprocessable("text must not contain the NUL character (U+0000)");
                 }
+                // A deadlock or serialization failure with a concurrent write: nothing was
+                // changed, and the same request succeeds when sent again.
+                "40P01" | "40001" => {
+                    tracing::warn!(%error, "a write lost to a concurrent one");
+                    return ApiError::unavailable("the change collided with a concurrent one and was not made; retry");
+                }
                 _ => {}
             }
         }
         match &error {
+            // The row a change was applied to was deleted by a concurrent request after it was read.
+            DbErr::RecordNotUpdated => {
+                ApiError::NotFound(Json(Problem::new(StatusCode::NOT_FOUND, "the resource was deleted meanwhile")))
+            }
             DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => {
                 tracing::warn!(%error, "database unavailable");
                 ApiError::unavailable("the database is unavailable")
@@ -247,7 +257,12 @@ pub fn problem_response(problem: &Problem) -> Response {
 
 #[cfg(test)]
 mod tests {
-    use super::documented_names;
+    use super::{ApiError, documented_names};
+
+    #[test]
+    fn a_row_deleted_while_a_change_was_applied_to_it_is_a_404_not_a_500() {
+        assert!(matches!(ApiError::from(sea_orm::DbErr::RecordNotUpdated), ApiError::NotFound(_)));
+    }
 
     #[test]
     fn messages_name_documented_parameters_and_types() {
