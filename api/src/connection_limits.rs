@@ -89,6 +89,22 @@ impl<Io: AsyncWrite + Unpin> AsyncWrite for Permitted<Io> {
         self.watch(cx, poll, progressed)
     }
 
+    /// Forwarded, so hyper writes a response's head and body in one `writev` instead of copying
+    /// the body into its head buffer (which it does for streams that cannot write vectors).
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<IoResult<usize>> {
+        let poll = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        let progressed = matches!(poll, Poll::Ready(Ok(written)) if written > 0);
+        self.watch(cx, poll, progressed)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<IoResult<()>> {
         let poll = Pin::new(&mut self.io).poll_flush(cx);
         self.watch(cx, poll, false)
