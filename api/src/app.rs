@@ -185,6 +185,8 @@ pub fn routes(state: Arc<AppState>) -> BoxEndpoint<'static, Response> {
         .around(crate::hygiene::head_as_get)
         .with(NormalizePath::new(TrailingSlash::Trim))
         .around(limit_body)
+        // Inside the request deadline, outside everything a hit does not need.
+        .around(crate::hit_path::answer_hits_first)
         .around(move |endpoint, request| crate::connection_limits::within(endpoint, request, request_timeout))
         .catch_all_error(|error: poem::Error| async move {
             // Keep the matched route template for the request metrics.
@@ -200,7 +202,6 @@ pub fn routes(state: Arc<AppState>) -> BoxEndpoint<'static, Response> {
             }
             response
         })
-        .around(crate::hit_path::answer_hits_first)
         .data(state)
         .around(move |endpoint, request| {
             let metrics = metrics.clone();

@@ -9,6 +9,8 @@
 
 use std::sync::Arc;
 
+use futures::FutureExt;
+use futures::future::BoxFuture;
 use poem::http::{Method, header};
 use poem::{Endpoint, IntoResponse, Request, Response};
 
@@ -23,14 +25,18 @@ use crate::routes::cacheable::PlainRead;
 pub struct AnsweredRoute(pub &'static str);
 
 /// Answers a hit of a plain cacheable GET itself; hands every other request to `endpoint`.
-pub async fn answer_hits_first<E: Endpoint>(endpoint: Arc<E>, mut request: Request) -> poem::Result<Response> {
+///
+/// The router's future is boxed, and only built for the requests that go there: inline, this
+/// future (and every middleware's around it) would be as large as the largest operation's
+/// state, many kilobytes copied on every hit.
+pub async fn answer_hits_first<E: Endpoint + 'static>(endpoint: Arc<E>, mut request: Request) -> poem::Result<Response> {
     let Some((state, verified, plain)) = plain_read(&request).await else {
-        return endpoint.call(request).await.map(IntoResponse::into_response);
+        return to_router(endpoint, request).await;
     };
     let read = plain.read(verified.principal.tenant_id);
     // A tenant over its list budget reads lists around the cache: the handler decides that.
     if plain.is_list() && state.variant_budget.exhausted(read.tenant, read.route) {
-        return endpoint.call(request).await.map(IntoResponse::into_response);
+        return to_router(endpoint, request).await;
     }
     let span = tracing::Span::current();
     span.record("route", read.route);
@@ -44,9 +50,14 @@ pub async fn answer_hits_first<E: Endpoint>(endpoint: Arc<E>, mut request: Reque
         }
         lookup => {
             request.set_data(verified);
-            PriorLookup::scope(key, lookup, endpoint.call(request)).await.map(IntoResponse::into_response)
+            PriorLookup::scope(key, lookup, to_router(endpoint, request)).await
         }
     }
+}
+
+/// The request as the router answers it, in a future of its own on the heap.
+fn to_router<E: Endpoint + 'static>(endpoint: Arc<E>, request: Request) -> BoxFuture<'static, poem::Result<Response>> {
+    async move { endpoint.call(request).await.map(IntoResponse::into_response) }.boxed()
 }
 
 /// The state, the caller and the read of a GET the hit path may answer; `None` sends the
