@@ -29,13 +29,17 @@ pub struct AnsweredRoute(pub &'static str);
 /// The router's future is boxed, and only built for the requests that go there: inline, this
 /// future (and every middleware's around it) would be as large as the largest operation's
 /// state, many kilobytes copied on every hit.
-pub async fn answer_hits_first<E: Endpoint + 'static>(endpoint: Arc<E>, mut request: Request) -> poem::Result<Response> {
+pub async fn answer_hits_first<E: Endpoint + 'static>(
+    endpoint: Arc<E>,
+    mut request: Request,
+) -> poem::Result<Response> {
     let Some((state, verified, plain)) = plain_read(&request).await else {
         return to_router(endpoint, request).await;
     };
     let read = plain.read(verified.principal.tenant_id);
     // A tenant over its list budget reads lists around the cache: the handler decides that.
     if plain.is_list() && state.variant_budget.exhausted(read.tenant, read.route) {
+        request.set_data(verified);
         return to_router(endpoint, request).await;
     }
     let span = tracing::Span::current();
