@@ -10,6 +10,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use common::{Harness, eventually, http_get, wait_until_parked};
+use openrisk_invalidator::metrics::RECONNECT_LISTENER;
 use openrisk_shared::config::{DatabaseSettings, WakeMode};
 use openrisk_test_support::{LatencyRelay, NetworkLink, PrivatePostgres, RedisNamespace, TestDatabase, with_database};
 
@@ -138,7 +139,7 @@ async fn a_half_open_listen_connection_is_replaced_and_the_poll_bounds_the_windo
         listeners.iter().any(|(port, _)| *port != dead_port) && metrics.listener_connected.get() == 1
     })
     .await;
-    assert!(running.metrics.reconnects.with_label_values(&["postgres"]).get() >= 1);
+    assert!(running.metrics.reconnects.with_label_values(&[RECONNECT_LISTENER]).get() >= 1);
 
     let key = h.cache(tenant, "list", &["risks".into()]).await;
     h.risk(tenant, "after the replacement").await;
