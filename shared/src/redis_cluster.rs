@@ -61,8 +61,8 @@ impl ClusterView {
         // CLUSTER NODES, not CLUSTER SLOTS: the latter leaves out replicas whose replication
         // offset the answering node has not heard yet (as after a start), and a failover would
         // then look like slots moving to a stranger.
-        let nodes: Vec<(String, String)> = connection.on_every_master(redis::cmd("CLUSTER").arg("NODES")).await?;
-        let ranges = nodes.into_iter().next().map(|(_, reply)| parse_nodes(&reply)).unwrap_or_default();
+        let nodes: String = connection.on_any_node(redis::cmd("CLUSTER").arg("NODES")).await?;
+        let ranges = parse_nodes(&nodes);
         Ok(Some(Self { known_nodes, slots_ok, state_ok, ranges }))
     }
 

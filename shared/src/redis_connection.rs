@@ -219,6 +219,15 @@ impl RedisConnection {
         matches!(self, Self::Cluster(_))
     }
 
+    /// Runs a keyless command on one node: the node, or any cluster node the client is connected
+    /// to (for what every node knows alike, such as the cluster's topology).
+    pub async fn on_any_node<T: FromRedisValue>(&mut self, cmd: &Cmd) -> RedisResult<T> {
+        match self {
+            Self::Node(connection) => cmd.query_async(connection).await,
+            Self::Cluster(connection) => any_cluster_node(connection, cmd).await,
+        }
+    }
+
     /// Runs a keyless command on every master (the one node when not clustered) and returns
     /// each node's reply, labelled with its address.
     ///
@@ -234,12 +243,7 @@ impl RedisConnection {
                 Ok(vec![("node".to_owned(), reply)])
             }
             Self::Cluster(connection) => {
-                let slots = connection
-                    .route_command(
-                        redis::cmd("CLUSTER").arg("SLOTS").clone(),
-                        RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random),
-                    )
-                    .await?;
+                let slots = any_cluster_node(connection, redis::cmd("CLUSTER").arg("SLOTS")).await?;
                 let mut replies = Vec::new();
                 for (host, port) in master_addresses(slots)? {
                     let routing =
@@ -253,6 +257,15 @@ impl RedisConnection {
                 Ok(replies)
             }
         }
+    }
+}
+
+/// `cmd`'s reply from any cluster node the client is connected to.
+async fn any_cluster_node<T: FromRedisValue>(connection: &mut ClusterConnection, cmd: &Cmd) -> RedisResult<T> {
+    let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random);
+    match connection.route_command(cmd.clone(), routing).await? {
+        Value::ServerError(error) => Err(error.into()),
+        reply => Ok(T::from_redis_value(reply)?),
     }
 }
 
