@@ -1,0 +1,258 @@
+//! Soak mode: the workload runs for `--duration` with a fault every `--fault-every` seconds
+//! (each followed by the full check), and every `--sample-every` seconds the RSS of each
+//! process, the Postgres and Redis connections, the outbox backlog, the staleness window and
+//! the invalidators' lag are sampled. Growth from the middle third of the run to the last third
+//! fails the run; the samples are written as `soak.csv` and plotted in `soak.svg`.
+
+mod lag;
+mod report;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+
+use self::lag::{Buckets, LagScraper};
+use crate::world::World;
+use crate::{Config, Tally, faults, inject_and_check, percentile};
+
+#[derive(Debug, Clone)]
+struct Sample {
+    at: f64,
+    rss_kb: BTreeMap<String, u64>,
+    /// Postgres connections of the processes under test (-1 when Postgres did not answer).
+    connections: i64,
+    /// Clients connected to Redis, summed over its masters (-1 when Redis did not answer).
+    redis_clients: i64,
+    backlog: i64,
+    /// p99 of the steady-state staleness probes since the previous sample (seconds).
+    staleness_p99: Option<f64>,
+    /// p99 of `openrisk_invalidator_lag_seconds` since the previous sample, over every
+    /// invalidator (the upper bound of its bucket, seconds).
+    lag_p99: Option<f64>,
+}
+
+async fn sample(world: &World, since_probe: &mut usize, lag: &mut LagScraper) -> Sample {
+    let mut rss_kb = BTreeMap::new();
+    for proc in [&world.api, &world.api_ref].into_iter().chain(world.invalidators.iter()) {
+        let proc = proc.lock().await;
+        if let Some(rss) = proc.rss_kb() {
+            rss_kb.insert(proc.spec.name.clone(), rss);
+        }
+    }
+    let mut recent_lag = Buckets::default();
+    for proc in &world.invalidators {
+        let (name, addr) = {
+            let proc = proc.lock().await;
+            (proc.spec.name.clone(), proc.spec.health_addr.clone())
+        };
+        let page = world.http.get(format!("http://{addr}/metrics")).send().await;
+        if let Ok(page) = page
+            && let Ok(text) = page.text().await
+        {
+            recent_lag.merge(&lag.observe(&name, &text));
+        }
+    }
+    let redis_clients = redis_clients(world).await.unwrap_or(-1);
+    let (mut connections, mut backlog) = (-1, -1);
+    if let Ok(sql) = world.sql().await {
+        if let Ok(row) = sql
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = 'openrisk' AND application_name <> 'openrisk-verifier'",
+                &[],
+            )
+            .await
+        {
+            connections = row.get(0);
+        }
+        if let Ok(row) = sql.query_one("SELECT count(*) FROM cache_outbox", &[]).await {
+            backlog = row.get(0);
+        }
+    }
+    let probes = world.stats.staleness.lock().unwrap().clone();
+    let mut recent: Vec<f64> = probes[(*since_probe).min(probes.len())..]
+        .iter()
+        .filter(|(_, phase)| phase == "steady")
+        .map(|(window, _)| *window)
+        .collect();
+    *since_probe = probes.len();
+    recent.sort_by(f64::total_cmp);
+    let staleness_p99 = (!recent.is_empty()).then(|| percentile(&recent, 0.99));
+    Sample {
+        at: world.started.elapsed().as_secs_f64(),
+        rss_kb,
+        connections,
+        redis_clients,
+        backlog,
+        staleness_p99,
+        lag_p99: recent_lag.quantile_bound(0.99),
+    }
+}
+
+/// Clients connected to every Redis master (`INFO clients`).
+async fn redis_clients(world: &World) -> anyhow::Result<i64> {
+    let mut total = 0;
+    for mut master in world.redis_masters().await? {
+        let info: String = redis::cmd("INFO").arg("clients").query_async(&mut master).await?;
+        let clients = info.lines().find_map(|line| line.strip_prefix("connected_clients:"));
+        total += clients.and_then(|n| n.trim().parse::<i64>().ok()).unwrap_or(0);
+    }
+    Ok(total)
+}
+
+fn median(mut values: Vec<f64>) -> Option<f64> {
+    if values.is_empty() {
+        return None;
+    }
+    values.sort_by(f64::total_cmp);
+    Some(values[values.len() / 2])
+}
+
+/// Compares the middle third of the samples with the last third.
+fn judge(samples: &[Sample]) -> Vec<(String, Vec<String>)> {
+    if samples.len() < 6 {
+        let failure = format!("only {} samples; run longer or sample more often", samples.len());
+        return vec![("soak: enough samples to judge growth".to_owned(), vec![failure])];
+    }
+    let third = samples.len() / 3;
+    let (middle, last) = (&samples[third..2 * third], &samples[2 * third..]);
+    let mut checks = Vec::new();
+    let mut flat = |check: String,
+                    what: &str,
+                    unit: &str,
+                    value: &dyn Fn(&Sample) -> Option<f64>,
+                    allowed: &dyn Fn(f64) -> f64| {
+        let typical = |part: &[Sample]| median(part.iter().filter_map(value).collect());
+        let mut failures = Vec::new();
+        if let (Some(before), Some(after)) = (typical(middle), typical(last)) {
+            println!(
+                "  soak: {what} (median of the middle third → of the last) {before:.1} {unit} → {after:.1} {unit}"
+            );
+            if after > allowed(before) {
+                failures.push(format!("{what} grew from {before:.1} {unit} to {after:.1} {unit}"));
+            }
+        }
+        checks.push((check, failures));
+    };
+    let names: std::collections::BTreeSet<&String> = samples.iter().flat_map(|s| s.rss_kb.keys()).collect();
+    for name in names {
+        flat(
+            format!("soak: {name} memory does not grow"),
+            &format!("{name} RSS"),
+            "MB",
+            &|s| s.rss_kb.get(name).map(|&kb| kb as f64 / 1024.0),
+            &|before| before * 1.5 + 30.0,
+        );
+    }
+    let count = |value: i64| (value >= 0).then_some(value as f64);
+    flat(
+        "soak: Postgres connections do not leak".to_owned(),
+        "Postgres connections",
+        "",
+        &|s| count(s.connections),
+        &|before| before + 10.0,
+    );
+    flat(
+        "soak: Redis connections do not leak".to_owned(),
+        "Redis clients",
+        "",
+        &|s| count(s.redis_clients),
+        &|before| before + 10.0,
+    );
+    flat(
+        "soak: the outbox backlog does not build up".to_owned(),
+        "outbox backlog",
+        "rows",
+        &|s| count(s.backlog),
+        &|before| before * 3.0 + 100.0,
+    );
+    flat(
+        "soak: the staleness window stays flat".to_owned(),
+        "staleness window p99",
+        "ms",
+        &|s| s.staleness_p99.map(|v| v * 1e3),
+        &|before| (before * 3.0).max(before + 250.0),
+    );
+    flat(
+        "soak: the invalidators' lag stays flat".to_owned(),
+        "invalidator lag p99",
+        "ms",
+        &|s| s.lag_p99.filter(|v| v.is_finite()).map(|v| v * 1e3),
+        &|before| (before * 3.0).max(before + 250.0),
+    );
+    checks
+}
+
+/// Samples every `--sample-every` seconds until `deadline`.
+async fn sample_until(world: &World, every: Duration, deadline: Instant) -> Vec<Sample> {
+    let (mut samples, mut since_probe, mut lag) = (Vec::new(), 0, LagScraper::default());
+    while Instant::now() < deadline {
+        let s = sample(world, &mut since_probe, &mut lag).await;
+        let ms = |value: Option<f64>| value.map_or("—".into(), |p| format!("{:.1} ms", p * 1e3));
+        println!(
+            "  sample +{:>5.0}s rss {} | pg connections {} | redis clients {} | outbox {} | window p99 {} | lag p99 {}",
+            s.at,
+            s.rss_kb.iter().map(|(k, v)| format!("{k}={:.0}MB", *v as f64 / 1024.0)).collect::<Vec<_>>().join(" "),
+            s.connections,
+            s.redis_clients,
+            s.backlog,
+            ms(s.staleness_p99),
+            ms(s.lag_p99)
+        );
+        samples.push(s);
+        tokio::time::sleep(every.min(deadline.saturating_duration_since(Instant::now()))).await;
+    }
+    samples
+}
+
+/// Injects a fault (each followed by the full check) every `--fault-every` seconds until shortly
+/// before `deadline`; returns when each was injected (seconds since the start) and its name.
+async fn inject_until(
+    world: &World,
+    cfg: &Config,
+    tally: &mut Tally,
+    rng: &mut StdRng,
+    deadline: Instant,
+) -> anyhow::Result<Vec<(f64, String)>> {
+    let fault_every = Duration::from_secs(cfg.fault_every.max(5));
+    let mut schedule: Vec<faults::Fault> = Vec::new();
+    let mut injected = Vec::new();
+    loop {
+        tokio::time::sleep(fault_every).await;
+        if Instant::now() + Duration::from_secs(15) >= deadline {
+            return Ok(injected);
+        }
+        if schedule.is_empty() {
+            schedule = faults::round(cfg.redis, cfg.replica, false, cfg.network);
+            schedule.shuffle(rng);
+        }
+        let fault = schedule.pop().expect("non-empty schedule");
+        injected.push((world.started.elapsed().as_secs_f64(), fault.name().to_owned()));
+        inject_and_check(world, tally, rng, fault, injected.len() - 1, 0, 3000, Some(1000)).await?;
+        world.set_phase("steady");
+    }
+}
+
+pub async fn run(world: &World, cfg: &Config, tally: &mut Tally, rng: &mut StdRng) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let deadline = started + cfg.duration;
+    world.set_phase("steady");
+    let (samples, injected) = tokio::join!(
+        sample_until(world, Duration::from_secs(cfg.sample_every.max(1)), deadline),
+        inject_until(world, cfg, tally, rng, deadline)
+    );
+    let injected = injected?;
+    println!(
+        "  soak ran {:.0}s with {} faults and {} samples",
+        started.elapsed().as_secs_f64(),
+        injected.len(),
+        samples.len()
+    );
+    report::write(&world.log_dir, &samples, &injected)?;
+    println!("  soak samples: {0}/soak.csv, plot: {0}/soak.svg", world.log_dir.display());
+    for (name, failures) in judge(&samples) {
+        tally.record(&name, &failures);
+    }
+    Ok(())
+}
