@@ -11,7 +11,7 @@
 # API and the invalidator, then runs deployment/live/driver.py: private PostgreSQL (with a
 # streaming replica the API reads from) and Redis, the API, two invalidators, both exporters,
 # Alertmanager and Prometheus on free loopback ports, with the project's own configuration (see
-# driver.py for what is rewritten). Ends with "N passed, M failed" and exits non-zero on failure;
+# live/rules.py for what is rewritten). Ends with "N passed, M failed" and exits non-zero on failure;
 # every process it started is stopped on exit.
 # Logs: $CARGO_TARGET_DIR/live/logs (or target/live/logs).
 set -euo pipefail

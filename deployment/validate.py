@@ -4,7 +4,7 @@
     python3 deployment/validate.py compose|docker|k8s|dashboard|alerts|dashboard-promql-rules OUT
 
 Each command prints what it found wrong and exits 1, or exits 0 silently. Needs PyYAML only.
-Reads shared/src/config.rs so that every OPENRISK_* variable set in compose or Kubernetes names
+Reads shared/src/config/ so that every OPENRISK_* variable set in compose or Kubernetes names
 a real configuration field.
 """
 
@@ -35,13 +35,16 @@ def load_yaml_documents(path):
 # ---------------------------------------------------------------- configuration keys
 
 def config_env_names():
-    """Every environment variable the binaries read, from shared/src/config.rs."""
-    source = open(os.path.join(ROOT, "shared", "src", "config.rs")).read()
+    """Every environment variable the binaries read, from the structs in shared/src/config/."""
+    source = ""
+    for path in sorted(glob.glob(os.path.join(ROOT, "shared", "src", "config", "*.rs"))):
+        with open(path) as handle:
+            source += handle.read()
     structs = {}
     for name, body in re.findall(r"pub struct (\w+) \{(.*?)\n\}", source, re.S):
         structs[name] = re.findall(r"pub (\w+): ([\w<>:]+)", body)
     if "Settings" not in structs:
-        raise SystemExit("shared/src/config.rs: struct Settings not found")
+        raise SystemExit("shared/src/config/: struct Settings not found")
     names = {"DATABASE_URL", "REDIS_URL", "API_ADDR", "METRICS_ADDR", "OPENRISK_PROFILE", "OPENRISK_CONFIG"}
     for field, kind in structs["Settings"]:
         if kind in structs:
@@ -61,7 +64,7 @@ ENUMS = {
 def check_env(where, env, known):
     for key, value in env.items():
         if key not in known:
-            problem(f"{where}: {key} is not a configuration variable of shared/src/config.rs")
+            problem(f"{where}: {key} is not a configuration variable of shared/src/config/")
         if key in ENUMS and str(value) not in ENUMS[key]:
             problem(f"{where}: {key}={value} is not one of {sorted(ENUMS[key])}")
         if key in ("API_ADDR", "METRICS_ADDR") and not str(value).startswith("0.0.0.0:"):

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# shellcheck disable=SC2154 # the *_port variables are set by take_ports (printf -v)
 # One-command HTTP benchmark of the cache, loopback only, bounded to a few minutes.
 #
 #   load_tests/bench.sh                       # 20 tenants × 5000 risks, 8 s phases (~4 min)
@@ -89,33 +90,29 @@ trap 'exit 130' INT TERM
 
 # ---- free loopback ports -----------------------------------------------------------------------
 taken=" "
-free_port() {
-    local port
-    for port in $(seq "$1" $(($1 + 500))); do
-        case "$taken" in *" $port "*) continue ;; esac
-        if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-            taken="$taken$port "
-            echo "$port"
-            return
-        fi
+# take_ports NAME:FROM...: sets each NAME to the first port from FROM up that nothing listens on
+# and no earlier NAME took.
+take_ports() {
+    local spec name from port found
+    for spec in "$@"; do
+        name=${spec%%:*} from=${spec#*:} found=""
+        for port in $(seq "$from" $((from + 500))); do
+            case "$taken" in *" $port "*) continue ;; esac
+            if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+                found=$port
+                break
+            fi
+        done
+        [ -n "$found" ] || { echo "no free port from $from" >&2; exit 1; }
+        taken="$taken$found "
+        printf -v "$name" '%s' "$found"
     done
-    echo "no free port from $1" >&2
-    return 1
 }
-redis_port=$(free_port 16400)
-cached_port=$(free_port 18080)
-uncached_port=$(free_port 18180)
-ceiling_port=$(free_port 18280)
-alt_port=$(free_port 18480)
-invalidator_port=$(free_port 18380)
-# The APIs' /metrics (METRICS_ADDR); only the cached one's is read.
-cached_metrics_port=$(free_port 18580)
-uncached_metrics_port=$(free_port 18680)
-alt_metrics_port=$(free_port 18780)
-cluster_api_port=$(free_port 18880)
-cluster_invalidator_port=$(free_port 18980)
-ack0_invalidator_port=$(free_port 19080)
-cluster_api_metrics_port=$(free_port 19180)
+# The APIs' /metrics (METRICS_ADDR) are the *_metrics_port ones; only the cached one's is read.
+take_ports redis_port:16400 cached_port:18080 uncached_port:18180 ceiling_port:18280 alt_port:18480 \
+    invalidator_port:18380 cached_metrics_port:18580 uncached_metrics_port:18680 alt_metrics_port:18780 \
+    cluster_api_port:18880 cluster_invalidator_port:18980 ack0_invalidator_port:19080 \
+    cluster_api_metrics_port:19180
 
 wait_http() {
     local url=$1 what=$2

@@ -25,10 +25,8 @@ source load_tests/trigger_setup.sh
 CLIENTS="${CLIENTS:-16}"
 SECONDS_PER_RUN="${SECONDS_PER_RUN:-15}"
 ROUNDS="${ROUNDS:-3}"
-ROWS="${ROWS:-10000}"
 ADMIN_URL="${ADMIN_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
-DB="$TRIGGER_BENCH_DB"
-DB_URL="${ADMIN_URL%/*}/$DB"
+DB_URL="${ADMIN_URL%/*}/$TRIGGER_BENCH_DB"
 UNWATCHED_URL="${DB_URL}_unwatched"
 work="$(mktemp -d)"
 bin="${CARGO_TARGET_DIR:-target}/release"
@@ -36,7 +34,7 @@ trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 
 scripts/ensure-services.sh
 cargo build --release --quiet --bin openrisk-api --bin openrisk-invalidator
-trigger_setup "$ADMIN_URL" "$DB" "$ROWS" "$work"
+trigger_setup "$ADMIN_URL" "$TRIGGER_BENCH_DB" "$ROWS" "$work"
 
 run() { # run SCRIPT [DATABASE_URL] -> prints TPS
     pgbench -n -c "$CLIENTS" -j 2 -T "$SECONDS_PER_RUN" -f "$work/$1.sql" "${2:-$DB_URL}" 2>/dev/null \
@@ -96,4 +94,4 @@ for workload in "${risk_workloads[@]}"; do
     pct=$(echo "scale=1; 100 * ${total[$workload]} / ${total[$workload+unwatched]}" | bc)
     echo "| $workload | $unwatched | $watched | $pct % |"
 done
-trigger_drop "$ADMIN_URL" "$DB"
+trigger_drop "$ADMIN_URL" "$TRIGGER_BENCH_DB"

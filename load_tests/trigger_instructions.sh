@@ -17,9 +17,7 @@ source load_tests/trigger_setup.sh
 
 FEW="${FEW:-100}"
 MANY="${MANY:-600}"
-ROWS="${ROWS:-10000}"
 PG_BIN="${PG_BIN:-$(pg_config --bindir)}"
-DB="$TRIGGER_BENCH_DB"
 work="$(mktemp -d)"
 data="$work/data"
 trap '[ -f "$data/postmaster.pid" ] && as_postgres "$PG_BIN/pg_ctl" -D "$data" stop -m immediate >/dev/null; rm -rf "$work"' EXIT
@@ -34,7 +32,7 @@ port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0))
 as_postgres "$PG_BIN/initdb" -D "$data" -A trust -U postgres >/dev/null
 as_postgres "$PG_BIN/pg_ctl" -D "$data" -o "-p $port -k $work -c listen_addresses=127.0.0.1" \
     -l "$work/postgres.log" start -w >/dev/null
-trigger_setup "postgres://postgres@127.0.0.1:$port/postgres" "$DB" "$ROWS" "$work"
+trigger_setup "postgres://postgres@127.0.0.1:$port/postgres" "$TRIGGER_BENCH_DB" "$ROWS" "$work"
 as_postgres "$PG_BIN/pg_ctl" -D "$data" stop -w >/dev/null
 
 # expand SCRIPT COUNT: COUNT statements from a pgbench script, its \set random() drawn (seeded).
@@ -69,13 +67,13 @@ per_write() { # per_write WORKLOAD DATABASE -> instructions per write
 
 echo "| workload ($((MANY - FEW)) writes measured) | trigger-less | with the triggers | extra |"
 echo "|---|---|---|---|"
-plain="$(per_write plain "$DB")"
+plain="$(per_write plain "$TRIGGER_BENCH_DB")"
 for workload in floor watched; do
-    with="$(per_write "$workload" "$DB")"
+    with="$(per_write "$workload" "$TRIGGER_BENCH_DB")"
     echo "| $workload vs plain | $plain | $with | +$((with - plain)) ($((100 * (with - plain) / plain)) %) |"
 done
 for workload in risks_owner risks_impact; do
-    without="$(per_write "$workload" "${DB}_unwatched")"
-    with="$(per_write "$workload" "$DB")"
+    without="$(per_write "$workload" "${TRIGGER_BENCH_DB}_unwatched")"
+    with="$(per_write "$workload" "$TRIGGER_BENCH_DB")"
     echo "| $workload | $without | $with | +$((with - without)) ($((100 * (with - without) / without)) %) |"
 done

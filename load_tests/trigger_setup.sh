@@ -14,6 +14,8 @@
 # shellcheck disable=SC2034 # read by the scripts that source this file
 TRIGGER_BENCH_DB="openrisk_bench_triggers"
 TRIGGER_BENCH_TENANT="00000000-0000-0000-0000-000000000001"
+# Rows of each benchmark table (the environment may say otherwise).
+ROWS="${ROWS:-10000}"
 
 # trigger_drop ADMIN_URL DB: drops DB and DB_unwatched where they exist.
 trigger_drop() {

@@ -352,14 +352,22 @@ fn route_template(pattern: &str) -> String {
     documented_paths().get(&template).cloned().unwrap_or(template)
 }
 
+/// The spec's `paths` (what the routing table documents), parsed once.
+fn spec_paths() -> &'static serde_json::Map<String, serde_json::Value> {
+    static PATHS: OnceLock<serde_json::Map<String, serde_json::Value>> = OnceLock::new();
+    PATHS.get_or_init(|| {
+        let spec: serde_json::Value = serde_json::from_str(&openapi_json()).unwrap_or_default();
+        spec["paths"].as_object().cloned().unwrap_or_default()
+    })
+}
+
 /// Every documented path (`/api/v1/risks/{id}`), keyed by how it is registered
 /// (`/api/v1/risks/{param0}`).
 fn documented_paths() -> &'static HashMap<String, String> {
     static PATHS: OnceLock<HashMap<String, String>> = OnceLock::new();
     PATHS.get_or_init(|| {
-        let spec: serde_json::Value = serde_json::from_str(&openapi_json()).unwrap_or_default();
-        let paths = spec["paths"].as_object().into_iter().flat_map(|paths| paths.keys());
-        paths
+        spec_paths()
+            .keys()
             .map(|path| {
                 let mut index = 0;
                 let registered = path
@@ -380,14 +388,36 @@ fn documented_paths() -> &'static HashMap<String, String> {
     })
 }
 
+/// The documented path of the operation `operation_id` (`getRisk` → `/api/v1/risks/{id}`), from
+/// the routing table the spec is generated from: a cacheable read names its route (in cache
+/// metrics, budgets and fill hooks) as the router's metrics and the spec do, with no copy of the
+/// path beside the operation's `#[oai(path)]`. Panics on an id no operation has (a typo that the
+/// tests of `routes::cacheable` catch).
+pub(crate) fn operation_path(operation_id: &str) -> &'static str {
+    static PATHS: OnceLock<HashMap<String, String>> = OnceLock::new();
+    let paths = PATHS.get_or_init(|| {
+        spec_paths()
+            .iter()
+            .flat_map(|(path, operations)| {
+                let ids: Vec<String> = operations
+                    .as_object()
+                    .into_iter()
+                    .flat_map(|ops| ops.values())
+                    .filter_map(|op| op["operationId"].as_str().map(str::to_owned))
+                    .collect();
+                ids.into_iter().map(move |id| (id, path.clone()))
+            })
+            .collect()
+    });
+    paths.get(operation_id).map(String::as_str).unwrap_or_else(|| panic!("no operation {operation_id}"))
+}
+
 /// The methods the spec documents for `path` (`GET, HEAD, PATCH`), for `Allow` on 405.
 fn allowed_methods(path: &str) -> Option<String> {
     static METHODS: OnceLock<Vec<(Vec<String>, String)>> = OnceLock::new();
     let methods = METHODS.get_or_init(|| {
-        let spec: serde_json::Value = serde_json::from_str(&openapi_json()).unwrap_or_default();
-        let paths = spec["paths"].as_object().cloned().unwrap_or_default();
-        paths
-            .into_iter()
+        spec_paths()
+            .iter()
             .map(|(template, operations)| {
                 let mut names: Vec<String> =
                     operations.as_object().into_iter().flat_map(|ops| ops.keys()).map(|m| m.to_uppercase()).collect();

@@ -21,6 +21,7 @@ use crate::app::AppState;
 use crate::db::stmt;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
+use crate::stored_enum::{UnknownStoredValue, enum_text, stored};
 
 /// What a token may do. Each role includes the ones before it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Enum, clap::ValueEnum)]
@@ -32,25 +33,6 @@ pub enum Role {
     Analyst,
     /// Also manages the tenant's API tokens.
     Admin,
-}
-
-impl Role {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Viewer => "viewer",
-            Role::Analyst => "analyst",
-            Role::Admin => "admin",
-        }
-    }
-
-    pub fn parse(text: &str) -> Option<Self> {
-        match text {
-            "viewer" => Some(Role::Viewer),
-            "analyst" => Some(Role::Analyst),
-            "admin" => Some(Role::Admin),
-            _ => None,
-        }
-    }
 }
 
 /// The verified identity behind a request.
@@ -69,8 +51,8 @@ impl Principal {
         } else {
             Err(ApiError::forbidden(format!(
                 "this needs the {} role; the token has {}",
-                role.as_str(),
-                self.role.as_str()
+                enum_text(&role),
+                enum_text(&self.role)
             )))
         }
     }
@@ -130,6 +112,16 @@ struct TokenRow {
     role: String,
 }
 
+/// Why a token could not be looked up: Postgres failed (503, retry), or the token's row holds
+/// a role this build does not know (500 naming it; never read as some other role).
+#[derive(Debug, thiserror::Error)]
+enum LookupError {
+    #[error(transparent)]
+    Db(#[from] DbErr),
+    #[error(transparent)]
+    Stored(#[from] UnknownStoredValue),
+}
+
 /// Verifies bearer tokens against Postgres through a short-lived in-process cache.
 #[derive(Debug, Clone)]
 pub struct TokenVerifier {
@@ -162,9 +154,12 @@ impl TokenVerifier {
                 self.load(&hash).await
             })
             .await
-            .map_err(|error: Arc<DbErr>| {
-                tracing::warn!(%error, "cannot verify a bearer token");
-                ApiError::unavailable("the token cannot be verified right now; retry later")
+            .map_err(|error: Arc<LookupError>| match &*error {
+                LookupError::Stored(unknown) => ApiError::from(unknown.clone()),
+                LookupError::Db(error) => {
+                    tracing::warn!(%error, "cannot verify a bearer token");
+                    ApiError::unavailable("the token cannot be verified right now; retry later")
+                }
             })?;
         self.metrics.auth_cache(!loaded);
         entry.ok_or_else(|| ApiError::unauthorized("the bearer token is unknown or revoked"))
@@ -172,7 +167,7 @@ impl TokenVerifier {
 
     /// Looks the token up (one read) and stamps `last_used_at` in the background, so the
     /// request waits for no write.
-    async fn load(&self, hash: &[u8; 32]) -> Result<Option<Principal>, DbErr> {
+    async fn load(&self, hash: &[u8; 32]) -> Result<Option<Principal>, LookupError> {
         let row = TokenRow::find_by_statement(stmt(
             "SELECT id, tenant_id, role FROM api_tokens WHERE token_hash = $1 AND revoked_at IS NULL",
             [hash.to_vec().into()],
@@ -188,9 +183,10 @@ impl TokenVerifier {
                 }
             });
         }
-        Ok(row.and_then(|row| {
-            Some(Principal { token_id: row.id, tenant_id: row.tenant_id, role: Role::parse(&row.role)? })
-        }))
+        let principal = |row: TokenRow| -> Result<Principal, UnknownStoredValue> {
+            Ok(Principal { token_id: row.id, tenant_id: row.tenant_id, role: stored("api_tokens.role", &row.role)? })
+        };
+        Ok(row.map(principal).transpose()?)
     }
 
     /// Forgets a token in this process at once (after revoking it here).
@@ -218,7 +214,7 @@ pub async fn create_token(
         tenant_id: Set(tenant),
         name: Set(name.to_owned()),
         token_hash: Set(hash.to_vec()),
-        role: Set(role.as_str().to_owned()),
+        role: Set(enum_text(&role)),
         ..Default::default()
     }
     .insert(db)

@@ -6,7 +6,7 @@ mod common;
 use openrisk_shared::CacheStatus;
 use std::time::Duration;
 
-use common::{FillGate, cache_status, spawn_app, spawn_app_with};
+use common::{cache_status, spawn_app, spawn_app_with, spawn_gated_app};
 use openrisk_api::AppOptions;
 use openrisk_test_support::RedisNamespace;
 use reqwest::{Method, StatusCode};
@@ -72,12 +72,7 @@ async fn every_cached_get_reads_its_own_writes() {
     let path = format!("/api/v1/risks/{id}");
     let asset = app.create_asset(token, "Server", "LOW").await;
     let asset_path = format!("/api/v1/assets/{}", asset["id"].as_str().unwrap());
-    let mitigation: Value = app
-        .send_json(Method::POST, &format!("{path}/mitigations"), token, json!({"title": "M"}))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let mitigation = app.create_mitigation(token, &path, "M").await;
     let mitigation_path = format!("{path}/mitigations/{}", mitigation["id"].as_str().unwrap());
     let reads = [
         path.clone(),
@@ -143,12 +138,7 @@ async fn a_risk_detail_is_invalidated_by_changes_to_its_linked_assets_made_by_pl
     assert_eq!(detail["assets"][0]["name"], "Renamed by SQL");
 
     // A sub-action changed by SQL reaches the detail too (through risk:<id>).
-    let mitigation: Value = app
-        .send_json(Method::POST, &format!("{path}/mitigations"), token, json!({"title": "M"}))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let mitigation = app.create_mitigation(token, &path, "M").await;
     let mitigation_id = mitigation["id"].as_str().unwrap();
     app.sql(&format!(
         "INSERT INTO mitigation_subactions (tenant_id, mitigation_id, title) VALUES ('{}', '{mitigation_id}', 'From SQL')",
@@ -163,13 +153,7 @@ async fn a_risk_detail_is_invalidated_by_changes_to_its_linked_assets_made_by_pl
 
 #[tokio::test]
 async fn the_stale_fill_race_never_stores_the_old_value() {
-    let gate = FillGate::default();
-    let app = spawn_app_with(
-        RedisNamespace::new(),
-        |_| {},
-        AppOptions { before_fill: Some(gate.hook()), ..AppOptions::default() },
-    )
-    .await;
+    let (app, gate) = spawn_gated_app(|_| {}).await;
     let risk = app.create_risk(&app.a.analyst, "Old title").await;
     let id = risk["id"].as_str().unwrap().to_owned();
     let path = format!("/api/v1/risks/{id}");
@@ -211,13 +195,7 @@ async fn the_stale_fill_race_never_stores_the_old_value() {
 
 #[tokio::test]
 async fn a_linked_asset_changed_while_the_detail_is_read_rejects_its_fill() {
-    let gate = FillGate::default();
-    let app = spawn_app_with(
-        RedisNamespace::new(),
-        |_| {},
-        AppOptions { before_fill: Some(gate.hook()), ..AppOptions::default() },
-    )
-    .await;
+    let (app, gate) = spawn_gated_app(|_| {}).await;
     let token = &app.a.analyst;
     let risk = app.create_risk(token, "Risk").await;
     let asset = app.create_asset(token, "Asset", "HIGH").await;
@@ -244,13 +222,7 @@ async fn a_linked_asset_changed_while_the_detail_is_read_rejects_its_fill() {
 #[tokio::test]
 async fn concurrent_misses_on_one_key_do_one_database_read() {
     const READERS: usize = 8;
-    let gate = FillGate::default();
-    let app = spawn_app_with(
-        RedisNamespace::new(),
-        |_| {},
-        AppOptions { before_fill: Some(gate.hook()), ..AppOptions::default() },
-    )
-    .await;
+    let (app, gate) = spawn_gated_app(|_| {}).await;
     app.create_risk(&app.a.analyst, "Popular").await;
     let reads_before = app.metric("openrisk_db_query_duration_seconds_count{query=\"risk_list\"}").await;
 
@@ -386,12 +358,7 @@ async fn every_tag_kind_the_triggers_emit_is_one_the_api_registers_and_the_inval
     let token = &app.a.analyst;
     let risk = app.create_risk(token, "Tagged").await;
     let risk_path = format!("/api/v1/risks/{}", risk["id"].as_str().unwrap());
-    let mitigation: Value = app
-        .send_json(Method::POST, &format!("{risk_path}/mitigations"), token, json!({"title": "M"}))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let mitigation = app.create_mitigation(token, &risk_path, "M").await;
     let asset = app.create_asset(token, "db", "HIGH").await;
     let asset_path = format!("/api/v1/assets/{}", asset["id"].as_str().unwrap());
     let link = app.request(Method::PUT, &format!("{risk_path}{}", &asset_path["/api/v1".len()..]), token);

@@ -241,13 +241,7 @@ async fn connections_beyond_the_limit_wait_until_one_closes() {
 
 #[tokio::test]
 async fn a_request_over_the_time_limit_is_answered_503() {
-    let gate = common::FillGate::default();
-    let app = spawn_app_with(
-        RedisNamespace::new(),
-        |settings| settings.http.request_timeout_ms = 200,
-        AppOptions { before_fill: Some(gate.hook()), ..AppOptions::default() },
-    )
-    .await;
+    let (app, gate) = common::spawn_gated_app(|settings| settings.http.request_timeout_ms = 200).await;
     gate.arm("/api/v1/stats");
     let held = app.get("/api/v1/stats", &app.a.viewer);
     let (response, ()) = tokio::join!(held, gate.reached());
@@ -371,12 +365,7 @@ async fn writes_with_a_stale_if_match_are_refused_412_with_the_current_tag() {
     let token = &app.a.analyst;
     let risk = app.create_risk(token, "Conditional").await;
     let risk_path = format!("/api/v1/risks/{}", risk["id"].as_str().unwrap());
-    let mitigation = app
-        .send_json(Method::POST, &format!("{risk_path}/mitigations"), token, json!({"title": "M"}))
-        .await
-        .json::<Value>()
-        .await
-        .unwrap();
+    let mitigation = app.create_mitigation(token, &risk_path, "M").await;
     let mitigation_path = format!("{risk_path}/mitigations/{}", mitigation["id"].as_str().unwrap());
     let asset = app.create_asset(token, "Conditional", "LOW").await;
     let asset_path = format!("/api/v1/assets/{}", asset["id"].as_str().unwrap());
@@ -531,4 +520,19 @@ async fn a_stored_enum_value_this_build_does_not_know_fails_the_read_with_500_an
     assert_problem(app.get(&odd_path, token).await, StatusCode::INTERNAL_SERVER_ERROR).await;
     assert_problem(app.get("/api/v1/risks", token).await, StatusCode::INTERNAL_SERVER_ERROR).await;
     assert_eq!(app.get(&fine_path, token).await.status(), StatusCode::OK, "the process is still up");
+}
+
+#[tokio::test]
+async fn a_token_whose_stored_role_this_build_does_not_know_is_refused_with_500_and_never_read_as_a_viewer() {
+    let app = spawn_app().await;
+    // What a newer migration could allow: a role this build has no variant for.
+    app.sql(&format!(
+        "ALTER TABLE api_tokens DROP CONSTRAINT IF EXISTS api_tokens_role_check;
+         UPDATE api_tokens SET role = 'auditor' WHERE tenant_id = '{}' AND role = 'viewer';",
+        app.a.id
+    ))
+    .await;
+    assert_problem(app.get("/api/v1/stats", &app.a.viewer).await, StatusCode::INTERNAL_SERVER_ERROR).await;
+    assert_problem(app.get("/api/v1/stats", &app.a.viewer).await, StatusCode::INTERNAL_SERVER_ERROR).await;
+    assert_eq!(app.get("/api/v1/stats", &app.a.analyst).await.status(), StatusCode::OK, "other tokens still work");
 }

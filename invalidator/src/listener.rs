@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use futures::StreamExt;
-use openrisk_shared::advisory_locks;
 use openrisk_shared::config::PostgresLink;
+use openrisk_shared::{advisory_locks, outbox};
 use tokio::sync::mpsc;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{AsyncMessage, Client, NoTls};
@@ -45,7 +45,7 @@ impl Listener {
                 }
             }
         });
-        let channel: String = client.query_one("SELECT cache_notify_channel()", &[]).await?.get(0);
+        let channel: String = client.query_one(outbox::NOTIFY_CHANNEL, &[]).await?.get(0);
         let quoted = format!("\"{}\"", channel.replace('"', "\"\""));
         client.batch_execute(&format!("LISTEN {quoted}")).await?;
         client.batch_execute(&format!("SET lock_timeout = {}", park_wait.as_millis().max(1))).await?;
@@ -60,8 +60,7 @@ impl Listener {
     /// Becomes the park leader if no other replica is; returns whether this one is.
     pub async fn try_lead(&mut self) -> Result<bool, tokio_postgres::Error> {
         if !self.leader {
-            self.leader =
-                self.client.query_one("SELECT pg_try_advisory_lock($1)", &[&advisory_locks::PARK_LEADER]).await?.get(0);
+            self.leader = self.client.query_one(outbox::TRY_LEAD, &[&advisory_locks::PARK_LEADER]).await?.get(0);
         }
         Ok(self.leader)
     }
@@ -69,7 +68,7 @@ impl Listener {
     /// Takes the park lock exclusively, waiting for writers that saw nobody parked to commit.
     /// Returns false (not parked) when that takes longer than the park wait.
     pub async fn park(&mut self) -> Result<bool, tokio_postgres::Error> {
-        match self.client.batch_execute("SELECT pg_advisory_lock(cache_park_lock_key())").await {
+        match self.client.batch_execute(outbox::PARK).await {
             Ok(()) => Ok(true),
             Err(error) if error.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) => Ok(false),
             Err(error) => Err(error),
@@ -78,7 +77,7 @@ impl Listener {
 
     /// Releases the park lock: writers stop notifying.
     pub async fn unpark(&mut self) -> Result<(), tokio_postgres::Error> {
-        self.client.batch_execute("SELECT pg_advisory_unlock(cache_park_lock_key())").await
+        self.client.batch_execute(outbox::UNPARK).await
     }
 
     /// Waits for the next wake-up; returns false when the connection closed instead.

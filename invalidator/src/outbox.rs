@@ -1,47 +1,14 @@
 //! The outbox consumer: claims a batch with `FOR UPDATE SKIP LOCKED` so replicas never share an
-//! event, and acknowledges it (commits its deletion) only once Redis has confirmed.
+//! event, and acknowledges it (commits its deletion) only once Redis has confirmed. The SQL is
+//! in [`openrisk_shared::outbox`].
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use openrisk_shared::db::Lsn;
 use openrisk_shared::event::{InvalidationEvent, OutboxRow, PoisonReason};
+use openrisk_shared::outbox;
 use tokio_postgres::{Client, Transaction};
-
-/// Claims the oldest unclaimed events by deleting them inside the caller's transaction: the
-/// deletion commits only after Redis confirmed (the acknowledgement), a rollback or a replica
-/// that dies mid-batch restores them, and `SKIP LOCKED` keeps replicas off each other's rows.
-/// One pass over each row (no separate lock-then-delete) keeps the cost per event low.
-///
-/// The ids are picked once, in a materialised CTE. As `id IN (SELECT … LIMIT $1 FOR UPDATE SKIP
-/// LOCKED)` the planner may choose a nested-loop semi-join that re-runs the subquery for every
-/// outbox row, each run skipping the rows already deleted: the statement then claims the whole
-/// outbox in one batch (ignoring the limit) in quadratic time. It did on an outbox whose
-/// statistics still said "empty" when an outage had filled it (deployment/live.sh: 6000 rows
-/// took a minute).
-///
-/// `wal_position` is the primary's WAL insert position read by this statement, whose snapshot
-/// already sees the claimed rows: their writes' commit records end before it (a trigger's own
-/// position would not do, as it precedes its transaction's commit record). Read replicas use
-/// it as the replay floor of the versions this batch writes (see `openrisk_shared::protocol`).
-const CLAIM: &str = "
-    WITH picked AS MATERIALIZED (
-        SELECT id FROM cache_outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED),
-    claimed AS (
-        DELETE FROM cache_outbox o USING picked p
-        WHERE o.id = p.id
-        RETURNING o.id, o.tenant_id, o.table_name, o.op, o.tags, o.txid, o.created_at)
-    SELECT c.id, c.tenant_id, c.table_name, c.op, c.tags, c.txid::text AS txid, c.created_at,
-           EXISTS (SELECT 1 FROM cache_watches w WHERE w.table_name::text = c.table_name) AS watched,
-           extract(epoch FROM clock_timestamp() - c.created_at)::float8 AS age_seconds,
-           pg_current_wal_insert_lsn()::text AS wal_position
-    FROM claimed c
-    ORDER BY c.id";
-
-const DEAD_LETTER: &str = "
-    INSERT INTO cache_outbox_dead_letter (id, tenant_id, table_name, op, tags, txid, created_at, reason)
-    VALUES ($1, $2, $3, $4, $5, $6::text::xid8, $7, $8)
-    ON CONFLICT (id) DO NOTHING";
 
 /// A claimed batch, split into applicable events and poison rows.
 #[derive(Debug, Default)]
@@ -101,7 +68,7 @@ pub struct PoisonRow {
 
 /// Claims up to `limit` events inside `transaction` (they stay claimed until it ends).
 pub async fn claim(transaction: &Transaction<'_>, limit: u32) -> Result<Batch, tokio_postgres::Error> {
-    let rows = transaction.query(CLAIM, &[&i64::from(limit)]).await?;
+    let rows = transaction.query(outbox::CLAIM, &[&i64::from(limit)]).await?;
     let mut batch = Batch::default();
     for row in rows {
         let outbox_row = OutboxRow {
@@ -133,7 +100,7 @@ pub async fn dead_letter(transaction: &Transaction<'_>, batch: &Batch) -> Result
         let row = &poison.row;
         transaction
             .execute(
-                DEAD_LETTER,
+                outbox::DEAD_LETTER,
                 &[
                     &row.id,
                     &row.tenant_id,
@@ -152,12 +119,6 @@ pub async fn dead_letter(transaction: &Transaction<'_>, batch: &Batch) -> Result
 
 /// Size of the outbox and age of its oldest event (zero when empty), by the database's clock.
 pub async fn backlog(client: &Client) -> Result<(i64, f64), tokio_postgres::Error> {
-    let row = client
-        .query_one(
-            "SELECT count(*), coalesce(extract(epoch FROM clock_timestamp() - min(created_at))::float8, 0)
-             FROM cache_outbox",
-            &[],
-        )
-        .await?;
+    let row = client.query_one(outbox::BACKLOG, &[]).await?;
     Ok((row.get(0), row.get(1)))
 }

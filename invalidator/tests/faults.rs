@@ -7,7 +7,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{Harness, connect_redis, eventually, wait_until_parked};
+use common::{Harness, connect_redis, eventually};
 use openrisk_shared::config::WakeMode;
 use openrisk_test_support::{PrivatePostgres, PrivateRedis, RedisNamespace, TestDatabase};
 
@@ -96,11 +96,8 @@ async fn four_replicas_drain_a_large_outbox_without_loss_or_duplicates() {
 #[tokio::test]
 async fn a_killed_listener_connection_is_replaced_and_nothing_is_lost() {
     let mut h = Harness::new().await;
-    let mut settings = h.settings();
-    settings.invalidator.poll_interval_ms = 120_000;
-    let running = h.start(settings).await;
+    let running = h.start_parked(WAIT).await;
     let listener = running.metrics.listener_connected.clone();
-    wait_until_parked(&running, WAIT).await;
     h.sql
         .execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Harness, eventually, http_get, wait_until_parked};
+use common::{Harness, eventually, http_get};
 use openrisk_shared::config::WakeMode;
 use openrisk_shared::db::Lsn;
 use openrisk_shared::protocol::{self, Lookup};
@@ -142,10 +142,7 @@ async fn every_watched_table_and_change_removes_exactly_the_affected_keys() {
 #[tokio::test]
 async fn a_parked_invalidator_is_woken_by_notify_not_by_polling() {
     let mut h = Harness::new().await;
-    let mut settings = h.settings();
-    settings.invalidator.poll_interval_ms = 120_000;
-    let running = h.start(settings).await;
-    wait_until_parked(&running, WAIT).await;
+    let running = h.start_parked(WAIT).await;
     let tenant = h.tenant("a").await;
     let key = h.cache(tenant, "list", &["risks".into()]).await;
     h.risk(tenant, "wakes it").await;

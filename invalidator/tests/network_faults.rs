@@ -23,11 +23,14 @@ fn detection_bound() -> Duration {
     DatabaseSettings::default().link().detection_bound().expect("keepalives and TCP user timeout are on by default")
 }
 
-/// A harness whose database lives on a private Postgres behind `link`, reached through the
-/// link's server address `via`.
-async fn harness_behind(postgres: &PrivatePostgres, via: u8, link: &NetworkLink) -> Harness {
+/// A network link with `addresses` server addresses, a private Postgres behind it, and a
+/// harness whose database lives there, reached through the link's server address `via`.
+async fn harness_behind(addresses: u8, via: u8) -> (NetworkLink, PrivatePostgres, Harness) {
+    let link = NetworkLink::create(addresses);
+    let postgres = PrivatePostgres::start_behind(&link);
     let db = TestDatabase::create_on(&postgres.admin_url_via(link.server_address(via))).await;
-    Harness::with(db, RedisNamespace::new()).await
+    let harness = Harness::with(db, RedisNamespace::new()).await;
+    (link, postgres, harness)
 }
 
 /// Sessions of `application` on the harness's database, as `(client port, state)`.
@@ -46,9 +49,7 @@ async fn sessions(h: &Harness, application: &str) -> Vec<(i32, String)> {
 
 #[tokio::test]
 async fn a_replica_cut_off_from_postgres_mid_batch_never_acknowledges_and_another_takes_its_events_within_the_bound() {
-    let link = NetworkLink::create(2);
-    let postgres = PrivatePostgres::start_behind(&link);
-    let mut h = harness_behind(&postgres, 1, &link).await;
+    let (link, postgres, mut h) = harness_behind(2, 1).await;
     let tenant = h.tenant("a").await;
     let key = h.cache(tenant, "list", &["risks".into()]).await;
 
@@ -106,9 +107,7 @@ async fn a_replica_cut_off_from_postgres_mid_batch_never_acknowledges_and_anothe
 
 #[tokio::test]
 async fn a_half_open_listen_connection_is_replaced_and_the_poll_bounds_the_window_meanwhile() {
-    let link = NetworkLink::create(1);
-    let postgres = PrivatePostgres::start_behind(&link);
-    let mut h = harness_behind(&postgres, 0, &link).await;
+    let (link, _postgres, mut h) = harness_behind(1, 0).await; // The server runs until the test ends.
     let tenant = h.tenant("a").await;
     let mut settings = h.settings();
     settings.invalidator.mode = WakeMode::Listen;

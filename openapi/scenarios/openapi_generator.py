@@ -3,11 +3,11 @@
 exception carries the status, the headers and, for problem+json errors, the parsed `Problem`.
 `ApiResponse.headers` is a plain dict keyed by the names as sent (lowercase from this server)."""
 
-import datetime
-
 import openrisk_ogen as og
 from openrisk_ogen.exceptions import NotFoundException
-from scenario import BASE_URL, HIGH_CRITICALITY_FACTOR, TOKEN, expect, step, tag_for
+from scenario import (
+    BASE_URL, HIGH_CRITICALITY_FACTOR, RISKS, TOKEN, check_paging, check_stats, expect, risk_fields, step, tag_for,
+)
 
 api_client = og.ApiClient(og.Configuration(host=BASE_URL, access_token=TOKEN))
 risks_api = og.RisksApi(api_client)
@@ -28,15 +28,8 @@ def failure_of(call) -> og.ApiException:
 
 with step("create three risks"):
     risks: dict[str, og.Risk] = {}
-    for name, impact, probability in (("Alpha", 2, 3), ("Bravo", 3, 3), ("Charlie", 4, 2)):
-        body = og.RiskCreate(
-            title=f"{name} {tag}",
-            impact=impact,
-            probability=probability,
-            status=og.RiskStatus.ACTIVE,
-            tags=[tag],
-            external_id=f"{tag}-{name}",
-        )
+    for name, impact, probability in RISKS:
+        body = og.RiskCreate(**risk_fields(name, impact, probability, tag), status=og.RiskStatus.ACTIVE)
         response = risks_api.create_risk_with_http_info(body)
         expect(response.status_code == 201, f"status {response.status_code}")
         expect(response.headers["location"] == f"/api/v1/risks/{response.data.id}", "Location")
@@ -55,9 +48,7 @@ with step("list with filters and paging"):
         return [risk.title.split()[0] for risk in response.data.items]
 
     by_title = {"sort_by": og.RiskSortField.TITLE, "sort_dir": og.SortDirection.ASC}
-    expect(page_titles(1, **by_title) == ["Alpha", "Bravo"], "page 1 by title")
-    expect(page_titles(2, **by_title) == ["Charlie"], "page 2 by title")
-    expect(page_titles(1, min_score=8.5) == ["Bravo"], "min_score 8.5 keeps the 9")
+    check_paging(page_titles, by_title)
 
 with step("get, then 304 with If-None-Match"):
     first = risks_api.get_risk_with_http_info(alpha.id)
@@ -98,19 +89,7 @@ with step("an asset linked to the risk"):
     expect(embedded == [(mitigation.id, [(subaction.id, True)])], f"mitigations {embedded}")
 
 with step("the three stats routes"):
-    stats = stats_api.get_stats()
-    by_status = stats.by_status
-    counted = by_status.draft + by_status.active + by_status.mitigated + by_status.accepted
-    expect(stats.total_risks >= 3 and counted == stats.total_risks, f"stats {stats.to_dict()}")
-    matrix = stats_api.get_risk_matrix()
-    expect([len(row) for row in matrix.counts] == [5] * 5, "a 5 × 5 matrix")
-    expect(sum(map(sum, matrix.counts)) == matrix.total == stats.total_risks, "matrix total")
-    expect(matrix.counts[4 - 1][3 - 1] >= 1, "Alpha counts at impact 4, probability 3")
-    trends = stats_api.get_trends(days=7)
-    expect(trends.days == 7 and len(trends.points) == 7, f"{len(trends.points)} points")
-    today = trends.points[-1]
-    expect(today.day == datetime.datetime.now(datetime.UTC).date().isoformat(), f"last day {today.day}")
-    expect(today.created >= 3, f"{today.created} created today")
+    check_stats(stats_api.get_stats(), stats_api.get_risk_matrix(), stats_api.get_trends(days=7))
 
 with step("delete, then a problem+json 404 read as a Problem"):
     charlie = risks["Charlie"]

@@ -1,7 +1,5 @@
 """The client scenario with the client openapi-python-client generates (package `openrisk_client`)."""
 
-import datetime
-
 from openrisk_client import AuthenticatedClient
 from openrisk_client.api.assets import create_asset, link_asset
 from openrisk_client.api.mitigations import create_mitigation, create_sub_action, toggle_sub_action
@@ -24,22 +22,17 @@ from openrisk_client.models import (
     SubActionCreate,
 )
 from openrisk_client.types import UNSET
-from scenario import BASE_URL, HIGH_CRITICALITY_FACTOR, TOKEN, expect, step, tag_for
+from scenario import (
+    BASE_URL, HIGH_CRITICALITY_FACTOR, RISKS, TOKEN, check_paging, check_stats, expect, risk_fields, step, tag_for,
+)
 
 client = AuthenticatedClient(base_url=BASE_URL, token=TOKEN)
 tag = tag_for("openapi-python-client")
 
 with step("create three risks"):
     risks: dict[str, Risk] = {}
-    for name, impact, probability in (("Alpha", 2, 3), ("Bravo", 3, 3), ("Charlie", 4, 2)):
-        body = RiskCreate(
-            title=f"{name} {tag}",
-            impact=impact,
-            probability=probability,
-            status=RiskStatus.ACTIVE,
-            tags=[tag],
-            external_id=f"{tag}-{name}",
-        )
+    for name, impact, probability in RISKS:
+        body = RiskCreate(**risk_fields(name, impact, probability, tag), status=RiskStatus.ACTIVE)
         response = create_risk.sync_detailed(client=client, body=body)
         expect(response.status_code == 201, f"status {response.status_code}: {response.content!r}")
         expect(isinstance(response.parsed, Risk), f"parsed as {type(response.parsed)}")
@@ -60,9 +53,7 @@ with step("list with filters and paging"):
         return [risk.title.split()[0] for risk in response.parsed.items]
 
     by_title = {"sort_by": RiskSortField.TITLE, "sort_dir": SortDirection.ASC}
-    expect(page_titles(1, **by_title) == ["Alpha", "Bravo"], "page 1 by title")
-    expect(page_titles(2, **by_title) == ["Charlie"], "page 2 by title")
-    expect(page_titles(1, min_score=8.5) == ["Bravo"], "min_score 8.5 keeps the 9")
+    check_paging(page_titles, by_title)
 
 with step("get, then 304 with If-None-Match"):
     first = get_risk.sync_detailed(alpha.id, client=client)
@@ -109,19 +100,7 @@ with step("an asset linked to the risk"):
     expect(embedded == [(mitigation.id, [(subaction.id, True)])], f"mitigations {embedded}")
 
 with step("the three stats routes"):
-    stats = get_stats.sync_detailed(client=client).parsed
-    by_status = stats.by_status
-    counted = by_status.draft + by_status.active + by_status.mitigated + by_status.accepted
-    expect(stats.total_risks >= 3 and counted == stats.total_risks, f"stats {stats.to_dict()}")
-    matrix = get_risk_matrix.sync_detailed(client=client).parsed
-    expect([len(row) for row in matrix.counts] == [5] * 5, "a 5 × 5 matrix")
-    expect(sum(map(sum, matrix.counts)) == matrix.total == stats.total_risks, "matrix total")
-    expect(matrix.counts[4 - 1][3 - 1] >= 1, "Alpha counts at impact 4, probability 3")
-    trends = get_trends.sync_detailed(client=client, days=7).parsed
-    expect(trends.days == 7 and len(trends.points) == 7, f"{len(trends.points)} points")
-    today = trends.points[-1]
-    expect(today.day == datetime.datetime.now(datetime.UTC).date().isoformat(), f"last day {today.day}")
-    expect(today.created >= 3, f"{today.created} created today")
+    check_stats(get_stats.sync_detailed(client=client).parsed, get_risk_matrix.sync_detailed(client=client).parsed, get_trends.sync_detailed(client=client, days=7).parsed)
 
 with step("delete, then a problem+json 404 read as a Problem"):
     charlie = risks["Charlie"]

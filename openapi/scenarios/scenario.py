@@ -4,6 +4,7 @@ Each scenario drives one generated client through the same story (docs/clients.m
 stops at the first step that fails, printing the step and the reason, and exits non-zero.
 """
 
+import datetime
 import os
 import sys
 import traceback
@@ -38,3 +39,36 @@ def step(name: str) -> Iterator[None]:
         traceback.print_exc()
         sys.exit(1)
     print(f"ok   {name}", flush=True)
+
+
+# The three risks every scenario creates: (name, impact, probability).
+RISKS = (("Alpha", 2, 3), ("Bravo", 3, 3), ("Charlie", 4, 2))
+
+
+def risk_fields(name: str, impact: int, probability: int, tag: str) -> dict:
+    """The fields of one of `RISKS` as created by a scenario (the client adds the status)."""
+    return {"title": f"{name} {tag}", "impact": impact, "probability": probability, "tags": [tag],
+            "external_id": f"{tag}-{name}"}
+
+
+def check_paging(page_titles, by_title: dict) -> None:
+    """The list's filters and paging over `RISKS`: `page_titles(page, **filters)` lists the first
+    word of each title on that page of two."""
+    expect(page_titles(1, **by_title) == ["Alpha", "Bravo"], "page 1 by title")
+    expect(page_titles(2, **by_title) == ["Charlie"], "page 2 by title")
+    expect(page_titles(1, min_score=8.5) == ["Bravo"], "min_score 8.5 keeps the 9")
+
+
+def check_stats(stats, matrix, trends) -> None:
+    """The three stats routes' answers (each client's parsed models) after `RISKS` were created
+    today, Alpha re-scored to impact 4 and probability 3."""
+    by_status = stats.by_status
+    counted = by_status.draft + by_status.active + by_status.mitigated + by_status.accepted
+    expect(stats.total_risks >= 3 and counted == stats.total_risks, f"stats {stats.to_dict()}")
+    expect([len(row) for row in matrix.counts] == [5] * 5, "a 5 × 5 matrix")
+    expect(sum(map(sum, matrix.counts)) == matrix.total == stats.total_risks, "matrix total")
+    expect(matrix.counts[4 - 1][3 - 1] >= 1, "Alpha counts at impact 4, probability 3")
+    expect(trends.days == 7 and len(trends.points) == 7, f"{len(trends.points)} points")
+    today = trends.points[-1]
+    expect(today.day == datetime.datetime.now(datetime.UTC).date().isoformat(), f"last day {today.day}")
+    expect(today.created >= 3, f"{today.created} created today")

@@ -1,6 +1,7 @@
 //! What the OpenRisk API and the invalidator must agree on, defined once: configuration, the
 //! Redis key and tag scheme, the cache consistency protocol (its Lua scripts), the invalidation
-//! event read from the outbox, the `Cache-Status` values, and telemetry set-up.
+//! event read from the outbox and the SQL of the outbox contract, the `Cache-Status` values, and
+//! telemetry set-up.
 
 pub mod advisory_locks;
 pub mod cache_status;
@@ -9,6 +10,7 @@ pub mod db;
 pub mod event;
 pub mod keys;
 pub mod metrics;
+pub mod outbox;
 pub mod protocol;
 pub mod redis_cluster;
 pub mod redis_connection;

@@ -27,6 +27,14 @@ impl Fixture {
         Self { namespace, keyspace, conn, tenant: Uuid::new_v4() }
     }
 
+    /// A fixture in which risk 1's versions have the known replay floor `lsn`; with their tags.
+    async fn with_risk_floor(lsn: u64) -> (Self, Vec<Tag>) {
+        let mut f = Self::new().await;
+        let deps = risk_one();
+        f.stamp(&deps, lsn).await;
+        (f, deps)
+    }
+
     fn key(&self, resource: &str) -> String {
         self.keyspace.entry_key(self.tenant, 1, resource, &[])
     }
@@ -35,12 +43,18 @@ impl Fixture {
         protocol::lookup(&mut self.conn, &self.keyspace, self.tenant, key, tags).await.unwrap()
     }
 
-    /// A miss whose snapshot is completed, as the API does after its first read found the rows.
-    async fn miss(&mut self, key: &str, tags: &[Tag]) -> Snapshot {
+    /// A miss's snapshot as the lookup returns it (versions it lacks not yet created).
+    async fn partial_miss(&mut self, key: &str, tags: &[Tag]) -> Snapshot {
         match self.lookup(key, tags).await {
-            Lookup::Miss(snapshot) => self.complete(&snapshot).await,
+            Lookup::Miss(snapshot) => snapshot,
             hit => panic!("expected a miss, got {hit:?}"),
         }
+    }
+
+    /// A miss whose snapshot is completed, as the API does after its first read found the rows.
+    async fn miss(&mut self, key: &str, tags: &[Tag]) -> Snapshot {
+        let snapshot = self.partial_miss(key, tags).await;
+        self.complete(&snapshot).await
     }
 
     async fn complete(&mut self, snapshot: &Snapshot) -> Snapshot {
@@ -51,6 +65,26 @@ impl Fixture {
         let entry =
             Fill { entry_key: key, body: body.as_bytes(), etag: "e1", ttl_secs: 60, dependencies_ttl_secs: 120 };
         protocol::fill(&mut self.conn, &self.keyspace, self.tenant, snapshot, entry).await.unwrap()
+    }
+
+    /// Risk 1's detail (under `all` and `risk:1`), missed and filled with `body`: its key, its
+    /// tags and the snapshot it was filled under.
+    async fn stored_risk(&mut self, body: &str) -> (String, Vec<Tag>, Snapshot) {
+        let key = self.key("risk");
+        let deps = risk_one();
+        let snapshot = self.miss(&key, &deps).await;
+        assert!(self.fill(&key, &snapshot, body).await);
+        (key, deps, snapshot)
+    }
+
+    /// Deletes one Redis key, as eviction or a lost write would.
+    async fn delete(&mut self, key: &str) {
+        let _: i64 = redis::cmd("DEL").arg(key).query_async(&mut self.conn).await.unwrap();
+    }
+
+    /// Milliseconds `key` has left to live.
+    async fn pttl(&mut self, key: &str) -> i64 {
+        redis::cmd("PTTL").arg(key).query_async(&mut self.conn).await.unwrap()
     }
 
     async fn invalidate(&mut self, tags: &[Tag]) -> Reclaimable {
@@ -99,6 +133,11 @@ fn tags(list: &[&str]) -> Vec<Tag> {
     list.iter().map(|tag| Tag::parse(tag).unwrap()).collect()
 }
 
+/// The tags of risk 1's detail.
+fn risk_one() -> Vec<Tag> {
+    tags(&["all", "risk:1"])
+}
+
 fn hit(body: &str) -> Lookup {
     Lookup::Hit(Entry { body: bytes::Bytes::copy_from_slice(body.as_bytes()), etag: "e1".into() })
 }
@@ -106,10 +145,7 @@ fn hit(body: &str) -> Lookup {
 #[tokio::test]
 async fn a_fill_is_served_until_its_tag_is_invalidated() {
     let mut f = Fixture::new().await;
-    let key = f.key("risk");
-    let deps = tags(&["all", "risk:1"]);
-    let snapshot = f.miss(&key, &deps).await;
-    assert!(f.fill(&key, &snapshot, "v1").await);
+    let (key, deps, _) = f.stored_risk("v1").await;
     assert_eq!(f.lookup(&key, &deps).await, hit("v1"));
 
     // Another tag leaves it alone; its own tag makes it unreadable at once, and reclaiming
@@ -126,7 +162,7 @@ async fn a_fill_is_served_until_its_tag_is_invalidated() {
 async fn the_stale_fill_race_cannot_store_the_old_value() {
     let mut f = Fixture::new().await;
     let key = f.key("risk");
-    let deps = tags(&["all", "risk:1"]);
+    let deps = risk_one();
     // 1. the reader misses and records versions, 2. reads the old row from Postgres,
     let snapshot = f.miss(&key, &deps).await;
     // 3. the write commits and the invalidator processes it,
@@ -136,7 +172,7 @@ async fn the_stale_fill_race_cannot_store_the_old_value() {
     assert!(!f.is_hit(&key, &deps).await);
     // The next reader reads the new row and may store it, without creating anything: the
     // invalidation left a version in place.
-    let Lookup::Miss(fresh) = f.lookup(&key, &deps).await else { panic!("expected a miss") };
+    let fresh = f.partial_miss(&key, &deps).await;
     assert!(fresh.is_complete());
     assert!(f.fill(&key, &fresh, "new").await);
     assert_eq!(f.lookup(&key, &deps).await, hit("new"));
@@ -158,8 +194,8 @@ async fn a_lookup_writes_nothing_so_invented_ids_leave_no_keys() {
 async fn a_snapshot_that_lacked_a_version_never_protects_a_fill() {
     let mut f = Fixture::new().await;
     let key = f.key("risk");
-    let deps = tags(&["all", "risk:1"]);
-    let Lookup::Miss(partial) = f.lookup(&key, &deps).await else { panic!("expected a miss") };
+    let deps = risk_one();
+    let partial = f.partial_miss(&key, &deps).await;
     // An invalidation now finds no version to replace, so nothing records it; the fill of a
     // read made under the partial snapshot must therefore be refused by construction.
     f.invalidate(&deps).await;
@@ -175,9 +211,9 @@ async fn a_snapshot_that_lacked_a_version_never_protects_a_fill() {
 async fn completing_a_snapshot_keeps_versions_other_readers_created() {
     let mut f = Fixture::new().await;
     let key = f.key("risk");
-    let deps = tags(&["all", "risk:1"]);
-    let Lookup::Miss(first) = f.lookup(&key, &deps).await else { panic!("expected a miss") };
-    let Lookup::Miss(second) = f.lookup(&key, &deps).await else { panic!("expected a miss") };
+    let deps = risk_one();
+    let first = f.partial_miss(&key, &deps).await;
+    let second = f.partial_miss(&key, &deps).await;
     let first = f.complete(&first).await;
     let second = f.complete(&second).await;
     assert_eq!(first, second, "the second reader adopts the versions the first created");
@@ -201,13 +237,10 @@ async fn the_tenant_wide_tag_invalidates_every_entry() {
 #[tokio::test]
 async fn an_entry_whose_member_set_was_lost_is_still_never_served_stale() {
     let mut f = Fixture::new().await;
-    let key = f.key("risk");
-    let deps = tags(&["all", "risk:1"]);
-    let snapshot = f.miss(&key, &deps).await;
-    assert!(f.fill(&key, &snapshot, "v1").await);
+    let (key, deps, _) = f.stored_risk("v1").await;
     // Simulate eviction of the member set: invalidation can no longer find the entry...
     let members = f.keyspace.members_key(f.tenant, &deps[1]);
-    let _: i64 = redis::cmd("DEL").arg(&members).query_async(&mut f.conn).await.unwrap();
+    f.delete(&members).await;
     let moved = f.invalidate(&tags(&["risk:1"])).await;
     assert_eq!(f.reclaim(&moved).await, 0);
     // ...but the hit compares versions and refuses the entry.
@@ -217,12 +250,9 @@ async fn an_entry_whose_member_set_was_lost_is_still_never_served_stale() {
 #[tokio::test]
 async fn an_evicted_or_expired_version_acts_as_an_invalidation() {
     let mut f = Fixture::new().await;
-    let key = f.key("risk");
-    let deps = tags(&["all", "risk:1"]);
-    let snapshot = f.miss(&key, &deps).await;
-    assert!(f.fill(&key, &snapshot, "v1").await);
+    let (key, deps, snapshot) = f.stored_risk("v1").await;
     let version = f.keyspace.version_key(f.tenant, &deps[1]);
-    let _: i64 = redis::cmd("DEL").arg(&version).query_async(&mut f.conn).await.unwrap();
+    f.delete(&version).await;
     assert!(!f.is_hit(&key, &deps).await, "an absent version matches no entry");
     assert!(!f.fill(&key, &snapshot, "old").await, "nor any snapshot");
 }
@@ -232,7 +262,7 @@ async fn a_fill_straddling_a_redis_restart_or_flush_is_rejected() {
     let mut redis = PrivateRedis::start();
     let mut f = Fixture::on(RedisNamespace::on(&redis.url())).await;
     let key = f.key("risk");
-    let deps = tags(&["all", "risk:1"]);
+    let deps = risk_one();
 
     // FLUSHALL between the reader's snapshot and its fill: versions are gone, the fill fails.
     let snapshot = f.miss(&key, &deps).await;
@@ -307,7 +337,7 @@ async fn tenants_never_share_keys() {
 #[tokio::test]
 async fn a_replay_floor_is_unknown_until_a_reader_records_the_primary_position() {
     let mut f = Fixture::new().await;
-    let deps = tags(&["all", "risk:1"]);
+    let deps = risk_one();
     assert_eq!(f.floor(&deps).await, None, "fresh versions have no floor");
     f.stamp(&deps, 0x500).await;
     assert_eq!(f.floor(&deps).await, Some(Lsn(0x500)));
@@ -317,9 +347,7 @@ async fn a_replay_floor_is_unknown_until_a_reader_records_the_primary_position()
 
 #[tokio::test]
 async fn an_invalidation_raises_a_known_floor_and_never_lowers_it() {
-    let mut f = Fixture::new().await;
-    let deps = tags(&["all", "risk:1"]);
-    f.stamp(&deps, 0x1_0000_0500).await;
+    let (mut f, deps) = Fixture::with_risk_floor(0x1_0000_0500).await;
     f.invalidate_replayed_by(&tags(&["risk:1"]), 0x1_0000_0700).await;
     assert_eq!(f.floor(&deps).await, Some(Lsn(0x1_0000_0700)));
     // An invalidation that read its position earlier but ran later (another invalidator).
@@ -331,9 +359,7 @@ async fn an_invalidation_raises_a_known_floor_and_never_lowers_it() {
 
 #[tokio::test]
 async fn an_invalidation_without_a_position_or_of_a_version_without_a_floor_leaves_it_unknown() {
-    let mut f = Fixture::new().await;
-    let deps = tags(&["all", "risk:1"]);
-    f.stamp(&deps, 0x500).await;
+    let (mut f, deps) = Fixture::with_risk_floor(0x500).await;
     f.invalidate(&tags(&["risk:1"])).await;
     assert_eq!(f.floor(&deps).await, None, "the API's own invalidation records no position");
     // The invalidator's position alone may be older than a write another invalidation already
@@ -344,23 +370,21 @@ async fn an_invalidation_without_a_position_or_of_a_version_without_a_floor_leav
 
 #[tokio::test]
 async fn a_lost_floor_or_version_makes_the_floor_unknown_never_lower() {
-    let mut f = Fixture::new().await;
-    let deps = tags(&["all", "risk:1"]);
-    f.stamp(&deps, 0x500).await;
+    let (mut f, deps) = Fixture::with_risk_floor(0x500).await;
     f.invalidate_replayed_by(&tags(&["risk:1"]), 0x700).await;
     let floor_key = f.keyspace.replay_floor_key(f.tenant, &deps[1]);
-    let _: i64 = redis::cmd("DEL").arg(&floor_key).query_async(&mut f.conn).await.unwrap();
+    f.delete(&floor_key).await;
     assert_eq!(f.floor(&deps).await, None, "a lost floor");
     f.stamp(&deps, 0x900).await;
     let version_key = f.keyspace.version_key(f.tenant, &deps[1]);
-    let _: i64 = redis::cmd("DEL").arg(&version_key).query_async(&mut f.conn).await.unwrap();
+    f.delete(&version_key).await;
     assert_eq!(f.floor(&deps).await, None, "the floor of a lost version names a token no version has");
 }
 
 #[tokio::test]
 async fn a_reader_cannot_record_a_floor_for_a_version_replaced_since_its_snapshot() {
     let mut f = Fixture::new().await;
-    let deps = tags(&["all", "risk:1"]);
+    let deps = risk_one();
     let key = f.key("risk");
     let snapshot = f.miss(&key, &deps).await;
     f.invalidate(&tags(&["risk:1"])).await;
@@ -370,15 +394,11 @@ async fn a_reader_cannot_record_a_floor_for_a_version_replaced_since_its_snapsho
 
 #[tokio::test]
 async fn floors_expire_with_their_versions() {
-    let mut f = Fixture::new().await;
-    let deps = tags(&["all", "risk:1"]);
-    f.stamp(&deps, 0x500).await;
+    let (mut f, deps) = Fixture::with_risk_floor(0x500).await;
     f.invalidate_replayed_by(&tags(&["risk:1"]), 0x700).await;
     for tag in &deps {
-        let ttl: i64 =
-            redis::cmd("PTTL").arg(f.keyspace.replay_floor_key(f.tenant, tag)).query_async(&mut f.conn).await.unwrap();
-        let version_ttl: i64 =
-            redis::cmd("PTTL").arg(f.keyspace.version_key(f.tenant, tag)).query_async(&mut f.conn).await.unwrap();
+        let ttl = f.pttl(&f.keyspace.replay_floor_key(f.tenant, tag)).await;
+        let version_ttl = f.pttl(&f.keyspace.version_key(f.tenant, tag)).await;
         assert!(ttl > 0 && ttl <= version_ttl + 1000, "{tag}: floor {ttl} ms, version {version_ttl} ms");
     }
 }
@@ -387,10 +407,7 @@ async fn floors_expire_with_their_versions() {
 async fn an_invalidation_that_no_replica_confirms_is_applied_but_reported_and_its_script_loads_where_missing() {
     let redis = PrivateRedis::start();
     let mut f = Fixture::on(RedisNamespace::on(&redis.url())).await;
-    let key = f.key("risk");
-    let deps = tags(&["all", "risk:1"]);
-    let snapshot = f.miss(&key, &deps).await;
-    assert!(f.fill(&key, &snapshot, "old").await);
+    let (key, deps, _) = f.stored_risk("old").await;
 
     // A node that never ran the script (a new master, a restarted one): the pipelined EVALSHA
     // gets NOSCRIPT and the source is sent instead.

@@ -2,12 +2,12 @@
 //! `cluster-enabled yes` (no persistence, little memory), joined by `redis-cli --cluster create`.
 //! Tests that fail over, kill or reshard it start their own; the rest share one per test run.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 
 use tempfile::TempDir;
 
-use crate::private::{free_port, kill, wait_until};
+use crate::private::{free_port, kill, run_quiet, spawn_quiet, wait_until};
 
 /// Offset of a node's cluster bus port from its client port (fixed by Redis).
 const BUS_PORT_OFFSET: u16 = 10_000;
@@ -54,16 +54,14 @@ impl PrivateRedisCluster {
             cluster.nodes.push(node);
         }
         let addresses: Vec<String> = cluster.nodes.iter().map(|node| format!("127.0.0.1:{}", node.port)).collect();
-        let created = Command::new("redis-cli")
-            .arg("--cluster")
-            .arg("create")
-            .args(&addresses)
-            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .expect("run redis-cli --cluster create");
-        assert!(created.success(), "redis-cli --cluster create failed");
+        run_quiet(
+            Command::new("redis-cli").args(["--cluster", "create"]).args(&addresses).args([
+                "--cluster-replicas",
+                &replicas.to_string(),
+                "--cluster-yes",
+            ]),
+            "redis-cli --cluster create",
+        );
         cluster.wait_until_healthy(masters * replicas);
         cluster
     }
@@ -87,18 +85,17 @@ impl PrivateRedisCluster {
     /// Starts `redis-server` on `port` with its cluster config file in this cluster's
     /// directory (an existing file keeps the node's identity) and waits for it to answer.
     fn spawn_node(&self, port: u16) -> Child {
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "1000", "--maxmemory", "64mb"])
-            .args(["--maxmemory-policy", "volatile-lru", "--cluster-replica-validity-factor", "0"])
-            .arg("--cluster-config-file")
-            .arg(self.dir.path().join(format!("nodes-{port}.conf")))
-            .arg("--dir")
-            .arg(self.dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start redis-server (is it installed?)");
+        let child = spawn_quiet(
+            Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+                .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "1000", "--maxmemory", "64mb"])
+                .args(["--maxmemory-policy", "volatile-lru", "--cluster-replica-validity-factor", "0"])
+                .arg("--cluster-config-file")
+                .arg(self.dir.path().join(format!("nodes-{port}.conf")))
+                .arg("--dir")
+                .arg(self.dir.path()),
+            "redis-server (is it installed?)",
+        );
         let url = self.node_url(port);
         wait_until("cluster node", Duration::from_secs(10), || command(&url, &["PING"]).is_some());
         child

@@ -78,11 +78,8 @@ impl PrivateRedis {
                 "no",
             ])
             // Clients behind a link are not on loopback; the link exists only for this test.
-            .args(["--protected-mode", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start redis-server (is it installed?)");
+            .args(["--protected-mode", "no"]);
+        let child = spawn_quiet(child, "redis-server (is it installed?)");
         self.child = Some(child);
         let url = self.url();
         wait_until("private redis", Duration::from_secs(10), || {
@@ -164,17 +161,16 @@ impl PrivatePostgres {
 
     fn launch(&mut self) {
         let listen = self.hosts.iter().map(ToString::to_string).collect::<Vec<_>>().join(",");
-        let child = postgres_command(&self.bin, self.namespace.as_deref())
-            .arg("-D")
-            .arg(self.dir.path().join("data"))
-            .args(["-p", &self.port.to_string(), "-c", &format!("listen_addresses={listen}"), "-c", "fsync=off"])
-            .args(["-c", "full_page_writes=off", "-c", "max_connections=200"])
-            .arg("-k")
-            .arg(self.dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start postgres");
+        let child = spawn_quiet(
+            postgres_command(&self.bin, self.namespace.as_deref())
+                .arg("-D")
+                .arg(self.dir.path().join("data"))
+                .args(["-p", &self.port.to_string(), "-c", &format!("listen_addresses={listen}"), "-c", "fsync=off"])
+                .args(["-c", "full_page_writes=off", "-c", "max_connections=200"])
+                .arg("-k")
+                .arg(self.dir.path()),
+            "postgres",
+        );
         self.child = Some(child);
         wait_until("private postgres", Duration::from_secs(30), || answers(&self.bin, self.hosts[0], self.port));
     }
@@ -197,20 +193,34 @@ impl Drop for PrivatePostgres {
     }
 }
 
+/// Starts `command` with its output discarded; panics naming `what` when it cannot start.
+pub(crate) fn spawn_quiet(command: &mut Command, what: &str) -> Child {
+    command.stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap_or_else(|error| panic!("start {what}: {error}"))
+}
+
+/// Runs `command` to completion with its output discarded; panics naming `what` unless it
+/// succeeds.
+pub(crate) fn run_quiet(command: &mut Command, what: &str) {
+    let status = command
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap_or_else(|error| panic!("run {what}: {error}"));
+    assert!(status.success(), "{what} failed");
+}
+
 /// Runs `initdb` into `data` (trust authentication, user `postgres`), handing `dir` (which holds
 /// it) to the `postgres` user first when running as root.
 fn init_cluster(bin: &Path, dir: &Path, data: &Path) {
     if is_root() {
         let _ = Command::new("chown").args(["-R", "postgres:postgres"]).arg(dir).status();
     }
-    let status = as_postgres_user(Command::new(bin.join("initdb")))
-        .args(["-A", "trust", "-U", "postgres", "--no-sync", "-D"])
-        .arg(data)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .expect("run initdb");
-    assert!(status.success(), "initdb failed");
+    run_quiet(
+        as_postgres_user(Command::new(bin.join("initdb")))
+            .args(["-A", "trust", "-U", "postgres", "--no-sync", "-D"])
+            .arg(data),
+        "initdb",
+    );
 }
 
 /// Whether a server accepts connections on `host`:`port`.
@@ -406,15 +416,8 @@ impl ReplicaPair {
     /// Runs one of the server tools as the postgres user with `args`, then `-D` and `server`'s
     /// data directory; panics when it fails.
     fn run_on_data(&self, tool: &str, args: &[&str], server: Server) {
-        let status = as_postgres_user(Command::new(self.bin.join(tool)))
-            .args(args)
-            .arg("-D")
-            .arg(self.data(server))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .unwrap_or_else(|error| panic!("run {tool}: {error}"));
-        assert!(status.success(), "{tool} {} failed", args.join(" "));
+        let mut command = as_postgres_user(Command::new(self.bin.join(tool)));
+        run_quiet(command.args(args).arg("-D").arg(self.data(server)), &format!("{tool} {}", args.join(" ")));
     }
 
     /// Writes the roles where the other test processes of the run find them.

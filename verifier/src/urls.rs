@@ -25,74 +25,66 @@ fn url(keyspace: &Keyspace, tenant: Uuid, path: String, resource: &str, params: 
     ReadUrl { tenant, path, key: keyspace.entry_key(tenant, SCHEMA_VERSION, resource, params) }
 }
 
+/// A list read built parameter by parameter: the query string sent, and the parameters the
+/// cache key holds (the same, except where the API normalises what it was sent).
+#[derive(Default)]
+struct ListQuery {
+    params: Vec<(&'static str, String)>,
+    query: Vec<String>,
+}
+
+impl ListQuery {
+    /// A parameter sent as the key holds it.
+    fn add(&mut self, name: &'static str, value: impl ToString) {
+        let value = value.to_string();
+        self.add_sent_as(name, &value, &value);
+    }
+
+    /// A parameter the key holds as `keyed`, sent as `sent`.
+    fn add_sent_as(&mut self, name: &'static str, keyed: &str, sent: &str) {
+        self.params.push((name, keyed.to_owned()));
+        self.query.push(format!("{name}={sent}"));
+    }
+
+    fn url(self, keyspace: &Keyspace, tenant: Uuid, path: &str, resource: &str) -> ReadUrl {
+        url(keyspace, tenant, format!("{path}?{}", self.query.join("&")), resource, &self.params)
+    }
+}
+
 /// The risk list with explicit parameters (so the key does not depend on the API's defaults).
 fn risk_list(keyspace: &Keyspace, tenant: Uuid, rng: &mut impl Rng) -> ReadUrl {
-    let sort_by = *["score", "created_at", "updated_at", "title"].choose(rng).unwrap();
-    let sort_dir = *["asc", "desc"].choose(rng).unwrap();
-    let page = rng.random_range(1..=2u32);
-    let limit = *[5u32, 20].choose(rng).unwrap();
-    let mut params: Vec<(&str, String)> = vec![
-        ("sort_by", sort_by.into()),
-        ("sort_dir", sort_dir.into()),
-        ("page", page.to_string()),
-        ("limit", limit.to_string()),
-    ];
-    let mut query = format!("sort_by={sort_by}&sort_dir={sort_dir}&page={page}&limit={limit}");
+    let mut list = ListQuery::default();
+    list.add("sort_by", *["score", "created_at", "updated_at", "title"].choose(rng).unwrap());
+    list.add("sort_dir", *["asc", "desc"].choose(rng).unwrap());
+    list.add("page", rng.random_range(1..=2u32));
+    list.add("limit", *[5u32, 20].choose(rng).unwrap());
     match rng.random_range(0..8) {
-        0 => {
-            let status = *["DRAFT", "ACTIVE", "MITIGATED", "ACCEPTED"].choose(rng).unwrap();
-            params.push(("status", status.into()));
-            query.push_str(&format!("&status={status}"));
-        }
-        1 => {
-            let severity = *["LOW", "MEDIUM", "HIGH", "CRITICAL"].choose(rng).unwrap();
-            params.push(("severity", severity.into()));
-            query.push_str(&format!("&severity={severity}"));
-        }
-        2 => {
-            let min = *[4u32, 9, 15].choose(rng).unwrap();
-            params.push(("min_score", min.to_string()));
-            query.push_str(&format!("&min_score={min}"));
-        }
+        0 => list.add("status", *["DRAFT", "ACTIVE", "MITIGATED", "ACCEPTED"].choose(rng).unwrap()),
+        1 => list.add("severity", *["LOW", "MEDIUM", "HIGH", "CRITICAL"].choose(rng).unwrap()),
+        2 => list.add("min_score", *[4u32, 9, 15].choose(rng).unwrap()),
         3 => {
             // The API never caches a search (no entry appears under this key); the read still
             // checks that searches answer correctly under the faults.
             let q = *["phish", "vpn", "ransomware", "verifier"].choose(rng).unwrap();
-            params.push(("q", q.into()));
-            query.push_str(&format!("&q={}", q.to_uppercase()));
+            list.add_sent_as("q", q, &q.to_uppercase());
         }
-        4 => {
-            let tag = *["audit", "cloud", "phishing", "q1"].choose(rng).unwrap();
-            params.push(("tag", tag.into()));
-            query.push_str(&format!("&tag={tag}"));
-        }
-        5 => {
-            params.push(("owner", "alice@example.com".into()));
-            query.push_str("&owner=alice%40example.com");
-        }
+        4 => list.add("tag", *["audit", "cloud", "phishing", "q1"].choose(rng).unwrap()),
+        5 => list.add_sent_as("owner", "alice@example.com", "alice%40example.com"),
         _ => {}
     }
-    url(keyspace, tenant, format!("/api/v1/risks?{query}"), "risks", &params)
+    list.url(keyspace, tenant, "/api/v1/risks", "risks")
 }
 
 fn asset_list(keyspace: &Keyspace, tenant: Uuid, rng: &mut impl Rng) -> ReadUrl {
-    let page = rng.random_range(1..=2u32);
-    let limit = *[5u32, 20].choose(rng).unwrap();
-    let mut params: Vec<(&str, String)> = vec![("page", page.to_string()), ("limit", limit.to_string())];
-    let mut query = format!("page={page}&limit={limit}");
+    let mut list = ListQuery::default();
+    list.add("page", rng.random_range(1..=2u32));
+    list.add("limit", *[5u32, 20].choose(rng).unwrap());
     match rng.random_range(0..4) {
-        0 => {
-            let criticality = *["LOW", "MEDIUM", "HIGH", "CRITICAL"].choose(rng).unwrap();
-            params.push(("criticality", criticality.into()));
-            query.push_str(&format!("&criticality={criticality}"));
-        }
-        1 => {
-            params.push(("asset_type", "server".into()));
-            query.push_str("&asset_type=server");
-        }
+        0 => list.add("criticality", *["LOW", "MEDIUM", "HIGH", "CRITICAL"].choose(rng).unwrap()),
+        1 => list.add("asset_type", "server"),
         _ => {}
     }
-    url(keyspace, tenant, format!("/api/v1/assets?{query}"), "assets", &params)
+    list.url(keyspace, tenant, "/api/v1/assets", "assets")
 }
 
 /// A random read of `tenant` over what the catalog knows.

@@ -93,8 +93,7 @@ impl Db {
     /// Begins a write transaction and notes where its outbox rows will start (for [`Db::commit`]).
     pub async fn begin(&self) -> Result<DatabaseTransaction, ApiError> {
         let txn = self.conn.begin().await?;
-        txn.execute_unprepared("SELECT set_config('openrisk.outbox_position', cache_outbox_position()::text, true)")
-            .await?;
+        txn.execute_unprepared(openrisk_shared::outbox::NOTE_POSITION).await?;
         Ok(txn)
     }
 
@@ -104,14 +103,7 @@ impl Db {
     /// the outbox for the invalidator, which remains the source of truth.
     pub async fn commit(&self, txn: DatabaseTransaction) -> Result<Invalidations, ApiError> {
         let started = Instant::now();
-        let rows = OwnOutboxRow::find_by_statement(stmt(
-            "SELECT tenant_id, tags FROM cache_outbox
-             WHERE id > coalesce(nullif(current_setting('openrisk.outbox_position', true), '')::bigint, 0)
-               AND txid = pg_current_xact_id()",
-            [],
-        ))
-        .all(&txn)
-        .await?;
+        let rows = OwnOutboxRow::find_by_statement(stmt(openrisk_shared::outbox::OWN_ROWS, [])).all(&txn).await?;
         txn.commit().await?;
         self.metrics.observe_db("commit", started);
         let mut grouped: Vec<(Uuid, Vec<Tag>)> = Vec::new();

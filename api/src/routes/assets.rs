@@ -10,12 +10,13 @@ use poem_openapi::{ApiResponse, OpenApi};
 use uuid::Uuid;
 
 use super::{
-    ApiTags, Cached, NoContent, Updated, Write, body_of, cached, default_limit, default_page, normalise_search,
+    ApiTags, Cached, Caching, NoContent, Updated, Write, body_of, default_limit, default_page, normalise_search, serve,
 };
 use crate::app::AppState;
 use crate::auth::{BearerAuth, Role};
 use crate::cache::CacheableRead;
 use crate::db::assets::AssetFilter;
+use crate::db::entities::assets;
 use crate::db::writes;
 use crate::error::ApiError;
 use crate::model::{Asset, AssetCreate, AssetPage, AssetPatch, Criticality, enum_text};
@@ -80,25 +81,19 @@ impl AssetsApi {
             limit: limit.0,
         };
         let read = CacheableRead {
-            route: "/api/v1/assets",
+            route: crate::app::operation_path("listAssets"),
             tenant,
             resource: "assets",
             params: filter.params(),
             tags: vec![Tag::assets()],
         };
-        let caching = super::ListCaching::of(filter.q.as_deref(), filter.page);
-        super::cached_list(&state, read, caching, if_none_match.0.as_deref(), move |state, reader| {
+        let caching = Caching::of_list(filter.q.as_deref(), filter.page);
+        serve(&state, read, caching, if_none_match.0.as_deref(), move |state, reader| {
             let filter = filter.clone();
             async move {
                 let (rows, total) =
                     state.db.timed("asset_list", crate::db::assets::list(&reader.conn(), tenant, &filter)).await?;
-                let page = AssetPage {
-                    items: rows.into_iter().map(Asset::try_from).collect::<Result<_, _>>()?,
-                    total,
-                    page: filter.page,
-                    limit: filter.limit,
-                };
-                Ok(body_of(&page))
+                super::page_body(rows, |items| AssetPage { items, total, page: filter.page, limit: filter.limit })
             }
         })
         .await
@@ -118,7 +113,7 @@ impl AssetsApi {
     ) -> Result<Cached<Asset>, ApiError> {
         let (tenant, id) = (auth.0.tenant_id, id.0);
         let read = super::cacheable::asset_detail(tenant, id);
-        cached(&state, read, if_none_match.0.as_deref(), move |state, reader| async move {
+        serve(&state, read, Caching::Detail, if_none_match.0.as_deref(), move |state, reader| async move {
             let row = state
                 .db
                 .timed("asset_get", crate::db::assets::find(&reader.conn(), tenant, id))
@@ -161,16 +156,10 @@ impl AssetsApi {
         if_match: Header<Option<String>>,
         body: Json<AssetPatch>,
     ) -> Result<Updated<Asset>, ApiError> {
-        let (tenant, id, patch) = (auth.0.tenant_id, id.0, body.0);
         let write = Write::begin(&state, &auth, Role::Analyst).await?;
-        let current = state
-            .db
-            .timed("asset_lock", writes::lock_asset(&write.txn, tenant, id))
-            .await?
-            .ok_or_else(|| ApiError::not_found("asset", id))?;
-        super::require_if_match(if_match.0.as_deref(), || async { Ok(body_of(&Asset::try_from(current.clone())?)) })
-            .await?;
-        let row = state.db.timed("asset_update", writes::update_asset(&write.txn, current, patch)).await?;
+        let lock = state.db.timed("asset_lock", writes::lock_asset(&write.txn, auth.0.tenant_id, id.0));
+        let current = super::lock_for_write("asset", id.0, lock, if_match.0.as_deref(), asset_body).await?;
+        let row = state.db.timed("asset_update", writes::update_asset(&write.txn, current, body.0)).await?;
         write.commit(&state).await?;
         Ok(Updated::Ok(Json(Asset::try_from(row)?)))
     }
@@ -193,13 +182,8 @@ impl AssetsApi {
         let (tenant, id) = (auth.0.tenant_id, id.0);
         let write = Write::begin(&state, &auth, Role::Analyst).await?;
         if if_match.0.is_some() {
-            let current = state
-                .db
-                .timed("asset_lock", writes::lock_asset(&write.txn, tenant, id))
-                .await?
-                .ok_or_else(|| ApiError::not_found("asset", id))?;
-            super::require_if_match(if_match.0.as_deref(), || async { Ok(body_of(&Asset::try_from(current)?)) })
-                .await?;
+            let lock = state.db.timed("asset_lock", writes::lock_asset(&write.txn, tenant, id));
+            super::lock_for_write("asset", id, lock, if_match.0.as_deref(), asset_body).await?;
         }
         let deleted = state.db.timed("asset_delete", writes::delete_asset(&write.txn, tenant, id)).await?;
         if !deleted {
@@ -222,19 +206,7 @@ impl AssetsApi {
         /// Asset id.
         asset_id: Path<Uuid>,
     ) -> Result<NoContent, ApiError> {
-        let write = Write::begin(&state, &auth, Role::Analyst).await?;
-        let linked = state
-            .db
-            .timed("asset_link", crate::db::risks::link_asset(&write.txn, auth.0.tenant_id, risk_id.0, asset_id.0))
-            .await?;
-        if !linked {
-            return Err(ApiError::NotFound(Json(crate::error::Problem::new(
-                poem::http::StatusCode::NOT_FOUND,
-                format!("risk {} or asset {} does not exist", risk_id.0, asset_id.0),
-            ))));
-        }
-        write.commit(&state).await?;
-        Ok(NoContent::Done)
+        change_link(&state, &auth, risk_id.0, asset_id.0, LinkChange::Link).await
     }
 
     /// Unlink a risk and an asset
@@ -248,18 +220,45 @@ impl AssetsApi {
         /// Asset id.
         asset_id: Path<Uuid>,
     ) -> Result<NoContent, ApiError> {
-        let write = Write::begin(&state, &auth, Role::Analyst).await?;
-        let unlinked = state
-            .db
-            .timed("asset_unlink", crate::db::risks::unlink_asset(&write.txn, auth.0.tenant_id, risk_id.0, asset_id.0))
-            .await?;
-        if !unlinked {
-            return Err(ApiError::NotFound(Json(crate::error::Problem::new(
-                poem::http::StatusCode::NOT_FOUND,
-                format!("risk {} is not linked to asset {}", risk_id.0, asset_id.0),
-            ))));
-        }
-        write.commit(&state).await?;
-        Ok(NoContent::Done)
+        change_link(&state, &auth, risk_id.0, asset_id.0, LinkChange::Unlink).await
     }
+}
+
+/// The body a GET of the asset serves, which `If-Match` compares.
+fn asset_body(row: &assets::Model) -> std::future::Ready<Result<Vec<u8>, ApiError>> {
+    std::future::ready(Asset::try_from(row.clone()).map(|asset| body_of(&asset)).map_err(ApiError::from))
+}
+
+/// Which way [`change_link`] changes the link between a risk and an asset.
+#[derive(Clone, Copy)]
+enum LinkChange {
+    Link,
+    Unlink,
+}
+
+/// Links or unlinks a risk and an asset in one write; 404 when there was nothing to change.
+async fn change_link(
+    state: &AppState,
+    auth: &BearerAuth,
+    risk: Uuid,
+    asset: Uuid,
+    change: LinkChange,
+) -> Result<NoContent, ApiError> {
+    let write = Write::begin(state, auth, Role::Analyst).await?;
+    let tenant = auth.0.tenant_id;
+    let (changed, missing) = match change {
+        LinkChange::Link => (
+            state.db.timed("asset_link", crate::db::risks::link_asset(&write.txn, tenant, risk, asset)).await?,
+            format!("risk {risk} or asset {asset} does not exist"),
+        ),
+        LinkChange::Unlink => (
+            state.db.timed("asset_unlink", crate::db::risks::unlink_asset(&write.txn, tenant, risk, asset)).await?,
+            format!("risk {risk} is not linked to asset {asset}"),
+        ),
+    };
+    if !changed {
+        return Err(ApiError::NotFound(Json(crate::error::Problem::new(poem::http::StatusCode::NOT_FOUND, missing))));
+    }
+    write.commit(state).await?;
+    Ok(NoContent::Done)
 }

@@ -153,7 +153,7 @@ fn plain_risk_filter(query: &str) -> Option<RiskFilter> {
 /// `GET /api/v1/risks`: a page of the filtered list; any risk change invalidates `risks`.
 pub fn risk_list(tenant: Uuid, filter: &RiskFilter) -> CacheableRead {
     CacheableRead {
-        route: "/api/v1/risks",
+        route: crate::app::operation_path("listRisks"),
         tenant,
         resource: "risks",
         params: filter.params(),
@@ -165,7 +165,7 @@ pub fn risk_list(tenant: Uuid, filter: &RiskFilter) -> CacheableRead {
 /// which invalidate `risk:<id>` (see the triggers in `migrations/`).
 pub fn risk_detail(tenant: Uuid, id: Uuid) -> CacheableRead {
     CacheableRead {
-        route: "/api/v1/risks/{id}",
+        route: crate::app::operation_path("getRisk"),
         tenant,
         resource: "risk",
         params: vec![("id", id.to_string())],
@@ -176,7 +176,7 @@ pub fn risk_detail(tenant: Uuid, id: Uuid) -> CacheableRead {
 /// `GET /api/v1/risks/{risk_id}/mitigations/{id}`.
 pub fn mitigation(tenant: Uuid, risk: Uuid, id: Uuid) -> CacheableRead {
     CacheableRead {
-        route: "/api/v1/risks/{risk_id}/mitigations/{id}",
+        route: crate::app::operation_path("getMitigation"),
         tenant,
         resource: "mitigation",
         params: vec![("risk_id", risk.to_string()), ("id", id.to_string())],
@@ -187,7 +187,7 @@ pub fn mitigation(tenant: Uuid, risk: Uuid, id: Uuid) -> CacheableRead {
 /// `GET /api/v1/assets/{id}`.
 pub fn asset_detail(tenant: Uuid, id: Uuid) -> CacheableRead {
     CacheableRead {
-        route: "/api/v1/assets/{id}",
+        route: crate::app::operation_path("getAsset"),
         tenant,
         resource: "asset",
         params: vec![("id", id.to_string())],
@@ -198,7 +198,7 @@ pub fn asset_detail(tenant: Uuid, id: Uuid) -> CacheableRead {
 /// `GET /api/v1/stats`.
 pub fn stats(tenant: Uuid) -> CacheableRead {
     CacheableRead {
-        route: "/api/v1/stats",
+        route: crate::app::operation_path("getStats"),
         tenant,
         resource: "stats",
         params: Vec::new(),
@@ -209,7 +209,7 @@ pub fn stats(tenant: Uuid) -> CacheableRead {
 /// `GET /api/v1/stats/risk-matrix`.
 pub fn risk_matrix(tenant: Uuid) -> CacheableRead {
     CacheableRead {
-        route: "/api/v1/stats/risk-matrix",
+        route: crate::app::operation_path("getRiskMatrix"),
         tenant,
         resource: "risk_matrix",
         params: Vec::new(),
@@ -220,6 +220,31 @@ pub fn risk_matrix(tenant: Uuid) -> CacheableRead {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_cacheable_read_is_named_by_the_documented_path_of_its_operation() {
+        let (tenant, id) = (Uuid::new_v4(), Uuid::new_v4());
+        let reads = [
+            risk_list(tenant, &RiskListQuery::default().into_filter()),
+            risk_detail(tenant, id),
+            mitigation(tenant, id, id),
+            asset_detail(tenant, id),
+            stats(tenant),
+            risk_matrix(tenant),
+        ];
+        let routes: Vec<&str> = reads.iter().map(|read| read.route).collect();
+        assert_eq!(
+            routes,
+            [
+                "/api/v1/risks",
+                "/api/v1/risks/{id}",
+                "/api/v1/risks/{risk_id}/mitigations/{id}",
+                "/api/v1/assets/{id}",
+                "/api/v1/stats",
+                "/api/v1/stats/risk-matrix"
+            ]
+        );
+    }
 
     #[test]
     fn only_the_canonical_paths_of_cacheable_reads_are_plain() {

@@ -9,7 +9,7 @@ use poem_openapi::types::MaybeUndefined;
 use poem_openapi::{ApiResponse, OpenApi};
 use uuid::Uuid;
 
-use super::{ApiTags, Cached, NoContent, Updated, Write, body_of, cached};
+use super::{ApiTags, Cached, Caching, NoContent, Updated, Write, body_of, serve};
 use crate::app::AppState;
 use crate::auth::{BearerAuth, Role};
 use crate::db::entities::{mitigations, subactions};
@@ -102,7 +102,7 @@ impl MitigationsApi {
     ) -> Result<Cached<Mitigation>, ApiError> {
         let (tenant, risk, id) = (auth.0.tenant_id, risk_id.0, id.0);
         let read = super::cacheable::mitigation(tenant, risk, id);
-        cached(&state, read, if_none_match.0.as_deref(), move |state, reader| async move {
+        serve(&state, read, Caching::Detail, if_none_match.0.as_deref(), move |state, reader| async move {
             let conn = &reader.conn();
             let row = state
                 .db

@@ -136,29 +136,32 @@ pub enum NoContent {
 /// time, so paging far cannot fill Redis with entries nobody else asks for.
 pub const MAX_CACHED_PAGE: u32 = 10;
 
-/// Whether a list read may use the cache at all.
+/// How a read may use the cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum ListCaching {
-    /// Bounded variants: looked up, filled within the tenant's budget for the route.
-    Cached,
+enum Caching {
+    /// One entry per resource: looked up and filled.
+    Detail,
+    /// Bounded list variants: looked up, filled within the tenant's budget for the route.
+    List,
     /// A free-text search or a far page: read from Postgres, never stored.
     Never,
 }
 
-impl ListCaching {
+impl Caching {
     /// `Never` for a free-text search or a page past [`MAX_CACHED_PAGE`]: those variants are as
     /// many as a client cares to invent.
-    fn of(search: Option<&str>, page: u32) -> Self {
-        if search.is_some() || page > MAX_CACHED_PAGE { ListCaching::Never } else { ListCaching::Cached }
+    fn of_list(search: Option<&str>, page: u32) -> Self {
+        if search.is_some() || page > MAX_CACHED_PAGE { Caching::Never } else { Caching::List }
     }
 }
 
-/// Serves a list read: through the cache within the tenant's entry budget for the route
-/// (see [`crate::variant_budget`]), from Postgres alone when `caching` or the budget says so.
-async fn cached_list<T, F, Fut>(
+/// Serves `read`: through the cache (lists within the tenant's entry budget for the route, see
+/// [`crate::variant_budget`]), from Postgres alone when `caching` or the budget says so. `load`
+/// reads on a miss, on the reader it is given (a replica or the primary).
+async fn serve<T, F, Fut>(
     state: &Arc<AppState>,
     read: CacheableRead,
-    caching: ListCaching,
+    caching: Caching,
     if_none_match: Option<&str>,
     load: F,
 ) -> Result<Cached<T>, ApiError>
@@ -167,38 +170,23 @@ where
     Fut: Future<Output = Result<Vec<u8>, ApiError>> + Send + 'static,
 {
     let refused = match caching {
-        ListCaching::Never => Some(openrisk_shared::CacheStatus::Uncacheable),
-        ListCaching::Cached if state.cache.enabled() && state.variant_budget.exhausted(read.tenant, read.route) => {
+        Caching::Never => Some(openrisk_shared::CacheStatus::Uncacheable),
+        Caching::List if state.cache.enabled() && state.variant_budget.exhausted(read.tenant, read.route) => {
             Some(openrisk_shared::CacheStatus::OverBudget)
         }
-        ListCaching::Cached => None,
+        Caching::List | Caching::Detail => None,
     };
+    let loader = loader_of(state, load);
     if let Some(cache_status) = refused {
         state.metrics.cache_request(read.route, crate::metrics::CacheResult::Bypass);
-        let served = crate::cache::read_uncached(&state.reads, loader_of(state, load), cache_status).await?;
+        let served = crate::cache::read_uncached(&state.reads, loader, cache_status).await?;
         return Ok(Cached::new(served, if_none_match));
     }
     let (tenant, route) = (read.tenant, read.route);
-    let answer = cached(state, read, if_none_match, load).await?;
-    if answer.served.cache_status == openrisk_shared::CacheStatus::Stored {
+    let served = state.cache.read_through(read, Arc::clone(&state.reads), loader).await?;
+    if caching == Caching::List && served.cache_status == openrisk_shared::CacheStatus::Stored {
         state.variant_budget.record_stored(tenant, route);
     }
-    Ok(answer)
-}
-
-/// Serves `read` through the cache, reading with `load` on a miss (on the reader it is given:
-/// a replica or the primary).
-pub async fn cached<T, F, Fut>(
-    state: &Arc<AppState>,
-    read: CacheableRead,
-    if_none_match: Option<&str>,
-    load: F,
-) -> Result<Cached<T>, ApiError>
-where
-    F: Fn(Arc<AppState>, Reader) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Result<Vec<u8>, ApiError>> + Send + 'static,
-{
-    let served = state.cache.read_through(read, Arc::clone(&state.reads), loader_of(state, load)).await?;
     Ok(Cached::new(served, if_none_match))
 }
 
@@ -217,6 +205,17 @@ where
 /// Serialises a response body once, for the cache and the client alike.
 pub fn body_of<T: ToJSON>(value: &T) -> Vec<u8> {
     value.to_json_string().into_bytes()
+}
+
+/// Serialises one page of a list: the rows in their API shape, in the page `page` makes of them.
+fn page_body<Row, Item, Page>(rows: Vec<Row>, page: impl FnOnce(Vec<Item>) -> Page) -> Result<Vec<u8>, ApiError>
+where
+    Item: TryFrom<Row>,
+    ApiError: From<Item::Error>,
+    Page: ToJSON,
+{
+    let items = rows.into_iter().map(Item::try_from).collect::<Result<_, _>>()?;
+    Ok(body_of(&page(items)))
 }
 
 /// Default page size of lists.
@@ -272,6 +271,23 @@ where
     let Some(header) = if_match else { return Ok(()) };
     let etag = crate::cache::etag_of(&current_body().await?);
     if if_match_matches(header, &etag) { Ok(()) } else { Err(ApiError::precondition_failed(etag)) }
+}
+
+/// Locks the row a write changes, with `lock` (404 naming `what` and `id` when there is none),
+/// then checks `If-Match` against the body a GET of it serves now, as `current_body` reads it.
+async fn lock_for_write<Row, Body>(
+    what: &str,
+    id: uuid::Uuid,
+    lock: impl Future<Output = Result<Option<Row>, sea_orm::DbErr>>,
+    if_match: Option<&str>,
+    current_body: impl FnOnce(&Row) -> Body,
+) -> Result<Row, ApiError>
+where
+    Body: Future<Output = Result<Vec<u8>, ApiError>>,
+{
+    let row = lock.await?.ok_or_else(|| ApiError::not_found(what, id))?;
+    require_if_match(if_match, || current_body(&row)).await?;
+    Ok(row)
 }
 
 /// Status 200 with the changed resource.

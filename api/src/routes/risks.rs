@@ -9,7 +9,7 @@ use poem_openapi::{ApiResponse, OpenApi};
 use uuid::Uuid;
 
 use super::cacheable::{DEFAULT_SORT_BY, DEFAULT_SORT_DIR, RiskListQuery};
-use super::{ApiTags, Cached, NoContent, Updated, Write, body_of, cached, default_limit, default_page};
+use super::{ApiTags, Cached, Caching, NoContent, Updated, Write, body_of, default_limit, default_page, serve};
 use crate::app::AppState;
 use crate::auth::{BearerAuth, Role};
 use crate::db::risks::RiskFilter;
@@ -152,19 +152,13 @@ impl RisksApi {
         }
         .into_filter();
         let read = super::cacheable::risk_list(tenant, &filter);
-        let caching = super::ListCaching::of(filter.q.as_deref(), filter.page);
-        super::cached_list(&state, read, caching, if_none_match.0.as_deref(), move |state, reader| {
+        let caching = Caching::of_list(filter.q.as_deref(), filter.page);
+        serve(&state, read, caching, if_none_match.0.as_deref(), move |state, reader| {
             let filter = filter.clone();
             async move {
                 let (rows, total) =
                     state.db.timed("risk_list", crate::db::risks::list(&reader.conn(), tenant, &filter)).await?;
-                let page = RiskPage {
-                    items: rows.into_iter().map(Risk::try_from).collect::<Result<_, _>>()?,
-                    total,
-                    page: filter.page,
-                    limit: filter.limit,
-                };
-                Ok(body_of(&page))
+                super::page_body(rows, |items| RiskPage { items, total, page: filter.page, limit: filter.limit })
             }
         })
         .await
@@ -187,7 +181,7 @@ impl RisksApi {
     ) -> Result<Cached<RiskDetail>, ApiError> {
         let (tenant, id) = (auth.0.tenant_id, id.0);
         let read = super::cacheable::risk_detail(tenant, id);
-        cached(&state, read, if_none_match.0.as_deref(), move |state, reader| async move {
+        serve(&state, read, Caching::Detail, if_none_match.0.as_deref(), move |state, reader| async move {
             load_detail(&state, &reader.conn(), tenant, id).await
         })
         .await
@@ -230,12 +224,11 @@ impl RisksApi {
     ) -> Result<Updated<Risk>, ApiError> {
         let (tenant, id, patch) = (auth.0.tenant_id, id.0, body.0);
         let write = Write::begin(&state, &auth, Role::Analyst).await?;
-        let current = state
-            .db
-            .timed("risk_lock", crate::db::risks::lock_live(&write.txn, tenant, id))
-            .await?
-            .ok_or_else(|| ApiError::not_found("risk", id))?;
-        super::require_if_match(if_match.0.as_deref(), || load_detail(&state, &write.txn, tenant, id)).await?;
+        let lock = state.db.timed("risk_lock", crate::db::risks::lock_live(&write.txn, tenant, id));
+        let current = super::lock_for_write("risk", id, lock, if_match.0.as_deref(), |_| {
+            load_detail(&state, &write.txn, tenant, id)
+        })
+        .await?;
         if let Some(fields) = &patch.custom_fields {
             check_custom_fields(fields)?;
         }
@@ -262,10 +255,11 @@ impl RisksApi {
         let write = Write::begin(&state, &auth, Role::Analyst).await?;
         if if_match.0.is_some() {
             let (tenant, id) = (auth.0.tenant_id, id.0);
-            if state.db.timed("risk_lock", crate::db::risks::lock_live(&write.txn, tenant, id)).await?.is_none() {
-                return Err(ApiError::not_found("risk", id));
-            }
-            super::require_if_match(if_match.0.as_deref(), || load_detail(&state, &write.txn, tenant, id)).await?;
+            let lock = state.db.timed("risk_lock", crate::db::risks::lock_live(&write.txn, tenant, id));
+            super::lock_for_write("risk", id, lock, if_match.0.as_deref(), |_| {
+                load_detail(&state, &write.txn, tenant, id)
+            })
+            .await?;
         }
         let deleted =
             state.db.timed("risk_delete", crate::db::risks::soft_delete(&write.txn, auth.0.tenant_id, id.0)).await?;

@@ -7,7 +7,7 @@ use poem::web::Data;
 use poem_openapi::OpenApi;
 use poem_openapi::param::{Header, Query};
 
-use super::{ApiTags, Cached, body_of, cached};
+use super::{ApiTags, Cached, Caching, body_of, serve};
 use crate::app::AppState;
 use crate::auth::BearerAuth;
 use crate::cache::CacheableRead;
@@ -38,7 +38,7 @@ impl StatsApi {
     ) -> Result<Cached<Stats>, ApiError> {
         let tenant = auth.0.tenant_id;
         let read = super::cacheable::stats(tenant);
-        cached(&state, read, if_none_match.0.as_deref(), move |state, reader| async move {
+        serve(&state, read, Caching::Detail, if_none_match.0.as_deref(), move |state, reader| async move {
             let row = state.db.timed("stats", crate::db::stats::stats(&reader.conn(), tenant)).await?;
             let stats = Stats {
                 total_risks: row.total,
@@ -80,7 +80,7 @@ impl StatsApi {
     ) -> Result<Cached<RiskMatrix>, ApiError> {
         let tenant = auth.0.tenant_id;
         let read = super::cacheable::risk_matrix(tenant);
-        cached(&state, read, if_none_match.0.as_deref(), move |state, reader| async move {
+        serve(&state, read, Caching::Detail, if_none_match.0.as_deref(), move |state, reader| async move {
             let counts = state.db.timed("risk_matrix", crate::db::stats::risk_matrix(&reader.conn(), tenant)).await?;
             let total = counts.iter().flatten().sum();
             Ok(body_of(&RiskMatrix { counts, total }))
@@ -108,13 +108,13 @@ impl StatsApi {
         let (tenant, days) = (auth.0.tenant_id, days.0);
         let today = chrono::Utc::now().date_naive();
         let read = CacheableRead {
-            route: "/api/v1/stats/trends",
+            route: crate::app::operation_path("getTrends"),
             tenant,
             resource: "trends",
             params: vec![("days", days.to_string()), ("today", today.to_string())],
             tags: vec![Tag::risk_history()],
         };
-        cached(&state, read, if_none_match.0.as_deref(), move |state, reader| async move {
+        serve(&state, read, Caching::Detail, if_none_match.0.as_deref(), move |state, reader| async move {
             let rows = state.db.timed("trends", crate::db::stats::trends(&reader.conn(), tenant, today, days)).await?;
             let points = rows
                 .into_iter()

@@ -75,6 +75,13 @@ pub async fn spawn_app_with_cached_risk(redis: RedisNamespace, title: &str) -> (
     (app, path)
 }
 
+/// Spawns the app with a [`FillGate`] before every fill, adjusting the settings with `configure`.
+pub async fn spawn_gated_app(configure: impl FnOnce(&mut Settings)) -> (TestApp, FillGate) {
+    let gate = FillGate::default();
+    let options = AppOptions { before_fill: Some(gate.hook()), ..AppOptions::default() };
+    (spawn_app_with(RedisNamespace::new(), configure, options).await, gate)
+}
+
 /// Spawns the app on `redis`, letting the test adjust settings and options.
 pub async fn spawn_app_with(
     redis: RedisNamespace,
@@ -135,6 +142,14 @@ impl TestApp {
         let response = self
             .send_json(Method::POST, "/api/v1/risks", token, json!({"title": title, "impact": 3, "probability": 4}))
             .await;
+        assert_eq!(response.status(), StatusCode::CREATED);
+        response.json().await.unwrap()
+    }
+
+    /// A mitigation titled `title` of the risk at `risk_path` (`/api/v1/risks/<id>`).
+    pub async fn create_mitigation(&self, token: &str, risk_path: &str, title: &str) -> Value {
+        let response =
+            self.send_json(Method::POST, &format!("{risk_path}/mitigations"), token, json!({"title": title})).await;
         assert_eq!(response.status(), StatusCode::CREATED);
         response.json().await.unwrap()
     }

@@ -48,6 +48,16 @@ impl Harness {
         openrisk_invalidator::start(settings).await.expect("start invalidator")
     }
 
+    /// Starts a replica whose poll is two minutes away and waits (up to `within`) until it has
+    /// parked: from then on only a notification wakes it.
+    pub async fn start_parked(&self, within: Duration) -> Running {
+        let mut settings = self.settings();
+        settings.invalidator.poll_interval_ms = 120_000;
+        let running = self.start(settings).await;
+        wait_until_parked(&running, within).await;
+        running
+    }
+
     /// Caches an entry named `name`, built from `tags` (plus `all`); returns its key. A fill
     /// rejected because an invalidation landed in between is simply retried, as a reader would.
     pub async fn cache(&mut self, tenant: Uuid, name: &str, tags: &[String]) -> String {

@@ -273,33 +273,45 @@ pub async fn closed_loop_across(
     connections: usize,
     duration: Duration,
 ) -> anyhow::Result<RunResult> {
+    let conns = connect_all(addrs, connections).await?;
+    let started = Instant::now();
+    let deadline = started + duration;
+    let parts = on_each_connection(conns, |index, mut conn| {
+        let workload = Arc::clone(&workload);
+        async move {
+            let mut rng = SmallRng::seed_from_u64(index as u64 * 7919 + 1);
+            let mut part = Part::new();
+            while Instant::now() < deadline {
+                let (req, first) = workload.pick(&mut rng);
+                part.first_time += u64::from(first);
+                let sent = Instant::now();
+                let outcome = conn.send_retrying(req).await;
+                part.record(&outcome, sent, sent, Instant::now());
+            }
+            part
+        }
+    })
+    .await?;
+    Ok(RunResult::merge(&workload.name, "closed", None, started.elapsed(), parts))
+}
+
+/// Opens `connections` connections, spread over `addrs` in turn.
+async fn connect_all(addrs: &[SocketAddr], connections: usize) -> anyhow::Result<Vec<Conn>> {
     let mut conns = Vec::with_capacity(connections);
     for index in 0..connections {
         conns.push(Conn::open(addrs[index % addrs.len()]).await?);
     }
-    let started = Instant::now();
-    let deadline = started + duration;
-    let tasks: Vec<_> = conns
-        .into_iter()
-        .enumerate()
-        .map(|(index, mut conn)| {
-            let workload = Arc::clone(&workload);
-            tokio::spawn(async move {
-                let mut rng = SmallRng::seed_from_u64(index as u64 * 7919 + 1);
-                let mut part = Part::new();
-                while Instant::now() < deadline {
-                    let (req, first) = workload.pick(&mut rng);
-                    part.first_time += u64::from(first);
-                    let sent = Instant::now();
-                    let outcome = conn.send_retrying(req).await;
-                    part.record(&outcome, sent, sent, Instant::now());
-                }
-                part
-            })
-        })
-        .collect();
-    let parts = futures::future::try_join_all(tasks).await?;
-    Ok(RunResult::merge(&workload.name, "closed", None, started.elapsed(), parts))
+    Ok(conns)
+}
+
+/// Runs `drive` on each connection (with its index) in a task of its own; the tasks' parts.
+async fn on_each_connection<F, Fut>(conns: Vec<Conn>, drive: F) -> anyhow::Result<Vec<Part>>
+where
+    F: Fn(usize, Conn) -> Fut,
+    Fut: Future<Output = Part> + Send + 'static,
+{
+    let tasks: Vec<_> = conns.into_iter().enumerate().map(|(index, conn)| tokio::spawn(drive(index, conn))).collect();
+    Ok(futures::future::try_join_all(tasks).await?)
 }
 
 /// Fixed offered rate over `connections` connections, corrected for coordinated omission.
@@ -310,44 +322,37 @@ pub async fn open_loop(
     rate: f64,
     duration: Duration,
 ) -> anyhow::Result<RunResult> {
-    let mut conns = Vec::with_capacity(connections);
-    for _ in 0..connections {
-        conns.push(Conn::open(addr).await?);
-    }
+    let conns = connect_all(&[addr], connections).await?;
     let started = Instant::now();
     let deadline = started + duration;
     let interval = Duration::from_secs_f64(connections as f64 / rate);
-    let tasks: Vec<_> = conns
-        .into_iter()
-        .enumerate()
-        .map(|(index, mut conn)| {
-            let workload = Arc::clone(&workload);
-            tokio::spawn(async move {
-                let mut rng = SmallRng::seed_from_u64(index as u64 * 104_729 + 3);
-                let mut part = Part::new();
-                let mut due = started + Duration::from_secs_f64(index as f64 / rate);
-                let mut previous_done = started;
-                while due < deadline {
-                    if Instant::now() < due {
-                        tokio::time::sleep_until(due.into()).await;
-                    }
-                    let sent = Instant::now();
-                    // Behind schedule because the previous answer came late: count from when
-                    // this request was due. On time: count from the send.
-                    let from = if previous_done > due { due } else { sent };
-                    let (req, first) = workload.pick(&mut rng);
-                    part.first_time += u64::from(first);
-                    let outcome = conn.send_retrying(req).await;
-                    let done = Instant::now();
-                    part.record(&outcome, from, sent, done);
-                    previous_done = done;
-                    due += interval;
+    let parts = on_each_connection(conns, |index, mut conn| {
+        let workload = Arc::clone(&workload);
+        async move {
+            let mut rng = SmallRng::seed_from_u64(index as u64 * 104_729 + 3);
+            let mut part = Part::new();
+            let mut due = started + Duration::from_secs_f64(index as f64 / rate);
+            let mut previous_done = started;
+            while due < deadline {
+                if Instant::now() < due {
+                    tokio::time::sleep_until(due.into()).await;
                 }
-                part
-            })
-        })
-        .collect();
-    let parts = futures::future::try_join_all(tasks).await?;
+                let sent = Instant::now();
+                // Behind schedule because the previous answer came late: count from when
+                // this request was due. On time: count from the send.
+                let from = if previous_done > due { due } else { sent };
+                let (req, first) = workload.pick(&mut rng);
+                part.first_time += u64::from(first);
+                let outcome = conn.send_retrying(req).await;
+                let done = Instant::now();
+                part.record(&outcome, from, sent, done);
+                previous_done = done;
+                due += interval;
+            }
+            part
+        }
+    })
+    .await?;
     let elapsed = started.elapsed().max(duration);
     Ok(RunResult::merge(&workload.name, "open", Some(rate), elapsed, parts))
 }

@@ -1,0 +1,63 @@
+//! The rules loaded settings must keep beyond their types, each failure naming its key.
+
+use super::{ConfigError, Settings};
+use crate::redis_connection::RedisTarget;
+
+impl Settings {
+    /// Checks the cross-field and range rules; the first broken one is the error.
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        let rule = |ok: bool, message: &str| if ok { Ok(()) } else { Err(ConfigError::Rule(message.into())) };
+        rule(
+            self.database_url.starts_with("postgres://") || self.database_url.starts_with("postgresql://"),
+            "database_url must be a postgres:// URL",
+        )?;
+        RedisTarget::parse(&self.redis_url).map_err(|error| ConfigError::Rule(error.to_string()))?;
+        rule(
+            self.database
+                .replica_urls
+                .iter()
+                .all(|url| url.starts_with("postgres://") || url.starts_with("postgresql://")),
+            "database.replica_urls must all be postgres:// URLs",
+        )?;
+        rule(self.database.replica_max_lag_ms >= 1, "database.replica_max_lag_ms must be at least 1")?;
+        rule(self.database.replica_check_interval_ms >= 1, "database.replica_check_interval_ms must be at least 1")?;
+        rule(self.database.connect_timeout_ms >= 1, "database.connect_timeout_ms must be at least 1")?;
+        let database = &self.database;
+        rule(
+            !database.keepalives
+                || (database.keepalive_idle_secs >= 1
+                    && database.keepalive_interval_secs >= 1
+                    && database.keepalive_retries >= 1),
+            "database.keepalive_idle_secs, keepalive_interval_secs and keepalive_retries must be at least 1",
+        )?;
+        rule(
+            self.invalidator.redis_replicas_ack_timeout_ms >= 1,
+            "invalidator.redis_replicas_ack_timeout_ms must be at least 1",
+        )?;
+        rule(
+            !self.cache.key_prefix.is_empty()
+                && self.cache.key_prefix.len() <= 64
+                && !self.cache.key_prefix.contains(['{', '}', ' ']),
+            "cache.key_prefix must be 1-64 characters without braces or spaces",
+        )?;
+        rule(self.cache.ttl_secs >= 1, "cache.ttl_secs must be at least 1")?;
+        rule(self.cache.ttl_jitter_percent <= 50, "cache.ttl_jitter_percent must be at most 50")?;
+        rule(self.cache.redis_timeout_ms >= 1, "cache.redis_timeout_ms must be at least 1")?;
+        rule(self.http.request_timeout_ms >= 1, "http.request_timeout_ms must be at least 1")?;
+        rule(
+            self.http.idle_timeout_ms > self.http.request_timeout_ms,
+            "http.idle_timeout_ms must be longer than http.request_timeout_ms",
+        )?;
+        rule(self.http.max_connections >= 1, "http.max_connections must be at least 1")?;
+        rule(self.cache.breaker_failure_threshold >= 1, "cache.breaker_failure_threshold must be at least 1")?;
+        rule(
+            (1..=100_000).contains(&self.invalidator.batch_size),
+            "invalidator.batch_size must be between 1 and 100000",
+        )?;
+        rule(self.invalidator.poll_interval_ms >= 1, "invalidator.poll_interval_ms must be at least 1")?;
+        let pool = self.pool_settings();
+        rule(pool.max_connections >= 1, "pool.max_connections must be at least 1")?;
+        rule(pool.min_idle <= pool.max_connections, "pool.min_idle must not exceed pool.max_connections")?;
+        Ok(())
+    }
+}
