@@ -109,6 +109,81 @@ fn median(mut values: Vec<f64>) -> Option<f64> {
     Some(values[values.len() / 2])
 }
 
+/// A sampled quantity that must stay flat: its check's name, how it is printed, how it is read
+/// off a sample, and the most its median may reach in the last third given the middle third's.
+struct Flat<'a> {
+    check: String,
+    what: String,
+    unit: &'static str,
+    value: Reading<'a>,
+    allowed: fn(f64) -> f64,
+}
+
+/// How one quantity is read off a sample (`None` when it was not measured then).
+type Reading<'a> = Box<dyn Fn(&Sample) -> Option<f64> + 'a>;
+
+impl<'a> Flat<'a> {
+    fn new(check: &str, what: &str, unit: &'static str, value: Reading<'a>, allowed: fn(f64) -> f64) -> Self {
+        Self { check: format!("soak: {check}"), what: what.to_owned(), unit, value, allowed }
+    }
+}
+
+/// Every quantity the soak judges: each process's RSS, then the shared resources.
+fn flat_quantities(samples: &[Sample]) -> Vec<Flat<'_>> {
+    let count = |value: i64| (value >= 0).then_some(value as f64);
+    let names: std::collections::BTreeSet<&String> = samples.iter().flat_map(|s| s.rss_kb.keys()).collect();
+    let mut quantities: Vec<Flat> = names
+        .into_iter()
+        .map(|name| {
+            Flat::new(
+                &format!("{name} memory does not grow"),
+                &format!("{name} RSS"),
+                "MB",
+                Box::new(move |s: &Sample| s.rss_kb.get(name).map(|&kb| kb as f64 / 1024.0)),
+                |before| before * 1.5 + 30.0,
+            )
+        })
+        .collect();
+    quantities.extend([
+        Flat::new(
+            "Postgres connections do not leak",
+            "Postgres connections",
+            "",
+            Box::new(move |s| count(s.connections)),
+            |b| b + 10.0,
+        ),
+        Flat::new(
+            "Redis connections do not leak",
+            "Redis clients",
+            "",
+            Box::new(move |s| count(s.redis_clients)),
+            |b| b + 10.0,
+        ),
+        Flat::new(
+            "the outbox backlog does not build up",
+            "outbox backlog",
+            "rows",
+            Box::new(move |s| count(s.backlog)),
+            |b| b * 3.0 + 100.0,
+        ),
+        Flat::new(
+            "the staleness window stays flat",
+            "staleness window p99",
+            "ms",
+            Box::new(|s| s.staleness_p99.map(|v| v * 1e3)),
+            |b| (b * 3.0).max(b + 250.0),
+        ),
+        Flat::new(
+            "the invalidators' lag stays flat",
+            "invalidator lag p99",
+            "ms",
+            Box::new(|s| s.lag_p99.filter(|v| v.is_finite()).map(|v| v * 1e3)),
+            |b| (b * 3.0).max(b + 250.0),
+        ),
+    ]);
+    quantities
+}
+
 /// Compares the middle third of the samples with the last third.
 fn judge(samples: &[Sample]) -> Vec<(String, Vec<String>)> {
     if samples.len() < 6 {
@@ -118,12 +193,8 @@ fn judge(samples: &[Sample]) -> Vec<(String, Vec<String>)> {
     let third = samples.len() / 3;
     let (middle, last) = (&samples[third..2 * third], &samples[2 * third..]);
     let mut checks = Vec::new();
-    let mut flat = |check: String,
-                    what: &str,
-                    unit: &str,
-                    value: &dyn Fn(&Sample) -> Option<f64>,
-                    allowed: &dyn Fn(f64) -> f64| {
-        let typical = |part: &[Sample]| median(part.iter().filter_map(value).collect());
+    for Flat { check, what, unit, value, allowed } in flat_quantities(samples) {
+        let typical = |part: &[Sample]| median(part.iter().filter_map(&value).collect());
         let mut failures = Vec::new();
         if let (Some(before), Some(after)) = (typical(middle), typical(last)) {
             println!(
@@ -134,53 +205,7 @@ fn judge(samples: &[Sample]) -> Vec<(String, Vec<String>)> {
             }
         }
         checks.push((check, failures));
-    };
-    let names: std::collections::BTreeSet<&String> = samples.iter().flat_map(|s| s.rss_kb.keys()).collect();
-    for name in names {
-        flat(
-            format!("soak: {name} memory does not grow"),
-            &format!("{name} RSS"),
-            "MB",
-            &|s| s.rss_kb.get(name).map(|&kb| kb as f64 / 1024.0),
-            &|before| before * 1.5 + 30.0,
-        );
     }
-    let count = |value: i64| (value >= 0).then_some(value as f64);
-    flat(
-        "soak: Postgres connections do not leak".to_owned(),
-        "Postgres connections",
-        "",
-        &|s| count(s.connections),
-        &|before| before + 10.0,
-    );
-    flat(
-        "soak: Redis connections do not leak".to_owned(),
-        "Redis clients",
-        "",
-        &|s| count(s.redis_clients),
-        &|before| before + 10.0,
-    );
-    flat(
-        "soak: the outbox backlog does not build up".to_owned(),
-        "outbox backlog",
-        "rows",
-        &|s| count(s.backlog),
-        &|before| before * 3.0 + 100.0,
-    );
-    flat(
-        "soak: the staleness window stays flat".to_owned(),
-        "staleness window p99",
-        "ms",
-        &|s| s.staleness_p99.map(|v| v * 1e3),
-        &|before| (before * 3.0).max(before + 250.0),
-    );
-    flat(
-        "soak: the invalidators' lag stays flat".to_owned(),
-        "invalidator lag p99",
-        "ms",
-        &|s| s.lag_p99.filter(|v| v.is_finite()).map(|v| v * 1e3),
-        &|before| (before * 3.0).max(before + 250.0),
-    );
     checks
 }
 
@@ -255,4 +280,51 @@ pub async fn run(world: &World, cfg: &Config, tally: &mut Tally, rng: &mut StdRn
         tally.record(&name, &failures);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn samples(rss_mb: impl Fn(usize) -> u64, backlog: impl Fn(usize) -> i64) -> Vec<Sample> {
+        (0..30)
+            .map(|i| Sample {
+                at: i as f64 * 10.0,
+                rss_kb: BTreeMap::from([("api".to_owned(), rss_mb(i) * 1024)]),
+                connections: 12,
+                redis_clients: 9,
+                backlog: backlog(i),
+                staleness_p99: Some(0.004),
+                lag_p99: Some(0.003),
+            })
+            .collect()
+    }
+
+    fn failed(checks: &[(String, Vec<String>)]) -> Vec<&str> {
+        checks.iter().filter(|(_, failures)| !failures.is_empty()).map(|(name, _)| name.as_str()).collect()
+    }
+
+    #[test]
+    fn a_flat_run_passes_every_check() {
+        let checks = judge(&samples(|_| 30, |_| 0));
+        assert_eq!(checks.len(), 6, "api RSS and five shared quantities");
+        assert!(failed(&checks).is_empty(), "{checks:?}");
+    }
+
+    #[test]
+    fn memory_that_keeps_growing_fails_the_run() {
+        let checks = judge(&samples(|i| 30 + 20 * i as u64, |_| 0));
+        assert_eq!(failed(&checks), ["soak: api memory does not grow"]);
+    }
+
+    #[test]
+    fn a_backlog_that_builds_up_fails_the_run() {
+        let checks = judge(&samples(|_| 30, |i| if i < 20 { 5 } else { 5_000 }));
+        assert_eq!(failed(&checks), ["soak: the outbox backlog does not build up"]);
+    }
+
+    #[test]
+    fn too_few_samples_cannot_pass() {
+        assert_eq!(failed(&judge(&samples(|_| 30, |_| 0)[..5])), ["soak: enough samples to judge growth"]);
+    }
 }
