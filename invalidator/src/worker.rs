@@ -349,7 +349,7 @@ impl Worker {
     /// wake-up, the poll interval or shutdown; the batch that woke a parked replica is applied
     /// before it unparks.
     async fn idle(&self, links: &mut Links, shutdown: &CancellationToken) -> Result<(), BatchError> {
-        if self.linger(links).await? {
+        if self.linger(links, shutdown).await? {
             return Ok(());
         }
         let poll = Duration::from_millis(self.settings.invalidator.poll_interval_ms);
@@ -386,11 +386,13 @@ impl Worker {
 
     /// Looks at the outbox every [`LINGER_STEP`] for `invalidator.linger_ms` before parking, so
     /// that a steady stream of writes is picked up without a NOTIFY and a wake-up. Returns
-    /// whether it found events (and applied them).
-    async fn linger(&self, links: &mut Links) -> Result<bool, BatchError> {
+    /// whether it found events (and applied them) or shutdown came.
+    async fn linger(&self, links: &mut Links, shutdown: &CancellationToken) -> Result<bool, BatchError> {
         let until = Instant::now() + Duration::from_millis(self.settings.invalidator.linger_ms);
         while Instant::now() < until {
-            tokio::time::sleep(LINGER_STEP).await;
+            if !pause(LINGER_STEP, shutdown).await {
+                return Ok(true);
+            }
             if self.process_batch(links).await? > 0 {
                 return Ok(true);
             }
