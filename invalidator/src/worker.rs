@@ -14,7 +14,7 @@ use openrisk_shared::db::Lsn;
 use openrisk_shared::keys::{Keyspace, Tag};
 use openrisk_shared::protocol::{self, InvalidateError, Reclaimable, ReplicaAck};
 use openrisk_shared::redis_connection::{RedisConnection, RedisTarget, Timeouts};
-use tokio_postgres::Client;
+use tokio_postgres::{Client, Statement};
 use tokio_util::sync::CancellationToken;
 use tracing::field::Empty;
 use uuid::Uuid;
@@ -83,6 +83,8 @@ pub struct Worker {
 /// The replica's outbox connection and Redis connection; each is replaced when it fails.
 struct Links {
     outbox: Client,
+    /// The claim, prepared once per outbox connection (a round trip less per batch).
+    claim: Statement,
     redis: RedisConnection,
 }
 
@@ -182,11 +184,11 @@ impl Worker {
     }
 
     async fn connect(&self, shutdown: &CancellationToken) -> Option<Links> {
-        let outbox = retrying("Postgres", || self.connect_outbox(), shutdown).await?;
+        let (outbox, claim) = retrying("Postgres", || self.connect_outbox(), shutdown).await?;
         self.status.postgres_connected.store(true, Ordering::Relaxed);
         let redis = retrying("Redis", || self.connect_redis(), shutdown).await?;
         self.status.redis_connected.store(true, Ordering::Relaxed);
-        Some(Links { outbox, redis })
+        Some(Links { outbox, claim, redis })
     }
 
     /// Replaces the connection `error` came from; false on shutdown.
@@ -194,8 +196,10 @@ impl Worker {
         match error {
             BatchError::Postgres(_) if links.outbox.is_closed() => {
                 self.status.postgres_connected.store(false, Ordering::Relaxed);
-                let Some(outbox) = retrying("Postgres", || self.connect_outbox(), shutdown).await else { return false };
-                links.outbox = outbox;
+                let Some((outbox, claim)) = retrying("Postgres", || self.connect_outbox(), shutdown).await else {
+                    return false;
+                };
+                (links.outbox, links.claim) = (outbox, claim);
                 self.status.postgres_connected.store(true, Ordering::Relaxed);
                 self.count_reconnect("postgres");
             }
@@ -226,13 +230,11 @@ impl Worker {
         self.metrics.errors.with_label_values(&[kind]).inc();
     }
 
-    async fn connect_outbox(&self) -> Result<Client, tokio_postgres::Error> {
-        openrisk_shared::db::connect(
-            &self.settings.database_url,
-            "openrisk-invalidator",
-            &self.settings.database.link(),
-        )
-        .await
+    async fn connect_outbox(&self) -> Result<(Client, Statement), tokio_postgres::Error> {
+        let link = self.settings.database.link();
+        let client = openrisk_shared::db::connect(&self.settings.database_url, "openrisk-invalidator", &link).await?;
+        let claim = outbox::prepare_claim(&client).await?;
+        Ok((client, claim))
     }
 
     async fn connect_redis(&self) -> redis::RedisResult<RedisConnection> {
@@ -250,9 +252,9 @@ impl Worker {
     /// handled (0: the outbox had nothing unclaimed).
     #[tracing::instrument(name = "batch", skip_all, fields(size = Empty, tenants = Empty, lag_ms = Empty))]
     async fn process_batch(&self, links: &mut Links) -> Result<usize, BatchError> {
-        let Links { outbox, redis } = links;
+        let Links { outbox, claim, redis } = links;
         let transaction = outbox.transaction().await?;
-        let batch = outbox::claim(&transaction, self.settings.invalidator.batch_size).await?;
+        let batch = outbox::claim(&transaction, claim, self.settings.invalidator.batch_size).await?;
         if batch.is_empty() {
             return Ok(0);
         }
@@ -416,7 +418,10 @@ impl Worker {
     }
 
     async fn unpark(&self, session: &Session) {
-        if let Err(error) = session.unpark().await {
+        // A closed session released the lock with it (at shutdown, or lost).
+        if let Err(error) = session.unpark().await
+            && !session.is_closed()
+        {
             tracing::warn!(%error, "cannot unpark on the LISTEN session; it is replaced");
         }
         self.metrics.parked.set(0);

@@ -67,6 +67,7 @@ async fn a_claim_takes_at_most_its_limit_whatever_the_plan() {
     let rows = h.outbox_len().await;
     let oldest: i64 = h.sql.query_one("SELECT min(id) FROM cache_outbox", &[]).await.unwrap().get(0);
     let mut client = openrisk_shared::db::connect(&h.db.url, "claim-test", &Default::default()).await.unwrap();
+    let claim = openrisk_invalidator::outbox::prepare_claim(&client).await.unwrap();
     let transaction = client.transaction().await.unwrap();
     transaction
         .batch_execute(
@@ -75,7 +76,7 @@ async fn a_claim_takes_at_most_its_limit_whatever_the_plan() {
         )
         .await
         .unwrap();
-    let batch = openrisk_invalidator::outbox::claim(&transaction, 100).await.unwrap();
+    let batch = openrisk_invalidator::outbox::claim(&transaction, &claim, 100).await.unwrap();
     assert_eq!(batch.len(), 100);
     let ids: Vec<i64> = batch.events.iter().map(|claimed| claimed.event.id).collect();
     assert_eq!(ids, (oldest..oldest + 100).collect::<Vec<_>>());
