@@ -23,6 +23,17 @@
 # FRESH_BACKGROUND_RATE BACKGROUND_WRITES CLUSTER (1/0) LAG_WRITES (writes/s of each lag phase) PROFILE (release|dev) OUT WRK (1/0: also measure with wrk if installed)
 # PERF (1: perf profile of the cached API's hit path into $OUT/perf-hit-*.txt) COPY_PLOT (1: copy the plot to
 # load_tests/latency.svg) ALLOC_AB (1: also a cached API with jemalloc preloaded) PG_ADMIN_URL (default postgres://postgres@127.0.0.1:5432/postgres).
+#
+# The staleness window under load, alone (issue 15): WINDOW=1 starts only the cached API and
+# measures each invalidator variant in turn, interleaved over ROUNDS (openrisk-bench --window):
+# the largest lag in its first second, then the window and the lag at WINDOW_WRITES SQL
+# writes/s (default 500) with idle cores and with the API at saturation (CONNECTIONS). The
+# variants: BASELINE (a git ref, default e35b86c: the last invalidator before its LISTEN task;
+# empty to skip) built in $OUT/baseline, this tree's invalidator, the same lingering LINGER_MS (default 5) before parking, and the same at
+# nice INVALIDATOR_NICE (default -10, as an operator would give it more CPU weight than the API);
+# WINDOW_VARIANTS adds `label=path[,nice=N][,linger=MS]` entries. Writes window.md/window.json.
+#
+#   WINDOW=1 TENANTS=4 RISKS=1000 PHASE_SECS=8 ROUNDS=2 load_tests/bench.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$(pwd)
@@ -50,6 +61,13 @@ ALLOC_AB=${ALLOC_AB:-1}
 PG_ADMIN_URL=${PG_ADMIN_URL:-postgres://postgres@127.0.0.1:5432/postgres}
 CLUSTER=${CLUSTER:-1}
 LAG_WRITES=${LAG_WRITES:-50}
+WINDOW=${WINDOW:-0}
+BASELINE=${BASELINE-e35b86c}
+WINDOW_WRITES=${WINDOW_WRITES:-500}
+LINGER_MS=${LINGER_MS:-5}
+INVALIDATOR_NICE=${INVALIDATOR_NICE:--10}
+WINDOW_VARIANTS=${WINDOW_VARIANTS:-}
+if [ "$WINDOW" = 1 ]; then CLUSTER=0; fi
 
 log() { printf '[bench %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 
@@ -58,10 +76,25 @@ OUT=$(cd "$OUT" && pwd)
 rm -f "$OUT/perf-hit.data" "$OUT/perf-hit-dso.txt" "$OUT/perf-hit-symbols.txt"
 
 # ---- build -------------------------------------------------------------------------------
+target_dir=${CARGO_TARGET_DIR:-$repo/target}
+if [ "$WINDOW" = 1 ] && [ -n "$BASELINE" ]; then
+    # A target directory of its own, seeded with this one's dependencies: the two trees' crates
+    # have the same names and hashes, so sharing one would hand either tree the other's build.
+    log "building the baseline invalidator from $BASELINE ($(git rev-parse --short "$BASELINE"))"
+    case "$PROFILE" in dev) profile_dir=debug ;; *) profile_dir=$PROFILE ;; esac
+    rm -rf "$OUT/baseline/src" && mkdir -p "$OUT/baseline/src" "$OUT/baseline/target"
+    # -m: the sources get the current time, newer than any copied artifact of this tree's crates.
+    git archive "$BASELINE" | tar -x -m -C "$OUT/baseline/src"
+    if [ ! -d "$OUT/baseline/target/$profile_dir" ] && [ -d "$target_dir/$profile_dir" ]; then
+        cp -a "$target_dir/$profile_dir" "$OUT/baseline/target/"
+    fi
+    CARGO_TARGET_DIR="$OUT/baseline/target" cargo build --quiet --profile "$PROFILE" \
+        --manifest-path "$OUT/baseline/src/Cargo.toml" --bin openrisk-invalidator
+    cp "$OUT/baseline/target/$profile_dir/openrisk-invalidator" "$OUT/baseline/openrisk-invalidator"
+fi
 log "building ($PROFILE)"
 cargo build --quiet --profile "$PROFILE" \
     --bin openrisk-api --bin openrisk-invalidator --bin ceiling --bin openrisk-bench --bin openrisk-test-cluster
-target_dir=${CARGO_TARGET_DIR:-$repo/target}
 case "$PROFILE" in
     dev) bin="$target_dir/debug" ;;
     *) bin="$target_dir/$PROFILE" ;;
@@ -206,6 +239,43 @@ if [ "$CLUSTER" = 1 ]; then
         --cluster-tokens "$OUT/tokens-cluster.txt" --cluster-invalidator-metrics "127.0.0.1:$cluster_invalidator_port"
         --cluster-ack0-database-url "$ack0_db_url" --cluster-ack0-invalidator-metrics "127.0.0.1:$ack0_invalidator_port"
         --lag-writes "$LAG_WRITES")
+fi
+
+# ---- the window under load alone ------------------------------------------------------------------
+if [ "$WINDOW" = 1 ]; then
+    log "API with the cache on 127.0.0.1:$cached_port; invalidators started by openrisk-bench --window"
+    DATABASE_URL="$db_url?application_name=api-cached" API_ADDR="127.0.0.1:$cached_port" \
+        METRICS_ADDR="127.0.0.1:$cached_metrics_port" \
+        "$bin/openrisk-api" serve >"$OUT/logs/api-cached.log" 2>&1 &
+    api_pid=$!
+    pids+=("$api_pid")
+    wait_http "http://127.0.0.1:$cached_port/healthz" api-cached
+    variants=()
+    if [ -n "$BASELINE" ]; then variants+=(--invalidator-variant "baseline ($BASELINE)=$OUT/baseline/openrisk-invalidator"); fi
+    variants+=(--invalidator-variant "this tree=$bin/openrisk-invalidator,linger=0")
+    variants+=(--invalidator-variant "this tree, linger $LINGER_MS ms=$bin/openrisk-invalidator,linger=$LINGER_MS")
+    variants+=(--invalidator-variant "this tree, nice $INVALIDATOR_NICE=$bin/openrisk-invalidator,linger=0,nice=$INVALIDATOR_NICE")
+    for extra in $WINDOW_VARIANTS; do variants+=(--invalidator-variant "$extra"); done
+    {
+        echo "date: $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
+        echo "commit: $(git rev-parse --short HEAD)$(git diff --quiet HEAD || echo ' (with uncommitted changes)'); baseline: ${BASELINE:-none} $(if [ -n "$BASELINE" ]; then git rev-parse --short "$BASELINE"; fi)"
+        echo "nproc: $(nproc); cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
+        echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
+        echo "knobs: WINDOW=1 TENANTS=$TENANTS RISKS=$RISKS PHASE_SECS=$PHASE_SECS ROUNDS=$ROUNDS CONNECTIONS=$CONNECTIONS WINDOW_WRITES=$WINDOW_WRITES LINGER_MS=$LINGER_MS INVALIDATOR_NICE=$INVALIDATOR_NICE; data set: $counts"
+    } >"$OUT/machine.txt"
+    cat "$OUT/machine.txt" >&2
+    status=0
+    # --uncached, --ceiling and the pids other than the API's are not used with --window.
+    "$bin/openrisk-bench" --window "${variants[@]}" --window-writes "$WINDOW_WRITES" \
+        --cached "127.0.0.1:$cached_port" --uncached "127.0.0.1:$cached_port" --ceiling "127.0.0.1:$cached_port" \
+        --invalidator-metrics "127.0.0.1:$invalidator_port" --cached-metrics "127.0.0.1:$cached_metrics_port" \
+        --database-url "$db_url" --redis-url "$REDIS_URL" --tokens "$OUT/tokens.txt" \
+        --api-pid "$api_pid" --uncached-pid 0 --invalidator-pid 0 \
+        --phase-secs "$PHASE_SECS" --rounds "$ROUNDS" --connections "$CONNECTIONS" --hot "$HOT" \
+        --fresh-risks "$FRESH_RISKS" --key-prefix "$OPENRISK_CACHE__KEY_PREFIX" --out "$OUT" 2>&1 | tee "$OUT/window.log" || status=$?
+    echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)" >>"$OUT/machine.txt"
+    cat "$OUT/machine.txt" >&2
+    exit "$status"
 fi
 
 # ---- the processes under test ------------------------------------------------------------------

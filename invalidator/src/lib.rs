@@ -14,16 +14,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use openrisk_shared::Settings;
+use openrisk_shared::config::WakeMode;
 use openrisk_shared::redis_cluster::ClusterWatch;
 use openrisk_shared::redis_connection::{RedisUrlError, Timeouts};
 use poem::listener::{Acceptor, Listener as _, TcpListener};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use listener::Wakeups;
 pub use metrics::Metrics;
 pub use worker::{Status, Worker};
 
-/// A running replica: the worker, the backlog sampler and the HTTP endpoints.
+/// A running replica: the worker, its LISTEN task (in listen mode), the backlog sampler and the
+/// HTTP endpoints.
 pub struct Running {
     pub metrics_addr: SocketAddr,
     pub metrics: Metrics,
@@ -75,10 +78,14 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
         status.clone(),
         shutdown.clone(),
     ));
-    let worker = Worker::new(settings.clone(), metrics.clone(), status.clone())?;
+    let mut tasks = vec![sampler_task, server_task];
+    let wakeups = (settings.invalidator.mode == WakeMode::Listen).then(|| Arc::new(Wakeups::default()));
+    if let Some(wakeups) = &wakeups {
+        tasks.push(tokio::spawn(listener::run(wakeups.clone(), settings.clone(), metrics.clone(), shutdown.clone())));
+    }
+    let worker = Worker::new(settings.clone(), metrics.clone(), status.clone(), wakeups)?;
     let worker_shutdown = shutdown.clone();
-    let worker_task = tokio::spawn(async move { worker.run(worker_shutdown).await });
-    let mut tasks = vec![worker_task, sampler_task, server_task];
+    tasks.push(tokio::spawn(async move { worker.run(worker_shutdown).await }));
     let redis = settings.redis_target()?;
     if redis.is_cluster() {
         let watch_connection = redis.connect_lazily(Timeouts::all(CLUSTER_WATCH_INTERVAL), CLUSTER_WATCH_INTERVAL)?;

@@ -1,73 +1,77 @@
-//! The wake-up connection: LISTENs on the outbox channel and, on the park leader, holds the park
-//! lock while the replica is idle so that writers notify (see migrations/sql/0002_cache_outbox.sql).
+//! The wake-up task: a LISTEN connection of its own, kept up with its own backoff, that wakes the
+//! worker through a [`Notify`] and lends its session to the worker for the park lock (see
+//! migrations/sql/0002_cache_outbox.sql and docs/architecture.md).
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt;
+use backon::Retryable;
+use futures::{FutureExt, StreamExt};
+use openrisk_shared::Settings;
 use openrisk_shared::config::PostgresLink;
 use openrisk_shared::{advisory_locks, outbox};
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{AsyncMessage, Client, NoTls};
+use tokio_util::sync::CancellationToken;
 
-/// A LISTEN connection of its own (it must be a direct or session-mode connection: PgBouncer in
-/// transaction mode drops LISTEN).
-pub struct Listener {
-    client: Client,
-    wakeups: mpsc::Receiver<()>,
-    leader: bool,
+use crate::metrics::{Metrics, RECONNECT_LISTENER};
+
+/// What the LISTEN task shares with the worker: a wake-up per notification (and per
+/// reconnection, since notifications sent while it was down are lost), and the current session.
+#[derive(Default)]
+pub struct Wakeups {
+    notify: Notify,
+    session: Mutex<Option<Arc<Session>>>,
 }
 
-impl Listener {
-    /// Connects, LISTENs on the channel the migrations define, and bounds how long parking may
-    /// wait for in-flight writers (`park_wait`).
-    pub async fn connect(
-        database_url: &str,
-        link: &PostgresLink,
-        park_wait: Duration,
-    ) -> Result<Self, tokio_postgres::Error> {
-        let config = openrisk_shared::db::config(database_url, "openrisk-invalidator-listener", link)?;
-        let (client, mut connection) = config.connect(NoTls).await?;
-        // Capacity 1: wake-ups coalesce; a closed channel means the connection is gone.
-        let (sender, wakeups) = mpsc::channel(1);
-        tokio::spawn(async move {
-            let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
-            while let Some(message) = messages.next().await {
-                match message {
-                    Ok(AsyncMessage::Notification(_)) => {
-                        let _ = sender.try_send(());
-                    }
-                    Ok(_) => {}
-                    Err(error) => {
-                        tracing::warn!(%error, "listener connection lost");
-                        break;
-                    }
-                }
-            }
-        });
-        let channel: String = client.query_one(outbox::NOTIFY_CHANNEL, &[]).await?.get(0);
-        let quoted = format!("\"{}\"", channel.replace('"', "\"\""));
-        client.batch_execute(&format!("LISTEN {quoted}")).await?;
-        client.batch_execute(&format!("SET lock_timeout = {}", park_wait.as_millis().max(1))).await?;
-        Ok(Self { client, wakeups, leader: false })
+impl Wakeups {
+    /// The LISTEN session, while one is up.
+    pub fn session(&self) -> Option<Arc<Session>> {
+        self.session.lock().expect("session lock poisoned").clone().filter(|session| !session.is_closed())
     }
 
-    /// True once the connection (or its driver task) has gone away.
+    /// Forgets a wake-up that arrived while the worker was busy anyway.
+    pub fn forget(&self) {
+        let _ = self.notify.notified().now_or_never();
+    }
+
+    /// Resolves at the next wake-up (at once if one arrived since the last [`Self::forget`]).
+    pub async fn notified(&self) {
+        self.notify.notified().await;
+    }
+
+    fn publish(&self, session: Option<Arc<Session>>) {
+        *self.session.lock().expect("session lock poisoned") = session;
+    }
+}
+
+/// A LISTEN session (a direct or session-mode connection: PgBouncer in transaction mode drops
+/// LISTEN and session locks). The worker takes the park lock on it.
+pub struct Session {
+    client: Client,
+    leader: AtomicBool,
+}
+
+impl Session {
+    /// True once the connection has gone away.
     pub fn is_closed(&self) -> bool {
-        self.client.is_closed() || self.wakeups.is_closed()
+        self.client.is_closed()
     }
 
     /// Becomes the park leader if no other replica is; returns whether this one is.
-    pub async fn try_lead(&mut self) -> Result<bool, tokio_postgres::Error> {
-        if !self.leader {
-            self.leader = self.client.query_one(outbox::TRY_LEAD, &[&advisory_locks::PARK_LEADER]).await?.get(0);
+    pub async fn try_lead(&self) -> Result<bool, tokio_postgres::Error> {
+        if !self.leader.load(Ordering::Relaxed) {
+            let leader: bool = self.client.query_one(outbox::TRY_LEAD, &[&advisory_locks::PARK_LEADER]).await?.get(0);
+            self.leader.store(leader, Ordering::Relaxed);
         }
-        Ok(self.leader)
+        Ok(self.leader.load(Ordering::Relaxed))
     }
 
     /// Takes the park lock exclusively, waiting for writers that saw nobody parked to commit.
     /// Returns false (not parked) when that takes longer than the park wait.
-    pub async fn park(&mut self) -> Result<bool, tokio_postgres::Error> {
+    pub async fn park(&self) -> Result<bool, tokio_postgres::Error> {
         match self.client.batch_execute(outbox::PARK).await {
             Ok(()) => Ok(true),
             Err(error) if error.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) => Ok(false),
@@ -76,17 +80,90 @@ impl Listener {
     }
 
     /// Releases the park lock: writers stop notifying.
-    pub async fn unpark(&mut self) -> Result<(), tokio_postgres::Error> {
+    pub async fn unpark(&self) -> Result<(), tokio_postgres::Error> {
         self.client.batch_execute(outbox::UNPARK).await
     }
+}
 
-    /// Waits for the next wake-up; returns false when the connection closed instead.
-    pub async fn wait(&mut self) -> bool {
-        self.wakeups.recv().await.is_some()
+/// Keeps a LISTEN session up until shutdown: connects (retrying with jittered exponential
+/// backoff), publishes the session, wakes the worker on every notification, and starts over
+/// when the connection fails (a kill, or a silent peer caught by the keepalives).
+pub async fn run(wakeups: Arc<Wakeups>, settings: Arc<Settings>, metrics: Metrics, shutdown: CancellationToken) {
+    let link = settings.database.link();
+    let park_wait = Duration::from_millis(settings.invalidator.poll_interval_ms);
+    let mut was_up = false;
+    loop {
+        let connect = || listen(&settings.database_url, &link, park_wait);
+        let connected = connect
+            .retry(crate::worker::reconnect_backoff())
+            .notify(|error, delay| tracing::warn!(%error, ?delay, "LISTEN connection unavailable; the poll covers"));
+        let Ok((session, connection)) = (tokio::select! {
+            connected = connected => connected,
+            () = shutdown.cancelled() => return,
+        }) else {
+            continue;
+        };
+        if std::mem::replace(&mut was_up, true) {
+            metrics.reconnects.with_label_values(&[RECONNECT_LISTENER]).inc();
+        }
+        wakeups.publish(Some(Arc::new(session)));
+        metrics.listener_connected.set(1);
+        // Anything notified while no session was up is lost: have the worker look.
+        wakeups.notify.notify_one();
+        let stopped = tokio::select! {
+            () = relay(connection, &wakeups) => false,
+            () = shutdown.cancelled() => true,
+        };
+        wakeups.publish(None);
+        metrics.listener_connected.set(0);
+        if stopped {
+            return;
+        }
     }
+}
 
-    /// Forgets wake-ups that arrived while the replica was busy anyway.
-    pub fn clear(&mut self) {
-        while self.wakeups.try_recv().is_ok() {}
+/// Drives the session's connection, waking the worker on each notification, until it fails.
+async fn relay(mut connection: Connection, wakeups: &Wakeups) {
+    let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+    while let Some(message) = messages.next().await {
+        match message {
+            Ok(AsyncMessage::Notification(_)) => wakeups.notify.notify_one(),
+            Ok(_) => {}
+            Err(error) => {
+                tracing::warn!(%error, "LISTEN connection lost");
+                return;
+            }
+        }
     }
+}
+
+/// The connection of a session: driving it yields its notifications.
+type Connection = tokio_postgres::Connection<tokio_postgres::Socket, tokio_postgres::tls::NoTlsStream>;
+
+/// Connects, LISTENs on the channel the migrations define, and bounds how long parking may wait
+/// for in-flight writers (`park_wait`). The connection is driven here until the session is set
+/// up, then handed back with it.
+async fn listen(
+    database_url: &str,
+    link: &PostgresLink,
+    park_wait: Duration,
+) -> Result<(Session, Connection), tokio_postgres::Error> {
+    let config = openrisk_shared::db::config(database_url, "openrisk-invalidator-listener", link)?;
+    let (client, mut connection) = config.connect(NoTls).await?;
+    let set_up = async {
+        let channel: String = client.query_one(outbox::NOTIFY_CHANNEL, &[]).await?.get(0);
+        let quoted = format!("\"{}\"", channel.replace('"', "\"\""));
+        client.batch_execute(&format!("LISTEN {quoted}")).await?;
+        client.batch_execute(&format!("SET lock_timeout = {}", park_wait.as_millis().max(1))).await
+    };
+    let drive = futures::stream::poll_fn(|cx| connection.poll_message(cx)).for_each(|_| async {});
+    tokio::select! {
+        set_up = set_up => set_up?,
+        () = drive => {}
+    }
+    if client.is_closed() {
+        // The connection ended during the set-up: report it as the set-up's error would be.
+        client.batch_execute("").await?;
+    }
+    Ok((Session { client, leader: AtomicBool::new(false) }, connection))
 }

@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use openrisk_shared::db::Lsn;
 use openrisk_shared::event::{InvalidationEvent, OutboxRow, PoisonReason};
 use openrisk_shared::outbox;
-use tokio_postgres::{Client, Transaction};
+use tokio_postgres::{Client, Statement, Transaction};
 
 /// A claimed batch, split into applicable events and poison rows.
 #[derive(Debug, Default)]
@@ -66,9 +66,19 @@ pub struct PoisonRow {
     pub reason: PoisonReason,
 }
 
-/// Claims up to `limit` events inside `transaction` (they stay claimed until it ends).
-pub async fn claim(transaction: &Transaction<'_>, limit: u32) -> Result<Batch, tokio_postgres::Error> {
-    let rows = transaction.query(outbox::CLAIM, &[&i64::from(limit)]).await?;
+/// Prepares the claim on `client`, for [`claim`].
+pub async fn prepare_claim(client: &Client) -> Result<Statement, tokio_postgres::Error> {
+    client.prepare(outbox::CLAIM).await
+}
+
+/// Claims up to `limit` events inside `transaction` (they stay claimed until it ends) with the
+/// statement [`prepare_claim`] prepared on its connection.
+pub async fn claim(
+    transaction: &Transaction<'_>,
+    statement: &Statement,
+    limit: u32,
+) -> Result<Batch, tokio_postgres::Error> {
+    let rows = transaction.query(statement, &[&i64::from(limit)]).await?;
     let mut batch = Batch::default();
     for row in rows {
         let outbox_row = OutboxRow {

@@ -1,30 +1,35 @@
-//! One replica's main loop: drain the outbox batch after batch, park and wait when it is empty,
-//! reconnect forever with jittered exponential backoff when Postgres or Redis goes away.
+//! One replica's main loop: drain the outbox batch after batch, linger, park and wait for the
+//! LISTEN task's wake-up when it is empty, and replace a failed Postgres or Redis connection with
+//! jittered exponential backoff.
 
 use std::collections::{BTreeSet, HashMap};
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use backon::{BackoffBuilder, ExponentialBuilder};
-use openrisk_shared::config::{Settings, WakeMode};
+use backon::{BackoffBuilder, ExponentialBuilder, Retryable};
+use openrisk_shared::config::Settings;
 use openrisk_shared::db::Lsn;
 use openrisk_shared::keys::{Keyspace, Tag};
 use openrisk_shared::protocol::{self, InvalidateError, Reclaimable, ReplicaAck};
 use openrisk_shared::redis_connection::{RedisConnection, RedisTarget, Timeouts};
-use tokio_postgres::Client;
+use tokio_postgres::{Client, Statement};
 use tokio_util::sync::CancellationToken;
 use tracing::field::Empty;
 use uuid::Uuid;
 
 use openrisk_shared::redis_connection::RedisUrlError;
 
-use crate::listener::Listener;
-use crate::metrics::{Metrics, RECONNECT_LISTENER};
+use crate::listener::{Session, Wakeups};
+use crate::metrics::Metrics;
 use crate::outbox::{self, Batch, ClaimedEvent};
 
 /// Tags sent to Redis in one script call.
 const TAGS_PER_CALL: usize = 512;
+
+/// Pause between two looks at the outbox while lingering.
+const LINGER_STEP: Duration = Duration::from_millis(1);
 
 /// What /readyz reports on: connections up and the outbox caught up.
 #[derive(Debug, Default)]
@@ -71,18 +76,36 @@ pub struct Worker {
     keyspace: Keyspace,
     metrics: Metrics,
     status: Arc<Status>,
-    /// Whether a LISTEN connection was ever up, so later connects count as reconnects.
-    listener_was_up: Arc<AtomicBool>,
+    /// Wake-ups and the park session from the LISTEN task; `None` in poll mode.
+    wakeups: Option<Arc<Wakeups>>,
 }
 
-fn reconnect_backoff() -> impl Iterator<Item = Duration> {
+/// The replica's outbox connection and Redis connection; each is replaced when it fails.
+struct Links {
+    outbox: Client,
+    /// The claim, prepared once per outbox connection (a round trip less per batch).
+    claim: Statement,
+    redis: RedisConnection,
+}
+
+/// A batch that failed, and whether batches succeeded since the previous failure (which
+/// resets the backoff).
+struct Failure {
+    error: BatchError,
+    progressed: bool,
+}
+
+/// Jittered exponential backoff, 50 ms to 5 s, without end: for reconnecting and for retrying a
+/// batch that failed.
+pub(crate) fn reconnect_backoff() -> ExponentialBuilder {
     ExponentialBuilder::new()
         .with_jitter()
         .with_min_delay(Duration::from_millis(50))
-        .with_max_delay(Duration::from_secs(5))
+        .with_max_delay(MAX_BACKOFF)
         .without_max_times()
-        .build()
 }
+
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// Sleeps for `delay` unless shutdown comes first; returns false on shutdown.
 async fn pause(delay: Duration, shutdown: &CancellationToken) -> bool {
@@ -92,114 +115,126 @@ async fn pause(delay: Duration, shutdown: &CancellationToken) -> bool {
     }
 }
 
+/// Runs `connect` until it succeeds, with [`reconnect_backoff`]; `None` on shutdown.
+async fn retrying<T, E, F, Fut>(what: &str, connect: F, shutdown: &CancellationToken) -> Option<T>
+where
+    E: std::fmt::Display,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    let retried = connect
+        .retry(reconnect_backoff())
+        .notify(|error, delay| tracing::warn!(%error, ?delay, "cannot reach {what}; retrying"));
+    tokio::select! {
+        connected = retried => connected.ok(),
+        () = shutdown.cancelled() => None,
+    }
+}
+
 impl Worker {
-    /// A replica for `settings`, whose Redis URL was validated when they were loaded.
-    pub fn new(settings: Arc<Settings>, metrics: Metrics, status: Arc<Status>) -> Result<Self, RedisUrlError> {
+    /// A replica for `settings`, whose Redis URL was validated when they were loaded; `wakeups`
+    /// comes from the replica's LISTEN task (none in poll mode).
+    pub fn new(
+        settings: Arc<Settings>,
+        metrics: Metrics,
+        status: Arc<Status>,
+        wakeups: Option<Arc<Wakeups>>,
+    ) -> Result<Self, RedisUrlError> {
         let keyspace = Keyspace::new(settings.cache.key_prefix.clone());
         let redis = settings.redis_target()?;
         let replica_ack = settings.replica_ack();
-        Ok(Self { settings, redis, replica_ack, keyspace, metrics, status, listener_was_up: Arc::default() })
+        Ok(Self { settings, redis, replica_ack, keyspace, metrics, status, wakeups })
     }
 
-    /// Runs until `shutdown` is cancelled; a batch in hand is finished (or, if it cannot be,
+    /// Runs until `shutdown` is cancelled: drains the outbox, and after a failure backs off and
+    /// replaces the connection that failed. A batch in hand is finished (or, if it cannot be,
     /// released by rolling back) before returning.
     pub async fn run(&self, shutdown: CancellationToken) {
-        let mut outbox: Option<Client> = None;
-        let mut redis: Option<RedisConnection> = None;
-        let mut listener: Option<Listener> = None;
-        let mut backoff = reconnect_backoff();
-        let (mut postgres_was_up, mut redis_was_up) = (false, false);
-        while !shutdown.is_cancelled() {
-            if outbox.as_ref().is_none_or(Client::is_closed) {
-                self.status.postgres_connected.store(false, Ordering::Relaxed);
-                match openrisk_shared::db::connect(
-                    &self.settings.database_url,
-                    "openrisk-invalidator",
-                    &self.settings.database.link(),
-                )
-                .await
-                {
-                    Ok(client) => {
-                        outbox = Some(client);
-                        self.status.postgres_connected.store(true, Ordering::Relaxed);
-                        self.count_reconnect("postgres", &mut postgres_was_up);
-                    }
-                    Err(error) => {
-                        tracing::warn!(%error, "cannot reach Postgres; retrying");
-                        if !pause(backoff.next().unwrap_or(Duration::from_secs(5)), &shutdown).await {
-                            break;
-                        }
-                        continue;
-                    }
-                }
+        let Some(mut links) = self.connect(&shutdown).await else { return };
+        let mut backoff = reconnect_backoff().build();
+        while let Err(failure) = self.drain(&mut links, &shutdown).await {
+            if failure.progressed {
+                backoff = reconnect_backoff().build();
             }
-            if redis.is_none() {
-                match self.connect_redis().await {
-                    Ok(connection) => {
-                        redis = Some(connection);
-                        self.status.redis_connected.store(true, Ordering::Relaxed);
-                        self.count_reconnect("redis", &mut redis_was_up);
-                    }
-                    Err(error) => {
-                        self.status.redis_connected.store(false, Ordering::Relaxed);
-                        tracing::warn!(%error, "cannot reach Redis; retrying");
-                        if !pause(backoff.next().unwrap_or(Duration::from_secs(5)), &shutdown).await {
-                            break;
-                        }
-                        continue;
-                    }
-                }
-            }
-            let (Some(client), Some(connection)) = (outbox.as_mut(), redis.as_mut()) else { continue };
-            match self.process_batch(client, connection).await {
-                Ok(0) => {}
-                Ok(_) => {
-                    backoff = reconnect_backoff();
-                    continue;
-                }
-                Err(error) => {
-                    self.on_batch_error(&error, &mut outbox, &mut redis);
-                    if !pause(backoff.next().unwrap_or(Duration::from_secs(5)), &shutdown).await {
-                        break;
-                    }
-                    continue;
-                }
-            }
-            backoff = reconnect_backoff();
-            if let Err(error) = self.idle(&mut listener, &mut outbox, &mut redis, &shutdown).await {
-                self.on_batch_error(&error, &mut outbox, &mut redis);
+            self.count_error(&failure.error);
+            let delay = backoff.next().unwrap_or(MAX_BACKOFF);
+            if !(pause(delay, &shutdown).await && self.repair(&mut links, &failure.error, &shutdown).await) {
+                break;
             }
         }
         self.metrics.parked.set(0);
-        self.metrics.listener_connected.set(0);
     }
 
-    fn count_reconnect(&self, target: &str, was_up: &mut bool) {
-        if *was_up {
-            self.metrics.reconnects.with_label_values(&[target]).inc();
-            tracing::info!(connection = target, "reconnected");
+    /// Applies batch after batch, idling whenever the outbox is empty, until shutdown or a
+    /// failure.
+    async fn drain(&self, links: &mut Links, shutdown: &CancellationToken) -> Result<(), Failure> {
+        let mut progressed = false;
+        while !shutdown.is_cancelled() {
+            let step = match self.process_batch(links).await {
+                Ok(0) => self.idle(links, shutdown).await,
+                Ok(_) => Ok(()),
+                Err(error) => Err(error),
+            };
+            match step {
+                Ok(()) => progressed = true,
+                Err(error) => return Err(Failure { error, progressed }),
+            }
         }
-        *was_up = true;
+        Ok(())
     }
 
-    fn on_batch_error(&self, error: &BatchError, outbox: &mut Option<Client>, redis: &mut Option<RedisConnection>) {
-        tracing::warn!(%error, "batch failed; its events stay in the outbox");
+    async fn connect(&self, shutdown: &CancellationToken) -> Option<Links> {
+        let (outbox, claim) = retrying("Postgres", || self.connect_outbox(), shutdown).await?;
+        self.status.postgres_connected.store(true, Ordering::Relaxed);
+        let redis = retrying("Redis", || self.connect_redis(), shutdown).await?;
+        self.status.redis_connected.store(true, Ordering::Relaxed);
+        Some(Links { outbox, claim, redis })
+    }
+
+    /// Replaces the connection `error` came from; false on shutdown.
+    async fn repair(&self, links: &mut Links, error: &BatchError, shutdown: &CancellationToken) -> bool {
         match error {
-            BatchError::Postgres(_) => {
-                self.metrics.errors.with_label_values(&["postgres"]).inc();
-                if outbox.as_ref().is_some_and(Client::is_closed) {
-                    *outbox = None;
-                }
+            BatchError::Postgres(_) if links.outbox.is_closed() => {
+                self.status.postgres_connected.store(false, Ordering::Relaxed);
+                let Some((outbox, claim)) = retrying("Postgres", || self.connect_outbox(), shutdown).await else {
+                    return false;
+                };
+                (links.outbox, links.claim) = (outbox, claim);
+                self.status.postgres_connected.store(true, Ordering::Relaxed);
+                self.count_reconnect("postgres");
             }
             BatchError::Redis(_) => {
-                self.metrics.errors.with_label_values(&["redis"]).inc();
                 self.status.redis_connected.store(false, Ordering::Relaxed);
-                *redis = None;
+                let Some(redis) = retrying("Redis", || self.connect_redis(), shutdown).await else { return false };
+                links.redis = redis;
+                self.status.redis_connected.store(true, Ordering::Relaxed);
+                self.count_reconnect("redis");
             }
-            BatchError::NotReplicated(_) => {
-                self.metrics.errors.with_label_values(&["redis_replication"]).inc();
-            }
+            BatchError::Postgres(_) | BatchError::NotReplicated(_) => {}
         }
+        true
+    }
+
+    fn count_reconnect(&self, target: &str) {
+        self.metrics.reconnects.with_label_values(&[target]).inc();
+        tracing::info!(connection = target, "reconnected");
+    }
+
+    fn count_error(&self, error: &BatchError) {
+        tracing::warn!(%error, "batch failed; its events stay in the outbox");
+        let kind = match error {
+            BatchError::Postgres(_) => "postgres",
+            BatchError::Redis(_) => "redis",
+            BatchError::NotReplicated(_) => "redis_replication",
+        };
+        self.metrics.errors.with_label_values(&[kind]).inc();
+    }
+
+    async fn connect_outbox(&self) -> Result<(Client, Statement), tokio_postgres::Error> {
+        let link = self.settings.database.link();
+        let client = openrisk_shared::db::connect(&self.settings.database_url, "openrisk-invalidator", &link).await?;
+        let claim = outbox::prepare_claim(&client).await?;
+        Ok((client, claim))
     }
 
     async fn connect_redis(&self) -> redis::RedisResult<RedisConnection> {
@@ -216,9 +251,10 @@ impl Worker {
     /// Claims one batch, applies it to Redis, then acknowledges it. Returns how many events it
     /// handled (0: the outbox had nothing unclaimed).
     #[tracing::instrument(name = "batch", skip_all, fields(size = Empty, tenants = Empty, lag_ms = Empty))]
-    async fn process_batch(&self, client: &mut Client, redis: &mut RedisConnection) -> Result<usize, BatchError> {
-        let transaction = client.transaction().await?;
-        let batch = outbox::claim(&transaction, self.settings.invalidator.batch_size).await?;
+    async fn process_batch(&self, links: &mut Links) -> Result<usize, BatchError> {
+        let Links { outbox, claim, redis } = links;
+        let transaction = outbox.transaction().await?;
+        let batch = outbox::claim(&transaction, claim, self.settings.invalidator.batch_size).await?;
         if batch.is_empty() {
             return Ok(0);
         }
@@ -311,83 +347,83 @@ impl Worker {
         Ok((distinct as u64, reclaimable))
     }
 
-    /// The outbox is empty: park (if this replica leads) and wait for a wake-up, the poll
-    /// interval or shutdown.
-    async fn idle(
-        &self,
-        listener: &mut Option<Listener>,
-        outbox: &mut Option<Client>,
-        redis: &mut Option<RedisConnection>,
-        shutdown: &CancellationToken,
-    ) -> Result<(), BatchError> {
-        let poll = Duration::from_millis(self.settings.invalidator.poll_interval_ms);
-        if self.settings.invalidator.mode == WakeMode::Poll {
-            pause(poll, shutdown).await;
+    /// The outbox is empty: linger, then park (if this replica leads the park) and wait for a
+    /// wake-up, the poll interval or shutdown; the batch that woke a parked replica is applied
+    /// before it unparks.
+    async fn idle(&self, links: &mut Links, shutdown: &CancellationToken) -> Result<(), BatchError> {
+        if self.linger(links, shutdown).await? {
             return Ok(());
         }
-        if listener.as_ref().is_some_and(Listener::is_closed) {
-            *listener = None;
-            self.metrics.listener_connected.set(0);
-            self.metrics.parked.set(0);
-        }
-        if listener.is_none() {
-            match Listener::connect(&self.settings.database_url, &self.settings.database.link(), poll).await {
-                Ok(connected) => {
-                    if self.listener_was_up.swap(true, Ordering::Relaxed) {
-                        self.metrics.reconnects.with_label_values(&[RECONNECT_LISTENER]).inc();
-                    }
-                    *listener = Some(connected);
-                    self.metrics.listener_connected.set(1);
-                }
-                Err(error) => {
-                    tracing::warn!(%error, "LISTEN connection unavailable; polling");
-                    pause(poll, shutdown).await;
-                    return Ok(());
-                }
-            }
-        }
-        let Some(wake) = listener.as_mut() else { return Ok(()) };
-        let result = self.park_and_wait(wake, outbox, redis, poll, shutdown).await;
-        if result.is_err() || wake.is_closed() {
-            *listener = None;
-            self.metrics.listener_connected.set(0);
-            self.metrics.parked.set(0);
-        }
-        result
-    }
-
-    async fn park_and_wait(
-        &self,
-        wake: &mut Listener,
-        outbox: &mut Option<Client>,
-        redis: &mut Option<RedisConnection>,
-        poll: Duration,
-        shutdown: &CancellationToken,
-    ) -> Result<(), BatchError> {
-        wake.clear();
-        let parked = wake.try_lead().await? && wake.park().await?;
-        if parked {
-            self.metrics.parked.set(1);
+        let poll = Duration::from_millis(self.settings.invalidator.poll_interval_ms);
+        let Some(wakeups) = &self.wakeups else {
+            pause(poll, shutdown).await;
+            return Ok(());
+        };
+        wakeups.forget();
+        let parked = match wakeups.session() {
+            Some(session) if self.park(&session).await => Some(session),
+            _ => None,
+        };
+        if let Some(session) = &parked {
             // Writers that saw nobody parked have committed by now (the park lock waited for
             // them): look once more before sleeping, so none of their events waits for a poll.
-            if let (Some(client), Some(connection)) = (outbox.as_mut(), redis.as_mut()) {
-                let handled = self.process_batch(client, connection).await;
-                if !matches!(handled, Ok(0)) {
-                    wake.unpark().await?;
-                    self.metrics.parked.set(0);
-                    return handled.map(drop);
-                }
+            let found = self.process_batch(links).await;
+            if !matches!(found, Ok(0)) {
+                self.unpark(session).await;
+                return found.map(drop);
             }
         }
         tokio::select! {
-            _ = wake.wait() => {}
+            () = wakeups.notified() => {}
             () = tokio::time::sleep(poll) => {}
             () = shutdown.cancelled() => {}
         }
-        if parked {
-            wake.unpark().await?;
-            self.metrics.parked.set(0);
+        let Some(session) = &parked else { return Ok(()) };
+        // Writers notify while the replica stays parked, so applying the first batch before
+        // unparking keeps the unpark's round trip out of the wake-up's lag.
+        let woken_by = if shutdown.is_cancelled() { Ok(0) } else { self.process_batch(links).await };
+        self.unpark(session).await;
+        woken_by.map(drop)
+    }
+
+    /// Looks at the outbox every [`LINGER_STEP`] for `invalidator.linger_ms` before parking, so
+    /// that a steady stream of writes is picked up without a NOTIFY and a wake-up. Returns
+    /// whether it found events (and applied them) or shutdown came.
+    async fn linger(&self, links: &mut Links, shutdown: &CancellationToken) -> Result<bool, BatchError> {
+        let until = Instant::now() + Duration::from_millis(self.settings.invalidator.linger_ms);
+        while Instant::now() < until {
+            if !pause(LINGER_STEP, shutdown).await {
+                return Ok(true);
+            }
+            if self.process_batch(links).await? > 0 {
+                return Ok(true);
+            }
         }
-        Ok(())
+        Ok(false)
+    }
+
+    /// Takes the park lock if this replica leads the park. A failing session only costs the
+    /// park: the LISTEN task replaces it.
+    async fn park(&self, session: &Session) -> bool {
+        match async { Ok::<_, tokio_postgres::Error>(session.try_lead().await? && session.park().await?) }.await {
+            Ok(parked) => {
+                self.metrics.parked.set(i64::from(parked));
+                parked
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot park on the LISTEN session; polling");
+                false
+            }
+        }
+    }
+
+    async fn unpark(&self, session: &Session) {
+        // A closed session released the lock with it (at shutdown, or lost).
+        if let Err(error) = session.unpark().await
+            && !session.is_closed()
+        {
+            tracing::warn!(%error, "cannot unpark on the LISTEN session; it is replaced");
+        }
+        self.metrics.parked.set(0);
     }
 }

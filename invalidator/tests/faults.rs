@@ -1,5 +1,5 @@
 //! The invalidator under faults and competition: replicas racing for one outbox, a killed
-//! LISTEN connection, Postgres and Redis restarts, a replica SIGKILLed mid-batch. After each,
+//! LISTEN connection (with or without the worker's), Postgres and Redis restarts, a replica SIGKILLed mid-batch. After each,
 //! every event is applied exactly where it matters and the outbox drains.
 
 mod common;
@@ -7,7 +7,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{Harness, connect_redis, eventually};
+use common::{Harness, connect_redis, eventually, wait_until_parked};
 use openrisk_shared::config::WakeMode;
 use openrisk_test_support::{PrivatePostgres, PrivateRedis, RedisNamespace, TestDatabase};
 
@@ -67,6 +67,7 @@ async fn a_claim_takes_at_most_its_limit_whatever_the_plan() {
     let rows = h.outbox_len().await;
     let oldest: i64 = h.sql.query_one("SELECT min(id) FROM cache_outbox", &[]).await.unwrap().get(0);
     let mut client = openrisk_shared::db::connect(&h.db.url, "claim-test", &Default::default()).await.unwrap();
+    let claim = openrisk_invalidator::outbox::prepare_claim(&client).await.unwrap();
     let transaction = client.transaction().await.unwrap();
     transaction
         .batch_execute(
@@ -75,7 +76,7 @@ async fn a_claim_takes_at_most_its_limit_whatever_the_plan() {
         )
         .await
         .unwrap();
-    let batch = openrisk_invalidator::outbox::claim(&transaction, 100).await.unwrap();
+    let batch = openrisk_invalidator::outbox::claim(&transaction, &claim, 100).await.unwrap();
     assert_eq!(batch.len(), 100);
     let ids: Vec<i64> = batch.events.iter().map(|claimed| claimed.event.id).collect();
     assert_eq!(ids, (oldest..oldest + 100).collect::<Vec<_>>());
@@ -120,6 +121,60 @@ async fn a_killed_listener_connection_is_replaced_and_nothing_is_lost() {
     assert!(running.metrics.reconnects.with_label_values(&["postgres"]).get() >= 1);
     let listener_target = openrisk_invalidator::metrics::RECONNECT_LISTENER;
     assert!(running.metrics.reconnects.with_label_values(&[listener_target]).get() >= 1);
+    assert!(running.shutdown(WAIT).await);
+}
+
+#[tokio::test]
+async fn the_listen_task_replaces_its_killed_connection_alone_and_the_new_one_wakes_the_parked_worker() {
+    let mut h = Harness::new().await;
+    let mut settings = h.settings();
+    // Longer than WAIT: only a notification can get the write below applied in time.
+    settings.invalidator.poll_interval_ms = 120_000;
+    let running = h.start(settings).await;
+    wait_until_parked(&running, WAIT).await;
+    let killed: i32 = h
+        .sql
+        .query_one(
+            "SELECT pg_terminate_backend(pid)::int * pid FROM pg_stat_activity
+             WHERE application_name = 'openrisk-invalidator-listener' AND datname = current_database()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(killed > 0, "one LISTEN backend terminated");
+    let (harness, metrics) = (&h, &running.metrics);
+    let listener_target = openrisk_invalidator::metrics::RECONNECT_LISTENER;
+    eventually("a new LISTEN session, parked on again", WAIT, || async move {
+        let pids: Vec<i32> = harness
+            .sql
+            .query(
+                "SELECT pid FROM pg_stat_activity
+                 WHERE application_name = 'openrisk-invalidator-listener' AND datname = current_database()",
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        pids.len() == 1
+            && pids[0] != killed
+            && metrics.reconnects.with_label_values(&[listener_target]).get() >= 1
+            && metrics.parked.get() == 1
+    })
+    .await;
+
+    let tenant = h.tenant("a").await;
+    let key = h.cache(tenant, "list", &["risks".into()]).await;
+    h.risk(tenant, "notified on the new session").await;
+    h.drained(WAIT).await;
+    assert!(!h.is_cached(tenant, &key, &["risks".into()]).await);
+    assert_eq!(
+        running.metrics.reconnects.with_label_values(&["postgres"]).get(),
+        0,
+        "the worker's own outbox connection was never touched"
+    );
     assert!(running.shutdown(WAIT).await);
 }
 

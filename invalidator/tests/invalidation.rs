@@ -152,6 +152,29 @@ async fn a_parked_invalidator_is_woken_by_notify_not_by_polling() {
 }
 
 #[tokio::test]
+async fn a_lingering_replica_takes_new_events_without_parking() {
+    let mut h = Harness::new().await;
+    let mut settings = h.settings();
+    // Both longer than WAIT: only the lingering looks can get the write applied in time.
+    settings.invalidator.poll_interval_ms = 120_000;
+    settings.invalidator.linger_ms = 120_000;
+    let running = h.start(settings).await;
+    let connected = running.metrics.listener_connected.clone();
+    eventually("LISTEN session up", WAIT, || {
+        let connected = connected.clone();
+        async move { connected.get() == 1 }
+    })
+    .await;
+    let tenant = h.tenant("a").await;
+    let key = h.cache(tenant, "list", &["risks".into()]).await;
+    h.risk(tenant, "picked up while lingering").await;
+    h.drained(WAIT).await;
+    assert!(!h.is_cached(tenant, &key, &["risks".into()]).await);
+    assert_eq!(running.metrics.parked.get(), 0, "never parked, so writers never notified");
+    assert!(running.shutdown(WAIT).await);
+}
+
+#[tokio::test]
 async fn writers_notify_only_while_an_invalidator_is_parked() {
     let h = Harness::new().await;
     let tenant = h.tenant("a").await;

@@ -109,6 +109,9 @@ pub struct InvalidatorSettings {
     pub batch_size: u32,
     /// Longest wait between two looks at the outbox when no wake-up arrives.
     pub poll_interval_ms: u64,
+    /// How long an idle replica keeps looking at the outbox (every millisecond) before it parks,
+    /// so steady writers are picked up without a NOTIFY and a wake-up; 0 parks at once.
+    pub linger_ms: u64,
     /// How long a SIGTERM waits for the batch in hand before exiting.
     pub shutdown_timeout_ms: u64,
     /// Outbox age above which /readyz reports the replica as not caught up.
@@ -126,6 +129,7 @@ impl Default for InvalidatorSettings {
             mode: WakeMode::Listen,
             batch_size: 500,
             poll_interval_ms: 1000,
+            linger_ms: 0,
             shutdown_timeout_ms: 10_000,
             ready_max_lag_ms: 5_000,
             redis_replicas_ack: None,

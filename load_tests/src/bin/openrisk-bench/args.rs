@@ -119,6 +119,16 @@ pub struct Args {
     /// Also measure saturation with wrk (if installed), as an independent generator.
     #[arg(long)]
     pub wrk: bool,
+    /// Only the staleness window under load (`window.rs`): `--invalidator-variant` replaces
+    /// the invalidator `bench.sh` would start, and the other servers' flags are not used.
+    #[arg(long, requires = "invalidator_variant")]
+    pub window: bool,
+    /// An invalidator for `--window`: `label=path[,nice=N][,linger=MS]`; repeat to compare.
+    #[arg(long)]
+    pub invalidator_variant: Vec<crate::window::Variant>,
+    /// SQL writes per second on other risks during each `--window` phase.
+    #[arg(long, default_value_t = 500.0)]
+    pub window_writes: f64,
     #[arg(long)]
     pub out: PathBuf,
 }

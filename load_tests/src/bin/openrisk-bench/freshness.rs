@@ -11,9 +11,8 @@ use anyhow::bail;
 use bytes::Bytes;
 use hdrhistogram::Histogram;
 use hyper::Method;
-use openrisk_load_tests::bench::http::{Conn, Req, RunResult, Workload, open_loop};
+use openrisk_load_tests::bench::http::{Conn, Req, RunResult, Workload, closed_loop, new_histogram, open_loop};
 use openrisk_load_tests::bench::prom;
-use openrisk_load_tests::bench::zipf::{Sampler, zipf_weights};
 use openrisk_shared::CacheStatus;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -44,7 +43,8 @@ pub async fn run(
     );
     let invalidator_before = scrape(args.invalidator_metrics).await.unwrap_or_default();
     let sampler = ResourceSampler::start(args);
-    let freshness = measure(args, &data.pg, &data.risks, mix, phase * 2).await?;
+    let reads = Reads::Rate(mix, args.fresh_background_rate);
+    let freshness = measure(args, &data.pg, &data.risks, reads, args.background_writes, phase * 2).await?;
     let (fresh_resources, fresh_connections) = sampler.stop().await;
     let invalidator_after = scrape(args.invalidator_metrics).await.unwrap_or_default();
     let lag = prom::bucket_delta(
@@ -119,8 +119,10 @@ pub async fn run(
 }
 
 /// An empty histogram of milliseconds, recorded in microseconds.
+/// (Bounded up front: `saturating_record` never resizes, so an auto-resizing histogram created
+/// with `Histogram::new` clamped every value to its initial range of 2 µs.)
 fn ms_histogram() -> Histogram<u64> {
-    Histogram::new(3).expect("three significant digits is a valid precision")
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
 }
 
 fn record_ms(histogram: &mut Histogram<u64>, ms: f64) {
@@ -195,11 +197,28 @@ fn seq_of(body: &Bytes) -> Option<u64> {
     value.get("title")?.as_str()?.strip_prefix(FRESH_PREFIX)?.parse().ok()
 }
 
-async fn measure(
+/// The read load beside the freshness readers.
+pub enum Reads {
+    /// None: the cores are left to the writers, the invalidator and the polling readers.
+    Idle,
+    /// A workload at a fixed offered rate (open loop).
+    Rate(Arc<Workload>, f64),
+    /// A workload at saturation (closed loop over `--connections`).
+    Saturation(Arc<Workload>),
+}
+
+/// SQL connections sharing the background writes, so that their rate holds when the cores are
+/// busy.
+const BACKGROUND_WRITERS: u64 = 4;
+
+/// Writers and readers on `--fresh-risks` risks for `duration`, beside `reads` and
+/// `background_writes` SQL updates per second on other risks.
+pub async fn measure(
     args: &Args,
     pg: &tokio_postgres::Client,
     risks: &[RiskRef],
-    mix: Arc<Workload>,
+    reads: Reads,
+    background_writes: f64,
     duration: Duration,
 ) -> anyhow::Result<Freshness> {
     // One risk per tenant where possible, among the hot ones (they are cached).
@@ -303,28 +322,30 @@ async fn measure(
             anyhow::Ok((writes, errors))
         }));
     }
-    // Background: SQL writes on other risks, and the dashboard mix at half the rate.
-    let background_writer = {
-        let url = args.database_url.clone();
-        let ids: Vec<(Uuid, Uuid)> =
-            risks.iter().filter(|r| !targets.iter().any(|t| t.id == r.id)).map(|r| (r.tenant, r.id)).collect();
-        let rate = args.background_writes;
-        tokio::spawn(async move {
-            let pg = openrisk_shared::db::connect(&url, "openrisk-bench-background", &Default::default()).await?;
-            let mut rng = SmallRng::seed_from_u64(7);
-            let weights = Sampler::from_weights(&zipf_weights(ids.len().max(1), 1.0));
-            let (mut done, mut due) = (0u64, Instant::now());
-            while rate > 0.0 && !ids.is_empty() && Instant::now() < deadline {
-                let (tenant, id) = ids[weights.sample(&mut rng).min(ids.len() - 1)];
-                pg.execute("UPDATE risks SET description = 'Background benchmark write ' || $3::text WHERE tenant_id = $1 AND id = $2", &[&tenant, &id, &done.to_string()]).await?;
-                done += 1;
-                due += Duration::from_secs_f64(1.0 / rate);
-                tokio::time::sleep_until(due.into()).await;
+    // Background: SQL writes on other risks, and the read load.
+    let ids: Vec<(Uuid, Uuid)> =
+        risks.iter().filter(|r| !targets.iter().any(|t| t.id == r.id)).map(|r| (r.tenant, r.id)).collect();
+    let background_writer = tokio::spawn(sql_writes(args.database_url.clone(), ids, background_writes, deadline));
+    let background = match reads {
+        Reads::Idle => {
+            tokio::time::sleep_until(deadline.into()).await;
+            RunResult {
+                name: "no read load".into(),
+                mode: "none",
+                connections: 0,
+                offered_rate: None,
+                elapsed: duration,
+                ok: 0,
+                non_2xx: 0,
+                errors: 0,
+                first_time: 0,
+                latency: new_histogram(),
+                service: new_histogram(),
             }
-            anyhow::Ok(done)
-        })
+        }
+        Reads::Rate(workload, rate) => open_loop(args.cached, workload, args.connections, rate, duration).await?,
+        Reads::Saturation(workload) => closed_loop(args.cached, workload, args.connections, duration).await?,
     };
-    let background = open_loop(args.cached, mix, args.connections, args.fresh_background_rate, duration).await?;
     let mut all_writes: Vec<Vec<Write>> = Vec::new();
     let mut write_errors = 0;
     for writer in writers {
@@ -410,4 +431,41 @@ async fn measure(
         }
     }
     Ok(out)
+}
+
+/// `rate` SQL updates per second until `deadline`, uniform over `ids` (so that the writers
+/// rarely wait for each other's row locks), spread over [`BACKGROUND_WRITERS`] connections;
+/// resolves to how many were made.
+pub async fn sql_writes(url: String, ids: Vec<(Uuid, Uuid)>, rate: f64, deadline: Instant) -> anyhow::Result<u64> {
+    if rate <= 0.0 || ids.is_empty() {
+        return Ok(0);
+    }
+    let ids = Arc::new(ids);
+    let mut writers = Vec::new();
+    for writer in 0..BACKGROUND_WRITERS {
+        let ids = Arc::clone(&ids);
+        let pg = openrisk_shared::db::connect(&url, "openrisk-bench-background", &Default::default()).await?;
+        writers.push(tokio::spawn(async move {
+            let mut rng = SmallRng::seed_from_u64(7 + writer);
+            let every = Duration::from_secs_f64(BACKGROUND_WRITERS as f64 / rate);
+            let (mut done, mut due) = (0u64, Instant::now() + every.mul_f64(writer as f64 / BACKGROUND_WRITERS as f64));
+            while Instant::now() < deadline {
+                tokio::time::sleep_until(due.into()).await;
+                let (tenant, id) = ids[rng.random_range(0..ids.len())];
+                pg.execute(
+                    "UPDATE risks SET description = 'Background benchmark write ' || $3::text WHERE tenant_id = $1 AND id = $2",
+                    &[&tenant, &id, &done.to_string()],
+                )
+                .await?;
+                done += 1;
+                due += every;
+            }
+            anyhow::Ok(done)
+        }));
+    }
+    let mut done = 0;
+    for writer in writers {
+        done += writer.await??;
+    }
+    Ok(done)
 }

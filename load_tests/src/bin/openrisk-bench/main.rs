@@ -14,6 +14,9 @@
 //!    node (interleaved saturation rounds), and invalidation lag on each, the cluster's with and
 //!    without `WAIT` for a replica (see `bench::topology`).
 //!
+//! With `--window`, only the staleness window under load, for each `--invalidator-variant`
+//! (see `window.rs`), into `window.json` and `window.md`.
+//!
 //! Writes `results.json`, `summary.md` and `latency.svg` into `--out`, prints the checks (no
 //! timing assertions, only correctness) and exits non-zero when one failed.
 
@@ -27,6 +30,7 @@ mod saturation;
 mod topology;
 mod variants;
 mod warmup;
+mod window;
 mod wrk;
 
 use std::sync::Arc;
@@ -48,6 +52,9 @@ async fn main() -> anyhow::Result<()> {
     let mut checks = Checks::default();
     let mut rng = SmallRng::seed_from_u64(42);
     let data = DataSet::load(&args, &mut rng).await?;
+    if args.window {
+        return window_only(&args, &data, checks).await;
+    }
     let mut redis = RedisTarget::parse(&args.redis_url)?.connect(Timeouts::all(Duration::from_secs(10))).await?;
 
     let workloads = warmup::warm_up(&args, &data, &mut redis, &mut checks).await?;
@@ -82,6 +89,26 @@ async fn main() -> anyhow::Result<()> {
     .write(&args)?;
     println!("wrote {}/results.json, summary.md, latency.svg", args.out.display());
     println!("{passed} passed, {failed} failed");
+    if failed > 0 {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+/// `--window`: warms the hot details, measures the window for each invalidator variant.
+async fn window_only(args: &Args, data: &DataSet, mut checks: Checks) -> anyhow::Result<()> {
+    let hot: Vec<openrisk_load_tests::bench::http::Req> = data.hot.iter().map(dataset::detail).collect();
+    let failed = dataset::touch_all(args.cached, &hot, 16).await?;
+    checks.check("warm-up answered 200 for every hot risk", failed == 0, format!("{failed} of {} failed", hot.len()));
+    let workload = openrisk_load_tests::bench::http::Workload::new(
+        "cached GET /risks/{id}",
+        hot.clone(),
+        openrisk_load_tests::bench::zipf::Sampler::Uniform(hot.len()),
+    );
+    let report = window::run(args, data, workload, &mut checks).await?;
+    std::fs::write(args.out.join("window.json"), serde_json::to_string_pretty(&report)?)?;
+    let failed = checks.0.iter().filter(|check| !check.ok).count();
+    println!("wrote {}/window.json, window.md; {failed} checks failed", args.out.display());
     if failed > 0 {
         std::process::exit(1);
     }

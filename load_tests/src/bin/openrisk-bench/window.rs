@@ -1,0 +1,300 @@
+//! The staleness window under load (`--window`; `WINDOW=1 load_tests/bench.sh`): for each
+//! invalidator variant (a binary, a niceness, a linger), started here one after the other and
+//! interleaved over the rounds, the largest lag in the first second after it starts, then the
+//! freshness measurement with `--window-writes` SQL writes per second on other risks, once with
+//! the cores otherwise idle and once with the cached API at saturation on the hot details.
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use hdrhistogram::Histogram;
+use openrisk_load_tests::bench::prom;
+use serde_json::{Value, json};
+use tokio::process::{Child, Command};
+use uuid::Uuid;
+
+use crate::args::Args;
+use crate::dataset::{Checks, DataSet, scrape};
+use crate::freshness::{self, Freshness, Reads, pct};
+use openrisk_load_tests::bench::http::Workload;
+use std::sync::Arc;
+
+const LAG: &str = "openrisk_invalidator_lag_seconds";
+/// How long after a start the lag counts as start-up lag.
+const STARTUP: Duration = Duration::from_secs(1);
+/// Start-up lag above this is an outlier (issue 15).
+const STARTUP_OUTLIER_SECONDS: f64 = 0.05;
+
+/// One invalidator to measure: `label=path[,nice=N][,linger=MS]`.
+#[derive(Debug, Clone)]
+pub struct Variant {
+    label: String,
+    path: String,
+    nice: i32,
+    /// `OPENRISK_INVALIDATOR__LINGER_MS`; unset for binaries that predate the setting.
+    linger_ms: Option<u64>,
+}
+
+impl std::str::FromStr for Variant {
+    type Err = anyhow::Error;
+
+    fn from_str(text: &str) -> anyhow::Result<Self> {
+        let (label, rest) = text.split_once('=').context("a variant is label=path[,nice=N][,linger=MS]")?;
+        let mut parts = rest.split(',');
+        let path = parts.next().context("a path")?.to_owned();
+        let mut variant = Self { label: label.to_owned(), path, nice: 0, linger_ms: None };
+        for part in parts {
+            match part.split_once('=') {
+                Some(("nice", n)) => variant.nice = n.parse()?,
+                Some(("linger", ms)) => variant.linger_ms = Some(ms.parse()?),
+                _ => bail!("unknown variant option {part:?}"),
+            }
+        }
+        Ok(variant)
+    }
+}
+
+/// What one variant measured, summed over the rounds.
+struct Totals {
+    startup_max_s: Vec<f64>,
+    idle: Phase,
+    saturated: Phase,
+}
+
+#[derive(Default)]
+struct Phase {
+    window: Option<Histogram<u64>>,
+    read_ms: Option<Histogram<u64>>,
+    lag: Vec<(f64, f64)>,
+    reads_per_s: Vec<f64>,
+    writes_per_s: Vec<f64>,
+    older_than_window: u64,
+    never_seen: u64,
+}
+
+impl Phase {
+    fn add(&mut self, seen: &Freshness, lag: &[(f64, f64)], seconds: f64) {
+        merge(&mut self.window, &seen.windows_sql);
+        merge(&mut self.read_ms, &seen.read_ms);
+        self.lag = if self.lag.is_empty() {
+            lag.to_vec()
+        } else {
+            self.lag.iter().zip(lag).map(|(&(le, a), &(_, b))| (le, a + b)).collect()
+        };
+        self.reads_per_s.push(seen.background.throughput());
+        self.writes_per_s.push(seen.background_writes as f64 / seconds);
+        self.older_than_window += seen.older_than_window;
+        self.never_seen += seen.never_seen;
+    }
+
+    fn report(&self) -> Value {
+        let window = self.window.as_ref();
+        let at = |p| window.map(|w| pct(w, p));
+        let lag_ms = |q| prom::quantile(&self.lag, q).map(|s| s * 1000.0);
+        json!({
+            "sql_writes_seen": window.map(Histogram::len),
+            "window_ms": {"p50": at(50.0), "p99": at(99.0), "p99_9": at(99.9), "max": at(100.0)},
+            "polling_read_ms": {"p50": self.read_ms.as_ref().map(|r| pct(r, 50.0)), "p99": self.read_ms.as_ref().map(|r| pct(r, 99.0))},
+            "lag_ms": {"p50": lag_ms(0.5), "p99": lag_ms(0.99), "p99_9": lag_ms(0.999)},
+            "background_reads_per_s": self.reads_per_s,
+            "background_writes_per_s": self.writes_per_s,
+            "reads_older_than_window": self.older_than_window,
+            "writes_never_seen": self.never_seen,
+        })
+    }
+}
+
+fn merge(into: &mut Option<Histogram<u64>>, from: &Histogram<u64>) {
+    match into {
+        Some(histogram) => histogram.add(from).expect("same bounds"),
+        None => *into = Some(from.clone()),
+    }
+}
+
+/// Runs every variant `--rounds` times, interleaved; prints and returns the `window` report.
+pub async fn run(args: &Args, data: &DataSet, hot: Arc<Workload>, checks: &mut Checks) -> anyhow::Result<Value> {
+    let phase = Duration::from_secs_f64(args.phase_secs);
+    let mut totals: Vec<Totals> = args
+        .invalidator_variant
+        .iter()
+        .map(|_| Totals { startup_max_s: Vec::new(), idle: Phase::default(), saturated: Phase::default() })
+        .collect();
+    let others: Vec<(Uuid, Uuid)> = data.risks.iter().skip(args.fresh_risks * 4).map(|r| (r.tenant, r.id)).collect();
+    // The seed left its events in the outbox: an unmeasured start drains them, so that the
+    // first measured start's lag is its own and not the seed's age.
+    let first = args.invalidator_variant.first().context("no --invalidator-variant")?;
+    let (mut child, _) = start(first).await?;
+    drained(&data.pg).await?;
+    stop(&mut child).await;
+    for round in 0..args.rounds {
+        for (variant, total) in args.invalidator_variant.iter().zip(&mut totals) {
+            println!("== window, round {round}: invalidator {}", variant.label);
+            let (mut child, metrics) = start(variant).await?;
+            let started = Instant::now();
+            let writes =
+                freshness::sql_writes(args.database_url.clone(), others.clone(), args.window_writes, started + STARTUP);
+            let written = writes.await?;
+            drained(&data.pg).await?;
+            let lag = prom::buckets(&scrape(metrics).await?, LAG);
+            let max = max_bucket(&lag);
+            println!("  first second: {written} writes, largest lag at most {:.1} ms", max * 1000.0);
+            total.startup_max_s.push(max);
+
+            for (reads, into) in
+                [(Reads::Idle, &mut total.idle), (Reads::Saturation(Arc::clone(&hot)), &mut total.saturated)]
+            {
+                let name = if matches!(reads, Reads::Idle) { "idle" } else { "API at saturation" };
+                let before = prom::buckets(&scrape(metrics).await?, LAG);
+                let seen = freshness::measure(args, &data.pg, &data.risks, reads, args.window_writes, phase).await?;
+                drained(&data.pg).await?;
+                let after = prom::buckets(&scrape(metrics).await?, LAG);
+                let lag = prom::bucket_delta(&before, &after);
+                let lag_ms = |q| prom::quantile(&lag, q).map_or(f64::NAN, |s| s * 1000.0);
+                println!(
+                    "  {name}: {:.0} reads/s, {:.0} writes/s; SQL window p50 {:.2} p99 {:.2} p99.9 {:.2} max {:.2} ms ({} writes; last stale read p99 {:.2} ms; stale reads {:?}); polling reads p99 {:.2} ms; lag p50 {:.2} p99 {:.2} ms",
+                    seen.background.throughput(),
+                    seen.background_writes as f64 / phase.as_secs_f64(),
+                    pct(&seen.windows_sql, 50.0),
+                    pct(&seen.windows_sql, 99.0),
+                    pct(&seen.windows_sql, 99.9),
+                    pct(&seen.windows_sql, 100.0),
+                    seen.windows_sql.len(),
+                    pct(&seen.lower_sql, 99.0),
+                    seen.stale_by_cause,
+                    pct(&seen.read_ms, 99.0),
+                    lag_ms(0.5),
+                    lag_ms(0.99),
+                );
+                into.add(&seen, &lag, phase.as_secs_f64());
+            }
+            stop(&mut child).await;
+        }
+    }
+    let mut report = Vec::new();
+    for (variant, total) in args.invalidator_variant.iter().zip(&totals) {
+        checks.check(
+            &format!("window ({}): no read older than the window, every write seen", variant.label),
+            total.idle.older_than_window + total.saturated.older_than_window == 0
+                && total.idle.never_seen + total.saturated.never_seen == 0,
+            format!(
+                "{} older, {} never seen",
+                total.idle.older_than_window + total.saturated.older_than_window,
+                total.idle.never_seen + total.saturated.never_seen
+            ),
+        );
+        let outliers = total.startup_max_s.iter().filter(|&&max| max > STARTUP_OUTLIER_SECONDS).count();
+        report.push(json!({
+            "variant": variant.label,
+            "binary": variant.path,
+            "nice": variant.nice,
+            "linger_ms": variant.linger_ms,
+            "startup_max_lag_ms": total.startup_max_s.iter().map(|s| s * 1000.0).collect::<Vec<_>>(),
+            "startups_above_50ms": outliers,
+            "idle": total.idle.report(),
+            "saturated": total.saturated.report(),
+        }));
+    }
+    let table = markdown(args, &report);
+    println!("{table}");
+    std::fs::write(args.out.join("window.md"), &table)?;
+    Ok(
+        json!({"window_writes_per_s": args.window_writes, "phase_s": args.phase_secs, "rounds": args.rounds, "variants": report}),
+    )
+}
+
+/// The variants side by side, the first one as the reference of the ratios.
+fn markdown(args: &Args, report: &[Value]) -> String {
+    let f = |v: &Value| v.as_f64().map_or("-".to_owned(), |x| format!("{x:.2}"));
+    let mut out = format!(
+        "{} rounds of {} s per phase; SQL writes {}/s on other risks; window = first fresh answer after the SQL commit returned, ms; lag = `openrisk_invalidator_lag_seconds`, ms\n\n",
+        args.rounds, args.phase_secs, args.window_writes
+    );
+    out.push_str("| invalidator | start-up: largest lag in the first second, ms (per round) | idle: window p50 / p99 / p99.9 / max | idle: lag p50 / p99 | saturated: reads/s | saturated: window p50 / p99 / p99.9 / max | saturated: polling reads p99 | saturated: lag p50 / p99 |\n");
+    out.push_str("|---|---|---|---|---|---|---|---|\n");
+    for v in report {
+        let (idle, sat) = (&v["idle"], &v["saturated"]);
+        let reads: Vec<String> = sat["background_reads_per_s"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|r| format!("{:.0}", r.as_f64().unwrap_or(0.0)))
+            .collect();
+        let startup: Vec<String> = v["startup_max_lag_ms"].as_array().into_iter().flatten().map(f).collect();
+        out.push_str(&format!(
+            "| {} | {} | {} / {} / **{}** / {} | {} / **{}** | {} | {} / **{}** / {} / {} | {} | {} / **{}** |\n",
+            v["variant"].as_str().unwrap_or("?"),
+            startup.join(", "),
+            f(&idle["window_ms"]["p50"]),
+            f(&idle["window_ms"]["p99"]),
+            f(&idle["window_ms"]["p99_9"]),
+            f(&idle["window_ms"]["max"]),
+            f(&idle["lag_ms"]["p50"]),
+            f(&idle["lag_ms"]["p99"]),
+            reads.join(", "),
+            f(&sat["window_ms"]["p50"]),
+            f(&sat["window_ms"]["p99"]),
+            f(&sat["window_ms"]["p99_9"]),
+            f(&sat["window_ms"]["max"]),
+            f(&sat["polling_read_ms"]["p99"]),
+            f(&sat["lag_ms"]["p50"]),
+            f(&sat["lag_ms"]["p99"]),
+        ));
+    }
+    out
+}
+
+/// The upper bound of the highest non-empty bucket, in seconds (0 without observations).
+fn max_bucket(buckets: &[(f64, f64)]) -> f64 {
+    let total = buckets.last().map_or(0.0, |&(_, count)| count);
+    buckets.iter().find(|&&(_, count)| count >= total && total > 0.0).map_or(0.0, |&(le, _)| le)
+}
+
+/// Starts a variant on a free loopback port and waits until its /metrics answers.
+async fn start(variant: &Variant) -> anyhow::Result<(Child, SocketAddr)> {
+    let metrics = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let mut command = if variant.nice == 0 {
+        Command::new(&variant.path)
+    } else {
+        let mut nice = Command::new("nice");
+        nice.args(["-n", &variant.nice.to_string(), &variant.path]);
+        nice
+    };
+    command.arg("run").env("METRICS_ADDR", metrics.to_string()).stdin(Stdio::null()).kill_on_drop(true);
+    if let Some(linger) = variant.linger_ms {
+        command.env("OPENRISK_INVALIDATOR__LINGER_MS", linger.to_string());
+    }
+    let child = command.spawn().with_context(|| format!("starting {}", variant.path))?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while scrape(metrics).await.is_err() {
+        if Instant::now() > deadline {
+            bail!("invalidator {} never answered on {metrics}", variant.label);
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    Ok((child, metrics))
+}
+
+/// SIGTERM, then waits for the exit.
+async fn stop(child: &mut Child) {
+    if let Some(pid) = child.id() {
+        let _ = std::process::Command::new("kill").arg(pid.to_string()).status();
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(15), child.wait()).await;
+}
+
+/// Waits until the outbox is empty.
+async fn drained(pg: &tokio_postgres::Client) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let left: i64 = pg.query_one("SELECT count(*) FROM cache_outbox", &[]).await?.get(0);
+        if left == 0 {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("{left} events still in the outbox after a minute");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
