@@ -18,9 +18,8 @@
 # `risks` and `risk_history` are unwatched (see trigger_setup.sh).
 # Prints Markdown tables of TPS and % of the trigger-less run. Needs the workspace built in release
 # mode for the drained variants (it builds it).
-set -euo pipefail
-cd "$(dirname "$0")/.."
-source load_tests/trigger_setup.sh
+# shellcheck source=load_tests/trigger_setup.sh
+source "$(dirname "$0")/trigger_setup.sh"
 
 CLIENTS="${CLIENTS:-16}"
 SECONDS_PER_RUN="${SECONDS_PER_RUN:-15}"

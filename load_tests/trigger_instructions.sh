@@ -11,9 +11,8 @@
 # Each workload runs FEW and then MANY writes, each write its own transaction; the difference
 # divided by MANY - FEW is the cost of one write without start-up. Runs a private cluster
 # (initdb in a temporary directory, on a free port), never the shared server.
-set -euo pipefail
-cd "$(dirname "$0")/.."
-source load_tests/trigger_setup.sh
+# shellcheck source=load_tests/trigger_setup.sh
+source "$(dirname "$0")/trigger_setup.sh"
 
 FEW="${FEW:-100}"
 MANY="${MANY:-600}"

@@ -10,6 +10,10 @@
 #     risks_owner, risks_impact single-row UPDATE of a risk as the API's PATCH makes it (owner: one
 #                               outbox row; impact: re-scored, a history row, two outbox rows)
 # Expects the release openrisk-api in ${CARGO_TARGET_DIR:-target}/release (for `migrate`).
+# Sourcing it also sets strict mode and makes the repository root the working directory, for both.
+
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 # shellcheck disable=SC2034 # read by the scripts that source this file
 TRIGGER_BENCH_DB="openrisk_bench_triggers"

@@ -1,11 +1,11 @@
 //! The `openrisk-api` command line: thin wrappers over the library.
 
 use std::io::Write;
-use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use openrisk_shared::{Settings, telemetry};
+use openrisk_shared::Settings;
+use openrisk_shared::command_line::{ConfigArgs, shutdown_signal};
 use sea_orm::{DatabaseConnection, FromQueryResult};
 use uuid::Uuid;
 
@@ -16,9 +16,8 @@ use crate::db::stmt;
 #[derive(Debug, Parser)]
 #[command(name = "openrisk-api", version, about = "OpenRisk HTTP API with a Redis read-through cache")]
 pub struct Cli {
-    /// TOML configuration file (environment variables override it).
-    #[arg(long, global = true, env = "OPENRISK_CONFIG")]
-    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub config: ConfigArgs,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -78,8 +77,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         let _ = writeln!(std::io::stdout(), "{}", crate::app::openapi_json());
         return Ok(());
     }
-    let settings = Settings::load(cli.config.as_deref())?;
-    telemetry::init(&settings.log);
+    let settings = cli.config.load()?;
     match cli.command {
         Command::Serve => serve(settings).await,
         Command::Migrate => migrate(&settings).await,
@@ -94,28 +92,6 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     shutdown_signal().await;
     tracing::info!("shutting down");
     app.shutdown().await.context("server stopped with an error")
-}
-
-/// Resolves on Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = terminate => {},
-    }
 }
 
 async fn migrate(settings: &Settings) -> anyhow::Result<()> {

@@ -14,8 +14,7 @@ use serde_json::{Value, json};
 async fn malformed_mistyped_unknown_and_out_of_range_bodies_are_400() {
     let app = spawn_app().await;
     let token = &app.a.analyst;
-    let risk = app.create_risk(token, "Existing").await;
-    let path = format!("/api/v1/risks/{}", risk["id"].as_str().unwrap());
+    let path = app.create_risk_path(token, "Existing").await;
     let risks_before = app.count("SELECT count(*) FROM risks").await;
 
     let raw = |method: Method, path: &str, body: &'static str| {
@@ -239,8 +238,7 @@ async fn text_with_a_nul_character_is_refused_not_a_server_error() {
 async fn custom_field_numbers_that_could_not_be_read_back_are_refused() {
     let app = spawn_app().await;
     let token = &app.a.analyst;
-    let risk = app.create_risk(token, "fields").await;
-    let path = format!("/api/v1/risks/{}", risk["id"].as_str().unwrap());
+    let path = app.create_risk_path(token, "fields").await;
     let body = json!({"custom_fields": {"k": [1.7976931348623155e308]}});
     assert_problem(app.send_json(Method::PATCH, &path, token, body).await, StatusCode::UNPROCESSABLE_ENTITY).await;
     let fine = json!({"custom_fields": {"k": [1.5e12, -3, {"nested": 2.5}]}});

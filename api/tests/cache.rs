@@ -67,9 +67,7 @@ async fn normalised_parameters_share_one_entry() {
 async fn every_cached_get_reads_its_own_writes() {
     let app = spawn_app().await;
     let token = &app.a.analyst;
-    let risk = app.create_risk(token, "Before").await;
-    let id = risk["id"].as_str().unwrap();
-    let path = format!("/api/v1/risks/{id}");
+    let path = app.create_risk_path(token, "Before").await;
     let asset = app.create_asset(token, "Server", "LOW").await;
     let asset_path = format!("/api/v1/assets/{}", asset["id"].as_str().unwrap());
     let mitigation = app.create_mitigation(token, &path, "M").await;
@@ -356,8 +354,7 @@ async fn every_tag_kind_the_triggers_emit_is_one_the_api_registers_and_the_inval
 
     // A tenant with one of everything, then every cacheable read of it.
     let token = &app.a.analyst;
-    let risk = app.create_risk(token, "Tagged").await;
-    let risk_path = format!("/api/v1/risks/{}", risk["id"].as_str().unwrap());
+    let risk_path = app.create_risk_path(token, "Tagged").await;
     let mitigation = app.create_mitigation(token, &risk_path, "M").await;
     let asset = app.create_asset(token, "db", "HIGH").await;
     let asset_path = format!("/api/v1/assets/{}", asset["id"].as_str().unwrap());

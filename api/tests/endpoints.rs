@@ -80,9 +80,7 @@ async fn risks_can_be_created_listed_filtered_changed_and_deleted() {
 async fn the_risk_detail_embeds_mitigations_sub_actions_and_assets() {
     let app = spawn_app().await;
     let token = &app.a.analyst;
-    let risk = app.create_risk(token, "Ransomware").await;
-    let id = risk["id"].as_str().unwrap();
-    let base = format!("/api/v1/risks/{id}");
+    let base = app.create_risk_path(token, "Ransomware").await;
 
     let mitigation = app
         .send_json(
@@ -158,8 +156,7 @@ async fn assets_can_be_listed_changed_and_deleted_and_rescore_their_risks() {
     let asset = app.create_asset(token, "Mail server", "LOW").await;
     app.create_asset(token, "CRM", "HIGH").await;
     let path = format!("/api/v1/assets/{}", asset["id"].as_str().unwrap());
-    let risk = app.create_risk(token, "Spam relay").await;
-    let risk_path = format!("/api/v1/risks/{}", risk["id"].as_str().unwrap());
+    let risk_path = app.create_risk_path(token, "Spam relay").await;
     app.request(Method::PUT, &format!("{risk_path}/assets/{}", asset["id"].as_str().unwrap()), token)
         .send()
         .await

@@ -363,8 +363,7 @@ async fn etag_of(app: &TestApp, path: &str) -> String {
 async fn writes_with_a_stale_if_match_are_refused_412_with_the_current_tag() {
     let app = spawn_app().await;
     let token = &app.a.analyst;
-    let risk = app.create_risk(token, "Conditional").await;
-    let risk_path = format!("/api/v1/risks/{}", risk["id"].as_str().unwrap());
+    let risk_path = app.create_risk_path(token, "Conditional").await;
     let mitigation = app.create_mitigation(token, &risk_path, "M").await;
     let mitigation_path = format!("{risk_path}/mitigations/{}", mitigation["id"].as_str().unwrap());
     let asset = app.create_asset(token, "Conditional", "LOW").await;
@@ -436,8 +435,7 @@ async fn blank_titles_and_dates_outside_years_one_to_9999_are_refused() {
         let body = json!({"title": title, "impact": 1, "probability": 1});
         assert_problem(app.send_json(Method::POST, "/api/v1/risks", token, body).await, StatusCode::BAD_REQUEST).await;
     }
-    let risk = app.create_risk(token, "Dated").await;
-    let mitigations = format!("/api/v1/risks/{}/mitigations", risk["id"].as_str().unwrap());
+    let mitigations = format!("{}/mitigations", app.create_risk_path(token, "Dated").await);
     let refused =
         app.send_json(Method::POST, &mitigations, token, json!({"title": "m", "due_date": "-0001-01-01"})).await;
     assert_problem(refused, StatusCode::BAD_REQUEST).await;
@@ -456,8 +454,7 @@ async fn blank_titles_and_dates_outside_years_one_to_9999_are_refused() {
 async fn error_details_name_documented_parameters_and_types_not_internals() {
     let app = spawn_app().await;
     let token = &app.a.analyst;
-    let risk = app.create_risk(token, "Details").await;
-    let risk_path = format!("/api/v1/risks/{}", risk["id"].as_str().unwrap());
+    let risk_path = app.create_risk_path(token, "Details").await;
     let mut details = Vec::new();
     for response in [
         app.get("/api/v1/risks/not-a-uuid", token).await,

@@ -1,11 +1,10 @@
 //! The `openrisk-invalidator` command line.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use openrisk_shared::command_line::{ConfigArgs, shutdown_signal};
 use openrisk_shared::config::WakeMode;
-use openrisk_shared::{Settings, telemetry};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -14,9 +13,8 @@ use openrisk_shared::{Settings, telemetry};
     about = "Turns committed Postgres changes into exact Redis invalidations"
 )]
 pub struct Cli {
-    /// TOML configuration file (environment variables override it).
-    #[arg(long, global = true, env = "OPENRISK_CONFIG")]
-    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub config: ConfigArgs,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -33,8 +31,7 @@ pub enum Command {
 
 /// Runs one command to completion.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    let mut settings = Settings::load(cli.config.as_deref())?;
-    telemetry::init(&settings.log);
+    let mut settings = cli.config.load()?;
     match cli.command {
         Command::Run { mode } => {
             if let Some(mode) = mode {
@@ -50,20 +47,4 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
-}
-
-/// Resolves on SIGTERM or Ctrl-C.
-pub async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut terminate =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("install SIGTERM handler");
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = terminate.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }

@@ -6,7 +6,7 @@ exception carries the status, the headers and, for problem+json errors, the pars
 import openrisk_ogen as og
 from openrisk_ogen.exceptions import NotFoundException
 from scenario import (
-    BASE_URL, HIGH_CRITICALITY_FACTOR, RISKS, TOKEN, check_paging, check_stats, expect, risk_fields, step, tag_for,
+    BASE_URL, HIGH_CRITICALITY_FACTOR, TOKEN, check_paging, check_stats, create_risks, expect, step, tag_for,
 )
 
 api_client = og.ApiClient(og.Configuration(host=BASE_URL, access_token=TOKEN))
@@ -26,15 +26,15 @@ def failure_of(call) -> og.ApiException:
     raise AssertionError("expected an ApiException")
 
 
-with step("create three risks"):
-    risks: dict[str, og.Risk] = {}
-    for name, impact, probability in RISKS:
-        body = og.RiskCreate(**risk_fields(name, impact, probability, tag), status=og.RiskStatus.ACTIVE)
-        response = risks_api.create_risk_with_http_info(body)
-        expect(response.status_code == 201, f"status {response.status_code}")
-        expect(response.headers["location"] == f"/api/v1/risks/{response.data.id}", "Location")
-        risks[name] = response.data
-    alpha = risks["Alpha"]
+def create(fields: dict) -> tuple[og.Risk, str]:
+    """Creates one risk for `create_risks`."""
+    response = risks_api.create_risk_with_http_info(og.RiskCreate(**fields, status=og.RiskStatus.ACTIVE))
+    expect(response.status_code == 201, f"status {response.status_code}")
+    return response.data, response.headers["location"]
+
+
+risks: dict[str, og.Risk] = create_risks(create, tag)
+alpha = risks["Alpha"]
 
 with step("list with filters and paging"):
 

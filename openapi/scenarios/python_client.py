@@ -23,22 +23,23 @@ from openrisk_client.models import (
 )
 from openrisk_client.types import UNSET
 from scenario import (
-    BASE_URL, HIGH_CRITICALITY_FACTOR, RISKS, TOKEN, check_paging, check_stats, expect, risk_fields, step, tag_for,
+    BASE_URL, HIGH_CRITICALITY_FACTOR, TOKEN, check_paging, check_stats, create_risks, expect, step, tag_for,
 )
 
 client = AuthenticatedClient(base_url=BASE_URL, token=TOKEN)
 tag = tag_for("openapi-python-client")
 
-with step("create three risks"):
-    risks: dict[str, Risk] = {}
-    for name, impact, probability in RISKS:
-        body = RiskCreate(**risk_fields(name, impact, probability, tag), status=RiskStatus.ACTIVE)
-        response = create_risk.sync_detailed(client=client, body=body)
-        expect(response.status_code == 201, f"status {response.status_code}: {response.content!r}")
-        expect(isinstance(response.parsed, Risk), f"parsed as {type(response.parsed)}")
-        expect(response.headers["location"] == f"/api/v1/risks/{response.parsed.id}", "Location")
-        risks[name] = response.parsed
-    alpha = risks["Alpha"]
+
+def create(fields: dict) -> tuple[Risk, str]:
+    """Creates one risk for `create_risks`."""
+    response = create_risk.sync_detailed(client=client, body=RiskCreate(**fields, status=RiskStatus.ACTIVE))
+    expect(response.status_code == 201, f"status {response.status_code}: {response.content!r}")
+    expect(isinstance(response.parsed, Risk), f"parsed as {type(response.parsed)}")
+    return response.parsed, response.headers["location"]
+
+
+risks: dict[str, Risk] = create_risks(create, tag)
+alpha = risks["Alpha"]
 
 with step("list with filters and paging"):
 

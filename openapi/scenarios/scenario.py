@@ -51,6 +51,19 @@ def risk_fields(name: str, impact: int, probability: int, tag: str) -> dict:
             "external_id": f"{tag}-{name}"}
 
 
+def create_risks(create, tag: str) -> dict:
+    """Creates `RISKS` in the step every scenario starts with: `create(fields)` sends one (the
+    fields of `risk_fields`; the client adds the status), checks the status and the parsing, and
+    returns the created risk and its `Location` header. Returns the risks by name."""
+    with step("create three risks"):
+        risks = {}
+        for name, impact, probability in RISKS:
+            risk, location = create(risk_fields(name, impact, probability, tag))
+            expect(location == f"/api/v1/risks/{risk.id}", "Location")
+            risks[name] = risk
+    return risks
+
+
 def check_paging(page_titles, by_title: dict) -> None:
     """The list's filters and paging over `RISKS`: `page_titles(page, **filters)` lists the first
     word of each title on that page of two."""

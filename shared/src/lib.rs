@@ -1,10 +1,11 @@
 //! What the OpenRisk API and the invalidator must agree on, defined once: configuration, the
 //! Redis key and tag scheme, the cache consistency protocol (its Lua scripts), the invalidation
-//! event read from the outbox and the SQL of the outbox contract, the `Cache-Status` values, and
-//! telemetry set-up.
+//! event read from the outbox and the SQL of the outbox contract, the `Cache-Status` values,
+//! telemetry set-up and the servers' shared command-line option.
 
 pub mod advisory_locks;
 pub mod cache_status;
+pub mod command_line;
 pub mod config;
 pub mod db;
 pub mod event;

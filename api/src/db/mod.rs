@@ -3,6 +3,7 @@
 
 pub mod assets;
 pub mod entities;
+pub mod list;
 pub mod replicas;
 pub mod risks;
 pub mod stats;

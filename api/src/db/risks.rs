@@ -3,11 +3,12 @@
 
 use sea_orm::sea_query::Expr;
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DbErr, EntityTrait, FromQueryResult, QueryFilter, QueryOrder, QuerySelect, Value,
+    ColumnTrait, ConnectionTrait, DbErr, EntityTrait, FromQueryResult, QueryFilter, QueryOrder, QuerySelect,
 };
 use uuid::Uuid;
 
 use super::entities::{assets, mitigations, risks, subactions};
+use super::list::Conditions;
 use super::stmt;
 use crate::model::{RiskSortField, SortDirection};
 
@@ -65,58 +66,21 @@ impl std::fmt::Display for ScoreBound {
     }
 }
 
-#[derive(Debug, FromQueryResult)]
-struct Total {
-    total: i64,
-}
-
-/// Escapes LIKE wildcards so the search text matches literally.
-fn like_pattern(text: &str) -> String {
-    let escaped = text.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
-    format!("%{escaped}%")
-}
-
 /// One page of live risks matching `filter`, and how many match in all.
 pub async fn list(
     db: &impl ConnectionTrait,
     tenant: Uuid,
     filter: &RiskFilter,
 ) -> Result<(Vec<risks::Model>, i64), DbErr> {
-    let mut values: Vec<Value> = vec![tenant.into()];
-    let mut clauses = vec!["tenant_id = $1".to_owned(), "deleted_at IS NULL".to_owned()];
-    let mut add = |clause: &str, value: Value| {
-        values.push(value);
-        clauses.push(clause.replace('?', &format!("${}", values.len())));
-    };
-    if let Some(q) = &filter.q {
-        add("(title || ' ' || description) ILIKE ?", like_pattern(q).into());
-    }
-    if let Some(status) = &filter.status {
-        add("status = ?", status.clone().into());
-    }
-    if let Some(severity) = &filter.severity {
-        add("severity = ?", severity.clone().into());
-    }
-    if let Some(min) = filter.min_score {
-        add("score >= ?", min.value().into());
-    }
-    if let Some(max) = filter.max_score {
-        add("score <= ?", max.value().into());
-    }
-    if let Some(tag) = &filter.tag {
-        add("tags @> ARRAY[?::text]", tag.clone().into());
-    }
-    if let Some(owner) = &filter.owner {
-        add("owner = ?", owner.clone().into());
-    }
-    let predicate = clauses.join(" AND ");
-    let total = Total::find_by_statement(stmt(
-        &format!("SELECT count(*) AS total FROM risks WHERE {predicate}"),
-        values.clone(),
-    ))
-    .one(db)
-    .await?
-    .map_or(0, |row| row.total);
+    let mut conditions = Conditions::of_tenant(tenant);
+    conditions.always("deleted_at IS NULL");
+    conditions.search("(title || ' ' || description)", filter.q.as_deref());
+    conditions.add("status = ?", filter.status.clone());
+    conditions.add("severity = ?", filter.severity.clone());
+    conditions.add("score >= ?", filter.min_score.map(ScoreBound::value));
+    conditions.add("score <= ?", filter.max_score.map(ScoreBound::value));
+    conditions.add("tags @> ARRAY[?::text]", filter.tag.clone());
+    conditions.add("owner = ?", filter.owner.clone());
     let column = match filter.sort_by {
         RiskSortField::Score => "score",
         RiskSortField::CreatedAt => "created_at",
@@ -127,13 +91,8 @@ pub async fn list(
         SortDirection::Asc => "ASC",
         SortDirection::Desc => "DESC",
     };
-    let offset = u64::from(filter.page - 1) * u64::from(filter.limit);
-    let sql = format!(
-        "SELECT * FROM risks WHERE {predicate} ORDER BY {column} {direction}, id {direction} LIMIT {} OFFSET {offset}",
-        filter.limit
-    );
-    let items = risks::Entity::find().from_raw_sql(stmt(&sql, values)).all(db).await?;
-    Ok((items, total))
+    let order = format!("{column} {direction}, id {direction}");
+    conditions.page::<risks::Entity>(db, "risks", &order, filter.page, filter.limit).await
 }
 
 /// A live (not soft-deleted) risk of the tenant.

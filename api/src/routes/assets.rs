@@ -2,7 +2,6 @@
 
 use std::sync::Arc;
 
-use openrisk_shared::Tag;
 use poem::web::Data;
 use poem_openapi::param::{Header, Path, Query};
 use poem_openapi::payload::Json;
@@ -14,7 +13,6 @@ use super::{
 };
 use crate::app::AppState;
 use crate::auth::{BearerAuth, Role};
-use crate::cache::CacheableRead;
 use crate::db::assets::AssetFilter;
 use crate::db::entities::assets;
 use crate::db::writes;
@@ -34,7 +32,7 @@ enum AssetCreated {
 
 impl AssetFilter {
     /// The parameters that identify this list in the cache key.
-    fn params(&self) -> Vec<(&'static str, String)> {
+    pub(super) fn params(&self) -> Vec<(&'static str, String)> {
         let mut params = vec![("page", self.page.to_string()), ("limit", self.limit.to_string())];
         let optional =
             [("q", self.q.clone()), ("criticality", self.criticality.clone()), ("asset_type", self.asset_type.clone())];
@@ -80,13 +78,7 @@ impl AssetsApi {
             page: page.0,
             limit: limit.0,
         };
-        let read = CacheableRead {
-            route: crate::app::operation_path("listAssets"),
-            tenant,
-            resource: "assets",
-            params: filter.params(),
-            tags: vec![Tag::assets()],
-        };
+        let read = super::cacheable::asset_list(tenant, &filter);
         let caching = Caching::of_list(filter.q.as_deref(), filter.page);
         serve(&state, read, caching, if_none_match.0.as_deref(), move |state, reader| {
             let filter = filter.clone();

@@ -9,6 +9,7 @@ use openrisk_shared::Tag;
 
 use super::MAX_CACHED_PAGE;
 use crate::cache::CacheableRead;
+use crate::db::assets::AssetFilter;
 use crate::db::risks::{RiskFilter, ScoreBound};
 use crate::model::{RiskSortField, RiskStatus, Severity, SortDirection, enum_text};
 
@@ -150,71 +151,70 @@ fn plain_risk_filter(query: &str) -> Option<RiskFilter> {
     Some(parts.into_filter())
 }
 
+/// The read of the operation `operation_id` (its route template, from the routing table) for
+/// `tenant`: the entry is `resource` with `params`, invalidated by `tags`.
+fn read(
+    operation_id: &str,
+    tenant: Uuid,
+    resource: &'static str,
+    params: Vec<(&'static str, String)>,
+    tags: Vec<Tag>,
+) -> CacheableRead {
+    CacheableRead { route: crate::app::operation_path(operation_id), tenant, resource, params, tags }
+}
+
 /// `GET /api/v1/risks`: a page of the filtered list; any risk change invalidates `risks`.
 pub fn risk_list(tenant: Uuid, filter: &RiskFilter) -> CacheableRead {
-    CacheableRead {
-        route: crate::app::operation_path("listRisks"),
-        tenant,
-        resource: "risks",
-        params: filter.params(),
-        tags: vec![Tag::risks()],
-    }
+    read("listRisks", tenant, "risks", filter.params(), vec![Tag::risks()])
 }
 
 /// `GET /api/v1/risks/{id}`: the risk with its mitigations, sub-actions and assets, all of
 /// which invalidate `risk:<id>` (see the triggers in `migrations/`).
 pub fn risk_detail(tenant: Uuid, id: Uuid) -> CacheableRead {
-    CacheableRead {
-        route: crate::app::operation_path("getRisk"),
-        tenant,
-        resource: "risk",
-        params: vec![("id", id.to_string())],
-        tags: vec![Tag::risk(id)],
-    }
+    read("getRisk", tenant, "risk", vec![("id", id.to_string())], vec![Tag::risk(id)])
 }
 
 /// `GET /api/v1/risks/{risk_id}/mitigations/{id}`.
 pub fn mitigation(tenant: Uuid, risk: Uuid, id: Uuid) -> CacheableRead {
-    CacheableRead {
-        route: crate::app::operation_path("getMitigation"),
+    read(
+        "getMitigation",
         tenant,
-        resource: "mitigation",
-        params: vec![("risk_id", risk.to_string()), ("id", id.to_string())],
-        tags: vec![Tag::mitigation(id), Tag::risk(risk)],
-    }
+        "mitigation",
+        vec![("risk_id", risk.to_string()), ("id", id.to_string())],
+        vec![Tag::mitigation(id), Tag::risk(risk)],
+    )
 }
 
 /// `GET /api/v1/assets/{id}`.
 pub fn asset_detail(tenant: Uuid, id: Uuid) -> CacheableRead {
-    CacheableRead {
-        route: crate::app::operation_path("getAsset"),
-        tenant,
-        resource: "asset",
-        params: vec![("id", id.to_string())],
-        tags: vec![Tag::asset(id)],
-    }
+    read("getAsset", tenant, "asset", vec![("id", id.to_string())], vec![Tag::asset(id)])
+}
+
+/// `GET /api/v1/assets`: a page of the filtered list; any asset change invalidates `assets`.
+pub fn asset_list(tenant: Uuid, filter: &AssetFilter) -> CacheableRead {
+    read("listAssets", tenant, "assets", filter.params(), vec![Tag::assets()])
 }
 
 /// `GET /api/v1/stats`.
 pub fn stats(tenant: Uuid) -> CacheableRead {
-    CacheableRead {
-        route: crate::app::operation_path("getStats"),
-        tenant,
-        resource: "stats",
-        params: Vec::new(),
-        tags: vec![Tag::risks(), Tag::mitigations()],
-    }
+    read("getStats", tenant, "stats", Vec::new(), vec![Tag::risks(), Tag::mitigations()])
 }
 
 /// `GET /api/v1/stats/risk-matrix`.
 pub fn risk_matrix(tenant: Uuid) -> CacheableRead {
-    CacheableRead {
-        route: crate::app::operation_path("getRiskMatrix"),
+    read("getRiskMatrix", tenant, "risk_matrix", Vec::new(), vec![Tag::risks()])
+}
+
+/// `GET /api/v1/stats/trends` of the `days` days up to `today`: the score history's growth
+/// invalidates it, and the day's change names another entry.
+pub fn trends(tenant: Uuid, days: u32, today: chrono::NaiveDate) -> CacheableRead {
+    read(
+        "getTrends",
         tenant,
-        resource: "risk_matrix",
-        params: Vec::new(),
-        tags: vec![Tag::risks()],
-    }
+        "trends",
+        vec![("days", days.to_string()), ("today", today.to_string())],
+        vec![Tag::risk_history()],
+    )
 }
 
 #[cfg(test)]
@@ -229,8 +229,10 @@ mod tests {
             risk_detail(tenant, id),
             mitigation(tenant, id, id),
             asset_detail(tenant, id),
+            asset_list(tenant, &AssetFilter { q: None, criticality: None, asset_type: None, page: 1, limit: 20 }),
             stats(tenant),
             risk_matrix(tenant),
+            trends(tenant, 30, chrono::Utc::now().date_naive()),
         ];
         let routes: Vec<&str> = reads.iter().map(|read| read.route).collect();
         assert_eq!(
@@ -240,8 +242,10 @@ mod tests {
                 "/api/v1/risks/{id}",
                 "/api/v1/risks/{risk_id}/mitigations/{id}",
                 "/api/v1/assets/{id}",
+                "/api/v1/assets",
                 "/api/v1/stats",
-                "/api/v1/stats/risk-matrix"
+                "/api/v1/stats/risk-matrix",
+                "/api/v1/stats/trends"
             ]
         );
     }

@@ -2,7 +2,6 @@
 
 use std::sync::Arc;
 
-use openrisk_shared::Tag;
 use poem::web::Data;
 use poem_openapi::OpenApi;
 use poem_openapi::param::{Header, Query};
@@ -10,7 +9,6 @@ use poem_openapi::param::{Header, Query};
 use super::{ApiTags, Cached, Caching, body_of, serve};
 use crate::app::AppState;
 use crate::auth::BearerAuth;
-use crate::cache::CacheableRead;
 use crate::error::ApiError;
 use crate::model::{MitigationStatusCounts, RiskMatrix, SeverityCounts, Stats, StatusCounts, TrendPoint, Trends};
 
@@ -107,13 +105,7 @@ impl StatsApi {
     ) -> Result<Cached<Trends>, ApiError> {
         let (tenant, days) = (auth.0.tenant_id, days.0);
         let today = chrono::Utc::now().date_naive();
-        let read = CacheableRead {
-            route: crate::app::operation_path("getTrends"),
-            tenant,
-            resource: "trends",
-            params: vec![("days", days.to_string()), ("today", today.to_string())],
-            tags: vec![Tag::risk_history()],
-        };
+        let read = super::cacheable::trends(tenant, days, today);
         serve(&state, read, Caching::Detail, if_none_match.0.as_deref(), move |state, reader| async move {
             let rows = state.db.timed("trends", crate::db::stats::trends(&reader.conn(), tenant, today, days)).await?;
             let points = rows

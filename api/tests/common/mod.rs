@@ -146,6 +146,11 @@ impl TestApp {
         response.json().await.unwrap()
     }
 
+    /// Creates a risk as [`Self::create_risk`] does and returns its path, `/api/v1/risks/<id>`.
+    pub async fn create_risk_path(&self, token: &str, title: &str) -> String {
+        format!("/api/v1/risks/{}", self.create_risk(token, title).await["id"].as_str().unwrap())
+    }
+
     /// A mitigation titled `title` of the risk at `risk_path` (`/api/v1/risks/<id>`).
     pub async fn create_mitigation(&self, token: &str, risk_path: &str, title: &str) -> Value {
         let response =

@@ -1,0 +1,70 @@
+//! What the paged list queries share: the tenant-scoped `WHERE` clause built one optional filter
+//! at a time with numbered parameters, the literal search pattern, and one page with the total.
+
+use sea_orm::{ConnectionTrait, DbErr, EntityTrait, FromQueryResult, Value};
+use uuid::Uuid;
+
+use super::stmt;
+
+/// The conditions of a list query: `tenant_id = $1`, then each filter present, `AND`-ed.
+pub struct Conditions {
+    clauses: Vec<String>,
+    values: Vec<Value>,
+}
+
+#[derive(Debug, FromQueryResult)]
+struct Total {
+    total: i64,
+}
+
+impl Conditions {
+    /// Rows of `tenant` only.
+    pub fn of_tenant(tenant: Uuid) -> Self {
+        Self { clauses: vec!["tenant_id = $1".to_owned()], values: vec![tenant.into()] }
+    }
+
+    /// Adds a condition that takes no parameter.
+    pub fn always(&mut self, clause: &str) {
+        self.clauses.push(clause.to_owned());
+    }
+
+    /// Adds `clause`, whose `?` stands for `value`, when there is a value.
+    pub fn add<T: Into<Value>>(&mut self, clause: &str, value: Option<T>) {
+        if let Some(value) = value {
+            self.values.push(value.into());
+            self.clauses.push(clause.replace('?', &format!("${}", self.values.len())));
+        }
+    }
+
+    /// Adds `text ILIKE` the search text, its LIKE wildcards escaped so it matches literally.
+    pub fn search(&mut self, text: &str, search: Option<&str>) {
+        let pattern = search.map(|search| {
+            let escaped = search.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
+            format!("%{escaped}%")
+        });
+        self.add(&format!("{text} ILIKE ?"), pattern);
+    }
+
+    /// One page of the rows of `table` that match, in `order`, and how many match in all.
+    pub async fn page<E: EntityTrait>(
+        self,
+        db: &impl ConnectionTrait,
+        table: &str,
+        order: &str,
+        page: u32,
+        limit: u32,
+    ) -> Result<(Vec<E::Model>, i64), DbErr> {
+        let predicate = self.clauses.join(" AND ");
+        let total = Total::find_by_statement(stmt(
+            &format!("SELECT count(*) AS total FROM {table} WHERE {predicate}"),
+            self.values.clone(),
+        ))
+        .one(db)
+        .await?
+        .map_or(0, |row| row.total);
+        let offset = u64::from(page - 1) * u64::from(limit);
+        let sql = format!("SELECT * FROM {table} WHERE {predicate} ORDER BY {order} LIMIT {limit} OFFSET {offset}");
+        let items = E::find().from_raw_sql(stmt(&sql, self.values)).all(db).await?;
+        Ok((items, total))
+    }
+}

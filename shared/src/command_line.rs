@@ -1,0 +1,46 @@
+//! What the servers' command lines share: the `--config` option and the wait for a signal to
+//! stop.
+
+use std::path::PathBuf;
+
+use crate::{ConfigError, Settings, telemetry};
+
+/// The `--config` option of every server command, flattened into each command line.
+#[derive(Debug, clap::Args)]
+pub struct ConfigArgs {
+    /// TOML configuration file (environment variables override it).
+    #[arg(long, global = true, env = "OPENRISK_CONFIG")]
+    pub config: Option<PathBuf>,
+}
+
+impl ConfigArgs {
+    /// Loads the settings (the file, then the environment) and starts logging as they say.
+    pub fn load(&self) -> Result<Settings, ConfigError> {
+        let settings = Settings::load(self.config.as_deref())?;
+        telemetry::init(&settings.log);
+        Ok(settings)
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM (only Ctrl-C where there is no SIGTERM, or where its handler
+/// cannot be installed).
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+}
