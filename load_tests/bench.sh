@@ -241,14 +241,19 @@ if [ "$CLUSTER" = 1 ]; then
         --lag-writes "$LAG_WRITES")
 fi
 
-# ---- the window under load alone ------------------------------------------------------------------
-if [ "$WINDOW" = 1 ]; then
-    log "API with the cache on 127.0.0.1:$cached_port; invalidators started by openrisk-bench --window"
+# Starts the API under test, with the cache, in the background (api_pid; stopped by cleanup).
+start_cached_api() {
     DATABASE_URL="$db_url?application_name=api-cached" API_ADDR="127.0.0.1:$cached_port" \
         METRICS_ADDR="127.0.0.1:$cached_metrics_port" \
         "$bin/openrisk-api" serve >"$OUT/logs/api-cached.log" 2>&1 &
     api_pid=$!
     pids+=("$api_pid")
+}
+
+# ---- the window under load alone ------------------------------------------------------------------
+if [ "$WINDOW" = 1 ]; then
+    log "API with the cache on 127.0.0.1:$cached_port; invalidators started by openrisk-bench --window"
+    start_cached_api
     wait_http "http://127.0.0.1:$cached_port/healthz" api-cached
     variants=()
     if [ -n "$BASELINE" ]; then variants+=(--invalidator-variant "baseline ($BASELINE)=$OUT/baseline/openrisk-invalidator"); fi
@@ -284,11 +289,7 @@ METRICS_ADDR="127.0.0.1:$invalidator_port" "$bin/openrisk-invalidator" run >"$OU
 invalidator_pid=$!
 pids+=("$invalidator_pid")
 log "API with the cache on 127.0.0.1:$cached_port, without on 127.0.0.1:$uncached_port"
-DATABASE_URL="$db_url?application_name=api-cached" API_ADDR="127.0.0.1:$cached_port" \
-    METRICS_ADDR="127.0.0.1:$cached_metrics_port" \
-    "$bin/openrisk-api" serve >"$OUT/logs/api-cached.log" 2>&1 &
-api_pid=$!
-pids+=("$api_pid")
+start_cached_api
 DATABASE_URL="$db_url?application_name=api-uncached" API_ADDR="127.0.0.1:$uncached_port" OPENRISK_CACHE__ENABLED=false \
     METRICS_ADDR="127.0.0.1:$uncached_metrics_port" \
     "$bin/openrisk-api" serve >"$OUT/logs/api-uncached.log" 2>&1 &

@@ -199,11 +199,19 @@ impl RunResult {
         })
     }
 
-    fn merge(name: &str, mode: &'static str, offered_rate: Option<f64>, elapsed: Duration, parts: Vec<Part>) -> Self {
-        let mut result = RunResult {
+    /// A run that answered nothing yet: the start of [`Self::merge`], and the result of a phase
+    /// without read load.
+    pub fn empty(
+        name: &str,
+        mode: &'static str,
+        connections: usize,
+        offered_rate: Option<f64>,
+        elapsed: Duration,
+    ) -> Self {
+        RunResult {
             name: name.to_owned(),
             mode,
-            connections: parts.len(),
+            connections,
             offered_rate,
             elapsed,
             ok: 0,
@@ -212,7 +220,11 @@ impl RunResult {
             first_time: 0,
             latency: new_histogram(),
             service: new_histogram(),
-        };
+        }
+    }
+
+    fn merge(name: &str, mode: &'static str, offered_rate: Option<f64>, elapsed: Duration, parts: Vec<Part>) -> Self {
+        let mut result = RunResult::empty(name, mode, parts.len(), offered_rate, elapsed);
         for part in parts {
             result.first_time += part.first_time;
             result.ok += part.ok;

@@ -128,11 +128,16 @@ impl<'a> Flat<'a> {
     }
 }
 
+/// The processes whose RSS any sample holds, in name order.
+fn process_names(samples: &[Sample]) -> Vec<&String> {
+    let names: std::collections::BTreeSet<&String> = samples.iter().flat_map(|s| s.rss_kb.keys()).collect();
+    names.into_iter().collect()
+}
+
 /// Every quantity the soak judges: each process's RSS, then the shared resources.
 fn flat_quantities(samples: &[Sample]) -> Vec<Flat<'_>> {
     let count = |value: i64| (value >= 0).then_some(value as f64);
-    let names: std::collections::BTreeSet<&String> = samples.iter().flat_map(|s| s.rss_kb.keys()).collect();
-    let mut quantities: Vec<Flat> = names
+    let mut quantities: Vec<Flat> = process_names(samples)
         .into_iter()
         .map(|name| {
             Flat::new(

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use plotters::prelude::*;
 
-use super::Sample;
+use super::{Sample, process_names};
 
 /// Writes `soak.csv` and `soak.svg` into `dir`.
 pub fn write(dir: &Path, samples: &[Sample], fault_at: &[(f64, String)]) -> anyhow::Result<()> {
@@ -16,22 +16,17 @@ pub fn write(dir: &Path, samples: &[Sample], fault_at: &[(f64, String)]) -> anyh
     Ok(())
 }
 
-fn names(samples: &[Sample]) -> Vec<String> {
-    let names: std::collections::BTreeSet<&String> = samples.iter().flat_map(|s| s.rss_kb.keys()).collect();
-    names.into_iter().cloned().collect()
-}
-
 fn csv(samples: &[Sample]) -> String {
-    let names = names(samples);
+    let names = process_names(samples);
     let mut out = String::from("seconds");
-    for name in &names {
+    for &name in &names {
         let _ = write!(out, ",rss_mb_{name}");
     }
     out.push_str(",pg_connections,redis_clients,outbox_backlog,window_p99_ms,lag_p99_ms\n");
     let ms = |value: Option<f64>| value.map_or(String::new(), |v| format!("{:.2}", v * 1e3));
     for s in samples {
         let _ = write!(out, "{:.0}", s.at);
-        for name in &names {
+        for &name in &names {
             let _ = write!(
                 out,
                 ",{}",
@@ -63,9 +58,9 @@ fn panels(samples: &[Sample]) -> Vec<Panel> {
     let line = |name: &str, value: &dyn Fn(&Sample) -> Option<f64>| {
         (name.to_owned(), samples.iter().filter_map(|s| Some((minutes(s), value(s)?))).collect())
     };
-    let rss = names(samples)
+    let rss = process_names(samples)
         .into_iter()
-        .map(|name| line(&name, &|s: &Sample| s.rss_kb.get(&name).map(|kb| *kb as f64 / 1024.0)))
+        .map(|name| line(name, &|s: &Sample| s.rss_kb.get(name).map(|kb| *kb as f64 / 1024.0)))
         .collect();
     vec![
         Panel { title: "Resident memory per process", unit: "MiB", lines: rss },

@@ -11,7 +11,7 @@ use anyhow::bail;
 use bytes::Bytes;
 use hdrhistogram::Histogram;
 use hyper::Method;
-use openrisk_load_tests::bench::http::{Conn, Req, RunResult, Workload, closed_loop, new_histogram, open_loop};
+use openrisk_load_tests::bench::http::{Conn, Req, RunResult, Workload, closed_loop, open_loop};
 use openrisk_load_tests::bench::prom;
 use openrisk_shared::CacheStatus;
 use rand::rngs::SmallRng;
@@ -329,19 +329,7 @@ pub async fn measure(
     let background = match reads {
         Reads::Idle => {
             tokio::time::sleep_until(deadline.into()).await;
-            RunResult {
-                name: "no read load".into(),
-                mode: "none",
-                connections: 0,
-                offered_rate: None,
-                elapsed: duration,
-                ok: 0,
-                non_2xx: 0,
-                errors: 0,
-                first_time: 0,
-                latency: new_histogram(),
-                service: new_histogram(),
-            }
+            RunResult::empty("no read load", "none", 0, None, duration)
         }
         Reads::Rate(workload, rate) => open_loop(args.cached, workload, args.connections, rate, duration).await?,
         Reads::Saturation(workload) => closed_loop(args.cached, workload, args.connections, duration).await?,
