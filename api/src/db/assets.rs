@@ -5,13 +5,14 @@ use uuid::Uuid;
 
 use super::entities::assets;
 use super::list::Conditions;
+use crate::model::{Criticality, enum_text};
 
 /// Normalised filters of the asset list (also the cache key's parameters).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AssetFilter {
-    /// Lowercased text matched case-insensitively in the name.
+    /// Trimmed text matched case-insensitively in the name.
     pub q: Option<String>,
-    pub criticality: Option<String>,
+    pub criticality: Option<Criticality>,
     pub asset_type: Option<String>,
     pub page: u32,
     pub limit: u32,
@@ -25,7 +26,7 @@ pub async fn list(
 ) -> Result<(Vec<assets::Model>, i64), DbErr> {
     let mut conditions = Conditions::of_tenant(tenant);
     conditions.search("name", filter.q.as_deref());
-    conditions.add("criticality = ?", filter.criticality.clone());
+    conditions.add("criticality = ?", filter.criticality.as_ref().map(enum_text));
     conditions.add("asset_type = ?", filter.asset_type.clone());
     conditions.page::<assets::Entity>(db, "assets", "name, id", filter.page, filter.limit).await
 }

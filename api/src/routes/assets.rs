@@ -42,8 +42,11 @@ impl AssetFilter {
     /// The parameters that identify this list in the cache key.
     pub(super) fn params(&self) -> Vec<(&'static str, String)> {
         let mut params = vec![("page", self.page.to_string()), ("limit", self.limit.to_string())];
-        let optional =
-            [("q", self.q.clone()), ("criticality", self.criticality.clone()), ("asset_type", self.asset_type.clone())];
+        let optional = [
+            ("q", self.q.clone()),
+            ("criticality", self.criticality.as_ref().map(enum_text)),
+            ("asset_type", self.asset_type.clone()),
+        ];
         params.extend(optional.into_iter().filter_map(|(name, value)| Some((name, value?))));
         params
     }
@@ -79,7 +82,7 @@ impl AssetsApi {
     ) -> Result<Cached<AssetPage>, ApiError> {
         let filter = AssetFilter {
             q: normalise_search(q.0),
-            criticality: criticality.0.as_ref().map(enum_text),
+            criticality: criticality.0,
             asset_type: asset_type.0,
             page: page.0,
             limit: limit.0,

@@ -7,12 +7,12 @@ use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, OpenApi};
 use uuid::Uuid;
 
-use super::cacheable::{DEFAULT_SORT_BY, DEFAULT_SORT_DIR, RiskListQuery};
+use super::cacheable::{DEFAULT_SORT_BY, DEFAULT_SORT_DIR};
 use super::caller::{Caller, Write};
-use super::{ApiTags, Cached, ListFilter, NoContent, Updated, body_of, default_limit, default_page};
+use super::{ApiTags, Cached, ListFilter, NoContent, Updated, body_of, default_limit, default_page, normalise_search};
 use crate::app::AppState;
 use crate::db::replicas::Reader;
-use crate::db::risks::RiskFilter;
+use crate::db::risks::{RiskFilter, ScoreRange};
 use crate::db::writes;
 use crate::error::{ApiError, OrNotFound};
 use crate::model::{
@@ -49,6 +49,25 @@ impl ListFilter for RiskFilter {
     }
 }
 
+impl Default for RiskFilter {
+    /// The filter of `GET /api/v1/risks` without parameters: every live risk, newest first, on
+    /// the first page of the default size.
+    fn default() -> Self {
+        RiskFilter {
+            q: None,
+            status: None,
+            severity: None,
+            score: ScoreRange::default(),
+            tag: None,
+            owner: None,
+            sort_by: DEFAULT_SORT_BY,
+            sort_dir: DEFAULT_SORT_DIR,
+            page: super::default_page(),
+            limit: super::default_limit(),
+        }
+    }
+}
+
 impl RiskFilter {
     /// The parameters that identify this list in the cache key.
     pub(super) fn params(&self) -> Vec<(&'static str, String)> {
@@ -60,10 +79,10 @@ impl RiskFilter {
         ];
         let optional = [
             ("q", self.q.clone()),
-            ("status", self.status.clone()),
-            ("severity", self.severity.clone()),
-            ("min_score", self.min_score.map(|score| score.to_string())),
-            ("max_score", self.max_score.map(|score| score.to_string())),
+            ("status", self.status.as_ref().map(enum_text)),
+            ("severity", self.severity.as_ref().map(enum_text)),
+            ("min_score", self.score.min.map(|score| score.to_string())),
+            ("max_score", self.score.max.map(|score| score.to_string())),
             ("tag", self.tag.clone()),
             ("owner", self.owner.clone()),
         ];
@@ -142,20 +161,18 @@ impl RisksApi {
         #[oai(name = "If-None-Match")]
         if_none_match: Header<Option<String>>,
     ) -> Result<Cached<RiskPage>, ApiError> {
-        let filter = RiskListQuery {
-            q: q.0,
+        let filter = RiskFilter {
+            q: normalise_search(q.0),
             status: status.0,
             severity: severity.0,
-            min_score: min_score.0,
-            max_score: max_score.0,
+            score: ScoreRange::new(min_score.0, max_score.0),
             tag: tag.0,
             owner: owner.0,
-            sort_by: Some(sort_by.0),
-            sort_dir: Some(sort_dir.0),
-            page: Some(page.0),
-            limit: Some(limit.0),
-        }
-        .into_filter();
+            sort_by: sort_by.0,
+            sort_dir: sort_dir.0,
+            page: page.0,
+            limit: limit.0,
+        };
         let read = super::cacheable::risk_list(caller.tenant(), &filter);
         caller.serve_list(read, filter, if_none_match.0, risk_page).await
     }
