@@ -4,7 +4,7 @@ use sea_orm::{ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter};
 use uuid::Uuid;
 
 use super::entities::assets;
-use super::list::Conditions;
+use super::list::{Conditions, Page};
 use crate::model::{Criticality, enum_text};
 
 /// Normalised filters of the asset list (also the cache key's parameters).
@@ -19,11 +19,7 @@ pub struct AssetFilter {
 }
 
 /// One page of assets by name, and how many match in all.
-pub async fn list(
-    db: &impl ConnectionTrait,
-    tenant: Uuid,
-    filter: &AssetFilter,
-) -> Result<(Vec<assets::Model>, i64), DbErr> {
+pub async fn list(db: &impl ConnectionTrait, tenant: Uuid, filter: &AssetFilter) -> Result<Page<assets::Model>, DbErr> {
     let mut conditions = Conditions::of_tenant(tenant);
     conditions.search("name", filter.q.as_deref());
     conditions.add("criticality = ?", filter.criticality.as_ref().map(enum_text));

@@ -8,7 +8,7 @@ use sea_orm::{
 use uuid::Uuid;
 
 use super::entities::{assets, mitigations, risks, subactions};
-use super::list::Conditions;
+use super::list::{Conditions, Page};
 use super::stmt;
 use crate::model::{RiskSortField, RiskStatus, Severity, SortDirection, enum_text};
 
@@ -80,11 +80,7 @@ impl std::fmt::Display for ScoreBound {
 }
 
 /// One page of live risks matching `filter`, and how many match in all.
-pub async fn list(
-    db: &impl ConnectionTrait,
-    tenant: Uuid,
-    filter: &RiskFilter,
-) -> Result<(Vec<risks::Model>, i64), DbErr> {
+pub async fn list(db: &impl ConnectionTrait, tenant: Uuid, filter: &RiskFilter) -> Result<Page<risks::Model>, DbErr> {
     let mut conditions = Conditions::of_tenant(tenant);
     conditions.always("deleted_at IS NULL");
     conditions.search("(title || ' ' || description)", filter.q.as_deref());
