@@ -22,10 +22,33 @@ pub struct RiskFilter {
     pub score: ScoreRange,
     pub tag: Option<String>,
     pub owner: Option<String>,
-    pub sort_by: RiskSortField,
-    pub sort_dir: SortDirection,
+    pub order: RiskOrder,
     pub page: u32,
     pub limit: u32,
+}
+
+/// The order of the risk list: a field and a direction (ties broken by id, the same way).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RiskOrder {
+    pub by: RiskSortField,
+    pub direction: SortDirection,
+}
+
+impl RiskOrder {
+    /// The `ORDER BY` clause.
+    fn sql(self) -> String {
+        let column = match self.by {
+            RiskSortField::Score => "score",
+            RiskSortField::CreatedAt => "created_at",
+            RiskSortField::UpdatedAt => "updated_at",
+            RiskSortField::Title => "title",
+        };
+        let direction = match self.direction {
+            SortDirection::Asc => "ASC",
+            SortDirection::Desc => "DESC",
+        };
+        format!("{column} {direction}, id {direction}")
+    }
 }
 
 /// The score filters of the risk list, each a bound on the score grid (see [`ScoreBound`]).
@@ -90,18 +113,7 @@ pub async fn list(db: &impl ConnectionTrait, tenant: Uuid, filter: &RiskFilter) 
     conditions.add("score <= ?", filter.score.max.map(ScoreBound::value));
     conditions.add("tags @> ARRAY[?::text]", filter.tag.clone());
     conditions.add("owner = ?", filter.owner.clone());
-    let column = match filter.sort_by {
-        RiskSortField::Score => "score",
-        RiskSortField::CreatedAt => "created_at",
-        RiskSortField::UpdatedAt => "updated_at",
-        RiskSortField::Title => "title",
-    };
-    let direction = match filter.sort_dir {
-        SortDirection::Asc => "ASC",
-        SortDirection::Desc => "DESC",
-    };
-    let order = format!("{column} {direction}, id {direction}");
-    conditions.page::<risks::Entity>(db, "risks", &order, filter.page, filter.limit).await
+    conditions.page::<risks::Entity>(db, "risks", &filter.order.sql(), filter.page, filter.limit).await
 }
 
 /// A live (not soft-deleted) risk of the tenant.

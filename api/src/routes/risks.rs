@@ -12,7 +12,7 @@ use super::caller::{Caller, Write};
 use super::{ApiTags, Cached, ListFilter, NoContent, Updated, body_of, default_limit, default_page, normalise_search};
 use crate::app::AppState;
 use crate::db::replicas::Reader;
-use crate::db::risks::{RiskFilter, ScoreRange};
+use crate::db::risks::{RiskFilter, RiskOrder, ScoreRange};
 use crate::db::writes;
 use crate::error::{ApiError, OrNotFound};
 use crate::model::{
@@ -60,8 +60,7 @@ impl Default for RiskFilter {
             score: ScoreRange::default(),
             tag: None,
             owner: None,
-            sort_by: DEFAULT_SORT_BY,
-            sort_dir: DEFAULT_SORT_DIR,
+            order: RiskOrder { by: DEFAULT_SORT_BY, direction: DEFAULT_SORT_DIR },
             page: super::default_page(),
             limit: super::default_limit(),
         }
@@ -72,8 +71,8 @@ impl RiskFilter {
     /// The parameters that identify this list in the cache key.
     pub(super) fn params(&self) -> Vec<(&'static str, String)> {
         let mut params = vec![
-            ("sort_by", enum_text(&self.sort_by)),
-            ("sort_dir", enum_text(&self.sort_dir)),
+            ("sort_by", enum_text(&self.order.by)),
+            ("sort_dir", enum_text(&self.order.direction)),
             ("page", self.page.to_string()),
             ("limit", self.limit.to_string()),
         ];
@@ -168,8 +167,7 @@ impl RisksApi {
             score: ScoreRange::new(min_score.0, max_score.0),
             tag: tag.0,
             owner: owner.0,
-            sort_by: sort_by.0,
-            sort_dir: sort_dir.0,
+            order: RiskOrder { by: sort_by.0, direction: sort_dir.0 },
             page: page.0,
             limit: limit.0,
         };
