@@ -3,9 +3,9 @@
 use std::io::Write;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::Subcommand;
 use openrisk_shared::Settings;
-use openrisk_shared::command_line::{ConfigArgs, shutdown_signal};
+use openrisk_shared::command_line::{ServerCli, shutdown_signal};
 use sea_orm::{DatabaseConnection, FromQueryResult};
 use uuid::Uuid;
 
@@ -13,13 +13,12 @@ use crate::app::{AppOptions, Application};
 use crate::auth::{Role, create_token, revoke_token};
 use crate::db::stmt;
 
-#[derive(Debug, Parser)]
-#[command(name = "openrisk-api", version, about = "OpenRisk HTTP API with a Redis read-through cache")]
-pub struct Cli {
-    #[command(flatten)]
-    pub config: ConfigArgs,
-    #[command(subcommand)]
-    pub command: Command,
+/// The `openrisk-api` command line.
+pub type Cli = ServerCli<Command>;
+
+/// The command line the process was started with.
+pub fn parse() -> Cli {
+    Cli::parse_as("openrisk-api", "OpenRisk HTTP API with a Redis read-through cache")
 }
 
 #[derive(Debug, Subcommand)]

@@ -135,6 +135,18 @@ impl ApiError {
     }
 }
 
+/// A row looked up by id, where its absence is the client's 404.
+pub trait OrNotFound<T> {
+    /// The row, or 404 saying that `what` `id` does not exist.
+    fn or_not_found(self, what: &str, id: impl std::fmt::Display) -> Result<T, ApiError>;
+}
+
+impl<T> OrNotFound<T> for Option<T> {
+    fn or_not_found(self, what: &str, id: impl std::fmt::Display) -> Result<T, ApiError> {
+        self.ok_or_else(|| ApiError::not_found(what, id))
+    }
+}
+
 impl From<crate::model::UnknownStoredValue> for ApiError {
     /// The database holds what this build cannot represent: logged with the value, hidden from
     /// the client like any other server fault.

@@ -1,6 +1,4 @@
-use clap::Parser;
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    openrisk_api::cli::run(openrisk_api::cli::Cli::parse()).await
+    openrisk_api::cli::run(openrisk_api::cli::parse()).await
 }

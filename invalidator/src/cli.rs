@@ -2,21 +2,16 @@
 
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
-use openrisk_shared::command_line::{ConfigArgs, shutdown_signal};
+use clap::Subcommand;
+use openrisk_shared::command_line::{ServerCli, shutdown_signal};
 use openrisk_shared::config::WakeMode;
 
-#[derive(Debug, Parser)]
-#[command(
-    name = "openrisk-invalidator",
-    version,
-    about = "Turns committed Postgres changes into exact Redis invalidations"
-)]
-pub struct Cli {
-    #[command(flatten)]
-    pub config: ConfigArgs,
-    #[command(subcommand)]
-    pub command: Command,
+/// The `openrisk-invalidator` command line.
+pub type Cli = ServerCli<Command>;
+
+/// The command line the process was started with.
+pub fn parse() -> Cli {
+    Cli::parse_as("openrisk-invalidator", "Turns committed Postgres changes into exact Redis invalidations")
 }
 
 #[derive(Debug, Subcommand)]

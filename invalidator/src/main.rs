@@ -1,6 +1,4 @@
-use clap::Parser;
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    openrisk_invalidator::cli::run(openrisk_invalidator::cli::Cli::parse()).await
+    openrisk_invalidator::cli::run(openrisk_invalidator::cli::parse()).await
 }

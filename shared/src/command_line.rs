@@ -1,9 +1,29 @@
-//! What the servers' command lines share: the `--config` option and the wait for a signal to
-//! stop.
+//! What the servers' command lines share: their shape (the `--config` option and one command),
+//! and the wait for a signal to stop.
 
 use std::path::PathBuf;
 
 use crate::{ConfigError, Settings, telemetry};
+
+/// A server's command line: the `--config` option and one of the server's commands.
+#[derive(Debug, clap::Parser)]
+#[command(version)]
+pub struct ServerCli<C: clap::Subcommand> {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    #[command(subcommand)]
+    pub command: C,
+}
+
+impl<C: clap::Subcommand> ServerCli<C> {
+    /// Parses the process's arguments as the command line of the server `name`, which does
+    /// `about`; `--help`, `--version` and a usage error end the process, as clap does.
+    pub fn parse_as(name: &'static str, about: &'static str) -> Self {
+        use clap::{CommandFactory, FromArgMatches};
+        let matches = Self::command().name(name).about(about).get_matches();
+        Self::from_arg_matches(&matches).unwrap_or_else(|error| error.exit())
+    }
+}
 
 /// The `--config` option of every server command, flattened into each command line.
 #[derive(Debug, clap::Args)]

@@ -4,28 +4,25 @@ use sea_orm::{ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter};
 use uuid::Uuid;
 
 use super::entities::assets;
-use super::list::Conditions;
+use super::list::{Conditions, Page};
+use crate::model::{Criticality, enum_text};
 
 /// Normalised filters of the asset list (also the cache key's parameters).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AssetFilter {
-    /// Lowercased text matched case-insensitively in the name.
+    /// Trimmed text matched case-insensitively in the name.
     pub q: Option<String>,
-    pub criticality: Option<String>,
+    pub criticality: Option<Criticality>,
     pub asset_type: Option<String>,
     pub page: u32,
     pub limit: u32,
 }
 
 /// One page of assets by name, and how many match in all.
-pub async fn list(
-    db: &impl ConnectionTrait,
-    tenant: Uuid,
-    filter: &AssetFilter,
-) -> Result<(Vec<assets::Model>, i64), DbErr> {
+pub async fn list(db: &impl ConnectionTrait, tenant: Uuid, filter: &AssetFilter) -> Result<Page<assets::Model>, DbErr> {
     let mut conditions = Conditions::of_tenant(tenant);
     conditions.search("name", filter.q.as_deref());
-    conditions.add("criticality = ?", filter.criticality.clone());
+    conditions.add("criticality = ?", filter.criticality.as_ref().map(enum_text));
     conditions.add("asset_type = ?", filter.asset_type.clone());
     conditions.page::<assets::Entity>(db, "assets", "name, id", filter.page, filter.limit).await
 }

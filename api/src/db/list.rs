@@ -6,6 +6,9 @@ use uuid::Uuid;
 
 use super::stmt;
 
+/// One page of a list's rows, and how many rows match in all.
+pub type Page<Row> = (Vec<Row>, i64);
+
 /// The conditions of a list query: `tenant_id = $1`, then each filter present, `AND`-ed.
 pub struct Conditions {
     clauses: Vec<String>,
@@ -53,7 +56,7 @@ impl Conditions {
         order: &str,
         page: u32,
         limit: u32,
-    ) -> Result<(Vec<E::Model>, i64), DbErr> {
+    ) -> Result<Page<E::Model>, DbErr> {
         let predicate = self.clauses.join(" AND ");
         let total = Total::find_by_statement(stmt(
             &format!("SELECT count(*) AS total FROM {table} WHERE {predicate}"),

@@ -8,25 +8,61 @@ use sea_orm::{
 use uuid::Uuid;
 
 use super::entities::{assets, mitigations, risks, subactions};
-use super::list::Conditions;
+use super::list::{Conditions, Page};
 use super::stmt;
-use crate::model::{RiskSortField, SortDirection};
+use crate::model::{RiskSortField, RiskStatus, Severity, SortDirection, enum_text};
 
 /// Normalised filters of the risk list (also the cache key's parameters).
 #[derive(Debug, Clone, PartialEq)]
 pub struct RiskFilter {
-    /// Lowercased search text, matched case-insensitively in title and description.
+    /// Trimmed search text, matched case-insensitively in title and description.
     pub q: Option<String>,
-    pub status: Option<String>,
-    pub severity: Option<String>,
-    pub min_score: Option<ScoreBound>,
-    pub max_score: Option<ScoreBound>,
+    pub status: Option<RiskStatus>,
+    pub severity: Option<Severity>,
+    pub score: ScoreRange,
     pub tag: Option<String>,
     pub owner: Option<String>,
-    pub sort_by: RiskSortField,
-    pub sort_dir: SortDirection,
+    pub order: RiskOrder,
     pub page: u32,
     pub limit: u32,
+}
+
+/// The order of the risk list: a field and a direction (ties broken by id, the same way).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RiskOrder {
+    pub by: RiskSortField,
+    pub direction: SortDirection,
+}
+
+impl RiskOrder {
+    /// The `ORDER BY` clause.
+    fn sql(self) -> String {
+        let column = match self.by {
+            RiskSortField::Score => "score",
+            RiskSortField::CreatedAt => "created_at",
+            RiskSortField::UpdatedAt => "updated_at",
+            RiskSortField::Title => "title",
+        };
+        let direction = match self.direction {
+            SortDirection::Asc => "ASC",
+            SortDirection::Desc => "DESC",
+        };
+        format!("{column} {direction}, id {direction}")
+    }
+}
+
+/// The score filters of the risk list, each a bound on the score grid (see [`ScoreBound`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ScoreRange {
+    pub min: Option<ScoreBound>,
+    pub max: Option<ScoreBound>,
+}
+
+impl ScoreRange {
+    /// The range a client's `min_score` and `max_score` select.
+    pub fn new(min: Option<f64>, max: Option<f64>) -> Self {
+        Self { min: min.map(ScoreBound::at_least), max: max.map(ScoreBound::at_most) }
+    }
 }
 
 /// A score filter as the query uses it: a value of the `numeric(6,2)` score column, so every
@@ -67,32 +103,17 @@ impl std::fmt::Display for ScoreBound {
 }
 
 /// One page of live risks matching `filter`, and how many match in all.
-pub async fn list(
-    db: &impl ConnectionTrait,
-    tenant: Uuid,
-    filter: &RiskFilter,
-) -> Result<(Vec<risks::Model>, i64), DbErr> {
+pub async fn list(db: &impl ConnectionTrait, tenant: Uuid, filter: &RiskFilter) -> Result<Page<risks::Model>, DbErr> {
     let mut conditions = Conditions::of_tenant(tenant);
     conditions.always("deleted_at IS NULL");
     conditions.search("(title || ' ' || description)", filter.q.as_deref());
-    conditions.add("status = ?", filter.status.clone());
-    conditions.add("severity = ?", filter.severity.clone());
-    conditions.add("score >= ?", filter.min_score.map(ScoreBound::value));
-    conditions.add("score <= ?", filter.max_score.map(ScoreBound::value));
+    conditions.add("status = ?", filter.status.as_ref().map(enum_text));
+    conditions.add("severity = ?", filter.severity.as_ref().map(enum_text));
+    conditions.add("score >= ?", filter.score.min.map(ScoreBound::value));
+    conditions.add("score <= ?", filter.score.max.map(ScoreBound::value));
     conditions.add("tags @> ARRAY[?::text]", filter.tag.clone());
     conditions.add("owner = ?", filter.owner.clone());
-    let column = match filter.sort_by {
-        RiskSortField::Score => "score",
-        RiskSortField::CreatedAt => "created_at",
-        RiskSortField::UpdatedAt => "updated_at",
-        RiskSortField::Title => "title",
-    };
-    let direction = match filter.sort_dir {
-        SortDirection::Asc => "ASC",
-        SortDirection::Desc => "DESC",
-    };
-    let order = format!("{column} {direction}, id {direction}");
-    conditions.page::<risks::Entity>(db, "risks", &order, filter.page, filter.limit).await
+    conditions.page::<risks::Entity>(db, "risks", &filter.order.sql(), filter.page, filter.limit).await
 }
 
 /// A live (not soft-deleted) risk of the tenant.

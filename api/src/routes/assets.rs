@@ -2,21 +2,19 @@
 
 use std::sync::Arc;
 
-use poem::web::Data;
 use poem_openapi::param::{Header, Path, Query};
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, OpenApi};
 use uuid::Uuid;
 
-use super::{
-    ApiTags, Cached, Caching, NoContent, Updated, Write, body_of, default_limit, default_page, normalise_search, serve,
-};
+use super::caller::{Caller, Write};
+use super::{ApiTags, Cached, ListFilter, NoContent, Updated, body_of, default_limit, default_page, normalise_search};
 use crate::app::AppState;
-use crate::auth::{BearerAuth, Role};
 use crate::db::assets::AssetFilter;
 use crate::db::entities::assets;
+use crate::db::replicas::Reader;
 use crate::db::writes;
-use crate::error::ApiError;
+use crate::error::{ApiError, OrNotFound};
 use crate::model::{Asset, AssetCreate, AssetPage, AssetPatch, Criticality, enum_text};
 
 /// Asset operations.
@@ -30,12 +28,25 @@ enum AssetCreated {
     Created(Json<Asset>, #[oai(header = "Location")] String),
 }
 
+impl ListFilter for AssetFilter {
+    fn search(&self) -> Option<&str> {
+        self.q.as_deref()
+    }
+
+    fn page(&self) -> u32 {
+        self.page
+    }
+}
+
 impl AssetFilter {
     /// The parameters that identify this list in the cache key.
     pub(super) fn params(&self) -> Vec<(&'static str, String)> {
         let mut params = vec![("page", self.page.to_string()), ("limit", self.limit.to_string())];
-        let optional =
-            [("q", self.q.clone()), ("criticality", self.criticality.clone()), ("asset_type", self.asset_type.clone())];
+        let optional = [
+            ("q", self.q.clone()),
+            ("criticality", self.criticality.as_ref().map(enum_text)),
+            ("asset_type", self.asset_type.clone()),
+        ];
         params.extend(optional.into_iter().filter_map(|(name, value)| Some((name, value?))));
         params
     }
@@ -50,8 +61,7 @@ impl AssetsApi {
     #[allow(clippy::too_many_arguments)]
     async fn list(
         &self,
-        state: Data<&Arc<AppState>>,
-        auth: BearerAuth,
+        caller: Caller,
         /// Text searched case-insensitively in the name.
         #[oai(validator(max_length = 200))]
         q: Query<Option<String>>,
@@ -70,64 +80,44 @@ impl AssetsApi {
         #[oai(name = "If-None-Match")]
         if_none_match: Header<Option<String>>,
     ) -> Result<Cached<AssetPage>, ApiError> {
-        let tenant = auth.0.tenant_id;
         let filter = AssetFilter {
             q: normalise_search(q.0),
-            criticality: criticality.0.as_ref().map(enum_text),
+            criticality: criticality.0,
             asset_type: asset_type.0,
             page: page.0,
             limit: limit.0,
         };
-        let read = super::cacheable::asset_list(tenant, &filter);
-        let caching = Caching::of_list(filter.q.as_deref(), filter.page);
-        serve(&state, read, caching, if_none_match.0.as_deref(), move |state, reader| {
-            let filter = filter.clone();
-            async move {
-                let (rows, total) =
-                    state.db.timed("asset_list", crate::db::assets::list(&reader.conn(), tenant, &filter)).await?;
-                super::page_body(rows, |items| AssetPage { items, total, page: filter.page, limit: filter.limit })
-            }
-        })
-        .await
+        let read = super::cacheable::asset_list(caller.tenant(), &filter);
+        caller.serve_list(read, filter, if_none_match.0, asset_page).await
     }
 
     /// Get an asset
     #[oai(path = "/assets/:id", method = "get", operation_id = "getAsset")]
     async fn get(
         &self,
-        state: Data<&Arc<AppState>>,
-        auth: BearerAuth,
+        caller: Caller,
         /// Asset id.
         id: Path<Uuid>,
         /// Entity tag of a copy the client holds; a match answers 304.
         #[oai(name = "If-None-Match")]
         if_none_match: Header<Option<String>>,
     ) -> Result<Cached<Asset>, ApiError> {
-        let (tenant, id) = (auth.0.tenant_id, id.0);
+        let (tenant, id) = (caller.tenant(), id.0);
         let read = super::cacheable::asset_detail(tenant, id);
-        serve(&state, read, Caching::Detail, if_none_match.0.as_deref(), move |state, reader| async move {
-            let row = state
-                .db
-                .timed("asset_get", crate::db::assets::find(&reader.conn(), tenant, id))
-                .await?
-                .ok_or_else(|| ApiError::not_found("asset", id))?;
-            Ok(body_of(&Asset::try_from(row)?))
-        })
-        .await
+        caller
+            .serve(read, if_none_match.0, move |state, reader| async move {
+                let row = state.db.timed("asset_get", crate::db::assets::find(&reader.conn(), tenant, id)).await?;
+                asset_body(&row.or_not_found("asset", id)?).await
+            })
+            .await
     }
 
     /// Create an asset
     #[oai(path = "/assets", method = "post", operation_id = "createAsset")]
-    async fn create(
-        &self,
-        state: Data<&Arc<AppState>>,
-        auth: BearerAuth,
-        body: Json<AssetCreate>,
-    ) -> Result<AssetCreated, ApiError> {
-        let body = body.0;
-        let write = Write::begin(&state, &auth, Role::Analyst).await?;
-        let row = state.db.timed("asset_insert", writes::insert_asset(&write.txn, auth.0.tenant_id, body)).await?;
-        write.commit(&state).await?;
+    async fn create(&self, caller: Caller, body: Json<AssetCreate>) -> Result<AssetCreated, ApiError> {
+        let write = caller.begin_write().await?;
+        let row = write.timed("asset_insert", writes::insert_asset(&write.txn, write.tenant, body.0)).await?;
+        write.commit().await?;
         let location = format!("/api/v1/assets/{}", row.id);
         Ok(AssetCreated::Created(Json(Asset::try_from(row)?), location))
     }
@@ -138,8 +128,7 @@ impl AssetsApi {
     #[oai(path = "/assets/:id", method = "patch", operation_id = "updateAsset")]
     async fn update(
         &self,
-        state: Data<&Arc<AppState>>,
-        auth: BearerAuth,
+        caller: Caller,
         /// Asset id.
         id: Path<Uuid>,
         /// Entity tag from a GET of this resource: the change is made only if it is still current
@@ -148,11 +137,10 @@ impl AssetsApi {
         if_match: Header<Option<String>>,
         body: Json<AssetPatch>,
     ) -> Result<Updated<Asset>, ApiError> {
-        let write = Write::begin(&state, &auth, Role::Analyst).await?;
-        let lock = state.db.timed("asset_lock", writes::lock_asset(&write.txn, auth.0.tenant_id, id.0));
-        let current = super::lock_for_write("asset", id.0, lock, if_match.0.as_deref(), asset_body).await?;
-        let row = state.db.timed("asset_update", writes::update_asset(&write.txn, current, body.0)).await?;
-        write.commit(&state).await?;
+        let write = caller.begin_write().await?;
+        let current = lock_asset(&write, id.0, if_match.0.as_deref()).await?;
+        let row = write.timed("asset_update", writes::update_asset(&write.txn, current, body.0)).await?;
+        write.commit().await?;
         Ok(Updated::Ok(Json(Asset::try_from(row)?)))
     }
 
@@ -162,8 +150,7 @@ impl AssetsApi {
     #[oai(path = "/assets/:id", method = "delete", operation_id = "deleteAsset")]
     async fn delete(
         &self,
-        state: Data<&Arc<AppState>>,
-        auth: BearerAuth,
+        caller: Caller,
         /// Asset id.
         id: Path<Uuid>,
         /// Entity tag from a GET of this resource: the change is made only if it is still current
@@ -171,18 +158,12 @@ impl AssetsApi {
         #[oai(name = "If-Match")]
         if_match: Header<Option<String>>,
     ) -> Result<NoContent, ApiError> {
-        let (tenant, id) = (auth.0.tenant_id, id.0);
-        let write = Write::begin(&state, &auth, Role::Analyst).await?;
+        let (write, id) = (caller.begin_write().await?, id.0);
         if if_match.0.is_some() {
-            let lock = state.db.timed("asset_lock", writes::lock_asset(&write.txn, tenant, id));
-            super::lock_for_write("asset", id, lock, if_match.0.as_deref(), asset_body).await?;
+            lock_asset(&write, id, if_match.0.as_deref()).await?;
         }
-        let deleted = state.db.timed("asset_delete", writes::delete_asset(&write.txn, tenant, id)).await?;
-        if !deleted {
-            return Err(ApiError::not_found("asset", id));
-        }
-        write.commit(&state).await?;
-        Ok(NoContent::Done)
+        let deleted = write.timed("asset_delete", writes::delete_asset(&write.txn, write.tenant, id)).await?;
+        super::commit_if_found(write, deleted, "asset", id).await
     }
 
     /// Link a risk and an asset
@@ -191,34 +172,49 @@ impl AssetsApi {
     #[oai(path = "/risks/:risk_id/assets/:asset_id", method = "put", operation_id = "linkAsset")]
     async fn link(
         &self,
-        state: Data<&Arc<AppState>>,
-        auth: BearerAuth,
+        caller: Caller,
         /// Risk id.
         risk_id: Path<Uuid>,
         /// Asset id.
         asset_id: Path<Uuid>,
     ) -> Result<NoContent, ApiError> {
-        change_link(&state, &auth, risk_id.0, asset_id.0, LinkChange::Link).await
+        change_link(&caller, risk_id.0, asset_id.0, LinkChange::Link).await
     }
 
     /// Unlink a risk and an asset
     #[oai(path = "/risks/:risk_id/assets/:asset_id", method = "delete", operation_id = "unlinkAsset")]
     async fn unlink(
         &self,
-        state: Data<&Arc<AppState>>,
-        auth: BearerAuth,
+        caller: Caller,
         /// Risk id.
         risk_id: Path<Uuid>,
         /// Asset id.
         asset_id: Path<Uuid>,
     ) -> Result<NoContent, ApiError> {
-        change_link(&state, &auth, risk_id.0, asset_id.0, LinkChange::Unlink).await
+        change_link(&caller, risk_id.0, asset_id.0, LinkChange::Unlink).await
     }
+}
+
+/// One page of the asset list, read on `reader`.
+async fn asset_page(
+    state: Arc<AppState>,
+    reader: Reader,
+    tenant: Uuid,
+    filter: AssetFilter,
+) -> Result<Vec<u8>, ApiError> {
+    let (rows, total) = state.db.timed("asset_list", crate::db::assets::list(&reader.conn(), tenant, &filter)).await?;
+    super::page_body(rows, |items| AssetPage { items, total, page: filter.page, limit: filter.limit })
 }
 
 /// The body a GET of the asset serves, which `If-Match` compares.
 fn asset_body(row: &assets::Model) -> std::future::Ready<Result<Vec<u8>, ApiError>> {
     std::future::ready(Asset::try_from(row.clone()).map(|asset| body_of(&asset)).map_err(ApiError::from))
+}
+
+/// Locks the asset `id` for `write` and checks `If-Match` against it (see [`super::lock_for_write`]).
+async fn lock_asset(write: &Write, id: Uuid, if_match: Option<&str>) -> Result<assets::Model, ApiError> {
+    let lock = write.timed("asset_lock", writes::lock_asset(&write.txn, write.tenant, id));
+    super::lock_for_write("asset", id, lock, if_match, asset_body).await
 }
 
 /// Which way [`change_link`] changes the link between a risk and an asset.
@@ -229,28 +225,21 @@ enum LinkChange {
 }
 
 /// Links or unlinks a risk and an asset in one write; 404 when there was nothing to change.
-async fn change_link(
-    state: &AppState,
-    auth: &BearerAuth,
-    risk: Uuid,
-    asset: Uuid,
-    change: LinkChange,
-) -> Result<NoContent, ApiError> {
-    let write = Write::begin(state, auth, Role::Analyst).await?;
-    let tenant = auth.0.tenant_id;
+async fn change_link(caller: &Caller, risk: Uuid, asset: Uuid, change: LinkChange) -> Result<NoContent, ApiError> {
+    let write = caller.begin_write().await?;
     let (changed, missing) = match change {
         LinkChange::Link => (
-            state.db.timed("asset_link", crate::db::risks::link_asset(&write.txn, tenant, risk, asset)).await?,
+            write.timed("asset_link", crate::db::risks::link_asset(&write.txn, write.tenant, risk, asset)).await?,
             format!("risk {risk} or asset {asset} does not exist"),
         ),
         LinkChange::Unlink => (
-            state.db.timed("asset_unlink", crate::db::risks::unlink_asset(&write.txn, tenant, risk, asset)).await?,
+            write.timed("asset_unlink", crate::db::risks::unlink_asset(&write.txn, write.tenant, risk, asset)).await?,
             format!("risk {risk} is not linked to asset {asset}"),
         ),
     };
     if !changed {
         return Err(ApiError::NotFound(Json(crate::error::Problem::new(poem::http::StatusCode::NOT_FOUND, missing))));
     }
-    write.commit(state).await?;
+    write.commit().await?;
     Ok(NoContent::Done)
 }

@@ -10,8 +10,8 @@ use openrisk_shared::Tag;
 use super::MAX_CACHED_PAGE;
 use crate::cache::CacheableRead;
 use crate::db::assets::AssetFilter;
-use crate::db::risks::{RiskFilter, ScoreBound};
-use crate::model::{RiskSortField, RiskStatus, Severity, SortDirection, enum_text};
+use crate::db::risks::{RiskFilter, ScoreRange};
+use crate::model::{RiskSortField, SortDirection};
 
 /// A cacheable GET in its plainest form: a path the router would send to one of the handlers
 /// below, with parameters (if any) that are certainly valid and read here exactly as the
@@ -77,42 +77,6 @@ impl PlainRead {
 pub const DEFAULT_SORT_BY: RiskSortField = RiskSortField::CreatedAt;
 pub const DEFAULT_SORT_DIR: SortDirection = SortDirection::Desc;
 
-/// The filter of a risk list query, built from the typed parameters the way the handler and the
-/// hit path both build it.
-#[derive(Debug, Default)]
-pub struct RiskListQuery {
-    pub q: Option<String>,
-    pub status: Option<RiskStatus>,
-    pub severity: Option<Severity>,
-    pub min_score: Option<f64>,
-    pub max_score: Option<f64>,
-    pub tag: Option<String>,
-    pub owner: Option<String>,
-    pub sort_by: Option<RiskSortField>,
-    pub sort_dir: Option<SortDirection>,
-    pub page: Option<u32>,
-    pub limit: Option<u32>,
-}
-
-impl RiskListQuery {
-    /// The filter, defaults filled in (`created_at`, `desc`, page 1, 20 a page).
-    pub fn into_filter(self) -> RiskFilter {
-        RiskFilter {
-            q: super::normalise_search(self.q),
-            status: self.status.as_ref().map(enum_text),
-            severity: self.severity.as_ref().map(enum_text),
-            min_score: self.min_score.map(ScoreBound::at_least),
-            max_score: self.max_score.map(ScoreBound::at_most),
-            tag: self.tag,
-            owner: self.owner,
-            sort_by: self.sort_by.unwrap_or(DEFAULT_SORT_BY),
-            sort_dir: self.sort_dir.unwrap_or(DEFAULT_SORT_DIR),
-            page: self.page.unwrap_or_else(super::default_page),
-            limit: self.limit.unwrap_or_else(super::default_limit),
-        }
-    }
-}
-
 /// The filter of a risk list query the hit path can read exactly and the cache keeps: every
 /// parameter known, given once, in plain characters (no percent-encoding or `+`) and valid, no
 /// free-text search and no page past [`MAX_CACHED_PAGE`]. `None` for anything else.
@@ -126,7 +90,8 @@ fn plain_risk_filter(query: &str) -> Option<RiskFilter> {
     fn text(value: &str, longest: usize) -> Option<String> {
         (!value.is_empty() && value.len() <= longest).then(|| value.to_owned())
     }
-    let mut parts = RiskListQuery::default();
+    let mut filter = RiskFilter::default();
+    let (mut min_score, mut max_score) = (None, None);
     let mut seen: Vec<&str> = Vec::new();
     for pair in query.split('&').filter(|_| !query.is_empty()) {
         let (name, value) = pair.split_once('=')?;
@@ -135,20 +100,21 @@ fn plain_risk_filter(query: &str) -> Option<RiskFilter> {
         }
         seen.push(name);
         match name {
-            "status" => parts.status = Some(parsed(value)?),
-            "severity" => parts.severity = Some(parsed(value)?),
-            "min_score" => parts.min_score = Some(within(parsed(value)?)?),
-            "max_score" => parts.max_score = Some(within(parsed(value)?)?),
-            "tag" => parts.tag = Some(text(value, 64)?),
-            "owner" => parts.owner = Some(text(value, 255)?),
-            "sort_by" => parts.sort_by = Some(parsed(value)?),
-            "sort_dir" => parts.sort_dir = Some(parsed(value)?),
-            "page" => parts.page = Some(parsed::<u32>(value).filter(|page| (1..=MAX_CACHED_PAGE).contains(page))?),
-            "limit" => parts.limit = Some(parsed::<u32>(value).filter(|limit| (1..=200).contains(limit))?),
+            "status" => filter.status = Some(parsed(value)?),
+            "severity" => filter.severity = Some(parsed(value)?),
+            "min_score" => min_score = Some(within(parsed(value)?)?),
+            "max_score" => max_score = Some(within(parsed(value)?)?),
+            "tag" => filter.tag = Some(text(value, 64)?),
+            "owner" => filter.owner = Some(text(value, 255)?),
+            "sort_by" => filter.order.by = parsed(value)?,
+            "sort_dir" => filter.order.direction = parsed(value)?,
+            "page" => filter.page = parsed::<u32>(value).filter(|page| (1..=MAX_CACHED_PAGE).contains(page))?,
+            "limit" => filter.limit = parsed::<u32>(value).filter(|limit| (1..=200).contains(limit))?,
             _ => return None,
         }
     }
-    Some(parts.into_filter())
+    filter.score = ScoreRange::new(min_score, max_score);
+    Some(filter)
 }
 
 /// The read of the operation `operation_id` (its route template, from the routing table) for
@@ -220,12 +186,14 @@ pub fn trends(tenant: Uuid, days: u32, today: chrono::NaiveDate) -> CacheableRea
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::db::risks::ScoreBound;
+    use crate::model::RiskStatus;
 
     #[test]
     fn every_cacheable_read_is_named_by_the_documented_path_of_its_operation() {
         let (tenant, id) = (Uuid::new_v4(), Uuid::new_v4());
         let reads = [
-            risk_list(tenant, &RiskListQuery::default().into_filter()),
+            risk_list(tenant, &RiskFilter::default()),
             risk_detail(tenant, id),
             mitigation(tenant, id, id),
             asset_detail(tenant, id),
@@ -275,9 +243,9 @@ mod tests {
             _ => None,
         };
         let filter = list("status=ACTIVE&sort_by=score&page=2&limit=50&min_score=7.123").unwrap();
-        assert_eq!((filter.status.as_deref(), filter.page, filter.limit), (Some("ACTIVE"), 2, 50));
-        assert_eq!(filter.min_score, Some(ScoreBound::at_least(7.123)));
-        assert_eq!(list("").unwrap(), RiskListQuery::default().into_filter());
+        assert_eq!((filter.status, filter.page, filter.limit), (Some(RiskStatus::Active), 2, 50));
+        assert_eq!(filter.score.min, Some(ScoreBound::at_least(7.123)));
+        assert_eq!(list("").unwrap(), RiskFilter::default());
         for refused in [
             "q=fire",
             "page=11",

@@ -1,20 +1,17 @@
 //! `/api/v1/risks/{risk_id}/mitigations`: mitigations of a risk and their sub-actions.
 
-use std::sync::Arc;
-
-use poem::web::Data;
 use poem_openapi::param::{Header, Path};
 use poem_openapi::payload::Json;
 use poem_openapi::types::MaybeUndefined;
 use poem_openapi::{ApiResponse, OpenApi};
 use uuid::Uuid;
 
-use super::{ApiTags, Cached, Caching, NoContent, Updated, Write, body_of, serve};
+use super::caller::{Caller, Write};
+use super::{ApiTags, Cached, NoContent, Updated, body_of};
 use crate::app::AppState;
-use crate::auth::{BearerAuth, Role};
 use crate::db::entities::{mitigations, subactions};
 use crate::db::writes;
-use crate::error::ApiError;
+use crate::error::{ApiError, OrNotFound};
 use crate::model::{Mitigation, MitigationCreate, MitigationPatch, SubAction, SubActionCreate, SubActionPatch};
 
 /// Mitigation and sub-action operations.
@@ -59,26 +56,26 @@ fn check_due_date(date: chrono::NaiveDate) -> Result<(), ApiError> {
     }
 }
 
-/// Checks `If-Match` (when sent) against the mitigation as a GET serves it, with the row locked
-/// first so no other change of it comes between the check and the write; the row as locked.
-async fn require_mitigation_if_match(
-    state: &AppState,
-    txn: &sea_orm::DatabaseTransaction,
+/// The mitigation `id` of `risk` as `write` sees it, checked against `If-Match` when one is sent:
+/// then the row is locked first, so no other change of it comes between the check and the write.
+async fn find_for_write(
+    write: &Write,
+    risk: Uuid,
+    id: Uuid,
     if_match: Option<&str>,
-    row: mitigations::Model,
 ) -> Result<mitigations::Model, ApiError> {
+    let (txn, tenant) = (&write.txn, write.tenant);
+    let row = write.timed("mitigation_get", crate::db::risks::find_mitigation(txn, tenant, risk, id)).await?;
+    let row = row.or_not_found("mitigation", id)?;
     if if_match.is_none() {
         return Ok(row);
     }
-    let (tenant, id) = (row.tenant_id, row.id);
-    let row = state
-        .db
-        .timed("mitigation_lock", writes::lock_mitigation(txn, tenant, id))
-        .await?
-        .ok_or_else(|| ApiError::not_found("mitigation", id))?;
-    let view = || async { Ok(body_of(&mitigation_view(state, txn, tenant, row.clone()).await?)) };
-    super::require_if_match(if_match, view).await?;
-    Ok(row)
+    let lock = write.timed("mitigation_lock", writes::lock_mitigation(txn, tenant, row.id));
+    let current_body = |row: &mitigations::Model| {
+        let row = row.clone();
+        async move { Ok(body_of(&mitigation_view(&write.state, txn, tenant, row).await?)) }
+    };
+    super::lock_for_write("mitigation", id, lock, if_match, current_body).await
 }
 
 #[OpenApi(prefix_path = "/api/v1", tag = "ApiTags::Mitigations")]
@@ -90,8 +87,7 @@ impl MitigationsApi {
     #[oai(path = "/risks/:risk_id/mitigations/:id", method = "get", operation_id = "getMitigation")]
     async fn get(
         &self,
-        state: Data<&Arc<AppState>>,
-        auth: BearerAuth,
+        caller: Caller,
         /// Risk id.
         risk_id: Path<Uuid>,
         /// Mitigation id.
@@ -100,41 +96,39 @@ impl MitigationsApi {
         #[oai(name = "If-None-Match")]
         if_none_match: Header<Option<String>>,
     ) -> Result<Cached<Mitigation>, ApiError> {
-        let (tenant, risk, id) = (auth.0.tenant_id, risk_id.0, id.0);
+        let (tenant, risk, id) = (caller.tenant(), risk_id.0, id.0);
         let read = super::cacheable::mitigation(tenant, risk, id);
-        serve(&state, read, Caching::Detail, if_none_match.0.as_deref(), move |state, reader| async move {
-            let conn = &reader.conn();
-            let row = state
-                .db
-                .timed("mitigation_get", crate::db::risks::find_mitigation(conn, tenant, risk, id))
-                .await?
-                .ok_or_else(|| ApiError::not_found("mitigation", id))?;
-            Ok(body_of(&mitigation_view(&state, conn, tenant, row).await?))
-        })
-        .await
+        caller
+            .serve(read, if_none_match.0, move |state, reader| async move {
+                let conn = &reader.conn();
+                let find = crate::db::risks::find_mitigation(conn, tenant, risk, id);
+                let row = state.db.timed("mitigation_get", find).await?.or_not_found("mitigation", id)?;
+                Ok(body_of(&mitigation_view(&state, conn, tenant, row).await?))
+            })
+            .await
     }
 
     /// Create a mitigation
     #[oai(path = "/risks/:risk_id/mitigations", method = "post", operation_id = "createMitigation")]
     async fn create(
         &self,
-        state: Data<&Arc<AppState>>,
-        auth: BearerAuth,
+        caller: Caller,
         /// Risk id.
         risk_id: Path<Uuid>,
         body: Json<MitigationCreate>,
     ) -> Result<MitigationCreated, ApiError> {
-        let (tenant, risk, body) = (auth.0.tenant_id, risk_id.0, body.0);
-        let write = Write::begin(&state, &auth, Role::Analyst).await?;
-        if state.db.timed("risk_lock", crate::db::risks::lock_live(&write.txn, tenant, risk)).await?.is_none() {
-            return Err(ApiError::not_found("risk", risk));
-        }
+        let (risk, body) = (risk_id.0, body.0);
+        let write = caller.begin_write().await?;
+        write
+            .timed("risk_lock", crate::db::risks::lock_live(&write.txn, write.tenant, risk))
+            .await?
+            .or_not_found("risk", risk)?;
         if let Some(date) = body.due_date {
             check_due_date(date)?;
         }
-        let row =
-            state.db.timed("mitigation_insert", writes::insert_mitigation(&write.txn, tenant, risk, body)).await?;
-        write.commit(&state).await?;
+        let insert = writes::insert_mitigation(&write.txn, write.tenant, risk, body);
+        let row = write.timed("mitigation_insert", insert).await?;
+        write.commit().await?;
         let location = format!("/api/v1/risks/{risk}/mitigations/{}", row.id);
         Ok(MitigationCreated::Created(Json(Mitigation::from_rows(row, Vec::new())?), location))
     }
@@ -145,8 +139,7 @@ impl MitigationsApi {
     #[oai(path = "/risks/:risk_id/mitigations/:id", method = "patch", operation_id = "updateMitigation")]
     async fn update(
         &self,
-        state: Data<&Arc<AppState>>,
-        auth: BearerAuth,
+        caller: Caller,
         /// Risk id.
         risk_id: Path<Uuid>,
         /// Mitigation id.
@@ -157,20 +150,14 @@ impl MitigationsApi {
         if_match: Header<Option<String>>,
         body: Json<MitigationPatch>,
     ) -> Result<Updated<Mitigation>, ApiError> {
-        let (tenant, risk, id, patch) = (auth.0.tenant_id, risk_id.0, id.0, body.0);
-        let write = Write::begin(&state, &auth, Role::Analyst).await?;
-        let current = state
-            .db
-            .timed("mitigation_get", crate::db::risks::find_mitigation(&write.txn, tenant, risk, id))
-            .await?
-            .ok_or_else(|| ApiError::not_found("mitigation", id))?;
-        let current = require_mitigation_if_match(&state, &write.txn, if_match.0.as_deref(), current).await?;
+        let (patch, write) = (body.0, caller.begin_write().await?);
+        let current = find_for_write(&write, risk_id.0, id.0, if_match.0.as_deref()).await?;
         if let MaybeUndefined::Value(date) = patch.due_date {
             check_due_date(date)?;
         }
-        let row = state.db.timed("mitigation_update", writes::update_mitigation(&write.txn, current, patch)).await?;
-        let view = mitigation_view(&state, &write.txn, tenant, row).await?;
-        write.commit(&state).await?;
+        let row = write.timed("mitigation_update", writes::update_mitigation(&write.txn, current, patch)).await?;
+        let view = mitigation_view(&write.state, &write.txn, write.tenant, row).await?;
+        write.commit().await?;
         Ok(Updated::Ok(Json(view)))
     }
 
@@ -180,8 +167,7 @@ impl MitigationsApi {
     #[oai(path = "/risks/:risk_id/mitigations/:id", method = "delete", operation_id = "deleteMitigation")]
     async fn delete(
         &self,
-        state: Data<&Arc<AppState>>,
-        auth: BearerAuth,
+        caller: Caller,
         /// Risk id.
         risk_id: Path<Uuid>,
         /// Mitigation id.
@@ -191,16 +177,10 @@ impl MitigationsApi {
         #[oai(name = "If-Match")]
         if_match: Header<Option<String>>,
     ) -> Result<NoContent, ApiError> {
-        let (tenant, risk, id) = (auth.0.tenant_id, risk_id.0, id.0);
-        let write = Write::begin(&state, &auth, Role::Analyst).await?;
-        let row = state
-            .db
-            .timed("mitigation_get", crate::db::risks::find_mitigation(&write.txn, tenant, risk, id))
-            .await?
-            .ok_or_else(|| ApiError::not_found("mitigation", id))?;
-        let row = require_mitigation_if_match(&state, &write.txn, if_match.0.as_deref(), row).await?;
-        state.db.timed("mitigation_delete", writes::delete_mitigation(&write.txn, row.id)).await?;
-        write.commit(&state).await?;
+        let write = caller.begin_write().await?;
+        let row = find_for_write(&write, risk_id.0, id.0, if_match.0.as_deref()).await?;
+        write.timed("mitigation_delete", writes::delete_mitigation(&write.txn, row.id)).await?;
+        write.commit().await?;
         Ok(NoContent::Done)
     }
 
@@ -212,29 +192,20 @@ impl MitigationsApi {
     )]
     async fn create_subaction(
         &self,
-        state: Data<&Arc<AppState>>,
-        auth: BearerAuth,
+        caller: Caller,
         /// Risk id.
         risk_id: Path<Uuid>,
         /// Mitigation id.
         mitigation_id: Path<Uuid>,
         body: Json<SubActionCreate>,
     ) -> Result<SubActionCreated, ApiError> {
-        let (tenant, risk, mitigation) = (auth.0.tenant_id, risk_id.0, mitigation_id.0);
-        let write = Write::begin(&state, &auth, Role::Analyst).await?;
-        if state
-            .db
-            .timed("mitigation_get", crate::db::risks::find_mitigation(&write.txn, tenant, risk, mitigation))
-            .await?
-            .is_none()
-        {
-            return Err(ApiError::not_found("mitigation", mitigation));
-        }
-        let row = state
-            .db
-            .timed("subaction_insert", writes::insert_subaction(&write.txn, tenant, mitigation, body.0))
-            .await?;
-        write.commit(&state).await?;
+        let (risk, mitigation) = (risk_id.0, mitigation_id.0);
+        let write = caller.begin_write().await?;
+        let find = crate::db::risks::find_mitigation(&write.txn, write.tenant, risk, mitigation);
+        write.timed("mitigation_get", find).await?.or_not_found("mitigation", mitigation)?;
+        let insert = writes::insert_subaction(&write.txn, write.tenant, mitigation, body.0);
+        let row = write.timed("subaction_insert", insert).await?;
+        write.commit().await?;
         Ok(SubActionCreated::Created(Json(SubAction::from(row))))
     }
 
@@ -246,8 +217,7 @@ impl MitigationsApi {
     )]
     async fn update_subaction(
         &self,
-        state: Data<&Arc<AppState>>,
-        auth: BearerAuth,
+        caller: Caller,
         /// Risk id.
         risk_id: Path<Uuid>,
         /// Mitigation id.
@@ -256,13 +226,11 @@ impl MitigationsApi {
         id: Path<Uuid>,
         body: Json<SubActionPatch>,
     ) -> Result<Updated<SubAction>, ApiError> {
-        let patch = body.0;
-        let row = change_subaction(&state, &auth, risk_id.0, mitigation_id.0, id.0, |current| SubActionPatch {
-            title: patch.title.clone(),
-            completed: patch.completed.or(Some(current.completed)),
-        })
-        .await?;
-        Ok(Updated::Ok(Json(row)))
+        let SubActionPatch { title, completed } = body.0;
+        let subaction = SubActionRef { risk: risk_id.0, mitigation: mitigation_id.0, id: id.0 };
+        let patch =
+            |current: &subactions::Model| SubActionPatch { title, completed: completed.or(Some(current.completed)) };
+        Ok(Updated::Ok(Json(change_subaction(&caller, subaction, patch).await?)))
     }
 
     /// Toggle a sub-action
@@ -275,8 +243,7 @@ impl MitigationsApi {
     )]
     async fn toggle_subaction(
         &self,
-        state: Data<&Arc<AppState>>,
-        auth: BearerAuth,
+        caller: Caller,
         /// Risk id.
         risk_id: Path<Uuid>,
         /// Mitigation id.
@@ -284,12 +251,9 @@ impl MitigationsApi {
         /// Sub-action id.
         id: Path<Uuid>,
     ) -> Result<Updated<SubAction>, ApiError> {
-        let row = change_subaction(&state, &auth, risk_id.0, mitigation_id.0, id.0, |current| SubActionPatch {
-            title: None,
-            completed: Some(!current.completed),
-        })
-        .await?;
-        Ok(Updated::Ok(Json(row)))
+        let subaction = SubActionRef { risk: risk_id.0, mitigation: mitigation_id.0, id: id.0 };
+        let toggle = |current: &subactions::Model| SubActionPatch { title: None, completed: Some(!current.completed) };
+        Ok(Updated::Ok(Json(change_subaction(&caller, subaction, toggle).await?)))
     }
 
     /// Delete a sub-action
@@ -300,8 +264,7 @@ impl MitigationsApi {
     )]
     async fn delete_subaction(
         &self,
-        state: Data<&Arc<AppState>>,
-        auth: BearerAuth,
+        caller: Caller,
         /// Risk id.
         risk_id: Path<Uuid>,
         /// Mitigation id.
@@ -309,40 +272,41 @@ impl MitigationsApi {
         /// Sub-action id.
         id: Path<Uuid>,
     ) -> Result<NoContent, ApiError> {
-        let (tenant, id) = (auth.0.tenant_id, id.0);
-        let write = Write::begin(&state, &auth, Role::Analyst).await?;
-        let row = state
-            .db
-            .timed(
-                "subaction_get",
-                crate::db::risks::find_subaction(&write.txn, tenant, risk_id.0, mitigation_id.0, id),
-            )
-            .await?
-            .ok_or_else(|| ApiError::not_found("sub-action", id))?;
-        state.db.timed("subaction_delete", writes::delete_subaction(&write.txn, row.id)).await?;
-        write.commit(&state).await?;
+        let write = caller.begin_write().await?;
+        let subaction = SubActionRef { risk: risk_id.0, mitigation: mitigation_id.0, id: id.0 };
+        let row = subaction.find(&write).await?;
+        write.timed("subaction_delete", writes::delete_subaction(&write.txn, row.id)).await?;
+        write.commit().await?;
         Ok(NoContent::Done)
     }
 }
 
-/// Applies the patch computed from the current row to a sub-action, in one transaction.
-async fn change_subaction(
-    state: &AppState,
-    auth: &BearerAuth,
+/// A sub-action as its path names it: its risk, its mitigation and its own id.
+#[derive(Clone, Copy)]
+struct SubActionRef {
     risk: Uuid,
     mitigation: Uuid,
     id: Uuid,
+}
+
+impl SubActionRef {
+    /// The sub-action as `write` sees it; 404 when the path names none.
+    async fn find(self, write: &Write) -> Result<subactions::Model, ApiError> {
+        let find = crate::db::risks::find_subaction(&write.txn, write.tenant, self.risk, self.mitigation, self.id);
+        write.timed("subaction_get", find).await?.or_not_found("sub-action", self.id)
+    }
+}
+
+/// Applies the patch computed from the current row to a sub-action, in one write.
+async fn change_subaction(
+    caller: &Caller,
+    subaction: SubActionRef,
     patch: impl FnOnce(&subactions::Model) -> SubActionPatch,
 ) -> Result<SubAction, ApiError> {
-    let tenant = auth.0.tenant_id;
-    let write = Write::begin(state, auth, Role::Analyst).await?;
-    let current = state
-        .db
-        .timed("subaction_get", crate::db::risks::find_subaction(&write.txn, tenant, risk, mitigation, id))
-        .await?
-        .ok_or_else(|| ApiError::not_found("sub-action", id))?;
+    let write = caller.begin_write().await?;
+    let current = subaction.find(&write).await?;
     let patch = patch(&current);
-    let row = state.db.timed("subaction_update", writes::update_subaction(&write.txn, current, patch)).await?;
-    write.commit(state).await?;
+    let row = write.timed("subaction_update", writes::update_subaction(&write.txn, current, patch)).await?;
+    write.commit().await?;
     Ok(SubAction::from(row))
 }

@@ -2,6 +2,7 @@
 
 mod assets;
 pub mod cacheable;
+mod caller;
 mod health;
 mod mitigations;
 mod risks;
@@ -27,10 +28,9 @@ pub use stats::StatsApi;
 pub use tokens::TokensApi;
 
 use crate::app::AppState;
-use crate::auth::{BearerAuth, Role};
 use crate::cache::{CacheableRead, Served, if_none_match_matches};
 use crate::db::replicas::Reader;
-use crate::error::ApiError;
+use crate::error::{ApiError, OrNotFound};
 
 /// Groups of operations in the documentation.
 #[derive(Tags)]
@@ -155,6 +155,14 @@ impl Caching {
     }
 }
 
+/// The filters of a list, as far as [`Caching::of_list`] needs them.
+trait ListFilter {
+    /// The free-text search, if any.
+    fn search(&self) -> Option<&str>;
+    /// The page number, from 1.
+    fn page(&self) -> u32;
+}
+
 /// Serves `read`: through the cache (lists within the tenant's entry budget for the route, see
 /// [`crate::variant_budget`]), from Postgres alone when `caching` or the budget says so. `load`
 /// reads on a miss, on the reader it is given (a replica or the primary).
@@ -234,26 +242,6 @@ fn normalise_search(text: Option<String>) -> Option<String> {
     text.map(|text| text.trim().to_owned()).filter(|text| !text.is_empty())
 }
 
-/// One write of the caller's tenant, in one transaction: [`Write::begin`] checks the caller's
-/// role before any I/O, and [`Write::commit`] invalidates what the transaction's triggers
-/// reported, so the writer's next read sees the change.
-struct Write {
-    txn: sea_orm::DatabaseTransaction,
-}
-
-impl Write {
-    async fn begin(state: &AppState, auth: &BearerAuth, role: Role) -> Result<Self, ApiError> {
-        auth.0.require(role)?;
-        Ok(Self { txn: state.db.begin().await? })
-    }
-
-    async fn commit(self, state: &AppState) -> Result<(), ApiError> {
-        let invalidations = state.db.commit(self.txn).await?;
-        state.cache.invalidate(&invalidations).await;
-        Ok(())
-    }
-}
-
 /// Whether an `If-Match` header value names `etag` (strong comparison, RFC 9110 §13.1.1): `*`
 /// matches any current representation, a weak tag never matches.
 fn if_match_matches(header: &str, etag: &str) -> bool {
@@ -285,9 +273,23 @@ async fn lock_for_write<Row, Body>(
 where
     Body: Future<Output = Result<Vec<u8>, ApiError>>,
 {
-    let row = lock.await?.ok_or_else(|| ApiError::not_found(what, id))?;
+    let row = lock.await?.or_not_found(what, id)?;
     require_if_match(if_match, || current_body(&row)).await?;
     Ok(row)
+}
+
+/// Commits a delete that found its row (`deleted`); 404 naming `what` and `id` when none.
+async fn commit_if_found(
+    write: caller::Write,
+    deleted: bool,
+    what: &str,
+    id: uuid::Uuid,
+) -> Result<NoContent, ApiError> {
+    if !deleted {
+        return Err(ApiError::not_found(what, id));
+    }
+    write.commit().await?;
+    Ok(NoContent::Done)
 }
 
 /// Status 200 with the changed resource.
@@ -305,10 +307,10 @@ mod tests {
     #[test]
     fn if_match_compares_strongly() {
         let etag = "\"abc\"";
-        assert!(if_match_matches("\"abc\"", etag));
-        assert!(if_match_matches("\"x\", \"abc\"", etag));
-        assert!(if_match_matches(" * ", etag));
-        assert!(!if_match_matches("W/\"abc\"", etag), "a weak tag never matches");
-        assert!(!if_match_matches("\"abd\"", etag));
+        let cases =
+            [("\"abc\"", true), ("\"x\", \"abc\"", true), (" * ", true), ("W/\"abc\"", false), ("\"abd\"", false)];
+        for (header, matches) in cases {
+            assert_eq!(if_match_matches(header, etag), matches, "If-Match: {header}");
+        }
     }
 }

@@ -2,19 +2,19 @@
 
 use std::sync::Arc;
 
-use poem::web::Data;
 use poem_openapi::param::{Header, Path, Query};
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, OpenApi};
 use uuid::Uuid;
 
-use super::cacheable::{DEFAULT_SORT_BY, DEFAULT_SORT_DIR, RiskListQuery};
-use super::{ApiTags, Cached, Caching, NoContent, Updated, Write, body_of, default_limit, default_page, serve};
+use super::cacheable::{DEFAULT_SORT_BY, DEFAULT_SORT_DIR};
+use super::caller::{Caller, Write};
+use super::{ApiTags, Cached, ListFilter, NoContent, Updated, body_of, default_limit, default_page, normalise_search};
 use crate::app::AppState;
-use crate::auth::{BearerAuth, Role};
-use crate::db::risks::RiskFilter;
+use crate::db::replicas::Reader;
+use crate::db::risks::{RiskFilter, RiskOrder, ScoreRange};
 use crate::db::writes;
-use crate::error::ApiError;
+use crate::error::{ApiError, OrNotFound};
 use crate::model::{
     Asset, Mitigation, Risk, RiskCreate, RiskDetail, RiskPage, RiskPatch, RiskSortField, RiskStatus, Severity,
     SortDirection, enum_text,
@@ -39,21 +39,49 @@ fn default_sort_dir() -> SortDirection {
     DEFAULT_SORT_DIR
 }
 
+impl ListFilter for RiskFilter {
+    fn search(&self) -> Option<&str> {
+        self.q.as_deref()
+    }
+
+    fn page(&self) -> u32 {
+        self.page
+    }
+}
+
+impl Default for RiskFilter {
+    /// The filter of `GET /api/v1/risks` without parameters: every live risk, newest first, on
+    /// the first page of the default size.
+    fn default() -> Self {
+        RiskFilter {
+            q: None,
+            status: None,
+            severity: None,
+            score: ScoreRange::default(),
+            tag: None,
+            owner: None,
+            order: RiskOrder { by: DEFAULT_SORT_BY, direction: DEFAULT_SORT_DIR },
+            page: super::default_page(),
+            limit: super::default_limit(),
+        }
+    }
+}
+
 impl RiskFilter {
     /// The parameters that identify this list in the cache key.
     pub(super) fn params(&self) -> Vec<(&'static str, String)> {
         let mut params = vec![
-            ("sort_by", enum_text(&self.sort_by)),
-            ("sort_dir", enum_text(&self.sort_dir)),
+            ("sort_by", enum_text(&self.order.by)),
+            ("sort_dir", enum_text(&self.order.direction)),
             ("page", self.page.to_string()),
             ("limit", self.limit.to_string()),
         ];
         let optional = [
             ("q", self.q.clone()),
-            ("status", self.status.clone()),
-            ("severity", self.severity.clone()),
-            ("min_score", self.min_score.map(|score| score.to_string())),
-            ("max_score", self.max_score.map(|score| score.to_string())),
+            ("status", self.status.as_ref().map(enum_text)),
+            ("severity", self.severity.as_ref().map(enum_text)),
+            ("min_score", self.score.min.map(|score| score.to_string())),
+            ("max_score", self.score.max.map(|score| score.to_string())),
             ("tag", self.tag.clone()),
             ("owner", self.owner.clone()),
         ];
@@ -71,11 +99,8 @@ pub(super) async fn load_detail(
     tenant: Uuid,
     id: Uuid,
 ) -> Result<Vec<u8>, ApiError> {
-    let risk = state
-        .db
-        .timed("risk_get", crate::db::risks::find_live(conn, tenant, id))
-        .await?
-        .ok_or_else(|| ApiError::not_found("risk", id))?;
+    let risk =
+        state.db.timed("risk_get", crate::db::risks::find_live(conn, tenant, id)).await?.or_not_found("risk", id)?;
     let mitigations = state.db.timed("risk_mitigations", crate::db::risks::mitigations_of(conn, tenant, id)).await?;
     let assets = state.db.timed("risk_assets", crate::db::risks::assets_of(conn, tenant, id)).await?;
     let detail = RiskDetail {
@@ -99,8 +124,7 @@ impl RisksApi {
     #[allow(clippy::too_many_arguments)]
     async fn list(
         &self,
-        state: Data<&Arc<AppState>>,
-        auth: BearerAuth,
+        caller: Caller,
         /// Text searched case-insensitively in title and description.
         #[oai(validator(max_length = 200))]
         q: Query<Option<String>>,
@@ -136,32 +160,19 @@ impl RisksApi {
         #[oai(name = "If-None-Match")]
         if_none_match: Header<Option<String>>,
     ) -> Result<Cached<RiskPage>, ApiError> {
-        let tenant = auth.0.tenant_id;
-        let filter = RiskListQuery {
-            q: q.0,
+        let filter = RiskFilter {
+            q: normalise_search(q.0),
             status: status.0,
             severity: severity.0,
-            min_score: min_score.0,
-            max_score: max_score.0,
+            score: ScoreRange::new(min_score.0, max_score.0),
             tag: tag.0,
             owner: owner.0,
-            sort_by: Some(sort_by.0),
-            sort_dir: Some(sort_dir.0),
-            page: Some(page.0),
-            limit: Some(limit.0),
-        }
-        .into_filter();
-        let read = super::cacheable::risk_list(tenant, &filter);
-        let caching = Caching::of_list(filter.q.as_deref(), filter.page);
-        serve(&state, read, caching, if_none_match.0.as_deref(), move |state, reader| {
-            let filter = filter.clone();
-            async move {
-                let (rows, total) =
-                    state.db.timed("risk_list", crate::db::risks::list(&reader.conn(), tenant, &filter)).await?;
-                super::page_body(rows, |items| RiskPage { items, total, page: filter.page, limit: filter.limit })
-            }
-        })
-        .await
+            order: RiskOrder { by: sort_by.0, direction: sort_dir.0 },
+            page: page.0,
+            limit: limit.0,
+        };
+        let read = super::cacheable::risk_list(caller.tenant(), &filter);
+        caller.serve_list(read, filter, if_none_match.0, risk_page).await
     }
 
     /// Get a risk
@@ -171,37 +182,31 @@ impl RisksApi {
     #[oai(path = "/risks/:id", method = "get", operation_id = "getRisk")]
     async fn get(
         &self,
-        state: Data<&Arc<AppState>>,
-        auth: BearerAuth,
+        caller: Caller,
         /// Risk id.
         id: Path<Uuid>,
         /// Entity tag of a copy the client holds; a match answers 304.
         #[oai(name = "If-None-Match")]
         if_none_match: Header<Option<String>>,
     ) -> Result<Cached<RiskDetail>, ApiError> {
-        let (tenant, id) = (auth.0.tenant_id, id.0);
+        let (tenant, id) = (caller.tenant(), id.0);
         let read = super::cacheable::risk_detail(tenant, id);
-        serve(&state, read, Caching::Detail, if_none_match.0.as_deref(), move |state, reader| async move {
-            load_detail(&state, &reader.conn(), tenant, id).await
-        })
-        .await
+        caller
+            .serve(read, if_none_match.0, move |state, reader| async move {
+                load_detail(&state, &reader.conn(), tenant, id).await
+            })
+            .await
     }
 
     /// Create a risk
     ///
     /// The score and severity are computed from impact, probability and (later) linked assets.
     #[oai(path = "/risks", method = "post", operation_id = "createRisk")]
-    async fn create(
-        &self,
-        state: Data<&Arc<AppState>>,
-        auth: BearerAuth,
-        body: Json<RiskCreate>,
-    ) -> Result<RiskCreated, ApiError> {
-        let body = body.0;
-        let write = Write::begin(&state, &auth, Role::Analyst).await?;
+    async fn create(&self, caller: Caller, body: Json<RiskCreate>) -> Result<RiskCreated, ApiError> {
+        let write = caller.begin_write().await?;
         check_custom_fields(&body.custom_fields)?;
-        let row = state.db.timed("risk_insert", writes::insert_risk(&write.txn, auth.0.tenant_id, body)).await?;
-        write.commit(&state).await?;
+        let row = write.timed("risk_insert", writes::insert_risk(&write.txn, write.tenant, body.0)).await?;
+        write.commit().await?;
         let location = format!("/api/v1/risks/{}", row.id);
         Ok(RiskCreated::Created(Json(Risk::try_from(row)?), location))
     }
@@ -212,8 +217,7 @@ impl RisksApi {
     #[oai(path = "/risks/:id", method = "patch", operation_id = "updateRisk")]
     async fn update(
         &self,
-        state: Data<&Arc<AppState>>,
-        auth: BearerAuth,
+        caller: Caller,
         /// Risk id.
         id: Path<Uuid>,
         /// Entity tag from a GET of this resource: the change is made only if it is still current
@@ -222,18 +226,13 @@ impl RisksApi {
         if_match: Header<Option<String>>,
         body: Json<RiskPatch>,
     ) -> Result<Updated<Risk>, ApiError> {
-        let (tenant, id, patch) = (auth.0.tenant_id, id.0, body.0);
-        let write = Write::begin(&state, &auth, Role::Analyst).await?;
-        let lock = state.db.timed("risk_lock", crate::db::risks::lock_live(&write.txn, tenant, id));
-        let current = super::lock_for_write("risk", id, lock, if_match.0.as_deref(), |_| {
-            load_detail(&state, &write.txn, tenant, id)
-        })
-        .await?;
-        if let Some(fields) = &patch.custom_fields {
+        let write = caller.begin_write().await?;
+        let current = lock_risk(&write, id.0, if_match.0.as_deref()).await?;
+        if let Some(fields) = &body.custom_fields {
             check_custom_fields(fields)?;
         }
-        let row = state.db.timed("risk_update", writes::update_risk(&write.txn, current, patch)).await?;
-        write.commit(&state).await?;
+        let row = write.timed("risk_update", writes::update_risk(&write.txn, current, body.0)).await?;
+        write.commit().await?;
         Ok(Updated::Ok(Json(Risk::try_from(row)?)))
     }
 
@@ -243,8 +242,7 @@ impl RisksApi {
     #[oai(path = "/risks/:id", method = "delete", operation_id = "deleteRisk")]
     async fn delete(
         &self,
-        state: Data<&Arc<AppState>>,
-        auth: BearerAuth,
+        caller: Caller,
         /// Risk id.
         id: Path<Uuid>,
         /// Entity tag from a GET of this resource: the change is made only if it is still current
@@ -252,23 +250,35 @@ impl RisksApi {
         #[oai(name = "If-Match")]
         if_match: Header<Option<String>>,
     ) -> Result<NoContent, ApiError> {
-        let write = Write::begin(&state, &auth, Role::Analyst).await?;
+        let (write, id) = (caller.begin_write().await?, id.0);
         if if_match.0.is_some() {
-            let (tenant, id) = (auth.0.tenant_id, id.0);
-            let lock = state.db.timed("risk_lock", crate::db::risks::lock_live(&write.txn, tenant, id));
-            super::lock_for_write("risk", id, lock, if_match.0.as_deref(), |_| {
-                load_detail(&state, &write.txn, tenant, id)
-            })
-            .await?;
+            lock_risk(&write, id, if_match.0.as_deref()).await?;
         }
-        let deleted =
-            state.db.timed("risk_delete", crate::db::risks::soft_delete(&write.txn, auth.0.tenant_id, id.0)).await?;
-        if !deleted {
-            return Err(ApiError::not_found("risk", id.0));
-        }
-        write.commit(&state).await?;
-        Ok(NoContent::Done)
+        let deleted = write.timed("risk_delete", crate::db::risks::soft_delete(&write.txn, write.tenant, id)).await?;
+        super::commit_if_found(write, deleted, "risk", id).await
     }
+}
+
+/// One page of the risk list, read on `reader`.
+async fn risk_page(
+    state: Arc<AppState>,
+    reader: Reader,
+    tenant: Uuid,
+    filter: RiskFilter,
+) -> Result<Vec<u8>, ApiError> {
+    let (rows, total) = state.db.timed("risk_list", crate::db::risks::list(&reader.conn(), tenant, &filter)).await?;
+    super::page_body(rows, |items| RiskPage { items, total, page: filter.page, limit: filter.limit })
+}
+
+/// Locks the live risk `id` for `write` and checks `If-Match` against its detail as a GET
+/// serves it (see [`super::lock_for_write`]).
+async fn lock_risk(
+    write: &Write,
+    id: Uuid,
+    if_match: Option<&str>,
+) -> Result<crate::db::entities::risks::Model, ApiError> {
+    let lock = write.timed("risk_lock", crate::db::risks::lock_live(&write.txn, write.tenant, id));
+    super::lock_for_write("risk", id, lock, if_match, |_| load_detail(&write.state, &write.txn, write.tenant, id)).await
 }
 
 /// Largest magnitude accepted for a number in `custom_fields`: Postgres keeps numbers exactly,

@@ -1,14 +1,11 @@
 //! `/api/v1/stats`: aggregates over the tenant's risks, mitigations and history.
 
-use std::sync::Arc;
-
-use poem::web::Data;
 use poem_openapi::OpenApi;
 use poem_openapi::param::{Header, Query};
 
-use super::{ApiTags, Cached, Caching, body_of, serve};
-use crate::app::AppState;
-use crate::auth::BearerAuth;
+use super::caller::Caller;
+use super::{ApiTags, Cached, body_of};
+use crate::db::stats::{StatsRow, TrendRow};
 use crate::error::ApiError;
 use crate::model::{MitigationStatusCounts, RiskMatrix, SeverityCounts, Stats, StatusCounts, TrendPoint, Trends};
 
@@ -28,40 +25,19 @@ impl StatsApi {
     #[oai(path = "/stats", method = "get", operation_id = "getStats")]
     async fn stats(
         &self,
-        state: Data<&Arc<AppState>>,
-        auth: BearerAuth,
+        caller: Caller,
         /// Entity tag of a copy the client holds; a match answers 304.
         #[oai(name = "If-None-Match")]
         if_none_match: Header<Option<String>>,
     ) -> Result<Cached<Stats>, ApiError> {
-        let tenant = auth.0.tenant_id;
+        let tenant = caller.tenant();
         let read = super::cacheable::stats(tenant);
-        serve(&state, read, Caching::Detail, if_none_match.0.as_deref(), move |state, reader| async move {
-            let row = state.db.timed("stats", crate::db::stats::stats(&reader.conn(), tenant)).await?;
-            let stats = Stats {
-                total_risks: row.total,
-                by_status: StatusCounts {
-                    draft: row.draft,
-                    active: row.active,
-                    mitigated: row.mitigated,
-                    accepted: row.accepted,
-                },
-                by_severity: SeverityCounts {
-                    low: row.low,
-                    medium: row.medium,
-                    high: row.high,
-                    critical: row.critical,
-                },
-                average_score: row.average_score,
-                mitigations_by_status: MitigationStatusCounts {
-                    planned: row.planned,
-                    in_progress: row.in_progress,
-                    done: row.done,
-                },
-            };
-            Ok(body_of(&stats))
-        })
-        .await
+        caller
+            .serve(read, if_none_match.0, move |state, reader| async move {
+                let row = state.db.timed("stats", crate::db::stats::stats(&reader.conn(), tenant)).await?;
+                Ok(body_of(&Stats::from(row)))
+            })
+            .await
     }
 
     /// Risk matrix
@@ -70,20 +46,20 @@ impl StatsApi {
     #[oai(path = "/stats/risk-matrix", method = "get", operation_id = "getRiskMatrix")]
     async fn risk_matrix(
         &self,
-        state: Data<&Arc<AppState>>,
-        auth: BearerAuth,
+        caller: Caller,
         /// Entity tag of a copy the client holds; a match answers 304.
         #[oai(name = "If-None-Match")]
         if_none_match: Header<Option<String>>,
     ) -> Result<Cached<RiskMatrix>, ApiError> {
-        let tenant = auth.0.tenant_id;
-        let read = super::cacheable::risk_matrix(tenant);
-        serve(&state, read, Caching::Detail, if_none_match.0.as_deref(), move |state, reader| async move {
-            let counts = state.db.timed("risk_matrix", crate::db::stats::risk_matrix(&reader.conn(), tenant)).await?;
-            let total = counts.iter().flatten().sum();
-            Ok(body_of(&RiskMatrix { counts, total }))
-        })
-        .await
+        let tenant = caller.tenant();
+        caller
+            .serve(super::cacheable::risk_matrix(tenant), if_none_match.0, move |state, reader| async move {
+                let counts =
+                    state.db.timed("risk_matrix", crate::db::stats::risk_matrix(&reader.conn(), tenant)).await?;
+                let total = counts.iter().flatten().sum();
+                Ok(body_of(&RiskMatrix { counts, total }))
+            })
+            .await
     }
 
     /// Trends
@@ -94,8 +70,7 @@ impl StatsApi {
     #[oai(path = "/stats/trends", method = "get", operation_id = "getTrends")]
     async fn trends(
         &self,
-        state: Data<&Arc<AppState>>,
-        auth: BearerAuth,
+        caller: Caller,
         /// Number of days, 1–365, ending today.
         #[oai(default = "default_days", validator(minimum(value = "1"), maximum(value = "365")))]
         days: Query<u32>,
@@ -103,23 +78,48 @@ impl StatsApi {
         #[oai(name = "If-None-Match")]
         if_none_match: Header<Option<String>>,
     ) -> Result<Cached<Trends>, ApiError> {
-        let (tenant, days) = (auth.0.tenant_id, days.0);
+        let (tenant, days) = (caller.tenant(), days.0);
         let today = chrono::Utc::now().date_naive();
         let read = super::cacheable::trends(tenant, days, today);
-        serve(&state, read, Caching::Detail, if_none_match.0.as_deref(), move |state, reader| async move {
-            let rows = state.db.timed("trends", crate::db::stats::trends(&reader.conn(), tenant, today, days)).await?;
-            let points = rows
-                .into_iter()
-                .map(|row| TrendPoint {
-                    day: row.day,
-                    average_score: row.average_score,
-                    created: row.created,
-                    updated: row.updated,
-                    deleted: row.deleted,
-                })
-                .collect();
-            Ok(body_of(&Trends { days, points }))
-        })
-        .await
+        caller
+            .serve(read, if_none_match.0, move |state, reader| async move {
+                let rows =
+                    state.db.timed("trends", crate::db::stats::trends(&reader.conn(), tenant, today, days)).await?;
+                Ok(body_of(&Trends { days, points: rows.into_iter().map(TrendPoint::from).collect() }))
+            })
+            .await
+    }
+}
+
+impl From<StatsRow> for Stats {
+    fn from(row: StatsRow) -> Self {
+        Stats {
+            total_risks: row.total,
+            by_status: StatusCounts {
+                draft: row.draft,
+                active: row.active,
+                mitigated: row.mitigated,
+                accepted: row.accepted,
+            },
+            by_severity: SeverityCounts { low: row.low, medium: row.medium, high: row.high, critical: row.critical },
+            average_score: row.average_score,
+            mitigations_by_status: MitigationStatusCounts {
+                planned: row.planned,
+                in_progress: row.in_progress,
+                done: row.done,
+            },
+        }
+    }
+}
+
+impl From<TrendRow> for TrendPoint {
+    fn from(row: TrendRow) -> Self {
+        TrendPoint {
+            day: row.day,
+            average_score: row.average_score,
+            created: row.created,
+            updated: row.updated,
+            deleted: row.deleted,
+        }
     }
 }

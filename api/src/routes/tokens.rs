@@ -1,17 +1,14 @@
 //! `/api/v1/tokens`: the tenant's API tokens, for admins.
 
-use std::sync::Arc;
-
-use poem::web::Data;
 use poem_openapi::param::Path;
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, OpenApi};
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder};
 use uuid::Uuid;
 
+use super::caller::Caller;
 use super::{ApiTags, NoContent};
-use crate::app::AppState;
-use crate::auth::{BearerAuth, Role, create_token, revoke_token};
+use crate::auth::{create_token, revoke_token};
 use crate::db::entities::api_tokens;
 use crate::error::ApiError;
 use crate::model::{TokenCreate, TokenCreated, TokenInfo};
@@ -41,14 +38,14 @@ impl TokensApi {
     ///
     /// Every token of the caller's tenant, revoked ones included, newest first. Not cached.
     #[oai(path = "/tokens", method = "get", operation_id = "listTokens")]
-    async fn list(&self, state: Data<&Arc<AppState>>, auth: BearerAuth) -> Result<TokenList, ApiError> {
-        auth.0.require(Role::Admin)?;
+    async fn list(&self, caller: Caller) -> Result<TokenList, ApiError> {
+        let state = caller.admin()?;
         let rows = state
             .db
             .timed(
                 "token_list",
                 api_tokens::Entity::find()
-                    .filter(api_tokens::Column::TenantId.eq(auth.0.tenant_id))
+                    .filter(api_tokens::Column::TenantId.eq(caller.tenant()))
                     .order_by_desc(api_tokens::Column::CreatedAt)
                     .all(&state.db.conn),
             )
@@ -58,17 +55,12 @@ impl TokensApi {
 
     /// Create a token
     #[oai(path = "/tokens", method = "post", operation_id = "createToken")]
-    async fn create(
-        &self,
-        state: Data<&Arc<AppState>>,
-        auth: BearerAuth,
-        body: Json<TokenCreate>,
-    ) -> Result<TokenIssued, ApiError> {
-        auth.0.require(Role::Admin)?;
+    async fn create(&self, caller: Caller, body: Json<TokenCreate>) -> Result<TokenIssued, ApiError> {
+        let state = caller.admin()?;
         let body = body.0;
         let (id, token) = state
             .db
-            .timed("token_insert", create_token(&state.db.conn, auth.0.tenant_id, body.role, &body.name))
+            .timed("token_insert", create_token(&state.db.conn, caller.tenant(), body.role, &body.name))
             .await?;
         Ok(TokenIssued::Created(Json(TokenCreated { id, token, role: body.role, name: body.name })))
     }
@@ -79,14 +71,12 @@ impl TokensApi {
     #[oai(path = "/tokens/:id", method = "delete", operation_id = "revokeToken")]
     async fn revoke(
         &self,
-        state: Data<&Arc<AppState>>,
-        auth: BearerAuth,
+        caller: Caller,
         /// Token id.
         id: Path<Uuid>,
     ) -> Result<NoContent, ApiError> {
-        auth.0.require(Role::Admin)?;
-        let revoked =
-            state.db.timed("token_revoke", revoke_token(&state.db.conn, id.0, Some(auth.0.tenant_id))).await?;
+        let state = caller.admin()?;
+        let revoked = state.db.timed("token_revoke", revoke_token(&state.db.conn, id.0, Some(caller.tenant()))).await?;
         let hash = revoked.ok_or_else(|| ApiError::not_found("token", id.0))?;
         state.tokens.forget(&hash).await;
         Ok(NoContent::Done)

@@ -1,0 +1,128 @@
+//! [`Caller`], what every `/api/v1` operation starts from (the application and the principal its
+//! bearer token names), and [`Write`], one write of the caller's tenant.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use poem::web::Data;
+use poem::{FromRequest, Request, RequestBody};
+use poem_openapi::registry::Registry;
+use poem_openapi::{ApiExtractor, ApiExtractorType, ExtractParamOptions};
+use sea_orm::DatabaseTransaction;
+use uuid::Uuid;
+
+use super::{Cached, Caching, ListFilter, serve};
+use crate::app::AppState;
+use crate::auth::{BearerAuth, Principal, Role};
+use crate::cache::CacheableRead;
+use crate::db::replicas::Reader;
+use crate::error::ApiError;
+
+/// The application and the verified principal behind a request. To the spec it is the
+/// `BearerAuth` security scheme, exactly as an operation taking `BearerAuth` describes it.
+pub(super) struct Caller {
+    pub state: Arc<AppState>,
+    pub principal: Principal,
+}
+
+/// What a cacheable read of the caller answers.
+type Served<T> = Result<Cached<T>, ApiError>;
+
+impl<'a> ApiExtractor<'a> for Caller {
+    const TYPES: &'static [ApiExtractorType] = &[ApiExtractorType::SecurityScheme];
+
+    type ParamType = ();
+    type ParamRawType = ();
+
+    fn register(registry: &mut Registry) {
+        <BearerAuth as ApiExtractor>::register(registry);
+    }
+
+    fn security_schemes() -> Vec<&'static str> {
+        <BearerAuth as ApiExtractor>::security_schemes()
+    }
+
+    async fn from_request(
+        request: &'a Request,
+        body: &mut RequestBody,
+        _options: ExtractParamOptions<()>,
+    ) -> poem::Result<Self> {
+        let Data(state) = <Data<&Arc<AppState>> as FromRequest>::from_request(request, body).await?;
+        let state = Arc::clone(state);
+        let BearerAuth(principal) =
+            <BearerAuth as ApiExtractor>::from_request(request, body, ExtractParamOptions::default()).await?;
+        Ok(Self { state, principal })
+    }
+}
+
+impl Caller {
+    /// The caller's tenant: every read and write of the operation is scoped to it.
+    pub fn tenant(&self) -> Uuid {
+        self.principal.tenant_id
+    }
+
+    /// Serves `read`, one entry per resource, for the caller (see [`serve`]).
+    pub async fn serve<T, F, Fut>(&self, read: CacheableRead, if_none_match: Option<String>, load: F) -> Served<T>
+    where
+        F: Fn(Arc<AppState>, Reader) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Vec<u8>, ApiError>> + Send + 'static,
+    {
+        serve(&self.state, read, Caching::Detail, if_none_match.as_deref(), load).await
+    }
+
+    /// Serves one page of a list for the caller: `read` names it in the cache, which keeps it
+    /// within the tenant's budget unless `filter` searches or pages far ([`Caching::of_list`]);
+    /// `load` reads the page of the caller's tenant on a miss.
+    pub async fn serve_list<T, Filter, F, Fut>(
+        &self,
+        read: CacheableRead,
+        filter: Filter,
+        if_none_match: Option<String>,
+        load: F,
+    ) -> Served<T>
+    where
+        Filter: ListFilter + Clone + Send + Sync + 'static,
+        F: Fn(Arc<AppState>, Reader, Uuid, Filter) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Vec<u8>, ApiError>> + Send + 'static,
+    {
+        let caching = Caching::of_list(filter.search(), filter.page());
+        let tenant = self.tenant();
+        let load = move |state, reader| load(state, reader, tenant, filter.clone());
+        serve(&self.state, read, caching, if_none_match.as_deref(), load).await
+    }
+
+    /// The application, for an operation on the tenant's tokens, which needs the admin role
+    /// (403 otherwise).
+    pub fn admin(&self) -> Result<&AppState, ApiError> {
+        self.principal.require(Role::Admin)?;
+        Ok(&self.state)
+    }
+
+    /// Begins a change of risks, mitigations or assets, which needs the analyst role (403
+    /// before any I/O otherwise).
+    pub async fn begin_write(&self) -> Result<Write, ApiError> {
+        self.principal.require(Role::Analyst)?;
+        Ok(Write { txn: self.state.db.begin().await?, state: Arc::clone(&self.state), tenant: self.tenant() })
+    }
+}
+
+/// One write of the caller's tenant, in one transaction: [`Write::commit`] invalidates what the
+/// transaction's triggers reported, so the writer's next read sees the change.
+pub(super) struct Write {
+    pub txn: DatabaseTransaction,
+    pub state: Arc<AppState>,
+    pub tenant: Uuid,
+}
+
+impl Write {
+    /// Runs one query of the write, timed under `name`.
+    pub async fn timed<T>(&self, name: &str, query: impl Future<Output = T>) -> T {
+        self.state.db.timed(name, query).await
+    }
+
+    pub async fn commit(self) -> Result<(), ApiError> {
+        let invalidations = self.state.db.commit(self.txn).await?;
+        self.state.cache.invalidate(&invalidations).await;
+        Ok(())
+    }
+}
