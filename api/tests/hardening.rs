@@ -304,12 +304,12 @@ async fn searches_find_titles_by_their_exact_non_ascii_text() {
         ("ÜBER", "Straße ÜBER alles"),
         ("über", "Straße ÜBER alles"),
     ] {
-        let page: Value = app.get(&format!("/api/v1/risks?q={query}"), token).await.json().await.unwrap();
+        let page = app.get_json(&format!("/api/v1/risks?q={query}"), token).await;
         let titles: Vec<&str> =
             page["items"].as_array().unwrap().iter().map(|r| r["title"].as_str().unwrap()).collect();
         assert_eq!(titles, [title], "q={query}");
     }
-    let page: Value = app.get("/api/v1/assets?q=ÜRÜN", token).await.json().await.unwrap();
+    let page = app.get_json("/api/v1/assets?q=ÜRÜN", token).await;
     assert_eq!(page["total"], 1);
 }
 

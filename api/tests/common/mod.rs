@@ -67,11 +67,8 @@ pub async fn spawn_app_with_cached_risk(redis: RedisNamespace, title: &str) -> (
         AppOptions::default(),
     )
     .await;
-    let token = app.a.analyst.clone();
-    let risk = app.create_risk(&token, title).await;
-    let path = format!("/api/v1/risks/{}", risk["id"].as_str().unwrap());
-    app.get(&path, &token).await;
-    assert_eq!(cache_status(&app.get(&path, &token).await), CacheStatus::Hit);
+    let path = app.create_risk_path(&app.a.analyst, title).await;
+    app.assert_cached(&path, &app.a.analyst).await;
     (app, path)
 }
 
@@ -131,6 +128,23 @@ impl TestApp {
 
     pub async fn get(&self, path: &str, token: &str) -> Response {
         self.request(Method::GET, path, token).send().await.unwrap()
+    }
+
+    /// GETs `path` and returns the body as JSON (whatever the status).
+    pub async fn get_json(&self, path: &str, token: &str) -> Value {
+        self.get(path, token).await.json().await.unwrap()
+    }
+
+    /// Reads `path` twice and asserts that the second read is a cache hit.
+    pub async fn assert_cached(&self, path: &str, token: &str) {
+        self.get(path, token).await;
+        assert_eq!(cache_status(&self.get(path, token).await), CacheStatus::Hit, "{path} is cached");
+    }
+
+    /// Links `asset` (its JSON) to the risk at `risk_path`; the answer is the test's to check.
+    pub async fn link_asset(&self, token: &str, risk_path: &str, asset: &Value) -> Response {
+        let path = format!("{risk_path}/assets/{}", asset["id"].as_str().unwrap());
+        self.request(Method::PUT, &path, token).send().await.unwrap()
     }
 
     pub async fn send_json(&self, method: Method, path: &str, token: &str, body: Value) -> Response {
