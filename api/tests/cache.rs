@@ -117,10 +117,8 @@ async fn every_cached_get_reads_its_own_writes() {
 async fn a_risk_detail_is_invalidated_by_changes_to_its_linked_assets_made_by_plain_sql() {
     let app = spawn_app().await;
     let token = &app.a.analyst;
-    let path = app.create_risk_path(token, "Linked").await;
-    let asset = app.create_asset(token, "Database", "MEDIUM").await;
+    let (path, asset) = app.create_linked_risk_and_asset(token, "Linked", "Database", "MEDIUM").await;
     let asset_id = asset["id"].as_str().unwrap();
-    app.link_asset(token, &path, &asset).await;
     app.assert_cached(&path, token).await;
 
     // Another program renames the asset; only the invalidator (here: drain_outbox) tells Redis.
@@ -191,10 +189,8 @@ async fn the_stale_fill_race_never_stores_the_old_value() {
 async fn a_linked_asset_changed_while_the_detail_is_read_rejects_its_fill() {
     let (app, gate) = spawn_gated_app(|_| {}).await;
     let token = &app.a.analyst;
-    let path = app.create_risk_path(token, "Risk").await;
-    let asset = app.create_asset(token, "Asset", "HIGH").await;
+    let (path, asset) = app.create_linked_risk_and_asset(token, "Risk", "Asset", "HIGH").await;
     let asset_id = asset["id"].as_str().unwrap();
-    app.link_asset(token, &path, &asset).await;
 
     // The asset's change invalidates risk:<id> (the triggers map it to every linked risk), so
     // the change landing between the detail's read and its fill rejects the fill.

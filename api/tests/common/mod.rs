@@ -147,6 +147,21 @@ impl TestApp {
         self.request(Method::PUT, &path, token).send().await.unwrap()
     }
 
+    /// Creates a risk titled `title` and an asset named `asset_name` and links them; returns the
+    /// risk's path and the asset's JSON.
+    pub async fn create_linked_risk_and_asset(
+        &self,
+        token: &str,
+        title: &str,
+        asset_name: &str,
+        criticality: &str,
+    ) -> (String, Value) {
+        let path = self.create_risk_path(token, title).await;
+        let asset = self.create_asset(token, asset_name, criticality).await;
+        assert_eq!(self.link_asset(token, &path, &asset).await.status(), StatusCode::NO_CONTENT);
+        (path, asset)
+    }
+
     pub async fn send_json(&self, method: Method, path: &str, token: &str, body: Value) -> Response {
         self.request(method, path, token).json(&body).send().await.unwrap()
     }
