@@ -42,8 +42,7 @@ impl Fleet {
         let namespace = RedisNamespace::new();
         let conn =
             redis::Client::open(namespace.url.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap();
-        let keyspace = Keyspace::new(namespace.prefix.clone());
-        Self { _namespace: namespace, conn, keyspace, tenant: Uuid::new_v4() }
+        Self { keyspace: namespace.keyspace(), _namespace: namespace, conn, tenant: Uuid::new_v4() }
     }
 
     fn new_key(&self) -> String {

@@ -23,8 +23,7 @@ impl Fixture {
 
     async fn on(namespace: RedisNamespace) -> Self {
         let conn = namespace.connect().await;
-        let keyspace = Keyspace::new(namespace.prefix.clone());
-        Self { namespace, keyspace, conn, tenant: Uuid::new_v4() }
+        Self { keyspace: namespace.keyspace(), namespace, conn, tenant: Uuid::new_v4() }
     }
 
     /// A fixture in which risk 1's versions have the known replay floor `lsn`; with their tags.

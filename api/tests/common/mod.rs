@@ -13,7 +13,7 @@ use openrisk_api::auth::{Role, create_token};
 use openrisk_api::cache::BeforeFillHook;
 use openrisk_api::{AppOptions, Application};
 use openrisk_shared::protocol;
-use openrisk_shared::{Keyspace, Settings, Tag};
+use openrisk_shared::{Settings, Tag};
 use openrisk_test_support::{RedisNamespace, TestDatabase};
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use serde_json::{Value, json};
@@ -215,7 +215,7 @@ impl TestApp {
         let client = self.db.connect().await;
         let rows = client.query("DELETE FROM cache_outbox RETURNING tenant_id, tags", &[]).await.unwrap();
         let mut conn = self.redis.connect().await;
-        let keyspace = Keyspace::new(self.redis.prefix.clone());
+        let keyspace = self.redis.keyspace();
         for row in rows {
             let tenant: Uuid = row.get(0);
             let tags: Vec<String> = row.get(1);

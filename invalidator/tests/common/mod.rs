@@ -36,8 +36,7 @@ impl Harness {
     pub async fn with(db: TestDatabase, namespace: RedisNamespace) -> Self {
         let sql = db.connect().await;
         let redis = connect_redis(&namespace.url).await;
-        let keyspace = Keyspace::new(namespace.prefix.clone());
-        Self { db, namespace, sql, redis, keyspace }
+        Self { keyspace: namespace.keyspace(), db, namespace, sql, redis }
     }
 
     /// Settings for a replica of this harness: poll mode off, short poll interval.
