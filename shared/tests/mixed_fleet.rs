@@ -7,9 +7,9 @@
 
 use openrisk_shared::keys::{Keyspace, Tag};
 use openrisk_shared::protocol::{self, Fill, Lookup};
+use openrisk_shared::redis_connection::RedisConnection;
 use openrisk_test_support::RedisNamespace;
 use redis::Script;
-use redis::aio::MultiplexedConnection;
 use uuid::Uuid;
 
 /// The previous lookup: returns the entry when every stored version is current, otherwise
@@ -32,7 +32,7 @@ enum OldLookup {
 /// protocol, `old_*` the previous one.
 struct Fleet {
     _namespace: RedisNamespace,
-    conn: MultiplexedConnection,
+    conn: RedisConnection,
     keyspace: Keyspace,
     tenant: Uuid,
 }
@@ -40,8 +40,7 @@ struct Fleet {
 impl Fleet {
     async fn new() -> Self {
         let namespace = RedisNamespace::new();
-        let conn =
-            redis::Client::open(namespace.url.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap();
+        let conn = namespace.connect().await;
         Self { keyspace: namespace.keyspace(), _namespace: namespace, conn, tenant: Uuid::new_v4() }
     }
 
