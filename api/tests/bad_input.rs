@@ -8,7 +8,7 @@ use common::{assert_problem, spawn_app, spawn_app_with};
 use openrisk_api::AppOptions;
 use openrisk_test_support::RedisNamespace;
 use reqwest::{Method, StatusCode};
-use serde_json::{Value, json};
+use serde_json::json;
 
 #[tokio::test]
 async fn malformed_mistyped_unknown_and_out_of_range_bodies_are_400() {
@@ -52,7 +52,7 @@ async fn malformed_mistyped_unknown_and_out_of_range_bodies_are_400() {
     ] {
         assert_problem(app.send_json(Method::PATCH, &path, token, body).await, StatusCode::BAD_REQUEST).await;
     }
-    assert_eq!(app.get(&path, token).await.json::<Value>().await.unwrap()["title"], "Existing");
+    assert_eq!(app.get_json(&path, token).await["title"], "Existing");
 
     for body in [
         json!({"title": "m", "progress": 101}),

@@ -47,8 +47,7 @@ async fn a_get_misses_then_hits_with_the_same_bytes_and_answers_304_to_its_etag(
 async fn normalised_parameters_share_one_entry() {
     let app = spawn_app().await;
     app.create_risk(&app.a.analyst, "One").await;
-    let first = app.get("/api/v1/risks", &app.a.viewer).await;
-    assert!(cache_status(&first) == CacheStatus::Stored);
+    assert_eq!(cache_status(&app.get("/api/v1/risks", &app.a.viewer).await), CacheStatus::Stored);
     for same in
         ["/api/v1/risks?page=1", "/api/v1/risks?limit=20&page=1&sort_by=created_at&sort_dir=desc", "/api/v1/risks/"]
     {
@@ -84,48 +83,43 @@ async fn every_cached_get_reads_its_own_writes() {
     ];
     let warm = || async {
         for read in &reads {
-            app.get(read, token).await;
-            assert_eq!(cache_status(&app.get(read, token).await), CacheStatus::Hit, "{read} is cached");
+            app.assert_cached(read, token).await;
         }
     };
 
     warm().await;
     app.send_json(Method::PATCH, &path, token, json!({"title": "After", "probability": 1})).await;
-    let detail: Value = app.get(&path, token).await.json().await.unwrap();
+    let detail = app.get_json(&path, token).await;
     assert_eq!(detail["title"], "After");
-    let list: Value = app.get("/api/v1/risks", token).await.json().await.unwrap();
+    let list = app.get_json("/api/v1/risks", token).await;
     assert_eq!(list["items"][0]["title"], "After");
-    let matrix: Value = app.get("/api/v1/stats/risk-matrix", token).await.json().await.unwrap();
+    let matrix = app.get_json("/api/v1/stats/risk-matrix", token).await;
     assert_eq!(matrix["counts"][2][0], 1);
-    let trends: Value = app.get("/api/v1/stats/trends", token).await.json().await.unwrap();
+    let trends = app.get_json("/api/v1/stats/trends", token).await;
     let updated: i64 =
         trends["points"].as_array().unwrap().iter().map(|point| point["updated"].as_i64().unwrap()).sum();
     assert_eq!(updated, 1);
 
     warm().await;
     app.send_json(Method::PATCH, &mitigation_path, token, json!({"status": "DONE"})).await;
-    let stats: Value = app.get("/api/v1/stats", token).await.json().await.unwrap();
+    let stats = app.get_json("/api/v1/stats", token).await;
     assert_eq!(stats["mitigations_by_status"]["DONE"], 1);
-    assert_eq!(app.get(&mitigation_path, token).await.json::<Value>().await.unwrap()["status"], "DONE");
-    assert_eq!(app.get(&path, token).await.json::<Value>().await.unwrap()["mitigations"][0]["status"], "DONE");
+    assert_eq!(app.get_json(&mitigation_path, token).await["status"], "DONE");
+    assert_eq!(app.get_json(&path, token).await["mitigations"][0]["status"], "DONE");
 
     warm().await;
     app.send_json(Method::PATCH, &asset_path, token, json!({"name": "Renamed"})).await;
-    assert_eq!(app.get(&asset_path, token).await.json::<Value>().await.unwrap()["name"], "Renamed");
-    assert_eq!(app.get("/api/v1/assets", token).await.json::<Value>().await.unwrap()["items"][0]["name"], "Renamed");
+    assert_eq!(app.get_json(&asset_path, token).await["name"], "Renamed");
+    assert_eq!(app.get_json("/api/v1/assets", token).await["items"][0]["name"], "Renamed");
 }
 
 #[tokio::test]
 async fn a_risk_detail_is_invalidated_by_changes_to_its_linked_assets_made_by_plain_sql() {
     let app = spawn_app().await;
     let token = &app.a.analyst;
-    let risk = app.create_risk(token, "Linked").await;
-    let asset = app.create_asset(token, "Database", "MEDIUM").await;
-    let (risk_id, asset_id) = (risk["id"].as_str().unwrap(), asset["id"].as_str().unwrap());
-    let path = format!("/api/v1/risks/{risk_id}");
-    app.request(Method::PUT, &format!("{path}/assets/{asset_id}"), token).send().await.unwrap();
-    app.get(&path, token).await;
-    assert_eq!(cache_status(&app.get(&path, token).await), CacheStatus::Hit);
+    let (path, asset) = app.create_linked_risk_and_asset(token, "Linked", "Database", "MEDIUM").await;
+    let asset_id = asset["id"].as_str().unwrap();
+    app.assert_cached(&path, token).await;
 
     // Another program renames the asset; only the invalidator (here: drain_outbox) tells Redis.
     app.sql(&format!("UPDATE assets SET name = 'Renamed by SQL' WHERE id = '{asset_id}'")).await;
@@ -145,7 +139,7 @@ async fn a_risk_detail_is_invalidated_by_changes_to_its_linked_assets_made_by_pl
     .await;
     app.get(&path, token).await;
     app.drain_outbox().await;
-    let detail: Value = app.get(&path, token).await.json().await.unwrap();
+    let detail = app.get_json(&path, token).await;
     assert_eq!(detail["mitigations"][0]["subactions"][0]["title"], "From SQL");
 }
 
@@ -186,7 +180,7 @@ async fn the_stale_fill_race_never_stores_the_old_value() {
         let after = app.get(&path, &app.a.viewer).await;
         assert!(cache_status(&after).is_miss(), "the old value was not stored");
         assert_eq!(after.json::<Value>().await.unwrap()["title"], new_title);
-        assert_eq!(app.get(&path, &app.a.viewer).await.json::<Value>().await.unwrap()["title"], new_title);
+        assert_eq!(app.get_json(&path, &app.a.viewer).await["title"], new_title);
     }
     assert_eq!(app.metric("openrisk_cache_fills_total{outcome=\"rejected\",route=\"/api/v1/risks/{id}\"}").await, 2.0);
 }
@@ -195,11 +189,8 @@ async fn the_stale_fill_race_never_stores_the_old_value() {
 async fn a_linked_asset_changed_while_the_detail_is_read_rejects_its_fill() {
     let (app, gate) = spawn_gated_app(|_| {}).await;
     let token = &app.a.analyst;
-    let risk = app.create_risk(token, "Risk").await;
-    let asset = app.create_asset(token, "Asset", "HIGH").await;
-    let (risk_id, asset_id) = (risk["id"].as_str().unwrap(), asset["id"].as_str().unwrap());
-    let path = format!("/api/v1/risks/{risk_id}");
-    app.request(Method::PUT, &format!("{path}/assets/{asset_id}"), token).send().await.unwrap();
+    let (path, asset) = app.create_linked_risk_and_asset(token, "Risk", "Asset", "HIGH").await;
+    let asset_id = asset["id"].as_str().unwrap();
 
     // The asset's change invalidates risk:<id> (the triggers map it to every linked risk), so
     // the change landing between the detail's read and its fill rejects the fill.
@@ -213,7 +204,7 @@ async fn a_linked_asset_changed_while_the_detail_is_read_rejects_its_fill() {
     app.drain_outbox().await;
     gate.release();
     assert_eq!(cache_status(&reader.await.unwrap()), CacheStatus::FillRejected);
-    let detail: Value = app.get(&path, token).await.json().await.unwrap();
+    let detail = app.get_json(&path, token).await;
     assert_eq!(detail["assets"][0]["name"], "Changed");
 }
 

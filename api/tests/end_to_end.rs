@@ -7,15 +7,17 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use common::{TestApp, cache_status, spawn_app};
+use common::{TestApp, spawn_app};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-/// Starts an invalidator replica on the app's database and Redis namespace.
-async fn start_invalidator(app: &TestApp) -> openrisk_invalidator::Running {
+/// Spawns the app, and an invalidator replica on its database and Redis namespace.
+async fn spawn_app_and_invalidator() -> (TestApp, openrisk_invalidator::Running) {
+    let app = spawn_app().await;
     let mut settings = openrisk_test_support::settings_for(&app.db, &app.redis);
     settings.invalidator.poll_interval_ms = 100;
-    openrisk_invalidator::start(settings).await.expect("invalidator starts")
+    let invalidator = openrisk_invalidator::start(settings).await.expect("invalidator starts");
+    (app, invalidator)
 }
 
 /// Waits until the invalidator has applied every outbox event.
@@ -44,14 +46,13 @@ async fn read_until(app: &TestApp, path: &str, token: &str, fresh: impl Fn(&Valu
 
 #[tokio::test]
 async fn a_plain_sql_write_reaches_cached_responses_through_the_invalidator() {
-    let app = spawn_app().await;
-    let invalidator = start_invalidator(&app).await;
+    let (app, invalidator) = spawn_app_and_invalidator().await;
     let token = app.a.analyst.clone();
     let risk = app.create_risk(&token, "before").await;
     let id = risk["id"].as_str().unwrap().to_owned();
     let asset = app.create_asset(&token, "db", "LOW").await;
     let asset_id = asset["id"].as_str().unwrap().to_owned();
-    let link = app.request(Method::PUT, &format!("/api/v1/risks/{id}/assets/{asset_id}"), &token).send().await.unwrap();
+    let link = app.link_asset(&token, &format!("/api/v1/risks/{id}"), &asset).await;
     assert!(link.status().is_success(), "{}", link.status());
 
     // Warm the detail, the list and the stats once the set-up writes are applied, and check
@@ -59,9 +60,7 @@ async fn a_plain_sql_write_reaches_cached_responses_through_the_invalidator() {
     wait_drained(&app).await;
     let paths = [format!("/api/v1/risks/{id}"), "/api/v1/risks".to_owned(), "/api/v1/stats".to_owned()];
     for path in &paths {
-        app.get(path, &token).await;
-        let again = app.get(path, &token).await;
-        assert!(cache_status(&again).is_hit(), "{path}: {}", cache_status(&again));
+        app.assert_cached(path, &token).await;
     }
 
     // Another program renames the risk and makes its asset critical, bypassing the API.
@@ -85,8 +84,7 @@ async fn a_plain_sql_write_reaches_cached_responses_through_the_invalidator() {
 
 #[tokio::test]
 async fn every_metric_the_dashboards_and_alerts_use_is_exported() {
-    let app = spawn_app().await;
-    let invalidator = start_invalidator(&app).await;
+    let (app, invalidator) = spawn_app_and_invalidator().await;
     let token = app.a.analyst.clone();
     // Traffic that touches every metric: hits, misses, collapsed concurrent misses, a write.
     let risk = app.create_risk(&token, "metrics").await;

@@ -29,7 +29,7 @@ async fn risks_can_be_created_listed_filtered_changed_and_deleted() {
     assert_eq!(risk["custom_fields"]["unit"], "corporate");
     app.create_risk(token, "Unpatched VPN appliance").await;
 
-    let list: Value = app.get("/api/v1/risks", &app.a.viewer).await.json().await.unwrap();
+    let list = app.get_json("/api/v1/risks", &app.a.viewer).await;
     assert_eq!(list["total"], 2);
     assert_eq!((list["page"].as_u64(), list["limit"].as_u64()), (Some(1), Some(20)));
 
@@ -44,7 +44,7 @@ async fn risks_can_be_created_listed_filtered_changed_and_deleted() {
         ("owner=nobody", 0),
         ("limit=1&page=2", 2),
     ] {
-        let page: Value = app.get(&format!("/api/v1/risks?{query}"), &app.a.viewer).await.json().await.unwrap();
+        let page = app.get_json(&format!("/api/v1/risks?{query}"), &app.a.viewer).await;
         assert_eq!(page["total"], expected, "{query}: {page}");
     }
     let page: Value =
@@ -67,13 +67,10 @@ async fn risks_can_be_created_listed_filtered_changed_and_deleted() {
     assert_problem(app.get(&format!("/api/v1/risks/{id}"), token).await, StatusCode::NOT_FOUND).await;
     let again = app.request(Method::DELETE, &format!("/api/v1/risks/{id}"), token).send().await.unwrap();
     assert_problem(again, StatusCode::NOT_FOUND).await;
-    let list: Value = app.get("/api/v1/risks", token).await.json().await.unwrap();
+    let list = app.get_json("/api/v1/risks", token).await;
     assert_eq!(list["total"], 1, "soft-deleted risks leave the list");
-    assert_eq!(
-        app.count("SELECT count(*) FROM risks WHERE deleted_at IS NOT NULL").await,
-        1,
-        "soft delete keeps the row"
-    );
+    let kept = app.count("SELECT count(*) FROM risks WHERE deleted_at IS NOT NULL").await;
+    assert_eq!(kept, 1, "soft delete keeps the row");
 }
 
 #[tokio::test]
@@ -120,14 +117,10 @@ async fn the_risk_detail_embeds_mitigations_sub_actions_and_assets() {
 
     let asset = app.create_asset(token, "File server", "CRITICAL").await;
     let link = format!("{base}/assets/{}", asset["id"].as_str().unwrap());
-    assert_eq!(app.request(Method::PUT, &link, token).send().await.unwrap().status(), StatusCode::NO_CONTENT);
-    assert_eq!(
-        app.request(Method::PUT, &link, token).send().await.unwrap().status(),
-        StatusCode::NO_CONTENT,
-        "idempotent"
-    );
+    assert_eq!(app.link_asset(token, &base, &asset).await.status(), StatusCode::NO_CONTENT);
+    assert_eq!(app.link_asset(token, &base, &asset).await.status(), StatusCode::NO_CONTENT, "idempotent");
 
-    let detail: Value = app.get(&base, &app.a.viewer).await.json().await.unwrap();
+    let detail = app.get_json(&base, &app.a.viewer).await;
     assert_eq!(detail["title"], "Ransomware");
     assert_eq!(detail["score"], 18.0, "3 × 4 × 1.5 for a CRITICAL asset");
     assert_eq!(detail["assets"][0]["name"], "File server");
@@ -136,7 +129,7 @@ async fn the_risk_detail_embeds_mitigations_sub_actions_and_assets() {
     let unlinked = app.request(Method::DELETE, &link, token).send().await.unwrap();
     assert_eq!(unlinked.status(), StatusCode::NO_CONTENT);
     assert_problem(app.request(Method::DELETE, &link, token).send().await.unwrap(), StatusCode::NOT_FOUND).await;
-    let detail: Value = app.get(&base, token).await.json().await.unwrap();
+    let detail = app.get_json(&base, token).await;
     assert_eq!((detail["score"].as_f64(), detail["assets"].as_array().unwrap().len()), (Some(12.0), 0));
 
     assert_eq!(app.request(Method::DELETE, &sub_path, token).send().await.unwrap().status(), StatusCode::NO_CONTENT);
@@ -145,7 +138,7 @@ async fn the_risk_detail_embeds_mitigations_sub_actions_and_assets() {
         StatusCode::NO_CONTENT
     );
     assert_problem(app.get(&mitigation_path, token).await, StatusCode::NOT_FOUND).await;
-    let detail: Value = app.get(&base, token).await.json().await.unwrap();
+    let detail = app.get_json(&base, token).await;
     assert!(detail["mitigations"].as_array().unwrap().is_empty());
 }
 
@@ -157,32 +150,25 @@ async fn assets_can_be_listed_changed_and_deleted_and_rescore_their_risks() {
     app.create_asset(token, "CRM", "HIGH").await;
     let path = format!("/api/v1/assets/{}", asset["id"].as_str().unwrap());
     let risk_path = app.create_risk_path(token, "Spam relay").await;
-    app.request(Method::PUT, &format!("{risk_path}/assets/{}", asset["id"].as_str().unwrap()), token)
-        .send()
-        .await
-        .unwrap();
+    app.link_asset(token, &risk_path, &asset).await;
 
-    let list: Value = app.get("/api/v1/assets", &app.a.viewer).await.json().await.unwrap();
+    let list = app.get_json("/api/v1/assets", &app.a.viewer).await;
     assert_eq!(list["total"], 2);
     assert_eq!(list["items"][0]["name"], "CRM", "by name");
-    let filtered: Value = app.get("/api/v1/assets?criticality=LOW&q=MAIL", &app.a.viewer).await.json().await.unwrap();
+    let filtered = app.get_json("/api/v1/assets?criticality=LOW&q=MAIL", &app.a.viewer).await;
     assert_eq!(filtered["total"], 1);
 
-    let got: Value = app.get(&path, &app.a.viewer).await.json().await.unwrap();
+    let got = app.get_json(&path, &app.a.viewer).await;
     assert_eq!(got["criticality"], "LOW");
-    assert_eq!(app.get(&risk_path, token).await.json::<Value>().await.unwrap()["score"], 9.6);
+    assert_eq!(app.get_json(&risk_path, token).await["score"], 9.6);
     let patched = app.send_json(Method::PATCH, &path, token, json!({"criticality": "CRITICAL", "owner": "ops"})).await;
     assert_eq!(patched.status(), StatusCode::OK);
-    assert_eq!(app.get(&path, token).await.json::<Value>().await.unwrap()["owner"], "ops");
-    assert_eq!(app.get(&risk_path, token).await.json::<Value>().await.unwrap()["score"], 18.0, "re-scored");
+    assert_eq!(app.get_json(&path, token).await["owner"], "ops");
+    assert_eq!(app.get_json(&risk_path, token).await["score"], 18.0, "re-scored");
 
     assert_eq!(app.request(Method::DELETE, &path, token).send().await.unwrap().status(), StatusCode::NO_CONTENT);
     assert_problem(app.get(&path, token).await, StatusCode::NOT_FOUND).await;
-    assert_eq!(
-        app.get(&risk_path, token).await.json::<Value>().await.unwrap()["score"],
-        12.0,
-        "unlinked by the delete"
-    );
+    assert_eq!(app.get_json(&risk_path, token).await["score"], 12.0, "unlinked by the delete");
 }
 
 #[tokio::test]
@@ -204,24 +190,24 @@ async fn stats_matrix_and_trends_aggregate_live_risks() {
     )
     .await;
 
-    let stats: Value = app.get("/api/v1/stats", &app.a.viewer).await.json().await.unwrap();
+    let stats = app.get_json("/api/v1/stats", &app.a.viewer).await;
     assert_eq!(stats["total_risks"], 2);
     assert_eq!(stats["by_status"]["DRAFT"], 2);
     assert_eq!(stats["by_severity"]["HIGH"], 2);
     assert_eq!(stats["average_score"], 12.0);
     assert_eq!(stats["mitigations_by_status"]["PLANNED"], 1);
 
-    let matrix: Value = app.get("/api/v1/stats/risk-matrix", &app.a.viewer).await.json().await.unwrap();
+    let matrix = app.get_json("/api/v1/stats/risk-matrix", &app.a.viewer).await;
     assert_eq!(matrix["total"], 2);
     assert_eq!(matrix["counts"][2][3], 2, "impact 3, probability 4");
 
-    let trends: Value = app.get("/api/v1/stats/trends?days=7", &app.a.viewer).await.json().await.unwrap();
+    let trends = app.get_json("/api/v1/stats/trends?days=7", &app.a.viewer).await;
     let points = trends["points"].as_array().unwrap();
     assert_eq!(points.len(), 7);
     let total = |field: &str| points.iter().map(|point| point[field].as_i64().unwrap()).sum::<i64>();
     assert_eq!((total("created"), total("deleted")), (3, 1));
     assert_eq!(points[0]["average_score"], Value::Null);
-    let default: Value = app.get("/api/v1/stats/trends", &app.a.viewer).await.json().await.unwrap();
+    let default = app.get_json("/api/v1/stats/trends", &app.a.viewer).await;
     assert_eq!(default["points"].as_array().unwrap().len(), 30);
     assert_problem(app.get("/api/v1/stats/trends?days=0", token).await, StatusCode::BAD_REQUEST).await;
     assert_problem(app.get("/api/v1/stats/trends?days=366", token).await, StatusCode::BAD_REQUEST).await;
@@ -237,7 +223,7 @@ async fn admins_manage_their_tenants_tokens() {
     let token = created["token"].as_str().unwrap();
     assert_eq!(app.get("/api/v1/risks", token).await.status(), StatusCode::OK);
 
-    let list: Value = app.get("/api/v1/tokens", &app.a.admin).await.json().await.unwrap();
+    let list = app.get_json("/api/v1/tokens", &app.a.admin).await;
     assert_eq!(list.as_array().unwrap().len(), 4, "three from the harness and the new one");
     assert!(
         list.as_array().unwrap().iter().all(|token| token.get("token").is_none() && token.get("token_hash").is_none())

@@ -39,10 +39,9 @@ fn redis_bytes(app: &TestApp) -> u64 {
 async fn every_key_the_api_writes_expires_and_reads_of_invented_ids_write_none() {
     let app = spawn_app().await;
     let token = &app.a.analyst;
-    let risk = app.create_risk(token, "Expiring").await;
-    let id = risk["id"].as_str().unwrap();
-    for path in [format!("/api/v1/risks/{id}"), "/api/v1/risks".to_owned(), "/api/v1/stats".to_owned()] {
-        assert_eq!(app.get(&path, token).await.status(), StatusCode::OK);
+    let path = app.create_risk_path(token, "Expiring").await;
+    for read in [path.as_str(), "/api/v1/risks", "/api/v1/stats"] {
+        assert_eq!(app.get(read, token).await.status(), StatusCode::OK);
     }
     let (keys, bytes) = (app.redis.keys().len(), redis_bytes(&app));
     for _ in 0..200 {
@@ -51,9 +50,9 @@ async fn every_key_the_api_writes_expires_and_reads_of_invented_ids_write_none()
     }
     assert_eq!((app.redis.keys().len(), redis_bytes(&app)), (keys, bytes), "404s cost Redis nothing");
 
-    let patched = app.send_json(Method::PATCH, &format!("/api/v1/risks/{id}"), token, json!({"title": "T"})).await;
+    let patched = app.send_json(Method::PATCH, &path, token, json!({"title": "T"})).await;
     assert_eq!(patched.status(), StatusCode::OK);
-    assert_eq!(app.get(&format!("/api/v1/risks/{id}"), token).await.status(), StatusCode::OK);
+    assert_eq!(app.get(&path, token).await.status(), StatusCode::OK);
     let mut conn = redis_connection(&app);
     for key in app.redis.keys() {
         let ttl: i64 = redis::cmd("TTL").arg(&key).query(&mut *conn).unwrap();
@@ -304,12 +303,12 @@ async fn searches_find_titles_by_their_exact_non_ascii_text() {
         ("ÜBER", "Straße ÜBER alles"),
         ("über", "Straße ÜBER alles"),
     ] {
-        let page: Value = app.get(&format!("/api/v1/risks?q={query}"), token).await.json().await.unwrap();
+        let page = app.get_json(&format!("/api/v1/risks?q={query}"), token).await;
         let titles: Vec<&str> =
             page["items"].as_array().unwrap().iter().map(|r| r["title"].as_str().unwrap()).collect();
         assert_eq!(titles, [title], "q={query}");
     }
-    let page: Value = app.get("/api/v1/assets?q=ÜRÜN", token).await.json().await.unwrap();
+    let page = app.get_json("/api/v1/assets?q=ÜRÜN", token).await;
     assert_eq!(page["total"], 1);
 }
 

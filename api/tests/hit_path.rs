@@ -23,6 +23,13 @@ use serde_json::json;
 /// The entry keys the handlers filled, in order.
 type Filled = Arc<Mutex<Vec<String>>>;
 
+/// A risk detail's path with its id in upper case: the same entry, but not a plain read, so
+/// the router (and the handler) answers it.
+fn with_upper_case_id(path: &str) -> String {
+    let (collection, id) = path.rsplit_once('/').expect("a detail path");
+    format!("{collection}/{}", id.to_uppercase())
+}
+
 #[tokio::test]
 async fn the_hit_path_looks_up_the_entry_the_handler_fills_for_every_plain_read() {
     let filled = Filled::default();
@@ -88,8 +95,7 @@ async fn the_hit_path_looks_up_the_entry_the_handler_fills_for_every_plain_read(
 async fn a_hit_is_answered_without_the_router_and_a_miss_is_handed_to_it() {
     let app = spawn_app().await;
     let token = &app.a.viewer;
-    let risk = app.create_risk(&app.a.analyst, "Fire").await["id"].as_str().unwrap().to_owned();
-    let path = format!("/api/v1/risks/{risk}");
+    let path = app.create_risk_path(&app.a.analyst, "Fire").await;
     app.get(&path, token).await;
 
     // An endpoint that stands for the router and answers 418: it is reached only on a miss.
@@ -107,7 +113,7 @@ async fn a_hit_is_answered_without_the_router_and_a_miss_is_handed_to_it() {
     assert_eq!(hit.headers()["cache-status"], CacheStatus::Hit.header_value());
     let other = format!("/api/v1/risks/{}", uuid::Uuid::new_v4());
     assert_eq!(answer_hits_first(router.clone(), request(&other)).await.unwrap().status(), PoemStatus::IM_A_TEAPOT);
-    let unknown = request(&path.replace(&risk, &risk.to_uppercase()));
+    let unknown = request(&with_upper_case_id(&path));
     assert_eq!(answer_hits_first(router, unknown).await.unwrap().status(), PoemStatus::IM_A_TEAPOT, "not plain");
 }
 
@@ -115,10 +121,9 @@ async fn a_hit_is_answered_without_the_router_and_a_miss_is_handed_to_it() {
 async fn a_hit_before_the_router_sends_what_the_handler_sends() {
     let app = spawn_app().await;
     let token = &app.a.viewer;
-    let risk = app.create_risk(&app.a.analyst, "Fire").await["id"].as_str().unwrap().to_owned();
-    let plain = format!("/api/v1/risks/{risk}");
+    let plain = app.create_risk_path(&app.a.analyst, "Fire").await;
     // The same entry through the router: an upper-case id is not plain, the handler reads it.
-    let routed = format!("/api/v1/risks/{}", risk.to_uppercase());
+    let routed = with_upper_case_id(&plain);
     app.get(&plain, token).await;
     let (a, b) = (app.get(&plain, token).await, app.get(&routed, token).await);
     assert_eq!((cache_status(&a), cache_status(&b)), (CacheStatus::Hit, CacheStatus::Hit));

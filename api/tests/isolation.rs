@@ -42,8 +42,7 @@ async fn another_tenant_sees_none_of_it_through_the_cache_or_around_it() {
 
     // A warms the cache with everything.
     for path in [&risk_path, &asset_path, &mitigation_path] {
-        app.get(path, a).await;
-        assert_eq!(cache_status(&app.get(path, a).await), CacheStatus::Hit, "{path}");
+        app.assert_cached(path, a).await;
     }
     for path in
         ["/api/v1/risks", "/api/v1/assets", "/api/v1/stats", "/api/v1/stats/risk-matrix", "/api/v1/stats/trends"]
@@ -57,15 +56,15 @@ async fn another_tenant_sees_none_of_it_through_the_cache_or_around_it() {
             assert_problem(app.get(path, b).await, StatusCode::NOT_FOUND).await;
         }
     }
-    let list: Value = app.get("/api/v1/risks", b).await.json().await.unwrap();
+    let list = app.get_json("/api/v1/risks", b).await;
     assert_eq!(list["total"], 0);
-    let assets: Value = app.get("/api/v1/assets", b).await.json().await.unwrap();
+    let assets = app.get_json("/api/v1/assets", b).await;
     assert_eq!(assets["total"], 0);
-    let stats: Value = app.get("/api/v1/stats", b).await.json().await.unwrap();
+    let stats = app.get_json("/api/v1/stats", b).await;
     assert_eq!((stats["total_risks"].as_i64(), stats["mitigations_by_status"]["PLANNED"].as_i64()), (Some(0), Some(0)));
-    let matrix: Value = app.get("/api/v1/stats/risk-matrix", b).await.json().await.unwrap();
+    let matrix = app.get_json("/api/v1/stats/risk-matrix", b).await;
     assert_eq!(matrix["total"], 0);
-    let trends: Value = app.get("/api/v1/stats/trends", b).await.json().await.unwrap();
+    let trends = app.get_json("/api/v1/stats/trends", b).await;
     assert!(trends["points"].as_array().unwrap().iter().all(|point| point["created"] == 0));
 
     // B changes nothing of A's.
@@ -84,10 +83,7 @@ async fn another_tenant_sees_none_of_it_through_the_cache_or_around_it() {
         app.request(Method::POST, &format!("{sub_path}/toggle"), b).send().await.unwrap(),
         app.request(Method::DELETE, &sub_path, b).send().await.unwrap(),
         // Links across tenants, both ways.
-        app.request(Method::PUT, &format!("{risk_path}/assets/{}", b_asset["id"].as_str().unwrap()), b)
-            .send()
-            .await
-            .unwrap(),
+        app.link_asset(b, &risk_path, &b_asset).await,
         app.request(Method::PUT, &format!("/api/v1/risks/{}/assets/{asset_id}", b_risk["id"].as_str().unwrap()), b)
             .send()
             .await
@@ -104,7 +100,7 @@ async fn another_tenant_sees_none_of_it_through_the_cache_or_around_it() {
     let detail: Value = detail.json().await.unwrap();
     assert_eq!(detail["title"], "A's secret risk");
     assert_eq!(detail["mitigations"][0]["subactions"][0]["title"], "A's step");
-    assert_eq!(app.get(&asset_path, a).await.json::<Value>().await.unwrap()["name"], "A's server");
+    assert_eq!(app.get_json(&asset_path, a).await["name"], "A's server");
 
     // Every Redis key is inside one tenant's hash slot.
     let keys = app.redis.keys();
@@ -120,8 +116,7 @@ async fn another_tenant_sees_none_of_it_through_the_cache_or_around_it() {
 async fn the_same_query_of_two_tenants_uses_two_entries() {
     let app = spawn_app().await;
     app.create_risk(&app.a.analyst, "Only in A").await;
-    let a_list = app.get("/api/v1/risks", &app.a.viewer).await;
-    assert!(cache_status(&a_list) == CacheStatus::Stored);
+    assert_eq!(cache_status(&app.get("/api/v1/risks", &app.a.viewer).await), CacheStatus::Stored);
     let b_list = app.get("/api/v1/risks", &app.b.viewer).await;
     assert!(cache_status(&b_list).is_miss(), "B does not hit A's entry");
     assert_eq!(b_list.json::<Value>().await.unwrap()["total"], 0);

@@ -30,7 +30,7 @@ async fn the_api_serves_from_postgres_while_redis_is_down_and_caches_again_when_
     let written = app.send_json(Method::PATCH, &path, token, json!({"title": "During the outage"})).await;
     assert!(started.elapsed() < HANG_BOUND);
     assert_eq!(written.status(), StatusCode::OK, "writes succeed without Redis");
-    assert_eq!(app.get(&path, token).await.json::<Value>().await.unwrap()["title"], "During the outage");
+    assert_eq!(app.get_json(&path, token).await["title"], "During the outage");
     let list = app.get("/api/v1/risks", token).await;
     assert_eq!(list.status(), StatusCode::OK);
 

@@ -8,7 +8,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{HANG_BOUND, cache_status, spawn_app_with_cached_risk};
-use openrisk_shared::{CacheStatus, Keyspace, Tag};
+use openrisk_shared::{CacheStatus, Tag};
 use openrisk_test_support::{PrivateRedisCluster, RedisNamespace};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -19,7 +19,7 @@ async fn the_api_keeps_answering_while_a_cluster_master_fails_over_and_caches_ag
     let (app, path) = spawn_app_with_cached_risk(RedisNamespace::on(&cluster.url()), "Before the failover").await;
     let token = &app.a.analyst;
 
-    let tenant_key = Keyspace::new(app.redis.prefix.clone()).version_key(app.a.id, &Tag::all());
+    let tenant_key = app.redis.keyspace().version_key(app.a.id, &Tag::all());
     cluster.kill(cluster.master_of(&tenant_key));
     let written = app.send_json(Method::PATCH, &path, token, json!({"title": "During the failover"})).await;
     assert_eq!(written.status(), StatusCode::OK, "writes succeed while the master is gone");

@@ -42,7 +42,7 @@ async fn seeded_data_is_consistent_the_demo_token_works_and_a_second_run_reuses_
     let list = app.get("/api/v1/risks?limit=200", &token).await;
     assert_eq!(list.status(), StatusCode::OK);
     assert_eq!(list.json::<Value>().await.unwrap()["total"], 120);
-    let trends: Value = app.get("/api/v1/stats/trends?days=365", &token).await.json().await.unwrap();
+    let trends = app.get_json("/api/v1/stats/trends?days=365", &token).await;
     let days_with_data =
         trends["points"].as_array().unwrap().iter().filter(|point| point["created"].as_i64() > Some(0)).count();
     assert!(days_with_data > 30, "creations are spread over time");

@@ -108,11 +108,11 @@ async fn a_killed_listener_connection_is_replaced_and_nothing_is_lost() {
         .await
         .unwrap();
     let tenant = h.tenant("a").await;
-    let key = h.cache(tenant, "list", &["risks".into()]).await;
+    let key = h.cache_risk_list(tenant).await;
     h.risk(tenant, "after the kill").await;
     // The replica notices the dead connection, reconnects, catches up from the outbox.
     h.drained(WAIT).await;
-    assert!(!h.is_cached(tenant, &key, &["risks".into()]).await);
+    assert!(!h.risk_list_is_cached(tenant, &key).await);
     eventually("listener back", WAIT, || {
         let listener = listener.clone();
         async move { listener.get() == 1 }
@@ -127,10 +127,7 @@ async fn a_killed_listener_connection_is_replaced_and_nothing_is_lost() {
 #[tokio::test]
 async fn the_listen_task_replaces_its_killed_connection_alone_and_the_new_one_wakes_the_parked_worker() {
     let mut h = Harness::new().await;
-    let mut settings = h.settings();
-    // Longer than WAIT: only a notification can get the write below applied in time.
-    settings.invalidator.poll_interval_ms = 120_000;
-    let running = h.start(settings).await;
+    let running = h.start(h.settings_without_polling()).await;
     wait_until_parked(&running, WAIT).await;
     let killed: i32 = h
         .sql
@@ -166,10 +163,7 @@ async fn the_listen_task_replaces_its_killed_connection_alone_and_the_new_one_wa
     .await;
 
     let tenant = h.tenant("a").await;
-    let key = h.cache(tenant, "list", &["risks".into()]).await;
-    h.risk(tenant, "notified on the new session").await;
-    h.drained(WAIT).await;
-    assert!(!h.is_cached(tenant, &key, &["risks".into()]).await);
+    h.assert_a_new_risk_invalidates_the_risk_list(tenant, "notified on the new session", WAIT).await;
     assert_eq!(
         running.metrics.reconnects.with_label_values(&["postgres"]).get(),
         0,
@@ -185,14 +179,14 @@ async fn a_postgres_restart_loses_nothing() {
     let mut h = Harness::with(db, RedisNamespace::new()).await;
     let running = h.start(h.settings()).await;
     let tenant = h.tenant("a").await;
-    let key = h.cache(tenant, "list", &["risks".into()]).await;
+    let key = h.cache_risk_list(tenant).await;
     h.drained(WAIT).await;
 
     postgres.restart();
     h.sql = h.db.connect().await;
     h.risk(tenant, "after the restart").await;
     h.drained(WAIT).await;
-    assert!(!h.is_cached(tenant, &key, &["risks".into()]).await);
+    assert!(!h.risk_list_is_cached(tenant, &key).await);
     assert!(running.metrics.reconnects.with_label_values(&["postgres"]).get() >= 1);
     assert!(running.shutdown(WAIT).await);
 }
@@ -227,7 +221,7 @@ async fn a_replica_killed_mid_batch_leaves_its_events_to_another() {
     let redis = PrivateRedis::start();
     let mut h = Harness::with(TestDatabase::create().await, RedisNamespace::on(&redis.url())).await;
     let tenant = h.tenant("a").await;
-    let key = h.cache(tenant, "list", &["risks".into()]).await;
+    let key = h.cache_risk_list(tenant).await;
     flood_outbox(&h, tenant, 1_000).await;
     let events = h.outbox_len().await as u64;
 
@@ -265,6 +259,6 @@ async fn a_replica_killed_mid_batch_leaves_its_events_to_another() {
     let running = h.start(h.settings()).await;
     h.drained(WAIT).await;
     assert_eq!(running.metrics.events_processed.get(), events, "replica B applied every event A had claimed");
-    assert!(!h.is_cached(tenant, &key, &["risks".into()]).await);
+    assert!(!h.risk_list_is_cached(tenant, &key).await);
     assert!(running.shutdown(WAIT).await);
 }

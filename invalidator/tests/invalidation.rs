@@ -144,19 +144,15 @@ async fn a_parked_invalidator_is_woken_by_notify_not_by_polling() {
     let mut h = Harness::new().await;
     let running = h.start_parked(WAIT).await;
     let tenant = h.tenant("a").await;
-    let key = h.cache(tenant, "list", &["risks".into()]).await;
-    h.risk(tenant, "wakes it").await;
-    h.drained(WAIT).await;
-    assert!(!h.is_cached(tenant, &key, &["risks".into()]).await);
+    h.assert_a_new_risk_invalidates_the_risk_list(tenant, "wakes it", WAIT).await;
     assert!(running.shutdown(WAIT).await);
 }
 
 #[tokio::test]
 async fn a_lingering_replica_takes_new_events_without_parking() {
     let mut h = Harness::new().await;
-    let mut settings = h.settings();
-    // Both longer than WAIT: only the lingering looks can get the write applied in time.
-    settings.invalidator.poll_interval_ms = 120_000;
+    let mut settings = h.settings_without_polling();
+    // Longer than WAIT too: only the lingering looks can get the write applied in time.
     settings.invalidator.linger_ms = 120_000;
     let running = h.start(settings).await;
     let connected = running.metrics.listener_connected.clone();
@@ -166,10 +162,7 @@ async fn a_lingering_replica_takes_new_events_without_parking() {
     })
     .await;
     let tenant = h.tenant("a").await;
-    let key = h.cache(tenant, "list", &["risks".into()]).await;
-    h.risk(tenant, "picked up while lingering").await;
-    h.drained(WAIT).await;
-    assert!(!h.is_cached(tenant, &key, &["risks".into()]).await);
+    h.assert_a_new_risk_invalidates_the_risk_list(tenant, "picked up while lingering", WAIT).await;
     assert_eq!(running.metrics.parked.get(), 0, "never parked, so writers never notified");
     assert!(running.shutdown(WAIT).await);
 }
@@ -227,10 +220,7 @@ async fn poll_mode_needs_no_listen() {
     settings.invalidator.mode = WakeMode::Poll;
     let running = h.start(settings).await;
     let tenant = h.tenant("a").await;
-    let key = h.cache(tenant, "list", &["risks".into()]).await;
-    h.risk(tenant, "polled").await;
-    h.drained(WAIT).await;
-    assert!(!h.is_cached(tenant, &key, &["risks".into()]).await);
+    h.assert_a_new_risk_invalidates_the_risk_list(tenant, "polled", WAIT).await;
     assert_eq!(running.metrics.listener_connected.get(), 0);
     let (status, _) = http_get(running.metrics_addr, "/healthz").await;
     assert_eq!(status, 200);
@@ -248,7 +238,7 @@ async fn poll_mode_needs_no_listen() {
 async fn poison_events_are_dead_lettered_and_never_block_the_queue() {
     let mut h = Harness::new().await;
     let tenant = h.tenant("a").await;
-    let key = h.cache(tenant, "list", &["risks".into()]).await;
+    let key = h.cache_risk_list(tenant).await;
     h.sql
         .execute(
             "INSERT INTO cache_outbox (tenant_id, table_name, op, tags) VALUES
@@ -275,7 +265,7 @@ async fn poison_events_are_dead_lettered_and_never_block_the_queue() {
     assert_eq!(dead.len(), 5, "{dead:?}");
     assert!(dead[0].contains("not a tag") && dead[1].contains("no_such_table") && dead[2].contains("5000"), "{dead:?}");
     assert_eq!(running.metrics.poison_events.get(), 5);
-    assert!(!h.is_cached(tenant, &key, &["risks".into()]).await, "the valid event behind them was applied");
+    assert!(!h.risk_list_is_cached(tenant, &key).await, "the valid event behind them was applied");
     assert!(running.shutdown(WAIT).await);
 }
 

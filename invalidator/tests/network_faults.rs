@@ -51,7 +51,7 @@ async fn sessions(h: &Harness, application: &str) -> Vec<(i32, String)> {
 async fn a_replica_cut_off_from_postgres_mid_batch_never_acknowledges_and_another_takes_its_events_within_the_bound() {
     let (link, postgres, mut h) = harness_behind(2, 1).await;
     let tenant = h.tenant("a").await;
-    let key = h.cache(tenant, "list", &["risks".into()]).await;
+    let key = h.cache_risk_list(tenant).await;
 
     // Replica A reaches Postgres through the first address and Redis through a slow relay, so
     // each of its batches spends seconds between the claim and the acknowledgement.
@@ -87,7 +87,7 @@ async fn a_replica_cut_off_from_postgres_mid_batch_never_acknowledges_and_anothe
         detection_bound()
     );
     assert_eq!(b.metrics.events_processed.get(), claimed as u64, "B applied every event A had claimed");
-    assert!(!h.is_cached(tenant, &key, &["risks".into()]).await);
+    assert!(!h.risk_list_is_cached(tenant, &key).await);
 
     eventually("A's /readyz reports Postgres lost", WAIT, || async move {
         let (status, body) = http_get(a.metrics_addr, "/readyz").await;
@@ -98,10 +98,7 @@ async fn a_replica_cut_off_from_postgres_mid_batch_never_acknowledges_and_anothe
 
     link.heal();
     eventually("A is ready again", WAIT, || async move { http_get(a.metrics_addr, "/readyz").await.0 == 200 }).await;
-    let key = h.cache(tenant, "list", &["risks".into()]).await;
-    h.risk(tenant, "after the partition").await;
-    h.drained(WAIT).await;
-    assert!(!h.is_cached(tenant, &key, &["risks".into()]).await, "no stale entry after recovery");
+    h.assert_a_new_risk_invalidates_the_risk_list(tenant, "after the partition", WAIT).await;
     assert!(replica_a.shutdown(WAIT).await && b.shutdown(WAIT).await);
 }
 
@@ -120,7 +117,7 @@ async fn a_half_open_listen_connection_is_replaced_and_the_poll_bounds_the_windo
 
     // Notifications, and the replica's own statements on that connection, now vanish.
     link.blackhole_connection(u16::try_from(dead_port).unwrap());
-    let key = h.cache(tenant, "list", &["risks".into()]).await;
+    let key = h.cache_risk_list(tenant).await;
     h.risk(tenant, "notified into the void").await;
     let written_at = Instant::now();
     h.drained(WAIT).await;
@@ -130,7 +127,7 @@ async fn a_half_open_listen_connection_is_replaced_and_the_poll_bounds_the_windo
         window < poll + detection_bound() + SLACK,
         "the poll and the dead-peer settings bound the window: {window:?}"
     );
-    assert!(!h.is_cached(tenant, &key, &["risks".into()]).await);
+    assert!(!h.risk_list_is_cached(tenant, &key).await);
 
     let (harness, metrics) = (&h, &running.metrics);
     eventually("a new LISTEN connection replaces the half-open one", WAIT, || async move {
@@ -140,10 +137,7 @@ async fn a_half_open_listen_connection_is_replaced_and_the_poll_bounds_the_windo
     .await;
     assert!(running.metrics.reconnects.with_label_values(&[RECONNECT_LISTENER]).get() >= 1);
 
-    let key = h.cache(tenant, "list", &["risks".into()]).await;
-    h.risk(tenant, "after the replacement").await;
-    h.drained(WAIT).await;
-    assert!(!h.is_cached(tenant, &key, &["risks".into()]).await, "no stale entry after recovery");
+    h.assert_a_new_risk_invalidates_the_risk_list(tenant, "after the replacement", WAIT).await;
     link.heal();
     assert!(running.shutdown(WAIT).await);
 }

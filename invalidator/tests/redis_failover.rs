@@ -19,7 +19,6 @@ struct Failover {
     cluster: PrivateRedisCluster,
     h: Harness,
     tenant: Uuid,
-    key: String,
     master: u16,
     replica: u16,
 }
@@ -29,16 +28,15 @@ impl Failover {
         let cluster = PrivateRedisCluster::start();
         let h = Harness::with(TestDatabase::create().await, RedisNamespace::on(&cluster.url())).await;
         let tenant = h.tenant("a").await;
-        let key = h.keyspace.entry_key(tenant, 1, "list", &[]);
-        let master = cluster.master_of(&h.keyspace.version_key(tenant, &Tag::parse("risks").unwrap()));
+        let master = cluster.master_of(&h.keyspace.version_key(tenant, &Tag::parse(common::RISK_LIST_TAG).unwrap()));
         let replica = cluster.replicas_of(master)[0];
-        Self { cluster, h, tenant, key, master, replica }
+        Self { cluster, h, tenant, master, replica }
     }
 
     /// Caches the tenant's risk list, once the tenant's own creation has been invalidated.
     async fn cache_list(&mut self) {
         self.h.drained(WAIT).await;
-        self.key = self.h.cache(self.tenant, "list", &["risks".into()]).await;
+        self.h.cache_risk_list(self.tenant).await;
         assert!(self.list_is_cached().await);
     }
 
@@ -73,9 +71,10 @@ impl Failover {
 
     /// Whether the list is served, retrying while the client learns the new topology.
     async fn list_is_cached(&mut self) -> bool {
-        let tags = common::with_all(&["risks".into()]);
+        let tags = common::with_all(&[common::RISK_LIST_TAG.into()]);
+        let key = self.h.risk_list_key(self.tenant);
         for _ in 0..100 {
-            let lookup = protocol::lookup(&mut self.h.redis, &self.h.keyspace, self.tenant, &self.key, &tags);
+            let lookup = protocol::lookup(&mut self.h.redis, &self.h.keyspace, self.tenant, &key, &tags);
             match tokio::time::timeout(Duration::from_secs(2), lookup).await {
                 Ok(Ok(found)) => return matches!(found, Lookup::Hit(_)),
                 _ => tokio::time::sleep(Duration::from_millis(100)).await,

@@ -32,6 +32,16 @@ async fn insert_id(client: &Client, sql: &str, params: &[&(dyn tokio_postgres::t
     client.query_one(sql, params).await.unwrap_or_else(|error| panic!("{sql}: {error}")).get(0)
 }
 
+/// Inserts a risk of `tenant` titled `title` with this impact and probability; returns its id.
+async fn insert_risk(client: &Client, tenant: Uuid, title: &str, impact: i16, probability: i16) -> Uuid {
+    insert_id(
+        client,
+        "INSERT INTO risks (tenant_id, title, impact, probability) VALUES ($1, $2, $3, $4) RETURNING id",
+        &[&tenant, &title, &impact, &probability],
+    )
+    .await
+}
+
 fn tags(list: &[String]) -> Vec<String> {
     let mut list = list.to_vec();
     list.sort();
@@ -73,18 +83,8 @@ async fn every_watched_table_and_change_emits_the_expected_tags() {
     let s = |text: &str| text.to_string();
 
     let mark = last_event_id(&client).await;
-    let risk = insert_id(
-        &client,
-        "INSERT INTO risks (tenant_id, title, impact, probability) VALUES ($1, 'r', 2, 3) RETURNING id",
-        &[&t],
-    )
-    .await;
-    let other_risk = insert_id(
-        &client,
-        "INSERT INTO risks (tenant_id, title, impact, probability) VALUES ($1, 'o', 1, 1) RETURNING id",
-        &[&t],
-    )
-    .await;
+    let risk = insert_risk(&client, t, "r", 2, 3).await;
+    let other_risk = insert_risk(&client, t, "o", 1, 1).await;
     let events = events_after(&client, mark).await;
     assert_eq!(events.len(), 4, "two risks and two history rows: {events:?}");
     assert_eq!(events[0], (s("risks"), s("INSERT"), t, tags(&[format!("risk:{risk}"), s("risks")])));
@@ -253,12 +253,7 @@ async fn a_new_table_is_watched_with_one_sql_call() {
     let db = TestDatabase::create().await;
     let client = db.connect().await;
     let t = tenant(&client, "acme").await;
-    let risk = insert_id(
-        &client,
-        "INSERT INTO risks (tenant_id, title, impact, probability) VALUES ($1, 'r', 1, 1) RETURNING id",
-        &[&t],
-    )
-    .await;
+    let risk = insert_risk(&client, t, "r", 1, 1).await;
     client
         .batch_execute(
             "CREATE TABLE risk_comments (
@@ -412,12 +407,7 @@ async fn constraint_violations_are_rejected() {
     let db = TestDatabase::create().await;
     let client = db.connect().await;
     let (a, b) = (tenant(&client, "a").await, tenant(&client, "b").await);
-    let risk_of_a = insert_id(
-        &client,
-        "INSERT INTO risks (tenant_id, title, impact, probability) VALUES ($1, 'r', 1, 1) RETURNING id",
-        &[&a],
-    )
-    .await;
+    let risk_of_a = insert_risk(&client, a, "r", 1, 1).await;
     let rejected = [
         ("impact out of range", "INSERT INTO risks (tenant_id, title, impact, probability) VALUES ($1, 'r', 6, 1)"),
         ("empty title", "INSERT INTO risks (tenant_id, title, impact, probability) VALUES ($1, '', 1, 1)"),

@@ -7,9 +7,9 @@
 
 use openrisk_shared::keys::{Keyspace, Tag};
 use openrisk_shared::protocol::{self, Fill, Lookup};
+use openrisk_shared::redis_connection::RedisConnection;
 use openrisk_test_support::RedisNamespace;
 use redis::Script;
-use redis::aio::MultiplexedConnection;
 use uuid::Uuid;
 
 /// The previous lookup: returns the entry when every stored version is current, otherwise
@@ -22,84 +22,26 @@ const OLD_FILL: &str = include_str!("previous_protocol/fill.lua");
 /// The previous invalidation.
 const OLD_INVALIDATE: &str = include_str!("previous_protocol/invalidate.lua");
 
-/// A process of the previous release.
-struct OldProcess {
-    keyspace: Keyspace,
-    tenant: Uuid,
-}
-
 /// What the previous lookup answered: a hit's body, or the versions to fill under.
 enum OldLookup {
     Hit,
     Miss(Vec<(String, String)>),
 }
 
-impl OldProcess {
-    /// The previous entry key: `e:<schema>:…` instead of this format's.
-    fn entry_key(&self, resource: &str) -> String {
-        format!("{}e:1:{resource}:0", self.keyspace.tenant_base(self.tenant))
-    }
-
-    async fn lookup(&self, conn: &mut MultiplexedConnection, key: &str, tags: &[&str]) -> OldLookup {
-        let script = Script::new(OLD_LOOKUP);
-        let mut call = script.key(key);
-        call.arg(self.keyspace.tenant_base(self.tenant)).arg(Uuid::new_v4().simple().to_string());
-        for tag in tags {
-            call.arg(*tag);
-        }
-        let reply: Vec<Vec<u8>> = call.invoke_async(conn).await.unwrap();
-        if reply[0] == b"hit" {
-            return OldLookup::Hit;
-        }
-        let tokens = reply[1..].iter().map(|token| String::from_utf8(token.clone()).unwrap());
-        OldLookup::Miss(tags.iter().map(|tag| (*tag).to_owned()).zip(tokens).collect())
-    }
-
-    async fn fill(
-        &self,
-        conn: &mut MultiplexedConnection,
-        key: &str,
-        versions: &[(String, String)],
-        body: &str,
-    ) -> bool {
-        let script = Script::new(OLD_FILL);
-        let mut call = script.key(key);
-        call.arg(self.keyspace.tenant_base(self.tenant)).arg(body).arg("etag").arg(60).arg(120);
-        for (tag, token) in versions {
-            call.arg(tag).arg(token);
-        }
-        let stored: i64 = call.invoke_async(conn).await.unwrap();
-        stored == 1
-    }
-
-    async fn invalidate(&self, conn: &mut MultiplexedConnection, tags: &[&str]) {
-        let script = Script::new(OLD_INVALIDATE);
-        let mut call = script.prepare_invoke();
-        call.arg(self.keyspace.tenant_base(self.tenant));
-        for tag in tags {
-            call.arg(*tag);
-        }
-        let _: i64 = call.invoke_async(conn).await.unwrap();
-    }
-}
-
+/// Processes of both releases on one Redis namespace, serving one tenant: `new_*` runs this
+/// protocol, `old_*` the previous one.
 struct Fleet {
     _namespace: RedisNamespace,
-    conn: MultiplexedConnection,
+    conn: RedisConnection,
     keyspace: Keyspace,
     tenant: Uuid,
-    old: OldProcess,
 }
 
 impl Fleet {
     async fn new() -> Self {
         let namespace = RedisNamespace::new();
-        let conn =
-            redis::Client::open(namespace.url.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap();
-        let keyspace = Keyspace::new(namespace.prefix.clone());
-        let tenant = Uuid::new_v4();
-        let old = OldProcess { keyspace: keyspace.clone(), tenant };
-        Self { _namespace: namespace, conn, keyspace, tenant, old }
+        let conn = namespace.connect().await;
+        Self { keyspace: namespace.keyspace(), _namespace: namespace, conn, tenant: Uuid::new_v4() }
     }
 
     fn new_key(&self) -> String {
@@ -120,6 +62,47 @@ impl Fleet {
         let fill = Fill { entry_key: key, body: body.as_bytes(), etag: "e", ttl_secs: 60, dependencies_ttl_secs: 120 };
         protocol::fill(&mut self.conn, &self.keyspace, self.tenant, snapshot, fill).await.unwrap()
     }
+
+    /// The previous entry key: `e:<schema>:…` instead of this format's.
+    fn old_entry_key(&self, resource: &str) -> String {
+        format!("{}e:1:{resource}:0", self.keyspace.tenant_base(self.tenant))
+    }
+
+    async fn old_lookup(&mut self, key: &str, tags: &[&str]) -> OldLookup {
+        let script = Script::new(OLD_LOOKUP);
+        let mut call = script.key(key);
+        call.arg(self.keyspace.tenant_base(self.tenant)).arg(Uuid::new_v4().simple().to_string());
+        for tag in tags {
+            call.arg(*tag);
+        }
+        let reply: Vec<Vec<u8>> = call.invoke_async(&mut self.conn).await.unwrap();
+        if reply[0] == b"hit" {
+            return OldLookup::Hit;
+        }
+        let tokens = reply[1..].iter().map(|token| String::from_utf8(token.clone()).unwrap());
+        OldLookup::Miss(tags.iter().map(|tag| (*tag).to_owned()).zip(tokens).collect())
+    }
+
+    async fn old_fill(&mut self, key: &str, versions: &[(String, String)], body: &str) -> bool {
+        let script = Script::new(OLD_FILL);
+        let mut call = script.key(key);
+        call.arg(self.keyspace.tenant_base(self.tenant)).arg(body).arg("etag").arg(60).arg(120);
+        for (tag, token) in versions {
+            call.arg(tag).arg(token);
+        }
+        let stored: i64 = call.invoke_async(&mut self.conn).await.unwrap();
+        stored == 1
+    }
+
+    async fn old_invalidate(&mut self, tags: &[&str]) {
+        let script = Script::new(OLD_INVALIDATE);
+        let mut call = script.prepare_invoke();
+        call.arg(self.keyspace.tenant_base(self.tenant));
+        for tag in tags {
+            call.arg(*tag);
+        }
+        let _: i64 = call.invoke_async(&mut self.conn).await.unwrap();
+    }
 }
 
 fn tags(list: &[&str]) -> Vec<Tag> {
@@ -130,16 +113,16 @@ fn tags(list: &[&str]) -> Vec<Tag> {
 async fn a_new_invalidator_makes_entries_of_old_apis_unreadable_and_refuses_their_fills() {
     let mut fleet = Fleet::new().await;
     let deps = ["all", "risk:1"];
-    let stored = fleet.old.entry_key("stored");
-    let in_flight = fleet.old.entry_key("in-flight");
-    let OldLookup::Miss(versions) = fleet.old.lookup(&mut fleet.conn, &stored, &deps).await else { panic!() };
-    assert!(fleet.old.fill(&mut fleet.conn, &stored, &versions, "old row").await);
-    let OldLookup::Miss(pending) = fleet.old.lookup(&mut fleet.conn, &in_flight, &deps).await else { panic!() };
+    let stored = fleet.old_entry_key("stored");
+    let in_flight = fleet.old_entry_key("in-flight");
+    let OldLookup::Miss(versions) = fleet.old_lookup(&stored, &deps).await else { panic!() };
+    assert!(fleet.old_fill(&stored, &versions, "old row").await);
+    let OldLookup::Miss(pending) = fleet.old_lookup(&in_flight, &deps).await else { panic!() };
 
     let moved = protocol::invalidate(&mut fleet.conn, &fleet.keyspace, fleet.tenant, &tags(&["risk:1"])).await.unwrap();
 
-    assert!(matches!(fleet.old.lookup(&mut fleet.conn, &stored, &deps).await, OldLookup::Miss(_)));
-    assert!(!fleet.old.fill(&mut fleet.conn, &in_flight, &pending, "old row").await);
+    assert!(matches!(fleet.old_lookup(&stored, &deps).await, OldLookup::Miss(_)));
+    assert!(!fleet.old_fill(&in_flight, &pending, "old row").await);
     assert_eq!(protocol::reclaim(&mut fleet.conn, &moved).await.unwrap(), 0, "the old lookup already unlinked it");
 }
 
@@ -153,7 +136,7 @@ async fn an_old_invalidator_makes_new_entries_unreadable_and_refuses_new_fills()
     assert!(fleet.new_fill(&stored, &snapshot, "old row").await);
     let pending = fleet.new_miss(&in_flight, &deps).await;
 
-    fleet.old.invalidate(&mut fleet.conn, &["risk:1"]).await;
+    fleet.old_invalidate(&["risk:1"]).await;
 
     assert!(matches!(fleet.new_lookup(&stored, &deps).await, Lookup::Miss(_)));
     assert!(!fleet.new_fill(&in_flight, &pending, "old row").await);
@@ -164,16 +147,16 @@ async fn the_two_formats_never_read_each_others_entries() {
     let mut fleet = Fleet::new().await;
     let deps = tags(&["all", "risk:1"]);
     let key = fleet.new_key();
-    let old_key = fleet.old.entry_key("risk");
+    let old_key = fleet.old_entry_key("risk");
     assert_ne!(key, old_key);
     let snapshot = fleet.new_miss(&key, &deps).await;
     assert!(fleet.new_fill(&key, &snapshot, "new").await);
-    let OldLookup::Miss(versions) = fleet.old.lookup(&mut fleet.conn, &old_key, &["all", "risk:1"]).await else {
+    let OldLookup::Miss(versions) = fleet.old_lookup(&old_key, &["all", "risk:1"]).await else {
         panic!("the old process finds no entry of its own")
     };
     assert_eq!(versions.len(), 2);
-    assert!(fleet.old.fill(&mut fleet.conn, &old_key, &versions, "old").await);
-    assert!(matches!(fleet.old.lookup(&mut fleet.conn, &old_key, &["all", "risk:1"]).await, OldLookup::Hit));
+    assert!(fleet.old_fill(&old_key, &versions, "old").await);
+    assert!(matches!(fleet.old_lookup(&old_key, &["all", "risk:1"]).await, OldLookup::Hit));
     // Versions the old lookup would create already exist: both processes share them.
     assert!(matches!(fleet.new_lookup(&key, &deps).await, Lookup::Hit(_)), "sharing the versions keeps hits");
 }
@@ -190,7 +173,7 @@ async fn an_old_invalidator_leaves_the_new_versions_replay_floor_unknown() {
         .await
         .unwrap();
 
-    fleet.old.invalidate(&mut fleet.conn, &["risk:1"]).await;
+    fleet.old_invalidate(&["risk:1"]).await;
 
     let after = fleet.new_miss(&key, &deps).await;
     let found = protocol::replay_floor(&mut fleet.conn, &fleet.keyspace, fleet.tenant, &after).await.unwrap();

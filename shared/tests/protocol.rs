@@ -23,8 +23,7 @@ impl Fixture {
 
     async fn on(namespace: RedisNamespace) -> Self {
         let conn = namespace.connect().await;
-        let keyspace = Keyspace::new(namespace.prefix.clone());
-        Self { namespace, keyspace, conn, tenant: Uuid::new_v4() }
+        Self { keyspace: namespace.keyspace(), namespace, conn, tenant: Uuid::new_v4() }
     }
 
     /// A fixture in which risk 1's versions have the known replay floor `lsn`; with their tags.
@@ -37,6 +36,11 @@ impl Fixture {
 
     fn key(&self, resource: &str) -> String {
         self.keyspace.entry_key(self.tenant, 1, resource, &[])
+    }
+
+    /// Risk 1's detail: its key and its tags (`all`, `risk:1`).
+    fn risk_one_detail(&self) -> (String, Vec<Tag>) {
+        (self.key("risk"), risk_one())
     }
 
     async fn lookup(&mut self, key: &str, tags: &[Tag]) -> Lookup {
@@ -70,10 +74,18 @@ impl Fixture {
     /// Risk 1's detail (under `all` and `risk:1`), missed and filled with `body`: its key, its
     /// tags and the snapshot it was filled under.
     async fn stored_risk(&mut self, body: &str) -> (String, Vec<Tag>, Snapshot) {
-        let key = self.key("risk");
-        let deps = risk_one();
+        let (key, deps) = self.risk_one_detail();
         let snapshot = self.miss(&key, &deps).await;
         assert!(self.fill(&key, &snapshot, body).await);
+        (key, deps, snapshot)
+    }
+
+    /// Risk 1's detail missed (its snapshot completed), then its `risk:1` tag invalidated: what a
+    /// reader holds when a write lands between its read and its fill. Its key, tags and snapshot.
+    async fn snapshot_before_invalidation(&mut self) -> (String, Vec<Tag>, Snapshot) {
+        let (key, deps) = self.risk_one_detail();
+        let snapshot = self.miss(&key, &deps).await;
+        self.invalidate(&tags(&["risk:1"])).await;
         (key, deps, snapshot)
     }
 
@@ -161,12 +173,9 @@ async fn a_fill_is_served_until_its_tag_is_invalidated() {
 #[tokio::test]
 async fn the_stale_fill_race_cannot_store_the_old_value() {
     let mut f = Fixture::new().await;
-    let key = f.key("risk");
-    let deps = risk_one();
-    // 1. the reader misses and records versions, 2. reads the old row from Postgres,
-    let snapshot = f.miss(&key, &deps).await;
-    // 3. the write commits and the invalidator processes it,
-    f.invalidate(&tags(&["risk:1"])).await;
+    // 1. the reader misses and records versions, 2. reads the old row from Postgres, 3. the
+    // write commits and the invalidator processes it,
+    let (key, deps, snapshot) = f.snapshot_before_invalidation().await;
     // 4. the reader tries to store the old row: refused.
     assert!(!f.fill(&key, &snapshot, "old").await, "a fill that straddles an invalidation is rejected");
     assert!(!f.is_hit(&key, &deps).await);
@@ -193,8 +202,7 @@ async fn a_lookup_writes_nothing_so_invented_ids_leave_no_keys() {
 #[tokio::test]
 async fn a_snapshot_that_lacked_a_version_never_protects_a_fill() {
     let mut f = Fixture::new().await;
-    let key = f.key("risk");
-    let deps = risk_one();
+    let (key, deps) = f.risk_one_detail();
     let partial = f.partial_miss(&key, &deps).await;
     // An invalidation now finds no version to replace, so nothing records it; the fill of a
     // read made under the partial snapshot must therefore be refused by construction.
@@ -210,8 +218,7 @@ async fn a_snapshot_that_lacked_a_version_never_protects_a_fill() {
 #[tokio::test]
 async fn completing_a_snapshot_keeps_versions_other_readers_created() {
     let mut f = Fixture::new().await;
-    let key = f.key("risk");
-    let deps = risk_one();
+    let (key, deps) = f.risk_one_detail();
     let first = f.partial_miss(&key, &deps).await;
     let second = f.partial_miss(&key, &deps).await;
     let first = f.complete(&first).await;
@@ -239,8 +246,7 @@ async fn an_entry_whose_member_set_was_lost_is_still_never_served_stale() {
     let mut f = Fixture::new().await;
     let (key, deps, _) = f.stored_risk("v1").await;
     // Simulate eviction of the member set: invalidation can no longer find the entry...
-    let members = f.keyspace.members_key(f.tenant, &deps[1]);
-    f.delete(&members).await;
+    f.delete(&f.keyspace.members_key(f.tenant, &deps[1])).await;
     let moved = f.invalidate(&tags(&["risk:1"])).await;
     assert_eq!(f.reclaim(&moved).await, 0);
     // ...but the hit compares versions and refuses the entry.
@@ -251,8 +257,7 @@ async fn an_entry_whose_member_set_was_lost_is_still_never_served_stale() {
 async fn an_evicted_or_expired_version_acts_as_an_invalidation() {
     let mut f = Fixture::new().await;
     let (key, deps, snapshot) = f.stored_risk("v1").await;
-    let version = f.keyspace.version_key(f.tenant, &deps[1]);
-    f.delete(&version).await;
+    f.delete(&f.keyspace.version_key(f.tenant, &deps[1])).await;
     assert!(!f.is_hit(&key, &deps).await, "an absent version matches no entry");
     assert!(!f.fill(&key, &snapshot, "old").await, "nor any snapshot");
 }
@@ -261,8 +266,7 @@ async fn an_evicted_or_expired_version_acts_as_an_invalidation() {
 async fn a_fill_straddling_a_redis_restart_or_flush_is_rejected() {
     let mut redis = PrivateRedis::start();
     let mut f = Fixture::on(RedisNamespace::on(&redis.url())).await;
-    let key = f.key("risk");
-    let deps = risk_one();
+    let (key, deps) = f.risk_one_detail();
 
     // FLUSHALL between the reader's snapshot and its fill: versions are gone, the fill fails.
     let snapshot = f.miss(&key, &deps).await;
@@ -372,22 +376,17 @@ async fn an_invalidation_without_a_position_or_of_a_version_without_a_floor_leav
 async fn a_lost_floor_or_version_makes_the_floor_unknown_never_lower() {
     let (mut f, deps) = Fixture::with_risk_floor(0x500).await;
     f.invalidate_replayed_by(&tags(&["risk:1"]), 0x700).await;
-    let floor_key = f.keyspace.replay_floor_key(f.tenant, &deps[1]);
-    f.delete(&floor_key).await;
+    f.delete(&f.keyspace.replay_floor_key(f.tenant, &deps[1])).await;
     assert_eq!(f.floor(&deps).await, None, "a lost floor");
     f.stamp(&deps, 0x900).await;
-    let version_key = f.keyspace.version_key(f.tenant, &deps[1]);
-    f.delete(&version_key).await;
+    f.delete(&f.keyspace.version_key(f.tenant, &deps[1])).await;
     assert_eq!(f.floor(&deps).await, None, "the floor of a lost version names a token no version has");
 }
 
 #[tokio::test]
 async fn a_reader_cannot_record_a_floor_for_a_version_replaced_since_its_snapshot() {
     let mut f = Fixture::new().await;
-    let deps = risk_one();
-    let key = f.key("risk");
-    let snapshot = f.miss(&key, &deps).await;
-    f.invalidate(&tags(&["risk:1"])).await;
+    let (_, deps, snapshot) = f.snapshot_before_invalidation().await;
     f.stamp_snapshot(&snapshot, 0x100).await;
     assert_eq!(f.floor(&deps).await, None, "the stamp named the replaced version");
 }

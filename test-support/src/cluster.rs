@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tempfile::TempDir;
 
-use crate::private::{free_port, kill, run_quiet, spawn_quiet, wait_until};
+use crate::private::{ServerProcess, free_port, run_quiet, spawn_quiet, wait_until};
 
 /// Offset of a node's cluster bus port from its client port (fixed by Redis).
 const BUS_PORT_OFFSET: u16 = 10_000;
@@ -28,13 +28,14 @@ fn free_node_port() -> u16 {
 #[derive(Debug)]
 pub struct ClusterNode {
     pub port: u16,
-    child: Option<Child>,
+    process: ServerProcess,
 }
 
 /// A Redis Cluster of its own: `masters` masters with `replicas` replicas each; every node is
 /// killed and its files removed on drop.
 #[derive(Debug)]
 pub struct PrivateRedisCluster {
+    /// Declared before `dir`: the nodes are killed before their files are removed.
     pub nodes: Vec<ClusterNode>,
     dir: TempDir,
 }
@@ -49,7 +50,7 @@ impl PrivateRedisCluster {
         let dir = tempfile::Builder::new().prefix("openrisk-redis-cluster-").tempdir().expect("tempdir");
         let mut cluster = Self { nodes: Vec::new(), dir };
         for _ in 0..masters * (1 + replicas) {
-            let mut node = ClusterNode { port: free_node_port(), child: None };
+            let mut node = ClusterNode { port: free_node_port(), process: ServerProcess::stopped_by("KILL") };
             cluster.launch(&mut node);
             cluster.nodes.push(node);
         }
@@ -79,7 +80,7 @@ impl PrivateRedisCluster {
 
     fn launch(&self, node: &mut ClusterNode) {
         let _ = std::fs::remove_file(self.dir.path().join(format!("nodes-{}.conf", node.port)));
-        node.child = Some(self.spawn_node(node.port));
+        node.process.replace(self.spawn_node(node.port));
     }
 
     /// Starts `redis-server` on `port` with its cluster config file in this cluster's
@@ -104,14 +105,14 @@ impl PrivateRedisCluster {
     /// Waits until every node sees `cluster_state:ok` and `replicas` replicas are linked.
     pub fn wait_until_healthy(&self, replicas: usize) {
         wait_until("redis cluster", Duration::from_secs(60), || {
-            let all_ok = self.nodes.iter().filter(|node| node.child.is_some()).all(|node| {
+            let all_ok = self.nodes.iter().filter(|node| node.process.is_running()).all(|node| {
                 command(&self.node_url(node.port), &["CLUSTER", "INFO"])
                     .is_some_and(|info| info.contains("cluster_state:ok"))
             });
             let linked = self
                 .nodes
                 .iter()
-                .filter(|node| node.child.is_some())
+                .filter(|node| node.process.is_running())
                 .filter(|node| {
                     command(&self.node_url(node.port), &["INFO", "replication"])
                         .is_some_and(|info| info.contains("role:slave") && info.contains("master_link_status:up"))
@@ -125,7 +126,7 @@ impl PrivateRedisCluster {
     pub fn master_ports(&self) -> Vec<u16> {
         self.nodes
             .iter()
-            .filter(|node| node.child.is_some())
+            .filter(|node| node.process.is_running())
             .filter(|node| {
                 command(&self.node_url(node.port), &["INFO", "replication"])
                     .is_some_and(|info| info.contains("role:master"))
@@ -150,7 +151,7 @@ impl PrivateRedisCluster {
     pub fn replicas_of(&self, master: u16) -> Vec<u16> {
         self.nodes
             .iter()
-            .filter(|node| node.child.is_some())
+            .filter(|node| node.process.is_running())
             .filter(|node| {
                 command(&self.node_url(node.port), &["INFO", "replication"])
                     .is_some_and(|info| info.contains("role:slave") && info.contains(&format!("master_port:{master}")))
@@ -162,7 +163,7 @@ impl PrivateRedisCluster {
     /// Kills the node on `port` (SIGKILL: its data is gone) and leaves it down.
     pub fn kill(&mut self, port: u16) {
         if let Some(node) = self.nodes.iter_mut().find(|node| node.port == port) {
-            kill(&mut node.child, "KILL");
+            node.process.stop();
         }
     }
 
@@ -177,26 +178,17 @@ impl PrivateRedisCluster {
     }
 
     fn signal(&self, port: u16, signal: &str) {
-        let node = self.nodes.iter().find(|node| node.port == port).and_then(|node| node.child.as_ref());
-        if let Some(child) = node {
-            let _ = Command::new("kill").arg(format!("-{signal}")).arg(child.id().to_string()).status();
+        if let Some(node) = self.nodes.iter().find(|node| node.port == port) {
+            node.process.signal(signal);
         }
     }
 
     /// Starts the node on `port` again, empty but with its cluster identity, so it rejoins.
     pub fn restart(&mut self, port: u16) {
         let Some(index) = self.nodes.iter().position(|node| node.port == port) else { return };
-        kill(&mut self.nodes[index].child, "KILL");
+        self.nodes[index].process.stop();
         let child = self.spawn_node(port);
-        self.nodes[index].child = Some(child);
-    }
-}
-
-impl Drop for PrivateRedisCluster {
-    fn drop(&mut self) {
-        for node in &mut self.nodes {
-            kill(&mut node.child, "KILL");
-        }
+        self.nodes[index].process.replace(child);
     }
 }
 

@@ -26,6 +26,7 @@ pub use private::{PrivatePostgres, PrivateRedis, ReplicaPair, free_port};
 use std::time::Duration;
 
 use openrisk_shared::Settings;
+use openrisk_shared::keys::Keyspace;
 use openrisk_shared::redis_connection::{RedisConnection, RedisTarget, Timeouts};
 use tokio_postgres::Client;
 use uuid::Uuid;
@@ -184,6 +185,11 @@ impl RedisNamespace {
 
     pub fn on(url: &str) -> Self {
         Self { prefix: format!("test-{}", Uuid::new_v4().simple()), url: url.to_owned() }
+    }
+
+    /// The keyspace the processes use under this prefix.
+    pub fn keyspace(&self) -> Keyspace {
+        Keyspace::new(self.prefix.clone())
     }
 
     fn target(&self) -> RedisTarget {

@@ -22,10 +22,49 @@ pub(crate) fn wait_until(what: &str, timeout: Duration, mut ready: impl FnMut() 
     }
 }
 
-pub(crate) fn kill(child: &mut Option<Child>, signal: &str) {
-    if let Some(mut child) = child.take() {
-        let _ = Command::new("kill").arg(format!("-{signal}")).arg(child.id().to_string()).status();
-        let _ = child.wait();
+/// A server process a test started: stopped with its signal (and waited for) on demand or on
+/// drop, so that no server outlives the value that owns it.
+#[derive(Debug)]
+pub(crate) struct ServerProcess {
+    child: Option<Child>,
+    stop_signal: &'static str,
+}
+
+impl ServerProcess {
+    /// None running yet; `stop_signal` (`KILL`, `QUIT`, …) is what [`Self::stop`] sends.
+    pub(crate) fn stopped_by(stop_signal: &'static str) -> Self {
+        Self { child: None, stop_signal }
+    }
+
+    /// Stops the one running, if any, and owns `child` instead.
+    pub(crate) fn replace(&mut self, child: Child) {
+        self.stop();
+        self.child = Some(child);
+    }
+
+    pub(crate) fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// Sends `signal` (`STOP`, `CONT`, …) without waiting.
+    pub(crate) fn signal(&self, signal: &str) {
+        if let Some(child) = &self.child {
+            let _ = Command::new("kill").arg(format!("-{signal}")).arg(child.id().to_string()).status();
+        }
+    }
+
+    /// Sends the stop signal and waits until the process is gone.
+    pub(crate) fn stop(&mut self) {
+        self.signal(self.stop_signal);
+        if let Some(mut child) = self.child.take() {
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 
@@ -36,12 +75,17 @@ pub struct PrivateRedis {
     /// The address it listens on: loopback, or a server address of a [`NetworkLink`].
     pub host: Ipv4Addr,
     namespace: Option<String>,
-    child: Option<Child>,
+    process: ServerProcess,
 }
 
 impl PrivateRedis {
     pub fn start() -> Self {
-        let mut redis = Self { port: free_port(), host: Ipv4Addr::LOCALHOST, namespace: None, child: None };
+        let mut redis = Self {
+            port: free_port(),
+            host: Ipv4Addr::LOCALHOST,
+            namespace: None,
+            process: ServerProcess::stopped_by("KILL"),
+        };
         redis.launch();
         redis
     }
@@ -50,7 +94,8 @@ impl PrivateRedis {
     /// faults stand between it and every client.
     pub fn start_behind(link: &NetworkLink) -> Self {
         let namespace = Some(link.namespace().to_owned());
-        let mut redis = Self { port: free_port(), host: link.server_address(0), namespace, child: None };
+        let process = ServerProcess::stopped_by("KILL");
+        let mut redis = Self { port: free_port(), host: link.server_address(0), namespace, process };
         redis.launch();
         redis
     }
@@ -79,8 +124,7 @@ impl PrivateRedis {
             ])
             // Clients behind a link are not on loopback; the link exists only for this test.
             .args(["--protected-mode", "no"]);
-        let child = spawn_quiet(child, "redis-server (is it installed?)");
-        self.child = Some(child);
+        self.process.replace(spawn_quiet(child, "redis-server (is it installed?)"));
         let url = self.url();
         wait_until("private redis", Duration::from_secs(10), || {
             redis::Client::open(url.as_str())
@@ -92,19 +136,13 @@ impl PrivateRedis {
 
     /// Kills the server (SIGKILL, losing everything) and leaves it down.
     pub fn kill(&mut self) {
-        kill(&mut self.child, "KILL");
+        self.process.stop();
     }
 
     /// Kills the server and starts an empty one on the same port.
     pub fn restart(&mut self) {
         self.kill();
         self.launch();
-    }
-}
-
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        self.kill();
     }
 }
 
@@ -115,9 +153,10 @@ pub struct PrivatePostgres {
     /// Every address it listens on: loopback, or the server addresses of a [`NetworkLink`].
     pub hosts: Vec<Ipv4Addr>,
     namespace: Option<String>,
+    /// Declared before `dir`: the server stops before its data directory is deleted.
+    process: ServerProcess,
     dir: TempDir,
     bin: PathBuf,
-    child: Option<Child>,
 }
 
 impl PrivatePostgres {
@@ -144,7 +183,8 @@ impl PrivatePostgres {
             std::fs::write(&hba, rules).expect("trust the link's client address");
             namespace
         });
-        let mut postgres = Self { port: free_port(), hosts, namespace, dir, bin, child: None };
+        let process = ServerProcess::stopped_by("QUIT");
+        let mut postgres = Self { port: free_port(), hosts, namespace, process, dir, bin };
         postgres.launch();
         postgres
     }
@@ -171,25 +211,19 @@ impl PrivatePostgres {
                 .arg(self.dir.path()),
             "postgres",
         );
-        self.child = Some(child);
+        self.process.replace(child);
         wait_until("private postgres", Duration::from_secs(30), || answers(&self.bin, self.hosts[0], self.port));
     }
 
     /// Stops the server immediately (SIGQUIT: no shutdown checkpoint, crash recovery on start).
     pub fn stop(&mut self) {
-        kill(&mut self.child, "QUIT");
+        self.process.stop();
     }
 
     /// Stops the server abruptly and starts it again on the same port and data.
     pub fn restart(&mut self) {
         self.stop();
         self.launch();
-    }
-}
-
-impl Drop for PrivatePostgres {
-    fn drop(&mut self) {
-        self.stop();
     }
 }
 

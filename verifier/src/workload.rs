@@ -12,6 +12,7 @@ use rand::{Rng, SeedableRng};
 use serde_json::json;
 use tokio::task::JoinHandle;
 use tokio_postgres::Client;
+use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
 use crate::urls::{random_read, risk_detail};
@@ -182,7 +183,16 @@ async fn api_writer(world: Arc<World>, mut rng: StdRng) {
     }
 }
 
-/// One plain-SQL write (another program writing the database directly).
+/// A parameter of a plain-SQL write.
+type Param = Box<dyn ToSql + Send + Sync>;
+
+/// The parameters of a plain-SQL write, each boxed.
+macro_rules! params {
+    ($($value:expr),*) => { vec![$(Box::new($value) as Param),*] };
+}
+
+/// One plain-SQL write (another program writing the database directly): a statement picked at
+/// random among those whose rows exist, then run.
 async fn sql_write(client: &Client, world: &World, rng: &mut StdRng) -> Result<(), tokio_postgres::Error> {
     let tenant = world.tenants.choose(rng).expect("tenants").id;
     let catalog = world.catalog();
@@ -195,155 +205,100 @@ async fn sql_write(client: &Client, world: &World, rng: &mut StdRng) -> Result<(
     let asset = data.assets.choose(rng).copied();
     let link = data.links.choose(rng).copied();
     let deleted = data.deleted_risks.choose(rng).copied();
-    match rng.random_range(0..20) {
-        0..=2 => {
-            if let Some(risk) = risk {
-                let (impact, probability) = (rng.random_range(1..=5i16), rng.random_range(1..=5i16));
-                client
-                    .execute(
-                        "UPDATE risks SET impact = $2, probability = $3, updated_at = now() WHERE id = $1",
-                        &[&risk, &impact, &probability],
-                    )
-                    .await?;
-            }
-        }
-        3 => {
-            // Soft delete through SQL.
-            if let Some(risk) = risk.filter(|_| data.risks.len() > 5) {
-                client.execute("UPDATE risks SET deleted_at = now() WHERE id = $1", &[&risk]).await?;
-            }
-        }
-        4 => {
-            if let Some(risk) = deleted {
-                client.execute("UPDATE risks SET deleted_at = NULL WHERE id = $1", &[&risk]).await?;
-            }
-        }
-        5 => {
-            // Hard delete: cascades to mitigations, sub-actions, links and history.
-            if let Some(risk) = risk.filter(|_| data.risks.len() > 5 && rng.random_ratio(1, 2)) {
-                client.execute("DELETE FROM risks WHERE id = $1", &[&risk]).await?;
-            }
-        }
-        6 => {
-            // Move a mitigation (and its sub-actions) to another risk.
-            if let (Some((_, id)), Some(target)) = (mitigation, other_risk) {
-                client
-                    .execute("UPDATE mitigations SET risk_id = $2, updated_at = now() WHERE id = $1", &[&id, &target])
-                    .await?;
-            }
-        }
-        7 => {
-            // Move a sub-action to another mitigation.
-            if let (Some((_, _, id)), Some((_, target))) = (subaction, other_mitigation) {
-                client
-                    .execute("UPDATE mitigation_subactions SET mitigation_id = $2 WHERE id = $1", &[&id, &target])
-                    .await?;
-            }
-        }
-        8 => {
-            // Move a risk-asset link to another risk.
-            if let (Some((from, asset)), Some(target)) = (link, other_risk) {
-                client
-                    .execute(
-                        "UPDATE risk_assets SET risk_id = $3 WHERE tenant_id = $1 AND risk_id = $2 AND asset_id = $4
-                         AND NOT EXISTS (SELECT 1 FROM risk_assets WHERE tenant_id = $1 AND risk_id = $3 AND asset_id = $4)",
-                        &[&tenant, &from, &target, &asset],
-                    )
-                    .await?;
-            }
-        }
-        9 => {
-            if let Some(asset) = asset {
-                let criticality = *["LOW", "MEDIUM", "HIGH", "CRITICAL"].choose(rng).unwrap();
-                client.execute("UPDATE assets SET criticality = $2 WHERE id = $1", &[&asset, &criticality]).await?;
-            }
-        }
-        10 => {
-            if let (Some(risk), Some(asset)) = (risk, asset) {
-                client
-                    .execute(
-                        "INSERT INTO risk_assets (tenant_id, risk_id, asset_id) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-                        &[&tenant, &risk, &asset],
-                    )
-                    .await?;
-            }
-        }
-        11 => {
-            if let Some((risk, asset)) = link {
-                client
-                    .execute(
-                        "DELETE FROM risk_assets WHERE tenant_id = $1 AND risk_id = $2 AND asset_id = $3",
-                        &[&tenant, &risk, &asset],
-                    )
-                    .await?;
-            }
-        }
-        12 => {
-            if let Some((_, _, id)) = subaction {
-                client
-                    .execute(
-                        "UPDATE mitigation_subactions SET completed = NOT completed, updated_at = now() WHERE id = $1",
-                        &[&id],
-                    )
-                    .await?;
-            }
-        }
-        13 => {
-            if let Some((_, id)) = mitigation.filter(|_| rng.random_ratio(1, 2)) {
-                client.execute("DELETE FROM mitigations WHERE id = $1", &[&id]).await?;
-            }
-        }
-        14 => {
-            if let Some(risk) = risk {
-                client
-                    .execute(
-                        "INSERT INTO mitigations (tenant_id, risk_id, title) VALUES ($1, $2, 'SQL mitigation')",
-                        &[&tenant, &risk],
-                    )
-                    .await?;
-            }
-        }
-        15 => {
-            if let Some(risk) = risk {
-                client
-                    .execute(
-                        "INSERT INTO risk_history (tenant_id, risk_id, score, impact, probability, status, change_type)
-                         SELECT tenant_id, id, score, impact, probability, status, 'UPDATED' FROM risks WHERE id = $1",
-                        &[&risk],
-                    )
-                    .await?;
-            }
-        }
-        16 => {
-            client
-                .execute(
-                    "DELETE FROM risk_history WHERE id = (SELECT min(id) FROM risk_history WHERE tenant_id = $1)",
-                    &[&tenant],
-                )
-                .await?;
-        }
-        17 => {
-            client
-                .execute("UPDATE tenants SET name = 'Tenant ' || (random() * 1000)::int WHERE id = $1", &[&tenant])
-                .await?;
-        }
-        18 => {
-            // A multi-row statement: many events in one transaction.
-            client
-                .execute(
-                    "UPDATE risks SET probability = 1 + (probability % 5) WHERE tenant_id = $1 AND deleted_at IS NULL
-                     AND id IN (SELECT id FROM risks WHERE tenant_id = $1 ORDER BY random() LIMIT 10)",
-                    &[&tenant],
-                )
-                .await?;
-        }
+    let statement: Option<(&str, Vec<Param>)> = match rng.random_range(0..20) {
+        0..=2 => risk.map(|risk| {
+            let (impact, probability) = (rng.random_range(1..=5i16), rng.random_range(1..=5i16));
+            (
+                "UPDATE risks SET impact = $2, probability = $3, updated_at = now() WHERE id = $1",
+                params![risk, impact, probability],
+            )
+        }),
+        // Soft delete through SQL.
+        3 => risk
+            .filter(|_| data.risks.len() > 5)
+            .map(|risk| ("UPDATE risks SET deleted_at = now() WHERE id = $1", params![risk])),
+        4 => deleted.map(|risk| ("UPDATE risks SET deleted_at = NULL WHERE id = $1", params![risk])),
+        // Hard delete: cascades to mitigations, sub-actions, links and history.
+        5 => risk
+            .filter(|_| data.risks.len() > 5 && rng.random_ratio(1, 2))
+            .map(|risk| ("DELETE FROM risks WHERE id = $1", params![risk])),
+        // Move a mitigation (and its sub-actions) to another risk.
+        6 => mitigation.zip(other_risk).map(|((_, id), target)| {
+            ("UPDATE mitigations SET risk_id = $2, updated_at = now() WHERE id = $1", params![id, target])
+        }),
+        // Move a sub-action to another mitigation.
+        7 => subaction.zip(other_mitigation).map(|((_, _, id), (_, target))| {
+            ("UPDATE mitigation_subactions SET mitigation_id = $2 WHERE id = $1", params![id, target])
+        }),
+        // Move a risk-asset link to another risk.
+        8 => link.zip(other_risk).map(|((from, asset), target)| {
+            (
+                "UPDATE risk_assets SET risk_id = $3 WHERE tenant_id = $1 AND risk_id = $2 AND asset_id = $4
+                 AND NOT EXISTS (SELECT 1 FROM risk_assets WHERE tenant_id = $1 AND risk_id = $3 AND asset_id = $4)",
+                params![tenant, from, target, asset],
+            )
+        }),
+        9 => asset.map(|asset| {
+            let criticality = *["LOW", "MEDIUM", "HIGH", "CRITICAL"].choose(rng).unwrap();
+            ("UPDATE assets SET criticality = $2 WHERE id = $1", params![asset, criticality])
+        }),
+        10 => risk.zip(asset).map(|(risk, asset)| {
+            (
+                "INSERT INTO risk_assets (tenant_id, risk_id, asset_id) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+                params![tenant, risk, asset],
+            )
+        }),
+        11 => link.map(|(risk, asset)| {
+            (
+                "DELETE FROM risk_assets WHERE tenant_id = $1 AND risk_id = $2 AND asset_id = $3",
+                params![tenant, risk, asset],
+            )
+        }),
+        12 => subaction.map(|(_, _, id)| {
+            (
+                "UPDATE mitigation_subactions SET completed = NOT completed, updated_at = now() WHERE id = $1",
+                params![id],
+            )
+        }),
+        13 => mitigation
+            .filter(|_| rng.random_ratio(1, 2))
+            .map(|(_, id)| ("DELETE FROM mitigations WHERE id = $1", params![id])),
+        14 => risk.map(|risk| {
+            (
+                "INSERT INTO mitigations (tenant_id, risk_id, title) VALUES ($1, $2, 'SQL mitigation')",
+                params![tenant, risk],
+            )
+        }),
+        15 => risk.map(|risk| {
+            (
+                "INSERT INTO risk_history (tenant_id, risk_id, score, impact, probability, status, change_type)
+                 SELECT tenant_id, id, score, impact, probability, status, 'UPDATED' FROM risks WHERE id = $1",
+                params![risk],
+            )
+        }),
+        16 => Some((
+            "DELETE FROM risk_history WHERE id = (SELECT min(id) FROM risk_history WHERE tenant_id = $1)",
+            params![tenant],
+        )),
+        17 => Some(("UPDATE tenants SET name = 'Tenant ' || (random() * 1000)::int WHERE id = $1", params![tenant])),
+        // A multi-row statement: many events in one transaction.
+        18 => Some((
+            "UPDATE risks SET probability = 1 + (probability % 5) WHERE tenant_id = $1 AND deleted_at IS NULL
+             AND id IN (SELECT id FROM risks WHERE tenant_id = $1 ORDER BY random() LIMIT 10)",
+            params![tenant],
+        )),
         _ => {
             // TRUNCATE (rare): every tenant that had rows gets `all`.
             if rng.random_ratio(1, 8) {
                 let table = *["risk_history", "mitigation_subactions", "risk_assets"].choose(rng).unwrap();
                 client.batch_execute(&format!("SET lock_timeout = '2s'; TRUNCATE {table}")).await?;
             }
+            None
         }
+    };
+    if let Some((sql, params)) = statement {
+        let params: Vec<&(dyn ToSql + Sync)> = params.iter().map(|param| param.as_ref() as _).collect();
+        client.execute(sql, &params).await?;
     }
     Ok(())
 }

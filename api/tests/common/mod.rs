@@ -13,7 +13,7 @@ use openrisk_api::auth::{Role, create_token};
 use openrisk_api::cache::BeforeFillHook;
 use openrisk_api::{AppOptions, Application};
 use openrisk_shared::protocol;
-use openrisk_shared::{Keyspace, Settings, Tag};
+use openrisk_shared::{Settings, Tag};
 use openrisk_test_support::{RedisNamespace, TestDatabase};
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use serde_json::{Value, json};
@@ -67,11 +67,8 @@ pub async fn spawn_app_with_cached_risk(redis: RedisNamespace, title: &str) -> (
         AppOptions::default(),
     )
     .await;
-    let token = app.a.analyst.clone();
-    let risk = app.create_risk(&token, title).await;
-    let path = format!("/api/v1/risks/{}", risk["id"].as_str().unwrap());
-    app.get(&path, &token).await;
-    assert_eq!(cache_status(&app.get(&path, &token).await), CacheStatus::Hit);
+    let path = app.create_risk_path(&app.a.analyst, title).await;
+    app.assert_cached(&path, &app.a.analyst).await;
     (app, path)
 }
 
@@ -133,6 +130,38 @@ impl TestApp {
         self.request(Method::GET, path, token).send().await.unwrap()
     }
 
+    /// GETs `path` and returns the body as JSON (whatever the status).
+    pub async fn get_json(&self, path: &str, token: &str) -> Value {
+        self.get(path, token).await.json().await.unwrap()
+    }
+
+    /// Reads `path` twice and asserts that the second read is a cache hit.
+    pub async fn assert_cached(&self, path: &str, token: &str) {
+        self.get(path, token).await;
+        assert_eq!(cache_status(&self.get(path, token).await), CacheStatus::Hit, "{path} is cached");
+    }
+
+    /// Links `asset` (its JSON) to the risk at `risk_path`; the answer is the test's to check.
+    pub async fn link_asset(&self, token: &str, risk_path: &str, asset: &Value) -> Response {
+        let path = format!("{risk_path}/assets/{}", asset["id"].as_str().unwrap());
+        self.request(Method::PUT, &path, token).send().await.unwrap()
+    }
+
+    /// Creates a risk titled `title` and an asset named `asset_name` and links them; returns the
+    /// risk's path and the asset's JSON.
+    pub async fn create_linked_risk_and_asset(
+        &self,
+        token: &str,
+        title: &str,
+        asset_name: &str,
+        criticality: &str,
+    ) -> (String, Value) {
+        let path = self.create_risk_path(token, title).await;
+        let asset = self.create_asset(token, asset_name, criticality).await;
+        assert_eq!(self.link_asset(token, &path, &asset).await.status(), StatusCode::NO_CONTENT);
+        (path, asset)
+    }
+
     pub async fn send_json(&self, method: Method, path: &str, token: &str, body: Value) -> Response {
         self.request(method, path, token).json(&body).send().await.unwrap()
     }
@@ -186,7 +215,7 @@ impl TestApp {
         let client = self.db.connect().await;
         let rows = client.query("DELETE FROM cache_outbox RETURNING tenant_id, tags", &[]).await.unwrap();
         let mut conn = self.redis.connect().await;
-        let keyspace = Keyspace::new(self.redis.prefix.clone());
+        let keyspace = self.redis.keyspace();
         for row in rows {
             let tenant: Uuid = row.get(0);
             let tags: Vec<String> = row.get(1);

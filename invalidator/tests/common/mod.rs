@@ -16,6 +16,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_postgres::Client;
 use uuid::Uuid;
 
+/// The tag of a tenant's risk list, and the name its entry is cached under.
+pub const RISK_LIST_TAG: &str = "risks";
+const RISK_LIST_NAME: &str = "list";
+
 pub struct Harness {
     pub db: TestDatabase,
     pub namespace: RedisNamespace,
@@ -32,8 +36,7 @@ impl Harness {
     pub async fn with(db: TestDatabase, namespace: RedisNamespace) -> Self {
         let sql = db.connect().await;
         let redis = connect_redis(&namespace.url).await;
-        let keyspace = Keyspace::new(namespace.prefix.clone());
-        Self { db, namespace, sql, redis, keyspace }
+        Self { keyspace: namespace.keyspace(), db, namespace, sql, redis }
     }
 
     /// Settings for a replica of this harness: poll mode off, short poll interval.
@@ -48,12 +51,18 @@ impl Harness {
         openrisk_invalidator::start(settings).await.expect("start invalidator")
     }
 
+    /// [`Self::settings`] with the poll two minutes away, longer than any test waits: only a
+    /// notification (or a linger) can get a write applied in time.
+    pub fn settings_without_polling(&self) -> Settings {
+        let mut settings = self.settings();
+        settings.invalidator.poll_interval_ms = 120_000;
+        settings
+    }
+
     /// Starts a replica whose poll is two minutes away and waits (up to `within`) until it has
     /// parked: from then on only a notification wakes it.
     pub async fn start_parked(&self, within: Duration) -> Running {
-        let mut settings = self.settings();
-        settings.invalidator.poll_interval_ms = 120_000;
-        let running = self.start(settings).await;
+        let running = self.start(self.settings_without_polling()).await;
         wait_until_parked(&running, within).await;
         running
     }
@@ -85,6 +94,31 @@ impl Harness {
     pub async fn is_cached(&mut self, tenant: Uuid, key: &str, tags: &[String]) -> bool {
         let tags = with_all(tags);
         matches!(protocol::lookup(&mut self.redis, &self.keyspace, tenant, key, &tags).await.unwrap(), Lookup::Hit(_))
+    }
+
+    /// Caches `tenant`'s risk list (tagged `risks`, which every risk write invalidates); returns
+    /// its key.
+    pub async fn cache_risk_list(&mut self, tenant: Uuid) -> String {
+        self.cache(tenant, RISK_LIST_NAME, &[RISK_LIST_TAG.into()]).await
+    }
+
+    /// The key [`Self::cache_risk_list`] caches `tenant`'s risk list under.
+    pub fn risk_list_key(&self, tenant: Uuid) -> String {
+        self.keyspace.entry_key(tenant, 1, RISK_LIST_NAME, &[])
+    }
+
+    /// Whether `tenant`'s risk list cached under `key` is still served.
+    pub async fn risk_list_is_cached(&mut self, tenant: Uuid, key: &str) -> bool {
+        self.is_cached(tenant, key, &[RISK_LIST_TAG.into()]).await
+    }
+
+    /// Caches `tenant`'s risk list, inserts a risk titled `title`, waits (up to `within`) until
+    /// the outbox is drained and asserts that the list is no longer served.
+    pub async fn assert_a_new_risk_invalidates_the_risk_list(&mut self, tenant: Uuid, title: &str, within: Duration) {
+        let key = self.cache_risk_list(tenant).await;
+        self.risk(tenant, title).await;
+        self.drained(within).await;
+        assert!(!self.risk_list_is_cached(tenant, &key).await, "the risk list was invalidated by {title:?}");
     }
 
     pub async fn outbox_len(&self) -> i64 {

@@ -118,6 +118,11 @@ impl Workload {
         Arc::new(Self { name: name.into(), reqs, sampler, seen })
     }
 
+    /// Every request of `reqs` equally often.
+    pub fn uniform(name: impl Into<String>, reqs: &[Req]) -> Arc<Self> {
+        Self::new(name, reqs.to_vec(), Sampler::Uniform(reqs.len()))
+    }
+
     /// Marks requests as already sent (e.g. by a warm-up outside this workload).
     pub fn mark_seen(&self, indexes: impl IntoIterator<Item = usize>) {
         for index in indexes {
@@ -148,27 +153,18 @@ pub struct RunResult {
     pub connections: usize,
     pub offered_rate: Option<f64>,
     pub elapsed: Duration,
-    /// Answers with status 2xx or 304.
-    pub ok: u64,
-    pub non_2xx: u64,
-    /// Transport errors (connect, reset, timeout).
-    pub errors: u64,
-    /// Requests sent for the first time by any run of the workload.
-    pub first_time: u64,
-    /// Latency as users see it (corrected for coordinated omission in `open` mode), µs.
-    pub latency: Histogram<u64>,
-    /// Time from the actual send to the answer, µs.
-    pub service: Histogram<u64>,
+    /// The answers of every connection, added up.
+    pub tally: Tally,
 }
 
 impl RunResult {
     pub fn throughput(&self) -> f64 {
-        self.ok as f64 / self.elapsed.as_secs_f64().max(1e-9)
+        self.tally.ok as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
 
     /// Percentile `p` (0–100) of the user-visible latency, in milliseconds.
     pub fn ms(&self, p: f64) -> f64 {
-        self.latency.value_at_percentile(p) as f64 / 1000.0
+        self.tally.latency.value_at_percentile(p) as f64 / 1000.0
     }
 
     pub fn summary(&self) -> Value {
@@ -183,19 +179,20 @@ impl RunResult {
                 "max_ms": h.max() as f64 / 1000.0,
             })
         };
+        let tally = &self.tally;
         json!({
             "name": self.name,
             "mode": self.mode,
             "connections": self.connections,
             "offered_rate": self.offered_rate,
             "elapsed_s": self.elapsed.as_secs_f64(),
-            "ok": self.ok,
-            "non_2xx": self.non_2xx,
-            "errors": self.errors,
-            "first_time_requests": self.first_time,
+            "ok": tally.ok,
+            "non_2xx": tally.non_2xx,
+            "errors": tally.errors,
+            "first_time_requests": tally.first_time,
             "throughput_rps": self.throughput(),
-            "latency": hist(&self.latency),
-            "service_time": hist(&self.service),
+            "latency": hist(&tally.latency),
+            "service_time": hist(&tally.service),
         })
     }
 
@@ -208,47 +205,53 @@ impl RunResult {
         offered_rate: Option<f64>,
         elapsed: Duration,
     ) -> Self {
-        RunResult {
-            name: name.to_owned(),
-            mode,
-            connections,
-            offered_rate,
-            elapsed,
-            ok: 0,
-            non_2xx: 0,
-            errors: 0,
-            first_time: 0,
-            latency: new_histogram(),
-            service: new_histogram(),
-        }
+        RunResult { name: name.to_owned(), mode, connections, offered_rate, elapsed, tally: Tally::new() }
     }
 
-    fn merge(name: &str, mode: &'static str, offered_rate: Option<f64>, elapsed: Duration, parts: Vec<Part>) -> Self {
-        let mut result = RunResult::empty(name, mode, parts.len(), offered_rate, elapsed);
-        for part in parts {
-            result.first_time += part.first_time;
-            result.ok += part.ok;
-            result.non_2xx += part.non_2xx;
-            result.errors += part.errors;
-            result.latency.add(&part.latency).expect("same bounds");
-            result.service.add(&part.service).expect("same bounds");
+    /// The run of `tallies`, one per connection.
+    fn merge(
+        name: &str,
+        mode: &'static str,
+        offered_rate: Option<f64>,
+        elapsed: Duration,
+        tallies: Vec<Tally>,
+    ) -> Self {
+        let mut result = RunResult::empty(name, mode, tallies.len(), offered_rate, elapsed);
+        for tally in &tallies {
+            result.tally.add(tally);
         }
         result
     }
 }
 
-struct Part {
-    first_time: u64,
-    ok: u64,
-    non_2xx: u64,
-    errors: u64,
-    latency: Histogram<u64>,
-    service: Histogram<u64>,
+/// How the requests of one connection, or of a whole run, were answered.
+#[derive(Debug, Clone)]
+pub struct Tally {
+    /// Answers with status 2xx or 304.
+    pub ok: u64,
+    pub non_2xx: u64,
+    /// Transport errors (connect, reset, timeout).
+    pub errors: u64,
+    /// Requests sent for the first time by any run of the workload.
+    pub first_time: u64,
+    /// Latency as users see it (corrected for coordinated omission in `open` mode), µs.
+    pub latency: Histogram<u64>,
+    /// Time from the actual send to the answer, µs.
+    pub service: Histogram<u64>,
 }
 
-impl Part {
+impl Tally {
     fn new() -> Self {
         Self { first_time: 0, ok: 0, non_2xx: 0, errors: 0, latency: new_histogram(), service: new_histogram() }
+    }
+
+    fn add(&mut self, other: &Tally) {
+        self.first_time += other.first_time;
+        self.ok += other.ok;
+        self.non_2xx += other.non_2xx;
+        self.errors += other.errors;
+        self.latency.add(&other.latency).expect("same bounds");
+        self.service.add(&other.service).expect("same bounds");
     }
 
     fn record(&mut self, outcome: &anyhow::Result<Answer>, from: Instant, sent: Instant, done: Instant) {
@@ -288,23 +291,23 @@ pub async fn closed_loop_across(
     let conns = connect_all(addrs, connections).await?;
     let started = Instant::now();
     let deadline = started + duration;
-    let parts = on_each_connection(conns, |index, mut conn| {
+    let tallies = on_each_connection(conns, |index, mut conn| {
         let workload = Arc::clone(&workload);
         async move {
             let mut rng = SmallRng::seed_from_u64(index as u64 * 7919 + 1);
-            let mut part = Part::new();
+            let mut tally = Tally::new();
             while Instant::now() < deadline {
                 let (req, first) = workload.pick(&mut rng);
-                part.first_time += u64::from(first);
+                tally.first_time += u64::from(first);
                 let sent = Instant::now();
                 let outcome = conn.send_retrying(req).await;
-                part.record(&outcome, sent, sent, Instant::now());
+                tally.record(&outcome, sent, sent, Instant::now());
             }
-            part
+            tally
         }
     })
     .await?;
-    Ok(RunResult::merge(&workload.name, "closed", None, started.elapsed(), parts))
+    Ok(RunResult::merge(&workload.name, "closed", None, started.elapsed(), tallies))
 }
 
 /// Opens `connections` connections, spread over `addrs` in turn.
@@ -316,11 +319,11 @@ async fn connect_all(addrs: &[SocketAddr], connections: usize) -> anyhow::Result
     Ok(conns)
 }
 
-/// Runs `drive` on each connection (with its index) in a task of its own; the tasks' parts.
-async fn on_each_connection<F, Fut>(conns: Vec<Conn>, drive: F) -> anyhow::Result<Vec<Part>>
+/// Runs `drive` on each connection (with its index) in a task of its own; the tasks' tallies.
+async fn on_each_connection<F, Fut>(conns: Vec<Conn>, drive: F) -> anyhow::Result<Vec<Tally>>
 where
     F: Fn(usize, Conn) -> Fut,
-    Fut: Future<Output = Part> + Send + 'static,
+    Fut: Future<Output = Tally> + Send + 'static,
 {
     let tasks: Vec<_> = conns.into_iter().enumerate().map(|(index, conn)| tokio::spawn(drive(index, conn))).collect();
     Ok(futures::future::try_join_all(tasks).await?)
@@ -338,11 +341,11 @@ pub async fn open_loop(
     let started = Instant::now();
     let deadline = started + duration;
     let interval = Duration::from_secs_f64(connections as f64 / rate);
-    let parts = on_each_connection(conns, |index, mut conn| {
+    let tallies = on_each_connection(conns, |index, mut conn| {
         let workload = Arc::clone(&workload);
         async move {
             let mut rng = SmallRng::seed_from_u64(index as u64 * 104_729 + 3);
-            let mut part = Part::new();
+            let mut tally = Tally::new();
             let mut due = started + Duration::from_secs_f64(index as f64 / rate);
             let mut previous_done = started;
             while due < deadline {
@@ -354,19 +357,19 @@ pub async fn open_loop(
                 // this request was due. On time: count from the send.
                 let from = if previous_done > due { due } else { sent };
                 let (req, first) = workload.pick(&mut rng);
-                part.first_time += u64::from(first);
+                tally.first_time += u64::from(first);
                 let outcome = conn.send_retrying(req).await;
                 let done = Instant::now();
-                part.record(&outcome, from, sent, done);
+                tally.record(&outcome, from, sent, done);
                 previous_done = done;
                 due += interval;
             }
-            part
+            tally
         }
     })
     .await?;
     let elapsed = started.elapsed().max(duration);
-    Ok(RunResult::merge(&workload.name, "open", Some(rate), elapsed, parts))
+    Ok(RunResult::merge(&workload.name, "open", Some(rate), elapsed, tallies))
 }
 
 #[cfg(test)]
@@ -388,10 +391,12 @@ mod tests {
         }
         let workload = Workload::new("x", vec![Req::get("/x", None), Req::get("/missing", None)], Sampler::Uniform(2));
         let closed = closed_loop(addr, Arc::clone(&workload), 2, Duration::from_millis(200)).await.unwrap();
+        let closed = closed.tally;
         assert!(closed.ok > 0 && closed.non_2xx > 0 && closed.errors == 0);
         assert_eq!(closed.latency.len(), closed.ok);
         let open = open_loop(addr, workload, 2, 200.0, Duration::from_millis(300)).await.unwrap();
         // 200/s for 0.3 s over two connections: 60 requests are due, each is sent once.
+        let open = open.tally;
         assert_eq!(open.ok + open.non_2xx + open.errors, 60);
         server.abort();
     }

@@ -20,7 +20,6 @@ use openrisk_api::auth::{Role, create_token};
 use openrisk_api::{AppOptions, Application};
 use openrisk_load_tests::bench::http::{Req, Workload, closed_loop};
 use openrisk_load_tests::bench::procfs;
-use openrisk_load_tests::bench::zipf::Sampler;
 use openrisk_test_support::{RedisNamespace, ReplicaPair, TestDatabase};
 use uuid::Uuid;
 
@@ -121,7 +120,7 @@ async fn main() -> anyhow::Result<()> {
     for instance in [&primary, &replica] {
         for _ in 0..2 {
             instance.evict_entries().await?;
-            let warm = Workload::new("warm-up", reqs.clone(), Sampler::Uniform(reqs.len()));
+            let warm = Workload::uniform("warm-up", &reqs);
             closed_loop(instance.app.addr, warm, args.connections, Duration::from_secs(args.seconds)).await?;
         }
     }
@@ -135,7 +134,7 @@ async fn main() -> anyhow::Result<()> {
             instance.evict_entries().await?;
             let metrics_before = instance.app.state.render_metrics();
             let ticks_before = primary_cpu_ticks(postmaster);
-            let workload = Workload::new(instance.label, reqs.clone(), Sampler::Uniform(reqs.len()));
+            let workload = Workload::uniform(instance.label, &reqs);
             let result =
                 closed_loop(instance.app.addr, workload, args.connections, Duration::from_secs(args.seconds)).await?;
             let cpu_secs = (primary_cpu_ticks(postmaster).saturating_sub(ticks_before)) as f64 / 100.0;
@@ -147,19 +146,19 @@ async fn main() -> anyhow::Result<()> {
                 "| {} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {:.1} | {:.0} |",
                 instance.label,
                 result.throughput(),
-                result.first_time as f64 / elapsed,
+                result.tally.first_time as f64 / elapsed,
                 result.ms(50.0),
                 result.ms(99.0),
                 cpu_secs,
-                cpu_secs * 1e6 / result.ok.max(1) as f64,
+                cpu_secs * 1e6 / result.tally.ok.max(1) as f64,
                 replica_reads
             );
             anyhow::ensure!(
-                result.non_2xx == 0 && result.errors == 0,
+                result.tally.non_2xx == 0 && result.tally.errors == 0,
                 "{}: {} non-2xx, {} errors",
                 instance.label,
-                result.non_2xx,
-                result.errors
+                result.tally.non_2xx,
+                result.tally.errors
             );
         }
     }

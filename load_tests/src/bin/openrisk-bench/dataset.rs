@@ -65,10 +65,11 @@ impl Checks {
     }
 
     pub fn run(&mut self, result: &RunResult) {
+        let tally = &result.tally;
         self.check(
             &format!("{} ({}) answered every request", result.name, result.mode),
-            result.ok > 0 && result.errors == 0 && result.non_2xx == 0,
-            format!("ok {} non-2xx {} errors {}", result.ok, result.non_2xx, result.errors),
+            tally.ok > 0 && tally.errors == 0 && tally.non_2xx == 0,
+            format!("ok {} non-2xx {} errors {}", tally.ok, tally.non_2xx, tally.errors),
         );
     }
 }

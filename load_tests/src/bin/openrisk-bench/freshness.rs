@@ -57,13 +57,13 @@ pub async fn run(
     checks.run(&freshness.background);
     checks.check(
         "every write was committed and then seen by a reader",
-        freshness.writes_sql > 0
-            && freshness.writes_api > 0
+        freshness.writes.sql > 0
+            && freshness.writes.api > 0
             && freshness.write_errors == 0
             && freshness.never_seen == 0,
         format!(
             "{} SQL + {} API writes, {} errors, {} never seen",
-            freshness.writes_sql, freshness.writes_api, freshness.write_errors, freshness.never_seen
+            freshness.writes.sql, freshness.writes.api, freshness.write_errors, freshness.never_seen
         ),
     );
     checks.check(
@@ -77,10 +77,10 @@ pub async fn run(
     let window = |v: &Histogram<u64>| json!({"count": v.len(), "p50_ms": pct(v, 50.0), "p99_ms": pct(v, 99.0), "max_ms": pct(v, 100.0)});
     let report = json!({
             "duration_s": (phase * 2).as_secs_f64(),
-            "window_sql": window(&freshness.windows_sql),
-            "window_api": window(&freshness.windows_api),
-            "window_sql_lower_bound": window(&freshness.lower_sql),
-            "window_api_lower_bound": window(&freshness.lower_api),
+            "window_sql": window(&freshness.windows.sql),
+            "window_api": window(&freshness.windows.api),
+            "window_sql_lower_bound": window(&freshness.lower.sql),
+            "window_api_lower_bound": window(&freshness.lower.api),
             "reads": freshness.reads,
             "read_latency_ms": window(&freshness.read_ms),
             "stale_reads_inside_window": freshness.stale_inside_window,
@@ -99,15 +99,15 @@ pub async fn run(
         |h: &Histogram<u64>| format!("p50 {:.2} p99 {:.2} max {:.2} ms", pct(h, 50.0), pct(h, 99.0), pct(h, 100.0));
     println!(
         "  window after commit: SQL {}; API {}; {} stale reads inside windows, {} older than the window",
-        spread(&freshness.windows_sql),
-        spread(&freshness.windows_api),
+        spread(&freshness.windows.sql),
+        spread(&freshness.windows.api),
         freshness.stale_inside_window,
         freshness.older_than_window
     );
     println!(
         "  lower bounds (last stale read sent after commit): SQL {}; API {}",
-        spread(&freshness.lower_sql),
-        spread(&freshness.lower_api)
+        spread(&freshness.lower.sql),
+        spread(&freshness.lower.api)
     );
     println!("  polling reads: {}", spread(&freshness.read_ms));
     println!("  stale reads inside windows by cause: {:?}", freshness.stale_by_cause);
@@ -140,14 +140,12 @@ pub struct Freshness {
     pub read_ms: Histogram<u64>,
     /// Per write: from the commit's acknowledgement to the first answer with the new value (an
     /// upper bound of the staleness window, including one read's latency).
-    pub windows_sql: Histogram<u64>,
-    pub windows_api: Histogram<u64>,
+    pub windows: ByPath<Histogram<u64>>,
     /// Per write: from the acknowledgement to the send of the last read that still got the old
     /// value (a lower bound; 0 when no read after the acknowledgement was stale).
-    pub lower_sql: Histogram<u64>,
-    pub lower_api: Histogram<u64>,
-    pub writes_sql: u64,
-    pub writes_api: u64,
+    pub lower: ByPath<Histogram<u64>>,
+    /// Committed writes.
+    pub writes: ByPath<u64>,
     pub write_errors: u64,
     pub never_seen: u64,
     pub reads: u64,
@@ -161,6 +159,24 @@ pub struct Freshness {
     pub older_than_window: u64,
     pub background: RunResult,
     pub background_writes: u64,
+}
+
+/// One value per write path: through SQL and through the API.
+#[derive(Default)]
+pub struct ByPath<T> {
+    pub sql: T,
+    pub api: T,
+}
+
+impl<T> ByPath<T> {
+    fn each(make: impl Fn() -> T) -> Self {
+        Self { sql: make(), api: make() }
+    }
+
+    /// The value of the API path when `api`, else of the SQL path.
+    fn of(&mut self, api: bool) -> &mut T {
+        if api { &mut self.api } else { &mut self.sql }
+    }
 }
 
 /// A committed write: its sequence number, whether it went through the API, and when the commit
@@ -358,12 +374,9 @@ pub async fn measure(
     }
     let mut out = Freshness {
         read_ms,
-        windows_sql: ms_histogram(),
-        windows_api: ms_histogram(),
-        lower_sql: ms_histogram(),
-        lower_api: ms_histogram(),
-        writes_sql: 0,
-        writes_api: 0,
+        windows: ByPath::each(ms_histogram),
+        lower: ByPath::each(ms_histogram),
+        writes: ByPath::default(),
         write_errors,
         never_seen: 0,
         reads: reads_by_target.iter().map(|r| r.len() as u64).sum(),
@@ -378,11 +391,7 @@ pub async fn measure(
     for (writes, reads) in all_writes.iter().zip(&mut reads_by_target) {
         reads.sort_by_key(|r| r.sent);
         for write in writes {
-            if write.api {
-                out.writes_api += 1;
-            } else {
-                out.writes_sql += 1;
-            }
+            *out.writes.of(write.api) += 1;
             // The first answer carrying this write (or a later one).
             let Some(first_read) =
                 reads.iter().filter(|r| r.seq.is_some_and(|s| s >= write.seq)).min_by_key(|r| r.done)
@@ -392,30 +401,21 @@ pub async fn measure(
             };
             let first = first_read.done;
             let window = first.saturating_duration_since(write.acked).as_secs_f64() * 1000.0;
-            if write.api {
-                record_ms(&mut out.windows_api, window);
-            } else {
-                record_ms(&mut out.windows_sql, window);
-            }
+            record_ms(out.windows.of(write.api), window);
+            let path = if write.api { "api" } else { "sql" };
             let mut lower = 0.0f64;
             for read in reads.iter().filter(|r| r.sent >= write.acked && r.seq.is_none_or(|s| s < write.seq)) {
                 lower = lower.max((read.sent - write.acked).as_secs_f64() * 1000.0);
                 if read.sent >= first {
                     out.older_than_window += 1;
-                    let path = if write.api { "api" } else { "sql" };
                     let cause = format!("{path} write, first fresh answer {}, then {}", first_read.how, read.how);
                     *out.older_by_cause.entry(cause).or_default() += 1;
                 } else {
                     out.stale_inside_window += 1;
-                    let path = if write.api { "api" } else { "sql" };
                     *out.stale_by_cause.entry(format!("{path} write, {}", read.how)).or_default() += 1;
                 }
             }
-            if write.api {
-                record_ms(&mut out.lower_api, lower);
-            } else {
-                record_ms(&mut out.lower_sql, lower);
-            }
+            record_ms(out.lower.of(write.api), lower);
         }
     }
     Ok(out)

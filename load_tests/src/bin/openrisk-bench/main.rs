@@ -68,7 +68,7 @@ async fn main() -> anyhow::Result<()> {
     report::plot_latency(&args, &fixed, &freshness)?;
     let many_variants = variants::run(&args, &data.tenants[0], &data.risks, &data.pg, &mut redis, &mut checks).await?;
     let topology = match args.cluster_cached {
-        Some(cluster) => Some(topology::run(&args, cluster, &workloads.cached_detail, &mut checks).await?),
+        Some(cluster) => Some(topology::run(&args, cluster, &workloads.detail.cached, &mut checks).await?),
         None => None,
     };
 
@@ -100,11 +100,7 @@ async fn window_only(args: &Args, data: &DataSet, mut checks: Checks) -> anyhow:
     let hot: Vec<openrisk_load_tests::bench::http::Req> = data.hot.iter().map(dataset::detail).collect();
     let failed = dataset::touch_all(args.cached, &hot, 16).await?;
     checks.check("warm-up answered 200 for every hot risk", failed == 0, format!("{failed} of {} failed", hot.len()));
-    let workload = openrisk_load_tests::bench::http::Workload::new(
-        "cached GET /risks/{id}",
-        hot.clone(),
-        openrisk_load_tests::bench::zipf::Sampler::Uniform(hot.len()),
-    );
+    let workload = openrisk_load_tests::bench::http::Workload::uniform("cached GET /risks/{id}", &hot);
     let report = window::run(args, data, workload, &mut checks).await?;
     std::fs::write(args.out.join("window.json"), serde_json::to_string_pretty(&report)?)?;
     let failed = checks.0.iter().filter(|check| !check.ok).count();

@@ -21,11 +21,11 @@ pub async fn fixed_rate(args: &Args, w: &Workloads, checks: &mut Checks) -> anyh
     println!("== fixed rate: {} req/s over {} connections, {:?} per target", args.rate, args.connections, phase);
     let mut fixed = Vec::new();
     let targets = [
-        (args.ceiling, &w.ceiling),
-        (args.cached, &w.cached_detail),
-        (args.uncached, &w.uncached_detail),
-        (args.cached, &w.cached_list),
-        (args.uncached, &w.uncached_list),
+        (args.ceiling, &w.ceiling.detail),
+        (args.cached, &w.detail.cached),
+        (args.uncached, &w.detail.uncached),
+        (args.cached, &w.list.cached),
+        (args.uncached, &w.list.uncached),
     ];
     for (addr, workload) in &targets {
         let result = open_loop(*addr, Arc::clone(workload), args.connections, args.rate, phase).await?;
@@ -88,8 +88,8 @@ pub async fn dashboard_mix(args: &Args, data: &DataSet, checks: &mut Checks) -> 
         "http_ms": histograms_by_label(&metrics_warm, &metrics_after, "openrisk_http_request_duration_seconds", "route"),
     });
     println!("  inside the API (from its histograms): {internals}");
-    let hit_cold = hit_ratio(&metrics_before, &metrics_warm, cold.first_time);
-    let hit_steady = hit_ratio(&metrics_warm, &metrics_after, steady.first_time);
+    let hit_cold = hit_ratio(&metrics_before, &metrics_warm, cold.tally.first_time);
+    let hit_steady = hit_ratio(&metrics_warm, &metrics_after, steady.tally.first_time);
     let pc = |v: &Value, key: &str| v[key].as_f64().unwrap_or(0.0) * 100.0;
     println!(
         "  hit ratio: first {:?} {:.2} % ({:.2} % of repeat requests), then {:.2} % ({:.2} % of repeat requests; {} first-time keys)",
@@ -98,7 +98,7 @@ pub async fn dashboard_mix(args: &Args, data: &DataSet, checks: &mut Checks) -> 
         pc(&hit_cold, "ratio_of_repeat_requests"),
         pc(&hit_steady, "ratio"),
         pc(&hit_steady, "ratio_of_repeat_requests"),
-        steady.first_time
+        steady.tally.first_time
     );
     println!("  resources: {resources}");
     println!("  postgres connections: {connections}");
@@ -190,7 +190,7 @@ pub fn print_fixed(result: &RunResult) {
         result.name,
         result.offered_rate.unwrap_or(0.0),
         result.throughput(),
-        result.latency.mean() / 1000.0,
+        result.tally.latency.mean() / 1000.0,
         result.ms(50.0),
         result.ms(95.0),
         result.ms(99.0),

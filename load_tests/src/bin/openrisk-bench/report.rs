@@ -66,10 +66,10 @@ pub fn plot_latency(args: &Args, fixed: &[RunResult], freshness: &Freshness) -> 
                 title: "Staleness window: commit to the first read of the new value".into(),
                 y_label: "ms after commit".into(),
                 series: vec![
-                    window_series("SQL write: first fresh answer", &freshness.windows_sql),
-                    window_series("SQL write: last stale read sent", &freshness.lower_sql),
-                    window_series("API write: first fresh answer", &freshness.windows_api),
-                    window_series("API write: last stale read sent", &freshness.lower_api),
+                    window_series("SQL write: first fresh answer", &freshness.windows.sql),
+                    window_series("SQL write: last stale read sent", &freshness.lower.sql),
+                    window_series("API write: first fresh answer", &freshness.windows.api),
+                    window_series("API write: last stale read sent", &freshness.lower.api),
                 ],
             },
         ],
@@ -174,22 +174,22 @@ pub fn summary_markdown(results: &Value) -> String {
         }
     }
     let fresh = &results["freshness"];
+    let window = |w: &Value| {
+        format!(
+            "window p50 {} ms, p99 {} ms, max {} ms ({} writes)",
+            f(&w["p50_ms"]),
+            f(&w["p99_ms"]),
+            f(&w["max_ms"]),
+            w["count"]
+        )
+    };
+    let bound = |w: &Value| format!("p50 {} p99 {} max {} ms", f(&w["p50_ms"]), f(&w["p99_ms"]), f(&w["max_ms"]));
     md.push_str(&format!(
-        "\n### Freshness\n\nSQL writes: window p50 {} ms, p99 {} ms, max {} ms ({} writes)\n\nAPI writes: window p50 {} ms, p99 {} ms, max {} ms ({} writes)\n\nlower bounds (last stale read sent): SQL p50 {} p99 {} max {} ms; API p50 {} p99 {} max {} ms\n\nreads {}, stale inside the window {}, older than the window {}\n\ninvalidator lag: `{}`\n",
-        f(&fresh["window_sql"]["p50_ms"]),
-        f(&fresh["window_sql"]["p99_ms"]),
-        f(&fresh["window_sql"]["max_ms"]),
-        fresh["window_sql"]["count"],
-        f(&fresh["window_api"]["p50_ms"]),
-        f(&fresh["window_api"]["p99_ms"]),
-        f(&fresh["window_api"]["max_ms"]),
-        fresh["window_api"]["count"],
-        f(&fresh["window_sql_lower_bound"]["p50_ms"]),
-        f(&fresh["window_sql_lower_bound"]["p99_ms"]),
-        f(&fresh["window_sql_lower_bound"]["max_ms"]),
-        f(&fresh["window_api_lower_bound"]["p50_ms"]),
-        f(&fresh["window_api_lower_bound"]["p99_ms"]),
-        f(&fresh["window_api_lower_bound"]["max_ms"]),
+        "\n### Freshness\n\nSQL writes: {}\n\nAPI writes: {}\n\nlower bounds (last stale read sent): SQL {}; API {}\n\nreads {}, stale inside the window {}, older than the window {}\n\ninvalidator lag: `{}`\n",
+        window(&fresh["window_sql"]),
+        window(&fresh["window_api"]),
+        bound(&fresh["window_sql_lower_bound"]),
+        bound(&fresh["window_api_lower_bound"]),
         fresh["reads"],
         fresh["stale_reads_inside_window"],
         fresh["reads_older_than_window"],

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use openrisk_load_tests::bench::http::{RunResult, Workload, closed_loop_across};
-use openrisk_load_tests::bench::zipf::Sampler;
 use openrisk_load_tests::bench::{procfs, redis_cost};
 use openrisk_shared::redis_connection::RedisConnection;
 use serde_json::{Value, json};
@@ -25,17 +24,17 @@ pub async fn run(
 ) -> anyhow::Result<Value> {
     let phase = Duration::from_secs_f64(args.phase_secs);
     let alt_name = format!("cached GET /risks/{{id}} ({})", args.cached_alt_label);
-    let cached_alt = Workload::new(alt_name.clone(), w.hot_details.clone(), Sampler::Uniform(w.hot_details.len()));
+    let cached_alt = Workload::uniform(alt_name.clone(), &w.hot_details);
     let two_apis_name = "cached GET /risks/{id}, two API processes";
-    let cached_two = Workload::new(two_apis_name, w.hot_details.clone(), Sampler::Uniform(w.hot_details.len()));
+    let cached_two = Workload::uniform(two_apis_name, &w.hot_details);
     let mut saturation_targets = vec![
-        (vec![args.ceiling], &w.ceiling),
-        (vec![args.ceiling], &w.ceiling_lookup),
-        (vec![args.cached], &w.cached_detail),
-        (vec![args.uncached], &w.uncached_detail),
-        (vec![args.ceiling], &w.ceiling_list),
-        (vec![args.cached], &w.cached_list),
-        (vec![args.uncached], &w.uncached_list),
+        (vec![args.ceiling], &w.ceiling.detail),
+        (vec![args.ceiling], &w.ceiling.lookup),
+        (vec![args.cached], &w.detail.cached),
+        (vec![args.uncached], &w.detail.uncached),
+        (vec![args.ceiling], &w.ceiling.list),
+        (vec![args.cached], &w.list.cached),
+        (vec![args.uncached], &w.list.uncached),
     ];
     if let Some(addr) = args.cached_alt {
         let failed = touch_all(addr, &w.hot_details, 8).await?;
@@ -100,7 +99,7 @@ pub async fn run(
             for (index, (after, before)) in cpu_after.iter().zip(&cpu_before).enumerate() {
                 entry.0[index] += after.saturating_sub(*before);
             }
-            entry.1 += result.ok;
+            entry.1 += result.tally.ok;
             entry.2 += machine_after.0.saturating_sub(machine_before.0);
             entry.3 += machine_after.1.saturating_sub(machine_before.1);
             println!(
@@ -135,7 +134,7 @@ pub async fn run(
     let commandstats: serde_json::Map<String, Value> = redis_cost
         .iter()
         .map(|(name, stats)| {
-            let answered = saturation[name].iter().map(|run| run.ok).sum::<u64>();
+            let answered = saturation[name].iter().map(|run| run.tally.ok).sum::<u64>();
             let mut cost = stats.to_json(answered);
             let per_request = stats.usec_per_request(answered);
             cost["requests_per_redis_core_second"] = json!((per_request > 0.0).then(|| 1e6 / per_request));

@@ -8,7 +8,6 @@ use std::time::Duration;
 use anyhow::bail;
 use openrisk_load_tests::bench::http::{Conn, Req, Workload, closed_loop};
 use openrisk_load_tests::bench::topology::{Lag, LagTarget, measure_lag};
-use openrisk_load_tests::bench::zipf::Sampler;
 use openrisk_shared::CacheStatus;
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
@@ -48,8 +47,7 @@ pub async fn run(
         failed == 0 && answer.status == 200 && answer.cache_status == Some(CacheStatus::Hit),
         format!("{failed} of {} failed; Cache-Status {:?}", hot.len(), answer.cache_status),
     );
-    let cluster_detail =
-        Workload::new("cached GET /risks/{id} on the cluster", hot.clone(), Sampler::Uniform(hot.len()));
+    let cluster_detail = Workload::uniform("cached GET /risks/{id} on the cluster", &hot);
     let (mut node_rps, mut cluster_rps) = (Vec::new(), Vec::new());
     for round in 0..args.rounds {
         for (addr, workload, into) in

@@ -5,7 +5,6 @@
 use std::sync::Arc;
 
 use openrisk_load_tests::bench::http::{Conn, Req, Workload};
-use openrisk_load_tests::bench::zipf::Sampler;
 use openrisk_shared::CacheStatus;
 use openrisk_shared::redis_connection::RedisConnection;
 use serde_json::{Value, json};
@@ -17,15 +16,35 @@ use crate::dataset::{Checks, DataSet, detail, touch_all};
 /// cached and uncached APIs on the hot risks' details and on the dashboard's lists.
 pub struct Workloads {
     pub hot_details: Vec<Req>,
-    pub ceiling: Arc<Workload>,
-    pub ceiling_lookup: Arc<Workload>,
-    pub ceiling_list: Arc<Workload>,
-    pub cached_detail: Arc<Workload>,
-    pub uncached_detail: Arc<Workload>,
-    pub cached_list: Arc<Workload>,
-    pub uncached_list: Arc<Workload>,
+    pub ceiling: Ceiling,
+    pub detail: BothApis,
+    pub list: BothApis,
     /// The detail and list bodies' sizes, for `results.json`.
     pub body_bytes: Value,
+}
+
+/// The ceiling (the least a cached GET can cost): a detail's body, the same behind the real
+/// protocol lookup, and a list page's body.
+pub struct Ceiling {
+    pub detail: Arc<Workload>,
+    pub lookup: Arc<Workload>,
+    pub list: Arc<Workload>,
+}
+
+/// The same requests through the cached API and through the uncached one.
+pub struct BothApis {
+    pub cached: Arc<Workload>,
+    pub uncached: Arc<Workload>,
+}
+
+impl BothApis {
+    /// Workloads named "cached `what`" and "uncached `what`".
+    fn new(what: &str, reqs: &[Req]) -> Self {
+        Self {
+            cached: Workload::uniform(format!("cached {what}"), reqs),
+            uncached: Workload::uniform(format!("uncached {what}"), reqs),
+        }
+    }
 }
 
 /// Warms the cache, probes every server and builds the workloads (the ceiling's bodies are
@@ -84,8 +103,6 @@ pub async fn warm_up(
         ceiling_list_answer.status == 200 && ceiling_list_answer.body == list_hit.body,
         format!("{} bytes", ceiling_list_answer.body.len()),
     );
-    let ceiling_list = Workload::new("ceiling (list body)", vec![ceiling_list_req], Sampler::Uniform(1));
-    let ceiling = Workload::new("ceiling", vec![ceiling_req], Sampler::Uniform(1));
     // The ceiling plus the real protocol lookup (the version-checking MGET) on the same hot risks.
     let lookups: Vec<Req> = data.hot.iter().map(|r| Req::get(format!("/lookup/{}/{}", r.tenant, r.id), None)).collect();
     let lookup_answer = Conn::open(args.ceiling).await?.send(&lookups[0]).await?;
@@ -94,22 +111,16 @@ pub async fn warm_up(
         lookup_answer.status == 200 && lookup_answer.body == hit.body,
         format!("status {}, {} bytes", lookup_answer.status, lookup_answer.body.len()),
     );
-    let ceiling_lookup = Workload::new("ceiling + protocol lookup", lookups.clone(), Sampler::Uniform(lookups.len()));
-    let cached_detail =
-        Workload::new("cached GET /risks/{id}", hot_details.clone(), Sampler::Uniform(hot_details.len()));
-    let uncached_detail =
-        Workload::new("uncached GET /risks/{id}", hot_details.clone(), Sampler::Uniform(hot_details.len()));
-    let cached_list = Workload::new("cached GET /risks?…", data.lists.clone(), Sampler::Uniform(data.lists.len()));
-    let uncached_list = Workload::new("uncached GET /risks?…", data.lists.clone(), Sampler::Uniform(data.lists.len()));
+    let ceiling = Ceiling {
+        detail: Workload::uniform("ceiling", &[ceiling_req]),
+        lookup: Workload::uniform("ceiling + protocol lookup", &lookups),
+        list: Workload::uniform("ceiling (list body)", &[ceiling_list_req]),
+    };
     Ok(Workloads {
+        detail: BothApis::new("GET /risks/{id}", &hot_details),
+        list: BothApis::new("GET /risks?…", &data.lists),
         hot_details,
         ceiling,
-        ceiling_lookup,
-        ceiling_list,
-        cached_detail,
-        uncached_detail,
-        cached_list,
-        uncached_list,
         body_bytes,
     })
 }
