@@ -22,7 +22,7 @@
 # Knobs (environment): TENANTS RISKS PHASE_SECS ROUNDS CONNECTIONS RATE HOT FRESH_RISKS VARIANTS
 # FRESH_BACKGROUND_RATE BACKGROUND_WRITES CLUSTER (1/0) LAG_WRITES (writes/s of each lag phase) PROFILE (release|dev) OUT WRK (1/0: also measure with wrk if installed)
 # PERF (1: perf profile of the cached API's hit path into $OUT/perf-hit-*.txt) COPY_PLOT (1: copy the plot to
-# load_tests/latency.svg) ALLOC_AB (1: also a cached API with jemalloc preloaded) PG_ADMIN_URL (default postgres://postgres@127.0.0.1:5432/postgres).
+# load_tests/latency.svg) ALLOC_AB (1: also a cached API built with the system allocator) PG_ADMIN_URL (default postgres://postgres@127.0.0.1:5432/postgres).
 #
 # The staleness window under load, alone (issue 15): WINDOW=1 starts only the cached API and
 # measures each invalidator variant in turn, interleaved over ROUNDS (openrisk-bench --window):
@@ -31,7 +31,9 @@
 # variants: BASELINE (a git ref, default e35b86c: the last invalidator before its LISTEN task;
 # empty to skip) built in $OUT/baseline, this tree's invalidator, the same lingering LINGER_MS (default 5) before parking, and the same at
 # nice INVALIDATOR_NICE (default -10, as an operator would give it more CPU weight than the API);
-# WINDOW_VARIANTS adds `label=path[,nice=N][,linger=MS]` entries. Writes window.md/window.json.
+# WINDOW_VARIANTS adds `label=path[,nice=N][,linger=MS]` entries. The freshness readers pause
+# READ_INTERVAL_MS (default 1) between reads, so they sample the window to the millisecond without
+# taking the cores from the invalidator. Writes window.md/window.json.
 #
 #   WINDOW=1 TENANTS=4 RISKS=1000 PHASE_SECS=8 ROUNDS=2 load_tests/bench.sh
 set -euo pipefail
@@ -54,9 +56,8 @@ OUT=${OUT:-$repo/load_tests/out}
 WRK=${WRK:-1}
 PERF=${PERF:-0}
 COPY_PLOT=${COPY_PLOT:-1}
-# A third API instance (cache on) with jemalloc preloaded, measured at saturation against the
-# first: what a different allocator would buy without changing the code.
-JEMALLOC=${JEMALLOC:-/usr/lib/x86_64-linux-gnu/libjemalloc.so.2}
+# Another API instance (cache on) built without its jemalloc feature, so with the system
+# allocator, measured at saturation against the first: what the allocator buys.
 ALLOC_AB=${ALLOC_AB:-1}
 PG_ADMIN_URL=${PG_ADMIN_URL:-postgres://postgres@127.0.0.1:5432/postgres}
 CLUSTER=${CLUSTER:-1}
@@ -65,6 +66,7 @@ WINDOW=${WINDOW:-0}
 BASELINE=${BASELINE-e35b86c}
 WINDOW_WRITES=${WINDOW_WRITES:-500}
 LINGER_MS=${LINGER_MS:-5}
+READ_INTERVAL_MS=${READ_INTERVAL_MS:-1}
 INVALIDATOR_NICE=${INVALIDATOR_NICE:--10}
 WINDOW_VARIANTS=${WINDOW_VARIANTS:-}
 if [ "$WINDOW" = 1 ]; then CLUSTER=0; fi
@@ -92,13 +94,19 @@ if [ "$WINDOW" = 1 ] && [ -n "$BASELINE" ]; then
         --manifest-path "$OUT/baseline/src/Cargo.toml" --bin openrisk-invalidator
     cp "$OUT/baseline/target/$profile_dir/openrisk-invalidator" "$OUT/baseline/openrisk-invalidator"
 fi
-log "building ($PROFILE)"
-cargo build --quiet --profile "$PROFILE" \
-    --bin openrisk-api --bin openrisk-invalidator --bin ceiling --bin openrisk-bench --bin openrisk-test-cluster
 case "$PROFILE" in
     dev) bin="$target_dir/debug" ;;
     *) bin="$target_dir/$PROFILE" ;;
 esac
+binaries=(--bin openrisk-api --bin openrisk-invalidator --bin ceiling --bin openrisk-bench --bin openrisk-test-cluster)
+if [ "$ALLOC_AB" = 1 ] && [ "$WINDOW" != 1 ]; then
+    # The same selection, so every dependency keeps its features and only the API's allocator differs.
+    log "building the API with the system allocator ($PROFILE)"
+    cargo build --quiet --profile "$PROFILE" --no-default-features "${binaries[@]}"
+    cp "$bin/openrisk-api" "$OUT/openrisk-api-system-allocator"
+fi
+log "building ($PROFILE)"
+cargo build --quiet --profile "$PROFILE" "${binaries[@]}"
 
 # ---- cleanup of exactly what this script started ---------------------------------------------
 pids=()
@@ -144,6 +152,7 @@ take_ports() {
 # The APIs' /metrics (METRICS_ADDR) are the *_metrics_port ones; only the cached one's is read.
 take_ports redis_port:16400 cached_port:18080 uncached_port:18180 ceiling_port:18280 alt_port:18480 \
     invalidator_port:18380 cached_metrics_port:18580 uncached_metrics_port:18680 alt_metrics_port:18780 \
+    second_port:19280 second_metrics_port:19380 \
     cluster_api_port:18880 cluster_invalidator_port:18980 ack0_invalidator_port:19080 \
     cluster_api_metrics_port:19180
 
@@ -266,7 +275,7 @@ if [ "$WINDOW" = 1 ]; then
         echo "commit: $(git rev-parse --short HEAD)$(git diff --quiet HEAD || echo ' (with uncommitted changes)'); baseline: ${BASELINE:-none} $(if [ -n "$BASELINE" ]; then git rev-parse --short "$BASELINE"; fi)"
         echo "nproc: $(nproc); cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
         echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
-        echo "knobs: WINDOW=1 TENANTS=$TENANTS RISKS=$RISKS PHASE_SECS=$PHASE_SECS ROUNDS=$ROUNDS CONNECTIONS=$CONNECTIONS WINDOW_WRITES=$WINDOW_WRITES LINGER_MS=$LINGER_MS INVALIDATOR_NICE=$INVALIDATOR_NICE; data set: $counts"
+        echo "knobs: WINDOW=1 TENANTS=$TENANTS RISKS=$RISKS PHASE_SECS=$PHASE_SECS ROUNDS=$ROUNDS CONNECTIONS=$CONNECTIONS WINDOW_WRITES=$WINDOW_WRITES LINGER_MS=$LINGER_MS INVALIDATOR_NICE=$INVALIDATOR_NICE READ_INTERVAL_MS=$READ_INTERVAL_MS; data set: $counts"
     } >"$OUT/machine.txt"
     cat "$OUT/machine.txt" >&2
     status=0
@@ -277,7 +286,8 @@ if [ "$WINDOW" = 1 ]; then
         --database-url "$db_url" --redis-url "$REDIS_URL" --tokens "$OUT/tokens.txt" \
         --api-pid "$api_pid" --uncached-pid 0 --invalidator-pid 0 \
         --phase-secs "$PHASE_SECS" --rounds "$ROUNDS" --connections "$CONNECTIONS" --hot "$HOT" \
-        --fresh-risks "$FRESH_RISKS" --key-prefix "$OPENRISK_CACHE__KEY_PREFIX" --out "$OUT" 2>&1 | tee "$OUT/window.log" || status=$?
+        --fresh-risks "$FRESH_RISKS" --read-interval-ms "$READ_INTERVAL_MS" \
+        --key-prefix "$OPENRISK_CACHE__KEY_PREFIX" --out "$OUT" 2>&1 | tee "$OUT/window.log" || status=$?
     echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)" >>"$OUT/machine.txt"
     cat "$OUT/machine.txt" >&2
     exit "$status"
@@ -295,14 +305,20 @@ DATABASE_URL="$db_url?application_name=api-uncached" API_ADDR="127.0.0.1:$uncach
     "$bin/openrisk-api" serve >"$OUT/logs/api-uncached.log" 2>&1 &
 uncached_pid=$!
 pids+=("$uncached_pid")
-alt_flags=()
-if [ "$ALLOC_AB" = 1 ] && [ -f "$JEMALLOC" ]; then
-    DATABASE_URL="$db_url" API_ADDR="127.0.0.1:$alt_port" LD_PRELOAD="$JEMALLOC" METRICS_ADDR="127.0.0.1:$alt_metrics_port" \
-        "$bin/openrisk-api" serve >"$OUT/logs/api-jemalloc.log" 2>&1 &
+# A second API process like the first: the two together measure what one Redis core serves.
+DATABASE_URL="$db_url?application_name=api-second" API_ADDR="127.0.0.1:$second_port" \
+    METRICS_ADDR="127.0.0.1:$second_metrics_port" "$bin/openrisk-api" serve >"$OUT/logs/api-second.log" 2>&1 &
+second_pid=$!
+pids+=("$second_pid")
+wait_http "http://127.0.0.1:$second_port/healthz" api-second
+alt_flags=(--cached-second "127.0.0.1:$second_port" --cached-second-pid "$second_pid")
+if [ "$ALLOC_AB" = 1 ]; then
+    DATABASE_URL="$db_url" API_ADDR="127.0.0.1:$alt_port" METRICS_ADDR="127.0.0.1:$alt_metrics_port" \
+        "$OUT/openrisk-api-system-allocator" serve >"$OUT/logs/api-system-allocator.log" 2>&1 &
     alt_pid=$!
     pids+=("$alt_pid")
-    wait_http "http://127.0.0.1:$alt_port/healthz" api-jemalloc
-    alt_flags=(--cached-alt "127.0.0.1:$alt_port" --cached-alt-label "jemalloc preloaded" --cached-alt-pid "$alt_pid")
+    wait_http "http://127.0.0.1:$alt_port/healthz" api-system-allocator
+    alt_flags+=(--cached-alt "127.0.0.1:$alt_port" --cached-alt-label "system allocator" --cached-alt-pid "$alt_pid")
 fi
 "$bin/ceiling" --addr "127.0.0.1:$ceiling_port" --redis-url "$REDIS_URL" --key bench:ceiling \
     --key-prefix "$OPENRISK_CACHE__KEY_PREFIX" >"$OUT/logs/ceiling.log" 2>&1 &

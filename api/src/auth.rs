@@ -9,6 +9,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::FutureExt;
+use futures::future::BoxFuture;
 use moka::future::Cache as MokaCache;
 use poem::Request;
 use poem_openapi::auth::Bearer;
@@ -146,23 +148,32 @@ impl TokenVerifier {
             self.metrics.auth_cache(true);
             return entry.ok_or_else(|| ApiError::unauthorized("the bearer token is unknown or revoked"));
         }
-        let mut loaded = false;
-        let entry = self
-            .cache
-            .try_get_with(hash, async {
-                loaded = true;
-                self.load(&hash).await
-            })
-            .await
-            .map_err(|error: Arc<LookupError>| match &*error {
-                LookupError::Stored(unknown) => ApiError::from(unknown.clone()),
-                LookupError::Db(error) => {
-                    tracing::warn!(%error, "cannot verify a bearer token");
-                    ApiError::unavailable("the token cannot be verified right now; retry later")
-                }
-            })?;
-        self.metrics.auth_cache(!loaded);
-        entry.ok_or_else(|| ApiError::unauthorized("the bearer token is unknown or revoked"))
+        self.verify_through_database(hash).await
+    }
+
+    /// The cache's miss: the token is looked up (once, whoever else asks for it meanwhile).
+    /// Boxed, so the hit's future, which every cached GET carries, stays small.
+    fn verify_through_database(&self, hash: [u8; 32]) -> BoxFuture<'_, Result<Principal, ApiError>> {
+        async move {
+            let mut loaded = false;
+            let entry = self
+                .cache
+                .try_get_with(hash, async {
+                    loaded = true;
+                    self.load(&hash).await
+                })
+                .await
+                .map_err(|error: Arc<LookupError>| match &*error {
+                    LookupError::Stored(unknown) => ApiError::from(unknown.clone()),
+                    LookupError::Db(error) => {
+                        tracing::warn!(%error, "cannot verify a bearer token");
+                        ApiError::unavailable("the token cannot be verified right now; retry later")
+                    }
+                })?;
+            self.metrics.auth_cache(!loaded);
+            entry.ok_or_else(|| ApiError::unauthorized("the bearer token is unknown or revoked"))
+        }
+        .boxed()
     }
 
     /// Looks the token up (one read) and stamps `last_used_at` in the background, so the

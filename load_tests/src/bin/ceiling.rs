@@ -6,7 +6,11 @@
 //! A second route, `GET /ceiling/list`, serves the body stored at `<key>:list` the same way, so a
 //! cached list has a ceiling with its own body size.
 //!
-//! A third, `GET /lookup/{tenant}/{risk}`, answers a risk detail the API cached through the real
+//! `GET /ceiling/set/{tenant}/{risk}` serves `<key>:set:<tenant>:<risk>` the same way: one `GET`
+//! of a body per hot risk, so the ceiling reads a working set as large as the cached API's (Redis
+//! finds one hot key in its CPU caches; a thousand of them, not).
+//!
+//! A fourth, `GET /lookup/{tenant}/{risk}`, answers a risk detail the API cached through the real
 //! consistency protocol (`openrisk_shared::protocol::lookup`, the version-checking `MGET`) and
 //! nothing else, so the benchmark can split the API's cost into "the protocol's Redis round trip"
 //! and "everything the API adds" (auth, routing, metrics, headers).
@@ -35,8 +39,8 @@ struct Args {
     addr: SocketAddr,
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     redis_url: String,
-    /// Redis key holding the body to serve (the benchmark stores a real risk detail there, and
-    /// a real list page at `<key>:list`).
+    /// Redis key holding the body to serve (the benchmark stores a real risk detail there, a
+    /// real list page at `<key>:list`, and a detail's body per hot risk at `<key>:set:…`).
     #[arg(long, default_value = "bench:ceiling")]
     key: String,
     /// The API's cache key prefix (`cache.key_prefix`), for `/lookup`.
@@ -76,6 +80,11 @@ async fn ceiling_list(state: Data<&Arc<State>>) -> Response {
 }
 
 #[handler]
+async fn ceiling_set(state: Data<&Arc<State>>, Path((tenant, risk)): Path<(Uuid, Uuid)>) -> Response {
+    serve(&state.redis, &format!("{}:set:{tenant}:{risk}", state.key)).await
+}
+
+#[handler]
 async fn lookup(state: Data<&Arc<State>>, Path((tenant, risk)): Path<(Uuid, Uuid)>) -> Response {
     let mut redis = state.redis.clone();
     let key = state.keyspace.entry_key(tenant, state.schema_version, "risk", &[("id", risk.to_string())]);
@@ -104,6 +113,7 @@ async fn main() -> anyhow::Result<()> {
     let app = Route::new()
         .at("/ceiling", get(ceiling))
         .at("/ceiling/list", get(ceiling_list))
+        .at("/ceiling/set/:tenant/:risk", get(ceiling_set))
         .at("/lookup/:tenant/:risk", get(lookup))
         .data(state);
     Server::new(poem::listener::TcpListener::bind(args.addr))

@@ -14,8 +14,14 @@ pub struct Args {
     /// The API with the cache off (`OPENRISK_CACHE__ENABLED=false`).
     #[arg(long)]
     pub uncached: SocketAddr,
-    /// A second cached API (same Redis keys) to A/B against the first, e.g. with another
-    /// allocator preloaded; measured at saturation only.
+    /// Another process of the cached API, like the first: both at once measure what one Redis
+    /// core serves when the API's cores are no longer the limit; measured at saturation only.
+    #[arg(long)]
+    pub cached_second: Option<SocketAddr>,
+    #[arg(long, default_value_t = 0)]
+    pub cached_second_pid: u32,
+    /// A cached API (same Redis keys) to A/B against the first, e.g. built with another
+    /// allocator; measured at saturation only.
     #[arg(long)]
     pub cached_alt: Option<SocketAddr>,
     /// Label of `--cached-alt`.
@@ -87,6 +93,10 @@ pub struct Args {
     pub fresh_risks: usize,
     #[arg(long, default_value_t = 3)]
     pub readers_per_risk: usize,
+    /// Pause between two reads of one freshness reader, ms; 0 reads back to back. A paced reader
+    /// samples the window as finely as its pace and leaves the cores to the invalidator.
+    #[arg(long, default_value_t = 0)]
+    pub read_interval_ms: u64,
     /// Pause between two writes to one risk, ms.
     #[arg(long, default_value_t = 50)]
     pub write_interval_ms: u64,

@@ -17,6 +17,7 @@ use openrisk_shared::CacheStatus;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
+use tokio::time::MissedTickBehavior;
 use uuid::Uuid;
 
 use crate::args::Args;
@@ -273,12 +274,21 @@ pub async fn measure(
     for (index, target) in targets.iter().enumerate() {
         for _ in 0..args.readers_per_risk {
             let (stop, req, addr) = (Arc::clone(&stop_readers), detail(target), args.cached);
+            let pace = Duration::from_millis(args.read_interval_ms);
             readers.push((
                 index,
                 tokio::spawn(async move {
                     let mut conn = Conn::open(addr).await?;
                     let (mut reads, mut errors) = (Vec::new(), 0u64);
+                    let mut ticks = (!pace.is_zero()).then(|| {
+                        let mut ticks = tokio::time::interval(pace);
+                        ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+                        ticks
+                    });
                     while !stop.load(Ordering::Relaxed) {
+                        if let Some(ticks) = &mut ticks {
+                            ticks.tick().await;
+                        }
                         let sent = Instant::now();
                         match conn.send_retrying(&req).await {
                             Ok(answer) if answer.status == 200 => reads.push(Read {

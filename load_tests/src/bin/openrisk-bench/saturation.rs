@@ -29,6 +29,7 @@ pub async fn run(
     let cached_two = Workload::uniform(two_apis_name, &w.hot_details);
     let mut saturation_targets = vec![
         (vec![args.ceiling], &w.ceiling.detail),
+        (vec![args.ceiling], &w.ceiling.hot_set),
         (vec![args.ceiling], &w.ceiling.lookup),
         (vec![args.cached], &w.detail.cached),
         (vec![args.uncached], &w.detail.uncached),
@@ -36,11 +37,15 @@ pub async fn run(
         (vec![args.cached], &w.list.cached),
         (vec![args.uncached], &w.list.uncached),
     ];
+    if let Some(addr) = args.cached_second {
+        let failed = touch_all(addr, &w.hot_details, 8).await?;
+        checks.check("the second API process answers every hot risk", failed == 0, format!("{failed} failed"));
+        saturation_targets.insert(5, (vec![args.cached, addr], &cached_two));
+    }
     if let Some(addr) = args.cached_alt {
         let failed = touch_all(addr, &w.hot_details, 8).await?;
         checks.check(&format!("{alt_name} answers every hot risk"), failed == 0, format!("{failed} failed"));
-        saturation_targets.insert(4, (vec![addr], &cached_alt));
-        saturation_targets.insert(5, (vec![args.cached, addr], &cached_two));
+        saturation_targets.insert(5, (vec![addr], &cached_alt));
     }
     println!("== saturation: {} connections, {} round(s) of {:?} per target", args.connections, args.rounds, phase);
     let mut saturation: BTreeMap<String, Vec<RunResult>> = BTreeMap::new();
@@ -56,6 +61,7 @@ pub async fn run(
         ("api (cached)", pid(args.api_pid)),
         ("api (uncached)", pid(args.uncached_pid)),
         ("api (alternative)", pid(args.cached_alt_pid)),
+        ("api (cached, second process)", pid(args.cached_second_pid)),
         ("ceiling", pid(args.ceiling_pid)),
         ("redis", pid(args.redis_pid)),
         ("generator (openrisk-bench)", pid(std::process::id())),
@@ -119,6 +125,8 @@ pub async fn run(
     };
     let ratios = json!({
         "cached_detail_over_ceiling": rps("cached GET /risks/{id}") / rps("ceiling"),
+        "cached_detail_over_ceiling_hot_set": rps("cached GET /risks/{id}") / rps("ceiling (hot set)"),
+        "ceiling_hot_set_over_ceiling": rps("ceiling (hot set)") / rps("ceiling"),
         "ceiling_lookup_over_ceiling": rps("ceiling + protocol lookup") / rps("ceiling"),
         "cached_detail_over_ceiling_lookup": rps("cached GET /risks/{id}") / rps("ceiling + protocol lookup"),
         "cached_detail_over_uncached": rps("cached GET /risks/{id}") / rps("uncached GET /risks/{id}"),

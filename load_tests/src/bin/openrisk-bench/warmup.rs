@@ -23,10 +23,11 @@ pub struct Workloads {
     pub body_bytes: Value,
 }
 
-/// The ceiling (the least a cached GET can cost): a detail's body, the same behind the real
-/// protocol lookup, and a list page's body.
+/// The ceiling (the least a cached GET can cost): a detail's body, one such body per hot risk,
+/// the same behind the real protocol lookup, and a list page's body.
 pub struct Ceiling {
     pub detail: Arc<Workload>,
+    pub hot_set: Arc<Workload>,
     pub lookup: Arc<Workload>,
     pub list: Arc<Workload>,
 }
@@ -103,6 +104,18 @@ pub async fn warm_up(
         ceiling_list_answer.status == 200 && ceiling_list_answer.body == list_hit.body,
         format!("{} bytes", ceiling_list_answer.body.len()),
     );
+    // One detail's body per hot risk, with a TTL as the API's entries have: the ceiling's `GET`
+    // then reads as many keys as the cached API's lookups do.
+    let hot_set: Vec<Req> =
+        data.hot.iter().map(|r| Req::get(format!("/ceiling/set/{}/{}", r.tenant, r.id), None)).collect();
+    let mut bodies = redis::pipe();
+    for risk in &data.hot {
+        let key = format!("{}:set:{}:{}", args.ceiling_key, risk.tenant, risk.id);
+        bodies.set_ex(key, hit.body.as_ref(), 86_400).ignore();
+    }
+    bodies.exec_async(redis).await?;
+    let failed = touch_all(args.ceiling, &hot_set, 8).await?;
+    checks.check("the ceiling serves a detail's body for every hot risk", failed == 0, format!("{failed} failed"));
     // The ceiling plus the real protocol lookup (the version-checking MGET) on the same hot risks.
     let lookups: Vec<Req> = data.hot.iter().map(|r| Req::get(format!("/lookup/{}/{}", r.tenant, r.id), None)).collect();
     let lookup_answer = Conn::open(args.ceiling).await?.send(&lookups[0]).await?;
@@ -113,6 +126,7 @@ pub async fn warm_up(
     );
     let ceiling = Ceiling {
         detail: Workload::uniform("ceiling", &[ceiling_req]),
+        hot_set: Workload::uniform("ceiling (hot set)", &hot_set),
         lookup: Workload::uniform("ceiling + protocol lookup", &lookups),
         list: Workload::uniform("ceiling (list body)", &[ceiling_list_req]),
     };

@@ -5,30 +5,23 @@ use serde_json::{Value, json};
 
 use crate::args::Args;
 
-/// Saturation of ceiling, cached and uncached detail measured by wrk (an independent generator),
-/// with a Lua script drawing paths uniformly from the hot set.
-pub async fn run(args: &Args, hot: &[Req]) -> Value {
+/// Saturation of the ceiling (one key and the hot set), cached and uncached detail measured by
+/// wrk (an independent generator), with Lua scripts drawing paths uniformly from the hot set.
+pub async fn run(args: &Args, hot: &[Req], ceiling_hot_set: &[Req]) -> Value {
     if std::process::Command::new("wrk").arg("--version").output().is_err() {
         println!("  wrk not installed: skipped");
         return json!({"skipped": "wrk not installed"});
     }
-    let paths = args.out.join("wrk-paths.lua");
-    let mut lua = String::from("local paths = {\n");
-    for req in hot {
-        lua.push_str(&format!("  {{\"{}\", \"{}\"}},\n", req.path, req.auth.as_deref().unwrap_or("")));
-    }
-    lua.push_str(
-        "}\nmath.randomseed(os.time())\nrequest = function()\n  local p = paths[math.random(#paths)]\n  \
-         return wrk.format(\"GET\", p[1], {[\"Authorization\"] = p[2]})\nend\n",
-    );
-    if std::fs::write(&paths, lua).is_err() {
-        return json!({"skipped": "could not write the Lua script"});
+    let (paths, ceiling_paths) = (args.out.join("wrk-paths.lua"), args.out.join("wrk-ceiling-paths.lua"));
+    if write_paths_script(&paths, hot).and_then(|()| write_paths_script(&ceiling_paths, ceiling_hot_set)).is_err() {
+        return json!({"skipped": "could not write the Lua scripts"});
     }
     let mut out = serde_json::Map::new();
     let duration = format!("{}s", args.phase_secs.ceil() as u64);
     let connections = args.connections.to_string();
     for (name, addr, script) in [
         ("ceiling", args.ceiling, None),
+        ("ceiling (hot set)", args.ceiling, Some(&ceiling_paths)),
         ("cached GET /risks/{id}", args.cached, Some(&paths)),
         ("uncached GET /risks/{id}", args.uncached, Some(&paths)),
     ] {
@@ -55,8 +48,22 @@ pub async fn run(args: &Args, hot: &[Req]) -> Value {
     let ratio = |a: &str, b: &str| Some(out.get(a)?.get("rps")?.as_f64()? / out.get(b)?.get("rps")?.as_f64()?);
     let ratios = json!({
         "cached_detail_over_ceiling": ratio("cached GET /risks/{id}", "ceiling"),
+        "cached_detail_over_ceiling_hot_set": ratio("cached GET /risks/{id}", "ceiling (hot set)"),
         "cached_detail_over_uncached": ratio("cached GET /risks/{id}", "uncached GET /risks/{id}"),
     });
     out.insert("ratios".into(), ratios);
     Value::Object(out)
+}
+
+/// A wrk script that sends `reqs`' paths (with their bearer tokens), drawn uniformly.
+fn write_paths_script(file: &std::path::Path, reqs: &[Req]) -> std::io::Result<()> {
+    let mut lua = String::from("local paths = {\n");
+    for req in reqs {
+        lua.push_str(&format!("  {{\"{}\", \"{}\"}},\n", req.path, req.auth.as_deref().unwrap_or("")));
+    }
+    lua.push_str(
+        "}\nmath.randomseed(os.time())\nrequest = function()\n  local p = paths[math.random(#paths)]\n  \
+         return wrk.format(\"GET\", p[1], {[\"Authorization\"] = p[2]})\nend\n",
+    );
+    std::fs::write(file, lua)
 }
