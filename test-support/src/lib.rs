@@ -18,10 +18,12 @@
 mod cluster;
 mod network;
 mod private;
+mod replica_pair;
 
 pub use cluster::{PrivateRedisCluster, command as node_command};
 pub use network::{LatencyRelay, NetworkLink};
-pub use private::{PrivatePostgres, PrivateRedis, ReplicaPair, free_port};
+pub use private::{PrivatePostgres, PrivateRedis, free_port};
+pub use replica_pair::ReplicaPair;
 
 use std::time::Duration;
 
