@@ -311,14 +311,14 @@ DATABASE_URL="$db_url?application_name=api-second" API_ADDR="127.0.0.1:$second_p
 second_pid=$!
 pids+=("$second_pid")
 wait_http "http://127.0.0.1:$second_port/healthz" api-second
-alt_flags=(--cached-second "127.0.0.1:$second_port" --cached-second-pid "$second_pid")
+more_api_flags=(--cached-second "127.0.0.1:$second_port" --cached-second-pid "$second_pid")
 if [ "$ALLOC_AB" = 1 ]; then
     DATABASE_URL="$db_url" API_ADDR="127.0.0.1:$alt_port" METRICS_ADDR="127.0.0.1:$alt_metrics_port" \
         "$OUT/openrisk-api-system-allocator" serve >"$OUT/logs/api-system-allocator.log" 2>&1 &
     alt_pid=$!
     pids+=("$alt_pid")
     wait_http "http://127.0.0.1:$alt_port/healthz" api-system-allocator
-    alt_flags+=(--cached-alt "127.0.0.1:$alt_port" --cached-alt-label "system allocator" --cached-alt-pid "$alt_pid")
+    more_api_flags+=(--cached-alt "127.0.0.1:$alt_port" --cached-alt-label "system allocator" --cached-alt-pid "$alt_pid")
 fi
 "$bin/ceiling" --addr "127.0.0.1:$ceiling_port" --redis-url "$REDIS_URL" --key bench:ceiling \
     --key-prefix "$OPENRISK_CACHE__KEY_PREFIX" >"$OUT/logs/ceiling.log" 2>&1 &
@@ -359,7 +359,7 @@ status=0
     --redis-pid "$redis_pid" --ceiling-pid "$ceiling_pid" \
     --phase-secs "$PHASE_SECS" --rounds "$ROUNDS" --connections "$CONNECTIONS" --rate "$RATE" \
     --hot "$HOT" --fresh-risks "$FRESH_RISKS" --variants "$VARIANTS" --key-prefix "$OPENRISK_CACHE__KEY_PREFIX" --background-writes "$BACKGROUND_WRITES" --fresh-background-rate "$FRESH_BACKGROUND_RATE" \
-    "${flags[@]}" "${alt_flags[@]}" "${cluster_flags[@]}" --out "$OUT" 2>&1 | tee "$OUT/bench.log" || status=$?
+    "${flags[@]}" "${more_api_flags[@]}" "${cluster_flags[@]}" --out "$OUT" 2>&1 | tee "$OUT/bench.log" || status=$?
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)" >>"$OUT/machine.txt"
 
 if [ -f "$OUT/perf-hit.data" ]; then

@@ -1,5 +1,6 @@
-/// jemalloc unless built without the `jemalloc` feature (the benchmark's allocator A/B): its
-/// per-thread caches served cached reads at 1.35x glibc's throughput (`load_tests/RESULTS.md`).
+/// jemalloc unless built without the `jemalloc` feature (the benchmark's allocator A/B): side by
+/// side it served cached reads at 0.98-1.15x the system allocator's throughput for up to 17 % less
+/// CPU per hit (`load_tests/RESULTS.md`, 2026-12-03).
 #[cfg(feature = "jemalloc")]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
