@@ -30,10 +30,14 @@
 # writes/s (default 500) with idle cores and with the API at saturation (CONNECTIONS). The
 # variants: BASELINE (a git ref, default e35b86c: the last invalidator before its LISTEN task;
 # empty to skip) built in $OUT/baseline, this tree's invalidator, the same lingering LINGER_MS (default 5) before parking, and the same at
-# nice INVALIDATOR_NICE (default -10, as an operator would give it more CPU weight than the API);
-# WINDOW_VARIANTS adds `label=path[,nice=N][,linger=MS]` entries. The freshness readers pause
-# READ_INTERVAL_MS (default 1) between reads, so they sample the window to the millisecond without
-# taking the cores from the invalidator. Writes window.md/window.json.
+# nice INVALIDATOR_NICE (default -10, as an operator would give it more CPU weight than the API),
+# and the same with the API at nice API_NICE (default 10) during the phases (a lower CPU weight for
+# the read path than for Postgres, Redis and the invalidator); WINDOW_VARIANTS adds
+# `label=path[,nice=N][,linger=MS][,api_nice=N]` entries. The freshness readers pause
+# READ_INTERVAL_MS (default 1) between reads until they see their risk's latest write, so they
+# sample the window to the millisecond, and READ_SETTLED_MS (default 20) once they have seen it,
+# woken at once by the next write: the measurement does not load the cores between windows.
+# Writes window.md/window.json.
 #
 #   WINDOW=1 TENANTS=4 RISKS=1000 PHASE_SECS=8 ROUNDS=2 load_tests/bench.sh
 set -euo pipefail
@@ -67,7 +71,9 @@ BASELINE=${BASELINE-e35b86c}
 WINDOW_WRITES=${WINDOW_WRITES:-500}
 LINGER_MS=${LINGER_MS:-5}
 READ_INTERVAL_MS=${READ_INTERVAL_MS:-1}
+READ_SETTLED_MS=${READ_SETTLED_MS:-20}
 INVALIDATOR_NICE=${INVALIDATOR_NICE:--10}
+API_NICE=${API_NICE:-10}
 WINDOW_VARIANTS=${WINDOW_VARIANTS:-}
 if [ "$WINDOW" = 1 ]; then CLUSTER=0; fi
 
@@ -269,13 +275,14 @@ if [ "$WINDOW" = 1 ]; then
     variants+=(--invalidator-variant "this tree=$bin/openrisk-invalidator,linger=0")
     variants+=(--invalidator-variant "this tree, linger $LINGER_MS ms=$bin/openrisk-invalidator,linger=$LINGER_MS")
     variants+=(--invalidator-variant "this tree, nice $INVALIDATOR_NICE=$bin/openrisk-invalidator,linger=0,nice=$INVALIDATOR_NICE")
+    variants+=(--invalidator-variant "this tree, API at nice $API_NICE=$bin/openrisk-invalidator,linger=0,api_nice=$API_NICE")
     for extra in $WINDOW_VARIANTS; do variants+=(--invalidator-variant "$extra"); done
     {
         echo "date: $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
         echo "commit: $(git rev-parse --short HEAD)$(git diff --quiet HEAD || echo ' (with uncommitted changes)'); baseline: ${BASELINE:-none} $(if [ -n "$BASELINE" ]; then git rev-parse --short "$BASELINE"; fi)"
         echo "nproc: $(nproc); cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
         echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
-        echo "knobs: WINDOW=1 TENANTS=$TENANTS RISKS=$RISKS PHASE_SECS=$PHASE_SECS ROUNDS=$ROUNDS CONNECTIONS=$CONNECTIONS WINDOW_WRITES=$WINDOW_WRITES LINGER_MS=$LINGER_MS INVALIDATOR_NICE=$INVALIDATOR_NICE READ_INTERVAL_MS=$READ_INTERVAL_MS; data set: $counts"
+        echo "knobs: WINDOW=1 TENANTS=$TENANTS RISKS=$RISKS PHASE_SECS=$PHASE_SECS ROUNDS=$ROUNDS CONNECTIONS=$CONNECTIONS WINDOW_WRITES=$WINDOW_WRITES LINGER_MS=$LINGER_MS INVALIDATOR_NICE=$INVALIDATOR_NICE API_NICE=$API_NICE READ_INTERVAL_MS=$READ_INTERVAL_MS READ_SETTLED_MS=$READ_SETTLED_MS; data set: $counts"
     } >"$OUT/machine.txt"
     cat "$OUT/machine.txt" >&2
     status=0
@@ -286,7 +293,7 @@ if [ "$WINDOW" = 1 ]; then
         --database-url "$db_url" --redis-url "$REDIS_URL" --tokens "$OUT/tokens.txt" \
         --api-pid "$api_pid" --uncached-pid 0 --invalidator-pid 0 \
         --phase-secs "$PHASE_SECS" --rounds "$ROUNDS" --connections "$CONNECTIONS" --hot "$HOT" \
-        --fresh-risks "$FRESH_RISKS" --read-interval-ms "$READ_INTERVAL_MS" \
+        --fresh-risks "$FRESH_RISKS" --read-interval-ms "$READ_INTERVAL_MS" --settled-read-interval-ms "$READ_SETTLED_MS" \
         --key-prefix "$OPENRISK_CACHE__KEY_PREFIX" --out "$OUT" 2>&1 | tee "$OUT/window.log" || status=$?
     echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)" >>"$OUT/machine.txt"
     cat "$OUT/machine.txt" >&2

@@ -99,10 +99,14 @@ pub(super) async fn load_detail(
     tenant: Uuid,
     id: Uuid,
 ) -> Result<Vec<u8>, ApiError> {
-    let risk =
-        state.db.timed("risk_get", crate::db::risks::find_live(conn, tenant, id)).await?.or_not_found("risk", id)?;
-    let mitigations = state.db.timed("risk_mitigations", crate::db::risks::mitigations_of(conn, tenant, id)).await?;
-    let assets = state.db.timed("risk_assets", crate::db::risks::assets_of(conn, tenant, id)).await?;
+    // Independent queries, sent together: on a pool each takes a connection of its own, so a
+    // miss waits for one round trip (plus the sub-actions') instead of three in a row.
+    let (risk, mitigations, assets) = tokio::try_join!(
+        state.db.timed("risk_get", crate::db::risks::find_live(conn, tenant, id)),
+        state.db.timed("risk_mitigations", crate::db::risks::mitigations_of(conn, tenant, id)),
+        state.db.timed("risk_assets", crate::db::risks::assets_of(conn, tenant, id)),
+    )?;
+    let risk = risk.or_not_found("risk", id)?;
     let detail = RiskDetail {
         risk: Risk::try_from(risk)?,
         mitigations: mitigations

@@ -97,6 +97,11 @@ pub struct Args {
     /// samples the window as finely as its pace and leaves the cores to the invalidator.
     #[arg(long, default_value_t = 0)]
     pub read_interval_ms: u64,
+    /// Pause between two reads of a freshness reader that has already seen its risk's latest
+    /// write, ms; unset, `--read-interval-ms`. A write wakes its readers at once, so they sample
+    /// each window densely without loading the cores between windows.
+    #[arg(long)]
+    pub settled_read_interval_ms: Option<u64>,
     /// Pause between two writes to one risk, ms.
     #[arg(long, default_value_t = 50)]
     pub write_interval_ms: u64,
@@ -133,7 +138,8 @@ pub struct Args {
     /// the invalidator `bench.sh` would start, and the other servers' flags are not used.
     #[arg(long, requires = "invalidator_variant")]
     pub window: bool,
-    /// An invalidator for `--window`: `label=path[,nice=N][,linger=MS]`; repeat to compare.
+    /// An invalidator for `--window`: `label=path[,nice=N][,linger=MS][,api_nice=N]`; repeat to
+    /// compare.
     #[arg(long)]
     pub invalidator_variant: Vec<crate::window::Variant>,
     /// SQL writes per second on other risks during each `--window` phase.

@@ -17,7 +17,7 @@ use openrisk_shared::CacheStatus;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
-use tokio::time::MissedTickBehavior;
+use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::args::Args;
@@ -269,47 +269,28 @@ pub async fn measure(
     let stop_readers = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
     let deadline = started + duration;
+    // Per target, the sequence number of the latest write sent: its readers read densely until
+    // they have seen it, and wake as soon as the next one is sent.
+    let latest: Vec<Arc<watch::Sender<u64>>> = targets.iter().map(|_| Arc::new(watch::Sender::new(0))).collect();
+    let pace = Pace {
+        unseen: Duration::from_millis(args.read_interval_ms),
+        settled: Duration::from_millis(args.settled_read_interval_ms.unwrap_or(args.read_interval_ms)),
+    };
     // Readers.
     let mut readers = Vec::new();
     for (index, target) in targets.iter().enumerate() {
         for _ in 0..args.readers_per_risk {
             let (stop, req, addr) = (Arc::clone(&stop_readers), detail(target), args.cached);
-            let pace = Duration::from_millis(args.read_interval_ms);
-            readers.push((
-                index,
-                tokio::spawn(async move {
-                    let mut conn = Conn::open(addr).await?;
-                    let (mut reads, mut errors) = (Vec::new(), 0u64);
-                    let mut ticks = (!pace.is_zero()).then(|| {
-                        let mut ticks = tokio::time::interval(pace);
-                        ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
-                        ticks
-                    });
-                    while !stop.load(Ordering::Relaxed) {
-                        if let Some(ticks) = &mut ticks {
-                            ticks.tick().await;
-                        }
-                        let sent = Instant::now();
-                        match conn.send_retrying(&req).await {
-                            Ok(answer) if answer.status == 200 => reads.push(Read {
-                                sent,
-                                done: Instant::now(),
-                                seq: seq_of(&answer.body),
-                                how: how(answer.cache_status),
-                            }),
-                            _ => errors += 1,
-                        }
-                    }
-                    anyhow::Ok((reads, errors))
-                }),
-            ));
+            let latest = latest[index].subscribe();
+            readers.push((index, tokio::spawn(read_until_stopped(addr, req, latest, pace, stop))));
         }
     }
     // Writers: alternate SQL and API writes on each target.
     let mut writers = Vec::new();
-    for target in targets.clone() {
+    for (target, latest) in targets.iter().cloned().zip(&latest) {
         let (url, addr, interval) =
             (args.database_url.clone(), args.cached, Duration::from_millis(args.write_interval_ms));
+        let latest = Arc::clone(latest);
         writers.push(tokio::spawn(async move {
             let pg = openrisk_shared::db::connect(&url, "openrisk-bench-writer", &Default::default()).await?;
             let mut conn = Conn::open(addr).await?;
@@ -319,6 +300,7 @@ pub async fn measure(
                 seq += 1;
                 let title = format!("{FRESH_PREFIX}{seq}");
                 let api = seq % 2 == 0;
+                latest.send_replace(seq);
                 let ok = if api {
                     let req = Req {
                         method: Method::PATCH,
@@ -429,6 +411,51 @@ pub async fn measure(
         }
     }
     Ok(out)
+}
+
+/// How long a freshness reader waits between two reads it sends.
+#[derive(Clone, Copy)]
+struct Pace {
+    /// While the latest write to its risk is not yet seen: the resolution of the window.
+    unseen: Duration,
+    /// Once it is seen, until the next write is sent.
+    settled: Duration,
+}
+
+/// One freshness reader: reads `req` until `stop`, paced by `pace` against the latest write
+/// sent (`latest`); returns its reads and how many failed.
+async fn read_until_stopped(
+    addr: std::net::SocketAddr,
+    req: Req,
+    mut latest: watch::Receiver<u64>,
+    pace: Pace,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<(Vec<Read>, u64)> {
+    let mut conn = Conn::open(addr).await?;
+    let (mut reads, mut errors, mut seen) = (Vec::new(), 0u64, 0u64);
+    let mut next = Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        if seen >= *latest.borrow_and_update() {
+            let settled = tokio::time::sleep_until((next + pace.settled.saturating_sub(pace.unseen)).into());
+            // The writers' senders outlive the readers, so `changed` fails only at the end.
+            tokio::select! {
+                () = settled => {}
+                _ = latest.changed() => {}
+            }
+        }
+        tokio::time::sleep_until(next.into()).await;
+        let sent = Instant::now();
+        next = sent + pace.unseen;
+        match conn.send_retrying(&req).await {
+            Ok(answer) if answer.status == 200 => {
+                let seq = seq_of(&answer.body);
+                seen = seen.max(seq.unwrap_or_default());
+                reads.push(Read { sent, done: Instant::now(), seq, how: how(answer.cache_status) });
+            }
+            _ => errors += 1,
+        }
+    }
+    Ok((reads, errors))
 }
 
 /// `rate` SQL updates per second until `deadline`, uniform over `ids` (so that the writers

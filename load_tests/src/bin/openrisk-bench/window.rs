@@ -27,12 +27,15 @@ const STARTUP: Duration = Duration::from_secs(1);
 /// Start-up lag above this is an outlier (issue 15).
 const STARTUP_OUTLIER_SECONDS: f64 = 0.05;
 
-/// One invalidator to measure: `label=path[,nice=N][,linger=MS]`.
+/// One invalidator to measure: `label=path[,nice=N][,linger=MS][,api_nice=N]`.
 #[derive(Debug, Clone)]
 pub struct Variant {
     label: String,
     path: String,
     nice: i32,
+    /// Niceness of the cached API (`--api-pid`) during the variant's phases: an operator's lower
+    /// CPU weight for the read path than for the write path that invalidates.
+    api_nice: i32,
     /// `OPENRISK_INVALIDATOR__LINGER_MS`; unset for binaries that predate the setting.
     linger_ms: Option<u64>,
 }
@@ -41,14 +44,16 @@ impl std::str::FromStr for Variant {
     type Err = anyhow::Error;
 
     fn from_str(text: &str) -> anyhow::Result<Self> {
-        let (label, rest) = text.split_once('=').context("a variant is label=path[,nice=N][,linger=MS]")?;
+        let (label, rest) =
+            text.split_once('=').context("a variant is label=path[,nice=N][,linger=MS][,api_nice=N]")?;
         let mut parts = rest.split(',');
         let path = parts.next().context("a path")?.to_owned();
-        let mut variant = Self { label: label.to_owned(), path, nice: 0, linger_ms: None };
+        let mut variant = Self { label: label.to_owned(), path, nice: 0, api_nice: 0, linger_ms: None };
         for part in parts {
             match part.split_once('=') {
                 Some(("nice", n)) => variant.nice = n.parse()?,
                 Some(("linger", ms)) => variant.linger_ms = Some(ms.parse()?),
+                Some(("api_nice", n)) => variant.api_nice = n.parse()?,
                 _ => bail!("unknown variant option {part:?}"),
             }
         }
@@ -141,6 +146,9 @@ pub async fn run(args: &Args, data: &DataSet, hot: Arc<Workload>, checks: &mut C
             let max = max_bucket(&lag);
             println!("  first second: {written} writes, largest lag at most {:.1} ms", max * 1000.0);
             total.startup_max_s.push(max);
+            if variant.api_nice != 0 {
+                renice_threads(args.api_pid, variant.api_nice)?;
+            }
 
             for (reads, into) in
                 [(Reads::Idle, &mut total.idle), (Reads::Saturation(Arc::clone(&hot)), &mut total.saturated)]
@@ -153,9 +161,10 @@ pub async fn run(args: &Args, data: &DataSet, hot: Arc<Workload>, checks: &mut C
                 let lag = prom::bucket_delta(&before, &after);
                 let lag_ms = |q| prom::quantile(&lag, q).map_or(f64::NAN, |s| s * 1000.0);
                 println!(
-                    "  {name}: {:.0} reads/s, {:.0} writes/s; SQL window p50 {:.2} p99 {:.2} p99.9 {:.2} max {:.2} ms ({} writes; last stale read p99 {:.2} ms; stale reads {:?}); polling reads p99 {:.2} ms; lag p50 {:.2} p99 {:.2} ms",
+                    "  {name}: {:.0} reads/s, {:.0} writes/s, {:.0} freshness probe reads/s; SQL window p50 {:.2} p99 {:.2} p99.9 {:.2} max {:.2} ms ({} writes; last stale read p99 {:.2} ms; stale reads {:?}); polling reads p99 {:.2} ms; lag p50 {:.2} p99 {:.2} ms",
                     seen.background.throughput(),
                     seen.background_writes as f64 / phase.as_secs_f64(),
+                    seen.reads as f64 / phase.as_secs_f64(),
                     pct(&seen.windows.sql, 50.0),
                     pct(&seen.windows.sql, 99.0),
                     pct(&seen.windows.sql, 99.9),
@@ -168,6 +177,9 @@ pub async fn run(args: &Args, data: &DataSet, hot: Arc<Workload>, checks: &mut C
                     lag_ms(0.99),
                 );
                 into.add(&seen, &lag, phase.as_secs_f64());
+            }
+            if variant.api_nice != 0 {
+                renice_threads(args.api_pid, 0)?;
             }
             stop(&mut child).await;
         }
@@ -189,6 +201,7 @@ pub async fn run(args: &Args, data: &DataSet, hot: Arc<Workload>, checks: &mut C
             "variant": variant.label,
             "binary": variant.path,
             "nice": variant.nice,
+            "api_nice": variant.api_nice,
             "linger_ms": variant.linger_ms,
             "startup_max_lag_ms": total.startup_max_s.iter().map(|s| s * 1000.0).collect::<Vec<_>>(),
             "startups_above_50ms": outliers,
@@ -272,6 +285,22 @@ async fn start(variant: &Variant) -> anyhow::Result<(Child, SocketAddr)> {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     Ok((child, metrics))
+}
+
+/// Sets the niceness of every thread of process `pid` (each thread has its own; `renice` of the
+/// pid alone changes only the main thread). Lowering it again needs `CAP_SYS_NICE`.
+fn renice_threads(pid: u32, nice: i32) -> anyhow::Result<()> {
+    let threads: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))?
+        .map(|thread| thread.map(|thread| thread.file_name().to_string_lossy().into_owned()))
+        .collect::<Result<_, _>>()?;
+    let status = std::process::Command::new("renice")
+        .args(["-n", &nice.to_string(), "-p"])
+        .args(&threads)
+        .stdout(Stdio::null())
+        .status()
+        .context("running renice")?;
+    anyhow::ensure!(status.success(), "renice -n {nice} of the threads of {pid} failed");
+    Ok(())
 }
 
 /// SIGTERM, then waits for the exit.
