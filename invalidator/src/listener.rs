@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use backon::Retryable;
+use backon::{BackoffBuilder, ExponentialBuilder, Retryable};
 use futures::{FutureExt, StreamExt};
 use openrisk_shared::Settings;
 use openrisk_shared::config::PostgresLink;
@@ -51,6 +51,8 @@ impl Wakeups {
 /// LISTEN and session locks). The worker takes the park lock on it.
 pub struct Session {
     client: Client,
+    /// The session's backend process on the server.
+    backend_pid: i32,
     leader: AtomicBool,
 }
 
@@ -83,6 +85,18 @@ impl Session {
     pub async fn unpark(&self) -> Result<(), tokio_postgres::Error> {
         self.client.batch_execute(outbox::UNPARK).await
     }
+
+    /// Resolves once backend `predecessor` (the session this one replaces) has exited, looking
+    /// again after 5 ms, then ever less often up to once a second.
+    async fn outlive(&self, predecessor: i32) -> Result<(), tokio_postgres::Error> {
+        let delays =
+            ExponentialBuilder::new().with_min_delay(Duration::from_millis(5)).with_max_delay(Duration::from_secs(1));
+        let mut delays = delays.without_max_times().build();
+        while !self.client.query_one(outbox::BACKEND_GONE, &[&predecessor]).await?.get::<_, bool>(0) {
+            tokio::time::sleep(delays.next().unwrap_or(Duration::from_secs(1))).await;
+        }
+        Ok(())
+    }
 }
 
 /// Keeps a LISTEN session up until shutdown: connects (retrying with jittered exponential
@@ -91,7 +105,7 @@ impl Session {
 pub async fn run(wakeups: Arc<Wakeups>, settings: Arc<Settings>, metrics: Metrics, shutdown: CancellationToken) {
     let link = settings.database.link();
     let park_wait = Duration::from_millis(settings.invalidator.poll_interval_ms);
-    let mut was_up = false;
+    let mut predecessor: Option<i32> = None;
     loop {
         let connect = || listen(&settings.database_url, &link, park_wait);
         let connected = connect
@@ -103,16 +117,19 @@ pub async fn run(wakeups: Arc<Wakeups>, settings: Arc<Settings>, metrics: Metric
         }) else {
             continue;
         };
-        if std::mem::replace(&mut was_up, true) {
+        let replaced = predecessor.replace(session.backend_pid);
+        if replaced.is_some() {
             metrics.reconnects.with_label_values(&[RECONNECT_LISTENER]).inc();
         }
-        wakeups.publish(Some(Arc::new(session)));
+        let session = Arc::new(session);
+        wakeups.publish(Some(Arc::clone(&session)));
         metrics.listener_connected.set(1);
         // Anything notified while no session was up is lost: have the worker look.
         wakeups.notify.notify_one();
         let stopped = tokio::select! {
             () = relay(connection, &wakeups) => false,
             () = shutdown.cancelled() => true,
+            () = wake_once_gone(&session, replaced, &wakeups) => unreachable!("it never resolves"),
         };
         wakeups.publish(None);
         metrics.listener_connected.set(0);
@@ -137,6 +154,19 @@ async fn relay(mut connection: Connection, wakeups: &Wakeups) {
     }
 }
 
+/// Wakes the worker once more when the backend of the session `session` replaced has exited,
+/// then never resolves. A killed backend tells its client before it releases its session locks,
+/// so the worker's first try to lead on the new session may find the park leader's lock still
+/// held; woken again, it leads and parks without waiting for its poll.
+async fn wake_once_gone(session: &Session, predecessor: Option<i32>, wakeups: &Wakeups) {
+    if let Some(predecessor) = predecessor
+        && session.outlive(predecessor).await.is_ok()
+    {
+        wakeups.notify.notify_one();
+    }
+    std::future::pending().await
+}
+
 /// The connection of a session: driving it yields its notifications.
 type Connection = tokio_postgres::Connection<tokio_postgres::Socket, tokio_postgres::tls::NoTlsStream>;
 
@@ -151,19 +181,22 @@ async fn listen(
     let config = openrisk_shared::db::config(database_url, "openrisk-invalidator-listener", link)?;
     let (client, mut connection) = config.connect(NoTls).await?;
     let set_up = async {
-        let channel: String = client.query_one(outbox::NOTIFY_CHANNEL, &[]).await?.get(0);
+        let row = client.query_one(outbox::NOTIFY_CHANNEL, &[]).await?;
+        let (channel, backend_pid): (String, i32) = (row.get(0), row.get(1));
         let quoted = format!("\"{}\"", channel.replace('"', "\"\""));
         client.batch_execute(&format!("LISTEN {quoted}")).await?;
-        client.batch_execute(&format!("SET lock_timeout = {}", park_wait.as_millis().max(1))).await
+        client.batch_execute(&format!("SET lock_timeout = {}", park_wait.as_millis().max(1))).await?;
+        Ok::<_, tokio_postgres::Error>(backend_pid)
     };
     let drive = futures::stream::poll_fn(|cx| connection.poll_message(cx)).for_each(|_| async {});
-    tokio::select! {
+    let backend_pid = tokio::select! {
         set_up = set_up => set_up?,
-        () = drive => {}
-    }
+        // The connection ended during the set-up: the check below returns its error.
+        () = drive => 0,
+    };
     if client.is_closed() {
         // The connection ended during the set-up: report it as the set-up's error would be.
         client.batch_execute("").await?;
     }
-    Ok((Session { client, leader: AtomicBool::new(false) }, connection))
+    Ok((Session { client, backend_pid, leader: AtomicBool::new(false) }, connection))
 }

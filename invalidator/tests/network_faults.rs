@@ -142,6 +142,43 @@ async fn a_half_open_listen_connection_is_replaced_and_the_poll_bounds_the_windo
     assert!(running.shutdown(WAIT).await);
 }
 
+#[tokio::test]
+async fn a_replica_parks_again_as_soon_as_the_backend_of_its_lost_listen_session_is_gone() {
+    let (link, _postgres, mut h) = harness_behind(1, 0).await;
+    let mut settings = h.settings_without_polling();
+    // The server does not look for dead peers: the old session's backend, which holds the park
+    // leader's lock, lives on until the test ends it.
+    settings.database.server_side_keepalives = false;
+    let running = h.start(settings).await;
+    wait_until_parked(&running, WAIT).await;
+    let listeners = sessions(&h, "openrisk-invalidator-listener").await;
+    let [(dead_port, _)] = listeners[..] else { panic!("one LISTEN connection: {listeners:?}") };
+    let old_backend: i32 =
+        h.sql.query_one("SELECT pid FROM pg_stat_activity WHERE client_port = $1", &[&dead_port]).await.unwrap().get(0);
+
+    link.blackhole_connection(u16::try_from(dead_port).unwrap());
+    let (harness, metrics) = (&h, &running.metrics);
+    eventually("a new LISTEN session, the replica unparked", WAIT, || async move {
+        let listeners = sessions(harness, "openrisk-invalidator-listener").await;
+        listeners.iter().any(|(port, _)| *port != dead_port)
+            && metrics.listener_connected.get() == 1
+            && metrics.parked.get() == 0
+    })
+    .await;
+    // Its try to lead on the new session finds the lock held by the old backend.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(running.metrics.parked.get(), 0, "no replica leads while the old backend lives");
+
+    let ended: bool = h.sql.query_one("SELECT pg_terminate_backend($1)", &[&old_backend]).await.unwrap().get(0);
+    assert!(ended, "the old LISTEN backend was terminated");
+    // Nothing else wakes the replica: no write, and its poll is two minutes away.
+    wait_until_parked(&running, WAIT).await;
+    let tenant = h.tenant("a").await;
+    h.assert_a_new_risk_invalidates_the_risk_list(tenant, "notified on the new session", WAIT).await;
+    link.heal();
+    assert!(running.shutdown(WAIT).await);
+}
+
 /// The socket address of a `redis://host:port` URL.
 fn redis_addr(url: &str) -> std::net::SocketAddr {
     let authority = url.trim_start_matches("redis://").trim_end_matches('/');

@@ -57,8 +57,12 @@ pub const BACKLOG: &str = "
     SELECT count(*), coalesce(extract(epoch FROM clock_timestamp() - min(created_at))::float8, 0)
     FROM cache_outbox";
 
-/// The channel writers notify while a replica is parked.
-pub const NOTIFY_CHANNEL: &str = "SELECT cache_notify_channel()";
+/// The channel writers notify while a replica is parked, and the session's own backend process.
+pub const NOTIFY_CHANNEL: &str = "SELECT cache_notify_channel(), pg_backend_pid()";
+
+/// Whether backend `$1` has exited. A killed backend sends its client the error before it
+/// releases its session locks; they are released by the time it leaves `pg_stat_activity`.
+pub const BACKEND_GONE: &str = "SELECT NOT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1)";
 
 /// Becomes the park leader if no replica is (`$1`: [`crate::advisory_locks::PARK_LEADER`]).
 pub const TRY_LEAD: &str = "SELECT pg_try_advisory_lock($1)";
