@@ -2,6 +2,7 @@
 //! worker through a [`Notify`] and lends its session to the worker for the park lock (see
 //! migrations/sql/0002_cache_outbox.sql and docs/architecture.md).
 
+use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -129,7 +130,7 @@ pub async fn run(wakeups: Arc<Wakeups>, settings: Arc<Settings>, metrics: Metric
         let stopped = tokio::select! {
             () = relay(connection, &wakeups) => false,
             () = shutdown.cancelled() => true,
-            () = wake_once_gone(&session, replaced, &wakeups) => unreachable!("it never resolves"),
+            never = wake_once_gone(&session, replaced, &wakeups) => match never {},
         };
         wakeups.publish(None);
         metrics.listener_connected.set(0);
@@ -158,7 +159,7 @@ async fn relay(mut connection: Connection, wakeups: &Wakeups) {
 /// then never resolves. A killed backend tells its client before it releases its session locks,
 /// so the worker's first try to lead on the new session may find the park leader's lock still
 /// held; woken again, it leads and parks without waiting for its poll.
-async fn wake_once_gone(session: &Session, predecessor: Option<i32>, wakeups: &Wakeups) {
+async fn wake_once_gone(session: &Session, predecessor: Option<i32>, wakeups: &Wakeups) -> Infallible {
     if let Some(predecessor) = predecessor
         && session.outlive(predecessor).await.is_ok()
     {
