@@ -32,7 +32,8 @@
 # empty to skip) built in $OUT/baseline, this tree's invalidator, the same lingering LINGER_MS (default 5) before parking, and the same at
 # nice INVALIDATOR_NICE (default -10, as an operator would give it more CPU weight than the API),
 # and the same with the API at nice API_NICE (default 10) during the phases (a lower CPU weight for
-# the read path than for Postgres, Redis and the invalidator); WINDOW_VARIANTS adds
+# the read path than for Postgres, Redis and the invalidator), the last three left out with
+# TREE_VARIANTS=plain (an A/B of the baseline against this tree alone); WINDOW_VARIANTS adds
 # `label=path[,nice=N][,linger=MS][,api_nice=N]` entries. The freshness readers pause
 # READ_INTERVAL_MS (default 1) between reads until they see their risk's latest write, so they
 # sample the window to the millisecond, and READ_SETTLED_MS (default 20) once they have seen it,
@@ -75,6 +76,7 @@ READ_SETTLED_MS=${READ_SETTLED_MS:-20}
 INVALIDATOR_NICE=${INVALIDATOR_NICE:--10}
 API_NICE=${API_NICE:-10}
 WINDOW_VARIANTS=${WINDOW_VARIANTS:-}
+TREE_VARIANTS=${TREE_VARIANTS:-all}
 if [ "$WINDOW" = 1 ]; then CLUSTER=0; fi
 
 log() { printf '[bench %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
@@ -273,16 +275,18 @@ if [ "$WINDOW" = 1 ]; then
     variants=()
     if [ -n "$BASELINE" ]; then variants+=(--invalidator-variant "baseline ($BASELINE)=$OUT/baseline/openrisk-invalidator"); fi
     variants+=(--invalidator-variant "this tree=$bin/openrisk-invalidator,linger=0")
-    variants+=(--invalidator-variant "this tree, linger $LINGER_MS ms=$bin/openrisk-invalidator,linger=$LINGER_MS")
-    variants+=(--invalidator-variant "this tree, nice $INVALIDATOR_NICE=$bin/openrisk-invalidator,linger=0,nice=$INVALIDATOR_NICE")
-    variants+=(--invalidator-variant "this tree, API at nice $API_NICE=$bin/openrisk-invalidator,linger=0,api_nice=$API_NICE")
+    if [ "$TREE_VARIANTS" = all ]; then
+        variants+=(--invalidator-variant "this tree, linger $LINGER_MS ms=$bin/openrisk-invalidator,linger=$LINGER_MS")
+        variants+=(--invalidator-variant "this tree, nice $INVALIDATOR_NICE=$bin/openrisk-invalidator,linger=0,nice=$INVALIDATOR_NICE")
+        variants+=(--invalidator-variant "this tree, API at nice $API_NICE=$bin/openrisk-invalidator,linger=0,api_nice=$API_NICE")
+    fi
     for extra in $WINDOW_VARIANTS; do variants+=(--invalidator-variant "$extra"); done
     {
         echo "date: $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
         echo "commit: $(git rev-parse --short HEAD)$(git diff --quiet HEAD || echo ' (with uncommitted changes)'); baseline: ${BASELINE:-none} $(if [ -n "$BASELINE" ]; then git rev-parse --short "$BASELINE"; fi)"
         echo "nproc: $(nproc); cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
         echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
-        echo "knobs: WINDOW=1 TENANTS=$TENANTS RISKS=$RISKS PHASE_SECS=$PHASE_SECS ROUNDS=$ROUNDS CONNECTIONS=$CONNECTIONS WINDOW_WRITES=$WINDOW_WRITES LINGER_MS=$LINGER_MS INVALIDATOR_NICE=$INVALIDATOR_NICE API_NICE=$API_NICE READ_INTERVAL_MS=$READ_INTERVAL_MS READ_SETTLED_MS=$READ_SETTLED_MS; data set: $counts"
+        echo "knobs: WINDOW=1 TENANTS=$TENANTS RISKS=$RISKS PHASE_SECS=$PHASE_SECS ROUNDS=$ROUNDS CONNECTIONS=$CONNECTIONS WINDOW_WRITES=$WINDOW_WRITES LINGER_MS=$LINGER_MS INVALIDATOR_NICE=$INVALIDATOR_NICE API_NICE=$API_NICE TREE_VARIANTS=$TREE_VARIANTS READ_INTERVAL_MS=$READ_INTERVAL_MS READ_SETTLED_MS=$READ_SETTLED_MS; data set: $counts"
     } >"$OUT/machine.txt"
     cat "$OUT/machine.txt" >&2
     status=0

@@ -179,6 +179,10 @@ impl From<DbErr> for ApiError {
                 _ => {}
             }
         }
+        if connection_lost(&error) {
+            tracing::warn!(%error, "database connection lost mid-request");
+            return ApiError::unavailable("the connection to the database was lost mid-request; retry");
+        }
         match &error {
             // The row a change was applied to was deleted by a concurrent request after it was read.
             DbErr::RecordNotUpdated => {
@@ -196,14 +200,34 @@ impl From<DbErr> for ApiError {
     }
 }
 
+/// Whether the statement failed because its session ended under it (the server shut down,
+/// crashed or terminated the backend, or the socket failed): a transaction not yet committing
+/// is rolled back with the session, and the request can be sent again.
+fn connection_lost(error: &DbErr) -> bool {
+    use sea_orm::sqlx::Error;
+    match sqlx_error(error) {
+        // Class 08: connection exception; 57P01–57P03: the server is shutting down or starting.
+        Some(Error::Database(db)) => {
+            db.code().is_some_and(|code| code.starts_with("08") || matches!(code.as_ref(), "57P01" | "57P02" | "57P03"))
+        }
+        Some(Error::Io(_) | Error::Tls(_) | Error::PoolTimedOut | Error::PoolClosed | Error::WorkerCrashed) => true,
+        _ => false,
+    }
+}
+
 /// The SQLSTATE of a database error, when Postgres reported one.
 fn sqlstate(error: &DbErr) -> Option<String> {
+    match sqlx_error(error) {
+        Some(sea_orm::sqlx::Error::Database(db)) => db.code().map(|code| code.into_owned()),
+        _ => None,
+    }
+}
+
+/// The driver's error behind a failed statement.
+fn sqlx_error(error: &DbErr) -> Option<&sea_orm::sqlx::Error> {
     use sea_orm::RuntimeErr;
     match error {
-        DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) => match e.as_ref() {
-            sea_orm::sqlx::Error::Database(db) => db.code().map(|code| code.into_owned()),
-            _ => None,
-        },
+        DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) => Some(e.as_ref()),
         _ => None,
     }
 }

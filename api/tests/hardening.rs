@@ -249,6 +249,34 @@ async fn a_request_over_the_time_limit_is_answered_503() {
 }
 
 #[tokio::test]
+async fn a_write_whose_database_session_ends_mid_statement_is_answered_503_and_changes_nothing() {
+    let app = spawn_app().await;
+    let path = app.create_risk_path(&app.a.analyst, "Before").await;
+    let id: uuid::Uuid = path.rsplit('/').next().unwrap().parse().unwrap();
+    // A session of the test's own holds the risk's row, so the API's write waits for it.
+    let holder = app.db.connect().await;
+    holder.batch_execute("BEGIN").await.unwrap();
+    holder.execute("SELECT 1 FROM risks WHERE id = $1 FOR UPDATE", &[&id]).await.unwrap();
+    let patch = app.send_json(Method::PATCH, &path, &app.a.analyst, json!({"title": "After"}));
+    // Then the API's waiting backend is terminated, as a server shutdown would.
+    let terminate = async {
+        let waiting = "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+                       WHERE application_name = 'openrisk-api' AND datname = current_database()
+                         AND wait_event_type = 'Lock'";
+        while holder.query_one(waiting, &[]).await.unwrap().get::<_, i64>(0) == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    let (response, ()) = tokio::join!(patch, terminate);
+    let problem = assert_problem(response, StatusCode::SERVICE_UNAVAILABLE).await;
+    assert!(problem["detail"].as_str().unwrap().contains("retry"), "{problem}");
+    holder.batch_execute("ROLLBACK").await.unwrap();
+    assert_eq!(app.get_json(&path, &app.a.analyst).await["title"], "Before", "nothing was changed");
+    let again = app.send_json(Method::PATCH, &path, &app.a.analyst, json!({"title": "After"})).await;
+    assert_eq!(again.status(), StatusCode::OK, "the same request succeeds when sent again");
+}
+
+#[tokio::test]
 async fn custom_field_numbers_round_trip_exactly_on_every_path() {
     let app = spawn_app().await;
     let token = &app.a.analyst;

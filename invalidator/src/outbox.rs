@@ -66,9 +66,12 @@ pub struct PoisonRow {
     pub reason: PoisonReason,
 }
 
-/// Prepares the claim on `client`, for [`claim`].
+/// Makes `client` a claiming session ([`outbox::CLAIMING_SESSION`]) and prepares the claim on
+/// it, for [`claim`]; both in one round trip.
 pub async fn prepare_claim(client: &Client) -> Result<Statement, tokio_postgres::Error> {
-    client.prepare(outbox::CLAIM).await
+    let (_, statement) =
+        tokio::try_join!(client.batch_execute(outbox::CLAIMING_SESSION), client.prepare(outbox::CLAIM))?;
+    Ok(statement)
 }
 
 /// Claims up to `limit` events inside `transaction` (they stay claimed until it ends) with the

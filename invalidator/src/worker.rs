@@ -14,7 +14,7 @@ use openrisk_shared::db::Lsn;
 use openrisk_shared::keys::{Keyspace, Tag};
 use openrisk_shared::protocol::{self, InvalidateError, Reclaimable, ReplicaAck};
 use openrisk_shared::redis_connection::{RedisConnection, RedisTarget, Timeouts};
-use tokio_postgres::{Client, Statement};
+use tokio_postgres::{Client, Statement, Transaction};
 use tokio_util::sync::CancellationToken;
 use tracing::field::Empty;
 use uuid::Uuid;
@@ -106,6 +106,15 @@ pub(crate) fn reconnect_backoff() -> ExponentialBuilder {
 }
 
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Waits for the LISTEN task's wake-up, the poll interval or shutdown, whichever comes first.
+async fn wake_or_poll(wakeups: &Wakeups, poll: Duration, shutdown: &CancellationToken) {
+    tokio::select! {
+        () = wakeups.notified() => {}
+        () = tokio::time::sleep(poll) => {}
+        () = shutdown.cancelled() => {}
+    }
+}
 
 /// Sleeps for `delay` unless shutdown comes first; returns false on shutdown.
 async fn pause(delay: Duration, shutdown: &CancellationToken) -> bool {
@@ -250,10 +259,19 @@ impl Worker {
 
     /// Claims one batch, applies it to Redis, then acknowledges it. Returns how many events it
     /// handled (0: the outbox had nothing unclaimed).
-    #[tracing::instrument(name = "batch", skip_all, fields(size = Empty, tenants = Empty, lag_ms = Empty))]
     async fn process_batch(&self, links: &mut Links) -> Result<usize, BatchError> {
         let Links { outbox, claim, redis } = links;
-        let transaction = outbox.transaction().await?;
+        self.apply_next(outbox.transaction().await?, claim, redis).await
+    }
+
+    /// [`Worker::process_batch`] in `transaction`, begun by the caller.
+    #[tracing::instrument(name = "batch", skip_all, fields(size = Empty, tenants = Empty, lag_ms = Empty))]
+    async fn apply_next(
+        &self,
+        transaction: Transaction<'_>,
+        claim: &Statement,
+        redis: &mut RedisConnection,
+    ) -> Result<usize, BatchError> {
         let batch = outbox::claim(&transaction, claim, self.settings.invalidator.batch_size).await?;
         if batch.is_empty() {
             return Ok(0);
@@ -360,29 +378,33 @@ impl Worker {
             return Ok(());
         };
         wakeups.forget();
-        let parked = match wakeups.session() {
-            Some(session) if self.park(&session).await => Some(session),
-            _ => None,
-        };
-        if let Some(session) = &parked {
-            // Writers that saw nobody parked have committed by now (the park lock waited for
-            // them): look once more before sleeping, so none of their events waits for a poll.
-            let found = self.process_batch(links).await;
-            if !matches!(found, Ok(0)) {
-                self.unpark(session).await;
-                return found.map(drop);
+        let session = match wakeups.session() {
+            Some(session) if self.park(&session).await => session,
+            _ => {
+                wake_or_poll(wakeups, poll, shutdown).await;
+                return Ok(());
             }
+        };
+        // Writers that saw nobody parked have committed by now (the park lock waited for them):
+        // look once more before sleeping, so none of their events waits for a poll.
+        let found = self.process_batch(links).await;
+        if !matches!(found, Ok(0)) {
+            self.unpark(&session).await;
+            return found.map(drop);
         }
-        tokio::select! {
-            () = wakeups.notified() => {}
-            () = tokio::time::sleep(poll) => {}
-            () = shutdown.cancelled() => {}
-        }
-        let Some(session) = &parked else { return Ok(()) };
-        // Writers notify while the replica stays parked, so applying the first batch before
-        // unparking keeps the unpark's round trip out of the wake-up's lag.
-        let woken_by = if shutdown.is_cancelled() { Ok(0) } else { self.process_batch(links).await };
-        self.unpark(session).await;
+        // The wake-up's claim runs in a transaction begun before the wait, which spares the
+        // wake-up a round trip; until that claim it holds no lock, snapshot or transaction id.
+        let Links { outbox, claim, redis } = links;
+        let woken_by = match outbox.transaction().await {
+            Ok(transaction) => {
+                wake_or_poll(wakeups, poll, shutdown).await;
+                // Writers notify while the replica stays parked, so applying the first batch
+                // before unparking keeps the unpark's round trip out of the wake-up's lag.
+                if shutdown.is_cancelled() { Ok(0) } else { self.apply_next(transaction, claim, redis).await }
+            }
+            Err(error) => Err(error.into()),
+        };
+        self.unpark(&session).await;
         woken_by.map(drop)
     }
 

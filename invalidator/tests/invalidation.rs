@@ -149,6 +149,43 @@ async fn a_parked_invalidator_is_woken_by_notify_not_by_polling() {
 }
 
 #[tokio::test]
+async fn a_parked_replica_waits_in_a_transaction_that_blocks_no_migration_and_holds_back_no_vacuum() {
+    let mut h = Harness::new().await;
+    let running = h.start_parked(WAIT).await;
+    let claiming = "SELECT pid, backend_xid IS NULL AND backend_xmin IS NULL FROM pg_stat_activity
+                    WHERE application_name = 'openrisk-invalidator' AND datname = current_database()
+                      AND state = 'idle in transaction'";
+    let sql = &h.sql;
+    eventually("the parked replica waits in its claim's transaction", WAIT, || async move {
+        !sql.query(claiming, &[]).await.unwrap().is_empty()
+    })
+    .await;
+    let row = h.sql.query_one(claiming, &[]).await.unwrap();
+    let (pid, unversioned): (i32, bool) = (row.get(0), row.get(1));
+    assert!(unversioned, "no transaction id and no snapshot while waiting");
+    let held: Vec<String> = h
+        .sql
+        .query("SELECT locktype || ' ' || mode FROM pg_locks WHERE pid = $1 AND locktype <> 'virtualxid'", &[&pid])
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(held, Vec::<String>::new(), "locks held while waiting");
+    // What a migration of the outbox takes, within far less than the (two-minute) poll.
+    h.sql
+        .batch_execute(
+            "BEGIN; SET LOCAL lock_timeout = '2s';
+             LOCK TABLE cache_outbox, cache_watches IN ACCESS EXCLUSIVE MODE; ROLLBACK",
+        )
+        .await
+        .expect("the outbox can be locked while a replica is parked");
+    let tenant = h.tenant("a").await;
+    h.assert_a_new_risk_invalidates_the_risk_list(tenant, "still woken", WAIT).await;
+    assert!(running.shutdown(WAIT).await);
+}
+
+#[tokio::test]
 async fn a_lingering_replica_takes_new_events_without_parking() {
     let mut h = Harness::new().await;
     let mut settings = h.settings_without_polling();
