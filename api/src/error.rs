@@ -210,7 +210,7 @@ fn connection_lost(error: &DbErr) -> bool {
         Some(Error::Database(db)) => {
             db.code().is_some_and(|code| code.starts_with("08") || matches!(code.as_ref(), "57P01" | "57P02" | "57P03"))
         }
-        Some(Error::Io(_) | Error::Tls(_) | Error::PoolTimedOut | Error::PoolClosed | Error::WorkerCrashed) => true,
+        Some(Error::Io(_) | Error::Tls(_)) => true,
         _ => false,
     }
 }
