@@ -88,6 +88,10 @@ class Faults(AlertWatch):
                     status == 200 and ready.get("status") == "degraded"
                     and [r.get("status") for r in ready.get("replicas", [])] == ["down"], f"{status} {ready}")
             before = stack.prom.scalar('sum(openrisk_db_reads_total{target="primary"})') or 0
+            # A write to a risk the read round reads, invalidated before the round: at least one miss
+            # falls in this window whatever the background workload's rhythm (it writes every 3 s).
+            stack.workload.api_write()
+            wait_until("outbox drained by the invalidators", lambda: stack.outbox_rows() == 0, 10, 0.05)
             stack.workload.read_round()
             stack.prom.wait_scraped()
             after = stack.prom.scalar('sum(openrisk_db_reads_total{target="primary"})') or 0
