@@ -33,11 +33,13 @@ impl Failover {
         Self { cluster, h, tenant, master, replica }
     }
 
-    /// Caches the tenant's risk list, once the tenant's own creation has been invalidated.
+    /// Caches the tenant's risk list, once the tenant's own creation has been invalidated, and
+    /// waits until the replica holds the entry too (what the failover must then bring back).
     async fn cache_list(&mut self) {
         self.h.drained(WAIT).await;
         self.h.cache_risk_list(self.tenant).await;
         assert!(self.list_is_cached().await);
+        self.cluster.wait_until_replicated(self.master);
     }
 
     /// Freezes the replica and closes its replication link, so nothing the master applies from

@@ -160,6 +160,23 @@ impl PrivateRedisCluster {
             .collect()
     }
 
+    /// Waits until every replica of the master on `master` has processed all that master had
+    /// written when called: replication is asynchronous, so a write just answered may not be on a
+    /// replica yet, and a test that then cuts the replica off would miss it.
+    pub fn wait_until_replicated(&self, master: u16) {
+        let offset = |port: u16, field: &str| {
+            command(&self.node_url(port), &["INFO", "replication"])?
+                .lines()
+                .find_map(|line| line.strip_prefix(field))
+                .and_then(|value| value.trim().parse::<u64>().ok())
+        };
+        let written = offset(master, "master_repl_offset:").expect("the master answers INFO replication");
+        let replicas = self.replicas_of(master);
+        wait_until("replicas caught up with their master", Duration::from_secs(10), || {
+            replicas.iter().all(|&replica| offset(replica, "slave_repl_offset:").is_some_and(|read| read >= written))
+        });
+    }
+
     /// Kills the node on `port` (SIGKILL: its data is gone) and leaves it down.
     pub fn kill(&mut self, port: u16) {
         if let Some(node) = self.nodes.iter_mut().find(|node| node.port == port) {
