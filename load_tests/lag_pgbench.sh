@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# The invalidator's own lag (`openrisk_invalidator_lag_seconds`) at fixed SQL write rates, with
+# pgbench as the only writer and nothing of openrisk-bench on the cores: what the invalidator
+# gives when only Postgres, Redis and itself (and, with READS=1, the API under wrk) share the
+# machine. Single-row updates of one tenant's risks (the demo's of a running `scripts/dev-up.sh`),
+# paced by pgbench's `-R`, so each write is a wake-up at low rates and part of a batch at high
+# ones; each sets a new owner (an update that changes nothing emits no event). Prints, per rate,
+# the writes made and the lag's p50 / p99 / p99.9 as the upper bound of the histogram bucket
+# that holds each (the buckets are 0.25, 0.5, 1, 1.5, 2, 3, 4, 5, 7.5, 10, 15, 20, 30, 50 ms …).
+#
+#   load_tests/lag_pgbench.sh               # 10, 100 and 500 writes/s, 20 s each
+#   READS=1 load_tests/lag_pgbench.sh       # the same beside wrk reading cached risk details
+#
+# Knobs (environment): RATES (default "10 100 500") SECS (per rate, default 20) READS (0/1)
+# TENANT (the slug whose risks are written and read, default demo)
+# DATABASE_URL METRICS_URL (the invalidator's, default http://127.0.0.1:9464/metrics) API_URL
+# (default http://127.0.0.1:8080) API_BIN (for the reader's token, default target/release/openrisk-api).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+RATES=${RATES:-10 100 500}
+SECS=${SECS:-20}
+READS=${READS:-0}
+TENANT=${TENANT:-demo}
+DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/openrisk}"
+METRICS_URL="${METRICS_URL:-http://127.0.0.1:9464/metrics}"
+API_URL="${API_URL:-http://127.0.0.1:8080}"
+API_BIN="${API_BIN:-${CARGO_TARGET_DIR:-target}/release/openrisk-api}"
+command -v pgbench >/dev/null || { echo "pgbench is missing (Debian: postgresql-client)" >&2; exit 1; }
+curl -fs "$METRICS_URL" >/dev/null || { echo "no invalidator metrics at $METRICS_URL: start scripts/dev-up.sh" >&2; exit 1; }
+
+out=$(mktemp -d)
+pids=()
+trap 'kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$out"' EXIT
+
+tenant=$(psql "$DATABASE_URL" -Atc "SELECT id FROM tenants WHERE slug = '$TENANT'")
+[ -n "$tenant" ] || { echo "no tenant $TENANT: start scripts/dev-up.sh" >&2; exit 1; }
+risks=$(psql "$DATABASE_URL" -Atc "SELECT count(*) FROM risks WHERE tenant_id = '$tenant' AND deleted_at IS NULL")
+[ "$risks" -gt 0 ] || { echo "tenant $TENANT has no risks" >&2; exit 1; }
+cat >"$out/update.sql" <<SQL
+\set offset random(0, $((risks - 1)))
+\set value random(1, 2000000000)
+UPDATE risks SET owner = 'lag ' || :value
+ WHERE id = (SELECT id FROM risks WHERE tenant_id = '$tenant' AND deleted_at IS NULL ORDER BY id OFFSET :offset LIMIT 1);
+SQL
+
+# The cumulative lag buckets, one "upper-bound count" line each.
+buckets() {
+    curl -fs "$METRICS_URL" | sed -n 's/^openrisk_invalidator_lag_seconds_bucket{le="\([^"]*\)"} \(.*\)$/\1 \2/p'
+}
+
+# p50, p99 and p99.9 in ms from two bucket snapshots: the first bound whose count reaches each.
+quantiles() {
+    paste "$1" "$2" | awk '
+        { bound[NR] = $1; count[NR] = $4 - $2 }
+        END {
+            total = count[NR]
+            if (total == 0) { print "no events"; exit }
+            n = split("0.5 0.99 0.999", q, " ")
+            line = sprintf("%d events, lag", total)
+            for (i = 1; i <= n; i++) {
+                for (b = 1; b <= NR && count[b] < q[i] * total; b++) {}
+                line = line sprintf(" %s≤%s", (i == 1 ? "p50 " : (i == 2 ? "/ p99 " : "/ p99.9 ")),
+                                    (bound[b] == "+Inf" ? "+Inf" : bound[b] * 1000 " ms"))
+            }
+            print line
+        }'
+}
+
+if [ "$READS" = 1 ]; then
+    command -v wrk >/dev/null || { echo "READS=1 needs wrk (Debian: wrk)" >&2; exit 1; }
+    token=$("$API_BIN" token create --tenant "$TENANT" --role viewer --name lag-pgbench 2>/dev/null)
+    {
+        echo "local paths = {"
+        psql "$DATABASE_URL" -Atc "SELECT '\"/api/v1/risks/' || id || '\",' FROM risks
+                                   WHERE tenant_id = '$tenant' AND deleted_at IS NULL"
+        echo "}"
+        echo "wrk.headers[\"Authorization\"] = \"Bearer $token\""
+        echo "request = function() return wrk.format(\"GET\", paths[math.random(#paths)]) end"
+    } >"$out/paths.lua"
+    wrk -t2 -c64 -d "$(( (SECS + 2) * $(wc -w <<<"$RATES") + 5 ))s" -s "$out/paths.lua" "$API_URL" >"$out/wrk.txt" &
+    pids+=($!)
+    sleep 3
+fi
+
+echo "$(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg), reads: $([ "$READS" = 1 ] && echo "wrk -t2 -c64 on cached risk details" || echo none)"
+for rate in $RATES; do
+    buckets >"$out/before"
+    made=$(pgbench -n -f "$out/update.sql" -R "$rate" -T "$SECS" "$DATABASE_URL" 2>&1 \
+        | sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p')
+    sleep 0.5
+    buckets >"$out/after"
+    echo "$rate writes/s for $SECS s ($made made): $(quantiles "$out/before" "$out/after")"
+done
+if [ "$READS" = 1 ]; then
+    wait "${pids[@]}" 2>/dev/null || true
+    sed -n 's/^Requests\/sec: *\(.*\)/reads: \1 req\/s (wrk)/p' "$out/wrk.txt"
+fi
