@@ -11,10 +11,12 @@ use backon::{BackoffBuilder, ExponentialBuilder, Retryable};
 use futures::{FutureExt, StreamExt};
 use openrisk_shared::Settings;
 use openrisk_shared::config::PostgresLink;
+use openrisk_shared::db::ConnectError;
+use openrisk_shared::postgres_tls::Connection;
 use openrisk_shared::{advisory_locks, outbox};
 use tokio::sync::Notify;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{AsyncMessage, Client, NoTls};
+use tokio_postgres::{AsyncMessage, Client};
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::{Metrics, RECONNECT_LISTENER};
@@ -168,9 +170,6 @@ async fn wake_once_gone(session: &Session, predecessor: Option<i32>, wakeups: &W
     std::future::pending().await
 }
 
-/// The connection of a session: driving it yields its notifications.
-type Connection = tokio_postgres::Connection<tokio_postgres::Socket, tokio_postgres::tls::NoTlsStream>;
-
 /// Connects, LISTENs on the channel the migrations define, and bounds how long parking may wait
 /// for in-flight writers (`park_wait`). The connection is driven here until the session is set
 /// up, then handed back with it.
@@ -178,9 +177,9 @@ async fn listen(
     database_url: &str,
     link: &PostgresLink,
     park_wait: Duration,
-) -> Result<(Session, Connection), tokio_postgres::Error> {
-    let config = openrisk_shared::db::config(database_url, "openrisk-invalidator-listener", link)?;
-    let (client, mut connection) = config.connect(NoTls).await?;
+) -> Result<(Session, Connection), ConnectError> {
+    let (config, tls) = openrisk_shared::db::config(database_url, "openrisk-invalidator-listener", link)?;
+    let (client, mut connection) = config.connect(tls).await?;
     let set_up = async {
         let row = client.query_one(outbox::NOTIFY_CHANNEL, &[]).await?;
         let (channel, backend_pid): (String, i32) = (row.get(0), row.get(1));

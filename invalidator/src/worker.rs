@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use backon::{BackoffBuilder, ExponentialBuilder, Retryable};
 use openrisk_shared::config::Settings;
-use openrisk_shared::db::Lsn;
+use openrisk_shared::db::{ConnectError, Lsn};
 use openrisk_shared::keys::{Keyspace, Tag};
 use openrisk_shared::protocol::{self, InvalidateError, Reclaimable, ReplicaAck};
 use openrisk_shared::redis_connection::{RedisConnection, RedisTarget, Timeouts};
@@ -239,7 +239,7 @@ impl Worker {
         self.metrics.errors.with_label_values(&[kind]).inc();
     }
 
-    async fn connect_outbox(&self) -> Result<(Client, Statement), tokio_postgres::Error> {
+    async fn connect_outbox(&self) -> Result<(Client, Statement), ConnectError> {
         let link = self.settings.database.link();
         let client = openrisk_shared::db::connect(&self.settings.database_url, "openrisk-invalidator", &link).await?;
         let claim = outbox::prepare_claim(&client).await?;

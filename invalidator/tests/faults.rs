@@ -192,6 +192,36 @@ async fn a_postgres_restart_loses_nothing() {
 }
 
 #[tokio::test]
+async fn a_postgres_that_takes_only_tls_is_reached_with_its_certificate_checked_and_invalidates_as_any() {
+    let postgres = PrivatePostgres::start_tls_only();
+    let mut h = Harness::with(TestDatabase::create_on(&postgres.admin_url()).await, RedisNamespace::new()).await;
+    let mut settings = h.settings_without_polling();
+    let ca = postgres.ca_certificate().display().to_string().replace('/', "%2F");
+    settings.database_url = format!("{}?sslmode=verify-full&sslrootcert={ca}", settings.database_url);
+    let running = h.start(settings).await;
+    let tenant = h.tenant("a").await;
+    let key = h.cache_risk_list(tenant).await;
+    h.drained(WAIT).await;
+
+    h.risk(tenant, "written over TLS").await;
+    h.drained(WAIT).await;
+    assert!(!h.risk_list_is_cached(tenant, &key).await);
+    let sessions = h
+        .sql
+        .query(
+            "SELECT a.application_name, s.ssl FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid)
+             WHERE a.application_name LIKE 'openrisk-invalidator%'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let names: Vec<String> = sessions.iter().map(|row| row.get(0)).collect();
+    assert!(names.iter().any(|name| name == "openrisk-invalidator-listener"), "{names:?}");
+    assert!(sessions.iter().all(|row| row.get::<_, bool>(1)), "every session encrypted: {names:?}");
+    assert!(running.shutdown(WAIT).await);
+}
+
+#[tokio::test]
 async fn events_wait_out_a_redis_outage_and_apply_after_it() {
     let mut redis = PrivateRedis::start();
     let mut h = Harness::with(TestDatabase::create().await, RedisNamespace::on(&redis.url())).await;

@@ -215,11 +215,8 @@ async fn writers_notify_only_while_an_invalidator_is_parked() {
         }
         count
     };
-    let (client, mut connection) = openrisk_shared::db::config(&h.db.url, "test-listener", &Default::default())
-        .unwrap()
-        .connect(tokio_postgres::NoTls)
-        .await
-        .unwrap();
+    let (config, tls) = openrisk_shared::db::config(&h.db.url, "test-listener", &Default::default()).unwrap();
+    let (client, mut connection) = config.connect(tls).await.unwrap();
     let (sender, mut received) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         use futures::StreamExt;

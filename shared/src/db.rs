@@ -2,15 +2,40 @@
 
 use std::time::Duration;
 
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 use crate::config::PostgresLink;
+use crate::postgres_tls::{self, Connector, PostgresTlsError};
+
+/// Why a connection could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// With its causes: tokio-postgres says only "db error" or "error performing TLS handshake"
+    /// and keeps the server's message or the certificate's fault in them.
+    #[error("{}", with_causes(.0))]
+    Postgres(#[from] tokio_postgres::Error),
+    #[error(transparent)]
+    Tls(#[from] PostgresTlsError),
+}
+
+/// `error` followed by each of its causes, `: `-separated.
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(error) = cause {
+        text.push_str(&format!(": {error}"));
+        cause = error.source();
+    }
+    text
+}
 
 /// Connects with the settings of `link` (so a silent peer is noticed within seconds, on both
-/// ends), and drives the connection on a background task (which drops notifications; the
-/// invalidator's listener drives its own connection to receive them).
-pub async fn connect(url: &str, application_name: &str, link: &PostgresLink) -> Result<Client, tokio_postgres::Error> {
-    let (client, connection) = config(url, application_name, link)?.connect(NoTls).await?;
+/// ends) and the TLS the URL asks for ([`postgres_tls`]), and drives the connection on a
+/// background task (which drops notifications; the invalidator's listener drives its own
+/// connection to receive them).
+pub async fn connect(url: &str, application_name: &str, link: &PostgresLink) -> Result<Client, ConnectError> {
+    let (config, tls) = config(url, application_name, link)?;
+    let (client, connection) = config.connect(tls).await?;
     tokio::spawn(async move {
         if let Err(error) = connection.await {
             tracing::debug!(%error, "postgres connection closed");
@@ -21,12 +46,13 @@ pub async fn connect(url: &str, application_name: &str, link: &PostgresLink) -> 
 
 /// Parses `url` and applies `link`: connect timeout, the client's keepalives and TCP user
 /// timeout, and the same for the server's side of the session as start-up options (appended
-/// to any the URL gives).
+/// to any the URL gives); with the connector for the URL's TLS settings.
 pub fn config(
     url: &str,
     application_name: &str,
     link: &PostgresLink,
-) -> Result<tokio_postgres::Config, tokio_postgres::Error> {
+) -> Result<(tokio_postgres::Config, Connector), ConnectError> {
+    let (url, tls) = postgres_tls::split(url)?;
     let mut config: tokio_postgres::Config = url.parse()?;
     config.application_name(application_name).connect_timeout(link.connect_timeout).keepalives(link.keepalives);
     if link.keepalives {
@@ -43,7 +69,7 @@ pub fn config(
     if !options.is_empty() {
         config.options(options.join(" "));
     }
-    Ok(config)
+    Ok((config, tls))
 }
 
 /// A position in a Postgres server's write-ahead log (`pg_lsn`): what a replica has replayed,

@@ -12,6 +12,7 @@ pub mod event;
 pub mod keys;
 pub mod metrics;
 pub mod outbox;
+pub mod postgres_tls;
 pub mod protocol;
 pub mod redis_cluster;
 pub mod redis_connection;

@@ -153,6 +153,8 @@ pub struct PrivatePostgres {
     /// Every address it listens on: loopback, or the server addresses of a [`NetworkLink`].
     pub hosts: Vec<Ipv4Addr>,
     namespace: Option<String>,
+    /// Whether it takes TLS sessions only (see [`PrivatePostgres::start_tls_only`]).
+    tls_only: bool,
     /// Declared before `dir`: the server stops before its data directory is deleted.
     process: ServerProcess,
     dir: TempDir,
@@ -171,8 +173,35 @@ impl PrivatePostgres {
         Self::start_on(link.server_addresses(), Some((link.namespace().to_owned(), link.host_address())))
     }
 
+    /// Starts one on loopback that refuses every session without TLS. Its certificate names
+    /// `127.0.0.1` and `db.test` and is signed by a CA of its own, whose certificate is at
+    /// [`PrivatePostgres::ca_certificate`].
+    pub fn start_tls_only() -> Self {
+        let mut postgres = Self::initialised(vec![Ipv4Addr::LOCALHOST], None);
+        let tls = postgres.dir.path().join("tls");
+        issue_certificates(&tls);
+        let hba = "local all all trust\nhostssl all all 127.0.0.1/32 trust\nhostnossl all all 127.0.0.1/32 reject\n";
+        std::fs::write(postgres.dir.path().join("data").join("pg_hba.conf"), hba).expect("write pg_hba.conf");
+        postgres.tls_only = true;
+        postgres.launch();
+        postgres
+    }
+
+    /// The PEM file of the CA that signed a [`PrivatePostgres::start_tls_only`] server's
+    /// certificate (what a client names in `sslrootcert`).
+    pub fn ca_certificate(&self) -> PathBuf {
+        self.dir.path().join("tls").join("ca.crt")
+    }
+
     /// Starts one listening on `hosts`; inside a namespace, trusting its one client address.
     fn start_on(hosts: Vec<Ipv4Addr>, namespace: Option<(String, Ipv4Addr)>) -> Self {
+        let mut postgres = Self::initialised(hosts, namespace);
+        postgres.launch();
+        postgres
+    }
+
+    /// Runs `initdb` for a server on `hosts`, not started yet.
+    fn initialised(hosts: Vec<Ipv4Addr>, namespace: Option<(String, Ipv4Addr)>) -> Self {
         let bin = postgres_bin_dir();
         let dir = tempfile::Builder::new().prefix("openrisk-pg-").tempdir().expect("tempdir");
         init_cluster(&bin, dir.path(), &dir.path().join("data"));
@@ -184,9 +213,7 @@ impl PrivatePostgres {
             namespace
         });
         let process = ServerProcess::stopped_by("QUIT");
-        let mut postgres = Self { port: free_port(), hosts, namespace, process, dir, bin };
-        postgres.launch();
-        postgres
+        Self { port: free_port(), hosts, namespace, tls_only: false, process, dir, bin }
     }
 
     /// Admin URL (database `postgres`) on the first address.
@@ -207,12 +234,30 @@ impl PrivatePostgres {
                 .arg(self.dir.path().join("data"))
                 .args(["-p", &self.port.to_string(), "-c", &format!("listen_addresses={listen}"), "-c", "fsync=off"])
                 .args(["-c", "full_page_writes=off", "-c", "max_connections=200"])
+                .args(self.tls_settings())
                 .arg("-k")
                 .arg(self.dir.path()),
             "postgres",
         );
         self.process.replace(child);
         wait_until("private postgres", Duration::from_secs(30), || answers(&self.bin, self.hosts[0], self.port));
+    }
+
+    /// The server options that turn TLS on with the certificates of `start_tls_only`.
+    fn tls_settings(&self) -> Vec<String> {
+        if !self.tls_only {
+            return Vec::new();
+        }
+        let tls = self.dir.path().join("tls");
+        let file = |name: &str| tls.join(name).display().to_string();
+        [
+            "ssl=on".to_owned(),
+            format!("ssl_cert_file={}", file("server.crt")),
+            format!("ssl_key_file={}", file("server.key")),
+        ]
+        .into_iter()
+        .flat_map(|setting| ["-c".to_owned(), setting])
+        .collect()
     }
 
     /// Stops the server immediately (SIGQUIT: no shutdown checkpoint, crash recovery on start).
@@ -225,6 +270,38 @@ impl PrivatePostgres {
         self.stop();
         self.launch();
     }
+}
+
+/// Writes into `dir` a CA (`ca.crt`) and a server certificate it signed for `127.0.0.1` and
+/// `db.test` (`server.crt`, `server.key`), P-256 keys valid for two days, owned by the user the
+/// server runs as (it refuses a key others can read).
+fn issue_certificates(dir: &Path) {
+    std::fs::create_dir_all(dir).expect("certificate directory");
+    let extensions = "subjectAltName=IP:127.0.0.1,DNS:db.test\nbasicConstraints=CA:FALSE\n\
+                      keyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n";
+    std::fs::write(dir.join("server.ext"), extensions).expect("write the certificate extensions");
+    let ca = ["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+        .into_iter()
+        .chain(["-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj", "/CN=openrisk test CA"]);
+    let request = ["req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"].into_iter().chain([
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=db.test",
+    ]);
+    let sign = ["x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial"]
+        .into_iter()
+        .chain(["-days", "2", "-extfile", "server.ext", "-out", "server.crt"]);
+    let steps: [Vec<&str>; 3] = [ca.collect(), request.collect(), sign.collect()];
+    for args in steps {
+        run_quiet(Command::new("openssl").args(&args).current_dir(dir), &format!("openssl {}", args.join(" ")));
+    }
+    if is_root() {
+        let _ = Command::new("chown").args(["-R", "postgres:postgres"]).arg(dir).status();
+    }
+    let _ = Command::new("chmod").args(["600"]).arg(dir.join("server.key")).status();
 }
 
 /// Starts `command` with its output discarded; panics naming `what` when it cannot start.
