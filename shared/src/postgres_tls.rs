@@ -53,38 +53,38 @@ pub fn split(url: &str) -> Result<(String, Connector), PostgresTlsError> {
     };
     let (mut check, mut root_file, mut kept) = (Check::Nothing, None, Vec::new());
     for pair in query.split('&') {
-        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-        match (name, value) {
+        match pair.split_once('=').unwrap_or((pair, "")) {
             ("sslrootcert", path) => root_file = Some(percent_encoding::percent_decode_str(path).decode_utf8_lossy()),
-            ("sslmode", "verify-ca") => (check, kept) = (Check::Chain, with(kept, "sslmode=require")),
-            ("sslmode", "verify-full") => (check, kept) = (Check::ChainAndName, with(kept, "sslmode=require")),
+            ("sslmode", mode @ ("verify-ca" | "verify-full")) => {
+                check = if mode == "verify-ca" { Check::Chain } else { Check::ChainAndName };
+                kept.push("sslmode=require".to_owned());
+            }
             _ => kept.push(pair.to_owned()),
         }
     }
-    if root_file.is_some() && check == Check::Nothing {
+    let disabled = kept.iter().any(|pair| pair == "sslmode=disable");
+    if disabled {
+        // libpq ignores the roots of a session it never encrypts.
+        root_file = None;
+    } else if root_file.is_some() && check == Check::Nothing {
         check = Check::Chain;
     }
     let url = if kept.is_empty() { base.to_owned() } else { format!("{base}?{}", kept.join("&")) };
     Ok((url, connector(check, root_file.as_deref())?))
 }
 
-fn with(mut pairs: Vec<String>, pair: &str) -> Vec<String> {
-    pairs.push(pair.to_owned());
-    pairs
-}
-
 fn connector(check: Check, root_file: Option<&str>) -> Result<Connector, PostgresTlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let algorithms = provider.signature_verification_algorithms;
     let verifier: Arc<dyn ServerCertVerifier> = match check {
-        Check::Nothing => Arc::new(AnyCertificate(algorithms)),
+        Check::Nothing => Arc::new(Lenient { chain: None, algorithms }),
         Check::Chain | Check::ChainAndName => {
             let mode = if check == Check::Chain { "verify-ca" } else { "verify-full" };
             let roots = Arc::new(roots(root_file, mode)?);
             let webpki = WebPkiServerVerifier::builder_with_provider(roots, Arc::clone(&provider))
                 .build()
                 .map_err(|error| PostgresTlsError::Setup(error.to_string()))?;
-            if check == Check::Chain { Arc::new(AnyName(webpki)) } else { webpki }
+            if check == Check::Chain { Arc::new(Lenient { chain: Some(webpki), algorithms }) } else { webpki }
         }
     };
     let config = ClientConfig::builder_with_provider(provider)
@@ -121,52 +121,16 @@ fn roots(root_file: Option<&str>, mode: &'static str) -> Result<RootCertStore, P
     Ok(roots)
 }
 
-/// Accepts any certificate (libpq's `require`), while still checking that the server holds
-/// its key: the session is encrypted, not authenticated.
+/// What `require` and `verify-ca` check, less than `verify-full`: the chain against the roots
+/// when `chain` is set, never the host name; and always that the server holds the certificate's
+/// key, so the session is encrypted to whoever presented it.
 #[derive(Debug)]
-struct AnyCertificate(WebPkiSupportedAlgorithms);
-
-impl ServerCertVerifier for AnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(message, cert, dss, &self.0)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(message, cert, dss, &self.0)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_schemes()
-    }
+struct Lenient {
+    chain: Option<Arc<WebPkiServerVerifier>>,
+    algorithms: WebPkiSupportedAlgorithms,
 }
 
-/// Checks the chain as `WebPkiServerVerifier` does but accepts any host name (libpq's
-/// `verify-ca`).
-#[derive(Debug)]
-struct AnyName(Arc<WebPkiServerVerifier>);
-
-impl ServerCertVerifier for AnyName {
+impl ServerCertVerifier for Lenient {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -175,7 +139,8 @@ impl ServerCertVerifier for AnyName {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        match self.0.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
+        let Some(chain) = &self.chain else { return Ok(ServerCertVerified::assertion()) };
+        match chain.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
             )) => Ok(ServerCertVerified::assertion()),
@@ -189,7 +154,7 @@ impl ServerCertVerifier for AnyName {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls12_signature(message, cert, dss)
+        verify_tls12_signature(message, cert, dss, &self.algorithms)
     }
 
     fn verify_tls13_signature(
@@ -198,11 +163,11 @@ impl ServerCertVerifier for AnyName {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls13_signature(message, cert, dss)
+        verify_tls13_signature(message, cert, dss, &self.algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_verify_schemes()
+        self.algorithms.supported_schemes()
     }
 }
 
@@ -223,6 +188,11 @@ mod tests {
         assert_eq!(url, "postgres://app@db/openrisk?sslmode=require&connect_timeout=3");
         let (url, _) = split("postgres://app@db/openrisk?connect_timeout=3&sslmode=verify-full").unwrap();
         assert_eq!(url, "postgres://app@db/openrisk?connect_timeout=3&sslmode=require");
+    }
+
+    #[test]
+    fn a_session_never_encrypted_does_not_read_its_root_file() {
+        assert!(split("postgres://db/openrisk?sslmode=disable&sslrootcert=%2Fno%2Fsuch.pem").is_ok());
     }
 
     #[test]
