@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::{Harness, connect_redis, eventually, wait_until_parked};
 use openrisk_shared::config::WakeMode;
-use openrisk_test_support::{PrivatePostgres, PrivateRedis, RedisNamespace, TestDatabase};
+use openrisk_test_support::{PrivatePostgres, PrivateRedis, RedisNamespace, TestDatabase, sslrootcert_param};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -196,8 +196,8 @@ async fn a_postgres_that_takes_only_tls_is_reached_with_its_certificate_checked_
     let postgres = PrivatePostgres::start_tls_only();
     let mut h = Harness::with(TestDatabase::create_on(&postgres.admin_url()).await, RedisNamespace::new()).await;
     let mut settings = h.settings_without_polling();
-    let ca = postgres.ca_certificate().display().to_string().replace('/', "%2F");
-    settings.database_url = format!("{}?sslmode=verify-full&sslrootcert={ca}", settings.database_url);
+    let ca = sslrootcert_param(&postgres.ca_certificate());
+    settings.database_url = format!("{}?sslmode=verify-full&{ca}", settings.database_url);
     let running = h.start(settings).await;
     let tenant = h.tenant("a").await;
     let key = h.cache_risk_list(tenant).await;

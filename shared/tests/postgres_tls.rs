@@ -2,16 +2,11 @@
 //! libpq's `sslmode` values, `sslrootcert`, and what each lets through.
 
 use openrisk_shared::db::{self, ConnectError};
-use openrisk_test_support::PrivatePostgres;
+use openrisk_test_support::{PrivatePostgres, sslrootcert_param};
 
 /// The server's URL through `host`, with `query`.
 fn url(server: &PrivatePostgres, host: &str, query: &str) -> String {
     format!("postgres://postgres@{host}:{}/postgres?{query}", server.port)
-}
-
-/// `sslrootcert` naming `file`, percent-encoded.
-fn root_file(file: &std::path::Path) -> String {
-    format!("sslrootcert={}", file.display().to_string().replace('/', "%2F"))
 }
 
 async fn connect(url: &str) -> Result<tokio_postgres::Client, ConnectError> {
@@ -40,8 +35,8 @@ async fn a_server_that_refuses_plain_sessions_is_reached_with_the_default_sslmod
 #[tokio::test]
 async fn the_verify_modes_and_a_root_file_accept_the_server_only_as_libpq_would() {
     let server = PrivatePostgres::start_tls_only();
-    let own_ca = root_file(&server.ca_certificate());
-    let other_ca = root_file(std::path::Path::new("/etc/ssl/certs/ca-certificates.crt"));
+    let own_ca = sslrootcert_param(&server.ca_certificate());
+    let other_ca = sslrootcert_param(std::path::Path::new("/etc/ssl/certs/ca-certificates.crt"));
     // (host, query, whether it connects): the certificate names 127.0.0.1 and db.test only.
     let cases = [
         ("127.0.0.1", format!("sslmode=verify-full&{own_ca}"), true),

@@ -22,7 +22,7 @@ mod replica_pair;
 
 pub use cluster::{PrivateRedisCluster, command as node_command};
 pub use network::{LatencyRelay, NetworkLink};
-pub use private::{PrivatePostgres, PrivateRedis, free_port};
+pub use private::{PrivatePostgres, PrivateRedis, free_port, sslrootcert_param};
 pub use replica_pair::ReplicaPair;
 
 use std::time::Duration;

@@ -178,8 +178,7 @@ impl PrivatePostgres {
     /// [`PrivatePostgres::ca_certificate`].
     pub fn start_tls_only() -> Self {
         let mut postgres = Self::initialised(vec![Ipv4Addr::LOCALHOST], None);
-        let tls = postgres.dir.path().join("tls");
-        issue_certificates(&tls);
+        issue_certificates(&postgres.tls_dir());
         let hba = "local all all trust\nhostssl all all 127.0.0.1/32 trust\nhostnossl all all 127.0.0.1/32 reject\n";
         std::fs::write(postgres.dir.path().join("data").join("pg_hba.conf"), hba).expect("write pg_hba.conf");
         postgres.tls_only = true;
@@ -190,7 +189,12 @@ impl PrivatePostgres {
     /// The PEM file of the CA that signed a [`PrivatePostgres::start_tls_only`] server's
     /// certificate (what a client names in `sslrootcert`).
     pub fn ca_certificate(&self) -> PathBuf {
-        self.dir.path().join("tls").join("ca.crt")
+        self.tls_dir().join("ca.crt")
+    }
+
+    /// Where `start_tls_only` keeps the certificates and keys.
+    fn tls_dir(&self) -> PathBuf {
+        self.dir.path().join("tls")
     }
 
     /// Starts one listening on `hosts`; inside a namespace, trusting its one client address.
@@ -248,7 +252,7 @@ impl PrivatePostgres {
         if !self.tls_only {
             return Vec::new();
         }
-        let tls = self.dir.path().join("tls");
+        let tls = self.tls_dir();
         let file = |name: &str| tls.join(name).display().to_string();
         [
             "ssl=on".to_owned(),
@@ -272,6 +276,12 @@ impl PrivatePostgres {
     }
 }
 
+/// The URL query parameter naming `file` as the roots a client checks the server against
+/// (`sslrootcert`), its slashes percent-encoded.
+pub fn sslrootcert_param(file: &Path) -> String {
+    format!("sslrootcert={}", file.display().to_string().replace('/', "%2F"))
+}
+
 /// Writes into `dir` a CA (`ca.crt`) and a server certificate it signed for `127.0.0.1` and
 /// `db.test` (`server.crt`, `server.key`), P-256 keys valid for two days, owned by the user the
 /// server runs as (it refuses a key others can read).
@@ -280,24 +290,17 @@ fn issue_certificates(dir: &Path) {
     let extensions = "subjectAltName=IP:127.0.0.1,DNS:db.test\nbasicConstraints=CA:FALSE\n\
                       keyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n";
     std::fs::write(dir.join("server.ext"), extensions).expect("write the certificate extensions");
-    let ca = ["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-        .into_iter()
-        .chain(["-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj", "/CN=openrisk test CA"]);
-    let request = ["req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"].into_iter().chain([
-        "-keyout",
-        "server.key",
-        "-out",
-        "server.csr",
-        "-subj",
-        "/CN=db.test",
-    ]);
-    let sign = ["x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial"]
-        .into_iter()
-        .chain(["-days", "2", "-extfile", "server.ext", "-out", "server.crt"]);
-    let steps: [Vec<&str>; 3] = [ca.collect(), request.collect(), sign.collect()];
-    for args in steps {
-        run_quiet(Command::new("openssl").args(&args).current_dir(dir), &format!("openssl {}", args.join(" ")));
-    }
+    let openssl = |args: &[&str]| {
+        run_quiet(Command::new("openssl").args(args).current_dir(dir), &format!("openssl {}", args.join(" ")));
+    };
+    let new_key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    let ca = ["-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj", "/CN=openrisk test CA"];
+    openssl(&[&["req", "-x509"][..], &new_key, &ca].concat());
+    openssl(
+        &[&["req"][..], &new_key, &["-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=db.test"]].concat(),
+    );
+    let signed_by_ca = ["-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2"];
+    openssl(&[&["x509", "-req"][..], &signed_by_ca, &["-extfile", "server.ext", "-out", "server.crt"]].concat());
     if is_root() {
         let _ = Command::new("chown").args(["-R", "postgres:postgres"]).arg(dir).status();
     }
