@@ -249,7 +249,7 @@ fn request_id(request: &Request) -> String {
     request
         .header(REQUEST_ID_HEADER)
         .filter(|id| (1..=128).contains(&id.len()) && id.bytes().all(|byte| byte.is_ascii_graphic()))
-        .map_or_else(|| Uuid::new_v4().to_string(), str::to_owned)
+        .map_or_else(|| Uuid::new_v4().hyphenated().encode_lower(&mut Uuid::encode_buffer()).to_owned(), str::to_owned)
 }
 
 /// Set once the request span's route has been recorded (see [`record_route_and_tenant`]).

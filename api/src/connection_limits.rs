@@ -14,6 +14,7 @@ use poem::web::{LocalAddr, RemoteAddr};
 use poem::{Endpoint, IntoResponse, Request, Response};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::{Instant, Sleep};
 
 use crate::error::{ApiError, Problem};
 
@@ -41,8 +42,7 @@ impl<A: Acceptor> Acceptor for LimitedAcceptor<A> {
     async fn accept(&mut self) -> IoResult<(Self::Io, LocalAddr, RemoteAddr, poem::http::uri::Scheme)> {
         let permit = Arc::clone(&self.permits).acquire_owned().await.map_err(std::io::Error::other)?;
         let (io, local, remote, scheme) = self.inner.accept().await?;
-        let idle = Box::pin(tokio::time::sleep(self.idle_timeout));
-        Ok((Permitted { io, _permit: permit, idle, idle_timeout: self.idle_timeout }, local, remote, scheme))
+        Ok((Permitted::new(io, permit, self.idle_timeout), local, remote, scheme))
     }
 }
 
@@ -51,24 +51,46 @@ impl<A: Acceptor> Acceptor for LimitedAcceptor<A> {
 pub struct Permitted<Io> {
     io: Io,
     _permit: OwnedSemaphorePermit,
-    idle: Pin<Box<tokio::time::Sleep>>,
+    /// Fires no later than `idle_timeout` after `last_progress`; it may fire early, because
+    /// progress only notes the time and the timer is moved on when it fires: a busy connection
+    /// then costs a clock read per read or write, not a timer re-registration.
+    idle: Pin<Box<Sleep>>,
     idle_timeout: Duration,
+    last_progress: Instant,
 }
 
 impl<Io> Permitted<Io> {
-    /// Moves the deadline on after progress; fails the call once it has passed without any.
+    fn new(io: Io, permit: OwnedSemaphorePermit, idle_timeout: Duration) -> Self {
+        let now = Instant::now();
+        Self {
+            io,
+            _permit: permit,
+            idle: Box::pin(tokio::time::sleep_until(now + idle_timeout)),
+            idle_timeout,
+            last_progress: now,
+        }
+    }
+
+    /// Notes progress; fails a pending call once `idle_timeout` has passed without any.
     fn watch<T>(&mut self, cx: &mut Context<'_>, poll: Poll<IoResult<T>>, progressed: bool) -> Poll<IoResult<T>> {
         match poll {
             Poll::Ready(result) => {
                 if progressed {
-                    self.idle.as_mut().reset(tokio::time::Instant::now() + self.idle_timeout);
+                    self.last_progress = Instant::now();
                 }
                 Poll::Ready(result)
             }
-            Poll::Pending if self.idle.as_mut().poll(cx).is_ready() => {
-                Poll::Ready(Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "connection idle too long")))
-            }
-            Poll::Pending => Poll::Pending,
+            Poll::Pending => loop {
+                if self.idle.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                let deadline = self.last_progress + self.idle_timeout;
+                if deadline <= Instant::now() {
+                    let idle = std::io::Error::new(std::io::ErrorKind::TimedOut, "connection idle too long");
+                    return Poll::Ready(Err(idle));
+                }
+                self.idle.as_mut().reset(deadline);
+            },
         }
     }
 }

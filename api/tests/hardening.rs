@@ -222,6 +222,44 @@ async fn a_connection_that_never_finishes_its_headers_or_sits_idle_is_closed() {
 }
 
 #[tokio::test]
+async fn a_connection_in_use_stays_open_past_its_idle_timeout() {
+    let app =
+        spawn_app_with(RedisNamespace::new(), |settings| settings.http.idle_timeout_ms = 300, AppOptions::default())
+            .await;
+    let mut connection = tokio::net::TcpStream::connect(app.app.addr).await.unwrap();
+    // Ten requests 100 ms apart on one keep-alive connection: a second in all, bytes moving
+    // every 100 ms, so the 300 ms idle deadline must keep moving on.
+    for request in 0..10 {
+        connection.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        let response = read_response(&mut connection).await;
+        assert!(response.starts_with("HTTP/1.1 200"), "request {request}: {response}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// One whole response (head and `content-length` body) from a keep-alive connection.
+async fn read_response(connection: &mut tokio::net::TcpStream) -> String {
+    let mut response = Vec::new();
+    loop {
+        let text = String::from_utf8_lossy(&response).into_owned();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let length = head
+                .lines()
+                .find_map(|line| line.to_ascii_lowercase().strip_prefix("content-length:").map(|n| n.trim().to_owned()))
+                .and_then(|n| n.parse::<usize>().ok())
+                .unwrap_or(0);
+            if body.len() >= length {
+                return text;
+            }
+        }
+        let mut chunk = [0u8; 1024];
+        let read = connection.read(&mut chunk).await.unwrap();
+        assert!(read > 0, "the connection was closed while in use");
+        response.extend_from_slice(&chunk[..read]);
+    }
+}
+
+#[tokio::test]
 async fn connections_beyond_the_limit_wait_until_one_closes() {
     let app =
         spawn_app_with(RedisNamespace::new(), |settings| settings.http.max_connections = 1, AppOptions::default())
