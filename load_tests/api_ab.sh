@@ -13,6 +13,7 @@
 # TENANT (default demo) DATABASE_URL REDIS_URL.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source load_tests/wrk_details.sh
 
 : "${BASELINE:?set BASELINE to the openrisk-api binary to compare against}"
 CANDIDATE=${CANDIDATE:-${CARGO_TARGET_DIR:-target}/release/openrisk-api}
@@ -32,14 +33,7 @@ free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1
 tenant=$(psql "$DATABASE_URL" -Atc "SELECT id FROM tenants WHERE slug = '$TENANT'")
 [ -n "$tenant" ] || { echo "no tenant $TENANT: start scripts/dev-up.sh" >&2; exit 1; }
 token=$("$CANDIDATE" token create --tenant "$TENANT" --role viewer --name api-ab 2>/dev/null)
-{
-    echo "local paths = {"
-    psql "$DATABASE_URL" -Atc "SELECT '\"/api/v1/risks/' || id || '\",' FROM risks
-                               WHERE tenant_id = '$tenant' AND deleted_at IS NULL"
-    echo "}"
-    echo "wrk.headers[\"Authorization\"] = \"Bearer $token\""
-    echo "request = function() return wrk.format(\"GET\", paths[math.random(#paths)]) end"
-} >"$out/paths.lua"
+wrk_details "$DATABASE_URL" "$tenant" "$token" "$out/paths.lua"
 
 declare -A port pid
 for variant in baseline candidate; do

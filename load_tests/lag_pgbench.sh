@@ -17,6 +17,7 @@
 # (default http://127.0.0.1:8080) API_BIN (for the reader's token, default target/release/openrisk-api).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source load_tests/wrk_details.sh
 
 RATES=${RATES:-10 100 500}
 SECS=${SECS:-20}
@@ -70,14 +71,7 @@ quantiles() {
 if [ "$READS" = 1 ]; then
     command -v wrk >/dev/null || { echo "READS=1 needs wrk (Debian: wrk)" >&2; exit 1; }
     token=$("$API_BIN" token create --tenant "$TENANT" --role viewer --name lag-pgbench 2>/dev/null)
-    {
-        echo "local paths = {"
-        psql "$DATABASE_URL" -Atc "SELECT '\"/api/v1/risks/' || id || '\",' FROM risks
-                                   WHERE tenant_id = '$tenant' AND deleted_at IS NULL"
-        echo "}"
-        echo "wrk.headers[\"Authorization\"] = \"Bearer $token\""
-        echo "request = function() return wrk.format(\"GET\", paths[math.random(#paths)]) end"
-    } >"$out/paths.lua"
+    wrk_details "$DATABASE_URL" "$tenant" "$token" "$out/paths.lua"
     wrk -t2 -c64 -d "$(( (SECS + 2) * $(wc -w <<<"$RATES") + 5 ))s" -s "$out/paths.lua" "$API_URL" >"$out/wrk.txt" &
     pids+=($!)
     sleep 3
