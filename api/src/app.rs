@@ -252,23 +252,48 @@ fn request_id(request: &Request) -> String {
         .map_or_else(|| Uuid::new_v4().hyphenated().encode_lower(&mut Uuid::encode_buffer()).to_owned(), str::to_owned)
 }
 
-/// Set once the request span's route has been recorded (see [`record_route_and_tenant`]).
+/// Which of the request span's late fields (`route`, `tenant`) are recorded. Each is recorded
+/// once per request: the fmt layer appends every record to the span's fields, so a second
+/// record would show the field twice on every line, and costs a hit another formatting.
 #[derive(Clone, Default)]
-struct RouteRecorded(Arc<AtomicBool>);
+struct SpanFieldsRecorded(Arc<[AtomicBool; 2]>);
+
+impl SpanFieldsRecorded {
+    const ROUTE: usize = 0;
+    const TENANT: usize = 1;
+
+    /// Whether `field` is still to be recorded; it counts as recorded from now on.
+    fn first(request: &Request, field: usize) -> bool {
+        request.data::<Self>().is_some_and(|recorded| !recorded.0[field].swap(true, Ordering::Relaxed))
+    }
+}
 
 /// Fills the `route` and `tenant` fields of the current request span. Called by the bearer
 /// checker, the first code that runs once the router has matched the route, so every line an
 /// authenticated request logs carries both; `tenant` is `None` until the token is verified.
 pub(crate) fn record_route_and_tenant(request: &Request, tenant: Option<Uuid>) {
-    let span = tracing::Span::current();
-    if let Some(recorded) = request.data::<RouteRecorded>()
-        && !recorded.0.swap(true, Ordering::Relaxed)
-        && let Some(pattern) = request.data::<poem::PathPattern>()
+    if let Some(pattern) = request.data::<poem::PathPattern>()
+        && SpanFieldsRecorded::first(request, SpanFieldsRecorded::ROUTE)
     {
-        span.record("route", route_template(&pattern.0));
+        tracing::Span::current().record("route", route_template(&pattern.0));
     }
     if let Some(tenant) = tenant {
-        span.record("tenant", tracing::field::display(tenant));
+        record_tenant(request, tenant);
+    }
+}
+
+/// Fills the `route` and `tenant` fields of the current request span for a read the hit path
+/// ([`crate::hit_path`]) looks up, before it asks Redis, so its lines carry both too.
+pub(crate) fn record_read_route_and_tenant(request: &Request, route: &'static str, tenant: Uuid) {
+    if SpanFieldsRecorded::first(request, SpanFieldsRecorded::ROUTE) {
+        tracing::Span::current().record("route", route);
+    }
+    record_tenant(request, tenant);
+}
+
+fn record_tenant(request: &Request, tenant: Uuid) {
+    if SpanFieldsRecorded::first(request, SpanFieldsRecorded::TENANT) {
+        tracing::Span::current().record("tenant", tracing::field::display(tenant));
     }
 }
 
@@ -287,7 +312,7 @@ async fn record_request<E: Endpoint>(
     request_id: String,
 ) -> Response {
     let method = method_label(request.method());
-    let recorded = RouteRecorded::default();
+    let recorded = SpanFieldsRecorded::default();
     request.set_data(recorded.clone());
     let started = Instant::now();
     let mut response = match endpoint.call(request).await {
@@ -299,7 +324,7 @@ async fn record_request<E: Endpoint>(
         (None, Some(pattern)) => Cow::Owned(route_template(&pattern.0)),
         (None, None) => Cow::Borrowed("unmatched"),
     };
-    if !recorded.0.load(Ordering::Relaxed) {
+    if !recorded.0[SpanFieldsRecorded::ROUTE].swap(true, Ordering::Relaxed) {
         tracing::Span::current().record("route", &*route);
     }
     if let Ok(value) = poem::http::HeaderValue::from_str(&request_id) {

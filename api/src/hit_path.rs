@@ -42,9 +42,7 @@ pub async fn answer_hits_first<E: Endpoint + 'static>(
         request.set_data(verified);
         return to_router(endpoint, request).await;
     }
-    let span = tracing::Span::current();
-    span.record("route", read.route);
-    span.record("tenant", tracing::field::display(read.tenant));
+    crate::app::record_read_route_and_tenant(&request, read.route, read.tenant);
     let (key, tags) = state.cache.key_and_tags(&read);
     match state.cache.lookup(read.route, read.tenant, &key, &tags).await {
         Lookup::Hit(served) => {

@@ -3,6 +3,7 @@
 mod common;
 
 use common::{assert_problem, cache_status, spawn_app};
+use openrisk_shared::CacheStatus;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -278,6 +279,58 @@ async fn health_readiness_metrics_and_docs_are_served() {
     }
     let unknown = app.client.get(format!("{}/nope", app.url)).send().await.unwrap();
     assert_problem(unknown, StatusCode::NOT_FOUND).await;
+}
+
+/// What a test's own subscriber writes, kept to read back.
+#[derive(Clone, Default)]
+struct LogLines(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogLines {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn every_access_log_line_names_its_route_and_tenant_once_whether_missed_or_hit() {
+    // The test's runtime runs the app on this thread, so this subscriber sees its spans.
+    let lines = LogLines::default();
+    let writer = lines.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter("openrisk_api=debug")
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _default = tracing::subscriber::set_default(subscriber);
+    let app = spawn_app().await;
+    let risk = app.create_risk(&app.a.analyst, "Logged").await;
+    let path = format!("/api/v1/risks/{}", risk["id"].as_str().unwrap());
+    let served: Vec<CacheStatus> = [
+        app.get(&path, &app.a.viewer).await,
+        app.get(&path, &app.a.viewer).await,
+        app.get("/api/v1/risks", &app.a.viewer).await,
+    ]
+    .iter()
+    .map(cache_status)
+    .collect();
+    assert_eq!(served, [CacheStatus::Stored, CacheStatus::Hit, CacheStatus::Stored]);
+
+    let logged = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+    let reads: Vec<&str> =
+        logged.lines().filter(|line| line.contains("method=GET") && line.contains(": request status=")).collect();
+    assert_eq!(reads.len(), served.len(), "one access line per read:\n{logged}");
+    let tenant = format!("tenant={}", app.a.id);
+    for (line, expected_route) in reads.iter().zip(["/api/v1/risks/{id}", "/api/v1/risks/{id}", "/api/v1/risks"]) {
+        assert_eq!(line.matches("route=").count(), 1, "{line}");
+        assert!(line.contains(&format!("route=\"{expected_route}\"")), "{line}");
+        assert_eq!(line.matches("tenant=").count(), 1, "{line}");
+        assert!(line.contains(&tenant), "{line}");
+    }
 }
 
 #[tokio::test]
