@@ -254,7 +254,7 @@ fn request_id(request: &Request) -> String {
 
 /// Which of the request span's late fields (`route`, `tenant`) are recorded. Each is recorded
 /// once per request: the fmt layer appends every record to the span's fields, so a second
-/// record would show the field twice on every line, and costs a hit another formatting.
+/// record would show the field twice on every line.
 #[derive(Clone, Default)]
 struct SpanFieldsRecorded(Arc<[AtomicBool; 2]>);
 

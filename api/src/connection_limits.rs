@@ -51,9 +51,10 @@ impl<A: Acceptor> Acceptor for LimitedAcceptor<A> {
 pub struct Permitted<Io> {
     io: Io,
     _permit: OwnedSemaphorePermit,
-    /// Fires no later than `idle_timeout` after `last_progress`; it may fire early, because
-    /// progress only notes the time and the timer is moved on when it fires: a busy connection
-    /// then costs a clock read per read or write, not a timer re-registration.
+    /// Set `idle_timeout` after some earlier progress. When it fires it is moved on to
+    /// `idle_timeout` after `last_progress`, unless that has passed too; progress itself only
+    /// notes the time, so a busy connection costs a clock read per read or write, not a timer
+    /// re-registration.
     idle: Pin<Box<Sleep>>,
     idle_timeout: Duration,
     last_progress: Instant,
