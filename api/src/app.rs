@@ -263,8 +263,13 @@ impl SpanFieldsRecorded {
     const TENANT: usize = 1;
 
     /// Whether `field` is still to be recorded; it counts as recorded from now on.
-    fn first(request: &Request, field: usize) -> bool {
-        request.data::<Self>().is_some_and(|recorded| !recorded.0[field].swap(true, Ordering::Relaxed))
+    fn first(&self, field: usize) -> bool {
+        !self.0[field].swap(true, Ordering::Relaxed)
+    }
+
+    /// [`Self::first`] for the request's record, if it has one.
+    fn first_of(request: &Request, field: usize) -> bool {
+        request.data::<Self>().is_some_and(|recorded| recorded.first(field))
     }
 }
 
@@ -273,7 +278,7 @@ impl SpanFieldsRecorded {
 /// authenticated request logs carries both; `tenant` is `None` until the token is verified.
 pub(crate) fn record_route_and_tenant(request: &Request, tenant: Option<Uuid>) {
     if let Some(pattern) = request.data::<poem::PathPattern>()
-        && SpanFieldsRecorded::first(request, SpanFieldsRecorded::ROUTE)
+        && SpanFieldsRecorded::first_of(request, SpanFieldsRecorded::ROUTE)
     {
         tracing::Span::current().record("route", route_template(&pattern.0));
     }
@@ -285,14 +290,14 @@ pub(crate) fn record_route_and_tenant(request: &Request, tenant: Option<Uuid>) {
 /// Fills the `route` and `tenant` fields of the current request span for a read the hit path
 /// ([`crate::hit_path`]) looks up, before it asks Redis, so its lines carry both too.
 pub(crate) fn record_read_route_and_tenant(request: &Request, route: &'static str, tenant: Uuid) {
-    if SpanFieldsRecorded::first(request, SpanFieldsRecorded::ROUTE) {
+    if SpanFieldsRecorded::first_of(request, SpanFieldsRecorded::ROUTE) {
         tracing::Span::current().record("route", route);
     }
     record_tenant(request, tenant);
 }
 
 fn record_tenant(request: &Request, tenant: Uuid) {
-    if SpanFieldsRecorded::first(request, SpanFieldsRecorded::TENANT) {
+    if SpanFieldsRecorded::first_of(request, SpanFieldsRecorded::TENANT) {
         tracing::Span::current().record("tenant", tracing::field::display(tenant));
     }
 }
@@ -324,7 +329,7 @@ async fn record_request<E: Endpoint>(
         (None, Some(pattern)) => Cow::Owned(route_template(&pattern.0)),
         (None, None) => Cow::Borrowed("unmatched"),
     };
-    if !recorded.0[SpanFieldsRecorded::ROUTE].swap(true, Ordering::Relaxed) {
+    if recorded.first(SpanFieldsRecorded::ROUTE) {
         tracing::Span::current().record("route", &*route);
     }
     if let Ok(value) = poem::http::HeaderValue::from_str(&request_id) {
