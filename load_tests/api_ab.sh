@@ -14,6 +14,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source load_tests/wrk_details.sh
+source scripts/free-port.sh
 
 : "${BASELINE:?set BASELINE to the openrisk-api binary to compare against}"
 CANDIDATE=${CANDIDATE:-${CARGO_TARGET_DIR:-target}/release/openrisk-api}
@@ -28,7 +29,6 @@ command -v wrk >/dev/null || { echo "wrk is missing (Debian: wrk)" >&2; exit 1; 
 out=$(mktemp -d)
 pids=()
 trap 'kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$out"' EXIT
-free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
 tenant=$(psql "$DATABASE_URL" -Atc "SELECT id FROM tenants WHERE slug = '$TENANT'")
 [ -n "$tenant" ] || { echo "no tenant $TENANT: start scripts/dev-up.sh" >&2; exit 1; }

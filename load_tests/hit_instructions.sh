@@ -32,7 +32,7 @@ bin="${CARGO_TARGET_DIR:-$repo/target}/release"
 mkdir -p "$OUT"
 rm -f "$OUT"/callgrind.*
 
-free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+source scripts/free-port.sh
 redis_port=$(free_port)
 api_port=$(free_port)
 metrics_port=$(free_port)

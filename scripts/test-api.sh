@@ -22,9 +22,7 @@ test_api_db=""
 test_api_pid=""
 test_api_redis_pid=""
 
-test_api_free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
+source scripts/free-port.sh
 
 # stop_test_api_process PID: ends a process started here (nothing when PID is empty) and reaps it.
 stop_test_api_process() {
@@ -35,8 +33,8 @@ stop_test_api_process() {
 
 start_test_api() {
     local name=$1 log=$2 redis_port api_port
-    redis_port="$(test_api_free_port)"
-    api_port="$(test_api_free_port)"
+    redis_port="$(free_port)"
+    api_port="$(free_port)"
     test_api_db="openrisk_${name}_$(date +%s)_$$"
     redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no \
         --maxmemory-policy volatile-lru >"$log.redis" 2>&1 &
@@ -45,7 +43,7 @@ start_test_api() {
     export DATABASE_URL="${test_api_admin_url%/*}/$test_api_db"
     export REDIS_URL="redis://127.0.0.1:$redis_port"
     export API_ADDR="127.0.0.1:$api_port"
-    export METRICS_ADDR="127.0.0.1:$(test_api_free_port)"
+    export METRICS_ADDR="127.0.0.1:$(free_port)"
     export OPENRISK_CACHE__KEY_PREFIX="$name"
     export OPENRISK_LOG__FILTER="warn"
     "$api" migrate >/dev/null

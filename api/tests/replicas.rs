@@ -4,8 +4,9 @@
 //! the replay-floor guard does exactly that; a replica that lags or is down leaves rotation and
 //! comes back by itself, and `/readyz` stays ready, degraded.
 //!
-//! Replay pauses and restarts affect the whole pair, so these tests run one at a time (the
-//! `replica-pair` test group).
+//! Replay pauses and restarts affect the whole pair, so these tests run one at a time: in one
+//! process each holds [`PAIR_TURN`] while it runs, and nextest's processes are kept apart by the
+//! `replica-pair` test group.
 
 mod common;
 
@@ -23,11 +24,16 @@ use tokio_postgres::Client;
 
 const WAIT: Duration = Duration::from_secs(20);
 
+/// Held by the test using the pair, so tests that share one process (`cargo test`) take turns.
+static PAIR_TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// The app on a fresh database of the pair's primary, reading misses from the replica.
 struct ReplicaApp {
     app: TestApp,
     replica: Client,
     invalidator: Option<openrisk_invalidator::Running>,
+    /// Dropped last: the next test's turn starts once this one's app and invalidator are gone.
+    _turn: tokio::sync::MutexGuard<'static, ()>,
 }
 
 impl ReplicaApp {
@@ -36,6 +42,7 @@ impl ReplicaApp {
     }
 
     async fn start_with(max_lag_ms: u64, options: AppOptions, configure: impl FnOnce(&mut Settings)) -> Self {
+        let turn = PAIR_TURN.lock().await;
         let pair = ReplicaPair::shared();
         let db = TestDatabase::create_on(&pair.primary_admin_url()).await;
         // A test that failed while replay was paused must not leave it paused for the next.
@@ -55,7 +62,7 @@ impl ReplicaApp {
             options,
         )
         .await;
-        let started = Self { app, replica, invalidator: None };
+        let started = Self { app, replica, invalidator: None, _turn: turn };
         started.wait_for_replica("in_rotation").await;
         started
     }

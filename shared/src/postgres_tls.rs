@@ -73,6 +73,8 @@ pub fn split(url: &str) -> Result<(String, Connector), PostgresTlsError> {
     Ok((url, connector(check, root_file.as_deref())?))
 }
 
+/// The connector for `check` against `root_file`'s roots. Built anew for every connection, as
+/// libpq reads `sslrootcert` anew: a rotated root file takes effect at the next reconnect.
 fn connector(check: Check, root_file: Option<&str>) -> Result<Connector, PostgresTlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let algorithms = provider.signature_verification_algorithms;

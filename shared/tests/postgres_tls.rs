@@ -1,5 +1,5 @@
 //! The direct connections' TLS against a private server that refuses every session without it:
-//! libpq's `sslmode` values, `sslrootcert`, and what each lets through.
+//! libpq's `sslmode` values, `sslrootcert` (read at every connection), and what each lets through.
 
 use openrisk_shared::db::{self, ConnectError};
 use openrisk_test_support::{PrivatePostgres, sslrootcert_param};
@@ -57,4 +57,11 @@ async fn the_verify_modes_and_a_root_file_accept_the_server_only_as_libpq_would(
             }
         }
     }
+    // libpq reads the root file at every connection: a replaced file counts from the next one.
+    let rotated = tempfile::NamedTempFile::new().unwrap();
+    let rotated_url = url(&server, "127.0.0.1", &format!("sslmode=verify-full&{}", sslrootcert_param(rotated.path())));
+    std::fs::copy("/etc/ssl/certs/ca-certificates.crt", rotated.path()).unwrap();
+    encrypted_session(&rotated_url).await.expect_err("the root file does not hold the server's CA yet");
+    std::fs::copy(server.ca_certificate(), rotated.path()).unwrap();
+    encrypted_session(&rotated_url).await.expect("the replaced root file is read at the next connection");
 }
