@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, NaiveDate, Utc};
-use poem_openapi::types::{Example, MaybeUndefined};
+use poem_openapi::types::MaybeUndefined;
 use poem_openapi::{Enum, Object};
 use rust_decimal::prelude::ToPrimitive;
 use uuid::Uuid;
@@ -12,6 +12,11 @@ use crate::auth::Role;
 use crate::db::entities::{api_tokens, assets, mitigations, risks, subactions};
 
 pub use crate::stored_enum::{UnknownStoredValue, enum_text, stored};
+
+mod examples;
+mod stats;
+
+pub use stats::{MitigationStatusCounts, RiskMatrix, SeverityCounts, Stats, StatusCounts, TrendPoint, Trends};
 
 /// Where a risk is in its life cycle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
@@ -83,9 +88,11 @@ pub enum SortDirection {
 #[derive(Debug, Clone, Object)]
 #[oai(example, skip_serializing_if_is_none)]
 pub struct Risk {
+    /// Identifier, assigned by the server.
     pub id: Uuid,
     /// Short name of the risk.
     pub title: String,
+    /// Longer account of the risk; empty when none was given.
     pub description: String,
     /// Impact, 1 (negligible) to 5 (severe).
     pub impact: i16,
@@ -95,6 +102,7 @@ pub struct Risk {
     pub score: f64,
     pub severity: Severity,
     pub status: RiskStatus,
+    /// Free labels, for filtering and grouping.
     pub tags: Vec<String>,
     /// Who is accountable for the risk.
     pub owner: String,
@@ -105,7 +113,9 @@ pub struct Risk {
     pub custom_fields: BTreeMap<String, serde_json::Value>,
     /// Compliance frameworks the risk maps to (e.g. ISO27001).
     pub frameworks: Vec<String>,
+    /// When the risk was recorded (UTC).
     pub created_at: DateTime<Utc>,
+    /// When the risk last changed (UTC).
     pub updated_at: DateTime<Utc>,
 }
 
@@ -138,37 +148,16 @@ impl TryFrom<risks::Model> for Risk {
     }
 }
 
-impl Example for Risk {
-    fn example() -> Self {
-        let at = DateTime::parse_from_rfc3339("2026-01-15T09:30:00Z").expect("valid").to_utc();
-        Risk {
-            id: Uuid::nil(),
-            title: "Ransomware on the file servers".into(),
-            description: "Encryption of shared drives through a phishing foothold.".into(),
-            impact: 5,
-            probability: 3,
-            score: 18.75,
-            severity: Severity::High,
-            status: RiskStatus::Active,
-            tags: vec!["ransomware".into(), "endpoint".into()],
-            owner: "ciso@example.com".into(),
-            source: RiskSource::Manual,
-            external_id: None,
-            custom_fields: BTreeMap::new(),
-            frameworks: vec!["ISO27001".into()],
-            created_at: at,
-            updated_at: at,
-        }
-    }
-}
-
 /// A page of risks.
 #[derive(Debug, Clone, Object)]
 pub struct RiskPage {
+    /// The risks of this page, in the order asked for.
     pub items: Vec<Risk>,
     /// Risks matching the filters, over all pages.
     pub total: i64,
+    /// This page's number, from 1.
     pub page: u32,
+    /// The page size asked for; the last page may hold fewer.
     pub limit: u32,
 }
 
@@ -177,6 +166,7 @@ pub struct RiskPage {
 pub struct RiskDetail {
     #[oai(flatten)]
     pub risk: Risk,
+    /// Its mitigations, oldest first, each with its sub-actions.
     pub mitigations: Vec<Mitigation>,
     /// Assets the risk affects; their criticality weighs the score.
     pub assets: Vec<Asset>,
@@ -188,46 +178,37 @@ pub struct RiskDetail {
 #[derive(Debug, Clone, Object)]
 #[oai(deny_unknown_fields, example, skip_serializing_if_is_none)]
 pub struct RiskCreate {
+    /// Short name of the risk, not blank.
     #[oai(validator(min_length = 1, max_length = 255, pattern = "\\S"))]
     pub title: String,
+    /// Longer account of the risk; empty when left out.
     #[oai(default, validator(max_length = 10000))]
     pub description: String,
+    /// Impact, 1 (negligible) to 5 (severe).
     #[oai(validator(minimum(value = "1"), maximum(value = "5")))]
     pub impact: i16,
+    /// Probability, 1 (rare) to 5 (almost certain).
     #[oai(validator(minimum(value = "1"), maximum(value = "5")))]
     pub probability: i16,
     /// Defaults to DRAFT.
     pub status: Option<RiskStatus>,
+    /// Free labels, at most 50, each once; none when left out.
     #[oai(default, validator(max_items = 50, unique_items))]
     pub tags: Vec<Label>,
+    /// Who is accountable for the risk; empty when left out.
     #[oai(default, validator(max_length = 255))]
     pub owner: String,
     /// Defaults to MANUAL.
     pub source: Option<RiskSource>,
+    /// Identifier in the source system, unique per tenant and source.
     #[oai(validator(min_length = 1, max_length = 255))]
     pub external_id: Option<String>,
+    /// Free-form attributes, as a JSON object; none when left out.
     #[oai(default)]
     pub custom_fields: BTreeMap<String, serde_json::Value>,
+    /// Compliance frameworks the risk maps to (e.g. ISO27001), at most 50, each once.
     #[oai(default, validator(max_items = 50, unique_items))]
     pub frameworks: Vec<Label>,
-}
-
-impl Example for RiskCreate {
-    fn example() -> Self {
-        RiskCreate {
-            title: "Ransomware on the file servers".into(),
-            description: "Encryption of shared drives through a phishing foothold.".into(),
-            impact: 5,
-            probability: 3,
-            status: Some(RiskStatus::Active),
-            tags: vec![Label("ransomware".into())],
-            owner: "ciso@example.com".into(),
-            source: None,
-            external_id: None,
-            custom_fields: BTreeMap::new(),
-            frameworks: vec![Label("ISO27001".into())],
-        }
-    }
 }
 
 // Not an invalidation tag (those are `openrisk_shared::Tag`); the doc line below is the spec's.
@@ -239,24 +220,32 @@ pub struct Label(#[oai(validator(min_length = 1, max_length = 64))] pub String);
 #[derive(Debug, Clone, Object)]
 #[oai(deny_unknown_fields)]
 pub struct RiskPatch {
+    /// New short name, not blank.
     #[oai(validator(min_length = 1, max_length = 255, pattern = "\\S"))]
     pub title: Option<String>,
+    /// New longer account.
     #[oai(validator(max_length = 10000))]
     pub description: Option<String>,
+    /// New impact, 1 (negligible) to 5 (severe); the score is recomputed.
     #[oai(validator(minimum(value = "1"), maximum(value = "5")))]
     pub impact: Option<i16>,
+    /// New probability, 1 (rare) to 5 (almost certain); the score is recomputed.
     #[oai(validator(minimum(value = "1"), maximum(value = "5")))]
     pub probability: Option<i16>,
     pub status: Option<RiskStatus>,
+    /// The labels that replace the current ones, at most 50, each once.
     #[oai(validator(max_items = 50, unique_items))]
     pub tags: Option<Vec<Label>>,
+    /// New accountable owner.
     #[oai(validator(max_length = 255))]
     pub owner: Option<String>,
     pub source: Option<RiskSource>,
     /// `null` removes the external id.
     #[oai(nullable, validator(min_length = 1, max_length = 255))]
     pub external_id: MaybeUndefined<String>,
+    /// The attributes that replace the current ones, as a JSON object.
     pub custom_fields: Option<BTreeMap<String, serde_json::Value>>,
+    /// The frameworks that replace the current ones, at most 50, each once.
     #[oai(validator(max_items = 50, unique_items))]
     pub frameworks: Option<Vec<Label>>,
 }
@@ -265,21 +254,28 @@ pub struct RiskPatch {
 #[derive(Debug, Clone, Object)]
 #[oai(skip_serializing_if_is_none)]
 pub struct Mitigation {
+    /// Identifier, assigned by the server.
     pub id: Uuid,
+    /// The risk it mitigates.
     pub risk_id: Uuid,
+    /// Short name of the mitigation.
     pub title: String,
     /// Who carries it out.
     pub assignee: String,
     pub status: MitigationStatus,
     /// Percent done, 0–100.
     pub progress: i16,
+    /// When it is due; absent when no date is set.
     pub due_date: Option<NaiveDate>,
     /// Relative cost, 1 (low) to 3 (high).
     pub cost: i16,
     /// Estimated effort in days.
     pub mitigation_time_days: i32,
+    /// Its sub-actions, oldest first.
     pub subactions: Vec<SubAction>,
+    /// When the mitigation was recorded (UTC).
     pub created_at: DateTime<Utc>,
+    /// When the mitigation last changed (UTC).
     pub updated_at: DateTime<Utc>,
 }
 
@@ -306,12 +302,15 @@ impl Mitigation {
 #[derive(Debug, Clone, Object)]
 #[oai(deny_unknown_fields)]
 pub struct MitigationCreate {
+    /// Short name of the mitigation, not blank.
     #[oai(validator(min_length = 1, max_length = 255, pattern = "\\S"))]
     pub title: String,
+    /// Who carries it out; empty when left out.
     #[oai(default, validator(max_length = 255))]
     pub assignee: String,
     /// Defaults to PLANNED.
     pub status: Option<MitigationStatus>,
+    /// Percent done, 0–100; 0 when left out.
     #[oai(default, validator(minimum(value = "0"), maximum(value = "100")))]
     pub progress: i16,
     /// A date from 0001-01-01 to 9999-12-31.
@@ -319,6 +318,7 @@ pub struct MitigationCreate {
     /// Defaults to 1.
     #[oai(validator(minimum(value = "1"), maximum(value = "3")))]
     pub cost: Option<i16>,
+    /// Estimated effort in days, 0–3650; 0 when left out.
     #[oai(default, validator(minimum(value = "0"), maximum(value = "3650")))]
     pub mitigation_time_days: i32,
 }
@@ -327,18 +327,23 @@ pub struct MitigationCreate {
 #[derive(Debug, Clone, Object)]
 #[oai(deny_unknown_fields)]
 pub struct MitigationPatch {
+    /// New short name, not blank.
     #[oai(validator(min_length = 1, max_length = 255, pattern = "\\S"))]
     pub title: Option<String>,
+    /// New assignee.
     #[oai(validator(max_length = 255))]
     pub assignee: Option<String>,
     pub status: Option<MitigationStatus>,
+    /// Percent done, 0–100.
     #[oai(validator(minimum(value = "0"), maximum(value = "100")))]
     pub progress: Option<i16>,
     /// A date from 0001-01-01 to 9999-12-31; `null` removes the due date.
     #[oai(nullable)]
     pub due_date: MaybeUndefined<NaiveDate>,
+    /// Relative cost, 1 (low) to 3 (high).
     #[oai(validator(minimum(value = "1"), maximum(value = "3")))]
     pub cost: Option<i16>,
+    /// Estimated effort in days, 0–3650.
     #[oai(validator(minimum(value = "0"), maximum(value = "3650")))]
     pub mitigation_time_days: Option<i32>,
 }
@@ -346,11 +351,17 @@ pub struct MitigationPatch {
 /// One checklist item of a mitigation.
 #[derive(Debug, Clone, Object)]
 pub struct SubAction {
+    /// Identifier, assigned by the server.
     pub id: Uuid,
+    /// The mitigation it belongs to.
     pub mitigation_id: Uuid,
+    /// What is to be done.
     pub title: String,
+    /// Whether it is done.
     pub completed: bool,
+    /// When the sub-action was recorded (UTC).
     pub created_at: DateTime<Utc>,
+    /// When the sub-action last changed (UTC).
     pub updated_at: DateTime<Utc>,
 }
 
@@ -371,8 +382,10 @@ impl From<subactions::Model> for SubAction {
 #[derive(Debug, Clone, Object)]
 #[oai(deny_unknown_fields)]
 pub struct SubActionCreate {
+    /// What is to be done, not blank.
     #[oai(validator(min_length = 1, max_length = 255, pattern = "\\S"))]
     pub title: String,
+    /// Whether it is already done; false when left out.
     #[oai(default)]
     pub completed: bool,
 }
@@ -381,21 +394,28 @@ pub struct SubActionCreate {
 #[derive(Debug, Clone, Object)]
 #[oai(deny_unknown_fields)]
 pub struct SubActionPatch {
+    /// New text, not blank.
     #[oai(validator(min_length = 1, max_length = 255, pattern = "\\S"))]
     pub title: Option<String>,
+    /// Whether it is done.
     pub completed: Option<bool>,
 }
 
 /// Something risks can affect.
 #[derive(Debug, Clone, Object)]
 pub struct Asset {
+    /// Identifier, assigned by the server.
     pub id: Uuid,
+    /// Name of the asset.
     pub name: String,
     /// Kind of asset (server, application, dataset, …).
     pub asset_type: String,
     pub criticality: Criticality,
+    /// Who is responsible for the asset; empty when none was given.
     pub owner: String,
+    /// When the asset was recorded (UTC).
     pub created_at: DateTime<Utc>,
+    /// When the asset last changed (UTC).
     pub updated_at: DateTime<Utc>,
 }
 
@@ -418,9 +438,13 @@ impl TryFrom<assets::Model> for Asset {
 /// A page of assets.
 #[derive(Debug, Clone, Object)]
 pub struct AssetPage {
+    /// The assets of this page, by name.
     pub items: Vec<Asset>,
+    /// Assets matching the filters, over all pages.
     pub total: i64,
+    /// This page's number, from 1.
     pub page: u32,
+    /// The page size asked for; the last page may hold fewer.
     pub limit: u32,
 }
 
@@ -428,12 +452,15 @@ pub struct AssetPage {
 #[derive(Debug, Clone, Object)]
 #[oai(deny_unknown_fields)]
 pub struct AssetCreate {
+    /// Name of the asset, not blank.
     #[oai(validator(min_length = 1, max_length = 255, pattern = "\\S"))]
     pub name: String,
+    /// Kind of asset (server, application, dataset, …), 1–64 characters.
     #[oai(validator(min_length = 1, max_length = 64))]
     pub asset_type: String,
     /// Defaults to MEDIUM.
     pub criticality: Option<Criticality>,
+    /// Who is responsible for the asset; empty when left out.
     #[oai(default, validator(max_length = 255))]
     pub owner: String,
 }
@@ -442,92 +469,32 @@ pub struct AssetCreate {
 #[derive(Debug, Clone, Object)]
 #[oai(deny_unknown_fields)]
 pub struct AssetPatch {
+    /// New name, not blank.
     #[oai(validator(min_length = 1, max_length = 255, pattern = "\\S"))]
     pub name: Option<String>,
+    /// New kind of asset, 1–64 characters.
     #[oai(validator(min_length = 1, max_length = 64))]
     pub asset_type: Option<String>,
     pub criticality: Option<Criticality>,
+    /// New responsible owner.
     #[oai(validator(max_length = 255))]
     pub owner: Option<String>,
-}
-
-/// Counts of live risks per status.
-#[derive(Debug, Clone, Default, Object)]
-#[oai(rename_all = "SCREAMING_SNAKE_CASE")]
-pub struct StatusCounts {
-    pub draft: i64,
-    pub active: i64,
-    pub mitigated: i64,
-    pub accepted: i64,
-}
-
-/// Counts of live risks per severity.
-#[derive(Debug, Clone, Default, Object)]
-#[oai(rename_all = "SCREAMING_SNAKE_CASE")]
-pub struct SeverityCounts {
-    pub low: i64,
-    pub medium: i64,
-    pub high: i64,
-    pub critical: i64,
-}
-
-/// Counts of mitigations (of live risks) per status.
-#[derive(Debug, Clone, Default, Object)]
-#[oai(rename_all = "SCREAMING_SNAKE_CASE")]
-pub struct MitigationStatusCounts {
-    pub planned: i64,
-    pub in_progress: i64,
-    pub done: i64,
-}
-
-/// Totals over the tenant's live risks.
-#[derive(Debug, Clone, Object)]
-pub struct Stats {
-    pub total_risks: i64,
-    pub by_status: StatusCounts,
-    pub by_severity: SeverityCounts,
-    /// Mean score of live risks; 0 when there are none.
-    pub average_score: f64,
-    pub mitigations_by_status: MitigationStatusCounts,
-}
-
-/// Live risks counted by impact (rows) and probability (columns).
-#[derive(Debug, Clone, Object)]
-pub struct RiskMatrix {
-    /// `counts[i][p]` is the number of risks with impact `i + 1` and probability `p + 1`.
-    pub counts: Vec<Vec<i64>>,
-    pub total: i64,
-}
-
-/// One day of score history.
-#[derive(Debug, Clone, Object)]
-#[oai(skip_serializing_if_is_none)]
-pub struct TrendPoint {
-    pub day: NaiveDate,
-    /// Mean score recorded that day (creations and changes); absent on days without any.
-    pub average_score: Option<f64>,
-    pub created: i64,
-    pub updated: i64,
-    pub deleted: i64,
-}
-
-/// Daily score history, oldest day first, ending today (UTC).
-#[derive(Debug, Clone, Object)]
-pub struct Trends {
-    pub days: u32,
-    pub points: Vec<TrendPoint>,
 }
 
 /// An API token, without its secret.
 #[derive(Debug, Clone, Object)]
 #[oai(skip_serializing_if_is_none)]
 pub struct TokenInfo {
+    /// Identifier of the token, to revoke it by.
     pub id: Uuid,
+    /// The name given at creation; empty when none was.
     pub name: String,
     pub role: Role,
+    /// When the token was created (UTC).
     pub created_at: DateTime<Utc>,
     /// Refreshed at most once per token-cache period.
     pub last_used_at: Option<DateTime<Utc>>,
+    /// When the token was revoked (UTC); absent while it is valid.
     pub revoked_at: Option<DateTime<Utc>>,
 }
 
@@ -550,6 +517,7 @@ impl TryFrom<api_tokens::Model> for TokenInfo {
 #[derive(Debug, Clone, Object)]
 #[oai(deny_unknown_fields)]
 pub struct TokenCreate {
+    /// A name to recognise the token by; empty when left out.
     #[oai(default, validator(max_length = 255))]
     pub name: String,
     pub role: Role,
@@ -558,9 +526,11 @@ pub struct TokenCreate {
 /// A freshly created token; the secret is shown only here.
 #[derive(Debug, Clone, Object)]
 pub struct TokenCreated {
+    /// Identifier of the token, to revoke it by.
     pub id: Uuid,
     /// The bearer token. Store it now: only its hash is kept.
     pub token: String,
     pub role: Role,
+    /// The name given.
     pub name: String,
 }
