@@ -252,7 +252,7 @@ pub struct RiskPatch {
 
 /// A mitigation with its sub-actions.
 #[derive(Debug, Clone, Object)]
-#[oai(skip_serializing_if_is_none)]
+#[oai(example, skip_serializing_if_is_none)]
 pub struct Mitigation {
     /// Identifier, assigned by the server.
     pub id: Uuid,
@@ -300,7 +300,7 @@ impl Mitigation {
 
 /// A new mitigation of a risk.
 #[derive(Debug, Clone, Object)]
-#[oai(deny_unknown_fields)]
+#[oai(example, deny_unknown_fields)]
 pub struct MitigationCreate {
     /// Short name of the mitigation, not blank.
     #[oai(validator(min_length = 1, max_length = 255, pattern = "\\S"))]
@@ -350,6 +350,7 @@ pub struct MitigationPatch {
 
 /// One checklist item of a mitigation.
 #[derive(Debug, Clone, Object)]
+#[oai(example)]
 pub struct SubAction {
     /// Identifier, assigned by the server.
     pub id: Uuid,
@@ -403,6 +404,7 @@ pub struct SubActionPatch {
 
 /// Something risks can affect.
 #[derive(Debug, Clone, Object)]
+#[oai(example)]
 pub struct Asset {
     /// Identifier, assigned by the server.
     pub id: Uuid,
@@ -450,7 +452,7 @@ pub struct AssetPage {
 
 /// A new asset.
 #[derive(Debug, Clone, Object)]
-#[oai(deny_unknown_fields)]
+#[oai(example, deny_unknown_fields)]
 pub struct AssetCreate {
     /// Name of the asset, not blank.
     #[oai(validator(min_length = 1, max_length = 255, pattern = "\\S"))]

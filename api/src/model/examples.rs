@@ -1,16 +1,31 @@
-//! The examples the OpenAPI document shows for a risk and for the body that creates one.
+//! The examples the OpenAPI document shows for the main bodies: a risk, a mitigation with a
+//! sub-action, an asset, and the bodies that create each. Clients' linters check them against
+//! their schemas (`openapi/redocly.yaml`).
 
 use std::collections::BTreeMap;
 
-use chrono::DateTime;
+use chrono::{DateTime, NaiveDate, Utc};
 use poem_openapi::types::Example;
 use uuid::Uuid;
 
-use super::{Label, Risk, RiskCreate, RiskSource, RiskStatus, Severity};
+use super::{
+    Asset, AssetCreate, Criticality, Label, Mitigation, MitigationCreate, MitigationStatus, Risk, RiskCreate,
+    RiskSource, RiskStatus, Severity, SubAction,
+};
+
+/// The instant every example was recorded at.
+fn recorded_at() -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339("2026-01-15T09:30:00Z").expect("valid").to_utc()
+}
+
+/// The due date of the example mitigation.
+fn due_date() -> NaiveDate {
+    NaiveDate::from_ymd_opt(2026, 3, 31).expect("valid")
+}
 
 impl Example for Risk {
     fn example() -> Self {
-        let at = DateTime::parse_from_rfc3339("2026-01-15T09:30:00Z").expect("valid").to_utc();
+        let at = recorded_at();
         Risk {
             id: Uuid::nil(),
             title: "Ransomware on the file servers".into(),
@@ -46,6 +61,80 @@ impl Example for RiskCreate {
             external_id: None,
             custom_fields: BTreeMap::new(),
             frameworks: vec![Label("ISO27001".into())],
+        }
+    }
+}
+
+impl Example for Mitigation {
+    fn example() -> Self {
+        let at = recorded_at();
+        Mitigation {
+            id: Uuid::nil(),
+            risk_id: Uuid::nil(),
+            title: "Offline backups of the file servers".into(),
+            assignee: "it-ops@example.com".into(),
+            status: MitigationStatus::InProgress,
+            progress: 40,
+            due_date: Some(due_date()),
+            cost: 2,
+            mitigation_time_days: 10,
+            subactions: vec![SubAction::example()],
+            created_at: at,
+            updated_at: at,
+        }
+    }
+}
+
+impl Example for MitigationCreate {
+    fn example() -> Self {
+        MitigationCreate {
+            title: "Offline backups of the file servers".into(),
+            assignee: "it-ops@example.com".into(),
+            status: Some(MitigationStatus::Planned),
+            progress: 0,
+            due_date: Some(due_date()),
+            cost: Some(2),
+            mitigation_time_days: 10,
+        }
+    }
+}
+
+impl Example for SubAction {
+    fn example() -> Self {
+        let at = recorded_at();
+        SubAction {
+            id: Uuid::nil(),
+            mitigation_id: Uuid::nil(),
+            title: "Test a restore from tape".into(),
+            completed: false,
+            created_at: at,
+            updated_at: at,
+        }
+    }
+}
+
+impl Example for Asset {
+    fn example() -> Self {
+        let at = recorded_at();
+        Asset {
+            id: Uuid::nil(),
+            name: "File server cluster".into(),
+            asset_type: "server".into(),
+            criticality: Criticality::High,
+            owner: "it-ops@example.com".into(),
+            created_at: at,
+            updated_at: at,
+        }
+    }
+}
+
+impl Example for AssetCreate {
+    fn example() -> Self {
+        AssetCreate {
+            name: "File server cluster".into(),
+            asset_type: "server".into(),
+            criticality: Some(Criticality::High),
+            owner: "it-ops@example.com".into(),
         }
     }
 }
