@@ -163,6 +163,7 @@ pub struct RiskPage {
 
 /// A risk with everything it embeds.
 #[derive(Debug, Clone, Object)]
+#[oai(example)]
 pub struct RiskDetail {
     #[oai(flatten)]
     pub risk: Risk,

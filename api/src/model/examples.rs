@@ -1,6 +1,7 @@
-//! The examples the OpenAPI document shows for the main bodies: a risk, a mitigation with a
-//! sub-action, an asset, and the bodies that create each. Clients' linters check them against
-//! their schemas (`openapi/redocly.yaml`).
+//! The examples the OpenAPI document shows for the main bodies: a risk (alone, and in detail
+//! with a mitigation and the asset that weighs its score), a mitigation with a sub-action, an
+//! asset, and the bodies that create each. Clients' linters check them against their schemas
+//! (`openapi/redocly.yaml`).
 
 use std::collections::BTreeMap;
 
@@ -10,7 +11,7 @@ use uuid::Uuid;
 
 use super::{
     Asset, AssetCreate, Criticality, Label, Mitigation, MitigationCreate, MitigationStatus, Risk, RiskCreate,
-    RiskSource, RiskStatus, Severity, SubAction,
+    RiskDetail, RiskSource, RiskStatus, Severity, SubAction,
 };
 
 /// The instant every example was recorded at.
@@ -44,6 +45,12 @@ impl Example for Risk {
             created_at: at,
             updated_at: at,
         }
+    }
+}
+
+impl Example for RiskDetail {
+    fn example() -> Self {
+        RiskDetail { risk: Risk::example(), mitigations: vec![Mitigation::example()], assets: vec![Asset::example()] }
     }
 }
 
