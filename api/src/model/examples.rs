@@ -19,11 +19,6 @@ fn recorded_at() -> DateTime<Utc> {
     DateTime::parse_from_rfc3339("2026-01-15T09:30:00Z").expect("valid").to_utc()
 }
 
-/// The due date of the example mitigation.
-fn due_date() -> NaiveDate {
-    NaiveDate::from_ymd_opt(2026, 3, 31).expect("valid")
-}
-
 impl Example for Risk {
     fn example() -> Self {
         let at = recorded_at();
@@ -82,7 +77,7 @@ impl Example for Mitigation {
             assignee: "it-ops@example.com".into(),
             status: MitigationStatus::InProgress,
             progress: 40,
-            due_date: Some(due_date()),
+            due_date: NaiveDate::from_ymd_opt(2026, 3, 31),
             cost: 2,
             mitigation_time_days: 10,
             subactions: vec![SubAction::example()],
@@ -92,16 +87,18 @@ impl Example for Mitigation {
     }
 }
 
+/// The example mitigation as it was first recorded: planned, nothing done yet.
 impl Example for MitigationCreate {
     fn example() -> Self {
+        let mitigation = Mitigation::example();
         MitigationCreate {
-            title: "Offline backups of the file servers".into(),
-            assignee: "it-ops@example.com".into(),
+            title: mitigation.title,
+            assignee: mitigation.assignee,
             status: Some(MitigationStatus::Planned),
             progress: 0,
-            due_date: Some(due_date()),
-            cost: Some(2),
-            mitigation_time_days: 10,
+            due_date: mitigation.due_date,
+            cost: Some(mitigation.cost),
+            mitigation_time_days: mitigation.mitigation_time_days,
         }
     }
 }
@@ -135,13 +132,15 @@ impl Example for Asset {
     }
 }
 
+/// The body that created the example asset.
 impl Example for AssetCreate {
     fn example() -> Self {
+        let asset = Asset::example();
         AssetCreate {
-            name: "File server cluster".into(),
-            asset_type: "server".into(),
-            criticality: Some(Criticality::High),
-            owner: "it-ops@example.com".into(),
+            name: asset.name,
+            asset_type: asset.asset_type,
+            criticality: Some(asset.criticality),
+            owner: asset.owner,
         }
     }
 }
