@@ -484,7 +484,7 @@ pub struct Application {
     pub metrics_addr: SocketAddr,
     pub state: Arc<AppState>,
     shutdown: Option<oneshot::Sender<()>>,
-    task: JoinHandle<std::io::Result<()>>,
+    task: JoinHandle<()>,
     metrics_task: JoinHandle<std::io::Result<()>>,
 }
 
@@ -508,13 +508,10 @@ impl Application {
         let idle_timeout = Duration::from_millis(http.idle_timeout_ms);
         let acceptor = LimitedAcceptor::new(acceptor, http.max_connections, idle_timeout);
         let (shutdown, stopped) = oneshot::channel();
-        let server = Server::new_with_acceptor(acceptor).run_with_graceful_shutdown(
-            routes(state.clone()),
-            async move {
-                let _ = stopped.await;
-            },
-            Some(SHUTDOWN_GRACE),
-        );
+        let stopped = async move {
+            let _ = stopped.await;
+        };
+        let server = crate::server::serve(acceptor, routes(state.clone()), stopped, SHUTDOWN_GRACE);
         tracing::info!(%addr, %metrics_addr, "openrisk-api listening");
         Ok(Self {
             addr,
@@ -536,7 +533,7 @@ impl Application {
         if let Some(shutdown) = self.shutdown.take() {
             let _ = shutdown.send(());
         }
-        let served = (&mut self.task).await.unwrap_or_else(|error| Err(std::io::Error::other(error)));
+        let served = (&mut self.task).await.map_err(std::io::Error::other);
         // Scrapes are instant and idempotent: nothing in flight is worth waiting for.
         self.metrics_task.abort();
         served

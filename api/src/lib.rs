@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod model;
 pub mod routes;
 pub mod seed;
+pub mod server;
 pub mod spec;
 pub mod stored_enum;
 pub mod variant_budget;

@@ -277,6 +277,29 @@ async fn connections_beyond_the_limit_wait_until_one_closes() {
 }
 
 #[tokio::test]
+async fn a_shutdown_answers_the_request_in_flight_and_accepts_no_new_connection() {
+    let (app, gate) = common::spawn_gated_app(|_| {}).await;
+    let TestApp { app: server, client, url, a, db: _db, redis: _redis, .. } = app;
+    let addr = server.addr;
+    gate.arm("/api/v1/stats");
+    let in_flight = tokio::spawn(client.get(format!("{url}/api/v1/stats")).bearer_auth(&a.viewer).send());
+    gate.reached().await;
+    let mut stopping = tokio::spawn(server.shutdown());
+    let refused = async {
+        while tokio::net::TcpStream::connect(addr).await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), refused).await.expect("the listener closed");
+    let early = tokio::time::timeout(Duration::from_millis(300), &mut stopping).await;
+    assert!(early.is_err(), "the shutdown finished while a request was still in flight");
+    gate.release();
+    let response = in_flight.await.unwrap().expect("the request in flight is answered");
+    assert_eq!(response.status(), StatusCode::OK);
+    stopping.await.unwrap().expect("the server stops cleanly");
+}
+
+#[tokio::test]
 async fn a_request_over_the_time_limit_is_answered_503() {
     let (app, gate) = common::spawn_gated_app(|settings| settings.http.request_timeout_ms = 200).await;
     gate.arm("/api/v1/stats");

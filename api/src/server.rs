@@ -1,0 +1,175 @@
+//! The HTTP server loop: accepts connections within the `http.*` limits and hands each socket to
+//! hyper directly, with the poem endpoint as its service.
+//!
+//! poem's own `Server` boxes every connection into a `tokio::io::split` of it, which takes a lock
+//! on each read and write and cannot write vectors, so hyper copies every response body into its
+//! write buffer. Here hyper gets the socket itself and writes a response's head and body in one
+//! `writev`. Graceful shutdown keeps poem's meaning: stop accepting, let each connection finish
+//! the requests it has, and drop whatever is still open after the grace period.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io::ErrorKind;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use poem::http::uri::Scheme;
+use poem::listener::Acceptor;
+use poem::web::{LocalAddr, RemoteAddr};
+use poem::{Endpoint, Request};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// How long the loop waits after an accept error that is not one connection's own (out of file
+/// descriptors, say) before it tries again, so the error cannot spin a core.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+
+/// The most header bytes one HTTP/2 request may carry (poem's own limit).
+const MAX_HTTP2_HEADER_LIST_BYTES: u32 = 16 * 1024;
+
+/// Serves `endpoint` on every connection `acceptor` yields until `shutdown` completes, then waits
+/// up to `grace` for the requests in flight.
+pub async fn serve<A, E>(mut acceptor: A, endpoint: E, shutdown: impl Future<Output = ()>, grace: Duration)
+where
+    A: Acceptor,
+    E: Endpoint + 'static,
+{
+    let endpoint = Arc::new(endpoint);
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // poem's limit on an HTTP/2 request's headers, kept.
+    builder.http2().max_header_list_size(MAX_HTTP2_HEADER_LIST_BYTES);
+    let builder = Arc::new(builder);
+    let connections = TaskTracker::new();
+    let stop = Stop::default();
+    tokio::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = acceptor.accept() => accepted,
+        };
+        match accepted {
+            Ok((io, local, remote, scheme)) => {
+                let peer = Peer { local, remote, scheme };
+                let connection = serve_connection(io, peer, Arc::clone(&builder), Arc::clone(&endpoint), stop.clone());
+                connections.spawn(connection);
+            }
+            Err(error) if is_one_connections_error(error.kind()) => {}
+            Err(error) => {
+                tracing::warn!(%error, "cannot accept a connection; retrying shortly");
+                tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+            }
+        }
+    }
+    drop(acceptor);
+    stop.finish_requests.cancel();
+    connections.close();
+    if tokio::time::timeout(grace, connections.wait()).await.is_err() {
+        tracing::warn!(open = connections.len(), "connections still open after the shutdown grace; dropping them");
+        stop.drop_connections.cancel();
+        connections.wait().await;
+    }
+}
+
+/// Errors that end one incoming connection (the client gave up before it was accepted), not the
+/// listener.
+fn is_one_connections_error(kind: ErrorKind) -> bool {
+    matches!(kind, ErrorKind::ConnectionRefused | ErrorKind::ConnectionAborted | ErrorKind::ConnectionReset)
+}
+
+/// The two steps of a shutdown, as every connection sees them.
+#[derive(Clone, Default)]
+struct Stop {
+    /// Answer the requests in flight, take no new ones, then close.
+    finish_requests: CancellationToken,
+    /// The grace period is over: close now.
+    drop_connections: CancellationToken,
+}
+
+/// The addresses and scheme poem's request carries, cloned into each request of a connection.
+#[derive(Clone)]
+struct Peer {
+    local: LocalAddr,
+    remote: RemoteAddr,
+    scheme: Scheme,
+}
+
+/// Serves one connection (HTTP/1.1, or HTTP/2 with prior knowledge) until it closes, or through
+/// the steps of `stop`.
+async fn serve_connection<Io, E>(
+    io: Io,
+    peer: Peer,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    endpoint: Arc<E>,
+    stop: Stop,
+) where
+    Io: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    E: Endpoint + 'static,
+{
+    let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+        let endpoint = Arc::clone(&endpoint);
+        let Peer { local, remote, scheme } = peer.clone();
+        async move {
+            let response = endpoint.get_response(Request::from((request, local, remote, scheme))).await;
+            Ok::<_, Infallible>(hyper::Response::<BoxBody<Bytes, std::io::Error>>::from(response))
+        }
+    });
+    let connection = builder.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(connection);
+    tokio::select! {
+        _ = connection.as_mut() => return,
+        () = stop.finish_requests.cancelled() => {}
+    }
+    connection.as_mut().graceful_shutdown();
+    // An error here is the client's (a reset mid-request); the connection is over either way.
+    tokio::select! {
+        _ = connection => {}
+        () = stop.drop_connections.cancelled() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::pending;
+
+    use poem::endpoint::make;
+    use poem::listener::TcpAcceptor;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_request_still_running_when_the_grace_ends_is_dropped_and_the_server_returns() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let entered = Arc::new(tokio::sync::Notify::new());
+        let never_answers = make({
+            let entered = Arc::clone(&entered);
+            move |_| {
+                entered.notify_one();
+                pending::<&'static str>()
+            }
+        });
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let stopped = async move {
+            let _ = stopped.await;
+        };
+        let grace = Duration::from_millis(200);
+        let server = tokio::spawn(serve(TcpAcceptor::from_tokio(listener).unwrap(), never_answers, stopped, grace));
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        client.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        entered.notified().await;
+        stop.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(10), server).await.expect("the server returned").unwrap();
+        let mut received = Vec::new();
+        let closed = tokio::time::timeout(Duration::from_secs(10), client.read_to_end(&mut received)).await;
+        assert!(closed.is_ok(), "the connection was closed");
+        assert!(received.is_empty(), "nothing was answered: {}", String::from_utf8_lossy(&received));
+    }
+}
