@@ -16,7 +16,7 @@ use poem::endpoint::{BoxEndpoint, make_sync};
 use poem::listener::TcpAcceptor;
 use poem::middleware::{NormalizePath, TrailingSlash};
 use poem::web::Html;
-use poem::{Endpoint, EndpointExt, IntoResponse, Request, Response, Route, Server};
+use poem::{Endpoint, EndpointExt, IntoResponse, Request, Response, Route};
 use poem_openapi::{LicenseObject, OpenApiService, ServerObject};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -485,7 +485,7 @@ pub struct Application {
     pub state: Arc<AppState>,
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
-    metrics_task: JoinHandle<std::io::Result<()>>,
+    metrics_task: JoinHandle<()>,
 }
 
 impl Application {
@@ -503,7 +503,13 @@ impl Application {
             metrics_listener.local_addr().map_err(|source| StartError::Listen { addr: metrics_addr, source })?;
         let metrics_acceptor = TcpAcceptor::from_tokio(metrics_listener)
             .map_err(|source| StartError::Listen { addr: metrics_addr, source })?;
-        let metrics_server = Server::new_with_acceptor(metrics_acceptor).run(metrics_routes(state.clone()));
+        // Never stopped by a signal: `shutdown` aborts it (see there).
+        let metrics_server = crate::server::serve(
+            metrics_acceptor,
+            metrics_routes(state.clone()),
+            std::future::pending(),
+            Duration::ZERO,
+        );
         let acceptor = TcpAcceptor::from_tokio(listener).map_err(|source| StartError::Listen { addr, source })?;
         let idle_timeout = Duration::from_millis(http.idle_timeout_ms);
         let acceptor = LimitedAcceptor::new(acceptor, http.max_connections, idle_timeout);
