@@ -32,6 +32,7 @@ use crate::error::{ApiError, problem_from_poem_error};
 use crate::hit_path::AnsweredRoute;
 use crate::metrics::Metrics;
 use crate::routes::{AssetsApi, HealthApi, MitigationsApi, RisksApi, StatsApi, TokensApi};
+use crate::server::ServeTimeouts;
 use crate::variant_budget::VariantBudget;
 
 /// Largest request body accepted; larger ones get 413.
@@ -501,23 +502,26 @@ impl Application {
             .map_err(|source| StartError::Listen { addr: metrics_addr, source })?;
         let metrics_addr =
             metrics_listener.local_addr().map_err(|source| StartError::Listen { addr: metrics_addr, source })?;
+        // Headers, like any other bytes, may take at most the idle timeout to arrive.
+        let idle_timeout = Duration::from_millis(http.idle_timeout_ms);
         let metrics_acceptor = TcpAcceptor::from_tokio(metrics_listener)
             .map_err(|source| StartError::Listen { addr: metrics_addr, source })?;
         // Never stopped by a signal: `shutdown` aborts it (see there).
+        let metrics_timeouts = ServeTimeouts { headers: Some(idle_timeout), shutdown_grace: Duration::ZERO };
         let metrics_server = crate::server::serve(
             metrics_acceptor,
             metrics_routes(state.clone()),
+            metrics_timeouts,
             std::future::pending(),
-            Duration::ZERO,
         );
         let acceptor = TcpAcceptor::from_tokio(listener).map_err(|source| StartError::Listen { addr, source })?;
-        let idle_timeout = Duration::from_millis(http.idle_timeout_ms);
         let acceptor = LimitedAcceptor::new(acceptor, http.max_connections, idle_timeout);
         let (shutdown, stopped) = oneshot::channel();
         let stopped = async move {
             let _ = stopped.await;
         };
-        let server = crate::server::serve(acceptor, routes(state.clone()), stopped, SHUTDOWN_GRACE);
+        let timeouts = ServeTimeouts { headers: Some(idle_timeout), shutdown_grace: SHUTDOWN_GRACE };
+        let server = crate::server::serve(acceptor, routes(state.clone()), timeouts, stopped);
         tracing::info!(%addr, %metrics_addr, "openrisk-api listening");
         Ok(Self {
             addr,

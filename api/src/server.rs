@@ -5,7 +5,9 @@
 //! on each read and write and cannot write vectors, so hyper copies every response body into its
 //! write buffer. Here hyper gets the socket itself and writes a response's head and body in one
 //! `writev`. Graceful shutdown keeps poem's meaning: stop accepting, let each connection finish
-//! the requests it has, and drop whatever is still open after the grace period.
+//! the requests it has, and drop whatever is still open after the grace period. And hyper's
+//! header deadline applies, which poem's `Server` leaves off: a client that trickles its headers
+//! a byte at a time is cut off, where a per-byte idle timeout alone would let it stay.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -16,7 +18,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use poem::http::uri::Scheme;
 use poem::listener::Acceptor;
@@ -33,15 +35,26 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 /// The most header bytes one HTTP/2 request may carry (poem's own limit).
 const MAX_HTTP2_HEADER_LIST_BYTES: u32 = 16 * 1024;
 
+/// The time limits of [`serve`].
+#[derive(Debug, Clone, Copy)]
+pub struct ServeTimeouts {
+    /// How long an HTTP/1.1 request's headers may take to arrive in full, counted from the
+    /// connection's opening or the end of the previous response; `None` for no limit.
+    pub headers: Option<Duration>,
+    /// How long a shutdown waits for the requests in flight.
+    pub shutdown_grace: Duration,
+}
+
 /// Serves `endpoint` on every connection `acceptor` yields until `shutdown` completes, then waits
-/// up to `grace` for the requests in flight.
-pub async fn serve<A, E>(mut acceptor: A, endpoint: E, shutdown: impl Future<Output = ()>, grace: Duration)
+/// up to `timeouts.shutdown_grace` for the requests in flight.
+pub async fn serve<A, E>(mut acceptor: A, endpoint: E, timeouts: ServeTimeouts, shutdown: impl Future<Output = ()>)
 where
     A: Acceptor,
     E: Endpoint + 'static,
 {
     let endpoint = Arc::new(endpoint);
     let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(timeouts.headers);
     // poem's limit on an HTTP/2 request's headers, kept.
     builder.http2().max_header_list_size(MAX_HTTP2_HEADER_LIST_BYTES);
     let builder = Arc::new(builder);
@@ -69,7 +82,7 @@ where
     drop(acceptor);
     stop.finish_requests.cancel();
     connections.close();
-    if tokio::time::timeout(grace, connections.wait()).await.is_err() {
+    if tokio::time::timeout(timeouts.shutdown_grace, connections.wait()).await.is_err() {
         tracing::warn!(open = connections.len(), "connections still open after the shutdown grace; dropping them");
         stop.drop_connections.cancel();
         connections.wait().await;
@@ -160,8 +173,8 @@ mod tests {
         let stopped = async move {
             let _ = stopped.await;
         };
-        let grace = Duration::from_millis(200);
-        let server = tokio::spawn(serve(TcpAcceptor::from_tokio(listener).unwrap(), never_answers, stopped, grace));
+        let timeouts = ServeTimeouts { headers: None, shutdown_grace: Duration::from_millis(200) };
+        let server = tokio::spawn(serve(TcpAcceptor::from_tokio(listener).unwrap(), never_answers, timeouts, stopped));
         let mut client = TcpStream::connect(addr).await.unwrap();
         client.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
         entered.notified().await;

@@ -222,6 +222,74 @@ async fn a_connection_that_never_finishes_its_headers_or_sits_idle_is_closed() {
 }
 
 #[tokio::test]
+async fn a_client_trickling_its_headers_is_cut_off_at_the_idle_timeout() {
+    let app =
+        spawn_app_with(RedisNamespace::new(), |settings| settings.http.idle_timeout_ms = 300, AppOptions::default())
+            .await;
+    let mut trickling = tokio::net::TcpStream::connect(app.app.addr).await.unwrap();
+    trickling.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Padding: ").await.unwrap();
+    // A byte every 50 ms: never idle for 300 ms, but the headers never end. Without a deadline
+    // for the headers as a whole this goes on for the test's 10 s.
+    let trickle = async {
+        loop {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if trickling.write_all(b"a").await.is_err() {
+                return;
+            }
+            let mut byte = [0u8; 1];
+            if let Ok(read) = tokio::time::timeout(Duration::ZERO, trickling.read(&mut byte)).await {
+                assert!(!matches!(read, Ok(1..)), "the server answered headers that never ended");
+                return;
+            }
+        }
+    };
+    let cut_off = tokio::time::timeout(Duration::from_secs(10), trickle).await;
+    assert!(cut_off.is_ok(), "a client trickling its headers kept its connection for 10 s");
+}
+
+#[tokio::test]
+async fn a_client_trickling_its_body_is_answered_503_at_the_request_timeout() {
+    let app = spawn_app_with(
+        RedisNamespace::new(),
+        |settings| {
+            settings.http.idle_timeout_ms = 300;
+            settings.http.request_timeout_ms = 200;
+        },
+        AppOptions::default(),
+    )
+    .await;
+    let mut trickling = tokio::net::TcpStream::connect(app.app.addr).await.unwrap();
+    let head =
+        "POST /api/v1/risks HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n";
+    trickling.write_all(head.as_bytes()).await.unwrap();
+    // A byte of the promised 1,000 every 50 ms: never idle, never done.
+    let trickle = async {
+        loop {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let mut answer = vec![0u8; 1024];
+            if let Ok(read) = tokio::time::timeout(Duration::ZERO, trickling.read(&mut answer)).await {
+                answer.truncate(read.unwrap_or(0));
+                while answer.len() < 12 {
+                    let mut more = [0u8; 1024];
+                    match tokio::time::timeout(Duration::from_secs(1), trickling.read(&mut more)).await {
+                        Ok(Ok(read @ 1..)) => answer.extend_from_slice(&more[..read]),
+                        _ => break,
+                    }
+                }
+                return answer;
+            }
+            if trickling.write_all(b" ").await.is_err() {
+                return Vec::new();
+            }
+        }
+    };
+    let answer = tokio::time::timeout(Duration::from_secs(10), trickle).await;
+    let answer = answer.expect("a client trickling its body kept its request open for 10 s");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 503"), "the request timeout answers it: {answer}");
+}
+
+#[tokio::test]
 async fn a_connection_in_use_stays_open_past_its_idle_timeout() {
     let app =
         spawn_app_with(RedisNamespace::new(), |settings| settings.http.idle_timeout_ms = 300, AppOptions::default())

@@ -75,8 +75,10 @@ impl Default for CacheSettings {
 #[serde(deny_unknown_fields, default)]
 pub struct HttpSettings {
     /// A connection on which nothing arrives or leaves for this long is closed: an idle
-    /// keep-alive connection, or a request whose headers or body stall. Longer than
-    /// `request_timeout_ms`, so a slow answer gets its 503 rather than a closed connection.
+    /// keep-alive connection, or a request whose headers or body stall. A request's headers
+    /// must also be complete this long after the connection opened or the previous response
+    /// ended, however steadily their bytes arrive. Longer than `request_timeout_ms`, so a slow
+    /// answer gets its 503 rather than a closed connection.
     pub idle_timeout_ms: u64,
     /// Longest time one request may take from its headers to its response; past it, 503.
     pub request_timeout_ms: u64,
