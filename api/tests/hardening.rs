@@ -290,6 +290,19 @@ async fn a_client_trickling_its_body_is_answered_503_at_the_request_timeout() {
 }
 
 #[tokio::test]
+async fn an_http2_client_with_prior_knowledge_is_served_as_an_http1_client_is() {
+    let app = spawn_app().await;
+    let http2 = reqwest::Client::builder().http2_prior_knowledge().build().unwrap();
+    let path = format!("{}/api/v1/risks", app.url);
+    let response = http2.get(&path).bearer_auth(&app.a.viewer).send().await.unwrap();
+    assert_eq!(response.version(), reqwest::Version::HTTP_2);
+    assert_eq!(response.status(), StatusCode::OK);
+    let http1 = app.get("/api/v1/risks", &app.a.viewer).await;
+    assert_eq!(http1.version(), reqwest::Version::HTTP_11);
+    assert_eq!(response.text().await.unwrap(), http1.text().await.unwrap());
+}
+
+#[tokio::test]
 async fn a_connection_in_use_stays_open_past_its_idle_timeout() {
     let app =
         spawn_app_with(RedisNamespace::new(), |settings| settings.http.idle_timeout_ms = 300, AppOptions::default())
