@@ -199,17 +199,18 @@ async fn malformed_bearer_tokens_are_refused_before_any_database_query() {
     assert_eq!(app.metric(misses).await, 1.0, "a well-formed unknown token is looked up once");
 }
 
+/// An app whose connections idle out after 300 ms and whose requests time out after 200 ms.
+async fn spawn_app_with_short_http_timeouts() -> TestApp {
+    let short = |settings: &mut openrisk_shared::Settings| {
+        settings.http.idle_timeout_ms = 300;
+        settings.http.request_timeout_ms = 200;
+    };
+    spawn_app_with(RedisNamespace::new(), short, AppOptions::default()).await
+}
+
 #[tokio::test]
 async fn a_connection_that_never_finishes_its_headers_or_sits_idle_is_closed() {
-    let app = spawn_app_with(
-        RedisNamespace::new(),
-        |settings| {
-            settings.http.idle_timeout_ms = 300;
-            settings.http.request_timeout_ms = 200;
-        },
-        AppOptions::default(),
-    )
-    .await;
+    let app = spawn_app_with_short_http_timeouts().await;
     let mut stalled = tokio::net::TcpStream::connect(app.app.addr).await.unwrap();
     stalled.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").await.unwrap();
     let mut idle = tokio::net::TcpStream::connect(app.app.addr).await.unwrap();
@@ -223,9 +224,7 @@ async fn a_connection_that_never_finishes_its_headers_or_sits_idle_is_closed() {
 
 #[tokio::test]
 async fn a_client_trickling_its_headers_is_cut_off_at_the_idle_timeout() {
-    let app =
-        spawn_app_with(RedisNamespace::new(), |settings| settings.http.idle_timeout_ms = 300, AppOptions::default())
-            .await;
+    let app = spawn_app_with_short_http_timeouts().await;
     let mut trickling = tokio::net::TcpStream::connect(app.app.addr).await.unwrap();
     trickling.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Padding: ").await.unwrap();
     // A byte every 50 ms: never idle for 300 ms, but the headers never end. Without a deadline
@@ -249,15 +248,7 @@ async fn a_client_trickling_its_headers_is_cut_off_at_the_idle_timeout() {
 
 #[tokio::test]
 async fn a_client_trickling_its_body_is_answered_503_at_the_request_timeout() {
-    let app = spawn_app_with(
-        RedisNamespace::new(),
-        |settings| {
-            settings.http.idle_timeout_ms = 300;
-            settings.http.request_timeout_ms = 200;
-        },
-        AppOptions::default(),
-    )
-    .await;
+    let app = spawn_app_with_short_http_timeouts().await;
     let mut trickling = tokio::net::TcpStream::connect(app.app.addr).await.unwrap();
     let head =
         "POST /api/v1/risks HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n";
@@ -304,9 +295,7 @@ async fn an_http2_client_with_prior_knowledge_is_served_as_an_http1_client_is() 
 
 #[tokio::test]
 async fn a_connection_in_use_stays_open_past_its_idle_timeout() {
-    let app =
-        spawn_app_with(RedisNamespace::new(), |settings| settings.http.idle_timeout_ms = 300, AppOptions::default())
-            .await;
+    let app = spawn_app_with_short_http_timeouts().await;
     let mut connection = tokio::net::TcpStream::connect(app.app.addr).await.unwrap();
     // Ten requests 100 ms apart on one keep-alive connection: a second in all, bytes moving
     // every 100 ms, so the 300 ms idle deadline must keep moving on.
