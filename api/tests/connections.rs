@@ -1,0 +1,192 @@
+//! What a client can do with its connections: how long a slow or idle one is kept, how many are
+//! served at once, HTTP/2, and what a shutdown does to the requests in flight.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{TestApp, assert_problem, spawn_app, spawn_app_with};
+use openrisk_api::AppOptions;
+use openrisk_test_support::RedisNamespace;
+use reqwest::StatusCode;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// An app whose connections idle out after 300 ms and whose requests time out after 200 ms.
+async fn spawn_app_with_short_http_timeouts() -> TestApp {
+    let short = |settings: &mut openrisk_shared::Settings| {
+        settings.http.idle_timeout_ms = 300;
+        settings.http.request_timeout_ms = 200;
+    };
+    spawn_app_with(RedisNamespace::new(), short, AppOptions::default()).await
+}
+
+#[tokio::test]
+async fn a_connection_that_never_finishes_its_headers_or_sits_idle_is_closed() {
+    let app = spawn_app_with_short_http_timeouts().await;
+    let mut stalled = tokio::net::TcpStream::connect(app.app.addr).await.unwrap();
+    stalled.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    let mut idle = tokio::net::TcpStream::connect(app.app.addr).await.unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    for (name, connection) in [("stalled headers", &mut stalled), ("idle keep-alive", &mut idle)] {
+        let mut received = Vec::new();
+        let closed = tokio::time::timeout(Duration::from_secs(30), connection.read_to_end(&mut received)).await;
+        assert!(closed.is_ok(), "the {name} connection is still open");
+    }
+}
+
+#[tokio::test]
+async fn a_client_trickling_its_headers_is_cut_off_at_the_idle_timeout() {
+    let app = spawn_app_with_short_http_timeouts().await;
+    let mut trickling = tokio::net::TcpStream::connect(app.app.addr).await.unwrap();
+    trickling.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Padding: ").await.unwrap();
+    // A byte every 50 ms: never idle for 300 ms, but the headers never end. Without a deadline
+    // for the headers as a whole this goes on for the test's 10 s.
+    let trickle = async {
+        loop {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if trickling.write_all(b"a").await.is_err() {
+                return;
+            }
+            let mut byte = [0u8; 1];
+            if let Ok(read) = tokio::time::timeout(Duration::ZERO, trickling.read(&mut byte)).await {
+                assert!(!matches!(read, Ok(1..)), "the server answered headers that never ended");
+                return;
+            }
+        }
+    };
+    let cut_off = tokio::time::timeout(Duration::from_secs(10), trickle).await;
+    assert!(cut_off.is_ok(), "a client trickling its headers kept its connection for 10 s");
+}
+
+#[tokio::test]
+async fn a_client_trickling_its_body_is_answered_503_at_the_request_timeout() {
+    let app = spawn_app_with_short_http_timeouts().await;
+    let mut trickling = tokio::net::TcpStream::connect(app.app.addr).await.unwrap();
+    let head =
+        "POST /api/v1/risks HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n";
+    trickling.write_all(head.as_bytes()).await.unwrap();
+    // A byte of the promised 1,000 every 50 ms: never idle, never done.
+    let trickle = async {
+        loop {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let mut answer = vec![0u8; 1024];
+            if let Ok(read) = tokio::time::timeout(Duration::ZERO, trickling.read(&mut answer)).await {
+                answer.truncate(read.unwrap_or(0));
+                while answer.len() < 12 {
+                    let mut more = [0u8; 1024];
+                    match tokio::time::timeout(Duration::from_secs(1), trickling.read(&mut more)).await {
+                        Ok(Ok(read @ 1..)) => answer.extend_from_slice(&more[..read]),
+                        _ => break,
+                    }
+                }
+                return answer;
+            }
+            if trickling.write_all(b" ").await.is_err() {
+                return Vec::new();
+            }
+        }
+    };
+    let answer = tokio::time::timeout(Duration::from_secs(10), trickle).await;
+    let answer = answer.expect("a client trickling its body kept its request open for 10 s");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 503"), "the request timeout answers it: {answer}");
+}
+
+#[tokio::test]
+async fn an_http2_client_with_prior_knowledge_is_served_as_an_http1_client_is() {
+    let app = spawn_app().await;
+    let http2 = reqwest::Client::builder().http2_prior_knowledge().build().unwrap();
+    let path = format!("{}/api/v1/risks", app.url);
+    let response = http2.get(&path).bearer_auth(&app.a.viewer).send().await.unwrap();
+    assert_eq!(response.version(), reqwest::Version::HTTP_2);
+    assert_eq!(response.status(), StatusCode::OK);
+    let http1 = app.get("/api/v1/risks", &app.a.viewer).await;
+    assert_eq!(http1.version(), reqwest::Version::HTTP_11);
+    assert_eq!(response.text().await.unwrap(), http1.text().await.unwrap());
+}
+
+#[tokio::test]
+async fn a_connection_in_use_stays_open_past_its_idle_timeout() {
+    let app = spawn_app_with_short_http_timeouts().await;
+    let mut connection = tokio::net::TcpStream::connect(app.app.addr).await.unwrap();
+    // Ten requests 100 ms apart on one keep-alive connection: a second in all, bytes moving
+    // every 100 ms, so the 300 ms idle deadline must keep moving on.
+    for request in 0..10 {
+        connection.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        let response = read_response(&mut connection).await;
+        assert!(response.starts_with("HTTP/1.1 200"), "request {request}: {response}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// One whole response (head and `content-length` body) from a keep-alive connection.
+async fn read_response(connection: &mut tokio::net::TcpStream) -> String {
+    let mut response = Vec::new();
+    loop {
+        let text = String::from_utf8_lossy(&response).into_owned();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let length = head
+                .lines()
+                .find_map(|line| line.to_ascii_lowercase().strip_prefix("content-length:").map(|n| n.trim().to_owned()))
+                .and_then(|n| n.parse::<usize>().ok())
+                .unwrap_or(0);
+            if body.len() >= length {
+                return text;
+            }
+        }
+        let mut chunk = [0u8; 1024];
+        let read = connection.read(&mut chunk).await.unwrap();
+        assert!(read > 0, "the connection was closed while in use");
+        response.extend_from_slice(&chunk[..read]);
+    }
+}
+
+#[tokio::test]
+async fn connections_beyond_the_limit_wait_until_one_closes() {
+    let app =
+        spawn_app_with(RedisNamespace::new(), |settings| settings.http.max_connections = 1, AppOptions::default())
+            .await;
+    let holder = tokio::net::TcpStream::connect(app.app.addr).await.unwrap();
+    let mut waiting = tokio::net::TcpStream::connect(app.app.addr).await.unwrap();
+    waiting.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+    let mut first = [0u8; 1];
+    let early = tokio::time::timeout(Duration::from_millis(500), waiting.read(&mut first)).await;
+    assert!(early.is_err(), "a second connection was served while the first held the only slot");
+    drop(holder);
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), waiting.read_to_end(&mut answer)).await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200"), "served once the slot was free");
+}
+
+#[tokio::test]
+async fn a_shutdown_answers_the_request_in_flight_and_accepts_no_new_connection() {
+    let (app, gate) = common::spawn_gated_app(|_| {}).await;
+    let TestApp { app: server, client, url, a, db: _db, redis: _redis, .. } = app;
+    let addr = server.addr;
+    gate.arm("/api/v1/stats");
+    let in_flight = tokio::spawn(client.get(format!("{url}/api/v1/stats")).bearer_auth(&a.viewer).send());
+    gate.reached().await;
+    let mut stopping = tokio::spawn(server.shutdown());
+    let refused = async {
+        while tokio::net::TcpStream::connect(addr).await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), refused).await.expect("the listener closed");
+    let early = tokio::time::timeout(Duration::from_millis(300), &mut stopping).await;
+    assert!(early.is_err(), "the shutdown finished while a request was still in flight");
+    gate.release();
+    let response = in_flight.await.unwrap().expect("the request in flight is answered");
+    assert_eq!(response.status(), StatusCode::OK);
+    stopping.await.unwrap().expect("the server stops cleanly");
+}
+
+#[tokio::test]
+async fn a_request_over_the_time_limit_is_answered_503() {
+    let (app, gate) = common::spawn_gated_app(|settings| settings.http.request_timeout_ms = 200).await;
+    gate.arm("/api/v1/stats");
+    let held = app.get("/api/v1/stats", &app.a.viewer);
+    let (response, ()) = tokio::join!(held, gate.reached());
+    assert_problem(response, StatusCode::SERVICE_UNAVAILABLE).await;
+    gate.release();
+}
