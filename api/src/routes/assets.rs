@@ -115,11 +115,12 @@ impl AssetsApi {
     /// Create an asset
     #[oai(path = "/assets", method = "post", operation_id = "createAsset")]
     async fn create(&self, caller: Caller, body: Json<AssetCreate>) -> Result<AssetCreated, ApiError> {
-        let write = caller.begin_write().await?;
-        let row = write.timed("asset_insert", writes::insert_asset(&write.txn, write.tenant, body.0)).await?;
-        write.commit().await?;
-        let location = format!("/api/v1/assets/{}", row.id);
-        Ok(AssetCreated::Created(Json(Asset::try_from(row)?), location))
+        let insert = async |write: &Write| {
+            Ok(write.timed("asset_insert", writes::insert_asset(&write.txn, write.tenant, body.0)).await?)
+        };
+        let asset = Asset::try_from(caller.write(insert).await?)?;
+        let location = format!("/api/v1/assets/{}", asset.id);
+        Ok(AssetCreated::Created(Json(asset), location))
     }
 
     /// Change an asset
@@ -137,10 +138,12 @@ impl AssetsApi {
         if_match: Header<Option<String>>,
         body: Json<AssetPatch>,
     ) -> Result<Updated<Asset>, ApiError> {
-        let write = caller.begin_write().await?;
-        let current = lock_asset(&write, id.0, if_match.0.as_deref()).await?;
-        let row = write.timed("asset_update", writes::update_asset(&write.txn, current, body.0)).await?;
-        write.commit().await?;
+        let row = caller
+            .write(async |write| {
+                let current = lock_asset(write, id.0, if_match.0.as_deref()).await?;
+                Ok(write.timed("asset_update", writes::update_asset(&write.txn, current, body.0)).await?)
+            })
+            .await?;
         Ok(Updated::Ok(Json(Asset::try_from(row)?)))
     }
 
@@ -158,12 +161,16 @@ impl AssetsApi {
         #[oai(name = "If-Match")]
         if_match: Header<Option<String>>,
     ) -> Result<NoContent, ApiError> {
-        let (write, id) = (caller.begin_write().await?, id.0);
-        if if_match.0.is_some() {
-            lock_asset(&write, id, if_match.0.as_deref()).await?;
-        }
-        let deleted = write.timed("asset_delete", writes::delete_asset(&write.txn, write.tenant, id)).await?;
-        super::commit_if_found(write, deleted, "asset", id).await
+        let id = id.0;
+        caller
+            .write(async |write| {
+                if if_match.0.is_some() {
+                    lock_asset(write, id, if_match.0.as_deref()).await?;
+                }
+                let deleted = write.timed("asset_delete", writes::delete_asset(&write.txn, write.tenant, id)).await?;
+                super::found(deleted, "asset", id)
+            })
+            .await
     }
 
     /// Link a risk and an asset
@@ -226,20 +233,27 @@ enum LinkChange {
 
 /// Links or unlinks a risk and an asset in one write; 404 when there was nothing to change.
 async fn change_link(caller: &Caller, risk: Uuid, asset: Uuid, change: LinkChange) -> Result<NoContent, ApiError> {
-    let write = caller.begin_write().await?;
-    let (changed, missing) = match change {
-        LinkChange::Link => (
-            write.timed("asset_link", crate::db::risks::link_asset(&write.txn, write.tenant, risk, asset)).await?,
-            format!("risk {risk} or asset {asset} does not exist"),
-        ),
-        LinkChange::Unlink => (
-            write.timed("asset_unlink", crate::db::risks::unlink_asset(&write.txn, write.tenant, risk, asset)).await?,
-            format!("risk {risk} is not linked to asset {asset}"),
-        ),
-    };
-    if !changed {
-        return Err(ApiError::NotFound(Json(crate::error::Problem::new(poem::http::StatusCode::NOT_FOUND, missing))));
-    }
-    write.commit().await?;
-    Ok(NoContent::Done)
+    caller
+        .write(async |write| {
+            let (changed, missing) = match change {
+                LinkChange::Link => (
+                    write
+                        .timed("asset_link", crate::db::risks::link_asset(&write.txn, write.tenant, risk, asset))
+                        .await?,
+                    format!("risk {risk} or asset {asset} does not exist"),
+                ),
+                LinkChange::Unlink => (
+                    write
+                        .timed("asset_unlink", crate::db::risks::unlink_asset(&write.txn, write.tenant, risk, asset))
+                        .await?,
+                    format!("risk {risk} is not linked to asset {asset}"),
+                ),
+            };
+            if !changed {
+                let problem = crate::error::Problem::new(poem::http::StatusCode::NOT_FOUND, missing);
+                return Err(ApiError::NotFound(Json(problem)));
+            }
+            Ok(NoContent::Done)
+        })
+        .await
 }

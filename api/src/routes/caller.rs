@@ -98,16 +98,20 @@ impl Caller {
         Ok(&self.state)
     }
 
-    /// Begins a change of risks, mitigations or assets, which needs the analyst role (403
-    /// before any I/O otherwise).
-    pub async fn begin_write(&self) -> Result<Write, ApiError> {
+    /// Makes one change of risks, mitigations or assets, which needs the analyst role (403 before
+    /// any I/O otherwise). `change` runs in one transaction, committed only when it succeeds (and
+    /// then its invalidations applied, so the writer's next read sees it) and rolled back when it
+    /// fails, so no operation can answer success for a change it did not commit.
+    pub async fn write<T>(&self, change: impl AsyncFnOnce(&Write) -> Result<T, ApiError>) -> Result<T, ApiError> {
         self.principal.require(Role::Analyst)?;
-        Ok(Write { txn: self.state.db.begin().await?, state: Arc::clone(&self.state), tenant: self.tenant() })
+        let write = Write { txn: self.state.db.begin().await?, state: Arc::clone(&self.state), tenant: self.tenant() };
+        let changed = change(&write).await?;
+        write.commit().await?;
+        Ok(changed)
     }
 }
 
-/// One write of the caller's tenant, in one transaction: [`Write::commit`] invalidates what the
-/// transaction's triggers reported, so the writer's next read sees the change.
+/// One write of the caller's tenant, in one transaction, as [`Caller::write`] hands it to a change.
 pub(super) struct Write {
     pub txn: DatabaseTransaction,
     pub state: Arc<AppState>,
@@ -120,7 +124,8 @@ impl Write {
         self.state.db.timed(name, query).await
     }
 
-    pub async fn commit(self) -> Result<(), ApiError> {
+    /// Commits the transaction, then invalidates what its triggers reported.
+    async fn commit(self) -> Result<(), ApiError> {
         let invalidations = self.state.db.commit(self.txn).await?;
         self.state.cache.invalidate(&invalidations).await;
         Ok(())

@@ -118,17 +118,17 @@ impl MitigationsApi {
         body: Json<MitigationCreate>,
     ) -> Result<MitigationCreated, ApiError> {
         let (risk, body) = (risk_id.0, body.0);
-        let write = caller.begin_write().await?;
-        write
-            .timed("risk_lock", crate::db::risks::lock_live(&write.txn, write.tenant, risk))
-            .await?
-            .or_not_found("risk", risk)?;
-        if let Some(date) = body.due_date {
-            check_due_date(date)?;
-        }
-        let insert = writes::insert_mitigation(&write.txn, write.tenant, risk, body);
-        let row = write.timed("mitigation_insert", insert).await?;
-        write.commit().await?;
+        let insert = async |write: &Write| {
+            let lock = crate::db::risks::lock_live(&write.txn, write.tenant, risk);
+            write.timed("risk_lock", lock).await?.or_not_found("risk", risk)?;
+            if let Some(date) = body.due_date {
+                check_due_date(date)?;
+            }
+            Ok(write
+                .timed("mitigation_insert", writes::insert_mitigation(&write.txn, write.tenant, risk, body))
+                .await?)
+        };
+        let row = caller.write(insert).await?;
         let location = format!("/api/v1/risks/{risk}/mitigations/{}", row.id);
         Ok(MitigationCreated::Created(Json(Mitigation::from_rows(row, Vec::new())?), location))
     }
@@ -150,15 +150,16 @@ impl MitigationsApi {
         if_match: Header<Option<String>>,
         body: Json<MitigationPatch>,
     ) -> Result<Updated<Mitigation>, ApiError> {
-        let (patch, write) = (body.0, caller.begin_write().await?);
-        let current = find_for_write(&write, risk_id.0, id.0, if_match.0.as_deref()).await?;
-        if let MaybeUndefined::Value(date) = patch.due_date {
-            check_due_date(date)?;
-        }
-        let row = write.timed("mitigation_update", writes::update_mitigation(&write.txn, current, patch)).await?;
-        let view = mitigation_view(&write.state, &write.txn, write.tenant, row).await?;
-        write.commit().await?;
-        Ok(Updated::Ok(Json(view)))
+        let patch = body.0;
+        let update = async |write: &Write| {
+            let current = find_for_write(write, risk_id.0, id.0, if_match.0.as_deref()).await?;
+            if let MaybeUndefined::Value(date) = patch.due_date {
+                check_due_date(date)?;
+            }
+            let row = write.timed("mitigation_update", writes::update_mitigation(&write.txn, current, patch)).await?;
+            mitigation_view(&write.state, &write.txn, write.tenant, row).await
+        };
+        Ok(Updated::Ok(Json(caller.write(update).await?)))
     }
 
     /// Delete a mitigation
@@ -177,11 +178,12 @@ impl MitigationsApi {
         #[oai(name = "If-Match")]
         if_match: Header<Option<String>>,
     ) -> Result<NoContent, ApiError> {
-        let write = caller.begin_write().await?;
-        let row = find_for_write(&write, risk_id.0, id.0, if_match.0.as_deref()).await?;
-        write.timed("mitigation_delete", writes::delete_mitigation(&write.txn, row.id)).await?;
-        write.commit().await?;
-        Ok(NoContent::Done)
+        let delete = async |write: &Write| {
+            let row = find_for_write(write, risk_id.0, id.0, if_match.0.as_deref()).await?;
+            write.timed("mitigation_delete", writes::delete_mitigation(&write.txn, row.id)).await?;
+            Ok(NoContent::Done)
+        };
+        caller.write(delete).await
     }
 
     /// Add a sub-action
@@ -200,13 +202,13 @@ impl MitigationsApi {
         body: Json<SubActionCreate>,
     ) -> Result<SubActionCreated, ApiError> {
         let (risk, mitigation) = (risk_id.0, mitigation_id.0);
-        let write = caller.begin_write().await?;
-        let find = crate::db::risks::find_mitigation(&write.txn, write.tenant, risk, mitigation);
-        write.timed("mitigation_get", find).await?.or_not_found("mitigation", mitigation)?;
-        let insert = writes::insert_subaction(&write.txn, write.tenant, mitigation, body.0);
-        let row = write.timed("subaction_insert", insert).await?;
-        write.commit().await?;
-        Ok(SubActionCreated::Created(Json(SubAction::from(row))))
+        let insert = async |write: &Write| {
+            let find = crate::db::risks::find_mitigation(&write.txn, write.tenant, risk, mitigation);
+            write.timed("mitigation_get", find).await?.or_not_found("mitigation", mitigation)?;
+            let insert = writes::insert_subaction(&write.txn, write.tenant, mitigation, body.0);
+            Ok(write.timed("subaction_insert", insert).await?)
+        };
+        Ok(SubActionCreated::Created(Json(SubAction::from(caller.write(insert).await?))))
     }
 
     /// Change a sub-action
@@ -272,12 +274,13 @@ impl MitigationsApi {
         /// Sub-action id.
         id: Path<Uuid>,
     ) -> Result<NoContent, ApiError> {
-        let write = caller.begin_write().await?;
         let subaction = SubActionRef { risk: risk_id.0, mitigation: mitigation_id.0, id: id.0 };
-        let row = subaction.find(&write).await?;
-        write.timed("subaction_delete", writes::delete_subaction(&write.txn, row.id)).await?;
-        write.commit().await?;
-        Ok(NoContent::Done)
+        let delete = async |write: &Write| {
+            let row = subaction.find(write).await?;
+            write.timed("subaction_delete", writes::delete_subaction(&write.txn, row.id)).await?;
+            Ok(NoContent::Done)
+        };
+        caller.write(delete).await
     }
 }
 
@@ -303,10 +306,10 @@ async fn change_subaction(
     subaction: SubActionRef,
     patch: impl FnOnce(&subactions::Model) -> SubActionPatch,
 ) -> Result<SubAction, ApiError> {
-    let write = caller.begin_write().await?;
-    let current = subaction.find(&write).await?;
-    let patch = patch(&current);
-    let row = write.timed("subaction_update", writes::update_subaction(&write.txn, current, patch)).await?;
-    write.commit().await?;
-    Ok(SubAction::from(row))
+    let update = async |write: &Write| {
+        let current = subaction.find(write).await?;
+        let patch = patch(&current);
+        Ok(write.timed("subaction_update", writes::update_subaction(&write.txn, current, patch)).await?)
+    };
+    Ok(SubAction::from(caller.write(update).await?))
 }

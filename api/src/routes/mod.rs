@@ -278,18 +278,10 @@ where
     Ok(row)
 }
 
-/// Commits a delete that found its row (`deleted`); 404 naming `what` and `id` when none.
-async fn commit_if_found(
-    write: caller::Write,
-    deleted: bool,
-    what: &str,
-    id: uuid::Uuid,
-) -> Result<NoContent, ApiError> {
-    if !deleted {
-        return Err(ApiError::not_found(what, id));
-    }
-    write.commit().await?;
-    Ok(NoContent::Done)
+/// What a delete answers: 204 when it found its row (`deleted`), 404 naming `what` and `id` when
+/// there was none, so that [`caller::Caller::write`] rolls the empty change back.
+fn found(deleted: bool, what: &str, id: uuid::Uuid) -> Result<NoContent, ApiError> {
+    if deleted { Ok(NoContent::Done) } else { Err(ApiError::not_found(what, id)) }
 }
 
 /// Status 200 with the changed resource.

@@ -207,12 +207,13 @@ impl RisksApi {
     /// The score and severity are computed from impact, probability and (later) linked assets.
     #[oai(path = "/risks", method = "post", operation_id = "createRisk")]
     async fn create(&self, caller: Caller, body: Json<RiskCreate>) -> Result<RiskCreated, ApiError> {
-        let write = caller.begin_write().await?;
-        check_custom_fields(&body.custom_fields)?;
-        let row = write.timed("risk_insert", writes::insert_risk(&write.txn, write.tenant, body.0)).await?;
-        write.commit().await?;
-        let location = format!("/api/v1/risks/{}", row.id);
-        Ok(RiskCreated::Created(Json(Risk::try_from(row)?), location))
+        let insert = async |write: &Write| {
+            check_custom_fields(&body.custom_fields)?;
+            Ok(write.timed("risk_insert", writes::insert_risk(&write.txn, write.tenant, body.0)).await?)
+        };
+        let risk = Risk::try_from(caller.write(insert).await?)?;
+        let location = format!("/api/v1/risks/{}", risk.id);
+        Ok(RiskCreated::Created(Json(risk), location))
     }
 
     /// Change a risk
@@ -230,13 +231,15 @@ impl RisksApi {
         if_match: Header<Option<String>>,
         body: Json<RiskPatch>,
     ) -> Result<Updated<Risk>, ApiError> {
-        let write = caller.begin_write().await?;
-        let current = lock_risk(&write, id.0, if_match.0.as_deref()).await?;
-        if let Some(fields) = &body.custom_fields {
-            check_custom_fields(fields)?;
-        }
-        let row = write.timed("risk_update", writes::update_risk(&write.txn, current, body.0)).await?;
-        write.commit().await?;
+        let row = caller
+            .write(async |write| {
+                let current = lock_risk(write, id.0, if_match.0.as_deref()).await?;
+                if let Some(fields) = &body.custom_fields {
+                    check_custom_fields(fields)?;
+                }
+                Ok(write.timed("risk_update", writes::update_risk(&write.txn, current, body.0)).await?)
+            })
+            .await?;
         Ok(Updated::Ok(Json(Risk::try_from(row)?)))
     }
 
@@ -254,12 +257,16 @@ impl RisksApi {
         #[oai(name = "If-Match")]
         if_match: Header<Option<String>>,
     ) -> Result<NoContent, ApiError> {
-        let (write, id) = (caller.begin_write().await?, id.0);
-        if if_match.0.is_some() {
-            lock_risk(&write, id, if_match.0.as_deref()).await?;
-        }
-        let deleted = write.timed("risk_delete", crate::db::risks::soft_delete(&write.txn, write.tenant, id)).await?;
-        super::commit_if_found(write, deleted, "risk", id).await
+        let id = id.0;
+        caller
+            .write(async |write| {
+                if if_match.0.is_some() {
+                    lock_risk(write, id, if_match.0.as_deref()).await?;
+                }
+                let delete = crate::db::risks::soft_delete(&write.txn, write.tenant, id);
+                super::found(write.timed("risk_delete", delete).await?, "risk", id)
+            })
+            .await
     }
 }
 
