@@ -502,12 +502,18 @@ impl Application {
             .map_err(|source| StartError::Listen { addr: metrics_addr, source })?;
         let metrics_addr =
             metrics_listener.local_addr().map_err(|source| StartError::Listen { addr: metrics_addr, source })?;
-        // Headers, like any other bytes, may take at most the idle timeout to arrive.
+        // Headers, like any other bytes, may take at most the idle timeout to arrive, and a
+        // connection may go that long without a request.
         let idle_timeout = Duration::from_millis(http.idle_timeout_ms);
         let metrics_acceptor = TcpAcceptor::from_tokio(metrics_listener)
             .map_err(|source| StartError::Listen { addr: metrics_addr, source })?;
         // Never stopped by a signal: `shutdown` aborts it (see there).
-        let metrics_timeouts = ServeTimeouts { headers: Some(idle_timeout), shutdown_grace: Duration::ZERO };
+        let timeouts = ServeTimeouts {
+            headers: Some(idle_timeout),
+            requestless: Some(idle_timeout),
+            shutdown_grace: SHUTDOWN_GRACE,
+        };
+        let metrics_timeouts = ServeTimeouts { shutdown_grace: Duration::ZERO, ..timeouts };
         let metrics_server = crate::server::serve(
             metrics_acceptor,
             metrics_routes(state.clone()),
@@ -520,7 +526,6 @@ impl Application {
         let stopped = async move {
             let _ = stopped.await;
         };
-        let timeouts = ServeTimeouts { headers: Some(idle_timeout), shutdown_grace: SHUTDOWN_GRACE };
         let server = crate::server::serve(acceptor, routes(state.clone()), timeouts, stopped);
         tracing::info!(%addr, %metrics_addr, "openrisk-api listening");
         Ok(Self {

@@ -5,14 +5,18 @@
 //! on each read and write and cannot write vectors, so hyper copies every response body into its
 //! write buffer. Here hyper gets the socket itself and writes a response's head and body in one
 //! `writev`. Graceful shutdown keeps poem's meaning: stop accepting, let each connection finish
-//! the requests it has, and drop whatever is still open after the grace period. And hyper's
-//! header deadline applies, which poem's `Server` leaves off: a client that trickles its headers
-//! a byte at a time is cut off, where a per-byte idle timeout alone would let it stay.
+//! the requests it has, and drop whatever is still open after the grace period. And two limits
+//! apply that poem's `Server` leaves off, because a per-byte idle timeout alone cannot stop a
+//! client that keeps bytes moving without ever making a request: hyper's header deadline (an
+//! HTTP/1.1 client trickling its headers a byte at a time is cut off), and a connection with no
+//! request in flight for the idle timeout is closed, however many bytes move (HTTP/2 pings,
+//! or headers sent a frame at a time).
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::io::ErrorKind;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -25,6 +29,7 @@ use poem::listener::Acceptor;
 use poem::web::{LocalAddr, RemoteAddr};
 use poem::{Endpoint, Request};
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -41,6 +46,9 @@ pub struct ServeTimeouts {
     /// How long an HTTP/1.1 request's headers may take to arrive in full, counted from the
     /// connection's opening or the end of the previous response; `None` for no limit.
     pub headers: Option<Duration>,
+    /// How long a connection may go without a request in flight before it is closed (gracefully:
+    /// an HTTP/2 client is sent `GOAWAY`), whatever bytes it moves; `None` for no limit.
+    pub requestless: Option<Duration>,
     /// How long a shutdown waits for the requests in flight.
     pub shutdown_grace: Duration,
 }
@@ -69,7 +77,9 @@ where
         match accepted {
             Ok((io, local, remote, scheme)) => {
                 let peer = Peer { local, remote, scheme };
-                let connection = serve_connection(io, peer, Arc::clone(&builder), Arc::clone(&endpoint), stop.clone());
+                let serving =
+                    Serving { builder: Arc::clone(&builder), endpoint: Arc::clone(&endpoint), stop: stop.clone() };
+                let connection = serve_connection(io, peer, serving, timeouts.requestless);
                 connections.spawn(connection);
             }
             Err(error) if is_one_connections_error(error.kind()) => {}
@@ -112,24 +122,33 @@ struct Peer {
     scheme: Scheme,
 }
 
-/// Serves one connection (HTTP/1.1, or HTTP/2 with prior knowledge) until it closes, or through
-/// the steps of `stop`.
-async fn serve_connection<Io, E>(
-    io: Io,
-    peer: Peer,
+/// What every connection is served with.
+struct Serving<E> {
     builder: Arc<auto::Builder<TokioExecutor>>,
     endpoint: Arc<E>,
     stop: Stop,
-) where
+}
+
+/// Serves one connection (HTTP/1.1, or HTTP/2 with prior knowledge) until it closes, goes
+/// `requestless` long without a request in flight, or through the steps of `stop`.
+async fn serve_connection<Io, E>(io: Io, peer: Peer, serving: Serving<E>, requestless: Option<Duration>)
+where
     Io: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     E: Endpoint + 'static,
 {
-    let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
-        let endpoint = Arc::clone(&endpoint);
-        let Peer { local, remote, scheme } = peer.clone();
-        async move {
-            let response = endpoint.get_response(Request::from((request, local, remote, scheme))).await;
-            Ok::<_, Infallible>(hyper::Response::<BoxBody<Bytes, std::io::Error>>::from(response))
+    let Serving { builder, endpoint, stop } = serving;
+    let activity = Arc::new(RequestActivity::new());
+    let service = hyper::service::service_fn({
+        let activity = Arc::clone(&activity);
+        move |request: hyper::Request<Incoming>| {
+            let endpoint = Arc::clone(&endpoint);
+            let Peer { local, remote, scheme } = peer.clone();
+            let in_flight = RequestActivity::start(&activity);
+            async move {
+                let response = endpoint.get_response(Request::from((request, local, remote, scheme))).await;
+                drop(in_flight);
+                Ok::<_, Infallible>(hyper::Response::<BoxBody<Bytes, std::io::Error>>::from(response))
+            }
         }
     });
     let connection = builder.serve_connection(TokioIo::new(io), service);
@@ -137,12 +156,64 @@ async fn serve_connection<Io, E>(
     tokio::select! {
         _ = connection.as_mut() => return,
         () = stop.finish_requests.cancelled() => {}
+        () = activity.requestless_for(requestless) => {}
     }
     connection.as_mut().graceful_shutdown();
     // An error here is the client's (a reset mid-request); the connection is over either way.
     tokio::select! {
         _ = connection => {}
         () = stop.drop_connections.cancelled() => {}
+    }
+}
+
+/// How many requests a connection has in flight, and when the last one ended, so that a
+/// connection whose bytes keep moving without requests can be told from one in use. Costs a
+/// request two atomic updates and a clock read.
+struct RequestActivity {
+    opened: Instant,
+    in_flight: AtomicUsize,
+    /// When the last request ended (or the connection opened), in microseconds since `opened`.
+    last_ended_micros: AtomicU64,
+}
+
+impl RequestActivity {
+    fn new() -> Self {
+        Self { opened: Instant::now(), in_flight: AtomicUsize::new(0), last_ended_micros: AtomicU64::new(0) }
+    }
+
+    /// Counts a request in flight until the returned guard is dropped.
+    fn start(activity: &Arc<Self>) -> InFlight {
+        activity.in_flight.fetch_add(1, Ordering::SeqCst);
+        InFlight(Arc::clone(activity))
+    }
+
+    /// Completes once the connection has had no request in flight for `limit`; never for `None`.
+    async fn requestless_for(&self, limit: Option<Duration>) {
+        let Some(limit) = limit else { return std::future::pending().await };
+        loop {
+            let deadline = if self.in_flight.load(Ordering::SeqCst) > 0 {
+                Instant::now() + limit
+            } else {
+                self.opened + Duration::from_micros(self.last_ended_micros.load(Ordering::SeqCst)) + limit
+            };
+            if deadline <= Instant::now() && self.in_flight.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            tokio::time::sleep_until(deadline).await;
+        }
+    }
+}
+
+/// One request in flight on a connection; dropping it (the response is ready, or the request was
+/// abandoned) notes the time.
+struct InFlight(Arc<RequestActivity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let activity = &self.0;
+        let since_opened = u64::try_from(activity.opened.elapsed().as_micros()).unwrap_or(u64::MAX);
+        activity.last_ended_micros.store(since_opened, Ordering::SeqCst);
+        activity.in_flight.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -173,7 +244,7 @@ mod tests {
         let stopped = async move {
             let _ = stopped.await;
         };
-        let timeouts = ServeTimeouts { headers: None, shutdown_grace: Duration::from_millis(200) };
+        let timeouts = ServeTimeouts { headers: None, requestless: None, shutdown_grace: Duration::from_millis(200) };
         let server = tokio::spawn(serve(TcpAcceptor::from_tokio(listener).unwrap(), never_answers, timeouts, stopped));
         let mut client = TcpStream::connect(addr).await.unwrap();
         client.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();

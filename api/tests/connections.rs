@@ -119,6 +119,51 @@ async fn a_connection_in_use_stays_open_past_its_idle_timeout() {
     }
 }
 
+#[tokio::test]
+async fn an_http2_connection_that_only_pings_is_closed_at_the_idle_timeout() {
+    let app = spawn_app_with_short_http_timeouts().await;
+    let socket = tokio::net::TcpStream::connect(app.app.addr).await.unwrap();
+    let (_requests, mut connection) = h2::client::handshake(socket).await.unwrap();
+    let mut pings = connection.ping_pong().expect("a new connection can ping");
+    // A ping every 50 ms, each answered: bytes move both ways far inside the 300 ms idle timeout,
+    // but no request is ever made. Without a limit on time without requests this goes on for the
+    // test's 10 s.
+    let pinging = async {
+        loop {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if pings.ping(h2::Ping::opaque()).await.is_err() {
+                return;
+            }
+        }
+    };
+    let closed = async {
+        tokio::select! {
+            _ = &mut connection => {}
+            () = pinging => {}
+        }
+    };
+    let closed = tokio::time::timeout(Duration::from_secs(10), closed).await;
+    assert!(closed.is_ok(), "an HTTP/2 connection making no request kept its slot for 10 s");
+}
+
+#[tokio::test]
+async fn an_http2_connection_in_use_stays_open_past_its_idle_timeout() {
+    let app = spawn_app_with_short_http_timeouts().await;
+    let socket = tokio::net::TcpStream::connect(app.app.addr).await.unwrap();
+    let (requests, connection) = h2::client::handshake(socket).await.unwrap();
+    let connection = tokio::spawn(connection);
+    // Ten requests 100 ms apart on one connection, a second in all: never 300 ms without one.
+    for request in 0..10 {
+        let mut requests = requests.clone().ready().await.expect("the connection takes requests");
+        let healthz = poem::http::Request::get(format!("http://{}/healthz", app.app.addr)).body(()).unwrap();
+        let (response, _) = requests.send_request(healthz, true).unwrap();
+        let response = response.await.unwrap_or_else(|error| panic!("request {request}: {error}"));
+        assert_eq!(response.status(), StatusCode::OK, "request {request}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!connection.is_finished(), "the connection was closed while in use");
+}
+
 /// One whole response (head and `content-length` body) from a keep-alive connection.
 async fn read_response(connection: &mut tokio::net::TcpStream) -> String {
     let mut response = Vec::new();
