@@ -16,7 +16,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::io::ErrorKind;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -31,7 +31,7 @@ use poem::{Endpoint, Request};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
+use tokio_util::task::{AbortOnDropHandle, TaskTracker};
 
 /// How long the loop waits after an accept error that is not one connection's own (out of file
 /// descriptors, say) before it tries again, so the error cannot spin a core.
@@ -46,8 +46,9 @@ pub struct ServeTimeouts {
     /// How long an HTTP/1.1 request's headers may take to arrive in full, counted from the
     /// connection's opening or the end of the previous response; `None` for no limit.
     pub headers: Option<Duration>,
-    /// How long a connection may go without a request in flight before it is closed (gracefully:
-    /// an HTTP/2 client is sent `GOAWAY`), whatever bytes it moves; `None` for no limit.
+    /// How long a connection may go without starting a request before it is closed (gracefully:
+    /// an HTTP/2 client is sent `GOAWAY`), whatever bytes it moves; longer than any request
+    /// lasts. `None` for no limit.
     pub requestless: Option<Duration>,
     /// How long a shutdown waits for the requests in flight.
     pub shutdown_grace: Duration,
@@ -130,90 +131,88 @@ struct Serving<E> {
 }
 
 /// Serves one connection (HTTP/1.1, or HTTP/2 with prior knowledge) until it closes, goes
-/// `requestless` long without a request in flight, or through the steps of `stop`.
+/// `requestless` long without starting a request, or through the steps of `stop`.
 async fn serve_connection<Io, E>(io: Io, peer: Peer, serving: Serving<E>, requestless: Option<Duration>)
 where
     Io: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     E: Endpoint + 'static,
 {
     let Serving { builder, endpoint, stop } = serving;
-    let activity = Arc::new(RequestActivity::new());
+    let requests = Arc::new(RequestClock::new());
     let service = hyper::service::service_fn({
-        let activity = Arc::clone(&activity);
+        let requests = Arc::clone(&requests);
         move |request: hyper::Request<Incoming>| {
+            requests.note_request();
             let endpoint = Arc::clone(&endpoint);
             let Peer { local, remote, scheme } = peer.clone();
-            let in_flight = RequestActivity::start(&activity);
             async move {
                 let response = endpoint.get_response(Request::from((request, local, remote, scheme))).await;
-                drop(in_flight);
                 Ok::<_, Infallible>(hyper::Response::<BoxBody<Bytes, std::io::Error>>::from(response))
             }
         }
+    });
+    // The shutdown's two steps, or a watch of the connection's requests, close it: gracefully
+    // once no request has started for `requestless`, and outright `requestless` later if the
+    // client has not let it end by then (an HTTP/2 client that never answers the ping of a
+    // graceful `GOAWAY`, or is half-way through a frame). The watch is a task of its own: a branch
+    // of the select below would poll its timer at every wake-up of the connection, which cost
+    // about 1 % of a cached read's instructions.
+    let (close, drop_now) = (stop.finish_requests.child_token(), stop.drop_connections.child_token());
+    let _watch = requestless.map(|limit| {
+        let (close, drop_now) = (close.clone(), drop_now.clone());
+        AbortOnDropHandle::new(tokio::spawn(async move {
+            requests.requestless_for(limit).await;
+            close.cancel();
+            tokio::time::sleep(limit).await;
+            drop_now.cancel();
+        }))
     });
     let connection = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(connection);
     tokio::select! {
         _ = connection.as_mut() => return,
-        () = stop.finish_requests.cancelled() => {}
-        () = activity.requestless_for(requestless) => {}
+        () = close.cancelled() => {}
     }
     connection.as_mut().graceful_shutdown();
     // An error here is the client's (a reset mid-request); the connection is over either way.
     tokio::select! {
         _ = connection => {}
-        () = stop.drop_connections.cancelled() => {}
+        () = drop_now.cancelled() => {}
     }
 }
 
-/// How many requests a connection has in flight, and when the last one ended, so that a
-/// connection whose bytes keep moving without requests can be told from one in use. Costs a
-/// request two atomic updates and a clock read.
-struct RequestActivity {
+/// When a connection's last request started, so that a connection whose bytes keep moving
+/// without requests can be told from one in use. A request costs it one clock read and one store.
+struct RequestClock {
     opened: Instant,
-    in_flight: AtomicUsize,
-    /// When the last request ended (or the connection opened), in microseconds since `opened`.
-    last_ended_micros: AtomicU64,
+    /// When the last request started (or the connection opened), in microseconds since `opened`.
+    last_started_micros: AtomicU64,
 }
 
-impl RequestActivity {
+impl RequestClock {
     fn new() -> Self {
-        Self { opened: Instant::now(), in_flight: AtomicUsize::new(0), last_ended_micros: AtomicU64::new(0) }
+        Self { opened: Instant::now(), last_started_micros: AtomicU64::new(0) }
     }
 
-    /// Counts a request in flight until the returned guard is dropped.
-    fn start(activity: &Arc<Self>) -> InFlight {
-        activity.in_flight.fetch_add(1, Ordering::SeqCst);
-        InFlight(Arc::clone(activity))
+    /// Notes that a request starts now.
+    fn note_request(&self) {
+        let since_opened = u64::try_from(self.opened.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.last_started_micros.store(since_opened, Ordering::Relaxed);
     }
 
-    /// Completes once the connection has had no request in flight for `limit`; never for `None`.
-    async fn requestless_for(&self, limit: Option<Duration>) {
-        let Some(limit) = limit else { return std::future::pending().await };
+    /// Completes once no request has started for `limit`. A request lasts at most the request
+    /// timeout, which the configuration keeps shorter than the idle timeout given here, so by
+    /// then none is in flight; and if one were, the graceful close that follows would still
+    /// answer it.
+    async fn requestless_for(&self, limit: Duration) {
         loop {
-            let deadline = if self.in_flight.load(Ordering::SeqCst) > 0 {
-                Instant::now() + limit
-            } else {
-                self.opened + Duration::from_micros(self.last_ended_micros.load(Ordering::SeqCst)) + limit
-            };
-            if deadline <= Instant::now() && self.in_flight.load(Ordering::SeqCst) == 0 {
+            let last_started = Duration::from_micros(self.last_started_micros.load(Ordering::Relaxed));
+            let deadline = self.opened + last_started + limit;
+            if deadline <= Instant::now() {
                 return;
             }
             tokio::time::sleep_until(deadline).await;
         }
-    }
-}
-
-/// One request in flight on a connection; dropping it (the response is ready, or the request was
-/// abandoned) notes the time.
-struct InFlight(Arc<RequestActivity>);
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        let activity = &self.0;
-        let since_opened = u64::try_from(activity.opened.elapsed().as_micros()).unwrap_or(u64::MAX);
-        activity.last_ended_micros.store(since_opened, Ordering::SeqCst);
-        activity.in_flight.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

@@ -147,6 +147,37 @@ async fn an_http2_connection_that_only_pings_is_closed_at_the_idle_timeout() {
 }
 
 #[tokio::test]
+async fn an_http2_client_trickling_a_headers_frame_is_closed_at_the_idle_timeout() {
+    let app = spawn_app_with_short_http_timeouts().await;
+    let (mut from_server, mut to_server) = tokio::net::TcpStream::connect(app.app.addr).await.unwrap().into_split();
+    let mut opening = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    // An empty SETTINGS frame, then the head of a 1,000-byte HEADERS frame on stream 1.
+    opening.extend_from_slice(&[0, 0, 0, 0x4, 0, 0, 0, 0, 0]);
+    opening.extend_from_slice(&[0, 0x03, 0xe8, 0x1, 0x4, 0, 0, 0, 1]);
+    to_server.write_all(&opening).await.unwrap();
+    // A byte of the frame every 50 ms (an indexed `:method GET`, again and again): never idle for
+    // 300 ms, the frame done only after 50 s, so no request ever starts.
+    let trickle = async {
+        loop {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let _ = to_server.write_all(&[0x82]).await;
+        }
+    };
+    let closed = async {
+        let mut received = Vec::new();
+        let _ = from_server.read_to_end(&mut received).await;
+    };
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        tokio::select! {
+            () = closed => {}
+            () = trickle => {}
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "a client trickling one HTTP/2 frame kept its connection for 10 s");
+}
+
+#[tokio::test]
 async fn an_http2_connection_in_use_stays_open_past_its_idle_timeout() {
     let app = spawn_app_with_short_http_timeouts().await;
     let socket = tokio::net::TcpStream::connect(app.app.addr).await.unwrap();
