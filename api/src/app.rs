@@ -10,6 +10,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use openrisk_shared::Settings;
+use openrisk_shared::http_server::{LimitedAcceptor, ServeTimeouts};
 use openrisk_shared::redis_cluster::ClusterWatch;
 use openrisk_shared::redis_connection::RedisUrlError;
 use poem::endpoint::{BoxEndpoint, make_sync};
@@ -25,14 +26,12 @@ use uuid::Uuid;
 
 use crate::auth::TokenVerifier;
 use crate::cache::{BeforeFillHook, Cache};
-use crate::connection_limits::LimitedAcceptor;
 use crate::db::Db;
 use crate::db::replicas::ReadRouter;
 use crate::error::{ApiError, problem_from_poem_error};
 use crate::hit_path::AnsweredRoute;
 use crate::metrics::Metrics;
 use crate::routes::{AssetsApi, HealthApi, MitigationsApi, RisksApi, StatsApi, TokensApi};
-use crate::server::ServeTimeouts;
 use crate::variant_budget::VariantBudget;
 
 /// Largest request body accepted; larger ones get 413.
@@ -188,7 +187,7 @@ pub fn routes(state: Arc<AppState>) -> BoxEndpoint<'static, Response> {
         .around(limit_body)
         // Inside the request deadline, outside everything a hit does not need.
         .around(crate::hit_path::answer_hits_first)
-        .around(move |endpoint, request| crate::connection_limits::within(endpoint, request, request_timeout))
+        .around(move |endpoint, request| crate::request_timeout::within(endpoint, request, request_timeout))
         .catch_all_error(|error: poem::Error| async move {
             // Keep the matched route template for the request metrics.
             let pattern = error.data::<poem::PathPattern>().cloned();
@@ -502,31 +501,33 @@ impl Application {
             .map_err(|source| StartError::Listen { addr: metrics_addr, source })?;
         let metrics_addr =
             metrics_listener.local_addr().map_err(|source| StartError::Listen { addr: metrics_addr, source })?;
-        // Headers, like any other bytes, may take at most the idle timeout to arrive, and a
-        // connection may go that long without a request.
+        // On both ports: at most `max_connections` at once, and headers, like any other bytes, may
+        // take at most the idle timeout to arrive, and a connection may go that long without a
+        // request.
         let idle_timeout = Duration::from_millis(http.idle_timeout_ms);
-        let metrics_acceptor = TcpAcceptor::from_tokio(metrics_listener)
-            .map_err(|source| StartError::Listen { addr: metrics_addr, source })?;
-        // Never stopped by a signal: `shutdown` aborts it (see there).
+        let limited = |acceptor| LimitedAcceptor::new(acceptor, http.max_connections, idle_timeout);
         let timeouts = ServeTimeouts {
             headers: Some(idle_timeout),
             requestless: Some(idle_timeout),
             shutdown_grace: SHUTDOWN_GRACE,
         };
+        let metrics_acceptor = TcpAcceptor::from_tokio(metrics_listener)
+            .map_err(|source| StartError::Listen { addr: metrics_addr, source })?;
+        // Never stopped by a signal: `shutdown` aborts it (see there).
         let metrics_timeouts = ServeTimeouts { shutdown_grace: Duration::ZERO, ..timeouts };
-        let metrics_server = crate::server::serve(
-            metrics_acceptor,
+        let metrics_server = openrisk_shared::http_server::serve(
+            limited(metrics_acceptor),
             metrics_routes(state.clone()),
             metrics_timeouts,
             std::future::pending(),
         );
         let acceptor = TcpAcceptor::from_tokio(listener).map_err(|source| StartError::Listen { addr, source })?;
-        let acceptor = LimitedAcceptor::new(acceptor, http.max_connections, idle_timeout);
+        let acceptor = limited(acceptor);
         let (shutdown, stopped) = oneshot::channel();
         let stopped = async move {
             let _ = stopped.await;
         };
-        let server = crate::server::serve(acceptor, routes(state.clone()), timeouts, stopped);
+        let server = openrisk_shared::http_server::serve(acceptor, routes(state.clone()), timeouts, stopped);
         tracing::info!(%addr, %metrics_addr, "openrisk-api listening");
         Ok(Self {
             addr,

@@ -15,9 +15,10 @@ use std::time::Duration;
 
 use openrisk_shared::Settings;
 use openrisk_shared::config::WakeMode;
+use openrisk_shared::http_server::{LimitedAcceptor, ServeTimeouts, serve};
 use openrisk_shared::redis_cluster::ClusterWatch;
 use openrisk_shared::redis_connection::{RedisUrlError, Timeouts};
-use poem::listener::{Acceptor, Listener as _, TcpListener};
+use poem::listener::TcpAcceptor;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -58,18 +59,21 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
     let shutdown = CancellationToken::new();
 
     let addr = settings.metrics_addr;
-    let acceptor = TcpListener::bind(addr).into_acceptor().await.map_err(|source| StartError::Bind { addr, source })?;
-    let metrics_addr = acceptor.local_addr().first().and_then(|local| local.as_socket_addr().copied()).unwrap_or(addr);
-    let server = poem::Server::new_with_acceptor(acceptor);
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })?;
+    let metrics_addr = listener.local_addr().map_err(|source| StartError::Bind { addr, source })?;
+    let acceptor = TcpAcceptor::from_tokio(listener).map_err(|source| StartError::Bind { addr, source })?;
+    // The same limits as the API's ports: a client of the health port cannot hold more than
+    // `http.max_connections` of the process's sockets, or any of them without making requests.
+    let idle_timeout = Duration::from_millis(settings.http.idle_timeout_ms);
+    let acceptor = LimitedAcceptor::new(acceptor, settings.http.max_connections, idle_timeout);
+    let timeouts = ServeTimeouts {
+        headers: Some(idle_timeout),
+        requestless: Some(idle_timeout),
+        shutdown_grace: Duration::from_secs(1),
+    };
     let cluster = ClusterWatch::new(&metrics.registry)?;
     let endpoints = health::routes(metrics.clone(), status.clone(), cluster.clone());
-    let server_shutdown = shutdown.clone();
-    let server_task = tokio::spawn(async move {
-        let stopped = server_shutdown.cancelled_owned();
-        if let Err(error) = server.run_with_graceful_shutdown(endpoints, stopped, Some(Duration::from_secs(1))).await {
-            tracing::error!(%error, "metrics server failed");
-        }
-    });
+    let server_task = tokio::spawn(serve(acceptor, endpoints, timeouts, shutdown.clone().cancelled_owned()));
     let sampler_task = tokio::spawn(health::sample_backlog(
         settings.database_url.clone(),
         settings.database.link(),

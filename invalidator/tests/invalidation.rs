@@ -269,6 +269,28 @@ async fn poll_mode_needs_no_listen() {
 }
 
 #[tokio::test]
+async fn the_health_port_closes_idle_connections_and_serves_at_most_its_connection_limit() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let h = Harness::new().await;
+    let mut settings = h.settings();
+    (settings.http.idle_timeout_ms, settings.http.request_timeout_ms, settings.http.max_connections) = (300, 200, 1);
+    let running = h.start(settings).await;
+    let mut idle = tokio::net::TcpStream::connect(running.metrics_addr).await.unwrap();
+    let mut waiting = tokio::net::TcpStream::connect(running.metrics_addr).await.unwrap();
+    waiting.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+    let mut first = [0u8; 1];
+    let early = tokio::time::timeout(Duration::from_millis(150), waiting.read(&mut first)).await;
+    assert!(early.is_err(), "a second connection was served while the first held the only slot");
+    let mut received = Vec::new();
+    let closed = tokio::time::timeout(WAIT, idle.read_to_end(&mut received)).await;
+    assert!(closed.is_ok(), "the idle connection was closed");
+    let mut answer = Vec::new();
+    tokio::time::timeout(WAIT, waiting.read_to_end(&mut answer)).await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200"), "served once the slot was free");
+    assert!(running.shutdown(WAIT).await);
+}
+
+#[tokio::test]
 async fn poison_events_are_dead_lettered_and_never_block_the_queue() {
     let mut h = Harness::new().await;
     let tenant = h.tenant("a").await;

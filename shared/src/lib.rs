@@ -1,7 +1,7 @@
 //! What the OpenRisk API and the invalidator must agree on, defined once: configuration, the
 //! Redis key and tag scheme, the cache consistency protocol (its Lua scripts), the invalidation
 //! event read from the outbox and the SQL of the outbox contract, the `Cache-Status` values,
-//! telemetry set-up and the servers' shared command-line option.
+//! telemetry set-up, the HTTP server loop and the servers' shared command-line option.
 
 pub mod advisory_locks;
 pub mod cache_status;
@@ -9,6 +9,7 @@ pub mod command_line;
 pub mod config;
 pub mod db;
 pub mod event;
+pub mod http_server;
 pub mod keys;
 pub mod metrics;
 pub mod outbox;

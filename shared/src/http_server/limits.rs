@@ -1,7 +1,6 @@
-//! What the HTTP server allows one client (`http.*` settings): at most `max_connections`
-//! connections served at once (the listener accepts the next only when one closes), a
-//! connection on which no byte moves for `idle_timeout_ms` is dropped (an idle keep-alive, or a
-//! request whose headers or body stall), and at most `request_timeout_ms` per request.
+//! What one client may hold of a server: at most `max_connections` connections served at once
+//! (the listener accepts the next only when one closes), and a connection on which no byte moves
+//! for the idle timeout is dropped (an idle keep-alive, or a request whose headers or body stall).
 
 use std::io::Result as IoResult;
 use std::pin::Pin;
@@ -11,12 +10,9 @@ use std::time::Duration;
 
 use poem::listener::Acceptor;
 use poem::web::{LocalAddr, RemoteAddr};
-use poem::{Endpoint, IntoResponse, Request, Response};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
-
-use crate::error::{ApiError, Problem};
 
 /// An acceptor that holds one permit per open connection and gives each an idle deadline.
 pub struct LimitedAcceptor<A> {
@@ -135,17 +131,5 @@ impl<Io: AsyncWrite + Unpin> AsyncWrite for Permitted<Io> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<IoResult<()>> {
         Pin::new(&mut self.io).poll_shutdown(cx)
-    }
-}
-
-/// Answers 503 when `endpoint` takes longer than `limit` for one request.
-pub async fn within<E: Endpoint>(endpoint: Arc<E>, request: Request, limit: Duration) -> poem::Result<Response> {
-    match tokio::time::timeout(limit, endpoint.call(request)).await {
-        Ok(result) => result.map(IntoResponse::into_response),
-        Err(_) => {
-            let detail = format!("the request took longer than {} ms; retry later", limit.as_millis());
-            let problem = Problem::new(poem::http::StatusCode::SERVICE_UNAVAILABLE, detail);
-            Err(ApiError::Unavailable(poem_openapi::payload::Json(problem)).into())
-        }
     }
 }

@@ -1,4 +1,5 @@
-//! The HTTP server loop: accepts connections within the `http.*` limits and hands each socket to
+//! The HTTP server loop of both processes (the API's ports, the invalidator's health port):
+//! accepts connections within the `http.*` limits ([`LimitedAcceptor`]) and hands each socket to
 //! hyper directly, with the poem endpoint as its service.
 //!
 //! poem's own `Server` boxes every connection into a `tokio::io::split` of it, which takes a lock
@@ -32,6 +33,10 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::{AbortOnDropHandle, TaskTracker};
+
+mod limits;
+
+pub use limits::{LimitedAcceptor, Permitted};
 
 /// How long the loop waits after an accept error that is not one connection's own (out of file
 /// descriptors, say) before it tries again, so the error cannot spin a core.
