@@ -9,9 +9,9 @@
 //! the requests it has, and drop whatever is still open after the grace period. And two limits
 //! apply that poem's `Server` leaves off, because a per-byte idle timeout alone cannot stop a
 //! client that keeps bytes moving without ever making a request: hyper's header deadline (an
-//! HTTP/1.1 client trickling its headers a byte at a time is cut off), and a connection with no
-//! request in flight for the idle timeout is closed, however many bytes move (HTTP/2 pings,
-//! or headers sent a frame at a time).
+//! HTTP/1.1 client trickling its headers a byte at a time is cut off), and a connection that
+//! starts no request for the idle timeout is closed, however many bytes move (HTTP/2 pings, or
+//! a frame's bytes trickled).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -52,8 +52,8 @@ pub struct ServeTimeouts {
     /// connection's opening or the end of the previous response; `None` for no limit.
     pub headers: Option<Duration>,
     /// How long a connection may go without starting a request before it is closed (gracefully:
-    /// an HTTP/2 client is sent `GOAWAY`), whatever bytes it moves; longer than any request
-    /// lasts. `None` for no limit.
+    /// an HTTP/2 client is sent `GOAWAY`; outright as long again later), whatever bytes it
+    /// moves; longer than any request lasts. `None` for no limit.
     pub requestless: Option<Duration>,
     /// How long a shutdown waits for the requests in flight.
     pub shutdown_grace: Duration,

@@ -46,18 +46,20 @@ pub fn tcp_connections_to(pid: u32, port: u16) -> Option<usize> {
         }
     }
     let port_hex = format!(":{port:04X}");
-    let mut count = 0;
+    // Counted by inode: the kernel lists the table a bucket at a time across `read` calls, so a
+    // socket can appear twice in one reading while other connections open and close.
+    let mut matched = std::collections::HashSet::new();
     for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
         let Ok(text) = std::fs::read_to_string(table) else { continue };
         for line in text.lines().skip(1) {
             let fields: Vec<&str> = line.split_whitespace().collect();
             // sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
             if fields.len() > 9 && fields[2].ends_with(&port_hex) && fields[3] == "01" && inodes.contains(fields[9]) {
-                count += 1;
+                matched.insert(fields[9].to_owned());
             }
         }
     }
-    Some(count)
+    Some(matched.len())
 }
 
 /// CPU time (user + system, clock ticks) of a process; 0 when it is gone.
