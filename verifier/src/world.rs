@@ -11,9 +11,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use openrisk_shared::Keyspace;
+use openrisk_shared::config::PostgresLink;
 use openrisk_shared::redis_connection::{RedisConnection, RedisTarget, Timeouts};
 use openrisk_test_support::{PrivatePostgres, PrivateRedis, PrivateRedisCluster, ReplicaPair, with_database};
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 use uuid::Uuid;
 
 use crate::network::Network;
@@ -366,14 +367,12 @@ pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("bind port 0")
 }
 
+/// The verifier's own Postgres connection: as the services open theirs (TLS from `sslmode`,
+/// keepalives and `tcp_user_timeout`, so a partition cannot hang a check), but giving up on a
+/// server that does not answer within 3 s.
 pub async fn connect(url: &str, application: &str) -> anyhow::Result<Client> {
-    let mut config: tokio_postgres::Config = url.parse()?;
-    config.application_name(application).connect_timeout(Duration::from_secs(3));
-    let (client, connection) = config.connect(NoTls).await?;
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    Ok(client)
+    let link = PostgresLink { connect_timeout: Duration::from_secs(3), ..PostgresLink::default() };
+    Ok(openrisk_shared::db::connect(url, application, &link).await?)
 }
 
 fn bin(cfg: &WorldConfig, name: &str) -> anyhow::Result<PathBuf> {
