@@ -5,13 +5,15 @@
 # machine. Single-row updates of one tenant's risks (the demo's of a running `scripts/dev-up.sh`),
 # paced by pgbench's `-R`, so each write is a wake-up at low rates and part of a batch at high
 # ones; each sets a new owner (an update that changes nothing emits no event). Prints, per rate,
-# the writes made and the lag's p50 / p99 / p99.9 as the upper bound of the histogram bucket
-# that holds each (the buckets are 0.25, 0.5, 1, 1.5, 2, 3, 4, 5, 7.5, 10, 15, 20, 30, 50 ms …).
+# the writes made and the lag's p50 / p99 / p99.9 (and the same for each of its stages) as the
+# upper bound of the histogram bucket that holds each (the buckets are 0.25, 0.5, 1, 1.5, 2, 3,
+# 4, 5, 7.5, 10, 15, 20, 30, 50 ms …).
 #
 #   load_tests/lag_pgbench.sh               # 10, 100 and 500 writes/s, 20 s each
 #   READS=1 load_tests/lag_pgbench.sh       # the same beside wrk reading cached risk details
 #
-# Knobs (environment): RATES (default "10 100 500") SECS (per rate, default 20) READS (0/1)
+# Knobs (environment): RATES (default "10 100 500") STAGES (the lag's stages to report, default
+# "outbox claim redis"; empty for none) SECS (per rate, default 20) READS (0/1)
 # TENANT (the slug whose risks are written and read, default demo)
 # DATABASE_URL METRICS_URL (the invalidator's, default http://127.0.0.1:9464/metrics) API_URL
 # (default http://127.0.0.1:8080) API_BIN (for the reader's token, default target/release/openrisk-api).
@@ -20,6 +22,8 @@ cd "$(dirname "$0")/.."
 source load_tests/wrk_details.sh
 
 RATES=${RATES:-10 100 500}
+# The parts of the lag to report beside it (per event for outbox, per batch for claim and redis).
+STAGES=${STAGES:-outbox claim redis}
 SECS=${SECS:-20}
 READS=${READS:-0}
 TENANT=${TENANT:-demo}
@@ -45,9 +49,12 @@ UPDATE risks SET owner = 'lag ' || :value
  WHERE id = (SELECT id FROM risks WHERE tenant_id = '$tenant' AND deleted_at IS NULL ORDER BY id OFFSET :offset LIMIT 1);
 SQL
 
-# The cumulative lag buckets, one "upper-bound count" line each.
+# The cumulative buckets of the lag, or given a stage's name those of that stage of it
+# (`openrisk_invalidator_lag_stage_seconds`), one "upper-bound count" line each.
 buckets() {
-    curl -fs "$METRICS_URL" | sed -n 's/^openrisk_invalidator_lag_seconds_bucket{le="\([^"]*\)"} \(.*\)$/\1 \2/p'
+    local series=openrisk_invalidator_lag_seconds_bucket'{' label=
+    if [ -n "${1:-}" ]; then series=openrisk_invalidator_lag_stage_seconds_bucket'{' label="stage=\"$1\""; fi
+    curl -fs "$METRICS_URL" | grep -F "$series" | grep -F "$label" | sed -n 's/^.*le="\([^"]*\)"} \(.*\)$/\1 \2/p'
 }
 
 # p50, p99 and p99.9 in ms from two bucket snapshots: the first bound whose count reaches each.
@@ -79,12 +86,24 @@ fi
 
 echo "$(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg), reads: $([ "$READS" = 1 ] && echo "wrk -t2 -c64 on cached risk details" || echo none)"
 for rate in $RATES; do
-    buckets >"$out/before"
-    made=$(pgbench -n -f "$out/update.sql" -R "$rate" -T "$SECS" "$DATABASE_URL" 2>&1 \
+    for part in "" $STAGES; do buckets "$part" >"$out/before$part"; done
+    rm -f "$out"/pgbench_log.*
+    made=$( (cd "$out" && pgbench -n -f update.sql -R "$rate" -T "$SECS" -l --log-prefix=pgbench_log "$DATABASE_URL" 2>&1) \
         | sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p')
     sleep 0.5
-    buckets >"$out/after"
+    for part in "" $STAGES; do buckets "$part" >"$out/after$part"; done
     echo "$rate writes/s for $SECS s ($made made): $(quantiles "$out/before" "$out/after")"
+    # pgbench's own latency per write (µs: from sending the update to its commit returning;
+    # under -R the log's column 3 counts from the scheduled start, so the schedule lag, column 7,
+    # comes off), which the lag's outbox stage overlaps: a slow commit is lag the invalidator
+    # cannot remove.
+    cat "$out"/pgbench_log.* | awk '{ print ($3 - $7) / 1000 }' | sort -n | awk '
+        { v[NR] = $1 }
+        END { if (NR) printf "    the writes themselves (pgbench latency): p50 %.1f / p99 %.1f / p99.9 %.1f ms\n",
+                             v[int(NR * 0.5) + 1], v[int(NR * 0.99) + 1], v[int(NR * 0.999) + 1] }'
+    for stage in $STAGES; do
+        echo "    stage $stage: $(quantiles "$out/before$stage" "$out/after$stage" | sed 's/events, lag/observed/')"
+    done
 done
 if [ "$READS" = 1 ]; then
     wait "${pids[@]}" 2>/dev/null || true

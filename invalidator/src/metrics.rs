@@ -1,10 +1,29 @@
 //! The invalidator's Prometheus metrics.
 
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
 /// The `target` of `openrisk_invalidator_reconnects_total` for the LISTEN connection (the
 /// outbox's own connection counts under `postgres`).
 pub const RECONNECT_LISTENER: &str = "postgres_listener";
+
+/// The parts of the invalidation lag, the `stage` of `openrisk_invalidator_lag_stage_seconds`:
+/// where a growing lag is spent. `OUTBOX` + `REDIS` is one event's lag; `CLAIM` overlaps both.
+pub mod stage {
+    /// From the row change to the claim reading the event (the database's clock): the writer's
+    /// commit, the wake-up and the claim's start. One observation per event.
+    pub const OUTBOX: &str = "outbox";
+    /// The claim query's round trip as this replica sees it. One per batch.
+    pub const CLAIM: &str = "claim";
+    /// From the claimed batch in hand to Redis confirming its invalidations (replica `WAIT`
+    /// included). One per batch.
+    pub const REDIS: &str = "redis";
+}
+
+/// Bucket bounds of the lag and of its stages, in seconds: fine below 10 ms, where the aims are.
+const LAG_BUCKETS: [f64; 24] = [
+    0.00025, 0.0005, 0.001, 0.0015, 0.002, 0.003, 0.004, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1,
+    0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
 
 /// Every metric one replica exports; names follow Prometheus conventions.
 #[derive(Clone)]
@@ -23,6 +42,7 @@ pub struct Metrics {
     pub outbox_backlog: IntGauge,
     pub oldest_event_age_seconds: prometheus::Gauge,
     pub lag_seconds: Histogram,
+    pub lag_stage_seconds: HistogramVec,
 }
 
 impl Metrics {
@@ -61,6 +81,20 @@ impl Metrics {
             "Connections re-established, by target: the outbox's Postgres connection, the LISTEN connection, Redis.",
             "target",
         );
+        let lag_stage_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "openrisk_invalidator_lag_stage_seconds",
+                "Parts of the invalidation lag, by stage: outbox (row change to claim, per event), \
+                 claim (the claim's round trip, per batch), redis (claimed batch to Redis confirming, per batch).",
+            )
+            .buckets(LAG_BUCKETS.to_vec()),
+            &["stage"],
+        )
+        .expect("valid metric");
+        registry.register(Box::new(lag_stage_seconds.clone())).expect("unique metric");
+        for stage in [stage::OUTBOX, stage::CLAIM, stage::REDIS] {
+            lag_stage_seconds.with_label_values(&[stage]);
+        }
         for (vec, label) in [
             (&errors, "postgres"),
             (&errors, "redis"),
@@ -106,11 +140,9 @@ impl Metrics {
             lag_seconds: histogram(
                 "openrisk_invalidator_lag_seconds",
                 "Invalidation lag: from the row change in Postgres to Redis confirming the deletion.",
-                vec![
-                    0.00025, 0.0005, 0.001, 0.0015, 0.002, 0.003, 0.004, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05,
-                    0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-                ],
+                LAG_BUCKETS.to_vec(),
             ),
+            lag_stage_seconds,
             registry,
         }
     }

@@ -22,7 +22,7 @@ use uuid::Uuid;
 use openrisk_shared::redis_connection::RedisUrlError;
 
 use crate::listener::{Session, Wakeups};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, stage};
 use crate::outbox::{self, Batch, ClaimedEvent};
 
 /// Tags sent to Redis in one script call.
@@ -272,13 +272,14 @@ impl Worker {
         claim: &Statement,
         redis: &mut RedisConnection,
     ) -> Result<usize, BatchError> {
+        let claim_sent = Instant::now();
         let batch = outbox::claim(&transaction, claim, self.settings.invalidator.batch_size).await?;
         if batch.is_empty() {
             return Ok(0);
         }
+        let claimed_at = Instant::now();
         let span = tracing::Span::current();
         span.record("size", batch.len()).record("tenants", batch.tenants().as_str());
-        let claimed_at = Instant::now();
         // On a Redis error the transaction is dropped and rolled back: the rows come back.
         let (tags, reclaimable) = self.apply(redis, &batch.events, batch.replayed_by).await?;
         let confirmed_after = claimed_at.elapsed();
@@ -288,7 +289,7 @@ impl Worker {
         }
         outbox::dead_letter(&transaction, &batch).await?;
         transaction.commit().await?;
-        self.record(&batch, tags, confirmed_after);
+        self.record(&batch, tags, claimed_at - claim_sent, confirmed_after);
         self.reclaim_in_background(redis, reclaimable);
         Ok(batch.len())
     }
@@ -308,8 +309,11 @@ impl Worker {
         });
     }
 
-    fn record(&self, batch: &Batch, tags: u64, confirmed_after: Duration) {
+    /// Counts an applied batch: `claim_took` the claim's round trip, `confirmed_after` the time
+    /// from the claimed batch in hand to Redis confirming it.
+    fn record(&self, batch: &Batch, tags: u64, claim_took: Duration, confirmed_after: Duration) {
         let metrics = &self.metrics;
+        let outbox_stage = metrics.lag_stage_seconds.with_label_values(&[stage::OUTBOX]);
         metrics.batches.inc();
         metrics.batch_size.observe(batch.len() as f64);
         metrics.events_processed.inc_by(batch.events.len() as u64);
@@ -317,7 +321,10 @@ impl Worker {
         metrics.tags_invalidated.inc_by(tags);
         for claimed in &batch.events {
             metrics.lag_seconds.observe((claimed.age_at_claim + confirmed_after).as_secs_f64());
+            outbox_stage.observe(claimed.age_at_claim.as_secs_f64());
         }
+        metrics.lag_stage_seconds.with_label_values(&[stage::CLAIM]).observe(claim_took.as_secs_f64());
+        metrics.lag_stage_seconds.with_label_values(&[stage::REDIS]).observe(confirmed_after.as_secs_f64());
         tracing::debug!(events = batch.len(), tags, "batch applied");
     }
 

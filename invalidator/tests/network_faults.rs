@@ -2,7 +2,8 @@
 //! network namespace of the test's own: packets dropped silently (no reset, no close) on one
 //! replica's connections while it holds a claimed batch, and on a LISTEN connection alone. The
 //! dead-peer settings (`[database]` keepalives and TCP user timeout, on both ends) bound how
-//! long either goes unnoticed; after each fault the outbox drains and nothing stays cached.
+//! long either goes unnoticed; after each fault the outbox drains and nothing stays cached. And
+//! a slow link to Redis, which the lag's stages must put where it is.
 
 mod common;
 
@@ -180,6 +181,47 @@ async fn a_replica_parks_again_as_soon_as_the_backend_of_its_lost_listen_session
 }
 
 /// The socket address of a `redis://host:port` URL.
+#[tokio::test]
+async fn the_lag_is_reported_by_stage_and_a_slow_redis_link_shows_in_the_redis_stage_alone() {
+    let h = Harness::new().await;
+    let one_way = Duration::from_millis(100);
+    let relay = LatencyRelay::start(redis_addr(&h.namespace.url), one_way);
+    let mut settings = h.settings();
+    settings.redis_url = format!("redis://{}", relay.addr);
+    let running = h.start(settings).await;
+    let tenant = h.tenant("a").await;
+    let metrics = &running.metrics;
+    let batches = metrics.batches.clone();
+    eventually("the tenant's creation is applied", WAIT, || {
+        let batches = batches.clone();
+        async move { batches.get() == 1 }
+    })
+    .await;
+    let stage = |name: &str| metrics.lag_stage_seconds.with_label_values(&[name]);
+    let sums =
+        || [metrics.lag_seconds.get_sample_sum(), stage("outbox").get_sample_sum(), stage("redis").get_sample_sum()];
+    let before = sums();
+
+    // One transaction: its events (the risk's and its history's) are claimed in one batch.
+    h.risk(tenant, "one transaction").await;
+    h.drained(WAIT).await;
+    eventually("the risk's events are applied", WAIT, || {
+        let batches = batches.clone();
+        async move { batches.get() == 2 }
+    })
+    .await;
+    let events = (metrics.events_processed.get() - 1) as f64;
+    let [lag, outbox, redis] = std::array::from_fn(|i| sums()[i] - before[i]);
+    assert!(redis >= 2.0 * one_way.as_secs_f64(), "the Redis round trip is in the redis stage: {redis} s");
+    assert!(outbox > 0.0, "the outbox stage took time: {outbox} s");
+    assert!((lag - (outbox + events * redis)).abs() < 1e-9, "lag {lag} = outbox {outbox} + {events} × redis {redis}");
+    assert_eq!(stage("outbox").get_sample_count(), metrics.events_processed.get(), "outbox: one per event");
+    for name in ["claim", "redis"] {
+        assert_eq!(stage(name).get_sample_count(), 2, "{name}: one per batch");
+    }
+    assert!(running.shutdown(WAIT).await);
+}
+
 fn redis_addr(url: &str) -> std::net::SocketAddr {
     let authority = url.trim_start_matches("redis://").trim_end_matches('/');
     std::net::ToSocketAddrs::to_socket_addrs(authority).unwrap().next().unwrap()
