@@ -7,7 +7,8 @@ use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterV
 pub const RECONNECT_LISTENER: &str = "postgres_listener";
 
 /// The parts of the invalidation lag, the `stage` of `openrisk_invalidator_lag_stage_seconds`:
-/// where a growing lag is spent. `OUTBOX` + `REDIS` is one event's lag; `CLAIM` overlaps both.
+/// where a growing lag is spent. `OUTBOX` + `REDIS` is one event's lag. `CLAIM` overlaps the end
+/// of `OUTBOX` and also covers the claim's reply on its way back, which the lag leaves out.
 pub mod stage {
     /// From the row change to the claim reading the event (the database's clock): the writer's
     /// commit, the wake-up and the claim's start. One observation per event.
