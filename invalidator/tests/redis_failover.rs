@@ -43,11 +43,9 @@ impl Failover {
     }
 
     /// Freezes the replica and closes its replication link, so nothing the master applies from
-    /// now on reaches it (not even through socket buffers).
+    /// now on reaches it.
     fn cut_off_replica(&self) {
-        self.cluster.pause(self.replica);
-        let killed = node_command(&self.cluster.node_url(self.master), &["CLIENT", "KILL", "TYPE", "replica"]);
-        assert!(killed.is_some(), "master answers CLIENT KILL");
+        self.cluster.cut_off_replica(self.replica, self.master);
     }
 
     /// SIGKILLs the master, lets the replica run again and makes it take the slots over.

@@ -172,8 +172,29 @@ impl PrivateRedisCluster {
         };
         let written = offset(master, "master_repl_offset:").expect("the master answers INFO replication");
         let replicas = self.replicas_of(master);
+        // A link still in its initial sync reports no offset that means anything: wait for it up.
+        let link_up = |replica: u16| {
+            command(&self.node_url(replica), &["INFO", "replication"])
+                .is_some_and(|info| info.lines().any(|line| line.trim() == "master_link_status:up"))
+        };
         wait_until("replicas caught up with their master", Duration::from_secs(10), || {
-            replicas.iter().all(|&replica| offset(replica, "slave_repl_offset:").is_some_and(|read| read >= written))
+            replicas.iter().all(|&replica| {
+                link_up(replica) && offset(replica, "slave_repl_offset:").is_some_and(|read| read >= written)
+            })
+        });
+    }
+
+    /// Freezes the replica on `replica` and closes every replication link of the master on
+    /// `master`, until that master reports none, so nothing the master applies from now on
+    /// reaches the replica, not even through its socket buffers (a link still in its handshake is
+    /// not of type replica yet, so one kill may miss it).
+    pub fn cut_off_replica(&self, replica: u16, master: u16) {
+        self.pause(replica);
+        let master_url = self.node_url(master);
+        wait_until("the master has no replication link left", Duration::from_secs(10), || {
+            command(&master_url, &["CLIENT", "KILL", "TYPE", "replica"]).is_some()
+                && command(&master_url, &["INFO", "replication"])
+                    .is_some_and(|info| info.lines().any(|line| line.trim() == "connected_slaves:0"))
         });
     }
 
