@@ -180,7 +180,6 @@ async fn a_replica_parks_again_as_soon_as_the_backend_of_its_lost_listen_session
     assert!(running.shutdown(WAIT).await);
 }
 
-/// The socket address of a `redis://host:port` URL.
 #[tokio::test]
 async fn the_lag_is_reported_by_stage_and_a_slow_redis_link_shows_in_the_redis_stage_alone() {
     let h = Harness::new().await;
@@ -222,6 +221,7 @@ async fn the_lag_is_reported_by_stage_and_a_slow_redis_link_shows_in_the_redis_s
     assert!(running.shutdown(WAIT).await);
 }
 
+/// The socket address of a `redis://host:port` URL.
 fn redis_addr(url: &str) -> std::net::SocketAddr {
     let authority = url.trim_start_matches("redis://").trim_end_matches('/');
     std::net::ToSocketAddrs::to_socket_addrs(authority).unwrap().next().unwrap()
