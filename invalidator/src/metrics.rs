@@ -20,6 +20,25 @@ pub mod stage {
     pub const REDIS: &str = "redis";
 }
 
+/// The stage histograms of `openrisk_invalidator_lag_stage_seconds`, resolved once (each series
+/// is exported from start-up, at zero).
+#[derive(Clone)]
+pub struct LagStages {
+    pub outbox: Histogram,
+    pub claim: Histogram,
+    pub redis: Histogram,
+}
+
+impl LagStages {
+    fn of(stages: &HistogramVec) -> Self {
+        Self {
+            outbox: stages.with_label_values(&[stage::OUTBOX]),
+            claim: stages.with_label_values(&[stage::CLAIM]),
+            redis: stages.with_label_values(&[stage::REDIS]),
+        }
+    }
+}
+
 /// Bucket bounds of the lag and of its stages, in seconds: fine below 10 ms, where the aims are.
 const LAG_BUCKETS: [f64; 24] = [
     0.00025, 0.0005, 0.001, 0.0015, 0.002, 0.003, 0.004, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1,
@@ -44,6 +63,7 @@ pub struct Metrics {
     pub oldest_event_age_seconds: prometheus::Gauge,
     pub lag_seconds: Histogram,
     pub lag_stage_seconds: HistogramVec,
+    pub lag_stages: LagStages,
 }
 
 impl Metrics {
@@ -93,9 +113,6 @@ impl Metrics {
         )
         .expect("valid metric");
         registry.register(Box::new(lag_stage_seconds.clone())).expect("unique metric");
-        for stage in [stage::OUTBOX, stage::CLAIM, stage::REDIS] {
-            lag_stage_seconds.with_label_values(&[stage]);
-        }
         for (vec, label) in [
             (&errors, "postgres"),
             (&errors, "redis"),
@@ -143,6 +160,7 @@ impl Metrics {
                 "Invalidation lag: from the row change in Postgres to Redis confirming the deletion.",
                 LAG_BUCKETS.to_vec(),
             ),
+            lag_stages: LagStages::of(&lag_stage_seconds),
             lag_stage_seconds,
             registry,
         }

@@ -22,7 +22,7 @@ use uuid::Uuid;
 use openrisk_shared::redis_connection::RedisUrlError;
 
 use crate::listener::{Session, Wakeups};
-use crate::metrics::{Metrics, stage};
+use crate::metrics::Metrics;
 use crate::outbox::{self, Batch, ClaimedEvent};
 
 /// Tags sent to Redis in one script call.
@@ -313,7 +313,6 @@ impl Worker {
     /// from the claimed batch in hand to Redis confirming it.
     fn record(&self, batch: &Batch, tags: u64, claim_took: Duration, confirmed_after: Duration) {
         let metrics = &self.metrics;
-        let outbox_stage = metrics.lag_stage_seconds.with_label_values(&[stage::OUTBOX]);
         metrics.batches.inc();
         metrics.batch_size.observe(batch.len() as f64);
         metrics.events_processed.inc_by(batch.events.len() as u64);
@@ -321,10 +320,10 @@ impl Worker {
         metrics.tags_invalidated.inc_by(tags);
         for claimed in &batch.events {
             metrics.lag_seconds.observe((claimed.age_at_claim + confirmed_after).as_secs_f64());
-            outbox_stage.observe(claimed.age_at_claim.as_secs_f64());
+            metrics.lag_stages.outbox.observe(claimed.age_at_claim.as_secs_f64());
         }
-        metrics.lag_stage_seconds.with_label_values(&[stage::CLAIM]).observe(claim_took.as_secs_f64());
-        metrics.lag_stage_seconds.with_label_values(&[stage::REDIS]).observe(confirmed_after.as_secs_f64());
+        metrics.lag_stages.claim.observe(claim_took.as_secs_f64());
+        metrics.lag_stages.redis.observe(confirmed_after.as_secs_f64());
         tracing::debug!(events = batch.len(), tags, "batch applied");
     }
 

@@ -114,7 +114,7 @@ impl PrivateRedisCluster {
                 .iter()
                 .filter(|node| node.process.is_running())
                 .filter(|node| {
-                    command(&self.node_url(node.port), &["INFO", "replication"])
+                    self.replication_info(node.port)
                         .is_some_and(|info| info.contains("role:slave") && info.contains("master_link_status:up"))
                 })
                 .count();
@@ -127,10 +127,7 @@ impl PrivateRedisCluster {
         self.nodes
             .iter()
             .filter(|node| node.process.is_running())
-            .filter(|node| {
-                command(&self.node_url(node.port), &["INFO", "replication"])
-                    .is_some_and(|info| info.contains("role:master"))
-            })
+            .filter(|node| self.replication_info(node.port).is_some_and(|info| info.contains("role:master")))
             .map(|node| node.port)
             .collect()
     }
@@ -153,7 +150,7 @@ impl PrivateRedisCluster {
             .iter()
             .filter(|node| node.process.is_running())
             .filter(|node| {
-                command(&self.node_url(node.port), &["INFO", "replication"])
+                self.replication_info(node.port)
                     .is_some_and(|info| info.contains("role:slave") && info.contains(&format!("master_port:{master}")))
             })
             .map(|node| node.port)
@@ -164,24 +161,24 @@ impl PrivateRedisCluster {
     /// written when called: replication is asynchronous, so a write just answered may not be on a
     /// replica yet, and a test that then cuts the replica off would miss it.
     pub fn wait_until_replicated(&self, master: u16) {
-        let offset = |port: u16, field: &str| {
-            command(&self.node_url(port), &["INFO", "replication"])?
-                .lines()
-                .find_map(|line| line.strip_prefix(field))
-                .and_then(|value| value.trim().parse::<u64>().ok())
-        };
-        let written = offset(master, "master_repl_offset:").expect("the master answers INFO replication");
+        let offset = |info: &str, field: &str| info_field(info, field).and_then(|value| value.parse::<u64>().ok());
+        let master_info = self.replication_info(master).expect("the master answers INFO replication");
+        let written = offset(&master_info, "master_repl_offset").expect("the master reports its offset");
         let replicas = self.replicas_of(master);
-        // A link still in its initial sync reports no offset that means anything: wait for it up.
-        let link_up = |replica: u16| {
-            command(&self.node_url(replica), &["INFO", "replication"])
-                .is_some_and(|info| info.lines().any(|line| line.trim() == "master_link_status:up"))
-        };
         wait_until("replicas caught up with their master", Duration::from_secs(10), || {
             replicas.iter().all(|&replica| {
-                link_up(replica) && offset(replica, "slave_repl_offset:").is_some_and(|read| read >= written)
+                // A link still in its initial sync reports no offset that means anything.
+                self.replication_info(replica).is_some_and(|info| {
+                    info_field(&info, "master_link_status") == Some("up")
+                        && offset(&info, "slave_repl_offset").is_some_and(|read| read >= written)
+                })
             })
         });
+    }
+
+    /// What `INFO replication` says on the node on `port`; `None` when it does not answer.
+    fn replication_info(&self, port: u16) -> Option<String> {
+        command(&self.node_url(port), &["INFO", "replication"])
     }
 
     /// Freezes the replica on `replica` and closes every replication link of the master on
@@ -193,8 +190,7 @@ impl PrivateRedisCluster {
         let master_url = self.node_url(master);
         wait_until("the master has no replication link left", Duration::from_secs(10), || {
             command(&master_url, &["CLIENT", "KILL", "TYPE", "replica"]).is_some()
-                && command(&master_url, &["INFO", "replication"])
-                    .is_some_and(|info| info.lines().any(|line| line.trim() == "connected_slaves:0"))
+                && self.replication_info(master).is_some_and(|info| info_field(&info, "connected_slaves") == Some("0"))
         });
     }
 
@@ -244,4 +240,9 @@ pub fn command(url: &str, args: &[&str]) -> Option<String> {
         redis::Value::Okay => Some("OK".into()),
         other => Some(format!("{other:?}")),
     }
+}
+
+/// The value of `field` in an `INFO` reply (`field:value` lines).
+fn info_field<'a>(info: &'a str, field: &str) -> Option<&'a str> {
+    info.lines().find_map(|line| line.strip_prefix(field)?.strip_prefix(':')).map(str::trim)
 }
