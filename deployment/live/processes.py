@@ -117,7 +117,8 @@ class Postgres:
                             "-D", self.data], check=True, capture_output=True, **self.run_as)
         self.proc = Proc(name, [os.path.join(self.bin, "postgres"), "-D", self.data,
                                 "-p", str(self.port), "-k", self.dir, "-c", "listen_addresses=127.0.0.1",
-                                "-c", "fsync=off", "-c", "full_page_writes=off", "-c", "max_connections=200"],
+                                "-c", "fsync=off", "-c", "full_page_writes=off", "-c", "max_connections=200",
+                                "-c", "track_commit_timestamp=on"],
                          user=user)
 
     def start(self):

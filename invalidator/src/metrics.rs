@@ -9,9 +9,15 @@ pub const RECONNECT_LISTENER: &str = "postgres_listener";
 /// The parts of the invalidation lag, the `stage` of `openrisk_invalidator_lag_stage_seconds`:
 /// where a growing lag is spent. `OUTBOX` + `REDIS` is one event's lag. `CLAIM` overlaps the end
 /// of `OUTBOX` and also covers the claim's reply on its way back, which the lag leaves out.
+/// `COMMIT` comes before the lag and is not part of it.
 pub mod stage {
-    /// From the row change to the claim reading the event (the database's clock): the writer's
-    /// commit, the wake-up and the claim's start. One observation per event.
+    /// From the row change to its transaction's commit: the rest of the writer's transaction,
+    /// which no reader sees yet. One observation per event, only where Postgres records commit
+    /// times (`track_commit_timestamp = on`).
+    pub const COMMIT: &str = "commit";
+    /// From the commit to the claim reading the event (the database's clock): the notification,
+    /// the wake-up and the claim's start. From the row change instead where commit times are not
+    /// recorded, so the writer's commit is then in it. One observation per event.
     pub const OUTBOX: &str = "outbox";
     /// The claim query's round trip as this replica sees it. One per batch.
     pub const CLAIM: &str = "claim";
@@ -24,6 +30,7 @@ pub mod stage {
 /// is exported from start-up, at zero).
 #[derive(Clone)]
 pub struct LagStages {
+    pub commit: Histogram,
     pub outbox: Histogram,
     pub claim: Histogram,
     pub redis: Histogram,
@@ -32,6 +39,7 @@ pub struct LagStages {
 impl LagStages {
     fn of(stages: &HistogramVec) -> Self {
         Self {
+            commit: stages.with_label_values(&[stage::COMMIT]),
             outbox: stages.with_label_values(&[stage::OUTBOX]),
             claim: stages.with_label_values(&[stage::CLAIM]),
             redis: stages.with_label_values(&[stage::REDIS]),
@@ -105,8 +113,9 @@ impl Metrics {
         let lag_stage_seconds = HistogramVec::new(
             HistogramOpts::new(
                 "openrisk_invalidator_lag_stage_seconds",
-                "Parts of the invalidation lag, by stage: outbox (row change to claim, per event), \
-                 claim (the claim's round trip, per batch), redis (claimed batch to Redis confirming, per batch).",
+                "Parts of the invalidation lag, by stage: outbox (commit, or row change where commit times are \
+                 not recorded, to claim, per event), claim (the claim's round trip, per batch), redis (claimed batch \
+                 to Redis confirming, per batch); and before it, commit (row change to commit, per event).",
             )
             .buckets(LAG_BUCKETS.to_vec()),
             &["stage"],

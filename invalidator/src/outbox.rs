@@ -51,11 +51,14 @@ impl Batch {
     }
 }
 
-/// An event with how old it was, by the database's clock, when it was claimed.
+/// An event with how old it was, by the database's clock, when it was claimed: since its commit
+/// where Postgres records commit times, else since the row change (see [`outbox::CLAIM`]).
 #[derive(Debug)]
 pub struct ClaimedEvent {
     pub event: InvalidationEvent,
     pub age_at_claim: Duration,
+    /// From the row change to its commit, where Postgres recorded the commit's time.
+    pub in_transaction: Option<Duration>,
 }
 
 /// A claimed row that cannot be applied, kept whole for the dead-letter table.
@@ -93,18 +96,23 @@ pub async fn claim(
             created_at: row.get::<_, DateTime<Utc>>("created_at"),
             table_watched: row.get("watched"),
         };
-        let age_seconds: f64 = row.get("age_seconds");
+        let age_at_claim = seconds(row.get("age_seconds"));
+        let in_transaction = row.get::<_, Option<f64>>("in_transaction_seconds").map(seconds);
         if let Ok(position) = row.get::<_, String>("wal_position").parse::<Lsn>() {
             batch.replayed_by = batch.replayed_by.max(position);
         }
         match InvalidationEvent::try_from(outbox_row.clone()) {
-            Ok(event) => {
-                batch.events.push(ClaimedEvent { event, age_at_claim: Duration::from_secs_f64(age_seconds.max(0.0)) })
-            }
+            Ok(event) => batch.events.push(ClaimedEvent { event, age_at_claim, in_transaction }),
             Err(reason) => batch.poison.push(PoisonRow { row: outbox_row, txid: row.get("txid"), reason }),
         }
     }
     Ok(batch)
+}
+
+/// A duration the database computed between two of its clock readings; never negative (its
+/// clock may step back between them).
+fn seconds(value: f64) -> Duration {
+    Duration::from_secs_f64(value.max(0.0))
 }
 
 /// Moves the batch's poison rows to the dead-letter table (the claim already deleted them).

@@ -321,6 +321,9 @@ impl Worker {
         for claimed in &batch.events {
             metrics.lag_seconds.observe((claimed.age_at_claim + confirmed_after).as_secs_f64());
             metrics.lag_stages.outbox.observe(claimed.age_at_claim.as_secs_f64());
+            if let Some(in_transaction) = claimed.in_transaction {
+                metrics.lag_stages.commit.observe(in_transaction.as_secs_f64());
+            }
         }
         metrics.lag_stages.claim.observe(claim_took.as_secs_f64());
         metrics.lag_stages.redis.observe(confirmed_after.as_secs_f64());

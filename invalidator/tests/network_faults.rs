@@ -3,7 +3,8 @@
 //! replica's connections while it holds a claimed batch, and on a LISTEN connection alone. The
 //! dead-peer settings (`[database]` keepalives and TCP user timeout, on both ends) bound how
 //! long either goes unnoticed; after each fault the outbox drains and nothing stays cached. And
-//! a slow link to Redis, which the lag's stages must put where it is.
+//! a slow link to Redis, which the lag's stages must put where it is, and a writer's transaction
+//! held open, which stays out of the lag where Postgres records commit times.
 
 mod common;
 
@@ -218,6 +219,47 @@ async fn the_lag_is_reported_by_stage_and_a_slow_redis_link_shows_in_the_redis_s
     for name in ["claim", "redis"] {
         assert_eq!(stage(name).get_sample_count(), 2, "{name}: one per batch");
     }
+    assert!(running.shutdown(WAIT).await);
+}
+
+#[tokio::test]
+async fn the_lag_starts_at_the_commit_where_commit_times_are_recorded_and_the_open_transaction_is_its_own_stage() {
+    let postgres = PrivatePostgres::start_with_settings(&["track_commit_timestamp=on"]);
+    let h = Harness::with(TestDatabase::create_on(&postgres.admin_url()).await, RedisNamespace::new()).await;
+    let running = h.start(h.settings()).await;
+    let tenant = h.tenant("a").await;
+    h.drained(WAIT).await;
+    let metrics = &running.metrics;
+    let stage = |name: &str| metrics.lag_stage_seconds.with_label_values(&[name]);
+    let sums =
+        || [metrics.lag_seconds.get_sample_sum(), stage("commit").get_sample_sum(), stage("outbox").get_sample_sum()];
+    let processed_before = metrics.events_processed.get();
+    let before = sums();
+
+    // A writer that holds its transaction open after the change: no reader sees the change
+    // before the commit, so that wait is no part of the lag.
+    let held_open = Duration::from_secs(1);
+    let writer = h.db.connect().await;
+    writer.batch_execute("BEGIN").await.unwrap();
+    writer
+        .execute("INSERT INTO risks (tenant_id, title, impact, probability) VALUES ($1, 'held open', 3, 3)", &[&tenant])
+        .await
+        .unwrap();
+    let events: i64 = writer.query_one("SELECT count(*) FROM cache_outbox", &[]).await.unwrap().get(0);
+    tokio::time::sleep(held_open).await;
+    writer.batch_execute("COMMIT").await.unwrap();
+    let processed = metrics.events_processed.clone();
+    eventually("the transaction's events are applied", WAIT, || {
+        let processed = processed.clone();
+        async move { processed.get() == processed_before + events as u64 }
+    })
+    .await;
+
+    let [lag, commit, outbox] = std::array::from_fn(|i| sums()[i] - before[i]);
+    let (events, held_open) = (events as f64, held_open.as_secs_f64());
+    assert!(commit >= events * held_open, "each event's commit stage holds the open transaction: {commit} s");
+    assert!(lag < events * held_open / 2.0, "each event's lag starts at the commit: {lag} s for {events} events");
+    assert!(outbox <= lag, "the outbox stage is part of the lag: {outbox} s of {lag} s");
     assert!(running.shutdown(WAIT).await);
 }
 

@@ -31,16 +31,25 @@ pub const OWN_ROWS: &str = "
 /// already sees the claimed rows: their writes' commit records end before it (a trigger's own
 /// position would not do, as it precedes its transaction's commit record). Read replicas use
 /// it as the replay floor of the versions this batch writes (see [`crate::protocol`]).
+///
+/// `age_seconds` counts from the writer's commit where the server records commit times
+/// (`track_commit_timestamp = on`): before it no reader can see the change, so no cached entry is
+/// stale yet. Otherwise, and for a transaction whose commit time is no longer kept, it counts
+/// from the row change (`created_at`), which adds the rest of the writer's transaction.
+/// `in_transaction_seconds` is that rest (row change to commit) where it is known, else null.
 pub const CLAIM: &str = "
     WITH picked AS MATERIALIZED (
         SELECT id FROM cache_outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED),
     claimed AS (
         DELETE FROM cache_outbox o USING picked p
         WHERE o.id = p.id
-        RETURNING o.id, o.tenant_id, o.table_name, o.op, o.tags, o.txid, o.created_at)
+        RETURNING o.id, o.tenant_id, o.table_name, o.op, o.tags, o.txid, o.created_at,
+                  CASE WHEN current_setting('track_commit_timestamp')::boolean
+                       THEN pg_xact_commit_timestamp(o.xmin) END AS committed_at)
     SELECT c.id, c.tenant_id, c.table_name, c.op, c.tags, c.txid::text AS txid, c.created_at,
            EXISTS (SELECT 1 FROM cache_watches w WHERE w.table_name::text = c.table_name) AS watched,
-           extract(epoch FROM clock_timestamp() - c.created_at)::float8 AS age_seconds,
+           extract(epoch FROM clock_timestamp() - coalesce(c.committed_at, c.created_at))::float8 AS age_seconds,
+           extract(epoch FROM c.committed_at - c.created_at)::float8 AS in_transaction_seconds,
            pg_current_wal_insert_lsn()::text AS wal_position
     FROM claimed c
     ORDER BY c.id";

@@ -155,6 +155,8 @@ pub struct PrivatePostgres {
     namespace: Option<String>,
     /// Whether it takes TLS sessions only (see [`PrivatePostgres::start_tls_only`]).
     tls_only: bool,
+    /// Server settings (`name=value`) beyond the defaults of every private server.
+    settings: Vec<String>,
     /// Declared before `dir`: the server stops before its data directory is deleted.
     process: ServerProcess,
     dir: TempDir,
@@ -165,6 +167,15 @@ impl PrivatePostgres {
     /// Runs `initdb` and starts the server. As root, the server runs as the `postgres` user.
     pub fn start() -> Self {
         Self::start_on(vec![Ipv4Addr::LOCALHOST], None)
+    }
+
+    /// Starts one on loopback with these server settings (`name=value`) added, such as
+    /// `track_commit_timestamp=on`, which the shared server cannot be assumed to have.
+    pub fn start_with_settings(settings: &[&str]) -> Self {
+        let mut postgres = Self::initialised(vec![Ipv4Addr::LOCALHOST], None);
+        postgres.settings = settings.iter().map(|setting| (*setting).to_owned()).collect();
+        postgres.launch();
+        postgres
     }
 
     /// Starts one inside `link`'s namespace, listening on every server address of the link, so
@@ -217,7 +228,7 @@ impl PrivatePostgres {
             namespace
         });
         let process = ServerProcess::stopped_by("QUIT");
-        Self { port: free_port(), hosts, namespace, tls_only: false, process, dir, bin }
+        Self { port: free_port(), hosts, namespace, tls_only: false, settings: Vec::new(), process, dir, bin }
     }
 
     /// Admin URL (database `postgres`) on the first address.
@@ -239,6 +250,7 @@ impl PrivatePostgres {
                 .args(["-p", &self.port.to_string(), "-c", &format!("listen_addresses={listen}"), "-c", "fsync=off"])
                 .args(["-c", "full_page_writes=off", "-c", "max_connections=200"])
                 .args(self.tls_settings())
+                .args(self.settings.iter().flat_map(|setting| ["-c", setting.as_str()]))
                 .arg("-k")
                 .arg(self.dir.path()),
             "postgres",
