@@ -153,9 +153,8 @@ pub struct PrivatePostgres {
     /// Every address it listens on: loopback, or the server addresses of a [`NetworkLink`].
     pub hosts: Vec<Ipv4Addr>,
     namespace: Option<String>,
-    /// Whether it takes TLS sessions only (see [`PrivatePostgres::start_tls_only`]).
-    tls_only: bool,
-    /// Server settings (`name=value`) beyond the defaults of every private server.
+    /// Server settings (`name=value`) beyond the defaults of every private server: those a test
+    /// asked for, or the TLS ones of [`PrivatePostgres::start_tls_only`].
     settings: Vec<String>,
     /// Declared before `dir`: the server stops before its data directory is deleted.
     process: ServerProcess,
@@ -192,7 +191,13 @@ impl PrivatePostgres {
         issue_certificates(&postgres.tls_dir());
         let hba = "local all all trust\nhostssl all all 127.0.0.1/32 trust\nhostnossl all all 127.0.0.1/32 reject\n";
         std::fs::write(postgres.dir.path().join("data").join("pg_hba.conf"), hba).expect("write pg_hba.conf");
-        postgres.tls_only = true;
+        let tls = postgres.tls_dir();
+        let file = |name: &str| tls.join(name).display().to_string();
+        postgres.settings = vec![
+            "ssl=on".to_owned(),
+            format!("ssl_cert_file={}", file("server.crt")),
+            format!("ssl_key_file={}", file("server.key")),
+        ];
         postgres.launch();
         postgres
     }
@@ -228,7 +233,7 @@ impl PrivatePostgres {
             namespace
         });
         let process = ServerProcess::stopped_by("QUIT");
-        Self { port: free_port(), hosts, namespace, tls_only: false, settings: Vec::new(), process, dir, bin }
+        Self { port: free_port(), hosts, namespace, settings: Vec::new(), process, dir, bin }
     }
 
     /// Admin URL (database `postgres`) on the first address.
@@ -249,7 +254,6 @@ impl PrivatePostgres {
                 .arg(self.dir.path().join("data"))
                 .args(["-p", &self.port.to_string(), "-c", &format!("listen_addresses={listen}"), "-c", "fsync=off"])
                 .args(["-c", "full_page_writes=off", "-c", "max_connections=200"])
-                .args(self.tls_settings())
                 .args(self.settings.iter().flat_map(|setting| ["-c", setting.as_str()]))
                 .arg("-k")
                 .arg(self.dir.path()),
@@ -257,23 +261,6 @@ impl PrivatePostgres {
         );
         self.process.replace(child);
         wait_until("private postgres", Duration::from_secs(30), || answers(&self.bin, self.hosts[0], self.port));
-    }
-
-    /// The server options that turn TLS on with the certificates of `start_tls_only`.
-    fn tls_settings(&self) -> Vec<String> {
-        if !self.tls_only {
-            return Vec::new();
-        }
-        let tls = self.tls_dir();
-        let file = |name: &str| tls.join(name).display().to_string();
-        [
-            "ssl=on".to_owned(),
-            format!("ssl_cert_file={}", file("server.crt")),
-            format!("ssl_key_file={}", file("server.key")),
-        ]
-        .into_iter()
-        .flat_map(|setting| ["-c".to_owned(), setting])
-        .collect()
     }
 
     /// Stops the server immediately (SIGQUIT: no shutdown checkpoint, crash recovery on start).
