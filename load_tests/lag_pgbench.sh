@@ -11,10 +11,18 @@
 #
 #   load_tests/lag_pgbench.sh               # 10, 100 and 500 writes/s, 20 s each
 #   READS=1 load_tests/lag_pgbench.sh       # the same beside wrk reading cached risk details
+#   READS=1 SPLIT_CORES=1 load_tests/lag_pgbench.sh
+#                                           # the readers (the API and wrk) confined to the last
+#                                           # core, the invalidation chain (Postgres, Redis, the
+#                                           # invalidator, pgbench) to the others, as separate
+#                                           # machines would have them; every affinity is restored
+#                                           # on exit
 #
 # Knobs (environment): RATES (default "10 100 500") STAGES (the lag's stages to report, default
 # "commit outbox claim redis"; empty for none) SECS (per rate, default 20) READS (0/1)
-# TENANT (the slug whose risks are written and read, default demo)
+# TENANT (the slug whose risks are written and read, default demo) SPLIT_CORES (0/1)
+# CLIENTS (pgbench's connections, sharing the rate; default 1: enough for 500 writes/s on idle
+# cores, not where each write waits for a busy one)
 # DATABASE_URL METRICS_URL (the invalidator's, default http://127.0.0.1:9464/metrics) API_URL
 # (default http://127.0.0.1:8080) API_BIN (for the reader's token, default target/release/openrisk-api).
 set -euo pipefail
@@ -27,6 +35,8 @@ RATES=${RATES:-10 100 500}
 STAGES=${STAGES:-commit outbox claim redis}
 SECS=${SECS:-20}
 READS=${READS:-0}
+SPLIT_CORES=${SPLIT_CORES:-0}
+CLIENTS=${CLIENTS:-1}
 TENANT=${TENANT:-demo}
 DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/openrisk}"
 METRICS_URL="${METRICS_URL:-http://127.0.0.1:9464/metrics}"
@@ -37,7 +47,38 @@ curl -fs "$METRICS_URL" >/dev/null || { echo "no invalidator metrics at $METRICS
 
 out=$(mktemp -d)
 pids=()
-trap 'kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$out"' EXIT
+trap 'kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$out"; unsplit_cores' EXIT
+
+all_cores="0-$(( $(nproc) - 1 ))"
+reader_cores=$(( $(nproc) - 1 ))
+chain_cores="0-$(( $(nproc) - 2 ))"
+# Every thread of every process named by pgrep's arguments onto the cores $1.
+pin() {
+    local cores=$1; shift
+    local pid
+    for pid in $(pgrep "$@"); do taskset -a -p -c "$cores" "$pid" >/dev/null 2>&1 || true; done
+}
+# The readers on the last core, the invalidation chain on the others (new Postgres backends
+# inherit the postmaster's affinity).
+split_cores() {
+    [ "$(nproc)" -ge 2 ] || { echo "SPLIT_CORES=1 needs at least 2 cores" >&2; exit 1; }
+    pin "$reader_cores" -f "openrisk-api serve"
+    pin "$chain_cores" -x postgres
+    pin "$chain_cores" -x redis-server
+    pin "$chain_cores" -f "openrisk-invalidator run"
+}
+unsplit_cores() {
+    [ "$SPLIT_CORES" = 1 ] || return 0
+    pin "$all_cores" -f "openrisk-api serve"
+    pin "$all_cores" -x postgres
+    pin "$all_cores" -x redis-server
+    pin "$all_cores" -f "openrisk-invalidator run"
+}
+[ "$SPLIT_CORES" = 1 ] && split_cores
+# Where the processes this script starts run.
+readers=()
+chain=()
+if [ "$SPLIT_CORES" = 1 ]; then readers=(taskset -c "$reader_cores"); chain=(taskset -c "$chain_cores"); fi
 
 tenant=$(psql "$DATABASE_URL" -Atc "SELECT id FROM tenants WHERE slug = '$TENANT'")
 [ -n "$tenant" ] || { echo "no tenant $TENANT: start scripts/dev-up.sh" >&2; exit 1; }
@@ -80,19 +121,21 @@ if [ "$READS" = 1 ]; then
     command -v wrk >/dev/null || { echo "READS=1 needs wrk (Debian: wrk)" >&2; exit 1; }
     token=$("$API_BIN" token create --tenant "$TENANT" --role viewer --name lag-pgbench 2>/dev/null)
     wrk_details "$DATABASE_URL" "$tenant" "$token" "$out/paths.lua"
-    wrk -t2 -c64 -d "$(( (SECS + 2) * $(wc -w <<<"$RATES") + 5 ))s" -s "$out/paths.lua" "$API_URL" >"$out/wrk.txt" &
+    "${readers[@]}" wrk -t2 -c64 -d "$(( (SECS + 2) * $(wc -w <<<"$RATES") + 5 ))s" -s "$out/paths.lua" "$API_URL" >"$out/wrk.txt" &
     pids+=($!)
     sleep 3
 fi
 
 echo "$(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg), reads: $([ "$READS" = 1 ] && echo "wrk -t2 -c64 on cached risk details" || echo none)"
+echo "pgbench clients: $CLIENTS"
+[ "$SPLIT_CORES" = 1 ] && echo "cores: the API and wrk on $reader_cores; Postgres, Redis, the invalidator and pgbench on $chain_cores"
 # Where Postgres records commit times the lag counts from each write's commit and the commit
 # stage holds the rest of the writer's transaction; elsewhere the lag counts from the row change.
 echo "track_commit_timestamp: $(psql "$DATABASE_URL" -Atc 'SHOW track_commit_timestamp')"
 for rate in $RATES; do
     for part in "" $STAGES; do buckets "$part" >"$out/before$part"; done
     rm -f "$out"/pgbench_log.*
-    made=$( (cd "$out" && pgbench -n -f update.sql -R "$rate" -T "$SECS" -l --log-prefix=pgbench_log "$DATABASE_URL" 2>&1) \
+    made=$( (cd "$out" && "${chain[@]}" pgbench -n -c "$CLIENTS" -f update.sql -R "$rate" -T "$SECS" -l --log-prefix=pgbench_log "$DATABASE_URL" 2>&1) \
         | sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p')
     sleep 0.5
     for part in "" $STAGES; do buckets "$part" >"$out/after$part"; done

@@ -138,7 +138,8 @@ pub async fn dead_letter(transaction: &Transaction<'_>, batch: &Batch) -> Result
     Ok(())
 }
 
-/// Size of the outbox and age of its oldest event (zero when empty), by the database's clock.
+/// Size of the outbox and age of its oldest event (zero when empty), by the database's clock
+/// (from the commit where commit times are recorded; see [`outbox::BACKLOG`]).
 pub async fn backlog(client: &Client) -> Result<(i64, f64), tokio_postgres::Error> {
     let row = client.query_one(outbox::BACKLOG, &[]).await?;
     Ok((row.get(0), row.get(1)))

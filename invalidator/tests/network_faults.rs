@@ -223,7 +223,7 @@ async fn the_lag_is_reported_by_stage_and_a_slow_redis_link_shows_in_the_redis_s
 }
 
 #[tokio::test]
-async fn the_lag_starts_at_the_commit_where_commit_times_are_recorded_and_the_open_transaction_is_its_own_stage() {
+async fn the_lag_and_the_oldest_event_age_start_at_the_commit_where_commit_times_are_recorded() {
     let postgres = PrivatePostgres::start_with_settings(&["track_commit_timestamp=on"]);
     let h = Harness::with(TestDatabase::create_on(&postgres.admin_url()).await, RedisNamespace::new()).await;
     let running = h.start(h.settings()).await;
@@ -261,6 +261,16 @@ async fn the_lag_starts_at_the_commit_where_commit_times_are_recorded_and_the_op
     assert!(lag < events * held_open / 2.0, "each event's lag starts at the commit: {lag} s for {events} events");
     assert!(outbox <= lag, "the outbox stage is part of the lag: {outbox} s of {lag} s");
     assert!(running.shutdown(WAIT).await);
+
+    // With no replica running the event stays in the outbox: its age, what pages and what
+    // `/readyz` compares, counts from the commit too.
+    writer.batch_execute("BEGIN").await.unwrap();
+    writer.execute("UPDATE risks SET owner = 'held open' WHERE tenant_id = $1", &[&tenant]).await.unwrap();
+    tokio::time::sleep(Duration::from_secs_f64(held_open)).await;
+    writer.batch_execute("COMMIT").await.unwrap();
+    let (waiting, oldest_age) = openrisk_invalidator::outbox::backlog(&writer).await.unwrap();
+    assert!(waiting > 0, "the update waits in the outbox");
+    assert!(oldest_age < held_open / 2.0, "the oldest event's age starts at the commit: {oldest_age} s");
 }
 
 /// The socket address of a `redis://host:port` URL.
