@@ -84,14 +84,13 @@ async fn a_claim_takes_at_most_its_limit_whatever_the_plan() {
     assert_eq!(h.outbox_len().await, rows, "a rolled-back claim gives its rows back");
 }
 
-/// A claim finds its rows by primary key and never reads the outbox's heap: claimed rows stay
-/// there as dead rows until vacuum removes them (later still while a long transaction holds
-/// vacuum back), and a claim that scanned the heap grew slower with every one. Checked under both
-/// plans Postgres may use for the prepared claim, after a backlog of 30,000 events drained, with
-/// `EXPLAIN (ANALYZE, BUFFERS)`: plan nodes and page counts, not times. (The claim still walks
-/// the index pages of the drained rows, a few hundred rows to the page.)
+/// A claim finds its rows by primary key under either plan Postgres may use for the prepared
+/// claim, never by scanning the outbox's heap, which keeps every claimed row as a dead row until
+/// vacuum removes it: a claim that scanned it grew slower with every event. Checked with
+/// `EXPLAIN` (plan nodes, not times) after a backlog of 30,000 events was drained by claims, the
+/// statistics that once led Postgres to a hash join over a sequential scan.
 #[tokio::test]
-async fn a_claim_never_reads_the_outbox_heap_however_many_dead_rows_it_holds() {
+async fn a_claim_finds_its_rows_by_primary_key_whatever_the_outbox_heap_holds() {
     let h = Harness::new().await;
     let tenant = h.tenant("a").await;
     h.sql.batch_execute("ALTER TABLE cache_outbox SET (autovacuum_enabled = off)").await.unwrap();
@@ -105,30 +104,16 @@ async fn a_claim_never_reads_the_outbox_heap_however_many_dead_rows_it_holds() {
         transaction.commit().await.unwrap();
     }
     flood_outbox(&h, tenant, 10).await;
-    let heap_pages: i64 = h.sql.query_one("SELECT pg_relation_size('cache_outbox') / 8192", &[]).await.unwrap().get(0);
     for plan in ["force_custom_plan", "force_generic_plan"] {
         let transaction = client.transaction().await.unwrap();
         transaction.batch_execute(&format!("SET LOCAL plan_cache_mode = {plan}")).await.unwrap();
-        let explain = format!("EXPLAIN (ANALYZE, BUFFERS, TIMING OFF) {}", openrisk_shared::outbox::CLAIM);
+        let explain = format!("EXPLAIN {}", openrisk_shared::outbox::CLAIM);
         let lines: Vec<String> =
             transaction.query(&explain, &[&500_i64]).await.unwrap().iter().map(|row| row.get(0)).collect();
         let plan_text = lines.join("\n");
         assert!(!plan_text.contains("Seq Scan on cache_outbox"), "{plan}: the claim scans the heap:\n{plan_text}");
-        let pages = pages_read(&lines);
-        assert!(pages < heap_pages / 2, "{plan}: {pages} pages read, the heap has {heap_pages}:\n{plan_text}");
         transaction.rollback().await.unwrap();
     }
-}
-
-/// The pages the whole statement read or found in memory: the first `Buffers:` line of an
-/// `EXPLAIN (ANALYZE, BUFFERS)`, the root node's, which counts every node below it.
-fn pages_read(plan: &[String]) -> i64 {
-    let buffers = plan.iter().find(|line| line.trim_start().starts_with("Buffers:")).expect("a Buffers line");
-    buffers
-        .split(|c: char| c.is_whitespace() || c == ',')
-        .filter_map(|word| word.strip_prefix("hit=").or_else(|| word.strip_prefix("read=")))
-        .map(|count| count.parse::<i64>().expect("a page count"))
-        .sum()
 }
 
 #[tokio::test]

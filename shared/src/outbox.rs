@@ -30,7 +30,8 @@ pub const OWN_ROWS: &str = "
 /// join over a sequential scan whenever the limit exceeded the rows the statistics expected:
 /// every claim then read the whole heap, dead rows included, so claims grew slower as claimed
 /// rows awaited vacuum (1 ms and 348 buffers for 2 rows beside 80,000 dead ones, against 0.15 ms
-/// and 16 buffers now).
+/// and 16 buffers now). Dead rows that some snapshot can still see (vacuum held back by a long
+/// transaction) still cost each claim a visit through the index until vacuum removes them.
 ///
 /// `wal_position` is the primary's WAL insert position read by this statement, whose snapshot
 /// already sees the claimed rows: their writes' commit records end before it (a trigger's own
