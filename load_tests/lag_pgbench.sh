@@ -80,6 +80,9 @@ readers=()
 chain=()
 if [ "$SPLIT_CORES" = 1 ]; then readers=(taskset -c "$reader_cores"); chain=(taskset -c "$chain_cores"); fi
 
+# Dead outbox rows left by earlier runs (a server without autovacuum, as this project's CI
+# machines run theirs, keeps every claimed row) would make each run slower than the last.
+psql "$DATABASE_URL" -qc "VACUUM cache_outbox"
 tenant=$(psql "$DATABASE_URL" -Atc "SELECT id FROM tenants WHERE slug = '$TENANT'")
 [ -n "$tenant" ] || { echo "no tenant $TENANT: start scripts/dev-up.sh" >&2; exit 1; }
 risks=$(psql "$DATABASE_URL" -Atc "SELECT count(*) FROM risks WHERE tenant_id = '$tenant' AND deleted_at IS NULL")
