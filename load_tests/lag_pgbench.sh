@@ -32,7 +32,7 @@ source load_tests/wrk_details.sh
 RATES=${RATES:-10 100 500}
 # The parts of the lag to report beside it (per event for commit and outbox, per batch for claim
 # and redis; commit only where Postgres records commit times).
-STAGES=${STAGES:-commit outbox claim redis}
+STAGES=${STAGES-commit outbox claim redis}
 SECS=${SECS:-20}
 READS=${READS:-0}
 SPLIT_CORES=${SPLIT_CORES:-0}
