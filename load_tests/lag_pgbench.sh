@@ -58,23 +58,22 @@ pin() {
     local pid
     for pid in $(pgrep "$@"); do taskset -a -p -c "$cores" "$pid" >/dev/null 2>&1 || true; done
 }
-# The readers on the last core, the invalidation chain on the others (new Postgres backends
-# inherit the postmaster's affinity).
-split_cores() {
-    [ "$(nproc)" -ge 2 ] || { echo "SPLIT_CORES=1 needs at least 2 cores" >&2; exit 1; }
-    pin "$reader_cores" -f "openrisk-api serve"
-    pin "$chain_cores" -x postgres
-    pin "$chain_cores" -x redis-server
-    pin "$chain_cores" -f "openrisk-invalidator run"
+# The running API onto the cores $1, Postgres (new backends inherit the postmaster's affinity),
+# Redis and the invalidator onto the cores $2.
+place() {
+    pin "$1" -f "openrisk-api serve"
+    pin "$2" -x postgres
+    pin "$2" -x redis-server
+    pin "$2" -f "openrisk-invalidator run"
 }
 unsplit_cores() {
     [ "$SPLIT_CORES" = 1 ] || return 0
-    pin "$all_cores" -f "openrisk-api serve"
-    pin "$all_cores" -x postgres
-    pin "$all_cores" -x redis-server
-    pin "$all_cores" -f "openrisk-invalidator run"
+    place "$all_cores" "$all_cores"
 }
-[ "$SPLIT_CORES" = 1 ] && split_cores
+if [ "$SPLIT_CORES" = 1 ]; then
+    [ "$(nproc)" -ge 2 ] || { echo "SPLIT_CORES=1 needs at least 2 cores" >&2; exit 1; }
+    place "$reader_cores" "$chain_cores"
+fi
 # Where the processes this script starts run.
 readers=()
 chain=()
