@@ -119,13 +119,13 @@ for _ in $(seq 600); do (exec 3<>"/dev/tcp/127.0.0.1/$ceiling_port") 2>/dev/null
 curl -fsS -H "Authorization: Bearer $token" "http://127.0.0.1:$api_port$detail" -o "$OUT/detail.json"
 curl -fsS -H "Authorization: Bearer $token" "http://127.0.0.1:$api_port$list" -o "$OUT/list.json"
 redis-cli -p "$redis_port" -x SET hit:ceiling <"$OUT/detail.json" >/dev/null
-redis-cli -p "$redis_port" -x SET hit:ceiling:list <"$OUT/list.json" >/dev/null
+redis-cli -p "$redis_port" -x SET hit:ceiling:list:0 <"$OUT/list.json" >/dev/null
 
 : >"$OUT/summary.txt"
 log "$REQUESTS requests per route after $WARMUP warm-up (detail $(wc -c <"$OUT/detail.json") bytes, list $(wc -c <"$OUT/list.json") bytes)"
 instructions ceiling "$ceiling_pid" "$ceiling_port" /ceiling
 instructions detail "$api_pid" "$api_port" "$detail" "$token"
-instructions ceiling-list "$ceiling_pid" "$ceiling_port" /ceiling/list
+instructions ceiling-list "$ceiling_pid" "$ceiling_port" /ceiling/list/0
 instructions list "$api_pid" "$api_port" "$list" "$token"
 if [ -n "${API_BASELINE:-}" ]; then
     instructions baseline-detail "$baseline_pid" "$baseline_port" "$detail" "$token"

@@ -3,8 +3,9 @@
 //! redis crate and runtime as the API), with the stored bytes as a JSON body. No authentication,
 //! no Lua, no version checks: what the API adds on top of this is what the cache costs.
 //!
-//! A second route, `GET /ceiling/list`, serves the body stored at `<key>:list` the same way, so a
-//! cached list has a ceiling with its own body size.
+//! A second, `GET /ceiling/list/{n}`, serves the body stored at `<key>:list:<n>` the same way: the
+//! benchmark stores there the page each of its list queries returns, so the cached lists have a
+//! ceiling with their own bodies, in the same mix of sizes.
 //!
 //! `GET /ceiling/set/{tenant}/{risk}` serves `<key>:set:<tenant>:<risk>` the same way: one `GET`
 //! of a body per hot risk, so the ceiling reads a working set as large as the cached API's (Redis
@@ -33,14 +34,15 @@ use redis::aio::MultiplexedConnection;
 use uuid::Uuid;
 
 #[derive(Debug, Parser)]
-#[command(about = "Minimal poem server answering GET /ceiling (and /ceiling/list) from one Redis GET")]
+#[command(about = "Minimal poem server answering GET /ceiling (and /ceiling/list/{n}) from one Redis GET")]
 struct Args {
     #[arg(long, env = "CEILING_ADDR", default_value = "127.0.0.1:18090")]
     addr: SocketAddr,
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     redis_url: String,
     /// Redis key holding the body to serve (the benchmark stores a real risk detail there, a
-    /// real list page at `<key>:list`, and a detail's body per hot risk at `<key>:set:…`).
+    /// real list page per list query at `<key>:list:<n>`, and a detail's body per hot risk at
+    /// `<key>:set:…`).
     #[arg(long, default_value = "bench:ceiling")]
     key: String,
     /// The API's cache key prefix (`cache.key_prefix`), for `/lookup`.
@@ -54,7 +56,6 @@ struct Args {
 struct State {
     redis: MultiplexedConnection,
     key: String,
-    list_key: String,
     keyspace: Keyspace,
     schema_version: u32,
 }
@@ -75,8 +76,8 @@ async fn ceiling(state: Data<&Arc<State>>) -> Response {
 }
 
 #[handler]
-async fn ceiling_list(state: Data<&Arc<State>>) -> Response {
-    serve(&state.redis, &state.list_key).await
+async fn ceiling_list(state: Data<&Arc<State>>, Path(page): Path<u32>) -> Response {
+    serve(&state.redis, &format!("{}:list:{page}", state.key)).await
 }
 
 #[handler]
@@ -105,14 +106,13 @@ async fn main() -> anyhow::Result<()> {
     let redis = client.get_multiplexed_async_connection().await?;
     let state = Arc::new(State {
         redis,
-        list_key: format!("{}:list", args.key),
         key: args.key,
         keyspace: Keyspace::new(args.key_prefix),
         schema_version: args.schema_version,
     });
     let app = Route::new()
         .at("/ceiling", get(ceiling))
-        .at("/ceiling/list", get(ceiling_list))
+        .at("/ceiling/list/:page", get(ceiling_list))
         .at("/ceiling/set/:tenant/:risk", get(ceiling_set))
         .at("/lookup/:tenant/:risk", get(lookup))
         .data(state);

@@ -131,7 +131,7 @@ pub async fn run(
         "cached_detail_over_ceiling_lookup": rps("cached GET /risks/{id}") / rps("ceiling + protocol lookup"),
         "cached_detail_over_uncached": rps("cached GET /risks/{id}") / rps("uncached GET /risks/{id}"),
         "cached_list_over_ceiling": rps("cached GET /risks?…") / rps("ceiling"),
-        "cached_list_over_ceiling_list": rps("cached GET /risks?…") / rps("ceiling (list body)"),
+        "cached_list_over_ceiling_list": rps("cached GET /risks?…") / rps("ceiling (list bodies)"),
         "two_apis_over_one": saturation.contains_key(two_apis_name).then(|| rps(two_apis_name) / rps("cached GET /risks/{id}")),
         "cached_list_over_uncached": rps("cached GET /risks?…") / rps("uncached GET /risks?…"),
         "alternative_over_cached_detail": saturation.contains_key(&alt_name).then(|| rps(&alt_name) / rps("cached GET /risks/{id}")),

@@ -4,6 +4,8 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
+
 use openrisk_load_tests::bench::http::{Conn, Req, Workload};
 use openrisk_shared::CacheStatus;
 use openrisk_shared::redis_connection::RedisConnection;
@@ -24,7 +26,7 @@ pub struct Workloads {
 }
 
 /// The ceiling (the least a cached GET can cost): a detail's body, one such body per hot risk,
-/// the same behind the real protocol lookup, and a list page's body.
+/// the same behind the real protocol lookup, and each list query's page.
 pub struct Ceiling {
     pub detail: Arc<Workload>,
     pub hot_set: Arc<Workload>,
@@ -72,7 +74,7 @@ pub async fn warm_up(
         hit.status == 200 && hit.cache_status == Some(CacheStatus::Hit),
         format!("Cache-Status {:?}", hit.cache_status),
     );
-    let list_hit = probe.send(&data.lists[0]).await?;
+    let list_pages = pages_of(&mut probe, &data.lists).await?;
     let bypass = Conn::open(args.uncached).await?.send(&hot_details[0]).await?;
     checks.check(
         "the uncached API bypasses the cache and answers the same body",
@@ -86,23 +88,29 @@ pub async fn warm_up(
     checks.check(
         "the ceiling serves a body of a real risk detail's size",
         ceiling_answer.status == 200 && ceiling_answer.body.len() == hit.body.len(),
-        format!(
-            "{} bytes, detail {} bytes, list page {} bytes",
-            ceiling_answer.body.len(),
-            hit.body.len(),
-            list_hit.body.len()
-        ),
+        format!("{} bytes, detail {} bytes", ceiling_answer.body.len(), hit.body.len()),
     );
-    let body_bytes = json!({"detail": hit.body.len(), "list": list_hit.body.len()});
-    // And a real list page, so the cached list has a ceiling with its own body size.
-    let ceiling_list_key = format!("{}:list", args.ceiling_key);
-    redis::cmd("SET").arg(&ceiling_list_key).arg(list_hit.body.as_ref()).exec_async(redis).await?;
-    let ceiling_list_req = Req::get("/ceiling/list", None);
-    let ceiling_list_answer = Conn::open(args.ceiling).await?.send(&ceiling_list_req).await?;
+    let list_sizes: Vec<usize> = list_pages.iter().map(|page| page.len()).collect();
+    let body_bytes = json!({
+        "detail": hit.body.len(),
+        "list_mean": list_sizes.iter().sum::<usize>() / list_sizes.len().max(1),
+        "list_min": list_sizes.iter().min(),
+        "list_max": list_sizes.iter().max(),
+    });
+    // And every list query's page under a key of its own, so the cached lists have a ceiling
+    // with their own bodies in the same mix (the queries' pages differ: 20 or 50 risks, filters).
+    let mut pages = redis::pipe();
+    for (n, page) in list_pages.iter().enumerate() {
+        pages.set_ex(format!("{}:list:{n}", args.ceiling_key), page.as_ref(), 86_400).ignore();
+    }
+    pages.exec_async(redis).await?;
+    let ceiling_lists: Vec<Req> = (0..list_pages.len()).map(|n| Req::get(format!("/ceiling/list/{n}"), None)).collect();
+    let served = pages_of(&mut Conn::open(args.ceiling).await?, &ceiling_lists).await?;
+    let differing = served.iter().zip(&list_pages).filter(|(served, page)| served != page).count();
     checks.check(
-        "the ceiling serves a list page's body",
-        ceiling_list_answer.status == 200 && ceiling_list_answer.body == list_hit.body,
-        format!("{} bytes", ceiling_list_answer.body.len()),
+        "the ceiling serves every list query's page",
+        differing == 0,
+        format!("{differing} of {} differ; {list_sizes:?} bytes", list_pages.len()),
     );
     // One detail's body per hot risk, with a TTL as the API's entries have: the ceiling's `GET`
     // then reads as many keys as the cached API's lookups do.
@@ -128,7 +136,7 @@ pub async fn warm_up(
         detail: Workload::uniform("ceiling", &[ceiling_req]),
         hot_set: Workload::uniform("ceiling (hot set)", &hot_set),
         lookup: Workload::uniform("ceiling + protocol lookup", &lookups),
-        list: Workload::uniform("ceiling (list body)", &[ceiling_list_req]),
+        list: Workload::uniform("ceiling (list bodies)", &ceiling_lists),
     };
     Ok(Workloads {
         detail: BothApis::new("GET /risks/{id}", &hot_details),
@@ -137,4 +145,15 @@ pub async fn warm_up(
         ceiling,
         body_bytes,
     })
+}
+
+/// The bodies `conn` answers to `reqs`, in order; an answer other than 200 is an error.
+async fn pages_of(conn: &mut Conn, reqs: &[Req]) -> anyhow::Result<Vec<Bytes>> {
+    let mut pages = Vec::with_capacity(reqs.len());
+    for req in reqs {
+        let answer = conn.send(req).await?;
+        anyhow::ensure!(answer.status == 200, "{} answered {}", req.path, answer.status);
+        pages.push(answer.body);
+    }
+    Ok(pages)
 }

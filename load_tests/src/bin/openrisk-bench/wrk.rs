@@ -4,37 +4,38 @@ use openrisk_load_tests::bench::http::Req;
 use serde_json::{Value, json};
 
 use crate::args::Args;
+use crate::warmup::Workloads;
 
-/// Saturation of the ceiling (one key and the hot set), cached and uncached detail measured by
-/// wrk (an independent generator), with Lua scripts drawing paths uniformly from the hot set.
-pub async fn run(args: &Args, hot: &[Req], ceiling_hot_set: &[Req]) -> Value {
+/// Saturation of the ceiling (one key, the hot set and the list pages), the cached and uncached
+/// detail and the cached list measured by wrk (an independent generator), with Lua scripts
+/// drawing paths uniformly from each workload's requests.
+pub async fn run(args: &Args, w: &Workloads) -> Value {
     if std::process::Command::new("wrk").arg("--version").output().is_err() {
         println!("  wrk not installed: skipped");
         return json!({"skipped": "wrk not installed"});
     }
-    let (paths, ceiling_paths) = (args.out.join("wrk-paths.lua"), args.out.join("wrk-ceiling-paths.lua"));
-    if write_paths_script(&paths, hot).and_then(|()| write_paths_script(&ceiling_paths, ceiling_hot_set)).is_err() {
-        return json!({"skipped": "could not write the Lua scripts"});
-    }
+    let targets = [
+        ("ceiling", args.ceiling, &w.ceiling.detail),
+        ("ceiling (hot set)", args.ceiling, &w.ceiling.hot_set),
+        ("cached GET /risks/{id}", args.cached, &w.detail.cached),
+        ("uncached GET /risks/{id}", args.uncached, &w.detail.uncached),
+        ("ceiling (list bodies)", args.ceiling, &w.ceiling.list),
+        ("cached GET /risks?…", args.cached, &w.list.cached),
+    ];
     let mut out = serde_json::Map::new();
     let duration = format!("{}s", args.phase_secs.ceil() as u64);
     let connections = args.connections.to_string();
-    for (name, addr, script) in [
-        ("ceiling", args.ceiling, None),
-        ("ceiling (hot set)", args.ceiling, Some(&ceiling_paths)),
-        ("cached GET /risks/{id}", args.cached, Some(&paths)),
-        ("uncached GET /risks/{id}", args.uncached, Some(&paths)),
-    ] {
-        let url = match script {
-            Some(_) => format!("http://{addr}"),
-            None => format!("http://{addr}/ceiling"),
-        };
-        let mut command = tokio::process::Command::new("wrk");
-        command.args(["-t2", "-c", &connections, "-d", &duration, "--latency"]);
-        if let Some(script) = script {
-            command.arg("-s").arg(script);
+    for (index, (name, addr, workload)) in targets.into_iter().enumerate() {
+        let script = args.out.join(format!("wrk-paths-{index}.lua"));
+        if write_paths_script(&script, &workload.reqs).is_err() {
+            return json!({"skipped": "could not write the Lua scripts"});
         }
-        let output = command.arg(&url).output().await;
+        let output = tokio::process::Command::new("wrk")
+            .args(["-t2", "-c", &connections, "-d", &duration, "--latency", "-s"])
+            .arg(&script)
+            .arg(format!("http://{addr}"))
+            .output()
+            .await;
         let text = output.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
         let rps = text.lines().find_map(|l| l.strip_prefix("Requests/sec:")).and_then(|v| v.trim().parse::<f64>().ok());
         let non_2xx = text
@@ -50,6 +51,7 @@ pub async fn run(args: &Args, hot: &[Req], ceiling_hot_set: &[Req]) -> Value {
         "cached_detail_over_ceiling": ratio("cached GET /risks/{id}", "ceiling"),
         "cached_detail_over_ceiling_hot_set": ratio("cached GET /risks/{id}", "ceiling (hot set)"),
         "cached_detail_over_uncached": ratio("cached GET /risks/{id}", "uncached GET /risks/{id}"),
+        "cached_list_over_ceiling_list": ratio("cached GET /risks?…", "ceiling (list bodies)"),
     });
     out.insert("ratios".into(), ratios);
     Value::Object(out)
