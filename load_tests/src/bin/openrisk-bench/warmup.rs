@@ -5,7 +5,6 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-
 use openrisk_load_tests::bench::http::{Conn, Req, Workload};
 use openrisk_shared::CacheStatus;
 use openrisk_shared::redis_connection::RedisConnection;
