@@ -70,14 +70,15 @@ unsplit_cores() {
     [ "$SPLIT_CORES" = 1 ] || return 0
     place "$all_cores" "$all_cores"
 }
+# The running processes split, and where the ones this script starts run (any core unless split).
+readers=()
+chain=()
 if [ "$SPLIT_CORES" = 1 ]; then
     [ "$(nproc)" -ge 2 ] || { echo "SPLIT_CORES=1 needs at least 2 cores" >&2; exit 1; }
     place "$reader_cores" "$chain_cores"
+    readers=(taskset -c "$reader_cores")
+    chain=(taskset -c "$chain_cores")
 fi
-# Where the processes this script starts run.
-readers=()
-chain=()
-if [ "$SPLIT_CORES" = 1 ]; then readers=(taskset -c "$reader_cores"); chain=(taskset -c "$chain_cores"); fi
 
 # Dead outbox rows left by earlier runs (a server without autovacuum, as this project's CI
 # machines run theirs, keeps every claimed row) would make each run slower than the last.
