@@ -17,10 +17,18 @@
 #                                           # invalidator, pgbench) to the others, as separate
 #                                           # machines would have them; every affinity is restored
 #                                           # on exit
+#   READS=1 CHAIN_PRIORITY=realtime load_tests/lag_pgbench.sh
+#                                           # every thread of every Postgres process on the machine
+#                                           # (postmasters too, so the backends they start later
+#                                           # inherit it), Redis and the invalidator at SCHED_FIFO 1
+#                                           # for the run, on shared
+#                                           # cores: the chain runs the moment it wakes, the readers
+#                                           # get the rest; every policy is restored on exit
 #
 # Knobs (environment): RATES (default "10 100 500") STAGES (the lag's stages to report, default
 # "commit outbox claim redis"; empty for none) SECS (per rate, default 20) READS (0/1)
 # TENANT (the slug whose risks are written and read, default demo) SPLIT_CORES (0/1)
+# CHAIN_PRIORITY (none, realtime; default none)
 # CLIENTS (pgbench's connections, sharing the rate; default 1: enough for 500 writes/s on idle
 # cores, not where each write waits for a busy one)
 # DATABASE_URL METRICS_URL (the invalidator's, default http://127.0.0.1:9464/metrics) API_URL
@@ -36,6 +44,7 @@ STAGES=${STAGES-commit outbox claim redis}
 SECS=${SECS:-20}
 READS=${READS:-0}
 SPLIT_CORES=${SPLIT_CORES:-0}
+CHAIN_PRIORITY=${CHAIN_PRIORITY:-none}
 CLIENTS=${CLIENTS:-1}
 TENANT=${TENANT:-demo}
 DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/openrisk}"
@@ -47,7 +56,7 @@ curl -fs "$METRICS_URL" >/dev/null || { echo "no invalidator metrics at $METRICS
 
 out=$(mktemp -d)
 pids=()
-trap 'kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$out"; unsplit_cores' EXIT
+trap 'kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$out"; unsplit_cores; deprioritize_chain' EXIT
 
 all_cores="0-$(( $(nproc) - 1 ))"
 reader_cores=$(( $(nproc) - 1 ))
@@ -70,6 +79,25 @@ unsplit_cores() {
     [ "$SPLIT_CORES" = 1 ] || return 0
     place "$all_cores" "$all_cores"
 }
+# The processes of the invalidation chain: Postgres, Redis, the invalidator.
+chain_pids() { pgrep -x postgres; pgrep -x redis-server; pgrep -f "openrisk-invalidator run"; }
+prioritize_chain() {
+    case "$CHAIN_PRIORITY" in
+        none) return 0 ;;
+        realtime) ;;
+        *) echo "CHAIN_PRIORITY is none or realtime, not $CHAIN_PRIORITY" >&2; exit 1 ;;
+    esac
+    local pid
+    for pid in $(chain_pids); do
+        chrt -a -f -p 1 "$pid" >/dev/null || { echo "chrt -f failed for $pid: CHAIN_PRIORITY=realtime needs CAP_SYS_NICE" >&2; exit 1; }
+    done
+}
+deprioritize_chain() {
+    [ "$CHAIN_PRIORITY" = realtime ] || return 0
+    local pid
+    for pid in $(chain_pids); do chrt -a -o -p 0 "$pid" >/dev/null 2>&1 || true; done
+}
+prioritize_chain
 # The running processes split, and where the ones this script starts run (any core unless split).
 readers=()
 chain=()
@@ -132,6 +160,7 @@ fi
 echo "$(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg), reads: $([ "$READS" = 1 ] && echo "wrk -t2 -c64 on cached risk details" || echo none)"
 echo "pgbench clients: $CLIENTS"
 [ "$SPLIT_CORES" = 1 ] && echo "cores: the API and wrk on $reader_cores; Postgres, Redis, the invalidator and pgbench on $chain_cores"
+[ "$CHAIN_PRIORITY" = realtime ] && echo "priority: Postgres, Redis and the invalidator at SCHED_FIFO 1"
 # Where Postgres records commit times the lag counts from each write's commit and the commit
 # stage holds the rest of the writer's transaction; elsewhere the lag counts from the row change.
 echo "track_commit_timestamp: $(psql "$DATABASE_URL" -Atc 'SHOW track_commit_timestamp')"

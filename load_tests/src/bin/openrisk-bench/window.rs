@@ -1,5 +1,5 @@
 //! The staleness window under load (`--window`; `WINDOW=1 load_tests/bench.sh`): for each
-//! invalidator variant (a binary, a niceness, a linger), started here one after the other and
+//! invalidator variant (a binary, a niceness, a linger, a real-time chain), started here one after the other and
 //! interleaved over the rounds, the largest lag in the first second after it starts, then the
 //! freshness measurement with `--window-writes` SQL writes per second on other risks, once with
 //! the cores otherwise idle and once with the cached API at saturation on the hot details.
@@ -27,7 +27,7 @@ const STARTUP: Duration = Duration::from_secs(1);
 /// Start-up lag above this is an outlier (issue 15).
 const STARTUP_OUTLIER_SECONDS: f64 = 0.05;
 
-/// One invalidator to measure: `label=path[,nice=N][,linger=MS][,api_nice=N]`.
+/// One invalidator to measure: `label=path[,nice=N][,linger=MS][,api_nice=N][,realtime]`.
 #[derive(Debug, Clone)]
 pub struct Variant {
     label: String,
@@ -38,6 +38,10 @@ pub struct Variant {
     api_nice: i32,
     /// `OPENRISK_INVALIDATOR__LINGER_MS`; unset for binaries that predate the setting.
     linger_ms: Option<u64>,
+    /// The whole invalidation chain (the invalidator, every Postgres process, Redis) at
+    /// `SCHED_FIFO` while the variant runs: an operator's answer to readers that saturate the
+    /// cores the chain shares with them.
+    realtime: bool,
 }
 
 impl std::str::FromStr for Variant {
@@ -45,11 +49,16 @@ impl std::str::FromStr for Variant {
 
     fn from_str(text: &str) -> anyhow::Result<Self> {
         let (label, rest) =
-            text.split_once('=').context("a variant is label=path[,nice=N][,linger=MS][,api_nice=N]")?;
+            text.split_once('=').context("a variant is label=path[,nice=N][,linger=MS][,api_nice=N][,realtime]")?;
         let mut parts = rest.split(',');
         let path = parts.next().context("a path")?.to_owned();
-        let mut variant = Self { label: label.to_owned(), path, nice: 0, api_nice: 0, linger_ms: None };
+        let mut variant =
+            Self { label: label.to_owned(), path, nice: 0, api_nice: 0, linger_ms: None, realtime: false };
         for part in parts {
+            if part == "realtime" {
+                variant.realtime = true;
+                continue;
+            }
             match part.split_once('=') {
                 Some(("nice", n)) => variant.nice = n.parse()?,
                 Some(("linger", ms)) => variant.linger_ms = Some(ms.parse()?),
@@ -137,6 +146,9 @@ pub async fn run(args: &Args, data: &DataSet, hot: Arc<Workload>, checks: &mut C
         for (variant, total) in args.invalidator_variant.iter().zip(&mut totals) {
             println!("== window, round {round}: invalidator {}", variant.label);
             let (mut child, metrics) = start(variant).await?;
+            let chain =
+                if variant.realtime { chain_pids(&data.pg, &args.redis_url, &child).await? } else { Vec::new() };
+            set_policy(&chain, Policy::RealTime)?;
             let started = Instant::now();
             let writes =
                 freshness::sql_writes(args.database_url.clone(), others.clone(), args.window_writes, started + STARTUP);
@@ -181,6 +193,7 @@ pub async fn run(args: &Args, data: &DataSet, hot: Arc<Workload>, checks: &mut C
             if variant.api_nice != 0 {
                 renice_threads(args.api_pid, 0)?;
             }
+            set_policy(&chain, Policy::Normal)?;
             stop(&mut child).await;
         }
     }
@@ -203,6 +216,7 @@ pub async fn run(args: &Args, data: &DataSet, hot: Arc<Workload>, checks: &mut C
             "nice": variant.nice,
             "api_nice": variant.api_nice,
             "linger_ms": variant.linger_ms,
+            "realtime_chain": variant.realtime,
             "startup_max_lag_ms": total.startup_max_s.iter().map(|s| s * 1000.0).collect::<Vec<_>>(),
             "startups_above_50ms": outliers,
             "idle": total.idle.report(),
@@ -300,6 +314,58 @@ fn renice_threads(pid: u32, nice: i32) -> anyhow::Result<()> {
         .status()
         .context("running renice")?;
     anyhow::ensure!(status.success(), "renice -n {nice} of the threads of {pid} failed");
+    Ok(())
+}
+
+/// The processes of the invalidation chain: the invalidator `child`, the Postgres server of `pg`
+/// (its postmaster, so backends started later inherit the policy, and every process it started)
+/// and the Redis server at `redis_url`.
+async fn chain_pids(pg: &tokio_postgres::Client, redis_url: &str, child: &Child) -> anyhow::Result<Vec<u32>> {
+    let backend: i32 = pg.query_one("SELECT pg_backend_pid()", &[]).await?.get(0);
+    let stat = std::fs::read_to_string(format!("/proc/{backend}/stat"))?;
+    // `pid (comm) state ppid …`: the parent follows the state, after the last ')'.
+    let postmaster = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)).context("ppid")?;
+    let children = std::process::Command::new("pgrep").args(["-P", postmaster]).output()?;
+    let mut pids = vec![postmaster.parse()?, child.id().context("the invalidator exited")?];
+    for pid in String::from_utf8(children.stdout)?.split_whitespace() {
+        pids.push(pid.parse()?);
+    }
+    let mut redis = redis::Client::open(redis_url)?.get_multiplexed_async_connection().await?;
+    let info: String = redis::cmd("INFO").arg("server").query_async(&mut redis).await?;
+    let redis_pid = info.lines().find_map(|line| line.strip_prefix("process_id:")).context("process_id")?;
+    pids.push(redis_pid.trim().parse()?);
+    Ok(pids)
+}
+
+/// A scheduling policy for [`set_policy`].
+#[derive(Clone, Copy)]
+enum Policy {
+    /// `SCHED_FIFO` 1: runs the moment it wakes, ahead of every normal thread.
+    RealTime,
+    /// `SCHED_OTHER`, the default.
+    Normal,
+}
+
+/// Sets the policy of every thread of each of `pids` (`chrt -a`; needs `CAP_SYS_NICE`); a
+/// process that has exited meanwhile (a Postgres backend whose client left) is passed over.
+fn set_policy(pids: &[u32], policy: Policy) -> anyhow::Result<()> {
+    let flags = match policy {
+        Policy::RealTime => ["-f", "1"],
+        Policy::Normal => ["-o", "0"],
+    };
+    for pid in pids {
+        let status = std::process::Command::new("chrt")
+            .arg("-a")
+            .arg(flags[0])
+            .arg("-p")
+            .arg(flags[1])
+            .arg(pid.to_string())
+            .stdout(Stdio::null())
+            .status()
+            .context("running chrt")?;
+        let gone = !std::path::Path::new(&format!("/proc/{pid}")).exists();
+        anyhow::ensure!(status.success() || gone, "chrt {} -p {} {pid} failed", flags[0], flags[1]);
+    }
     Ok(())
 }
 
