@@ -32,8 +32,9 @@
 # empty to skip) built in $OUT/baseline, this tree's invalidator, the same lingering LINGER_MS (default 5) before parking, and the same at
 # nice INVALIDATOR_NICE (default -10, as an operator would give it more CPU weight than the API),
 # and the same with the API at nice API_NICE (default 10) during the phases (a lower CPU weight for
-# the read path than for Postgres, Redis and the invalidator), the last three left out with
-# TREE_VARIANTS=plain (an A/B of the baseline against this tree alone); WINDOW_VARIANTS adds
+# the read path than for Postgres, Redis and the invalidator), and where this shell may set
+# real-time priority (CAP_SYS_NICE) the same with the whole chain at SCHED_FIFO 1 (`realtime`
+# below); those after this tree's own are left out with TREE_VARIANTS=plain (an A/B of the baseline against this tree alone); WINDOW_VARIANTS adds
 # `label=path[,nice=N][,linger=MS][,api_nice=N][,realtime]` entries (`realtime`: the invalidator,
 # every Postgres process and Redis at SCHED_FIFO 1 while the variant runs). The freshness readers pause
 # READ_INTERVAL_MS (default 1) between reads until they see their risk's latest write, so they
@@ -280,6 +281,9 @@ if [ "$WINDOW" = 1 ]; then
         variants+=(--invalidator-variant "this tree, linger $LINGER_MS ms=$bin/openrisk-invalidator,linger=$LINGER_MS")
         variants+=(--invalidator-variant "this tree, nice $INVALIDATOR_NICE=$bin/openrisk-invalidator,linger=0,nice=$INVALIDATOR_NICE")
         variants+=(--invalidator-variant "this tree, API at nice $API_NICE=$bin/openrisk-invalidator,linger=0,api_nice=$API_NICE")
+        if chrt -f 1 true 2>/dev/null; then
+            variants+=(--invalidator-variant "this tree, real-time chain=$bin/openrisk-invalidator,linger=0,realtime")
+        fi
     fi
     for extra in $WINDOW_VARIANTS; do variants+=(--invalidator-variant "$extra"); done
     {
