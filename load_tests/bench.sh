@@ -34,9 +34,11 @@
 # and the same with the API at nice API_NICE (default 10) during the phases (a lower CPU weight for
 # the read path than for Postgres, Redis and the invalidator), and where this shell may set
 # real-time priority (CAP_SYS_NICE) the same with the whole chain at SCHED_FIFO 1 (`realtime`
-# below); those after this tree's own are left out with TREE_VARIANTS=plain (an A/B of the baseline against this tree alone); WINDOW_VARIANTS adds
+# below); those after this tree's own are left out with TREE_VARIANTS=plain (an A/B of the
+# baseline against this tree alone); WINDOW_VARIANTS adds
 # `label=path[,nice=N][,linger=MS][,api_nice=N][,realtime]` entries (`realtime`: the invalidator,
-# every Postgres process and Redis at SCHED_FIFO 1 while the variant runs). The freshness readers pause
+# every process of the Postgres server and Redis at SCHED_FIFO 1 while the variant runs). The
+# freshness readers pause
 # READ_INTERVAL_MS (default 1) between reads until they see their risk's latest write, so they
 # sample the window to the millisecond, and READ_SETTLED_MS (default 20) once they have seen it,
 # woken at once by the next write: the measurement does not load the cores between windows.

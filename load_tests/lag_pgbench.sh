@@ -21,9 +21,9 @@
 #                                           # every thread of every Postgres process on the machine
 #                                           # (postmasters too, so the backends they start later
 #                                           # inherit it), Redis and the invalidator at SCHED_FIFO 1
-#                                           # for the run, on shared
-#                                           # cores: the chain runs the moment it wakes, the readers
-#                                           # get the rest; every policy is restored on exit
+#                                           # for the run, on shared cores: the chain runs the
+#                                           # moment it wakes, the readers get the rest; every
+#                                           # policy is restored on exit
 #
 # Knobs (environment): RATES (default "10 100 500") STAGES (the lag's stages to report, default
 # "commit outbox claim redis"; empty for none) SECS (per rate, default 20) READS (0/1)

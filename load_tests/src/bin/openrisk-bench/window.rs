@@ -1,8 +1,9 @@
 //! The staleness window under load (`--window`; `WINDOW=1 load_tests/bench.sh`): for each
-//! invalidator variant (a binary, a niceness, a linger, a real-time chain), started here one after the other and
-//! interleaved over the rounds, the largest lag in the first second after it starts, then the
-//! freshness measurement with `--window-writes` SQL writes per second on other risks, once with
-//! the cores otherwise idle and once with the cached API at saturation on the hot details.
+//! invalidator variant (a binary, a niceness, a linger, a real-time chain), started here one
+//! after the other and interleaved over the rounds, the largest lag in the first second after it
+//! starts, then the freshness measurement with `--window-writes` SQL writes per second on other
+//! risks, once with the cores otherwise idle and once with the cached API at saturation on the
+//! hot details.
 
 use std::net::SocketAddr;
 use std::process::Stdio;
@@ -146,9 +147,12 @@ pub async fn run(args: &Args, data: &DataSet, hot: Arc<Workload>, checks: &mut C
         for (variant, total) in args.invalidator_variant.iter().zip(&mut totals) {
             println!("== window, round {round}: invalidator {}", variant.label);
             let (mut child, metrics) = start(variant).await?;
-            let chain =
-                if variant.realtime { chain_pids(&data.pg, &args.redis_url, &child).await? } else { Vec::new() };
-            set_policy(&chain, Policy::RealTime)?;
+            // Restored when dropped: after the phases, or on the way out of a failed one.
+            let realtime = if variant.realtime {
+                Some(RealTimeChain::start(&data.pg, &args.redis_url, &child).await?)
+            } else {
+                None
+            };
             let started = Instant::now();
             let writes =
                 freshness::sql_writes(args.database_url.clone(), others.clone(), args.window_writes, started + STARTUP);
@@ -193,7 +197,7 @@ pub async fn run(args: &Args, data: &DataSet, hot: Arc<Workload>, checks: &mut C
             if variant.api_nice != 0 {
                 renice_threads(args.api_pid, 0)?;
             }
-            set_policy(&chain, Policy::Normal)?;
+            drop(realtime);
             stop(&mut child).await;
         }
     }
@@ -317,56 +321,67 @@ fn renice_threads(pid: u32, nice: i32) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The processes of the invalidation chain: the invalidator `child`, the Postgres server of `pg`
-/// (its postmaster, so backends started later inherit the policy, and every process it started)
-/// and the Redis server at `redis_url`.
-async fn chain_pids(pg: &tokio_postgres::Client, redis_url: &str, child: &Child) -> anyhow::Result<Vec<u32>> {
-    let backend: i32 = pg.query_one("SELECT pg_backend_pid()", &[]).await?.get(0);
-    let stat = std::fs::read_to_string(format!("/proc/{backend}/stat"))?;
-    // `pid (comm) state ppid …`: the parent follows the state, after the last ')'.
-    let postmaster = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)).context("ppid")?;
-    let children = std::process::Command::new("pgrep").args(["-P", postmaster]).output()?;
-    let mut pids = vec![postmaster.parse()?, child.id().context("the invalidator exited")?];
-    for pid in String::from_utf8(children.stdout)?.split_whitespace() {
-        pids.push(pid.parse()?);
-    }
-    let mut redis = redis::Client::open(redis_url)?.get_multiplexed_async_connection().await?;
-    let info: String = redis::cmd("INFO").arg("server").query_async(&mut redis).await?;
-    let redis_pid = info.lines().find_map(|line| line.strip_prefix("process_id:")).context("process_id")?;
-    pids.push(redis_pid.trim().parse()?);
-    Ok(pids)
+/// The invalidation chain at real-time priority for as long as this lives: the invalidator, the
+/// Postgres server (its postmaster, so the backends it starts later inherit the policy, and every
+/// process it started) and the Redis server. Dropping it restores the default policy to the
+/// chain as it is then, backends started meanwhile included, also when a phase failed.
+struct RealTimeChain {
+    postmaster: u32,
+    redis: u32,
+    invalidator: u32,
 }
 
-/// A scheduling policy for [`set_policy`].
-#[derive(Clone, Copy)]
-enum Policy {
-    /// `SCHED_FIFO` 1: runs the moment it wakes, ahead of every normal thread.
-    RealTime,
-    /// `SCHED_OTHER`, the default.
-    Normal,
+impl RealTimeChain {
+    /// Finds the chain of `pg`, `redis_url` and `invalidator` and sets it to `SCHED_FIFO` 1.
+    async fn start(pg: &tokio_postgres::Client, redis_url: &str, invalidator: &Child) -> anyhow::Result<Self> {
+        let backend: i32 = pg.query_one("SELECT pg_backend_pid()", &[]).await?.get(0);
+        let stat = std::fs::read_to_string(format!("/proc/{backend}/stat"))?;
+        // `pid (comm) state ppid …`: the parent follows the state, after the last ')'.
+        let postmaster = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)).context("ppid")?;
+        let mut redis = redis::Client::open(redis_url)?.get_multiplexed_async_connection().await?;
+        let info: String = redis::cmd("INFO").arg("server").query_async(&mut redis).await?;
+        let redis_pid = info.lines().find_map(|line| line.strip_prefix("process_id:")).context("process_id")?;
+        let chain = Self {
+            postmaster: postmaster.parse()?,
+            redis: redis_pid.trim().parse()?,
+            invalidator: invalidator.id().context("the invalidator exited")?,
+        };
+        chain.set_policy(["-f", "1"])?;
+        Ok(chain)
+    }
+
+    /// Every process of the chain as it is now.
+    fn pids(&self) -> anyhow::Result<Vec<u32>> {
+        let children = std::process::Command::new("pgrep").arg("-P").arg(self.postmaster.to_string()).output()?;
+        let mut pids = vec![self.postmaster, self.redis, self.invalidator];
+        for pid in String::from_utf8(children.stdout)?.split_whitespace() {
+            pids.push(pid.parse()?);
+        }
+        Ok(pids)
+    }
+
+    /// `chrt -a <policy> -p <priority>` on every thread of the chain (needs `CAP_SYS_NICE`); a
+    /// process that has exited meanwhile (a backend whose client left) is passed over.
+    fn set_policy(&self, [policy, priority]: [&str; 2]) -> anyhow::Result<()> {
+        for pid in self.pids()? {
+            let status = std::process::Command::new("chrt")
+                .args(["-a", policy, "-p", priority, &pid.to_string()])
+                .stdout(Stdio::null())
+                .status()
+                .context("running chrt")?;
+            let gone = !std::path::Path::new(&format!("/proc/{pid}")).exists();
+            anyhow::ensure!(status.success() || gone, "chrt {policy} -p {priority} {pid} failed");
+        }
+        Ok(())
+    }
 }
 
-/// Sets the policy of every thread of each of `pids` (`chrt -a`; needs `CAP_SYS_NICE`); a
-/// process that has exited meanwhile (a Postgres backend whose client left) is passed over.
-fn set_policy(pids: &[u32], policy: Policy) -> anyhow::Result<()> {
-    let flags = match policy {
-        Policy::RealTime => ["-f", "1"],
-        Policy::Normal => ["-o", "0"],
-    };
-    for pid in pids {
-        let status = std::process::Command::new("chrt")
-            .arg("-a")
-            .arg(flags[0])
-            .arg("-p")
-            .arg(flags[1])
-            .arg(pid.to_string())
-            .stdout(Stdio::null())
-            .status()
-            .context("running chrt")?;
-        let gone = !std::path::Path::new(&format!("/proc/{pid}")).exists();
-        anyhow::ensure!(status.success() || gone, "chrt {} -p {} {pid} failed", flags[0], flags[1]);
+impl Drop for RealTimeChain {
+    fn drop(&mut self) {
+        if let Err(error) = self.set_policy(["-o", "0"]) {
+            eprintln!("restoring the chain's scheduling policy: {error:#}");
+        }
     }
-    Ok(())
 }
 
 /// SIGTERM, then waits for the exit.
