@@ -406,3 +406,28 @@ async fn drained(pg: &tokio_postgres::Client) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Variant;
+
+    #[test]
+    fn a_variant_reads_realtime_beside_its_other_options() {
+        let variant: Variant = "rt=/bin/invalidator,linger=0,realtime,nice=-5".parse().unwrap();
+        assert_eq!((variant.label.as_str(), variant.path.as_str()), ("rt", "/bin/invalidator"));
+        assert!(variant.realtime);
+        assert_eq!((variant.linger_ms, variant.nice), (Some(0), -5));
+    }
+
+    #[test]
+    fn a_variant_without_realtime_keeps_the_default_policy() {
+        let variant: Variant = "plain=/bin/invalidator,linger=0".parse().unwrap();
+        assert!(!variant.realtime);
+    }
+
+    #[test]
+    fn an_unknown_variant_option_is_refused_by_name() {
+        let error = "x=/bin/invalidator,realtyme".parse::<Variant>().unwrap_err();
+        assert!(error.to_string().contains("realtyme"), "{error}");
+    }
+}
