@@ -18,9 +18,7 @@ pub struct ProcSample {
 /// Reads `/proc/<pid>/stat` and `/proc/<pid>/status`; `None` when the process is gone.
 pub fn sample(pid: u32) -> Option<ProcSample> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name (which may hold spaces) start at field 3 (state).
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let fields: Vec<&str> = after_command(&stat)?.split_whitespace().collect();
     let utime: u64 = fields.get(11)?.parse().ok()?;
     let stime: u64 = fields.get(12)?.parse().ok()?;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -31,6 +29,32 @@ pub fn sample(pid: u32) -> Option<ProcSample> {
         .and_then(|value| value.parse().ok())
         .unwrap_or(0);
     Some(ProcSample { at: Instant::now(), cpu_ticks: utime + stime, rss_kib })
+}
+
+/// The fields of a `/proc/<pid>/stat` line after the command name, which may hold spaces and
+/// parentheses: field 3 (state) on, so the parent is the second.
+fn after_command(stat: &str) -> Option<&str> {
+    Some(&stat[stat.rfind(')')? + 1..])
+}
+
+/// The parent of process `pid`; `None` when it is gone.
+pub fn parent(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    after_command(&stat)?.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Every process whose parent is `pid` (a postmaster's backends, say).
+pub fn children(pid: u32) -> Vec<u32> {
+    pids().filter(|&child| parent(child) == Some(pid)).collect()
+}
+
+/// Every process on the machine.
+fn pids() -> impl Iterator<Item = u32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse().ok())
 }
 
 /// Established TCP connections that process `pid` holds to remote port `port` (IPv4 and IPv6),
@@ -69,10 +93,7 @@ pub fn cpu_ticks(pid: u32) -> u64 {
 
 /// CPU time of every process whose command is `comm` (e.g. all `postgres` backends), in ticks.
 pub fn cpu_ticks_of_command(comm: &str) -> u64 {
-    let Ok(entries) = std::fs::read_dir("/proc") else { return 0 };
-    entries
-        .flatten()
-        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+    pids()
         .filter(|pid| std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|name| name.trim_end() == comm))
         .map(cpu_ticks)
         .sum()
@@ -123,6 +144,14 @@ mod tests {
         assert!(sample.rss_kib > 0);
         let again = super::sample(std::process::id()).unwrap();
         assert!(usage(&[sample, again]).unwrap().rss_max_mib > 0.0);
+    }
+
+    #[test]
+    fn this_process_is_among_the_children_of_its_parent() {
+        let own = std::process::id();
+        let parent = parent(own).expect("own /proc entry");
+        assert!(children(parent).contains(&own));
+        assert!(!children(own).contains(&parent));
     }
 
     #[test]

@@ -70,13 +70,11 @@ impl Instance {
 
 /// CPU ticks of the primary's postmaster and every process it started (backends, WAL sender).
 fn primary_cpu_ticks(postmaster: u32) -> u64 {
-    let children = std::fs::read_dir("/proc").into_iter().flatten().flatten().filter_map(|entry| {
-        let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        let parent: u32 = stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()?;
-        (parent == postmaster).then_some(pid)
-    });
-    std::iter::once(postmaster).chain(children).filter_map(procfs::sample).map(|sample| sample.cpu_ticks).sum()
+    std::iter::once(postmaster)
+        .chain(procfs::children(postmaster))
+        .filter_map(procfs::sample)
+        .map(|sample| sample.cpu_ticks)
+        .sum()
 }
 
 /// The sum of a counter's samples in an instance's metrics.

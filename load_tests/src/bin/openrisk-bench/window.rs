@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use hdrhistogram::Histogram;
-use openrisk_load_tests::bench::prom;
+use openrisk_load_tests::bench::{procfs, prom};
 use serde_json::{Value, json};
 use tokio::process::{Child, Command};
 use uuid::Uuid;
@@ -335,14 +335,12 @@ impl RealTimeChain {
     /// Finds the chain of `pg`, `redis_url` and `invalidator` and sets it to `SCHED_FIFO` 1.
     async fn start(pg: &tokio_postgres::Client, redis_url: &str, invalidator: &Child) -> anyhow::Result<Self> {
         let backend: i32 = pg.query_one("SELECT pg_backend_pid()", &[]).await?.get(0);
-        let stat = std::fs::read_to_string(format!("/proc/{backend}/stat"))?;
-        // `pid (comm) state ppid …`: the parent follows the state, after the last ')'.
-        let postmaster = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)).context("ppid")?;
+        let postmaster = procfs::parent(backend.try_into()?).context("the backend's postmaster")?;
         let mut redis = redis::Client::open(redis_url)?.get_multiplexed_async_connection().await?;
         let info: String = redis::cmd("INFO").arg("server").query_async(&mut redis).await?;
         let redis_pid = info.lines().find_map(|line| line.strip_prefix("process_id:")).context("process_id")?;
         let chain = Self {
-            postmaster: postmaster.parse()?,
+            postmaster,
             redis: redis_pid.trim().parse()?,
             invalidator: invalidator.id().context("the invalidator exited")?,
         };
@@ -351,19 +349,16 @@ impl RealTimeChain {
     }
 
     /// Every process of the chain as it is now.
-    fn pids(&self) -> anyhow::Result<Vec<u32>> {
-        let children = std::process::Command::new("pgrep").arg("-P").arg(self.postmaster.to_string()).output()?;
+    fn pids(&self) -> Vec<u32> {
         let mut pids = vec![self.postmaster, self.redis, self.invalidator];
-        for pid in String::from_utf8(children.stdout)?.split_whitespace() {
-            pids.push(pid.parse()?);
-        }
-        Ok(pids)
+        pids.extend(procfs::children(self.postmaster));
+        pids
     }
 
     /// `chrt -a <policy> -p <priority>` on every thread of the chain (needs `CAP_SYS_NICE`); a
     /// process that has exited meanwhile (a backend whose client left) is passed over.
     fn set_policy(&self, [policy, priority]: [&str; 2]) -> anyhow::Result<()> {
-        for pid in self.pids()? {
+        for pid in self.pids() {
             let status = std::process::Command::new("chrt")
                 .args(["-a", policy, "-p", priority, &pid.to_string()])
                 .stdout(Stdio::null())
