@@ -130,12 +130,54 @@ fn merge(into: &mut Option<Histogram<u64>>, from: &Histogram<u64>) {
 
 /// Runs every variant `--rounds` times, interleaved; prints and returns the `window` report.
 pub async fn run(args: &Args, data: &DataSet, hot: Arc<Workload>, checks: &mut Checks) -> anyhow::Result<Value> {
-    let phase = Duration::from_secs_f64(args.phase_secs);
     let mut totals: Vec<Totals> = args
         .invalidator_variant
         .iter()
         .map(|_| Totals { startup_max_s: Vec::new(), idle: Phase::default(), saturated: Phase::default() })
         .collect();
+    // On SIGINT or SIGTERM the rounds are dropped where they are, so the variant's invalidator is
+    // killed and a real-time chain gets its default policy back before this process exits.
+    tokio::select! {
+        measured = measure_rounds(args, data, hot, &mut totals) => measured?,
+        signal = interrupted() => bail!("stopped by {signal}; the chain's scheduling policy is restored"),
+    }
+    let mut report = Vec::new();
+    for (variant, total) in args.invalidator_variant.iter().zip(&totals) {
+        checks.check(
+            &format!("window ({}): no read older than the window, every write seen", variant.label),
+            total.idle.older_than_window + total.saturated.older_than_window == 0
+                && total.idle.never_seen + total.saturated.never_seen == 0,
+            format!(
+                "{} older, {} never seen",
+                total.idle.older_than_window + total.saturated.older_than_window,
+                total.idle.never_seen + total.saturated.never_seen
+            ),
+        );
+        let outliers = total.startup_max_s.iter().filter(|&&max| max > STARTUP_OUTLIER_SECONDS).count();
+        report.push(json!({
+            "variant": variant.label,
+            "binary": variant.path,
+            "nice": variant.nice,
+            "api_nice": variant.api_nice,
+            "linger_ms": variant.linger_ms,
+            "realtime_chain": variant.realtime,
+            "startup_max_lag_ms": total.startup_max_s.iter().map(|s| s * 1000.0).collect::<Vec<_>>(),
+            "startups_above_50ms": outliers,
+            "idle": total.idle.report(),
+            "saturated": total.saturated.report(),
+        }));
+    }
+    let table = markdown(args, &report);
+    println!("{table}");
+    std::fs::write(args.out.join("window.md"), &table)?;
+    Ok(
+        json!({"window_writes_per_s": args.window_writes, "phase_s": args.phase_secs, "rounds": args.rounds, "variants": report}),
+    )
+}
+
+/// Every variant `--rounds` times, interleaved, adding what each saw to its `totals`.
+async fn measure_rounds(args: &Args, data: &DataSet, hot: Arc<Workload>, totals: &mut [Totals]) -> anyhow::Result<()> {
+    let phase = Duration::from_secs_f64(args.phase_secs);
     let others: Vec<(Uuid, Uuid)> = data.risks.iter().skip(args.fresh_risks * 4).map(|r| (r.tenant, r.id)).collect();
     // The seed left its events in the outbox: an unmeasured start drains them, so that the
     // first measured start's lag is its own and not the seed's age.
@@ -144,7 +186,7 @@ pub async fn run(args: &Args, data: &DataSet, hot: Arc<Workload>, checks: &mut C
     drained(&data.pg).await?;
     stop(&mut child).await;
     for round in 0..args.rounds {
-        for (variant, total) in args.invalidator_variant.iter().zip(&mut totals) {
+        for (variant, total) in args.invalidator_variant.iter().zip(totals.iter_mut()) {
             println!("== window, round {round}: invalidator {}", variant.label);
             let (mut child, metrics) = start(variant).await?;
             // Restored when dropped: after the phases, or on the way out of a failed one.
@@ -201,38 +243,20 @@ pub async fn run(args: &Args, data: &DataSet, hot: Arc<Workload>, checks: &mut C
             stop(&mut child).await;
         }
     }
-    let mut report = Vec::new();
-    for (variant, total) in args.invalidator_variant.iter().zip(&totals) {
-        checks.check(
-            &format!("window ({}): no read older than the window, every write seen", variant.label),
-            total.idle.older_than_window + total.saturated.older_than_window == 0
-                && total.idle.never_seen + total.saturated.never_seen == 0,
-            format!(
-                "{} older, {} never seen",
-                total.idle.older_than_window + total.saturated.older_than_window,
-                total.idle.never_seen + total.saturated.never_seen
-            ),
-        );
-        let outliers = total.startup_max_s.iter().filter(|&&max| max > STARTUP_OUTLIER_SECONDS).count();
-        report.push(json!({
-            "variant": variant.label,
-            "binary": variant.path,
-            "nice": variant.nice,
-            "api_nice": variant.api_nice,
-            "linger_ms": variant.linger_ms,
-            "realtime_chain": variant.realtime,
-            "startup_max_lag_ms": total.startup_max_s.iter().map(|s| s * 1000.0).collect::<Vec<_>>(),
-            "startups_above_50ms": outliers,
-            "idle": total.idle.report(),
-            "saturated": total.saturated.report(),
-        }));
+    Ok(())
+}
+
+/// Resolves with the signal's name on the first SIGINT or SIGTERM.
+async fn interrupted() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
+        (Ok(mut interrupt), Ok(mut terminate)) => tokio::select! {
+            _ = interrupt.recv() => "SIGINT",
+            _ = terminate.recv() => "SIGTERM",
+        },
+        // Without handlers the default action (exit) stands: never resolve.
+        _ => std::future::pending().await,
     }
-    let table = markdown(args, &report);
-    println!("{table}");
-    std::fs::write(args.out.join("window.md"), &table)?;
-    Ok(
-        json!({"window_writes_per_s": args.window_writes, "phase_s": args.phase_secs, "rounds": args.rounds, "variants": report}),
-    )
 }
 
 /// The variants side by side, the first one as the reference of the ratios.
