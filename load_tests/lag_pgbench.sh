@@ -18,9 +18,10 @@
 #                                           # machines would have them; every affinity is restored
 #                                           # on exit
 #   READS=1 CHAIN_PRIORITY=realtime load_tests/lag_pgbench.sh
-#                                           # every thread of every Postgres process on the machine
-#                                           # (postmasters too, so the backends they start later
-#                                           # inherit it), Redis and the invalidator at SCHED_FIFO 1
+#                                           # every thread of the Postgres server of DATABASE_URL
+#                                           # (its postmaster too, so the backends it starts later
+#                                           # inherit it), the Redis of REDIS_URL and the invalidator
+#                                           # of METRICS_URL at SCHED_FIFO 1
 #                                           # for the run, on shared cores: the chain runs the
 #                                           # moment it wakes, the readers get the rest; every
 #                                           # policy is restored on exit
@@ -31,7 +32,7 @@
 # CHAIN_PRIORITY (none, realtime; default none)
 # CLIENTS (pgbench's connections, sharing the rate; default 1: enough for 500 writes/s on idle
 # cores, not where each write waits for a busy one)
-# DATABASE_URL METRICS_URL (the invalidator's, default http://127.0.0.1:9464/metrics) API_URL
+# DATABASE_URL REDIS_URL METRICS_URL (the invalidator's, default http://127.0.0.1:9464/metrics) API_URL
 # (default http://127.0.0.1:8080) API_BIN (for the reader's token, default target/release/openrisk-api).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -49,6 +50,7 @@ CLIENTS=${CLIENTS:-1}
 TENANT=${TENANT:-demo}
 DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/openrisk}"
 METRICS_URL="${METRICS_URL:-http://127.0.0.1:9464/metrics}"
+REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6379}"
 API_URL="${API_URL:-http://127.0.0.1:8080}"
 API_BIN="${API_BIN:-${CARGO_TARGET_DIR:-target}/release/openrisk-api}"
 command -v pgbench >/dev/null || { echo "pgbench is missing (Debian: postgresql-client)" >&2; exit 1; }
@@ -56,31 +58,50 @@ curl -fs "$METRICS_URL" >/dev/null || { echo "no invalidator metrics at $METRICS
 
 out=$(mktemp -d)
 pids=()
+postmaster='' redis_pid='' invalidator_pid='' api_pid=''  # found by chain_servers, when needed
 trap 'kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$out"; unsplit_cores; deprioritize_chain' EXIT
 
 all_cores="0-$(( $(nproc) - 1 ))"
 reader_cores=$(( $(nproc) - 1 ))
 chain_cores="0-$(( $(nproc) - 2 ))"
-# Every thread of every process named by pgrep's arguments onto the cores $1.
+# The pid listening on TCP port $1 of this machine (empty if none), and the port of a URL.
+listener_pid() { ss -Hltnp "sport = :$1" | sed -n 's/.*pid=\([0-9]*\).*/\1/p' | head -n 1; }
+port_of() { local rest=${1#*://}; rest=${rest%%/*}; echo "${rest##*:}"; }
+# The processes behind this run's URLs, and no others on the machine (a test's private servers,
+# another checkout's): the Postgres postmaster of DATABASE_URL, the Redis of REDIS_URL, the
+# invalidator serving METRICS_URL and the API serving API_URL.
+chain_servers() {
+    postmaster=$(listener_pid "$(psql "$DATABASE_URL" -Atc 'SELECT inet_server_port()')")
+    redis_pid=$(redis-cli -u "$REDIS_URL" INFO server | sed -n 's/^process_id:\([0-9]*\).*/\1/p')
+    invalidator_pid=$(listener_pid "$(port_of "$METRICS_URL")")
+    api_pid=$(listener_pid "$(port_of "$API_URL")")
+    local name
+    for name in postmaster redis_pid invalidator_pid api_pid; do
+        [ -n "${!name}" ] || { echo "cannot find the process for $name (is scripts/dev-up.sh running?)" >&2; exit 1; }
+    done
+}
+# The processes of the invalidation chain as they are now: the postmaster and every process it
+# started (backends included), Redis, the invalidator.
+chain_pids() {
+    [ -n "$postmaster" ] || return 0
+    echo "$postmaster"; pgrep -P "$postmaster" || true; echo "$redis_pid"; echo "$invalidator_pid"
+}
+# Every thread of the processes $2… onto the cores $1.
 pin() {
     local cores=$1; shift
     local pid
-    for pid in $(pgrep "$@"); do taskset -a -p -c "$cores" "$pid" >/dev/null 2>&1 || true; done
+    for pid in "$@"; do taskset -a -p -c "$cores" "$pid" >/dev/null 2>&1 || true; done
 }
-# The running API onto the cores $1, Postgres (new backends inherit the postmaster's affinity),
-# Redis and the invalidator onto the cores $2.
+# The API onto the cores $1; the chain (new backends inherit the postmaster's affinity) onto $2.
 place() {
-    pin "$1" -f "openrisk-api serve"
-    pin "$2" -x postgres
-    pin "$2" -x redis-server
-    pin "$2" -f "openrisk-invalidator run"
+    [ -n "$api_pid" ] && pin "$1" "$api_pid"
+    # shellcheck disable=SC2046 # one pid per word
+    pin "$2" $(chain_pids)
 }
 unsplit_cores() {
     [ "$SPLIT_CORES" = 1 ] || return 0
     place "$all_cores" "$all_cores"
 }
-# The processes of the invalidation chain: Postgres, Redis, the invalidator.
-chain_pids() { pgrep -x postgres; pgrep -x redis-server; pgrep -f "openrisk-invalidator run"; }
 prioritize_chain() {
     case "$CHAIN_PRIORITY" in
         none) return 0 ;;
@@ -97,6 +118,7 @@ deprioritize_chain() {
     local pid
     for pid in $(chain_pids); do chrt -a -o -p 0 "$pid" >/dev/null 2>&1 || true; done
 }
+if [ "$SPLIT_CORES" = 1 ] || [ "$CHAIN_PRIORITY" != none ]; then chain_servers; fi
 prioritize_chain
 # The running processes split, and where the ones this script starts run (any core unless split).
 readers=()
@@ -150,7 +172,8 @@ quantiles() {
 
 if [ "$READS" = 1 ]; then
     command -v wrk >/dev/null || { echo "READS=1 needs wrk (Debian: wrk)" >&2; exit 1; }
-    token=$("$API_BIN" token create --tenant "$TENANT" --role viewer --name lag-pgbench 2>/dev/null)
+    [ -x "$API_BIN" ] || { echo "no API binary at $API_BIN (for the readers' token): set API_BIN or CARGO_TARGET_DIR" >&2; exit 1; }
+    token=$("$API_BIN" token create --tenant "$TENANT" --role viewer --name lag-pgbench)
     wrk_details "$DATABASE_URL" "$tenant" "$token" "$out/paths.lua"
     "${readers[@]}" wrk -t2 -c64 -d "$(( (SECS + 2) * $(wc -w <<<"$RATES") + 5 ))s" -s "$out/paths.lua" "$API_URL" >"$out/wrk.txt" &
     pids+=($!)
