@@ -75,8 +75,9 @@ chain_servers() {
     redis_pid=$(redis-cli -u "$REDIS_URL" INFO server | sed -n 's/^process_id:\([0-9]*\).*/\1/p')
     invalidator_pid=$(listener_pid "$(port_of "$METRICS_URL")")
     api_pid=$(listener_pid "$(port_of "$API_URL")")
-    local name
-    for name in postmaster redis_pid invalidator_pid api_pid; do
+    local name needed=(postmaster redis_pid invalidator_pid)
+    [ "$SPLIT_CORES" = 1 ] && needed+=(api_pid)
+    for name in "${needed[@]}"; do
         [ -n "${!name}" ] || { echo "cannot find the process for $name (is scripts/dev-up.sh running?)" >&2; exit 1; }
     done
 }

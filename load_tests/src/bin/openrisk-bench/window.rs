@@ -246,7 +246,8 @@ async fn measure_rounds(args: &Args, data: &DataSet, hot: Arc<Workload>, totals:
     Ok(())
 }
 
-/// Resolves with the signal's name on the first SIGINT or SIGTERM.
+/// Resolves with the signal's name on the first SIGINT or SIGTERM. Once polled, the handlers stay
+/// installed for the life of the process (tokio's way): a signal after the rounds is not acted on.
 async fn interrupted() -> &'static str {
     use tokio::signal::unix::{SignalKind, signal};
     match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
