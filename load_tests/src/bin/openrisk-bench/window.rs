@@ -248,15 +248,21 @@ async fn measure_rounds(args: &Args, data: &DataSet, hot: Arc<Workload>, totals:
 
 /// Resolves with the signal's name on the first SIGINT or SIGTERM. Once polled, the handlers stay
 /// installed for the life of the process (tokio's way): a signal after the rounds is not acted on.
+/// A signal whose handler cannot be installed keeps its default action (exit).
 async fn interrupted() -> &'static str {
     use tokio::signal::unix::{SignalKind, signal};
-    match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
-        (Ok(mut interrupt), Ok(mut terminate)) => tokio::select! {
-            _ = interrupt.recv() => "SIGINT",
-            _ = terminate.recv() => "SIGTERM",
-        },
-        // Without handlers the default action (exit) stands: never resolve.
-        _ => std::future::pending().await,
+    let received = |kind: SignalKind, name: &'static str| async move {
+        match signal(kind) {
+            Ok(mut stream) => {
+                stream.recv().await;
+                name
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        name = received(SignalKind::interrupt(), "SIGINT") => name,
+        name = received(SignalKind::terminate(), "SIGTERM") => name,
     }
 }
 
