@@ -36,6 +36,9 @@ use rand::seq::SliceRandom;
 use crate::faults::Fault;
 use crate::world::{Topology, World};
 
+/// An API error that came this long after its request was sent: the API held the request.
+const HELD_REQUEST: Duration = Duration::from_secs(10);
+
 #[derive(Debug, Clone, Parser)]
 #[command(name = "openrisk-verifier", about = "Chaos and soak verifier of the OpenRisk cache")]
 pub struct Config {
@@ -382,9 +385,10 @@ async fn report(world: &World, tally: &mut Tally, started: Instant) {
         }
     }
     let errors = stats.errors.lock().unwrap().clone();
-    let (during_pg, outside): (Vec<_>, Vec<_>) = errors.iter().partition(|e| world.in_pg_window(e.at));
+    let (during_pg, outside): (Vec<_>, Vec<_>) =
+        errors.iter().partition(|e| world.in_pg_window(e.sent) || world.in_pg_window(e.at));
     println!(
-        "  API errors (5xx or no answer): {} in all, {} while Postgres was down (restart + {}s grace), {} outside",
+        "  API errors (5xx or no answer): {} in all, {} sent or failing while Postgres was down (restart + {}s grace), {} outside",
         errors.len(),
         during_pg.len(),
         faults::PG_GRACE.as_secs(),
@@ -395,6 +399,19 @@ async fn report(world: &World, tally: &mut Tally, started: Instant) {
         .map(|e| format!("+{:.1}s {}", e.at.duration_since(world.started).as_secs_f64(), e.what))
         .collect();
     tally.record("no API errors outside the windows where Postgres was down", &outside);
+    // Failures that took most of the client's timeout: a request the API held instead of
+    // answering or refusing, which the windows excuse but which an operator would notice.
+    let held: Vec<String> = errors
+        .iter()
+        .filter(|e| e.at.duration_since(e.sent) >= HELD_REQUEST)
+        .map(|e| format!("+{:.1}s {}", e.sent.duration_since(world.started).as_secs_f64(), e.what))
+        .collect();
+    if !held.is_empty() {
+        println!("  {} API errors came only after {}s or more:", held.len(), HELD_REQUEST.as_secs());
+        for line in held.iter().take(5) {
+            println!("       {line}");
+        }
+    }
     if world.replica.is_some() {
         replica_report(world, tally).await;
     }

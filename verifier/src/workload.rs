@@ -33,14 +33,31 @@ pub fn spawn_all(world: &Arc<World>, readers: usize) -> Vec<JoinHandle<()>> {
     tasks
 }
 
-fn classify(world: &World, what: &str, result: &reqwest::Result<(u16, Vec<u8>, String)>) {
+/// Records a 5xx or a failed request (sent at `sent`) as an API error.
+fn classify(world: &World, what: &str, sent: Instant, result: &reqwest::Result<(u16, Vec<u8>, String)>) {
     match result {
-        Ok((status, body, _)) if *status >= 500 => {
-            world.stats.error(format!("{what}: {status} {}", String::from_utf8_lossy(&body[..body.len().min(200)])))
-        }
+        Ok((status, body, _)) if *status >= 500 => world
+            .stats
+            .error(sent, format!("{what}: {status} {}", String::from_utf8_lossy(&body[..body.len().min(200)]))),
         Ok(_) => {}
-        Err(error) => world.stats.error(format!("{what}: {error}")),
+        Err(error) => {
+            let after = sent.elapsed().as_secs_f64();
+            world.stats.error(sent, format!("{what}: {} (sent {after:.1}s before)", with_causes(error)))
+        }
     }
+}
+
+/// The error and its causes, outermost first: reqwest's own message ("error sending request")
+/// does not say whether the connection was refused, reset or timed out.
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(inner) = cause {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        cause = inner.source();
+    }
+    text
 }
 
 async fn reader(world: Arc<World>, mut rng: StdRng) {
@@ -53,6 +70,7 @@ async fn reader(world: Arc<World>, mut rng: StdRng) {
         }
         let read = random_read(&world.keyspace, tenant, &catalog, &mut rng);
         world.known.lock().unwrap().entry(read.key.clone()).or_insert_with(|| read.clone());
+        let sent = Instant::now();
         let result = world.get(&world.api_base, tenant, &read.path).await;
         world.stats.reads.fetch_add(1, Ordering::Relaxed);
         if let Ok((_, _, cache_status)) = &result
@@ -60,7 +78,7 @@ async fn reader(world: Arc<World>, mut rng: StdRng) {
         {
             world.stats.hits.fetch_add(1, Ordering::Relaxed);
         }
-        classify(&world, &format!("GET {}", read.path), &result);
+        classify(&world, &format!("GET {}", read.path), sent, &result);
         if rng.random_ratio(1, 4) {
             tokio::time::sleep(Duration::from_millis(rng.random_range(1..10))).await;
         }
@@ -74,15 +92,16 @@ async fn isolation_probe(world: &World, tenant: Uuid, catalog: &crate::world::Ca
         return;
     };
     let Some(risk) = catalog.tenant(other).and_then(|d| d.risks.choose(rng)).copied() else { return };
+    let sent = Instant::now();
     let result = world.get(&world.api_base, tenant, &format!("/api/v1/risks/{risk}")).await;
     world.stats.isolation_probes.fetch_add(1, Ordering::Relaxed);
     if let Ok((status, _, _)) = &result
         && (200..300).contains(status)
     {
         world.stats.isolation_violations.fetch_add(1, Ordering::Relaxed);
-        world.stats.error(format!("ISOLATION: tenant {tenant} read risk {risk} of tenant {other}"));
+        world.stats.error(sent, format!("ISOLATION: tenant {tenant} read risk {risk} of tenant {other}"));
     }
-    classify(world, "GET (isolation probe)", &result);
+    classify(world, "GET (isolation probe)", sent, &result);
 }
 
 async fn send(world: &World, method: reqwest::Method, tenant: Uuid, path: &str, body: Option<serde_json::Value>) {
@@ -91,6 +110,7 @@ async fn send(world: &World, method: reqwest::Method, tenant: Uuid, path: &str, 
     if let Some(body) = body {
         request = request.json(&body);
     }
+    let sent = Instant::now();
     let result = match request.send().await {
         Ok(response) => {
             let status = response.status().as_u16();
@@ -100,7 +120,7 @@ async fn send(world: &World, method: reqwest::Method, tenant: Uuid, path: &str, 
         Err(error) => Err(error),
     };
     world.stats.api_writes.fetch_add(1, Ordering::Relaxed);
-    classify(world, &format!("{method} {path}"), &result);
+    classify(world, &format!("{method} {path}"), sent, &result);
 }
 
 async fn api_writer(world: Arc<World>, mut rng: StdRng) {

@@ -146,9 +146,12 @@ impl Catalog {
     }
 }
 
-/// One API error (5xx or no answer), kept to classify it against the Postgres-down windows.
+/// One API error (5xx or no answer), kept to classify it against the Postgres-down windows: by
+/// when its request was sent and when it failed, since a request sent into a failover can fail
+/// only at the client's timeout, after the window closed.
 #[derive(Debug, Clone)]
 pub struct ApiErrorRecord {
+    pub sent: Instant,
     pub at: Instant,
     pub what: String,
 }
@@ -169,8 +172,9 @@ pub struct Stats {
 }
 
 impl Stats {
-    pub fn error(&self, what: String) {
-        self.errors.lock().unwrap().push(ApiErrorRecord { at: Instant::now(), what });
+    /// Records an error of the request sent at `sent`, failing now.
+    pub fn error(&self, sent: Instant, what: String) {
+        self.errors.lock().unwrap().push(ApiErrorRecord { sent, at: Instant::now(), what });
     }
 }
 
