@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{DateTime, Utc};
 use poem_openapi::types::MaybeUndefined;
 use poem_openapi::{Enum, Object};
 use rust_decimal::prelude::ToPrimitive;
@@ -13,8 +13,11 @@ use crate::db::entities::{api_tokens, assets, mitigations, risks, subactions};
 
 pub use crate::stored_enum::{UnknownStoredValue, enum_text, stored};
 
+mod calendar_date;
 mod examples;
 mod stats;
+
+pub use calendar_date::CalendarDate;
 
 pub use stats::{MitigationStatusCounts, RiskMatrix, SeverityCounts, Stats, StatusCounts, TrendPoint, Trends};
 
@@ -267,7 +270,7 @@ pub struct Mitigation {
     /// Percent done, 0–100.
     pub progress: i16,
     /// When it is due; absent when no date is set.
-    pub due_date: Option<NaiveDate>,
+    pub due_date: Option<CalendarDate>,
     /// Relative cost, 1 (low) to 3 (high).
     pub cost: i16,
     /// Estimated effort in days.
@@ -289,7 +292,7 @@ impl Mitigation {
             assignee: row.assignee,
             status: stored("mitigations.status", &row.status)?,
             progress: row.progress,
-            due_date: row.due_date,
+            due_date: row.due_date.map(CalendarDate::from),
             cost: row.cost,
             mitigation_time_days: row.mitigation_time_days,
             subactions: subactions.into_iter().map(SubAction::from).collect(),
@@ -315,7 +318,7 @@ pub struct MitigationCreate {
     #[oai(default, validator(minimum(value = "0"), maximum(value = "100")))]
     pub progress: i16,
     /// A date from 0001-01-01 to 9999-12-31.
-    pub due_date: Option<NaiveDate>,
+    pub due_date: Option<CalendarDate>,
     /// Defaults to 1.
     #[oai(validator(minimum(value = "1"), maximum(value = "3")))]
     pub cost: Option<i16>,
@@ -340,7 +343,7 @@ pub struct MitigationPatch {
     pub progress: Option<i16>,
     /// A date from 0001-01-01 to 9999-12-31; `null` removes the due date.
     #[oai(nullable)]
-    pub due_date: MaybeUndefined<NaiveDate>,
+    pub due_date: MaybeUndefined<CalendarDate>,
     /// Relative cost, 1 (low) to 3 (high).
     #[oai(validator(minimum(value = "1"), maximum(value = "3")))]
     pub cost: Option<i16>,

@@ -1,5 +1,5 @@
 //! The OpenAPI document as published (`openrisk-api openapi`, `/openapi.json`, `/docs`): what
-//! poem-openapi derives, plus two adjustments its attributes cannot express. Without them client
+//! poem-openapi derives, plus three adjustments its attributes cannot express. Without them client
 //! generators drop operations and models, and linters report errors; `docs/clients.md` names the
 //! generators and `openapi/clients.sh` checks them against the result.
 
@@ -96,6 +96,7 @@ pub fn publish(derived: &str) -> String {
     let mut document: Json = serde_json::from_str(derived).expect("poem-openapi emits valid JSON");
     unwrap_annotated_references(&mut document);
     mark_public_operations(&mut document);
+    close_request_bodies(&mut document);
     serde_json::to_string_pretty(&document).expect("a JSON tree always serialises")
 }
 
@@ -154,6 +155,43 @@ fn mark_public_operations(document: &mut Json) {
             {
                 operation.entry("security".to_owned()).or_insert_with(|| Json::Array(Vec::new()));
             }
+        }
+    }
+}
+
+/// Where the component schemas are referenced from.
+const SCHEMA_PREFIX: &str = "#/components/schemas/";
+
+/// Every request body of this API is an object that refuses fields it does not declare
+/// (`#[oai(deny_unknown_fields)]`: a misspelt field is a 400, never silently ignored), but
+/// poem-openapi leaves that out of the schema, so clients and fuzzers take any extra field for
+/// valid. Each schema a request body names gets `additionalProperties: false`;
+/// `api/tests/openapi.rs` checks that every one of them really refuses an undeclared field.
+fn close_request_bodies(document: &mut Json) {
+    let Json::Object(root) = document else { return };
+    let mut named = Vec::new();
+    if let Some(Json::Object(paths)) = root.get("paths") {
+        let operations = paths.values().filter_map(Json::as_object).flat_map(|item| {
+            item.iter().filter(|(method, _)| OPERATION_METHODS.contains(&method.as_str())).map(|(_, op)| op)
+        });
+        for operation in operations.filter_map(Json::as_object) {
+            let Some(Json::Object(body)) = operation.get("requestBody") else { continue };
+            let Some(Json::Object(content)) = body.get("content") else { continue };
+            for media in content.values().filter_map(Json::as_object) {
+                if let Some(Json::Object(schema)) = media.get("schema")
+                    && let Some(Json::Scalar(serde_json::Value::String(reference))) = schema.get("$ref")
+                    && let Some(name) = reference.strip_prefix(SCHEMA_PREFIX)
+                {
+                    named.push(name.to_owned());
+                }
+            }
+        }
+    }
+    let Some(Json::Object(components)) = root.get_mut("components") else { return };
+    let Some(Json::Object(schemas)) = components.get_mut("schemas") else { return };
+    for name in named {
+        if let Some(Json::Object(schema)) = schemas.get_mut(&name) {
+            schema.insert("additionalProperties".to_owned(), Json::Scalar(serde_json::Value::Bool(false)));
         }
     }
 }
@@ -221,6 +259,21 @@ mod tests {
         assert_eq!(document["paths"]["/risks"]["get"]["security"], bearer);
         assert_eq!(document["paths"]["/risks"]["post"]["security"], json!([]));
         assert_eq!(document["paths"]["/risks"]["parameters"], json!([{"name": "x"}]), "not an operation");
+    }
+
+    #[test]
+    fn schemas_of_request_bodies_refuse_undeclared_fields_and_the_others_stay_open() {
+        let body = |name: &str| json!({"content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{name}")}}}});
+        let document = published(json!({
+            "paths": {"/risks": {"post": {"requestBody": body("RiskCreate")}, "get": {}},
+                      "/risks/{id}": {"patch": {"requestBody": body("RiskPatch")}}},
+            "components": {"schemas": {"RiskCreate": {"type": "object"}, "RiskPatch": {"type": "object"},
+                                       "Risk": {"type": "object"}}},
+        }));
+        let schemas = &document["components"]["schemas"];
+        assert_eq!(schemas["RiskCreate"], json!({"type": "object", "additionalProperties": false}));
+        assert_eq!(schemas["RiskPatch"], json!({"type": "object", "additionalProperties": false}));
+        assert_eq!(schemas["Risk"], json!({"type": "object"}), "a response body stays open");
     }
 
     #[test]

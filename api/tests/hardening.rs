@@ -415,7 +415,13 @@ async fn blank_titles_and_dates_outside_years_one_to_9999_are_refused() {
     let mitigations = format!("{}/mitigations", app.create_risk_path(token, "Dated").await);
     let refused =
         app.send_json(Method::POST, &mitigations, token, json!({"title": "m", "due_date": "-0001-01-01"})).await;
-    assert_problem(refused, StatusCode::BAD_REQUEST).await;
+    let problem = assert_problem(refused, StatusCode::BAD_REQUEST).await;
+    let detail = problem["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("`-0001-01-01` is not a date from 0001-01-01 to 9999-12-31 written YYYY-MM-DD"),
+        "{detail}"
+    );
+    assert!(detail.contains("\"date\"") && !detail.contains("string_date"), "{detail}");
     let created =
         app.send_json(Method::POST, &mitigations, token, json!({"title": "m", "due_date": "2030-01-01"})).await;
     let created: Value = created.json().await.unwrap();

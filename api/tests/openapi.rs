@@ -146,3 +146,44 @@ fn every_schema_and_every_property_is_described_for_the_generated_docs_and_clien
     }
     assert!(undescribed.is_empty(), "undescribed in the OpenAPI document: {}", undescribed.join(", "));
 }
+
+/// Whether `T` takes the body `valid` and refuses it with one undeclared field more.
+fn refuses_an_undeclared_field<T: poem_openapi::types::ParseFromJSON>(valid: serde_json::Value) -> bool {
+    assert!(T::parse_from_json(Some(valid.clone())).is_ok(), "{} takes {valid}", T::name());
+    let mut with_surplus = valid;
+    with_surplus["undeclared"] = serde_json::json!(1);
+    T::parse_from_json(Some(with_surplus)).is_err()
+}
+
+#[test]
+fn every_schema_the_document_closes_to_undeclared_fields_refuses_them() {
+    use openrisk_api::model::*;
+    use serde_json::json;
+    let spec: serde_json::Value = serde_json::from_str(&openrisk_api::app::openapi_json()).unwrap();
+    let closed: std::collections::BTreeSet<&str> = spec["components"]["schemas"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(_, schema)| schema["additionalProperties"] == false)
+        .map(|(name, _)| name.as_str())
+        .collect();
+    let checked = [
+        (
+            "AssetCreate",
+            refuses_an_undeclared_field::<AssetCreate>(json!({"name": "a", "asset_type": "x", "criticality": "HIGH"})),
+        ),
+        ("AssetPatch", refuses_an_undeclared_field::<AssetPatch>(json!({}))),
+        ("MitigationCreate", refuses_an_undeclared_field::<MitigationCreate>(json!({"title": "m"}))),
+        ("MitigationPatch", refuses_an_undeclared_field::<MitigationPatch>(json!({}))),
+        ("RiskCreate", refuses_an_undeclared_field::<RiskCreate>(json!({"title": "r", "impact": 1, "probability": 1}))),
+        ("RiskPatch", refuses_an_undeclared_field::<RiskPatch>(json!({}))),
+        ("SubActionCreate", refuses_an_undeclared_field::<SubActionCreate>(json!({"title": "s"}))),
+        ("SubActionPatch", refuses_an_undeclared_field::<SubActionPatch>(json!({}))),
+        ("TokenCreate", refuses_an_undeclared_field::<TokenCreate>(json!({"role": "viewer"}))),
+    ];
+    let names = checked.iter().map(|(name, _)| *name).collect();
+    assert_eq!(closed, names, "every request body's schema is closed, and checked here");
+    for (name, refuses) in checked {
+        assert!(refuses, "{name}'s schema says undeclared fields are refused, but the API takes one");
+    }
+}

@@ -6,7 +6,8 @@ exception carries the status, the headers and, for problem+json errors, the pars
 import openrisk_ogen as og
 from openrisk_ogen.exceptions import NotFoundException
 from scenario import (
-    BASE_URL, HIGH_CRITICALITY_FACTOR, TOKEN, check_paging, check_stats, create_risks, expect, step, tag_for,
+    BASE_URL, DUE_DATE, HIGH_CRITICALITY_FACTOR, TOKEN, check_paging, check_stats, create_risks, expect, step,
+    tag_for,
 )
 
 api_client = og.ApiClient(og.Configuration(host=BASE_URL, access_token=TOKEN))
@@ -66,10 +67,11 @@ with step("patch (and clear the external id with null)"):
 with step("a mitigation and a sub-action"):
     created = mitigations_api.create_mitigation_with_http_info(
         alpha.id,
-        og.MitigationCreate(title="Offline backups", status=og.MitigationStatus.IN_PROGRESS, due_date="2027-03-31"),
+        og.MitigationCreate(title="Offline backups", status=og.MitigationStatus.IN_PROGRESS, due_date=DUE_DATE),
     )
     expect(created.status_code == 201, f"status {created.status_code}")
     mitigation = created.data
+    expect(mitigation.due_date == DUE_DATE, f"due date {mitigation.due_date!r}, read as a date")
     added = mitigations_api.create_sub_action(alpha.id, mitigation.id, og.SubActionCreate(title="Buy tapes"))
     expect(added.completed is False, "a new sub-action is open")
     subaction = mitigations_api.toggle_sub_action(alpha.id, mitigation.id, added.id)

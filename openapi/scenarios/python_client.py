@@ -23,7 +23,8 @@ from openrisk_client.models import (
 )
 from openrisk_client.types import UNSET
 from scenario import (
-    BASE_URL, HIGH_CRITICALITY_FACTOR, TOKEN, check_paging, check_stats, create_risks, expect, step, tag_for,
+    BASE_URL, DUE_DATE, HIGH_CRITICALITY_FACTOR, TOKEN, check_paging, check_stats, create_risks, expect, step,
+    tag_for,
 )
 
 client = AuthenticatedClient(base_url=BASE_URL, token=TOKEN)
@@ -74,10 +75,11 @@ with step("a mitigation and a sub-action"):
     created = create_mitigation.sync_detailed(
         alpha.id,
         client=client,
-        body=MitigationCreate(title="Offline backups", status=MitigationStatus.IN_PROGRESS, due_date="2027-03-31"),
+        body=MitigationCreate(title="Offline backups", status=MitigationStatus.IN_PROGRESS, due_date=DUE_DATE),
     )
     expect(created.status_code == 201, f"status {created.status_code}: {created.content!r}")
     mitigation = created.parsed
+    expect(mitigation.due_date == DUE_DATE, f"due date {mitigation.due_date!r}, read as a date")
     added = create_sub_action.sync_detailed(
         alpha.id, mitigation.id, client=client, body=SubActionCreate(title="Buy tapes")
     )

@@ -3,6 +3,7 @@
 //! `updated_at`. Bodies arrive checked (the routes refuse what Postgres could not store), and
 //! every function runs inside the caller's write transaction.
 
+use chrono::NaiveDate;
 use poem_openapi::types::MaybeUndefined;
 use sea_orm::{ActiveModelTrait, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, IntoActiveModel, QueryFilter, Set};
 use sea_orm::{ActiveValue, QuerySelect};
@@ -145,7 +146,7 @@ pub async fn insert_mitigation(
         assignee: Set(body.assignee),
         status: Set(enum_text(&body.status.unwrap_or(MitigationStatus::Planned))),
         progress: Set(body.progress),
-        due_date: Set(body.due_date),
+        due_date: Set(body.due_date.map(NaiveDate::from)),
         cost: Set(body.cost.unwrap_or(1)),
         mitigation_time_days: Set(body.mitigation_time_days),
         ..Default::default()
@@ -164,7 +165,7 @@ pub async fn update_mitigation(
     set_if_present(&mut row.assignee, patch.assignee);
     set_if_present(&mut row.status, patch.status.as_ref().map(enum_text));
     set_if_present(&mut row.progress, patch.progress);
-    set_nullable(&mut row.due_date, patch.due_date);
+    set_nullable(&mut row.due_date, patch.due_date.map_value(NaiveDate::from));
     set_if_present(&mut row.cost, patch.cost);
     set_if_present(&mut row.mitigation_time_days, patch.mitigation_time_days);
     row.updated_at = Set(now());

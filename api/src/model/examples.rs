@@ -5,13 +5,13 @@
 
 use std::collections::BTreeMap;
 
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{DateTime, Utc};
 use poem_openapi::types::Example;
 use uuid::Uuid;
 
 use super::{
-    Asset, AssetCreate, Criticality, Label, Mitigation, MitigationCreate, MitigationStatus, Risk, RiskCreate,
-    RiskDetail, RiskSource, RiskStatus, Severity, SubAction,
+    Asset, AssetCreate, CalendarDate, Criticality, Label, Mitigation, MitigationCreate, MitigationStatus, Risk,
+    RiskCreate, RiskDetail, RiskSource, RiskStatus, Severity, SubAction,
 };
 
 /// The instant every example was recorded at.
@@ -77,7 +77,7 @@ impl Example for Mitigation {
             assignee: "it-ops@example.com".into(),
             status: MitigationStatus::InProgress,
             progress: 40,
-            due_date: NaiveDate::from_ymd_opt(2026, 3, 31),
+            due_date: CalendarDate::parse("2026-03-31").ok(),
             cost: 2,
             mitigation_time_days: 10,
             subactions: vec![SubAction::example()],

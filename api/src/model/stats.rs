@@ -1,7 +1,8 @@
 //! The tenant's totals, risk matrix and daily trends.
 
-use chrono::NaiveDate;
 use poem_openapi::Object;
+
+use super::CalendarDate;
 
 /// Counts of live risks per status.
 #[derive(Debug, Clone, Default, Object)]
@@ -69,7 +70,7 @@ pub struct RiskMatrix {
 #[oai(skip_serializing_if_is_none)]
 pub struct TrendPoint {
     /// The day (UTC).
-    pub day: NaiveDate,
+    pub day: CalendarDate,
     /// Mean score recorded that day (creations and changes); absent on days without any.
     pub average_score: Option<f64>,
     /// Risks created that day.

@@ -2,7 +2,6 @@
 
 use poem_openapi::param::{Header, Path};
 use poem_openapi::payload::Json;
-use poem_openapi::types::MaybeUndefined;
 use poem_openapi::{ApiResponse, OpenApi};
 use uuid::Uuid;
 
@@ -42,18 +41,6 @@ async fn mitigation_view(
 ) -> Result<Mitigation, ApiError> {
     let subs = state.db.timed("subaction_list", crate::db::risks::subactions_of(db, tenant, &[row.id])).await?;
     Ok(Mitigation::from_rows(row, subs)?)
-}
-
-/// 400 unless a due date is one RFC 3339 writes (years 0001 to 9999): chrono and Postgres take
-/// years before Christ and past 9999 that no client could read back as a `date`.
-fn check_due_date(date: chrono::NaiveDate) -> Result<(), ApiError> {
-    use chrono::Datelike;
-    if (1..=9999).contains(&date.year()) {
-        Ok(())
-    } else {
-        let detail = format!("due_date {date} is outside 0001-01-01 to 9999-12-31");
-        Err(ApiError::BadRequest(Json(crate::error::Problem::new(poem::http::StatusCode::BAD_REQUEST, detail))))
-    }
 }
 
 /// The mitigation `id` of `risk` as `write` sees it, checked against `If-Match` when one is sent:
@@ -121,9 +108,6 @@ impl MitigationsApi {
         let insert = async |write: &Write| {
             let lock = crate::db::risks::lock_live(&write.txn, write.tenant, risk);
             write.timed("risk_lock", lock).await?.or_not_found("risk", risk)?;
-            if let Some(date) = body.due_date {
-                check_due_date(date)?;
-            }
             Ok(write
                 .timed("mitigation_insert", writes::insert_mitigation(&write.txn, write.tenant, risk, body))
                 .await?)
@@ -153,9 +137,6 @@ impl MitigationsApi {
         let patch = body.0;
         let update = async |write: &Write| {
             let current = find_for_write(write, risk_id.0, id.0, if_match.0.as_deref()).await?;
-            if let MaybeUndefined::Value(date) = patch.due_date {
-                check_due_date(date)?;
-            }
             let row = write.timed("mitigation_update", writes::update_mitigation(&write.txn, current, patch)).await?;
             mitigation_view(&write.state, &write.txn, write.tenant, row).await
         };

@@ -115,7 +115,7 @@ impl From<StatsRow> for Stats {
 impl From<TrendRow> for TrendPoint {
     fn from(row: TrendRow) -> Self {
         TrendPoint {
-            day: row.day,
+            day: row.day.into(),
             average_score: row.average_score,
             created: row.created,
             updated: row.updated,
