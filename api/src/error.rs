@@ -13,6 +13,10 @@ use sea_orm::DbErr;
 /// Media type of every error body.
 pub const PROBLEM_CONTENT_TYPE: &str = "application/problem+json";
 
+/// The 503's detail when a write lost a deadlock or a serialization failure to a concurrent one:
+/// nothing was changed, and the same change can be made again.
+const COLLIDED: &str = "the change collided with a concurrent one and was not made; retry";
+
 /// An RFC 9457 problem document.
 #[derive(Debug, Clone, Object)]
 #[oai(example)]
@@ -133,6 +137,12 @@ impl ApiError {
     pub fn unavailable(detail: impl Into<String>) -> Self {
         Self::Unavailable(Json(Problem::new(StatusCode::SERVICE_UNAVAILABLE, detail)))
     }
+
+    /// Whether a write failed only because Postgres chose it as the loser of a deadlock or a
+    /// serialization failure: its transaction changed nothing, so running it again is safe.
+    pub fn is_collision(&self) -> bool {
+        matches!(self, Self::Unavailable(problem) if problem.detail == COLLIDED)
+    }
 }
 
 /// A row looked up by id, where its absence is the client's 404.
@@ -174,7 +184,7 @@ impl From<DbErr> for ApiError {
                 // changed, and the same request succeeds when sent again.
                 "40P01" | "40001" => {
                     tracing::warn!(%error, "a write lost to a concurrent one");
-                    return ApiError::unavailable("the change collided with a concurrent one and was not made; retry");
+                    return ApiError::unavailable(COLLIDED);
                 }
                 _ => {}
             }

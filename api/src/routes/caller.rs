@@ -3,7 +3,9 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
+use backon::{ExponentialBuilder, Retryable};
 use poem::web::Data;
 use poem::{FromRequest, Request, RequestBody};
 use poem_openapi::registry::Registry;
@@ -101,15 +103,50 @@ impl Caller {
     /// Makes one change of risks, mitigations or assets, which needs the analyst role (403 before
     /// any I/O otherwise). `change` runs in one transaction, committed only when it succeeds (and
     /// then its invalidations applied, so the writer's next read sees it) and rolled back when it
-    /// fails, so no operation can answer success for a change it did not commit.
-    pub async fn write<T>(&self, change: impl AsyncFnOnce(&Write) -> Result<T, ApiError>) -> Result<T, ApiError> {
+    /// fails, so no operation can answer success for a change it did not commit. A change that
+    /// loses a deadlock or a serialization failure to a concurrent write changed nothing, so it
+    /// runs again in a new transaction, up to [`COLLISION_RETRIES`] times, before the client
+    /// gets the 503: two writes that touch the same rows in a different order (an asset's new
+    /// criticality re-scores its risks while a link locks a risk and then the asset) both succeed.
+    pub async fn write<T>(
+        &self,
+        change: impl AsyncFnOnce(&Write) -> Result<T, ApiError> + Clone,
+    ) -> Result<T, ApiError> {
         self.principal.require(Role::Analyst)?;
+        let backoff = ExponentialBuilder::new()
+            .with_min_delay(Duration::from_millis(2))
+            .with_max_delay(Duration::from_millis(50))
+            .with_max_times(COLLISION_RETRIES)
+            .with_jitter();
+        (|| self.write_once(change.clone()))
+            .retry(backoff)
+            .when(ApiError::is_collision)
+            .notify(|_, delay| tracing::debug!(?delay, "a write lost to a concurrent one; running it again"))
+            .await
+    }
+
+    /// One attempt of [`Caller::write`]: its own transaction, ended before this returns.
+    async fn write_once<T>(&self, change: impl AsyncFnOnce(&Write) -> Result<T, ApiError>) -> Result<T, ApiError> {
         let write = Write { txn: self.state.db.begin().await?, state: Arc::clone(&self.state), tenant: self.tenant() };
-        let changed = change(&write).await?;
-        write.commit().await?;
-        Ok(changed)
+        match change(&write).await {
+            Ok(changed) => {
+                write.commit().await?;
+                Ok(changed)
+            }
+            Err(error) => {
+                // Now, not when the connection is next used: a deadlock's loser keeps its locks
+                // until its transaction ends, and its retry must not wait behind them.
+                if let Err(rollback) = write.txn.rollback().await {
+                    tracing::debug!(%rollback, "rolling back a failed write");
+                }
+                Err(error)
+            }
+        }
     }
 }
+
+/// How many times a write that lost to a concurrent one runs again (after 2 to 50 ms each).
+const COLLISION_RETRIES: usize = 3;
 
 /// One write of the caller's tenant, in one transaction, as [`Caller::write`] hands it to a change.
 pub(super) struct Write {

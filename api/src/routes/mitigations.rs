@@ -285,7 +285,7 @@ impl SubActionRef {
 async fn change_subaction(
     caller: &Caller,
     subaction: SubActionRef,
-    patch: impl FnOnce(&subactions::Model) -> SubActionPatch,
+    patch: impl FnOnce(&subactions::Model) -> SubActionPatch + Clone,
 ) -> Result<SubAction, ApiError> {
     let update = async |write: &Write| {
         let current = subaction.find(write).await?;
