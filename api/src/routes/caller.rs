@@ -106,8 +106,9 @@ impl Caller {
     /// fails, so no operation can answer success for a change it did not commit. A change that
     /// loses a deadlock or a serialization failure to a concurrent write changed nothing, so it
     /// runs again in a new transaction, up to [`COLLISION_RETRIES`] times, before the client
-    /// gets the 503: two writes that touch the same rows in a different order (an asset's new
-    /// criticality re-scores its risks while a link locks a risk and then the asset) both succeed.
+    /// gets the 503: two writes that lock the same rows in a different order (an asset's new
+    /// criticality re-scores its linked risks while another transaction holds one of them and
+    /// then wants the asset) both succeed.
     pub async fn write<T>(
         &self,
         change: impl AsyncFnOnce(&Write) -> Result<T, ApiError> + Clone,
