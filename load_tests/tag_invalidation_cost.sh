@@ -5,7 +5,7 @@
 # one plain GET would need (every entry of the tag deleted before the invalidation returns).
 # A private Redis on a free loopback port; N entries of BODY_BYTES under one tag, registered in
 # its member set; SLOWLOG's microseconds for the one command each way takes, and for the
-# longest reclaim command. That command holds Redis for every tenant on the node.
+# longest reclaim command: each of them holds Redis for every tenant on the node while it runs.
 #
 #   load_tests/tag_invalidation_cost.sh                      # N = 1,000 10,000 100,000, 3 rounds
 #   MEMBERS="100 1000" ROUNDS=1 load_tests/tag_invalidation_cost.sh
