@@ -88,6 +88,13 @@ impl Json {
             _ => None,
         }
     }
+
+    fn as_object_mut(&mut self) -> Option<&mut IndexMap<String, Json>> {
+        match self {
+            Json::Object(map) => Some(map),
+            _ => None,
+        }
+    }
 }
 
 /// The published document, pretty-printed, from the one poem-openapi derived
@@ -141,21 +148,22 @@ fn only_repeats_its_wrapper(wrapper: &IndexMap<String, Json>, members: &[Json]) 
 /// The HTTP methods an OpenAPI path item can hold operations under.
 const OPERATION_METHODS: [&str; 8] = ["get", "put", "post", "delete", "options", "head", "patch", "trace"];
 
+/// Every operation object of the document (an entry under an HTTP method of a path item).
+fn operations_mut(document: &mut Json) -> impl Iterator<Item = &mut IndexMap<String, Json>> {
+    let paths = document.as_object_mut().and_then(|root| root.get_mut("paths")).and_then(Json::as_object_mut);
+    paths
+        .into_iter()
+        .flat_map(|paths| paths.values_mut().filter_map(Json::as_object_mut))
+        .flat_map(|item| item.iter_mut().filter(|(method, _)| OPERATION_METHODS.contains(&method.as_str())))
+        .filter_map(|(_, operation)| operation.as_object_mut())
+}
+
 /// Operations that take no token (liveness, readiness, metrics) come out of poem-openapi without a
 /// `security` field, which linters report as an operation whose security was forgotten. An empty
 /// list says what is meant: no authentication.
 fn mark_public_operations(document: &mut Json) {
-    let Json::Object(root) = document else { return };
-    let Some(Json::Object(paths)) = root.get_mut("paths") else { return };
-    for path_item in paths.values_mut() {
-        let Json::Object(operations) = path_item else { continue };
-        for (method, operation) in operations.iter_mut() {
-            if OPERATION_METHODS.contains(&method.as_str())
-                && let Json::Object(operation) = operation
-            {
-                operation.entry("security".to_owned()).or_insert_with(|| Json::Array(Vec::new()));
-            }
-        }
+    for operation in operations_mut(document) {
+        operation.entry("security".to_owned()).or_insert_with(|| Json::Array(Vec::new()));
     }
 }
 
@@ -168,25 +176,20 @@ const SCHEMA_PREFIX: &str = "#/components/schemas/";
 /// valid. Each schema a request body names gets `additionalProperties: false`;
 /// `api/tests/openapi.rs` checks that every one of them really refuses an undeclared field.
 fn close_request_bodies(document: &mut Json) {
-    let Json::Object(root) = document else { return };
     let mut named = Vec::new();
-    if let Some(Json::Object(paths)) = root.get("paths") {
-        let operations = paths.values().filter_map(Json::as_object).flat_map(|item| {
-            item.iter().filter(|(method, _)| OPERATION_METHODS.contains(&method.as_str())).map(|(_, op)| op)
-        });
-        for operation in operations.filter_map(Json::as_object) {
-            let Some(Json::Object(body)) = operation.get("requestBody") else { continue };
-            let Some(Json::Object(content)) = body.get("content") else { continue };
-            for media in content.values().filter_map(Json::as_object) {
-                if let Some(Json::Object(schema)) = media.get("schema")
-                    && let Some(Json::Scalar(serde_json::Value::String(reference))) = schema.get("$ref")
-                    && let Some(name) = reference.strip_prefix(SCHEMA_PREFIX)
-                {
-                    named.push(name.to_owned());
-                }
+    for operation in operations_mut(document) {
+        let Some(Json::Object(body)) = operation.get("requestBody") else { continue };
+        let Some(Json::Object(content)) = body.get("content") else { continue };
+        for media in content.values().filter_map(Json::as_object) {
+            if let Some(Json::Object(schema)) = media.get("schema")
+                && let Some(Json::Scalar(serde_json::Value::String(reference))) = schema.get("$ref")
+                && let Some(name) = reference.strip_prefix(SCHEMA_PREFIX)
+            {
+                named.push(name.to_owned());
             }
         }
     }
+    let Json::Object(root) = document else { return };
     let Some(Json::Object(components)) = root.get_mut("components") else { return };
     let Some(Json::Object(schemas)) = components.get_mut("schemas") else { return };
     for name in named {
