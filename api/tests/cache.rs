@@ -290,7 +290,7 @@ async fn a_detail_miss_reads_the_database_once_when_its_versions_exist() {
     let app = spawn_app().await;
     let risk = app.create_risk(&app.a.analyst, "Read once").await;
     let path = format!("/api/v1/risks/{}", risk["id"].as_str().unwrap());
-    let reads = || app.metric("openrisk_db_query_duration_seconds_count{query=\"risk_get\"}");
+    let reads = || app.metric("openrisk_db_query_duration_seconds_count{query=\"risk_detail\"}");
     let start = reads().await;
     assert_eq!(cache_status(&app.get(&path, &app.a.viewer).await), CacheStatus::Stored);
     assert_eq!(reads().await - start, 2.0, "the first read proves the row exists, the second is filled");

@@ -144,6 +144,55 @@ async fn the_risk_detail_embeds_mitigations_sub_actions_and_assets() {
 }
 
 #[tokio::test]
+async fn the_risk_detail_embeds_each_child_as_its_own_endpoint_serves_it_in_order_and_no_other_risks() {
+    let app = spawn_app().await;
+    let token = &app.a.analyst;
+    let base = app.create_risk_path(token, "Supplier breach").await;
+    let other = app.create_risk_path(token, "Other risk").await;
+    let post = async |path: String, body: Value| {
+        let created = app.send_json(Method::POST, &path, token, body).await;
+        assert_eq!(created.status(), StatusCode::CREATED);
+        format!("{path}/{}", created.json::<Value>().await.unwrap()["id"].as_str().unwrap())
+    };
+    let mut mitigations = Vec::new();
+    for title in ["First", "Second", "Third"] {
+        mitigations.push(post(format!("{base}/mitigations"), json!({"title": title})).await);
+    }
+    let others = post(format!("{other}/mitigations"), json!({"title": "Not embedded"})).await;
+    for title in ["Later letter, made first", "Earlier letter, made second"] {
+        post(format!("{}/subactions", mitigations[1]), json!({"title": title})).await;
+    }
+    post(format!("{others}/subactions"), json!({"title": "Not embedded either"})).await;
+    let mut assets = Vec::new();
+    for name in ["Zeta", "Alpha", "Mid"] {
+        let asset = app.create_asset(token, name, "LOW").await;
+        assert_eq!(app.link_asset(token, &base, &asset).await.status(), StatusCode::NO_CONTENT);
+        assets.push(asset);
+    }
+    let unlinked = app.create_asset(token, "Aardvark", "LOW").await;
+    assert_eq!(app.link_asset(token, &other, &unlinked).await.status(), StatusCode::NO_CONTENT);
+
+    let detail = app.get_json(&base, &app.a.viewer).await;
+    let mut served = Vec::new();
+    for path in &mitigations {
+        served.push(app.get_json(path, &app.a.viewer).await);
+    }
+    assert_eq!(detail["mitigations"], Value::Array(served), "mitigations oldest first, as their own GET");
+    let titles: Vec<&str> = detail["mitigations"][1]["subactions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["title"].as_str().unwrap())
+        .collect();
+    assert_eq!(titles, ["Later letter, made first", "Earlier letter, made second"], "sub-actions oldest first");
+    let mut by_name = Vec::new();
+    for index in [1, 2, 0] {
+        by_name.push(app.get_json(&format!("/api/v1/assets/{}", assets[index]["id"].as_str().unwrap()), token).await);
+    }
+    assert_eq!(detail["assets"], Value::Array(by_name), "linked assets by name, as their own GET");
+}
+
+#[tokio::test]
 async fn assets_can_be_listed_changed_and_deleted_and_rescore_their_risks() {
     let app = spawn_app().await;
     let token = &app.a.analyst;

@@ -49,7 +49,8 @@ pub mod api_tokens {
 pub mod assets {
     use sea_orm::entity::prelude::*;
 
-    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    /// Deserialize: the risk detail reads these rows embedded as JSON (`db::risks::with_children`).
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel, serde::Deserialize)]
     #[sea_orm(table_name = "assets")]
     pub struct Model {
         #[sea_orm(primary_key, auto_increment = false)]
@@ -108,7 +109,8 @@ pub mod risks {
 pub mod mitigations {
     use sea_orm::entity::prelude::*;
 
-    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    /// Deserialize: the risk detail reads these rows embedded as JSON (`db::risks::with_children`).
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel, serde::Deserialize)]
     #[sea_orm(table_name = "mitigations")]
     pub struct Model {
         #[sea_orm(primary_key, auto_increment = false)]
@@ -136,7 +138,8 @@ pub mod mitigations {
 pub mod subactions {
     use sea_orm::entity::prelude::*;
 
-    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    /// Deserialize: the risk detail reads these rows embedded as JSON (`db::risks::with_children`).
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel, serde::Deserialize)]
     #[sea_orm(table_name = "mitigation_subactions")]
     pub struct Model {
         #[sea_orm(primary_key, auto_increment = false)]

@@ -5,6 +5,7 @@ use sea_orm::sea_query::Expr;
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DbErr, EntityTrait, FromQueryResult, QueryFilter, QueryOrder, QuerySelect,
 };
+use serde::Deserialize;
 use uuid::Uuid;
 
 use super::entities::{assets, mitigations, risks, subactions};
@@ -135,30 +136,6 @@ pub async fn lock_live(db: &impl ConnectionTrait, tenant: Uuid, id: Uuid) -> Res
         .await
 }
 
-/// Mitigations of a risk with their sub-actions, oldest first.
-pub async fn mitigations_of(
-    db: &impl ConnectionTrait,
-    tenant: Uuid,
-    risk: Uuid,
-) -> Result<Vec<(mitigations::Model, Vec<subactions::Model>)>, DbErr> {
-    let rows = mitigations::Entity::find()
-        .filter(mitigations::Column::TenantId.eq(tenant))
-        .filter(mitigations::Column::RiskId.eq(risk))
-        .order_by_asc(mitigations::Column::CreatedAt)
-        .order_by_asc(mitigations::Column::Id)
-        .all(db)
-        .await?;
-    let ids: Vec<Uuid> = rows.iter().map(|row| row.id).collect();
-    let mut subs = subactions_of(db, tenant, &ids).await?;
-    Ok(rows
-        .into_iter()
-        .map(|row| {
-            let own = subs.extract_if(.., |sub| sub.mitigation_id == row.id).collect();
-            (row, own)
-        })
-        .collect())
-}
-
 /// Sub-actions of the given mitigations, oldest first.
 pub async fn subactions_of(
     db: &impl ConnectionTrait,
@@ -177,16 +154,54 @@ pub async fn subactions_of(
         .await
 }
 
-/// Assets linked to a risk, by name.
-pub async fn assets_of(db: &impl ConnectionTrait, tenant: Uuid, risk: Uuid) -> Result<Vec<assets::Model>, DbErr> {
-    assets::Entity::find()
-        .from_raw_sql(stmt(
-            "SELECT a.* FROM assets a JOIN risk_assets ra ON ra.tenant_id = a.tenant_id AND ra.asset_id = a.id \
-             WHERE ra.tenant_id = $1 AND ra.risk_id = $2 ORDER BY a.name, a.id",
-            [tenant.into(), risk.into()],
-        ))
-        .all(db)
-        .await
+/// A live risk with everything its detail embeds: its mitigations with their sub-actions, oldest
+/// first, and the assets linked to it, by name.
+#[derive(Debug)]
+pub struct RiskWithChildren {
+    pub risk: risks::Model,
+    pub mitigations: Vec<MitigationWithSubactions>,
+    pub assets: Vec<assets::Model>,
+}
+
+/// One mitigation of a [`RiskWithChildren`] and its sub-actions, oldest first.
+#[derive(Debug, Deserialize)]
+pub struct MitigationWithSubactions {
+    pub mitigation: mitigations::Model,
+    pub subactions: Vec<subactions::Model>,
+}
+
+/// A live risk of the tenant with its mitigations, sub-actions and assets, in one statement: one
+/// round trip and one connection for a detail's miss, and every part read from the same
+/// snapshot, so the detail never mixes a risk before a change with its children after it.
+pub async fn with_children(
+    db: &impl ConnectionTrait,
+    tenant: Uuid,
+    id: Uuid,
+) -> Result<Option<RiskWithChildren>, DbErr> {
+    const SQL: &str = "SELECT r.*,
+           (SELECT coalesce(json_agg(json_build_object(
+                       'mitigation', m,
+                       'subactions', (SELECT coalesce(json_agg(s ORDER BY s.created_at, s.id), '[]')
+                                        FROM mitigation_subactions s
+                                       WHERE s.tenant_id = m.tenant_id AND s.mitigation_id = m.id))
+                     ORDER BY m.created_at, m.id), '[]')
+              FROM mitigations m
+             WHERE m.tenant_id = r.tenant_id AND m.risk_id = r.id) AS embedded_mitigations,
+           (SELECT coalesce(json_agg(a ORDER BY a.name, a.id), '[]')
+              FROM assets a JOIN risk_assets ra ON ra.tenant_id = a.tenant_id AND ra.asset_id = a.id
+             WHERE ra.tenant_id = r.tenant_id AND ra.risk_id = r.id) AS embedded_assets
+      FROM risks r
+     WHERE r.tenant_id = $1 AND r.id = $2 AND r.deleted_at IS NULL";
+    let Some(row) = db.query_one_raw(stmt(SQL, [tenant.into(), id.into()])).await? else {
+        return Ok(None);
+    };
+    let embedded = |column: &str| -> Result<serde_json::Value, DbErr> { row.try_get("", column) };
+    let decode = |error: serde_json::Error| DbErr::Json(format!("a risk's embedded rows: {error}"));
+    Ok(Some(RiskWithChildren {
+        risk: risks::Model::from_query_result(&row, "")?,
+        mitigations: serde_json::from_value(embedded("embedded_mitigations")?).map_err(decode)?,
+        assets: serde_json::from_value(embedded("embedded_assets")?).map_err(decode)?,
+    }))
 }
 
 /// Soft-deletes a live risk; false when there is none.

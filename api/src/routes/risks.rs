@@ -99,21 +99,16 @@ pub(super) async fn load_detail(
     tenant: Uuid,
     id: Uuid,
 ) -> Result<Vec<u8>, ApiError> {
-    // Independent queries, sent together: on a pool each takes a connection of its own, so a
-    // miss waits for one round trip (plus the sub-actions') instead of three in a row.
-    let (risk, mitigations, assets) = tokio::try_join!(
-        state.db.timed("risk_get", crate::db::risks::find_live(conn, tenant, id)),
-        state.db.timed("risk_mitigations", crate::db::risks::mitigations_of(conn, tenant, id)),
-        state.db.timed("risk_assets", crate::db::risks::assets_of(conn, tenant, id)),
-    )?;
-    let risk = risk.or_not_found("risk", id)?;
+    let read = crate::db::risks::with_children(conn, tenant, id);
+    let rows = state.db.timed("risk_detail", read).await?.or_not_found("risk", id)?;
     let detail = RiskDetail {
-        risk: Risk::try_from(risk)?,
-        mitigations: mitigations
+        risk: Risk::try_from(rows.risk)?,
+        mitigations: rows
+            .mitigations
             .into_iter()
-            .map(|(row, subs)| Mitigation::from_rows(row, subs))
+            .map(|embedded| Mitigation::from_rows(embedded.mitigation, embedded.subactions))
             .collect::<Result<_, _>>()?,
-        assets: assets.into_iter().map(Asset::try_from).collect::<Result<_, _>>()?,
+        assets: rows.assets.into_iter().map(Asset::try_from).collect::<Result<_, _>>()?,
     };
     Ok(body_of(&detail))
 }
