@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# A risk detail's cache miss as a reader meets it right after a write, timed one request at a
-# time on an otherwise idle system, for API binaries side by side. Each miss follows a SQL update
+# A risk detail's (or the risk list's) cache miss as a reader meets it right after a write, timed
+# one request at a time on an otherwise idle system, for API binaries side by side. Each miss follows a SQL update
 # of the risk's title and a pause for the invalidator; the binaries share the database, Redis and
 # invalidator of the running demo (`scripts/dev-up.sh`) and take turns miss by miss, so drift
 # in the machine's load reaches each alike. Prints p25 / p50 / p90 per binary in ms (curl's
@@ -8,14 +8,21 @@
 #
 #   load_tests/miss_latency.sh before=/tmp/api-old after=target/release/openrisk-api
 #
-# Knobs (environment): MISSES (per binary and round, default 30) ROUNDS (default 2) PAUSE_MS
-# (after each update, default 200) DATABASE_URL REDIS_URL (the demo's by default).
+# Knobs (environment): READ (`detail`, the default, or `list`: the tenant's first page by
+# last change, which the updated risk heads) MISSES (per binary and round, default 30) ROUNDS
+# (default 2) PAUSE_MS (after each update, default 200) DATABASE_URL REDIS_URL (the demo's by
+# default).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 MISSES=${MISSES:-30}
 ROUNDS=${ROUNDS:-2}
 PAUSE_MS=${PAUSE_MS:-200}
+READ=${READ:-detail}
+case "$READ" in
+    detail | list) ;;
+    *) echo "READ is detail or list, not $READ" >&2; exit 2 ;;
+esac
 export DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/openrisk}"
 export REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6379}"
 [ $# -ge 1 ] || { echo "usage: $0 label=api-binary..." >&2; exit 2; }
@@ -47,6 +54,15 @@ mapfile -t risks < <(psql "$DATABASE_URL" -Atc \
      WHERE t.slug = 'demo' AND r.deleted_at IS NULL ORDER BY r.id LIMIT $MISSES")
 [ "${#risks[@]}" -eq "$MISSES" ] || { echo "the demo tenant has fewer than $MISSES risks" >&2; exit 1; }
 
+# The path read after each update of `$1`: its detail, or the page of the list it now heads.
+path_of() {
+    if [ "$READ" = detail ]; then
+        echo "/api/v1/risks/$1"
+    else
+        echo "/api/v1/risks?sort_by=updated_at&sort_dir=desc&limit=20"
+    fi
+}
+
 pause=$(printf '0.%03d' "$PAUSE_MS")
 [ "$PAUSE_MS" -lt 1000 ] || pause=$((PAUSE_MS / 1000))
 failed=0
@@ -55,11 +71,11 @@ for round in $(seq "$ROUNDS"); do
         for index in "${!labels[@]}"; do
             label=${labels[$index]} port=${ports[$index]}
             title="miss $label $round $(date +%s%N)"
-            psql "$DATABASE_URL" -qc "UPDATE risks SET title = '$title' WHERE id = '$risk'"
+            psql "$DATABASE_URL" -qc "UPDATE risks SET title = '$title', updated_at = now() WHERE id = '$risk'"
             sleep "$pause"
             read -r status seconds cache < <(curl -s -o "$out/body" \
                 -w '%{http_code} %{time_total} %header{cache-status}\n' \
-                -H "Authorization: Bearer $token" "http://127.0.0.1:$port/api/v1/risks/$risk")
+                -H "Authorization: Bearer $token" "http://127.0.0.1:$port$(path_of "$risk")")
             if [ "$status" != 200 ] || ! grep -q "\"$title\"" "$out/body" || [[ "$cache" != *fwd=miss* ]]; then
                 echo "FAIL $label $risk: status $status, cache status ${cache:-none}" >&2
                 failed=$((failed + 1))

@@ -52,6 +52,13 @@ async fn risks_can_be_created_listed_filtered_changed_and_deleted() {
         app.get("/api/v1/risks?limit=1&page=2&sort_by=title&sort_dir=asc", &app.a.viewer).await.json().await.unwrap();
     assert_eq!(page["items"].as_array().unwrap().len(), 1);
     assert_eq!(page["items"][0]["title"], "Unpatched VPN appliance");
+    let past_the_end = app.get_json("/api/v1/risks?limit=1&page=3", &app.a.viewer).await;
+    let shown = past_the_end["items"].as_array().map(Vec::len);
+    assert_eq!((past_the_end["total"].as_u64(), shown), (Some(2), Some(0)), "a page past the end still counts");
+    let by_title = app.get_json("/api/v1/risks?sort_by=title&sort_dir=desc", &app.a.viewer).await;
+    let titles: Vec<&str> =
+        by_title["items"].as_array().unwrap().iter().map(|r| r["title"].as_str().unwrap()).collect();
+    assert_eq!(titles, ["Unpatched VPN appliance", "Phishing of finance staff"]);
 
     let id = risk["id"].as_str().unwrap();
     let patched = app

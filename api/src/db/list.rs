@@ -15,11 +15,6 @@ pub struct Conditions {
     values: Vec<Value>,
 }
 
-#[derive(Debug, FromQueryResult)]
-struct Total {
-    total: i64,
-}
-
 impl Conditions {
     /// Rows of `tenant` only.
     pub fn of_tenant(tenant: Uuid) -> Self {
@@ -48,7 +43,10 @@ impl Conditions {
         self.add(&format!("{text} ILIKE ?"), pattern);
     }
 
-    /// One page of the rows of `table` that match, in `order`, and how many match in all.
+    /// One page of the rows of `table` that match, in `order`, and how many match in all: one
+    /// statement, so one round trip and one snapshot (the total always counts the rows the page
+    /// is cut from). The count's row is joined to the page's, so a page past the end still
+    /// carries the total (one row whose page columns are null).
     pub async fn page<E: EntityTrait>(
         self,
         db: &impl ConnectionTrait,
@@ -58,16 +56,25 @@ impl Conditions {
         limit: u32,
     ) -> Result<Page<E::Model>, DbErr> {
         let predicate = self.clauses.join(" AND ");
-        let total = Total::find_by_statement(stmt(
-            &format!("SELECT count(*) AS total FROM {table} WHERE {predicate}"),
-            self.values.clone(),
-        ))
-        .one(db)
-        .await?
-        .map_or(0, |row| row.total);
         let offset = u64::from(page - 1) * u64::from(limit);
-        let sql = format!("SELECT * FROM {table} WHERE {predicate} ORDER BY {order} LIMIT {limit} OFFSET {offset}");
-        let items = E::find().from_raw_sql(stmt(&sql, self.values)).all(db).await?;
+        let sql = format!(
+            "SELECT counted.matching_total, page.* \
+             FROM (SELECT count(*) AS matching_total FROM {table} WHERE {predicate}) counted \
+             LEFT JOIN LATERAL (SELECT * FROM {table} WHERE {predicate} ORDER BY {order} \
+                                LIMIT {limit} OFFSET {offset}) page ON true \
+             ORDER BY {order}"
+        );
+        let rows = db.query_all_raw(stmt(&sql, self.values)).await?;
+        let total = match rows.first() {
+            Some(row) => row.try_get("", "matching_total")?,
+            None => 0,
+        };
+        let mut items = Vec::with_capacity(rows.len());
+        for row in &rows {
+            if row.try_get::<Option<Uuid>>("", "id")?.is_some() {
+                items.push(E::Model::from_query_result(row, "")?);
+            }
+        }
         Ok((items, total))
     }
 }
