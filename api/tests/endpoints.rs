@@ -155,7 +155,6 @@ async fn the_risk_detail_embeds_each_child_as_its_own_endpoint_serves_it_in_orde
     let app = spawn_app().await;
     let token = &app.a.analyst;
     let base = app.create_risk_path(token, "Supplier breach").await;
-    let other = app.create_risk_path(token, "Other risk").await;
     let post = async |path: String, body: Value| {
         let created = app.send_json(Method::POST, &path, token, body).await;
         assert_eq!(created.status(), StatusCode::CREATED);
@@ -165,6 +164,8 @@ async fn the_risk_detail_embeds_each_child_as_its_own_endpoint_serves_it_in_orde
     for title in ["First", "Second", "Third"] {
         mitigations.push(post(format!("{base}/mitigations"), json!({"title": title})).await);
     }
+    // Another risk's children, which the detail leaves out.
+    let other = app.create_risk_path(token, "Other risk").await;
     let others = post(format!("{other}/mitigations"), json!({"title": "Not embedded"})).await;
     for title in ["Later letter, made first", "Earlier letter, made second"] {
         post(format!("{}/subactions", mitigations[1]), json!({"title": title})).await;
