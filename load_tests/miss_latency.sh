@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # A risk detail's (or the risk list's) cache miss as a reader meets it right after a write, timed
-# one request at a time on an otherwise idle system, for API binaries side by side. Each miss follows a SQL update
-# of the risk's title and a pause for the invalidator; the binaries share the database, Redis and
-# invalidator of the running demo (`scripts/dev-up.sh`) and take turns miss by miss, so drift
-# in the machine's load reaches each alike. Prints p25 / p50 / p90 per binary in ms (curl's
-# `time_total`), and checks that every answer was a miss that carried the new title.
+# one request at a time on an otherwise idle system, for API binaries side by side. Each miss
+# follows a SQL update of the risk's title and a pause for the invalidator; the binaries share the
+# database, Redis and invalidator of the running demo (`scripts/dev-up.sh`) and take turns miss by
+# miss, so drift in the machine's load reaches each alike. Prints p25 / p50 / p90 per binary in ms
+# (curl's `time_total`), and checks that every answer was a miss that carried the new title.
 #
 #   load_tests/miss_latency.sh before=/tmp/api-old after=target/release/openrisk-api
 #

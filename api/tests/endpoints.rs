@@ -162,7 +162,8 @@ async fn the_risk_detail_embeds_each_child_as_its_own_endpoint_serves_it_in_orde
     };
     let mut mitigations = Vec::new();
     for title in ["First", "Second", "Third"] {
-        mitigations.push(post(format!("{base}/mitigations"), json!({"title": title})).await);
+        let body = json!({"title": title, "due_date": "2027-03-31"});
+        mitigations.push(post(format!("{base}/mitigations"), body).await);
     }
     // Another risk's children, which the detail leaves out.
     let other = app.create_risk_path(token, "Other risk").await;
