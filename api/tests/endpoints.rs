@@ -181,6 +181,10 @@ async fn the_risk_detail_embeds_each_child_as_its_own_endpoint_serves_it_in_orde
     let unlinked = app.create_asset(token, "Aardvark", "LOW").await;
     assert_eq!(app.link_asset(token, &other, &unlinked).await.status(), StatusCode::NO_CONTENT);
 
+    // A write answers its mitigation from the rows it locked; a read from one statement.
+    let patched = app.send_json(Method::PATCH, &mitigations[1], token, json!({"progress": 10})).await;
+    assert_eq!(patched.json::<Value>().await.unwrap(), app.get_json(&mitigations[1], &app.a.viewer).await);
+
     let detail = app.get_json(&base, &app.a.viewer).await;
     let mut served = Vec::new();
     for path in &mitigations {
@@ -199,6 +203,10 @@ async fn the_risk_detail_embeds_each_child_as_its_own_endpoint_serves_it_in_orde
         by_name.push(app.get_json(&format!("/api/v1/assets/{}", assets[index]["id"].as_str().unwrap()), token).await);
     }
     assert_eq!(detail["assets"], Value::Array(by_name), "linked assets by name, as their own GET");
+
+    // A soft-deleted risk's mitigations go with it.
+    assert_eq!(app.request(Method::DELETE, &base, token).send().await.unwrap().status(), StatusCode::NO_CONTENT);
+    assert_problem(app.get(&mitigations[1], &app.a.viewer).await, StatusCode::NOT_FOUND).await;
 }
 
 #[tokio::test]

@@ -3,9 +3,11 @@
 
 use sea_orm::sea_query::Expr;
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DbErr, EntityTrait, FromQueryResult, QueryFilter, QueryOrder, QuerySelect,
+    ColumnTrait, ConnectionTrait, DbErr, EntityTrait, FromQueryResult, QueryFilter, QueryOrder, QueryResult,
+    QuerySelect,
 };
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
 use super::entities::{assets, mitigations, risks, subactions};
@@ -163,11 +165,23 @@ pub struct RiskWithChildren {
     pub assets: Vec<assets::Model>,
 }
 
-/// One mitigation of a [`RiskWithChildren`] and its sub-actions, oldest first.
+/// One mitigation and its sub-actions, oldest first, as [`mitigation_json!`] embeds them.
 #[derive(Debug, Deserialize)]
 pub struct MitigationWithSubactions {
     pub mitigation: mitigations::Model,
     pub subactions: Vec<subactions::Model>,
+}
+
+/// SQL: the JSON of mitigation row `m` with its sub-actions, oldest first, as
+/// [`MitigationWithSubactions`] reads it.
+macro_rules! mitigation_json {
+    () => {
+        "json_build_object(
+            'mitigation', m,
+            'subactions', (SELECT coalesce(json_agg(s ORDER BY s.created_at, s.id), '[]')
+                             FROM mitigation_subactions s
+                            WHERE s.tenant_id = m.tenant_id AND s.mitigation_id = m.id))"
+    };
 }
 
 /// A live risk of the tenant with its mitigations, sub-actions and assets, in one statement: one
@@ -178,30 +192,55 @@ pub async fn with_children(
     tenant: Uuid,
     id: Uuid,
 ) -> Result<Option<RiskWithChildren>, DbErr> {
-    const SQL: &str = "SELECT r.*,
-           (SELECT coalesce(json_agg(json_build_object(
-                       'mitigation', m,
-                       'subactions', (SELECT coalesce(json_agg(s ORDER BY s.created_at, s.id), '[]')
-                                        FROM mitigation_subactions s
-                                       WHERE s.tenant_id = m.tenant_id AND s.mitigation_id = m.id))
-                     ORDER BY m.created_at, m.id), '[]')
+    const SQL: &str = concat!(
+        "SELECT r.*,
+           (SELECT coalesce(json_agg(",
+        mitigation_json!(),
+        " ORDER BY m.created_at, m.id), '[]')
               FROM mitigations m
              WHERE m.tenant_id = r.tenant_id AND m.risk_id = r.id) AS embedded_mitigations,
            (SELECT coalesce(json_agg(a ORDER BY a.name, a.id), '[]')
               FROM assets a JOIN risk_assets ra ON ra.tenant_id = a.tenant_id AND ra.asset_id = a.id
              WHERE ra.tenant_id = r.tenant_id AND ra.risk_id = r.id) AS embedded_assets
       FROM risks r
-     WHERE r.tenant_id = $1 AND r.id = $2 AND r.deleted_at IS NULL";
+     WHERE r.tenant_id = $1 AND r.id = $2 AND r.deleted_at IS NULL"
+    );
     let Some(row) = db.query_one_raw(stmt(SQL, [tenant.into(), id.into()])).await? else {
         return Ok(None);
     };
-    let embedded = |column: &str| -> Result<serde_json::Value, DbErr> { row.try_get("", column) };
-    let decode = |error: serde_json::Error| DbErr::Json(format!("a risk's embedded rows: {error}"));
     Ok(Some(RiskWithChildren {
         risk: risks::Model::from_query_result(&row, "")?,
-        mitigations: serde_json::from_value(embedded("embedded_mitigations")?).map_err(decode)?,
-        assets: serde_json::from_value(embedded("embedded_assets")?).map_err(decode)?,
+        mitigations: embedded(&row, "embedded_mitigations")?,
+        assets: embedded(&row, "embedded_assets")?,
     }))
+}
+
+/// A mitigation of a live risk with its sub-actions, in one statement (one round trip, one
+/// snapshot), as a mitigation's read serves it.
+pub async fn mitigation_with_subactions(
+    db: &impl ConnectionTrait,
+    tenant: Uuid,
+    risk: Uuid,
+    id: Uuid,
+) -> Result<Option<MitigationWithSubactions>, DbErr> {
+    const SQL: &str = concat!(
+        "SELECT ",
+        mitigation_json!(),
+        " AS embedded
+      FROM mitigations m
+      JOIN risks r ON r.tenant_id = m.tenant_id AND r.id = m.risk_id AND r.deleted_at IS NULL
+     WHERE m.tenant_id = $1 AND m.risk_id = $2 AND m.id = $3"
+    );
+    match db.query_one_raw(stmt(SQL, [tenant.into(), risk.into(), id.into()])).await? {
+        Some(row) => Ok(Some(embedded(&row, "embedded")?)),
+        None => Ok(None),
+    }
+}
+
+/// Rows a statement embedded as JSON in `column`, decoded.
+fn embedded<T: DeserializeOwned>(row: &QueryResult, column: &str) -> Result<T, DbErr> {
+    let json: serde_json::Value = row.try_get("", column)?;
+    serde_json::from_value(json).map_err(|error| DbErr::Json(format!("rows embedded as {column}: {error}")))
 }
 
 /// Soft-deletes a live risk; false when there is none.

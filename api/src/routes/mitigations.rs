@@ -87,10 +87,10 @@ impl MitigationsApi {
         let read = super::cacheable::mitigation(tenant, risk, id);
         caller
             .serve(read, if_none_match.0, move |state, reader| async move {
-                let conn = &reader.conn();
-                let find = crate::db::risks::find_mitigation(conn, tenant, risk, id);
-                let row = state.db.timed("mitigation_get", find).await?.or_not_found("mitigation", id)?;
-                Ok(body_of(&mitigation_view(&state, conn, tenant, row).await?))
+                let conn = reader.conn();
+                let read = crate::db::risks::mitigation_with_subactions(&conn, tenant, risk, id);
+                let row = state.db.timed("mitigation_detail", read).await?.or_not_found("mitigation", id)?;
+                Ok(body_of(&Mitigation::from_rows(row.mitigation, row.subactions)?))
             })
             .await
     }
