@@ -193,7 +193,9 @@ async fn run(mut cfg: Config) -> anyhow::Result<bool> {
     }
     if cfg.log_dir.is_none() {
         let target = exe_dir.parent().map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
-        cfg.log_dir = Some(target.join("verifier").join(format!("{mode}-{seed}")));
+        // The start time too, so a replay of the seed keeps the logs of the run it replays.
+        let started = chrono::Utc::now().format("%Y%m%dT%H%M%SZ");
+        cfg.log_dir = Some(target.join("verifier").join(format!("{mode}-{seed}-{started}")));
     }
     let tenants = cfg.tenants.unwrap_or(if cfg.smoke { 3 } else { 5 });
     let risks = cfg.risks.unwrap_or(if cfg.smoke { 30 } else { 100 });

@@ -138,18 +138,15 @@ pub async fn lock_live(db: &impl ConnectionTrait, tenant: Uuid, id: Uuid) -> Res
         .await
 }
 
-/// Sub-actions of the given mitigations, oldest first.
+/// Sub-actions of a mitigation, oldest first.
 pub async fn subactions_of(
     db: &impl ConnectionTrait,
     tenant: Uuid,
-    mitigations: &[Uuid],
+    mitigation: Uuid,
 ) -> Result<Vec<subactions::Model>, DbErr> {
-    if mitigations.is_empty() {
-        return Ok(Vec::new());
-    }
     subactions::Entity::find()
         .filter(subactions::Column::TenantId.eq(tenant))
-        .filter(subactions::Column::MitigationId.is_in(mitigations.iter().copied()))
+        .filter(subactions::Column::MitigationId.eq(mitigation))
         .order_by_asc(subactions::Column::CreatedAt)
         .order_by_asc(subactions::Column::Id)
         .all(db)

@@ -39,7 +39,7 @@ async fn mitigation_view(
     tenant: Uuid,
     row: mitigations::Model,
 ) -> Result<Mitigation, ApiError> {
-    let subs = state.db.timed("subaction_list", crate::db::risks::subactions_of(db, tenant, &[row.id])).await?;
+    let subs = state.db.timed("subaction_list", crate::db::risks::subactions_of(db, tenant, row.id)).await?;
     Ok(Mitigation::from_rows(row, subs)?)
 }
 
