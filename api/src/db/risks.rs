@@ -162,7 +162,7 @@ pub struct RiskWithChildren {
     pub assets: Vec<assets::Model>,
 }
 
-/// One mitigation and its sub-actions, oldest first, as [`mitigation_json!`] embeds them.
+/// One mitigation and its sub-actions, oldest first, as `mitigation_json!` embeds them.
 #[derive(Debug, Deserialize)]
 pub struct MitigationWithSubactions {
     pub mitigation: mitigations::Model,
