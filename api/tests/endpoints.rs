@@ -168,8 +168,9 @@ async fn the_risk_detail_embeds_each_child_as_its_own_endpoint_serves_it_in_orde
     // Another risk's children, which the detail leaves out.
     let other = app.create_risk_path(token, "Other risk").await;
     let others = post(format!("{other}/mitigations"), json!({"title": "Not embedded"})).await;
+    let mut subactions = Vec::new();
     for title in ["Later letter, made first", "Earlier letter, made second"] {
-        post(format!("{}/subactions", mitigations[1]), json!({"title": title})).await;
+        subactions.push(post(format!("{}/subactions", mitigations[1]), json!({"title": title})).await);
     }
     post(format!("{others}/subactions"), json!({"title": "Not embedded either"})).await;
     let mut assets = Vec::new();
@@ -204,9 +205,18 @@ async fn the_risk_detail_embeds_each_child_as_its_own_endpoint_serves_it_in_orde
     }
     assert_eq!(detail["assets"], Value::Array(by_name), "linked assets by name, as their own GET");
 
-    // A soft-deleted risk's mitigations go with it.
+    // A soft-deleted risk's mitigations and sub-actions go with it, for reads and writes alike.
     assert_eq!(app.request(Method::DELETE, &base, token).send().await.unwrap().status(), StatusCode::NO_CONTENT);
     assert_problem(app.get(&mitigations[1], &app.a.viewer).await, StatusCode::NOT_FOUND).await;
+    let gone = [
+        app.send_json(Method::PATCH, &mitigations[1], token, json!({"progress": 20})).await,
+        app.send_json(Method::POST, &format!("{}/subactions", mitigations[1]), token, json!({"title": "Late"})).await,
+        app.send_json(Method::PATCH, &subactions[0], token, json!({"title": "Renamed"})).await,
+        app.request(Method::POST, &format!("{}/toggle", subactions[0]), token).send().await.unwrap(),
+    ];
+    for answer in gone {
+        assert_problem(answer, StatusCode::NOT_FOUND).await;
+    }
 }
 
 #[tokio::test]

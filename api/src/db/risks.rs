@@ -1,7 +1,7 @@
 //! Queries on risks, their mitigations, sub-actions and asset links. Every query is scoped to
 //! one tenant; a row of another tenant is indistinguishable from a missing one.
 
-use sea_orm::sea_query::Expr;
+use sea_orm::sea_query::{Expr, Query, SelectStatement};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DbErr, EntityTrait, FromQueryResult, QueryFilter, QueryOrder, QueryResult,
     QuerySelect,
@@ -119,16 +119,8 @@ pub async fn list(db: &impl ConnectionTrait, tenant: Uuid, filter: &RiskFilter) 
     conditions.page::<risks::Entity>(db, "risks", &filter.order.sql(), filter.page, filter.limit).await
 }
 
-/// A live (not soft-deleted) risk of the tenant.
-pub async fn find_live(db: &impl ConnectionTrait, tenant: Uuid, id: Uuid) -> Result<Option<risks::Model>, DbErr> {
-    risks::Entity::find_by_id(id)
-        .filter(risks::Column::TenantId.eq(tenant))
-        .filter(risks::Column::DeletedAt.is_null())
-        .one(db)
-        .await
-}
-
-/// Like [`find_live`], locking the row against concurrent changes until the transaction ends.
+/// A live (not soft-deleted) risk of the tenant, locked against concurrent changes until the
+/// transaction ends.
 pub async fn lock_live(db: &impl ConnectionTrait, tenant: Uuid, id: Uuid) -> Result<Option<risks::Model>, DbErr> {
     risks::Entity::find_by_id(id)
         .filter(risks::Column::TenantId.eq(tenant))
@@ -253,25 +245,24 @@ pub async fn soft_delete(db: &impl ConnectionTrait, tenant: Uuid, id: Uuid) -> R
     Ok(result.rows_affected == 1)
 }
 
-/// A mitigation of a live risk.
+/// A mitigation of a live risk, in one statement (the risk's liveness and the row from one
+/// snapshot).
 pub async fn find_mitigation(
     db: &impl ConnectionTrait,
     tenant: Uuid,
     risk: Uuid,
     id: Uuid,
 ) -> Result<Option<mitigations::Model>, DbErr> {
-    if find_live(db, tenant, risk).await?.is_none() {
-        return Ok(None);
-    }
     mitigations::Entity::find_by_id(id)
         .filter(mitigations::Column::TenantId.eq(tenant))
-        .filter(mitigations::Column::RiskId.eq(risk))
+        .filter(mitigations::Column::RiskId.in_subquery(live_risk(tenant, risk)))
         .one(db)
         .await
 }
 
 /// A sub-action of a mitigation of a live risk, locked until the transaction ends (so
-/// concurrent toggles serialise).
+/// concurrent toggles serialise), in one statement. Only the sub-action's row is locked: the
+/// mitigation and the risk are read in sub-queries, which `FOR UPDATE` does not reach.
 pub async fn find_subaction(
     db: &impl ConnectionTrait,
     tenant: Uuid,
@@ -279,15 +270,30 @@ pub async fn find_subaction(
     mitigation: Uuid,
     id: Uuid,
 ) -> Result<Option<subactions::Model>, DbErr> {
-    if find_mitigation(db, tenant, risk, mitigation).await?.is_none() {
-        return Ok(None);
-    }
+    let mitigation_of_live_risk = Query::select()
+        .column(mitigations::Column::Id)
+        .from(mitigations::Entity)
+        .and_where(mitigations::Column::Id.eq(mitigation))
+        .and_where(mitigations::Column::TenantId.eq(tenant))
+        .and_where(mitigations::Column::RiskId.in_subquery(live_risk(tenant, risk)))
+        .to_owned();
     subactions::Entity::find_by_id(id)
         .filter(subactions::Column::TenantId.eq(tenant))
-        .filter(subactions::Column::MitigationId.eq(mitigation))
+        .filter(subactions::Column::MitigationId.in_subquery(mitigation_of_live_risk))
         .lock_exclusive()
         .one(db)
         .await
+}
+
+/// The id of `risk` if it is a live risk of `tenant` (a sub-query: no row when it is not).
+fn live_risk(tenant: Uuid, risk: Uuid) -> SelectStatement {
+    Query::select()
+        .column(risks::Column::Id)
+        .from(risks::Entity)
+        .and_where(risks::Column::Id.eq(risk))
+        .and_where(risks::Column::TenantId.eq(tenant))
+        .and_where(risks::Column::DeletedAt.is_null())
+        .to_owned()
 }
 
 /// Links a live risk and an asset of the tenant (idempotent). False when either is missing.
