@@ -91,7 +91,7 @@ pub struct Config {
     /// Directory holding openrisk-api and openrisk-invalidator (default: next to this binary).
     #[arg(long)]
     pub bin_dir: Option<PathBuf>,
-    /// Where process logs go (default: target/verifier/<seed>).
+    /// Where process logs go (default: `target/verifier/<mode>-<seed>-<start time>`).
     #[arg(long)]
     pub log_dir: Option<PathBuf>,
     #[arg(skip)]

@@ -2,12 +2,12 @@
 //! `openrisk_shared::keys` (the invalidator uses the same scheme).
 //!
 //! * A GET looks its entry up in one `MGET`; a hit sends the stored bytes untouched
-//!   ([`read_through`]).
+//!   (module `read_through`).
 //! * A miss reads Postgres and fills through the protocol's version check, so a fill that read
 //!   the database before a write was invalidated is refused.
-//! * Concurrent misses on one key in this process share one database read ([`single_flight`]).
+//! * Concurrent misses on one key in this process share one database read (module `single_flight`).
 //! * Every Redis call is bounded by `cache.redis_timeout_ms`; failures open a circuit breaker
-//!   ([`breaker`]) and reads go to Postgres uncached until a probe succeeds.
+//!   (module `breaker`) and reads go to Postgres uncached until a probe succeeds.
 
 mod breaker;
 mod read_through;

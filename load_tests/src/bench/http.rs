@@ -196,7 +196,7 @@ impl RunResult {
         })
     }
 
-    /// A run that answered nothing yet: the start of [`Self::merge`], and the result of a phase
+    /// A run that answered nothing yet: the start of `merge`, and the result of a phase
     /// without read load.
     pub fn empty(
         name: &str,
