@@ -171,6 +171,8 @@ dashboard_promql() {
 check "dashboard PromQL parses (promtool)" dashboard_promql
 check "metric_names.txt up to date" env PYTHON="$PY" deployment/list-metric-names.sh --check
 check "shellcheck" shellcheck deployment/check.sh deployment/list-metric-names.sh deployment/live.sh
+mapfile -t scripts < <(git ls-files '*.sh' .ci/run)
+check "shellcheck warnings in every script of the repository" shellcheck -S warning "${scripts[@]}"
 
 echo
 echo "$passed passed, $failed failed$([ "$skipped" -gt 0 ] && echo ", $skipped skipped")"

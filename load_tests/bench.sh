@@ -130,7 +130,10 @@ cleanup() {
     for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
     if [ -n "$cluster_pid" ]; then
         # The cluster stops its nodes when its standard input closes.
-        if [ -n "${CLUSTER[1]:-}" ]; then exec {CLUSTER[1]}>&-; fi
+        if [ -n "${CLUSTER_NODES[1]:-}" ]; then
+            local input=${CLUSTER_NODES[1]}
+            exec {input}>&-
+        fi
         wait "$cluster_pid" 2>/dev/null || true
     fi
     for one in "${dbs[@]}"; do
@@ -213,9 +216,11 @@ log "data set: $counts"
 # ---- the Redis Cluster side --------------------------------------------------------------------
 cluster_flags=()
 if [ "$CLUSTER" = 1 ]; then
-    coproc CLUSTER { exec "$bin/openrisk-test-cluster"; }
-    cluster_pid=$CLUSTER_PID
-    if ! read -r -t 120 cluster_url <&"${CLUSTER[0]}"; then
+    # Not named CLUSTER: a coprocess's name becomes an array of its descriptors, and $CLUSTER
+    # (the 1/0 setting) is read again at the end.
+    coproc CLUSTER_NODES { exec "$bin/openrisk-test-cluster"; }
+    cluster_pid=$CLUSTER_NODES_PID
+    if ! read -r -t 120 cluster_url <&"${CLUSTER_NODES[0]}"; then
         log "the private Redis Cluster did not start"
         exit 1
     fi

@@ -6,7 +6,7 @@
 # Checks correctness only (every request answered, hits served, freshness observed, no read
 # older than the staleness window, files written), never timings. Ends with `N passed, M failed`.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit
 
 out=$(mktemp -d "${TMPDIR:-/tmp}/openrisk-smoke.XXXXXX")
 trap 'rm -rf "$out"' EXIT
@@ -39,6 +39,7 @@ expect "results.json was written" 'grep -q "\"freshness\"" "$out/results.json" 2
 expect "latency.svg was written" 'grep -q "<polyline" "$out/latency.svg" 2>/dev/null'
 if [ "${CLUSTER:-1}" = 1 ]; then
     expect "the cluster was measured beside the node" 'grep -q "\"cluster_over_node_cached_detail_rps\": [0-9]" "$out/results.json" 2>/dev/null'
+    expect "machine facts name the cluster" 'grep -q "^redis cluster:" "$out/machine.txt" 2>/dev/null'
 fi
 expect "machine facts were recorded" 'grep -q "^commit:" "$out/machine.txt" 2>/dev/null'
 if [ "$failed" -ne 0 ] || [ "$status" -ne 0 ]; then

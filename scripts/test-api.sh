@@ -43,7 +43,8 @@ start_test_api() {
     export DATABASE_URL="${test_api_admin_url%/*}/$test_api_db"
     export REDIS_URL="redis://127.0.0.1:$redis_port"
     export API_ADDR="127.0.0.1:$api_port"
-    export METRICS_ADDR="127.0.0.1:$(free_port)"
+    METRICS_ADDR="127.0.0.1:$(free_port)"
+    export METRICS_ADDR
     export OPENRISK_CACHE__KEY_PREFIX="$name"
     export OPENRISK_LOG__FILTER="warn"
     "$api" migrate >/dev/null

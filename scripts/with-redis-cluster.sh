@@ -13,6 +13,7 @@ if ! read -r -t 120 url <&"${CLUSTER[0]}"; then
 fi
 status=0
 TEST_REDIS_URL="$url" "$@" || status=$?
-exec {CLUSTER[1]}>&-
+input=${CLUSTER[1]}
+exec {input}>&-
 wait "$CLUSTER_PID" 2>/dev/null || true
 exit "$status"
