@@ -232,11 +232,12 @@ pub async fn check(world: &World, label: &str, url_limit: Option<usize>) -> Chec
         match (cached, reference) {
             (Ok((s1, b1, _)), Ok((s2, b2, _))) if s1 == s2 && b1 == b2 && s1 < 500 => {}
             (Ok((s1, b1, cache_status)), Ok((s2, b2, _))) => url_failures.push(format!(
-                "STALE READ {}\n  key: {}\n  cached API ({s1}, {cache_status}): {}\n  reference ({s2}): {}\n{}",
+                "STALE READ {}\n  key: {}\n  cached API ({s1}, {cache_status}): {}\n  reference ({s2}): {}\n{}{}",
                 url.path,
                 url.key,
                 show(&b1),
                 show(&b2),
+                reread(world, url).await,
                 history(world, url.tenant).await
             )),
             (Err(error), _) | (_, Err(error)) => url_failures.push(format!("{}: request failed: {error}", url.path)),
@@ -246,6 +247,27 @@ pub async fn check(world: &World, label: &str, url_limit: Option<usize>) -> Chec
         .checks
         .push((format!("{label}: every requested URL reads the same with and without the cache"), url_failures));
     outcome
+}
+
+/// What the cached API answers for `url` again 0.2 s and 2 s after a mismatch, and what its
+/// `/readyz` reports (its replicas among the rest): tells a mismatch that heals by itself (a
+/// race) from one that stays, and where the API read at the time.
+async fn reread(world: &World, url: &ReadUrl) -> String {
+    let mut out = String::new();
+    for wait in [Duration::from_millis(200), Duration::from_millis(1800)] {
+        tokio::time::sleep(wait).await;
+        let again = match world.get(&world.api_base, url.tenant, &url.path).await {
+            Ok((status, body, cache_status)) => format!("{status}, {cache_status}: {}", show(&body)),
+            Err(error) => format!("failed: {error}"),
+        };
+        out.push_str(&format!("  cached API again after {wait:?}: {again}\n"));
+    }
+    let readyz = match world.http.get(format!("{}/readyz", world.api_base)).send().await {
+        Ok(response) => response.text().await.unwrap_or_default(),
+        Err(error) => format!("failed: {error}"),
+    };
+    out.push_str(&format!("  cached API /readyz: {readyz}\n"));
+    out
 }
 
 /// Proves the check can fail: a write that bypasses the triggers (`session_replication_role =

@@ -442,7 +442,8 @@ impl World {
             ("DATABASE_URL".to_owned(), db_url.clone()),
             ("REDIS_URL".to_owned(), redis_url.clone()),
             ("OPENRISK_CACHE__KEY_PREFIX".to_owned(), prefix.clone()),
-            ("OPENRISK_LOG__FILTER".to_owned(), "info".to_owned()),
+            // The read router's debug lines say when and why a miss did not read a replica.
+            ("OPENRISK_LOG__FILTER".to_owned(), "info,openrisk_api::db::replicas=debug".to_owned()),
         ];
         run_to_end(&api_bin, &["migrate"], &base_env).await.context("openrisk-api migrate")?;
         connect(&db_url, "openrisk-verifier").await?.batch_execute(AUDIT_SQL).await.context("audit trail")?;
