@@ -36,8 +36,9 @@
 # real-time priority (CAP_SYS_NICE) the same with the whole chain at SCHED_FIFO 1 (`realtime`
 # below); those after this tree's own are left out with TREE_VARIANTS=plain (an A/B of the
 # baseline against this tree alone); WINDOW_VARIANTS adds
-# `label=path[,nice=N][,linger=MS][,api_nice=N][,realtime]` entries (`realtime`: the invalidator,
-# every process of the Postgres server and Redis at SCHED_FIFO 1 while the variant runs). The
+# `label=path[,nice=N][,linger=MS][,api_nice=N][,realtime|,slice=US]` entries (`realtime`: the
+# invalidator, every process of the Postgres server and Redis at SCHED_FIFO 1 while the variant
+# runs; `slice`: the same three with a custom time slice of US µs, Linux 6.12 or later). The
 # freshness readers pause
 # READ_INTERVAL_MS (default 1) between reads until they see their risk's latest write, so they
 # sample the window to the millisecond, and READ_SETTLED_MS (default 20) once they have seen it,

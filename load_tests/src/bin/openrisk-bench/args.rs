@@ -138,8 +138,10 @@ pub struct Args {
     /// the invalidator `bench.sh` would start, and the other servers' flags are not used.
     #[arg(long, requires = "invalidator_variant")]
     pub window: bool,
-    /// An invalidator for `--window`: `label=path[,nice=N][,linger=MS][,api_nice=N][,realtime]`
-    /// (`realtime`: it, Postgres and Redis at `SCHED_FIFO` while it runs); repeat to compare.
+    /// An invalidator for `--window`:
+    /// `label=path[,nice=N][,linger=MS][,api_nice=N][,realtime|,slice=US]` (`realtime`: it,
+    /// Postgres and Redis at `SCHED_FIFO` while it runs; `slice`: the same three with a custom
+    /// time slice of US µs instead); repeat to compare.
     #[arg(long)]
     pub invalidator_variant: Vec<crate::window::Variant>,
     /// SQL writes per second on other risks during each `--window` phase.

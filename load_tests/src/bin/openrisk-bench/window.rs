@@ -28,7 +28,8 @@ const STARTUP: Duration = Duration::from_secs(1);
 /// Start-up lag above this is an outlier (issue 15).
 const STARTUP_OUTLIER_SECONDS: f64 = 0.05;
 
-/// One invalidator to measure: `label=path[,nice=N][,linger=MS][,api_nice=N][,realtime]`.
+/// One invalidator to measure:
+/// `label=path[,nice=N][,linger=MS][,api_nice=N][,realtime|,slice=US]`.
 #[derive(Debug, Clone)]
 pub struct Variant {
     label: String,
@@ -39,32 +40,54 @@ pub struct Variant {
     api_nice: i32,
     /// `OPENRISK_INVALIDATOR__LINGER_MS`; unset for binaries that predate the setting.
     linger_ms: Option<u64>,
-    /// The whole invalidation chain (the invalidator, every Postgres process, Redis) at
-    /// `SCHED_FIFO` while the variant runs: an operator's answer to readers that saturate the
-    /// cores the chain shares with them.
-    realtime: bool,
+    /// How the whole invalidation chain (the invalidator, every Postgres process, Redis) is
+    /// scheduled while the variant runs, when not as every other process: an operator's answer
+    /// to readers that saturate the cores the chain shares with them.
+    chain: Option<ChainPolicy>,
+}
+
+/// A scheduling of the invalidation chain other than the default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChainPolicy {
+    /// `SCHED_FIFO` 1 (`realtime`): runs ahead of every normal process; needs `CAP_SYS_NICE`.
+    RealTime,
+    /// The normal policy with a custom time slice (`slice=US`, Linux 6.12 or later, no privilege
+    /// needed): a shorter slice makes the scheduler run a woken thread of the chain before the
+    /// one it interrupts more often, without giving it more CPU.
+    Slice(Duration),
 }
 
 impl std::str::FromStr for Variant {
     type Err = anyhow::Error;
 
     fn from_str(text: &str) -> anyhow::Result<Self> {
-        let (label, rest) =
-            text.split_once('=').context("a variant is label=path[,nice=N][,linger=MS][,api_nice=N][,realtime]")?;
+        let (label, rest) = text
+            .split_once('=')
+            .context("a variant is label=path[,nice=N][,linger=MS][,api_nice=N][,realtime|,slice=US]")?;
         let mut parts = rest.split(',');
         let path = parts.next().context("a path")?.to_owned();
-        let mut variant =
-            Self { label: label.to_owned(), path, nice: 0, api_nice: 0, linger_ms: None, realtime: false };
+        let mut variant = Self { label: label.to_owned(), path, nice: 0, api_nice: 0, linger_ms: None, chain: None };
         for part in parts {
-            if part == "realtime" {
-                variant.realtime = true;
-                continue;
-            }
-            match part.split_once('=') {
-                Some(("nice", n)) => variant.nice = n.parse()?,
-                Some(("linger", ms)) => variant.linger_ms = Some(ms.parse()?),
-                Some(("api_nice", n)) => variant.api_nice = n.parse()?,
+            let chain = match part.split_once('=') {
+                None if part == "realtime" => Some(ChainPolicy::RealTime),
+                Some(("slice", us)) => Some(ChainPolicy::Slice(Duration::from_micros(us.parse()?))),
+                Some(("nice", n)) => {
+                    variant.nice = n.parse()?;
+                    None
+                }
+                Some(("linger", ms)) => {
+                    variant.linger_ms = Some(ms.parse()?);
+                    None
+                }
+                Some(("api_nice", n)) => {
+                    variant.api_nice = n.parse()?;
+                    None
+                }
                 _ => bail!("unknown variant option {part:?}"),
+            };
+            if chain.is_some() {
+                anyhow::ensure!(variant.chain.is_none(), "a variant takes one of realtime and slice");
+                variant.chain = chain;
             }
         }
         Ok(variant)
@@ -160,7 +183,11 @@ pub async fn run(args: &Args, data: &DataSet, hot: Arc<Workload>, checks: &mut C
             "nice": variant.nice,
             "api_nice": variant.api_nice,
             "linger_ms": variant.linger_ms,
-            "realtime_chain": variant.realtime,
+            "realtime_chain": variant.chain == Some(ChainPolicy::RealTime),
+            "chain_slice_us": match variant.chain {
+                Some(ChainPolicy::Slice(slice)) => Some(slice.as_micros()),
+                _ => None,
+            },
             "startup_max_lag_ms": total.startup_max_s.iter().map(|s| s * 1000.0).collect::<Vec<_>>(),
             "startups_above_50ms": outliers,
             "idle": total.idle.report(),
@@ -190,10 +217,9 @@ async fn measure_rounds(args: &Args, data: &DataSet, hot: Arc<Workload>, totals:
             println!("== window, round {round}: invalidator {}", variant.label);
             let (mut child, metrics) = start(variant).await?;
             // Restored when dropped: after the phases, or on the way out of a failed one.
-            let realtime = if variant.realtime {
-                Some(RealTimeChain::start(&data.pg, &args.redis_url, &child).await?)
-            } else {
-                None
+            let chain = match variant.chain {
+                Some(policy) => Some(ChainScheduling::start(&data.pg, &args.redis_url, &child, policy).await?),
+                None => None,
             };
             let started = Instant::now();
             let writes =
@@ -239,7 +265,7 @@ async fn measure_rounds(args: &Args, data: &DataSet, hot: Arc<Workload>, totals:
             if variant.api_nice != 0 {
                 renice_threads(args.api_pid, 0)?;
             }
-            drop(realtime);
+            drop(chain);
             stop(&mut child).await;
         }
     }
@@ -352,19 +378,25 @@ fn renice_threads(pid: u32, nice: i32) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The invalidation chain at real-time priority for as long as this lives: the invalidator, the
-/// Postgres server (its postmaster, so the backends it starts later inherit the policy, and every
-/// process it started) and the Redis server. Dropping it restores the default policy to the
-/// chain as it is then, backends started meanwhile included, also when a phase failed.
-struct RealTimeChain {
+/// The invalidation chain scheduled by a [`ChainPolicy`] for as long as this lives: the
+/// invalidator, the Postgres server (its postmaster, so the backends it starts later inherit the
+/// policy, and every process it started) and the Redis server. Dropping it restores the default
+/// to the chain as it is then, backends started meanwhile included, also when a phase failed.
+struct ChainScheduling {
     postmaster: u32,
     redis: u32,
     invalidator: u32,
+    policy: ChainPolicy,
 }
 
-impl RealTimeChain {
-    /// Finds the chain of `pg`, `redis_url` and `invalidator` and sets it to `SCHED_FIFO` 1.
-    async fn start(pg: &tokio_postgres::Client, redis_url: &str, invalidator: &Child) -> anyhow::Result<Self> {
+impl ChainScheduling {
+    /// Finds the chain of `pg`, `redis_url` and `invalidator` and schedules it by `policy`.
+    async fn start(
+        pg: &tokio_postgres::Client,
+        redis_url: &str,
+        invalidator: &Child,
+        policy: ChainPolicy,
+    ) -> anyhow::Result<Self> {
         let backend: i32 = pg.query_one("SELECT pg_backend_pid()", &[]).await?.get(0);
         let postmaster = procfs::parent(backend.try_into()?).context("the backend's postmaster")?;
         let mut redis = redis::Client::open(redis_url)?.get_multiplexed_async_connection().await?;
@@ -374,8 +406,9 @@ impl RealTimeChain {
             postmaster,
             redis: redis_pid.trim().parse()?,
             invalidator: invalidator.id().context("the invalidator exited")?,
+            policy,
         };
-        chain.set_policy(["-f", "1"])?;
+        chain.apply(true)?;
         Ok(chain)
     }
 
@@ -386,28 +419,68 @@ impl RealTimeChain {
         pids
     }
 
-    /// `chrt -a <policy> -p <priority>` on every thread of the chain (needs `CAP_SYS_NICE`); a
-    /// process that has exited meanwhile (a backend whose client left) is passed over.
-    fn set_policy(&self, [policy, priority]: [&str; 2]) -> anyhow::Result<()> {
+    /// Every thread of the chain to the policy (`on`) or back to the default; a process that
+    /// has exited meanwhile (a backend whose client left) is passed over.
+    fn apply(&self, on: bool) -> anyhow::Result<()> {
         for pid in self.pids() {
-            let status = std::process::Command::new("chrt")
-                .args(["-a", policy, "-p", priority, &pid.to_string()])
-                .stdout(Stdio::null())
-                .status()
-                .context("running chrt")?;
+            let applied = match self.policy {
+                ChainPolicy::RealTime => chrt_all_threads(pid, if on { ["-f", "1"] } else { ["-o", "0"] }),
+                ChainPolicy::Slice(slice) => slice_all_threads(pid, if on { slice } else { Duration::ZERO }),
+            };
             let gone = !std::path::Path::new(&format!("/proc/{pid}")).exists();
-            anyhow::ensure!(status.success() || gone, "chrt {policy} -p {priority} {pid} failed");
+            anyhow::ensure!(applied.is_ok() || gone, "scheduling {pid} by {:?}: {applied:?}", self.policy);
         }
         Ok(())
     }
 }
 
-impl Drop for RealTimeChain {
+impl Drop for ChainScheduling {
     fn drop(&mut self) {
-        if let Err(error) = self.set_policy(["-o", "0"]) {
-            eprintln!("restoring the chain's scheduling policy: {error:#}");
+        if let Err(error) = self.apply(false) {
+            eprintln!("restoring the chain's scheduling: {error:#}");
         }
     }
+}
+
+/// `chrt -a <policy> -p <priority>` on every thread of `pid` (needs `CAP_SYS_NICE`).
+fn chrt_all_threads(pid: u32, [policy, priority]: [&str; 2]) -> anyhow::Result<()> {
+    let status = std::process::Command::new("chrt")
+        .args(["-a", policy, "-p", priority, &pid.to_string()])
+        .stdout(Stdio::null())
+        .status()
+        .context("running chrt")?;
+    anyhow::ensure!(status.success(), "chrt {policy} -p {priority} {pid} failed");
+    Ok(())
+}
+
+/// `sched_setattr(2)` with the normal policy and `slice` as `sched_runtime` on every thread of
+/// `pid` (its niceness kept); a zero slice restores the kernel's default. Threads and processes
+/// started later by one of them inherit it. Kernels before 6.12 ignore the slice.
+fn slice_all_threads(pid: u32, slice: Duration) -> anyhow::Result<()> {
+    for thread in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let tid: libc::pid_t = thread?.file_name().to_string_lossy().parse()?;
+        // SAFETY: getpriority only reads the scheduling state of the thread it names.
+        let nice = unsafe { libc::getpriority(libc::PRIO_PROCESS, tid as libc::id_t) };
+        let attr = libc::sched_attr {
+            size: std::mem::size_of::<libc::sched_attr>() as u32,
+            sched_policy: libc::SCHED_OTHER as u32,
+            sched_flags: 0,
+            sched_nice: nice,
+            sched_priority: 0,
+            sched_runtime: slice.as_nanos().try_into()?,
+            sched_deadline: 0,
+            sched_period: 0,
+        };
+        // SAFETY: `attr` is a valid, fully initialised `sched_attr` whose `size` is its own size,
+        // and it outlives the call; the kernel only reads it.
+        let result = unsafe { libc::syscall(libc::SYS_sched_setattr, tid, &attr as *const libc::sched_attr, 0u32) };
+        if result != 0 {
+            let error = std::io::Error::last_os_error();
+            let gone = !std::path::Path::new(&format!("/proc/{pid}/task/{tid}")).exists();
+            anyhow::ensure!(gone, "sched_setattr of thread {tid}: {error}");
+        }
+    }
+    Ok(())
 }
 
 /// SIGTERM, then waits for the exit.
@@ -435,20 +508,28 @@ async fn drained(pg: &tokio_postgres::Client) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::Variant;
+    use super::{ChainPolicy, Variant};
 
     #[test]
     fn a_variant_reads_realtime_beside_its_other_options() {
         let variant: Variant = "rt=/bin/invalidator,linger=0,realtime,nice=-5".parse().unwrap();
         assert_eq!((variant.label.as_str(), variant.path.as_str()), ("rt", "/bin/invalidator"));
-        assert!(variant.realtime);
+        assert_eq!(variant.chain, Some(ChainPolicy::RealTime));
         assert_eq!((variant.linger_ms, variant.nice), (Some(0), -5));
+    }
+
+    #[test]
+    fn a_variant_reads_a_chain_slice_in_microseconds() {
+        let variant: Variant = "short=/bin/invalidator,slice=100,linger=0".parse().unwrap();
+        assert_eq!(variant.chain, Some(ChainPolicy::Slice(std::time::Duration::from_micros(100))));
+        let error = "both=/bin/invalidator,slice=100,realtime".parse::<Variant>().unwrap_err();
+        assert!(error.to_string().contains("one of realtime and slice"), "{error}");
     }
 
     #[test]
     fn a_variant_without_realtime_keeps_the_default_policy() {
         let variant: Variant = "plain=/bin/invalidator,linger=0".parse().unwrap();
-        assert!(!variant.realtime);
+        assert_eq!(variant.chain, None);
     }
 
     #[test]
