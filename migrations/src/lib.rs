@@ -44,6 +44,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "external_id_unique_among_live_risks",
         sql: include_str!("../sql/0009_external_id_unique_among_live_risks.sql"),
     },
+    Migration {
+        version: 10,
+        name: "served_times_have_four_digit_years",
+        sql: include_str!("../sql/0010_served_times_have_four_digit_years.sql"),
+    },
 ];
 
 #[derive(Debug, thiserror::Error)]

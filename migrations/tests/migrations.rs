@@ -442,6 +442,60 @@ async fn constraint_violations_are_rejected() {
     assert_eq!(count, 0, "nothing partial was written");
 }
 
+#[tokio::test]
+async fn times_the_api_could_not_print_with_a_four_digit_year_are_refused_and_the_edges_kept() {
+    let db = TestDatabase::create().await;
+    let client = db.connect().await;
+    let a = tenant(&client, "a").await;
+    let risk = insert_risk(&client, a, "r", 1, 1).await;
+    let mitigation = insert_id(
+        &client,
+        "INSERT INTO mitigations (tenant_id, risk_id, title) VALUES ($1, $2, 'm') RETURNING id",
+        &[&a, &risk],
+    )
+    .await;
+    let subaction = insert_id(
+        &client,
+        "INSERT INTO mitigation_subactions (tenant_id, mitigation_id, title) VALUES ($1, $2, 's') RETURNING id",
+        &[&a, &mitigation],
+    )
+    .await;
+    let asset = insert_id(
+        &client,
+        "INSERT INTO assets (tenant_id, name, asset_type, criticality) VALUES ($1, 'a', 't', 'LOW') RETURNING id",
+        &[&a],
+    )
+    .await;
+    let rows = [("risks", risk), ("mitigations", mitigation), ("mitigation_subactions", subaction), ("assets", asset)];
+    let set = async |table: &str, assignment: &str, id: Uuid| {
+        client.execute(&format!("UPDATE {table} SET {assignment} WHERE id = $1"), &[&id]).await
+    };
+    for (table, id) in rows {
+        for column in ["created_at", "updated_at"] {
+            for kept in ["0001-01-01 00:00:00+00", "9999-12-31 23:59:59.999999+00"] {
+                let written = set(table, &format!("{column} = '{kept}'"), id).await;
+                assert_eq!(written.map_err(|e| e.to_string()), Ok(1), "{table}.{column} = {kept}");
+            }
+            for refused in
+                ["10000-01-01 00:00:00+00", "9999-12-31 23:00:00-05", "0001-12-31 23:59:59+00 BC", "infinity"]
+            {
+                let error = set(table, &format!("{column} = '{refused}'"), id)
+                    .await
+                    .expect_err(&format!("{table}.{column} = {refused} must be refused"));
+                let constraint = error.as_db_error().and_then(|e| e.constraint()).unwrap_or_default().to_owned();
+                assert_eq!(constraint, format!("{table}_times_have_four_digit_years"), "{table}.{column} = {refused}");
+            }
+        }
+    }
+    for kept in ["0001-01-01", "9999-12-31"] {
+        assert_eq!(set("mitigations", &format!("due_date = '{kept}'"), mitigation).await.unwrap(), 1);
+    }
+    for refused in ["10000-01-01", "0001-12-31 BC", "infinity"] {
+        let refused = set("mitigations", &format!("due_date = '{refused}'"), mitigation).await;
+        assert!(refused.is_err(), "due_date = {refused:?}");
+    }
+}
+
 /// Reads a score as text, so the test needs no decimal type.
 mod rust_decimal_free {
     use tokio_postgres::Client;
