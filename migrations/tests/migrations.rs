@@ -42,6 +42,18 @@ async fn insert_risk(client: &Client, tenant: Uuid, title: &str, impact: i16, pr
     .await
 }
 
+/// Inserts a mitigation titled `m` of `risk`; returns its id.
+async fn insert_mitigation(client: &Client, tenant: Uuid, risk: Uuid) -> Uuid {
+    let sql = "INSERT INTO mitigations (tenant_id, risk_id, title) VALUES ($1, $2, 'm') RETURNING id";
+    insert_id(client, sql, &[&tenant, &risk]).await
+}
+
+/// Inserts a sub-action titled `s` of `mitigation`; returns its id.
+async fn insert_subaction(client: &Client, tenant: Uuid, mitigation: Uuid) -> Uuid {
+    let sql = "INSERT INTO mitigation_subactions (tenant_id, mitigation_id, title) VALUES ($1, $2, 's') RETURNING id";
+    insert_id(client, sql, &[&tenant, &mitigation]).await
+}
+
 fn tags(list: &[String]) -> Vec<String> {
     let mut list = list.to_vec();
     list.sort();
@@ -109,18 +121,8 @@ async fn every_watched_table_and_change_emits_the_expected_tags() {
 
     // Mitigations and sub-actions invalidate their risk; a move invalidates both parents.
     let mark = last_event_id(&client).await;
-    let mitigation = insert_id(
-        &client,
-        "INSERT INTO mitigations (tenant_id, risk_id, title) VALUES ($1, $2, 'm') RETURNING id",
-        &[&t, &risk],
-    )
-    .await;
-    let sub = insert_id(
-        &client,
-        "INSERT INTO mitigation_subactions (tenant_id, mitigation_id, title) VALUES ($1, $2, 's') RETURNING id",
-        &[&t, &mitigation],
-    )
-    .await;
+    let mitigation = insert_mitigation(&client, t, risk).await;
+    let sub = insert_subaction(&client, t, mitigation).await;
     let events = events_after(&client, mark).await;
     assert_eq!(
         events,
@@ -446,31 +448,11 @@ async fn constraint_violations_are_rejected() {
 async fn times_the_api_could_not_print_with_a_four_digit_year_are_refused_and_the_edges_kept() {
     let db = TestDatabase::create().await;
     let client = db.connect().await;
-    let a = tenant(&client, "a").await;
-    let risk = insert_risk(&client, a, "r", 1, 1).await;
-    let mitigation = insert_id(
-        &client,
-        "INSERT INTO mitigations (tenant_id, risk_id, title) VALUES ($1, $2, 'm') RETURNING id",
-        &[&a, &risk],
-    )
-    .await;
-    let subaction = insert_id(
-        &client,
-        "INSERT INTO mitigation_subactions (tenant_id, mitigation_id, title) VALUES ($1, $2, 's') RETURNING id",
-        &[&a, &mitigation],
-    )
-    .await;
-    let asset = insert_id(
-        &client,
-        "INSERT INTO assets (tenant_id, name, asset_type, criticality) VALUES ($1, 'a', 't', 'LOW') RETURNING id",
-        &[&a],
-    )
-    .await;
-    let rows = [("risks", risk), ("mitigations", mitigation), ("mitigation_subactions", subaction), ("assets", asset)];
+    let rows = one_row_of_each_table_with_served_times(&client).await;
     let set = async |table: &str, assignment: &str, id: Uuid| {
         client.execute(&format!("UPDATE {table} SET {assignment} WHERE id = $1"), &[&id]).await
     };
-    for (table, id) in rows {
+    for &(table, id) in &rows {
         for column in ["created_at", "updated_at"] {
             for kept in ["0001-01-01 00:00:00+00", "9999-12-31 23:59:59.999999+00"] {
                 let written = set(table, &format!("{column} = '{kept}'"), id).await;
@@ -487,13 +469,26 @@ async fn times_the_api_could_not_print_with_a_four_digit_year_are_refused_and_th
             }
         }
     }
+    let mitigation = rows[1].1;
     for kept in ["0001-01-01", "9999-12-31"] {
         assert_eq!(set("mitigations", &format!("due_date = '{kept}'"), mitigation).await.unwrap(), 1);
     }
     for refused in ["10000-01-01", "0001-12-31 BC", "infinity"] {
-        let refused = set("mitigations", &format!("due_date = '{refused}'"), mitigation).await;
-        assert!(refused.is_err(), "due_date = {refused:?}");
+        let written = set("mitigations", &format!("due_date = '{refused}'"), mitigation).await;
+        assert!(written.is_err(), "mitigations.due_date = {refused} must be refused");
     }
+}
+
+/// A new tenant with one row in each table whose times the API serves: `(table, id)`, in the
+/// order risks, mitigations, sub-actions, assets.
+async fn one_row_of_each_table_with_served_times(client: &Client) -> [(&'static str, Uuid); 4] {
+    let tenant = tenant(client, "a").await;
+    let risk = insert_risk(client, tenant, "r", 1, 1).await;
+    let mitigation = insert_mitigation(client, tenant, risk).await;
+    let subaction = insert_subaction(client, tenant, mitigation).await;
+    let sql = "INSERT INTO assets (tenant_id, name, asset_type, criticality) VALUES ($1, 'a', 't', 'LOW') RETURNING id";
+    let asset = insert_id(client, sql, &[&tenant]).await;
+    [("risks", risk), ("mitigations", mitigation), ("mitigation_subactions", subaction), ("assets", asset)]
 }
 
 /// Reads a score as text, so the test needs no decimal type.
