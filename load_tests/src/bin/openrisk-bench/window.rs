@@ -52,8 +52,8 @@ pub enum ChainPolicy {
     /// `SCHED_FIFO` 1 (`realtime`): runs ahead of every normal process; needs `CAP_SYS_NICE`.
     RealTime,
     /// The normal policy with a custom time slice (`slice=US`, Linux 6.12 or later, no privilege
-    /// needed): a shorter slice makes the scheduler run a woken thread of the chain before the
-    /// one it interrupts more often, without giving it more CPU.
+    /// needed): a woken thread of the chain whose slice is shorter than the running thread's
+    /// preempts it instead of waiting for that slice to end, without getting more CPU overall.
     Slice(Duration),
 }
 
