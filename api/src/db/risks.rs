@@ -4,7 +4,7 @@
 use sea_orm::sea_query::{Expr, Query, SelectStatement};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DbErr, EntityTrait, FromQueryResult, QueryFilter, QueryOrder, QueryResult,
-    QuerySelect,
+    QuerySelect, QueryTrait, Select,
 };
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -253,11 +253,7 @@ pub async fn find_mitigation(
     risk: Uuid,
     id: Uuid,
 ) -> Result<Option<mitigations::Model>, DbErr> {
-    mitigations::Entity::find_by_id(id)
-        .filter(mitigations::Column::TenantId.eq(tenant))
-        .filter(mitigations::Column::RiskId.in_subquery(live_risk(tenant, risk)))
-        .one(db)
-        .await
+    mitigation_of_live_risk(tenant, risk, id).one(db).await
 }
 
 /// A sub-action of a mitigation of a live risk, locked until the transaction ends (so
@@ -270,19 +266,22 @@ pub async fn find_subaction(
     mitigation: Uuid,
     id: Uuid,
 ) -> Result<Option<subactions::Model>, DbErr> {
-    let mitigation_of_live_risk = Query::select()
-        .column(mitigations::Column::Id)
-        .from(mitigations::Entity)
-        .and_where(mitigations::Column::Id.eq(mitigation))
-        .and_where(mitigations::Column::TenantId.eq(tenant))
-        .and_where(mitigations::Column::RiskId.in_subquery(live_risk(tenant, risk)))
-        .to_owned();
+    let mitigation_id =
+        mitigation_of_live_risk(tenant, risk, mitigation).select_only().column(mitigations::Column::Id).into_query();
     subactions::Entity::find_by_id(id)
         .filter(subactions::Column::TenantId.eq(tenant))
-        .filter(subactions::Column::MitigationId.in_subquery(mitigation_of_live_risk))
+        .filter(subactions::Column::MitigationId.in_subquery(mitigation_id))
         .lock_exclusive()
         .one(db)
         .await
+}
+
+/// Mitigation `id` of `risk` if the risk is a live risk of `tenant`: the one definition both
+/// writes' lookups use.
+fn mitigation_of_live_risk(tenant: Uuid, risk: Uuid, id: Uuid) -> Select<mitigations::Entity> {
+    mitigations::Entity::find_by_id(id)
+        .filter(mitigations::Column::TenantId.eq(tenant))
+        .filter(mitigations::Column::RiskId.in_subquery(live_risk(tenant, risk)))
 }
 
 /// The id of `risk` if it is a live risk of `tenant` (a sub-query: no row when it is not).
