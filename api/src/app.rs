@@ -102,8 +102,9 @@ impl AppState {
             metrics.clone(),
         )
         .await?;
-        let cache =
-            Cache::new(&settings.redis_target()?, settings.cache.clone(), metrics.clone(), options.before_fill)?;
+        let longest_miss = Duration::from_millis(settings.http.request_timeout_ms);
+        let redis = settings.redis_target()?;
+        let cache = Cache::new(&redis, settings.cache.clone(), longest_miss, metrics.clone(), options.before_fill)?;
         let cluster = ClusterWatch::new(&metrics.registry)?;
         if let Some(connection) = cache.cluster_connection() {
             tokio::spawn(cluster.clone().run(connection, CLUSTER_WATCH_INTERVAL));

@@ -186,6 +186,39 @@ async fn the_stale_fill_race_never_stores_the_old_value() {
 }
 
 #[tokio::test]
+async fn a_read_that_starts_after_an_invalidation_never_shares_a_read_from_before_it() {
+    let (app, gate) = spawn_gated_app(|_| {}).await;
+    let path = app.create_risk_path(&app.a.analyst, "Old title").await;
+    app.drain_outbox().await;
+
+    // 1. A reader misses, reads the old row, and is held before its fill.
+    gate.arm("/api/v1/risks/{id}");
+    let (client, url, token) = (app.client.clone(), format!("{}{path}", app.url), app.a.viewer.clone());
+    let held = tokio::spawn(async move { client.get(url).bearer_auth(token).send().await.unwrap() });
+    gate.reached().await;
+    // 2. A write this API process knows nothing of (plain SQL, or another API replica) commits
+    //    and is invalidated.
+    let id = path.rsplit('/').next().unwrap();
+    app.sql(&format!("UPDATE risks SET title = 'New title' WHERE id = '{id}'")).await;
+    app.drain_outbox().await;
+    // 3. A read that starts now must answer the new title, not join the held read (whose
+    //    versions are the ones the write replaced).
+    let (client, url, token) = (app.client.clone(), format!("{}{path}", app.url), app.a.viewer.clone());
+    let mut after = tokio::spawn(async move { client.get(url).bearer_auth(token).send().await.unwrap() });
+    let while_held = tokio::time::timeout(Duration::from_secs(5), &mut after).await;
+    gate.release();
+    let finished_while_held = while_held.is_ok();
+    let after = match while_held {
+        Ok(answered) => answered.unwrap(),
+        Err(_) => after.await.unwrap(),
+    };
+    assert_ne!(cache_status(&after), CacheStatus::Collapsed, "joined the read from before the write");
+    assert_eq!(after.json::<Value>().await.unwrap()["title"], "New title");
+    assert!(finished_while_held, "waited for the held read");
+    assert_eq!(cache_status(&held.await.unwrap()), CacheStatus::FillRejected);
+}
+
+#[tokio::test]
 async fn a_linked_asset_changed_while_the_detail_is_read_rejects_its_fill() {
     let (app, gate) = spawn_gated_app(|_| {}).await;
     let token = &app.a.analyst;

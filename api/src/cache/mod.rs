@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use openrisk_shared::config::CacheSettings;
-use openrisk_shared::protocol::{self, Reclaimable};
+use openrisk_shared::protocol::{self, Reclaimable, Snapshot};
 use openrisk_shared::redis_connection::{RedisConnection, RedisTarget, Timeouts};
 use openrisk_shared::{CacheStatus, Keyspace, Tag};
 use rand::Rng;
@@ -101,7 +101,7 @@ pub struct Cache {
     redis: Option<RedisConnection>,
     timeout: Duration,
     breaker: Breaker,
-    flights: SingleFlight<MissResult>,
+    flights: SingleFlight<MissResult, Snapshot>,
     metrics: Arc<Metrics>,
     before_fill: Option<BeforeFillHook>,
 }
@@ -113,10 +113,12 @@ impl std::fmt::Debug for Cache {
 }
 
 impl Cache {
-    /// Prepares the cache; connects to Redis lazily (the API starts while Redis is down).
+    /// Prepares the cache; connects to Redis lazily (the API starts while Redis is down). A
+    /// miss's read is given up after `longest_miss` (the request timeout: no caller waits longer).
     pub fn new(
         redis: &RedisTarget,
         settings: CacheSettings,
+        longest_miss: Duration,
         metrics: Arc<Metrics>,
         before_fill: Option<BeforeFillHook>,
     ) -> Result<Self, redis::RedisError> {
@@ -138,7 +140,7 @@ impl Cache {
             redis,
             timeout,
             breaker,
-            flights: SingleFlight::new(),
+            flights: SingleFlight::new(longest_miss),
             metrics,
             before_fill,
         })

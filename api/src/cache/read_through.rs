@@ -10,7 +10,7 @@ use openrisk_shared::{CacheStatus, Tag};
 use redis::aio::ConnectionLike;
 use uuid::Uuid;
 
-use super::single_flight::Role;
+use super::single_flight::{Role, Seat};
 use super::{Cache, CacheableRead, Loader, Served, etag_of};
 use crate::db::replicas::{ReadRouter, Reader};
 use crate::error::ApiError;
@@ -132,9 +132,12 @@ impl Cache {
             Lookup::Miss(snapshot) => {
                 let cache = Arc::clone(self);
                 let tenant = read.tenant;
-                let flight_key = key.clone();
-                let miss = async move { cache.miss(route, tenant, &key, snapshot, &reads, load).await };
-                let (role, result) = self.flights.join(flight_key, miss);
+                let (flight_key, started_from) = (key.clone(), snapshot.clone());
+                let miss = |seat| {
+                    let start = MissStart { snapshot, seat };
+                    async move { cache.miss(route, tenant, &key, start, &reads, load).await }
+                };
+                let (role, result) = self.flights.join(flight_key, started_from, miss);
                 if role == Role::Follower {
                     self.metrics.singleflight_wait(route);
                 }
@@ -158,7 +161,7 @@ impl Cache {
         route: &'static str,
         tenant: Uuid,
         key: &str,
-        snapshot: Snapshot,
+        MissStart { snapshot, seat }: MissStart,
         reads: &ReadRouter,
         load: Loader,
     ) -> Result<MissResult, ApiError> {
@@ -174,7 +177,10 @@ impl Cache {
             let ttl = self.dependencies_ttl_secs();
             let created = protocol::create_missing_versions(&mut conn, &self.keyspace, tenant, &snapshot, ttl);
             match self.call("create_versions", created).await {
-                Ok(completed) => (completed, load(reads.primary()).await?),
+                Ok(completed) => {
+                    seat.now_from(completed.clone());
+                    (completed, load(reads.primary()).await?)
+                }
                 Err(_) => {
                     let body = match first {
                         Some(body) => body,
@@ -237,6 +243,13 @@ impl Cache {
         self.metrics.cache_fill(route, FillOutcome::Error);
         Ok(MissResult::new(body, CacheStatus::FillFailed))
     }
+}
+
+/// Where a miss starts: the versions its lookup saw, and its seat in the single-flight table (told
+/// when the miss goes on under versions it created).
+struct MissStart {
+    snapshot: Snapshot,
+    seat: Seat<MissResult, Snapshot>,
 }
 
 /// Runs `load` on `reader`, then ends the reader's transaction. A replica that fails mid-read

@@ -1,10 +1,12 @@
-//! Collapses concurrent misses on one key in this process into one database read. A read that
-//! started before this process committed a write is not joined by readers that came after it,
-//! so a client reads its own writes.
+//! Collapses concurrent misses on one key in this process into one database read. A reader joins
+//! a read only when both started from the same state: the same versions in Redis (so no
+//! invalidation, from any process, completed between the two lookups) and the same write epoch of
+//! this process (so a client reads its own writes even when their invalidation was skipped).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
@@ -14,19 +16,26 @@ use crate::error::ApiError;
 /// The result of a read, for every caller that joined it.
 pub type FlightFuture<T> = Shared<BoxFuture<'static, Result<T, ApiError>>>;
 
-struct Flight<T> {
+struct Flight<T, S> {
     id: u64,
     /// The write epoch when the flight started.
     epoch: u64,
+    /// What the leader saw before it read (for the cache, its lookup's snapshot of the versions).
+    started_from: S,
     future: FlightFuture<T>,
 }
 
+type Flights<T, S> = Arc<Mutex<HashMap<String, Flight<T, S>>>>;
+
 /// The table of in-flight reads, by entry key.
-pub struct SingleFlight<T> {
-    flights: Arc<Mutex<HashMap<String, Flight<T>>>>,
+pub struct SingleFlight<T, S> {
+    flights: Flights<T, S>,
     next_flight: AtomicU64,
     /// Bumped after every write this process commits.
     write_epoch: AtomicU64,
+    /// How long a read may run: past it no caller is still waiting (the request timeout), and a
+    /// read hung on a silent connection must not keep its key for the callers that come later.
+    longest_read: Duration,
 }
 
 /// Whether a caller started the read or joined one already running.
@@ -36,9 +45,9 @@ pub enum Role {
     Follower,
 }
 
-impl<T: Clone + Send + Sync + 'static> SingleFlight<T> {
-    pub fn new() -> Self {
-        Self { flights: Arc::default(), next_flight: AtomicU64::new(0), write_epoch: AtomicU64::new(0) }
+impl<T: Clone + Send + Sync + 'static, S: PartialEq + Send + 'static> SingleFlight<T, S> {
+    pub fn new(longest_read: Duration) -> Self {
+        Self { flights: Arc::default(), next_flight: AtomicU64::new(0), write_epoch: AtomicU64::new(0), longest_read }
     }
 
     /// Marks a committed write: reads started before it are no longer joined.
@@ -46,30 +55,33 @@ impl<T: Clone + Send + Sync + 'static> SingleFlight<T> {
         self.write_epoch.fetch_add(1, Ordering::SeqCst);
     }
 
-    /// Joins the read of `key` from the current write epoch when there is one, otherwise starts
-    /// `read` as a task of its own (it completes, and leaves the table, even when every caller
-    /// goes away). Returns the caller's role at once and the read's result to await.
-    pub fn join(
-        &self,
-        key: String,
-        read: impl Future<Output = Result<T, ApiError>> + Send + 'static,
-    ) -> (Role, FlightFuture<T>) {
+    /// Joins the read of `key` that runs from `started_from` in the current write epoch when
+    /// there is one, otherwise starts `read` as a task of its own (it completes, or is given up
+    /// after `longest_read`, and leaves the table, even when every caller goes away or it
+    /// panics). `read` gets its [`Seat`], to say when it goes on from another state. Returns
+    /// the caller's role at once and the read's result to await.
+    pub fn join<F>(&self, key: String, started_from: S, read: impl FnOnce(Seat<T, S>) -> F) -> (Role, FlightFuture<T>)
+    where
+        F: Future<Output = Result<T, ApiError>> + Send + 'static,
+    {
         let epoch = self.write_epoch.load(Ordering::SeqCst);
         let (future, role) = {
             let mut flights = lock(&self.flights);
             match flights.get(&key) {
-                Some(flight) if flight.epoch == epoch => (flight.future.clone(), Role::Follower),
+                Some(flight) if flight.epoch == epoch && flight.started_from == started_from => {
+                    (flight.future.clone(), Role::Follower)
+                }
                 _ => {
                     let id = self.next_flight.fetch_add(1, Ordering::Relaxed);
-                    let table = Arc::clone(&self.flights);
-                    let flight_key = key.clone();
+                    let seat = || Seat { table: Arc::clone(&self.flights), key: key.clone(), id };
+                    let (landing, read) = (Landing(seat()), read(seat()));
+                    let longest_read = self.longest_read;
                     let task = tokio::spawn(async move {
-                        let result = read.await;
-                        let mut flights = lock(&table);
-                        if flights.get(&flight_key).is_some_and(|flight| flight.id == id) {
-                            flights.remove(&flight_key);
-                        }
-                        result
+                        let _landing = landing;
+                        tokio::time::timeout(longest_read, read).await.unwrap_or_else(|_| {
+                            tracing::warn!(?longest_read, "a cache miss's read was given up");
+                            Err(ApiError::unavailable("the read took longer than a request may"))
+                        })
                     });
                     let future = async move {
                         task.await.unwrap_or_else(|error| {
@@ -79,12 +91,43 @@ impl<T: Clone + Send + Sync + 'static> SingleFlight<T> {
                     }
                     .boxed()
                     .shared();
-                    flights.insert(key, Flight { id, epoch, future: future.clone() });
+                    flights.insert(key, Flight { id, epoch, started_from, future: future.clone() });
                     (future, Role::Leader)
                 }
             }
         };
         (role, future)
+    }
+}
+
+/// A flight's place in the table, held by its read.
+pub struct Seat<T, S> {
+    table: Flights<T, S>,
+    key: String,
+    id: u64,
+}
+
+impl<T, S> Seat<T, S> {
+    /// The read goes on from `state` now (for the cache, the versions it created): callers that
+    /// start from it join; those that saw the state before no longer do.
+    pub fn now_from(&self, state: S) {
+        if let Some(flight) = lock(&self.table).get_mut(&self.key).filter(|flight| flight.id == self.id) {
+            flight.started_from = state;
+        }
+    }
+}
+
+/// Takes a flight out of the table when its task ends, however it ends (a later flight under
+/// the same key stays).
+struct Landing<T, S>(Seat<T, S>);
+
+impl<T, S> Drop for Landing<T, S> {
+    fn drop(&mut self) {
+        let Seat { table, key, id } = &self.0;
+        let mut flights = lock(table);
+        if flights.get(key).is_some_and(|flight| flight.id == *id) {
+            flights.remove(key);
+        }
     }
 }
 
@@ -95,30 +138,87 @@ fn lock<T>(flights: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::AtomicUsize;
-    use std::time::Duration;
 
     use super::*;
 
+    /// A read that counts its runs and answers 7 after `delay`.
+    fn counted_read(runs: &Arc<AtomicUsize>, delay: Duration) -> impl Future<Output = Result<u32, ApiError>> + use<> {
+        let runs = Arc::clone(runs);
+        async move {
+            runs.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(delay).await;
+            Ok(7)
+        }
+    }
+
+    const READ: Duration = Duration::from_millis(50);
+
     #[tokio::test]
     async fn concurrent_reads_of_one_key_share_one_run_until_a_write_commits() {
-        let flights = SingleFlight::<u32>::new();
+        let flights = SingleFlight::<u32, &str>::new(Duration::from_secs(10));
         let runs = Arc::new(AtomicUsize::new(0));
-        let read = |runs: Arc<AtomicUsize>| async move {
-            runs.fetch_add(1, Ordering::SeqCst);
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            Ok(7)
-        };
-        let (first_role, first) = flights.join("k".into(), read(runs.clone()));
-        let (second_role, second) = flights.join("k".into(), read(runs.clone()));
+        let (first_role, first) = flights.join("k".into(), "v1", |_| counted_read(&runs, READ));
+        let (second_role, second) = flights.join("k".into(), "v1", |_| counted_read(&runs, READ));
         assert_eq!((first_role, second_role), (Role::Leader, Role::Follower));
         assert_eq!((first.await.unwrap(), second.await.unwrap()), (7, 7));
         assert_eq!(runs.load(Ordering::SeqCst), 1);
 
-        let (_, before_write) = flights.join("k".into(), read(runs.clone()));
+        let (_, before_write) = flights.join("k".into(), "v1", |_| counted_read(&runs, READ));
         flights.write_committed();
-        let (role, after_write) = flights.join("k".into(), read(runs.clone()));
+        let (role, after_write) = flights.join("k".into(), "v1", |_| counted_read(&runs, READ));
         assert_eq!(role, Role::Leader, "a read after a write does not join an older one");
         assert_eq!((before_write.await.unwrap(), after_write.await.unwrap()), (7, 7));
         assert_eq!(runs.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn a_read_that_started_from_other_versions_is_not_joined() {
+        let flights = SingleFlight::<u32, &str>::new(Duration::from_secs(10));
+        let runs = Arc::new(AtomicUsize::new(0));
+        let (_, before) = flights.join("k".into(), "v1", |_| counted_read(&runs, READ));
+        let (role, after) = flights.join("k".into(), "v2", |_| counted_read(&runs, READ));
+        assert_eq!(role, Role::Leader, "another process's invalidation came between the two lookups");
+        let (role, third) = flights.join("k".into(), "v2", |_| counted_read(&runs, READ));
+        assert_eq!(role, Role::Follower, "the newest read is joined");
+        assert_eq!((before.await.unwrap(), after.await.unwrap(), third.await.unwrap()), (7, 7, 7));
+        assert_eq!(runs.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_read_that_goes_on_from_new_versions_is_joined_from_them() {
+        let flights = SingleFlight::<u32, &str>::new(Duration::from_secs(10));
+        let runs = Arc::new(AtomicUsize::new(0));
+        let restated = Arc::new(tokio::sync::Notify::new());
+        let signal = Arc::clone(&restated);
+        let (_, leader) = flights.join("k".into(), "absent", move |seat| async move {
+            seat.now_from("created");
+            signal.notify_one();
+            tokio::time::sleep(READ).await;
+            Ok(7)
+        });
+        restated.notified().await;
+        let (role, joined) = flights.join("k".into(), "created", |_| counted_read(&runs, READ));
+        assert_eq!(role, Role::Follower, "a caller that saw the created versions joins");
+        let (role, other) = flights.join("k".into(), "absent", |_| counted_read(&runs, READ));
+        assert_eq!(role, Role::Leader, "the state the read left is not joined");
+        assert_eq!((leader.await.unwrap(), joined.await.unwrap(), other.await.unwrap()), (7, 7, 7));
+        assert_eq!(runs.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_read_that_panics_or_hangs_leaves_its_key_to_the_next_caller() {
+        let flights = SingleFlight::<u32, &str>::new(Duration::from_millis(200));
+        let runs = Arc::new(AtomicUsize::new(0));
+        let (_, panicked) = flights.join("k".into(), "v1", |_| async { panic!("a loader's bug") });
+        assert!(panicked.await.is_err());
+        let (role, next) = flights.join("k".into(), "v1", |_| counted_read(&runs, READ));
+        assert_eq!(role, Role::Leader, "the panicked read left the table");
+        assert_eq!(next.await.unwrap(), 7);
+
+        let (_, hung) = flights.join("k".into(), "v1", |_| std::future::pending());
+        assert!(matches!(hung.await, Err(ApiError::Unavailable(_))), "given up after the longest read");
+        let (role, next) = flights.join("k".into(), "v1", |_| counted_read(&runs, READ));
+        assert_eq!(role, Role::Leader, "the hung read left the table");
+        assert_eq!(next.await.unwrap(), 7);
     }
 }
