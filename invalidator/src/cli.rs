@@ -33,13 +33,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 settings.invalidator.mode = mode;
             }
             let timeout = Duration::from_millis(settings.invalidator.shutdown_timeout_ms);
-            let running = crate::start(settings).await?;
-            shutdown_signal().await;
-            tracing::info!("shutting down");
+            let mut running = crate::start(settings).await?;
+            let failure = tokio::select! {
+                () = shutdown_signal() => None,
+                ended = running.failed() => Some(ended),
+            };
+            match &failure {
+                None => tracing::info!("shutting down"),
+                Some(ended) => tracing::error!(%ended, "shutting down to be restarted"),
+            }
             if !running.shutdown(timeout).await {
                 tracing::warn!(?timeout, "shutdown timed out; claimed events are released by the database");
             }
-            Ok(())
+            failure.map_or(Ok(()), |ended| Err(ended.into()))
         }
     }
 }

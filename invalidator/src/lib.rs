@@ -7,6 +7,7 @@ pub mod health;
 pub mod listener;
 pub mod metrics;
 pub mod outbox;
+pub mod tasks;
 pub mod worker;
 
 use std::net::SocketAddr;
@@ -19,11 +20,12 @@ use openrisk_shared::http_server::{LimitedAcceptor, ServeTimeouts, serve};
 use openrisk_shared::redis_cluster::ClusterWatch;
 use openrisk_shared::redis_connection::{RedisUrlError, Timeouts};
 use poem::listener::TcpAcceptor;
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use listener::Wakeups;
 pub use metrics::Metrics;
+pub use tasks::TaskEnded;
+use tasks::Tasks;
 pub use worker::{Status, Worker};
 
 /// A running replica: the worker, its LISTEN task (in listen mode), the backlog sampler and the
@@ -33,7 +35,7 @@ pub struct Running {
     pub metrics: Metrics,
     pub status: Arc<Status>,
     shutdown: CancellationToken,
-    tasks: Vec<JoinHandle<()>>,
+    tasks: Tasks,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -73,51 +75,57 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
     };
     let cluster = ClusterWatch::new(&metrics.registry)?;
     let endpoints = health::routes(metrics.clone(), status.clone(), cluster.clone());
-    let server_task = tokio::spawn(serve(acceptor, endpoints, timeouts, shutdown.clone().cancelled_owned()));
-    let sampler_task = tokio::spawn(health::sample_backlog(
-        settings.database_url.clone(),
-        settings.database.link(),
-        Duration::from_millis(settings.invalidator.ready_max_lag_ms),
-        metrics.clone(),
-        status.clone(),
-        shutdown.clone(),
-    ));
-    let mut tasks = vec![sampler_task, server_task];
+    let mut tasks = Tasks::default();
+    tasks.spawn("health endpoint", serve(acceptor, endpoints, timeouts, shutdown.clone().cancelled_owned()));
+    tasks.spawn(
+        "backlog sampler",
+        health::sample_backlog(
+            settings.database_url.clone(),
+            settings.database.link(),
+            Duration::from_millis(settings.invalidator.ready_max_lag_ms),
+            metrics.clone(),
+            status.clone(),
+            shutdown.clone(),
+        ),
+    );
     let wakeups = (settings.invalidator.mode == WakeMode::Listen).then(|| Arc::new(Wakeups::default()));
     if let Some(wakeups) = &wakeups {
-        tasks.push(tokio::spawn(listener::run(wakeups.clone(), settings.clone(), metrics.clone(), shutdown.clone())));
+        tasks.spawn("listener", listener::run(wakeups.clone(), settings.clone(), metrics.clone(), shutdown.clone()));
     }
     let worker = Worker::new(settings.clone(), metrics.clone(), status.clone(), wakeups)?;
     let worker_shutdown = shutdown.clone();
-    tasks.push(tokio::spawn(async move { worker.run(worker_shutdown).await }));
+    tasks.spawn("worker", async move { worker.run(worker_shutdown).await });
     let redis = settings.redis_target()?;
     if redis.is_cluster() {
         let watch_connection = redis.connect_lazily(Timeouts::all(CLUSTER_WATCH_INTERVAL), CLUSTER_WATCH_INTERVAL)?;
         let watch_shutdown = shutdown.clone();
-        tasks.push(tokio::spawn(async move {
+        tasks.spawn("cluster watch", async move {
             tokio::select! {
                 () = cluster.run(watch_connection, CLUSTER_WATCH_INTERVAL) => {}
                 () = watch_shutdown.cancelled() => {}
             }
-        }));
+        });
     }
     tracing::info!(%metrics_addr, mode = ?settings.invalidator.mode, "invalidator started");
     Ok(Running { metrics_addr, metrics, status, shutdown, tasks })
 }
 
 impl Running {
+    /// Resolves when one of the replica's tasks ends before [`Running::shutdown`]: the replica
+    /// no longer does all its work and should exit (its supervisor restarts it).
+    pub async fn failed(&mut self) -> TaskEnded {
+        self.tasks.ended().await
+    }
+
     /// Asks every task to stop and waits up to `timeout` for them (the worker finishes or
     /// releases its batch). Returns false when the timeout cut the wait short.
     pub async fn shutdown(self, timeout: Duration) -> bool {
         self.shutdown.cancel();
-        let all = futures::future::join_all(self.tasks);
-        tokio::time::timeout(timeout, all).await.is_ok()
+        self.tasks.join(timeout).await
     }
 
     /// Aborts every task at once, as a crash would (connections close, claimed rows are released).
     pub fn abort(self) {
-        for task in self.tasks {
-            task.abort();
-        }
+        self.tasks.abort();
     }
 }

@@ -151,7 +151,7 @@ impl Metrics {
             errors,
             poison_events: counter(
                 "openrisk_invalidator_poison_events_total",
-                "Outbox events that could not be applied and were moved to the dead-letter table.",
+                "Outbox events that could not be applied as written: moved to the dead-letter table, their tenant's whole cache invalidated instead.",
             ),
             reconnects,
             listener_connected: gauge(

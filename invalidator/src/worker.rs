@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use backon::{BackoffBuilder, ExponentialBuilder, Retryable};
 use openrisk_shared::config::Settings;
-use openrisk_shared::db::{ConnectError, Lsn};
+use openrisk_shared::db::ConnectError;
+use openrisk_shared::event::InvalidationEvent;
 use openrisk_shared::keys::{Keyspace, Tag};
 use openrisk_shared::protocol::{self, InvalidateError, Reclaimable, ReplicaAck};
 use openrisk_shared::redis_connection::{RedisConnection, RedisTarget, Timeouts};
@@ -23,7 +24,7 @@ use openrisk_shared::redis_connection::RedisUrlError;
 
 use crate::listener::{Session, Wakeups};
 use crate::metrics::Metrics;
-use crate::outbox::{self, Batch, ClaimedEvent};
+use crate::outbox::{self, Batch};
 
 /// Tags sent to Redis in one script call.
 const TAGS_PER_CALL: usize = 512;
@@ -281,7 +282,7 @@ impl Worker {
         let span = tracing::Span::current();
         span.record("size", batch.len()).record("tenants", batch.tenants().as_str());
         // On a Redis error the transaction is dropped and rolled back: the rows come back.
-        let (tags, reclaimable) = self.apply(redis, &batch.events, batch.replayed_by).await?;
+        let (tags, reclaimable) = self.apply(redis, &batch).await?;
         let confirmed_after = claimed_at.elapsed();
         span.record("lag_ms", batch.max_lag_ms(confirmed_after));
         for poison in &batch.poison {
@@ -332,17 +333,16 @@ impl Worker {
 
     /// Invalidates every tag of the batch, collapsed per tenant, concurrently over the
     /// multiplexed connection, each call waiting for the configured Redis replicas and recording
-    /// `replayed_by` as the replay floor the new versions need on a read replica. Returns the
-    /// distinct tags and the member sets to reclaim.
-    async fn apply(
-        &self,
-        redis: &mut RedisConnection,
-        events: &[ClaimedEvent],
-        replayed_by: Lsn,
-    ) -> Result<(u64, Reclaimable), InvalidateError> {
+    /// the batch's `replayed_by` as the replay floor the new versions need on a read replica. A
+    /// poison row invalidates its tenant's whole cache in its place. Returns the distinct tags
+    /// and the member sets to reclaim.
+    async fn apply(&self, redis: &mut RedisConnection, batch: &Batch) -> Result<(u64, Reclaimable), InvalidateError> {
+        let replayed_by = batch.replayed_by;
+        let stand_ins: Vec<InvalidationEvent> =
+            batch.poison.iter().map(|poison| InvalidationEvent::tenant_wide(&poison.row)).collect();
         let mut by_tenant: HashMap<Uuid, BTreeSet<Tag>> = HashMap::new();
-        for claimed in events {
-            by_tenant.entry(claimed.event.tenant_id).or_default().extend(claimed.event.tags.iter().cloned());
+        for event in batch.events.iter().map(|claimed| &claimed.event).chain(&stand_ins) {
+            by_tenant.entry(event.tenant_id).or_default().extend(event.tags.iter().cloned());
         }
         let distinct: usize = by_tenant.values().map(BTreeSet::len).sum();
         let calls = by_tenant.into_iter().flat_map(|(tenant, tags)| {

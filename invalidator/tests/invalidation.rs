@@ -291,24 +291,30 @@ async fn the_health_port_closes_idle_connections_and_serves_at_most_its_connecti
 }
 
 #[tokio::test]
-async fn poison_events_are_dead_lettered_and_never_block_the_queue() {
+async fn poison_events_are_dead_lettered_invalidate_their_tenant_and_never_block_the_queue() {
     let mut h = Harness::new().await;
-    let tenant = h.tenant("a").await;
-    let key = h.cache_risk_list(tenant).await;
+    let (poisoned, applied, bystander) = (h.tenant("a").await, h.tenant("b").await, h.tenant("c").await);
+    let running = h.start(h.settings()).await;
+    h.drained(WAIT).await;
+    let mut keys = Vec::new();
+    for tenant in [poisoned, applied, bystander] {
+        keys.push(h.cache_risk_list(tenant).await);
+    }
+    // Rows written around the triggers. The last two of `applied` cannot be decoded or
+    // subtracted as they stand (a null tag, an infinite time); they are applied all the same.
     h.sql
         .execute(
-            "INSERT INTO cache_outbox (tenant_id, table_name, op, tags) VALUES
-                 ($1, 'risks', 'UPDATE', ARRAY['not a tag']),
-                 ($1, 'no_such_table', 'UPDATE', ARRAY['risks']),
-                 ($1, 'risks', 'UPDATE', (SELECT array_agg('risk:' || g) FROM generate_series(1, 5000) g)),
-                 ($1, 'risks', 'MERGE', ARRAY['risks']),
-                 ($1, 'risks', 'UPDATE', '{}'),
-                 ($1, 'risks', 'UPDATE', ARRAY['risks'])",
-            &[&tenant],
+            "INSERT INTO cache_outbox (tenant_id, table_name, op, tags, created_at) VALUES
+                 ($1, 'risks', 'UPDATE', ARRAY['not a tag'], now()),
+                 ($1, 'no_such_table', 'UPDATE', ARRAY['assets'], now()),
+                 ($1, 'risks', 'MERGE', ARRAY['assets'], now()),
+                 ($1, 'risks', 'UPDATE', '{}', now()),
+                 ($2, 'risks', 'UPDATE', ARRAY[NULL, 'risks'], now()),
+                 ($2, 'risks', 'UPDATE', ARRAY['assets'], 'infinity')",
+            &[&poisoned, &applied],
         )
         .await
         .unwrap();
-    let running = h.start(h.settings()).await;
     h.drained(WAIT).await;
     let dead: Vec<String> = h
         .sql
@@ -318,10 +324,46 @@ async fn poison_events_are_dead_lettered_and_never_block_the_queue() {
         .into_iter()
         .map(|row| row.get(0))
         .collect();
-    assert_eq!(dead.len(), 5, "{dead:?}");
-    assert!(dead[0].contains("not a tag") && dead[1].contains("no_such_table") && dead[2].contains("5000"), "{dead:?}");
-    assert_eq!(running.metrics.poison_events.get(), 5);
-    assert!(!h.risk_list_is_cached(tenant, &key).await, "the valid event behind them was applied");
+    assert_eq!(dead.len(), 4, "{dead:?}");
+    assert!(
+        dead[0].contains("not a tag") && dead[1].contains("no_such_table") && dead[2].contains("MERGE"),
+        "{dead:?}"
+    );
+    assert_eq!(running.metrics.poison_events.get(), 4);
+    assert!(!h.risk_list_is_cached(poisoned, &keys[0]).await, "a poison row invalidates its tenant's whole cache");
+    assert!(!h.risk_list_is_cached(applied, &keys[1]).await, "the valid events behind them were applied");
+    assert!(h.risk_list_is_cached(bystander, &keys[2]).await, "no other tenant was touched");
+    assert!(running.shutdown(WAIT).await);
+}
+
+#[tokio::test]
+async fn a_change_to_an_asset_linked_to_more_risks_than_an_event_may_name_invalidates_them_all() {
+    let mut h = Harness::new().await;
+    let tenant = h.tenant("a").await;
+    let asset = h
+        .id("INSERT INTO assets (tenant_id, name, asset_type, criticality) VALUES ($1, 'db', 'server', 'HIGH') RETURNING id", &[&tenant])
+        .await;
+    // Each update of the asset names every linked risk twice (old and new row): 1,206 tags.
+    h.sql
+        .execute(
+            "WITH linked AS (INSERT INTO risks (tenant_id, title, impact, probability)
+                             SELECT $1, 'r' || g, 3, 3 FROM generate_series(1, 600) g RETURNING id)
+             INSERT INTO risk_assets (tenant_id, risk_id, asset_id) SELECT $1, id, $2 FROM linked",
+            &[&tenant, &asset],
+        )
+        .await
+        .unwrap();
+    let running = h.start(h.settings()).await;
+    h.drained(WAIT).await;
+    let linked: Uuid = h.id("SELECT risk_id FROM risk_assets WHERE asset_id = $1 LIMIT 1", &[&asset]).await;
+    let detail_tags = [format!("risk:{linked}")];
+    let detail = h.cache(tenant, "linked risk's detail", &detail_tags).await;
+
+    h.sql.execute("UPDATE assets SET name = 'renamed' WHERE id = $1", &[&asset]).await.unwrap();
+    h.drained(WAIT).await;
+    assert!(!h.is_cached(tenant, &detail, &detail_tags).await, "the linked risk's detail was invalidated");
+    let dead: i64 = h.sql.query_one("SELECT count(*) FROM cache_outbox_dead_letter", &[]).await.unwrap().get(0);
+    assert_eq!(dead, 0, "a valid change is never dead-lettered");
     assert!(running.shutdown(WAIT).await);
 }
 

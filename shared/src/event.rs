@@ -1,12 +1,15 @@
 //! The invalidation event: one outbox row, validated before anything acts on it.
 
+use std::collections::HashSet;
+
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use crate::keys::{Tag, TagError};
 
-/// Most tags one event may carry; larger lists are treated as poison (someone wrote the outbox
-/// by hand, or a `cache_watch` expression is wrong).
+/// Most distinct tags an event is applied with. An event with more, all valid, invalidates its
+/// tenant's whole cache (`all`) instead: a change to an asset linked to thousands of risks names
+/// every one of them, and what one event costs Redis must stay bounded.
 pub const MAX_TAGS_PER_EVENT: usize = 1000;
 
 /// An outbox row as read from Postgres, before validation.
@@ -33,7 +36,8 @@ pub struct InvalidationEvent {
     pub created_at: DateTime<Utc>,
 }
 
-/// Why an outbox row cannot be applied; it is dead-lettered with this reason.
+/// Why an outbox row cannot be applied as written; it is dead-lettered with this reason, and its
+/// tenant's whole cache is invalidated in its place ([`InvalidationEvent::tenant_wide`]).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PoisonReason {
     #[error("table {0:?} is not under cache_watch")]
@@ -42,8 +46,6 @@ pub enum PoisonReason {
     UnknownOperation(String),
     #[error("event carries no tags")]
     NoTags,
-    #[error("event carries {0} tags (at most {MAX_TAGS_PER_EVENT})")]
-    TooManyTags(usize),
     #[error("bad tag: {0}")]
     BadTag(#[from] TagError),
 }
@@ -61,10 +63,10 @@ impl TryFrom<OutboxRow> for InvalidationEvent {
         if row.tags.is_empty() {
             return Err(PoisonReason::NoTags);
         }
-        if row.tags.len() > MAX_TAGS_PER_EVENT {
-            return Err(PoisonReason::TooManyTags(row.tags.len()));
+        let mut tags = row.tags.iter().map(|tag| Tag::parse(tag)).collect::<Result<Vec<_>, _>>()?;
+        if tags.len() > MAX_TAGS_PER_EVENT && tags.iter().collect::<HashSet<_>>().len() > MAX_TAGS_PER_EVENT {
+            tags = vec![Tag::all()];
         }
-        let tags = row.tags.iter().map(|tag| Tag::parse(tag)).collect::<Result<Vec<_>, _>>()?;
         Ok(InvalidationEvent {
             id: row.id,
             tenant_id: row.tenant_id,
@@ -72,6 +74,21 @@ impl TryFrom<OutboxRow> for InvalidationEvent {
             tags,
             created_at: row.created_at,
         })
+    }
+}
+
+impl InvalidationEvent {
+    /// The invalidation that stands in for a row that cannot be applied as written: its
+    /// tenant's whole cache. Invalidating more than a change touched only costs misses;
+    /// invalidating nothing could leave its responses stale until their TTL.
+    pub fn tenant_wide(row: &OutboxRow) -> Self {
+        InvalidationEvent {
+            id: row.id,
+            tenant_id: row.tenant_id,
+            table_name: row.table_name.clone(),
+            tags: vec![Tag::all()],
+            created_at: row.created_at,
+        }
     }
 }
 
@@ -98,12 +115,24 @@ mod tests {
     }
 
     #[test]
+    fn more_distinct_tags_than_an_event_may_carry_invalidate_the_whole_tenant() {
+        let distinct: Vec<String> = (0..=MAX_TAGS_PER_EVENT).map(|i| format!("risk:{i}")).collect();
+        let event = InvalidationEvent::try_from(row(&distinct.iter().map(String::as_str).collect::<Vec<_>>()));
+        assert_eq!(event.expect("valid").tags, vec![Tag::all()]);
+        // An update's old and new tags, each of them twice: applied as they are.
+        let twice: Vec<&str> =
+            distinct[..MAX_TAGS_PER_EVENT].iter().chain(&distinct[..MAX_TAGS_PER_EVENT]).map(String::as_str).collect();
+        assert_eq!(InvalidationEvent::try_from(row(&twice)).expect("valid").tags.len(), 2 * MAX_TAGS_PER_EVENT);
+    }
+
+    #[test]
     fn poison_rows_are_named() {
         assert_eq!(InvalidationEvent::try_from(row(&[])), Err(PoisonReason::NoTags));
         assert!(matches!(InvalidationEvent::try_from(row(&["risks", "bad tag"])), Err(PoisonReason::BadTag(_))));
-        let many: Vec<String> = (0..=MAX_TAGS_PER_EVENT).map(|i| format!("risk:{i}")).collect();
+        let mut many: Vec<String> = (0..=MAX_TAGS_PER_EVENT).map(|i| format!("risk:{i}")).collect();
+        many.push("bad tag".into());
         let many: Vec<&str> = many.iter().map(String::as_str).collect();
-        assert_eq!(InvalidationEvent::try_from(row(&many)), Err(PoisonReason::TooManyTags(MAX_TAGS_PER_EVENT + 1)));
+        assert!(matches!(InvalidationEvent::try_from(row(&many)), Err(PoisonReason::BadTag(_))));
         let mut unknown = row(&["risks"]);
         unknown.table_watched = false;
         unknown.table_name = "nope".into();

@@ -43,11 +43,17 @@ pub const OWN_ROWS: &str = "
 /// stale yet. Otherwise, and for a transaction whose commit time is no longer kept, it counts
 /// from the row change (`created_at`), which adds the rest of the writer's transaction.
 /// `in_transaction_seconds` is that rest (row change to commit) where it is known, else null.
+///
+/// Rows written around the triggers are read so that no value fails to decode or to subtract:
+/// null tags are dropped, and a `created_at` outside years 1–9999 (`infinity`) reads as the claim's
+/// own time. Such a row would otherwise fail every claim, on every replica, until removed by hand.
 pub const CLAIM: &str = "
     WITH claimed AS (
         DELETE FROM cache_outbox o
         WHERE o.id = ANY (ARRAY(SELECT id FROM cache_outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED))
-        RETURNING o.id, o.tenant_id, o.table_name, o.op, o.tags, o.txid, o.created_at,
+        RETURNING o.id, o.tenant_id, o.table_name, o.op, array_remove(o.tags, NULL) AS tags, o.txid,
+                  CASE WHEN o.created_at BETWEEN '0001-01-01 00:00Z' AND '9999-12-31 23:59Z' THEN o.created_at
+                       ELSE clock_timestamp() END AS created_at,
                   CASE WHEN current_setting('track_commit_timestamp')::boolean
                        THEN pg_xact_commit_timestamp(o.xmin) END AS committed_at)
     SELECT c.id, c.tenant_id, c.table_name, c.op, c.tags, c.txid::text AS txid, c.created_at,
@@ -89,7 +95,7 @@ pub const BACKLOG: &str = "
            coalesce(extract(epoch FROM clock_timestamp() - min(coalesce(
                CASE WHEN current_setting('track_commit_timestamp')::boolean
                     THEN pg_xact_commit_timestamp(xmin) END,
-               created_at)))::float8, 0)
+               created_at)) FILTER (WHERE isfinite(created_at)))::float8, 0)
     FROM cache_outbox";
 
 /// The channel writers notify while a replica is parked, and the session's own backend process.

@@ -1,6 +1,8 @@
 //! Malformed outbox rows at scale: thousands of poison rows (unknown tables and operations,
-//! empty, oversized and malformed tag lists) shuffled among valid ones. Every poison row must be
-//! dead-lettered and counted, every valid one applied, and nothing else touched.
+//! empty and malformed tag lists) shuffled among valid ones, some of which name more tags than an
+//! event may carry. Every poison row must be dead-lettered and counted, every valid one applied,
+//! and no tag version touched but theirs (a poison row, and a row with too many tags,
+//! invalidate their tenant's `all` in their place).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -89,7 +91,6 @@ pub async fn run(world: &World, scale: usize) -> anyhow::Result<PoisonOutcome> {
         many.push(first.clone());
         rows.push((true, json!({"tenant": target, "table": "assets", "op": "UPDATE", "tags": many})));
     }
-    let valid_rows = rows.len();
     // Poison rows: many of them name tags that must NOT be invalidated (kept and bystander).
     let victim = |rng: &mut StdRng| -> (Uuid, String) {
         if rng.random_ratio(1, 2) && !kept_tags.is_empty() {
@@ -131,7 +132,8 @@ pub async fn run(world: &World, scale: usize) -> anyhow::Result<PoisonOutcome> {
             }
             4 => json!({"tenant": tenant, "table": "risks", "op": "UPDATE", "tags": [tag, "x".repeat(201)]}),
             _ => {
-                // Too many tags: 1001 valid ones (the victim among them), or a huge list.
+                // Too many tags: 1001 valid ones (the victim among them), or a huge list; applied
+                // as the tenant's `all`, so the victim's own version stays.
                 let count = match index % 600 {
                     5 => 20_000,
                     65 | 125 | 185 | 245 | 305 | 365 | 425 | 485 | 545 => 1001,
@@ -146,12 +148,14 @@ pub async fn run(world: &World, scale: usize) -> anyhow::Result<PoisonOutcome> {
                 };
                 let mut tags: Vec<String> = (1..count).map(|i| format!("asset:poison-{i}")).collect();
                 tags.push(tag);
-                json!({"tenant": tenant, "table": "mitigations", "op": "UPDATE", "tags": tags})
+                rows.push((true, json!({"tenant": tenant, "table": "mitigations", "op": "UPDATE", "tags": tags})));
+                continue;
             }
         };
         rows.push((false, row));
     }
-    let poison_rows = rows.len() - valid_rows;
+    let poison_rows = rows.iter().filter(|(valid, _)| !valid).count();
+    let valid_rows = rows.len() - poison_rows;
     rows.shuffle(&mut rng);
     let first_id: i64 = sql.query_one("SELECT coalesce(max(id), 0) FROM verifier_outbox_log", &[]).await?.get(0);
     for chunk in rows.chunks(200) {
