@@ -196,9 +196,9 @@ pub struct RiskCreate {
     pub probability: i16,
     /// Defaults to DRAFT.
     pub status: Option<RiskStatus>,
-    /// Free labels, at most 50, each once; none when left out.
-    #[oai(default, validator(max_items = 50, unique_items))]
-    pub tags: Vec<Label>,
+    /// Free labels of 1–64 characters, at most 50, each once; none when left out.
+    #[oai(default, validator(max_items = 50, unique_items, min_length = 1, max_length = 64))]
+    pub tags: Vec<String>,
     /// Who is accountable for the risk; empty when left out.
     #[oai(default, validator(max_length = 255))]
     pub owner: String,
@@ -210,15 +210,10 @@ pub struct RiskCreate {
     /// Free-form attributes, as a JSON object; none when left out.
     #[oai(default)]
     pub custom_fields: BTreeMap<String, serde_json::Value>,
-    /// Compliance frameworks the risk maps to (e.g. ISO27001), at most 50, each once.
-    #[oai(default, validator(max_items = 50, unique_items))]
-    pub frameworks: Vec<Label>,
+    /// Compliance frameworks the risk maps to (e.g. ISO27001), 1–64 characters, at most 50, each once.
+    #[oai(default, validator(max_items = 50, unique_items, min_length = 1, max_length = 64))]
+    pub frameworks: Vec<String>,
 }
-
-// Not an invalidation tag (those are `openrisk_shared::Tag`); the doc line below is the spec's.
-/// A label on a risk or a framework name: 1–64 characters.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, poem_openapi::NewType)]
-pub struct Label(#[oai(validator(min_length = 1, max_length = 64))] pub String);
 
 /// Changes to a risk; absent fields stay as they are.
 #[derive(Debug, Clone, Object)]
@@ -237,9 +232,9 @@ pub struct RiskPatch {
     #[oai(validator(minimum(value = "1"), maximum(value = "5")))]
     pub probability: Option<i16>,
     pub status: Option<RiskStatus>,
-    /// The labels that replace the current ones, at most 50, each once.
-    #[oai(validator(max_items = 50, unique_items))]
-    pub tags: Option<Vec<Label>>,
+    /// The labels that replace the current ones, 1–64 characters each, at most 50, each once.
+    #[oai(validator(max_items = 50, unique_items, min_length = 1, max_length = 64))]
+    pub tags: Option<Vec<String>>,
     /// New accountable owner.
     #[oai(validator(max_length = 255))]
     pub owner: Option<String>,
@@ -249,9 +244,9 @@ pub struct RiskPatch {
     pub external_id: MaybeUndefined<String>,
     /// The attributes that replace the current ones, as a JSON object.
     pub custom_fields: Option<BTreeMap<String, serde_json::Value>>,
-    /// The frameworks that replace the current ones, at most 50, each once.
-    #[oai(validator(max_items = 50, unique_items))]
-    pub frameworks: Option<Vec<Label>>,
+    /// The frameworks that replace the current ones, 1–64 characters each, at most 50, each once.
+    #[oai(validator(max_items = 50, unique_items, min_length = 1, max_length = 64))]
+    pub frameworks: Option<Vec<String>>,
 }
 
 /// A mitigation with its sub-actions.

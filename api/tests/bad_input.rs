@@ -34,6 +34,9 @@ async fn malformed_mistyped_unknown_and_out_of_range_bodies_are_400() {
         json!({"title": "x", "impact": 3, "probability": 2, "status": "OPEN"}),
         json!({"title": "x", "impact": 3, "probability": 2, "tags": ["a", "a"]}),
         json!({"title": "x", "impact": 3, "probability": 2, "tags": (0..51).map(|i| i.to_string()).collect::<Vec<_>>()}),
+        json!({"title": "x", "impact": 3, "probability": 2, "tags": ["a", ""]}),
+        json!({"title": "x", "impact": 3, "probability": 2, "tags": ["x".repeat(65)]}),
+        json!({"title": "x", "impact": 3, "probability": 2, "frameworks": [""]}),
         json!({"title": "x", "impact": 3, "probability": 2, "custom_fields": [1, 2]}),
         json!({"title": "x", "impact": 3, "probability": 2, "score": 99}),
     ];
@@ -49,10 +52,14 @@ async fn malformed_mistyped_unknown_and_out_of_range_bodies_are_400() {
         json!({"title": "Changed", "impact": 9}),
         json!({"title": "Changed", "bogus": 1}),
         json!({"title": "Changed", "status": 5}),
+        json!({"title": "Changed", "tags": [""]}),
+        json!({"title": "Changed", "frameworks": ["x".repeat(65)]}),
     ] {
         assert_problem(app.send_json(Method::PATCH, &path, token, body).await, StatusCode::BAD_REQUEST).await;
     }
     assert_eq!(app.get_json(&path, token).await["title"], "Existing");
+    let longest = json!({"tags": ["x".repeat(64)], "frameworks": ["é".repeat(64)]});
+    assert_eq!(app.send_json(Method::PATCH, &path, token, longest).await.status(), StatusCode::OK, "64 characters fit");
 
     for body in [
         json!({"title": "m", "progress": 101}),

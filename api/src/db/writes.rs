@@ -39,10 +39,6 @@ fn custom_fields_value(fields: std::collections::BTreeMap<String, serde_json::Va
     serde_json::Value::Object(fields.into_iter().collect())
 }
 
-fn labels(labels: Vec<crate::model::Label>) -> Vec<String> {
-    labels.into_iter().map(|label| label.0).collect()
-}
-
 fn now() -> chrono::DateTime<chrono::FixedOffset> {
     chrono::Utc::now().into()
 }
@@ -56,12 +52,12 @@ pub async fn insert_risk(db: &impl ConnectionTrait, tenant: Uuid, body: RiskCrea
         impact: Set(body.impact),
         probability: Set(body.probability),
         status: Set(enum_text(&body.status.unwrap_or(RiskStatus::Draft))),
-        tags: Set(labels(body.tags)),
+        tags: Set(body.tags),
         owner: Set(body.owner),
         source: Set(enum_text(&body.source.unwrap_or(RiskSource::Manual))),
         external_id: Set(body.external_id),
         custom_fields: Set(custom_fields_value(body.custom_fields)),
-        frameworks: Set(labels(body.frameworks)),
+        frameworks: Set(body.frameworks),
         ..Default::default()
     }
     .insert(db)
@@ -79,12 +75,12 @@ pub async fn update_risk(
     set_if_present(&mut row.impact, patch.impact);
     set_if_present(&mut row.probability, patch.probability);
     set_if_present(&mut row.status, patch.status.as_ref().map(enum_text));
-    set_if_present(&mut row.tags, patch.tags.map(labels));
+    set_if_present(&mut row.tags, patch.tags);
     set_if_present(&mut row.owner, patch.owner);
     set_if_present(&mut row.source, patch.source.as_ref().map(enum_text));
     set_nullable(&mut row.external_id, patch.external_id);
     set_if_present(&mut row.custom_fields, patch.custom_fields.map(custom_fields_value));
-    set_if_present(&mut row.frameworks, patch.frameworks.map(labels));
+    set_if_present(&mut row.frameworks, patch.frameworks);
     row.updated_at = Set(now());
     row.update(db).await
 }

@@ -10,8 +10,8 @@ use poem_openapi::types::Example;
 use uuid::Uuid;
 
 use super::{
-    Asset, AssetCreate, CalendarDate, Criticality, Label, Mitigation, MitigationCreate, MitigationStatus, Risk,
-    RiskCreate, RiskDetail, RiskSource, RiskStatus, Severity, SubAction,
+    Asset, AssetCreate, CalendarDate, Criticality, Mitigation, MitigationCreate, MitigationStatus, Risk, RiskCreate,
+    RiskDetail, RiskSource, RiskStatus, Severity, SubAction,
 };
 
 /// The instant every example was recorded at.
@@ -57,12 +57,12 @@ impl Example for RiskCreate {
             impact: 5,
             probability: 3,
             status: Some(RiskStatus::Active),
-            tags: vec![Label("ransomware".into())],
+            tags: vec!["ransomware".into()],
             owner: "ciso@example.com".into(),
             source: None,
             external_id: None,
             custom_fields: BTreeMap::new(),
-            frameworks: vec![Label("ISO27001".into())],
+            frameworks: vec!["ISO27001".into()],
         }
     }
 }
