@@ -14,6 +14,7 @@ use crate::db::entities::{api_tokens, assets, mitigations, risks, subactions};
 pub use crate::stored_enum::{UnknownStoredValue, enum_text, stored};
 
 mod calendar_date;
+pub mod custom_fields;
 mod examples;
 mod stats;
 
@@ -207,7 +208,8 @@ pub struct RiskCreate {
     /// Identifier in the source system, unique per tenant and source.
     #[oai(validator(min_length = 1, max_length = 255))]
     pub external_id: Option<String>,
-    /// Free-form attributes, as a JSON object; none when left out.
+    /// Free-form attributes, as a JSON object; none when left out. Numbers up to ±1e300 with at
+    /// most 300 decimals; at most 64 KiB with every number written out without an exponent.
     #[oai(default)]
     pub custom_fields: BTreeMap<String, serde_json::Value>,
     /// Compliance frameworks the risk maps to (e.g. ISO27001), 1–64 characters, at most 50, each once.
@@ -242,7 +244,7 @@ pub struct RiskPatch {
     /// `null` removes the external id.
     #[oai(nullable, validator(min_length = 1, max_length = 255))]
     pub external_id: MaybeUndefined<String>,
-    /// The attributes that replace the current ones, as a JSON object.
+    /// The attributes that replace the current ones, as a JSON object (limits as on creation).
     pub custom_fields: Option<BTreeMap<String, serde_json::Value>>,
     /// The frameworks that replace the current ones, 1–64 characters each, at most 50, each once.
     #[oai(validator(max_items = 50, unique_items, min_length = 1, max_length = 64))]

@@ -252,3 +252,26 @@ async fn custom_field_numbers_that_could_not_be_read_back_are_refused() {
     assert_eq!(app.send_json(Method::PATCH, &path, token, fine).await.status(), StatusCode::OK);
     assert_eq!(app.get(&path, token).await.status(), StatusCode::OK);
 }
+
+#[tokio::test]
+async fn custom_field_numbers_that_would_swell_once_stored_are_refused() {
+    let app = spawn_app().await;
+    let token = &app.a.analyst;
+    let path = app.create_risk_path(token, "fields").await;
+    let patch = |custom_fields: String| {
+        app.request(Method::PATCH, &path, token)
+            .header("content-type", "application/json")
+            .body(format!(r#"{{"custom_fields": {{"k": {custom_fields}}}}}"#))
+            .send()
+    };
+    // Each prints as 16,387 characters: 2,000 of them would make one risk 33 MB.
+    let tiny = format!("[{}]", vec!["1e-16383"; 2_000].join(","));
+    assert_problem(patch(tiny).await.unwrap(), StatusCode::UNPROCESSABLE_ENTITY).await;
+    let huge = format!("[{}]", vec!["1e300"; 300].join(","));
+    assert_problem(patch(huge).await.unwrap(), StatusCode::UNPROCESSABLE_ENTITY).await;
+    let edges = r#"[1e300, -1e300, 1e-300, 1.50e1]"#.to_owned();
+    assert_eq!(patch(edges).await.unwrap().status(), StatusCode::OK);
+    let read = app.get_json(&path, token).await;
+    let values = read["custom_fields"]["k"].as_array().unwrap().iter().map(|v| v.to_string().len()).collect::<Vec<_>>();
+    assert_eq!(values, [301, 302, 302, 4], "stored without exponents: {values:?}");
+}

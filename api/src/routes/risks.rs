@@ -17,7 +17,7 @@ use crate::db::writes;
 use crate::error::{ApiError, OrNotFound};
 use crate::model::{
     Asset, Mitigation, Risk, RiskCreate, RiskDetail, RiskPage, RiskPatch, RiskSortField, RiskStatus, Severity,
-    SortDirection, enum_text,
+    SortDirection, custom_fields, enum_text,
 };
 
 /// Risk operations.
@@ -287,25 +287,7 @@ async fn lock_risk(
     super::lock_for_write("risk", id, lock, if_match, |_| load_detail(&write.state, &write.txn, write.tenant, id)).await
 }
 
-/// Largest magnitude accepted for a number in `custom_fields`: Postgres keeps numbers exactly,
-/// and one near the edge of `f64` would not read back.
-const CUSTOM_FIELD_NUMBER_LIMIT: f64 = 1e300;
-
-/// 422 when a number in `custom_fields` could not be read back.
+/// 422 when `custom_fields` could not be stored as sent (see [`custom_fields::check`]).
 fn check_custom_fields(fields: &std::collections::BTreeMap<String, serde_json::Value>) -> Result<(), ApiError> {
-    fn numbers_in_range(value: &serde_json::Value) -> bool {
-        match value {
-            serde_json::Value::Number(number) => number.as_f64().is_some_and(|n| n.abs() <= CUSTOM_FIELD_NUMBER_LIMIT),
-            serde_json::Value::Array(items) => items.iter().all(numbers_in_range),
-            serde_json::Value::Object(fields) => fields.values().all(numbers_in_range),
-            _ => true,
-        }
-    }
-    if fields.values().all(numbers_in_range) {
-        Ok(())
-    } else {
-        Err(ApiError::unprocessable(format!(
-            "custom_fields numbers must lie between -{CUSTOM_FIELD_NUMBER_LIMIT:e} and {CUSTOM_FIELD_NUMBER_LIMIT:e}"
-        )))
-    }
+    custom_fields::check(fields).map_err(|error| ApiError::unprocessable(error.to_string()))
 }

@@ -1,0 +1,120 @@
+//! What a risk's `custom_fields` may hold beyond being a JSON object: numbers Postgres can store
+//! and give back, and a stored form no larger than the body that brought it. Postgres keeps a
+//! JSON number as `numeric` and prints it without an exponent, so `1e-16383` (8 characters) comes
+//! back as 16,387, and a page of risks could swell a thousandfold between the write and the read.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Number, Value};
+
+use crate::app::MAX_BODY_BYTES;
+
+/// Largest magnitude of a number: one near the edge of `f64` would not read back.
+pub const NUMBER_LIMIT: f64 = 1e300;
+/// Most digits after the decimal point a number keeps once stored (`1e-300` has 300).
+pub const MOST_DECIMALS: u64 = 300;
+
+/// Why `custom_fields` cannot be stored.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CustomFieldsError {
+    #[error("custom_fields numbers must lie between -{NUMBER_LIMIT:e} and {NUMBER_LIMIT:e}")]
+    OutOfRange,
+    #[error("custom_fields numbers may have at most {MOST_DECIMALS} digits after the decimal point")]
+    TooPrecise,
+    #[error("custom_fields take {0} bytes once numbers are written out in full (at most {MAX_BODY_BYTES})")]
+    TooLargeStored(u64),
+}
+
+/// Checks every number in `fields` and the size of their stored form.
+pub fn check(fields: &BTreeMap<String, Value>) -> Result<(), CustomFieldsError> {
+    let mut growth = 0;
+    for value in fields.values() {
+        growth += growth_of(value)?;
+    }
+    let stored = serde_json::to_vec(fields).map_or(u64::MAX, |text| text.len() as u64).saturating_add(growth);
+    if stored > MAX_BODY_BYTES as u64 {
+        return Err(CustomFieldsError::TooLargeStored(stored));
+    }
+    Ok(())
+}
+
+/// How many characters longer `value` prints once stored than as sent, after checking its numbers.
+fn growth_of(value: &Value) -> Result<u64, CustomFieldsError> {
+    match value {
+        Value::Number(number) => {
+            if !number.as_f64().is_some_and(|n| n.abs() <= NUMBER_LIMIT) {
+                return Err(CustomFieldsError::OutOfRange);
+            }
+            let text = number.to_string().len() as u64;
+            Ok(stored_len(number)?.saturating_sub(text))
+        }
+        Value::Array(items) => items.iter().try_fold(0, |sum: u64, item| Ok(sum.saturating_add(growth_of(item)?))),
+        Value::Object(fields) => fields.values().try_fold(0, |sum: u64, item| Ok(sum.saturating_add(growth_of(item)?))),
+        _ => Ok(0),
+    }
+}
+
+/// The length of `number` as Postgres prints it: every digit of its integer part, and as many
+/// decimals as it was written with less its exponent (`1.50e1` is `15.0`).
+fn stored_len(number: &Number) -> Result<u64, CustomFieldsError> {
+    let text = number.to_string();
+    let (mantissa, exponent) = match text.split_once(['e', 'E']) {
+        // An exponent too long for an i64 is out of range either way; saturate it.
+        Some((mantissa, exponent)) => {
+            let saturated = if exponent.starts_with('-') { -(1 << 40) } else { 1 << 40 };
+            (mantissa, exponent.parse::<i64>().unwrap_or(saturated))
+        }
+        None => (text.as_str(), 0),
+    };
+    let negative = mantissa.starts_with('-');
+    let (whole, fraction) =
+        mantissa.trim_start_matches('-').split_once('.').unwrap_or((mantissa.trim_start_matches('-'), ""));
+    let decimals = (fraction.len() as i64).saturating_sub(exponent).max(0) as u64;
+    if decimals > MOST_DECIMALS {
+        return Err(CustomFieldsError::TooPrecise);
+    }
+    let whole_digits = (whole.len() as i64).saturating_add(exponent).max(1) as u64;
+    let point = if decimals > 0 { 1 + decimals } else { 0 };
+    Ok(u64::from(negative) + whole_digits + point)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn number(text: &str) -> Number {
+        serde_json::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn stored_lengths_are_those_postgres_prints() {
+        // As `SELECT '[…]'::jsonb::text` prints them on Postgres 15.
+        for (sent, printed) in [
+            ("15", "15"),
+            ("1.50e1", "15.0"),
+            ("1e-3", "0.001"),
+            ("12.5e-1", "1.25"),
+            ("1E+2", "100"),
+            ("-2.5", "-2.5"),
+        ] {
+            assert_eq!(stored_len(&number(sent)), Ok(printed.len() as u64), "{sent}");
+        }
+        assert_eq!(stored_len(&number("1e300")), Ok(301));
+        assert_eq!(stored_len(&number("1e-300")), Ok(302));
+    }
+
+    #[test]
+    fn numbers_that_would_swell_or_not_read_back_are_refused() {
+        let fields = |value: Value| BTreeMap::from([("k".to_owned(), value)]);
+        let underflow: Value = serde_json::from_str("[1e-16383]").unwrap();
+        assert_eq!(check(&fields(underflow)), Err(CustomFieldsError::TooPrecise));
+        let huge_exponent: Value = serde_json::from_str("[1e-99999999999999999999999]").unwrap();
+        assert_eq!(check(&fields(huge_exponent)), Err(CustomFieldsError::TooPrecise));
+        let too_big: Value = serde_json::from_str("[1e301]").unwrap();
+        assert_eq!(check(&fields(too_big)), Err(CustomFieldsError::OutOfRange));
+        let many: Value = serde_json::from_str(&format!("[{}]", vec!["1e300"; 300].join(","))).unwrap();
+        assert!(matches!(check(&fields(many)), Err(CustomFieldsError::TooLargeStored(_))), "300 × 301 digits");
+        let fine: Value = serde_json::from_str(r#"[1.5e12, -3, {"nested": 2.5, "small": 1e-300}, "text"]"#).unwrap();
+        assert_eq!(check(&fields(fine)), Ok(()));
+    }
+}
