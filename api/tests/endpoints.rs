@@ -254,7 +254,8 @@ async fn stats_matrix_and_trends_aggregate_live_risks() {
     let token = &app.a.analyst;
     let first = app.create_risk(token, "One").await;
     app.create_risk(token, "Two").await;
-    let deleted = app.create_risk(token, "Gone").await;
+    let gone = json!({"title": "Gone", "impact": 5, "probability": 5});
+    let deleted: Value = app.send_json(Method::POST, "/api/v1/risks", token, gone).await.json().await.unwrap();
     app.request(Method::DELETE, &format!("/api/v1/risks/{}", deleted["id"].as_str().unwrap()), token)
         .send()
         .await
@@ -284,6 +285,8 @@ async fn stats_matrix_and_trends_aggregate_live_risks() {
     let total = |field: &str| points.iter().map(|point| point[field].as_i64().unwrap()).sum::<i64>();
     assert_eq!((total("created"), total("deleted")), (3, 1));
     assert_eq!(points[0]["average_score"], Value::Null);
+    // Today's mean covers the three creations (12, 12, 25), not the deletion.
+    assert_eq!(points[6]["average_score"], 16.33);
     let default = app.get_json("/api/v1/stats/trends", &app.a.viewer).await;
     assert_eq!(default["points"].as_array().unwrap().len(), 30);
     assert_problem(app.get("/api/v1/stats/trends?days=0", token).await, StatusCode::BAD_REQUEST).await;

@@ -93,7 +93,7 @@ pub async fn trends(
 ) -> Result<Vec<TrendRow>, DbErr> {
     TrendRow::find_by_statement(stmt(
         "SELECT d.day::date AS day,
-                round(avg(h.score), 2)::float8 AS average_score,
+                round(avg(h.score) FILTER (WHERE h.change_type <> 'DELETED'), 2)::float8 AS average_score,
                 count(h.id) FILTER (WHERE h.change_type = 'CREATED') AS created,
                 count(h.id) FILTER (WHERE h.change_type IN ('UPDATED', 'RESTORED')) AS updated,
                 count(h.id) FILTER (WHERE h.change_type = 'DELETED') AS deleted
