@@ -14,11 +14,13 @@ use crate::db::entities::{api_tokens, assets, mitigations, risks, subactions};
 pub use crate::stored_enum::{UnknownStoredValue, enum_text, stored};
 
 mod calendar_date;
+mod change;
 pub mod custom_fields;
 mod examples;
 mod stats;
 
 pub use calendar_date::CalendarDate;
+pub use change::Change;
 
 pub use stats::{MitigationStatusCounts, RiskMatrix, SeverityCounts, Stats, StatusCounts, TrendPoint, Trends};
 
@@ -223,32 +225,32 @@ pub struct RiskCreate {
 pub struct RiskPatch {
     /// New short name, not blank.
     #[oai(validator(min_length = 1, max_length = 255, pattern = "\\S"))]
-    pub title: Option<String>,
+    pub title: Change<String>,
     /// New longer account.
     #[oai(validator(max_length = 10000))]
-    pub description: Option<String>,
+    pub description: Change<String>,
     /// New impact, 1 (negligible) to 5 (severe); the score is recomputed.
     #[oai(validator(minimum(value = "1"), maximum(value = "5")))]
-    pub impact: Option<i16>,
+    pub impact: Change<i16>,
     /// New probability, 1 (rare) to 5 (almost certain); the score is recomputed.
     #[oai(validator(minimum(value = "1"), maximum(value = "5")))]
-    pub probability: Option<i16>,
-    pub status: Option<RiskStatus>,
+    pub probability: Change<i16>,
+    pub status: Change<RiskStatus>,
     /// The labels that replace the current ones, 1–64 characters each, at most 50, each once.
     #[oai(validator(max_items = 50, unique_items, min_length = 1, max_length = 64))]
-    pub tags: Option<Vec<String>>,
+    pub tags: Change<Vec<String>>,
     /// New accountable owner.
     #[oai(validator(max_length = 255))]
-    pub owner: Option<String>,
-    pub source: Option<RiskSource>,
+    pub owner: Change<String>,
+    pub source: Change<RiskSource>,
     /// `null` removes the external id.
     #[oai(nullable, validator(min_length = 1, max_length = 255))]
     pub external_id: MaybeUndefined<String>,
     /// The attributes that replace the current ones, as a JSON object (limits as on creation).
-    pub custom_fields: Option<BTreeMap<String, serde_json::Value>>,
+    pub custom_fields: Change<BTreeMap<String, serde_json::Value>>,
     /// The frameworks that replace the current ones, 1–64 characters each, at most 50, each once.
     #[oai(validator(max_items = 50, unique_items, min_length = 1, max_length = 64))]
-    pub frameworks: Option<Vec<String>>,
+    pub frameworks: Change<Vec<String>>,
 }
 
 /// A mitigation with its sub-actions.
@@ -330,23 +332,23 @@ pub struct MitigationCreate {
 pub struct MitigationPatch {
     /// New short name, not blank.
     #[oai(validator(min_length = 1, max_length = 255, pattern = "\\S"))]
-    pub title: Option<String>,
+    pub title: Change<String>,
     /// New assignee.
     #[oai(validator(max_length = 255))]
-    pub assignee: Option<String>,
-    pub status: Option<MitigationStatus>,
+    pub assignee: Change<String>,
+    pub status: Change<MitigationStatus>,
     /// Percent done, 0–100.
     #[oai(validator(minimum(value = "0"), maximum(value = "100")))]
-    pub progress: Option<i16>,
+    pub progress: Change<i16>,
     /// A date from 0001-01-01 to 9999-12-31; `null` removes the due date.
     #[oai(nullable)]
     pub due_date: MaybeUndefined<CalendarDate>,
     /// Relative cost, 1 (low) to 3 (high).
     #[oai(validator(minimum(value = "1"), maximum(value = "3")))]
-    pub cost: Option<i16>,
+    pub cost: Change<i16>,
     /// Estimated effort in days, 0–3650.
     #[oai(validator(minimum(value = "0"), maximum(value = "3650")))]
-    pub mitigation_time_days: Option<i32>,
+    pub mitigation_time_days: Change<i32>,
 }
 
 /// One checklist item of a mitigation.
@@ -398,9 +400,9 @@ pub struct SubActionCreate {
 pub struct SubActionPatch {
     /// New text, not blank.
     #[oai(validator(min_length = 1, max_length = 255, pattern = "\\S"))]
-    pub title: Option<String>,
+    pub title: Change<String>,
     /// Whether it is done.
-    pub completed: Option<bool>,
+    pub completed: Change<bool>,
 }
 
 /// Something risks can affect.
@@ -474,14 +476,14 @@ pub struct AssetCreate {
 pub struct AssetPatch {
     /// New name, not blank.
     #[oai(validator(min_length = 1, max_length = 255, pattern = "\\S"))]
-    pub name: Option<String>,
+    pub name: Change<String>,
     /// New kind of asset, 1–64 characters.
     #[oai(validator(min_length = 1, max_length = 64))]
-    pub asset_type: Option<String>,
-    pub criticality: Option<Criticality>,
+    pub asset_type: Change<String>,
+    pub criticality: Change<Criticality>,
     /// New responsible owner.
     #[oai(validator(max_length = 255))]
-    pub owner: Option<String>,
+    pub owner: Change<String>,
 }
 
 /// An API token, without its secret.

@@ -58,6 +58,14 @@ async fn malformed_mistyped_unknown_and_out_of_range_bodies_are_400() {
         assert_problem(app.send_json(Method::PATCH, &path, token, body).await, StatusCode::BAD_REQUEST).await;
     }
     assert_eq!(app.get_json(&path, token).await["title"], "Existing");
+    // `null` on a field that cannot be empty is refused, not read as "leave it".
+    for body in [json!({"owner": null}), json!({"title": "Changed", "tags": null}), json!({"custom_fields": null})] {
+        let refused = app.send_json(Method::PATCH, &path, token, body).await;
+        let problem = assert_problem(refused, StatusCode::BAD_REQUEST).await;
+        assert!(problem["detail"].as_str().unwrap().contains("null cannot clear this field"), "{problem}");
+    }
+    let cleared = app.send_json(Method::PATCH, &path, token, json!({"external_id": null})).await;
+    assert_eq!(cleared.status(), StatusCode::OK, "a nullable field is cleared by null");
     let longest = json!({"tags": ["x".repeat(64)], "frameworks": ["é".repeat(64)]});
     assert_eq!(app.send_json(Method::PATCH, &path, token, longest).await.status(), StatusCode::OK, "64 characters fit");
 

@@ -16,8 +16,8 @@ use crate::model::{
 };
 
 /// `Set(value)` when the field is present, left unchanged otherwise.
-fn set_if_present<T: Into<sea_orm::Value>>(field: &mut ActiveValue<T>, value: Option<T>) {
-    if let Some(value) = value {
+fn set_if_present<T: Into<sea_orm::Value>>(field: &mut ActiveValue<T>, value: impl Into<Option<T>>) {
+    if let Some(value) = value.into() {
         *field = Set(value);
     }
 }

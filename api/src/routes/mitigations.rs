@@ -11,7 +11,7 @@ use crate::app::AppState;
 use crate::db::entities::{mitigations, subactions};
 use crate::db::writes;
 use crate::error::{ApiError, OrNotFound};
-use crate::model::{Mitigation, MitigationCreate, MitigationPatch, SubAction, SubActionCreate, SubActionPatch};
+use crate::model::{Change, Mitigation, MitigationCreate, MitigationPatch, SubAction, SubActionCreate, SubActionPatch};
 
 /// Mitigation and sub-action operations.
 pub struct MitigationsApi;
@@ -211,8 +211,10 @@ impl MitigationsApi {
     ) -> Result<Updated<SubAction>, ApiError> {
         let SubActionPatch { title, completed } = body.0;
         let subaction = SubActionRef { risk: risk_id.0, mitigation: mitigation_id.0, id: id.0 };
-        let patch =
-            |current: &subactions::Model| SubActionPatch { title, completed: completed.or(Some(current.completed)) };
+        let patch = |current: &subactions::Model| SubActionPatch {
+            title,
+            completed: Change(completed.0.or(Some(current.completed))),
+        };
         Ok(Updated::Ok(Json(change_subaction(&caller, subaction, patch).await?)))
     }
 
@@ -235,7 +237,10 @@ impl MitigationsApi {
         id: Path<Uuid>,
     ) -> Result<Updated<SubAction>, ApiError> {
         let subaction = SubActionRef { risk: risk_id.0, mitigation: mitigation_id.0, id: id.0 };
-        let toggle = |current: &subactions::Model| SubActionPatch { title: None, completed: Some(!current.completed) };
+        let toggle = |current: &subactions::Model| SubActionPatch {
+            title: Change(None),
+            completed: Change(Some(!current.completed)),
+        };
         Ok(Updated::Ok(Json(change_subaction(&caller, subaction, toggle).await?)))
     }
 

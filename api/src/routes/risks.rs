@@ -229,7 +229,7 @@ impl RisksApi {
         let row = caller
             .write(async |write| {
                 let current = lock_risk(write, id.0, if_match.0.as_deref()).await?;
-                if let Some(fields) = &body.custom_fields {
+                if let Some(fields) = body.custom_fields.as_ref() {
                     check_custom_fields(fields)?;
                 }
                 Ok(write.timed("risk_update", writes::update_risk(&write.txn, current, body.0)).await?)
