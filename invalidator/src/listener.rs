@@ -74,6 +74,14 @@ impl Session {
         Ok(self.leader.load(Ordering::Relaxed))
     }
 
+    /// Gives up the park leadership if this session holds it, and wakes every replica to take it.
+    pub async fn resign(&self) -> Result<(), tokio_postgres::Error> {
+        if self.leader.swap(false, Ordering::Relaxed) {
+            self.client.query_one(outbox::RESIGN, &[&advisory_locks::PARK_LEADER]).await?;
+        }
+        Ok(())
+    }
+
     /// Takes the park lock exclusively, waiting for writers that saw nobody parked to commit.
     /// Returns false (not parked) when that takes longer than the park wait.
     pub async fn park(&self) -> Result<bool, tokio_postgres::Error> {

@@ -107,6 +107,8 @@ pub(crate) fn reconnect_backoff() -> ExponentialBuilder {
 }
 
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How long a failed replica waits for its batch's rollback before it resigns the park.
+const ROLLBACK_WAIT: Duration = Duration::from_secs(1);
 
 /// Waits for the LISTEN task's wake-up, the poll interval or shutdown, whichever comes first.
 async fn wake_or_poll(wakeups: &Wakeups, poll: Duration, shutdown: &CancellationToken) {
@@ -167,6 +169,7 @@ impl Worker {
                 backoff = reconnect_backoff().build();
             }
             self.count_error(&failure.error);
+            self.resign(&links.outbox).await;
             let delay = backoff.next().unwrap_or(MAX_BACKOFF);
             if !(pause(delay, &shutdown).await && self.repair(&mut links, &failure.error, &shutdown).await) {
                 break;
@@ -445,6 +448,21 @@ impl Worker {
                 tracing::warn!(%error, "cannot park on the LISTEN session; polling");
                 false
             }
+        }
+    }
+
+    /// A replica that cannot apply gives up leading the park (see
+    /// [`openrisk_shared::outbox::RESIGN`]); it leads again, if no other does, at its next idle
+    /// once it applies again. The failed batch's rollback, queued on `outbox` when its
+    /// transaction was dropped, is waited for first, so the replicas woken find its events free.
+    async fn resign(&self, outbox: &Client) {
+        let Some(session) = self.wakeups.as_ref().and_then(|wakeups| wakeups.session()) else { return };
+        if !outbox.is_closed() {
+            // Bounded: after a Postgres failure the connection may hang until its keepalives end it.
+            let _ = tokio::time::timeout(ROLLBACK_WAIT, outbox.batch_execute("")).await;
+        }
+        if let Err(error) = session.resign().await {
+            tracing::warn!(%error, "cannot resign the park leadership; the LISTEN session is replaced");
         }
     }
 

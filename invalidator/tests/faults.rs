@@ -279,6 +279,34 @@ async fn events_wait_out_a_redis_outage_and_apply_after_it() {
 }
 
 #[tokio::test]
+async fn a_park_leader_that_loses_redis_hands_the_park_to_a_replica_that_can_apply() {
+    let mut h = Harness::new().await;
+    let tenant = h.tenant("a").await;
+    // Replica A leads the park, on a Redis of its own, which goes away; A fails its next batch.
+    let mut lost = PrivateRedis::start();
+    let mut on_lost = h.settings_without_polling();
+    on_lost.redis_url = lost.url();
+    let a = h.start(on_lost).await;
+    wait_until_parked(&a, WAIT).await;
+    lost.kill();
+    h.risk(tenant, "written after A lost Redis").await;
+    let errors = a.metrics.errors.clone();
+    eventually("A fails a batch", WAIT, || {
+        let errors = errors.clone();
+        async move { errors.with_label_values(&["redis"]).get() >= 1 }
+    })
+    .await;
+    // Replica B, on the shared Redis, polls too rarely to matter: it applies what A left, and
+    // then only a notification, which writers send only while a replica is parked, gets a
+    // write applied in time. B can park only if A gave up leading.
+    let b = h.start(h.settings_without_polling()).await;
+    h.drained(WAIT).await;
+    h.assert_a_new_risk_invalidates_the_risk_list(tenant, "written once B could lead", WAIT).await;
+    assert!(b.shutdown(WAIT).await);
+    a.abort();
+}
+
+#[tokio::test]
 async fn a_replica_killed_mid_batch_leaves_its_events_to_another() {
     let redis = PrivateRedis::start();
     let mut h = Harness::with(TestDatabase::create().await, RedisNamespace::on(&redis.url())).await;

@@ -108,6 +108,12 @@ pub const BACKEND_GONE: &str = "SELECT NOT EXISTS (SELECT 1 FROM pg_stat_activit
 /// Becomes the park leader if no replica is (`$1`: [`crate::advisory_locks::PARK_LEADER`]).
 pub const TRY_LEAD: &str = "SELECT pg_try_advisory_lock($1)";
 
+/// Gives up the park leadership (`$1`: [`crate::advisory_locks::PARK_LEADER`]) and wakes every
+/// replica, so that one that can apply takes the lead and parks: while a leader that cannot apply
+/// (Redis unreachable from it) keeps the lock, no replica parks, writers notify nobody, and every
+/// write waits for a poll.
+pub const RESIGN: &str = "SELECT pg_advisory_unlock($1), pg_notify(cache_notify_channel(), '')";
+
 /// Takes the park lock exclusively: from then on writers notify.
 pub const PARK: &str = "SELECT pg_advisory_lock(cache_park_lock_key())";
 
