@@ -262,6 +262,33 @@ async fn a_write_that_loses_a_deadlock_runs_again_and_succeeds_instead_of_answer
 }
 
 #[tokio::test]
+async fn a_sub_action_added_while_its_mitigation_is_deleted_is_a_404_not_a_foreign_key_error() {
+    let app = spawn_app().await;
+    let token = &app.a.analyst;
+    let risk_path = app.create_risk_path(token, "Parent").await;
+    let mitigation = app.create_mitigation(token, &risk_path, "Going").await;
+    let id: uuid::Uuid = mitigation["id"].as_str().unwrap().parse().unwrap();
+    // A session of the test's own deletes the mitigation and commits only once the API waits.
+    let deleter = app.db.connect().await;
+    deleter.batch_execute("BEGIN").await.unwrap();
+    deleter.execute("DELETE FROM mitigations WHERE id = $1", &[&id]).await.unwrap();
+    let subactions = format!("{risk_path}/mitigations/{id}/subactions");
+    let add = app.send_json(Method::POST, &subactions, token, json!({"title": "Late"}));
+    let commit_once_waited_for = async {
+        let waiting = "SELECT count(*) FROM pg_stat_activity
+                       WHERE application_name = 'openrisk-api' AND datname = current_database()
+                         AND wait_event_type = 'Lock'";
+        while deleter.query_one(waiting, &[]).await.unwrap().get::<_, i64>(0) == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        deleter.batch_execute("COMMIT").await.unwrap();
+    };
+    let (response, ()) = tokio::join!(add, commit_once_waited_for);
+    assert_problem(response, StatusCode::NOT_FOUND).await;
+    assert_eq!(app.count("SELECT count(*) FROM mitigation_subactions").await, 0);
+}
+
+#[tokio::test]
 async fn custom_field_numbers_round_trip_exactly_on_every_path() {
     let app = spawn_app().await;
     let token = &app.a.analyst;

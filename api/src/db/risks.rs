@@ -1,7 +1,7 @@
 //! Queries on risks, their mitigations, sub-actions and asset links. Every query is scoped to
 //! one tenant; a row of another tenant is indistinguishable from a missing one.
 
-use sea_orm::sea_query::{Expr, Query, SelectStatement};
+use sea_orm::sea_query::{Expr, LockType, Query, SelectStatement};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DbErr, EntityTrait, FromQueryResult, QueryFilter, QueryOrder, QueryResult,
     QuerySelect, QueryTrait, Select,
@@ -254,6 +254,19 @@ pub async fn find_mitigation(
     id: Uuid,
 ) -> Result<Option<mitigations::Model>, DbErr> {
     mitigation_of_live_risk(tenant, risk, id).one(db).await
+}
+
+/// [`find_mitigation`] for a write that adds a child to it (a sub-action): the row is locked
+/// against deletion (`FOR KEY SHARE`, what the child's foreign key check takes anyway) until the
+/// transaction ends, so a concurrent delete either comes first and this finds nothing (404) or
+/// waits for the child to be committed and deletes it too; never the foreign key error between.
+pub async fn find_mitigation_to_extend(
+    db: &impl ConnectionTrait,
+    tenant: Uuid,
+    risk: Uuid,
+    id: Uuid,
+) -> Result<Option<mitigations::Model>, DbErr> {
+    mitigation_of_live_risk(tenant, risk, id).lock(LockType::KeyShare).one(db).await
 }
 
 /// A sub-action of a mitigation of a live risk, locked until the transaction ends (so

@@ -184,7 +184,7 @@ impl MitigationsApi {
     ) -> Result<SubActionCreated, ApiError> {
         let (risk, mitigation) = (risk_id.0, mitigation_id.0);
         let insert = async |write: &Write| {
-            let find = crate::db::risks::find_mitigation(&write.txn, write.tenant, risk, mitigation);
+            let find = crate::db::risks::find_mitigation_to_extend(&write.txn, write.tenant, risk, mitigation);
             write.timed("mitigation_get", find).await?.or_not_found("mitigation", mitigation)?;
             let insert = writes::insert_subaction(&write.txn, write.tenant, mitigation, body.0);
             Ok(write.timed("subaction_insert", insert).await?)
