@@ -36,8 +36,9 @@ impl<T: Type> Type for Change<T> {
 
     type RawElementValueType = T::RawElementValueType;
 
+    /// As `Option`'s: error details name the documented type (see `error::documented_names`).
     fn name() -> Cow<'static, str> {
-        format!("change_{}", T::name()).into()
+        format!("optional_{}", T::name()).into()
     }
 
     fn schema_ref() -> MetaSchemaRef {
