@@ -167,6 +167,10 @@ pub fn openapi_json() -> String {
     crate::spec::publish(&api_service().spec())
 }
 
+/// The Swagger UI page and the published document it shows, beside the API's own routes.
+const DOCS_PAGE: &str = "/docs";
+const SPEC_DOCUMENT: &str = "/openapi.json";
+
 /// The complete route tree with middleware.
 pub fn routes(state: Arc<AppState>) -> BoxEndpoint<'static, Response> {
     let service = api_service();
@@ -177,10 +181,10 @@ pub fn routes(state: Arc<AppState>) -> BoxEndpoint<'static, Response> {
     let metrics = state.metrics.clone();
     let request_timeout = Duration::from_millis(state.settings.http.request_timeout_ms);
     Route::new()
-        .at("/docs", make_sync(move |_| Html(docs.clone())))
+        .at(DOCS_PAGE, poem::get(make_sync(move |_| Html(docs.clone()))))
         .at(
-            "/openapi.json",
-            make_sync(move |_| Response::builder().content_type("application/json").body(document.clone())),
+            SPEC_DOCUMENT,
+            poem::get(make_sync(move |_| Response::builder().content_type("application/json").body(document.clone()))),
         )
         .nest("/", service)
         .around(crate::hygiene::head_as_get)
@@ -228,7 +232,8 @@ async fn limit_body<E: Endpoint>(endpoint: Arc<E>, mut request: Request) -> poem
         return Err(too_large());
     }
     let body = request.take_body().into_bytes_limit(MAX_BODY_BYTES).await.map_err(|_| too_large())?;
-    let json = request.content_type().is_some_and(|content_type| content_type.contains("json"));
+    // Media types are case-insensitive, and so is the parser that reads the body after this.
+    let json = request.content_type().is_some_and(|content_type| content_type.to_ascii_lowercase().contains("json"));
     if json && let Some(detail) = crate::hygiene::repeated_key(&body) {
         let problem = crate::error::Problem::new(poem::http::StatusCode::BAD_REQUEST, detail);
         return Err(ApiError::BadRequest(poem_openapi::payload::Json(problem)).into());
@@ -445,6 +450,9 @@ pub(crate) fn operation_path(operation_id: &str) -> &'static str {
 
 /// The methods the spec documents for `path` (`GET, HEAD, PATCH`), for `Allow` on 405.
 fn allowed_methods(path: &str) -> Option<String> {
+    if [DOCS_PAGE, SPEC_DOCUMENT].contains(&path) {
+        return Some("GET, HEAD".to_owned());
+    }
     static METHODS: OnceLock<Vec<(Vec<String>, String)>> = OnceLock::new();
     let methods = METHODS.get_or_init(|| {
         spec_paths()

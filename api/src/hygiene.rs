@@ -29,16 +29,20 @@ const DOCS_POLICY: &str = "default-src 'none'; script-src 'self' 'unsafe-inline'
 /// Adds the headers above. `allowed` gives the methods documented for the request's path (for
 /// `Allow` on 405).
 pub fn finish(path: &str, mut response: Response, allowed: Option<String>) -> Response {
+    let status = response.status();
     let headers = response.headers_mut();
     headers.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
     if !headers.contains_key(header::CACHE_CONTROL) {
-        let policy = if headers.contains_key(header::ETAG) { REVALIDATE_PRIVATELY } else { NEVER_STORE };
+        // A 412 names the current tag too, but it is an error: nothing keeps it.
+        let representation = status.is_success() || status == StatusCode::NOT_MODIFIED;
+        let policy =
+            if representation && headers.contains_key(header::ETAG) { REVALIDATE_PRIVATELY } else { NEVER_STORE };
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static(policy));
     }
     if path == "/docs" {
         headers.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(DOCS_POLICY));
     }
-    if response.status() == StatusCode::METHOD_NOT_ALLOWED
+    if status == StatusCode::METHOD_NOT_ALLOWED
         && let Some(value) = allowed.and_then(|allowed| HeaderValue::from_str(&allowed).ok())
     {
         response.headers_mut().insert(header::ALLOW, value);
@@ -47,7 +51,7 @@ pub fn finish(path: &str, mut response: Response, allowed: Option<String>) -> Re
 }
 
 /// Answers HEAD as the GET it stands for, with that GET's `Content-Length` and no body (poem
-/// itself would drop the body, and with it the length).
+/// itself would drop the body, and with it the length); a 304 or 204 has no length to give.
 pub async fn head_as_get<E: Endpoint>(endpoint: Arc<E>, mut request: Request) -> poem::Result<Response> {
     if request.method() != Method::HEAD {
         return endpoint.call(request).await.map(IntoResponse::into_response);
@@ -55,7 +59,9 @@ pub async fn head_as_get<E: Endpoint>(endpoint: Arc<E>, mut request: Request) ->
     request.set_method(Method::GET);
     let mut response = endpoint.call(request).await?.into_response();
     let body = response.take_body().into_bytes().await.unwrap_or_default();
-    response.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    if !matches!(response.status(), StatusCode::NOT_MODIFIED | StatusCode::NO_CONTENT) {
+        response.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    }
     response.set_body(Body::empty());
     Ok(response)
 }

@@ -464,6 +464,39 @@ async fn responses_carry_cache_control_nosniff_and_the_http_details_clients_expe
     let docs = app.client.get(format!("{}/docs", app.url)).send().await.unwrap();
     let policy = docs.headers().get("content-security-policy").map(|v| v.to_str().unwrap().to_owned());
     assert!(policy.is_some_and(|policy| policy.contains("default-src 'none'")), "/docs has a CSP");
+    for page in ["/docs", "/openapi.json"] {
+        let refused = app.client.delete(format!("{}{page}", app.url)).send().await.unwrap();
+        assert_eq!(refused.status(), StatusCode::METHOD_NOT_ALLOWED, "{page}");
+        assert_eq!(refused.headers().get("allow").map(|v| v.to_str().unwrap()), Some("GET, HEAD"), "{page}");
+    }
+
+    // A 304 to HEAD carries no length; a 412 is an error, stored by no cache.
+    let path = app.create_risk_path(&app.a.analyst, "Headers").await;
+    let etag = app.get(&path, token).await.headers()["etag"].to_str().unwrap().to_owned();
+    let head = app.request(Method::HEAD, &path, token).header("if-none-match", &etag).send().await.unwrap();
+    assert_eq!(head.status(), StatusCode::NOT_MODIFIED);
+    assert_eq!(head.headers().get("content-length"), None);
+    let stale =
+        app.request(Method::PATCH, &path, &app.a.analyst).header("if-match", "\"stale\"").json(&json!({"title": "x"}));
+    let stale = stale.send().await.unwrap();
+    assert_eq!(stale.status(), StatusCode::PRECONDITION_FAILED);
+    assert_eq!(stale.headers()["cache-control"], "no-store");
+}
+
+#[tokio::test]
+async fn a_key_twice_in_a_body_is_refused_whatever_the_case_of_its_media_type() {
+    let app = spawn_app().await;
+    for content_type in ["application/json", "Application/JSON", "APPLICATION/JSON; charset=utf-8"] {
+        let response = app
+            .request(Method::POST, "/api/v1/tokens", &app.a.admin)
+            .header("content-type", content_type)
+            .body(r#"{"name":"x","role":"viewer","role":"admin"}"#)
+            .send()
+            .await
+            .unwrap();
+        let problem = assert_problem(response, StatusCode::BAD_REQUEST).await;
+        assert!(problem["detail"].as_str().unwrap().contains("twice"), "{content_type}: {problem}");
+    }
 }
 
 #[tokio::test]
