@@ -129,13 +129,18 @@ enum LookupError {
 pub struct TokenVerifier {
     db: DatabaseConnection,
     cache: MokaCache<[u8; 32], Option<Principal>>,
+    /// Tokens revoked through this process, kept as long as a cached verification lives: a
+    /// lookup that began before the revocation committed can store the token as valid after
+    /// [`TokenVerifier::forget`] removed it, and this keeps that entry from being honoured.
+    revoked: MokaCache<[u8; 32], ()>,
     metrics: Arc<Metrics>,
 }
 
 impl TokenVerifier {
     pub fn new(db: DatabaseConnection, ttl: Duration, metrics: Arc<Metrics>) -> Self {
         let cache = MokaCache::builder().max_capacity(100_000).time_to_live(ttl).build();
-        Self { db, cache, metrics }
+        let revoked = MokaCache::builder().max_capacity(100_000).time_to_live(ttl).build();
+        Self { db, cache, revoked, metrics }
     }
 
     /// The principal behind `token`, or 401.
@@ -144,11 +149,17 @@ impl TokenVerifier {
             return Err(ApiError::unauthorized("the bearer token is not valid: tokens are `ort_` and 64 hex digits"));
         }
         let hash = hash_token(token);
-        if let Some(entry) = self.cache.get(&hash).await {
-            self.metrics.auth_cache(true);
-            return entry.ok_or_else(|| ApiError::unauthorized("the bearer token is unknown or revoked"));
+        let verified = match self.cache.get(&hash).await {
+            Some(entry) => {
+                self.metrics.auth_cache(true);
+                entry.ok_or_else(|| ApiError::unauthorized("the bearer token is unknown or revoked"))
+            }
+            None => self.verify_through_database(hash).await,
+        };
+        if verified.is_ok() && self.revoked.contains_key(&hash) {
+            return Err(ApiError::unauthorized("the bearer token is unknown or revoked"));
         }
-        self.verify_through_database(hash).await
+        verified
     }
 
     /// The cache's miss: the token is looked up (once, whoever else asks for it meanwhile).
@@ -200,9 +211,11 @@ impl TokenVerifier {
         Ok(row.map(principal).transpose()?)
     }
 
-    /// Forgets a token in this process at once (after revoking it here).
+    /// Forgets a token in this process at once (after revoking it here), including what a
+    /// lookup still running may store for it.
     pub async fn forget(&self, hash: &[u8]) {
         if let Ok(hash) = <[u8; 32]>::try_from(hash) {
+            self.revoked.insert(hash, ()).await;
             self.cache.invalidate(&hash).await;
         }
     }
@@ -247,4 +260,22 @@ pub async fn revoke_token(db: &impl ConnectionTrait, id: Uuid, tenant: Option<Uu
     .one(db)
     .await?;
     Ok(revoked.map(|row| row.token_hash))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_token_revoked_here_is_refused_even_when_a_lookup_from_before_stores_it_after() {
+        let verifier = TokenVerifier::new(DatabaseConnection::default(), Duration::from_secs(60), Arc::default());
+        let (token, hash) = generate_token();
+        let principal = Principal { token_id: Uuid::new_v4(), tenant_id: Uuid::new_v4(), role: Role::Viewer };
+        verifier.cache.insert(hash, Some(principal)).await;
+        assert_eq!(verifier.verify(&token).await.unwrap(), principal);
+        verifier.forget(&hash).await;
+        // The lookup that began before the revocation committed lands now.
+        verifier.cache.insert(hash, Some(principal)).await;
+        assert!(matches!(verifier.verify(&token).await, Err(ApiError::Unauthorized(..))));
+    }
 }

@@ -257,7 +257,7 @@ struct MissStart {
 async fn read_with(reads: &ReadRouter, load: &Loader, reader: Reader) -> Result<Vec<u8>, ApiError> {
     let from_replica = matches!(reader, Reader::Replica(_));
     let body = load(reader.clone()).await;
-    reader.finish().await;
+    drop(reader);
     match body {
         Err(ApiError::Internal(_) | ApiError::Unavailable(_)) if from_replica => {
             tracing::warn!("a replica read failed; reading the primary");

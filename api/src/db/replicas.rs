@@ -38,6 +38,9 @@ const POSITION_HISTORY: Duration = Duration::from_secs(600);
 #[derive(Debug, Clone)]
 pub enum Reader {
     Primary(DatabaseConnection),
+    /// A read-only transaction: dropping the last clone ends it (the rollback is queued on its
+    /// connection, not awaited), so a replica that goes silent once the read is done cannot hold
+    /// the response that read made.
     Replica(Arc<DatabaseTransaction>),
 }
 
@@ -47,16 +50,6 @@ impl Reader {
         match self {
             Reader::Primary(conn) => DatabaseExecutor::Connection(conn),
             Reader::Replica(transaction) => DatabaseExecutor::Transaction(transaction),
-        }
-    }
-
-    /// Ends the replica transaction (once the read is done and no clone is left).
-    pub async fn finish(self) {
-        if let Reader::Replica(transaction) = self
-            && let Ok(transaction) = Arc::try_unwrap(transaction)
-            && let Err(error) = transaction.commit().await
-        {
-            tracing::debug!(%error, "ending a replica read failed");
         }
     }
 }

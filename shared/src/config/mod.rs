@@ -237,10 +237,11 @@ mod tests {
     fn bad_values_are_named_in_the_error() {
         /// Environment, file and the words the error must name.
         type Case<'a> = (&'a [(&'a str, &'a str)], Option<&'a str>, &'a [&'a str]);
-        let cases: [Case; 4] = [
+        let cases: [Case; 5] = [
             (&[("API_ADDR", "not-an-address")], None, &["api_addr"]),
             (&[("OPENRISK_PROFILE", "huge")], None, &["profile", "staging"]),
             (&[("OPENRISK_CACHE__TTL_JITTER_PERCENT", "90")], None, &["ttl_jitter_percent"]),
+            (&[("OPENRISK_CACHE__TOKEN_CACHE_SECS", "86400")], None, &["token_cache_secs", "60"]),
             (&[], Some("[cache]\nttl_seconds = 5\n"), &["ttl_seconds"]),
         ];
         for (env, file, named) in cases {

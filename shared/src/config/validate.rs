@@ -3,6 +3,9 @@
 use super::{ConfigError, Settings};
 use crate::redis_connection::RedisTarget;
 
+/// Longest `cache.token_cache_secs`: how long another API process may honour a revoked token.
+pub const MAX_TOKEN_CACHE_SECS: u64 = 60;
+
 impl Settings {
     /// Checks the cross-field and range rules; the first broken one is the error.
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
@@ -43,6 +46,10 @@ impl Settings {
         rule(self.cache.ttl_secs >= 1, "cache.ttl_secs must be at least 1")?;
         rule(self.cache.ttl_jitter_percent <= 50, "cache.ttl_jitter_percent must be at most 50")?;
         rule(self.cache.redis_timeout_ms >= 1, "cache.redis_timeout_ms must be at least 1")?;
+        rule(
+            self.cache.token_cache_secs <= MAX_TOKEN_CACHE_SECS,
+            "cache.token_cache_secs must be at most 60: a revoked token keeps working that long",
+        )?;
         rule(self.http.request_timeout_ms >= 1, "http.request_timeout_ms must be at least 1")?;
         rule(
             self.http.idle_timeout_ms > self.http.request_timeout_ms,
