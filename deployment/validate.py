@@ -228,6 +228,11 @@ def check_k8s():
             problem(f"k8s: kustomization lists missing {resource}")
             continue
         docs += load_yaml_documents(path)
+    # The migration Job is applied on its own, once per release: listed, apply -k would try to
+    # change a finished Job's pod template, which Kubernetes refuses.
+    if "migrate-job.yaml" in kustomization.get("resources", []):
+        problem("k8s: kustomization must not list migrate-job.yaml (a Job's template cannot change)")
+    docs += load_yaml_documents(os.path.join(k8s, "migrate-job.yaml"))
     extra = {name: load_yaml_documents(os.path.join(k8s, name)) for name in ("secret.example.yaml", "servicemonitor.yaml")}
     for doc in docs + [d for ds in extra.values() for d in ds]:
         for key in ("apiVersion", "kind", "metadata"):
