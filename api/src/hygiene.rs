@@ -50,6 +50,19 @@ pub fn finish(path: &str, mut response: Response, allowed: Option<String>) -> Re
     response
 }
 
+/// Joins repeated `If-None-Match` lines into one comma-separated list, which is how RFC 9110
+/// reads them, so that the hit path and the handlers, which read one line, see every tag sent.
+pub fn fold_if_none_match(request: &mut Request) {
+    let headers = request.headers_mut();
+    let lines: Vec<&[u8]> = headers.get_all(header::IF_NONE_MATCH).iter().map(HeaderValue::as_bytes).collect();
+    if lines.len() < 2 {
+        return;
+    }
+    if let Ok(list) = HeaderValue::from_bytes(&lines.join(&b", "[..])) {
+        headers.insert(header::IF_NONE_MATCH, list);
+    }
+}
+
 /// Answers HEAD as the GET it stands for, with that GET's `Content-Length` and no body (poem
 /// itself would drop the body, and with it the length); a 304 or 204 has no length to give.
 pub async fn head_as_get<E: Endpoint>(endpoint: Arc<E>, mut request: Request) -> poem::Result<Response> {
