@@ -7,7 +7,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{Harness, connect_redis, eventually, wait_until_parked};
+use common::{Harness, connect_redis, eventually, until_batches_failed, wait_until_parked};
 use openrisk_shared::config::WakeMode;
 use openrisk_test_support::{PrivatePostgres, PrivateRedis, RedisNamespace, TestDatabase, sslrootcert_param};
 
@@ -263,12 +263,7 @@ async fn events_wait_out_a_redis_outage_and_apply_after_it() {
 
     redis.kill();
     h.risk(tenant, "written while Redis is down").await;
-    let errors = running.metrics.errors.clone();
-    eventually("a failed batch", WAIT, || {
-        let errors = errors.clone();
-        async move { errors.with_label_values(&["redis"]).get() >= 1 }
-    })
-    .await;
+    until_batches_failed(&running, "redis", 1, WAIT).await;
     assert!(h.outbox_len().await > 0, "events are kept while Redis is down");
 
     redis.restart();
@@ -290,12 +285,7 @@ async fn a_park_leader_that_loses_redis_hands_the_park_to_a_replica_that_can_app
     wait_until_parked(&a, WAIT).await;
     lost.kill();
     h.risk(tenant, "written after A lost Redis").await;
-    let errors = a.metrics.errors.clone();
-    eventually("A fails a batch", WAIT, || {
-        let errors = errors.clone();
-        async move { errors.with_label_values(&["redis"]).get() >= 1 }
-    })
-    .await;
+    until_batches_failed(&a, "redis", 1, WAIT).await;
     // Replica B, on the shared Redis, polls too rarely to matter: it applies what A left, and
     // then only a notification, which writers send only while a replica is parked, gets a
     // write applied in time. B can park only if A gave up leading.

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Harness, eventually};
+use common::{Harness, until_batches_failed};
 use openrisk_shared::keys::Tag;
 use openrisk_shared::protocol::{self, Lookup};
 use openrisk_test_support::{PrivateRedisCluster, RedisNamespace, TestDatabase, node_command};
@@ -94,12 +94,7 @@ async fn an_invalidation_is_acknowledged_only_once_a_replica_holds_it_so_a_failo
 
     f.cut_off_replica();
     f.h.risk(f.tenant, "written while the replica is cut off").await;
-    let errors = running.metrics.errors.clone();
-    eventually("a WAIT that timed out", WAIT, || {
-        let errors = errors.clone();
-        async move { errors.with_label_values(&["redis_replication"]).get() >= 2 }
-    })
-    .await;
+    until_batches_failed(&running, "redis_replication", 2, WAIT).await;
     assert!(f.h.outbox_len().await > 0, "the event stays in the outbox while no replica has it");
 
     f.fail_over();

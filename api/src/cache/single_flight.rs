@@ -141,83 +141,94 @@ mod tests {
 
     use super::*;
 
-    /// A read that counts its runs and answers 7 after `delay`.
-    fn counted_read(runs: &Arc<AtomicUsize>, delay: Duration) -> impl Future<Output = Result<u32, ApiError>> + use<> {
-        let runs = Arc::clone(runs);
-        async move {
-            runs.fetch_add(1, Ordering::SeqCst);
-            tokio::time::sleep(delay).await;
-            Ok(7)
+    const READ: Duration = Duration::from_millis(50);
+
+    /// A table of reads of key `k` that count their runs and answer 7 after [`READ`].
+    struct Table {
+        flights: SingleFlight<u32, &'static str>,
+        runs: Arc<AtomicUsize>,
+    }
+
+    impl Table {
+        fn new(longest_read: Duration) -> Self {
+            Self { flights: SingleFlight::new(longest_read), runs: Arc::default() }
+        }
+
+        /// Joins (or starts) the counted read of `k` from `state`.
+        fn join(&self, state: &'static str) -> (Role, FlightFuture<u32>) {
+            let runs = Arc::clone(&self.runs);
+            self.flights.join("k".into(), state, move |_| async move {
+                runs.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(READ).await;
+                Ok(7)
+            })
+        }
+
+        fn runs(&self) -> usize {
+            self.runs.load(Ordering::SeqCst)
         }
     }
 
-    const READ: Duration = Duration::from_millis(50);
-
     #[tokio::test]
     async fn concurrent_reads_of_one_key_share_one_run_until_a_write_commits() {
-        let flights = SingleFlight::<u32, &str>::new(Duration::from_secs(10));
-        let runs = Arc::new(AtomicUsize::new(0));
-        let (first_role, first) = flights.join("k".into(), "v1", |_| counted_read(&runs, READ));
-        let (second_role, second) = flights.join("k".into(), "v1", |_| counted_read(&runs, READ));
+        let table = Table::new(Duration::from_secs(10));
+        let ((first_role, first), (second_role, second)) = (table.join("v1"), table.join("v1"));
         assert_eq!((first_role, second_role), (Role::Leader, Role::Follower));
         assert_eq!((first.await.unwrap(), second.await.unwrap()), (7, 7));
-        assert_eq!(runs.load(Ordering::SeqCst), 1);
+        assert_eq!(table.runs(), 1);
 
-        let (_, before_write) = flights.join("k".into(), "v1", |_| counted_read(&runs, READ));
-        flights.write_committed();
-        let (role, after_write) = flights.join("k".into(), "v1", |_| counted_read(&runs, READ));
+        let (_, before_write) = table.join("v1");
+        table.flights.write_committed();
+        let (role, after_write) = table.join("v1");
         assert_eq!(role, Role::Leader, "a read after a write does not join an older one");
         assert_eq!((before_write.await.unwrap(), after_write.await.unwrap()), (7, 7));
-        assert_eq!(runs.load(Ordering::SeqCst), 3);
+        assert_eq!(table.runs(), 3);
     }
 
     #[tokio::test]
     async fn a_read_that_started_from_other_versions_is_not_joined() {
-        let flights = SingleFlight::<u32, &str>::new(Duration::from_secs(10));
-        let runs = Arc::new(AtomicUsize::new(0));
-        let (_, before) = flights.join("k".into(), "v1", |_| counted_read(&runs, READ));
-        let (role, after) = flights.join("k".into(), "v2", |_| counted_read(&runs, READ));
+        let table = Table::new(Duration::from_secs(10));
+        let (_, before) = table.join("v1");
+        let (role, after) = table.join("v2");
         assert_eq!(role, Role::Leader, "another process's invalidation came between the two lookups");
-        let (role, third) = flights.join("k".into(), "v2", |_| counted_read(&runs, READ));
+        let (role, third) = table.join("v2");
         assert_eq!(role, Role::Follower, "the newest read is joined");
         assert_eq!((before.await.unwrap(), after.await.unwrap(), third.await.unwrap()), (7, 7, 7));
-        assert_eq!(runs.load(Ordering::SeqCst), 2);
+        assert_eq!(table.runs(), 2);
     }
 
     #[tokio::test]
     async fn a_read_that_goes_on_from_new_versions_is_joined_from_them() {
-        let flights = SingleFlight::<u32, &str>::new(Duration::from_secs(10));
-        let runs = Arc::new(AtomicUsize::new(0));
+        let table = Table::new(Duration::from_secs(10));
         let restated = Arc::new(tokio::sync::Notify::new());
         let signal = Arc::clone(&restated);
-        let (_, leader) = flights.join("k".into(), "absent", move |seat| async move {
+        let (_, leader) = table.flights.join("k".into(), "absent", move |seat| async move {
             seat.now_from("created");
             signal.notify_one();
             tokio::time::sleep(READ).await;
             Ok(7)
         });
         restated.notified().await;
-        let (role, joined) = flights.join("k".into(), "created", |_| counted_read(&runs, READ));
+        let (role, joined) = table.join("created");
         assert_eq!(role, Role::Follower, "a caller that saw the created versions joins");
-        let (role, other) = flights.join("k".into(), "absent", |_| counted_read(&runs, READ));
+        let (role, other) = table.join("absent");
         assert_eq!(role, Role::Leader, "the state the read left is not joined");
         assert_eq!((leader.await.unwrap(), joined.await.unwrap(), other.await.unwrap()), (7, 7, 7));
-        assert_eq!(runs.load(Ordering::SeqCst), 1);
+        assert_eq!(table.runs(), 1, "only `other` ran the counted read");
     }
 
     #[tokio::test]
     async fn a_read_that_panics_or_hangs_leaves_its_key_to_the_next_caller() {
-        let flights = SingleFlight::<u32, &str>::new(Duration::from_millis(200));
-        let runs = Arc::new(AtomicUsize::new(0));
-        let (_, panicked) = flights.join("k".into(), "v1", |_| async { panic!("a loader's bug") });
+        let table = Table::new(Duration::from_millis(200));
+        let (_, panicked) = table.flights.join("k".into(), "v1", |_| async { panic!("a loader's bug") });
         assert!(panicked.await.is_err());
-        let (role, next) = flights.join("k".into(), "v1", |_| counted_read(&runs, READ));
+        let (role, next) = table.join("v1");
         assert_eq!(role, Role::Leader, "the panicked read left the table");
         assert_eq!(next.await.unwrap(), 7);
 
-        let (_, hung) = flights.join("k".into(), "v1", |_| std::future::pending());
+        let (_, hung) = table.flights.join("k".into(), "v1", |_| std::future::pending());
         assert!(matches!(hung.await, Err(ApiError::Unavailable(_))), "given up after the longest read");
-        let (role, next) = flights.join("k".into(), "v1", |_| counted_read(&runs, READ));
+        let (role, next) = table.join("v1");
         assert_eq!(role, Role::Leader, "the hung read left the table");
         assert_eq!(next.await.unwrap(), 7);
     }

@@ -191,6 +191,17 @@ pub async fn wait_until_parked(running: &Running, within: Duration) {
     .await;
 }
 
+/// Waits until `running` has failed `at_least` batches on `kind` (`redis`, `postgres`,
+/// `redis_replication`, as `openrisk_invalidator_errors_total` labels them).
+pub async fn until_batches_failed(running: &Running, kind: &'static str, at_least: u64, within: Duration) {
+    let errors = running.metrics.errors.clone();
+    eventually(&format!("{at_least} failed batches ({kind})"), within, || {
+        let errors = errors.clone();
+        async move { errors.with_label_values(&[kind]).get() >= at_least }
+    })
+    .await;
+}
+
 /// A plain HTTP/1.1 GET against the replica's endpoints: (status, body).
 pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
     let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
