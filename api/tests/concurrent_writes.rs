@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::{TestApp, assert_problem, spawn_app};
 use reqwest::{Method, StatusCode};
-use serde_json::json;
+use serde_json::{Value, json};
 
 /// A session of the test's own that began with `begin` and ran `statement` on `row`, holding
 /// its locks until the test commits.
@@ -16,6 +16,29 @@ async fn session_holding(app: &TestApp, begin: &str, statement: &str, row: uuid:
     session.batch_execute(begin).await.unwrap();
     session.execute(statement, &[&row]).await.unwrap();
     session
+}
+
+/// Runs `statement` on its own session and commits it, in the background; returns once that has
+/// finished or waits for a lock (then the test decides when it may go on).
+async fn write_in_the_background(
+    app: &TestApp,
+    statement: &'static str,
+    rows: [uuid::Uuid; 3],
+) -> tokio::task::JoinHandle<()> {
+    let (session, watcher) = (app.db.connect().await, app.db.connect().await);
+    let pid: i32 = session.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0);
+    let write = tokio::spawn(async move {
+        session.execute(statement, &[&rows[0], &rows[1], &rows[2]]).await.unwrap();
+    });
+    let waiting = "SELECT count(*) FROM pg_stat_activity WHERE pid = $1 AND wait_event_type = 'Lock'";
+    while !write.is_finished() && watcher.query_one(waiting, &[&pid]).await.unwrap().get::<_, i64>(0) == 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    write
+}
+
+fn id_of(path: &str) -> uuid::Uuid {
+    path.rsplit('/').next().unwrap().parse().unwrap()
 }
 
 /// Returns once a session of the API waits for a lock in the test's database (`session`'s).
@@ -74,4 +97,49 @@ async fn a_sub_action_added_while_its_mitigation_is_deleted_is_a_404_not_a_forei
     let (response, ()) = tokio::join!(add, commit_once_waited_for);
     assert_problem(response, StatusCode::NOT_FOUND).await;
     assert_eq!(app.count("SELECT count(*) FROM mitigation_subactions").await, 0);
+}
+
+/// Two writes in plain SQL that meet on one row: `held` (on `held_row`) is left uncommitted while
+/// `racing` runs in the background, a reader caches `path` meanwhile, then `held` commits and
+/// `racing` finishes. Returns `path` as read once every invalidation was applied.
+async fn race(
+    app: &TestApp,
+    (held, held_row): (&str, uuid::Uuid),
+    racing: (&'static str, [uuid::Uuid; 3]),
+    path: &str,
+) -> Value {
+    app.drain_outbox().await;
+    let holder = session_holding(app, "BEGIN", held, held_row).await;
+    let raced = write_in_the_background(app, racing.0, racing.1).await;
+    app.drain_outbox().await;
+    app.get(path, &app.a.viewer).await;
+    holder.batch_execute("COMMIT").await.unwrap();
+    raced.await.unwrap();
+    app.drain_outbox().await;
+    app.get_json(path, &app.a.viewer).await
+}
+
+#[tokio::test]
+async fn a_link_made_while_its_asset_changes_leaves_no_stale_detail_and_no_stale_score() {
+    let app = spawn_app().await;
+    let risk_path = app.create_risk_path(&app.a.analyst, "Linked meanwhile").await;
+    let asset = id_of(app.create_asset(&app.a.analyst, "Old name", "LOW").await["id"].as_str().unwrap());
+    let change = "UPDATE assets SET name = 'New name', criticality = 'CRITICAL' WHERE id = $1";
+    let link = "INSERT INTO risk_assets (tenant_id, risk_id, asset_id) VALUES ($1, $2, $3)";
+    let detail = race(&app, (change, asset), (link, [app.a.id, id_of(&risk_path), asset]), &risk_path).await;
+    assert_eq!(detail["assets"][0]["name"], "New name", "the detail cached meanwhile was invalidated");
+    assert_eq!(detail["score"], 12.0 * 1.5, "scored with the asset's committed criticality");
+}
+
+#[tokio::test]
+async fn a_sub_action_written_while_its_mitigation_moves_reaches_the_new_risks_detail() {
+    let app = spawn_app().await;
+    let token = &app.a.analyst;
+    let (from, to) = (app.create_risk_path(token, "From").await, app.create_risk_path(token, "To").await);
+    let mitigation = id_of(app.create_mitigation(token, &from, "Moving").await["id"].as_str().unwrap());
+    let subaction = "INSERT INTO mitigation_subactions (tenant_id, mitigation_id, title)
+                     SELECT tenant_id, id, 'Written meanwhile' FROM mitigations WHERE id = $1";
+    let moving = "UPDATE mitigations SET risk_id = $2 WHERE tenant_id = $1 AND id = $3";
+    let detail = race(&app, (subaction, mitigation), (moving, [app.a.id, id_of(&to), mitigation]), &to).await;
+    assert_eq!(detail["mitigations"][0]["subactions"][0]["title"], "Written meanwhile");
 }

@@ -21,34 +21,27 @@ impl Migration {
     }
 }
 
+/// `Migration` number `version` with the SQL of `sql/<prefix>_<name>.sql` (the prefix is the version
+/// in four digits; a test holds the list to the folder).
+macro_rules! migration {
+    ($version:literal, $prefix:literal, $name:literal) => {
+        Migration { version: $version, name: $name, sql: include_str!(concat!("../sql/", $prefix, "_", $name, ".sql")) }
+    };
+}
+
 /// Every migration, in the order it must be applied.
 pub const MIGRATIONS: &[Migration] = &[
-    Migration { version: 1, name: "schema", sql: include_str!("../sql/0001_schema.sql") },
-    Migration { version: 2, name: "cache_outbox", sql: include_str!("../sql/0002_cache_outbox.sql") },
-    Migration { version: 3, name: "watch_openrisk", sql: include_str!("../sql/0003_watch_openrisk.sql") },
-    Migration { version: 4, name: "risk_assets_by_risk", sql: include_str!("../sql/0004_risk_assets_by_risk.sql") },
-    Migration { version: 5, name: "lean_capture_triggers", sql: include_str!("../sql/0005_lean_capture_triggers.sql") },
-    Migration {
-        version: 6,
-        name: "outbox_without_txid_index",
-        sql: include_str!("../sql/0006_outbox_without_txid_index.sql"),
-    },
-    Migration { version: 7, name: "watch_name_collisions", sql: include_str!("../sql/0007_watch_name_collisions.sql") },
-    Migration {
-        version: 8,
-        name: "assets_invalidate_linked_risks",
-        sql: include_str!("../sql/0008_assets_invalidate_linked_risks.sql"),
-    },
-    Migration {
-        version: 9,
-        name: "external_id_unique_among_live_risks",
-        sql: include_str!("../sql/0009_external_id_unique_among_live_risks.sql"),
-    },
-    Migration {
-        version: 10,
-        name: "served_times_have_four_digit_years",
-        sql: include_str!("../sql/0010_served_times_have_four_digit_years.sql"),
-    },
+    migration!(1, "0001", "schema"),
+    migration!(2, "0002", "cache_outbox"),
+    migration!(3, "0003", "watch_openrisk"),
+    migration!(4, "0004", "risk_assets_by_risk"),
+    migration!(5, "0005", "lean_capture_triggers"),
+    migration!(6, "0006", "outbox_without_txid_index"),
+    migration!(7, "0007", "watch_name_collisions"),
+    migration!(8, "0008", "assets_invalidate_linked_risks"),
+    migration!(9, "0009", "external_id_unique_among_live_risks"),
+    migration!(10, "0010", "served_times_have_four_digit_years"),
+    migration!(11, "0011", "tags_from_parents_wait_for_the_parents_writers"),
 ];
 
 #[derive(Debug, thiserror::Error)]

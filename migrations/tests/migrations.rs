@@ -68,6 +68,24 @@ async fn the_park_lock_key_of_the_sql_is_the_one_the_rust_side_names() {
     assert_eq!(key, openrisk_shared::advisory_locks::PARK);
 }
 
+#[test]
+fn every_sql_file_is_a_migration_in_version_order() {
+    let folder = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("sql");
+    let mut files: Vec<String> = std::fs::read_dir(&folder)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+        .filter(|name| name.ends_with(".sql"))
+        .collect();
+    files.sort();
+    let listed: Vec<String> = openrisk_migrations::MIGRATIONS
+        .iter()
+        .map(|migration| format!("{:04}_{}.sql", migration.version, migration.name))
+        .collect();
+    assert_eq!(listed, files, "MIGRATIONS lists every file of sql/, by version, under its own name");
+    let versions: Vec<i64> = openrisk_migrations::MIGRATIONS.iter().map(|migration| migration.version).collect();
+    assert!(versions.windows(2).all(|pair| pair[1] == pair[0] + 1), "versions follow each other: {versions:?}");
+}
+
 #[tokio::test]
 async fn migrations_apply_twice_cleanly() {
     let db = TestDatabase::create().await;
