@@ -132,14 +132,16 @@ async fn a_risk_detail_is_invalidated_by_changes_to_its_linked_assets_made_by_pl
     // A sub-action changed by SQL reaches the detail too (through risk:<id>).
     let mitigation = app.create_mitigation(token, &path, "M").await;
     let mitigation_id = mitigation["id"].as_str().unwrap();
+    app.assert_cached(&path, token).await;
     app.sql(&format!(
         "INSERT INTO mitigation_subactions (tenant_id, mitigation_id, title) VALUES ('{}', '{mitigation_id}', 'From SQL')",
         app.a.id
     ))
     .await;
-    app.get(&path, token).await;
     app.drain_outbox().await;
-    let detail = app.get_json(&path, token).await;
+    let detail = app.get(&path, token).await;
+    assert!(cache_status(&detail).is_miss(), "a sub-action's change invalidates risk:<id>");
+    let detail: Value = detail.json().await.unwrap();
     assert_eq!(detail["mitigations"][0]["subactions"][0]["title"], "From SQL");
 }
 

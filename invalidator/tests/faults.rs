@@ -318,20 +318,7 @@ async fn a_replica_killed_mid_batch_leaves_its_events_to_another() {
         .stderr(Stdio::null())
         .spawn()
         .expect("start replica A");
-    let sql = &h.sql;
-    eventually("replica A holds a claimed batch", WAIT, || async move {
-        let holding: i64 = sql
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'openrisk-invalidator'
-                 AND datname = current_database() AND state = 'idle in transaction'",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        holding == 1
-    })
-    .await;
+    h.until_a_replica_holds_a_claim(WAIT).await;
     replica_a.kill().expect("SIGKILL replica A");
     replica_a.wait().unwrap();
     let _: () = redis::cmd("CLIENT").arg("UNPAUSE").query_async(&mut h.redis).await.unwrap();

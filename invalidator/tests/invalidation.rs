@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Harness, eventually, http_get};
+use common::{Harness, WakeupListener, eventually, http_get};
 use openrisk_shared::config::WakeMode;
 use openrisk_shared::db::Lsn;
 use openrisk_shared::protocol::{self, Lookup};
@@ -191,6 +191,7 @@ async fn a_lingering_replica_takes_new_events_without_parking() {
     let mut settings = h.settings_without_polling();
     // Longer than WAIT too: only the lingering looks can get the write applied in time.
     settings.invalidator.linger_ms = 120_000;
+    let mut listener = WakeupListener::start(&h).await;
     let running = h.start(settings).await;
     let connected = running.metrics.listener_connected.clone();
     eventually("LISTEN session up", WAIT, || {
@@ -200,7 +201,7 @@ async fn a_lingering_replica_takes_new_events_without_parking() {
     .await;
     let tenant = h.tenant("a").await;
     h.assert_a_new_risk_invalidates_the_risk_list(tenant, "picked up while lingering", WAIT).await;
-    assert_eq!(running.metrics.parked.get(), 0, "never parked, so writers never notified");
+    assert_eq!(listener.writers_notifications().await, 0, "never parked, so writers never notified");
     assert!(running.shutdown(WAIT).await);
 }
 
@@ -208,43 +209,19 @@ async fn a_lingering_replica_takes_new_events_without_parking() {
 async fn writers_notify_only_while_an_invalidator_is_parked() {
     let h = Harness::new().await;
     let tenant = h.tenant("a").await;
-    let notifications = |listener: &mut tokio::sync::mpsc::UnboundedReceiver<()>| {
-        let mut count = 0;
-        while listener.try_recv().is_ok() {
-            count += 1;
-        }
-        count
-    };
-    let (config, tls) = openrisk_shared::db::config(&h.db.url, "test-listener", &Default::default()).unwrap();
-    let (client, mut connection) = config.connect(tls).await.unwrap();
-    let (sender, mut received) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        use futures::StreamExt;
-        let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
-        while let Some(Ok(message)) = messages.next().await {
-            if let tokio_postgres::AsyncMessage::Notification(_) = message {
-                let _ = sender.send(());
-            }
-        }
-    });
-    client.batch_execute("LISTEN openrisk_cache_wakeup").await.unwrap();
+    let mut listener = WakeupListener::start(&h).await;
 
     // Nobody parked: writes stay silent.
     for i in 0..5 {
         h.risk(tenant, &format!("quiet {i}")).await;
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(notifications(&mut received), 0, "no notify while nobody is parked");
+    assert_eq!(listener.writers_notifications().await, 0, "no notify while nobody is parked");
 
     // Someone parked (the park lock held exclusively): a write notifies.
-    client.batch_execute("SELECT pg_advisory_lock(cache_park_lock_key())").await.unwrap();
+    listener.session().batch_execute("SELECT pg_advisory_lock(cache_park_lock_key())").await.unwrap();
     h.risk(tenant, "loud").await;
-    eventually("a notification", WAIT, || {
-        let got = notifications(&mut received) > 0;
-        async move { got }
-    })
-    .await;
-    client.batch_execute("SELECT pg_advisory_unlock(cache_park_lock_key())").await.unwrap();
+    assert_eq!(listener.writers_notifications().await, 1, "the write notified the parked replica");
+    listener.session().batch_execute("SELECT pg_advisory_unlock(cache_park_lock_key())").await.unwrap();
 }
 
 #[tokio::test]

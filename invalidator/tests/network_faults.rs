@@ -69,11 +69,7 @@ async fn a_replica_cut_off_from_postgres_mid_batch_never_acknowledges_and_anothe
     .await;
 
     h.risk(tenant, "claimed by A, then cut off").await;
-    let harness = &h;
-    eventually("replica A holds the batch", WAIT, || async move {
-        sessions(harness, "openrisk-invalidator").await.iter().any(|(_, state)| state == "idle in transaction")
-    })
-    .await;
+    h.until_a_replica_holds_a_claim(WAIT).await;
     let claimed = h.outbox_len().await;
     assert!(claimed > 0);
     link.blackhole_address(link.server_address(0));

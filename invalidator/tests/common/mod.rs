@@ -145,6 +145,20 @@ impl Harness {
         .await
     }
 
+    /// Waits until some replica holds a claimed batch: a session of the invalidator idle in a
+    /// transaction that has a transaction id (the claim's `DELETE` took one; a parked replica's
+    /// open transaction has none).
+    pub async fn until_a_replica_holds_a_claim(&self, within: Duration) {
+        let holding = "SELECT count(*) FROM pg_stat_activity
+                       WHERE application_name = 'openrisk-invalidator' AND datname = current_database()
+                         AND state = 'idle in transaction' AND backend_xid IS NOT NULL";
+        let sql = &self.sql;
+        eventually("a replica holds a claimed batch", within, || async move {
+            sql.query_one(holding, &[]).await.unwrap().get::<_, i64>(0) >= 1
+        })
+        .await;
+    }
+
     /// Waits until the outbox is empty (everything applied and acknowledged).
     pub async fn drained(&self, within: Duration) {
         let deadline = Instant::now() + within;
@@ -200,6 +214,53 @@ pub async fn until_batches_failed(running: &Running, kind: &'static str, at_leas
         async move { errors.with_label_values(&[kind]).get() >= at_least }
     })
     .await;
+}
+
+/// A session of the test's own that LISTENs on the writers' wake-up channel.
+pub struct WakeupListener {
+    client: Client,
+    received: tokio::sync::mpsc::UnboundedReceiver<String>,
+}
+
+/// The payload [`WakeupListener::writers_notifications`] marks its end with.
+const SENTINEL: &str = "test-sentinel";
+
+impl WakeupListener {
+    pub async fn start(h: &Harness) -> Self {
+        let (config, tls) = openrisk_shared::db::config(&h.db.url, "test-listener", &Default::default()).unwrap();
+        let (client, mut connection) = config.connect(tls).await.unwrap();
+        let (sender, received) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            use futures::StreamExt;
+            let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+            while let Some(Ok(message)) = messages.next().await {
+                if let tokio_postgres::AsyncMessage::Notification(notification) = message {
+                    let _ = sender.send(notification.payload().to_owned());
+                }
+            }
+        });
+        client.batch_execute("LISTEN openrisk_cache_wakeup").await.unwrap();
+        Self { client, received }
+    }
+
+    /// How many times writers notified since the last call. A sentinel notified now arrives
+    /// after every notification committed before it, so none still on its way is missed.
+    pub async fn writers_notifications(&mut self) -> usize {
+        self.client.batch_execute(&format!("SELECT pg_notify('openrisk_cache_wakeup', '{SENTINEL}')")).await.unwrap();
+        let mut count = 0;
+        loop {
+            match tokio::time::timeout(Duration::from_secs(30), self.received.recv()).await {
+                Ok(Some(payload)) if payload == SENTINEL => return count,
+                Ok(Some(_)) => count += 1,
+                _ => panic!("the sentinel notification never arrived"),
+            }
+        }
+    }
+
+    /// The session, to take the park lock on as a parked replica would.
+    pub fn session(&self) -> &Client {
+        &self.client
+    }
 }
 
 /// A plain HTTP/1.1 GET against the replica's endpoints: (status, body).
