@@ -421,6 +421,8 @@ async fn report(world: &World, tally: &mut Tally, started: Instant) {
     let violations = stats.isolation_violations.load(Ordering::Relaxed);
     let isolation: Vec<String> = if violations > 0 {
         vec![format!("{violations} of {probes} cross-tenant reads answered 2xx")]
+    } else if probes == 0 {
+        vec!["no cross-tenant read was made, so isolation was not checked".to_owned()]
     } else {
         Vec::new()
     };
