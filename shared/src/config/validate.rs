@@ -48,7 +48,9 @@ impl Settings {
         rule(self.cache.redis_timeout_ms >= 1, "cache.redis_timeout_ms must be at least 1")?;
         rule(
             self.cache.token_cache_secs <= MAX_TOKEN_CACHE_SECS,
-            "cache.token_cache_secs must be at most 60: a revoked token keeps working that long",
+            &format!(
+                "cache.token_cache_secs must be at most {MAX_TOKEN_CACHE_SECS}: a revoked token keeps working that long"
+            ),
         )?;
         rule(self.http.request_timeout_ms >= 1, "http.request_timeout_ms must be at least 1")?;
         rule(
