@@ -28,14 +28,11 @@ use crate::auth::TokenVerifier;
 use crate::cache::{BeforeFillHook, Cache};
 use crate::db::Db;
 use crate::db::replicas::ReadRouter;
-use crate::error::{ApiError, problem_from_poem_error};
+use crate::error::problem_from_poem_error;
 use crate::hit_path::AnsweredRoute;
 use crate::metrics::Metrics;
 use crate::routes::{AssetsApi, HealthApi, MitigationsApi, RisksApi, StatsApi, TokensApi};
 use crate::variant_budget::VariantBudget;
-
-/// Largest request body accepted; larger ones get 413.
-pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
 /// The request id header: taken from the client when it sends a usable one (1 to 128 visible
 /// ASCII characters), a new UUID v4 otherwise, and returned on every response.
@@ -44,8 +41,9 @@ pub const REQUEST_ID_HEADER: &str = "x-request-id";
 /// How often the Redis Cluster's health is polled.
 const CLUSTER_WATCH_INTERVAL: Duration = Duration::from_secs(2);
 
-/// How long a shutdown waits for in-flight requests.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// How much longer than the request timeout a shutdown waits for in-flight requests: each then
+/// ends with its answer or its 503, never with a reset connection.
+const SHUTDOWN_MARGIN: Duration = Duration::from_secs(1);
 
 /// Why the service could not start.
 #[derive(Debug, thiserror::Error)]
@@ -189,10 +187,9 @@ pub fn routes(state: Arc<AppState>) -> BoxEndpoint<'static, Response> {
         .nest("/", service)
         .around(crate::hygiene::head_as_get)
         .with(NormalizePath::new(TrailingSlash::Trim))
-        .around(limit_body)
         // Inside the request deadline, outside everything a hit does not need.
         .around(crate::hit_path::answer_hits_first)
-        .around(move |endpoint, request| crate::request_timeout::within(endpoint, request, request_timeout))
+        .around(move |endpoint, request| crate::request_limits::within(endpoint, request, request_timeout))
         .catch_all_error(|error: poem::Error| async move {
             // Keep the matched route template for the request metrics.
             let pattern = error.data::<poem::PathPattern>().cloned();
@@ -222,32 +219,6 @@ pub fn routes(state: Arc<AppState>) -> BoxEndpoint<'static, Response> {
         })
         .map_to_response()
         .boxed()
-}
-
-/// Rejects bodies over [`MAX_BODY_BYTES`] with 413, whether or not they announce their length.
-async fn limit_body<E: Endpoint>(endpoint: Arc<E>, mut request: Request) -> poem::Result<Response> {
-    let announced =
-        request.header(poem::http::header::CONTENT_LENGTH).and_then(|value| value.parse::<usize>().ok()).unwrap_or(0);
-    if announced > MAX_BODY_BYTES {
-        return Err(too_large());
-    }
-    let body = request.take_body().into_bytes_limit(MAX_BODY_BYTES).await.map_err(|_| too_large())?;
-    // Media types are case-insensitive, and so is the parser that reads the body after this.
-    let json = request.content_type().is_some_and(|content_type| content_type.to_ascii_lowercase().contains("json"));
-    if json && let Some(detail) = crate::hygiene::repeated_key(&body) {
-        let problem = crate::error::Problem::new(poem::http::StatusCode::BAD_REQUEST, detail);
-        return Err(ApiError::BadRequest(poem_openapi::payload::Json(problem)).into());
-    }
-    request.set_body(body);
-    endpoint.call(request).await.map(IntoResponse::into_response)
-}
-
-fn too_large() -> poem::Error {
-    ApiError::PayloadTooLarge(poem_openapi::payload::Json(crate::error::Problem::new(
-        poem::http::StatusCode::PAYLOAD_TOO_LARGE,
-        format!("the request body exceeds {MAX_BODY_BYTES} bytes"),
-    )))
-    .into()
 }
 
 /// The client's `x-request-id` when usable, a new UUID v4 otherwise.
@@ -518,7 +489,7 @@ impl Application {
         let timeouts = ServeTimeouts {
             headers: Some(idle_timeout),
             requestless: Some(idle_timeout),
-            shutdown_grace: SHUTDOWN_GRACE,
+            shutdown_grace: Duration::from_millis(http.request_timeout_ms) + SHUTDOWN_MARGIN,
         };
         let metrics_acceptor = TcpAcceptor::from_tokio(metrics_listener)
             .map_err(|source| StartError::Listen { addr: metrics_addr, source })?;

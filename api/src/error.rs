@@ -71,6 +71,11 @@ pub enum ApiError {
     #[oai(status = 404, content_type = "application/problem+json")]
     #[error("not found: {}", .0.detail)]
     NotFound(Json<Problem>),
+    /// The request body did not arrive within the request deadline; the connection is closed.
+    /// Send the request again with its body at once.
+    #[oai(status = 408, content_type = "application/problem+json")]
+    #[error("request timeout: {}", .0.detail)]
+    RequestTimeout(Json<Problem>),
     /// The request conflicts with existing data (a duplicate external id, say).
     #[oai(status = 409, content_type = "application/problem+json")]
     #[error("conflict: {}", .0.detail)]

@@ -11,7 +11,7 @@ pub mod hit_path;
 pub mod hygiene;
 pub mod metrics;
 pub mod model;
-pub mod request_timeout;
+pub mod request_limits;
 pub mod routes;
 pub mod seed;
 pub mod spec;

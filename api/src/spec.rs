@@ -1,5 +1,5 @@
 //! The OpenAPI document as published (`openrisk-api openapi`, `/openapi.json`, `/docs`): what
-//! poem-openapi derives, plus three adjustments its attributes cannot express. Without them client
+//! poem-openapi derives, plus four adjustments its attributes cannot express. Without them client
 //! generators drop operations and models, and linters report errors; `docs/clients.md` names the
 //! generators and `openapi/clients.sh` checks them against the result.
 
@@ -104,6 +104,7 @@ pub fn publish(derived: &str) -> String {
     unwrap_annotated_references(&mut document);
     mark_public_operations(&mut document);
     close_request_bodies(&mut document);
+    spell_response_headers(&mut document);
     serde_json::to_string_pretty(&document).expect("a JSON tree always serialises")
 }
 
@@ -167,6 +168,28 @@ fn mark_public_operations(document: &mut Json) {
     }
 }
 
+/// Header names as RFC 9110 and its kin spell them, where poem-openapi upper-cases them (it does
+/// for headers declared on an error or a `201`; those declared on a success keep their spelling).
+const HEADER_SPELLINGS: [&str; 4] = ["ETag", "Location", "WWW-Authenticate", "Cache-Status"];
+
+/// Gives each response header its usual spelling, so the document names one header one way
+/// (generated TypeScript types would otherwise carry both `ETAG` and `ETag`).
+fn spell_response_headers(document: &mut Json) {
+    for operation in operations_mut(document) {
+        let Some(Json::Object(responses)) = operation.get_mut("responses") else { continue };
+        for response in responses.values_mut().filter_map(Json::as_object_mut) {
+            let Some(Json::Object(headers)) = response.get_mut("headers") else { continue };
+            *headers = std::mem::take(headers)
+                .into_iter()
+                .map(|(name, header)| {
+                    let spelled = HEADER_SPELLINGS.iter().find(|spelling| spelling.eq_ignore_ascii_case(&name));
+                    (spelled.map_or(name, |spelling| (*spelling).to_owned()), header)
+                })
+                .collect();
+        }
+    }
+}
+
 /// Where the component schemas are referenced from.
 const SCHEMA_PREFIX: &str = "#/components/schemas/";
 
@@ -207,6 +230,15 @@ mod tests {
 
     fn published(derived: Value) -> Value {
         serde_json::from_str(&publish(&derived.to_string())).unwrap()
+    }
+
+    #[test]
+    fn response_headers_are_spelled_one_way_whatever_poem_openapi_made_of_them() {
+        let headers = json!({"ETAG": {}, "LOCATION": {}, "WWW-AUTHENTICATE": {}, "Cache-Status": {}, "X-Other": {}});
+        let document = published(json!({"paths": {"/r": {"get": {"responses": {"200": {"headers": headers}}}}}}));
+        let spelled: Vec<&String> =
+            document["paths"]["/r"]["get"]["responses"]["200"]["headers"].as_object().unwrap().keys().collect();
+        assert_eq!(spelled, ["Cache-Status", "ETag", "Location", "WWW-Authenticate", "X-Other"]);
     }
 
     #[test]

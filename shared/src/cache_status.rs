@@ -141,4 +141,13 @@ mod tests {
         assert_eq!(values.len(), CacheStatus::ALL.len());
         assert_eq!(CacheStatus::parse("openrisk; hit; extra"), None, "only exact values parse");
     }
+
+    #[test]
+    fn the_clients_guide_lists_every_value_in_a_row_of_its_own() {
+        let guide = include_str!("../../docs/clients.md");
+        for status in CacheStatus::ALL {
+            let row = format!("| `{}` |", status.header_value());
+            assert!(guide.contains(&row), "docs/clients.md has no row for {row}");
+        }
+    }
 }

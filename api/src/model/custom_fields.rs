@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-use crate::app::MAX_BODY_BYTES;
+use crate::request_limits::MAX_BODY_BYTES;
 
 /// Largest magnitude of a number: one near the edge of `f64` would not read back.
 pub const NUMBER_LIMIT: f64 = 1e300;

@@ -1,6 +1,7 @@
 //! `/healthz` and `/readyz`, outside the versioned API (`/metrics` is served on `METRICS_ADDR`).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use poem::web::Data;
 use poem_openapi::payload::Json;
@@ -54,6 +55,7 @@ pub enum ReplicaStatus {
 
 /// One read replica as the API last measured it (every `database.replica_check_interval_ms`).
 #[derive(Debug, Clone, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct ReplicaReadiness {
     /// `host:port/database`.
     pub name: String,
@@ -61,7 +63,7 @@ pub struct ReplicaReadiness {
     /// How long ago the primary passed the position the replica has replayed; absent when unknown.
     pub lag_seconds: Option<f64>,
     /// WAL bytes the replica has yet to replay; absent when unknown.
-    pub lag_bytes: Option<u64>,
+    pub lag_bytes: Option<i64>,
 }
 
 /// What /readyz found.
@@ -87,7 +89,8 @@ impl From<ReplicaState> for ReplicaReadiness {
             ReplicaHealth::Down => ReplicaStatus::Down,
             ReplicaHealth::NotInRecovery => ReplicaStatus::NotInRecovery,
         };
-        Self { name: state.name, status, lag_seconds: state.lag_seconds, lag_bytes: state.lag_bytes }
+        let lag_bytes = state.lag_bytes.map(saturating_i64);
+        Self { name: state.name, status, lag_seconds: state.lag_seconds, lag_bytes }
     }
 }
 
@@ -101,16 +104,23 @@ pub struct RedisClusterState {
     /// Whether every master reports `cluster_state:ok`.
     pub state_ok: bool,
     /// Masters seen replaced by one of their replicas since this process started.
-    pub failovers_seen: u64,
+    pub failovers_seen: i64,
     /// Slots seen moving to another master (resharding) since this process started.
-    pub slots_moved_seen: u64,
+    pub slots_moved_seen: i64,
 }
 
 impl From<ClusterHealth> for RedisClusterState {
     fn from(health: ClusterHealth) -> Self {
         let ClusterHealth { known_nodes, slots_ok, state_ok, failovers_seen, slots_moved_seen } = health;
+        let (failovers_seen, slots_moved_seen) = (saturating_i64(failovers_seen), saturating_i64(slots_moved_seen));
         Self { known_nodes, slots_ok, state_ok, failovers_seen, slots_moved_seen }
     }
+}
+
+/// A count as the published document's `int64` (`uint64` is no standard format, and Java
+/// generators read it as a 32-bit `Integer`).
+fn saturating_i64(count: u64) -> i64 {
+    i64::try_from(count).unwrap_or(i64::MAX)
 }
 
 /// Liveness.
@@ -156,14 +166,18 @@ impl HealthApi {
     /// of rotation, so its reads go to the primary), 503 when Postgres does not.
     #[oai(path = "/readyz", method = "get", operation_id = "readyz")]
     async fn readyz(&self, state: Data<&Arc<AppState>>) -> ReadyResponse {
-        let timeout = state.settings.pool_settings().acquire_timeout;
-        let postgres = matches!(tokio::time::timeout(timeout, state.db.ping()).await, Ok(Ok(())));
-        let redis = if !state.cache.enabled() {
-            DependencyState::Disabled
-        } else if state.cache.ping().await {
-            DependencyState::Up
-        } else {
-            DependencyState::Down
+        // Both checks at once, each within half the request timeout: the answer is always this
+        // document, never the request timeout's problem.
+        let request_timeout = Duration::from_millis(state.settings.http.request_timeout_ms);
+        let limit = state.settings.pool_settings().acquire_timeout.min(request_timeout / 2);
+        let redis_ping = async { !state.cache.enabled() || state.cache.ping().await };
+        let (postgres, redis) =
+            tokio::join!(tokio::time::timeout(limit, state.db.ping()), tokio::time::timeout(limit, redis_ping));
+        let postgres = matches!(postgres, Ok(Ok(())));
+        let redis = match redis {
+            _ if !state.cache.enabled() => DependencyState::Disabled,
+            Ok(true) => DependencyState::Up,
+            Ok(false) | Err(_) => DependencyState::Down,
         };
         let breaker_open = state.cache.breaker_open();
         let replicas: Vec<ReplicaReadiness> = state.reads.replica_states().into_iter().map(Into::into).collect();

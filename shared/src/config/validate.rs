@@ -6,6 +6,14 @@ use crate::redis_connection::RedisTarget;
 /// Longest `cache.token_cache_secs`: how long another API process may honour a revoked token.
 pub const MAX_TOKEN_CACHE_SECS: u64 = 60;
 
+/// Longest `cache.ttl_secs`: a year. Entries are kept exact by invalidation, not by expiry, so a
+/// longer one buys nothing, and the budget and jitter arithmetic stays far from overflow.
+pub const MAX_TTL_SECS: u64 = 365 * 24 * 3600;
+
+/// Longest `invalidator.poll_interval_ms`: it is also the LISTEN session's `lock_timeout`, which
+/// Postgres takes as a 32-bit count of milliseconds.
+pub const MAX_POLL_INTERVAL_MS: u64 = i32::MAX as u64;
+
 impl Settings {
     /// Checks the cross-field and range rules; the first broken one is the error.
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
@@ -43,7 +51,10 @@ impl Settings {
                 && !self.cache.key_prefix.contains(['{', '}', ' ']),
             "cache.key_prefix must be 1-64 characters without braces or spaces",
         )?;
-        rule(self.cache.ttl_secs >= 1, "cache.ttl_secs must be at least 1")?;
+        rule(
+            (1..=MAX_TTL_SECS).contains(&self.cache.ttl_secs),
+            &format!("cache.ttl_secs must be between 1 and {MAX_TTL_SECS} (a year)"),
+        )?;
         rule(self.cache.ttl_jitter_percent <= 50, "cache.ttl_jitter_percent must be at most 50")?;
         rule(self.cache.redis_timeout_ms >= 1, "cache.redis_timeout_ms must be at least 1")?;
         rule(
@@ -63,9 +74,20 @@ impl Settings {
             (1..=100_000).contains(&self.invalidator.batch_size),
             "invalidator.batch_size must be between 1 and 100000",
         )?;
-        rule(self.invalidator.poll_interval_ms >= 1, "invalidator.poll_interval_ms must be at least 1")?;
+        rule(
+            (1..=MAX_POLL_INTERVAL_MS).contains(&self.invalidator.poll_interval_ms),
+            &format!("invalidator.poll_interval_ms must be between 1 and {MAX_POLL_INTERVAL_MS}"),
+        )?;
+        rule(self.invalidator.ready_max_lag_ms >= 1, "invalidator.ready_max_lag_ms must be at least 1")?;
         let pool = self.pool_settings();
         rule(pool.max_connections >= 1, "pool.max_connections must be at least 1")?;
+        // Zero is no way to switch these off: the pool would close and reopen connections in a
+        // busy loop, or fail every acquire.
+        rule(
+            !pool.max_lifetime.is_zero() && !pool.idle_timeout.is_zero(),
+            "pool.max_lifetime_secs and pool.idle_timeout_secs must be at least 1",
+        )?;
+        rule(!pool.acquire_timeout.is_zero(), "pool.acquire_timeout_ms must be at least 1")?;
         rule(pool.min_idle <= pool.max_connections, "pool.min_idle must not exceed pool.max_connections")?;
         Ok(())
     }

@@ -1,0 +1,78 @@
+//! The API's limits on one request: its body (at most [`MAX_BODY_BYTES`], no JSON key twice) must
+//! arrive within `http.request_timeout_ms` (408 otherwise), and the whole request must be answered
+//! within it (503 otherwise). The limits on connections are the server loop's
+//! (`openrisk_shared::http_server`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use poem::http::{HeaderValue, StatusCode, Version, header};
+use poem::{Endpoint, IntoResponse, Request, Response};
+use poem_openapi::payload::Json;
+use tokio::time::{Instant, timeout_at};
+
+use crate::error::{ApiError, Problem};
+
+/// Largest request body accepted; larger ones get 413.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// Reads the body (when there is one) and then answers, both before `limit` has passed since the
+/// request arrived: a body still arriving then gets 408 (the client was too slow), an answer the
+/// server has not finished gets 503 (the server was).
+pub async fn within<E: Endpoint>(endpoint: Arc<E>, mut request: Request, limit: Duration) -> poem::Result<Response> {
+    let deadline = Instant::now() + limit;
+    if may_have_body(&request) {
+        match timeout_at(deadline, read_body(&mut request)).await {
+            Ok(read) => read?,
+            Err(_) => return Ok(body_too_slow(limit)),
+        }
+    }
+    match timeout_at(deadline, endpoint.call(request)).await {
+        Ok(result) => result.map(IntoResponse::into_response),
+        Err(_) => {
+            let detail = format!("the request took longer than {} ms; retry later", limit.as_millis());
+            Err(ApiError::unavailable(detail).into())
+        }
+    }
+}
+
+/// An HTTP/1 request without `Content-Length` or `Transfer-Encoding` has no body (RFC 9112 §6.3),
+/// so a plain GET, every cache hit included, skips the read; HTTP/2 says so only in its frames.
+fn may_have_body(request: &Request) -> bool {
+    let headers = request.headers();
+    request.version() >= Version::HTTP_2
+        || headers.contains_key(header::TRANSFER_ENCODING)
+        || headers.get(header::CONTENT_LENGTH).is_some_and(|length| length.as_bytes() != b"0")
+}
+
+/// Buffers the body, refusing one over [`MAX_BODY_BYTES`] (413) whether or not it announces its
+/// length, and a JSON one that holds a key twice in an object (400).
+async fn read_body(request: &mut Request) -> poem::Result<()> {
+    let announced = request.header(header::CONTENT_LENGTH).and_then(|value| value.parse::<usize>().ok()).unwrap_or(0);
+    if announced > MAX_BODY_BYTES {
+        return Err(too_large());
+    }
+    let body = request.take_body().into_bytes_limit(MAX_BODY_BYTES).await.map_err(|_| too_large())?;
+    // Media types are case-insensitive, and so is the parser that reads the body after this.
+    let json = request.content_type().is_some_and(|content_type| content_type.to_ascii_lowercase().contains("json"));
+    if json && let Some(detail) = crate::hygiene::repeated_key(&body) {
+        return Err(ApiError::BadRequest(Json(Problem::new(StatusCode::BAD_REQUEST, detail))).into());
+    }
+    request.set_body(body);
+    Ok(())
+}
+
+fn too_large() -> poem::Error {
+    let detail = format!("the request body exceeds {MAX_BODY_BYTES} bytes");
+    ApiError::PayloadTooLarge(Json(Problem::new(StatusCode::PAYLOAD_TOO_LARGE, detail))).into()
+}
+
+/// 408, closing the connection: what is left of the body would otherwise be read as the next
+/// request.
+fn body_too_slow(limit: Duration) -> Response {
+    let detail = format!("the request body did not arrive within {} ms; send it without pauses", limit.as_millis());
+    let mut response =
+        ApiError::RequestTimeout(Json(Problem::new(StatusCode::REQUEST_TIMEOUT, detail))).into_response();
+    response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
+}
