@@ -4,7 +4,10 @@ set -euo pipefail
 
 if ! pg_isready -q -h 127.0.0.1 -p 5432; then
     echo "starting PostgreSQL" >&2
-    pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | sort | tail -n1)" main start
+    version="$(find /etc/postgresql -mindepth 1 -maxdepth 1 -printf '%f\n' | sort -V | tail -n1)"
+    # Exit status 2: it is running already, still starting up or recovering; the wait below
+    # decides.
+    pg_ctlcluster --skip-systemctl-redirect "$version" main start || [ $? -eq 2 ]
 fi
 if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
     echo "starting Redis" >&2

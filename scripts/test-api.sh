@@ -48,15 +48,32 @@ start_test_api() {
     export OPENRISK_CACHE__KEY_PREFIX="$name"
     export OPENRISK_LOG__FILTER="warn"
     "$api" migrate >/dev/null
+    # Ports are picked before they are bound: a private Redis that lost its port to another
+    # process is seen here, not as a failing test later.
+    if ! answers_within_10s redis-cli -p "$redis_port" ping; then
+        echo "the private Redis did not start on port $redis_port:" >&2
+        cat "$log.redis" >&2
+        return 1
+    fi
     "$api" seed --tenants 1 --risks 20 --demo >/dev/null
     # shellcheck disable=SC2034  # read by the sourcing script
-    token="$("$api" token create --tenant demo --role admin 2>/dev/null | tail -n1)"
+    token="$("$api" token create --tenant demo --role admin | tail -n1)"
     "$api" serve >"$log" 2>&1 &
     test_api_pid=$!
+    if ! answers_within_10s curl -fs "http://$API_ADDR/healthz"; then
+        echo "the API did not answer on $API_ADDR:" >&2
+        cat "$log" >&2
+        return 1
+    fi
+}
+
+# answers_within_10s COMMAND...: whether COMMAND succeeds within 10 s of tries.
+answers_within_10s() {
     for _ in $(seq 1 100); do
-        curl -fs "http://$API_ADDR/healthz" >/dev/null 2>&1 && break
+        "$@" >/dev/null 2>&1 && return 0
         sleep 0.1
     done
+    return 1
 }
 
 stop_test_api_server() {
@@ -69,6 +86,7 @@ stop_test_api() {
     stop_test_api_process "$test_api_redis_pid"
     test_api_redis_pid=""
     if [ -n "$test_api_db" ]; then
-        psql -q "$test_api_admin_url" -c "DROP DATABASE IF EXISTS $test_api_db WITH (FORCE)" >/dev/null 2>&1 || true
+        psql -q "$test_api_admin_url" -c "DROP DATABASE IF EXISTS $test_api_db WITH (FORCE)" >/dev/null ||
+            echo "could not drop the test database $test_api_db" >&2
     fi
 }

@@ -10,10 +10,10 @@ scripts/ensure-netns-tools.sh
 if ! cargo nextest --version >/dev/null 2>&1; then
     cargo install --locked cargo-nextest
 fi
-cargo nextest run --workspace --profile "${NEXTEST_PROFILE:-default}" "$@"
+cargo nextest run --workspace "$@"
 # The API, invalidator and protocol suites once more, on a private Redis Cluster (less the
 # tests that bring servers of their own, which gain nothing from a second run).
-scripts/with-redis-cluster.sh cargo nextest run --workspace --profile "${NEXTEST_PROFILE:-default}" \
+scripts/with-redis-cluster.sh cargo nextest run --workspace \
     -E '(package(openrisk-api) | package(openrisk-invalidator) | (package(openrisk-shared) & binary(protocol)))
         & !binary(redis_failover) & !binary(redis_down) & !binary(network_faults) & !binary(openapi)
         & !binary(replicas)' "$@"

@@ -7,13 +7,15 @@ cd "$(dirname "$0")/.."
 
 cargo build -q -p openrisk-test-support --bin openrisk-test-cluster
 coproc CLUSTER { exec "${CARGO_TARGET_DIR:-target}/debug/openrisk-test-cluster"; }
-if ! read -r -t 120 url <&"${CLUSTER[0]}"; then
+# Bash unsets the coproc's variables once it exits: copies keep them usable under `set -u`.
+# shellcheck disable=SC2153 # CLUSTER_PID is set by `coproc`.
+cluster_out=${CLUSTER[0]} cluster_in=${CLUSTER[1]} cluster_pid=$CLUSTER_PID
+if ! read -r -t 120 url <&"$cluster_out"; then
     echo "the private Redis Cluster did not start" >&2
     exit 1
 fi
 status=0
 TEST_REDIS_URL="$url" "$@" || status=$?
-input=${CLUSTER[1]}
-exec {input}>&-
-wait "$CLUSTER_PID" 2>/dev/null || true
+exec {cluster_in}>&-
+wait "$cluster_pid" 2>/dev/null || true
 exit "$status"
