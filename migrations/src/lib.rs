@@ -42,6 +42,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(9, "0009", "external_id_unique_among_live_risks"),
     migration!(10, "0010", "served_times_have_four_digit_years"),
     migration!(11, "0011", "tags_from_parents_wait_for_the_parents_writers"),
+    migration!(12, "0012", "watched_tables_survive_a_rename"),
 ];
 
 #[derive(Debug, thiserror::Error)]

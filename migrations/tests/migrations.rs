@@ -362,12 +362,13 @@ async fn watched_rows_without_tenant_or_tags_and_bulk_statements() {
     let error = client.batch_execute("DROP TABLE notes").await.expect_err("still watched");
     assert!(error.as_db_error().is_some_and(|e| e.message().contains("depend")), "{error:?}");
     client.batch_execute("SELECT cache_unwatch('notes'); DROP TABLE notes").await.unwrap();
-    let leftovers: i64 = client
-        .query_one("SELECT count(*) FROM pg_proc WHERE proname LIKE 'cache\\_%\\_notes'", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(leftovers, 0, "cache_unwatch drops the generated functions");
+    assert_eq!(functions_for(&client, "notes").await, 0, "cache_unwatch drops the generated functions");
+}
+
+/// How many functions are named as cache_watch names them for a table called `table`.
+async fn functions_for(client: &Client, table: &str) -> i64 {
+    let pattern = format!("^cache_(capture|tenant|tags)_{table}$");
+    client.query_one("SELECT count(*) FROM pg_proc WHERE proname ~ $1", &[&pattern]).await.unwrap().get(0)
 }
 
 /// Generated function names leave out the schema and are cut at 63 bytes; a second table that
@@ -420,6 +421,73 @@ async fn tables_whose_generated_names_would_collide_are_refused() {
             (format!("{long}_one"), "INSERT".into(), t, tags(&["one:7".into()])),
         ]
     );
+}
+
+/// Runs `sql`, then tells what the invalidator's claim makes of the outbox: (table, op, tags,
+/// whether the table is watched) of each row, oldest first, claimed in a transaction rolled back.
+async fn claimed_after(client: &mut Client, sql: &str) -> Vec<(String, String, Vec<String>, bool)> {
+    client.batch_execute(sql).await.unwrap();
+    let transaction = client.transaction().await.unwrap();
+    let rows = transaction.query(openrisk_shared::outbox::CLAIM, &[&1000_i64]).await.unwrap();
+    rows.iter()
+        .map(|row| (row.get("table_name"), row.get("op"), tags(&row.get::<_, Vec<String>>("tags")), row.get("watched")))
+        .collect()
+}
+
+/// A watched table keeps its events when renamed (the invalidator would dead-letter events of a
+/// table it does not know, and invalidate their tenant's whole cache instead); its TRUNCATE reads
+/// the renamed table; its old name stays taken until it is watched again, which moves its
+/// functions to the new name; and unwatching leaves no function behind.
+#[tokio::test]
+async fn a_renamed_watched_table_keeps_its_invalidation_and_is_rewatched_and_unwatched_under_its_new_name() {
+    let db = TestDatabase::create().await;
+    let mut client = db.connect().await;
+    let t = tenant(&client, "acme").await;
+    let renamed = format!(
+        "CREATE TABLE notes (id int PRIMARY KEY, tenant_id uuid NOT NULL, topic text);
+         SELECT cache_watch('notes', 'r.tenant_id', $$ARRAY['note:' || r.topic]$$);
+         ALTER TABLE notes RENAME TO memos;
+         DELETE FROM cache_outbox;
+         INSERT INTO memos VALUES (1, '{t}', 'a');
+         CREATE TABLE notes (id int PRIMARY KEY, tenant_id uuid NOT NULL, topic text);
+         INSERT INTO notes VALUES (1, '{t}', 'unwatched');
+         TRUNCATE memos;"
+    );
+    assert_eq!(
+        claimed_after(&mut client, &renamed).await,
+        vec![
+            ("notes".into(), "INSERT".into(), tags(&["note:a".into()]), true),
+            ("notes".into(), "TRUNCATE".into(), tags(&["all".into()]), true),
+        ],
+        "the renamed table's events are known to the invalidator, and its TRUNCATE read its own rows"
+    );
+
+    let watch_notes = "SELECT cache_watch('notes', 'r.tenant_id', $$ARRAY['new:' || r.topic]$$)";
+    let error = client.batch_execute(watch_notes).await.expect_err("memos still calls cache_capture_notes");
+    assert!(error.as_db_error().is_some_and(|e| e.message().contains("memos")), "{error:?}");
+
+    client.batch_execute("SELECT cache_watch('memos', 'r.tenant_id', $$ARRAY['memo:' || r.topic]$$)").await.unwrap();
+    client.batch_execute(watch_notes).await.unwrap();
+    let written_to_both = format!(
+        "DELETE FROM cache_outbox;
+         INSERT INTO memos VALUES (2, '{t}', 'b');
+         INSERT INTO notes VALUES (2, '{t}', 'c');"
+    );
+    assert_eq!(
+        claimed_after(&mut client, &written_to_both).await,
+        vec![
+            ("memos".into(), "INSERT".into(), tags(&["memo:b".into()]), true),
+            ("notes".into(), "INSERT".into(), tags(&["new:c".into()]), true),
+        ]
+    );
+
+    client
+        .batch_execute("SELECT cache_unwatch('memos'), cache_unwatch('notes'); DROP TABLE memos, notes")
+        .await
+        .unwrap();
+    for table in ["memos", "notes"] {
+        assert_eq!(functions_for(&client, table).await, 0, "cache_unwatch drops the generated functions of {table}");
+    }
 }
 
 #[tokio::test]

@@ -21,7 +21,7 @@ pub struct OutboxRow {
     pub op: String,
     pub tags: Vec<String>,
     pub created_at: DateTime<Utc>,
-    /// Whether `table_name` is registered in `cache_watches`.
+    /// Whether `table_name` is a watched table's, by its name now or the one its triggers write.
     pub table_watched: bool,
 }
 
