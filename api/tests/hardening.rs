@@ -330,7 +330,7 @@ async fn etag_of(app: &TestApp, path: &str) -> String {
 }
 
 #[tokio::test]
-async fn writes_with_a_stale_if_match_are_refused_412_with_the_current_tag() {
+async fn writes_with_a_stale_if_match_are_refused_412_with_the_current_tag_and_a_change_answers_with_the_next_one() {
     let app = spawn_app().await;
     let token = &app.a.analyst;
     let risk_path = app.create_risk_path(token, "Conditional").await;
@@ -346,7 +346,10 @@ async fn writes_with_a_stale_if_match_are_refused_412_with_the_current_tag() {
     ] {
         let read = etag_of(&app, path).await;
         let conditional = |tag: &str| app.request(Method::PATCH, path, token).header("if-match", tag).json(&change);
-        assert_eq!(conditional(&read).send().await.unwrap().status(), StatusCode::OK, "{path}");
+        let changed = conditional(&read).send().await.unwrap();
+        assert_eq!(changed.status(), StatusCode::OK, "{path}");
+        let next = changed.headers().get("etag").map(|tag| tag.to_str().unwrap().to_owned());
+        assert_eq!(next, Some(etag_of(&app, path).await), "a change answers with the tag a GET of {path} now has");
         let stale = conditional(&read).send().await.unwrap();
         let current = stale.headers().get("etag").map(|tag| tag.to_str().unwrap().to_owned());
         assert_problem(stale, StatusCode::PRECONDITION_FAILED).await;

@@ -8,7 +8,7 @@ use poem_openapi::{ApiResponse, OpenApi};
 use uuid::Uuid;
 
 use super::caller::{Caller, Write};
-use super::{ApiTags, Cached, ListFilter, NoContent, Updated, body_of, default_limit, default_page, normalise_search};
+use super::{ApiTags, Cached, ListFilter, NoContent, Revised, body_of, default_limit, default_page, normalise_search};
 use crate::app::AppState;
 use crate::db::assets::AssetFilter;
 use crate::db::entities::assets;
@@ -137,14 +137,14 @@ impl AssetsApi {
         #[oai(name = "If-Match")]
         if_match: Header<Option<String>>,
         body: Json<AssetPatch>,
-    ) -> Result<Updated<Asset>, ApiError> {
+    ) -> Result<Revised<Asset>, ApiError> {
         let row = caller
             .write(async |write| {
                 let current = lock_asset(write, id.0, if_match.0.as_deref()).await?;
                 Ok(write.timed("asset_update", writes::update_asset(&write.txn, current, body.0)).await?)
             })
             .await?;
-        Ok(Updated::Ok(Json(Asset::try_from(row)?)))
+        Ok(Revised::as_served(Asset::try_from(row)?))
     }
 
     /// Delete an asset

@@ -6,7 +6,7 @@ use poem_openapi::{ApiResponse, OpenApi};
 use uuid::Uuid;
 
 use super::caller::{Caller, Write};
-use super::{ApiTags, Cached, NoContent, Updated, body_of};
+use super::{ApiTags, Cached, NoContent, Revised, Updated, body_of};
 use crate::app::AppState;
 use crate::db::entities::{mitigations, subactions};
 use crate::db::writes;
@@ -133,14 +133,14 @@ impl MitigationsApi {
         #[oai(name = "If-Match")]
         if_match: Header<Option<String>>,
         body: Json<MitigationPatch>,
-    ) -> Result<Updated<Mitigation>, ApiError> {
+    ) -> Result<Revised<Mitigation>, ApiError> {
         let patch = body.0;
         let update = async |write: &Write| {
             let current = find_for_write(write, risk_id.0, id.0, if_match.0.as_deref()).await?;
             let row = write.timed("mitigation_update", writes::update_mitigation(&write.txn, current, patch)).await?;
             mitigation_view(&write.state, &write.txn, write.tenant, row).await
         };
-        Ok(Updated::Ok(Json(caller.write(update).await?)))
+        Ok(Revised::as_served(caller.write(update).await?))
     }
 
     /// Delete a mitigation

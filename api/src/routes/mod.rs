@@ -292,6 +292,24 @@ pub enum Updated<T: ToJSON> {
     Ok(poem_openapi::payload::Json<T>),
 }
 
+/// Status 200 with the changed resource and the entity tag a GET of it serves from then on, so
+/// that a client can make its next conditional change without reading the resource again.
+#[derive(ApiResponse)]
+pub enum Revised<T: ToJSON> {
+    /// The resource as stored after the change. `ETag` is what a GET of the resource now answers
+    /// with (for a risk, its detail's), to send as the next change's `If-Match`.
+    #[oai(status = 200)]
+    Ok(poem_openapi::payload::Json<T>, #[oai(header = "ETag")] String),
+}
+
+impl<T: ToJSON> Revised<T> {
+    /// `resource`, whose GET answers with this same body.
+    fn as_served(resource: T) -> Self {
+        let etag = crate::cache::etag_of(&body_of(&resource));
+        Self::Ok(poem_openapi::payload::Json(resource), etag)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::if_match_matches;

@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use super::cacheable::{DEFAULT_SORT_BY, DEFAULT_SORT_DIR};
 use super::caller::{Caller, Write};
-use super::{ApiTags, Cached, ListFilter, NoContent, Updated, body_of, default_limit, default_page, normalise_search};
+use super::{ApiTags, Cached, ListFilter, NoContent, Revised, body_of, default_limit, default_page, normalise_search};
 use crate::app::AppState;
 use crate::db::replicas::Reader;
 use crate::db::risks::{RiskFilter, RiskOrder, ScoreRange};
@@ -213,7 +213,8 @@ impl RisksApi {
 
     /// Change a risk
     ///
-    /// Only the fields present change. Returns the risk as stored (with its new score).
+    /// Only the fields present change. Returns the risk as stored (with its new score); its `ETag`
+    /// is the detail's, as a GET now serves it.
     #[oai(path = "/risks/:id", method = "patch", operation_id = "updateRisk")]
     async fn update(
         &self,
@@ -225,17 +226,20 @@ impl RisksApi {
         #[oai(name = "If-Match")]
         if_match: Header<Option<String>>,
         body: Json<RiskPatch>,
-    ) -> Result<Updated<Risk>, ApiError> {
-        let row = caller
+    ) -> Result<Revised<Risk>, ApiError> {
+        let (row, detail) = caller
             .write(async |write| {
                 let current = lock_risk(write, id.0, if_match.0.as_deref()).await?;
                 if let Some(fields) = body.custom_fields.as_ref() {
                     check_custom_fields(fields)?;
                 }
-                Ok(write.timed("risk_update", writes::update_risk(&write.txn, current, body.0)).await?)
+                let row = write.timed("risk_update", writes::update_risk(&write.txn, current, body.0)).await?;
+                // The detail a GET serves from this commit on: its tag is the next `If-Match`.
+                let detail = load_detail(&write.state, &write.txn, write.tenant, id.0).await?;
+                Ok((row, detail))
             })
             .await?;
-        Ok(Updated::Ok(Json(Risk::try_from(row)?)))
+        Ok(Revised::Ok(Json(Risk::try_from(row)?), crate::cache::etag_of(&detail)))
     }
 
     /// Delete a risk
