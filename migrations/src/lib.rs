@@ -21,29 +21,9 @@ impl Migration {
     }
 }
 
-/// `Migration` number `version` with the SQL of `sql/<prefix>_<name>.sql` (the prefix is the version
-/// in four digits; a test holds the list to the folder).
-macro_rules! migration {
-    ($version:literal, $prefix:literal, $name:literal) => {
-        Migration { version: $version, name: $name, sql: include_str!(concat!("../sql/", $prefix, "_", $name, ".sql")) }
-    };
-}
-
-/// Every migration, in the order it must be applied.
-pub const MIGRATIONS: &[Migration] = &[
-    migration!(1, "0001", "schema"),
-    migration!(2, "0002", "cache_outbox"),
-    migration!(3, "0003", "watch_openrisk"),
-    migration!(4, "0004", "risk_assets_by_risk"),
-    migration!(5, "0005", "lean_capture_triggers"),
-    migration!(6, "0006", "outbox_without_txid_index"),
-    migration!(7, "0007", "watch_name_collisions"),
-    migration!(8, "0008", "assets_invalidate_linked_risks"),
-    migration!(9, "0009", "external_id_unique_among_live_risks"),
-    migration!(10, "0010", "served_times_have_four_digit_years"),
-    migration!(11, "0011", "tags_from_parents_wait_for_the_parents_writers"),
-    migration!(12, "0012", "watched_tables_survive_a_rename"),
-];
+/// Every migration, in the order it must be applied: each file `sql/<version>_<name>.sql`, as
+/// `build.rs` lists them (a test holds the versions to following each other).
+pub const MIGRATIONS: &[Migration] = include!(concat!(env!("OUT_DIR"), "/migrations.rs"));
 
 #[derive(Debug, thiserror::Error)]
 pub enum MigrateError {
