@@ -35,6 +35,20 @@ tenant=$(psql "$DATABASE_URL" -Atc "SELECT id FROM tenants WHERE slug = '$TENANT
 token=$("$CANDIDATE" token create --tenant "$TENANT" --role viewer --name api-ab 2>/dev/null)
 wrk_details "$DATABASE_URL" "$tenant" "$token" "$out/paths.lua"
 
+# Requests/sec of a wrk run of $2 against port $1; fails when wrk did not finish or when any
+# request was answered with an error status or lost on its socket: a side answering fast
+# 401s or 5xx would otherwise report their rate as its throughput.
+rate_of() {
+    local report
+    report=$(wrk -t2 -c"$CONNECTIONS" -d"$2" -s "$out/paths.lua" "http://127.0.0.1:$1") \
+        || { echo "wrk failed against :$1" >&2; return 1; }
+    if grep -E '^ *(Non-2xx or 3xx responses|Socket errors):' <<<"$report" >&2; then
+        echo "wrk against :$1: not every request was answered (above)" >&2
+        return 1
+    fi
+    sed -n 's/^Requests\/sec: *\([0-9.]*\).*/\1/p' <<<"$report"
+}
+
 declare -A port pid
 for variant in baseline candidate; do
     binary=$BASELINE
@@ -44,9 +58,18 @@ for variant in baseline candidate; do
     pid[$variant]=$!
     pids+=($!)
 done
+# One risk the token may read: each binary must answer it 200 before anything is timed.
+risk=$(psql "$DATABASE_URL" -Atc "SELECT id FROM risks WHERE tenant_id = '$tenant' AND deleted_at IS NULL LIMIT 1")
 for variant in baseline candidate; do
     for _ in $(seq 50); do curl -fs "http://127.0.0.1:${port[$variant]}/readyz" >/dev/null && break; sleep 0.2; done
-    wrk -t2 -c"$CONNECTIONS" -d2s -s "$out/paths.lua" "http://127.0.0.1:${port[$variant]}" >/dev/null
+    status=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $token" \
+        "http://127.0.0.1:${port[$variant]}/api/v1/risks/$risk" || true)
+    if [ "$status" != 200 ]; then
+        echo "$variant answered $status to GET /api/v1/risks/$risk with the token; its log:" >&2
+        tail -5 "$out/$variant.log" >&2
+        exit 1
+    fi
+    rate_of "${port[$variant]}" 2s >/dev/null
 done
 
 # User and system ticks of a process.
@@ -56,8 +79,7 @@ hz=$(getconf CLK_TCK)
 for round in $(seq "$ROUNDS"); do
     for variant in baseline candidate; do
         before=$(ticks "${pid[$variant]}")
-        rate=$(wrk -t2 -c"$CONNECTIONS" -d"${SECS}s" -s "$out/paths.lua" "http://127.0.0.1:${port[$variant]}" \
-            | sed -n 's/^Requests\/sec: *\([0-9.]*\).*/\1/p')
+        rate=$(rate_of "${port[$variant]}" "${SECS}s")
         after=$(ticks "${pid[$variant]}")
         awk -v v="$variant" -v r="$round" -v rate="$rate" -v t="$((after - before))" -v hz="$hz" -v s="$SECS" \
             'BEGIN { printf "round %d %-9s %8.0f req/s  API CPU %5.1f µs/request\n", r, v, rate, t / hz * 1e6 / (rate * s) }' \

@@ -30,7 +30,8 @@
 # writes/s (default 500) with idle cores and with the API at saturation (CONNECTIONS). The
 # variants: BASELINE (a git ref, default e35b86c: the last invalidator before its LISTEN task;
 # empty to skip) built in $OUT/baseline, this tree's invalidator, the same lingering LINGER_MS (default 5) before parking, and the same at
-# nice INVALIDATOR_NICE (default -10, as an operator would give it more CPU weight than the API),
+# nice INVALIDATOR_NICE (default -10, as an operator would give it more CPU weight than the API;
+# where this shell may set it: CAP_SYS_NICE for a negative one),
 # and the same with the API at nice API_NICE (default 10) during the phases (a lower CPU weight for
 # the read path than for Postgres, Redis and the invalidator), and where this shell may set
 # real-time priority (CAP_SYS_NICE) the same with the whole chain at SCHED_FIFO 1 (`realtime`
@@ -287,7 +288,13 @@ if [ "$WINDOW" = 1 ]; then
     variants+=(--invalidator-variant "this tree=$bin/openrisk-invalidator,linger=0")
     if [ "$TREE_VARIANTS" = all ]; then
         variants+=(--invalidator-variant "this tree, linger $LINGER_MS ms=$bin/openrisk-invalidator,linger=$LINGER_MS")
-        variants+=(--invalidator-variant "this tree, nice $INVALIDATOR_NICE=$bin/openrisk-invalidator,linger=0,nice=$INVALIDATOR_NICE")
+        # Only where nice can set it: without CAP_SYS_NICE a negative niceness falls back to 0
+        # (openrisk-bench refuses a variant that does not run at its niceness).
+        if [ "$(nice -n "$INVALIDATOR_NICE" nice 2>/dev/null)" = "$INVALIDATOR_NICE" ]; then
+            variants+=(--invalidator-variant "this tree, nice $INVALIDATOR_NICE=$bin/openrisk-invalidator,linger=0,nice=$INVALIDATOR_NICE")
+        else
+            log "nice $INVALIDATOR_NICE is not allowed here (CAP_SYS_NICE): that variant is left out"
+        fi
         variants+=(--invalidator-variant "this tree, API at nice $API_NICE=$bin/openrisk-invalidator,linger=0,api_nice=$API_NICE")
         if chrt -f 1 true 2>/dev/null; then
             variants+=(--invalidator-variant "this tree, real-time chain=$bin/openrisk-invalidator,linger=0,realtime")

@@ -171,6 +171,25 @@ quantiles() {
         }'
 }
 
+# Waits (up to 30 s) until the outbox is empty and the lag histogram counted at least $1 events
+# since the snapshot in $out/before, leaving its last snapshot in $out/after; fails otherwise.
+# (The invalidator counts a batch's events right after committing their deletion, so an empty
+# outbox alone may come a moment before the counts.)
+await_applied() {
+    local made=$1 left applied deadline=$((SECONDS + 30))
+    while :; do
+        buckets >"$out/after"
+        left=$(psql "$DATABASE_URL" -Atc "SELECT count(*) FROM cache_outbox")
+        applied=$(paste "$out/before" "$out/after" | awk '$1 == "+Inf" { print $4 - $2 }')
+        if [ "$left" = 0 ] && [ "${applied:-0}" -ge "$made" ]; then return 0; fi
+        if [ "$SECONDS" -ge "$deadline" ]; then
+            echo "30 s after the writes: $left events still in the outbox, ${applied:-0} of $made writes applied" >&2
+            exit 1
+        fi
+        sleep 0.1
+    done
+}
+
 if [ "$READS" = 1 ]; then
     command -v wrk >/dev/null || { echo "READS=1 needs wrk (Debian: wrk)" >&2; exit 1; }
     [ -x "$API_BIN" ] || { echo "no API binary at $API_BIN (for the readers' token): set API_BIN or CARGO_TARGET_DIR" >&2; exit 1; }
@@ -193,8 +212,8 @@ for rate in $RATES; do
     rm -f "$out"/pgbench_log.*
     made=$( (cd "$out" && "${chain[@]}" pgbench -n -c "$CLIENTS" -f update.sql -R "$rate" -T "$SECS" -l --log-prefix=pgbench_log "$DATABASE_URL" 2>&1) \
         | sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p')
-    sleep 0.5
-    for part in "" $STAGES; do buckets "$part" >"$out/after$part"; done
+    await_applied "$made"
+    for stage in $STAGES; do buckets "$stage" >"$out/after$stage"; done
     echo "$rate writes/s for $SECS s ($made made): $(quantiles "$out/before" "$out/after")"
     # pgbench's own latency per write (µs: from sending the update to its commit returning;
     # under -R the log's column 3 counts from the scheduled start, so the schedule lag, column 7,

@@ -41,11 +41,19 @@ for variant in "$@"; do
     pids+=($!)
     labels+=("$label") ports+=("$port")
 done
-for port in "${ports[@]}"; do
+healthy() { curl -fs "http://127.0.0.1:$1/healthz" >/dev/null; }
+for index in "${!ports[@]}"; do
+    label=${labels[$index]} port=${ports[$index]}
     for _ in $(seq 100); do
-        curl -fs "http://127.0.0.1:$port/healthz" >/dev/null && break
+        healthy "$port" && break
         sleep 0.1
     done
+    if ! healthy "$port"; then
+        echo "$label never answered /healthz on :$port in 10 s; its log:" >&2
+        tail -5 "$out/$label.log" >&2
+        exit 1
+    fi
+    : >"$out/$label.times"
 done
 
 token=$("${1#*=}" token create --tenant demo --role analyst --name miss-latency 2>/dev/null)
@@ -76,11 +84,13 @@ for round in $(seq "$ROUNDS"); do
             read -r status seconds cache < <(curl -s -o "$out/body" \
                 -w '%{http_code} %{time_total} %header{cache-status}\n' \
                 -H "Authorization: Bearer $token" "http://127.0.0.1:$port$(path_of "$risk")")
+            # Only fresh misses are timed: an error or a stale hit would time something else.
             if [ "$status" != 200 ] || ! grep -q "\"$title\"" "$out/body" || [[ "$cache" != *fwd=miss* ]]; then
                 echo "FAIL $label $risk: status $status, cache status ${cache:-none}" >&2
                 failed=$((failed + 1))
+            else
+                echo "$seconds" >>"$out/$label.times"
             fi
-            echo "$seconds" >>"$out/$label.times"
         done
     done
 done

@@ -20,6 +20,8 @@
 # mode for the drained variants (it builds it).
 # shellcheck source=load_tests/trigger_setup.sh
 source "$(dirname "$0")/trigger_setup.sh"
+# shellcheck source=scripts/free-port.sh
+source scripts/free-port.sh
 
 CLIENTS="${CLIENTS:-16}"
 SECONDS_PER_RUN="${SECONDS_PER_RUN:-15}"
@@ -40,6 +42,28 @@ run() { # run SCRIPT [DATABASE_URL] -> prints TPS
         | awk '/^tps/ {print $3; exit}'
 }
 
+# Waits up to 10 s for the condition "$2"… to hold; the run fails otherwise, $1 naming what was
+# awaited: a variant is measured only in the state its label names.
+await() {
+    local what=$1 deadline=$((SECONDS + 10))
+    shift
+    until "$@"; do
+        if [ "$SECONDS" -ge "$deadline" ]; then
+            echo "$what: not so after 10 s" >&2
+            exit 1
+        fi
+        sleep 0.1
+    done
+}
+# Whether the invalidator whose metrics are on port $1 reports gauge $2 at $3 (false while it
+# does not answer).
+gauge_is() {
+    curl -fs "http://127.0.0.1:$1/metrics" | awk -v name="$2" -v want="$3" '$1 == name && $2 == want { found = 1 } END { exit !found }'
+}
+outbox_empty() { [ "$(psql "$DB_URL" -Atc "SELECT count(*) FROM cache_outbox")" = 0 ]; }
+# Whether another session holds the park lock (this one's try releases it on disconnect).
+park_lock_held() { [ "$(psql "$DB_URL" -Atc "SELECT pg_try_advisory_lock(cache_park_lock_key())")" = f ]; }
+
 risk_workloads=(risks_owner risks_impact)
 declare -A total
 for variant in plain floor watched watched+drained watched+listen watched+parked; do total[$variant]=0; done
@@ -54,10 +78,21 @@ for round in $(seq 1 "$ROUNDS"); do
     for mode in poll listen; do
         variant="watched+drained"
         [ "$mode" = listen ] && variant="watched+listen"
-        DATABASE_URL="$DB_URL" OPENRISK_CACHE__KEY_PREFIX=bench METRICS_ADDR=127.0.0.1:0 OPENRISK_LOG__FILTER=warn \
+        metrics_port=$(free_port)
+        DATABASE_URL="$DB_URL" OPENRISK_CACHE__KEY_PREFIX=bench METRICS_ADDR="127.0.0.1:$metrics_port" OPENRISK_LOG__FILTER=warn \
             "$bin"/openrisk-invalidator run --mode "$mode" &
         invalidator=$!
-        sleep 1
+        # Measured once it runs in its mode (listening for wake-ups or not) and drains this
+        # database: one write's event leaves the outbox; in listen mode, once it parks again.
+        listening=0
+        [ "$mode" = listen ] && listening=1
+        await "$variant: the invalidator runs (listener connected: $listening)" \
+            gauge_is "$metrics_port" openrisk_invalidator_listener_connected "$listening"
+        psql "$DB_URL" -qc "UPDATE bench_watched SET value = value + 1 WHERE id = 1"
+        await "$variant: the invalidator drained the outbox" outbox_empty
+        if [ "$mode" = listen ]; then
+            await "$variant: the invalidator parked" gauge_is "$metrics_port" openrisk_invalidator_parked 1
+        fi
         add "$variant" "$(run watched)"
         kill "$invalidator"; wait "$invalidator" 2>/dev/null || true
         psql "$DB_URL" -qc "TRUNCATE cache_outbox"
@@ -65,8 +100,9 @@ for round in $(seq 1 "$ROUNDS"); do
     # Hold the park lock from a separate session for the whole run.
     (echo "SELECT pg_advisory_lock(cache_park_lock_key());"; sleep $((SECONDS_PER_RUN + 3))) | psql -q "$DB_URL" >/dev/null &
     holder=$!
-    sleep 1
+    await "watched+parked: the park lock is held" park_lock_held
     add watched+parked "$(run watched)"
+    park_lock_held || { echo "watched+parked: the park lock was released before the run ended" >&2; exit 1; }
     wait "$holder" 2>/dev/null || true
     psql "$DB_URL" -qc "TRUNCATE cache_outbox"
     for workload in "${risk_workloads[@]}"; do

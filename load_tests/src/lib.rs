@@ -3,8 +3,8 @@
 use prometheus::Histogram;
 
 /// Estimates quantile `q` (0–1) of a Prometheus histogram the way PromQL's `histogram_quantile`
-/// does (see [`bench::prom::quantile`]).
-pub fn histogram_quantile(histogram: &Histogram, q: f64) -> Option<f64> {
+/// does, but marks one above the highest finite bound (see [`bench::prom::quantile`]).
+pub fn histogram_quantile(histogram: &Histogram, q: f64) -> Option<bench::prom::Quantile> {
     let metric = prometheus::core::Collector::collect(histogram);
     let proto = metric.first()?.get_metric().first()?.get_histogram().clone();
     let mut buckets: Vec<(f64, f64)> =

@@ -43,6 +43,12 @@ pub fn parent(pid: u32) -> Option<u32> {
     after_command(&stat)?.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// The niceness of process `pid` (its main thread's); `None` when it is gone.
+pub fn nice(pid: u32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    after_command(&stat)?.split_whitespace().nth(16)?.parse().ok()
+}
+
 /// Every process whose parent is `pid` (a postmaster's backends, say).
 pub fn children(pid: u32) -> Vec<u32> {
     pids().filter(|&child| parent(child) == Some(pid)).collect()

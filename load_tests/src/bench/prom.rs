@@ -93,9 +93,58 @@ pub fn bucket_delta(before: &[(f64, f64)], after: &[(f64, f64)]) -> Vec<(f64, f6
         .collect()
 }
 
+/// A quantile estimated from histogram buckets, in the histogram's unit.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Quantile {
+    /// Interpolated inside a finite bucket.
+    At(f64),
+    /// In the +Inf bucket: above this highest finite bound, by an amount the histogram does not
+    /// hold (PromQL answers the bound itself there, which reads as a measurement).
+    Above(f64),
+}
+
+impl Quantile {
+    /// The same quantile in a unit `factor` times smaller (`1000.0`: seconds to milliseconds).
+    pub fn scaled(self, factor: f64) -> Self {
+        match self {
+            Self::At(value) => Self::At(value * factor),
+            Self::Above(bound) => Self::Above(bound * factor),
+        }
+    }
+
+    /// The value, when the histogram holds it (for arithmetic such as ratios).
+    pub fn value(self) -> Option<f64> {
+        match self {
+            Self::At(value) => Some(value),
+            Self::Above(_) => None,
+        }
+    }
+}
+
+/// `12.35`, or `> 50.00` above the highest finite bound (always two decimals).
+impl std::fmt::Display for Quantile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::At(value) => write!(f, "{value:.2}"),
+            Self::Above(bound) => write!(f, "> {bound:.2}"),
+        }
+    }
+}
+
+/// A number, or the string `"> bound"` above the highest finite bound.
+impl serde::Serialize for Quantile {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::At(value) => serializer.serialize_f64(*value),
+            Self::Above(bound) => serializer.serialize_str(&format!("> {bound}")),
+        }
+    }
+}
+
 /// PromQL's `histogram_quantile` over cumulative buckets: linear interpolation inside the bucket
-/// holding the rank; `None` without observations.
-pub fn quantile(buckets: &[(f64, f64)], q: f64) -> Option<f64> {
+/// holding the rank; [`Quantile::Above`] the highest finite bound when that bucket is +Inf;
+/// `None` without observations.
+pub fn quantile(buckets: &[(f64, f64)], q: f64) -> Option<Quantile> {
     let total = buckets.last()?.1;
     if total <= 0.0 {
         return None;
@@ -105,16 +154,21 @@ pub fn quantile(buckets: &[(f64, f64)], q: f64) -> Option<f64> {
     for &(upper, count) in buckets {
         if count >= rank {
             if upper.is_infinite() {
-                return Some(lower);
+                return Some(Quantile::Above(lower));
             }
             if count == lower_count {
-                return Some(upper);
+                return Some(Quantile::At(upper));
             }
-            return Some(lower + (upper - lower) * (rank - lower_count) / (count - lower_count));
+            return Some(Quantile::At(lower + (upper - lower) * (rank - lower_count) / (count - lower_count)));
         }
         (lower, lower_count) = (upper, count);
     }
-    Some(lower)
+    Some(Quantile::Above(lower))
+}
+
+/// A quantile for a report line: [`Quantile`]'s form, `-` without observations.
+pub fn show(quantile: Option<Quantile>) -> String {
+    quantile.map_or("-".to_owned(), |quantile| quantile.to_string())
 }
 
 #[cfg(test)]
@@ -139,8 +193,19 @@ up 1
         assert_eq!(sum(&samples, "openrisk_cache_requests_total", &[("route", "/api/v1/risks/{id}")]), 100.0);
         assert_eq!(sum(&samples, "up", &[]), 1.0);
         let buckets = buckets(&samples, "lag");
-        assert_eq!(quantile(&buckets, 0.5), Some(0.001));
-        assert!((quantile(&buckets, 0.75).unwrap() - 0.0055).abs() < 1e-9);
+        assert_eq!(quantile(&buckets, 0.5), Some(Quantile::At(0.001)));
+        assert!(quantile(&buckets, 0.75).and_then(Quantile::value).is_some_and(|v| (v - 0.0055).abs() < 1e-9));
         assert_eq!(quantile(&bucket_delta(&buckets, &buckets), 0.5), None);
+    }
+
+    #[test]
+    fn a_quantile_in_the_inf_bucket_is_above_the_highest_bound_not_at_it() {
+        let buckets = [(0.001, 50.0), (0.01, 90.0), (f64::INFINITY, 100.0)];
+        let p99 = quantile(&buckets, 0.99);
+        assert_eq!(p99, Some(Quantile::Above(0.01)));
+        assert_eq!(show(p99.map(|q| q.scaled(1000.0))), "> 10.00");
+        assert_eq!(serde_json::to_value(p99).unwrap(), serde_json::json!("> 0.01"));
+        assert_eq!(show(quantile(&buckets, 0.5).map(|q| q.scaled(1000.0))), "1.00");
+        assert_eq!(show(None), "-");
     }
 }

@@ -8,6 +8,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -45,8 +46,8 @@ impl Lag {
     }
 
     /// Quantile `q` (0–1) of the lag, in milliseconds.
-    pub fn ms(&self, q: f64) -> Option<f64> {
-        prom::quantile(&self.buckets, q).map(|seconds| seconds * 1000.0)
+    pub fn ms(&self, q: f64) -> Option<prom::Quantile> {
+        prom::quantile(&self.buckets, q).map(|seconds| seconds.scaled(1000.0))
     }
 
     pub fn to_json(&self) -> Value {
@@ -61,12 +62,12 @@ impl Lag {
     }
 }
 
-async fn scrape(addr: SocketAddr) -> Vec<prom::PromSample> {
-    let Ok(mut conn) = super::http::Conn::open(addr).await else { return Vec::new() };
-    match conn.send(&super::http::Req::get("/metrics", None)).await {
-        Ok(answer) => prom::parse(&String::from_utf8_lossy(&answer.body)),
-        Err(_) => Vec::new(),
-    }
+/// The samples of a `/metrics` endpoint. A failed scrape is an error, not an empty one: an empty
+/// "before" would turn a phase's histogram into the one of the process's whole life.
+async fn scrape(addr: SocketAddr) -> anyhow::Result<Vec<prom::PromSample>> {
+    let answer = super::http::Conn::open(addr).await?.send(&super::http::Req::get("/metrics", None)).await?;
+    anyhow::ensure!(answer.status == 200, "GET {addr}/metrics answered {}", answer.status);
+    Ok(prom::parse(&String::from_utf8_lossy(&answer.body)))
 }
 
 async fn backlog(pg: &tokio_postgres::Client) -> anyhow::Result<i64> {
@@ -87,7 +88,7 @@ pub async fn measure_lag(
     while backlog(&target.pg).await? > 0 && started.elapsed() < Duration::from_secs(30) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let before = scrape(target.metrics).await;
+    let before = scrape(target.metrics).await.with_context(|| format!("{}: metrics before the phase", target.name))?;
     let started = Instant::now();
     let mut next = started;
     let mut index = 0usize;
@@ -111,7 +112,7 @@ pub async fn measure_lag(
     }
     // The histogram is observed right after the deletion of the rows is committed.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let after = scrape(target.metrics).await;
+    let after = scrape(target.metrics).await.with_context(|| format!("{}: metrics after the phase", target.name))?;
     let name = "openrisk_invalidator_lag_seconds";
     lag.add(&prom::bucket_delta(&prom::buckets(&before, name), &prom::buckets(&after, name)));
     lag.writes += index as u64;
@@ -130,7 +131,7 @@ mod tests {
         lag.add(&[(0.001, 1.0), (0.01, 2.0), (f64::INFINITY, 2.0)]);
         lag.add(&[(0.001, 1.0), (0.01, 2.0), (f64::INFINITY, 2.0)]);
         assert_eq!(lag.buckets, vec![(0.001, 2.0), (0.01, 4.0), (f64::INFINITY, 4.0)]);
-        assert!(lag.ms(0.75).is_some_and(|ms| (ms - 5.5).abs() < 1e-9));
+        assert!(lag.ms(0.75).and_then(prom::Quantile::value).is_some_and(|ms| (ms - 5.5).abs() < 1e-9));
         assert_eq!(Lag::default().ms(0.5), None);
     }
 }

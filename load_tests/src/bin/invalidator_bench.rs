@@ -132,7 +132,7 @@ async fn main() -> anyhow::Result<()> {
         wait_for_empty_outbox(&sql).await?;
         let lag = &running.metrics.lag_seconds;
         let events = running.metrics.events_processed.get();
-        let ms = |q: f64| histogram_quantile(lag, q).map_or("-".to_owned(), |s| format!("{:.2} ms", s * 1000.0));
+        let ms = |q: f64| histogram_quantile(lag, q).map_or("-".to_owned(), |s| format!("{} ms", s.scaled(1000.0)));
         let achieved = written.load(Ordering::Relaxed) as f64 / args.seconds as f64;
         println!("| {rate} | {achieved:.0} | {events} | {} | {} | {} |", ms(0.5), ms(0.99), ms(1.0));
         running.shutdown(Duration::from_secs(10)).await;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::bail;
+use anyhow::{Context, bail};
 use bytes::Bytes;
 use hdrhistogram::Histogram;
 use hyper::Method;
@@ -42,17 +42,19 @@ pub async fn run(
         args.fresh_background_rate,
         phase * 2
     );
-    let invalidator_before = scrape(args.invalidator_metrics).await.unwrap_or_default();
+    let invalidator_before =
+        scrape(args.invalidator_metrics).await.context("the invalidator's metrics before the freshness phase")?;
     let sampler = ResourceSampler::start(args);
     let reads = Reads::Rate(mix, args.fresh_background_rate);
     let freshness = measure(args, &data.pg, &data.risks, reads, args.background_writes, phase * 2).await?;
     let (fresh_resources, fresh_connections) = sampler.stop().await;
-    let invalidator_after = scrape(args.invalidator_metrics).await.unwrap_or_default();
+    let invalidator_after =
+        scrape(args.invalidator_metrics).await.context("the invalidator's metrics after the freshness phase")?;
     let lag = prom::bucket_delta(
         &prom::buckets(&invalidator_before, "openrisk_invalidator_lag_seconds"),
         &prom::buckets(&invalidator_after, "openrisk_invalidator_lag_seconds"),
     );
-    let lag_ms = |q| prom::quantile(&lag, q).map(|s| s * 1000.0);
+    let lag_ms = |q| prom::quantile(&lag, q).map(|s| s.scaled(1000.0));
     let events = prom::sum(&invalidator_after, "openrisk_invalidator_events_processed_total", &[])
         - prom::sum(&invalidator_before, "openrisk_invalidator_events_processed_total", &[]);
     checks.run(&freshness.background);
@@ -115,7 +117,11 @@ pub async fn run(
     if !freshness.older_by_cause.is_empty() {
         println!("  reads older than the window by cause: {:?}", freshness.older_by_cause);
     }
-    println!("  invalidator: {events} events, lag p50 {:?} ms p99 {:?} ms", lag_ms(0.5), lag_ms(0.99));
+    println!(
+        "  invalidator: {events} events, lag p50 {} ms p99 {} ms",
+        prom::show(lag_ms(0.5)),
+        prom::show(lag_ms(0.99))
+    );
     Ok((freshness, report))
 }
 

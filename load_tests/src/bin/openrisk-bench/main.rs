@@ -59,7 +59,7 @@ async fn main() -> anyhow::Result<()> {
 
     let workloads = warmup::warm_up(&args, &data, &mut redis, &mut checks).await?;
     let saturation = saturation::run(&args, &workloads, &mut redis, &mut checks).await?;
-    let wrk = if args.wrk { Some(wrk::run(&args, &workloads).await) } else { None };
+    let wrk = if args.wrk { Some(wrk::run(&args, &workloads, &mut checks).await) } else { None };
     let mut fixed = mix::fixed_rate(&args, &workloads, &mut checks).await?;
     let dashboard = mix::dashboard_mix(&args, &data, &mut checks).await?;
     fixed.push(dashboard.steady);

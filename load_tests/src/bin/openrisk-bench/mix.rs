@@ -41,6 +41,12 @@ pub fn fixed_rate_report(args: &Args, runs: &[RunResult]) -> Value {
     json!({"rate": args.rate, "connections": args.connections, "runs": runs.iter().map(RunResult::summary).collect::<Vec<_>>()})
 }
 
+/// The share of the mix's repeat requests (keys asked for before) that must be hits. They were in
+/// every recorded run (99.98–100 % in RESULTS.md, 100 % in the smoke run): 90 % leaves room for
+/// the odd miss, and fails a cache that errs, bypasses or evicts, which a single hit (the former
+/// bar) let pass.
+const MIN_REPEAT_HIT_RATIO: f64 = 0.9;
+
 /// What the dashboard mix measured.
 pub struct DashboardMix {
     /// The mix, which the freshness phase runs in the background.
@@ -102,10 +108,15 @@ pub async fn dashboard_mix(args: &Args, data: &DataSet, checks: &mut Checks) -> 
     );
     println!("  resources: {resources}");
     println!("  postgres connections: {connections}");
+    let repeat_hits = hit_steady["ratio_of_repeat_requests"].as_f64().unwrap_or(0.0);
     checks.check(
         "the mix was served from the cache",
-        hit_steady["hit"].as_f64().unwrap_or(0.0) > 0.0,
-        format!("{hit_steady}"),
+        repeat_hits >= MIN_REPEAT_HIT_RATIO,
+        format!(
+            "{:.2} % of repeat requests hit (at least {:.0} %): {hit_steady}",
+            repeat_hits * 100.0,
+            MIN_REPEAT_HIT_RATIO * 100.0
+        ),
     );
     steady.name = "dashboard mix (cached)".into();
     let report = json!({
@@ -139,7 +150,7 @@ fn histograms_by_label(before: &[prom::PromSample], after: &[prom::PromSample], 
             );
             let count = delta.last().map_or(0.0, |(_, c)| *c);
             (count > 0.0).then(|| {
-                let q = |q| prom::quantile(&delta, q).map(|s| s * 1000.0);
+                let q = |q| prom::quantile(&delta, q).map(|s| s.scaled(1000.0));
                 (value, json!({"count": count, "p50": q(0.5), "p99": q(0.99)}))
             })
         })

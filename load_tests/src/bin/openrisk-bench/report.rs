@@ -80,8 +80,12 @@ pub fn plot_latency(args: &Args, fixed: &[RunResult], freshness: &Freshness) -> 
 /// The results as Markdown tables (pasted into RESULTS.md).
 pub fn summary_markdown(results: &Value) -> String {
     let mut md = String::new();
-    let f = |v: &Value| {
-        v.as_f64().map_or("–".to_owned(), |x| if x >= 100.0 { format!("{x:.0}") } else { format!("{x:.2}") })
+    // A number; a string (a quantile above its histogram's highest bound, `> 50`) as it is.
+    let f = |v: &Value| match (v.as_f64(), v.as_str()) {
+        (Some(x), _) if x >= 100.0 => format!("{x:.0}"),
+        (Some(x), _) => format!("{x:.2}"),
+        (None, Some(text)) => text.to_owned(),
+        (None, None) => "–".to_owned(),
     };
     md.push_str("### Saturation (closed loop)\n\n| target | req/s (mean of rounds) |\n|---|---|\n");
     if let Some(map) = results["saturation"]["mean_rps"].as_object() {

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::bail;
 use openrisk_load_tests::bench::http::{Conn, Req, Workload, closed_loop};
+use openrisk_load_tests::bench::prom::{self, Quantile};
 use openrisk_load_tests::bench::topology::{Lag, LagTarget, measure_lag};
 use openrisk_shared::CacheStatus;
 use rand::SeedableRng;
@@ -91,13 +92,13 @@ pub async fn run(
     let mut lag_json = serde_json::Map::new();
     for (target, lag) in targets.iter().zip(&lags) {
         println!(
-            "  {:<18} {} writes, {} events: lag p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms",
+            "  {:<18} {} writes, {} events: lag p50 {} ms, p90 {} ms, p99 {} ms",
             target.name,
             lag.writes,
             lag.events,
-            lag.ms(0.5).unwrap_or(f64::NAN),
-            lag.ms(0.9).unwrap_or(f64::NAN),
-            lag.ms(0.99).unwrap_or(f64::NAN)
+            prom::show(lag.ms(0.5)),
+            prom::show(lag.ms(0.9)),
+            prom::show(lag.ms(0.99))
         );
         checks.check(
             &format!("invalidation lag ({}): every write was invalidated and the outbox drained", target.name),
@@ -106,7 +107,10 @@ pub async fn run(
         );
         lag_json.insert(target.name.clone(), lag.to_json());
     }
-    let ratio = |a: Option<f64>, b: Option<f64>| a.zip(b).map(|(a, b)| a / b);
+    // No ratio of a quantile above the histogram's highest bound: its value is not known.
+    let ratio = |a: Option<Quantile>, b: Option<Quantile>| {
+        a.and_then(Quantile::value).zip(b.and_then(Quantile::value)).map(|(a, b)| a / b)
+    };
     let ratios = json!({
         "cluster_over_node_cached_detail_rps": mean(&cluster_rps) / mean(&node_rps),
         "cluster_over_node_lag_p50": ratio(lags[1].ms(0.5), lags[0].ms(0.5)),

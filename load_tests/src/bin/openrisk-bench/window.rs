@@ -130,7 +130,7 @@ impl Phase {
     fn report(&self) -> Value {
         let window = self.window.as_ref();
         let at = |p| window.map(|w| pct(w, p));
-        let lag_ms = |q| prom::quantile(&self.lag, q).map(|s| s * 1000.0);
+        let lag_ms = |q| prom::quantile(&self.lag, q).map(|s| s.scaled(1000.0));
         json!({
             "sql_writes_seen": window.map(Histogram::len),
             "window_ms": {"p50": at(50.0), "p99": at(99.0), "p99_9": at(99.9), "max": at(100.0)},
@@ -243,9 +243,9 @@ async fn measure_rounds(args: &Args, data: &DataSet, hot: Arc<Workload>, totals:
                 drained(&data.pg).await?;
                 let after = prom::buckets(&scrape(metrics).await?, LAG);
                 let lag = prom::bucket_delta(&before, &after);
-                let lag_ms = |q| prom::quantile(&lag, q).map_or(f64::NAN, |s| s * 1000.0);
+                let lag_ms = |q| prom::show(prom::quantile(&lag, q).map(|s| s.scaled(1000.0)));
                 println!(
-                    "  {name}: {:.0} reads/s, {:.0} writes/s, {:.0} freshness probe reads/s; SQL window p50 {:.2} p99 {:.2} p99.9 {:.2} max {:.2} ms ({} writes; last stale read p99 {:.2} ms; stale reads {:?}); polling reads p99 {:.2} ms; lag p50 {:.2} p99 {:.2} ms",
+                    "  {name}: {:.0} reads/s, {:.0} writes/s, {:.0} freshness probe reads/s; SQL window p50 {:.2} p99 {:.2} p99.9 {:.2} max {:.2} ms ({} writes; last stale read p99 {:.2} ms; stale reads {:?}); polling reads p99 {:.2} ms; lag p50 {} p99 {} ms",
                     seen.background.throughput(),
                     seen.background_writes as f64 / phase.as_secs_f64(),
                     seen.reads as f64 / phase.as_secs_f64(),
@@ -294,7 +294,12 @@ async fn interrupted() -> &'static str {
 
 /// The variants side by side, the first one as the reference of the ratios.
 fn markdown(args: &Args, report: &[Value]) -> String {
-    let f = |v: &Value| v.as_f64().map_or("-".to_owned(), |x| format!("{x:.2}"));
+    // A number; a string (a quantile above the lag histogram's highest bound, `> 50`) as it is.
+    let f = |v: &Value| match (v.as_f64(), v.as_str()) {
+        (Some(x), _) => format!("{x:.2}"),
+        (None, Some(text)) => text.to_owned(),
+        (None, None) => "-".to_owned(),
+    };
     let mut out = format!(
         "{} rounds of {} s per phase; SQL writes {}/s on other risks; window = first fresh answer after the SQL commit returned, ms; lag = `openrisk_invalidator_lag_seconds`, ms\n\n",
         args.rounds, args.phase_secs, args.window_writes
@@ -337,7 +342,9 @@ fn max_bucket(buckets: &[(f64, f64)]) -> f64 {
     buckets.iter().find(|&&(_, count)| count >= total && total > 0.0).map_or(0.0, |&(le, _)| le)
 }
 
-/// Starts a variant on a free loopback port and waits until its /metrics answers.
+/// Starts a variant on a free loopback port, waits until its /metrics answers and checks that it
+/// runs at the variant's niceness (`nice` runs the command at its own niceness when it may not
+/// set the one asked for: a negative one needs `CAP_SYS_NICE`).
 async fn start(variant: &Variant) -> anyhow::Result<(Child, SocketAddr)> {
     let metrics = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
     let mut command = if variant.nice == 0 {
@@ -359,6 +366,14 @@ async fn start(variant: &Variant) -> anyhow::Result<(Child, SocketAddr)> {
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
+    let pid = child.id().with_context(|| format!("invalidator {} exited", variant.label))?;
+    let nice = procfs::nice(pid).with_context(|| format!("the niceness of invalidator {}", variant.label))?;
+    anyhow::ensure!(
+        nice == variant.nice,
+        "invalidator {} runs at nice {nice}, not {} (a negative niceness needs CAP_SYS_NICE)",
+        variant.label,
+        variant.nice
+    );
     Ok((child, metrics))
 }
 

@@ -4,12 +4,14 @@ use openrisk_load_tests::bench::http::Req;
 use serde_json::{Value, json};
 
 use crate::args::Args;
+use crate::dataset::Checks;
 use crate::warmup::Workloads;
 
 /// Saturation of the ceiling (one key, the hot set and the list pages), the cached and uncached
 /// detail and the cached list measured by wrk (an independent generator), with Lua scripts
-/// drawing paths uniformly from each workload's requests.
-pub async fn run(args: &Args, w: &Workloads) -> Value {
+/// drawing paths uniformly from each workload's requests. Checks that every request of each run
+/// was answered: a rate counts error answers (a 401 is fast) and failed sockets alike.
+pub async fn run(args: &Args, w: &Workloads, checks: &mut Checks) -> Value {
     if std::process::Command::new("wrk").arg("--version").output().is_err() {
         println!("  wrk not installed: skipped");
         return json!({"skipped": "wrk not installed"});
@@ -37,14 +39,17 @@ pub async fn run(args: &Args, w: &Workloads) -> Value {
             .output()
             .await;
         let text = output.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
-        let rps = text.lines().find_map(|l| l.strip_prefix("Requests/sec:")).and_then(|v| v.trim().parse::<f64>().ok());
-        let non_2xx = text
-            .lines()
-            .find_map(|l| l.trim().strip_prefix("Non-2xx or 3xx responses:"))
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .unwrap_or(0);
-        println!("  wrk {name:<28} {:>9.0} req/s, non-2xx {non_2xx}", rps.unwrap_or(0.0));
-        out.insert(name.into(), json!({"rps": rps, "non_2xx": non_2xx}));
+        let WrkSummary { rps, non_2xx, socket_errors } = summary(&text);
+        println!(
+            "  wrk {name:<28} {:>9.0} req/s, non-2xx {non_2xx}, socket errors {socket_errors}",
+            rps.unwrap_or(0.0)
+        );
+        checks.check(
+            &format!("wrk {name} answered every request"),
+            rps.is_some() && non_2xx == 0 && socket_errors == 0,
+            format!("non-2xx {non_2xx} socket errors {socket_errors}"),
+        );
+        out.insert(name.into(), json!({"rps": rps, "non_2xx": non_2xx, "socket_errors": socket_errors}));
     }
     let ratio = |a: &str, b: &str| Some(out.get(a)?.get("rps")?.as_f64()? / out.get(b)?.get("rps")?.as_f64()?);
     let ratios = json!({
@@ -55,6 +60,28 @@ pub async fn run(args: &Args, w: &Workloads) -> Value {
     });
     out.insert("ratios".into(), ratios);
     Value::Object(out)
+}
+
+/// What wrk's report says of a run.
+#[derive(Debug, PartialEq)]
+struct WrkSummary {
+    /// `None` when wrk did not run to its report.
+    rps: Option<f64>,
+    non_2xx: u64,
+    /// Connect, read and write errors and timeouts.
+    socket_errors: u64,
+}
+
+/// Reads wrk's report; its `Non-2xx or 3xx responses` and `Socket errors` lines appear only when
+/// there were some.
+fn summary(text: &str) -> WrkSummary {
+    let after = |prefix: &str| text.lines().find_map(|line| line.trim().strip_prefix(prefix).map(str::to_owned));
+    let rps = after("Requests/sec:").and_then(|v| v.trim().parse().ok());
+    let non_2xx = after("Non-2xx or 3xx responses:").and_then(|v| v.trim().parse().ok()).unwrap_or(0);
+    // `connect 0, read 3, write 0, timeout 12`
+    let socket_errors = after("Socket errors:")
+        .map_or(0, |v| v.split(',').filter_map(|part| part.split_whitespace().nth(1)?.parse::<u64>().ok()).sum());
+    WrkSummary { rps, non_2xx, socket_errors }
 }
 
 /// A wrk script that sends `reqs`' paths (with their bearer tokens), drawn uniformly.
@@ -68,4 +95,19 @@ fn write_paths_script(file: &std::path::Path, reqs: &[Req]) -> std::io::Result<(
          return wrk.format(\"GET\", p[1], {[\"Authorization\"] = p[2]})\nend\n",
     );
     std::fs::write(file, lua)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{WrkSummary, summary};
+
+    #[test]
+    fn error_answers_and_socket_errors_are_read_from_the_report() {
+        let failing = "Running 1s test @ http://127.0.0.1:1\n  Socket errors: connect 0, read 3, write 0, timeout 12\n  \
+                       Non-2xx or 3xx responses: 4521\nRequests/sec:  45210.50\nTransfer/sec:      5.12MB\n";
+        assert_eq!(summary(failing), WrkSummary { rps: Some(45210.5), non_2xx: 4521, socket_errors: 15 });
+        let clean = "  40000 requests in 1.00s, 60.00MB read\nRequests/sec:  40000.00\n";
+        assert_eq!(summary(clean), WrkSummary { rps: Some(40000.0), non_2xx: 0, socket_errors: 0 });
+        assert_eq!(summary("").rps, None);
+    }
 }
