@@ -8,7 +8,8 @@ cd "$(dirname "$0")/.."
 scripts/ensure-services.sh
 scripts/ensure-netns-tools.sh
 if ! cargo nextest --version >/dev/null 2>&1; then
-    cargo install --locked cargo-nextest
+    # Pinned: a newer release may need a newer Rust than the machine's.
+    cargo install --locked cargo-nextest@0.9.143
 fi
 cargo nextest run --workspace "$@"
 # The API, invalidator and protocol suites once more, on a private Redis Cluster (less the
