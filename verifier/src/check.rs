@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use openrisk_shared::Tag;
 use openrisk_shared::protocol::StoredEntry;
 use openrisk_shared::redis_connection::RedisConnection;
@@ -70,13 +70,15 @@ fn tenant_of(key: &str) -> Option<Uuid> {
     key[open + 1..close].parse().ok()
 }
 
+/// Every cached entry on every master. A failed `SCAN` fails the whole scan: the keys it did not
+/// return could be the stale ones.
 async fn scan_entries(world: &World) -> anyhow::Result<Vec<Entry>> {
     let mut conn = world.redis().await?;
     let pattern = world.keyspace.entry_pattern();
     let mut keys = std::collections::BTreeSet::new();
     for mut master in world.redis_masters().await? {
         let stream: redis::AsyncIter<String> = redis::AsyncCommands::scan_match(&mut master, &pattern).await?;
-        keys.extend(stream.filter_map(|key| async move { key.ok() }).collect::<Vec<_>>().await);
+        keys.extend(stream.try_collect::<Vec<_>>().await?);
     }
     let mut entries = Vec::new();
     for key in keys {
@@ -86,6 +88,34 @@ async fn scan_entries(world: &World) -> anyhow::Result<Vec<Entry>> {
         entries.push(Entry { key, tenant, body: stored.body.to_vec(), versions: stored.versions });
     }
     Ok(entries)
+}
+
+/// How long a check waits for the cached API to use Redis again: after an outage its breaker
+/// stays open 2 s and it reconnects with up to 2 s of backoff, while readers keep requesting.
+const CACHE_IN_USE_WAIT: Duration = Duration::from_secs(15);
+
+/// Scans (see [`scan_entries`]) until one entry is live or [`CACHE_IN_USE_WAIT`] has passed: a
+/// check right after a Redis outage would otherwise find the cache empty and compare nothing.
+/// Returns the last scan and a connection to read versions with.
+async fn scan_in_use(world: &World) -> anyhow::Result<(RedisConnection, Vec<Entry>)> {
+    let mut conn = world.redis().await?;
+    let started = Instant::now();
+    loop {
+        let entries = scan_entries(world).await?;
+        if started.elapsed() > CACHE_IN_USE_WAIT || any_live(world, &mut conn, &entries).await? {
+            return Ok((conn, entries));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn any_live(world: &World, conn: &mut RedisConnection, entries: &[Entry]) -> anyhow::Result<bool> {
+    for entry in entries {
+        if is_live(world, conn, entry).await? {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// Whether a lookup would serve `entry` (every stored version present and current), exactly as
@@ -100,6 +130,15 @@ async fn is_live(world: &World, conn: &mut RedisConnection, entry: &Entry) -> an
         }
     }
     Ok(true)
+}
+
+/// The failure of an entry check that compared nothing: with no live entry the cache was not in
+/// use, and the check only compared the database with itself.
+fn no_live_entry(entries: usize) -> String {
+    format!(
+        "NOTHING COMPARED: no live cached entry within {CACHE_IN_USE_WAIT:?} ({entries} entries in Redis, none \
+         current), so no cached answer was checked against the database"
+    )
 }
 
 fn show(body: &[u8]) -> String {
@@ -163,8 +202,8 @@ pub async fn check(world: &World, label: &str, url_limit: Option<usize>) -> Chec
 
     // Every entry in Redis.
     let mut entry_failures = Vec::new();
-    match (scan_entries(world).await, world.redis().await) {
-        (Ok(entries), Ok(mut conn)) => {
+    match scan_in_use(world).await {
+        Ok((mut conn, entries)) => {
             // Readers keep running and record a URL before requesting it, so a copy taken after
             // the scan maps every entry the scan found.
             let known: HashMap<String, ReadUrl> = world.known.lock().unwrap().clone();
@@ -205,8 +244,11 @@ pub async fn check(world: &World, label: &str, url_limit: Option<usize>) -> Chec
                     }
                 }
             }
+            if outcome.live == 0 {
+                entry_failures.push(no_live_entry(outcome.entries));
+            }
         }
-        (Err(error), _) | (_, Err(error)) => entry_failures.push(format!("cannot scan redis: {error}")),
+        Err(error) => entry_failures.push(format!("cannot scan redis: {error:#}")),
     }
     outcome.checks.push((format!("{label}: every live cached entry equals the database"), entry_failures));
 

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::{Context, bail, ensure};
 use openrisk_shared::redis_connection::RedisConnection;
 use openrisk_test_support::{PrivateRedisCluster, ReplicaPair};
 use rand::rngs::StdRng;
@@ -186,6 +186,9 @@ pub async fn inject(world: &World, fault: Fault, rng: &mut StdRng) -> anyhow::Re
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             }
+            if killed == 0 {
+                bail!("no invalidator LISTEN connection to terminate within 3s");
+            }
             Ok(format!("terminated {killed} listener connection(s)"))
         }
         Fault::RestartPostgres => {
@@ -230,7 +233,7 @@ pub async fn inject(world: &World, fault: Fault, rng: &mut StdRng) -> anyhow::Re
             let sql = world.sql().await?;
             let mut replica = world.invalidators[index].lock().await;
             // SIGKILL the chosen replica once it holds claimed rows.
-            let (burst, claimed) = burst_until_claimed(world, &sql, &tcp_ports_of(replica.pid)).await?;
+            let burst = burst_until_claimed(world, &sql, &tcp_ports_of(replica.pid)).await?;
             let backlog: i64 = sql.query_one("SELECT count(*) FROM cache_outbox", &[]).await?.get(0);
             replica.kill().await;
             let killed_at = Instant::now();
@@ -239,13 +242,8 @@ pub async fn inject(world: &World, fault: Fault, rng: &mut StdRng) -> anyhow::Re
             let left: i64 = sql.query_one("SELECT count(*) FROM cache_outbox", &[]).await?.get(0);
             replica.restart().await.context("restart the killed replica")?;
             Ok(format!(
-                "burst of {burst} row changes under CLIENT PAUSE WRITE; SIGKILL {} {} ({backlog} events in the outbox); {left} left {:.1}s later; restarted",
+                "burst of {burst} row changes under CLIENT PAUSE WRITE; SIGKILL {} while it held a claimed batch ({backlog} events in the outbox); {left} left {:.1}s later; restarted",
                 replica.spec.name,
-                if claimed {
-                    "while it held a claimed batch (mid-batch)"
-                } else {
-                    "(it had claimed nothing: not mid-batch)"
-                },
                 killed_at.elapsed().as_secs_f64()
             ))
         }
@@ -253,9 +251,7 @@ pub async fn inject(world: &World, fault: Fault, rng: &mut StdRng) -> anyhow::Re
             let index = rng.random_range(0..world.invalidators.len());
             let pause = Duration::from_millis((POLL_INTERVAL_MS * 4).max(2000));
             let replica = world.invalidators[index].lock().await;
-            replica.signal(libc::SIGSTOP);
-            tokio::time::sleep(pause).await;
-            replica.signal(libc::SIGCONT);
+            replica.pause(pause).await?;
             Ok(format!("SIGSTOP {} for {:.1}s, then SIGCONT", replica.spec.name, pause.as_secs_f64()))
         }
         Fault::SlowRedis => {
@@ -267,21 +263,7 @@ pub async fn inject(world: &World, fault: Fault, rng: &mut StdRng) -> anyhow::Re
             tokio::time::sleep(Duration::from_millis(millis + 500)).await;
             Ok(format!("CLIENT PAUSE {millis} {mode}"))
         }
-        Fault::RedisMaxmemory => {
-            let mut conn = world.redis().await?;
-            let used = info_field(&mut conn, "memory", "used_memory").await?;
-            let evicted_before = info_field(&mut conn, "stats", "evicted_keys").await?;
-            // Half the dataset over the limit: Redis must evict (only keys with a TTL: entries
-            // and member sets) to get under it, and keeps evicting while readers fill.
-            let dataset = info_field(&mut conn, "memory", "used_memory_dataset").await?;
-            let limit = used.saturating_sub(dataset / 2).max(512 * 1024);
-            let _: () = redis::cmd("CONFIG").arg("SET").arg("maxmemory").arg(limit).query_async(&mut conn).await?;
-            configure_redis(&world.redis_url).await?;
-            tokio::time::sleep(Duration::from_secs(4)).await;
-            let evicted = info_field(&mut conn, "stats", "evicted_keys").await? - evicted_before;
-            let _: () = redis::cmd("CONFIG").arg("SET").arg("maxmemory").arg(0).query_async(&mut conn).await?;
-            Ok(format!("maxmemory {limit} bytes (used {used}) with volatile-lru for 4s: {evicted} keys evicted"))
-        }
+        Fault::RedisMaxmemory => redis_maxmemory(world).await,
         Fault::ClusterFailover => {
             let tenant = world.tenants.choose(rng).context("no tenant")?.id;
             let key = world.keyspace.tenant_base(tenant);
@@ -354,14 +336,29 @@ pub async fn inject(world: &World, fault: Fault, rng: &mut StdRng) -> anyhow::Re
     }
 }
 
+/// Bursts the replica may sit out (it is between batches, or the other one claimed every row).
+const CLAIM_ATTEMPTS: usize = 5;
+
+/// Repeats [`burst`] until the replica whose client ports are `ports` holds claimed outbox rows,
+/// at most [`CLAIM_ATTEMPTS`] times; returns the rows changed. Fails when it never claims: the
+/// fault would not be mid-batch.
+pub async fn burst_until_claimed(world: &World, sql: &tokio_postgres::Client, ports: &[i32]) -> anyhow::Result<u64> {
+    ensure!(!ports.is_empty(), "the replica holds no TCP connection to find its Postgres sessions by");
+    let mut rows = 0;
+    for _ in 0..CLAIM_ATTEMPTS {
+        let (burst, claimed) = burst(world, sql, ports).await?;
+        rows += burst;
+        if claimed {
+            return Ok(rows);
+        }
+    }
+    bail!("the replica claimed none of {rows} row changes in {CLAIM_ATTEMPTS} bursts")
+}
+
 /// Pauses Redis writes (so every replica that claims a batch is stuck applying it), commits a
 /// burst of row changes, and waits up to 1.3 s for the replica whose client ports are `ports` to
 /// hold claimed outbox rows. Returns the rows changed and whether it claimed any.
-pub async fn burst_until_claimed(
-    world: &World,
-    sql: &tokio_postgres::Client,
-    ports: &[i32],
-) -> anyhow::Result<(u64, bool)> {
+async fn burst(world: &World, sql: &tokio_postgres::Client, ports: &[i32]) -> anyhow::Result<(u64, bool)> {
     let mut conn = world.redis().await?;
     let _: Vec<(String, ())> = conn.on_every_master(redis::cmd("CLIENT").arg("PAUSE").arg(1500).arg("WRITE")).await?;
     let paused = Instant::now();
@@ -520,6 +517,40 @@ fn wait_for(within: Duration, what: &str, mut done: impl FnMut() -> bool) -> any
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+    Ok(())
+}
+
+/// `maxmemory` half the dataset below the current use, with `volatile-lru`, for 4 s under load.
+/// The limit is lifted again on every path out (a failure must not leave later faults a Redis
+/// that evicts), and the fault fails unless Redis evicted something.
+async fn redis_maxmemory(world: &World) -> anyhow::Result<String> {
+    let mut conn = world.redis().await?;
+    let used = info_field(&mut conn, "memory", "used_memory").await?;
+    let evicted_before = info_field(&mut conn, "stats", "evicted_keys").await?;
+    // Half the dataset over the limit: Redis must evict (only keys with a TTL: entries and member
+    // sets) to get under it, and keeps evicting while readers fill.
+    let dataset = info_field(&mut conn, "memory", "used_memory_dataset").await?;
+    let limit = used.saturating_sub(dataset / 2).max(512 * 1024);
+    let squeezed = squeeze(world, &mut conn, limit).await;
+    let lifted = set_maxmemory(world, 0).await.context("lift maxmemory again");
+    let evicted = squeezed? - evicted_before;
+    lifted?;
+    ensure!(evicted > 0, "maxmemory {limit} bytes (used {used}) for 4s evicted no key");
+    Ok(format!("maxmemory {limit} bytes (used {used}) with volatile-lru for 4s: {evicted} keys evicted"))
+}
+
+/// Sets `maxmemory` to `limit` for 4 s; returns `evicted_keys` at the end.
+async fn squeeze(world: &World, conn: &mut RedisConnection, limit: u64) -> anyhow::Result<u64> {
+    set_maxmemory(world, limit).await?;
+    configure_redis(&world.redis_url).await?;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    info_field(conn, "stats", "evicted_keys").await
+}
+
+/// `CONFIG SET maxmemory` on a connection of its own (the fault's may be the one that failed).
+async fn set_maxmemory(world: &World, bytes: u64) -> anyhow::Result<()> {
+    let mut conn = world.redis().await?;
+    let _: () = redis::cmd("CONFIG").arg("SET").arg("maxmemory").arg(bytes).query_async(&mut conn).await?;
     Ok(())
 }
 

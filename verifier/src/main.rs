@@ -129,11 +129,15 @@ impl Tally {
     }
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+/// The `p` quantile of `sorted`; `None` for no sample.
+fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
+    let last = sorted.len().checked_sub(1)?;
+    Some(sorted[(last as f64 * p).round() as usize])
+}
+
+/// `seconds` in milliseconds, or "n/a" for a statistic of no sample.
+fn ms(seconds: Option<f64>) -> String {
+    seconds.map_or_else(|| "n/a".to_owned(), |seconds| format!("{:.1} ms", seconds * 1e3))
 }
 
 async fn run_check(world: &World, tally: &mut Tally, label: &str, url_limit: Option<usize>) {
@@ -226,9 +230,14 @@ async fn run(mut cfg: Config) -> anyhow::Result<bool> {
     let mut tasks = workload::spawn_all(&world, cfg.readers);
     let result = drive(&world, &cfg, &mut tally).await;
     world.stopping.store(true, Ordering::Relaxed);
+    let mut panicked = Vec::new();
     for task in tasks.drain(..) {
-        let _ = task.await;
+        if let Err(error) = task.await {
+            panicked.push(format!("{error}"));
+        }
     }
+    // A workload task that died took its share of reads or writes out of every check after it.
+    tally.record("every workload task ran to the end", &panicked);
     if let Err(error) = &result {
         tally.record("verifier ran to the end", &[format!("{error:#}")]);
     } else {
@@ -294,6 +303,7 @@ pub async fn inject_and_check(
     tokio::time::sleep(Duration::from_millis(before_ms)).await;
     world.set_phase(fault.name());
     let at = Instant::now();
+    let writes_before = world.stats.writes();
     let done = faults::inject(world, fault, rng).await;
     let label = format!("#{} {}", index + 1, fault.name());
     match done {
@@ -304,6 +314,11 @@ pub async fn inject_and_check(
         }
     }
     tokio::time::sleep(Duration::from_millis(after_ms)).await;
+    // A fault no write met tested no invalidation.
+    let writes = world.stats.writes() - writes_before;
+    let idle =
+        if writes == 0 { vec!["no write succeeded from the injection to the check".to_owned()] } else { Vec::new() };
+    tally.record(&format!("{label}: writes succeeded during the fault"), &idle);
     world.set_phase("recovery");
     run_check(world, tally, &label, url_limit).await;
     Ok(())
@@ -336,7 +351,7 @@ async fn report(world: &World, tally: &mut Tally, started: Instant) {
     let hits = stats.hits.load(Ordering::Relaxed);
     println!("summary (seed {}, {:.0}s):", world.cfg.seed, started.elapsed().as_secs_f64());
     println!(
-        "  reads {reads} (hit rate {:.1} %), API writes {}, SQL writes {} ({} refused by constraints or outages)",
+        "  reads {reads} (hit rate {:.1} %), API writes {} (2xx), SQL writes {} ({} more refused by constraints or outages)",
         if reads > 0 { hits as f64 * 100.0 / reads as f64 } else { 0.0 },
         stats.api_writes.load(Ordering::Relaxed),
         stats.sql_writes.load(Ordering::Relaxed),
@@ -347,18 +362,26 @@ async fn report(world: &World, tally: &mut Tally, started: Instant) {
     let all: Vec<f64> = samples.iter().map(|s| s.0).collect();
     let steady: Vec<f64> =
         samples.iter().filter(|s| s.1 == "steady" || s.1 == "baseline" || s.1 == "warm-up").map(|s| s.0).collect();
+    let timeouts = stats.probe_timeouts.load(Ordering::Relaxed);
     println!(
-        "  staleness window (SQL commit → first fresh read through the cached API), {} probes: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; outside faults ({}): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; {} probes timed out (30 s)",
+        "  staleness window (SQL commit → first fresh read through the cached API), {} probes: p50 {}, p99 {}, max {}; outside faults ({}): p50 {}, p99 {}, max {}; {timeouts} probes timed out (30 s)",
         all.len(),
-        percentile(&all, 0.5) * 1e3,
-        percentile(&all, 0.99) * 1e3,
-        all.last().copied().unwrap_or(0.0) * 1e3,
+        ms(percentile(&all, 0.5)),
+        ms(percentile(&all, 0.99)),
+        ms(all.last().copied()),
         steady.len(),
-        percentile(&steady, 0.5) * 1e3,
-        percentile(&steady, 0.99) * 1e3,
-        steady.last().copied().unwrap_or(0.0) * 1e3,
-        stats.probe_timeouts.load(Ordering::Relaxed)
+        ms(percentile(&steady, 0.5)),
+        ms(percentile(&steady, 0.99)),
+        ms(steady.last().copied()),
     );
+    let stale = if timeouts > 0 {
+        vec![format!("{timeouts} probes never read their commit through the cached API within 30 s")]
+    } else if all.is_empty() {
+        vec!["no staleness probe completed, so the window was not measured".to_owned()]
+    } else {
+        Vec::new()
+    };
+    tally.record("every staleness probe read its commit within 30 s", &stale);
     if let Some((fault, worst)) = samples.last().map(|s| (s.1.clone(), s.0)) {
         println!("  worst window {:.2}s during {fault}", worst);
     }
@@ -453,9 +476,15 @@ mod tests {
 
     #[test]
     fn percentiles_pick_from_sorted_samples() {
-        assert_eq!(percentile(&[], 0.99), 0.0);
+        assert_eq!(percentile(&[], 0.99), None);
         let samples: Vec<f64> = (1..=100).map(f64::from).collect();
-        assert_eq!(percentile(&samples, 0.5), 51.0);
-        assert_eq!(percentile(&samples, 0.99), 99.0);
+        assert_eq!(percentile(&samples, 0.5), Some(51.0));
+        assert_eq!(percentile(&samples, 0.99), Some(99.0));
+    }
+
+    #[test]
+    fn a_statistic_of_no_sample_is_not_available() {
+        assert_eq!(ms(None), "n/a");
+        assert_eq!(ms(Some(0.0123)), "12.3 ms");
     }
 }

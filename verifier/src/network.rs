@@ -62,12 +62,23 @@ pub async fn inject(world: &World, fault: Fault) -> anyhow::Result<String> {
     }
 }
 
+/// Undoes a fault when dropped, so that every way out of it (an error on a `?` path included)
+/// heals the link: a partition left in place would fall on the faults after it.
+struct Undo<F: FnMut()>(F);
+
+impl<F: FnMut()> Drop for Undo<F> {
+    fn drop(&mut self) {
+        (self.0)();
+    }
+}
+
 /// Every packet between the processes and Redis dropped for the cut, while a probe reads
 /// through the API and times every answer.
 async fn redis_blackhole(world: &World, network: &Network) -> anyhow::Result<String> {
+    let heal = Undo(|| network.redis.heal());
     network.redis.blackhole();
     let probe = probe_reads(world, network.redis_cut).await;
-    network.redis.heal();
+    drop(heal);
     Ok(format!(
         "Redis link silent (packets dropped) for {:.0}s; API reads during it: {probe}",
         network.redis_cut.as_secs_f64()
@@ -80,8 +91,9 @@ async fn postgres_partition_one_invalidator(world: &World, network: &Network) ->
     let replica = world.invalidators[1].lock().await;
     let ports = tcp_ports_of(replica.pid);
     let sql = world.sql().await?;
-    let (_, claimed) = burst_until_claimed(world, &sql, &ports).await?;
+    burst_until_claimed(world, &sql, &ports).await?;
     let last_event: i64 = sql.query_one("SELECT coalesce(max(id), 0) FROM cache_outbox", &[]).await?.get(0);
+    let heal = Undo(|| network.postgres.heal());
     network.postgres.blackhole_address(network.postgres.server_address(1));
     let cut_at = Instant::now();
     let readyz = format!("http://{}/readyz", replica.spec.health_addr);
@@ -98,12 +110,15 @@ async fn postgres_partition_one_invalidator(world: &World, network: &Network) ->
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let caught_up = wait_until_applied(&sql, last_event, cut_at).await?;
-    network.postgres.heal();
+    drop(heal);
     anyhow::ensure!(released.is_some(), "the server kept the cut-off replica's sessions for {EFFECT_WAIT:?}");
+    anyhow::ensure!(
+        caught_up.is_some(),
+        "the other replica did not take over: events committed before the cut still in the outbox after {EFFECT_WAIT:?}"
+    );
     Ok(format!(
-        "{} cut off from Postgres {}; the server ended its sessions {}, its /readyz answered 503 {}; every event committed before the cut applied {}",
+        "{} cut off from Postgres while it held a claimed batch; the server ended its sessions {}, its /readyz answered 503 {}; every event committed before the cut applied {}",
         replica.spec.name,
-        if claimed { "while it held a claimed batch" } else { "(it had claimed nothing: not mid-batch)" },
         after(released),
         after(unready),
         after(caught_up),
@@ -125,6 +140,7 @@ async fn half_open_listen(world: &World, network: &Network) -> anyhow::Result<St
     };
     let before = listeners().await?;
     let dead = *before.first().context("no LISTEN connection to cut")?;
+    let heal = Undo(|| network.postgres.heal());
     network.postgres.blackhole_connection(u16::try_from(dead)?);
     let cut_at = Instant::now();
     let mut replaced = None;
@@ -135,7 +151,7 @@ async fn half_open_listen(world: &World, network: &Network) -> anyhow::Result<St
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    network.postgres.heal();
+    drop(heal);
     anyhow::ensure!(replaced.is_some(), "the half-open LISTEN connection was not replaced within {EFFECT_WAIT:?}");
     Ok(format!(
         "LISTEN connection on port {dead} made half-open (packets dropped); gone and replaced {}",
@@ -146,6 +162,10 @@ async fn half_open_listen(world: &World, network: &Network) -> anyhow::Result<St
 /// 100 ms more each way (200 ms per round trip) and 5 % of the packets lost on the Redis link.
 async fn slow_lossy_redis_link(world: &World, network: &Network) -> anyhow::Result<String> {
     let slow_for = network.redis_cut;
+    let heal = Undo(|| {
+        network.redis.heal();
+        network.relay.set_one_way(Duration::ZERO);
+    });
     network.relay.set_one_way(Duration::from_millis(100));
     network.redis.lose(5);
     let probe = probe_reads(world, slow_for).await;
@@ -157,8 +177,7 @@ async fn slow_lossy_redis_link(world: &World, network: &Network) -> anyhow::Resu
         )
         .await?
         .get(0);
-    network.redis.heal();
-    network.relay.set_one_way(Duration::ZERO);
+    drop(heal);
     Ok(format!(
         "Redis link +200 ms per round trip with 5% loss for {:.0}s; API reads during it: {probe}; oldest outbox event at the end {oldest:.2}s",
         slow_for.as_secs_f64()
@@ -179,18 +198,18 @@ async fn probe_reads(world: &World, during: Duration) -> String {
     while started.elapsed() < during {
         let at = Instant::now();
         let answered = world.get(&world.api_base, tenant, &path).await;
-        latencies.push(at.elapsed().as_secs_f64() * 1000.0);
+        latencies.push(at.elapsed().as_secs_f64());
         // A 404 is an answer (a writer may have deleted the risk); an error is a 5xx or none.
         failed += usize::from(!matches!(answered, Ok((status, _, _)) if status < 500));
     }
     latencies.sort_by(f64::total_cmp);
-    let at = |p: f64| crate::percentile(&latencies, p);
+    let at = |p: f64| crate::ms(crate::percentile(&latencies, p));
     format!(
-        "{} reads, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms, {failed} 5xx or unanswered",
+        "{} reads, p50 {}, p99 {}, max {}, {failed} 5xx or unanswered",
         latencies.len(),
         at(0.5),
         at(0.99),
-        latencies.last().copied().unwrap_or_default()
+        crate::ms(latencies.last().copied())
     )
 }
 

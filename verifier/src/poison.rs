@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use anyhow::Context;
 use rand::Rng;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -24,21 +25,21 @@ pub struct PoisonOutcome {
     pub checks: Vec<(String, Vec<String>)>,
 }
 
-/// Sum of a counter over every invalidator replica's /metrics.
-async fn replica_counter(world: &World, name: &str) -> Option<u64> {
+/// Sum of a counter over every invalidator replica's /metrics. Fails when a replica does not
+/// answer or does not export it (a registered counter is exported from zero on).
+async fn replica_counter(world: &World, name: &str) -> anyhow::Result<u64> {
     let mut total = 0;
     for replica in &world.invalidators {
         let addr = replica.lock().await.spec.health_addr.clone();
-        let text = world.http.get(format!("http://{addr}/metrics")).send().await.ok()?.text().await.ok()?;
+        let text = world.http.get(format!("http://{addr}/metrics")).send().await?.text().await?;
         let value: f64 = text
             .lines()
-            .find(|line| line.starts_with(name) && !line.starts_with('#'))
-            .and_then(|line| line.split_whitespace().last())
-            .and_then(|value| value.parse().ok())
-            .unwrap_or(0.0);
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|value| value.trim().parse().ok())
+            .with_context(|| format!("no {name} in http://{addr}/metrics"))?;
         total += value as u64;
     }
-    Some(total)
+    Ok(total)
 }
 
 async fn versions(world: &World, tenant: Uuid, tags: &[String]) -> anyhow::Result<HashMap<String, Option<String>>> {
@@ -50,6 +51,13 @@ async fn versions(world: &World, tenant: Uuid, tags: &[String]) -> anyhow::Resul
         out.insert(tag.clone(), version);
     }
     Ok(out)
+}
+
+/// The failure of a version check whose tags had no version before the phase (so nothing was
+/// compared), if that is so.
+fn nothing_compared(before: &[&HashMap<String, Option<String>>]) -> Option<String> {
+    let compared = before.iter().flat_map(|versions| versions.values()).filter(|version| version.is_some()).count();
+    (compared == 0).then(|| "NOTHING COMPARED: none of its tags had a version before the phase".to_owned())
 }
 
 /// Runs the phase; the caller holds the writers' gate exclusively (readers keep running).
@@ -191,21 +199,23 @@ pub async fn run(world: &World, scale: usize) -> anyhow::Result<PoisonOutcome> {
     }
     checks.push((format!("poison: all {poison_rows} malformed rows dead-lettered"), failures));
 
-    let mut failures = Vec::new();
-    if let (Some(before), Some(after)) =
-        (poison_metric_before, replica_counter(world, "openrisk_invalidator_poison_events_total").await)
-        && (after - before) as usize != poison_rows
-    {
-        failures.push(format!("replicas counted {} poison events, expected {poison_rows}", after - before));
-    }
+    let poison_metric_after = replica_counter(world, "openrisk_invalidator_poison_events_total").await;
+    let failures = match (poison_metric_before, poison_metric_after) {
+        (Ok(before), Ok(after)) if (after - before) as usize == poison_rows => Vec::new(),
+        (Ok(before), Ok(after)) => {
+            vec![format!("replicas counted {} poison events, expected {poison_rows}", after - before)]
+        }
+        (Err(error), _) | (_, Err(error)) => vec![format!("cannot read the counter: {error:#}")],
+    };
     checks.push(("poison: counted in openrisk_invalidator_poison_events_total".to_owned(), failures));
 
     let after_hit = versions(world, target, &hit_tags).await?;
-    let failures: Vec<String> = before_hit
+    let mut failures: Vec<String> = before_hit
         .iter()
         .filter(|(tag, version)| version.is_some() && after_hit.get(*tag) == Some(version))
         .map(|(tag, _)| format!("valid event for {tag} of tenant {target} was not applied (version unchanged)"))
         .collect();
+    failures.extend(nothing_compared(&[&before_hit]));
     checks.push((format!("poison: all {valid_rows} valid rows among them applied"), failures));
 
     let after_kept = versions(world, target, &kept_tags).await?;
@@ -220,6 +230,7 @@ pub async fn run(world: &World, scale: usize) -> anyhow::Result<PoisonOutcome> {
             }
         }
     }
+    failures.extend(nothing_compared(&[&before_kept, &before_bystander]));
     checks.push(("poison: nothing else invalidated".to_owned(), failures));
     Ok(PoisonOutcome { poison_rows, valid_rows, id_range: (first_id + 1, last_id), checks })
 }

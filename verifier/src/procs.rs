@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::{Context, bail, ensure};
 use tokio::process::{Child, Command};
 
 /// What to start: the binary, its arguments and environment.
@@ -63,31 +63,59 @@ impl Proc {
             .with_context(|| format!("{} did not become healthy (log: {})", self.spec.name, self.log_path().display()))
     }
 
-    pub fn signal(&self, signal: i32) {
-        if self.pid != 0 {
-            // SAFETY: kill(2) with a pid we spawned and still own (not yet reaped).
-            unsafe {
-                libc::kill(self.pid as i32, signal);
-            }
+    /// Sends `signal`; fails when kill(2) does (the process is gone) or there is no process.
+    pub fn signal(&self, signal: i32) -> anyhow::Result<()> {
+        if self.pid == 0 {
+            bail!("{} has no process to signal", self.spec.name);
         }
+        // SAFETY: kill(2) with a pid we spawned and still own (not yet reaped).
+        if unsafe { libc::kill(self.pid as i32, signal) } != 0 {
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("signal {signal} to {} (pid {})", self.spec.name, self.pid));
+        }
+        Ok(())
     }
 
-    /// SIGKILL and reap.
+    /// SIGSTOP, held for `hold`, then SIGCONT. Fails unless `/proc` shows the process stopped
+    /// within a second of the signal: a pause that did not take effect must not count as one.
+    pub async fn pause(&self, hold: Duration) -> anyhow::Result<()> {
+        self.signal(libc::SIGSTOP)?;
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while !self.stopped() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let stopped = self.stopped();
+        if stopped {
+            tokio::time::sleep(hold).await;
+        }
+        self.signal(libc::SIGCONT)?;
+        ensure!(stopped, "{} (pid {}) was not stopped 1s after SIGSTOP", self.spec.name, self.pid);
+        Ok(())
+    }
+
+    /// Whether `/proc/<pid>/stat` shows the process stopped by a signal (state `T`).
+    fn stopped(&self) -> bool {
+        std::fs::read_to_string(format!("/proc/{}/stat", self.pid))
+            .is_ok_and(|stat| stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('T')))
+    }
+
+    /// SIGKILL and reap. (A process that exited already cannot be signalled: nothing to do.)
     pub async fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
-            self.signal(libc::SIGCONT);
-            self.signal(libc::SIGKILL);
+            let _ = self.signal(libc::SIGCONT);
+            let _ = self.signal(libc::SIGKILL);
             let _ = child.wait().await;
         }
     }
 
-    /// SIGTERM, then SIGKILL after `grace`.
+    /// SIGTERM, then SIGKILL after `grace` (signals to a process that exited already fail, and
+    /// need not be sent).
     pub async fn stop(&mut self, grace: Duration) {
         if let Some(mut child) = self.child.take() {
-            self.signal(libc::SIGCONT);
-            self.signal(libc::SIGTERM);
+            let _ = self.signal(libc::SIGCONT);
+            let _ = self.signal(libc::SIGTERM);
             if tokio::time::timeout(grace, child.wait()).await.is_err() {
-                self.signal(libc::SIGKILL);
+                let _ = self.signal(libc::SIGKILL);
                 let _ = child.wait().await;
             }
         }

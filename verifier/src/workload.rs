@@ -119,7 +119,10 @@ async fn send(world: &World, method: reqwest::Method, tenant: Uuid, path: &str, 
         }
         Err(error) => Err(error),
     };
-    world.stats.api_writes.fetch_add(1, Ordering::Relaxed);
+    // A refused write (4xx: a row deleted meanwhile, a conflict) changed nothing.
+    if matches!(&result, Ok((status, ..)) if (200..300).contains(status)) {
+        world.stats.api_writes.fetch_add(1, Ordering::Relaxed);
+    }
     classify(world, &format!("{method} {path}"), sent, &result);
 }
 
@@ -336,8 +339,9 @@ async fn sql_writer(world: Arc<World>, mut rng: StdRng) {
         let guard = world.gate.read().await;
         let result = sql_write(client.as_ref().expect("connected"), &world, &mut rng).await;
         drop(guard);
-        world.stats.sql_writes.fetch_add(1, Ordering::Relaxed);
-        if result.is_err() {
+        if result.is_ok() {
+            world.stats.sql_writes.fetch_add(1, Ordering::Relaxed);
+        } else {
             // Constraint races (a row deleted meanwhile) and Postgres restarts: expected.
             world.stats.sql_write_failures.fetch_add(1, Ordering::Relaxed);
         }

@@ -160,7 +160,9 @@ pub struct ApiErrorRecord {
 pub struct Stats {
     pub reads: AtomicU64,
     pub hits: AtomicU64,
+    /// API writes answered 2xx.
     pub api_writes: AtomicU64,
+    /// Plain-SQL writes that succeeded, and those that failed.
     pub sql_writes: AtomicU64,
     pub sql_write_failures: AtomicU64,
     pub isolation_probes: AtomicU64,
@@ -175,6 +177,11 @@ impl Stats {
     /// Records an error of the request sent at `sent`, failing now.
     pub fn error(&self, sent: Instant, what: String) {
         self.errors.lock().unwrap().push(ApiErrorRecord { sent, at: Instant::now(), what });
+    }
+
+    /// Writes that succeeded so far, through the API and in plain SQL.
+    pub fn writes(&self) -> u64 {
+        self.api_writes.load(Ordering::Relaxed) + self.sql_writes.load(Ordering::Relaxed)
     }
 }
 
@@ -300,7 +307,7 @@ impl World {
     }
 
     /// A connection to every node that serves keys now: the one node, or every master of the
-    /// cluster (what a scan of every key must visit).
+    /// cluster (what a scan of every key must visit). Fails when a node cannot be reached.
     pub async fn redis_masters(&self) -> anyhow::Result<Vec<redis::aio::MultiplexedConnection>> {
         let urls = match RedisTarget::parse(&self.redis_url)? {
             RedisTarget::Node(_) => vec![self.redis_url.clone()],
@@ -312,8 +319,12 @@ impl World {
         let mut masters = Vec::new();
         for url in urls {
             let node = redis::Client::open(url.as_str())?;
-            // A cluster node that is down right now serves no key.
-            let Ok(mut conn) = node.get_multiplexed_async_connection_with_config(&config).await else { continue };
+            // Every node is up once a fault is over: one that cannot be reached may still hold
+            // keys, and a scan that skipped it would not see them.
+            let mut conn = node
+                .get_multiplexed_async_connection_with_config(&config)
+                .await
+                .with_context(|| format!("connect to Redis node {url}"))?;
             let info: String = redis::cmd("INFO").arg("replication").query_async(&mut conn).await?;
             if info.lines().any(|line| line.trim() == "role:master") {
                 masters.push(conn);

@@ -78,7 +78,7 @@ async fn sample(world: &World, since_probe: &mut usize, lag: &mut LagScraper) ->
         .collect();
     *since_probe = probes.len();
     recent.sort_by(f64::total_cmp);
-    let staleness_p99 = (!recent.is_empty()).then(|| percentile(&recent, 0.99));
+    let staleness_p99 = percentile(&recent, 0.99);
     Sample {
         at: world.started.elapsed().as_secs_f64(),
         rss_kb,
