@@ -22,7 +22,8 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 pub async fn within<E: Endpoint>(endpoint: Arc<E>, mut request: Request, limit: Duration) -> poem::Result<Response> {
     let deadline = Instant::now() + limit;
     if may_have_body(&request) {
-        match timeout_at(deadline, read_body(&mut request)).await {
+        // Boxed: inline, the read's state would enlarge this future, which every hit moves.
+        match timeout_at(deadline, Box::pin(read_body(&mut request))).await {
             Ok(read) => read?,
             Err(_) => return Ok(body_too_slow(limit)),
         }
