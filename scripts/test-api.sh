@@ -50,7 +50,7 @@ start_test_api() {
     "$api" migrate >/dev/null
     # Ports are picked before they are bound: a private Redis that lost its port to another
     # process is seen here, not as a failing test later.
-    if ! answers_within_10s redis-cli -p "$redis_port" ping; then
+    if ! answers_within_10s our_redis_answers "$redis_port" "$test_api_redis_pid"; then
         echo "the private Redis did not start on port $redis_port:" >&2
         cat "$log.redis" >&2
         return 1
@@ -65,6 +65,12 @@ start_test_api() {
         cat "$log" >&2
         return 1
     fi
+}
+
+# our_redis_answers PORT PID: whether the Redis answering on PORT is process PID (not another
+# server that took the port first).
+our_redis_answers() {
+    redis-cli -p "$1" info server 2>/dev/null | tr -d '\r' | grep -qx "process_id:$2"
 }
 
 # answers_within_10s COMMAND...: whether COMMAND succeeds within 10 s of tries.

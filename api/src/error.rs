@@ -71,8 +71,8 @@ pub enum ApiError {
     #[oai(status = 404, content_type = "application/problem+json")]
     #[error("not found: {}", .0.detail)]
     NotFound(Json<Problem>),
-    /// The request body did not arrive within the request deadline; the connection is closed.
-    /// Send the request again with its body at once.
+    /// The request body did not arrive within the request deadline (an HTTP/1.1 connection is
+    /// then closed). Send the request again with its body at once.
     #[oai(status = 408, content_type = "application/problem+json")]
     #[error("request timeout: {}", .0.detail)]
     RequestTimeout(Json<Problem>),

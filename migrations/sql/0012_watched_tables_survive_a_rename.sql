@@ -9,18 +9,21 @@
 --   * in the TRUNCATE branch's query, which then failed, or read a new table given the old name
 --     and invalidated that table's tenants instead of the truncated one's;
 --   * in the functions' names, which cache_unwatch looked up by the current name, so it left the
---     functions behind (and the table could not be dropped), and a new table given the old name
---     took over the renamed table's trigger function.
--- Now cache_watches keeps the name the triggers write (events_named), which the invalidator
--- accepts beside the current one; TRUNCATE goes through one function that reads the table it fired
--- on; and both functions below find a table's functions through its triggers and its row type.
--- Nothing needs re-running after a rename; calling cache_watch for the table again regenerates
--- its functions under the new name and drops the old ones (which frees the old name for another
--- table).
+--     functions behind (and the table could not be dropped), and a new table watched under the
+--     old name took over the renamed table's trigger function.
+-- Now:
+--   * cache_watches keeps every name the table's triggers have written (events_named), which the
+--     invalidator accepts beside the current one;
+--   * TRUNCATE goes through one function that reads the table it fired on;
+--   * cache_watch finds a table's functions through its triggers and its row type, regenerates
+--     those made under an older name, and moves aside a renamed table's trigger function that
+--     holds the name it needs (the renamed table keeps calling it, under a name of its own);
+--   * cache_unwatch drops the functions no other table's trigger calls.
+-- Calling cache_watch again for a renamed table regenerates its functions under its new name.
 
-ALTER TABLE cache_watches ADD COLUMN events_named text;
+ALTER TABLE cache_watches ADD COLUMN events_named text[] NOT NULL DEFAULT '{}';
 COMMENT ON COLUMN cache_watches.events_named IS
-    'The table_name its triggers write to cache_outbox: its name when cache_watch last ran.';
+    'Every table_name its triggers have written to cache_outbox: its names when cache_watch ran.';
 
 -- The BEFORE TRUNCATE trigger of every watched table: 'all' of every tenant that had rows, read
 -- from the table the trigger fired on, whatever its name now.
@@ -32,12 +35,12 @@ BEGIN
     SELECT * INTO STRICT watch FROM cache_watches WHERE table_name = TG_RELID;
     EXECUTE format('SELECT cache_emit(%L, ''TRUNCATE'', t.tenant, ARRAY[''all''])
                     FROM (SELECT DISTINCT (%s)::uuid AS tenant FROM %s AS r) AS t',
-                   watch.events_named, watch.tenant_expr, TG_RELID::regclass);
+                   TG_RELID::regclass::text, watch.tenant_expr, TG_RELID::regclass);
     RETURN NULL;
 END
 $$;
 
--- The functions cache_watch generated for p_table: the one its capture triggers call, and the
+-- The functions cache_watch generated for p_table: the one its capture trigger calls, and the
 -- tenant and tags functions that take its row type.
 CREATE FUNCTION cache_generated_functions(p_table regclass) RETURNS SETOF regprocedure
 LANGUAGE sql STABLE AS $$
@@ -61,7 +64,10 @@ BEGIN
     EXECUTE format('DROP TRIGGER IF EXISTS cache_capture ON %s', p_table);
     EXECUTE format('DROP TRIGGER IF EXISTS cache_capture_truncate ON %s', p_table);
     FOREACH fn IN ARRAY generated LOOP
-        EXECUTE format('DROP FUNCTION %s', fn);
+        -- A trigger function two tables shared before this migration stays for the other.
+        IF NOT EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgfoid = fn) THEN
+            EXECUTE format('DROP FUNCTION %s', fn);
+        END IF;
     END LOOP;
     DELETE FROM cache_watches WHERE table_name = p_table;
 END
@@ -73,23 +79,26 @@ DECLARE
     relname name := (SELECT c.relname FROM pg_class c WHERE c.oid = p_table);
     capture_fn name := ('cache_capture_' || relname)::name;
     holder regclass;
+    held regprocedure;
+    earlier_names text[] := coalesce((SELECT w.events_named FROM cache_watches w WHERE w.table_name = p_table), '{}');
 BEGIN
-    -- Another table whose trigger calls a function of that name (it was renamed since it was
-    -- watched), or a watched table whose name gives the same one.
-    SELECT coalesce(
-        (SELECT t.tgrelid::regclass FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid
-         WHERE t.tgname = 'cache_capture' AND t.tgrelid <> p_table AND p.proname = capture_fn LIMIT 1),
-        (SELECT w.table_name FROM cache_watches w JOIN pg_class c ON c.oid = w.table_name
-         WHERE w.table_name <> p_table AND ('cache_capture_' || c.relname)::name = capture_fn LIMIT 1))
-    INTO holder;
+    -- Another watched table whose name now gives the same function: both would need it.
+    SELECT w.table_name INTO holder
+    FROM cache_watches w JOIN pg_class c ON c.oid = w.table_name
+    WHERE w.table_name <> p_table AND ('cache_capture_' || c.relname)::name = capture_fn;
     IF holder IS NOT NULL THEN
         RAISE EXCEPTION 'cache_watch: % would share the trigger function % with the watched table %',
                         p_table, capture_fn, holder
             USING ERRCODE = 'duplicate_function',
-                  HINT = 'Watched tables need names that differ in their first 49 bytes, whatever their schema; '
-                         'a watched table renamed since keeps its functions until cache_watch is called for it again.';
+                  HINT = 'Watched tables need names that differ in their first 49 bytes, whatever their schema: rename one of them.';
     END IF;
-    -- Renamed since it was last watched: its functions carry the old name and go.
+    -- A table renamed since it was watched may still call a function of that name: it keeps
+    -- calling it (triggers name functions by oid) under a name no table can be given.
+    FOR held IN SELECT DISTINCT t.tgfoid::regprocedure FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid
+                WHERE t.tgname = 'cache_capture' AND t.tgrelid <> p_table AND p.proname = capture_fn LOOP
+        EXECUTE format('ALTER FUNCTION %s RENAME TO %I', held, 'cache_capture_moved_' || held::oid::text);
+    END LOOP;
+    -- Renamed since it was last watched: the functions made under the old name go.
     IF EXISTS (SELECT 1 FROM cache_generated_functions(p_table) AS f JOIN pg_proc p ON p.oid = f
                WHERE p.proname NOT IN (capture_fn, ('cache_tenant_' || relname)::name,
                                        ('cache_tags_' || relname)::name)) THEN
@@ -99,8 +108,14 @@ BEGIN
     EXECUTE format('DROP TRIGGER cache_capture_truncate ON %s', p_table);
     EXECUTE format('CREATE TRIGGER cache_capture_truncate BEFORE TRUNCATE ON %s '
                    'FOR EACH STATEMENT EXECUTE FUNCTION cache_truncated()', p_table);
-    UPDATE cache_watches SET events_named = p_table::text WHERE table_name = p_table;
+    -- Events written under an earlier name may still wait in the outbox.
+    UPDATE cache_watches
+    SET events_named = ARRAY(SELECT DISTINCT n FROM unnest(earlier_names || p_table::text) AS n ORDER BY n)
+    WHERE table_name = p_table;
 END
 $$;
 
+-- Every watched table, regenerated under its name now. (Events a table renamed before this
+-- migration wrote under its old name, and that still wait in the outbox, are dead-lettered and
+-- stand in for their tenant's whole cache, as they were before it.)
 SELECT cache_watch(table_name, tenant_expr, tags_expr) FROM cache_watches ORDER BY table_name::text;

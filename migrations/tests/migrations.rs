@@ -435,9 +435,10 @@ async fn claimed_after(client: &mut Client, sql: &str) -> Vec<(String, String, V
 }
 
 /// A watched table keeps its events when renamed (the invalidator would dead-letter events of a
-/// table it does not know, and invalidate their tenant's whole cache instead); its TRUNCATE reads
-/// the renamed table; its old name stays taken until it is watched again, which moves its
-/// functions to the new name; and unwatching leaves no function behind.
+/// table it does not know, and invalidate their tenant's whole cache instead), and its TRUNCATE
+/// reads the renamed table; a new table may be watched under the old name, the renamed one still
+/// writing its own events; watching the renamed one again moves it to its new name; and
+/// unwatching leaves no function behind.
 #[tokio::test]
 async fn a_renamed_watched_table_keeps_its_invalidation_and_is_rewatched_and_unwatched_under_its_new_name() {
     let db = TestDatabase::create().await;
@@ -457,37 +458,104 @@ async fn a_renamed_watched_table_keeps_its_invalidation_and_is_rewatched_and_unw
         claimed_after(&mut client, &renamed).await,
         vec![
             ("notes".into(), "INSERT".into(), tags(&["note:a".into()]), true),
-            ("notes".into(), "TRUNCATE".into(), tags(&["all".into()]), true),
+            ("memos".into(), "TRUNCATE".into(), tags(&["all".into()]), true),
         ],
         "the renamed table's events are known to the invalidator, and its TRUNCATE read its own rows"
     );
 
-    let watch_notes = "SELECT cache_watch('notes', 'r.tenant_id', $$ARRAY['new:' || r.topic]$$)";
-    let error = client.batch_execute(watch_notes).await.expect_err("memos still calls cache_capture_notes");
-    assert!(error.as_db_error().is_some_and(|e| e.message().contains("memos")), "{error:?}");
-
-    client.batch_execute("SELECT cache_watch('memos', 'r.tenant_id', $$ARRAY['memo:' || r.topic]$$)").await.unwrap();
-    client.batch_execute(watch_notes).await.unwrap();
-    let written_to_both = format!(
-        "DELETE FROM cache_outbox;
+    let new_notes = format!(
+        "SELECT cache_watch('notes', 'r.tenant_id', $$ARRAY['new:' || r.topic]$$);
+         DELETE FROM cache_outbox;
          INSERT INTO memos VALUES (2, '{t}', 'b');
          INSERT INTO notes VALUES (2, '{t}', 'c');"
     );
     assert_eq!(
-        claimed_after(&mut client, &written_to_both).await,
+        claimed_after(&mut client, &new_notes).await,
         vec![
-            ("memos".into(), "INSERT".into(), tags(&["memo:b".into()]), true),
+            ("notes".into(), "INSERT".into(), tags(&["note:b".into()]), true),
             ("notes".into(), "INSERT".into(), tags(&["new:c".into()]), true),
-        ]
+        ],
+        "a new table watched under the old name leaves the renamed one its own tags"
     );
 
-    client
-        .batch_execute("SELECT cache_unwatch('memos'), cache_unwatch('notes'); DROP TABLE memos, notes")
-        .await
-        .unwrap();
-    for table in ["memos", "notes"] {
+    let rewatched = format!(
+        "SELECT cache_watch('memos', 'r.tenant_id', $$ARRAY['memo:' || r.topic]$$);
+         DELETE FROM cache_outbox;
+         INSERT INTO memos VALUES (3, '{t}', 'd');"
+    );
+    assert_eq!(
+        claimed_after(&mut client, &rewatched).await,
+        vec![("memos".into(), "INSERT".into(), tags(&["memo:d".into()]), true)]
+    );
+
+    let renamed_again = format!(
+        "DELETE FROM cache_outbox;
+         ALTER TABLE memos RENAME TO jots;
+         INSERT INTO jots VALUES (5, '{t}', 'e');
+         SELECT cache_watch('jots', 'r.tenant_id', $$ARRAY['jot:' || r.topic]$$);"
+    );
+    assert_eq!(
+        claimed_after(&mut client, &renamed_again).await,
+        vec![("memos".into(), "INSERT".into(), tags(&["memo:e".into()]), true)],
+        "an event written under a name the table has since left is still known after it is watched again"
+    );
+
+    client.batch_execute("SELECT cache_unwatch('jots'), cache_unwatch('notes'); DROP TABLE jots, notes").await.unwrap();
+    for table in ["jots", "memos", "notes", "moved_[0-9]+"] {
         assert_eq!(functions_for(&client, table).await, 0, "cache_unwatch drops the generated functions of {table}");
     }
+}
+
+/// Before migration 12, a table watched under a renamed table's old name took over its trigger
+/// function, and tables could swap names. The migration's regeneration of every watched table
+/// goes through both states, after which each table writes its own events under its own name.
+#[tokio::test]
+async fn watched_tables_renamed_before_migration_12_are_regenerated_whatever_their_names_became() {
+    let db = TestDatabase::create().await;
+    let mut client = db.connect().await;
+    let t = tenant(&client, "acme").await;
+    // What cache_watch did before migration 12 (its generator, without the new bookkeeping).
+    let old_watch =
+        |table: &str| format!("SELECT cache_watch_generate('{table}', 'r.tenant_id', $$ARRAY['{table}:' || r.id]$$);");
+    let table = |name: &str| format!("CREATE TABLE {name} (id int PRIMARY KEY, tenant_id uuid NOT NULL);");
+    let before = [
+        table("notes"),
+        old_watch("notes"),
+        "ALTER TABLE notes RENAME TO memos;".into(),
+        table("notes"),
+        old_watch("notes"),
+        table("p"),
+        table("q"),
+        old_watch("p"),
+        old_watch("q"),
+        "ALTER TABLE p RENAME TO swapping; ALTER TABLE q RENAME TO p; ALTER TABLE swapping RENAME TO q;".into(),
+    ]
+    .concat();
+    client.batch_execute(&before).await.unwrap();
+    let shared: i64 = client
+        .query_one("SELECT count(DISTINCT tgfoid) FROM pg_trigger WHERE tgname = 'cache_capture' AND tgrelid IN ('memos'::regclass, 'notes'::regclass)", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(shared, 1, "memos and notes share one trigger function, as they came to before migration 12");
+
+    let migration_12 = openrisk_migrations::MIGRATIONS.iter().find(|migration| migration.version == 12).unwrap();
+    let regenerate = migration_12.sql.lines().rfind(|line| line.starts_with("SELECT cache_watch(")).unwrap();
+    let written = format!(
+        "{regenerate}
+         DELETE FROM cache_outbox;
+         INSERT INTO memos VALUES (1, '{t}'); INSERT INTO notes VALUES (2, '{t}');
+         INSERT INTO p VALUES (3, '{t}'); INSERT INTO q VALUES (4, '{t}');"
+    );
+    assert_eq!(
+        claimed_after(&mut client, &written).await,
+        vec![
+            ("memos".into(), "INSERT".into(), tags(&["notes:1".into()]), true),
+            ("notes".into(), "INSERT".into(), tags(&["notes:2".into()]), true),
+            ("p".into(), "INSERT".into(), tags(&["q:3".into()]), true),
+            ("q".into(), "INSERT".into(), tags(&["p:4".into()]), true),
+        ]
+    );
 }
 
 #[tokio::test]

@@ -57,7 +57,7 @@ pub const CLAIM: &str = "
                   CASE WHEN current_setting('track_commit_timestamp')::boolean
                        THEN pg_xact_commit_timestamp(o.xmin) END AS committed_at)
     SELECT c.id, c.tenant_id, c.table_name, c.op, c.tags, c.txid::text AS txid, c.created_at,
-           EXISTS (SELECT 1 FROM cache_watches w WHERE c.table_name IN (w.table_name::text, w.events_named)) AS watched,
+           EXISTS (SELECT 1 FROM cache_watches w WHERE c.table_name = w.table_name::text OR c.table_name = ANY (w.events_named)) AS watched,
            extract(epoch FROM clock_timestamp() - coalesce(c.committed_at, c.created_at))::float8 AS age_seconds,
            extract(epoch FROM c.committed_at - c.created_at)::float8 AS in_transaction_seconds,
            pg_current_wal_insert_lsn()::text AS wal_position
