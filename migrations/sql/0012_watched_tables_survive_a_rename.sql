@@ -73,27 +73,21 @@ BEGIN
 END
 $$;
 
-CREATE OR REPLACE FUNCTION cache_watch(p_table regclass, p_tenant_expr text, p_tags_expr text) RETURNS void
+-- cache_watch as 0007 made it (refuse a name another watched table's name gives, then generate)
+-- runs inside the new one, as cache_watch_checked; call cache_watch.
+ALTER FUNCTION cache_watch(regclass, text, text) RENAME TO cache_watch_checked;
+
+CREATE FUNCTION cache_watch(p_table regclass, p_tenant_expr text, p_tags_expr text) RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
+    earlier_names text[] := coalesce((SELECT w.events_named FROM cache_watches w WHERE w.table_name = p_table), '{}');
     relname name := (SELECT c.relname FROM pg_class c WHERE c.oid = p_table);
     capture_fn name := ('cache_capture_' || relname)::name;
-    holder regclass;
     held regprocedure;
-    earlier_names text[] := coalesce((SELECT w.events_named FROM cache_watches w WHERE w.table_name = p_table), '{}');
 BEGIN
-    -- Another watched table whose name now gives the same function: both would need it.
-    SELECT w.table_name INTO holder
-    FROM cache_watches w JOIN pg_class c ON c.oid = w.table_name
-    WHERE w.table_name <> p_table AND ('cache_capture_' || c.relname)::name = capture_fn;
-    IF holder IS NOT NULL THEN
-        RAISE EXCEPTION 'cache_watch: % would share the trigger function % with the watched table %',
-                        p_table, capture_fn, holder
-            USING ERRCODE = 'duplicate_function',
-                  HINT = 'Watched tables need names that differ in their first 49 bytes, whatever their schema: rename one of them.';
-    END IF;
     -- A table renamed since it was watched may still call a function of that name: it keeps
-    -- calling it (triggers name functions by oid) under a name no table can be given.
+    -- calling it (triggers name functions by oid) under a name no table can be given. (Should
+    -- the check that follows refuse the table, this is rolled back with it.)
     FOR held IN SELECT DISTINCT t.tgfoid::regprocedure FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid
                 WHERE t.tgname = 'cache_capture' AND t.tgrelid <> p_table AND p.proname = capture_fn LOOP
         EXECUTE format('ALTER FUNCTION %s RENAME TO %I', held, 'cache_capture_moved_' || held::oid::text);
@@ -104,7 +98,7 @@ BEGIN
                                        ('cache_tags_' || relname)::name)) THEN
         PERFORM cache_unwatch(p_table);
     END IF;
-    PERFORM cache_watch_generate(p_table, p_tenant_expr, p_tags_expr);
+    PERFORM cache_watch_checked(p_table, p_tenant_expr, p_tags_expr);
     EXECUTE format('DROP TRIGGER cache_capture_truncate ON %s', p_table);
     EXECUTE format('CREATE TRIGGER cache_capture_truncate BEFORE TRUNCATE ON %s '
                    'FOR EACH STATEMENT EXECUTE FUNCTION cache_truncated()', p_table);

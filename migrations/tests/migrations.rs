@@ -1,5 +1,8 @@
 //! The migrations and the trigger machinery against a real Postgres.
 
+mod common;
+
+use common::{functions_for, tags, tenant};
 use openrisk_test_support::TestDatabase;
 use tokio_postgres::Client;
 use uuid::Uuid;
@@ -22,10 +25,6 @@ async fn events_after(client: &Client, after: i64) -> Vec<(String, String, Uuid,
 
 async fn last_event_id(client: &Client) -> i64 {
     client.query_one("SELECT coalesce(max(id), 0) FROM cache_outbox", &[]).await.unwrap().get(0)
-}
-
-async fn tenant(client: &Client, slug: &str) -> Uuid {
-    client.query_one("INSERT INTO tenants (slug, name) VALUES ($1, $1) RETURNING id", &[&slug]).await.unwrap().get(0)
 }
 
 async fn insert_id(client: &Client, sql: &str, params: &[&(dyn tokio_postgres::types::ToSql + Sync)]) -> Uuid {
@@ -52,12 +51,6 @@ async fn insert_mitigation(client: &Client, tenant: Uuid, risk: Uuid) -> Uuid {
 async fn insert_subaction(client: &Client, tenant: Uuid, mitigation: Uuid) -> Uuid {
     let sql = "INSERT INTO mitigation_subactions (tenant_id, mitigation_id, title) VALUES ($1, $2, 's') RETURNING id";
     insert_id(client, sql, &[&tenant, &mitigation]).await
-}
-
-fn tags(list: &[String]) -> Vec<String> {
-    let mut list = list.to_vec();
-    list.sort();
-    list
 }
 
 #[tokio::test]
@@ -365,12 +358,6 @@ async fn watched_rows_without_tenant_or_tags_and_bulk_statements() {
     assert_eq!(functions_for(&client, "notes").await, 0, "cache_unwatch drops the generated functions");
 }
 
-/// How many functions are named as cache_watch names them for a table called `table`.
-async fn functions_for(client: &Client, table: &str) -> i64 {
-    let pattern = format!("^cache_(capture|tenant|tags)_{table}$");
-    client.query_one("SELECT count(*) FROM pg_proc WHERE proname ~ $1", &[&pattern]).await.unwrap().get(0)
-}
-
 /// Generated function names leave out the schema and are cut at 63 bytes; a second table that
 /// would get the first one's trigger function is refused, and the first keeps its own events.
 #[tokio::test]
@@ -419,141 +406,6 @@ async fn tables_whose_generated_names_would_collide_are_refused() {
         vec![
             ("notes".into(), "INSERT".into(), t, tags(&["note:kept".into()])),
             (format!("{long}_one"), "INSERT".into(), t, tags(&["one:7".into()])),
-        ]
-    );
-}
-
-/// Runs `sql`, then tells what the invalidator's claim makes of the outbox: (table, op, tags,
-/// whether the table is watched) of each row, oldest first, claimed in a transaction rolled back.
-async fn claimed_after(client: &mut Client, sql: &str) -> Vec<(String, String, Vec<String>, bool)> {
-    client.batch_execute(sql).await.unwrap();
-    let transaction = client.transaction().await.unwrap();
-    let rows = transaction.query(openrisk_shared::outbox::CLAIM, &[&1000_i64]).await.unwrap();
-    rows.iter()
-        .map(|row| (row.get("table_name"), row.get("op"), tags(&row.get::<_, Vec<String>>("tags")), row.get("watched")))
-        .collect()
-}
-
-/// A watched table keeps its events when renamed (the invalidator would dead-letter events of a
-/// table it does not know, and invalidate their tenant's whole cache instead), and its TRUNCATE
-/// reads the renamed table; a new table may be watched under the old name, the renamed one still
-/// writing its own events; watching the renamed one again moves it to its new name; and
-/// unwatching leaves no function behind.
-#[tokio::test]
-async fn a_renamed_watched_table_keeps_its_invalidation_and_is_rewatched_and_unwatched_under_its_new_name() {
-    let db = TestDatabase::create().await;
-    let mut client = db.connect().await;
-    let t = tenant(&client, "acme").await;
-    let renamed = format!(
-        "CREATE TABLE notes (id int PRIMARY KEY, tenant_id uuid NOT NULL, topic text);
-         SELECT cache_watch('notes', 'r.tenant_id', $$ARRAY['note:' || r.topic]$$);
-         ALTER TABLE notes RENAME TO memos;
-         DELETE FROM cache_outbox;
-         INSERT INTO memos VALUES (1, '{t}', 'a');
-         CREATE TABLE notes (id int PRIMARY KEY, tenant_id uuid NOT NULL, topic text);
-         INSERT INTO notes VALUES (1, '{t}', 'unwatched');
-         TRUNCATE memos;"
-    );
-    assert_eq!(
-        claimed_after(&mut client, &renamed).await,
-        vec![
-            ("notes".into(), "INSERT".into(), tags(&["note:a".into()]), true),
-            ("memos".into(), "TRUNCATE".into(), tags(&["all".into()]), true),
-        ],
-        "the renamed table's events are known to the invalidator, and its TRUNCATE read its own rows"
-    );
-
-    let new_notes = format!(
-        "SELECT cache_watch('notes', 'r.tenant_id', $$ARRAY['new:' || r.topic]$$);
-         DELETE FROM cache_outbox;
-         INSERT INTO memos VALUES (2, '{t}', 'b');
-         INSERT INTO notes VALUES (2, '{t}', 'c');"
-    );
-    assert_eq!(
-        claimed_after(&mut client, &new_notes).await,
-        vec![
-            ("notes".into(), "INSERT".into(), tags(&["note:b".into()]), true),
-            ("notes".into(), "INSERT".into(), tags(&["new:c".into()]), true),
-        ],
-        "a new table watched under the old name leaves the renamed one its own tags"
-    );
-
-    let rewatched = format!(
-        "SELECT cache_watch('memos', 'r.tenant_id', $$ARRAY['memo:' || r.topic]$$);
-         DELETE FROM cache_outbox;
-         INSERT INTO memos VALUES (3, '{t}', 'd');"
-    );
-    assert_eq!(
-        claimed_after(&mut client, &rewatched).await,
-        vec![("memos".into(), "INSERT".into(), tags(&["memo:d".into()]), true)]
-    );
-
-    let renamed_again = format!(
-        "DELETE FROM cache_outbox;
-         ALTER TABLE memos RENAME TO jots;
-         INSERT INTO jots VALUES (5, '{t}', 'e');
-         SELECT cache_watch('jots', 'r.tenant_id', $$ARRAY['jot:' || r.topic]$$);"
-    );
-    assert_eq!(
-        claimed_after(&mut client, &renamed_again).await,
-        vec![("memos".into(), "INSERT".into(), tags(&["memo:e".into()]), true)],
-        "an event written under a name the table has since left is still known after it is watched again"
-    );
-
-    client.batch_execute("SELECT cache_unwatch('jots'), cache_unwatch('notes'); DROP TABLE jots, notes").await.unwrap();
-    for table in ["jots", "memos", "notes", "moved_[0-9]+"] {
-        assert_eq!(functions_for(&client, table).await, 0, "cache_unwatch drops the generated functions of {table}");
-    }
-}
-
-/// Before migration 12, a table watched under a renamed table's old name took over its trigger
-/// function, and tables could swap names. The migration's regeneration of every watched table
-/// goes through both states, after which each table writes its own events under its own name.
-#[tokio::test]
-async fn watched_tables_renamed_before_migration_12_are_regenerated_whatever_their_names_became() {
-    let db = TestDatabase::create().await;
-    let mut client = db.connect().await;
-    let t = tenant(&client, "acme").await;
-    // What cache_watch did before migration 12 (its generator, without the new bookkeeping).
-    let old_watch =
-        |table: &str| format!("SELECT cache_watch_generate('{table}', 'r.tenant_id', $$ARRAY['{table}:' || r.id]$$);");
-    let table = |name: &str| format!("CREATE TABLE {name} (id int PRIMARY KEY, tenant_id uuid NOT NULL);");
-    let before = [
-        table("notes"),
-        old_watch("notes"),
-        "ALTER TABLE notes RENAME TO memos;".into(),
-        table("notes"),
-        old_watch("notes"),
-        table("p"),
-        table("q"),
-        old_watch("p"),
-        old_watch("q"),
-        "ALTER TABLE p RENAME TO swapping; ALTER TABLE q RENAME TO p; ALTER TABLE swapping RENAME TO q;".into(),
-    ]
-    .concat();
-    client.batch_execute(&before).await.unwrap();
-    let shared: i64 = client
-        .query_one("SELECT count(DISTINCT tgfoid) FROM pg_trigger WHERE tgname = 'cache_capture' AND tgrelid IN ('memos'::regclass, 'notes'::regclass)", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(shared, 1, "memos and notes share one trigger function, as they came to before migration 12");
-
-    let migration_12 = openrisk_migrations::MIGRATIONS.iter().find(|migration| migration.version == 12).unwrap();
-    let regenerate = migration_12.sql.lines().rfind(|line| line.starts_with("SELECT cache_watch(")).unwrap();
-    let written = format!(
-        "{regenerate}
-         DELETE FROM cache_outbox;
-         INSERT INTO memos VALUES (1, '{t}'); INSERT INTO notes VALUES (2, '{t}');
-         INSERT INTO p VALUES (3, '{t}'); INSERT INTO q VALUES (4, '{t}');"
-    );
-    assert_eq!(
-        claimed_after(&mut client, &written).await,
-        vec![
-            ("memos".into(), "INSERT".into(), tags(&["notes:1".into()]), true),
-            ("notes".into(), "INSERT".into(), tags(&["notes:2".into()]), true),
-            ("p".into(), "INSERT".into(), tags(&["q:3".into()]), true),
-            ("q".into(), "INSERT".into(), tags(&["p:4".into()]), true),
         ]
     );
 }
