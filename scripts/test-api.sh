@@ -70,7 +70,8 @@ start_test_api() {
 # our_redis_answers PORT PID: whether the Redis answering on PORT is process PID (not another
 # server that took the port first).
 our_redis_answers() {
-    redis-cli -p "$1" info server 2>/dev/null | tr -d '\r' | grep -qx "process_id:$2"
+    # grep reads to the end (no -q): an early exit could fail the pipeline under pipefail.
+    redis-cli -p "$1" info server 2>/dev/null | tr -d '\r' | grep -x "process_id:$2" >/dev/null
 }
 
 # answers_within_10s COMMAND...: whether COMMAND succeeds within 10 s of tries.
