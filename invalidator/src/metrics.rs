@@ -59,6 +59,7 @@ pub struct Metrics {
     pub registry: Registry,
     pub events_processed: IntCounter,
     pub keys_deleted: IntCounter,
+    pub reclaims_skipped: IntCounter,
     pub tags_invalidated: IntCounter,
     pub batches: IntCounter,
     pub batch_size: Histogram,
@@ -138,6 +139,10 @@ impl Metrics {
                 "Outbox events applied to Redis and acknowledged.",
             ),
             keys_deleted: counter("openrisk_invalidator_keys_deleted_total", "Cached entries unlinked from Redis."),
+            reclaims_skipped: counter(
+                "openrisk_invalidator_reclaims_skipped_total",
+                "Invalidated member sets left to expire because the most reclaims allowed at once were running.",
+            ),
             tags_invalidated: counter(
                 "openrisk_invalidator_tags_invalidated_total",
                 "Distinct tags invalidated (after collapsing duplicates within a batch).",

@@ -13,7 +13,7 @@ use openrisk_shared::config::Settings;
 use openrisk_shared::db::ConnectError;
 use openrisk_shared::event::InvalidationEvent;
 use openrisk_shared::keys::{Keyspace, Tag};
-use openrisk_shared::protocol::{self, InvalidateError, Reclaimable, ReplicaAck};
+use openrisk_shared::protocol::{self, BackgroundReclaims, InvalidateError, Reclaimable, ReplicaAck};
 use openrisk_shared::redis_connection::{RedisConnection, RedisTarget, Timeouts};
 use tokio_postgres::{Client, Statement, Transaction};
 use tokio_util::sync::CancellationToken;
@@ -79,6 +79,7 @@ pub struct Worker {
     status: Arc<Status>,
     /// Wake-ups and the park session from the LISTEN task; `None` in poll mode.
     wakeups: Option<Arc<Wakeups>>,
+    reclaims: BackgroundReclaims,
 }
 
 /// The replica's outbox connection and Redis connection; each is replaced when it fails.
@@ -155,7 +156,8 @@ impl Worker {
         let keyspace = Keyspace::new(settings.cache.key_prefix.clone());
         let redis = settings.redis_target()?;
         let replica_ack = settings.replica_ack();
-        Ok(Self { settings, redis, replica_ack, keyspace, metrics, status, wakeups })
+        let reclaims = BackgroundReclaims::default();
+        Ok(Self { settings, redis, replica_ack, keyspace, metrics, status, wakeups, reclaims })
     }
 
     /// Runs until `shutdown` is cancelled: drains the outbox, and after a failure backs off and
@@ -301,16 +303,14 @@ impl Worker {
     /// Unlinks the entries of the member sets a batch moved aside, off the batch path: they can
     /// no longer be read, so this is only memory and must not delay the next batch.
     fn reclaim_in_background(&self, redis: &RedisConnection, reclaimable: Reclaimable) {
-        if reclaimable.is_empty() {
-            return;
-        }
-        let (mut redis, metrics) = (redis.clone(), self.metrics.clone());
-        tokio::spawn(async move {
-            match protocol::reclaim(&mut redis, &reclaimable).await {
-                Ok(unlinked) => metrics.keys_deleted.inc_by(unlinked),
-                Err(error) => tracing::warn!(%error, "reclaiming invalidated entries stopped; the rest expires"),
-            }
+        let metrics = self.metrics.clone();
+        let started = self.reclaims.start(redis.clone(), reclaimable, move |outcome| match outcome {
+            Ok(unlinked) => metrics.keys_deleted.inc_by(unlinked),
+            Err(error) => tracing::warn!(%error, "reclaiming invalidated entries stopped; the rest expires"),
         });
+        if !started {
+            self.metrics.reclaims_skipped.inc();
+        }
     }
 
     /// Counts an applied batch: `claim_took` the claim's round trip, `confirmed_after` the time

@@ -4,7 +4,9 @@
 
 use openrisk_shared::db::Lsn;
 use openrisk_shared::keys::{Keyspace, Tag};
-use openrisk_shared::protocol::{self, Entry, Fill, InvalidateError, Lookup, Reclaimable, ReplicaAck, Snapshot};
+use openrisk_shared::protocol::{
+    self, BackgroundReclaims, Entry, Fill, InvalidateError, Lookup, Reclaimable, ReplicaAck, Snapshot,
+};
 use openrisk_shared::redis_connection::RedisConnection;
 use openrisk_test_support::{PrivateRedis, RedisNamespace};
 use uuid::Uuid;
@@ -304,6 +306,29 @@ async fn invalidating_a_tag_with_thousands_of_entries_makes_all_unreadable_in_on
     assert!(f.fill(&later, &fresh, "new page").await);
     assert_eq!(f.reclaim(&moved).await, 2000, "every old entry is unlinked");
     assert_eq!(f.lookup(&later, &deps).await, hit("new page"));
+}
+
+#[tokio::test]
+async fn reclaims_beyond_those_running_at_once_are_not_started_and_a_finished_one_frees_its_slot() {
+    let redis = PrivateRedis::start();
+    let mut f = Fixture::on(RedisNamespace::on(&redis.url())).await;
+    let (key, _, _) = f.stored_risk("v1").await;
+    let moved = f.invalidate(&tags(&["risk:1"])).await;
+    let reclaims = BackgroundReclaims::new(1);
+
+    // Redis takes no write for a while, so the first reclaim holds the only slot.
+    let _: () = redis::cmd("CLIENT").arg("PAUSE").arg(1500).arg("WRITE").query_async(&mut f.conn).await.unwrap();
+    let (first_done, first_unlinked) = tokio::sync::oneshot::channel();
+    let send_first = move |outcome: redis::RedisResult<u64>| first_done.send(outcome.unwrap()).unwrap();
+    assert!(reclaims.start(f.conn.clone(), moved.clone(), send_first));
+    assert!(!reclaims.start(f.conn.clone(), moved.clone(), |_| panic!("started beyond the limit")));
+    assert_eq!(first_unlinked.await.unwrap(), 1, "the running one unlinks the entry once Redis writes again");
+    assert!(!f.namespace.keys().contains(&key));
+
+    let (again_done, again_unlinked) = tokio::sync::oneshot::channel();
+    let send_again = move |outcome: redis::RedisResult<u64>| again_done.send(outcome.unwrap()).unwrap();
+    assert!(reclaims.start(f.conn.clone(), moved, send_again), "its slot is free again");
+    assert_eq!(again_unlinked.await.unwrap(), 0);
 }
 
 #[tokio::test]

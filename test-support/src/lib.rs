@@ -25,6 +25,8 @@ pub use network::{LatencyRelay, NetworkLink};
 pub use private::{PrivatePostgres, PrivateRedis, free_port, sslrootcert_param};
 pub use replica_pair::ReplicaPair;
 
+use std::sync::LazyLock;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use openrisk_shared::Settings;
@@ -76,7 +78,8 @@ pub struct TestDatabase {
 }
 
 impl TestDatabase {
-    /// Creates `openrisk_test_<uuid>` from the migrated template on the shared server.
+    /// Creates a database from the migrated template on the shared server, named
+    /// `openrisk_test_<host and PID namespace>_<pid>_<random>` (see [`drop_abandoned_databases`]).
     pub async fn create() -> Self {
         Self::create_on(&admin_database_url()).await
     }
@@ -87,7 +90,12 @@ impl TestDatabase {
             .await
             .expect("connect to postgres");
         let template = ensure_template(&admin, admin_url).await;
-        let name = format!("openrisk_test_{}", Uuid::new_v4().simple());
+        static SWEPT: AtomicBool = AtomicBool::new(false);
+        if !SWEPT.swap(true, Ordering::Relaxed) {
+            drop_abandoned_databases(&admin).await;
+        }
+        let random = &Uuid::new_v4().simple().to_string()[..16];
+        let name = format!("{}{}_{random}", *DATABASE_PREFIX, std::process::id());
         let mut attempts = 0;
         loop {
             match admin.batch_execute(&format!("CREATE DATABASE {name} TEMPLATE {template}")).await {
@@ -126,6 +134,37 @@ impl Drop for TestDatabase {
         .join();
         if !matches!(dropped, Ok(Some(()))) {
             eprintln!("warning: could not drop test database {}", self.name);
+        }
+    }
+}
+
+/// `openrisk_test_`, then this machine's boot and this process's PID namespace: the start of the
+/// name of every test database this process's neighbours create, before their pid.
+static DATABASE_PREFIX: LazyLock<String> = LazyLock::new(|| {
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
+    let pid_namespace = std::fs::read_link("/proc/self/ns/pid").unwrap_or_default();
+    let digits =
+        |text: &str, most: usize| text.chars().filter(char::is_ascii_alphanumeric).take(most).collect::<String>();
+    format!("openrisk_test_{}{}_", digits(&boot, 8), digits(&pid_namespace.to_string_lossy(), 16))
+});
+
+/// Drops the test databases of processes on this machine and in this PID namespace that are
+/// gone: a run killed or interrupted before its databases' drop ran leaves them behind (the
+/// first [`TestDatabase`] of each process does this). Databases of other machines or namespaces
+/// are left alone, since whether their process still runs cannot be told from here.
+pub async fn drop_abandoned_databases(admin: &Client) {
+    let Ok(rows) =
+        admin.query("SELECT datname::text FROM pg_database WHERE starts_with(datname, $1)", &[&*DATABASE_PREFIX]).await
+    else {
+        return;
+    };
+    for name in rows.iter().map(|row| row.get::<_, String>(0)) {
+        let pid = name[DATABASE_PREFIX.len()..].split('_').next().unwrap_or_default();
+        if pid.is_empty() || std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        if admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await.is_ok() {
+            eprintln!("dropped test database {name}, left by process {pid}, which is gone");
         }
     }
 }

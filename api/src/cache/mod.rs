@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use openrisk_shared::config::CacheSettings;
-use openrisk_shared::protocol::{self, Reclaimable, Snapshot};
+use openrisk_shared::protocol::{self, BackgroundReclaims, Reclaimable, Snapshot};
 use openrisk_shared::redis_connection::{RedisConnection, RedisTarget, Timeouts};
 use openrisk_shared::{CacheStatus, Keyspace, Tag};
 use rand::Rng;
@@ -102,6 +102,7 @@ pub struct Cache {
     timeout: Duration,
     breaker: Breaker,
     flights: SingleFlight<MissResult, Snapshot>,
+    reclaims: BackgroundReclaims,
     metrics: Arc<Metrics>,
     before_fill: Option<BeforeFillHook>,
 }
@@ -141,6 +142,7 @@ impl Cache {
             timeout,
             breaker,
             flights: SingleFlight::new(longest_miss),
+            reclaims: BackgroundReclaims::default(),
             metrics,
             before_fill,
         })
@@ -227,13 +229,11 @@ impl Cache {
                 Err(_) => return,
             }
         }
-        if !reclaimable.is_empty() {
-            tokio::spawn(async move {
-                if let Err(error) = protocol::reclaim(&mut conn, &reclaimable).await {
-                    tracing::debug!(%error, "reclaiming invalidated entries stopped; the rest expires");
-                }
-            });
-        }
+        self.reclaims.start(conn, reclaimable, |outcome| {
+            if let Err(error) = outcome {
+                tracing::debug!(%error, "reclaiming invalidated entries stopped; the rest expires");
+            }
+        });
     }
 
     /// Pings Redis (every master of a cluster) within the timeout, for /readyz; does not

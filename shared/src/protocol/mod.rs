@@ -13,7 +13,8 @@
 //! * invalidation ([`invalidate`]) replaces each tag's version with a fresh random token, which
 //!   at once makes every entry built under the old one unreadable, however many there are. The
 //!   entries themselves are only memory by then: the same call moves the tag's member set aside
-//!   and [`reclaim`] unlinks its entries later, a bounded chunk per command.
+//!   and [`reclaim`] unlinks its entries later, a bounded chunk per command, on a few tasks at
+//!   most ([`BackgroundReclaims`]).
 //!
 //! With Postgres read replicas, a miss may read rows from a replica that has not replayed a
 //! write whose invalidation already ran; filled, those rows would be stale until expiry. So each
@@ -44,10 +45,12 @@ use uuid::Uuid;
 
 use crate::keys::{Keyspace, Tag};
 
+mod background_reclaims;
 mod eviction;
 mod invalidation;
 mod replay_floor;
 
+pub use background_reclaims::{BackgroundReclaims, RECLAIMS_AT_ONCE};
 pub use eviction::{check_eviction_policy, eviction_policy_problem};
 pub use invalidation::{InvalidateError, Reclaimable, ReplicaAck, invalidate, invalidate_replicated, reclaim};
 pub use replay_floor::{ReplayFloor, replay_floor, stamp_replay_floor};
