@@ -299,6 +299,12 @@ async fn a_new_table_is_watched_with_one_sql_call() {
         .await
         .expect_err("bad expression");
     assert!(error.as_db_error().is_some_and(|e| e.message().contains("no_such_column")), "{error:?}");
+    // So is one that gives a single text, which every write would fail to read as tags.
+    let error = client
+        .batch_execute("SELECT cache_watch('risk_comments', 'r.tenant_id', $$'risk:' || r.risk_id$$)")
+        .await
+        .expect_err("tags that are no array");
+    assert!(error.as_db_error().is_some_and(|e| e.message().contains("gives text, not an array")), "{error:?}");
 
     // Unwatching removes the triggers.
     client.batch_execute("SELECT cache_unwatch('risk_comments')").await.unwrap();
@@ -308,6 +314,60 @@ async fn a_new_table_is_watched_with_one_sql_call() {
         .await
         .unwrap();
     assert!(events_after(&client, mark).await.is_empty());
+}
+
+/// TRUNCATE invalidates every tenant whose rows it removes: named through one partition, or run
+/// by a role whose row-level security policy lets it see one tenant's rows only.
+#[tokio::test]
+async fn truncate_invalidates_every_tenant_it_empties_through_a_partition_or_under_row_level_security() {
+    let db = TestDatabase::create().await;
+    let client = db.connect().await;
+    let (a, b) = (tenant(&client, "acme").await, tenant(&client, "bolt").await);
+    let role = format!("openrisk_truncator_{}", Uuid::new_v4().simple());
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE readings (tenant_id uuid NOT NULL, day int NOT NULL) PARTITION BY RANGE (day);
+             CREATE TABLE readings_early PARTITION OF readings FOR VALUES FROM (0) TO (10);
+             CREATE TABLE readings_late PARTITION OF readings FOR VALUES FROM (10) TO (20);
+             SELECT cache_watch('readings', 'r.tenant_id', $$ARRAY['readings']$$);
+             CREATE TABLE notes (tenant_id uuid NOT NULL, body text);
+             SELECT cache_watch('notes', 'r.tenant_id', $$ARRAY['notes']$$);
+             ALTER TABLE notes ENABLE ROW LEVEL SECURITY;
+             CREATE POLICY own_tenant ON notes USING (tenant_id::text = current_setting('app.tenant'));
+             CREATE ROLE {role};
+             GRANT SELECT, TRUNCATE ON notes TO {role};
+             GRANT SELECT ON cache_watches TO {role};
+             GRANT INSERT ON cache_outbox TO {role};
+             INSERT INTO readings VALUES ('{a}', 1), ('{b}', 15);
+             INSERT INTO notes VALUES ('{a}', 'x'), ('{b}', 'y');"
+        ))
+        .await
+        .unwrap();
+    let truncate_events = |tenants: &[Uuid], table: &str| {
+        let all = vec!["all".to_string()];
+        tenants.iter().map(|t| (table.to_string(), "TRUNCATE".to_string(), *t, all.clone())).collect::<Vec<_>>()
+    };
+
+    let mark = last_event_id(&client).await;
+    client.batch_execute("TRUNCATE readings_early").await.unwrap();
+    let through_partition = events_after(&client, mark).await;
+
+    let mark = last_event_id(&client).await;
+    let under_policy = format!("SET ROLE {role}; SET app.tenant = '{a}'; TRUNCATE notes; RESET ROLE");
+    client.batch_execute(&under_policy).await.unwrap();
+    let mut under_row_security = events_after(&client, mark).await;
+    under_row_security.sort();
+
+    // Unwatched, a partition truncates quietly.
+    let mark = last_event_id(&client).await;
+    client.batch_execute("SELECT cache_unwatch('readings'); TRUNCATE readings_late").await.unwrap();
+    let after_unwatch = events_after(&client, mark).await;
+    client.batch_execute(&format!("DROP OWNED BY {role}; DROP ROLE {role}")).await.unwrap();
+    assert_eq!(through_partition, truncate_events(&[a], "readings"), "the partition's tenant, as the table's event");
+    let mut both = truncate_events(&[a, b], "notes");
+    both.sort();
+    assert_eq!(under_row_security, both, "every tenant whose rows went, seen or not");
+    assert_eq!(after_unwatch, [], "unwatched, a partition's TRUNCATE writes nothing");
 }
 
 /// The generator's edge cases: rows with no tenant, rows with no tags, bulk statements, and a
