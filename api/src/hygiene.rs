@@ -50,17 +50,20 @@ pub fn finish(path: &str, mut response: Response, allowed: Option<String>) -> Re
     response
 }
 
-/// Joins repeated `If-None-Match` lines into one comma-separated list, which is how RFC 9110
-/// reads them, so that the hit path and the handlers, which read one line, see every tag sent.
-pub fn fold_if_none_match(request: &mut Request) {
+/// Joins repeated `If-None-Match` lines, and repeated `If-Match` lines, each into one
+/// comma-separated list, which is how RFC 9110 reads them, so that the hit path and the handlers,
+/// which read one line, see every tag sent.
+pub fn fold_condition_lists(request: &mut Request) {
     let headers = request.headers_mut();
-    // Every request passes here: nothing is allocated unless there are several lines.
-    if headers.get_all(header::IF_NONE_MATCH).iter().nth(1).is_none() {
-        return;
-    }
-    let lines: Vec<&[u8]> = headers.get_all(header::IF_NONE_MATCH).iter().map(HeaderValue::as_bytes).collect();
-    if let Ok(list) = HeaderValue::from_bytes(&lines.join(&b", "[..])) {
-        headers.insert(header::IF_NONE_MATCH, list);
+    for name in [header::IF_NONE_MATCH, header::IF_MATCH] {
+        // Every request passes here: nothing is allocated unless there are several lines.
+        if headers.get_all(&name).iter().nth(1).is_none() {
+            continue;
+        }
+        let lines: Vec<&[u8]> = headers.get_all(&name).iter().map(HeaderValue::as_bytes).collect();
+        if let Ok(list) = HeaderValue::from_bytes(&lines.join(&b", "[..])) {
+            headers.insert(name, list);
+        }
     }
 }
 

@@ -80,23 +80,57 @@ async fn a_write_that_loses_a_deadlock_runs_again_and_succeeds_instead_of_answer
     assert_eq!(detail["score"], 12.0 * 1.5, "re-scored with the new criticality");
 }
 
+/// Sends `request` while a session of the test's own has deleted `row` with `delete` and commits
+/// only once the API waits for it; returns the API's answer.
+async fn answer_while_deleted(
+    app: &TestApp,
+    delete: &str,
+    row: uuid::Uuid,
+    request: impl Future<Output = reqwest::Response>,
+) -> reqwest::Response {
+    let deleter = session_holding(app, "BEGIN", delete, row).await;
+    let commit_once_waited_for = async {
+        until_the_api_waits_for_a_lock(&deleter).await;
+        deleter.batch_execute("COMMIT").await.unwrap();
+    };
+    tokio::join!(request, commit_once_waited_for).0
+}
+
 #[tokio::test]
 async fn a_sub_action_added_while_its_mitigation_is_deleted_is_a_404_not_a_foreign_key_error() {
     let app = spawn_app().await;
     let (token, risk_path) = (&app.a.analyst, app.create_risk_path(&app.a.analyst, "Parent").await);
     let id: uuid::Uuid =
         app.create_mitigation(token, &risk_path, "Going").await["id"].as_str().unwrap().parse().unwrap();
-    // A session of the test's own deletes the mitigation and commits only once the API waits.
-    let deleter = session_holding(&app, "BEGIN", "DELETE FROM mitigations WHERE id = $1", id).await;
     let subactions = format!("{risk_path}/mitigations/{id}/subactions");
     let add = app.send_json(Method::POST, &subactions, token, json!({"title": "Late"}));
-    let commit_once_waited_for = async {
-        until_the_api_waits_for_a_lock(&deleter).await;
-        deleter.batch_execute("COMMIT").await.unwrap();
-    };
-    let (response, ()) = tokio::join!(add, commit_once_waited_for);
+    let response = answer_while_deleted(&app, "DELETE FROM mitigations WHERE id = $1", id, add).await;
     assert_problem(response, StatusCode::NOT_FOUND).await;
     assert_eq!(app.count("SELECT count(*) FROM mitigation_subactions").await, 0);
+}
+
+/// Of two deletes of one row, the one that finds it gone once it may delete answers 404: a client
+/// told 204 believes its own delete took effect.
+#[tokio::test]
+async fn a_mitigation_or_sub_action_deleted_by_another_transaction_first_is_a_404_not_a_204() {
+    let app = spawn_app().await;
+    let (token, risk_path) = (&app.a.analyst, app.create_risk_path(&app.a.analyst, "Parent").await);
+    let mitigation_id = |mitigation: Value| mitigation["id"].as_str().unwrap().parse::<uuid::Uuid>().unwrap();
+    let kept = mitigation_id(app.create_mitigation(token, &risk_path, "Kept").await);
+    let going = mitigation_id(app.create_mitigation(token, &risk_path, "Going").await);
+    let subactions = format!("{risk_path}/mitigations/{kept}/subactions");
+    let subaction = app.send_json(Method::POST, &subactions, token, json!({"title": "Going"})).await;
+    let subaction = id_of(subaction.json::<Value>().await.unwrap()["id"].as_str().unwrap());
+
+    let path = format!("{risk_path}/mitigations/{going}");
+    let delete = async { app.request(Method::DELETE, &path, token).send().await.unwrap() };
+    let response = answer_while_deleted(&app, "DELETE FROM mitigations WHERE id = $1", going, delete).await;
+    assert_problem(response, StatusCode::NOT_FOUND).await;
+    let path = format!("{subactions}/{subaction}");
+    let delete = async { app.request(Method::DELETE, &path, token).send().await.unwrap() };
+    let sql = "DELETE FROM mitigation_subactions WHERE id = $1";
+    let response = answer_while_deleted(&app, sql, subaction, delete).await;
+    assert_problem(response, StatusCode::NOT_FOUND).await;
 }
 
 /// Two writes in plain SQL that meet on one row: `held` (on `held_row`) is left uncommitted while

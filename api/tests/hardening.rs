@@ -356,6 +356,9 @@ async fn writes_with_a_stale_if_match_are_refused_412_with_the_current_tag_and_a
         assert_eq!(current, Some(etag_of(&app, path).await), "412 names the current tag of {path}");
         let weak = format!("W/{}", etag_of(&app, path).await);
         assert_eq!(conditional(&weak).send().await.unwrap().status(), StatusCode::PRECONDITION_FAILED);
+        let current = etag_of(&app, path).await;
+        let two_lines = conditional(&read).header("if-match", &current).send().await.unwrap();
+        assert_eq!(two_lines.status(), StatusCode::OK, "two If-Match lines are one list, the second current");
         assert_eq!(conditional("*").send().await.unwrap().status(), StatusCode::OK);
 
         let delete = |tag: &str| app.request(Method::DELETE, path, token).header("if-match", tag.to_owned()).send();

@@ -177,9 +177,10 @@ pub async fn lock_mitigation(
     mitigations::Entity::find_by_id(id).filter(mitigations::Column::TenantId.eq(tenant)).lock_exclusive().one(db).await
 }
 
-/// Deletes the mitigation (its sub-actions go with it).
-pub async fn delete_mitigation(db: &impl ConnectionTrait, id: Uuid) -> Result<(), DbErr> {
-    mitigations::Entity::delete_by_id(id).exec(db).await.map(drop)
+/// Deletes the mitigation (its sub-actions go with it); whether it still existed (a concurrent
+/// delete may have taken it since it was read).
+pub async fn delete_mitigation(db: &impl ConnectionTrait, id: Uuid) -> Result<bool, DbErr> {
+    Ok(mitigations::Entity::delete_by_id(id).exec(db).await?.rows_affected > 0)
 }
 
 pub async fn insert_subaction(
@@ -212,6 +213,7 @@ pub async fn update_subaction(
     row.update(db).await
 }
 
-pub async fn delete_subaction(db: &impl ConnectionTrait, id: Uuid) -> Result<(), DbErr> {
-    subactions::Entity::delete_by_id(id).exec(db).await.map(drop)
+/// Deletes the sub-action; whether it still existed (as [`delete_mitigation`]).
+pub async fn delete_subaction(db: &impl ConnectionTrait, id: Uuid) -> Result<bool, DbErr> {
+    Ok(subactions::Entity::delete_by_id(id).exec(db).await?.rows_affected > 0)
 }

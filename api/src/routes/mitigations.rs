@@ -161,8 +161,8 @@ impl MitigationsApi {
     ) -> Result<NoContent, ApiError> {
         let delete = async |write: &Write| {
             let row = find_for_write(write, risk_id.0, id.0, if_match.0.as_deref()).await?;
-            write.timed("mitigation_delete", writes::delete_mitigation(&write.txn, row.id)).await?;
-            Ok(NoContent::Done)
+            let deleted = write.timed("mitigation_delete", writes::delete_mitigation(&write.txn, row.id)).await?;
+            super::found(deleted, "mitigation", row.id)
         };
         caller.write(delete).await
     }
@@ -263,8 +263,8 @@ impl MitigationsApi {
         let subaction = SubActionRef { risk: risk_id.0, mitigation: mitigation_id.0, id: id.0 };
         let delete = async |write: &Write| {
             let row = subaction.find(write).await?;
-            write.timed("subaction_delete", writes::delete_subaction(&write.txn, row.id)).await?;
-            Ok(NoContent::Done)
+            let deleted = write.timed("subaction_delete", writes::delete_subaction(&write.txn, row.id)).await?;
+            super::found(deleted, "sub-action", row.id)
         };
         caller.write(delete).await
     }
