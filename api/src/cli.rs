@@ -111,6 +111,8 @@ async fn connect(settings: &Settings) -> anyhow::Result<DatabaseConnection> {
     let mut pool = settings.pool_settings();
     pool.max_connections = pool.max_connections.min(2);
     pool.min_idle = 0;
+    // A seed of many rows may take longer than any request may.
+    pool.statement_timeout = None;
     crate::db::connect(&settings.database_url, pool).await.context("connect to Postgres (DATABASE_URL)")
 }
 

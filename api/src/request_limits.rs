@@ -1,16 +1,19 @@
 //! The API's limits on one request: its body (at most [`MAX_BODY_BYTES`], no JSON key twice) must
 //! arrive within `http.request_timeout_ms` (408 otherwise), and the whole request must be answered
-//! within it (503 otherwise). The limits on connections are the server loop's
+//! within it (503 otherwise). Only a caller with a valid bearer token has its body read at all. The limits on connections are the server loop's
 //! (`openrisk_shared::http_server`).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use poem::http::{HeaderValue, StatusCode, Version, header};
-use poem::{Endpoint, IntoResponse, Request, Response};
+use poem::web::headers::{Authorization, HeaderMapExt, authorization};
+use poem::{Body, Endpoint, IntoResponse, Request, Response};
 use poem_openapi::payload::Json;
 use tokio::time::{Instant, timeout_at};
 
+use crate::app::AppState;
+use crate::auth::VerifiedBearer;
 use crate::error::{ApiError, Problem};
 
 /// Largest request body accepted; larger ones get 413.
@@ -23,7 +26,7 @@ pub async fn within<E: Endpoint>(endpoint: Arc<E>, mut request: Request, limit: 
     let deadline = Instant::now() + limit;
     if may_have_body(&request) {
         // Boxed: inline, the read's state would enlarge this future, which every hit moves.
-        match timeout_at(deadline, Box::pin(read_body(&mut request))).await {
+        match timeout_at(deadline, Box::pin(read_body_of_known_caller(&mut request))).await {
             Ok(read) => read?,
             Err(_) => return Ok(body_too_slow(limit)),
         }
@@ -44,6 +47,31 @@ fn may_have_body(request: &Request) -> bool {
     request.version() >= Version::HTTP_2
         || headers.contains_key(header::TRANSFER_ENCODING)
         || headers.get(header::CONTENT_LENGTH).is_some_and(|length| length.as_bytes() != b"0")
+}
+
+/// Reads the body of a request whose bearer token is valid (and hands the verified caller on, so
+/// it is not verified again). Any other request's body is replaced by an empty one, unread: a
+/// client without a valid token never has the server buffer what it sends, and the operation
+/// answers 401 (or the router 404) as it would have.
+async fn read_body_of_known_caller(request: &mut Request) -> poem::Result<()> {
+    let Some(state) = request.data::<Arc<AppState>>().cloned() else { return read_body(request).await };
+    // Read as the operations' bearer security scheme reads it.
+    let bearer = request.headers().typed_get::<Authorization<authorization::Bearer>>();
+    let Some(token) = bearer.map(|bearer| bearer.token().to_owned()) else {
+        request.set_body(Body::empty());
+        return Ok(());
+    };
+    match state.tokens.verify(&token).await {
+        Ok(principal) => {
+            request.set_data(VerifiedBearer { token, principal });
+            read_body(request).await
+        }
+        Err(ApiError::Unauthorized(..)) => {
+            request.set_body(Body::empty());
+            Ok(())
+        }
+        Err(other) => Err(other.into()),
+    }
 }
 
 /// Buffers the body, refusing one over [`MAX_BODY_BYTES`] (413) whether or not it announces its

@@ -62,8 +62,11 @@ async fn a_client_trickling_its_headers_is_cut_off_at_the_idle_timeout() {
 async fn a_client_trickling_its_body_is_answered_408_at_the_request_timeout_and_its_connection_closed() {
     let app = spawn_app_with_short_http_timeouts().await;
     let mut trickling = tokio::net::TcpStream::connect(app.app.addr).await.unwrap();
-    let head =
-        "POST /api/v1/risks HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n";
+    let head = format!(
+        "POST /api/v1/risks HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n",
+        app.a.analyst
+    );
     trickling.write_all(head.as_bytes()).await.unwrap();
     // A byte of the promised 1,000 every 50 ms: never idle, never done.
     let trickle = async {
@@ -87,6 +90,72 @@ async fn a_client_trickling_its_body_is_answered_408_at_the_request_timeout_and_
     let answer = String::from_utf8_lossy(&answer).to_ascii_lowercase();
     assert!(answer.starts_with("http/1.1 408"), "the client, not the server, was too slow: {answer}");
     assert!(answer.contains("\r\nconnection: close\r\n"), "the rest of the body is not read as a request: {answer}");
+}
+
+/// The server reads no body for a client without a valid token: such a request is answered 401
+/// at once, however much of its body is still to come, so it holds no buffer while it waits.
+#[tokio::test]
+async fn a_body_sent_without_a_valid_token_is_answered_401_without_waiting_for_it() {
+    let app = spawn_app().await;
+    let unknown = format!("Authorization: Bearer ort_{}\r\n", "0".repeat(64));
+    for authorization in ["", unknown.as_str()] {
+        let mut client = tokio::net::TcpStream::connect(app.app.addr).await.unwrap();
+        let head = format!(
+            "POST /api/v1/risks HTTP/1.1\r\nHost: x\r\n{authorization}\
+             Content-Type: application/json\r\nContent-Length: 60000\r\n\r\n{{\"title\": "
+        );
+        client.write_all(head.as_bytes()).await.unwrap();
+        let mut answer = vec![0u8; 1024];
+        let read = tokio::time::timeout(Duration::from_secs(3), client.read(&mut answer)).await;
+        let read = read.expect("no answer within 3 s: the server waited for the body").unwrap();
+        let answer = String::from_utf8_lossy(&answer[..read]).to_ascii_lowercase();
+        assert!(answer.starts_with("http/1.1 401"), "{authorization:?}: {answer}");
+    }
+}
+
+/// Request headers larger than an HTTP/1 connection's buffer are refused with 431 rather than
+/// buffered (hyper's default buffer is 400 KiB a connection).
+#[tokio::test]
+async fn http1_request_headers_over_the_limit_are_refused_431() {
+    let app = spawn_app().await;
+    let mut client = tokio::net::TcpStream::connect(app.app.addr).await.unwrap();
+    let padding = format!("X-Padding: {}\r\n", "p".repeat(1000)).repeat(40);
+    let head = format!("GET /healthz HTTP/1.1\r\nHost: x\r\n{padding}\r\n");
+    let _ = client.write_all(head.as_bytes()).await;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+    assert!(answer.starts_with("http/1.1 431"), "{answer}");
+}
+
+/// A statement still running when its request times out is stopped by the server at the same
+/// deadline (`statement_timeout`): the request's answer is gone, and the statement must not go on
+/// holding a backend, a pooled connection and its place in a lock queue.
+#[tokio::test]
+async fn a_statement_outliving_its_request_is_stopped_by_the_server_at_the_request_timeout() {
+    let app = spawn_app_with_short_http_timeouts().await;
+    let risk_path = app.create_risk_path(&app.a.analyst, "Held").await;
+    let risk: uuid::Uuid = risk_path.rsplit('/').next().unwrap().parse().unwrap();
+    let holder = app.db.connect().await;
+    holder.batch_execute("BEGIN").await.unwrap();
+    holder.execute("SELECT 1 FROM risks WHERE id = $1 FOR UPDATE", &[&risk]).await.unwrap();
+
+    let change = serde_json::json!({"title": "Waits"});
+    let response = app.send_json(reqwest::Method::PATCH, &risk_path, &app.a.analyst, change).await;
+    assert!(response.status().is_server_error(), "{}", response.status());
+    let api_waiting = "SELECT count(*) FROM pg_stat_activity
+                       WHERE application_name = 'openrisk-api' AND datname = current_database()
+                         AND wait_event_type = 'Lock'";
+    let mut waiting: i64 = 1;
+    for _ in 0..50 {
+        waiting = holder.query_one(api_waiting, &[]).await.unwrap().get(0);
+        if waiting == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    holder.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(waiting, 0, "the API's statement still waits for the lock 5 s after its request ended");
 }
 
 #[tokio::test]

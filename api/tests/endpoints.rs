@@ -452,3 +452,36 @@ async fn every_response_carries_the_clients_request_id_or_a_new_one() {
     assert_eq!(common::metric_value(&metrics, detail), 1.0, "{metrics}");
     assert!(!metrics.contains("param0"), "{metrics}");
 }
+
+/// A PATCH that changes nothing writes nothing: the resource keeps its `updated_at` and its entity
+/// tag, so no other client's `If-Match` goes stale and no cached answer is invalidated.
+#[tokio::test]
+async fn a_patch_that_changes_nothing_keeps_the_resource_its_updated_at_and_its_entity_tag() {
+    let app = spawn_app().await;
+    let token = &app.a.analyst;
+    let risk_path = app.create_risk_path(token, "Unchanged").await;
+    let mitigation = app.create_mitigation(token, &risk_path, "M").await;
+    let mitigation_path = format!("{risk_path}/mitigations/{}", mitigation["id"].as_str().unwrap());
+    let subactions = format!("{mitigation_path}/subactions");
+    let subaction: Value =
+        app.send_json(Method::POST, &subactions, token, json!({"title": "S"})).await.json().await.unwrap();
+    let subaction_path = format!("{subactions}/{}", subaction["id"].as_str().unwrap());
+    let asset = app.create_asset(token, "Unchanged", "LOW").await;
+    let asset_path = format!("/api/v1/assets/{}", asset["id"].as_str().unwrap());
+
+    // (what is patched, what shows it, the values it already has)
+    for (path, shown_by, same_values) in [
+        (&risk_path, &risk_path, json!({"title": "Unchanged", "impact": 3})),
+        (&mitigation_path, &mitigation_path, json!({"title": "M", "due_date": null})),
+        (&subaction_path, &mitigation_path, json!({"title": "S", "completed": false})),
+        (&asset_path, &asset_path, json!({"name": "Unchanged", "criticality": "LOW"})),
+    ] {
+        let (tag, before) = (app.etag(shown_by).await, app.get_json(shown_by, token).await);
+        for patch in [json!({}), same_values] {
+            let response = app.send_json(Method::PATCH, path, token, patch).await;
+            assert_eq!(response.status(), StatusCode::OK, "{path}");
+        }
+        assert_eq!(app.get_json(shown_by, token).await, before, "{path}: updated_at and every field as they were");
+        assert_eq!(app.etag(shown_by).await, tag, "{path}: the entity tag as it was");
+    }
+}

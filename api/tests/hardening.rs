@@ -323,12 +323,6 @@ async fn json_bodies_with_a_repeated_key_are_refused() {
 }
 
 /// The `ETag` a GET of `path` answers now.
-async fn etag_of(app: &TestApp, path: &str) -> String {
-    let response = app.get(path, &app.a.viewer).await;
-    assert_eq!(response.status(), StatusCode::OK, "{path}");
-    response.headers()["etag"].to_str().unwrap().to_owned()
-}
-
 #[tokio::test]
 async fn writes_with_a_stale_if_match_are_refused_412_with_the_current_tag_and_a_change_answers_with_the_next_one() {
     let app = spawn_app().await;
@@ -344,19 +338,19 @@ async fn writes_with_a_stale_if_match_are_refused_412_with_the_current_tag_and_a
         (&asset_path, json!({"owner": "o"})),
         (&risk_path, json!({"impact": 5})),
     ] {
-        let read = etag_of(&app, path).await;
+        let read = app.etag(path).await;
         let conditional = |tag: &str| app.request(Method::PATCH, path, token).header("if-match", tag).json(&change);
         let changed = conditional(&read).send().await.unwrap();
         assert_eq!(changed.status(), StatusCode::OK, "{path}");
         let next = changed.headers().get("etag").map(|tag| tag.to_str().unwrap().to_owned());
-        assert_eq!(next, Some(etag_of(&app, path).await), "a change answers with the tag a GET of {path} now has");
+        assert_eq!(next, Some(app.etag(path).await), "a change answers with the tag a GET of {path} now has");
         let stale = conditional(&read).send().await.unwrap();
         let current = stale.headers().get("etag").map(|tag| tag.to_str().unwrap().to_owned());
         assert_problem(stale, StatusCode::PRECONDITION_FAILED).await;
-        assert_eq!(current, Some(etag_of(&app, path).await), "412 names the current tag of {path}");
-        let weak = format!("W/{}", etag_of(&app, path).await);
+        assert_eq!(current, Some(app.etag(path).await), "412 names the current tag of {path}");
+        let weak = format!("W/{}", app.etag(path).await);
         assert_eq!(conditional(&weak).send().await.unwrap().status(), StatusCode::PRECONDITION_FAILED);
-        let current = etag_of(&app, path).await;
+        let current = app.etag(path).await;
         let two_lines = conditional(&read).header("if-match", &current).send().await.unwrap();
         assert_eq!(two_lines.status(), StatusCode::OK, "two If-Match lines are one list, the second current");
         assert_eq!(conditional("*").send().await.unwrap().status(), StatusCode::OK);
@@ -364,7 +358,7 @@ async fn writes_with_a_stale_if_match_are_refused_412_with_the_current_tag_and_a
         let delete = |tag: &str| app.request(Method::DELETE, path, token).header("if-match", tag.to_owned()).send();
         assert_eq!(delete(&read).await.unwrap().status(), StatusCode::PRECONDITION_FAILED);
         assert_eq!(app.get(path, token).await.status(), StatusCode::OK, "a refused delete deletes nothing");
-        assert_eq!(delete(&etag_of(&app, path).await).await.unwrap().status(), StatusCode::NO_CONTENT);
+        assert_eq!(delete(&app.etag(path).await).await.unwrap().status(), StatusCode::NO_CONTENT);
     }
 }
 

@@ -45,6 +45,11 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 /// The most header bytes one HTTP/2 request may carry (poem's own limit).
 const MAX_HTTP2_HEADER_LIST_BYTES: u32 = 16 * 1024;
 
+/// An HTTP/1 connection's read buffer, which holds a request's headers until they are complete:
+/// headers that do not fit are answered 431. (hyper's default, 400 KiB, let a client that never
+/// finishes its headers hold that much per connection.)
+const MAX_HTTP1_BUFFER_BYTES: usize = 32 * 1024;
+
 /// The time limits of [`serve`].
 #[derive(Debug, Clone, Copy)]
 pub struct ServeTimeouts {
@@ -68,7 +73,7 @@ where
 {
     let endpoint = Arc::new(endpoint);
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(timeouts.headers);
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(timeouts.headers).max_buf_size(MAX_HTTP1_BUFFER_BYTES);
     // poem's limit on an HTTP/2 request's headers, kept.
     builder.http2().max_header_list_size(MAX_HTTP2_HEADER_LIST_BYTES);
     let builder = Arc::new(builder);

@@ -48,7 +48,10 @@ fn options(url: &str, pool: PoolSettings) -> ConnectOptions {
         .sqlx_logging(false);
     // sqlx sets no client-side keepalive; the server's side of each session still drops a
     // client that went silent, and `http.request_timeout_ms` bounds what a request waits.
-    let server_side = pool.link.server_options();
+    let mut server_side = pool.link.server_options();
+    if let (true, Some(limit)) = (pool.link.server_side, pool.statement_timeout) {
+        server_side.push(("statement_timeout", limit.as_millis().to_string()));
+    }
     options.map_sqlx_postgres_opts(move |connect| connect.options(server_side.clone()));
     options
 }

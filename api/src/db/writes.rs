@@ -1,12 +1,12 @@
 //! The rows the write operations insert, change and delete, one function each. A create body
-//! becomes a row with its defaults; a PATCH body changes only the fields it carries and moves
-//! `updated_at`. Bodies arrive checked (the routes refuse what Postgres could not store), and
+//! becomes a row with its defaults; a PATCH body changes only the fields it carries and, when
+//! one of them differs from what is stored, moves `updated_at`. Bodies arrive checked (the routes refuse what Postgres could not store), and
 //! every function runs inside the caller's write transaction.
 
 use chrono::NaiveDate;
 use poem_openapi::types::MaybeUndefined;
+use sea_orm::{ActiveModelBehavior, ActiveValue, QuerySelect, TryIntoModel};
 use sea_orm::{ActiveModelTrait, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, IntoActiveModel, QueryFilter, Set};
-use sea_orm::{ActiveValue, QuerySelect};
 use uuid::Uuid;
 
 use super::entities::{assets, mitigations, risks, subactions};
@@ -15,23 +15,42 @@ use crate::model::{
     RiskSource, RiskStatus, SubActionCreate, SubActionPatch, enum_text,
 };
 
-/// `Set(value)` when the field is present, left unchanged otherwise.
-fn set_if_present<T: Into<sea_orm::Value>>(field: &mut ActiveValue<T>, value: impl Into<Option<T>>) {
+/// `Set(value)` when the field is present and differs from what is stored, left unchanged otherwise.
+fn set_if_present<T: Into<sea_orm::Value> + PartialEq>(field: &mut ActiveValue<T>, value: impl Into<Option<T>>) {
     if let Some(value) = value.into() {
-        *field = Set(value);
+        field.set_ne(value);
     }
 }
 
 /// A nullable field of a PATCH: a value sets it, `null` clears it, absence leaves it.
-fn set_nullable<T>(field: &mut ActiveValue<Option<T>>, value: MaybeUndefined<T>)
+fn set_nullable<T: PartialEq>(field: &mut ActiveValue<Option<T>>, value: MaybeUndefined<T>)
 where
     Option<T>: Into<sea_orm::Value>,
 {
     match value {
-        MaybeUndefined::Value(value) => *field = Set(Some(value)),
-        MaybeUndefined::Null => *field = Set(None),
+        MaybeUndefined::Value(value) => field.set_ne(Some(value)),
+        MaybeUndefined::Null => field.set_ne(None),
         MaybeUndefined::Undefined => {}
     }
+}
+
+/// Writes the fields of `row` that changed, with `updated_at` moved to now by `touch`. A patch
+/// that changes nothing writes nothing: the resource keeps its `updated_at` and its entity tag,
+/// and no client's `If-Match` goes stale.
+async fn update_changed<A>(
+    db: &impl ConnectionTrait,
+    mut row: A,
+    touch: impl FnOnce(&mut A),
+) -> Result<<A::Entity as EntityTrait>::Model, DbErr>
+where
+    A: ActiveModelTrait + ActiveModelBehavior + TryIntoModel<<A::Entity as EntityTrait>::Model> + Send,
+    <A::Entity as EntityTrait>::Model: IntoActiveModel<A>,
+{
+    if !row.is_changed() {
+        return row.try_into_model();
+    }
+    touch(&mut row);
+    row.update(db).await
 }
 
 /// The custom fields as stored: a JSON object.
@@ -81,8 +100,7 @@ pub async fn update_risk(
     set_nullable(&mut row.external_id, patch.external_id);
     set_if_present(&mut row.custom_fields, patch.custom_fields.map(custom_fields_value));
     set_if_present(&mut row.frameworks, patch.frameworks);
-    row.updated_at = Set(now());
-    row.update(db).await
+    update_changed(db, row, |row| row.updated_at = Set(now())).await
 }
 
 pub async fn insert_asset(db: &impl ConnectionTrait, tenant: Uuid, body: AssetCreate) -> Result<assets::Model, DbErr> {
@@ -114,8 +132,7 @@ pub async fn update_asset(
     set_if_present(&mut row.asset_type, patch.asset_type);
     set_if_present(&mut row.criticality, patch.criticality.as_ref().map(enum_text));
     set_if_present(&mut row.owner, patch.owner);
-    row.updated_at = Set(now());
-    row.update(db).await
+    update_changed(db, row, |row| row.updated_at = Set(now())).await
 }
 
 /// Deletes the asset (its links go with it); whether it existed.
@@ -164,8 +181,7 @@ pub async fn update_mitigation(
     set_nullable(&mut row.due_date, patch.due_date.map_value(NaiveDate::from));
     set_if_present(&mut row.cost, patch.cost);
     set_if_present(&mut row.mitigation_time_days, patch.mitigation_time_days);
-    row.updated_at = Set(now());
-    row.update(db).await
+    update_changed(db, row, |row| row.updated_at = Set(now())).await
 }
 
 /// The mitigation, locked until the transaction ends.
@@ -209,8 +225,7 @@ pub async fn update_subaction(
     let mut row = current.into_active_model();
     set_if_present(&mut row.title, patch.title);
     set_if_present(&mut row.completed, patch.completed);
-    row.updated_at = Set(now());
-    row.update(db).await
+    update_changed(db, row, |row| row.updated_at = Set(now())).await
 }
 
 /// Deletes the sub-action; whether it still existed (as [`delete_mitigation`]).

@@ -135,6 +135,13 @@ impl TestApp {
         self.get(path, token).await.json().await.unwrap()
     }
 
+    /// The `ETag` a viewer's GET of `path` answers with (asserting a 200).
+    pub async fn etag(&self, path: &str) -> String {
+        let response = self.get(path, &self.a.viewer).await;
+        assert_eq!(response.status(), StatusCode::OK, "{path}");
+        response.headers()["etag"].to_str().unwrap().to_owned()
+    }
+
     /// Reads `path` twice and asserts that the second read is a cache hit.
     pub async fn assert_cached(&self, path: &str, token: &str) {
         self.get(path, token).await;

@@ -122,6 +122,7 @@ impl Settings {
             idle_timeout: o.idle_timeout_secs.map(Duration::from_secs).unwrap_or(defaults.idle_timeout),
             acquire_timeout: o.acquire_timeout_ms.map(Duration::from_millis).unwrap_or(defaults.acquire_timeout),
             link: self.database.link(),
+            statement_timeout: Some(Duration::from_millis(self.http.request_timeout_ms)),
         }
     }
 }

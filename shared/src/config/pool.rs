@@ -37,6 +37,10 @@ pub struct PoolSettings {
     pub acquire_timeout: Duration,
     /// How each pooled connection is opened and notices a silent server.
     pub link: PostgresLink,
+    /// The server's `statement_timeout` for each session, asked for with the link's server-side
+    /// options: the request timeout for the API's pools, so a query outliving the request that
+    /// sent it stops holding a connection and a backend. `None` for commands, which may run long.
+    pub statement_timeout: Option<Duration>,
 }
 
 impl Profile {
@@ -54,6 +58,7 @@ impl Profile {
             idle_timeout: Duration::from_secs(idle_mins * 60),
             acquire_timeout: Duration::from_secs(5),
             link: PostgresLink::default(),
+            statement_timeout: None,
         }
     }
 }
