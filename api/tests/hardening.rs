@@ -159,6 +159,21 @@ async fn a_tenant_past_its_entry_budget_stores_no_more_list_entries_while_others
     assert_eq!(cache_status(&other), CacheStatus::Stored, "tenant B has a budget of its own");
 }
 
+/// Lists read at once count against the budget before they are read, so concurrent misses cannot
+/// all pass the check and store past it.
+#[tokio::test]
+async fn concurrent_misses_of_a_tenant_store_no_more_list_entries_than_its_budget() {
+    let budget = |settings: &mut openrisk_shared::Settings| settings.cache.max_entries_per_route = 5;
+    let app = spawn_app_with(RedisNamespace::new(), budget, AppOptions::default()).await;
+    app.create_risk(&app.a.analyst, "Budgeted").await;
+    let paths: Vec<String> = (1..=30).map(|limit| format!("/api/v1/risks?limit={limit}")).collect();
+    let reads = paths.iter().map(|path| app.get(path, &app.a.viewer));
+    let statuses: Vec<CacheStatus> = futures::future::join_all(reads).await.iter().map(cache_status).collect();
+    let stored = statuses.iter().filter(|status| **status == CacheStatus::Stored).count();
+    assert!(stored <= 5, "{stored} entries stored at once: {statuses:?}");
+    assert!(entry_keys(&app, "risks").len() <= 5, "{:?}", entry_keys(&app, "risks"));
+}
+
 /// Series of `openrisk_http_requests_total` in the metrics text.
 fn http_series(metrics: &str) -> usize {
     metrics.lines().filter(|line| line.starts_with("openrisk_http_requests_total{")).count()

@@ -177,10 +177,12 @@ where
     F: Fn(Arc<AppState>, Reader) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<Vec<u8>, ApiError>> + Send + 'static,
 {
+    let mut reservation = None;
     let refused = match caching {
         Caching::Never => Some(openrisk_shared::CacheStatus::Uncacheable),
-        Caching::List if state.cache.enabled() && state.variant_budget.exhausted(read.tenant, read.route) => {
-            Some(openrisk_shared::CacheStatus::OverBudget)
+        Caching::List if state.cache.enabled() => {
+            reservation = state.variant_budget.reserve(read.tenant, read.route);
+            reservation.is_none().then_some(openrisk_shared::CacheStatus::OverBudget)
         }
         Caching::List | Caching::Detail => None,
     };
@@ -190,10 +192,11 @@ where
         let served = crate::cache::read_uncached(&state.reads, loader, cache_status).await?;
         return Ok(Cached::new(served, if_none_match));
     }
-    let (tenant, route) = (read.tenant, read.route);
     let served = state.cache.read_through(read, Arc::clone(&state.reads), loader).await?;
-    if caching == Caching::List && served.cache_status == openrisk_shared::CacheStatus::Stored {
-        state.variant_budget.record_stored(tenant, route);
+    if served.cache_status == openrisk_shared::CacheStatus::Stored
+        && let Some(reservation) = reservation
+    {
+        reservation.stored();
     }
     Ok(Cached::new(served, if_none_match))
 }
