@@ -38,6 +38,9 @@ use crate::variant_budget::VariantBudget;
 /// ASCII characters), a new UUID v4 otherwise, and returned on every response.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
+/// Token lookups take at most a quarter of the pool's connections (and at least one).
+const TOKEN_LOOKUP_SHARE_OF_POOL: usize = 4;
+
 /// How often the Redis Cluster's health is polled.
 const CLUSTER_WATCH_INTERVAL: Duration = Duration::from_secs(2);
 
@@ -107,8 +110,9 @@ impl AppState {
         if let Some(connection) = cache.cluster_connection() {
             tokio::spawn(cluster.clone().run(connection, CLUSTER_WATCH_INTERVAL));
         }
-        let tokens =
-            TokenVerifier::new(conn.clone(), Duration::from_secs(settings.cache.token_cache_secs), metrics.clone());
+        let token_ttl = Duration::from_secs(settings.cache.token_cache_secs);
+        let lookups_at_once = settings.pool_settings().max_connections as usize / TOKEN_LOOKUP_SHARE_OF_POOL;
+        let tokens = TokenVerifier::new(conn.clone(), token_ttl, lookups_at_once, metrics.clone());
         let longest_ttl = settings.cache.ttl_secs * (100 + u64::from(settings.cache.ttl_jitter_percent)) / 100;
         let variant_budget = VariantBudget::new(settings.cache.max_entries_per_route, Duration::from_secs(longest_ttl));
         let state = Arc::new(AppState {

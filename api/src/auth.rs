@@ -18,6 +18,7 @@ use poem_openapi::auth::Bearer;
 use poem_openapi::{Enum, SecurityScheme};
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbErr, FromQueryResult};
 use sha2::{Digest, Sha256};
+use tokio::sync::Semaphore;
 use uuid::Uuid;
 
 use crate::app::AppState;
@@ -137,14 +138,20 @@ pub struct TokenVerifier {
     /// Whether [`TokenVerifier::forget`] ever ran here: until then no request pays the look into
     /// `revoked` (about 1 % of a cached GET's instructions).
     any_revoked: Arc<AtomicBool>,
+    /// Lookups in Postgres that may run at once. Every new well-formed token costs one, so a
+    /// client inventing tokens would otherwise take every pooled connection from every tenant;
+    /// bounded, it delays only other lookups of tokens not yet cached.
+    lookups: Arc<Semaphore>,
     metrics: Arc<Metrics>,
 }
 
 impl TokenVerifier {
-    pub fn new(db: DatabaseConnection, ttl: Duration, metrics: Arc<Metrics>) -> Self {
+    /// A verifier whose answers live `ttl`, running at most `lookups_at_once` lookups at once.
+    pub fn new(db: DatabaseConnection, ttl: Duration, lookups_at_once: usize, metrics: Arc<Metrics>) -> Self {
         let cache = MokaCache::builder().max_capacity(100_000).time_to_live(ttl).build();
         let revoked = MokaCache::builder().max_capacity(100_000).time_to_live(ttl).build();
-        Self { db, cache, revoked, any_revoked: Arc::default(), metrics }
+        let lookups = Arc::new(Semaphore::new(lookups_at_once.max(1)));
+        Self { db, cache, revoked, any_revoked: Arc::default(), lookups, metrics }
     }
 
     /// The principal behind `token`, or 401.
@@ -175,6 +182,7 @@ impl TokenVerifier {
                 .cache
                 .try_get_with(hash, async {
                     loaded = true;
+                    let _turn = self.lookups.acquire().await.expect("the lookup semaphore is never closed");
                     self.load(&hash).await
                 })
                 .await
@@ -273,7 +281,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_token_revoked_here_is_refused_even_when_a_lookup_from_before_stores_it_after() {
-        let verifier = TokenVerifier::new(DatabaseConnection::default(), Duration::from_secs(60), Arc::default());
+        let verifier = TokenVerifier::new(DatabaseConnection::default(), Duration::from_secs(60), 1, Arc::default());
         let (token, hash) = generate_token();
         let principal = Principal { token_id: Uuid::new_v4(), tenant_id: Uuid::new_v4(), role: Role::Viewer };
         verifier.cache.insert(hash, Some(principal)).await;

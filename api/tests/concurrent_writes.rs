@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{TestApp, assert_problem, spawn_app};
+use common::{TestApp, assert_problem, spawn_app, until_the_api_waits_for_a_lock};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -39,16 +39,6 @@ async fn write_in_the_background(
 
 fn id_of(path: &str) -> uuid::Uuid {
     path.rsplit('/').next().unwrap().parse().unwrap()
-}
-
-/// Returns once a session of the API waits for a lock in the test's database (`session`'s).
-async fn until_the_api_waits_for_a_lock(session: &tokio_postgres::Client) {
-    let waiting = "SELECT count(*) FROM pg_stat_activity
-                   WHERE application_name = 'openrisk-api' AND datname = current_database()
-                     AND wait_event_type = 'Lock'";
-    while session.query_one(waiting, &[]).await.unwrap().get::<_, i64>(0) == 0 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 #[tokio::test]

@@ -143,12 +143,9 @@ async fn a_statement_outliving_its_request_is_stopped_by_the_server_at_the_reque
     let change = serde_json::json!({"title": "Waits"});
     let response = app.send_json(reqwest::Method::PATCH, &risk_path, &app.a.analyst, change).await;
     assert!(response.status().is_server_error(), "{}", response.status());
-    let api_waiting = "SELECT count(*) FROM pg_stat_activity
-                       WHERE application_name = 'openrisk-api' AND datname = current_database()
-                         AND wait_event_type = 'Lock'";
     let mut waiting: i64 = 1;
     for _ in 0..50 {
-        waiting = holder.query_one(api_waiting, &[]).await.unwrap().get(0);
+        waiting = common::api_sessions_waiting_for_a_lock(&holder).await;
         if waiting == 0 {
             break;
         }

@@ -3,8 +3,13 @@
 
 mod common;
 
-use common::{assert_problem, cache_status, spawn_app};
+use common::{
+    api_sessions_waiting_for_a_lock, assert_problem, cache_status, spawn_app, spawn_app_with,
+    until_the_api_waits_for_a_lock,
+};
+use openrisk_api::AppOptions;
 use openrisk_shared::CacheStatus;
+use openrisk_test_support::RedisNamespace;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -123,4 +128,28 @@ async fn the_same_query_of_two_tenants_uses_two_entries() {
     // A write of B leaves A's entry alone.
     app.create_risk(&app.b.analyst, "Only in B").await;
     assert_eq!(cache_status(&app.get("/api/v1/risks", &app.a.viewer).await), CacheStatus::Hit);
+}
+
+/// A client inventing well-formed tokens costs one lookup per token, but those lookups hold at
+/// most a quarter of the pool's connections, so every tenant's own reads keep the rest.
+#[tokio::test]
+async fn lookups_of_invented_tokens_hold_at_most_a_quarter_of_the_pool() {
+    let pool_of_eight = |settings: &mut openrisk_shared::Settings| settings.pool.max_connections = Some(8);
+    let app = spawn_app_with(RedisNamespace::new(), pool_of_eight, AppOptions::default()).await;
+    // A session of the test's own holds the tokens' table, so every lookup waits for it.
+    let holder = app.db.connect().await;
+    holder.batch_execute("BEGIN; LOCK TABLE api_tokens IN ACCESS EXCLUSIVE MODE").await.unwrap();
+    let invented: Vec<String> =
+        (0..12).map(|_| format!("ort_{}", uuid::Uuid::new_v4().simple().to_string().repeat(2))).collect();
+    let flood = futures::future::join_all(invented.iter().map(|token| app.get("/api/v1/risks", token)));
+    let lookups_at_the_peak = async {
+        until_the_api_waits_for_a_lock(&holder).await;
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        let waiting = api_sessions_waiting_for_a_lock(&holder).await;
+        holder.batch_execute("COMMIT").await.unwrap();
+        waiting
+    };
+    let (answers, waiting) = tokio::join!(flood, lookups_at_the_peak);
+    assert_eq!(waiting, 2, "lookups holding connections at once, of a pool of 8");
+    assert!(answers.iter().all(|answer| answer.status() == StatusCode::UNAUTHORIZED));
 }

@@ -319,3 +319,18 @@ impl FillGate {
         self.release.add_permits(1);
     }
 }
+
+/// How many sessions of the API wait for a lock in the test's database (`session`'s).
+pub async fn api_sessions_waiting_for_a_lock(session: &tokio_postgres::Client) -> i64 {
+    let waiting = "SELECT count(*) FROM pg_stat_activity
+                   WHERE application_name = 'openrisk-api' AND datname = current_database()
+                     AND wait_event_type = 'Lock'";
+    session.query_one(waiting, &[]).await.unwrap().get(0)
+}
+
+/// Returns once a session of the API waits for a lock in the test's database (`session`'s).
+pub async fn until_the_api_waits_for_a_lock(session: &tokio_postgres::Client) {
+    while api_sessions_waiting_for_a_lock(session).await == 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
