@@ -18,11 +18,13 @@ mod change;
 pub mod custom_fields;
 mod examples;
 mod stats;
+mod text;
 
 pub use calendar_date::CalendarDate;
 pub use change::Change;
 
 pub use stats::{MitigationStatusCounts, RiskMatrix, SeverityCounts, Stats, StatusCounts, TrendPoint, Trends};
+pub use text::Text;
 
 /// Where a risk is in its life cycle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
@@ -187,10 +189,10 @@ pub struct RiskDetail {
 pub struct RiskCreate {
     /// Short name of the risk, not blank.
     #[oai(validator(min_length = 1, max_length = 255, pattern = "\\S"))]
-    pub title: String,
+    pub title: Text,
     /// Longer account of the risk; empty when left out.
     #[oai(default, validator(max_length = 10000))]
-    pub description: String,
+    pub description: Text,
     /// Impact, 1 (negligible) to 5 (severe).
     #[oai(validator(minimum(value = "1"), maximum(value = "5")))]
     pub impact: i16,
@@ -201,22 +203,22 @@ pub struct RiskCreate {
     pub status: Option<RiskStatus>,
     /// Free labels of 1–64 characters, at most 50, each once; none when left out.
     #[oai(default, validator(max_items = 50, unique_items, min_length = 1, max_length = 64))]
-    pub tags: Vec<String>,
+    pub tags: Vec<Text>,
     /// Who is accountable for the risk; empty when left out.
     #[oai(default, validator(max_length = 255))]
-    pub owner: String,
+    pub owner: Text,
     /// Defaults to MANUAL.
     pub source: Option<RiskSource>,
     /// Identifier in the source system, unique per tenant and source.
     #[oai(validator(min_length = 1, max_length = 255))]
-    pub external_id: Option<String>,
+    pub external_id: Option<Text>,
     /// Free-form attributes, as a JSON object; none when left out. Numbers up to ±1e300 with at
     /// most 300 decimals; at most 64 KiB with every number written out without an exponent.
     #[oai(default)]
     pub custom_fields: BTreeMap<String, serde_json::Value>,
     /// Compliance frameworks the risk maps to (e.g. ISO27001), 1–64 characters, at most 50, each once.
     #[oai(default, validator(max_items = 50, unique_items, min_length = 1, max_length = 64))]
-    pub frameworks: Vec<String>,
+    pub frameworks: Vec<Text>,
 }
 
 /// Changes to a risk; absent fields stay as they are.
@@ -225,10 +227,10 @@ pub struct RiskCreate {
 pub struct RiskPatch {
     /// New short name, not blank.
     #[oai(validator(min_length = 1, max_length = 255, pattern = "\\S"))]
-    pub title: Change<String>,
+    pub title: Change<Text>,
     /// New longer account.
     #[oai(validator(max_length = 10000))]
-    pub description: Change<String>,
+    pub description: Change<Text>,
     /// New impact, 1 (negligible) to 5 (severe); the score is recomputed.
     #[oai(validator(minimum(value = "1"), maximum(value = "5")))]
     pub impact: Change<i16>,
@@ -238,19 +240,19 @@ pub struct RiskPatch {
     pub status: Change<RiskStatus>,
     /// The labels that replace the current ones, 1–64 characters each, at most 50, each once.
     #[oai(validator(max_items = 50, unique_items, min_length = 1, max_length = 64))]
-    pub tags: Change<Vec<String>>,
+    pub tags: Change<Vec<Text>>,
     /// New accountable owner.
     #[oai(validator(max_length = 255))]
-    pub owner: Change<String>,
+    pub owner: Change<Text>,
     pub source: Change<RiskSource>,
     /// `null` removes the external id.
     #[oai(nullable, validator(min_length = 1, max_length = 255))]
-    pub external_id: MaybeUndefined<String>,
+    pub external_id: MaybeUndefined<Text>,
     /// The attributes that replace the current ones, as a JSON object (limits as on creation).
     pub custom_fields: Change<BTreeMap<String, serde_json::Value>>,
     /// The frameworks that replace the current ones, 1–64 characters each, at most 50, each once.
     #[oai(validator(max_items = 50, unique_items, min_length = 1, max_length = 64))]
-    pub frameworks: Change<Vec<String>>,
+    pub frameworks: Change<Vec<Text>>,
 }
 
 /// A mitigation with its sub-actions.
@@ -307,10 +309,10 @@ impl Mitigation {
 pub struct MitigationCreate {
     /// Short name of the mitigation, not blank.
     #[oai(validator(min_length = 1, max_length = 255, pattern = "\\S"))]
-    pub title: String,
+    pub title: Text,
     /// Who carries it out; empty when left out.
     #[oai(default, validator(max_length = 255))]
-    pub assignee: String,
+    pub assignee: Text,
     /// Defaults to PLANNED.
     pub status: Option<MitigationStatus>,
     /// Percent done, 0–100; 0 when left out.
@@ -332,10 +334,10 @@ pub struct MitigationCreate {
 pub struct MitigationPatch {
     /// New short name, not blank.
     #[oai(validator(min_length = 1, max_length = 255, pattern = "\\S"))]
-    pub title: Change<String>,
+    pub title: Change<Text>,
     /// New assignee.
     #[oai(validator(max_length = 255))]
-    pub assignee: Change<String>,
+    pub assignee: Change<Text>,
     pub status: Change<MitigationStatus>,
     /// Percent done, 0–100.
     #[oai(validator(minimum(value = "0"), maximum(value = "100")))]
@@ -388,7 +390,7 @@ impl From<subactions::Model> for SubAction {
 pub struct SubActionCreate {
     /// What is to be done, not blank.
     #[oai(validator(min_length = 1, max_length = 255, pattern = "\\S"))]
-    pub title: String,
+    pub title: Text,
     /// Whether it is already done; false when left out.
     #[oai(default)]
     pub completed: bool,
@@ -400,7 +402,7 @@ pub struct SubActionCreate {
 pub struct SubActionPatch {
     /// New text, not blank.
     #[oai(validator(min_length = 1, max_length = 255, pattern = "\\S"))]
-    pub title: Change<String>,
+    pub title: Change<Text>,
     /// Whether it is done.
     pub completed: Change<bool>,
 }
@@ -459,15 +461,15 @@ pub struct AssetPage {
 pub struct AssetCreate {
     /// Name of the asset, not blank.
     #[oai(validator(min_length = 1, max_length = 255, pattern = "\\S"))]
-    pub name: String,
+    pub name: Text,
     /// Kind of asset (server, application, dataset, …), 1–64 characters.
     #[oai(validator(min_length = 1, max_length = 64))]
-    pub asset_type: String,
+    pub asset_type: Text,
     /// Defaults to MEDIUM.
     pub criticality: Option<Criticality>,
     /// Who is responsible for the asset; empty when left out.
     #[oai(default, validator(max_length = 255))]
-    pub owner: String,
+    pub owner: Text,
 }
 
 /// Changes to an asset; absent fields stay as they are.
@@ -476,14 +478,14 @@ pub struct AssetCreate {
 pub struct AssetPatch {
     /// New name, not blank.
     #[oai(validator(min_length = 1, max_length = 255, pattern = "\\S"))]
-    pub name: Change<String>,
+    pub name: Change<Text>,
     /// New kind of asset, 1–64 characters.
     #[oai(validator(min_length = 1, max_length = 64))]
-    pub asset_type: Change<String>,
+    pub asset_type: Change<Text>,
     pub criticality: Change<Criticality>,
     /// New responsible owner.
     #[oai(validator(max_length = 255))]
-    pub owner: Change<String>,
+    pub owner: Change<Text>,
 }
 
 /// An API token, without its secret.
@@ -524,7 +526,7 @@ impl TryFrom<api_tokens::Model> for TokenInfo {
 pub struct TokenCreate {
     /// A name to recognise the token by; empty when left out.
     #[oai(default, validator(max_length = 255))]
-    pub name: String,
+    pub name: Text,
     pub role: Role,
 }
 

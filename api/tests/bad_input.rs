@@ -93,6 +93,38 @@ async fn malformed_mistyped_unknown_and_out_of_range_bodies_are_400() {
     assert_eq!(app.count("SELECT count(*) FROM assets").await, 0);
 }
 
+/// A string field takes a JSON string and nothing else: a number or a boolean is the wrong type
+/// (poem-openapi's own `String` kept its text: `"title": 123` stored "123"), on every create
+/// and change, and nothing is written.
+#[tokio::test]
+async fn numbers_and_booleans_sent_for_string_fields_are_400_naming_the_type() {
+    let app = spawn_app().await;
+    let token = &app.a.analyst;
+    let risk = app.create_risk_path(token, "Existing").await;
+    let asset = format!("/api/v1/assets/{}", app.create_asset(token, "Existing", "LOW").await["id"].as_str().unwrap());
+    let mitigations = format!("{risk}/mitigations");
+    let risk_before = app.get_json(&risk, token).await;
+    let cases = [
+        (Method::POST, "/api/v1/risks", json!({"title": 123, "impact": 1, "probability": 1}), token),
+        (Method::POST, "/api/v1/risks", json!({"title": "x", "impact": 1, "probability": 1, "tags": [1, true]}), token),
+        (Method::POST, "/api/v1/risks", json!({"title": "x", "impact": 1, "probability": 1, "owner": 5}), token),
+        (Method::PATCH, &risk, json!({"owner": 42}), token),
+        (Method::PATCH, &risk, json!({"external_id": false}), token),
+        (Method::POST, "/api/v1/assets", json!({"name": 7, "asset_type": true}), token),
+        (Method::PATCH, &asset, json!({"asset_type": 1}), token),
+        (Method::POST, &mitigations, json!({"title": 1}), token),
+        (Method::POST, "/api/v1/tokens", json!({"name": 99, "role": "viewer"}), &app.a.admin),
+    ];
+    for (method, path, body, caller) in cases {
+        let refused = app.send_json(method, path, caller, body.clone()).await;
+        let problem = assert_problem(refused, StatusCode::BAD_REQUEST).await;
+        assert!(problem["detail"].as_str().unwrap().contains("string"), "{body}: {problem}");
+    }
+    assert_eq!(app.get_json(&risk, token).await, risk_before);
+    assert_eq!(app.count("SELECT count(*) FROM risks").await, 1);
+    assert_eq!(app.count("SELECT count(*) FROM assets").await, 1);
+}
+
 #[tokio::test]
 async fn bad_parameters_unknown_ids_and_conflicts_are_clear_4xx() {
     let app = spawn_app().await;

@@ -12,7 +12,7 @@ use uuid::Uuid;
 use super::entities::{assets, mitigations, risks, subactions};
 use crate::model::{
     AssetCreate, AssetPatch, Criticality, MitigationCreate, MitigationPatch, MitigationStatus, RiskCreate, RiskPatch,
-    RiskSource, RiskStatus, SubActionCreate, SubActionPatch, enum_text,
+    RiskSource, RiskStatus, SubActionCreate, SubActionPatch, Text, enum_text,
 };
 
 /// `Set(value)` when the field is present and differs from what is stored, left unchanged otherwise.
@@ -53,6 +53,11 @@ where
     row.update(db).await
 }
 
+/// A list of texts as stored.
+fn texts(list: Vec<Text>) -> Vec<String> {
+    list.into_iter().map(String::from).collect()
+}
+
 /// The custom fields as stored: a JSON object.
 fn custom_fields_value(fields: std::collections::BTreeMap<String, serde_json::Value>) -> serde_json::Value {
     serde_json::Value::Object(fields.into_iter().collect())
@@ -66,17 +71,17 @@ pub async fn insert_risk(db: &impl ConnectionTrait, tenant: Uuid, body: RiskCrea
     risks::ActiveModel {
         id: Set(Uuid::new_v4()),
         tenant_id: Set(tenant),
-        title: Set(body.title),
-        description: Set(body.description),
+        title: Set(body.title.into()),
+        description: Set(body.description.into()),
         impact: Set(body.impact),
         probability: Set(body.probability),
         status: Set(enum_text(&body.status.unwrap_or(RiskStatus::Draft))),
-        tags: Set(body.tags),
-        owner: Set(body.owner),
+        tags: Set(texts(body.tags)),
+        owner: Set(body.owner.into()),
         source: Set(enum_text(&body.source.unwrap_or(RiskSource::Manual))),
-        external_id: Set(body.external_id),
+        external_id: Set(body.external_id.map(String::from)),
         custom_fields: Set(custom_fields_value(body.custom_fields)),
-        frameworks: Set(body.frameworks),
+        frameworks: Set(texts(body.frameworks)),
         ..Default::default()
     }
     .insert(db)
@@ -89,17 +94,17 @@ pub async fn update_risk(
     patch: RiskPatch,
 ) -> Result<risks::Model, DbErr> {
     let mut row = current.into_active_model();
-    set_if_present(&mut row.title, patch.title);
-    set_if_present(&mut row.description, patch.description);
+    set_if_present(&mut row.title, patch.title.map(String::from));
+    set_if_present(&mut row.description, patch.description.map(String::from));
     set_if_present(&mut row.impact, patch.impact);
     set_if_present(&mut row.probability, patch.probability);
     set_if_present(&mut row.status, patch.status.as_ref().map(enum_text));
-    set_if_present(&mut row.tags, patch.tags);
-    set_if_present(&mut row.owner, patch.owner);
+    set_if_present(&mut row.tags, patch.tags.map(texts));
+    set_if_present(&mut row.owner, patch.owner.map(String::from));
     set_if_present(&mut row.source, patch.source.as_ref().map(enum_text));
-    set_nullable(&mut row.external_id, patch.external_id);
+    set_nullable(&mut row.external_id, patch.external_id.map_value(String::from));
     set_if_present(&mut row.custom_fields, patch.custom_fields.map(custom_fields_value));
-    set_if_present(&mut row.frameworks, patch.frameworks);
+    set_if_present(&mut row.frameworks, patch.frameworks.map(texts));
     update_changed(db, row, |row| row.updated_at = Set(now())).await
 }
 
@@ -107,10 +112,10 @@ pub async fn insert_asset(db: &impl ConnectionTrait, tenant: Uuid, body: AssetCr
     assets::ActiveModel {
         id: Set(Uuid::new_v4()),
         tenant_id: Set(tenant),
-        name: Set(body.name),
-        asset_type: Set(body.asset_type),
+        name: Set(body.name.into()),
+        asset_type: Set(body.asset_type.into()),
         criticality: Set(enum_text(&body.criticality.unwrap_or(Criticality::Medium))),
-        owner: Set(body.owner),
+        owner: Set(body.owner.into()),
         ..Default::default()
     }
     .insert(db)
@@ -128,10 +133,10 @@ pub async fn update_asset(
     patch: AssetPatch,
 ) -> Result<assets::Model, DbErr> {
     let mut row = current.into_active_model();
-    set_if_present(&mut row.name, patch.name);
-    set_if_present(&mut row.asset_type, patch.asset_type);
+    set_if_present(&mut row.name, patch.name.map(String::from));
+    set_if_present(&mut row.asset_type, patch.asset_type.map(String::from));
     set_if_present(&mut row.criticality, patch.criticality.as_ref().map(enum_text));
-    set_if_present(&mut row.owner, patch.owner);
+    set_if_present(&mut row.owner, patch.owner.map(String::from));
     update_changed(db, row, |row| row.updated_at = Set(now())).await
 }
 
@@ -155,8 +160,8 @@ pub async fn insert_mitigation(
         id: Set(Uuid::new_v4()),
         tenant_id: Set(tenant),
         risk_id: Set(risk),
-        title: Set(body.title),
-        assignee: Set(body.assignee),
+        title: Set(body.title.into()),
+        assignee: Set(body.assignee.into()),
         status: Set(enum_text(&body.status.unwrap_or(MitigationStatus::Planned))),
         progress: Set(body.progress),
         due_date: Set(body.due_date.map(NaiveDate::from)),
@@ -174,8 +179,8 @@ pub async fn update_mitigation(
     patch: MitigationPatch,
 ) -> Result<mitigations::Model, DbErr> {
     let mut row = current.into_active_model();
-    set_if_present(&mut row.title, patch.title);
-    set_if_present(&mut row.assignee, patch.assignee);
+    set_if_present(&mut row.title, patch.title.map(String::from));
+    set_if_present(&mut row.assignee, patch.assignee.map(String::from));
     set_if_present(&mut row.status, patch.status.as_ref().map(enum_text));
     set_if_present(&mut row.progress, patch.progress);
     set_nullable(&mut row.due_date, patch.due_date.map_value(NaiveDate::from));
@@ -209,7 +214,7 @@ pub async fn insert_subaction(
         id: Set(Uuid::new_v4()),
         tenant_id: Set(tenant),
         mitigation_id: Set(mitigation),
-        title: Set(body.title),
+        title: Set(body.title.into()),
         completed: Set(body.completed),
         ..Default::default()
     }
@@ -223,7 +228,7 @@ pub async fn update_subaction(
     patch: SubActionPatch,
 ) -> Result<subactions::Model, DbErr> {
     let mut row = current.into_active_model();
-    set_if_present(&mut row.title, patch.title);
+    set_if_present(&mut row.title, patch.title.map(String::from));
     set_if_present(&mut row.completed, patch.completed);
     update_changed(db, row, |row| row.updated_at = Set(now())).await
 }

@@ -92,8 +92,8 @@ impl Example for MitigationCreate {
     fn example() -> Self {
         let mitigation = Mitigation::example();
         MitigationCreate {
-            title: mitigation.title,
-            assignee: mitigation.assignee,
+            title: mitigation.title.into(),
+            assignee: mitigation.assignee.into(),
             status: Some(MitigationStatus::Planned),
             progress: 0,
             due_date: mitigation.due_date,
@@ -137,10 +137,10 @@ impl Example for AssetCreate {
     fn example() -> Self {
         let asset = Asset::example();
         AssetCreate {
-            name: asset.name,
-            asset_type: asset.asset_type,
+            name: asset.name.into(),
+            asset_type: asset.asset_type.into(),
             criticality: Some(asset.criticality),
-            owner: asset.owner,
+            owner: asset.owner.into(),
         }
     }
 }

@@ -60,9 +60,9 @@ impl TokensApi {
         let body = body.0;
         let (id, token) = state
             .db
-            .timed("token_insert", create_token(&state.db.conn, caller.tenant(), body.role, &body.name))
+            .timed("token_insert", create_token(&state.db.conn, caller.tenant(), body.role, &body.name.0))
             .await?;
-        Ok(TokenIssued::Created(Json(TokenCreated { id, token, role: body.role, name: body.name })))
+        Ok(TokenIssued::Created(Json(TokenCreated { id, token, role: body.role, name: body.name.into() })))
     }
 
     /// Revoke a token
