@@ -8,7 +8,9 @@
 --   * partitions do not inherit statement triggers, so a TRUNCATE naming one partition of a
 --     watched partitioned table wrote no event, and its tenants' entries stayed stale;
 --   * a tags expression giving one text (ARRAY[...] left out) passed cache_watch's check, which
---     casts to text[] on no rows, and then every write to the table failed.
+--     casts to text[] on no rows, and then every write to the table failed;
+--   * cache_hold_parent read a parent column its child rows lack (a misspelt name) as NULL, and
+--     so held no row, silently.
 -- Now cache_truncated runs as its owner (who owns the watched tables, so no policy hides their
 -- rows from it) with a fixed search_path, for the watch of the table it fired on or of that
 -- table's nearest watched ancestor; cache_watch gives every partition the table has then the
@@ -99,3 +101,21 @@ END
 $$;
 
 SELECT cache_partition_triggers(table_name, true) FROM cache_watches ORDER BY table_name::text;
+
+-- cache_hold_parent as 0011 made it, refusing a column name its child rows lack.
+CREATE OR REPLACE FUNCTION cache_hold_parent() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    hold text := format('SELECT 1 FROM %I WHERE tenant_id = $1 AND id = $2 FOR SHARE', TG_ARGV[0]);
+    child jsonb;
+BEGIN
+    -- The new row, then the old one; a DELETE has no new row and an INSERT no old one.
+    FOREACH child IN ARRAY array_remove(ARRAY[to_jsonb(NEW), to_jsonb(OLD)], NULL) LOOP
+        IF NOT child ? TG_ARGV[1] THEN
+            RAISE EXCEPTION 'cache_hold_parent on %: it has no column %', TG_TABLE_NAME, TG_ARGV[1];
+        END IF;
+        EXECUTE hold USING (child ->> 'tenant_id')::uuid, (child ->> TG_ARGV[1])::uuid;
+    END LOOP;
+    RETURN coalesce(NEW, OLD);
+END
+$$;

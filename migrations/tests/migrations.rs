@@ -49,8 +49,16 @@ async fn insert_mitigation(client: &Client, tenant: Uuid, risk: Uuid) -> Uuid {
 
 /// Inserts a sub-action titled `s` of `mitigation`; returns its id.
 async fn insert_subaction(client: &Client, tenant: Uuid, mitigation: Uuid) -> Uuid {
+    insert_subaction_result(client, tenant, mitigation).await.unwrap()
+}
+
+async fn insert_subaction_result(
+    client: &Client,
+    tenant: Uuid,
+    mitigation: Uuid,
+) -> Result<Uuid, tokio_postgres::Error> {
     let sql = "INSERT INTO mitigation_subactions (tenant_id, mitigation_id, title) VALUES ($1, $2, 's') RETURNING id";
-    insert_id(client, sql, &[&tenant, &mitigation]).await
+    Ok(client.query_one(sql, &[&tenant, &mitigation]).await?.get(0))
 }
 
 #[tokio::test]
@@ -368,6 +376,21 @@ async fn truncate_invalidates_every_tenant_it_empties_through_a_partition_or_und
     both.sort();
     assert_eq!(under_row_security, both, "every tenant whose rows went, seen or not");
     assert_eq!(after_unwatch, [], "unwatched, a partition's TRUNCATE writes nothing");
+}
+
+/// A `cache_hold_parent` trigger naming a column its child table lacks refuses the write, rather
+/// than holding no row.
+#[tokio::test]
+async fn a_parent_hold_naming_a_column_the_child_lacks_refuses_the_write() {
+    let db = TestDatabase::create().await;
+    let client = db.connect().await;
+    let t = tenant(&client, "acme").await;
+    let mitigation = insert_mitigation(&client, t, insert_risk(&client, t, "r", 1, 1).await).await;
+    let misspelt = "CREATE TRIGGER misspelt BEFORE INSERT OR UPDATE OR DELETE ON mitigation_subactions
+                    FOR EACH ROW EXECUTE FUNCTION cache_hold_parent('mitigations', 'mitigaton_id')";
+    client.batch_execute(misspelt).await.unwrap();
+    let error = insert_subaction_result(&client, t, mitigation).await.expect_err("a hold of no row");
+    assert!(error.as_db_error().is_some_and(|e| e.message().contains("has no column mitigaton_id")), "{error:?}");
 }
 
 /// The generator's edge cases: rows with no tenant, rows with no tags, bulk statements, and a

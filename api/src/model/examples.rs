@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use super::{
     Asset, AssetCreate, CalendarDate, Criticality, Mitigation, MitigationCreate, MitigationStatus, Risk, RiskCreate,
-    RiskDetail, RiskSource, RiskStatus, Severity, SubAction,
+    RiskDetail, RiskSource, RiskStatus, Severity, SubAction, Text,
 };
 
 /// The instant every example was recorded at.
@@ -92,8 +92,8 @@ impl Example for MitigationCreate {
     fn example() -> Self {
         let mitigation = Mitigation::example();
         MitigationCreate {
-            title: mitigation.title.into(),
-            assignee: mitigation.assignee.into(),
+            title: Text(mitigation.title),
+            assignee: Text(mitigation.assignee),
             status: Some(MitigationStatus::Planned),
             progress: 0,
             due_date: mitigation.due_date,
@@ -137,10 +137,10 @@ impl Example for AssetCreate {
     fn example() -> Self {
         let asset = Asset::example();
         AssetCreate {
-            name: asset.name.into(),
-            asset_type: asset.asset_type.into(),
+            name: Text(asset.name),
+            asset_type: Text(asset.asset_type),
             criticality: Some(asset.criticality),
-            owner: asset.owner.into(),
+            owner: Text(asset.owner),
         }
     }
 }

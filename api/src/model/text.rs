@@ -19,12 +19,6 @@ impl From<&str> for Text {
     }
 }
 
-impl From<String> for Text {
-    fn from(text: String) -> Self {
-        Self(text)
-    }
-}
-
 impl From<Text> for String {
     fn from(text: Text) -> Self {
         text.0
