@@ -32,6 +32,7 @@ use crate::error::problem_from_poem_error;
 use crate::hit_path::AnsweredRoute;
 use crate::metrics::Metrics;
 use crate::routes::{AssetsApi, HealthApi, MitigationsApi, RisksApi, StatsApi, TokensApi};
+use crate::tenant_share::TenantShares;
 use crate::variant_budget::VariantBudget;
 
 /// The request id header: taken from the client when it sends a usable one (1 to 128 visible
@@ -78,6 +79,8 @@ pub struct AppState {
     pub cluster: ClusterWatch,
     /// How many list entries each tenant may still store per route.
     pub variant_budget: VariantBudget,
+    /// How many requests of each tenant may use Postgres at once.
+    pub tenant_shares: TenantShares,
 }
 
 /// Start-up options that are not configuration (used by tests).
@@ -94,11 +97,12 @@ impl AppState {
     /// Connects the database pool and prepares the cache (Redis is connected lazily).
     pub async fn new(settings: Settings, options: AppOptions) -> Result<Arc<Self>, StartError> {
         let metrics = Arc::new(Metrics::new());
-        let conn = crate::db::connect(&settings.database_url, settings.pool_settings()).await?;
+        let pool = settings.pool_settings();
+        let conn = crate::db::connect(&settings.database_url, pool).await?;
         let reads = ReadRouter::start(
             conn.clone(),
             &settings.database,
-            settings.pool_settings(),
+            pool,
             !options.unguarded_replica_reads,
             metrics.clone(),
         )
@@ -111,12 +115,13 @@ impl AppState {
             tokio::spawn(cluster.clone().run(connection, CLUSTER_WATCH_INTERVAL));
         }
         let token_ttl = Duration::from_secs(settings.cache.token_cache_secs);
-        let lookups_at_once = settings.pool_settings().max_connections as usize / TOKEN_LOOKUP_SHARE_OF_POOL;
+        let lookups_at_once = pool.max_connections as usize / TOKEN_LOOKUP_SHARE_OF_POOL;
         let tokens = TokenVerifier::new(conn.clone(), token_ttl, lookups_at_once, metrics.clone());
         let longest_ttl = settings.cache.ttl_secs * (100 + u64::from(settings.cache.ttl_jitter_percent)) / 100;
         let variant_budget = VariantBudget::new(settings.cache.max_entries_per_route, Duration::from_secs(longest_ttl));
         let state = Arc::new(AppState {
             variant_budget,
+            tenant_shares: TenantShares::new(pool.per_tenant, pool.acquire_timeout),
             db: Db::new(conn, metrics.clone()),
             reads,
             cache: Arc::new(cache),

@@ -16,6 +16,7 @@ pub mod routes;
 pub mod seed;
 pub mod spec;
 pub mod stored_enum;
+pub mod tenant_share;
 pub mod variant_budget;
 
 pub use app::{AppOptions, AppState, Application};

@@ -19,25 +19,34 @@ use crate::error::{ApiError, Problem};
 /// Largest request body accepted; larger ones get 413.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
-/// Reads the body (when there is one) and then answers, both before `limit` has passed since the
-/// request arrived: a body still arriving then gets 408 (the client was too slow), an answer the
-/// server has not finished gets 503 (the server was).
+/// Checks the caller may send a body, reads it (when there is one) and then answers, all before
+/// `limit` has passed since the request arrived: a body still arriving then gets 408 (the client
+/// was too slow), a check or an answer the server has not finished gets 503 (the server was).
 pub async fn within<E: Endpoint>(endpoint: Arc<E>, mut request: Request, limit: Duration) -> poem::Result<Response> {
     let deadline = Instant::now() + limit;
     if may_have_body(&request) {
         // Boxed: inline, the read's state would enlarge this future, which every hit moves.
-        match timeout_at(deadline, Box::pin(read_body_of_known_caller(&mut request))).await {
-            Ok(read) => read?,
-            Err(_) => return Ok(body_too_slow(limit)),
+        let Ok(may_send) = timeout_at(deadline, Box::pin(may_send_a_body(&mut request))).await else {
+            return Err(took_too_long(limit));
+        };
+        if !may_send {
+            request.set_body(Body::empty());
+        } else {
+            match timeout_at(deadline, Box::pin(read_body(&mut request))).await {
+                Ok(read) => read?,
+                Err(_) => return Ok(body_too_slow(limit)),
+            }
         }
     }
     match timeout_at(deadline, endpoint.call(request)).await {
         Ok(result) => result.map(IntoResponse::into_response),
-        Err(_) => {
-            let detail = format!("the request took longer than {} ms; retry later", limit.as_millis());
-            Err(ApiError::unavailable(detail).into())
-        }
+        Err(_) => Err(took_too_long(limit)),
     }
+}
+
+fn took_too_long(limit: Duration) -> poem::Error {
+    let detail = format!("the request took longer than {} ms; retry later", limit.as_millis());
+    ApiError::unavailable(detail).into()
 }
 
 /// An HTTP/1 request without `Content-Length` or `Transfer-Encoding` has no body (RFC 9112 §6.3),
@@ -49,28 +58,23 @@ fn may_have_body(request: &Request) -> bool {
         || headers.get(header::CONTENT_LENGTH).is_some_and(|length| length.as_bytes() != b"0")
 }
 
-/// Reads the body of a request whose bearer token is valid (and hands the verified caller on, so
-/// it is not verified again). Any other request's body is replaced by an empty one, unread: a
-/// client without a valid token never has the server buffer what it sends, and the operation
-/// answers 401 (or the router 404) as it would have.
-async fn read_body_of_known_caller(request: &mut Request) -> poem::Result<()> {
-    let Some(state) = request.data::<Arc<AppState>>().cloned() else { return read_body(request).await };
+/// Whether the request's body is to be read: only a caller whose bearer token is valid may have
+/// the server buffer one (the verified caller is handed on, so it is not verified again). Any
+/// other request is answered without its body, 401 by the operation (or 404 by the router) as
+/// it would have been. When the token cannot be checked now (Postgres unavailable), the body is
+/// read as before, and the operation answers what its own check finds.
+async fn may_send_a_body(request: &mut Request) -> bool {
+    let Some(state) = request.data::<Arc<AppState>>().cloned() else { return true };
     // Read as the operations' bearer security scheme reads it.
     let bearer = request.headers().typed_get::<Authorization<authorization::Bearer>>();
-    let Some(token) = bearer.map(|bearer| bearer.token().to_owned()) else {
-        request.set_body(Body::empty());
-        return Ok(());
-    };
+    let Some(token) = bearer.map(|bearer| bearer.token().to_owned()) else { return false };
     match state.tokens.verify(&token).await {
         Ok(principal) => {
             request.set_data(VerifiedBearer { token, principal });
-            read_body(request).await
+            true
         }
-        Err(ApiError::Unauthorized(..)) => {
-            request.set_body(Body::empty());
-            Ok(())
-        }
-        Err(other) => Err(other.into()),
+        Err(ApiError::Unauthorized(..)) => false,
+        Err(_) => true,
     }
 }
 

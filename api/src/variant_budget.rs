@@ -21,7 +21,10 @@ pub struct VariantBudget {
 #[derive(Debug, Clone, Copy)]
 struct Window {
     started: Instant,
+    /// Entries stored in this window.
     stored: u32,
+    /// Reads in flight that hold an entry of the budget ([`Reservation`]).
+    reading: u32,
 }
 
 impl VariantBudget {
@@ -30,7 +33,8 @@ impl VariantBudget {
         Self { limit, window, windows: Mutex::default() }
     }
 
-    /// Whether the tenant has stored its budget of entries for `route` in the current window.
+    /// Whether the tenant has stored its budget of entries for `route` in the current window
+    /// (reads in flight not counted: their lists may well be stored already, as hits).
     pub fn exhausted(&self, tenant: Uuid, route: &'static str) -> bool {
         let windows = self.windows.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         windows
@@ -47,15 +51,15 @@ impl VariantBudget {
         let now = Instant::now();
         let started = match windows.get_mut(&(tenant, route)) {
             Some(window) if now.duration_since(window.started) < self.window => {
-                if window.stored >= self.limit {
+                if window.stored + window.reading >= self.limit {
                     return None;
                 }
-                window.stored += 1;
+                window.reading += 1;
                 window.started
             }
             _ => {
                 windows.retain(|_, window| now.duration_since(window.started) < self.window);
-                windows.insert((tenant, route), Window { started: now, stored: 1 });
+                windows.insert((tenant, route), Window { started: now, stored: 0, reading: 1 });
                 now
             }
         };
@@ -82,12 +86,10 @@ impl Reservation<'_> {
 
 impl Drop for Reservation<'_> {
     fn drop(&mut self) {
-        if self.stored {
-            return;
-        }
         let mut windows = self.budget.windows.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some(window) = windows.get_mut(&self.key).filter(|window| window.started == self.started) {
-            window.stored = window.stored.saturating_sub(1);
+            window.reading = window.reading.saturating_sub(1);
+            window.stored += u32::from(self.stored);
         }
     }
 }
@@ -115,6 +117,7 @@ mod tests {
         let tenant = Uuid::new_v4();
         let (first, second) = (budget.reserve(tenant, "/list").unwrap(), budget.reserve(tenant, "/list").unwrap());
         assert!(budget.reserve(tenant, "/list").is_none(), "two reads in flight hold the whole budget");
+        assert!(!budget.exhausted(tenant, "/list"), "but leave the hit path to hits: nothing is stored yet");
         first.stored();
         drop(second);
         assert!(budget.reserve(tenant, "/list").is_some(), "the read that stored nothing gave its entry back");

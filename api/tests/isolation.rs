@@ -153,3 +153,35 @@ async fn lookups_of_invented_tokens_hold_at_most_a_quarter_of_the_pool() {
     assert_eq!(waiting, 2, "lookups holding connections at once, of a pool of 8");
     assert!(answers.iter().all(|answer| answer.status() == StatusCode::UNAUTHORIZED));
 }
+
+/// One tenant's writes waiting for a lock hold at most its share of the pool: another tenant's
+/// uncached read still gets a connection at once (without the share it waited for the pool's
+/// acquire timeout, then got 503).
+#[tokio::test]
+async fn a_tenant_waiting_on_the_database_leaves_the_rest_of_the_pool_to_other_tenants() {
+    let small_pool = |settings: &mut openrisk_shared::Settings| {
+        (settings.pool.max_connections, settings.pool.max_per_tenant) = (Some(4), Some(2));
+        settings.pool.acquire_timeout_ms = Some(3000);
+    };
+    let app = spawn_app_with(RedisNamespace::new(), small_pool, AppOptions::default()).await;
+    let risk = app.create_risk_path(&app.a.analyst, "Held").await;
+    app.create_risk(&app.b.analyst, "Other tenant's").await;
+    let holder = app.db.connect().await;
+    let risk_id: uuid::Uuid = risk.rsplit('/').next().unwrap().parse().unwrap();
+    holder.batch_execute("BEGIN").await.unwrap();
+    holder.execute("SELECT 1 FROM risks WHERE id = $1 FOR UPDATE", &[&risk_id]).await.unwrap();
+
+    let change = |title: &str| app.send_json(Method::PATCH, &risk, &app.a.analyst, json!({"title": title}));
+    let waiting_writes = futures::future::join_all(["1", "2", "3", "4"].map(change));
+    let other_tenant_reads = async {
+        until_the_api_waits_for_a_lock(&holder).await;
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let started = std::time::Instant::now();
+        let read = app.get("/api/v1/risks?q=Other", &app.b.viewer).await.status();
+        let took = started.elapsed();
+        holder.batch_execute("COMMIT").await.unwrap();
+        (read, took)
+    };
+    let (_, (read, took)) = tokio::join!(waiting_writes, other_tenant_reads);
+    assert_eq!(read, StatusCode::OK, "after {took:?}");
+}

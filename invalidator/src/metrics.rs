@@ -141,7 +141,7 @@ impl Metrics {
             keys_deleted: counter("openrisk_invalidator_keys_deleted_total", "Cached entries unlinked from Redis."),
             reclaims_skipped: counter(
                 "openrisk_invalidator_reclaims_skipped_total",
-                "Invalidated member sets left to expire because the most reclaims allowed at once were running.",
+                "Batches whose invalidated member sets were left to expire because the most reclaims allowed at once were running.",
             ),
             tags_invalidated: counter(
                 "openrisk_invalidator_tags_invalidated_total",

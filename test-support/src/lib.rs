@@ -79,7 +79,7 @@ pub struct TestDatabase {
 
 impl TestDatabase {
     /// Creates a database from the migrated template on the shared server, named
-    /// `openrisk_test_<host and PID namespace>_<pid>_<random>` (see [`drop_abandoned_databases`]).
+    /// `openrisk_test_<boot and PID namespace>_<pid>_<random>` (see [`drop_abandoned_databases`]).
     pub async fn create() -> Self {
         Self::create_on(&admin_database_url()).await
     }
@@ -94,8 +94,7 @@ impl TestDatabase {
         if !SWEPT.swap(true, Ordering::Relaxed) {
             drop_abandoned_databases(&admin).await;
         }
-        let random = &Uuid::new_v4().simple().to_string()[..16];
-        let name = format!("{}{}_{random}", *DATABASE_PREFIX, std::process::id());
+        let name = new_database_name();
         let mut attempts = 0;
         loop {
             match admin.batch_execute(&format!("CREATE DATABASE {name} TEMPLATE {template}")).await {
@@ -139,31 +138,42 @@ impl Drop for TestDatabase {
 }
 
 /// `openrisk_test_`, then this machine's boot and this process's PID namespace: the start of the
-/// name of every test database this process's neighbours create, before their pid.
-static DATABASE_PREFIX: LazyLock<String> = LazyLock::new(|| {
-    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
-    let pid_namespace = std::fs::read_link("/proc/self/ns/pid").unwrap_or_default();
+/// name of every test database this process's neighbours create, before their pid. `None` where
+/// either cannot be read (no `/proc`): then no process can be told gone, and none is swept.
+static DATABASE_PREFIX: LazyLock<Option<String>> = LazyLock::new(|| {
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    let pid_namespace = std::fs::read_link("/proc/self/ns/pid").ok()?;
     let digits =
         |text: &str, most: usize| text.chars().filter(char::is_ascii_alphanumeric).take(most).collect::<String>();
-    format!("openrisk_test_{}{}_", digits(&boot, 8), digits(&pid_namespace.to_string_lossy(), 16))
+    let (boot, pid_namespace) = (digits(&boot, 8), digits(&pid_namespace.to_string_lossy(), 16));
+    (!boot.is_empty() && !pid_namespace.is_empty()).then(|| format!("openrisk_test_{boot}{pid_namespace}_"))
 });
+
+/// The name of a new test database: [`DATABASE_PREFIX`] (`openrisk_test_x_` without one), this
+/// process's pid, and 16 random hex digits.
+fn new_database_name() -> String {
+    let prefix = DATABASE_PREFIX.as_deref().unwrap_or("openrisk_test_x_");
+    format!("{prefix}{}_{}", std::process::id(), &Uuid::new_v4().simple().to_string()[..16])
+}
 
 /// Drops the test databases of processes on this machine and in this PID namespace that are
 /// gone: a run killed or interrupted before its databases' drop ran leaves them behind (the
-/// first [`TestDatabase`] of each process does this). Databases of other machines or namespaces
-/// are left alone, since whether their process still runs cannot be told from here.
+/// first [`TestDatabase`] of each process does this, on the server it creates that one on).
+/// Databases of other machines or namespaces are left alone, since whether their process still
+/// runs cannot be told from here.
 pub async fn drop_abandoned_databases(admin: &Client) {
+    let Some(prefix) = DATABASE_PREFIX.as_deref() else { return };
     let Ok(rows) =
-        admin.query("SELECT datname::text FROM pg_database WHERE starts_with(datname, $1)", &[&*DATABASE_PREFIX]).await
+        admin.query("SELECT datname::text FROM pg_database WHERE starts_with(datname, $1)", &[&prefix]).await
     else {
         return;
     };
     for name in rows.iter().map(|row| row.get::<_, String>(0)) {
-        let pid = name[DATABASE_PREFIX.len()..].split('_').next().unwrap_or_default();
+        let pid = name[prefix.len()..].split('_').next().unwrap_or_default();
         if pid.is_empty() || std::path::Path::new(&format!("/proc/{pid}")).exists() {
             continue;
         }
-        if admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await.is_ok() {
+        if admin.batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")).await.is_ok() {
             eprintln!("dropped test database {name}, left by process {pid}, which is gone");
         }
     }

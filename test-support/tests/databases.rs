@@ -9,8 +9,11 @@ async fn databases_of_processes_that_are_gone_are_dropped_and_those_of_running_o
         .await
         .expect("connect to postgres");
     let ours = TestDatabase::create().await;
-    let own_pid = format!("{}_", std::process::id());
-    let prefix = &ours.name[..ours.name.find(&own_pid).expect("the name holds this process's pid")];
+    // `<prefix><pid>_<random>`, and the random part holds no `_`.
+    let (before_random, _) = ours.name.rsplit_once('_').unwrap();
+    let (prefix_without_underscore, pid) = before_random.rsplit_once('_').unwrap();
+    assert_eq!(pid, std::process::id().to_string());
+    let prefix = format!("{prefix_without_underscore}_");
     let mut exited = std::process::Command::new("true").spawn().expect("start true");
     exited.wait().expect("wait for true");
     let named = |pid: u32| format!("{prefix}{pid}_{}", &Uuid::new_v4().simple().to_string()[..16]);

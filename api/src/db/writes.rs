@@ -5,7 +5,7 @@
 
 use chrono::NaiveDate;
 use poem_openapi::types::MaybeUndefined;
-use sea_orm::{ActiveModelBehavior, ActiveValue, QuerySelect, TryIntoModel};
+use sea_orm::{ActiveModelBehavior, ActiveValue, QuerySelect};
 use sea_orm::{ActiveModelTrait, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, IntoActiveModel, QueryFilter, Set};
 use uuid::Uuid;
 
@@ -34,22 +34,25 @@ where
     }
 }
 
-/// Writes the fields of `row` that changed, with `updated_at` moved to now by `touch`. A patch
-/// that changes nothing writes nothing: the resource keeps its `updated_at` and its entity tag,
-/// and no client's `If-Match` goes stale.
+/// Writes the fields of `row` that changed, with `updated_at` moved to now. A patch that changes
+/// nothing still runs the `UPDATE` (so the row is locked, and one deleted meanwhile is a 404),
+/// writing `updated_at` as it was: the capture trigger sees an identical row and writes no
+/// event, and the resource keeps its `updated_at` and its entity tag, so no client's `If-Match`
+/// goes stale.
 async fn update_changed<A>(
     db: &impl ConnectionTrait,
     mut row: A,
-    touch: impl FnOnce(&mut A),
+    updated_at: <A::Entity as EntityTrait>::Column,
 ) -> Result<<A::Entity as EntityTrait>::Model, DbErr>
 where
-    A: ActiveModelTrait + ActiveModelBehavior + TryIntoModel<<A::Entity as EntityTrait>::Model> + Send,
+    A: ActiveModelTrait + ActiveModelBehavior + Send,
     <A::Entity as EntityTrait>::Model: IntoActiveModel<A>,
 {
-    if !row.is_changed() {
-        return row.try_into_model();
+    if row.is_changed() {
+        row.set(updated_at, now().into());
+    } else {
+        row.reset(updated_at);
     }
-    touch(&mut row);
     row.update(db).await
 }
 
@@ -105,7 +108,7 @@ pub async fn update_risk(
     set_nullable(&mut row.external_id, patch.external_id.map_value(String::from));
     set_if_present(&mut row.custom_fields, patch.custom_fields.map(custom_fields_value));
     set_if_present(&mut row.frameworks, patch.frameworks.map(texts));
-    update_changed(db, row, |row| row.updated_at = Set(now())).await
+    update_changed(db, row, risks::Column::UpdatedAt).await
 }
 
 pub async fn insert_asset(db: &impl ConnectionTrait, tenant: Uuid, body: AssetCreate) -> Result<assets::Model, DbErr> {
@@ -137,7 +140,7 @@ pub async fn update_asset(
     set_if_present(&mut row.asset_type, patch.asset_type.map(String::from));
     set_if_present(&mut row.criticality, patch.criticality.as_ref().map(enum_text));
     set_if_present(&mut row.owner, patch.owner.map(String::from));
-    update_changed(db, row, |row| row.updated_at = Set(now())).await
+    update_changed(db, row, assets::Column::UpdatedAt).await
 }
 
 /// Deletes the asset (its links go with it); whether it existed.
@@ -186,7 +189,7 @@ pub async fn update_mitigation(
     set_nullable(&mut row.due_date, patch.due_date.map_value(NaiveDate::from));
     set_if_present(&mut row.cost, patch.cost);
     set_if_present(&mut row.mitigation_time_days, patch.mitigation_time_days);
-    update_changed(db, row, |row| row.updated_at = Set(now())).await
+    update_changed(db, row, mitigations::Column::UpdatedAt).await
 }
 
 /// The mitigation, locked until the transaction ends.
@@ -230,7 +233,7 @@ pub async fn update_subaction(
     let mut row = current.into_active_model();
     set_if_present(&mut row.title, patch.title.map(String::from));
     set_if_present(&mut row.completed, patch.completed);
-    update_changed(db, row, |row| row.updated_at = Set(now())).await
+    update_changed(db, row, subactions::Column::UpdatedAt).await
 }
 
 /// Deletes the sub-action; whether it still existed (as [`delete_mitigation`]).

@@ -128,6 +128,7 @@ impl Caller {
 
     /// One attempt of [`Caller::write`]: its own transaction, ended before this returns.
     async fn write_once<T>(&self, change: impl AsyncFnOnce(&Write) -> Result<T, ApiError>) -> Result<T, ApiError> {
+        let _place = self.state.tenant_shares.enter(self.tenant()).await?;
         let write = Write { txn: self.state.db.begin().await?, state: Arc::clone(&self.state), tenant: self.tenant() };
         match change(&write).await {
             Ok(changed) => {

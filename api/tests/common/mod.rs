@@ -328,9 +328,15 @@ pub async fn api_sessions_waiting_for_a_lock(session: &tokio_postgres::Client) -
     session.query_one(waiting, &[]).await.unwrap().get(0)
 }
 
-/// Returns once a session of the API waits for a lock in the test's database (`session`'s).
+/// Returns once a session of the API waits for a lock in the test's database (`session`'s);
+/// panics when none has after 30 s.
 pub async fn until_the_api_waits_for_a_lock(session: &tokio_postgres::Client) {
-    while api_sessions_waiting_for_a_lock(session).await == 0 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let waited = async {
+        while api_sessions_waiting_for_a_lock(session).await == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), waited)
+        .await
+        .expect("no session of the API waited for a lock in 30 s");
 }

@@ -115,14 +115,16 @@ impl Settings {
     pub fn pool_settings(&self) -> PoolSettings {
         let defaults = self.profile.pool_defaults();
         let o = &self.pool;
+        let max_connections = o.max_connections.unwrap_or(defaults.max_connections);
         PoolSettings {
-            max_connections: o.max_connections.unwrap_or(defaults.max_connections),
+            max_connections,
             min_idle: o.min_idle.unwrap_or(defaults.min_idle),
             max_lifetime: o.max_lifetime_secs.map(Duration::from_secs).unwrap_or(defaults.max_lifetime),
             idle_timeout: o.idle_timeout_secs.map(Duration::from_secs).unwrap_or(defaults.idle_timeout),
             acquire_timeout: o.acquire_timeout_ms.map(Duration::from_millis).unwrap_or(defaults.acquire_timeout),
             link: self.database.link(),
             statement_timeout: Some(Duration::from_millis(self.http.request_timeout_ms)),
+            per_tenant: o.max_per_tenant.unwrap_or_else(|| pool::default_share_per_tenant(max_connections)),
         }
     }
 }
@@ -184,7 +186,10 @@ mod tests {
         Jail::expect_with(|jail| {
             jail.set_env("OPENRISK_PROFILE", "production");
             let settings = Settings::load(None).expect("loads");
-            assert_eq!(settings.pool_settings(), Profile::Production.pool_defaults());
+            // The statement timeout is the request timeout, whatever the profile.
+            let request_timeout = Some(Duration::from_millis(settings.http.request_timeout_ms));
+            let defaults = PoolSettings { statement_timeout: request_timeout, ..Profile::Production.pool_defaults() };
+            assert_eq!(settings.pool_settings(), defaults);
             assert_eq!(settings.pool_settings().max_connections, 100);
             Ok(())
         });

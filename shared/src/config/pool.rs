@@ -25,6 +25,9 @@ pub struct PoolOverrides {
     pub max_lifetime_secs: Option<u64>,
     pub idle_timeout_secs: Option<u64>,
     pub acquire_timeout_ms: Option<u64>,
+    /// Requests of one tenant that may use Postgres at once (three quarters of
+    /// `max_connections` when unset).
+    pub max_per_tenant: Option<u32>,
 }
 
 /// The pool settings actually used, after applying the profile and overrides.
@@ -41,6 +44,14 @@ pub struct PoolSettings {
     /// options: the request timeout for the API's pools, so a query outliving the request that
     /// sent it stops holding a connection and a backend. `None` for commands, which may run long.
     pub statement_timeout: Option<Duration>,
+    /// Requests of one tenant that may use the pool at once, so one tenant's slow reads or
+    /// writes always leave connections to the others.
+    pub per_tenant: u32,
+}
+
+/// A tenant's share of the pool when none is configured: three quarters of it, at least one.
+pub fn default_share_per_tenant(max_connections: u32) -> u32 {
+    (max_connections * 3 / 4).max(1)
 }
 
 impl Profile {
@@ -59,6 +70,7 @@ impl Profile {
             acquire_timeout: Duration::from_secs(5),
             link: PostgresLink::default(),
             statement_timeout: None,
+            per_tenant: default_share_per_tenant(max_connections),
         }
     }
 }

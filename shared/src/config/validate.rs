@@ -89,6 +89,10 @@ impl Settings {
         )?;
         rule(!pool.acquire_timeout.is_zero(), "pool.acquire_timeout_ms must be at least 1")?;
         rule(pool.min_idle <= pool.max_connections, "pool.min_idle must not exceed pool.max_connections")?;
+        rule(
+            (1..=pool.max_connections).contains(&pool.per_tenant),
+            "pool.max_per_tenant must be between 1 and pool.max_connections",
+        )?;
         Ok(())
     }
 }
