@@ -32,7 +32,6 @@ use crate::error::problem_from_poem_error;
 use crate::hit_path::AnsweredRoute;
 use crate::metrics::Metrics;
 use crate::routes::{AssetsApi, HealthApi, MitigationsApi, RisksApi, StatsApi, TokensApi};
-use crate::tenant_share::TenantShares;
 use crate::variant_budget::VariantBudget;
 
 /// The request id header: taken from the client when it sends a usable one (1 to 128 visible
@@ -79,8 +78,6 @@ pub struct AppState {
     pub cluster: ClusterWatch,
     /// How many list entries each tenant may still store per route.
     pub variant_budget: VariantBudget,
-    /// How many requests of each tenant may use Postgres at once.
-    pub tenant_shares: TenantShares,
 }
 
 /// Start-up options that are not configuration (used by tests).
@@ -121,7 +118,6 @@ impl AppState {
         let variant_budget = VariantBudget::new(settings.cache.max_entries_per_route, Duration::from_secs(longest_ttl));
         let state = Arc::new(AppState {
             variant_budget,
-            tenant_shares: TenantShares::new(pool.per_tenant, pool.acquire_timeout),
             db: Db::new(conn, metrics.clone()),
             reads,
             cache: Arc::new(cache),

@@ -1,6 +1,6 @@
 //! A tenant's share of the database pool: how many of its requests may use Postgres at once, so
 //! that one tenant's slow work (searches and far pages, which the cache never answers, writes
-//! waiting for locks) always leaves connections to every other tenant.
+//! waiting for locks) cannot take every connection from the other tenants.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{assert_problem, spawn_app, spawn_app_with};
+use common::{Paths, assert_problem, spawn_app, spawn_app_with};
 use openrisk_api::AppOptions;
 use openrisk_test_support::RedisNamespace;
 use reqwest::{Method, StatusCode};
@@ -100,8 +100,7 @@ async fn malformed_mistyped_unknown_and_out_of_range_bodies_are_400() {
 async fn numbers_and_booleans_sent_for_string_fields_are_400_naming_the_type() {
     let app = spawn_app().await;
     let token = &app.a.analyst;
-    let risk = app.create_risk_path(token, "Existing").await;
-    let asset = format!("/api/v1/assets/{}", app.create_asset(token, "Existing", "LOW").await["id"].as_str().unwrap());
+    let Paths { risk, asset, .. } = app.create_risk_mitigation_and_asset("Existing").await;
     let mitigations = format!("{risk}/mitigations");
     let risk_before = app.get_json(&risk, token).await;
     let cases = [
@@ -120,9 +119,10 @@ async fn numbers_and_booleans_sent_for_string_fields_are_400_naming_the_type() {
         let problem = assert_problem(refused, StatusCode::BAD_REQUEST).await;
         assert!(problem["detail"].as_str().unwrap().contains("string"), "{body}: {problem}");
     }
-    assert_eq!(app.get_json(&risk, token).await, risk_before);
-    assert_eq!(app.count("SELECT count(*) FROM risks").await, 1);
-    assert_eq!(app.count("SELECT count(*) FROM assets").await, 1);
+    assert_eq!(app.get_json(&risk, token).await, risk_before, "nothing written");
+    let rows =
+        "SELECT (SELECT count(*) FROM risks) + (SELECT count(*) FROM mitigations) + (SELECT count(*) FROM assets)";
+    assert_eq!(app.count(rows).await, 3, "nothing written");
 }
 
 #[tokio::test]

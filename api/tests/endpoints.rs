@@ -459,22 +459,18 @@ async fn every_response_carries_the_clients_request_id_or_a_new_one() {
 async fn a_patch_that_changes_nothing_keeps_the_resource_its_updated_at_and_its_entity_tag() {
     let app = spawn_app().await;
     let token = &app.a.analyst;
-    let risk_path = app.create_risk_path(token, "Unchanged").await;
-    let mitigation = app.create_mitigation(token, &risk_path, "M").await;
-    let mitigation_path = format!("{risk_path}/mitigations/{}", mitigation["id"].as_str().unwrap());
-    let subactions = format!("{mitigation_path}/subactions");
+    let paths = app.create_risk_mitigation_and_asset("Unchanged").await;
+    let subactions = format!("{}/subactions", paths.mitigation);
     let subaction: Value =
         app.send_json(Method::POST, &subactions, token, json!({"title": "S"})).await.json().await.unwrap();
     let subaction_path = format!("{subactions}/{}", subaction["id"].as_str().unwrap());
-    let asset = app.create_asset(token, "Unchanged", "LOW").await;
-    let asset_path = format!("/api/v1/assets/{}", asset["id"].as_str().unwrap());
 
     // (what is patched, what shows it, the values it already has)
     for (path, shown_by, same_values) in [
-        (&risk_path, &risk_path, json!({"title": "Unchanged", "impact": 3})),
-        (&mitigation_path, &mitigation_path, json!({"title": "M", "due_date": null})),
-        (&subaction_path, &mitigation_path, json!({"title": "S", "completed": false})),
-        (&asset_path, &asset_path, json!({"name": "Unchanged", "criticality": "LOW"})),
+        (&paths.risk, &paths.risk, json!({"title": "Unchanged", "impact": 3})),
+        (&paths.mitigation, &paths.mitigation, json!({"title": "M", "due_date": null})),
+        (&subaction_path, &paths.mitigation, json!({"title": "S", "completed": false})),
+        (&paths.asset, &paths.asset, json!({"name": "Unchanged", "criticality": "LOW"})),
     ] {
         let (tag, before) = (app.etag(shown_by).await, app.get_json(shown_by, token).await);
         for patch in [json!({}), same_values] {

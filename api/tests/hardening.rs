@@ -337,21 +337,15 @@ async fn json_bodies_with_a_repeated_key_are_refused() {
     assert_eq!(app.count("SELECT count(*) FROM risks").await, 1);
 }
 
-/// The `ETag` a GET of `path` answers now.
 #[tokio::test]
 async fn writes_with_a_stale_if_match_are_refused_412_with_the_current_tag_and_a_change_answers_with_the_next_one() {
     let app = spawn_app().await;
     let token = &app.a.analyst;
-    let risk_path = app.create_risk_path(token, "Conditional").await;
-    let mitigation = app.create_mitigation(token, &risk_path, "M").await;
-    let mitigation_path = format!("{risk_path}/mitigations/{}", mitigation["id"].as_str().unwrap());
-    let asset = app.create_asset(token, "Conditional", "LOW").await;
-    let asset_path = format!("/api/v1/assets/{}", asset["id"].as_str().unwrap());
-
+    let paths = app.create_risk_mitigation_and_asset("Conditional").await;
     for (path, change) in [
-        (&mitigation_path, json!({"progress": 10})),
-        (&asset_path, json!({"owner": "o"})),
-        (&risk_path, json!({"impact": 5})),
+        (&paths.mitigation, json!({"progress": 10})),
+        (&paths.asset, json!({"owner": "o"})),
+        (&paths.risk, json!({"impact": 5})),
     ] {
         let read = app.etag(path).await;
         let conditional = |tag: &str| app.request(Method::PATCH, path, token).header("if-match", tag).json(&change);

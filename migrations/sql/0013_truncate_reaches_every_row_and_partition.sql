@@ -39,7 +39,7 @@ BEGIN
                        'FROM (SELECT DISTINCT (%2$s)::uuid AS tenant FROM %3$s AS r %4$s) AS t',
                        TG_ARGV[0], watch.tenant_expr, TG_RELID::regclass,
                        CASE WHEN partitioned THEN 'WHERE r.tableoid NOT IN (SELECT g.tgrelid FROM pg_trigger g '
-                                                  'WHERE g.tgname = ''cache_capture_truncate'')' ELSE '' END);
+                                                  'WHERE g.tgname = ''cache_capture_truncate'' AND g.tgenabled <> ''D'')' ELSE '' END);
     END IF;
     RETURN NULL;
 END
@@ -79,11 +79,9 @@ $$;
 ALTER FUNCTION cache_unwatch(regclass) RENAME TO cache_unwatch_table;
 
 CREATE FUNCTION cache_unwatch(p_table regclass) RETURNS void
-LANGUAGE plpgsql AS $$
-BEGIN
-    PERFORM cache_partition_triggers(p_table, false);
-    PERFORM cache_unwatch_table(p_table);
-END
+LANGUAGE sql AS $$
+    SELECT cache_partition_triggers(p_table, false);
+    SELECT cache_unwatch_table(p_table);
 $$;
 
 -- cache_watch as 0012 made it (refuse a clashing name, move aside, generate) stays, as
@@ -120,7 +118,7 @@ DECLARE
 BEGIN
     -- The new row, then the old one; a DELETE has no new row and an INSERT no old one.
     FOREACH child IN ARRAY array_remove(ARRAY[to_jsonb(NEW), to_jsonb(OLD)], NULL) LOOP
-        IF NOT (child ? TG_ARGV[1] AND child ? 'tenant_id') THEN
+        IF (TG_NARGS = 2 AND child ? TG_ARGV[1] AND child ? 'tenant_id') IS NOT TRUE THEN
             RAISE EXCEPTION 'cache_hold_parent on %: it needs the columns tenant_id and %', TG_TABLE_NAME, TG_ARGV[1];
         END IF;
         EXECUTE hold USING (child ->> 'tenant_id')::uuid, (child ->> TG_ARGV[1])::uuid;

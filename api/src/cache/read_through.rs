@@ -127,7 +127,7 @@ impl Cache {
             None => self.lookup(route, read.tenant, &key, &tags).await,
         };
         match lookup {
-            Lookup::Skipped(cache_status) => uncached(&reads, load, cache_status).await,
+            Lookup::Skipped(cache_status) => uncached(&reads, read.tenant, load, cache_status).await,
             Lookup::Hit(served) => Ok(served),
             Lookup::Miss(snapshot) => {
                 let cache = Arc::clone(self);
@@ -165,6 +165,7 @@ impl Cache {
         reads: &ReadRouter,
         load: Loader,
     ) -> Result<MissResult, ApiError> {
+        let _place = reads.shares().enter(tenant).await?;
         let mut conn = self.connection().ok_or_else(ApiError::internal)?;
         let (snapshot, body) = if snapshot.is_complete() {
             let reader = self.reader_for(&mut conn, tenant, &snapshot, reads).await;
@@ -267,9 +268,15 @@ async fn read_with(reads: &ReadRouter, load: &Loader, reader: Reader) -> Result<
     }
 }
 
-/// Reads from Postgres without touching Redis: from a replica only if it has every write
-/// committed before the read began.
-pub(crate) async fn uncached(reads: &ReadRouter, load: Loader, cache_status: CacheStatus) -> Result<Served, ApiError> {
+/// Reads from Postgres without touching Redis, within the tenant's share: from a replica only if
+/// it has every write committed before the read began.
+pub(crate) async fn uncached(
+    reads: &ReadRouter,
+    tenant: Uuid,
+    load: Loader,
+    cache_status: CacheStatus,
+) -> Result<Served, ApiError> {
+    let _place = reads.shares().enter(tenant).await?;
     let body = read_with(reads, &load, reads.bypass_reader().await).await?;
     let etag = etag_of(&body);
     Ok(Served { body: Bytes::from(body), etag, cache_status })

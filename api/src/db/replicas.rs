@@ -24,6 +24,7 @@ use sea_orm::{
 
 use super::stmt;
 use crate::metrics::Metrics;
+use crate::tenant_share::TenantShares;
 
 /// How long a read waits for a replica to begin answering before reading the primary instead
 /// (the monitor meanwhile takes an unresponsive replica out of rotation).
@@ -97,6 +98,9 @@ pub struct ReadRouter {
     max_lag: Duration,
     /// The primary's WAL insert positions as the monitor saw them change, oldest first.
     history: Mutex<VecDeque<(Instant, Lsn)>>,
+    /// How many of each tenant's requests may use Postgres at once, reads and writes alike:
+    /// taken before a reader is opened, so waiting for a place holds no connection.
+    shares: TenantShares,
     metrics: Arc<Metrics>,
 }
 
@@ -144,12 +148,18 @@ impl ReadRouter {
             check_replay_floor,
             max_lag: Duration::from_millis(settings.replica_max_lag_ms),
             history: Mutex::default(),
+            shares: TenantShares::new(pool.per_tenant, pool.acquire_timeout),
             metrics,
         });
         if !router.replicas.is_empty() {
             tokio::spawn(monitor(Arc::downgrade(&router), Duration::from_millis(settings.replica_check_interval_ms)));
         }
         Ok(router)
+    }
+
+    /// The tenants' shares of the pools (see [`TenantShares`]).
+    pub fn shares(&self) -> &TenantShares {
+        &self.shares
     }
 
     pub fn has_replicas(&self) -> bool {

@@ -11,6 +11,7 @@ use poem::{FromRequest, Request, RequestBody};
 use poem_openapi::registry::Registry;
 use poem_openapi::{ApiExtractor, ApiExtractorType, ExtractParamOptions};
 use sea_orm::DatabaseTransaction;
+use tokio::sync::OwnedSemaphorePermit;
 use uuid::Uuid;
 
 use super::{Cached, Caching, ListFilter, serve};
@@ -128,11 +129,11 @@ impl Caller {
 
     /// One attempt of [`Caller::write`]: its own transaction, ended before this returns.
     async fn write_once<T>(&self, change: impl AsyncFnOnce(&Write) -> Result<T, ApiError>) -> Result<T, ApiError> {
-        let _place = self.state.tenant_shares.enter(self.tenant()).await?;
+        let place = self.state.reads.shares().enter(self.tenant()).await?;
         let write = Write { txn: self.state.db.begin().await?, state: Arc::clone(&self.state), tenant: self.tenant() };
         match change(&write).await {
             Ok(changed) => {
-                write.commit().await?;
+                write.commit(place).await?;
                 Ok(changed)
             }
             Err(error) => {
@@ -163,9 +164,11 @@ impl Write {
         self.state.db.timed(name, query).await
     }
 
-    /// Commits the transaction, then invalidates what its triggers reported.
-    async fn commit(self) -> Result<(), ApiError> {
+    /// Commits the transaction, gives the tenant's `place` in the pool back, then invalidates what
+    /// its triggers reported.
+    async fn commit(self, place: OwnedSemaphorePermit) -> Result<(), ApiError> {
         let invalidations = self.state.db.commit(self.txn).await?;
+        drop(place);
         self.state.cache.invalidate(&invalidations).await;
         Ok(())
     }

@@ -43,8 +43,8 @@ async fn mitigation_view(
     Ok(Mitigation::from_rows(row, subs)?)
 }
 
-/// The mitigation `id` of `risk` as `write` sees it, checked against `If-Match` when one is sent:
-/// then the row is locked first, so no other change of it comes between the check and the write.
+/// The mitigation `id` of `risk`, locked until the write ends (so no other change of it comes
+/// between this read and the write), and checked against `If-Match` when one is sent.
 async fn find_for_write(
     write: &Write,
     risk: Uuid,
@@ -54,10 +54,10 @@ async fn find_for_write(
     let (txn, tenant) = (&write.txn, write.tenant);
     let row = write.timed("mitigation_get", crate::db::risks::find_mitigation(txn, tenant, risk, id)).await?;
     let row = row.or_not_found("mitigation", id)?;
-    if if_match.is_none() {
-        return Ok(row);
-    }
     let lock = write.timed("mitigation_lock", writes::lock_mitigation(txn, tenant, row.id));
+    if if_match.is_none() {
+        return lock.await?.or_not_found("mitigation", id);
+    }
     let current_body = |row: &mitigations::Model| {
         let row = row.clone();
         async move { Ok(body_of(&mitigation_view(&write.state, txn, tenant, row).await?)) }

@@ -186,10 +186,10 @@ where
         }
         Caching::List | Caching::Detail => None,
     };
-    let loader = loader_of(state, read.tenant, load);
+    let loader = loader_of(state, load);
     if let Some(cache_status) = refused {
         state.metrics.cache_request(read.route, crate::metrics::CacheResult::Bypass);
-        let served = crate::cache::read_uncached(&state.reads, loader, cache_status).await?;
+        let served = crate::cache::read_uncached(&state.reads, read.tenant, loader, cache_status).await?;
         return Ok(Cached::new(served, if_none_match));
     }
     let served = state.cache.read_through(read, Arc::clone(&state.reads), loader).await?;
@@ -201,22 +201,15 @@ where
     Ok(Cached::new(served, if_none_match))
 }
 
-/// A route's database read as the cache calls it: on the reader the cache chose, within the
-/// tenant's share of the pool.
-fn loader_of<F, Fut>(state: &Arc<AppState>, tenant: uuid::Uuid, load: F) -> crate::cache::Loader
+/// A route's database read as the cache calls it: on the reader the cache chose.
+fn loader_of<F, Fut>(state: &Arc<AppState>, load: F) -> crate::cache::Loader
 where
     F: Fn(Arc<AppState>, Reader) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<Vec<u8>, ApiError>> + Send + 'static,
 {
     let state = Arc::clone(state);
     Arc::new(move |reader| -> BoxFuture<'static, Result<Vec<u8>, ApiError>> {
-        let read = load(Arc::clone(&state), reader);
-        let state = Arc::clone(&state);
-        async move {
-            let _place = state.tenant_shares.enter(tenant).await?;
-            read.await
-        }
-        .boxed()
+        load(Arc::clone(&state), reader).boxed()
     })
 }
 

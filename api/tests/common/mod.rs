@@ -29,6 +29,13 @@ pub struct Tenant {
     pub admin: String,
 }
 
+/// The paths of a risk, one of its mitigations and an asset.
+pub struct Paths {
+    pub risk: String,
+    pub mitigation: String,
+    pub asset: String,
+}
+
 pub struct TestApp {
     pub app: Application,
     pub url: String,
@@ -193,6 +200,17 @@ impl TestApp {
             self.send_json(Method::POST, &format!("{risk_path}/mitigations"), token, json!({"title": title})).await;
         assert_eq!(response.status(), StatusCode::CREATED);
         response.json().await.unwrap()
+    }
+
+    /// Made by tenant A's analyst: a risk titled `name`, its mitigation "M" and an asset named
+    /// `name` (LOW), as the paths of their `GET`s.
+    pub async fn create_risk_mitigation_and_asset(&self, name: &str) -> Paths {
+        let token = &self.a.analyst;
+        let risk = self.create_risk_path(token, name).await;
+        let mitigation = self.create_mitigation(token, &risk, "M").await;
+        let mitigation = format!("{risk}/mitigations/{}", mitigation["id"].as_str().unwrap());
+        let asset = format!("/api/v1/assets/{}", self.create_asset(token, name, "LOW").await["id"].as_str().unwrap());
+        Paths { risk, mitigation, asset }
     }
 
     pub async fn create_asset(&self, token: &str, name: &str, criticality: &str) -> Value {

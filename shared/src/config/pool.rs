@@ -51,7 +51,7 @@ pub struct PoolSettings {
 
 /// A tenant's share of the pool when none is configured: three quarters of it, at least one.
 pub fn default_share_per_tenant(max_connections: u32) -> u32 {
-    (max_connections * 3 / 4).max(1)
+    (max_connections - max_connections / 4).max(1)
 }
 
 impl Profile {
