@@ -1,7 +1,7 @@
 //! The API's limits on one request: its body (at most [`MAX_BODY_BYTES`], no JSON key twice) must
 //! arrive within `http.request_timeout_ms` (408 otherwise), and the whole request must be answered
-//! within it (503 otherwise). Only a caller with a valid bearer token has its body read at all. The limits on connections are the server loop's
-//! (`openrisk_shared::http_server`).
+//! within it (503 otherwise). Only a caller with a valid bearer token has its body read at all.
+//! The limits on connections are the server loop's (`openrisk_shared::http_server`).
 
 use std::sync::Arc;
 use std::time::Duration;

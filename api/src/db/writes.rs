@@ -1,7 +1,8 @@
 //! The rows the write operations insert, change and delete, one function each. A create body
 //! becomes a row with its defaults; a PATCH body changes only the fields it carries and, when
-//! one of them differs from what is stored, moves `updated_at`. Bodies arrive checked (the routes refuse what Postgres could not store), and
-//! every function runs inside the caller's write transaction.
+//! one of them differs from what is stored, moves `updated_at`. Bodies arrive checked (the routes
+//! refuse what Postgres could not store), and every function runs inside the caller's write
+//! transaction.
 
 use chrono::NaiveDate;
 use poem_openapi::types::MaybeUndefined;
@@ -15,7 +16,7 @@ use crate::model::{
     RiskSource, RiskStatus, SubActionCreate, SubActionPatch, Text, enum_text,
 };
 
-/// `Set(value)` when the field is present and differs from what is stored, left unchanged otherwise.
+/// `Set(value)` when the field is present and differs from what is stored; left as it is otherwise.
 fn set_if_present<T: Into<sea_orm::Value> + PartialEq>(field: &mut ActiveValue<T>, value: impl Into<Option<T>>) {
     if let Some(value) = value.into() {
         field.set_ne(value);
