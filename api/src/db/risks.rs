@@ -269,6 +269,19 @@ pub async fn find_mitigation_to_extend(
     mitigation_of_live_risk(tenant, risk, id).lock(LockType::KeyShare).one(db).await
 }
 
+/// [`find_mitigation`] for a write that changes or deletes it: the row is locked (`FOR UPDATE`;
+/// the risk, read in a sub-query, is not) until the transaction ends, so no other change of it
+/// comes between this read and the write, and a concurrent delete that comes first leaves
+/// nothing to find (404).
+pub async fn find_mitigation_to_change(
+    db: &impl ConnectionTrait,
+    tenant: Uuid,
+    risk: Uuid,
+    id: Uuid,
+) -> Result<Option<mitigations::Model>, DbErr> {
+    mitigation_of_live_risk(tenant, risk, id).lock_exclusive().one(db).await
+}
+
 /// A sub-action of a mitigation of a live risk, locked until the transaction ends (so
 /// concurrent toggles serialise), in one statement. Only the sub-action's row is locked: the
 /// mitigation and the risk are read in sub-queries, which `FOR UPDATE` does not reach.

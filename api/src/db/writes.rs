@@ -193,15 +193,6 @@ pub async fn update_mitigation(
     update_changed(db, row, mitigations::Column::UpdatedAt).await
 }
 
-/// The mitigation, locked until the transaction ends.
-pub async fn lock_mitigation(
-    db: &impl ConnectionTrait,
-    tenant: Uuid,
-    id: Uuid,
-) -> Result<Option<mitigations::Model>, DbErr> {
-    mitigations::Entity::find_by_id(id).filter(mitigations::Column::TenantId.eq(tenant)).lock_exclusive().one(db).await
-}
-
 /// Deletes the mitigation (its sub-actions go with it); whether it still existed (a concurrent
 /// delete may have taken it since it was read).
 pub async fn delete_mitigation(db: &impl ConnectionTrait, id: Uuid) -> Result<bool, DbErr> {

@@ -52,9 +52,7 @@ async fn find_for_write(
     if_match: Option<&str>,
 ) -> Result<mitigations::Model, ApiError> {
     let (txn, tenant) = (&write.txn, write.tenant);
-    let row = write.timed("mitigation_get", crate::db::risks::find_mitigation(txn, tenant, risk, id)).await?;
-    let row = row.or_not_found("mitigation", id)?;
-    let lock = write.timed("mitigation_lock", writes::lock_mitigation(txn, tenant, row.id));
+    let lock = write.timed("mitigation_lock", crate::db::risks::find_mitigation_to_change(txn, tenant, risk, id));
     if if_match.is_none() {
         return lock.await?.or_not_found("mitigation", id);
     }
