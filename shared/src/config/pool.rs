@@ -45,7 +45,7 @@ pub struct PoolSettings {
     /// sent it stops holding a connection and a backend. `None` for commands, which may run long.
     pub statement_timeout: Option<Duration>,
     /// Requests of one tenant that may use the pool at once, so one tenant's slow reads or
-    /// writes always leave connections to the others.
+    /// writes cannot take every connection from the others.
     pub per_tenant: u32,
 }
 
