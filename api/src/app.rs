@@ -31,6 +31,7 @@ use crate::db::replicas::ReadRouter;
 use crate::error::problem_from_poem_error;
 use crate::hit_path::AnsweredRoute;
 use crate::metrics::Metrics;
+use crate::readiness::ReadinessChecks;
 use crate::routes::{AssetsApi, HealthApi, MitigationsApi, RisksApi, StatsApi, TokensApi};
 use crate::variant_budget::VariantBudget;
 
@@ -78,6 +79,8 @@ pub struct AppState {
     pub cluster: ClusterWatch,
     /// How many list entries each tenant may still store per route.
     pub variant_budget: VariantBudget,
+    /// `/readyz`'s checks of Postgres and Redis, one at a time.
+    pub readiness: ReadinessChecks,
 }
 
 /// Start-up options that are not configuration (used by tests).
@@ -116,11 +119,17 @@ impl AppState {
         let tokens = TokenVerifier::new(conn.clone(), token_ttl, lookups_at_once, metrics.clone());
         let longest_ttl = settings.cache.ttl_secs * (100 + u64::from(settings.cache.ttl_jitter_percent)) / 100;
         let variant_budget = VariantBudget::new(settings.cache.max_entries_per_route, Duration::from_secs(longest_ttl));
+        let db = Db::new(conn, metrics.clone());
+        let cache = Arc::new(cache);
+        // Each within half the request timeout: `/readyz` always answers with its document,
+        // never with the request timeout's problem.
+        let check_limit = pool.acquire_timeout.min(longest_miss / 2);
         let state = Arc::new(AppState {
             variant_budget,
-            db: Db::new(conn, metrics.clone()),
+            readiness: ReadinessChecks::new(db.clone(), cache.clone(), check_limit),
+            db,
             reads,
-            cache: Arc::new(cache),
+            cache,
             tokens,
             metrics,
             cluster,

@@ -11,6 +11,7 @@ pub mod hit_path;
 pub mod hygiene;
 pub mod metrics;
 pub mod model;
+pub mod readiness;
 pub mod request_limits;
 pub mod routes;
 pub mod seed;

@@ -1,16 +1,19 @@
 //! Faults that look like a network, between the API (and an invalidator) and a private Redis
 //! inside a network namespace of the test's own: every packet dropped without a reset, then
 //! 200 ms more per round trip with 5 % of the packets lost. Reads keep answering, and once the
-//! link is healthy every entry the API serves equals the database.
+//! link is healthy every entry the API serves equals the database. And a private Postgres cut
+//! off mid-write: the pool gives the connection up instead of waiting on it.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{HANG_BOUND, TestApp, cache_status, spawn_app_with};
+use common::{HANG_BOUND, TestApp, cache_status, spawn_app_on, spawn_app_with, until_the_api_waits_for_a_lock};
 use openrisk_api::AppOptions;
 use openrisk_shared::{CacheStatus, Settings};
-use openrisk_test_support::{LatencyRelay, NetworkLink, PrivateRedis, RedisNamespace};
+use openrisk_test_support::{
+    LatencyRelay, NetworkLink, PrivatePostgres, PrivateRedis, RedisNamespace, TestDatabase, with_database,
+};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -170,4 +173,51 @@ async fn a_slow_lossy_redis_link_keeps_reads_answering_and_the_invalidator_caugh
     link.heal();
     assert_fresh_from_the_cache(&app, &paths).await;
     assert!(invalidator.shutdown(Duration::from_secs(10)).await);
+}
+
+#[tokio::test]
+async fn a_postgres_link_cut_mid_write_costs_the_pool_its_connection_for_no_longer_than_the_tcp_user_timeout() {
+    const TCP_USER_TIMEOUT: Duration = Duration::from_millis(1000);
+    // The API reaches Postgres through the link's first address, the test through its second.
+    let link = NetworkLink::create(2);
+    let postgres = PrivatePostgres::start_behind(&link);
+    let db = TestDatabase::create_on(&postgres.admin_url_via(link.server_address(0))).await;
+    let url_beside = with_database(&postgres.admin_url_via(link.server_address(1)), &db.name);
+    let session = openrisk_shared::db::connect(&url_beside, "tests", &Default::default()).await.unwrap();
+    let configure = |settings: &mut Settings| {
+        settings.pool.max_connections = Some(1);
+        settings.database.tcp_user_timeout_ms = TCP_USER_TIMEOUT.as_millis() as u32;
+        settings.http.request_timeout_ms = 1000;
+    };
+    let app = spawn_app_on(db, RedisNamespace::new(), configure, AppOptions::default()).await;
+    let path = app.create_risk_path(&app.a.analyst, "Cut off mid-write").await;
+    let pool = app.app.state.db.conn.get_postgres_connection_pool().clone();
+
+    // The write holds the pool's one connection, waiting for a row lock, when the link goes
+    // silent; the lock is let go so the server answers into the void.
+    session.batch_execute("BEGIN").await.unwrap();
+    let id = path.rsplit('/').next().unwrap().parse::<uuid::Uuid>().unwrap();
+    session.execute("SELECT 1 FROM risks WHERE id = $1 FOR UPDATE", &[&id]).await.unwrap();
+    let write = app.send_json(Method::PATCH, &path, &app.a.analyst, json!({ "title": "Never answered" }));
+    let (answer, ()) = tokio::join!(write, async {
+        until_the_api_waits_for_a_lock(&session).await;
+        link.blackhole_address(link.server_address(0));
+        session.batch_execute("ROLLBACK").await.unwrap();
+    });
+    assert_eq!(answer.status(), StatusCode::SERVICE_UNAVAILABLE, "the request timed out");
+
+    // The dropped connection goes back to the pool through a ping that cannot be answered.
+    let given_up = Instant::now();
+    while pool.size() > 0 {
+        assert!(
+            given_up.elapsed() < TCP_USER_TIMEOUT + Duration::from_secs(5),
+            "the pool still held a connection to the silent server after {:?}",
+            given_up.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!("the pool gave its connection up {:?} after the request's 503", given_up.elapsed());
+    link.heal();
+    let written = app.send_json(Method::PATCH, &path, &app.a.analyst, json!({ "title": "Answered" })).await;
+    assert_eq!(written.status(), StatusCode::OK, "a new connection serves once the link is back");
 }

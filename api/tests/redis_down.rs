@@ -1,12 +1,13 @@
 //! Redis down and back: reads fall back to Postgres uncached, writes succeed, nothing hangs,
-//! readiness says degraded, and caching resumes by itself.
+//! readiness says degraded, and caching resumes by itself. Readiness probes cost Redis and
+//! Postgres one check at a time, however many arrive.
 
 mod common;
 
 use openrisk_shared::CacheStatus;
 use std::time::{Duration, Instant};
 
-use common::{HANG_BOUND, cache_status, spawn_app_with, spawn_app_with_cached_risk};
+use common::{HANG_BOUND, cache_status, spawn_app_with, spawn_app_with_cached_risk, until_the_api_waits_for_a_lock};
 use openrisk_api::AppOptions;
 use openrisk_test_support::{PrivateRedis, RedisNamespace};
 use reqwest::{Method, StatusCode};
@@ -84,4 +85,57 @@ async fn the_api_starts_and_serves_while_redis_was_never_up() {
     assert_eq!(response.status(), StatusCode::OK);
     assert!(cache_status(&response).is_bypass());
     assert!(app.metrics().await.contains("openrisk_cache_eviction_policy_ok 0"), "unknown policy is not ok");
+}
+
+/// How many `PING`s `redis` has answered since it started.
+fn pings_answered(redis: &PrivateRedis) -> u64 {
+    let mut conn = redis::Client::open(redis.url()).unwrap().get_connection().unwrap();
+    let stats: String = redis::cmd("INFO").arg("commandstats").query(&mut conn).unwrap();
+    stats
+        .lines()
+        .find_map(|line| line.strip_prefix("cmdstat_ping:calls="))
+        .map_or(0, |rest| rest.split(',').next().unwrap().parse().unwrap())
+}
+
+#[tokio::test]
+async fn readiness_probes_that_arrive_while_a_check_runs_share_it_and_the_next_one_checks_again() {
+    let redis = PrivateRedis::start();
+    let one_connection = |settings: &mut openrisk_shared::Settings| {
+        settings.pool.max_connections = Some(1);
+        settings.http.request_timeout_ms = 2000;
+    };
+    let app = spawn_app_with(RedisNamespace::on(&redis.url()), one_connection, AppOptions::default()).await;
+    let path = app.create_risk_path(&app.a.analyst, "Locked while probed").await;
+    let readyz = || app.client.get(format!("{}/readyz", app.url)).send();
+
+    // The pool's one connection waits for a row lock the test holds, so every check's `SELECT 1`
+    // waits for the pool until the check's limit (half the request timeout).
+    let session = app.db.connect().await;
+    session.batch_execute("BEGIN").await.unwrap();
+    let id = path.rsplit('/').next().unwrap().parse::<uuid::Uuid>().unwrap();
+    session.execute("SELECT 1 FROM risks WHERE id = $1 FOR UPDATE", &[&id]).await.unwrap();
+    let write = app.send_json(Method::PATCH, &path, &app.a.analyst, json!({ "title": "After the probes" }));
+    let (written, pings) = tokio::join!(write, async {
+        until_the_api_waits_for_a_lock(&session).await;
+        let before = pings_answered(&redis);
+        let probes = futures::future::join_all((0..20).map(|_| readyz())).await;
+        for probe in probes {
+            let probe: Value = probe.unwrap().json().await.unwrap();
+            assert_eq!((probe["postgres"].as_str(), probe["redis"].as_str()), (Some("down"), Some("up")), "{probe}");
+        }
+        let pings = pings_answered(&redis) - before;
+        session.batch_execute("ROLLBACK").await.unwrap();
+        pings
+    });
+    assert_eq!(written.status(), StatusCode::OK);
+    eprintln!("20 probes at once sent {pings} PING(s)");
+    assert!(pings < 5, "20 probes sent {pings} PINGs: they did not share the checks running");
+
+    // A finished check is not reused: each probe after it checks again.
+    let before = pings_answered(&redis);
+    for _ in 0..2 {
+        let probe: Value = readyz().await.unwrap().json().await.unwrap();
+        assert_eq!(probe["status"], "ready", "{probe}");
+    }
+    assert_eq!(pings_answered(&redis) - before, 2);
 }

@@ -10,10 +10,11 @@ pub mod stats;
 pub mod writes;
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use openrisk_shared::Tag;
 use openrisk_shared::config::PoolSettings;
+use sea_orm::sqlx::{self, Connection, PgConnection};
 use sea_orm::{
     ConnectOptions, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, FromQueryResult,
     Statement, TransactionTrait, Value,
@@ -46,14 +47,32 @@ fn options(url: &str, pool: PoolSettings) -> ConnectOptions {
         .connect_timeout(pool.link.connect_timeout)
         .set_application_name("openrisk-api")
         .sqlx_logging(false);
-    // sqlx sets no client-side keepalive; the server's side of each session still drops a
-    // client that went silent, and `http.request_timeout_ms` bounds what a request waits.
+    // sqlx sets no client-side keepalive or TCP user timeout: the server's side of each session
+    // still drops a client that went silent, `http.request_timeout_ms` bounds what a request
+    // waits, and the TCP user timeout bounds the ping that takes a connection back.
+    if pool.link.tcp_user_timeout_ms > 0 {
+        let limit = Duration::from_millis(pool.link.tcp_user_timeout_ms.into());
+        options.map_sqlx_postgres_pool_opts(move |pool| {
+            pool.after_release(move |conn, _| Box::pin(answers_within(conn, limit)))
+        });
+    }
     let mut server_side = pool.link.server_options();
     if let (true, Some(limit)) = (pool.link.server_side, pool.statement_timeout) {
         server_side.push(("statement_timeout", limit.as_millis().to_string()));
     }
     options.map_sqlx_postgres_opts(move |connect| connect.options(server_side.clone()));
     options
+}
+
+/// Pings a connection the pool takes back, within `limit`. sqlx pings it too, but with no
+/// deadline: a request cut off mid-query over a silent network would leave its connection
+/// waiting for as long as the kernel retransmits (about 15 minutes), one place fewer in the
+/// pool. An error here has sqlx close the connection without a goodbye.
+async fn answers_within(conn: &mut PgConnection, limit: Duration) -> Result<bool, sqlx::Error> {
+    match tokio::time::timeout(limit, conn.ping()).await {
+        Ok(answered) => answered.map(|()| true),
+        Err(_) => Err(sqlx::Error::Io(std::io::ErrorKind::TimedOut.into())),
+    }
 }
 
 /// Builds a Postgres statement with `$n` placeholders.

@@ -1,7 +1,6 @@
 //! `/healthz` and `/readyz`, outside the versioned API (`/metrics` is served on `METRICS_ADDR`).
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use poem::web::Data;
 use poem_openapi::payload::Json;
@@ -166,18 +165,12 @@ impl HealthApi {
     /// of rotation, so its reads go to the primary), 503 when Postgres does not.
     #[oai(path = "/readyz", method = "get", operation_id = "readyz")]
     async fn readyz(&self, state: Data<&Arc<AppState>>) -> ReadyResponse {
-        // Both checks at once, each within half the request timeout: the answer is always this
-        // document, never the request timeout's problem.
-        let request_timeout = Duration::from_millis(state.settings.http.request_timeout_ms);
-        let limit = state.settings.pool_settings().acquire_timeout.min(request_timeout / 2);
-        // A disabled cache's ping answers false at once, without I/O.
-        let (postgres, redis) =
-            tokio::join!(tokio::time::timeout(limit, state.db.ping()), tokio::time::timeout(limit, state.cache.ping()));
-        let postgres = matches!(postgres, Ok(Ok(())));
-        let redis = match redis {
+        let checked = state.readiness.check().await;
+        let postgres = checked.postgres;
+        let redis = match checked.redis {
             _ if !state.cache.enabled() => DependencyState::Disabled,
-            Ok(true) => DependencyState::Up,
-            Ok(false) | Err(_) => DependencyState::Down,
+            true => DependencyState::Up,
+            false => DependencyState::Down,
         };
         let breaker_open = state.cache.breaker_open();
         let replicas: Vec<ReplicaReadiness> = state.reads.replica_states().into_iter().map(Into::into).collect();
