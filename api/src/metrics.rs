@@ -76,6 +76,8 @@ pub enum FillOutcome {
     /// The protocol refused it: a tag was invalidated since the snapshot (the data may be stale).
     Rejected,
     Error,
+    /// Not tried: the body is larger than `cache.max_entry_bytes`.
+    TooLarge,
 }
 
 impl FillOutcome {
@@ -84,6 +86,7 @@ impl FillOutcome {
             FillOutcome::Stored => "stored",
             FillOutcome::Rejected => "rejected",
             FillOutcome::Error => "error",
+            FillOutcome::TooLarge => "too_large",
         }
     }
 }

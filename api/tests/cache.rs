@@ -427,3 +427,36 @@ async fn every_tag_kind_the_triggers_emit_is_one_the_api_registers_and_the_inval
         assert!(event.is_ok(), "the invalidator refuses {outbox_row:?}: {event:?}");
     }
 }
+
+#[tokio::test]
+async fn a_body_larger_than_the_cache_keeps_is_read_from_postgres_each_time_and_spends_no_list_budget() {
+    const MAX_ENTRY_BYTES: usize = 4096;
+    let small = |settings: &mut openrisk_shared::Settings| {
+        settings.cache.max_entry_bytes = MAX_ENTRY_BYTES as u32;
+        settings.cache.max_entries_per_route = 1;
+    };
+    let app = spawn_app_with(RedisNamespace::new(), small, AppOptions::default()).await;
+    let token = &app.a.analyst;
+    let long =
+        json!({ "title": "Long", "impact": 3, "probability": 4, "description": "x".repeat(2 * MAX_ENTRY_BYTES) });
+    let long = app.send_json(Method::POST, "/api/v1/risks", token, long).await.json::<Value>().await.unwrap();
+    let long_path = format!("/api/v1/risks/{}", long["id"].as_str().unwrap());
+    let short = json!({ "title": "Short", "impact": 3, "probability": 4, "owner": "short-owner" });
+    assert_eq!(app.send_json(Method::POST, "/api/v1/risks", token, short).await.status(), StatusCode::CREATED);
+
+    for read in 0..2 {
+        let response = app.get(&long_path, token).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(cache_status(&response), CacheStatus::TooLarge, "read {read}");
+        assert!(response.bytes().await.unwrap().len() > MAX_ENTRY_BYTES);
+    }
+    // Two pages that hold the long risk; neither is stored, so the budget of one entry per route
+    // is still there for a page without it.
+    for path in ["/api/v1/risks?limit=10", "/api/v1/risks?limit=20"] {
+        assert_eq!(cache_status(&app.get(path, token).await), CacheStatus::TooLarge, "{path}");
+    }
+    let short_page = "/api/v1/risks?owner=short-owner";
+    assert_eq!(cache_status(&app.get(short_page, token).await), CacheStatus::Stored);
+    let too_large = r#"openrisk_cache_fills_total{outcome="too_large",route="/api/v1/risks/{id}"}"#;
+    assert_eq!(common::metric_value(&app.metrics().await, too_large), 2.0);
+}

@@ -16,6 +16,8 @@ pub enum CacheStatus {
     FillRejected,
     /// Read from Postgres, not cached: Redis failed during the fill.
     FillFailed,
+    /// Read from Postgres, not cached: the body is larger than `cache.max_entry_bytes`.
+    TooLarge,
     /// Redis skipped: the cache is disabled.
     Disabled,
     /// Redis skipped: the circuit breaker is open.
@@ -31,12 +33,13 @@ pub enum CacheStatus {
 
 impl CacheStatus {
     /// Every value, in the order the spec lists them.
-    pub const ALL: [CacheStatus; 10] = [
+    pub const ALL: [CacheStatus; 11] = [
         CacheStatus::Hit,
         CacheStatus::Stored,
         CacheStatus::Collapsed,
         CacheStatus::FillRejected,
         CacheStatus::FillFailed,
+        CacheStatus::TooLarge,
         CacheStatus::Disabled,
         CacheStatus::BreakerOpen,
         CacheStatus::LookupFailed,
@@ -52,6 +55,7 @@ impl CacheStatus {
             CacheStatus::Collapsed => "openrisk; fwd=miss; collapsed",
             CacheStatus::FillRejected => "openrisk; fwd=miss; detail=fill-rejected",
             CacheStatus::FillFailed => "openrisk; fwd=miss; detail=redis-error",
+            CacheStatus::TooLarge => "openrisk; fwd=miss; detail=too-large",
             CacheStatus::Disabled => "openrisk; fwd=bypass; detail=disabled",
             CacheStatus::BreakerOpen => "openrisk; fwd=bypass; detail=breaker-open",
             CacheStatus::LookupFailed => "openrisk; fwd=bypass; detail=redis-error",
@@ -68,6 +72,7 @@ impl CacheStatus {
             CacheStatus::Collapsed => "shared an identical in-flight read",
             CacheStatus::FillRejected => "read from Postgres, not cached: the data changed while it was read",
             CacheStatus::FillFailed => "read from Postgres, not cached: Redis failed while storing it",
+            CacheStatus::TooLarge => "read from Postgres, not cached: larger than the cache keeps",
             CacheStatus::Disabled => "the cache is turned off",
             CacheStatus::BreakerOpen => "Redis is being skipped after repeated failures",
             CacheStatus::LookupFailed => "Redis failed or timed out; read from Postgres",
@@ -94,7 +99,11 @@ impl CacheStatus {
     pub fn is_miss(self) -> bool {
         matches!(
             self,
-            CacheStatus::Stored | CacheStatus::Collapsed | CacheStatus::FillRejected | CacheStatus::FillFailed
+            CacheStatus::Stored
+                | CacheStatus::Collapsed
+                | CacheStatus::FillRejected
+                | CacheStatus::FillFailed
+                | CacheStatus::TooLarge
         )
     }
 

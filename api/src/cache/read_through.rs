@@ -191,6 +191,10 @@ impl Cache {
                 }
             }
         };
+        if body.len() > self.settings.max_entry_bytes as usize {
+            self.metrics.cache_fill(route, FillOutcome::TooLarge);
+            return Ok(MissResult::new(body, CacheStatus::TooLarge));
+        }
         if let Some(hook) = &self.before_fill {
             hook(route, key).await;
         }

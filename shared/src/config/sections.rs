@@ -51,6 +51,10 @@ pub struct CacheSettings {
     /// List entries one tenant may store per route and API process within one TTL; past it the
     /// tenant's lists of that route are read from Postgres until the TTL has passed.
     pub max_entries_per_route: u32,
+    /// Largest response body the cache stores, in bytes; a larger one is served from Postgres
+    /// every time. Storing an entry holds Redis for every tenant while it is copied (a 10 MB
+    /// list page held it 27 ms), so one tenant's huge pages must not be cached.
+    pub max_entry_bytes: u32,
 }
 
 impl Default for CacheSettings {
@@ -65,6 +69,7 @@ impl Default for CacheSettings {
             breaker_open_ms: 2000,
             token_cache_secs: 5,
             max_entries_per_route: 2000,
+            max_entry_bytes: 1024 * 1024,
         }
     }
 }
