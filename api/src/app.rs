@@ -139,6 +139,7 @@ impl AppState {
         if state.cache.enabled() {
             tokio::spawn(check_eviction_policy(state.cache.clone()));
         }
+        tokio::spawn(crate::token_revocations::follow(Arc::downgrade(&state)));
         Ok(state)
     }
 

@@ -2,7 +2,9 @@
 //!
 //! A token is `ort_` followed by 64 hex digits; Postgres stores only its SHA-256. Verifications
 //! (including failures) are cached in-process for `cache.token_cache_secs`, so a cached GET costs
-//! no database query for authentication and a revoked token stops working within that time.
+//! no database query for authentication; a revocation committed anywhere is announced to every
+//! process (module `token_revocations`), which forgets the token at once, and without the
+//! announcement a revoked token stops working within that time.
 //! A string that is not shaped like a token is refused before any I/O. `last_used_at` is
 //! stamped in the background when the cache refreshes an entry, never on the request path.
 
@@ -223,8 +225,25 @@ impl TokenVerifier {
         Ok(row.map(principal).transpose()?)
     }
 
-    /// Forgets a token in this process at once (after revoking it here), including what a
-    /// lookup still running may store for it.
+    /// Forgets what a revocation announced (module `token_revocations`): the token whose
+    /// SHA-256 is `payload` in hex, or every token for an empty payload (the table was
+    /// truncated). Anything else is not an announcement of a token and is ignored.
+    pub async fn forget_announced(&self, payload: &str) {
+        if payload.is_empty() {
+            self.forget_every_token();
+        } else if let Ok(hash) = hex::decode(payload) {
+            self.forget(&hash).await;
+        }
+    }
+
+    /// Forgets every cached verification: the next request of each token asks Postgres. A lookup
+    /// still running may store its answer afterwards, which then lives `ttl` as before.
+    pub fn forget_every_token(&self) {
+        self.cache.invalidate_all();
+    }
+
+    /// Forgets a token in this process at once (after it was revoked here or elsewhere), including
+    /// what a lookup still running may store for it.
     pub async fn forget(&self, hash: &[u8]) {
         if let Ok(hash) = <[u8; 32]>::try_from(hash) {
             self.revoked.insert(hash, ()).await;

@@ -18,6 +18,7 @@ pub mod seed;
 pub mod spec;
 pub mod stored_enum;
 pub mod tenant_share;
+pub mod token_revocations;
 pub mod variant_budget;
 
 pub use app::{AppOptions, AppState, Application};

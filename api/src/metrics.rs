@@ -112,6 +112,7 @@ pub struct Metrics {
     replica_lag_bytes: IntGaugeVec,
     replica_behind: IntCounterVec,
     auth_token_cache: IntCounterVec,
+    auth_revocations_heard: IntGauge,
     auth_hits: IntCounter,
     auth_misses: IntCounter,
     /// By route template, then method, then status.
@@ -160,7 +161,7 @@ impl Metrics {
             ),
             cache_fills: counter(
                 "openrisk_cache_fills_total",
-                "Attempts to store a response in Redis, by route and outcome (stored, rejected, error).",
+                "Attempts to store a response in Redis, by route and outcome (stored, rejected, error, too_large: not tried).",
                 &["route", "outcome"],
             ),
             singleflight_waits: counter(
@@ -171,6 +172,12 @@ impl Metrics {
             cache_degraded: IntGauge::new(
                 "openrisk_cache_degraded",
                 "1 while Redis is unreachable or the circuit breaker is open (reads go to Postgres uncached).",
+            )
+            .expect("valid gauge"),
+            auth_revocations_heard: IntGauge::new(
+                "openrisk_auth_revocations_heard",
+                "1 while this process listens for token revocations (they take effect at once), 0 while \
+                 it does not (a revoked token keeps working here up to cache.token_cache_secs).",
             )
             .expect("valid gauge"),
             eviction_policy_ok: Gauge::new(
@@ -249,6 +256,7 @@ impl Metrics {
             Box::new(metrics.replica_lag_bytes.clone()),
             Box::new(metrics.replica_behind.clone()),
             Box::new(metrics.auth_token_cache.clone()),
+            Box::new(metrics.auth_revocations_heard.clone()),
         ];
         for collector in collectors {
             metrics.registry.register(collector).expect("metric names are unique");
@@ -287,6 +295,10 @@ impl Metrics {
 
     pub fn set_degraded(&self, degraded: bool) {
         self.cache_degraded.set(i64::from(degraded));
+    }
+
+    pub fn set_token_revocations_heard(&self, heard: bool) {
+        self.auth_revocations_heard.set(i64::from(heard));
     }
 
     pub fn set_eviction_policy_ok(&self, ok: bool) {

@@ -315,3 +315,49 @@ async fn custom_field_numbers_that_would_swell_once_stored_are_refused() {
     let values = read["custom_fields"]["k"].as_array().unwrap().iter().map(|v| v.to_string().len()).collect::<Vec<_>>();
     assert_eq!(values, [301, 302, 302, 4], "stored without exponents: {values:?}");
 }
+
+/// GETs `/api/v1/risks` from `url` with `token` until the answer is 401; panics when that takes
+/// longer than `bound`.
+async fn until_refused(client: &reqwest::Client, url: &str, token: &str, bound: Duration) {
+    let deadline = tokio::time::Instant::now() + bound;
+    loop {
+        let status = client.get(format!("{url}/api/v1/risks")).bearer_auth(token).send().await.unwrap().status();
+        if status == StatusCode::UNAUTHORIZED {
+            return;
+        }
+        assert_eq!(status, StatusCode::OK);
+        assert!(tokio::time::Instant::now() < deadline, "a revoked token still works after {bound:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_revocation_committed_anywhere_is_refused_at_once_by_every_api_process() {
+    let trust_a_minute = |settings: &mut openrisk_shared::Settings| settings.cache.token_cache_secs = 60;
+    let app = spawn_app_with(RedisNamespace::new(), trust_a_minute, AppOptions::default()).await;
+    let other = openrisk_api::Application::spawn(app.app.state.settings.clone(), AppOptions::default()).await.unwrap();
+    let listening = async {
+        while !other.state.render_metrics().contains("openrisk_auth_revocations_heard 1") {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), listening).await.expect("the other process listens");
+    // The other process has verified (and so trusts for a minute) both tokens.
+    for token in [&app.a.viewer, &app.a.analyst] {
+        let read = app.client.get(format!("{}/api/v1/risks", other.url())).bearer_auth(token).send().await.unwrap();
+        assert_eq!(read.status(), StatusCode::OK);
+    }
+
+    // Revoked by hand, as `openrisk-api token revoke` does.
+    let hash = openrisk_api::auth::hash_token(&app.a.viewer).to_vec();
+    let sql = app.db.connect().await;
+    sql.execute("UPDATE api_tokens SET revoked_at = now() WHERE token_hash = $1", &[&hash]).await.unwrap();
+    until_refused(&app.client, &other.url(), &app.a.viewer, Duration::from_secs(5)).await;
+    // Revoked through the first process's API.
+    let hash = openrisk_api::auth::hash_token(&app.a.analyst).to_vec();
+    let id: uuid::Uuid =
+        sql.query_one("SELECT id FROM api_tokens WHERE token_hash = $1", &[&hash]).await.unwrap().get(0);
+    let revoked = app.request(Method::DELETE, &format!("/api/v1/tokens/{id}"), &app.a.admin).send().await.unwrap();
+    assert_eq!(revoked.status(), StatusCode::NO_CONTENT);
+    until_refused(&app.client, &other.url(), &app.a.analyst, Duration::from_secs(5)).await;
+}

@@ -13,6 +13,10 @@ pub struct DatabaseSettings {
     /// to the primary.
     #[serde(deserialize_with = "list_or_comma_separated")]
     pub replica_urls: Vec<String>,
+    /// Where the API listens for token revocations (a connection of its own to the primary), when
+    /// `database_url` goes through a pooler in transaction mode, which cannot deliver `LISTEN`:
+    /// a direct or session-mode URL. Absent: `database_url`.
+    pub listen_url: Option<String>,
     /// Replay lag past which a replica is taken out of rotation until it catches up.
     pub replica_max_lag_ms: u64,
     /// How often the API measures each replica's lag (and whether it answers at all).
@@ -41,6 +45,7 @@ impl Default for DatabaseSettings {
     fn default() -> Self {
         Self {
             replica_urls: Vec::new(),
+            listen_url: None,
             replica_max_lag_ms: 1000,
             replica_check_interval_ms: 250,
             connect_timeout_ms: 5000,
