@@ -7,6 +7,7 @@ pub mod cache;
 pub mod cli;
 pub mod db;
 pub mod error;
+pub mod field_errors;
 pub mod hit_path;
 pub mod hygiene;
 pub mod metrics;

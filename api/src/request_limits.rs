@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use poem::http::{HeaderValue, StatusCode, Version, header};
 use poem::web::headers::{Authorization, HeaderMapExt, authorization};
 use poem::{Body, Endpoint, IntoResponse, Request, Response};
@@ -32,12 +33,27 @@ pub async fn within<E: Endpoint>(endpoint: Arc<E>, mut request: Request, limit: 
         if !may_send {
             request.set_body(Body::empty());
         } else {
-            match timeout_at(deadline, Box::pin(read_body(&mut request))).await {
+            let json = match timeout_at(deadline, Box::pin(read_body(&mut request))).await {
                 Ok(read) => read?,
                 Err(_) => return Ok(body_too_slow(limit)),
+            };
+            if let Some(json) = json {
+                // Boxed as the read is; a body that does not fit its type gets the field named.
+                let answered = Box::pin(answer(&*endpoint, request, deadline, limit)).await;
+                return answered.map_err(|error| crate::field_errors::name_the_field(error, &json));
             }
         }
     }
+    answer(&*endpoint, request, deadline, limit).await
+}
+
+/// The endpoint's answer, or 503 once `deadline` has passed.
+async fn answer<E: Endpoint>(
+    endpoint: &E,
+    request: Request,
+    deadline: Instant,
+    limit: Duration,
+) -> poem::Result<Response> {
     match timeout_at(deadline, endpoint.call(request)).await {
         Ok(result) => result.map(IntoResponse::into_response),
         Err(_) => Err(took_too_long(limit)),
@@ -79,8 +95,9 @@ async fn may_send_a_body(request: &mut Request) -> bool {
 }
 
 /// Buffers the body, refusing one over [`MAX_BODY_BYTES`] (413) whether or not it announces its
-/// length, and a JSON one that holds a key twice in an object (400).
-async fn read_body(request: &mut Request) -> poem::Result<()> {
+/// length, and a JSON one that holds a key twice in an object (400). Returns the body when it
+/// is JSON, for [`crate::field_errors`].
+async fn read_body(request: &mut Request) -> poem::Result<Option<Bytes>> {
     let announced = request.header(header::CONTENT_LENGTH).and_then(|value| value.parse::<usize>().ok()).unwrap_or(0);
     if announced > MAX_BODY_BYTES {
         return Err(too_large());
@@ -91,8 +108,8 @@ async fn read_body(request: &mut Request) -> poem::Result<()> {
     if json && let Some(detail) = crate::hygiene::repeated_key(&body) {
         return Err(ApiError::BadRequest(Json(Problem::new(StatusCode::BAD_REQUEST, detail))).into());
     }
-    request.set_body(body);
-    Ok(())
+    request.set_body(body.clone());
+    Ok(json.then_some(body))
 }
 
 fn too_large() -> poem::Error {

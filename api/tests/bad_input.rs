@@ -361,3 +361,45 @@ async fn a_revocation_committed_anywhere_is_refused_at_once_by_every_api_process
     assert_eq!(revoked.status(), StatusCode::NO_CONTENT);
     until_refused(&app.client, &other.url(), &app.a.analyst, Duration::from_secs(5)).await;
 }
+
+#[tokio::test]
+async fn a_body_that_does_not_fit_its_type_is_told_which_field_to_fix() {
+    let app = spawn_app().await;
+    let token = &app.a.analyst;
+    let path = app.create_risk_path(token, "Existing").await;
+    let cases = [
+        (Method::POST, "/api/v1/risks", json!({"title": "t", "impact": 3}), "field `probability` is required"),
+        (
+            Method::POST,
+            "/api/v1/risks",
+            json!({"title": "t", "impact": "3", "probability": 4}),
+            "field `impact` must be an integer, not a string",
+        ),
+        (
+            Method::POST,
+            "/api/v1/risks",
+            json!({"title": null, "impact": 3, "probability": 4}),
+            "field `title` must not be null",
+        ),
+        (
+            Method::POST,
+            "/api/v1/risks",
+            json!({"title": "t", "impact": 3, "probability": 4, "status": "BOGUS"}),
+            "field `status` must be one of",
+        ),
+        (
+            Method::PATCH,
+            path.as_str(),
+            json!({"probability": 2.5}),
+            "field `probability` must be an integer, not a number",
+        ),
+        (Method::PATCH, path.as_str(), json!({"tags": "one"}), "field `tags` must be an array, not a string"),
+    ];
+    for (method, path, body, named) in cases {
+        let problem =
+            assert_problem(app.send_json(method, path, token, body.clone()).await, StatusCode::BAD_REQUEST).await;
+        let detail = problem["detail"].as_str().unwrap();
+        assert!(detail.starts_with(named), "{body}: {detail}");
+    }
+    assert_eq!(app.count("SELECT count(*) FROM risks").await, 1, "nothing was written");
+}
