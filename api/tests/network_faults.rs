@@ -21,6 +21,8 @@ use serde_json::{Value, json};
 const BLACKHOLE: Duration = Duration::from_secs(3);
 /// Longest wait for the cache to be caught up again once the link is healthy.
 const RECOVERY: Duration = Duration::from_secs(60);
+/// The API's `database.tcp_user_timeout_ms` in the test that cuts its Postgres off.
+const TCP_USER_TIMEOUT: Duration = Duration::from_millis(1000);
 
 /// Creates `count` risks and caches their details (reading until a hit: on a loaded machine a
 /// fill may meet the Redis timeout).
@@ -177,7 +179,6 @@ async fn a_slow_lossy_redis_link_keeps_reads_answering_and_the_invalidator_caugh
 
 #[tokio::test]
 async fn a_postgres_link_cut_mid_write_costs_the_pool_its_connection_for_no_longer_than_the_tcp_user_timeout() {
-    const TCP_USER_TIMEOUT: Duration = Duration::from_millis(1000);
     // The API reaches Postgres through the link's first address, the test through its second.
     let link = NetworkLink::create(2);
     let postgres = PrivatePostgres::start_behind(&link);
