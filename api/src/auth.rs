@@ -9,8 +9,8 @@
 //! stamped in the background when the cache refreshes an entry, never on the request path.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
@@ -133,13 +133,15 @@ enum LookupError {
 pub struct TokenVerifier {
     db: DatabaseConnection,
     cache: MokaCache<[u8; 32], Option<Principal>>,
-    /// Tokens revoked through this process, kept as long as a cached verification lives: a
+    /// Tokens this process was told were revoked, kept as long as a cached verification lives: a
     /// lookup that began before the revocation committed can store the token as valid after
     /// [`TokenVerifier::forget`] removed it, and this keeps that entry from being honoured.
     revoked: MokaCache<[u8; 32], ()>,
-    /// Whether [`TokenVerifier::forget`] ever ran here: until then no request pays the look into
-    /// `revoked` (about 1 % of a cached GET's instructions).
-    any_revoked: Arc<AtomicBool>,
+    /// Until when (ms after `epoch`; 0: never) `revoked` may hold a token: outside that time no
+    /// request pays the look into it (about 1 % of a cached GET's instructions).
+    revoked_until: Arc<AtomicU64>,
+    epoch: Instant,
+    ttl: Duration,
     /// Lookups in Postgres that may run at once. Every new well-formed token costs one, so a
     /// client inventing tokens would otherwise take every pooled connection from every tenant;
     /// bounded, it delays only other lookups of tokens not yet cached.
@@ -153,7 +155,8 @@ impl TokenVerifier {
         let cache = MokaCache::builder().max_capacity(100_000).time_to_live(ttl).build();
         let revoked = MokaCache::builder().max_capacity(100_000).time_to_live(ttl).build();
         let lookups = Arc::new(Semaphore::new(lookups_at_once.max(1)));
-        Self { db, cache, revoked, any_revoked: Arc::default(), lookups, metrics }
+        let (revoked_until, epoch) = (Arc::default(), Instant::now());
+        Self { db, cache, revoked, revoked_until, epoch, ttl, lookups, metrics }
     }
 
     /// The principal behind `token`, or 401.
@@ -169,7 +172,7 @@ impl TokenVerifier {
             }
             None => self.verify_through_database(hash).await,
         };
-        if verified.is_ok() && self.any_revoked.load(Ordering::Acquire) && self.revoked.contains_key(&hash) {
+        if verified.is_ok() && self.may_hold_revoked() && self.revoked.contains_key(&hash) {
             return Err(ApiError::unauthorized("the bearer token is unknown or revoked"));
         }
         verified
@@ -225,15 +228,10 @@ impl TokenVerifier {
         Ok(row.map(principal).transpose()?)
     }
 
-    /// Forgets what a revocation announced (module `token_revocations`): the token whose
-    /// SHA-256 is `payload` in hex, or every token for an empty payload (the table was
-    /// truncated). Anything else is not an announcement of a token and is ignored.
-    pub async fn forget_announced(&self, payload: &str) {
-        if payload.is_empty() {
-            self.forget_every_token();
-        } else if let Ok(hash) = hex::decode(payload) {
-            self.forget(&hash).await;
-        }
+    /// Whether a token was revoked here within the last `ttl`, so `revoked` may hold one.
+    fn may_hold_revoked(&self) -> bool {
+        let until = self.revoked_until.load(Ordering::Acquire);
+        until != 0 && millis(self.epoch.elapsed()) < until
     }
 
     /// Forgets every cached verification: the next request of each token asks Postgres. A lookup
@@ -247,10 +245,15 @@ impl TokenVerifier {
     pub async fn forget(&self, hash: &[u8]) {
         if let Ok(hash) = <[u8; 32]>::try_from(hash) {
             self.revoked.insert(hash, ()).await;
-            self.any_revoked.store(true, Ordering::Release);
+            self.revoked_until.fetch_max(millis(self.epoch.elapsed() + self.ttl), Ordering::Release);
             self.cache.invalidate(&hash).await;
         }
     }
+}
+
+/// `duration` in whole milliseconds, at least 1.
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX).max(1)
 }
 
 /// Creates a token for `tenant` and returns its id and secret (shown once).

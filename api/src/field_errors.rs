@@ -1,7 +1,8 @@
 //! Names the field behind a request body that does not fit its type. poem-openapi reports a
-//! missing, `null` or wrongly typed value with the type's name only (`expected type "integer",
-//! found string (occurred while parsing "RiskCreate")`); this finds the field in the body by the
-//! published document's schema of that type, so the client is told which one to fix.
+//! missing, `null` or wrongly typed value with the type's name and the value only (`Expected
+//! input type "integer_int16", found "3". (occurred while parsing "RiskCreate")`); this finds the
+//! field in the body that holds that value, by the generated document's schema of the type, so
+//! the client is told which one to fix. A message that names a field already is left alone.
 
 use std::sync::LazyLock;
 
@@ -16,55 +17,68 @@ static SCHEMAS: LazyLock<Map<String, Value>> = LazyLock::new(|| {
 });
 
 /// `error` with the field it is about named, when it is a body's parse error and `body` shows
-/// which field that is; otherwise `error` itself.
+/// which field that is; otherwise `error` itself. The route the router matched stays with it.
 pub fn name_the_field(error: poem::Error, body: &[u8]) -> poem::Error {
     if !error.is::<ParseRequestPayloadError>() {
         return error;
     }
-    match with_field_named(&error.to_string(), body) {
-        Some(named) => poem::Error::from_string(named, StatusCode::BAD_REQUEST),
-        None => error,
+    let Some(named) = with_field_named(&error.to_string(), body) else { return error };
+    let mut named = poem::Error::from_string(named, StatusCode::BAD_REQUEST);
+    if let Some(pattern) = error.data::<poem::PathPattern>() {
+        named.set_data(pattern.clone());
     }
+    named
 }
 
-/// `message` (a body's parse error) with the field it is about named in front of it, when `body`
-/// shows which field of the outermost type the message names does not fit; `None` otherwise.
+/// `message` (a body's parse error) with the field it is about named in front of it, when the
+/// body shows which field of the outermost type the message names holds the value it reports.
 pub fn with_field_named(message: &str, body: &[u8]) -> Option<String> {
-    let type_name = message.rsplit("(occurred while parsing \"").next()?.split('"').next()?;
+    if ["field `", "unknown field", "is read only"].iter().any(|named| message.contains(named)) {
+        return None;
+    }
+    let (reported, type_name) = message.split_once(" (occurred while parsing \"")?;
+    let type_name = type_name.rsplit("(occurred while parsing \"").next()?.split('"').next()?;
     let body: Value = serde_json::from_slice(body).ok()?;
-    let (field, misfit) = first_misfit(SCHEMAS.get(type_name)?, body.as_object()?)?;
+    let (field, misfit) = misfit_reported(SCHEMAS.get(type_name)?, body.as_object()?, reported)?;
     Some(format!("field `{field}` {misfit} ({message})"))
 }
 
-/// The first field of `object` that `schema` (an object's) says is missing, `null` or of
-/// another JSON type, with what is wrong with it.
-fn first_misfit(schema: &Value, object: &Map<String, Value>) -> Option<(String, String)> {
-    let required = schema["required"].as_array().into_iter().flatten().filter_map(Value::as_str);
-    if let Some(missing) = required.into_iter().find(|name| !object.contains_key(*name)) {
-        return Some((missing.to_owned(), "is required".to_owned()));
+/// The field of `object` (of the type `schema` describes) that `reported` is about, with what is
+/// wrong with it: a required one missing or `null` when nothing or `null` was found, otherwise
+/// the one holding the value found, where it does not fit.
+fn misfit_reported(schema: &Value, object: &Map<String, Value>, reported: &str) -> Option<(String, String)> {
+    let found = match reported.split_once(", found ") {
+        Some((_, found)) => Some(serde_json::from_str::<Value>(found.strip_suffix('.')?).ok()?),
+        None if reported.ends_with("expects an input value.") => Some(Value::Null),
+        None => None,
+    };
+    if found == Some(Value::Null) {
+        let required = schema["required"].as_array()?.iter().filter_map(Value::as_str);
+        let missing = required.into_iter().find(|name| object.get(*name).is_none_or(Value::is_null))?;
+        let misfit = if object.contains_key(missing) { "must not be null" } else { "is required" };
+        return Some((missing.to_owned(), misfit.to_owned()));
     }
-    let properties = schema["properties"].as_object()?;
-    properties.iter().find_map(|(name, property)| {
+    schema["properties"].as_object()?.iter().find_map(|(name, property)| {
         let value = object.get(name)?;
-        let property = resolved(property);
-        let nullable = property["nullable"].as_bool().unwrap_or(false);
-        if value.is_null() {
-            return (!nullable).then(|| (name.clone(), "must not be null".to_owned()));
+        if found.as_ref().is_some_and(|found| found != value) {
+            return None;
         }
-        let expected = property["type"].as_str()?;
-        let found = json_type(value);
-        let fits = found == expected || (expected == "number" && found == "integer");
-        if !fits {
-            return Some((
-                name.clone(),
-                format!("must be {} {expected}, not {} {found}", article(expected), article(found)),
-            ));
-        }
-        let allowed = property["enum"].as_array()?;
-        (!allowed.contains(value)).then(|| {
-            let allowed: Vec<String> = allowed.iter().map(Value::to_string).collect();
-            (name.clone(), format!("must be one of {}", allowed.join(", ")))
-        })
+        misfit(resolved(property), value).map(|misfit| (name.clone(), misfit))
+    })
+}
+
+/// What is wrong with `value` as a value of `property` (a resolved schema): another JSON type,
+/// or a value its `enum` does not list.
+fn misfit(property: &Value, value: &Value) -> Option<String> {
+    let expected = property["type"].as_str()?;
+    let found = json_type(value);
+    if found != expected && !(expected == "number" && found == "integer") {
+        return Some(format!("must be {} {expected}, not {} {found}", article(expected), article(found)));
+    }
+    let allowed = property["enum"].as_array()?;
+    (!allowed.contains(value)).then(|| {
+        let allowed: Vec<String> = allowed.iter().map(Value::to_string).collect();
+        format!("must be one of {}", allowed.join(", "))
     })
 }
 
@@ -100,32 +114,48 @@ fn article(type_name: &str) -> &'static str {
 mod tests {
     use super::*;
 
+    /// What poem-openapi reports for a value of `RiskCreate` it could not read.
+    fn reported(found: &str) -> String {
+        format!("Expected input type \"integer_int16\", found {found}. (occurred while parsing \"RiskCreate\")")
+    }
+
+    fn named(found: &str, body: &str) -> Option<String> {
+        with_field_named(&reported(found), body.as_bytes())
+            .map(|named| named.strip_suffix(&format!(" ({})", reported(found))).unwrap().to_owned())
+    }
+
     #[test]
-    fn a_missing_a_null_a_mistyped_and_an_unknown_value_are_named_by_their_field() {
-        let parsing = "expected type \"integer\", found string (occurred while parsing \"RiskCreate\")";
-        let named = |body: &str| with_field_named(parsing, body.as_bytes());
-        let whole = r#"{"title": "t", "impact": 3, "probability": 4}"#;
+    fn the_field_named_is_the_one_holding_the_value_reported_or_the_first_required_one_missing() {
+        let named = |found, body| named(found, body).unwrap_or_default();
+        assert_eq!(named("null", r#"{"title": "t", "impact": 3}"#), "field `probability` is required");
         assert_eq!(
-            named(r#"{"title": "t", "impact": 3}"#).unwrap(),
-            format!("field `probability` is required ({parsing})")
+            named("null", r#"{"title": null, "impact": 3, "probability": 4}"#),
+            "field `title` must not be null"
         );
-        assert!(
-            named(r#"{"title": "t", "impact": "3", "probability": 4}"#)
-                .unwrap()
-                .starts_with("field `impact` must be an integer, not a string (")
+        assert_eq!(
+            named("\"3\"", r#"{"title": "t", "impact": "3", "probability": 4}"#),
+            "field `impact` must be an integer, not a string"
         );
-        assert!(
-            named(r#"{"title": null, "impact": 3, "probability": 4}"#)
-                .unwrap()
-                .starts_with("field `title` must not be null (")
+        // Two misfits: the one whose value is reported, whatever the order of the fields.
+        let two = r#"{"title": 5, "impact": "x", "probability": 4}"#;
+        assert_eq!(named("5", two), "field `title` must be a string, not an integer");
+        assert_eq!(named("\"x\"", two), "field `impact` must be an integer, not a string");
+        // `null` for a field that may be left out is not what was reported.
+        let with_null_owner = r#"{"title": "t", "impact": 3, "probability": 4, "owner": null, "status": "BOGUS"}"#;
+        assert!(named("\"BOGUS\"", with_null_owner).starts_with("field `status` must be one of \""));
+    }
+
+    #[test]
+    fn nothing_is_named_where_the_body_or_the_message_cannot_say_which_field() {
+        let fits = r#"{"title": "t", "impact": 3, "probability": 4}"#;
+        assert_eq!(named("\"3\"", fits), None, "no field holds the value reported");
+        assert_eq!(named("\"3\"", "[1]"), None, "not an object");
+        assert_eq!(
+            with_field_named("Expected input type \"object\", found array.", fits.as_bytes()),
+            None,
+            "no type named"
         );
-        assert!(
-            named(r#"{"title": "t", "impact": 3, "probability": 4, "status": "BOGUS"}"#)
-                .unwrap()
-                .starts_with("field `status` must be one of \"")
-        );
-        assert_eq!(named(whole), None, "a body that fits names nothing");
-        assert_eq!(named("[1]"), None);
-        assert_eq!(with_field_named("expected type \"object\", found array", whole.as_bytes()), None, "no type named");
+        let validated = "field `title` verification failed. maxLength(255) (occurred while parsing \"RiskCreate\")";
+        assert_eq!(with_field_named(validated, r#"{"title": 5}"#.as_bytes()), None, "a field is named already");
     }
 }

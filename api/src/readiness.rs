@@ -4,7 +4,8 @@
 //! pooled connection (outside every tenant's share) and sends a Redis `PING`; a caller that
 //! arrives while a check runs is given that check's result instead of starting another, so a
 //! flood of probes holds at most one connection and one `PING` at a time. The check runs as a
-//! task of its own: a caller that goes away never leaves it half done for the next one.
+//! task of its own: callers that go away never leave it half done, or its result unclaimed, for
+//! a later one.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -68,6 +69,11 @@ impl ReadinessChecks {
             DependencyCheck { postgres: matches!(postgres, Ok(Ok(()))), redis: matches!(redis, Ok(true)) }
         });
         // A check that panicked found nothing answering.
-        task.map(|finished| finished.unwrap_or(DependencyCheck { postgres: false, redis: false })).boxed().shared()
+        let check = task.map(|finished| finished.unwrap_or(DependencyCheck { postgres: false, redis: false }));
+        let check = check.boxed().shared();
+        // Driven to its end whoever waits for it, so that `peek` tells when it has ended even if
+        // every caller went away first, and a later caller never takes its old result.
+        tokio::spawn(check.clone());
+        check
     }
 }

@@ -1,34 +1,40 @@
 //! Revocations reach every API process the moment they commit. Each process trusts a token it
 //! verified for `cache.token_cache_secs`; migration 0014 announces every revocation (and every
 //! deletion or `TRUNCATE` of tokens) on a channel, and this task listens on it, on a connection
-//! of its own kept up with its own backoff, and has the verifier forget the token named.
+//! of its own kept up with its own backoff, and has the verifier forget the token named once the
+//! database confirms it is no longer valid (any role that can connect may `NOTIFY`).
 //!
 //! While no connection listens, a cached verification still ends within `token_cache_secs`, and
 //! each new connection forgets every cached verification: what was announced meanwhile is lost.
-//! A connection that cannot hear its own announcement (PgBouncer in transaction mode hands
+//! A connection is trusted once it has heard a probe announced from another session (one of the
+//! pool's), the way revocations travel; one that does not (PgBouncer in transaction mode hands
 //! `LISTEN` and `NOTIFY` to different server sessions) is given up with a warning, and the next
 //! one tried five minutes later.
 
 use std::sync::Weak;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use futures::StreamExt;
 use openrisk_shared::Settings;
-use openrisk_shared::config::PostgresLink;
 use openrisk_shared::db::ConnectError;
-use openrisk_shared::postgres_tls::Connection;
-use tokio_postgres::{AsyncMessage, Client};
+use sea_orm::{ConnectionTrait, DatabaseConnection};
+use tokio::sync::mpsc;
+use tokio_postgres::{AsyncMessage, Client, SimpleQueryMessage};
+use uuid::Uuid;
 
 use crate::app::AppState;
 
-/// The channel's name, as the migrations define it.
-const CHANNEL: &str = "SELECT api_token_channel()";
-/// What a new connection announces to itself, to learn that announcements reach it.
-const PROBE: &str = "listening";
+/// The query that names the channel, as the migrations define it.
+const CHANNEL_QUERY: &str = "SELECT api_token_channel()";
+/// Whether the token a hash names is gone or revoked: only then is an announcement acted on.
+const NO_LONGER_VALID: &str =
+    "SELECT NOT EXISTS (SELECT 1 FROM api_tokens WHERE token_hash = $1 AND revoked_at IS NULL)";
 /// How often a connection with nothing to relay checks that the application still runs.
 const LIVENESS_CHECK: Duration = Duration::from_secs(1);
+const MAX_DELAY: Duration = Duration::from_secs(5);
+/// How long after a connection that could not hear the probe the next one is tried.
+const DEAF_RETRY: Duration = Duration::from_secs(300);
 
 /// Why no connection listens.
 #[derive(Debug, thiserror::Error)]
@@ -37,28 +43,36 @@ enum ListenError {
     Connect(#[from] ConnectError),
     #[error("postgres: {0}")]
     Postgres(#[from] tokio_postgres::Error),
-    #[error("the connection ended before it was listening")]
+    #[error("the probe could not be announced: {0}")]
+    Probe(#[from] sea_orm::DbErr),
+    #[error("the connection ended")]
     Closed,
     #[error("the connection was not set up within {0:?}")]
     SetUpTimedOut(Duration),
-    #[error("the connection does not hear its own announcement within {0:?}")]
+    #[error("the connection does not hear an announcement from another session within {0:?}")]
     Deaf(Duration),
+}
+
+/// A connection that listens: its client, and what it hears (closed when the connection ends).
+struct Listening {
+    client: Client,
+    announcements: mpsc::UnboundedReceiver<String>,
 }
 
 /// Listens for revocations until the application `state` belongs to is gone.
 pub async fn follow(state: Weak<AppState>) {
     let mut delays = reconnect_delays();
-    while let Some((url, link)) =
-        state.upgrade().map(|state| (listen_url(&state.settings), state.settings.database.link()))
+    while let Some((url, settings, pool)) =
+        state.upgrade().map(|state| (listen_url(&state.settings), state.settings.clone(), state.db.conn.clone()))
     {
-        match listen(&url, &link).await {
-            Ok((_client, connection)) => {
+        match listen(&url, &settings, &pool).await {
+            Ok(listening) => {
                 delays = reconnect_delays();
                 let Some(state_now) = state.upgrade() else { return };
                 state_now.metrics.set_token_revocations_heard(true);
                 state_now.tokens.forget_every_token();
                 drop(state_now);
-                let ended = relay(connection, &state).await;
+                let ended = relay(listening, &state).await;
                 let Some(state_now) = state.upgrade() else { return };
                 state_now.metrics.set_token_revocations_heard(false);
                 if let Err(error) = ended {
@@ -87,10 +101,6 @@ fn listen_url(settings: &Settings) -> String {
     listen_url.unwrap_or(&settings.database_url).to_owned()
 }
 
-const MAX_DELAY: Duration = Duration::from_secs(5);
-/// How long after a connection that could not hear its own announcement the next one is tried.
-const DEAF_RETRY: Duration = Duration::from_secs(300);
-
 /// Jittered delays between connection attempts, from 50 ms up to [`MAX_DELAY`].
 fn reconnect_delays() -> backon::ExponentialBackoff {
     ExponentialBuilder::new()
@@ -101,69 +111,113 @@ fn reconnect_delays() -> backon::ExponentialBackoff {
         .build()
 }
 
-/// Connects, listens on the channel and waits for its own probe announcement to come back, within
-/// the link's connect timeout. The connection is driven here until then, then handed back.
-async fn listen(url: &str, link: &PostgresLink) -> Result<(Client, Connection), ListenError> {
-    let (config, tls) = openrisk_shared::db::config(url, "openrisk-api-token-revocations", link)?;
+/// Connects, listens on the channel (simple queries only: nothing a pooler must keep between
+/// statements), and waits for a probe announced through `pool` to arrive, all within the
+/// connect timeout. The connection is driven by a task of its own from the start.
+async fn listen(url: &str, settings: &Settings, pool: &DatabaseConnection) -> Result<Listening, ListenError> {
+    let link = settings.database.link();
+    let (config, tls) = openrisk_shared::db::config(url, "openrisk-api-token-revocations", &link)?;
     let (client, mut connection) = config.connect(tls).await.map_err(ConnectError::from)?;
-    let ready = AtomicBool::new(false);
-    let set_up = async {
-        let channel: String = client.query_one(CHANNEL, &[]).await?.get(0);
-        client.batch_execute(&format!("LISTEN \"{}\"", channel.replace('"', "\"\""))).await?;
-        client.execute("SELECT pg_notify($1, $2)", &[&channel, &PROBE]).await?;
-        ready.store(true, Ordering::Relaxed);
-        Ok::<_, ListenError>(())
-    };
-    // The connection is driven throughout: the probe comes back before the `NOTIFY` completes.
-    let (probe_heard, heard) = tokio::sync::oneshot::channel();
-    let mut messages = futures::stream::poll_fn(|cx| connection.poll_message(cx));
-    let drive = async {
-        let mut probe_heard = Some(probe_heard);
-        while let Some(message) = messages.next().await {
-            if let AsyncMessage::Notification(notification) = message?
-                && notification.payload() == PROBE
-                && let Some(probe_heard) = probe_heard.take()
+    let (heard, mut announcements) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(Ok(message)) = messages.next().await {
+            if let AsyncMessage::Notification(notification) = message
+                && heard.send(notification.payload().to_owned()).is_err()
             {
-                let _ = probe_heard.send(());
+                return;
+            }
+        }
+    });
+    let channel = tokio::time::timeout(link.connect_timeout, subscribe(&client))
+        .await
+        .map_err(|_| ListenError::SetUpTimedOut(link.connect_timeout))??;
+    let probe = format!("probe:{}", Uuid::new_v4());
+    let announce = format!("SELECT pg_notify('{}', '{probe}')", channel.replace('\'', "''"));
+    pool.execute_unprepared(&announce).await?;
+    let probe_heard = async {
+        // What arrives before the probe is covered: every verification is forgotten next.
+        while let Some(announcement) = announcements.recv().await {
+            if announcement == probe {
+                return Ok(());
             }
         }
         Err(ListenError::Closed)
     };
-    let listening = async {
-        set_up.await?;
-        heard.await.map_err(|_| ListenError::Closed)
-    };
-    let listening = async {
-        tokio::select! {
-            ended = drive => ended,
-            listening = listening => listening,
-        }
-    };
-    match tokio::time::timeout(link.connect_timeout, listening).await {
-        Ok(listening) => listening?,
-        Err(_) if ready.load(Ordering::Relaxed) => return Err(ListenError::Deaf(link.connect_timeout)),
-        Err(_) => return Err(ListenError::SetUpTimedOut(link.connect_timeout)),
-    }
-    drop(messages);
-    Ok((client, connection))
+    tokio::time::timeout(link.connect_timeout, probe_heard)
+        .await
+        .map_err(|_| ListenError::Deaf(link.connect_timeout))??;
+    Ok(Listening { client, announcements })
 }
 
-/// Has the verifier forget each token announced, until the connection fails (`Err`) or the
-/// application is gone (`Ok`).
-async fn relay(mut connection: Connection, state: &Weak<AppState>) -> Result<(), ListenError> {
-    let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+/// Listens on the channel the migrations name; returns the name.
+async fn subscribe(client: &Client) -> Result<String, ListenError> {
+    let rows = client.simple_query(CHANNEL_QUERY).await?;
+    let channel = rows.iter().find_map(|row| match row {
+        SimpleQueryMessage::Row(row) => row.get(0).map(str::to_owned),
+        _ => None,
+    });
+    let channel = channel.ok_or(ListenError::Closed)?;
+    client.batch_execute(&format!("LISTEN \"{}\"", channel.replace('"', "\"\""))).await?;
+    Ok(channel)
+}
+
+/// Has the verifier forget each token announced and confirmed, until the connection fails
+/// (`Err`) or the application is gone (`Ok`).
+async fn relay(mut listening: Listening, state: &Weak<AppState>) -> Result<(), ListenError> {
     let mut liveness = tokio::time::interval(LIVENESS_CHECK);
     loop {
         tokio::select! {
-            message = messages.next() => {
-                if let AsyncMessage::Notification(notification) = message.ok_or(ListenError::Closed)?? {
-                    let Some(state) = state.upgrade() else { return Ok(()) };
-                    state.tokens.forget_announced(notification.payload()).await;
+            announcement = listening.announcements.recv() => {
+                let announcement = announcement.ok_or(ListenError::Closed)?;
+                let Some(state) = state.upgrade() else { return Ok(()) };
+                match hash_announced(&announcement) {
+                    Announced::EveryToken => state.tokens.forget_every_token(),
+                    Announced::Token(hash) => {
+                        let gone = listening.client.query_one(NO_LONGER_VALID, &[&hash.as_slice()]).await?;
+                        if gone.get::<_, bool>(0) {
+                            state.tokens.forget(&hash).await;
+                        }
+                    }
+                    Announced::Nothing => {}
                 }
             }
             _ = liveness.tick() => if state.strong_count() == 0 {
                 return Ok(());
             },
+        }
+    }
+}
+
+/// What an announcement names.
+#[derive(Debug, PartialEq, Eq)]
+enum Announced {
+    /// Every token (the table was truncated): an empty payload.
+    EveryToken,
+    /// The token with this SHA-256 (64 hex digits).
+    Token([u8; 32]),
+    /// No token: a probe, or a payload this build does not know.
+    Nothing,
+}
+
+fn hash_announced(payload: &str) -> Announced {
+    if payload.is_empty() {
+        return Announced::EveryToken;
+    }
+    let hash = hex::decode(payload).ok().and_then(|bytes| <[u8; 32]>::try_from(bytes).ok());
+    hash.map_or(Announced::Nothing, Announced::Token)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_announcement_names_every_token_one_token_by_its_hash_or_nothing() {
+        assert_eq!(hash_announced(""), Announced::EveryToken);
+        assert_eq!(hash_announced(&"0a".repeat(32)), Announced::Token([10; 32]));
+        for nothing in ["probe:1d5c", "0a", &"0a".repeat(33), &"zz".repeat(32)] {
+            assert_eq!(hash_announced(nothing), Announced::Nothing, "{nothing}");
         }
     }
 }

@@ -340,11 +340,17 @@ async fn a_revocation_committed_anywhere_is_refused_at_once_by_every_api_process
         assert_eq!(read.status(), StatusCode::OK);
     }
 
-    // Revoked by hand, as `openrisk-api token revoke` does.
-    let hash = openrisk_api::auth::hash_token(&app.a.viewer).to_vec();
+    // An announcement of a token that is still valid (anyone connected may NOTIFY) is ignored;
+    // then the viewer's token is revoked by hand, as `openrisk-api token revoke` does.
     let sql = app.db.connect().await;
+    let spoofed = hex::encode(openrisk_api::auth::hash_token(&app.a.analyst));
+    sql.execute("SELECT pg_notify(api_token_channel(), $1)", &[&spoofed]).await.unwrap();
+    let hash = openrisk_api::auth::hash_token(&app.a.viewer).to_vec();
     sql.execute("UPDATE api_tokens SET revoked_at = now() WHERE token_hash = $1", &[&hash]).await.unwrap();
     until_refused(&app.client, &other.url(), &app.a.viewer, Duration::from_secs(5)).await;
+    let read =
+        app.client.get(format!("{}/api/v1/risks", other.url())).bearer_auth(&app.a.analyst).send().await.unwrap();
+    assert_eq!(read.status(), StatusCode::OK, "announced before the viewer's revocation, and not acted on");
     // Revoked through the first process's API.
     let hash = openrisk_api::auth::hash_token(&app.a.analyst).to_vec();
     let id: uuid::Uuid =

@@ -21,8 +21,10 @@ use serde_json::{Value, json};
 const BLACKHOLE: Duration = Duration::from_secs(3);
 /// Longest wait for the cache to be caught up again once the link is healthy.
 const RECOVERY: Duration = Duration::from_secs(60);
-/// The API's `database.tcp_user_timeout_ms` in the test that cuts its Postgres off.
+/// The API's `database.tcp_user_timeout_ms` and `http.request_timeout_ms` (its statement
+/// timeout) in the test that cuts its Postgres off.
 const TCP_USER_TIMEOUT: Duration = Duration::from_millis(1000);
+const REQUEST_TIMEOUT: Duration = Duration::from_millis(1000);
 
 /// Creates `count` risks and caches their details (reading until a hit: on a loaded machine a
 /// fill may meet the Redis timeout).
@@ -178,7 +180,8 @@ async fn a_slow_lossy_redis_link_keeps_reads_answering_and_the_invalidator_caugh
 }
 
 #[tokio::test]
-async fn a_postgres_link_cut_mid_write_costs_the_pool_its_connection_for_no_longer_than_the_tcp_user_timeout() {
+async fn a_postgres_link_cut_mid_write_costs_the_pool_its_connection_for_no_longer_than_the_statement_and_tcp_user_timeouts()
+ {
     // The API reaches Postgres through the link's first address, the test through its second.
     let link = NetworkLink::create(2);
     let postgres = PrivatePostgres::start_behind(&link);
@@ -188,7 +191,7 @@ async fn a_postgres_link_cut_mid_write_costs_the_pool_its_connection_for_no_long
     let configure = |settings: &mut Settings| {
         settings.pool.max_connections = Some(1);
         settings.database.tcp_user_timeout_ms = TCP_USER_TIMEOUT.as_millis() as u32;
-        settings.http.request_timeout_ms = 1000;
+        settings.http.request_timeout_ms = REQUEST_TIMEOUT.as_millis() as u64;
     };
     let app = spawn_app_on(db, RedisNamespace::new(), configure, AppOptions::default()).await;
     let path = app.create_risk_path(&app.a.analyst, "Cut off mid-write").await;
@@ -207,11 +210,12 @@ async fn a_postgres_link_cut_mid_write_costs_the_pool_its_connection_for_no_long
     });
     assert_eq!(answer.status(), StatusCode::SERVICE_UNAVAILABLE, "the request timed out");
 
-    // The dropped connection goes back to the pool through a ping that cannot be answered.
+    // The dropped connection goes back to the pool through a ping that cannot be answered,
+    // given the statement timeout (the request timeout) and the TCP user timeout.
     let given_up = Instant::now();
     while pool.size() > 0 {
         assert!(
-            given_up.elapsed() < TCP_USER_TIMEOUT + Duration::from_secs(5),
+            given_up.elapsed() < REQUEST_TIMEOUT + TCP_USER_TIMEOUT + Duration::from_secs(5),
             "the pool still held a connection to the silent server after {:?}",
             given_up.elapsed()
         );

@@ -31,3 +31,10 @@ CREATE TRIGGER api_token_deleted AFTER DELETE ON api_tokens FOR EACH ROW
     EXECUTE FUNCTION api_token_revoked();
 CREATE TRIGGER api_tokens_truncated AFTER TRUNCATE ON api_tokens FOR EACH STATEMENT
     EXECUTE FUNCTION api_token_revoked();
+
+-- The function names the channel's function unqualified: fixed to the schema it lives in, so a
+-- session whose search_path lacks that schema still revokes, deletes and truncates.
+DO $$
+BEGIN
+    EXECUTE format('ALTER FUNCTION api_token_revoked() SET search_path = %I, pg_temp', current_schema());
+END $$;

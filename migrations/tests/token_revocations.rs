@@ -65,6 +65,12 @@ async fn a_revocation_a_deletion_and_a_truncate_of_tokens_are_announced_once_the
     let deleted =
         format!("DELETE FROM api_tokens WHERE token_hash = '\\x{}'; DELETE FROM tenants WHERE id = '{b}'", hash(2));
     assert_eq!(announced(&sql, &mut payloads, &deleted).await, [hash(2), hash(4)]);
+    let elsewhere = format!(
+        "SET search_path = pg_catalog; UPDATE public.api_tokens SET revoked_at = now() WHERE token_hash = '\\x{}';
+         RESET search_path",
+        hash(3)
+    );
+    assert_eq!(announced(&sql, &mut payloads, &elsewhere).await, [hash(3)], "whatever the search_path");
     assert_eq!(announced(&sql, &mut payloads, "TRUNCATE api_tokens").await, [""]);
     drop(listening);
 }

@@ -49,9 +49,10 @@ fn options(url: &str, pool: PoolSettings) -> ConnectOptions {
         .sqlx_logging(false);
     // sqlx sets no client-side keepalive or TCP user timeout: the server's side of each session
     // still drops a client that went silent, `http.request_timeout_ms` bounds what a request
-    // waits, and the TCP user timeout bounds the ping that takes a connection back.
+    // waits, and the ping that takes a connection back is bounded as `answers_within` says.
     if pool.link.tcp_user_timeout_ms > 0 {
-        let limit = Duration::from_millis(pool.link.tcp_user_timeout_ms.into());
+        let silent = Duration::from_millis(pool.link.tcp_user_timeout_ms.into());
+        let limit = pool.statement_timeout.unwrap_or_default() + silent;
         options.map_sqlx_postgres_pool_opts(move |pool| {
             pool.after_release(move |conn, _| Box::pin(answers_within(conn, limit)))
         });
@@ -67,7 +68,10 @@ fn options(url: &str, pool: PoolSettings) -> ConnectOptions {
 /// Pings a connection the pool takes back, within `limit`. sqlx pings it too, but with no
 /// deadline: a request cut off mid-query over a silent network would leave its connection
 /// waiting for as long as the kernel retransmits (about 15 minutes), one place fewer in the
-/// pool. An error here has sqlx close the connection without a goodbye.
+/// pool. The ping's answer follows the end of a statement still running, so `limit` is the
+/// statement timeout (a live server ends the statement by then) plus the TCP user timeout: a
+/// connection given up earlier would free its place while its backend still runs. An error
+/// here has sqlx close the connection without a goodbye.
 async fn answers_within(conn: &mut PgConnection, limit: Duration) -> Result<bool, sqlx::Error> {
     match tokio::time::timeout(limit, conn.ping()).await {
         Ok(answered) => answered.map(|()| true),
