@@ -39,10 +39,10 @@ const DEAF_RETRY: Duration = Duration::from_secs(300);
 /// Why no connection listens.
 #[derive(Debug, thiserror::Error)]
 enum ListenError {
+    /// Connecting or a query failed (with the server's message, which tokio-postgres keeps in
+    /// the error's causes).
     #[error(transparent)]
-    Connect(#[from] ConnectError),
-    #[error("postgres: {0}")]
-    Postgres(#[from] tokio_postgres::Error),
+    Postgres(#[from] ConnectError),
     #[error("the probe could not be announced: {0}")]
     Probe(#[from] sea_orm::DbErr),
     #[error("the connection ended")]
@@ -51,6 +51,12 @@ enum ListenError {
     SetUpTimedOut(Duration),
     #[error("the connection does not hear an announcement from another session within {0:?}")]
     Deaf(Duration),
+}
+
+impl From<tokio_postgres::Error> for ListenError {
+    fn from(error: tokio_postgres::Error) -> Self {
+        Self::Postgres(error.into())
+    }
 }
 
 /// A connection that listens: its client, and what it hears (closed when the connection ends).
