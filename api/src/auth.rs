@@ -133,15 +133,17 @@ enum LookupError {
 pub struct TokenVerifier {
     db: DatabaseConnection,
     cache: MokaCache<[u8; 32], Option<Principal>>,
-    /// Tokens this process was told were revoked, kept as long as a cached verification lives: a
-    /// lookup that began before the revocation committed can store the token as valid after
-    /// [`TokenVerifier::forget`] removed it, and this keeps that entry from being honoured.
+    /// Tokens this process was told were revoked, kept as long as a verification stored after
+    /// the revocation may live (`ttl` and the longest lookup): a lookup that began before the
+    /// revocation committed can store the token as valid after [`TokenVerifier::forget`]
+    /// removed it, and this keeps that entry from being honoured.
     revoked: MokaCache<[u8; 32], ()>,
     /// Until when (ms after `epoch`; 0: never) `revoked` may hold a token: outside that time no
     /// request pays the look into it (about 1 % of a cached GET's instructions).
     revoked_until: Arc<AtomicU64>,
     epoch: Instant,
-    ttl: Duration,
+    /// How long a token stays in `revoked`.
+    revoked_for: Duration,
     /// Lookups in Postgres that may run at once. Every new well-formed token costs one, so a
     /// client inventing tokens would otherwise take every pooled connection from every tenant;
     /// bounded, it delays only other lookups of tokens not yet cached.
@@ -150,13 +152,21 @@ pub struct TokenVerifier {
 }
 
 impl TokenVerifier {
-    /// A verifier whose answers live `ttl`, running at most `lookups_at_once` lookups at once.
-    pub fn new(db: DatabaseConnection, ttl: Duration, lookups_at_once: usize, metrics: Arc<Metrics>) -> Self {
+    /// A verifier whose answers live `ttl`, running at most `lookups_at_once` lookups at once,
+    /// none longer than `longest_lookup` (the request timeout: a lookup runs for its requests).
+    pub fn new(
+        db: DatabaseConnection,
+        ttl: Duration,
+        longest_lookup: Duration,
+        lookups_at_once: usize,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let cache = MokaCache::builder().max_capacity(100_000).time_to_live(ttl).build();
-        let revoked = MokaCache::builder().max_capacity(100_000).time_to_live(ttl).build();
+        let revoked_for = ttl + longest_lookup;
+        let revoked = MokaCache::builder().max_capacity(100_000).time_to_live(revoked_for).build();
         let lookups = Arc::new(Semaphore::new(lookups_at_once.max(1)));
         let (revoked_until, epoch) = (Arc::default(), Instant::now());
-        Self { db, cache, revoked, revoked_until, epoch, ttl, lookups, metrics }
+        Self { db, cache, revoked, revoked_until, epoch, revoked_for, lookups, metrics }
     }
 
     /// The principal behind `token`, or 401.
@@ -228,7 +238,7 @@ impl TokenVerifier {
         Ok(row.map(principal).transpose()?)
     }
 
-    /// Whether a token was revoked here within the last `ttl`, so `revoked` may hold one.
+    /// Whether a token was revoked here recently enough for `revoked` to hold it still.
     fn may_hold_revoked(&self) -> bool {
         let until = self.revoked_until.load(Ordering::Acquire);
         until != 0 && millis(self.epoch.elapsed()) < until
@@ -245,15 +255,15 @@ impl TokenVerifier {
     pub async fn forget(&self, hash: &[u8]) {
         if let Ok(hash) = <[u8; 32]>::try_from(hash) {
             self.revoked.insert(hash, ()).await;
-            self.revoked_until.fetch_max(millis(self.epoch.elapsed() + self.ttl), Ordering::Release);
+            self.revoked_until.fetch_max(millis(self.epoch.elapsed() + self.revoked_for), Ordering::Release);
             self.cache.invalidate(&hash).await;
         }
     }
 }
 
-/// `duration` in whole milliseconds, at least 1.
+/// `duration` in whole milliseconds, rounded up, at least 1.
 fn millis(duration: Duration) -> u64 {
-    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX).max(1)
+    u64::try_from(duration.as_millis() + 1).unwrap_or(u64::MAX)
 }
 
 /// Creates a token for `tenant` and returns its id and secret (shown once).
@@ -303,7 +313,13 @@ mod tests {
 
     #[tokio::test]
     async fn a_token_revoked_here_is_refused_even_when_a_lookup_from_before_stores_it_after() {
-        let verifier = TokenVerifier::new(DatabaseConnection::default(), Duration::from_secs(60), 1, Arc::default());
+        let verifier = TokenVerifier::new(
+            DatabaseConnection::default(),
+            Duration::from_secs(60),
+            Duration::from_secs(20),
+            1,
+            Arc::default(),
+        );
         let (token, hash) = generate_token();
         let principal = Principal { token_id: Uuid::new_v4(), tenant_id: Uuid::new_v4(), role: Role::Viewer };
         verifier.cache.insert(hash, Some(principal)).await;

@@ -32,39 +32,48 @@ pub fn name_the_field(error: poem::Error, body: &[u8]) -> poem::Error {
 
 /// `message` (a body's parse error) with the field it is about named in front of it, when the
 /// body shows which field of the outermost type the message names holds the value it reports.
+/// Only a value of one of that type's own fields qualifies (poem names each type the error
+/// passed through, and an optional field's wrapper is the only one allowed between them), and
+/// only one field may hold it: otherwise the message is left as it is.
 pub fn with_field_named(message: &str, body: &[u8]) -> Option<String> {
     if ["field `", "unknown field", "is read only"].iter().any(|named| message.contains(named)) {
         return None;
     }
-    let (reported, type_name) = message.split_once(" (occurred while parsing \"")?;
-    let type_name = type_name.rsplit("(occurred while parsing \"").next()?.split('"').next()?;
+    // Quotes inside a reported value are escaped, so this splits only where poem added a type.
+    let mut parts = message.split(" (occurred while parsing \"");
+    let reported = parts.next()?;
+    let types: Vec<&str> = parts.map(|part| part.split('"').next().unwrap_or_default()).collect();
+    let (type_name, between) = types.split_last()?;
+    if !between.iter().all(|name| name.starts_with("optional_")) {
+        return None;
+    }
     let body: Value = serde_json::from_slice(body).ok()?;
-    let (field, misfit) = misfit_reported(SCHEMAS.get(type_name)?, body.as_object()?, reported)?;
+    let (field, misfit) = misfit_reported(SCHEMAS.get(*type_name)?, body.as_object()?, reported)?;
     Some(format!("field `{field}` {misfit} ({message})"))
 }
 
 /// The field of `object` (of the type `schema` describes) that `reported` is about, with what is
-/// wrong with it: a required one missing or `null` when nothing or `null` was found, otherwise
-/// the one holding the value found, where it does not fit.
+/// wrong with it: the first required one missing or `null` (in the order the type declares them,
+/// as poem reads them) when nothing or `null` was found, otherwise the only one holding the value
+/// found where it does not fit.
 fn misfit_reported(schema: &Value, object: &Map<String, Value>, reported: &str) -> Option<(String, String)> {
     let found = match reported.split_once(", found ") {
-        Some((_, found)) => Some(serde_json::from_str::<Value>(found.strip_suffix('.')?).ok()?),
-        None if reported.ends_with("expects an input value.") => Some(Value::Null),
-        None => None,
+        Some((_, found)) => serde_json::from_str::<Value>(found.strip_suffix('.')?).ok()?,
+        None if reported.ends_with("expects an input value.") => Value::Null,
+        None => return None,
     };
-    if found == Some(Value::Null) {
+    if found.is_null() {
         let required = schema["required"].as_array()?.iter().filter_map(Value::as_str);
         let missing = required.into_iter().find(|name| object.get(*name).is_none_or(Value::is_null))?;
         let misfit = if object.contains_key(missing) { "must not be null" } else { "is required" };
         return Some((missing.to_owned(), misfit.to_owned()));
     }
-    schema["properties"].as_object()?.iter().find_map(|(name, property)| {
-        let value = object.get(name)?;
-        if found.as_ref().is_some_and(|found| found != value) {
-            return None;
-        }
+    let mut holding = schema["properties"].as_object()?.iter().filter_map(|(name, property)| {
+        let value = object.get(name).filter(|value| **value == found)?;
         misfit(resolved(property), value).map(|misfit| (name.clone(), misfit))
-    })
+    });
+    let only = holding.next()?;
+    holding.next().is_none().then_some(only)
 }
 
 /// What is wrong with `value` as a value of `property` (a resolved schema): another JSON type,
@@ -97,7 +106,8 @@ fn json_type(value: &Value) -> &'static str {
     match value {
         Value::Null => "null",
         Value::Bool(_) => "boolean",
-        Value::Number(number) if number.is_i64() || number.is_u64() => "integer",
+        // As written: numbers keep their text here (`arbitrary_precision`), however large.
+        Value::Number(number) if !number.to_string().contains(['.', 'e', 'E']) => "integer",
         Value::Number(_) => "number",
         Value::String(_) => "string",
         Value::Array(_) => "array",
@@ -143,6 +153,10 @@ mod tests {
         // `null` for a field that may be left out is not what was reported.
         let with_null_owner = r#"{"title": "t", "impact": 3, "probability": 4, "owner": null, "status": "BOGUS"}"#;
         assert!(named("\"BOGUS\"", with_null_owner).starts_with("field `status` must be one of \""));
+        assert_eq!(
+            named("1e400", r#"{"title": "t", "impact": 1e400, "probability": 4}"#),
+            "field `impact` must be an integer, not a number"
+        );
     }
 
     #[test]
@@ -157,5 +171,15 @@ mod tests {
         );
         let validated = "field `title` verification failed. maxLength(255) (occurred while parsing \"RiskCreate\")";
         assert_eq!(with_field_named(validated, r#"{"title": 5}"#.as_bytes()), None, "a field is named already");
+        let two_alike = r#"{"title": 5, "owner": 5, "impact": 3, "probability": 4}"#;
+        assert_eq!(named("5", two_alike), None, "two fields hold the value: poem's order is not the document's");
+        let in_a_list = "Expected input type \"string\", found 5. (occurred while parsing \"list_string\") \
+                         (occurred while parsing \"RiskCreate\")";
+        let tags_and_owner = r#"{"title": "t", "impact": 3, "probability": 4, "tags": [5], "owner": 5}"#;
+        assert_eq!(with_field_named(in_a_list, tags_and_owner.as_bytes()), None, "a value inside a list");
+        let custom = "null cannot clear this field (occurred while parsing \"optional_string\") \
+                      (occurred while parsing \"MitigationPatch\")";
+        let valid_null = r#"{"due_date": null, "title": null}"#;
+        assert_eq!(with_field_named(custom, valid_null.as_bytes()), None, "no value reported");
     }
 }

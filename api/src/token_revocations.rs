@@ -49,6 +49,8 @@ enum ListenError {
     Closed,
     #[error("the connection was not set up within {0:?}")]
     SetUpTimedOut(Duration),
+    #[error("a revocation was not confirmed within {0:?}")]
+    ConfirmTimedOut(Duration),
     #[error("the connection does not hear an announcement from another session within {0:?}")]
     Deaf(Duration),
 }
@@ -63,27 +65,41 @@ impl From<tokio_postgres::Error> for ListenError {
 struct Listening {
     client: Client,
     announcements: mpsc::UnboundedReceiver<String>,
+    /// Drives the connection; stopped when this value goes (a connection given up mid-query
+    /// would otherwise wait for its answer).
+    driver: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Listening {
+    fn drop(&mut self) {
+        self.driver.abort();
+    }
 }
 
 /// Listens for revocations until the application `state` belongs to is gone.
 pub async fn follow(state: Weak<AppState>) {
     let mut delays = reconnect_delays();
-    while let Some((url, settings, pool)) =
-        state.upgrade().map(|state| (listen_url(&state.settings), state.settings.clone(), state.db.conn.clone()))
-    {
-        match listen(&url, &settings, &pool).await {
+    while let Some((settings, pool)) = state.upgrade().map(|state| (state.settings.clone(), state.db.conn.clone())) {
+        let link = settings.database.link();
+        // Set up within the connect timeout, whatever stalls: the TCP connect, TLS, start-up.
+        let listening = tokio::time::timeout(link.connect_timeout, listen(&settings, &pool))
+            .await
+            .unwrap_or(Err(ListenError::SetUpTimedOut(link.connect_timeout)));
+        drop(pool);
+        let pause = match listening {
             Ok(listening) => {
                 delays = reconnect_delays();
                 let Some(state_now) = state.upgrade() else { return };
                 state_now.metrics.set_token_revocations_heard(true);
                 state_now.tokens.forget_every_token();
                 drop(state_now);
-                let ended = relay(listening, &state).await;
+                let ended = relay(listening, &state, link.connect_timeout).await;
                 let Some(state_now) = state.upgrade() else { return };
                 state_now.metrics.set_token_revocations_heard(false);
                 if let Err(error) = ended {
                     tracing::warn!(%error, "the connection for token revocations was lost; reconnecting");
                 }
+                delays.next()
             }
             Err(error @ ListenError::Deaf(_)) => {
                 tracing::warn!(
@@ -92,12 +108,14 @@ pub async fn follow(state: Weak<AppState>) {
                      set database.listen_url): a token revoked elsewhere stops working here within \
                      cache.token_cache_secs"
                 );
-                tokio::time::sleep(DEAF_RETRY).await;
-                continue;
+                Some(DEAF_RETRY)
             }
-            Err(error) => tracing::warn!(%error, "cannot listen for token revocations; retrying"),
-        }
-        tokio::time::sleep(delays.next().unwrap_or(MAX_DELAY)).await;
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for token revocations; retrying");
+                delays.next()
+            }
+        };
+        tokio::time::sleep(pause.unwrap_or(MAX_DELAY)).await;
     }
 }
 
@@ -117,47 +135,52 @@ fn reconnect_delays() -> backon::ExponentialBackoff {
         .build()
 }
 
-/// Connects, listens on the channel (simple queries only: nothing a pooler must keep between
-/// statements), and waits for a probe announced through `pool` to arrive, all within the
-/// connect timeout. The connection is driven by a task of its own from the start.
-async fn listen(url: &str, settings: &Settings, pool: &DatabaseConnection) -> Result<Listening, ListenError> {
+/// Connects to `database.listen_url`, listens on the channel (simple queries only: nothing a
+/// pooler must keep between statements), and waits for a probe announced through `pool`. The
+/// connection is driven by a task of its own from the start.
+async fn listen(settings: &Settings, pool: &DatabaseConnection) -> Result<Listening, ListenError> {
     let link = settings.database.link();
-    let (config, tls) = openrisk_shared::db::config(url, "openrisk-api-token-revocations", &link)?;
+    let (config, tls) = openrisk_shared::db::config(&listen_url(settings), "openrisk-api-token-revocations", &link)?;
     let (client, mut connection) = config.connect(tls).await.map_err(ConnectError::from)?;
-    let (heard, mut announcements) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
+    let (heard, announcements) = mpsc::unbounded_channel();
+    let driver = tokio::spawn(async move {
         let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
-        while let Some(Ok(message)) = messages.next().await {
-            if let AsyncMessage::Notification(notification) = message
-                && heard.send(notification.payload().to_owned()).is_err()
-            {
-                return;
+        while let Some(message) = messages.next().await {
+            match message {
+                Ok(AsyncMessage::Notification(notification)) => {
+                    if heard.send(notification.payload().to_owned()).is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::warn!(error = %ConnectError::from(error), "the connection for token revocations failed");
+                    return;
+                }
             }
         }
     });
-    let channel = tokio::time::timeout(link.connect_timeout, subscribe(&client))
-        .await
-        .map_err(|_| ListenError::SetUpTimedOut(link.connect_timeout))??;
+    let mut listening = Listening { client, announcements, driver };
+    subscribe(&listening.client).await?;
     let probe = format!("probe:{}", Uuid::new_v4());
-    let announce = format!("SELECT pg_notify('{}', '{probe}')", channel.replace('\'', "''"));
-    pool.execute_unprepared(&announce).await?;
-    let probe_heard = async {
-        // What arrives before the probe is covered: every verification is forgotten next.
-        while let Some(announcement) = announcements.recv().await {
-            if announcement == probe {
-                return Ok(());
-            }
+    pool.execute_unprepared(&format!("SELECT pg_notify(api_token_channel(), '{probe}')")).await?;
+    let sent = tokio::time::Instant::now();
+    // What arrives before the probe is covered: every verification is forgotten next.
+    loop {
+        let announcement =
+            tokio::time::timeout(settings.database.link().connect_timeout, listening.announcements.recv())
+                .await
+                .map_err(|_| ListenError::Deaf(sent.elapsed()))?;
+        match announcement {
+            Some(announcement) if announcement == probe => return Ok(listening),
+            Some(_) => {}
+            None => return Err(ListenError::Closed),
         }
-        Err(ListenError::Closed)
-    };
-    tokio::time::timeout(link.connect_timeout, probe_heard)
-        .await
-        .map_err(|_| ListenError::Deaf(link.connect_timeout))??;
-    Ok(Listening { client, announcements })
+    }
 }
 
-/// Listens on the channel the migrations name; returns the name.
-async fn subscribe(client: &Client) -> Result<String, ListenError> {
+/// Listens on the channel the migrations name.
+async fn subscribe(client: &Client) -> Result<(), ListenError> {
     let rows = client.simple_query(CHANNEL_QUERY).await?;
     let channel = rows.iter().find_map(|row| match row {
         SimpleQueryMessage::Row(row) => row.get(0).map(str::to_owned),
@@ -165,12 +188,13 @@ async fn subscribe(client: &Client) -> Result<String, ListenError> {
     });
     let channel = channel.ok_or(ListenError::Closed)?;
     client.batch_execute(&format!("LISTEN \"{}\"", channel.replace('"', "\"\""))).await?;
-    Ok(channel)
+    Ok(())
 }
 
-/// Has the verifier forget each token announced and confirmed, until the connection fails
-/// (`Err`) or the application is gone (`Ok`).
-async fn relay(mut listening: Listening, state: &Weak<AppState>) -> Result<(), ListenError> {
+/// Has the verifier forget each token announced and confirmed, until the connection fails or a
+/// confirmation takes longer than `limit` (`Err`: the next connection forgets every token), or
+/// the application is gone (`Ok`).
+async fn relay(mut listening: Listening, state: &Weak<AppState>, limit: Duration) -> Result<(), ListenError> {
     let mut liveness = tokio::time::interval(LIVENESS_CHECK);
     loop {
         tokio::select! {
@@ -180,7 +204,11 @@ async fn relay(mut listening: Listening, state: &Weak<AppState>) -> Result<(), L
                 match hash_announced(&announcement) {
                     Announced::EveryToken => state.tokens.forget_every_token(),
                     Announced::Token(hash) => {
-                        let gone = listening.client.query_one(NO_LONGER_VALID, &[&hash.as_slice()]).await?;
+                        let hash_bytes = hash.as_slice();
+                        let parameters: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&hash_bytes];
+                        let confirm = listening.client.query_one(NO_LONGER_VALID, &parameters);
+                        let confirmed = tokio::time::timeout(limit, confirm).await;
+                        let gone = confirmed.map_err(|_| ListenError::ConfirmTimedOut(limit))??;
                         if gone.get::<_, bool>(0) {
                             state.tokens.forget(&hash).await;
                         }

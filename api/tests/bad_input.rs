@@ -388,8 +388,8 @@ async fn a_body_that_does_not_fit_its_type_is_told_which_field_to_fix() {
         (
             Method::PATCH,
             path.as_str(),
-            json!({"probability": 2.5}),
-            "field `probability` must be an integer, not a number",
+            json!({"probability": "2"}),
+            "field `probability` must be an integer, not a string",
         ),
         (Method::PATCH, path.as_str(), json!({"tags": "one"}), "field `tags` must be an array, not a string"),
     ];
