@@ -81,10 +81,7 @@ pub async fn follow(state: Weak<AppState>) {
     let mut delays = reconnect_delays();
     while let Some((settings, pool)) = state.upgrade().map(|state| (state.settings.clone(), state.db.conn.clone())) {
         let link = settings.database.link();
-        // Set up within the connect timeout, whatever stalls: the TCP connect, TLS, start-up.
-        let listening = tokio::time::timeout(link.connect_timeout, listen(&settings, &pool))
-            .await
-            .unwrap_or(Err(ListenError::SetUpTimedOut(link.connect_timeout)));
+        let listening = listen(&settings, &pool).await;
         drop(pool);
         let pause = match listening {
             Ok(listening) => {
@@ -136,9 +133,33 @@ fn reconnect_delays() -> backon::ExponentialBackoff {
 }
 
 /// Connects to `database.listen_url`, listens on the channel (simple queries only: nothing a
-/// pooler must keep between statements), and waits for a probe announced through `pool`. The
-/// connection is driven by a task of its own from the start.
+/// pooler must keep between statements), and waits for a probe announced through `pool`: each
+/// of the two within the connect timeout, whatever stalls (the TCP connect, TLS, start-up).
 async fn listen(settings: &Settings, pool: &DatabaseConnection) -> Result<Listening, ListenError> {
+    let limit = settings.database.link().connect_timeout;
+    let (mut listening, probe) = tokio::time::timeout(limit, subscribe_and_probe(settings, pool))
+        .await
+        .map_err(|_| ListenError::SetUpTimedOut(limit))??;
+    let sent = tokio::time::Instant::now();
+    // What arrives before the probe is covered: every verification is forgotten next.
+    loop {
+        let announcement = tokio::time::timeout(limit, listening.announcements.recv())
+            .await
+            .map_err(|_| ListenError::Deaf(sent.elapsed()))?;
+        match announcement {
+            Some(announcement) if announcement == probe => return Ok(listening),
+            Some(_) => {}
+            None => return Err(ListenError::Closed),
+        }
+    }
+}
+
+/// Connects, starts the task that drives the connection, listens, and announces a probe of its
+/// own through `pool`; returns the listening connection and the probe.
+async fn subscribe_and_probe(
+    settings: &Settings,
+    pool: &DatabaseConnection,
+) -> Result<(Listening, String), ListenError> {
     let link = settings.database.link();
     let (config, tls) = openrisk_shared::db::config(&listen_url(settings), "openrisk-api-token-revocations", &link)?;
     let (client, mut connection) = config.connect(tls).await.map_err(ConnectError::from)?;
@@ -160,23 +181,11 @@ async fn listen(settings: &Settings, pool: &DatabaseConnection) -> Result<Listen
             }
         }
     });
-    let mut listening = Listening { client, announcements, driver };
+    let listening = Listening { client, announcements, driver };
     subscribe(&listening.client).await?;
     let probe = format!("probe:{}", Uuid::new_v4());
     pool.execute_unprepared(&format!("SELECT pg_notify(api_token_channel(), '{probe}')")).await?;
-    let sent = tokio::time::Instant::now();
-    // What arrives before the probe is covered: every verification is forgotten next.
-    loop {
-        let announcement =
-            tokio::time::timeout(settings.database.link().connect_timeout, listening.announcements.recv())
-                .await
-                .map_err(|_| ListenError::Deaf(sent.elapsed()))?;
-        match announcement {
-            Some(announcement) if announcement == probe => return Ok(listening),
-            Some(_) => {}
-            None => return Err(ListenError::Closed),
-        }
-    }
+    Ok((listening, probe))
 }
 
 /// Listens on the channel the migrations name.
