@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{TestApp, assert_problem, spawn_app, until_the_api_waits_for_a_lock};
+use common::{TestApp, assert_problem, id_of, spawn_app, until_the_api_waits_for_a_lock};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -37,16 +37,12 @@ async fn write_in_the_background(
     write
 }
 
-fn id_of(path: &str) -> uuid::Uuid {
-    path.rsplit('/').next().unwrap().parse().unwrap()
-}
-
 #[tokio::test]
 async fn a_write_that_loses_a_deadlock_runs_again_and_succeeds_instead_of_answering_503() {
     let app = spawn_app().await;
     let token = &app.a.analyst;
     let (risk_path, asset) = app.create_linked_risk_and_asset(token, "Deadlocked", "Server", "LOW").await;
-    let risk: uuid::Uuid = risk_path.rsplit('/').next().unwrap().parse().unwrap();
+    let risk = id_of(&risk_path);
     let asset_id: uuid::Uuid = asset["id"].as_str().unwrap().parse().unwrap();
     // A session of the test's own holds the risk's row; it never detects a deadlock itself, so
     // Postgres makes the API's transaction the loser.

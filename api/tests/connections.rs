@@ -140,10 +140,8 @@ async fn a_statement_outliving_its_request_is_stopped_by_the_server_at_the_reque
     };
     let app = spawn_app_with(RedisNamespace::new(), one_second, AppOptions::default()).await;
     let risk_path = app.create_risk_path(&app.a.analyst, "Held").await;
-    let risk: uuid::Uuid = risk_path.rsplit('/').next().unwrap().parse().unwrap();
     let holder = app.db.connect().await;
-    holder.batch_execute("BEGIN").await.unwrap();
-    holder.execute("SELECT 1 FROM risks WHERE id = $1 FOR UPDATE", &[&risk]).await.unwrap();
+    common::hold_risk(&holder, &risk_path).await;
 
     let change = serde_json::json!({"title": "Waits"});
     let response = app.send_json(reqwest::Method::PATCH, &risk_path, &app.a.analyst, change).await;

@@ -218,11 +218,9 @@ async fn malformed_bearer_tokens_are_refused_before_any_database_query() {
 async fn a_write_whose_database_session_ends_mid_statement_is_answered_503_and_changes_nothing() {
     let app = spawn_app().await;
     let path = app.create_risk_path(&app.a.analyst, "Before").await;
-    let id: uuid::Uuid = path.rsplit('/').next().unwrap().parse().unwrap();
     // A session of the test's own holds the risk's row, so the API's write waits for it.
     let holder = app.db.connect().await;
-    holder.batch_execute("BEGIN").await.unwrap();
-    holder.execute("SELECT 1 FROM risks WHERE id = $1 FOR UPDATE", &[&id]).await.unwrap();
+    common::hold_risk(&holder, &path).await;
     let patch = app.send_json(Method::PATCH, &path, &app.a.analyst, json!({"title": "After"}));
     // Then the API's waiting backend is terminated, as a server shutdown would.
     let terminate = async {

@@ -167,7 +167,6 @@ async fn a_tenant_waiting_on_the_database_leaves_the_rest_of_the_pool_to_other_t
     let app = &spawn_app_with(RedisNamespace::new(), small_pool, AppOptions::default()).await;
     let risk = app.create_risk_path(&app.a.analyst, "Held").await;
     app.create_asset(&app.b.analyst, "Other tenant's", "LOW").await;
-    let risk_id: uuid::Uuid = risk.rsplit('/').next().unwrap().parse().unwrap();
     // Tenant B reads its assets once tenant A's requests wait behind `holder`'s lock.
     let other_tenant_read = async |holder: &tokio_postgres::Client| {
         until_the_api_waits_for_a_lock(holder).await;
@@ -178,8 +177,7 @@ async fn a_tenant_waiting_on_the_database_leaves_the_rest_of_the_pool_to_other_t
     };
 
     let holder = app.db.connect().await;
-    holder.batch_execute("BEGIN").await.unwrap();
-    holder.execute("SELECT 1 FROM risks WHERE id = $1 FOR UPDATE", &[&risk_id]).await.unwrap();
+    common::hold_risk(&holder, &risk).await;
     let write = |title: &'static str| app.send_json(Method::PATCH, &risk, &app.a.analyst, json!({"title": title}));
     let writes = futures::future::join_all(["1", "2", "3", "4"].map(write));
     let (_, read) = tokio::join!(writes, other_tenant_read(&holder));

@@ -51,7 +51,7 @@ async fn start_invalidator(app: &TestApp) -> openrisk_invalidator::Running {
 
 /// The title the database holds for the risk at `path`.
 async fn title_in_database(app: &TestApp, path: &str) -> String {
-    let id: uuid::Uuid = path.rsplit('/').next().unwrap().parse().unwrap();
+    let id = common::id_of(path);
     app.db.connect().await.query_one("SELECT title FROM risks WHERE id = $1", &[&id]).await.unwrap().get(0)
 }
 
@@ -153,7 +153,7 @@ async fn a_slow_lossy_redis_link_keeps_reads_answering_and_the_invalidator_caugh
     let mut windows = Vec::new();
     for round in 0..6 {
         let path = &paths[round % paths.len()];
-        let id: uuid::Uuid = path.rsplit('/').next().unwrap().parse().unwrap();
+        let id = common::id_of(path);
         let title = format!("Written by SQL over the slow link ({round})");
         // Another program writes: only the outbox and the invalidator make the cache fresh.
         app.db.connect().await.execute("UPDATE risks SET title = $1 WHERE id = $2", &[&title, &id]).await.unwrap();
@@ -199,9 +199,7 @@ async fn a_postgres_link_cut_mid_write_costs_the_pool_its_connection_for_no_long
 
     // The write holds the pool's one connection, waiting for a row lock, when the link goes
     // silent; the lock is let go so the server answers into the void.
-    session.batch_execute("BEGIN").await.unwrap();
-    let id = path.rsplit('/').next().unwrap().parse::<uuid::Uuid>().unwrap();
-    session.execute("SELECT 1 FROM risks WHERE id = $1 FOR UPDATE", &[&id]).await.unwrap();
+    common::hold_risk(&session, &path).await;
     let write = app.send_json(Method::PATCH, &path, &app.a.analyst, json!({ "title": "Never answered" }));
     let (answer, ()) = tokio::join!(write, async {
         until_the_api_waits_for_a_lock(&session).await;

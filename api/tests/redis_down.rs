@@ -112,9 +112,7 @@ async fn readiness_probes_that_arrive_while_a_check_runs_share_it_and_the_next_o
     // waits for the pool until the check's limit (half the request timeout, here shorter than
     // the pool's acquire timeout).
     let session = app.db.connect().await;
-    session.batch_execute("BEGIN").await.unwrap();
-    let id = path.rsplit('/').next().unwrap().parse::<uuid::Uuid>().unwrap();
-    session.execute("SELECT 1 FROM risks WHERE id = $1 FOR UPDATE", &[&id]).await.unwrap();
+    common::hold_risk(&session, &path).await;
     let write = app.send_json(Method::PATCH, &path, &app.a.analyst, json!({ "title": "After the probes" }));
     let (written, pings) = tokio::join!(write, async {
         until_the_api_waits_for_a_lock(&session).await;

@@ -338,6 +338,18 @@ impl FillGate {
     }
 }
 
+/// The id at the end of a resource's path (`/api/v1/risks/<id>`).
+pub fn id_of(path: &str) -> Uuid {
+    path.rsplit('/').next().unwrap().parse().unwrap()
+}
+
+/// Begins a transaction on `session` that locks the row of the risk at `risk_path`, so the API's
+/// writes of it wait until the session commits or rolls back.
+pub async fn hold_risk(session: &tokio_postgres::Client, risk_path: &str) {
+    session.batch_execute("BEGIN").await.unwrap();
+    session.execute("SELECT 1 FROM risks WHERE id = $1 FOR UPDATE", &[&id_of(risk_path)]).await.unwrap();
+}
+
 /// How many sessions of the API wait for a lock in the test's database (`session`'s).
 pub async fn api_sessions_waiting_for_a_lock(session: &tokio_postgres::Client) -> i64 {
     let waiting = "SELECT count(*) FROM pg_stat_activity
