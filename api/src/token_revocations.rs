@@ -14,10 +14,10 @@
 use std::sync::Weak;
 use std::time::Duration;
 
-use backon::{BackoffBuilder, ExponentialBuilder};
+use backon::BackoffBuilder;
 use futures::StreamExt;
 use openrisk_shared::Settings;
-use openrisk_shared::db::ConnectError;
+use openrisk_shared::db::{ConnectError, MAX_RECONNECT_DELAY, reconnect_backoff};
 use sea_orm::{ConnectionTrait, DatabaseConnection};
 use tokio::sync::mpsc;
 use tokio_postgres::{AsyncMessage, Client, SimpleQueryMessage};
@@ -32,7 +32,6 @@ const NO_LONGER_VALID: &str =
     "SELECT NOT EXISTS (SELECT 1 FROM api_tokens WHERE token_hash = $1 AND revoked_at IS NULL)";
 /// How often a connection with nothing to relay checks that the application still runs.
 const LIVENESS_CHECK: Duration = Duration::from_secs(1);
-const MAX_DELAY: Duration = Duration::from_secs(5);
 /// How long after a connection that could not hear the probe the next one is tried.
 const DEAF_RETRY: Duration = Duration::from_secs(300);
 
@@ -78,14 +77,14 @@ impl Drop for Listening {
 
 /// Listens for revocations until the application `state` belongs to is gone.
 pub async fn follow(state: Weak<AppState>) {
-    let mut delays = reconnect_delays();
+    let mut delays = reconnect_backoff().build();
     while let Some((settings, pool)) = state.upgrade().map(|state| (state.settings.clone(), state.db.conn.clone())) {
         let link = settings.database.link();
         let listening = listen(&settings, &pool).await;
         drop(pool);
         let pause = match listening {
             Ok(listening) => {
-                delays = reconnect_delays();
+                delays = reconnect_backoff().build();
                 let Some(state_now) = state.upgrade() else { return };
                 state_now.metrics.set_token_revocations_heard(true);
                 state_now.tokens.forget_every_token();
@@ -112,7 +111,7 @@ pub async fn follow(state: Weak<AppState>) {
                 delays.next()
             }
         };
-        tokio::time::sleep(pause.unwrap_or(MAX_DELAY)).await;
+        tokio::time::sleep(pause.unwrap_or(MAX_RECONNECT_DELAY)).await;
     }
 }
 
@@ -120,16 +119,6 @@ pub async fn follow(state: Weak<AppState>) {
 fn listen_url(settings: &Settings) -> String {
     let listen_url = settings.database.listen_url.as_deref().filter(|url| !url.is_empty());
     listen_url.unwrap_or(&settings.database_url).to_owned()
-}
-
-/// Jittered delays between connection attempts, from 50 ms up to [`MAX_DELAY`].
-fn reconnect_delays() -> backon::ExponentialBackoff {
-    ExponentialBuilder::new()
-        .with_jitter()
-        .with_min_delay(Duration::from_millis(50))
-        .with_max_delay(MAX_DELAY)
-        .without_max_times()
-        .build()
 }
 
 /// Connects to `database.listen_url`, listens on the channel (simple queries only: nothing a

@@ -120,7 +120,7 @@ pub async fn run(wakeups: Arc<Wakeups>, settings: Arc<Settings>, metrics: Metric
     loop {
         let connect = || listen(&settings.database_url, &link, park_wait);
         let connected = connect
-            .retry(crate::worker::reconnect_backoff())
+            .retry(openrisk_shared::db::reconnect_backoff())
             .notify(|error, delay| tracing::warn!(%error, ?delay, "LISTEN connection unavailable; the poll covers"));
         let Ok((session, connection)) = (tokio::select! {
             connected = connected => connected,

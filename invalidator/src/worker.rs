@@ -8,9 +8,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use backon::{BackoffBuilder, ExponentialBuilder, Retryable};
+use backon::{BackoffBuilder, Retryable};
 use openrisk_shared::config::Settings;
-use openrisk_shared::db::ConnectError;
+use openrisk_shared::db::{ConnectError, MAX_RECONNECT_DELAY, reconnect_backoff};
 use openrisk_shared::event::InvalidationEvent;
 use openrisk_shared::keys::{Keyspace, Tag};
 use openrisk_shared::protocol::{self, BackgroundReclaims, InvalidateError, Reclaimable, ReplicaAck};
@@ -97,17 +97,6 @@ struct Failure {
     progressed: bool,
 }
 
-/// Jittered exponential backoff, 50 ms to 5 s, without end: for reconnecting and for retrying a
-/// batch that failed.
-pub(crate) fn reconnect_backoff() -> ExponentialBuilder {
-    ExponentialBuilder::new()
-        .with_jitter()
-        .with_min_delay(Duration::from_millis(50))
-        .with_max_delay(MAX_BACKOFF)
-        .without_max_times()
-}
-
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// How long a failed replica waits for its batch's rollback before it resigns the park.
 const ROLLBACK_WAIT: Duration = Duration::from_secs(1);
 
@@ -172,7 +161,7 @@ impl Worker {
             }
             self.count_error(&failure.error);
             self.resign(&links.outbox).await;
-            let delay = backoff.next().unwrap_or(MAX_BACKOFF);
+            let delay = backoff.next().unwrap_or(MAX_RECONNECT_DELAY);
             if !(pause(delay, &shutdown).await && self.repair(&mut links, &failure.error, &shutdown).await) {
                 break;
             }

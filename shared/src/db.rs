@@ -44,6 +44,20 @@ pub async fn connect(url: &str, application_name: &str, link: &PostgresLink) -> 
     Ok(client)
 }
 
+/// Longest pause of [`reconnect_backoff`].
+pub const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(5);
+
+/// Jittered exponential backoff, 50 ms to [`MAX_RECONNECT_DELAY`], without end: how both
+/// processes' connections of their own to Postgres reconnect (and the invalidator retries a
+/// batch that failed).
+pub fn reconnect_backoff() -> backon::ExponentialBuilder {
+    backon::ExponentialBuilder::new()
+        .with_jitter()
+        .with_min_delay(Duration::from_millis(50))
+        .with_max_delay(MAX_RECONNECT_DELAY)
+        .without_max_times()
+}
+
 /// Parses `url` and applies `link`: connect timeout, the client's keepalives and TCP user
 /// timeout, and the same for the server's side of the session as start-up options (appended
 /// to any the URL gives); with the connector for the URL's TLS settings.
