@@ -127,7 +127,7 @@ impl Drop for TestDatabase {
             runtime.block_on(async {
                 let admin =
                     openrisk_shared::db::connect(&admin_url, "openrisk-tests", &Default::default()).await.ok()?;
-                admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await.ok()
+                admin.batch_execute(&drop_database(&name)).await.ok()
             })
         })
         .join();
@@ -173,10 +173,15 @@ pub async fn drop_abandoned_databases(admin: &Client) {
         if pid.is_empty() || std::path::Path::new(&format!("/proc/{pid}")).exists() {
             continue;
         }
-        if admin.batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")).await.is_ok() {
+        if admin.batch_execute(&drop_database(&name)).await.is_ok() {
             eprintln!("dropped test database {name}, left by process {pid}, which is gone");
         }
     }
+}
+
+/// The statement that drops database `name`, ending its sessions first.
+fn drop_database(name: &str) -> String {
+    format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")
 }
 
 /// Returns the name of the migrated template for the current migrations, building it if needed.
@@ -191,9 +196,7 @@ async fn ensure_template(admin: &Client, admin_url: &str) -> String {
         .await
         .expect("look up template");
     if ready.is_none() {
-        for statement in
-            [format!("DROP DATABASE IF EXISTS {template} WITH (FORCE)"), format!("CREATE DATABASE {template}")]
-        {
+        for statement in [drop_database(&template), format!("CREATE DATABASE {template}")] {
             admin.batch_execute(&statement).await.expect("create template database");
         }
         {
