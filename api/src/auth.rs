@@ -2,9 +2,10 @@
 //!
 //! A token is `ort_` followed by 64 hex digits; Postgres stores only its SHA-256. Verifications
 //! (including failures) are cached in-process for `cache.token_cache_secs`, so a cached GET costs
-//! no database query for authentication; a revocation committed anywhere is announced to every
-//! process (module `token_revocations`), which forgets the token at once, and without the
-//! announcement a revoked token stops working within that time.
+//! no database query for authentication; a change of a token committed anywhere (a revocation,
+//! another role) is announced to every process (module `token_revocations`), which looks the
+//! token up again before it next trusts it, and without the announcement the change takes
+//! effect within that time.
 //! A string that is not shaped like a token is refused before any I/O. `last_used_at` is
 //! stamped in the background when the cache refreshes an entry, never on the request path.
 
@@ -128,22 +129,38 @@ enum LookupError {
     Stored(#[from] UnknownStoredValue),
 }
 
+/// What a lookup of a token found (`None`: unknown or revoked), and when it began.
+#[derive(Debug, Clone, Copy)]
+struct Verification {
+    principal: Option<Principal>,
+    /// Nanoseconds after the verifier's epoch at which the lookup's query was about to be sent:
+    /// what it read was committed by then or later.
+    looked_up_at: u64,
+}
+
+/// How many lookups one request may start for a token that keeps being announced changed
+/// meanwhile, before it is answered 503 rather than with what an older lookup read.
+const LOOKUP_ROUNDS: usize = 2;
+
 /// Verifies bearer tokens against Postgres through a short-lived in-process cache.
 #[derive(Debug, Clone)]
 pub struct TokenVerifier {
     db: DatabaseConnection,
-    cache: MokaCache<[u8; 32], Option<Principal>>,
-    /// Tokens this process was told were revoked, kept as long as a verification stored after
-    /// the revocation may live (`ttl` and the longest lookup): a lookup that began before the
-    /// revocation committed can store the token as valid after [`TokenVerifier::forget`]
-    /// removed it, and this keeps that entry from being honoured.
-    revoked: MokaCache<[u8; 32], ()>,
-    /// Until when (ms after `epoch`; 0: never) `revoked` may hold a token: outside that time no
+    cache: MokaCache<[u8; 32], Verification>,
+    /// When each token this process was told had changed was last told so (ns after `epoch`),
+    /// kept as long as a verification stored after that may live (`ttl` and the longest lookup):
+    /// a lookup that began before the change committed can store what it read after
+    /// [`TokenVerifier::forget`] removed the token, and this keeps that from being honoured.
+    changed: MokaCache<[u8; 32], u64>,
+    /// Until when (ns after `epoch`; 0: never) `changed` may hold a token: outside that time no
     /// request pays the look into it (about 1 % of a cached GET's instructions).
-    revoked_until: Arc<AtomicU64>,
+    changed_until: Arc<AtomicU64>,
+    /// When every token was last forgotten (ns after `epoch`): no verification from a lookup
+    /// that began before it is honoured.
+    every_token_forgotten_at: Arc<AtomicU64>,
     epoch: Instant,
-    /// How long a token stays in `revoked`.
-    revoked_for: Duration,
+    /// How long a token stays in `changed`.
+    changed_for: Duration,
     /// Lookups in Postgres that may run at once. Every new well-formed token costs one, so a
     /// client inventing tokens would otherwise take every pooled connection from every tenant;
     /// bounded, it delays only other lookups of tokens not yet cached.
@@ -162,11 +179,11 @@ impl TokenVerifier {
         metrics: Arc<Metrics>,
     ) -> Self {
         let cache = MokaCache::builder().max_capacity(100_000).time_to_live(ttl).build();
-        let revoked_for = ttl + longest_lookup;
-        let revoked = MokaCache::builder().max_capacity(100_000).time_to_live(revoked_for).build();
+        let changed_for = ttl + longest_lookup;
+        let changed = MokaCache::builder().max_capacity(100_000).time_to_live(changed_for).build();
         let lookups = Arc::new(Semaphore::new(lookups_at_once.max(1)));
-        let (revoked_until, epoch) = (Arc::default(), Instant::now());
-        Self { db, cache, revoked, revoked_until, epoch, revoked_for, lookups, metrics }
+        let (changed_until, every_token_forgotten_at, epoch) = (Arc::default(), Arc::default(), Instant::now());
+        Self { db, cache, changed, changed_until, every_token_forgotten_at, epoch, changed_for, lookups, metrics }
     }
 
     /// The principal behind `token`, or 401.
@@ -175,41 +192,48 @@ impl TokenVerifier {
             return Err(ApiError::unauthorized("the bearer token is not valid: tokens are `ort_` and 64 hex digits"));
         }
         let hash = hash_token(token);
-        let verified = match self.cache.get(&hash).await {
-            Some(entry) => {
+        if let Some(verification) = self.cache.get(&hash).await {
+            if self.is_current(&hash, verification).await {
                 self.metrics.auth_cache(true);
-                entry.ok_or_else(|| ApiError::unauthorized("the bearer token is unknown or revoked"))
+                return verification.principal.ok_or_else(unknown_or_revoked);
             }
-            None => self.verify_through_database(hash).await,
-        };
-        if verified.is_ok() && self.may_hold_revoked() && self.revoked.contains_key(&hash) {
-            return Err(ApiError::unauthorized("the bearer token is unknown or revoked"));
+            self.cache.invalidate(&hash).await;
         }
-        verified
+        self.verify_through_database(hash).await
     }
 
-    /// The cache's miss: the token is looked up (once, whoever else asks for it meanwhile).
-    /// Boxed, so the hit's future, which every cached GET carries, stays small.
+    /// The cache's miss: the token is looked up (once, whoever else asks for it meanwhile), again
+    /// while what the lookup found predates a change announced for the token. Boxed, so the hit's
+    /// future, which every cached GET carries, stays small.
     fn verify_through_database(&self, hash: [u8; 32]) -> BoxFuture<'_, Result<Principal, ApiError>> {
         async move {
-            let mut loaded = false;
-            let entry = self
-                .cache
-                .try_get_with(hash, async {
-                    loaded = true;
-                    let _turn = self.lookups.acquire().await.expect("the lookup semaphore is never closed");
-                    self.load(&hash).await
-                })
-                .await
-                .map_err(|error: Arc<LookupError>| match &*error {
-                    LookupError::Stored(unknown) => ApiError::from(unknown.clone()),
-                    LookupError::Db(error) => {
-                        tracing::warn!(%error, "cannot verify a bearer token");
-                        ApiError::unavailable("the token cannot be verified right now; retry later")
-                    }
-                })?;
-            self.metrics.auth_cache(!loaded);
-            entry.ok_or_else(|| ApiError::unauthorized("the bearer token is unknown or revoked"))
+            for _ in 0..LOOKUP_ROUNDS {
+                let mut loaded = false;
+                let verification = self
+                    .cache
+                    .try_get_with(hash, async {
+                        loaded = true;
+                        let _turn = self.lookups.acquire().await.expect("the lookup semaphore is never closed");
+                        let looked_up_at = self.now();
+                        let principal = self.load(&hash).await?;
+                        Ok(Verification { principal, looked_up_at })
+                    })
+                    .await
+                    .map_err(|error: Arc<LookupError>| match &*error {
+                        LookupError::Stored(unknown) => ApiError::from(unknown.clone()),
+                        LookupError::Db(error) => {
+                            tracing::warn!(%error, "cannot verify a bearer token");
+                            ApiError::unavailable("the token cannot be verified right now; retry later")
+                        }
+                    })?;
+                if self.is_current(&hash, verification).await {
+                    self.metrics.auth_cache(!loaded);
+                    return verification.principal.ok_or_else(unknown_or_revoked);
+                }
+                // Stored by a lookup that began before the latest change: nobody may use it.
+                self.cache.invalidate(&hash).await;
+            }
+            Err(ApiError::unavailable("the token changed while it was being verified; retry"))
         }
         .boxed()
     }
@@ -238,32 +262,52 @@ impl TokenVerifier {
         Ok(row.map(principal).transpose()?)
     }
 
-    /// Whether a token was revoked here recently enough for `revoked` to hold it still.
-    fn may_hold_revoked(&self) -> bool {
-        let until = self.revoked_until.load(Ordering::Acquire);
-        until != 0 && millis(self.epoch.elapsed()) < until
+    /// Whether `verification` of the token `hash` began after everything this process was told
+    /// changed about the token: only then may it be honoured.
+    async fn is_current(&self, hash: &[u8; 32], verification: Verification) -> bool {
+        if verification.looked_up_at <= self.every_token_forgotten_at.load(Ordering::Acquire) {
+            return false;
+        }
+        let until = self.changed_until.load(Ordering::Acquire);
+        if until == 0 || self.now() >= until {
+            return true;
+        }
+        self.changed.get(hash).await.is_none_or(|changed_at| verification.looked_up_at > changed_at)
     }
 
-    /// Forgets every cached verification: the next request of each token asks Postgres. A lookup
-    /// still running may store its answer afterwards, which then lives `ttl` as before.
+    /// Forgets every cached verification, and what a lookup still running may store: the next
+    /// request of each token asks Postgres.
     pub fn forget_every_token(&self) {
+        self.every_token_forgotten_at.fetch_max(self.now(), Ordering::Release);
         self.cache.invalidate_all();
     }
 
-    /// Forgets a token in this process at once (after it was revoked here or elsewhere), including
-    /// what a lookup still running may store for it.
+    /// Forgets a token in this process at once (after it was revoked or changed here or
+    /// elsewhere, and the change committed), including what a lookup still running may store
+    /// for it: the next request of the token asks Postgres.
     pub async fn forget(&self, hash: &[u8]) {
         if let Ok(hash) = <[u8; 32]>::try_from(hash) {
-            self.revoked.insert(hash, ()).await;
-            self.revoked_until.fetch_max(millis(self.epoch.elapsed() + self.revoked_for), Ordering::Release);
+            let now = self.now();
+            self.changed.insert(hash, now).await;
+            self.changed_until.fetch_max(now.saturating_add(nanos(self.changed_for)), Ordering::Release);
             self.cache.invalidate(&hash).await;
         }
     }
+
+    /// Nanoseconds since this verifier's epoch (at least 1: 0 stands for never).
+    fn now(&self) -> u64 {
+        nanos(self.epoch.elapsed()).max(1)
+    }
 }
 
-/// `duration` in whole milliseconds, rounded up, at least 1.
-fn millis(duration: Duration) -> u64 {
-    u64::try_from(duration.as_millis() + 1).unwrap_or(u64::MAX)
+/// `duration` in whole nanoseconds (saturating: 584 years).
+fn nanos(duration: Duration) -> u64 {
+    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// The answer to a token that is unknown, revoked, or of a deleted tenant.
+fn unknown_or_revoked() -> ApiError {
+    ApiError::unauthorized("the bearer token is unknown or revoked")
 }
 
 /// Creates a token for `tenant` and returns its id and secret (shown once).
@@ -309,24 +353,56 @@ pub async fn revoke_token(db: &impl ConnectionTrait, id: Uuid, tenant: Option<Uu
 
 #[cfg(test)]
 mod tests {
+    use openrisk_test_support::TestDatabase;
+
     use super::*;
 
+    /// A verifier trusting for a minute, on a new database holding one analyst token.
+    async fn analyst() -> (TestDatabase, TokenVerifier, String, [u8; 32]) {
+        let db = TestDatabase::create().await;
+        let conn = sea_orm::Database::connect(&db.url).await.unwrap();
+        let tenant = Uuid::new_v4();
+        conn.execute_unprepared(&format!("INSERT INTO tenants (id, slug, name) VALUES ('{tenant}', 'acme', 'Acme')"))
+            .await
+            .unwrap();
+        let (_, token) = create_token(&conn, tenant, Role::Analyst, "ci").await.unwrap();
+        let verifier = TokenVerifier::new(conn, Duration::from_secs(60), Duration::from_secs(20), 1, Arc::default());
+        let hash = hash_token(&token);
+        (db, verifier, token, hash)
+    }
+
+    /// Stores what a lookup that began at `began` (before a change was heard) found.
+    async fn stored_late(verifier: &TokenVerifier, hash: [u8; 32], principal: Principal, began: u64) {
+        verifier.cache.insert(hash, Verification { principal: Some(principal), looked_up_at: began }).await;
+    }
+
     #[tokio::test]
-    async fn a_token_revoked_here_is_refused_even_when_a_lookup_from_before_stores_it_after() {
-        let verifier = TokenVerifier::new(
-            DatabaseConnection::default(),
-            Duration::from_secs(60),
-            Duration::from_secs(20),
-            1,
-            Arc::default(),
-        );
-        let (token, hash) = generate_token();
-        let principal = Principal { token_id: Uuid::new_v4(), tenant_id: Uuid::new_v4(), role: Role::Viewer };
-        verifier.cache.insert(hash, Some(principal)).await;
-        assert_eq!(verifier.verify(&token).await.unwrap(), principal);
+    async fn a_token_changed_anywhere_is_looked_up_again_even_when_a_lookup_from_before_stores_it_after() {
+        let (db, verifier, token, hash) = analyst().await;
+        let analyst = verifier.verify(&token).await.unwrap();
+        assert_eq!(analyst.role, Role::Analyst);
+        let began = verifier.now();
+        db.connect().await.batch_execute("UPDATE api_tokens SET role = 'viewer'").await.unwrap();
         verifier.forget(&hash).await;
-        // The lookup that began before the revocation committed lands now.
-        verifier.cache.insert(hash, Some(principal)).await;
+        stored_late(&verifier, hash, analyst, began).await;
+        assert_eq!(verifier.verify(&token).await.unwrap().role, Role::Viewer, "looked up again");
+        assert_eq!(verifier.verify(&token).await.unwrap().role, Role::Viewer, "then trusted");
+
+        let began = verifier.now();
+        revoke_token(&verifier.db, analyst.token_id, None).await.unwrap();
+        verifier.forget(&hash).await;
+        stored_late(&verifier, hash, analyst, began).await;
+        assert!(matches!(verifier.verify(&token).await, Err(ApiError::Unauthorized(..))), "revoked");
+    }
+
+    #[tokio::test]
+    async fn forgetting_every_token_also_forgets_what_a_lookup_from_before_stores_after() {
+        let (db, verifier, token, hash) = analyst().await;
+        let analyst = verifier.verify(&token).await.unwrap();
+        let began = verifier.now();
+        db.connect().await.batch_execute("DELETE FROM api_tokens").await.unwrap();
+        verifier.forget_every_token();
+        stored_late(&verifier, hash, analyst, began).await;
         assert!(matches!(verifier.verify(&token).await, Err(ApiError::Unauthorized(..))));
     }
 }

@@ -1,8 +1,10 @@
-//! Revocations reach every API process the moment they commit. Each process trusts a token it
-//! verified for `cache.token_cache_secs`; migration 0014 announces every revocation (and every
-//! deletion or `TRUNCATE` of tokens) on a channel, and this task listens on it, on a connection
-//! of its own kept up with its own backoff, and has the verifier forget the token named once the
-//! database confirms it is no longer valid (any role that can connect may `NOTIFY`).
+//! Revocations, and every other change of a token, reach every API process the moment they
+//! commit. Each process trusts a token it verified for `cache.token_cache_secs`; migrations 14
+//! and 15 announce on a channel every change of what a verification reads (a revocation, another
+//! role or tenant, a deletion or `TRUNCATE`), and this task listens on it, on a connection of its
+//! own kept up with its own backoff, and has the verifier forget the token named: its next
+//! request looks it up again. An announcement is only ever a reason to ask Postgres (any role
+//! that can connect may `NOTIFY`), so a false one costs a lookup and locks nobody out.
 //!
 //! While no connection listens, a cached verification still ends within `token_cache_secs`, and
 //! each new connection forgets every cached verification: what was announced meanwhile is lost.
@@ -27,9 +29,6 @@ use crate::app::AppState;
 
 /// The query that names the channel, as the migrations define it.
 const CHANNEL_QUERY: &str = "SELECT api_token_channel()";
-/// Whether the token a hash names is gone or revoked: only then is an announcement acted on.
-const NO_LONGER_VALID: &str =
-    "SELECT NOT EXISTS (SELECT 1 FROM api_tokens WHERE token_hash = $1 AND revoked_at IS NULL)";
 /// How often a connection with nothing to relay checks that the application still runs.
 const LIVENESS_CHECK: Duration = Duration::from_secs(1);
 /// How long after a connection that could not hear the probe the next one is tried.
@@ -48,8 +47,6 @@ enum ListenError {
     Closed,
     #[error("the connection was not set up within {0:?}")]
     SetUpTimedOut(Duration),
-    #[error("a revocation was not confirmed within {0:?}")]
-    ConfirmTimedOut(Duration),
     #[error("the connection does not hear an announcement from another session within {0:?}")]
     Deaf(Duration),
 }
@@ -79,7 +76,6 @@ impl Drop for Listening {
 pub async fn follow(state: Weak<AppState>) {
     let mut delays = reconnect_backoff().build();
     while let Some((settings, pool)) = state.upgrade().map(|state| (state.settings.clone(), state.db.conn.clone())) {
-        let link = settings.database.link();
         let listening = listen(&settings, &pool).await;
         drop(pool);
         let pause = match listening {
@@ -89,7 +85,7 @@ pub async fn follow(state: Weak<AppState>) {
                 state_now.metrics.set_token_revocations_heard(true);
                 state_now.tokens.forget_every_token();
                 drop(state_now);
-                let ended = relay(listening, &state, link.connect_timeout).await;
+                let ended = relay(listening, &state).await;
                 let Some(state_now) = state.upgrade() else { return };
                 state_now.metrics.set_token_revocations_heard(false);
                 if let Err(error) = ended {
@@ -189,10 +185,9 @@ async fn subscribe(client: &Client) -> Result<(), ListenError> {
     Ok(())
 }
 
-/// Has the verifier forget each token announced and confirmed, until the connection fails or a
-/// confirmation takes longer than `limit` (`Err`: the next connection forgets every token), or
-/// the application is gone (`Ok`).
-async fn relay(mut listening: Listening, state: &Weak<AppState>, limit: Duration) -> Result<(), ListenError> {
+/// Has the verifier forget each token announced, until the connection fails (`Err`: the next
+/// connection forgets every token) or the application is gone (`Ok`).
+async fn relay(mut listening: Listening, state: &Weak<AppState>) -> Result<(), ListenError> {
     let mut liveness = tokio::time::interval(LIVENESS_CHECK);
     loop {
         tokio::select! {
@@ -201,16 +196,7 @@ async fn relay(mut listening: Listening, state: &Weak<AppState>, limit: Duration
                 let Some(state) = state.upgrade() else { return Ok(()) };
                 match hash_announced(&announcement) {
                     Announced::EveryToken => state.tokens.forget_every_token(),
-                    Announced::Token(hash) => {
-                        let hash_bytes = hash.as_slice();
-                        let parameters: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&hash_bytes];
-                        let confirm = listening.client.query_one(NO_LONGER_VALID, &parameters);
-                        let confirmed = tokio::time::timeout(limit, confirm).await;
-                        let gone = confirmed.map_err(|_| ListenError::ConfirmTimedOut(limit))??;
-                        if gone.get::<_, bool>(0) {
-                            state.tokens.forget(&hash).await;
-                        }
-                    }
+                    Announced::Token(hash) => state.tokens.forget(&hash).await,
                     Announced::Nothing => {}
                 }
             }

@@ -228,7 +228,15 @@ async fn missing_bad_and_revoked_tokens_are_401_and_weak_roles_403() {
         .execute("UPDATE api_tokens SET revoked_at = now() WHERE token_hash = $1", &[&hash])
         .await
         .unwrap();
-    until_refused(&app.client, &app.url, &app.a.viewer, Duration::from_secs(15)).await;
+    until_refused(
+        &app.client,
+        &app.url,
+        "/api/v1/risks",
+        &app.a.viewer,
+        StatusCode::UNAUTHORIZED,
+        Duration::from_secs(15),
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -308,23 +316,30 @@ async fn custom_field_numbers_that_would_swell_once_stored_are_refused() {
     assert_eq!(values, [301, 302, 302, 4], "stored without exponents: {values:?}");
 }
 
-/// GETs `/api/v1/risks` from `url` with `token` until the answer is 401; panics when that takes
-/// longer than `bound`.
-async fn until_refused(client: &reqwest::Client, url: &str, token: &str, bound: Duration) {
+/// GETs `path` from `url` with `token` until the answer is `refusal` (200 until then); panics
+/// when that takes longer than `bound`.
+async fn until_refused(
+    client: &reqwest::Client,
+    url: &str,
+    path: &str,
+    token: &str,
+    refusal: StatusCode,
+    bound: Duration,
+) {
     let deadline = tokio::time::Instant::now() + bound;
     loop {
-        let status = client.get(format!("{url}/api/v1/risks")).bearer_auth(token).send().await.unwrap().status();
-        if status == StatusCode::UNAUTHORIZED {
+        let status = client.get(format!("{url}{path}")).bearer_auth(token).send().await.unwrap().status();
+        if status == refusal {
             return;
         }
         assert_eq!(status, StatusCode::OK);
-        assert!(tokio::time::Instant::now() < deadline, "a revoked token still works after {bound:?}");
+        assert!(tokio::time::Instant::now() < deadline, "{path} is still served after {bound:?}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
 #[tokio::test]
-async fn a_revocation_committed_anywhere_is_refused_at_once_by_every_api_process() {
+async fn a_revocation_or_another_role_committed_anywhere_takes_effect_at_once_in_every_api_process() {
     let trust_a_minute = |settings: &mut openrisk_shared::Settings| settings.cache.token_cache_secs = 60;
     let app = spawn_app_with(RedisNamespace::new(), trust_a_minute, AppOptions::default()).await;
     let other = openrisk_api::Application::spawn(app.app.state.settings.clone(), AppOptions::default()).await.unwrap();
@@ -334,30 +349,41 @@ async fn a_revocation_committed_anywhere_is_refused_at_once_by_every_api_process
         }
     };
     tokio::time::timeout(Duration::from_secs(30), listening).await.expect("the other process listens");
-    // The other process has verified (and so trusts for a minute) both tokens.
+    // The other process has verified (and so trusts for a minute) every token, the admin's as
+    // an admin.
+    let read = |path: &'static str, token: &String| app.client.get(format!("{}{path}", other.url())).bearer_auth(token);
     for token in [&app.a.viewer, &app.a.analyst] {
-        let read = app.client.get(format!("{}/api/v1/risks", other.url())).bearer_auth(token).send().await.unwrap();
-        assert_eq!(read.status(), StatusCode::OK);
+        assert_eq!(read("/api/v1/risks", token).send().await.unwrap().status(), StatusCode::OK);
     }
+    assert_eq!(read("/api/v1/tokens", &app.a.admin).send().await.unwrap().status(), StatusCode::OK);
 
-    // An announcement of a token that is still valid (anyone connected may NOTIFY) is ignored;
-    // then the viewer's token is revoked by hand, as `openrisk-api token revoke` does.
+    // An announcement of a token that did not change (anyone connected may NOTIFY) costs a
+    // lookup and locks nobody out; then the viewer's token is revoked by hand, as `openrisk-api
+    // token revoke` does.
+    let other_url = other.url();
+    let refused_by_other = async |path: &str, token: &str, refusal: StatusCode| {
+        until_refused(&app.client, &other_url, path, token, refusal, Duration::from_secs(5)).await
+    };
     let sql = app.db.connect().await;
     let spoofed = hex::encode(openrisk_api::auth::hash_token(&app.a.analyst));
     sql.execute("SELECT pg_notify(api_token_channel(), $1)", &[&spoofed]).await.unwrap();
     let hash = openrisk_api::auth::hash_token(&app.a.viewer).to_vec();
     sql.execute("UPDATE api_tokens SET revoked_at = now() WHERE token_hash = $1", &[&hash]).await.unwrap();
-    until_refused(&app.client, &other.url(), &app.a.viewer, Duration::from_secs(5)).await;
-    let read =
-        app.client.get(format!("{}/api/v1/risks", other.url())).bearer_auth(&app.a.analyst).send().await.unwrap();
-    assert_eq!(read.status(), StatusCode::OK, "announced before the viewer's revocation, and not acted on");
+    refused_by_other("/api/v1/risks", &app.a.viewer, StatusCode::UNAUTHORIZED).await;
+    let analyst_reads = read("/api/v1/risks", &app.a.analyst).send().await.unwrap();
+    assert_eq!(analyst_reads.status(), StatusCode::OK, "announced before the viewer's revocation, and still valid");
     // Revoked through the first process's API.
     let hash = openrisk_api::auth::hash_token(&app.a.analyst).to_vec();
     let id: uuid::Uuid =
         sql.query_one("SELECT id FROM api_tokens WHERE token_hash = $1", &[&hash]).await.unwrap().get(0);
     let revoked = app.request(Method::DELETE, &format!("/api/v1/tokens/{id}"), &app.a.admin).send().await.unwrap();
     assert_eq!(revoked.status(), StatusCode::NO_CONTENT);
-    until_refused(&app.client, &other.url(), &app.a.analyst, Duration::from_secs(5)).await;
+    refused_by_other("/api/v1/risks", &app.a.analyst, StatusCode::UNAUTHORIZED).await;
+    // The admin demoted by hand: still a valid token, no longer an admin's.
+    let hash = openrisk_api::auth::hash_token(&app.a.admin).to_vec();
+    sql.execute("UPDATE api_tokens SET role = 'viewer' WHERE token_hash = $1", &[&hash]).await.unwrap();
+    refused_by_other("/api/v1/tokens", &app.a.admin, StatusCode::FORBIDDEN).await;
+    assert_eq!(read("/api/v1/risks", &app.a.admin).send().await.unwrap().status(), StatusCode::OK);
 }
 
 #[tokio::test]

@@ -1,5 +1,6 @@
-//! Revocations, deletions and a `TRUNCATE` of tokens are announced when they commit, each with
-//! the token's SHA-256 in hex (empty for every token), and nothing else is (migration 14).
+//! Every change of what a verification reads (a revocation, another role, tenant or hash), a
+//! deletion and a `TRUNCATE` of tokens are announced when they commit, each with the token's
+//! SHA-256 in hex (empty for every token), and nothing else is (migrations 14 and 15).
 
 mod common;
 
@@ -39,10 +40,10 @@ async fn announced(client: &Client, payloads: &mut mpsc::UnboundedReceiver<Strin
 }
 
 #[tokio::test]
-async fn a_revocation_a_deletion_and_a_truncate_of_tokens_are_announced_once_they_commit() {
+async fn every_change_a_verification_reads_a_deletion_and_a_truncate_of_tokens_are_announced_once_they_commit() {
     let db = TestDatabase::create().await;
     let sql = db.connect().await;
-    let (a, b) = (tenant(&sql, "acme").await, tenant(&sql, "bolt").await);
+    let (a, b, c) = (tenant(&sql, "acme").await, tenant(&sql, "bolt").await, tenant(&sql, "coil").await);
     let hash = |byte: u8| format!("{byte:02x}").repeat(32);
     sql.batch_execute(&format!(
         "INSERT INTO api_tokens (tenant_id, token_hash, role) VALUES
@@ -71,6 +72,16 @@ async fn a_revocation_a_deletion_and_a_truncate_of_tokens_are_announced_once_the
         hash(3)
     );
     assert_eq!(announced(&sql, &mut payloads, &elsewhere).await, [hash(3)], "whatever the search_path");
+    let demoted = format!("UPDATE api_tokens SET role = 'viewer' WHERE token_hash = '\\x{}'", hash(3));
+    assert_eq!(announced(&sql, &mut payloads, &demoted).await, [hash(3)], "another role");
+    let moved = format!("UPDATE api_tokens SET tenant_id = '{c}' WHERE token_hash = '\\x{}'", hash(3));
+    assert_eq!(announced(&sql, &mut payloads, &moved).await, [hash(3)], "another tenant");
+    let reissued = format!("UPDATE api_tokens SET token_hash = '\\x{}' WHERE token_hash = '\\x{}'", hash(5), hash(3));
+    assert_eq!(announced(&sql, &mut payloads, &reissued).await, [hash(3), hash(5)], "another hash: both");
+    let restored = format!("UPDATE api_tokens SET revoked_at = NULL WHERE token_hash = '\\x{}'", hash(5));
+    assert_eq!(announced(&sql, &mut payloads, &restored).await, [hash(5)], "valid again");
+    let unchanged = format!("UPDATE api_tokens SET name = 'renamed', role = role WHERE token_hash = '\\x{}'", hash(5));
+    assert_eq!(announced(&sql, &mut payloads, &unchanged).await, Vec::<String>::new(), "nothing verified changed");
     assert_eq!(announced(&sql, &mut payloads, "TRUNCATE api_tokens").await, [""]);
     drop(listening);
 }

@@ -67,7 +67,8 @@ impl TokensApi {
 
     /// Revoke a token
     ///
-    /// Takes effect at once in this process and within the token-cache period everywhere.
+    /// Takes effect at once in every API process (within the token-cache period in one that
+    /// cannot hear announcements from the database).
     #[oai(path = "/tokens/:id", method = "delete", operation_id = "revokeToken")]
     async fn revoke(
         &self,
