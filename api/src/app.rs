@@ -116,7 +116,7 @@ impl AppState {
         }
         let token_ttl = Duration::from_secs(settings.cache.token_cache_secs);
         let lookups_at_once = pool.max_connections as usize / TOKEN_LOOKUP_SHARE_OF_POOL;
-        let tokens = TokenVerifier::new(conn.clone(), token_ttl, longest_miss, lookups_at_once, metrics.clone());
+        let tokens = TokenVerifier::new(conn.clone(), token_ttl, lookups_at_once, metrics.clone());
         let longest_ttl = settings.cache.ttl_secs * (100 + u64::from(settings.cache.ttl_jitter_percent)) / 100;
         let variant_budget = VariantBudget::new(settings.cache.max_entries_per_route, Duration::from_secs(longest_ttl));
         let db = Db::new(conn, metrics.clone());

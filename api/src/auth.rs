@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use moka::future::Cache as MokaCache;
+use moka::ops::compute::Op;
 use poem::Request;
 use poem_openapi::auth::Bearer;
 use poem_openapi::{Enum, SecurityScheme};
@@ -138,29 +139,28 @@ struct Verification {
     looked_up_at: u64,
 }
 
-/// How many lookups one request may start for a token that keeps being announced changed
-/// meanwhile, before it is answered 503 rather than with what an older lookup read.
+/// How many lookups one request waits for. The first may be one that began before a change the
+/// request must see (it joins whatever lookup of the token is running); the second began after
+/// the request did, so a third is never needed.
 const LOOKUP_ROUNDS: usize = 2;
+
+/// How many change times [`TokenVerifier`] keeps: tokens whose hashes share a slot share its
+/// time, which costs one of them a lookup and never loses a change, in a fixed 32 KiB however
+/// many announcements arrive.
+const CHANGE_SLOTS: usize = 4096;
 
 /// Verifies bearer tokens against Postgres through a short-lived in-process cache.
 #[derive(Debug, Clone)]
 pub struct TokenVerifier {
     db: DatabaseConnection,
     cache: MokaCache<[u8; 32], Verification>,
-    /// When each token this process was told had changed was last told so (ns after `epoch`),
-    /// kept as long as a verification stored after that may live (`ttl` and the longest lookup):
-    /// a lookup that began before the change committed can store what it read after
-    /// [`TokenVerifier::forget`] removed the token, and this keeps that from being honoured.
-    changed: MokaCache<[u8; 32], u64>,
-    /// Until when (ns after `epoch`; 0: never) `changed` may hold a token: outside that time no
-    /// request pays the look into it (about 1 % of a cached GET's instructions).
-    changed_until: Arc<AtomicU64>,
-    /// When every token was last forgotten (ns after `epoch`): no verification from a lookup
-    /// that began before it is honoured.
+    /// When a token of each slot ([`slot`]) was last announced changed (ns after `epoch`; 0:
+    /// never). A lookup that began before a change committed may store what it read after
+    /// [`TokenVerifier::forget`]; no verification that began before its slot's time is honoured.
+    changed: Arc<[AtomicU64]>,
+    /// When every token was last forgotten (ns after `epoch`), with the same effect on all.
     every_token_forgotten_at: Arc<AtomicU64>,
     epoch: Instant,
-    /// How long a token stays in `changed`.
-    changed_for: Duration,
     /// Lookups in Postgres that may run at once. Every new well-formed token costs one, so a
     /// client inventing tokens would otherwise take every pooled connection from every tenant;
     /// bounded, it delays only other lookups of tokens not yet cached.
@@ -169,45 +169,42 @@ pub struct TokenVerifier {
 }
 
 impl TokenVerifier {
-    /// A verifier whose answers live `ttl`, running at most `lookups_at_once` lookups at once,
-    /// none longer than `longest_lookup` (the request timeout: a lookup runs for its requests).
-    pub fn new(
-        db: DatabaseConnection,
-        ttl: Duration,
-        longest_lookup: Duration,
-        lookups_at_once: usize,
-        metrics: Arc<Metrics>,
-    ) -> Self {
+    /// A verifier whose answers live `ttl`, running at most `lookups_at_once` lookups at once.
+    pub fn new(db: DatabaseConnection, ttl: Duration, lookups_at_once: usize, metrics: Arc<Metrics>) -> Self {
         let cache = MokaCache::builder().max_capacity(100_000).time_to_live(ttl).build();
-        let changed_for = ttl + longest_lookup;
-        let changed = MokaCache::builder().max_capacity(100_000).time_to_live(changed_for).build();
+        let changed = (0..CHANGE_SLOTS).map(|_| AtomicU64::new(0)).collect();
         let lookups = Arc::new(Semaphore::new(lookups_at_once.max(1)));
-        let (changed_until, every_token_forgotten_at, epoch) = (Arc::default(), Arc::default(), Instant::now());
-        Self { db, cache, changed, changed_until, every_token_forgotten_at, epoch, changed_for, lookups, metrics }
+        let (every_token_forgotten_at, epoch) = (Arc::default(), Instant::now());
+        Self { db, cache, changed, every_token_forgotten_at, epoch, lookups, metrics }
     }
 
     /// The principal behind `token`, or 401.
+    ///
+    /// Answered from a verification whose lookup began after every change of the token heard
+    /// before this call. A change heard while the call runs may or may not be seen: the request
+    /// overlaps it, and however many announcements arrive meanwhile, none turns the request away.
     pub async fn verify(&self, token: &str) -> Result<Principal, ApiError> {
         if !is_well_formed_token(token) {
             return Err(ApiError::unauthorized("the bearer token is not valid: tokens are `ort_` and 64 hex digits"));
         }
         let hash = hash_token(token);
-        if let Some(verification) = self.cache.get(&hash).await {
-            if self.is_current(&hash, verification).await {
-                self.metrics.auth_cache(true);
-                return verification.principal.ok_or_else(unknown_or_revoked);
-            }
-            self.cache.invalidate(&hash).await;
+        let heard = self.last_change_heard(&hash);
+        if let Some(verification) = self.cache.get(&hash).await
+            && verification.looked_up_at > heard
+        {
+            self.metrics.auth_cache(true);
+            return verification.principal.ok_or_else(unknown_or_revoked);
         }
-        self.verify_through_database(hash).await
+        self.verify_through_database(hash, heard).await
     }
 
-    /// The cache's miss: the token is looked up (once, whoever else asks for it meanwhile), again
-    /// while what the lookup found predates a change announced for the token. Boxed, so the hit's
-    /// future, which every cached GET carries, stays small.
-    fn verify_through_database(&self, hash: [u8; 32]) -> BoxFuture<'_, Result<Principal, ApiError>> {
+    /// The cache's miss, or a verification from before the change `heard`: the token is looked
+    /// up (once, whoever else asks for it meanwhile). Boxed, so the hit's future, which every
+    /// cached GET carries, stays small.
+    fn verify_through_database(&self, hash: [u8; 32], heard: u64) -> BoxFuture<'_, Result<Principal, ApiError>> {
         async move {
             for _ in 0..LOOKUP_ROUNDS {
+                self.remove_if_older(hash, heard).await;
                 let mut loaded = false;
                 let verification = self
                     .cache
@@ -226,16 +223,26 @@ impl TokenVerifier {
                             ApiError::unavailable("the token cannot be verified right now; retry later")
                         }
                     })?;
-                if self.is_current(&hash, verification).await {
+                if verification.looked_up_at > heard {
                     self.metrics.auth_cache(!loaded);
                     return verification.principal.ok_or_else(unknown_or_revoked);
                 }
-                // Stored by a lookup that began before the latest change: nobody may use it.
-                self.cache.invalidate(&hash).await;
             }
-            Err(ApiError::unavailable("the token changed while it was being verified; retry"))
+            Err(ApiError::unavailable("the token could not be verified after a change; retry"))
         }
         .boxed()
+    }
+
+    /// Removes the verification of `hash` if its lookup began by `heard`, and leaves a newer one
+    /// that another request may have stored meanwhile.
+    async fn remove_if_older(&self, hash: [u8; 32], heard: u64) {
+        self.cache
+            .entry(hash)
+            .and_compute_with(|entry| {
+                let older = entry.is_some_and(|entry| entry.value().looked_up_at <= heard);
+                std::future::ready(if older { Op::Remove } else { Op::Nop })
+            })
+            .await;
     }
 
     /// Looks the token up (one read) and stamps `last_used_at` in the background, so the
@@ -262,17 +269,10 @@ impl TokenVerifier {
         Ok(row.map(principal).transpose()?)
     }
 
-    /// Whether `verification` of the token `hash` began after everything this process was told
-    /// changed about the token: only then may it be honoured.
-    async fn is_current(&self, hash: &[u8; 32], verification: Verification) -> bool {
-        if verification.looked_up_at <= self.every_token_forgotten_at.load(Ordering::Acquire) {
-            return false;
-        }
-        let until = self.changed_until.load(Ordering::Acquire);
-        if until == 0 || self.now() >= until {
-            return true;
-        }
-        self.changed.get(hash).await.is_none_or(|changed_at| verification.looked_up_at > changed_at)
+    /// When a change of the token `hash` (or of every token) was last heard, ns after `epoch`.
+    fn last_change_heard(&self, hash: &[u8; 32]) -> u64 {
+        let token = self.changed[slot(hash)].load(Ordering::Acquire);
+        token.max(self.every_token_forgotten_at.load(Ordering::Acquire))
     }
 
     /// Forgets every cached verification, and what a lookup still running may store: the next
@@ -285,24 +285,21 @@ impl TokenVerifier {
     /// Forgets a token in this process at once (after it was revoked or changed here or
     /// elsewhere, and the change committed), including what a lookup still running may store
     /// for it: the next request of the token asks Postgres.
-    pub async fn forget(&self, hash: &[u8]) {
+    pub fn forget(&self, hash: &[u8]) {
         if let Ok(hash) = <[u8; 32]>::try_from(hash) {
-            let now = self.now();
-            self.changed.insert(hash, now).await;
-            self.changed_until.fetch_max(now.saturating_add(nanos(self.changed_for)), Ordering::Release);
-            self.cache.invalidate(&hash).await;
+            self.changed[slot(&hash)].fetch_max(self.now(), Ordering::Release);
         }
     }
 
     /// Nanoseconds since this verifier's epoch (at least 1: 0 stands for never).
     fn now(&self) -> u64 {
-        nanos(self.epoch.elapsed()).max(1)
+        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX).max(1)
     }
 }
 
-/// `duration` in whole nanoseconds (saturating: 584 years).
-fn nanos(duration: Duration) -> u64 {
-    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
+/// The slot of [`TokenVerifier::changed`] that holds the change time of the token `hash`.
+fn slot(hash: &[u8; 32]) -> usize {
+    usize::from(u16::from_le_bytes([hash[0], hash[1]])) % CHANGE_SLOTS
 }
 
 /// The answer to a token that is unknown, revoked, or of a deleted tenant.
@@ -366,7 +363,7 @@ mod tests {
             .await
             .unwrap();
         let (_, token) = create_token(&conn, tenant, Role::Analyst, "ci").await.unwrap();
-        let verifier = TokenVerifier::new(conn, Duration::from_secs(60), Duration::from_secs(20), 1, Arc::default());
+        let verifier = TokenVerifier::new(conn, Duration::from_secs(60), 1, Arc::default());
         let hash = hash_token(&token);
         (db, verifier, token, hash)
     }
@@ -383,16 +380,64 @@ mod tests {
         assert_eq!(analyst.role, Role::Analyst);
         let began = verifier.now();
         db.connect().await.batch_execute("UPDATE api_tokens SET role = 'viewer'").await.unwrap();
-        verifier.forget(&hash).await;
+        verifier.forget(&hash);
         stored_late(&verifier, hash, analyst, began).await;
         assert_eq!(verifier.verify(&token).await.unwrap().role, Role::Viewer, "looked up again");
         assert_eq!(verifier.verify(&token).await.unwrap().role, Role::Viewer, "then trusted");
 
         let began = verifier.now();
         revoke_token(&verifier.db, analyst.token_id, None).await.unwrap();
-        verifier.forget(&hash).await;
+        verifier.forget(&hash);
         stored_late(&verifier, hash, analyst, began).await;
         assert!(matches!(verifier.verify(&token).await, Err(ApiError::Unauthorized(..))), "revoked");
+    }
+
+    #[tokio::test]
+    async fn a_request_that_joins_a_lookup_from_before_a_change_waits_for_one_from_after_it() {
+        let (db, verifier, token, hash) = analyst().await;
+        let analyst = verifier.verify(&token).await.unwrap();
+        verifier.forget_every_token();
+        // A lookup that began before the change, still running when the change is heard (with
+        // the lookups' own error type: the cache only lets lookups of one type join each other).
+        let (began, (release, released)) = (verifier.now(), tokio::sync::oneshot::channel::<()>());
+        let before = verifier.clone();
+        let running = tokio::spawn(async move {
+            let lookup = async move {
+                released.await.unwrap();
+                Ok::<_, LookupError>(Verification { principal: Some(analyst), looked_up_at: began })
+            };
+            before.cache.try_get_with(hash, lookup).await.unwrap()
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        db.connect().await.batch_execute("UPDATE api_tokens SET role = 'viewer'").await.unwrap();
+        verifier.forget(&hash);
+        let joining = tokio::spawn({
+            let verifier = verifier.clone();
+            async move { verifier.verify(&token).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        release.send(()).unwrap();
+        assert_eq!(running.await.unwrap().principal.unwrap().role, Role::Analyst, "the old lookup read the old role");
+        assert_eq!(joining.await.unwrap().unwrap().role, Role::Viewer);
+    }
+
+    #[tokio::test]
+    async fn announcements_heard_while_a_request_runs_never_turn_it_away() {
+        let (_db, verifier, token, hash) = analyst().await;
+        let announcing = tokio::spawn({
+            let verifier = verifier.clone();
+            async move {
+                loop {
+                    verifier.forget(&hash);
+                    verifier.forget_every_token();
+                    tokio::task::yield_now().await;
+                }
+            }
+        });
+        for _ in 0..50 {
+            assert_eq!(verifier.verify(&token).await.unwrap().role, Role::Analyst);
+        }
+        announcing.abort();
     }
 
     #[tokio::test]

@@ -196,7 +196,7 @@ async fn relay(mut listening: Listening, state: &Weak<AppState>) -> Result<(), L
                 let Some(state) = state.upgrade() else { return Ok(()) };
                 match hash_announced(&announcement) {
                     Announced::EveryToken => state.tokens.forget_every_token(),
-                    Announced::Token(hash) => state.tokens.forget(&hash).await,
+                    Announced::Token(hash) => state.tokens.forget(&hash),
                     Announced::Nothing => {}
                 }
             }

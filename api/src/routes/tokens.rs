@@ -79,7 +79,7 @@ impl TokensApi {
         let state = caller.admin()?;
         let revoked = state.db.timed("token_revoke", revoke_token(&state.db.conn, id.0, Some(caller.tenant()))).await?;
         let hash = revoked.ok_or_else(|| ApiError::not_found("token", id.0))?;
-        state.tokens.forget(&hash).await;
+        state.tokens.forget(&hash);
         Ok(NoContent::Done)
     }
 }

@@ -243,7 +243,7 @@ mod tests {
     fn bad_values_are_named_in_the_error() {
         /// Environment, file and the words the error must name.
         type Case<'a> = (&'a [(&'a str, &'a str)], Option<&'a str>, &'a [&'a str]);
-        let cases: [Case; 11] = [
+        let cases: [Case; 13] = [
             (&[("API_ADDR", "not-an-address")], None, &["api_addr"]),
             (&[("OPENRISK_PROFILE", "huge")], None, &["profile", "staging"]),
             (&[("OPENRISK_CACHE__TTL_JITTER_PERCENT", "90")], None, &["ttl_jitter_percent"]),
@@ -254,6 +254,8 @@ mod tests {
             (&[("OPENRISK_POOL__IDLE_TIMEOUT_SECS", "0")], None, &["idle_timeout_secs"]),
             (&[("OPENRISK_POOL__MAX_LIFETIME_SECS", "0")], None, &["max_lifetime_secs"]),
             (&[("OPENRISK_POOL__ACQUIRE_TIMEOUT_MS", "0")], None, &["acquire_timeout_ms"]),
+            (&[("OPENRISK_CACHE__MAX_ENTRY_BYTES", "0")], None, &["max_entry_bytes", "1024", "cache.enabled"]),
+            (&[("OPENRISK_DATABASE__LISTEN_URL", "pgbouncer:6432")], None, &["listen_url", "postgres://"]),
             (&[], Some("[cache]\nttl_seconds = 5\n"), &["ttl_seconds"]),
         ];
         for (env, file, named) in cases {

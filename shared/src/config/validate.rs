@@ -14,21 +14,28 @@ pub const MAX_TTL_SECS: u64 = 365 * 24 * 3600;
 /// Postgres takes as a 32-bit count of milliseconds.
 pub const MAX_POLL_INTERVAL_MS: u64 = i32::MAX as u64;
 
+/// Smallest `cache.max_entry_bytes`: below it not even a small risk fits, and every read would go
+/// to Postgres while the cache looked enabled.
+pub const MIN_ENTRY_BYTES: u32 = 1024;
+
+/// Whether `url` names a Postgres server (the scheme libpq and tokio-postgres accept).
+fn is_postgres_url(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
+}
+
 impl Settings {
     /// Checks the cross-field and range rules; the first broken one is the error.
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
         let rule = |ok: bool, message: &str| if ok { Ok(()) } else { Err(ConfigError::Rule(message.into())) };
-        rule(
-            self.database_url.starts_with("postgres://") || self.database_url.starts_with("postgresql://"),
-            "database_url must be a postgres:// URL",
-        )?;
+        rule(is_postgres_url(&self.database_url), "database_url must be a postgres:// URL")?;
         RedisTarget::parse(&self.redis_url).map_err(|error| ConfigError::Rule(error.to_string()))?;
         rule(
-            self.database
-                .replica_urls
-                .iter()
-                .all(|url| url.starts_with("postgres://") || url.starts_with("postgresql://")),
+            self.database.replica_urls.iter().all(|url| is_postgres_url(url)),
             "database.replica_urls must all be postgres:// URLs",
+        )?;
+        rule(
+            self.database.listen_url.as_deref().is_none_or(|url| url.is_empty() || is_postgres_url(url)),
+            "database.listen_url must be a postgres:// URL (or empty: the API listens through database_url)",
         )?;
         rule(self.database.replica_max_lag_ms >= 1, "database.replica_max_lag_ms must be at least 1")?;
         rule(self.database.replica_check_interval_ms >= 1, "database.replica_check_interval_ms must be at least 1")?;
@@ -57,6 +64,13 @@ impl Settings {
         )?;
         rule(self.cache.ttl_jitter_percent <= 50, "cache.ttl_jitter_percent must be at most 50")?;
         rule(self.cache.redis_timeout_ms >= 1, "cache.redis_timeout_ms must be at least 1")?;
+        rule(
+            self.cache.max_entry_bytes >= MIN_ENTRY_BYTES,
+            &format!(
+                "cache.max_entry_bytes must be at least {MIN_ENTRY_BYTES}: no response is smaller \
+                 (cache.enabled = false switches the cache off)"
+            ),
+        )?;
         rule(
             self.cache.token_cache_secs <= MAX_TOKEN_CACHE_SECS,
             &format!(
