@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use moka::future::Cache as MokaCache;
-use moka::ops::compute::Op;
+use moka::ops::compute::{CompResult, Op};
 use poem::Request;
 use poem_openapi::auth::Bearer;
 use poem_openapi::{Enum, SecurityScheme};
@@ -139,11 +139,6 @@ struct Verification {
     looked_up_at: u64,
 }
 
-/// How many lookups one request waits for. The first may be one that began before a change the
-/// request must see (it joins whatever lookup of the token is running); the second began after
-/// the request did, so a third is never needed.
-const LOOKUP_ROUNDS: usize = 2;
-
 /// How many change times [`TokenVerifier`] keeps: tokens whose hashes share a slot share its
 /// time, which costs one of them a lookup and never loses a change, in a fixed 32 KiB however
 /// many announcements arrive.
@@ -199,50 +194,42 @@ impl TokenVerifier {
     }
 
     /// The cache's miss, or a verification from before the change `heard`: the token is looked
-    /// up (once, whoever else asks for it meanwhile). Boxed, so the hit's future, which every
-    /// cached GET carries, stays small.
+    /// up, once whoever else asks for it meanwhile. Lookups of a token queue behind each other
+    /// (the cache runs one computation of a key at a time), so a request finds either a
+    /// verification from a lookup that began after `heard`, which it keeps, or none, and then
+    /// looks up itself. Boxed, so the hit's future, which every cached GET carries, stays small.
     fn verify_through_database(&self, hash: [u8; 32], heard: u64) -> BoxFuture<'_, Result<Principal, ApiError>> {
         async move {
-            for _ in 0..LOOKUP_ROUNDS {
-                self.remove_if_older(hash, heard).await;
-                let mut loaded = false;
-                let verification = self
-                    .cache
-                    .try_get_with(hash, async {
-                        loaded = true;
-                        let _turn = self.lookups.acquire().await.expect("the lookup semaphore is never closed");
-                        let looked_up_at = self.now();
-                        let principal = self.load(&hash).await?;
-                        Ok(Verification { principal, looked_up_at })
-                    })
-                    .await
-                    .map_err(|error: Arc<LookupError>| match &*error {
-                        LookupError::Stored(unknown) => ApiError::from(unknown.clone()),
-                        LookupError::Db(error) => {
-                            tracing::warn!(%error, "cannot verify a bearer token");
-                            ApiError::unavailable("the token cannot be verified right now; retry later")
-                        }
-                    })?;
-                if verification.looked_up_at > heard {
-                    self.metrics.auth_cache(!loaded);
-                    return verification.principal.ok_or_else(unknown_or_revoked);
-                }
-            }
-            Err(ApiError::unavailable("the token could not be verified after a change; retry"))
+            let computed = self
+                .cache
+                .entry(hash)
+                .and_try_compute_with(|current| async move {
+                    if current.is_some_and(|entry| entry.value().looked_up_at > heard) {
+                        return Ok(Op::Nop);
+                    }
+                    let _turn = self.lookups.acquire().await.expect("the lookup semaphore is never closed");
+                    let looked_up_at = self.now();
+                    let principal = self.load(&hash).await?;
+                    Ok(Op::Put(Verification { principal, looked_up_at }))
+                })
+                .await
+                .map_err(|error| match error {
+                    LookupError::Stored(unknown) => ApiError::from(unknown),
+                    LookupError::Db(error) => {
+                        tracing::warn!(%error, "cannot verify a bearer token");
+                        ApiError::unavailable("the token cannot be verified right now; retry later")
+                    }
+                })?;
+            let (verification, looked_up) = match computed {
+                CompResult::Unchanged(kept) => (kept.into_value(), false),
+                CompResult::Inserted(stored) | CompResult::ReplacedWith(stored) => (stored.into_value(), true),
+                // Not returned: the computation keeps an entry it saw or stores one.
+                CompResult::StillNone(_) | CompResult::Removed(_) => return Err(ApiError::internal()),
+            };
+            self.metrics.auth_cache(!looked_up);
+            verification.principal.ok_or_else(unknown_or_revoked)
         }
         .boxed()
-    }
-
-    /// Removes the verification of `hash` if its lookup began by `heard`, and leaves a newer one
-    /// that another request may have stored meanwhile.
-    async fn remove_if_older(&self, hash: [u8; 32], heard: u64) {
-        self.cache
-            .entry(hash)
-            .and_compute_with(|entry| {
-                let older = entry.is_some_and(|entry| entry.value().looked_up_at <= heard);
-                std::future::ready(if older { Op::Remove } else { Op::Nop })
-            })
-            .await;
     }
 
     /// Looks the token up (one read) and stamps `last_used_at` in the background, so the
@@ -393,32 +380,32 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_request_that_joins_a_lookup_from_before_a_change_waits_for_one_from_after_it() {
+    async fn a_request_queued_behind_a_lookup_from_before_a_change_looks_up_again() {
         let (db, verifier, token, hash) = analyst().await;
         let analyst = verifier.verify(&token).await.unwrap();
         verifier.forget_every_token();
-        // A lookup that began before the change, still running when the change is heard (with
-        // the lookups' own error type: the cache only lets lookups of one type join each other).
+        // A lookup that began before the change, still running when the change is heard: the
+        // request queues behind it and then finds what it stored.
         let (began, (release, released)) = (verifier.now(), tokio::sync::oneshot::channel::<()>());
         let before = verifier.clone();
         let running = tokio::spawn(async move {
-            let lookup = async move {
+            let lookup = |_| async move {
                 released.await.unwrap();
-                Ok::<_, LookupError>(Verification { principal: Some(analyst), looked_up_at: began })
+                Ok::<_, LookupError>(Op::Put(Verification { principal: Some(analyst), looked_up_at: began }))
             };
-            before.cache.try_get_with(hash, lookup).await.unwrap()
+            before.cache.entry(hash).and_try_compute_with(lookup).await.unwrap().into_entry().unwrap().into_value()
         });
         tokio::time::sleep(Duration::from_millis(50)).await;
         db.connect().await.batch_execute("UPDATE api_tokens SET role = 'viewer'").await.unwrap();
         verifier.forget(&hash);
-        let joining = tokio::spawn({
+        let queued = tokio::spawn({
             let verifier = verifier.clone();
             async move { verifier.verify(&token).await }
         });
         tokio::time::sleep(Duration::from_millis(50)).await;
         release.send(()).unwrap();
         assert_eq!(running.await.unwrap().principal.unwrap().role, Role::Analyst, "the old lookup read the old role");
-        assert_eq!(joining.await.unwrap().unwrap().role, Role::Viewer);
+        assert_eq!(queued.await.unwrap().unwrap().role, Role::Viewer);
     }
 
     #[tokio::test]

@@ -14,8 +14,8 @@ pub const MAX_TTL_SECS: u64 = 365 * 24 * 3600;
 /// Postgres takes as a 32-bit count of milliseconds.
 pub const MAX_POLL_INTERVAL_MS: u64 = i32::MAX as u64;
 
-/// Smallest `cache.max_entry_bytes`: below it not even a small risk fits, and every read would go
-/// to Postgres while the cache looked enabled.
+/// Smallest `cache.max_entry_bytes`: below it hardly a response fits (a risk's detail is about
+/// 1.5 KB), and nearly every read would go to Postgres while the cache looked enabled.
 pub const MIN_ENTRY_BYTES: u32 = 1024;
 
 /// Whether `url` names a Postgres server (the scheme libpq and tokio-postgres accept).
@@ -67,8 +67,8 @@ impl Settings {
         rule(
             self.cache.max_entry_bytes >= MIN_ENTRY_BYTES,
             &format!(
-                "cache.max_entry_bytes must be at least {MIN_ENTRY_BYTES}: no response is smaller \
-                 (cache.enabled = false switches the cache off)"
+                "cache.max_entry_bytes must be at least {MIN_ENTRY_BYTES} (a risk's detail is about \
+                 1.5 KB); cache.enabled = false switches the cache off"
             ),
         )?;
         rule(
