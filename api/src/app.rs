@@ -200,6 +200,7 @@ pub fn routes(state: Arc<AppState>) -> BoxEndpoint<'static, Response> {
             poem::get(make_sync(move |_| Response::builder().content_type("application/json").body(document.clone()))),
         )
         .nest("/", service)
+        .around(crate::hygiene::one_value_per_parameter)
         .around(crate::hygiene::head_as_get)
         .with(NormalizePath::new(TrailingSlash::Trim))
         // Inside the request deadline, outside everything a hit does not need.
@@ -375,7 +376,7 @@ fn route_template(pattern: &str) -> String {
 }
 
 /// The spec's `paths` (what the routing table documents), parsed once.
-fn spec_paths() -> &'static serde_json::Map<String, serde_json::Value> {
+pub(crate) fn spec_paths() -> &'static serde_json::Map<String, serde_json::Value> {
     static PATHS: OnceLock<serde_json::Map<String, serde_json::Value>> = OnceLock::new();
     PATHS.get_or_init(|| {
         let spec: serde_json::Value = serde_json::from_str(&openapi_json()).unwrap_or_default();

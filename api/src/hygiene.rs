@@ -2,16 +2,20 @@
 //! shared cache keeps one tenant's answer for another), `X-Content-Type-Options`, a
 //! Content-Security-Policy on the documentation page, `Allow` on 405, `Content-Length` on HEAD
 //! ([`head_as_get`]);
-//! and the one rule every JSON body obeys before it is parsed: no key twice in an object.
+//! and the one rule every request obeys before it is parsed: no key twice in a JSON object, no
+//! documented query parameter twice.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::fmt;
+use std::sync::{Arc, OnceLock};
 
 use poem::http::{HeaderValue, Method, StatusCode, header};
-use std::sync::Arc;
-
 use poem::{Body, Endpoint, IntoResponse, Request, Response};
+use poem_openapi::payload::Json;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+
+use crate::error::{ApiError, Problem};
 
 /// `Cache-Control` of a response with an entity tag: any cache must revalidate it, and only
 /// the client's own cache may keep it.
@@ -81,6 +85,43 @@ pub async fn head_as_get<E: Endpoint>(endpoint: Arc<E>, mut request: Request) ->
     }
     response.set_body(Body::empty());
     Ok(response)
+}
+
+/// Refuses (400, naming it) a documented query parameter given more than once: each takes one
+/// value, and the router would read the first and silently drop the others, answering a
+/// question the client did not ask.
+pub async fn one_value_per_parameter<E: Endpoint>(endpoint: Arc<E>, request: Request) -> poem::Result<Response> {
+    if let Some(name) = request.uri().query().and_then(repeated_parameter) {
+        let detail = format!("query parameter `{name}` is given more than once; give it once");
+        return Err(ApiError::BadRequest(Json(Problem::new(StatusCode::BAD_REQUEST, detail))).into());
+    }
+    endpoint.call(request).await.map(IntoResponse::into_response)
+}
+
+/// The first documented query parameter `query` gives twice, its name read as the router reads
+/// it (percent-decoded); undocumented ones, which the router ignores, may repeat.
+fn repeated_parameter(query: &str) -> Option<String> {
+    if !query.contains('&') {
+        return None;
+    }
+    let documented = documented_query_parameters();
+    let mut seen = HashSet::new();
+    form_urlencoded::parse(query.as_bytes())
+        .map(|(name, _)| name)
+        .find(|name| documented.contains(name.as_ref()) && !seen.insert(name.clone()))
+        .map(Cow::into_owned)
+}
+
+/// The name of every query parameter some operation documents.
+fn documented_query_parameters() -> &'static HashSet<String> {
+    static NAMES: OnceLock<HashSet<String>> = OnceLock::new();
+    NAMES.get_or_init(|| {
+        let operations =
+            crate::app::spec_paths().values().filter_map(serde_json::Value::as_object).flat_map(|o| o.values());
+        let parameters = operations.filter_map(|operation| operation["parameters"].as_array()).flatten();
+        let in_query = parameters.filter(|parameter| parameter["in"] == "query");
+        in_query.filter_map(|parameter| parameter["name"].as_str().map(str::to_owned)).collect()
+    })
 }
 
 /// The name of a key some object of `body` holds twice, if any (`None` as well when `body` is
@@ -157,7 +198,17 @@ impl<'de> Visitor<'de> for UniqueKeys {
 
 #[cfg(test)]
 mod tests {
-    use super::repeated_key;
+    use super::{repeated_key, repeated_parameter};
+
+    #[test]
+    fn a_documented_query_parameter_given_twice_is_named_and_anything_else_passes() {
+        assert_eq!(repeated_parameter("status=open&page=2&status=closed").as_deref(), Some("status"));
+        assert_eq!(repeated_parameter("limit=5&li%6Dit=6").as_deref(), Some("limit"), "as the router decodes it");
+        assert_eq!(repeated_parameter("days=7&days=7").as_deref(), Some("days"), "even with one value");
+        for passes in ["", "status=open", "status=open&page=2", "utm=1&utm=2&page=1", "status=open&Status=x"] {
+            assert_eq!(repeated_parameter(passes), None, "{passes}");
+        }
+    }
 
     #[test]
     fn a_key_repeated_in_any_object_is_found_and_distinct_keys_pass() {

@@ -142,6 +142,16 @@ async fn bad_parameters_unknown_ids_and_conflicts_are_clear_4xx() {
     ] {
         assert_problem(app.get(&format!("/api/v1/risks?{query}"), token).await, StatusCode::BAD_REQUEST).await;
     }
+    // A parameter given twice would otherwise be read as its first value, silently.
+    for (path, named) in [
+        ("/api/v1/risks?status=DRAFT&status=ACTIVE", "`status` is given more than once"),
+        ("/api/v1/assets?page=1&pag%65=2", "`page` is given more than once"),
+        ("/api/v1/stats/trends?days=7&days=7", "`days` is given more than once"),
+    ] {
+        let body = assert_problem(app.get(path, token).await, StatusCode::BAD_REQUEST).await;
+        assert!(body["detail"].as_str().unwrap().contains(named), "{path}: {body}");
+    }
+    assert_eq!(app.get("/api/v1/risks?status=DRAFT&utm=1&utm=2", token).await.status(), StatusCode::OK);
     assert_problem(app.get("/api/v1/risks/not-a-uuid", token).await, StatusCode::BAD_REQUEST).await;
     let unknown = uuid::Uuid::new_v4();
     let body = assert_problem(app.get(&format!("/api/v1/risks/{unknown}"), token).await, StatusCode::NOT_FOUND).await;
