@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use moka::future::Cache as MokaCache;
-use moka::ops::compute::{CompResult, Op};
+use moka::ops::compute::Op;
 use poem::Request;
 use poem_openapi::auth::Bearer;
 use poem_openapi::{Enum, SecurityScheme};
@@ -139,6 +139,10 @@ struct Verification {
     looked_up_at: u64,
 }
 
+/// How many lookups one request waits for: the first may be one that began before a change the
+/// request must see, the second began after the request did.
+const LOOKUP_ROUNDS: usize = 2;
+
 /// How many change times [`TokenVerifier`] keeps: tokens whose hashes share a slot share its
 /// time, which costs one of them a lookup and never loses a change, in a fixed 32 KiB however
 /// many announcements arrive.
@@ -184,52 +188,76 @@ impl TokenVerifier {
         }
         let hash = hash_token(token);
         let heard = self.last_change_heard(&hash);
-        if let Some(verification) = self.cache.get(&hash).await
+        let cached = self.cache.get(&hash).await;
+        if let Some(verification) = cached
             && verification.looked_up_at > heard
         {
             self.metrics.auth_cache(true);
             return verification.principal.ok_or_else(unknown_or_revoked);
         }
-        self.verify_through_database(hash, heard).await
+        self.verify_through_database(hash, heard, cached.is_some()).await
     }
 
-    /// The cache's miss, or a verification from before the change `heard`: the token is looked
-    /// up, once whoever else asks for it meanwhile. Lookups of a token queue behind each other
-    /// (the cache runs one computation of a key at a time), so a request finds either a
-    /// verification from a lookup that began after `heard`, which it keeps, or none, and then
-    /// looks up itself. Boxed, so the hit's future, which every cached GET carries, stays small.
-    fn verify_through_database(&self, hash: [u8; 32], heard: u64) -> BoxFuture<'_, Result<Principal, ApiError>> {
+    /// The cache's miss, or a verification from before the change `heard` (`older_seen`): the
+    /// token is looked up, once whoever else asks for it meanwhile (a failure too is shared).
+    ///
+    /// Joining a lookup that began before `heard` yields its older answer; the cache runs one
+    /// lookup of a key at a time and stores its answer before anyone waiting sees it, so that
+    /// answer is then cached and no older lookup is left running: removing it, the second round
+    /// looks up (or joins a lookup) that began after this request did. Boxed, so the hit's future,
+    /// which every cached GET carries, stays small.
+    fn verify_through_database(
+        &self,
+        hash: [u8; 32],
+        heard: u64,
+        mut older_seen: bool,
+    ) -> BoxFuture<'_, Result<Principal, ApiError>> {
         async move {
-            let computed = self
-                .cache
-                .entry(hash)
-                .and_try_compute_with(|current| async move {
-                    if current.is_some_and(|entry| entry.value().looked_up_at > heard) {
-                        return Ok(Op::Nop);
-                    }
-                    let _turn = self.lookups.acquire().await.expect("the lookup semaphore is never closed");
-                    let looked_up_at = self.now();
-                    let principal = self.load(&hash).await?;
-                    Ok(Op::Put(Verification { principal, looked_up_at }))
-                })
-                .await
-                .map_err(|error| match error {
-                    LookupError::Stored(unknown) => ApiError::from(unknown),
-                    LookupError::Db(error) => {
-                        tracing::warn!(%error, "cannot verify a bearer token");
-                        ApiError::unavailable("the token cannot be verified right now; retry later")
-                    }
-                })?;
-            let (verification, looked_up) = match computed {
-                CompResult::Unchanged(kept) => (kept.into_value(), false),
-                CompResult::Inserted(stored) | CompResult::ReplacedWith(stored) => (stored.into_value(), true),
-                // Not returned: the computation keeps an entry it saw or stores one.
-                CompResult::StillNone(_) | CompResult::Removed(_) => return Err(ApiError::internal()),
-            };
-            self.metrics.auth_cache(!looked_up);
-            verification.principal.ok_or_else(unknown_or_revoked)
+            for _ in 0..LOOKUP_ROUNDS {
+                if older_seen {
+                    self.remove_if_older(hash, heard).await;
+                }
+                let mut loaded = false;
+                let verification = self
+                    .cache
+                    .try_get_with(hash, async {
+                        loaded = true;
+                        let _turn = self.lookups.acquire().await.expect("the lookup semaphore is never closed");
+                        let looked_up_at = self.now();
+                        let principal = self.load(&hash).await?;
+                        Ok(Verification { principal, looked_up_at })
+                    })
+                    .await
+                    .map_err(|error: Arc<LookupError>| match &*error {
+                        LookupError::Stored(unknown) => ApiError::from(unknown.clone()),
+                        LookupError::Db(error) => {
+                            tracing::warn!(%error, "cannot verify a bearer token");
+                            ApiError::unavailable("the token cannot be verified right now; retry later")
+                        }
+                    })?;
+                if verification.looked_up_at > heard {
+                    self.metrics.auth_cache(!loaded);
+                    return verification.principal.ok_or_else(unknown_or_revoked);
+                }
+                older_seen = true;
+            }
+            // Not reached while only these lookups store verifications (see above); never an
+            // older verification honoured instead.
+            Err(ApiError::unavailable("the token could not be verified after a change; retry"))
         }
         .boxed()
+    }
+
+    /// Removes the verification of `hash` if its lookup began by `heard`. (A newer one stored by
+    /// a lookup that ends between the check and the removal goes too, which costs a lookup.)
+    async fn remove_if_older(&self, hash: [u8; 32], heard: u64) {
+        self.cache
+            .entry(hash)
+            .and_compute_with(|entry| {
+                let older = entry.is_some_and(|entry| entry.value().looked_up_at <= heard);
+                std::future::ready(if older { Op::Remove } else { Op::Nop })
+            })
+            .await;
     }
 
     /// Looks the token up (one read) and stamps `last_used_at` in the background, so the
@@ -380,32 +408,32 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_request_queued_behind_a_lookup_from_before_a_change_looks_up_again() {
+    async fn a_request_that_joins_a_lookup_from_before_a_change_waits_for_one_from_after_it() {
         let (db, verifier, token, hash) = analyst().await;
         let analyst = verifier.verify(&token).await.unwrap();
         verifier.forget_every_token();
-        // A lookup that began before the change, still running when the change is heard: the
-        // request queues behind it and then finds what it stored.
+        // A lookup that began before the change, still running when the change is heard (with
+        // the lookups' own error type: the cache only lets lookups of one type join each other).
         let (began, (release, released)) = (verifier.now(), tokio::sync::oneshot::channel::<()>());
         let before = verifier.clone();
         let running = tokio::spawn(async move {
-            let lookup = |_| async move {
+            let lookup = async move {
                 released.await.unwrap();
-                Ok::<_, LookupError>(Op::Put(Verification { principal: Some(analyst), looked_up_at: began }))
+                Ok::<_, LookupError>(Verification { principal: Some(analyst), looked_up_at: began })
             };
-            before.cache.entry(hash).and_try_compute_with(lookup).await.unwrap().into_entry().unwrap().into_value()
+            before.cache.try_get_with(hash, lookup).await.unwrap()
         });
         tokio::time::sleep(Duration::from_millis(50)).await;
         db.connect().await.batch_execute("UPDATE api_tokens SET role = 'viewer'").await.unwrap();
         verifier.forget(&hash);
-        let queued = tokio::spawn({
+        let joining = tokio::spawn({
             let verifier = verifier.clone();
             async move { verifier.verify(&token).await }
         });
         tokio::time::sleep(Duration::from_millis(50)).await;
         release.send(()).unwrap();
         assert_eq!(running.await.unwrap().principal.unwrap().role, Role::Analyst, "the old lookup read the old role");
-        assert_eq!(queued.await.unwrap().unwrap().role, Role::Viewer);
+        assert_eq!(joining.await.unwrap().unwrap().role, Role::Viewer);
     }
 
     #[tokio::test]
