@@ -376,7 +376,7 @@ fn route_template(pattern: &str) -> String {
 }
 
 /// The spec's `paths` (what the routing table documents), parsed once.
-pub(crate) fn spec_paths() -> &'static serde_json::Map<String, serde_json::Value> {
+fn spec_paths() -> &'static serde_json::Map<String, serde_json::Value> {
     static PATHS: OnceLock<serde_json::Map<String, serde_json::Value>> = OnceLock::new();
     PATHS.get_or_init(|| {
         let spec: serde_json::Value = serde_json::from_str(&openapi_json()).unwrap_or_default();
@@ -440,26 +440,23 @@ fn allowed_methods(path: &str) -> Option<String> {
     if [DOCS_PAGE, SPEC_DOCUMENT].contains(&path) {
         return Some("GET, HEAD".to_owned());
     }
-    static METHODS: OnceLock<Vec<(Vec<String>, String)>> = OnceLock::new();
-    let methods = METHODS.get_or_init(|| {
-        spec_paths()
-            .iter()
-            .map(|(template, operations)| {
-                let mut names: Vec<String> =
-                    operations.as_object().into_iter().flat_map(|ops| ops.keys()).map(|m| m.to_uppercase()).collect();
-                if names.iter().any(|name| name == "GET") {
-                    names.push("HEAD".to_owned());
-                }
-                names.sort();
-                (template.split('/').map(str::to_owned).collect(), names.join(", "))
-            })
-            .collect()
-    });
+    let mut names: Vec<String> = documented_operations(path)?.keys().map(|method| method.to_uppercase()).collect();
+    if names.iter().any(|name| name == "GET") {
+        names.push("HEAD".to_owned());
+    }
+    names.sort();
+    Some(names.join(", "))
+}
+
+/// The operations the spec documents for `path`, by lower-case method: those of the template it
+/// matches, a `{…}` segment matching any one segment.
+pub(crate) fn documented_operations(path: &str) -> Option<&'static serde_json::Map<String, serde_json::Value>> {
     let segments: Vec<&str> = path.trim_end_matches('/').split('/').collect();
-    methods.iter().find_map(|(template, allowed)| {
-        let matches = template.len() == segments.len()
-            && template.iter().zip(&segments).all(|(expected, actual)| expected.starts_with('{') || expected == actual);
-        matches.then(|| allowed.clone())
+    spec_paths().iter().find_map(|(template, operations)| {
+        let expected: Vec<&str> = template.split('/').collect();
+        let matches = expected.len() == segments.len()
+            && expected.iter().zip(&segments).all(|(expected, actual)| expected.starts_with('{') || expected == actual);
+        matches.then(|| operations.as_object()).flatten()
     })
 }
 

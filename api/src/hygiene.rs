@@ -8,7 +8,7 @@
 use std::borrow::Cow;
 use std::collections::HashSet;
 use std::fmt;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use poem::http::{HeaderValue, Method, StatusCode, header};
 use poem::{Body, Endpoint, IntoResponse, Request, Response};
@@ -87,41 +87,33 @@ pub async fn head_as_get<E: Endpoint>(endpoint: Arc<E>, mut request: Request) ->
     Ok(response)
 }
 
-/// Refuses (400, naming it) a documented query parameter given more than once: each takes one
-/// value, and the router would read the first and silently drop the others, answering a
-/// question the client did not ask.
+/// Refuses (400, naming it) a query parameter the operation documents given more than once: each
+/// takes one value, and the router would read the first and silently drop the others, answering
+/// a question the client did not ask.
 pub async fn one_value_per_parameter<E: Endpoint>(endpoint: Arc<E>, request: Request) -> poem::Result<Response> {
-    if let Some(name) = request.uri().query().and_then(repeated_parameter) {
+    let query = request.uri().query().unwrap_or_default();
+    if let Some(name) = repeated_parameter(request.method(), request.uri().path(), query) {
         let detail = format!("query parameter `{name}` is given more than once; give it once");
         return Err(ApiError::BadRequest(Json(Problem::new(StatusCode::BAD_REQUEST, detail))).into());
     }
     endpoint.call(request).await.map(IntoResponse::into_response)
 }
 
-/// The first documented query parameter `query` gives twice, its name read as the router reads
-/// it (percent-decoded); undocumented ones, which the router ignores, may repeat.
-fn repeated_parameter(query: &str) -> Option<String> {
+/// The first query parameter of the operation `method` `path` documents that `query` gives twice,
+/// its name read as the router reads it (percent-decoded); parameters the operation does not
+/// document, which the router ignores, may repeat.
+fn repeated_parameter(method: &Method, path: &str, query: &str) -> Option<String> {
     if !query.contains('&') {
         return None;
     }
-    let documented = documented_query_parameters();
+    let operation = crate::app::documented_operations(path)?.get(&method.as_str().to_ascii_lowercase())?;
+    let parameters = operation["parameters"].as_array()?.iter().filter(|parameter| parameter["in"] == "query");
+    let documented: Vec<&str> = parameters.filter_map(|parameter| parameter["name"].as_str()).collect();
     let mut seen = HashSet::new();
     form_urlencoded::parse(query.as_bytes())
         .map(|(name, _)| name)
-        .find(|name| documented.contains(name.as_ref()) && !seen.insert(name.clone()))
+        .find(|name| documented.contains(&name.as_ref()) && !seen.insert(name.clone()))
         .map(Cow::into_owned)
-}
-
-/// The name of every query parameter some operation documents.
-fn documented_query_parameters() -> &'static HashSet<String> {
-    static NAMES: OnceLock<HashSet<String>> = OnceLock::new();
-    NAMES.get_or_init(|| {
-        let operations =
-            crate::app::spec_paths().values().filter_map(serde_json::Value::as_object).flat_map(|o| o.values());
-        let parameters = operations.filter_map(|operation| operation["parameters"].as_array()).flatten();
-        let in_query = parameters.filter(|parameter| parameter["in"] == "query");
-        in_query.filter_map(|parameter| parameter["name"].as_str().map(str::to_owned)).collect()
-    })
 }
 
 /// The name of a key some object of `body` holds twice, if any (`None` as well when `body` is
@@ -198,15 +190,27 @@ impl<'de> Visitor<'de> for UniqueKeys {
 
 #[cfg(test)]
 mod tests {
+    use poem::http::Method;
+
     use super::{repeated_key, repeated_parameter};
 
     #[test]
-    fn a_documented_query_parameter_given_twice_is_named_and_anything_else_passes() {
-        assert_eq!(repeated_parameter("status=open&page=2&status=closed").as_deref(), Some("status"));
-        assert_eq!(repeated_parameter("limit=5&li%6Dit=6").as_deref(), Some("limit"), "as the router decodes it");
-        assert_eq!(repeated_parameter("days=7&days=7").as_deref(), Some("days"), "even with one value");
+    fn a_query_parameter_the_operation_documents_given_twice_is_named_and_anything_else_passes() {
+        let risks = |query| repeated_parameter(&Method::GET, "/api/v1/risks", query);
+        assert_eq!(risks("status=open&page=2&status=closed").as_deref(), Some("status"));
+        assert_eq!(risks("limit=5&li%6Dit=6").as_deref(), Some("limit"), "as the router decodes it");
+        let trends = repeated_parameter(&Method::GET, "/api/v1/stats/trends", "days=7&days=7");
+        assert_eq!(trends.as_deref(), Some("days"), "even with one value");
         for passes in ["", "status=open", "status=open&page=2", "utm=1&utm=2&page=1", "status=open&Status=x"] {
-            assert_eq!(repeated_parameter(passes), None, "{passes}");
+            assert_eq!(risks(passes), None, "{passes}");
+        }
+        let undocumented_there = [
+            (Method::GET, "/api/v1/risks/7f1d2c1e-4b8a-4f3e-9a55-0c9e6f1b2a3d"),
+            (Method::POST, "/api/v1/risks"),
+            (Method::GET, "/api/v1/nothing"),
+        ];
+        for (method, path) in undocumented_there {
+            assert_eq!(repeated_parameter(&method, path, "page=1&page=2"), None, "{method} {path}");
         }
     }
 

@@ -152,6 +152,10 @@ async fn bad_parameters_unknown_ids_and_conflicts_are_clear_4xx() {
         assert!(body["detail"].as_str().unwrap().contains(named), "{path}: {body}");
     }
     assert_eq!(app.get("/api/v1/risks?status=DRAFT&utm=1&utm=2", token).await.status(), StatusCode::OK);
+    // Only what the operation documents: elsewhere a repeat is ignored, as any unknown parameter.
+    let detail = format!("/api/v1/risks/{}?page=1&page=2", uuid::Uuid::new_v4());
+    assert_eq!(app.get(&detail, token).await.status(), StatusCode::NOT_FOUND);
+    assert_eq!(app.get("/api/v1/nothing?limit=1&limit=2", token).await.status(), StatusCode::NOT_FOUND);
     assert_problem(app.get("/api/v1/risks/not-a-uuid", token).await, StatusCode::BAD_REQUEST).await;
     let unknown = uuid::Uuid::new_v4();
     let body = assert_problem(app.get(&format!("/api/v1/risks/{unknown}"), token).await, StatusCode::NOT_FOUND).await;
