@@ -6,7 +6,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, LazyLock, OnceLock};
 use std::time::{Duration, Instant};
 
 use openrisk_shared::Settings;
@@ -375,13 +375,17 @@ fn route_template(pattern: &str) -> String {
     documented_paths().get(&template).cloned().unwrap_or(template)
 }
 
-/// The spec's `paths` (what the routing table documents), parsed once.
+/// The published document, parsed once: what the routing table documents, for the request
+/// metrics, `Allow`, the query-parameter check and the names in 400s.
+pub(crate) fn spec_document() -> &'static serde_json::Value {
+    static DOCUMENT: OnceLock<serde_json::Value> = OnceLock::new();
+    DOCUMENT.get_or_init(|| serde_json::from_str(&openapi_json()).unwrap_or_default())
+}
+
+/// The spec's `paths`.
 fn spec_paths() -> &'static serde_json::Map<String, serde_json::Value> {
-    static PATHS: OnceLock<serde_json::Map<String, serde_json::Value>> = OnceLock::new();
-    PATHS.get_or_init(|| {
-        let spec: serde_json::Value = serde_json::from_str(&openapi_json()).unwrap_or_default();
-        spec["paths"].as_object().cloned().unwrap_or_default()
-    })
+    static NO_PATHS: LazyLock<serde_json::Map<String, serde_json::Value>> = LazyLock::new(serde_json::Map::new);
+    spec_document()["paths"].as_object().unwrap_or(&NO_PATHS)
 }
 
 /// Every documented path (`/api/v1/risks/{id}`), keyed by how it is registered

@@ -373,10 +373,7 @@ mod tests {
     async fn analyst() -> (TestDatabase, TokenVerifier, String, [u8; 32]) {
         let db = TestDatabase::create().await;
         let conn = sea_orm::Database::connect(&db.url).await.unwrap();
-        let tenant = Uuid::new_v4();
-        conn.execute_unprepared(&format!("INSERT INTO tenants (id, slug, name) VALUES ('{tenant}', 'acme', 'Acme')"))
-            .await
-            .unwrap();
+        let tenant = crate::seed::create_tenant(&conn, "acme", "Acme").await.unwrap();
         let (_, token) = create_token(&conn, tenant, Role::Analyst, "ci").await.unwrap();
         let verifier = TokenVerifier::new(conn, Duration::from_secs(60), 1, Arc::default());
         let hash = hash_token(&token);

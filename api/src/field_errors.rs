@@ -4,17 +4,14 @@
 //! field in the body that holds that value, by the generated document's schema of the type, so
 //! the client is told which one to fix. A message that names a field already is left alone.
 
-use std::sync::LazyLock;
-
 use poem::http::StatusCode;
 use poem_openapi::error::ParseRequestPayloadError;
 use serde_json::{Map, Value};
 
-/// The document's schemas, by name (`components.schemas`).
-static SCHEMAS: LazyLock<Map<String, Value>> = LazyLock::new(|| {
-    let document: Value = serde_json::from_str(&crate::app::api_service().spec()).unwrap_or_default();
-    document["components"]["schemas"].as_object().cloned().unwrap_or_default()
-});
+/// The document's schema named `name` (in `components.schemas`).
+fn schema(name: &str) -> Option<&'static Value> {
+    crate::app::spec_document()["components"]["schemas"].get(name)
+}
 
 /// `error` with the field it is about named, when it is a body's parse error and `body` shows
 /// which field that is; otherwise `error` itself. The route the router matched stays with it.
@@ -48,7 +45,7 @@ pub fn with_field_named(message: &str, body: &[u8]) -> Option<String> {
         return None;
     }
     let body: Value = serde_json::from_slice(body).ok()?;
-    let (field, misfit) = misfit_reported(SCHEMAS.get(*type_name)?, body.as_object()?, reported)?;
+    let (field, misfit) = misfit_reported(schema(type_name)?, body.as_object()?, reported)?;
     Some(format!("field `{field}` {misfit} ({message})"))
 }
 
@@ -95,10 +92,7 @@ fn misfit(property: &Value, value: &Value) -> Option<String> {
 /// member of `allOf`, which is how a reference carries a description of its own).
 fn resolved(property: &Value) -> &Value {
     let reference = property["$ref"].as_str().or_else(|| property["allOf"][0]["$ref"].as_str());
-    reference
-        .and_then(|reference| reference.strip_prefix("#/components/schemas/"))
-        .and_then(|name| SCHEMAS.get(name))
-        .unwrap_or(property)
+    reference.and_then(|reference| reference.strip_prefix("#/components/schemas/")).and_then(schema).unwrap_or(property)
 }
 
 /// The document's name for the JSON type of `value`.

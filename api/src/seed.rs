@@ -73,7 +73,8 @@ async fn demo_tenant(db: &impl ConnectionTrait) -> Result<Option<Uuid>, DbErr> {
     Ok(row.map(|row| row.id))
 }
 
-async fn create_tenant(db: &impl ConnectionTrait, slug: &str, name: &str) -> Result<Uuid, DbErr> {
+/// Creates the tenant `slug` named `name`; its id.
+pub(crate) async fn create_tenant(db: &impl ConnectionTrait, slug: &str, name: &str) -> Result<Uuid, DbErr> {
     let row = IdRow::find_by_statement(stmt(
         "INSERT INTO tenants (slug, name) VALUES ($1, $2) RETURNING id",
         [slug.into(), name.into()],
