@@ -13,6 +13,7 @@ use openrisk_shared::Settings;
 use openrisk_shared::http_server::{LimitedAcceptor, ServeTimeouts};
 use openrisk_shared::redis_cluster::ClusterWatch;
 use openrisk_shared::redis_connection::RedisUrlError;
+use openrisk_shared::tasks::{TaskEnded, Tasks};
 use poem::endpoint::{BoxEndpoint, make_sync};
 use poem::listener::TcpAcceptor;
 use poem::middleware::{NormalizePath, TrailingSlash};
@@ -94,8 +95,10 @@ pub struct AppOptions {
 }
 
 impl AppState {
-    /// Connects the database pool and prepares the cache (Redis is connected lazily).
-    pub async fn new(settings: Settings, options: AppOptions) -> Result<Arc<Self>, StartError> {
+    /// Connects the database pool and prepares the cache (Redis is connected lazily); the tasks
+    /// that keep the state current (replica lags, the cluster's health, token revocations) go to
+    /// `tasks`.
+    pub async fn new(settings: Settings, options: AppOptions, tasks: &mut Tasks) -> Result<Arc<Self>, StartError> {
         let metrics = Arc::new(Metrics::new());
         let pool = settings.pool_settings();
         let conn = crate::db::connect(&settings.database_url, pool).await?;
@@ -105,6 +108,7 @@ impl AppState {
             pool,
             !options.unguarded_replica_reads,
             metrics.clone(),
+            tasks,
         )
         .await?;
         let longest_miss = Duration::from_millis(settings.http.request_timeout_ms);
@@ -112,7 +116,7 @@ impl AppState {
         let cache = Cache::new(&redis, settings.cache.clone(), longest_miss, metrics.clone(), options.before_fill)?;
         let cluster = ClusterWatch::new(&metrics.registry)?;
         if let Some(connection) = cache.cluster_connection() {
-            tokio::spawn(cluster.clone().run(connection, CLUSTER_WATCH_INTERVAL));
+            tasks.spawn("cluster watch", cluster.clone().run(connection, CLUSTER_WATCH_INTERVAL));
         }
         let token_ttl = Duration::from_secs(settings.cache.token_cache_secs);
         let lookups_at_once = pool.max_connections as usize / TOKEN_LOOKUP_SHARE_OF_POOL;
@@ -139,7 +143,7 @@ impl AppState {
         if state.cache.enabled() {
             tokio::spawn(check_eviction_policy(state.cache.clone()));
         }
-        tokio::spawn(crate::token_revocations::follow(Arc::downgrade(&state)));
+        tasks.spawn("token revocations", crate::token_revocations::follow(Arc::downgrade(&state)));
         Ok(state)
     }
 
@@ -225,7 +229,7 @@ pub fn routes(state: Arc<AppState>) -> BoxEndpoint<'static, Response> {
             let metrics = metrics.clone();
             async move {
                 let id = request_id(&request);
-                let path = request.uri().path().to_owned();
+                let path = crate::hygiene::normalised_path(request.uri().path());
                 let response = record_request(&metrics, endpoint, request, id).await;
                 let allowed = (response.status() == poem::http::StatusCode::METHOD_NOT_ALLOWED)
                     .then(|| allowed_methods(&path))
@@ -483,13 +487,16 @@ pub struct Application {
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
     metrics_task: JoinHandle<()>,
+    /// What keeps the state current beside the servers (see [`AppState::new`]).
+    tasks: Tasks,
 }
 
 impl Application {
     /// Builds the state, binds `settings.api_addr` and serves in a background task.
     pub async fn spawn(settings: Settings, options: AppOptions) -> Result<Self, StartError> {
         let (addr, metrics_addr, http) = (settings.api_addr, settings.metrics_addr, settings.http.clone());
-        let state = AppState::new(settings, options).await?;
+        let mut tasks = Tasks::default();
+        let state = AppState::new(settings, options, &mut tasks).await?;
         let listener =
             tokio::net::TcpListener::bind(addr).await.map_err(|source| StartError::Listen { addr, source })?;
         let addr = listener.local_addr().map_err(|source| StartError::Listen { addr, source })?;
@@ -533,12 +540,20 @@ impl Application {
             shutdown: Some(shutdown),
             task: tokio::spawn(server),
             metrics_task: tokio::spawn(metrics_server),
+            tasks,
         })
     }
 
     /// Base URL, e.g. `http://127.0.0.1:38211`.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// Resolves when one of the tasks that keep the state current ends although the application
+    /// runs on: it no longer does all its work (a revocation would go unheard, a lagging replica
+    /// unnoticed) and should exit, for its supervisor to start it again.
+    pub async fn failed(&mut self) -> TaskEnded {
+        self.tasks.ended().await
     }
 
     /// Stops accepting connections and waits for in-flight requests (up to a grace period).

@@ -87,10 +87,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn serve(settings: Settings) -> anyhow::Result<()> {
-    let app = Application::spawn(settings, AppOptions::default()).await?;
-    shutdown_signal().await;
-    tracing::info!("shutting down");
-    app.shutdown().await.context("server stopped with an error")
+    let mut app = Application::spawn(settings, AppOptions::default()).await?;
+    let failure = tokio::select! {
+        () = shutdown_signal() => None,
+        ended = app.failed() => Some(ended),
+    };
+    match &failure {
+        None => tracing::info!("shutting down"),
+        Some(ended) => tracing::error!(%ended, "shutting down to be restarted"),
+    }
+    app.shutdown().await.context("server stopped with an error")?;
+    failure.map_or(Ok(()), |ended| Err(ended.into()))
 }
 
 async fn migrate(settings: &Settings) -> anyhow::Result<()> {

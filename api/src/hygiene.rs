@@ -30,8 +30,24 @@ const DOCS_POLICY: &str = "default-src 'none'; script-src 'self' 'unsafe-inline'
                            img-src 'self' data:; connect-src 'self'; font-src 'self' data:; frame-ancestors 'none'; \
                            base-uri 'none'; form-action 'none'";
 
-/// Adds the headers above. `allowed` gives the methods documented for the request's path (for
-/// `Allow` on 405).
+/// The path as the router reads it (poem's `NormalizePath` with `TrailingSlash::Trim`): runs of
+/// `/` merged into one and a trailing `/` dropped, so that what is decided outside the router (the
+/// docs page's policy, `Allow`) holds for every spelling that reaches the same page.
+pub fn normalised_path(path: &str) -> String {
+    let mut normalised = String::with_capacity(path.len());
+    for character in path.chars() {
+        if !(character == '/' && normalised.ends_with('/')) {
+            normalised.push(character);
+        }
+    }
+    if normalised.len() > 1 && normalised.ends_with('/') {
+        normalised.pop();
+    }
+    normalised
+}
+
+/// Adds the headers above. `path` is the [`normalised_path`]; `allowed` gives the methods
+/// documented for it (for `Allow` on 405).
 pub fn finish(path: &str, mut response: Response, allowed: Option<String>) -> Response {
     let status = response.status();
     let headers = response.headers_mut();
@@ -192,7 +208,21 @@ impl<'de> Visitor<'de> for UniqueKeys {
 mod tests {
     use poem::http::Method;
 
-    use super::{repeated_key, repeated_parameter};
+    use super::{normalised_path, repeated_key, repeated_parameter};
+
+    #[test]
+    fn a_path_is_normalised_as_the_router_reads_it() {
+        for (sent, read) in [
+            ("/docs", "/docs"),
+            ("/docs/", "/docs"),
+            ("//docs", "/docs"),
+            ("/api//v1///risks/", "/api/v1/risks"),
+            ("/", "/"),
+            ("//", "/"),
+        ] {
+            assert_eq!(normalised_path(sent), read, "{sent}");
+        }
+    }
 
     #[test]
     fn a_query_parameter_the_operation_documents_given_twice_is_named_and_anything_else_passes() {

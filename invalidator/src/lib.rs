@@ -7,7 +7,6 @@ pub mod health;
 pub mod listener;
 pub mod metrics;
 pub mod outbox;
-pub mod tasks;
 pub mod worker;
 
 use std::net::SocketAddr;
@@ -19,13 +18,13 @@ use openrisk_shared::config::WakeMode;
 use openrisk_shared::http_server::{LimitedAcceptor, ServeTimeouts, serve};
 use openrisk_shared::redis_cluster::ClusterWatch;
 use openrisk_shared::redis_connection::{RedisUrlError, Timeouts};
+pub use openrisk_shared::tasks::TaskEnded;
+use openrisk_shared::tasks::Tasks;
 use poem::listener::TcpAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use listener::Wakeups;
 pub use metrics::Metrics;
-pub use tasks::TaskEnded;
-use tasks::Tasks;
 pub use worker::{Status, Worker};
 
 /// A running replica: the worker, its LISTEN task (in listen mode), the backlog sampler and the

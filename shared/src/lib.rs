@@ -17,6 +17,7 @@ pub mod postgres_tls;
 pub mod protocol;
 pub mod redis_cluster;
 pub mod redis_connection;
+pub mod tasks;
 pub mod telemetry;
 
 pub use cache_status::CacheStatus;

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use openrisk_shared::config::{DatabaseSettings, PoolSettings};
 use openrisk_shared::db::Lsn;
+use openrisk_shared::tasks::Tasks;
 use sea_orm::{
     AccessMode, ConnectionTrait, DatabaseConnection, DatabaseExecutor, DatabaseTransaction, DbErr, IsolationLevel,
     QueryResult, TransactionTrait,
@@ -125,6 +126,7 @@ impl ReadRouter {
         pool: PoolSettings,
         check_replay_floor: bool,
         metrics: Arc<Metrics>,
+        tasks: &mut Tasks,
     ) -> Result<Arc<Self>, DbErr> {
         let mut replicas = Vec::with_capacity(settings.replica_urls.len());
         for url in &settings.replica_urls {
@@ -152,7 +154,8 @@ impl ReadRouter {
             metrics,
         });
         if !router.replicas.is_empty() {
-            tokio::spawn(monitor(Arc::downgrade(&router), Duration::from_millis(settings.replica_check_interval_ms)));
+            let interval = Duration::from_millis(settings.replica_check_interval_ms);
+            tasks.spawn("replica monitor", monitor(Arc::downgrade(&router), interval));
         }
         Ok(router)
     }

@@ -1,7 +1,8 @@
-//! The tasks of a running replica, by name: what a replica does is done by long-running tasks,
-//! and one that ends before shutdown was asked for (a panic, or a loop that gave up) leaves the
-//! process up but no longer doing that job. [`Tasks::ended`] tells the binary, which then exits
-//! so that whatever supervises it starts it again.
+//! A process's long-running tasks, by name. What an invalidator replica or an API process does
+//! beside answering is done by tasks that run as long as it does, and one that ends before
+//! shutdown was asked for (a panic, or a loop that gave up) leaves the process up but no longer
+//! doing that job. [`Tasks::ended`] tells the binary, which then exits so that whatever
+//! supervises it starts it again: both binaries follow this one policy.
 
 use std::time::Duration;
 
