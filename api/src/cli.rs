@@ -5,7 +5,7 @@ use std::io::Write;
 use anyhow::Context;
 use clap::Subcommand;
 use openrisk_shared::Settings;
-use openrisk_shared::command_line::{ServerCli, shutdown_signal};
+use openrisk_shared::command_line::{ServerCli, until_stopped};
 use sea_orm::{DatabaseConnection, FromQueryResult};
 use uuid::Uuid;
 
@@ -88,14 +88,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 
 async fn serve(settings: Settings) -> anyhow::Result<()> {
     let mut app = Application::spawn(settings, AppOptions::default()).await?;
-    let failure = tokio::select! {
-        () = shutdown_signal() => None,
-        ended = app.failed() => Some(ended),
-    };
-    match &failure {
-        None => tracing::info!("shutting down"),
-        Some(ended) => tracing::error!(%ended, "shutting down to be restarted"),
-    }
+    let failure = until_stopped(app.failed()).await;
     app.shutdown().await.context("server stopped with an error")?;
     failure.map_or(Ok(()), |ended| Err(ended.into()))
 }

@@ -287,8 +287,16 @@ fn documented_names(message: &str, path_parameters: &[&str]) -> String {
 /// The spec's name of a poem-openapi type name; any other text unchanged.
 fn documented_type(name: &str) -> String {
     let bare = name.strip_prefix("optional_").unwrap_or(name);
+    // A parameter's type may come as `integer(uint32)`.
+    if let Some((kind @ ("integer" | "number"), format)) = bare.split_once('(')
+        && format.ends_with(')')
+    {
+        return kind.to_owned();
+    }
     match bare.split_once('_') {
         Some(("integer" | "number", _)) => bare.split('_').next().unwrap_or(bare).to_owned(),
+        Some(("list", _)) => "array".to_owned(),
+        Some(("map", _)) => "object".to_owned(),
         Some(("string", format)) if !format.is_empty() && !format.contains(' ') => format.to_owned(),
         _ if bare != name && !bare.contains(' ') => bare.to_owned(),
         _ => name.to_owned(),
@@ -325,5 +333,7 @@ mod tests {
         let message = "failed to parse \"number\": x (occurred while parsing \"optional_number_double\")";
         assert_eq!(documented_names(message, &[]), "failed to parse \"number\": x (occurred while parsing \"number\")");
         assert_eq!(documented_names("\"integer_int16\" and \"a b_c\"", &[]), "\"integer\" and \"a b_c\"");
+        let message = "\"integer(uint32)\", \"list_string\", \"map_any\", \"optional_list_string\"";
+        assert_eq!(documented_names(message, &[]), "\"integer\", \"array\", \"object\", \"array\"");
     }
 }

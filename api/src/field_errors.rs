@@ -8,6 +8,8 @@ use poem::http::StatusCode;
 use poem_openapi::error::ParseRequestPayloadError;
 use serde_json::{Map, Value};
 
+use crate::model::NULL_CANNOT_CLEAR;
+
 /// The document's schema named `name` (in `components.schemas`).
 fn schema(name: &str) -> Option<&'static Value> {
     crate::app::spec_document()["components"]["schemas"].get(name)
@@ -41,7 +43,9 @@ pub fn with_field_named(message: &str, body: &[u8]) -> Option<String> {
     let reported = parts.next()?;
     let types: Vec<&str> = parts.map(|part| part.split('"').next().unwrap_or_default()).collect();
     let (type_name, between) = types.split_last()?;
-    if !between.iter().all(|name| name.starts_with("optional_")) {
+    // A wrapper that passes its field's error on names the same type again (`Change<i16>`).
+    let failed = reported.split('"').nth(1).unwrap_or_default();
+    if !between.iter().all(|name| name.starts_with("optional_") || *name == failed) {
         return None;
     }
     let body: Value = serde_json::from_slice(body).ok()?;
@@ -51,13 +55,14 @@ pub fn with_field_named(message: &str, body: &[u8]) -> Option<String> {
 
 /// The field of `object` (of the type `schema` describes) that `reported` is about, with what is
 /// wrong with it: the first required one missing or `null` (in the order the type declares them,
-/// as poem reads them) when nothing or `null` was found, otherwise the only one holding the value
-/// found where it does not fit.
+/// as poem reads them) when nothing or `null` was found, the only one holding the value found
+/// where it does not fit, or, when no value is reported (`invalid integer`, an integer out of its
+/// format's range, a patch's `null`), the only field that does not fit at all.
 fn misfit_reported(schema: &Value, object: &Map<String, Value>, reported: &str) -> Option<(String, String)> {
     let found = match reported.split_once(", found ") {
         Some((_, found)) => serde_json::from_str::<Value>(found.strip_suffix('.')?).ok()?,
         None if reported.ends_with("expects an input value.") => Value::Null,
-        None => return None,
+        None => return only_misfit(schema, object, reported.contains(NULL_CANNOT_CLEAR)),
     };
     if found.is_null() {
         let required = schema["required"].as_array()?.iter().filter_map(Value::as_str);
@@ -73,13 +78,37 @@ fn misfit_reported(schema: &Value, object: &Map<String, Value>, reported: &str) 
     holding.next().is_none().then_some(only)
 }
 
-/// What is wrong with `value` as a value of `property` (a resolved schema): another JSON type,
-/// or a value its `enum` does not list.
+/// The only field of `object` whose value does not fit its property, with what is wrong with it.
+/// A `null` counts only where `nulls_misfit` (a patch refused one) and the property is not
+/// nullable: elsewhere poem reads `null` as a field left out.
+fn only_misfit(schema: &Value, object: &Map<String, Value>, nulls_misfit: bool) -> Option<(String, String)> {
+    let mut misfits = schema["properties"].as_object()?.iter().filter_map(|(name, property)| {
+        let (property, value) = (resolved(property), object.get(name)?);
+        let misfit = match value {
+            Value::Null if nulls_misfit && property["nullable"] != true => Some("must not be null".to_owned()),
+            Value::Null => None,
+            value => misfit(property, value),
+        };
+        misfit.map(|misfit| (name.clone(), misfit))
+    });
+    let only = misfits.next()?;
+    misfits.next().is_none().then_some(only)
+}
+
+/// What is wrong with `value` as a value of `property` (a resolved schema): another JSON type, an
+/// integer outside its format's range, or a value its `enum` does not list.
 fn misfit(property: &Value, value: &Value) -> Option<String> {
     let expected = property["type"].as_str()?;
     let found = json_type(value);
     if found != expected && !(expected == "number" && found == "integer") {
         return Some(format!("must be {} {expected}, not {} {found}", article(expected), article(found)));
+    }
+    if let Some((least, most)) = property["format"].as_str().and_then(integer_range)
+        && value.to_string().parse::<i128>().is_ok_and(|integer| !(least..=most).contains(&integer))
+    {
+        // The document's own bounds where it gives them: those are what the client must meet.
+        let bound = |key: &str, format_bound: i128| property[key].as_f64().map_or(format_bound, |bound| bound as i128);
+        return Some(format!("must be an integer from {} to {}", bound("minimum", least), bound("maximum", most)));
     }
     let allowed = property["enum"].as_array()?;
     (!allowed.contains(value)).then(|| {
@@ -93,6 +122,19 @@ fn misfit(property: &Value, value: &Value) -> Option<String> {
 fn resolved(property: &Value) -> &Value {
     let reference = property["$ref"].as_str().or_else(|| property["allOf"][0]["$ref"].as_str());
     reference.and_then(|reference| reference.strip_prefix("#/components/schemas/")).and_then(schema).unwrap_or(property)
+}
+
+/// The values an integer of `format` (`int16`, `uint32`, …) can hold.
+fn integer_range(format: &str) -> Option<(i128, i128)> {
+    let (signed, bits) = match format.split_at_checked(format.find(|c: char| c.is_ascii_digit())?)? {
+        ("int", bits) => (true, bits.parse::<u32>().ok()?),
+        ("uint", bits) => (false, bits.parse::<u32>().ok()?),
+        _ => return None,
+    };
+    if !(8..=64).contains(&bits) {
+        return None;
+    }
+    Some(if signed { (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) } else { (0, (1 << bits) - 1) })
 }
 
 /// The document's name for the JSON type of `value`.
@@ -171,9 +213,43 @@ mod tests {
                          (occurred while parsing \"RiskCreate\")";
         let tags_and_owner = r#"{"title": "t", "impact": 3, "probability": 4, "tags": [5], "owner": 5}"#;
         assert_eq!(with_field_named(in_a_list, tags_and_owner.as_bytes()), None, "a value inside a list");
-        let custom = "null cannot clear this field (occurred while parsing \"optional_string\") \
-                      (occurred while parsing \"MitigationPatch\")";
-        let valid_null = r#"{"due_date": null, "title": null}"#;
-        assert_eq!(with_field_named(custom, valid_null.as_bytes()), None, "no value reported");
+        let no_value = "failed to parse \"integer_int16\": invalid integer (occurred while parsing \"RiskCreate\")";
+        let two_misfits = r#"{"title": "t", "impact": 2.5, "probability": 4.5}"#;
+        assert_eq!(with_field_named(no_value, two_misfits.as_bytes()), None, "no value reported, two misfits");
+    }
+
+    #[test]
+    fn without_a_value_reported_the_only_field_that_does_not_fit_is_named() {
+        let named = |message: &str, body: &str| {
+            with_field_named(message, body.as_bytes()).map(|named| named.split(" (").next().unwrap().to_owned())
+        };
+        let invalid = "failed to parse \"integer_int16\": invalid integer (occurred while parsing \"integer_int16\") \
+                       (occurred while parsing \"RiskPatch\")";
+        assert_eq!(
+            named(invalid, r#"{"impact": 2.5}"#).as_deref(),
+            Some("field `impact` must be an integer, not a number")
+        );
+        let too_large = "failed to parse \"integer_int16\": Only integers from -32768 to 32767 are accepted. \
+                         (occurred while parsing \"RiskCreate\")";
+        let body = r#"{"title": "t", "impact": 70000, "probability": 4, "owner": null}"#;
+        assert_eq!(named(too_large, body).as_deref(), Some("field `impact` must be an integer from 1 to 5"));
+        let cleared = format!(
+            "failed to parse \"optional_string\": {NULL_CANNOT_CLEAR} (occurred while parsing \"optional_string\") \
+             (occurred while parsing \"MitigationPatch\")"
+        );
+        let nullable_too = r#"{"due_date": null, "title": null}"#;
+        assert_eq!(named(&cleared, nullable_too).as_deref(), Some("field `title` must not be null"));
+        assert_eq!(named(&cleared, r#"{"title": null, "assignee": null}"#), None, "two fields refuse null");
+        assert_eq!(named(invalid, r#"{"impact": 3, "owner": null}"#), None, "nothing misfits");
+    }
+
+    #[test]
+    fn an_integer_format_holds_its_range() {
+        assert_eq!(integer_range("int16"), Some((-32768, 32767)));
+        assert_eq!(integer_range("uint32"), Some((0, 4_294_967_295)));
+        assert_eq!(integer_range("int64"), Some((i128::from(i64::MIN), i128::from(i64::MAX))));
+        for other in ["double", "date", "int", "int128", "uuid"] {
+            assert_eq!(integer_range(other), None, "{other}");
+        }
     }
 }

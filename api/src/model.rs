@@ -21,7 +21,7 @@ mod stats;
 mod text;
 
 pub use calendar_date::CalendarDate;
-pub use change::Change;
+pub use change::{Change, NULL_CANNOT_CLEAR};
 
 pub use stats::{MitigationStatusCounts, RiskMatrix, SeverityCounts, Stats, StatusCounts, TrendPoint, Trends};
 pub use text::Text;

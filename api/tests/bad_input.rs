@@ -432,6 +432,22 @@ async fn a_body_that_does_not_fit_its_type_is_told_which_field_to_fix() {
             "field `probability` must be an integer, not a string",
         ),
         (Method::PATCH, path.as_str(), json!({"tags": "one"}), "field `tags` must be an array, not a string"),
+        // poem reports no value for these: the only field that does not fit is named.
+        (
+            Method::POST,
+            "/api/v1/risks",
+            json!({"title": "t", "impact": 3.5, "probability": 2, "owner": null}),
+            "field `impact` must be an integer, not a number",
+        ),
+        (
+            Method::POST,
+            "/api/v1/risks",
+            json!({"title": "t", "impact": 70000, "probability": 2}),
+            "field `impact` must be an integer from 1 to 5",
+        ),
+        (Method::PATCH, path.as_str(), json!({"impact": 2.5}), "field `impact` must be an integer, not a number"),
+        (Method::PATCH, path.as_str(), json!({"title": null}), "field `title` must not be null"),
+        (Method::PATCH, path.as_str(), json!({"tags": null, "external_id": null}), "field `tags` must not be null"),
     ];
     for (method, path, body, named) in cases {
         let problem =
@@ -440,4 +456,8 @@ async fn a_body_that_does_not_fit_its_type_is_told_which_field_to_fix() {
         assert!(detail.starts_with(named), "{body}: {detail}");
     }
     assert_eq!(app.count("SELECT count(*) FROM risks").await, 1, "nothing was written");
+    // Parameter types are named as the document names them too.
+    let problem = assert_problem(app.get("/api/v1/stats/trends?days=abc", token).await, StatusCode::BAD_REQUEST).await;
+    let detail = problem["detail"].as_str().unwrap();
+    assert!(detail.contains("failed to parse \"integer\""), "{detail}");
 }

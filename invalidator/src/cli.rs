@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use clap::Subcommand;
-use openrisk_shared::command_line::{ServerCli, shutdown_signal};
+use openrisk_shared::command_line::{ServerCli, until_stopped};
 use openrisk_shared::config::WakeMode;
 
 /// The `openrisk-invalidator` command line.
@@ -34,14 +34,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             let timeout = Duration::from_millis(settings.invalidator.shutdown_timeout_ms);
             let mut running = crate::start(settings).await?;
-            let failure = tokio::select! {
-                () = shutdown_signal() => None,
-                ended = running.failed() => Some(ended),
-            };
-            match &failure {
-                None => tracing::info!("shutting down"),
-                Some(ended) => tracing::error!(%ended, "shutting down to be restarted"),
-            }
+            let failure = until_stopped(running.failed()).await;
             if !running.shutdown(timeout).await {
                 tracing::warn!(?timeout, "shutdown timed out; claimed events are released by the database");
             }

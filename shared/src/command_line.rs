@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 
+use crate::tasks::TaskEnded;
 use crate::{ConfigError, Settings, telemetry};
 
 /// A server's command line: the `--config` option and one of the server's commands.
@@ -42,9 +43,23 @@ impl ConfigArgs {
     }
 }
 
+/// Runs until a shutdown is asked for (`None`) or one of the process's tasks ends on its own
+/// (`failed`, which names it), and logs which: what both servers wait for before they stop.
+pub async fn until_stopped(failed: impl Future<Output = TaskEnded>) -> Option<TaskEnded> {
+    let failure = tokio::select! {
+        () = shutdown_signal() => None,
+        ended = failed => Some(ended),
+    };
+    match &failure {
+        None => tracing::info!("shutting down"),
+        Some(ended) => tracing::error!(%ended, "shutting down to be restarted"),
+    }
+    failure
+}
+
 /// Resolves on Ctrl-C or SIGTERM (only Ctrl-C where there is no SIGTERM, or where its handler
 /// cannot be installed).
-pub async fn shutdown_signal() {
+async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };

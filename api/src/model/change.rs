@@ -65,11 +65,14 @@ impl<T: Type> Type for Change<T> {
     }
 }
 
+/// Why a change refuses `null` (a field only a value can change).
+pub const NULL_CANNOT_CLEAR: &str = "null cannot clear this field; leave it out to keep it";
+
 impl<T: ParseFromJSON> ParseFromJSON for Change<T> {
     fn parse_from_json(value: Option<Value>) -> ParseResult<Self> {
         match value {
             None => Ok(Self(None)),
-            Some(Value::Null) => Err(ParseError::custom("null cannot clear this field; leave it out to keep it")),
+            Some(Value::Null) => Err(ParseError::custom(NULL_CANNOT_CLEAR)),
             value => T::parse_from_json(value).map(|value| Self(Some(value))).map_err(ParseError::propagate),
         }
     }
