@@ -274,12 +274,16 @@ fn documented_names(message: &str, path_parameters: &[&str]) -> String {
     for (index, name) in path_parameters.iter().enumerate() {
         message = message.replace(&format!("`param{index}`"), &format!("`{name}`"));
     }
-    // Quoted text sits at the odd positions between the quote marks.
+    // Quoted text sits at the odd positions between the quote marks; the value poem echoes after
+    // `found` is the client's own and stays as sent.
     let parts: Vec<&str> = message.split('"').collect();
     let renamed: Vec<String> = parts
         .iter()
         .enumerate()
-        .map(|(position, part)| if position % 2 == 1 { documented_type(part) } else { (*part).to_owned() })
+        .map(|(position, part)| {
+            let type_name = position % 2 == 1 && !parts[position - 1].ends_with("found ");
+            if type_name { documented_type(part) } else { (*part).to_owned() }
+        })
         .collect();
     renamed.join("\"")
 }
@@ -335,5 +339,11 @@ mod tests {
         assert_eq!(documented_names("\"integer_int16\" and \"a b_c\"", &[]), "\"integer\" and \"a b_c\"");
         let message = "\"integer(uint32)\", \"list_string\", \"map_any\", \"optional_list_string\"";
         assert_eq!(documented_names(message, &[]), "\"integer\", \"array\", \"object\", \"array\"");
+        let echoed = "Expected input type \"RiskStatus\", found \"map_view\". (occurred while parsing \"list_string\")";
+        assert_eq!(
+            documented_names(echoed, &[]),
+            "Expected input type \"RiskStatus\", found \"map_view\". (occurred while parsing \"array\")",
+            "the client's value stays as sent"
+        );
     }
 }

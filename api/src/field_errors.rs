@@ -43,9 +43,7 @@ pub fn with_field_named(message: &str, body: &[u8]) -> Option<String> {
     let reported = parts.next()?;
     let types: Vec<&str> = parts.map(|part| part.split('"').next().unwrap_or_default()).collect();
     let (type_name, between) = types.split_last()?;
-    // A wrapper that passes its field's error on names the same type again (`Change<i16>`).
-    let failed = reported.split('"').nth(1).unwrap_or_default();
-    if !between.iter().all(|name| name.starts_with("optional_") || *name == failed) {
+    if !between.iter().all(|name| name.starts_with("optional_")) {
         return None;
     }
     let body: Value = serde_json::from_slice(body).ok()?;
@@ -56,13 +54,28 @@ pub fn with_field_named(message: &str, body: &[u8]) -> Option<String> {
 /// The field of `object` (of the type `schema` describes) that `reported` is about, with what is
 /// wrong with it: the first required one missing or `null` (in the order the type declares them,
 /// as poem reads them) when nothing or `null` was found, the only one holding the value found
-/// where it does not fit, or, when no value is reported (`invalid integer`, an integer out of its
-/// format's range, a patch's `null`), the only field that does not fit at all.
+/// where it does not fit, or, for the two errors poem reports without the value (a patch's `null`,
+/// an integer it could not read into its format), the only field that can have caused it.
 fn misfit_reported(schema: &Value, object: &Map<String, Value>, reported: &str) -> Option<(String, String)> {
     let found = match reported.split_once(", found ") {
         Some((_, found)) => serde_json::from_str::<Value>(found.strip_suffix('.')?).ok()?,
         None if reported.ends_with("expects an input value.") => Value::Null,
-        None => return only_misfit(schema, object, reported.contains(NULL_CANNOT_CLEAR)),
+        None if reported.contains(NULL_CANNOT_CLEAR) => {
+            let refuses_null = |property: &Value, value: &Value| {
+                (value.is_null() && property["nullable"] != true).then(|| "must not be null".to_owned())
+            };
+            return only_misfit(schema, object, refuses_null);
+        }
+        None => {
+            // `failed to parse "integer_int16": invalid integer` or `…: Only integers from …`.
+            let format = reported.split('"').nth(1)?.trim_start_matches("optional_").strip_prefix("integer_")?;
+            let unread_integer = |property: &Value, value: &Value| {
+                (property["type"] == "integer" && property["format"] == format && !value.is_null())
+                    .then(|| misfit(property, value))
+                    .flatten()
+            };
+            return only_misfit(schema, object, unread_integer);
+        }
     };
     if found.is_null() {
         let required = schema["required"].as_array()?.iter().filter_map(Value::as_str);
@@ -78,18 +91,15 @@ fn misfit_reported(schema: &Value, object: &Map<String, Value>, reported: &str) 
     holding.next().is_none().then_some(only)
 }
 
-/// The only field of `object` whose value does not fit its property, with what is wrong with it.
-/// A `null` counts only where `nulls_misfit` (a patch refused one) and the property is not
-/// nullable: elsewhere poem reads `null` as a field left out.
-fn only_misfit(schema: &Value, object: &Map<String, Value>, nulls_misfit: bool) -> Option<(String, String)> {
+/// The only field of `object` for which `misfit` (given its resolved property and its value)
+/// says what is wrong; none when no field or several do.
+fn only_misfit(
+    schema: &Value,
+    object: &Map<String, Value>,
+    misfit: impl Fn(&Value, &Value) -> Option<String>,
+) -> Option<(String, String)> {
     let mut misfits = schema["properties"].as_object()?.iter().filter_map(|(name, property)| {
-        let (property, value) = (resolved(property), object.get(name)?);
-        let misfit = match value {
-            Value::Null if nulls_misfit && property["nullable"] != true => Some("must not be null".to_owned()),
-            Value::Null => None,
-            value => misfit(property, value),
-        };
-        misfit.map(|misfit| (name.clone(), misfit))
+        misfit(resolved(property), object.get(name)?).map(|misfit| (name.clone(), misfit))
     });
     let only = misfits.next()?;
     misfits.next().is_none().then_some(only)
@@ -104,7 +114,7 @@ fn misfit(property: &Value, value: &Value) -> Option<String> {
         return Some(format!("must be {} {expected}, not {} {found}", article(expected), article(found)));
     }
     if let Some((least, most)) = property["format"].as_str().and_then(integer_range)
-        && value.to_string().parse::<i128>().is_ok_and(|integer| !(least..=most).contains(&integer))
+        && !value.to_string().parse::<i128>().is_ok_and(|integer| (least..=most).contains(&integer))
     {
         // The document's own bounds where it gives them: those are what the client must meet.
         let bound = |key: &str, format_bound: i128| property[key].as_f64().map_or(format_bound, |bound| bound as i128);
@@ -219,28 +229,38 @@ mod tests {
     }
 
     #[test]
-    fn without_a_value_reported_the_only_field_that_does_not_fit_is_named() {
+    fn without_a_value_reported_the_only_field_that_can_have_caused_it_is_named() {
         let named = |message: &str, body: &str| {
             with_field_named(message, body.as_bytes()).map(|named| named.split(" (").next().unwrap().to_owned())
         };
-        let invalid = "failed to parse \"integer_int16\": invalid integer (occurred while parsing \"integer_int16\") \
+        let invalid = "failed to parse \"integer_int16\": invalid integer (occurred while parsing \"optional_integer_int16\") \
                        (occurred while parsing \"RiskPatch\")";
-        assert_eq!(
-            named(invalid, r#"{"impact": 2.5}"#).as_deref(),
-            Some("field `impact` must be an integer, not a number")
-        );
+        let integer = Some("field `impact` must be an integer, not a number");
+        assert_eq!(named(invalid, r#"{"impact": 2.5}"#).as_deref(), integer);
+        assert_eq!(named(invalid, r#"{"impact": 2.5, "title": 7}"#).as_deref(), integer, "only an int16 can fail so");
+        assert_eq!(named(invalid, r#"{"impact": 2.5, "probability": 1.5}"#), None, "two int16s could have");
+        assert_eq!(named(invalid, r#"{"impact": 3, "owner": null}"#), None, "nothing misfits");
         let too_large = "failed to parse \"integer_int16\": Only integers from -32768 to 32767 are accepted. \
                          (occurred while parsing \"RiskCreate\")";
         let body = r#"{"title": "t", "impact": 70000, "probability": 4, "owner": null}"#;
         assert_eq!(named(too_large, body).as_deref(), Some("field `impact` must be an integer from 1 to 5"));
-        let cleared = format!(
-            "failed to parse \"optional_string\": {NULL_CANNOT_CLEAR} (occurred while parsing \"optional_string\") \
-             (occurred while parsing \"MitigationPatch\")"
+        let beyond_every_integer =
+            r#"{"title": "t", "impact": 1000000000000000000000000000000000000000, "probability": 2}"#;
+        assert_eq!(
+            named(invalid, beyond_every_integer).as_deref(),
+            Some("field `impact` must be an integer from 1 to 5")
         );
-        let nullable_too = r#"{"due_date": null, "title": null}"#;
+        let cleared = format!(
+            "failed to parse \"optional_string\": {NULL_CANNOT_CLEAR} (occurred while parsing \"MitigationPatch\")"
+        );
+        let nullable_too = r#"{"due_date": null, "title": null, "cost": "x"}"#;
         assert_eq!(named(&cleared, nullable_too).as_deref(), Some("field `title` must not be null"));
         assert_eq!(named(&cleared, r#"{"title": null, "assignee": null}"#), None, "two fields refuse null");
-        assert_eq!(named(invalid, r#"{"impact": 3, "owner": null}"#), None, "nothing misfits");
+        // A date poem could not read is reported without its value but with a type of its own.
+        let bad_date =
+            "failed to parse \"string_date\": `2027-02-30` is not a date (occurred while parsing \"MitigationCreate\")";
+        let later_misfit = r#"{"title": "t", "due_date": "2027-02-30", "mitigation_time_days": "10"}"#;
+        assert_eq!(named(bad_date, later_misfit), None, "not the later field that does not fit");
     }
 
     #[test]

@@ -456,6 +456,12 @@ async fn a_body_that_does_not_fit_its_type_is_told_which_field_to_fix() {
         assert!(detail.starts_with(named), "{body}: {detail}");
     }
     assert_eq!(app.count("SELECT count(*) FROM risks").await, 1, "nothing was written");
+    // A date poem could not read is reported without its value: no later field is blamed for it.
+    let body = json!({"title": "t", "due_date": "2027-02-30", "mitigation_time_days": "10"});
+    let refused = app.send_json(Method::POST, &format!("{path}/mitigations"), token, body).await;
+    let problem = assert_problem(refused, StatusCode::BAD_REQUEST).await;
+    let detail = problem["detail"].as_str().unwrap();
+    assert!(!detail.contains("mitigation_time_days") && detail.contains("2027-02-30"), "{detail}");
     // Parameter types are named as the document names them too.
     let problem = assert_problem(app.get("/api/v1/stats/trends?days=abc", token).await, StatusCode::BAD_REQUEST).await;
     let detail = problem["detail"].as_str().unwrap();
