@@ -83,12 +83,7 @@ fn misfit_reported(schema: &Value, object: &Map<String, Value>, reported: &str) 
         let misfit = if object.contains_key(missing) { "must not be null" } else { "is required" };
         return Some((missing.to_owned(), misfit.to_owned()));
     }
-    let mut holding = schema["properties"].as_object()?.iter().filter_map(|(name, property)| {
-        let value = object.get(name).filter(|value| **value == found)?;
-        misfit(resolved(property), value).map(|misfit| (name.clone(), misfit))
-    });
-    let only = holding.next()?;
-    holding.next().is_none().then_some(only)
+    only_misfit(schema, object, |property, value| (*value == found).then(|| misfit(property, value)).flatten())
 }
 
 /// The only field of `object` for which `misfit` (given its resolved property and its value)
