@@ -209,6 +209,7 @@ pub fn routes(state: Arc<AppState>) -> BoxEndpoint<'static, Response> {
         .with(NormalizePath::new(TrailingSlash::Trim))
         // Inside the request deadline, outside everything a hit does not need.
         .around(crate::hit_path::answer_hits_first)
+        .around(crate::conditional::refuse_reads_whose_if_match_fails)
         .around(move |endpoint, request| crate::request_limits::within(endpoint, request, request_timeout))
         .catch_all_error(|error: poem::Error| async move {
             // Keep the matched route template for the request metrics.

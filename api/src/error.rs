@@ -80,8 +80,9 @@ pub enum ApiError {
     #[oai(status = 409, content_type = "application/problem+json")]
     #[error("conflict: {}", .0.detail)]
     Conflict(Json<Problem>),
-    /// `If-Match` names no current representation: the resource changed since the client read
-    /// it. `ETag` carries the current entity tag; read the resource again before retrying.
+    /// A precondition is false: `If-Match` names no current representation (the resource changed
+    /// since the client read it), or a write's `If-None-Match` names the current one. `ETag`
+    /// carries the current entity tag; read the resource again before retrying.
     #[oai(status = 412, content_type = "application/problem+json")]
     #[error("precondition failed: {}", .0.detail)]
     PreconditionFailed(Json<Problem>, #[oai(header = "ETag")] String),
@@ -125,9 +126,16 @@ impl ApiError {
         Self::Conflict(Json(Problem::new(StatusCode::CONFLICT, detail)))
     }
 
-    /// 412 with the resource's current entity tag.
+    /// 412 for an `If-Match` that names none of the resource's current entity tag, given.
     pub fn precondition_failed(current_etag: String) -> Self {
         let detail = "the resource changed since the entity tag in If-Match was read; read it again and retry";
+        Self::PreconditionFailed(Json(Problem::new(StatusCode::PRECONDITION_FAILED, detail)), current_etag)
+    }
+
+    /// 412 for a write whose `If-None-Match` names the resource's current entity tag, given (or is
+    /// `*`, and the resource exists).
+    pub fn representation_exists(current_etag: String) -> Self {
+        let detail = "the resource exists with an entity tag that If-None-Match names; nothing was changed";
         Self::PreconditionFailed(Json(Problem::new(StatusCode::PRECONDITION_FAILED, detail)), current_etag)
     }
 

@@ -1,6 +1,7 @@
 //! What an abusive or careless client can make the API do: Redis memory, metric series and
 //! database work it can cause, answers it can corrupt, and the HTTP details clients rely on
-//! (conditional writes, caching headers, `Allow`). Connections are in `connections.rs`.
+//! (caching headers, `Allow`). Connections are in `connections.rs`, conditional requests in
+//! `conditional_requests.rs`.
 
 mod common;
 
@@ -333,40 +334,6 @@ async fn json_bodies_with_a_repeated_key_are_refused() {
     }
     assert_eq!(app.count("SELECT count(*) FROM api_tokens").await, tokens_before);
     assert_eq!(app.count("SELECT count(*) FROM risks").await, 1);
-}
-
-#[tokio::test]
-async fn writes_with_a_stale_if_match_are_refused_412_with_the_current_tag_and_a_change_answers_with_the_next_one() {
-    let app = spawn_app().await;
-    let token = &app.a.analyst;
-    let paths = app.create_risk_mitigation_and_asset("Conditional").await;
-    for (path, change) in [
-        (&paths.mitigation, json!({"progress": 10})),
-        (&paths.asset, json!({"owner": "o"})),
-        (&paths.risk, json!({"impact": 5})),
-    ] {
-        let read = app.etag(path).await;
-        let conditional = |tag: &str| app.request(Method::PATCH, path, token).header("if-match", tag).json(&change);
-        let changed = conditional(&read).send().await.unwrap();
-        assert_eq!(changed.status(), StatusCode::OK, "{path}");
-        let next = changed.headers().get("etag").map(|tag| tag.to_str().unwrap().to_owned());
-        assert_eq!(next, Some(app.etag(path).await), "a change answers with the tag a GET of {path} now has");
-        let stale = conditional(&read).send().await.unwrap();
-        let current = stale.headers().get("etag").map(|tag| tag.to_str().unwrap().to_owned());
-        assert_problem(stale, StatusCode::PRECONDITION_FAILED).await;
-        assert_eq!(current, Some(app.etag(path).await), "412 names the current tag of {path}");
-        let weak = format!("W/{}", app.etag(path).await);
-        assert_eq!(conditional(&weak).send().await.unwrap().status(), StatusCode::PRECONDITION_FAILED);
-        let current = app.etag(path).await;
-        let two_lines = conditional(&read).header("if-match", &current).send().await.unwrap();
-        assert_eq!(two_lines.status(), StatusCode::OK, "two If-Match lines are one list, the second current");
-        assert_eq!(conditional("*").send().await.unwrap().status(), StatusCode::OK);
-
-        let delete = |tag: &str| app.request(Method::DELETE, path, token).header("if-match", tag.to_owned()).send();
-        assert_eq!(delete(&read).await.unwrap().status(), StatusCode::PRECONDITION_FAILED);
-        assert_eq!(app.get(path, token).await.status(), StatusCode::OK, "a refused delete deletes nothing");
-        assert_eq!(delete(&app.etag(path).await).await.unwrap().status(), StatusCode::NO_CONTENT);
-    }
 }
 
 #[tokio::test]

@@ -78,12 +78,6 @@ pub fn etag_of(body: &[u8]) -> String {
     format!("\"{}\"", hex::encode(&Sha256::digest(body)[..16]))
 }
 
-/// Whether an `If-None-Match` header value matches `etag` (weak comparison, RFC 9110 §13.1.2).
-pub fn if_none_match_matches(header: &str, etag: &str) -> bool {
-    let bare = |tag: &str| tag.trim().trim_start_matches("W/").to_owned();
-    header.trim() == "*" || header.split(',').any(|candidate| bare(candidate) == bare(etag))
-}
-
 /// Why a Redis call did not produce a result.
 #[derive(Debug, thiserror::Error)]
 enum RedisFault {
@@ -265,19 +259,5 @@ impl Cache {
                 false
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn if_none_match_compares_weakly() {
-        let etag = "\"abc\"";
-        assert!(if_none_match_matches("\"abc\"", etag));
-        assert!(if_none_match_matches("W/\"abc\", \"x\"", etag));
-        assert!(if_none_match_matches("*", etag));
-        assert!(!if_none_match_matches("\"abd\"", etag));
     }
 }

@@ -164,7 +164,7 @@ impl AssetsApi {
         let id = id.0;
         caller
             .write(async |write| {
-                if if_match.0.is_some() {
+                if !write.conditions(if_match.0.as_deref()).is_empty() {
                     lock_asset(write, id, if_match.0.as_deref()).await?;
                 }
                 let deleted = write.timed("asset_delete", writes::delete_asset(&write.txn, write.tenant, id)).await?;
@@ -218,10 +218,11 @@ fn asset_body(row: &assets::Model) -> std::future::Ready<Result<Vec<u8>, ApiErro
     std::future::ready(Asset::try_from(row.clone()).map(|asset| body_of(&asset)).map_err(ApiError::from))
 }
 
-/// Locks the asset `id` for `write` and checks `If-Match` against it (see [`super::lock_for_write`]).
+/// Locks the asset `id` for `write` and checks the write's preconditions against it (see
+/// [`super::lock_for_write`]).
 async fn lock_asset(write: &Write, id: Uuid, if_match: Option<&str>) -> Result<assets::Model, ApiError> {
     let lock = write.timed("asset_lock", writes::lock_asset(&write.txn, write.tenant, id));
-    super::lock_for_write("asset", id, lock, if_match, asset_body).await
+    super::lock_for_write("asset", id, lock, write.conditions(if_match), asset_body).await
 }
 
 /// Which way [`change_link`] changes the link between a risk and an asset.

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
+use poem::http::header;
 use poem::web::Data;
 use poem::{FromRequest, Request, RequestBody};
 use poem_openapi::registry::Registry;
@@ -18,6 +19,7 @@ use super::{Cached, Caching, ListFilter, serve};
 use crate::app::AppState;
 use crate::auth::{BearerAuth, Principal, Role};
 use crate::cache::CacheableRead;
+use crate::conditional::WriteConditions;
 use crate::db::replicas::Reader;
 use crate::error::ApiError;
 
@@ -26,6 +28,8 @@ use crate::error::ApiError;
 pub(super) struct Caller {
     pub state: Arc<AppState>,
     pub principal: Principal,
+    /// The request's `If-None-Match`, which a write evaluates although no write documents it.
+    if_none_match: Option<String>,
 }
 
 /// What a cacheable read of the caller answers.
@@ -54,7 +58,8 @@ impl<'a> ApiExtractor<'a> for Caller {
         let state = Arc::clone(state);
         let BearerAuth(principal) =
             <BearerAuth as ApiExtractor>::from_request(request, body, ExtractParamOptions::default()).await?;
-        Ok(Self { state, principal })
+        let if_none_match = request.headers().get(header::IF_NONE_MATCH).and_then(|value| value.to_str().ok());
+        Ok(Self { state, principal, if_none_match: if_none_match.map(str::to_owned) })
     }
 }
 
@@ -130,7 +135,12 @@ impl Caller {
     /// One attempt of [`Caller::write`]: its own transaction, ended before this returns.
     async fn write_once<T>(&self, change: impl AsyncFnOnce(&Write) -> Result<T, ApiError>) -> Result<T, ApiError> {
         let place = self.state.reads.shares().enter(self.tenant()).await?;
-        let write = Write { txn: self.state.db.begin().await?, state: Arc::clone(&self.state), tenant: self.tenant() };
+        let write = Write {
+            txn: self.state.db.begin().await?,
+            state: Arc::clone(&self.state),
+            tenant: self.tenant(),
+            if_none_match: self.if_none_match.clone(),
+        };
         match change(&write).await {
             Ok(changed) => {
                 write.commit(place).await?;
@@ -156,9 +166,16 @@ pub(super) struct Write {
     pub txn: DatabaseTransaction,
     pub state: Arc<AppState>,
     pub tenant: Uuid,
+    if_none_match: Option<String>,
 }
 
 impl Write {
+    /// The preconditions of a write of one resource: the operation's `if_match` and the request's
+    /// `If-None-Match`.
+    pub fn conditions<'a>(&'a self, if_match: Option<&'a str>) -> WriteConditions<'a> {
+        WriteConditions { if_match, if_none_match: self.if_none_match.as_deref() }
+    }
+
     /// Runs one query of the write, timed under `name`.
     pub async fn timed<T>(&self, name: &str, query: impl Future<Output = T>) -> T {
         self.state.db.timed(name, query).await

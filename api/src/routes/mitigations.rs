@@ -44,7 +44,7 @@ async fn mitigation_view(
 }
 
 /// The mitigation `id` of `risk`, locked until the write ends (so no other change of it comes
-/// between this read and the write), and checked against `If-Match` when one is sent.
+/// between this read and the write), and checked against the write's preconditions when it has any.
 async fn find_for_write(
     write: &Write,
     risk: Uuid,
@@ -53,14 +53,15 @@ async fn find_for_write(
 ) -> Result<mitigations::Model, ApiError> {
     let (txn, tenant) = (&write.txn, write.tenant);
     let lock = write.timed("mitigation_lock", crate::db::risks::find_mitigation_to_change(txn, tenant, risk, id));
-    if if_match.is_none() {
+    let conditions = write.conditions(if_match);
+    if conditions.is_empty() {
         return lock.await?.or_not_found("mitigation", id);
     }
     let current_body = |row: &mitigations::Model| {
         let row = row.clone();
         async move { Ok(body_of(&mitigation_view(&write.state, txn, tenant, row).await?)) }
     };
-    super::lock_for_write("mitigation", id, lock, if_match, current_body).await
+    super::lock_for_write("mitigation", id, lock, conditions, current_body).await
 }
 
 #[OpenApi(prefix_path = "/api/v1", tag = "ApiTags::Mitigations")]

@@ -28,7 +28,8 @@ pub use stats::StatsApi;
 pub use tokens::TokensApi;
 
 use crate::app::AppState;
-use crate::cache::{CacheableRead, Served, if_none_match_matches};
+use crate::cache::{CacheableRead, Served};
+use crate::conditional::{WriteConditions, if_none_match_matches};
 use crate::db::replicas::Reader;
 use crate::error::{ApiError, OrNotFound};
 
@@ -245,39 +246,25 @@ fn normalise_search(text: Option<String>) -> Option<String> {
     text.map(|text| text.trim().to_owned()).filter(|text| !text.is_empty())
 }
 
-/// Whether an `If-Match` header value names `etag` (strong comparison, RFC 9110 §13.1.1): `*`
-/// matches any current representation, a weak tag never matches.
-fn if_match_matches(header: &str, etag: &str) -> bool {
-    header.trim() == "*" || header.split(',').any(|candidate| candidate.trim() == etag)
-}
-
-/// For a conditional write: fails with 412 and the current entity tag unless `if_match` is
-/// absent or names the representation a GET of the resource serves now. `current_body` reads
-/// that representation inside the write's transaction, after the row it changes is locked, so
-/// no other write of the row can come between the check and the change.
-async fn require_if_match<Fut>(if_match: Option<&str>, current_body: impl FnOnce() -> Fut) -> Result<(), ApiError>
-where
-    Fut: Future<Output = Result<Vec<u8>, ApiError>>,
-{
-    let Some(header) = if_match else { return Ok(()) };
-    let etag = crate::cache::etag_of(&current_body().await?);
-    if if_match_matches(header, &etag) { Ok(()) } else { Err(ApiError::precondition_failed(etag)) }
-}
-
 /// Locks the row a write changes, with `lock` (404 naming `what` and `id` when there is none),
-/// then checks `If-Match` against the body a GET of it serves now, as `current_body` reads it.
+/// then checks the write's `conditions` against the body a GET of it serves now, as
+/// `current_body` reads it (412 with the current entity tag when one is false). The body is read
+/// inside the write's transaction, after the row is locked, so no other write of the row can come
+/// between the check and the change.
 async fn lock_for_write<Row, Body>(
     what: &str,
     id: uuid::Uuid,
     lock: impl Future<Output = Result<Option<Row>, sea_orm::DbErr>>,
-    if_match: Option<&str>,
+    conditions: WriteConditions<'_>,
     current_body: impl FnOnce(&Row) -> Body,
 ) -> Result<Row, ApiError>
 where
     Body: Future<Output = Result<Vec<u8>, ApiError>>,
 {
     let row = lock.await?.or_not_found(what, id)?;
-    require_if_match(if_match, || current_body(&row)).await?;
+    if !conditions.is_empty() {
+        conditions.check(crate::cache::etag_of(&current_body(&row).await?))?;
+    }
     Ok(row)
 }
 
@@ -310,20 +297,5 @@ impl<T: ToJSON> Revised<T> {
     fn as_served(resource: T) -> Self {
         let etag = crate::cache::etag_of(&body_of(&resource));
         Self::Ok(poem_openapi::payload::Json(resource), etag)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::if_match_matches;
-
-    #[test]
-    fn if_match_compares_strongly() {
-        let etag = "\"abc\"";
-        let cases =
-            [("\"abc\"", true), ("\"x\", \"abc\"", true), (" * ", true), ("W/\"abc\"", false), ("\"abd\"", false)];
-        for (header, matches) in cases {
-            assert_eq!(if_match_matches(header, etag), matches, "If-Match: {header}");
-        }
     }
 }

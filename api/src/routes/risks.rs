@@ -259,7 +259,7 @@ impl RisksApi {
         let id = id.0;
         caller
             .write(async |write| {
-                if if_match.0.is_some() {
+                if !write.conditions(if_match.0.as_deref()).is_empty() {
                     lock_risk(write, id, if_match.0.as_deref()).await?;
                 }
                 let delete = crate::db::risks::soft_delete(&write.txn, write.tenant, id);
@@ -280,15 +280,17 @@ async fn risk_page(
     super::page_body(rows, |items| RiskPage { items, total, page: filter.page, limit: filter.limit })
 }
 
-/// Locks the live risk `id` for `write` and checks `If-Match` against its detail as a GET
-/// serves it (see [`super::lock_for_write`]).
+/// Locks the live risk `id` for `write` and checks the write's preconditions against its detail
+/// as a GET serves it (see [`super::lock_for_write`]).
 async fn lock_risk(
     write: &Write,
     id: Uuid,
     if_match: Option<&str>,
 ) -> Result<crate::db::entities::risks::Model, ApiError> {
     let lock = write.timed("risk_lock", crate::db::risks::lock_live(&write.txn, write.tenant, id));
-    super::lock_for_write("risk", id, lock, if_match, |_| load_detail(&write.state, &write.txn, write.tenant, id)).await
+    let conditions = write.conditions(if_match);
+    super::lock_for_write("risk", id, lock, conditions, |_| load_detail(&write.state, &write.txn, write.tenant, id))
+        .await
 }
 
 /// 422 when `custom_fields` could not be stored as sent (see [`custom_fields::check`]).
