@@ -171,7 +171,7 @@ impl Metrics {
             oldest_event_age_seconds,
             lag_seconds: histogram(
                 "openrisk_invalidator_lag_seconds",
-                "Invalidation lag: from the row change in Postgres to Redis confirming the deletion.",
+                "Invalidation lag: from the writer's commit (the row change where Postgres keeps no commit times) to Redis confirming the invalidation.",
                 LAG_BUCKETS.to_vec(),
             ),
             lag_stages: LagStages::of(&lag_stage_seconds),

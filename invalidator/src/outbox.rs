@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 use openrisk_shared::db::Lsn;
 use openrisk_shared::event::{InvalidationEvent, OutboxRow, PoisonReason};
 use openrisk_shared::outbox;
+use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Statement, Transaction};
 
 /// A claimed batch, split into applicable events and poison rows.
@@ -69,22 +70,25 @@ pub struct PoisonRow {
     pub reason: PoisonReason,
 }
 
-/// Makes `client` a claiming session ([`outbox::CLAIMING_SESSION`]) and prepares the claim on
-/// it, for [`claim`]; both in one round trip.
+/// Prepares the claim on `client`, for [`claim`].
 pub async fn prepare_claim(client: &Client) -> Result<Statement, tokio_postgres::Error> {
-    let (_, statement) =
-        tokio::try_join!(client.batch_execute(outbox::CLAIMING_SESSION), client.prepare(outbox::CLAIM))?;
-    Ok(statement)
+    client.prepare(outbox::CLAIM).await
 }
 
 /// Claims up to `limit` events inside `transaction` (they stay claimed until it ends) with the
-/// statement [`prepare_claim`] prepared on its connection.
+/// statement [`prepare_claim`] prepared on its connection, under the transaction's settings
+/// ([`outbox::CLAIMING_TRANSACTION`], sent in the same round trip).
 pub async fn claim(
     transaction: &Transaction<'_>,
     statement: &Statement,
     limit: u32,
 ) -> Result<Batch, tokio_postgres::Error> {
-    let rows = transaction.query(statement, &[&i64::from(limit)]).await?;
+    let limit = i64::from(limit);
+    let parameters: [&(dyn ToSql + Sync); 1] = [&limit];
+    let (_, rows) = tokio::try_join!(
+        transaction.batch_execute(outbox::CLAIMING_TRANSACTION),
+        transaction.query(statement, &parameters)
+    )?;
     let mut batch = Batch::default();
     for row in rows {
         let outbox_row = OutboxRow {

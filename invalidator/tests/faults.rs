@@ -84,6 +84,35 @@ async fn a_claim_takes_at_most_its_limit_whatever_the_plan() {
     assert_eq!(h.outbox_len().await, rows, "a rolled-back claim gives its rows back");
 }
 
+/// What a claim sets ends with its transaction: through a transaction pooler the session is
+/// handed to other clients next, and an API writer that inherited `synchronous_commit = off`
+/// could lose a write it had acknowledged in a crash. Inside, the settings hold.
+#[tokio::test]
+async fn a_claim_leaves_no_setting_on_its_session_for_a_pooler_to_hand_on() {
+    let h = Harness::new().await;
+    let tenant = h.tenant("a").await;
+    flood_outbox(&h, tenant, 3).await;
+    let show = async |client: &tokio_postgres::Client| {
+        let settings =
+            client.query_one("SELECT current_setting('synchronous_commit'), current_setting('plan_cache_mode')", &[]);
+        let row = settings.await.unwrap();
+        (row.get::<_, String>(0), row.get::<_, String>(1))
+    };
+    let untouched = show(&h.sql).await;
+    let mut client = h.db.connect().await;
+    let claim = openrisk_invalidator::outbox::prepare_claim(&client).await.unwrap();
+    assert_eq!(show(&client).await, untouched, "preparing sets nothing");
+    let transaction = client.transaction().await.unwrap();
+    let waiting = usize::try_from(h.outbox_len().await).unwrap();
+    assert_eq!(openrisk_invalidator::outbox::claim(&transaction, &claim, 10).await.unwrap().len(), waiting);
+    let inside =
+        transaction.query_one("SELECT current_setting('synchronous_commit'), current_setting('plan_cache_mode')", &[]);
+    let inside = inside.await.unwrap();
+    assert_eq!((inside.get::<_, &str>(0), inside.get::<_, &str>(1)), ("off", "force_generic_plan"));
+    transaction.commit().await.unwrap();
+    assert_eq!(show(&client).await, untouched, "the session is as it was once the claim committed");
+}
+
 /// A claim finds its rows by primary key under either plan Postgres may use for the prepared
 /// claim, never by scanning the outbox's heap, which keeps every claimed row as a dead row until
 /// vacuum removes it: a claim that scanned it grew slower with every event. Checked with

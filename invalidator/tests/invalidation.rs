@@ -277,8 +277,9 @@ async fn poison_events_are_dead_lettered_invalidate_their_tenant_and_never_block
     for tenant in [poisoned, applied, bystander] {
         keys.push(h.cache_risk_list(tenant).await);
     }
-    // Rows written around the triggers. The last two of `applied` cannot be decoded or
-    // subtracted as they stand (a null tag, an infinite time); they are applied all the same.
+    // Rows written around the triggers. The last three of `applied` cannot be decoded or
+    // subtracted as they stand (a null tag, an infinite time, tags in two dimensions, which
+    // removing the null from fails); they are applied all the same.
     h.sql
         .execute(
             "INSERT INTO cache_outbox (tenant_id, table_name, op, tags, created_at) VALUES
@@ -287,7 +288,8 @@ async fn poison_events_are_dead_lettered_invalidate_their_tenant_and_never_block
                  ($1, 'risks', 'MERGE', ARRAY['assets'], now()),
                  ($1, 'risks', 'UPDATE', '{}', now()),
                  ($2, 'risks', 'UPDATE', ARRAY[NULL, 'risks'], now()),
-                 ($2, 'risks', 'UPDATE', ARRAY['assets'], 'infinity')",
+                 ($2, 'risks', 'UPDATE', ARRAY['assets'], 'infinity'),
+                 ($2, 'risks', 'UPDATE', '{{assets,NULL},{risks,assets}}', now())",
             &[&poisoned, &applied],
         )
         .await

@@ -45,13 +45,17 @@ pub const OWN_ROWS: &str = "
 /// `in_transaction_seconds` is that rest (row change to commit) where it is known, else null.
 ///
 /// Rows written around the triggers are read so that no value fails to decode or to subtract:
-/// null tags are dropped, and a `created_at` outside years 1–9999 (`infinity`) reads as the claim's
-/// own time. Such a row would otherwise fail every claim, on every replica, until removed by hand.
+/// null tags are dropped, tags in more than one dimension are read as one list (`array_remove`
+/// refuses such an array), and a `created_at` outside years 1–9999 (`infinity`) reads as the
+/// claim's own time. Such a row would otherwise fail every claim, on every replica, until removed
+/// by hand.
 pub const CLAIM: &str = "
     WITH claimed AS (
         DELETE FROM cache_outbox o
         WHERE o.id = ANY (ARRAY(SELECT id FROM cache_outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED))
-        RETURNING o.id, o.tenant_id, o.table_name, o.op, array_remove(o.tags, NULL) AS tags, o.txid,
+        RETURNING o.id, o.tenant_id, o.table_name, o.op,
+                  CASE WHEN array_ndims(o.tags) > 1 THEN ARRAY(SELECT tag FROM unnest(o.tags) tag WHERE tag IS NOT NULL)
+                       ELSE array_remove(o.tags, NULL) END AS tags, o.txid,
                   CASE WHEN o.created_at BETWEEN '0001-01-01 00:00Z' AND '9999-12-31 23:59Z' THEN o.created_at
                        ELSE clock_timestamp() END AS created_at,
                   CASE WHEN current_setting('track_commit_timestamp')::boolean
@@ -64,7 +68,10 @@ pub const CLAIM: &str = "
     FROM claimed c
     ORDER BY c.id";
 
-/// Settings of a replica's claiming session, sent once per connection.
+/// Settings of a claim's transaction, sent with each claim in the same round trip. `SET LOCAL`, so
+/// that they end with the transaction: a session that keeps a setting would hand it, through a
+/// transaction pooler, to whichever client gets its server connection next (an API writer whose
+/// commits would then not wait for their flush).
 ///
 /// `synchronous_commit = off`: an acknowledgement (the commit of a batch's deletion) does not
 /// wait for its WAL flush, so the next claim starts sooner. A crash can lose only
@@ -73,8 +80,9 @@ pub const CLAIM: &str = "
 ///
 /// `plan_cache_mode = force_generic_plan`: the prepared [`CLAIM`] is planned once per session
 /// instead of once per claim (its plan finds rows by primary key whatever the limit, so the
-/// generic plan is the one a custom plan would pick).
-pub const CLAIMING_SESSION: &str = "SET synchronous_commit = off; SET plan_cache_mode = force_generic_plan";
+/// generic plan is the one a custom plan would pick). Postgres reads the mode at each execution.
+pub const CLAIMING_TRANSACTION: &str =
+    "SET LOCAL synchronous_commit = off; SET LOCAL plan_cache_mode = force_generic_plan";
 
 /// Moves a poison row (one no invalidation can be made of) aside, with the reason, inside the
 /// claiming transaction.
