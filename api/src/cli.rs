@@ -62,7 +62,8 @@ pub enum TokenCommand {
         #[arg(long, default_value = "")]
         name: String,
     },
-    /// Revoke a token by id (effective within `cache.token_cache_secs`).
+    /// Revoke a token by id (every API instance that listens for revocations refuses it from the
+    /// commit on; one that cannot listen, within `cache.token_cache_secs`).
     Revoke {
         /// Token id.
         id: Uuid,

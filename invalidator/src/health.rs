@@ -1,5 +1,5 @@
 //! The replica's own HTTP endpoints (`METRICS_ADDR`): /metrics, /healthz, /readyz, and the
-//! sampler that keeps the backlog gauges and the "caught up" flag current.
+//! sampler that keeps the backlog gauges, the "caught up" flag and the readiness gauge current.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -57,7 +57,8 @@ pub fn routes(metrics: Metrics, status: Arc<Status>, cluster: ClusterWatch) -> i
         .data(cluster)
 }
 
-/// Samples the outbox backlog every second until shutdown (its own connection, reconnecting).
+/// Samples the outbox backlog every second until shutdown (its own connection, reconnecting),
+/// and exports what `/readyz` answers as `openrisk_invalidator_ready`.
 pub async fn sample_backlog(
     database_url: String,
     link: PostgresLink,
@@ -83,6 +84,7 @@ pub async fn sample_backlog(
             }
             None => status.caught_up.store(false, Ordering::Relaxed),
         }
+        metrics.ready.set(i64::from(status.ready()));
         tokio::select! {
             () = tokio::time::sleep(SAMPLE_EVERY) => {}
             () = shutdown.cancelled() => return,

@@ -67,6 +67,8 @@ pub struct Metrics {
     pub poison_events: IntCounter,
     pub reconnects: IntCounterVec,
     pub listener_connected: IntGauge,
+    /// 1 while `/readyz` answers 200, so that a replica that runs but cannot work alerts.
+    pub ready: IntGauge,
     pub parked: IntGauge,
     pub outbox_backlog: IntGauge,
     pub oldest_event_age_seconds: prometheus::Gauge,
@@ -162,6 +164,10 @@ impl Metrics {
             listener_connected: gauge(
                 "openrisk_invalidator_listener_connected",
                 "1 while the LISTEN connection for wake-ups is up (always 0 in poll mode).",
+            ),
+            ready: gauge(
+                "openrisk_invalidator_ready",
+                "1 while /readyz answers 200: connected to Postgres and Redis, and caught up with the outbox.",
             ),
             parked: gauge(
                 "openrisk_invalidator_parked",

@@ -23,11 +23,12 @@ pub use self::sections::{CacheSettings, HttpSettings, InvalidatorSettings, LogFo
 use crate::protocol::ReplicaAck;
 use crate::redis_connection::{RedisTarget, RedisUrlError};
 
-/// Why the configuration could not be loaded; names the offending key and value.
+/// Why the configuration could not be loaded; names the offending key and value. The message
+/// holds the whole cause, which is therefore not also its source (a report would say it twice).
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("invalid configuration: {0}")]
-    Invalid(#[from] Box<figment::Error>),
+    Invalid(Box<figment::Error>),
     #[error("invalid configuration: {0}")]
     Rule(String),
 }
@@ -91,7 +92,7 @@ impl Settings {
 
     /// Extracts and validates settings from a provider stack.
     pub fn from_figment(figment: Figment) -> Result<Self, ConfigError> {
-        let settings: Settings = figment.extract().map_err(Box::new)?;
+        let settings: Settings = figment.extract().map_err(|error| ConfigError::Invalid(Box::new(error)))?;
         settings.validate()?;
         Ok(settings)
     }
