@@ -57,10 +57,14 @@ impl WriteConditions<'_> {
 /// whichever of the hit path and the router gave it. Only a 200 or 304 with an `ETag` is checked:
 /// an error ignores preconditions (§13.2.1), and a read without a tag (tokens, health, the
 /// document) has no representation a client can hold a tag of.
+///
+/// Every request passes here first, so this is also where repeated `If-None-Match` and
+/// `If-Match` lines are joined into one list, for this check, the hit path and the handlers.
 pub async fn refuse_reads_whose_if_match_fails<E: Endpoint>(
     endpoint: Arc<E>,
-    request: Request,
+    mut request: Request,
 ) -> poem::Result<Response> {
+    crate::hygiene::fold_condition_lists(&mut request);
     let if_match = match *request.method() {
         Method::GET | Method::HEAD => request.headers().get(header::IF_MATCH).cloned(),
         _ => None,

@@ -81,8 +81,8 @@ pub enum ApiError {
     #[error("conflict: {}", .0.detail)]
     Conflict(Json<Problem>),
     /// A precondition is false: `If-Match` names no current representation (the resource changed
-    /// since the client read it), or a write's `If-None-Match` names the current one. `ETag`
-    /// carries the current entity tag; read the resource again before retrying.
+    /// since the client read it), or a conditional write's `If-None-Match` names the current
+    /// one. `ETag` carries the current entity tag; read the resource again before retrying.
     #[oai(status = 412, content_type = "application/problem+json")]
     #[error("precondition failed: {}", .0.detail)]
     PreconditionFailed(Json<Problem>, #[oai(header = "ETag")] String),

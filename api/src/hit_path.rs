@@ -33,7 +33,6 @@ pub async fn answer_hits_first<E: Endpoint + 'static>(
     endpoint: Arc<E>,
     mut request: Request,
 ) -> poem::Result<Response> {
-    crate::hygiene::fold_condition_lists(&mut request);
     let Some((state, verified, plain)) = plain_read(&request).await else {
         return to_router(endpoint, request).await;
     };

@@ -65,6 +65,7 @@ async fn a_read_whose_if_match_fails_and_a_write_whose_if_none_match_holds_are_r
             (vec![("if-match", weak.as_str())], StatusCode::PRECONDITION_FAILED),
             (vec![("if-match", current.as_str())], StatusCode::OK),
             (vec![("if-match", "*")], StatusCode::OK),
+            (vec![("if-match", "\"stale\""), ("if-match", current.as_str())], StatusCode::OK),
             (vec![("if-match", current.as_str()), ("if-none-match", current.as_str())], StatusCode::NOT_MODIFIED),
             (vec![("if-match", "\"stale\""), ("if-none-match", current.as_str())], StatusCode::PRECONDITION_FAILED),
         ] {

@@ -1,5 +1,5 @@
 //! The replica's own HTTP endpoints (`METRICS_ADDR`): /metrics, /healthz, /readyz, and the
-//! sampler that keeps the backlog gauges, the "caught up" flag and the readiness gauge current.
+//! sampler that keeps the backlog gauges, the "caught up" flag and the connection gauge current.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -58,7 +58,7 @@ pub fn routes(metrics: Metrics, status: Arc<Status>, cluster: ClusterWatch) -> i
 }
 
 /// Samples the outbox backlog every second until shutdown (its own connection, reconnecting),
-/// and exports what `/readyz` answers as `openrisk_invalidator_ready`.
+/// and exports whether the replica reaches both servers as `openrisk_invalidator_connected`.
 pub async fn sample_backlog(
     database_url: String,
     link: PostgresLink,
@@ -84,7 +84,7 @@ pub async fn sample_backlog(
             }
             None => status.caught_up.store(false, Ordering::Relaxed),
         }
-        metrics.ready.set(i64::from(status.ready()));
+        metrics.connected.set(i64::from(status.connected()));
         tokio::select! {
             () = tokio::time::sleep(SAMPLE_EVERY) => {}
             () = shutdown.cancelled() => return,

@@ -67,8 +67,9 @@ pub struct Metrics {
     pub poison_events: IntCounter,
     pub reconnects: IntCounterVec,
     pub listener_connected: IntGauge,
-    /// 1 while `/readyz` answers 200, so that a replica that runs but cannot work alerts.
-    pub ready: IntGauge,
+    /// 1 while connected to both Postgres and Redis, so that a replica that runs but cannot
+    /// invalidate alerts (one that is merely behind shows in the outbox's age).
+    pub connected: IntGauge,
     pub parked: IntGauge,
     pub outbox_backlog: IntGauge,
     pub oldest_event_age_seconds: prometheus::Gauge,
@@ -165,9 +166,9 @@ impl Metrics {
                 "openrisk_invalidator_listener_connected",
                 "1 while the LISTEN connection for wake-ups is up (always 0 in poll mode).",
             ),
-            ready: gauge(
-                "openrisk_invalidator_ready",
-                "1 while /readyz answers 200: connected to Postgres and Redis, and caught up with the outbox.",
+            connected: gauge(
+                "openrisk_invalidator_connected",
+                "1 while connected to both Postgres and Redis (/readyz's postgres and redis).",
             ),
             parked: gauge(
                 "openrisk_invalidator_parked",

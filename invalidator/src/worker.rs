@@ -42,9 +42,12 @@ pub struct Status {
 
 impl Status {
     pub fn ready(&self) -> bool {
-        self.postgres_connected.load(Ordering::Relaxed)
-            && self.redis_connected.load(Ordering::Relaxed)
-            && self.caught_up.load(Ordering::Relaxed)
+        self.connected() && self.caught_up.load(Ordering::Relaxed)
+    }
+
+    /// Connected to both servers, so able to invalidate (however far behind).
+    pub fn connected(&self) -> bool {
+        self.postgres_connected.load(Ordering::Relaxed) && self.redis_connected.load(Ordering::Relaxed)
     }
 }
 

@@ -93,12 +93,12 @@ async fn a_replica_cut_off_from_postgres_mid_batch_never_acknowledges_and_anothe
     })
     .await;
     assert_eq!(a.metrics.events_processed.get(), 0, "A acknowledged nothing it could not commit");
-    let ready = &a.metrics.ready;
-    eventually("A exports that it is not ready", WAIT, || async move { ready.get() == 0 }).await;
+    let connected = &a.metrics.connected;
+    eventually("A exports that it is cut off", WAIT, || async move { connected.get() == 0 }).await;
 
     link.heal();
     eventually("A is ready again", WAIT, || async move { http_get(a.metrics_addr, "/readyz").await.0 == 200 }).await;
-    eventually("A exports that it is ready", WAIT, || async move { ready.get() == 1 }).await;
+    eventually("A exports that it is connected", WAIT, || async move { connected.get() == 1 }).await;
     h.assert_a_new_risk_invalidates_the_risk_list(tenant, "after the partition", WAIT).await;
     assert!(replica_a.shutdown(WAIT).await && b.shutdown(WAIT).await);
 }
