@@ -460,11 +460,13 @@ fn allowed_methods(path: &str) -> Option<String> {
 /// The operations the spec documents for `path`, by lower-case method: those of the template it
 /// matches, a `{…}` segment matching any one segment.
 pub(crate) fn documented_operations(path: &str) -> Option<&'static serde_json::Map<String, serde_json::Value>> {
-    let segments: Vec<&str> = path.trim_end_matches('/').split('/').collect();
+    let path = path.trim_end_matches('/');
     spec_paths().iter().find_map(|(template, operations)| {
-        let expected: Vec<&str> = template.split('/').collect();
-        let matches = expected.len() == segments.len()
-            && expected.iter().zip(&segments).all(|(expected, actual)| expected.starts_with('{') || expected == actual);
+        let matches = template.split('/').count() == path.split('/').count()
+            && template
+                .split('/')
+                .zip(path.split('/'))
+                .all(|(expected, actual)| expected.starts_with('{') || expected == actual);
         matches.then(|| operations.as_object()).flatten()
     })
 }

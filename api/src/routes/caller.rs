@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
-use poem::http::header;
+use poem::http::{HeaderValue, header};
 use poem::web::Data;
 use poem::{FromRequest, Request, RequestBody};
 use poem_openapi::registry::Registry;
@@ -28,8 +28,9 @@ use crate::error::ApiError;
 pub(super) struct Caller {
     pub state: Arc<AppState>,
     pub principal: Principal,
-    /// The request's `If-None-Match`, which a write evaluates although no write documents it.
-    if_none_match: Option<String>,
+    /// The request's `If-None-Match`, which a write evaluates although no write documents it
+    /// (a header value: copying it shares the request's bytes).
+    if_none_match: Option<HeaderValue>,
 }
 
 /// What a cacheable read of the caller answers.
@@ -58,8 +59,8 @@ impl<'a> ApiExtractor<'a> for Caller {
         let state = Arc::clone(state);
         let BearerAuth(principal) =
             <BearerAuth as ApiExtractor>::from_request(request, body, ExtractParamOptions::default()).await?;
-        let if_none_match = request.headers().get(header::IF_NONE_MATCH).and_then(|value| value.to_str().ok());
-        Ok(Self { state, principal, if_none_match: if_none_match.map(str::to_owned) })
+        let if_none_match = request.headers().get(header::IF_NONE_MATCH).cloned();
+        Ok(Self { state, principal, if_none_match })
     }
 }
 
@@ -166,14 +167,15 @@ pub(super) struct Write {
     pub txn: DatabaseTransaction,
     pub state: Arc<AppState>,
     pub tenant: Uuid,
-    if_none_match: Option<String>,
+    if_none_match: Option<HeaderValue>,
 }
 
 impl Write {
     /// The preconditions of a write of one resource: the operation's `if_match` and the request's
     /// `If-None-Match`.
     pub fn conditions<'a>(&'a self, if_match: Option<&'a str>) -> WriteConditions<'a> {
-        WriteConditions { if_match, if_none_match: self.if_none_match.as_deref() }
+        let if_none_match = self.if_none_match.as_ref().and_then(|value| value.to_str().ok());
+        WriteConditions { if_match, if_none_match }
     }
 
     /// Runs one query of the write, timed under `name`.
