@@ -8,13 +8,14 @@
 #   VERBOSE=1 deployment/check.sh  # also prints the output of passing checks
 #
 # Environment: K8S_VERSION (schema version for the manifests, default 1.30.0),
-# OPENRISK_DEPLOY_TOOLS (where the virtualenv lives).
+# DEPLOY_TOOLS_DIR (where the virtualenv lives; no OPENRISK_ prefix, which the binaries would read
+# as a setting and refuse).
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 
 K8S_VERSION="${K8S_VERSION:-1.30.0}"
 KUBERNETES_VALIDATE_VERSION=1.37.0
-TOOLS="${OPENRISK_DEPLOY_TOOLS:-${XDG_CACHE_HOME:-${HOME:-/root}/.cache}/openrisk-deploy}"
+TOOLS="${DEPLOY_TOOLS_DIR:-${XDG_CACHE_HOME:-${HOME:-/root}/.cache}/openrisk-deploy}"
 VERBOSE="${VERBOSE:-0}"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT

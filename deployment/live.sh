@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Monitoring proven live: a real Prometheus and Alertmanager watching the real processes.
 #
-#   deployment/live.sh                  # every fault, every alert (about 16 minutes: waits for
+#   deployment/live.sh                  # every fault and its alerts (about 16 minutes: waits for
 #                                       # the 15-minute window of OpenRiskInvalidatorPoisonEvents)
 #   LIVE_SUBSET=ci deployment/live.sh   # the subset CI runs (about 2 minutes)
 #   VERBOSE=1 deployment/live.sh        # also details of passing checks and example log lines

@@ -4,8 +4,8 @@
     python3 deployment/validate.py compose|docker|k8s|dashboard|alerts|dashboard-promql-rules OUT
 
 Each command prints what it found wrong and exits 1, or exits 0 silently. Needs PyYAML only.
-Reads shared/src/config/ so that every OPENRISK_* variable set in compose or Kubernetes names
-a real configuration field.
+Reads shared/src/config/ so that every OPENRISK_* variable set in compose or Kubernetes, or read
+by the compose files from the shell, names a real configuration field.
 """
 
 import glob
@@ -119,6 +119,30 @@ def check_compose():
         problem("compose: invalidator must run `openrisk-invalidator run`")
     if "--mode" in inv_cmd and inv_cmd[inv_cmd.index("--mode") + 1] not in ENUMS["OPENRISK_INVALIDATOR__MODE"]:
         problem("compose: invalidator --mode must be listen or poll")
+    # A variable the compose files read from the shell or .env: one with the OPENRISK_ prefix must
+    # be a setting, or both binaries run from that shell would refuse to start.
+    for name in ("docker-compose.yml", "docker-compose.cluster.yml"):
+        for variable in sorted(set(re.findall(r"\$\{(OPENRISK_\w+?)(?::?-[^}]*)?\}",
+                                              open(os.path.join(DEPLOYMENT, name)).read()))):
+            if variable not in known:
+                problem(f"compose: {name} reads ${{{variable}}}, an OPENRISK_ name that is no setting; "
+                        "rename it outside the prefix")
+    # Prometheus labels each replica wake_mode by the alias it was found under, so the alias must
+    # name the mode the replica runs (both spelled with the same variable, unset here).
+    raw = yaml.safe_load(open(path))["services"]["invalidator"]
+    raw_cmd = raw.get("command", [])
+    raw_mode = raw_cmd[raw_cmd.index("--mode") + 1] if "--mode" in raw_cmd else "listen"
+    networks = raw.get("networks") or {}
+    aliases = (networks.get("default") or {}).get("aliases", []) if isinstance(networks, dict) else []
+    if f"invalidator-{raw_mode}" not in aliases:
+        problem(f"compose: invalidator needs the network alias invalidator-{raw_mode} (its --mode), "
+                "from which prometheus.yml takes the wake_mode label")
+    prometheus = yaml.safe_load(open(os.path.join(DEPLOYMENT, "prometheus", "prometheus.yml")))
+    jobs = {job["job_name"]: job for job in prometheus.get("scrape_configs", [])}
+    names = {name for sd in jobs.get("openrisk-invalidator", {}).get("dns_sd_configs", []) for name in sd.get("names", [])}
+    for mode in sorted(ENUMS["OPENRISK_INVALIDATOR__MODE"]):
+        if f"invalidator-{mode}" not in names:
+            problem(f"prometheus.yml: job openrisk-invalidator must look up invalidator-{mode}")
 
     for name in ("api", "invalidator"):
         service = services[name]

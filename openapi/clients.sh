@@ -113,7 +113,8 @@ check typecheck-typescript tsc --noEmit --project "$typescript"
 # The API, started as verifier/schemathesis.sh starts it.
 start_test_api clients "$report_dir/api.log"
 run_id="$(date +%s)-$$"
-export OPENRISK_BASE_URL="http://$API_ADDR" OPENRISK_TOKEN="$token" OPENRISK_RUN_ID="$run_id"
+# Not OPENRISK_*: both binaries read every such variable as a setting and refuse unknown ones.
+export SCENARIO_BASE_URL="http://$API_ADDR" SCENARIO_TOKEN="$token" SCENARIO_RUN_ID="$run_id"
 
 # One scenario per client.
 check scenario-openapi-python-client env PYTHONPATH="$scenarios:$python_client" \

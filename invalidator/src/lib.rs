@@ -4,6 +4,7 @@
 
 pub mod cli;
 pub mod health;
+pub mod held_back;
 pub mod listener;
 pub mod metrics;
 pub mod outbox;

@@ -71,6 +71,7 @@ pub struct Metrics {
     /// invalidate alerts (one that is merely behind shows in the outbox's age).
     pub connected: IntGauge,
     pub parked: IntGauge,
+    pub tenants_held_back: IntGauge,
     pub outbox_backlog: IntGauge,
     pub oldest_event_age_seconds: prometheus::Gauge,
     pub lag_seconds: Histogram,
@@ -173,6 +174,11 @@ impl Metrics {
             parked: gauge(
                 "openrisk_invalidator_parked",
                 "1 while this replica is parked: idle, holding the park lock, so writers notify.",
+            ),
+            tenants_held_back: gauge(
+                "openrisk_invalidator_tenants_held_back",
+                "Tenants whose last invalidations on this replica failed (a Redis Cluster shard down or failing over): \
+                 their events stay in the outbox, retried on a backoff of their own, while other tenants' are applied.",
             ),
             outbox_backlog: gauge("openrisk_invalidator_outbox_backlog", "Events waiting in the outbox."),
             oldest_event_age_seconds,

@@ -10,6 +10,7 @@ use openrisk_shared::event::{InvalidationEvent, OutboxRow, PoisonReason};
 use openrisk_shared::outbox;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Statement, Transaction};
+use uuid::Uuid;
 
 /// A claimed batch, split into applicable events and poison rows.
 #[derive(Debug, Default)]
@@ -34,7 +35,7 @@ impl Batch {
     /// more), for its log lines.
     pub fn tenants(&self) -> String {
         const SHOWN: usize = 10;
-        let tenants: std::collections::BTreeSet<uuid::Uuid> = (self.events.iter().map(|e| e.event.tenant_id))
+        let tenants: std::collections::BTreeSet<Uuid> = (self.events.iter().map(|e| e.event.tenant_id))
             .chain(self.poison.iter().map(|p| p.row.tenant_id))
             .collect();
         let mut text = tenants.iter().take(SHOWN).map(ToString::to_string).collect::<Vec<_>>().join(",");
@@ -75,16 +76,18 @@ pub async fn prepare_claim(client: &Client) -> Result<Statement, tokio_postgres:
     client.prepare(outbox::CLAIM).await
 }
 
-/// Claims up to `limit` events inside `transaction` (they stay claimed until it ends) with the
-/// statement [`prepare_claim`] prepared on its connection, under the transaction's settings
-/// ([`outbox::CLAIMING_TRANSACTION`], sent in the same round trip).
+/// Claims up to `limit` events, none of the tenants in `held_back`, inside `transaction` (they
+/// stay claimed until it ends) with the statement [`prepare_claim`] prepared on its connection,
+/// under the transaction's settings ([`outbox::CLAIMING_TRANSACTION`], sent in the same round
+/// trip).
 pub async fn claim(
     transaction: &Transaction<'_>,
     statement: &Statement,
     limit: u32,
+    held_back: &[Uuid],
 ) -> Result<Batch, tokio_postgres::Error> {
     let limit = i64::from(limit);
-    let parameters: [&(dyn ToSql + Sync); 1] = [&limit];
+    let parameters: [&(dyn ToSql + Sync); 2] = [&limit, &held_back];
     let (_, rows) = tokio::try_join!(
         transaction.batch_execute(outbox::CLAIMING_TRANSACTION),
         transaction.query(statement, &parameters)

@@ -22,6 +22,7 @@ use uuid::Uuid;
 
 use openrisk_shared::redis_connection::RedisUrlError;
 
+use crate::held_back::HeldBack;
 use crate::listener::{Session, Wakeups};
 use crate::metrics::Metrics;
 use crate::outbox::{self, Batch};
@@ -62,6 +63,17 @@ enum BatchError {
     NotReplicated(String),
 }
 
+impl BatchError {
+    /// The `kind` label of `openrisk_invalidator_errors_total`: the system that failed.
+    fn kind(&self) -> &'static str {
+        match self {
+            Self::Postgres(_) => "postgres",
+            Self::Redis(_) => "redis",
+            Self::NotReplicated(_) => "redis_replication",
+        }
+    }
+}
+
 impl From<InvalidateError> for BatchError {
     fn from(error: InvalidateError) -> Self {
         match error {
@@ -83,6 +95,7 @@ pub struct Worker {
     /// Wake-ups and the park session from the LISTEN task; `None` in poll mode.
     wakeups: Option<Arc<Wakeups>>,
     reclaims: BackgroundReclaims,
+    held_back: HeldBack,
 }
 
 /// The replica's outbox connection and Redis connection; each is replaced when it fails.
@@ -98,6 +111,19 @@ struct Links {
 struct Failure {
     error: BatchError,
     progressed: bool,
+}
+
+/// What applying a batch came to.
+#[derive(Default)]
+struct Applied {
+    /// Distinct tags the batch names.
+    tags: u64,
+    /// Member sets moved aside, whose entries can be unlinked.
+    reclaimable: Reclaimable,
+    /// The first failure, when some tenant's invalidations failed.
+    failure: Option<InvalidateError>,
+    /// Whether some tenant's invalidations all succeeded.
+    any_applied: bool,
 }
 
 /// How long a failed replica waits for its batch's rollback before it resigns the park.
@@ -148,8 +174,8 @@ impl Worker {
         let keyspace = Keyspace::new(settings.cache.key_prefix.clone());
         let redis = settings.redis_target()?;
         let replica_ack = settings.replica_ack();
-        let reclaims = BackgroundReclaims::default();
-        Ok(Self { settings, redis, replica_ack, keyspace, metrics, status, wakeups, reclaims })
+        let (reclaims, held_back) = (BackgroundReclaims::default(), HeldBack::default());
+        Ok(Self { settings, redis, replica_ack, keyspace, metrics, status, wakeups, reclaims, held_back })
     }
 
     /// Runs until `shutdown` is cancelled: drains the outbox, and after a failure backs off and
@@ -229,12 +255,7 @@ impl Worker {
 
     fn count_error(&self, error: &BatchError) {
         tracing::warn!(%error, "batch failed; its events stay in the outbox");
-        let kind = match error {
-            BatchError::Postgres(_) => "postgres",
-            BatchError::Redis(_) => "redis",
-            BatchError::NotReplicated(_) => "redis_replication",
-        };
-        self.metrics.errors.with_label_values(&[kind]).inc();
+        self.metrics.errors.with_label_values(&[error.kind()]).inc();
     }
 
     async fn connect_outbox(&self) -> Result<(Client, Statement), ConnectError> {
@@ -256,7 +277,7 @@ impl Worker {
     }
 
     /// Claims one batch, applies it to Redis, then acknowledges it. Returns how many events it
-    /// handled (0: the outbox had nothing unclaimed).
+    /// claimed (0: the outbox had nothing unclaimed but the events of tenants held back).
     async fn process_batch(&self, links: &mut Links) -> Result<usize, BatchError> {
         let Links { outbox, claim, redis } = links;
         self.apply_next(outbox.transaction().await?, claim, redis).await
@@ -271,15 +292,28 @@ impl Worker {
         redis: &mut RedisConnection,
     ) -> Result<usize, BatchError> {
         let claim_sent = Instant::now();
-        let batch = outbox::claim(&transaction, claim, self.settings.invalidator.batch_size).await?;
+        let held_back = self.held_back.sitting_out(claim_sent);
+        let batch = outbox::claim(&transaction, claim, self.settings.invalidator.batch_size, &held_back).await?;
         if batch.is_empty() {
             return Ok(0);
         }
         let claimed_at = Instant::now();
         let span = tracing::Span::current();
         span.record("size", batch.len()).record("tenants", batch.tenants().as_str());
-        // On a Redis error the transaction is dropped and rolled back: the rows come back.
-        let (tags, reclaimable) = self.apply(redis, &batch).await?;
+        let Applied { tags, reclaimable, failure, any_applied } = self.apply(redis, &batch).await;
+        if let Some(error) = failure {
+            self.reclaim_in_background(redis, reclaimable);
+            if !any_applied {
+                // The transaction is dropped and rolled back: the rows come back.
+                return Err(error.into());
+            }
+            // Some tenants failed, now held back; the others were applied. Rolled back, every
+            // event comes back, and the next claim, at once, takes the applied tenants' again
+            // without the held ones (invalidating a tag twice leaves the cache as once does).
+            transaction.rollback().await?;
+            self.metrics.errors.with_label_values(&[BatchError::from(error).kind()]).inc();
+            return Ok(batch.len());
+        }
         let confirmed_after = claimed_at.elapsed();
         span.record("lag_ms", batch.max_lag_ms(confirmed_after));
         for poison in &batch.poison {
@@ -329,9 +363,9 @@ impl Worker {
     /// Invalidates every tag of the batch, collapsed per tenant, concurrently over the
     /// multiplexed connection, each call waiting for the configured Redis replicas and recording
     /// the batch's `replayed_by` as the replay floor the new versions need on a read replica. A
-    /// poison row invalidates its tenant's whole cache in its place. Returns the distinct tags
-    /// and the member sets to reclaim.
-    async fn apply(&self, redis: &mut RedisConnection, batch: &Batch) -> Result<(u64, Reclaimable), InvalidateError> {
+    /// poison row invalidates its tenant's whole cache in its place. A tenant whose calls fail is
+    /// held back; one whose calls succeed is released.
+    async fn apply(&self, redis: &RedisConnection, batch: &Batch) -> Applied {
         let replayed_by = batch.replayed_by;
         let stand_ins: Vec<InvalidationEvent> =
             batch.poison.iter().map(|poison| InvalidationEvent::tenant_wide(&poison.row)).collect();
@@ -340,33 +374,36 @@ impl Worker {
             by_tenant.entry(event.tenant_id).or_default().extend(event.tags.iter().cloned());
         }
         let distinct: usize = by_tenant.values().map(BTreeSet::len).sum();
-        let calls = by_tenant.into_iter().flat_map(|(tenant, tags)| {
+        let (keyspace, ack) = (&self.keyspace, self.replica_ack);
+        let tenants = by_tenant.into_iter().map(|(tenant, tags)| async move {
             let tags: Vec<Tag> = tags.into_iter().collect();
-            tags.chunks(TAGS_PER_CALL)
-                .map(|chunk| {
-                    let mut connection = redis.clone();
-                    let chunk = chunk.to_vec();
-                    let keyspace = &self.keyspace;
-                    let ack = self.replica_ack;
-                    async move {
-                        protocol::invalidate_replicated(
-                            &mut connection,
-                            keyspace,
-                            tenant,
-                            &chunk,
-                            ack,
-                            Some(replayed_by),
-                        )
+            let calls = tags.chunks(TAGS_PER_CALL).map(|chunk| {
+                let mut connection = redis.clone();
+                async move {
+                    protocol::invalidate_replicated(&mut connection, keyspace, tenant, chunk, ack, Some(replayed_by))
                         .await
-                    }
-                })
-                .collect::<Vec<_>>()
+                }
+            });
+            (tenant, futures::future::try_join_all(calls).await)
         });
-        let mut reclaimable = Reclaimable::default();
-        for moved in futures::future::try_join_all(calls).await? {
-            reclaimable.extend(moved);
+        let outcomes = futures::future::join_all(tenants).await;
+        let (mut applied, answered_at) = (Applied { tags: distinct as u64, ..Applied::default() }, Instant::now());
+        for (tenant, outcome) in outcomes {
+            match outcome {
+                Ok(moved) => {
+                    self.held_back.release(tenant);
+                    moved.into_iter().for_each(|moved| applied.reclaimable.extend(moved));
+                    applied.any_applied = true;
+                }
+                Err(error) => {
+                    let delay = self.held_back.hold(tenant, answered_at);
+                    tracing::warn!(%tenant, %error, ?delay, "cannot invalidate; the tenant's events are held back");
+                    applied.failure.get_or_insert(error);
+                }
+            }
         }
-        Ok((distinct as u64, reclaimable))
+        self.metrics.tenants_held_back.set(i64::try_from(self.held_back.count()).unwrap_or(i64::MAX));
+        applied
     }
 
     /// The outbox is empty: linger, then park (if this replica leads the park) and wait for a

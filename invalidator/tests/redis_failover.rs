@@ -1,13 +1,14 @@
 //! A Redis Cluster master failing over: an invalidation the invalidator acknowledged must be on
-//! the replica that takes over. Each test runs its own private cluster (it kills a master), cut
-//! off from its replica so the replica cannot receive what the master applies.
+//! the replica that takes over (the master is cut off from its replica so the replica cannot
+//! receive what the master applies); and a master down holds back only its own tenants. Each
+//! test runs its own private cluster (it kills a master).
 
 mod common;
 
 use std::time::Duration;
 
 use common::{Harness, until_batches_failed};
-use openrisk_shared::keys::Tag;
+use openrisk_shared::keys::{Keyspace, Tag};
 use openrisk_shared::protocol::{self, Lookup};
 use openrisk_test_support::{PrivateRedisCluster, RedisNamespace, TestDatabase, node_command};
 use uuid::Uuid;
@@ -130,5 +131,80 @@ async fn without_waiting_for_a_replica_a_failover_brings_an_invalidated_entry_ba
     f.fail_over();
     assert!(f.list_is_cached().await, "the acknowledged invalidation was lost with the master");
     assert_eq!(f.h.outbox_len().await, 0, "and nothing is left to apply it again");
+    assert!(running.shutdown(WAIT).await);
+}
+
+/// Batches of four: the tenant whose shard is down has more events than a batch holds, ahead of
+/// the other's, so each of its batches fails as a whole.
+#[tokio::test]
+async fn a_tenant_whose_shard_is_down_does_not_hold_back_the_tenants_of_the_other_shards() {
+    only_the_tenant_whose_shard_is_down_is_held_back(4).await;
+}
+
+/// One batch holds both tenants' events: it fails in part, is rolled back, and is claimed again
+/// without the tenant whose shard is down.
+#[tokio::test]
+async fn a_batch_that_fails_for_some_tenants_is_acknowledged_for_the_others() {
+    only_the_tenant_whose_shard_is_down_is_held_back(100).await;
+}
+
+/// A master down with no replica to take over while the other masters serve (the cluster does
+/// not require every slot covered): what one shard looks like while it is down or failing over.
+/// The invalidator claims `batch_size` events at a time.
+async fn only_the_tenant_whose_shard_is_down_is_held_back(batch_size: u32) {
+    let mut cluster = PrivateRedisCluster::start_with(3, 0);
+    for port in cluster.master_ports() {
+        let set = node_command(&cluster.node_url(port), &["CONFIG", "SET", "cluster-require-full-coverage", "no"]);
+        assert_eq!(set.as_deref(), Some("OK"));
+    }
+    let mut h = Harness::with(TestDatabase::create().await, RedisNamespace::on(&cluster.url())).await;
+    let master_of = |keyspace: &Keyspace, tenant| {
+        cluster.master_of(&keyspace.version_key(tenant, &Tag::parse(common::RISK_LIST_TAG).unwrap()))
+    };
+    let down = h.tenant("down").await;
+    let down_master = master_of(&h.keyspace, down);
+    let mut up = h.tenant("up-0").await;
+    for attempt in 1.. {
+        if master_of(&h.keyspace, up) != down_master {
+            break;
+        }
+        up = h.tenant(&format!("up-{attempt}")).await;
+    }
+    let mut settings = h.settings();
+    settings.invalidator.batch_size = batch_size;
+    settings.invalidator.redis_replicas_ack = Some(0);
+    let running = h.start(settings).await;
+    h.drained(WAIT).await;
+    let up_list = h.cache_risk_list(up).await;
+
+    cluster.kill(down_master);
+    for n in 0..12 {
+        h.risk(down, &format!("written while its shard is down {n}")).await;
+    }
+    let left_of = async |h: &Harness, tenant: Uuid| -> i64 {
+        let count = "SELECT count(*) FROM cache_outbox WHERE tenant_id = $1";
+        h.sql.query_one(count, &[&tenant]).await.unwrap().get(0)
+    };
+    let written_while_down = left_of(&h, down).await;
+    assert!(written_while_down >= 12);
+    h.risk(up, "written after them").await;
+    let deadline = std::time::Instant::now() + WAIT;
+    while left_of(&h, up).await > 0 || h.risk_list_is_cached(up, &up_list).await {
+        assert!(std::time::Instant::now() < deadline, "the other shard's tenant was held back with the one down");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let left = left_of(&h, down).await;
+    assert_eq!(left, written_while_down, "nothing is acknowledged for the tenant whose shard is down");
+    assert_eq!(running.metrics.tenants_held_back.get(), 1);
+
+    cluster.restart(down_master);
+    cluster.wait_until_healthy(0);
+    h.drained(WAIT).await;
+    let held = running.metrics.tenants_held_back.clone();
+    common::eventually("no tenant held back once its shard is back", WAIT, || {
+        let held = held.clone();
+        async move { held.get() == 0 }
+    })
+    .await;
     assert!(running.shutdown(WAIT).await);
 }

@@ -16,7 +16,8 @@ type Claimed = (String, String, Vec<String>, bool);
 async fn claimed_after(client: &mut Client, sql: &str) -> Vec<Claimed> {
     client.batch_execute(sql).await.unwrap();
     let transaction = client.transaction().await.unwrap();
-    let rows = transaction.query(openrisk_shared::outbox::CLAIM, &[&1000_i64]).await.unwrap();
+    let held_back: [uuid::Uuid; 0] = [];
+    let rows = transaction.query(openrisk_shared::outbox::CLAIM, &[&1000_i64, &held_back.as_slice()]).await.unwrap();
     rows.iter()
         .map(|row| (row.get("table_name"), row.get("op"), tags(&row.get::<_, Vec<String>>("tags")), row.get("watched")))
         .collect()

@@ -11,8 +11,8 @@ import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-BASE_URL = os.environ["OPENRISK_BASE_URL"]
-TOKEN = os.environ["OPENRISK_TOKEN"]
+BASE_URL = os.environ["SCENARIO_BASE_URL"]
+TOKEN = os.environ["SCENARIO_TOKEN"]
 
 # Score factor of a HIGH asset (api/src/model.rs, `Criticality`).
 HIGH_CRITICALITY_FACTOR = 1.25
@@ -22,7 +22,7 @@ DUE_DATE = datetime.date(2027, 3, 31)
 
 def tag_for(client: str) -> str:
     """A tag that only this run's risks from `client` carry, so that list filters see nothing else."""
-    return f"{client}-{os.environ['OPENRISK_RUN_ID']}"
+    return f"{client}-{os.environ['SCENARIO_RUN_ID']}"
 
 
 def expect(condition: bool, what: str) -> None:

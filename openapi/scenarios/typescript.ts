@@ -9,11 +9,11 @@ import type { components, paths } from "./openrisk.js";
 type Problem = components["schemas"]["Problem"];
 type Risk = components["schemas"]["Risk"];
 
-const baseUrl = required("OPENRISK_BASE_URL");
-const tag = `openapi-typescript-${required("OPENRISK_RUN_ID")}`;
+const baseUrl = required("SCENARIO_BASE_URL");
+const tag = `openapi-typescript-${required("SCENARIO_RUN_ID")}`;
 const client = createClient<paths>({
   baseUrl,
-  headers: { Authorization: `Bearer ${required("OPENRISK_TOKEN")}` },
+  headers: { Authorization: `Bearer ${required("SCENARIO_TOKEN")}` },
 });
 
 // Score factor of a HIGH asset (api/src/model.rs, `Criticality`).

@@ -18,7 +18,9 @@ pub const OWN_ROWS: &str = "
 /// Claims the oldest unclaimed events by deleting them inside the caller's transaction: the
 /// deletion commits only after Redis confirmed (the acknowledgement), a rollback or a replica
 /// that dies mid-batch restores them, and `SKIP LOCKED` keeps replicas off each other's rows.
-/// One pass over each row (no separate lock-then-delete) keeps the cost per event low.
+/// One pass over each row (no separate lock-then-delete) keeps the cost per event low. The
+/// events of the tenants in `$2` (those the replica holds back after their invalidations failed)
+/// stay in the outbox.
 ///
 /// The ids are picked once, as an array (an init plan, run once), and the deletion finds them
 /// by primary key. Two other forms went wrong. As `id IN (SELECT … LIMIT $1 FOR UPDATE SKIP
@@ -52,7 +54,8 @@ pub const OWN_ROWS: &str = "
 pub const CLAIM: &str = "
     WITH claimed AS (
         DELETE FROM cache_outbox o
-        WHERE o.id = ANY (ARRAY(SELECT id FROM cache_outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED))
+        WHERE o.id = ANY (ARRAY(SELECT id FROM cache_outbox WHERE tenant_id <> ALL ($2::uuid[])
+                                ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED))
         RETURNING o.id, o.tenant_id, o.table_name, o.op,
                   CASE WHEN array_ndims(o.tags) > 1 THEN ARRAY(SELECT tag FROM unnest(o.tags) tag WHERE tag IS NOT NULL)
                        ELSE array_remove(o.tags, NULL) END AS tags, o.txid,
