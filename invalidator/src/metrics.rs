@@ -177,8 +177,9 @@ impl Metrics {
             ),
             tenants_held_back: gauge(
                 "openrisk_invalidator_tenants_held_back",
-                "Tenants whose last invalidations on this replica failed (a Redis Cluster shard down or failing over): \
-                 their events stay in the outbox, retried on a backoff of their own, while other tenants' are applied.",
+                "Tenants held back: their last invalidations on this replica failed (a Redis Cluster shard down or \
+                 failing over), so their events stay in the outbox, retried on a backoff of their own, while other \
+                 tenants' are applied.",
             ),
             outbox_backlog: gauge("openrisk_invalidator_outbox_backlog", "Events waiting in the outbox."),
             oldest_event_age_seconds,

@@ -22,7 +22,7 @@ use uuid::Uuid;
 
 use openrisk_shared::redis_connection::RedisUrlError;
 
-use crate::held_back::HeldBack;
+use crate::held_back::{HeldBack, Holding};
 use crate::listener::{Session, Wakeups};
 use crate::metrics::Metrics;
 use crate::outbox::{self, Batch};
@@ -120,10 +120,13 @@ struct Applied {
     tags: u64,
     /// Member sets moved aside, whose entries can be unlinked.
     reclaimable: Reclaimable,
-    /// The first failure, when some tenant's invalidations failed.
+    /// A failure, when some tenant's invalidations failed: a Redis error rather than a missing
+    /// replica acknowledgement where both happened (the connection may need replacing).
     failure: Option<InvalidateError>,
     /// Whether some tenant's invalidations all succeeded.
     any_applied: bool,
+    /// Whether a tenant that was not held back already failed.
+    newly_held: bool,
 }
 
 /// How long a failed replica waits for its batch's rollback before it resigns the park.
@@ -174,7 +177,7 @@ impl Worker {
         let keyspace = Keyspace::new(settings.cache.key_prefix.clone());
         let redis = settings.redis_target()?;
         let replica_ack = settings.replica_ack();
-        let (reclaims, held_back) = (BackgroundReclaims::default(), HeldBack::default());
+        let (reclaims, held_back) = (BackgroundReclaims::default(), HeldBack::new(metrics.tenants_held_back.clone()));
         Ok(Self { settings, redis, replica_ack, keyspace, metrics, status, wakeups, reclaims, held_back })
     }
 
@@ -300,14 +303,16 @@ impl Worker {
         let claimed_at = Instant::now();
         let span = tracing::Span::current();
         span.record("size", batch.len()).record("tenants", batch.tenants().as_str());
-        let Applied { tags, reclaimable, failure, any_applied } = self.apply(redis, &batch).await;
+        let Applied { tags, reclaimable, failure, any_applied, newly_held } = self.apply(redis, &batch).await;
         if let Some(error) = failure {
             self.reclaim_in_background(redis, reclaimable);
-            if !any_applied {
-                // The transaction is dropped and rolled back: the rows come back.
+            if !any_applied && newly_held {
+                // Nothing applied and news of a failure: the replica backs off and replaces its
+                // connection. The transaction is dropped and rolled back: the rows come back.
                 return Err(error.into());
             }
-            // Some tenants failed, now held back; the others were applied. Rolled back, every
+            // Some tenants failed, now held back, and the others were applied (or the batch was
+            // a retry of tenants held already, which only failed again). Rolled back, every
             // event comes back, and the next claim, at once, takes the applied tenants' again
             // without the held ones (invalidating a tag twice leaves the cache as once does).
             transaction.rollback().await?;
@@ -396,13 +401,23 @@ impl Worker {
                     applied.any_applied = true;
                 }
                 Err(error) => {
-                    let delay = self.held_back.hold(tenant, answered_at);
-                    tracing::warn!(%tenant, %error, ?delay, "cannot invalidate; the tenant's events are held back");
-                    applied.failure.get_or_insert(error);
+                    let Holding { delay, again } = self.held_back.hold(tenant, answered_at);
+                    if again {
+                        tracing::debug!(%tenant, %error, ?delay, "cannot invalidate; the tenant stays held back");
+                    } else {
+                        tracing::warn!(%tenant, %error, ?delay, "cannot invalidate; the tenant's events are held back");
+                    }
+                    applied.newly_held |= !again;
+                    let replaces = matches!(
+                        (&applied.failure, &error),
+                        (None, _) | (Some(InvalidateError::NotReplicated { .. }), InvalidateError::Redis(_))
+                    );
+                    if replaces {
+                        applied.failure = Some(error);
+                    }
                 }
             }
         }
-        self.metrics.tenants_held_back.set(i64::try_from(self.held_back.count()).unwrap_or(i64::MAX));
         applied
     }
 
@@ -413,7 +428,7 @@ impl Worker {
         if self.linger(links, shutdown).await? {
             return Ok(());
         }
-        let poll = Duration::from_millis(self.settings.invalidator.poll_interval_ms);
+        let poll = self.next_look(Duration::from_millis(self.settings.invalidator.poll_interval_ms));
         let Some(wakeups) = &self.wakeups else {
             pause(poll, shutdown).await;
             return Ok(());
@@ -447,6 +462,13 @@ impl Worker {
         };
         self.unpark(&session).await;
         woken_by.map(drop)
+    }
+
+    /// How long an idle replica waits at most before it looks at the outbox again: the poll
+    /// interval, or less when a tenant's hold ends sooner (its events wait for no write).
+    fn next_look(&self, poll: Duration) -> Duration {
+        let now = Instant::now();
+        self.held_back.next_end(now).map_or(poll, |end| poll.min(end.saturating_duration_since(now)))
     }
 
     /// Looks at the outbox every [`LINGER_STEP`] for `invalidator.linger_ms` before parking, so
