@@ -12,16 +12,18 @@ use openrisk_shared::db::{MAX_RECONNECT_DELAY, reconnect_backoff};
 use prometheus::IntGauge;
 use uuid::Uuid;
 
-/// How long after its hold ended a tenant that no claim has retried since is forgotten: its
-/// events were applied by another replica, or it has none left.
+/// How long after its hold ended a tenant that a claim has offered to take since, without a
+/// failure, is forgotten: its events were applied by another replica, or it has none left.
 const FORGOTTEN_AFTER: Duration = Duration::from_secs(2 * MAX_RECONNECT_DELAY.as_secs());
 
-/// One tenant held back: until when, whether a claim has left it out since it failed, and the
-/// backoff its next failure continues.
+/// One tenant held back: until when, whether a claim has left it out since it failed, whether a
+/// claim has offered to take its events since the hold ended, and the backoff its next failure
+/// continues.
 #[derive(Debug)]
 struct Hold {
     until: Instant,
     sat_out: bool,
+    offered: bool,
     backoff: ExponentialBackoff,
 }
 
@@ -52,25 +54,33 @@ impl HeldBack {
     /// lasts past `now`, and those no claim has left out since they failed. Each sits out at
     /// least one claim however short its hold, because after a batch that failed as a whole the
     /// replica's own backoff and reconnection can outlast the hold, and the next claim must still
-    /// go to the other tenants. Forgets the tenants no claim has retried for [`FORGOTTEN_AFTER`].
+    /// go to the other tenants. Forgets the tenants offered and not failed again for
+    /// [`FORGOTTEN_AFTER`] after their hold ended.
     pub fn sitting_out(&self, now: Instant) -> Vec<Uuid> {
         let mut holds = self.holds();
-        holds.retain(|_, hold| !hold.sat_out || now < hold.until + FORGOTTEN_AFTER);
-        let held = holds.iter_mut().filter(|(_, hold)| hold.until > now || !hold.sat_out);
-        let sitting_out = held
-            .map(|(tenant, hold)| {
+        holds.retain(|_, hold| !hold.offered || now < hold.until + FORGOTTEN_AFTER);
+        let mut sitting_out = Vec::new();
+        for (tenant, hold) in holds.iter_mut() {
+            if hold.until > now || !hold.sat_out {
                 hold.sat_out = true;
-                *tenant
-            })
-            .collect();
+                sitting_out.push(*tenant);
+            } else {
+                hold.offered = true;
+            }
+        }
         self.count(&holds);
         sitting_out
     }
 
-    /// When the first hold still running at `now` ends: the replica looks at the outbox again
-    /// then, whether or not a write or the poll wakes it.
+    /// When the replica should look at the outbox again for a held tenant, whether or not a write
+    /// or the poll wakes it: when the first running hold ends, or at once (`now`) for a hold that
+    /// ended while a claim left the tenant out, since no claim has offered to take it since.
     pub fn next_end(&self, now: Instant) -> Option<Instant> {
-        self.holds().values().map(|hold| hold.until).filter(|until| *until > now).min()
+        let due = |hold: &Hold| match hold.until > now {
+            true => Some(hold.until),
+            false => (hold.sat_out && !hold.offered).then_some(now),
+        };
+        self.holds().values().filter_map(due).min()
     }
 
     /// `tenant`'s invalidations failed at `now`: holds it back for the next step of its backoff
@@ -82,10 +92,11 @@ impl HeldBack {
         let hold = (holds.entry(tenant)).or_insert_with(|| Hold {
             until: now,
             sat_out: false,
+            offered: false,
             backoff: reconnect_backoff().build(),
         });
         let delay = hold.backoff.next().unwrap_or(MAX_RECONNECT_DELAY);
-        (hold.until, hold.sat_out) = (now + delay, false);
+        (hold.until, hold.sat_out, hold.offered) = (now + delay, false, false);
         self.count(&holds);
         Holding { delay, again }
     }
@@ -98,7 +109,7 @@ impl HeldBack {
         }
     }
 
-    /// Sets the gauge to the tenants held back or, their hold over, not retried since.
+    /// Sets the gauge to the tenants held back or, their hold over, not yet forgotten.
     fn count(&self, holds: &HashMap<Uuid, Hold>) {
         self.gauge.set(i64::try_from(holds.len()).unwrap_or(i64::MAX));
     }
@@ -126,7 +137,18 @@ mod tests {
         assert_eq!(held.next_end(now), Some(now + holding.delay));
         assert_eq!(held.sitting_out(now), vec![tenant]);
         assert_eq!(held.sitting_out(now + holding.delay), Vec::<Uuid>::new(), "the hold ends after its delay");
-        assert_eq!(held.next_end(now + holding.delay), None);
+        assert_eq!(held.next_end(now + holding.delay), None, "and the claim that ended it offered to take it");
+    }
+
+    #[test]
+    fn a_hold_that_ended_while_its_tenant_sat_out_is_due_at_once() {
+        let held = held_back();
+        let (tenant, now) = (Uuid::new_v4(), Instant::now());
+        let late = now + held.hold(tenant, now).delay * 2;
+        assert_eq!(held.sitting_out(late), vec![tenant], "the first claim after a reconnection, say");
+        assert_eq!(held.next_end(late), Some(late), "no claim has offered to take it yet");
+        assert_eq!(held.sitting_out(late), Vec::<Uuid>::new());
+        assert_eq!(held.next_end(late), None, "one has");
     }
 
     #[test]
@@ -167,13 +189,15 @@ mod tests {
     }
 
     #[test]
-    fn a_tenant_no_claim_retries_long_after_its_hold_is_forgotten() {
+    fn a_tenant_offered_and_not_failed_again_long_after_its_hold_is_forgotten() {
         let held = held_back();
         let (tenant, now) = (Uuid::new_v4(), Instant::now());
         let delay = held.hold(tenant, now).delay;
         held.sitting_out(now);
+        held.sitting_out(now + delay + FORGOTTEN_AFTER * 2);
+        assert_eq!(held.gauge.get(), 1, "not forgotten before a claim offered to take it");
         held.sitting_out(now + delay + FORGOTTEN_AFTER / 2);
-        assert_eq!(held.gauge.get(), 1, "retried not long ago");
+        assert_eq!(held.gauge.get(), 1, "offered not long ago");
         held.sitting_out(now + delay + FORGOTTEN_AFTER);
         assert_eq!(held.gauge.get(), 0, "another replica applied its events, or it has none left");
         assert!(!held.hold(tenant, now + delay + FORGOTTEN_AFTER).again, "a new failure starts over");
