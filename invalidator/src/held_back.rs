@@ -4,6 +4,7 @@
 //! a shard that is down or failing over fails only its own tenants.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -76,9 +77,8 @@ impl HeldBack {
     /// or the poll wakes it: when the first running hold ends, or at once (`now`) for a hold that
     /// ended while a claim left the tenant out, since no claim has offered to take it since.
     pub fn next_end(&self, now: Instant) -> Option<Instant> {
-        let due = |hold: &Hold| match hold.until > now {
-            true => Some(hold.until),
-            false => (hold.sat_out && !hold.offered).then_some(now),
+        let due = |hold: &Hold| {
+            if hold.until > now { Some(hold.until) } else { (hold.sat_out && !hold.offered).then_some(now) }
         };
         self.holds().values().filter_map(due).min()
     }
@@ -88,13 +88,13 @@ impl HeldBack {
     /// 5–10 s).
     pub fn hold(&self, tenant: Uuid, now: Instant) -> Holding {
         let mut holds = self.holds();
-        let again = holds.contains_key(&tenant);
-        let hold = (holds.entry(tenant)).or_insert_with(|| Hold {
-            until: now,
-            sat_out: false,
-            offered: false,
-            backoff: reconnect_backoff().build(),
-        });
+        let (hold, again) = match holds.entry(tenant) {
+            Entry::Occupied(held) => (held.into_mut(), true),
+            Entry::Vacant(free) => {
+                let backoff = reconnect_backoff().build();
+                (free.insert(Hold { until: now, sat_out: false, offered: false, backoff }), false)
+            }
+        };
         let delay = hold.backoff.next().unwrap_or(MAX_RECONNECT_DELAY);
         (hold.until, hold.sat_out, hold.offered) = (now + delay, false, false);
         self.count(&holds);
