@@ -1,7 +1,8 @@
-//! Tenants whose invalidations failed in a batch: the replica's next claims leave their events in
-//! the outbox for a while, each tenant on a backoff of its own, so that the tenants Redis still
-//! serves are not held back with them. On a Redis Cluster a tenant's keys live on one shard, and
-//! a shard that is down or failing over fails only its own tenants.
+//! Tenants whose invalidations failed in a batch: the replica's claims leave their events in the
+//! outbox until a probe of the tenant's master succeeds, each tenant probed on a backoff of its
+//! own, so that the tenants Redis still serves are not held back with them and no batch waits
+//! for a master that may still be down. On a Redis Cluster a tenant's keys live on one shard,
+//! and a shard that is down or failing over fails only its own tenants.
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
@@ -10,95 +11,173 @@ use std::time::{Duration, Instant};
 
 use backon::{BackoffBuilder, ExponentialBackoff};
 use openrisk_shared::db::{MAX_RECONNECT_DELAY, reconnect_backoff};
+use openrisk_shared::protocol::InvalidateError;
 use prometheus::IntGauge;
+use tokio::sync::Notify;
 use uuid::Uuid;
 
-/// How long after its hold ended a tenant that a claim has offered to take since, without a
-/// failure, is forgotten: its events were applied by another replica, or it has none left.
+/// How long a tenant cleared by a probe is remembered: a failure of its events within this time
+/// continues its backoff instead of starting over (a master that answers a probe but fails the
+/// invalidations is not probed every 50 ms).
 const FORGOTTEN_AFTER: Duration = Duration::from_secs(2 * MAX_RECONNECT_DELAY.as_secs());
 
-/// One tenant held back: until when, whether a claim has left it out since it failed, whether a
-/// claim has offered to take its events since the hold ended, and the backoff its next failure
-/// continues.
+/// Where one held tenant stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Left out of claims; probed once `until` has passed.
+    Waiting { until: Instant },
+    /// Left out of claims while a probe is on its way; its answer moves the tenant on.
+    Probing,
+    /// A probe succeeded at `since`: the tenant's events are claimed again.
+    Cleared { since: Instant },
+}
+
+/// One tenant held back: where it stands, the backoff its next failure continues, and, while its
+/// last failure was a missing replica acknowledgement (its master applies what it is sent), the
+/// transaction id its events written since are read from ([`HeldBack::unreplicated`]).
 #[derive(Debug)]
 struct Hold {
-    until: Instant,
-    sat_out: bool,
-    offered: bool,
+    phase: Phase,
     backoff: ExponentialBackoff,
+    unreplicated_since: Option<u64>,
+}
+
+/// Why a tenant's invalidations, or its probe, failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failed {
+    /// Its master did not answer, or answered with an error.
+    Unreachable,
+    /// Its master applied them, but too few Redis replicas confirmed in time.
+    Unreplicated,
+}
+
+impl From<&InvalidateError> for Failed {
+    fn from(error: &InvalidateError) -> Self {
+        match error {
+            InvalidateError::Redis(_) => Self::Unreachable,
+            InvalidateError::NotReplicated { .. } => Self::Unreplicated,
+        }
+    }
 }
 
 /// What holding a tenant back came to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Holding {
-    /// How long the tenant sits out.
+    /// How long until the tenant is probed.
     pub delay: Duration,
-    /// Whether the tenant was held already: a retry that failed again, not news.
+    /// Whether the tenant was held already (or cleared not long ago): a failure again, not news.
     pub again: bool,
 }
 
-/// The tenants one replica holds back, and the gauge that counts them. Holds are the replica's
-/// own: another replica that fails on the same tenant holds it back too.
+/// The tenants one replica holds back, the gauge that counts them, and the signal that a probe
+/// answered. Holds are the replica's own: another replica that fails on the same tenant holds
+/// it back too.
 #[derive(Debug, Clone)]
 pub struct HeldBack {
     holds: Arc<Mutex<HashMap<Uuid, Hold>>>,
     /// `openrisk_invalidator_tenants_held_back`.
     gauge: IntGauge,
+    answered: Arc<Notify>,
 }
 
 impl HeldBack {
     pub fn new(gauge: IntGauge) -> Self {
-        Self { holds: Arc::default(), gauge }
+        Self { holds: Arc::default(), gauge, answered: Arc::default() }
     }
 
-    /// The tenants whose events a claim made at `now` leaves in the outbox: those whose hold
-    /// lasts past `now`, and those no claim has left out since they failed. Each sits out at
-    /// least one claim however short its hold, because after a batch that failed as a whole the
-    /// replica's own backoff and reconnection can outlast the hold, and the next claim must still
-    /// go to the other tenants. Forgets the tenants offered and not failed again for
-    /// [`FORGOTTEN_AFTER`] after their hold ended.
+    /// The tenants whose events a claim made at `now` leaves in the outbox: all but those a probe
+    /// cleared. Forgets the tenants cleared [`FORGOTTEN_AFTER`] ago or more.
     pub fn sitting_out(&self, now: Instant) -> Vec<Uuid> {
         let mut holds = self.holds();
-        holds.retain(|_, hold| !hold.offered || now < hold.until + FORGOTTEN_AFTER);
-        let mut sitting_out = Vec::new();
-        for (tenant, hold) in holds.iter_mut() {
-            if hold.until > now || !hold.sat_out {
-                hold.sat_out = true;
-                sitting_out.push(*tenant);
-            } else {
-                hold.offered = true;
+        holds.retain(|_, hold| !matches!(hold.phase, Phase::Cleared { since } if now >= since + FORGOTTEN_AFTER));
+        let sitting_out = holds.iter().filter(|(_, hold)| !matches!(hold.phase, Phase::Cleared { .. }));
+        sitting_out.map(|(tenant, _)| *tenant).collect()
+    }
+
+    /// The tenants whose hold has run out at `now`, now marked as probed: the caller sends each
+    /// one probe and reports its answer to [`HeldBack::probed`].
+    pub fn due_for_probe(&self, now: Instant) -> Vec<Uuid> {
+        let mut due = Vec::new();
+        for (tenant, hold) in self.holds().iter_mut() {
+            if matches!(hold.phase, Phase::Waiting { until } if until <= now) {
+                hold.phase = Phase::Probing;
+                due.push(*tenant);
             }
         }
-        self.count(&holds);
-        sitting_out
+        due
     }
 
-    /// When the replica should look at the outbox again for a held tenant, whether or not a write
-    /// or the poll wakes it: when the first running hold ends, or at once (`now`) for a hold that
-    /// ended while a claim left the tenant out, since no claim has offered to take it since.
-    pub fn next_end(&self, now: Instant) -> Option<Instant> {
-        let due = |hold: &Hold| {
-            if hold.until > now { Some(hold.until) } else { (hold.sat_out && !hold.offered).then_some(now) }
-        };
-        self.holds().values().filter_map(due).min()
+    /// When the first running hold ends, so that an idle replica sends its probe then, whether
+    /// or not a write or the poll wakes it.
+    pub fn next_probe(&self) -> Option<Instant> {
+        let until = |hold: &Hold| if let Phase::Waiting { until } = hold.phase { Some(until) } else { None };
+        self.holds().values().filter_map(until).min()
     }
 
-    /// `tenant`'s invalidations failed at `now`: holds it back for the next step of its backoff
-    /// ([`reconnect_backoff`]: 50–100 ms at first, doubling with each failure in a row, to
-    /// 5–10 s).
-    pub fn hold(&self, tenant: Uuid, now: Instant) -> Holding {
+    /// `tenant`'s invalidations, or its probe, failed at `now`: holds it back for the next step of
+    /// its backoff ([`reconnect_backoff`]: 50–100 ms at first, doubling with each failure in a
+    /// row, to 5–10 s).
+    pub fn hold(&self, tenant: Uuid, now: Instant, failed: Failed) -> Holding {
         let mut holds = self.holds();
         let (hold, again) = match holds.entry(tenant) {
             Entry::Occupied(held) => (held.into_mut(), true),
             Entry::Vacant(free) => {
                 let backoff = reconnect_backoff().build();
-                (free.insert(Hold { until: now, sat_out: false, offered: false, backoff }), false)
+                (free.insert(Hold { phase: Phase::Probing, backoff, unreplicated_since: None }), false)
             }
         };
         let delay = hold.backoff.next().unwrap_or(MAX_RECONNECT_DELAY);
-        (hold.until, hold.sat_out, hold.offered) = (now + delay, false, false);
+        hold.phase = Phase::Waiting { until: now + delay };
+        // From the first transaction (0) the first time: the failed batch may not have held all.
+        hold.unreplicated_since = match failed {
+            Failed::Unreplicated => Some(hold.unreplicated_since.unwrap_or(0)),
+            Failed::Unreachable => None,
+        };
         self.count(&holds);
         Holding { delay, again }
+    }
+
+    /// The held tenants whose master applies what it is sent although too few replicas confirm
+    /// it, each with the transaction id from which its events are still to be applied there.
+    pub fn unreplicated(&self) -> Vec<(Uuid, u64)> {
+        let held = self.holds();
+        let since = |(tenant, hold): (&Uuid, &Hold)| match hold.phase {
+            Phase::Cleared { .. } => None,
+            Phase::Waiting { .. } | Phase::Probing => hold.unreplicated_since.map(|since| (*tenant, since)),
+        };
+        held.iter().filter_map(since).collect()
+    }
+
+    /// `tenant`'s events of transactions before `next` have been applied on its master.
+    pub fn applied_before(&self, tenant: Uuid, next: u64) {
+        if let Some(since) = self.holds().get_mut(&tenant).and_then(|hold| hold.unreplicated_since.as_mut()) {
+            *since = next;
+        }
+    }
+
+    /// `tenant`'s probe answered at `now`: a success clears it (its events are claimed again), a
+    /// failure holds it for the next step of its backoff. Either way an idle replica is woken, to
+    /// claim the cleared tenant's events or to wait for the new hold's end.
+    pub fn probed(&self, tenant: Uuid, now: Instant, outcome: Result<(), Failed>) -> Option<Holding> {
+        let holding = match outcome {
+            Ok(()) => {
+                let mut holds = self.holds();
+                if let Some(hold) = holds.get_mut(&tenant).filter(|hold| hold.phase == Phase::Probing) {
+                    hold.phase = Phase::Cleared { since: now };
+                    self.count(&holds);
+                }
+                None
+            }
+            Err(failed) => Some(self.hold(tenant, now, failed)),
+        };
+        self.answered.notify_one();
+        holding
+    }
+
+    /// Returns once a probe has answered since the last call returned (at once if one did in
+    /// between).
+    pub async fn next_answer(&self) {
+        self.answered.notified().await;
     }
 
     /// `tenant`'s invalidations succeeded: a later failure starts its backoff over.
@@ -109,9 +188,10 @@ impl HeldBack {
         }
     }
 
-    /// Sets the gauge to the tenants held back or, their hold over, not yet forgotten.
+    /// Sets the gauge to the tenants whose events claims leave out.
     fn count(&self, holds: &HashMap<Uuid, Hold>) {
-        self.gauge.set(i64::try_from(holds.len()).unwrap_or(i64::MAX));
+        let held = holds.values().filter(|hold| !matches!(hold.phase, Phase::Cleared { .. })).count();
+        self.gauge.set(i64::try_from(held).unwrap_or(i64::MAX));
     }
 
     fn holds(&self) -> MutexGuard<'_, HashMap<Uuid, Hold>> {
@@ -129,45 +209,76 @@ mod tests {
     }
 
     #[test]
-    fn a_held_tenant_is_left_out_until_its_hold_ends() {
+    fn a_held_tenant_is_left_out_of_claims_until_a_probe_clears_it() {
         let held = held_back();
         let (tenant, now) = (Uuid::new_v4(), Instant::now());
-        let holding = held.hold(tenant, now);
+        let holding = held.hold(tenant, now, Failed::Unreachable);
         assert!(holding.delay > Duration::ZERO && holding.delay <= MAX_RECONNECT_DELAY && !holding.again);
-        assert_eq!(held.next_end(now), Some(now + holding.delay));
-        assert_eq!(held.sitting_out(now), vec![tenant]);
-        assert_eq!(held.sitting_out(now + holding.delay), Vec::<Uuid>::new(), "the hold ends after its delay");
-        assert_eq!(held.next_end(now + holding.delay), None, "and the claim that ended it offered to take it");
+        assert_eq!(held.next_probe(), Some(now + holding.delay));
+        assert_eq!(held.due_for_probe(now), Vec::<Uuid>::new(), "not probed before its hold ends");
+        let ended = now + holding.delay;
+        assert_eq!(held.due_for_probe(ended), vec![tenant]);
+        assert_eq!(held.due_for_probe(ended), Vec::<Uuid>::new(), "one probe at a time");
+        assert_eq!(held.next_probe(), None, "the probe's answer moves it on");
+        assert_eq!(held.sitting_out(ended + MAX_RECONNECT_DELAY * 4), vec![tenant], "however long the probe takes");
+        held.probed(tenant, ended, Ok(()));
+        assert_eq!(held.sitting_out(ended), Vec::<Uuid>::new());
+        assert_eq!(held.gauge.get(), 0);
     }
 
     #[test]
-    fn a_hold_that_ended_while_its_tenant_sat_out_is_due_at_once() {
+    fn a_failed_probe_holds_the_tenant_for_the_next_step_of_its_backoff() {
         let held = held_back();
         let (tenant, now) = (Uuid::new_v4(), Instant::now());
-        let late = now + held.hold(tenant, now).delay * 2;
-        assert_eq!(held.sitting_out(late), vec![tenant], "the first claim after a reconnection, say");
-        assert_eq!(held.next_end(late), Some(late), "no claim has offered to take it yet");
-        assert_eq!(held.sitting_out(late), Vec::<Uuid>::new());
-        assert_eq!(held.next_end(late), None, "one has");
+        let first = held.hold(tenant, now, Failed::Unreachable).delay;
+        let ended = now + first;
+        held.due_for_probe(ended);
+        let again = held.hold(tenant, ended, Failed::Unreachable);
+        assert!(again.again);
+        assert_eq!(held.next_probe(), Some(ended + again.delay));
+        assert_eq!(held.sitting_out(ended), vec![tenant]);
+        assert_eq!(held.gauge.get(), 1);
+    }
+
+    #[tokio::test]
+    async fn each_answer_of_a_probe_wakes_the_replica_once() {
+        let held = held_back();
+        let (tenant, now) = (Uuid::new_v4(), Instant::now());
+        let woken = tokio::time::timeout(Duration::from_millis(20), held.next_answer()).await;
+        assert!(woken.is_err(), "no probe, no wake-up");
+        let ended = now + held.hold(tenant, now, Failed::Unreachable).delay;
+        held.due_for_probe(ended);
+        let again = held.probed(tenant, ended, Err(Failed::Unreachable)).expect("held again");
+        held.next_answer().await;
+        assert_eq!(held.next_probe(), Some(ended + again.delay), "the woken replica waits for the new hold's end");
+        let ended = ended + again.delay;
+        held.due_for_probe(ended);
+        assert_eq!(held.probed(tenant, ended, Ok(())), None);
+        held.next_answer().await;
+        assert_eq!(held.sitting_out(ended), Vec::<Uuid>::new(), "and claims the cleared tenant's events");
+        let woken = tokio::time::timeout(Duration::from_millis(20), held.next_answer()).await;
+        assert!(woken.is_err(), "one answer, one wake-up");
     }
 
     #[test]
-    fn a_held_tenant_sits_out_the_next_claim_even_after_its_hold_ended() {
+    fn only_a_tenant_whose_replicas_failed_to_confirm_has_its_new_events_applied_on_its_master() {
         let held = held_back();
-        let (tenant, now) = (Uuid::new_v4(), Instant::now());
-        let delay = held.hold(tenant, now).delay;
-        let late = now + delay * 2;
-        assert_eq!(held.sitting_out(late), vec![tenant], "no claim left it out yet");
-        assert_eq!(held.sitting_out(late), Vec::<Uuid>::new(), "one did");
-        assert!(held.hold(tenant, late).again);
-        assert_eq!(held.sitting_out(late + MAX_RECONNECT_DELAY * 2), vec![tenant], "each failure, again");
+        let (unreplicated, unreachable, now) = (Uuid::new_v4(), Uuid::new_v4(), Instant::now());
+        held.hold(unreplicated, now, Failed::Unreplicated);
+        held.hold(unreachable, now, Failed::Unreachable);
+        assert_eq!(held.unreplicated(), vec![(unreplicated, 0)], "from the first transaction at first");
+        held.applied_before(unreplicated, 42);
+        held.hold(unreplicated, now, Failed::Unreplicated);
+        assert_eq!(held.unreplicated(), vec![(unreplicated, 42)], "a failure again keeps what was applied");
+        held.hold(unreplicated, now, Failed::Unreachable);
+        assert_eq!(held.unreplicated(), vec![], "a master that does not answer is sent nothing but probes");
     }
 
     #[test]
     fn each_failure_in_a_row_holds_a_tenant_longer_up_to_the_longest_delay() {
         let held = held_back();
         let (tenant, now) = (Uuid::new_v4(), Instant::now());
-        let delays: Vec<Duration> = (0..12).map(|_| held.hold(tenant, now).delay).collect();
+        let delays: Vec<Duration> = (0..12).map(|_| held.hold(tenant, now, Failed::Unreachable).delay).collect();
         assert!(delays[3] > delays[0], "the backoff grows: {delays:?}");
         assert!(delays.iter().all(|delay| *delay <= MAX_RECONNECT_DELAY * 2), "and is bounded: {delays:?}");
     }
@@ -176,30 +287,39 @@ mod tests {
     fn a_success_releases_a_tenant_and_starts_its_backoff_over() {
         let held = held_back();
         let (tenant, other, now) = (Uuid::new_v4(), Uuid::new_v4(), Instant::now());
-        let first = held.hold(tenant, now).delay;
+        let first = held.hold(tenant, now, Failed::Unreachable).delay;
         for _ in 0..8 {
-            held.hold(tenant, now);
+            held.hold(tenant, now, Failed::Unreachable);
         }
-        held.hold(other, now);
+        held.hold(other, now, Failed::Unreachable);
         assert_eq!(held.gauge.get(), 2);
         held.release(tenant);
         assert_eq!(held.sitting_out(now), vec![other], "only the tenant still failing is held");
         assert_eq!(held.gauge.get(), 1);
-        assert!(held.hold(tenant, now).delay < first * 4, "the backoff starts over after a success");
+        assert!(
+            held.hold(tenant, now, Failed::Unreachable).delay < first * 4,
+            "the backoff starts over after a success"
+        );
     }
 
     #[test]
-    fn a_tenant_offered_and_not_failed_again_long_after_its_hold_is_forgotten() {
+    fn a_cleared_tenant_that_fails_soon_after_continues_its_backoff_and_one_that_does_not_is_forgotten() {
         let held = held_back();
         let (tenant, now) = (Uuid::new_v4(), Instant::now());
-        let delay = held.hold(tenant, now).delay;
-        held.sitting_out(now);
-        held.sitting_out(now + delay + FORGOTTEN_AFTER * 2);
-        assert_eq!(held.gauge.get(), 1, "not forgotten before a claim offered to take it");
-        held.sitting_out(now + delay + FORGOTTEN_AFTER / 2);
-        assert_eq!(held.gauge.get(), 1, "offered not long ago");
-        held.sitting_out(now + delay + FORGOTTEN_AFTER);
-        assert_eq!(held.gauge.get(), 0, "another replica applied its events, or it has none left");
-        assert!(!held.hold(tenant, now + delay + FORGOTTEN_AFTER).again, "a new failure starts over");
+        let ended = now + held.hold(tenant, now, Failed::Unreachable).delay;
+        held.due_for_probe(ended);
+        held.probed(tenant, ended, Ok(()));
+        assert!(
+            held.hold(tenant, ended, Failed::Unreachable).again,
+            "its events failed though the master answered the probe"
+        );
+        let ended = ended + MAX_RECONNECT_DELAY * 2;
+        held.due_for_probe(ended);
+        held.probed(tenant, ended, Ok(()));
+        held.sitting_out(ended + FORGOTTEN_AFTER / 2);
+        assert!(held.holds().contains_key(&tenant), "cleared not long ago");
+        held.sitting_out(ended + FORGOTTEN_AFTER);
+        assert!(!held.holds().contains_key(&tenant), "another replica applied its events, or it has none left");
+        assert!(!held.hold(tenant, ended + FORGOTTEN_AFTER, Failed::Unreachable).again, "a new failure starts over");
     }
 }

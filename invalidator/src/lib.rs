@@ -8,6 +8,7 @@ pub mod held_back;
 pub mod listener;
 pub mod metrics;
 pub mod outbox;
+pub mod tenants;
 pub mod worker;
 
 use std::net::SocketAddr;

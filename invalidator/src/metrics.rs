@@ -108,8 +108,11 @@ impl Metrics {
         )
         .expect("valid metric");
         registry.register(Box::new(oldest_event_age_seconds.clone())).expect("unique metric");
-        let errors =
-            counter_vec("openrisk_invalidator_errors_total", "Failed batches, by the system that failed.", "kind");
+        let errors = counter_vec(
+            "openrisk_invalidator_errors_total",
+            "Failed batches and failed probes of held tenants, by the system that failed.",
+            "kind",
+        );
         let reconnects = counter_vec(
             "openrisk_invalidator_reconnects_total",
             "Connections re-established, by target: the outbox's Postgres connection, the LISTEN connection, Redis.",
@@ -178,8 +181,8 @@ impl Metrics {
             tenants_held_back: gauge(
                 "openrisk_invalidator_tenants_held_back",
                 "Tenants held back: their last invalidations on this replica failed (a Redis Cluster shard down or \
-                 failing over), so their events stay in the outbox, retried on a backoff of their own, while other \
-                 tenants' are applied.",
+                 failing over), so their events stay in the outbox until a probe of their master, sent on a backoff \
+                 of their own, succeeds, while other tenants' are applied.",
             ),
             outbox_backlog: gauge("openrisk_invalidator_outbox_backlog", "Events waiting in the outbox."),
             oldest_event_age_seconds,

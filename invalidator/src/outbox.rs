@@ -9,7 +9,7 @@ use openrisk_shared::db::Lsn;
 use openrisk_shared::event::{InvalidationEvent, OutboxRow, PoisonReason};
 use openrisk_shared::outbox;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{Client, Statement, Transaction};
+use tokio_postgres::{Client, Row, Statement, Transaction};
 use uuid::Uuid;
 
 /// A claimed batch, split into applicable events and poison rows.
@@ -92,6 +92,35 @@ pub async fn claim(
         transaction.batch_execute(outbox::CLAIMING_TRANSACTION),
         transaction.query(statement, &parameters)
     )?;
+    Ok(batch_of(&rows))
+}
+
+/// Reads, without claiming them, up to `limit` events of the tenants in `since` written by
+/// transactions at or past each one's id ([`outbox::PEEK`]). Returns them and where the next
+/// read of the same tenants starts (as `since`) to miss none of theirs written after this one.
+pub async fn peek(
+    transaction: &Transaction<'_>,
+    limit: u32,
+    since: &[(Uuid, u64)],
+) -> Result<(Batch, u64), tokio_postgres::Error> {
+    let limit = i64::from(limit);
+    let tenants: Vec<Uuid> = since.iter().map(|(tenant, _)| *tenant).collect();
+    let positions: Vec<String> = since.iter().map(|(_, since)| since.to_string()).collect();
+    let parameters: [&(dyn ToSql + Sync); 3] = [&limit, &tenants, &positions];
+    let rows = transaction.query(outbox::PEEK, &parameters).await?;
+    let transaction_id = |row: &Row, column| row.get::<_, String>(column).parse::<u64>().unwrap_or_default();
+    let next = match rows.last() {
+        Some(last) if rows.len() as i64 == limit => {
+            transaction_id(last, "txid").min(transaction_id(last, "snapshot_xmin"))
+        }
+        Some(last) => transaction_id(last, "snapshot_xmin"),
+        None => since.iter().map(|(_, since)| *since).min().unwrap_or_default(),
+    };
+    Ok((batch_of(&rows), next))
+}
+
+/// The events and poison rows of `rows`, read in the columns of [`outbox::CLAIM`].
+fn batch_of(rows: &[Row]) -> Batch {
     let mut batch = Batch::default();
     for row in rows {
         let outbox_row = OutboxRow {
@@ -113,7 +142,7 @@ pub async fn claim(
             Err(reason) => batch.poison.push(PoisonRow { row: outbox_row, txid: row.get("txid"), reason }),
         }
     }
-    Ok(batch)
+    batch
 }
 
 /// A duration the database computed between two of its clock readings; never negative (its

@@ -2,7 +2,7 @@
 //! LISTEN task's wake-up when it is empty, and replace a failed Postgres or Redis connection with
 //! jittered exponential backoff.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,24 +11,20 @@ use std::time::{Duration, Instant};
 use backon::{BackoffBuilder, Retryable};
 use openrisk_shared::config::Settings;
 use openrisk_shared::db::{ConnectError, MAX_RECONNECT_DELAY, reconnect_backoff};
-use openrisk_shared::event::InvalidationEvent;
-use openrisk_shared::keys::{Keyspace, Tag};
+use openrisk_shared::keys::Keyspace;
 use openrisk_shared::protocol::{self, BackgroundReclaims, InvalidateError, Reclaimable, ReplicaAck};
 use openrisk_shared::redis_connection::{RedisConnection, RedisTarget, Timeouts};
 use tokio_postgres::{Client, Statement, Transaction};
 use tokio_util::sync::CancellationToken;
 use tracing::field::Empty;
-use uuid::Uuid;
 
 use openrisk_shared::redis_connection::RedisUrlError;
 
-use crate::held_back::{HeldBack, Holding};
+use crate::held_back::{Failed, HeldBack, Holding};
 use crate::listener::{Session, Wakeups};
 use crate::metrics::Metrics;
 use crate::outbox::{self, Batch};
-
-/// Tags sent to Redis in one script call.
-const TAGS_PER_CALL: usize = 512;
+use crate::tenants;
 
 /// Pause between two looks at the outbox while lingering.
 const LINGER_STEP: Duration = Duration::from_millis(1);
@@ -132,10 +128,18 @@ struct Applied {
 /// How long a failed replica waits for its batch's rollback before it resigns the park.
 const ROLLBACK_WAIT: Duration = Duration::from_secs(1);
 
-/// Waits for the LISTEN task's wake-up, the poll interval or shutdown, whichever comes first.
-async fn wake_or_poll(wakeups: &Wakeups, poll: Duration, shutdown: &CancellationToken) {
+/// Waits for the LISTEN task's wake-up (none in poll mode), the answer of a held tenant's probe,
+/// the poll interval or shutdown, whichever comes first.
+async fn wake_or_poll(wakeups: Option<&Wakeups>, held_back: &HeldBack, poll: Duration, shutdown: &CancellationToken) {
+    let woken = async {
+        match wakeups {
+            Some(wakeups) => wakeups.notified().await,
+            None => std::future::pending().await,
+        }
+    };
     tokio::select! {
-        () = wakeups.notified() => {}
+        () = woken => {}
+        () = held_back.next_answer() => {}
         () = tokio::time::sleep(poll) => {}
         () = shutdown.cancelled() => {}
     }
@@ -296,6 +300,8 @@ impl Worker {
     ) -> Result<usize, BatchError> {
         let claim_sent = Instant::now();
         let held_back = self.held_back.sitting_out(claim_sent);
+        self.probe_due(redis, claim_sent);
+        self.apply_unreplicated(&transaction, redis).await?;
         let batch = outbox::claim(&transaction, claim, self.settings.invalidator.batch_size, &held_back).await?;
         if batch.is_empty() {
             return Ok(0);
@@ -311,10 +317,10 @@ impl Worker {
                 // connection. The transaction is dropped and rolled back: the rows come back.
                 return Err(error.into());
             }
-            // Some tenants failed, now held back, and the others were applied (or the batch was
-            // a retry of tenants held already, which only failed again). Rolled back, every
-            // event comes back, and the next claim, at once, takes the applied tenants' again
-            // without the held ones (invalidating a tag twice leaves the cache as once does).
+            // Some tenants failed, now held back, and the others were applied (or those that
+            // failed had failed not long before, and a probe had cleared them). Rolled back,
+            // every event comes back, and the next claim, at once, takes the applied tenants'
+            // again without the held ones (invalidating a tag twice leaves the cache as once does).
             transaction.rollback().await?;
             self.metrics.errors.with_label_values(&[BatchError::from(error).kind()]).inc();
             return Ok(batch.len());
@@ -329,6 +335,26 @@ impl Worker {
         self.record(&batch, tags, claimed_at - claim_sent, confirmed_after);
         self.reclaim_in_background(redis, reclaimable);
         Ok(batch.len())
+    }
+
+    /// Sends one probe ([`protocol::probe`]) for each held tenant whose hold has run out, each on
+    /// a task of its own, so that no batch waits for a master that may still be down. A probe
+    /// that succeeds clears its tenant (the next claim takes its events); one that fails holds it
+    /// for the next step of its backoff and counts as an error of its kind.
+    fn probe_due(&self, redis: &RedisConnection, now: Instant) {
+        for tenant in self.held_back.due_for_probe(now) {
+            let (mut connection, worker) = (redis.clone(), self.clone());
+            tokio::spawn(async move {
+                let probed = protocol::probe(&mut connection, &worker.keyspace, tenant, worker.replica_ack).await;
+                let answered_at = Instant::now();
+                let held =
+                    worker.held_back.probed(tenant, answered_at, probed.as_ref().map(|_| ()).map_err(Failed::from));
+                if let (Some(Holding { delay, .. }), Err(error)) = (held, probed.map_err(BatchError::from)) {
+                    tracing::debug!(%tenant, %error, ?delay, "probe failed; the tenant stays held back");
+                    worker.metrics.errors.with_label_values(&[error.kind()]).inc();
+                }
+            });
+        }
     }
 
     /// Unlinks the entries of the member sets a batch moved aside, off the batch path: they can
@@ -371,37 +397,20 @@ impl Worker {
     /// poison row invalidates its tenant's whole cache in its place. A tenant whose calls fail is
     /// held back; one whose calls succeed is released.
     async fn apply(&self, redis: &RedisConnection, batch: &Batch) -> Applied {
-        let replayed_by = batch.replayed_by;
-        let stand_ins: Vec<InvalidationEvent> =
-            batch.poison.iter().map(|poison| InvalidationEvent::tenant_wide(&poison.row)).collect();
-        let mut by_tenant: HashMap<Uuid, BTreeSet<Tag>> = HashMap::new();
-        for event in batch.events.iter().map(|claimed| &claimed.event).chain(&stand_ins) {
-            by_tenant.entry(event.tenant_id).or_default().extend(event.tags.iter().cloned());
-        }
+        let by_tenant = tenants::tags_by_tenant(batch);
         let distinct: usize = by_tenant.values().map(BTreeSet::len).sum();
-        let (keyspace, ack) = (&self.keyspace, self.replica_ack);
-        let tenants = by_tenant.into_iter().map(|(tenant, tags)| async move {
-            let tags: Vec<Tag> = tags.into_iter().collect();
-            let calls = tags.chunks(TAGS_PER_CALL).map(|chunk| {
-                let mut connection = redis.clone();
-                async move {
-                    protocol::invalidate_replicated(&mut connection, keyspace, tenant, chunk, ack, Some(replayed_by))
-                        .await
-                }
-            });
-            (tenant, futures::future::try_join_all(calls).await)
-        });
-        let outcomes = futures::future::join_all(tenants).await;
+        let outcomes =
+            tenants::invalidate_by_tenant(redis, &self.keyspace, by_tenant, self.replica_ack, batch.replayed_by).await;
         let (mut applied, answered_at) = (Applied { tags: distinct as u64, ..Applied::default() }, Instant::now());
         for (tenant, outcome) in outcomes {
             match outcome {
                 Ok(moved) => {
                     self.held_back.release(tenant);
-                    moved.into_iter().for_each(|moved| applied.reclaimable.extend(moved));
+                    applied.reclaimable.extend(moved);
                     applied.any_applied = true;
                 }
                 Err(error) => {
-                    let Holding { delay, again } = self.held_back.hold(tenant, answered_at);
+                    let Holding { delay, again } = self.held_back.hold(tenant, answered_at, Failed::from(&error));
                     if again {
                         tracing::debug!(%tenant, %error, ?delay, "cannot invalidate; the tenant stays held back");
                     } else {
@@ -421,6 +430,47 @@ impl Worker {
         applied
     }
 
+    /// Applies, on their masters alone, the events written since of the tenants held back because
+    /// too few Redis replicas confirmed their invalidations ([`outbox::peek`]; they stay in the
+    /// outbox until a replica does): the masters serve reads, so reads stay fresh. A tenant whose
+    /// master fails this keeps its position and is read again at the next claim.
+    async fn apply_unreplicated(
+        &self,
+        transaction: &Transaction<'_>,
+        redis: &RedisConnection,
+    ) -> Result<(), BatchError> {
+        let since = self.held_back.unreplicated();
+        if since.is_empty() {
+            return Ok(());
+        }
+        let (peeked, next) = outbox::peek(transaction, self.settings.invalidator.batch_size, &since).await?;
+        let by_tenant = tenants::tags_by_tenant(&peeked);
+        let outcomes = tenants::invalidate_by_tenant(
+            redis,
+            &self.keyspace,
+            by_tenant,
+            ReplicaAck::MASTER_ONLY,
+            peeked.replayed_by,
+        )
+        .await;
+        let (mut reclaimable, mut failed) = (Reclaimable::default(), Vec::new());
+        for (tenant, outcome) in outcomes {
+            match outcome {
+                Ok(moved) => reclaimable.extend(moved),
+                Err(error) => {
+                    tracing::debug!(%tenant, %error, "cannot apply a held tenant's events on its master; read again");
+                    failed.push(tenant);
+                }
+            }
+        }
+        // The others' events before `next` are all applied there (or they had none).
+        for (tenant, _) in since.into_iter().filter(|(tenant, _)| !failed.contains(tenant)) {
+            self.held_back.applied_before(tenant, next);
+        }
+        self.reclaim_in_background(redis, reclaimable);
+        Ok(())
+    }
+
     /// The outbox is empty: linger, then park (if this replica leads the park) and wait for a
     /// wake-up, the poll interval or shutdown; the batch that woke a parked replica is applied
     /// before it unparks.
@@ -430,14 +480,14 @@ impl Worker {
         }
         let poll = self.next_look(Duration::from_millis(self.settings.invalidator.poll_interval_ms));
         let Some(wakeups) = &self.wakeups else {
-            pause(poll, shutdown).await;
+            wake_or_poll(None, &self.held_back, poll, shutdown).await;
             return Ok(());
         };
         wakeups.forget();
         let session = match wakeups.session() {
             Some(session) if self.park(&session).await => session,
             _ => {
-                wake_or_poll(wakeups, poll, shutdown).await;
+                wake_or_poll(Some(wakeups), &self.held_back, poll, shutdown).await;
                 return Ok(());
             }
         };
@@ -453,7 +503,7 @@ impl Worker {
         let Links { outbox, claim, redis } = links;
         let woken_by = match outbox.transaction().await {
             Ok(transaction) => {
-                wake_or_poll(wakeups, poll, shutdown).await;
+                wake_or_poll(Some(wakeups), &self.held_back, poll, shutdown).await;
                 // Writers notify while the replica stays parked, so applying the first batch
                 // before unparking keeps the unpark's round trip out of the wake-up's lag.
                 if shutdown.is_cancelled() { Ok(0) } else { self.apply_next(transaction, claim, redis).await }
@@ -465,10 +515,11 @@ impl Worker {
     }
 
     /// How long an idle replica waits at most before it looks at the outbox again: the poll
-    /// interval, or less when a tenant's hold ends sooner (its events wait for no write).
+    /// interval, or less when a held tenant is due for its probe sooner (the probe is sent at the
+    /// next claim, and waits for no write).
     fn next_look(&self, poll: Duration) -> Duration {
         let now = Instant::now();
-        self.held_back.next_end(now).map_or(poll, |end| poll.min(end.saturating_duration_since(now)))
+        self.held_back.next_probe().map_or(poll, |due| poll.min(due.saturating_duration_since(now)))
     }
 
     /// Looks at the outbox every [`LINGER_STEP`] for `invalidator.linger_ms` before parking, so

@@ -1,13 +1,15 @@
 //! A Redis Cluster master failing over: an invalidation the invalidator acknowledged must be on
 //! the replica that takes over (the master is cut off from its replica so the replica cannot
-//! receive what the master applies); and a master down holds back only its own tenants. Each
-//! test runs its own private cluster (it kills a master).
+//! receive what the master applies); and a master down or frozen holds back only its own tenants.
+//! Each test runs its own private cluster (it kills or freezes a master).
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::{Harness, until_batches_failed};
+use openrisk_invalidator::Running;
+use openrisk_shared::Settings;
 use openrisk_shared::keys::{Keyspace, Tag};
 use openrisk_shared::protocol::{self, Lookup};
 use openrisk_test_support::{PrivateRedisCluster, RedisNamespace, TestDatabase, node_command};
@@ -108,6 +110,31 @@ async fn an_invalidation_is_acknowledged_only_once_a_replica_holds_it_so_a_failo
     assert!(running.shutdown(WAIT).await);
 }
 
+/// While no replica confirms, the tenant's events stay in the outbox, and each write after the first
+/// is still invalidated on the master, which serves the reads: they stay fresh.
+#[tokio::test]
+async fn while_no_replica_confirms_every_write_is_still_invalidated_on_the_master() {
+    let mut f = Failover::new().await;
+    let running = f.h.start(f.h.settings()).await;
+    f.cache_list().await;
+
+    f.cut_off_replica();
+    f.h.risk(f.tenant, "first written while the replica is cut off").await;
+    until_batches_failed(&running, "redis_replication", 1, WAIT).await;
+    for written in 1..=3 {
+        let list = f.h.cache_risk_list(f.tenant).await;
+        assert!(f.h.risk_list_is_cached(f.tenant, &list).await);
+        f.h.risk(f.tenant, &format!("written while the replica is cut off, {written}")).await;
+        let deadline = Instant::now() + WAIT;
+        while f.h.risk_list_is_cached(f.tenant, &list).await {
+            assert!(Instant::now() < deadline, "write {written} was not invalidated on the master");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    assert!(f.h.outbox_len().await >= 4, "nothing is acknowledged while no replica confirms");
+    assert!(running.shutdown(WAIT).await);
+}
+
 /// The broken variant the default guards against: acknowledging once the master applied it.
 #[tokio::test]
 async fn without_waiting_for_a_replica_a_failover_brings_an_invalidated_entry_back() {
@@ -134,6 +161,77 @@ async fn without_waiting_for_a_replica_a_failover_brings_an_invalidated_entry_ba
     assert!(running.shutdown(WAIT).await);
 }
 
+/// A cluster of three masters and no replicas that serves while one is down (it does not require
+/// every slot covered): what one shard looks like while it is down or failing over. One tenant
+/// lives on the master the test takes down, the other on another master.
+struct TwoShards {
+    cluster: PrivateRedisCluster,
+    h: Harness,
+    down: Uuid,
+    down_master: u16,
+    up: Uuid,
+}
+
+impl TwoShards {
+    async fn new() -> Self {
+        let cluster = PrivateRedisCluster::start_with(3, 0);
+        for port in cluster.master_ports() {
+            let set = node_command(&cluster.node_url(port), &["CONFIG", "SET", "cluster-require-full-coverage", "no"]);
+            assert_eq!(set.as_deref(), Some("OK"));
+        }
+        let h = Harness::with(TestDatabase::create().await, RedisNamespace::on(&cluster.url())).await;
+        let master_of = |keyspace: &Keyspace, tenant| {
+            cluster.master_of(&keyspace.version_key(tenant, &Tag::parse(common::RISK_LIST_TAG).unwrap()))
+        };
+        let down = h.tenant("down").await;
+        let down_master = master_of(&h.keyspace, down);
+        let mut up = h.tenant("up-0").await;
+        for attempt in 1.. {
+            if master_of(&h.keyspace, up) != down_master {
+                break;
+            }
+            up = h.tenant(&format!("up-{attempt}")).await;
+        }
+        Self { cluster, h, down, down_master, up }
+    }
+
+    /// Claims of `batch_size` events, no wait for Redis replicas (there are none), and no poll:
+    /// only a write or a probe that clears a tenant makes the replica look at the outbox.
+    fn settings(&self, batch_size: u32) -> Settings {
+        let mut settings = self.h.settings_without_polling();
+        settings.invalidator.batch_size = batch_size;
+        settings.invalidator.redis_replicas_ack = Some(0);
+        settings
+    }
+
+    /// Writes `risks` risks for each tenant, in this order, in one transaction.
+    async fn write_one_transaction(&mut self, risks: &[(Uuid, i32)]) {
+        let insert = "INSERT INTO risks (tenant_id, title, impact, probability)
+                      SELECT $1::uuid, 'risk ' || n, 3, 3 FROM generate_series(1, $2::int) n";
+        let transaction = self.h.sql.transaction().await.unwrap();
+        for (tenant, risks) in risks {
+            transaction.execute(insert, &[tenant, risks]).await.unwrap();
+        }
+        transaction.commit().await.unwrap();
+    }
+
+    /// Events of `tenant` still in the outbox.
+    async fn left_of(&self, tenant: Uuid) -> i64 {
+        let count = "SELECT count(*) FROM cache_outbox WHERE tenant_id = $1";
+        self.h.sql.query_one(count, &[&tenant]).await.unwrap().get(0)
+    }
+
+    /// Waits until the replica holds no tenant back.
+    async fn none_held_back(&self, running: &Running) {
+        let held = running.metrics.tenants_held_back.clone();
+        common::eventually("no tenant held back once its shard is back", WAIT, || {
+            let held = held.clone();
+            async move { held.get() == 0 }
+        })
+        .await;
+    }
+}
+
 /// Batches of four: the tenant whose shard is down has more events than a batch holds, ahead of
 /// the other's, so its first batch fails as a whole (the replica backs off and reconnects).
 #[tokio::test]
@@ -148,72 +246,89 @@ async fn a_batch_that_fails_for_some_tenants_is_acknowledged_for_the_others() {
     only_the_tenant_whose_shard_is_down_is_held_back(100, 0).await;
 }
 
-/// A master down with no replica to take over while the other masters serve (the cluster does
-/// not require every slot covered): what one shard looks like while it is down or failing over.
-/// The invalidator claims `batch_size` events at a time and never polls, so only a write or a
-/// hold's end makes it look at the outbox. Its Redis connection is replaced `reconnects` times:
-/// once for a first batch that fails whole, never for one that fails in part, and never for a
-/// retry of the held tenant that fails again.
+/// A master killed while the other masters serve. Its Redis connection is replaced `reconnects`
+/// times: once for a first batch that fails whole, never for one that fails in part, and never
+/// for the held tenant's probes, which fail again until the master is back.
 async fn only_the_tenant_whose_shard_is_down_is_held_back(batch_size: u32, reconnects: u64) {
-    let mut cluster = PrivateRedisCluster::start_with(3, 0);
-    for port in cluster.master_ports() {
-        let set = node_command(&cluster.node_url(port), &["CONFIG", "SET", "cluster-require-full-coverage", "no"]);
-        assert_eq!(set.as_deref(), Some("OK"));
-    }
-    let mut h = Harness::with(TestDatabase::create().await, RedisNamespace::on(&cluster.url())).await;
-    let master_of = |keyspace: &Keyspace, tenant| {
-        cluster.master_of(&keyspace.version_key(tenant, &Tag::parse(common::RISK_LIST_TAG).unwrap()))
-    };
-    let down = h.tenant("down").await;
-    let down_master = master_of(&h.keyspace, down);
-    let mut up = h.tenant("up-0").await;
-    for attempt in 1.. {
-        if master_of(&h.keyspace, up) != down_master {
-            break;
-        }
-        up = h.tenant(&format!("up-{attempt}")).await;
-    }
-    let mut settings = h.settings_without_polling();
-    settings.invalidator.batch_size = batch_size;
-    settings.invalidator.redis_replicas_ack = Some(0);
-    let running = h.start(settings).await;
-    h.drained(WAIT).await;
-    let up_list = h.cache_risk_list(up).await;
+    let mut s = TwoShards::new().await;
+    let running = s.h.start(s.settings(batch_size)).await;
+    s.h.drained(WAIT).await;
+    let up_list = s.h.cache_risk_list(s.up).await;
 
-    cluster.kill(down_master);
+    s.cluster.kill(s.down_master);
     // One transaction: the first claim sees every event, the down tenant's first.
-    let risks = "INSERT INTO risks (tenant_id, title, impact, probability)
-                 SELECT $1::uuid, 'risk ' || n, 3, 3 FROM generate_series(1, $2::int) n";
-    let transaction = h.sql.transaction().await.unwrap();
-    transaction.execute(risks, &[&down, &12_i32]).await.unwrap();
-    transaction.execute(risks, &[&up, &1_i32]).await.unwrap();
-    transaction.commit().await.unwrap();
-    let left_of = async |h: &Harness, tenant: Uuid| -> i64 {
-        let count = "SELECT count(*) FROM cache_outbox WHERE tenant_id = $1";
-        h.sql.query_one(count, &[&tenant]).await.unwrap().get(0)
-    };
-    let written_while_down = left_of(&h, down).await;
+    s.write_one_transaction(&[(s.down, 12), (s.up, 1)]).await;
+    let written_while_down = s.left_of(s.down).await;
     assert!(written_while_down >= 12);
-    let deadline = std::time::Instant::now() + WAIT;
-    while left_of(&h, up).await > 0 || h.risk_list_is_cached(up, &up_list).await {
-        assert!(std::time::Instant::now() < deadline, "the other shard's tenant was held back with the one down");
+    let deadline = Instant::now() + WAIT;
+    while s.left_of(s.up).await > 0 || s.h.risk_list_is_cached(s.up, &up_list).await {
+        assert!(Instant::now() < deadline, "the other shard's tenant was held back with the one down");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let left = left_of(&h, down).await;
+    let left = s.left_of(s.down).await;
     assert_eq!(left, written_while_down, "nothing is acknowledged for the tenant whose shard is down");
     assert_eq!(running.metrics.tenants_held_back.get(), 1);
     until_batches_failed(&running, "redis", 4, WAIT).await;
     let reconnected = running.metrics.reconnects.with_label_values(&["redis"]).get();
-    assert_eq!(reconnected, reconnects, "Redis connections replaced while the held tenant's retries failed");
+    assert_eq!(reconnected, reconnects, "Redis connections replaced while the held tenant's probes failed");
 
-    cluster.restart(down_master);
-    cluster.wait_until_healthy(0);
-    h.drained(WAIT).await;
-    let held = running.metrics.tenants_held_back.clone();
-    common::eventually("no tenant held back once its shard is back", WAIT, || {
-        let held = held.clone();
-        async move { held.get() == 0 }
-    })
-    .await;
+    s.cluster.restart(s.down_master);
+    s.cluster.wait_until_healthy(0);
+    s.h.drained(WAIT).await;
+    s.none_held_back(&running).await;
     assert!(running.shutdown(WAIT).await);
 }
+
+/// A master that stops answering without closing its connections, as a host cut off from the
+/// network does: the batch that first names its tenant waits out the Redis response timeout
+/// (there is no telling a slow master from a gone one sooner); from then on the tenant is only
+/// probed, each probe waiting out the timeout on a task of its own, and no other tenant's
+/// invalidation waits for one.
+#[tokio::test]
+async fn a_master_that_stops_answering_delays_the_other_tenants_invalidations_once_only() {
+    let mut s = TwoShards::new().await;
+    let running = s.h.start(s.settings(100)).await;
+    s.h.drained(WAIT).await;
+
+    s.cluster.pause(s.down_master);
+    // One transaction, so the first batch holds both tenants and fails in part (one that failed
+    // whole would replace the Redis connection, which waits on the frozen master too).
+    s.write_one_transaction(&[(s.down, 1), (s.up, 1)]).await;
+    let written_while_frozen = s.left_of(s.down).await;
+    let held = running.metrics.tenants_held_back.clone();
+    common::eventually("the tenant held back once its batch timed out", WAIT, || {
+        let held = held.clone();
+        async move { held.get() == 1 }
+    })
+    .await;
+    let (mut slowest, until) = (Duration::ZERO, Instant::now() + PROBED_FOR);
+    while Instant::now() < until {
+        let written = Instant::now();
+        s.h.risk(s.up, "written while the other master is frozen").await;
+        while s.left_of(s.up).await > 0 {
+            assert!(written.elapsed() < WAIT, "the other tenant's event was never applied");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        slowest = slowest.max(written.elapsed());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(slowest < WAITED_FOR_THE_FROZEN_MASTER, "an invalidation of the other tenant waited {slowest:?}");
+    assert_eq!(
+        s.left_of(s.down).await,
+        written_while_frozen,
+        "nothing is acknowledged for the tenant whose master is frozen"
+    );
+
+    s.cluster.resume(s.down_master);
+    s.h.drained(WAIT).await;
+    s.none_held_back(&running).await;
+    assert!(running.shutdown(WAIT).await);
+}
+
+/// How long the other tenant writes while the held one is probed: longer than a probe of a frozen
+/// master takes to fail (the invalidator's Redis response timeout, 5 s, at most twice over).
+const PROBED_FOR: Duration = Duration::from_secs(12);
+
+/// Half the invalidator's Redis response timeout: an invalidation that took this long waited for
+/// the frozen master (one that did not takes milliseconds).
+const WAITED_FOR_THE_FROZEN_MASTER: Duration = Duration::from_millis(2500);

@@ -15,6 +15,32 @@ pub const OWN_ROWS: &str = "
     WHERE id > coalesce(nullif(current_setting('openrisk.outbox_position', true), '')::bigint, 0)
       AND txid = pg_current_xact_id()";
 
+/// The columns [`CLAIM`] and [`PEEK`] read of each outbox row `o` (see [`CLAIM`] for why each is
+/// computed as it is).
+macro_rules! outbox_row_columns {
+    () => {
+        "o.id, o.tenant_id, o.table_name, o.op,
+                  CASE WHEN array_ndims(o.tags) > 1 THEN ARRAY(SELECT tag FROM unnest(o.tags) tag WHERE tag IS NOT NULL)
+                       ELSE array_remove(o.tags, NULL) END AS tags, o.txid,
+                  CASE WHEN o.created_at BETWEEN '0001-01-01 00:00Z' AND '9999-12-31 23:59Z' THEN o.created_at
+                       ELSE clock_timestamp() END AS created_at,
+                  CASE WHEN current_setting('track_commit_timestamp')::boolean
+                       THEN pg_xact_commit_timestamp(o.xmin) END AS committed_at"
+    };
+}
+
+/// What [`CLAIM`] and [`PEEK`] return of each row in `claimed`.
+macro_rules! batch_columns {
+    () => {
+        "
+    SELECT c.id, c.tenant_id, c.table_name, c.op, c.tags, c.txid::text AS txid, c.created_at,
+           EXISTS (SELECT 1 FROM cache_watches w WHERE c.table_name = w.table_name::text OR c.table_name = ANY (w.events_named)) AS watched,
+           extract(epoch FROM clock_timestamp() - coalesce(c.committed_at, c.created_at))::float8 AS age_seconds,
+           extract(epoch FROM c.committed_at - c.created_at)::float8 AS in_transaction_seconds,
+           pg_current_wal_insert_lsn()::text AS wal_position"
+    };
+}
+
 /// Claims the oldest unclaimed events by deleting them inside the caller's transaction: the
 /// deletion commits only after Redis confirmed (the acknowledgement), a rollback or a replica
 /// that dies mid-batch restores them, and `SKIP LOCKED` keeps replicas off each other's rows.
@@ -51,25 +77,46 @@ pub const OWN_ROWS: &str = "
 /// refuses such an array), and a `created_at` outside years 1–9999 (`infinity`) reads as the
 /// claim's own time. Such a row would otherwise fail every claim, on every replica, until removed
 /// by hand.
-pub const CLAIM: &str = "
+pub const CLAIM: &str = concat!(
+    "
     WITH claimed AS (
         DELETE FROM cache_outbox o
         WHERE o.id = ANY (ARRAY(SELECT id FROM cache_outbox WHERE tenant_id <> ALL ($2::uuid[])
                                 ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED))
-        RETURNING o.id, o.tenant_id, o.table_name, o.op,
-                  CASE WHEN array_ndims(o.tags) > 1 THEN ARRAY(SELECT tag FROM unnest(o.tags) tag WHERE tag IS NOT NULL)
-                       ELSE array_remove(o.tags, NULL) END AS tags, o.txid,
-                  CASE WHEN o.created_at BETWEEN '0001-01-01 00:00Z' AND '9999-12-31 23:59Z' THEN o.created_at
-                       ELSE clock_timestamp() END AS created_at,
-                  CASE WHEN current_setting('track_commit_timestamp')::boolean
-                       THEN pg_xact_commit_timestamp(o.xmin) END AS committed_at)
-    SELECT c.id, c.tenant_id, c.table_name, c.op, c.tags, c.txid::text AS txid, c.created_at,
-           EXISTS (SELECT 1 FROM cache_watches w WHERE c.table_name = w.table_name::text OR c.table_name = ANY (w.events_named)) AS watched,
-           extract(epoch FROM clock_timestamp() - coalesce(c.committed_at, c.created_at))::float8 AS age_seconds,
-           extract(epoch FROM c.committed_at - c.created_at)::float8 AS in_transaction_seconds,
-           pg_current_wal_insert_lsn()::text AS wal_position
+        RETURNING ",
+    outbox_row_columns!(),
+    ")",
+    batch_columns!(),
+    "
     FROM claimed c
-    ORDER BY c.id";
+    ORDER BY c.id"
+);
+
+/// Reads, without claiming them, up to `$1` events of the tenants in `$2` written by
+/// transactions at or past the matching id in `$3` (same length; `xid8` as text), in the
+/// columns of [`CLAIM`] plus `snapshot_xmin`, in transaction order. The invalidator reads so the
+/// events written since of the tenants it holds back because no Redis replica confirmed their
+/// invalidations, and applies them on the master alone: reads stay fresh while the events wait
+/// in the outbox for a replica. Every transaction before `snapshot_xmin` had ended when this read
+/// was taken, so a later read from there (or from the last transaction read, where the limit cut
+/// it short) misses no event; it reads again only those of transactions that were running. Not
+/// indexed: it reads the held tenants' backlog, and runs only while a replica is missing.
+pub const PEEK: &str = concat!(
+    "
+    WITH claimed AS (
+        SELECT ",
+    outbox_row_columns!(),
+    "
+        FROM cache_outbox o
+        JOIN unnest($2::uuid[], $3::text[]) AS seen (tenant_id, since)
+          ON o.tenant_id = seen.tenant_id AND o.txid >= seen.since::xid8
+        ORDER BY o.txid, o.id LIMIT $1)",
+    batch_columns!(),
+    ",
+           pg_snapshot_xmin(pg_current_snapshot())::text AS snapshot_xmin
+    FROM claimed c
+    ORDER BY c.txid, c.id"
+);
 
 /// Settings of a claim's transaction, sent with each claim in the same round trip. `SET LOCAL`, so
 /// that they end with the transaction: a session that keeps a setting would hand it, through a

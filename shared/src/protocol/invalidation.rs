@@ -93,6 +93,11 @@ pub struct ReplicaAck {
 impl ReplicaAck {
     /// Done once the master has applied it (a single node, or best-effort callers).
     pub const MASTER_ONLY: Self = Self { replicas: 0, timeout: std::time::Duration::ZERO };
+
+    /// `WAIT`'s timeout argument, in milliseconds (0 would wait for ever, so at least 1).
+    fn wait_ms(&self) -> u64 {
+        u64::try_from(self.timeout.as_millis()).unwrap_or(u64::MAX).max(1)
+    }
 }
 
 /// Why an invalidation is not known to be done.
@@ -190,7 +195,7 @@ pub async fn invalidate_replicated<C: ConnectionLike>(
             .arg(&keys)
             .arg(&token)
             .arg(&floor);
-        pipe.cmd("WAIT").arg(ack.replicas).arg(u64::try_from(ack.timeout.as_millis()).unwrap_or(u64::MAX).max(1));
+        pipe.cmd("WAIT").arg(ack.replicas).arg(ack.wait_ms());
         pipe
     };
     let reply: redis::RedisResult<(Vec<String>, u32)> = pipeline(true).query_async(conn).await;
@@ -204,6 +209,34 @@ pub async fn invalidate_replicated<C: ConnectionLike>(
         return Err(InvalidateError::NotReplicated { acked, required: ack.replicas, timeout: ack.timeout });
     }
     Ok(Reclaimable { keys: moved })
+}
+
+/// Whether `tenant`'s invalidations can be done now, without doing any: an `EXISTS` on one of the
+/// tenant's keys, which routes it to the tenant's master, and, when replicas must confirm, the
+/// same `WAIT` as [`invalidate_replicated`] in one pipeline with it. The invalidator sends it for
+/// a tenant it holds back instead of claiming the tenant's events again, so that no batch waits
+/// for a master that may still be down.
+///
+/// Invariant: writes nothing, so it changes no entry's freshness whatever it answers; `Ok` says
+/// only that the master answered and enough replicas hold the connection's writes.
+pub async fn probe<C: ConnectionLike>(
+    conn: &mut C,
+    keyspace: &Keyspace,
+    tenant: Uuid,
+    ack: ReplicaAck,
+) -> Result<(), InvalidateError> {
+    let mut pipe = redis::pipe();
+    pipe.cmd("EXISTS").arg(keyspace.version_key(tenant, &Tag::all())).ignore();
+    if ack.replicas == 0 {
+        pipe.query_async::<()>(conn).await?;
+        return Ok(());
+    }
+    pipe.cmd("WAIT").arg(ack.replicas).arg(ack.wait_ms());
+    let (acked,): (u32,) = pipe.query_async(conn).await?;
+    if acked < ack.replicas {
+        return Err(InvalidateError::NotReplicated { acked, required: ack.replicas, timeout: ack.timeout });
+    }
+    Ok(())
 }
 
 /// Unlinks the entries of reclaimed member sets, walking each with `SSCAN` and unlinking at most
