@@ -95,14 +95,26 @@ impl HeldBack {
     }
 
     /// The tenants whose hold has run out at `now`, now marked as probed: the caller sends each
-    /// one probe and reports its answer to [`HeldBack::probed`].
+    /// one probe and reports its answer to [`HeldBack::probed`]. Of the tenants waiting for a
+    /// Redis replica, one at a time: their probe's `WAIT` holds up the connection it shares with
+    /// every other call to that master until the replica answers or the wait times out.
     pub fn due_for_probe(&self, now: Instant) -> Vec<Uuid> {
+        let mut holds = self.holds();
+        let waits_for_replica = |hold: &Hold| hold.unreplicated_since.is_some();
+        let mut replica_wait_free = !holds.values().any(|hold| hold.phase == Phase::Probing && waits_for_replica(hold));
         let mut due = Vec::new();
-        for (tenant, hold) in self.holds().iter_mut() {
-            if matches!(hold.phase, Phase::Waiting { until } if until <= now) {
-                hold.phase = Phase::Probing;
-                due.push(*tenant);
+        for (tenant, hold) in holds.iter_mut() {
+            if !matches!(hold.phase, Phase::Waiting { until } if until <= now) {
+                continue;
             }
+            if waits_for_replica(hold) {
+                if !replica_wait_free {
+                    continue;
+                }
+                replica_wait_free = false;
+            }
+            hold.phase = Phase::Probing;
+            due.push(*tenant);
         }
         due
     }
@@ -148,10 +160,11 @@ impl HeldBack {
         held.iter().filter_map(since).collect()
     }
 
-    /// `tenant`'s events of transactions before `next` have been applied on its master.
+    /// `tenant`'s events of transactions before `next` have been applied on its master (a
+    /// position only moves on: an older one would read again what was applied).
     pub fn applied_before(&self, tenant: Uuid, next: u64) {
         if let Some(since) = self.holds().get_mut(&tenant).and_then(|hold| hold.unreplicated_since.as_mut()) {
-            *since = next;
+            *since = (*since).max(next);
         }
     }
 
@@ -270,8 +283,30 @@ mod tests {
         held.applied_before(unreplicated, 42);
         held.hold(unreplicated, now, Failed::Unreplicated);
         assert_eq!(held.unreplicated(), vec![(unreplicated, 42)], "a failure again keeps what was applied");
+        held.applied_before(unreplicated, 7);
+        assert_eq!(held.unreplicated(), vec![(unreplicated, 42)], "a position only moves on");
         held.hold(unreplicated, now, Failed::Unreachable);
         assert_eq!(held.unreplicated(), vec![], "a master that does not answer is sent nothing but probes");
+    }
+
+    #[test]
+    fn tenants_waiting_for_a_redis_replica_are_probed_one_at_a_time() {
+        let held = held_back();
+        let now = Instant::now();
+        let waiting: Vec<Uuid> = (0..3).map(|_| Uuid::new_v4()).collect();
+        let unreachable = Uuid::new_v4();
+        for tenant in &waiting {
+            held.hold(*tenant, now, Failed::Unreplicated);
+        }
+        held.hold(unreachable, now, Failed::Unreachable);
+        let later = now + MAX_RECONNECT_DELAY * 2;
+        let first = held.due_for_probe(later);
+        assert_eq!(first.len(), 2, "one waiting for a replica, and the unreachable one: {first:?}");
+        assert!(first.contains(&unreachable));
+        assert_eq!(held.due_for_probe(later), Vec::<Uuid>::new(), "the next once that probe answers");
+        let probed = first.into_iter().find(|tenant| *tenant != unreachable).unwrap();
+        held.probed(probed, later, Ok(()));
+        assert_eq!(held.due_for_probe(later).len(), 1);
     }
 
     #[test]

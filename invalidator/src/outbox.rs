@@ -95,27 +95,17 @@ pub async fn claim(
     Ok(batch_of(&rows))
 }
 
-/// Reads, without claiming them, up to `limit` events of the tenants in `since` written by
-/// transactions at or past each one's id ([`outbox::PEEK`]). Returns them and where the next
-/// read of the same tenants starts (as `since`) to miss none of theirs written after this one.
+/// Reads, without claiming them, every event of the tenants in `since` written by transactions
+/// at or past each one's id ([`outbox::PEEK`]). Returns them and, when it read any, where the
+/// next read of the same tenants may start (as `since`) and miss none written after this one.
 pub async fn peek(
     transaction: &Transaction<'_>,
-    limit: u32,
     since: &[(Uuid, u64)],
-) -> Result<(Batch, u64), tokio_postgres::Error> {
-    let limit = i64::from(limit);
+) -> Result<(Batch, Option<u64>), tokio_postgres::Error> {
     let tenants: Vec<Uuid> = since.iter().map(|(tenant, _)| *tenant).collect();
     let positions: Vec<String> = since.iter().map(|(_, since)| since.to_string()).collect();
-    let parameters: [&(dyn ToSql + Sync); 3] = [&limit, &tenants, &positions];
-    let rows = transaction.query(outbox::PEEK, &parameters).await?;
-    let transaction_id = |row: &Row, column| row.get::<_, String>(column).parse::<u64>().unwrap_or_default();
-    let next = match rows.last() {
-        Some(last) if rows.len() as i64 == limit => {
-            transaction_id(last, "txid").min(transaction_id(last, "snapshot_xmin"))
-        }
-        Some(last) => transaction_id(last, "snapshot_xmin"),
-        None => since.iter().map(|(_, since)| *since).min().unwrap_or_default(),
-    };
+    let rows = transaction.query(outbox::PEEK, &[&tenants, &positions]).await?;
+    let next = rows.first().and_then(|row| row.get::<_, String>("snapshot_xmin").parse::<u64>().ok());
     Ok((batch_of(&rows), next))
 }
 

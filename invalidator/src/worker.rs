@@ -433,7 +433,7 @@ impl Worker {
     /// Applies, on their masters alone, the events written since of the tenants held back because
     /// too few Redis replicas confirmed their invalidations ([`outbox::peek`]; they stay in the
     /// outbox until a replica does): the masters serve reads, so reads stay fresh. A tenant whose
-    /// master fails this keeps its position and is read again at the next claim.
+    /// master fails this is held as unreachable, and probed like any other.
     async fn apply_unreplicated(
         &self,
         transaction: &Transaction<'_>,
@@ -443,7 +443,8 @@ impl Worker {
         if since.is_empty() {
             return Ok(());
         }
-        let (peeked, next) = outbox::peek(transaction, self.settings.invalidator.batch_size, &since).await?;
+        let (peeked, next) = outbox::peek(transaction, &since).await?;
+        let Some(next) = next else { return Ok(()) };
         let by_tenant = tenants::tags_by_tenant(&peeked);
         let outcomes = tenants::invalidate_by_tenant(
             redis,
@@ -458,7 +459,10 @@ impl Worker {
             match outcome {
                 Ok(moved) => reclaimable.extend(moved),
                 Err(error) => {
-                    tracing::debug!(%tenant, %error, "cannot apply a held tenant's events on its master; read again");
+                    // Its master stopped answering: it is sent nothing but probes from now on.
+                    let Holding { delay, .. } = self.held_back.hold(tenant, Instant::now(), Failed::from(&error));
+                    tracing::warn!(%tenant, %error, ?delay, "cannot apply a held tenant's events on its master");
+                    self.metrics.errors.with_label_values(&[BatchError::from(error).kind()]).inc();
                     failed.push(tenant);
                 }
             }

@@ -29,7 +29,7 @@ macro_rules! outbox_row_columns {
     };
 }
 
-/// What [`CLAIM`] and [`PEEK`] return of each row in `claimed`.
+/// What [`CLAIM`] and [`PEEK`] return of each row `c`.
 macro_rules! batch_columns {
     () => {
         "
@@ -92,30 +92,30 @@ pub const CLAIM: &str = concat!(
     ORDER BY c.id"
 );
 
-/// Reads, without claiming them, up to `$1` events of the tenants in `$2` written by
-/// transactions at or past the matching id in `$3` (same length; `xid8` as text), in the
-/// columns of [`CLAIM`] plus `snapshot_xmin`, in transaction order. The invalidator reads so the
-/// events written since of the tenants it holds back because no Redis replica confirmed their
-/// invalidations, and applies them on the master alone: reads stay fresh while the events wait
-/// in the outbox for a replica. Every transaction before `snapshot_xmin` had ended when this read
-/// was taken, so a later read from there (or from the last transaction read, where the limit cut
-/// it short) misses no event; it reads again only those of transactions that were running. Not
-/// indexed: it reads the held tenants' backlog, and runs only while a replica is missing.
+/// Reads, without claiming them, every event of the tenants in `$1` written by transactions at
+/// or past the matching id in `$2` (same length; `xid8` as text), in the columns of [`CLAIM`]
+/// plus `snapshot_xmin`. The invalidator reads so the events written since of the tenants it
+/// holds back because no Redis replica confirmed their invalidations, and applies them on the
+/// master alone: reads stay fresh while the events wait in the outbox for a replica. Every
+/// transaction before `snapshot_xmin` had ended when this read was taken, so a later read from
+/// there misses no event; it reads again those of transactions that were still running. No
+/// limit: a limit would have to stop inside one transaction's rows, and a position by
+/// transaction could not move past them. Not indexed (a sequential scan of the outbox): it runs
+/// only while a tenant waits for a Redis replica.
 pub const PEEK: &str = concat!(
     "
-    WITH claimed AS (
+    WITH peeked AS (
         SELECT ",
     outbox_row_columns!(),
     "
         FROM cache_outbox o
-        JOIN unnest($2::uuid[], $3::text[]) AS seen (tenant_id, since)
-          ON o.tenant_id = seen.tenant_id AND o.txid >= seen.since::xid8
-        ORDER BY o.txid, o.id LIMIT $1)",
+        JOIN unnest($1::uuid[], $2::text[]) AS seen (tenant_id, since)
+          ON o.tenant_id = seen.tenant_id AND o.txid >= seen.since::xid8)",
     batch_columns!(),
     ",
            pg_snapshot_xmin(pg_current_snapshot())::text AS snapshot_xmin
-    FROM claimed c
-    ORDER BY c.txid, c.id"
+    FROM peeked c
+    ORDER BY c.id"
 );
 
 /// Settings of a claim's transaction, sent with each claim in the same round trip. `SET LOCAL`, so
