@@ -60,6 +60,18 @@ impl From<&InvalidateError> for Failed {
     }
 }
 
+impl Hold {
+    /// Whether its probe waits for Redis replicas (`WAIT`), holding up its master's connection.
+    fn waits_for_replica(&self) -> bool {
+        self.unreplicated_since.is_some()
+    }
+}
+
+/// Whether a probe that waits for Redis replicas is on its way.
+fn replica_wait_on_its_way(holds: &HashMap<Uuid, Hold>) -> bool {
+    holds.values().any(|hold| hold.phase == Phase::Probing && hold.waits_for_replica())
+}
+
 /// What holding a tenant back came to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Holding {
@@ -100,14 +112,13 @@ impl HeldBack {
     /// every other call to that master until the replica answers or the wait times out.
     pub fn due_for_probe(&self, now: Instant) -> Vec<Uuid> {
         let mut holds = self.holds();
-        let waits_for_replica = |hold: &Hold| hold.unreplicated_since.is_some();
-        let mut replica_wait_free = !holds.values().any(|hold| hold.phase == Phase::Probing && waits_for_replica(hold));
+        let mut replica_wait_free = !replica_wait_on_its_way(&holds);
         let mut due = Vec::new();
         for (tenant, hold) in holds.iter_mut() {
             if !matches!(hold.phase, Phase::Waiting { until } if until <= now) {
                 continue;
             }
-            if waits_for_replica(hold) {
+            if hold.waits_for_replica() {
                 if !replica_wait_free {
                     continue;
                 }
@@ -120,10 +131,17 @@ impl HeldBack {
     }
 
     /// When the first running hold ends, so that an idle replica sends its probe then, whether
-    /// or not a write or the poll wakes it.
+    /// or not a write or the poll wakes it. Holds waiting for a replica count only while no probe
+    /// of theirs is on its way: that probe's answer wakes the replica (else a hold ended and
+    /// not yet probed would make it look again at once, and again, until that answer).
     pub fn next_probe(&self) -> Option<Instant> {
-        let until = |hold: &Hold| if let Phase::Waiting { until } = hold.phase { Some(until) } else { None };
-        self.holds().values().filter_map(until).min()
+        let holds = self.holds();
+        let busy = replica_wait_on_its_way(&holds);
+        let until = |hold: &Hold| match hold.phase {
+            Phase::Waiting { until } if !(busy && hold.waits_for_replica()) => Some(until),
+            _ => None,
+        };
+        holds.values().filter_map(until).min()
     }
 
     /// `tenant`'s invalidations, or its probe, failed at `now`: holds it back for the next step of
@@ -304,6 +322,7 @@ mod tests {
         assert_eq!(first.len(), 2, "one waiting for a replica, and the unreachable one: {first:?}");
         assert!(first.contains(&unreachable));
         assert_eq!(held.due_for_probe(later), Vec::<Uuid>::new(), "the next once that probe answers");
+        assert_eq!(held.next_probe(), None, "which wakes the replica: it need not look before");
         let probed = first.into_iter().find(|tenant| *tenant != unreachable).unwrap();
         held.probed(probed, later, Ok(()));
         assert_eq!(held.due_for_probe(later).len(), 1);

@@ -72,6 +72,18 @@ impl Failover {
         panic!("replica {replica} was not promoted");
     }
 
+    /// A replica running, the tenant's replica cut off, and a first write whose invalidation
+    /// failed its `WAIT`: the tenant is held back for a missing replica acknowledgement.
+    async fn held_for_a_missing_replica() -> (Self, Running) {
+        let mut f = Self::new().await;
+        let running = f.h.start(f.h.settings()).await;
+        f.cache_list().await;
+        f.cut_off_replica();
+        f.h.risk(f.tenant, "first written while the replica is cut off").await;
+        until_batches_failed(&running, "redis_replication", 1, WAIT).await;
+        (f, running)
+    }
+
     /// Waits until the risk list cached as `list` is no longer served, after `what`.
     async fn until_dropped(&mut self, list: &str, what: &str) {
         assert!(self.h.risk_list_is_cached(self.tenant, list).await);
@@ -124,13 +136,7 @@ async fn an_invalidation_is_acknowledged_only_once_a_replica_holds_it_so_a_failo
 /// is still invalidated on the master, which serves the reads: they stay fresh.
 #[tokio::test]
 async fn while_no_replica_confirms_every_write_is_still_invalidated_on_the_master() {
-    let mut f = Failover::new().await;
-    let running = f.h.start(f.h.settings()).await;
-    f.cache_list().await;
-
-    f.cut_off_replica();
-    f.h.risk(f.tenant, "first written while the replica is cut off").await;
-    until_batches_failed(&running, "redis_replication", 1, WAIT).await;
+    let (mut f, running) = Failover::held_for_a_missing_replica().await;
     for written in 1..=3 {
         let list = f.h.cache_risk_list(f.tenant).await;
         f.h.risk(f.tenant, &format!("written while the replica is cut off, {written}")).await;
@@ -144,13 +150,7 @@ async fn while_no_replica_confirms_every_write_is_still_invalidated_on_the_maste
 /// event must still reach the master (read from a transaction id, not past the last row read).
 #[tokio::test]
 async fn while_no_replica_confirms_a_write_that_commits_after_a_later_one_is_still_invalidated_on_the_master() {
-    let mut f = Failover::new().await;
-    let running = f.h.start(f.h.settings()).await;
-    f.cache_list().await;
-
-    f.cut_off_replica();
-    f.h.risk(f.tenant, "first written while the replica is cut off").await;
-    until_batches_failed(&running, "redis_replication", 1, WAIT).await;
+    let (mut f, running) = Failover::held_for_a_missing_replica().await;
     let mut slow = f.h.db.connect().await;
     let slow_write = slow.transaction().await.unwrap();
     let insert = "INSERT INTO risks (tenant_id, title, impact, probability) VALUES ($1, 'slow', 3, 3)";
