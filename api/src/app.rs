@@ -461,8 +461,9 @@ fn allowed_methods(path: &str) -> Option<String> {
 /// matches, a `{…}` segment matching any one segment.
 pub(crate) fn documented_operations(path: &str) -> Option<&'static serde_json::Map<String, serde_json::Value>> {
     let path = path.trim_end_matches('/');
+    let segments = path.split('/').count();
     spec_paths().iter().find_map(|(template, operations)| {
-        let matches = template.split('/').count() == path.split('/').count()
+        let matches = template.split('/').count() == segments
             && template
                 .split('/')
                 .zip(path.split('/'))

@@ -61,6 +61,11 @@ impl From<&InvalidateError> for Failed {
 }
 
 impl Hold {
+    /// Whether claims leave its events out: all but a tenant a probe cleared.
+    fn sits_out(&self) -> bool {
+        !matches!(self.phase, Phase::Cleared { .. })
+    }
+
     /// Whether its probe waits for Redis replicas (`WAIT`), holding up its master's connection.
     fn waits_for_replica(&self) -> bool {
         self.unreplicated_since.is_some()
@@ -102,8 +107,7 @@ impl HeldBack {
     pub fn sitting_out(&self, now: Instant) -> Vec<Uuid> {
         let mut holds = self.holds();
         holds.retain(|_, hold| !matches!(hold.phase, Phase::Cleared { since } if now >= since + FORGOTTEN_AFTER));
-        let sitting_out = holds.iter().filter(|(_, hold)| !matches!(hold.phase, Phase::Cleared { .. }));
-        sitting_out.map(|(tenant, _)| *tenant).collect()
+        holds.iter().filter(|(_, hold)| hold.sits_out()).map(|(tenant, _)| *tenant).collect()
     }
 
     /// The tenants whose hold has run out at `now`, now marked as probed: the caller sends each
@@ -153,7 +157,7 @@ impl HeldBack {
             Entry::Occupied(held) => (held.into_mut(), true),
             Entry::Vacant(free) => {
                 let backoff = reconnect_backoff().build();
-                (free.insert(Hold { phase: Phase::Probing, backoff, unreplicated_since: None }), false)
+                (free.insert(Hold { phase: Phase::Waiting { until: now }, backoff, unreplicated_since: None }), false)
             }
         };
         let delay = hold.backoff.next().unwrap_or(MAX_RECONNECT_DELAY);
@@ -171,9 +175,8 @@ impl HeldBack {
     /// it, each with the transaction id from which its events are still to be applied there.
     pub fn unreplicated(&self) -> Vec<(Uuid, u64)> {
         let held = self.holds();
-        let since = |(tenant, hold): (&Uuid, &Hold)| match hold.phase {
-            Phase::Cleared { .. } => None,
-            Phase::Waiting { .. } | Phase::Probing => hold.unreplicated_since.map(|since| (*tenant, since)),
+        let since = |(tenant, hold): (&Uuid, &Hold)| {
+            hold.unreplicated_since.filter(|_| hold.sits_out()).map(|since| (*tenant, since))
         };
         held.iter().filter_map(since).collect()
     }
@@ -221,7 +224,7 @@ impl HeldBack {
 
     /// Sets the gauge to the tenants whose events claims leave out.
     fn count(&self, holds: &HashMap<Uuid, Hold>) {
-        let held = holds.values().filter(|hold| !matches!(hold.phase, Phase::Cleared { .. })).count();
+        let held = holds.values().filter(|hold| hold.sits_out()).count();
         self.gauge.set(i64::try_from(held).unwrap_or(i64::MAX));
     }
 

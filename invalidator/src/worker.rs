@@ -345,11 +345,11 @@ impl Worker {
         for tenant in self.held_back.due_for_probe(now) {
             let (mut connection, worker) = (redis.clone(), self.clone());
             tokio::spawn(async move {
-                let probed = protocol::probe(&mut connection, &worker.keyspace, tenant, worker.replica_ack).await;
-                let answered_at = Instant::now();
-                let held =
-                    worker.held_back.probed(tenant, answered_at, probed.as_ref().map(|_| ()).map_err(Failed::from));
-                if let (Some(Holding { delay, .. }), Err(error)) = (held, probed.map_err(BatchError::from)) {
+                let failure =
+                    protocol::probe(&mut connection, &worker.keyspace, tenant, worker.replica_ack).await.err();
+                let outcome = failure.as_ref().map_or(Ok(()), |error| Err(Failed::from(error)));
+                let held = worker.held_back.probed(tenant, Instant::now(), outcome);
+                if let (Some(Holding { delay, .. }), Some(error)) = (held, failure.map(BatchError::from)) {
                     tracing::debug!(%tenant, %error, ?delay, "probe failed; the tenant stays held back");
                     worker.metrics.errors.with_label_values(&[error.kind()]).inc();
                 }
