@@ -33,6 +33,8 @@ const LINGER_STEP: Duration = Duration::from_millis(1);
 #[derive(Debug, Default)]
 pub struct Status {
     pub postgres_connected: AtomicBool,
+    /// Connected, and the last batch reached Redis: on a cluster, whose connection is never
+    /// replaced, a batch whose every tenant failed with a Redis error is what says it is down.
     pub redis_connected: AtomicBool,
     pub caught_up: AtomicBool,
 }
@@ -310,15 +312,20 @@ impl Worker {
         let span = tracing::Span::current();
         span.record("size", batch.len()).record("tenants", batch.tenants().as_str());
         let Applied { tags, reclaimable, failure, any_applied, newly_held } = self.apply(redis, &batch).await;
+        let reached_redis = any_applied || !matches!(failure, Some(InvalidateError::Redis(_)));
+        self.status.redis_connected.store(reached_redis, Ordering::Relaxed);
         if let Some(error) = failure {
             self.reclaim_in_background(redis, reclaimable);
-            if !any_applied && newly_held {
-                // Nothing applied and news of a failure: the replica backs off and replaces its
-                // connection. The transaction is dropped and rolled back: the rows come back.
+            if !any_applied && newly_held && !self.redis.is_cluster() {
+                // Nothing applied and news of a failure from a single Redis: the replica backs off
+                // and replaces its connection. The transaction is dropped and rolled back: the rows
+                // come back. A cluster's connection is kept: it reconnects to a node that failed by
+                // itself, and replacing it would wait on every master, a frozen one too.
                 return Err(error.into());
             }
             // Some tenants failed, now held back, and the others were applied (or those that
-            // failed had failed not long before, and a probe had cleared them). Rolled back,
+            // failed had failed not long before, and a probe had cleared them, or they all failed
+            // on a cluster, whose masters their probes then tell apart). Rolled back,
             // every event comes back, and the next claim, at once, takes the applied tenants'
             // again without the held ones (invalidating a tag twice leaves the cache as once does).
             transaction.rollback().await?;

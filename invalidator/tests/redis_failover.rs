@@ -1,10 +1,12 @@
 //! A Redis Cluster master failing over: an invalidation the invalidator acknowledged must be on
 //! the replica that takes over (the master is cut off from its replica so the replica cannot
-//! receive what the master applies); and a master down or frozen holds back only its own tenants.
+//! receive what the master applies); a master down or frozen holds back only its own tenants; and
+//! a cluster down as a whole is reported and caught up with once it is back.
 //! Each test runs its own private cluster (it kills or freezes a master).
 
 mod common;
 
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use common::{Harness, until_batches_failed};
@@ -275,23 +277,23 @@ impl TwoShards {
 }
 
 /// Batches of four: the tenant whose shard is down has more events than a batch holds, ahead of
-/// the other's, so its first batch fails as a whole (the replica backs off and reconnects).
+/// the other's, so its first batch fails as a whole.
 #[tokio::test]
 async fn a_tenant_whose_shard_is_down_does_not_hold_back_the_tenants_of_the_other_shards() {
-    only_the_tenant_whose_shard_is_down_is_held_back(4, 1).await;
+    only_the_tenant_whose_shard_is_down_is_held_back(4).await;
 }
 
 /// One batch holds both tenants' events: it fails in part, is rolled back, and is claimed again
-/// without the tenant whose shard is down, with no reconnection.
+/// without the tenant whose shard is down.
 #[tokio::test]
 async fn a_batch_that_fails_for_some_tenants_is_acknowledged_for_the_others() {
-    only_the_tenant_whose_shard_is_down_is_held_back(100, 0).await;
+    only_the_tenant_whose_shard_is_down_is_held_back(100).await;
 }
 
-/// A master killed while the other masters serve. Its Redis connection is replaced `reconnects`
-/// times: once for a first batch that fails whole, never for one that fails in part, and never
-/// for the held tenant's probes, which fail again until the master is back.
-async fn only_the_tenant_whose_shard_is_down_is_held_back(batch_size: u32, reconnects: u64) {
+/// A master killed while the other masters serve. The cluster connection is never replaced: not
+/// for a batch that fails whole, nor for one that fails in part, nor for the held tenant's probes,
+/// which fail again until the master is back.
+async fn only_the_tenant_whose_shard_is_down_is_held_back(batch_size: u32) {
     let mut s = TwoShards::new().await;
     let running = s.h.start(s.settings(batch_size)).await;
     s.h.drained(WAIT).await;
@@ -312,7 +314,7 @@ async fn only_the_tenant_whose_shard_is_down_is_held_back(batch_size: u32, recon
     assert_eq!(running.metrics.tenants_held_back.get(), 1);
     until_batches_failed(&running, "redis", 4, WAIT).await;
     let reconnected = running.metrics.reconnects.with_label_values(&["redis"]).get();
-    assert_eq!(reconnected, reconnects, "Redis connections replaced while the held tenant's probes failed");
+    assert_eq!(reconnected, 0, "Redis connections replaced while one master was down");
 
     s.cluster.restart(s.down_master);
     s.cluster.wait_until_healthy(0);
@@ -321,11 +323,50 @@ async fn only_the_tenant_whose_shard_is_down_is_held_back(batch_size: u32, recon
     assert!(running.shutdown(WAIT).await);
 }
 
+/// Every master killed at once: the replica, which keeps its cluster connection, says Redis is
+/// lost (`/readyz` and the `connected` gauge) and holds every tenant; once the masters are back
+/// (empty), the connection finds them again by itself, every event is applied and the replica
+/// says so.
+#[tokio::test]
+async fn a_cluster_down_as_a_whole_is_reported_and_caught_up_with_once_it_is_back() {
+    let mut s = TwoShards::new().await;
+    let running = s.h.start(s.settings(100)).await;
+    s.h.drained(WAIT).await;
+
+    let masters = s.cluster.master_ports();
+    for &port in &masters {
+        s.cluster.kill(port);
+    }
+    s.write_one_transaction(&[(s.down, 1), (s.up, 1)]).await;
+    let (held, status) = (running.metrics.tenants_held_back.clone(), running.status.clone());
+    common::eventually("both tenants held and Redis reported lost", WAIT, || {
+        let (held, status) = (held.clone(), status.clone());
+        async move { held.get() == 2 && !status.redis_connected.load(Ordering::Relaxed) }
+    })
+    .await;
+
+    for &port in &masters {
+        s.cluster.restart(port);
+    }
+    s.cluster.wait_until_healthy(0);
+    s.h.drained(WAIT).await;
+    s.none_held_back(&running).await;
+    assert!(running.status.redis_connected.load(Ordering::Relaxed), "Redis still reported lost");
+    assert_eq!(running.metrics.reconnects.with_label_values(&["redis"]).get(), 0);
+    // The test's own connection lost every node too: a new one finds them.
+    s.h.redis = common::connect_redis(&s.h.namespace.url).await;
+    for tenant in [s.down, s.up] {
+        s.h.assert_a_new_risk_invalidates_the_risk_list(tenant, "written after the outage", WAIT).await;
+    }
+    assert!(running.shutdown(WAIT).await);
+}
+
 /// A master that stops answering without closing its connections, as a host cut off from the
 /// network does: the batch that first names its tenant waits out the Redis response timeout
 /// (there is no telling a slow master from a gone one sooner); from then on the tenant is only
 /// probed, each probe waiting out the timeout on a task of its own, and no other tenant's
-/// invalidation waits for one.
+/// invalidation waits for one. That first batch names that tenant alone and fails whole, which
+/// must not replace the cluster connection: a new one would wait on the frozen master too.
 #[tokio::test]
 async fn a_master_that_stops_answering_delays_the_other_tenants_invalidations_once_only() {
     let mut s = TwoShards::new().await;
@@ -333,9 +374,7 @@ async fn a_master_that_stops_answering_delays_the_other_tenants_invalidations_on
     s.h.drained(WAIT).await;
 
     s.cluster.pause(s.down_master);
-    // One transaction, so the first batch holds both tenants and fails in part (one that failed
-    // whole would replace the Redis connection, which waits on the frozen master too).
-    s.write_one_transaction(&[(s.down, 1), (s.up, 1)]).await;
+    s.write_one_transaction(&[(s.down, 1)]).await;
     let written_while_frozen = s.left_of(s.down).await;
     let held = running.metrics.tenants_held_back.clone();
     common::eventually("the tenant held back once its batch timed out", WAIT, || {
