@@ -113,8 +113,10 @@ impl AppState {
         .await?;
         let longest_miss = Duration::from_millis(settings.http.request_timeout_ms);
         let redis = settings.redis_target()?;
-        let cache = Cache::new(&redis, settings.cache.clone(), longest_miss, metrics.clone(), options.before_fill)?;
         let cluster = ClusterWatch::new(&metrics.registry)?;
+        let cache_settings = settings.cache.clone();
+        let cache =
+            Cache::new(&redis, cache_settings, longest_miss, metrics.clone(), options.before_fill, cluster.clone())?;
         if let Some(connection) = cache.cluster_connection() {
             tasks.spawn("cluster watch", cluster.clone().run(connection, CLUSTER_WATCH_INTERVAL));
         }

@@ -171,7 +171,7 @@ impl Metrics {
             ),
             cache_degraded: IntGauge::new(
                 "openrisk_cache_degraded",
-                "1 while Redis is unreachable or the circuit breaker is open (reads go to Postgres uncached).",
+                "1 while Redis (on a cluster, some master) is unreachable or a circuit breaker is open (those reads go to Postgres uncached).",
             )
             .expect("valid gauge"),
             auth_revocations_heard: IntGauge::new(
@@ -295,6 +295,10 @@ impl Metrics {
 
     pub fn set_degraded(&self, degraded: bool) {
         self.cache_degraded.set(i64::from(degraded));
+    }
+
+    pub fn degraded(&self) -> bool {
+        self.cache_degraded.get() != 0
     }
 
     pub fn set_token_revocations_heard(&self, heard: bool) {

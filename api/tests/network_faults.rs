@@ -125,7 +125,7 @@ async fn a_redis_link_that_drops_every_packet_hangs_no_read_opens_the_breaker_an
     );
     assert!(bypassed > 0, "reads went to Postgres while Redis was silent");
     let metrics = app.metrics().await;
-    assert!(metrics.contains("openrisk_cache_degraded 1"), "the breaker opened");
+    assert_eq!(common::metric_value(&metrics, "openrisk_cache_degraded"), 1.0, "the breaker opened");
     let ready: Value = app.client.get(format!("{}/readyz", app.url)).send().await.unwrap().json().await.unwrap();
     assert_eq!((ready["status"].as_str(), ready["redis"].as_str()), (Some("degraded"), Some("down")), "{ready}");
     assert!(app.count("SELECT count(*) FROM cache_outbox").await > 0, "nothing was acknowledged without Redis");

@@ -40,7 +40,7 @@ async fn the_api_serves_from_postgres_while_redis_is_down_and_caches_again_when_
     let ready: Value = ready.json().await.unwrap();
     assert_eq!((ready["status"].as_str(), ready["redis"].as_str()), (Some("degraded"), Some("down")));
     let metrics = app.metrics().await;
-    assert!(metrics.contains("openrisk_cache_degraded 1"));
+    assert_eq!(common::metric_value(&metrics, "openrisk_cache_degraded"), 1.0);
     assert!(
         common::metric_value(&metrics, "openrisk_cache_requests_total{result=\"error\",route=\"/api/v1/risks/{id}\"}")
             >= 1.0
@@ -69,7 +69,7 @@ async fn the_api_serves_from_postgres_while_redis_is_down_and_caches_again_when_
     assert_eq!(hit.json::<Value>().await.unwrap()["title"], "During the outage");
     let ready: Value = app.client.get(format!("{}/readyz", app.url)).send().await.unwrap().json().await.unwrap();
     assert_eq!(ready["status"], "ready");
-    assert!(app.metrics().await.contains("openrisk_cache_degraded 0"));
+    assert_eq!(common::metric_value(&app.metrics().await, "openrisk_cache_degraded"), 0.0);
 }
 
 #[tokio::test]

@@ -1,13 +1,15 @@
 //! A Redis Cluster master dies under the API: reads and writes keep answering (bypassing the
 //! cache within the Redis timeout) while the cluster promotes the replica, `/readyz` reports the
-//! failover, caching resumes by itself, and the write's outbox row makes the read fresh. A
-//! private cluster of its own.
+//! failover, caching resumes by itself, and the write's outbox row makes the read fresh; and the
+//! breaker that opens for a master that is down leaves the other masters' tenants cached. Each
+//! test runs a private cluster of its own.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{HANG_BOUND, cache_status, spawn_app_with_cached_risk};
+use common::{HANG_BOUND, cache_status, create_tenant, spawn_app_with, spawn_app_with_cached_risk};
+use openrisk_api::AppOptions;
 use openrisk_shared::{CacheStatus, Tag};
 use openrisk_test_support::{PrivateRedisCluster, RedisNamespace};
 use reqwest::{Method, StatusCode};
@@ -66,4 +68,50 @@ async fn the_api_keeps_answering_while_a_cluster_master_fails_over_and_caches_ag
     let metrics = app.metrics().await;
     assert!(common::metric_value(&metrics, "openrisk_redis_cluster_failovers_total") >= 1.0, "{metrics}");
     assert_eq!(common::metric_value(&metrics, "openrisk_redis_cluster_slots_ok"), 16_384.0);
+}
+
+/// Three masters without replicas, one killed: its tenant's reads open its breaker (and are
+/// served from Postgres), while a tenant of another master is still served from the cache.
+#[tokio::test]
+async fn a_master_that_is_down_opens_the_breaker_of_its_own_tenants_only() {
+    let mut cluster = PrivateRedisCluster::start_with(3, 0);
+    let long_open = |settings: &mut openrisk_shared::Settings| {
+        settings.cache.breaker_failure_threshold = 2;
+        settings.cache.breaker_open_ms = 60_000;
+    };
+    let app = spawn_app_with(RedisNamespace::on(&cluster.url()), long_open, AppOptions::default()).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while app.app.state.cluster.latest().is_none() {
+        assert!(Instant::now() < deadline, "the cluster watch never looked");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let master_of = |tenant| cluster.master_of(&app.redis.keyspace().version_key(tenant, &Tag::all()));
+    let down = &app.a;
+    let mut up = create_tenant(&app.app, "up-0").await;
+    for attempt in 1.. {
+        if master_of(up.id) != master_of(down.id) {
+            break;
+        }
+        up = create_tenant(&app.app, &format!("up-{attempt}")).await;
+    }
+    let down_path = app.create_risk_path(&down.analyst, "On the master that dies").await;
+    let up_path = app.create_risk_path(&up.analyst, "On a master that stays").await;
+    app.assert_cached(&down_path, &down.analyst).await;
+    app.assert_cached(&up_path, &up.analyst).await;
+
+    cluster.kill(master_of(down.id));
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        let response = app.get(&down_path, &down.analyst).await;
+        assert_eq!(response.status(), StatusCode::OK, "served from Postgres");
+        statuses.push(cache_status(&response));
+    }
+    assert_eq!(statuses.last(), Some(&CacheStatus::BreakerOpen), "{statuses:?}");
+    let other = app.get(&up_path, &up.analyst).await;
+    assert_eq!(cache_status(&other), CacheStatus::Hit, "the other master's tenant lost its cache");
+    let metrics = app.metrics().await;
+    let degraded = common::metric_value(&metrics, "openrisk_cache_degraded");
+    assert_eq!(degraded, 1.0, "a hit on another master hid the open breaker");
+    let ready: Value = app.client.get(format!("{}/readyz", app.url)).send().await.unwrap().json().await.unwrap();
+    assert_eq!(ready["status"], "degraded", "{ready}");
 }

@@ -157,6 +157,17 @@ impl fmt::Display for Tag {
     }
 }
 
+/// Slots of a Redis Cluster.
+const CLUSTER_SLOTS: u16 = 16_384;
+
+/// The Redis Cluster hash slot every key of `tenant` lives in: the CRC16 of the `{<tenant>}` hash
+/// tag they share, whatever the prefix. It tells which master serves the tenant.
+pub fn tenant_slot(tenant: Uuid) -> u16 {
+    let mut buffer = Uuid::encode_buffer();
+    let tag = tenant.hyphenated().encode_lower(&mut buffer);
+    crc16::State::<crc16::XMODEM>::calculate(tag.as_bytes()) % CLUSTER_SLOTS
+}
+
 /// Builds every Redis key from a deployment-wide prefix.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Keyspace {
@@ -301,6 +312,7 @@ mod tests {
         for _ in 0..200 {
             let tenant = Uuid::new_v4();
             let slot = redis::cluster_routing::Slot::for_key(format!("{{{tenant}}}"));
+            assert_eq!(redis::cluster_routing::Slot::new(tenant_slot(tenant)), Some(slot));
             let id = Uuid::new_v4();
             for tag in [Tag::all(), Tag::risks(), Tag::risk(id)] {
                 for key in [

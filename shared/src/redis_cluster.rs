@@ -3,7 +3,7 @@
 //! between two looks. Both processes export it as metrics and in `/readyz`.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use prometheus::{IntCounter, IntGauge, Registry};
@@ -123,10 +123,21 @@ pub struct ClusterHealth {
     pub slots_moved_seen: u64,
 }
 
-/// Polls the cluster, keeps the latest [`ClusterHealth`] and exports it as metrics.
+/// A master's node id and a range of slots it serves.
+#[derive(Debug, Clone)]
+struct SlotOwner {
+    first: u16,
+    last: u16,
+    master: Arc<str>,
+}
+
+/// Polls the cluster, keeps the latest [`ClusterHealth`] and which master serves which slots,
+/// and exports the health as metrics.
 #[derive(Clone)]
 pub struct ClusterWatch {
     latest: Arc<Mutex<Option<ClusterHealth>>>,
+    /// The latest look's slot ranges, sorted, each with its master.
+    owners: Arc<RwLock<Vec<SlotOwner>>>,
     known_nodes: IntGauge,
     slots_ok: IntGauge,
     state_ok: IntGauge,
@@ -145,6 +156,7 @@ impl ClusterWatch {
     pub fn new(registry: &Registry) -> prometheus::Result<Self> {
         let watch = Self {
             latest: Arc::default(),
+            owners: Arc::default(),
             known_nodes: IntGauge::new(
                 "openrisk_redis_cluster_known_nodes",
                 "Redis Cluster nodes known to every master",
@@ -179,6 +191,24 @@ impl ClusterWatch {
         self.latest.lock().ok().and_then(|latest| latest.clone())
     }
 
+    /// The node id of the master serving `slot` in the latest look; `None` before the first look,
+    /// on a single node, or for a slot no master serves.
+    pub fn master_of(&self, slot: u16) -> Option<Arc<str>> {
+        let owners = self.owners.read().unwrap_or_else(PoisonError::into_inner);
+        let index = owners.partition_point(|owner| owner.last < slot);
+        owners.get(index).filter(|owner| owner.first <= slot).map(|owner| owner.master.clone())
+    }
+
+    /// Whether a look has told which masters serve the slots.
+    pub fn knows_slots(&self) -> bool {
+        !self.owners.read().unwrap_or_else(PoisonError::into_inner).is_empty()
+    }
+
+    /// Whether `master` served some slot in the latest look.
+    pub fn serves(&self, master: &str) -> bool {
+        self.owners.read().unwrap_or_else(PoisonError::into_inner).iter().any(|owner| &*owner.master == master)
+    }
+
     /// Looks at the cluster every `every` for as long as the process runs; a failed look marks
     /// the state as not ok and keeps the last topology to compare the next one with.
     pub async fn run(self, mut connection: RedisConnection, every: Duration) {
@@ -209,6 +239,14 @@ impl ClusterWatch {
     }
 
     fn record(&self, view: &ClusterView, changes: ClusterChanges) {
+        let mut owners: Vec<SlotOwner> = Vec::with_capacity(view.ranges.len());
+        for range in &view.ranges {
+            let known = owners.iter().find(|owner| *owner.master == *range.master).map(|owner| owner.master.clone());
+            let master = known.unwrap_or_else(|| Arc::from(range.master.as_str()));
+            owners.push(SlotOwner { first: range.first, last: range.last, master });
+        }
+        owners.sort_by_key(|owner| owner.first);
+        *self.owners.write().unwrap_or_else(PoisonError::into_inner) = owners;
         self.known_nodes.set(i64::from(view.known_nodes));
         self.slots_ok.set(i64::from(view.slots_ok));
         self.state_ok.set(i64::from(view.state_ok));
@@ -255,6 +293,30 @@ mod tests {
                 })
                 .collect(),
         }
+    }
+
+    #[test]
+    fn each_slot_is_owned_by_the_master_that_served_it_in_the_latest_look() {
+        let watch = ClusterWatch::new(&Registry::new()).unwrap();
+        assert_eq!(watch.master_of(0), None, "nothing is known before the first look");
+        assert!(!watch.knows_slots());
+        // Out of order, one master with two ranges, and a slot (100) no master serves.
+        watch.record(
+            &view(&[(8192, 16383, "b", &[]), (101, 8191, "a", &[]), (0, 99, "a", &[])]),
+            ClusterChanges::default(),
+        );
+        let owner = |slot| watch.master_of(slot).map(|master| master.to_string());
+        assert_eq!(
+            [owner(0), owner(99), owner(101), owner(8191)],
+            [Some("a".into()), Some("a".into()), Some("a".into()), Some("a".into())]
+        );
+        assert_eq!([owner(8192), owner(16383)], [Some("b".into()), Some("b".into())]);
+        assert_eq!(owner(100), None);
+        assert!(watch.serves("a") && watch.serves("b") && !watch.serves("c") && watch.knows_slots());
+
+        watch.record(&view(&[(0, 16383, "c", &[])]), ClusterChanges::default());
+        assert_eq!(owner(8192).as_deref(), Some("c"), "the latest look replaces the last");
+        assert!(!watch.serves("a"));
     }
 
     #[test]

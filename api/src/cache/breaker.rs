@@ -1,9 +1,15 @@
-//! The circuit breaker in front of Redis: after repeated failures the API stops calling Redis
+//! The circuit breakers in front of Redis: after repeated failures the API stops calling Redis
 //! for a while and serves from Postgres, so a slow or dead Redis costs requests one timeout at
-//! most, not one each.
+//! most, not one each. On a cluster each master has its own breaker, so a master that is down
+//! costs only the tenants it serves their cache.
 
-use std::sync::Mutex;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
+
+use openrisk_shared::keys::tenant_slot;
+use openrisk_shared::redis_cluster::ClusterWatch;
+use uuid::Uuid;
 
 #[derive(Debug, Clone, Copy)]
 enum State {
@@ -66,6 +72,57 @@ impl Breaker {
 
     pub fn is_closed(&self) -> bool {
         matches!(*self.lock(), State::Closed { .. })
+    }
+}
+
+/// A breaker per Redis master: the one of the master that serves a tenant's slot as the cluster
+/// watch last saw it, or one shared breaker on a single node (and on a cluster before the watch's
+/// first look). A failover makes a new master with a breaker of its own, closed.
+#[derive(Debug)]
+pub struct Breakers {
+    shared: Arc<Breaker>,
+    by_master: Mutex<HashMap<Arc<str>, Arc<Breaker>>>,
+    topology: ClusterWatch,
+    threshold: u32,
+    open_for: Duration,
+    probe_timeout: Duration,
+}
+
+impl Breakers {
+    /// Breakers as [`Breaker::new`] makes them, one per master that `topology` names.
+    pub fn new(threshold: u32, open_for: Duration, probe_timeout: Duration, topology: ClusterWatch) -> Self {
+        Self {
+            shared: Arc::new(Breaker::new(threshold, open_for, probe_timeout)),
+            by_master: Mutex::default(),
+            topology,
+            threshold,
+            open_for,
+            probe_timeout,
+        }
+    }
+
+    /// The breaker in front of `tenant`'s Redis master.
+    pub fn of(&self, tenant: Uuid) -> Arc<Breaker> {
+        let Some(master) = self.topology.master_of(tenant_slot(tenant)) else { return self.shared.clone() };
+        let mut by_master = self.by_master.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(breaker) = by_master.get(&master) {
+            return breaker.clone();
+        }
+        // A master not seen before: forget those that no longer serve a slot (failed over).
+        by_master.retain(|known, _| self.topology.serves(known));
+        let breaker = Arc::new(Breaker::new(self.threshold, self.open_for, self.probe_timeout));
+        by_master.insert(master, breaker.clone());
+        breaker
+    }
+
+    /// Whether every breaker in use lets calls through: the shared one until the slots are known,
+    /// then those of the masters that serve them (a master that no longer does is never probed).
+    pub fn all_closed(&self) -> bool {
+        if !self.topology.knows_slots() {
+            return self.shared.is_closed();
+        }
+        let by_master = self.by_master.lock().unwrap_or_else(PoisonError::into_inner);
+        by_master.iter().all(|(master, breaker)| breaker.is_closed() || !self.topology.serves(master))
     }
 }
 

@@ -20,13 +20,14 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use openrisk_shared::config::CacheSettings;
 use openrisk_shared::protocol::{self, BackgroundReclaims, Reclaimable, Snapshot};
+use openrisk_shared::redis_cluster::ClusterWatch;
 use openrisk_shared::redis_connection::{RedisConnection, RedisTarget, Timeouts};
 use openrisk_shared::{CacheStatus, Keyspace, Tag};
 use rand::Rng;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use self::breaker::Breaker;
+use self::breaker::{Breaker, Breakers};
 use self::read_through::MissResult;
 pub(crate) use self::read_through::uncached as read_uncached;
 pub use self::read_through::{Lookup, PriorLookup};
@@ -94,7 +95,7 @@ pub struct Cache {
     /// None when the cache is disabled.
     redis: Option<RedisConnection>,
     timeout: Duration,
-    breaker: Breaker,
+    breakers: Breakers,
     flights: SingleFlight<MissResult, Snapshot>,
     reclaims: BackgroundReclaims,
     metrics: Arc<Metrics>,
@@ -110,12 +111,14 @@ impl std::fmt::Debug for Cache {
 impl Cache {
     /// Prepares the cache; connects to Redis lazily (the API starts while Redis is down). A
     /// miss's read is given up after `longest_miss` (the request timeout: no caller waits longer).
+    /// On a cluster, `topology` tells which master's breaker a tenant's calls go through.
     pub fn new(
         redis: &RedisTarget,
         settings: CacheSettings,
         longest_miss: Duration,
         metrics: Arc<Metrics>,
         before_fill: Option<BeforeFillHook>,
+        topology: ClusterWatch,
     ) -> Result<Self, redis::RedisError> {
         let timeout = Duration::from_millis(settings.redis_timeout_ms);
         let redis = if settings.enabled {
@@ -124,17 +127,18 @@ impl Cache {
         } else {
             None
         };
-        let breaker = Breaker::new(
+        let breakers = Breakers::new(
             settings.breaker_failure_threshold,
             Duration::from_millis(settings.breaker_open_ms),
             timeout * 4,
+            topology,
         );
         Ok(Self {
             keyspace: Keyspace::new(settings.key_prefix.clone()),
             settings,
             redis,
             timeout,
-            breaker,
+            breakers,
             flights: SingleFlight::new(longest_miss),
             reclaims: BackgroundReclaims::default(),
             metrics,
@@ -146,16 +150,18 @@ impl Cache {
         self.redis.is_some()
     }
 
-    /// Whether reads currently skip Redis because the breaker is open.
+    /// Whether some reads currently skip Redis because a breaker is open (on a cluster, the
+    /// breaker of one master is enough).
     pub fn breaker_open(&self) -> bool {
-        !self.breaker.is_closed()
+        !self.breakers.all_closed()
     }
 
-    /// Runs one Redis call under the timeout, feeding the breaker, the degraded gauge and the
-    /// latency histogram.
+    /// Runs one Redis call under the timeout, feeding `breaker` (that of the tenant's master),
+    /// the degraded gauge and the latency histogram.
     async fn call<T>(
         &self,
         operation: &'static str,
+        breaker: &Breaker,
         call: impl Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, RedisFault> {
         let started = Instant::now();
@@ -167,11 +173,14 @@ impl Cache {
         self.metrics.observe_redis(operation, started);
         match &result {
             Ok(_) => {
-                self.breaker.success();
-                self.metrics.set_degraded(false);
+                breaker.success();
+                // On a cluster another master's breaker may still be open.
+                if self.metrics.degraded() {
+                    self.metrics.set_degraded(!self.breakers.all_closed());
+                }
             }
             Err(error) => {
-                self.breaker.failure();
+                breaker.failure();
                 self.metrics.set_degraded(true);
                 tracing::warn!(operation, %error, "redis call failed; serving from Postgres");
             }
@@ -212,15 +221,15 @@ impl Cache {
     pub async fn invalidate(self: &Arc<Self>, invalidations: &Invalidations) {
         self.flights.write_committed();
         let Some(mut conn) = self.connection() else { return };
-        if invalidations.0.is_empty() || !self.breaker.allow() {
-            return;
-        }
         let mut reclaimable = Reclaimable::default();
         for (tenant, tags) in &invalidations.0 {
+            let breaker = self.breakers.of(*tenant);
+            if !breaker.allow() {
+                continue;
+            }
             let call = protocol::invalidate(&mut conn, &self.keyspace, *tenant, tags);
-            match self.call("invalidate", call).await {
-                Ok(moved) => reclaimable.extend(moved),
-                Err(_) => return,
+            if let Ok(moved) = self.call("invalidate", &breaker, call).await {
+                reclaimable.extend(moved);
             }
         }
         self.reclaims.start(conn, reclaimable, |outcome| {

@@ -92,11 +92,12 @@ impl Cache {
             self.metrics.cache_request(route, CacheResult::Bypass);
             return Lookup::Skipped(CacheStatus::Disabled);
         };
-        if !self.breaker.allow() {
+        let breaker = self.breakers.of(tenant);
+        if !breaker.allow() {
             self.metrics.cache_request(route, CacheResult::Bypass);
             return Lookup::Skipped(CacheStatus::BreakerOpen);
         }
-        match self.call("lookup", protocol::lookup(&mut conn, &self.keyspace, tenant, key, tags)).await {
+        match self.call("lookup", &breaker, protocol::lookup(&mut conn, &self.keyspace, tenant, key, tags)).await {
             Err(_) => {
                 self.metrics.cache_request(route, CacheResult::Error);
                 Lookup::Skipped(CacheStatus::LookupFailed)
@@ -177,7 +178,7 @@ impl Cache {
                 if snapshot.lacks_only_collection_versions() { None } else { Some(load(reads.primary()).await?) };
             let ttl = self.dependencies_ttl_secs();
             let created = protocol::create_missing_versions(&mut conn, &self.keyspace, tenant, &snapshot, ttl);
-            match self.call("create_versions", created).await {
+            match self.call("create_versions", &self.breakers.of(tenant), created).await {
                 Ok(completed) => {
                     seat.now_from(completed.clone());
                     (completed, load(reads.primary()).await?)
@@ -206,7 +207,8 @@ impl Cache {
             ttl_secs: self.jittered_ttl(),
             dependencies_ttl_secs: self.dependencies_ttl_secs(),
         };
-        let filled = self.call("fill", protocol::fill(&mut conn, &self.keyspace, tenant, &snapshot, fill)).await;
+        let fill = protocol::fill(&mut conn, &self.keyspace, tenant, &snapshot, fill);
+        let filled = self.call("fill", &self.breakers.of(tenant), fill).await;
         let (outcome, cache_status) = match filled {
             Ok(true) => (FillOutcome::Stored, CacheStatus::Stored),
             Ok(false) => (FillOutcome::Rejected, CacheStatus::FillRejected),
@@ -229,8 +231,9 @@ impl Cache {
         if !reads.has_replicas() {
             return reads.primary();
         }
-        let Ok(found) = self.call("replay_floor", protocol::replay_floor(conn, &self.keyspace, tenant, snapshot)).await
-        else {
+        let breaker = self.breakers.of(tenant);
+        let found = protocol::replay_floor(conn, &self.keyspace, tenant, snapshot);
+        let Ok(found) = self.call("replay_floor", &breaker, found).await else {
             return reads.bypass_reader().await;
         };
         if let Some(floor) = found.required() {
@@ -239,7 +242,7 @@ impl Cache {
         let Ok(position) = reads.primary_position().await else { return reads.primary() };
         let stamp = protocol::stamp_replay_floor(conn, &self.keyspace, tenant, snapshot, &found, position);
         // Best effort: unrecorded, the next miss asks the primary again.
-        let _ = self.call("stamp_floor", stamp).await;
+        let _ = self.call("stamp_floor", &breaker, stamp).await;
         reads.reader_at(found.with_unknown_at(position)).await
     }
 

@@ -112,7 +112,8 @@ pub async fn spawn_app_on(
     TestApp { url: app.url(), app, client, db, redis, a, b }
 }
 
-async fn create_tenant(app: &Application, slug: &str) -> Tenant {
+/// A new tenant with a token of each role.
+pub async fn create_tenant(app: &Application, slug: &str) -> Tenant {
     let conn = &app.state.db.conn;
     let client =
         openrisk_shared::db::connect(&app.state.settings.database_url, "tests", &Default::default()).await.unwrap();
