@@ -265,12 +265,12 @@ impl TwoShards {
         self.h.sql.query_one(count, &[&tenant]).await.unwrap().get(0)
     }
 
-    /// Waits until the replica holds no tenant back.
-    async fn none_held_back(&self, running: &Running) {
+    /// Waits until the replica holds `tenants` tenants back.
+    async fn until_held(&self, running: &Running, tenants: i64, what: &str) {
         let held = running.metrics.tenants_held_back.clone();
-        common::eventually("no tenant held back once its shard is back", WAIT, || {
+        common::eventually(what, WAIT, || {
             let held = held.clone();
-            async move { held.get() == 0 }
+            async move { held.get() == tenants }
         })
         .await;
     }
@@ -319,7 +319,7 @@ async fn only_the_tenant_whose_shard_is_down_is_held_back(batch_size: u32) {
     s.cluster.restart(s.down_master);
     s.cluster.wait_until_healthy(0);
     s.h.drained(WAIT).await;
-    s.none_held_back(&running).await;
+    s.until_held(&running, 0, "no tenant held back once its shard is back").await;
     assert!(running.shutdown(WAIT).await);
 }
 
@@ -338,10 +338,11 @@ async fn a_cluster_down_as_a_whole_is_reported_and_caught_up_with_once_it_is_bac
         s.cluster.kill(port);
     }
     s.write_one_transaction(&[(s.down, 1), (s.up, 1)]).await;
-    let (held, status) = (running.metrics.tenants_held_back.clone(), running.status.clone());
-    common::eventually("both tenants held and Redis reported lost", WAIT, || {
-        let (held, status) = (held.clone(), status.clone());
-        async move { held.get() == 2 && !status.redis_connected.load(Ordering::Relaxed) }
+    s.until_held(&running, 2, "both tenants held").await;
+    let status = running.status.clone();
+    common::eventually("Redis reported lost", WAIT, || {
+        let lost = !status.redis_connected.load(Ordering::Relaxed);
+        async move { lost }
     })
     .await;
 
@@ -350,7 +351,7 @@ async fn a_cluster_down_as_a_whole_is_reported_and_caught_up_with_once_it_is_bac
     }
     s.cluster.wait_until_healthy(0);
     s.h.drained(WAIT).await;
-    s.none_held_back(&running).await;
+    s.until_held(&running, 0, "no tenant held back once its shard is back").await;
     assert!(running.status.redis_connected.load(Ordering::Relaxed), "Redis still reported lost");
     assert_eq!(running.metrics.reconnects.with_label_values(&["redis"]).get(), 0);
     // The test's own connection lost every node too: a new one finds them.
@@ -376,12 +377,7 @@ async fn a_master_that_stops_answering_delays_the_other_tenants_invalidations_on
     s.cluster.pause(s.down_master);
     s.write_one_transaction(&[(s.down, 1)]).await;
     let written_while_frozen = s.left_of(s.down).await;
-    let held = running.metrics.tenants_held_back.clone();
-    common::eventually("the tenant held back once its batch timed out", WAIT, || {
-        let held = held.clone();
-        async move { held.get() == 1 }
-    })
-    .await;
+    s.until_held(&running, 1, "the tenant held back once its batch timed out").await;
     let (mut slowest, until) = (Duration::ZERO, Instant::now() + PROBED_FOR);
     while Instant::now() < until {
         let written = Instant::now();
@@ -402,7 +398,7 @@ async fn a_master_that_stops_answering_delays_the_other_tenants_invalidations_on
 
     s.cluster.resume(s.down_master);
     s.h.drained(WAIT).await;
-    s.none_held_back(&running).await;
+    s.until_held(&running, 0, "no tenant held back once its shard is back").await;
     assert!(running.shutdown(WAIT).await);
 }
 
