@@ -34,12 +34,14 @@ enum Phase {
 
 /// One tenant held back: where it stands, the backoff its next failure continues, and, while its
 /// last failure was a missing replica acknowledgement (its master applies what it is sent), the
-/// transaction id its events written since are read from ([`HeldBack::unreplicated`]).
+/// transaction id its events written since are read from ([`HeldBack::unreplicated`]) and the
+/// master (a cluster's node id) that applied those before it, when known.
 #[derive(Debug)]
 struct Hold {
     phase: Phase,
     backoff: ExponentialBackoff,
     unreplicated_since: Option<u64>,
+    applied_on: Option<Arc<str>>,
 }
 
 /// Why a tenant's invalidations, or its probe, failed.
@@ -157,7 +159,9 @@ impl HeldBack {
             Entry::Occupied(held) => (held.into_mut(), true),
             Entry::Vacant(free) => {
                 let backoff = reconnect_backoff().build();
-                (free.insert(Hold { phase: Phase::Waiting { until: now }, backoff, unreplicated_since: None }), false)
+                let hold =
+                    Hold { phase: Phase::Waiting { until: now }, backoff, unreplicated_since: None, applied_on: None };
+                (free.insert(hold), false)
             }
         };
         let delay = hold.backoff.next().unwrap_or(MAX_RECONNECT_DELAY);
@@ -167,18 +171,32 @@ impl HeldBack {
             Failed::Unreplicated => Some(hold.unreplicated_since.unwrap_or(0)),
             Failed::Unreachable => None,
         };
+        if hold.unreplicated_since.is_none() {
+            hold.applied_on = None;
+        }
         self.count(&holds);
         Holding { delay, again }
     }
 
     /// The held tenants whose master applies what it is sent although too few replicas confirm
     /// it, each with the transaction id from which its events are still to be applied there.
-    pub fn unreplicated(&self) -> Vec<(Uuid, u64)> {
-        let held = self.holds();
-        let since = |(tenant, hold): (&Uuid, &Hold)| {
-            hold.unreplicated_since.filter(|_| hold.sits_out()).map(|since| (*tenant, since))
-        };
-        held.iter().filter_map(since).collect()
+    /// `master_of` names a tenant's master now (`None`: unknown, a single Redis say); a tenant
+    /// whose master is another than the one that applied its events so far (a failover, maybe to
+    /// a replica that never received them) has them all applied again, from its first transaction.
+    pub fn unreplicated(&self, master_of: impl Fn(Uuid) -> Option<Arc<str>>) -> Vec<(Uuid, u64)> {
+        let mut held = self.holds();
+        let mut since = Vec::new();
+        for (tenant, hold) in held.iter_mut().filter(|(_, hold)| hold.sits_out()) {
+            let Some(position) = hold.unreplicated_since.as_mut() else { continue };
+            if let Some(master) = master_of(*tenant) {
+                if hold.applied_on.as_ref().is_some_and(|applied_on| *applied_on != master) {
+                    *position = 0;
+                }
+                hold.applied_on = Some(master);
+            }
+            since.push((*tenant, *position));
+        }
+        since
     }
 
     /// `tenant`'s events of transactions before `next` have been applied on its master (a
@@ -238,6 +256,11 @@ impl HeldBack {
 mod tests {
     use super::*;
 
+    /// A single Redis: no tenant's master is known.
+    fn no_master(_: Uuid) -> Option<Arc<str>> {
+        None
+    }
+
     fn held_back() -> HeldBack {
         HeldBack::new(IntGauge::new("held", "held").unwrap())
     }
@@ -295,19 +318,44 @@ mod tests {
     }
 
     #[test]
+    fn a_tenant_whose_master_changed_while_no_replica_confirmed_has_its_events_applied_again_from_the_first() {
+        let held = held_back();
+        let (tenant, now) = (Uuid::new_v4(), Instant::now());
+        let (a, b): (Arc<str>, Arc<str>) = (Arc::from("a"), Arc::from("b"));
+        held.hold(tenant, now, Failed::Unreplicated);
+        assert_eq!(held.unreplicated(|_| Some(a.clone())), vec![(tenant, 0)]);
+        held.applied_before(tenant, 42);
+        assert_eq!(held.unreplicated(|_| Some(a.clone())), vec![(tenant, 42)], "the same master keeps them");
+        assert_eq!(held.unreplicated(no_master), vec![(tenant, 42)], "an unknown master is not a new one");
+        assert_eq!(held.unreplicated(|_| Some(b.clone())), vec![(tenant, 0)], "a new master gets them all");
+        held.applied_before(tenant, 50);
+        assert_eq!(held.unreplicated(|_| Some(b.clone())), vec![(tenant, 50)]);
+
+        held.hold(tenant, now, Failed::Unreachable);
+        held.hold(tenant, now, Failed::Unreplicated);
+        assert_eq!(held.unreplicated(|_| Some(a.clone())), vec![(tenant, 0)], "after an outage, from the first");
+        held.applied_before(tenant, 60);
+        assert_eq!(
+            held.unreplicated(|_| Some(a.clone())),
+            vec![(tenant, 60)],
+            "the master then applied is the one kept"
+        );
+    }
+
+    #[test]
     fn only_a_tenant_whose_replicas_failed_to_confirm_has_its_new_events_applied_on_its_master() {
         let held = held_back();
         let (unreplicated, unreachable, now) = (Uuid::new_v4(), Uuid::new_v4(), Instant::now());
         held.hold(unreplicated, now, Failed::Unreplicated);
         held.hold(unreachable, now, Failed::Unreachable);
-        assert_eq!(held.unreplicated(), vec![(unreplicated, 0)], "from the first transaction at first");
+        assert_eq!(held.unreplicated(no_master), vec![(unreplicated, 0)], "from the first transaction at first");
         held.applied_before(unreplicated, 42);
         held.hold(unreplicated, now, Failed::Unreplicated);
-        assert_eq!(held.unreplicated(), vec![(unreplicated, 42)], "a failure again keeps what was applied");
+        assert_eq!(held.unreplicated(no_master), vec![(unreplicated, 42)], "a failure again keeps what was applied");
         held.applied_before(unreplicated, 7);
-        assert_eq!(held.unreplicated(), vec![(unreplicated, 42)], "a position only moves on");
+        assert_eq!(held.unreplicated(no_master), vec![(unreplicated, 42)], "a position only moves on");
         held.hold(unreplicated, now, Failed::Unreachable);
-        assert_eq!(held.unreplicated(), vec![], "a master that does not answer is sent nothing but probes");
+        assert_eq!(held.unreplicated(no_master), vec![], "a master that does not answer is sent nothing but probes");
     }
 
     #[test]

@@ -93,7 +93,7 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
     if let Some(wakeups) = &wakeups {
         tasks.spawn("listener", listener::run(wakeups.clone(), settings.clone(), metrics.clone(), shutdown.clone()));
     }
-    let worker = Worker::new(settings.clone(), metrics.clone(), status.clone(), wakeups)?;
+    let worker = Worker::new(settings.clone(), metrics.clone(), status.clone(), wakeups, cluster.clone())?;
     let worker_shutdown = shutdown.clone();
     tasks.spawn("worker", async move { worker.run(worker_shutdown).await });
     let redis = settings.redis_target()?;

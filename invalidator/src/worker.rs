@@ -11,8 +11,9 @@ use std::time::{Duration, Instant};
 use backon::{BackoffBuilder, Retryable};
 use openrisk_shared::config::Settings;
 use openrisk_shared::db::{ConnectError, MAX_RECONNECT_DELAY, reconnect_backoff};
-use openrisk_shared::keys::Keyspace;
+use openrisk_shared::keys::{Keyspace, tenant_slot};
 use openrisk_shared::protocol::{self, BackgroundReclaims, InvalidateError, Reclaimable, ReplicaAck};
+use openrisk_shared::redis_cluster::ClusterWatch;
 use openrisk_shared::redis_connection::{RedisConnection, RedisTarget, Timeouts};
 use tokio_postgres::{Client, Statement, Transaction};
 use tokio_util::sync::CancellationToken;
@@ -94,6 +95,8 @@ pub struct Worker {
     wakeups: Option<Arc<Wakeups>>,
     reclaims: BackgroundReclaims,
     held_back: HeldBack,
+    /// Which master serves each slot, on a cluster (a held tenant's failover is seen there).
+    topology: ClusterWatch,
 }
 
 /// The replica's outbox connection and Redis connection; each is replaced when it fails.
@@ -179,12 +182,13 @@ impl Worker {
         metrics: Metrics,
         status: Arc<Status>,
         wakeups: Option<Arc<Wakeups>>,
+        topology: ClusterWatch,
     ) -> Result<Self, RedisUrlError> {
         let keyspace = Keyspace::new(settings.cache.key_prefix.clone());
         let redis = settings.redis_target()?;
         let replica_ack = settings.replica_ack();
         let (reclaims, held_back) = (BackgroundReclaims::default(), HeldBack::new(metrics.tenants_held_back.clone()));
-        Ok(Self { settings, redis, replica_ack, keyspace, metrics, status, wakeups, reclaims, held_back })
+        Ok(Self { settings, redis, replica_ack, keyspace, metrics, status, wakeups, reclaims, held_back, topology })
     }
 
     /// Runs until `shutdown` is cancelled: drains the outbox, and after a failure backs off and
@@ -446,7 +450,7 @@ impl Worker {
         transaction: &Transaction<'_>,
         redis: &RedisConnection,
     ) -> Result<(), BatchError> {
-        let since = self.held_back.unreplicated();
+        let since = self.held_back.unreplicated(|tenant| self.topology.master_of(tenant_slot(tenant)));
         if since.is_empty() {
             return Ok(());
         }

@@ -179,6 +179,24 @@ async fn while_no_replica_confirms_a_write_that_commits_after_a_later_one_is_sti
     assert!(running.shutdown(WAIT).await);
 }
 
+/// A failover, while the tenant waits for a replica, to the replica that was cut off: it never
+/// received what the old master applied alone, so the list the first write dropped is back. The
+/// tenant's master changed (as the cluster watch sees it), so its events are applied again from
+/// its first, on the new master, although no replica confirms there either.
+#[tokio::test]
+async fn a_failover_while_no_replica_confirms_applies_the_tenants_events_again_on_the_new_master() {
+    let (mut f, running) = Failover::held_for_a_missing_replica().await;
+    f.fail_over();
+    let promoted = Instant::now();
+    while f.list_is_cached().await {
+        assert!(promoted.elapsed() < WAIT, "the promoted replica still serves the list the write made stale");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!("the list was dropped on the promoted replica {:?} after its promotion", promoted.elapsed());
+    assert!(f.h.outbox_len().await > 0, "nothing is acknowledged while no replica confirms");
+    assert!(running.shutdown(WAIT).await);
+}
+
 /// The broken variant the default guards against: acknowledging once the master applied it.
 #[tokio::test]
 async fn without_waiting_for_a_replica_a_failover_brings_an_invalidated_entry_back() {
