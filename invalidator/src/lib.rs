@@ -8,6 +8,7 @@ pub mod held_back;
 pub mod listener;
 pub mod metrics;
 pub mod outbox;
+pub mod reach;
 pub mod tenants;
 pub mod worker;
 

@@ -25,6 +25,7 @@ use crate::held_back::{Failed, HeldBack, Holding};
 use crate::listener::{Session, Wakeups};
 use crate::metrics::Metrics;
 use crate::outbox::{self, Batch};
+use crate::reach::Reach;
 use crate::tenants;
 
 /// Pause between two looks at the outbox while lingering.
@@ -34,8 +35,7 @@ const LINGER_STEP: Duration = Duration::from_millis(1);
 #[derive(Debug, Default)]
 pub struct Status {
     pub postgres_connected: AtomicBool,
-    /// Connected, and the last batch reached Redis: on a cluster, whose connection is never
-    /// replaced, a batch whose every tenant failed with a Redis error is what says it is down.
+    /// Connected, and the last call to some master got an answer ([`Reach`]).
     pub redis_connected: AtomicBool,
     pub caught_up: AtomicBool,
 }
@@ -97,6 +97,7 @@ pub struct Worker {
     held_back: HeldBack,
     /// Which master serves each slot, on a cluster (a held tenant's failover is seen there).
     topology: ClusterWatch,
+    reach: Reach,
 }
 
 /// The replica's outbox connection and Redis connection; each is replaced when it fails.
@@ -188,7 +189,20 @@ impl Worker {
         let redis = settings.redis_target()?;
         let replica_ack = settings.replica_ack();
         let (reclaims, held_back) = (BackgroundReclaims::default(), HeldBack::new(metrics.tenants_held_back.clone()));
-        Ok(Self { settings, redis, replica_ack, keyspace, metrics, status, wakeups, reclaims, held_back, topology })
+        let reach = Reach::new(topology.clone(), status.clone());
+        Ok(Self {
+            settings,
+            redis,
+            replica_ack,
+            keyspace,
+            metrics,
+            status,
+            wakeups,
+            reclaims,
+            held_back,
+            topology,
+            reach,
+        })
     }
 
     /// Runs until `shutdown` is cancelled: drains the outbox, and after a failure backs off and
@@ -249,6 +263,9 @@ impl Worker {
                 self.status.postgres_connected.store(true, Ordering::Relaxed);
                 self.count_reconnect("postgres");
             }
+            // A cluster's connection reconnects to a node that failed by itself; building a new
+            // one would wait on every master, a frozen one too.
+            BatchError::Redis(_) if self.redis.is_cluster() => {}
             BatchError::Redis(_) => {
                 self.status.redis_connected.store(false, Ordering::Relaxed);
                 let Some(redis) = retrying("Redis", || self.connect_redis(), shutdown).await else { return false };
@@ -316,20 +333,17 @@ impl Worker {
         let span = tracing::Span::current();
         span.record("size", batch.len()).record("tenants", batch.tenants().as_str());
         let Applied { tags, reclaimable, failure, any_applied, newly_held } = self.apply(redis, &batch).await;
-        let reached_redis = any_applied || !matches!(failure, Some(InvalidateError::Redis(_)));
-        self.status.redis_connected.store(reached_redis, Ordering::Relaxed);
         if let Some(error) = failure {
             self.reclaim_in_background(redis, reclaimable);
-            if !any_applied && newly_held && !self.redis.is_cluster() {
-                // Nothing applied and news of a failure from a single Redis: the replica backs off
-                // and replaces its connection. The transaction is dropped and rolled back: the rows
-                // come back. A cluster's connection is kept: it reconnects to a node that failed by
-                // itself, and replacing it would wait on every master, a frozen one too.
+            if !any_applied && newly_held && self.reach.lost() {
+                // Nothing applied, news of a failure, and no master answers: the replica backs
+                // off, resigns the park and, on a single Redis, replaces its connection. The
+                // transaction is dropped and rolled back: the rows come back.
                 return Err(error.into());
             }
             // Some tenants failed, now held back, and the others were applied (or those that
-            // failed had failed not long before, and a probe had cleared them, or they all failed
-            // on a cluster, whose masters their probes then tell apart). Rolled back,
+            // failed had failed not long before, and a probe had cleared them, or other masters
+            // of a cluster still answer). Rolled back,
             // every event comes back, and the next claim, at once, takes the applied tenants'
             // again without the held ones (invalidating a tag twice leaves the cache as once does).
             transaction.rollback().await?;
@@ -343,7 +357,7 @@ impl Worker {
         }
         outbox::dead_letter(&transaction, &batch).await?;
         transaction.commit().await?;
-        self.record(&batch, tags, claimed_at - claim_sent, confirmed_after);
+        self.metrics.record_batch(&batch, tags, claimed_at - claim_sent, confirmed_after);
         self.reclaim_in_background(redis, reclaimable);
         Ok(batch.len())
     }
@@ -358,6 +372,7 @@ impl Worker {
             tokio::spawn(async move {
                 let failure =
                     protocol::probe(&mut connection, &worker.keyspace, tenant, worker.replica_ack).await.err();
+                worker.reach.heard(tenant, !matches!(failure, Some(InvalidateError::Redis(_))));
                 let outcome = failure.as_ref().map_or(Ok(()), |error| Err(Failed::from(error)));
                 let held = worker.held_back.probed(tenant, Instant::now(), outcome);
                 if let (Some(Holding { delay, .. }), Some(error)) = (held, failure.map(BatchError::from)) {
@@ -381,27 +396,6 @@ impl Worker {
         }
     }
 
-    /// Counts an applied batch: `claim_took` the claim's round trip, `confirmed_after` the time
-    /// from the claimed batch in hand to Redis confirming it.
-    fn record(&self, batch: &Batch, tags: u64, claim_took: Duration, confirmed_after: Duration) {
-        let metrics = &self.metrics;
-        metrics.batches.inc();
-        metrics.batch_size.observe(batch.len() as f64);
-        metrics.events_processed.inc_by(batch.events.len() as u64);
-        metrics.poison_events.inc_by(batch.poison.len() as u64);
-        metrics.tags_invalidated.inc_by(tags);
-        for claimed in &batch.events {
-            metrics.lag_seconds.observe((claimed.age_at_claim + confirmed_after).as_secs_f64());
-            metrics.lag_stages.outbox.observe(claimed.age_at_claim.as_secs_f64());
-            if let Some(in_transaction) = claimed.in_transaction {
-                metrics.lag_stages.commit.observe(in_transaction.as_secs_f64());
-            }
-        }
-        metrics.lag_stages.claim.observe(claim_took.as_secs_f64());
-        metrics.lag_stages.redis.observe(confirmed_after.as_secs_f64());
-        tracing::debug!(events = batch.len(), tags, "batch applied");
-    }
-
     /// Invalidates every tag of the batch, collapsed per tenant, concurrently over the
     /// multiplexed connection, each call waiting for the configured Redis replicas and recording
     /// the batch's `replayed_by` as the replay floor the new versions need on a read replica. A
@@ -414,6 +408,7 @@ impl Worker {
             tenants::invalidate_by_tenant(redis, &self.keyspace, by_tenant, self.replica_ack, batch.replayed_by).await;
         let (mut applied, answered_at) = (Applied { tags: distinct as u64, ..Applied::default() }, Instant::now());
         for (tenant, outcome) in outcomes {
+            self.reach.heard(tenant, !matches!(outcome, Err(InvalidateError::Redis(_))));
             match outcome {
                 Ok(moved) => {
                     self.held_back.release(tenant);
@@ -467,6 +462,7 @@ impl Worker {
         .await;
         let (mut reclaimable, mut failed) = (Reclaimable::default(), Vec::new());
         for (tenant, outcome) in outcomes {
+            self.reach.heard(tenant, !matches!(outcome, Err(InvalidateError::Redis(_))));
             match outcome {
                 Ok(moved) => reclaimable.extend(moved),
                 Err(error) => {

@@ -257,6 +257,20 @@ impl TwoShards {
         Self { cluster, h, down, down_master, up }
     }
 
+    /// The shards with an invalidator replica running ([`Self::settings`]) that has caught up and
+    /// whose cluster watch has looked (it tells the replica which master serves which tenant).
+    async fn running(batch_size: u32) -> (Self, Running) {
+        let s = Self::new().await;
+        let running = s.h.start(s.settings(batch_size)).await;
+        s.h.drained(WAIT).await;
+        let addr = running.metrics_addr;
+        common::eventually("the cluster watch's first look", WAIT, || async move {
+            common::http_get(addr, "/readyz").await.1.contains("\"known_nodes\"")
+        })
+        .await;
+        (s, running)
+    }
+
     /// Claims of `batch_size` events, no wait for Redis replicas (there are none), and no poll:
     /// only a write or a probe that clears a tenant makes the replica look at the outbox.
     fn settings(&self, batch_size: u32) -> Settings {
@@ -281,6 +295,24 @@ impl TwoShards {
     async fn left_of(&self, tenant: Uuid) -> i64 {
         let count = "SELECT count(*) FROM cache_outbox WHERE tenant_id = $1";
         self.h.sql.query_one(count, &[&tenant]).await.unwrap().get(0)
+    }
+
+    /// A new tenant whose slot is served by the master of `masters` that serves neither `down`
+    /// nor `up`.
+    async fn tenant_of_the_third_master(&self, masters: &[u16]) -> Uuid {
+        let taken = [self.down_master, self.master_of(self.up)];
+        let third = *masters.iter().find(|master| !taken.contains(master)).expect("a third master");
+        for attempt in 0.. {
+            let tenant = self.h.tenant(&format!("third-{attempt}")).await;
+            if self.master_of(tenant) == third {
+                return tenant;
+            }
+        }
+        unreachable!()
+    }
+
+    fn master_of(&self, tenant: Uuid) -> u16 {
+        self.cluster.master_of(&self.h.keyspace.version_key(tenant, &Tag::parse(common::RISK_LIST_TAG).unwrap()))
     }
 
     /// Waits until the replica holds `tenants` tenants back.
@@ -312,9 +344,7 @@ async fn a_batch_that_fails_for_some_tenants_is_acknowledged_for_the_others() {
 /// for a batch that fails whole, nor for one that fails in part, nor for the held tenant's probes,
 /// which fail again until the master is back.
 async fn only_the_tenant_whose_shard_is_down_is_held_back(batch_size: u32) {
-    let mut s = TwoShards::new().await;
-    let running = s.h.start(s.settings(batch_size)).await;
-    s.h.drained(WAIT).await;
+    let (mut s, running) = TwoShards::running(batch_size).await;
     let up_list = s.h.cache_risk_list(s.up).await;
 
     s.cluster.kill(s.down_master);
@@ -341,22 +371,22 @@ async fn only_the_tenant_whose_shard_is_down_is_held_back(batch_size: u32) {
     assert!(running.shutdown(WAIT).await);
 }
 
-/// Every master killed at once: the replica, which keeps its cluster connection, says Redis is
-/// lost (`/readyz` and the `connected` gauge) and holds every tenant; once the masters are back
+/// Every master killed at once, with a tenant of each writing: the replica, which keeps its
+/// cluster connection, says Redis is lost (`/readyz` and the `connected` gauge: every master's
+/// last call failed) and holds every tenant; once the masters are back
 /// (empty), the connection finds them again by itself, every event is applied and the replica
 /// says so.
 #[tokio::test]
 async fn a_cluster_down_as_a_whole_is_reported_and_caught_up_with_once_it_is_back() {
-    let mut s = TwoShards::new().await;
-    let running = s.h.start(s.settings(100)).await;
-    s.h.drained(WAIT).await;
+    let (mut s, running) = TwoShards::running(100).await;
 
     let masters = s.cluster.master_ports();
+    let third = s.tenant_of_the_third_master(&masters).await;
     for &port in &masters {
         s.cluster.kill(port);
     }
-    s.write_one_transaction(&[(s.down, 1), (s.up, 1)]).await;
-    s.until_held(&running, 2, "both tenants held").await;
+    s.write_one_transaction(&[(s.down, 1), (s.up, 1), (third, 1)]).await;
+    s.until_held(&running, 3, "every tenant held").await;
     let status = running.status.clone();
     common::eventually("Redis reported lost", WAIT, || {
         let lost = !status.redis_connected.load(Ordering::Relaxed);
@@ -388,14 +418,14 @@ async fn a_cluster_down_as_a_whole_is_reported_and_caught_up_with_once_it_is_bac
 /// must not replace the cluster connection: a new one would wait on the frozen master too.
 #[tokio::test]
 async fn a_master_that_stops_answering_delays_the_other_tenants_invalidations_once_only() {
-    let mut s = TwoShards::new().await;
-    let running = s.h.start(s.settings(100)).await;
-    s.h.drained(WAIT).await;
+    let (mut s, running) = TwoShards::running(100).await;
 
     s.cluster.pause(s.down_master);
     s.write_one_transaction(&[(s.down, 1)]).await;
     let written_while_frozen = s.left_of(s.down).await;
     s.until_held(&running, 1, "the tenant held back once its batch timed out").await;
+    let connected = running.status.redis_connected.load(Ordering::Relaxed);
+    assert!(connected, "one master frozen reported as Redis lost");
     let (mut slowest, until) = (Duration::ZERO, Instant::now() + PROBED_FOR);
     while Instant::now() < until {
         let written = Instant::now();

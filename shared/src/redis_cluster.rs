@@ -204,6 +204,20 @@ impl ClusterWatch {
         !self.owners.read().unwrap_or_else(PoisonError::into_inner).is_empty()
     }
 
+    /// The masters that served some slot in the latest look.
+    pub fn masters(&self) -> Vec<Arc<str>> {
+        let mut masters: Vec<Arc<str>> = self
+            .owners
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|owner| owner.master.clone())
+            .collect();
+        masters.sort();
+        masters.dedup();
+        masters
+    }
+
     /// Whether `master` served some slot in the latest look.
     pub fn serves(&self, master: &str) -> bool {
         self.owners.read().unwrap_or_else(PoisonError::into_inner).iter().any(|owner| &*owner.master == master)
@@ -313,6 +327,7 @@ mod tests {
         assert_eq!([owner(8192), owner(16383)], [Some("b".into()), Some("b".into())]);
         assert_eq!(owner(100), None);
         assert!(watch.serves("a") && watch.serves("b") && !watch.serves("c") && watch.knows_slots());
+        assert_eq!(watch.masters(), [Arc::from("a"), Arc::from("b")]);
 
         watch.record(&view(&[(0, 16383, "c", &[])]), ClusterChanges::default());
         assert_eq!(owner(8192).as_deref(), Some("c"), "the latest look replaces the last");

@@ -1,0 +1,52 @@
+//! Whether a replica reaches Redis, as `/readyz` and `openrisk_invalidator_connected` report
+//! it, from the answers its calls got. On a Redis Cluster one master down is not Redis lost: the
+//! replica still invalidates the other masters' tenants. Redis is lost when the last call to
+//! every master failed (the master of a tenant's slot as the cluster watch last saw it; a single
+//! Redis, or a cluster before the watch's first look, counts as one master).
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use openrisk_shared::keys::tenant_slot;
+use openrisk_shared::redis_cluster::ClusterWatch;
+use uuid::Uuid;
+
+use crate::worker::Status;
+
+/// The last answer from each master, and the status it sets.
+#[derive(Debug, Clone)]
+pub struct Reach {
+    /// Whether the last call to each master got an answer (`None`: the one master of a single
+    /// Redis, or any master before the cluster watch's first look).
+    answered: Arc<Mutex<HashMap<Option<Arc<str>>, bool>>>,
+    topology: ClusterWatch,
+    status: Arc<Status>,
+}
+
+impl Reach {
+    pub fn new(topology: ClusterWatch, status: Arc<Status>) -> Self {
+        Self { answered: Arc::default(), topology, status }
+    }
+
+    /// A call for `tenant` got an answer from its master (`reached`: a missing replica
+    /// acknowledgement is an answer), or none.
+    pub fn heard(&self, tenant: Uuid, reached: bool) {
+        let master = self.topology.master_of(tenant_slot(tenant));
+        let mut answered = self.answered.lock().unwrap_or_else(PoisonError::into_inner);
+        answered.insert(master, reached);
+        let masters = self.topology.masters();
+        let lost = if masters.is_empty() {
+            answered.get(&None) == Some(&false)
+        } else {
+            answered.retain(|master, _| master.as_ref().is_some_and(|master| masters.contains(master)));
+            masters.iter().all(|master| answered.get(&Some(master.clone())) == Some(&false))
+        };
+        self.status.redis_connected.store(!lost, Ordering::Relaxed);
+    }
+
+    /// Whether the last call to every master failed.
+    pub fn lost(&self) -> bool {
+        !self.status.redis_connected.load(Ordering::Relaxed)
+    }
+}
