@@ -149,9 +149,10 @@ impl AppState {
         Ok(state)
     }
 
-    /// Renders the metrics, sampling the pool first.
+    /// Renders the metrics, sampling the pool and whether the cache is degraded first.
     pub fn render_metrics(&self) -> String {
         self.db.sample_pool(self.settings.pool_settings().max_connections);
+        self.cache.refresh_degraded();
         openrisk_shared::metrics::render(&self.metrics.registry)
     }
 }

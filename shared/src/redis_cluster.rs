@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use prometheus::{IntCounter, IntGauge, Registry};
 use serde::Serialize;
@@ -136,6 +136,8 @@ struct SlotOwner {
 #[derive(Clone)]
 pub struct ClusterWatch {
     latest: Arc<Mutex<Option<ClusterHealth>>>,
+    /// When the last look that every master answered ended.
+    last_look: Arc<Mutex<Option<Instant>>>,
     /// The latest look's slot ranges, sorted, each with its master.
     owners: Arc<RwLock<Vec<SlotOwner>>>,
     known_nodes: IntGauge,
@@ -156,6 +158,7 @@ impl ClusterWatch {
     pub fn new(registry: &Registry) -> prometheus::Result<Self> {
         let watch = Self {
             latest: Arc::default(),
+            last_look: Arc::default(),
             owners: Arc::default(),
             known_nodes: IntGauge::new(
                 "openrisk_redis_cluster_known_nodes",
@@ -197,6 +200,11 @@ impl ClusterWatch {
         let owners = self.owners.read().unwrap_or_else(PoisonError::into_inner);
         let index = owners.partition_point(|owner| owner.last < slot);
         owners.get(index).filter(|owner| owner.first <= slot).map(|owner| owner.master.clone())
+    }
+
+    /// When the last look that every master answered ended; `None` before the first.
+    pub fn last_look(&self) -> Option<Instant> {
+        *self.last_look.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Whether a look has told which masters serve the slots.
@@ -261,6 +269,7 @@ impl ClusterWatch {
         }
         owners.sort_by_key(|owner| owner.first);
         *self.owners.write().unwrap_or_else(PoisonError::into_inner) = owners;
+        *self.last_look.lock().unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
         self.known_nodes.set(i64::from(view.known_nodes));
         self.slots_ok.set(i64::from(view.slots_ok));
         self.state_ok.set(i64::from(view.state_ok));

@@ -70,6 +70,15 @@ impl Breaker {
         };
     }
 
+    /// Closes the breaker if its open period ended before `answered_at`, when its master was heard
+    /// answering: with no request of its tenants to probe it, it would stay open for good.
+    pub fn close_if_open_until_before(&self, answered_at: Instant) {
+        let mut state = self.lock();
+        if matches!(*state, State::Open { until } if until <= answered_at) {
+            *state = State::Closed { failures: 0 };
+        }
+    }
+
     pub fn is_closed(&self) -> bool {
         matches!(*self.lock(), State::Closed { .. })
     }
@@ -117,12 +126,20 @@ impl Breakers {
 
     /// Whether every breaker in use lets calls through: the shared one until the slots are known,
     /// then those of the masters that serve them (a master that no longer does is never probed).
+    /// A breaker whose open period ended before the cluster watch last heard every master answer
+    /// is closed first.
     pub fn all_closed(&self) -> bool {
         if !self.topology.knows_slots() {
             return self.shared.is_closed();
         }
+        let answered_at = self.topology.last_look();
         let by_master = self.by_master.lock().unwrap_or_else(PoisonError::into_inner);
-        by_master.iter().all(|(master, breaker)| breaker.is_closed() || !self.topology.serves(master))
+        by_master.iter().all(|(master, breaker)| {
+            if let Some(answered_at) = answered_at {
+                breaker.close_if_open_until_before(answered_at);
+            }
+            breaker.is_closed() || !self.topology.serves(master)
+        })
     }
 }
 
@@ -142,5 +159,16 @@ mod tests {
         assert!(!breaker.allow(), "only one probe at a time");
         breaker.success();
         assert!(breaker.is_closed() && breaker.allow());
+    }
+
+    #[test]
+    fn an_answer_heard_after_the_open_period_closes_the_breaker_and_one_heard_during_it_does_not() {
+        let breaker = Breaker::new(1, Duration::from_secs(60), Duration::from_secs(60));
+        let opened = Instant::now();
+        breaker.failure();
+        breaker.close_if_open_until_before(opened + Duration::from_secs(30));
+        assert!(!breaker.is_closed(), "heard while still open");
+        breaker.close_if_open_until_before(opened + Duration::from_secs(61));
+        assert!(breaker.is_closed());
     }
 }

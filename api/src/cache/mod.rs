@@ -150,6 +150,14 @@ impl Cache {
         self.redis.is_some()
     }
 
+    /// Brings `openrisk_cache_degraded` down once no breaker is open any more, for a scrape: a
+    /// breaker can close without a call (see [`Breakers::all_closed`]).
+    pub fn refresh_degraded(&self) {
+        if self.metrics.degraded() {
+            self.metrics.set_degraded(!self.breakers.all_closed());
+        }
+    }
+
     /// Whether some reads currently skip Redis because a breaker is open (on a cluster, the
     /// breaker of one master is enough).
     pub fn breaker_open(&self) -> bool {
