@@ -2,7 +2,10 @@
 //! it, from the answers its calls got. On a Redis Cluster one master down is not Redis lost: the
 //! replica still invalidates the other masters' tenants. Redis is lost when the last call to
 //! every master failed (the master of a tenant's slot as the cluster watch last saw it; a single
-//! Redis, or a cluster before the watch's first look, counts as one master).
+//! Redis, or a cluster before the watch's first look, counts as one master). A master whose last
+//! answer was a success, however old, or that was never called counts as reachable: one master
+//! down must not look like Redis lost, and telling a whole cluster down while only some masters'
+//! tenants write would take calls to the others.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;

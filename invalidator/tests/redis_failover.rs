@@ -371,6 +371,36 @@ async fn only_the_tenant_whose_shard_is_down_is_held_back(batch_size: u32) {
     assert!(running.shutdown(WAIT).await);
 }
 
+/// A replica that starts while a master is down: the cluster watch cannot hear every master, yet
+/// learns from one node which master serves which slot, so the down master's tenant failing is
+/// not Redis lost (it is without that: one tenant and one master were all the replica knew).
+#[tokio::test]
+async fn a_replica_started_while_a_master_is_down_still_tells_the_masters_apart() {
+    let mut s = TwoShards::new().await;
+    s.cluster.kill(s.down_master);
+    let running = s.h.start(s.settings(100)).await;
+    // The watch's first look, which fails, then reads one node's CLUSTER NODES.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    s.write_one_transaction(&[(s.down, 1)]).await;
+    let held = running.metrics.tenants_held_back.clone();
+    // Every tenant of the down master is held (those TwoShards made and passed over too).
+    common::eventually("the down master's tenants held", WAIT, || {
+        let held = held.get();
+        async move { held > 0 }
+    })
+    .await;
+    let connected = running.status.redis_connected.load(Ordering::Relaxed);
+    assert!(connected, "one master down reported as Redis lost");
+    let list = s.h.cache_risk_list(s.up).await;
+    s.h.risk(s.up, "written while the other master is down").await;
+    let deadline = Instant::now() + WAIT;
+    while s.left_of(s.up).await > 0 || s.h.risk_list_is_cached(s.up, &list).await {
+        assert!(Instant::now() < deadline, "the other master's tenant was not invalidated");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(running.shutdown(WAIT).await);
+}
+
 /// Every master killed at once, with a tenant of each writing: the replica, which keeps its
 /// cluster connection, says Redis is lost (`/readyz` and the `connected` gauge: every master's
 /// last call failed) and holds every tenant; once the masters are back

@@ -239,6 +239,7 @@ impl ClusterWatch {
         }
         let mut previous: Option<ClusterView> = None;
         loop {
+            let started = Instant::now();
             match tokio::time::timeout(every, ClusterView::read(&mut connection)).await {
                 Ok(Ok(Some(view))) => {
                     let changes = previous.as_ref().map(|before| view.changes_since(before)).unwrap_or_default();
@@ -249,27 +250,21 @@ impl ClusterWatch {
                             "redis cluster topology changed"
                         );
                     }
-                    self.record(&view, changes);
+                    self.record(&view, changes, started);
                     previous = Some(view);
                 }
                 Ok(Ok(None)) => return,
-                Ok(Err(error)) => self.record_unreachable(&error.to_string()),
-                Err(_) => self.record_unreachable("timed out"),
+                Ok(Err(error)) => self.record_unreachable(&mut connection, &error.to_string(), every).await,
+                Err(_) => self.record_unreachable(&mut connection, "timed out", every).await,
             }
             tokio::time::sleep(every).await;
         }
     }
 
-    fn record(&self, view: &ClusterView, changes: ClusterChanges) {
-        let mut owners: Vec<SlotOwner> = Vec::with_capacity(view.ranges.len());
-        for range in &view.ranges {
-            let known = owners.iter().find(|owner| *owner.master == *range.master).map(|owner| owner.master.clone());
-            let master = known.unwrap_or_else(|| Arc::from(range.master.as_str()));
-            owners.push(SlotOwner { first: range.first, last: range.last, master });
-        }
-        owners.sort_by_key(|owner| owner.first);
-        *self.owners.write().unwrap_or_else(PoisonError::into_inner) = owners;
-        *self.last_look.lock().unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
+    /// Records a look that every master answered, begun at `started`.
+    fn record(&self, view: &ClusterView, changes: ClusterChanges, started: Instant) {
+        self.record_owners(&view.ranges);
+        *self.last_look.lock().unwrap_or_else(PoisonError::into_inner) = Some(started);
         self.known_nodes.set(i64::from(view.known_nodes));
         self.slots_ok.set(i64::from(view.slots_ok));
         self.state_ok.set(i64::from(view.state_ok));
@@ -286,8 +281,26 @@ impl ClusterWatch {
         }
     }
 
-    fn record_unreachable(&self, reason: &str) {
+    fn record_owners(&self, ranges: &[SlotRange]) {
+        let mut owners: Vec<SlotOwner> = Vec::with_capacity(ranges.len());
+        for range in ranges {
+            let known = owners.iter().find(|owner| *owner.master == *range.master).map(|owner| owner.master.clone());
+            let master = known.unwrap_or_else(|| Arc::from(range.master.as_str()));
+            owners.push(SlotOwner { first: range.first, last: range.last, master });
+        }
+        owners.sort_by_key(|owner| owner.first);
+        *self.owners.write().unwrap_or_else(PoisonError::into_inner) = owners;
+    }
+
+    /// Marks the state as not ok after a look some master did not answer, and still learns which
+    /// master serves which slots from one node's `CLUSTER NODES` (within `within`): a process that
+    /// starts while a master is down, or looks while one fails over, tells the masters apart.
+    async fn record_unreachable(&self, connection: &mut RedisConnection, reason: &str, within: Duration) {
         tracing::warn!(reason, "could not read the redis cluster's state");
+        let command = redis::cmd("CLUSTER").arg("NODES").clone();
+        if let Ok(Ok(nodes)) = tokio::time::timeout(within, connection.on_any_node::<String>(&command)).await {
+            self.record_owners(&parse_nodes(&nodes));
+        }
         self.state_ok.set(0);
         if let Ok(mut latest) = self.latest.lock()
             && let Some(health) = latest.as_mut()
@@ -320,14 +333,13 @@ mod tests {
 
     #[test]
     fn each_slot_is_owned_by_the_master_that_served_it_in_the_latest_look() {
+        // A look every master answered records them through `record`, one some did not through
+        // `record_unreachable`'s own `CLUSTER NODES`: both through `record_owners`.
         let watch = ClusterWatch::new(&Registry::new()).unwrap();
         assert_eq!(watch.master_of(0), None, "nothing is known before the first look");
         assert!(!watch.knows_slots());
         // Out of order, one master with two ranges, and a slot (100) no master serves.
-        watch.record(
-            &view(&[(8192, 16383, "b", &[]), (101, 8191, "a", &[]), (0, 99, "a", &[])]),
-            ClusterChanges::default(),
-        );
+        watch.record_owners(&view(&[(8192, 16383, "b", &[]), (101, 8191, "a", &[]), (0, 99, "a", &[])]).ranges);
         let owner = |slot| watch.master_of(slot).map(|master| master.to_string());
         assert_eq!(
             [owner(0), owner(99), owner(101), owner(8191)],
@@ -338,7 +350,7 @@ mod tests {
         assert!(watch.serves("a") && watch.serves("b") && !watch.serves("c") && watch.knows_slots());
         assert_eq!(watch.masters(), [Arc::from("a"), Arc::from("b")]);
 
-        watch.record(&view(&[(0, 16383, "c", &[])]), ClusterChanges::default());
+        watch.record_owners(&view(&[(0, 16383, "c", &[])]).ranges);
         assert_eq!(owner(8192).as_deref(), Some("c"), "the latest look replaces the last");
         assert!(!watch.serves("a"));
     }

@@ -70,12 +70,18 @@ impl Breaker {
         };
     }
 
-    /// Closes the breaker if its open period ended before `answered_at`, when its master was heard
-    /// answering: with no request of its tenants to probe it, it would stay open for good.
+    /// Closes the breaker if its open period (or its probe's time) ended before `answered_at`,
+    /// when its master was heard answering: with no request of its tenants to probe it, it would
+    /// stay open for good. One failure opens it again, as a failed probe would.
     pub fn close_if_open_until_before(&self, answered_at: Instant) {
         let mut state = self.lock();
-        if matches!(*state, State::Open { until } if until <= answered_at) {
-            *state = State::Closed { failures: 0 };
+        let over = match *state {
+            State::Open { until } => until <= answered_at,
+            State::Probing { since } => since + self.probe_timeout <= answered_at,
+            State::Closed { .. } => false,
+        };
+        if over {
+            *state = State::Closed { failures: self.threshold.saturating_sub(1) };
         }
     }
 
@@ -163,12 +169,26 @@ mod tests {
 
     #[test]
     fn an_answer_heard_after_the_open_period_closes_the_breaker_and_one_heard_during_it_does_not() {
-        let breaker = Breaker::new(1, Duration::from_secs(60), Duration::from_secs(60));
+        let breaker = Breaker::new(3, Duration::from_secs(60), Duration::from_secs(60));
         let opened = Instant::now();
-        breaker.failure();
+        (0..3).for_each(|_| breaker.failure());
         breaker.close_if_open_until_before(opened + Duration::from_secs(30));
         assert!(!breaker.is_closed(), "heard while still open");
         breaker.close_if_open_until_before(opened + Duration::from_secs(61));
+        assert!(breaker.is_closed());
+        breaker.failure();
+        assert!(!breaker.is_closed(), "closed that way, one failure opens it again");
+    }
+
+    #[test]
+    fn a_probe_that_never_reported_back_is_closed_by_an_answer_heard_after_its_time() {
+        let breaker = Breaker::new(1, Duration::ZERO, Duration::from_secs(1));
+        breaker.failure();
+        assert!(breaker.allow(), "this caller probes, and is never heard of again");
+        let probing_since = Instant::now();
+        breaker.close_if_open_until_before(probing_since);
+        assert!(!breaker.is_closed(), "the probe may still answer");
+        breaker.close_if_open_until_before(probing_since + Duration::from_secs(2));
         assert!(breaker.is_closed());
     }
 }
