@@ -11,7 +11,6 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use openrisk_shared::keys::tenant_slot;
 use openrisk_shared::redis_cluster::ClusterWatch;
 use uuid::Uuid;
 
@@ -35,7 +34,7 @@ impl Reach {
     /// A call for `tenant` got an answer from its master (`reached`: a missing replica
     /// acknowledgement is an answer), or none.
     pub fn heard(&self, tenant: Uuid, reached: bool) {
-        let master = self.topology.master_of(tenant_slot(tenant));
+        let master = self.topology.master_of_tenant(tenant);
         let mut answered = self.answered.lock().unwrap_or_else(PoisonError::into_inner);
         answered.insert(master, reached);
         let masters = self.topology.masters();

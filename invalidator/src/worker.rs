@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use backon::{BackoffBuilder, Retryable};
 use openrisk_shared::config::Settings;
 use openrisk_shared::db::{ConnectError, MAX_RECONNECT_DELAY, reconnect_backoff};
-use openrisk_shared::keys::{Keyspace, tenant_slot};
+use openrisk_shared::keys::Keyspace;
 use openrisk_shared::protocol::{self, BackgroundReclaims, InvalidateError, Reclaimable, ReplicaAck};
 use openrisk_shared::redis_cluster::ClusterWatch;
 use openrisk_shared::redis_connection::{RedisConnection, RedisTarget, Timeouts};
@@ -445,7 +445,7 @@ impl Worker {
         transaction: &Transaction<'_>,
         redis: &RedisConnection,
     ) -> Result<(), BatchError> {
-        let since = self.held_back.unreplicated(|tenant| self.topology.master_of(tenant_slot(tenant)));
+        let since = self.held_back.unreplicated(|tenant| self.topology.master_of_tenant(tenant));
         if since.is_empty() {
             return Ok(());
         }

@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use prometheus::{IntCounter, IntGauge, Registry};
 use serde::Serialize;
+use uuid::Uuid;
 
+use crate::keys::tenant_slot;
 use crate::redis_connection::RedisConnection;
 
 /// One look at the cluster.
@@ -136,7 +138,7 @@ struct SlotOwner {
 #[derive(Clone)]
 pub struct ClusterWatch {
     latest: Arc<Mutex<Option<ClusterHealth>>>,
-    /// When the last look that every master answered ended.
+    /// When the last look that every master answered began.
     last_look: Arc<Mutex<Option<Instant>>>,
     /// The latest look's slot ranges, sorted, each with its master.
     owners: Arc<RwLock<Vec<SlotOwner>>>,
@@ -202,7 +204,12 @@ impl ClusterWatch {
         owners.get(index).filter(|owner| owner.first <= slot).map(|owner| owner.master.clone())
     }
 
-    /// When the last look that every master answered ended; `None` before the first.
+    /// The master serving every key of `tenant` ([`tenant_slot`]), as [`Self::master_of`] says.
+    pub fn master_of_tenant(&self, tenant: Uuid) -> Option<Arc<str>> {
+        self.master_of(tenant_slot(tenant))
+    }
+
+    /// When the last look that every master answered began; `None` before the first.
     pub fn last_look(&self) -> Option<Instant> {
         *self.last_look.lock().unwrap_or_else(PoisonError::into_inner)
     }

@@ -7,7 +7,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use openrisk_shared::keys::tenant_slot;
 use openrisk_shared::redis_cluster::ClusterWatch;
 use uuid::Uuid;
 
@@ -118,7 +117,7 @@ impl Breakers {
 
     /// The breaker in front of `tenant`'s Redis master.
     pub fn of(&self, tenant: Uuid) -> Arc<Breaker> {
-        let Some(master) = self.topology.master_of(tenant_slot(tenant)) else { return self.shared.clone() };
+        let Some(master) = self.topology.master_of_tenant(tenant) else { return self.shared.clone() };
         let mut by_master = self.by_master.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(breaker) = by_master.get(&master) {
             return breaker.clone();

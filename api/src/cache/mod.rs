@@ -150,8 +150,9 @@ impl Cache {
         self.redis.is_some()
     }
 
-    /// Brings `openrisk_cache_degraded` down once no breaker is open any more, for a scrape: a
-    /// breaker can close without a call (see [`Breakers::all_closed`]).
+    /// Brings `openrisk_cache_degraded` down once no breaker is open any more: after a call that
+    /// succeeded, and at each scrape, since a breaker can close without a call (see
+    /// [`Breakers::all_closed`]).
     pub fn refresh_degraded(&self) {
         if self.metrics.degraded() {
             self.metrics.set_degraded(!self.breakers.all_closed());
@@ -183,9 +184,7 @@ impl Cache {
             Ok(_) => {
                 breaker.success();
                 // On a cluster another master's breaker may still be open.
-                if self.metrics.degraded() {
-                    self.metrics.set_degraded(!self.breakers.all_closed());
-                }
+                self.refresh_degraded();
             }
             Err(error) => {
                 breaker.failure();
