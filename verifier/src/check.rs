@@ -293,6 +293,18 @@ pub async fn check(world: &World, label: &str, url_limit: Option<usize>) -> Chec
     outcome
 }
 
+/// Reads every URL requested so far once through the cached API, comparing nothing: after the
+/// readers have stopped, nothing else fills the cache, and the final entry check would find no
+/// live entry when the last phase invalidated every tenant (the poison phase does).
+pub async fn refill(world: &World) {
+    let urls: Vec<ReadUrl> = world.known.lock().unwrap().values().cloned().collect();
+    futures::stream::iter(urls.iter())
+        .for_each_concurrent(8, |url| async move {
+            let _ = world.get(&world.api_base, url.tenant, &url.path).await;
+        })
+        .await;
+}
+
 /// How many mismatched reads of one check are read again (2 s each) by [`reread`].
 const REREAD_FAILURES: usize = 3;
 

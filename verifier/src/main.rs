@@ -242,6 +242,7 @@ async fn run(mut cfg: Config) -> anyhow::Result<bool> {
         tally.record("verifier ran to the end", &[format!("{error:#}")]);
     } else {
         world.set_phase("final");
+        check::refill(&world).await;
         run_check(&world, &mut tally, "final (workload stopped)", None).await;
     }
     report(&world, &mut tally, started).await;
