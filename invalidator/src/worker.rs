@@ -303,6 +303,8 @@ impl Worker {
         if let Err(error) = protocol::check_eviction_policy(&mut connection).await {
             tracing::warn!(%error, "could not read Redis eviction settings");
         }
+        // A cluster connection is kept for the replica's life (see `repair`).
+        self.topology.follow(connection.clone());
         Ok(connection)
     }
 

@@ -59,13 +59,18 @@ impl Failover {
         self.cluster.resume(self.replica);
         let taken = node_command(&self.cluster.node_url(self.replica), &["CLUSTER", "FAILOVER", "TAKEOVER"]);
         assert_eq!(taken.as_deref(), Some("OK"), "replica takes over");
+        self.until_promoted();
+    }
+
+    /// Waits until the replica serves as a master.
+    fn until_promoted(&self) {
         let replica = self.replica;
         let cluster = &self.cluster;
         let promoted = || {
             node_command(&cluster.node_url(replica), &["INFO", "replication"])
                 .is_some_and(|info| info.contains("role:master"))
         };
-        for _ in 0..200 {
+        for _ in 0..400 {
             if promoted() {
                 return;
             }
@@ -83,6 +88,17 @@ impl Failover {
         f.cut_off_replica();
         f.h.risk(f.tenant, "first written while the replica is cut off").await;
         until_batches_failed(&running, "redis_replication", 1, WAIT).await;
+        (f, running)
+    }
+
+    /// A replica running that acknowledges what the master applied without waiting for a Redis
+    /// replica, and the tenant's risk list cached and replicated.
+    async fn cached_without_replica_acks() -> (Self, Running) {
+        let mut f = Self::new().await;
+        let mut settings = f.h.settings();
+        settings.invalidator.redis_replicas_ack = Some(0);
+        let running = f.h.start(settings).await;
+        f.cache_list().await;
         (f, running)
     }
 
@@ -200,11 +216,7 @@ async fn a_failover_while_no_replica_confirms_applies_the_tenants_events_again_o
 /// The broken variant the default guards against: acknowledging once the master applied it.
 #[tokio::test]
 async fn without_waiting_for_a_replica_a_failover_brings_an_invalidated_entry_back() {
-    let mut f = Failover::new().await;
-    let mut settings = f.h.settings();
-    settings.invalidator.redis_replicas_ack = Some(0);
-    let running = f.h.start(settings).await;
-    f.cache_list().await;
+    let (mut f, running) = Failover::cached_without_replica_acks().await;
 
     f.cut_off_replica();
     f.h.risk(f.tenant, "written while the replica is cut off").await;
@@ -220,6 +232,28 @@ async fn without_waiting_for_a_replica_a_failover_brings_an_invalidated_entry_ba
     f.fail_over();
     assert!(f.list_is_cached().await, "the acknowledged invalidation was lost with the master");
     assert_eq!(f.h.outbox_len().await, 0, "and nothing is left to apply it again");
+    assert!(running.shutdown(WAIT).await);
+}
+
+/// A master that stops answering and is replaced by its replica, as when its host drops off the
+/// network: no call to it fails fast and none is redirected, so only the cluster watch, which sees
+/// the failover, can tell the replica's cluster connection to read the new topology. The tenant's
+/// invalidations then reach the promoted replica while the old master is still frozen.
+#[tokio::test]
+async fn a_master_that_stops_answering_and_fails_over_is_left_for_its_replica() {
+    // The promoted replica has no replica of its own to confirm a write.
+    let (mut f, running) = Failover::cached_without_replica_acks().await;
+
+    // Frozen, the master is failed over by the cluster itself (its node timeout is a second).
+    f.cluster.pause(f.master);
+    f.until_promoted();
+    f.h.risk(f.tenant, "written once the replica took over").await;
+    f.h.drained(WAIT).await;
+    // The test's own connection still points at the frozen master: a new one reads the cluster.
+    f.h.redis = common::connect_redis(&f.h.namespace.url).await;
+    assert!(!f.list_is_cached().await, "the write was not invalidated on the promoted replica");
+
+    f.cluster.resume(f.master);
     assert!(running.shutdown(WAIT).await);
 }
 

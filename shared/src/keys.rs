@@ -164,8 +164,20 @@ const CLUSTER_SLOTS: u16 = 16_384;
 /// tag they share, whatever the prefix. It tells which master serves the tenant.
 pub fn tenant_slot(tenant: Uuid) -> u16 {
     let mut buffer = Uuid::encode_buffer();
-    let tag = tenant.hyphenated().encode_lower(&mut buffer);
+    hash_tag_slot(tenant.hyphenated().encode_lower(&mut buffer))
+}
+
+/// The hash slot of every key whose hash tag (the part between the first `{` and `}`) is `tag`.
+fn hash_tag_slot(tag: &str) -> u16 {
     crc16::State::<crc16::XMODEM>::calculate(tag.as_bytes()) % CLUSTER_SLOTS
+}
+
+/// A key of no tenant that hashes to `slot`: what a command must name to reach the slot's master
+/// (`None` for a slot beyond the cluster's 16384).
+pub fn key_in_slot(slot: u16) -> Option<String> {
+    // CRC16 spreads the numbers evenly: a slot's first is usually found within 16384 tries, and
+    // every slot's within the first 2^20.
+    (0..1_u32 << 20).find(|n| hash_tag_slot(&n.to_string()) == slot).map(|n| format!("openrisk:slot:{{{n}}}"))
 }
 
 /// Builds every Redis key from a deployment-wide prefix.
@@ -301,6 +313,20 @@ mod tests {
             keyspace.entry_key(tenant, 7, "risks", &params),
             format!("{base}e{ENTRY_FORMAT}:7:risks:2970cbb49286ce7e04220a978564d71a")
         );
+    }
+
+    #[test]
+    fn every_slot_has_a_key_of_no_tenant_that_hashes_to_it() {
+        let mut reached = vec![false; usize::from(CLUSTER_SLOTS)];
+        for n in 0..1_u32 << 20 {
+            reached[usize::from(hash_tag_slot(&n.to_string()))] = true;
+        }
+        assert!(reached.iter().all(|reached| *reached), "a slot no key_in_slot reaches");
+        for slot in [0, 1, 8_191, 12_345, 16_383] {
+            let key = key_in_slot(slot).unwrap();
+            assert_eq!(redis::cluster_routing::Slot::for_key(&key), redis::cluster_routing::Slot::new(slot).unwrap());
+        }
+        assert_eq!(key_in_slot(CLUSTER_SLOTS), None);
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! What a process can see of a Redis Cluster's health, polled in the background: how many nodes
 //! it knows, whether every slot is served, and the failovers and slot migrations that happened
-//! between two looks. Both processes export it as metrics and in `/readyz`.
+//! between two looks. Both processes export it as metrics and in `/readyz`, and when a look finds
+//! a slot served by another master, the watch makes the process's connections read the slots
+//! again (a client is not redirected away from a master that stopped answering).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
@@ -24,6 +26,8 @@ pub struct ClusterView {
     pub state_ok: bool,
     /// Per slot range: its master's node id and the ids of that master's replicas.
     ranges: Vec<SlotRange>,
+    /// The nodes no node reports failing.
+    answering: Vec<AnsweringNode>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,6 +36,15 @@ struct SlotRange {
     last: u16,
     master: String,
     replicas: Vec<String>,
+}
+
+/// A node of `CLUSTER NODES` that is not flagged failing, and where to reach it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct AnsweringNode {
+    id: String,
+    host: String,
+    port: u16,
+    master: bool,
 }
 
 /// What changed between two views.
@@ -64,8 +77,8 @@ impl ClusterView {
         // offset the answering node has not heard yet (as after a start), and a failover would
         // then look like slots moving to a stranger.
         let nodes: String = connection.on_any_node(redis::cmd("CLUSTER").arg("NODES")).await?;
-        let ranges = parse_nodes(&nodes);
-        Ok(Some(Self { known_nodes, slots_ok, state_ok, ranges }))
+        let (ranges, answering) = parse_nodes(&nodes);
+        Ok(Some(Self { known_nodes, slots_ok, state_ok, ranges, answering }))
     }
 
     fn owner_of(&self, slot: u16) -> Option<&SlotRange> {
@@ -94,10 +107,12 @@ impl ClusterView {
     }
 }
 
-/// `CLUSTER NODES`: a line per node, `<id> <address> <flags> <master id or -> <ping> <pong>
-/// <epoch> <link> <slots…>`, where a master's slots are `first-last` or a single slot (and
-/// `[slot->-id]`/`[slot-<-id]` for a migration in progress, which do not change the owner).
-fn parse_nodes(reply: &str) -> Vec<SlotRange> {
+/// `CLUSTER NODES`: a line per node, `<id> <ip:port@bus-port[,hostname]> <flags> <master id or ->
+/// <ping> <pong> <epoch> <link> <slots…>`, where a master's slots are `first-last` or a single
+/// slot (and `[slot->-id]`/`[slot-<-id]` for a migration in progress, which do not change the
+/// owner). Returns the slot ranges and the nodes not flagged failing (`fail`, `fail?`), without
+/// an address (`noaddr`) or still being introduced (`handshake`).
+fn parse_nodes(reply: &str) -> (Vec<SlotRange>, Vec<AnsweringNode>) {
     let lines: Vec<Vec<&str>> = reply.lines().map(|line| line.split_whitespace().collect()).collect();
     let replicas_of = |master: &str| -> Vec<String> {
         lines.iter().filter(|fields| fields.get(3) == Some(&master)).map(|fields| fields[0].to_owned()).collect()
@@ -112,7 +127,20 @@ fn parse_nodes(reply: &str) -> Vec<SlotRange> {
             }
         }
     }
-    ranges
+    (ranges, lines.iter().filter_map(|fields| answering_node(fields)).collect())
+}
+
+/// The node of one `CLUSTER NODES` line, unless it is flagged failing or cannot be reached.
+fn answering_node(fields: &[&str]) -> Option<AnsweringNode> {
+    let (id, address, flags) = (fields.first()?, fields.get(1)?, fields.get(2)?);
+    let unusable = ["fail", "noaddr", "handshake"];
+    if flags.split(',').any(|flag| unusable.contains(&flag.trim_end_matches('?'))) {
+        return None;
+    }
+    let (host, port) = address.split(['@', ',']).next()?.rsplit_once(':')?;
+    let port = port.parse().ok().filter(|port| *port != 0)?;
+    let master = flags.split(',').any(|flag| flag == "master");
+    Some(AnsweringNode { id: (*id).to_owned(), host: host.to_owned(), port, master })
 }
 
 /// The latest view, as `/readyz` reports it.
@@ -126,11 +154,19 @@ pub struct ClusterHealth {
 }
 
 /// A master's node id and a range of slots it serves.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct SlotOwner {
     first: u16,
     last: u16,
     master: Arc<str>,
+}
+
+/// A slot that a look found served by another master than the look before, and the answering
+/// nodes other than that master (masters first): any of them redirects a command for the slot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Takeover {
+    slot: u16,
+    redirectors: Vec<(String, u16)>,
 }
 
 /// Polls the cluster, keeps the latest [`ClusterHealth`] and which master serves which slots,
@@ -142,6 +178,9 @@ pub struct ClusterWatch {
     last_look: Arc<Mutex<Option<Instant>>>,
     /// The latest look's slot ranges, sorted, each with its master.
     owners: Arc<RwLock<Vec<SlotOwner>>>,
+    /// The process's other cluster connections, made to read the slots again with the watch's
+    /// own when a slot changes master.
+    followers: Arc<Mutex<Vec<RedisConnection>>>,
     known_nodes: IntGauge,
     slots_ok: IntGauge,
     state_ok: IntGauge,
@@ -162,6 +201,7 @@ impl ClusterWatch {
             latest: Arc::default(),
             last_look: Arc::default(),
             owners: Arc::default(),
+            followers: Arc::default(),
             known_nodes: IntGauge::new(
                 "openrisk_redis_cluster_known_nodes",
                 "Redis Cluster nodes known to every master",
@@ -238,6 +278,14 @@ impl ClusterWatch {
         self.owners.read().unwrap_or_else(PoisonError::into_inner).iter().any(|owner| &*owner.master == master)
     }
 
+    /// Makes `connection`, a cluster connection of the process besides the one the watch polls
+    /// with, read the slots again whenever the watch finds a slot served by another master.
+    pub fn follow(&self, connection: RedisConnection) {
+        if connection.is_cluster() {
+            self.followers.lock().unwrap_or_else(PoisonError::into_inner).push(connection);
+        }
+    }
+
     /// Looks at the cluster every `every` for as long as the process runs; a failed look marks
     /// the state as not ok and keeps the last topology to compare the next one with.
     pub async fn run(self, mut connection: RedisConnection, every: Duration) {
@@ -247,7 +295,7 @@ impl ClusterWatch {
         let mut previous: Option<ClusterView> = None;
         loop {
             let started = Instant::now();
-            match tokio::time::timeout(every, ClusterView::read(&mut connection)).await {
+            let takeover = match tokio::time::timeout(every, ClusterView::read(&mut connection)).await {
                 Ok(Ok(Some(view))) => {
                     let changes = previous.as_ref().map(|before| view.changes_since(before)).unwrap_or_default();
                     if changes != ClusterChanges::default() {
@@ -257,20 +305,39 @@ impl ClusterWatch {
                             "redis cluster topology changed"
                         );
                     }
-                    self.record(&view, changes, started);
+                    let takeover = self.record(&view, changes, started);
                     previous = Some(view);
+                    takeover
                 }
                 Ok(Ok(None)) => return,
                 Ok(Err(error)) => self.record_unreachable(&mut connection, &error.to_string(), every).await,
                 Err(_) => self.record_unreachable(&mut connection, "timed out", every).await,
+            };
+            if let Some(takeover) = takeover {
+                self.reread_slots(&connection, &takeover, every).await;
             }
             tokio::time::sleep(every).await;
         }
     }
 
+    /// Has the watch's own connection and every follower read the slots again after `takeover`,
+    /// each through the first redirecting node that answers within `within`.
+    async fn reread_slots(&self, own: &RedisConnection, takeover: &Takeover, within: Duration) {
+        tracing::info!(slot = takeover.slot, "a slot changed master: reading the cluster's slots again");
+        let followers = self.followers.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        for mut connection in std::iter::once(own.clone()).chain(followers) {
+            for (host, port) in &takeover.redirectors {
+                let reread = connection.reread_slots_through(takeover.slot, host, *port);
+                if let Ok(Ok(())) = tokio::time::timeout(within, reread).await {
+                    break;
+                }
+            }
+        }
+    }
+
     /// Records a look that every master answered, begun at `started`.
-    fn record(&self, view: &ClusterView, changes: ClusterChanges, started: Instant) {
-        self.record_owners(&view.ranges);
+    fn record(&self, view: &ClusterView, changes: ClusterChanges, started: Instant) -> Option<Takeover> {
+        let takeover = self.record_owners(&view.ranges, &view.answering);
         *self.last_look.lock().unwrap_or_else(PoisonError::into_inner) = Some(started);
         self.known_nodes.set(i64::from(view.known_nodes));
         self.slots_ok.set(i64::from(view.slots_ok));
@@ -286,9 +353,12 @@ impl ClusterWatch {
                 slots_moved_seen: self.slots_moved.get(),
             });
         }
+        takeover
     }
 
-    fn record_owners(&self, ranges: &[SlotRange]) {
+    /// Records which master serves which slots; returns a slot now served by another master than
+    /// in the look before (none after the first look).
+    fn record_owners(&self, ranges: &[SlotRange], answering: &[AnsweringNode]) -> Option<Takeover> {
         let mut owners: Vec<SlotOwner> = Vec::with_capacity(ranges.len());
         for range in ranges {
             let known = owners.iter().find(|owner| *owner.master == *range.master).map(|owner| owner.master.clone());
@@ -296,24 +366,37 @@ impl ClusterWatch {
             owners.push(SlotOwner { first: range.first, last: range.last, master });
         }
         owners.sort_by_key(|owner| owner.first);
-        *self.owners.write().unwrap_or_else(PoisonError::into_inner) = owners;
+        let mut latest = self.owners.write().unwrap_or_else(PoisonError::into_inner);
+        let changed = owners.iter().find(|owner| !latest.is_empty() && !latest.contains(owner)).cloned();
+        *latest = owners;
+        let changed = changed?;
+        let mut redirectors: Vec<&AnsweringNode> =
+            answering.iter().filter(|node| *node.id != *changed.master).collect();
+        redirectors.sort_by_key(|node| !node.master);
+        let redirectors = redirectors.into_iter().map(|node| (node.host.clone(), node.port)).collect();
+        Some(Takeover { slot: changed.first, redirectors })
     }
 
     /// Marks the state as not ok after a look some master did not answer, and still learns which
     /// master serves which slots from one node's `CLUSTER NODES` (within `within`): a process that
     /// starts while a master is down, or looks while one fails over, tells the masters apart.
-    async fn record_unreachable(&self, connection: &mut RedisConnection, reason: &str, within: Duration) {
+    async fn record_unreachable(
+        &self,
+        connection: &mut RedisConnection,
+        reason: &str,
+        within: Duration,
+    ) -> Option<Takeover> {
         tracing::warn!(reason, "could not read the redis cluster's state");
-        let command = redis::cmd("CLUSTER").arg("NODES").clone();
-        if let Ok(Ok(nodes)) = tokio::time::timeout(within, connection.on_any_node::<String>(&command)).await {
-            self.record_owners(&parse_nodes(&nodes));
-        }
         self.state_ok.set(0);
         if let Ok(mut latest) = self.latest.lock()
             && let Some(health) = latest.as_mut()
         {
             health.state_ok = false;
         }
+        let command = redis::cmd("CLUSTER").arg("NODES").clone();
+        let nodes = tokio::time::timeout(within, connection.on_any_node::<String>(&command)).await.ok()?.ok()?;
+        let (ranges, answering) = parse_nodes(&nodes);
+        self.record_owners(&ranges, &answering)
     }
 }
 
@@ -335,6 +418,7 @@ mod tests {
                     replicas: replicas.iter().map(|id| (*id).to_owned()).collect(),
                 })
                 .collect(),
+            answering: Vec::new(),
         }
     }
 
@@ -346,7 +430,8 @@ mod tests {
         assert_eq!(watch.master_of(0), None, "nothing is known before the first look");
         assert!(!watch.knows_slots());
         // Out of order, one master with two ranges, and a slot (100) no master serves.
-        watch.record_owners(&view(&[(8192, 16383, "b", &[]), (101, 8191, "a", &[]), (0, 99, "a", &[])]).ranges);
+        let first = view(&[(8192, 16383, "b", &[]), (101, 8191, "a", &[]), (0, 99, "a", &[])]);
+        assert_eq!(watch.record_owners(&first.ranges, &[]), None, "the first look finds nothing taken over");
         let owner = |slot| watch.master_of(slot).map(|master| master.to_string());
         assert_eq!(
             [owner(0), owner(99), owner(101), owner(8191)],
@@ -357,7 +442,7 @@ mod tests {
         assert!(watch.serves("a") && watch.serves("b") && !watch.serves("c") && watch.knows_slots());
         assert_eq!(watch.masters(), [Arc::from("a"), Arc::from("b")]);
 
-        watch.record_owners(&view(&[(0, 16383, "c", &[])]).ranges);
+        assert!(watch.record_owners(&view(&[(0, 16383, "c", &[])]).ranges, &[]).is_some());
         assert_eq!(owner(8192).as_deref(), Some("c"), "the latest look replaces the last");
         assert!(!watch.serves("a"));
     }
@@ -378,7 +463,7 @@ a1 127.0.0.1:7003@17003 slave a 0 0 1 connected
 b1 127.0.0.1:7004@17004 slave,fail b 0 0 2 disconnected
 c 127.0.0.1:7002@17002 master,fail - 0 0 3 disconnected
 ";
-        let ranges = parse_nodes(reply);
+        let (ranges, _) = parse_nodes(reply);
         let owners: Vec<(u16, u16, &str, Vec<&str>)> = ranges
             .iter()
             .map(|range| {
@@ -389,6 +474,34 @@ c 127.0.0.1:7002@17002 master,fail - 0 0 3 disconnected
             owners,
             vec![(0, 5460, "a", vec!["a1"]), (5461, 10922, "b", vec!["b1"]), (16000, 16000, "b", vec!["b1"])]
         );
+    }
+
+    #[test]
+    fn a_slot_served_by_another_master_is_reread_through_a_node_that_answers() {
+        let before = "\
+a 127.0.0.1:7000@17000 master - 0 0 1 connected 0-8191
+b 127.0.0.1:7001@17001 myself,master - 0 0 2 connected 8192-16383
+a1 127.0.0.1:7003@17003 slave a 0 0 1 connected
+b1 127.0.0.1:7004@17004 slave b 0 0 2 connected
+";
+        // `a` stopped answering and `a1` took its slots over; `b1` is suspected failing too.
+        let after = "\
+a 127.0.0.1:7000@17000 master,fail - 0 0 1 disconnected
+b 127.0.0.1:7001@17001,host-b myself,master - 0 0 2 connected 8192-16383
+a1 127.0.0.1:7003@17003 master - 0 0 3 connected 0-8191
+b1 127.0.0.1:7004@17004 slave,fail? b 0 0 2 connected
+c :0@0 noaddr - 0 0 0 disconnected
+";
+        let watch = ClusterWatch::new(&Registry::new()).unwrap();
+        let look = |reply| {
+            let (ranges, answering) = parse_nodes(reply);
+            watch.record_owners(&ranges, &answering)
+        };
+        assert_eq!(look(before), None);
+        assert_eq!(look(before), None, "the same owners again");
+        let takeover = look(after).expect("a1 took a's slots over");
+        assert_eq!(takeover, Takeover { slot: 0, redirectors: vec![("127.0.0.1".into(), 7001)] });
+        assert_eq!(watch.master_of(0).as_deref(), Some("a1"));
     }
 
     #[test]

@@ -5,7 +5,9 @@
 //!   [`ConnectionManager`], which reconnects by itself);
 //! * `redis-cluster://host:port[,host:port…]` and `rediss-cluster://…` (TLS) list seed nodes of a
 //!   Redis Cluster, reached through the `redis` crate's async cluster client, which follows
-//!   `MOVED`/`ASK` redirections and learns a new topology after a failover.
+//!   `MOVED`/`ASK` redirections and learns a new topology after a failover (or, when nothing
+//!   redirects it, as after a master stopped answering, once the cluster watch makes it:
+//!   [`RedisConnection::reread_slots_through`]).
 //!
 //! Every command of the protocol carries its keys, all in one tenant's slot, so the cluster
 //! client routes it by its first key. The few keyless commands (a health `PING`, `CONFIG GET`,
@@ -19,6 +21,8 @@ use redis::cluster::{ClusterClient, ClusterClientBuilder, ClusterConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::{Cmd, FromRedisValue, Pipeline, RedisFuture, RedisResult, Value};
+
+use crate::keys::key_in_slot;
 
 /// Why a Redis URL cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -217,6 +221,20 @@ impl ConnectionLike for RedisConnection {
 impl RedisConnection {
     pub fn is_cluster(&self) -> bool {
         matches!(self, Self::Cluster(_))
+    }
+
+    /// Makes a cluster client read the cluster's slots again: a keyed command for `slot` sent to
+    /// the node at `host:port`, which does not serve it, comes back redirected (`MOVED`), which
+    /// the client follows and answers by rebuilding its slot map. A client whose calls to a
+    /// master that stopped answering only ever time out is never redirected, and would go on
+    /// sending that master's slots to it after its replica took them over. A no-op on one node.
+    pub async fn reread_slots_through(&mut self, slot: u16, host: &str, port: u16) -> RedisResult<()> {
+        let (Self::Cluster(connection), Some(key)) = (self, key_in_slot(slot)) else { return Ok(()) };
+        let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress { host: host.to_owned(), port });
+        match connection.route_command(redis::cmd("EXISTS").arg(key).clone(), routing).await? {
+            Value::ServerError(error) => Err(error.into()),
+            _ => Ok(()),
+        }
     }
 
     /// Runs a keyless command on one node: the node, or any cluster node the client is connected
