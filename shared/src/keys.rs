@@ -8,6 +8,7 @@
 //! <prefix>:{<tenant>}:m:<tag>                               set of entry keys built from <tag>
 //! <prefix>:{<tenant>}:g:<token>:<tag>                       a member set invalidation moved aside
 //! <prefix>:{<tenant>}:r:<tag>                               replay floor: <version token>@<WAL position>
+//! <prefix>:{<n>}:slot                                       never written: names Redis Cluster slot n's master
 //! ```
 //!
 //! Every key has a TTL. The `e2` names the entry format of the protocol in
@@ -172,14 +173,6 @@ fn hash_tag_slot(tag: &str) -> u16 {
     crc16::State::<crc16::XMODEM>::calculate(tag.as_bytes()) % CLUSTER_SLOTS
 }
 
-/// A key of no tenant that hashes to `slot`: what a command must name to reach the slot's master
-/// (`None` for a slot beyond the cluster's 16384).
-pub fn key_in_slot(slot: u16) -> Option<String> {
-    // CRC16 spreads the numbers evenly: a slot's first is usually found within 16384 tries, and
-    // every slot's within the first 2^20.
-    (0..1_u32 << 20).find(|n| hash_tag_slot(&n.to_string()) == slot).map(|n| format!("openrisk:slot:{{{n}}}"))
-}
-
 /// Builds every Redis key from a deployment-wide prefix.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Keyspace {
@@ -231,6 +224,15 @@ impl Keyspace {
     /// its rows may be served under the tag's current version (see [`crate::protocol`]).
     pub fn replay_floor_key(&self, tenant: Uuid, tag: &Tag) -> String {
         self.tenant_key(tenant, &["r:", tag.as_str()])
+    }
+
+    /// A key of no tenant, never written, that hashes to `slot`: what a command names to reach the
+    /// slot's master (`None` for a slot beyond the cluster's 16384). The hash tag is the smallest
+    /// number that hashes to the slot: CRC16 spreads numbers evenly, so it is usually found
+    /// within 16384 tries, and every slot's is below 2^20.
+    pub fn slot_key(&self, slot: u16) -> Option<String> {
+        let tag = (0..1_u32 << 20).find(|n| hash_tag_slot(&n.to_string()) == slot)?;
+        Some(format!("{}:{{{tag}}}:slot", self.prefix))
     }
 
     /// A `SCAN MATCH` pattern for every cached entry of every tenant (for checks, never the
@@ -322,11 +324,13 @@ mod tests {
             reached[usize::from(hash_tag_slot(&n.to_string()))] = true;
         }
         assert!(reached.iter().all(|reached| *reached), "a slot no key_in_slot reaches");
+        let keyspace = Keyspace::new("or");
         for slot in [0, 1, 8_191, 12_345, 16_383] {
-            let key = key_in_slot(slot).unwrap();
+            let key = keyspace.slot_key(slot).unwrap();
             assert_eq!(redis::cluster_routing::Slot::for_key(&key), redis::cluster_routing::Slot::new(slot).unwrap());
+            assert!(key.starts_with("or:{"), "{key} is under the prefix");
         }
-        assert_eq!(key_in_slot(CLUSTER_SLOTS), None);
+        assert_eq!(keyspace.slot_key(CLUSTER_SLOTS), None);
     }
 
     #[test]

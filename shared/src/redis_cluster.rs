@@ -1,8 +1,9 @@
 //! What a process can see of a Redis Cluster's health, polled in the background: how many nodes
 //! it knows, whether every slot is served, and the failovers and slot migrations that happened
-//! between two looks. Both processes export it as metrics and in `/readyz`, and when a look finds
-//! a slot served by another master, the watch makes the process's connections read the slots
-//! again (a client is not redirected away from a master that stopped answering).
+//! between two looks. Both processes export it as metrics and in `/readyz`. When a look finds a
+//! slot served by another master, the watch checks at each look that every cluster connection of
+//! the process sends that slot to its new master, and makes one that does not read the slots
+//! again: a client is never redirected away from a master that stopped answering.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
@@ -12,7 +13,7 @@ use prometheus::{IntCounter, IntGauge, Registry};
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::keys::tenant_slot;
+use crate::keys::{Keyspace, tenant_slot};
 use crate::redis_connection::RedisConnection;
 
 /// One look at the cluster.
@@ -26,8 +27,8 @@ pub struct ClusterView {
     pub state_ok: bool,
     /// Per slot range: its master's node id and the ids of that master's replicas.
     ranges: Vec<SlotRange>,
-    /// The nodes no node reports failing.
-    answering: Vec<AnsweringNode>,
+    /// The ids of the nodes not flagged failing.
+    answering: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,15 +37,6 @@ struct SlotRange {
     last: u16,
     master: String,
     replicas: Vec<String>,
-}
-
-/// A node of `CLUSTER NODES` that is not flagged failing, and where to reach it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct AnsweringNode {
-    id: String,
-    host: String,
-    port: u16,
-    master: bool,
 }
 
 /// What changed between two views.
@@ -110,9 +102,9 @@ impl ClusterView {
 /// `CLUSTER NODES`: a line per node, `<id> <ip:port@bus-port[,hostname]> <flags> <master id or ->
 /// <ping> <pong> <epoch> <link> <slots…>`, where a master's slots are `first-last` or a single
 /// slot (and `[slot->-id]`/`[slot-<-id]` for a migration in progress, which do not change the
-/// owner). Returns the slot ranges and the nodes not flagged failing (`fail`, `fail?`), without
-/// an address (`noaddr`) or still being introduced (`handshake`).
-fn parse_nodes(reply: &str) -> (Vec<SlotRange>, Vec<AnsweringNode>) {
+/// owner). Returns the slot ranges and the ids of the nodes not flagged failing (`fail`, `fail?`),
+/// without an address (`noaddr`) or still being introduced (`handshake`).
+fn parse_nodes(reply: &str) -> (Vec<SlotRange>, Vec<String>) {
     let lines: Vec<Vec<&str>> = reply.lines().map(|line| line.split_whitespace().collect()).collect();
     let replicas_of = |master: &str| -> Vec<String> {
         lines.iter().filter(|fields| fields.get(3) == Some(&master)).map(|fields| fields[0].to_owned()).collect()
@@ -127,20 +119,36 @@ fn parse_nodes(reply: &str) -> (Vec<SlotRange>, Vec<AnsweringNode>) {
             }
         }
     }
-    (ranges, lines.iter().filter_map(|fields| answering_node(fields)).collect())
+    let unusable = ["fail", "noaddr", "handshake"];
+    let answers = |flags: &str| !flags.split(',').any(|flag| unusable.contains(&flag.trim_end_matches('?')));
+    let answering =
+        lines.iter().filter(|fields| fields.len() > 2 && answers(fields[2])).map(|fields| fields[0].to_owned());
+    (ranges, answering.collect())
 }
 
-/// The node of one `CLUSTER NODES` line, unless it is flagged failing or cannot be reached.
-fn answering_node(fields: &[&str]) -> Option<AnsweringNode> {
-    let (id, address, flags) = (fields.first()?, fields.get(1)?, fields.get(2)?);
-    let unusable = ["fail", "noaddr", "handshake"];
-    if flags.split(',').any(|flag| unusable.contains(&flag.trim_end_matches('?'))) {
-        return None;
+/// Whether `connection` sends `slot` to `master`. One that sends it elsewhere, or does not answer
+/// within `within` (it may still send it to a frozen master), is made to read the slots again
+/// ([`RedisConnection::reread_slots_via`] with `key`, of the slot, through slot `via` of another
+/// master that answers), to be checked again at the next look.
+async fn follow_slot(
+    mut connection: RedisConnection,
+    slot: u16,
+    master: Arc<str>,
+    key: &str,
+    via: Option<u16>,
+    within: Duration,
+) -> bool {
+    let serving = tokio::time::timeout(within, connection.master_serving(slot)).await;
+    if matches!(&serving, Ok(Ok(Some(id))) if **id == *master) {
+        return true;
     }
-    let (host, port) = address.split(['@', ',']).next()?.rsplit_once(':')?;
-    let port = port.parse().ok().filter(|port| *port != 0)?;
-    let master = flags.split(',').any(|flag| flag == "master");
-    Some(AnsweringNode { id: (*id).to_owned(), host: host.to_owned(), port, master })
+    if let Some(via) = via {
+        let reread = tokio::time::timeout(within, connection.reread_slots_via(key, via)).await;
+        if !matches!(reread, Ok(Ok(()))) {
+            tracing::debug!(slot, via, "reading the slots again failed or timed out");
+        }
+    }
+    false
 }
 
 /// The latest view, as `/readyz` reports it.
@@ -153,20 +161,20 @@ pub struct ClusterHealth {
     pub slots_moved_seen: u64,
 }
 
-/// A master's node id and a range of slots it serves.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A master's node id, a range of slots it serves, and whether it is flagged failing.
+#[derive(Debug, Clone)]
 struct SlotOwner {
     first: u16,
     last: u16,
     master: Arc<str>,
+    answering: bool,
 }
 
-/// A slot that a look found served by another master than the look before, and the answering
-/// nodes other than that master (masters first): any of them redirects a command for the slot.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Takeover {
-    slot: u16,
-    redirectors: Vec<(String, u16)>,
+impl SlotOwner {
+    /// Whether it is the same range served by the same master as `other`.
+    fn same_as(&self, other: &SlotOwner) -> bool {
+        (self.first, self.last, &self.master) == (other.first, other.last, &other.master)
+    }
 }
 
 /// Polls the cluster, keeps the latest [`ClusterHealth`] and which master serves which slots,
@@ -178,9 +186,11 @@ pub struct ClusterWatch {
     last_look: Arc<Mutex<Option<Instant>>>,
     /// The latest look's slot ranges, sorted, each with its master.
     owners: Arc<RwLock<Vec<SlotOwner>>>,
-    /// The process's other cluster connections, made to read the slots again with the watch's
-    /// own when a slot changes master.
+    /// The process's other cluster connections, made to follow a slot's change of master with
+    /// the watch's own.
     followers: Arc<Mutex<Vec<RedisConnection>>>,
+    /// Names the key a command sends to a slot's master.
+    keyspace: Keyspace,
     known_nodes: IntGauge,
     slots_ok: IntGauge,
     state_ok: IntGauge,
@@ -195,13 +205,15 @@ impl std::fmt::Debug for ClusterWatch {
 }
 
 impl ClusterWatch {
-    /// Registers `openrisk_redis_cluster_*` metrics in `registry`.
-    pub fn new(registry: &Registry) -> prometheus::Result<Self> {
+    /// Registers `openrisk_redis_cluster_*` metrics in `registry`; `keyspace` names the keys it
+    /// sends to reach a slot's master.
+    pub fn new(registry: &Registry, keyspace: Keyspace) -> prometheus::Result<Self> {
         let watch = Self {
             latest: Arc::default(),
             last_look: Arc::default(),
             owners: Arc::default(),
             followers: Arc::default(),
+            keyspace,
             known_nodes: IntGauge::new(
                 "openrisk_redis_cluster_known_nodes",
                 "Redis Cluster nodes known to every master",
@@ -279,7 +291,8 @@ impl ClusterWatch {
     }
 
     /// Makes `connection`, a cluster connection of the process besides the one the watch polls
-    /// with, read the slots again whenever the watch finds a slot served by another master.
+    /// with, follow each slot's change of master as the watch's own does ([`Self::run`]). The
+    /// watch keeps it for as long as it runs: register a connection that lasts as long, once.
     pub fn follow(&self, connection: RedisConnection) {
         if connection.is_cluster() {
             self.followers.lock().unwrap_or_else(PoisonError::into_inner).push(connection);
@@ -287,15 +300,19 @@ impl ClusterWatch {
     }
 
     /// Looks at the cluster every `every` for as long as the process runs; a failed look marks
-    /// the state as not ok and keeps the last topology to compare the next one with.
+    /// the state as not ok and keeps the last topology to compare the next one with. A slot found
+    /// served by another master is followed ([`Self::follow_changed_slots`]) until every
+    /// connection sends it to that master.
     pub async fn run(self, mut connection: RedisConnection, every: Duration) {
         if !connection.is_cluster() {
             return;
         }
         let mut previous: Option<ClusterView> = None;
+        // Each slot to follow, with a key of it.
+        let mut changed: BTreeMap<u16, String> = BTreeMap::new();
         loop {
             let started = Instant::now();
-            let takeover = match tokio::time::timeout(every, ClusterView::read(&mut connection)).await {
+            let changed_now = match tokio::time::timeout(every, ClusterView::read(&mut connection)).await {
                 Ok(Ok(Some(view))) => {
                     let changes = previous.as_ref().map(|before| view.changes_since(before)).unwrap_or_default();
                     if changes != ClusterChanges::default() {
@@ -305,39 +322,56 @@ impl ClusterWatch {
                             "redis cluster topology changed"
                         );
                     }
-                    let takeover = self.record(&view, changes, started);
+                    let changed_now = self.record(&view, changes, started);
                     previous = Some(view);
-                    takeover
+                    changed_now
                 }
                 Ok(Ok(None)) => return,
                 Ok(Err(error)) => self.record_unreachable(&mut connection, &error.to_string(), every).await,
                 Err(_) => self.record_unreachable(&mut connection, "timed out", every).await,
             };
-            if let Some(takeover) = takeover {
-                self.reread_slots(&connection, &takeover, every).await;
+            if let Some((slot, key)) = changed_now.and_then(|slot| Some((slot, self.keyspace.slot_key(slot)?))) {
+                tracing::info!(slot, "a slot changed master: following it on every connection");
+                changed.insert(slot, key);
+            }
+            if !changed.is_empty() {
+                self.follow_changed_slots(&connection, &mut changed, every).await;
             }
             tokio::time::sleep(every).await;
         }
     }
 
-    /// Has the watch's own connection and every follower read the slots again after `takeover`,
-    /// each through the first redirecting node that answers within `within`.
-    async fn reread_slots(&self, own: &RedisConnection, takeover: &Takeover, within: Duration) {
-        tracing::info!(slot = takeover.slot, "a slot changed master: reading the cluster's slots again");
-        let followers = self.followers.lock().unwrap_or_else(PoisonError::into_inner).clone();
-        for mut connection in std::iter::once(own.clone()).chain(followers) {
-            for (host, port) in &takeover.redirectors {
-                let reread = connection.reread_slots_through(takeover.slot, host, *port);
-                if let Ok(Ok(())) = tokio::time::timeout(within, reread).await {
-                    break;
-                }
+    /// Checks that the watch's own connection and every follower send each slot of `changed` to
+    /// the master serving it in the latest look, all at once, each check and reread given up after
+    /// `within`. A slot every connection sends right is dropped from `changed`.
+    async fn follow_changed_slots(&self, own: &RedisConnection, changed: &mut BTreeMap<u16, String>, within: Duration) {
+        let mut connections = vec![own.clone()];
+        connections.extend(self.followers.lock().unwrap_or_else(PoisonError::into_inner).iter().cloned());
+        let slots = changed.iter().filter_map(|(&slot, key)| {
+            let master = self.master_of(slot)?;
+            let via = self.slot_of_another_answering_master(&master);
+            let checks = connections
+                .iter()
+                .map(move |connection| follow_slot(connection.clone(), slot, master.clone(), key, via, within));
+            Some(async move { (slot, futures::future::join_all(checks).await.into_iter().all(|follows| follows)) })
+        });
+        for (slot, followed) in futures::future::join_all(slots).await {
+            if followed {
+                changed.remove(&slot);
+                tracing::info!(slot, "every connection sends the slot to its new master");
             }
         }
     }
 
+    /// The first slot of a master other than `master` that no node flags failing.
+    fn slot_of_another_answering_master(&self, master: &str) -> Option<u16> {
+        let owners = self.owners.read().unwrap_or_else(PoisonError::into_inner);
+        owners.iter().find(|owner| owner.answering && *owner.master != *master).map(|owner| owner.first)
+    }
+
     /// Records a look that every master answered, begun at `started`.
-    fn record(&self, view: &ClusterView, changes: ClusterChanges, started: Instant) -> Option<Takeover> {
-        let takeover = self.record_owners(&view.ranges, &view.answering);
+    fn record(&self, view: &ClusterView, changes: ClusterChanges, started: Instant) -> Option<u16> {
+        let changed = self.record_owners(&view.ranges, &view.answering);
         *self.last_look.lock().unwrap_or_else(PoisonError::into_inner) = Some(started);
         self.known_nodes.set(i64::from(view.known_nodes));
         self.slots_ok.set(i64::from(view.slots_ok));
@@ -353,28 +387,28 @@ impl ClusterWatch {
                 slots_moved_seen: self.slots_moved.get(),
             });
         }
-        takeover
+        changed
     }
 
-    /// Records which master serves which slots; returns a slot now served by another master than
-    /// in the look before (none after the first look).
-    fn record_owners(&self, ranges: &[SlotRange], answering: &[AnsweringNode]) -> Option<Takeover> {
+    /// Records which master serves which slots, and which of them no node flags failing
+    /// (`answering`); returns a slot now served by another master than in the look before (none
+    /// after the first look).
+    fn record_owners(&self, ranges: &[SlotRange], answering: &[String]) -> Option<u16> {
         let mut owners: Vec<SlotOwner> = Vec::with_capacity(ranges.len());
         for range in ranges {
             let known = owners.iter().find(|owner| *owner.master == *range.master).map(|owner| owner.master.clone());
             let master = known.unwrap_or_else(|| Arc::from(range.master.as_str()));
-            owners.push(SlotOwner { first: range.first, last: range.last, master });
+            let answering = answering.contains(&range.master);
+            owners.push(SlotOwner { first: range.first, last: range.last, master, answering });
         }
         owners.sort_by_key(|owner| owner.first);
         let mut latest = self.owners.write().unwrap_or_else(PoisonError::into_inner);
-        let changed = owners.iter().find(|owner| !latest.is_empty() && !latest.contains(owner)).cloned();
+        let changed = (!latest.is_empty())
+            .then(|| owners.iter().find(|owner| !latest.iter().any(|before| before.same_as(owner))))
+            .flatten()
+            .map(|owner| owner.first);
         *latest = owners;
-        let changed = changed?;
-        let mut redirectors: Vec<&AnsweringNode> =
-            answering.iter().filter(|node| *node.id != *changed.master).collect();
-        redirectors.sort_by_key(|node| !node.master);
-        let redirectors = redirectors.into_iter().map(|node| (node.host.clone(), node.port)).collect();
-        Some(Takeover { slot: changed.first, redirectors })
+        changed
     }
 
     /// Marks the state as not ok after a look some master did not answer, and still learns which
@@ -385,7 +419,7 @@ impl ClusterWatch {
         connection: &mut RedisConnection,
         reason: &str,
         within: Duration,
-    ) -> Option<Takeover> {
+    ) -> Option<u16> {
         tracing::warn!(reason, "could not read the redis cluster's state");
         self.state_ok.set(0);
         if let Ok(mut latest) = self.latest.lock()
@@ -426,7 +460,7 @@ mod tests {
     fn each_slot_is_owned_by_the_master_that_served_it_in_the_latest_look() {
         // A look every master answered records them through `record`, one some did not through
         // `record_unreachable`'s own `CLUSTER NODES`: both through `record_owners`.
-        let watch = ClusterWatch::new(&Registry::new()).unwrap();
+        let watch = ClusterWatch::new(&Registry::new(), Keyspace::new("or")).unwrap();
         assert_eq!(watch.master_of(0), None, "nothing is known before the first look");
         assert!(!watch.knows_slots());
         // Out of order, one master with two ranges, and a slot (100) no master serves.
@@ -477,31 +511,34 @@ c 127.0.0.1:7002@17002 master,fail - 0 0 3 disconnected
     }
 
     #[test]
-    fn a_slot_served_by_another_master_is_reread_through_a_node_that_answers() {
+    fn a_slot_served_by_another_master_is_followed_through_a_master_no_node_flags_failing() {
         let before = "\
 a 127.0.0.1:7000@17000 master - 0 0 1 connected 0-8191
-b 127.0.0.1:7001@17001 myself,master - 0 0 2 connected 8192-16383
+b 127.0.0.1:7001@17001 myself,master - 0 0 2 connected 8192-12000
+c 127.0.0.1:7002@17002 master - 0 0 4 connected 12001-16383
 a1 127.0.0.1:7003@17003 slave a 0 0 1 connected
-b1 127.0.0.1:7004@17004 slave b 0 0 2 connected
 ";
-        // `a` stopped answering and `a1` took its slots over; `b1` is suspected failing too.
+        // `a` stopped answering and `a1` took its slots over; `b` is suspected failing; `d` has
+        // no address yet.
         let after = "\
 a 127.0.0.1:7000@17000 master,fail - 0 0 1 disconnected
-b 127.0.0.1:7001@17001,host-b myself,master - 0 0 2 connected 8192-16383
+b 127.0.0.1:7001@17001,host-b myself,master,fail? - 0 0 2 connected 8192-12000
+c 127.0.0.1:7002@17002 master - 0 0 4 connected 12001-16383
 a1 127.0.0.1:7003@17003 master - 0 0 3 connected 0-8191
-b1 127.0.0.1:7004@17004 slave,fail? b 0 0 2 connected
-c :0@0 noaddr - 0 0 0 disconnected
+d :0@0 noaddr - 0 0 0 disconnected
 ";
-        let watch = ClusterWatch::new(&Registry::new()).unwrap();
+        let watch = ClusterWatch::new(&Registry::new(), Keyspace::new("or")).unwrap();
         let look = |reply| {
             let (ranges, answering) = parse_nodes(reply);
             watch.record_owners(&ranges, &answering)
         };
         assert_eq!(look(before), None);
         assert_eq!(look(before), None, "the same owners again");
-        let takeover = look(after).expect("a1 took a's slots over");
-        assert_eq!(takeover, Takeover { slot: 0, redirectors: vec![("127.0.0.1".into(), 7001)] });
+        assert_eq!(look(after), Some(0), "a1 took a's slots over");
         assert_eq!(watch.master_of(0).as_deref(), Some("a1"));
+        assert_eq!(watch.slot_of_another_answering_master("a1"), Some(12_001), "c, not b");
+        assert_eq!(watch.slot_of_another_answering_master("c"), Some(0));
+        assert_eq!(parse_nodes(after).1, ["c", "a1"]);
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //!   Redis Cluster, reached through the `redis` crate's async cluster client, which follows
 //!   `MOVED`/`ASK` redirections and learns a new topology after a failover (or, when nothing
 //!   redirects it, as after a master stopped answering, once the cluster watch makes it:
-//!   [`RedisConnection::reread_slots_through`]).
+//!   [`RedisConnection::reread_slots_via`]).
 //!
 //! Every command of the protocol carries its keys, all in one tenant's slot, so the cluster
 //! client routes it by its first key. The few keyless commands (a health `PING`, `CONFIG GET`,
@@ -19,10 +19,8 @@ use std::time::Duration;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::{ClusterClient, ClusterClientBuilder, ClusterConfig};
 use redis::cluster_async::ClusterConnection;
-use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, Slot, SlotAddr};
 use redis::{Cmd, FromRedisValue, Pipeline, RedisFuture, RedisResult, Value};
-
-use crate::keys::key_in_slot;
 
 /// Why a Redis URL cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -223,14 +221,28 @@ impl RedisConnection {
         matches!(self, Self::Cluster(_))
     }
 
-    /// Makes a cluster client read the cluster's slots again: a keyed command for `slot` sent to
-    /// the node at `host:port`, which does not serve it, comes back redirected (`MOVED`), which
-    /// the client follows and answers by rebuilding its slot map. A client whose calls to a
-    /// master that stopped answering only ever time out is never redirected, and would go on
-    /// sending that master's slots to it after its replica took them over. A no-op on one node.
-    pub async fn reread_slots_through(&mut self, slot: u16, host: &str, port: u16) -> RedisResult<()> {
-        let (Self::Cluster(connection), Some(key)) = (self, key_in_slot(slot)) else { return Ok(()) };
-        let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress { host: host.to_owned(), port });
+    /// The node id of the master this client sends `slot`'s commands to (`CLUSTER MYID`, routed
+    /// as a command of that slot); `None` on a single node.
+    pub async fn master_serving(&mut self, slot: u16) -> RedisResult<Option<String>> {
+        let (Self::Cluster(connection), Some(slot)) = (self, Slot::new(slot)) else { return Ok(None) };
+        let routing =
+            RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(Route::with_slot(slot, SlotAddr::Master)));
+        match connection.route_command(redis::cmd("CLUSTER").arg("MYID").clone(), routing).await? {
+            Value::ServerError(error) => Err(error.into()),
+            reply => Ok(Some(String::from_redis_value(reply)?)),
+        }
+    }
+
+    /// Makes a cluster client read the cluster's slots again: `key`, of a slot whose master
+    /// changed, is sent where the client sends slot `via`'s commands, another master, which
+    /// redirects it (`MOVED`); the client follows and rebuilds its slot map. A client whose calls
+    /// to a master that stopped answering only ever time out is never redirected by itself, and
+    /// would go on sending that master's slots to it after its replica took them over. A no-op on
+    /// one node.
+    pub async fn reread_slots_via(&mut self, key: &str, via: u16) -> RedisResult<()> {
+        let (Self::Cluster(connection), Some(via)) = (self, Slot::new(via)) else { return Ok(()) };
+        let routing =
+            RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(Route::with_slot(via, SlotAddr::Master)));
         match connection.route_command(redis::cmd("EXISTS").arg(key).clone(), routing).await? {
             Value::ServerError(error) => Err(error.into()),
             _ => Ok(()),

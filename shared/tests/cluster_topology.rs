@@ -6,6 +6,7 @@
 
 use std::time::{Duration, Instant};
 
+use openrisk_shared::keys::Keyspace;
 use openrisk_shared::redis_cluster::ClusterWatch;
 use openrisk_shared::redis_connection::{RedisTarget, Timeouts};
 use openrisk_test_support::PrivateRedisCluster;
@@ -52,7 +53,7 @@ async fn the_watch_counts_a_killed_master_replaced_by_its_replica_as_one_failove
     let mut cluster = PrivateRedisCluster::start();
     let target = RedisTarget::parse(&cluster.url()).unwrap();
     let connection = target.connect(Timeouts::all(Duration::from_secs(2))).await.unwrap();
-    let watch = ClusterWatch::new(&prometheus::Registry::new()).unwrap();
+    let watch = ClusterWatch::new(&prometheus::Registry::new(), Keyspace::new("test")).unwrap();
     tokio::spawn(watch.clone().run(connection, Duration::from_millis(200)));
     let started_by = Instant::now() + Duration::from_secs(30);
     while watch.latest().is_none_or(|health| !health.state_ok) {
