@@ -88,6 +88,33 @@ pub struct Holding {
     pub again: bool,
 }
 
+/// A probe sent and not answered yet. Its answer moves the tenant on ([`ProbeOnItsWay::answer`]);
+/// dropped unanswered (its task panicked or was cancelled) it counts as a failed probe, so the
+/// tenant is probed again after the next step of its backoff instead of sitting out for good.
+#[derive(Debug)]
+pub struct ProbeOnItsWay {
+    held_back: HeldBack,
+    tenant: Uuid,
+    answered: bool,
+}
+
+impl ProbeOnItsWay {
+    /// The probe answered `outcome` now: a success clears the tenant, a failure holds it again
+    /// (the hold returned).
+    pub fn answer(mut self, outcome: Result<(), Failed>) -> Option<Holding> {
+        self.answered = true;
+        self.held_back.probed(self.tenant, Instant::now(), outcome)
+    }
+}
+
+impl Drop for ProbeOnItsWay {
+    fn drop(&mut self) {
+        if !self.answered {
+            self.held_back.probed(self.tenant, Instant::now(), Err(Failed::Unreachable));
+        }
+    }
+}
+
 /// The tenants one replica holds back, the gauge that counts them, and the signal that a probe
 /// answered. Holds are the replica's own: another replica that fails on the same tenant holds
 /// it back too.
@@ -113,7 +140,7 @@ impl HeldBack {
     }
 
     /// The tenants whose hold has run out at `now`, now marked as probed: the caller sends each
-    /// one probe and reports its answer to [`HeldBack::probed`]. Of the tenants waiting for a
+    /// one probe and answers it through [`HeldBack::on_its_way`]. Of the tenants waiting for a
     /// Redis replica, one at a time: their probe's `WAIT` holds up the connection it shares with
     /// every other call to that master until the replica answers or the wait times out.
     pub fn due_for_probe(&self, now: Instant) -> Vec<Uuid> {
@@ -210,7 +237,7 @@ impl HeldBack {
     /// `tenant`'s probe answered at `now`: a success clears it (its events are claimed again), a
     /// failure holds it for the next step of its backoff. Either way an idle replica is woken, to
     /// claim the cleared tenant's events or to wait for the new hold's end.
-    pub fn probed(&self, tenant: Uuid, now: Instant, outcome: Result<(), Failed>) -> Option<Holding> {
+    fn probed(&self, tenant: Uuid, now: Instant, outcome: Result<(), Failed>) -> Option<Holding> {
         let holding = match outcome {
             Ok(()) => {
                 let mut holds = self.holds();
@@ -224,6 +251,11 @@ impl HeldBack {
         };
         self.answered.notify_one();
         holding
+    }
+
+    /// The probe of `tenant`, which [`HeldBack::due_for_probe`] returned, to answer once sent.
+    pub fn on_its_way(&self, tenant: Uuid) -> ProbeOnItsWay {
+        ProbeOnItsWay { held_back: self.clone(), tenant, answered: false }
     }
 
     /// Returns once a probe has answered since the last call returned (at once if one did in
@@ -295,6 +327,22 @@ mod tests {
         assert_eq!(held.next_probe(), Some(ended + again.delay));
         assert_eq!(held.sitting_out(ended), vec![tenant]);
         assert_eq!(held.gauge.get(), 1);
+    }
+
+    #[test]
+    fn a_probe_dropped_unanswered_counts_as_a_failed_one() {
+        let held = held_back();
+        let (tenant, now) = (Uuid::new_v4(), Instant::now());
+        let ended = now + held.hold(tenant, now, Failed::Unreachable).delay;
+        assert_eq!(held.due_for_probe(ended), vec![tenant]);
+        drop(held.on_its_way(tenant));
+        assert!(held.next_probe().is_some(), "probed again after its next backoff step");
+        assert_eq!(held.sitting_out(ended), vec![tenant]);
+
+        let ended = held.next_probe().unwrap();
+        assert_eq!(held.due_for_probe(ended), vec![tenant]);
+        assert_eq!(held.on_its_way(tenant).answer(Ok(())), None);
+        assert_eq!(held.sitting_out(ended), Vec::<Uuid>::new(), "an answered probe is not failed by its drop");
     }
 
     #[tokio::test]

@@ -371,12 +371,13 @@ impl Worker {
     fn probe_due(&self, redis: &RedisConnection, now: Instant) {
         for tenant in self.held_back.due_for_probe(now) {
             let (mut connection, worker) = (redis.clone(), self.clone());
+            let probe = self.held_back.on_its_way(tenant);
             tokio::spawn(async move {
                 let failure =
                     protocol::probe(&mut connection, &worker.keyspace, tenant, worker.replica_ack).await.err();
                 worker.reach.heard(tenant, !matches!(failure, Some(InvalidateError::Redis(_))));
                 let outcome = failure.as_ref().map_or(Ok(()), |error| Err(Failed::from(error)));
-                let held = worker.held_back.probed(tenant, Instant::now(), outcome);
+                let held = probe.answer(outcome);
                 if let (Some(Holding { delay, .. }), Some(error)) = (held, failure.map(BatchError::from)) {
                     tracing::debug!(%tenant, %error, ?delay, "probe failed; the tenant stays held back");
                     worker.metrics.errors.with_label_values(&[error.kind()]).inc();
