@@ -323,7 +323,7 @@ mod tests {
         for n in 0..1_u32 << 20 {
             reached[usize::from(hash_tag_slot(&n.to_string()))] = true;
         }
-        assert!(reached.iter().all(|reached| *reached), "a slot no key_in_slot reaches");
+        assert!(reached.iter().all(|reached| *reached), "a slot no slot_key reaches");
         let keyspace = Keyspace::new("or");
         for slot in [0, 1, 8_191, 12_345, 16_383] {
             let key = keyspace.slot_key(slot).unwrap();

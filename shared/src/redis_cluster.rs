@@ -1,9 +1,10 @@
 //! What a process can see of a Redis Cluster's health, polled in the background: how many nodes
 //! it knows, whether every slot is served, and the failovers and slot migrations that happened
 //! between two looks. Both processes export it as metrics and in `/readyz`. When a look finds a
-//! slot served by another master, the watch checks at each look that every cluster connection of
-//! the process sends that slot to its new master, and makes one that does not read the slots
-//! again: a client is never redirected away from a master that stopped answering.
+//! slot served by another master, the watch checks every cluster connection of the process with a
+//! command of that slot until each one reaches the slot's master, and makes one that cannot read
+//! the slots again: a client whose calls to a master that stopped answering time out reconnects
+//! to that master, and can keep sending them there after a failover, as nothing redirects it.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
@@ -11,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use prometheus::{IntCounter, IntGauge, Registry};
 use serde::Serialize;
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 use uuid::Uuid;
 
 use crate::keys::{Keyspace, tenant_slot};
@@ -126,26 +128,26 @@ fn parse_nodes(reply: &str) -> (Vec<SlotRange>, Vec<String>) {
     (ranges, answering.collect())
 }
 
-/// Whether `connection` sends `slot` to `master`. One that sends it elsewhere, or does not answer
-/// within `within` (it may still send it to a frozen master), is made to read the slots again
-/// ([`RedisConnection::reread_slots_via`] with `key`, of the slot, through slot `via` of another
-/// master that answers), to be checked again at the next look.
-async fn follow_slot(
-    mut connection: RedisConnection,
-    slot: u16,
-    master: Arc<str>,
-    key: &str,
-    via: Option<u16>,
-    within: Duration,
-) -> bool {
-    let serving = tokio::time::timeout(within, connection.master_serving(slot)).await;
-    if matches!(&serving, Ok(Ok(Some(id))) if **id == *master) {
+/// How many times a slot is checked before the watch gives up following it (a cluster with one
+/// master has no other to redirect through): at least two minutes at one check a look.
+const FOLLOW_CHECKS: u32 = 60;
+
+/// Whether `connection` reaches the master of the slot of `key`: an `EXISTS` of it is answered
+/// within `within`, after a redirection or not. One that does not is made to read the slots again
+/// ([`RedisConnection::reread_slots_via`], through slot `via` of another master that answers),
+/// to be checked again at the next look. Neither waits for the connection's own response timeout
+/// (seconds in the invalidator): the calls already on their way to a frozen master wait for
+/// that, and the sooner the slots are read again the fewer of them there are.
+async fn follow_slot(mut connection: RedisConnection, key: &str, via: Option<u16>, within: Duration) -> bool {
+    let exists = redis::cmd("EXISTS").arg(key).clone();
+    let checked = tokio::time::timeout(within, exists.query_async::<i64>(&mut connection)).await;
+    if matches!(checked, Ok(Ok(_))) {
         return true;
     }
     if let Some(via) = via {
         let reread = tokio::time::timeout(within, connection.reread_slots_via(key, via)).await;
         if !matches!(reread, Ok(Ok(()))) {
-            tracing::debug!(slot, via, "reading the slots again failed or timed out");
+            tracing::debug!(key, via, "reading the slots again failed or timed out");
         }
     }
     false
@@ -168,13 +170,6 @@ struct SlotOwner {
     last: u16,
     master: Arc<str>,
     answering: bool,
-}
-
-impl SlotOwner {
-    /// Whether it is the same range served by the same master as `other`.
-    fn same_as(&self, other: &SlotOwner) -> bool {
-        (self.first, self.last, &self.master) == (other.first, other.last, &other.master)
-    }
 }
 
 /// Polls the cluster, keeps the latest [`ClusterHealth`] and which master serves which slots,
@@ -300,19 +295,27 @@ impl ClusterWatch {
     }
 
     /// Looks at the cluster every `every` for as long as the process runs; a failed look marks
-    /// the state as not ok and keeps the last topology to compare the next one with. A slot found
-    /// served by another master is followed ([`Self::follow_changed_slots`]) until every
-    /// connection sends it to that master.
-    pub async fn run(self, mut connection: RedisConnection, every: Duration) {
+    /// the state as not ok and keeps the last topology to compare the next one with. Beside the
+    /// looks, the slots they find served by another master are followed
+    /// ([`Self::follow_changed_slots`]).
+    pub async fn run(self, connection: RedisConnection, every: Duration) {
         if !connection.is_cluster() {
             return;
         }
+        let (changes, changed) = tokio::sync::mpsc::unbounded_channel();
+        tokio::join!(
+            self.look(connection.clone(), every, changes),
+            self.follow_changed_slots(connection, changed, every)
+        );
+    }
+
+    /// Looks at the cluster every `every`, and sends each slot a look finds served by another
+    /// master than the look before to `changes`.
+    async fn look(&self, mut connection: RedisConnection, every: Duration, changes: UnboundedSender<u16>) {
         let mut previous: Option<ClusterView> = None;
-        // Each slot to follow, with a key of it.
-        let mut changed: BTreeMap<u16, String> = BTreeMap::new();
         loop {
             let started = Instant::now();
-            let changed_now = match tokio::time::timeout(every, ClusterView::read(&mut connection)).await {
+            let changed = match tokio::time::timeout(every, ClusterView::read(&mut connection)).await {
                 Ok(Ok(Some(view))) => {
                     let changes = previous.as_ref().map(|before| view.changes_since(before)).unwrap_or_default();
                     if changes != ClusterChanges::default() {
@@ -322,44 +325,59 @@ impl ClusterWatch {
                             "redis cluster topology changed"
                         );
                     }
-                    let changed_now = self.record(&view, changes, started);
+                    let changed = self.record(&view, changes, started);
                     previous = Some(view);
-                    changed_now
+                    changed
                 }
                 Ok(Ok(None)) => return,
                 Ok(Err(error)) => self.record_unreachable(&mut connection, &error.to_string(), every).await,
                 Err(_) => self.record_unreachable(&mut connection, "timed out", every).await,
             };
-            if let Some((slot, key)) = changed_now.and_then(|slot| Some((slot, self.keyspace.slot_key(slot)?))) {
+            for slot in changed {
                 tracing::info!(slot, "a slot changed master: following it on every connection");
-                changed.insert(slot, key);
-            }
-            if !changed.is_empty() {
-                self.follow_changed_slots(&connection, &mut changed, every).await;
+                let _ = changes.send(slot);
             }
             tokio::time::sleep(every).await;
         }
     }
 
-    /// Checks that the watch's own connection and every follower send each slot of `changed` to
-    /// the master serving it in the latest look, all at once, each check and reread given up after
-    /// `within`. A slot every connection sends right is dropped from `changed`.
-    async fn follow_changed_slots(&self, own: &RedisConnection, changed: &mut BTreeMap<u16, String>, within: Duration) {
-        let mut connections = vec![own.clone()];
-        connections.extend(self.followers.lock().unwrap_or_else(PoisonError::into_inner).iter().cloned());
-        let slots = changed.iter().filter_map(|(&slot, key)| {
-            let master = self.master_of(slot)?;
-            let via = self.slot_of_another_answering_master(&master);
-            let checks = connections
-                .iter()
-                .map(move |connection| follow_slot(connection.clone(), slot, master.clone(), key, via, within));
-            Some(async move { (slot, futures::future::join_all(checks).await.into_iter().all(|follows| follows)) })
-        });
-        for (slot, followed) in futures::future::join_all(slots).await {
-            if followed {
-                changed.remove(&slot);
-                tracing::info!(slot, "every connection sends the slot to its new master");
+    /// Follows each slot received from `changes` on the watch's own connection (`own`) and every
+    /// follower, all at once, every `every` ([`follow_slot`], each call given up after `every`)
+    /// until each connection reaches the slot's master, or [`FOLLOW_CHECKS`] checks. A slot no
+    /// master serves any more is dropped.
+    async fn follow_changed_slots(&self, own: RedisConnection, mut changes: UnboundedReceiver<u16>, every: Duration) {
+        // Each slot followed, with a key of it and the checks left.
+        let mut changed: BTreeMap<u16, (String, u32)> = BTreeMap::new();
+        loop {
+            if changed.is_empty() {
+                let Some(slot) = changes.recv().await else { return };
+                changed.extend(self.keyspace.slot_key(slot).map(|key| (slot, (key, FOLLOW_CHECKS))));
             }
+            while let Ok(slot) = changes.try_recv() {
+                changed.extend(self.keyspace.slot_key(slot).map(|key| (slot, (key, FOLLOW_CHECKS))));
+            }
+            let mut connections = vec![own.clone()];
+            connections.extend(self.followers.lock().unwrap_or_else(PoisonError::into_inner).iter().cloned());
+            changed.retain(|slot, _| self.master_of(*slot).is_some());
+            let checks = changed.iter().map(|(&slot, (key, _))| {
+                let via = self.master_of(slot).and_then(|master| self.slot_of_another_answering_master(&master));
+                let connections =
+                    connections.iter().map(move |connection| follow_slot(connection.clone(), key, via, every));
+                async move { (slot, futures::future::join_all(connections).await.into_iter().all(|follows| follows)) }
+            });
+            for (slot, followed) in futures::future::join_all(checks).await {
+                let Some((_, left)) = changed.get_mut(&slot) else { continue };
+                *left -= 1;
+                if followed {
+                    tracing::info!(slot, "every connection reaches the slot's new master");
+                } else if *left == 0 {
+                    tracing::warn!(slot, "gave up making every connection reach the slot's new master");
+                } else {
+                    continue;
+                }
+                changed.remove(&slot);
+            }
+            tokio::time::sleep(every).await;
         }
     }
 
@@ -370,7 +388,7 @@ impl ClusterWatch {
     }
 
     /// Records a look that every master answered, begun at `started`.
-    fn record(&self, view: &ClusterView, changes: ClusterChanges, started: Instant) -> Option<u16> {
+    fn record(&self, view: &ClusterView, changes: ClusterChanges, started: Instant) -> Vec<u16> {
         let changed = self.record_owners(&view.ranges, &view.answering);
         *self.last_look.lock().unwrap_or_else(PoisonError::into_inner) = Some(started);
         self.known_nodes.set(i64::from(view.known_nodes));
@@ -391,9 +409,9 @@ impl ClusterWatch {
     }
 
     /// Records which master serves which slots, and which of them no node flags failing
-    /// (`answering`); returns a slot now served by another master than in the look before (none
-    /// after the first look).
-    fn record_owners(&self, ranges: &[SlotRange], answering: &[String]) -> Option<u16> {
+    /// (`answering`); returns a slot of each range whose master is another than in the look
+    /// before (a failover, or a range split by resharding), none after the first look.
+    fn record_owners(&self, ranges: &[SlotRange], answering: &[String]) -> Vec<u16> {
         let mut owners: Vec<SlotOwner> = Vec::with_capacity(ranges.len());
         for range in ranges {
             let known = owners.iter().find(|owner| *owner.master == *range.master).map(|owner| owner.master.clone());
@@ -403,10 +421,12 @@ impl ClusterWatch {
         }
         owners.sort_by_key(|owner| owner.first);
         let mut latest = self.owners.write().unwrap_or_else(PoisonError::into_inner);
-        let changed = (!latest.is_empty())
-            .then(|| owners.iter().find(|owner| !latest.iter().any(|before| before.same_as(owner))))
-            .flatten()
-            .map(|owner| owner.first);
+        let mut changed = Vec::new();
+        for owner in &owners {
+            let overlapping = latest.iter().filter(|before| before.first <= owner.last && owner.first <= before.last);
+            let taken = overlapping.filter(|before| before.master != owner.master);
+            changed.extend(taken.map(|before| before.first.max(owner.first)));
+        }
         *latest = owners;
         changed
     }
@@ -414,12 +434,7 @@ impl ClusterWatch {
     /// Marks the state as not ok after a look some master did not answer, and still learns which
     /// master serves which slots from one node's `CLUSTER NODES` (within `within`): a process that
     /// starts while a master is down, or looks while one fails over, tells the masters apart.
-    async fn record_unreachable(
-        &self,
-        connection: &mut RedisConnection,
-        reason: &str,
-        within: Duration,
-    ) -> Option<u16> {
+    async fn record_unreachable(&self, connection: &mut RedisConnection, reason: &str, within: Duration) -> Vec<u16> {
         tracing::warn!(reason, "could not read the redis cluster's state");
         self.state_ok.set(0);
         if let Ok(mut latest) = self.latest.lock()
@@ -428,7 +443,9 @@ impl ClusterWatch {
             health.state_ok = false;
         }
         let command = redis::cmd("CLUSTER").arg("NODES").clone();
-        let nodes = tokio::time::timeout(within, connection.on_any_node::<String>(&command)).await.ok()?.ok()?;
+        let Ok(Ok(nodes)) = tokio::time::timeout(within, connection.on_any_node::<String>(&command)).await else {
+            return Vec::new();
+        };
         let (ranges, answering) = parse_nodes(&nodes);
         self.record_owners(&ranges, &answering)
     }
@@ -437,6 +454,9 @@ impl ClusterWatch {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// No slot changed master.
+    const NONE: [u16; 0] = [];
 
     fn view(ranges: &[(u16, u16, &str, &[&str])]) -> ClusterView {
         ClusterView {
@@ -465,7 +485,7 @@ mod tests {
         assert!(!watch.knows_slots());
         // Out of order, one master with two ranges, and a slot (100) no master serves.
         let first = view(&[(8192, 16383, "b", &[]), (101, 8191, "a", &[]), (0, 99, "a", &[])]);
-        assert_eq!(watch.record_owners(&first.ranges, &[]), None, "the first look finds nothing taken over");
+        assert_eq!(watch.record_owners(&first.ranges, &[]), NONE, "the first look finds nothing taken over");
         let owner = |slot| watch.master_of(slot).map(|master| master.to_string());
         assert_eq!(
             [owner(0), owner(99), owner(101), owner(8191)],
@@ -476,7 +496,7 @@ mod tests {
         assert!(watch.serves("a") && watch.serves("b") && !watch.serves("c") && watch.knows_slots());
         assert_eq!(watch.masters(), [Arc::from("a"), Arc::from("b")]);
 
-        assert!(watch.record_owners(&view(&[(0, 16383, "c", &[])]).ranges, &[]).is_some());
+        assert_eq!(watch.record_owners(&view(&[(0, 16383, "c", &[])]).ranges, &[]), [0, 101, 8192]);
         assert_eq!(owner(8192).as_deref(), Some("c"), "the latest look replaces the last");
         assert!(!watch.serves("a"));
     }
@@ -532,13 +552,28 @@ d :0@0 noaddr - 0 0 0 disconnected
             let (ranges, answering) = parse_nodes(reply);
             watch.record_owners(&ranges, &answering)
         };
-        assert_eq!(look(before), None);
-        assert_eq!(look(before), None, "the same owners again");
-        assert_eq!(look(after), Some(0), "a1 took a's slots over");
+        assert_eq!(look(before), NONE);
+        assert_eq!(look(before), NONE, "the same owners again");
+        assert_eq!(look(after), [0], "a1 took a's slots over");
         assert_eq!(watch.master_of(0).as_deref(), Some("a1"));
         assert_eq!(watch.slot_of_another_answering_master("a1"), Some(12_001), "c, not b");
         assert_eq!(watch.slot_of_another_answering_master("c"), Some(0));
         assert_eq!(parse_nodes(after).1, ["c", "a1"]);
+    }
+
+    #[test]
+    fn every_range_served_by_another_master_is_followed_and_none_that_kept_its_master() {
+        let watch = ClusterWatch::new(&Registry::new(), Keyspace::new("or")).unwrap();
+        let look = |ranges: &[(u16, u16, &str, &[&str])]| watch.record_owners(&view(ranges).ranges, &[]);
+        let three = [(0, 5460, "a", &[][..]), (5461, 10922, "b", &[]), (10923, 16383, "c", &[])];
+        assert_eq!(look(&three), NONE);
+        // Two masters failed over in one look.
+        let two_promoted = [(0, 5460, "a1", &[][..]), (5461, 10922, "b", &[]), (10923, 16383, "c1", &[])];
+        assert_eq!(look(&two_promoted), [0, 10923]);
+        // A range split by resharding: the slots that moved, not the start of the range they left.
+        let split =
+            [(0, 5400, "a1", &[][..]), (5401, 5460, "b", &[]), (5461, 10922, "b", &[]), (10923, 16383, "c1", &[])];
+        assert_eq!(look(&split), [5401]);
     }
 
     #[test]

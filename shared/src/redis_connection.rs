@@ -221,24 +221,11 @@ impl RedisConnection {
         matches!(self, Self::Cluster(_))
     }
 
-    /// The node id of the master this client sends `slot`'s commands to (`CLUSTER MYID`, routed
-    /// as a command of that slot); `None` on a single node.
-    pub async fn master_serving(&mut self, slot: u16) -> RedisResult<Option<String>> {
-        let (Self::Cluster(connection), Some(slot)) = (self, Slot::new(slot)) else { return Ok(None) };
-        let routing =
-            RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(Route::with_slot(slot, SlotAddr::Master)));
-        match connection.route_command(redis::cmd("CLUSTER").arg("MYID").clone(), routing).await? {
-            Value::ServerError(error) => Err(error.into()),
-            reply => Ok(Some(String::from_redis_value(reply)?)),
-        }
-    }
-
     /// Makes a cluster client read the cluster's slots again: `key`, of a slot whose master
     /// changed, is sent where the client sends slot `via`'s commands, another master, which
     /// redirects it (`MOVED`); the client follows and rebuilds its slot map. A client whose calls
-    /// to a master that stopped answering only ever time out is never redirected by itself, and
-    /// would go on sending that master's slots to it after its replica took them over. A no-op on
-    /// one node.
+    /// to a master that stopped answering time out reconnects to that master, and can go on
+    /// sending its slots there after its replica took them over. A no-op on one node.
     pub async fn reread_slots_via(&mut self, key: &str, via: u16) -> RedisResult<()> {
         let (Self::Cluster(connection), Some(via)) = (self, Slot::new(via)) else { return Ok(()) };
         let routing =
