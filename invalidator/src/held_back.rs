@@ -109,7 +109,8 @@ impl ProbeOnItsWay {
 
 impl Drop for ProbeOnItsWay {
     fn drop(&mut self) {
-        if !self.answered {
+        // Only a tenant still waiting for this probe: one released since is not held again.
+        if !self.answered && self.held_back.is_probing(self.tenant) {
             self.held_back.probed(self.tenant, Instant::now(), Err(Failed::Unreachable));
         }
     }
@@ -258,6 +259,11 @@ impl HeldBack {
         ProbeOnItsWay { held_back: self.clone(), tenant, answered: false }
     }
 
+    /// Whether a probe of `tenant` is on its way.
+    fn is_probing(&self, tenant: Uuid) -> bool {
+        self.holds().get(&tenant).is_some_and(|hold| hold.phase == Phase::Probing)
+    }
+
     /// Returns once a probe has answered since the last call returned (at once if one did in
     /// between).
     pub async fn next_answer(&self) {
@@ -343,6 +349,14 @@ mod tests {
         assert_eq!(held.due_for_probe(ended), vec![tenant]);
         assert_eq!(held.on_its_way(tenant).answer(Ok(())), None);
         assert_eq!(held.sitting_out(ended), Vec::<Uuid>::new(), "an answered probe is not failed by its drop");
+
+        held.hold(tenant, ended, Failed::Unreachable);
+        let ended = held.next_probe().unwrap();
+        assert_eq!(held.due_for_probe(ended), vec![tenant]);
+        let probe = held.on_its_way(tenant);
+        held.release(tenant);
+        drop(probe);
+        assert_eq!(held.sitting_out(ended), Vec::<Uuid>::new(), "a tenant released since is not held again");
     }
 
     #[tokio::test]

@@ -7,6 +7,7 @@
 //! to that master, and can keep sending them there after a failover, as nothing redirects it.
 
 use std::collections::BTreeMap;
+use std::collections::btree_map::Entry;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
@@ -129,13 +130,13 @@ fn parse_nodes(reply: &str) -> (Vec<SlotRange>, Vec<String>) {
 }
 
 /// How many times a slot is checked before the watch gives up following it (a cluster with one
-/// master has no other to redirect through): at least two minutes at one check a look.
+/// master has no other to redirect through): two to six minutes, a round every 2–6 s.
 const FOLLOW_CHECKS: u32 = 60;
 
 /// Whether `connection` reaches the master of the slot of `key`: an `EXISTS` of it is answered
 /// within `within`, after a redirection or not. One that does not is made to read the slots again
 /// ([`RedisConnection::reread_slots_via`], through slot `via` of another master that answers),
-/// to be checked again at the next look. Neither waits for the connection's own response timeout
+/// to be checked again in the next round. Neither waits for the connection's own response timeout
 /// (seconds in the invalidator): the calls already on their way to a frozen master wait for
 /// that, and the sooner the slots are read again the fewer of them there are.
 async fn follow_slot(mut connection: RedisConnection, key: &str, via: Option<u16>, within: Duration) -> bool {
@@ -342,19 +343,27 @@ impl ClusterWatch {
     }
 
     /// Follows each slot received from `changes` on the watch's own connection (`own`) and every
-    /// follower, all at once, every `every` ([`follow_slot`], each call given up after `every`)
-    /// until each connection reaches the slot's master, or [`FOLLOW_CHECKS`] checks. A slot no
-    /// master serves any more is dropped.
+    /// follower, all at once, in rounds `every` apart ([`follow_slot`], each call given up after
+    /// `every`, so a round lasts up to twice that) until each connection reaches the slot's
+    /// master, or [`FOLLOW_CHECKS`] rounds. A slot reported again keeps its rounds left (a look
+    /// that read an old view from a node and the next one could report it over and over). A
+    /// slot no master serves any more is dropped.
     async fn follow_changed_slots(&self, own: RedisConnection, mut changes: UnboundedReceiver<u16>, every: Duration) {
         // Each slot followed, with a key of it and the checks left.
         let mut changed: BTreeMap<u16, (String, u32)> = BTreeMap::new();
         loop {
+            let mut reported = Vec::new();
             if changed.is_empty() {
                 let Some(slot) = changes.recv().await else { return };
-                changed.extend(self.keyspace.slot_key(slot).map(|key| (slot, (key, FOLLOW_CHECKS))));
+                reported.push(slot);
             }
             while let Ok(slot) = changes.try_recv() {
-                changed.extend(self.keyspace.slot_key(slot).map(|key| (slot, (key, FOLLOW_CHECKS))));
+                reported.push(slot);
+            }
+            for slot in reported {
+                if let (Entry::Vacant(new), Some(key)) = (changed.entry(slot), self.keyspace.slot_key(slot)) {
+                    new.insert((key, FOLLOW_CHECKS));
+                }
             }
             let mut connections = vec![own.clone()];
             connections.extend(self.followers.lock().unwrap_or_else(PoisonError::into_inner).iter().cloned());
