@@ -200,27 +200,24 @@ impl Metrics {
             registry,
         }
     }
-}
 
-impl Metrics {
     /// Counts an applied batch: `claim_took` the claim's round trip, `confirmed_after` the time
     /// from the claimed batch in hand to Redis confirming it.
     pub fn record_batch(&self, batch: &Batch, tags: u64, claim_took: Duration, confirmed_after: Duration) {
-        let metrics = self;
-        metrics.batches.inc();
-        metrics.batch_size.observe(batch.len() as f64);
-        metrics.events_processed.inc_by(batch.events.len() as u64);
-        metrics.poison_events.inc_by(batch.poison.len() as u64);
-        metrics.tags_invalidated.inc_by(tags);
+        self.batches.inc();
+        self.batch_size.observe(batch.len() as f64);
+        self.events_processed.inc_by(batch.events.len() as u64);
+        self.poison_events.inc_by(batch.poison.len() as u64);
+        self.tags_invalidated.inc_by(tags);
         for claimed in &batch.events {
-            metrics.lag_seconds.observe((claimed.age_at_claim + confirmed_after).as_secs_f64());
-            metrics.lag_stages.outbox.observe(claimed.age_at_claim.as_secs_f64());
+            self.lag_seconds.observe((claimed.age_at_claim + confirmed_after).as_secs_f64());
+            self.lag_stages.outbox.observe(claimed.age_at_claim.as_secs_f64());
             if let Some(in_transaction) = claimed.in_transaction {
-                metrics.lag_stages.commit.observe(in_transaction.as_secs_f64());
+                self.lag_stages.commit.observe(in_transaction.as_secs_f64());
             }
         }
-        metrics.lag_stages.claim.observe(claim_took.as_secs_f64());
-        metrics.lag_stages.redis.observe(confirmed_after.as_secs_f64());
+        self.lag_stages.claim.observe(claim_took.as_secs_f64());
+        self.lag_stages.redis.observe(confirmed_after.as_secs_f64());
         tracing::debug!(events = batch.len(), tags, "batch applied");
     }
 }

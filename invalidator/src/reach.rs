@@ -36,6 +36,14 @@ impl Reach {
     pub fn heard(&self, tenant: Uuid, reached: bool) {
         let master = self.topology.master_of_tenant(tenant);
         let mut answered = self.answered.lock().unwrap_or_else(PoisonError::into_inner);
+        // The common case, an answer from a master the watch knows, cannot make Redis lost: it
+        // forgets the masters that serve no slot without listing those that do.
+        if reached && master.as_ref().is_some_and(|master| self.topology.serves(master)) {
+            answered.retain(|known, _| known.as_ref().is_some_and(|known| self.topology.serves(known)));
+            answered.insert(master, true);
+            self.status.redis_connected.store(true, Ordering::Relaxed);
+            return;
+        }
         answered.insert(master, reached);
         let masters = self.topology.masters();
         let lost = if masters.is_empty() {

@@ -133,25 +133,10 @@ fn parse_nodes(reply: &str) -> (Vec<SlotRange>, Vec<String>) {
 /// master has no other to redirect through): two to six minutes, a round every 2–6 s.
 const FOLLOW_CHECKS: u32 = 60;
 
-/// Whether `connection` reaches the master of the slot of `key`: an `EXISTS` of it is answered
-/// within `within`, after a redirection or not. One that does not is made to read the slots again
-/// ([`RedisConnection::reread_slots_via`], through slot `via` of another master that answers),
-/// to be checked again in the next round. Neither waits for the connection's own response timeout
-/// (seconds in the invalidator): the calls already on their way to a frozen master wait for
-/// that, and the sooner the slots are read again the fewer of them there are.
-async fn follow_slot(mut connection: RedisConnection, key: &str, via: Option<u16>, within: Duration) -> bool {
-    let exists = redis::cmd("EXISTS").arg(key).clone();
-    let checked = tokio::time::timeout(within, exists.query_async::<i64>(&mut connection)).await;
-    if matches!(checked, Ok(Ok(_))) {
-        return true;
-    }
-    if let Some(via) = via {
-        let reread = tokio::time::timeout(within, connection.reread_slots_via(key, via)).await;
-        if !matches!(reread, Ok(Ok(()))) {
-            tracing::debug!(key, via, "reading the slots again failed or timed out");
-        }
-    }
-    false
+/// The master of `owners` (sorted slot ranges) serving `slot`.
+fn owner_of(owners: &[SlotOwner], slot: u16) -> Option<Arc<str>> {
+    let index = owners.partition_point(|owner| owner.last < slot);
+    owners.get(index).filter(|owner| owner.first <= slot).map(|owner| owner.master.clone())
 }
 
 /// The latest view, as `/readyz` reports it.
@@ -247,14 +232,14 @@ impl ClusterWatch {
     /// The node id of the master serving `slot` in the latest look; `None` before the first look,
     /// on a single node, or for a slot no master serves.
     pub fn master_of(&self, slot: u16) -> Option<Arc<str>> {
-        let owners = self.owners.read().unwrap_or_else(PoisonError::into_inner);
-        let index = owners.partition_point(|owner| owner.last < slot);
-        owners.get(index).filter(|owner| owner.first <= slot).map(|owner| owner.master.clone())
+        owner_of(&self.owners.read().unwrap_or_else(PoisonError::into_inner), slot)
     }
 
     /// The master serving every key of `tenant` ([`tenant_slot`]), as [`Self::master_of`] says.
+    /// On a single Redis (no slots known) the slot is not computed: every Redis call asks.
     pub fn master_of_tenant(&self, tenant: Uuid) -> Option<Arc<str>> {
-        self.master_of(tenant_slot(tenant))
+        let owners = self.owners.read().unwrap_or_else(PoisonError::into_inner);
+        (!owners.is_empty()).then(|| owner_of(&owners, tenant_slot(tenant))).flatten()
     }
 
     /// When the last look that every master answered began; `None` before the first.
@@ -343,11 +328,11 @@ impl ClusterWatch {
     }
 
     /// Follows each slot received from `changes` on the watch's own connection (`own`) and every
-    /// follower, all at once, in rounds `every` apart ([`follow_slot`], each call given up after
-    /// `every`, so a round lasts up to twice that) until each connection reaches the slot's
-    /// master, or [`FOLLOW_CHECKS`] rounds. A slot reported again keeps its rounds left (a look
-    /// that read an old view from a node and the next one could report it over and over). A
-    /// slot no master serves any more is dropped.
+    /// follower, all at once, in rounds `every` apart ([`RedisConnection::follow_slot`], each
+    /// call given up after `every`, so a round lasts up to twice that) until each connection
+    /// reaches the slot's master, or [`FOLLOW_CHECKS`] rounds. A slot reported again keeps its
+    /// rounds left (a look that read an old view from a node and the next one could report it
+    /// over and over). A slot no master serves any more is dropped.
     async fn follow_changed_slots(&self, own: RedisConnection, mut changes: UnboundedReceiver<u16>, every: Duration) {
         // Each slot followed, with a key of it and the checks left.
         let mut changed: BTreeMap<u16, (String, u32)> = BTreeMap::new();
@@ -371,7 +356,7 @@ impl ClusterWatch {
             let checks = changed.iter().map(|(&slot, (key, _))| {
                 let via = self.master_of(slot).and_then(|master| self.slot_of_another_answering_master(&master));
                 let connections =
-                    connections.iter().map(move |connection| follow_slot(connection.clone(), key, via, every));
+                    connections.iter().map(move |connection| connection.clone().follow_slot(key, via, every));
                 async move { (slot, futures::future::join_all(connections).await.into_iter().all(|follows| follows)) }
             });
             for (slot, followed) in futures::future::join_all(checks).await {

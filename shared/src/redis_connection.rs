@@ -236,6 +236,27 @@ impl RedisConnection {
         }
     }
 
+    /// Whether this connection reaches the master of the slot of `key`: an `EXISTS` of it is
+    /// answered within `within`, after a redirection or not. One that does not is made to read
+    /// the slots again ([`Self::reread_slots_via`], through slot `via` of another master that
+    /// answers), to be checked again later. Neither waits for the connection's own response
+    /// timeout (seconds in the invalidator): the calls already on their way to a frozen master
+    /// wait for that, and the sooner the slots are read again the fewer of them there are.
+    pub async fn follow_slot(mut self, key: &str, via: Option<u16>, within: Duration) -> bool {
+        let exists = redis::cmd("EXISTS").arg(key).clone();
+        let checked = tokio::time::timeout(within, exists.query_async::<i64>(&mut self)).await;
+        if matches!(checked, Ok(Ok(_))) {
+            return true;
+        }
+        if let Some(via) = via {
+            let reread = tokio::time::timeout(within, self.reread_slots_via(key, via)).await;
+            if !matches!(reread, Ok(Ok(()))) {
+                tracing::debug!(key, via, "reading the slots again failed or timed out");
+            }
+        }
+        false
+    }
+
     /// Runs a keyless command on one node: the node, or any cluster node the client is connected
     /// to (for what every node knows alike, such as the cluster's topology).
     pub async fn on_any_node<T: FromRedisValue>(&mut self, cmd: &Cmd) -> RedisResult<T> {
