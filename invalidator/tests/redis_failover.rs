@@ -446,6 +446,8 @@ async fn a_cluster_down_as_a_whole_is_reported_and_caught_up_with_once_it_is_bac
 
     let masters = s.cluster.master_ports();
     let third = s.tenant_of_the_third_master(&masters).await;
+    // The new tenants' own events applied first: one still in the outbox would be held too.
+    s.h.drained(WAIT).await;
     for &port in &masters {
         s.cluster.kill(port);
     }
