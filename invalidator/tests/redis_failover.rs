@@ -54,16 +54,16 @@ impl Failover {
     }
 
     /// SIGKILLs the master, lets the replica run again and makes it take the slots over.
-    fn fail_over(&mut self) {
+    async fn fail_over(&mut self) {
         self.cluster.kill(self.master);
         self.cluster.resume(self.replica);
         let taken = node_command(&self.cluster.node_url(self.replica), &["CLUSTER", "FAILOVER", "TAKEOVER"]);
         assert_eq!(taken.as_deref(), Some("OK"), "replica takes over");
-        self.until_promoted();
+        self.until_promoted().await;
     }
 
-    /// Waits until the replica serves as a master.
-    fn until_promoted(&self) {
+    /// Waits until the replica serves as a master, while the invalidator replica runs on.
+    async fn until_promoted(&self) {
         let replica = self.replica;
         let cluster = &self.cluster;
         let promoted = || {
@@ -74,7 +74,7 @@ impl Failover {
             if promoted() {
                 return;
             }
-            std::thread::sleep(Duration::from_millis(50));
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
         panic!("replica {replica} was not promoted");
     }
@@ -153,7 +153,7 @@ async fn an_invalidation_is_acknowledged_only_once_a_replica_holds_it_so_a_failo
     until_batches_failed(&running, "redis_replication", 2, WAIT).await;
     assert!(f.h.outbox_len().await > 0, "the event stays in the outbox while no replica has it");
 
-    f.fail_over();
+    f.fail_over().await;
     // The old master comes back empty and rejoins as the new master's replica; only then can
     // the re-applied invalidation be confirmed.
     f.cluster.restart(f.master);
@@ -202,7 +202,7 @@ async fn while_no_replica_confirms_a_write_that_commits_after_a_later_one_is_sti
 #[tokio::test]
 async fn a_failover_while_no_replica_confirms_applies_the_tenants_events_again_on_the_new_master() {
     let (mut f, running) = Failover::held_for_a_missing_replica().await;
-    f.fail_over();
+    f.fail_over().await;
     let promoted = Instant::now();
     while f.list_is_cached().await {
         assert!(promoted.elapsed() < WAIT, "the promoted replica still serves the list the write made stale");
@@ -229,7 +229,7 @@ async fn without_waiting_for_a_replica_a_failover_brings_an_invalidated_entry_ba
         async move { unlinked.get() >= 1 }
     })
     .await;
-    f.fail_over();
+    f.fail_over().await;
     assert!(f.list_is_cached().await, "the acknowledged invalidation was lost with the master");
     assert_eq!(f.h.outbox_len().await, 0, "and nothing is left to apply it again");
     assert!(running.shutdown(WAIT).await);
@@ -246,9 +246,11 @@ async fn a_master_that_stops_answering_and_fails_over_is_left_for_its_replica() 
 
     // Frozen, the master is failed over by the cluster itself (its node timeout is a second).
     f.cluster.pause(f.master);
-    f.until_promoted();
+    f.until_promoted().await;
     f.h.risk(f.tenant, "written once the replica took over").await;
+    let written = Instant::now();
     f.h.drained(WAIT).await;
+    eprintln!("the write was applied on the promoted replica {:?} after it", written.elapsed());
     // The test's own connection still points at the frozen master: a new one reads the cluster.
     f.h.redis = common::connect_redis(&f.h.namespace.url).await;
     assert!(!f.list_is_cached().await, "the write was not invalidated on the promoted replica");
