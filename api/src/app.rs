@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 
 use openrisk_shared::Settings;
 use openrisk_shared::http_server::{LimitedAcceptor, ServeTimeouts};
-use openrisk_shared::keys::Keyspace;
 use openrisk_shared::redis_cluster::ClusterWatch;
 use openrisk_shared::redis_connection::RedisUrlError;
 use openrisk_shared::tasks::{TaskEnded, Tasks};
@@ -114,7 +113,7 @@ impl AppState {
         .await?;
         let longest_miss = Duration::from_millis(settings.http.request_timeout_ms);
         let redis = settings.redis_target()?;
-        let cluster = ClusterWatch::new(&metrics.registry, Keyspace::new(settings.cache.key_prefix.clone()))?;
+        let cluster = ClusterWatch::new(&metrics.registry, settings.keyspace())?;
         let cache_settings = settings.cache.clone();
         let cache =
             Cache::new(&redis, cache_settings, longest_miss, metrics.clone(), options.before_fill, cluster.clone())?;

@@ -19,7 +19,6 @@ use std::time::Duration;
 use openrisk_shared::Settings;
 use openrisk_shared::config::WakeMode;
 use openrisk_shared::http_server::{LimitedAcceptor, ServeTimeouts, serve};
-use openrisk_shared::keys::Keyspace;
 use openrisk_shared::redis_cluster::ClusterWatch;
 use openrisk_shared::redis_connection::{RedisUrlError, Timeouts};
 pub use openrisk_shared::tasks::TaskEnded;
@@ -76,7 +75,7 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
         requestless: Some(idle_timeout),
         shutdown_grace: Duration::from_secs(1),
     };
-    let cluster = ClusterWatch::new(&metrics.registry, Keyspace::new(settings.cache.key_prefix.clone()))?;
+    let cluster = ClusterWatch::new(&metrics.registry, settings.keyspace())?;
     let endpoints = health::routes(metrics.clone(), status.clone(), cluster.clone());
     let mut tasks = Tasks::default();
     tasks.spawn("health endpoint", serve(acceptor, endpoints, timeouts, shutdown.clone().cancelled_owned()));

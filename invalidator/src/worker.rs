@@ -185,7 +185,7 @@ impl Worker {
         wakeups: Option<Arc<Wakeups>>,
         topology: ClusterWatch,
     ) -> Result<Self, RedisUrlError> {
-        let keyspace = Keyspace::new(settings.cache.key_prefix.clone());
+        let keyspace = settings.keyspace();
         let redis = settings.redis_target()?;
         let replica_ack = settings.replica_ack();
         let (reclaims, held_back) = (BackgroundReclaims::default(), HeldBack::new(metrics.tenants_held_back.clone()));

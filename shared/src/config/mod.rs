@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 pub use self::database::{DatabaseSettings, PostgresLink};
 pub use self::pool::{PoolOverrides, PoolSettings, Profile};
 pub use self::sections::{CacheSettings, HttpSettings, InvalidatorSettings, LogFormat, LogSettings, WakeMode};
+use crate::keys::Keyspace;
 use crate::protocol::ReplicaAck;
 use crate::redis_connection::{RedisTarget, RedisUrlError};
 
@@ -100,6 +101,11 @@ impl Settings {
     /// Where Redis is, from `redis_url` (validated when the settings were loaded).
     pub fn redis_target(&self) -> Result<RedisTarget, RedisUrlError> {
         RedisTarget::parse(&self.redis_url)
+    }
+
+    /// The Redis keys of this deployment, under `cache.key_prefix`.
+    pub fn keyspace(&self) -> Keyspace {
+        Keyspace::new(self.cache.key_prefix.clone())
     }
 
     /// What the invalidator waits for before acknowledging: by default one replica on a
