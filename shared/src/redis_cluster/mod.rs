@@ -79,7 +79,8 @@ impl ClusterView {
         Ok(Some(Self { known_nodes, slots_ok, state_ok, ranges, answering }))
     }
 
-    fn owner_of(&self, slot: u16) -> Option<&SlotRange> {
+    /// The range of this view holding `slot`, with its master and replicas.
+    fn range_with(&self, slot: u16) -> Option<&SlotRange> {
         self.ranges.iter().find(|range| (range.first..=range.last).contains(&slot))
     }
 
@@ -89,7 +90,7 @@ impl ClusterView {
         let mut promoted: BTreeMap<&str, &str> = BTreeMap::new();
         for range in &self.ranges {
             for slot in range.first..=range.last {
-                let Some(previous) = before.owner_of(slot) else { continue };
+                let Some(previous) = before.range_with(slot) else { continue };
                 if previous.master == range.master {
                     continue;
                 }

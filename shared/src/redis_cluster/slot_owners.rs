@@ -25,14 +25,14 @@ impl SlotOwners {
     /// The node id of the master serving `slot`; `None` before the first look, on a single node,
     /// or for a slot no master serves.
     pub(super) fn master_of(&self, slot: u16) -> Option<Arc<str>> {
-        owner_of(&self.0.read().unwrap_or_else(PoisonError::into_inner), slot)
+        master_serving(&self.0.read().unwrap_or_else(PoisonError::into_inner), slot)
     }
 
     /// The master serving every key of `tenant`; on a single Redis (no slots known) the slot is
     /// not computed, as every Redis call asks.
     pub(super) fn master_of_tenant(&self, tenant: Uuid) -> Option<Arc<str>> {
         let owners = self.0.read().unwrap_or_else(PoisonError::into_inner);
-        (!owners.is_empty()).then(|| owner_of(&owners, tenant_slot(tenant))).flatten()
+        (!owners.is_empty()).then(|| master_serving(&owners, tenant_slot(tenant))).flatten()
     }
 
     /// Whether a look has told which masters serve the slots.
@@ -85,7 +85,7 @@ impl SlotOwners {
 }
 
 /// The master of `owners` (sorted slot ranges) serving `slot`.
-fn owner_of(owners: &[SlotOwner], slot: u16) -> Option<Arc<str>> {
+fn master_serving(owners: &[SlotOwner], slot: u16) -> Option<Arc<str>> {
     let index = owners.partition_point(|owner| owner.last < slot);
     owners.get(index).filter(|owner| owner.first <= slot).map(|owner| owner.master.clone())
 }
