@@ -4,7 +4,7 @@
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder, Retryable};
@@ -32,7 +32,7 @@ pub struct Wakeups {
 impl Wakeups {
     /// The LISTEN session, while one is up.
     pub fn session(&self) -> Option<Arc<Session>> {
-        self.session.lock().expect("session lock poisoned").clone().filter(|session| !session.is_closed())
+        self.session.lock().unwrap_or_else(PoisonError::into_inner).clone().filter(|session| !session.is_closed())
     }
 
     /// Forgets a wake-up that arrived while the worker was busy anyway.
@@ -46,7 +46,7 @@ impl Wakeups {
     }
 
     fn publish(&self, session: Option<Arc<Session>>) {
-        *self.session.lock().expect("session lock poisoned") = session;
+        *self.session.lock().unwrap_or_else(PoisonError::into_inner) = session;
     }
 }
 

@@ -296,8 +296,8 @@ impl Worker {
     }
 
     async fn connect_redis(&self) -> redis::RedisResult<RedisConnection> {
-        // A reply may include a WAIT for replicas, so it may take that much longer.
-        let response = Duration::from_secs(5) + self.replica_ack.timeout;
+        let redis_timeout = Duration::from_millis(self.settings.invalidator.redis_timeout_ms);
+        let response = redis_timeout + self.replica_ack.extra_reply_time();
         let timeouts = Timeouts { connect: Duration::from_secs(2), response, overall: response * 2 };
         let mut connection = self.redis.connect(timeouts).await?;
         if let Err(error) = protocol::check_eviction_policy(&mut connection).await {

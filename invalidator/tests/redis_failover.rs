@@ -297,22 +297,30 @@ impl TwoShards {
     /// whose cluster watch has looked (it tells the replica which master serves which tenant).
     async fn running(batch_size: u32) -> (Self, Running) {
         let s = Self::new().await;
-        let running = s.h.start(s.settings(batch_size)).await;
-        s.h.drained(WAIT).await;
+        let settings = s.settings(batch_size);
+        s.start(settings).await
+    }
+
+    /// The shards with an invalidator replica running on `settings`, caught up and looked.
+    async fn start(self, settings: Settings) -> (Self, Running) {
+        let running = self.h.start(settings).await;
+        self.h.drained(WAIT).await;
         let addr = running.metrics_addr;
         common::eventually("the cluster watch's first look", WAIT, || async move {
             common::http_get(addr, "/readyz").await.1.contains("\"known_nodes\"")
         })
         .await;
-        (s, running)
+        (self, running)
     }
 
-    /// Claims of `batch_size` events, no wait for Redis replicas (there are none), and no poll:
-    /// only a write or a probe that clears a tenant makes the replica look at the outbox.
+    /// Claims of `batch_size` events, no wait for Redis replicas (there are none), no poll (only
+    /// a write or a probe that clears a tenant makes the replica look at the outbox), and a
+    /// Redis reply timeout of [`REDIS_TIMEOUT`].
     fn settings(&self, batch_size: u32) -> Settings {
         let mut settings = self.h.settings_without_polling();
         settings.invalidator.batch_size = batch_size;
         settings.invalidator.redis_replicas_ack = Some(0);
+        settings.invalidator.redis_timeout_ms = REDIS_TIMEOUT.as_millis() as u64;
         settings
     }
 
@@ -518,10 +526,45 @@ async fn a_master_that_stops_answering_delays_the_other_tenants_invalidations_on
     assert!(running.shutdown(WAIT).await);
 }
 
+/// The invalidator's Redis reply timeout in the tests of [`TwoShards`]: long enough that waiting
+/// for a frozen master stands out from an invalidation's milliseconds.
+const REDIS_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// How long the other tenant writes while the held one is probed: longer than a probe of a frozen
-/// master takes to fail (the invalidator's Redis response timeout, 5 s, at most twice over).
+/// master takes to fail ([`REDIS_TIMEOUT`], at most twice over).
 const PROBED_FOR: Duration = Duration::from_secs(12);
 
-/// Half the invalidator's Redis response timeout: an invalidation that took this long waited for
-/// the frozen master (one that did not takes milliseconds).
+/// Half of [`REDIS_TIMEOUT`]: an invalidation that took this long waited for the frozen master
+/// (one that did not takes milliseconds).
 const WAITED_FOR_THE_FROZEN_MASTER: Duration = Duration::from_millis(2500);
+
+/// `invalidator.redis_timeout_ms` bounds what a frozen master costs the other tenants: the batch
+/// that first names its tenant waits for its call there to time out, twice (the client sends it
+/// again once). With 200 ms, and no replica to wait for (so the 2 s replica-ack timeout must not
+/// count), the other tenant's event, written in the same transaction, is applied after about
+/// 400 ms: well under the [`REDIS_TIMEOUT`] this setting replaced, or the 4.4 s the unused
+/// replica wait would add.
+#[tokio::test]
+async fn a_frozen_master_delays_the_other_tenants_invalidations_by_the_redis_timeout_alone() {
+    let s = TwoShards::new().await;
+    let mut settings = s.settings(100);
+    settings.invalidator.redis_timeout_ms = 200;
+    settings.invalidator.redis_replicas_ack_timeout_ms = 2000;
+    let (mut s, running) = s.start(settings).await;
+
+    s.cluster.pause(s.down_master);
+    let written = Instant::now();
+    s.write_one_transaction(&[(s.down, 1), (s.up, 1)]).await;
+    while s.left_of(s.up).await > 0 {
+        assert!(written.elapsed() < WAIT, "the other tenant's event was never applied");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let delayed = written.elapsed();
+    eprintln!("the other tenant's event was applied {delayed:?} after the write");
+    assert!(delayed < WAITED_FOR_THE_FROZEN_MASTER, "the other tenant's invalidation waited {delayed:?}");
+    s.until_held(&running, 1, "the frozen master's tenant held back").await;
+
+    s.cluster.resume(s.down_master);
+    s.h.drained(WAIT).await;
+    assert!(running.shutdown(WAIT).await);
+}

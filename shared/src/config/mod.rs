@@ -250,7 +250,7 @@ mod tests {
     fn bad_values_are_named_in_the_error() {
         /// Environment, file and the words the error must name.
         type Case<'a> = (&'a [(&'a str, &'a str)], Option<&'a str>, &'a [&'a str]);
-        let cases: [Case; 13] = [
+        let cases: [Case; 14] = [
             (&[("API_ADDR", "not-an-address")], None, &["api_addr"]),
             (&[("OPENRISK_PROFILE", "huge")], None, &["profile", "staging"]),
             (&[("OPENRISK_CACHE__TTL_JITTER_PERCENT", "90")], None, &["ttl_jitter_percent"]),
@@ -258,6 +258,7 @@ mod tests {
             (&[("OPENRISK_CACHE__TTL_SECS", "100000000000")], None, &["ttl_secs", "31536000"]),
             (&[("OPENRISK_INVALIDATOR__POLL_INTERVAL_MS", "4294967296")], None, &["poll_interval_ms", "2147483647"]),
             (&[("OPENRISK_INVALIDATOR__READY_MAX_LAG_MS", "0")], None, &["ready_max_lag_ms"]),
+            (&[("OPENRISK_INVALIDATOR__REDIS_TIMEOUT_MS", "0")], None, &["redis_timeout_ms"]),
             (&[("OPENRISK_POOL__IDLE_TIMEOUT_SECS", "0")], None, &["idle_timeout_secs"]),
             (&[("OPENRISK_POOL__MAX_LIFETIME_SECS", "0")], None, &["max_lifetime_secs"]),
             (&[("OPENRISK_POOL__ACQUIRE_TIMEOUT_MS", "0")], None, &["acquire_timeout_ms"]),

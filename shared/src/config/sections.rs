@@ -128,6 +128,10 @@ pub struct InvalidatorSettings {
     pub redis_replicas_ack: Option<u32>,
     /// How long one `WAIT` may take before the batch is left in the outbox for a retry.
     pub redis_replicas_ack_timeout_ms: u64,
+    /// How long one Redis reply may take, besides a `WAIT`, before the batch is left in the
+    /// outbox for a retry. A master that stops answering holds every tenant's invalidations in
+    /// the batch in hand this long, so it bounds the staleness window such a fault opens.
+    pub redis_timeout_ms: u64,
 }
 
 impl Default for InvalidatorSettings {
@@ -141,6 +145,7 @@ impl Default for InvalidatorSettings {
             ready_max_lag_ms: 5_000,
             redis_replicas_ack: None,
             redis_replicas_ack_timeout_ms: 500,
+            redis_timeout_ms: 1_000,
         }
     }
 }

@@ -52,6 +52,7 @@ impl Settings {
             self.invalidator.redis_replicas_ack_timeout_ms >= 1,
             "invalidator.redis_replicas_ack_timeout_ms must be at least 1",
         )?;
+        rule(self.invalidator.redis_timeout_ms >= 1, "invalidator.redis_timeout_ms must be at least 1")?;
         rule(
             !self.cache.key_prefix.is_empty()
                 && self.cache.key_prefix.len() <= 64

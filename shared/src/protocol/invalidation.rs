@@ -94,6 +94,12 @@ impl ReplicaAck {
     /// Done once the master has applied it (a single node, or best-effort callers).
     pub const MASTER_ONLY: Self = Self { replicas: 0, timeout: std::time::Duration::ZERO };
 
+    /// How much longer than a plain reply one of [`invalidate_replicated`]'s may take: its
+    /// `WAIT`'s timeout, or nothing when no replica must confirm (no `WAIT` is sent).
+    pub fn extra_reply_time(&self) -> std::time::Duration {
+        if self.replicas == 0 { std::time::Duration::ZERO } else { self.timeout }
+    }
+
     /// `WAIT`'s timeout argument, in milliseconds (0 would wait for ever, so at least 1).
     fn wait_ms(&self) -> u64 {
         u64::try_from(self.timeout.as_millis()).unwrap_or(u64::MAX).max(1)
