@@ -118,6 +118,11 @@ impl RedisTarget {
             .response_timeout(timeouts.response)
             .overall_response_timeout(Some(timeouts.overall))
             .retries(3)
+            // A refusal to wait out (`TRYAGAIN` while a slot migrates, `CLUSTERDOWN`) is sent
+            // again after 100 ms rather than the client's 1.28 s, so the third one reaches the
+            // caller within its timeout instead of ending as a timeout (see
+            // `protocol::invalidate_replicated`).
+            .min_retry_wait(100)
             .build()
     }
 

@@ -3,8 +3,8 @@
 
 use std::sync::LazyLock;
 
-use redis::Script;
 use redis::aio::ConnectionLike;
+use redis::{ErrorKind, Script, ServerErrorKind};
 use uuid::Uuid;
 
 use super::replay_floor::floor_text;
@@ -175,9 +175,29 @@ fn invalidation_keys(keyspace: &Keyspace, tenant: Uuid, tags: &[Tag]) -> (String
 /// position read after it saw their outbox rows): the new versions keep a known replay floor
 /// where the previous ones had one.
 ///
+/// While the tenant's slot migrates, the script is refused, and the versions are replaced one
+/// by one instead ([`replace_versions_one_by_one`]).
+///
 /// Invariant: `Ok` means the invalidation survives the failover of its master to any replica
 /// that confirmed it (Redis promotes the replica with the most replicated data first).
 pub async fn invalidate_replicated<C: ConnectionLike>(
+    conn: &mut C,
+    keyspace: &Keyspace,
+    tenant: Uuid,
+    tags: &[Tag],
+    ack: ReplicaAck,
+    replayed_by: Option<Lsn>,
+) -> Result<Reclaimable, InvalidateError> {
+    match invalidate_in_one_call(conn, keyspace, tenant, tags, ack, replayed_by).await {
+        Err(InvalidateError::Redis(error)) if error.kind() == ErrorKind::Server(ServerErrorKind::TryAgain) => {
+            replace_versions_one_by_one(conn, keyspace, tenant, tags, ack).await
+        }
+        outcome => outcome,
+    }
+}
+
+/// [`invalidate_replicated`] as one script and its `WAIT`, in one pipeline.
+async fn invalidate_in_one_call<C: ConnectionLike>(
     conn: &mut C,
     keyspace: &Keyspace,
     tenant: Uuid,
@@ -215,6 +235,36 @@ pub async fn invalidate_replicated<C: ConnectionLike>(
         return Err(InvalidateError::NotReplicated { acked, required: ack.replicas, timeout: ack.timeout });
     }
     Ok(Reclaimable { keys: moved })
+}
+
+/// While the tenant's slot migrates between two masters, a script whose keys are not all on one
+/// node is refused (`TRYAGAIN`), and [`INVALIDATE`]'s reclaim key never exists, so it is refused
+/// for as long as the migration lasts, while lookups whose keys have not moved, or have all moved,
+/// are still served. This replaces each version alone instead (`SET … XX KEEPTTL`: one key, which
+/// the client follows to whichever node holds it now; an absent version stays absent), which is
+/// all a lookup checks. The member sets stay in place (a later invalidation reclaims their
+/// entries) and the replay floors no longer match their versions, so they read as unknown. A
+/// `WAIT` without a key goes to every master, so it covers the write wherever it landed.
+async fn replace_versions_one_by_one<C: ConnectionLike>(
+    conn: &mut C,
+    keyspace: &Keyspace,
+    tenant: Uuid,
+    tags: &[Tag],
+    ack: ReplicaAck,
+) -> Result<Reclaimable, InvalidateError> {
+    let token = fresh_token();
+    for tag in tags {
+        let key = keyspace.version_key(tenant, tag);
+        let _: Option<String> =
+            redis::cmd("SET").arg(&key).arg(&token).arg("XX").arg("KEEPTTL").query_async(conn).await?;
+    }
+    if ack.replicas > 0 {
+        let acked: u32 = redis::cmd("WAIT").arg(ack.replicas).arg(ack.wait_ms()).query_async(conn).await?;
+        if acked < ack.replicas {
+            return Err(InvalidateError::NotReplicated { acked, required: ack.replicas, timeout: ack.timeout });
+        }
+    }
+    Ok(Reclaimable::default())
 }
 
 /// Whether `tenant`'s invalidations can be done now, without doing any: an `EXISTS` on one of the

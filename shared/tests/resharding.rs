@@ -1,0 +1,123 @@
+//! A tenant's slot migrating from one master to another while its entries are served: Redis
+//! refuses a script whose keys are not all on one node (`TRYAGAIN`), and the invalidation script
+//! names a key that never exists, so it is refused for the whole migration while lookups whose
+//! keys have not moved are still answered. An invalidation must still make every entry of its
+//! tags unreadable. A private cluster of its own (3 masters with a replica each).
+
+use std::time::Duration;
+
+use openrisk_shared::keys::{Keyspace, Tag, tenant_slot};
+use openrisk_shared::protocol::{self, Fill, Lookup, ReplicaAck};
+use openrisk_shared::redis_connection::{RedisConnection, RedisTarget, Timeouts};
+use openrisk_test_support::{PrivateRedisCluster, RedisNamespace, node_command};
+use uuid::Uuid;
+
+/// One tenant's risk detail cached on a private cluster.
+struct Cached {
+    cluster: PrivateRedisCluster,
+    _namespace: RedisNamespace,
+    keyspace: Keyspace,
+    conn: RedisConnection,
+    tenant: Uuid,
+    key: String,
+    tags: Vec<Tag>,
+}
+
+impl Cached {
+    async fn new() -> Self {
+        let cluster = PrivateRedisCluster::start();
+        let namespace = RedisNamespace::on(&cluster.url());
+        let target = RedisTarget::parse(&cluster.url()).unwrap();
+        let mut conn = target.connect(INVALIDATOR_TIMEOUTS).await.unwrap();
+        let (keyspace, tenant) = (namespace.keyspace(), Uuid::new_v4());
+        let key = keyspace.entry_key(tenant, 1, "risk", &[]);
+        let tags: Vec<Tag> = ["all", "risk:1"].iter().map(|tag| Tag::parse(tag).unwrap()).collect();
+        let Lookup::Miss(snapshot) = protocol::lookup(&mut conn, &keyspace, tenant, &key, &tags).await.unwrap() else {
+            panic!("a new tenant's entry is a miss");
+        };
+        let snapshot = protocol::create_missing_versions(&mut conn, &keyspace, tenant, &snapshot, 120).await.unwrap();
+        let entry = Fill { entry_key: &key, body: b"v1", etag: "e1", ttl_secs: 60, dependencies_ttl_secs: 120 };
+        assert!(protocol::fill(&mut conn, &keyspace, tenant, &snapshot, entry).await.unwrap());
+        let cached = Self { cluster, _namespace: namespace, keyspace, conn, tenant, key, tags };
+        cached.cluster.wait_until_replicated(cached.source());
+        cached
+    }
+
+    /// The master serving the tenant's slot.
+    fn source(&self) -> u16 {
+        self.cluster.master_of(&self.key)
+    }
+
+    /// Another master.
+    fn target(&self) -> u16 {
+        let source = self.source();
+        self.cluster.master_ports().into_iter().find(|&port| port != source).expect("another master")
+    }
+
+    fn node(&self, port: u16, args: &[&str]) -> String {
+        node_command(&self.cluster.node_url(port), args).unwrap_or_else(|| panic!("{args:?} on {port}"))
+    }
+
+    /// Starts moving the tenant's slot from its master to another (`IMPORTING`, `MIGRATING`),
+    /// moving no key yet; returns the two masters.
+    fn start_migrating(&self) -> (u16, u16) {
+        let (source, target) = (self.source(), self.target());
+        let slot = tenant_slot(self.tenant).to_string();
+        let (source_id, target_id) = (self.node(source, &["CLUSTER", "MYID"]), self.node(target, &["CLUSTER", "MYID"]));
+        assert_eq!(self.node(target, &["CLUSTER", "SETSLOT", &slot, "IMPORTING", &source_id]), "OK");
+        assert_eq!(self.node(source, &["CLUSTER", "SETSLOT", &slot, "MIGRATING", &target_id]), "OK");
+        (source, target)
+    }
+
+    /// Moves `key` alone from `source` to `target`, as a migration does key by key.
+    fn migrate(&self, key: &str, source: u16, target: u16) {
+        let port = target.to_string();
+        let moved = self.node(source, &["MIGRATE", "127.0.0.1", &port, key, "0", "5000"]);
+        assert_eq!(moved, "OK");
+    }
+
+    async fn is_hit(&mut self) -> bool {
+        let lookup = protocol::lookup(&mut self.conn, &self.keyspace, self.tenant, &self.key, &self.tags).await;
+        matches!(lookup, Ok(Lookup::Hit(_)))
+    }
+
+    async fn invalidate(&mut self, tag: &str, ack: ReplicaAck) -> Result<(), protocol::InvalidateError> {
+        let tags = [Tag::parse(tag).unwrap()];
+        protocol::invalidate_replicated(&mut self.conn, &self.keyspace, self.tenant, &tags, ack, None).await.map(drop)
+    }
+}
+
+/// The invalidator's timeouts by default when no replica must confirm: a refusal the client
+/// sends again must reach the caller within them (it waited 1.28 s before each of 3 retries).
+const INVALIDATOR_TIMEOUTS: Timeouts =
+    Timeouts { connect: Duration::from_secs(2), response: Duration::from_secs(1), overall: Duration::from_secs(2) };
+
+/// What the invalidator waits for on a cluster: one replica.
+const ONE_REPLICA: ReplicaAck = ReplicaAck { replicas: 1, timeout: Duration::from_secs(2) };
+
+#[tokio::test]
+async fn an_invalidation_while_the_tenants_slot_migrates_leaves_no_entry_readable() {
+    let mut c = Cached::new().await;
+    assert!(c.is_hit().await);
+    c.start_migrating();
+    assert!(c.is_hit().await, "the migration alone changes nothing a lookup sees");
+
+    c.invalidate("risk:1", ONE_REPLICA).await.expect("the invalidation goes through during the migration");
+    assert!(!c.is_hit().await, "the entry is still served after its tag was invalidated");
+}
+
+#[tokio::test]
+async fn an_invalidation_reaches_a_version_already_moved_to_the_importing_master() {
+    let mut c = Cached::new().await;
+    let (source, target) = c.start_migrating();
+    // Everything the lookup reads moved, so the importing master serves it.
+    for key in
+        [c.key.clone(), c.keyspace.version_key(c.tenant, &c.tags[0]), c.keyspace.version_key(c.tenant, &c.tags[1])]
+    {
+        c.migrate(&key, source, target);
+    }
+    assert!(c.is_hit().await, "the moved entry is served by the importing master");
+
+    c.invalidate("all", ReplicaAck::MASTER_ONLY).await.expect("the invalidation follows the moved version");
+    assert!(!c.is_hit().await, "the moved entry is still served after its tag was invalidated");
+}
