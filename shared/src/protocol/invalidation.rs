@@ -188,7 +188,14 @@ pub async fn invalidate_replicated<C: ConnectionLike>(
     ack: ReplicaAck,
     replayed_by: Option<Lsn>,
 ) -> Result<Reclaimable, InvalidateError> {
-    match invalidate_in_one_call(conn, keyspace, tenant, tags, ack, replayed_by).await {
+    let in_one_call = if tags.is_empty() || ack.replicas == 0 {
+        invalidate_with_floor(conn, keyspace, tenant, tags, replayed_by).await.map_err(InvalidateError::from)
+    } else {
+        let (token, keys) = invalidation_keys(keyspace, tenant, tags);
+        let floor = replayed_by.map(floor_text).unwrap_or_default();
+        script_and_wait(conn, &keys, &token, &floor, ack).await
+    };
+    match in_one_call {
         Err(InvalidateError::Redis(error)) if error.kind() == ErrorKind::Server(ServerErrorKind::TryAgain) => {
             replace_versions_one_by_one(conn, keyspace, tenant, tags, ack).await
         }
@@ -196,20 +203,14 @@ pub async fn invalidate_replicated<C: ConnectionLike>(
     }
 }
 
-/// [`invalidate_replicated`] as one script and its `WAIT`, in one pipeline.
-async fn invalidate_in_one_call<C: ConnectionLike>(
+/// [`INVALIDATE`] on `keys` with `token` and `floor`, and a `WAIT` for `ack`, in one pipeline.
+async fn script_and_wait<C: ConnectionLike>(
     conn: &mut C,
-    keyspace: &Keyspace,
-    tenant: Uuid,
-    tags: &[Tag],
+    keys: &[String],
+    token: &str,
+    floor: &str,
     ack: ReplicaAck,
-    replayed_by: Option<Lsn>,
 ) -> Result<Reclaimable, InvalidateError> {
-    if tags.is_empty() || ack.replicas == 0 {
-        return Ok(invalidate_with_floor(conn, keyspace, tenant, tags, replayed_by).await?);
-    }
-    let (token, keys) = invalidation_keys(keyspace, tenant, tags);
-    let floor = replayed_by.map(floor_text).unwrap_or_default();
     // A script inside a pipeline is not loaded for us: try it by hash, and on NOSCRIPT send its
     // source (which also loads it on that node for the next time).
     let pipeline = |by_hash: bool| {
@@ -218,15 +219,15 @@ async fn invalidate_in_one_call<C: ConnectionLike>(
         command
             .arg(if by_hash { INVALIDATE.get_hash() } else { INVALIDATE_SOURCE })
             .arg(keys.len())
-            .arg(&keys)
-            .arg(&token)
-            .arg(&floor);
+            .arg(keys)
+            .arg(token)
+            .arg(floor);
         pipe.cmd("WAIT").arg(ack.replicas).arg(ack.wait_ms());
         pipe
     };
     let reply: redis::RedisResult<(Vec<String>, u32)> = pipeline(true).query_async(conn).await;
     let (moved, acked) = match reply {
-        Err(error) if error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+        Err(error) if error.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
             pipeline(false).query_async(conn).await?
         }
         other => other?,
