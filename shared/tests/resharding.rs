@@ -48,12 +48,6 @@ impl Cached {
         self.cluster.master_of(&self.key)
     }
 
-    /// Another master.
-    fn target(&self) -> u16 {
-        let source = self.source();
-        self.cluster.master_ports().into_iter().find(|&port| port != source).expect("another master")
-    }
-
     fn node(&self, port: u16, args: &[&str]) -> String {
         node_command(&self.cluster.node_url(port), args).unwrap_or_else(|| panic!("{args:?} on {port}"))
     }
@@ -61,7 +55,8 @@ impl Cached {
     /// Starts moving the tenant's slot from its master to another (`IMPORTING`, `MIGRATING`),
     /// moving no key yet; returns the two masters.
     fn start_migrating(&self) -> (u16, u16) {
-        let (source, target) = (self.source(), self.target());
+        let source = self.source();
+        let target = self.cluster.master_ports().into_iter().find(|&port| port != source).expect("another master");
         let slot = tenant_slot(self.tenant).to_string();
         let (source_id, target_id) = (self.node(source, &["CLUSTER", "MYID"]), self.node(target, &["CLUSTER", "MYID"]));
         assert_eq!(self.node(target, &["CLUSTER", "SETSLOT", &slot, "IMPORTING", &source_id]), "OK");
