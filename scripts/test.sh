@@ -17,4 +17,4 @@ cargo nextest run --workspace "$@"
 scripts/with-redis-cluster.sh cargo nextest run --workspace \
     -E '(package(openrisk-api) | package(openrisk-invalidator) | (package(openrisk-shared) & binary(protocol)))
         & !binary(redis_failover) & !binary(redis_down) & !binary(network_faults) & !binary(openapi)
-        & !binary(replicas)' "$@"
+        & !binary(replicas) & !binary(resharding)' "$@"

@@ -8,8 +8,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{HANG_BOUND, cache_status, create_tenant, spawn_app_with, spawn_app_with_cached_risk};
-use openrisk_api::AppOptions;
+use common::{
+    HANG_BOUND, cache_status, create_tenant, spawn_app_with_a_breaker_per_master, spawn_app_with_cached_risk,
+};
 use openrisk_shared::{CacheStatus, Tag};
 use openrisk_test_support::{PrivateRedisCluster, RedisNamespace};
 use reqwest::{Method, StatusCode};
@@ -93,16 +94,7 @@ async fn the_api_keeps_answering_while_a_master_fails_over(stop: impl FnOnce(&mu
 #[tokio::test]
 async fn a_master_that_is_down_opens_the_breaker_of_its_own_tenants_only() {
     let mut cluster = PrivateRedisCluster::start_with(3, 0);
-    let long_open = |settings: &mut openrisk_shared::Settings| {
-        settings.cache.breaker_failure_threshold = 2;
-        settings.cache.breaker_open_ms = 1_500;
-    };
-    let app = spawn_app_with(RedisNamespace::on(&cluster.url()), long_open, AppOptions::default()).await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while app.app.state.cluster.latest().is_none() {
-        assert!(Instant::now() < deadline, "the cluster watch never looked");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let app = spawn_app_with_a_breaker_per_master(&cluster, 1_500).await;
     let master_of = |tenant| cluster.master_of(&app.redis.keyspace().version_key(tenant, &Tag::all()));
     let down = &app.a;
     let mut up = create_tenant(&app.app, "up-0").await;

@@ -118,12 +118,17 @@ impl RedisTarget {
             .response_timeout(timeouts.response)
             .overall_response_timeout(Some(timeouts.overall))
             .retries(3)
-            // A refusal to wait out (`TRYAGAIN` while a slot migrates, `CLUSTERDOWN`) is sent
-            // again after 100 ms rather than the client's 1.28 s, so the third one reaches the
-            // caller within its timeout instead of ending as a timeout (see
-            // `protocol::invalidate_replicated`).
-            .min_retry_wait(100)
+            .min_retry_wait(Self::retry_wait_ms(timeouts))
+            .max_retry_wait(Self::retry_wait_ms(timeouts) + 1)
             .build()
+    }
+
+    /// How long the cluster client waits before sending a refused call again (`TRYAGAIN` while a
+    /// slot migrates, `CLUSTERDOWN`): a tenth of the overall bound, so its three retries leave the
+    /// refusal time to reach the caller within it (the client's own 1.28 s and more would end
+    /// them all as a timeout, and the caller could not fall back: see `protocol::invalidate`).
+    fn retry_wait_ms(timeouts: Timeouts) -> u64 {
+        u64::try_from(timeouts.overall.as_millis() / 10).unwrap_or(u64::MAX / 2).max(1)
     }
 
     fn cluster_config(timeouts: Timeouts) -> ClusterConfig {

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use openrisk_shared::keys::{Keyspace, Tag, tenant_slot};
+use openrisk_shared::keys::{Keyspace, Tag};
 use openrisk_shared::protocol::{self, Fill, Lookup, ReplicaAck};
 use openrisk_shared::redis_connection::{RedisConnection, RedisTarget, Timeouts};
 use openrisk_test_support::{PrivateRedisCluster, RedisNamespace, node_command};
@@ -39,36 +39,15 @@ impl Cached {
         let entry = Fill { entry_key: &key, body: b"v1", etag: "e1", ttl_secs: 60, dependencies_ttl_secs: 120 };
         assert!(protocol::fill(&mut conn, &keyspace, tenant, &snapshot, entry).await.unwrap());
         let cached = Self { cluster, _namespace: namespace, keyspace, conn, tenant, key, tags };
-        cached.cluster.wait_until_replicated(cached.source());
+        cached.cluster.wait_until_replicated(cached.cluster.master_of(&cached.key));
         cached
-    }
-
-    /// The master serving the tenant's slot.
-    fn source(&self) -> u16 {
-        self.cluster.master_of(&self.key)
-    }
-
-    fn node(&self, port: u16, args: &[&str]) -> String {
-        node_command(&self.cluster.node_url(port), args).unwrap_or_else(|| panic!("{args:?} on {port}"))
-    }
-
-    /// Starts moving the tenant's slot from its master to another (`IMPORTING`, `MIGRATING`),
-    /// moving no key yet; returns the two masters.
-    fn start_migrating(&self) -> (u16, u16) {
-        let source = self.source();
-        let target = self.cluster.master_ports().into_iter().find(|&port| port != source).expect("another master");
-        let slot = tenant_slot(self.tenant).to_string();
-        let (source_id, target_id) = (self.node(source, &["CLUSTER", "MYID"]), self.node(target, &["CLUSTER", "MYID"]));
-        assert_eq!(self.node(target, &["CLUSTER", "SETSLOT", &slot, "IMPORTING", &source_id]), "OK");
-        assert_eq!(self.node(source, &["CLUSTER", "SETSLOT", &slot, "MIGRATING", &target_id]), "OK");
-        (source, target)
     }
 
     /// Moves `key` alone from `source` to `target`, as a migration does key by key.
     fn migrate(&self, key: &str, source: u16, target: u16) {
         let port = target.to_string();
-        let moved = self.node(source, &["MIGRATE", "127.0.0.1", &port, key, "0", "5000"]);
-        assert_eq!(moved, "OK");
+        let moved = node_command(&self.cluster.node_url(source), &["MIGRATE", "127.0.0.1", &port, key, "0", "5000"]);
+        assert_eq!(moved.as_deref(), Some("OK"), "MIGRATE {key}");
     }
 
     async fn is_hit(&mut self) -> bool {
@@ -94,7 +73,7 @@ const ONE_REPLICA: ReplicaAck = ReplicaAck { replicas: 1, timeout: Duration::fro
 async fn an_invalidation_while_the_tenants_slot_migrates_leaves_no_entry_readable() {
     let mut c = Cached::new().await;
     assert!(c.is_hit().await);
-    c.start_migrating();
+    c.cluster.start_migrating(&c.key, |others| others[0]);
     assert!(c.is_hit().await, "the migration alone changes nothing a lookup sees");
 
     c.invalidate("risk:1", ONE_REPLICA).await.expect("the invalidation goes through during the migration");
@@ -104,12 +83,12 @@ async fn an_invalidation_while_the_tenants_slot_migrates_leaves_no_entry_readabl
 #[tokio::test]
 async fn an_invalidation_reaches_a_version_already_moved_to_the_importing_master() {
     let mut c = Cached::new().await;
-    let (source, target) = c.start_migrating();
+    let migration = c.cluster.start_migrating(&c.key, |others| others[0]);
     // Everything the lookup reads moved, so the importing master serves it.
     for key in
         [c.key.clone(), c.keyspace.version_key(c.tenant, &c.tags[0]), c.keyspace.version_key(c.tenant, &c.tags[1])]
     {
-        c.migrate(&key, source, target);
+        c.migrate(&key, migration.source, migration.target);
     }
     assert!(c.is_hit().await, "the moved entry is served by the importing master");
 

@@ -144,6 +144,37 @@ impl PrivateRedisCluster {
         self.master_ports().into_iter().find(|&port| owns(port)).unwrap_or_else(|| panic!("no master serves {key}"))
     }
 
+    /// Starts moving the slot of `key` from the master serving it to the one `choose` picks among
+    /// the other masters, as a resharding does (`CLUSTER SETSLOT … IMPORTING` on the target, then
+    /// `MIGRATING` on the source), moving no key yet.
+    pub fn start_migrating(&self, key: &str, choose: impl FnOnce(&[u16]) -> u16) -> SlotMigration {
+        let source = self.master_of(key);
+        let others: Vec<u16> = self.master_ports().into_iter().filter(|&port| port != source).collect();
+        assert!(!others.is_empty(), "no other master to migrate {key}'s slot to");
+        let target = choose(&others);
+        let slot = self.on(source, &["CLUSTER", "KEYSLOT", key]);
+        let (source_id, target_id) = (self.on(source, &["CLUSTER", "MYID"]), self.on(target, &["CLUSTER", "MYID"]));
+        assert_eq!(self.on(target, &["CLUSTER", "SETSLOT", &slot, "IMPORTING", &source_id]), "OK");
+        assert_eq!(self.on(source, &["CLUSTER", "SETSLOT", &slot, "MIGRATING", &target_id]), "OK");
+        SlotMigration { slot, source, target, target_id }
+    }
+
+    /// Ends `migration` once its keys have moved: the slot is handed to the target on the target,
+    /// then the source, then every other master (the order Redis documents).
+    pub fn finish_migration(&self, migration: &SlotMigration) {
+        let others =
+            self.master_ports().into_iter().filter(|&port| port != migration.target && port != migration.source);
+        for port in [migration.target, migration.source].into_iter().chain(others) {
+            let handed = self.on(port, &["CLUSTER", "SETSLOT", &migration.slot, "NODE", &migration.target_id]);
+            assert_eq!(handed, "OK", "SETSLOT NODE on {port}");
+        }
+    }
+
+    /// `command` on the node on `port`, which must answer.
+    fn on(&self, port: u16, args: &[&str]) -> String {
+        command(&self.node_url(port), args).unwrap_or_else(|| panic!("{args:?} on {port} got no answer"))
+    }
+
     /// Ports of the replicas of the master on `master`.
     pub fn replicas_of(&self, master: u16) -> Vec<u16> {
         self.nodes
@@ -226,6 +257,17 @@ impl PrivateRedisCluster {
     }
 }
 
+/// A slot on its way from one master to another ([`PrivateRedisCluster::start_migrating`]).
+#[derive(Debug, Clone)]
+pub struct SlotMigration {
+    pub slot: String,
+    /// Port of the master giving the slot away.
+    pub source: u16,
+    /// Port of the master taking it.
+    pub target: u16,
+    target_id: String,
+}
+
 /// Runs one command on one node, `None` when it does not answer.
 pub fn command(url: &str, args: &[&str]) -> Option<String> {
     let client = redis::Client::open(url).ok()?;
@@ -238,6 +280,7 @@ pub fn command(url: &str, args: &[&str]) -> Option<String> {
         redis::Value::BulkString(bytes) => Some(String::from_utf8_lossy(&bytes).into_owned()),
         redis::Value::SimpleString(text) | redis::Value::VerbatimString { text, .. } => Some(text),
         redis::Value::Okay => Some("OK".into()),
+        redis::Value::Int(number) => Some(number.to_string()),
         other => Some(format!("{other:?}")),
     }
 }

@@ -429,20 +429,13 @@ const MIGRATE_BATCH: usize = 5;
 /// Moves the slot of `tenant` (whose keys hash by `key`'s tag) from its master to another one, a
 /// few keys at a time, then hands the slot over on every master.
 fn migrate_slot(cluster: &mut PrivateRedisCluster, tenant: Uuid, key: &str, pick: u64) -> anyhow::Result<String> {
-    let source = cluster.master_of(key);
-    let slot: i64 = node(source, &["CLUSTER", "KEYSLOT", key])?;
-    let masters = cluster.master_ports();
-    let others: Vec<u16> = masters.iter().copied().filter(|&port| port != source).collect();
-    let target = *others.choose(&mut StdRng::seed_from_u64(pick)).context("no other master")?;
-    let source_id: String = node(source, &["CLUSTER", "MYID"])?;
-    let target_id: String = node(target, &["CLUSTER", "MYID"])?;
-    let slot = slot.to_string();
-    node::<()>(target, &["CLUSTER", "SETSLOT", &slot, "IMPORTING", &source_id])?;
-    node::<()>(source, &["CLUSTER", "SETSLOT", &slot, "MIGRATING", &target_id])?;
+    let choose = |others: &[u16]| *others.choose(&mut StdRng::seed_from_u64(pick)).expect("another master");
+    let migration = cluster.start_migrating(key, choose);
+    let (source, target, slot) = (migration.source, migration.target, &migration.slot);
     let started = Instant::now();
     let mut moved = 0;
     loop {
-        let keys: Vec<String> = node(source, &["CLUSTER", "GETKEYSINSLOT", &slot, &MIGRATE_BATCH.to_string()])?;
+        let keys: Vec<String> = node(source, &["CLUSTER", "GETKEYSINSLOT", slot, &MIGRATE_BATCH.to_string()])?;
         if keys.is_empty() {
             break;
         }
@@ -453,12 +446,7 @@ fn migrate_slot(cluster: &mut PrivateRedisCluster, tenant: Uuid, key: &str, pick
         moved += keys.len();
         std::thread::sleep(Duration::from_millis(20));
     }
-    // The target first, then the source, then the rest (the order Redis' documentation gives).
-    for port in
-        std::iter::once(target).chain(std::iter::once(source)).chain(others.into_iter().filter(|&p| p != target))
-    {
-        node::<()>(port, &["CLUSTER", "SETSLOT", &slot, "NODE", &target_id])?;
-    }
+    cluster.finish_migration(&migration);
     cluster.wait_until_healthy(CLUSTER_REPLICAS);
     Ok(format!(
         "slot {slot} of tenant {tenant} migrated from {source} to {target}: {moved} keys in {:.1}s",

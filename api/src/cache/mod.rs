@@ -190,6 +190,13 @@ impl Cache {
                 // On a cluster another master's breaker may still be open.
                 self.refresh_degraded();
             }
+            // The master answered and serves its other tenants: only this tenant's slot is on
+            // the move, so the call fails without counting against the master's breaker.
+            Err(RedisFault::Redis(error)) if protocol::refused_while_migrating(error) => {
+                breaker.success();
+                self.refresh_degraded();
+                tracing::debug!(operation, %error, "redis refused a call while the slot migrates; serving from Postgres");
+            }
             Err(error) => {
                 breaker.failure();
                 self.metrics.set_degraded(true);

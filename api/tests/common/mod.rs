@@ -14,7 +14,7 @@ use openrisk_api::cache::BeforeFillHook;
 use openrisk_api::{AppOptions, Application};
 use openrisk_shared::protocol;
 use openrisk_shared::{Settings, Tag};
-use openrisk_test_support::{RedisNamespace, TestDatabase};
+use openrisk_test_support::{PrivateRedisCluster, RedisNamespace, TestDatabase};
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use serde_json::{Value, json};
 use tokio::sync::{Notify, Semaphore};
@@ -77,6 +77,23 @@ pub async fn spawn_app_with_cached_risk(redis: RedisNamespace, title: &str) -> (
     let path = app.create_risk_path(&app.a.analyst, title).await;
     app.assert_cached(&path, &app.a.analyst).await;
     (app, path)
+}
+
+/// Spawns the app on `cluster` with breakers that open after two failures and stay open for
+/// `breaker_open_ms`, and waits for the cluster watch's first look: until then every tenant
+/// shares one breaker instead of its master's.
+pub async fn spawn_app_with_a_breaker_per_master(cluster: &PrivateRedisCluster, breaker_open_ms: u64) -> TestApp {
+    let breakers = |settings: &mut Settings| {
+        settings.cache.breaker_failure_threshold = 2;
+        settings.cache.breaker_open_ms = breaker_open_ms;
+    };
+    let app = spawn_app_with(RedisNamespace::on(&cluster.url()), breakers, AppOptions::default()).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while app.app.state.cluster.latest().is_none() {
+        assert!(std::time::Instant::now() < deadline, "the cluster watch never looked");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    app
 }
 
 /// Spawns the app with a [`FillGate`] before every fill, adjusting the settings with `configure`.

@@ -100,6 +100,14 @@ impl ReplicaAck {
         if self.replicas == 0 { std::time::Duration::ZERO } else { self.timeout }
     }
 
+    /// `Ok` when `acked` replicas (what `WAIT` answered) are enough.
+    fn confirmed_by(&self, acked: u32) -> Result<(), InvalidateError> {
+        if acked < self.replicas {
+            return Err(InvalidateError::NotReplicated { acked, required: self.replicas, timeout: self.timeout });
+        }
+        Ok(())
+    }
+
     /// `WAIT`'s timeout argument, in milliseconds (0 would wait for ever, so at least 1).
     fn wait_ms(&self) -> u64 {
         u64::try_from(self.timeout.as_millis()).unwrap_or(u64::MAX).max(1)
@@ -120,14 +128,27 @@ pub enum InvalidateError {
 /// Invalidates `tags` of `tenant` (one script, O(tags)): after it returns no entry built under
 /// their previous versions is served. Idempotent; a tag nothing was cached under costs one
 /// `GET`. The caller reclaims the returned member sets once it has acknowledged the event.
-/// The new versions' replay floors are unknown (see [`invalidate_replicated`]).
+/// The new versions' replay floors are unknown (see [`invalidate_replicated`]). While the
+/// tenant's slot migrates, the versions are replaced one by one ([`replace_versions_one_by_one`]).
 pub async fn invalidate<C: ConnectionLike>(
     conn: &mut C,
     keyspace: &Keyspace,
     tenant: Uuid,
     tags: &[Tag],
 ) -> redis::RedisResult<Reclaimable> {
-    invalidate_with_floor(conn, keyspace, tenant, tags, None).await
+    match invalidate_with_floor(conn, keyspace, tenant, tags, None).await {
+        Err(error) if refused_while_migrating(&error) => {
+            replace_versions_one_by_one(conn, keyspace, tenant, tags).await
+        }
+        outcome => outcome,
+    }
+}
+
+/// Whether Redis refused a call because some of its keys have moved to another master while
+/// the others have not, as it does while their slot migrates (`TRYAGAIN`): the master answers,
+/// and answers other keys, so this says nothing about its health.
+pub fn refused_while_migrating(error: &redis::RedisError) -> bool {
+    error.kind() == ErrorKind::Server(ServerErrorKind::TryAgain)
 }
 
 async fn invalidate_with_floor<C: ConnectionLike>(
@@ -176,7 +197,7 @@ fn invalidation_keys(keyspace: &Keyspace, tenant: Uuid, tags: &[Tag]) -> (String
 /// where the previous ones had one.
 ///
 /// While the tenant's slot migrates, the script is refused, and the versions are replaced one
-/// by one instead ([`replace_versions_one_by_one`]).
+/// by one instead ([`replace_versions_one_by_one`]), confirmed by a `WAIT` on every master.
 ///
 /// Invariant: `Ok` means the invalidation survives the failover of its master to any replica
 /// that confirmed it (Redis promotes the replica with the most replicated data first).
@@ -196,8 +217,15 @@ pub async fn invalidate_replicated<C: ConnectionLike>(
         script_and_wait(conn, &keys, &token, &floor, ack).await
     };
     match in_one_call {
-        Err(InvalidateError::Redis(error)) if error.kind() == ErrorKind::Server(ServerErrorKind::TryAgain) => {
-            replace_versions_one_by_one(conn, keyspace, tenant, tags, ack).await
+        Err(InvalidateError::Redis(error)) if refused_while_migrating(&error) => {
+            let reclaimable = replace_versions_one_by_one(conn, keyspace, tenant, tags).await?;
+            if ack.replicas > 0 {
+                // Without a key, `WAIT` goes to every master, so it covers the writes wherever
+                // they landed.
+                let acked: u32 = redis::cmd("WAIT").arg(ack.replicas).arg(ack.wait_ms()).query_async(conn).await?;
+                ack.confirmed_by(acked)?;
+            }
+            Ok(reclaimable)
         }
         outcome => outcome,
     }
@@ -232,9 +260,7 @@ async fn script_and_wait<C: ConnectionLike>(
         }
         other => other?,
     };
-    if acked < ack.replicas {
-        return Err(InvalidateError::NotReplicated { acked, required: ack.replicas, timeout: ack.timeout });
-    }
+    ack.confirmed_by(acked)?;
     Ok(Reclaimable { keys: moved })
 }
 
@@ -244,26 +270,18 @@ async fn script_and_wait<C: ConnectionLike>(
 /// are still served. This replaces each version alone instead (`SET … XX KEEPTTL`: one key, which
 /// the client follows to whichever node holds it now; an absent version stays absent), which is
 /// all a lookup checks. The member sets stay in place (a later invalidation reclaims their
-/// entries) and the replay floors no longer match their versions, so they read as unknown. A
-/// `WAIT` without a key goes to every master, so it covers the write wherever it landed.
+/// entries) and the replay floors no longer match their versions, so they read as unknown.
 async fn replace_versions_one_by_one<C: ConnectionLike>(
     conn: &mut C,
     keyspace: &Keyspace,
     tenant: Uuid,
     tags: &[Tag],
-    ack: ReplicaAck,
-) -> Result<Reclaimable, InvalidateError> {
+) -> redis::RedisResult<Reclaimable> {
     let token = fresh_token();
     for tag in tags {
         let key = keyspace.version_key(tenant, tag);
         let _: Option<String> =
             redis::cmd("SET").arg(&key).arg(&token).arg("XX").arg("KEEPTTL").query_async(conn).await?;
-    }
-    if ack.replicas > 0 {
-        let acked: u32 = redis::cmd("WAIT").arg(ack.replicas).arg(ack.wait_ms()).query_async(conn).await?;
-        if acked < ack.replicas {
-            return Err(InvalidateError::NotReplicated { acked, required: ack.replicas, timeout: ack.timeout });
-        }
     }
     Ok(Reclaimable::default())
 }
@@ -290,10 +308,7 @@ pub async fn probe<C: ConnectionLike>(
     }
     pipe.cmd("WAIT").arg(ack.replicas).arg(ack.wait_ms());
     let (acked,): (u32,) = pipe.query_async(conn).await?;
-    if acked < ack.replicas {
-        return Err(InvalidateError::NotReplicated { acked, required: ack.replicas, timeout: ack.timeout });
-    }
-    Ok(())
+    ack.confirmed_by(acked)
 }
 
 /// Unlinks the entries of reclaimed member sets, walking each with `SSCAN` and unlinking at most

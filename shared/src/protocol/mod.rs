@@ -52,7 +52,10 @@ mod replay_floor;
 
 pub use background_reclaims::{BackgroundReclaims, RECLAIMS_AT_ONCE};
 pub use eviction::{check_eviction_policy, eviction_policy_problem};
-pub use invalidation::{InvalidateError, Reclaimable, ReplicaAck, invalidate, invalidate_replicated, probe, reclaim};
+pub use invalidation::{
+    InvalidateError, Reclaimable, ReplicaAck, invalidate, invalidate_replicated, probe, reclaim,
+    refused_while_migrating,
+};
 pub use replay_floor::{ReplayFloor, replay_floor, stamp_replay_floor};
 
 /// Members unlinked per Redis command by [`reclaim`]: bounds the time one command holds Redis,
