@@ -144,11 +144,12 @@ pub async fn invalidate<C: ConnectionLike>(
     }
 }
 
-/// Whether Redis refused a call because some of its keys have moved to another master while
-/// the others have not, as it does while their slot migrates (`TRYAGAIN`): the master answers,
-/// and answers other keys, so this says nothing about its health.
+/// Whether Redis refused a call because its keys' slot is moving between masters: `TRYAGAIN`
+/// (some keys moved, some not), or the `ASK` or `MOVED` left when the cluster client spent its
+/// retries bouncing between the two masters (seen in the cluster soak). The masters answer, and
+/// answer other slots, so this says nothing about their health; a call on one key gets through.
 pub fn refused_while_migrating(error: &redis::RedisError) -> bool {
-    error.kind() == ErrorKind::Server(ServerErrorKind::TryAgain)
+    matches!(error.kind(), ErrorKind::Server(ServerErrorKind::TryAgain | ServerErrorKind::Ask | ServerErrorKind::Moved))
 }
 
 async fn invalidate_with_floor<C: ConnectionLike>(
@@ -335,4 +336,35 @@ pub async fn reclaim<C: ConnectionLike>(conn: &mut C, reclaimable: &Reclaimable)
         let _: u64 = redis::cmd("UNLINK").arg(key).query_async(conn).await?;
     }
     Ok(unlinked)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The error the client makes of a server's error reply, as read off the wire.
+    fn reply_error(reply: &str) -> redis::RedisError {
+        let value = redis::parse_redis_value(format!("-{reply}\r\n").as_bytes()).unwrap();
+        value.extract_error().expect_err("an error reply")
+    }
+
+    #[test]
+    fn a_reply_about_a_slot_on_the_move_is_a_refusal_and_one_about_a_failing_master_is_not() {
+        for moving in [
+            "TRYAGAIN Multiple keys request during rehashing of slot",
+            "ASK 3999 127.0.0.1:6381",
+            "MOVED 3999 127.0.0.1:6381",
+        ] {
+            assert!(refused_while_migrating(&reply_error(moving)), "{moving}");
+        }
+        for failing in [
+            "CLUSTERDOWN The cluster is down",
+            "LOADING Redis is loading the dataset in memory",
+            "OOM command not allowed",
+        ] {
+            assert!(!refused_while_migrating(&reply_error(failing)), "{failing}");
+        }
+        let io = redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
+        assert!(!refused_while_migrating(&io));
+    }
 }
