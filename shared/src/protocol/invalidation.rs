@@ -145,11 +145,12 @@ pub async fn invalidate<C: ConnectionLike>(
 }
 
 /// Whether Redis refused a call because its keys' slot is moving between masters: `TRYAGAIN`
-/// (some keys moved, some not), or the `ASK` or `MOVED` left when the cluster client spent its
-/// retries bouncing between the two masters (seen in the cluster soak). The masters answer, and
-/// answer other slots, so this says nothing about their health; a call on one key gets through.
+/// (some keys moved, some not), or the `ASK` left when the cluster client spent its retries
+/// bouncing between the two masters (seen in the cluster soak). The masters answer, and answer
+/// other slots, so this says nothing about their health; a call on one key gets through. Not
+/// `MOVED`: the other masters also answer so for a master that is down.
 pub fn refused_while_migrating(error: &redis::RedisError) -> bool {
-    matches!(error.kind(), ErrorKind::Server(ServerErrorKind::TryAgain | ServerErrorKind::Ask | ServerErrorKind::Moved))
+    matches!(error.kind(), ErrorKind::Server(ServerErrorKind::TryAgain | ServerErrorKind::Ask))
 }
 
 async fn invalidate_with_floor<C: ConnectionLike>(
@@ -350,14 +351,13 @@ mod tests {
 
     #[test]
     fn a_reply_about_a_slot_on_the_move_is_a_refusal_and_one_about_a_failing_master_is_not() {
-        for moving in [
-            "TRYAGAIN Multiple keys request during rehashing of slot",
-            "ASK 3999 127.0.0.1:6381",
-            "MOVED 3999 127.0.0.1:6381",
-        ] {
+        for moving in ["TRYAGAIN Multiple keys request during rehashing of slot", "ASK 3999 127.0.0.1:6381"] {
             assert!(refused_while_migrating(&reply_error(moving)), "{moving}");
         }
+        // A master that is down is named by `MOVED` from the others, as long as they still
+        // count it as the slot's master.
         for failing in [
+            "MOVED 3999 127.0.0.1:6381",
             "CLUSTERDOWN The cluster is down",
             "LOADING Redis is loading the dataset in memory",
             "OOM command not allowed",
