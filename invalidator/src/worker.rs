@@ -298,7 +298,12 @@ impl Worker {
     async fn connect_redis(&self) -> redis::RedisResult<RedisConnection> {
         let redis_timeout = Duration::from_millis(self.settings.invalidator.redis_timeout_ms);
         let response = redis_timeout + self.replica_ack.extra_reply_time();
-        let timeouts = Timeouts { connect: Duration::from_secs(2), response, overall: response * 2 };
+        let timeouts = Timeouts {
+            connect: Duration::from_secs(2),
+            response,
+            overall: response * 2,
+            refusal_retry: Timeouts::REFUSAL_RETRY,
+        };
         let mut connection = self.redis.connect(timeouts).await?;
         if let Err(error) = protocol::check_eviction_policy(&mut connection).await {
             tracing::warn!(%error, "could not read Redis eviction settings");

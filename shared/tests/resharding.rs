@@ -63,8 +63,12 @@ impl Cached {
 
 /// The invalidator's timeouts by default when no replica must confirm: a refusal the client
 /// sends again must reach the caller within them (it waited 1.28 s before each of 3 retries).
-const INVALIDATOR_TIMEOUTS: Timeouts =
-    Timeouts { connect: Duration::from_secs(2), response: Duration::from_secs(1), overall: Duration::from_secs(2) };
+const INVALIDATOR_TIMEOUTS: Timeouts = Timeouts {
+    connect: Duration::from_secs(2),
+    response: Duration::from_secs(1),
+    overall: Duration::from_secs(2),
+    refusal_retry: Timeouts::REFUSAL_RETRY,
+};
 
 /// What the invalidator waits for on a cluster: one replica.
 const ONE_REPLICA: ReplicaAck = ReplicaAck { replicas: 1, timeout: Duration::from_secs(2) };

@@ -159,6 +159,39 @@ impl PrivateRedisCluster {
         SlotMigration { slot, source, target, target_id }
     }
 
+    /// Moves every key of `migration`'s slot to its target, `batch` keys per `MIGRATE` with
+    /// `pause` between two, as a resharding tool does but slower, so that readers and writers
+    /// meet the slot half moved. Returns how many keys moved.
+    pub fn move_keys(&self, migration: &SlotMigration, batch: usize, pause: Duration) -> usize {
+        let client = redis::Client::open(self.node_url(migration.source)).expect("a node URL");
+        let mut source = client.get_connection_with_timeout(Duration::from_secs(2)).expect("the source answers");
+        source.set_read_timeout(Some(Duration::from_secs(10))).expect("a read timeout");
+        let mut moved = 0;
+        loop {
+            let keys: Vec<String> = redis::cmd("CLUSTER")
+                .arg("GETKEYSINSLOT")
+                .arg(&migration.slot)
+                .arg(batch)
+                .query(&mut source)
+                .expect("CLUSTER GETKEYSINSLOT on the source");
+            if keys.is_empty() {
+                return moved;
+            }
+            redis::cmd("MIGRATE")
+                .arg("127.0.0.1")
+                .arg(migration.target)
+                .arg("")
+                .arg(0)
+                .arg(5000)
+                .arg("KEYS")
+                .arg(&keys)
+                .exec(&mut source)
+                .expect("MIGRATE to the target");
+            moved += keys.len();
+            std::thread::sleep(pause);
+        }
+    }
+
     /// Ends `migration` once its keys have moved: the slot is handed to the target on the target,
     /// then the source, then every other master (the order Redis documents).
     pub fn finish_migration(&self, migration: &SlotMigration) {

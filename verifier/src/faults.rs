@@ -433,19 +433,7 @@ fn migrate_slot(cluster: &mut PrivateRedisCluster, tenant: Uuid, key: &str, pick
     let migration = cluster.start_migrating(key, choose);
     let (source, target, slot) = (migration.source, migration.target, &migration.slot);
     let started = Instant::now();
-    let mut moved = 0;
-    loop {
-        let keys: Vec<String> = node(source, &["CLUSTER", "GETKEYSINSLOT", slot, &MIGRATE_BATCH.to_string()])?;
-        if keys.is_empty() {
-            break;
-        }
-        let port = target.to_string();
-        let mut args = vec!["MIGRATE", "127.0.0.1", &port, "", "0", "5000", "KEYS"];
-        args.extend(keys.iter().map(String::as_str));
-        let _: String = node(source, &args)?;
-        moved += keys.len();
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let moved = cluster.move_keys(&migration, MIGRATE_BATCH, Duration::from_millis(20));
     cluster.finish_migration(&migration);
     cluster.wait_until_healthy(CLUSTER_REPLICAS);
     Ok(format!(

@@ -302,6 +302,8 @@ impl World {
             connect: Duration::from_secs(2),
             response: Duration::from_secs(10),
             overall: Duration::from_secs(15),
+            // A check has nothing to fall back on: it waits out a slot migration's refusals.
+            refusal_retry: Duration::from_millis(1_500),
         };
         Ok(RedisTarget::parse(&self.redis_url)?.connect(timeouts).await?)
     }
