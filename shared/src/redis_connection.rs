@@ -73,11 +73,13 @@ pub struct Timeouts {
 
 impl Timeouts {
     /// The wait before a refused call is sent again, unless a caller says otherwise: a
-    /// millisecond, so that the refusal reaches its caller at once. Every caller has something better to do with a refusal than
-    /// wait (the protocol replaces versions one by one, the API reads Postgres, the invalidator
-    /// holds the tenant back and probes it), and a script is refused for as long as its slot
-    /// migrates, so a longer wait only delays that: every invalidation of a migrating tenant took
-    /// 0.9 s at 300 ms, 20 ms at 5 ms and 7 ms at this (`reshard_bench` in `load_tests/RESULTS.md`).
+    /// millisecond, so that the refusal reaches its caller at once. Every caller has something
+    /// better to do with a refusal than wait (the protocol replaces versions one by one, the API
+    /// reads Postgres, the invalidator holds the tenant back and probes it), and a script is
+    /// refused for as long as its slot migrates, so a longer wait only delays that: every
+    /// invalidation of a migrating tenant took 0.9 s at 300 ms, 20 ms at 5 ms and 7 ms at this
+    /// (`reshard_bench` in `load_tests/RESULTS.md`). The price: a failover's brief `CLUSTERDOWN`
+    /// is not waited out either (`docs/operations.md`).
     pub const REFUSAL_RETRY: Duration = Duration::from_millis(1);
 
     /// The same bound for everything: a request that cannot finish in `limit` fails.

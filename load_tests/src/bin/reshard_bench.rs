@@ -148,11 +148,11 @@ async fn migrate_once(
     };
     let invalidations = {
         let tenant = tenant.clone();
-        let mover_done = mover.abort_handle();
+        let mover_handle = mover.abort_handle();
         tokio::spawn(async move {
             let mut calls = Calls::new();
             for n in 0.. {
-                if mover_done.is_finished() {
+                if mover_handle.is_finished() {
                     break;
                 }
                 let sent = Instant::now();
