@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use hdrhistogram::Histogram;
+use openrisk_load_tests::bench::http::new_histogram;
 use openrisk_shared::keys::{Keyspace, Tag};
 use openrisk_shared::protocol::{self, Fill, Lookup, ReplicaAck};
 use openrisk_shared::redis_connection::{RedisConnection, RedisTarget, Timeouts};
@@ -99,7 +100,7 @@ struct Calls {
 
 impl Calls {
     fn new() -> Self {
-        Self { latency_us: Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds"), failed: 0 }
+        Self { latency_us: new_histogram(), failed: 0 }
     }
 
     fn record(&mut self, started: Instant, ok: bool) {
