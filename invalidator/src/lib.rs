@@ -96,9 +96,17 @@ pub async fn start(settings: Settings) -> Result<Running, StartError> {
     }
     let worker = Worker::new(settings.clone(), metrics.clone(), status.clone(), wakeups, cluster.clone())?;
     let worker_shutdown = shutdown.clone();
+    let prober = worker.clone();
     tasks.spawn("worker", async move { worker.run(worker_shutdown).await });
     let redis = settings.redis_target()?;
     if redis.is_cluster() {
+        let follow_shutdown = shutdown.clone();
+        tasks.spawn("held tenants' master changes", async move {
+            tokio::select! {
+                () = prober.follow_master_changes() => {}
+                () = follow_shutdown.cancelled() => {}
+            }
+        });
         let watch_connection = redis.connect_lazily(Timeouts::all(CLUSTER_WATCH_INTERVAL), CLUSTER_WATCH_INTERVAL)?;
         let watch_shutdown = shutdown.clone();
         tasks.spawn("cluster watch", async move {

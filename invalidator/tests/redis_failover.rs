@@ -125,6 +125,18 @@ impl Failover {
         }
     }
 
+    /// Waits, from the promotion, until the promoted replica no longer serves the list the write
+    /// made stale, although no replica confirms there (so nothing is acknowledged).
+    async fn until_dropped_on_the_promoted_replica(&mut self) {
+        let promoted = Instant::now();
+        while self.list_is_cached().await {
+            assert!(promoted.elapsed() < WAIT, "the promoted replica still serves the list the write made stale");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        eprintln!("the list was dropped on the promoted replica {:?} after its promotion", promoted.elapsed());
+        assert!(self.h.outbox_len().await > 0, "nothing is acknowledged while no replica confirms");
+    }
+
     /// Whether the list is served, retrying while the client learns the new topology.
     async fn list_is_cached(&mut self) -> bool {
         let tags = common::with_all(&[common::RISK_LIST_TAG.into()]);
@@ -203,13 +215,27 @@ async fn while_no_replica_confirms_a_write_that_commits_after_a_later_one_is_sti
 async fn a_failover_while_no_replica_confirms_applies_the_tenants_events_again_on_the_new_master() {
     let (mut f, running) = Failover::held_for_a_missing_replica().await;
     f.fail_over().await;
-    let promoted = Instant::now();
-    while f.list_is_cached().await {
-        assert!(promoted.elapsed() < WAIT, "the promoted replica still serves the list the write made stale");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    eprintln!("the list was dropped on the promoted replica {:?} after its promotion", promoted.elapsed());
-    assert!(f.h.outbox_len().await > 0, "nothing is acknowledged while no replica confirms");
+    f.until_dropped_on_the_promoted_replica().await;
+    assert!(running.shutdown(WAIT).await);
+}
+
+/// A write of a tenant whose master was SIGKILLed is held back; the cluster promotes the master's
+/// replica, which has no replica of its own. The promoted master is probed alone before any
+/// probe waits for a replica, so the write is applied there while it serves the tenant's reads,
+/// rather than once a probe's `WAIT` (made longer than the test's bound here) has timed out.
+#[tokio::test]
+async fn a_write_held_while_its_master_is_down_is_applied_on_the_promoted_replica_without_waiting_for_a_replica() {
+    let mut f = Failover::new().await;
+    let mut settings = f.h.settings();
+    settings.invalidator.redis_replicas_ack_timeout_ms = 2 * WAIT.as_millis() as u64;
+    let running = f.h.start(settings).await;
+    f.cache_list().await;
+
+    f.cluster.kill(f.master);
+    f.h.risk(f.tenant, "written while the master is down").await;
+    until_batches_failed(&running, "redis", 1, WAIT).await;
+    f.until_promoted().await;
+    f.until_dropped_on_the_promoted_replica().await;
     assert!(running.shutdown(WAIT).await);
 }
 

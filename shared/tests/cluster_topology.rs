@@ -10,6 +10,7 @@ use openrisk_shared::keys::Keyspace;
 use openrisk_shared::redis_cluster::ClusterWatch;
 use openrisk_shared::redis_connection::{RedisTarget, Timeouts};
 use openrisk_test_support::PrivateRedisCluster;
+use uuid::Uuid;
 
 #[tokio::test]
 async fn every_master_is_reached_after_a_failover_that_caused_no_redirection() {
@@ -49,7 +50,7 @@ async fn every_master_is_reached_after_a_failover_that_caused_no_redirection() {
 }
 
 #[tokio::test]
-async fn the_watch_counts_a_killed_master_replaced_by_its_replica_as_one_failover() {
+async fn the_watch_counts_a_killed_master_replaced_by_its_replica_as_one_failover_and_tells_its_subscribers() {
     let mut cluster = PrivateRedisCluster::start();
     let target = RedisTarget::parse(&cluster.url()).unwrap();
     let connection = target.connect(Timeouts::all(Duration::from_secs(2))).await.unwrap();
@@ -61,7 +62,10 @@ async fn the_watch_counts_a_killed_master_replaced_by_its_replica_as_one_failove
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    let victim = cluster.master_ports()[0];
+    let tenant = Uuid::new_v4();
+    let victim = cluster.master_of(&Keyspace::new("test").tenant_base(tenant));
+    let victim_id = watch.master_of_tenant(tenant).expect("the victim serves the tenant's slot");
+    let mut changes = watch.master_changes();
     cluster.kill(victim);
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -73,4 +77,8 @@ async fn the_watch_counts_a_killed_master_replaced_by_its_replica_as_one_failove
         assert!(Instant::now() < deadline, "the failover was not seen: {health:?}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    let told = tokio::time::timeout(Duration::from_secs(5), changes.changed()).await;
+    assert!(matches!(told, Ok(Ok(()))), "a subscriber is told that a slot changed master");
+    let promoted = watch.master_of_tenant(tenant).expect("the slot is served again");
+    assert_ne!(promoted, victim_id, "and the watch names the new master by then");
 }

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use prometheus::{IntCounter, IntGauge, Registry};
 use serde::Serialize;
 use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::keys::Keyspace;
@@ -133,6 +134,12 @@ fn parse_nodes(reply: &str) -> (Vec<SlotRange>, Vec<String>) {
     (ranges, answering.collect())
 }
 
+/// How soon the watch looks again after a look that found the cluster unsettled (a master that
+/// did not answer, or one that reports the cluster not ok), instead of its interval: a failover
+/// is seen, and followed, within this of the replica's promotion. A look costs a `CLUSTER INFO`
+/// per master and one `CLUSTER NODES`.
+pub const UNSETTLED_LOOK_INTERVAL: Duration = Duration::from_millis(100);
+
 /// The latest view, as `/readyz` reports it.
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
 pub struct ClusterHealth {
@@ -154,6 +161,8 @@ pub struct ClusterWatch {
     owners: SlotOwners,
     /// Follows a slot's new master on the watch's connection and the process's others.
     follower: SlotFollower,
+    /// How many looks found some slot served by another master than the look before.
+    master_changes: Arc<watch::Sender<u64>>,
     known_nodes: IntGauge,
     slots_ok: IntGauge,
     state_ok: IntGauge,
@@ -177,6 +186,7 @@ impl ClusterWatch {
             last_look: Arc::default(),
             follower: SlotFollower::new(owners.clone(), keyspace),
             owners,
+            master_changes: Arc::new(watch::Sender::new(0)),
             known_nodes: IntGauge::new(
                 "openrisk_redis_cluster_known_nodes",
                 "Redis Cluster nodes known to every master",
@@ -244,6 +254,12 @@ impl ClusterWatch {
         self.owners.serves(master)
     }
 
+    /// Sees a new value each time a look finds some slot served by another master than the look
+    /// before (a failover or a migration): [`Self::master_of`] names the new master by then.
+    pub fn master_changes(&self) -> watch::Receiver<u64> {
+        self.master_changes.subscribe()
+    }
+
     /// Makes `connection`, a cluster connection of the process besides the one the watch polls
     /// with, follow each slot's change of master as the watch's own does ([`Self::run`]). The
     /// watch keeps it for as long as it runs: register a connection that lasts as long, once.
@@ -251,10 +267,10 @@ impl ClusterWatch {
         self.follower.add(connection);
     }
 
-    /// Looks at the cluster every `every` for as long as the process runs; a failed look marks
-    /// the state as not ok and keeps the last topology to compare the next one with. Beside the
-    /// looks, the slots they find served by another master are followed
-    /// ([`SlotFollower::run`]).
+    /// Looks at the cluster every `every` (sooner while it is unsettled:
+    /// [`UNSETTLED_LOOK_INTERVAL`]) for as long as the process runs; a failed look marks the state
+    /// as not ok and keeps the last topology to compare the next one with. Beside the looks, the
+    /// slots they find served by another master are followed ([`SlotFollower::run`]).
     pub async fn run(self, connection: RedisConnection, every: Duration) {
         if !connection.is_cluster() {
             return;
@@ -263,13 +279,16 @@ impl ClusterWatch {
         tokio::join!(self.look(connection.clone(), every, changes), self.follower.run(connection, changed, every));
     }
 
-    /// Looks at the cluster every `every`, and sends each slot a look finds served by another
-    /// master than the look before to `changes`.
+    /// Looks at the cluster every `every` ([`UNSETTLED_LOOK_INTERVAL`] after a look that found it
+    /// unsettled), sends each slot a look finds served by another master than the look before to
+    /// `changes`, and tells [`Self::master_changes`] of it.
     async fn look(&self, mut connection: RedisConnection, every: Duration, changes: UnboundedSender<u16>) {
         let mut previous: Option<ClusterView> = None;
         loop {
             let started = Instant::now();
-            let changed = match tokio::time::timeout(every, ClusterView::read(&mut connection)).await {
+            let read = tokio::time::timeout(every, ClusterView::read(&mut connection)).await;
+            let settled = matches!(&read, Ok(Ok(Some(view))) if view.state_ok);
+            let changed = match read {
                 Ok(Ok(Some(view))) => {
                     let changes = previous.as_ref().map(|before| view.changes_since(before)).unwrap_or_default();
                     if changes != ClusterChanges::default() {
@@ -287,11 +306,14 @@ impl ClusterWatch {
                 Ok(Err(error)) => self.record_unreachable(&mut connection, &error.to_string(), every).await,
                 Err(_) => self.record_unreachable(&mut connection, "timed out", every).await,
             };
+            if !changed.is_empty() {
+                self.master_changes.send_modify(|looks| *looks += 1);
+            }
             for slot in changed {
                 tracing::info!(slot, "a slot changed master: following it on every connection");
                 let _ = changes.send(slot);
             }
-            tokio::time::sleep(every).await;
+            tokio::time::sleep(if settled { every } else { UNSETTLED_LOOK_INTERVAL.min(every) }).await;
         }
     }
 

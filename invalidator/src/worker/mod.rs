@@ -28,6 +28,8 @@ use crate::outbox::{self, Batch};
 use crate::reach::Reach;
 use crate::tenants;
 
+mod held_tenants;
+
 /// Pause between two looks at the outbox while lingering.
 const LINGER_STEP: Duration = Duration::from_millis(1);
 
@@ -134,8 +136,9 @@ struct Applied {
 /// How long a failed replica waits for its batch's rollback before it resigns the park.
 const ROLLBACK_WAIT: Duration = Duration::from_secs(1);
 
-/// Waits for the LISTEN task's wake-up (none in poll mode), the answer of a held tenant's probe,
-/// the poll interval or shutdown, whichever comes first.
+/// Waits for the LISTEN task's wake-up (none in poll mode), news of a held tenant (its probe
+/// answered, or it became due for one at once), the poll interval or shutdown, whichever comes
+/// first.
 async fn wake_or_poll(wakeups: Option<&Wakeups>, held_back: &HeldBack, poll: Duration, shutdown: &CancellationToken) {
     let woken = async {
         match wakeups {
@@ -145,7 +148,7 @@ async fn wake_or_poll(wakeups: Option<&Wakeups>, held_back: &HeldBack, poll: Dur
     };
     tokio::select! {
         () = woken => {}
-        () = held_back.next_answer() => {}
+        () = held_back.news() => {}
         () = tokio::time::sleep(poll) => {}
         () = shutdown.cancelled() => {}
     }
@@ -369,28 +372,6 @@ impl Worker {
         Ok(batch.len())
     }
 
-    /// Sends one probe ([`protocol::probe`]) for each held tenant whose hold has run out, each on
-    /// a task of its own, so that no batch waits for a master that may still be down. A probe
-    /// that succeeds clears its tenant (the next claim takes its events); one that fails holds it
-    /// for the next step of its backoff and counts as an error of its kind.
-    fn probe_due(&self, redis: &RedisConnection, now: Instant) {
-        for tenant in self.held_back.due_for_probe(now) {
-            let (mut connection, worker) = (redis.clone(), self.clone());
-            let probe = self.held_back.on_its_way(tenant);
-            tokio::spawn(async move {
-                let failure =
-                    protocol::probe(&mut connection, &worker.keyspace, tenant, worker.replica_ack).await.err();
-                worker.reach.heard(tenant, !matches!(failure, Some(InvalidateError::Redis(_))));
-                let outcome = failure.as_ref().map_or(Ok(()), |error| Err(Failed::from(error)));
-                let held = probe.answer(outcome);
-                if let (Some(Holding { delay, .. }), Some(error)) = (held, failure.map(BatchError::from)) {
-                    tracing::debug!(%tenant, %error, ?delay, "probe failed; the tenant stays held back");
-                    worker.metrics.errors.with_label_values(&[error.kind()]).inc();
-                }
-            });
-        }
-    }
-
     /// Unlinks the entries of the member sets a batch moved aside, off the batch path: they can
     /// no longer be read, so this is only memory and must not delay the next batch.
     fn reclaim_in_background(&self, redis: &RedisConnection, reclaimable: Reclaimable) {
@@ -424,7 +405,9 @@ impl Worker {
                     applied.any_applied = true;
                 }
                 Err(error) => {
-                    let Holding { delay, again } = self.held_back.hold(tenant, answered_at, Failed::from(&error));
+                    let master = self.topology.master_of_tenant(tenant);
+                    let Holding { delay, again } =
+                        self.held_back.hold(tenant, answered_at, Failed::from(&error), master);
                     if again {
                         tracing::debug!(%tenant, %error, ?delay, "cannot invalidate; the tenant stays held back");
                     } else {
@@ -442,52 +425,6 @@ impl Worker {
             }
         }
         applied
-    }
-
-    /// Applies, on their masters alone, the events written since of the tenants held back because
-    /// too few Redis replicas confirmed their invalidations ([`outbox::peek`]; they stay in the
-    /// outbox until a replica does): the masters serve reads, so reads stay fresh. A tenant whose
-    /// master fails this is held as unreachable, and probed like any other.
-    async fn apply_unreplicated(
-        &self,
-        transaction: &Transaction<'_>,
-        redis: &RedisConnection,
-    ) -> Result<(), BatchError> {
-        let since = self.held_back.unreplicated(|tenant| self.topology.master_of_tenant(tenant));
-        if since.is_empty() {
-            return Ok(());
-        }
-        let (peeked, next) = outbox::peek(transaction, &since).await?;
-        let Some(next) = next else { return Ok(()) };
-        let by_tenant = tenants::tags_by_tenant(&peeked);
-        let outcomes = tenants::invalidate_by_tenant(
-            redis,
-            &self.keyspace,
-            by_tenant,
-            ReplicaAck::MASTER_ONLY,
-            peeked.replayed_by,
-        )
-        .await;
-        let (mut reclaimable, mut failed) = (Reclaimable::default(), Vec::new());
-        for (tenant, outcome) in outcomes {
-            self.reach.heard(tenant, !matches!(outcome, Err(InvalidateError::Redis(_))));
-            match outcome {
-                Ok(moved) => reclaimable.extend(moved),
-                Err(error) => {
-                    // Its master stopped answering: it is sent nothing but probes from now on.
-                    let Holding { delay, .. } = self.held_back.hold(tenant, Instant::now(), Failed::from(&error));
-                    tracing::warn!(%tenant, %error, ?delay, "cannot apply a held tenant's events on its master");
-                    self.metrics.errors.with_label_values(&[BatchError::from(error).kind()]).inc();
-                    failed.push(tenant);
-                }
-            }
-        }
-        // The others' events before `next` are all applied there (or they had none).
-        for (tenant, _) in since.into_iter().filter(|(tenant, _)| !failed.contains(tenant)) {
-            self.held_back.applied_before(tenant, next);
-        }
-        self.reclaim_in_background(redis, reclaimable);
-        Ok(())
     }
 
     /// The outbox is empty: linger, then park (if this replica leads the park) and wait for a

@@ -1,0 +1,274 @@
+//! Failover benchmark: how long after a Redis Cluster master dies the invalidator applies a write
+//! of a tenant that master served, for one or more invalidator binaries side by side, round after
+//! round. Starts a private Redis Cluster (3 masters, a replica each) and a database of its own;
+//! each round, per binary, starts one replica of it, caches a risk detail of a new tenant (as
+//! the API does) and waits until that master's replica holds it, SIGKILLs the tenant's master,
+//! commits an update of the risk at once, and looks the entry up every few milliseconds until it
+//! is gone. Then the killed node restarts empty and rejoins as a replica. Prints a Markdown report.
+//!
+//! The time from the replica's promotion to the entry's invalidation is what the failover adds
+//! to that tenant's staleness window: the API reads the new master as soon as its client finds
+//! it, while the invalidator still holds back the events it could not apply on the old one.
+//!
+//! ```sh
+//! cargo build --release -p openrisk-invalidator
+//! cargo run --release -p openrisk-load-tests --bin failover_bench -- --invalidators new=target/release/openrisk-invalidator,old=/tmp/old-invalidator
+//! cargo run -p openrisk-load-tests --bin failover_bench -- --rounds 1   # smoke, the debug build's binary
+//! ```
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Parser;
+use hdrhistogram::Histogram;
+use openrisk_load_tests::bench::http::{Conn, Req, new_histogram};
+use openrisk_shared::keys::{Keyspace, Tag};
+use openrisk_shared::protocol::{self, Fill, Lookup};
+use openrisk_shared::redis_connection::{RedisConnection, RedisTarget, Timeouts};
+use openrisk_test_support::{PrivateRedisCluster, RedisNamespace, TestDatabase, free_port, node_command};
+use tokio::process::{Child, Command};
+use uuid::Uuid;
+
+#[derive(Debug, Parser)]
+struct Args {
+    /// Invalidator binaries to compare, as `label=path` (default: `this=` the
+    /// `openrisk-invalidator` beside this benchmark's binary).
+    #[arg(long, value_delimiter = ',')]
+    invalidators: Vec<String>,
+    /// Rounds of one failover per binary.
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
+}
+
+/// How long a round waits for the promotion, or for the invalidation, before it gives up.
+const GIVE_UP_AFTER: Duration = Duration::from_secs(30);
+
+/// How often the entry is looked up, and the replicas asked whether one was promoted.
+const LOOK_EVERY: Duration = Duration::from_millis(2);
+
+/// What one failover came to, from the SIGKILL.
+struct Failover {
+    promoted: Duration,
+    invalidated: Duration,
+}
+
+/// One binary's failovers.
+struct Variant {
+    label: String,
+    binary: PathBuf,
+    promoted_us: Histogram<u64>,
+    after_promotion_us: Histogram<u64>,
+}
+
+impl Variant {
+    fn parse(spec: &str) -> anyhow::Result<Self> {
+        let (label, binary) = spec.split_once('=').context("an invalidator is label=path")?;
+        let binary = PathBuf::from(binary);
+        anyhow::ensure!(binary.is_file(), "no invalidator binary at {}", binary.display());
+        let (promoted_us, after_promotion_us) = (new_histogram(), new_histogram());
+        Ok(Self { label: label.to_owned(), binary, promoted_us, after_promotion_us })
+    }
+
+    fn record(&mut self, failover: &Failover) {
+        let micros = |duration: Duration| u64::try_from(duration.as_micros()).unwrap_or(u64::MAX).max(1);
+        self.promoted_us.saturating_record(micros(failover.promoted));
+        self.after_promotion_us.saturating_record(micros(failover.invalidated.saturating_sub(failover.promoted)));
+    }
+
+    /// p50 and max of each histogram, in milliseconds, as table cells.
+    fn cells(&self) -> String {
+        let ms = |histogram: &Histogram<u64>, q: f64| histogram.value_at_quantile(q) as f64 / 1_000.0;
+        format!(
+            "{} | {:.0} | {:.0} | {:.0} | {:.0}",
+            self.promoted_us.len(),
+            ms(&self.promoted_us, 0.5),
+            ms(&self.promoted_us, 1.0),
+            ms(&self.after_promotion_us, 0.5),
+            ms(&self.after_promotion_us, 1.0)
+        )
+    }
+}
+
+/// The cluster, the database and the key prefix every round shares.
+struct Stage {
+    cluster: PrivateRedisCluster,
+    db: TestDatabase,
+    sql: tokio_postgres::Client,
+    keyspace: Keyspace,
+    target: RedisTarget,
+}
+
+impl Stage {
+    /// Starts one replica of `binary` and waits until it is ready and its cluster watch has
+    /// looked at the cluster.
+    async fn start_invalidator(&self, binary: &PathBuf) -> anyhow::Result<Child> {
+        let metrics_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
+        let child = Command::new(binary)
+            .arg("run")
+            .env_clear()
+            .env("DATABASE_URL", &self.db.url)
+            .env("REDIS_URL", self.cluster.url())
+            .env("OPENRISK_CACHE__KEY_PREFIX", self.keyspace.prefix())
+            .env("METRICS_ADDR", metrics_addr.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("spawn {}", binary.display()))?;
+        let ready_by = Instant::now() + GIVE_UP_AFTER;
+        loop {
+            let answer = async { Conn::open(metrics_addr).await?.send(&Req::get("/readyz", None)).await };
+            if let Ok(answer) = answer.await
+                && answer.status == 200
+                && String::from_utf8_lossy(&answer.body).contains("\"state_ok\":true")
+            {
+                return Ok(child);
+            }
+            anyhow::ensure!(Instant::now() < ready_by, "{} never became ready", binary.display());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// A new tenant with one risk whose detail is cached, on a replica of its master too.
+    async fn cached_risk(&self) -> anyhow::Result<(Uuid, Uuid, String)> {
+        let slug = format!("failover-{}", Uuid::new_v4().simple());
+        let tenant: Uuid =
+            self.sql.query_one("INSERT INTO tenants (slug, name) VALUES ($1, $1) RETURNING id", &[&slug]).await?.get(0);
+        let risk: Uuid = self
+            .sql
+            .query_one(
+                "INSERT INTO risks (tenant_id, title, impact, probability) VALUES ($1, 'risk', 1, 1) RETURNING id",
+                &[&tenant],
+            )
+            .await?
+            .get(0);
+        let key = self.keyspace.entry_key(tenant, 1, "risk", &[("id", risk.to_string())]);
+        let mut conn = self.target.connect(Timeouts::all(Duration::from_secs(2))).await?;
+        // The inserts' events are applied before the entry is filled, else they would drop it.
+        let settled_by = Instant::now() + GIVE_UP_AFTER;
+        while self.sql.query_one("SELECT count(*) FROM cache_outbox", &[]).await?.get::<_, i64>(0) > 0 {
+            anyhow::ensure!(Instant::now() < settled_by, "the invalidator never drained the outbox");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let Lookup::Miss(snapshot) = protocol::lookup(&mut conn, &self.keyspace, tenant, &key, &tags(risk)).await?
+        else {
+            anyhow::bail!("a new entry was a hit");
+        };
+        let snapshot = protocol::create_missing_versions(&mut conn, &self.keyspace, tenant, &snapshot, 3_600).await?;
+        let fill = Fill { entry_key: &key, body: b"risk", etag: "e", ttl_secs: 3_600, dependencies_ttl_secs: 3_600 };
+        protocol::fill(&mut conn, &self.keyspace, tenant, &snapshot, fill).await?;
+        anyhow::ensure!(matches!(
+            protocol::lookup(&mut conn, &self.keyspace, tenant, &key, &tags(risk)).await?,
+            Lookup::Hit(_)
+        ));
+        Ok((tenant, risk, key))
+    }
+
+    /// One failover under one replica of `binary`.
+    async fn fail_over(&mut self, binary: &PathBuf) -> anyhow::Result<Failover> {
+        let mut invalidator = self.start_invalidator(binary).await?;
+        let (tenant, risk, key) = self.cached_risk().await?;
+        let master = self.cluster.master_of(&self.keyspace.tenant_base(tenant));
+        let replicas = self.cluster.replicas_of(master);
+        self.cluster.wait_until_replicated(master);
+
+        self.cluster.kill(master);
+        let killed = Instant::now();
+        self.sql.execute("UPDATE risks SET title = 'failed over' WHERE id = $1", &[&risk]).await?;
+        let promotion = tokio::task::spawn_blocking(move || {
+            let promoted = |port: u16| {
+                node_command(&format!("redis://127.0.0.1:{port}"), &["INFO", "replication"])
+                    .is_some_and(|info| info.contains("role:master"))
+            };
+            while !replicas.iter().copied().any(promoted) {
+                anyhow::ensure!(killed.elapsed() < GIVE_UP_AFTER, "no replica was promoted");
+                std::thread::sleep(LOOK_EVERY);
+            }
+            Ok(killed.elapsed())
+        });
+        let invalidated = self.until_invalidated(tenant, risk, &key, killed).await;
+        let promoted = promotion.await??;
+        let _ = invalidator.kill().await;
+        self.cluster.restart(master);
+        self.cluster.wait_until_healthy(3);
+        Ok(Failover { promoted, invalidated: invalidated? })
+    }
+
+    /// Looks the entry up until it is gone; a failed lookup is sent again on a new connection.
+    async fn until_invalidated(
+        &self,
+        tenant: Uuid,
+        risk: Uuid,
+        key: &str,
+        killed: Instant,
+    ) -> anyhow::Result<Duration> {
+        let mut conn: Option<RedisConnection> = None;
+        while killed.elapsed() < GIVE_UP_AFTER {
+            if conn.is_none() {
+                conn = self.target.connect(Timeouts::all(Duration::from_millis(200))).await.ok();
+            }
+            if let Some(open) = conn.as_mut() {
+                match protocol::lookup(open, &self.keyspace, tenant, key, &tags(risk)).await {
+                    Ok(Lookup::Miss(_)) => return Ok(killed.elapsed()),
+                    Ok(Lookup::Hit(_)) => {}
+                    Err(_) => conn = None,
+                }
+            }
+            tokio::time::sleep(LOOK_EVERY).await;
+        }
+        anyhow::bail!("the entry was still cached {GIVE_UP_AFTER:?} after the SIGKILL")
+    }
+}
+
+/// The tags a risk's detail depends on, as far as an update of its title goes.
+fn tags(risk: Uuid) -> Vec<Tag> {
+    vec![Tag::risk(risk)]
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let beside = std::env::current_exe()?.with_file_name("openrisk-invalidator");
+    let specs = if args.invalidators.is_empty() {
+        vec![format!("this={}", beside.display())]
+    } else {
+        args.invalidators.clone()
+    };
+    let mut variants = specs.iter().map(|spec| Variant::parse(spec)).collect::<anyhow::Result<Vec<_>>>()?;
+    let cluster = tokio::task::spawn_blocking(PrivateRedisCluster::start).await?;
+    let db = TestDatabase::create().await;
+    let sql = db.connect().await;
+    let keyspace = RedisNamespace::on(&cluster.url()).keyspace();
+    let target = RedisTarget::parse(&cluster.url())?;
+    let mut stage = Stage { cluster, db, sql, keyspace, target };
+
+    println!("## A write of a tenant whose Redis master is SIGKILLed, invalidated after the failover\n");
+    println!("Times in ms from the SIGKILL; the write commits right after it.\n");
+    println!("| invalidator | round | promoted | invalidated | after the promotion |");
+    println!("|---|---|---|---|---|");
+    for round in 1..=args.rounds {
+        // Interleaved, each binary first in turn.
+        let order: Vec<usize> = (0..variants.len()).map(|index| (index + round) % variants.len()).collect();
+        for index in order {
+            let failover = stage.fail_over(&variants[index].binary).await?;
+            println!(
+                "| {} | {round} | {:.0} | {:.0} | {:.0} |",
+                variants[index].label,
+                failover.promoted.as_secs_f64() * 1_000.0,
+                failover.invalidated.as_secs_f64() * 1_000.0,
+                failover.invalidated.saturating_sub(failover.promoted).as_secs_f64() * 1_000.0
+            );
+            variants[index].record(&failover);
+        }
+    }
+    println!("\n| invalidator | failovers | promoted p50 | max | invalidated after the promotion p50 | max |");
+    println!("|---|---|---|---|---|---|");
+    for variant in &variants {
+        println!("| {} | {} |", variant.label, variant.cells());
+    }
+    Ok(())
+}
