@@ -4,11 +4,17 @@
 //! each round, per binary, starts one replica of it, caches a risk detail of a new tenant (as
 //! the API does) and waits until that master's replica holds it, SIGKILLs the tenant's master,
 //! commits an update of the risk at once, and looks the entry up every few milliseconds until it
-//! is gone. Then the killed node restarts empty and rejoins as a replica. Prints a Markdown report.
+//! is gone. Meanwhile a tenant of another master has its risk written again and again, each
+//! write timed until its version changes, until a second after the failover. Then the killed
+//! node restarts empty and rejoins as a replica. Prints a Markdown report.
 //!
 //! The time from the replica's promotion to the entry's invalidation is what the failover adds
 //! to that tenant's staleness window: the API reads the new master as soon as its client finds
-//! it, while the invalidator still holds back the events it could not apply on the old one.
+//! it, while the invalidator still holds back the events it could not apply on the old one. The
+//! other tenant's writes show whether the failover delays the tenants of the masters that stay
+//! up once they can be read again: each write waits until its version can be read, so none is
+//! made while the cluster refuses calls (`CLUSTERDOWN`, from the moment it marks the master
+//! failed until the promotion).
 //!
 //! ```sh
 //! cargo build --release -p openrisk-invalidator
@@ -19,6 +25,8 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -49,10 +57,21 @@ const GIVE_UP_AFTER: Duration = Duration::from_secs(30);
 /// How often the entry is looked up, and the replicas asked whether one was promoted.
 const LOOK_EVERY: Duration = Duration::from_millis(2);
 
-/// What one failover came to, from the SIGKILL.
+/// How long the other master's tenant waits between two writes.
+const BYSTANDER_PAUSE: Duration = Duration::from_millis(20);
+
+/// What one failover came to, from the SIGKILL, and the lag of each write of a tenant of
+/// another master meanwhile.
 struct Failover {
     promoted: Duration,
     invalidated: Duration,
+    bystander_lags: Vec<Duration>,
+}
+
+impl Failover {
+    fn bystander_max(&self) -> Duration {
+        self.bystander_lags.iter().copied().max().unwrap_or_default()
+    }
 }
 
 /// One binary's failovers.
@@ -61,6 +80,8 @@ struct Variant {
     binary: PathBuf,
     promoted_us: Histogram<u64>,
     after_promotion_us: Histogram<u64>,
+    /// The longest lag of the other master's tenant's writes, one per failover.
+    bystander_max_us: Histogram<u64>,
 }
 
 impl Variant {
@@ -68,26 +89,29 @@ impl Variant {
         let (label, binary) = spec.split_once('=').context("an invalidator is label=path")?;
         let binary = PathBuf::from(binary);
         anyhow::ensure!(binary.is_file(), "no invalidator binary at {}", binary.display());
-        let (promoted_us, after_promotion_us) = (new_histogram(), new_histogram());
-        Ok(Self { label: label.to_owned(), binary, promoted_us, after_promotion_us })
+        let (promoted_us, after_promotion_us, bystander_max_us) = (new_histogram(), new_histogram(), new_histogram());
+        Ok(Self { label: label.to_owned(), binary, promoted_us, after_promotion_us, bystander_max_us })
     }
 
     fn record(&mut self, failover: &Failover) {
         let micros = |duration: Duration| u64::try_from(duration.as_micros()).unwrap_or(u64::MAX).max(1);
         self.promoted_us.saturating_record(micros(failover.promoted));
         self.after_promotion_us.saturating_record(micros(failover.invalidated.saturating_sub(failover.promoted)));
+        self.bystander_max_us.saturating_record(micros(failover.bystander_max()));
     }
 
     /// p50 and max of each histogram, in milliseconds, as table cells.
     fn cells(&self) -> String {
         let ms = |histogram: &Histogram<u64>, q: f64| histogram.value_at_quantile(q) as f64 / 1_000.0;
         format!(
-            "{} | {:.0} | {:.0} | {:.0} | {:.0}",
+            "{} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0}",
             self.promoted_us.len(),
             ms(&self.promoted_us, 0.5),
             ms(&self.promoted_us, 1.0),
             ms(&self.after_promotion_us, 0.5),
-            ms(&self.after_promotion_us, 1.0)
+            ms(&self.after_promotion_us, 1.0),
+            ms(&self.bystander_max_us, 0.5),
+            ms(&self.bystander_max_us, 1.0)
         )
     }
 }
@@ -168,17 +192,37 @@ impl Stage {
         Ok((tenant, risk, key))
     }
 
+    /// A tenant with a cached risk detail whose master is not `master`.
+    async fn bystander_of(&self, master: u16) -> anyhow::Result<Bystander> {
+        for _ in 0..20 {
+            let (tenant, risk, _) = self.cached_risk().await?;
+            if self.cluster.master_of(&self.keyspace.tenant_base(tenant)) != master {
+                let (sql, target, keyspace) = (self.db.connect().await, self.target.clone(), self.keyspace.clone());
+                return Ok(Bystander {
+                    sql,
+                    target,
+                    version_key: keyspace.version_key(tenant, &Tag::risk(risk)),
+                    risk,
+                });
+            }
+        }
+        anyhow::bail!("no new tenant landed on another master than {master}")
+    }
+
     /// One failover under one replica of `binary`.
     async fn fail_over(&mut self, binary: &PathBuf) -> anyhow::Result<Failover> {
         let mut invalidator = self.start_invalidator(binary).await?;
         let (tenant, risk, key) = self.cached_risk().await?;
         let master = self.cluster.master_of(&self.keyspace.tenant_base(tenant));
         let replicas = self.cluster.replicas_of(master);
+        let bystander = self.bystander_of(master).await?;
         self.cluster.wait_until_replicated(master);
 
         self.cluster.kill(master);
         let killed = Instant::now();
         self.sql.execute("UPDATE risks SET title = 'failed over' WHERE id = $1", &[&risk]).await?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let bystander_lags = tokio::spawn(bystander.write_until(stop.clone()));
         let promotion = tokio::task::spawn_blocking(move || {
             let promoted = |port: u16| {
                 node_command(&format!("redis://127.0.0.1:{port}"), &["INFO", "replication"])
@@ -192,10 +236,13 @@ impl Stage {
         });
         let invalidated = self.until_invalidated(tenant, risk, &key, killed).await;
         let promoted = promotion.await??;
+        tokio::time::sleep_until((killed + promoted + Duration::from_secs(1)).into()).await;
+        stop.store(true, Ordering::Relaxed);
+        let bystander_lags = bystander_lags.await?;
         let _ = invalidator.kill().await;
         self.cluster.restart(master);
         self.cluster.wait_until_healthy(3);
-        Ok(Failover { promoted, invalidated: invalidated? })
+        Ok(Failover { promoted, invalidated: invalidated?, bystander_lags: bystander_lags? })
     }
 
     /// Looks the entry up until it is gone; a failed lookup is sent again on a new connection.
@@ -224,6 +271,55 @@ impl Stage {
     }
 }
 
+/// A tenant of a master that stays up, its risk, and the version an update of the risk replaces.
+struct Bystander {
+    sql: tokio_postgres::Client,
+    target: RedisTarget,
+    version_key: String,
+    risk: Uuid,
+}
+
+impl Bystander {
+    /// Updates the risk again and again until `stop`, [`BYSTANDER_PAUSE`] apart, each time
+    /// timing from the commit until the version changed (the invalidator applied it).
+    async fn write_until(self, stop: Arc<AtomicBool>) -> anyhow::Result<Vec<Duration>> {
+        let mut conn: Option<RedisConnection> = None;
+        let mut lags = Vec::new();
+        while !stop.load(Ordering::Relaxed) {
+            let before = self.version(&mut conn).await?;
+            let title = format!("bystander {}", lags.len());
+            self.sql.execute("UPDATE risks SET title = $2 WHERE id = $1", &[&self.risk, &title]).await?;
+            let committed = Instant::now();
+            while self.version(&mut conn).await? == before {
+                anyhow::ensure!(committed.elapsed() < GIVE_UP_AFTER, "a write of the other master's tenant stayed");
+                tokio::time::sleep(LOOK_EVERY).await;
+            }
+            lags.push(committed.elapsed());
+            tokio::time::sleep(BYSTANDER_PAUSE).await;
+        }
+        Ok(lags)
+    }
+
+    /// The version's token, read again on a new connection after a failure (the cluster refuses
+    /// calls while it fails the master over).
+    async fn version(&self, conn: &mut Option<RedisConnection>) -> anyhow::Result<Option<String>> {
+        let started = Instant::now();
+        while started.elapsed() < GIVE_UP_AFTER {
+            if conn.is_none() {
+                *conn = self.target.connect(Timeouts::all(Duration::from_millis(200))).await.ok();
+            }
+            if let Some(open) = conn.as_mut() {
+                match redis::cmd("GET").arg(&self.version_key).query_async(open).await {
+                    Ok(token) => return Ok(token),
+                    Err(_) => *conn = None,
+                }
+            }
+            tokio::time::sleep(LOOK_EVERY).await;
+        }
+        anyhow::bail!("the other master's tenant's version was unreadable for {GIVE_UP_AFTER:?}")
+    }
+}
+
 /// The tags a risk's detail depends on, as far as an update of its title goes.
 fn tags(risk: Uuid) -> Vec<Tag> {
     vec![Tag::risk(risk)]
@@ -248,25 +344,31 @@ async fn main() -> anyhow::Result<()> {
 
     println!("## A write of a tenant whose Redis master is SIGKILLed, invalidated after the failover\n");
     println!("Times in ms from the SIGKILL; the write commits right after it.\n");
-    println!("| invalidator | round | promoted | invalidated | after the promotion |");
-    println!("|---|---|---|---|---|");
+    println!(
+        "| invalidator | round | promoted | invalidated | after the promotion | other master's writes | their longest lag |"
+    );
+    println!("|---|---|---|---|---|---|---|");
     for round in 1..=args.rounds {
         // Interleaved, each binary first in turn.
         let order: Vec<usize> = (0..variants.len()).map(|index| (index + round) % variants.len()).collect();
         for index in order {
             let failover = stage.fail_over(&variants[index].binary).await?;
             println!(
-                "| {} | {round} | {:.0} | {:.0} | {:.0} |",
+                "| {} | {round} | {:.0} | {:.0} | {:.0} | {} | {:.0} |",
                 variants[index].label,
                 failover.promoted.as_secs_f64() * 1_000.0,
                 failover.invalidated.as_secs_f64() * 1_000.0,
-                failover.invalidated.saturating_sub(failover.promoted).as_secs_f64() * 1_000.0
+                failover.invalidated.saturating_sub(failover.promoted).as_secs_f64() * 1_000.0,
+                failover.bystander_lags.len(),
+                failover.bystander_max().as_secs_f64() * 1_000.0
             );
             variants[index].record(&failover);
         }
     }
-    println!("\n| invalidator | failovers | promoted p50 | max | invalidated after the promotion p50 | max |");
-    println!("|---|---|---|---|---|---|");
+    println!(
+        "\n| invalidator | failovers | promoted p50 | max | invalidated after the promotion p50 | max | other master's longest lag p50 | max |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
     for variant in &variants {
         println!("| {} | {} |", variant.label, variant.cells());
     }
