@@ -14,7 +14,7 @@ use openrisk_invalidator::Running;
 use openrisk_shared::Settings;
 use openrisk_shared::keys::{Keyspace, Tag};
 use openrisk_shared::protocol::{self, Lookup};
-use openrisk_test_support::{PrivateRedisCluster, RedisNamespace, TestDatabase, node_command};
+use openrisk_test_support::{PrivateRedisCluster, RedisNamespace, TestDatabase, is_master, node_command};
 use uuid::Uuid;
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -65,13 +65,8 @@ impl Failover {
     /// Waits until the replica serves as a master, while the invalidator replica runs on.
     async fn until_promoted(&self) {
         let replica = self.replica;
-        let cluster = &self.cluster;
-        let promoted = || {
-            node_command(&cluster.node_url(replica), &["INFO", "replication"])
-                .is_some_and(|info| info.contains("role:master"))
-        };
         for _ in 0..400 {
-            if promoted() {
+            if is_master(replica) {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;

@@ -318,6 +318,13 @@ pub fn command(url: &str, args: &[&str]) -> Option<String> {
     }
 }
 
+/// Whether the node on `port` (of 127.0.0.1) answers and serves as a master: what a test polls
+/// for to learn that a replica was promoted.
+pub fn is_master(port: u16) -> bool {
+    command(&format!("redis://127.0.0.1:{port}"), &["INFO", "replication"])
+        .is_some_and(|info| info_field(&info, "role") == Some("master"))
+}
+
 /// The value of `field` in an `INFO` reply (`field:value` lines).
 fn info_field<'a>(info: &'a str, field: &str) -> Option<&'a str> {
     info.lines().find_map(|line| line.strip_prefix(field)?.strip_prefix(':')).map(str::trim)

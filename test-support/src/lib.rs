@@ -20,7 +20,7 @@ mod network;
 mod private;
 mod replica_pair;
 
-pub use cluster::{PrivateRedisCluster, SlotMigration, command as node_command};
+pub use cluster::{PrivateRedisCluster, SlotMigration, command as node_command, is_master};
 pub use network::{LatencyRelay, NetworkLink};
 pub use private::{PrivatePostgres, PrivateRedis, free_port, sslrootcert_param};
 pub use replica_pair::ReplicaPair;

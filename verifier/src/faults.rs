@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use openrisk_shared::redis_connection::RedisConnection;
-use openrisk_test_support::{PrivateRedisCluster, ReplicaPair};
+use openrisk_test_support::{PrivateRedisCluster, ReplicaPair, is_master};
 use rand::rngs::StdRng;
 use rand::seq::IndexedRandom;
 use rand::{Rng, SeedableRng};
@@ -478,11 +478,6 @@ fn node<T: redis::FromRedisValue>(port: u16, args: &[&str]) -> anyhow::Result<T>
         cmd.arg(*arg);
     }
     cmd.query(&mut conn).with_context(|| format!("{} on node {port}", args.join(" ")))
-}
-
-fn is_master(port: u16) -> bool {
-    node::<String>(port, &["INFO", "replication"])
-        .is_ok_and(|info| info.lines().any(|line| line.trim() == "role:master"))
 }
 
 fn wait_for(within: Duration, what: &str, mut done: impl FnMut() -> bool) -> anyhow::Result<()> {

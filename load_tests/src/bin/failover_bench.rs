@@ -36,7 +36,7 @@ use openrisk_load_tests::bench::http::{Conn, Req, new_histogram};
 use openrisk_shared::keys::{Keyspace, Tag};
 use openrisk_shared::protocol::{self, Fill, Lookup};
 use openrisk_shared::redis_connection::{RedisConnection, RedisTarget, Timeouts};
-use openrisk_test_support::{PrivateRedisCluster, RedisNamespace, TestDatabase, free_port, node_command};
+use openrisk_test_support::{PrivateRedisCluster, RedisNamespace, TestDatabase, free_port, is_master};
 use tokio::process::{Child, Command};
 use uuid::Uuid;
 
@@ -224,11 +224,7 @@ impl Stage {
         let stop = Arc::new(AtomicBool::new(false));
         let bystander_lags = tokio::spawn(bystander.write_until(stop.clone()));
         let promotion = tokio::task::spawn_blocking(move || {
-            let promoted = |port: u16| {
-                node_command(&format!("redis://127.0.0.1:{port}"), &["INFO", "replication"])
-                    .is_some_and(|info| info.contains("role:master"))
-            };
-            while !replicas.iter().copied().any(promoted) {
+            while !replicas.iter().copied().any(is_master) {
                 anyhow::ensure!(killed.elapsed() < GIVE_UP_AFTER, "no replica was promoted");
                 std::thread::sleep(LOOK_EVERY);
             }
@@ -253,16 +249,12 @@ impl Stage {
         key: &str,
         killed: Instant,
     ) -> anyhow::Result<Duration> {
-        let mut conn: Option<RedisConnection> = None;
+        let mut cluster = Reconnecting::to(&self.target);
         while killed.elapsed() < GIVE_UP_AFTER {
-            if conn.is_none() {
-                conn = self.target.connect(Timeouts::all(Duration::from_millis(200))).await.ok();
-            }
-            if let Some(open) = conn.as_mut() {
-                match protocol::lookup(open, &self.keyspace, tenant, key, &tags(risk)).await {
-                    Ok(Lookup::Miss(_)) => return Ok(killed.elapsed()),
-                    Ok(Lookup::Hit(_)) => {}
-                    Err(_) => conn = None,
+            if let Some(conn) = cluster.connection().await {
+                let found = protocol::lookup(conn, &self.keyspace, tenant, key, &tags(risk)).await;
+                if let Some(Lookup::Miss(_)) = cluster.answered(found) {
+                    return Ok(killed.elapsed());
                 }
             }
             tokio::time::sleep(LOOK_EVERY).await;
@@ -283,14 +275,14 @@ impl Bystander {
     /// Updates the risk again and again until `stop`, [`BYSTANDER_PAUSE`] apart, each time
     /// timing from the commit until the version changed (the invalidator applied it).
     async fn write_until(self, stop: Arc<AtomicBool>) -> anyhow::Result<Vec<Duration>> {
-        let mut conn: Option<RedisConnection> = None;
+        let mut cluster = Reconnecting::to(&self.target);
         let mut lags = Vec::new();
         while !stop.load(Ordering::Relaxed) {
-            let before = self.version(&mut conn).await?;
+            let before = self.version(&mut cluster).await?;
             let title = format!("bystander {}", lags.len());
             self.sql.execute("UPDATE risks SET title = $2 WHERE id = $1", &[&self.risk, &title]).await?;
             let committed = Instant::now();
-            while self.version(&mut conn).await? == before {
+            while self.version(&mut cluster).await? == before {
                 anyhow::ensure!(committed.elapsed() < GIVE_UP_AFTER, "a write of the other master's tenant stayed");
                 tokio::time::sleep(LOOK_EVERY).await;
             }
@@ -300,23 +292,49 @@ impl Bystander {
         Ok(lags)
     }
 
-    /// The version's token, read again on a new connection after a failure (the cluster refuses
-    /// calls while it fails the master over).
-    async fn version(&self, conn: &mut Option<RedisConnection>) -> anyhow::Result<Option<String>> {
+    /// The version's token (the cluster refuses calls while it fails the master over).
+    async fn version(&self, cluster: &mut Reconnecting<'_>) -> anyhow::Result<Option<String>> {
         let started = Instant::now();
         while started.elapsed() < GIVE_UP_AFTER {
-            if conn.is_none() {
-                *conn = self.target.connect(Timeouts::all(Duration::from_millis(200))).await.ok();
-            }
-            if let Some(open) = conn.as_mut() {
-                match redis::cmd("GET").arg(&self.version_key).query_async(open).await {
-                    Ok(token) => return Ok(token),
-                    Err(_) => *conn = None,
+            if let Some(conn) = cluster.connection().await {
+                let token = redis::cmd("GET").arg(&self.version_key).query_async(conn).await;
+                if let Some(token) = cluster.answered(token) {
+                    return Ok(token);
                 }
             }
             tokio::time::sleep(LOOK_EVERY).await;
         }
         anyhow::bail!("the other master's tenant's version was unreadable for {GIVE_UP_AFTER:?}")
+    }
+}
+
+/// A connection to the cluster, opened again after a failed call: the cluster refuses calls
+/// while it fails a master over, and a client may keep a connection to the dead master.
+struct Reconnecting<'a> {
+    target: &'a RedisTarget,
+    conn: Option<RedisConnection>,
+}
+
+impl<'a> Reconnecting<'a> {
+    fn to(target: &'a RedisTarget) -> Self {
+        Self { target, conn: None }
+    }
+
+    /// The connection, opened anew if the last call failed; `None` while none can be opened.
+    async fn connection(&mut self) -> Option<&mut RedisConnection> {
+        if self.conn.is_none() {
+            self.conn = self.target.connect(Timeouts::all(Duration::from_millis(200))).await.ok();
+        }
+        self.conn.as_mut()
+    }
+
+    /// The answer of a call on [`Reconnecting::connection`]; after an error, `None`, and the
+    /// connection is dropped so that the next call opens another.
+    fn answered<T>(&mut self, answer: redis::RedisResult<T>) -> Option<T> {
+        if answer.is_err() {
+            self.conn = None;
+        }
+        answer.ok()
     }
 }
 
