@@ -13,6 +13,7 @@ pub mod hit_path;
 pub mod hygiene;
 pub mod metrics;
 pub mod model;
+pub mod paging;
 pub mod readiness;
 pub mod request_limits;
 pub mod routes;

@@ -142,6 +142,8 @@ async fn bad_parameters_unknown_ids_and_conflicts_are_clear_4xx() {
     ] {
         assert_problem(app.get(&format!("/api/v1/risks?{query}"), token).await, StatusCode::BAD_REQUEST).await;
     }
+    let body = assert_problem(app.get("/api/v1/assets?limit=201", token).await, StatusCode::BAD_REQUEST).await;
+    assert!(body["detail"].as_str().unwrap().contains("`201` is not a whole number from 1 to 200"), "{body}");
     // A parameter given twice would otherwise be read as its first value, silently.
     for (path, named) in [
         ("/api/v1/risks?status=DRAFT&status=ACTIVE", "`status` is given more than once"),

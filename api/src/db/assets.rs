@@ -6,6 +6,7 @@ use uuid::Uuid;
 use super::entities::assets;
 use super::list::{Conditions, Page};
 use crate::model::{Criticality, enum_text};
+use crate::paging::{PageNumber, PageSize};
 
 /// Normalised filters of the asset list (also the cache key's parameters).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -14,8 +15,8 @@ pub struct AssetFilter {
     pub q: Option<String>,
     pub criticality: Option<Criticality>,
     pub asset_type: Option<String>,
-    pub page: u32,
-    pub limit: u32,
+    pub page: PageNumber,
+    pub limit: PageSize,
 }
 
 /// One page of assets by name, and how many match in all.

@@ -5,6 +5,7 @@ use sea_orm::{ConnectionTrait, DbErr, EntityTrait, FromQueryResult, Value};
 use uuid::Uuid;
 
 use super::stmt;
+use crate::paging::{PageNumber, PageSize};
 
 /// One page of a list's rows, and how many rows match in all.
 pub type Page<Row> = (Vec<Row>, i64);
@@ -52,11 +53,11 @@ impl Conditions {
         db: &impl ConnectionTrait,
         table: &str,
         order: &str,
-        page: u32,
-        limit: u32,
+        page: PageNumber,
+        limit: PageSize,
     ) -> Result<Page<E::Model>, DbErr> {
         let predicate = self.clauses.join(" AND ");
-        let offset = u64::from(page - 1) * u64::from(limit);
+        let offset = page.offset(limit);
         let sql = format!(
             "SELECT counted.matching_total, page.* \
              FROM (SELECT count(*) AS matching_total FROM {table} WHERE {predicate}) counted \

@@ -14,6 +14,7 @@ use super::entities::{assets, mitigations, risks, subactions};
 use super::list::{Conditions, Page};
 use super::stmt;
 use crate::model::{RiskSortField, RiskStatus, Severity, SortDirection, enum_text};
+use crate::paging::{PageNumber, PageSize};
 
 /// Normalised filters of the risk list (also the cache key's parameters).
 #[derive(Debug, Clone, PartialEq)]
@@ -26,8 +27,8 @@ pub struct RiskFilter {
     pub tag: Option<String>,
     pub owner: Option<String>,
     pub order: RiskOrder,
-    pub page: u32,
-    pub limit: u32,
+    pub page: PageNumber,
+    pub limit: PageSize,
 }
 
 /// The order of the risk list: a field and a direction (ties broken by id, the same way).

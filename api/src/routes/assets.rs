@@ -8,7 +8,7 @@ use poem_openapi::{ApiResponse, OpenApi};
 use uuid::Uuid;
 
 use super::caller::{Caller, Write};
-use super::{ApiTags, Cached, ListFilter, NoContent, Revised, body_of, default_limit, default_page, normalise_search};
+use super::{ApiTags, Cached, ListFilter, NoContent, Revised, body_of, normalise_search};
 use crate::app::AppState;
 use crate::db::assets::AssetFilter;
 use crate::db::entities::assets;
@@ -16,6 +16,7 @@ use crate::db::replicas::Reader;
 use crate::db::writes;
 use crate::error::{ApiError, OrNotFound};
 use crate::model::{Asset, AssetCreate, AssetPage, AssetPatch, Criticality, enum_text};
+use crate::paging::{PageNumber, PageSize};
 
 /// Asset operations.
 pub struct AssetsApi;
@@ -33,7 +34,7 @@ impl ListFilter for AssetFilter {
         self.q.as_deref()
     }
 
-    fn page(&self) -> u32 {
+    fn page(&self) -> PageNumber {
         self.page
     }
 }
@@ -71,11 +72,9 @@ impl AssetsApi {
         #[oai(validator(min_length = 1, max_length = 64))]
         asset_type: Query<Option<String>>,
         /// Page number, from 1.
-        #[oai(default = "default_page", validator(minimum(value = "1"), maximum(value = "100000")))]
-        page: Query<u32>,
+        page: Query<PageNumber>,
         /// Page size, 1–200.
-        #[oai(default = "default_limit", validator(minimum(value = "1"), maximum(value = "200")))]
-        limit: Query<u32>,
+        limit: Query<PageSize>,
         /// Entity tag of a copy the client holds; a match answers 304.
         #[oai(name = "If-None-Match")]
         if_none_match: Header<Option<String>>,
@@ -210,7 +209,7 @@ async fn asset_page(
     filter: AssetFilter,
 ) -> Result<Vec<u8>, ApiError> {
     let (rows, total) = state.db.timed("asset_list", crate::db::assets::list(&reader.conn(), tenant, &filter)).await?;
-    super::page_body(rows, |items| AssetPage { items, total, page: filter.page, limit: filter.limit })
+    super::page_body(rows, |items| AssetPage { items, total, page: filter.page.get(), limit: filter.limit.get() })
 }
 
 /// The body a GET of the asset serves, which `If-Match` compares.

@@ -12,6 +12,7 @@ use crate::cache::CacheableRead;
 use crate::db::assets::AssetFilter;
 use crate::db::risks::{RiskFilter, ScoreRange};
 use crate::model::{RiskSortField, SortDirection};
+use crate::paging::PageNumber;
 
 /// A cacheable GET in its plainest form: a path the router would send to one of the handlers
 /// below, with parameters (if any) that are certainly valid and read here exactly as the
@@ -108,8 +109,8 @@ fn plain_risk_filter(query: &str) -> Option<RiskFilter> {
             "owner" => filter.owner = Some(text(value, 255)?),
             "sort_by" => filter.order.by = parsed(value)?,
             "sort_dir" => filter.order.direction = parsed(value)?,
-            "page" => filter.page = parsed::<u32>(value).filter(|page| (1..=MAX_CACHED_PAGE).contains(page))?,
-            "limit" => filter.limit = parsed::<u32>(value).filter(|limit| (1..=200).contains(limit))?,
+            "page" => filter.page = parsed::<PageNumber>(value).filter(|page| page.get() <= MAX_CACHED_PAGE)?,
+            "limit" => filter.limit = parsed(value)?,
             _ => return None,
         }
     }
@@ -197,7 +198,16 @@ mod tests {
             risk_detail(tenant, id),
             mitigation(tenant, id, id),
             asset_detail(tenant, id),
-            asset_list(tenant, &AssetFilter { q: None, criticality: None, asset_type: None, page: 1, limit: 20 }),
+            asset_list(
+                tenant,
+                &AssetFilter {
+                    q: None,
+                    criticality: None,
+                    asset_type: None,
+                    page: Default::default(),
+                    limit: Default::default(),
+                },
+            ),
             stats(tenant),
             risk_matrix(tenant),
             trends(tenant, 30, chrono::Utc::now().date_naive()),
@@ -243,7 +253,7 @@ mod tests {
             _ => None,
         };
         let filter = list("status=ACTIVE&sort_by=score&page=2&limit=50&min_score=7.123").unwrap();
-        assert_eq!((filter.status, filter.page, filter.limit), (Some(RiskStatus::Active), 2, 50));
+        assert_eq!((filter.status, filter.page.get(), filter.limit.get()), (Some(RiskStatus::Active), 2, 50));
         assert_eq!(filter.score.min, Some(ScoreBound::at_least(7.123)));
         assert_eq!(list("").unwrap(), RiskFilter::default());
         for refused in [

@@ -32,6 +32,7 @@ use crate::cache::{CacheableRead, Served};
 use crate::conditional::{WriteConditions, if_none_match_matches};
 use crate::db::replicas::Reader;
 use crate::error::{ApiError, OrNotFound};
+use crate::paging::PageNumber;
 
 /// Groups of operations in the documentation.
 #[derive(Tags)]
@@ -151,8 +152,8 @@ enum Caching {
 impl Caching {
     /// `Never` for a free-text search or a page past [`MAX_CACHED_PAGE`]: those variants are as
     /// many as a client cares to invent.
-    fn of_list(search: Option<&str>, page: u32) -> Self {
-        if search.is_some() || page > MAX_CACHED_PAGE { Caching::Never } else { Caching::List }
+    fn of_list(search: Option<&str>, page: PageNumber) -> Self {
+        if search.is_some() || page.get() > MAX_CACHED_PAGE { Caching::Never } else { Caching::List }
     }
 }
 
@@ -160,8 +161,7 @@ impl Caching {
 trait ListFilter {
     /// The free-text search, if any.
     fn search(&self) -> Option<&str>;
-    /// The page number, from 1.
-    fn page(&self) -> u32;
+    fn page(&self) -> PageNumber;
 }
 
 /// Serves `read`: through the cache (lists within the tenant's entry budget for the route, see
@@ -228,16 +228,6 @@ where
 {
     let items = rows.into_iter().map(Item::try_from).collect::<Result<_, _>>()?;
     Ok(body_of(&page(items)))
-}
-
-/// Default page size of lists.
-fn default_limit() -> u32 {
-    20
-}
-
-/// Default page number.
-fn default_page() -> u32 {
-    1
 }
 
 /// Normalises a free-text filter: trimmed, absent when empty. Case is left alone: Postgres folds

@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use super::cacheable::{DEFAULT_SORT_BY, DEFAULT_SORT_DIR};
 use super::caller::{Caller, Write};
-use super::{ApiTags, Cached, ListFilter, NoContent, Revised, body_of, default_limit, default_page, normalise_search};
+use super::{ApiTags, Cached, ListFilter, NoContent, Revised, body_of, normalise_search};
 use crate::app::AppState;
 use crate::db::replicas::Reader;
 use crate::db::risks::{RiskFilter, RiskOrder, ScoreRange};
@@ -19,6 +19,7 @@ use crate::model::{
     Asset, Mitigation, Risk, RiskCreate, RiskDetail, RiskPage, RiskPatch, RiskSortField, RiskStatus, Severity,
     SortDirection, custom_fields, enum_text,
 };
+use crate::paging::{PageNumber, PageSize};
 
 /// Risk operations.
 pub struct RisksApi;
@@ -44,7 +45,7 @@ impl ListFilter for RiskFilter {
         self.q.as_deref()
     }
 
-    fn page(&self) -> u32 {
+    fn page(&self) -> PageNumber {
         self.page
     }
 }
@@ -61,8 +62,8 @@ impl Default for RiskFilter {
             tag: None,
             owner: None,
             order: RiskOrder { by: DEFAULT_SORT_BY, direction: DEFAULT_SORT_DIR },
-            page: super::default_page(),
-            limit: super::default_limit(),
+            page: PageNumber::default(),
+            limit: PageSize::default(),
         }
     }
 }
@@ -150,11 +151,9 @@ impl RisksApi {
         #[oai(default = "default_sort_dir")]
         sort_dir: Query<SortDirection>,
         /// Page number, from 1.
-        #[oai(default = "default_page", validator(minimum(value = "1"), maximum(value = "100000")))]
-        page: Query<u32>,
+        page: Query<PageNumber>,
         /// Page size, 1–200.
-        #[oai(default = "default_limit", validator(minimum(value = "1"), maximum(value = "200")))]
-        limit: Query<u32>,
+        limit: Query<PageSize>,
         /// Entity tag of a copy the client holds; a match answers 304.
         #[oai(name = "If-None-Match")]
         if_none_match: Header<Option<String>>,
@@ -277,7 +276,7 @@ async fn risk_page(
     filter: RiskFilter,
 ) -> Result<Vec<u8>, ApiError> {
     let (rows, total) = state.db.timed("risk_list", crate::db::risks::list(&reader.conn(), tenant, &filter)).await?;
-    super::page_body(rows, |items| RiskPage { items, total, page: filter.page, limit: filter.limit })
+    super::page_body(rows, |items| RiskPage { items, total, page: filter.page.get(), limit: filter.limit.get() })
 }
 
 /// Locks the live risk `id` for `write` and checks the write's preconditions against its detail
