@@ -23,6 +23,7 @@ mod urls;
 mod workload;
 mod world;
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -133,6 +134,27 @@ impl Tally {
 fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
     let last = sorted.len().checked_sub(1)?;
     Some(sorted[(last as f64 * p).round() as usize])
+}
+
+/// The staleness windows of probes whose commit came during one phase (a fault's name, `steady`, …).
+struct PhaseWindows {
+    name: String,
+    /// Seconds, sorted.
+    windows: Vec<f64>,
+}
+
+/// The `(window, phase)` samples, sorted by window, grouped by phase, the phase with the longest
+/// window first: which faults the tail of the window comes from.
+fn windows_by_phase(sorted: &[(f64, String)]) -> Vec<PhaseWindows> {
+    let mut phases: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    for (window, phase) in sorted {
+        phases.entry(phase).or_default().push(*window);
+    }
+    let mut phases: Vec<PhaseWindows> =
+        phases.into_iter().map(|(name, windows)| PhaseWindows { name: name.to_owned(), windows }).collect();
+    let longest = |phase: &PhaseWindows| phase.windows.last().copied().unwrap_or_default();
+    phases.sort_by(|a, b| longest(b).total_cmp(&longest(a)));
+    phases
 }
 
 /// `seconds` in milliseconds, or "n/a" for a statistic of no sample.
@@ -386,6 +408,17 @@ async fn report(world: &World, tally: &mut Tally, started: Instant) {
     if let Some((fault, worst)) = samples.last().map(|s| (s.1.clone(), s.0)) {
         println!("  worst window {:.2}s during {fault}", worst);
     }
+    println!("  staleness window by phase (the fault a probe's commit came during), worst first:");
+    for phase in windows_by_phase(&samples) {
+        println!(
+            "    {:<28} {:>5} probes: p50 {}, p99 {}, max {}",
+            phase.name,
+            phase.windows.len(),
+            ms(percentile(&phase.windows, 0.5)),
+            ms(percentile(&phase.windows, 0.99)),
+            ms(phase.windows.last().copied())
+        );
+    }
     if let Ok(sql) = world.sql().await {
         let (from, to) = world.poison_ids.lock().unwrap().unwrap_or((0, -1));
         if let Ok(row) = sql
@@ -481,6 +514,20 @@ mod tests {
         let samples: Vec<f64> = (1..=100).map(f64::from).collect();
         assert_eq!(percentile(&samples, 0.5), Some(51.0));
         assert_eq!(percentile(&samples, 0.99), Some(99.0));
+    }
+
+    #[test]
+    fn windows_are_grouped_by_phase_with_the_longest_first() {
+        let sorted =
+            [(0.004, "steady"), (0.006, "kill-master"), (0.008, "steady"), (0.9, "pause-redis"), (2.5, "kill-master")]
+                .map(|(window, phase)| (window, phase.to_owned()));
+        let phases = windows_by_phase(&sorted);
+        let summary: Vec<(&str, Vec<f64>)> =
+            phases.iter().map(|phase| (phase.name.as_str(), phase.windows.clone())).collect();
+        assert_eq!(
+            summary,
+            [("kill-master", vec![0.006, 2.5]), ("pause-redis", vec![0.9]), ("steady", vec![0.004, 0.008])]
+        );
     }
 
     #[test]
