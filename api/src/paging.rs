@@ -25,6 +25,7 @@ impl<const MIN: u32, const MAX: u32, const DEFAULT: u32> Bounded<MIN, MAX, DEFAU
         (MIN..=MAX).contains(&number).then_some(Self(number))
     }
 
+    /// The number, as the page's body and the cache key's parameters show it.
     pub fn get(self) -> u32 {
         self.0
     }
