@@ -7,12 +7,11 @@ use uuid::Uuid;
 
 use openrisk_shared::Tag;
 
-use super::MAX_CACHED_PAGE;
+use super::is_cached_page;
 use crate::cache::CacheableRead;
 use crate::db::assets::AssetFilter;
 use crate::db::risks::{RiskFilter, ScoreRange};
 use crate::model::{RiskSortField, SortDirection};
-use crate::paging::PageNumber;
 
 /// A cacheable GET in its plainest form: a path the router would send to one of the handlers
 /// below, with parameters (if any) that are certainly valid and read here exactly as the
@@ -80,7 +79,7 @@ pub const DEFAULT_SORT_DIR: SortDirection = SortDirection::Desc;
 
 /// The filter of a risk list query the hit path can read exactly and the cache keeps: every
 /// parameter known, given once, in plain characters (no percent-encoding or `+`) and valid, no
-/// free-text search and no page past [`MAX_CACHED_PAGE`]. `None` for anything else.
+/// free-text search and no page past [`super::MAX_CACHED_PAGE`]. `None` for anything else.
 fn plain_risk_filter(query: &str) -> Option<RiskFilter> {
     fn parsed<T: ParseFromParameter>(value: &str) -> Option<T> {
         T::parse_from_parameter(value).ok()
@@ -109,7 +108,7 @@ fn plain_risk_filter(query: &str) -> Option<RiskFilter> {
             "owner" => filter.owner = Some(text(value, 255)?),
             "sort_by" => filter.order.by = parsed(value)?,
             "sort_dir" => filter.order.direction = parsed(value)?,
-            "page" => filter.page = parsed::<PageNumber>(value).filter(|page| page.get() <= MAX_CACHED_PAGE)?,
+            "page" => filter.page = parsed(value).filter(|&page| is_cached_page(page))?,
             "limit" => filter.limit = parsed(value)?,
             _ => return None,
         }

@@ -138,6 +138,11 @@ pub enum NoContent {
 /// time, so paging far cannot fill Redis with entries nobody else asks for.
 pub const MAX_CACHED_PAGE: u32 = 10;
 
+/// Whether the cache keeps a list's page `page` (the hit path serves it, the handler fills it).
+fn is_cached_page(page: PageNumber) -> bool {
+    page.get() <= MAX_CACHED_PAGE
+}
+
 /// How a read may use the cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Caching {
@@ -153,7 +158,7 @@ impl Caching {
     /// `Never` for a free-text search or a page past [`MAX_CACHED_PAGE`]: those variants are as
     /// many as a client cares to invent.
     fn of_list(search: Option<&str>, page: PageNumber) -> Self {
-        if search.is_some() || page.get() > MAX_CACHED_PAGE { Caching::Never } else { Caching::List }
+        if search.is_some() || !is_cached_page(page) { Caching::Never } else { Caching::List }
     }
 }
 

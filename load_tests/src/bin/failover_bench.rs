@@ -197,13 +197,8 @@ impl Stage {
         for _ in 0..20 {
             let (tenant, risk, _) = self.cached_risk().await?;
             if self.cluster.master_of(&self.keyspace.tenant_base(tenant)) != master {
-                let (sql, target, keyspace) = (self.db.connect().await, self.target.clone(), self.keyspace.clone());
-                return Ok(Bystander {
-                    sql,
-                    target,
-                    version_key: keyspace.version_key(tenant, &Tag::risk(risk)),
-                    risk,
-                });
+                let version_key = self.keyspace.version_key(tenant, &Tag::risk(risk));
+                return Ok(Bystander { sql: self.db.connect().await, target: self.target.clone(), version_key, risk });
             }
         }
         anyhow::bail!("no new tenant landed on another master than {master}")
