@@ -16,5 +16,5 @@ cargo nextest run --workspace "$@"
 # tests that bring servers of their own, which gain nothing from a second run).
 scripts/with-redis-cluster.sh cargo nextest run --workspace \
     -E '(package(openrisk-api) | package(openrisk-invalidator) | (package(openrisk-shared) & binary(protocol)))
-        & !binary(redis_failover) & !binary(redis_down) & !binary(network_faults) & !binary(openapi)
+        & !binary(redis_failover) & !binary(shard_down) & !binary(redis_down) & !binary(network_faults) & !binary(openapi)
         & !binary(replicas) & !binary(resharding)' "$@"

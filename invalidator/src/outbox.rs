@@ -2,6 +2,7 @@
 //! event, and acknowledges it (commits its deletion) only once Redis has confirmed. The SQL is
 //! in [`openrisk_shared::outbox`].
 
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -31,13 +32,32 @@ impl Batch {
         self.len() == 0
     }
 
+    /// Each row's tenant and outbox id, events first, then poison rows.
+    fn rows(&self) -> impl Iterator<Item = (Uuid, i64)> + '_ {
+        let events = self.events.iter().map(|claimed| (claimed.event.tenant_id, claimed.event.id));
+        events.chain(self.poison.iter().map(|poison| (poison.row.tenant_id, poison.row.id)))
+    }
+
+    /// The outbox ids of the batch's rows, by tenant.
+    pub fn ids_by_tenant(&self) -> HashMap<Uuid, HashSet<i64>> {
+        let mut ids: HashMap<Uuid, HashSet<i64>> = HashMap::new();
+        for (tenant, id) in self.rows() {
+            ids.entry(tenant).or_default().insert(id);
+        }
+        ids
+    }
+
+    /// Keeps the rows for whose tenant and outbox id `keep` holds.
+    pub fn retain(&mut self, mut keep: impl FnMut(Uuid, i64) -> bool) {
+        self.events.retain(|claimed| keep(claimed.event.tenant_id, claimed.event.id));
+        self.poison.retain(|poison| keep(poison.row.tenant_id, poison.row.id));
+    }
+
     /// The batch's distinct tenants, sorted and comma-separated (the first ten, then how many
     /// more), for its log lines.
     pub fn tenants(&self) -> String {
         const SHOWN: usize = 10;
-        let tenants: std::collections::BTreeSet<Uuid> = (self.events.iter().map(|e| e.event.tenant_id))
-            .chain(self.poison.iter().map(|p| p.row.tenant_id))
-            .collect();
+        let tenants: BTreeSet<Uuid> = self.rows().map(|(tenant, _)| tenant).collect();
         let mut text = tenants.iter().take(SHOWN).map(ToString::to_string).collect::<Vec<_>>().join(",");
         if tenants.len() > SHOWN {
             text.push_str(&format!(" (+{} more)", tenants.len() - SHOWN));

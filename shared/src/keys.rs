@@ -226,6 +226,12 @@ impl Keyspace {
         self.tenant_key(tenant, &["r:", tag.as_str()])
     }
 
+    /// What a probe that waits for Redis replicas writes (`protocol::probe`), so that its `WAIT`
+    /// has a write of its own connection to wait for. Nothing reads it; it expires on its own.
+    pub fn probe_key(&self, tenant: Uuid) -> String {
+        self.tenant_key(tenant, &["probe"])
+    }
+
     /// A key of no tenant, never written, that hashes to `slot`: what a command names to reach the
     /// slot's master (`None` for a slot beyond the cluster's 16384). The hash tag is the smallest
     /// number that hashes to the slot: CRC16 spreads numbers evenly, so it is usually found

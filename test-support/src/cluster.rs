@@ -245,6 +245,13 @@ impl PrivateRedisCluster {
         command(&self.node_url(port), &["INFO", "replication"])
     }
 
+    /// How many clients of the node on `port` wait in a blocking command (`WAIT`, say); `None`
+    /// when it does not answer.
+    pub fn blocked_clients(&self, port: u16) -> Option<u64> {
+        let info = command(&self.node_url(port), &["INFO", "clients"])?;
+        info_field(&info, "blocked_clients")?.parse().ok()
+    }
+
     /// Freezes the replica on `replica` and closes every replication link of the master on
     /// `master`, until that master reports none, so nothing the master applies from now on
     /// reaches the replica, not even through its socket buffers (a link still in its handshake is

@@ -4,8 +4,8 @@
 //! for a master that may still be down. On a Redis Cluster a tenant's keys live on one shard,
 //! and a shard that is down or failing over fails only its own tenants.
 
-use std::collections::HashMap;
 use std::collections::hash_map::Entry;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -35,8 +35,10 @@ enum Phase {
 /// One tenant held back: where it stands, the backoff its next failure continues, the master (a
 /// cluster's node id) its last failure came from when known, and, while its last failure was a
 /// missing replica acknowledgement (its master applies what it is sent), the transaction id its
-/// events written since are read from ([`HeldBack::unreplicated`]) and the master that applied
-/// those before it, when known.
+/// events written since are read from ([`HeldBack::unreplicated`]), the master that applied
+/// those before it, when known, and the outbox ids of the events the last read returned, all
+/// applied there: a read returns again the events of transactions that were still running, and
+/// applying those again would drop the tenant's entries at every claim for as long as one runs.
 #[derive(Debug)]
 struct Hold {
     phase: Phase,
@@ -44,6 +46,7 @@ struct Hold {
     failed_on: Option<Arc<str>>,
     unreplicated_since: Option<u64>,
     applied_on: Option<Arc<str>>,
+    applied: HashSet<i64>,
 }
 
 /// Why a tenant's invalidations, or its probe, failed.
@@ -70,7 +73,7 @@ impl Hold {
         !matches!(self.phase, Phase::Cleared { .. })
     }
 
-    /// Whether its probe waits for Redis replicas (`WAIT`), holding up its master's connection.
+    /// Whether its probe waits for Redis replicas (`WAIT`), holding up the probes' connection.
     fn waits_for_replica(&self) -> bool {
         self.unreplicated_since.is_some()
     }
@@ -144,8 +147,8 @@ impl HeldBack {
 
     /// The tenants whose hold has run out at `now`, now marked as probed: the caller sends each
     /// one probe and answers it through [`HeldBack::on_its_way`]. Of the tenants waiting for a
-    /// Redis replica, one at a time: their probe's `WAIT` holds up the connection it shares with
-    /// every other call to that master until the replica answers or the wait times out.
+    /// Redis replica, one at a time: their probes share a connection, which a probe's `WAIT`
+    /// holds up until the replicas answer or the wait times out.
     pub fn due_for_probe(&self, now: Instant) -> Vec<Uuid> {
         let mut holds = self.holds();
         let mut replica_wait_free = !replica_wait_on_its_way(&holds);
@@ -196,6 +199,7 @@ impl HeldBack {
                     failed_on: None,
                     unreplicated_since: None,
                     applied_on: None,
+                    applied: HashSet::new(),
                 };
                 (free.insert(hold), false)
             }
@@ -215,6 +219,7 @@ impl HeldBack {
         };
         if hold.unreplicated_since.is_none() {
             hold.applied_on = None;
+            hold.applied.clear();
         }
         self.count(&holds);
         Holding { delay, again }
@@ -233,6 +238,7 @@ impl HeldBack {
             if let Some(master) = master_of(*tenant) {
                 if hold.applied_on.as_ref().is_some_and(|applied_on| *applied_on != master) {
                     *position = 0;
+                    hold.applied.clear();
                 }
                 hold.applied_on = Some(master);
             }
@@ -261,11 +267,23 @@ impl HeldBack {
         replaced
     }
 
-    /// `tenant`'s events of transactions before `next` have been applied on its master (a
+    /// The outbox ids, by held tenant, of the events already applied on the tenant's master that
+    /// a read from its position may return again: the next application leaves them out.
+    pub fn applied_ids(&self) -> HashMap<Uuid, HashSet<i64>> {
+        let holds = self.holds();
+        let applied = holds.iter().filter(|(_, hold)| !hold.applied.is_empty());
+        applied.map(|(tenant, hold)| (*tenant, hold.applied.clone())).collect()
+    }
+
+    /// `tenant`'s events of transactions before `next`, and the events `read` (the outbox ids of
+    /// all those the last read of its events returned), have been applied on its master (a
     /// position only moves on: an older one would read again what was applied).
-    pub fn applied_before(&self, tenant: Uuid, next: u64) {
-        if let Some(since) = self.holds().get_mut(&tenant).and_then(|hold| hold.unreplicated_since.as_mut()) {
+    pub fn applied_before(&self, tenant: Uuid, next: u64, read: HashSet<i64>) {
+        let mut holds = self.holds();
+        let Some(hold) = holds.get_mut(&tenant) else { return };
+        if let Some(since) = hold.unreplicated_since.as_mut() {
             *since = (*since).max(next);
+            hold.applied = read;
         }
     }
 

@@ -102,18 +102,36 @@ fn a_tenant_whose_master_changed_while_no_replica_confirmed_has_its_events_appli
     let (a, b): (Arc<str>, Arc<str>) = (Arc::from("a"), Arc::from("b"));
     held.hold(tenant, now, Failed::Unreplicated, None);
     assert_eq!(held.unreplicated(|_| Some(a.clone())), vec![(tenant, 0)]);
-    held.applied_before(tenant, 42);
+    held.applied_before(tenant, 42, HashSet::new());
     assert_eq!(held.unreplicated(|_| Some(a.clone())), vec![(tenant, 42)], "the same master keeps them");
     assert_eq!(held.unreplicated(no_master), vec![(tenant, 42)], "an unknown master is not a new one");
     assert_eq!(held.unreplicated(|_| Some(b.clone())), vec![(tenant, 0)], "a new master gets them all");
-    held.applied_before(tenant, 50);
+    held.applied_before(tenant, 50, HashSet::new());
     assert_eq!(held.unreplicated(|_| Some(b.clone())), vec![(tenant, 50)]);
 
     held.hold(tenant, now, Failed::Unreachable, None);
     held.hold(tenant, now, Failed::Unreplicated, None);
     assert_eq!(held.unreplicated(|_| Some(a.clone())), vec![(tenant, 0)], "after an outage, from the first");
-    held.applied_before(tenant, 60);
+    held.applied_before(tenant, 60, HashSet::new());
     assert_eq!(held.unreplicated(|_| Some(a.clone())), vec![(tenant, 60)], "the master then applied is the one kept");
+}
+
+#[test]
+fn an_event_applied_on_a_held_tenants_master_is_left_out_until_another_master_serves_it() {
+    let (held, tenant) = (held_back(), Uuid::new_v4());
+    held.hold(tenant, Instant::now(), Failed::Unreplicated, None);
+    held.unreplicated(|_| master("a"));
+    held.applied_before(tenant, 42, HashSet::from([7, 9]));
+    held.unreplicated(|_| master("a"));
+    assert_eq!(held.applied_ids(), HashMap::from([(tenant, HashSet::from([7, 9]))]), "the same master has them");
+    held.applied_before(tenant, 42, HashSet::from([9]));
+    assert_eq!(held.applied_ids(), HashMap::from([(tenant, HashSet::from([9]))]), "what a read no longer returns goes");
+    held.unreplicated(|_| master("b"));
+    assert_eq!(held.applied_ids(), HashMap::new(), "a new master has none of them");
+
+    held.applied_before(tenant, 42, HashSet::from([9]));
+    held.hold(tenant, Instant::now(), Failed::Unreachable, None);
+    assert_eq!(held.applied_ids(), HashMap::new(), "after an outage, none of them");
 }
 
 #[test]
@@ -123,10 +141,10 @@ fn only_a_tenant_whose_replicas_failed_to_confirm_has_its_new_events_applied_on_
     held.hold(unreplicated, now, Failed::Unreplicated, None);
     held.hold(unreachable, now, Failed::Unreachable, None);
     assert_eq!(held.unreplicated(no_master), vec![(unreplicated, 0)], "from the first transaction at first");
-    held.applied_before(unreplicated, 42);
+    held.applied_before(unreplicated, 42, HashSet::new());
     held.hold(unreplicated, now, Failed::Unreplicated, None);
     assert_eq!(held.unreplicated(no_master), vec![(unreplicated, 42)], "a failure again keeps what was applied");
-    held.applied_before(unreplicated, 7);
+    held.applied_before(unreplicated, 7, HashSet::new());
     assert_eq!(held.unreplicated(no_master), vec![(unreplicated, 42)], "a position only moves on");
     held.hold(unreplicated, now, Failed::Unreachable, None);
     assert_eq!(held.unreplicated(no_master), vec![], "a master that does not answer is sent nothing but probes");

@@ -2,15 +2,58 @@
 //! following their master when the cluster watch sees it replaced, and applying the events of
 //! those held for their replicas on their masters alone.
 
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
+use openrisk_shared::db::MAX_RECONNECT_DELAY;
 use openrisk_shared::protocol::{self, InvalidateError, Reclaimable, ReplicaAck};
-use openrisk_shared::redis_connection::RedisConnection;
+use openrisk_shared::redis_cluster::ClusterWatch;
+use openrisk_shared::redis_connection::{RedisConnection, RedisTarget, Timeouts};
 use tokio_postgres::Transaction;
 
 use super::{BatchError, Worker};
 use crate::held_back::{Failed, Holding};
 use crate::{outbox, tenants};
+
+/// The connection that the probes waiting for Redis replicas go on, apart from the batches': a
+/// `WAIT` blocks the connection it is sent on until the replicas confirm or it times out, and on
+/// the batches' connection every invalidation of that master waited behind it. Made on first
+/// use; on a single Redis, made again after a probe failed on it (a cluster's reconnects by
+/// itself to a node that failed, as the batches' does: see `Worker::repair`).
+#[derive(Clone)]
+pub(super) struct ProbeConnection {
+    target: RedisTarget,
+    timeouts: Timeouts,
+    /// A cluster connection registers here to follow each slot's new master, as the batches' does.
+    topology: ClusterWatch,
+    current: Arc<Mutex<Option<RedisConnection>>>,
+}
+
+impl ProbeConnection {
+    pub(super) fn new(target: RedisTarget, timeouts: Timeouts, topology: ClusterWatch) -> Self {
+        Self { target, timeouts, topology, current: Arc::default() }
+    }
+
+    /// The connection, made now (to connect on first use) when there is none.
+    fn get(&self) -> redis::RedisResult<RedisConnection> {
+        let mut current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(connection) = current.as_ref() {
+            return Ok(connection.clone());
+        }
+        let connection = self.target.connect_lazily(self.timeouts, MAX_RECONNECT_DELAY)?;
+        if connection.is_cluster() {
+            self.topology.follow(connection.clone());
+        }
+        Ok(current.insert(connection).clone())
+    }
+
+    /// A probe on it got no answer: a single Redis's is made again for the next probe.
+    fn failed(&self) {
+        if !self.target.is_cluster() {
+            *self.current.lock().unwrap_or_else(PoisonError::into_inner) = None;
+        }
+    }
+}
 
 impl Worker {
     /// Sends one probe ([`protocol::probe`]) for each held tenant whose hold has run out, each on
@@ -20,16 +63,26 @@ impl Worker {
     /// did not answer has its master probed alone first: once it answers, the tenant is held for
     /// its replicas instead, and the next claim applies its events on the master at once
     /// ([`Worker::apply_unreplicated`]) rather than after a `WAIT` that a replica just promoted,
-    /// with no replica of its own yet, can only time out.
+    /// with no replica of its own yet, can only time out. A probe that waits for replicas goes on
+    /// the [`ProbeConnection`], so that its `WAIT` holds up none of the master's invalidations.
     pub(super) fn probe_due(&self, redis: &RedisConnection, now: Instant) {
         for tenant in self.held_back.due_for_probe(now) {
-            let (mut connection, worker) = (redis.clone(), self.clone());
-            let ack = if self.held_back.waits_for_replica(tenant) { self.replica_ack } else { ReplicaAck::MASTER_ONLY };
+            let waits_for_replica = self.held_back.waits_for_replica(tenant);
+            let (ack, connection) = if waits_for_replica {
+                (self.replica_ack, self.probes.get())
+            } else {
+                (ReplicaAck::MASTER_ONLY, Ok(redis.clone()))
+            };
             let replicas_unasked = ack.replicas < self.replica_ack.replicas;
-            let probe = self.held_back.on_its_way(tenant);
+            let (probe, worker) = (self.held_back.on_its_way(tenant), self.clone());
             tokio::spawn(async move {
-                let failure = protocol::probe(&mut connection, &worker.keyspace, tenant, ack).await.err();
-                worker.reach.heard(tenant, !matches!(failure, Some(InvalidateError::Redis(_))));
+                let sent = async { protocol::probe(&mut connection?, &worker.keyspace, tenant, ack).await };
+                let failure = sent.await.err();
+                let unanswered = matches!(failure, Some(InvalidateError::Redis(_)));
+                if unanswered && waits_for_replica {
+                    worker.probes.failed();
+                }
+                worker.reach.heard(tenant, !unanswered);
                 let outcome = match &failure {
                     Some(error) => Err(Failed::from(error)),
                     None if replicas_unasked => Err(Failed::Unreplicated),
@@ -61,8 +114,9 @@ impl Worker {
 
     /// Applies, on their masters alone, the events written since of the tenants held back because
     /// too few Redis replicas confirmed their invalidations ([`outbox::peek`]; they stay in the
-    /// outbox until a replica does): the masters serve reads, so reads stay fresh. A tenant whose
-    /// master fails this is held as unreachable, and probed like any other.
+    /// outbox until a replica does): the masters serve reads, so reads stay fresh. Each event is
+    /// applied there once ([`crate::held_back::HeldBack::applied_ids`]). A tenant whose master
+    /// fails this is held as unreachable, and probed like any other.
     pub(super) async fn apply_unreplicated(
         &self,
         transaction: &Transaction<'_>,
@@ -72,8 +126,11 @@ impl Worker {
         if since.is_empty() {
             return Ok(());
         }
-        let (peeked, next) = outbox::peek(transaction, &since).await?;
+        let (mut peeked, next) = outbox::peek(transaction, &since).await?;
         let Some(next) = next else { return Ok(()) };
+        let mut read = peeked.ids_by_tenant();
+        let applied = self.held_back.applied_ids();
+        peeked.retain(|tenant, id| !applied.get(&tenant).is_some_and(|ids| ids.contains(&id)));
         let by_tenant = tenants::tags_by_tenant(&peeked);
         let outcomes = tenants::invalidate_by_tenant(
             redis,
@@ -99,9 +156,9 @@ impl Worker {
                 }
             }
         }
-        // The others' events before `next` are all applied there (or they had none).
+        // The others' events before `next`, and all those read, are applied there (or they had none).
         for (tenant, _) in since.into_iter().filter(|(tenant, _)| !failed.contains(tenant)) {
-            self.held_back.applied_before(tenant, next);
+            self.held_back.applied_before(tenant, next, read.remove(&tenant).unwrap_or_default());
         }
         self.reclaim_in_background(redis, reclaimable);
         Ok(())

@@ -30,6 +30,8 @@ use crate::tenants;
 
 mod held_tenants;
 
+use held_tenants::ProbeConnection;
+
 /// Pause between two looks at the outbox while lingering.
 const LINGER_STEP: Duration = Duration::from_millis(1);
 
@@ -100,6 +102,8 @@ pub struct Worker {
     /// Which master serves each slot, on a cluster (a held tenant's failover is seen there).
     topology: ClusterWatch,
     reach: Reach,
+    /// Where the probes that wait for Redis replicas go, apart from the batches.
+    probes: ProbeConnection,
 }
 
 /// The replica's outbox connection and Redis connection; each is replaced when it fails.
@@ -154,6 +158,18 @@ async fn wake_or_poll(wakeups: Option<&Wakeups>, held_back: &HeldBack, poll: Dur
     }
 }
 
+/// The timeouts of the replica's Redis calls: `invalidator.redis_timeout_ms` for a reply, plus
+/// the replica wait for one that carries a `WAIT`.
+fn redis_timeouts(settings: &Settings, replica_ack: ReplicaAck) -> Timeouts {
+    let response = Duration::from_millis(settings.invalidator.redis_timeout_ms) + replica_ack.extra_reply_time();
+    Timeouts {
+        connect: Duration::from_secs(2),
+        response,
+        overall: response * 2,
+        refusal_retry: Timeouts::REFUSAL_RETRY,
+    }
+}
+
 /// Sleeps for `delay` unless shutdown comes first; returns false on shutdown.
 async fn pause(delay: Duration, shutdown: &CancellationToken) -> bool {
     tokio::select! {
@@ -193,6 +209,7 @@ impl Worker {
         let replica_ack = settings.replica_ack();
         let (reclaims, held_back) = (BackgroundReclaims::default(), HeldBack::new(metrics.tenants_held_back.clone()));
         let reach = Reach::new(topology.clone(), status.clone());
+        let probes = ProbeConnection::new(redis.clone(), redis_timeouts(&settings, replica_ack), topology.clone());
         Ok(Self {
             settings,
             redis,
@@ -205,6 +222,7 @@ impl Worker {
             held_back,
             topology,
             reach,
+            probes,
         })
     }
 
@@ -299,15 +317,7 @@ impl Worker {
     }
 
     async fn connect_redis(&self) -> redis::RedisResult<RedisConnection> {
-        let redis_timeout = Duration::from_millis(self.settings.invalidator.redis_timeout_ms);
-        let response = redis_timeout + self.replica_ack.extra_reply_time();
-        let timeouts = Timeouts {
-            connect: Duration::from_secs(2),
-            response,
-            overall: response * 2,
-            refusal_retry: Timeouts::REFUSAL_RETRY,
-        };
-        let mut connection = self.redis.connect(timeouts).await?;
+        let mut connection = self.redis.connect(redis_timeouts(&self.settings, self.replica_ack)).await?;
         if let Err(error) = protocol::check_eviction_policy(&mut connection).await {
             tracing::warn!(%error, "could not read Redis eviction settings");
         }

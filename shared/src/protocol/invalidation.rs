@@ -288,14 +288,21 @@ async fn replace_versions_one_by_one<C: ConnectionLike>(
     Ok(Reclaimable::default())
 }
 
-/// Whether `tenant`'s invalidations can be done now, without doing any: an `EXISTS` on one of the
-/// tenant's keys, which routes it to the tenant's master, and, when replicas must confirm, the
-/// same `WAIT` as [`invalidate_replicated`] in one pipeline with it. The invalidator sends it for
-/// a tenant it holds back instead of claiming the tenant's events again, so that no batch waits
-/// for a master that may still be down.
+/// How long a probe's own key ([`Keyspace::probe_key`]) stays. Nothing reads it, so it may expire
+/// at any time, during the probe's `WAIT` too: the write it stands for has been sent by then.
+const PROBE_KEY_TTL_MS: u64 = 60_000;
+
+/// Whether `tenant`'s invalidations can be done now, without doing any. With no replica to wait
+/// for, an `EXISTS` on one of the tenant's keys, which routes it to the tenant's master. With
+/// replicas, a `SET` of the tenant's probe key ([`Keyspace::probe_key`]) and a `WAIT` in one
+/// pipeline: `WAIT` counts only the writes of the connection it is sent on, so the write gives
+/// it one to wait for, and the probe can go on a connection of its own, where its `WAIT` holds
+/// up no invalidation. The invalidator sends it for a tenant it holds back instead of claiming
+/// the tenant's events again, so that no batch waits for a master that may still be down.
 ///
-/// Invariant: writes nothing, so it changes no entry's freshness whatever it answers; `Ok` says
-/// only that the master answered and enough replicas hold the connection's writes.
+/// Invariant: writes no key but its own, which no lookup reads, so it changes no entry's
+/// freshness whatever it answers; `Ok` says only that the master answered and, when replicas
+/// must confirm, that enough of them hold what the master applied up to the probe's write.
 pub async fn probe<C: ConnectionLike>(
     conn: &mut C,
     keyspace: &Keyspace,
@@ -303,11 +310,12 @@ pub async fn probe<C: ConnectionLike>(
     ack: ReplicaAck,
 ) -> Result<(), InvalidateError> {
     let mut pipe = redis::pipe();
-    pipe.cmd("EXISTS").arg(keyspace.version_key(tenant, &Tag::all())).ignore();
     if ack.replicas == 0 {
+        pipe.cmd("EXISTS").arg(keyspace.version_key(tenant, &Tag::all())).ignore();
         pipe.query_async::<()>(conn).await?;
         return Ok(());
     }
+    pipe.cmd("SET").arg(keyspace.probe_key(tenant)).arg(1).arg("PX").arg(PROBE_KEY_TTL_MS).ignore();
     pipe.cmd("WAIT").arg(ack.replicas).arg(ack.wait_ms());
     let (acked,): (u32,) = pipe.query_async(conn).await?;
     ack.confirmed_by(acked)
