@@ -27,7 +27,7 @@ pub fn tags_by_tenant(batch: &Batch) -> HashMap<Uuid, BTreeSet<Tag>> {
 }
 
 /// Invalidates each tenant's tags, concurrently over the multiplexed connection, in calls of
-/// [`TAGS_PER_CALL`] tags, each waiting for `ack` and recording `replayed_by` as the replay
+/// `TAGS_PER_CALL` tags, each waiting for `ack` and recording `replayed_by` as the replay
 /// floor the new versions need on a read replica.
 pub async fn invalidate_by_tenant(
     redis: &RedisConnection,

@@ -405,9 +405,6 @@ async fn report(world: &World, tally: &mut Tally, started: Instant) {
         Vec::new()
     };
     tally.record("every staleness probe read its commit within 30 s", &stale);
-    if let Some((fault, worst)) = samples.last().map(|s| (s.1.clone(), s.0)) {
-        println!("  worst window {:.2}s during {fault}", worst);
-    }
     println!("  staleness window by phase (the fault a probe's commit came during), worst first:");
     for phase in windows_by_phase(&samples) {
         println!(

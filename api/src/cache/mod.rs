@@ -152,7 +152,7 @@ impl Cache {
 
     /// Brings `openrisk_cache_degraded` down once no breaker is open any more: after a call that
     /// succeeded, and at each scrape, since a breaker can close without a call (see
-    /// [`Breakers::all_closed`]). Checks the breakers again after clearing the gauge: a call that
+    /// `Breakers::all_closed`). Checks the breakers again after clearing the gauge: a call that
     /// failed and opened a breaker after the first check may have set it in between.
     pub fn refresh_degraded(&self) {
         if self.metrics.degraded() && self.breakers.all_closed() {

@@ -138,7 +138,7 @@ impl HeldBack {
     }
 
     /// The tenants whose events a claim made at `now` leaves in the outbox: all but those a probe
-    /// cleared. Forgets the tenants cleared [`FORGOTTEN_AFTER`] ago or more.
+    /// cleared. Forgets the tenants cleared `FORGOTTEN_AFTER` ago or more.
     pub fn sitting_out(&self, now: Instant) -> Vec<Uuid> {
         let mut holds = self.holds();
         holds.retain(|_, hold| !matches!(hold.phase, Phase::Cleared { since } if now >= since + FORGOTTEN_AFTER));

@@ -129,7 +129,7 @@ pub enum InvalidateError {
 /// their previous versions is served. Idempotent; a tag nothing was cached under costs one
 /// `GET`. The caller reclaims the returned member sets once it has acknowledged the event.
 /// The new versions' replay floors are unknown (see [`invalidate_replicated`]). While the
-/// tenant's slot migrates, the versions are replaced one by one ([`replace_versions_one_by_one`]).
+/// tenant's slot migrates, the versions are replaced one by one (`replace_versions_one_by_one`).
 pub async fn invalidate<C: ConnectionLike>(
     conn: &mut C,
     keyspace: &Keyspace,
@@ -199,7 +199,7 @@ fn invalidation_keys(keyspace: &Keyspace, tenant: Uuid, tags: &[Tag]) -> (String
 /// where the previous ones had one.
 ///
 /// While the tenant's slot migrates, the script is refused, and the versions are replaced one
-/// by one instead ([`replace_versions_one_by_one`]), confirmed by a `WAIT` on every master.
+/// by one instead (`replace_versions_one_by_one`), confirmed by a `WAIT` on every master.
 ///
 /// Invariant: `Ok` means the invalidation survives the failover of its master to any replica
 /// that confirmed it (Redis promotes the replica with the most replicated data first).

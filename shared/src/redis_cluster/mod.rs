@@ -1,8 +1,8 @@
 //! What a process can see of a Redis Cluster's health, polled in the background: how many nodes
-//! it knows, whether every slot is served, which master serves which slots ([`slot_owners`]),
+//! it knows, whether every slot is served, which master serves which slots (`slot_owners`),
 //! and the failovers and slot migrations that happened between two looks. Both processes export
 //! it as metrics and in `/readyz`. A slot a look finds served by another master is followed on
-//! every cluster connection of the process ([`follow`]).
+//! every cluster connection of the process (`follow`).
 
 mod follow;
 mod slot_owners;
@@ -270,7 +270,7 @@ impl ClusterWatch {
     /// Looks at the cluster every `every` (sooner while it is unsettled:
     /// [`UNSETTLED_LOOK_INTERVAL`]) for as long as the process runs; a failed look marks the state
     /// as not ok and keeps the last topology to compare the next one with. Beside the looks, the
-    /// slots they find served by another master are followed ([`SlotFollower::run`]).
+    /// slots they find served by another master are followed (`SlotFollower::run`).
     pub async fn run(self, connection: RedisConnection, every: Duration) {
         if !connection.is_cluster() {
             return;
