@@ -267,6 +267,17 @@ impl HeldBack {
         replaced
     }
 
+    /// The masters (cluster node ids) a held tenant waits for a Redis replica of: too few replicas
+    /// confirmed its invalidations there, and no probe has seen one since. A batch applies the
+    /// events of their other tenants on the master alone and holds those tenants the same way,
+    /// rather than have each wait out a `WAIT` of its own, one after another on the connection
+    /// every call to that master shares. A probe that sees a replica clears them all.
+    pub fn masters_without_replica(&self) -> HashSet<Arc<str>> {
+        let holds = self.holds();
+        let waiting = holds.values().filter(|hold| hold.sits_out() && hold.waits_for_replica());
+        waiting.filter_map(|hold| hold.failed_on.clone()).collect()
+    }
+
     /// The outbox ids, by held tenant, of the events already applied on the tenant's master that
     /// a read from its position may return again: the next application leaves them out.
     pub fn applied_ids(&self) -> HashMap<Uuid, HashSet<i64>> {
@@ -297,6 +308,16 @@ impl HeldBack {
                 let mut holds = self.holds();
                 if let Some(hold) = holds.get_mut(&tenant).filter(|hold| hold.phase == Phase::Probing) {
                     hold.phase = Phase::Cleared { since: now };
+                    if let Some(master) = hold.failed_on.clone().filter(|_| hold.waits_for_replica()) {
+                        // A replica confirmed its master's writes: so it does for that master's
+                        // other tenants waiting for one (a probe on its way answers for itself).
+                        let waiting = |hold: &&mut Hold| {
+                            matches!(hold.phase, Phase::Waiting { .. })
+                                && hold.waits_for_replica()
+                                && hold.failed_on.as_ref() == Some(&master)
+                        };
+                        holds.values_mut().filter(waiting).for_each(|hold| hold.phase = Phase::Cleared { since: now });
+                    }
                     self.count(&holds);
                 }
                 None

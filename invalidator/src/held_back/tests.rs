@@ -277,3 +277,30 @@ fn a_cleared_tenant_that_fails_soon_after_continues_its_backoff_and_one_that_doe
     assert!(!held.holds().contains_key(&tenant), "another replica applied its events, or it has none left");
     assert!(!held.hold(tenant, ended + FORGOTTEN_AFTER, Failed::Unreachable, None).again, "a new failure starts over");
 }
+
+#[test]
+fn a_probe_that_sees_a_replica_clears_every_tenant_waiting_for_one_on_its_master() {
+    let held = held_back();
+    let [probed, same, other_master, unreachable] = [(); 4].map(|()| Uuid::new_v4());
+    let now = Instant::now();
+    held.hold(probed, now, Failed::Unreplicated, master("a"));
+    held.hold(same, now + MAX_RECONNECT_DELAY, Failed::Unreplicated, master("a"));
+    held.hold(other_master, now, Failed::Unreplicated, master("b"));
+    held.hold(unreachable, now, Failed::Unreachable, master("a"));
+    let masters = |held: &HeldBack| {
+        let mut masters: Vec<String> = held.masters_without_replica().iter().map(|m| m.to_string()).collect();
+        masters.sort();
+        masters
+    };
+    assert_eq!(masters(&held), ["a", "b"], "a master down is not one without a replica");
+
+    let first_ended = now + FIRST_STEP;
+    assert!(held.due_for_probe(first_ended).contains(&probed));
+    held.probed(probed, first_ended, Ok(()));
+    let mut sitting_out = held.sitting_out(first_ended);
+    sitting_out.sort();
+    let mut expected = vec![other_master, unreachable];
+    expected.sort();
+    assert_eq!(sitting_out, expected, "its master's other tenant waiting for a replica is cleared too");
+    assert_eq!(masters(&held), ["b"]);
+}

@@ -2,7 +2,7 @@
 //! LISTEN task's wake-up when it is empty, and replace a failed Postgres or Redis connection with
 //! jittered exponential backoff.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,13 +11,14 @@ use std::time::{Duration, Instant};
 use backon::{BackoffBuilder, Retryable};
 use openrisk_shared::config::Settings;
 use openrisk_shared::db::{ConnectError, MAX_RECONNECT_DELAY, reconnect_backoff};
-use openrisk_shared::keys::Keyspace;
+use openrisk_shared::keys::{Keyspace, Tag};
 use openrisk_shared::protocol::{self, BackgroundReclaims, InvalidateError, Reclaimable, ReplicaAck};
 use openrisk_shared::redis_cluster::ClusterWatch;
 use openrisk_shared::redis_connection::{RedisConnection, RedisTarget, Timeouts};
 use tokio_postgres::{Client, Statement, Transaction};
 use tokio_util::sync::CancellationToken;
 use tracing::field::Empty;
+use uuid::Uuid;
 
 use openrisk_shared::redis_connection::RedisUrlError;
 
@@ -399,42 +400,66 @@ impl Worker {
     /// multiplexed connection, each call waiting for the configured Redis replicas and recording
     /// the batch's `replayed_by` as the replay floor the new versions need on a read replica. A
     /// poison row invalidates its tenant's whole cache in its place. A tenant whose calls fail is
-    /// held back; one whose calls succeed is released.
+    /// held back; one whose calls succeed is released. A tenant of a master that another held
+    /// tenant waits for a replica of ([`HeldBack::masters_without_replica`]) is applied on that
+    /// master alone, without a `WAIT`, and held back the same way.
     async fn apply(&self, redis: &RedisConnection, batch: &Batch) -> Applied {
-        let by_tenant = tenants::tags_by_tenant(batch);
+        let mut by_tenant = tenants::tags_by_tenant(batch);
         let distinct: usize = by_tenant.values().map(BTreeSet::len).sum();
-        let outcomes =
-            tenants::invalidate_by_tenant(redis, &self.keyspace, by_tenant, self.replica_ack, batch.replayed_by).await;
+        let without_replica = self.held_back.masters_without_replica();
+        let of_master_without_replica = |tenant: &Uuid| {
+            self.topology.master_of_tenant(*tenant).is_some_and(|master| without_replica.contains(&master))
+        };
+        let alone: HashMap<Uuid, BTreeSet<Tag>> =
+            by_tenant.extract_if(|tenant, _| of_master_without_replica(tenant)).collect();
+        let (replicated, applied_alone) = tokio::join!(
+            tenants::invalidate_by_tenant(redis, &self.keyspace, by_tenant, self.replica_ack, batch.replayed_by),
+            tenants::invalidate_by_tenant(redis, &self.keyspace, alone, ReplicaAck::MASTER_ONLY, batch.replayed_by),
+        );
         let (mut applied, answered_at) = (Applied { tags: distinct as u64, ..Applied::default() }, Instant::now());
-        for (tenant, outcome) in outcomes {
+        // No `WAIT` was sent for these: their master has no replica that confirms.
+        let unconfirmed = || InvalidateError::NotReplicated {
+            acked: 0,
+            required: self.replica_ack.replicas,
+            timeout: Duration::ZERO,
+        };
+        let outcomes = replicated.into_iter().map(|(tenant, outcome)| (tenant, outcome, true));
+        for (tenant, outcome, confirmed) in outcomes.chain(applied_alone.into_iter().map(|(t, o)| (t, o, false))) {
             self.reach.heard(tenant, !matches!(outcome, Err(InvalidateError::Redis(_))));
             match outcome {
                 Ok(moved) => {
-                    self.held_back.release(tenant);
                     applied.reclaimable.extend(moved);
                     applied.any_applied = true;
-                }
-                Err(error) => {
-                    let master = self.topology.master_of_tenant(tenant);
-                    let Holding { delay, again } =
-                        self.held_back.hold(tenant, answered_at, Failed::from(&error), master);
-                    if again {
-                        tracing::debug!(%tenant, %error, ?delay, "cannot invalidate; the tenant stays held back");
+                    if confirmed {
+                        self.held_back.release(tenant);
                     } else {
-                        tracing::warn!(%tenant, %error, ?delay, "cannot invalidate; the tenant's events are held back");
-                    }
-                    applied.newly_held |= !again;
-                    let replaces = matches!(
-                        (&applied.failure, &error),
-                        (None, _) | (Some(InvalidateError::NotReplicated { .. }), InvalidateError::Redis(_))
-                    );
-                    if replaces {
-                        applied.failure = Some(error);
+                        self.hold(&mut applied, tenant, answered_at, unconfirmed());
                     }
                 }
+                Err(error) => self.hold(&mut applied, tenant, answered_at, error),
             }
         }
         applied
+    }
+
+    /// Holds `tenant` back after its invalidations failed with `error` at `at`, and records the
+    /// failure in `applied`.
+    fn hold(&self, applied: &mut Applied, tenant: Uuid, at: Instant, error: InvalidateError) {
+        let master = self.topology.master_of_tenant(tenant);
+        let Holding { delay, again } = self.held_back.hold(tenant, at, Failed::from(&error), master);
+        if again {
+            tracing::debug!(%tenant, %error, ?delay, "cannot invalidate; the tenant stays held back");
+        } else {
+            tracing::warn!(%tenant, %error, ?delay, "cannot invalidate; the tenant's events are held back");
+        }
+        applied.newly_held |= !again;
+        let replaces = matches!(
+            (&applied.failure, &error),
+            (None, _) | (Some(InvalidateError::NotReplicated { .. }), InvalidateError::Redis(_))
+        );
+        if replaces {
+            applied.failure = Some(error);
+        }
     }
 
     /// The outbox is empty: linger, then park (if this replica leads the park) and wait for a
