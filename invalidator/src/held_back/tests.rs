@@ -285,7 +285,8 @@ fn a_probe_that_sees_a_replica_clears_every_tenant_waiting_for_one_on_its_master
     let now = Instant::now();
     held.hold(probed, now, Failed::Unreplicated, master("a"));
     held.hold(same, now + MAX_RECONNECT_DELAY, Failed::Unreplicated, master("a"));
-    held.hold(other_master, now, Failed::Unreplicated, master("b"));
+    // Held later than `probed`: one probe that waits for a replica is on its way at a time.
+    held.hold(other_master, now + MAX_RECONNECT_DELAY, Failed::Unreplicated, master("b"));
     held.hold(unreachable, now, Failed::Unreachable, master("a"));
     let masters = |held: &HeldBack| {
         let mut masters: Vec<String> = held.masters_without_replica().iter().map(|m| m.to_string()).collect();

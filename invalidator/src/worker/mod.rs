@@ -408,7 +408,8 @@ impl Worker {
         let distinct: usize = by_tenant.values().map(BTreeSet::len).sum();
         let without_replica = self.held_back.masters_without_replica();
         let of_master_without_replica = |tenant: &Uuid| {
-            self.topology.master_of_tenant(*tenant).is_some_and(|master| without_replica.contains(&master))
+            !without_replica.is_empty()
+                && self.topology.master_of_tenant(*tenant).is_some_and(|master| without_replica.contains(&master))
         };
         let alone: HashMap<Uuid, BTreeSet<Tag>> =
             by_tenant.extract_if(|tenant, _| of_master_without_replica(tenant)).collect();
@@ -417,7 +418,8 @@ impl Worker {
             tenants::invalidate_by_tenant(redis, &self.keyspace, alone, ReplicaAck::MASTER_ONLY, batch.replayed_by),
         );
         let (mut applied, answered_at) = (Applied { tags: distinct as u64, ..Applied::default() }, Instant::now());
-        // No `WAIT` was sent for these: their master has no replica that confirms.
+        // What the batch failed with when only these failed: no `WAIT` was sent, as no replica
+        // of their master confirms.
         let unconfirmed = || InvalidateError::NotReplicated {
             acked: 0,
             required: self.replica_ack.replicas,
@@ -432,9 +434,15 @@ impl Worker {
                     applied.any_applied = true;
                     if confirmed {
                         self.held_back.release(tenant);
-                    } else {
-                        self.hold(&mut applied, tenant, answered_at, unconfirmed());
+                        continue;
                     }
+                    let master = self.topology.master_of_tenant(tenant);
+                    let Holding { again, .. } = self.held_back.hold(tenant, answered_at, Failed::Unreplicated, master);
+                    if !again {
+                        tracing::info!(%tenant, "applied on its master alone, which has no replica that confirms; the tenant's events are held back");
+                    }
+                    applied.newly_held |= !again;
+                    applied.failure.get_or_insert_with(unconfirmed);
                 }
                 Err(error) => self.hold(&mut applied, tenant, answered_at, error),
             }
