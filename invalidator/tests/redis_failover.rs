@@ -138,14 +138,9 @@ impl Failover {
 
     /// Another tenant whose keys the tenant's master (the replica, once promoted) serves.
     async fn another_tenant_of_its_master(&self) -> Uuid {
-        let master = self.cluster.master_of(&self.h.keyspace.version_key(self.tenant, &Tag::all()));
-        for attempt in 0.. {
-            let other = self.h.tenant(&format!("same-master-{attempt}")).await;
-            if self.cluster.master_of(&self.h.keyspace.version_key(other, &Tag::all())) == master {
-                return other;
-            }
-        }
-        unreachable!("the attempts never end")
+        let master_of = |tenant| self.cluster.master_of(&self.h.keyspace.version_key(tenant, &Tag::all()));
+        let master = master_of(self.tenant);
+        self.h.tenant_where("same-master", |other| master_of(other) == master).await
     }
 
     /// Waits, from the promotion, until the promoted replica no longer serves the list the write

@@ -41,13 +41,7 @@ impl TwoShards {
         };
         let down = h.tenant("down").await;
         let down_master = master_of(&h.keyspace, down);
-        let mut up = h.tenant("up-0").await;
-        for attempt in 1.. {
-            if master_of(&h.keyspace, up) != down_master {
-                break;
-            }
-            up = h.tenant(&format!("up-{attempt}")).await;
-        }
+        let up = h.tenant_where("up", |up| master_of(&h.keyspace, up) != down_master).await;
         Self { cluster, h, down, down_master, up }
     }
 
@@ -104,13 +98,7 @@ impl TwoShards {
     async fn tenant_of_the_third_master(&self, masters: &[u16]) -> Uuid {
         let taken = [self.down_master, self.master_of(self.up)];
         let third = *masters.iter().find(|master| !taken.contains(master)).expect("a third master");
-        for attempt in 0.. {
-            let tenant = self.h.tenant(&format!("third-{attempt}")).await;
-            if self.master_of(tenant) == third {
-                return tenant;
-            }
-        }
-        unreachable!()
+        self.h.tenant_where("third", |tenant| self.master_of(tenant) == third).await
     }
 
     fn master_of(&self, tenant: Uuid) -> u16 {

@@ -133,6 +133,18 @@ impl Harness {
             .get(0)
     }
 
+    /// A new tenant, tried as `<slug>-0`, `<slug>-1`, … until `wanted` holds for one (a tenant
+    /// whose slot a given cluster master serves, say).
+    pub async fn tenant_where(&self, slug: &str, wanted: impl Fn(Uuid) -> bool) -> Uuid {
+        for attempt in 0.. {
+            let tenant = self.tenant(&format!("{slug}-{attempt}")).await;
+            if wanted(tenant) {
+                return tenant;
+            }
+        }
+        unreachable!("the attempts never end")
+    }
+
     pub async fn id(&self, sql: &str, params: &[&(dyn tokio_postgres::types::ToSql + Sync)]) -> Uuid {
         self.sql.query_one(sql, params).await.unwrap_or_else(|error| panic!("{sql}: {error:?}")).get(0)
     }
