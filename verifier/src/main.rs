@@ -16,6 +16,7 @@ mod check;
 mod faults;
 mod network;
 mod poison;
+mod probe;
 mod procs;
 mod promotion;
 mod soak;
@@ -405,6 +406,12 @@ async fn report(world: &World, tally: &mut Tally, started: Instant) {
         Vec::new()
     };
     tally.record("every staleness probe read its commit within 30 s", &stale);
+    let probe_reads = stats.probe_reads.load(Ordering::Relaxed);
+    let regressions = stats.probe_regressions.lock().unwrap().clone();
+    tally.record(
+        &format!("no read of the probe's risk ({probe_reads} reads) went back to a title older than one read before"),
+        &regressions,
+    );
     println!("  staleness window by phase (the fault a probe's commit came during), worst first:");
     for phase in windows_by_phase(&samples) {
         println!(

@@ -1,6 +1,6 @@
 //! Concurrent readers through the cached API, writers through the API and through plain SQL
-//! (every watched table; moves between parents, deletes, soft deletes, TRUNCATE), a staleness
-//! probe, and the catalog refresher. Every task stops when `World::stopping` is set.
+//! (every watched table; moves between parents, deletes, soft deletes, TRUNCATE), the staleness
+//! probe (`crate::probe`), and the catalog refresher. Every task stops when `World::stopping` is set.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -15,7 +15,7 @@ use tokio_postgres::Client;
 use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
-use crate::urls::{random_read, risk_detail};
+use crate::urls::random_read;
 use crate::world::World;
 
 pub fn spawn_all(world: &Arc<World>, readers: usize) -> Vec<JoinHandle<()>> {
@@ -28,7 +28,7 @@ pub fn spawn_all(world: &Arc<World>, readers: usize) -> Vec<JoinHandle<()>> {
     tasks.push(tokio::spawn(api_writer(world.clone(), StdRng::seed_from_u64(seed ^ 0x2001))));
     tasks.push(tokio::spawn(sql_writer(world.clone(), StdRng::seed_from_u64(seed ^ 0x3000))));
     tasks.push(tokio::spawn(sql_writer(world.clone(), StdRng::seed_from_u64(seed ^ 0x3001))));
-    tasks.push(tokio::spawn(probe(world.clone())));
+    tasks.push(tokio::spawn(crate::probe::probe(world.clone())));
     tasks.push(tokio::spawn(refresher(world.clone())));
     tasks
 }
@@ -346,66 +346,6 @@ async fn sql_writer(world: Arc<World>, mut rng: StdRng) {
             world.stats.sql_write_failures.fetch_add(1, Ordering::Relaxed);
         }
         tokio::time::sleep(Duration::from_millis(rng.random_range(5..40))).await;
-    }
-}
-
-/// Measures the staleness window of plain-SQL writes: commit a new title of one risk, then read
-/// it through the cached API until the new title shows.
-async fn probe(world: Arc<World>) {
-    let tenant = world.tenants[0].id;
-    let mut client: Option<Client> = None;
-    let mut risk: Option<Uuid> = None;
-    let mut round = 0u64;
-    while !world.stopping() {
-        tokio::time::sleep(Duration::from_millis(250)).await;
-        if client.as_ref().is_none_or(Client::is_closed) {
-            client = world.sql().await.ok();
-            continue;
-        }
-        let sql = client.as_ref().expect("connected");
-        if risk.is_none() {
-            risk = sql
-                .query_one(
-                    "INSERT INTO risks (tenant_id, title, impact, probability) VALUES ($1, 'probe', 1, 1) RETURNING id",
-                    &[&tenant],
-                )
-                .await
-                .ok()
-                .map(|row| row.get(0));
-            continue;
-        }
-        let risk_id = risk.expect("probe risk");
-        let read = risk_detail(&world.keyspace, tenant, risk_id);
-        world.known.lock().unwrap().entry(read.key.clone()).or_insert_with(|| read.clone());
-        // Make sure it is cached, so the window is the cache's and not a miss.
-        let _ = world.get(&world.api_base, tenant, &read.path).await;
-        let guard = world.gate.read().await;
-        round += 1;
-        let title = format!("probe {round}");
-        if sql.execute("UPDATE risks SET title = $2 WHERE id = $1", &[&risk_id, &title]).await.is_err() {
-            continue;
-        }
-        let committed = Instant::now();
-        let needle = format!("\"title\":\"{title}\"");
-        let phase = world.phase();
-        let mut fresh = false;
-        // A primary crash may take the commit with it: then no read will ever show it.
-        let lost = || world.primary_crashed_since(committed);
-        while committed.elapsed() < Duration::from_secs(30) && !world.stopping() && !lost() {
-            if let Ok((200, body, _)) = world.get(&world.api_base, tenant, &read.path).await
-                && String::from_utf8_lossy(&body).contains(&needle)
-            {
-                fresh = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-        drop(guard);
-        if fresh {
-            world.stats.staleness.lock().unwrap().push((committed.elapsed().as_secs_f64(), phase));
-        } else if !world.stopping() && !lost() {
-            world.stats.probe_timeouts.fetch_add(1, Ordering::Relaxed);
-        }
     }
 }
 

@@ -171,6 +171,10 @@ pub struct Stats {
     /// (seconds from commit to the first fresh read, fault phase)
     pub staleness: Mutex<Vec<(f64, String)>>,
     pub probe_timeouts: AtomicU64,
+    /// Reads of the staleness probe's risk that showed one of its titles.
+    pub probe_reads: AtomicU64,
+    /// Those of them that showed an older title than a read before them, described.
+    pub probe_regressions: Mutex<Vec<String>>,
 }
 
 impl Stats {
