@@ -62,7 +62,7 @@ impl From<&InvalidateError> for Failed {
     fn from(error: &InvalidateError) -> Self {
         match error {
             InvalidateError::Redis(_) => Self::Unreachable,
-            InvalidateError::NotReplicated { .. } => Self::Unreplicated,
+            InvalidateError::NotReplicated { .. } | InvalidateError::MasterWithoutReplica => Self::Unreplicated,
         }
     }
 }

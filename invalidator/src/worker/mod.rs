@@ -82,7 +82,9 @@ impl From<InvalidateError> for BatchError {
     fn from(error: InvalidateError) -> Self {
         match error {
             InvalidateError::Redis(error) => Self::Redis(error),
-            not_replicated @ InvalidateError::NotReplicated { .. } => Self::NotReplicated(not_replicated.to_string()),
+            unconfirmed @ (InvalidateError::NotReplicated { .. } | InvalidateError::MasterWithoutReplica) => {
+                Self::NotReplicated(unconfirmed.to_string())
+            }
         }
     }
 }
@@ -418,13 +420,6 @@ impl Worker {
             tenants::invalidate_by_tenant(redis, &self.keyspace, alone, ReplicaAck::MASTER_ONLY, batch.replayed_by),
         );
         let (mut applied, answered_at) = (Applied { tags: distinct as u64, ..Applied::default() }, Instant::now());
-        // What the batch failed with when only these failed: no `WAIT` was sent, as no replica
-        // of their master confirms.
-        let unconfirmed = || InvalidateError::NotReplicated {
-            acked: 0,
-            required: self.replica_ack.replicas,
-            timeout: Duration::ZERO,
-        };
         let outcomes = replicated.into_iter().map(|(tenant, outcome)| (tenant, outcome, true));
         for (tenant, outcome, confirmed) in outcomes.chain(applied_alone.into_iter().map(|(t, o)| (t, o, false))) {
             self.reach.heard(tenant, !matches!(outcome, Err(InvalidateError::Redis(_))));
@@ -442,7 +437,7 @@ impl Worker {
                         tracing::info!(%tenant, "applied on its master alone, which has no replica that confirms; the tenant's events are held back");
                     }
                     applied.newly_held |= !again;
-                    applied.failure.get_or_insert_with(unconfirmed);
+                    applied.failure.get_or_insert(InvalidateError::MasterWithoutReplica);
                 }
                 Err(error) => self.hold(&mut applied, tenant, answered_at, error),
             }
@@ -463,7 +458,11 @@ impl Worker {
         applied.newly_held |= !again;
         let replaces = matches!(
             (&applied.failure, &error),
-            (None, _) | (Some(InvalidateError::NotReplicated { .. }), InvalidateError::Redis(_))
+            (None, _)
+                | (
+                    Some(InvalidateError::NotReplicated { .. } | InvalidateError::MasterWithoutReplica),
+                    InvalidateError::Redis(_)
+                )
         );
         if replaces {
             applied.failure = Some(error);

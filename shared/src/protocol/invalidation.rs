@@ -123,6 +123,10 @@ pub enum InvalidateError {
     /// now could promote a replica that never saw it, so it must be applied again later.
     #[error("invalidation reached {acked} of the {required} Redis replicas required within {timeout:?}")]
     NotReplicated { acked: u32, required: u32, timeout: std::time::Duration },
+    /// Applied on the master alone, without a `WAIT`, because no replica of that master has
+    /// confirmed a write since one failed to: a failover could lose it just the same.
+    #[error("invalidation applied on a Redis master none of whose replicas confirms writes now (no WAIT sent)")]
+    MasterWithoutReplica,
 }
 
 /// Invalidates `tags` of `tenant` (one script, O(tags)): after it returns no entry built under
