@@ -136,11 +136,12 @@ impl Failover {
         }
     }
 
-    /// Another tenant whose keys the tenant's master (the replica, once promoted) serves.
-    async fn another_tenant_of_its_master(&self) -> Uuid {
+    /// Another tenant whose keys the tenant's master (the replica, once promoted) serves, with a
+    /// slug beginning with `slug`.
+    async fn another_tenant_of_its_master(&self, slug: &str) -> Uuid {
         let master_of = |tenant| self.cluster.master_of(&self.h.keyspace.version_key(tenant, &Tag::all()));
         let master = master_of(self.tenant);
-        self.h.tenant_where("same-master", |other| master_of(other) == master).await
+        self.h.tenant_where(slug, |other| master_of(other) == master).await
     }
 
     /// Waits, from the promotion, until the promoted replica no longer serves the list the write
@@ -272,7 +273,7 @@ async fn a_probe_waiting_for_a_replica_holds_up_no_invalidation_of_its_master() 
 #[tokio::test]
 async fn a_tenant_of_a_master_that_another_waits_for_a_replica_of_is_applied_there_without_waiting() {
     let (mut f, running) = Failover::held_on_the_promoted_replica().await;
-    let other = f.another_tenant_of_its_master().await;
+    let other = f.another_tenant_of_its_master("same-master").await;
     // The test's own connection may still send the other tenant's slot to the killed master
     // (it followed the tenant's slot alone): a new one reads the cluster.
     f.h.redis = common::connect_redis(&f.h.namespace.url).await;
@@ -281,6 +282,38 @@ async fn a_tenant_of_a_master_that_another_waits_for_a_replica_of_is_applied_the
         f.h.risk(other, &format!("written by another tenant of the master, {written}")).await;
         f.until_dropped(other, &list, &format!("the other tenant's write {written}")).await;
     }
+    assert!(running.shutdown(WAIT).await);
+}
+
+/// Four tenants of one master write in one transaction while its replica is cut off. The master's
+/// connection runs the batch's `WAIT`s one after another, so they share the replica wait: all
+/// four come back unconfirmed within it. Each waiting the whole of it would take four times as
+/// long, past the reply timeout: the later tenants would time out as if the master were down.
+#[tokio::test]
+async fn tenants_of_a_master_without_replica_written_together_share_one_replica_wait() {
+    let f = Failover::new().await;
+    let mut tenants = vec![f.tenant];
+    for other in 1..=3 {
+        tenants.push(f.another_tenant_of_its_master(&format!("same-master-{other}")).await);
+    }
+    let mut settings = f.h.settings();
+    // Longer than a reply may take besides it (`redis_timeout_ms`), so that two whole waits one
+    // after the other already miss the deadline of the second call.
+    settings.invalidator.redis_replicas_ack_timeout_ms = 3 * settings.invalidator.redis_timeout_ms;
+    let running = f.h.start(settings).await;
+    f.h.drained(WAIT).await;
+    f.cut_off_replica();
+    let inserts: Vec<String> = tenants
+        .iter()
+        .map(|tenant| {
+            format!("INSERT INTO risks (tenant_id, title, impact, probability) VALUES ('{tenant}', 'together', 2, 2);")
+        })
+        .collect();
+    f.h.sql.batch_execute(&format!("BEGIN; {} COMMIT;", inserts.concat())).await.unwrap();
+    let errors = running.metrics.errors.clone();
+    let failed = |kind: &str| errors.with_label_values(&[kind]).get();
+    common::eventually("a batch failed", WAIT, || async { failed("redis") + failed("redis_replication") > 0 }).await;
+    assert_eq!(failed("redis"), 0, "no tenant of the batch timed out waiting behind the others");
     assert!(running.shutdown(WAIT).await);
 }
 

@@ -136,7 +136,7 @@ impl Worker {
             redis,
             &self.keyspace,
             by_tenant,
-            ReplicaAck::MASTER_ONLY,
+            |_| ReplicaAck::MASTER_ONLY,
             peeked.replayed_by,
         )
         .await;

@@ -399,8 +399,9 @@ impl Worker {
     }
 
     /// Invalidates every tag of the batch, collapsed per tenant, concurrently over the
-    /// multiplexed connection, each call waiting for the configured Redis replicas and recording
-    /// the batch's `replayed_by` as the replay floor the new versions need on a read replica. A
+    /// multiplexed connection, each call waiting for the configured Redis replicas (the calls to
+    /// one master share the replica wait, [`tenants::shares_of_ack`]) and recording the batch's
+    /// `replayed_by` as the replay floor the new versions need on a read replica. A
     /// poison row invalidates its tenant's whole cache in its place. A tenant whose calls fail is
     /// held back; one whose calls succeed is released. A tenant of a master that another held
     /// tenant waits for a replica of ([`HeldBack::masters_without_replica`]) is applied on that
@@ -415,9 +416,11 @@ impl Worker {
         };
         let alone: HashMap<Uuid, BTreeSet<Tag>> =
             by_tenant.extract_if(|tenant, _| of_master_without_replica(tenant)).collect();
+        let acks =
+            tenants::shares_of_ack(&by_tenant, self.replica_ack, |tenant| self.topology.master_of_tenant(tenant));
         let (replicated, applied_alone) = tokio::join!(
-            tenants::invalidate_by_tenant(redis, &self.keyspace, by_tenant, self.replica_ack, batch.replayed_by),
-            tenants::invalidate_by_tenant(redis, &self.keyspace, alone, ReplicaAck::MASTER_ONLY, batch.replayed_by),
+            tenants::invalidate_by_tenant(redis, &self.keyspace, by_tenant, |tenant| acks[&tenant], batch.replayed_by),
+            tenants::invalidate_by_tenant(redis, &self.keyspace, alone, |_| ReplicaAck::MASTER_ONLY, batch.replayed_by),
         );
         let (mut applied, answered_at) = (Applied { tags: distinct as u64, ..Applied::default() }, Instant::now());
         let outcomes = replicated.into_iter().map(|(tenant, outcome)| (tenant, outcome, true));

@@ -126,7 +126,9 @@ pub struct InvalidatorSettings {
     /// Redis replicas that must confirm an invalidation (`WAIT`) before its outbox rows are
     /// acknowledged; unset: 1 on a cluster, 0 on a single node.
     pub redis_replicas_ack: Option<u32>,
-    /// How long one `WAIT` may take before the batch is left in the outbox for a retry.
+    /// How long a batch waits for replicas to confirm what it applied on one master before it is
+    /// left in the outbox for a retry: the batch's calls to that master share it, one `WAIT`
+    /// after another on its connection (at least 20 ms each).
     pub redis_replicas_ack_timeout_ms: u64,
     /// How long one Redis reply may take, besides a `WAIT`, before the batch is left in the
     /// outbox for a retry. A master that stops answering holds every tenant's invalidations in

@@ -94,6 +94,21 @@ impl ReplicaAck {
     /// Done once the master has applied it (a single node, or best-effort callers).
     pub const MASTER_ONLY: Self = Self { replicas: 0, timeout: std::time::Duration::ZERO };
 
+    /// The least a call's share of a shared wait ([`ReplicaAck::shared_by`]) may be: a replica
+    /// that is there confirms within a round trip, far less than this even on a loaded machine.
+    pub const MIN_SHARE: std::time::Duration = std::time::Duration::from_millis(20);
+
+    /// This wait shared by `calls` calls sent together to one master. A master's connection
+    /// runs their `WAIT`s one after another, so while it has no replica that confirms, each
+    /// call would otherwise wait the whole timeout after the one before it: `calls` times the
+    /// timeout in all, for one batch. Shared, they wait the timeout in all (at least
+    /// [`ReplicaAck::MIN_SHARE`] each). A share too short for a slow replica only makes the
+    /// call fail as unconfirmed, which is retried; it never counts an unconfirmed write.
+    pub fn shared_by(self, calls: usize) -> Self {
+        let calls = u32::try_from(calls.max(1)).unwrap_or(u32::MAX);
+        Self { timeout: (self.timeout / calls).max(Self::MIN_SHARE.min(self.timeout)), ..self }
+    }
+
     /// How much longer than a plain reply one of [`invalidate_replicated`]'s may take: its
     /// `WAIT`'s timeout, or nothing when no replica must confirm (no `WAIT` is sent).
     pub fn extra_reply_time(&self) -> std::time::Duration {
@@ -353,7 +368,22 @@ pub async fn reclaim<C: ConnectionLike>(conn: &mut C, reclaimable: &Reclaimable)
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
+
+    #[test]
+    fn calls_to_one_master_share_the_wait_down_to_the_least_share() {
+        let ack = ReplicaAck { replicas: 1, timeout: Duration::from_millis(500) };
+        assert_eq!(ack.shared_by(1), ack);
+        assert_eq!(ack.shared_by(0), ack);
+        assert_eq!(ack.shared_by(4).timeout, Duration::from_millis(125));
+        assert_eq!(ack.shared_by(4).replicas, 1);
+        assert_eq!(ack.shared_by(100).timeout, ReplicaAck::MIN_SHARE);
+        let short = ReplicaAck { replicas: 1, timeout: Duration::from_millis(5) };
+        assert_eq!(short.shared_by(3).timeout, Duration::from_millis(5), "never longer than the whole wait");
+        assert_eq!(ReplicaAck::MASTER_ONLY.shared_by(3), ReplicaAck::MASTER_ONLY);
+    }
 
     /// The error the client makes of a server's error reply, as read off the wire.
     fn reply_error(reply: &str) -> redis::RedisError {
