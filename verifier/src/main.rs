@@ -407,10 +407,23 @@ async fn report(world: &World, tally: &mut Tally, started: Instant) {
     };
     tally.record("every staleness probe read its commit within 30 s", &stale);
     let probe_reads = stats.probe_reads.load(Ordering::Relaxed);
-    let regressions = stats.probe_regressions.lock().unwrap().clone();
+    let went_back = stats.probe_went_back.lock().unwrap().clone();
+    println!(
+        "  probe reads that showed an older title than a read before them, the newer still in its window: {} of {probe_reads}{}",
+        went_back.len(),
+        went_back.first().map(|first| format!(" (first: {first})")).unwrap_or_default()
+    );
+    let acknowledged = stats.probe_acknowledged.load(Ordering::Relaxed);
+    let mut violations = stats.probe_violations.lock().unwrap().clone();
+    if acknowledged == 0 {
+        violations
+            .push("no look at the outbox found the probe's events acknowledged, so no read was checked".to_owned());
+    }
     tally.record(
-        &format!("no read of the probe's risk ({probe_reads} reads) went back to a title older than one read before"),
-        &regressions,
+        &format!(
+            "no read of the probe's risk ({probe_reads} reads, {acknowledged} rounds found acknowledged) showed a title older than an acknowledged one"
+        ),
+        &violations,
     );
     println!("  staleness window by phase (the fault a probe's commit came during), worst first:");
     for phase in windows_by_phase(&samples) {

@@ -1,13 +1,17 @@
 //! The staleness probe: a risk of the first tenant that only the probe writes, retitled
 //! `probe <round>` in plain SQL four times a second and read through the cached API. It measures
-//! the window (commit → first read that shows the new title) and checks that no read ever shows
-//! an older title than one a read before it showed: once a write has been seen, the cache may not
-//! serve what came before it (guarantee G1), whatever the fault between the two reads.
+//! the window (commit → first read that shows the new title) and checks G1 read by read: once the
+//! invalidator has acknowledged a round's invalidation, no read may show an older round, whatever
+//! fault comes between. A read that shows an older round than a read before it, while the newer
+//! one is still in its window, is allowed (a read from Postgres while Redis could not answer is
+//! newer than the cache until the invalidator catches up) and only counted.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use openrisk_shared::keys::Tag;
 use tokio_postgres::Client;
 use uuid::Uuid;
 
@@ -36,25 +40,24 @@ fn round_in(body: &[u8]) -> Option<u64> {
     digits[..digits.find('"')?].parse().ok()
 }
 
-/// The newest round any read has shown, and when it was committed, so that a later read of an
-/// older round is caught as a read that went back in time.
+/// The newest of some rounds (the newest any read showed, or the newest whose invalidation the
+/// invalidator acknowledged), with its commit instant, so that a read of an older round is told.
 #[derive(Debug, Default)]
-struct NewestSeen {
+struct Newest {
     newest: Option<(u64, Instant)>,
 }
 
-impl NewestSeen {
-    /// Notes a read that showed `round`, committed at `committed`; `Err` with the newer round
-    /// an earlier read showed when this one is older.
-    fn observe(&mut self, round: u64, committed: Instant) -> Result<(), u64> {
-        match self.newest {
-            Some((newest, _)) if round < newest => Err(newest),
-            Some((newest, _)) if round == newest => Ok(()),
-            _ => {
-                self.newest = Some((round, committed));
-                Ok(())
-            }
+impl Newest {
+    /// Notes `round`, committed at `committed`, if it is newer than the newest so far.
+    fn note(&mut self, round: u64, committed: Instant) {
+        if self.newest.is_none_or(|(newest, _)| round > newest) {
+            self.newest = Some((round, committed));
         }
+    }
+
+    /// The newest round, when `round` is older than it.
+    fn newer_than(&self, round: u64) -> Option<u64> {
+        self.newest.map(|(newest, _)| newest).filter(|newest| round < *newest)
     }
 
     /// Forgets the newest round when `lost` says its commit may have been lost (a primary crash
@@ -66,41 +69,73 @@ impl NewestSeen {
     }
 }
 
-/// What the probe knows of its risk: its id, the commit instant of each round it committed.
+/// What the probe knows of its risk: its id, the commit instant of each round whose `UPDATE`
+/// returned, the newest round a read showed and the newest whose invalidation is acknowledged.
 struct ProbeRisk {
     id: Uuid,
-    commits: Vec<Instant>,
-    seen: NewestSeen,
+    commits: BTreeMap<u64, Instant>,
+    seen: Newest,
+    acknowledged: Newest,
 }
 
 impl ProbeRisk {
-    /// Reads the risk through the cached API and checks the title it shows against the newest
-    /// shown before; the round it shows, if the read answered.
+    fn new(id: Uuid, created: Instant) -> Self {
+        Self { id, commits: BTreeMap::from([(0, created)]), seen: Newest::default(), acknowledged: Newest::default() }
+    }
+
+    /// Reads the risk through the cached API and checks the round it shows: older than a round
+    /// whose invalidation was acknowledged breaks G1; older than one a read showed before goes
+    /// back within the staleness window (counted, allowed). The round shown, if the read answered.
     async fn read(&mut self, world: &World, tenant: Uuid, path: &str) -> Option<u64> {
-        let Ok((200, body, _)) = world.get(&world.api_base, tenant, path).await else { return None };
+        let Ok((200, body, cache_status)) = world.get(&world.api_base, tenant, path).await else { return None };
         let round = round_in(&body)?;
-        world.stats.probe_reads.fetch_add(1, Ordering::Relaxed);
-        self.seen.forget_if(|committed| world.primary_crashed_since(committed));
-        let committed = self.commits.get(round as usize).copied().unwrap_or_else(Instant::now);
-        if let Err(newest) = self.seen.observe(round, committed) {
-            let phase = world.phase();
-            world.stats.probe_regressions.lock().unwrap().push(format!(
-                "during {phase}: a read showed '{}' after one had shown '{}'",
+        let stats = &world.stats;
+        stats.probe_reads.fetch_add(1, Ordering::Relaxed);
+        let lost = |committed| world.primary_crashed_since(committed);
+        self.seen.forget_if(lost);
+        self.acknowledged.forget_if(lost);
+        let described = |newer: u64| {
+            format!(
+                "during {}: a read showed '{}' ({cache_status}) after '{}'",
+                world.phase(),
                 title(round),
-                title(newest)
-            ));
+                title(newer)
+            )
+        };
+        if let Some(newer) = self.acknowledged.newer_than(round) {
+            stats.probe_violations.lock().unwrap().push(described(newer));
+        } else if let Some(newer) = self.seen.newer_than(round) {
+            stats.probe_went_back.lock().unwrap().push(described(newer));
         }
+        let committed = self.commits.get(&round).copied().unwrap_or_else(Instant::now);
+        self.seen.note(round, committed);
         Some(round)
+    }
+
+    /// Notes the newest round whose `UPDATE` returned as acknowledged when the outbox holds no
+    /// event of the risk any more: the invalidator has applied (and Redis replicas confirmed)
+    /// every event committed before this look, so from now on no read may show an older round.
+    /// Whether it did.
+    async fn look_for_acknowledgement(&mut self, sql: &Client, tenant: Uuid) -> bool {
+        let Some((&round, &committed)) = self.commits.last_key_value() else { return false };
+        let tag = Tag::risk(self.id).to_string();
+        let pending = "SELECT EXISTS (SELECT 1 FROM cache_outbox WHERE tenant_id = $1 AND $2 = ANY (tags))";
+        let acknowledged = matches!(sql.query_one(pending, &[&tenant, &tag]).await, Ok(row) if !row.get::<_, bool>(0));
+        if acknowledged {
+            self.acknowledged.note(round, committed);
+        }
+        acknowledged
     }
 }
 
 /// Measures the staleness window of plain-SQL writes: commit a new title of the probe's risk,
-/// then read it through the cached API until the new title shows; every read is also checked to
-/// show no older title than the reads before it.
+/// then read it through the cached API until the new title shows; every read is also checked
+/// against the rounds acknowledged and read before it.
 pub async fn probe(world: Arc<World>) {
     let tenant = world.tenants[0].id;
     let mut client: Option<Client> = None;
     let mut risk: Option<ProbeRisk> = None;
+    let mut round = 0;
     while !world.stopping() {
         tokio::time::sleep(Duration::from_millis(250)).await;
         if client.as_ref().is_none_or(Client::is_closed) {
@@ -115,23 +150,26 @@ pub async fn probe(world: Arc<World>) {
                     &[&tenant, &title(0)],
                 )
                 .await;
-            let commits = vec![Instant::now()];
-            risk = created.ok().map(|row| ProbeRisk { id: row.get(0), commits, seen: NewestSeen::default() });
+            risk = created.ok().map(|row| ProbeRisk::new(row.get(0), Instant::now()));
             continue;
         };
         let read = risk_detail(&world.keyspace, tenant, probe_risk.id);
         world.known.lock().unwrap().entry(read.key.clone()).or_insert_with(|| read.clone());
+        // The last round's event has usually been acknowledged by now (250 ms after its first
+        // fresh read): every read from here on is checked against it.
+        if probe_risk.look_for_acknowledgement(sql, tenant).await {
+            world.stats.probe_acknowledged.fetch_add(1, Ordering::Relaxed);
+        }
         // Make sure it is cached, so the window is the cache's and not a miss.
         probe_risk.read(&world, tenant, &read.path).await;
         let guard = world.gate.read().await;
-        let round = probe_risk.commits.len() as u64;
+        round += 1;
         let update = sql.execute("UPDATE risks SET title = $2 WHERE id = $1", &[&probe_risk.id, &title(round)]).await;
         let committed = Instant::now();
-        // The round's instant is kept even when the answer was lost: the commit may have happened.
-        probe_risk.commits.push(committed);
         if update.is_err() {
             continue;
         }
+        probe_risk.commits.insert(round, committed);
         let phase = world.phase();
         let mut fresh = false;
         // A primary crash may take the commit with it: then no read will ever show it.
@@ -176,26 +214,29 @@ mod tests {
     }
 
     #[test]
-    fn a_read_of_an_older_round_than_one_seen_before_is_caught() {
+    fn a_round_older_than_the_newest_noted_is_told_with_the_newest() {
         let at = Instant::now();
-        let mut seen = NewestSeen::default();
-        assert_eq!(seen.observe(3, at), Ok(()));
-        assert_eq!(seen.observe(3, at), Ok(()));
-        assert_eq!(seen.observe(4, at), Ok(()));
-        assert_eq!(seen.observe(3, at), Err(4));
-        assert_eq!(seen.observe(0, at), Err(4));
-        assert_eq!(seen.observe(5, at), Ok(()));
+        let mut newest = Newest::default();
+        assert_eq!(newest.newer_than(0), None);
+        newest.note(3, at);
+        assert_eq!(newest.newer_than(3), None);
+        newest.note(4, at);
+        newest.note(2, at);
+        assert_eq!(newest.newer_than(3), Some(4));
+        assert_eq!(newest.newer_than(0), Some(4));
+        assert_eq!(newest.newer_than(5), None);
     }
 
     #[test]
     fn an_older_round_is_accepted_again_once_the_newer_commit_may_have_been_lost() {
         let at = Instant::now();
-        let mut seen = NewestSeen::default();
-        seen.observe(4, at).unwrap();
-        seen.forget_if(|_| false);
-        assert_eq!(seen.observe(3, at), Err(4));
-        seen.forget_if(|committed| committed == at);
-        assert_eq!(seen.observe(3, at), Ok(()));
-        assert_eq!(seen.observe(2, at), Err(3));
+        let mut newest = Newest::default();
+        newest.note(4, at);
+        newest.forget_if(|_| false);
+        assert_eq!(newest.newer_than(3), Some(4));
+        newest.forget_if(|committed| committed == at);
+        assert_eq!(newest.newer_than(3), None);
+        newest.note(3, at);
+        assert_eq!(newest.newer_than(2), Some(3));
     }
 }

@@ -173,8 +173,14 @@ pub struct Stats {
     pub probe_timeouts: AtomicU64,
     /// Reads of the staleness probe's risk that showed one of its titles.
     pub probe_reads: AtomicU64,
-    /// Those of them that showed an older title than a read before them, described.
-    pub probe_regressions: Mutex<Vec<String>>,
+    /// Looks at the outbox that found every event of the probe's risk acknowledged.
+    pub probe_acknowledged: AtomicU64,
+    /// Those of them that showed an older title than one whose invalidation had been
+    /// acknowledged (G1 broken), described.
+    pub probe_violations: Mutex<Vec<String>>,
+    /// Those that showed an older title than a read before them, the newer one still in its
+    /// window, described.
+    pub probe_went_back: Mutex<Vec<String>>,
 }
 
 impl Stats {
