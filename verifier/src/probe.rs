@@ -1,10 +1,11 @@
 //! The staleness probe: a risk of the first tenant that only the probe writes, retitled
-//! `probe <round>` in plain SQL four times a second and read through the cached API. It measures
-//! the window (commit → first read that shows the new title) and checks G1 read by read: once the
-//! invalidator has acknowledged a round's invalidation, no read may show an older round, whatever
-//! fault comes between. A read that shows an older round than a read before it, while the newer
-//! one is still in its window, is allowed (a read from Postgres while Redis could not answer is
-//! newer than the cache until the invalidator catches up) and only counted.
+//! `probe <round>` in plain SQL a quarter of a second after each round's reads end, and read
+//! through the cached API. It measures the window (commit → first read that shows the new title)
+//! and checks G1 read by read: once the invalidator has acknowledged a round's invalidation, no
+//! read may show an older round, whatever fault comes between. A read that shows an older round
+//! than a read before it, while the newer one is still in its window, is allowed (a read from
+//! Postgres while Redis could not answer is newer than the cache until the invalidator catches
+//! up) and only counted.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -186,13 +187,11 @@ pub async fn probe(world: Arc<World>) {
             for _ in 0..READS_AFTER_FRESH {
                 probe_risk.read(&world, tenant, &read.path).await;
             }
-        }
-        drop(guard);
-        if fresh {
             world.stats.staleness.lock().unwrap().push((window.as_secs_f64(), phase));
         } else if !world.stopping() && !lost() {
             world.stats.probe_timeouts.fetch_add(1, Ordering::Relaxed);
         }
+        drop(guard);
     }
 }
 
