@@ -2,13 +2,15 @@
 //! master down, or without a replica to confirm) cost the other tenants while they wait in the
 //! outbox. Every claim passes over them on its way to the other tenants' events (it takes the
 //! oldest rows first, and theirs are the oldest), and while the tenant waits for a replica each
-//! claim is followed by a read of its events written since ([`outbox::peek`], a sequential scan).
+//! claim's transaction also reads its events written since ([`outbox::peek`], a sequential scan).
 //!
 //! One database per backlog size, filled with that many events of the held tenant; then, rounds
 //! interleaving the sizes, a batch of another tenant's events is written and claimed as the
 //! invalidator claims (its prepared statement and transaction settings, the held tenant left
-//! out), the held tenant's new events are read as the invalidator reads them, and the claim is
-//! acknowledged (committed). Prints a Markdown report of both statements' round trips.
+//! out), the held tenant's new events are read in the same transaction as the invalidator reads
+//! them (it reads before its claim, this after; either way both statements pass over the same
+//! rows), and the claim is acknowledged (committed). Prints a Markdown report of both
+//! statements' round trips.
 //!
 //! ```sh
 //! cargo run --release -p openrisk-load-tests --bin held_backlog_bench
