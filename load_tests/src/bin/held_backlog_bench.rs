@@ -122,6 +122,7 @@ async fn write_events(sql: &Client, tenant: Uuid, count: i64) -> anyhow::Result<
     Ok(())
 }
 
+/// `elapsed` in whole microseconds, at least 1 (the histogram's lowest value).
 fn micros(elapsed: Duration) -> u64 {
     u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX).max(1)
 }
