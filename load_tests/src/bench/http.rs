@@ -144,6 +144,11 @@ pub fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
 }
 
+/// The `quantile` of a histogram of [`new_histogram`]'s microseconds, in milliseconds.
+pub fn quantile_ms(histogram: &Histogram<u64>, quantile: f64) -> f64 {
+    histogram.value_at_quantile(quantile) as f64 / 1_000.0
+}
+
 /// What one load run measured.
 #[derive(Debug, Clone)]
 pub struct RunResult {
@@ -267,7 +272,8 @@ impl Tally {
     }
 }
 
-fn micros(duration: Duration) -> u64 {
+/// `duration` as a value for [`new_histogram`]: whole microseconds, at least its lowest (1 µs).
+pub fn micros(duration: Duration) -> u64 {
     u64::try_from(duration.as_micros()).unwrap_or(u64::MAX).max(1)
 }
 

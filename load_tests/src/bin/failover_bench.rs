@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::Parser;
 use hdrhistogram::Histogram;
-use openrisk_load_tests::bench::http::{Conn, Req, new_histogram};
+use openrisk_load_tests::bench::http::{Conn, Req, micros, new_histogram, quantile_ms};
 use openrisk_shared::keys::{Keyspace, Tag};
 use openrisk_shared::protocol::{self, Fill, Lookup};
 use openrisk_shared::redis_connection::{RedisConnection, RedisTarget, Timeouts};
@@ -94,7 +94,6 @@ impl Variant {
     }
 
     fn record(&mut self, failover: &Failover) {
-        let micros = |duration: Duration| u64::try_from(duration.as_micros()).unwrap_or(u64::MAX).max(1);
         self.promoted_us.saturating_record(micros(failover.promoted));
         self.after_promotion_us.saturating_record(micros(failover.invalidated.saturating_sub(failover.promoted)));
         self.bystander_max_us.saturating_record(micros(failover.bystander_max()));
@@ -102,16 +101,15 @@ impl Variant {
 
     /// p50 and max of each histogram, in milliseconds, as table cells.
     fn cells(&self) -> String {
-        let ms = |histogram: &Histogram<u64>, q: f64| histogram.value_at_quantile(q) as f64 / 1_000.0;
         format!(
             "{} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0}",
             self.promoted_us.len(),
-            ms(&self.promoted_us, 0.5),
-            ms(&self.promoted_us, 1.0),
-            ms(&self.after_promotion_us, 0.5),
-            ms(&self.after_promotion_us, 1.0),
-            ms(&self.bystander_max_us, 0.5),
-            ms(&self.bystander_max_us, 1.0)
+            quantile_ms(&self.promoted_us, 0.5),
+            quantile_ms(&self.promoted_us, 1.0),
+            quantile_ms(&self.after_promotion_us, 0.5),
+            quantile_ms(&self.after_promotion_us, 1.0),
+            quantile_ms(&self.bystander_max_us, 0.5),
+            quantile_ms(&self.bystander_max_us, 1.0)
         )
     }
 }

@@ -17,13 +17,13 @@
 //! cargo run -p openrisk-load-tests --bin held_backlog_bench -- --backlogs 0,1000 --rounds 1 --claims 3   # smoke
 //! ```
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::ensure;
 use clap::Parser;
 use hdrhistogram::Histogram;
 use openrisk_invalidator::outbox;
-use openrisk_load_tests::bench::http::new_histogram;
+use openrisk_load_tests::bench::http::{micros, new_histogram, quantile_ms};
 use openrisk_test_support::TestDatabase;
 use tokio_postgres::{Client, Statement};
 use uuid::Uuid;
@@ -122,15 +122,9 @@ async fn write_events(sql: &Client, tenant: Uuid, count: i64) -> anyhow::Result<
     Ok(())
 }
 
-/// `elapsed` in whole microseconds, at least 1 (the histogram's lowest value).
-fn micros(elapsed: Duration) -> u64 {
-    u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX).max(1)
-}
-
 /// `p50 / p99` of `histogram` (µs) in milliseconds.
 fn p50_p99(histogram: &Histogram<u64>) -> String {
-    let ms = |quantile| histogram.value_at_quantile(quantile) as f64 / 1000.0;
-    format!("{:.2} / {:.2}", ms(0.5), ms(0.99))
+    format!("{:.2} / {:.2}", quantile_ms(histogram, 0.5), quantile_ms(histogram, 0.99))
 }
 
 #[tokio::main]

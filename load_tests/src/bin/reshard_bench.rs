@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use hdrhistogram::Histogram;
-use openrisk_load_tests::bench::http::new_histogram;
+use openrisk_load_tests::bench::http::{micros, new_histogram, quantile_ms};
 use openrisk_shared::keys::{Keyspace, Tag};
 use openrisk_shared::protocol::{self, Fill, Lookup, ReplicaAck};
 use openrisk_shared::redis_connection::{RedisConnection, RedisTarget, Timeouts};
@@ -104,14 +104,13 @@ impl Calls {
     }
 
     fn record(&mut self, started: Instant, ok: bool) {
-        let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
-        self.latency_us.saturating_record(micros.max(1));
+        self.latency_us.saturating_record(micros(started.elapsed()));
         self.failed += u64::from(!ok);
     }
 
     /// `count`, p50, p99 and max in milliseconds, and failures, as table cells.
     fn cells(&self) -> String {
-        let ms = |q: f64| self.latency_us.value_at_quantile(q) as f64 / 1_000.0;
+        let ms = |quantile| quantile_ms(&self.latency_us, quantile);
         format!(
             "{} | {:.1} | {:.1} | {:.1} | {}",
             self.latency_us.len(),
