@@ -3,7 +3,7 @@
 //! Tests that fail over, kill or reshard it start their own; the rest share one per test run.
 
 use std::process::{Child, Command};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
@@ -133,7 +133,8 @@ impl PrivateRedisCluster {
     }
 
     /// Port of the master serving `key`'s slot: the one that answers a `GET` of it instead of
-    /// redirecting.
+    /// redirecting. Asked again for up to 10 s, since right after a failover (an earlier test's,
+    /// on this shared cluster) the old master may still redirect before the new one answers.
     pub fn master_of(&self, key: &str) -> u16 {
         let owns = |port: u16| {
             redis::Client::open(self.node_url(port))
@@ -141,7 +142,14 @@ impl PrivateRedisCluster {
                 .and_then(|mut conn| redis::cmd("GET").arg(key).query::<Option<Vec<u8>>>(&mut conn))
                 .is_ok()
         };
-        self.master_ports().into_iter().find(|&port| owns(port)).unwrap_or_else(|| panic!("no master serves {key}"))
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(port) = self.master_ports().into_iter().find(|&port| owns(port)) {
+                return port;
+            }
+            assert!(Instant::now() < deadline, "no master serves {key}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Starts moving the slot of `key` from the master serving it to the one `choose` picks among
