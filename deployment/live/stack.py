@@ -143,4 +143,4 @@ class Stack:
                                  "= pg_get_serial_sequence('cache_outbox', 'id')"))
 
     def outbox_rows(self):
-        return int(self.pg.value("SELECT count(*) FROM cache_outbox"))
+        return int(self.pg.value("SELECT count(*) FROM cache_outbox_pending"))

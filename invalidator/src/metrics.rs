@@ -185,8 +185,8 @@ impl Metrics {
             tenants_held_back: gauge(
                 "openrisk_invalidator_tenants_held_back",
                 "Tenants held back: their last invalidations on this replica failed (a Redis Cluster shard down or \
-                 failing over), so their events stay in the outbox until a probe of their master, sent on a backoff \
-                 of their own, succeeds, while other tenants' are applied.",
+                 failing over), so their events wait aside in the outbox until a probe of their master, sent on a \
+                 backoff of their own, succeeds, while other tenants' are applied.",
             ),
             outbox_backlog: gauge("openrisk_invalidator_outbox_backlog", "Events waiting in the outbox."),
             oldest_event_age_seconds,

@@ -18,6 +18,9 @@ use uuid::Uuid;
 pub struct Batch {
     pub events: Vec<ClaimedEvent>,
     pub poison: Vec<PoisonRow>,
+    /// How many events of held tenants the claim moved aside instead (not in `events`): they
+    /// commit or roll back with the batch.
+    pub moved_aside: usize,
     /// Where the primary's WAL ended once the claim saw the rows: every claimed write is
     /// replayed by a replica that has replayed this far.
     pub replayed_by: Lsn,
@@ -96,10 +99,11 @@ pub async fn prepare_claim(client: &Client) -> Result<Statement, tokio_postgres:
     client.prepare(outbox::CLAIM).await
 }
 
-/// Claims up to `limit` events, none of the tenants in `held_back`, inside `transaction` (they
-/// stay claimed until it ends) with the statement [`prepare_claim`] prepared on its connection,
-/// under the transaction's settings ([`outbox::CLAIMING_TRANSACTION`], sent in the same round
-/// trip).
+/// Claims up to `limit` events inside `transaction` (they stay claimed until it ends), and takes
+/// back up to `limit` of those moved aside, with the statement [`prepare_claim`] prepared on its
+/// connection, under the transaction's settings ([`outbox::CLAIMING_TRANSACTION`], sent in the
+/// same round trip). The claimed events of the tenants in `held_back` move aside instead of
+/// joining the batch ([`Batch::moved_aside`] counts them), and none of theirs is taken back.
 pub async fn claim(
     transaction: &Transaction<'_>,
     statement: &Statement,
@@ -112,11 +116,12 @@ pub async fn claim(
         transaction.batch_execute(outbox::CLAIMING_TRANSACTION),
         transaction.query(statement, &parameters)
     )?;
-    Ok(batch_of(&rows))
+    let (moved, claimed): (Vec<Row>, Vec<Row>) = rows.into_iter().partition(|row| row.get("moved_aside"));
+    Ok(Batch { moved_aside: moved.len(), ..batch_of(&claimed) })
 }
 
-/// Reads, without claiming them, every event of the tenants in `since` written by transactions
-/// at or past each one's id ([`outbox::PEEK`]). Returns them and, when it read any, where the
+/// Reads, without claiming them, every event of the tenants in `since` moved aside by
+/// transactions at or past each one's id ([`outbox::PEEK`]), this one's included. Returns them and, when it read any, where the
 /// next read of the same tenants may start (as `since`) and miss none written after this one.
 pub async fn peek(
     transaction: &Transaction<'_>,
@@ -184,8 +189,9 @@ pub async fn dead_letter(transaction: &Transaction<'_>, batch: &Batch) -> Result
     Ok(())
 }
 
-/// Size of the outbox and age of its oldest event (zero when empty), by the database's clock
-/// (from the commit where commit times are recorded; see [`outbox::BACKLOG`]).
+/// Size of the outbox (the events moved aside included) and age of its oldest event (zero when
+/// empty), by the database's clock (from the commit where commit times are recorded; see
+/// [`outbox::BACKLOG`]).
 pub async fn backlog(client: &Client) -> Result<(i64, f64), tokio_postgres::Error> {
     let row = client.query_one(outbox::BACKLOG, &[]).await?;
     Ok((row.get(0), row.get(1)))

@@ -85,9 +85,10 @@ async fn a_claim_takes_at_most_its_limit_whatever_the_plan() {
 }
 
 /// A replica holds back the tenants whose invalidations failed (their Redis Cluster shard down):
-/// its claim takes the other tenants' events, older ones of the held tenants notwithstanding.
+/// its claim takes the other tenants' events, and moves the held tenants' aside as it meets them,
+/// in the same transaction. Once the tenant is not held, a claim takes them back.
 #[tokio::test]
-async fn a_claim_leaves_the_events_of_held_back_tenants_in_the_outbox() {
+async fn a_claim_moves_the_events_of_held_back_tenants_aside_until_they_are_not_held() {
     let h = Harness::new().await;
     let (held, other) = (h.tenant("held").await, h.tenant("other").await);
     h.sql.batch_execute("DELETE FROM cache_outbox").await.unwrap();
@@ -95,13 +96,117 @@ async fn a_claim_leaves_the_events_of_held_back_tenants_in_the_outbox() {
     flood_outbox(&h, other, 5).await;
     let mut client = h.db.connect().await;
     let claim = openrisk_invalidator::outbox::prepare_claim(&client).await.unwrap();
-    let transaction = client.transaction().await.unwrap();
-    let batch = openrisk_invalidator::outbox::claim(&transaction, &claim, 10, &[held]).await.unwrap();
-    let tenants: Vec<uuid::Uuid> = batch.events.iter().map(|claimed| claimed.event.tenant_id).collect();
-    assert_eq!(tenants, vec![other; 5], "only the other tenant's events are claimed");
-    transaction.commit().await.unwrap();
-    assert_eq!(h.outbox_len().await, 20, "the held tenant's events stay");
+    let claim_of = async |client: &mut tokio_postgres::Client, held_back: &[uuid::Uuid], commit: bool| {
+        let transaction = client.transaction().await.unwrap();
+        let batch = openrisk_invalidator::outbox::claim(&transaction, &claim, 30, held_back).await.unwrap();
+        if commit { transaction.commit().await } else { transaction.rollback().await }.unwrap();
+        let tenants: Vec<uuid::Uuid> = batch.events.iter().map(|claimed| claimed.event.tenant_id).collect();
+        (tenants, batch.moved_aside)
+    };
+    assert_eq!(claim_of(&mut client, &[held], false).await, (vec![other; 5], 20));
+    let in_outbox = "SELECT count(*) FROM cache_outbox";
+    assert_eq!(h.sql.query_one(in_outbox, &[]).await.unwrap().get::<_, i64>(0), 25, "a rollback moves nothing");
+    assert_eq!(claim_of(&mut client, &[held], true).await, (vec![other; 5], 20), "only the other tenant's events");
+    assert_eq!(h.sql.query_one(in_outbox, &[]).await.unwrap().get::<_, i64>(0), 0, "the held tenant's moved aside");
+    assert_eq!(h.outbox_len().await, 20, "and still pending");
+    assert_eq!(claim_of(&mut client, &[held], true).await, (vec![], 0), "held, they are not taken back");
+    assert_eq!(claim_of(&mut client, &[], true).await, (vec![held; 20], 0), "released, they are");
+    assert_eq!(h.outbox_len().await, 0);
 }
+
+/// Events moved aside belong to no replica: a replica that held their tenant and died (its claims
+/// moved them, committed) strands none, since any replica that does not hold the tenant takes
+/// them back and applies them.
+#[tokio::test]
+async fn events_moved_aside_by_a_replica_that_died_are_applied_by_another() {
+    let mut h = Harness::new().await;
+    let tenant = h.tenant("held-elsewhere").await;
+    let tags = vec!["risk:7".to_owned()];
+    let key = h.cache(tenant, "detail", &tags).await;
+    h.sql.batch_execute("DELETE FROM cache_outbox").await.unwrap();
+    flood_outbox(&h, tenant, 10).await;
+    {
+        let mut replica_that_dies = h.db.connect().await;
+        let claim = openrisk_invalidator::outbox::prepare_claim(&replica_that_dies).await.unwrap();
+        let transaction = replica_that_dies.transaction().await.unwrap();
+        let batch = openrisk_invalidator::outbox::claim(&transaction, &claim, 500, &[tenant]).await.unwrap();
+        assert_eq!(batch.moved_aside, 10);
+        transaction.commit().await.unwrap();
+    }
+    assert!(h.is_cached(tenant, &key, &tags).await, "moving aside applies nothing");
+    let running = h.start(h.settings()).await;
+    h.drained(WAIT).await;
+    assert!(!h.is_cached(tenant, &key, &tags).await, "risk:7 was invalidated by the events taken back");
+    assert!(running.shutdown(WAIT).await);
+}
+
+/// Pages (shared buffers hit or read) that one claim of `ten_new` events of `other` reads, with
+/// `held` held back, and then the read of `held`'s events moved aside since `since`: as the
+/// invalidator runs them (its transaction settings, the claim prepared and planned generically).
+async fn pages_of_a_claim_and_a_read(client: &mut tokio_postgres::Client, held: uuid::Uuid, since: &str) -> (i64, i64) {
+    let pages = |plan: &serde_json::Value| {
+        let plan = &plan[0]["Plan"];
+        plan["Shared Hit Blocks"].as_i64().unwrap() + plan["Shared Read Blocks"].as_i64().unwrap()
+    };
+    let transaction = client.transaction().await.unwrap();
+    transaction.batch_execute(openrisk_shared::outbox::CLAIMING_TRANSACTION).await.unwrap();
+    // EXPLAIN takes no parameters: the values are written in.
+    let explain = format!("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) EXECUTE held_backlog_claim(500, '{{{held}}}')");
+    let claim: serde_json::Value = transaction.query_one(&explain, &[]).await.unwrap().get(0);
+    let explain =
+        format!("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) EXECUTE held_backlog_peek('{{{held}}}', '{{{since}}}')");
+    let read: serde_json::Value = transaction.query_one(&explain, &[]).await.unwrap().get(0);
+    transaction.commit().await.unwrap();
+    (pages(&claim), pages(&read))
+}
+
+/// A held tenant's backlog costs the other tenants' claims nothing: with 20,000 of its events
+/// waiting, a claim of ten new events and the read of the held tenant's new events read no more
+/// pages than they did before it had any (plus two, should an index have grown a level). Before
+/// the events moved aside, every claim walked the primary key past them and every read scanned
+/// them all: the pages grew with the backlog. Counted with `EXPLAIN (ANALYZE, BUFFERS)`, not
+/// timed; the outbox vacuumed between, as autovacuum does once 5,000 rows have gone.
+#[tokio::test]
+async fn a_claim_and_a_read_beside_a_held_backlog_read_no_more_pages_than_beside_none() {
+    let h = Harness::new().await;
+    let (held, other) = (h.tenant("held").await, h.tenant("other").await);
+    h.sql.batch_execute("DELETE FROM cache_outbox").await.unwrap();
+    let mut client = h.db.connect().await;
+    let prepare = format!(
+        "PREPARE held_backlog_claim (bigint, uuid[]) AS {}; PREPARE held_backlog_peek (uuid[], text[]) AS {}",
+        openrisk_shared::outbox::CLAIM,
+        openrisk_shared::outbox::PEEK
+    );
+    client.batch_execute(&prepare).await.unwrap();
+    let position = "SELECT pg_current_xact_id()::text";
+    flood_outbox(&h, other, 10).await;
+    let since: String = h.sql.query_one(position, &[]).await.unwrap().get(0);
+    let (claim_before, read_before) = pages_of_a_claim_and_a_read(&mut client, held, &since).await;
+    flood_outbox(&h, held, 20_000).await;
+    let claim = openrisk_invalidator::outbox::prepare_claim(&client).await.unwrap();
+    loop {
+        let transaction = client.transaction().await.unwrap();
+        let batch = openrisk_invalidator::outbox::claim(&transaction, &claim, 500, &[held]).await.unwrap();
+        transaction.commit().await.unwrap();
+        if batch.moved_aside == 0 {
+            break;
+        }
+    }
+    assert_eq!(h.outbox_len().await, 20_000, "the held tenant's events wait");
+    h.sql.batch_execute("VACUUM cache_outbox").await.unwrap();
+    flood_outbox(&h, other, 10).await;
+    let since: String = h.sql.query_one(position, &[]).await.unwrap().get(0);
+    let (claim_after, read_after) = pages_of_a_claim_and_a_read(&mut client, held, &since).await;
+    assert!(
+        claim_after <= claim_before + 2,
+        "a claim read {claim_after} pages beside 20,000 held events, {claim_before} beside none"
+    );
+    assert!(read_after <= read_before + 2, "a read found nothing in {read_after} pages, against {read_before}");
+}
+
+/// The settings a claim's transaction makes ([`openrisk_shared::outbox::CLAIMING_TRANSACTION`]).
+const CLAIM_SETTINGS: &str = "SELECT current_setting('synchronous_commit'), current_setting('plan_cache_mode'),
+                                     current_setting('enable_seqscan'), current_setting('jit')";
 
 /// What a claim sets ends with its transaction: through a transaction pooler the session is
 /// handed to other clients next, and an API writer that inherited `synchronous_commit = off`
@@ -112,10 +217,8 @@ async fn a_claim_leaves_no_setting_on_its_session_for_a_pooler_to_hand_on() {
     let tenant = h.tenant("a").await;
     flood_outbox(&h, tenant, 3).await;
     let show = async |client: &tokio_postgres::Client| {
-        let settings =
-            client.query_one("SELECT current_setting('synchronous_commit'), current_setting('plan_cache_mode')", &[]);
-        let row = settings.await.unwrap();
-        (row.get::<_, String>(0), row.get::<_, String>(1))
+        let row = client.query_one(CLAIM_SETTINGS, &[]).await.unwrap();
+        (0..4).map(|column| row.get::<_, String>(column)).collect::<Vec<_>>()
     };
     let untouched = show(&h.sql).await;
     let mut client = h.db.connect().await;
@@ -124,10 +227,9 @@ async fn a_claim_leaves_no_setting_on_its_session_for_a_pooler_to_hand_on() {
     let transaction = client.transaction().await.unwrap();
     let waiting = usize::try_from(h.outbox_len().await).unwrap();
     assert_eq!(openrisk_invalidator::outbox::claim(&transaction, &claim, 10, &[]).await.unwrap().len(), waiting);
-    let inside =
-        transaction.query_one("SELECT current_setting('synchronous_commit'), current_setting('plan_cache_mode')", &[]);
-    let inside = inside.await.unwrap();
-    assert_eq!((inside.get::<_, &str>(0), inside.get::<_, &str>(1)), ("off", "force_generic_plan"));
+    let inside = transaction.query_one(CLAIM_SETTINGS, &[]).await.unwrap();
+    let inside: Vec<&str> = (0..4).map(|column| inside.get(column)).collect();
+    assert_eq!(inside, ["off", "force_generic_plan", "off", "off"]);
     transaction.commit().await.unwrap();
     assert_eq!(show(&client).await, untouched, "the session is as it was once the claim committed");
 }

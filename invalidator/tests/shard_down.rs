@@ -89,7 +89,7 @@ impl TwoShards {
 
     /// Events of `tenant` still in the outbox.
     async fn left_of(&self, tenant: Uuid) -> i64 {
-        let count = "SELECT count(*) FROM cache_outbox WHERE tenant_id = $1";
+        let count = "SELECT count(*) FROM cache_outbox_pending WHERE tenant_id = $1";
         self.h.sql.query_one(count, &[&tenant]).await.unwrap().get(0)
     }
 

@@ -1,7 +1,8 @@
 //! The outbox contract between the writers and the invalidator, as SQL: where a write's own rows
 //! start (read-your-writes), the claim and dead letter of the invalidator's batches (a claim is
-//! acknowledged by committing it), the backlog, and the LISTEN / park protocol of the listener.
-//! The tables, triggers and functions these name are in `migrations/sql/`.
+//! acknowledged by committing it; it moves held tenants' events aside), the backlog, and the
+//! LISTEN / park protocol of the listener. The tables, triggers and functions these name are in
+//! `migrations/sql/`.
 
 /// Notes, inside a write transaction, where its outbox rows will start, for [`OWN_ROWS`].
 pub const NOTE_POSITION: &str = "SELECT set_config('openrisk.outbox_position', cache_outbox_position()::text, true)";
@@ -15,7 +16,7 @@ pub const OWN_ROWS: &str = "
     WHERE id > coalesce(nullif(current_setting('openrisk.outbox_position', true), '')::bigint, 0)
       AND txid = pg_current_xact_id()";
 
-/// The columns [`CLAIM`] and [`PEEK`] read of each outbox row `o` (see [`CLAIM`] for why each is
+/// The columns [`CLAIM`] reads of each outbox row `o` (see [`CLAIM`] for why each is
 /// computed as it is).
 macro_rules! outbox_row_columns {
     () => {
@@ -26,6 +27,14 @@ macro_rules! outbox_row_columns {
                        ELSE clock_timestamp() END AS created_at,
                   CASE WHEN current_setting('track_commit_timestamp')::boolean
                        THEN pg_xact_commit_timestamp(o.xmin) END AS committed_at"
+    };
+}
+
+/// The same columns of an event moved aside (see [`CLAIM`]), read as `outbox_row_columns` read it
+/// before it moved.
+macro_rules! held_row_columns {
+    () => {
+        "o.id, o.tenant_id, o.table_name, o.op, o.tags, o.txid, o.created_at, o.committed_at"
     };
 }
 
@@ -44,9 +53,17 @@ macro_rules! batch_columns {
 /// Claims the oldest unclaimed events by deleting them inside the caller's transaction: the
 /// deletion commits only after Redis confirmed (the acknowledgement), a rollback or a replica
 /// that dies mid-batch restores them, and `SKIP LOCKED` keeps replicas off each other's rows.
-/// One pass over each row (no separate lock-then-delete) keeps the cost per event low. The
-/// events of the tenants in `$2` (those the replica holds back after their invalidations failed)
-/// stay in the outbox.
+/// One pass over each row (no separate lock-then-delete) keeps the cost per event low.
+///
+/// The events it meets of the tenants in `$2` (those the replica holds back after their
+/// invalidations failed) move aside, into `cache_outbox_held`, in the same statement: they are
+/// returned flagged `moved_aside`, not to be applied by this batch, and commit or roll back with
+/// it. So no claim walks past a held backlog (it grows only in `cache_outbox_held`, read by
+/// tenant), and it still waits to be applied: the claim also takes back, up to `$1` of them, the
+/// events moved aside of every tenant not in `$2` (a tenant a probe cleared, or one that another
+/// replica held, or held and died), and deletes them the same way once Redis confirmed. The
+/// tenants waiting there are listed by a loose scan of its index (one probe per tenant), so
+/// taking none back costs a claim one probe per held tenant, however many events wait.
 ///
 /// The ids are picked once, as an array (an init plan, run once), and the deletion finds them
 /// by primary key. Two other forms went wrong. As `id IN (SELECT … LIMIT $1 FOR UPDATE SKIP
@@ -67,55 +84,78 @@ macro_rules! batch_columns {
 /// it as the replay floor of the versions this batch writes (see [`crate::protocol`]).
 ///
 /// `age_seconds` counts from the writer's commit where the server records commit times
-/// (`track_commit_timestamp = on`): before it no reader can see the change, so no cached entry is
-/// stale yet. Otherwise, and for a transaction whose commit time is no longer kept, it counts
-/// from the row change (`created_at`), which adds the rest of the writer's transaction.
-/// `in_transaction_seconds` is that rest (row change to commit) where it is known, else null.
+/// (`track_commit_timestamp = on`; an event moved aside keeps it in `committed_at`): before it no
+/// reader can see the change, so no cached entry is stale yet. Otherwise, and for a transaction
+/// whose commit time is no longer kept, it counts from the row change (`created_at`), which adds
+/// the rest of the writer's transaction. `in_transaction_seconds` is that rest (row change to
+/// commit) where it is known, else null.
 ///
 /// Rows written around the triggers are read so that no value fails to decode or to subtract:
 /// null tags are dropped, tags in more than one dimension are read as one list (`array_remove`
 /// refuses such an array), and a `created_at` outside years 1–9999 (`infinity`) reads as the
 /// claim's own time. Such a row would otherwise fail every claim, on every replica, until removed
-/// by hand.
+/// by hand. An event moves aside as it reads so.
 pub const CLAIM: &str = concat!(
     "
-    WITH claimed AS (
+    WITH RECURSIVE claimed AS (
         DELETE FROM cache_outbox o
-        WHERE o.id = ANY (ARRAY(SELECT id FROM cache_outbox WHERE tenant_id <> ALL ($2::uuid[])
-                                ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED))
+        WHERE o.id = ANY (ARRAY(SELECT id FROM cache_outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED))
         RETURNING ",
     outbox_row_columns!(),
+    "),
+    moved AS (
+        INSERT INTO cache_outbox_held (id, tenant_id, table_name, op, tags, txid, created_at, committed_at)
+        SELECT id, tenant_id, table_name, op, tags, txid, created_at, committed_at
+        FROM claimed WHERE tenant_id = ANY ($2::uuid[])),
+    aside (tenant_id) AS (
+        (SELECT tenant_id FROM cache_outbox_held ORDER BY tenant_id LIMIT 1)
+        UNION ALL
+        SELECT (SELECT h.tenant_id FROM cache_outbox_held h WHERE h.tenant_id > a.tenant_id ORDER BY h.tenant_id LIMIT 1)
+        FROM aside a WHERE a.tenant_id IS NOT NULL),
+    taken_back AS (
+        DELETE FROM cache_outbox_held o
+        WHERE o.id = ANY (ARRAY(SELECT id FROM cache_outbox_held
+                                WHERE tenant_id = ANY (ARRAY(SELECT tenant_id FROM aside
+                                                             WHERE tenant_id IS NOT NULL AND tenant_id <> ALL ($2::uuid[])))
+                                LIMIT $1 FOR UPDATE SKIP LOCKED))
+        RETURNING ",
+    held_row_columns!(),
     ")",
     batch_columns!(),
-    "
-    FROM claimed c
+    ",
+           c.moved_aside
+    FROM (SELECT *, tenant_id = ANY ($2::uuid[]) AS moved_aside FROM claimed
+          UNION ALL
+          SELECT *, false FROM taken_back) c
     ORDER BY c.id"
 );
 
-/// Reads, without claiming them, every event of the tenants in `$1` written by transactions at
-/// or past the matching id in `$2` (same length; `xid8` as text), in the columns of [`CLAIM`]
-/// plus `snapshot_xmin`. The invalidator reads so the events written since of the tenants it
-/// holds back because no Redis replica confirmed their invalidations, and applies them on the
-/// master alone: reads stay fresh while the events wait in the outbox for a replica. Every
+/// Reads, without claiming them, the events moved aside (see [`CLAIM`]) of the tenants in `$1`
+/// by transactions at or past the matching id in `$2` (same length; `xid8` as text), in the
+/// columns of [`CLAIM`] plus `snapshot_xmin`. The invalidator reads so the events of the tenants
+/// it holds back because no Redis replica confirmed their invalidations, moved aside since the
+/// last read (by its own claim, in the same transaction, or by another replica's), and applies
+/// them on the master alone: reads stay fresh while the events wait for a replica. Every
 /// transaction before `snapshot_xmin` had ended when this read was taken, so a later read from
-/// there misses no event; it reads again those of transactions that were still running. No
+/// there misses no event; it reads again those moved by transactions that were still running. No
 /// limit: a limit would have to stop inside one transaction's rows, and a position by
-/// transaction could not move past them. Not indexed (a sequential scan of the outbox): it runs
-/// only while a tenant waits for a Redis replica.
+/// transaction could not move past them. Indexed by tenant and mover, so a read costs what it
+/// returns and not the held backlog; in no order (sorting by id, the planner preferred to walk
+/// the primary key of every event moved aside).
 pub const PEEK: &str = concat!(
     "
     WITH peeked AS (
-        SELECT ",
-    outbox_row_columns!(),
+        SELECT o.*
+        FROM unnest($1::uuid[], $2::text[]) AS seen (tenant_id, since)
+        CROSS JOIN LATERAL (SELECT ",
+    held_row_columns!(),
     "
-        FROM cache_outbox o
-        JOIN unnest($1::uuid[], $2::text[]) AS seen (tenant_id, since)
-          ON o.tenant_id = seen.tenant_id AND o.txid >= seen.since::xid8)",
+                            FROM cache_outbox_held o
+                            WHERE o.tenant_id = seen.tenant_id AND o.moved_by >= seen.since::xid8) o)",
     batch_columns!(),
     ",
            pg_snapshot_xmin(pg_current_snapshot())::text AS snapshot_xmin
-    FROM peeked c
-    ORDER BY c.id"
+    FROM peeked c"
 );
 
 /// Settings of a claim's transaction, sent with each claim in the same round trip. `SET LOCAL`, so
@@ -129,10 +169,17 @@ pub const PEEK: &str = concat!(
 /// invalidating a tag twice leaves the cache as invalidating it once does.
 ///
 /// `plan_cache_mode = force_generic_plan`: the prepared [`CLAIM`] is planned once per session
-/// instead of once per claim (its plan finds rows by primary key whatever the limit, so the
-/// generic plan is the one a custom plan would pick). Postgres reads the mode at each execution.
-pub const CLAIMING_TRANSACTION: &str =
-    "SET LOCAL synchronous_commit = off; SET LOCAL plan_cache_mode = force_generic_plan";
+/// instead of once per claim. Postgres reads the mode at each execution.
+///
+/// `enable_seqscan = off`: that one plan must find rows by index whatever the statistics said
+/// when it was made. Made while `cache_outbox_held` was empty, it scanned the whole table four
+/// times per claim once an outage had moved 100,000 events there (6,900 buffers and 44 ms a claim
+/// against 26 buffers, until autovacuum analysed the table). Only `cache_watches` is still read by
+/// a sequential scan (no index serves its match), and `jit = off` keeps the cost that the setting
+/// charges that scan from compiling the claim on every execution (0.6 s a claim).
+pub const CLAIMING_TRANSACTION: &str = "
+    SET LOCAL synchronous_commit = off; SET LOCAL plan_cache_mode = force_generic_plan;
+    SET LOCAL enable_seqscan = off; SET LOCAL jit = off";
 
 /// Moves a poison row (one no invalidation can be made of) aside, with the reason, inside the
 /// claiming transaction.
@@ -141,7 +188,8 @@ pub const DEAD_LETTER: &str = "
     VALUES ($1, $2, $3, $4, $5, $6::text::xid8, $7, $8)
     ON CONFLICT (id) DO NOTHING";
 
-/// Size of the outbox and age of its oldest event (zero when empty), by the database's clock.
+/// Size of the outbox (the events moved aside included) and age of its oldest event (zero when
+/// empty), by the database's clock.
 ///
 /// Ages count from each event's commit where the server records commit times, as
 /// [`CLAIM`]'s `age_seconds` does, else from the row change: a transaction held open for minutes
@@ -150,11 +198,13 @@ pub const DEAD_LETTER: &str = "
 /// beside it already visits.
 pub const BACKLOG: &str = "
     SELECT count(*),
-           coalesce(extract(epoch FROM clock_timestamp() - min(coalesce(
-               CASE WHEN current_setting('track_commit_timestamp')::boolean
-                    THEN pg_xact_commit_timestamp(xmin) END,
-               created_at)) FILTER (WHERE isfinite(created_at)))::float8, 0)
-    FROM cache_outbox";
+           coalesce(extract(epoch FROM clock_timestamp() - min(coalesce(committed_at, created_at))
+                    FILTER (WHERE isfinite(created_at)))::float8, 0)
+    FROM (SELECT CASE WHEN current_setting('track_commit_timestamp')::boolean
+                      THEN pg_xact_commit_timestamp(xmin) END AS committed_at, created_at
+          FROM cache_outbox
+          UNION ALL
+          SELECT committed_at, created_at FROM cache_outbox_held) pending";
 
 /// The channel writers notify while a replica is parked, and the session's own backend process.
 pub const NOTIFY_CHANNEL: &str = "SELECT cache_notify_channel(), pg_backend_pid()";

@@ -92,7 +92,7 @@ async fn postgres_partition_one_invalidator(world: &World, network: &Network) ->
     let ports = tcp_ports_of(replica.pid);
     let sql = world.sql().await?;
     burst_until_claimed(world, &sql, &ports).await?;
-    let last_event: i64 = sql.query_one("SELECT coalesce(max(id), 0) FROM cache_outbox", &[]).await?.get(0);
+    let last_event: i64 = sql.query_one("SELECT coalesce(max(id), 0) FROM cache_outbox_pending", &[]).await?.get(0);
     let heal = Undo(|| network.postgres.heal());
     network.postgres.blackhole_address(network.postgres.server_address(1));
     let cut_at = Instant::now();
@@ -172,7 +172,7 @@ async fn slow_lossy_redis_link(world: &World, network: &Network) -> anyhow::Resu
     let sql = world.sql().await?;
     let oldest: f64 = sql
         .query_one(
-            "SELECT coalesce(extract(epoch FROM clock_timestamp() - min(created_at))::float8, 0) FROM cache_outbox",
+            "SELECT coalesce(extract(epoch FROM clock_timestamp() - min(created_at))::float8, 0) FROM cache_outbox_pending",
             &[],
         )
         .await?
@@ -221,7 +221,8 @@ async fn wait_until_applied(
     since: Instant,
 ) -> anyhow::Result<Option<Duration>> {
     while since.elapsed() < EFFECT_WAIT {
-        let rows: i64 = sql.query_one("SELECT count(*) FROM cache_outbox WHERE id <= $1", &[&last_event]).await?.get(0);
+        let rows: i64 =
+            sql.query_one("SELECT count(*) FROM cache_outbox_pending WHERE id <= $1", &[&last_event]).await?.get(0);
         if rows == 0 {
             return Ok(Some(since.elapsed()));
         }

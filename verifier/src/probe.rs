@@ -120,7 +120,7 @@ impl ProbeRisk {
     async fn look_for_acknowledgement(&mut self, sql: &Client, tenant: Uuid) -> bool {
         let Some((&round, &committed)) = self.commits.last_key_value() else { return false };
         let tag = Tag::risk(self.id).to_string();
-        let pending = "SELECT EXISTS (SELECT 1 FROM cache_outbox WHERE tenant_id = $1 AND $2 = ANY (tags))";
+        let pending = "SELECT EXISTS (SELECT 1 FROM cache_outbox_pending WHERE tenant_id = $1 AND $2 = ANY (tags))";
         let acknowledged = matches!(sql.query_one(pending, &[&tenant, &tag]).await, Ok(row) if !row.get::<_, bool>(0));
         if acknowledged {
             self.acknowledged.note(round, committed);

@@ -411,7 +411,8 @@ fn bin(cfg: &WorldConfig, name: &str) -> anyhow::Result<PathBuf> {
 }
 
 /// Audit trail of the outbox in the private database: every row inserted and when it was
-/// acknowledged, so a failure can print a tenant's event history and the lag is measured.
+/// acknowledged, so a failure can print a tenant's event history and the lag is measured. A row
+/// a claim moves aside (a held tenant's, `cache_outbox_held`) is pending again until deleted there.
 const AUDIT_SQL: &str = "
 CREATE TABLE verifier_outbox_log (
     id bigint PRIMARY KEY, tenant_id uuid, table_name text, op text, tags text[],
@@ -429,6 +430,13 @@ BEGIN
 END $$;
 CREATE TRIGGER verifier_log_insert AFTER INSERT ON cache_outbox FOR EACH ROW EXECUTE FUNCTION verifier_outbox_log_insert();
 CREATE TRIGGER verifier_log_delete AFTER DELETE ON cache_outbox FOR EACH ROW EXECUTE FUNCTION verifier_outbox_log_delete();
+CREATE FUNCTION verifier_outbox_log_moved_aside() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE verifier_outbox_log SET acked_at = NULL WHERE id = NEW.id;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER verifier_log_moved_aside AFTER INSERT ON cache_outbox_held FOR EACH ROW EXECUTE FUNCTION verifier_outbox_log_moved_aside();
+CREATE TRIGGER verifier_log_delete AFTER DELETE ON cache_outbox_held FOR EACH ROW EXECUTE FUNCTION verifier_outbox_log_delete();
 ";
 
 impl World {

@@ -112,9 +112,9 @@ impl Worker {
         std::future::pending().await
     }
 
-    /// Applies, on their masters alone, the events written since of the tenants held back because
-    /// too few Redis replicas confirmed their invalidations ([`outbox::peek`]; they stay in the
-    /// outbox until a replica does): the masters serve reads, so reads stay fresh. Each event is
+    /// Applies, on their masters alone, the events moved aside since of the tenants held back
+    /// because too few Redis replicas confirmed their invalidations ([`outbox::peek`]; they wait
+    /// there until a replica does): the masters serve reads, so reads stay fresh. Each event is
     /// applied there once ([`crate::held_back::HeldBack::applied_ids`]). A tenant whose master
     /// fails this is held as unreachable, and probed like any other.
     pub(super) async fn apply_unreplicated(

@@ -330,7 +330,8 @@ impl Worker {
     }
 
     /// Claims one batch, applies it to Redis, then acknowledges it. Returns how many events it
-    /// claimed (0: the outbox had nothing unclaimed but the events of tenants held back).
+    /// claimed or moved aside (0: the outbox had nothing unclaimed but events moved aside of
+    /// tenants held back).
     async fn process_batch(&self, links: &mut Links) -> Result<usize, BatchError> {
         let Links { outbox, claim, redis } = links;
         self.apply_next(outbox.transaction().await?, claim, redis).await
@@ -347,10 +348,14 @@ impl Worker {
         let claim_sent = Instant::now();
         let held_back = self.held_back.sitting_out(claim_sent);
         self.probe_due(redis, claim_sent);
-        self.apply_unreplicated(&transaction, redis).await?;
         let batch = outbox::claim(&transaction, claim, self.settings.invalidator.batch_size, &held_back).await?;
+        // After the claim, so that the events it moved aside are applied on their masters at once.
+        self.apply_unreplicated(&transaction, redis).await?;
         if batch.is_empty() {
-            return Ok(0);
+            if batch.moved_aside > 0 {
+                transaction.commit().await?;
+            }
+            return Ok(batch.moved_aside);
         }
         let claimed_at = Instant::now();
         let span = tracing::Span::current();
