@@ -140,8 +140,9 @@ pub const CLAIM: &str = concat!(
 /// there misses no event; it reads again those moved by transactions that were still running. No
 /// limit: a limit would have to stop inside one transaction's rows, and a position by
 /// transaction could not move past them. Indexed by tenant and mover, so a read costs what it
-/// returns and not the held backlog; in no order (sorting by id, the planner preferred to walk
-/// the primary key of every event moved aside).
+/// returns and not the held backlog: a lookup per tenant, kept one by `OFFSET 0` (without it the
+/// planner joins the tenants to every event aside of theirs once it knows how many there are,
+/// and filters by mover after), in no order (sorted by id, it walked the primary key instead).
 pub const PEEK: &str = concat!(
     "
     WITH peeked AS (
@@ -151,7 +152,8 @@ pub const PEEK: &str = concat!(
     held_row_columns!(),
     "
                             FROM cache_outbox_held o
-                            WHERE o.tenant_id = seen.tenant_id AND o.moved_by >= seen.since::xid8) o)",
+                            WHERE o.tenant_id = seen.tenant_id AND o.moved_by >= seen.since::xid8
+                            OFFSET 0) o)",
     batch_columns!(),
     ",
            pg_snapshot_xmin(pg_current_snapshot())::text AS snapshot_xmin
