@@ -121,8 +121,9 @@ pub async fn claim(
 }
 
 /// Reads, without claiming them, every event of the tenants in `since` moved aside by
-/// transactions at or past each one's id ([`outbox::PEEK`]), this one's included. Returns them and, when it read any, where the
-/// next read of the same tenants may start (as `since`) and miss none written after this one.
+/// transactions at or past each one's id ([`outbox::PEEK`]), this one's included. Returns them
+/// and, when it read any, where the next read of the same tenants may start (as `since`) and miss
+/// none moved after this one.
 pub async fn peek(
     transaction: &Transaction<'_>,
     since: &[(Uuid, u64)],

@@ -1,6 +1,7 @@
 //! The invalidator under faults and competition: replicas racing for one outbox, a killed
-//! LISTEN connection (with or without the worker's), Postgres and Redis restarts, a replica SIGKILLed mid-batch. After each,
-//! every event is applied exactly where it matters and the outbox drains.
+//! LISTEN connection (with or without the worker's), Postgres and Redis restarts, a replica
+//! SIGKILLed mid-batch, held tenants' events moved aside and left by a replica that died. After
+//! each, every event is applied exactly where it matters and the outbox drains.
 
 mod common;
 

@@ -16,8 +16,8 @@ pub const OWN_ROWS: &str = "
     WHERE id > coalesce(nullif(current_setting('openrisk.outbox_position', true), '')::bigint, 0)
       AND txid = pg_current_xact_id()";
 
-/// The columns [`CLAIM`] reads of each outbox row `o` (see [`CLAIM`] for why each is
-/// computed as it is).
+/// The columns [`CLAIM`] reads of each outbox row `o` (see [`CLAIM`] for why each is computed as
+/// it is).
 macro_rules! outbox_row_columns {
     () => {
         "o.id, o.tenant_id, o.table_name, o.op,

@@ -431,10 +431,7 @@ END $$;
 CREATE TRIGGER verifier_log_insert AFTER INSERT ON cache_outbox FOR EACH ROW EXECUTE FUNCTION verifier_outbox_log_insert();
 CREATE TRIGGER verifier_log_delete AFTER DELETE ON cache_outbox FOR EACH ROW EXECUTE FUNCTION verifier_outbox_log_delete();
 CREATE FUNCTION verifier_outbox_log_moved_aside() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    UPDATE verifier_outbox_log SET acked_at = NULL WHERE id = NEW.id;
-    RETURN NULL;
-END $$;
+BEGIN UPDATE verifier_outbox_log SET acked_at = NULL WHERE id = NEW.id; RETURN NULL; END $$;
 CREATE TRIGGER verifier_log_moved_aside AFTER INSERT ON cache_outbox_held FOR EACH ROW EXECUTE FUNCTION verifier_outbox_log_moved_aside();
 CREATE TRIGGER verifier_log_delete AFTER DELETE ON cache_outbox_held FOR EACH ROW EXECUTE FUNCTION verifier_outbox_log_delete();
 ";

@@ -1,8 +1,9 @@
 //! Tenants whose invalidations failed in a batch: the replica's claims move their events aside
-//! (`cache_outbox_held`, still pending) until a probe of the tenant's master succeeds, each tenant
-//! probed on a backoff of its own, so that the tenants Redis still serves are not held back with them and no batch waits
-//! for a master that may still be down. On a Redis Cluster a tenant's keys live on one shard,
-//! and a shard that is down or failing over fails only its own tenants.
+//! (`cache_outbox_held`, still pending) until a probe of the tenant's master succeeds, each
+//! tenant probed on a backoff of its own, so that the tenants Redis still serves are not held
+//! back with them and no batch waits for a master that may still be down. On a Redis Cluster a
+//! tenant's keys live on one shard, and a shard that is down or failing over fails only its own
+//! tenants.
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};

@@ -99,7 +99,8 @@ impl Worker {
 
     /// Runs for as long as the replica does: each time the cluster watch sees a slot served by
     /// another master, the held tenants whose master was replaced are probed at once
-    /// ([`crate::held_back::HeldBack::master_replaced`]) instead of at the end of their hold. Never returns.
+    /// ([`crate::held_back::HeldBack::master_replaced`]) instead of at the end of their hold.
+    /// Never returns.
     pub async fn follow_master_changes(self) {
         let mut changes = self.topology.master_changes();
         while changes.changed().await.is_ok() {
