@@ -362,9 +362,18 @@ async fn burst(world: &World, sql: &tokio_postgres::Client, ports: &[i32]) -> an
     let mut conn = world.redis().await?;
     let _: Vec<(String, ())> = conn.on_every_master(redis::cmd("CLIENT").arg("PAUSE").arg(1500).arg("WRITE")).await?;
     let paused = Instant::now();
-    let burst = sql
-        .execute("UPDATE risks SET updated_at = now() WHERE deleted_at IS NULL AND title NOT LIKE 'probe%'", &[])
-        .await?;
+    let changed =
+        sql.execute("UPDATE risks SET updated_at = now() WHERE deleted_at IS NULL AND title NOT LIKE 'probe%'", &[]);
+    let burst = match changed.await {
+        Ok(rows) => rows,
+        // The workload's change of an asset's criticality rescores its linked risks, locking them
+        // in another order: Postgres may end the burst as a deadlock, which changed nothing, and
+        // the next attempt writes it again.
+        Err(error) if error.code() == Some(&tokio_postgres::error::SqlState::T_R_DEADLOCK_DETECTED) => {
+            return Ok((0, false));
+        }
+        Err(error) => return Err(error.into()),
+    };
     while paused.elapsed() < Duration::from_millis(1300) {
         let claimed: i64 = sql
             .query_one(
