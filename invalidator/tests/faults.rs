@@ -141,9 +141,9 @@ async fn events_moved_aside_by_a_replica_that_died_are_applied_by_another() {
     assert!(running.shutdown(WAIT).await);
 }
 
-/// Pages (shared buffers hit or read) that one claim of `ten_new` events of `other` reads, with
-/// `held` held back, and then the read of `held`'s events moved aside since `since`: as the
-/// invalidator runs them (its transaction settings, the claim prepared and planned generically).
+/// Pages (shared buffers hit or read) that one claim of the events waiting reads, `held` held
+/// back, and then the read of `held`'s events moved aside since `since`: as the invalidator runs
+/// them (its transaction settings, the claim prepared and its plan made at its first execution).
 async fn pages_of_a_claim_and_a_read(client: &mut tokio_postgres::Client, held: uuid::Uuid, since: &str) -> (i64, i64) {
     let pages = |plan: &serde_json::Value| {
         let plan = &plan[0]["Plan"];
