@@ -24,7 +24,7 @@ async fn spawn_app_and_invalidator() -> (TestApp, openrisk_invalidator::Running)
 async fn wait_drained(app: &TestApp) {
     let client = app.db.connect().await;
     let started = Instant::now();
-    while client.query_one("SELECT count(*) FROM cache_outbox_pending", &[]).await.unwrap().get::<_, i64>(0) > 0 {
+    while client.query_one(openrisk_shared::outbox::BACKLOG, &[]).await.unwrap().get::<_, i64>(0) > 0 {
         assert!(started.elapsed() < Duration::from_secs(10), "outbox not drained");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

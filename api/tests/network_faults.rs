@@ -59,7 +59,7 @@ async fn title_in_database(app: &TestApp, path: &str) -> String {
 /// and checks each answer against the database: zero stale entries.
 async fn assert_fresh_from_the_cache(app: &TestApp, paths: &[String]) {
     let deadline = Instant::now() + RECOVERY;
-    while app.count("SELECT count(*) FROM cache_outbox_pending").await > 0 {
+    while app.count(openrisk_shared::outbox::BACKLOG).await > 0 {
         assert!(Instant::now() < deadline, "the invalidator did not catch up within {RECOVERY:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -128,7 +128,7 @@ async fn a_redis_link_that_drops_every_packet_hangs_no_read_opens_the_breaker_an
     assert_eq!(common::metric_value(&metrics, "openrisk_cache_degraded"), 1.0, "the breaker opened");
     let ready: Value = app.client.get(format!("{}/readyz", app.url)).send().await.unwrap().json().await.unwrap();
     assert_eq!((ready["status"].as_str(), ready["redis"].as_str()), (Some("degraded"), Some("down")), "{ready}");
-    assert!(app.count("SELECT count(*) FROM cache_outbox_pending").await > 0, "nothing was acknowledged without Redis");
+    assert!(app.count(openrisk_shared::outbox::BACKLOG).await > 0, "nothing was acknowledged without Redis");
 
     link.heal();
     assert_fresh_from_the_cache(&app, &paths).await;
@@ -171,7 +171,7 @@ async fn a_slow_lossy_redis_link_keeps_reads_answering_and_the_invalidator_caugh
         }
     }
     eprintln!("commit to fresh read over the slow lossy link: {windows:?}");
-    let lag = app.count("SELECT count(*) FROM cache_outbox_pending").await;
+    let lag = app.count(openrisk_shared::outbox::BACKLOG).await;
     eprintln!("outbox rows left while the link is still slow: {lag}");
 
     link.heal();

@@ -125,7 +125,7 @@ impl ReplicaApp {
 
     async fn wait_drained(&self) {
         let started = Instant::now();
-        while self.app.count("SELECT count(*) FROM cache_outbox_pending").await > 0 {
+        while self.app.count(openrisk_shared::outbox::BACKLOG).await > 0 {
             assert!(started.elapsed() < WAIT, "outbox not drained");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

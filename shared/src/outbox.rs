@@ -191,7 +191,8 @@ pub const DEAD_LETTER: &str = "
     ON CONFLICT (id) DO NOTHING";
 
 /// Size of the outbox (the events moved aside included) and age of its oldest event (zero when
-/// empty), by the database's clock.
+/// empty), by the database's clock. Its count is what "the outbox has drained" means to the
+/// tests, benchmarks and verifier too.
 ///
 /// Ages count from each event's commit where the server records commit times, as
 /// [`CLAIM`]'s `age_seconds` does, else from the row change: a transaction held open for minutes

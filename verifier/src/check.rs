@@ -37,10 +37,10 @@ pub async fn wait_drained(world: &World, within: Duration) -> Result<Duration, S
     let mut last = String::new();
     while started.elapsed() < within {
         match world.sql().await {
-            Ok(sql) => match sql.query_one("SELECT count(*) FROM cache_outbox_pending", &[]).await {
+            Ok(sql) => match sql.query_one(openrisk_shared::outbox::BACKLOG, &[]).await {
                 Ok(row) if row.get::<_, i64>(0) == 0 => {
                     tokio::time::sleep(SETTLE).await;
-                    if let Ok(row) = sql.query_one("SELECT count(*) FROM cache_outbox_pending", &[]).await
+                    if let Ok(row) = sql.query_one(openrisk_shared::outbox::BACKLOG, &[]).await
                         && row.get::<_, i64>(0) == 0
                     {
                         return Ok(started.elapsed());

@@ -234,12 +234,12 @@ pub async fn inject(world: &World, fault: Fault, rng: &mut StdRng) -> anyhow::Re
             let mut replica = world.invalidators[index].lock().await;
             // SIGKILL the chosen replica once it holds claimed rows.
             let burst = burst_until_claimed(world, &sql, &tcp_ports_of(replica.pid)).await?;
-            let backlog: i64 = sql.query_one("SELECT count(*) FROM cache_outbox_pending", &[]).await?.get(0);
+            let backlog: i64 = sql.query_one(openrisk_shared::outbox::BACKLOG, &[]).await?.get(0);
             replica.kill().await;
             let killed_at = Instant::now();
             // The other replica must carry on alone for a while.
             tokio::time::sleep(Duration::from_millis(2000)).await;
-            let left: i64 = sql.query_one("SELECT count(*) FROM cache_outbox_pending", &[]).await?.get(0);
+            let left: i64 = sql.query_one(openrisk_shared::outbox::BACKLOG, &[]).await?.get(0);
             replica.restart().await.context("restart the killed replica")?;
             Ok(format!(
                 "burst of {burst} row changes under CLIENT PAUSE WRITE; SIGKILL {} while it held a claimed batch ({backlog} events in the outbox); {left} left {:.1}s later; restarted",

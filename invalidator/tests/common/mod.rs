@@ -122,7 +122,7 @@ impl Harness {
     }
 
     pub async fn outbox_len(&self) -> i64 {
-        self.sql.query_one("SELECT count(*) FROM cache_outbox_pending", &[]).await.unwrap().get(0)
+        self.sql.query_one(openrisk_shared::outbox::BACKLOG, &[]).await.unwrap().get(0)
     }
 
     pub async fn tenant(&self, slug: &str) -> Uuid {

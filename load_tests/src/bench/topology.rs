@@ -71,7 +71,7 @@ async fn scrape(addr: SocketAddr) -> anyhow::Result<Vec<prom::PromSample>> {
 }
 
 async fn backlog(pg: &tokio_postgres::Client) -> anyhow::Result<i64> {
-    Ok(pg.query_one("SELECT count(*) FROM cache_outbox_pending", &[]).await?.get(0))
+    Ok(pg.query_one(openrisk_shared::outbox::BACKLOG, &[]).await?.get(0))
 }
 
 /// One phase: a single-row title update every `interval` for `duration` (each its own commit,

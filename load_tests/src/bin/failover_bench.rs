@@ -172,7 +172,7 @@ impl Stage {
         let mut conn = self.target.connect(Timeouts::all(Duration::from_secs(2))).await?;
         // The inserts' events are applied before the entry is filled, else they would drop it.
         let settled_by = Instant::now() + GIVE_UP_AFTER;
-        while self.sql.query_one("SELECT count(*) FROM cache_outbox_pending", &[]).await?.get::<_, i64>(0) > 0 {
+        while self.sql.query_one(openrisk_shared::outbox::BACKLOG, &[]).await?.get::<_, i64>(0) > 0 {
             anyhow::ensure!(Instant::now() < settled_by, "the invalidator never drained the outbox");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }

@@ -142,7 +142,7 @@ async fn main() -> anyhow::Result<()> {
 
 async fn wait_for_empty_outbox(sql: &tokio_postgres::Client) -> anyhow::Result<()> {
     loop {
-        let left: i64 = sql.query_one("SELECT count(*) FROM cache_outbox_pending", &[]).await?.get(0);
+        let left: i64 = sql.query_one(openrisk_shared::outbox::BACKLOG, &[]).await?.get(0);
         if left == 0 {
             return Ok(());
         }

@@ -66,7 +66,7 @@ async fn sample(world: &World, since_probe: &mut usize, lag: &mut LagScraper) ->
         {
             connections = row.get(0);
         }
-        if let Ok(row) = sql.query_one("SELECT count(*) FROM cache_outbox_pending", &[]).await {
+        if let Ok(row) = sql.query_one(openrisk_shared::outbox::BACKLOG, &[]).await {
             backlog = row.get(0);
         }
     }

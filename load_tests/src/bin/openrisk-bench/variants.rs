@@ -49,7 +49,7 @@ pub async fn run(
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut keys_after = keys_before;
     while Instant::now() < deadline {
-        let pending: i64 = pg.query_one("SELECT count(*) FROM cache_outbox_pending", &[]).await?.get(0);
+        let pending: i64 = pg.query_one(openrisk_shared::outbox::BACKLOG, &[]).await?.get(0);
         keys_after = redis_cost::keys(redis).await?;
         if pending == 0 && keys_before.saturating_sub(keys_after) >= members {
             break;

@@ -510,7 +510,7 @@ async fn stop(child: &mut Child) {
 async fn drained(pg: &tokio_postgres::Client) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let left: i64 = pg.query_one("SELECT count(*) FROM cache_outbox_pending", &[]).await?.get(0);
+        let left: i64 = pg.query_one(openrisk_shared::outbox::BACKLOG, &[]).await?.get(0);
         if left == 0 {
             return Ok(());
         }
