@@ -90,6 +90,11 @@ pub struct Config {
     /// only in a smoke run). Needs root, iproute2 and nftables; a single Redis node only.
     #[arg(long, conflicts_with_all = ["redis", "replica"])]
     pub network: bool,
+    /// How long the invalidators wait for a Redis replica to confirm a batch, e.g. 100ms
+    /// (`invalidator.redis_replicas_ack_timeout_ms`; its default when absent). Replicas confirm
+    /// on a cluster only.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub replica_wait: Option<Duration>,
     /// Directory holding openrisk-api and openrisk-invalidator (default: next to this binary).
     #[arg(long)]
     pub bin_dir: Option<PathBuf>,
@@ -236,6 +241,7 @@ async fn run(mut cfg: Config) -> anyhow::Result<bool> {
         replica: cfg.replica,
         network: cfg.network,
         smoke: cfg.smoke,
+        replica_wait: cfg.replica_wait,
     };
     println!("  logs: {}", world_cfg.log_dir.display());
     let started = Instant::now();
@@ -545,6 +551,27 @@ mod tests {
             summary,
             [("kill-master", vec![0.006, 2.5]), ("pause-redis", vec![0.9]), ("steady", vec![0.004, 0.008])]
         );
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail closures must return figment::Error.
+    fn a_replica_wait_on_the_command_line_is_what_the_invalidators_wait() {
+        let config =
+            Config::try_parse_from(["openrisk-verifier", "--soak", "--redis", "cluster", "--replica-wait", "100ms"])
+                .expect("the command line parses");
+        let default_wait = openrisk_shared::config::InvalidatorSettings::default().redis_replicas_ack_timeout_ms;
+        for (replica_wait, expected) in [(config.replica_wait, 100), (None, default_wait)] {
+            let env = world::invalidator_settings(replica_wait);
+            figment::Jail::expect_with(|jail| {
+                for (key, value) in &env {
+                    jail.set_env(key, value);
+                }
+                let settings = openrisk_shared::Settings::load(None).expect("the settings load");
+                assert_eq!(settings.invalidator.redis_replicas_ack_timeout_ms, expected);
+                assert_eq!(settings.invalidator.batch_size, world::BATCH_SIZE);
+                Ok(())
+            });
+        }
     }
 
     #[test]

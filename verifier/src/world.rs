@@ -72,6 +72,8 @@ pub struct WorldConfig {
     pub network: bool,
     /// A short CI run (the network faults are shorter too).
     pub smoke: bool,
+    /// The invalidators' replica wait, when not the setting's default.
+    pub replica_wait: Option<Duration>,
 }
 
 #[derive(Debug, Clone)]
@@ -402,6 +404,19 @@ pub async fn connect(url: &str, application: &str) -> anyhow::Result<Client> {
     Ok(openrisk_shared::db::connect(url, application, &link).await?)
 }
 
+/// The invalidators' settings that differ from their defaults, as environment variables: the
+/// poll and batch size of every run, and the replica wait when the command line gives one.
+pub fn invalidator_settings(replica_wait: Option<Duration>) -> Vec<(String, String)> {
+    let mut settings = vec![
+        ("OPENRISK_INVALIDATOR__POLL_INTERVAL_MS".to_owned(), POLL_INTERVAL_MS.to_string()),
+        ("OPENRISK_INVALIDATOR__BATCH_SIZE".to_owned(), BATCH_SIZE.to_string()),
+    ];
+    if let Some(wait) = replica_wait {
+        settings.push(("OPENRISK_INVALIDATOR__REDIS_REPLICAS_ACK_TIMEOUT_MS".to_owned(), wait.as_millis().to_string()));
+    }
+    settings
+}
+
 fn bin(cfg: &WorldConfig, name: &str) -> anyhow::Result<PathBuf> {
     let path = cfg.bin_dir.join(name);
     if !path.exists() {
@@ -531,11 +546,8 @@ impl World {
                 env: base_env
                     .iter()
                     .cloned()
-                    .chain([
-                        ("METRICS_ADDR".to_owned(), format!("127.0.0.1:{port}")),
-                        ("OPENRISK_INVALIDATOR__POLL_INTERVAL_MS".to_owned(), POLL_INTERVAL_MS.to_string()),
-                        ("OPENRISK_INVALIDATOR__BATCH_SIZE".to_owned(), BATCH_SIZE.to_string()),
-                    ])
+                    .chain([("METRICS_ADDR".to_owned(), format!("127.0.0.1:{port}"))])
+                    .chain(invalidator_settings(cfg.replica_wait))
                     .chain(network.as_ref().zip(pg.as_ref()).map(|(network, postgres)| {
                         ("DATABASE_URL".to_owned(), network.database_url(postgres, index, "openrisk"))
                     }))
