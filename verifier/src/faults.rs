@@ -11,8 +11,9 @@ use rand::seq::IndexedRandom;
 use rand::{Rng, SeedableRng};
 use uuid::Uuid;
 
+use crate::procs::POLL_INTERVAL_MS;
 use crate::promotion::{self, PrimaryStop};
-use crate::world::{POLL_INTERVAL_MS, RedisServers, Topology, World, configure_redis};
+use crate::world::{RedisServers, Topology, World, configure_redis};
 
 /// After Postgres is back, API errors within this grace still count as "Postgres was down"
 /// (pools notice dead connections on their next use).

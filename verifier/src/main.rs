@@ -561,14 +561,14 @@ mod tests {
                 .expect("the command line parses");
         let default_wait = openrisk_shared::config::InvalidatorSettings::default().redis_replicas_ack_timeout_ms;
         for (replica_wait, expected) in [(config.replica_wait, 100), (None, default_wait)] {
-            let env = world::invalidator_settings(replica_wait);
+            let env = procs::invalidator_settings(replica_wait);
             figment::Jail::expect_with(|jail| {
                 for (key, value) in &env {
                     jail.set_env(key, value);
                 }
                 let settings = openrisk_shared::Settings::load(None).expect("the settings load");
                 assert_eq!(settings.invalidator.redis_replicas_ack_timeout_ms, expected);
-                assert_eq!(settings.invalidator.batch_size, world::BATCH_SIZE);
+                assert_eq!(settings.invalidator.batch_size, procs::BATCH_SIZE);
                 Ok(())
             });
         }

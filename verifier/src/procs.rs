@@ -8,6 +8,24 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail, ensure};
 use tokio::process::{Child, Command};
 
+/// Invalidator poll interval used in every run (pauses are made longer than this).
+pub const POLL_INTERVAL_MS: u64 = 500;
+/// Outbox rows per invalidator batch: small, so a SIGKILL lands mid-batch.
+pub const BATCH_SIZE: u32 = 50;
+
+/// The invalidators' settings that differ from their defaults, as environment variables: the
+/// poll and batch size of every run, and the replica wait when the command line gives one.
+pub fn invalidator_settings(replica_wait: Option<Duration>) -> Vec<(String, String)> {
+    let mut settings = vec![
+        ("OPENRISK_INVALIDATOR__POLL_INTERVAL_MS".to_owned(), POLL_INTERVAL_MS.to_string()),
+        ("OPENRISK_INVALIDATOR__BATCH_SIZE".to_owned(), BATCH_SIZE.to_string()),
+    ];
+    if let Some(wait) = replica_wait {
+        settings.push(("OPENRISK_INVALIDATOR__REDIS_REPLICAS_ACK_TIMEOUT_MS".to_owned(), wait.as_millis().to_string()));
+    }
+    settings
+}
+
 /// What to start: the binary, its arguments and environment.
 #[derive(Debug, Clone)]
 pub struct Spec {

@@ -18,13 +18,8 @@ use tokio_postgres::Client;
 use uuid::Uuid;
 
 use crate::network::Network;
-use crate::procs::{Proc, Spec, run_to_end};
+use crate::procs::{Proc, Spec, invalidator_settings, run_to_end};
 use crate::urls::ReadUrl;
-
-/// Invalidator poll interval used in every run (pauses are made longer than this).
-pub const POLL_INTERVAL_MS: u64 = 500;
-/// Outbox rows per invalidator batch: small, so a SIGKILL lands mid-batch.
-pub const BATCH_SIZE: u32 = 50;
 
 /// Which Redis the processes under test use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -402,19 +397,6 @@ pub fn free_port() -> u16 {
 pub async fn connect(url: &str, application: &str) -> anyhow::Result<Client> {
     let link = PostgresLink { connect_timeout: Duration::from_secs(3), ..PostgresLink::default() };
     Ok(openrisk_shared::db::connect(url, application, &link).await?)
-}
-
-/// The invalidators' settings that differ from their defaults, as environment variables: the
-/// poll and batch size of every run, and the replica wait when the command line gives one.
-pub fn invalidator_settings(replica_wait: Option<Duration>) -> Vec<(String, String)> {
-    let mut settings = vec![
-        ("OPENRISK_INVALIDATOR__POLL_INTERVAL_MS".to_owned(), POLL_INTERVAL_MS.to_string()),
-        ("OPENRISK_INVALIDATOR__BATCH_SIZE".to_owned(), BATCH_SIZE.to_string()),
-    ];
-    if let Some(wait) = replica_wait {
-        settings.push(("OPENRISK_INVALIDATOR__REDIS_REPLICAS_ACK_TIMEOUT_MS".to_owned(), wait.as_millis().to_string()));
-    }
-    settings
 }
 
 fn bin(cfg: &WorldConfig, name: &str) -> anyhow::Result<PathBuf> {
