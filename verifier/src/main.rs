@@ -86,14 +86,14 @@ pub struct Config {
     pub replica: bool,
     /// Put the private Postgres and Redis inside network namespaces of the verifier's own,
     /// behind veth links, and add the network faults (redis-blackhole,
-    /// postgres-partition-one-invalidator, half-open-listen, slow-lossy-redis-link; the first
-    /// only in a smoke run). Needs root, iproute2 and nftables; a single Redis node only.
+    /// postgres-partition-one-invalidator, half-open-listen, slow-lossy-redis-link; a smoke run
+    /// adds only the first). Needs root, iproute2 and nftables; a single Redis node only.
     #[arg(long, conflicts_with_all = ["redis", "replica"])]
     pub network: bool,
     /// How long the invalidators wait for a Redis replica to confirm a batch, e.g. 100ms
     /// (`invalidator.redis_replicas_ack_timeout_ms`; its default when absent). Replicas confirm
     /// on a cluster only.
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, value_parser = replica_wait)]
     pub replica_wait: Option<Duration>,
     /// Directory holding openrisk-api and openrisk-invalidator (default: next to this binary).
     #[arg(long)]
@@ -103,6 +103,15 @@ pub struct Config {
     pub log_dir: Option<PathBuf>,
     #[arg(skip)]
     pub resolved_seed: u64,
+}
+
+/// `--replica-wait`: a duration of at least a millisecond, the setting's unit and least value.
+fn replica_wait(text: &str) -> Result<Duration, String> {
+    let wait = humantime::parse_duration(text).map_err(|error| error.to_string())?;
+    if wait < Duration::from_millis(1) {
+        return Err("the replica wait is at least 1ms".to_owned());
+    }
+    Ok(wait)
 }
 
 impl Config {
@@ -571,6 +580,14 @@ mod tests {
                 assert_eq!(settings.invalidator.batch_size, procs::BATCH_SIZE);
                 Ok(())
             });
+        }
+    }
+
+    #[test]
+    fn a_replica_wait_under_a_millisecond_is_refused_on_the_command_line() {
+        for wait in ["0ms", "500us", "soon"] {
+            let parsed = Config::try_parse_from(["openrisk-verifier", "--replica-wait", wait]);
+            assert!(parsed.is_err(), "--replica-wait {wait} was accepted");
         }
     }
 
