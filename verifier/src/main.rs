@@ -75,6 +75,11 @@ pub struct Config {
     /// (with the cluster's own faults).
     #[arg(long, value_enum, default_value = "node")]
     pub redis: Topology,
+    /// How long the invalidators wait for a Redis replica to confirm a batch, e.g. 100ms
+    /// (`invalidator.redis_replicas_ack_timeout_ms`; its default when absent). Replicas confirm
+    /// on a cluster only.
+    #[arg(long, value_parser = replica_wait)]
+    pub replica_wait: Option<Duration>,
     /// Concurrent readers.
     #[arg(long, default_value_t = 6)]
     pub readers: usize,
@@ -90,11 +95,6 @@ pub struct Config {
     /// adds only the first). Needs root, iproute2 and nftables; a single Redis node only.
     #[arg(long, conflicts_with_all = ["redis", "replica"])]
     pub network: bool,
-    /// How long the invalidators wait for a Redis replica to confirm a batch, e.g. 100ms
-    /// (`invalidator.redis_replicas_ack_timeout_ms`; its default when absent). Replicas confirm
-    /// on a cluster only.
-    #[arg(long, value_parser = replica_wait)]
-    pub replica_wait: Option<Duration>,
     /// Directory holding openrisk-api and openrisk-invalidator (default: next to this binary).
     #[arg(long)]
     pub bin_dir: Option<PathBuf>,
