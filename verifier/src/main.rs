@@ -10,7 +10,8 @@
 //! openrisk-verifier --smoke --replica       # misses read from a streaming replica, its faults
 //! ```
 //! The fault schedule derives from `--seed`; the seed is printed so a failing run can be replayed.
-//! The last line is `N passed, M failed` (checks).
+//! The last line is `N passed, M failed` (checks). SIGINT or SIGTERM ends a run early, as a
+//! failed one, with every server and process it started stopped.
 
 mod check;
 mod faults;
@@ -20,6 +21,8 @@ mod probe;
 mod procs;
 mod promotion;
 mod soak;
+mod stop;
+mod tally;
 mod urls;
 mod workload;
 mod world;
@@ -36,6 +39,7 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 
 use crate::faults::Fault;
+pub use crate::tally::Tally;
 use crate::world::{Topology, World};
 
 /// An API error that came this long after its request was sent: the API held the request.
@@ -117,31 +121,6 @@ fn replica_wait(text: &str) -> Result<Duration, String> {
 impl Config {
     pub fn seed(&self) -> u64 {
         self.resolved_seed
-    }
-}
-
-/// Tally of named checks.
-#[derive(Default)]
-pub struct Tally {
-    passed: usize,
-    failed: Vec<String>,
-}
-
-impl Tally {
-    pub fn record(&mut self, name: &str, failures: &[String]) {
-        if failures.is_empty() {
-            self.passed += 1;
-            println!("  ok   {name}");
-        } else {
-            println!("  FAIL {name}");
-            for failure in failures.iter().take(10) {
-                println!("       {}", failure.replace('\n', "\n       "));
-            }
-            if failures.len() > 10 {
-                println!("       … and {} more", failures.len() - 10);
-            }
-            self.failed.push(name.to_owned());
-        }
     }
 }
 
@@ -253,6 +232,7 @@ async fn run(mut cfg: Config) -> anyhow::Result<bool> {
         replica_wait: cfg.replica_wait,
     };
     println!("  logs: {}", world_cfg.log_dir.display());
+    let mut stop = stop::StopSignals::listen()?;
     let started = Instant::now();
     let world = World::start(world_cfg).await?;
     println!(
@@ -266,7 +246,10 @@ async fn run(mut cfg: Config) -> anyhow::Result<bool> {
     );
     let mut tally = Tally::default();
     let mut tasks = workload::spawn_all(&world, cfg.readers);
-    let result = drive(&world, &cfg, &mut tally).await;
+    let result = tokio::select! {
+        result = drive(&world, &cfg, &mut tally) => result,
+        signal = stop.received() => Err(anyhow::anyhow!("stopped by {signal}")),
+    };
     world.stopping.store(true, Ordering::Relaxed);
     let mut panicked = Vec::new();
     for task in tasks.drain(..) {
@@ -291,8 +274,8 @@ async fn run(mut cfg: Config) -> anyhow::Result<bool> {
         }
     }
     world.shutdown().await;
-    println!("{} passed, {} failed", tally.passed, tally.failed.len());
-    Ok(tally.failed.is_empty())
+    println!("{tally}");
+    Ok(tally.all_passed())
 }
 
 async fn drive(world: &Arc<World>, cfg: &Config, tally: &mut Tally) -> anyhow::Result<()> {
