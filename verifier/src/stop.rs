@@ -12,6 +12,7 @@ pub struct StopSignals {
 }
 
 impl StopSignals {
+    /// Starts listening: from here on neither signal ends the process by itself.
     pub fn listen() -> std::io::Result<Self> {
         Ok(Self { interrupt: signal(SignalKind::interrupt())?, terminate: signal(SignalKind::terminate())? })
     }

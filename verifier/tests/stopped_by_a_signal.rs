@@ -82,15 +82,14 @@ fn a_verifier_stopped_by_sigterm_stops_every_server_it_started_and_fails_the_run
     }
 
     let started = descendants(run.id());
+    // SAFETY: kill(2) with a child's pid and a valid signal has no memory effects.
+    assert_eq!(unsafe { libc::kill(run.id() as i32, libc::SIGTERM) }, 0, "send SIGTERM");
+    let status = run.wait().expect("wait for the verifier");
     let names: HashSet<&str> = started.iter().map(|process| process.name.as_str()).collect();
     for expected in ["postgres", "redis-server", "openrisk-api", "openrisk-invali"] {
         assert!(names.contains(expected), "no {expected} among the verifier's processes: {names:?}");
     }
-    // SAFETY: kill(2) with a child's pid and a valid signal has no memory effects.
-    assert_eq!(unsafe { libc::kill(run.id() as i32, libc::SIGTERM) }, 0, "send SIGTERM");
-
-    let status = run.wait().expect("wait for the verifier");
-    // Postgres backends leave a moment after their postmaster; a second is ample.
+    // Postgres backends may leave a moment after their postmaster.
     let deadline = Instant::now() + Duration::from_secs(5);
     let mut left: Vec<&Process> = started.iter().filter(|process| is_alive(process)).collect();
     while !left.is_empty() && Instant::now() < deadline {
