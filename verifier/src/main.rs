@@ -184,8 +184,10 @@ async fn main() {
         Ok(true) => 0,
         Ok(false) => 1,
         Err(error) => {
-            eprintln!("verifier error: {error:#}");
-            println!("0 passed, 1 failed");
+            // A run that could not start ends like any other: the failure, then the tally line.
+            let mut tally = Tally::default();
+            tally.record("verifier started its run", &[format!("{error:#}")]);
+            println!("{tally}");
             2
         }
     };
@@ -246,11 +248,17 @@ async fn run(mut cfg: Config) -> anyhow::Result<bool> {
     );
     let mut tally = Tally::default();
     let mut tasks = workload::spawn_all(&world, cfg.readers);
+    let soak_record = soak::Record::default();
     let result = tokio::select! {
-        result = drive(&world, &cfg, &mut tally) => result,
+        result = drive(&world, &cfg, &mut tally, &soak_record) => result,
         signal = stop.received() => Err(anyhow::anyhow!("stopped by {signal}")),
     };
     world.stopping.store(true, Ordering::Relaxed);
+    if cfg.soak
+        && let Err(error) = soak_record.write(&world.log_dir)
+    {
+        tally.record("soak: samples written", &[format!("{error:#}")]);
+    }
     let mut panicked = Vec::new();
     for task in tasks.drain(..) {
         if let Err(error) = task.await {
@@ -278,7 +286,7 @@ async fn run(mut cfg: Config) -> anyhow::Result<bool> {
     Ok(tally.all_passed())
 }
 
-async fn drive(world: &Arc<World>, cfg: &Config, tally: &mut Tally) -> anyhow::Result<()> {
+async fn drive(world: &Arc<World>, cfg: &Config, tally: &mut Tally, soak_record: &soak::Record) -> anyhow::Result<()> {
     let seed = cfg.seed();
     let mut rng = StdRng::seed_from_u64(seed);
     let (before, after, url_limit) = if cfg.smoke { (1000, 1000, Some(400)) } else { (5000, 3000, Some(1500)) };
@@ -293,7 +301,7 @@ async fn drive(world: &Arc<World>, cfg: &Config, tally: &mut Tally) -> anyhow::R
     run_check(world, tally, "after the self-test repair", url_limit).await;
 
     if cfg.soak {
-        return soak::run(world, cfg, tally, &mut rng).await;
+        return soak::run(world, cfg, tally, &mut rng, soak_record).await;
     }
     let rounds = if cfg.smoke { 1 } else { cfg.rounds };
     let mut schedule = Vec::new();

@@ -2,12 +2,15 @@
 //! (each followed by the full check), and every `--sample-every` seconds the RSS of each
 //! process, the Postgres and Redis connections, the outbox backlog, the staleness window and
 //! the invalidators' lag are sampled. Growth from the middle third of the run to the last third
-//! fails the run; the samples are written as `soak.csv` and plotted in `soak.svg`.
+//! fails the run; the samples are written as `soak.csv` and plotted in `soak.svg`, also when a
+//! signal stops the run before its end.
 
 mod lag;
 mod report;
 
 use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
@@ -31,6 +34,25 @@ struct Sample {
     /// p99 of `openrisk_invalidator_lag_seconds` since the previous sample, over every
     /// invalidator (the upper bound of its bucket, seconds).
     lag_p99: Option<f64>,
+}
+
+/// What a soak has sampled and injected so far. It is kept outside the run, so that a run a
+/// signal stops (which drops the run mid-way) still leaves its samples behind.
+#[derive(Default)]
+pub struct Record {
+    samples: Mutex<Vec<Sample>>,
+    /// When each fault was injected (seconds since the start) and its name.
+    injected: Mutex<Vec<(f64, String)>>,
+}
+
+impl Record {
+    /// Writes what has been recorded as `soak.csv` and `soak.svg` into `dir`.
+    pub fn write(&self, dir: &Path) -> anyhow::Result<()> {
+        let samples = self.samples.lock().unwrap().clone();
+        report::write(dir, &samples, &self.injected.lock().unwrap())?;
+        println!("  soak samples: {0}/soak.csv, plot: {0}/soak.svg ({1} samples)", dir.display(), samples.len());
+        Ok(())
+    }
 }
 
 async fn sample(world: &World, since_probe: &mut usize, lag: &mut LagScraper) -> Sample {
@@ -214,9 +236,9 @@ fn judge(samples: &[Sample]) -> Vec<(String, Vec<String>)> {
     checks
 }
 
-/// Samples every `--sample-every` seconds until `deadline`.
-async fn sample_until(world: &World, every: Duration, deadline: Instant) -> Vec<Sample> {
-    let (mut samples, mut since_probe, mut lag) = (Vec::new(), 0, LagScraper::default());
+/// Samples every `--sample-every` seconds until `deadline`, into `record`.
+async fn sample_until(world: &World, every: Duration, deadline: Instant, record: &Record) {
+    let (mut since_probe, mut lag) = (0, LagScraper::default());
     while Instant::now() < deadline {
         let s = sample(world, &mut since_probe, &mut lag).await;
         let ms = |value: Option<f64>| value.map_or("—".into(), |p| format!("{:.1} ms", p * 1e3));
@@ -230,57 +252,67 @@ async fn sample_until(world: &World, every: Duration, deadline: Instant) -> Vec<
             ms(s.staleness_p99),
             ms(s.lag_p99)
         );
-        samples.push(s);
+        record.samples.lock().unwrap().push(s);
         tokio::time::sleep(every.min(deadline.saturating_duration_since(Instant::now()))).await;
     }
-    samples
 }
 
 /// Injects a fault (each followed by the full check) every `--fault-every` seconds until shortly
-/// before `deadline`; returns when each was injected (seconds since the start) and its name.
+/// before `deadline`, and records when each was injected.
 async fn inject_until(
     world: &World,
     cfg: &Config,
     tally: &mut Tally,
     rng: &mut StdRng,
     deadline: Instant,
-) -> anyhow::Result<Vec<(f64, String)>> {
+    record: &Record,
+) -> anyhow::Result<()> {
     let fault_every = Duration::from_secs(cfg.fault_every.max(5));
     let mut schedule: Vec<faults::Fault> = Vec::new();
-    let mut injected = Vec::new();
     loop {
         tokio::time::sleep(fault_every).await;
         if Instant::now() + Duration::from_secs(15) >= deadline {
-            return Ok(injected);
+            return Ok(());
         }
         if schedule.is_empty() {
             schedule = faults::round(cfg.redis, cfg.replica, false, cfg.network);
             schedule.shuffle(rng);
         }
         let fault = schedule.pop().expect("non-empty schedule");
-        injected.push((world.started.elapsed().as_secs_f64(), fault.name().to_owned()));
-        inject_and_check(world, tally, rng, fault, injected.len() - 1, 0, 3000, Some(1000)).await?;
+        let index = {
+            let mut injected = record.injected.lock().unwrap();
+            injected.push((world.started.elapsed().as_secs_f64(), fault.name().to_owned()));
+            injected.len() - 1
+        };
+        inject_and_check(world, tally, rng, fault, index, 0, 3000, Some(1000)).await?;
         world.set_phase("steady");
     }
 }
 
-pub async fn run(world: &World, cfg: &Config, tally: &mut Tally, rng: &mut StdRng) -> anyhow::Result<()> {
+/// Runs the soak until `--duration` has passed, into `record`, and judges its samples (which
+/// the caller writes out, whether or not the run gets this far).
+pub async fn run(
+    world: &World,
+    cfg: &Config,
+    tally: &mut Tally,
+    rng: &mut StdRng,
+    record: &Record,
+) -> anyhow::Result<()> {
     let started = Instant::now();
     let deadline = started + cfg.duration;
     world.set_phase("steady");
-    let (samples, injected) = tokio::join!(
-        sample_until(world, Duration::from_secs(cfg.sample_every.max(1)), deadline),
-        inject_until(world, cfg, tally, rng, deadline)
+    let ((), injected) = tokio::join!(
+        sample_until(world, Duration::from_secs(cfg.sample_every.max(1)), deadline, record),
+        inject_until(world, cfg, tally, rng, deadline, record)
     );
-    let injected = injected?;
+    injected?;
+    let samples = record.samples.lock().unwrap().clone();
     println!(
         "  soak ran {:.0}s with {} faults and {} samples",
         started.elapsed().as_secs_f64(),
-        injected.len(),
+        record.injected.lock().unwrap().len(),
         samples.len()
     );
-    report::write(&world.log_dir, &samples, &injected)?;
-    println!("  soak samples: {0}/soak.csv, plot: {0}/soak.svg", world.log_dir.display());
     for (name, failures) in judge(&samples) {
         tally.record(&name, &failures);
     }
