@@ -120,6 +120,28 @@ pub async fn claim(
     Ok(Batch { moved_aside: moved.len(), ..batch_of(&claimed) })
 }
 
+/// Claims with the tenants in `held_back` held, each claim in a transaction of its own, until one
+/// moves none of their events aside: what the replicas' claims do to a held tenant's backlog over
+/// time, done at once (benchmarks and tests build a backlog of events moved aside so). Returns
+/// how many events moved aside and how many the claims took (other tenants', now deleted).
+pub async fn move_all_aside(
+    client: &mut Client,
+    statement: &Statement,
+    limit: u32,
+    held_back: &[Uuid],
+) -> Result<(usize, usize), tokio_postgres::Error> {
+    let (mut moved, mut taken) = (0, 0);
+    loop {
+        let transaction = client.transaction().await?;
+        let batch = claim(&transaction, statement, limit, held_back).await?;
+        transaction.commit().await?;
+        if batch.moved_aside == 0 {
+            return Ok((moved, taken + batch.len()));
+        }
+        (moved, taken) = (moved + batch.moved_aside, taken + batch.len());
+    }
+}
+
 /// Reads, without claiming them, every event of the tenants in `since` moved aside by
 /// transactions at or past each one's id ([`outbox::PEEK`]), this one's included. Returns them
 /// and, when it read any, where the next read of the same tenants may start (as `since`) and miss

@@ -71,17 +71,8 @@ impl Backlog {
         let (held, other) = (Uuid::new_v4(), Uuid::new_v4());
         let claim = outbox::prepare_claim(&sql).await?;
         write_events(&sql, held, backlog).await?;
-        let mut moved = 0;
-        loop {
-            let transaction = sql.transaction().await?;
-            let batch = outbox::claim(&transaction, &claim, CLAIM_LIMIT, &[held]).await?;
-            transaction.commit().await?;
-            ensure!(batch.is_empty(), "a claim with the only tenant held took {} of its events", batch.len());
-            if batch.moved_aside == 0 {
-                break;
-            }
-            moved += batch.moved_aside;
-        }
+        let (moved, taken) = outbox::move_all_aside(&mut sql, &claim, CLAIM_LIMIT, &[held]).await?;
+        ensure!(taken == 0, "claims with the only tenant held took {taken} of its events");
         ensure!(moved as i64 == backlog, "{moved} of {backlog} held events moved aside");
         sql.batch_execute("VACUUM ANALYZE cache_outbox, cache_outbox_held").await?;
         let held_since: String = sql.query_one("SELECT pg_current_xact_id()::text", &[]).await?.get(0);
