@@ -203,13 +203,13 @@ async fn probe_reads(world: &World, during: Duration) -> String {
         failed += usize::from(!matches!(answered, Ok((status, _, _)) if status < 500));
     }
     latencies.sort_by(f64::total_cmp);
-    let at = |p: f64| crate::ms(crate::percentile(&latencies, p));
+    let at = |p: f64| crate::summary::ms(crate::summary::percentile(&latencies, p));
     format!(
         "{} reads, p50 {}, p99 {}, max {}, {failed} 5xx or unanswered",
         latencies.len(),
         at(0.5),
         at(0.99),
-        crate::ms(latencies.last().copied())
+        crate::summary::ms(latencies.last().copied())
     )
 }
 

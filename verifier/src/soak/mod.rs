@@ -17,8 +17,9 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 
 use self::lag::{Buckets, LagScraper};
+use crate::summary::percentile;
 use crate::world::World;
-use crate::{Config, Tally, faults, inject_and_check, percentile};
+use crate::{Config, Tally, faults, inject_and_check};
 
 #[derive(Debug, Clone)]
 struct Sample {
