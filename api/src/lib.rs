@@ -9,6 +9,7 @@ pub mod conditional;
 pub mod db;
 pub mod error;
 pub mod field_errors;
+pub mod filters;
 pub mod hit_path;
 pub mod hygiene;
 pub mod metrics;

@@ -142,8 +142,17 @@ async fn bad_parameters_unknown_ids_and_conflicts_are_clear_4xx() {
     ] {
         assert_problem(app.get(&format!("/api/v1/risks?{query}"), token).await, StatusCode::BAD_REQUEST).await;
     }
-    let body = assert_problem(app.get("/api/v1/assets?limit=201", token).await, StatusCode::BAD_REQUEST).await;
-    assert!(body["detail"].as_str().unwrap().contains("`201` is not a whole number from 1 to 200"), "{body}");
+    let long_type = "t".repeat(65);
+    for (path, says) in [
+        ("/api/v1/assets?limit=201", "`201` is not a whole number from 1 to 200"),
+        ("/api/v1/risks?min_score=-1", "`-1` is not a number from 0 to 1000"),
+        ("/api/v1/risks?max_score=inf", "`inf` is not a number from 0 to 1000"),
+        ("/api/v1/risks?tag=", "0 characters, where 1 to 64 are allowed"),
+        (&format!("/api/v1/assets?asset_type={long_type}"), "65 characters, where 1 to 64 are allowed"),
+    ] {
+        let body = assert_problem(app.get(path, token).await, StatusCode::BAD_REQUEST).await;
+        assert!(body["detail"].as_str().unwrap().contains(says), "{path}: {body}");
+    }
     // A parameter given twice would otherwise be read as its first value, silently.
     for (path, named) in [
         ("/api/v1/risks?status=DRAFT&status=ACTIVE", "`status` is given more than once"),
@@ -290,9 +299,10 @@ async fn text_with_a_nul_character_is_refused_not_a_server_error() {
         assert!(response.status().is_client_error(), "{body}: {}", response.status());
         assert_problem(response, StatusCode::UNPROCESSABLE_ENTITY).await;
     }
+    // Refused as the query is read, before any of it reaches Postgres.
     for path in ["/api/v1/risks?q=a%00b", "/api/v1/assets?q=a%00b", "/api/v1/risks?owner=a%00b"] {
-        let response = app.get(path, token).await;
-        assert!(response.status().is_client_error(), "{path}: {}", response.status());
+        let body = assert_problem(app.get(path, token).await, StatusCode::BAD_REQUEST).await;
+        assert!(body["detail"].as_str().unwrap().contains("must not contain the NUL character"), "{path}: {body}");
     }
     assert_eq!(app.count("SELECT count(*) FROM risks").await, before, "nothing was written");
 }

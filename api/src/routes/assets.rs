@@ -15,6 +15,7 @@ use crate::db::entities::assets;
 use crate::db::replicas::Reader;
 use crate::db::writes;
 use crate::error::{ApiError, OrNotFound};
+use crate::filters::{LabelFilter, SearchText};
 use crate::model::{Asset, AssetCreate, AssetPage, AssetPatch, Criticality, enum_text};
 use crate::paging::{PageNumber, PageSize};
 
@@ -64,13 +65,11 @@ impl AssetsApi {
         &self,
         caller: Caller,
         /// Text searched case-insensitively in the name.
-        #[oai(validator(max_length = 200))]
-        q: Query<Option<String>>,
+        q: Query<Option<SearchText>>,
         /// Only assets of this criticality.
         criticality: Query<Option<Criticality>>,
         /// Only assets of this type (exact match).
-        #[oai(validator(min_length = 1, max_length = 64))]
-        asset_type: Query<Option<String>>,
+        asset_type: Query<Option<LabelFilter>>,
         /// Page number, from 1.
         page: Query<PageNumber>,
         /// Page size, 1–200.
@@ -82,7 +81,7 @@ impl AssetsApi {
         let filter = AssetFilter {
             q: normalise_search(q.0),
             criticality: criticality.0,
-            asset_type: asset_type.0,
+            asset_type: asset_type.0.map(LabelFilter::into_string),
             page: page.0,
             limit: limit.0,
         };

@@ -11,6 +11,7 @@ use super::is_cached_page;
 use crate::cache::CacheableRead;
 use crate::db::assets::AssetFilter;
 use crate::db::risks::{RiskFilter, ScoreRange};
+use crate::filters::{LabelFilter, OwnerFilter, ScoreBound};
 use crate::model::{RiskSortField, SortDirection};
 
 /// A cacheable GET in its plainest form: a path the router would send to one of the handlers
@@ -84,12 +85,6 @@ fn plain_risk_filter(query: &str) -> Option<RiskFilter> {
     fn parsed<T: ParseFromParameter>(value: &str) -> Option<T> {
         T::parse_from_parameter(value).ok()
     }
-    fn within(value: f64) -> Option<f64> {
-        (value.is_finite() && (0.0..=1000.0).contains(&value)).then_some(value)
-    }
-    fn text(value: &str, longest: usize) -> Option<String> {
-        (!value.is_empty() && value.len() <= longest).then(|| value.to_owned())
-    }
     let mut filter = RiskFilter::default();
     let (mut min_score, mut max_score) = (None, None);
     let mut seen: Vec<&str> = Vec::new();
@@ -102,10 +97,10 @@ fn plain_risk_filter(query: &str) -> Option<RiskFilter> {
         match name {
             "status" => filter.status = Some(parsed(value)?),
             "severity" => filter.severity = Some(parsed(value)?),
-            "min_score" => min_score = Some(within(parsed(value)?)?),
-            "max_score" => max_score = Some(within(parsed(value)?)?),
-            "tag" => filter.tag = Some(text(value, 64)?),
-            "owner" => filter.owner = Some(text(value, 255)?),
+            "min_score" => min_score = Some(parsed::<ScoreBound>(value)?.get()),
+            "max_score" => max_score = Some(parsed::<ScoreBound>(value)?.get()),
+            "tag" => filter.tag = Some(parsed::<LabelFilter>(value)?.into_string()),
+            "owner" => filter.owner = Some(parsed::<OwnerFilter>(value)?.into_string()),
             "sort_by" => filter.order.by = parsed(value)?,
             "sort_dir" => filter.order.direction = parsed(value)?,
             "page" => filter.page = parsed(value).filter(|&page| is_cached_page(page))?,

@@ -237,8 +237,8 @@ where
 
 /// Normalises a free-text filter: trimmed, absent when empty. Case is left alone: Postgres folds
 /// both the text and the column (`ILIKE`), so the two sides are folded by the same rules.
-fn normalise_search(text: Option<String>) -> Option<String> {
-    text.map(|text| text.trim().to_owned()).filter(|text| !text.is_empty())
+fn normalise_search(text: Option<crate::filters::SearchText>) -> Option<String> {
+    text.map(|text| text.into_string().trim().to_owned()).filter(|text| !text.is_empty())
 }
 
 /// Locks the row a write changes, with `lock` (404 naming `what` and `id` when there is none),

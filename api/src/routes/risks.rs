@@ -15,6 +15,7 @@ use crate::db::replicas::Reader;
 use crate::db::risks::{RiskFilter, RiskOrder, ScoreRange};
 use crate::db::writes;
 use crate::error::{ApiError, OrNotFound};
+use crate::filters::{LabelFilter, OwnerFilter, ScoreBound, SearchText};
 use crate::model::{
     Asset, Mitigation, Risk, RiskCreate, RiskDetail, RiskPage, RiskPatch, RiskSortField, RiskStatus, Severity,
     SortDirection, custom_fields, enum_text,
@@ -126,24 +127,19 @@ impl RisksApi {
         &self,
         caller: Caller,
         /// Text searched case-insensitively in title and description.
-        #[oai(validator(max_length = 200))]
-        q: Query<Option<String>>,
+        q: Query<Option<SearchText>>,
         /// Only risks with this status.
         status: Query<Option<RiskStatus>>,
         /// Only risks in this severity band.
         severity: Query<Option<Severity>>,
         /// Only risks scoring at least this much.
-        #[oai(validator(minimum(value = "0"), maximum(value = "1000")))]
-        min_score: Query<Option<f64>>,
+        min_score: Query<Option<ScoreBound>>,
         /// Only risks scoring at most this much.
-        #[oai(validator(minimum(value = "0"), maximum(value = "1000")))]
-        max_score: Query<Option<f64>>,
+        max_score: Query<Option<ScoreBound>>,
         /// Only risks carrying this tag (exact match).
-        #[oai(validator(min_length = 1, max_length = 64))]
-        tag: Query<Option<String>>,
+        tag: Query<Option<LabelFilter>>,
         /// Only risks of this owner (exact match).
-        #[oai(validator(min_length = 1, max_length = 255))]
-        owner: Query<Option<String>>,
+        owner: Query<Option<OwnerFilter>>,
         /// Sort field.
         #[oai(default = "default_sort_by")]
         sort_by: Query<RiskSortField>,
@@ -162,9 +158,9 @@ impl RisksApi {
             q: normalise_search(q.0),
             status: status.0,
             severity: severity.0,
-            score: ScoreRange::new(min_score.0, max_score.0),
-            tag: tag.0,
-            owner: owner.0,
+            score: ScoreRange::new(min_score.0.map(ScoreBound::get), max_score.0.map(ScoreBound::get)),
+            tag: tag.0.map(LabelFilter::into_string),
+            owner: owner.0.map(OwnerFilter::into_string),
             order: RiskOrder { by: sort_by.0, direction: sort_dir.0 },
             page: page.0,
             limit: limit.0,
