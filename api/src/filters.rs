@@ -2,11 +2,12 @@
 //! spec, the list handlers and the hit path (which reads a risk list's query before the router
 //! does) all take them from here, so a value one of them accepts the others accept too.
 
-use std::borrow::Cow;
 use std::ops::RangeInclusive;
 
-use poem_openapi::registry::{MetaSchema, MetaSchemaRef};
+use poem_openapi::registry::MetaSchema;
 use poem_openapi::types::{ParseError, ParseFromParameter, ParseResult, Type};
+
+use crate::value_type::value_type;
 
 /// A bound on the risk list's scores (`min_score`, `max_score`): a number from 0 to 1000.
 /// Built only by parsing, so NaN, infinities and numbers out of bounds never reach a query.
@@ -27,33 +28,17 @@ impl ScoreBound {
     }
 }
 
-/// To the spec, a `double` query parameter with its bounds.
+/// To the spec, a `double` query parameter with its bounds (named so that the API's errors call
+/// it a `number`).
 impl Type for ScoreBound {
-    const IS_REQUIRED: bool = true;
-
-    type RawValueType = Self;
-
-    type RawElementValueType = Self;
-
-    /// As a parse error names it; the API's errors show it as `number`.
-    fn name() -> Cow<'static, str> {
-        "number_double_0_to_1000".into()
-    }
-
-    fn schema_ref() -> MetaSchemaRef {
-        MetaSchemaRef::Inline(Box::new(MetaSchema {
+    value_type! {
+        required: true,
+        name: "number_double_0_to_1000",
+        schema: MetaSchema {
             minimum: Some(*Self::RANGE.start()),
             maximum: Some(*Self::RANGE.end()),
             ..MetaSchema::new_with_format("number", "double")
-        }))
-    }
-
-    fn as_raw_value(&self) -> Option<&Self> {
-        Some(self)
-    }
-
-    fn raw_element_iter<'a>(&'a self) -> Box<dyn Iterator<Item = &'a Self> + 'a> {
-        Box::new(self.as_raw_value().into_iter())
+        },
     }
 }
 
@@ -101,33 +86,13 @@ impl<const MIN: usize, const MAX: usize> FilterText<MIN, MAX> {
     }
 }
 
-/// To the spec, a string query parameter with its lengths (no `minLength` when it may be empty).
+/// To the spec, a string query parameter with its lengths (no `minLength` when it may be empty;
+/// named `string`, as the API's errors show it).
 impl<const MIN: usize, const MAX: usize> Type for FilterText<MIN, MAX> {
-    const IS_REQUIRED: bool = true;
-
-    type RawValueType = Self;
-
-    type RawElementValueType = Self;
-
-    /// As a parse error names it, `string`, which the API's errors show as it is.
-    fn name() -> Cow<'static, str> {
-        "string".into()
-    }
-
-    fn schema_ref() -> MetaSchemaRef {
-        MetaSchemaRef::Inline(Box::new(MetaSchema {
-            min_length: (MIN > 0).then_some(MIN),
-            max_length: Some(MAX),
-            ..MetaSchema::new("string")
-        }))
-    }
-
-    fn as_raw_value(&self) -> Option<&Self> {
-        Some(self)
-    }
-
-    fn raw_element_iter<'a>(&'a self) -> Box<dyn Iterator<Item = &'a Self> + 'a> {
-        Box::new(self.as_raw_value().into_iter())
+    value_type! {
+        required: true,
+        name: "string",
+        schema: MetaSchema { min_length: (MIN > 0).then_some(MIN), max_length: Some(MAX), ..MetaSchema::new("string") },
     }
 }
 

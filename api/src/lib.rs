@@ -23,6 +23,7 @@ pub mod spec;
 pub mod stored_enum;
 pub mod tenant_share;
 pub mod token_revocations;
+mod value_type;
 pub mod variant_budget;
 
 pub use app::{AppOptions, AppState, Application};

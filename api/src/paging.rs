@@ -2,11 +2,12 @@
 //! bounds and default live here alone. The spec, the list handlers, the hit path (which reads a
 //! list query before the router does) and the database's `LIMIT … OFFSET` all take them from here.
 
-use std::borrow::Cow;
 use std::fmt;
 
-use poem_openapi::registry::{MetaSchema, MetaSchemaRef};
+use poem_openapi::registry::MetaSchema;
 use poem_openapi::types::{ParseError, ParseFromParameter, ParseResult, Type};
+
+use crate::value_type::value_type;
 
 /// A query parameter's whole number from `MIN` to `MAX`, `DEFAULT` when the query leaves it out.
 /// Built only by parsing (or as the default), so a number out of bounds never reaches a query.
@@ -52,31 +53,15 @@ impl<const MIN: u32, const MAX: u32, const DEFAULT: u32> fmt::Display for Bounde
 
 /// To the spec, an optional `uint32` query parameter with its default and bounds.
 impl<const MIN: u32, const MAX: u32, const DEFAULT: u32> Type for Bounded<MIN, MAX, DEFAULT> {
-    const IS_REQUIRED: bool = false;
-
-    type RawValueType = Self;
-
-    type RawElementValueType = Self;
-
-    fn name() -> Cow<'static, str> {
-        format!("integer_uint32_{MIN}_to_{MAX}").into()
-    }
-
-    fn schema_ref() -> MetaSchemaRef {
-        MetaSchemaRef::Inline(Box::new(MetaSchema {
+    value_type! {
+        required: false,
+        name: format!("integer_uint32_{MIN}_to_{MAX}"),
+        schema: MetaSchema {
             default: Some(DEFAULT.into()),
             minimum: Some(MIN.into()),
             maximum: Some(MAX.into()),
             ..MetaSchema::new_with_format("integer", "uint32")
-        }))
-    }
-
-    fn as_raw_value(&self) -> Option<&Self> {
-        Some(self)
-    }
-
-    fn raw_element_iter<'a>(&'a self) -> Box<dyn Iterator<Item = &'a Self> + 'a> {
-        Box::new(self.as_raw_value().into_iter())
+        },
     }
 }
 

@@ -2,13 +2,14 @@
 //! published with OpenAPI's standard `date` format so that generated clients and request
 //! fuzzers read them as dates, not as free text.
 
-use std::borrow::Cow;
 use std::fmt;
 
 use chrono::{Datelike, NaiveDate};
-use poem_openapi::registry::{MetaSchema, MetaSchemaRef};
+use poem_openapi::registry::MetaSchema;
 use poem_openapi::types::{ParseError, ParseFromJSON, ParseResult, ToJSON, Type};
 use serde_json::Value;
+
+use crate::value_type::value_type;
 
 /// A day from 0001-01-01 to 9999-12-31, written `YYYY-MM-DD`: what Postgres stores and every
 /// client can print. Built from a request only through [`CalendarDate::parse`].
@@ -56,27 +57,7 @@ impl fmt::Display for CalendarDate {
 }
 
 impl Type for CalendarDate {
-    const IS_REQUIRED: bool = true;
-
-    type RawValueType = Self;
-
-    type RawElementValueType = Self;
-
-    fn name() -> Cow<'static, str> {
-        "string_date".into()
-    }
-
-    fn schema_ref() -> MetaSchemaRef {
-        MetaSchemaRef::Inline(Box::new(MetaSchema::new_with_format("string", "date")))
-    }
-
-    fn as_raw_value(&self) -> Option<&Self::RawValueType> {
-        Some(self)
-    }
-
-    fn raw_element_iter<'a>(&'a self) -> Box<dyn Iterator<Item = &'a Self::RawElementValueType> + 'a> {
-        Box::new(self.as_raw_value().into_iter())
-    }
+    value_type!(required: true, name: "string_date", schema: MetaSchema::new_with_format("string", "date"));
 }
 
 impl ParseFromJSON for CalendarDate {
