@@ -1,6 +1,7 @@
-//! The staleness probe: a risk of the first tenant that only the probe writes, retitled
-//! `probe <round>` in plain SQL a quarter of a second after each round's reads end, and read
-//! through the cached API. It measures the window (commit → first read that shows the new title)
+//! The staleness probe: a risk of each tenant that only the probe writes, the tenants taken in
+//! turn, one round each: retitled `probe <round>` in plain SQL a quarter of a second after the
+//! previous round's reads end, and read through the cached API. Every tenant in turn, so that a
+//! fault on any Redis master (each tenant's entries live on its slot's) shows in the window. It measures the window (commit → first read that shows the new title)
 //! and checks G1 read by read: once the invalidator has acknowledged a round's invalidation, no
 //! read may show an older round, whatever fault comes between. A read that shows an older round
 //! than a read before it, while the newer one is still in its window, is allowed (a read from
@@ -70,10 +71,12 @@ impl Newest {
     }
 }
 
-/// What the probe knows of its risk: its id, the commit instant of each round whose `UPDATE`
-/// returned, the newest round a read showed and the newest whose invalidation is acknowledged.
+/// What the probe knows of one tenant's risk: its id, the last round it was given, the commit
+/// instant of each round whose `UPDATE` returned, the newest round a read showed and the newest
+/// whose invalidation is acknowledged.
 struct ProbeRisk {
     id: Uuid,
+    round: u64,
     commits: BTreeMap<u64, Instant>,
     seen: Newest,
     acknowledged: Newest,
@@ -81,7 +84,8 @@ struct ProbeRisk {
 
 impl ProbeRisk {
     fn new(id: Uuid, created: Instant) -> Self {
-        Self { id, commits: BTreeMap::from([(0, created)]), seen: Newest::default(), acknowledged: Newest::default() }
+        let commits = BTreeMap::from([(0, created)]);
+        Self { id, round: 0, commits, seen: Newest::default(), acknowledged: Newest::default() }
     }
 
     /// Reads the risk through the cached API and checks the round it shows: older than a round
@@ -129,14 +133,14 @@ impl ProbeRisk {
     }
 }
 
-/// Measures the staleness window of plain-SQL writes: commit a new title of the probe's risk,
-/// then read it through the cached API until the new title shows; every read is also checked
-/// against the rounds acknowledged and read before it.
+/// Measures the staleness window of plain-SQL writes: commit a new title of a tenant's probe
+/// risk, then read it through the cached API until the new title shows, one tenant after
+/// another; every read is also checked against the rounds of that risk acknowledged and read
+/// before it.
 pub async fn probe(world: Arc<World>) {
-    let tenant = world.tenants[0].id;
     let mut client: Option<Client> = None;
-    let mut risk: Option<ProbeRisk> = None;
-    let mut round = 0;
+    let mut risks: Vec<Option<ProbeRisk>> = world.tenants.iter().map(|_| None).collect();
+    let mut turn = 0;
     while !world.stopping() {
         tokio::time::sleep(Duration::from_millis(250)).await;
         if client.as_ref().is_none_or(Client::is_closed) {
@@ -144,14 +148,17 @@ pub async fn probe(world: Arc<World>) {
             continue;
         }
         let sql = client.as_ref().expect("connected");
-        let Some(probe_risk) = risk.as_mut() else {
+        let index = turn % risks.len();
+        turn += 1;
+        let tenant = world.tenants[index].id;
+        let Some(probe_risk) = risks[index].as_mut() else {
             let created = sql
                 .query_one(
                     "INSERT INTO risks (tenant_id, title, impact, probability) VALUES ($1, $2, 1, 1) RETURNING id",
                     &[&tenant, &title(0)],
                 )
                 .await;
-            risk = created.ok().map(|row| ProbeRisk::new(row.get(0), Instant::now()));
+            risks[index] = created.ok().map(|row| ProbeRisk::new(row.get(0), Instant::now()));
             continue;
         };
         let read = risk_detail(&world.keyspace, tenant, probe_risk.id);
@@ -164,7 +171,8 @@ pub async fn probe(world: Arc<World>) {
         // Make sure it is cached, so the window is the cache's and not a miss.
         probe_risk.read(&world, tenant, &read.path).await;
         let guard = world.gate.read().await;
-        round += 1;
+        probe_risk.round += 1;
+        let round = probe_risk.round;
         let update = sql.execute("UPDATE risks SET title = $2 WHERE id = $1", &[&probe_risk.id, &title(round)]).await;
         let committed = Instant::now();
         if update.is_err() {
@@ -188,6 +196,7 @@ pub async fn probe(world: Arc<World>) {
                 probe_risk.read(&world, tenant, &read.path).await;
             }
             world.stats.staleness.lock().unwrap().push((window.as_secs_f64(), phase));
+            world.stats.probe_tenants.lock().unwrap().insert(tenant);
         } else if !world.stopping() && !lost() {
             world.stats.probe_timeouts.fetch_add(1, Ordering::Relaxed);
         }
