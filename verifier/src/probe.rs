@@ -1,12 +1,13 @@
 //! The staleness probe: a risk of each tenant that only the probe writes, the tenants taken in
 //! turn, one round each: retitled `probe <round>` in plain SQL a quarter of a second after the
 //! previous round's reads end, and read through the cached API. Every tenant in turn, so that a
-//! fault on any Redis master (each tenant's entries live on its slot's) shows in the window. It measures the window (commit → first read that shows the new title)
-//! and checks G1 read by read: once the invalidator has acknowledged a round's invalidation, no
-//! read may show an older round, whatever fault comes between. A read that shows an older round
-//! than a read before it, while the newer one is still in its window, is allowed (a read from
-//! Postgres while Redis could not answer is newer than the cache until the invalidator catches
-//! up) and only counted.
+//! fault on any Redis master (each tenant's entries live on its slot's) shows in the window.
+//! It measures the window (commit → first read that shows the new title) and checks G1 read by
+//! read: once the invalidator has acknowledged a round's invalidation, no read of that risk may
+//! show an older round, whatever fault comes between. A read that shows an older round than a
+//! read before it, while the newer one is still in its window, is allowed (a read from Postgres
+//! while Redis could not answer is newer than the cache until the invalidator catches up) and
+//! only counted.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
