@@ -197,7 +197,7 @@ pub async fn probe(world: Arc<World>) {
                 probe_risk.read(&world, tenant, &read.path).await;
             }
             world.stats.staleness.lock().unwrap().push((window.as_secs_f64(), phase));
-            world.stats.probe_tenants.lock().unwrap().insert(tenant);
+            world.stats.probe_windows.lock().unwrap().entry(tenant).or_default().push(window.as_secs_f64());
         } else if !world.stopping() && !lost() {
             world.stats.probe_timeouts.fetch_add(1, Ordering::Relaxed);
         }

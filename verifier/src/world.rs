@@ -3,7 +3,7 @@
 //! replicas, seeded tenants with tokens, and what the workload has learned (ids, requested URLs,
 //! errors, staleness samples).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -167,8 +167,8 @@ pub struct Stats {
     pub errors: Mutex<Vec<ApiErrorRecord>>,
     /// (seconds from commit to the first fresh read, fault phase)
     pub staleness: Mutex<Vec<(f64, String)>>,
-    /// The tenants whose probe risk showed a commit within its window at least once.
-    pub probe_tenants: Mutex<HashSet<Uuid>>,
+    /// By tenant, the windows (seconds) of its probe risk's commits that a read showed.
+    pub probe_windows: Mutex<HashMap<Uuid, Vec<f64>>>,
     pub probe_timeouts: AtomicU64,
     /// Reads of the staleness probe's risk that showed one of its titles.
     pub probe_reads: AtomicU64,
