@@ -1,8 +1,8 @@
 //! What a run prints at its end (the workload's totals, the staleness window overall, outside
-//! faults and by the phase its commits came in, the invalidation lag, the dead letters) and the
-//! checks only the whole run can make: every probe answered in time and never older than an
-//! acknowledged write, API errors only while Postgres was down, tenant isolation, and misses read
-//! from the replica in a replica run.
+//! faults, by tenant and by the phase its commits came in, the invalidation lag, the dead
+//! letters) and the checks only the whole run can make: every probe answered in time, on every
+//! tenant, and never older than an acknowledged write, API errors only while Postgres was down,
+//! tenant isolation, and misses read from the replica in a replica run.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
