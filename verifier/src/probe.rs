@@ -21,6 +21,16 @@ use uuid::Uuid;
 use crate::urls::risk_detail;
 use crate::world::World;
 
+/// One window the probe measured: from a commit to the first read that showed it.
+#[derive(Debug, Clone)]
+pub struct ProbeWindow {
+    pub seconds: f64,
+    /// The phase (a fault's name, `steady`, …) the commit came during.
+    pub phase: String,
+    /// The tenant whose probe risk was written.
+    pub tenant: Uuid,
+}
+
 /// How long a probe reads before it counts its commit as never shown.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -196,8 +206,7 @@ pub async fn probe(world: Arc<World>) {
             for _ in 0..READS_AFTER_FRESH {
                 probe_risk.read(&world, tenant, &read.path).await;
             }
-            world.stats.staleness.lock().unwrap().push((window.as_secs_f64(), phase));
-            world.stats.probe_windows.lock().unwrap().entry(tenant).or_default().push(window.as_secs_f64());
+            world.stats.staleness.lock().unwrap().push(ProbeWindow { seconds: window.as_secs_f64(), phase, tenant });
         } else if !world.stopping() && !lost() {
             world.stats.probe_timeouts.fetch_add(1, Ordering::Relaxed);
         }

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use crate::probe::ProbeWindow;
 use crate::world::World;
 use crate::{Tally, faults};
 
@@ -27,12 +28,12 @@ struct PhaseWindows {
     windows: Vec<f64>,
 }
 
-/// The `(window, phase)` samples, sorted by window, grouped by phase, the phase with the longest
-/// window first: which faults the tail of the window comes from.
-fn windows_by_phase(sorted: &[(f64, String)]) -> Vec<PhaseWindows> {
+/// The probes' windows, sorted by length, grouped by phase, the phase with the longest window
+/// first: which faults the tail of the window comes from.
+fn windows_by_phase(sorted: &[ProbeWindow]) -> Vec<PhaseWindows> {
     let mut phases: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
-    for (window, phase) in sorted {
-        phases.entry(phase).or_default().push(*window);
+    for probe in sorted {
+        phases.entry(&probe.phase).or_default().push(probe.seconds);
     }
     let mut phases: Vec<PhaseWindows> =
         phases.into_iter().map(|(name, windows)| PhaseWindows { name: name.to_owned(), windows }).collect();
@@ -66,11 +67,14 @@ pub async fn print(world: &World, tally: &mut Tally, started: Instant) {
         stats.sql_writes.load(Ordering::Relaxed),
         stats.sql_write_failures.load(Ordering::Relaxed)
     );
-    let mut samples: Vec<(f64, String)> = stats.staleness.lock().unwrap().clone();
-    samples.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let all: Vec<f64> = samples.iter().map(|s| s.0).collect();
-    let steady: Vec<f64> =
-        samples.iter().filter(|s| s.1 == "steady" || s.1 == "baseline" || s.1 == "warm-up").map(|s| s.0).collect();
+    let mut samples: Vec<ProbeWindow> = stats.staleness.lock().unwrap().clone();
+    samples.sort_by(|a, b| a.seconds.total_cmp(&b.seconds));
+    let all: Vec<f64> = samples.iter().map(|s| s.seconds).collect();
+    let steady: Vec<f64> = samples
+        .iter()
+        .filter(|s| s.phase == "steady" || s.phase == "baseline" || s.phase == "warm-up")
+        .map(|s| s.seconds)
+        .collect();
     let timeouts = stats.probe_timeouts.load(Ordering::Relaxed);
     println!(
         "  staleness window (SQL commit → first fresh read through the cached API), {} probes: p50 {}, p99 {}, max {}; outside faults ({}): p50 {}, p99 {}, max {}; {timeouts} probes timed out (30 s)",
@@ -90,16 +94,16 @@ pub async fn print(world: &World, tally: &mut Tally, started: Instant) {
     } else {
         Vec::new()
     };
-    let mut by_tenant = stats.probe_windows.lock().unwrap().clone();
-    if by_tenant.len() < world.tenants.len() {
-        stale.push(format!("the window was measured on {} of the {} tenants", by_tenant.len(), world.tenants.len()));
-    }
     // On a Redis Cluster each tenant's entries live on its slot's master: a slow master shows here.
     println!("  staleness window by tenant:");
+    let mut measured = 0;
     for tenant in &world.tenants {
-        let mut windows = by_tenant.remove(&tenant.id).unwrap_or_default();
-        windows.sort_by(f64::total_cmp);
+        let windows: Vec<f64> = samples.iter().filter(|s| s.tenant == tenant.id).map(|s| s.seconds).collect();
+        measured += usize::from(!windows.is_empty());
         print_windows(&tenant.slug, &windows);
+    }
+    if measured < world.tenants.len() {
+        stale.push(format!("the window was measured on {measured} of the {} tenants", world.tenants.len()));
     }
     tally.record("every staleness probe read its commit within 30 s, on every tenant", &stale);
     let probe_reads = stats.probe_reads.load(Ordering::Relaxed);
@@ -212,6 +216,8 @@ async fn replica_report(world: &World, tally: &mut Tally) {
 
 #[cfg(test)]
 mod tests {
+    use uuid::Uuid;
+
     use super::*;
 
     #[test]
@@ -226,7 +232,7 @@ mod tests {
     fn windows_are_grouped_by_phase_with_the_longest_first() {
         let sorted =
             [(0.004, "steady"), (0.006, "kill-master"), (0.008, "steady"), (0.9, "pause-redis"), (2.5, "kill-master")]
-                .map(|(window, phase)| (window, phase.to_owned()));
+                .map(|(seconds, phase)| ProbeWindow { seconds, phase: phase.to_owned(), tenant: Uuid::nil() });
         let phases = windows_by_phase(&sorted);
         let summary: Vec<(&str, Vec<f64>)> =
             phases.iter().map(|phase| (phase.name.as_str(), phase.windows.clone())).collect();

@@ -18,6 +18,7 @@ use tokio_postgres::Client;
 use uuid::Uuid;
 
 use crate::network::Network;
+use crate::probe::ProbeWindow;
 use crate::procs::{Proc, Spec, invalidator_settings, run_to_end};
 use crate::urls::ReadUrl;
 
@@ -165,10 +166,8 @@ pub struct Stats {
     pub isolation_probes: AtomicU64,
     pub isolation_violations: AtomicU64,
     pub errors: Mutex<Vec<ApiErrorRecord>>,
-    /// (seconds from commit to the first fresh read, fault phase)
-    pub staleness: Mutex<Vec<(f64, String)>>,
-    /// By tenant, the windows (seconds) of its probe risk's commits that a read showed.
-    pub probe_windows: Mutex<HashMap<Uuid, Vec<f64>>>,
+    /// Every window the staleness probe measured, in the order measured.
+    pub staleness: Mutex<Vec<ProbeWindow>>,
     pub probe_timeouts: AtomicU64,
     /// Reads of the staleness probe's risk that showed one of its titles.
     pub probe_reads: AtomicU64,

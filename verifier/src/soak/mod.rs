@@ -96,8 +96,8 @@ async fn sample(world: &World, since_probe: &mut usize, lag: &mut LagScraper) ->
     let probes = world.stats.staleness.lock().unwrap().clone();
     let mut recent: Vec<f64> = probes[(*since_probe).min(probes.len())..]
         .iter()
-        .filter(|(_, phase)| phase == "steady")
-        .map(|(window, _)| *window)
+        .filter(|probe| probe.phase == "steady")
+        .map(|probe| probe.seconds)
         .collect();
     *since_probe = probes.len();
     recent.sort_by(f64::total_cmp);
