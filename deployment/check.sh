@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Validates everything under deployment/: Prometheus config, rules and their unit tests,
-# Alertmanager config, the compose file, the Kubernetes manifests, the Grafana dashboard and the
-# generated metric name list. Installs the tools it lacks (Debian packages, and one PyPI package
-# in a virtualenv under ~/.cache), so it runs as root on a fresh Debian 12 machine.
+# Alertmanager config and its inhibitions (on a real Alertmanager), the compose file, the
+# Kubernetes manifests, the Grafana dashboard and the generated metric name list. Installs the
+# tools it lacks (Debian packages, and one PyPI package in a virtualenv under ~/.cache), so it
+# runs as root on a fresh Debian 12 machine.
 #
 #   deployment/check.sh            # ends with "N passed, M failed" and exits non-zero on failure
 #   VERBOSE=1 deployment/check.sh  # also prints the output of passing checks
@@ -132,6 +133,8 @@ check "promtool check rules" promtool check rules deployment/prometheus/rules/*.
 check "promtool test rules (every alert firing and quiet)" promtool test rules deployment/prometheus/tests/*.yml
 check "alerts: severity, annotations, runbook anchors, tests for each" "$PY" deployment/validate.py alerts
 check "amtool check-config alertmanager.yml" amtool check-config deployment/alertmanager/alertmanager.yml
+check "alertmanager inhibitions on a real Alertmanager (alertmanager/inhibitions.yml)" \
+    "$PY" deployment/inhibitions.py
 
 # ------------------------------------------------------------------ compose and images
 echo "== compose"
