@@ -294,6 +294,26 @@ async fn stats_matrix_and_trends_aggregate_live_risks() {
 }
 
 #[tokio::test]
+async fn a_deleted_risk_is_not_rescored_into_the_trends_by_its_assets() {
+    let app = spawn_app().await;
+    let token = &app.a.analyst;
+    // MEDIUM weighs 1, so the link itself leaves the score (12) and the history as they were.
+    let (risk_path, asset) = app.create_linked_risk_and_asset(token, "Gone", "Mail server", "MEDIUM").await;
+    let asset_path = format!("/api/v1/assets/{}", asset["id"].as_str().unwrap());
+    let deleted = app.request(Method::DELETE, &risk_path, token).send().await.unwrap();
+    assert_eq!(deleted.status(), StatusCode::NO_CONTENT);
+    let patched = app.send_json(Method::PATCH, &asset_path, token, json!({"criticality": "CRITICAL"})).await;
+    assert_eq!(patched.status(), StatusCode::OK);
+    let gone = app.request(Method::DELETE, &asset_path, token).send().await.unwrap();
+    assert_eq!(gone.status(), StatusCode::NO_CONTENT, "the asset's delete removes the link too");
+
+    let trends = app.get_json("/api/v1/stats/trends?days=1", &app.a.viewer).await;
+    let today = &trends["points"][0];
+    assert_eq!((&today["created"], &today["updated"], &today["deleted"]), (&json!(1), &json!(0), &json!(1)));
+    assert_eq!(today["average_score"], 12.0, "the creation's score alone");
+}
+
+#[tokio::test]
 async fn admins_manage_their_tenants_tokens() {
     let app = spawn_app().await;
     let created =
