@@ -99,7 +99,9 @@ pub enum ApiError {
     #[oai(status = 422, content_type = "application/problem+json")]
     #[error("unprocessable: {}", .0.detail)]
     Unprocessable(Json<Problem>),
-    /// An unexpected failure on the server side; the detail names no internals.
+    /// An unexpected failure on the server side; the detail names no internals. Also a write
+    /// whose commit got no answer from the database: it may have been applied, so read the
+    /// resource before sending the request again.
     #[oai(status = 500, content_type = "application/problem+json")]
     #[error("internal error: {}", .0.detail)]
     Internal(Json<Problem>),
@@ -145,6 +147,26 @@ impl ApiError {
 
     pub fn internal() -> Self {
         Self::Internal(Json(Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "the server failed to handle the request")))
+    }
+
+    /// 500 for a write whose commit was sent but got no answer (the connection was lost, or
+    /// the answer did not come within the request deadline and its grace): it may or may not
+    /// have been applied, so the client must not be told to retry it blindly.
+    pub fn outcome_unknown() -> Self {
+        let detail = "the write was sent to the database but its commit got no answer, so it may or may not have \
+                      been applied; read the resource before sending the request again";
+        Self::Internal(Json(Problem::new(StatusCode::INTERNAL_SERVER_ERROR, detail)))
+    }
+
+    /// The answer to a failed commit (or one-statement write): a lost connection leaves its
+    /// outcome unknown ([`ApiError::outcome_unknown`]); any other error is mapped as usual (a
+    /// constraint checked at commit, a serialization failure: nothing was applied).
+    pub fn from_commit(error: DbErr) -> Self {
+        if connection_lost(&error) {
+            tracing::warn!(%error, "database connection lost while a write was committing");
+            return ApiError::outcome_unknown();
+        }
+        error.into()
     }
 
     pub fn unavailable(detail: impl Into<String>) -> Self {

@@ -1,9 +1,11 @@
 //! The API's limits on one request: its body (at most [`MAX_BODY_BYTES`], no JSON key twice) must
 //! arrive within `http.request_timeout_ms` (408 otherwise), and the whole request must be answered
-//! within it (503 otherwise). Only a caller with a valid bearer token has its body read at all.
-//! The limits on connections are the server loop's (`openrisk_shared::http_server`).
+//! within it (503 otherwise), unless its write is committing by then ([`Committing`]). Only a
+//! caller with a valid bearer token has its body read at all. The limits on connections are the
+//! server loop's (`openrisk_shared::http_server`).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -11,7 +13,7 @@ use poem::http::{HeaderValue, StatusCode, Version, header};
 use poem::web::headers::{Authorization, HeaderMapExt, authorization};
 use poem::{Body, Endpoint, IntoResponse, Request, Response};
 use poem_openapi::payload::Json;
-use tokio::time::{Instant, timeout_at};
+use tokio::time::{Instant, timeout, timeout_at};
 
 use crate::app::AppState;
 use crate::auth::VerifiedBearer;
@@ -25,6 +27,7 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// was too slow), a check or an answer the server has not finished gets 503 (the server was).
 pub async fn within<E: Endpoint>(endpoint: Arc<E>, mut request: Request, limit: Duration) -> poem::Result<Response> {
     let deadline = Instant::now() + limit;
+    let committing = Committing::watch(&mut request);
     if may_have_body(&request) {
         // Boxed: inline, the read's state would enlarge this future, which every hit moves.
         let Ok(may_send) = timeout_at(deadline, Box::pin(may_send_a_body(&mut request))).await else {
@@ -39,24 +42,67 @@ pub async fn within<E: Endpoint>(endpoint: Arc<E>, mut request: Request, limit: 
             };
             if let Some(json) = json {
                 // Boxed as the read is; a body that does not fit its type gets the field named.
-                let answered = Box::pin(answer(&*endpoint, request, deadline, limit)).await;
+                let answered = Box::pin(answer(&*endpoint, request, deadline, limit, committing)).await;
                 return answered.map_err(|error| crate::field_errors::name_the_field(error, &json));
             }
         }
     }
-    answer(&*endpoint, request, deadline, limit).await
+    answer(&*endpoint, request, deadline, limit, committing).await
 }
 
-/// The endpoint's answer, or 503 once `deadline` has passed.
+/// Whether the request's write has been sent to be committed. From then on only the database's
+/// answer says whether it was applied, so the deadline does not cut the request short with 503
+/// "retry", which would invite the client to make the change twice (a second risk, a sub-action
+/// toggled back): the answer is waited for, up to another `limit`, and if it still has not come,
+/// the client is told the outcome is unknown ([`ApiError::outcome_unknown`]).
+#[derive(Debug, Clone, Default)]
+pub struct Committing(Arc<AtomicBool>);
+
+impl Committing {
+    /// The watch of a request that may write (any method but the safe ones), which the operation
+    /// finds among the request's extensions.
+    fn watch(request: &mut Request) -> Option<Self> {
+        if request.method().is_safe() {
+            return None;
+        }
+        let committing = Self::default();
+        request.extensions_mut().insert(committing.clone());
+        Some(committing)
+    }
+
+    /// Notes that the write's commit (or its one statement) is about to be sent.
+    pub fn begin(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+
+    fn began(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// The endpoint's answer, or 503 once `deadline` has passed, unless the request's write is
+/// committing by then (see [`Committing`]).
 async fn answer<E: Endpoint>(
     endpoint: &E,
     request: Request,
     deadline: Instant,
     limit: Duration,
+    committing: Option<Committing>,
 ) -> poem::Result<Response> {
-    match timeout_at(deadline, endpoint.call(request)).await {
+    let mut call = std::pin::pin!(endpoint.call(request));
+    if let Ok(result) = timeout_at(deadline, call.as_mut()).await {
+        return result.map(IntoResponse::into_response);
+    }
+    if !committing.is_some_and(|committing| committing.began()) {
+        return Err(took_too_long(limit));
+    }
+    tracing::warn!(
+        limit_ms = limit.as_millis(),
+        "a write was still committing at the request deadline; waiting for it"
+    );
+    match timeout(limit, call).await {
         Ok(result) => result.map(IntoResponse::into_response),
-        Err(_) => Err(took_too_long(limit)),
+        Err(_) => Err(ApiError::outcome_unknown().into()),
     }
 }
 

@@ -158,6 +158,75 @@ async fn a_statement_outliving_its_request_is_stopped_by_the_server_at_the_reque
     assert_eq!(waiting, 0, "the API's statement still waits for the lock 5 s after its request ended");
 }
 
+/// Makes a risk titled "Slow to commit" slow twice over in the test's database: its INSERT
+/// sleeps `before_commit` seconds, and a deferred constraint trigger sleeps `at_commit` seconds
+/// inside the COMMIT itself.
+async fn slow_to_commit(app: &TestApp, before_commit: f64, at_commit: f64) {
+    let session = app.db.connect().await;
+    let sql = format!(
+        "CREATE FUNCTION slow_insert() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN IF NEW.title = 'Slow to commit' THEN PERFORM pg_sleep({before_commit}); END IF; RETURN NEW; END $$;
+         CREATE TRIGGER slow_insert BEFORE INSERT ON risks FOR EACH ROW EXECUTE FUNCTION slow_insert();
+         CREATE FUNCTION slow_commit() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN IF NEW.title = 'Slow to commit' THEN PERFORM pg_sleep({at_commit}); END IF; RETURN NULL; END $$;
+         CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT ON risks DEFERRABLE INITIALLY DEFERRED
+             FOR EACH ROW EXECUTE FUNCTION slow_commit();"
+    );
+    session.batch_execute(&sql).await.unwrap();
+}
+
+async fn risks_titled_slow_to_commit(app: &TestApp) -> i64 {
+    let session = app.db.connect().await;
+    session.query_one("SELECT count(*) FROM risks WHERE title = 'Slow to commit'", &[]).await.unwrap().get(0)
+}
+
+/// The deadline (2 s) passes while the write's COMMIT runs (from 1.2 s to 2.7 s). Cut short with
+/// 503 "retry", the client would send again a write that was made: the answer waits for the
+/// commit instead, and says what it did.
+#[tokio::test]
+async fn a_write_still_committing_at_the_request_deadline_is_answered_with_its_outcome_not_503() {
+    let two_seconds = |settings: &mut openrisk_shared::Settings| {
+        (settings.http.request_timeout_ms, settings.http.idle_timeout_ms) = (2000, 5000);
+    };
+    let app = spawn_app_with(RedisNamespace::new(), two_seconds, AppOptions::default()).await;
+    slow_to_commit(&app, 1.2, 1.5).await;
+
+    let risk = serde_json::json!({"title": "Slow to commit", "impact": 2, "probability": 2});
+    let response = app.send_json(reqwest::Method::POST, "/api/v1/risks", &app.a.analyst, risk).await;
+    assert_eq!(response.status(), StatusCode::CREATED, "{}", response.text().await.unwrap());
+    assert_eq!(risks_titled_slow_to_commit(&app).await, 1);
+}
+
+/// A COMMIT whose session ends before it answers may or may not have been applied: the client
+/// gets a 500 that says so, not a 503 that invites it to send the write again.
+#[tokio::test]
+async fn a_write_whose_commit_loses_its_connection_is_not_answered_retry() {
+    let app = spawn_app().await;
+    slow_to_commit(&app, 0.0, 30.0).await;
+    let watcher = app.db.connect().await;
+    let committing = "SELECT pid FROM pg_stat_activity WHERE state = 'active' AND query = 'COMMIT'
+                      AND datname = current_database() AND pid <> pg_backend_pid()";
+    let kill = async {
+        for _ in 0..100 {
+            if let Some(row) = watcher.query_opt(committing, &[]).await.unwrap() {
+                let pid: i32 = row.get(0);
+                watcher.execute("SELECT pg_terminate_backend($1)", &[&pid]).await.unwrap();
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    };
+
+    let risk = serde_json::json!({"title": "Slow to commit", "impact": 2, "probability": 2});
+    let (response, killed) =
+        tokio::join!(app.send_json(reqwest::Method::POST, "/api/v1/risks", &app.a.analyst, risk), kill);
+    assert!(killed, "no session of the API was seen committing");
+    let problem = assert_problem(response, StatusCode::INTERNAL_SERVER_ERROR).await;
+    let detail = problem["detail"].as_str().unwrap();
+    assert!(detail.contains("may or may not have been applied"), "{detail}");
+}
+
 #[tokio::test]
 async fn an_http2_client_with_prior_knowledge_is_served_as_an_http1_client_is() {
     let app = spawn_app().await;

@@ -131,7 +131,7 @@ impl Db {
     pub async fn commit(&self, txn: DatabaseTransaction) -> Result<Invalidations, ApiError> {
         let started = Instant::now();
         let rows = OwnOutboxRow::find_by_statement(stmt(openrisk_shared::outbox::OWN_ROWS, [])).all(&txn).await?;
-        txn.commit().await?;
+        txn.commit().await.map_err(ApiError::from_commit)?;
         self.metrics.observe_db("commit", started);
         let mut grouped: Vec<(Uuid, Vec<Tag>)> = Vec::new();
         for row in rows {

@@ -22,6 +22,7 @@ use crate::cache::CacheableRead;
 use crate::conditional::WriteConditions;
 use crate::db::replicas::Reader;
 use crate::error::ApiError;
+use crate::request_limits::Committing;
 
 /// The application and the verified principal behind a request. To the spec it is the
 /// `BearerAuth` security scheme, exactly as an operation taking `BearerAuth` describes it.
@@ -31,6 +32,8 @@ pub(super) struct Caller {
     /// The request's `If-None-Match`, which a write evaluates although no write documents it
     /// (a header value: copying it shares the request's bytes).
     if_none_match: Option<HeaderValue>,
+    /// Told when the request's write is sent to be committed (a request that may write has one).
+    committing: Option<Committing>,
 }
 
 /// What a cacheable read of the caller answers.
@@ -60,7 +63,8 @@ impl<'a> ApiExtractor<'a> for Caller {
         let BearerAuth(principal) =
             <BearerAuth as ApiExtractor>::from_request(request, body, ExtractParamOptions::default()).await?;
         let if_none_match = request.headers().get(header::IF_NONE_MATCH).cloned();
-        Ok(Self { state, principal, if_none_match })
+        let committing = request.extensions().get::<Committing>().cloned();
+        Ok(Self { state, principal, if_none_match, committing })
     }
 }
 
@@ -107,6 +111,14 @@ impl Caller {
         Ok(&self.state)
     }
 
+    /// Notes that the request's write is about to be committed: from then on the request
+    /// deadline waits for the database's answer (see [`Committing`]).
+    pub fn begin_commit(&self) {
+        if let Some(committing) = &self.committing {
+            committing.begin();
+        }
+    }
+
     /// Makes one change of risks, mitigations or assets, which needs the analyst role (403 before
     /// any I/O otherwise). `change` runs in one transaction, committed only when it succeeds (and
     /// then its invalidations applied, so the writer's next read sees it) and rolled back when it
@@ -144,6 +156,7 @@ impl Caller {
         };
         match change(&write).await {
             Ok(changed) => {
+                self.begin_commit();
                 write.commit(place).await?;
                 Ok(changed)
             }

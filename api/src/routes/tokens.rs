@@ -58,10 +58,12 @@ impl TokensApi {
     async fn create(&self, caller: Caller, body: Json<TokenCreate>) -> Result<TokenIssued, ApiError> {
         let state = caller.admin()?;
         let body = body.0;
+        caller.begin_commit();
         let (id, token) = state
             .db
             .timed("token_insert", create_token(&state.db.conn, caller.tenant(), body.role, &body.name.0))
-            .await?;
+            .await
+            .map_err(ApiError::from_commit)?;
         Ok(TokenIssued::Created(Json(TokenCreated { id, token, role: body.role, name: body.name.into() })))
     }
 
@@ -77,7 +79,12 @@ impl TokensApi {
         id: Path<Uuid>,
     ) -> Result<NoContent, ApiError> {
         let state = caller.admin()?;
-        let revoked = state.db.timed("token_revoke", revoke_token(&state.db.conn, id.0, Some(caller.tenant()))).await?;
+        caller.begin_commit();
+        let revoked = state
+            .db
+            .timed("token_revoke", revoke_token(&state.db.conn, id.0, Some(caller.tenant())))
+            .await
+            .map_err(ApiError::from_commit)?;
         let hash = revoked.ok_or_else(|| ApiError::not_found("token", id.0))?;
         state.tokens.forget(&hash);
         Ok(NoContent::Done)
