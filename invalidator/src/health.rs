@@ -20,6 +20,12 @@ use crate::worker::Status;
 /// How often the backlog gauges are refreshed.
 const SAMPLE_EVERY: Duration = Duration::from_secs(1);
 
+/// How long one backlog sample may run (the sampler session's `statement_timeout`). A sample held
+/// up longer, by a lock on the outbox tables (a migration, a `VACUUM FULL`), is cancelled by the
+/// server and counts as none, so `/readyz` stops saying "caught up" instead of repeating the last
+/// good sample for as long as the lock lasts.
+const SAMPLE_TIMEOUT: Duration = Duration::from_secs(5);
+
 #[handler]
 fn metrics_endpoint(Data(metrics): Data<&Metrics>) -> Response {
     Response::builder()
@@ -68,21 +74,23 @@ pub async fn sample_backlog(
     shutdown: CancellationToken,
 ) {
     let mut client = None;
+    let mut failing = false;
     loop {
-        if client.as_ref().is_none_or(tokio_postgres::Client::is_closed) {
-            client = openrisk_shared::db::connect(&database_url, "openrisk-invalidator-sampler", &link).await.ok();
-        }
-        let sample = match &client {
-            Some(client) => outbox::backlog(client).await.ok(),
-            None => None,
-        };
-        match sample {
-            Some((rows, oldest_age)) => {
+        match sample_once(&mut client, &database_url, &link).await {
+            Ok((rows, oldest_age)) => {
                 metrics.outbox_backlog.set(rows);
                 metrics.oldest_event_age_seconds.set(oldest_age);
                 status.caught_up.store(oldest_age < ready_max_lag.as_secs_f64(), Ordering::Relaxed);
+                if std::mem::replace(&mut failing, false) {
+                    tracing::info!("the outbox backlog is sampled again");
+                }
             }
-            None => status.caught_up.store(false, Ordering::Relaxed),
+            Err(error) => {
+                status.caught_up.store(false, Ordering::Relaxed);
+                if !std::mem::replace(&mut failing, true) {
+                    tracing::warn!(%error, "cannot sample the outbox backlog; not ready until it can");
+                }
+            }
         }
         metrics.connected.set(i64::from(status.connected()));
         tokio::select! {
@@ -90,4 +98,33 @@ pub async fn sample_backlog(
             () = shutdown.cancelled() => return,
         }
     }
+}
+
+/// Why a backlog sample failed (logged when sampling starts to fail).
+#[derive(Debug, thiserror::Error)]
+enum SampleError {
+    #[error("cannot connect to Postgres: {0}")]
+    Connect(#[from] openrisk_shared::db::ConnectError),
+    #[error("the sample failed: {0}")]
+    Query(#[from] tokio_postgres::Error),
+}
+
+/// One sample of the backlog (rows, age of the oldest in seconds) on the sampler's own session,
+/// opened first when there is none, its statements limited to [`SAMPLE_TIMEOUT`].
+async fn sample_once(
+    client: &mut Option<tokio_postgres::Client>,
+    database_url: &str,
+    link: &PostgresLink,
+) -> Result<(i64, f64), SampleError> {
+    let session = match client.take() {
+        Some(open) if !open.is_closed() => open,
+        _ => {
+            let fresh = openrisk_shared::db::connect(database_url, "openrisk-invalidator-sampler", link).await?;
+            fresh.batch_execute(&format!("SET statement_timeout = {}", SAMPLE_TIMEOUT.as_millis())).await?;
+            fresh
+        }
+    };
+    let sample = outbox::backlog(&session).await;
+    *client = Some(session);
+    Ok(sample?)
 }

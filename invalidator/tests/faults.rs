@@ -8,7 +8,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{Harness, connect_redis, eventually, until_batches_failed, wait_until_parked};
+use common::{Harness, connect_redis, eventually, http_get, until_batches_failed, wait_until_parked};
 use openrisk_shared::config::WakeMode;
 use openrisk_test_support::{PrivatePostgres, PrivateRedis, RedisNamespace, TestDatabase, sslrootcert_param};
 
@@ -60,6 +60,26 @@ async fn replicas_share_the_outbox(replicas: usize) {
 /// that re-runs the picking subquery for every outbox row (Postgres chooses it while the outbox's
 /// statistics still say "empty"), a claim written as `id IN (SELECT … LIMIT n FOR UPDATE SKIP
 /// LOCKED)` took the whole outbox, in quadratic time.
+/// A lock on the outbox (a migration altering it, a `VACUUM FULL`) holds up the backlog's sample
+/// along with every claim. The sample is cancelled after a few seconds and counts as none, so
+/// `/readyz` stops answering 200 from the last good sample, and answers it again once the lock
+/// is gone.
+#[tokio::test]
+async fn a_replica_that_cannot_sample_its_backlog_stops_saying_ready() {
+    let h = Harness::new().await;
+    let running = h.start(h.settings()).await;
+    let addr = running.metrics_addr;
+    let status = || async move { http_get(addr, "/readyz").await.0 };
+    eventually("ready", WAIT, || async { status().await == 200 }).await;
+
+    let locker = h.db.connect().await;
+    locker.batch_execute("BEGIN; LOCK TABLE cache_outbox_held IN ACCESS EXCLUSIVE MODE").await.unwrap();
+    eventually("/readyz says 503 while the outbox is locked", WAIT, || async { status().await == 503 }).await;
+    locker.batch_execute("COMMIT").await.unwrap();
+    eventually("ready again once the lock is gone", WAIT, || async { status().await == 200 }).await;
+    assert!(running.shutdown(WAIT).await);
+}
+
 #[tokio::test]
 async fn a_claim_takes_at_most_its_limit_whatever_the_plan() {
     let h = Harness::new().await;
