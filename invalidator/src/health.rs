@@ -110,21 +110,28 @@ enum SampleError {
 }
 
 /// One sample of the backlog (rows, age of the oldest in seconds) on the sampler's own session,
-/// opened first when there is none, its statements limited to [`SAMPLE_TIMEOUT`].
+/// opened first when there is none.
 async fn sample_once(
     client: &mut Option<tokio_postgres::Client>,
     database_url: &str,
     link: &PostgresLink,
 ) -> Result<(i64, f64), SampleError> {
-    let session = match client.take() {
+    let mut session = match client.take() {
         Some(open) if !open.is_closed() => open,
-        _ => {
-            let fresh = openrisk_shared::db::connect(database_url, "openrisk-invalidator-sampler", link).await?;
-            fresh.batch_execute(&format!("SET statement_timeout = {}", SAMPLE_TIMEOUT.as_millis())).await?;
-            fresh
-        }
+        _ => openrisk_shared::db::connect(database_url, "openrisk-invalidator-sampler", link).await?,
     };
-    let sample = outbox::backlog(&session).await;
+    let sample = backlog_within_timeout(&mut session).await;
     *client = Some(session);
     Ok(sample?)
+}
+
+/// The backlog, its statement limited to [`SAMPLE_TIMEOUT`] by `SET LOCAL`, so the limit ends with
+/// the transaction rather than reach, through a transaction pooler, whichever client gets the
+/// server connection next.
+async fn backlog_within_timeout(session: &mut tokio_postgres::Client) -> Result<(i64, f64), tokio_postgres::Error> {
+    let transaction = session.transaction().await?;
+    transaction.batch_execute(&format!("SET LOCAL statement_timeout = {}", SAMPLE_TIMEOUT.as_millis())).await?;
+    let sample = outbox::backlog(&transaction).await?;
+    transaction.commit().await?;
+    Ok(sample)
 }

@@ -10,7 +10,7 @@ use openrisk_shared::db::Lsn;
 use openrisk_shared::event::{InvalidationEvent, OutboxRow, PoisonReason};
 use openrisk_shared::outbox;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{Client, Row, Statement, Transaction};
+use tokio_postgres::{Client, GenericClient, Row, Statement, Transaction};
 use uuid::Uuid;
 
 /// A claimed batch, split into applicable events and poison rows.
@@ -112,8 +112,9 @@ pub async fn claim(
 ) -> Result<Batch, tokio_postgres::Error> {
     let limit = i64::from(limit);
     let parameters: [&(dyn ToSql + Sync); 2] = [&limit, &held_back];
-    let (_, rows) = tokio::try_join!(
+    let (_, _, rows) = tokio::try_join!(
         transaction.batch_execute(outbox::CLAIMING_TRANSACTION),
+        transaction.batch_execute(outbox::IDLE_BY_DESIGN),
         transaction.query(statement, &parameters)
     )?;
     let (moved, claimed): (Vec<Row>, Vec<Row>) = rows.into_iter().partition(|row| row.get("moved_aside"));
@@ -215,7 +216,7 @@ pub async fn dead_letter(transaction: &Transaction<'_>, batch: &Batch) -> Result
 /// Size of the outbox (the events moved aside included) and age of its oldest event (zero when
 /// empty), by the database's clock (from the commit where commit times are recorded; see
 /// [`outbox::BACKLOG`]).
-pub async fn backlog(client: &Client) -> Result<(i64, f64), tokio_postgres::Error> {
+pub async fn backlog(client: &impl GenericClient) -> Result<(i64, f64), tokio_postgres::Error> {
     let row = client.query_one(outbox::BACKLOG, &[]).await?;
     Ok((row.get(0), row.get(1)))
 }

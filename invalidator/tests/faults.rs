@@ -60,6 +60,28 @@ async fn replicas_share_the_outbox(replicas: usize) {
 /// that re-runs the picking subquery for every outbox row (Postgres chooses it while the outbox's
 /// statistics still say "empty"), a claim written as `id IN (SELECT … LIMIT n FOR UPDATE SKIP
 /// LOCKED)` took the whole outbox, in quadratic time.
+/// A database whose default ends transactions idle for 300 ms: a parked replica's wake-up
+/// transaction idles for as long as the park lasts, and each batch's while Redis answers. The
+/// replica's session opts out, so a write after a long park is applied at once, without a
+/// failed claim and a reconnection first.
+#[tokio::test]
+async fn a_short_idle_in_transaction_timeout_of_the_database_does_not_end_a_parked_replicas_session() {
+    let mut h = Harness::new().await;
+    let database = h.sql.query_one("SELECT current_database()", &[]).await.unwrap().get::<_, String>(0);
+    let set = format!("ALTER DATABASE \"{database}\" SET idle_in_transaction_session_timeout = '300ms'");
+    h.sql.batch_execute(&set).await.unwrap();
+    let running = h.start_parked(WAIT).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let tenant = h.tenant("a").await;
+    h.assert_a_new_risk_invalidates_the_risk_list(tenant, "after a long park", WAIT).await;
+    let (errors, reconnects) = (
+        running.metrics.errors.with_label_values(&["postgres"]).get(),
+        running.metrics.reconnects.with_label_values(&["postgres"]).get(),
+    );
+    assert_eq!((errors, reconnects), (0, 0), "failed batches and reconnections to Postgres");
+    assert!(running.shutdown(WAIT).await);
+}
+
 /// A lock on the outbox (a migration altering it, a `VACUUM FULL`) holds up the backlog's sample
 /// along with every claim. The sample is cancelled after a few seconds and counts as none, so
 /// `/readyz` stops answering 200 from the last good sample, and answers it again once the lock

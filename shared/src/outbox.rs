@@ -160,10 +160,10 @@ pub const PEEK: &str = concat!(
     FROM peeked c"
 );
 
-/// Settings of a claim's transaction, sent with each claim in the same round trip. `SET LOCAL`, so
-/// that they end with the transaction: a session that keeps a setting would hand it, through a
-/// transaction pooler, to whichever client gets its server connection next (an API writer whose
-/// commits would then not wait for their flush).
+/// Settings of a claim's transaction, sent with each claim in the same round trip (with
+/// [`IDLE_BY_DESIGN`]). `SET LOCAL`, so that they end with the transaction: a session that keeps
+/// a setting would hand it, through a transaction pooler, to whichever client gets its server
+/// connection next (an API writer whose commits would then not wait for their flush).
 ///
 /// `synchronous_commit = off`: an acknowledgement (the commit of a batch's deletion) does not
 /// wait for its WAL flush, so the next claim starts sooner. A crash can lose only
@@ -182,6 +182,13 @@ pub const PEEK: &str = concat!(
 pub const CLAIMING_TRANSACTION: &str = "
     SET LOCAL synchronous_commit = off; SET LOCAL plan_cache_mode = force_generic_plan;
     SET LOCAL enable_seqscan = off; SET LOCAL jit = off";
+
+/// A transaction of the invalidator that idles by design: the park leader's wake-up transaction
+/// until the wake-up (up to the poll interval), a batch's while Redis answers (up to the Redis
+/// timeouts). Both are bounded by the replica's own settings, so a server or role default that
+/// ends idle transactions sooner (`idle_in_transaction_session_timeout`) would only end the
+/// replica's session under every park or batch. `SET LOCAL`, as [`CLAIMING_TRANSACTION`] is.
+pub const IDLE_BY_DESIGN: &str = "SET LOCAL idle_in_transaction_session_timeout = 0";
 
 /// Moves a poison row (one no invalidation can be made of) aside, with the reason, inside the
 /// claiming transaction.
