@@ -284,10 +284,24 @@ impl ClusterWatch {
     /// `changes`, and tells [`Self::master_changes`] of it.
     async fn look(&self, mut connection: RedisConnection, every: Duration, changes: UnboundedSender<u16>) {
         let mut previous: Option<ClusterView> = None;
+        // Whether the last look failed: a master that stays down fails every look, 10 a second,
+        // so only the first failure of a run is a warning (the others are debug lines).
+        let mut failing = false;
         loop {
             let started = Instant::now();
             let read = tokio::time::timeout(every, ClusterView::read(&mut connection)).await;
             let settled = matches!(&read, Ok(Ok(Some(view))) if view.state_ok);
+            let reason = match &read {
+                Ok(Err(error)) => Some(error.to_string()),
+                Err(_) => Some("timed out".to_owned()),
+                Ok(_) => None,
+            };
+            match (&reason, std::mem::replace(&mut failing, reason.is_some())) {
+                (Some(reason), false) => tracing::warn!(reason, "could not read the redis cluster's state"),
+                (Some(reason), true) => tracing::debug!(reason, "could not read the redis cluster's state"),
+                (None, true) => tracing::info!("read the redis cluster's state again"),
+                (None, false) => {}
+            }
             let changed = match read {
                 Ok(Ok(Some(view))) => {
                     let changes = previous.as_ref().map(|before| view.changes_since(before)).unwrap_or_default();
@@ -303,8 +317,7 @@ impl ClusterWatch {
                     changed
                 }
                 Ok(Ok(None)) => return,
-                Ok(Err(error)) => self.record_unreachable(&mut connection, &error.to_string(), every).await,
-                Err(_) => self.record_unreachable(&mut connection, "timed out", every).await,
+                Ok(Err(_)) | Err(_) => self.record_unreachable(&mut connection, every).await,
             };
             if !changed.is_empty() {
                 self.master_changes.send_modify(|looks| *looks += 1);
@@ -341,8 +354,7 @@ impl ClusterWatch {
     /// Marks the state as not ok after a look some master did not answer, and still learns which
     /// master serves which slots from one node's `CLUSTER NODES` (within `within`): a process that
     /// starts while a master is down, or looks while one fails over, tells the masters apart.
-    async fn record_unreachable(&self, connection: &mut RedisConnection, reason: &str, within: Duration) -> Vec<u16> {
-        tracing::warn!(reason, "could not read the redis cluster's state");
+    async fn record_unreachable(&self, connection: &mut RedisConnection, within: Duration) -> Vec<u16> {
         self.state_ok.set(0);
         if let Ok(mut latest) = self.latest.lock()
             && let Some(health) = latest.as_mut()
