@@ -388,8 +388,15 @@ impl Worker {
         }
         let confirmed_after = claimed_at.elapsed();
         span.record("lag_ms", batch.max_lag_ms(confirmed_after));
-        for poison in &batch.poison {
-            tracing::warn!(event_id = poison.row.id, reason = %poison.reason, "poison event moved to cache_outbox_dead_letter");
+        // One line a batch, not one an event: a trigger that writes a bad tag on every write would
+        // otherwise log at the write rate. Each row keeps its own reason in the table.
+        if let Some(first) = batch.poison.first() {
+            tracing::warn!(
+                count = batch.poison.len(),
+                first_event_id = first.row.id,
+                first_reason = %first.reason,
+                "poison events moved to cache_outbox_dead_letter, each with its reason"
+            );
         }
         outbox::dead_letter(&transaction, &batch).await?;
         transaction.commit().await?;
