@@ -99,6 +99,12 @@ pub enum ApiError {
     #[oai(status = 422, content_type = "application/problem+json")]
     #[error("unprocessable: {}", .0.detail)]
     Unprocessable(Json<Problem>),
+    /// Too many of the tenant's requests are using the database at once (its share of the
+    /// connection pool): another tenant's requests are still served. Retry after `Retry-After`
+    /// seconds.
+    #[oai(status = 429, content_type = "application/problem+json")]
+    #[error("too many requests: {}", .0.detail)]
+    TooManyRequests(Json<Problem>, #[oai(header = "Retry-After")] u64),
     /// An unexpected failure on the server side; the detail names no internals. Also a write
     /// whose commit got no answer from the database: it may have been applied, so read the
     /// resource before sending the request again.
@@ -143,6 +149,12 @@ impl ApiError {
 
     pub fn unprocessable(detail: impl Into<String>) -> Self {
         Self::Unprocessable(Json(Problem::new(StatusCode::UNPROCESSABLE_ENTITY, detail)))
+    }
+
+    /// 429 for a tenant whose requests hold its whole share of the database pool; the client
+    /// may retry after `retry_after_secs`.
+    pub fn too_many_requests(detail: impl Into<String>, retry_after_secs: u64) -> Self {
+        Self::TooManyRequests(Json(Problem::new(StatusCode::TOO_MANY_REQUESTS, detail)), retry_after_secs)
     }
 
     pub fn internal() -> Self {

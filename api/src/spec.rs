@@ -170,7 +170,7 @@ fn mark_public_operations(document: &mut Json) {
 
 /// Header names as RFC 9110 and its kin spell them, where poem-openapi upper-cases them (it does
 /// for headers declared on an error or a `201`; those declared on a success keep their spelling).
-const HEADER_SPELLINGS: [&str; 4] = ["ETag", "Location", "WWW-Authenticate", "Cache-Status"];
+const HEADER_SPELLINGS: [&str; 5] = ["ETag", "Location", "WWW-Authenticate", "Cache-Status", "Retry-After"];
 
 /// Gives each response header its usual spelling, so the document names one header one way
 /// (generated TypeScript types would otherwise carry both `ETAG` and `ETag`).
@@ -234,11 +234,11 @@ mod tests {
 
     #[test]
     fn response_headers_are_spelled_one_way_whatever_poem_openapi_made_of_them() {
-        let headers = json!({"ETAG": {}, "LOCATION": {}, "WWW-AUTHENTICATE": {}, "Cache-Status": {}, "X-Other": {}});
+        let headers = json!({"ETAG": {}, "LOCATION": {}, "WWW-AUTHENTICATE": {}, "Cache-Status": {}, "RETRY-AFTER": {}, "X-Other": {}});
         let document = published(json!({"paths": {"/r": {"get": {"responses": {"200": {"headers": headers}}}}}}));
         let spelled: Vec<&String> =
             document["paths"]["/r"]["get"]["responses"]["200"]["headers"].as_object().unwrap().keys().collect();
-        assert_eq!(spelled, ["Cache-Status", "ETag", "Location", "WWW-Authenticate", "X-Other"]);
+        assert_eq!(spelled, ["Cache-Status", "ETag", "Location", "Retry-After", "WWW-Authenticate", "X-Other"]);
     }
 
     #[test]

@@ -11,6 +11,10 @@ use uuid::Uuid;
 
 use crate::error::ApiError;
 
+/// The `Retry-After` of a request refused for want of a place: a place is held for one request,
+/// which the request timeout bounds, so a second is a fair first guess.
+const RETRY_AFTER_SECS: u64 = 1;
+
 /// Tenants tracked before idle ones are forgotten (and again at twice what is left after).
 const FORGET_IDLE_FROM: usize = 1024;
 
@@ -36,14 +40,16 @@ impl TenantShares {
         Self { per_tenant: per_tenant.max(1) as usize, wait, tenants: Mutex::new(tenants) }
     }
 
-    /// One of the tenant's places, held until the permit is dropped: 503 when none frees within
-    /// the wait, as when the pool itself has no connection to give.
+    /// One of the tenant's places, held until the permit is dropped: 429 when none frees within
+    /// the wait. Not 503, which is the whole instance's state: a load balancer that reads 503 as
+    /// an unhealthy instance would then take it from every tenant because of one.
     pub async fn enter(&self, tenant: Uuid) -> Result<OwnedSemaphorePermit, ApiError> {
         let places = self.places_of(tenant);
         match tokio::time::timeout(self.wait, places.acquire_owned()).await {
             Ok(Ok(place)) => Ok(place),
-            _ => Err(ApiError::unavailable(
-                "too many of this tenant's requests are using the database at once; retry later",
+            _ => Err(ApiError::too_many_requests(
+                "too many of this tenant's requests are using the database at once; retry after Retry-After seconds",
+                RETRY_AFTER_SECS,
             )),
         }
     }
@@ -69,7 +75,7 @@ mod tests {
         let shares = TenantShares::new(2, Duration::from_millis(50));
         let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
         let held = [shares.enter(a).await.unwrap(), shares.enter(a).await.unwrap()];
-        assert!(matches!(shares.enter(a).await, Err(ApiError::Unavailable(..))), "a third waits, then 503");
+        assert!(matches!(shares.enter(a).await, Err(ApiError::TooManyRequests(..))), "a third waits, then 429");
         let other = shares.enter(b).await;
         assert!(other.is_ok(), "another tenant has places of its own");
         drop(held);

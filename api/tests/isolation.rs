@@ -154,6 +154,33 @@ async fn lookups_of_invented_tokens_hold_at_most_a_quarter_of_the_pool() {
     assert!(answers.iter().all(|answer| answer.status() == StatusCode::UNAUTHORIZED));
 }
 
+/// A request of a tenant whose share of the pool is all in use waits for a place, then is told
+/// to come back later with 429 and `Retry-After`: its tenant's limit, not 503, which says the
+/// instance itself cannot serve (and may take it out of a load balancer's rotation).
+#[tokio::test]
+async fn a_tenant_over_its_share_of_the_pool_gets_429_with_retry_after() {
+    let one_place = |settings: &mut openrisk_shared::Settings| {
+        (settings.pool.max_connections, settings.pool.max_per_tenant) = (Some(4), Some(1));
+        settings.pool.acquire_timeout_ms = Some(300);
+    };
+    let app = &spawn_app_with(RedisNamespace::new(), one_place, AppOptions::default()).await;
+    let risk = app.create_risk_path(&app.a.analyst, "Held").await;
+    let holder = app.db.connect().await;
+    common::hold_risk(&holder, &risk).await;
+
+    let first = app.send_json(Method::PATCH, &risk, &app.a.analyst, json!({"title": "Waits for the lock"}));
+    let second = async {
+        until_the_api_waits_for_a_lock(&holder).await;
+        let refused = app.send_json(Method::PATCH, &risk, &app.a.analyst, json!({"title": "Finds no place"})).await;
+        holder.batch_execute("COMMIT").await.unwrap();
+        refused
+    };
+    let (first, refused) = tokio::join!(first, second);
+    assert_eq!(first.status(), StatusCode::OK);
+    assert_eq!(refused.headers().get("retry-after").and_then(|value| value.to_str().ok()), Some("1"));
+    assert_problem(refused, StatusCode::TOO_MANY_REQUESTS).await;
+}
+
 /// One tenant's requests waiting in Postgres hold at most its share of the pool, writes waiting
 /// for a row lock and uncached reads waiting for a table lock alike: another tenant's uncached
 /// read still gets a connection at once (without the share it waited for the pool's acquire
