@@ -154,16 +154,22 @@ async fn lookups_of_invented_tokens_hold_at_most_a_quarter_of_the_pool() {
     assert!(answers.iter().all(|answer| answer.status() == StatusCode::UNAUTHORIZED));
 }
 
+/// An app with a pool of `connections`, `per_tenant` of them for one tenant at most, and
+/// `acquire_timeout_ms` to wait for a place or a connection.
+async fn spawn_app_with_pool(connections: u32, per_tenant: u32, acquire_timeout_ms: u64) -> common::TestApp {
+    let pool = |settings: &mut openrisk_shared::Settings| {
+        (settings.pool.max_connections, settings.pool.max_per_tenant) = (Some(connections), Some(per_tenant));
+        settings.pool.acquire_timeout_ms = Some(acquire_timeout_ms);
+    };
+    spawn_app_with(RedisNamespace::new(), pool, AppOptions::default()).await
+}
+
 /// A request of a tenant whose share of the pool is all in use waits for a place, then is told
 /// to come back later with 429 and `Retry-After`: its tenant's limit, not 503, which says the
 /// instance itself cannot serve (and may take it out of a load balancer's rotation).
 #[tokio::test]
 async fn a_tenant_over_its_share_of_the_pool_gets_429_with_retry_after() {
-    let one_place = |settings: &mut openrisk_shared::Settings| {
-        (settings.pool.max_connections, settings.pool.max_per_tenant) = (Some(4), Some(1));
-        settings.pool.acquire_timeout_ms = Some(300);
-    };
-    let app = &spawn_app_with(RedisNamespace::new(), one_place, AppOptions::default()).await;
+    let app = &spawn_app_with_pool(4, 1, 300).await;
     let risk = app.create_risk_path(&app.a.analyst, "Held").await;
     let holder = app.db.connect().await;
     common::hold_risk(&holder, &risk).await;
@@ -187,11 +193,7 @@ async fn a_tenant_over_its_share_of_the_pool_gets_429_with_retry_after() {
 /// timeout, then got 503).
 #[tokio::test]
 async fn a_tenant_waiting_on_the_database_leaves_the_rest_of_the_pool_to_other_tenants() {
-    let small_pool = |settings: &mut openrisk_shared::Settings| {
-        (settings.pool.max_connections, settings.pool.max_per_tenant) = (Some(4), Some(2));
-        settings.pool.acquire_timeout_ms = Some(3000);
-    };
-    let app = &spawn_app_with(RedisNamespace::new(), small_pool, AppOptions::default()).await;
+    let app = &spawn_app_with_pool(4, 2, 3000).await;
     let risk = app.create_risk_path(&app.a.analyst, "Held").await;
     app.create_asset(&app.b.analyst, "Other tenant's", "LOW").await;
     // Tenant B reads its assets once tenant A's requests wait behind `holder`'s lock.
