@@ -6,9 +6,11 @@ import random
 import signal
 import threading
 import time
+import uuid
 
 from alerting import AlertWatch
 from common import R, SUBSET, http_get, log, now, wait_until
+from workload import Api
 
 
 class Faults(AlertWatch):
@@ -160,7 +162,7 @@ class Faults(AlertWatch):
         fault = "Redis stopped, reads and bulk writes continuing"
         log(f"fault: {fault}")
         errors_before = stack.api_client.total(lambda key: key[2] >= 500)
-        alerts = ["OpenRiskCacheDegraded", "OpenRiskOutboxBacklogGrowing"]
+        alerts = ["OpenRiskCacheDegraded", "OpenRiskNoInvalidatorConnected", "OpenRiskOutboxBacklogGrowing"]
         timeout = 40
         if SUBSET == "full":
             alerts.append("OpenRiskOutboxOldestEventTooOld")
@@ -178,6 +180,22 @@ class Faults(AlertWatch):
         errors = stack.api_client.total(lambda key: key[2] >= 500) - errors_before
         R.check(f"{fault}: the API keeps answering without 5xx (reads from Postgres)", errors == 0,
                 f"{errors} 5xx")
+        # Tenants held back by a replica follow from Redis being out of reach of every replica:
+        # Alertmanager must inhibit that alert while OpenRiskNoInvalidatorConnected fires (checked
+        # once Alertmanager has had the time to send it, its group_wait being 1 s).
+        paged = since + (rows["OpenRiskNoInvalidatorConnected"]["hook"] or 0)
+
+        def held_back_firing():
+            keep_writing()
+            return stack.prom.state("OpenRiskInvalidatorTenantsHeldBack") == "firing"
+
+        held = bool(wait_until("tenants held back firing", held_back_firing, 20, 0.25))
+        time.sleep(2.5)
+        leaked = stack.webhook.any_between("OpenRiskInvalidatorTenantsHeldBack", paged, now())
+        R.check(f"{fault}: tenants held back fire in Prometheus but Alertmanager inhibits them",
+                held and not leaked, f"firing {held}, notifications {leaked}")
+        if held:
+            self.exercised.add("OpenRiskInvalidatorTenantsHeldBack")
         recovered = now()
         stack.redis.start()
         self.await_resolved(rows, recovered, 60)
@@ -192,15 +210,17 @@ class Faults(AlertWatch):
         fault = "reads of uncached pages (cache misses)"
         log(f"fault: {fault}")
         api = stack.api_client
-        # Distinct cacheable lists: pages past 10 are never cached (they would be bypasses, not misses).
-        pages = iter([(limit, page) for limit in range(1, 201) for page in range(1, 11)])
+        # Distinct cacheable lists, as many as the alert takes: pages past 10 are never cached (they
+        # would be bypasses, not misses), so limits and pages vary, then score floors too.
+        queries = (f"limit={limit}&page={page}" + (f"&min_score={floor}" if floor else "")
+                   for floor in range(0, 1001) for limit in range(1, 201) for page in range(1, 11))
         lock = threading.Lock()
 
         def misses():
             for _ in range(40):
                 with lock:
-                    limit, page = next(pages)
-                api.try_call("GET", "/api/v1/risks", f"/api/v1/risks?limit={limit}&page={page}")
+                    query = next(queries)
+                api.try_call("GET", "/api/v1/risks", f"/api/v1/risks?{query}")
 
         def hits():
             for _ in range(60):
@@ -232,19 +252,20 @@ class Faults(AlertWatch):
             "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation "
             "WHERE c.relname = 'risks' AND l.mode = 'AccessExclusiveLock' AND l.granted") == "1", 10, 0.05)
         since = now()
-        ids = iter(stack.workload.risks[100:] * 4)
-        lock = threading.Lock()
+        other_tenant = Api(stack.api_port, stack.bulk_token)
 
-        def reader():
+        def reader(client):
+            # A new id each time: never cached (a miss that reads the locked table, then 404 for
+            # an id of no risk), whatever earlier phases left in the cache.
             while now() - since < hold:
-                with lock:
-                    rid = next(ids)
-                api.try_call("GET", "/api/v1/risks/{id}", f"/api/v1/risks/{rid}")
+                client.try_call("GET", "/api/v1/risks/{id}", f"/api/v1/risks/{uuid.uuid4()}")
 
-        # 64 readers for a pool of 10: ten wait on the lock, the others for a connection until
+        # 64 readers, half of each of two tenants, for a pool of 10: each tenant's requests hold at
+        # most its share of the pool (8), so together they fill it. Ten wait on the lock, the
+        # others for a place of their tenant's (then 429) or for a connection until
         # pool.acquire_timeout_ms (5 s) and fail with 503, over and over.
         pool = concurrent.futures.ThreadPoolExecutor(64)
-        futures = [pool.submit(reader) for _ in range(64)]
+        futures = [pool.submit(reader, api if index % 2 else other_tenant) for index in range(64)]
         alerts = ["OpenRiskDbPoolSaturated", "OpenRiskSlowDatabaseQueries", "OpenRiskApiErrorRatioHigh",
                   "OpenRiskApiLatencyHigh"]
         rows = self.await_firing(fault, alerts, since, hold + 15)

@@ -70,6 +70,9 @@ class Stack:
         self.token = next(line.split(": ", 1)[1] for line in seeded.splitlines() if line.startswith("token: "))
         self.tenant = next(line.split(": ", 1)[1] for line in seeded.splitlines() if line.startswith("demo tenant: "))
         self.bulk_tenant = self.pg.value(f"SELECT id FROM tenants WHERE id <> '{self.tenant}' LIMIT 1")
+        # A viewer of the other tenant: a fault that must fill the pool needs two tenants, since
+        # one tenant's requests hold at most its share of it (three quarters).
+        self.bulk_token = self.run_api("token", "create", "--tenant", self.bulk_tenant, "--role", "viewer").strip()
         # The seed's outbox rows predate every cache entry (Redis is empty): dropped, so that the
         # seeding transactions' length does not show up as invalidation lag.
         self.pg.sql("DELETE FROM cache_outbox")

@@ -99,6 +99,14 @@ pub async fn prepare_claim(client: &Client) -> Result<Statement, tokio_postgres:
     client.prepare(outbox::CLAIM).await
 }
 
+/// Begins the park leader's wake-up transaction, which idles until the wake-up (up to the poll
+/// interval) and must not be ended by a server or role default for idle transactions.
+pub async fn begin_parked(client: &mut Client) -> Result<Transaction<'_>, tokio_postgres::Error> {
+    let transaction = client.transaction().await?;
+    transaction.batch_execute(outbox::IDLE_BY_DESIGN).await?;
+    Ok(transaction)
+}
+
 /// Claims up to `limit` events inside `transaction` (they stay claimed until it ends), and takes
 /// back up to `limit` of those moved aside, with the statement [`prepare_claim`] prepared on its
 /// connection, under the transaction's settings ([`outbox::CLAIMING_TRANSACTION`], sent in the

@@ -161,14 +161,6 @@ async fn wake_or_poll(wakeups: Option<&Wakeups>, held_back: &HeldBack, poll: Dur
     }
 }
 
-/// Begins the park leader's wake-up transaction, which idles until the wake-up (up to the poll
-/// interval) and must not be ended by a server or role default for idle transactions.
-async fn begin_parked(outbox: &mut Client) -> Result<Transaction<'_>, tokio_postgres::Error> {
-    let transaction = outbox.transaction().await?;
-    transaction.batch_execute(openrisk_shared::outbox::IDLE_BY_DESIGN).await?;
-    Ok(transaction)
-}
-
 /// The timeouts of the replica's Redis calls: `invalidator.redis_timeout_ms` for a reply, plus
 /// the replica wait for one that carries a `WAIT`.
 fn redis_timeouts(settings: &Settings, replica_ack: ReplicaAck) -> Timeouts {
@@ -522,7 +514,7 @@ impl Worker {
         // The wake-up's claim runs in a transaction begun before the wait, which spares the
         // wake-up a round trip; until that claim it holds no lock, snapshot or transaction id.
         let Links { outbox, claim, redis } = links;
-        let woken_by = match begin_parked(outbox).await {
+        let woken_by = match outbox::begin_parked(outbox).await {
             Ok(transaction) => {
                 wake_or_poll(Some(wakeups), &self.held_back, poll, shutdown).await;
                 // Writers notify while the replica stays parked, so applying the first batch
