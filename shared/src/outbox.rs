@@ -65,6 +65,12 @@ macro_rules! batch_columns {
 /// tenants waiting there are listed by a loose scan of its index (one probe per tenant), so
 /// taking none back costs a claim one probe per held tenant, however many events wait.
 ///
+/// `$2` is read as a set (`IN (SELECT unnest($2))`), which Postgres hashes once per claim. As
+/// `= ANY ($2)` and `<> ALL ($2)` under the generic plan it was compared element by element for
+/// every tenant listed and every row claimed: a master down with 5,000 of its tenants held made
+/// each claim 61 ms instead of 13 ms (one probe per held tenant is what is left), and a held
+/// replica claims on every probe that comes due.
+///
 /// The ids are picked once, as an array (an init plan, run once), and the deletion finds them
 /// by primary key. Two other forms went wrong. As `id IN (SELECT … LIMIT $1 FOR UPDATE SKIP
 /// LOCKED)` the planner may choose a nested-loop semi-join that re-runs the subquery for every
@@ -106,7 +112,7 @@ pub const CLAIM: &str = concat!(
     moved AS (
         INSERT INTO cache_outbox_held (id, tenant_id, table_name, op, tags, txid, created_at, committed_at)
         SELECT id, tenant_id, table_name, op, tags, txid, created_at, committed_at
-        FROM claimed WHERE tenant_id = ANY ($2::uuid[])),
+        FROM claimed WHERE tenant_id IN (SELECT unnest($2::uuid[]))),
     aside (tenant_id) AS (
         (SELECT tenant_id FROM cache_outbox_held ORDER BY tenant_id LIMIT 1)
         UNION ALL
@@ -116,7 +122,8 @@ pub const CLAIM: &str = concat!(
         DELETE FROM cache_outbox_held o
         WHERE o.id = ANY (ARRAY(SELECT id FROM cache_outbox_held
                                 WHERE tenant_id = ANY (ARRAY(SELECT tenant_id FROM aside
-                                                             WHERE tenant_id IS NOT NULL AND tenant_id <> ALL ($2::uuid[])))
+                                                             WHERE tenant_id IS NOT NULL
+                                                               AND tenant_id NOT IN (SELECT unnest($2::uuid[]))))
                                 LIMIT $1 FOR UPDATE SKIP LOCKED))
         RETURNING ",
     held_row_columns!(),
@@ -124,7 +131,7 @@ pub const CLAIM: &str = concat!(
     batch_columns!(),
     ",
            c.moved_aside
-    FROM (SELECT *, tenant_id = ANY ($2::uuid[]) AS moved_aside FROM claimed
+    FROM (SELECT *, tenant_id IN (SELECT unnest($2::uuid[])) AS moved_aside FROM claimed
           UNION ALL
           SELECT *, false FROM taken_back) c
     ORDER BY c.id"
