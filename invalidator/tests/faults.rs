@@ -56,13 +56,9 @@ async fn replicas_share_the_outbox(replicas: usize) {
     }
 }
 
-/// A claim takes at most its limit, the oldest rows, whatever plan Postgres picks. With the plan
-/// that re-runs the picking subquery for every outbox row (Postgres chooses it while the outbox's
-/// statistics still say "empty"), a claim written as `id IN (SELECT … LIMIT n FOR UPDATE SKIP
-/// LOCKED)` took the whole outbox, in quadratic time.
 /// A database whose default ends transactions idle for 300 ms: a parked replica's wake-up
 /// transaction idles for as long as the park lasts, and each batch's while Redis answers. The
-/// replica's session opts out, so a write after a long park is applied at once, without a
+/// replica's transactions opt out, so a write after a long park is applied at once, without a
 /// failed claim and a reconnection first.
 #[tokio::test]
 async fn a_short_idle_in_transaction_timeout_of_the_database_does_not_end_a_parked_replicas_session() {
@@ -102,6 +98,10 @@ async fn a_replica_that_cannot_sample_its_backlog_stops_saying_ready() {
     assert!(running.shutdown(WAIT).await);
 }
 
+/// A claim takes at most its limit, the oldest rows, whatever plan Postgres picks. With the plan
+/// that re-runs the picking subquery for every outbox row (Postgres chooses it while the outbox's
+/// statistics still say "empty"), a claim written as `id IN (SELECT … LIMIT n FOR UPDATE SKIP
+/// LOCKED)` took the whole outbox, in quadratic time.
 #[tokio::test]
 async fn a_claim_takes_at_most_its_limit_whatever_the_plan() {
     let h = Harness::new().await;
