@@ -12,7 +12,6 @@ differs and exits 1, or exits 0 silently. Needs PyYAML only.
 """
 
 import datetime
-import glob
 import json
 import os
 import re
@@ -26,22 +25,16 @@ import urllib.request
 
 import yaml
 
+from validate import alert_rules
+
 DEPLOYMENT = os.path.dirname(os.path.abspath(__file__))
 CONFIG = os.path.join(DEPLOYMENT, "alertmanager", "alertmanager.yml")
 CASES = os.path.join(DEPLOYMENT, "alertmanager", "inhibitions.yml")
-RULES = os.path.join(DEPLOYMENT, "prometheus", "rules", "*.yml")
 
 
 def rule_labels():
     """Each alert's labels as its rule sets them (severity, service), by alert name."""
-    labels = {}
-    for path in sorted(glob.glob(RULES)):
-        with open(path) as handle:
-            for group in (yaml.safe_load(handle) or {}).get("groups", []):
-                for rule in group.get("rules", []):
-                    if "alert" in rule:
-                        labels[rule["alert"]] = dict(rule.get("labels", {}))
-    return labels
+    return {name: dict(rule.get("labels", {})) for name, rule in alert_rules().items()}
 
 
 def free_port():

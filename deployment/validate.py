@@ -463,15 +463,21 @@ def github_anchor(heading):
     return slug.replace(" ", "-")
 
 
-def check_alerts():
-    docs = open(os.path.join(ROOT, "docs", "operations.md")).read()
-    anchors = {github_anchor(h) for h in re.findall(r"^#+\s+(.*)$", docs, re.M)}
+def alert_rules():
+    """Every alerting rule of prometheus/rules/, by alert name (also read by inhibitions.py)."""
     alerts = {}
     for path in sorted(glob.glob(os.path.join(DEPLOYMENT, "prometheus", "rules", "*.yml"))):
         for group in yaml.safe_load(open(path)).get("groups", []):
             for rule in group.get("rules", []):
                 if "alert" in rule:
                     alerts[rule["alert"]] = rule
+    return alerts
+
+
+def check_alerts():
+    docs = open(os.path.join(ROOT, "docs", "operations.md")).read()
+    anchors = {github_anchor(h) for h in re.findall(r"^#+\s+(.*)$", docs, re.M)}
+    alerts = alert_rules()
     if not alerts:
         problem("alerts: no alerting rules found")
     for name, rule in alerts.items():
