@@ -347,6 +347,22 @@ pub async fn create_token(
     Ok((model.id, token))
 }
 
+/// Whether the tenant has the token `id`, not revoked: what a conditional revocation is checked
+/// against.
+pub async fn token_is_live(db: &impl ConnectionTrait, id: Uuid, tenant: Uuid) -> Result<bool, DbErr> {
+    #[derive(FromQueryResult)]
+    struct Live {
+        live: bool,
+    }
+    let live = Live::find_by_statement(stmt(
+        "SELECT EXISTS (SELECT 1 FROM api_tokens WHERE id = $1 AND tenant_id = $2 AND revoked_at IS NULL) AS live",
+        [id.into(), tenant.into()],
+    ))
+    .one(db)
+    .await?;
+    Ok(live.is_some_and(|row| row.live))
+}
+
 /// Revokes a token (of `tenant` when given). Returns its hash when a live token was revoked.
 pub async fn revoke_token(db: &impl ConnectionTrait, id: Uuid, tenant: Option<Uuid>) -> Result<Option<Vec<u8>>, DbErr> {
     #[derive(FromQueryResult)]

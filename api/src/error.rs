@@ -82,10 +82,12 @@ pub enum ApiError {
     Conflict(Json<Problem>),
     /// A precondition is false: `If-Match` names no current representation (the resource changed
     /// since the client read it), or a conditional write's `If-None-Match` names the current
-    /// one. `ETag` carries the current entity tag; read the resource again before retrying.
+    /// one. `ETag` carries the current entity tag; read the resource again before retrying. A
+    /// resource without a tag of its own (a sub-action, a link, a token) answers without `ETag`:
+    /// `If-Match` there can only be `*`, and `If-None-Match: *` refuses one that exists.
     #[oai(status = 412, content_type = "application/problem+json")]
     #[error("precondition failed: {}", .0.detail)]
-    PreconditionFailed(Json<Problem>, #[oai(header = "ETag")] String),
+    PreconditionFailed(Json<Problem>, #[oai(header = "ETag")] Option<String>),
     /// The request body is larger than the API accepts.
     #[oai(status = 413, content_type = "application/problem+json")]
     #[error("payload too large: {}", .0.detail)]
@@ -137,14 +139,32 @@ impl ApiError {
     /// 412 for an `If-Match` that names none of the resource's current entity tag, given.
     pub fn precondition_failed(current_etag: String) -> Self {
         let detail = "the resource changed since the entity tag in If-Match was read; read it again and retry";
-        Self::PreconditionFailed(Json(Problem::new(StatusCode::PRECONDITION_FAILED, detail)), current_etag)
+        Self::PreconditionFailed(Json(Problem::new(StatusCode::PRECONDITION_FAILED, detail)), Some(current_etag))
     }
 
     /// 412 for a write whose `If-None-Match` names the resource's current entity tag, given (or is
     /// `*`, and the resource exists).
     pub fn representation_exists(current_etag: String) -> Self {
         let detail = "the resource exists with an entity tag that If-None-Match names; nothing was changed";
-        Self::PreconditionFailed(Json(Problem::new(StatusCode::PRECONDITION_FAILED, detail)), current_etag)
+        Self::PreconditionFailed(Json(Problem::new(StatusCode::PRECONDITION_FAILED, detail)), Some(current_etag))
+    }
+
+    /// 412 for an `If-Match` on a resource without an entity tag: only `*` can match one, and only
+    /// when it exists (`exists`).
+    pub fn no_tag_to_match(exists: bool) -> Self {
+        let detail = if exists {
+            "this resource has no entity tag, so If-Match can only be *; nothing was changed"
+        } else {
+            "If-Match asks for a current representation and this resource does not exist yet; nothing was changed"
+        };
+        Self::PreconditionFailed(Json(Problem::new(StatusCode::PRECONDITION_FAILED, detail)), None)
+    }
+
+    /// 412 for a write whose `If-None-Match` is `*` on a resource without an entity tag that
+    /// exists.
+    pub fn untagged_exists() -> Self {
+        let detail = "the resource exists and If-None-Match is *; nothing was changed";
+        Self::PreconditionFailed(Json(Problem::new(StatusCode::PRECONDITION_FAILED, detail)), None)
     }
 
     pub fn unprocessable(detail: impl Into<String>) -> Self {

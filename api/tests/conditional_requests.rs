@@ -1,11 +1,12 @@
 //! Conditional requests (RFC 9110 §13) as clients make them: `If-Match` on writes and reads,
-//! `If-None-Match` on writes (on reads, with the cache, in `hardening.rs` and `hit_path.rs`).
+//! `If-None-Match` on writes (on reads, with the cache, in `hardening.rs` and `hit_path.rs`), and
+//! both on writes of what has no entity tag (sub-actions, links, tokens).
 
 mod common;
 
 use common::{assert_problem, spawn_app};
 use reqwest::{Method, StatusCode};
-use serde_json::json;
+use serde_json::{Value, json};
 
 #[tokio::test]
 async fn writes_with_a_stale_if_match_are_refused_412_with_the_current_tag_and_a_change_answers_with_the_next_one() {
@@ -74,8 +75,10 @@ async fn a_read_whose_if_match_fails_and_a_write_whose_if_none_match_holds_are_r
             assert_eq!(etag.as_ref(), Some(&current), "{method} {path} with {conditions:?} names the current tag");
         }
     }
-    // A read without an entity tag has nothing If-Match could name.
-    let (tokens, _) = status(Method::GET, "/api/v1/tokens", &app.a.admin, &[("if-match", "\"stale\"")]).await;
+    // A read without an entity tag matches only `*`.
+    let (tokens, etag) = status(Method::GET, "/api/v1/tokens", &app.a.admin, &[("if-match", "\"stale\"")]).await;
+    assert_eq!((tokens, etag), (StatusCode::PRECONDITION_FAILED, None));
+    let (tokens, _) = status(Method::GET, "/api/v1/tokens", &app.a.admin, &[("if-match", "*")]).await;
     assert_eq!(tokens, StatusCode::OK);
 
     for (path, change) in [
@@ -100,4 +103,71 @@ async fn a_read_whose_if_match_fails_and_a_write_whose_if_none_match_holds_are_r
         assert_eq!(changed.send().await.unwrap().status(), StatusCode::OK, "PATCH {path} naming another tag");
         assert_eq!(status(Method::DELETE, path, analyst, &other).await.0, StatusCode::NO_CONTENT, "{path}");
     }
+}
+
+#[tokio::test]
+async fn writes_of_sub_actions_links_and_tokens_which_have_no_tag_hold_only_for_a_star() {
+    let app = spawn_app().await;
+    let (analyst, admin) = (&app.a.analyst, &app.a.admin);
+    let paths = app.create_risk_mitigation_and_asset("Untagged").await;
+    let send = async |method: Method, path: &str, token: &str, condition: (&str, &str), body: Option<Value>| {
+        let request = app.request(method, path, token).header(condition.0, condition.1);
+        let response = match body {
+            Some(body) => request.json(&body),
+            None => request,
+        };
+        let response = response.send().await.unwrap();
+        (response.status(), response.headers().get("etag").is_some())
+    };
+    let refused = (StatusCode::PRECONDITION_FAILED, false);
+    let mitigation_tag = app.etag(&paths.mitigation).await;
+
+    let subactions = format!("{}/subactions", paths.mitigation);
+    let created: Value =
+        app.send_json(Method::POST, &subactions, analyst, json!({"title": "S"})).await.json().await.unwrap();
+    let subaction = format!("{}/subactions/{}", paths.mitigation, created["id"].as_str().unwrap());
+    let title = json!({"title": "T"});
+    let stored =
+        async || app.count("SELECT count(*) FROM mitigation_subactions WHERE title = 'S' AND NOT completed").await;
+    for condition in [("if-match", mitigation_tag.as_str()), ("if-match", "\"x\""), ("if-none-match", "*")] {
+        assert_eq!(
+            send(Method::PATCH, &subaction, analyst, condition, Some(title.clone())).await,
+            refused,
+            "{condition:?}"
+        );
+        let toggle = format!("{subaction}/toggle");
+        assert_eq!(send(Method::POST, &toggle, analyst, condition, None).await, refused, "{condition:?}");
+        assert_eq!(send(Method::DELETE, &subaction, analyst, condition, None).await, refused, "{condition:?}");
+        assert_eq!(stored().await, 1, "a refused write of a sub-action changes nothing ({condition:?})");
+    }
+    let changed = send(Method::PATCH, &subaction, analyst, ("if-match", "*"), Some(title)).await;
+    assert_eq!(changed.0, StatusCode::OK);
+    assert_eq!(
+        send(Method::DELETE, &subaction, analyst, ("if-none-match", "\"x\""), None).await.0,
+        StatusCode::NO_CONTENT
+    );
+
+    let link = format!("{}/assets/{}", paths.risk, common::id_of(&paths.asset));
+    let linked = async || app.count("SELECT count(*) FROM risk_assets").await;
+    assert_eq!(send(Method::PUT, &link, analyst, ("if-match", "*"), None).await, refused, "If-Match asks for a link");
+    assert_eq!(linked().await, 0, "a refused link is rolled back");
+    assert_eq!(send(Method::PUT, &link, analyst, ("if-none-match", "*"), None).await.0, StatusCode::NO_CONTENT);
+    assert_eq!(send(Method::PUT, &link, analyst, ("if-none-match", "*"), None).await, refused, "the link exists");
+    assert_eq!(send(Method::PUT, &link, analyst, ("if-match", "*"), None).await.0, StatusCode::NO_CONTENT);
+    assert_eq!(send(Method::DELETE, &link, analyst, ("if-match", "\"x\""), None).await, refused);
+    assert_eq!(linked().await, 1, "a refused unlink is rolled back");
+    assert_eq!(send(Method::DELETE, &link, analyst, ("if-match", "*"), None).await.0, StatusCode::NO_CONTENT);
+
+    let token = app.send_json(Method::POST, "/api/v1/tokens", admin, json!({"role": "viewer"})).await;
+    let token: Value = token.json().await.unwrap();
+    let revoke = format!("/api/v1/tokens/{}", token["id"].as_str().unwrap());
+    let live = async || app.count("SELECT count(*) FROM api_tokens WHERE revoked_at IS NULL").await;
+    let before = live().await;
+    for condition in [("if-match", "\"x\""), ("if-none-match", "*")] {
+        assert_eq!(send(Method::DELETE, &revoke, admin, condition, None).await, refused, "{condition:?}");
+    }
+    assert_eq!(live().await, before, "a refused revocation revokes nothing");
+    assert_eq!(send(Method::DELETE, &revoke, admin, ("if-match", "*"), None).await.0, StatusCode::NO_CONTENT);
+    let gone = send(Method::DELETE, &revoke, admin, ("if-none-match", "*"), None).await;
+    assert_eq!(gone.0, StatusCode::NOT_FOUND, "a token revoked is not there for a precondition to refuse");
 }

@@ -322,8 +322,19 @@ fn live_risk(tenant: Uuid, risk: Uuid) -> SelectStatement {
         .to_owned()
 }
 
-/// Links a live risk and an asset of the tenant (idempotent). False when either is missing.
-pub async fn link_asset(db: &impl ConnectionTrait, tenant: Uuid, risk: Uuid, asset: Uuid) -> Result<bool, DbErr> {
+/// What linking a risk and an asset found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Linking {
+    /// They were not linked; now they are.
+    Made,
+    /// They were linked already, and stay so.
+    Kept,
+    /// The tenant has no such live risk or no such asset.
+    SideMissing,
+}
+
+/// Links a live risk and an asset of the tenant (idempotent).
+pub async fn link_asset(db: &impl ConnectionTrait, tenant: Uuid, risk: Uuid, asset: Uuid) -> Result<Linking, DbErr> {
     let linked = db
         .execute_raw(stmt(
             "INSERT INTO risk_assets (tenant_id, risk_id, asset_id) \
@@ -334,7 +345,7 @@ pub async fn link_asset(db: &impl ConnectionTrait, tenant: Uuid, risk: Uuid, ass
         ))
         .await?;
     if linked.rows_affected() == 1 {
-        return Ok(true);
+        return Ok(Linking::Made);
     }
     // Nothing inserted: either it was already linked or a side is missing.
     #[derive(FromQueryResult)]
@@ -348,7 +359,7 @@ pub async fn link_asset(db: &impl ConnectionTrait, tenant: Uuid, risk: Uuid, ass
     ))
     .one(db)
     .await?;
-    Ok(exists.is_some_and(|row| row.present))
+    Ok(if exists.is_some_and(|row| row.present) { Linking::Kept } else { Linking::SideMissing })
 }
 
 /// Removes the link between a live risk and an asset; false when there was none.

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use poem::http::StatusCode;
 use poem_openapi::param::{Header, Path, Query};
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, OpenApi};
@@ -13,8 +14,9 @@ use crate::app::AppState;
 use crate::db::assets::AssetFilter;
 use crate::db::entities::assets;
 use crate::db::replicas::Reader;
+use crate::db::risks::{self, Linking};
 use crate::db::writes;
-use crate::error::{ApiError, OrNotFound};
+use crate::error::{ApiError, OrNotFound, Problem};
 use crate::filters::{LabelFilter, SearchText};
 use crate::model::{Asset, AssetCreate, AssetPage, AssetPatch, Criticality, enum_text};
 use crate::paging::{PageNumber, PageSize};
@@ -230,28 +232,33 @@ enum LinkChange {
     Unlink,
 }
 
-/// Links or unlinks a risk and an asset in one write; 404 when there was nothing to change.
+/// Links or unlinks a risk and an asset in one write; 404 when there was nothing to change, 412
+/// when the request's preconditions refuse the change (a link has no entity tag, so `If-Match: *`
+/// asks that it exist and `If-None-Match: *` that it not).
 async fn change_link(caller: &Caller, risk: Uuid, asset: Uuid, change: LinkChange) -> Result<NoContent, ApiError> {
+    let missing = |detail: String| ApiError::NotFound(Json(Problem::new(StatusCode::NOT_FOUND, detail)));
     caller
         .write(async |write| {
-            let (changed, missing) = match change {
-                LinkChange::Link => (
-                    write
-                        .timed("asset_link", crate::db::risks::link_asset(&write.txn, write.tenant, risk, asset))
-                        .await?,
-                    format!("risk {risk} or asset {asset} does not exist"),
-                ),
-                LinkChange::Unlink => (
-                    write
-                        .timed("asset_unlink", crate::db::risks::unlink_asset(&write.txn, write.tenant, risk, asset))
-                        .await?,
-                    format!("risk {risk} is not linked to asset {asset}"),
-                ),
+            let existed = match change {
+                LinkChange::Link => {
+                    match write.timed("asset_link", risks::link_asset(&write.txn, write.tenant, risk, asset)).await? {
+                        Linking::Made => false,
+                        Linking::Kept => true,
+                        Linking::SideMissing => {
+                            return Err(missing(format!("risk {risk} or asset {asset} does not exist")));
+                        }
+                    }
+                }
+                LinkChange::Unlink => {
+                    let unlink = risks::unlink_asset(&write.txn, write.tenant, risk, asset);
+                    if !write.timed("asset_unlink", unlink).await? {
+                        return Err(missing(format!("risk {risk} is not linked to asset {asset}")));
+                    }
+                    true
+                }
             };
-            if !changed {
-                let problem = crate::error::Problem::new(poem::http::StatusCode::NOT_FOUND, missing);
-                return Err(ApiError::NotFound(Json(problem)));
-            }
+            // Checked after the change, in its transaction: a refusal rolls it back.
+            write.check_untagged(existed)?;
             Ok(NoContent::Done)
         })
         .await

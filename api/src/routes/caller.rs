@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
-use poem::http::{HeaderValue, header};
 use poem::web::Data;
 use poem::{FromRequest, Request, RequestBody};
 use poem_openapi::registry::Registry;
@@ -19,7 +18,7 @@ use super::{Cached, Caching, ListFilter, serve};
 use crate::app::AppState;
 use crate::auth::{BearerAuth, Principal, Role};
 use crate::cache::CacheableRead;
-use crate::conditional::WriteConditions;
+use crate::conditional::{RequestConditions, WriteConditions};
 use crate::db::replicas::Reader;
 use crate::error::ApiError;
 use crate::request_limits::Committing;
@@ -29,9 +28,9 @@ use crate::request_limits::Committing;
 pub(super) struct Caller {
     pub state: Arc<AppState>,
     pub principal: Principal,
-    /// The request's `If-None-Match`, which a write evaluates although no write documents it
-    /// (a header value: copying it shares the request's bytes).
-    if_none_match: Option<HeaderValue>,
+    /// The request's `If-Match` and `If-None-Match`, which a write evaluates whether or not its
+    /// operation documents them.
+    conditions: RequestConditions,
     /// Told when the request's write is sent to be committed (a request that may write has one).
     committing: Option<Committing>,
 }
@@ -62,9 +61,9 @@ impl<'a> ApiExtractor<'a> for Caller {
         let state = Arc::clone(state);
         let BearerAuth(principal) =
             <BearerAuth as ApiExtractor>::from_request(request, body, ExtractParamOptions::default()).await?;
-        let if_none_match = request.headers().get(header::IF_NONE_MATCH).cloned();
+        let conditions = RequestConditions::of(request);
         let committing = request.extensions().get::<Committing>().cloned();
-        Ok(Self { state, principal, if_none_match, committing })
+        Ok(Self { state, principal, conditions, committing })
     }
 }
 
@@ -111,6 +110,11 @@ impl Caller {
         Ok(&self.state)
     }
 
+    /// The request's preconditions as sent, for a write that does not go through [`Caller::write`].
+    pub fn conditions(&self) -> WriteConditions<'_> {
+        self.conditions.as_sent()
+    }
+
     /// Notes that the request's write is about to be committed: from then on the request
     /// deadline waits for the database's answer (see [`Committing`]).
     pub fn begin_commit(&self) {
@@ -152,7 +156,7 @@ impl Caller {
             txn: self.state.db.begin().await?,
             state: Arc::clone(&self.state),
             tenant: self.tenant(),
-            if_none_match: self.if_none_match.clone(),
+            conditions: self.conditions.clone(),
         };
         match change(&write).await {
             Ok(changed) => {
@@ -180,15 +184,20 @@ pub(super) struct Write {
     pub txn: DatabaseTransaction,
     pub state: Arc<AppState>,
     pub tenant: Uuid,
-    if_none_match: Option<HeaderValue>,
+    conditions: RequestConditions,
 }
 
 impl Write {
-    /// The preconditions of a write of one resource: the operation's `if_match` and the request's
-    /// `If-None-Match`.
+    /// The preconditions of a write of one resource with an entity tag: the operation's
+    /// `if_match` and the request's `If-None-Match`.
     pub fn conditions<'a>(&'a self, if_match: Option<&'a str>) -> WriteConditions<'a> {
-        let if_none_match = self.if_none_match.as_ref().and_then(|value| value.to_str().ok());
-        WriteConditions { if_match, if_none_match }
+        WriteConditions { if_match, ..self.conditions.as_sent() }
+    }
+
+    /// Checks the request's preconditions against a resource without an entity tag that
+    /// `existed` before this write (see [`WriteConditions::check_untagged`]).
+    pub fn check_untagged(&self, existed: bool) -> Result<(), ApiError> {
+        self.conditions.as_sent().check_untagged(existed)
     }
 
     /// Runs one query of the write, timed under `name`.

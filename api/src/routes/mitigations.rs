@@ -278,10 +278,13 @@ struct SubActionRef {
 }
 
 impl SubActionRef {
-    /// The sub-action as `write` sees it; 404 when the path names none.
+    /// The sub-action as `write` sees it, locked; 404 when the path names none, 412 when the
+    /// request's preconditions refuse a change of it (it has no entity tag of its own).
     async fn find(self, write: &Write) -> Result<subactions::Model, ApiError> {
         let find = crate::db::risks::find_subaction(&write.txn, write.tenant, self.risk, self.mitigation, self.id);
-        write.timed("subaction_get", find).await?.or_not_found("sub-action", self.id)
+        let row = write.timed("subaction_get", find).await?.or_not_found("sub-action", self.id)?;
+        write.check_untagged(true)?;
+        Ok(row)
     }
 }
 

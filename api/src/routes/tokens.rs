@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use super::caller::Caller;
 use super::{ApiTags, NoContent};
-use crate::auth::{create_token, revoke_token};
+use crate::auth::{create_token, revoke_token, token_is_live};
 use crate::db::entities::api_tokens;
 use crate::error::ApiError;
 use crate::model::{TokenCreate, TokenCreated, TokenInfo};
@@ -79,6 +79,15 @@ impl TokensApi {
         id: Path<Uuid>,
     ) -> Result<NoContent, ApiError> {
         let state = caller.admin()?;
+        // A token has no entity tag: a condition that refuses a live one is answered before the
+        // revocation (one that is not live is a 404 either way, preconditions or not).
+        let conditions = caller.conditions();
+        if !conditions.is_empty() {
+            let live = token_is_live(&state.db.conn, id.0, caller.tenant());
+            if state.db.timed("token_find", live).await? {
+                conditions.check_untagged(true)?;
+            }
+        }
         caller.begin_commit();
         let revoked = state
             .db
