@@ -484,10 +484,15 @@ async fn a_patch_that_changes_nothing_keeps_the_resource_its_updated_at_and_its_
     let subaction: Value =
         app.send_json(Method::POST, &subactions, token, json!({"title": "S"})).await.json().await.unwrap();
     let subaction_path = format!("{subactions}/{}", subaction["id"].as_str().unwrap());
+    // Numbers in another notation than the one Postgres prints them in once stored (`15.0`, `0`,
+    // `0.00001`) are the same values.
+    let custom_fields: Value = serde_json::from_str(r#"{"x": 1.50e1, "y": [-0, 1e-5, {"z": 120e-1}]}"#).unwrap();
+    let stored = app.send_json(Method::PATCH, &paths.risk, token, json!({"custom_fields": custom_fields})).await;
+    assert_eq!(stored.status(), StatusCode::OK);
 
     // (what is patched, what shows it, the values it already has)
     for (path, shown_by, same_values) in [
-        (&paths.risk, &paths.risk, json!({"title": "Unchanged", "impact": 3})),
+        (&paths.risk, &paths.risk, json!({"title": "Unchanged", "impact": 3, "custom_fields": custom_fields})),
         (&paths.mitigation, &paths.mitigation, json!({"title": "M", "due_date": null})),
         (&subaction_path, &paths.mitigation, json!({"title": "S", "completed": false})),
         (&paths.asset, &paths.asset, json!({"name": "Unchanged", "criticality": "LOW"})),

@@ -62,9 +62,10 @@ fn texts(list: Vec<Text>) -> Vec<String> {
     list.into_iter().map(String::from).collect()
 }
 
-/// The custom fields as stored: a JSON object.
+/// The custom fields as stored: a JSON object, its numbers as Postgres prints them, so that a
+/// patch sending what is stored in another notation changes nothing.
 fn custom_fields_value(fields: std::collections::BTreeMap<String, serde_json::Value>) -> serde_json::Value {
-    serde_json::Value::Object(fields.into_iter().collect())
+    crate::model::custom_fields::as_stored(serde_json::Value::Object(fields.into_iter().collect()))
 }
 
 fn now() -> chrono::DateTime<chrono::FixedOffset> {

@@ -56,10 +56,16 @@ fn growth_of_all<'a>(values: impl IntoIterator<Item = &'a Value>) -> Result<u64,
     values.into_iter().try_fold(0, |sum: u64, value| Ok(sum.saturating_add(growth_of(value)?)))
 }
 
-/// The length of a JSON number written as `text` once Postgres prints it: every digit of its
-/// integer part, and as many decimals as it was written with less its exponent (`1.50e1` is
-/// `15.0`).
+/// The length of a JSON number written as `text` once Postgres prints it (see [`stored_number`]).
 fn stored_len(text: &str) -> Result<u64, CustomFieldsError> {
+    Ok(stored_number(text)?.len() as u64)
+}
+
+/// A JSON number written as `text`, as Postgres prints it back from `jsonb`: no exponent, the
+/// integer part without leading zeros, as many decimals as it was written with less its exponent
+/// (`1.50e1` is `15.0`, `120e-1` is `12.0`), and no sign on zero. Refused before anything is
+/// written out when it would have too many decimals or integer digits.
+fn stored_number(text: &str) -> Result<String, CustomFieldsError> {
     let (mantissa, exponent) = match text.split_once(['e', 'E']) {
         // An exponent too long for an i64 is out of range either way; saturate it.
         Some((mantissa, exponent)) => {
@@ -69,15 +75,57 @@ fn stored_len(text: &str) -> Result<u64, CustomFieldsError> {
         None => (text, 0),
     };
     let negative = mantissa.starts_with('-');
-    let (whole, fraction) =
-        mantissa.trim_start_matches('-').split_once('.').unwrap_or((mantissa.trim_start_matches('-'), ""));
-    let decimals = (fraction.len() as i64).saturating_sub(exponent).max(0) as u64;
-    if decimals > MOST_DECIMALS {
+    let unsigned = mantissa.trim_start_matches('-');
+    let (whole, fraction) = unsigned.split_once('.').unwrap_or((unsigned, ""));
+    let decimals = (fraction.len() as i64).saturating_sub(exponent).max(0);
+    if decimals as u64 > MOST_DECIMALS {
         return Err(CustomFieldsError::TooPrecise);
     }
-    let whole_digits = (whole.len() as i64).saturating_add(exponent).max(1) as u64;
-    let point = if decimals > 0 { 1 + decimals } else { 0 };
-    Ok(u64::from(negative) + whole_digits + point)
+    let digits: Vec<u8> = whole.bytes().chain(fraction.bytes()).collect();
+    // The decimal point stands before `digits[point]`, which may lie outside `digits`.
+    let point = (whole.len() as i64).saturating_add(exponent);
+    let zero = digits.iter().all(|digit| *digit == b'0');
+    // Zero has no integer digit but the one printed for it, however far its exponent shifts it.
+    let leading_zeros = if zero { i64::MAX } else { digits.iter().take_while(|digit| **digit == b'0').count() as i64 };
+    let integer_digits = point.saturating_sub(leading_zeros).max(0);
+    if integer_digits > MOST_INTEGER_DIGITS {
+        return Err(CustomFieldsError::OutOfRange);
+    }
+    let digit_at =
+        |position: i64| usize::try_from(position).ok().and_then(|at| digits.get(at)).map_or('0', |d| *d as char);
+    let mut printed = String::new();
+    if negative && !zero {
+        printed.push('-');
+    }
+    if integer_digits == 0 {
+        printed.push('0');
+    }
+    printed.extend((point - integer_digits..point).map(digit_at));
+    if decimals > 0 {
+        printed.push('.');
+        printed.extend((point..point + decimals).map(digit_at));
+    }
+    Ok(printed)
+}
+
+/// Most digits of a number's integer part: [`NUMBER_LIMIT`] has 301.
+const MOST_INTEGER_DIGITS: i64 = 301;
+
+/// `value` with every number written as Postgres prints it once stored (see [`stored_number`]), so
+/// that a change can be compared with what is stored: `1.50e1` sent over a stored `15.0` changes
+/// nothing. A number that cannot be stored stays as sent (checking refuses it).
+pub fn as_stored(value: Value) -> Value {
+    match value {
+        Value::Number(number) => {
+            let printed = stored_number(&number.to_string()).ok().and_then(|printed| printed.parse().ok());
+            Value::Number(printed.unwrap_or(number))
+        }
+        Value::Array(items) => Value::Array(items.into_iter().map(as_stored).collect()),
+        Value::Object(fields) => {
+            Value::Object(fields.into_iter().map(|(name, value)| (name, as_stored(value))).collect())
+        }
+        other => other,
+    }
 }
 
 #[cfg(test)]
@@ -104,6 +152,34 @@ mod tests {
         }
         assert_eq!(stored_len(&number("1e300").to_string()), Ok(301));
         assert_eq!(stored_len(&number("1e-300").to_string()), Ok(302));
+    }
+
+    #[test]
+    fn numbers_are_written_as_postgres_prints_them_once_stored() {
+        // As `SELECT '{…}'::jsonb::text` prints them on Postgres 15.
+        for (sent, printed) in [
+            ("15", "15"),
+            ("1.50e1", "15.0"),
+            ("-0", "0"),
+            ("-0.0", "0.0"),
+            ("1e-5", "0.00001"),
+            ("1E+2", "100"),
+            ("0.00", "0.00"),
+            ("-1.5e-3", "-0.0015"),
+            ("120e-1", "12.0"),
+            ("1e0", "1"),
+            ("1.0e1", "10"),
+            ("5e-1", "0.5"),
+            ("0e5", "0"),
+            ("0e99999999", "0"),
+            ("-0e-2", "0.00"),
+            ("10.50", "10.50"),
+            ("0.0012e3", "1.2"),
+        ] {
+            assert_eq!(stored_number(&number(sent).to_string()).as_deref(), Ok(printed), "{sent}");
+        }
+        let sent: Value = serde_json::from_str(r#"{"a": [1.50e1, {"b": -0}], "c": "1e1"}"#).unwrap();
+        assert_eq!(as_stored(sent).to_string(), r#"{"a":[15.0,{"b":0}],"c":"1e1"}"#);
     }
 
     #[test]
