@@ -149,11 +149,11 @@ impl ApiError {
         Self::PreconditionFailed(Json(Problem::new(StatusCode::PRECONDITION_FAILED, detail)), Some(current_etag))
     }
 
-    /// 412 for an `If-Match` on a resource without an entity tag: only `*` can match one, and only
-    /// when it exists (`exists`).
+    /// 412 for an `If-Match` on a resource without an entity tag (or a create, which is not
+    /// compared with its collection's): only `*` can match one, and only when it exists (`exists`).
     pub fn no_tag_to_match(exists: bool) -> Self {
         let detail = if exists {
-            "this resource has no entity tag, so If-Match can only be *; nothing was changed"
+            "no entity tag of this resource is compared here, so If-Match can only be *; nothing was changed"
         } else {
             "If-Match asks for a current representation and this resource does not exist yet; nothing was changed"
         };

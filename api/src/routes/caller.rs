@@ -200,6 +200,12 @@ impl Write {
         self.conditions.as_sent().check_untagged(existed)
     }
 
+    /// Checks the request's preconditions for a create, whose target is the collection: it exists
+    /// (its parent was found), and no tag of it is compared here.
+    pub fn check_create(&self) -> Result<(), ApiError> {
+        self.check_untagged(true)
+    }
+
     /// Runs one query of the write, timed under `name`.
     pub async fn timed<T>(&self, name: &str, query: impl Future<Output = T>) -> T {
         self.state.db.timed(name, query).await
