@@ -100,6 +100,19 @@ async fn a_sub_action_added_while_its_mitigation_is_deleted_is_a_404_not_a_forei
     assert_eq!(app.count("SELECT count(*) FROM mitigation_subactions").await, 0);
 }
 
+#[tokio::test]
+async fn a_link_made_while_its_asset_is_deleted_is_a_404_not_a_foreign_key_error() {
+    let app = spawn_app().await;
+    let token = &app.a.analyst;
+    let risk_path = app.create_risk_path(token, "Linked").await;
+    let asset = app.create_asset(token, "Going", "LOW").await;
+    let asset_id: uuid::Uuid = asset["id"].as_str().unwrap().parse().unwrap();
+    let link = app.link_asset(token, &risk_path, &asset);
+    let response = answer_while_deleted(&app, "DELETE FROM assets WHERE id = $1", asset_id, link).await;
+    assert_problem(response, StatusCode::NOT_FOUND).await;
+    assert_eq!(app.count("SELECT count(*) FROM risk_assets").await, 0);
+}
+
 /// A mitigation another transaction deleted first is a 404 to a `DELETE`, and to a `PATCH` that
 /// changes nothing: a client told 204 or 200 believes the mitigation is still there or that its
 /// own delete took effect.
