@@ -298,6 +298,23 @@ async fn searches_find_titles_by_their_exact_non_ascii_text() {
 }
 
 #[tokio::test]
+async fn a_search_matches_a_title_or_a_description_never_text_spanning_the_two() {
+    let app = spawn_app().await;
+    let token = &app.a.analyst;
+    let created = app.send_json(
+        Method::POST,
+        "/api/v1/risks",
+        token,
+        json!({"title": "alpha", "description": "bravo", "impact": 1, "probability": 1}),
+    );
+    assert_eq!(created.await.status(), StatusCode::CREATED);
+    for (query, total) in [("pha", 1), ("rav", 1), ("ALPHA", 1), ("ha br", 0), ("ha%20br", 0), ("alphabravo", 0)] {
+        let page = app.get_json(&format!("/api/v1/risks?q={query}"), token).await;
+        assert_eq!(page["total"], total, "q={query}");
+    }
+}
+
+#[tokio::test]
 async fn a_deleted_risk_frees_its_external_id() {
     let app = spawn_app().await;
     let token = &app.a.analyst;

@@ -22,7 +22,7 @@ pub struct AssetFilter {
 /// One page of assets by name, and how many match in all.
 pub async fn list(db: &impl ConnectionTrait, tenant: Uuid, filter: &AssetFilter) -> Result<Page<assets::Model>, DbErr> {
     let mut conditions = Conditions::of_tenant(tenant);
-    conditions.search("name", filter.q.as_deref());
+    conditions.search(&["name"], filter.q.as_deref());
     conditions.add("criticality = ?", filter.criticality.as_ref().map(enum_text));
     conditions.add("asset_type = ?", filter.asset_type.clone());
     conditions.page::<assets::Entity>(db, "assets", "name, id", filter.page, filter.limit).await

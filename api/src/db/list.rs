@@ -35,13 +35,15 @@ impl Conditions {
         }
     }
 
-    /// Adds `text ILIKE` the search text, its LIKE wildcards escaped so it matches literally.
-    pub fn search(&mut self, text: &str, search: Option<&str>) {
+    /// Adds that one of `columns` contains the search text (`ILIKE`, its LIKE wildcards escaped
+    /// so it matches literally): each column on its own, so no match spans two of them.
+    pub fn search(&mut self, columns: &[&str], search: Option<&str>) {
         let pattern = search.map(|search| {
             let escaped = search.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
             format!("%{escaped}%")
         });
-        self.add(&format!("{text} ILIKE ?"), pattern);
+        let any_column: Vec<String> = columns.iter().map(|column| format!("{column} ILIKE ?")).collect();
+        self.add(&format!("({})", any_column.join(" OR ")), pattern);
     }
 
     /// One page of the rows of `table` that match, in `order`, and how many match in all: one

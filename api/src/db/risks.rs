@@ -110,7 +110,7 @@ impl std::fmt::Display for ScoreBound {
 pub async fn list(db: &impl ConnectionTrait, tenant: Uuid, filter: &RiskFilter) -> Result<Page<risks::Model>, DbErr> {
     let mut conditions = Conditions::of_tenant(tenant);
     conditions.always("deleted_at IS NULL");
-    conditions.search("(title || ' ' || description)", filter.q.as_deref());
+    conditions.search(&["title", "description"], filter.q.as_deref());
     conditions.add("status = ?", filter.status.as_ref().map(enum_text));
     conditions.add("severity = ?", filter.severity.as_ref().map(enum_text));
     conditions.add("score >= ?", filter.score.min.map(ScoreBound::value));
