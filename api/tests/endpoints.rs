@@ -506,3 +506,46 @@ async fn a_patch_that_changes_nothing_keeps_the_resource_its_updated_at_and_its_
         assert_eq!(app.etag(shown_by).await, tag, "{path}: the entity tag as it was");
     }
 }
+
+/// `updated_at` moves whenever a row's content changes, whoever changes it (a PATCH, a trigger
+/// re-scoring a risk for its asset's new criticality, a program writing by SQL), stamped by the
+/// database's clock, the one `created_at` takes; an UPDATE that changes nothing, or only
+/// `updated_at`, keeps what it writes there.
+#[tokio::test]
+async fn updated_at_moves_with_every_change_of_a_row_whoever_makes_it() {
+    let app = spawn_app().await;
+    let token = &app.a.analyst;
+    let paths = app.create_risk_mitigation_and_asset("Stamped").await;
+    let subactions = format!("{}/subactions", paths.mitigation);
+    assert_eq!(
+        app.send_json(Method::POST, &subactions, token, json!({"title": "S"})).await.status(),
+        StatusCode::CREATED
+    );
+    let link = format!("{}/assets/{}", paths.risk, common::id_of(&paths.asset));
+    assert_eq!(app.request(Method::PUT, &link, token).send().await.unwrap().status(), StatusCode::NO_CONTENT);
+
+    let updated_at = async || {
+        let stamp = app.get_json(&paths.risk, token).await["updated_at"].as_str().unwrap().to_owned();
+        chrono::DateTime::parse_from_rfc3339(&stamp).unwrap()
+    };
+    let before = updated_at().await;
+    let criticality = app.send_json(Method::PATCH, &paths.asset, token, json!({"criticality": "HIGH"})).await;
+    assert_eq!(criticality.status(), StatusCode::OK);
+    let rescored = updated_at().await;
+    assert!(rescored > before, "re-scored by its asset's new criticality");
+    let renamed = app.send_json(Method::PATCH, &paths.risk, token, json!({"title": "Renamed"})).await;
+    assert_eq!(renamed.status(), StatusCode::OK);
+    assert!(updated_at().await > rescored, "changed by a PATCH");
+
+    for (table, text) in
+        [("risks", "title"), ("assets", "name"), ("mitigations", "title"), ("mitigation_subactions", "title")]
+    {
+        let moved = format!("SELECT count(*) FROM {table} WHERE updated_at > created_at");
+        app.sql(&format!("UPDATE {table} SET updated_at = created_at")).await;
+        assert_eq!(app.count(&moved).await, 0, "{table}: an UPDATE of updated_at alone keeps it");
+        app.sql(&format!("UPDATE {table} SET {text} = {text}")).await;
+        assert_eq!(app.count(&moved).await, 0, "{table}: an UPDATE that changes nothing keeps it");
+        app.sql(&format!("UPDATE {table} SET {text} = {text} || ' by SQL'")).await;
+        assert_eq!(app.count(&moved).await, 1, "{table}: a change by SQL moves it");
+    }
+}

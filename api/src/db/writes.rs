@@ -1,8 +1,8 @@
 //! The rows the write operations insert, change and delete, one function each. A create body
-//! becomes a row with its defaults; a PATCH body changes only the fields it carries and, when
-//! one of them differs from what is stored, moves `updated_at`. Bodies arrive checked (the routes
-//! refuse what Postgres could not store), and every function runs inside the caller's write
-//! transaction.
+//! becomes a row with its defaults; a PATCH body changes only the fields it carries (and, when
+//! one of them differs from what is stored, the database moves `updated_at`). Bodies arrive
+//! checked (the routes refuse what Postgres could not store), and every function runs inside the
+//! caller's write transaction.
 
 use chrono::NaiveDate;
 use poem_openapi::types::MaybeUndefined;
@@ -35,11 +35,11 @@ where
     }
 }
 
-/// Writes the fields of `row` that changed, with `updated_at` moved to now. A patch that changes
-/// nothing still runs the `UPDATE` (so the row is locked, and one deleted meanwhile is a 404),
-/// writing `updated_at` as it was: the capture trigger sees an identical row and writes no
-/// event, and the resource keeps its `updated_at` and its entity tag, so no client's `If-Match`
-/// goes stale.
+/// Writes the fields of `row` that changed; the database moves `updated_at` when one did
+/// (migration 0019, by its own clock, the one `created_at` takes). A patch that changes nothing
+/// still runs the `UPDATE` (so the row is locked, and one deleted meanwhile is a 404), writing
+/// `updated_at` as it was: the capture trigger sees an identical row and writes no event, and the
+/// resource keeps its `updated_at` and its entity tag, so no client's `If-Match` goes stale.
 async fn update_changed<A>(
     db: &impl ConnectionTrait,
     mut row: A,
@@ -49,11 +49,7 @@ where
     A: ActiveModelTrait + ActiveModelBehavior + Send,
     <A::Entity as EntityTrait>::Model: IntoActiveModel<A>,
 {
-    if row.is_changed() {
-        row.set(updated_at, now().into());
-    } else {
-        row.reset(updated_at);
-    }
+    row.reset(updated_at);
     row.update(db).await
 }
 
@@ -66,10 +62,6 @@ fn texts(list: Vec<Text>) -> Vec<String> {
 /// patch sending what is stored in another notation changes nothing.
 fn custom_fields_value(fields: std::collections::BTreeMap<String, serde_json::Value>) -> serde_json::Value {
     crate::model::custom_fields::as_stored(serde_json::Value::Object(fields.into_iter().collect()))
-}
-
-fn now() -> chrono::DateTime<chrono::FixedOffset> {
-    chrono::Utc::now().into()
 }
 
 pub async fn insert_risk(db: &impl ConnectionTrait, tenant: Uuid, body: RiskCreate) -> Result<risks::Model, DbErr> {
