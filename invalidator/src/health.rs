@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use poem::http::StatusCode;
 use poem::web::Data;
@@ -75,18 +75,23 @@ pub async fn sample_backlog(
 ) {
     let mut client = None;
     let mut failing = false;
+    let mut last_sample: Option<LastSample> = None;
     loop {
         match sample_once(&mut client, &database_url, &link).await {
             Ok((rows, oldest_age)) => {
                 metrics.outbox_backlog.set(rows);
                 metrics.oldest_event_age_seconds.set(oldest_age);
                 status.caught_up.store(oldest_age < ready_max_lag.as_secs_f64(), Ordering::Relaxed);
+                last_sample = Some(LastSample { taken: Instant::now(), oldest_age });
                 if std::mem::replace(&mut failing, false) {
                     tracing::info!("the outbox backlog is sampled again");
                 }
             }
             Err(error) => {
                 status.caught_up.store(false, Ordering::Relaxed);
+                if let Some(last) = &last_sample {
+                    metrics.oldest_event_age_seconds.set(last.oldest_age_bound());
+                }
                 if !std::mem::replace(&mut failing, true) {
                     tracing::warn!(%error, "cannot sample the outbox backlog; not ready until it can");
                 }
@@ -97,6 +102,22 @@ pub async fn sample_backlog(
             () = tokio::time::sleep(SAMPLE_EVERY) => {}
             () = shutdown.cancelled() => return,
         }
+    }
+}
+
+/// The last backlog sample that succeeded: when, and the age of the oldest event then.
+struct LastSample {
+    taken: Instant,
+    oldest_age: f64,
+}
+
+impl LastSample {
+    /// The most the oldest event pending now can have waited, while samples fail: it was pending
+    /// at the last sample, or committed since. The age gauge shows this rather than repeat the
+    /// last sample, so the age alert fires while a lock on the outbox stalls every claim and every
+    /// sample alike (the backlog gauge keeps its last value: it has no such bound).
+    fn oldest_age_bound(&self) -> f64 {
+        self.oldest_age + self.taken.elapsed().as_secs_f64()
     }
 }
 

@@ -81,7 +81,8 @@ async fn a_short_idle_in_transaction_timeout_of_the_database_does_not_end_a_park
 /// A lock on the outbox (a migration altering it, a `VACUUM FULL`) holds up the backlog's sample
 /// along with every claim. The sample is cancelled after a few seconds and counts as none, so
 /// `/readyz` stops answering 200 from the last good sample, and answers it again once the lock
-/// is gone.
+/// is gone; meanwhile the oldest event's age keeps growing from the last good sample, as the
+/// bound on it that it is, so the age alert can fire.
 #[tokio::test]
 async fn a_replica_that_cannot_sample_its_backlog_stops_saying_ready() {
     let h = Harness::new().await;
@@ -93,6 +94,14 @@ async fn a_replica_that_cannot_sample_its_backlog_stops_saying_ready() {
     let locker = h.db.connect().await;
     locker.batch_execute("BEGIN; LOCK TABLE cache_outbox_held IN ACCESS EXCLUSIVE MODE").await.unwrap();
     eventually("/readyz says 503 while the outbox is locked", WAIT, || async { status().await == 503 }).await;
+    let age = || async move {
+        let metrics = http_get(addr, "/metrics").await.1;
+        let sample =
+            metrics.lines().find_map(|line| line.strip_prefix("openrisk_invalidator_oldest_event_age_seconds "));
+        sample.expect("the age gauge is exported").trim().parse::<f64>().unwrap()
+    };
+    let unsampled = age().await;
+    eventually("the age grows while samples fail", WAIT, || async { age().await > unsampled + 1.0 }).await;
     locker.batch_execute("COMMIT").await.unwrap();
     eventually("ready again once the lock is gone", WAIT, || async { status().await == 200 }).await;
     assert!(running.shutdown(WAIT).await);
