@@ -26,7 +26,7 @@ pub mod stage {
     /// The claim query's round trip as this replica sees it. One per batch.
     pub const CLAIM: &str = "claim";
     /// From the claimed batch in hand to Redis confirming its invalidations (replica `WAIT`
-    /// included). One per batch.
+    /// included, and the held tenants' events applied before them). One per batch.
     pub const REDIS: &str = "redis";
 }
 

@@ -349,6 +349,8 @@ impl Worker {
         let held_back = self.held_back.sitting_out(claim_sent);
         self.probe_due(redis, claim_sent);
         let batch = outbox::claim(&transaction, claim, self.settings.invalidator.batch_size, &held_back).await?;
+        // Before the held tenants' events below: they delay this batch's, so the lag counts them.
+        let claimed_at = Instant::now();
         // After the claim, so that the events it moved aside are applied on their masters at once.
         self.apply_unreplicated(&transaction, redis).await?;
         if batch.is_empty() {
@@ -357,7 +359,6 @@ impl Worker {
             }
             return Ok(batch.moved_aside);
         }
-        let claimed_at = Instant::now();
         let span = tracing::Span::current();
         span.record("size", batch.len()).record("tenants", batch.tenants().as_str());
         let Applied { tags, reclaimable, failure, any_applied, newly_held } = self.apply(redis, &batch).await;
