@@ -509,8 +509,8 @@ async fn a_patch_that_changes_nothing_keeps_the_resource_its_updated_at_and_its_
 
 /// `updated_at` moves whenever a row's content changes, whoever changes it (a PATCH, a trigger
 /// re-scoring a risk for its asset's new criticality, a program writing by SQL), stamped by the
-/// database's clock, the one `created_at` takes; an UPDATE that changes nothing, or only
-/// `updated_at`, keeps what it writes there.
+/// database's clock, the one `created_at` takes; an UPDATE that changes nothing keeps it, and one
+/// that writes another `updated_at` itself keeps what it writes.
 #[tokio::test]
 async fn updated_at_moves_with_every_change_of_a_row_whoever_makes_it() {
     let app = spawn_app().await;
@@ -545,6 +545,9 @@ async fn updated_at_moves_with_every_change_of_a_row_whoever_makes_it() {
         assert_eq!(app.count(&moved).await, 0, "{table}: an UPDATE of updated_at alone keeps it");
         app.sql(&format!("UPDATE {table} SET {text} = {text}")).await;
         assert_eq!(app.count(&moved).await, 0, "{table}: an UPDATE that changes nothing keeps it");
+        let written = format!("UPDATE {table} SET {text} = {text} || '!', updated_at = created_at - interval '1 s'");
+        app.sql(&written).await;
+        assert_eq!(app.count(&moved).await, 0, "{table}: an UPDATE that writes updated_at keeps what it writes");
         app.sql(&format!("UPDATE {table} SET {text} = {text} || ' by SQL'")).await;
         assert_eq!(app.count(&moved).await, 1, "{table}: a change by SQL moves it");
     }
