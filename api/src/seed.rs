@@ -152,6 +152,11 @@ const SEED_STATEMENTS: &[&str] = &[
            FROM assets WHERE tenant_id = $1) AS a
        ON a.idx = (r.rn * 7 + k * 13) % a.n
      ON CONFLICT DO NOTHING",
+    // With row triggers on, re-scoring stamped the linked risks' `updated_at` (migration 0019):
+    // their last change goes back to the age the risks' insert gave it (days since creation,
+    // modulo 90; `now()` is the insert's), as the set-based path leaves it.
+    "UPDATE risks SET updated_at = now() - (extract(day FROM now() - created_at)::int % 90) * interval '1 day'
+     WHERE tenant_id = $1",
 ];
 
 /// With row triggers off: what the triggers would have derived from the seeded rows (scores

@@ -60,3 +60,40 @@ async fn seeded_data_is_consistent_the_demo_token_works_and_a_second_run_reuses_
     assert_eq!(list.status(), StatusCode::OK);
     assert_eq!(list.json::<Value>().await.unwrap()["total"], 120);
 }
+
+/// A database user without superuser rights seeds through the row triggers; what they derive is
+/// what the set-based path writes, last changes spread over time included (re-scoring by the
+/// links stamps `updated_at`, and the seed gives the risks back their ages).
+#[tokio::test]
+async fn seeding_through_the_triggers_derives_what_the_set_based_path_writes() {
+    let app = spawn_app().await;
+    let role = format!("seeder_{}", app.db.name);
+    app.sql(&format!(
+        "CREATE ROLE {role} LOGIN; GRANT ALL ON ALL TABLES IN SCHEMA public TO {role};
+         GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO {role}"
+    ))
+    .await;
+    let url = app.db.url.replacen("postgres@", &format!("{role}@"), 1);
+    let seeder = sea_orm::Database::connect(&url).await.unwrap();
+    let report = openrisk_api::seed::seed(&seeder, 1, 120, false).await.unwrap();
+    seeder.close().await.unwrap();
+    let tenant = report.tenants[0];
+
+    let count = |sql: &str| {
+        let sql = sql.replace("$1", &format!("'{tenant}'"));
+        let app = &app;
+        async move { app.count(&sql).await }
+    };
+    assert_eq!(
+        count(
+            "SELECT count(*) FROM risks WHERE tenant_id = $1 AND score <> risk_compute_score(id, impact, probability)"
+        )
+        .await,
+        0
+    );
+    assert_eq!(count("SELECT count(*) FROM risk_history WHERE tenant_id = $1 AND change_type = 'CREATED'").await, 120);
+    let linked_risks_last_changed_on = "SELECT count(DISTINCT updated_at::date) FROM risks r WHERE tenant_id = $1
+                                        AND EXISTS (SELECT 1 FROM risk_assets ra WHERE ra.risk_id = r.id)";
+    assert!(count(linked_risks_last_changed_on).await > 30, "last changes are spread over time");
+    app.sql(&format!("DROP OWNED BY {role}; DROP ROLE {role}")).await;
+}
