@@ -155,7 +155,7 @@ impl ApiError {
         let detail = if exists {
             "no entity tag of this resource is compared here, so If-Match can only be *; nothing was changed"
         } else {
-            "If-Match asks for a current representation and this resource does not exist yet; nothing was changed"
+            "If-Match asks for a current representation and this resource has none; nothing was changed"
         };
         Self::PreconditionFailed(Json(Problem::new(StatusCode::PRECONDITION_FAILED, detail)), None)
     }

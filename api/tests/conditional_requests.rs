@@ -140,22 +140,28 @@ async fn writes_of_sub_actions_links_and_tokens_which_have_no_tag_hold_only_for_
         assert_eq!(send(Method::DELETE, &subaction, analyst, condition, None).await, refused, "{condition:?}");
         assert_eq!(stored().await, 1, "a refused write of a sub-action changes nothing ({condition:?})");
     }
-    // A create is made in a collection, which exists and whose tag is not compared.
+    // A create targets its collection: risks, assets and tokens have one with a `GET` (whose tag
+    // is not compared), a risk's mitigations and a mitigation's sub-actions have none.
+    let listed = app.etag("/api/v1/risks").await;
     let creates = [
-        (subactions.as_str(), analyst, json!({"title": "S2"})),
-        (&format!("{}/mitigations", paths.risk), analyst, json!({"title": "M2"})),
-        ("/api/v1/risks", analyst, json!({"title": "R2", "impact": 1, "probability": 1})),
-        ("/api/v1/assets", analyst, json!({"name": "A2", "asset_type": "server", "criticality": "LOW"})),
-        ("/api/v1/tokens", admin, json!({"role": "viewer"})),
+        (subactions.as_str(), analyst, json!({"title": "S2"}), false),
+        (&format!("{}/mitigations", paths.risk), analyst, json!({"title": "M2"}), false),
+        ("/api/v1/risks", analyst, json!({"title": "R2", "impact": 1, "probability": 1}), true),
+        ("/api/v1/assets", analyst, json!({"name": "A2", "asset_type": "server", "criticality": "LOW"}), true),
+        ("/api/v1/tokens", admin, json!({"role": "viewer"}), true),
     ];
-    for (collection, token, body) in &creates {
-        let listed = app.etag("/api/v1/risks").await;
-        for condition in [("if-match", "\"x\""), ("if-match", listed.as_str()), ("if-none-match", "*")] {
+    for (collection, token, body, has_a_get) in &creates {
+        let (holds, fails) = if *has_a_get {
+            (("if-match", "*"), ("if-none-match", "*"))
+        } else {
+            (("if-none-match", "*"), ("if-match", "*"))
+        };
+        for condition in [("if-match", "\"x\""), ("if-match", listed.as_str()), fails] {
             let answered = send(Method::POST, collection, token, condition, Some(body.clone())).await;
             assert_eq!(answered, refused, "POST {collection} {condition:?}");
         }
-        let created = send(Method::POST, collection, token, ("if-match", "*"), Some(body.clone())).await;
-        assert_eq!(created.0, StatusCode::CREATED, "POST {collection} If-Match: *");
+        let created = send(Method::POST, collection, token, holds, Some(body.clone())).await;
+        assert_eq!(created.0, StatusCode::CREATED, "POST {collection} {holds:?}");
     }
     let made = "SELECT (SELECT count(*) FROM mitigation_subactions) + (SELECT count(*) FROM mitigations) \
                 + (SELECT count(*) FROM risks) + (SELECT count(*) FROM assets)";

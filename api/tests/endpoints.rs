@@ -535,7 +535,19 @@ async fn updated_at_moves_with_every_change_of_a_row_whoever_makes_it() {
     assert!(rescored > before, "re-scored by its asset's new criticality");
     let renamed = app.send_json(Method::PATCH, &paths.risk, token, json!({"title": "Renamed"})).await;
     assert_eq!(renamed.status(), StatusCode::OK);
-    assert!(updated_at().await > rescored, "changed by a PATCH");
+    let patched = updated_at().await;
+    assert!(patched > rescored, "changed by a PATCH");
+    // 15.0 over 15: equal as jsonb, but the body (and its entity tag) changes, so it is a change.
+    let set_x = async |x: &str| {
+        let fields: Value = serde_json::from_str(&format!(r#"{{"custom_fields": {{"x": {x}}}}}"#)).unwrap();
+        assert_eq!(app.send_json(Method::PATCH, &paths.risk, token, fields).await.status(), StatusCode::OK);
+        (app.etag(&paths.risk).await, updated_at().await)
+    };
+    let (_, fifteen) = set_x("15").await;
+    assert!(fifteen > patched);
+    let (tag, renotated) = set_x("15.0").await;
+    assert!(renotated > fifteen, "a number written another way is a change");
+    assert_eq!(set_x("15.0").await, (tag, renotated), "the same again changes nothing");
 
     for (table, text) in
         [("risks", "title"), ("assets", "name"), ("mitigations", "title"), ("mitigation_subactions", "title")]

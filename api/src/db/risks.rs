@@ -335,14 +335,18 @@ pub enum Linking {
 
 /// Links a live risk and an asset of the tenant (idempotent). Both rows are locked as they are
 /// read, so a delete of either committing meanwhile is waited for and makes the link's side
-/// missing (a 404), rather than breaking the foreign key (which would read as a 422).
+/// missing (a 404), rather than breaking the foreign key (which would read as a 422) or linking a
+/// risk deleted meanwhile. The risk is locked as its re-score will update it (`FOR NO KEY
+/// UPDATE`, which its soft delete, an `UPDATE`, waits for, as do other links of it: a shared lock
+/// would have two of them deadlock upgrading it), the asset `FOR KEY SHARE`, which its `DELETE`
+/// waits for.
 pub async fn link_asset(db: &impl ConnectionTrait, tenant: Uuid, risk: Uuid, asset: Uuid) -> Result<Linking, DbErr> {
     let linked = db
         .execute_raw(stmt(
             "INSERT INTO risk_assets (tenant_id, risk_id, asset_id) \
              SELECT r.tenant_id, r.id, a.id FROM risks r JOIN assets a ON a.tenant_id = r.tenant_id \
              WHERE r.tenant_id = $1 AND r.id = $2 AND r.deleted_at IS NULL AND a.id = $3 \
-             FOR KEY SHARE OF r, a \
+             FOR NO KEY UPDATE OF r FOR KEY SHARE OF a \
              ON CONFLICT DO NOTHING",
             [tenant.into(), risk.into(), asset.into()],
         ))

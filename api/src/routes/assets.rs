@@ -116,7 +116,7 @@ impl AssetsApi {
     #[oai(path = "/assets", method = "post", operation_id = "createAsset")]
     async fn create(&self, caller: Caller, body: Json<AssetCreate>) -> Result<AssetCreated, ApiError> {
         let insert = async |write: &Write| {
-            write.check_create()?;
+            write.check_create(true)?;
             Ok(write.timed("asset_insert", writes::insert_asset(&write.txn, write.tenant, body.0)).await?)
         };
         let asset = Asset::try_from(caller.write(insert).await?)?;

@@ -200,10 +200,12 @@ impl Write {
         self.conditions.as_sent().check_untagged(existed)
     }
 
-    /// Checks the request's preconditions for a create, whose target is the collection: it exists
-    /// (its parent was found), and no tag of it is compared here.
-    pub fn check_create(&self) -> Result<(), ApiError> {
-        self.check_untagged(true)
+    /// Checks the request's preconditions for a create, whose target is its collection:
+    /// `listed` when the collection has a representation (a `GET` of its own), whose tag is not
+    /// compared here, so `If-Match` holds only as `*`; otherwise it has none, so `If-Match` fails
+    /// and `If-None-Match: *` holds (RFC 9110 §13.1.1, §13.1.2).
+    pub fn check_create(&self, listed: bool) -> Result<(), ApiError> {
+        self.check_untagged(listed)
     }
 
     /// Runs one query of the write, timed under `name`.

@@ -107,7 +107,7 @@ impl MitigationsApi {
         let insert = async |write: &Write| {
             let lock = crate::db::risks::lock_live(&write.txn, write.tenant, risk);
             write.timed("risk_lock", lock).await?.or_not_found("risk", risk)?;
-            write.check_create()?;
+            write.check_create(false)?;
             Ok(write
                 .timed("mitigation_insert", writes::insert_mitigation(&write.txn, write.tenant, risk, body))
                 .await?)
@@ -186,7 +186,7 @@ impl MitigationsApi {
         let insert = async |write: &Write| {
             let find = crate::db::risks::find_mitigation_to_extend(&write.txn, write.tenant, risk, mitigation);
             write.timed("mitigation_get", find).await?.or_not_found("mitigation", mitigation)?;
-            write.check_create()?;
+            write.check_create(false)?;
             let insert = writes::insert_subaction(&write.txn, write.tenant, mitigation, body.0);
             Ok(write.timed("subaction_insert", insert).await?)
         };

@@ -198,7 +198,7 @@ impl RisksApi {
     #[oai(path = "/risks", method = "post", operation_id = "createRisk")]
     async fn create(&self, caller: Caller, body: Json<RiskCreate>) -> Result<RiskCreated, ApiError> {
         let insert = async |write: &Write| {
-            write.check_create()?;
+            write.check_create(true)?;
             check_custom_fields(&body.custom_fields)?;
             Ok(write.timed("risk_insert", writes::insert_risk(&write.txn, write.tenant, body.0)).await?)
         };

@@ -57,7 +57,7 @@ impl TokensApi {
     #[oai(path = "/tokens", method = "post", operation_id = "createToken")]
     async fn create(&self, caller: Caller, body: Json<TokenCreate>) -> Result<TokenIssued, ApiError> {
         let state = caller.admin()?;
-        // The collection exists, and no tag of it is compared here.
+        // The collection has a representation (`GET /tokens`), without a tag.
         caller.conditions().check_untagged(true)?;
         let body = body.0;
         caller.begin_commit();
