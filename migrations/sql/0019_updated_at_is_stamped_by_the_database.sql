@@ -8,16 +8,18 @@
 --
 -- "Changes" is the test the cache's capture trigger makes (`*<>`, byte for byte), so a row whose
 -- served body changes (a custom field's 15 written 15.0, equal as jsonb) is stamped too. The stamp
--- is the time of the change, not of its transaction's start (`now()`), which a transaction that
--- waited for the row's lock would give, dating its change before the one it waited for; and it is
--- always later than the row's previous stamp, so one row's stamps never go backwards.
+-- is the time of the change (`clock_timestamp()`), taken once the row is locked, not its
+-- transaction's start (`now()`), which a transaction that waited for the row's lock would give,
+-- dating its change before the one it waited for. (Not the previous stamp plus a microsecond at
+-- the least: a row stamped at the end of year 9999, which migration 0010 allows, could then never
+-- change again.)
 --
 -- Rows are compared as records, which costs a write about 2 µs a row where comparing them as
 -- `jsonb` cost about 14 (`load_tests/updated_at_stamp_cost.sh`, load_tests/RESULTS.md).
 CREATE FUNCTION stamp_updated_at() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     IF NEW.updated_at IS NOT DISTINCT FROM OLD.updated_at THEN
-        NEW.updated_at := greatest(clock_timestamp(), OLD.updated_at + interval '1 microsecond');
+        NEW.updated_at := clock_timestamp();
     END IF;
     RETURN NEW;
 END
@@ -34,7 +36,7 @@ BEGIN
     compared.severity := OLD.severity;
     compared.updated_at := OLD.updated_at;
     IF compared *<> OLD AND NEW.updated_at IS NOT DISTINCT FROM OLD.updated_at THEN
-        NEW.updated_at := greatest(clock_timestamp(), OLD.updated_at + interval '1 microsecond');
+        NEW.updated_at := clock_timestamp();
     END IF;
     RETURN NEW;
 END
