@@ -100,26 +100,6 @@ async fn a_sub_action_added_while_its_mitigation_is_deleted_is_a_404_not_a_forei
     assert_eq!(app.count("SELECT count(*) FROM mitigation_subactions").await, 0);
 }
 
-/// A link made while its asset's delete, or its risk's soft delete, commits is a 404: not the
-/// foreign key's 422, and no link left on a deleted risk.
-#[tokio::test]
-async fn a_link_made_while_its_asset_or_its_risk_is_deleted_is_a_404() {
-    let app = spawn_app().await;
-    let token = &app.a.analyst;
-    for deleted in ["asset", "risk"] {
-        let risk_path = app.create_risk_path(token, "Linked").await;
-        let asset = app.create_asset(token, "Going", "LOW").await;
-        let (delete, row) = match deleted {
-            "asset" => ("DELETE FROM assets WHERE id = $1", asset["id"].as_str().unwrap().parse().unwrap()),
-            _ => ("UPDATE risks SET deleted_at = now() WHERE id = $1", id_of(&risk_path)),
-        };
-        let link = app.link_asset(token, &risk_path, &asset);
-        let response = answer_while_deleted(&app, delete, row, link).await;
-        assert_problem(response, StatusCode::NOT_FOUND).await;
-        assert_eq!(app.count("SELECT count(*) FROM risk_assets").await, 0, "the {deleted} deleted");
-    }
-}
-
 /// A mitigation another transaction deleted first is a 404 to a `DELETE`, and to a `PATCH` that
 /// changes nothing: a client told 204 or 200 believes the mitigation is still there or that its
 /// own delete took effect.
@@ -167,6 +147,25 @@ async fn a_link_made_while_its_asset_changes_leaves_no_stale_detail_and_no_stale
     let detail = race(&app, (change, asset), (link, [app.a.id, id_of(&risk_path), asset]), &risk_path).await;
     assert_eq!(detail["assets"][0]["name"], "New name", "the detail cached meanwhile was invalidated");
     assert_eq!(detail["score"], 12.0 * 1.5, "scored with the asset's committed criticality");
+}
+
+/// A link made while its asset's delete, or its risk's soft delete, commits is a 404: not the
+/// foreign key's 422, and no link left on a deleted risk.
+#[tokio::test]
+async fn a_link_made_while_its_asset_or_its_risk_is_deleted_is_a_404() {
+    let app = spawn_app().await;
+    let token = &app.a.analyst;
+    for (deleted, delete) in
+        [("asset", "DELETE FROM assets WHERE id = $1"), ("risk", "UPDATE risks SET deleted_at = now() WHERE id = $1")]
+    {
+        let asset = app.create_asset(token, "Going", "LOW").await;
+        let risk_path = app.create_risk_path(token, "Linked").await;
+        let row = if deleted == "asset" { asset["id"].as_str().unwrap().parse().unwrap() } else { id_of(&risk_path) };
+        let link = app.link_asset(token, &risk_path, &asset);
+        let response = answer_while_deleted(&app, delete, row, link).await;
+        assert_problem(response, StatusCode::NOT_FOUND).await;
+        assert_eq!(app.count("SELECT count(*) FROM risk_assets").await, 0, "the {deleted} deleted");
+    }
 }
 
 #[tokio::test]

@@ -123,9 +123,7 @@ async fn writes_of_sub_actions_links_and_tokens_which_have_no_tag_hold_only_for_
     let mitigation_tag = app.etag(&paths.mitigation).await;
 
     let subactions = format!("{}/subactions", paths.mitigation);
-    let created: Value =
-        app.send_json(Method::POST, &subactions, analyst, json!({"title": "S"})).await.json().await.unwrap();
-    let subaction = format!("{}/subactions/{}", paths.mitigation, created["id"].as_str().unwrap());
+    let subaction = app.create_subaction(analyst, &paths.mitigation, "S").await;
     let title = json!({"title": "T"});
     let stored =
         async || app.count("SELECT count(*) FROM mitigation_subactions WHERE title = 'S' AND NOT completed").await;

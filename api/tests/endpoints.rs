@@ -480,10 +480,7 @@ async fn a_patch_that_changes_nothing_keeps_the_resource_its_updated_at_and_its_
     let app = spawn_app().await;
     let token = &app.a.analyst;
     let paths = app.create_risk_mitigation_and_asset("Unchanged").await;
-    let subactions = format!("{}/subactions", paths.mitigation);
-    let subaction: Value =
-        app.send_json(Method::POST, &subactions, token, json!({"title": "S"})).await.json().await.unwrap();
-    let subaction_path = format!("{subactions}/{}", subaction["id"].as_str().unwrap());
+    let subaction_path = app.create_subaction(token, &paths.mitigation, "S").await;
     // Numbers in another notation than the one Postgres prints them in once stored (`15.0`, `0`,
     // `0.00001`) are the same values.
     let custom_fields: Value = serde_json::from_str(r#"{"x": 1.50e1, "y": [-0, 1e-5, {"z": 120e-1}]}"#).unwrap();
@@ -516,11 +513,7 @@ async fn updated_at_moves_with_every_change_of_a_row_whoever_makes_it() {
     let app = spawn_app().await;
     let token = &app.a.analyst;
     let paths = app.create_risk_mitigation_and_asset("Stamped").await;
-    let subactions = format!("{}/subactions", paths.mitigation);
-    assert_eq!(
-        app.send_json(Method::POST, &subactions, token, json!({"title": "S"})).await.status(),
-        StatusCode::CREATED
-    );
+    app.create_subaction(token, &paths.mitigation, "S").await;
     let link = format!("{}/assets/{}", paths.risk, common::id_of(&paths.asset));
     assert_eq!(app.request(Method::PUT, &link, token).send().await.unwrap().status(), StatusCode::NO_CONTENT);
 

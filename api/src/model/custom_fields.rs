@@ -111,7 +111,7 @@ fn stored_number(text: &str) -> Result<String, CustomFieldsError> {
 /// Most digits of a number's integer part: [`NUMBER_LIMIT`] has 301.
 const MOST_INTEGER_DIGITS: i64 = 301;
 
-/// `value` with every number written as Postgres prints it once stored (see [`stored_number`]), so
+/// `value` with every number written as Postgres prints it once stored (see `stored_number`), so
 /// that a change can be compared with what is stored: `1.50e1` sent over a stored `15.0` changes
 /// nothing. A number that cannot be stored stays as sent (checking refuses it).
 pub fn as_stored(value: Value) -> Value {

@@ -231,6 +231,16 @@ impl TestApp {
         Paths { risk, mitigation, asset }
     }
 
+    /// A sub-action titled `title` of the mitigation at `mitigation_path`, as the path of its
+    /// `PATCH` (`<mitigation_path>/subactions/<id>`).
+    pub async fn create_subaction(&self, token: &str, mitigation_path: &str, title: &str) -> String {
+        let subactions = format!("{mitigation_path}/subactions");
+        let response = self.send_json(Method::POST, &subactions, token, json!({"title": title})).await;
+        assert_eq!(response.status(), StatusCode::CREATED);
+        let created: Value = response.json().await.unwrap();
+        format!("{subactions}/{}", created["id"].as_str().unwrap())
+    }
+
     pub async fn create_asset(&self, token: &str, name: &str, criticality: &str) -> Value {
         let response = self
             .send_json(
