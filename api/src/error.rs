@@ -139,14 +139,14 @@ impl ApiError {
     /// 412 for an `If-Match` that names none of the resource's current entity tag, given.
     pub fn precondition_failed(current_etag: String) -> Self {
         let detail = "the resource changed since the entity tag in If-Match was read; read it again and retry";
-        Self::PreconditionFailed(Json(Problem::new(StatusCode::PRECONDITION_FAILED, detail)), Some(current_etag))
+        Self::precondition(detail, Some(current_etag))
     }
 
     /// 412 for a write whose `If-None-Match` names the resource's current entity tag, given (or is
     /// `*`, and the resource exists).
     pub fn representation_exists(current_etag: String) -> Self {
         let detail = "the resource exists with an entity tag that If-None-Match names; nothing was changed";
-        Self::PreconditionFailed(Json(Problem::new(StatusCode::PRECONDITION_FAILED, detail)), Some(current_etag))
+        Self::precondition(detail, Some(current_etag))
     }
 
     /// 412 for an `If-Match` on a resource without an entity tag (or a create, which is not
@@ -157,14 +157,19 @@ impl ApiError {
         } else {
             "If-Match asks for a current representation and this resource has none; nothing was changed"
         };
-        Self::PreconditionFailed(Json(Problem::new(StatusCode::PRECONDITION_FAILED, detail)), None)
+        Self::precondition(detail, None)
     }
 
     /// 412 for a write whose `If-None-Match` is `*` on a resource without an entity tag that
     /// exists.
     pub fn untagged_exists() -> Self {
         let detail = "the resource exists and If-None-Match is *; nothing was changed";
-        Self::PreconditionFailed(Json(Problem::new(StatusCode::PRECONDITION_FAILED, detail)), None)
+        Self::precondition(detail, None)
+    }
+
+    /// 412 saying `detail`, with the resource's current entity tag when it has one.
+    fn precondition(detail: &str, current_etag: Option<String>) -> Self {
+        Self::PreconditionFailed(Json(Problem::new(StatusCode::PRECONDITION_FAILED, detail)), current_etag)
     }
 
     pub fn unprocessable(detail: impl Into<String>) -> Self {
