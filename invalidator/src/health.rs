@@ -89,9 +89,7 @@ pub async fn sample_backlog(
             }
             Err(error) => {
                 status.caught_up.store(false, Ordering::Relaxed);
-                if let Some(last) = &last_sample {
-                    metrics.oldest_event_age_seconds.set(last.oldest_age_bound());
-                }
+                metrics.oldest_event_age_seconds.set(last_sample.as_ref().map_or(f64::INFINITY, LastSample::oldest_age_bound));
                 if !std::mem::replace(&mut failing, true) {
                     tracing::warn!(%error, "cannot sample the outbox backlog; not ready until it can");
                 }
@@ -115,7 +113,8 @@ impl LastSample {
     /// The most the oldest event pending now can have waited, while samples fail: it was pending
     /// at the last sample, or committed since. The age gauge shows this rather than repeat the
     /// last sample, so the age alert fires while a lock on the outbox stalls every claim and every
-    /// sample alike (the backlog gauge keeps its last value: it has no such bound).
+    /// sample alike (the backlog gauge keeps its last value: it has no such bound). A replica
+    /// that has never sampled knows no bound: it shows `+Inf` rather than the gauge's initial 0.
     fn oldest_age_bound(&self) -> f64 {
         self.oldest_age + self.taken.elapsed().as_secs_f64()
     }

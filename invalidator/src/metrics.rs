@@ -109,7 +109,7 @@ impl Metrics {
         let oldest_event_age_seconds = prometheus::Gauge::new(
             "openrisk_invalidator_oldest_event_age_seconds",
             "Age of the oldest event still in the outbox (0 when empty); while the outbox cannot be \
-             sampled, the most it can be (the last sample's plus the time since).",
+             sampled, the most it can be (the last sample's plus the time since; +Inf if it never was).",
         )
         .expect("valid metric");
         registry.register(Box::new(oldest_event_age_seconds.clone())).expect("unique metric");

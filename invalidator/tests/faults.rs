@@ -94,17 +94,35 @@ async fn a_replica_that_cannot_sample_its_backlog_stops_saying_ready() {
     let locker = h.db.connect().await;
     locker.batch_execute("BEGIN; LOCK TABLE cache_outbox_held IN ACCESS EXCLUSIVE MODE").await.unwrap();
     eventually("/readyz says 503 while the outbox is locked", WAIT, || async { status().await == 503 }).await;
-    let age = || async move {
-        let metrics = http_get(addr, "/metrics").await.1;
-        let sample =
-            metrics.lines().find_map(|line| line.strip_prefix("openrisk_invalidator_oldest_event_age_seconds "));
-        sample.expect("the age gauge is exported").trim().parse::<f64>().unwrap()
-    };
+    let age = || async move { oldest_event_age(addr).await };
     let unsampled = age().await;
     eventually("the age grows while samples fail", WAIT, || async { age().await > unsampled + 1.0 }).await;
     locker.batch_execute("COMMIT").await.unwrap();
     eventually("ready again once the lock is gone", WAIT, || async { status().await == 200 }).await;
     assert!(running.shutdown(WAIT).await);
+}
+
+/// A replica started behind such a lock has no good sample to bound the age from: it exports
+/// `+Inf`, not the gauge's initial 0, so a fleet restarted behind a lock still fires the alert.
+#[tokio::test]
+async fn a_replica_that_never_sampled_its_backlog_shows_no_bound_on_the_oldest_events_age() {
+    let h = Harness::new().await;
+    let locker = h.db.connect().await;
+    locker.batch_execute("BEGIN; LOCK TABLE cache_outbox_held IN ACCESS EXCLUSIVE MODE").await.unwrap();
+    let running = h.start(h.settings()).await;
+    let addr = running.metrics_addr;
+    let age = || async move { oldest_event_age(addr).await };
+    eventually("the age is +Inf once the first sample fails", WAIT, || async { age().await == f64::INFINITY }).await;
+    locker.batch_execute("COMMIT").await.unwrap();
+    eventually("a finite age once a sample succeeds", WAIT, || async { age().await.is_finite() }).await;
+    assert!(running.shutdown(WAIT).await);
+}
+
+/// The `openrisk_invalidator_oldest_event_age_seconds` a replica exports.
+async fn oldest_event_age(addr: std::net::SocketAddr) -> f64 {
+    let metrics = http_get(addr, "/metrics").await.1;
+    let sample = metrics.lines().find_map(|line| line.strip_prefix("openrisk_invalidator_oldest_event_age_seconds "));
+    sample.expect("the age gauge is exported").trim().parse::<f64>().unwrap()
 }
 
 /// A claim takes at most its limit, the oldest rows, whatever plan Postgres picks. With the plan
