@@ -3,7 +3,7 @@
 #
 #   deployment/live.sh                  # every fault and its alerts (about 16 minutes: waits for
 #                                       # the 15-minute window of OpenRiskInvalidatorPoisonEvents)
-#   LIVE_SUBSET=ci deployment/live.sh   # the subset CI runs (about 2 minutes)
+#   LIVE_SUBSET=ci deployment/live.sh   # the subset CI runs (about 3 minutes with start-up)
 #   VERBOSE=1 deployment/live.sh        # also details of passing checks and example log lines
 #
 # Installs what it lacks (Debian's prometheus, prometheus-alertmanager, prometheus-redis-exporter,

@@ -31,7 +31,8 @@ pub struct CheckOutcome {
     pub checks: Vec<(String, Vec<String>)>,
 }
 
-/// Waits until `cache_outbox` is empty (twice, `SETTLE` apart). Returns how long it took.
+/// Waits until the outbox is empty, the events moved aside for held tenants included (twice,
+/// `SETTLE` apart). Returns how long it took.
 pub async fn wait_drained(world: &World, within: Duration) -> Result<Duration, String> {
     let started = Instant::now();
     let mut last = String::new();
