@@ -264,6 +264,32 @@ async fn an_evicted_or_expired_version_acts_as_an_invalidation() {
     assert!(!f.fill(&key, &snapshot, "old").await, "nor any snapshot");
 }
 
+/// Redis full with nothing it may evict answers the hit's reads and refuses the invalidation
+/// script's `SET` (`OOM`): the versions are deleted instead, on both the API's and the
+/// invalidator's path, so no entry built under them is hit while Redis stays full.
+#[tokio::test]
+async fn an_invalidation_refused_for_memory_deletes_the_versions() {
+    let redis = PrivateRedis::start();
+    let mut f = Fixture::on(RedisNamespace::on(&redis.url())).await;
+    let (detail, detail_tags, _) = f.stored_risk("v1").await;
+    let (list, list_tags) = (f.key("risks"), tags(&["all", "risks"]));
+    let snapshot = f.miss(&list, &list_tags).await;
+    assert!(f.fill(&list, &snapshot, "page").await);
+    for (setting, value) in [("maxmemory-policy", "noeviction"), ("maxmemory", "1")] {
+        let _: () = redis::cmd("CONFIG").arg("SET").arg(setting).arg(value).query_async(&mut f.conn).await.unwrap();
+    }
+    let refused: redis::RedisResult<()> = redis::cmd("SET").arg("probe").arg(1).query_async(&mut f.conn).await;
+    assert_eq!(refused.unwrap_err().code(), Some("OOM"), "Redis is full");
+    assert!(f.is_hit(&detail, &detail_tags).await, "a full Redis still answers hits");
+
+    f.invalidate(&tags(&["risk:1"])).await;
+    assert!(!f.is_hit(&detail, &detail_tags).await, "the API's invalidation took effect");
+    protocol::invalidate_replicated(&mut f.conn, &f.keyspace, f.tenant, &tags(&["risks"]), ReplicaAck::MASTER_ONLY, None)
+        .await
+        .expect("the invalidator's invalidation is done");
+    assert!(!f.is_hit(&list, &list_tags).await, "the invalidator's invalidation took effect");
+}
+
 #[tokio::test]
 async fn a_fill_straddling_a_redis_restart_or_flush_is_rejected() {
     let mut redis = PrivateRedis::start();

@@ -148,7 +148,8 @@ pub enum InvalidateError {
 /// their previous versions is served. Idempotent; a tag nothing was cached under costs one
 /// `GET`. The caller reclaims the returned member sets once it has acknowledged the event.
 /// The new versions' replay floors are unknown (see [`invalidate_replicated`]). While the
-/// tenant's slot migrates, the versions are replaced one by one (`replace_versions_one_by_one`).
+/// tenant's slot migrates, the versions are replaced one by one (`replace_versions_one_by_one`);
+/// while Redis is full and may not evict, they are deleted (`delete_versions`).
 pub async fn invalidate<C: ConnectionLike>(
     conn: &mut C,
     keyspace: &Keyspace,
@@ -156,10 +157,26 @@ pub async fn invalidate<C: ConnectionLike>(
     tags: &[Tag],
 ) -> redis::RedisResult<Reclaimable> {
     match invalidate_with_floor(conn, keyspace, tenant, tags, None).await {
-        Err(error) if refused_while_migrating(&error) => {
-            replace_versions_one_by_one(conn, keyspace, tenant, tags).await
-        }
-        outcome => outcome,
+        Err(error) => invalidate_after_refusal(conn, keyspace, tenant, tags, error).await,
+        done => done,
+    }
+}
+
+/// What [`invalidate`] does when Redis refused its script with `error`: replaces or deletes the
+/// versions another way where the refusal says the script cannot run now, else fails with it.
+async fn invalidate_after_refusal<C: ConnectionLike>(
+    conn: &mut C,
+    keyspace: &Keyspace,
+    tenant: Uuid,
+    tags: &[Tag],
+    error: redis::RedisError,
+) -> redis::RedisResult<Reclaimable> {
+    if refused_while_migrating(&error) {
+        replace_versions_one_by_one(conn, keyspace, tenant, tags).await
+    } else if refused_for_memory(&error) {
+        delete_versions(conn, keyspace, tenant, tags).await
+    } else {
+        Err(error)
     }
 }
 
@@ -170,6 +187,14 @@ pub async fn invalidate<C: ConnectionLike>(
 /// `MOVED`: the other masters also answer so for a master that is down.
 pub fn refused_while_migrating(error: &redis::RedisError) -> bool {
     matches!(error.kind(), ErrorKind::Server(ServerErrorKind::TryAgain | ServerErrorKind::Ask))
+}
+
+/// Whether Redis refused a write because it holds `maxmemory` and may evict nothing to make room
+/// (`OOM`: `noeviction`, or a `volatile-*` policy with no key left that has a lifetime). It
+/// refuses every command that may grow its memory, the [`INVALIDATE`] script's `SET` included,
+/// while it goes on answering the reads of a hit.
+fn refused_for_memory(error: &redis::RedisError) -> bool {
+    error.code() == Some("OOM")
 }
 
 async fn invalidate_with_floor<C: ConnectionLike>(
@@ -218,7 +243,8 @@ fn invalidation_keys(keyspace: &Keyspace, tenant: Uuid, tags: &[Tag]) -> (String
 /// where the previous ones had one.
 ///
 /// While the tenant's slot migrates, the script is refused, and the versions are replaced one
-/// by one instead (`replace_versions_one_by_one`), confirmed by a `WAIT` on every master.
+/// by one instead (`replace_versions_one_by_one`); while Redis is full and may not evict, they
+/// are deleted (`delete_versions`). Either is confirmed by a `WAIT` on every master.
 ///
 /// Invariant: `Ok` means the invalidation survives the failover of its master to any replica
 /// that confirmed it (Redis promotes the replica with the most replicated data first).
@@ -238,8 +264,8 @@ pub async fn invalidate_replicated<C: ConnectionLike>(
         script_and_wait(conn, &keys, &token, &floor, ack).await
     };
     match in_one_call {
-        Err(InvalidateError::Redis(error)) if refused_while_migrating(&error) => {
-            let reclaimable = replace_versions_one_by_one(conn, keyspace, tenant, tags).await?;
+        Err(InvalidateError::Redis(error)) if refused_while_migrating(&error) || refused_for_memory(&error) => {
+            let reclaimable = invalidate_after_refusal(conn, keyspace, tenant, tags, error).await?;
             if ack.replicas > 0 {
                 // Without a key, `WAIT` goes to every master, so it covers the writes wherever
                 // they landed.
@@ -303,6 +329,25 @@ async fn replace_versions_one_by_one<C: ConnectionLike>(
         let key = keyspace.version_key(tenant, tag);
         let _: Option<String> =
             redis::cmd("SET").arg(&key).arg(&token).arg("XX").arg("KEEPTTL").query_async(conn).await?;
+    }
+    Ok(Reclaimable::default())
+}
+
+/// Redis full with nothing it may evict refuses [`INVALIDATE`] and every `SET`, but not a
+/// deletion, which frees memory. So this deletes each tag's version instead (one key per call,
+/// which the cluster client follows to wherever it is): an absent version matches no entry, so
+/// the hit and the fill refuse every entry built under the deleted one, and a reader that finds it
+/// absent creates a fresh random one (refused too while Redis is full: it reads Postgres). The
+/// member sets stay in place, as in `replace_versions_one_by_one`, and so do the floors, which
+/// match no later version and so read as unknown.
+async fn delete_versions<C: ConnectionLike>(
+    conn: &mut C,
+    keyspace: &Keyspace,
+    tenant: Uuid,
+    tags: &[Tag],
+) -> redis::RedisResult<Reclaimable> {
+    for tag in tags {
+        let _: u64 = redis::cmd("DEL").arg(keyspace.version_key(tenant, tag)).query_async(conn).await?;
     }
     Ok(Reclaimable::default())
 }
