@@ -26,7 +26,7 @@ use tracing::field::Empty;
 use uuid::Uuid;
 
 use crate::auth::TokenVerifier;
-use crate::cache::{BeforeFillHook, Cache};
+use crate::cache::{Cache, MissHook};
 use crate::db::Db;
 use crate::db::replicas::ReadRouter;
 use crate::error::problem_from_poem_error;
@@ -87,8 +87,8 @@ pub struct AppState {
 /// Start-up options that are not configuration (used by tests).
 #[derive(Clone, Default)]
 pub struct AppOptions {
-    /// Runs on every cache miss between the database read and the fill.
-    pub before_fill: Option<BeforeFillHook>,
+    /// Runs at the steps of every cache miss ([`crate::cache::MissStep`]).
+    pub miss_hook: Option<MissHook>,
     /// Lets a replica answer reads whatever it has replayed: the variant without the guard,
     /// for the test that shows stale fills happen without it.
     pub unguarded_replica_reads: bool,
@@ -116,7 +116,7 @@ impl AppState {
         let cluster = ClusterWatch::new(&metrics.registry, settings.keyspace())?;
         let cache_settings = settings.cache.clone();
         let cache =
-            Cache::new(&redis, cache_settings, longest_miss, metrics.clone(), options.before_fill, cluster.clone())?;
+            Cache::new(&redis, cache_settings, longest_miss, metrics.clone(), options.miss_hook, cluster.clone())?;
         if let Some(connection) = cache.cluster_connection() {
             tasks.spawn("cluster watch", cluster.clone().run(connection, CLUSTER_WATCH_INTERVAL));
         }

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use common::{cache_status, spawn_app, spawn_app_with, spawn_gated_app};
 use openrisk_api::AppOptions;
+use openrisk_api::cache::MissStep;
 use openrisk_test_support::RedisNamespace;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -218,6 +219,48 @@ async fn a_read_that_starts_after_an_invalidation_never_shares_a_read_from_befor
     assert_eq!(after.json::<Value>().await.unwrap()["title"], "New title");
     assert!(finished_while_held, "waited for the held read");
     assert_eq!(cache_status(&held.await.unwrap()), CacheStatus::FillRejected);
+}
+
+/// A miss that finds a row's version absent reads the row before it creates the version, and a
+/// caller that looks up meanwhile joins it even after a write, since invalidating an absent
+/// version changes nothing the two lookups compare. So such a caller never gets that first read:
+/// here it found no row, and the caller, whose read began after the row came back, gets the row.
+#[tokio::test]
+async fn a_caller_that_joins_a_miss_after_a_write_never_gets_the_first_read_from_before_it() {
+    let (app, gate) = spawn_gated_app(|_| {}).await;
+    let path = app.create_risk_path(&app.a.analyst, "Back again").await;
+    let id = common::id_of(&path);
+    app.sql(&format!("UPDATE risks SET deleted_at = now() WHERE id = '{id}'")).await;
+    app.drain_outbox().await;
+    let route = "/api/v1/risks/{id}";
+    let get = || {
+        let (client, url, token) = (app.client.clone(), format!("{}{path}", app.url), app.a.viewer.clone());
+        tokio::spawn(async move { client.get(url).bearer_auth(token).send().await.unwrap() })
+    };
+
+    // 1. A reader misses (the risk's version was never created), finds no row, and is held.
+    gate.arm_at(route, MissStep::FirstRead);
+    let held = get();
+    gate.reached().await;
+    // 2. The risk comes back (plain SQL) and is invalidated: its version stays absent.
+    app.sql(&format!("UPDATE risks SET deleted_at = NULL WHERE id = '{id}'")).await;
+    app.drain_outbox().await;
+    // 3. A read that starts now joins the held miss, and must still see the risk.
+    let waits = format!("openrisk_cache_singleflight_waits_total{{route=\"{route}\"}}");
+    let after = get();
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while app.metric(&waits).await < 1.0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the second read joined the held miss");
+    gate.release();
+    let after = after.await.unwrap();
+    assert_eq!(after.status(), StatusCode::OK, "the joined read answered from before the risk came back");
+    assert_eq!(cache_status(&after), CacheStatus::Collapsed);
+    assert_eq!(after.json::<Value>().await.unwrap()["title"], "Back again");
+    assert_eq!(held.await.unwrap().status(), StatusCode::OK, "the held reader's own answer is the newer one too");
 }
 
 #[tokio::test]

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use common::{cache_status, spawn_app, spawn_app_with};
 use futures::FutureExt;
 use openrisk_api::AppOptions;
+use openrisk_api::cache::MissStep;
 use openrisk_api::hit_path::answer_hits_first;
 use openrisk_api::routes::cacheable::PlainRead;
 use openrisk_shared::CacheStatus;
@@ -35,8 +36,10 @@ async fn the_hit_path_looks_up_the_entry_the_handler_fills_for_every_plain_read(
     let filled = Filled::default();
     let hook_filled = filled.clone();
     let options = AppOptions {
-        before_fill: Some(Arc::new(move |_route, key: &str| {
-            hook_filled.lock().unwrap().push(key.to_owned());
+        miss_hook: Some(Arc::new(move |step, _route, key: &str| {
+            if step == MissStep::Fill {
+                hook_filled.lock().unwrap().push(key.to_owned());
+            }
             async {}.boxed()
         })),
         ..AppOptions::default()

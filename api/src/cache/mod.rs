@@ -45,9 +45,19 @@ pub const RESPONSE_SCHEMA_VERSION: u32 = 2;
 /// Extra lifetime of tag versions and member sets beyond the longest entry TTL.
 const DEPENDENCIES_TTL_MARGIN_SECS: u64 = 60;
 
-/// Called on the miss path between the database read and the fill, with the route and the
-/// entry key. Tests use it to hold a reader there while a write commits (the stale-fill race).
-pub type BeforeFillHook = Arc<dyn Fn(&'static str, &str) -> BoxFuture<'static, ()> + Send + Sync>;
+/// Called at the [`MissStep`]s of the miss path, with the route and the entry key. Tests use it to
+/// hold a reader there while a write commits (the stale-fill race, a shared first read).
+pub type MissHook = Arc<dyn Fn(MissStep, &'static str, &str) -> BoxFuture<'static, ()> + Send + Sync>;
+
+/// Where on the miss path a [`MissHook`] runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MissStep {
+    /// After the read that shows whether a row exists, before its version is created (a miss
+    /// whose lookup found a row's version absent).
+    FirstRead,
+    /// Between the database read and the fill.
+    Fill,
+}
 
 /// A database read producing a serialised response body, run on the reader it is given.
 pub type Loader = Arc<dyn Fn(Reader) -> BoxFuture<'static, Result<Vec<u8>, ApiError>> + Send + Sync>;
@@ -99,7 +109,7 @@ pub struct Cache {
     flights: SingleFlight<MissResult, Snapshot>,
     reclaims: BackgroundReclaims,
     metrics: Arc<Metrics>,
-    before_fill: Option<BeforeFillHook>,
+    miss_hook: Option<MissHook>,
 }
 
 impl std::fmt::Debug for Cache {
@@ -117,7 +127,7 @@ impl Cache {
         settings: CacheSettings,
         longest_miss: Duration,
         metrics: Arc<Metrics>,
-        before_fill: Option<BeforeFillHook>,
+        miss_hook: Option<MissHook>,
         topology: ClusterWatch,
     ) -> Result<Self, redis::RedisError> {
         let timeout = Duration::from_millis(settings.redis_timeout_ms);
@@ -142,7 +152,7 @@ impl Cache {
             flights: SingleFlight::new(longest_miss),
             reclaims: BackgroundReclaims::default(),
             metrics,
-            before_fill,
+            miss_hook,
         })
     }
 

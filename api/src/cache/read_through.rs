@@ -11,7 +11,7 @@ use redis::aio::ConnectionLike;
 use uuid::Uuid;
 
 use super::single_flight::{Role, Seat};
-use super::{Cache, CacheableRead, Loader, Served, etag_of};
+use super::{Cache, CacheableRead, Loader, MissStep, Served, etag_of};
 use crate::db::replicas::{ReadRouter, Reader};
 use crate::error::ApiError;
 use crate::metrics::{CacheResult, FillOutcome};
@@ -173,9 +173,23 @@ impl Cache {
             let body = read_with(reads, &load, reader).await?;
             (snapshot, body)
         } else {
-            // A row's version is created only once a read showed the row exists.
-            let first =
-                if snapshot.lacks_only_collection_versions() { None } else { Some(load(reads.primary()).await?) };
+            // A row's version is created only once a read showed the row exists. Until the
+            // versions exist, callers join this miss although writes came between their lookup
+            // and ours: invalidating an absent version changes nothing they could compare. So
+            // none of them gets the first read (see `Seat::leave`).
+            let first = if snapshot.lacks_only_collection_versions() {
+                None
+            } else {
+                let first = load(reads.primary()).await;
+                self.hold(MissStep::FirstRead, route, key).await;
+                match first {
+                    Ok(body) => Some(body),
+                    Err(error) => {
+                        let joined = seat.leave();
+                        return if joined { self.read_again_for_joined(route, reads, &load).await } else { Err(error) };
+                    }
+                }
+            };
             let ttl = self.dependencies_ttl_secs();
             let created = protocol::create_missing_versions(&mut conn, &self.keyspace, tenant, &snapshot, ttl);
             match self.call("create_versions", &self.breakers.of(tenant), created).await {
@@ -184,9 +198,10 @@ impl Cache {
                     (completed, load(reads.primary()).await?)
                 }
                 Err(_) => {
+                    let joined = seat.leave();
                     let body = match first {
-                        Some(body) => body,
-                        None => load(reads.primary()).await?,
+                        Some(body) if !joined => body,
+                        _ => load(reads.primary()).await?,
                     };
                     return self.unfilled(route, body);
                 }
@@ -196,9 +211,7 @@ impl Cache {
             self.metrics.cache_fill(route, FillOutcome::TooLarge);
             return Ok(MissResult::new(body, CacheStatus::TooLarge));
         }
-        if let Some(hook) = &self.before_fill {
-            hook(route, key).await;
-        }
+        self.hold(MissStep::Fill, route, key).await;
         let etag = etag_of(&body);
         let fill = Fill {
             entry_key: key,
@@ -244,6 +257,27 @@ impl Cache {
         // Best effort: unrecorded, the next miss asks the primary again.
         let _ = self.call("stamp_floor", &breaker, stamp).await;
         reads.reader_at(found.with_unknown_at(position)).await
+    }
+
+    /// The miss's first read failed (the row was not there), and callers joined it meanwhile,
+    /// whose lookups may have followed a write that the first read predates: the database is read
+    /// again for all of them, and not cached (the versions were never created).
+    async fn read_again_for_joined(
+        &self,
+        route: &'static str,
+        reads: &ReadRouter,
+        load: &Loader,
+    ) -> Result<MissResult, ApiError> {
+        let body = load(reads.primary()).await?;
+        self.metrics.cache_fill(route, FillOutcome::Rejected);
+        Ok(MissResult::new(body, CacheStatus::FillRejected))
+    }
+
+    /// Runs the miss hook, if any, at `step` (tests hold a reader there).
+    async fn hold(&self, step: MissStep, route: &'static str, key: &str) {
+        if let Some(hook) = &self.miss_hook {
+            hook(step, route, key).await;
+        }
     }
 
     /// A miss answered without filling, because Redis failed while preparing the fill.

@@ -4,7 +4,7 @@
 //! this process (so a client reads its own writes even when their invalidation was skipped).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -22,6 +22,8 @@ struct Flight<T, S> {
     epoch: u64,
     /// What the leader saw before it read (for the cache, its lookup's snapshot of the versions).
     started_from: S,
+    /// Set when a caller joins; read by the flight's [`Seat::leave`].
+    joined: Arc<AtomicBool>,
     future: FlightFuture<T>,
 }
 
@@ -69,11 +71,14 @@ impl<T: Clone + Send + Sync + 'static, S: PartialEq + Send + 'static> SingleFlig
             let mut flights = lock(&self.flights);
             match flights.get(&key) {
                 Some(flight) if flight.epoch == epoch && flight.started_from == started_from => {
+                    flight.joined.store(true, Ordering::SeqCst);
                     (flight.future.clone(), Role::Follower)
                 }
                 _ => {
                     let id = self.next_flight.fetch_add(1, Ordering::Relaxed);
-                    let seat = || Seat { table: Arc::clone(&self.flights), key: key.clone(), id };
+                    let joined = Arc::new(AtomicBool::new(false));
+                    let seat =
+                        || Seat { table: Arc::clone(&self.flights), key: key.clone(), id, joined: Arc::clone(&joined) };
                     let (landing, read) = (Landing(seat()), read(seat()));
                     let longest_read = self.longest_read;
                     let task = tokio::spawn(async move {
@@ -91,7 +96,7 @@ impl<T: Clone + Send + Sync + 'static, S: PartialEq + Send + 'static> SingleFlig
                     }
                     .boxed()
                     .shared();
-                    flights.insert(key, Flight { id, epoch, started_from, future: future.clone() });
+                    flights.insert(key, Flight { id, epoch, started_from, joined, future: future.clone() });
                     (future, Role::Leader)
                 }
             }
@@ -105,6 +110,7 @@ pub struct Seat<T, S> {
     table: Flights<T, S>,
     key: String,
     id: u64,
+    joined: Arc<AtomicBool>,
 }
 
 impl<T, S> Seat<T, S> {
@@ -115,6 +121,17 @@ impl<T, S> Seat<T, S> {
             flight.started_from = state;
         }
     }
+
+    /// Takes the read out of the table, so that no caller joins it from now on, and says whether
+    /// any caller joined it before. A read that goes on after this serves every caller that
+    /// joined with a database read that starts after they did.
+    pub fn leave(&self) -> bool {
+        let mut flights = lock(&self.table);
+        if flights.get(&self.key).is_some_and(|flight| flight.id == self.id) {
+            flights.remove(&self.key);
+        }
+        self.joined.load(Ordering::SeqCst)
+    }
 }
 
 /// Takes a flight out of the table when its task ends, however it ends (a later flight under
@@ -123,7 +140,7 @@ struct Landing<T, S>(Seat<T, S>);
 
 impl<T, S> Drop for Landing<T, S> {
     fn drop(&mut self) {
-        let Seat { table, key, id } = &self.0;
+        let Seat { table, key, id, .. } = &self.0;
         let mut flights = lock(table);
         if flights.get(key).is_some_and(|flight| flight.id == *id) {
             flights.remove(key);
@@ -215,6 +232,32 @@ mod tests {
         assert_eq!(role, Role::Leader, "the state the read left is not joined");
         assert_eq!((leader.await.unwrap(), joined.await.unwrap(), other.await.unwrap()), (7, 7, 7));
         assert_eq!(table.runs(), 1, "only `other` ran the counted read");
+    }
+
+    #[tokio::test]
+    async fn a_read_that_leaves_the_table_is_joined_no_more_and_knows_whether_it_was() {
+        let table = Table::new(Duration::from_secs(10));
+        let (go, left) = (Arc::new(tokio::sync::Notify::new()), Arc::new(tokio::sync::Notify::new()));
+        let leaving = |go: Arc<tokio::sync::Notify>, left: Arc<tokio::sync::Notify>| {
+            move |seat: Seat<u32, &'static str>| async move {
+                go.notified().await;
+                let joined = seat.leave();
+                left.notify_one();
+                Ok(u32::from(joined))
+            }
+        };
+        let (_, leader) = table.flights.join("k".into(), "absent", leaving(Arc::clone(&go), Arc::clone(&left)));
+        let (role, follower) = table.join("absent");
+        assert_eq!(role, Role::Follower);
+        go.notify_one();
+        left.notified().await;
+        let (role, after) = table.join("absent");
+        assert_eq!(role, Role::Leader, "a read that left is not joined");
+        assert_eq!((leader.await.unwrap(), follower.await.unwrap(), after.await.unwrap()), (1, 1, 7));
+
+        let (_, alone) = table.flights.join("k".into(), "absent", leaving(Arc::clone(&go), Arc::clone(&left)));
+        go.notify_one();
+        assert_eq!(alone.await.unwrap(), 0, "nobody joined this one");
     }
 
     #[tokio::test]

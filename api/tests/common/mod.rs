@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use futures::FutureExt;
 use openrisk_api::auth::{Role, create_token};
-use openrisk_api::cache::BeforeFillHook;
+use openrisk_api::cache::{MissHook, MissStep};
 use openrisk_api::{AppOptions, Application};
 use openrisk_shared::protocol;
 use openrisk_shared::{Settings, Tag};
@@ -96,10 +96,10 @@ pub async fn spawn_app_with_a_breaker_per_master(cluster: &PrivateRedisCluster, 
     app
 }
 
-/// Spawns the app with a [`FillGate`] before every fill, adjusting the settings with `configure`.
-pub async fn spawn_gated_app(configure: impl FnOnce(&mut Settings)) -> (TestApp, FillGate) {
-    let gate = FillGate::default();
-    let options = AppOptions { before_fill: Some(gate.hook()), ..AppOptions::default() };
+/// Spawns the app with a [`MissGate`] on every miss, adjusting the settings with `configure`.
+pub async fn spawn_gated_app(configure: impl FnOnce(&mut Settings)) -> (TestApp, MissGate) {
+    let gate = MissGate::default();
+    let options = AppOptions { miss_hook: Some(gate.hook()), ..AppOptions::default() };
     (spawn_app_with(RedisNamespace::new(), configure, options).await, gate)
 }
 
@@ -314,34 +314,34 @@ pub async fn assert_problem(response: Response, status: StatusCode) -> Value {
     body
 }
 
-/// A fill hook that, once armed, holds the next miss on `route` between its database read and
-/// its fill until released.
+/// A miss hook that, once armed, holds the next miss on `route` at one [`MissStep`] (between its
+/// database read and its fill, unless told otherwise) until released.
 #[derive(Clone)]
-pub struct FillGate {
+pub struct MissGate {
     armed: Arc<AtomicBool>,
     reached: Arc<Notify>,
     release: Arc<Semaphore>,
-    route: Arc<std::sync::Mutex<String>>,
+    at: Arc<std::sync::Mutex<(String, MissStep)>>,
 }
 
-impl Default for FillGate {
+impl Default for MissGate {
     fn default() -> Self {
         Self {
             armed: Arc::default(),
             reached: Arc::default(),
             release: Arc::new(Semaphore::new(0)),
-            route: Arc::default(),
+            at: Arc::new(std::sync::Mutex::new((String::new(), MissStep::Fill))),
         }
     }
 }
 
-impl FillGate {
-    pub fn hook(&self) -> BeforeFillHook {
+impl MissGate {
+    pub fn hook(&self) -> MissHook {
         let gate = self.clone();
-        Arc::new(move |route, _key| {
+        Arc::new(move |step, route, _key| {
             let gate = gate.clone();
             async move {
-                let matches = *gate.route.lock().unwrap() == route;
+                let matches = *gate.at.lock().unwrap() == (route.to_owned(), step);
                 if matches && gate.armed.swap(false, Ordering::SeqCst) {
                     gate.reached.notify_one();
                     gate.release.acquire().await.unwrap().forget();
@@ -351,14 +351,20 @@ impl FillGate {
         })
     }
 
+    /// Holds the next miss on `route` before its fill.
     pub fn arm(&self, route: &str) {
-        *self.route.lock().unwrap() = route.to_owned();
+        self.arm_at(route, MissStep::Fill);
+    }
+
+    /// Holds the next miss on `route` at `step`.
+    pub fn arm_at(&self, route: &str, step: MissStep) {
+        *self.at.lock().unwrap() = (route.to_owned(), step);
         self.armed.store(true, Ordering::SeqCst);
     }
 
     /// Waits until an armed miss is held at the gate.
     pub async fn reached(&self) {
-        tokio::time::timeout(Duration::from_secs(20), self.reached.notified()).await.expect("reader reached the fill");
+        tokio::time::timeout(Duration::from_secs(20), self.reached.notified()).await.expect("reader reached the gate");
     }
 
     pub fn release(&self) {
