@@ -89,7 +89,9 @@ pub async fn sample_backlog(
             }
             Err(error) => {
                 status.caught_up.store(false, Ordering::Relaxed);
-                metrics.oldest_event_age_seconds.set(last_sample.as_ref().map_or(f64::INFINITY, LastSample::oldest_age_bound));
+                metrics
+                    .oldest_event_age_seconds
+                    .set(last_sample.as_ref().map_or(f64::INFINITY, LastSample::oldest_age_bound));
                 if !std::mem::replace(&mut failing, true) {
                     tracing::warn!(%error, "cannot sample the outbox backlog; not ready until it can");
                 }

@@ -75,11 +75,13 @@ impl Session {
     }
 
     /// Gives up the park leadership if this session holds it, and wakes every replica to take it.
-    pub async fn resign(&self) -> Result<(), tokio_postgres::Error> {
-        if self.leader.swap(false, Ordering::Relaxed) {
+    /// Returns whether it did (a replica that does not lead woke nobody).
+    pub async fn resign(&self) -> Result<bool, tokio_postgres::Error> {
+        let leader = self.leader.swap(false, Ordering::Relaxed);
+        if leader {
             self.client.query_one(outbox::RESIGN, &[&advisory_locks::PARK_LEADER]).await?;
         }
-        Ok(())
+        Ok(leader)
     }
 
     /// Takes the park lock exclusively, waiting for writers that saw nobody parked to commit.

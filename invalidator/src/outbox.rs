@@ -111,7 +111,8 @@ pub async fn begin_parked(client: &mut Client) -> Result<Transaction<'_>, tokio_
 /// back up to `limit` of those moved aside, with the statement [`prepare_claim`] prepared on its
 /// connection, under the transaction's settings ([`outbox::CLAIMING_TRANSACTION`], sent in the
 /// same round trip). The claimed events of the tenants in `held_back` move aside instead of
-/// joining the batch ([`Batch::moved_aside`] counts them), and none of theirs is taken back.
+/// joining the batch ([`Batch::moved_aside`] counts them), and none of theirs is taken back; a
+/// claim that moves any aside wakes the other replicas at its commit ([`outbox::WAKE_ALL`]).
 pub async fn claim(
     transaction: &Transaction<'_>,
     statement: &Statement,
@@ -126,6 +127,10 @@ pub async fn claim(
         transaction.query(statement, &parameters)
     )?;
     let (moved, claimed): (Vec<Row>, Vec<Row>) = rows.into_iter().partition(|row| row.get("moved_aside"));
+    if !moved.is_empty() {
+        // Another replica, parked, may reach the master this one does not.
+        transaction.batch_execute(outbox::WAKE_ALL).await?;
+    }
     Ok(Batch { moved_aside: moved.len(), ..batch_of(&claimed) })
 }
 

@@ -8,7 +8,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{Harness, connect_redis, eventually, http_get, until_batches_failed, wait_until_parked};
+use common::{Harness, WakeupListener, connect_redis, eventually, http_get, until_batches_failed, wait_until_parked};
 use openrisk_shared::config::WakeMode;
 use openrisk_test_support::{PrivatePostgres, PrivateRedis, RedisNamespace, TestDatabase, sslrootcert_param};
 
@@ -165,6 +165,7 @@ async fn a_claim_moves_the_events_of_held_back_tenants_aside_until_they_are_not_
     flood_outbox(&h, held, 20).await;
     flood_outbox(&h, other, 5).await;
     let mut client = h.db.connect().await;
+    let mut listener = WakeupListener::start(&h).await;
     let claim = openrisk_invalidator::outbox::prepare_claim(&client).await.unwrap();
     let claim_of = async |client: &mut tokio_postgres::Client, held_back: &[uuid::Uuid], commit: bool| {
         let transaction = client.transaction().await.unwrap();
@@ -176,10 +177,14 @@ async fn a_claim_moves_the_events_of_held_back_tenants_aside_until_they_are_not_
     assert_eq!(claim_of(&mut client, &[held], false).await, (vec![other; 5], 20));
     let in_outbox = "SELECT count(*) FROM cache_outbox";
     assert_eq!(h.sql.query_one(in_outbox, &[]).await.unwrap().get::<_, i64>(0), 25, "a rollback moves nothing");
+    assert_eq!(listener.notifications().await, 0, "nothing moved aside, nobody woken");
     assert_eq!(claim_of(&mut client, &[held], true).await, (vec![other; 5], 20), "only the other tenant's events");
     assert_eq!(h.sql.query_one(in_outbox, &[]).await.unwrap().get::<_, i64>(0), 0, "the held tenant's moved aside");
     assert_eq!(h.outbox_len().await, 20, "and still pending");
+    // For a replica that may reach the tenant's master: parked, it would find them only at its poll.
+    assert_eq!(listener.notifications().await, 1, "the other replicas woken at the commit");
     assert_eq!(claim_of(&mut client, &[held], true).await, (vec![], 0), "held, they are not taken back");
+    assert_eq!(listener.notifications().await, 0, "a claim that moves none aside wakes nobody");
     assert_eq!(claim_of(&mut client, &[], true).await, (vec![held; 20], 0), "released, they are");
     assert_eq!(h.outbox_len().await, 0);
 }
@@ -515,6 +520,32 @@ async fn a_park_leader_that_loses_redis_hands_the_park_to_a_replica_that_can_app
     h.assert_a_new_risk_invalidates_the_risk_list(tenant, "written once B could lead", WAIT).await;
     assert!(b.shutdown(WAIT).await);
     a.abort();
+}
+
+/// A replica that does not lead the park (here it never parks: it polls) and fails a batch wakes
+/// the others once its rollback has freed the events, as a leader does when it resigns: a parked
+/// replica that can apply them takes them then, not at its poll.
+#[tokio::test]
+async fn a_replica_that_fails_a_batch_wakes_the_others_though_it_does_not_lead_the_park() {
+    let h = Harness::new().await;
+    let tenant = h.tenant("a").await;
+    let mut lost = PrivateRedis::start();
+    let mut polling = h.settings();
+    polling.redis_url = lost.url();
+    polling.invalidator.mode = WakeMode::Poll;
+    let replica = h.start(polling).await;
+    h.drained(WAIT).await;
+    let mut listener = WakeupListener::start(&h).await;
+    lost.kill();
+    h.risk(tenant, "written after the replica lost Redis").await;
+    until_batches_failed(&replica, "redis", 1, WAIT).await;
+    let deadline = std::time::Instant::now() + WAIT;
+    while listener.notifications().await == 0 {
+        assert!(std::time::Instant::now() < deadline, "the failed batch's events were handed on to nobody");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(h.outbox_len().await > 0, "the events wait in the outbox");
+    replica.abort();
 }
 
 #[tokio::test]

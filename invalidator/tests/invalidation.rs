@@ -201,7 +201,7 @@ async fn a_lingering_replica_takes_new_events_without_parking() {
     .await;
     let tenant = h.tenant("a").await;
     h.assert_a_new_risk_invalidates_the_risk_list(tenant, "picked up while lingering", WAIT).await;
-    assert_eq!(listener.writers_notifications().await, 0, "never parked, so writers never notified");
+    assert_eq!(listener.notifications().await, 0, "never parked, so writers never notified");
     assert!(running.shutdown(WAIT).await);
 }
 
@@ -215,12 +215,12 @@ async fn writers_notify_only_while_an_invalidator_is_parked() {
     for i in 0..5 {
         h.risk(tenant, &format!("quiet {i}")).await;
     }
-    assert_eq!(listener.writers_notifications().await, 0, "no notify while nobody is parked");
+    assert_eq!(listener.notifications().await, 0, "no notify while nobody is parked");
 
     // Someone parked (the park lock held exclusively): a write notifies.
     listener.session().batch_execute("SELECT pg_advisory_lock(cache_park_lock_key())").await.unwrap();
     h.risk(tenant, "loud").await;
-    assert_eq!(listener.writers_notifications().await, 1, "the write notified the parked replica");
+    assert_eq!(listener.notifications().await, 1, "the write notified the parked replica");
     listener.session().batch_execute("SELECT pg_advisory_unlock(cache_park_lock_key())").await.unwrap();
 }
 

@@ -239,6 +239,12 @@ pub const TRY_LEAD: &str = "SELECT pg_try_advisory_lock($1)";
 /// write waits for a poll.
 pub const RESIGN: &str = "SELECT pg_advisory_unlock($1), pg_notify(cache_notify_channel(), '')";
 
+/// Wakes every replica: events this one let go of (a failed batch's, rolled back; a claim's moved
+/// aside, for a replica that can apply them) are free for another, which would otherwise find
+/// them only at its poll if it is parked. Sent inside a claim's transaction, it is delivered at
+/// the commit, so never before the events are free.
+pub const WAKE_ALL: &str = "SELECT pg_notify(cache_notify_channel(), '')";
+
 /// Takes the park lock exclusively: from then on writers notify.
 pub const PARK: &str = "SELECT pg_advisory_lock(cache_park_lock_key())";
 

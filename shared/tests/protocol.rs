@@ -284,9 +284,16 @@ async fn an_invalidation_refused_for_memory_deletes_the_versions() {
 
     f.invalidate(&tags(&["risk:1"])).await;
     assert!(!f.is_hit(&detail, &detail_tags).await, "the API's invalidation took effect");
-    protocol::invalidate_replicated(&mut f.conn, &f.keyspace, f.tenant, &tags(&["risks"]), ReplicaAck::MASTER_ONLY, None)
-        .await
-        .expect("the invalidator's invalidation is done");
+    protocol::invalidate_replicated(
+        &mut f.conn,
+        &f.keyspace,
+        f.tenant,
+        &tags(&["risks"]),
+        ReplicaAck::MASTER_ONLY,
+        None,
+    )
+    .await
+    .expect("the invalidator's invalidation is done");
     assert!(!f.is_hit(&list, &list_tags).await, "the invalidator's invalidation took effect");
 }
 

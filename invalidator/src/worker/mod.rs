@@ -240,7 +240,7 @@ impl Worker {
                 backoff = reconnect_backoff().build();
             }
             self.count_error(&failure.error);
-            self.resign(&links.outbox).await;
+            self.hand_back(&links.outbox).await;
             let delay = backoff.next().unwrap_or(MAX_RECONNECT_DELAY);
             if !(pause(delay, &shutdown).await && self.repair(&mut links, &failure.error, &shutdown).await) {
                 break;
@@ -567,18 +567,28 @@ impl Worker {
         }
     }
 
-    /// A replica that cannot apply gives up leading the park (see
-    /// [`openrisk_shared::outbox::RESIGN`]); it leads again, if no other does, at its next idle
-    /// once it applies again. The failed batch's rollback, queued on `outbox` when its
-    /// transaction was dropped, is waited for first, so the replicas woken find its events free.
-    async fn resign(&self, outbox: &Client) {
-        let Some(session) = self.wakeups.as_ref().and_then(|wakeups| wakeups.session()) else { return };
+    /// After a failed batch, hands its events to the other replicas: wakes them all, so a parked
+    /// one that can apply takes them at once rather than at its poll. A replica that leads the
+    /// park also gives that up (see [`openrisk_shared::outbox::RESIGN`], which wakes them too); it
+    /// leads again, if no other does, at its next idle once it applies again. The failed batch's
+    /// rollback, queued on `outbox` when its transaction was dropped, is waited for first, so the
+    /// replicas woken find its events free. (After a Postgres failure the server frees them only
+    /// once it ends the session, and no wake-up is sent: the others find them at their poll.)
+    async fn hand_back(&self, outbox: &Client) {
         if !outbox.is_closed() {
             // Bounded: after a Postgres failure the connection may hang until its keepalives end it.
             let _ = tokio::time::timeout(ROLLBACK_WAIT, outbox.batch_execute("")).await;
         }
-        if let Err(error) = session.resign().await {
-            tracing::warn!(%error, "cannot resign the park leadership; the LISTEN session is replaced");
+        let session = self.wakeups.as_ref().and_then(|wakeups| wakeups.session());
+        let resigned = match session.map(|session| async move { session.resign().await }) {
+            Some(resigning) => resigning.await.unwrap_or_else(|error| {
+                tracing::warn!(%error, "cannot resign the park leadership; the LISTEN session is replaced");
+                false
+            }),
+            None => false,
+        };
+        if !resigned && !outbox.is_closed() {
+            let _ = tokio::time::timeout(ROLLBACK_WAIT, outbox.batch_execute(openrisk_shared::outbox::WAKE_ALL)).await;
         }
     }
 

@@ -255,9 +255,10 @@ impl WakeupListener {
         Self { client, received }
     }
 
-    /// How many times writers notified since the last call. A sentinel notified now arrives
-    /// after every notification committed before it, so none still on its way is missed.
-    pub async fn writers_notifications(&mut self) -> usize {
+    /// How many wake-ups were sent since the last call (by writers, or by replicas handing events
+    /// on). A sentinel notified now arrives after every notification committed before it, so none
+    /// still on its way is missed.
+    pub async fn notifications(&mut self) -> usize {
         self.client.batch_execute(&format!("SELECT pg_notify('openrisk_cache_wakeup', '{SENTINEL}')")).await.unwrap();
         let mut count = 0;
         loop {
