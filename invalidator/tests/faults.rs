@@ -548,6 +548,35 @@ async fn a_replica_that_fails_a_batch_wakes_the_others_though_it_does_not_lead_t
     replica.abort();
 }
 
+/// A master that answers with an error (here a tenant's version key holds a hash) has answered:
+/// the tenant is held back while the others are applied, and the replica neither says Redis is
+/// lost nor replaces its connection, as it does when the master does not answer.
+#[tokio::test]
+async fn an_error_reply_holds_its_tenant_back_without_counting_redis_lost() {
+    let mut h = Harness::new().await;
+    let running = h.start(h.settings()).await;
+    let (bad, good) = (h.tenant("bad").await, h.tenant("good").await);
+    h.drained(WAIT).await;
+    let corrupt = h.keyspace.version_key(bad, &openrisk_shared::Tag::parse("risks").unwrap());
+    let _: () = redis::cmd("HSET").arg(&corrupt).arg("not").arg("a version").query_async(&mut h.redis).await.unwrap();
+    h.risk(bad, "its invalidation meets a hash").await;
+    until_batches_failed(&running, "redis", 2, WAIT).await;
+    let key = h.cache_risk_list(good).await;
+    h.risk(good, "applied meanwhile").await;
+    let deadline = std::time::Instant::now() + WAIT;
+    while h.risk_list_is_cached(good, &key).await {
+        assert!(std::time::Instant::now() < deadline, "the other tenant's write was never applied");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(running.metrics.reconnects.with_label_values(&["redis"]).get(), 0, "the connection was replaced");
+    let ready: serde_json::Value = serde_json::from_str(&http_get(running.metrics_addr, "/readyz").await.1).unwrap();
+    assert_eq!(ready["redis"], true, "{ready}");
+
+    let _: () = redis::cmd("DEL").arg(&corrupt).query_async(&mut h.redis).await.unwrap();
+    h.drained(WAIT).await;
+    assert!(running.shutdown(WAIT).await);
+}
+
 #[tokio::test]
 async fn a_replica_killed_mid_batch_leaves_its_events_to_another() {
     let redis = PrivateRedis::start();

@@ -78,7 +78,7 @@ impl Worker {
             tokio::spawn(async move {
                 let sent = async { protocol::probe(&mut connection?, &worker.keyspace, tenant, ack).await };
                 let failure = sent.await.err();
-                let unanswered = matches!(failure, Some(InvalidateError::Redis(_)));
+                let unanswered = failure.as_ref().is_some_and(|error| !error.master_answered());
                 if unanswered && waits_for_replica {
                     worker.probes.failed();
                 }
@@ -143,7 +143,7 @@ impl Worker {
         .await;
         let (mut reclaimable, mut failed) = (Reclaimable::default(), Vec::new());
         for (tenant, outcome) in outcomes {
-            self.reach.heard(tenant, !matches!(outcome, Err(InvalidateError::Redis(_))));
+            self.reach.heard(tenant, outcome.as_ref().err().is_none_or(InvalidateError::master_answered));
             match outcome {
                 Ok(moved) => reclaimable.extend(moved),
                 Err(error) => {

@@ -438,7 +438,7 @@ impl Worker {
         let (mut applied, answered_at) = (Applied { tags: distinct as u64, ..Applied::default() }, Instant::now());
         let outcomes = replicated.into_iter().map(|(tenant, outcome)| (tenant, outcome, true));
         for (tenant, outcome, confirmed) in outcomes.chain(applied_alone.into_iter().map(|(t, o)| (t, o, false))) {
-            self.reach.heard(tenant, !matches!(outcome, Err(InvalidateError::Redis(_))));
+            self.reach.heard(tenant, outcome.as_ref().err().is_none_or(InvalidateError::master_answered));
             match outcome {
                 Ok(moved) => {
                     applied.reclaimable.extend(moved);

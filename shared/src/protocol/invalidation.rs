@@ -144,6 +144,24 @@ pub enum InvalidateError {
     MasterWithoutReplica,
 }
 
+impl InvalidateError {
+    /// Whether the tenant's master answered: an error reply about the call itself (a key of
+    /// the wrong type, a script error) is an answer, so Redis is not lost; no reply, or one that
+    /// says the slot is served elsewhere or the node cannot serve it now, is none.
+    pub fn master_answered(&self) -> bool {
+        match self {
+            InvalidateError::Redis(error) => error.code().is_some_and(|code| !NOT_THE_MASTERS_ANSWER.contains(&code)),
+            InvalidateError::NotReplicated { .. } | InvalidateError::MasterWithoutReplica => true,
+        }
+    }
+}
+
+/// Error replies that say nothing of the tenant's master: the slot is served by another node or
+/// moving (`MOVED`, `ASK`, `TRYAGAIN`), the cluster or the node cannot serve it now
+/// (`CLUSTERDOWN`, `MASTERDOWN`, `LOADING`, `BUSY`), or the node is a replica (`READONLY`).
+const NOT_THE_MASTERS_ANSWER: [&str; 8] =
+    ["MOVED", "ASK", "TRYAGAIN", "CLUSTERDOWN", "MASTERDOWN", "LOADING", "BUSY", "READONLY"];
+
 /// Invalidates `tags` of `tenant` (one script, O(tags)): after it returns no entry built under
 /// their previous versions is served. Idempotent; a tag nothing was cached under costs one
 /// `GET`. The caller reclaims the returned member sets once it has acknowledged the event.
@@ -453,5 +471,29 @@ mod tests {
         }
         let io = redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
         assert!(!refused_while_migrating(&io));
+    }
+
+    #[test]
+    fn an_error_reply_about_the_call_is_the_masters_answer_and_one_about_the_node_is_not() {
+        let answered = |error: redis::RedisError| InvalidateError::Redis(error).master_answered();
+        for about_the_call in [
+            "WRONGTYPE Operation against a key holding the wrong kind of value",
+            "ERR Error running script (call to f_0123): @user_script:3: bad argument",
+        ] {
+            assert!(answered(reply_error(about_the_call)), "{about_the_call}");
+        }
+        for about_the_node in [
+            "MOVED 3999 127.0.0.1:6381",
+            "TRYAGAIN Multiple keys request during rehashing of slot",
+            "CLUSTERDOWN The cluster is down",
+            "LOADING Redis is loading the dataset in memory",
+            "BUSY Redis is busy running a script",
+            "READONLY You can't write against a read only replica.",
+        ] {
+            assert!(!answered(reply_error(about_the_node)), "{about_the_node}");
+        }
+        let io = redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
+        assert!(!answered(io), "no reply");
+        assert!(InvalidateError::MasterWithoutReplica.master_answered());
     }
 }
