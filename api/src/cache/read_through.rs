@@ -259,7 +259,7 @@ impl Cache {
         reads.reader_at(found.with_unknown_at(position)).await
     }
 
-    /// The miss's first read failed (the row was not there), and callers joined it meanwhile,
+    /// The miss's first read failed (the row was not there, say), and callers joined it meanwhile,
     /// whose lookups may have followed a write that the first read predates: the database is read
     /// again for all of them, and not cached (the versions were never created).
     async fn read_again_for_joined(

@@ -166,8 +166,8 @@ const NOT_THE_MASTERS_ANSWER: [&str; 8] =
 /// their previous versions is served. Idempotent; a tag nothing was cached under costs one
 /// `GET`. The caller reclaims the returned member sets once it has acknowledged the event.
 /// The new versions' replay floors are unknown (see [`invalidate_replicated`]). While the
-/// tenant's slot migrates, the versions are replaced one by one (`replace_versions_one_by_one`);
-/// while Redis is full and may not evict, they are deleted (`delete_versions`).
+/// tenant's slot migrates, the versions are replaced one by one, and while Redis is full and may
+/// not evict, they are deleted (`OneByOne`).
 pub async fn invalidate<C: ConnectionLike>(
     conn: &mut C,
     keyspace: &Keyspace,
@@ -190,9 +190,9 @@ async fn invalidate_after_refusal<C: ConnectionLike>(
     error: redis::RedisError,
 ) -> redis::RedisResult<Reclaimable> {
     if refused_while_migrating(&error) {
-        replace_versions_one_by_one(conn, keyspace, tenant, tags).await
+        versions_one_by_one(conn, keyspace, tenant, tags, OneByOne::Replace).await
     } else if refused_for_memory(&error) {
-        delete_versions(conn, keyspace, tenant, tags).await
+        versions_one_by_one(conn, keyspace, tenant, tags, OneByOne::Delete).await
     } else {
         Err(error)
     }
@@ -261,8 +261,8 @@ fn invalidation_keys(keyspace: &Keyspace, tenant: Uuid, tags: &[Tag]) -> (String
 /// where the previous ones had one.
 ///
 /// While the tenant's slot migrates, the script is refused, and the versions are replaced one
-/// by one instead (`replace_versions_one_by_one`); while Redis is full and may not evict, they
-/// are deleted (`delete_versions`). Either is confirmed by a `WAIT` on every master.
+/// by one instead; while Redis is full and may not evict, they are deleted (`OneByOne`). Either
+/// is confirmed by a `WAIT` on every master.
 ///
 /// Invariant: `Ok` means the invalidation survives the failover of its master to any replica
 /// that confirmed it (Redis promotes the replica with the most replicated data first).
@@ -329,43 +329,41 @@ async fn script_and_wait<C: ConnectionLike>(
     Ok(Reclaimable { keys: moved })
 }
 
-/// While the tenant's slot migrates between two masters, a script whose keys are not all on one
-/// node is refused (`TRYAGAIN`), and [`INVALIDATE`]'s reclaim key never exists, so it is refused
-/// for as long as the migration lasts, while lookups whose keys have not moved, or have all moved,
-/// are still served. This replaces each version alone instead (`SET … XX KEEPTTL`: one key, which
-/// the client follows to whichever node holds it now; an absent version stays absent), which is
-/// all a lookup checks. The member sets stay in place (a later invalidation reclaims their
-/// entries) and the replay floors no longer match their versions, so they read as unknown.
-async fn replace_versions_one_by_one<C: ConnectionLike>(
+/// How [`versions_one_by_one`] ends each version, when Redis refuses [`INVALIDATE`] itself.
+#[derive(Debug, Clone, Copy)]
+enum OneByOne {
+    /// While the tenant's slot migrates between two masters, a script whose keys are not all on
+    /// one node is refused (`TRYAGAIN`), and [`INVALIDATE`]'s reclaim key never exists, so it is
+    /// refused for as long as the migration lasts, while lookups whose keys have not moved, or
+    /// have all moved, are still served. Each version is replaced alone instead
+    /// (`SET … XX KEEPTTL`; an absent version stays absent), which is all a lookup checks.
+    Replace,
+    /// Redis full with nothing it may evict refuses [`INVALIDATE`] and every `SET`, but not a
+    /// deletion, which frees memory. Each version is deleted instead: an absent version matches
+    /// no entry, so the hit and the fill refuse every entry built under the deleted one, and a
+    /// reader that finds it absent creates a fresh random one (refused too while Redis is full:
+    /// it reads Postgres).
+    Delete,
+}
+
+/// Ends the version of each of `tags` with one command per key, which the cluster client follows
+/// to whichever node holds it now. The member sets stay in place (a later invalidation reclaims
+/// their entries) and the replay floors no longer match any version, so they read as unknown.
+async fn versions_one_by_one<C: ConnectionLike>(
     conn: &mut C,
     keyspace: &Keyspace,
     tenant: Uuid,
     tags: &[Tag],
+    how: OneByOne,
 ) -> redis::RedisResult<Reclaimable> {
     let token = fresh_token();
     for tag in tags {
         let key = keyspace.version_key(tenant, tag);
-        let _: Option<String> =
-            redis::cmd("SET").arg(&key).arg(&token).arg("XX").arg("KEEPTTL").query_async(conn).await?;
-    }
-    Ok(Reclaimable::default())
-}
-
-/// Redis full with nothing it may evict refuses [`INVALIDATE`] and every `SET`, but not a
-/// deletion, which frees memory. So this deletes each tag's version instead (one key per call,
-/// which the cluster client follows to wherever it is): an absent version matches no entry, so
-/// the hit and the fill refuse every entry built under the deleted one, and a reader that finds it
-/// absent creates a fresh random one (refused too while Redis is full: it reads Postgres). The
-/// member sets stay in place, as in `replace_versions_one_by_one`, and so do the floors, which
-/// match no later version and so read as unknown.
-async fn delete_versions<C: ConnectionLike>(
-    conn: &mut C,
-    keyspace: &Keyspace,
-    tenant: Uuid,
-    tags: &[Tag],
-) -> redis::RedisResult<Reclaimable> {
-    for tag in tags {
-        let _: u64 = redis::cmd("DEL").arg(keyspace.version_key(tenant, tag)).query_async(conn).await?;
+        let command = match how {
+            OneByOne::Replace => redis::cmd("SET").arg(&key).arg(&token).arg("XX").arg("KEEPTTL").to_owned(),
+            OneByOne::Delete => redis::cmd("DEL").arg(&key).to_owned(),
+        };
+        let _: redis::Value = command.query_async(conn).await?;
     }
     Ok(Reclaimable::default())
 }
