@@ -149,6 +149,32 @@ async fn a_link_made_while_its_asset_changes_leaves_no_stale_detail_and_no_stale
     assert_eq!(detail["score"], 12.0 * 1.5, "scored with the asset's committed criticality");
 }
 
+/// A link locks its asset before its risk, in the order a change of the asset's criticality takes
+/// them (the asset, then the risks it re-scores): a link that held the risk while it waited for
+/// the asset deadlocked with such a change. A session holds the asset as that change does; while
+/// the link waits for it, the risk must be free.
+#[tokio::test]
+async fn a_link_waiting_for_its_asset_holds_no_lock_on_its_risk() {
+    let app = spawn_app().await;
+    let token = &app.a.analyst;
+    let asset = app.create_asset(token, "Shared", "LOW").await;
+    let risk_path = app.create_risk_path(token, "Linking").await;
+    let asset_id = id_of(asset["id"].as_str().unwrap());
+    let holding = "SELECT 1 FROM assets WHERE id = $1 FOR NO KEY UPDATE";
+    let holder = session_holding(&app, "BEGIN", holding, asset_id).await;
+    let probe = app.db.connect().await;
+    let probe_then_let_go = async {
+        until_the_api_waits_for_a_lock(&holder).await;
+        let risk_row = format!("SELECT 1 FROM risks WHERE id = '{}' FOR UPDATE NOWAIT", id_of(&risk_path));
+        let probed = probe.batch_execute(&risk_row).await;
+        holder.batch_execute("COMMIT").await.unwrap();
+        probed
+    };
+    let (response, probed) = tokio::join!(app.link_asset(token, &risk_path, &asset), probe_then_let_go);
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    probed.expect("the risk was free while the link waited for its asset");
+}
+
 /// A link made while its asset's delete, or its risk's soft delete, commits is a 404: not the
 /// foreign key's 422, and no link left on a deleted risk.
 #[tokio::test]

@@ -336,11 +336,18 @@ pub enum Linking {
 /// Links a live risk and an asset of the tenant (idempotent). Both rows are locked as they are
 /// read, so a delete of either committing meanwhile is waited for and makes the link's side
 /// missing (a 404), rather than breaking the foreign key (which would read as a 422) or linking a
-/// risk deleted meanwhile. The risk is locked as its re-score will update it (`FOR NO KEY
-/// UPDATE`, which its soft delete, an `UPDATE`, waits for, as do other links of it: a shared lock
-/// would have two of them deadlock upgrading it), the asset `FOR KEY SHARE`, which its `DELETE`
-/// waits for.
+/// risk deleted meanwhile. The asset is locked first, `FOR SHARE` (as the link's trigger holds
+/// it, see migration 0011), which its `DELETE` and any change of it wait for: a change of its
+/// criticality locks the asset, then re-scores the risks linked to it, so a link that held the
+/// risk first and then waited for the asset deadlocked with it. The risk is locked after, as
+/// its re-score will update it (`FOR NO KEY UPDATE`, which its soft delete, an `UPDATE`, waits
+/// for, as do other links of it: a shared lock would have two of them deadlock upgrading it).
 pub async fn link_asset(db: &impl ConnectionTrait, tenant: Uuid, risk: Uuid, asset: Uuid) -> Result<Linking, DbErr> {
+    db.execute_raw(stmt(
+        "SELECT 1 FROM assets WHERE tenant_id = $1 AND id = $2 FOR SHARE",
+        [tenant.into(), asset.into()],
+    ))
+    .await?;
     let linked = db
         .execute_raw(stmt(
             "INSERT INTO risk_assets (tenant_id, risk_id, asset_id) \
