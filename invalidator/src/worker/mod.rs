@@ -567,21 +567,17 @@ impl Worker {
         }
     }
 
-    /// After a failed batch, hands its events to the other replicas: wakes them all, so a parked
-    /// one that can apply takes them at once rather than at its poll. A replica that leads the
-    /// park also gives that up (see [`openrisk_shared::outbox::RESIGN`], which wakes them too); it
-    /// leads again, if no other does, at its next idle once it applies again. The failed batch's
-    /// rollback, queued on `outbox` when its transaction was dropped, is waited for first, so the
-    /// replicas woken find its events free. (After a Postgres failure the server frees them only
-    /// once it ends the session, and no wake-up is sent: the others find them at their poll.)
+    /// After a failed batch, wakes every replica, so a parked one that can apply takes its events
+    /// at once rather than at its poll; a park leader also gives the lead up (see
+    /// [`openrisk_shared::outbox::RESIGN`]), to take it again at an idle once it applies. The
+    /// batch's rollback, queued on `outbox` when its transaction was dropped, is waited for first
+    /// (a while at most: a cut connection hangs until its keepalives end it), so the events are free.
     async fn hand_back(&self, outbox: &Client) {
         if !outbox.is_closed() {
-            // Bounded: after a Postgres failure the connection may hang until its keepalives end it.
             let _ = tokio::time::timeout(ROLLBACK_WAIT, outbox.batch_execute("")).await;
         }
-        let session = self.wakeups.as_ref().and_then(|wakeups| wakeups.session());
-        let resigned = match session.map(|session| async move { session.resign().await }) {
-            Some(resigning) => resigning.await.unwrap_or_else(|error| {
+        let resigned = match self.wakeups.as_ref().and_then(|wakeups| wakeups.session()) {
+            Some(session) => session.resign().await.unwrap_or_else(|error| {
                 tracing::warn!(%error, "cannot resign the park leadership; the LISTEN session is replaced");
                 false
             }),

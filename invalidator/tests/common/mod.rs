@@ -185,6 +185,18 @@ impl Harness {
     }
 }
 
+/// Fills the outbox with `count` events of one tenant, each invalidating its own risk tag.
+pub async fn flood_outbox(h: &Harness, tenant: uuid::Uuid, count: i32) {
+    h.sql
+        .execute(
+            "INSERT INTO cache_outbox (tenant_id, table_name, op, tags)
+             SELECT $1, 'risks', 'UPDATE', ARRAY['risk:' || g, 'risks'] FROM generate_series(1, $2) g",
+            &[&tenant, &count],
+        )
+        .await
+        .unwrap();
+}
+
 pub fn with_all(tags: &[String]) -> Vec<Tag> {
     std::iter::once(Tag::all()).chain(tags.iter().map(|tag| Tag::parse(tag).unwrap())).collect()
 }
