@@ -243,6 +243,11 @@ impl From<DbErr> for ApiError {
     fn from(error: DbErr) -> Self {
         if let Some(code) = sqlstate(&error) {
             match code.as_str() {
+                "23505" if constraint(&error) == Some(EXTERNAL_ID_INDEX) => {
+                    return ApiError::conflict(
+                        "a live risk of this tenant already has this source and external_id; a deleted one frees them",
+                    );
+                }
                 "23505" => return ApiError::conflict("a resource with the same unique key already exists"),
                 "23503" => return ApiError::unprocessable("a referenced resource does not exist"),
                 "23514" | "23502" | "22001" | "22003" | "22P02" | "22007" | "22008" => {
@@ -301,6 +306,18 @@ fn connection_lost(error: &DbErr) -> bool {
 fn sqlstate(error: &DbErr) -> Option<String> {
     match sqlx_error(error) {
         Some(sea_orm::sqlx::Error::Database(db)) => db.code().map(|code| code.into_owned()),
+        _ => None,
+    }
+}
+
+/// The unique index a live risk's (`tenant_id`, `source`, `external_id`) must not repeat
+/// (migration 0009).
+const EXTERNAL_ID_INDEX: &str = "risks_external_idx";
+
+/// The constraint (or unique index) a statement violated, if it says.
+fn constraint(error: &DbErr) -> Option<&str> {
+    match sqlx_error(error) {
+        Some(sea_orm::sqlx::Error::Database(db)) => db.constraint(),
         _ => None,
     }
 }

@@ -8,7 +8,7 @@ use poem::http::StatusCode;
 use poem_openapi::error::ParseRequestPayloadError;
 use serde_json::{Map, Value};
 
-use crate::model::NULL_CANNOT_CLEAR;
+use crate::model::{NUL_IN_TEXT, NULL_CANNOT_CLEAR};
 
 /// The document's schema named `name` (in `components.schemas`).
 fn schema(name: &str) -> Option<&'static Value> {
@@ -32,8 +32,9 @@ pub fn name_the_field(error: poem::Error, body: &[u8]) -> poem::Error {
 /// `message` (a body's parse error) with the field it is about named in front of it, when the
 /// body shows which field of the outermost type the message names holds the value it reports.
 /// Only a value of one of that type's own fields qualifies (poem names each type the error
-/// passed through, and an optional field's wrapper is the only one allowed between them), and
-/// only one field may hold it: otherwise the message is left as it is.
+/// passed through, and an optional field's wrapper is the only one allowed between them, or a
+/// list for a NUL in one of its texts), and only one field may hold it: otherwise the message is
+/// left as it is.
 pub fn with_field_named(message: &str, body: &[u8]) -> Option<String> {
     if ["field `", "unknown field", "is read only"].iter().any(|named| message.contains(named)) {
         return None;
@@ -43,7 +44,9 @@ pub fn with_field_named(message: &str, body: &[u8]) -> Option<String> {
     let reported = parts.next()?;
     let types: Vec<&str> = parts.map(|part| part.split('"').next().unwrap_or_default()).collect();
     let (type_name, between) = types.split_last()?;
-    if !between.iter().all(|name| name.starts_with("optional_")) {
+    // A NUL is reported from inside a list of texts too; no other value of a list names a field.
+    let in_a_list = |name: &&str| name.starts_with("list_") && reported.contains(NUL_IN_TEXT);
+    if !between.iter().all(|name| name.starts_with("optional_") || in_a_list(name)) {
         return None;
     }
     let body: Value = serde_json::from_slice(body).ok()?;
@@ -60,6 +63,10 @@ fn misfit_reported(schema: &Value, object: &Map<String, Value>, reported: &str) 
     let found = match reported.split_once(", found ") {
         Some((_, found)) => serde_json::from_str::<Value>(found.strip_suffix('.')?).ok()?,
         None if reported.ends_with("expects an input value.") => Value::Null,
+        None if reported.contains(NUL_IN_TEXT) => {
+            let holds_nul = |_: &Value, value: &Value| holds_nul(value).then(|| NUL_IN_TEXT.to_owned());
+            return only_misfit(schema, object, holds_nul);
+        }
         None if reported.contains(NULL_CANNOT_CLEAR) => {
             let refuses_null = |property: &Value, value: &Value| {
                 (value.is_null() && property["nullable"] != true).then(|| "must not be null".to_owned())
@@ -84,6 +91,15 @@ fn misfit_reported(schema: &Value, object: &Map<String, Value>, reported: &str) 
         return Some((missing.to_owned(), misfit.to_owned()));
     }
     only_misfit(schema, object, |property, value| (*value == found).then(|| misfit(property, value)).flatten())
+}
+
+/// Whether `value` is a text holding the NUL character, or a list holding one.
+fn holds_nul(value: &Value) -> bool {
+    match value {
+        Value::String(text) => text.contains('\0'),
+        Value::Array(items) => items.iter().any(holds_nul),
+        _ => false,
+    }
 }
 
 /// The only field of `object` for which `misfit` (given its resolved property and its value)
@@ -256,6 +272,22 @@ mod tests {
             "failed to parse \"string_date\": `2027-02-30` is not a date (occurred while parsing \"MitigationCreate\")";
         let later_misfit = r#"{"title": "t", "due_date": "2027-02-30", "mitigation_time_days": "10"}"#;
         assert_eq!(named(bad_date, later_misfit), None, "not the later field that does not fit");
+    }
+
+    #[test]
+    fn a_text_holding_a_nul_is_named_alone_or_in_a_list() {
+        let named = |message: &str, body: &str| {
+            with_field_named(message, body.as_bytes()).map(|named| named.split(" (").next().unwrap().to_owned())
+        };
+        let nul = format!("failed to parse \"string\": {NUL_IN_TEXT} (occurred while parsing \"RiskCreate\")");
+        let body = r#"{"title": "a\u0000b", "owner": "fine", "impact": 1}"#;
+        assert_eq!(named(&nul, body).as_deref(), Some("field `title` must not contain the NUL character"));
+        let in_a_list = format!(
+            "failed to parse \"string\": {NUL_IN_TEXT} (occurred while parsing \"list_string\") (occurred while parsing \"RiskCreate\")"
+        );
+        let body = r#"{"title": "ok", "tags": ["x", "a\u0000b"]}"#;
+        assert_eq!(named(&in_a_list, body).as_deref(), Some("field `tags` must not contain the NUL character"));
+        assert_eq!(named(&nul, r#"{"title": "a\u0000", "owner": "b\u0000"}"#), None, "two fields hold one");
     }
 
     #[test]

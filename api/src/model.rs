@@ -24,7 +24,7 @@ pub use calendar_date::CalendarDate;
 pub use change::{Change, NULL_CANNOT_CLEAR};
 
 pub use stats::{MitigationStatusCounts, RiskMatrix, SeverityCounts, Stats, StatusCounts, TrendPoint, Trends};
-pub use text::Text;
+pub use text::{NUL_IN_TEXT, Text};
 
 /// Where a risk is in its life cycle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]

@@ -186,7 +186,9 @@ async fn bad_parameters_unknown_ids_and_conflicts_are_clear_4xx() {
     // A duplicate external id (unique per tenant and source) is a conflict, and writes nothing.
     let body = json!({"title": "x", "impact": 1, "probability": 1, "external_id": "EXT-7"});
     assert_eq!(app.send_json(Method::POST, "/api/v1/risks", token, body.clone()).await.status(), StatusCode::CREATED);
-    assert_problem(app.send_json(Method::POST, "/api/v1/risks", token, body).await, StatusCode::CONFLICT).await;
+    let problem =
+        assert_problem(app.send_json(Method::POST, "/api/v1/risks", token, body).await, StatusCode::CONFLICT).await;
+    assert!(problem["detail"].as_str().unwrap().contains("external_id"), "the conflict names its field: {problem}");
     assert_eq!(app.count("SELECT count(*) FROM risks").await, 1);
     assert_eq!(
         app.count("SELECT count(*) FROM cache_outbox WHERE table_name = 'risks'").await,
@@ -288,16 +290,30 @@ async fn text_with_a_nul_character_is_refused_not_a_server_error() {
     let app = spawn_app().await;
     let token = &app.a.analyst;
     let before = app.count("SELECT count(*) FROM risks").await;
+    // A text field names itself, as any other field the body gets wrong.
     let bodies = [
-        json!({"title": "a\u{0}b", "impact": 1, "probability": 1}),
-        json!({"title": "ok", "impact": 1, "probability": 1, "owner": "a\u{0}b"}),
-        json!({"title": "ok", "impact": 1, "probability": 1, "custom_fields": {"k": "a\u{0}b"}}),
-        json!({"title": "ok", "impact": 1, "probability": 1, "tags": ["a\u{0}b"]}),
+        ("title", json!({"title": "a\u{0}b", "impact": 1, "probability": 1})),
+        ("owner", json!({"title": "ok", "impact": 1, "probability": 1, "owner": "a\u{0}b"})),
+        ("tags", json!({"title": "ok", "impact": 1, "probability": 1, "tags": ["a\u{0}b"]})),
     ];
-    for body in bodies {
+    for (field, body) in bodies {
         let response = app.send_json(Method::POST, "/api/v1/risks", token, body.clone()).await;
-        assert!(response.status().is_client_error(), "{body}: {}", response.status());
-        assert_problem(response, StatusCode::UNPROCESSABLE_ENTITY).await;
+        let problem = assert_problem(response, StatusCode::BAD_REQUEST).await;
+        let detail = problem["detail"].as_str().unwrap();
+        assert!(detail.contains(&format!("`{field}`")) && detail.contains("NUL"), "{body}: {problem}");
+    }
+    let asset = json!({"name": "a\u{0}b", "asset_type": "server", "criticality": "LOW"});
+    let problem =
+        assert_problem(app.send_json(Method::POST, "/api/v1/assets", token, asset).await, StatusCode::BAD_REQUEST)
+            .await;
+    assert!(problem["detail"].as_str().unwrap().contains("`name`"), "{problem}");
+    // custom_fields, a JSON object of anything, is checked as a whole (its other limits are too).
+    for fields in [json!({"k": "a\u{0}b"}), json!({"a\u{0}b": 1}), json!({"k": {"a\u{0}b": [1]}})] {
+        let body = json!({"title": "ok", "impact": 1, "probability": 1, "custom_fields": fields});
+        let response = app.send_json(Method::POST, "/api/v1/risks", token, body.clone()).await;
+        let problem = assert_problem(response, StatusCode::UNPROCESSABLE_ENTITY).await;
+        let detail = problem["detail"].as_str().unwrap();
+        assert!(detail.contains("custom_fields") && detail.contains("NUL"), "{body}: {problem}");
     }
     // Refused as the query is read, before any of it reaches Postgres.
     for path in ["/api/v1/risks?q=a%00b", "/api/v1/assets?q=a%00b", "/api/v1/risks?owner=a%00b"] {

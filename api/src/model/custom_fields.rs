@@ -23,10 +23,15 @@ pub enum CustomFieldsError {
     TooPrecise,
     #[error("custom_fields take {0} bytes once numbers are written out in full (at most {MAX_BODY_BYTES})")]
     TooLargeStored(u64),
+    #[error("custom_fields names and strings must not contain the NUL character (U+0000)")]
+    Nul,
 }
 
 /// Checks every number in `fields` and the size of their stored form.
 pub fn check(fields: &BTreeMap<String, Value>) -> Result<(), CustomFieldsError> {
+    if fields.keys().any(|name| name.contains('\0')) {
+        return Err(CustomFieldsError::Nul);
+    }
     let growth = growth_of_all(fields.values())?;
     let stored = serde_json::to_vec(fields).map_or(u64::MAX, |text| text.len() as u64).saturating_add(growth);
     if stored > MAX_BODY_BYTES as u64 {
@@ -35,7 +40,8 @@ pub fn check(fields: &BTreeMap<String, Value>) -> Result<(), CustomFieldsError> 
     Ok(())
 }
 
-/// How many characters longer `value` prints once stored than as sent, after checking its numbers.
+/// How many characters longer `value` prints once stored than as sent, after checking its numbers
+/// (and that no name or string in it holds a NUL, which Postgres cannot store).
 fn growth_of(value: &Value) -> Result<u64, CustomFieldsError> {
     match value {
         Value::Number(number) => {
@@ -46,7 +52,9 @@ fn growth_of(value: &Value) -> Result<u64, CustomFieldsError> {
             Ok(stored_len(&text)?.saturating_sub(text.len() as u64))
         }
         Value::Array(items) => growth_of_all(items),
+        Value::Object(fields) if fields.keys().any(|name| name.contains('\0')) => Err(CustomFieldsError::Nul),
         Value::Object(fields) => growth_of_all(fields.values()),
+        Value::String(text) if text.contains('\0') => Err(CustomFieldsError::Nul),
         _ => Ok(0),
     }
 }

@@ -54,9 +54,14 @@ impl Type for Text {
     }
 }
 
+/// Why a text holding the NUL character is refused (the field it is in is named from this).
+pub const NUL_IN_TEXT: &str = "must not contain the NUL character (U+0000)";
+
 impl ParseFromJSON for Text {
     fn parse_from_json(value: Option<Value>) -> ParseResult<Self> {
         match value.unwrap_or_default() {
+            // Postgres stores no NUL: refused here, where the error can name the field.
+            Value::String(text) if text.contains('\0') => Err(ParseError::custom(NUL_IN_TEXT)),
             Value::String(text) => Ok(Self(text)),
             other => Err(ParseError::expected_type(other)),
         }
@@ -80,5 +85,12 @@ mod tests {
             assert!(Text::parse_from_json(Some(other.clone())).is_err(), "{other} is no text");
         }
         assert!(String::parse_from_json(Some(Value::from(123))).is_ok(), "poem-openapi's String takes a number");
+    }
+
+    #[test]
+    fn text_with_a_nul_character_is_refused() {
+        let refused = Text::parse_from_json(Some(Value::from("a\0b"))).unwrap_err();
+        assert!(refused.message().contains("NUL"), "{}", refused.message());
+        assert!(Text::parse_from_json(Some(Value::from("a\u{1}b"))).is_ok(), "other control characters are text");
     }
 }
