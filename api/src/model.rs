@@ -188,7 +188,7 @@ pub struct RiskDetail {
 #[oai(deny_unknown_fields, example, skip_serializing_if_is_none)]
 pub struct RiskCreate {
     /// Short name of the risk, not blank.
-    #[oai(validator(min_length = 1, max_length = 255, pattern = "\\S"))]
+    #[oai(validator(min_length = 1, max_length = 255, pattern = "[^\\s\\u0085\\uFEFF]"))]
     pub title: Text,
     /// Longer account of the risk; empty when left out.
     #[oai(default, validator(max_length = 10000))]
@@ -226,7 +226,7 @@ pub struct RiskCreate {
 #[oai(deny_unknown_fields)]
 pub struct RiskPatch {
     /// New short name, not blank.
-    #[oai(validator(min_length = 1, max_length = 255, pattern = "\\S"))]
+    #[oai(validator(min_length = 1, max_length = 255, pattern = "[^\\s\\u0085\\uFEFF]"))]
     pub title: Change<Text>,
     /// New longer account.
     #[oai(validator(max_length = 10000))]
@@ -308,7 +308,7 @@ impl Mitigation {
 #[oai(example, deny_unknown_fields)]
 pub struct MitigationCreate {
     /// Short name of the mitigation, not blank.
-    #[oai(validator(min_length = 1, max_length = 255, pattern = "\\S"))]
+    #[oai(validator(min_length = 1, max_length = 255, pattern = "[^\\s\\u0085\\uFEFF]"))]
     pub title: Text,
     /// Who carries it out; empty when left out.
     #[oai(default, validator(max_length = 255))]
@@ -333,7 +333,7 @@ pub struct MitigationCreate {
 #[oai(deny_unknown_fields)]
 pub struct MitigationPatch {
     /// New short name, not blank.
-    #[oai(validator(min_length = 1, max_length = 255, pattern = "\\S"))]
+    #[oai(validator(min_length = 1, max_length = 255, pattern = "[^\\s\\u0085\\uFEFF]"))]
     pub title: Change<Text>,
     /// New assignee.
     #[oai(validator(max_length = 255))]
@@ -389,7 +389,7 @@ impl From<subactions::Model> for SubAction {
 #[oai(deny_unknown_fields)]
 pub struct SubActionCreate {
     /// What is to be done, not blank.
-    #[oai(validator(min_length = 1, max_length = 255, pattern = "\\S"))]
+    #[oai(validator(min_length = 1, max_length = 255, pattern = "[^\\s\\u0085\\uFEFF]"))]
     pub title: Text,
     /// Whether it is already done; false when left out.
     #[oai(default)]
@@ -401,7 +401,7 @@ pub struct SubActionCreate {
 #[oai(deny_unknown_fields)]
 pub struct SubActionPatch {
     /// New text, not blank.
-    #[oai(validator(min_length = 1, max_length = 255, pattern = "\\S"))]
+    #[oai(validator(min_length = 1, max_length = 255, pattern = "[^\\s\\u0085\\uFEFF]"))]
     pub title: Change<Text>,
     /// Whether it is done.
     pub completed: Change<bool>,
@@ -460,7 +460,7 @@ pub struct AssetPage {
 #[oai(example, deny_unknown_fields)]
 pub struct AssetCreate {
     /// Name of the asset, not blank.
-    #[oai(validator(min_length = 1, max_length = 255, pattern = "\\S"))]
+    #[oai(validator(min_length = 1, max_length = 255, pattern = "[^\\s\\u0085\\uFEFF]"))]
     pub name: Text,
     /// Kind of asset (server, application, dataset, …), 1–64 characters.
     #[oai(validator(min_length = 1, max_length = 64))]
@@ -477,7 +477,7 @@ pub struct AssetCreate {
 #[oai(deny_unknown_fields)]
 pub struct AssetPatch {
     /// New name, not blank.
-    #[oai(validator(min_length = 1, max_length = 255, pattern = "\\S"))]
+    #[oai(validator(min_length = 1, max_length = 255, pattern = "[^\\s\\u0085\\uFEFF]"))]
     pub name: Change<Text>,
     /// New kind of asset, 1–64 characters.
     #[oai(validator(min_length = 1, max_length = 64))]
