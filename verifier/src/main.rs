@@ -119,6 +119,31 @@ impl Config {
     pub fn seed(&self) -> u64 {
         self.resolved_seed
     }
+
+    /// The command line that replays this run: the seed and every flag that shapes the fault
+    /// schedule and the workload. (Tenant ids are random whatever the seed, so on a Redis Cluster
+    /// a replay's tenants may sit on other masters.)
+    fn replay_command(&self, seed: u64) -> String {
+        let mut flags = vec![format!("--seed {seed}")];
+        if self.smoke {
+            flags.push("--smoke".into());
+        } else if self.soak {
+            let duration = humantime::format_duration(self.duration);
+            flags.push(format!("--soak --duration {duration} --fault-every {}", self.fault_every));
+        } else {
+            flags.push(format!("--rounds {}", self.rounds));
+        }
+        flags.extend(self.tenants.map(|tenants| format!("--tenants {tenants}")));
+        flags.extend(self.risks.map(|risks| format!("--risks {risks}")));
+        flags.push(format!("--readers {}", self.readers));
+        if self.redis == Topology::Cluster {
+            flags.push("--redis cluster".into());
+        }
+        flags.extend(self.replica_wait.map(|wait| format!("--replica-wait {}", humantime::format_duration(wait))));
+        flags.extend(self.replica.then(|| "--replica".to_owned()));
+        flags.extend(self.network.then(|| "--network".to_owned()));
+        format!("openrisk-verifier {}", flags.join(" "))
+    }
 }
 
 async fn run_check(world: &World, tally: &mut Tally, label: &str, url_limit: Option<usize>) {
@@ -138,14 +163,17 @@ async fn run_check(world: &World, tally: &mut Tally, label: &str, url_limit: Opt
 }
 
 #[tokio::main]
-async fn main() {
+async fn main() -> std::process::ExitCode {
     let mut cfg = Config::parse();
     cfg.resolved_seed = cfg.seed.unwrap_or_else(|| {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(1, |d| d.as_nanos() as u64 % 1_000_000_000)
     });
-    let code = match run(cfg).await {
+    // Returned, not `process::exit`: the runtime then waits for a fault still running off it (a
+    // server restart when a stop signal came), whose end drops the last hold on the private
+    // servers and so stops them.
+    let code: u8 = match run(cfg).await {
         Ok(true) => 0,
         Ok(false) => 1,
         Err(error) => {
@@ -156,7 +184,7 @@ async fn main() {
             2
         }
     };
-    std::process::exit(code);
+    std::process::ExitCode::from(code)
 }
 
 async fn run(mut cfg: Config) -> anyhow::Result<bool> {
@@ -173,7 +201,7 @@ async fn run(mut cfg: Config) -> anyhow::Result<bool> {
         (Topology::Node, true) => " --network",
         (Topology::Node, false) => "",
     };
-    println!("openrisk-verifier: mode {mode}{redis}, seed {seed} (replay with --seed {seed}{redis})");
+    println!("openrisk-verifier: mode {mode}{redis}, seed {seed} (replay: {})", cfg.replay_command(seed));
     let exe_dir = std::env::current_exe()?.parent().map(PathBuf::from).unwrap_or_default();
     if cfg.bin_dir.is_none() {
         cfg.bin_dir = Some(exe_dir.clone());
@@ -236,14 +264,25 @@ async fn run(mut cfg: Config) -> anyhow::Result<bool> {
         tally.record("verifier ran to the end", &[format!("{error:#}")]);
     } else {
         world.set_phase("final");
-        check::refill(&world).await;
-        run_check(&world, &mut tally, "final (workload stopped)", None).await;
+        // A stop signal here ends the run as a failed one too, rather than wait for the check.
+        let final_check = async {
+            check::refill(&world).await;
+            run_check(&world, &mut tally, "final (workload stopped)", None).await;
+        };
+        let stopped = tokio::select! {
+            () = final_check => None,
+            signal = stop.received() => Some(signal),
+        };
+        if let Some(signal) = stopped {
+            tally.record("verifier ran to the end", &[format!("stopped by {signal} during the final check")]);
+        }
     }
     summary::print(&world, &mut tally, started).await;
     for proc in &world.invalidators {
         let mut proc = proc.lock().await;
-        if let Some(status) = proc.exited() {
-            tally.record(&format!("{} still running", proc.spec.name), &[format!("exited: {status}")]);
+        let exits: Vec<String> = proc.exits_on_its_own().iter().map(|status| format!("exited: {status}")).collect();
+        if !exits.is_empty() {
+            tally.record(&format!("{} still running, never having exited on its own", proc.spec.name), &exits);
         }
     }
     world.shutdown().await;
@@ -370,6 +409,26 @@ mod tests {
         for wait in ["0ms", "500us", "soon"] {
             let parsed = Config::try_parse_from(["openrisk-verifier", "--replica-wait", wait]);
             assert!(parsed.is_err(), "--replica-wait {wait} was accepted");
+        }
+    }
+
+    #[test]
+    fn the_replay_command_names_every_flag_that_shapes_the_run_and_replays_itself() {
+        for args in [
+            vec!["--smoke", "--replica"],
+            vec!["--smoke", "--network", "--tenants", "3"],
+            vec!["--soak", "--duration", "30m", "--redis", "cluster", "--replica-wait", "100ms"],
+            vec!["--rounds", "2", "--risks", "40", "--readers", "3"],
+        ] {
+            let config = Config::try_parse_from(std::iter::once("openrisk-verifier").chain(args.iter().copied()))
+                .expect("the command line parses");
+            let replay = config.replay_command(7);
+            for arg in args.iter().filter(|arg| arg.starts_with("--")) {
+                assert!(replay.contains(arg), "{replay} lacks {arg}");
+            }
+            let again = Config::try_parse_from(replay.split(' ')).expect("the replay parses");
+            assert_eq!(again.seed, Some(7));
+            assert_eq!(again.replay_command(7), replay, "the replay of the replay is the same run");
         }
     }
 }

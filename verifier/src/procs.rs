@@ -45,12 +45,16 @@ pub struct Proc {
     child: Option<Child>,
     pub pid: u32,
     pub starts: u32,
+    /// How each earlier run of the process ended, when it exited before it was stopped or killed
+    /// (a crash that a fault's restart would otherwise hide).
+    exits_on_its_own: Vec<std::process::ExitStatus>,
     log_dir: PathBuf,
 }
 
 impl Proc {
     pub async fn start(spec: Spec, log_dir: &Path) -> anyhow::Result<Self> {
-        let mut proc = Proc { spec, child: None, pid: 0, starts: 0, log_dir: log_dir.to_owned() };
+        let mut proc =
+            Proc { spec, child: None, pid: 0, starts: 0, exits_on_its_own: Vec::new(), log_dir: log_dir.to_owned() };
         proc.launch().await?;
         Ok(proc)
     }
@@ -117,9 +121,18 @@ impl Proc {
             .is_ok_and(|stat| stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('T')))
     }
 
+    /// The child, taken to be stopped, after noting whether it had already exited on its own.
+    fn take_child(&mut self) -> Option<Child> {
+        let mut child = self.child.take()?;
+        if let Ok(Some(status)) = child.try_wait() {
+            self.exits_on_its_own.push(status);
+        }
+        Some(child)
+    }
+
     /// SIGKILL and reap. (A process that exited already cannot be signalled: nothing to do.)
     pub async fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
+        if let Some(mut child) = self.take_child() {
             let _ = self.signal(libc::SIGCONT);
             let _ = self.signal(libc::SIGKILL);
             let _ = child.wait().await;
@@ -129,7 +142,7 @@ impl Proc {
     /// SIGTERM, then SIGKILL after `grace` (signals to a process that exited already fail, and
     /// need not be sent).
     pub async fn stop(&mut self, grace: Duration) {
-        if let Some(mut child) = self.child.take() {
+        if let Some(mut child) = self.take_child() {
             let _ = self.signal(libc::SIGCONT);
             let _ = self.signal(libc::SIGTERM);
             if tokio::time::timeout(grace, child.wait()).await.is_err() {
@@ -159,9 +172,10 @@ impl Proc {
         self.launch().await
     }
 
-    /// Whether the process has exited on its own.
-    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
-        self.child.as_mut().and_then(|child| child.try_wait().ok().flatten())
+    /// How the process exited on its own, this run of it and every earlier one, if it ever did.
+    pub fn exits_on_its_own(&mut self) -> Vec<std::process::ExitStatus> {
+        let now = self.child.as_mut().and_then(|child| child.try_wait().ok().flatten());
+        self.exits_on_its_own.iter().copied().chain(now).collect()
     }
 
     /// Resident set size in kB, from /proc.

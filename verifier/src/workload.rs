@@ -215,11 +215,12 @@ macro_rules! params {
 }
 
 /// One plain-SQL write (another program writing the database directly): a statement picked at
-/// random among those whose rows exist, then run.
-async fn sql_write(client: &Client, world: &World, rng: &mut StdRng) -> Result<(), tokio_postgres::Error> {
+/// random among those whose rows exist, then run. Whether it changed anything: only a write that
+/// did counts as one (a check asks that writes succeeded during each fault).
+async fn sql_write(client: &Client, world: &World, rng: &mut StdRng) -> Result<bool, tokio_postgres::Error> {
     let tenant = world.tenants.choose(rng).expect("tenants").id;
     let catalog = world.catalog();
-    let Some(data) = catalog.tenant(tenant) else { return Ok(()) };
+    let Some(data) = catalog.tenant(tenant) else { return Ok(false) };
     let risk = data.risks.choose(rng).copied();
     let other_risk = data.risks.choose(rng).copied();
     let mitigation = data.mitigations.choose(rng).copied();
@@ -315,15 +316,14 @@ async fn sql_write(client: &Client, world: &World, rng: &mut StdRng) -> Result<(
             if rng.random_ratio(1, 8) {
                 let table = *["risk_history", "mitigation_subactions", "risk_assets"].choose(rng).unwrap();
                 client.batch_execute(&format!("SET lock_timeout = '2s'; TRUNCATE {table}")).await?;
+                return Ok(true);
             }
             None
         }
     };
-    if let Some((sql, params)) = statement {
-        let params: Vec<&(dyn ToSql + Sync)> = params.iter().map(|param| param.as_ref() as _).collect();
-        client.execute(sql, &params).await?;
-    }
-    Ok(())
+    let Some((sql, params)) = statement else { return Ok(false) };
+    let params: Vec<&(dyn ToSql + Sync)> = params.iter().map(|param| param.as_ref() as _).collect();
+    Ok(client.execute(sql, &params).await? > 0)
 }
 
 async fn sql_writer(world: Arc<World>, mut rng: StdRng) {
@@ -339,11 +339,11 @@ async fn sql_writer(world: Arc<World>, mut rng: StdRng) {
         let guard = world.gate.read().await;
         let result = sql_write(client.as_ref().expect("connected"), &world, &mut rng).await;
         drop(guard);
-        if result.is_ok() {
-            world.stats.sql_writes.fetch_add(1, Ordering::Relaxed);
-        } else {
+        match result {
+            Ok(true) => _ = world.stats.sql_writes.fetch_add(1, Ordering::Relaxed),
+            Ok(false) => {}
             // Constraint races (a row deleted meanwhile) and Postgres restarts: expected.
-            world.stats.sql_write_failures.fetch_add(1, Ordering::Relaxed);
+            Err(_) => _ = world.stats.sql_write_failures.fetch_add(1, Ordering::Relaxed),
         }
         tokio::time::sleep(Duration::from_millis(rng.random_range(5..40))).await;
     }

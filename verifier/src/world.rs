@@ -160,7 +160,7 @@ pub struct Stats {
     pub hits: AtomicU64,
     /// API writes answered 2xx.
     pub api_writes: AtomicU64,
-    /// Plain-SQL writes that succeeded, and those that failed.
+    /// Plain-SQL writes that changed rows (or truncated a table), and those that failed.
     pub sql_writes: AtomicU64,
     pub sql_write_failures: AtomicU64,
     pub isolation_probes: AtomicU64,

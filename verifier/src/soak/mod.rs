@@ -224,12 +224,20 @@ fn judge(samples: &[Sample]) -> Vec<(String, Vec<String>)> {
     for Flat { check, what, unit, value, allowed } in flat_quantities(samples) {
         let typical = |part: &[Sample]| median(part.iter().filter_map(&value).collect());
         let mut failures = Vec::new();
-        if let (Some(before), Some(after)) = (typical(middle), typical(last)) {
-            println!(
-                "  soak: {what} (median of the middle third → of the last) {before:.1} {unit} → {after:.1} {unit}"
-            );
-            if after > allowed(before) {
-                failures.push(format!("{what} grew from {before:.1} {unit} to {after:.1} {unit}"));
+        match (typical(middle), typical(last)) {
+            (Some(before), Some(after)) => {
+                println!(
+                    "  soak: {what} (median of the middle third → of the last) {before:.1} {unit} → {after:.1} {unit}"
+                );
+                if after > allowed(before) {
+                    failures.push(format!("{what} grew from {before:.1} {unit} to {after:.1} {unit}"));
+                }
+            }
+            // A quantity no sample of a third could read (a process whose metrics hung) is no
+            // evidence that it stayed flat.
+            (before, _) => {
+                let unread = if before.is_none() { "middle" } else { "last" };
+                failures.push(format!("{what} was not measured in the {unread} third of the samples"));
             }
         }
         checks.push((check, failures));
@@ -359,6 +367,18 @@ mod tests {
     fn a_backlog_that_builds_up_fails_the_run() {
         let checks = judge(&samples(|_| 30, |i| if i < 20 { 5 } else { 5_000 }));
         assert_eq!(failed(&checks), ["soak: the outbox backlog does not build up"]);
+    }
+
+    #[test]
+    fn a_quantity_unread_for_a_third_of_the_run_cannot_pass() {
+        let mut hung = samples(|_| 30, |_| 0);
+        for sample in &mut hung[20..] {
+            sample.lag_p99 = None;
+        }
+        let checks = judge(&hung);
+        assert_eq!(failed(&checks), ["soak: the invalidators' lag stays flat"]);
+        let lag = checks.iter().find(|(name, _)| name.contains("lag")).unwrap();
+        assert!(lag.1[0].contains("not measured in the last third"), "{lag:?}");
     }
 
     #[test]
