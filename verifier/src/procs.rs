@@ -121,13 +121,17 @@ impl Proc {
             .is_ok_and(|stat| stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('T')))
     }
 
-    /// The child, taken to be stopped, after noting whether it had already exited on its own.
+    /// The child, taken to be stopped; none when it had already exited on its own, which is
+    /// noted. (Reaped then, its pid may be another process's by now: it must not be signalled.)
     fn take_child(&mut self) -> Option<Child> {
         let mut child = self.child.take()?;
-        if let Ok(Some(status)) = child.try_wait() {
-            self.exits_on_its_own.push(status);
+        match child.try_wait() {
+            Ok(Some(status)) => {
+                self.exits_on_its_own.push(status);
+                None
+            }
+            _ => Some(child),
         }
-        Some(child)
     }
 
     /// SIGKILL and reap. (A process that exited already cannot be signalled: nothing to do.)

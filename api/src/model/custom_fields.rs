@@ -27,7 +27,8 @@ pub enum CustomFieldsError {
     Nul,
 }
 
-/// Checks every number in `fields` and the size of their stored form.
+/// Checks every number in `fields`, the size of their stored form, and that no name or string in
+/// them holds a NUL.
 pub fn check(fields: &BTreeMap<String, Value>) -> Result<(), CustomFieldsError> {
     if fields.keys().any(|name| name.contains('\0')) {
         return Err(CustomFieldsError::Nul);
