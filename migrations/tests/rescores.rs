@@ -1,5 +1,5 @@
 //! Risks re-scored, and assets' tags computed, while other transactions write the same rows
-//! (migration 20), and after the links are truncated (migration 21).
+//! (migration 20).
 
 mod common;
 
@@ -156,21 +156,4 @@ async fn an_asset_changed_under_a_snapshot_older_than_a_link_still_invalidates_t
     let events = events_after(&client, mark).await;
     let tags: Vec<&String> = events.iter().flat_map(|(_, _, _, tags)| tags).collect();
     assert!(tags.contains(&&format!("risk:{later}")) && !tags.contains(&&"all".to_owned()), "{tags:?}");
-}
-
-/// `TRUNCATE` of the links, or of the assets (which cascades to them), fires none of the row
-/// triggers that re-score a risk when its links change: a statement trigger re-scores the risks
-/// instead, so none keeps the score of links it no longer has.
-#[tokio::test]
-async fn truncating_the_links_or_the_assets_re_scores_the_risks_they_scored() {
-    for truncate in ["TRUNCATE risk_assets", "TRUNCATE assets CASCADE"] {
-        let db = TestDatabase::create().await;
-        let client = db.connect().await;
-        let (_, risk, _) = linked_risk_and_asset(&client, "CRITICAL").await;
-        let (before, _) = stored_and_computed_score(&client, risk).await;
-        client.batch_execute(truncate).await.unwrap();
-        let (stored, computed) = stored_and_computed_score(&client, risk).await;
-        assert_eq!(stored, computed, "after {truncate} (the links scored it {before})");
-        assert_ne!(stored, before, "{truncate}: the critical asset's weight is gone");
-    }
 }
