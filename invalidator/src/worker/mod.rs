@@ -571,11 +571,11 @@ impl Worker {
     /// at once rather than at its poll; a park leader also gives the lead up (see
     /// [`openrisk_shared::outbox::RESIGN`]), to take it again at an idle once it applies. The
     /// batch's rollback, queued on `outbox` when its transaction was dropped, is waited for first
-    /// (a while at most: a cut connection hangs until its keepalives end it), so the events are free.
+    /// (a while at most: a cut connection hangs until its keepalives end it), so the events are free;
+    /// when it does not finish in time, no wake-up goes on that connection.
     async fn hand_back(&self, outbox: &Client) {
-        if !outbox.is_closed() {
-            let _ = tokio::time::timeout(ROLLBACK_WAIT, outbox.batch_execute("")).await;
-        }
+        let rolled_back = !outbox.is_closed()
+            && tokio::time::timeout(ROLLBACK_WAIT, outbox.batch_execute("")).await.is_ok_and(|done| done.is_ok());
         let resigned = match self.wakeups.as_ref().and_then(|wakeups| wakeups.session()) {
             Some(session) => session.resign().await.unwrap_or_else(|error| {
                 tracing::warn!(%error, "cannot resign the park leadership; the LISTEN session is replaced");
@@ -583,7 +583,7 @@ impl Worker {
             }),
             None => false,
         };
-        if !resigned && !outbox.is_closed() {
+        if !resigned && rolled_back {
             let _ = tokio::time::timeout(ROLLBACK_WAIT, outbox.batch_execute(openrisk_shared::outbox::WAKE_ALL)).await;
         }
     }
