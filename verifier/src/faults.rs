@@ -269,6 +269,9 @@ pub async fn inject(world: &World, fault: Fault, rng: &mut StdRng) -> anyhow::Re
             let tenant = world.tenants.choose(rng).context("no tenant")?.id;
             let key = world.keyspace.tenant_base(tenant);
             let pick: u64 = rng.random();
+            // A read of the tenant's list through the cache, so that its slot holds keys to move
+            // even right after a flush.
+            world.get(&world.api_base, tenant, "/api/v1/risks").await?;
             on_cluster(world, move |cluster| {
                 let master = cluster.master_of(&key);
                 let replica =
@@ -446,6 +449,8 @@ fn migrate_slot(cluster: &mut PrivateRedisCluster, tenant: Uuid, key: &str, pick
     let moved = cluster.move_keys(&migration, MIGRATE_BATCH, Duration::from_millis(20));
     cluster.finish_migration(&migration);
     cluster.wait_until_healthy(CLUSTER_REPLICAS);
+    // A slot with no key moved tested no read or write against a half-moved slot.
+    anyhow::ensure!(moved > 0, "slot {slot} of tenant {tenant} held no key to move");
     Ok(format!(
         "slot {slot} of tenant {tenant} migrated from {source} to {target}: {moved} keys in {:.1}s",
         started.elapsed().as_secs_f64()

@@ -106,6 +106,15 @@ pub struct Config {
     pub resolved_seed: u64,
 }
 
+/// `duration` as one word the command line reads back (`5400s`, not humantime's `1h 30m`).
+fn one_word(duration: Duration) -> String {
+    if duration.subsec_millis() == 0 {
+        format!("{}s", duration.as_secs())
+    } else {
+        format!("{}ms", duration.as_millis())
+    }
+}
+
 /// `--replica-wait`: a duration of at least a millisecond, the setting's unit and least value.
 fn replica_wait(text: &str) -> Result<Duration, String> {
     let wait = humantime::parse_duration(text).map_err(|error| error.to_string())?;
@@ -128,7 +137,7 @@ impl Config {
         if self.smoke {
             flags.push("--smoke".into());
         } else if self.soak {
-            let duration = humantime::format_duration(self.duration);
+            let duration = one_word(self.duration);
             flags.push(format!("--soak --duration {duration} --fault-every {}", self.fault_every));
         } else {
             flags.push(format!("--rounds {}", self.rounds));
@@ -139,7 +148,7 @@ impl Config {
         if self.redis == Topology::Cluster {
             flags.push("--redis cluster".into());
         }
-        flags.extend(self.replica_wait.map(|wait| format!("--replica-wait {}", humantime::format_duration(wait))));
+        flags.extend(self.replica_wait.map(|wait| format!("--replica-wait {}", one_word(wait))));
         flags.extend(self.replica.then(|| "--replica".to_owned()));
         flags.extend(self.network.then(|| "--network".to_owned()));
         format!("openrisk-verifier {}", flags.join(" "))
@@ -417,7 +426,7 @@ mod tests {
         for args in [
             vec!["--smoke", "--replica"],
             vec!["--smoke", "--network", "--tenants", "3"],
-            vec!["--soak", "--duration", "30m", "--redis", "cluster", "--replica-wait", "100ms"],
+            vec!["--soak", "--duration", "90m", "--redis", "cluster", "--replica-wait", "1500ms"],
             vec!["--rounds", "2", "--risks", "40", "--readers", "3"],
         ] {
             let config = Config::try_parse_from(std::iter::once("openrisk-verifier").chain(args.iter().copied()))
@@ -428,6 +437,7 @@ mod tests {
             }
             let again = Config::try_parse_from(replay.split(' ')).expect("the replay parses");
             assert_eq!(again.seed, Some(7));
+            assert_eq!((again.duration, again.replica_wait), (config.duration, config.replica_wait), "{replay}");
             assert_eq!(again.replay_command(7), replay, "the replay of the replay is the same run");
         }
     }

@@ -75,10 +75,15 @@ impl<F: FnMut()> Drop for Undo<F> {
 /// Every packet between the processes and Redis dropped for the cut, while a probe reads
 /// through the API and times every answer.
 async fn redis_blackhole(world: &World, network: &Network) -> anyhow::Result<String> {
+    let failed_before = failed_lookups(world).await?;
     let heal = Undo(|| network.redis.heal());
     network.redis.blackhole();
     let probe = probe_reads(world, network.redis_cut).await;
     drop(heal);
+    // A rule that dropped nothing would pass every check after it: the API's lookups must have
+    // failed meanwhile (the first ones time out, before its breaker opens).
+    let failed = failed_lookups(world).await? - failed_before;
+    anyhow::ensure!(failed > 0.0, "no lookup of the API failed while its Redis link was silent");
     Ok(format!(
         "Redis link silent (packets dropped) for {:.0}s; API reads during it: {probe}",
         network.redis_cut.as_secs_f64()
@@ -184,8 +189,20 @@ async fn slow_lossy_redis_link(world: &World, network: &Network) -> anyhow::Resu
     ))
 }
 
+/// How many of the API's cache lookups have failed so far (`openrisk_cache_requests_total` with
+/// `result="error"`; not `"bypass"`, which also counts the reads it never caches).
+async fn failed_lookups(world: &World) -> anyhow::Result<f64> {
+    let metrics = world.http.get(format!("{}/metrics", world.api_metrics_base)).send().await?.text().await?;
+    Ok(metrics
+        .lines()
+        .filter(|line| line.starts_with("openrisk_cache_requests_total{") && line.contains("result=\"error\""))
+        .filter_map(|line| line.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum())
+}
+
 /// Reads one risk's detail through the cached API, one after another, for `during`; reports
-/// the count, p50, p99 and maximum latency and how many got a 5xx or no answer.
+/// the count, p50, p99 and maximum latency and how many got a 5xx or no answer, each of which
+/// is also recorded as an API error (none is allowed outside Postgres outages).
 async fn probe_reads(world: &World, during: Duration) -> String {
     let tenant = world.tenants[0].id;
     let catalog = world.catalog();
@@ -200,7 +217,13 @@ async fn probe_reads(world: &World, during: Duration) -> String {
         let answered = world.get(&world.api_base, tenant, &path).await;
         latencies.push(at.elapsed().as_secs_f64());
         // A 404 is an answer (a writer may have deleted the risk); an error is a 5xx or none.
-        failed += usize::from(!matches!(answered, Ok((status, _, _)) if status < 500));
+        let failure = match answered {
+            Ok((status, _, _)) if status < 500 => continue,
+            Ok((status, _, _)) => format!("probe GET {path}: {status}"),
+            Err(error) => format!("probe GET {path}: {error}"),
+        };
+        world.stats.error(at, failure);
+        failed += 1;
     }
     latencies.sort_by(f64::total_cmp);
     let at = |p: f64| crate::summary::ms(crate::summary::percentile(&latencies, p));
