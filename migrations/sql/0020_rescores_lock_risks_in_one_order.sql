@@ -9,7 +9,9 @@
 --   from the old criticality (or links), and nothing re-scored the risk after it (0017 made it
 --   so; before, the UPDATE matched the row, waited, and re-scored it).
 --   Now both lock every risk concerned, deleted or not, in id order first; the UPDATE after the
---   lock takes a new snapshot (read committed), which sees a restore it waited for.
+--   lock takes a new snapshot (read committed), which sees a restore it waited for. (The link
+--   trigger runs once per link, so a statement changing many links, such as an asset's DELETE
+--   cascading to them, still locks their risks link by link.)
 -- * An asset's tags read its links (0008). A writer at REPEATABLE READ or SERIALIZABLE reads
 --   them as of its transaction's snapshot, so a link committed after that snapshot was missed:
 --   the linked risk's cached detail kept the asset's old row. Holding the asset (0011) does not
