@@ -175,26 +175,11 @@ pub async fn invalidate<C: ConnectionLike>(
     tags: &[Tag],
 ) -> redis::RedisResult<Reclaimable> {
     match invalidate_with_floor(conn, keyspace, tenant, tags, None).await {
-        Err(error) => invalidate_after_refusal(conn, keyspace, tenant, tags, error).await,
+        Err(error) => match OneByOne::instead_of_the_script(&error) {
+            Some(how) => versions_one_by_one(conn, keyspace, tenant, tags, how).await,
+            None => Err(error),
+        },
         done => done,
-    }
-}
-
-/// What [`invalidate`] does when Redis refused its script with `error`: replaces or deletes the
-/// versions another way where the refusal says the script cannot run now, else fails with it.
-async fn invalidate_after_refusal<C: ConnectionLike>(
-    conn: &mut C,
-    keyspace: &Keyspace,
-    tenant: Uuid,
-    tags: &[Tag],
-    error: redis::RedisError,
-) -> redis::RedisResult<Reclaimable> {
-    if refused_while_migrating(&error) {
-        versions_one_by_one(conn, keyspace, tenant, tags, OneByOne::Replace).await
-    } else if refused_for_memory(&error) {
-        versions_one_by_one(conn, keyspace, tenant, tags, OneByOne::Delete).await
-    } else {
-        Err(error)
     }
 }
 
@@ -281,9 +266,13 @@ pub async fn invalidate_replicated<C: ConnectionLike>(
         let floor = replayed_by.map(floor_text).unwrap_or_default();
         script_and_wait(conn, &keys, &token, &floor, ack).await
     };
-    match in_one_call {
-        Err(InvalidateError::Redis(error)) if refused_while_migrating(&error) || refused_for_memory(&error) => {
-            let reclaimable = invalidate_after_refusal(conn, keyspace, tenant, tags, error).await?;
+    let how = match &in_one_call {
+        Err(InvalidateError::Redis(error)) => OneByOne::instead_of_the_script(error),
+        _ => None,
+    };
+    match how {
+        Some(how) => {
+            let reclaimable = versions_one_by_one(conn, keyspace, tenant, tags, how).await?;
             if ack.replicas > 0 {
                 // Without a key, `WAIT` goes to every master, so it covers the writes wherever
                 // they landed.
@@ -292,7 +281,7 @@ pub async fn invalidate_replicated<C: ConnectionLike>(
             }
             Ok(reclaimable)
         }
-        outcome => outcome,
+        None => in_one_call,
     }
 }
 
@@ -344,6 +333,20 @@ enum OneByOne {
     /// reader that finds it absent creates a fresh random one (refused too while Redis is full:
     /// it reads Postgres).
     Delete,
+}
+
+impl OneByOne {
+    /// How to end the versions when Redis refused [`INVALIDATE`] with `error`, if the refusal
+    /// says the script cannot run now (none: the error stands).
+    fn instead_of_the_script(error: &redis::RedisError) -> Option<Self> {
+        if refused_while_migrating(error) {
+            Some(Self::Replace)
+        } else if refused_for_memory(error) {
+            Some(Self::Delete)
+        } else {
+            None
+        }
+    }
 }
 
 /// Ends the version of each of `tags` with one command per key, which the cluster client follows
