@@ -30,10 +30,7 @@ pub enum CustomFieldsError {
 /// Checks every number in `fields`, the size of their stored form, and that no name or string in
 /// them holds a NUL.
 pub fn check(fields: &BTreeMap<String, Value>) -> Result<(), CustomFieldsError> {
-    if fields.keys().any(|name| name.contains('\0')) {
-        return Err(CustomFieldsError::Nul);
-    }
-    let growth = growth_of_all(fields.values())?;
+    let growth = growth_of_fields(fields)?;
     let stored = serde_json::to_vec(fields).map_or(u64::MAX, |text| text.len() as u64).saturating_add(growth);
     if stored > MAX_BODY_BYTES as u64 {
         return Err(CustomFieldsError::TooLargeStored(stored));
@@ -53,11 +50,20 @@ fn growth_of(value: &Value) -> Result<u64, CustomFieldsError> {
             Ok(stored_len(&text)?.saturating_sub(text.len() as u64))
         }
         Value::Array(items) => growth_of_all(items),
-        Value::Object(fields) if fields.keys().any(|name| name.contains('\0')) => Err(CustomFieldsError::Nul),
-        Value::Object(fields) => growth_of_all(fields.values()),
+        Value::Object(fields) => growth_of_fields(fields),
         Value::String(text) if text.contains('\0') => Err(CustomFieldsError::Nul),
         _ => Ok(0),
     }
+}
+
+/// [`growth_of`] summed over the values of an object's `fields`, whose names hold no NUL either.
+fn growth_of_fields<'a>(fields: impl IntoIterator<Item = (&'a String, &'a Value)>) -> Result<u64, CustomFieldsError> {
+    fields.into_iter().try_fold(0, |sum: u64, (name, value)| {
+        if name.contains('\0') {
+            return Err(CustomFieldsError::Nul);
+        }
+        Ok(sum.saturating_add(growth_of(value)?))
+    })
 }
 
 /// [`growth_of`] summed over `values`.
