@@ -20,15 +20,14 @@
 --   re-score of the linked risks has the same blind spot: a risk linked after the writer's
 --   snapshot keeps its score until its next write; the README says so.)
 
+-- The asset's links are read once: this transaction has updated the asset, and a write to a link
+-- holds its asset first (0011), so none of them changes before this transaction ends.
 CREATE OR REPLACE FUNCTION assets_rescore() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    linked uuid[] := ARRAY(SELECT risk_id FROM risk_assets WHERE tenant_id = NEW.tenant_id AND asset_id = NEW.id);
 BEGIN
-    PERFORM 1 FROM risks
-    WHERE id IN (SELECT risk_id FROM risk_assets WHERE tenant_id = NEW.tenant_id AND asset_id = NEW.id)
-    ORDER BY id
-    FOR NO KEY UPDATE;
-    UPDATE risks SET score = score
-    WHERE deleted_at IS NULL
-      AND id IN (SELECT risk_id FROM risk_assets WHERE tenant_id = NEW.tenant_id AND asset_id = NEW.id);
+    PERFORM 1 FROM risks WHERE id = ANY (linked) ORDER BY id FOR NO KEY UPDATE;
+    UPDATE risks SET score = score WHERE id = ANY (linked) AND deleted_at IS NULL;
     RETURN NULL;
 END
 $$;
