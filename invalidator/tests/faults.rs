@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use common::{
@@ -361,7 +361,8 @@ async fn a_replica_killed_mid_batch_leaves_its_events_to_another() {
 
     // Writes to Redis are paused, so replica A claims a batch and hangs applying it.
     let _: () = redis::cmd("CLIENT").arg("PAUSE").arg(60_000).arg("WRITE").query_async(&mut h.redis).await.unwrap();
-    let mut replica_a = Command::new(env!("CARGO_BIN_EXE_openrisk-invalidator"))
+    // Killed on drop too, so that a failure below leaves no invalidator running.
+    let mut replica_a = tokio::process::Command::new(env!("CARGO_BIN_EXE_openrisk-invalidator"))
         .arg("run")
         .env("DATABASE_URL", &h.db.url)
         .env("REDIS_URL", redis.url())
@@ -370,11 +371,11 @@ async fn a_replica_killed_mid_batch_leaves_its_events_to_another() {
         .env("OPENRISK_INVALIDATOR__MODE", "poll")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
+        .kill_on_drop(true)
         .spawn()
         .expect("start replica A");
     h.until_a_replica_holds_a_claim(WAIT).await;
-    replica_a.kill().expect("SIGKILL replica A");
-    replica_a.wait().unwrap();
+    replica_a.kill().await.expect("SIGKILL replica A");
     let _: () = redis::cmd("CLIENT").arg("UNPAUSE").query_async(&mut h.redis).await.unwrap();
 
     let running = h.start(h.settings()).await;

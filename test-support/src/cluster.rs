@@ -2,12 +2,13 @@
 //! `cluster-enabled yes` (no persistence, little memory), joined by `redis-cli --cluster create`.
 //! Tests that fail over, kill or reshard it start their own; the rest share one per test run.
 
-use std::process::{Child, Command};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
-use crate::private::{ServerProcess, free_port, run_quiet, spawn_quiet, wait_until};
+use crate::private::{ServerProcess, free_port, is_redis_process, run_quiet, spawn_quiet, wait_until};
 
 /// Offset of a node's cluster bus port from its client port (fixed by Redis).
 const BUS_PORT_OFFSET: u16 = 10_000;
@@ -80,26 +81,7 @@ impl PrivateRedisCluster {
 
     fn launch(&self, node: &mut ClusterNode) {
         let _ = std::fs::remove_file(self.dir.path().join(format!("nodes-{}.conf", node.port)));
-        node.process.replace(self.spawn_node(node.port));
-    }
-
-    /// Starts `redis-server` on `port` with its cluster config file in this cluster's
-    /// directory (an existing file keeps the node's identity) and waits for it to answer.
-    fn spawn_node(&self, port: u16) -> Child {
-        let child = spawn_quiet(
-            Command::new("redis-server")
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-                .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "1000", "--maxmemory", "64mb"])
-                .args(["--maxmemory-policy", "volatile-lru", "--cluster-replica-validity-factor", "0"])
-                .arg("--cluster-config-file")
-                .arg(self.dir.path().join(format!("nodes-{port}.conf")))
-                .arg("--dir")
-                .arg(self.dir.path()),
-            "redis-server (is it installed?)",
-        );
-        let url = self.node_url(port);
-        wait_until("cluster node", Duration::from_secs(10), || command(&url, &["PING"]).is_some());
-        child
+        start_node(self.dir.path(), node);
     }
 
     /// Waits until every node sees `cluster_state:ok` and `replicas` replicas are linked.
@@ -298,11 +280,30 @@ impl PrivateRedisCluster {
 
     /// Starts the node on `port` again, empty but with its cluster identity, so it rejoins.
     pub fn restart(&mut self, port: u16) {
-        let Some(index) = self.nodes.iter().position(|node| node.port == port) else { return };
-        self.nodes[index].process.stop();
-        let child = self.spawn_node(port);
-        self.nodes[index].process.replace(child);
+        let Some(node) = self.nodes.iter_mut().find(|node| node.port == port) else { return };
+        node.process.stop();
+        start_node(self.dir.path(), node);
     }
+}
+
+/// Starts `node`'s `redis-server` with its cluster config file in `dir` (an existing file keeps
+/// the node's identity) and waits until it answers as that process.
+fn start_node(dir: &Path, node: &mut ClusterNode) {
+    let port = node.port;
+    let child = spawn_quiet(
+        Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "1000", "--maxmemory", "64mb"])
+            .args(["--maxmemory-policy", "volatile-lru", "--cluster-replica-validity-factor", "0"])
+            .arg("--cluster-config-file")
+            .arg(dir.join(format!("nodes-{port}.conf")))
+            .arg("--dir")
+            .arg(dir),
+        "redis-server (is it installed?)",
+    );
+    node.process.replace(child);
+    let url = format!("redis://127.0.0.1:{port}");
+    node.process.wait_until_started("cluster node", Duration::from_secs(10), |pid| is_redis_process(&url, pid));
 }
 
 /// A slot on its way from one master to another ([`PrivateRedisCluster::start_migrating`]).

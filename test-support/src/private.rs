@@ -46,6 +46,18 @@ impl ServerProcess {
         self.child.is_some()
     }
 
+    /// Waits until `started` holds of the one running, panicking naming `what` when it exits
+    /// first (its port taken since [`free_port`] chose it, say) or does not start in `timeout`.
+    pub(crate) fn wait_until_started(&mut self, what: &str, timeout: Duration, mut started: impl FnMut(u32) -> bool) {
+        let child = self.child.as_mut().expect("a server process to wait for");
+        wait_until(what, timeout, || {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("{what} exited ({status}) before it answered");
+            }
+            started(child.id())
+        });
+    }
+
     /// Sends `signal` (`STOP`, `CONT`, …) without waiting.
     pub(crate) fn signal(&self, signal: &str) {
         if let Some(child) = &self.child {
@@ -126,12 +138,7 @@ impl PrivateRedis {
             .args(["--protected-mode", "no"]);
         self.process.replace(spawn_quiet(child, "redis-server (is it installed?)"));
         let url = self.url();
-        wait_until("private redis", Duration::from_secs(10), || {
-            redis::Client::open(url.as_str())
-                .and_then(|client| client.get_connection_with_timeout(Duration::from_millis(200)))
-                .and_then(|mut conn| redis::cmd("PING").query::<String>(&mut conn))
-                .is_ok()
-        });
+        self.process.wait_until_started("private redis", Duration::from_secs(10), |pid| is_redis_process(&url, pid));
     }
 
     /// Kills the server (SIGKILL, losing everything) and leaves it down.
@@ -260,7 +267,9 @@ impl PrivatePostgres {
             "postgres",
         );
         self.process.replace(child);
-        wait_until("private postgres", Duration::from_secs(30), || answers(&self.bin, self.hosts[0], self.port));
+        let (bin, socket_dir, port) = (&self.bin, self.dir.path(), self.port);
+        self.process
+            .wait_until_started("private postgres", Duration::from_secs(30), |_| answers(bin, socket_dir, port));
     }
 
     /// Stops the server immediately (SIGQUIT: no shutdown checkpoint, crash recovery on start).
@@ -337,11 +346,26 @@ pub(crate) fn init_cluster(bin: &Path, dir: &Path, data: &Path) {
 }
 
 /// Whether a server accepts connections on `host`:`port`.
-pub(crate) fn answers(bin: &Path, host: Ipv4Addr, port: u16) -> bool {
+/// Whether the Postgres whose Unix socket is in `socket_dir` accepts connections on `port`. The
+/// directory is the test's own, so the answer comes from the server the test started, never from
+/// another that took the TCP port meanwhile (the server opens its TCP sockets first).
+pub(crate) fn answers(bin: &Path, socket_dir: &Path, port: u16) -> bool {
     Command::new(bin.join("pg_isready"))
-        .args(["-q", "-h", &host.to_string(), "-p", &port.to_string()])
+        .arg("-q")
+        .arg("-h")
+        .arg(socket_dir)
+        .args(["-p", &port.to_string()])
         .status()
         .is_ok_and(|status| status.success())
+}
+
+/// Whether the Redis at `url` answers and is the process `pid`: a server that took the port
+/// after it was chosen answers too, and must not pass for the one the test started.
+pub(crate) fn is_redis_process(url: &str, pid: u32) -> bool {
+    let info = redis::Client::open(url)
+        .and_then(|client| client.get_connection_with_timeout(Duration::from_millis(200)))
+        .and_then(|mut conn| redis::cmd("INFO").arg("server").query::<String>(&mut conn));
+    info.is_ok_and(|info| info.lines().any(|line| line.trim() == format!("process_id:{pid}")))
 }
 
 fn is_root() -> bool {

@@ -1,7 +1,6 @@
 //! [`ReplicaPair`]: a private PostgreSQL primary and a streaming replica of it, shared by every
 //! test of one test binary in one run.
 
-use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -116,14 +115,16 @@ impl ReplicaPair {
         self.dir.join(server.data)
     }
 
-    /// Initialises the primary, copies it into the replica and leaves a watchdog behind.
+    /// Leaves a watchdog behind, then initialises the primary and copies it into the replica:
+    /// the watchdog first, so that a step failing after the primary started leaves neither it
+    /// nor its files to the test processes that come after.
     fn create(&self) {
         let roles = self.roles();
+        self.leave_watchdog();
         init_cluster(&self.bin, &self.dir, &self.data(roles.primary));
         self.launch(roles.primary);
         self.base_backup(roles.primary, roles.replica);
         self.record(roles);
-        self.leave_watchdog();
     }
 
     /// Copies `from` into `into`'s (absent) data directory as a streaming replica of it.
@@ -254,7 +255,7 @@ impl ReplicaPair {
     }
 
     fn answers(&self, port: u16) -> bool {
-        answers(&self.bin, Ipv4Addr::LOCALHOST, port)
+        answers(&self.bin, &self.dir, port)
     }
 
     fn launch(&self, server: Server) {
