@@ -141,9 +141,9 @@ impl AppState {
             cluster,
             settings,
         });
-        state.metrics.set_eviction_policy_ok(false);
+        state.metrics.set_server_settings(None);
         if state.cache.enabled() {
-            tokio::spawn(check_eviction_policy(state.cache.clone()));
+            tokio::spawn(check_server_settings(state.cache.clone()));
         }
         tasks.spawn("token revocations", crate::token_revocations::follow(Arc::downgrade(&state)));
         Ok(state)
@@ -157,9 +157,10 @@ impl AppState {
     }
 }
 
-/// Checks the Redis eviction policy at start-up, retrying while Redis is unreachable.
-async fn check_eviction_policy(cache: Arc<Cache>) {
-    while !cache.check_eviction_policy().await {
+/// Checks Redis' eviction and persistence settings at start-up, retrying while Redis is
+/// unreachable.
+async fn check_server_settings(cache: Arc<Cache>) {
+    while !cache.check_server_settings().await {
         tokio::time::sleep(Duration::from_secs(10)).await;
     }
 }

@@ -7,6 +7,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use openrisk_shared::metrics::latency_buckets;
+use openrisk_shared::protocol::SettingsProblems;
 use prometheus::{
     Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
@@ -102,6 +103,7 @@ pub struct Metrics {
     singleflight_waits: IntCounterVec,
     cache_degraded: IntGauge,
     eviction_policy_ok: Gauge,
+    persistence_off: Gauge,
     redis_duration: HistogramVec,
     db_duration: HistogramVec,
     db_pool_connections: IntGaugeVec,
@@ -185,6 +187,12 @@ impl Metrics {
                 "1 when Redis' maxmemory-policy suits the cache protocol, 0 when it does not or is unknown.",
             )
             .expect("valid gauge"),
+            persistence_off: Gauge::new(
+                "openrisk_cache_redis_persistence_off",
+                "1 when Redis keeps no data across restarts (no save schedule, no AOF), as the cache \
+                 protocol needs; 0 when it does (a restart would bring invalidated entries back) or is unknown.",
+            )
+            .expect("valid gauge"),
             redis_duration: histogram(
                 "openrisk_redis_command_duration_seconds",
                 "Latency of the cache protocol's Redis calls, by operation (lookup, create_versions, replay_floor, stamp_floor, fill, invalidate).",
@@ -246,6 +254,7 @@ impl Metrics {
             Box::new(metrics.singleflight_waits.clone()),
             Box::new(metrics.cache_degraded.clone()),
             Box::new(metrics.eviction_policy_ok.clone()),
+            Box::new(metrics.persistence_off.clone()),
             Box::new(metrics.redis_duration.clone()),
             Box::new(metrics.db_duration.clone()),
             Box::new(metrics.db_pool_connections.clone()),
@@ -305,8 +314,11 @@ impl Metrics {
         self.auth_revocations_heard.set(i64::from(heard));
     }
 
-    pub fn set_eviction_policy_ok(&self, ok: bool) {
-        self.eviction_policy_ok.set(if ok { 1.0 } else { 0.0 });
+    /// Exports what the check of Redis' settings found: `None` when it could not be read.
+    pub fn set_server_settings(&self, problems: Option<&SettingsProblems>) {
+        let ok = |problem: fn(&SettingsProblems) -> bool| if problems.is_some_and(problem) { 1.0 } else { 0.0 };
+        self.eviction_policy_ok.set(ok(|found| found.eviction.is_none()));
+        self.persistence_off.set(ok(|found| found.persistence.is_none()));
     }
 
     pub fn observe_redis(&self, operation: &'static str, started: Instant) {

@@ -373,6 +373,7 @@ async fn health_readiness_metrics_and_docs_are_served() {
         "openrisk_cache_degraded 0",
         "openrisk_db_pool_connections{state=\"idle\"}",
         "openrisk_cache_eviction_policy_ok",
+        "openrisk_cache_redis_persistence_off",
     ] {
         assert!(metrics.contains(name), "{name} missing");
     }

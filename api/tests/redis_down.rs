@@ -138,3 +138,31 @@ async fn readiness_probes_that_arrive_while_a_check_runs_share_it_and_the_next_o
     }
     assert!(pings_answered(&redis) - before >= 2, "a probe after a finished check took its result");
 }
+
+#[tokio::test]
+async fn a_redis_that_would_reload_its_data_after_a_restart_is_flagged_and_one_that_would_not_is_not() {
+    let redis = PrivateRedis::start();
+    let app = spawn_app_with(RedisNamespace::on(&redis.url()), |_| {}, AppOptions::default()).await;
+    let flagged = until_settings_checked(&app).await;
+    assert_eq!(flagged, (1.0, 1.0), "a private Redis saves nothing and evicts by LRU");
+
+    let mut conn = redis::Client::open(redis.url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("CONFIG").arg("SET").arg("save").arg("3600 1").query_async(&mut conn).await.unwrap();
+    let app = spawn_app_with(RedisNamespace::on(&redis.url()), |_| {}, AppOptions::default()).await;
+    let flagged = until_settings_checked(&app).await;
+    assert_eq!(flagged, (1.0, 0.0), "a save schedule reloads entries and versions on restart");
+}
+
+/// The `(eviction policy ok, persistence off)` gauges once the start-up check has read them.
+async fn until_settings_checked(app: &common::TestApp) -> (f64, f64) {
+    for _ in 0..200 {
+        let metrics = app.metrics().await;
+        let read = ["openrisk_cache_eviction_policy_ok", "openrisk_cache_redis_persistence_off"]
+            .map(|name| common::metric_value(&metrics, name));
+        if read != [0.0, 0.0] {
+            return (read[0], read[1]);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the API never read Redis' settings");
+}

@@ -276,25 +276,25 @@ impl Cache {
         matches!(tokio::time::timeout(self.timeout, ping).await, Ok(Ok(_)))
     }
 
-    /// Checks Redis' eviction policy and exports the verdict; false when it could not be read.
-    pub async fn check_eviction_policy(&self) -> bool {
+    /// Checks Redis' eviction and persistence settings and exports the verdict; false when they
+    /// could not be read.
+    pub async fn check_server_settings(&self) -> bool {
         let Some(mut conn) = self.connection() else { return false };
-        let verdict = tokio::time::timeout(self.timeout * 4, protocol::check_eviction_policy(&mut conn)).await;
-        match verdict {
-            Ok(Ok(problem)) => {
-                self.metrics.set_eviction_policy_ok(problem.is_none());
-                true
-            }
+        let verdict = tokio::time::timeout(self.timeout * 4, protocol::check_server_settings(&mut conn)).await;
+        let problems = match verdict {
+            Ok(Ok(problems)) => problems,
             Ok(Err(error)) => {
-                tracing::warn!(%error, "could not read redis eviction policy");
-                self.metrics.set_eviction_policy_ok(false);
-                false
+                tracing::warn!(%error, "could not read redis settings");
+                self.metrics.set_server_settings(None);
+                return false;
             }
             Err(_) => {
-                tracing::warn!("timed out reading redis eviction policy");
-                self.metrics.set_eviction_policy_ok(false);
-                false
+                tracing::warn!("timed out reading redis settings");
+                self.metrics.set_server_settings(None);
+                return false;
             }
-        }
+        };
+        self.metrics.set_server_settings(Some(&problems));
+        true
     }
 }

@@ -321,8 +321,8 @@ impl Worker {
 
     async fn connect_redis(&self) -> redis::RedisResult<RedisConnection> {
         let mut connection = self.redis.connect(redis_timeouts(&self.settings, self.replica_ack)).await?;
-        if let Err(error) = protocol::check_eviction_policy(&mut connection).await {
-            tracing::warn!(%error, "could not read Redis eviction settings");
+        if let Err(error) = protocol::check_server_settings(&mut connection).await {
+            tracing::warn!(%error, "could not read Redis eviction and persistence settings");
         }
         // A cluster connection is kept for the replica's life (see `repair`).
         self.topology.follow(connection.clone());

@@ -1,4 +1,4 @@
-//! Whether a Redis server's eviction settings suit the protocol.
+//! Whether a Redis server's eviction and persistence settings suit the protocol.
 
 use crate::redis_connection::RedisConnection;
 
@@ -25,22 +25,60 @@ pub fn eviction_policy_problem(policy: &str, maxmemory: u64) -> Option<String> {
     }
 }
 
-/// Reads the eviction settings of the server (every master of a cluster) and logs a loud
-/// warning when they do not suit the protocol. Returns the first problem, if any, so callers
-/// can export it.
-pub async fn check_eviction_policy(conn: &mut RedisConnection) -> redis::RedisResult<Option<String>> {
+/// What is wrong with a Redis server's persistence for this protocol, if anything: `save` is
+/// its RDB schedule (empty when off), `appendonly` whether it keeps an AOF.
+///
+/// A server that saves its data loads it again when it restarts, entries and the versions they
+/// were filled under together, as they were before the invalidations the file missed (those
+/// after the last snapshot, or the last second of an AOF). Those pairs match again, so lookups
+/// serve them until their TTL, and no outbox event is left to replace the versions. A server
+/// without persistence restarts empty, which is only cold.
+pub fn persistence_problem(save: &str, appendonly: &str) -> Option<String> {
+    let saves = !save.trim().is_empty();
+    let appends = appendonly.eq_ignore_ascii_case("yes");
+    (saves || appends).then(|| {
+        let what = match (saves, appends) {
+            (true, true) => format!("save is \"{save}\" and appendonly is yes"),
+            (true, false) => format!("save is \"{save}\""),
+            _ => "appendonly is yes".to_owned(),
+        };
+        format!(
+            "{what}: a restart loads entries and versions from before the invalidations the file \
+             missed, and serves them stale until their TTL; run Redis with --save \"\" and \
+             --appendonly no, or flush the cache's keys after every restart"
+        )
+    })
+}
+
+/// What [`check_server_settings`] found wrong, if anything, on the first master that has it.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct SettingsProblems {
+    pub eviction: Option<String>,
+    pub persistence: Option<String>,
+}
+
+/// Reads the eviction and persistence settings of the server (every master of a cluster) and
+/// logs a loud warning for each that does not suit the protocol; returns the first problem of
+/// each kind, so callers can export them.
+pub async fn check_server_settings(conn: &mut RedisConnection) -> redis::RedisResult<SettingsProblems> {
+    let names = ["maxmemory-policy", "maxmemory", "save", "appendonly"];
     let settings: Vec<(String, std::collections::HashMap<String, String>)> =
-        conn.on_every_master(redis::cmd("CONFIG").arg("GET").arg("maxmemory-policy").arg("maxmemory")).await?;
-    let mut first_problem = None;
+        conn.on_every_master(redis::cmd("CONFIG").arg("GET").arg(&names[..])).await?;
+    let mut problems = SettingsProblems::default();
     for (node, settings) in settings {
-        let policy = settings.get("maxmemory-policy").cloned().unwrap_or_default();
-        let maxmemory = settings.get("maxmemory").and_then(|limit| limit.parse().ok()).unwrap_or(0);
-        if let Some(problem) = eviction_policy_problem(&policy, maxmemory) {
+        let setting = |name: &str| settings.get(name).map_or("", String::as_str);
+        let policy = setting("maxmemory-policy");
+        let maxmemory = setting("maxmemory").parse().unwrap_or(0);
+        if let Some(problem) = eviction_policy_problem(policy, maxmemory) {
             tracing::warn!(node, policy, maxmemory, "REDIS EVICTION POLICY: {problem}");
-            first_problem.get_or_insert(problem);
+            problems.eviction.get_or_insert(problem);
+        }
+        if let Some(problem) = persistence_problem(setting("save"), setting("appendonly")) {
+            tracing::warn!(node, "REDIS PERSISTENCE: {problem}");
+            problems.persistence.get_or_insert(problem);
         }
     }
-    Ok(first_problem)
+    Ok(problems)
 }
 
 #[cfg(test)]
@@ -54,5 +92,14 @@ mod tests {
         assert_eq!(eviction_policy_problem("noeviction", 0), None);
         assert!(eviction_policy_problem("noeviction", 1 << 30).is_some());
         assert!(eviction_policy_problem("allkeys-random", 1 << 30).unwrap().contains("allkeys-random"));
+    }
+
+    #[test]
+    fn a_server_that_keeps_its_data_across_restarts_is_a_persistence_problem() {
+        assert_eq!(persistence_problem("", "no"), None);
+        assert_eq!(persistence_problem(" ", "NO"), None);
+        assert!(persistence_problem("3600 1 300 100 60 10000", "no").unwrap().starts_with("save is"));
+        assert!(persistence_problem("", "yes").unwrap().starts_with("appendonly is yes"));
+        assert!(persistence_problem("60 1", "yes").unwrap().contains("and appendonly is yes"));
     }
 }

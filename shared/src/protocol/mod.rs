@@ -51,7 +51,7 @@ mod invalidation;
 mod replay_floor;
 
 pub use background_reclaims::{BackgroundReclaims, RECLAIMS_AT_ONCE};
-pub use eviction::{check_eviction_policy, eviction_policy_problem};
+pub use eviction::{SettingsProblems, check_server_settings, eviction_policy_problem, persistence_problem};
 pub use invalidation::{
     InvalidateError, Reclaimable, ReplicaAck, invalidate, invalidate_replicated, probe, reclaim,
     refused_while_migrating,
