@@ -15,6 +15,8 @@ pub const PROBLEM_CONTENT_TYPE: &str = "application/problem+json";
 
 /// The 503's detail when a write lost a deadlock or a serialization failure to a concurrent one:
 /// nothing was changed, and the same change can be made again.
+const OUTCOME_UNKNOWN: &str = "the write was sent to the database but its commit got no answer, so it may or may \
+                               not have been applied; read the resource before sending the request again";
 const COLLIDED: &str = "the change collided with a concurrent one and was not made; retry";
 
 /// An RFC 9457 problem document.
@@ -190,9 +192,7 @@ impl ApiError {
     /// the answer did not come within the request deadline and its grace): it may or may not
     /// have been applied, so the client must not be told to retry it blindly.
     pub fn outcome_unknown() -> Self {
-        let detail = "the write was sent to the database but its commit got no answer, so it may or may not have \
-                      been applied; read the resource before sending the request again";
-        Self::Internal(Json(Problem::new(StatusCode::INTERNAL_SERVER_ERROR, detail)))
+        Self::Internal(Json(Problem::new(StatusCode::INTERNAL_SERVER_ERROR, OUTCOME_UNKNOWN)))
     }
 
     /// The answer to a failed commit (or one-statement write): a lost connection leaves its
@@ -208,6 +208,11 @@ impl ApiError {
 
     pub fn unavailable(detail: impl Into<String>) -> Self {
         Self::Unavailable(Json(Problem::new(StatusCode::SERVICE_UNAVAILABLE, detail)))
+    }
+
+    /// Whether a write's commit got no answer ([`ApiError::outcome_unknown`]).
+    pub fn is_outcome_unknown(&self) -> bool {
+        matches!(self, Self::Internal(problem) if problem.detail == OUTCOME_UNKNOWN)
     }
 
     /// Whether a write failed only because Postgres chose it as the loser of a deadlock or a

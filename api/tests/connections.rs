@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{TestApp, assert_problem, spawn_app, spawn_app_with};
+use common::{TestApp, assert_problem, cache_status, spawn_app, spawn_app_with};
 use openrisk_api::AppOptions;
 use openrisk_test_support::RedisNamespace;
 use reqwest::StatusCode;
@@ -197,12 +197,22 @@ async fn a_write_still_committing_at_the_request_deadline_is_answered_with_its_o
     assert_eq!(risks_titled_slow_to_commit(&app).await, 1);
 }
 
+/// The risk list, read twice so that the second is a hit: what a write's invalidation must end.
+async fn cached_risk_list(app: &TestApp) {
+    app.get("/api/v1/risks", &app.a.viewer).await;
+    let again = app.get("/api/v1/risks", &app.a.viewer).await;
+    assert!(cache_status(&again).is_hit(), "the list was not cached");
+}
+
 /// A COMMIT whose session ends before it answers may or may not have been applied: the client
-/// gets a 500 that says so, not a 503 that invites it to send the write again.
+/// gets a 500 that says so, not a 503 that invites it to send the write again, and what the
+/// write may have changed is invalidated all the same, so the read it is told to make first
+/// does not show it the state from before a write that was made.
 #[tokio::test]
-async fn a_write_whose_commit_loses_its_connection_is_not_answered_retry() {
+async fn a_write_whose_commit_loses_its_connection_is_not_answered_retry_and_is_invalidated() {
     let app = spawn_app().await;
     slow_to_commit(&app, 0.0, 30.0).await;
+    cached_risk_list(&app).await;
     let watcher = app.db.connect().await;
     let committing = "SELECT pid FROM pg_stat_activity WHERE state = 'active' AND query = 'COMMIT'
                       AND datname = current_database() AND pid <> pg_backend_pid()";
@@ -225,6 +235,43 @@ async fn a_write_whose_commit_loses_its_connection_is_not_answered_retry() {
     let problem = assert_problem(response, StatusCode::INTERNAL_SERVER_ERROR).await;
     let detail = problem["detail"].as_str().unwrap();
     assert!(detail.contains("may or may not have been applied"), "{detail}");
+    let list = app.get("/api/v1/risks", &app.a.viewer).await;
+    assert!(!cache_status(&list).is_hit(), "the list cached before the write was still served");
+}
+
+/// The deadline (1 s) and the wait for a committing write (1 s more) pass while its COMMIT runs
+/// (3 s): the client is answered that the outcome is unknown, and once the commit is done what
+/// it changed is invalidated, though no request waits for it any more.
+#[tokio::test]
+async fn a_write_answered_before_its_commit_ended_is_invalidated_when_it_ends() {
+    let one_second = |settings: &mut openrisk_shared::Settings| {
+        (settings.http.request_timeout_ms, settings.http.idle_timeout_ms) = (1000, 5000);
+    };
+    let app = spawn_app_with(RedisNamespace::new(), one_second, AppOptions::default()).await;
+    slow_to_commit(&app, 0.0, 3.0).await;
+    cached_risk_list(&app).await;
+
+    let risk = serde_json::json!({"title": "Slow to commit", "impact": 2, "probability": 2});
+    let response = app.send_json(reqwest::Method::POST, "/api/v1/risks", &app.a.analyst, risk).await;
+    let problem = assert_problem(response, StatusCode::INTERNAL_SERVER_ERROR).await;
+    assert!(problem["detail"].as_str().unwrap().contains("may or may not have been applied"), "{problem}");
+    for _ in 0..200 {
+        if risks_titled_slow_to_commit(&app).await == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(risks_titled_slow_to_commit(&app).await, 1, "the write was not committed");
+    let mut list = app.get("/api/v1/risks", &app.a.viewer).await;
+    for _ in 0..200 {
+        if !cache_status(&list).is_hit() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        list = app.get("/api/v1/risks", &app.a.viewer).await;
+    }
+    let body: serde_json::Value = list.json().await.unwrap();
+    assert_eq!(body["total"], 1, "the list cached before the write is still served: {body}");
 }
 
 #[tokio::test]
@@ -390,6 +437,32 @@ async fn a_shutdown_answers_the_request_in_flight_and_accepts_no_new_connection(
     let response = in_flight.await.unwrap().expect("the request in flight is answered");
     assert_eq!(response.status(), StatusCode::OK);
     stopping.await.unwrap().expect("the server stops cleanly");
+}
+
+/// A shutdown begun while a write runs waits for it past the request deadline (3 s) as long as
+/// the request itself does: its COMMIT runs from 2.8 s to 4.8 s, after one request timeout and
+/// a second of grace from the shutdown but within the one more timeout a committing write gets.
+#[tokio::test]
+async fn a_shutdown_waits_for_a_write_committing_past_its_deadline() {
+    let three_seconds = |settings: &mut openrisk_shared::Settings| {
+        (settings.http.request_timeout_ms, settings.http.idle_timeout_ms) = (3000, 10_000);
+    };
+    let app = spawn_app_with(RedisNamespace::new(), three_seconds, AppOptions::default()).await;
+    slow_to_commit(&app, 2.8, 2.0).await;
+    let TestApp { app: server, client, url, a, db, redis: _redis, .. } = app;
+    let risk = serde_json::json!({"title": "Slow to commit", "impact": 2, "probability": 2});
+    let request = client.post(format!("{url}/api/v1/risks")).bearer_auth(&a.analyst).json(&risk).send();
+    let in_flight = tokio::spawn(request);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stopping = tokio::spawn(server.shutdown());
+
+    let response = in_flight.await.unwrap().expect("the write in flight is answered, not reset");
+    assert_eq!(response.status(), StatusCode::CREATED);
+    stopping.await.unwrap().expect("the server stops cleanly");
+    let session = db.connect().await;
+    let created: i64 =
+        session.query_one("SELECT count(*) FROM risks WHERE title = 'Slow to commit'", &[]).await.unwrap().get(0);
+    assert_eq!(created, 1);
 }
 
 #[tokio::test]

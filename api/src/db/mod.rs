@@ -128,24 +128,21 @@ impl Db {
     /// ids past the position noted by [`Db::begin`]: a short primary-key range, no txid index),
     /// so the caller can invalidate those tags right away (read-your-writes). The rows stay in
     /// the outbox for the invalidator, which remains the source of truth.
-    pub async fn commit(&self, txn: DatabaseTransaction) -> Result<Invalidations, ApiError> {
+    pub async fn commit(&self, txn: DatabaseTransaction) -> Result<Invalidations, CommitFailed> {
         let started = Instant::now();
-        let rows = OwnOutboxRow::find_by_statement(stmt(openrisk_shared::outbox::OWN_ROWS, [])).all(&txn).await?;
-        txn.commit().await.map_err(ApiError::from_commit)?;
+        let own_rows = OwnOutboxRow::find_by_statement(stmt(openrisk_shared::outbox::OWN_ROWS, [])).all(&txn).await;
+        let rows = own_rows.map_err(|error| CommitFailed { error: error.into(), maybe_applied: None })?;
+        let committed = txn.commit().await;
         self.metrics.observe_db("commit", started);
-        let mut grouped: Vec<(Uuid, Vec<Tag>)> = Vec::new();
-        for row in rows {
-            let tags = row.tags.iter().filter_map(|tag| Tag::parse(tag).ok());
-            match grouped.iter_mut().find(|(tenant, _)| *tenant == row.tenant_id) {
-                Some((_, known)) => known.extend(tags),
-                None => grouped.push((row.tenant_id, tags.collect())),
+        let invalidations = Invalidations::of(rows);
+        match committed {
+            Ok(()) => Ok(invalidations),
+            Err(error) => {
+                let error = ApiError::from_commit(error);
+                let maybe_applied = error.is_outcome_unknown().then_some(invalidations);
+                Err(CommitFailed { error, maybe_applied })
             }
         }
-        for (_, tags) in &mut grouped {
-            tags.sort();
-            tags.dedup();
-        }
-        Ok(Invalidations(grouped))
     }
 
     /// Checks the database answers (for /readyz).
@@ -158,5 +155,34 @@ impl Db {
         let pool = self.conn.get_postgres_connection_pool();
         let (size, idle) = (pool.size(), u32::try_from(pool.num_idle()).unwrap_or(u32::MAX));
         self.metrics.set_pool(idle, size.saturating_sub(idle), max_connections);
+    }
+}
+
+/// A write whose commit failed, with the tags of what it changed if its outcome is unknown (the
+/// connection was lost once `COMMIT` was sent): invalidating them costs a miss if it was not
+/// applied, while leaving them cached would show the client, who is told to read the resource
+/// before sending the write again, the state from before a write that was made.
+#[derive(Debug)]
+pub struct CommitFailed {
+    pub error: ApiError,
+    pub maybe_applied: Option<Invalidations>,
+}
+
+impl Invalidations {
+    /// The tags of a transaction's own outbox rows, grouped per tenant, each once.
+    fn of(rows: Vec<OwnOutboxRow>) -> Self {
+        let mut grouped: Vec<(Uuid, Vec<Tag>)> = Vec::new();
+        for row in rows {
+            let tags = row.tags.iter().filter_map(|tag| Tag::parse(tag).ok());
+            match grouped.iter_mut().find(|(tenant, _)| *tenant == row.tenant_id) {
+                Some((_, known)) => known.extend(tags),
+                None => grouped.push((row.tenant_id, tags.collect())),
+            }
+        }
+        for (_, tags) in &mut grouped {
+            tags.sort();
+            tags.dedup();
+        }
+        Invalidations(grouped)
     }
 }

@@ -12,6 +12,7 @@ use poem_openapi::registry::Registry;
 use poem_openapi::{ApiExtractor, ApiExtractorType, ExtractParamOptions};
 use sea_orm::DatabaseTransaction;
 use tokio::sync::OwnedSemaphorePermit;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use super::{Cached, Caching, ListFilter, serve};
@@ -19,6 +20,7 @@ use crate::app::AppState;
 use crate::auth::{BearerAuth, Principal, Role};
 use crate::cache::CacheableRead;
 use crate::conditional::{RequestConditions, WriteConditions};
+use crate::db::CommitFailed;
 use crate::db::replicas::Reader;
 use crate::error::ApiError;
 use crate::request_limits::Committing;
@@ -214,11 +216,27 @@ impl Write {
     }
 
     /// Commits the transaction, gives the tenant's `place` in the pool back, then invalidates what
-    /// its triggers reported.
+    /// its triggers reported, also when the commit's outcome is unknown ([`CommitFailed`]). On a
+    /// task of its own, so that a request answered at its deadline while the commit was still
+    /// waiting (outcome unknown too) invalidates once the commit is done rather than never.
     async fn commit(self, place: OwnedSemaphorePermit) -> Result<(), ApiError> {
-        let invalidations = self.state.db.commit(self.txn).await?;
-        drop(place);
-        self.state.cache.invalidate(&invalidations).await;
-        Ok(())
+        let Self { txn, state, .. } = self;
+        let commit = async move {
+            let committed = state.db.commit(txn).await;
+            drop(place);
+            let (invalidations, outcome) = match committed {
+                Ok(invalidations) => (Some(invalidations), Ok(())),
+                Err(CommitFailed { error, maybe_applied }) => (maybe_applied, Err(error)),
+            };
+            if let Some(invalidations) = invalidations {
+                state.cache.invalidate(&invalidations).await;
+            }
+            outcome
+        };
+        let committing = tokio::spawn(commit.instrument(tracing::Span::current()));
+        committing.await.unwrap_or_else(|panicked| {
+            tracing::error!(%panicked, "a commit's task panicked");
+            Err(ApiError::internal())
+        })
     }
 }
