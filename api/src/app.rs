@@ -46,8 +46,10 @@ const TOKEN_LOOKUP_SHARE_OF_POOL: usize = 4;
 /// How often the Redis Cluster's health is polled.
 const CLUSTER_WATCH_INTERVAL: Duration = Duration::from_secs(2);
 
-/// How much longer than the request timeout a shutdown waits for in-flight requests: each then
-/// ends with its answer or its 503, never with a reset connection.
+/// How much longer than twice the request timeout a shutdown waits for in-flight requests (a
+/// write still committing at its deadline is waited for one request timeout more, see
+/// `request_limits`): each then ends with its answer, its 503 or its 500, never with a reset
+/// connection.
 const SHUTDOWN_MARGIN: Duration = Duration::from_secs(1);
 
 /// Why the service could not start.
@@ -521,7 +523,7 @@ impl Application {
         let timeouts = ServeTimeouts {
             headers: Some(idle_timeout),
             requestless: Some(idle_timeout),
-            shutdown_grace: Duration::from_millis(http.request_timeout_ms) + SHUTDOWN_MARGIN,
+            shutdown_grace: Duration::from_millis(http.request_timeout_ms) * 2 + SHUTDOWN_MARGIN,
         };
         let metrics_acceptor = TcpAcceptor::from_tokio(metrics_listener)
             .map_err(|source| StartError::Listen { addr: metrics_addr, source })?;
