@@ -45,7 +45,13 @@ def config_env_names():
         structs[name] = re.findall(r"pub (\w+): ([\w<>:]+)", body)
     if "Settings" not in structs:
         raise SystemExit("shared/src/config/: struct Settings not found")
-    names = {"DATABASE_URL", "REDIS_URL", "API_ADDR", "METRICS_ADDR", "OPENRISK_PROFILE", "OPENRISK_CONFIG"}
+    # The variables read without the prefix (`Env::raw().only(&[...])`: DATABASE_URL,
+    # DATABASE_REPLICA_URLS, ...), and OPENRISK_CONFIG, which names the TOML file.
+    raw = {name for names in re.findall(r"Env::raw\(\)\s*\.only\(&\[([^\]]*)\]\)", source)
+           for name in re.findall(r'"(\w+)"', names)}
+    if "DATABASE_URL" not in raw:
+        raise SystemExit("shared/src/config/: the Env::raw().only(&[...]) variables not found")
+    names = raw | {"OPENRISK_CONFIG"}
     for field, kind in structs["Settings"]:
         if kind in structs:
             names |= {f"OPENRISK_{field.upper()}__{sub.upper()}" for sub, _ in structs[kind]}
@@ -84,10 +90,20 @@ def interpolate(value):
 
 # ---------------------------------------------------------------- compose
 
+def environment(service):
+    """A compose service's environment as a dict (compose takes a mapping or a list of K=V)."""
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) if "=" in item else (item, "") for item in env)
+    return env
+
+
 def check_compose():
     path = os.path.join(DEPLOYMENT, "docker-compose.yml")
     compose = interpolate(yaml.safe_load(open(path)))
     services = compose.get("services", {})
+    cluster = interpolate(yaml.safe_load(open(os.path.join(DEPLOYMENT, "docker-compose.cluster.yml"))))
+    cluster_services = cluster.get("services", {})
     known = config_env_names()
     required = {"postgres", "redis", "migrate", "api", "invalidator", "prometheus", "alertmanager",
                 "grafana", "redis-exporter", "postgres-exporter"}
@@ -151,14 +167,19 @@ def check_compose():
             problem(f"compose: {name} must depend on migrate with condition service_completed_successfully")
         if "healthcheck" not in service:
             problem(f"compose: {name} needs a healthcheck")
+    # Each binary's environment as docker-compose.yml sets it, and as the cluster variant leaves it
+    # (docker-compose.cluster.yml's entries merged over it, as compose merges them).
     for name in ("migrate", "api", "invalidator"):
-        env = services[name].get("environment", {})
-        if isinstance(env, list):
-            env = dict(item.split("=", 1) for item in env)
-        check_env(f"compose {name}", env, known)
-        for key in ("DATABASE_URL", "REDIS_URL"):
-            if key not in env:
-                problem(f"compose: {name} lacks {key}")
+        env = environment(services[name])
+        variants = [(f"compose {name}", env)]
+        if name in cluster_services:
+            variants.append((f"compose {name} (with docker-compose.cluster.yml)",
+                             {**env, **environment(cluster_services[name])}))
+        for where, merged in variants:
+            check_env(where, merged, known)
+            for key in ("DATABASE_URL", "REDIS_URL"):
+                if key not in merged:
+                    problem(f"{where}: lacks {key}")
 
     invalidator = services["invalidator"]
     if "container_name" in invalidator:
