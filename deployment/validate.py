@@ -159,6 +159,32 @@ def check_compose():
     for mode in sorted(ENUMS["OPENRISK_INVALIDATOR__MODE"]):
         if f"invalidator-{mode}" not in names:
             problem(f"prometheus.yml: job openrisk-invalidator must look up invalidator-{mode}")
+    # Job redis scrapes the nodes listed in redis-targets.yml, which each variant mounts: the
+    # single node, or every node of the cluster (not the single node, idle there).
+    sd_files = [f for sd in jobs.get("redis", {}).get("file_sd_configs", []) for f in sd.get("files", [])]
+    if sd_files != ["redis-targets.yml"]:
+        problem("prometheus.yml: job redis must read its nodes from redis-targets.yml (file_sd_configs)")
+    else:
+        def mounts(service):
+            return {str(v).split(":")[1]: str(v).split(":")[0] for v in service.get("volumes", []) or []}
+        cluster_nodes = {name for name, service in cluster_services.items()
+                         if "--cluster-enabled" in [str(part) for part in service.get("command", []) or []]}
+        if not cluster_nodes:
+            problem("compose: docker-compose.cluster.yml runs no node with --cluster-enabled")
+        base_mounts = mounts(services["prometheus"])
+        for where, mounted, nodes in (
+                ("docker-compose.yml", base_mounts, {"redis"}),
+                ("docker-compose.yml with docker-compose.cluster.yml",
+                 {**base_mounts, **mounts(cluster_services.get("prometheus", {}))}, cluster_nodes)):
+            source = mounted.get("/etc/prometheus/redis-targets.yml")
+            if source is None:
+                problem(f"compose: {where}: prometheus must mount /etc/prometheus/redis-targets.yml")
+                continue
+            groups = yaml.safe_load(open(os.path.join(DEPLOYMENT, source))) or []
+            targets = {target for group in groups for target in group.get("targets", [])}
+            if targets != {f"{node}:6379" for node in nodes}:
+                problem(f"compose: {where}: {source} lists {sorted(targets)}, not the Redis nodes "
+                        f"{sorted(nodes)} on port 6379")
 
     for name in ("api", "invalidator"):
         service = services[name]

@@ -93,7 +93,10 @@ def seconds(duration):
     return total
 
 
-def write_prometheus_config(path, rules_dir, targets, alertmanager_port):
+def write_prometheus_config(path, rules_dir, targets, alertmanager_port, exporters):
+    """prometheus.yml with `targets` (by job) in place of its discovery. A job scraped through an
+    exporter's multi-target endpoint (a relabelling that sets __address__ outright) has the
+    exporter's address from `exporters` in place of the compose service's."""
     config = load_yaml(os.path.join(DEPLOY, "prometheus", "prometheus.yml"))
     config["global"].update({"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"})
     config["rule_files"] = [os.path.join(rules_dir, "*.yml")]
@@ -106,6 +109,13 @@ def write_prometheus_config(path, rules_dir, targets, alertmanager_port):
             if key.endswith("_sd_configs") or key in ("static_configs", "scrape_interval", "scrape_timeout"):
                 del job[key]
         job["static_configs"] = [{"targets": targets[name]}]
+        exporter_rules = [rule for rule in job.get("relabel_configs", [])
+                          if rule.get("target_label") == "__address__" and "source_labels" not in rule]
+        if bool(exporter_rules) != (name in exporters):
+            raise RuntimeError(f"prometheus.yml job {name}: deployment/live/stack.py must give an exporter address "
+                               "exactly for the jobs scraped through one")
+        for rule in exporter_rules:
+            rule["replacement"] = exporters[name]
     missing = set(targets) - {job["job_name"] for job in config["scrape_configs"]}
     if missing:
         raise RuntimeError(f"prometheus.yml lacks the jobs {sorted(missing)}")

@@ -85,8 +85,9 @@ class Stack:
         self.api = Proc("api", [os.path.join(BIN, "openrisk-api"), "serve"], env=self.api_env())
         self.start_api()
 
+        # As in compose: no node of its own, Prometheus names the node (/scrape?target=).
         self.redis_exporter = Proc("redis-exporter", [
-            "prometheus-redis-exporter", "-redis.addr", self.redis.url(),
+            "prometheus-redis-exporter", "-redis.addr=",
             "-web.listen-address", f"127.0.0.1:{self.redis_exporter_port}"]).start()
         self.pg_exporter = Proc("postgres-exporter", [
             "prometheus-postgres-exporter", f"--web.listen-address=127.0.0.1:{self.pg_exporter_port}"],
@@ -104,10 +105,10 @@ class Stack:
         write_prometheus_config(prom_config, rules_dir, {
             "openrisk-api": [f"127.0.0.1:{self.api_metrics_port}"],
             "openrisk-invalidator": [f"127.0.0.1:{port}" for port in self.inv_ports],
-            "redis": [f"127.0.0.1:{self.redis_exporter_port}"],
+            "redis": [f"127.0.0.1:{self.redis.port}"],
             "postgres": [f"127.0.0.1:{self.pg_exporter_port}"],
             "prometheus": [f"127.0.0.1:{self.prom_port}"],
-        }, self.am_port)
+        }, self.am_port, {"redis": f"127.0.0.1:{self.redis_exporter_port}"})
         for name, argv in [("promtool check config (rewritten prometheus.yml and rules)",
                             ["promtool", "check", "config", prom_config]),
                            ("amtool check-config (rewritten alertmanager.yml)", ["amtool", "check-config", am_config])]:
@@ -133,8 +134,8 @@ class Stack:
         targets = wait_until("every target up", all_up, 30)
         down = [] if targets else [f"{t['labels']['job']} {t['scrapeUrl']}: {t['health']} {t['lastError']}"
                                    for t in self.prom.get("/api/v1/targets")["activeTargets"] if t["health"] != "up"]
-        R.check("Prometheus scrapes all 6 targets (API, 2 invalidators, 2 exporters, itself)", bool(targets),
-                "; ".join(down))
+        R.check("Prometheus scrapes all 6 targets (API, 2 invalidators, Redis and Postgres through their exporters, "
+                "itself)", bool(targets), "; ".join(down))
         am_seen = wait_until("alertmanager discovered", lambda: self.prom.get("/api/v1/alertmanagers")
                              ["activeAlertmanagers"], 20)
         R.check("Prometheus sends alerts to the Alertmanager", bool(am_seen))
