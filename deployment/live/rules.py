@@ -43,13 +43,20 @@ def recording_rules():
     return names
 
 
+def without_for(rules):
+    """A rule file's content with the alerts' `for:` left out."""
+    def rule_without_for(rule):
+        return {key: value for key, value in rule.items() if not ("alert" in rule and key == "for")}
+    return {**rules, "groups": [{**group, "rules": [rule_without_for(rule) for rule in group["rules"]]}
+                                for group in rules["groups"]]}
+
+
 def write_rules(out_dir):
     """Copies the rule files, replacing only the `for:` of alerts (deployment/live/for.yml)."""
     overrides = load_yaml(os.path.join(DEPLOY, "live", "for.yml"))
     os.makedirs(out_dir)
     problems = []
     for path in sorted(glob.glob(os.path.join(DEPLOY, "prometheus", "rules", "*.yml"))):
-        original = load_yaml(path)
         rules = load_yaml(path)
         for group in rules["groups"]:
             for rule in group["rules"]:
@@ -58,12 +65,16 @@ def write_rules(out_dir):
                         problems.append(f"{rule['alert']} has a for: but no entry in deployment/live/for.yml")
                     else:
                         rule["for"] = overrides[rule["alert"]]
-        for group, before in zip(rules["groups"], original["groups"]):
-            for rule, old in zip(group["rules"], before["rules"]):
-                if rule["expr"] != old["expr"] or {k: v for k, v in rule.items() if k != "for"} != \
-                        {k: v for k, v in old.items() if k != "for"}:
-                    problems.append(f"rule {rule.get('alert') or rule.get('record')} changed beyond for:")
-        write_yaml(os.path.join(out_dir, os.path.basename(path)), rules)
+        copy = os.path.join(out_dir, os.path.basename(path))
+        write_yaml(copy, rules)
+        # The copy Prometheus will load, read back, against the project's file read afresh.
+        written, original = without_for(load_yaml(copy)), without_for(load_yaml(path))
+        if written != original:
+            changed = [rule.get("alert") or rule.get("record")
+                       for group, before in zip(written["groups"], original["groups"])
+                       for rule, old in zip(group["rules"], before["rules"]) if rule != old]
+            problems.append(f"the copy of {os.path.basename(path)} differs from it beyond for: "
+                            f"({', '.join(changed) or 'groups or rules added, removed or renamed'})")
     rules = alert_rules()
     problems += [f"for.yml names {name}, which no rule defines" for name in overrides if name not in rules]
     durations = {name: (seconds(rule["for"]), seconds(overrides[name])) for name, rule in rules.items()
