@@ -60,11 +60,26 @@ start_test_api() {
     token="$("$api" token create --tenant demo --role admin | tail -n1)"
     "$api" serve >"$log" 2>&1 &
     test_api_pid=$!
-    if ! answers_within_10s curl -fs "http://$API_ADDR/healthz"; then
-        echo "the API did not answer on $API_ADDR:" >&2
+    if ! test_api_answers_within_10s; then
         cat "$log" >&2
         return 1
     fi
+}
+
+# test_api_answers_within_10s: whether the API started here ($test_api_pid) answers /healthz
+# within 10 s of tries. Fails at once if it has exited: its port was picked before it bound it,
+# and another server that took the port meanwhile must not be tested in its place.
+test_api_answers_within_10s() {
+    for _ in $(seq 1 100); do
+        if ! kill -0 "$test_api_pid" 2>/dev/null; then
+            echo "the API exited before answering on $API_ADDR (was its port taken?):" >&2
+            return 1
+        fi
+        curl -fs "http://$API_ADDR/healthz" >/dev/null 2>&1 && return 0
+        sleep 0.1
+    done
+    echo "the API did not answer on $API_ADDR within 10 s:" >&2
+    return 1
 }
 
 # our_redis_answers PORT PID: whether the Redis answering on PORT is process PID (not another
