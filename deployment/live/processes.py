@@ -80,9 +80,20 @@ def binary_env(**extra):
     return env
 
 
-def wait_http(name, url, timeout=60):
-    if not wait_until(name, lambda: http_get(url)[0] == 200, timeout, 0.1):
-        raise RuntimeError(f"{name} did not answer {url} within {timeout}s (log: {LOGS}/{name}.log)")
+def wait_ready(proc, probe, timeout, interval=0.1):
+    """Calls probe() until it succeeds, while `proc`, the server it asks, runs; returns whether it
+    succeeded within `timeout`. Raises at once if `proc` has exited: its port was picked before it
+    bound it, and another server that took the port meanwhile must not be tested in its place."""
+    answered = wait_until(proc.name, lambda: not proc.alive() or probe(), timeout, interval)
+    if not proc.alive():
+        status = proc.popen.returncode if proc.popen else None
+        raise RuntimeError(f"{proc.name} exited (status {status}) before it answered (log: {proc.log_path})")
+    return bool(answered)
+
+
+def wait_http(proc, url, timeout=60):
+    if not wait_ready(proc, lambda: http_get(url)[0] == 200, timeout):
+        raise RuntimeError(f"{proc.name} did not answer {url} within {timeout}s (log: {proc.log_path})")
 
 
 # ---------------------------------------------------------------- Postgres and Redis
@@ -128,7 +139,7 @@ class Postgres:
                             "-c", "fast", "-D", self.data], check=True, capture_output=True, **self.run_as)
         self.proc.start()
         argv = [os.path.join(self.bin, "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(self.port)]
-        if not wait_until("postgres", lambda: subprocess.run(argv).returncode == 0, 30):
+        if not wait_ready(self.proc, lambda: subprocess.run(argv).returncode == 0, 30, 0.2):
             raise RuntimeError("private PostgreSQL did not start")
 
     def url(self, database="openrisk"):
@@ -179,9 +190,14 @@ class Redis:
                                 text=True, timeout=10)
         return result.stdout.strip()
 
+    def answers_as_itself(self):
+        """Whether the Redis answering on the port is this one (not another that took it first,
+        which answers before this one has failed to bind and exited)."""
+        return f"process_id:{self.proc.popen.pid}" in self.cli("INFO", "server").split()
+
     def start(self):
         self.proc.start()
-        if not wait_until("redis", lambda: self.cli("PING") == "PONG", 10, 0.05):
+        if not wait_ready(self.proc, self.answers_as_itself, 10, 0.05):
             raise RuntimeError("private Redis did not start")
 
     def used_memory(self):

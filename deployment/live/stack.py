@@ -47,7 +47,7 @@ class Stack:
 
     def start_api(self):
         self.api.start()
-        wait_http("api", f"http://127.0.0.1:{self.api_port}/healthz")
+        wait_http(self.api, f"http://127.0.0.1:{self.api_port}/healthz")
 
     def restart_api(self):
         self.api.stop()
@@ -57,7 +57,7 @@ class Stack:
         proc = self.invalidators[index]
         proc.env = self.inv_env(index, mode)
         proc.start()
-        wait_http(proc.name, f"http://127.0.0.1:{self.inv_ports[index]}/healthz")
+        wait_http(proc, f"http://127.0.0.1:{self.inv_ports[index]}/healthz")
 
     def start(self):
         log(f"work directory {self.work}, logs in {LOGS}")
@@ -123,8 +123,8 @@ class Stack:
         self.prometheus_proc = Proc("prometheus", [
             "prometheus", f"--config.file={prom_config}", f"--storage.tsdb.path={os.path.join(self.work, 'tsdb')}",
             f"--web.listen-address=127.0.0.1:{self.prom_port}"]).start()
-        wait_http("alertmanager", f"http://127.0.0.1:{self.am_port}/-/ready")
-        wait_http("prometheus", f"http://127.0.0.1:{self.prom_port}/-/ready")
+        wait_http(self.alertmanager, f"http://127.0.0.1:{self.am_port}/-/ready")
+        wait_http(self.prometheus_proc, f"http://127.0.0.1:{self.prom_port}/-/ready")
         self.prom = Prometheus(self.prom_port)
 
         def all_up():
