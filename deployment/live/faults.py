@@ -46,6 +46,16 @@ class Faults(AlertWatch):
         self.cycle("Redis maxmemory-policy allkeys-random, API restarted", ["OpenRiskRedisEvictionPolicyWrong"],
                    lambda: policy("allkeys-random"), lambda: policy("volatile-lru"))
 
+    def persistence(self):
+        stack = self.stack
+
+        def save(schedule):
+            stack.redis.cli("CONFIG", "SET", "save", schedule)
+            stack.restart_api()
+
+        self.cycle("Redis save schedule 3600 1, API restarted", ["OpenRiskRedisPersistenceOn"],
+                   lambda: save("3600 1"), lambda: save(""))
+
     def redis_memory(self):
         redis = self.stack.redis
         self.cycle("Redis maxmemory lowered to 1.1 x used", ["OpenRiskRedisMemoryHigh"],
@@ -291,7 +301,7 @@ PLANS = {
     # (name, method); order matters: see the comments in deployment/README.md.
     "ci": ["poison_row", "replica_killed", "all_replicas_stopped", "api_killed", "listener",
            "postgres_connections", "read_replica_stopped", "redis_stopped"],
-    "full": ["poison_row", "api_killed", "eviction_policy", "redis_memory", "postgres_connections", "replica_killed",
+    "full": ["poison_row", "api_killed", "eviction_policy", "persistence", "redis_memory", "postgres_connections", "replica_killed",
              "listener", "all_replicas_stopped", "read_replica_stopped", "database_lock", "hit_ratio",
              "redis_stopped"],
 }
