@@ -22,7 +22,8 @@ use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, Slot, SlotAddr};
 use redis::{Cmd, FromRedisValue, Pipeline, RedisFuture, RedisResult, Value};
 
-/// Why a Redis URL cannot be used.
+/// Why a Redis URL cannot be used. Each carries the URL with its credentials replaced by `***`
+/// ([`redacted`]): the message reaches logs and start-up errors.
 #[derive(Debug, thiserror::Error)]
 pub enum RedisUrlError {
     #[error("redis URL {0:?} must start with redis://, rediss://, redis-cluster:// or rediss-cluster://")]
@@ -35,6 +36,17 @@ pub enum RedisUrlError {
         #[source]
         source: redis::RedisError,
     },
+}
+
+/// `url` with what stands before its last `@` (a user, a password, which may hold `/` or `@`)
+/// replaced by `***`, so that no error message carries a password.
+fn redacted(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    match rest.rfind('@') {
+        Some(at) if scheme.is_empty() => format!("***{}", &rest[at..]),
+        Some(at) => format!("{scheme}://***{}", &rest[at..]),
+        None => url.to_owned(),
+    }
 }
 
 /// Where Redis is: one node or the seed nodes of a cluster.
@@ -91,7 +103,7 @@ impl Timeouts {
 impl RedisTarget {
     /// Reads a `redis://`, `rediss://`, `redis-cluster://` or `rediss-cluster://` URL.
     pub fn parse(url: &str) -> Result<Self, RedisUrlError> {
-        let invalid = |source| RedisUrlError::Invalid { url: url.to_owned(), source };
+        let invalid = |source| RedisUrlError::Invalid { url: redacted(url), source };
         let cluster_scheme =
             ["redis-cluster://", "rediss-cluster://"].into_iter().find(|scheme| url.starts_with(scheme));
         if let Some(scheme) = cluster_scheme {
@@ -110,13 +122,13 @@ impl RedisTarget {
                 .map(|host| format!("{node_scheme}{credentials}{host}"))
                 .collect();
             if seeds.is_empty() {
-                return Err(RedisUrlError::NoSeeds(url.to_owned()));
+                return Err(RedisUrlError::NoSeeds(redacted(url)));
             }
             ClusterClient::new(seeds.clone()).map_err(invalid)?;
             return Ok(Self::Cluster { seeds });
         }
         if !url.starts_with("redis://") && !url.starts_with("rediss://") {
-            return Err(RedisUrlError::Scheme(url.to_owned()));
+            return Err(RedisUrlError::Scheme(redacted(url)));
         }
         redis::Client::open(url).map(|client| Self::Node(Box::new(client))).map_err(invalid)
     }
@@ -352,4 +364,25 @@ fn master_addresses(reply: Value) -> RedisResult<Vec<(String, u16)>> {
         }
     }
     Ok(masters)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_url_that_cannot_be_used_is_named_without_its_password() {
+        let refused = [
+            "redis+cluster://:s3cret@h:6380",
+            "redis-cluster://user:s3c/r@et@/",
+            "redis://:s3cret@h:notaport",
+            "s3cret@h:6379",
+        ];
+        for url in refused {
+            let message = RedisTarget::parse(url).expect_err(url).to_string();
+            assert!(!message.contains("s3c"), "{message}");
+            assert!(message.contains("***@"), "{message}");
+        }
+        assert_eq!(redacted("redis://h:6379/2"), "redis://h:6379/2");
+    }
 }
