@@ -250,7 +250,7 @@ mod tests {
     fn bad_values_are_named_in_the_error() {
         /// Environment, file and the words the error must name.
         type Case<'a> = (&'a [(&'a str, &'a str)], Option<&'a str>, &'a [&'a str]);
-        let cases: [Case; 14] = [
+        let cases: [Case; 18] = [
             (&[("API_ADDR", "not-an-address")], None, &["api_addr"]),
             (&[("OPENRISK_PROFILE", "huge")], None, &["profile", "staging"]),
             (&[("OPENRISK_CACHE__TTL_JITTER_PERCENT", "90")], None, &["ttl_jitter_percent"]),
@@ -265,6 +265,10 @@ mod tests {
             (&[("OPENRISK_CACHE__MAX_ENTRY_BYTES", "0")], None, &["max_entry_bytes", "1024", "cache.enabled"]),
             (&[("OPENRISK_DATABASE__LISTEN_URL", "pgbouncer:6432")], None, &["listen_url", "postgres://"]),
             (&[], Some("[cache]\nttl_seconds = 5\n"), &["ttl_seconds"]),
+            (&[("OPENRISK_DATABASE__KEEPALIVE_IDLE_SECS", "40000")], None, &["keepalive_idle_secs", "32767"]),
+            (&[("OPENRISK_DATABASE__KEEPALIVE_RETRIES", "200")], None, &["keepalive_retries", "127"]),
+            (&[("OPENRISK_DATABASE__TCP_USER_TIMEOUT_MS", "3000000000")], None, &["tcp_user_timeout_ms", "2147483647"]),
+            (&[("OPENRISK_HTTP__REQUEST_TIMEOUT_MS", "3000000000")], None, &["request_timeout_ms", "2147483647"]),
         ];
         for (env, file, named) in cases {
             let error = load_error(env, file).to_lowercase();

@@ -14,6 +14,18 @@ pub const MAX_TTL_SECS: u64 = 365 * 24 * 3600;
 /// Postgres takes as a 32-bit count of milliseconds.
 pub const MAX_POLL_INTERVAL_MS: u64 = i32::MAX as u64;
 
+/// Longest keepalive idle time and interval, in seconds: what Linux takes for `TCP_KEEPIDLE` and
+/// `TCP_KEEPINTVL`; a longer one makes every connection to Postgres fail with `EINVAL`.
+pub const MAX_KEEPALIVE_SECS: u32 = 32_767;
+
+/// Most keepalive probes: what Linux takes for `TCP_KEEPCNT`.
+pub const MAX_KEEPALIVE_RETRIES: u32 = 127;
+
+/// Longest `http.request_timeout_ms` and `database.tcp_user_timeout_ms`: each is also a Postgres
+/// setting of the session (`statement_timeout`, `tcp_user_timeout`), a 32-bit count of
+/// milliseconds, and a session that cannot take it fails to start.
+pub const MAX_SESSION_MS: u64 = i32::MAX as u64;
+
 /// Smallest `cache.max_entry_bytes`: below it hardly a response fits (a risk's detail is about
 /// 1.5 KB), and nearly every read would go to Postgres while the cache looked enabled.
 pub const MIN_ENTRY_BYTES: u32 = 1024;
@@ -43,10 +55,17 @@ impl Settings {
         let database = &self.database;
         rule(
             !database.keepalives
-                || (database.keepalive_idle_secs >= 1
-                    && database.keepalive_interval_secs >= 1
-                    && database.keepalive_retries >= 1),
-            "database.keepalive_idle_secs, keepalive_interval_secs and keepalive_retries must be at least 1",
+                || ((1..=MAX_KEEPALIVE_SECS).contains(&database.keepalive_idle_secs)
+                    && (1..=MAX_KEEPALIVE_SECS).contains(&database.keepalive_interval_secs)
+                    && (1..=MAX_KEEPALIVE_RETRIES).contains(&database.keepalive_retries)),
+            &format!(
+                "database.keepalive_idle_secs and keepalive_interval_secs must be between 1 and \
+                 {MAX_KEEPALIVE_SECS}, keepalive_retries between 1 and {MAX_KEEPALIVE_RETRIES}"
+            ),
+        )?;
+        rule(
+            u64::from(database.tcp_user_timeout_ms) <= MAX_SESSION_MS,
+            &format!("database.tcp_user_timeout_ms must be at most {MAX_SESSION_MS}"),
         )?;
         rule(
             self.invalidator.redis_replicas_ack_timeout_ms >= 1,
@@ -78,7 +97,10 @@ impl Settings {
                 "cache.token_cache_secs must be at most {MAX_TOKEN_CACHE_SECS}: a revoked token keeps working that long"
             ),
         )?;
-        rule(self.http.request_timeout_ms >= 1, "http.request_timeout_ms must be at least 1")?;
+        rule(
+            (1..=MAX_SESSION_MS).contains(&self.http.request_timeout_ms),
+            &format!("http.request_timeout_ms must be between 1 and {MAX_SESSION_MS}"),
+        )?;
         rule(
             self.http.idle_timeout_ms > self.http.request_timeout_ms,
             "http.idle_timeout_ms must be longer than http.request_timeout_ms",
