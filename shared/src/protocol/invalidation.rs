@@ -176,7 +176,10 @@ pub async fn invalidate<C: ConnectionLike>(
 ) -> redis::RedisResult<Reclaimable> {
     match invalidate_with_floor(conn, keyspace, tenant, tags, None).await {
         Err(error) => match OneByOne::instead_of_the_script(&error) {
-            Some(how) => versions_one_by_one(conn, keyspace, tenant, tags, how).await,
+            Some(how) => {
+                versions_one_by_one(conn, keyspace, tenant, tags, how, None).await?;
+                Ok(Reclaimable::default())
+            }
             None => Err(error),
         },
         done => done,
@@ -246,8 +249,8 @@ fn invalidation_keys(keyspace: &Keyspace, tenant: Uuid, tags: &[Tag]) -> (String
 /// where the previous ones had one.
 ///
 /// While the tenant's slot migrates, the script is refused, and the versions are replaced one
-/// by one instead; while Redis is full and may not evict, they are deleted (`OneByOne`). Either
-/// is confirmed by a `WAIT` on every master.
+/// by one instead; while Redis is full and may not evict, they are deleted (`OneByOne`), each
+/// with its own `WAIT` in the same pipeline.
 ///
 /// Invariant: `Ok` means the invalidation survives the failover of its master to any replica
 /// that confirmed it (Redis promotes the replica with the most replicated data first).
@@ -272,14 +275,9 @@ pub async fn invalidate_replicated<C: ConnectionLike>(
     };
     match how {
         Some(how) => {
-            let reclaimable = versions_one_by_one(conn, keyspace, tenant, tags, how).await?;
-            if ack.replicas > 0 {
-                // Without a key, `WAIT` goes to every master, so it covers the writes wherever
-                // they landed.
-                let acked: u32 = redis::cmd("WAIT").arg(ack.replicas).arg(ack.wait_ms()).query_async(conn).await?;
-                ack.confirmed_by(acked)?;
-            }
-            Ok(reclaimable)
+            let fewest = versions_one_by_one(conn, keyspace, tenant, tags, how, Some(ack)).await?;
+            fewest.map_or(Ok(()), |acked| ack.confirmed_by(acked))?;
+            Ok(Reclaimable::default())
         }
         None => in_one_call,
     }
@@ -350,25 +348,40 @@ impl OneByOne {
 }
 
 /// Ends the version of each of `tags` with one command per key, which the cluster client follows
-/// to whichever node holds it now. The member sets stay in place (a later invalidation reclaims
-/// their entries) and the replay floors no longer match any version, so they read as unknown.
+/// to whichever node holds it now. With `wait_for`, each command travels with its own `WAIT` in
+/// one pipeline, and what returns is the fewest replicas any of them reached (none without
+/// tags or replicas to wait for); which its key routes (and a redirection moves whole): the `WAIT`
+/// then counts that write, on that key's master and connection. Alone, a `WAIT` would go to
+/// every master, failing for one without replicas that holds none of these keys, and, sent
+/// after a connection was replaced, would confirm writes it never saw. The member sets stay in
+/// place (a later invalidation reclaims their entries) and the replay floors no longer match
+/// any version, so they read as unknown.
 async fn versions_one_by_one<C: ConnectionLike>(
     conn: &mut C,
     keyspace: &Keyspace,
     tenant: Uuid,
     tags: &[Tag],
     how: OneByOne,
-) -> redis::RedisResult<Reclaimable> {
+    wait_for: Option<ReplicaAck>,
+) -> redis::RedisResult<Option<u32>> {
     let token = fresh_token();
+    let mut fewest = None;
     for tag in tags {
         let key = keyspace.version_key(tenant, tag);
-        let command = match how {
-            OneByOne::Replace => redis::cmd("SET").arg(&key).arg(&token).arg("XX").arg("KEEPTTL").to_owned(),
-            OneByOne::Delete => redis::cmd("DEL").arg(&key).to_owned(),
+        let mut pipe = redis::pipe();
+        match how {
+            OneByOne::Replace => pipe.cmd("SET").arg(&key).arg(&token).arg("XX").arg("KEEPTTL").ignore(),
+            OneByOne::Delete => pipe.cmd("DEL").arg(&key).ignore(),
         };
-        let _: redis::Value = command.query_async(conn).await?;
+        let Some(ack) = wait_for.filter(|ack| ack.replicas > 0) else {
+            pipe.query_async::<()>(conn).await?;
+            continue;
+        };
+        pipe.cmd("WAIT").arg(ack.replicas).arg(ack.wait_ms());
+        let (acked,): (u32,) = pipe.query_async(conn).await?;
+        fewest = Some(fewest.map_or(acked, |fewest: u32| fewest.min(acked)));
     }
-    Ok(Reclaimable::default())
+    Ok(fewest)
 }
 
 /// How long a probe's own key ([`Keyspace::probe_key`]) stays. Nothing reads it, so it may expire
