@@ -23,7 +23,7 @@ use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, Slot, Sl
 use redis::{Cmd, FromRedisValue, Pipeline, RedisFuture, RedisResult, Value};
 
 /// Why a Redis URL cannot be used. Each carries the URL with its credentials replaced by `***`
-/// ([`redacted`]): the message reaches logs and start-up errors.
+/// (`redacted`): the message reaches logs and start-up errors.
 #[derive(Debug, thiserror::Error)]
 pub enum RedisUrlError {
     #[error("redis URL {0:?} must start with redis://, rediss://, redis-cluster:// or rediss-cluster://")]

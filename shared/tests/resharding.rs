@@ -2,7 +2,9 @@
 //! refuses a script whose keys are not all on one node (`TRYAGAIN`), and the invalidation script
 //! names a key that never exists, so it is refused for the whole migration while lookups whose
 //! keys have not moved are still answered. An invalidation must still make every entry of its
-//! tags unreadable. A private cluster of its own (3 masters with a replica each).
+//! tags unreadable. And a master that knows none of the scripts (one just promoted or restarted)
+//! must run them while another master hangs. A private cluster of its own (3 masters with a
+//! replica each).
 
 use std::time::Duration;
 
@@ -107,4 +109,28 @@ async fn an_invalidation_reaches_a_version_already_moved_to_the_importing_master
 
     c.invalidate("all", ONE_REPLICA).await.expect("the invalidation and its WAIT follow the moved version");
     assert!(!c.is_hit().await, "the moved entry is still served after its tag was invalidated");
+}
+
+/// Scripts are not replicated, so a master just promoted knows none of them; loading one must go
+/// to that master alone, not to every master (a `SCRIPT LOAD` the cluster client sends to all,
+/// which waited for the one that hangs and failed).
+#[tokio::test]
+async fn a_master_that_knows_no_script_runs_them_while_another_master_hangs() {
+    let mut c = Cached::new().await;
+    let master = c.cluster.master_of(&c.key);
+    let other = c.cluster.master_ports().into_iter().find(|&port| port != master).expect("another master");
+    assert_eq!(node_command(&c.cluster.node_url(master), &["SCRIPT", "FLUSH"]).as_deref(), Some("OK"));
+    c.cluster.pause(other);
+
+    c.invalidate("risk:1", ReplicaAck::MASTER_ONLY).await.expect("the invalidation script runs by its source");
+    assert!(!c.is_hit().await, "the entry is still served after its tag was invalidated");
+    let Lookup::Miss(snapshot) = protocol::lookup(&mut c.conn, &c.keyspace, c.tenant, &c.key, &c.tags).await.unwrap()
+    else {
+        panic!("an invalidated entry is a miss");
+    };
+    let entry = Fill { entry_key: &c.key, body: b"v2", etag: "e2", ttl_secs: 60, dependencies_ttl_secs: 120 };
+    let stored = protocol::fill(&mut c.conn, &c.keyspace, c.tenant, &snapshot, entry).await;
+    c.cluster.resume(other);
+    assert!(stored.expect("the fill script runs"), "the fill under current versions is stored");
+    assert!(c.is_hit().await);
 }

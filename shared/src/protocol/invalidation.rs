@@ -4,10 +4,11 @@
 use std::sync::LazyLock;
 
 use redis::aio::ConnectionLike;
-use redis::{ErrorKind, Script, ServerErrorKind};
+use redis::{ErrorKind, ServerErrorKind};
 use uuid::Uuid;
 
 use super::replay_floor::floor_text;
+use super::script::KeyedScript;
 use super::{RECLAIM_CHUNK, fresh_token};
 use crate::db::Lsn;
 use crate::keys::{Keyspace, Tag};
@@ -64,7 +65,7 @@ end
 return moved
 "#;
 
-static INVALIDATE: LazyLock<Script> = LazyLock::new(|| Script::new(INVALIDATE_SOURCE));
+static INVALIDATE: LazyLock<KeyedScript> = LazyLock::new(|| KeyedScript::new(INVALIDATE_SOURCE));
 
 /// Member sets moved aside by [`invalidate`], whose entries [`reclaim`] unlinks.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -291,17 +292,13 @@ async fn script_and_wait<C: ConnectionLike>(
     floor: &str,
     ack: ReplicaAck,
 ) -> Result<Reclaimable, InvalidateError> {
+    let mut call = INVALIDATE.prepare_invoke();
+    call.key(keys).arg(token).arg(floor);
     // A script inside a pipeline is not loaded for us: try it by hash, and on NOSCRIPT send its
     // source (which also loads it on that node for the next time).
     let pipeline = |by_hash: bool| {
         let mut pipe = redis::pipe();
-        let command = pipe.cmd(if by_hash { "EVALSHA" } else { "EVAL" });
-        command
-            .arg(if by_hash { INVALIDATE.get_hash() } else { INVALIDATE_SOURCE })
-            .arg(keys.len())
-            .arg(keys)
-            .arg(token)
-            .arg(floor);
+        pipe.add_command(call.command(by_hash));
         pipe.cmd("WAIT").arg(ack.replicas).arg(ack.wait_ms());
         pipe
     };

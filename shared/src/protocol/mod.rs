@@ -39,16 +39,17 @@
 use std::sync::LazyLock;
 
 use bytes::Bytes;
-use redis::Script;
 use redis::aio::ConnectionLike;
 use uuid::Uuid;
 
 use crate::keys::{Keyspace, Tag};
+use script::KeyedScript;
 
 mod background_reclaims;
 mod eviction;
 mod invalidation;
 mod replay_floor;
+mod script;
 
 pub use background_reclaims::{BackgroundReclaims, RECLAIMS_AT_ONCE};
 pub use eviction::{SettingsProblems, check_server_settings, eviction_policy_problem, persistence_problem};
@@ -243,8 +244,8 @@ pub async fn create_missing_versions<C: ConnectionLike>(
 /// Invariant: an entry is stored only under versions that were current when it was stored, and
 /// those were current before its data was read (the snapshot), so no invalidation separates the
 /// read from the store.
-static FILL: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+static FILL: LazyLock<KeyedScript> = LazyLock::new(|| {
+    KeyedScript::new(
         r#"
 local versions = tonumber(ARGV[1])
 for i = 1, versions do
@@ -291,7 +292,8 @@ pub async fn fill<C: ConnectionLike>(
     if !snapshot.is_complete() {
         return Ok(false);
     }
-    let mut call = FILL.key(entry.entry_key);
+    let mut call = FILL.prepare_invoke();
+    call.key(entry.entry_key);
     for tag in &snapshot.tags {
         call.key(keyspace.version_key(tenant, tag));
     }

@@ -3,11 +3,11 @@
 
 use std::sync::LazyLock;
 
-use redis::Script;
 use redis::aio::ConnectionLike;
 use uuid::Uuid;
 
 use super::Snapshot;
+use super::script::KeyedScript;
 use crate::db::Lsn;
 use crate::keys::{Keyspace, Tag};
 
@@ -74,8 +74,8 @@ pub async fn replay_floor<C: ConnectionLike>(
 /// Invariant: `primary_position` was read from the primary after the snapshot was taken, so it
 /// is past the end of every write whose invalidation finished before the version was written;
 /// a version replaced since is left alone (its floor stays unknown).
-static STAMP_FLOOR: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+static STAMP_FLOOR: LazyLock<KeyedScript> = LazyLock::new(|| {
+    KeyedScript::new(
         r#"
 for i = 1, #KEYS, 2 do
   local token = ARGV[1 + (i + 1) / 2]
