@@ -250,7 +250,8 @@ impl Tally {
         Self { first_time: 0, ok: 0, non_2xx: 0, errors: 0, latency: new_histogram(), service: new_histogram() }
     }
 
-    fn add(&mut self, other: &Tally) {
+    /// Adds `other`'s answers to these (the connections of a run, or runs of one target).
+    pub fn add(&mut self, other: &Tally) {
         self.first_time += other.first_time;
         self.ok += other.ok;
         self.non_2xx += other.non_2xx;

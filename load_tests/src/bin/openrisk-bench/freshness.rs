@@ -58,25 +58,7 @@ pub async fn run(
     let events = prom::sum(&invalidator_after, "openrisk_invalidator_events_processed_total", &[])
         - prom::sum(&invalidator_before, "openrisk_invalidator_events_processed_total", &[]);
     checks.run(&freshness.background);
-    checks.check(
-        "every write was committed and then seen by a reader",
-        freshness.writes.sql > 0
-            && freshness.writes.api > 0
-            && freshness.write_errors == 0
-            && freshness.never_seen == 0,
-        format!(
-            "{} SQL + {} API writes, {} errors, {} never seen",
-            freshness.writes.sql, freshness.writes.api, freshness.write_errors, freshness.never_seen
-        ),
-    );
-    checks.check(
-        "no read returned a value older than the staleness window",
-        freshness.older_than_window == 0 && freshness.read_errors == 0 && freshness.reads > 0,
-        format!(
-            "{} reads, {} older than the window, {} errors",
-            freshness.reads, freshness.older_than_window, freshness.read_errors
-        ),
-    );
+    Verdict::of(&freshness).check(checks, "");
     let window = |v: &Histogram<u64>| json!({"count": v.len(), "p50_ms": pct(v, 50.0), "p99_ms": pct(v, 99.0), "max_ms": pct(v, 100.0)});
     let report = json!({
             "duration_s": (phase * 2).as_secs_f64(),
@@ -98,8 +80,9 @@ pub async fn run(
             "resources": fresh_resources,
             "postgres_connections": fresh_connections,
     });
-    let spread =
-        |h: &Histogram<u64>| format!("p50 {:.2} p99 {:.2} max {:.2} ms", pct(h, 50.0), pct(h, 99.0), pct(h, 100.0));
+    let spread = |h: &Histogram<u64>| {
+        format!("p50 {} p99 {} max {} ms", pct_text(h, 50.0), pct_text(h, 99.0), pct_text(h, 100.0))
+    };
     println!(
         "  window after commit: SQL {}; API {}; {} stale reads inside windows, {} older than the window",
         spread(&freshness.windows.sql),
@@ -136,9 +119,74 @@ fn record_ms(histogram: &mut Histogram<u64>, ms: f64) {
     histogram.saturating_record((ms * 1000.0).round() as u64);
 }
 
-/// Percentile `p` (0–100) of a histogram of [`ms_histogram`], in milliseconds (0 when empty).
-pub fn pct(histogram: &Histogram<u64>, p: f64) -> f64 {
-    if histogram.is_empty() { 0.0 } else { histogram.value_at_percentile(p) as f64 / 1000.0 }
+/// Percentile `p` (0–100) of a histogram of [`ms_histogram`], in milliseconds; `None` when it
+/// is empty, so that a phase that measured nothing reports no value rather than 0 ms.
+pub fn pct(histogram: &Histogram<u64>, p: f64) -> Option<f64> {
+    (!histogram.is_empty()).then(|| histogram.value_at_percentile(p) as f64 / 1000.0)
+}
+
+/// [`pct`] as printed: two decimals, or `–` when the histogram is empty.
+pub fn pct_text(histogram: &Histogram<u64>, p: f64) -> String {
+    pct(histogram, p).map_or_else(|| "–".to_owned(), |ms| format!("{ms:.2}"))
+}
+
+/// What the correctness checks of freshness measurements read, summed over measurements (the
+/// rounds of one `--window` phase, or the one measurement of the main run).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Verdict {
+    pub sql_writes: u64,
+    pub api_writes: u64,
+    pub write_errors: u64,
+    pub never_seen: u64,
+    pub reads: u64,
+    pub read_errors: u64,
+    pub older_than_window: u64,
+}
+
+impl Verdict {
+    pub fn of(seen: &Freshness) -> Self {
+        Self {
+            sql_writes: seen.writes.sql,
+            api_writes: seen.writes.api,
+            write_errors: seen.write_errors,
+            never_seen: seen.never_seen,
+            reads: seen.reads,
+            read_errors: seen.read_errors,
+            older_than_window: seen.older_than_window,
+        }
+    }
+
+    pub fn add(&mut self, other: Verdict) {
+        self.sql_writes += other.sql_writes;
+        self.api_writes += other.api_writes;
+        self.write_errors += other.write_errors;
+        self.never_seen += other.never_seen;
+        self.reads += other.reads;
+        self.read_errors += other.read_errors;
+        self.older_than_window += other.older_than_window;
+    }
+
+    /// Checks that writes through both paths were made, none failed and every one was seen, and
+    /// that reads were made, none failed and none was older than the window: without writes or
+    /// reads there is no window to speak of. `scope` ends each check's name (` (window, …)`).
+    pub fn check(&self, checks: &mut Checks, scope: &str) {
+        checks.check(
+            &format!("every write was committed and then seen by a reader{scope}"),
+            self.sql_writes > 0 && self.api_writes > 0 && self.write_errors == 0 && self.never_seen == 0,
+            format!(
+                "{} SQL + {} API writes, {} errors, {} never seen",
+                self.sql_writes, self.api_writes, self.write_errors, self.never_seen
+            ),
+        );
+        checks.check(
+            &format!("no read returned a value older than the staleness window{scope}"),
+            self.older_than_window == 0 && self.read_errors == 0 && self.reads > 0,
+            format!(
+                "{} reads, {} older than the window, {} errors",
+                self.reads, self.older_than_window, self.read_errors
+            ),
+        );
+    }
 }
 
 /// What the freshness phase saw.
@@ -499,4 +547,41 @@ pub async fn sql_writes(url: String, ids: Vec<(Uuid, Uuid)>, rate: f64, deadline
         done += writer.await??;
     }
     Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Verdict, ms_histogram, pct, pct_text, record_ms};
+    use crate::dataset::Checks;
+
+    /// Whether each of `verdict`'s two checks passed.
+    fn outcomes(verdict: Verdict) -> Vec<bool> {
+        let mut checks = Checks::default();
+        verdict.check(&mut checks, " (test)");
+        checks.0.iter().map(|check| check.ok).collect()
+    }
+
+    #[test]
+    fn a_measurement_without_writes_or_reads_fails_both_checks() {
+        assert_eq!(outcomes(Verdict::default()), [false, false]);
+    }
+
+    #[test]
+    fn failed_or_missing_writes_and_failed_reads_fail_even_when_nothing_was_stale() {
+        let clean = Verdict { sql_writes: 3, api_writes: 3, reads: 100, ..Verdict::default() };
+        assert_eq!(outcomes(clean), [true, true]);
+        assert_eq!(outcomes(Verdict { write_errors: 1, ..clean }), [false, true]);
+        assert_eq!(outcomes(Verdict { api_writes: 0, ..clean }), [false, true]);
+        assert_eq!(outcomes(Verdict { never_seen: 1, ..clean }), [false, true]);
+        assert_eq!(outcomes(Verdict { read_errors: 1, ..clean }), [true, false]);
+        assert_eq!(outcomes(Verdict { older_than_window: 1, ..clean }), [true, false]);
+    }
+
+    #[test]
+    fn an_empty_histogram_reports_no_percentile_rather_than_zero() {
+        let mut histogram = ms_histogram();
+        assert_eq!((pct(&histogram, 99.0), pct_text(&histogram, 99.0).as_str()), (None, "–"));
+        record_ms(&mut histogram, 1.0);
+        assert_eq!((pct(&histogram, 99.0), pct_text(&histogram, 99.0).as_str()), (Some(1.0), "1.00"));
+    }
 }

@@ -49,7 +49,7 @@ pub fn plot_latency(args: &Args, fixed: &[RunResult], freshness: &Freshness) -> 
     latency.push(latency_series(format!("mix under writes ({}/s)", args.fresh_background_rate), &freshness.background));
     let window_series = |name: &str, v: &Histogram<u64>| Series {
         name: name.into(),
-        points: PERCENTILES.iter().map(|&p| (p, pct(v, p).max(0.01))).collect(),
+        points: PERCENTILES.iter().filter_map(|&p| Some((p, pct(v, p)?.max(0.01)))).collect(),
     };
     let svg = plot::render(
         &format!(
