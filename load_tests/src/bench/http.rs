@@ -25,6 +25,7 @@ use hyper_util::rt::TokioIo;
 use openrisk_shared::CacheStatus;
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
+use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::net::TcpStream;
 
@@ -195,6 +196,7 @@ impl RunResult {
             "non_2xx": tally.non_2xx,
             "errors": tally.errors,
             "first_time_requests": tally.first_time,
+            "cache_status": tally.cache,
             "throughput_rps": self.throughput(),
             "latency": hist(&tally.latency),
             "service_time": hist(&tally.service),
@@ -239,6 +241,8 @@ pub struct Tally {
     pub errors: u64,
     /// Requests sent for the first time by any run of the workload.
     pub first_time: u64,
+    /// How the cache served the answers counted in `ok`, from their `Cache-Status`.
+    pub cache: CacheCounts,
     /// Latency as users see it (corrected for coordinated omission in `open` mode), µs.
     pub latency: Histogram<u64>,
     /// Time from the actual send to the answer, µs.
@@ -247,7 +251,15 @@ pub struct Tally {
 
 impl Tally {
     fn new() -> Self {
-        Self { first_time: 0, ok: 0, non_2xx: 0, errors: 0, latency: new_histogram(), service: new_histogram() }
+        Self {
+            first_time: 0,
+            ok: 0,
+            non_2xx: 0,
+            errors: 0,
+            cache: CacheCounts::default(),
+            latency: new_histogram(),
+            service: new_histogram(),
+        }
     }
 
     /// Adds `other`'s answers to these (the connections of a run, or runs of one target).
@@ -256,6 +268,7 @@ impl Tally {
         self.ok += other.ok;
         self.non_2xx += other.non_2xx;
         self.errors += other.errors;
+        self.cache.add(&other.cache);
         self.latency.add(&other.latency).expect("same bounds");
         self.service.add(&other.service).expect("same bounds");
     }
@@ -264,12 +277,44 @@ impl Tally {
         match outcome {
             Ok(answer) if (200..300).contains(&answer.status) || answer.status == 304 => {
                 self.ok += 1;
+                self.cache.record(answer.cache_status);
                 self.latency.saturating_record(micros(done - from));
                 self.service.saturating_record(micros(done - sent));
             }
             Ok(_) => self.non_2xx += 1,
             Err(_) => self.errors += 1,
         }
+    }
+}
+
+/// How the cache served a run's successful answers, by their `Cache-Status` header: a cached
+/// target whose answers are not hits measures Postgres, not the cache, whatever its throughput.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct CacheCounts {
+    pub hit: u64,
+    /// Looked up, not found, read from Postgres ([`CacheStatus::is_miss`]).
+    pub miss: u64,
+    /// Redis skipped or failed ([`CacheStatus::is_bypass`]).
+    pub bypass: u64,
+    /// No `Cache-Status`, or a value this build does not know (the ceiling sends none).
+    pub other: u64,
+}
+
+impl CacheCounts {
+    fn record(&mut self, status: Option<CacheStatus>) {
+        match status {
+            Some(status) if status.is_hit() => self.hit += 1,
+            Some(status) if status.is_miss() => self.miss += 1,
+            Some(status) if status.is_bypass() => self.bypass += 1,
+            _ => self.other += 1,
+        }
+    }
+
+    fn add(&mut self, other: &CacheCounts) {
+        self.hit += other.hit;
+        self.miss += other.miss;
+        self.bypass += other.bypass;
+        self.other += other.other;
     }
 }
 
@@ -383,9 +428,8 @@ pub async fn open_loop(
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn both_loops_count_every_answer_of_a_local_server() {
-        let app = poem::Route::new().at("/x", poem::endpoint::make_sync(|_| "hello"));
+    /// Serves `app` on a free loopback port until the handle is aborted.
+    async fn serve(app: poem::Route) -> (SocketAddr, tokio::task::JoinHandle<std::io::Result<()>>) {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         drop(listener);
@@ -396,6 +440,12 @@ mod tests {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        (addr, server)
+    }
+
+    #[tokio::test]
+    async fn both_loops_count_every_answer_of_a_local_server() {
+        let (addr, server) = serve(poem::Route::new().at("/x", poem::endpoint::make_sync(|_| "hello"))).await;
         let workload = Workload::new("x", vec![Req::get("/x", None), Req::get("/missing", None)], Sampler::Uniform(2));
         let closed = closed_loop(addr, Arc::clone(&workload), 2, Duration::from_millis(200)).await.unwrap();
         let closed = closed.tally;
@@ -405,6 +455,28 @@ mod tests {
         // 200/s for 0.3 s over two connections: 60 requests are due, each is sent once.
         let open = open.tally;
         assert_eq!(open.ok + open.non_2xx + open.errors, 60);
+        server.abort();
+    }
+
+    #[tokio::test]
+    async fn each_successful_answer_is_counted_by_how_the_cache_served_it() {
+        let with = |status: CacheStatus| {
+            poem::endpoint::make_sync(move |_| {
+                poem::Response::builder().header("cache-status", status.header_value()).body("x")
+            })
+        };
+        let app = poem::Route::new()
+            .at("/hit", with(CacheStatus::Hit))
+            .at("/miss", with(CacheStatus::Stored))
+            .at("/bypass", with(CacheStatus::Disabled))
+            .at("/none", poem::endpoint::make_sync(|_| "x"));
+        let (addr, server) = serve(app).await;
+        let paths = ["/hit", "/miss", "/bypass", "/none", "/missing"];
+        let workload = Workload::new("x", paths.map(|path| Req::get(path, None)).to_vec(), Sampler::Uniform(5));
+        let tally = open_loop(addr, workload, 1, 500.0, Duration::from_millis(200)).await.unwrap().tally;
+        let cache = tally.cache;
+        assert!(cache.hit > 0 && cache.miss > 0 && cache.bypass > 0 && cache.other > 0, "{cache:?}");
+        assert_eq!(cache.hit + cache.miss + cache.bypass + cache.other, tally.ok, "only answers counted as ok");
         server.abort();
     }
 }

@@ -24,10 +24,18 @@ pub struct RiskRef {
     pub auth: Arc<str>,
 }
 
+/// The route of a risk's detail, as the API labels its metrics.
+pub const DETAIL_ROUTE: &str = "/api/v1/risks/{id}";
+
 /// The GET of a risk's detail.
 pub fn detail(risk: &RiskRef) -> Req {
-    Req::get(format!("/api/v1/risks/{}", risk.id), Some(Arc::clone(&risk.auth)))
+    Req::get(DETAIL_ROUTE.replace("{id}", &risk.id.to_string()), Some(Arc::clone(&risk.auth)))
 }
+
+/// The share of a cached target's answers that must be hits. Its keys were read before it runs
+/// and nothing writes to them meanwhile, so all are (100 % in the smoke run); 1 % leaves room for
+/// the odd eviction or expiry, and fails a cache that stopped storing or serving a route.
+const MIN_HIT_RATIO: f64 = 0.99;
 
 /// List queries a dashboard makes, per tenant.
 pub const LIST_QUERIES: [&str; 6] = [
@@ -70,6 +78,25 @@ impl Checks {
             &format!("{} ({}) answered every request", result.name, result.mode),
             tally.ok > 0 && tally.errors == 0 && tally.non_2xx == 0,
             format!("ok {} non-2xx {} errors {}", tally.ok, tally.non_2xx, tally.errors),
+        );
+    }
+
+    /// [`Checks::run`], and that at least [`MIN_HIT_RATIO`] of the answers were cache hits (by
+    /// their `Cache-Status`), for a target whose keys are all cached.
+    pub fn run_cached(&mut self, result: &RunResult) {
+        self.run(result);
+        let (ok, cache) = (result.tally.ok, result.tally.cache);
+        self.check(
+            &format!("{} ({}) was served from the cache", result.name, result.mode),
+            ok > 0 && cache.hit as f64 >= MIN_HIT_RATIO * ok as f64,
+            format!(
+                "{} hits of {ok} answers (at least {:.0} %); {} misses, {} bypasses, {} without a known Cache-Status",
+                cache.hit,
+                MIN_HIT_RATIO * 100.0,
+                cache.miss,
+                cache.bypass,
+                cache.other
+            ),
         );
     }
 }

@@ -11,7 +11,7 @@ use openrisk_load_tests::bench::zipf::{Sampler, zipf_weights};
 use serde_json::{Value, json};
 
 use crate::args::Args;
-use crate::dataset::{Checks, DataSet, detail, scrape};
+use crate::dataset::{Checks, DETAIL_ROUTE, DataSet, detail, scrape};
 use crate::resources::ResourceSampler;
 use crate::warmup::Workloads;
 
@@ -20,17 +20,22 @@ pub async fn fixed_rate(args: &Args, w: &Workloads, checks: &mut Checks) -> anyh
     let phase = Duration::from_secs_f64(args.phase_secs);
     println!("== fixed rate: {} req/s over {} connections, {:?} per target", args.rate, args.connections, phase);
     let mut fixed = Vec::new();
+    // The server, the workload, and whether the workload's keys are all cached there.
     let targets = [
-        (args.ceiling, &w.ceiling.detail),
-        (args.cached, &w.detail.cached),
-        (args.uncached, &w.detail.uncached),
-        (args.cached, &w.list.cached),
-        (args.uncached, &w.list.uncached),
+        (args.ceiling, &w.ceiling.detail, false),
+        (args.cached, &w.detail.cached, true),
+        (args.uncached, &w.detail.uncached, false),
+        (args.cached, &w.list.cached, true),
+        (args.uncached, &w.list.uncached, false),
     ];
-    for (addr, workload) in &targets {
+    for (addr, workload, cached) in &targets {
         let result = open_loop(*addr, Arc::clone(workload), args.connections, args.rate, phase).await?;
         print_fixed(&result);
-        checks.run(&result);
+        if *cached {
+            checks.run_cached(&result)
+        } else {
+            checks.run(&result)
+        }
         fixed.push(result);
     }
     Ok(fixed)
@@ -41,10 +46,11 @@ pub fn fixed_rate_report(args: &Args, runs: &[RunResult]) -> Value {
     json!({"rate": args.rate, "connections": args.connections, "runs": runs.iter().map(RunResult::summary).collect::<Vec<_>>()})
 }
 
-/// The share of the mix's repeat requests (keys asked for before) that must be hits. They were in
-/// every recorded run (99.98–100 % in RESULTS.md, 100 % in the smoke run): 90 % leaves room for
-/// the odd miss, and fails a cache that errs, bypasses or evicts, which a single hit (the former
-/// bar) let pass.
+/// The share of the mix's repeat requests (keys asked for before) that must be hits, overall and
+/// on each route. They were in every recorded run (99.98–100 % in RESULTS.md, 100 % in the smoke
+/// run): 90 % leaves room for the odd miss, and fails a cache that errs, bypasses or evicts,
+/// which a single hit (the former bar) let pass. Per route, because details are 85 % of the mix:
+/// lists or stats that stopped being cached would hardly move the overall ratio.
 const MIN_REPEAT_HIT_RATIO: f64 = 0.9;
 
 /// What the dashboard mix measured.
@@ -118,6 +124,15 @@ pub async fn dashboard_mix(args: &Args, data: &DataSet, checks: &mut Checks) -> 
             MIN_REPEAT_HIT_RATIO * 100.0
         ),
     );
+    for (route, counts) in hit_steady["by_route"].as_object().into_iter().flatten() {
+        // A route without repeat requests in the phase has nothing to judge.
+        let Some(ratio) = counts["ratio_of_repeat_requests"].as_f64() else { continue };
+        checks.check(
+            &format!("the mix's {route} was served from the cache"),
+            ratio >= MIN_REPEAT_HIT_RATIO,
+            format!("{:.2} % of repeat requests hit: {counts}", ratio * 100.0),
+        );
+    }
     steady.name = "dashboard mix (cached)".into();
     let report = json!({
         "rate": args.rate,
@@ -160,7 +175,9 @@ fn histograms_by_label(before: &[prom::PromSample], after: &[prom::PromSample], 
 
 /// Hit ratio between two scrapes of the API: hits over all cacheable GETs, overall and by route;
 /// and hits over the requests for keys requested before (`first_time` requests are compulsory
-/// misses: no cache can hold a key nobody asked for yet).
+/// misses: no cache can hold a key nobody asked for yet). Every first-time request of the mix is
+/// a risk detail (the warm-up read every list and stats query, and the mix marks them as seen),
+/// so by route they are the detail route's.
 fn hit_ratio(before: &[prom::PromSample], after: &[prom::PromSample], first_time: u64) -> Value {
     const NAME: &str = "openrisk_cache_requests_total";
     let delta = |filter: &[(&str, &str)]| prom::sum(after, NAME, filter) - prom::sum(before, NAME, filter);
@@ -173,9 +190,12 @@ fn hit_ratio(before: &[prom::PromSample], after: &[prom::PromSample], first_time
         .map(|route| {
             let total = delta(&[("route", route)]);
             let hit = delta(&[("route", route), ("result", "hit")]);
+            let repeats = total - if route == DETAIL_ROUTE { first_time as f64 } else { 0.0 };
+            let ratio = if total > 0.0 { hit / total } else { 0.0 };
+            let of_repeats = (repeats > 0.0).then(|| hit / repeats);
             (
                 route.clone(),
-                json!({"requests": total, "hit": hit, "ratio": if total > 0.0 { hit / total } else { 0.0 }}),
+                json!({"requests": total, "hit": hit, "ratio": ratio, "ratio_of_repeat_requests": of_repeats}),
             )
         })
         .collect();
