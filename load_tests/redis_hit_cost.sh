@@ -3,7 +3,9 @@
 # against a plain GET of the same body: a private Redis on a free loopback port, the same
 # 3.3 KB body stored three ways, redis-benchmark sending each command in turn (interleaved
 # rounds), and INFO commandstats' microseconds per call for each. Prints a table with the
-# ratio to GET and the hits one Redis core could serve at that cost (1 / µs per hit).
+# ratio to GET and the hits a second that execution time alone would allow one core (1 / µs per
+# hit). Commandstats time only a command's execution, not reading, parsing and replying on the
+# socket, so one Redis core serves fewer hits than that (bench.sh's /proc figure counts it all).
 #
 #   load_tests/redis_hit_cost.sh            # 3 rounds of 200,000 calls each
 #   ROUNDS=1 CALLS=20000 load_tests/redis_hit_cost.sh
@@ -57,7 +59,7 @@ done
 
 echo "date: $(date -u '+%Y-%m-%d %H:%M UTC'); $(nproc) cores; $(redis-server --version | cut -d' ' -f3); body $BODY_BYTES bytes; $ROUNDS rounds × $CALLS calls"
 echo "load average: $(cut -d' ' -f1-3 /proc/loadavg)"
-printf '| command | µs per hit (commandstats) | ÷ GET | hits per Redis core per second |\n|---|---|---|---|\n'
+printf '| command | µs per hit (commandstats) | ÷ GET | hits per second of execution time only |\n|---|---|---|---|\n'
 get_cost=$(python3 -c "print(${usec["GET (ceiling)"]} / ${calls["GET (ceiling)"]})")
 for name in "GET (ceiling)" "MGET entry + 2 versions (this protocol)" "EVALSHA lookup (previous protocol)"; do
     python3 -c "

@@ -1,6 +1,8 @@
 //! What requests cost inside Redis: `INFO commandstats` reset before a workload and read after
 //! it, so each workload's Redis time per answered request is its own, summed over every command
-//! it sent. And the longest single command while a tag with many entries is invalidated
+//! it sent. Commandstats time only the commands' execution: reading requests off the sockets,
+//! parsing them and writing the replies are not in it, so Redis's whole CPU per request (`/proc`)
+//! is larger, and only that says how many requests one Redis core serves. And the longest single command while a tag with many entries is invalidated
 //! (`SLOWLOG`), the bound on how long one write can hold Redis for every tenant. On a Redis
 //! Cluster every figure is taken on every master and summed (the longest command: the longest
 //! on any master).

@@ -100,13 +100,18 @@ pub fn summary_markdown(results: &Value) -> String {
         }
     }
     if let Some(map) = results["saturation"]["cpu"].as_object() {
-        md.push_str("\nCPU µs per request during saturation (from /proc):\n\n| target | machine busy % | per process |\n|---|---|---|\n");
+        md.push_str("\nCPU µs per request during saturation (from /proc), and the requests per second one Redis core could answer at its share:\n\n| target | machine busy % | per process | req/s per Redis core |\n|---|---|---|---|\n");
         for (name, value) in map {
             let per: Vec<String> = value["cpu_us_per_request"]
                 .as_object()
                 .map(|m| m.iter().map(|(p, v)| format!("{p} {}", f(v))).collect())
                 .unwrap_or_default();
-            md.push_str(&format!("| {name} | {} | {} |\n", f(&value["machine_busy_percent"]), per.join(", ")));
+            md.push_str(&format!(
+                "| {name} | {} | {} | {} |\n",
+                f(&value["machine_busy_percent"]),
+                per.join(", "),
+                f(&value["requests_per_redis_core_second"])
+            ));
         }
     }
     if let Some(map) = results["wrk"].as_object() {
