@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use bytes::Bytes;
 use hdrhistogram::Histogram;
 use http_body_util::{BodyExt, Full};
@@ -28,6 +29,7 @@ use rand::rngs::SmallRng;
 use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::net::TcpStream;
+use tokio::time::error::Elapsed;
 
 use super::zipf::Sampler;
 
@@ -54,26 +56,48 @@ pub struct Answer {
     pub body: Bytes,
 }
 
+/// The longest a connection may take to open, and a request from waiting for its connection to
+/// the answer's last byte. Far above any answer of a working server (milliseconds), so that only
+/// one that stopped answering reaches it: the request then counts as a transport error, and the
+/// run goes on instead of hanging.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// One keep-alive HTTP/1.1 connection.
 pub struct Conn {
     addr: SocketAddr,
     host: String,
     sender: http1::SendRequest<Full<Bytes>>,
+    /// How long a request may take: [`REQUEST_TIMEOUT`] (shorter in tests).
+    timeout: Duration,
 }
 
 impl Conn {
+    /// Connects to `addr`, within [`REQUEST_TIMEOUT`].
     pub async fn open(addr: SocketAddr) -> anyhow::Result<Self> {
+        tokio::time::timeout(REQUEST_TIMEOUT, Self::connect(addr))
+            .await
+            .with_context(|| format!("no connection to {addr} within {REQUEST_TIMEOUT:?}"))?
+    }
+
+    async fn connect(addr: SocketAddr) -> anyhow::Result<Self> {
         let stream = TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
         let (sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(async move {
             let _ = connection.await;
         });
-        Ok(Self { addr, host: addr.to_string(), sender })
+        Ok(Self { addr, host: addr.to_string(), sender, timeout: REQUEST_TIMEOUT })
     }
 
-    /// Sends `req` and reads the whole answer.
+    /// Sends `req` and reads the whole answer, within [`REQUEST_TIMEOUT`].
     pub async fn send(&mut self, req: &Req) -> anyhow::Result<Answer> {
+        let timeout = self.timeout;
+        tokio::time::timeout(timeout, self.exchange(req))
+            .await
+            .with_context(|| format!("{} {}: no answer within {timeout:?}", req.method, req.path))?
+    }
+
+    async fn exchange(&mut self, req: &Req) -> anyhow::Result<Answer> {
         self.sender.ready().await?;
         let mut builder = hyper::Request::builder().method(req.method.clone()).uri(&req.path).header(HOST, &self.host);
         if let Some(auth) = &req.auth {
@@ -91,10 +115,16 @@ impl Conn {
         Ok(Answer { status, cache_status, body })
     }
 
-    /// Sends `req`, reconnecting once if the connection broke.
+    /// Sends `req`, reconnecting once if the connection broke. A request that timed out is not
+    /// sent again (a retry would hide it as a late success); the connection, which still waits
+    /// for its answer, is replaced for the next one.
     pub async fn send_retrying(&mut self, req: &Req) -> anyhow::Result<Answer> {
         match self.send(req).await {
             Ok(answer) => Ok(answer),
+            Err(error) if error.downcast_ref::<Elapsed>().is_some() => {
+                *self = Conn::open(self.addr).await?;
+                Err(error)
+            }
             Err(_) => {
                 *self = Conn::open(self.addr).await?;
                 self.send(req).await
@@ -237,7 +267,7 @@ pub struct Tally {
     /// Answers with status 2xx or 304.
     pub ok: u64,
     pub non_2xx: u64,
-    /// Transport errors (connect, reset, timeout).
+    /// Transport errors (connect, reset, or no answer within [`REQUEST_TIMEOUT`]).
     pub errors: u64,
     /// Requests sent for the first time by any run of the workload.
     pub first_time: u64,
@@ -456,6 +486,21 @@ mod tests {
         let open = open.tally;
         assert_eq!(open.ok + open.non_2xx + open.errors, 60);
         server.abort();
+    }
+
+    #[tokio::test]
+    async fn a_request_the_server_never_answers_times_out_once_and_counts_as_a_transport_error() {
+        // Connections complete in the listener's backlog; nothing ever reads or answers them.
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut conn = Conn::open(silent.local_addr().unwrap()).await.unwrap();
+        conn.timeout = Duration::from_millis(50);
+        // Not sent again: the replacement connection has the full timeout, and would hang here.
+        let outcome = conn.send_retrying(&Req::get("/x", None)).await;
+        assert!(outcome.as_ref().is_err_and(|error| error.downcast_ref::<Elapsed>().is_some()), "{outcome:?}");
+        let mut tally = Tally::new();
+        let now = Instant::now();
+        tally.record(&outcome, now, now, now);
+        assert_eq!((tally.ok, tally.non_2xx, tally.errors), (0, 0, 1));
     }
 
     #[tokio::test]
