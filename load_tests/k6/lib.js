@@ -24,16 +24,20 @@ export function params(name, extra) {
   return Object.assign({}, extra || {}, { headers, tags: Object.assign({ name }, (extra && extra.tags) || {}) });
 }
 
-// Records whether a cacheable GET was a hit; returns 'hit', 'miss' or 'other'.
+// Records how a cacheable GET was served; returns 'hit', 'miss', 'bypass' or 'other' (no
+// Cache-Status). A bypass (Redis skipped, failed or over the tenant's budget) is an answer the
+// cache did not serve, so it counts against the hit rate like a miss.
 export function recordCache(res, tags) {
   const status = String(res.headers['Cache-Status'] || '');
-  const hit = status.indexOf('hit') >= 0;
-  const miss = status.indexOf('fwd=miss') >= 0;
-  if (res.status === 200 && (hit || miss)) {
-    cacheHits.add(hit, tags);
-    (hit ? hitDuration : missDuration).add(res.timings.duration, tags);
+  let kind = 'other';
+  if (status === 'openrisk; hit') kind = 'hit';
+  else if (status.indexOf('fwd=miss') >= 0) kind = 'miss';
+  else if (status.indexOf('fwd=bypass') >= 0) kind = 'bypass';
+  if (res.status === 200 && kind !== 'other') {
+    cacheHits.add(kind === 'hit', tags);
+    if (kind !== 'bypass') (kind === 'hit' ? hitDuration : missDuration).add(res.timings.duration, tags);
   }
-  return hit ? 'hit' : miss ? 'miss' : 'other';
+  return kind;
 }
 
 // The ids of up to RISKS live risks of the token's tenant, newest first.
