@@ -229,4 +229,6 @@ done
 if [ "$READS" = 1 ]; then
     wait "${pids[@]}" 2>/dev/null || true
     sed -n 's/^Requests\/sec: *\(.*\)/reads: \1 req\/s (wrk)/p' "$out/wrk.txt"
+    # The lags above were measured beside a read load only if the readers were answered.
+    wrk_answered_all "$(<"$out/wrk.txt")" "the readers (wrk)" || exit 1
 fi
