@@ -60,7 +60,17 @@ RATE=${RATE:-2000}
 HOT=${HOT:-1000}
 FRESH_RISKS=${FRESH_RISKS:-4}
 VARIANTS=${VARIANTS:-20000}
-FRESH_BACKGROUND_RATE=${FRESH_BACKGROUND_RATE:-$((RATE / 4))}
+if [ -z "${FRESH_BACKGROUND_RATE:-}" ]; then
+    # A quarter of RATE, in whole requests per second: below RATE=4 that would be none.
+    case "$RATE" in
+        '' | *[!0-9]*) echo "RATE must be a whole number of requests per second (or set FRESH_BACKGROUND_RATE), not '$RATE'" >&2; exit 1 ;;
+    esac
+    if [ "$RATE" -lt 4 ]; then
+        echo "RATE must be at least 4: the freshness phase runs the mix at RATE/4 per second (or set FRESH_BACKGROUND_RATE)" >&2
+        exit 1
+    fi
+    FRESH_BACKGROUND_RATE=$((RATE / 4))
+fi
 BACKGROUND_WRITES=${BACKGROUND_WRITES:-100}
 PROFILE=${PROFILE:-release}
 OUT=${OUT:-$repo/load_tests/out}

@@ -18,22 +18,24 @@ use openrisk_test_support::{RedisNamespace, TestDatabase};
 use tokio::time::MissedTickBehavior;
 use uuid::Uuid;
 
+/// Every count and rate is at least 1: none would leave a run nothing to measure, or nothing to
+/// divide by.
 #[derive(Debug, Parser)]
 struct Args {
     /// Events in the outbox for the drain-throughput runs.
-    #[arg(long, default_value_t = 100_000)]
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(i32).range(1..))]
     events: i32,
     /// Tenants the events and writes are spread over.
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(i32).range(1..))]
     tenants: i32,
     /// Risks per tenant written by the lag runs.
-    #[arg(long, default_value_t = 500)]
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(i32).range(1..))]
     risks: i32,
     /// Length of each fixed-rate lag run.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     seconds: u64,
     /// Write rates (per second) for the lag runs.
-    #[arg(long, value_delimiter = ',', default_values_t = vec![100, 500, 2000])]
+    #[arg(long, value_delimiter = ',', default_values_t = vec![100, 500, 2000], value_parser = clap::value_parser!(u32).range(1..))]
     rates: Vec<u32>,
 }
 
@@ -161,5 +163,21 @@ async fn wait_for_empty_outbox(sql: &tokio_postgres::Client) -> anyhow::Result<(
             "the outbox stopped draining: {left} events left, none drained for {STALL_LIMIT:?}"
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Args;
+    use clap::Parser;
+
+    #[test]
+    fn a_zero_count_or_rate_is_refused_by_clap() {
+        assert!(Args::try_parse_from(["invalidator_bench", "--rates=10,20"]).is_ok());
+        for bad in ["--rates=0", "--rates=100,0", "--events=0", "--tenants=0", "--risks=0", "--seconds=0"] {
+            let error =
+                Args::try_parse_from(["invalidator_bench", bad]).err().unwrap_or_else(|| panic!("{bad} was accepted"));
+            assert_eq!(error.kind(), clap::error::ErrorKind::ValueValidation, "{bad}: {error}");
+        }
     }
 }

@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use clap::builder::RangedU64ValueParser;
 use hdrhistogram::Histogram;
 use openrisk_load_tests::bench::http::{micros, new_histogram, quantile_ms};
 use openrisk_shared::keys::{Keyspace, Tag};
@@ -29,8 +30,9 @@ use uuid::Uuid;
 
 #[derive(Debug, Parser)]
 struct Args {
-    /// Risk details cached for the tenant (each an entry, a version and a member set).
-    #[arg(long, default_value_t = 1_300)]
+    /// Risk details cached for the tenant (each an entry, a version and a member set); the slot
+    /// to move is the first one's.
+    #[arg(long, default_value_t = 1_300, value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
     entries: usize,
     /// Waits before a refused call is sent again, in milliseconds, one migration each per round.
     #[arg(long, value_delimiter = ',', default_values_t = vec![300, 25, 5, 1])]
@@ -38,8 +40,8 @@ struct Args {
     /// Rounds of one migration per wait.
     #[arg(long, default_value_t = 2)]
     rounds: usize,
-    /// Keys moved per `MIGRATE`.
-    #[arg(long, default_value_t = 5)]
+    /// Keys moved per `MIGRATE` (none would end the migration before it began).
+    #[arg(long, default_value_t = 5, value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
     batch: usize,
     /// Pause between two `MIGRATE`s.
     #[arg(long, default_value_t = 20)]
@@ -218,4 +220,20 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Args;
+    use clap::Parser;
+
+    #[test]
+    fn no_entries_or_an_empty_batch_is_refused_by_clap() {
+        assert!(Args::try_parse_from(["reshard_bench"]).is_ok());
+        for bad in ["--entries=0", "--batch=0"] {
+            let error =
+                Args::try_parse_from(["reshard_bench", bad]).err().unwrap_or_else(|| panic!("{bad} was accepted"));
+            assert_eq!(error.kind(), clap::error::ErrorKind::ValueValidation, "{bad}: {error}");
+        }
+    }
 }

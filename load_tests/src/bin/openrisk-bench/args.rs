@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::Parser;
+use clap::builder::RangedU64ValueParser;
 
 #[derive(Debug, Parser)]
 #[command(about = "HTTP benchmark of the OpenRisk cache (see load_tests/bench.sh)")]
@@ -65,25 +66,25 @@ pub struct Args {
     #[arg(long)]
     pub perf: bool,
     /// Seconds per measured phase.
-    #[arg(long, default_value_t = 8.0)]
+    #[arg(long, default_value_t = 8.0, value_parser = positive)]
     pub phase_secs: f64,
     /// Saturation rounds (each runs every target once, interleaved).
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 2, value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
     pub rounds: usize,
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
     pub connections: usize,
     /// Offered rate of the fixed-rate phases, requests per second.
-    #[arg(long, default_value_t = 2000.0)]
+    #[arg(long, default_value_t = 2000.0, value_parser = positive)]
     pub rate: f64,
     /// Hot risks read by the throughput and fixed-rate phases (the most popular of the Zipf order).
     #[arg(long, default_value_t = 1000)]
     pub hot: usize,
     /// Zipf exponent of the dashboard mix over all risks.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, value_parser = non_negative)]
     pub zipf_s: f64,
     /// List variants (page and page size) one tenant requests before one write invalidates them
     /// all; the API caches at most its entry budget of them.
-    #[arg(long, default_value_t = 20_000)]
+    #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u32).range(1..))]
     pub variants: u32,
     /// The API's cache key prefix (`cache.key_prefix`).
     #[arg(long, default_value = "bench")]
@@ -106,10 +107,10 @@ pub struct Args {
     #[arg(long, default_value_t = 50)]
     pub write_interval_ms: u64,
     /// Offered rate of the dashboard mix running in the background of the freshness phase.
-    #[arg(long, default_value_t = 500.0)]
+    #[arg(long, default_value_t = 500.0, value_parser = positive)]
     pub fresh_background_rate: f64,
-    /// Background SQL updates per second on other risks during the freshness phase.
-    #[arg(long, default_value_t = 100.0)]
+    /// Background SQL updates per second on other risks during the freshness phase; 0 for none.
+    #[arg(long, default_value_t = 100.0, value_parser = non_negative)]
     pub background_writes: f64,
     /// A cached API on a Redis Cluster, on its own database (`--cluster-database-url`, tokens in
     /// `--cluster-tokens`), measured beside `--cached`.
@@ -129,7 +130,7 @@ pub struct Args {
     #[arg(long)]
     pub cluster_ack0_invalidator_metrics: Option<SocketAddr>,
     /// SQL writes per second of each invalidation lag phase.
-    #[arg(long, default_value_t = 50.0)]
+    #[arg(long, default_value_t = 50.0, value_parser = positive)]
     pub lag_writes: f64,
     /// Also measure saturation with wrk (if installed), as an independent generator.
     #[arg(long)]
@@ -144,9 +145,77 @@ pub struct Args {
     /// time slice of US µs instead); repeat to compare.
     #[arg(long)]
     pub invalidator_variant: Vec<crate::window::Variant>,
-    /// SQL writes per second on other risks during each `--window` phase.
-    #[arg(long, default_value_t = 500.0)]
+    /// SQL writes per second on other risks during each `--window` phase; 0 for none.
+    #[arg(long, default_value_t = 500.0, value_parser = non_negative)]
     pub window_writes: f64,
     #[arg(long)]
     pub out: PathBuf,
+}
+
+/// A finite number above 0, for a rate or a length of time: from 0, a negative or an infinite
+/// one no schedule can be made (a request every 1/rate seconds, a phase of so many seconds).
+fn positive(text: &str) -> Result<f64, String> {
+    let value: f64 = text.parse().map_err(|error| format!("{error}"))?;
+    if value.is_finite() && value > 0.0 { Ok(value) } else { Err("must be a finite number above 0".into()) }
+}
+
+/// A finite number of at least 0, for a rate that may be none at all or an exponent.
+fn non_negative(text: &str) -> Result<f64, String> {
+    let value: f64 = text.parse().map_err(|error| format!("{error}"))?;
+    if value.is_finite() && value >= 0.0 { Ok(value) } else { Err("must be a finite number of at least 0".into()) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Args;
+    use clap::Parser;
+
+    /// The arguments `bench.sh` always passes, then `extra`.
+    fn parse(extra: &[&str]) -> Result<Args, clap::Error> {
+        let required = [
+            "openrisk-bench",
+            "--cached=127.0.0.1:1",
+            "--uncached=127.0.0.1:2",
+            "--ceiling=127.0.0.1:3",
+            "--invalidator-metrics=127.0.0.1:4",
+            "--cached-metrics=127.0.0.1:5",
+            "--database-url=postgres://x",
+            "--redis-url=redis://x",
+            "--tokens=tokens.txt",
+            "--api-pid=1",
+            "--uncached-pid=2",
+            "--invalidator-pid=3",
+            "--out=out",
+        ];
+        Args::try_parse_from(required.iter().chain(extra))
+    }
+
+    #[test]
+    fn values_no_run_can_be_made_of_are_refused_by_clap() {
+        assert!(parse(&[]).is_ok());
+        // `=`, so that a negative value is read as the option's and not as another option.
+        for bad in [
+            "--rounds=0",
+            "--connections=0",
+            "--variants=0",
+            "--rate=0",
+            "--rate=inf",
+            "--fresh-background-rate=0",
+            "--phase-secs=-1",
+            "--phase-secs=NaN",
+            "--lag-writes=0",
+            "--background-writes=-5",
+            "--window-writes=inf",
+            "--zipf-s=NaN",
+        ] {
+            let error = parse(&[bad]).err().unwrap_or_else(|| panic!("{bad} was accepted"));
+            assert_eq!(error.kind(), clap::error::ErrorKind::ValueValidation, "{bad}: {error}");
+        }
+    }
+
+    #[test]
+    fn none_of_a_rate_that_may_be_none_is_accepted() {
+        let args = parse(&["--background-writes=0", "--window-writes=0", "--zipf-s=0"]).unwrap();
+        assert_eq!((args.background_writes, args.window_writes, args.zipf_s), (0.0, 0.0, 0.0));
+    }
 }
