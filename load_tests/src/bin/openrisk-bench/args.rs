@@ -61,8 +61,8 @@ pub struct Args {
     /// The ceiling's pid (for CPU per request); 0 to skip.
     #[arg(long, default_value_t = 0)]
     pub ceiling_pid: u32,
-    /// Record a perf profile of the cached API during the first cached-detail saturation run
-    /// (`perf-hit.data` in `--out`).
+    /// Record a perf profile of the cached API during an extra cached-detail saturation run
+    /// before the measured rounds, left out of their means (`perf-hit.data` in `--out`).
     #[arg(long)]
     pub perf: bool,
     /// Seconds per measured phase.
