@@ -144,8 +144,9 @@ async fn a_statement_outliving_its_request_is_stopped_by_the_server_at_the_reque
     common::hold_risk(&holder, &risk_path).await;
 
     let change = serde_json::json!({"title": "Waits"});
-    let response = app.send_json(reqwest::Method::PATCH, &risk_path, &app.a.analyst, change).await;
-    assert!(response.status().is_server_error(), "{}", response.status());
+    let request = app.send_json(reqwest::Method::PATCH, &risk_path, &app.a.analyst, change);
+    let (response, ()) = tokio::join!(request, common::until_the_api_waits_for_a_lock(&holder));
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE, "the request timed out waiting for the lock");
     let mut waiting: i64 = 1;
     for _ in 0..50 {
         waiting = common::api_sessions_waiting_for_a_lock(&holder).await;
@@ -310,12 +311,14 @@ async fn an_http2_connection_that_only_pings_is_closed_at_the_idle_timeout() {
     // A ping every 50 ms, each answered: bytes move both ways far inside the 300 ms idle timeout,
     // but no request is ever made. Without a limit on time without requests this goes on for the
     // test's 10 s.
+    let mut answered = 0;
     let pinging = async {
         loop {
             tokio::time::sleep(Duration::from_millis(50)).await;
             if pings.ping(h2::Ping::opaque()).await.is_err() {
                 return;
             }
+            answered += 1;
         }
     };
     let closed = async {
@@ -326,6 +329,7 @@ async fn an_http2_connection_that_only_pings_is_closed_at_the_idle_timeout() {
     };
     let closed = tokio::time::timeout(Duration::from_secs(10), closed).await;
     assert!(closed.is_ok(), "an HTTP/2 connection making no request kept its slot for 10 s");
+    assert!(answered >= 2, "closed after {answered} pings answered: not by the idle timeout of a working connection");
 }
 
 #[tokio::test]
@@ -345,8 +349,8 @@ async fn an_http2_client_trickling_a_headers_frame_is_closed_at_the_idle_timeout
             let _ = to_server.write_all(&[0x82]).await;
         }
     };
+    let mut received = Vec::new();
     let closed = async {
-        let mut received = Vec::new();
         let _ = from_server.read_to_end(&mut received).await;
     };
     let closed = tokio::time::timeout(Duration::from_secs(10), async {
@@ -357,6 +361,9 @@ async fn an_http2_client_trickling_a_headers_frame_is_closed_at_the_idle_timeout
     })
     .await;
     assert!(closed.is_ok(), "a client trickling one HTTP/2 frame kept its connection for 10 s");
+    // The server spoke HTTP/2 first (its SETTINGS frame, type 4): the close is the idle
+    // timeout's, not a refusal of the preface.
+    assert_eq!(received.get(3), Some(&0x4), "the server's first frame: {received:?}");
 }
 
 #[tokio::test]
