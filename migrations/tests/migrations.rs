@@ -41,12 +41,30 @@ async fn insert_subaction_result(
     Ok(client.query_one(sql, &[&tenant, &mitigation]).await?.get(0))
 }
 
+/// The writers' triggers take the park lock by its number, written into `cache_emit` and into
+/// every generated capture function: each function that takes an advisory lock must name the key
+/// the invalidator parks on, or writers would never wake a parked invalidator.
 #[tokio::test]
 async fn the_park_lock_key_of_the_sql_is_the_one_the_rust_side_names() {
     let db = TestDatabase::create().await;
     let client = db.connect().await;
+    let park = openrisk_shared::advisory_locks::PARK;
     let key: i64 = client.query_one("SELECT cache_park_lock_key()", &[]).await.unwrap().get(0);
-    assert_eq!(key, openrisk_shared::advisory_locks::PARK);
+    assert_eq!(key, park);
+    let takers = client
+        .query(
+            r"SELECT proname::text, (regexp_matches(prosrc, 'pg_[a-z_]*advisory[a-z_]*\(([^)]*)\)', 'g'))[1]
+              FROM pg_proc WHERE pronamespace = 'public'::regnamespace",
+            &[],
+        )
+        .await
+        .unwrap();
+    let takers: Vec<(String, String)> = takers.iter().map(|row| (row.get(0), row.get(1))).collect();
+    assert!(takers.iter().any(|(function, _)| function == "cache_emit"), "{takers:?}");
+    assert!(takers.iter().any(|(function, _)| function.starts_with("cache_capture_")), "{takers:?}");
+    for (function, argument) in &takers {
+        assert_eq!(argument.trim(), park.to_string(), "{function} takes another advisory lock than the park's");
+    }
 }
 
 #[test]

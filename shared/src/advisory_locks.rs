@@ -2,8 +2,9 @@
 //! key by accident.
 
 /// The park flag. Writers' triggers take it shared for their transaction and skip the NOTIFY
-/// while a parked invalidator holds it exclusively; the SQL reads it from
-/// `cache_park_lock_key()` (a migration test checks that the two agree).
+/// while a parked invalidator holds it exclusively. The SQL writes the number into `cache_emit`
+/// and every generated capture function, and `cache_park_lock_key()` returns it; a migration
+/// test checks that each of them names this key.
 pub const PARK: i64 = 7_273_730_001;
 
 /// Held (session level) by the one invalidator replica that parks; the others only listen.
