@@ -328,10 +328,11 @@ async fn record_request<E: Endpoint>(
         Ok(response) => response.into_response(),
         Err(error) => problem_from_poem_error(error, &[]),
     };
+    // A path no route matches leaves an empty pattern (that of the nest all routes sit in).
     let route = match (response.data::<AnsweredRoute>(), response.data::<poem::PathPattern>()) {
         (Some(answered), _) => Cow::Borrowed(answered.0),
-        (None, Some(pattern)) => Cow::Owned(route_template(&pattern.0)),
-        (None, None) => Cow::Borrowed("unmatched"),
+        (None, Some(pattern)) if !pattern.0.trim_matches('/').is_empty() => Cow::Owned(route_template(&pattern.0)),
+        (None, _) => Cow::Borrowed("unmatched"),
     };
     if recorded.first(SpanFieldsRecorded::ROUTE) {
         tracing::Span::current().record("route", &*route);

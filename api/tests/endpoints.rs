@@ -377,8 +377,12 @@ async fn health_readiness_metrics_and_docs_are_served() {
     ] {
         assert!(metrics.contains(name), "{name} missing");
     }
-    let unknown = app.client.get(format!("{}/nope", app.url)).send().await.unwrap();
-    assert_problem(unknown, StatusCode::NOT_FOUND).await;
+    for path in ["/nope", "/api/v2/risks", "/api/v1/risks/00000000-0000-0000-0000-000000000000/nothing"] {
+        let unknown = app.client.get(format!("{}{path}", app.url)).send().await.unwrap();
+        assert_problem(unknown, StatusCode::NOT_FOUND).await;
+    }
+    let unmatched = "openrisk_http_requests_total{method=\"GET\",route=\"unmatched\",status=\"404\"}";
+    assert_eq!(common::metric_value(&app.metrics().await, unmatched), 3.0, "paths no route matches");
 }
 
 /// What a test's own subscriber writes, kept to read back.
