@@ -81,6 +81,7 @@ with step("an asset linked to the risk"):
     asset = assets_api.create_asset(
         og.AssetCreate(name=f"File server {tag}", asset_type="server", criticality=og.Criticality.HIGH)
     )
+    etag = risks_api.get_risk_with_http_info(alpha.id).headers["etag"]  # the detail just before the link
     linked = assets_api.link_asset_with_http_info(alpha.id, asset.id)
     expect(linked.status_code == 204, f"status {linked.status_code}")
     detail = risks_api.get_risk_with_http_info(alpha.id, if_none_match=etag)

@@ -93,6 +93,7 @@ with step("an asset linked to the risk"):
         client=client, body=AssetCreate(name=f"File server {tag}", asset_type="server", criticality=Criticality.HIGH)
     )
     expect(asset.status_code == 201, f"status {asset.status_code}: {asset.content!r}")
+    etag = get_risk.sync_detailed(alpha.id, client=client).headers["etag"]  # the detail just before the link
     linked = link_asset.sync_detailed(alpha.id, asset.parsed.id, client=client)
     expect(linked.status_code == 204, f"status {linked.status_code}")
     detail = get_risk.sync_detailed(alpha.id, client=client, if_none_match=etag)

@@ -140,6 +140,9 @@ await step("an asset linked to the risk", async () => {
       body: { name: `File server ${tag}`, asset_type: "server", criticality: "HIGH" },
     }),
   );
+  // The detail's tag just before the link, which alone must make it stale.
+  const before = await client.GET("/api/v1/risks/{id}", { params: { path: { id: alpha.id } } });
+  etag = before.response.headers.get("ETag") ?? "";
   const linked = await client.PUT("/api/v1/risks/{risk_id}/assets/{asset_id}", {
     params: { path: { risk_id: alpha.id, asset_id: asset.id } },
   });
