@@ -111,6 +111,37 @@ async fn an_invalidation_reaches_a_version_already_moved_to_the_importing_master
     assert!(!c.is_hit().await, "the moved entry is still served after its tag was invalidated");
 }
 
+/// How many `WAIT`s the node on `port` has run since it started.
+fn waits_run(c: &Cached, port: u16) -> u64 {
+    let stats = node_command(&c.cluster.node_url(port), &["INFO", "commandstats"]).unwrap_or_default();
+    let line = stats.lines().find(|line| line.starts_with("cmdstat_wait:")).unwrap_or("cmdstat_wait:calls=0,");
+    line["cmdstat_wait:calls=".len()..].split(',').next().and_then(|calls| calls.parse().ok()).unwrap_or(0)
+}
+
+/// With the tenant's own replica cut off, the versions replaced one by one during a migration
+/// are not confirmed: the call says so, and waits once, not once per tag (its share of the
+/// master's connection holds up every other tenant's invalidation there meanwhile). The refused
+/// script's own attempts send their `WAIT`s too, as many for one tag as for four.
+#[tokio::test]
+async fn an_unconfirmed_invalidation_during_a_migration_waits_once_for_all_its_tags() {
+    let mut c = Cached::new().await;
+    let migration = c.cluster.start_migrating(&c.key, |others| others[0]);
+    c.cluster.cut_off_replica(c.cluster.replicas_of(migration.source)[0], migration.source);
+    let short = ReplicaAck { replicas: 1, timeout: Duration::from_millis(200) };
+    let mut waits_for = async |tags: &[&str]| {
+        let tags: Vec<Tag> = tags.iter().map(|tag| Tag::parse(tag).unwrap()).collect();
+        let before = waits_run(&c, migration.source);
+        let outcome = protocol::invalidate_replicated(&mut c.conn, &c.keyspace, c.tenant, &tags, short, None).await;
+        assert!(matches!(outcome, Err(protocol::InvalidateError::NotReplicated { .. })), "{outcome:?}");
+        waits_run(&c, migration.source) - before
+    };
+
+    let one_tag = waits_for(&["risk:1"]).await;
+    let four_tags = waits_for(&["all", "risk:1", "risk:2", "risk:3"]).await;
+    assert_eq!(four_tags, one_tag, "WAITs for four tags against one");
+    assert!(!c.is_hit().await, "the master applied it all the same");
+}
+
 /// Scripts are not replicated, so a master just promoted knows none of them; loading one must go
 /// to that master alone, not to every master (a `SCRIPT LOAD` the cluster client sends to all,
 /// which waited for the one that hangs and failed).

@@ -366,13 +366,14 @@ impl OneByOne {
 
 /// Ends the version of each of `tags` with one command per key, which the cluster client follows
 /// to whichever node holds it now. With `wait_for`, each command travels with its own `WAIT` in
-/// one pipeline, and what returns is the fewest replicas any of them reached (none without
-/// tags or replicas to wait for); which its key routes (and a redirection moves whole): the `WAIT`
-/// then counts that write, on that key's master and connection. Alone, a `WAIT` would go to
-/// every master, failing for one without replicas that holds none of these keys, and, sent
-/// after a connection was replaced, would confirm writes it never saw. The member sets stay in
-/// place (a later invalidation reclaims their entries) and the replay floors no longer match
-/// any version, so they read as unknown.
+/// one pipeline, which its key routes (a redirection moves the pipeline whole), so the `WAIT`
+/// counts that write, on that key's master and connection; after the first `WAIT` that comes
+/// back short, the rest go without one, so the call waits the timeout once at most. Returns the
+/// fewest replicas a `WAIT` counted (none without tags or replicas to wait for). Alone, a `WAIT`
+/// would go to every master, failing for one without replicas that holds none of these keys,
+/// and, sent after a connection was replaced, would confirm writes it never saw. The member sets
+/// stay in place (a later invalidation reclaims their entries) and the replay floors no longer
+/// match any version, so they read as unknown.
 async fn versions_one_by_one<C: ConnectionLike>(
     conn: &mut C,
     keyspace: &Keyspace,
@@ -382,7 +383,7 @@ async fn versions_one_by_one<C: ConnectionLike>(
     wait_for: Option<ReplicaAck>,
 ) -> redis::RedisResult<Option<u32>> {
     let token = fresh_token();
-    let mut fewest = None;
+    let (mut wait_for, mut fewest) = (wait_for.filter(|ack| ack.replicas > 0), None);
     for tag in tags {
         let key = keyspace.version_key(tenant, tag);
         let mut pipe = redis::pipe();
@@ -390,13 +391,18 @@ async fn versions_one_by_one<C: ConnectionLike>(
             OneByOne::Replace => pipe.cmd("SET").arg(&key).arg(&token).arg("XX").arg("KEEPTTL").ignore(),
             OneByOne::Delete => pipe.cmd("DEL").arg(&key).ignore(),
         };
-        let Some(ack) = wait_for.filter(|ack| ack.replicas > 0) else {
+        let Some(ack) = wait_for else {
             pipe.query_async::<()>(conn).await?;
             continue;
         };
         pipe.cmd("WAIT").arg(ack.replicas).arg(ack.wait_ms());
         let (acked,): (u32,) = pipe.query_async(conn).await?;
         fewest = Some(fewest.map_or(acked, |fewest: u32| fewest.min(acked)));
+        if acked < ack.replicas {
+            // Short once, the call fails as unconfirmed whatever follows: the other tags are
+            // still written, without a `WAIT` each, so the call waits its timeout once in all.
+            wait_for = None;
+        }
     }
     Ok(fewest)
 }
@@ -435,8 +441,8 @@ pub async fn probe<C: ConnectionLike>(
 }
 
 /// Unlinks the entries of reclaimed member sets, walking each with `SSCAN` and unlinking at most
-/// [`RECLAIM_CHUNK`] entries per command, then the set itself. Purely memory: the entries can no
-/// longer be hit. An entry its tag's set of now holds was filled again since the invalidation
+/// [`RECLAIM_CHUNK`] entries per command, then the set itself. Purely memory: the entries it
+/// unlinks can no longer be hit. An entry its tag's set of now holds was filled again since the invalidation
 /// (the same page, read again: the fill stores an entry and registers it in one script) and is
 /// kept; `SMISMEMBER` asks before each `UNLINK`, and one filled again between the two is unlinked,
 /// which costs a miss. Returns how many entries it unlinked. Interrupted, the rest expires with
