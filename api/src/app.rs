@@ -22,6 +22,7 @@ use poem::{Endpoint, EndpointExt, IntoResponse, Request, Response, Route};
 use poem_openapi::{LicenseObject, OpenApiService, ServerObject};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use tokio_util::task::TaskTracker;
 use tracing::field::Empty;
 use uuid::Uuid;
 
@@ -51,6 +52,11 @@ const CLUSTER_WATCH_INTERVAL: Duration = Duration::from_secs(2);
 /// `request_limits`): each then ends with its answer, its 503 or its 500, never with a reset
 /// connection.
 const SHUTDOWN_MARGIN: Duration = Duration::from_secs(1);
+
+/// How long a shutdown waits for the requests in flight and the commits still running.
+fn shutdown_grace(http: &openrisk_shared::config::HttpSettings) -> Duration {
+    Duration::from_millis(http.request_timeout_ms) * 2 + SHUTDOWN_MARGIN
+}
 
 /// Why the service could not start.
 #[derive(Debug, thiserror::Error)]
@@ -84,6 +90,9 @@ pub struct AppState {
     pub variant_budget: VariantBudget,
     /// `/readyz`'s checks of Postgres and Redis, one at a time.
     pub readiness: ReadinessChecks,
+    /// Commits and their invalidations, each on a task of its own so that it ends though its
+    /// request was answered first ([`crate::routes`]' writes); a shutdown waits for them.
+    pub commits: TaskTracker,
 }
 
 /// Start-up options that are not configuration (used by tests).
@@ -142,6 +151,7 @@ impl AppState {
             metrics,
             cluster,
             settings,
+            commits: TaskTracker::new(),
         });
         state.metrics.set_server_settings(None);
         if state.cache.enabled() {
@@ -524,7 +534,7 @@ impl Application {
         let timeouts = ServeTimeouts {
             headers: Some(idle_timeout),
             requestless: Some(idle_timeout),
-            shutdown_grace: Duration::from_millis(http.request_timeout_ms) * 2 + SHUTDOWN_MARGIN,
+            shutdown_grace: shutdown_grace(&http),
         };
         let metrics_acceptor = TcpAcceptor::from_tokio(metrics_listener)
             .map_err(|source| StartError::Listen { addr: metrics_addr, source })?;
@@ -572,7 +582,16 @@ impl Application {
         if let Some(shutdown) = self.shutdown.take() {
             let _ = shutdown.send(());
         }
-        let served = (&mut self.task).await.map_err(std::io::Error::other);
+        // A commit whose request was answered at its deadline may still run: its invalidation
+        // is what the client was told to read after. Waited for beside the requests in flight,
+        // within the same grace, so the shutdown takes no longer.
+        self.state.commits.close();
+        let commits = tokio::time::timeout(shutdown_grace(&self.state.settings.http), self.state.commits.wait());
+        let (served, commits) = tokio::join!(&mut self.task, commits);
+        let served = served.map_err(std::io::Error::other);
+        if commits.is_err() {
+            tracing::warn!(left = self.state.commits.len(), "commits still running at shutdown were left");
+        }
         // Scrapes are instant and idempotent: nothing in flight is worth waiting for.
         self.metrics_task.abort();
         served

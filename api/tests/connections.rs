@@ -472,6 +472,30 @@ async fn a_shutdown_waits_for_a_write_committing_past_its_deadline() {
     assert_eq!(created, 1);
 }
 
+/// A write answered "outcome unknown" at its deadline while its COMMIT still runs (3 s): a
+/// shutdown begun right after waits for the commit and its invalidation before it returns.
+#[tokio::test]
+async fn a_shutdown_waits_for_a_commit_whose_request_was_already_answered() {
+    let one_second = |settings: &mut openrisk_shared::Settings| {
+        (settings.http.request_timeout_ms, settings.http.idle_timeout_ms) = (1000, 5000);
+    };
+    let app = spawn_app_with(RedisNamespace::new(), one_second, AppOptions::default()).await;
+    slow_to_commit(&app, 0.0, 3.0).await;
+    let risk = serde_json::json!({"title": "Slow to commit", "impact": 2, "probability": 2});
+    let response = app.send_json(reqwest::Method::POST, "/api/v1/risks", &app.a.analyst, risk).await;
+    assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR, "answered before the commit ended");
+    let TestApp { app: server, db, redis: _redis, .. } = app;
+    let state = std::sync::Arc::clone(&server.state);
+    assert_eq!(state.commits.len(), 1, "the commit still runs");
+
+    server.shutdown().await.expect("the server stops cleanly");
+    assert!(state.commits.is_empty(), "the shutdown returned while a commit still ran");
+    let session = db.connect().await;
+    let created: i64 =
+        session.query_one("SELECT count(*) FROM risks WHERE title = 'Slow to commit'", &[]).await.unwrap().get(0);
+    assert_eq!(created, 1);
+}
+
 #[tokio::test]
 async fn a_request_over_the_time_limit_is_answered_503() {
     let (app, gate) = common::spawn_gated_app(|settings| settings.http.request_timeout_ms = 200).await;

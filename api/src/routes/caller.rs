@@ -221,6 +221,7 @@ impl Write {
     /// waiting (outcome unknown too) invalidates once the commit is done rather than never.
     async fn commit(self, place: OwnedSemaphorePermit) -> Result<(), ApiError> {
         let Self { txn, state, .. } = self;
+        let commits = state.commits.clone();
         let commit = async move {
             let committed = state.db.commit(txn).await;
             drop(place);
@@ -233,7 +234,7 @@ impl Write {
             }
             outcome
         };
-        let committing = tokio::spawn(commit.instrument(tracing::Span::current()));
+        let committing = commits.spawn(commit.instrument(tracing::Span::current()));
         committing.await.unwrap_or_else(|panicked| {
             tracing::error!(%panicked, "a commit's task panicked");
             Err(ApiError::internal())
