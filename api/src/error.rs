@@ -13,10 +13,12 @@ use sea_orm::DbErr;
 /// Media type of every error body.
 pub const PROBLEM_CONTENT_TYPE: &str = "application/problem+json";
 
-/// The 503's detail when a write lost a deadlock or a serialization failure to a concurrent one:
-/// nothing was changed, and the same change can be made again.
+/// The 500's detail when a write's commit got no answer ([`ApiError::outcome_unknown`]).
 const OUTCOME_UNKNOWN: &str = "the write was sent to the database but its commit got no answer, so it may or may \
                                not have been applied; read the resource before sending the request again";
+
+/// The 503's detail when a write lost a deadlock or a serialization failure to a concurrent one:
+/// nothing was changed, and the same change can be made again.
 const COLLIDED: &str = "the change collided with a concurrent one and was not made; retry";
 
 /// An RFC 9457 problem document.

@@ -5,8 +5,9 @@
 //! refused rather than silently skipped, as is a database that holds a migration this binary
 //! does not know below its last one (one that was reverted). A session advisory lock serialises
 //! concurrent runners. A migration waits at most [`LOCK_TIMEOUT`] for each table lock, and is
-//! run again after a pause when it waited longer ([`LOCK_RETRIES`] times at most), so that a
-//! long transaction of the live system never makes every later query of a table queue behind it.
+//! run again after a pause when it waited longer or lost a deadlock to the live system
+//! ([`LOCK_RETRIES`] times at most), so that a long transaction of the live system never makes
+//! every later query of a table queue behind it.
 
 use std::time::Duration;
 
@@ -148,7 +149,8 @@ async fn apply_pending(client: &mut Client, migrations: &[Migration]) -> Result<
             .build();
         let failed = |source| MigrateError::Failed { version: migration.version, name: migration.name, source };
         while let Err(error) = apply(client, migration, &current).await {
-            let pause = pauses.next().filter(|_| error.code() == Some(&SqlState::LOCK_NOT_AVAILABLE));
+            let waited = [SqlState::LOCK_NOT_AVAILABLE, SqlState::T_R_DEADLOCK_DETECTED];
+            let pause = pauses.next().filter(|_| error.code().is_some_and(|code| waited.contains(code)));
             let Some(pause) = pause else { return Err(failed(error)) };
             tracing::warn!(
                 version = migration.version,
@@ -156,7 +158,8 @@ async fn apply_pending(client: &mut Client, migrations: &[Migration]) -> Result<
                 ?pause,
                 error = described(&error),
                 "a migration waited longer than its lock timeout for a table another session holds \
-                 (a long transaction?); it was rolled back and runs again after a pause"
+                 (a long transaction?), or lost a deadlock to one; it was rolled back and runs again \
+                 after a pause"
             );
             tokio::time::sleep(pause).await;
         }

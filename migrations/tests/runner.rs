@@ -27,7 +27,11 @@ async fn a_migration_waiting_behind_a_long_transaction_lets_the_tables_queries_t
     let watcher = db.connect().await;
     let waiting = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'
                    AND query LIKE 'ALTER TABLE runner_t%' AND datname = current_database()";
-    while watcher.query_one(waiting, &[]).await.unwrap().get::<_, i64>(0) == 0 {
+    for attempt in 0.. {
+        if watcher.query_one(waiting, &[]).await.unwrap().get::<_, i64>(0) > 0 {
+            break;
+        }
+        assert!(attempt < 1500, "the migration was never seen waiting for the reader's lock");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // Behind a waiting ALTER, this would wait for the reader's transaction to end.
