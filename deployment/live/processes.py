@@ -138,7 +138,8 @@ class Postgres:
                             str(self.replica_of.port), "-U", "postgres", "-R", "-X", "stream", "--no-sync",
                             "-c", "fast", "-D", self.data], check=True, capture_output=True, **self.run_as)
         self.proc.start()
-        argv = [os.path.join(self.bin, "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(self.port)]
+        # Through its own socket directory: another server that took the port cannot answer there.
+        argv = [os.path.join(self.bin, "pg_isready"), "-q", "-h", self.dir, "-p", str(self.port)]
         if not wait_ready(self.proc, lambda: subprocess.run(argv).returncode == 0, 30, 0.2):
             raise RuntimeError("private PostgreSQL did not start")
 

@@ -152,17 +152,26 @@ pub struct Args {
     pub out: PathBuf,
 }
 
-/// A finite number above 0, for a rate or a length of time: from 0, a negative or an infinite
-/// one no schedule can be made (a request every 1/rate seconds, a phase of so many seconds).
+/// The largest rate or length of time a run takes: ten million a second, or seconds (115 days).
+const LARGEST: f64 = 10_000_000.0;
+
+/// The smallest rate or length of time above 0: a thousandth (a request every 1,000 s).
+const SMALLEST: f64 = 0.001;
+
+/// A number from [`SMALLEST`] to [`LARGEST`], for a rate or a length of time: from 0, a negative,
+/// a tiny or a huge one no schedule can be made (a request every 1/rate seconds, a phase of so
+/// many seconds: a `Duration` holds neither infinity nor 10^20 s).
 fn positive(text: &str) -> Result<f64, String> {
     let value: f64 = text.parse().map_err(|error| format!("{error}"))?;
-    if value.is_finite() && value > 0.0 { Ok(value) } else { Err("must be a finite number above 0".into()) }
+    let fits = (SMALLEST..=LARGEST).contains(&value);
+    if fits { Ok(value) } else { Err(format!("must be a number from {SMALLEST} to {LARGEST}")) }
 }
 
-/// A finite number of at least 0, for a rate that may be none at all or an exponent.
+/// A number from 0 to [`LARGEST`], for a rate that may be none at all or an exponent.
 fn non_negative(text: &str) -> Result<f64, String> {
     let value: f64 = text.parse().map_err(|error| format!("{error}"))?;
-    if value.is_finite() && value >= 0.0 { Ok(value) } else { Err("must be a finite number of at least 0".into()) }
+    let fits = (0.0..=LARGEST).contains(&value);
+    if fits { Ok(value) } else { Err(format!("must be a number from 0 to {LARGEST}")) }
 }
 
 #[cfg(test)]
@@ -207,6 +216,9 @@ mod tests {
             "--background-writes=-5",
             "--window-writes=inf",
             "--zipf-s=NaN",
+            "--phase-secs=1e20",
+            "--rate=1e-18",
+            "--window-writes=1e300",
         ] {
             let error = parse(&[bad]).err().unwrap_or_else(|| panic!("{bad} was accepted"));
             assert_eq!(error.kind(), clap::error::ErrorKind::ValueValidation, "{bad}: {error}");
