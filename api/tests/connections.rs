@@ -135,10 +135,7 @@ async fn http1_request_headers_over_the_limit_are_refused_431() {
 /// holding a backend, a pooled connection and its place in a lock queue.
 #[tokio::test]
 async fn a_statement_outliving_its_request_is_stopped_by_the_server_at_the_request_timeout() {
-    let one_second = |settings: &mut openrisk_shared::Settings| {
-        (settings.http.request_timeout_ms, settings.http.idle_timeout_ms) = (1000, 2000);
-    };
-    let app = spawn_app_with(RedisNamespace::new(), one_second, AppOptions::default()).await;
+    let app = spawn_app_timing_out_after(1000).await;
     let risk_path = app.create_risk_path(&app.a.analyst, "Held").await;
     let holder = app.db.connect().await;
     common::hold_risk(&holder, &risk_path).await;
@@ -159,6 +156,25 @@ async fn a_statement_outliving_its_request_is_stopped_by_the_server_at_the_reque
     assert_eq!(waiting, 0, "the API's statement still waits for the lock 5 s after its request ended");
 }
 
+/// An app whose requests time out after `request_timeout_ms` (connections idle out later).
+async fn spawn_app_timing_out_after(request_timeout_ms: u64) -> TestApp {
+    let timeouts = move |settings: &mut openrisk_shared::Settings| {
+        (settings.http.request_timeout_ms, settings.http.idle_timeout_ms) =
+            (request_timeout_ms, request_timeout_ms * 4);
+    };
+    spawn_app_with(RedisNamespace::new(), timeouts, AppOptions::default()).await
+}
+
+/// The body of a risk [`slow_to_commit`] makes slow.
+fn slow_risk() -> serde_json::Value {
+    serde_json::json!({"title": "Slow to commit", "impact": 2, "probability": 2})
+}
+
+/// Creates a risk [`slow_to_commit`] makes slow, as the analyst of tenant A.
+async fn post_slow_risk(app: &TestApp) -> reqwest::Response {
+    app.send_json(reqwest::Method::POST, "/api/v1/risks", &app.a.analyst, slow_risk()).await
+}
+
 /// Makes a risk titled "Slow to commit" slow twice over in the test's database: its INSERT
 /// sleeps `before_commit` seconds, and a deferred constraint trigger sleeps `at_commit` seconds
 /// inside the COMMIT itself.
@@ -176,8 +192,8 @@ async fn slow_to_commit(app: &TestApp, before_commit: f64, at_commit: f64) {
     session.batch_execute(&sql).await.unwrap();
 }
 
-async fn risks_titled_slow_to_commit(app: &TestApp) -> i64 {
-    let session = app.db.connect().await;
+async fn risks_titled_slow_to_commit(db: &openrisk_test_support::TestDatabase) -> i64 {
+    let session = db.connect().await;
     session.query_one("SELECT count(*) FROM risks WHERE title = 'Slow to commit'", &[]).await.unwrap().get(0)
 }
 
@@ -186,16 +202,12 @@ async fn risks_titled_slow_to_commit(app: &TestApp) -> i64 {
 /// commit instead, and says what it did.
 #[tokio::test]
 async fn a_write_still_committing_at_the_request_deadline_is_answered_with_its_outcome_not_503() {
-    let two_seconds = |settings: &mut openrisk_shared::Settings| {
-        (settings.http.request_timeout_ms, settings.http.idle_timeout_ms) = (2000, 5000);
-    };
-    let app = spawn_app_with(RedisNamespace::new(), two_seconds, AppOptions::default()).await;
+    let app = spawn_app_timing_out_after(2000).await;
     slow_to_commit(&app, 1.2, 1.5).await;
 
-    let risk = serde_json::json!({"title": "Slow to commit", "impact": 2, "probability": 2});
-    let response = app.send_json(reqwest::Method::POST, "/api/v1/risks", &app.a.analyst, risk).await;
+    let response = post_slow_risk(&app).await;
     assert_eq!(response.status(), StatusCode::CREATED, "{}", response.text().await.unwrap());
-    assert_eq!(risks_titled_slow_to_commit(&app).await, 1);
+    assert_eq!(risks_titled_slow_to_commit(&app.db).await, 1);
 }
 
 /// The risk list, read twice so that the second is a hit: what a write's invalidation must end.
@@ -229,9 +241,7 @@ async fn a_write_whose_commit_loses_its_connection_is_not_answered_retry_and_is_
         false
     };
 
-    let risk = serde_json::json!({"title": "Slow to commit", "impact": 2, "probability": 2});
-    let (response, killed) =
-        tokio::join!(app.send_json(reqwest::Method::POST, "/api/v1/risks", &app.a.analyst, risk), kill);
+    let (response, killed) = tokio::join!(post_slow_risk(&app), kill);
     assert!(killed, "no session of the API was seen committing");
     let problem = assert_problem(response, StatusCode::INTERNAL_SERVER_ERROR).await;
     let detail = problem["detail"].as_str().unwrap();
@@ -245,24 +255,20 @@ async fn a_write_whose_commit_loses_its_connection_is_not_answered_retry_and_is_
 /// it changed is invalidated, though no request waits for it any more.
 #[tokio::test]
 async fn a_write_answered_before_its_commit_ended_is_invalidated_when_it_ends() {
-    let one_second = |settings: &mut openrisk_shared::Settings| {
-        (settings.http.request_timeout_ms, settings.http.idle_timeout_ms) = (1000, 5000);
-    };
-    let app = spawn_app_with(RedisNamespace::new(), one_second, AppOptions::default()).await;
+    let app = spawn_app_timing_out_after(1000).await;
     slow_to_commit(&app, 0.0, 3.0).await;
     cached_risk_list(&app).await;
 
-    let risk = serde_json::json!({"title": "Slow to commit", "impact": 2, "probability": 2});
-    let response = app.send_json(reqwest::Method::POST, "/api/v1/risks", &app.a.analyst, risk).await;
+    let response = post_slow_risk(&app).await;
     let problem = assert_problem(response, StatusCode::INTERNAL_SERVER_ERROR).await;
     assert!(problem["detail"].as_str().unwrap().contains("may or may not have been applied"), "{problem}");
     for _ in 0..200 {
-        if risks_titled_slow_to_commit(&app).await == 1 {
+        if risks_titled_slow_to_commit(&app.db).await == 1 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(risks_titled_slow_to_commit(&app).await, 1, "the write was not committed");
+    assert_eq!(risks_titled_slow_to_commit(&app.db).await, 1, "the write was not committed");
     let mut list = app.get("/api/v1/risks", &app.a.viewer).await;
     for _ in 0..200 {
         if !cache_status(&list).is_hit() {
@@ -451,13 +457,10 @@ async fn a_shutdown_answers_the_request_in_flight_and_accepts_no_new_connection(
 /// a second of grace from the shutdown but within the one more timeout a committing write gets.
 #[tokio::test]
 async fn a_shutdown_waits_for_a_write_committing_past_its_deadline() {
-    let three_seconds = |settings: &mut openrisk_shared::Settings| {
-        (settings.http.request_timeout_ms, settings.http.idle_timeout_ms) = (3000, 10_000);
-    };
-    let app = spawn_app_with(RedisNamespace::new(), three_seconds, AppOptions::default()).await;
+    let app = spawn_app_timing_out_after(3000).await;
     slow_to_commit(&app, 2.8, 2.0).await;
     let TestApp { app: server, client, url, a, db, redis: _redis, .. } = app;
-    let risk = serde_json::json!({"title": "Slow to commit", "impact": 2, "probability": 2});
+    let risk = slow_risk();
     let request = client.post(format!("{url}/api/v1/risks")).bearer_auth(&a.analyst).json(&risk).send();
     let in_flight = tokio::spawn(request);
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -466,23 +469,16 @@ async fn a_shutdown_waits_for_a_write_committing_past_its_deadline() {
     let response = in_flight.await.unwrap().expect("the write in flight is answered, not reset");
     assert_eq!(response.status(), StatusCode::CREATED);
     stopping.await.unwrap().expect("the server stops cleanly");
-    let session = db.connect().await;
-    let created: i64 =
-        session.query_one("SELECT count(*) FROM risks WHERE title = 'Slow to commit'", &[]).await.unwrap().get(0);
-    assert_eq!(created, 1);
+    assert_eq!(risks_titled_slow_to_commit(&db).await, 1);
 }
 
 /// A write answered "outcome unknown" at its deadline while its COMMIT still runs (3 s): a
 /// shutdown begun right after waits for the commit and its invalidation before it returns.
 #[tokio::test]
 async fn a_shutdown_waits_for_a_commit_whose_request_was_already_answered() {
-    let one_second = |settings: &mut openrisk_shared::Settings| {
-        (settings.http.request_timeout_ms, settings.http.idle_timeout_ms) = (1000, 5000);
-    };
-    let app = spawn_app_with(RedisNamespace::new(), one_second, AppOptions::default()).await;
+    let app = spawn_app_timing_out_after(1000).await;
     slow_to_commit(&app, 0.0, 3.0).await;
-    let risk = serde_json::json!({"title": "Slow to commit", "impact": 2, "probability": 2});
-    let response = app.send_json(reqwest::Method::POST, "/api/v1/risks", &app.a.analyst, risk).await;
+    let response = post_slow_risk(&app).await;
     assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR, "answered before the commit ended");
     let TestApp { app: server, db, redis: _redis, .. } = app;
     let state = std::sync::Arc::clone(&server.state);
@@ -490,10 +486,7 @@ async fn a_shutdown_waits_for_a_commit_whose_request_was_already_answered() {
 
     server.shutdown().await.expect("the server stops cleanly");
     assert!(state.commits.is_empty(), "the shutdown returned while a commit still ran");
-    let session = db.connect().await;
-    let created: i64 =
-        session.query_one("SELECT count(*) FROM risks WHERE title = 'Slow to commit'", &[]).await.unwrap().get(0);
-    assert_eq!(created, 1);
+    assert_eq!(risks_titled_slow_to_commit(&db).await, 1);
 }
 
 #[tokio::test]

@@ -36,25 +36,21 @@ class Faults(AlertWatch):
         stack = self.stack
         self.cycle("API killed (SIGKILL)", ["OpenRiskApiDown"], stack.api.kill, stack.start_api)
 
-    def eviction_policy(self):
+    def redis_setting(self, name, wrong, right, alert):
+        """Sets Redis's `name` to `wrong` and restarts the API, which reads it at start-up only."""
         stack = self.stack
 
-        def policy(name):
-            stack.redis.cli("CONFIG", "SET", "maxmemory-policy", name)
+        def setting(value):
+            stack.redis.cli("CONFIG", "SET", name, value)
             stack.restart_api()
 
-        self.cycle("Redis maxmemory-policy allkeys-random, API restarted", ["OpenRiskRedisEvictionPolicyWrong"],
-                   lambda: policy("allkeys-random"), lambda: policy("volatile-lru"))
+        self.cycle(f"Redis {name} {wrong}, API restarted", [alert], lambda: setting(wrong), lambda: setting(right))
+
+    def eviction_policy(self):
+        self.redis_setting("maxmemory-policy", "allkeys-random", "volatile-lru", "OpenRiskRedisEvictionPolicyWrong")
 
     def persistence(self):
-        stack = self.stack
-
-        def save(schedule):
-            stack.redis.cli("CONFIG", "SET", "save", schedule)
-            stack.restart_api()
-
-        self.cycle("Redis save schedule 3600 1, API restarted", ["OpenRiskRedisPersistenceOn"],
-                   lambda: save("3600 1"), lambda: save(""))
+        self.redis_setting("save", "3600 1", "", "OpenRiskRedisPersistenceOn")
 
     def redis_memory(self):
         redis = self.stack.redis
