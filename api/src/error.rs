@@ -310,7 +310,7 @@ fn connection_lost(error: &DbErr) -> bool {
 }
 
 /// The SQLSTATE of a database error, when Postgres reported one.
-fn sqlstate(error: &DbErr) -> Option<String> {
+pub(crate) fn sqlstate(error: &DbErr) -> Option<String> {
     match sqlx_error(error) {
         Some(sea_orm::sqlx::Error::Database(db)) => db.code().map(|code| code.into_owned()),
         _ => None,

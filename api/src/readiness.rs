@@ -19,8 +19,10 @@ use crate::db::Db;
 /// What one check found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DependencyCheck {
-    /// Postgres answered `SELECT 1`.
+    /// Postgres answered.
     pub postgres: bool,
+    /// The last migration Postgres has applied, when it answered.
+    pub schema_version: Option<i64>,
     /// Redis (every master of a cluster) answered `PING`; false when the cache is disabled.
     pub redis: bool,
 }
@@ -64,12 +66,16 @@ impl ReadinessChecks {
         let (db, cache, limit) = (self.db.clone(), self.cache.clone(), self.limit);
         let task = tokio::spawn(async move {
             // A disabled cache's ping answers false at once, without I/O.
-            let (postgres, redis) =
-                tokio::join!(tokio::time::timeout(limit, db.ping()), tokio::time::timeout(limit, cache.ping()));
-            DependencyCheck { postgres: matches!(postgres, Ok(Ok(()))), redis: matches!(redis, Ok(true)) }
+            let (postgres, redis) = tokio::join!(
+                tokio::time::timeout(limit, db.schema_version()),
+                tokio::time::timeout(limit, cache.ping())
+            );
+            let schema_version = postgres.ok().and_then(Result::ok);
+            DependencyCheck { postgres: schema_version.is_some(), schema_version, redis: matches!(redis, Ok(true)) }
         });
         // A check that panicked found nothing answering.
-        let check = task.map(|finished| finished.unwrap_or(DependencyCheck { postgres: false, redis: false }));
+        let nothing = DependencyCheck { postgres: false, schema_version: None, redis: false };
+        let check = task.map(move |finished| finished.unwrap_or(nothing));
         let check = check.boxed().shared();
         // Driven to its end whoever waits for it, so that `peek` tells when it has ended even if
         // every caller went away first, and a later caller never takes its old result.

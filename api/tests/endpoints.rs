@@ -339,6 +339,25 @@ async fn admins_manage_their_tenants_tokens() {
     assert_eq!(app.count("SELECT count(*) FROM api_tokens WHERE length(token_hash) = 32").await, 7);
 }
 
+/// An instance started before `openrisk-api migrate` finished must take no traffic: its queries
+/// may need what the missing migrations add.
+#[tokio::test]
+async fn readiness_fails_while_the_database_lacks_a_migration_this_build_knows() {
+    let app = spawn_app().await;
+    let readyz = async || app.client.get(format!("{}/readyz", app.url)).send().await.unwrap();
+    let ready: Value = readyz().await.json().await.unwrap();
+    let expected = ready["schema"]["expected"].as_i64().unwrap();
+    assert_eq!(ready["schema"]["applied"].as_i64(), Some(expected), "{ready}");
+
+    let session = app.db.connect().await;
+    session.execute("DELETE FROM schema_migrations WHERE version = $1", &[&expected]).await.unwrap();
+    let behind = readyz().await;
+    assert_eq!(behind.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let behind: Value = behind.json().await.unwrap();
+    assert_eq!((behind["status"].as_str(), behind["postgres"].as_str()), (Some("unavailable"), Some("up")), "{behind}");
+    assert_eq!(behind["schema"]["applied"].as_i64(), Some(expected - 1), "{behind}");
+}
+
 #[tokio::test]
 async fn health_readiness_metrics_and_docs_are_served() {
     let app = spawn_app().await;

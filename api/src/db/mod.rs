@@ -145,9 +145,17 @@ impl Db {
         }
     }
 
-    /// Checks the database answers (for /readyz).
-    pub async fn ping(&self) -> Result<(), DbErr> {
-        self.conn.execute_unprepared("SELECT 1").await.map(|_| ())
+    /// The last migration the database has applied (for /readyz), 0 when it has none: whether
+    /// it answers, and whether its schema is the one this build's queries need.
+    pub async fn schema_version(&self) -> Result<i64, DbErr> {
+        let last = "SELECT coalesce(max(version), 0) AS version FROM schema_migrations";
+        let row = self.conn.query_one_raw(stmt(last, [])).await;
+        match row {
+            Ok(row) => row.map_or(Ok(0), |row| row.try_get("", "version")),
+            // A database no migration ever ran on has no such table (`undefined_table`).
+            Err(error) if crate::error::sqlstate(&error).as_deref() == Some("42P01") => Ok(0),
+            Err(error) => Err(error),
+        }
     }
 
     /// Samples the pool for the `openrisk_db_pool_*` gauges.

@@ -24,7 +24,8 @@ pub enum ReadyStatus {
     /// Postgres answers, but Redis does not (or the breaker is open: reads are served from
     /// Postgres uncached) or a read replica is out of rotation (its reads go to the primary).
     Degraded,
-    /// Postgres does not answer.
+    /// Postgres does not answer, or lacks migrations this build's queries need (its schema is
+    /// older: run `openrisk-api migrate`).
     Unavailable,
 }
 
@@ -65,11 +66,25 @@ pub struct ReplicaReadiness {
     pub lag_bytes: Option<i64>,
 }
 
+/// The database's migrations against this build's.
+#[derive(Debug, Clone, Copy, Object)]
+pub struct SchemaState {
+    /// The last migration the database has applied.
+    pub applied: i64,
+    /// The last migration this build knows (`openrisk-api migrate` applies it).
+    pub expected: i64,
+}
+
 /// What /readyz found.
 #[derive(Debug, Clone, Object)]
 pub struct Readiness {
     pub status: ReadyStatus,
     pub postgres: DependencyState,
+    /// The last migration the database has applied, and the last this build knows: below it,
+    /// the build's queries may use what is not there yet, so the instance is not ready. Absent
+    /// when Postgres does not answer.
+    #[oai(skip_serializing_if_is_none)]
+    pub schema: Option<SchemaState>,
     pub redis: DependencyState,
     /// Whether the circuit breaker currently keeps requests away from Redis.
     pub cache_breaker_open: bool,
@@ -162,11 +177,14 @@ impl HealthApi {
     ///
     /// 200 when Postgres answers (`degraded` when Redis does not, or a Redis Cluster reports a
     /// failed state: reads then bypass the cache where they must; or when a read replica is out
-    /// of rotation, so its reads go to the primary), 503 when Postgres does not.
+    /// of rotation, so its reads go to the primary), 503 when Postgres does not, or has not
+    /// applied every migration this build knows (`schema`).
     #[oai(path = "/readyz", method = "get", operation_id = "readyz")]
     async fn readyz(&self, state: Data<&Arc<AppState>>) -> ReadyResponse {
         let checked = state.readiness.check().await;
-        let postgres = checked.postgres;
+        let expected = openrisk_migrations::MIGRATIONS.last().map_or(0, |migration| migration.version);
+        let schema = checked.schema_version.map(|applied| SchemaState { applied, expected });
+        let postgres = checked.postgres && schema.is_some_and(|schema| schema.applied >= schema.expected);
         let redis = match checked.redis {
             _ if !state.cache.enabled() => DependencyState::Disabled,
             true => DependencyState::Up,
@@ -185,7 +203,8 @@ impl HealthApi {
         };
         let readiness = Readiness {
             status,
-            postgres: if postgres { DependencyState::Up } else { DependencyState::Down },
+            postgres: if checked.postgres { DependencyState::Up } else { DependencyState::Down },
+            schema,
             redis,
             cache_breaker_open: breaker_open,
             redis_cluster,
