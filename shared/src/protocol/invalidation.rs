@@ -296,8 +296,9 @@ pub async fn invalidate_replicated<C: ConnectionLike>(
     };
     match how {
         Some(how) => {
-            let fewest = versions_one_by_one(conn, keyspace, tenant, tags, how, Some(ack)).await?;
-            fewest.map_or(Ok(()), |acked| ack.confirmed_by(acked))?;
+            if let Some(acked) = versions_one_by_one(conn, keyspace, tenant, tags, how, Some(ack)).await? {
+                ack.confirmed_by(acked)?;
+            }
             Ok(Reclaimable::default())
         }
         None => in_one_call,
@@ -368,8 +369,9 @@ impl OneByOne {
 /// to whichever node holds it now. With `wait_for`, each command travels with its own `WAIT` in
 /// one pipeline, which its key routes (a redirection moves the pipeline whole), so the `WAIT`
 /// counts that write, on that key's master and connection; after the first `WAIT` that comes
-/// back short, the rest go without one, so the call waits the timeout once at most. Returns the
-/// fewest replicas a `WAIT` counted (none without tags or replicas to wait for). Alone, a `WAIT`
+/// back short, the rest go without one, so the call waits the timeout once at most. Returns how
+/// many replicas that short `WAIT` counted (none when every `WAIT` was answered in full, or none
+/// was sent). Alone, a `WAIT`
 /// would go to every master, failing for one without replicas that holds none of these keys,
 /// and, sent after a connection was replaced, would confirm writes it never saw. The member sets
 /// stay in place (a later invalidation reclaims their entries) and the replay floors no longer
@@ -383,7 +385,7 @@ async fn versions_one_by_one<C: ConnectionLike>(
     wait_for: Option<ReplicaAck>,
 ) -> redis::RedisResult<Option<u32>> {
     let token = fresh_token();
-    let (mut wait_for, mut fewest) = (wait_for.filter(|ack| ack.replicas > 0), None);
+    let (mut wait_for, mut short) = (wait_for.filter(|ack| ack.replicas > 0), None);
     for tag in tags {
         let key = keyspace.version_key(tenant, tag);
         let mut pipe = redis::pipe();
@@ -397,14 +399,14 @@ async fn versions_one_by_one<C: ConnectionLike>(
         };
         pipe.cmd("WAIT").arg(ack.replicas).arg(ack.wait_ms());
         let (acked,): (u32,) = pipe.query_async(conn).await?;
-        fewest = Some(fewest.map_or(acked, |fewest: u32| fewest.min(acked)));
         if acked < ack.replicas {
             // Short once, the call fails as unconfirmed whatever follows: the other tags are
             // still written, without a `WAIT` each, so the call waits its timeout once in all.
             wait_for = None;
+            short = Some(acked);
         }
     }
-    Ok(fewest)
+    Ok(short)
 }
 
 /// How long a probe's own key ([`Keyspace::probe_key`]) stays. Nothing reads it, so it may expire
