@@ -68,10 +68,7 @@ pub enum MigrateError {
 /// "db error", so that the one line a log shows names the cause.
 fn described(error: &tokio_postgres::Error) -> String {
     let Some(database) = error.as_db_error() else {
-        return match std::error::Error::source(error) {
-            Some(cause) => format!("{error}: {cause}"),
-            None => error.to_string(),
-        };
+        return openrisk_shared::db::with_causes(error);
     };
     let mut text = format!("{}: {}", database.severity(), database.message());
     if let Some(detail) = database.detail() {
@@ -122,8 +119,7 @@ async fn apply_pending(client: &mut Client, migrations: &[Migration]) -> Result<
              )",
         )
         .await?;
-    let last = migrations.last().map_or(0, |migration| migration.version);
-    refuse_unknown(client, migrations, last).await?;
+    check_recorded(&recorded_versions(client).await?, migrations)?;
     let mut applied = Vec::new();
     for migration in migrations {
         let current = migration.checksum();
@@ -166,13 +162,6 @@ async fn apply_pending(client: &mut Client, migrations: &[Migration]) -> Result<
         tracing::info!(version = migration.version, name = migration.name, "applied migration");
         applied.push(migration.version);
     }
-    if let Some(newer) = recorded_versions(client).await?.into_iter().find(|&version| version > last) {
-        tracing::warn!(
-            version = newer,
-            "the database has a migration newer than this binary knows (a newer release applied it); \
-             going on, as a rollback of the code does"
-        );
-    }
     Ok(applied)
 }
 
@@ -197,12 +186,19 @@ async fn recorded_versions(client: &Client) -> Result<Vec<i64>, tokio_postgres::
     Ok(rows.iter().map(|row| row.get(0)).collect())
 }
 
-/// Refuses a database holding a migration not among `migrations` below their `last`: one that
-/// was applied and then removed from the code, and what it did is still in the schema, where
-/// nothing else would ever say so.
-async fn refuse_unknown(client: &Client, migrations: &[Migration], last: i64) -> Result<(), MigrateError> {
+/// Refuses a database whose `recorded` versions hold one not among `migrations` below their
+/// last: one that was applied and then removed from the code, and what it did is still in the
+/// schema, where nothing else would ever say so. One above their last is a newer release's, and
+/// only warned about, as a rollback of the code runs `migrate` too.
+fn check_recorded(recorded: &[i64], migrations: &[Migration]) -> Result<(), MigrateError> {
+    let last = migrations.last().map_or(0, |migration| migration.version);
+    if let Some(newer) = recorded.iter().find(|&&version| version > last) {
+        tracing::warn!(
+            version = newer,
+            "the database has a migration newer than this binary knows (a newer release applied it); going on"
+        );
+    }
     let known = |version: &i64| migrations.iter().any(|migration| migration.version == *version);
-    let versions: Vec<i64> =
-        recorded_versions(client).await?.into_iter().filter(|version| *version < last && !known(version)).collect();
+    let versions: Vec<i64> = recorded.iter().copied().filter(|version| *version < last && !known(version)).collect();
     if versions.is_empty() { Ok(()) } else { Err(MigrateError::Unknown { versions, last }) }
 }

@@ -19,7 +19,7 @@ pub enum ConnectError {
 }
 
 /// `error` followed by each of its causes, `: `-separated.
-fn with_causes(error: &dyn std::error::Error) -> String {
+pub fn with_causes(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut cause = error.source();
     while let Some(error) = cause {
